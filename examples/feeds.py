@@ -1,0 +1,45 @@
+"""The example service: fetch a few feeds, one child per feed.
+
+    phoenix start examples.feeds:app                   # a service (Ctrl-C stops)
+    phoenix start examples.feeds:app --exit-when-done  # a batch: exit 0 when all finished
+
+The feeds are files shipped beside this module, so the example runs anywhere
+without a network; a real app would fetch URLs here.
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import phoenix
+
+FEEDS = sorted(str(path) for path in (Path(__file__).parent / "feeds").glob("*.json"))
+log = logging.getLogger("examples.feeds")
+
+app = phoenix.App(workers=4, heartbeat_interval=0.5, heartbeat_timeout=3.0)
+
+
+@app.job(retries=3, stall_timeout=60, max_runtime=3600)
+def fetch_feed(params):
+    items = json.loads(Path(params["url"]).read_text())["items"]
+    for item in items:
+        time.sleep(0.05)  # stands in for the network and the database
+        phoenix.heartbeat()  # progress beat: this job is not stalled
+    return {"items": len(items)}
+
+
+@app.on_finished
+def done(job, result):
+    log.info("feed %s: %s items (attempt %s)", job.key, result["items"], job.attempt)
+
+
+@app.on_failed
+def failed(job, error):
+    log.error("feed %s failed after %s attempts: %s", job.key, job.attempt, error)
+
+
+@app.startup
+def initial(app):
+    for url in FEEDS:
+        app.submit(fetch_feed, {"url": url}, key=Path(url).stem)

@@ -1,0 +1,22 @@
+"""Phoenix: a forking process master. One child per job, watched through
+heartbeats on a Unix socket; hung children are killed and their jobs re-run;
+the master replaces itself on SIGUSR2 while its children keep running.
+
+Linux and CPython 3.11+ only: pidfd, SO_PASSCRED and /proc are load-bearing.
+"""
+
+import platform as _platform
+import sys as _sys
+
+if not _sys.platform.startswith("linux") or _platform.python_implementation() != "CPython" or _sys.version_info < (3, 11):
+    raise ImportError(
+        f"Phoenix runs on Linux with CPython 3.11 or newer; this is {_sys.platform} with "
+        f"{_platform.python_implementation()} {_platform.python_version()}. It relies on pidfd, SO_PASSCRED and /proc."
+    )
+
+from phoenix.app import App, AppError, JobInfo  # noqa: E402
+from phoenix.child import current_job, heartbeat  # noqa: E402
+from phoenix.seed import HeartbeatChild, HeartbeatParent  # noqa: E402
+
+__all__ = ["App", "AppError", "JobInfo", "HeartbeatChild", "HeartbeatParent", "current_job", "heartbeat"]
+__version__ = "0.1.0"

@@ -1,0 +1,196 @@
+"""The user's side: an App holds job functions, callbacks and startup hooks,
+and a target string ("module:function" or "module:Class.method") names a job
+in the journal so that any process, and any later master, can find it."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from phoenix.config import Config, ConfigError
+
+
+class AppError(ValueError):
+    """An app path, a target or parameters that cannot be used; the message
+    says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """How to run one kind of job, and its policy (None: the master's default)."""
+
+    target: str
+    func: Callable[[Any], Any]
+    retries: int | None = None
+    stall_timeout: float | None = None
+    max_runtime: float | None = None
+    heartbeat_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What a callback receives: enough to find the job and de-duplicate calls."""
+
+    id: int
+    key: str
+    target: str
+    params: Any
+    attempt: int
+    outcome: str | None
+    error: str | None
+
+
+def target_name(func: Callable[..., Any]) -> str:
+    return f"{func.__module__}:{func.__qualname__}"
+
+
+class App:
+    def __init__(self, name: str | None = None, **settings: Any) -> None:
+        known = {f.name for f in dataclasses.fields(Config)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ConfigError(f"App() got unknown settings {unknown}; known settings: {', '.join(sorted(known))}")
+        self.name = name
+        self.settings = settings
+        self.jobs: dict[str, JobSpec] = {}
+        self.finished_callbacks: list[Callable[[JobInfo, Any], Any]] = []
+        self.failed_callbacks: list[Callable[[JobInfo, str | None], Any]] = []
+        self.startup_hooks: list[Callable[["App"], Any]] = []
+        # Set by the master while it runs this app, so that app.submit() from a
+        # startup hook writes to the master's own journal.
+        self.journal: Any = None
+
+    def job(
+        self,
+        func: Callable[[Any], Any] | None = None,
+        *,
+        retries: int | None = None,
+        stall_timeout: float | None = None,
+        max_runtime: float | None = None,
+        heartbeat_timeout: float | None = None,
+    ) -> Any:
+        """Register a job function: `@app.job` or `@app.job(retries=3, ...)`."""
+
+        def register(f: Callable[[Any], Any]) -> Callable[[Any], Any]:
+            spec = JobSpec(target_name(f), f, retries, stall_timeout, max_runtime, heartbeat_timeout)
+            self.jobs[spec.target] = spec
+            f.__phoenix_job__ = spec  # type: ignore[attr-defined]
+            return f
+
+        return register(func) if func is not None else register
+
+    def on_finished(self, func: Callable[[JobInfo, Any], Any]) -> Callable[[JobInfo, Any], Any]:
+        self.finished_callbacks.append(func)
+        return func
+
+    def on_failed(self, func: Callable[[JobInfo, str | None], Any]) -> Callable[[JobInfo, str | None], Any]:
+        self.failed_callbacks.append(func)
+        return func
+
+    def startup(self, func: Callable[["App"], Any]) -> Callable[["App"], Any]:
+        """Run `func(app)` each time a master starts with this app (submissions
+        are idempotent by key, so re-running it after a restart adds nothing)."""
+        self.startup_hooks.append(func)
+        return func
+
+    def submit(self, target: Callable[..., Any] | str, params: Any = None, key: str | None = None,
+               state_dir: str | None = None) -> int:
+        """Record a job durably; returns its id. The same key twice is one job."""
+        from phoenix.journal import Journal  # the journal is opened lazily outside a master
+
+        name = target if isinstance(target, str) else target_name(target)
+        resolve_target(name)
+        params_json = encode_params(params)
+        if self.journal is not None and state_dir is None:
+            return self.journal.submit(name, params_json, key)[0]
+        from phoenix.config import load
+        from phoenix.paths import StatePaths
+
+        paths = StatePaths(state_dir or load(self.settings, None, {}).state_dir)
+        paths.ensure()
+        journal = Journal(paths.journal)
+        try:
+            return journal.submit(name, params_json, key)[0]
+        finally:
+            journal.close()
+
+
+def encode_params(params: Any) -> str:
+    try:
+        return json.dumps(params, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise AppError(f"job parameters must be JSON (objects, lists, strings, numbers, booleans, null): {exc}") from None
+
+
+def decode_params(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise AppError(
+            f"parameters are not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): {text!r}. "
+            "Quote them for the shell, e.g. '{\"url\": \"https://example.org\"}'"
+        ) from None
+
+
+def _import_module(module_name: str, what: str) -> Any:
+    if module_name == "__main__" or module_name in sys.modules:
+        return sys.modules[module_name]
+    try:
+        return importlib.import_module(module_name)
+    except Exception as exc:  # any error raised by the user's module is reported whole
+        detail = "".join(traceback.format_exception(exc)).rstrip()
+        hint = " Is the directory that holds it the current directory or on PYTHONPATH?" if isinstance(exc, ModuleNotFoundError) else ""
+        raise AppError(f"cannot import module {module_name!r} for {what}: {exc}.{hint}\n{detail}") from None
+
+
+def _lookup(spec: str, what: str) -> Any:
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise AppError(f"{what} {spec!r} must look like 'package.module:name'")
+    obj = _import_module(module_name, what)
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AppError(f"{what} {spec!r}: module {module_name!r} has no attribute {attr_path!r}") from None
+    return obj
+
+
+def _make_cwd_importable() -> None:
+    # `phoenix start examples.feeds:app` must find ./examples, as `python -m` would.
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+
+
+def load_app(spec: str) -> App:
+    """Import 'module:attribute' and check that it is an App."""
+    _make_cwd_importable()
+    obj = _lookup(spec, "app")
+    if not isinstance(obj, App):
+        raise AppError(f"app {spec!r} is a {type(obj).__name__}, not a phoenix.App; point at the object made by phoenix.App(...)")
+    return obj
+
+
+def resolve_target(target: str) -> JobSpec:
+    """The JobSpec for a target, or AppError naming what is wrong."""
+    from phoenix.seed import HeartbeatChild, seed_job
+
+    _make_cwd_importable()
+    obj = _lookup(target, "job target")
+    spec = getattr(obj, "__phoenix_job__", None)
+    if isinstance(spec, JobSpec):
+        return spec
+    class_path, _, method = target.partition(":")[2].rpartition(".")
+    if class_path:
+        owner = _lookup(f"{target.partition(':')[0]}:{class_path}", "job target")
+        if isinstance(owner, type) and issubclass(owner, HeartbeatChild):
+            return seed_job(target, owner, method)
+    raise AppError(
+        f"job target {target!r} is not a Phoenix job: decorate the function with @app.job, "
+        "or name a method of a phoenix.HeartbeatChild subclass ('module:Class.method')"
+    )

@@ -1,0 +1,92 @@
+"""Running on_finished / on_failed callbacks in the master without ever
+holding up heartbeat handling: a small thread pool runs them, a pipe wakes the
+loop when one ends, and the loop alone writes the journal.
+
+A callback cannot be killed (it is a thread), so one that outlives
+`callback_timeout` is logged, recorded as done with a timeout error, and
+left to finish on its own; its thread stays busy until it does."""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass
+class RunningCallback:
+    callback_id: int
+    job_key: str
+    kind: str
+    started: float
+    future: Future[str | None]
+
+
+class CallbackRunner:
+    def __init__(self, threads: int) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="phoenix-callback")
+        self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.running: dict[int, RunningCallback] = {}
+
+    def start(self, callback_id: int, job_key: str, kind: str, functions: list[Callable[..., Any]], *args: Any) -> None:
+        future = self.pool.submit(self._call_all, functions, args)
+        self.running[callback_id] = RunningCallback(callback_id, job_key, kind, time.monotonic(), future)
+        future.add_done_callback(self._wake)
+
+    @staticmethod
+    def _call_all(functions: list[Callable[..., Any]], args: tuple[Any, ...]) -> str | None:
+        """Run each registered function; the tracebacks of those that raised, or None."""
+        errors = []
+        for function in functions:
+            try:
+                function(*args)
+            except Exception as exc:  # noqa: BLE001 - a user's callback must never take the master down
+                errors.append("".join(traceback.format_exception(exc)))
+        return "\n".join(errors) or None
+
+    def _wake(self, _future: Future[str | None]) -> None:
+        try:
+            os.write(self.wake_write, b"x")
+        except BlockingIOError:
+            pass  # the loop is already due to wake
+
+    def drain_wakeups(self) -> None:
+        try:
+            while os.read(self.wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def finished(self) -> list[tuple[RunningCallback, str | None]]:
+        done = [rc for rc in self.running.values() if rc.future.done()]
+        for rc in done:
+            del self.running[rc.callback_id]
+        return [(rc, rc.future.result()) for rc in done]
+
+    def overdue(self, timeout: float, now: float) -> list[RunningCallback]:
+        late = [rc for rc in self.running.values() if now - rc.started > timeout]
+        for rc in late:
+            del self.running[rc.callback_id]
+        return late
+
+    def next_deadline(self, timeout: float) -> float | None:
+        return min((rc.started + timeout for rc in self.running.values()), default=None)
+
+    def wait_all(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for rc in list(self.running.values()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                rc.future.exception(timeout=remaining)
+            except TimeoutError:
+                return
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        os.close(self.wake_read)
+        os.close(self.wake_write)

@@ -1,0 +1,184 @@
+"""Everything that happens inside a forked child: detach from the master's
+signals and file descriptors, wait for the master's go-ahead, beat from a
+background thread, run the job once, deliver the outcome, and leave through
+os._exit (never back into the master's code)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from setproctitle import setproctitle
+
+from phoenix import protocol
+from phoenix.app import JobSpec
+
+# Exit codes of a child that never ran its job.
+EXIT_NO_GO_AHEAD = 75  # the master died before recording this attempt: do nothing
+
+
+@dataclass
+class ChildContext:
+    """What a running job can ask about itself: `phoenix.current_job()`."""
+
+    job_id: int
+    key: str
+    attempt: int
+    params: Any
+
+
+class _Runtime:
+    """The live state of this child process (one per process, set after fork)."""
+
+    def __init__(self, context: ChildContext, sender: protocol.Sender, interval: float) -> None:
+        self.context = context
+        self.sender = sender
+        self.interval = interval
+        self.progress = 0
+        self.seq = 0
+        self.lock = threading.Lock()
+
+    def next_message(self, kind: str, **body: Any) -> bytes:
+        with self.lock:
+            self.seq += 1
+            return protocol.encode(self.context.job_id, self.context.attempt, kind, self.seq, self.progress, **body)
+
+    def beat_forever(self) -> None:
+        # Start-up jitter: children forked together must not beat in lockstep
+        # into a queue that holds only ~10 datagrams.
+        time.sleep(random.uniform(0, min(self.interval, 0.2)))
+        reported = -1
+        while True:
+            kind = "progress" if self.progress != reported else "beat"
+            reported = self.progress
+            self.sender.send_once(self.next_message(kind))
+            time.sleep(self.interval)
+
+
+_runtime: _Runtime | None = None
+
+
+def heartbeat() -> None:
+    """Report progress from job code. A job with `stall_timeout` is killed when
+    it has not called this for that long. Outside a Phoenix child it does nothing."""
+    if _runtime is not None:
+        _runtime.progress += 1
+
+
+def current_job() -> ChildContext | None:
+    return _runtime.context if _runtime is not None else None
+
+
+def _detach_from_master(keep_fds: set[int]) -> None:
+    os.setpgid(0, 0)  # own process group: TERM/KILL reach the job's own children too
+    signal.set_wakeup_fd(-1)
+    for signum in signal.valid_signals():
+        if signum in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(signum, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as Python sets it at start-up
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    # Close every fd the master held (sockets, epoll, pipes, the pidfile lock,
+    # the journal) by number: the Python objects that own them are never used
+    # again in this process, which only ever leaves through os._exit.
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _write_outbox(outbox: Path, job_id: int, attempt: int, data: bytes) -> None:
+    """The outcome on disk before it is sent: if the master dies with the
+    message still in its socket queue, the next master finds it here and the
+    job is not run again."""
+    final = outbox / f"{job_id}.{attempt}.json"
+    temporary = outbox / f".{job_id}.{attempt}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "wb") as f:
+            f.write(data)
+        os.rename(temporary, final)
+    except OSError as exc:
+        print(f"phoenix: cannot write outcome to {final}: {exc}", file=sys.stderr)
+
+
+def run(
+    *,
+    spec: JobSpec,
+    context: ChildContext,
+    go_ahead_fd: int,
+    socket_path: str,
+    outbox: Path,
+    heartbeat_interval: float,
+    delivery_timeout: float,
+    keep_fds: set[int],
+) -> NoReturn:
+    """The whole life of a child after fork. Never returns."""
+    global _runtime
+    code = 70
+    try:
+        _detach_from_master(keep_fds | {go_ahead_fd})
+        # Wait until the master has recorded our pid: if it dies first, a new
+        # master would not know us and could run the job again beside us.
+        go = os.read(go_ahead_fd, 1)
+        os.close(go_ahead_fd)
+        if not go:
+            os._exit(EXIT_NO_GO_AHEAD)
+        setproctitle(f"phoenix: job {context.key} attempt {context.attempt}")
+        sender = protocol.Sender(socket_path, send_timeout=max(heartbeat_interval, 0.5))
+        _runtime = _Runtime(context, sender, heartbeat_interval)
+        threading.Thread(target=_runtime.beat_forever, name="phoenix-heartbeat", daemon=True).start()
+        code, final = _perform(spec, context)
+        _write_outbox(outbox, context.job_id, context.attempt, final)
+        sender.send_until(final, time.monotonic() + delivery_timeout)
+    except BaseException:  # noqa: BLE001 - a child must never unwind into the master's code
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:
+    """Run the job; (exit code, final message)."""
+    assert _runtime is not None
+    try:
+        result = spec.func(context.params)
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            result = None
+        else:
+            return 1, _runtime.next_message("failed", error=f"the job called sys.exit({exc.code!r})")
+    except BaseException as exc:  # noqa: BLE001 - any failure of the job is its outcome
+        return 1, _runtime.next_message("failed", error="".join(traceback.format_exception(exc)))
+    try:
+        return 0, _runtime.next_message("finished", result=result)
+    except (TypeError, ValueError) as exc:
+        return 1, _runtime.next_message(
+            "failed", error=f"the job's result is not JSON ({exc}); return dicts, lists, strings, numbers, booleans or None"
+        )
+    except protocol.MessageTooLarge:
+        size = len(json.dumps(result, default=str))
+        return 1, _runtime.next_message(
+            "failed",
+            error=(
+                f"the job's result is {size} bytes of JSON, more than the {protocol.MAX_MESSAGE_BYTES}-byte limit "
+                "of a heartbeat datagram; write large results to a file or a database and return its path or key"
+            ),
+        )

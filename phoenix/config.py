@@ -1,0 +1,144 @@
+"""Configuration: built-in defaults, then the App's own arguments, then
+phoenix.toml (or [tool.phoenix] in pyproject.toml, or --config FILE), then
+PHOENIX_* environment variables, then command-line flags; each overrides the
+one before."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting is missing, of the wrong type, or out of range."""
+
+
+@dataclass
+class Config:
+    app: str | None = None  # "module:attribute" of a phoenix.App
+    state_dir: str = ".phoenix"
+    workers: int = 4  # concurrent child slots
+    heartbeat_interval: float = 1.0  # child beats this often (seconds)
+    heartbeat_timeout: float = 5.0  # no beat for this long => kill and re-run
+    kill_grace: float = 5.0  # TERM, then KILL after this long
+    retries: int = 3  # re-runs after the first attempt, unless the job says otherwise
+    backoff_base: float = 0.5  # first re-run delay; doubles per attempt, with jitter
+    backoff_cap: float = 60.0
+    restart_intensity: int = 100  # at most this many re-runs ...
+    restart_period: float = 10.0  # ... in this many seconds; beyond that re-runs wait
+    callback_timeout: float = 30.0
+    callback_threads: int = 4
+    outcome_delivery_timeout: float = 10.0  # child retries its final message this long
+    reexec: str = "inplace"  # USR2: "inplace" (same pid) or "fork" (unicorn-style)
+    exit_when_done: bool = False
+    log_level: str = "info"
+    log_format: str = "text"  # or "json"
+    log_file: str | None = None
+
+    def validate(self) -> "Config":
+        positive = ("heartbeat_interval", "heartbeat_timeout", "callback_timeout", "outcome_delivery_timeout", "restart_period")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be greater than 0 (got {getattr(self, name)!r})")
+        for name in ("workers", "retries", "restart_intensity", "kill_grace", "backoff_base", "backoff_cap"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative (got {getattr(self, name)!r})")
+        if self.callback_threads < 1:
+            raise ConfigError("callback_threads must be at least 1")
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ConfigError(
+                f"heartbeat_timeout ({self.heartbeat_timeout}) must be longer than heartbeat_interval "
+                f"({self.heartbeat_interval}); three intervals or more is usual"
+            )
+        if self.reexec not in ("inplace", "fork"):
+            raise ConfigError(f'reexec must be "inplace" or "fork" (got {self.reexec!r})')
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f'log_format must be "text" or "json" (got {self.log_format!r})')
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level must be debug, info, warning or error (got {self.log_level!r})")
+        return self
+
+    def overlay(self, values: dict[str, Any], source: str) -> "Config":
+        """A copy with `values` applied, each checked against the field's type."""
+        known = {f.name: f for f in dataclasses.fields(self)}
+        updates: dict[str, Any] = {}
+        for key, raw in values.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"unknown setting {key!r} in {source}; known settings: {', '.join(sorted(known))}")
+            updates[name] = _coerce(name, getattr(self, name), raw, source)
+        return dataclasses.replace(self, **updates)
+
+
+def _coerce(name: str, current: Any, raw: Any, source: str) -> Any:
+    kind = type(current) if current is not None else str
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} in {source} must be a {kind.__name__} (got {raw!r})") from None
+
+
+def _file_settings(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    if path.name == "pyproject.toml":
+        return data.get("tool", {}).get("phoenix", {})
+    return data.get("phoenix", data)  # accept a [phoenix] table or top-level keys
+
+
+def find_config_file(explicit: str | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    for candidate in (Path("phoenix.toml"), Path("pyproject.toml")):
+        if candidate.is_file():
+            if candidate.name == "pyproject.toml" and not _file_settings(candidate):
+                continue
+            return candidate
+    return None
+
+
+def env_settings(environ: dict[str, str] | os._Environ[str] = os.environ) -> dict[str, Any]:
+    known = {f.name for f in dataclasses.fields(Config)}
+    settings: dict[str, Any] = {}
+    for key, value in environ.items():
+        if key.startswith("PHOENIX_"):
+            name = key[len("PHOENIX_"):].lower()
+            if name in known:
+                settings[name] = value
+    return settings
+
+
+def load(app_defaults: dict[str, Any] | None, config_file: str | None, flags: dict[str, Any]) -> Config:
+    """Merge every source in order of precedence and validate the result."""
+    config = Config()
+    if app_defaults:
+        config = config.overlay(app_defaults, "the App(...) arguments")
+    path = find_config_file(config_file)
+    if path is not None:
+        config = config.overlay(_file_settings(path), str(path))
+    config = config.overlay(env_settings(), "the PHOENIX_* environment")
+    config = config.overlay({k: v for k, v in flags.items() if v is not None}, "the command line")
+    return config.validate()

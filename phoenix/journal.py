@@ -1,0 +1,349 @@
+"""The journal: the single source of truth for jobs, attempts and owed
+callbacks, in SQLite (WAL) inside the state directory.
+
+The master is its only writer, except that `submit` may be called by any
+process (the CLI, a script, an app's startup hook). Everything the master
+must not forget across an exec, a stop or a crash is written here first.
+
+This is the store interface a PostgreSQL backend would implement for the
+multi-host mode; the master loop talks to nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id          INTEGER PRIMARY KEY,
+    key         TEXT NOT NULL UNIQUE,
+    target      TEXT NOT NULL,
+    params      TEXT NOT NULL,              -- JSON
+    state       TEXT NOT NULL,              -- pending | running | finished | failed
+    attempts    INTEGER NOT NULL DEFAULT 0, -- attempts started
+    failures    INTEGER NOT NULL DEFAULT 0, -- attempts that count against retries
+    not_before  REAL NOT NULL DEFAULT 0,    -- wall clock: backoff before the next attempt
+    outcome     TEXT,
+    result      TEXT,                       -- JSON
+    error       TEXT,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (state, not_before, id);
+CREATE TABLE IF NOT EXISTS attempts (
+    id          INTEGER PRIMARY KEY,
+    job_id      INTEGER NOT NULL REFERENCES jobs (id),
+    n           INTEGER NOT NULL,           -- 1-based attempt number
+    generation  INTEGER NOT NULL,           -- master generation that started it
+    pid         INTEGER,
+    start_time  INTEGER,                    -- /proc/PID/stat field 22: tells a reused pid apart
+    started_at  REAL NOT NULL,
+    ended_at    REAL,
+    outcome     TEXT,                       -- NULL while running
+    reason      TEXT,
+    error       TEXT,
+    max_rss_kb  INTEGER,
+    UNIQUE (job_id, n)
+);
+CREATE INDEX IF NOT EXISTS attempts_open ON attempts (outcome) WHERE outcome IS NULL;
+CREATE TABLE IF NOT EXISTS callbacks (
+    id          INTEGER PRIMARY KEY,
+    job_id      INTEGER NOT NULL REFERENCES jobs (id),
+    attempt     INTEGER NOT NULL,
+    kind        TEXT NOT NULL,              -- on_finished | on_failed
+    state       TEXT NOT NULL,              -- owed | done
+    runs        INTEGER NOT NULL DEFAULT 0,
+    error       TEXT,
+    created_at  REAL NOT NULL,
+    done_at     REAL,
+    UNIQUE (job_id, kind)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY,
+    at          REAL NOT NULL,
+    kind        TEXT NOT NULL,              -- master_start | replaced | master_stop ...
+    generation  INTEGER,
+    pid         INTEGER,
+    detail      TEXT
+);
+"""
+
+
+class JournalError(RuntimeError):
+    """The journal cannot be opened or written; the message says which file and why."""
+
+
+@dataclass(slots=True)
+class Job:
+    id: int
+    key: str
+    target: str
+    params: str
+    attempts: int
+    failures: int
+
+
+@dataclass(slots=True)
+class OpenAttempt:
+    attempt_id: int
+    job_id: int
+    key: str
+    target: str
+    n: int
+    pid: int | None
+    start_time: int | None
+    generation: int
+
+
+def default_key(target: str, params_json: str) -> str:
+    """Idempotency key for a job submitted without one: same target and same
+    parameters (canonical JSON) make the same job."""
+    canonical = json.dumps(json.loads(params_json), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{target}\0{canonical}".encode()).hexdigest()[:32]
+
+
+class Journal:
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise JournalError(f"no journal at {self.path}")
+        try:
+            # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE).
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a commit survives a crash of any process; only a
+            # power cut can lose the last commits, and it never corrupts.
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            with self.transaction():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                row = self.db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+                if row is None:
+                    self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                elif int(row[0]) != SCHEMA_VERSION:
+                    raise JournalError(
+                        f"{self.path} has schema version {row[0]}, this Phoenix reads version {SCHEMA_VERSION}"
+                    )
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(
+                f"cannot use the journal {self.path}: {exc}. If the file is corrupt, move it aside "
+                f"(it is left untouched) and start again; its jobs will have to be resubmitted"
+            ) from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- transactions -----------------------------------------------------
+
+    class _Transaction:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type: Any, *_: Any) -> None:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def transaction(self) -> "_Transaction":
+        return self._Transaction(self.db)
+
+    # -- submission (any process) ----------------------------------------------
+
+    def submit(self, target: str, params_json: str, key: str | None = None) -> tuple[int, bool]:
+        """Record a job; (job id, True) if new, (existing id, False) if the key exists."""
+        key = key or default_key(target, params_json)
+        now = time.time()
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO jobs (key, target, params, state, created_at, updated_at) "
+                "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING",
+                (key, target, params_json, now, now),
+            )
+            if cur.rowcount:
+                return cur.lastrowid or 0, True
+            (job_id,) = db.execute("SELECT id FROM jobs WHERE key = ?", (key,)).fetchone()
+            return job_id, False
+
+    # -- the master's writes ----------------------------------------------------
+
+    def pending(self, limit: int, now: float | None = None) -> list[Job]:
+        now = time.time() if now is None else now
+        rows = self.db.execute(
+            "SELECT id, key, target, params, attempts, failures FROM jobs "
+            "WHERE state = 'pending' AND not_before <= ? ORDER BY not_before, id LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [Job(*row) for row in rows]
+
+    def next_not_before(self) -> float | None:
+        row = self.db.execute("SELECT min(not_before) FROM jobs WHERE state = 'pending'").fetchone()
+        return row[0]
+
+    def begin_attempt(self, job: Job, generation: int) -> int:
+        """Mark the job running and record its attempt, before the fork."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                (now, job.id),
+            )
+            cur = db.execute(
+                "INSERT INTO attempts (job_id, n, generation, started_at) VALUES (?, ?, ?, ?)",
+                (job.id, job.attempts + 1, generation, now),
+            )
+            return cur.lastrowid or 0
+
+    def record_pid(self, attempt_id: int, pid: int, start_time: int | None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE attempts SET pid = ?, start_time = ? WHERE id = ?", (pid, start_time, attempt_id))
+
+    def end_attempt(
+        self,
+        attempt_id: int,
+        job_id: int,
+        *,
+        outcome: str,
+        reason: str | None,
+        error: str | None,
+        result_json: str | None,
+        max_rss_kb: int | None,
+        job_state: str,
+        counts_as_failure: bool,
+        not_before: float = 0.0,
+        callback: str | None,
+        attempt_n: int,
+    ) -> tuple[bool, int | None]:
+        """Record an attempt's outcome, the job's new state and the callback now
+        owed, in one transaction: the outcome is recorded exactly once. Returns
+        (False, None) if it was recorded already, else (True, the id of the
+        callback now owed or None)."""
+        now = time.time()
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE attempts SET outcome = ?, reason = ?, error = ?, max_rss_kb = ?, ended_at = ? "
+                "WHERE id = ? AND outcome IS NULL",
+                (outcome, reason, error, max_rss_kb, now, attempt_id),
+            )
+            if cur.rowcount == 0:
+                return False, None  # already recorded
+            db.execute(
+                "UPDATE jobs SET state = ?, outcome = ?, result = ?, error = ?, not_before = ?, "
+                "failures = failures + ?, updated_at = ? WHERE id = ?",
+                (job_state, outcome, result_json, error, not_before, int(counts_as_failure), now, job_id),
+            )
+            if callback is None:
+                return True, None
+            cur = db.execute(
+                "INSERT INTO callbacks (job_id, attempt, kind, state, created_at) VALUES (?, ?, ?, 'owed', ?) "
+                "ON CONFLICT (job_id, kind) DO NOTHING",
+                (job_id, attempt_n, callback, now),
+            )
+            return True, (cur.lastrowid if cur.rowcount else None)
+
+    def fail_without_attempt(self, job_id: int, error: str) -> int | None:
+        """A job that cannot even be started (unknown target): failed, callback owed."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'failed', outcome = 'error', error = ?, updated_at = ? WHERE id = ?",
+                (error, now, job_id),
+            )
+            cur = db.execute(
+                "INSERT INTO callbacks (job_id, attempt, kind, state, created_at) VALUES (?, 0, 'on_failed', 'owed', ?) "
+                "ON CONFLICT (job_id, kind) DO NOTHING",
+                (job_id, now),
+            )
+            return cur.lastrowid if cur.rowcount else None
+
+    def callback_started(self, callback_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE callbacks SET runs = runs + 1 WHERE id = ?", (callback_id,))
+
+    def callback_done(self, callback_id: int, error: str | None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE callbacks SET state = 'done', error = ?, done_at = ? WHERE id = ?",
+                (error, time.time(), callback_id),
+            )
+
+    def owed_callbacks(self) -> list[tuple[int, int, int, str]]:
+        """(callback id, job id, attempt, kind) of every callback not yet run to the end."""
+        return self.db.execute(
+            "SELECT id, job_id, attempt, kind FROM callbacks WHERE state = 'owed' ORDER BY id"
+        ).fetchall()
+
+    def open_attempts(self) -> list[OpenAttempt]:
+        rows = self.db.execute(
+            "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation "
+            "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.outcome IS NULL ORDER BY a.id"
+        ).fetchall()
+        return [OpenAttempt(*row) for row in rows]
+
+    def job_row(self, job_id: int) -> dict[str, Any] | None:
+        cur = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        return dict(zip([c[0] for c in cur.description], row))
+
+    def counts(self) -> dict[str, int]:
+        counts = {"pending": 0, "running": 0, "finished": 0, "failed": 0}
+        for state, n in self.db.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
+            counts[state] = n
+        return counts
+
+    def record_event(self, kind: str, generation: int | None, pid: int | None, detail: str | None = None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO events (at, kind, generation, pid, detail) VALUES (?, ?, ?, ?, ?)",
+                (time.time(), kind, generation, pid, detail),
+            )
+
+    def set_meta(self, **values: Any) -> None:
+        with self.transaction() as db:
+            for name, value in values.items():
+                db.execute(
+                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (name, json.dumps(value)),
+                )
+
+    def meta(self, name: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    # -- reads for status ---------------------------------------------------
+
+    def status_rows(self) -> Iterator[dict[str, Any]]:
+        cur = self.db.execute(
+            "SELECT j.id, j.key, j.target, j.params, j.state, j.attempts, j.outcome, j.result, j.error, "
+            "a.pid, a.n FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.outcome IS NULL ORDER BY j.id"
+        )
+        for job_id, key, target, params, state, attempts, outcome, result, error, pid, _n in cur:
+            yield {
+                "id": job_id,
+                "key": key,
+                "target": target,
+                "params": json.loads(params),
+                "state": state,
+                "attempt": attempts,
+                "pid": pid if state == "running" else None,
+                "outcome": outcome,
+                "result": json.loads(result) if result is not None else None,
+                "error": error,
+            }
+
+    def integrity_ok(self) -> bool:
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -1,0 +1,89 @@
+"""Logging: one line per event, the event's name first, then key=value
+fields (or one JSON object per line with --log-format json, for shippers)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+log = logging.getLogger("phoenix")
+
+_handler: logging.Handler | None = None
+
+
+def event(level: int, name: str, **fields: Any) -> None:
+    """Log one event: `event("spawn", pid=12, job="key", attempt=1)`."""
+    if log.isEnabledFor(level):
+        log.log(level, "%s", name, extra={"phoenix_fields": fields})
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "phoenix_fields", None)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+        head = f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} [{record.process}]"
+        if fields is None:
+            text = f"{head} {record.getMessage()}"
+        else:
+            text = f"{head} {record.getMessage()} " + " ".join(f"{k}={_plain(v)}" for k, v in fields.items())
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text.rstrip()
+
+
+def _plain(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if (" " in text or "\n" in text or not text) else text
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": record.created,
+            "level": record.levelname.lower(),
+            "pid": record.process,
+            "event": record.getMessage() if hasattr(record, "phoenix_fields") else "message",
+        }
+        if hasattr(record, "phoenix_fields"):
+            payload.update(record.phoenix_fields)
+        else:
+            payload["message"] = record.getMessage()
+        if record.exc_info:
+            payload["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+def setup(level: str = "info", fmt: str = "text", file: str | None = None) -> None:
+    """Configure the root logger (job code's logging goes the same way)."""
+    global _handler
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+        _handler.close()
+    _handler = logging.FileHandler(file) if file else logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root.addHandler(_handler)
+    root.setLevel(level.upper())
+
+
+def reopen() -> None:
+    """USR1: reopen the log file (after logrotate moved it)."""
+    if isinstance(_handler, logging.FileHandler):
+        _handler.acquire()
+        try:
+            _handler.close()
+            _handler.stream = _handler._open()
+        finally:
+            _handler.release()
+
+
+def stream_fds() -> set[int]:
+    """File descriptors the log writes to, which a child keeps open."""
+    stream = getattr(_handler, "stream", None)
+    try:
+        return {stream.fileno()} if stream is not None else set()
+    except (OSError, ValueError):
+        return set()

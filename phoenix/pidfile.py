@@ -1,0 +1,108 @@
+"""The pidfile, unicorn-style: `kill -USR2 $(cat .phoenix/phoenix.pid)`.
+
+A separate lock file is held with flock() by the live master for its whole
+life; its fd survives exec, so the lock is held across an in-place
+replacement. The pidfile itself is written atomically (temp file + rename), so
+a reader never sees it half-written. The lock, not the pid, decides whether a
+master is alive: a pid in the file may belong to anybody by now."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+
+from phoenix import procfs
+
+log = logging.getLogger("phoenix")
+
+
+class AlreadyRunning(RuntimeError):
+    """Another live master holds this state directory."""
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+        return int(text) if text else None
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def write_atomically(path: Path, pid: int) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w") as f:
+        f.write(f"{pid}\n")
+    os.rename(temporary, path)
+
+
+def _describe(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip() or "?"
+    except OSError:
+        return "?"
+
+
+class PidFile:
+    def __init__(self, pidfile: Path, lockfile: Path, inherited_lock_fd: int | None = None) -> None:
+        self.pidfile = pidfile
+        self.lockfile = lockfile
+        self.lock_fd = inherited_lock_fd
+
+    def acquire(self) -> None:
+        """Take the lock (or keep the one inherited across exec) and write our pid."""
+        if self.lock_fd is None:
+            fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                holder = read_pid(self.pidfile)
+                raise AlreadyRunning(
+                    f"a Phoenix master is already running on {self.pidfile.parent} (pid {holder}); "
+                    f"stop it with `phoenix stop --state-dir {self.pidfile.parent}` or use another --state-dir"
+                ) from None
+            self.lock_fd = fd
+            self._warn_if_stale()
+        write_atomically(self.pidfile, os.getpid())
+
+    def _warn_if_stale(self) -> None:
+        old = read_pid(self.pidfile)
+        if old is None or old == os.getpid():
+            return
+        if procfs.state(old) is None:
+            log.warning("stale_pidfile path=%s pid=%d reason=no such process; replacing it", self.pidfile, old)
+        else:
+            log.warning(
+                "stale_pidfile path=%s pid=%d reason=that pid is now another process (%s) and no master holds "
+                "the lock; replacing it", self.pidfile, old, _describe(old),
+            )
+
+    def release(self) -> None:
+        """Remove the pidfile if it is still ours, then drop the lock."""
+        if read_pid(self.pidfile) == os.getpid():
+            try:
+                self.pidfile.unlink()
+            except FileNotFoundError:
+                pass
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+
+def live_master_pid(pidfile: Path, lockfile: Path) -> int | None:
+    """The pid of the master holding the lock, or None when no master runs."""
+    try:
+        fd = os.open(lockfile, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return read_pid(pidfile)
+    else:
+        return None
+    finally:
+        os.close(fd)

@@ -1,0 +1,58 @@
+"""Facts about processes read from /proc: the start time that tells a live
+job from a reused pid, the parent pid, and memory use."""
+
+from __future__ import annotations
+
+import os
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("ascii", "replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after
+    # the last ')' so field numbers stay right.
+    rest = raw[raw.rindex(")") + 2 :].split()
+    return rest  # rest[0] is field 3 (state)
+
+
+def start_time(pid: int) -> int | None:
+    """Clock ticks since boot at which `pid` started (field 22), or None if
+    there is no such process. Together with the pid it names one process for
+    good: a reused pid has a different start time."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    return int(fields[19])
+
+
+def state(pid: int) -> str | None:
+    """One-letter scheduler state ('R', 'S', 'T', 'Z', ...) or None."""
+    fields = _stat_fields(pid)
+    return fields[0] if fields else None
+
+
+def parent_pid(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields else None
+
+
+def is_same_process(pid: int, recorded_start_time: int | None) -> bool:
+    """True when `pid` is alive (not a zombie) and is the very process that was
+    recorded, not another one that got the same pid later."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return recorded_start_time is None or int(fields[19]) == recorded_start_time
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
+        return None

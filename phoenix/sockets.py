@@ -1,0 +1,53 @@
+"""Binding the state directory's Unix sockets safely."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from phoenix import protocol
+
+
+class SocketBusy(OSError):
+    """Another live process is bound to one of our socket paths."""
+
+
+def _in_use(path: Path, kind: int) -> bool:
+    probe = socket.socket(socket.AF_UNIX, kind)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def bind_private(sock: socket.socket, path: Path) -> None:
+    """Bind at `path`, mode 0600. Only a master that holds the pidfile lock gets
+    here, so a socket file left at the path is a dead master's and is removed;
+    one that still answers belongs to some other live process, and we refuse."""
+    if path.exists() or path.is_symlink():
+        if _in_use(path, sock.type):
+            raise SocketBusy(
+                f"{path} is held by another live process, not a Phoenix master of this state directory; "
+                "stop that process or choose another --state-dir"
+            )
+        path.unlink()
+    old_umask = os.umask(0o177)  # created 0600, with no window at a wider mode
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+
+
+def bind_heartbeat(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    protocol.enable_credentials(sock)
+    # A larger receive buffer absorbs bursts (it does not lift the kernel's
+    # per-socket datagram count, net.unix.max_dgram_qlen).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    bind_private(sock, path)
+    sock.setblocking(False)
+    return sock
