@@ -24,6 +24,7 @@ from phoenix.app import JobSpec
 
 # Exit codes of a child that never ran its job.
 EXIT_NO_GO_AHEAD = 75  # the master died before recording this attempt: do nothing
+MAX_ERROR_CHARS = 16_000  # a traceback longer than this is cut in the middle
 
 
 @dataclass
@@ -166,13 +167,12 @@ def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:
         else:
             return 1, _runtime.next_message("failed", error=f"the job called sys.exit({exc.code!r})")
     except BaseException as exc:  # noqa: BLE001 - any failure of the job is its outcome
-        return 1, _runtime.next_message("failed", error="".join(traceback.format_exception(exc)))
+        text = "".join(traceback.format_exception(exc))
+        if len(text) > MAX_ERROR_CHARS:  # keep the message within one datagram: the head and the end matter
+            text = text[: MAX_ERROR_CHARS // 2] + "\n[... traceback cut ...]\n" + text[-MAX_ERROR_CHARS // 2 :]
+        return 1, _runtime.next_message("failed", error=text)
     try:
         return 0, _runtime.next_message("finished", result=result)
-    except (TypeError, ValueError) as exc:
-        return 1, _runtime.next_message(
-            "failed", error=f"the job's result is not JSON ({exc}); return dicts, lists, strings, numbers, booleans or None"
-        )
     except protocol.MessageTooLarge:
         size = len(json.dumps(result, default=str))
         return 1, _runtime.next_message(
@@ -181,4 +181,8 @@ def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:
                 f"the job's result is {size} bytes of JSON, more than the {protocol.MAX_MESSAGE_BYTES}-byte limit "
                 "of a heartbeat datagram; write large results to a file or a database and return its path or key"
             ),
+        )
+    except (TypeError, ValueError) as exc:
+        return 1, _runtime.next_message(
+            "failed", error=f"the job's result is not JSON ({exc}); return dicts, lists, strings, numbers, booleans or None"
         )

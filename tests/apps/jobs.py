@@ -1,0 +1,130 @@
+"""Jobs that behave well and badly, for the tests. Callbacks append one JSON
+line per call to $PHOENIX_TEST_CALLBACKS so tests can count them."""
+
+import ctypes
+import json
+import os
+import signal
+import time
+
+import phoenix
+
+app = phoenix.App(heartbeat_interval=0.2, heartbeat_timeout=1.0, kill_grace=1.0, backoff_base=0.05,
+                  backoff_cap=0.2, workers=8, callback_timeout=2.0)
+
+
+def _record(kind, job, payload):
+    path = os.environ.get("PHOENIX_TEST_CALLBACKS")
+    if path:
+        line = json.dumps({"kind": kind, "id": job.id, "key": job.key, "attempt": job.attempt,
+                           "outcome": job.outcome, "payload": payload})
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
+@app.on_finished
+def finished(job, result):
+    _record("finished", job, result)
+    if isinstance(job.params, dict) and job.params.get("callback_sleep"):
+        time.sleep(job.params["callback_sleep"])
+    if isinstance(job.params, dict) and job.params.get("callback_raises"):
+        raise RuntimeError("callback exploded on purpose")
+
+
+@app.on_failed
+def failed(job, error):
+    _record("failed", job, error)
+
+
+@app.job
+def noop(params):
+    return params
+
+
+@app.job
+def sleep(params):
+    deadline = time.monotonic() + params["s"]
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        phoenix.heartbeat()
+    return {"slept": params["s"], "pid": os.getpid()}
+
+
+@app.job(retries=2)
+def hang_first(params):
+    """Stops itself (no more beats) on its first attempt only."""
+    if phoenix.current_job().attempt == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    time.sleep(params.get("s", 0.1))
+    return {"attempt": phoenix.current_job().attempt}
+
+
+@app.job(retries=0)
+def stop_self(params):
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+@app.job(retries=0)
+def segfault(params):
+    ctypes.string_at(0)
+
+
+@app.job(retries=0)
+def exit3(params):
+    os._exit(3)
+
+
+@app.job(retries=0)
+def raises(params):
+    raise ValueError("boom from the job")
+
+
+@app.job(retries=0)
+def wait_forever(params):
+    while True:
+        time.sleep(0.05)
+        phoenix.heartbeat()
+
+
+@app.job(retries=0, stall_timeout=1.0)
+def stall(params):
+    time.sleep(3600)  # beats continue from the heartbeat thread; progress does not
+
+
+@app.job(retries=0, max_runtime=1.0)
+def cpu_loop(params):
+    while True:
+        phoenix.heartbeat()
+
+
+@app.job(retries=0)
+def big_result(params):
+    return "x" * 100_000
+
+
+@app.job(retries=0)
+def not_json(params):
+    return object()
+
+
+@app.job(retries=0)
+def grandchild(params):
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(3600)
+        os._exit(0)
+    with open(params["pidfile"], "w") as f:
+        f.write(str(pid))
+    return {"grandchild": pid}
+
+
+@app.job(retries=3)
+def flaky(params):
+    if phoenix.current_job().attempt <= params["fail_times"]:
+        raise RuntimeError(f"failing attempt {phoenix.current_job().attempt}")
+    return {"attempt": phoenix.current_job().attempt}
+
+
+@app.job(retries=1)
+def always_fails(params):
+    raise RuntimeError("always")

@@ -1,0 +1,91 @@
+"""Each way a child can end is detected and classified, with the detail in `error`."""
+
+import os
+import signal
+
+from tests.conftest import wait_for
+
+
+def test_each_kind_of_failure_is_classified_differently(master_factory):
+    master = master_factory()
+    for target in ("stop_self", "segfault", "exit3", "raises", "wait_forever"):
+        master.submit(f"tests.apps.jobs:{target}", {}, key=target)
+    running = wait_for(lambda: (j := master.jobs().get("wait_forever")) and j["pid"], what="wait_forever to run")
+    os.kill(running, signal.SIGKILL)  # from outside, not from Phoenix
+    jobs = master.wait_jobs_done(["stop_self", "segfault", "exit3", "raises", "wait_forever"])
+
+    assert jobs["stop_self"]["outcome"] == "killed"
+    assert "heartbeat_timeout" in jobs["stop_self"]["error"]
+    assert jobs["segfault"]["outcome"] == "crashed"
+    assert "SIGSEGV" in jobs["segfault"]["error"]
+    assert jobs["exit3"]["outcome"] == "exited"
+    assert "exit code 3" in jobs["exit3"]["error"]
+    assert jobs["raises"]["outcome"] == "error"
+    assert "ValueError: boom from the job" in jobs["raises"]["error"]
+    assert "Traceback" in jobs["raises"]["error"]
+    assert jobs["wait_forever"]["outcome"] == "signalled"
+    assert "SIGKILL" in jobs["wait_forever"]["error"]
+    for key in ("stop_self", "segfault", "exit3", "wait_forever"):
+        assert "max RSS" in jobs[key]["error"], jobs[key]
+        assert jobs[key]["state"] == "failed"
+    log = master.log()
+    assert "reason=heartbeat_timeout" in log
+
+
+def test_stall_and_max_runtime_are_killed_with_their_own_reasons(master_factory):
+    master = master_factory()
+    master.submit("tests.apps.jobs:stall", {}, key="stall")
+    master.submit("tests.apps.jobs:cpu_loop", {}, key="cpu")
+    jobs = master.wait_jobs_done(["stall", "cpu"])
+    assert jobs["stall"]["outcome"] == "killed" and "stall_timeout" in jobs["stall"]["error"]
+    assert jobs["cpu"]["outcome"] == "killed" and "max_runtime" in jobs["cpu"]["error"]
+    log = master.log()
+    assert "reason=stall_timeout" in log and "reason=max_runtime" in log
+
+
+def test_a_hung_child_is_killed_and_rerun_with_the_same_parameters(master_factory):
+    master = master_factory()
+    master.submit("tests.apps.jobs:hang_first", {"s": 0.1, "tag": "same"}, key="h")
+    jobs = master.wait_jobs_done(["h"])
+    job = jobs["h"]
+    assert job["state"] == "finished"
+    assert job["attempt"] == 2
+    assert job["result"] == {"attempt": 2}
+    assert job["params"] == {"s": 0.1, "tag": "same"}
+    finished = [c for c in master.callbacks() if c["key"] == "h"]
+    assert len(finished) == 1 and finished[0]["kind"] == "finished" and finished[0]["attempt"] == 2
+
+
+def test_retries_then_failed_and_on_failed_runs_once(master_factory):
+    master = master_factory()
+    master.submit("tests.apps.jobs:flaky", {"fail_times": 2}, key="flaky")
+    master.submit("tests.apps.jobs:always_fails", {}, key="bad")
+    jobs = master.wait_jobs_done(["flaky", "bad"])
+    assert jobs["flaky"]["state"] == "finished" and jobs["flaky"]["attempt"] == 3
+    assert jobs["bad"]["state"] == "failed" and jobs["bad"]["attempt"] == 2  # retries=1
+    wait_for(lambda: len(master.callbacks()) == 2, what="two callbacks")
+    calls = sorted((c["key"], c["kind"]) for c in master.callbacks())
+    assert calls == [("bad", "failed"), ("flaky", "finished")]
+
+
+def test_grandchildren_die_with_the_job(master_factory, tmp_path):
+    master = master_factory()
+    pidfile = tmp_path / "grandchild.pid"
+    master.submit("tests.apps.jobs:grandchild", {"pidfile": str(pidfile)}, key="g")
+    jobs = master.wait_jobs_done(["g"])
+    assert jobs["g"]["state"] == "finished"
+    grandchild = int(pidfile.read_text())
+    wait_for(lambda: not os.path.exists(f"/proc/{grandchild}") or
+             open(f"/proc/{grandchild}/stat").read().rsplit(")", 1)[1].split()[0] == "Z",
+             what="the grandchild to die with its job's process group")
+
+
+def test_results_that_cannot_be_sent_fail_with_a_clear_error(master_factory):
+    master = master_factory()
+    master.submit("tests.apps.jobs:big_result", {}, key="big")
+    master.submit("tests.apps.jobs:not_json", {}, key="obj")
+    jobs = master.wait_jobs_done(["big", "obj"])
+    assert jobs["big"]["outcome"] == "error"
+    assert "65536-byte limit" in jobs["big"]["error"] and "file or a database" in jobs["big"]["error"]
+    assert jobs["obj"]["outcome"] == "error"
+    assert "not JSON" in jobs["obj"]["error"]
