@@ -4,14 +4,18 @@ loop when one ends, and the loop alone writes the journal.
 
 A callback cannot be killed (it is a thread), so one that outlives
 `callback_timeout` is logged, recorded as done with a timeout error, and
-left to finish on its own; its thread stays busy until it does."""
+left to finish on its own; its thread stays busy until it does. The threads
+are daemon threads (ThreadPoolExecutor's are not, and the interpreter would
+wait for a hung callback at exit), so a stop is never held up by one."""
 
 from __future__ import annotations
 
 import os
 import time
 import traceback
-from concurrent.futures import Future, ThreadPoolExecutor
+import queue
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -27,14 +31,24 @@ class RunningCallback:
 
 class CallbackRunner:
     def __init__(self, threads: int) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="phoenix-callback")
+        self.queue: queue.SimpleQueue[tuple[Future[str | None], list[Callable[..., Any]], tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._work, name=f"phoenix-callback-{i}", daemon=True)
+                        for i in range(threads)]
+        for thread in self.threads:
+            thread.start()
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.running: dict[int, RunningCallback] = {}
 
     def start(self, callback_id: int, job_key: str, kind: str, functions: list[Callable[..., Any]], *args: Any) -> None:
-        future = self.pool.submit(self._call_all, functions, args)
+        future: Future[str | None] = Future()
+        self.queue.put((future, functions, args))
         self.running[callback_id] = RunningCallback(callback_id, job_key, kind, time.monotonic(), future)
         future.add_done_callback(self._wake)
+
+    def _work(self) -> None:
+        while (item := self.queue.get()) is not None:
+            future, functions, args = item
+            future.set_result(self._call_all(functions, args))
 
     @staticmethod
     def _call_all(functions: list[Callable[..., Any]], args: tuple[Any, ...]) -> str | None:
@@ -87,6 +101,7 @@ class CallbackRunner:
                 return
 
     def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        for _ in self.threads:
+            self.queue.put(None)
         os.close(self.wake_read)
         os.close(self.wake_write)

@@ -1,0 +1,129 @@
+"""Heartbeats: only the kernel-vouched sender of a running attempt counts;
+callbacks never hold up heartbeat handling; many children, some hung, all
+jobs end exactly once."""
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from phoenix import protocol
+from phoenix.journal import Journal
+from tests.conftest import wait_for
+
+
+def send_from_this_process(path, data):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.sendto(data, str(path))
+    finally:
+        sock.close()
+
+
+def test_forged_datagrams_change_nothing(master_factory, state_dir):
+    master = master_factory()
+    master.submit("tests.apps.jobs:wait_forever", {}, key="target")
+    job = wait_for(lambda: (j := master.jobs()["target"])["pid"] and j, what="the job to run")
+    forged = protocol.encode(job["id"], 1, "finished", 10_000, 0, result="forged")
+    for data in (forged, b"\xff" * 100, b"{}", json.dumps({"v": 1}).encode()):
+        send_from_this_process(state_dir / "phoenix.sock", data)
+    wait_for(lambda: master.status()["master"]["rejected"].get("unknown_pid", 0) >= 4,
+             what="the forged datagrams to be counted as rejected")
+    assert master.jobs()["target"]["state"] == "running"
+
+
+@pytest.fixture
+def traversable_state_dir():
+    """A state dir whose parents another user can traverse (pytest's tmp_path
+    parents are 0700, which would hide what Phoenix's own modes do)."""
+    base = Path(tempfile.mkdtemp(prefix="phoenix-uid-"))
+    base.chmod(0o755)
+    yield base / "state"
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_another_uid_cannot_reach_the_sockets_nor_beat_for_a_job(master_factory, traversable_state_dir):
+    state_dir = traversable_state_dir
+    master = master_factory(state=state_dir)
+    master.submit("tests.apps.jobs:wait_forever", {}, key="target")
+    job = wait_for(lambda: (j := master.jobs()["target"])["pid"] and j, what="the job to run")
+    assert os.stat(state_dir).st_mode & 0o777 == 0o700
+    assert os.stat(state_dir / "phoenix.sock").st_mode & 0o777 == 0o600
+    assert os.stat(state_dir / "control.sock").st_mode & 0o777 == 0o600
+    nobody = pwd.getpwnam("nobody")
+
+    def as_nobody(action):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            try:
+                action()
+                outcome = b"sent"
+            except PermissionError:
+                outcome = b"denied"
+            except OSError as exc:
+                outcome = f"error {exc.errno}".encode()
+            os.write(write, outcome)
+            os._exit(0)
+        os.close(write)
+        result = os.read(read, 100)
+        os.close(read)
+        os.waitpid(pid, 0)
+        return result
+
+    forged = protocol.encode(job["id"], 1, "finished", 10_000, 0, result="forged")
+    assert as_nobody(lambda: send_from_this_process(state_dir / "phoenix.sock", forged)) == b"denied"
+    control = state_dir / "control.sock"
+    assert as_nobody(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect(str(control))) == b"denied"
+    # Defence in depth: even with the permissions opened up, the master itself
+    # drops a datagram whose kernel credentials carry another uid.
+    os.chmod(state_dir, 0o755)
+    os.chmod(state_dir / "phoenix.sock", 0o666)
+    assert as_nobody(lambda: send_from_this_process(state_dir / "phoenix.sock", forged)) == b"sent"
+    wait_for(lambda: master.status()["master"]["rejected"].get("foreign_uid", 0) >= 1,
+             what="the foreign-uid datagram to be rejected")
+    assert master.jobs()["target"]["state"] == "running"
+
+
+def test_slow_and_failing_callbacks_do_not_hold_up_heartbeats(master_factory):
+    master = master_factory()
+    master.submit("tests.apps.jobs:noop", {"callback_sleep": 30}, key="slow-callback")
+    master.submit("tests.apps.jobs:noop", {"callback_raises": True}, key="bad-callback")
+    master.wait_log("callback_error job=bad-callback callback=on_finished")
+    assert "RuntimeError: callback exploded on purpose" in master.log()
+    # While the slow callback hangs in its thread, a hang is still detected and re-run.
+    master.submit("tests.apps.jobs:hang_first", {"s": 0.1}, key="hung")
+    jobs = master.wait_jobs_done(["hung"], timeout=15)
+    assert jobs["hung"]["attempt"] == 2 and jobs["hung"]["state"] == "finished"
+    master.wait_log("callback_timeout job=slow-callback callback=on_finished limit=2.0s")
+    calls = [c["key"] for c in master.callbacks()]
+    assert calls.count("slow-callback") == 1 and calls.count("bad-callback") == 1
+
+
+def test_200_children_10_hung_every_job_finishes_exactly_once(master_factory):
+    master = master_factory("--workers", "200", "--heartbeat-interval", "0.5", "--heartbeat-timeout", "3")
+    # Through the store API, as a script would (the CLI costs an interpreter start per call).
+    journal = Journal(master.state_dir / "journal.db")
+    for i in range(200):
+        target = "hang_first" if i % 20 == 0 else "sleep"
+        journal.submit(f"tests.apps.jobs:{target}", json.dumps({"s": 1.0, "i": i}), f"job-{i}")
+    journal.close()
+    jobs = master.wait_jobs_done(timeout=90)
+    assert len(jobs) == 200
+    assert all(job["state"] == "finished" for job in jobs.values()), [j for j in jobs.values() if j["state"] != "finished"]
+    hung = [job for key, job in jobs.items() if int(key.split("-")[1]) % 20 == 0]
+    assert len(hung) == 10 and all(job["attempt"] == 2 for job in hung)
+    assert all(job["attempt"] == 1 for key, job in jobs.items() if int(key.split("-")[1]) % 20)
+    wait_for(lambda: len(master.callbacks()) >= 200, timeout=20, what="200 callbacks")
+    keys = [c["key"] for c in master.callbacks()]
+    assert sorted(keys) == sorted(jobs)  # each exactly once
+    kills = [line for line in master.log().splitlines() if " kill pid=" in line]
+    assert len(kills) == 10 and all("reason=heartbeat_timeout" in line for line in kills)
