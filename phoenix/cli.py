@@ -18,6 +18,7 @@ from phoenix.app import App, AppError, decode_params, encode_params, load_app, r
 from phoenix.config import ConfigError
 from phoenix.journal import Journal, JournalError
 from phoenix.paths import StatePaths, StateDirError
+from phoenix.metrics import MetricsError
 from phoenix.sockets import SocketBusy
 
 EXIT_NOT_RUNNING = 3  # as systemctl status
@@ -37,7 +38,7 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except pidfile.AlreadyRunning as exc:
             fail(str(exc), 1)
-        except (AppError, ConfigError, JournalError, StateDirError, SocketBusy) as exc:
+        except (AppError, ConfigError, JournalError, StateDirError, SocketBusy, MetricsError) as exc:
             fail(str(exc))
         except control.ControlError as exc:
             fail(str(exc), 1)
@@ -75,6 +76,7 @@ def main() -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--log-format", type=click.Choice(["text", "json"]))
 @click.option("--log-file", type=click.Path(dir_okay=False))
+@click.option("--metrics", help="Serve Prometheus metrics on HOST:PORT (a bare PORT binds 127.0.0.1).")
 @click.option("--daemon", is_flag=True, help="Detach (python-daemon); logs go to --log-file or STATE_DIR/phoenix.log.")
 @friendly_errors
 def start(app: str | None, state_dir: str | None, config_file: str | None, daemon: bool, **flags: Any) -> None:
@@ -140,12 +142,17 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None) -> 
 @main.command()
 @state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@click.option("--watch", "watch_interval", type=float, is_flag=False, flag_value=1.0, default=None,
+              help="Refresh in place every N seconds (default 1) until Ctrl-C.")
 @friendly_errors
-def status(state_dir: str | None, as_json: bool) -> None:
+def status(state_dir: str | None, as_json: bool, watch_interval: float | None) -> None:
     """Show the master and the jobs; exit 0 if a master runs, 3 if none does."""
-    from phoenix.status import collect, render
+    from phoenix.status import collect, render, watch
 
-    report, running = collect(_state_paths(state_dir))
+    paths = _state_paths(state_dir)
+    if watch_interval is not None:
+        watch(paths, watch_interval)
+    report, running = collect(paths)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -204,3 +211,19 @@ def reload(state_dir: str | None, wait: bool, timeout: float) -> None:
         if result.get("state") == "failed" and result.get("from_generation") == generation:
             fail(f"reload failed: {result.get('error')}", 1)
     fail(f"no new master was ready within {timeout} s", 1)
+
+
+@main.command()
+@state_dir_option
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), required=True,
+              help="Write a self-contained timeline page here.")
+@friendly_errors
+def report(state_dir: str | None, html_file: str) -> None:
+    """Write the journal's history as a timeline: a bar per attempt, markers for replacements."""
+    from phoenix.report import write
+
+    paths = _state_paths(state_dir)
+    if not paths.journal.exists():
+        fail(f"no journal at {paths.journal}: nothing has run with this --state-dir")
+    attempts = write(paths.journal, Path(html_file))
+    click.echo(f"wrote {html_file}: {attempts} attempts")

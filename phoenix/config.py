@@ -38,6 +38,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"  # or "json"
     log_file: str | None = None
+    metrics: str | None = None  # HOST:PORT for Prometheus exposition; off by default
 
     def validate(self) -> "Config":
         positive = ("heartbeat_interval", "heartbeat_timeout", "callback_timeout", "outcome_delivery_timeout", "restart_period")

@@ -11,11 +11,17 @@ from typing import Callable
 
 import daemon
 
-from phoenix.handoff import READY_FD_VARIABLE
+from phoenix.handoff import READY_FD_VARIABLE, is_replacement
 from phoenix.paths import StatePaths
 
 
 def run_daemonized(run: Callable[[], int], paths: StatePaths) -> int:
+    if is_replacement():
+        # USR2 re-runs our own command line, `--daemon` included: this image
+        # replaces a master that is already detached, in place (same pid) or
+        # as its fork-mode successor. Detaching again would fork away from the
+        # pid in the pidfile and close the sockets and lock it was handed.
+        return run()
     ready_read, ready_write = os.pipe()
     launcher_child = os.fork()
     if launcher_child == 0:

@@ -15,15 +15,17 @@ touching its children, which the new one adopts through pidfds.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
+import select
 import selectors
 import signal
 import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from phoenix import log, systemd
+from phoenix import log, pidfile, systemd
 
 if TYPE_CHECKING:
     from phoenix.master import Master
@@ -32,10 +34,20 @@ FDS_VARIABLE = "PHOENIX_FDS"
 GENERATION_VARIABLE = "PHOENIX_GENERATION"
 READY_FD_VARIABLE = "PHOENIX_READY_FD"
 
+HANDOFF_VARIABLES = (FDS_VARIABLE, GENERATION_VARIABLE, READY_FD_VARIABLE)
+PREFLIGHT_OUTPUT_LIMIT = 16_000  # characters of `phoenix check` output kept for the log and `reload --wait`
+
 # Captured at import, before any app code runs: the new image gets the
-# command line, directory and environment the master was started with.
+# command line, directory and environment the master was started with. The
+# handover variables of the image that started us are not part of it: they
+# name fds of that handover, and a later one sets its own.
 STARTUP_CWD = os.getcwd()
-STARTUP_ENVIRONMENT = dict(os.environ)
+STARTUP_ENVIRONMENT = {k: v for k, v in os.environ.items() if k not in HANDOFF_VARIABLES}
+
+
+def is_replacement() -> bool:
+    """True in an image started by a replacement (it inherits the old master's fds)."""
+    return bool(os.environ.get(FDS_VARIABLE))
 
 
 def inherited_fds() -> dict[str, int]:
@@ -50,14 +62,20 @@ def inherited_fds() -> dict[str, int]:
 
 
 def close_stray_fds(keep: set[int]) -> None:
-    """After exec, close any fd the old image leaked beyond those handed over."""
+    """After exec, close any fd the old image leaked beyond those handed over.
+
+    Only inheritable fds can have come through exec: every fd this image
+    opened itself (Python opens them close-on-exec), for instance a database
+    connection the app made at import, is left alone."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd > 2 and fd not in keep:
-            try:
+        if fd <= 2 or fd in keep:
+            continue
+        try:
+            if os.get_inheritable(fd):
                 os.close(fd)
-            except OSError:
-                pass
+        except OSError:
+            pass  # the fd of the listdir itself, gone by now
 
 
 class Handoff:
@@ -67,6 +85,10 @@ class Handoff:
         self.last_result: dict[str, Any] | None = None
         self.new_master_pid: int | None = None
         self.ready_read: int | None = None
+        self.preflight_read: int | None = None  # the preflight's stdout and stderr
+        self.preflight_output = bytearray()
+        self.preflight_started = 0.0
+        self.paused_timers: list[Any] = []  # fork mode: the deadlines we stop judging while the new master starts
 
     @property
     def busy(self) -> bool:
@@ -94,21 +116,69 @@ class Handoff:
         self.last_result = {"state": "preflight", "from_generation": m.generation}
         self.preflight_started = time.monotonic()
         argv = [sys.executable, "-m", "phoenix", "check", m.app_spec, "--state-dir", str(m.paths.root)]
-        pid = os.posix_spawn(sys.executable, argv, STARTUP_ENVIRONMENT)
+        # Its output (the error and traceback, if the new code is broken) comes
+        # back to us through a pipe: it goes into our log and into the answer
+        # `phoenix reload --wait` prints, wherever our own stderr points.
+        output_read, output_write = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(output_read, False)
+        try:
+            os.chdir(STARTUP_CWD)
+            pid = os.posix_spawn(sys.executable, argv, STARTUP_ENVIRONMENT, setsigmask=(), file_actions=[
+                (os.POSIX_SPAWN_DUP2, output_write, 1), (os.POSIX_SPAWN_DUP2, output_write, 2)])
+        except OSError as exc:
+            os.close(output_read)
+            self._failed("preflight", f"cannot start the preflight `{' '.join(argv)}`: {exc}")
+            return True
+        finally:
+            os.close(output_write)
+        self.preflight_output = bytearray()
+        self.preflight_read = output_read
+        m.selector.register(output_read, selectors.EVENT_READ, self._read_preflight_output)
         m.other_children[pid] = self._preflight_done
         return True
 
+    def _read_preflight_output(self) -> None:
+        if self.preflight_read is None:
+            return
+        try:
+            while chunk := os.read(self.preflight_read, 65536):
+                self.preflight_output += chunk
+                if len(self.preflight_output) > 4 * PREFLIGHT_OUTPUT_LIMIT:  # keep the head and the end
+                    del self.preflight_output[PREFLIGHT_OUTPUT_LIMIT // 4 : -PREFLIGHT_OUTPUT_LIMIT]
+        except BlockingIOError:
+            return
+        self.master.selector.unregister(self.preflight_read)
+        os.close(self.preflight_read)
+        self.preflight_read = None
+
     def _preflight_done(self, status: int) -> None:
         m = self.master
-        if os.waitstatus_to_exitcode(status) != 0:
-            self.phase = "idle"
-            error = f"preflight `phoenix check {m.app_spec}` failed with exit code {os.waitstatus_to_exitcode(status)}; see its output above"
-            self.last_result = {"state": "failed", "from_generation": m.generation, "error": error}
-            log.event(logging.ERROR, "reload_failed", reason="preflight", error=error)
+        self._read_preflight_output()  # it has exited: the rest is in the pipe
+        if self.preflight_read is not None:  # a process it started still holds the pipe: stop reading
+            m.selector.unregister(self.preflight_read)
+            os.close(self.preflight_read)
+            self.preflight_read = None
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            output = _cut(self.preflight_output.decode(errors="replace").strip(), PREFLIGHT_OUTPUT_LIMIT)
+            self._failed("preflight", f"preflight `phoenix check {m.app_spec}` failed with exit code {code}:\n"
+                         f"{output or '(no output)'}")
             return
         log.event(logging.INFO, "preflight_ok", took=f"{time.monotonic() - self.preflight_started:.2f}s")
         self.phase = "waiting_callbacks"
         self.continue_when_quiet()
+
+    def _failed(self, reason: str, error: str) -> None:
+        """The replacement did not happen: this image carries on, as if it had
+        never been asked (and runs the callbacks that were held back for it)."""
+        m = self.master
+        self.phase = "idle"
+        self.last_result = {"state": "failed", "from_generation": m.generation, "error": error}
+        first, _, rest = error.partition("\n")
+        log.event(logging.ERROR, "reload_failed", reason=reason, error=first)
+        if rest:
+            log.log.error("%s", rest)
+        m.run_owed_callbacks()
 
     def continue_when_quiet(self) -> None:
         """Called on every turn while waiting: exec once no callback is running,
@@ -135,8 +205,37 @@ class Handoff:
             os.set_inheritable(fd, True)
         return fds
 
+    def _answer_accepted_requests(self) -> bool:
+        """Before exec: answer the control requests already accepted (a
+        `reload --wait` polling status, say), whose connections the exec would
+        close under the client's feet. New connections wait in the listen
+        backlog, which the new image inherits with the socket. False when one
+        of them was a stop: then the master stops instead of replacing itself."""
+        m = self.master
+        m.selector.unregister(m.control.sock)
+        deadline = time.monotonic() + 0.5
+        poller = select.poll()
+        for conn in m.control.buffers:
+            poller.register(conn, select.POLLIN)
+        while m.control.buffers and (left := deadline - time.monotonic()) > 0:
+            for fd, _event in poller.poll(left * 1000):
+                conn = next((c for c in m.control.buffers if c.fileno() == fd), None)
+                poller.unregister(fd)
+                if conn is not None:
+                    m.control.read(conn)
+                    if conn in m.control.buffers:  # only part of the request so far
+                        poller.register(conn, select.POLLIN)
+        m.control.close()  # whatever is left never sent a whole request
+        if m.state != "running":
+            m.selector.register(m.control.sock, selectors.EVENT_READ, m.control.accept)
+            self._failed("stop", f"the master is {m.state}: a stop request came in before the exec")
+            return False
+        return True
+
     def exec_in_place(self) -> None:
         m = self.master
+        if not self._answer_accepted_requests():
+            return
         signal.pthread_sigmask(signal.SIG_BLOCK, _handled())
         fds = self._handover_fds()
         env = self._handover_environment(fds)
@@ -161,11 +260,9 @@ class Handoff:
         m.journal = Journal(m.paths.journal)
         m.app.journal = m.journal
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _handled())
-        self.phase = "idle"
-        error = f"exec of {sys.executable} failed: {exc}"
-        self.last_result = {"state": "failed", "from_generation": m.generation, "error": error}
-        log.event(logging.ERROR, "reload_failed", reason="exec", error=error)
+        m.selector.register(m.control.sock, selectors.EVENT_READ, m.control.accept)
         systemd.notify("READY=1")
+        self._failed("exec", f"exec of {sys.executable} failed: {exc}")
 
     def fork_new_master(self) -> None:
         m = self.master
@@ -174,25 +271,35 @@ class Handoff:
         os.set_inheritable(ready_write, True)
         env = self._handover_environment(fds)
         env[READY_FD_VARIABLE] = str(ready_write)
+        # systemd's WATCHDOG_PID names us; the new master, once MAINPID, owes the keep-alives.
+        env.pop("WATCHDOG_PID", None)
+        systemd.notify("RELOADING=1", systemd.monotonic_usec())
         os.rename(m.paths.pidfile, oldbin(m))
         try:
-            pid = os.posix_spawn(sys.executable, sys.orig_argv, env)
+            os.chdir(STARTUP_CWD)
+            # Started with the handled signals blocked, as an in-place image is:
+            # a USR2 or TERM that reaches it before its handlers are installed
+            # waits for them instead of killing it.
+            pid = os.posix_spawn(sys.executable, sys.orig_argv, env, setsigmask=_handled())
         except OSError as exc:
             os.rename(oldbin(m), m.paths.pidfile)
             os.close(ready_read)
             os.close(ready_write)
             for fd in fds.values():
                 os.set_inheritable(fd, False)
-            self.phase = "idle"
-            self.last_result = {"state": "failed", "from_generation": m.generation, "error": str(exc)}
-            log.event(logging.ERROR, "reload_failed", reason="spawn", error=str(exc))
+            systemd.notify("READY=1")
+            self._failed("spawn", f"cannot start the new master: {exc}")
             return
         os.close(ready_write)
         for fd in fds.values():
             os.set_inheritable(fd, False)
-        # Stop reading beats: from here on the new master owns the socket and
-        # the children; the old one only waits to hear that it is ready.
+        # Stop reading beats and control requests: from here on the new master
+        # owns the socket and the children (it adopts them through pidfds) and
+        # answers `phoenix status`; the old one only waits to hear that it is
+        # ready, and does not judge its children by beats it no longer reads.
         m.selector.unregister(m.heartbeat)
+        m.selector.unregister(m.control.sock)
+        self.paused_timers, m.timers = m.timers, []
         self.phase = "forked"
         self.new_master_pid = pid
         self.ready_read = ready_read
@@ -210,24 +317,35 @@ class Handoff:
         if not data:
             return  # closed without a word: it died; _new_master_died restores
         log.event(logging.INFO, "handed_over", new_pid=self.new_master_pid, running=len(m.children))
-        systemd.notify(f"MAINPID={self.new_master_pid}")
+        # From the main pid (NotifyAccess=main): the service's main process is now the new master.
+        systemd.notify(f"MAINPID={self.new_master_pid}", "READY=1")
         m.leave_children_running()
 
     def _new_master_died(self, status: int) -> None:
         m = self.master
         if self.phase != "forked" or m.state == "stopped":
             return
-        log.event(logging.ERROR, "reload_failed", reason="the new master died before it was ready",
-                  status=os.waitstatus_to_exitcode(status))
         if self.ready_read is not None:
             m.selector.unregister(self.ready_read)
             os.close(self.ready_read)
             self.ready_read = None
-        os.rename(oldbin(m), m.paths.pidfile)
+        try:
+            os.rename(oldbin(m), m.paths.pidfile)
+        except FileNotFoundError:
+            pidfile.write_atomically(m.paths.pidfile, os.getpid())
         m.selector.register(m.heartbeat, selectors.EVENT_READ, m.read_heartbeats)
-        self.phase = "idle"
-        self.last_result = {"state": "failed", "from_generation": m.generation,
-                            "error": "the new master died before it was ready; see its log"}
+        m.selector.register(m.control.sock, selectors.EVENT_READ, m.control.accept)
+        # The beats sent while we did not listen were read by the new master,
+        # or are still queued: every child gets a full heartbeat_timeout again.
+        now = time.monotonic()
+        for attempt in m.children.values():
+            attempt.last_beat = attempt.last_progress = max(attempt.last_beat, now)
+        m.timers.extend(self.paused_timers)
+        heapq.heapify(m.timers)
+        self.paused_timers = []
+        systemd.notify("READY=1")
+        self._failed("new master", f"the new master (pid {self.new_master_pid}) exited with "
+                     f"{_describe_status(status)} before it was ready; see its output in the log")
 
     def became_ready(self) -> None:
         """In the new image, once sockets are rebuilt, children adopted and the
@@ -241,6 +359,19 @@ class Handoff:
             systemd.notify("READY=1", f"MAINPID={os.getpid()}")
         else:
             systemd.notify("READY=1")
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: limit // 4] + "\n[... cut ...]\n" + text[-(limit - limit // 4):]
+
+
+def _describe_status(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"exit code {code}"
 
 
 def oldbin(m: "Master") -> Any:

@@ -312,6 +312,9 @@ class Journal:
                 (time.time(), kind, generation, pid, detail),
             )
 
+    def count_events(self, kind: str) -> int:
+        return self.db.execute("SELECT count(*) FROM events WHERE kind = ?", (kind,)).fetchone()[0]
+
     def set_meta(self, **values: Any) -> None:
         with self.transaction() as db:
             for name, value in values.items():
@@ -344,6 +347,19 @@ class Journal:
                 "result": json.loads(result) if result is not None else None,
                 "error": error,
             }
+
+    def timeline_attempts(self) -> list[dict[str, Any]]:
+        cur = self.db.execute(
+            "SELECT a.job_id, j.key, a.n, a.pid, a.started_at, a.ended_at, a.outcome, a.reason "
+            "FROM attempts a JOIN jobs j ON j.id = a.job_id ORDER BY a.job_id, a.n"
+        )
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
+    def timeline_events(self) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT at, kind, generation, pid, detail FROM events ORDER BY at")
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, row)) for row in cur]
 
     def integrity_ok(self) -> bool:
         return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

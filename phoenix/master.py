@@ -28,13 +28,13 @@ import selectors
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from setproctitle import setproctitle
 
-from phoenix import child, log, procfs, protocol, systemd
+from phoenix import child, log, metrics, procfs, protocol, systemd
 from phoenix.app import App, AppError, JobInfo, JobSpec, decode_params, resolve_target
 from phoenix.callbacks import CallbackRunner
 from phoenix.config import Config
@@ -81,17 +81,6 @@ class Attempt:
     interrupted: bool = False
 
 
-@dataclass
-class Counters:
-    beats: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    spawned: int = 0
-    killed: int = 0
-
-    def reject(self, why: str) -> None:
-        self.rejected[why] = self.rejected.get(why, 0) + 1
-
-
 class Master:
     def __init__(self, app: App, app_spec: str | None, config: Config, reload_config: Callable[[], Config]) -> None:
         self.app = app
@@ -108,7 +97,10 @@ class Master:
         self.stop_mode: str | None = None  # "term", "drain", "leave"
         self.force_stop_at: float | None = None
         self.budget = RestartBudget(config.restart_intensity, config.restart_period)
-        self.counters = Counters()
+        self.counters = metrics.Counters()
+        self.metrics_registry = metrics.CollectorRegistry()
+        self.histograms = metrics.Histograms(self.metrics_registry)
+        self.replacements = 0
         self.maybe_pending = True
         self.next_pending_poll = 0.0
         self.title_due = 0.0
@@ -118,6 +110,7 @@ class Master:
         self.started_at = time.time()
         self.exit_code = 0
         self.handoff = handoff.Handoff(self)
+        self.watchdog = systemd.Watchdog()  # WATCHDOG=1 when systemd's WatchdogSec asks for it
 
     # -- start-up ---------------------------------------------------------------
 
@@ -153,6 +146,10 @@ class Master:
         self.callbacks = CallbackRunner(self.config.callback_threads)
         self.selector.register(self.callbacks.wake_read, selectors.EVENT_READ, self.callbacks.drain_wakeups)
         self._install_signal_handlers()
+        self.replacements = self.journal.count_events("replaced") + (1 if inherited else 0)
+        if self.config.metrics:
+            host, port = metrics.serve(self, self.config.metrics)
+            event(INFO, "metrics", address=f"http://{host}:{port}/metrics")
         self.journal.record_event("master_start" if not inherited else "replaced", self.generation, os.getpid(),
                                   self.app_spec)
 
@@ -245,6 +242,7 @@ class Master:
                 self.handoff.continue_when_quiet()
                 self.check_finished()
                 self.update_title()
+                self.watchdog.keep_alive()
         finally:
             self.close()
         return self.exit_code
@@ -259,6 +257,7 @@ class Master:
         cb_deadline = self.callbacks.next_deadline(self.config.callback_timeout)
         if cb_deadline is not None:
             deadline = min(deadline, cb_deadline)
+        deadline = min(deadline, self.watchdog.due)
         if self.maybe_pending and self.has_free_slot():
             deadline = now
         for key, _mask in self.selector.select(max(0.0, deadline - now)):
@@ -341,11 +340,14 @@ class Master:
             else:
                 self.kill(attempt, reason, now)
 
+    def heartbeat_timeout_of(self, attempt: Attempt) -> float:
+        spec = attempt.spec
+        return (spec.heartbeat_timeout if spec is not None else None) or self.config.heartbeat_timeout
+
     def liveness_verdict(self, attempt: Attempt, now: float) -> tuple[str | None, float]:
         """(reason to kill, or None; when to check next)."""
         spec = attempt.spec
-        hb_timeout = (spec.heartbeat_timeout if spec and spec.heartbeat_timeout else None) or self.config.heartbeat_timeout
-        deadlines = [("heartbeat_timeout", attempt.last_beat + hb_timeout)]
+        deadlines = [("heartbeat_timeout", attempt.last_beat + self.heartbeat_timeout_of(attempt))]
         if spec is not None and spec.stall_timeout:
             deadlines.append(("stall_timeout", attempt.last_progress + spec.stall_timeout))
         if spec is not None and spec.max_runtime:
@@ -358,7 +360,10 @@ class Master:
                 "max_runtime": now - attempt.started, "operator": 0.0}
         attempt.kill_reason = reason
         attempt.kill_detail = f"{reason}: {ages.get(reason, 0.0):.2f} s"
-        self.counters.killed += 1
+        self.counters.count(self.counters.kills, reason)
+        if reason == "heartbeat_timeout":
+            late = now - attempt.last_beat - self.heartbeat_timeout_of(attempt)
+            self.histograms.detection_latency.observe(max(0.0, late))
         event(WARNING, "kill", pid=attempt.pid, job=attempt.key, attempt=attempt.n, reason=reason,
               after=f"{ages.get(reason, 0.0):.2f}s")
         self.signal_attempt(attempt, signal.SIGTERM)
@@ -460,6 +465,8 @@ class Master:
             error = f"{error} (max RSS {max_rss_kb} KiB)" if error else None
         self.record_outcome(attempt.job_id, attempt.key, attempt.target, attempt.attempt_id, attempt.n,
                             outcome, reason, error, result_json, max_rss_kb, attempt.pid)
+        if attempt.own_child:  # an adopted attempt's start is not on this master's clock
+            self.histograms.job_duration.labels(outcome).observe(time.monotonic() - attempt.started)
         self.maybe_pending = True
 
     def conclude_without_process(self, a: OpenAttempt, outcome: str, reason: str) -> None:
@@ -502,6 +509,7 @@ class Master:
         self.remove_outbox(job_id, n)
         if not recorded:
             return  # another master recorded it first (a fork-mode handover)
+        self.counters.count(self.counters.attempts, outcome)
         level = INFO if outcome in ("finished", "interrupted") else WARNING
         fields: dict[str, Any] = {"pid": pid, "job": key, "attempt": n, "outcome": outcome}
         if reason:
@@ -631,12 +639,16 @@ class Master:
                 self.start_callback(callback_id, job_id, n, kind)
 
     def settle_callbacks(self) -> None:
+        now = time.monotonic()
         for running, error in self.callbacks.finished():
+            self.histograms.callback_duration.observe(now - running.started)
             if error:
+                self.counters.callback_errors += 1
                 event(ERROR, "callback_error", job=running.job_key, callback=running.kind)
                 log.log.error("%s", error.rstrip())
             self.journal.callback_done(running.callback_id, error)
-        for running in self.callbacks.overdue(self.config.callback_timeout, time.monotonic()):
+        for running in self.callbacks.overdue(self.config.callback_timeout, now):
+            self.counters.callback_errors += 1
             event(ERROR, "callback_timeout", job=running.job_key, callback=running.kind,
                   limit=f"{self.config.callback_timeout}s")
             self.journal.callback_done(running.callback_id, f"timed out after {self.config.callback_timeout} s")
@@ -706,7 +718,8 @@ class Master:
         if not force and now < self.title_due:
             return
         self.title_due = now + 0.5
-        pending = self.journal.counts()["pending"]
+        self.counters.jobs = self.journal.counts()
+        pending = self.counters.jobs["pending"]
         app = self.app.name or self.app_spec or "-"
         setproctitle(f"phoenix: master gen {self.generation} [{app}] {len(self.children)} running {pending} pending")
         systemd.notify(f"STATUS=gen {self.generation}: {len(self.children)} running, {pending} pending")
@@ -738,7 +751,9 @@ class Master:
                 "generation": self.generation,
                 "state": "draining" if self.state == "draining" else "running",
                 "started_at": self.started_at,
+                "uptime": round(time.time() - self.started_at, 3),
                 "workers": self.workers,
+                "slots_used": len(self.children),
                 "app": self.app_spec,
                 "beats": self.counters.beats,
                 "rejected": self.counters.rejected,

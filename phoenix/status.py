@@ -1,14 +1,18 @@
 """`phoenix status`: the journal's view of every job, joined with the live
-view of the running master (pids, beat ages) when there is one."""
+view of the running master (pids, beat ages, progress, memory) when there is one."""
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from phoenix import control, pidfile
 from phoenix.journal import Journal
 from phoenix.paths import StatePaths
+
+MASTER_FIELDS = ("pid", "generation", "state", "started_at", "uptime", "workers", "slots_used", "app", "beats",
+                 "rejected", "reload")
 
 
 def collect(paths: StatePaths) -> tuple[dict[str, Any], bool]:
@@ -25,7 +29,7 @@ def collect(paths: StatePaths) -> tuple[dict[str, Any], bool]:
         journal = Journal(paths.journal)
         try:
             jobs = list(journal.status_rows())
-            meta = {name: journal.meta(name) for name in ("generation", "master_pid", "started_at")}
+            meta = {name: journal.meta(name) for name in ("generation", "started_at")}
         finally:
             journal.close()
     running = (live or {}).get("running", {})
@@ -33,45 +37,87 @@ def collect(paths: StatePaths) -> tuple[dict[str, Any], bool]:
         now = running.get(str(job["id"]))
         job["last_beat_age"] = now["last_beat_age"] if now else None
         if now:
-            job["pid"] = now["pid"]
+            job.update(pid=now["pid"], age=now["age"], progress=now["progress"], rss=now["rss"])
     if live is not None:
-        master = {k: live["master"][k] for k in ("pid", "generation", "state", "started_at")}
-        extra = {k: live["master"][k] for k in ("workers", "app", "beats", "rejected") if k in live["master"]}
-        master.update(extra)
+        master = {k: live["master"][k] for k in MASTER_FIELDS if k in live["master"]}
     else:
         master = {"pid": None, "generation": meta.get("generation"), "state": "stopped",
                   "started_at": meta.get("started_at")}
-    report = {"master": master, "jobs": jobs}
-    return report, live is not None
+    return {"master": master, "jobs": jobs}, live is not None
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _size(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1048576:.1f}M"
+
+
+def summary(report: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...]]]:
+    """(heading, column names, rows of running jobs) for either rendering."""
+    master = report["master"]
+    counts = {"pending": 0, "running": 0, "finished": 0, "failed": 0}
+    for job in report["jobs"]:
+        counts[job["state"]] = counts.get(job["state"], 0) + 1
+    if master["state"] == "stopped":
+        head = f"master: stopped (last generation {master['generation'] or '-'})"
+    else:
+        head = (f"master: {master['state']}  pid {master['pid']}  generation {master['generation']}  "
+                f"uptime {_duration(master.get('uptime'))}  slots {master.get('slots_used', '-')}/{master.get('workers', '-')}")
+    head += "\n" + "  ".join(f"{state} {n}" for state, n in counts.items())
+    columns = ["key", "pid", "attempt", "age", "last beat", "progress", "rss"]
+    rows = [
+        (job["key"], str(job["pid"] or "-"), str(job["attempt"]), _duration(job.get("age")),
+         f"{job['last_beat_age']:.1f}s" if job["last_beat_age"] is not None else "-",
+         str(job.get("progress", "-")), _size(job.get("rss")))
+        for job in report["jobs"] if job["state"] == "running"
+    ]
+    return head, columns, rows
+
+
+def rich_table(report: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    head, columns, rows = summary(report)
+    table = Table(title=head, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right" if column not in ("key",) else "left")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def render(report: dict[str, Any]) -> None:
-    """A table on a terminal (rich), plain columns when piped; NO_COLOR respected by rich."""
-    master = report["master"]
-    jobs = report["jobs"]
-    counts: dict[str, int] = {}
-    for job in jobs:
-        counts[job["state"]] = counts.get(job["state"], 0) + 1
-    head = (f"master: {master['state']}  pid {master['pid'] or '-'}  generation {master['generation'] or '-'}  "
-            + "  ".join(f"{state} {counts.get(state, 0)}" for state in ("pending", "running", "finished", "failed")))
-    columns = ("id", "key", "state", "attempt", "pid", "last beat", "outcome")
-    rows = [
-        (str(j["id"]), j["key"], j["state"], str(j["attempt"]), str(j["pid"] or "-"),
-         f"{j['last_beat_age']:.1f}s" if j["last_beat_age"] is not None else "-", j["outcome"] or "-")
-        for j in jobs
-    ]
+    """A rich table on a terminal (rich honours NO_COLOR), plain columns when piped."""
     if sys.stdout.isatty():
         from rich.console import Console
-        from rich.table import Table
 
-        table = Table(title=head)
-        for column in columns:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*row)
-        Console().print(table)
+        Console().print(rich_table(report))
         return
+    head, columns, rows = summary(report)
     print(head)
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
-    for row in [columns, *rows]:
+    for row in [tuple(columns), *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def watch(paths: StatePaths, interval: float) -> None:
+    """Refresh the table in place until Ctrl-C."""
+    from rich.console import Console
+    from rich.live import Live
+
+    with Live(rich_table(collect(paths)[0]), console=Console(), auto_refresh=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(rich_table(collect(paths)[0]), refresh=True)
+        except KeyboardInterrupt:
+            pass

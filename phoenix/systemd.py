@@ -37,3 +37,21 @@ def watchdog_interval() -> float | None:
     if not usec or (pid and int(pid) != os.getpid()):
         return None
     return int(usec) / 2_000_000
+
+
+class Watchdog:
+    """Keep-alives for systemd's WatchdogSec=: WATCHDOG=1 every half interval,
+    sent from the master loop, so a loop that stops turning gets the master
+    restarted. Inert when systemd did not ask (no WATCHDOG_USEC for this pid)."""
+
+    def __init__(self) -> None:
+        self.interval = watchdog_interval()
+        self.due = time.monotonic() if self.interval else float("inf")
+
+    def keep_alive(self) -> None:
+        if self.interval is None:
+            return
+        now = time.monotonic()
+        if now >= self.due:
+            notify("WATCHDOG=1")
+            self.due = now + self.interval

@@ -128,3 +128,11 @@ def flaky(params):
 @app.job(retries=1)
 def always_fails(params):
     raise RuntimeError("always")
+
+
+@app.job(retries=0)
+def ignores_term(params):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:
+        time.sleep(0.05)
+        phoenix.heartbeat()

@@ -1,0 +1,111 @@
+"""Prometheus metrics (`phoenix start --metrics 127.0.0.1:9464`), served by
+prometheus_client on its own thread.
+
+The loop keeps plain counters (an int increment per beat costs nothing); a
+custom collector reads them at scrape time, so the heartbeat path takes no
+lock. Histograms are prometheus_client's own, observed once per attempt or
+callback, never per beat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from phoenix.master import Master
+
+
+class MetricsError(ValueError):
+    """The --metrics address is malformed or cannot be bound."""
+
+
+@dataclass
+class Counters:
+    """What the loop counts; read by the collector at scrape time."""
+
+    beats: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    spawned: int = 0
+    attempts: dict[str, int] = field(default_factory=dict)  # by outcome
+    kills: dict[str, int] = field(default_factory=dict)  # by reason
+    callback_errors: int = 0
+    jobs: dict[str, int] = field(default_factory=dict)  # by state, refreshed with the title
+
+    def reject(self, why: str) -> None:
+        self.rejected[why] = self.rejected.get(why, 0) + 1
+
+    def count(self, table: dict[str, int], label: str) -> None:
+        table[label] = table.get(label, 0) + 1
+
+
+class Histograms:
+    """Kept whether or not metrics are served: one observation per attempt is cheap."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        kwargs = {"registry": registry}
+        self.job_duration = Histogram("phoenix_attempt_duration_seconds", "Wall time of each attempt",
+                                      ["outcome"], buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400), **kwargs)
+        self.detection_latency = Histogram(
+            "phoenix_hang_detection_delay_seconds", "Kill time minus (last beat + heartbeat_timeout)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), **kwargs)
+        self.callback_duration = Histogram("phoenix_callback_duration_seconds", "Wall time of each callback run",
+                                           buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 30, 120), **kwargs)
+
+
+class _MasterCollector(Collector):
+    def __init__(self, master: "Master") -> None:
+        self.master = master
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.master
+        c = m.counters
+        yield _labelled(GaugeMetricFamily("phoenix_jobs", "Jobs in the journal by state", labels=["state"]), c.jobs)
+        yield _labelled(CounterMetricFamily("phoenix_attempts", "Attempts ended, by outcome", labels=["outcome"]),
+                        c.attempts)
+        yield _labelled(CounterMetricFamily("phoenix_kills", "Children killed by Phoenix, by reason", labels=["reason"]),
+                        c.kills)
+        yield CounterMetricFamily("phoenix_heartbeats_received", "Heartbeat datagrams accepted", value=c.beats)
+        yield _labelled(CounterMetricFamily("phoenix_heartbeats_rejected", "Heartbeat datagrams dropped, by reason",
+                                            labels=["reason"]), c.rejected)
+        yield CounterMetricFamily("phoenix_spawned", "Children forked by this master", value=c.spawned)
+        yield CounterMetricFamily("phoenix_callback_errors", "Callbacks that raised or timed out",
+                                  value=c.callback_errors)
+        yield CounterMetricFamily("phoenix_replacements", "Master replacements recorded in the journal",
+                                  value=m.replacements)
+        yield GaugeMetricFamily("phoenix_master_generation", "Generation of the running master", value=m.generation)
+        yield GaugeMetricFamily("phoenix_children_running", "Children being watched", value=len(m.children))
+        yield GaugeMetricFamily("phoenix_workers", "Concurrent child slots", value=m.workers)
+
+
+def _labelled(family: GaugeMetricFamily | CounterMetricFamily, values: dict[str, int]) -> Metric:
+    for label, value in sorted(values.items()):
+        family.add_metric([label], value)
+    return family
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text  # a bare port binds loopback only
+    try:
+        number = int(port)
+        if not 0 <= number <= 65535:
+            raise ValueError
+    except ValueError:
+        raise MetricsError(f"--metrics wants HOST:PORT or PORT (got {text!r}), e.g. 127.0.0.1:9464") from None
+    return host.strip("[]") or "127.0.0.1", number
+
+
+def serve(master: "Master", address: str) -> tuple[str, int]:
+    """Start the exposition server; returns the bound (host, port)."""
+    host, port = parse_address(address)
+    master.metrics_registry.register(_MasterCollector(master))
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=master.metrics_registry)
+    except OSError as exc:
+        raise MetricsError(f"cannot serve metrics on {host}:{port}: {exc.strerror}; choose another --metrics address") from None
+    return server.server_address[0], server.server_address[1]
