@@ -115,6 +115,10 @@ def _write_outbox(outbox: Path, job_id: int, attempt: int, data: bytes) -> None:
         os.rename(temporary, final)
     except OSError as exc:
         print(f"phoenix: cannot write outcome to {final}: {exc}", file=sys.stderr)
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
 
 
 def run(

@@ -43,6 +43,13 @@ class ControlServer:
         self.buffers: dict[socket.socket, bytearray] = {}
         selector.register(sock, selectors.EVENT_READ, self.accept)
 
+    def rebind(self, sock: socket.socket) -> None:
+        """Serve on a new listening socket (the state directory was rebuilt)."""
+        self.selector.unregister(self.sock)
+        self.sock.close()
+        self.sock = sock
+        self.selector.register(sock, selectors.EVENT_READ, self.accept)
+
     def accept(self) -> None:
         while True:
             try:
@@ -70,12 +77,16 @@ class ControlServer:
         if b"\n" not in buffer and chunk and len(buffer) <= MAX_REQUEST_BYTES:
             return
         line = bytes(buffer).split(b"\n", 1)[0]
+        if len(line) > MAX_REQUEST_BYTES:
+            self.on_rejected("oversized control request")
+            self._finish(conn, {"ok": False, "error": f"request over {MAX_REQUEST_BYTES} bytes: send one small JSON object on one line"})
+            return
         try:
             request = json.loads(line) if chunk or line else None
             if not isinstance(request, dict):
                 raise ValueError("not an object")
             reply = self.handle(request)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested too deep
             self.on_rejected("malformed control request")
             reply = {"ok": False, "error": "malformed request: send one JSON object on one line"}
         self._finish(conn, reply)

@@ -361,5 +361,10 @@ class Journal:
         names = [c[0] for c in cur.description]
         return [dict(zip(names, row)) for row in cur]
 
+    def probe_write(self) -> None:
+        """Raise if the journal cannot be written right now (used to end an outage)."""
+        with self.transaction() as db:
+            db.execute("INSERT INTO meta VALUES ('probe', '0') ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+
     def integrity_ok(self) -> bool:
         return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

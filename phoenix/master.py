@@ -16,7 +16,7 @@ this process (handoff.py), a stop or a crash loses nothing.
 
 from __future__ import annotations
 
-import errno
+import functools
 import gc
 import heapq
 import itertools
@@ -41,11 +41,12 @@ from phoenix.config import Config
 from phoenix.control import ControlServer
 from phoenix.journal import Journal, Job, OpenAttempt
 from phoenix.paths import StatePaths
-from phoenix.pidfile import PidFile
+from phoenix.pidfile import AlreadyRunning, PidFile
 from phoenix.policy import RestartBudget, backoff_delay, classify_exit
 from phoenix.sockets import bind_heartbeat
 from phoenix import control as control_socket
 from phoenix import handoff
+from phoenix.outage import STORAGE_ERRORS, JournalOutage, file_identity, restore_journal
 
 HANDLED_SIGNALS = (
     signal.SIGUSR2, signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGINT,
@@ -110,7 +111,10 @@ class Master:
         self.started_at = time.time()
         self.exit_code = 0
         self.handoff = handoff.Handoff(self)
+        self.retired_heartbeats: list[socket.socket] = []  # still read after a state-dir rebuild
         self.watchdog = systemd.Watchdog()  # WATCHDOG=1 when systemd's WatchdogSec asks for it
+        self.outage = JournalOutage(str(self.paths.journal))
+        self.next_state_dir_check = 0.0
 
     # -- start-up ---------------------------------------------------------------
 
@@ -123,6 +127,7 @@ class Master:
         self.pidfile = PidFile(self.paths.pidfile, self.paths.lockfile, inherited.get("lock"))
         self.pidfile.acquire()
         self.journal = Journal(self.paths.journal)
+        self.journal_identity = file_identity(self.paths.journal)
         self.generation = int(self.journal.meta("generation", 0)) + 1
         self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
                               app=self.app_spec, state="starting")
@@ -237,12 +242,13 @@ class Master:
                 self.handle_signals()
                 self.reap_children()
                 self.murder_hung_children()
-                self.spawn_pending_jobs()
+                self.guarded(self.spawn_pending_jobs)
                 self.settle_callbacks()
                 self.handoff.continue_when_quiet()
-                self.check_finished()
-                self.update_title()
+                self.guarded(self.check_finished)
+                self.guarded(self.update_title)
                 self.watchdog.keep_alive()
+                self.watch_storage()
         finally:
             self.close()
         return self.exit_code
@@ -257,7 +263,7 @@ class Master:
         cb_deadline = self.callbacks.next_deadline(self.config.callback_timeout)
         if cb_deadline is not None:
             deadline = min(deadline, cb_deadline)
-        deadline = min(deadline, self.watchdog.due)
+        deadline = min(deadline, self.watchdog.due, self.outage.next_retry, self.next_state_dir_check)
         if self.maybe_pending and self.has_free_slot():
             deadline = now
         for key, _mask in self.selector.select(max(0.0, deadline - now)):
@@ -274,8 +280,8 @@ class Master:
 
     # -- heartbeats ---------------------------------------------------------------
 
-    def read_heartbeats(self) -> None:
-        sock = self.heartbeat
+    def read_heartbeats(self, sock: socket.socket | None = None) -> None:
+        sock = sock or self.heartbeat
         now = time.monotonic()
         for _ in range(HEARTBEAT_BATCH):
             try:
@@ -450,7 +456,7 @@ class Master:
         elif final is not None:
             outcome, error = "error", str(final.get("error"))
         elif attempt.interrupted:
-            outcome, reason = "interrupted", "stopped by the operator"
+            outcome, reason = "interrupted", "stopped before it finished"
         elif attempt.kill_reason is not None:
             outcome, reason = "killed", attempt.kill_reason
         elif status is not None:
@@ -463,8 +469,10 @@ class Master:
                 error += f"; ended by {classify_exit(status)[1]}"
         if max_rss_kb:
             error = f"{error} (max RSS {max_rss_kb} KiB)" if error else None
-        self.record_outcome(attempt.job_id, attempt.key, attempt.target, attempt.attempt_id, attempt.n,
-                            outcome, reason, error, result_json, max_rss_kb, attempt.pid)
+        record = functools.partial(self.record_outcome, attempt.job_id, attempt.key, attempt.target,
+                                   attempt.attempt_id, attempt.n, outcome, reason, error, result_json,
+                                   max_rss_kb, attempt.pid)
+        self.guarded(record, retry=True)
         if attempt.own_child:  # an adopted attempt's start is not on this master's clock
             self.histograms.job_duration.labels(outcome).observe(time.monotonic() - attempt.started)
         self.maybe_pending = True
@@ -546,7 +554,7 @@ class Master:
     # -- spawning -------------------------------------------------------------------
 
     def has_free_slot(self) -> bool:
-        return self.state == "running" and self.handoff.phase in ("idle", "preflight") and len(self.children) < self.workers
+        return self.state == "running" and not self.outage.active and self.handoff.phase in ("idle", "preflight") and len(self.children) < self.workers
 
     def spec_for(self, target: str) -> JobSpec:
         spec = self.specs.get(target)
@@ -583,7 +591,15 @@ class Master:
         n = job.attempts + 1
         go_read, go_write = os.pipe2(os.O_CLOEXEC)
         keep = log.stream_fds()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of processes or memory: the attempt did not start
+            os.close(go_read)
+            os.close(go_write)
+            event(ERROR, "fork_failed", job=job.key, attempt=n, error=exc.strerror)
+            self.record_outcome(job.id, job.key, job.target, attempt_id, n, "lost", f"fork failed: {exc.strerror}",
+                                f"fork failed: {exc.strerror}", None, None, None)
+            return
         if pid == 0:
             child.run(
                 spec=spec,
@@ -600,12 +616,19 @@ class Master:
             os.setpgid(pid, pid)  # also here, so a kill right after fork reaches the group
         except OSError:
             pass  # the child did it first (or already exec'd/exited)
-        self.journal.record_pid(attempt_id, pid, procfs.start_time(pid))
-        os.write(go_write, b"g")
-        os.close(go_write)
         now = time.monotonic()
         attempt = Attempt(attempt_id, job.id, job.key, job.target, n, pid, spec, now, now, now)
         self.children[pid] = attempt
+        try:
+            self.journal.record_pid(attempt_id, pid, procfs.start_time(pid))
+        except STORAGE_ERRORS as exc:
+            # No go-ahead: the child exits without running the job, which goes back to pending.
+            os.close(go_write)
+            attempt.interrupted = True
+            self.outage.failed(exc, "record_pid")
+            return
+        os.write(go_write, b"g")
+        os.close(go_write)
         self.schedule(self.liveness_verdict(attempt, now)[1], "check", attempt)
         self.counters.spawned += 1
         event(INFO, "spawn", pid=pid, job=job.key, attempt=n, target=job.target)
@@ -646,12 +669,64 @@ class Master:
                 self.counters.callback_errors += 1
                 event(ERROR, "callback_error", job=running.job_key, callback=running.kind)
                 log.log.error("%s", error.rstrip())
-            self.journal.callback_done(running.callback_id, error)
+            self.guarded(functools.partial(self.journal.callback_done, running.callback_id, error), retry=True)
         for running in self.callbacks.overdue(self.config.callback_timeout, now):
             self.counters.callback_errors += 1
             event(ERROR, "callback_timeout", job=running.job_key, callback=running.kind,
                   limit=f"{self.config.callback_timeout}s")
-            self.journal.callback_done(running.callback_id, f"timed out after {self.config.callback_timeout} s")
+            self.guarded(functools.partial(self.journal.callback_done, running.callback_id,
+                                           f"timed out after {self.config.callback_timeout} s"), retry=True)
+
+    # -- storage faults ---------------------------------------------------------------
+
+    def guarded(self, operation: Callable[[], Any], retry: bool = False) -> None:
+        """Run a step that writes or reads the journal; a storage error starts
+        an outage instead of taking the master down. With `retry`, a write
+        that failed is kept and replayed in order once the journal recovers."""
+        try:
+            if retry and self.outage.active:
+                self.outage.failed(RuntimeError(self.outage.error), _name(operation), operation)
+                return
+            operation()
+        except STORAGE_ERRORS as exc:
+            self.outage.failed(exc, _name(operation), operation if retry else None)
+
+    def watch_storage(self) -> None:
+        now = time.monotonic()
+        if self.outage.active and self.outage.retry_if_due(self.journal.probe_write):
+            self.maybe_pending = True
+            self.guarded(self.run_owed_callbacks)  # any that could not be started meanwhile
+        if now < self.next_state_dir_check:
+            return
+        self.next_state_dir_check = now + 1.0
+        if file_identity(self.paths.journal) != self.journal_identity:
+            self.rebuild_state_dir()
+
+    def rebuild_state_dir(self) -> None:
+        """The journal file vanished or was replaced under us: rebuild the state
+        directory from the open journal, and rebind the sockets, lock and pidfile."""
+        event(ERROR, "state_dir_lost", path=self.paths.root,
+              effect="rebuilding it from the open journal; running children are kept")
+        try:
+            self.paths.ensure()
+            if file_identity(self.paths.journal) is None:
+                restore_journal(self.journal.db, self.paths.journal)
+            self.journal.close()
+            self.journal = self.app.journal = Journal(self.paths.journal)
+            self.journal_identity = file_identity(self.paths.journal)
+            self.pidfile.rebuild()
+            old_heartbeat = self.heartbeat
+            self.heartbeat = bind_heartbeat(self.paths.heartbeat_socket)
+            # Children connected to the old socket keep beating there: read both.
+            self.selector.register(self.heartbeat, selectors.EVENT_READ, self.read_heartbeats)
+            self.selector.modify(old_heartbeat, selectors.EVENT_READ,
+                                 lambda: self.read_heartbeats(old_heartbeat))
+            self.retired_heartbeats.append(old_heartbeat)
+            self.control.rebind(control_socket.bind(self.paths.control_socket))
+        except (*STORAGE_ERRORS, AlreadyRunning) as exc:
+            self.outage.failed(exc, "rebuild_state_dir")
+            return
+        event(WARNING, "state_dir_rebuilt", path=self.paths.root, running=len(self.children))
 
     # -- ending -----------------------------------------------------------------------
 
@@ -772,6 +847,11 @@ class Master:
                 for a in self.children.values()
             },
         }
+
+
+def _name(operation: Callable[..., Any]) -> str:
+    inner = getattr(operation, "func", operation)
+    return getattr(inner, "__name__", "journal write")
 
 
 def _record_only(signum: int, frame: Any) -> None:

@@ -80,6 +80,20 @@ class PidFile:
                 "the lock; replacing it", self.pidfile, old, _describe(old),
             )
 
+    def rebuild(self) -> None:
+        """After the state directory was removed under us: a new lock file,
+        locked, and the pidfile again, so no second master can start there."""
+        fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunning(f"another master took {self.lockfile} while the state directory was gone") from None
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+        self.lock_fd = fd
+        write_atomically(self.pidfile, os.getpid())
+
     def release(self) -> None:
         """Remove the pidfile if it is still ours, then drop the lock."""
         if read_pid(self.pidfile) == os.getpid():

@@ -90,10 +90,11 @@ class Master:
     """A `phoenix start` in its own process, with its log in a file."""
 
     def __init__(self, state_dir: Path, app: str = "tests.apps.jobs:app", *args: str,
-                 env: dict[str, str] | None = None, cwd: Path = REPO) -> None:
+                 env: dict[str, str] | None = None, cwd: Path = REPO, log_dir: Path | None = None) -> None:
         self.state_dir = state_dir
-        self.log_path = state_dir.parent / f"{state_dir.name}-master.log"
-        self.callbacks_path = state_dir.parent / f"{state_dir.name}-callbacks.jsonl"
+        log_dir = log_dir or state_dir.parent  # outside the state dir's file system when a test breaks that
+        self.log_path = log_dir / f"{state_dir.name}-master.log"
+        self.callbacks_path = log_dir / f"{state_dir.name}-callbacks.jsonl"
         self.env = {**os.environ, "PHOENIX_TEST_CALLBACKS": str(self.callbacks_path), **(env or {})}
         self.command = [PYTHON, "-m", "phoenix", "start", app, "--state-dir", str(state_dir), *args]
         self.cwd = cwd
@@ -193,7 +194,7 @@ def master_factory(state_dir: Path):
 
     def make(*args: str, app: str = "tests.apps.jobs:app", env: dict[str, str] | None = None,
              cwd: Path = REPO, start: bool = True, state: Path | None = None) -> Master:
-        master = Master(state or state_dir, app, *args, env=env, cwd=cwd)
+        master = Master(state or state_dir, app, *args, env=env, cwd=cwd, log_dir=state_dir.parent)
         started.append(master)
         return master.start() if start else master
 

@@ -1,0 +1,94 @@
+"""Storage faults: the journal cannot be written (its file system is full),
+or the state directory is removed, while jobs run. The master logs one clear error, does
+not crash (so no crash loop), does not kill its children, and recovers every
+job once the fault is cleared."""
+
+import errno
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import wait_for
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A tmpfs of our own, so the test can make it read-only and back."""
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(mountpoint)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"needs permission to mount a tmpfs: {mounted.stderr.strip()}")
+    yield mountpoint
+    subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def fill(mountpoint):
+    """Use up every free block. (A read-only remount would be the other way to
+    refuse writes, but the kernel refuses it while the journal is open for
+    writing; a full file system takes SQLite down the same failing-write path.)"""
+    filler = mountpoint / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, bytes(1 << 16))
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_unwritable_journal_keeps_children_and_recovers(master_factory, small_filesystem):
+    state = small_filesystem / "state"
+    master = master_factory(state=state)
+    for i in range(3):
+        master.submit("tests.apps.jobs:sleep", {"s": 1.5, "i": i}, key=f"job-{i}")
+    wait_for(lambda: all(j["state"] == "running" for j in master.jobs().values()) and len(master.jobs()) == 3,
+             what="three running jobs")
+    filler = fill(small_filesystem)
+    try:
+        master.wait_log("journal_unwritable", timeout=15)
+        # The jobs finish while nothing can be written; the master holds their outcomes.
+        wait_for(lambda: master.status()["master"]["slots_used"] == 0, timeout=15, what="the children to finish")
+        assert master.proc.poll() is None
+    finally:
+        filler.unlink()
+    master.wait_log("journal_recovered", timeout=15)
+    jobs = master.wait_jobs_done(timeout=15)
+    assert {key: job["state"] for key, job in jobs.items()} == {f"job-{i}": "finished" for i in range(3)}
+    assert all(job["attempt"] == 1 for job in jobs.values())
+    log = master.log()
+    assert log.count("journal_unwritable") == 1 and " kill pid=" not in log
+    wait_for(lambda: len(master.callbacks()) == 3, what="one callback per job")
+    assert sorted(c["key"] for c in master.callbacks()) == [f"job-{i}" for i in range(3)]
+    # Works normally again, and a restart finds every job.
+    master.submit("tests.apps.jobs:noop", {"after": True}, key="after")
+    master.wait_jobs_done(["after"])
+    master.stop()
+    again = master_factory("--exit-when-done", state=state)
+    assert again.wait_exit() == 0
+    assert len(again.jobs()) == 4
+
+
+def test_removed_state_dir_is_rebuilt_without_losing_jobs(master_factory, state_dir):
+    master = master_factory()
+    for i in range(2):
+        master.submit("tests.apps.jobs:sleep", {"s": 2.0, "i": i}, key=f"job-{i}")
+    master.submit("tests.apps.jobs:noop", {}, key="done-before")
+    wait_for(lambda: len(master.jobs()) == 3 and master.jobs()["job-1"]["state"] == "running",
+             what="the jobs to start")
+    shutil.rmtree(state_dir)
+    master.wait_log("state_dir_rebuilt", timeout=10)
+    assert "state_dir_lost" in master.log()
+    assert (state_dir / "phoenix.pid").read_text().strip() == str(master.pid)
+    jobs = master.wait_jobs_done(timeout=20)
+    assert {key: job["state"] for key, job in jobs.items()} == {"job-0": "finished", "job-1": "finished",
+                                                               "done-before": "finished"}
+    assert all(job["attempt"] == 1 for job in jobs.values())
+    assert " kill pid=" not in master.log()
+    master.submit("tests.apps.jobs:noop", {}, key="after")  # new submissions and new children work
+    assert master.wait_jobs_done(["after"])["after"]["state"] == "finished"
