@@ -99,13 +99,17 @@ class Master:
         self.command = [PYTHON, "-m", "phoenix", "start", app, "--state-dir", str(state_dir), *args]
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_offset = 0
 
     def start(self, wait_ready: bool = True) -> "Master":
+        # Several masters may share one log (a restart on the same state dir):
+        # this one's lines start here.
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.log_file = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=self.log_file,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if wait_ready:
-            self.wait_log("ready generation=", what="the master to be ready")
+            self.wait_log("ready generation=", what="the master to be ready", own=True)
         return self
 
     @property
@@ -116,11 +120,19 @@ class Master:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def wait_log(self, text: str, timeout: float = 15.0, count: int = 1, what: str | None = None) -> str:
+    def wait_log(self, text: str, timeout: float = 15.0, count: int = 1, what: str | None = None,
+                 own: bool = False) -> str:
+        """Wait until `text` appears `count` times in the log (with `own`, in
+        this master's part of a shared log)."""
+
+        def lines() -> str:
+            log = self.log()
+            return log[self.log_offset:] if own else log
+
         def seen() -> bool:
-            if self.proc is not None and self.proc.poll() is not None and self.log().count(text) < count:
+            if self.proc is not None and self.proc.poll() is not None and lines().count(text) < count:
                 raise AssertionError(f"master exited ({self.proc.returncode}) before logging {text!r}:\n{self.log()[-3000:]}")
-            return self.log().count(text) >= count
+            return lines().count(text) >= count
 
         wait_for(seen, timeout, what or f"{text!r} in the master's log")
         return self.log()

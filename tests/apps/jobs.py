@@ -136,3 +136,21 @@ def ignores_term(params):
     while True:
         time.sleep(0.05)
         phoenix.heartbeat()
+
+
+@app.job(retries=5)
+def exclusive_sleep(params):
+    """Sleeps; records a violation if another attempt of the same job is running at the same time."""
+    import fcntl
+
+    lock = open(os.path.join(params["lockdir"], phoenix.current_job().key), "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        with open(os.path.join(params["lockdir"], "VIOLATIONS"), "a") as f:
+            f.write(f"{phoenix.current_job().key} attempt {phoenix.current_job().attempt}\n")
+    deadline = time.monotonic() + params["s"]
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        phoenix.heartbeat()
+    return {"attempt": phoenix.current_job().attempt}

@@ -1,0 +1,85 @@
+"""The master SIGKILLed at a random moment (also during a USR2 replacement
+and during its preflight), then started again: every job ends in exactly one
+recorded outcome, no two attempts of a job ever run at once, callbacks run at
+least once (and exactly once unless the kill cut one off), nothing of ours is
+left behind, and the journal passes PRAGMA integrity_check."""
+
+import collections
+import json
+import os
+import random
+import signal
+import sqlite3
+
+import pytest
+
+from phoenix import procfs
+from phoenix.journal import Journal
+from tests.conftest import wait_for
+
+
+def zombies_of(pid):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and procfs.state(int(entry)) == "Z" and procfs.parent_pid(int(entry)) == pid:
+            found.append(int(entry))
+    return found
+
+
+def check_invariants(state_dir, keys, violations_file, callbacks):
+    db = sqlite3.connect(state_dir / "journal.db")
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        jobs = dict(db.execute("SELECT key, state FROM jobs"))
+        assert {key: jobs.get(key) for key in keys} == {key: "finished" for key in keys}
+        open_attempts = db.execute("SELECT count(*) FROM attempts WHERE outcome IS NULL").fetchone()[0]
+        assert open_attempts == 0
+        per_job = collections.Counter(
+            key for key, in db.execute("SELECT j.key FROM attempts a JOIN jobs j ON j.id = a.job_id "
+                                       "WHERE a.outcome = 'finished'"))
+        assert all(per_job[key] == 1 for key in keys), "a job has more than one finished attempt"
+    finally:
+        db.close()
+    assert not violations_file.exists(), violations_file.read_text()
+    calls = collections.Counter(c["key"] for c in callbacks if c["kind"] == "finished")
+    missing = [key for key in keys if calls[key] == 0]
+    assert not missing, f"callbacks never ran for {missing}"
+    return sum(n - 1 for n in calls.values())  # repeats: only allowed for callbacks cut off by a kill
+
+
+@pytest.mark.parametrize("moment", ["running", "preflight", "exec"])
+def test_master_sigkill_then_restart(master_factory, state_dir, tmp_path, request, moment):
+    long_mode = request.config.getoption("--long", default=False)
+    rounds, batch, longest = (20, 300, 2.0) if long_mode else (2, 60, 1.0)
+    rng = random.Random(f"{moment}-{rounds}")
+    lockdir = tmp_path / "locks"
+    lockdir.mkdir()
+    all_keys = []
+    repeats = 0
+    for round_number in range(rounds):
+        keys = [f"r{round_number}-{i}" for i in range(batch)]
+        all_keys += keys
+        journal = Journal(state_dir / "journal.db") if state_dir.exists() else None
+        if journal is None:
+            state_dir.mkdir(mode=0o700)
+            journal = Journal(state_dir / "journal.db")
+        for key in keys:
+            journal.submit("tests.apps.jobs:exclusive_sleep",
+                           json.dumps({"s": round(rng.uniform(0, longest), 3), "lockdir": str(lockdir)}), key)
+        journal.close()
+        master = master_factory("--workers", "20")
+        if moment == "running":
+            wait_for(lambda: master.status()["master"]["slots_used"] >= 10, what="children to be running")
+            wait_for(lambda: rng.random() < 0.2, interval=0.05, what="a random moment")
+        else:
+            wait_for(lambda: master.status()["master"]["slots_used"] >= 10, what="children to be running")
+            master.signal(signal.SIGUSR2)
+            master.wait_log("reload generation=" if moment == "preflight" else "exec generation=", own=True)
+        os.kill(master.pid, signal.SIGKILL)
+        master.wait_exit()
+        again = master_factory("--workers", "20", "--exit-when-done")
+        assert again.wait_exit(timeout=120) == 0, again.log()[-3000:]
+        assert not zombies_of(again.pid)
+        repeats = check_invariants(state_dir, all_keys, lockdir / "VIOLATIONS", again.callbacks())
+    # A callback cut off by the SIGKILL may run again (at least once); never more than the kills.
+    assert repeats <= rounds
