@@ -24,7 +24,7 @@ os.environ["PHOENIX_TEST_MARKER"] = MARKER
 PYTHON = sys.executable
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition", interval: float = 0.02) -> Any:
     """Poll `predicate` until it returns something truthy; fail after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -120,7 +120,7 @@ class Master:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def wait_log(self, text: str, timeout: float = 15.0, count: int = 1, what: str | None = None,
+    def wait_log(self, text: str, timeout: float = 30.0, count: int = 1, what: str | None = None,
                  own: bool = False) -> str:
         """Wait until `text` appears `count` times in the log (with `own`, in
         this master's part of a shared log)."""
