@@ -37,11 +37,27 @@ READY_FD_VARIABLE = "PHOENIX_READY_FD"
 HANDOFF_VARIABLES = (FDS_VARIABLE, GENERATION_VARIABLE, READY_FD_VARIABLE)
 PREFLIGHT_OUTPUT_LIMIT = 16_000  # characters of `phoenix check` output kept for the log and `reload --wait`
 
+def _startup_cwd() -> str:
+    """Where the new image starts: $PWD when it names the current directory,
+    else the physical one. A release script switches a `current` symlink to
+    the new code; the kernel knows our directory only by its resolved path
+    (the old release), while $PWD keeps the path the master was started in,
+    through the symlink (unicorn does the same)."""
+    cwd = os.getcwd()
+    pwd = os.environ.get("PWD")
+    try:
+        if pwd and os.path.isabs(pwd) and os.path.samefile(pwd, cwd):
+            return pwd
+    except OSError:
+        pass
+    return cwd
+
+
 # Captured at import, before any app code runs: the new image gets the
 # command line, directory and environment the master was started with. The
 # handover variables of the image that started us are not part of it: they
 # name fds of that handover, and a later one sets its own.
-STARTUP_CWD = os.getcwd()
+STARTUP_CWD = _startup_cwd()
 STARTUP_ENVIRONMENT = {k: v for k, v in os.environ.items() if k not in HANDOFF_VARIABLES}
 
 
@@ -50,15 +66,35 @@ def is_replacement() -> bool:
     return bool(os.environ.get(FDS_VARIABLE))
 
 
+_fork_successor = False  # set by inherited_fds(): this image is a fork-mode successor (new pid)
+
+
 def inherited_fds() -> dict[str, int]:
     """The fds handed over by the previous image: {"heartbeat": 3, ...}."""
+    global _fork_successor
     raw = os.environ.pop(FDS_VARIABLE, "")
     os.environ.pop(GENERATION_VARIABLE, None)
     fds = {}
     for item in filter(None, raw.split(",")):
         name, _, number = item.partition("=")
         fds[name] = int(number)
+    if fds and os.environ.get(READY_FD_VARIABLE):
+        fds["ready"] = int(os.environ[READY_FD_VARIABLE])  # fork mode: kept open until became_ready uses it
+        _fork_successor = True
     return fds
+
+
+def spawn_in_startup_cwd(path: str, argv: list[str], env: dict[str, str], **options: Any) -> int:
+    """posix_spawn a process (the preflight, a fork-mode master) in the startup
+    directory, as it resolves *now*: after a deploy switched the symlink, that
+    is the new release. This process stays where it is, on the code it runs."""
+    here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(STARTUP_CWD)
+        return os.posix_spawn(path, argv, env, **options)
+    finally:
+        os.fchdir(here)
+        os.close(here)
 
 
 def close_stray_fds(keep: set[int]) -> None:
@@ -122,8 +158,7 @@ class Handoff:
         output_read, output_write = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(output_read, False)
         try:
-            os.chdir(STARTUP_CWD)
-            pid = os.posix_spawn(sys.executable, argv, STARTUP_ENVIRONMENT, setsigmask=(), file_actions=[
+            pid = spawn_in_startup_cwd(sys.executable, argv, STARTUP_ENVIRONMENT, setsigmask=(), file_actions=[
                 (os.POSIX_SPAWN_DUP2, output_write, 1), (os.POSIX_SPAWN_DUP2, output_write, 2)])
         except OSError as exc:
             os.close(output_read)
@@ -245,11 +280,20 @@ class Handoff:
         log.event(logging.INFO, "exec", generation=m.generation + 1, argv=" ".join(sys.orig_argv))
         for handler in logging.getLogger().handlers:
             handler.flush()
+        for stream in (sys.stdout, sys.stderr):  # what the app printed, still in Python's buffers
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            os.chdir(STARTUP_CWD)
+            os.chdir(STARTUP_CWD)  # through a `current` symlink: into the new release
             os.execve(sys.executable, sys.orig_argv, env)
         except OSError as exc:
+            os.fchdir(here)
             self._exec_failed(fds, exc)
+        finally:
+            os.close(here)
 
     def _exec_failed(self, fds: dict[str, int], exc: OSError) -> None:
         from phoenix.journal import Journal
@@ -276,11 +320,10 @@ class Handoff:
         systemd.notify("RELOADING=1", systemd.monotonic_usec())
         os.rename(m.paths.pidfile, oldbin(m))
         try:
-            os.chdir(STARTUP_CWD)
             # Started with the handled signals blocked, as an in-place image is:
             # a USR2 or TERM that reaches it before its handlers are installed
             # waits for them instead of killing it.
-            pid = os.posix_spawn(sys.executable, sys.orig_argv, env, setsigmask=_handled())
+            pid = spawn_in_startup_cwd(sys.executable, sys.orig_argv, env, setsigmask=_handled())
         except OSError as exc:
             os.rename(oldbin(m), m.paths.pidfile)
             os.close(ready_read)
@@ -353,9 +396,17 @@ class Handoff:
         m = self.master
         self.last_result = {"state": "ready", "generation": m.generation}
         ready_fd = os.environ.pop(READY_FD_VARIABLE, None)
-        if ready_fd is not None:
-            os.write(int(ready_fd), b"ready")
+        if ready_fd is not None:  # the old master (fork mode) or the `start --daemon` launcher waits for it
+            try:
+                os.write(int(ready_fd), b"ready")
+            except OSError:
+                pass  # nobody waits any more (the old master was killed): we are in charge all the same
             os.close(int(ready_fd))
+        if _fork_successor:
+            # Not systemd's main pid yet: the old master, which is, sends
+            # MAINPID=<us> and READY=1 once it reads the pipe (NotifyAccess=main).
+            return
+        if ready_fd is not None:  # a daemon: the launcher systemd started has exited by now
             systemd.notify("READY=1", f"MAINPID={os.getpid()}")
         else:
             systemd.notify("READY=1")

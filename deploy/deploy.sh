@@ -1,0 +1,62 @@
+#!/bin/sh
+# deploy.sh RELEASE_DIR - put new code live without stopping the jobs that run.
+#
+#   1. preflight the new release on its own (`phoenix check`): a release that
+#      does not import, or whose configuration is invalid, stops here and
+#      nothing changes;
+#   2. switch the `current` symlink to it, atomically;
+#   3. `phoenix reload --wait`: the master (started in `current`, see
+#      deploy/phoenix.service) replaces itself with the new code and the jobs
+#      keep running; it exits 0 once the new master is ready, 1 with the reason
+#      if the master refused or failed (the old master then keeps running);
+#   4. on failure, switch `current` back and fail the deploy (exit 1).
+#
+# Settings (environment):
+#   PHOENIX_APP        the app, e.g. myapp.jobs:app                   (required)
+#   APP_ROOT           holds `current` and `releases/`                (default /srv/myapp)
+#   PHOENIX_STATE_DIR  the running master's state directory           (default /var/lib/myapp/phoenix)
+#   PHOENIX            the phoenix command                            (default $APP_ROOT/venv/bin/phoenix)
+#   RELOAD_TIMEOUT     seconds to wait for the new master             (default 120)
+#
+# Example:
+#   git -C /srv/myapp/repo archive --prefix=r42/ v42 | tar -x -C /srv/myapp/releases
+#   PHOENIX_APP=myapp.jobs:app deploy/deploy.sh /srv/myapp/releases/r42
+set -eu
+
+if [ $# -ne 1 ] || [ ! -d "$1" ]; then
+    echo "usage: $0 RELEASE_DIR" >&2
+    exit 2
+fi
+: "${PHOENIX_APP:?set PHOENIX_APP, e.g. myapp.jobs:app}"
+APP_ROOT=${APP_ROOT:-/srv/myapp}
+STATE_DIR=${PHOENIX_STATE_DIR:-/var/lib/myapp/phoenix}
+PHOENIX=${PHOENIX:-$APP_ROOT/venv/bin/phoenix}
+RELOAD_TIMEOUT=${RELOAD_TIMEOUT:-120}
+
+release=$(cd "$1" && pwd -P)
+current=$APP_ROOT/current
+previous=$(readlink "$current" 2>/dev/null || true)
+
+switch_to() {  # atomic: a new symlink renamed over the old one (never a moment without `current`)
+    ln -sfn "$1" "$current.new"
+    mv -fT "$current.new" "$current"
+}
+
+echo "deploy: checking $release"
+if ! (cd "$release" && "$PHOENIX" check "$PHOENIX_APP" --state-dir "$STATE_DIR"); then
+    echo "deploy: FAILED: $release does not pass \`phoenix check\`; nothing was changed" >&2
+    exit 1
+fi
+
+switch_to "$release"
+echo "deploy: $current -> $release; replacing the master"
+if "$PHOENIX" reload --wait --timeout "$RELOAD_TIMEOUT" --state-dir "$STATE_DIR"; then
+    echo "deploy: done, $release is live"
+    exit 0
+fi
+echo "deploy: FAILED: the master did not take $release (reason above); it keeps running the previous code" >&2
+if [ -n "$previous" ]; then
+    switch_to "$previous"
+    echo "deploy: $current -> $previous again" >&2
+fi
+exit 1
