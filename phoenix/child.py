@@ -61,7 +61,13 @@ class _Runtime:
         while True:
             kind = "progress" if self.progress != reported else "beat"
             reported = self.progress
-            self.sender.send_once(self.next_message(kind))
+            message = self.next_message(kind)
+            delay = 0.01
+            # Keep this beat (and its number) until it is sent: the master may be
+            # busy, between two images, or gone for a while; none of it is fatal.
+            while not self.sender.send_once(message):
+                time.sleep(delay)
+                delay = min(delay * 2, self.interval)
             time.sleep(self.interval)
 
 
@@ -149,7 +155,8 @@ def run(
         threading.Thread(target=_runtime.beat_forever, name="phoenix-heartbeat", daemon=True).start()
         code, final = _perform(spec, context)
         _write_outbox(outbox, context.job_id, context.attempt, final)
-        sender.send_until(final, time.monotonic() + delivery_timeout)
+        # A socket of its own: the heartbeat thread may be blocked in a send on the other.
+        protocol.Sender(socket_path, send_timeout=0.5).send_until(final, time.monotonic() + delivery_timeout)
     except BaseException:  # noqa: BLE001 - a child must never unwind into the master's code
         traceback.print_exc()
     finally:

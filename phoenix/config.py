@@ -34,6 +34,7 @@ class Config:
     callback_threads: int = 4
     outcome_delivery_timeout: float = 10.0  # child retries its final message this long
     reexec: str = "inplace"  # USR2: "inplace" (same pid) or "fork" (unicorn-style)
+    reload_timeout: float = 120.0  # a preflight or fork-mode new master slower than this is killed
     exit_when_done: bool = False
     log_level: str = "info"
     log_format: str = "text"  # or "json"
@@ -41,7 +42,8 @@ class Config:
     metrics: str | None = None  # HOST:PORT for Prometheus exposition; off by default
 
     def validate(self) -> "Config":
-        positive = ("heartbeat_interval", "heartbeat_timeout", "callback_timeout", "outcome_delivery_timeout", "restart_period")
+        positive = ("heartbeat_interval", "heartbeat_timeout", "callback_timeout", "outcome_delivery_timeout",
+                "restart_period", "reload_timeout")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be greater than 0 (got {getattr(self, name)!r})")

@@ -124,6 +124,8 @@ def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[s
             data += chunk
     except (FileNotFoundError, ConnectionRefusedError):
         raise ControlError(f"no master is listening on {path}") from None
+    except (ConnectionResetError, BrokenPipeError):
+        raise ControlError(f"the master on {path} closed the connection (it may be stopping)") from None
     except TimeoutError:
         raise ControlError(f"the master did not answer on {path} within {timeout} s") from None
     finally:

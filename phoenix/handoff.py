@@ -124,6 +124,9 @@ class Handoff:
         self.preflight_read: int | None = None  # the preflight's stdout and stderr
         self.preflight_output = bytearray()
         self.preflight_started = 0.0
+        self.deadline = float("inf")  # monotonic: reload_timeout for the preflight or the new master
+        self.helper_pid: int | None = None  # the preflight process
+        self.timed_out = False
         self.paused_timers: list[Any] = []  # fork mode: the deadlines we stop judging while the new master starts
 
     @property
@@ -152,6 +155,9 @@ class Handoff:
         self.last_result = {"state": "preflight", "from_generation": m.generation}
         self.preflight_started = time.monotonic()
         argv = [sys.executable, "-m", "phoenix", "check", m.app_spec, "--state-dir", str(m.paths.root)]
+        if m.config_file:
+            argv += ["--config", m.config_file]
+        self.deadline = time.monotonic() + m.config.reload_timeout
         # Its output (the error and traceback, if the new code is broken) comes
         # back to us through a pipe: it goes into our log and into the answer
         # `phoenix reload --wait` prints, wherever our own stderr points.
@@ -170,7 +176,26 @@ class Handoff:
         self.preflight_read = output_read
         m.selector.register(output_read, selectors.EVENT_READ, self._read_preflight_output)
         m.other_children[pid] = self._preflight_done
+        self.helper_pid = pid
         return True
+
+    def enforce_deadline(self) -> None:
+        """A preflight or a fork-mode new master that hangs must not block
+        every later deploy: past reload_timeout it is killed (it is our own
+        child, so its pid cannot have been reused) and the reload fails."""
+        if self.phase not in ("preflight", "forked") or time.monotonic() < self.deadline:
+            return
+        pid = self.helper_pid if self.phase == "preflight" else self.new_master_pid
+        what = "preflight" if self.phase == "preflight" else "new master"
+        log.event(logging.ERROR, "reload_timeout", waited_for=what, pid=pid,
+                  limit=f"{self.master.config.reload_timeout}s")
+        self.timed_out = True
+        self.deadline = float("inf")
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def _read_preflight_output(self) -> None:
         if self.preflight_read is None:
@@ -194,6 +219,11 @@ class Handoff:
             os.close(self.preflight_read)
             self.preflight_read = None
         code = os.waitstatus_to_exitcode(status)
+        if self.timed_out:
+            self.timed_out = False
+            self._failed("preflight", f"preflight `phoenix check {m.app_spec}` did not finish within "
+                         f"{m.config.reload_timeout} s (reload_timeout); it was killed")
+            return
         if code != 0:
             output = _cut(self.preflight_output.decode(errors="replace").strip(), PREFLIGHT_OUTPUT_LIMIT)
             self._failed("preflight", f"preflight `phoenix check {m.app_spec}` failed with exit code {code}:\n"
@@ -344,6 +374,7 @@ class Handoff:
         m.selector.unregister(m.control.sock)
         self.paused_timers, m.timers = m.timers, []
         self.phase = "forked"
+        self.deadline = time.monotonic() + m.config.reload_timeout
         self.new_master_pid = pid
         self.ready_read = ready_read
         m.other_children[pid] = self._new_master_died
@@ -387,6 +418,11 @@ class Handoff:
         heapq.heapify(m.timers)
         self.paused_timers = []
         systemd.notify("READY=1")
+        if self.timed_out:
+            self.timed_out = False
+            self._failed("new master", f"the new master (pid {self.new_master_pid}) was not ready within "
+                         f"{m.config.reload_timeout} s (reload_timeout) and was killed")
+            return
         self._failed("new master", f"the new master (pid {self.new_master_pid}) exited with "
                      f"{_describe_status(status)} before it was ready; see its output in the log")
 

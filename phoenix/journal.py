@@ -102,6 +102,7 @@ class OpenAttempt:
     pid: int | None
     start_time: int | None
     generation: int
+    started_at: float  # wall clock
 
 
 def default_key(target: str, params_json: str) -> str:
@@ -287,7 +288,7 @@ class Journal:
 
     def open_attempts(self) -> list[OpenAttempt]:
         rows = self.db.execute(
-            "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation "
+            "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation, a.started_at "
             "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.outcome IS NULL ORDER BY a.id"
         ).fetchall()
         return [OpenAttempt(*row) for row in rows]

@@ -55,6 +55,7 @@ HANDLED_SIGNALS = (
 INFO, WARNING, ERROR, DEBUG = logging.INFO, logging.WARNING, logging.ERROR, logging.DEBUG
 event = log.event
 HEARTBEAT_BATCH = 512  # datagrams read per wake-up before other work gets a turn
+SPAWN_SLICE = 0.25  # seconds of forking per turn of the loop before the other steps get a turn
 
 
 @dataclass(slots=True, eq=False)
@@ -74,8 +75,9 @@ class Attempt:
     own_child: bool = True  # False: adopted from a dead master, watched through a pidfd
     pidfd: int | None = None
     progress: int = 0
-    last_seq: int = 0
+    last_seq: int = 0  # -1: not known yet (adopted: the first message sets it)
     beats: int = 0
+    beats_missing: int = 0  # sequence numbers skipped: beats this child numbered that never arrived
     final: dict[str, Any] | None = None  # the finished/failed message, once received
     kill_reason: str | None = None
     kill_detail: str | None = None
@@ -83,9 +85,11 @@ class Attempt:
 
 
 class Master:
-    def __init__(self, app: App, app_spec: str | None, config: Config, reload_config: Callable[[], Config]) -> None:
+    def __init__(self, app: App, app_spec: str | None, config: Config, reload_config: Callable[[], Config],
+                 config_file: str | None = None) -> None:
         self.app = app
         self.app_spec = app_spec
+        self.config_file = config_file  # handed to the preflight, which must judge the same configuration
         self.config = config
         self.reload_config = reload_config
         self.paths = StatePaths(config.state_dir)
@@ -201,7 +205,10 @@ class Master:
             spec: JobSpec | None = self.spec_for(a.target)
         except AppError:
             spec = None
-        attempt = Attempt(a.attempt_id, a.job_id, a.key, a.target, a.n, a.pid, spec, now, now, now, own_child=own)
+        # max_runtime counts from the attempt's real start, not from its adoption.
+        started = now - max(0.0, time.time() - a.started_at)
+        attempt = Attempt(a.attempt_id, a.job_id, a.key, a.target, a.n, a.pid, spec, started, now, now, own_child=own)
+        attempt.last_seq = -1  # its numbering started under another master: do not count that as lost beats
         if not own:
             try:
                 attempt.pidfd = os.pidfd_open(a.pid)
@@ -245,6 +252,7 @@ class Master:
                 self.guarded(self.spawn_pending_jobs)
                 self.settle_callbacks()
                 self.handoff.continue_when_quiet()
+                self.handoff.enforce_deadline()
                 self.guarded(self.check_finished)
                 self.guarded(self.update_title)
                 self.watchdog.keep_alive()
@@ -300,7 +308,7 @@ class Master:
         attempt = self.children.get(pid)
         if attempt is None:
             return self.counters.reject("unknown_pid")
-        if flags & socket.MSG_TRUNC:
+        if flags & socket.MSG_TRUNC or len(data) > protocol.MAX_MESSAGE_BYTES:  # the buffer has one byte to spare
             return self.counters.reject("oversized")
         message = protocol.decode(data)
         if message is None:
@@ -311,6 +319,14 @@ class Master:
         attempt.beats += 1
         attempt.last_beat = now
         if message.seq > attempt.last_seq:
+            if attempt.last_seq >= 0 and message.seq > attempt.last_seq + 1:
+                # Numbers skipped: beats the child sent that never arrived. The one
+                # numbered just before a final message is not lost: the heartbeat
+                # thread and the job's thread send concurrently, so it may arrive
+                # after the outcome, or be cut off by the child's exit right after it.
+                gap = message.seq - attempt.last_seq - 1 - (message.kind in ("finished", "failed"))
+                attempt.beats_missing += gap
+                self.counters.beats_missing += gap
             attempt.last_seq = message.seq
         if message.progress > attempt.progress:
             attempt.progress = message.progress
@@ -473,8 +489,7 @@ class Master:
                                    attempt.attempt_id, attempt.n, outcome, reason, error, result_json,
                                    max_rss_kb, attempt.pid)
         self.guarded(record, retry=True)
-        if attempt.own_child:  # an adopted attempt's start is not on this master's clock
-            self.histograms.job_duration.labels(outcome).observe(time.monotonic() - attempt.started)
+        self.histograms.job_duration.labels(outcome).observe(time.monotonic() - attempt.started)
         self.maybe_pending = True
 
     def conclude_without_process(self, a: OpenAttempt, outcome: str, reason: str) -> None:
@@ -568,8 +583,15 @@ class Master:
         self.maybe_pending = False
         self.next_pending_poll = time.monotonic() + 1.0
         jobs = self.journal.pending(self.workers - len(self.children))
+        slice_ends = time.monotonic() + SPAWN_SLICE
         for job in jobs:
             self.spawn(job)
+            # A fork costs milliseconds (tens on a busy VM) and the socket queues
+            # ~10 datagrams: drain it between forks, or a storm of spawns starves
+            # the children already running into false kills.
+            self.read_heartbeats()
+            if time.monotonic() >= slice_ends:
+                break  # the rest on the next turn, after reaping, timers and control requests
         if len(jobs) and self.has_free_slot():
             self.maybe_pending = True  # there may be more behind them
         next_at = self.journal.next_not_before()
@@ -831,6 +853,7 @@ class Master:
                 "slots_used": len(self.children),
                 "app": self.app_spec,
                 "beats": self.counters.beats,
+                "beats_missing": self.counters.beats_missing,
                 "rejected": self.counters.rejected,
                 "reload": self.handoff.last_result,
             },
@@ -918,4 +941,4 @@ def run_master(app: App, app_spec: str | None, flags: dict[str, Any], config_fil
     config = load()
     log.setup(config.log_level, config.log_format, config.log_file)
     gc.freeze()  # objects made so far stay out of the collector: forked children share their pages
-    return Master(app, app_spec, config, load).run()
+    return Master(app, app_spec, config, load, config_file).run()

@@ -52,6 +52,7 @@ def test_a_hung_child_is_killed_and_rerun_with_the_same_parameters(master_factor
     assert job["attempt"] == 2
     assert job["result"] == {"attempt": 2}
     assert job["params"] == {"s": 0.1, "tag": "same"}
+    wait_for(lambda: master.callbacks(), what="the callback")
     finished = [c for c in master.callbacks() if c["key"] == "h"]
     assert len(finished) == 1 and finished[0]["kind"] == "finished" and finished[0]["attempt"] == 2
 

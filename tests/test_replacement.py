@@ -111,10 +111,6 @@ def beat_seqs(log: str, pid: int) -> list[tuple[int, int]]:
     return [(int(m.group(1)), m.start()) for m in re.finditer(rf" beat pid={pid} .*? seq=(\d+)", log)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "phoenix/child.py drops a beat whose send times out (send_timeout 0.5 s, while the socket queue of "
-    "net.unix.max_dgram_qlen=10 is full because no image reads it) and burns its seq; the beat thread "
-    "should retry the same message until it is sent"))
 def test_beats_sent_during_a_long_exec_wait_in_the_socket(master_factory, state_dir, tmp_path, gates):
     master = master_factory("--log-level", "debug", app=APP, env=gates.env)
     done = tmp_path / "done"
