@@ -42,6 +42,8 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(exc))
         except control.ControlError as exc:
             fail(str(exc), 1)
+        except PermissionError as exc:  # e.g. another user's state directory
+            fail(f"permission denied: {exc.filename or exc}; run phoenix as the user that owns the state directory")
 
     return wrapper
 

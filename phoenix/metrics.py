@@ -28,6 +28,7 @@ class Counters:
     """What the loop counts; read by the collector at scrape time."""
 
     beats: int = 0
+    beats_missing: int = 0  # heartbeats numbered by a child that never arrived (gaps in sequence numbers)
     rejected: dict[str, int] = field(default_factory=dict)
     spawned: int = 0
     attempts: dict[str, int] = field(default_factory=dict)  # by outcome
@@ -69,6 +70,8 @@ class _MasterCollector(Collector):
         yield _labelled(CounterMetricFamily("phoenix_kills", "Children killed by Phoenix, by reason", labels=["reason"]),
                         c.kills)
         yield CounterMetricFamily("phoenix_heartbeats_received", "Heartbeat datagrams accepted", value=c.beats)
+        yield CounterMetricFamily("phoenix_heartbeats_missing", "Heartbeats a child numbered that never arrived",
+                                  value=c.beats_missing)
         yield _labelled(CounterMetricFamily("phoenix_heartbeats_rejected", "Heartbeat datagrams dropped, by reason",
                                             labels=["reason"]), c.rejected)
         yield CounterMetricFamily("phoenix_spawned", "Children forked by this master", value=c.spawned)

@@ -65,10 +65,10 @@ def decode(data: bytes) -> Message | None:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    if not isinstance(obj, dict) or obj.get("v") != VERSION:
+    if not isinstance(obj, dict) or type(obj.get("v")) is not int or obj["v"] != VERSION:  # not 1.0, not true
         return None
     job, attempt, kind, seq, progress = obj.get("job"), obj.get("att"), obj.get("k"), obj.get("seq"), obj.get("p", 0)
-    if kind not in KINDS:
+    if type(kind) is not str or kind not in KINDS:  # a list or dict here is unhashable: check the type first
         return None
     for number in (job, attempt, seq, progress):
         if type(number) is not int or number < 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from pathlib import Path
@@ -18,8 +19,10 @@ def _in_use(path: Path, kind: int) -> bool:
     try:
         probe.connect(str(path))
         return True
-    except OSError:
-        return False
+    except OSError as exc:
+        # ECONNREFUSED: nobody is bound there any more (a dead master's file).
+        # EPROTOTYPE: a live socket of the other type is bound there: taken too.
+        return exc.errno == errno.EPROTOTYPE
     finally:
         probe.close()
 

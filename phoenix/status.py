@@ -12,7 +12,7 @@ from phoenix.journal import Journal
 from phoenix.paths import StatePaths
 
 MASTER_FIELDS = ("pid", "generation", "state", "started_at", "uptime", "workers", "slots_used", "app", "beats",
-                 "rejected", "reload")
+                 "beats_missing", "rejected", "reload")
 
 
 def collect(paths: StatePaths) -> tuple[dict[str, Any], bool]:
