@@ -103,8 +103,7 @@ class Master:
         self.force_stop_at: float | None = None
         self.budget = RestartBudget(config.restart_intensity, config.restart_period)
         self.counters = metrics.Counters()
-        self.metrics_registry = metrics.CollectorRegistry()
-        self.histograms = metrics.Histograms(self.metrics_registry)
+        self.histograms: metrics.Histograms | None = None  # only with --metrics (see metrics.py)
         self.replacements = 0
         self.maybe_pending = True
         self.next_pending_poll = 0.0
@@ -157,7 +156,7 @@ class Master:
         self._install_signal_handlers()
         self.replacements = self.journal.count_events("replaced") + (1 if inherited else 0)
         if self.config.metrics:
-            host, port = metrics.serve(self, self.config.metrics)
+            self.histograms, (host, port) = metrics.serve(self, self.config.metrics)
             event(INFO, "metrics", address=f"http://{host}:{port}/metrics")
         self.journal.record_event("master_start" if not inherited else "replaced", self.generation, os.getpid(),
                                   self.app_spec)
@@ -385,7 +384,8 @@ class Master:
         self.counters.count(self.counters.kills, reason)
         if reason == "heartbeat_timeout":
             late = now - attempt.last_beat - self.heartbeat_timeout_of(attempt)
-            self.histograms.detection_latency.observe(max(0.0, late))
+            if self.histograms is not None:
+                self.histograms.detection_latency.observe(max(0.0, late))
         event(WARNING, "kill", pid=attempt.pid, job=attempt.key, attempt=attempt.n, reason=reason,
               after=f"{ages.get(reason, 0.0):.2f}s")
         self.signal_attempt(attempt, signal.SIGTERM)
@@ -489,7 +489,8 @@ class Master:
                                    attempt.attempt_id, attempt.n, outcome, reason, error, result_json,
                                    max_rss_kb, attempt.pid)
         self.guarded(record, retry=True)
-        self.histograms.job_duration.labels(outcome).observe(time.monotonic() - attempt.started)
+        if self.histograms is not None:
+            self.histograms.job_duration.labels(outcome).observe(time.monotonic() - attempt.started)
         self.maybe_pending = True
 
     def conclude_without_process(self, a: OpenAttempt, outcome: str, reason: str) -> None:
@@ -686,7 +687,8 @@ class Master:
     def settle_callbacks(self) -> None:
         now = time.monotonic()
         for running, error in self.callbacks.finished():
-            self.histograms.callback_duration.observe(now - running.started)
+            if self.histograms is not None:
+                self.histograms.callback_duration.observe(now - running.started)
             if error:
                 self.counters.callback_errors += 1
                 event(ERROR, "callback_error", job=running.job_key, callback=running.kind)

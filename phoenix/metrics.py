@@ -4,18 +4,20 @@ prometheus_client on its own thread.
 The loop keeps plain counters (an int increment per beat costs nothing); a
 custom collector reads them at scrape time, so the heartbeat path takes no
 lock. Histograms are prometheus_client's own, observed once per attempt or
-callback, never per beat."""
+callback, never per beat.
+
+prometheus_client is imported only when metrics are served: it adds ~9 MB
+to the master, and every fork copies the master's page tables (on this kind
+of VM, that doubled the cost of a fork)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
-
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from phoenix.master import Master
 
 
@@ -46,7 +48,9 @@ class Counters:
 class Histograms:
     """Kept whether or not metrics are served: one observation per attempt is cheap."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: "CollectorRegistry") -> None:
+        from prometheus_client import Histogram
+
         kwargs = {"registry": registry}
         self.job_duration = Histogram("phoenix_attempt_duration_seconds", "Wall time of each attempt",
                                       ["outcome"], buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400), **kwargs)
@@ -57,11 +61,15 @@ class Histograms:
                                            buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 30, 120), **kwargs)
 
 
-class _MasterCollector(Collector):
+class _MasterCollector:
+    """Reads the loop's counters at scrape time (prometheus_client calls collect())."""
+
     def __init__(self, master: "Master") -> None:
         self.master = master
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         m = self.master
         c = m.counters
         yield _labelled(GaugeMetricFamily("phoenix_jobs", "Jobs in the journal by state", labels=["state"]), c.jobs)
@@ -84,7 +92,7 @@ class _MasterCollector(Collector):
         yield GaugeMetricFamily("phoenix_workers", "Concurrent child slots", value=m.workers)
 
 
-def _labelled(family: GaugeMetricFamily | CounterMetricFamily, values: dict[str, int]) -> Metric:
+def _labelled(family: Any, values: dict[str, int]) -> Any:
     for label, value in sorted(values.items()):
         family.add_metric([label], value)
     return family
@@ -103,12 +111,16 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", number
 
 
-def serve(master: "Master", address: str) -> tuple[str, int]:
-    """Start the exposition server; returns the bound (host, port)."""
+def serve(master: "Master", address: str) -> tuple[Histograms, tuple[str, int]]:
+    """Start the exposition server; returns the histograms to observe and the bound (host, port)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
     host, port = parse_address(address)
-    master.metrics_registry.register(_MasterCollector(master))
+    registry = CollectorRegistry()
+    registry.register(_MasterCollector(master))  # type: ignore[arg-type]
+    histograms = Histograms(registry)
     try:
-        server, _thread = start_http_server(port, addr=host, registry=master.metrics_registry)
+        server, _thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         raise MetricsError(f"cannot serve metrics on {host}:{port}: {exc.strerror}; choose another --metrics address") from None
-    return server.server_address[0], server.server_address[1]
+    return histograms, (server.server_address[0], server.server_address[1])
