@@ -11,6 +11,7 @@ import random
 import signal
 import sys
 import threading
+import _thread
 import time
 import traceback
 from dataclasses import dataclass
@@ -65,8 +66,10 @@ class _Runtime:
             delay = 0.01
             # Keep this beat (and its number) until it is sent: the master may be
             # busy, between two images, or gone for a while; none of it is fatal.
+            # Sleep with jitter rather than block in poll(): hundreds of children
+            # blocked on one full queue all wake at every datagram the master reads.
             while not self.sender.send_once(message):
-                time.sleep(delay)
+                time.sleep(random.uniform(delay, 2 * delay))
                 delay = min(delay * 2, self.interval)
             time.sleep(self.interval)
 
@@ -89,12 +92,14 @@ def _detach_from_master(keep_fds: set[int]) -> None:
     os.setpgid(0, 0)  # own process group: TERM/KILL reach the job's own children too
     signal.set_wakeup_fd(-1)
     for signum in signal.valid_signals():
-        if signum in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        try:
-            signal.signal(signum, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
+        # getsignal reads Python's own table (no system call): only the handlers
+        # the master (or the app, at import) installed need resetting.
+        handler = signal.getsignal(signum)
+        if handler not in (signal.SIG_DFL, None) and signum != signal.SIGPIPE:
+            try:
+                signal.signal(signum, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as Python sets it at start-up
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     # Close every fd the master held (sockets, epoll, pipes, the pidfile lock,
@@ -150,13 +155,15 @@ def run(
         if not go:
             os._exit(EXIT_NO_GO_AHEAD)
         setproctitle(f"phoenix: job {context.key} attempt {context.attempt}")
-        sender = protocol.Sender(socket_path, send_timeout=max(heartbeat_interval, 0.5))
+        sender = protocol.Sender(socket_path)
         _runtime = _Runtime(context, sender, heartbeat_interval)
-        threading.Thread(target=_runtime.beat_forever, name="phoenix-heartbeat", daemon=True).start()
+        # _thread, not threading.Thread: start() waits for the thread to run
+        # (about 1 ms), and this process only ever leaves through os._exit.
+        _thread.start_new_thread(_runtime.beat_forever, ())
         code, final = _perform(spec, context)
         _write_outbox(outbox, context.job_id, context.attempt, final)
         # A socket of its own: the heartbeat thread may be blocked in a send on the other.
-        protocol.Sender(socket_path, send_timeout=0.5).send_until(final, time.monotonic() + delivery_timeout)
+        protocol.Sender(socket_path).send_until(final, time.monotonic() + delivery_timeout)
     except BaseException:  # noqa: BLE001 - a child must never unwind into the master's code
         traceback.print_exc()
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import time
 from pathlib import Path
 
 from phoenix import procfs
@@ -59,7 +60,7 @@ class PidFile:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                holder = read_pid(self.pidfile)
+                holder = self._live_holder()
                 raise AlreadyRunning(
                     f"a Phoenix master is already running on {self.pidfile.parent} (pid {holder}); "
                     f"stop it with `phoenix stop --state-dir {self.pidfile.parent}` or use another --state-dir"
@@ -67,6 +68,17 @@ class PidFile:
             self.lock_fd = fd
             self._warn_if_stale()
         write_atomically(self.pidfile, os.getpid())
+
+    def _live_holder(self) -> int | None:
+        """The pid in the pidfile once it names a live process: a master that
+        has just won the lock (two starts racing) rewrites a missing or dead
+        master's pidfile a moment after taking the lock."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            pid = read_pid(self.pidfile)
+            if (pid is not None and procfs.state(pid) is not None) or time.monotonic() >= deadline:
+                return pid
+            time.sleep(0.01)
 
     def _warn_if_stale(self) -> None:
         old = read_pid(self.pidfile)

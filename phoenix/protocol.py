@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import random
 import socket
 import struct
 import time
@@ -93,24 +94,25 @@ def sender_credentials(ancdata: list[tuple[int, int, bytes]]) -> tuple[int, int]
 class Sender:
     """The child's side of the heartbeat socket.
 
-    The socket is connected to the master's path so that a full master queue
-    (net.unix.max_dgram_qlen is only 10) makes poll() wait instead of spin, and
-    it reconnects by path after ECONNREFUSED, so it keeps working when a new
+    The socket is connected to the master's path (a full queue then reports
+    EAGAIN for this peer, where an unconnected socket could not tell), and it
+    reconnects by path after ECONNREFUSED, so it keeps working when a new
     master binds the same path after a crash."""
 
     # The master may be busy, in the middle of exec, or gone. None of that is
     # fatal to the child: it retries, and its outcome also sits in the outbox.
     RETRYABLE = {errno.EAGAIN, errno.ECONNREFUSED, errno.ENOENT, errno.ENOBUFS, errno.ENOTCONN}
 
-    def __init__(self, path: str, send_timeout: float) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
-        self.send_timeout = send_timeout
         self.sock: socket.socket | None = None
 
     def _connected(self) -> socket.socket:
         if self.sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.settimeout(self.send_timeout)
+            # Non-blocking: a full queue is EAGAIN, and the caller retries after
+            # a jittered sleep instead of blocking in poll() with every other child.
+            sock.setblocking(False)
             try:
                 sock.connect(self.path)
             except OSError:
@@ -123,8 +125,6 @@ class Sender:
         try:
             self._connected().send(data)
             return True
-        except TimeoutError:
-            return False
         except OSError as exc:
             if exc.errno not in self.RETRYABLE:
                 raise
@@ -141,5 +141,5 @@ class Sender:
                 return True
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(delay)
+            time.sleep(random.uniform(delay, 2 * delay))
             delay = min(delay * 2, 0.5)
