@@ -89,7 +89,8 @@ def rich_table(report: dict[str, Any]) -> Any:
     head, columns, rows = summary(report)
     table = Table(title=head, title_justify="left")
     for column in columns:
-        table.add_column(column, justify="right" if column not in ("key",) else "left")
+        table.add_column(column, justify="right" if column != "key" else "left",
+                         style="cyan" if column == "key" else None)
     for row in rows:
         table.add_row(*row)
     return table

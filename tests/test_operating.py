@@ -3,6 +3,7 @@
 import html.parser
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -178,3 +179,33 @@ def _config(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "phoenix.toml"
     path.write_text(text)
     return path
+
+
+def _on_a_terminal(command, env=None, timeout=30):
+    """Run `command` on a real pseudo-terminal (util-linux `script`) and return what it printed."""
+    shell = " ".join(command)
+    environment = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
+    return subprocess.run(["script", "-qec", shell, "/dev/null"], capture_output=True, text=True,
+                          env={**environment, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL).stdout
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux script for a pseudo-terminal")
+def test_status_table_on_a_terminal_and_watch(master_factory, state_dir):
+    import sys
+
+    master = master_factory()
+    master.submit("tests.apps.jobs:wait_forever", {}, key="watched")
+    wait_for(lambda: master.jobs()["watched"]["last_beat_age"] is not None, what="the job's first beat")
+    status = [sys.executable, "-m", "phoenix", "status", "--state-dir", str(state_dir)]
+    table = _on_a_terminal(status, env={"NO_COLOR": "1"})
+    assert "┃" in table or "│" in table  # rich's table borders: a terminal gets the rich table
+    assert "watched" in table and "slots 1/8" in table
+    # NO_COLOR: rich keeps bold and italic but uses no colour (SGR 30-38, 40-48).
+    colour = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-8]|4[0-8])(?:;[0-9;]*)?m")
+    assert not colour.search(table), table
+    assert colour.search(_on_a_terminal(status, env={"TERM": "xterm-256color"}))  # and colour without it
+    piped = phoenix_cli("status", state_dir=state_dir).stdout
+    assert "│" not in piped and "watched" in piped  # plain columns when piped
+    # --watch redraws in place until interrupted; `timeout -s INT` plays Ctrl-C.
+    watched = _on_a_terminal(["timeout", "-s", "INT", "2", *status, "--watch", "0.2"], env={"NO_COLOR": "1"})
+    assert watched.count("watched") >= 3  # several refreshes of the same table
