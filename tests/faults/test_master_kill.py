@@ -47,6 +47,7 @@ def check_invariants(state_dir, keys, violations_file, callbacks):
     return sum(n - 1 for n in calls.values())  # repeats: only allowed for callbacks cut off by a kill
 
 
+@pytest.mark.timeout(3600)  # the --long mode runs 20 rounds of 300 jobs; the default takes seconds
 @pytest.mark.parametrize("moment", ["running", "preflight", "exec"])
 def test_master_sigkill_then_restart(master_factory, state_dir, tmp_path, request, moment):
     long_mode = request.config.getoption("--long", default=False)
