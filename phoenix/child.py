@@ -52,7 +52,10 @@ class _Runtime:
     def next_message(self, kind: str, **body: Any) -> bytes:
         with self.lock:
             self.seq += 1
-            return protocol.encode(self.context.job_id, self.context.attempt, kind, self.seq, self.progress, **body)
+            return self.encode(kind, self.seq, **body)
+
+    def encode(self, kind: str, seq: int, **body: Any) -> bytes:
+        return protocol.encode(self.context.job_id, self.context.attempt, kind, seq, self.progress, **body)
 
     def beat_forever(self) -> None:
         # Start-up jitter: children forked together must not beat in lockstep
@@ -63,6 +66,8 @@ class _Runtime:
             kind = "progress" if self.progress != reported else "beat"
             reported = self.progress
             message = self.next_message(kind)
+            seq = self.seq
+            first_try = time.monotonic()
             delay = 0.01
             # Keep this beat (and its number) until it is sent: the master may be
             # busy, between two images, or gone for a while; none of it is fatal.
@@ -71,6 +76,9 @@ class _Runtime:
             while not self.sender.send_once(message):
                 time.sleep(random.uniform(delay, 2 * delay))
                 delay = min(delay * 2, self.interval)
+                # Say how long this beat waited: the master's evidence that it,
+                # not this child, is the one falling behind.
+                message = self.encode(kind, seq, w=round(time.monotonic() - first_try, 3))
             time.sleep(self.interval)
 
 

@@ -28,7 +28,7 @@ import selectors
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,6 +58,10 @@ HEARTBEAT_BATCH = 512  # datagrams read per wake-up before other work gets a tur
 # A master that has not emptied its heartbeat socket for this long is behind:
 # it defers heartbeat kills (a false kill would only add fork work to the backlog).
 BACKLOG_GRACE = 0.25
+# How long after a child reported a beat that waited more than an interval to
+# be sent the master still counts itself overloaded (and defers heartbeat kills).
+OVERLOAD_MEMORY = 2.0
+MAX_TRACKED_GAP = 1024  # missing sequence numbers remembered per child, to uncount late arrivals
 SPAWN_SLICE = 0.25  # seconds of forking per turn of the loop before the other steps get a turn
 
 
@@ -80,7 +84,7 @@ class Attempt:
     progress: int = 0
     last_seq: int = 0  # -1: not known yet (adopted: the first message sets it)
     beats: int = 0
-    beats_missing: int = 0  # sequence numbers skipped: beats this child numbered that never arrived
+    missing: set[int] = field(default_factory=set)  # sequence numbers skipped that have not arrived (yet)
     final: dict[str, Any] | None = None  # the finished/failed message, once received
     kill_reason: str | None = None
     kill_detail: str | None = None
@@ -119,6 +123,8 @@ class Master:
         self.handoff = handoff.Handoff(self)
         self.retired_heartbeats: list[socket.socket] = []  # still read after a state-dir rebuild
         self.drained_at = time.monotonic()  # last time a read found the heartbeat socket empty
+        self.overloaded_until = 0.0  # monotonic: children's beats are waiting to get in
+        self.overload_warned_at = -60.0
         self.child_exited = True  # SIGCHLD seen since the last reap (True: reconcile at start)
         self.watchdog = systemd.Watchdog()  # WATCHDOG=1 when systemd's WatchdogSec asks for it
         self.outage = JournalOutage(str(self.paths.journal))
@@ -327,22 +333,43 @@ class Master:
         attempt.last_beat = now
         if message.seq > attempt.last_seq:
             if attempt.last_seq >= 0 and message.seq > attempt.last_seq + 1:
-                # Numbers skipped: beats the child sent that never arrived. The one
-                # numbered just before a final message is not lost: the heartbeat
-                # thread and the job's thread send concurrently, so it may arrive
-                # after the outcome, or be cut off by the child's exit right after it.
-                gap = message.seq - attempt.last_seq - 1 - (message.kind in ("finished", "failed"))
-                attempt.beats_missing += gap
-                self.counters.beats_missing += gap
+                self.note_gap(attempt, attempt.last_seq + 1, message.seq)
             attempt.last_seq = message.seq
+        elif message.seq in attempt.missing:  # late, not lost: beats and the final travel on two sockets
+            attempt.missing.discard(message.seq)
+            self.counters.beats_missing -= 1
+        if message.kind in ("finished", "failed"):
+            self.final_seq_arrived(attempt, message.seq)
         if message.progress > attempt.progress:
             attempt.progress = message.progress
             attempt.last_progress = now
+        waited = message.body.get("w")
+        if type(waited) in (int, float) and waited > self.config.heartbeat_interval:
+            self.overloaded_until = now + OVERLOAD_MEMORY
         if message.kind in ("finished", "failed") and attempt.final is None:
             attempt.final = message.body
         elif log.log.isEnabledFor(DEBUG):
             event(DEBUG, "beat", pid=pid, job=attempt.key, attempt=attempt.n, seq=message.seq,
                   progress=message.progress)
+
+    def note_gap(self, attempt: Attempt, first: int, end: int) -> None:
+        """Sequence numbers first..end-1 were skipped: beats the child numbered
+        that have not arrived. Counted now; uncounted if one turns up late."""
+        self.counters.beats_missing += end - first
+        if end - first <= MAX_TRACKED_GAP and len(attempt.missing) <= MAX_TRACKED_GAP:
+            attempt.missing.update(range(first, end))
+
+    def final_seq_arrived(self, attempt: Attempt, seq: Any) -> None:
+        """The final message numbered `seq` arrived (on the socket or through the
+        outbox). Neither it nor the beat numbered just before it is lost: that
+        beat was in flight on the heartbeat thread's own socket, and may arrive
+        after the outcome or be cut off by the child's exit right after it."""
+        if type(seq) is not int:
+            return
+        for number in (seq, seq - 1):
+            if number in attempt.missing:
+                attempt.missing.discard(number)
+                self.counters.beats_missing -= 1
 
     # -- timers ---------------------------------------------------------------------
 
@@ -364,6 +391,13 @@ class Master:
             if attempt.kill_reason is not None or attempt.final is not None:
                 continue  # being killed, or done and about to exit
             reason, due = self.liveness_verdict(attempt, now)
+            if reason == "heartbeat_timeout" and now < self.overloaded_until:
+                # Children report beats that waited longer than an interval to get
+                # into our socket: we are the bottleneck, and their silence may be ours.
+                self.counters.count(self.counters.kills, "deferred_overload")
+                self.warn_overloaded(now)
+                self.schedule(now + BACKLOG_GRACE, "check", attempt)
+                continue
             if reason == "heartbeat_timeout" and now - self.drained_at > BACKLOG_GRACE:
                 # The master itself is behind: beats may be waiting in the socket
                 # (or in blocked senders). Silence is not the child's fault yet.
@@ -377,6 +411,13 @@ class Master:
                 self.schedule(due, "check", attempt)
             else:
                 self.kill(attempt, reason, now)
+
+    def warn_overloaded(self, now: float) -> None:
+        if now - self.overload_warned_at >= 60.0:
+            self.overload_warned_at = now
+            event(WARNING, "overloaded", children=len(self.children),
+                  heartbeat_interval=self.config.heartbeat_interval,
+                  effect="heartbeat kills wait until beats get through; raise heartbeat_interval or lower workers")
 
     def heartbeat_timeout_of(self, attempt: Attempt) -> float:
         spec = attempt.spec
@@ -483,6 +524,8 @@ class Master:
         except (ProcessLookupError, PermissionError):
             pass
         final = attempt.final or self.read_outbox(attempt.job_id, attempt.n)
+        if final is not None and attempt.missing:
+            self.final_seq_arrived(attempt, final.get("seq"))
         result_json = None
         error = None
         reason = None
