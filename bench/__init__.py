@@ -1,0 +1,1 @@
+"""Phoenix benchmarks: `python -m bench [--quick]` (see bench/README.md)."""

@@ -1,0 +1,428 @@
+"""`python -m bench [--quick]`: every figure of the benchmark issue, each side
+by side with its peer in the same run; prints a table of ratios, writes
+bench/RESULTS.md (and results.json) and bench/scaling.png.
+
+    python -m bench --quick        # < 2 minutes: smaller counts, same method
+    python -m bench                # full: the issue's counts (~6-10 minutes)
+    python -m bench --only throughput,beats
+    python -m bench --profile      # py-spy profiles of the master -> bench/PROFILE.md
+    python -m bench --render       # rebuild RESULTS.md and scaling.png from results.json
+
+Peers: pip install -e '.[bench]' (gunicorn, rq, redis, matplotlib, rich);
+RQ also needs a redis-server binary (apt-get install redis-server), else it is
+skipped with a note. Every process started is stopped by pid at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import beats, hang, replace, spawn, throughput
+from bench.procs import Registry, cpu_available, cpu_times, loadavg
+from bench.report import Report, Row, code_identity, plot_scaling, print_table, write_markdown
+
+HERE = Path(__file__).resolve().parent
+FIGURES = ("throughput", "beats", "hang", "replace", "spawn")
+
+MODES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "throughput_jobs": 200, "throughput_reps": 2,
+        "scale_points": [100, 200], "window": 3.0, "settle": 1.0, "beat_figure_at": 200,
+        "hang_children": 150, "hang_hung": 10,
+        "replace_children": 100, "replace_rounds": 3,
+        "spawn_api": 80, "spawn_cli": 4,
+    },
+    "full": {
+        "throughput_jobs": 2000, "throughput_reps": 2,
+        "scale_points": [100, 500, 1000, 2000], "window": 10.0, "settle": 3.0, "beat_figure_at": 1000,
+        "hang_children": 1000, "hang_hung": 50,
+        "replace_children": 500, "replace_rounds": 5,
+        "spawn_api": 500, "spawn_cli": 20,
+    },
+}
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def fmt_ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def ok(value: float, limit: float, below: bool = True) -> bool | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value <= limit if below else value >= limit
+
+
+def throughput_rows(r: dict[str, Any], report: Report) -> None:
+    n, best, jps = r["n"], r["best"], r["jobs_per_s"]
+    ph = f"{jps['phoenix']:.0f} jobs/s ({best['phoenix']:.2f} s)"
+    fig = f"throughput: {n:,} no-op jobs, 2 slots, journal durable"
+    ratio = jps["phoenix"] / jps["pool"]
+    report.rows.append(Row(fig, ph, "multiprocessing.Pool(2, maxtasksperchild=1)",
+                           f"{jps['pool']:.0f} jobs/s ({best['pool']:.2f} s)", f"{ratio:.2f}x", ">= 1.5x the Pool",
+                           ok(ratio, 1.5, below=False)))
+    if "rq" in jps:
+        ratio = jps["phoenix"] / jps["rq"]
+        report.rows.append(Row(fig, ph, "RQ: 2 x `rq worker --burst`", f"{jps['rq']:.0f} jobs/s ({best['rq']:.2f} s)",
+                               f"{ratio:.1f}x", ">= 10x RQ", ok(ratio, 10, below=False)))
+    else:
+        report.rows.append(Row(fig, ph, "RQ", r["rq_note"] or "skipped", "-", ">= 10x RQ", None))
+    ratio = jps["phoenix"] / jps["bare"]
+    report.rows.append(Row(fig, ph, "bare os.fork/_exit/waitpid loop (ceiling)",
+                           f"{jps['bare']:.0f} jobs/s ({best['bare']:.2f} s)", f"{ratio:.0%} of ceiling",
+                           ">= 40 % of the ceiling", ok(ratio, 0.40, below=False)))
+    report.details += [
+        f"### Throughput ({n:,} jobs, best of {r['reps']})", "",
+        "Wall time from starting the command to its exit, interpreter start-up included for every contender. "
+        "Phoenix: `phoenix start bench.apps:noop_app --workers 2 --exit-when-done` on a fresh state directory "
+        "whose journal already holds the jobs (SQLite WAL, synchronous=NORMAL, on ext4).", "",
+        "| contender | runs (s) | best (s) | jobs/s |", "| --- | --- | --- | --- |",
+    ]
+    for k, v in r["all"].items():
+        report.details.append(f"| {k} | {', '.join(f'{x:.2f}' for x in v)} | {min(v):.2f} | {n / min(v):.0f} |")
+    report.details.append("")
+    if r.get("rq_note"):
+        report.notes.append(f"RQ: {r['rq_note']}")
+
+
+def beats_rows(ph: dict[str, Any], bare: dict[str, Any], mode: dict[str, Any], quick: bool, report: Report) -> None:
+    at = mode["beat_figure_at"]
+    pp = {p["n"]: p for p in ph["points"]}
+    bp = {p["n"]: p for p in bare["points"]}
+    failed = ph.get("failed")
+    if failed:
+        report.notes.append(f"heartbeat run: Phoenix could not reach {failed['n']:,} beating children "
+                            f"({failed['error']}; {failed['kills']} kills logged; load {failed['load']}).")
+    if at not in pp or not pp or 100 not in pp:
+        at = max(pp) if pp else None
+    if at is None or at not in bp:
+        report.rows.append(Row("heartbeat cost", "not measured", "-", "-", "-", "-", None,
+                               failed["error"] if failed else ""))
+        return
+    p, b = pp[at], bp[at]
+    ratio = p["us_per_beat"] / b["us_per_beat"]
+    report.rows.append(Row(f"heartbeat cost: {at:,} children x 5 Hz, CPU per beat",
+                           f"{p['us_per_beat']:.1f} us/beat", "bare Python recvmsg loop, SO_PASSCRED, same stream",
+                           f"{b['us_per_beat']:.1f} us/beat", f"{ratio:.2f}x", "<= 2.5x the bare loop",
+                           ok(ratio, 2.5)))
+    projected = p["us_per_beat"] * 1e-6 * 1000 * 5
+    if at == 1000:
+        total, label = p["cpu_frac"], f"{p['cpu_frac']:.1%} of one core"
+    else:
+        total, label = projected, (f"{p['cpu_frac']:.1%} of one core at {at}; projected to 1,000 x 5 Hz: "
+                                   f"{projected:.1%}")
+    report.rows.append(Row(f"heartbeat cost: master CPU in all, {at:,} children x 5 Hz", label, "bare recvmsg loop",
+                           f"{b['cpu_frac']:.1%} of one core", f"{p['cpu_frac'] / b['cpu_frac']:.2f}x",
+                           "<= 10 % of one core at 1,000 children", ok(total, 0.10)))
+    top = max(pp)
+    scale = pp[top]["us_per_beat"] / pp[100]["us_per_beat"]
+    wanted = max(mode["scale_points"])
+    reached = top == wanted
+    report.rows.append(Row(f"scaling: per-beat master CPU at {top:,} vs 100 children",
+                           f"{pp[top]['us_per_beat']:.1f} us/beat at {top:,}"
+                           + ("" if reached else f" ({wanted:,} not reached)"),
+                           "Phoenix itself at 100 children",
+                           f"{pp[100]['us_per_beat']:.1f} us/beat", f"{scale:.2f}x",
+                           "<= 1.3x at 2,000 (O(1) per beat)" + (" [quick: at 200]" if quick else ""),
+                           ok(scale, 1.3) if reached else False, "plotted: bench/scaling.png"))
+    mem = ph.get("memory", {})
+    bmem = bare.get("memory", {})
+    if mem:
+        rss_mb = mem["master_rss_kb"] / 1024
+        report.rows.append(Row(f"memory: master RSS with {mem['n']:,} children", f"{rss_mb:.1f} MB",
+                               "the same master before any child", f"{ph['rss_kb_empty'] / 1024:.1f} MB",
+                               f"+{rss_mb - ph['rss_kb_empty'] / 1024:.1f} MB", "<= 40 MB with 1,000 children",
+                               ok(rss_mb, 40)))
+        uss_mb = mem["uss_kb_median"] / 1024
+        bare_mb = bmem.get("uss_kb_median", float("nan")) / 1024
+        report.rows.append(Row(f"memory: per-child USS, {mem['n']:,} children (median)", f"{uss_mb:.2f} MB",
+                               "bare fork of a Python process that imported phoenix, beating from a thread",
+                               f"{bare_mb:.2f} MB", f"+{uss_mb - bare_mb:.2f} MB over the bare child",
+                               "<= 2 MB beyond the job's own (the job allocates nothing)", ok(uss_mb, 2.0)))
+    report.details += [
+        "### Heartbeat cost and scaling", "",
+        "Receiver CPU from /proc/PID/task/*/schedstat (ns) over a window, divided by the beats it counted in the "
+        "window (Phoenix: `master.beats` of the live status; bare loop: its own counter). /proc/PID/stat ticks "
+        "(10 ms) agree within a few percent (column 'ticks'). Beats per wake-up: beats divided by the receiver "
+        "main thread's voluntary context switches (each one a sleep in epoll_wait).", "",
+        "| children | receiver | beats/s | CPU (% of a core) | us/beat | us/beat (ticks) | beats per wake-up | load avg |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for n in sorted(pp):
+        for name, src in (("Phoenix", pp), ("bare loop", bp)):
+            if n in src:
+                q = src[n]
+                report.details.append(f"| {n:,} | {name} | {q['beats_per_s']:.0f} | {q['cpu_frac']:.1%} | "
+                                      f"{q['us_per_beat']:.1f} | {q['us_per_beat_ticks']:.1f} | "
+                                      f"{q.get('beats_per_wakeup', float('nan')):.2f} | {q['load']} |")
+    report.details.append("")
+    if mem:
+        report.details.append(
+            f"Memory at {mem['n']:,} children: master RSS {mem['master_rss_kb'] / 1024:.1f} MB "
+            f"(empty: {ph['rss_kb_empty'] / 1024:.1f} MB); child USS median {mem['uss_kb_median'] / 1024:.2f} MB, "
+            f"p90 {mem['uss_kb_p90'] / 1024:.2f} MB, max {mem['uss_kb_max'] / 1024:.2f} MB, PSS median "
+            f"{mem['pss_kb_median'] / 1024:.2f} MB, RSS median {mem['rss_kb_median'] / 1024:.1f} MB. Bare beating "
+            f"child: USS median {bmem.get('uss_kb_median', float('nan')) / 1024:.2f} MB, RSS median "
+            f"{bmem.get('rss_kb_median', float('nan')) / 1024:.1f} MB.")
+        report.details.append("")
+    rejected = {k: v for q in ph["points"] for k, v in (q.get("rejected") or {}).items()}
+    disturbed = [q["n"] for q in ph["points"] if q.get("kills_in_window")]
+    report.rows.append(Row(f"heartbeat runs: healthy children killed (growing to {max(pp):,})",
+                           f"{ph.get('kills', 0)} kills", "-", "-", "-",
+                           "0 (not in the issue's table: every child here beats)", ph.get("kills", 0) == 0,
+                           f"windows disturbed by kills at: {disturbed}" if disturbed else ""))
+    if rejected:
+        report.notes.append(f"heartbeat run: rejected datagrams {rejected}")
+
+
+def hang_rows(r: dict[str, Any], report: Report) -> None:
+    report.rows.append(Row(f"hang detection: {r['n']:,} children, {r['hung']} hung",
+                           f"p99 {r['excess_ms_p99']:.0f} ms, p50 {r['excess_ms_p50']:.0f} ms beyond the timeout",
+                           "heartbeat_timeout itself", f"{r['timeout']:.0f} s",
+                           f"p99 = {r['excess_ms_p99'] / 1000 / r['timeout']:.1%} of the timeout",
+                           "p99 of (kill - last beat - timeout) <= 100 ms",
+                           ok(r["excess_ms_p99"], 100) if r["killed"] == r["hung"] and not r["false_kills"] else False,
+                           f"{r['killed']}/{r['hung']} killed, {r['false_kills']} false kills"))
+    report.details += [
+        "### Hang detection", "",
+        f"{r['killed']} of {r['hung']} frozen children killed, {r['false_kills']} other kills. From the master's "
+        f"`kill ... after=` field (10 ms resolution): p50 {r['excess_ms_p50']:.0f} ms, p99 {r['excess_ms_p99']:.0f} ms, "
+        f"max {r['excess_ms_max']:.0f} ms beyond the {r['timeout']:.0f} s timeout. Cross-check (log timestamp minus "
+        f"the wall-clock time the job's last beat left it): p50 {r['cross_ms_p50']:.1f} ms, "
+        f"p99 {r['cross_ms_p99']:.1f} ms.", "",
+    ]
+
+
+def replace_rows(ph: dict[str, Any], gu: dict[str, Any], imports: dict[str, float], report: Report) -> None:
+    blind = ph["blind_s_median"]
+    window = blind - imports["app_import_s"]
+    g = gu["usr2_to_pidfile_s_median"]
+    ratio = window / g
+    report.rows.append(Row(f"replacement blind window, {ph['n']:,} running children",
+                           f"{fmt_ms(window)} (exec -> ready {fmt_ms(blind)} - app import "
+                           f"{imports['app_import_s'] * 1000:.1f} ms)",
+                           "gunicorn USR2 -> new master's pidfile, trivial WSGI app", fmt_ms(g), f"{ratio:.2f}x",
+                           "<= gunicorn's", ok(ratio, 1.0),
+                           f"USR2 -> ready {fmt_ms(ph['usr2_to_ready_s_median'])} incl. preflight"))
+    clean = ph["lost_beats"] == 0 and ph["false_kills"] == 0 and ph["children_kept"] == ph["n"]
+    report.rows.append(Row(f"replacement: {len(ph['rounds'])} x USR2 with {ph['n']:,} children",
+                           f"{ph['lost_beats']} lost beats of {ph['beats_sent']:,}, {ph['false_kills']} false kills, "
+                           f"{ph['children_kept']}/{ph['n']} children kept", "-", "-", "-",
+                           "zero lost beats, zero false kills", clean))
+    report.details += [
+        "### Replacement", "",
+        "| round | USR2 -> exec (preflight; socket still read) | exec -> ready (blind) | of which: exec -> new "
+        "image's first log line | adopting | last adopt -> ready | USR2 -> ready | adopted |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for i, rd in enumerate(ph["rounds"], 1):
+        report.details.append(f"| {i} | {fmt_ms(rd['usr2_to_exec_s'])} | {fmt_ms(rd['blind_s'])} | "
+                              f"{fmt_ms(rd['exec_to_first_line_s'])} | {fmt_ms(rd['adopting_s'])} | "
+                              f"{fmt_ms(rd['last_adopt_to_ready_s'])} | {fmt_ms(rd['usr2_to_ready_s'])} | "
+                              f"{rd['adopted']} |")
+    report.details += [
+        "",
+        f"gunicorn USR2 -> new pidfile, each round (alternated with Phoenix's, its children running): "
+        f"{', '.join(fmt_ms(x) for x in gu['rounds'])}.",
+        "",
+        f"The blind window includes the new image's interpreter start-up and imports: `python -c pass` takes "
+        f"{fmt_ms(imports['python_startup_s'])}, a whole `phoenix check bench.apps:beat_app` "
+        f"{fmt_ms(imports['phoenix_check_s'])}; the app module's own import ({imports['app_import_s'] * 1000:.1f} ms) "
+        f"is what is subtracted for the headline. gunicorn's figure includes the same kind of start-up (its new "
+        f"master is a fresh interpreter too).",
+        "",
+    ]
+
+
+def spawn_rows(r: dict[str, Any], report: Report) -> None:
+    parts = r["api_parts_p50_ms"]
+    split = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in parts.items())
+    report.rows.append(Row("spawn latency, free slot: submit -> job running, p50",
+                           f"{r['api_p50_ms']:.1f} ms", "-", "-", f"({split} ms)", "p50 <= 5 ms",
+                           ok(r["api_p50_ms"], 5), f"{r['api_samples']} samples, in-process submit"))
+    report.rows.append(Row("spawn latency, free slot: submit -> job running, p99",
+                           f"{r['api_p99_ms']:.1f} ms", "-", "-", "-", "p99 <= 20 ms", ok(r["api_p99_ms"], 20)))
+    report.rows.append(Row("spawn latency via the `phoenix submit` command (reference)",
+                           f"p50 {r['cli_p50_ms']:.0f} ms, p99 {r['cli_p99_ms']:.0f} ms", "-", "-", "-",
+                           "(interpreter start-up and imports included)", None, f"{r['cli_samples']} samples"))
+    split_after = ", ".join(f"{k} {v:.1f} ms" for k, v in r["after_wake_split_p50_ms"].items())
+    report.details += [
+        "### Spawn latency", "",
+        f"{r['api_samples']} submissions done in-process with the same steps as `phoenix submit` (open the journal, "
+        f"submit, close, `wake` on the control socket), one at a time with 4 free slots; the job's first act sends "
+        f"CLOCK_MONOTONIC back. p50 {r['api_p50_ms']:.2f} ms, p99 {r['api_p99_ms']:.2f} ms, max {r['api_max_ms']:.2f} ms; "
+        f"medians of the parts: {split} ms; 'after wake' split at the master's `spawn` log line (ms resolution, "
+        f"truncated): {split_after}. The `phoenix submit` command adds a Python interpreter and its imports: "
+        f"p50 {r['cli_p50_ms']:.0f} ms over {r['cli_samples']} runs.", "",
+    ]
+
+
+def build_report(raw: dict[str, Any], out: Path) -> tuple[Report, Path | None]:
+    """The table, details and plot, from the raw results alone (so that
+    `--render` can rebuild RESULTS.md from results.json)."""
+    mode = raw["params"]
+    quick = raw["mode"] == "quick"
+    report = Report(raw["mode"], raw.get("command", "python -m bench"))
+    report.started = raw.get("started", report.started)
+    report.load_start = raw.get("load_start", "?")
+    report.load_end = raw.get("load_end", "?")
+    report.elapsed = raw.get("elapsed", 0.0)
+    report.code = raw.get("phoenix_code", "")
+    report.conditions = [tuple(c) for c in raw.get("conditions", [])]  # type: ignore[misc]
+    failed = raw.get("failed", {})
+    plot = None
+    for name in FIGURES:
+        if name in failed:
+            report.rows.append(Row(name, "not measured", "-", "-", "-", "-", None, failed[name]))
+        elif name == "throughput" and "throughput" in raw:
+            throughput_rows(raw["throughput"], report)
+        elif name == "beats" and "beats_phoenix" in raw:
+            beats_rows(raw["beats_phoenix"], raw["beats_bare"], mode, quick, report)
+            failed_at = raw["beats_phoenix"].get("failed")
+            plot = plot_scaling(raw["beats_phoenix"]["points"], raw["beats_bare"]["points"], out / "scaling.png",
+                                note=(f"Phoenix could not hold {failed_at['n']:,} children: {failed_at['kills']} "
+                                      "healthy children killed on the way" if failed_at else ""))
+        elif name == "hang" and "hang" in raw:
+            hang_rows(raw["hang"], report)
+        elif name == "replace" and "replace_phoenix" in raw:
+            replace_rows(raw["replace_phoenix"], raw["replace_gunicorn"], raw["imports"], report)
+        elif name == "spawn" and "spawn" in raw:
+            spawn_rows(raw["spawn"], report)
+    if quick:
+        report.notes.append("quick mode: smaller counts than the issue's (see the figure names); run "
+                            "`python -m bench` for the full figures.")
+    report.notes.append("This machine is shared with other work (see 'Conditions per figure'); contenders of one "
+                        "figure run minutes apart, or alternated round by round, under the same conditions.")
+    report.notes.append("Where the time goes for the missed targets: bench/PROFILE.md (`python -m bench --profile`).")
+    return report, plot
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts, under 2 minutes")
+    parser.add_argument("--only", default=",".join(FIGURES), help=f"comma-separated subset of {','.join(FIGURES)}")
+    parser.add_argument("--no-rq", action="store_true", help="skip the RQ peer")
+    parser.add_argument("--out", default=str(HERE), help="where RESULTS.md, results.json, scaling.png go")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (state dirs, logs)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of measuring: profile the master with py-spy, write PROFILE.md")
+    parser.add_argument("--render", action="store_true",
+                        help="instead of measuring: rebuild RESULTS.md and scaling.png from results.json")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.profile:
+        from bench import profile
+
+        return profile.main(quick=args.quick, out=out)
+    if args.render:
+        raw = json.loads((out / "results.json").read_text())
+        report, plot = build_report(raw, out)
+        print_table(report)
+        write_markdown(report, out / "RESULTS.md", plot)
+        return 0
+    mode_name = "quick" if args.quick else "full"
+    mode = MODES[mode_name]
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
+    unknown = only - set(FIGURES)
+    if unknown:
+        parser.error(f"unknown figure(s) {sorted(unknown)}; choose from {', '.join(FIGURES)}")
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="phxb-", dir="/tmp"))
+    raw: dict[str, Any] = {
+        "mode": mode_name, "params": mode, "started": time.time(), "load_start": loadavg(), "failed": {},
+        "phoenix_code": code_identity(),
+        "conditions": [],
+        "command": "python -m bench" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:])),
+    }
+    reg = Registry()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    t0 = time.monotonic()
+    say(f"work directory {work}; mode {mode_name}; load {loadavg()}")
+
+    def attempt(name: str, body: Any) -> None:
+        """One figure; if it fails, say so in the table and go on with the others."""
+        available = cpu_available()
+        busy0, total0 = cpu_times()
+        t_fig, load0 = time.monotonic(), loadavg()
+        before = set(reg.procs)
+        try:
+            body()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported in the table
+            import traceback
+
+            traceback.print_exc()
+            raw["failed"][name] = f"{type(exc).__name__}: {exc}"
+            say(f"{name}: failed: {exc}")
+        finally:
+            for pid in list(reg.procs):  # nothing of this figure may linger into the next one
+                if pid not in before:
+                    reg.stop(pid, timeout=10)
+            busy1, total1 = cpu_times()
+            raw["conditions"].append((name, time.monotonic() - t_fig, (busy1 - busy0) / max(1, total1 - total0),
+                                      load0, available))
+
+    def do_throughput() -> None:
+        raw["throughput"] = throughput.run(reg, work, mode["throughput_jobs"], mode["throughput_reps"],
+                                           not args.no_rq, say)
+
+    def do_beats() -> None:
+        points = mode["scale_points"]
+        raw["beats_phoenix"] = beats.run_phoenix(reg, work, points, mode["window"], mode["settle"],
+                                                 mode["beat_figure_at"], say)
+        reached = [p["n"] for p in raw["beats_phoenix"]["points"]] or points[:1]
+        raw["beats_bare"] = beats.run_bare(reg, work, reached, mode["window"], mode["settle"],
+                                           min(mode["beat_figure_at"], max(reached)), say)
+
+    def do_hang() -> None:
+        raw["hang"] = hang.run(reg, work, mode["hang_children"], mode["hang_hung"], say)
+
+    def do_replace() -> None:
+        say("replacement: timing app import and `phoenix check`")
+        raw["imports"] = replace.app_import_seconds()
+        raw["replace_phoenix"], raw["replace_gunicorn"] = replace.run(
+            reg, work, mode["replace_children"], mode["replace_rounds"], say)
+
+    def do_spawn() -> None:
+        raw["spawn"] = spawn.run(reg, work, mode["spawn_api"], mode["spawn_cli"], say)
+
+    steps = {"throughput": do_throughput, "beats": do_beats, "hang": do_hang, "replace": do_replace,
+             "spawn": do_spawn}
+    try:
+        for name in FIGURES:
+            if name in only:
+                attempt(name, steps[name])
+    finally:
+        left = reg.cleanup()
+        if left:
+            say(f"stopped {len(left)} leftover process(es) by pid: {left[:20]}")
+        if args.keep:
+            say(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    raw["elapsed"] = time.monotonic() - t0
+    raw["load_end"] = loadavg()
+    (out / "results.json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
+    report, plot = build_report(raw, out)
+    print_table(report)
+    write_markdown(report, out / "RESULTS.md", plot)
+    say(f"wrote {out / 'RESULTS.md'}" + (f" and {plot}" if plot else "") + f" in {report.elapsed:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

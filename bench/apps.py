@@ -1,0 +1,140 @@
+"""The applications the benchmarks run: Phoenix apps and jobs, the peers'
+task functions (multiprocessing, RQ) and a trivial WSGI app for gunicorn.
+
+Kept lean on purpose: a Phoenix master imports this module (and so does its
+`phoenix check` preflight), so it imports nothing beyond phoenix and the
+standard library; its import time is part of what the replacement costs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import phoenix
+
+# Throughput: 2 slots, default liveness settings (1 s beats, 5 s timeout).
+noop_app = phoenix.App("bench-noop", workers=2)
+
+# Beating children: 5 Hz beats, 5 s timeout, as in the issue's table.
+beat_app = phoenix.App("bench-beat", heartbeat_interval=0.2, heartbeat_timeout=5.0, kill_grace=1.0)
+
+
+@noop_app.job
+def noop(params):
+    """The no-op job of the throughput figure."""
+    return None
+
+
+@beat_app.job
+def beat(params):
+    """Only beats: the heartbeat thread sends at 5 Hz while this sleeps."""
+    seconds = (params or {}).get("s", 3600)
+    count_dir = (params or {}).get("count_dir")
+    if count_dir:
+        _count_sends(count_dir)
+    time.sleep(seconds)
+    return None
+
+
+@beat_app.job(retries=0)
+def hang(params):
+    """Beats for a while, then stops itself (SIGSTOP freezes every thread,
+    the heartbeat thread included): what a hung child looks like from outside.
+    For a cross-check of the master's figure, records the wall-clock time of
+    the last beat it sent: the send is wrapped, and the stop happens while
+    holding the lock the wrapper takes, so no beat can slip out after it."""
+    import threading
+
+    from phoenix import child
+
+    record = params.get("record")
+    runtime = child._runtime
+    lock = threading.Lock()
+    last = [0.0]
+    if runtime is not None:
+        original = runtime.sender.send_once
+
+        def send_once(data: bytes) -> bool:
+            with lock:
+                ok = original(data)
+                if ok:
+                    last[0] = time.time()
+                return ok
+
+        runtime.sender.send_once = send_once  # type: ignore[method-assign]
+    time.sleep(params["after"])
+    with lock:
+        if record:
+            with open(os.path.join(record, f"{os.getpid()}.stop"), "w") as f:
+                f.write(repr(last[0]))
+        os.kill(os.getpid(), signal.SIGSTOP)
+    time.sleep(3600)
+
+
+@beat_app.job
+def probe(params):
+    """Spawn latency: tell the benchmark the moment the job body starts
+    (CLOCK_MONOTONIC is system-wide on Linux), then end at once."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.sendto(str(time.monotonic_ns()).encode() + b" " + str(params["i"]).encode(), params["reply"])
+    finally:
+        sock.close()
+    return None
+
+
+def _count_sends(count_dir: str) -> None:
+    """Wrap this child's heartbeat sender to count beats it could not send
+    (the master absent or its queue full for longer than the send timeout):
+    those are the beats a replacement loses. Written to COUNT_DIR/PID every
+    0.25 s by a small thread."""
+    import threading
+
+    from phoenix import child
+
+    runtime = child._runtime
+    if runtime is None:
+        return
+    sender = runtime.sender
+    original = sender.send_once
+    counts = {"sent": 0, "failed": 0}
+
+    def counting_send_once(data: bytes) -> bool:
+        ok = original(data)
+        counts["sent" if ok else "failed"] += 1
+        return ok
+
+    sender.send_once = counting_send_once  # type: ignore[method-assign]
+    path = os.path.join(count_dir, str(os.getpid()))
+
+    def flush_forever() -> None:
+        while True:
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(f"{counts['sent']} {counts['failed']}")
+            os.rename(tmp, path)
+            time.sleep(0.25)
+
+    threading.Thread(target=flush_forever, daemon=True).start()
+
+
+# -- peers ------------------------------------------------------------------------
+
+
+def pool_noop(i):
+    """multiprocessing.Pool's task: nothing."""
+    return None
+
+
+def rq_noop():
+    """RQ's job: nothing."""
+    return None
+
+
+def wsgi_app(environ, start_response):
+    """gunicorn's app: the smallest WSGI application."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]

@@ -1,0 +1,112 @@
+"""Throughput: N no-op jobs through 2 slots, one fresh process per job, timed
+from the start of the command to its exit (interpreter start-up included
+for every contender alike).
+
+    Phoenix   `phoenix start bench.apps:noop_app --workers 2 --exit-when-done`
+              on a fresh state directory whose journal (SQLite WAL, on disk)
+              already holds the N jobs
+    Pool      multiprocessing.Pool(2, maxtasksperchild=1).map over N tasks
+    RQ        two `rq worker --burst` on a queue already holding N jobs
+              (a private redis-server on 127.0.0.1), when redis-server exists
+    bare fork os.fork / os._exit(0) / waitpid, 2 at a time: the ceiling
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.master import PhoenixMaster
+from bench.procs import PYTHON, Registry, free_port, loadavg, tool
+
+
+def _timed(reg: Registry, argv: list[str], log: Path, timeout: float) -> float:
+    t0 = time.monotonic()
+    proc = reg.popen(argv, log=log)
+    code = proc.wait(timeout=timeout)
+    elapsed = time.monotonic() - t0
+    if code != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited with {code}; see {log}")
+    return elapsed
+
+
+def phoenix_once(reg: Registry, work: Path, n: int, rep: int) -> dict[str, Any]:
+    state = work / f"tp{rep}"
+    master = PhoenixMaster(reg, state, "bench.apps:noop_app", workers=2, extra_flags=["--exit-when-done"])
+    master.submit_many(("bench.apps:noop", i, f"noop-{i}") for i in range(n))
+    t0 = time.monotonic()
+    master.start()
+    code = master.wait_exit(timeout=600)
+    elapsed = time.monotonic() - t0
+    counts = master.counts()
+    if code != 0 or counts["finished"] != n:
+        raise RuntimeError(f"phoenix run failed: exit {code}, counts {counts}; see {master.log}")
+    return {"seconds": elapsed, "log": str(master.log)}
+
+
+def rq_once(reg: Registry, work: Path, n: int, slots: int) -> dict[str, Any]:
+    import redis
+    import rq
+
+    port = free_port()
+    server = reg.popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                        "--appendonly", "no", "--protected-mode", "yes"], log=work / "redis.log")
+    try:
+        conn = redis.Redis(host="127.0.0.1", port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                conn.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start; see {work / 'redis.log'}")
+                time.sleep(0.05)
+        from bench.apps import rq_noop
+
+        queue = rq.Queue("bench", connection=conn)
+        with conn.pipeline() as pipe:
+            for _ in range(n):
+                queue.enqueue(rq_noop, pipeline=pipe)
+            pipe.execute()
+        t0 = time.monotonic()
+        workers = [reg.popen([tool("rq"), "worker", "--burst", "--url", f"redis://127.0.0.1:{port}", "bench"],
+                             log=work / f"rq-worker{i}.log") for i in range(slots)]
+        for w in workers:
+            if w.wait(timeout=900) != 0:
+                raise RuntimeError(f"rq worker exited with {w.returncode}; see {work}/rq-worker*.log")
+        elapsed = time.monotonic() - t0
+        finished = queue.finished_job_registry.count
+        if finished != n:
+            raise RuntimeError(f"rq finished {finished} of {n} jobs")
+        conn.close()
+        return {"seconds": elapsed}
+    finally:
+        reg.stop(server.pid)
+
+
+def run(reg: Registry, work: Path, n: int, reps: int, with_rq: bool, say: Any) -> dict[str, Any]:
+    slots = 2
+    results: dict[str, list[float]] = {"phoenix": [], "pool": [], "bare": []}
+    for rep in range(reps):
+        say(f"throughput rep {rep + 1}/{reps}: phoenix ({n} jobs) [load {loadavg()}]")
+        results["phoenix"].append(phoenix_once(reg, work, n, rep)["seconds"])
+        say(f"throughput rep {rep + 1}/{reps}: multiprocessing.Pool")
+        results["pool"].append(_timed(reg, [PYTHON, "-m", "bench.bare", "pool", str(n), str(slots)],
+                                      work / "pool.log", 600))
+        say(f"throughput rep {rep + 1}/{reps}: bare fork loop")
+        results["bare"].append(_timed(reg, [PYTHON, "-m", "bench.bare", "fork", str(n), str(slots)],
+                                      work / "fork.log", 600))
+    rq_note = None
+    if with_rq and shutil.which("redis-server"):
+        say(f"throughput: rq worker --burst x{slots} ({n} jobs)")
+        results["rq"] = [rq_once(reg, work, n, slots)["seconds"]]
+    elif with_rq:
+        rq_note = "skipped: no redis-server binary on PATH (apt-get install redis-server)"
+    else:
+        rq_note = "skipped (--no-rq)"
+    best = {k: min(v) for k, v in results.items()}
+    return {"n": n, "slots": slots, "reps": reps, "all": results, "best": best,
+            "jobs_per_s": {k: n / v for k, v in best.items()}, "rq_note": rq_note}
