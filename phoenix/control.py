@@ -58,7 +58,7 @@ class ControlServer:
                 return
             pid, uid, _gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
             if uid != os.getuid():
-                self.on_rejected(f"control connection from uid {uid} (pid {pid})")
+                self.on_rejected("foreign_uid_control")  # a fixed label: counters must not grow per pid
                 conn.close()
                 continue
             conn.setblocking(False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -117,6 +118,10 @@ class Journal:
         self.path = Path(path)
         if not create and not self.path.exists():
             raise JournalError(f"no journal at {self.path}")
+        if create and not self.path.exists():
+            # Private to this user (SQLite gives -wal and -shm the same mode):
+            # job parameters and results may be sensitive.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         try:
             # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE).
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)

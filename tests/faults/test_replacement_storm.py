@@ -25,7 +25,7 @@ def rss_kib(pid):
     raise AssertionError("no VmRSS")
 
 
-def test_usr2_storm_with_200_children(master_factory, state_dir, tmp_path, request):
+def test_usr2_storm_with_200_children(master_factory, state_dir, tmp_path, request, machine_to_itself):
     long_mode = request.config.getoption("--long", default=False)
     signals, window = (50, 30.0) if long_mode else (25, 15.0)
     children = 200
