@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from phoenix import procfs
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
@@ -102,14 +104,8 @@ def cpu_sample(pid: int) -> CpuSample:
 
 
 def rss_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+    rss = procfs.rss_bytes(pid)
+    return None if rss is None else rss // 1024
 
 
 def wakeups(pid: int) -> int | None:

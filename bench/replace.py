@@ -30,15 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.master import PhoenixMaster
+from phoenix.pidfile import read_pid
 from bench.procs import PYTHON, Registry, env, free_port, loadavg, median, tool, REPO, descendants
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-        return int(text) if text else None
-    except (OSError, ValueError):
-        return None
 
 
 def app_import_seconds(runs: int = 5) -> dict[str, float]:
@@ -191,7 +184,7 @@ class Gunicorn:
         proc = self.reg.popen(argv, log=self.log)
         self.masters.append(proc.pid)
         deadline = time.monotonic() + 30
-        while _read_pid(self.pidfile) != proc.pid:
+        while read_pid(self.pidfile) != proc.pid:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"gunicorn did not start; see {self.log}")
             time.sleep(0.01)
@@ -207,8 +200,8 @@ class Gunicorn:
         new = None
         deadline = t0 + 30
         while new is None:
-            p2 = _read_pid(new_pidfile)
-            p1 = _read_pid(self.pidfile)
+            p2 = read_pid(new_pidfile)
+            p1 = read_pid(self.pidfile)
             if p2 is not None and p2 != self.current:
                 new = p2  # gunicorn >= 21: the new master writes PIDFILE.2
             elif p1 is not None and p1 != self.current and oldbin.exists():
@@ -226,7 +219,7 @@ class Gunicorn:
         self.reg.add_many(descendants(self.current))
         self.reg.stop(self.current, timeout=30)
         deadline = time.monotonic() + 30
-        while _read_pid(self.pidfile) != new and time.monotonic() < deadline:
+        while read_pid(self.pidfile) != new and time.monotonic() < deadline:
             time.sleep(0.01)
         self.current = new
         return elapsed

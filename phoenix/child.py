@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from setproctitle import setproctitle
 
-from phoenix import protocol
+from phoenix import procfs, protocol
 from phoenix.app import JobSpec
 
 # Exit codes of a child that never ran its job.
@@ -113,9 +113,8 @@ def _detach_from_master(keep_fds: set[int]) -> None:
     # Close every fd the master held (sockets, epoll, pipes, the pidfile lock,
     # the journal) by number: the Python objects that own them are never used
     # again in this process, which only ever leaves through os._exit.
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep_fds:
+    for fd in procfs.own_fds():
+        if fd not in keep_fds:
             try:
                 os.close(fd)
             except OSError:

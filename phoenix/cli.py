@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import click
 
 from phoenix import config as config_module
 from phoenix import control, pidfile
-from phoenix.app import App, AppError, decode_params, encode_params, load_app, resolve_target
+from phoenix.app import AppError, decode_params, encode_params, load_app, resolve_target
 from phoenix.config import ConfigError
 from phoenix.journal import Journal, JournalError
 from phoenix.paths import StatePaths, StateDirError

@@ -23,9 +23,11 @@ import selectors
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from phoenix import log, pidfile, systemd
+from phoenix import log, pidfile, procfs, systemd
+from phoenix.policy import classify_exit
 
 if TYPE_CHECKING:
     from phoenix.master import Master
@@ -103,9 +105,8 @@ def close_stray_fds(keep: set[int]) -> None:
     Only inheritable fds can have come through exec: every fd this image
     opened itself (Python opens them close-on-exec), for instance a database
     connection the app made at import, is left alone."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd <= 2 or fd in keep:
+    for fd in procfs.own_fds():
+        if fd in keep:
             continue
         try:
             if os.get_inheritable(fd):
@@ -207,17 +208,18 @@ class Handoff:
                     del self.preflight_output[PREFLIGHT_OUTPUT_LIMIT // 4 : -PREFLIGHT_OUTPUT_LIMIT]
         except BlockingIOError:
             return
-        self.master.selector.unregister(self.preflight_read)
-        os.close(self.preflight_read)
-        self.preflight_read = None
+        self._stop_reading_preflight()
+
+    def _stop_reading_preflight(self) -> None:
+        if self.preflight_read is not None:
+            self.master.selector.unregister(self.preflight_read)
+            os.close(self.preflight_read)
+            self.preflight_read = None
 
     def _preflight_done(self, status: int) -> None:
         m = self.master
         self._read_preflight_output()  # it has exited: the rest is in the pipe
-        if self.preflight_read is not None:  # a process it started still holds the pipe: stop reading
-            m.selector.unregister(self.preflight_read)
-            os.close(self.preflight_read)
-            self.preflight_read = None
+        self._stop_reading_preflight()  # if a process it started still holds the pipe
         code = os.waitstatus_to_exitcode(status)
         if self.timed_out:
             self.timed_out = False
@@ -385,9 +387,7 @@ class Handoff:
         m = self.master
         assert self.ready_read is not None
         data = os.read(self.ready_read, 64)
-        m.selector.unregister(self.ready_read)
-        os.close(self.ready_read)
-        self.ready_read = None
+        self._close_ready_pipe()
         if not data:
             return  # closed without a word: it died; _new_master_died restores
         log.event(logging.INFO, "handed_over", new_pid=self.new_master_pid, running=len(m.children))
@@ -399,10 +399,7 @@ class Handoff:
         m = self.master
         if self.phase != "forked" or m.state == "stopped":
             return
-        if self.ready_read is not None:
-            m.selector.unregister(self.ready_read)
-            os.close(self.ready_read)
-            self.ready_read = None
+        self._close_ready_pipe()
         try:
             os.rename(oldbin(m), m.paths.pidfile)
         except FileNotFoundError:
@@ -424,7 +421,13 @@ class Handoff:
                          f"{m.config.reload_timeout} s (reload_timeout) and was killed")
             return
         self._failed("new master", f"the new master (pid {self.new_master_pid}) exited with "
-                     f"{_describe_status(status)} before it was ready; see its output in the log")
+                     f"{classify_exit(status)[1]} before it was ready; see its output in the log")
+
+    def _close_ready_pipe(self) -> None:
+        if self.ready_read is not None:
+            self.master.selector.unregister(self.ready_read)
+            os.close(self.ready_read)
+            self.ready_read = None
 
     def became_ready(self) -> None:
         """In the new image, once sockets are rebuilt, children adopted and the
@@ -454,14 +457,7 @@ def _cut(text: str, limit: int) -> str:
     return text[: limit // 4] + "\n[... cut ...]\n" + text[-(limit - limit // 4):]
 
 
-def _describe_status(status: int) -> str:
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0:
-        return f"signal {signal.Signals(-code).name}"
-    return f"exit code {code}"
-
-
-def oldbin(m: "Master") -> Any:
+def oldbin(m: "Master") -> Path:
     return m.paths.pidfile.with_name(m.paths.pidfile.name + ".oldbin")
 
 

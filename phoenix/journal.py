@@ -372,5 +372,3 @@ class Journal:
         with self.transaction() as db:
             db.execute("INSERT INTO meta VALUES ('probe', '0') ON CONFLICT (name) DO UPDATE SET value = excluded.value")
 
-    def integrity_ok(self) -> bool:
-        return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -29,7 +29,6 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from setproctitle import setproctitle
@@ -83,7 +82,6 @@ class Attempt:
     pidfd: int | None = None
     progress: int = 0
     last_seq: int = 0  # -1: not known yet (adopted: the first message sets it)
-    beats: int = 0
     missing: set[int] = field(default_factory=set)  # sequence numbers skipped that have not arrived (yet)
     final: dict[str, Any] | None = None  # the finished/failed message, once received
     kill_reason: str | None = None
@@ -107,7 +105,6 @@ class Master:
         self.signals: list[int] = []
         self.state = "starting"  # running | draining | stopping | stopped
         self.stop_mode: str | None = None  # "term", "drain", "leave"
-        self.force_stop_at: float | None = None
         self.budget = RestartBudget(config.restart_intensity, config.restart_period)
         self.counters = metrics.Counters()
         self.histograms: metrics.Histograms | None = None  # only with --metrics (see metrics.py)
@@ -176,7 +173,6 @@ class Master:
         # Handlers only record: the C-level handler writes the signal number
         # into the wake-up pipe, and the loop reads the numbers in order.
         self.signal_read, signal_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.signal_write = signal_write
         signal.set_wakeup_fd(signal_write, warn_on_full_buffer=False)
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, _record_only)
@@ -329,7 +325,6 @@ class Master:
         if message.job != attempt.job_id or message.attempt != attempt.n:
             return self.counters.reject("wrong_attempt")
         self.counters.beats += 1
-        attempt.beats += 1
         attempt.last_beat = now
         if message.seq > attempt.last_seq:
             if attempt.last_seq >= 0 and message.seq > attempt.last_seq + 1:
@@ -338,7 +333,8 @@ class Master:
         elif message.seq in attempt.missing:  # late, not lost: beats and the final travel on two sockets
             attempt.missing.discard(message.seq)
             self.counters.beats_missing -= 1
-        if message.kind in ("finished", "failed"):
+        is_final = message.kind in ("finished", "failed")
+        if is_final:
             self.final_seq_arrived(attempt, message.seq)
         if message.progress > attempt.progress:
             attempt.progress = message.progress
@@ -346,7 +342,7 @@ class Master:
         waited = message.body.get("w")
         if type(waited) in (int, float) and waited > self.config.heartbeat_interval:
             self.overloaded_until = now + OVERLOAD_MEMORY
-        if message.kind in ("finished", "failed") and attempt.final is None:
+        if is_final and attempt.final is None:
             attempt.final = message.body
         elif log.log.isEnabledFor(DEBUG):
             event(DEBUG, "beat", pid=pid, job=attempt.key, attempt=attempt.n, seq=message.seq,
@@ -731,10 +727,10 @@ class Master:
         else:
             functions = list(self.app.failed_callbacks)
             argument = row["error"]
-        self.journal.callback_started(callback_id)
-        if not functions:
+        if not functions:  # nothing registered: done, in one transaction
             self.journal.callback_done(callback_id, None)
             return
+        self.journal.callback_started(callback_id)
         self.callbacks.start(callback_id, row["key"], kind, functions, info, argument)
 
     def run_owed_callbacks(self) -> None:
@@ -817,8 +813,6 @@ class Master:
 
     def check_finished(self) -> None:
         if self.children or self.callbacks.running:
-            if self.force_stop_at is not None and time.monotonic() >= self.force_stop_at:
-                self.force_stop_at = None
             return
         if self.state in ("draining", "stopping"):
             self.state = "stopped"
@@ -990,7 +984,7 @@ _SIGNAL_HANDLERS: dict[int, Callable[[Master], None]] = {
     signal.SIGTTOU: _on_ttou,
     signal.SIGUSR1: _on_usr1,
     signal.SIGUSR2: lambda m: m.handoff.begin(),
-    signal.SIGCHLD: lambda m: None,  # reap_children runs on every turn of the loop
+    signal.SIGCHLD: lambda m: None,  # _read_signals marks child_exited; reap_children reaps
 }
 
 

@@ -8,7 +8,7 @@ import os
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _stat_fields(pid: int) -> list[str] | None:
+def stat_fields(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read().decode("ascii", "replace")
@@ -24,7 +24,7 @@ def start_time(pid: int) -> int | None:
     """Clock ticks since boot at which `pid` started (field 22), or None if
     there is no such process. Together with the pid it names one process for
     good: a reused pid has a different start time."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     if fields is None:
         return None
     return int(fields[19])
@@ -32,22 +32,27 @@ def start_time(pid: int) -> int | None:
 
 def state(pid: int) -> str | None:
     """One-letter scheduler state ('R', 'S', 'T', 'Z', ...) or None."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return fields[0] if fields else None
 
 
 def parent_pid(pid: int) -> int | None:
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return int(fields[1]) if fields else None
 
 
 def is_same_process(pid: int, recorded_start_time: int | None) -> bool:
     """True when `pid` is alive (not a zombie) and is the very process that was
     recorded, not another one that got the same pid later."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     if fields is None or fields[0] in ("Z", "X"):
         return False
     return recorded_start_time is None or int(fields[19]) == recorded_start_time
+
+
+def own_fds() -> list[int]:
+    """This process's open fds above stdin, stdout and stderr."""
+    return [fd for fd in map(int, os.listdir("/proc/self/fd")) if fd > 2]
 
 
 def rss_bytes(pid: int) -> int | None:

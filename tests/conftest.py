@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+
+from phoenix import procfs
 
 REPO = Path(__file__).resolve().parent.parent
 # Every process a test starts inherits this marker; after the test, any
@@ -39,13 +43,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
 def marked_pids() -> list[int]:
     """Processes other than this one (and its ancestors) that carry the marker."""
     mine = {os.getpid()}
-    pid = os.getppid()
-    while pid > 1:
+    pid: int | None = os.getppid()
+    while pid is not None and pid > 1:
         mine.add(pid)
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
+        pid = procfs.parent_pid(pid)
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) in mine:
@@ -193,6 +194,16 @@ class Master:
                 self.proc.kill()
                 self.proc.wait()
         self.log_file.close()
+
+
+@pytest.fixture
+def traversable_state_dir():
+    """A state dir whose parents another user can traverse (pytest's tmp_path
+    parents are 0700, which would hide what Phoenix's own modes do)."""
+    base = Path(tempfile.mkdtemp(prefix="phoenix-uid-"))
+    base.chmod(0o755)
+    yield base / "state"
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

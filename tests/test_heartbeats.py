@@ -5,12 +5,8 @@ jobs end exactly once."""
 import json
 import os
 import pwd
-import shutil
 import socket
-import tempfile
-from pathlib import Path
 
-import pytest
 
 from phoenix import protocol
 from phoenix.journal import Journal
@@ -35,16 +31,6 @@ def test_forged_datagrams_change_nothing(master_factory, state_dir):
     wait_for(lambda: master.status()["master"]["rejected"].get("unknown_pid", 0) >= 4,
              what="the forged datagrams to be counted as rejected")
     assert master.jobs()["target"]["state"] == "running"
-
-
-@pytest.fixture
-def traversable_state_dir():
-    """A state dir whose parents another user can traverse (pytest's tmp_path
-    parents are 0700, which would hide what Phoenix's own modes do)."""
-    base = Path(tempfile.mkdtemp(prefix="phoenix-uid-"))
-    base.chmod(0o755)
-    yield base / "state"
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def test_another_uid_cannot_reach_the_sockets_nor_beat_for_a_job(master_factory, traversable_state_dir):

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from phoenix import control
+from phoenix import control, procfs
+from phoenix.pidfile import read_pid  # noqa: F401 - re-exported for the tests
+from phoenix.procfs import stat_fields  # noqa: F401 - re-exported for the tests
 from phoenix.paths import StatePaths
 from tests.conftest import wait_for
 
@@ -44,27 +46,13 @@ def wait_generation(state_dir: Path, generation: int, timeout: float = SLOW) -> 
     return wait_for(ready, timeout, f"a master of generation {generation} to answer")
 
 
-def stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return raw.rsplit(")", 1)[1].split()  # [0] state, [1] ppid
-
-
 def alive(pid: int) -> bool:
-    fields = stat_fields(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
+    return procfs.is_same_process(pid, None)
 
 
 def zombies_of(parent: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = stat_fields(int(entry))
-            if fields and fields[0] == "Z" and int(fields[1]) == parent:
-                found.append(int(entry))
-    return found
+    return [int(entry) for entry in os.listdir("/proc")
+            if entry.isdigit() and procfs.state(int(entry)) == "Z" and procfs.parent_pid(int(entry)) == parent]
 
 
 def fd_count(pid: int) -> int:
@@ -106,13 +94,6 @@ def lock_is_held(lockfile: Path) -> bool:
         return False
     finally:
         os.close(fd)
-
-
-def read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def stop_foreign_master(pid: int, timeout: float = SLOW) -> None:

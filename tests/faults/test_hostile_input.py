@@ -10,10 +10,8 @@ import json
 import os
 import pwd
 import random
-import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -433,16 +431,6 @@ def test_control_socket_garbage_is_refused_and_the_master_carries_on(master_fact
 
 
 # -- another user -------------------------------------------------------------------
-
-
-@pytest.fixture
-def traversable_state_dir():
-    """A state dir whose parents another user can traverse (pytest's tmp_path
-    parents are 0700, which would hide what Phoenix's own modes do)."""
-    base = Path(tempfile.mkdtemp(prefix="phoenix-faults-uid-"))
-    base.chmod(0o755)
-    yield base / "state"
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def as_nobody(action: Callable[[], Any]) -> dict[str, Any]:

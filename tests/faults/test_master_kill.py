@@ -13,17 +13,9 @@ import sqlite3
 
 import pytest
 
-from phoenix import procfs
+from tests.apps.replace_tools import zombies_of
 from phoenix.journal import Journal
 from tests.conftest import wait_for
-
-
-def zombies_of(pid):
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and procfs.state(int(entry)) == "Z" and procfs.parent_pid(int(entry)) == pid:
-            found.append(int(entry))
-    return found
 
 
 def check_invariants(state_dir, keys, violations_file, callbacks):

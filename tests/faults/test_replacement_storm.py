@@ -9,20 +9,11 @@ import signal
 import time
 
 from phoenix.journal import Journal
+from tests.apps.replace_tools import fd_count
+from tests.apps.replace_tools import rss_kb as rss_kib
 from tests.conftest import wait_for
 
 APP = "tests.apps.replace:app"
-
-
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_usr2_storm_with_200_children(master_factory, state_dir, tmp_path, request, machine_to_itself):
