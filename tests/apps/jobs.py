@@ -17,7 +17,7 @@ def _record(kind, job, payload):
     path = os.environ.get("PHOENIX_TEST_CALLBACKS")
     if path:
         line = json.dumps({"kind": kind, "id": job.id, "key": job.key, "attempt": job.attempt,
-                           "outcome": job.outcome, "payload": payload})
+                           "outcome": job.outcome, "payload": payload, "master": os.getpid()})
         with open(path, "a") as f:
             f.write(line + "\n")
 
