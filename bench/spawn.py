@@ -8,7 +8,7 @@ minus the moment just before the submission started.
 The in-process path is split in three, each the median over the samples:
 the journal write (open, submit, close), the `wake` round trip on the
 control socket, and from the wake's reply to the job running (the master's
-loop, the journal's begin_attempt/record_pid, fork, the child's set-up).
+loop, fork, the journal's begin_attempt, the child's set-up).
 
 Two submission paths:
 - in-process: exactly the steps of `phoenix submit` once its interpreter is

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import signal
+import _signal
 import sys
 import threading
 import _thread
@@ -20,7 +21,7 @@ from typing import Any, NoReturn
 
 from setproctitle import setproctitle
 
-from phoenix import procfs, protocol
+from phoenix import protocol
 from phoenix.app import JobSpec
 
 # Exit codes of a child that never ran its job.
@@ -99,37 +100,51 @@ def current_job() -> ChildContext | None:
 def _detach_from_master(keep_fds: set[int]) -> None:
     os.setpgid(0, 0)  # own process group: TERM/KILL reach the job's own children too
     signal.set_wakeup_fd(-1)
-    for signum in signal.valid_signals():
-        # getsignal reads Python's own table (no system call): only the handlers
-        # the master (or the app, at import) installed need resetting.
-        handler = signal.getsignal(signum)
-        if handler not in (signal.SIG_DFL, None) and signum != signal.SIGPIPE:
-            try:
-                signal.signal(signum, signal.SIG_DFL)
-            except (OSError, ValueError):
-                pass
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as Python sets it at start-up
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    # Close every fd the master held (sockets, epoll, pipes, the pidfile lock,
-    # the journal) by number: the Python objects that own them are never used
-    # again in this process, which only ever leaves through os._exit.
-    for fd in procfs.own_fds():
-        if fd not in keep_fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    # _signal, the C module under signal.py: its wrappers turn every number and
+    # handler into enum members, which touches (and so, after fork, copies)
+    # several times more memory than resetting the handlers themselves.
+    for signum in range(1, signal.NSIG):
+        try:
+            # Python's own table (no system call): only the handlers the master
+            # (or the app, at import) installed need resetting.
+            handler = _signal.getsignal(signum)
+            if handler not in (_signal.SIG_DFL, None) and signum != signal.SIGPIPE:
+                _signal.signal(signum, _signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass  # a number with no signal behind it, or one Python may not touch
+    _signal.signal(signal.SIGPIPE, _signal.SIG_IGN)  # as Python sets it at start-up
+    _signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    _close_fds_except(keep_fds)
+
+
+def _close_fds_except(keep_fds: set[int]) -> None:
+    """Close every fd the master held (sockets, epoll, pipes, the pidfile lock,
+    the journal) by number: the Python objects that own them are never used
+    again in this process, which only ever leaves through os._exit. One
+    close_range(2) per gap between kept fds (os.closerange uses it), instead
+    of listing /proc/self/fd."""
+    low = 3
+    for fd in sorted(fd for fd in keep_fds if fd >= low):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
 def _write_outbox(outbox: Path, job_id: int, attempt: int, data: bytes) -> None:
     """The outcome on disk before it is sent: if the master dies with the
     message still in its socket queue, the next master finds it here and the
-    job is not run again."""
-    final = outbox / f"{job_id}.{attempt}.json"
-    temporary = outbox / f".{job_id}.{attempt}.{os.getpid()}.tmp"
+    job is not run again. Plain os calls on str paths: this runs once per job
+    and pathlib's objects cost more than the writing."""
+    final = f"{outbox}/{job_id}.{attempt}.json"
+    temporary = f"{outbox}/.{job_id}.{attempt}.{os.getpid()}.tmp"
     try:
-        with open(temporary, "wb") as f:
-            f.write(data)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+        finally:
+            os.close(fd)
         os.rename(temporary, final)
     except OSError as exc:
         print(f"phoenix: cannot write outcome to {final}: {exc}", file=sys.stderr)

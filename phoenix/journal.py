@@ -198,8 +198,11 @@ class Journal:
         row = self.db.execute("SELECT min(not_before) FROM jobs WHERE state = 'pending'").fetchone()
         return row[0]
 
-    def begin_attempt(self, job: Job, generation: int) -> int:
-        """Mark the job running and record its attempt, before the fork."""
+    def begin_attempt(self, job: Job, generation: int, pid: int | None, start_time: int | None) -> int:
+        """Mark the job running and record its attempt with the child's pid, in
+        one transaction after the fork and before the child's go-ahead: a child
+        whose pid is not recorded never runs its job (see child.run). pid is
+        None only for a fork that failed."""
         now = time.time()
         with self.transaction() as db:
             db.execute(
@@ -207,14 +210,10 @@ class Journal:
                 (now, job.id),
             )
             cur = db.execute(
-                "INSERT INTO attempts (job_id, n, generation, started_at) VALUES (?, ?, ?, ?)",
-                (job.id, job.attempts + 1, generation, now),
+                "INSERT INTO attempts (job_id, n, generation, started_at, pid, start_time) VALUES (?, ?, ?, ?, ?, ?)",
+                (job.id, job.attempts + 1, generation, now, pid, start_time),
             )
             return cur.lastrowid or 0
-
-    def record_pid(self, attempt_id: int, pid: int, start_time: int | None) -> None:
-        with self.transaction() as db:
-            db.execute("UPDATE attempts SET pid = ?, start_time = ? WHERE id = ?", (pid, start_time, attempt_id))
 
     def end_attempt(
         self,

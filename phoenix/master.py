@@ -200,8 +200,7 @@ class Master:
 
     def _adopt(self, a: OpenAttempt, now: float) -> None:
         if a.pid is None:
-            # Forked, but the master died before recording the pid: that child
-            # exits at once without running the job (see child.run).
+            # A fork that failed, and the master died before recording so.
             self.conclude_without_process(a, "lost", "the master stopped before the attempt started")
             return
         own = procfs.parent_pid(a.pid) == os.getpid()
@@ -668,7 +667,6 @@ class Master:
             if callback_id is not None:
                 self.start_callback(callback_id, job.id, 0, "on_failed")
             return
-        attempt_id = self.journal.begin_attempt(job, self.generation)
         n = job.attempts + 1
         go_read, go_write = os.pipe2(os.O_CLOEXEC)
         keep = log.stream_fds()
@@ -678,6 +676,7 @@ class Master:
             os.close(go_read)
             os.close(go_write)
             event(ERROR, "fork_failed", job=job.key, attempt=n, error=exc.strerror)
+            attempt_id = self.journal.begin_attempt(job, self.generation, None, None)
             self.record_outcome(job.id, job.key, job.target, attempt_id, n, "lost", f"fork failed: {exc.strerror}",
                                 f"fork failed: {exc.strerror}", None, None, None)
             return
@@ -697,19 +696,20 @@ class Master:
             os.setpgid(pid, pid)  # also here, so a kill right after fork reaches the group
         except OSError:
             pass  # the child did it first (or already exec'd/exited)
+        try:
+            attempt_id = self.journal.begin_attempt(job, self.generation, pid, procfs.start_time(pid))
+        except STORAGE_ERRORS as exc:
+            # The job stays pending in the journal; the child, never told to
+            # go, exits without running it and is reaped as a stranger.
+            self.outage.failed(exc, "begin_attempt")
+            return
+        else:
+            os.write(go_write, b"g")
+        finally:
+            os.close(go_write)  # without a "g" first, the child exits without running the job
         now = time.monotonic()
         attempt = Attempt(attempt_id, job.id, job.key, job.target, n, pid, spec, now, now, now)
         self.children[pid] = attempt
-        try:
-            self.journal.record_pid(attempt_id, pid, procfs.start_time(pid))
-        except STORAGE_ERRORS as exc:
-            # No go-ahead: the child exits without running the job, which goes back to pending.
-            os.close(go_write)
-            attempt.interrupted = True
-            self.outage.failed(exc, "record_pid")
-            return
-        os.write(go_write, b"g")
-        os.close(go_write)
         self.schedule(self.liveness_verdict(attempt, now)[1], "check", attempt)
         self.counters.spawned += 1
         event(INFO, "spawn", pid=pid, job=job.key, attempt=n, target=job.target)

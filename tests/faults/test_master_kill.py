@@ -48,8 +48,7 @@ def check_invariants(state_dir, keys, violations_file, callbacks, killed_masters
 
 @pytest.mark.timeout(3600)  # the --long mode runs 20 rounds of 300 jobs; the default takes seconds
 @pytest.mark.parametrize("moment", ["running", "preflight", "exec"])
-def test_master_sigkill_then_restart(master_factory, state_dir, tmp_path, request, moment):
-    long_mode = request.config.getoption("--long", default=False)
+def test_master_sigkill_then_restart(master_factory, state_dir, tmp_path, long_mode, moment):
     rounds, batch, longest = (20, 300, 2.0) if long_mode else (2, 60, 1.0)
     rng = random.Random(f"{moment}-{rounds}")
     lockdir = tmp_path / "locks"

@@ -16,8 +16,7 @@ from tests.conftest import wait_for
 APP = "tests.apps.replace:app"
 
 
-def test_usr2_storm_with_200_children(master_factory, state_dir, tmp_path, request, machine_to_itself):
-    long_mode = request.config.getoption("--long", default=False)
+def test_usr2_storm_with_200_children(master_factory, state_dir, tmp_path, long_mode, machine_to_itself):
     signals, window = (50, 30.0) if long_mode else (25, 15.0)
     children = 200
     done = tmp_path / "done"
