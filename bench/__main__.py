@@ -221,7 +221,8 @@ def replace_rows(ph: dict[str, Any], gu: dict[str, Any], imports: dict[str, floa
     report.rows.append(Row(f"replacement: {len(ph['rounds'])} x USR2 with {ph['n']:,} children",
                            f"{ph['lost_beats']} lost beats of {ph['beats_sent']:,}, {ph['false_kills']} false kills, "
                            f"{ph['children_kept']}/{ph['n']} children kept", "-", "-", "-",
-                           "zero lost beats, zero false kills", clean))
+                           "zero lost beats, zero false kills", clean,
+                           f"{ph.get('beats_waited', 0):,} sends found the queue full and were retried (late, not lost)"))
     report.details += [
         "### Replacement", "",
         "| round | USR2 -> exec (preflight; socket still read) | exec -> ready (blind) | of which: exec -> new "

@@ -87,10 +87,12 @@ def probe(params):
 
 
 def _count_sends(count_dir: str) -> None:
-    """Wrap this child's heartbeat sender to count beats it could not send
-    (the master absent or its queue full for longer than the send timeout):
-    those are the beats a replacement loses. Written to COUNT_DIR/PID every
+    """Wrap this child's heartbeat sender to count, by sequence number, the
+    beats delivered, the beats lost (numbered but never sent), and the send
+    attempts that found the queue full or the master away and were retried
+    (a beat that waited is late, not lost). Written to COUNT_DIR/PID every
     0.25 s by a small thread."""
+    import json
     import threading
 
     from phoenix import child
@@ -100,11 +102,17 @@ def _count_sends(count_dir: str) -> None:
         return
     sender = runtime.sender
     original = sender.send_once
-    counts = {"sent": 0, "failed": 0}
+    state = {"numbered": 0, "delivered": 0, "waited": 0, "retrying": False}
 
     def counting_send_once(data: bytes) -> bool:
+        seq = json.loads(data)["seq"]
         ok = original(data)
-        counts["sent" if ok else "failed"] += 1
+        state["numbered"] = max(state["numbered"], seq)
+        if ok:
+            state["delivered"] += 1
+        else:
+            state["waited"] += 1
+        state["retrying"] = not ok
         return ok
 
     sender.send_once = counting_send_once  # type: ignore[method-assign]
@@ -112,9 +120,11 @@ def _count_sends(count_dir: str) -> None:
 
     def flush_forever() -> None:
         while True:
+            # Numbers not delivered, less the one being retried right now.
+            lost = state["numbered"] - state["delivered"] - (1 if state["retrying"] else 0)
             tmp = path + ".tmp"
             with open(tmp, "w") as f:
-                f.write(f"{counts['sent']} {counts['failed']}")
+                f.write(f"{state['delivered']} {lost} {state['waited']}")
             os.rename(tmp, path)
             time.sleep(0.25)
 

@@ -57,18 +57,19 @@ def app_import_seconds(runs: int = 5) -> dict[str, float]:
     return {"app_import_s": median(app_only), "phoenix_check_s": median(check), "python_startup_s": median(bare)}
 
 
-def _lost_beats(count_dir: Path) -> tuple[int, int]:
-    sent = failed = 0
+def _beat_counts(count_dir: Path) -> tuple[int, int, int]:
+    """(delivered, lost, waited) summed over the children (bench.apps._count_sends)."""
+    totals = [0, 0, 0]
     for f in count_dir.iterdir():
         if f.suffix:
             continue
         try:
-            s, fl = f.read_text().split()
+            values = [int(v) for v in f.read_text().split()]
         except (OSError, ValueError):
             continue
-        sent += int(s)
-        failed += int(fl)
-    return sent, failed
+        if len(values) == 3:
+            totals = [t + v for t, v in zip(totals, values)]
+    return totals[0], totals[1], totals[2]
 
 
 def run(reg: Registry, work: Path, n: int, rounds: int, say: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -100,7 +101,7 @@ def run_phoenix(reg: Registry, work: Path, n: int, rounds: int, say: Any,
     try:
         before = master.status()
         pids_before = {r["pid"] for r in before["running"].values()}
-        sent0, failed0 = _lost_beats(count_dir)
+        delivered0, lost0, waited0 = _beat_counts(count_dir)
         t_first = time.time()
         generation = before["master"]["generation"]
         for i in range(rounds):
@@ -142,11 +143,12 @@ def run_phoenix(reg: Registry, work: Path, n: int, rounds: int, say: Any,
             time.sleep(1.0)
         time.sleep(1.0)  # let every child write its counts after the last round
         after = master.status()
-        sent1, failed1 = _lost_beats(count_dir)
+        delivered1, lost1, waited1 = _beat_counts(count_dir)
         pids_after = {r["pid"] for r in after["running"].values()}
         out.update(
-            lost_beats=failed1 - failed0,
-            beats_sent=sent1 - sent0,
+            lost_beats=lost1 - lost0,
+            beats_sent=delivered1 - delivered0,
+            beats_waited=waited1 - waited0,
             false_kills=len(master.events("kill", since=t_first)),
             children_kept=len(pids_before & pids_after),
             rejected=after["master"].get("rejected", {}),

@@ -5,13 +5,14 @@ the master replaces itself on SIGUSR2 while its children keep running.
 Linux and CPython 3.11+ only: pidfd, SO_PASSCRED and /proc are load-bearing.
 """
 
-import platform as _platform
 import sys as _sys
 
-if not _sys.platform.startswith("linux") or _platform.python_implementation() != "CPython" or _sys.version_info < (3, 11):
+# sys, not the platform module: every new image (each replacement) runs this,
+# and importing platform costs milliseconds of the blind window.
+if not _sys.platform.startswith("linux") or _sys.implementation.name != "cpython" or _sys.version_info < (3, 11):
     raise ImportError(
         f"Phoenix runs on Linux with CPython 3.11 or newer; this is {_sys.platform} with "
-        f"{_platform.python_implementation()} {_platform.python_version()}. It relies on pidfd, SO_PASSCRED and /proc."
+        f"{_sys.implementation.name} {_sys.version.split()[0]}. It relies on pidfd, SO_PASSCRED and /proc."
     )
 
 from phoenix.app import App, AppError, JobInfo  # noqa: E402

@@ -11,7 +11,6 @@ multi-host mode; the master loop talks to nothing else.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -109,6 +108,8 @@ class OpenAttempt:
 def default_key(target: str, params_json: str) -> str:
     """Idempotency key for a job submitted without one: same target and same
     parameters (canonical JSON) make the same job."""
+    import hashlib  # here: loading OpenSSL costs every new master image ~6 ms, and only submissions need it
+
     canonical = json.dumps(json.loads(params_json), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(f"{target}\0{canonical}".encode()).hexdigest()[:32]
 

@@ -620,7 +620,7 @@ class Master:
 
     def remove_outbox(self, job_id: int, n: int) -> None:
         try:
-            os.unlink(self.paths.outbox / f"{job_id}.{n}.json")
+            os.unlink(f"{self.paths.outbox}/{job_id}.{n}.json")  # a str: no Path object per job
         except FileNotFoundError:
             pass
 

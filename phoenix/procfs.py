@@ -9,11 +9,19 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def stat_fields(pid: int) -> list[str] | None:
+    # os.open/os.read, not open(): the master reads this once per spawn, and
+    # a file object's buffers cost more than the read (memory touched after a
+    # fork is memory copied).
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode("ascii", "replace")
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
+    try:
+        raw = os.read(fd, 4096).decode("ascii", "replace")
+    except ProcessLookupError:  # the process ended between open and read
+        return None
+    finally:
+        os.close(fd)
     # The command name (field 2) may hold spaces and parentheses: split after
     # the last ')' so field numbers stay right.
     rest = raw[raw.rindex(")") + 2 :].split()

@@ -15,7 +15,6 @@ It is a thin layer over App and Master: each spawn is a job with target
 from __future__ import annotations
 
 import logging
-import tempfile
 from typing import Any
 
 from phoenix.app import App, JobSpec
@@ -55,6 +54,8 @@ class HeartbeatParent:
     def __init__(self, state_dir: str | None = None, **settings: Any) -> None:
         settings.setdefault("workers", 1000)  # the prototype ran every spawned child at once
         self.app = App(name=type(self).__name__, **settings)
+        import tempfile  # here: only scripts use it, and every master image imports this module
+
         self._tempdir = None if state_dir else tempfile.TemporaryDirectory(prefix="phoenix-")
         self.state_dir = state_dir or self._tempdir.name  # type: ignore[union-attr]
         self._jobs: list[tuple[str, Any]] = []
