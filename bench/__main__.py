@@ -266,7 +266,9 @@ def spawn_rows(r: dict[str, Any], report: Report) -> None:
         f"submit, close, `wake` on the control socket), one at a time with 4 free slots; the job's first act sends "
         f"CLOCK_MONOTONIC back. p50 {r['api_p50_ms']:.2f} ms, p99 {r['api_p99_ms']:.2f} ms, max {r['api_max_ms']:.2f} ms; "
         f"medians of the parts: {split} ms; 'after wake' split at the master's `spawn` log line (ms resolution, "
-        f"truncated): {split_after}. The `phoenix submit` command adds a Python interpreter and its imports: "
+        f"truncated): {split_after}. p99 of the parts: "
+        + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in r.get("api_parts_p99_ms", {}).items())
+        + f" ms. The `phoenix submit` command adds a Python interpreter and its imports: "
         f"p50 {r['cli_p50_ms']:.0f} ms over {r['cli_samples']} runs.", "",
     ]
 

@@ -96,7 +96,7 @@ def profile_throughput(reg: Registry, work: Path, n: int) -> str:
     spy = reg.popen(argv, log=work / "py-spy-tp.log")
     # The master's own CPU vs its children's (utime+stime and cutime+cstime of /proc/PID/stat).
     master_pid = None
-    last: tuple[int, int, int, int] | None = None
+    last: tuple[int, ...] | None = None
     while spy.poll() is None:
         if master_pid is None:
             kids = descendants(spy.pid)
@@ -106,7 +106,7 @@ def profile_throughput(reg: Registry, work: Path, n: int) -> str:
         if master_pid:
             try:
                 f = Path(f"/proc/{master_pid}/stat").read_text().rsplit(")", 1)[1].split()
-                last = (int(f[11]), int(f[12]), int(f[13]), int(f[14]))
+                last = (int(f[11]), int(f[12]), int(f[13]), int(f[14]), int(f[7]), int(f[8]))
             except (OSError, IndexError):
                 pass
         time.sleep(0.05)
@@ -114,11 +114,16 @@ def profile_throughput(reg: Registry, work: Path, n: int) -> str:
     tck = os.sysconf("SC_CLK_TCK")
     split = ""
     if last:
-        u, s, cu, cs = (x / tck for x in last)
+        u, s, cu, cs = (x / tck for x in last[:4])
+        faults, child_faults = last[4] / n, last[5] / n
         split = (f"Under the sampler: {n} jobs in {wall:.1f} s. CPU, read just before the master exited: master "
                  f"user {u:.2f} s + system {s:.2f} s = {(u + s) / n * 1000:.2f} ms per job; its children "
                  f"user {cu:.2f} s + system {cs:.2f} s = {(cu + cs) / n * 1000:.2f} ms per job. Two cores: the "
-                 f"master's serial CPU per job bounds the rate at {n / (u + s):.0f} jobs/s.\n\n")
+                 f"master's serial CPU per job bounds the rate at {n / (u + s):.0f} jobs/s.\n\n"
+                 f"Page faults per job (minflt of /proc/PID/stat): the master {faults:.0f}, each child "
+                 f"{child_faults:.0f}. After every fork all of the master's private pages are shared "
+                 f"copy-on-write, so the first write to each page the master's loop touches faults again; "
+                 f"most of the master's system time is these faults, not the fork itself.\n\n")
     return ("## Throughput: the master over a whole run (wall clock, idle included)\n\n" + split
             + summarize(raw, "MainThread"))
 
@@ -136,11 +141,32 @@ def loop(n=300):
             os._exit(0)
         os.waitpid(pid, 0)
     return (time.perf_counter() - t) / n * 1000
+def child_start(n=100):
+    # What a child has paid by its first line of Python: CPU and page faults
+    # (the interpreter's after-fork work touches, and so copies, the parent's pages).
+    import resource
+    cpu = faults = 0.0
+    for _ in range(n):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            os.write(w, f"{ru.ru_utime + ru.ru_stime} {ru.ru_minflt}".encode())
+            os._exit(0)
+        os.close(w)
+        c, f = os.read(r, 100).split()
+        os.close(r)
+        os.waitpid(pid, 0)
+        cpu += float(c)
+        faults += int(f)
+    return cpu / n * 1000, faults / n
 what = sys.argv[1]
 if what != "bare":
     exec(what)
+import gc; gc.freeze()
 best = min(loop() for _ in range(3))
-print(f"{rss():.1f} {best:.3f}")
+cpu, faults = child_start()
+print(f"{rss():.1f} {best:.3f} {cpu:.3f} {faults:.0f}")
 """
 
 
@@ -156,14 +182,15 @@ def profile_fork_cost() -> str:
              "Sequential fork + child `os._exit(0)` + waitpid, best of 3 x 300, in a process that imported the "
              "modules named (fork copies page tables and the child's exit unmaps them: both grow with the "
              "parent's resident memory).", "",
-             "| forking process | RSS (MB) | fork+exit+wait (ms) |", "| --- | --- | --- |"]
+             "| forking process | RSS (MB) | fork+exit+wait (ms) | child's CPU by its first line (ms) | "
+             "child's page faults by its first line |", "| --- | --- | --- | --- | --- |"]
     for label, code in cases:
         out = subprocess.run([PYTHON, "-c", _FORK_PROBE, code], capture_output=True, text=True, cwd=REPO, env=env())
         if out.returncode != 0:
             lines.append(f"| {label} | error | {out.stderr.strip()[-80:]} |")
             continue
-        r, ms = out.stdout.split()
-        lines.append(f"| {label} | {r} | {ms} |")
+        r, ms, cpu, faults = out.stdout.split()
+        lines.append(f"| {label} | {r} | {ms} | {cpu} | {faults} |")
     heavy = subprocess.run(
         [PYTHON, "-c", "import sys, phoenix.cli, phoenix.master; "
          "print(' '.join(sorted(m for m in sys.modules if '.' not in m and not m.startswith('_'))))"],
@@ -209,31 +236,38 @@ def profile_heartbeats(reg: Registry, work: Path, n: int, seconds: float) -> str
 
 
 _CHILD_STEPS = r"""
-import os, sys, time, json, threading, socket
+import os, sys, time, json, resource, socket, _thread
 import phoenix.cli, phoenix.master
 from phoenix import child, protocol
 from setproctitle import setproctitle
 import gc; gc.freeze()
 sock_path = sys.argv[1]
 rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); rx.bind(sock_path)
+STEPS = ("detach (signals, fds)", "setproctitle", "Sender()", "heartbeat thread start", "outbox write")
 results = {}
-for _ in range(200):
+def mark(t):
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    t.append((time.perf_counter_ns(), ru.ru_minflt))
+for i in range(200):
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(r)
-        t = [time.perf_counter_ns()]
-        child._detach_from_master({w}); t.append(time.perf_counter_ns())
-        setproctitle("phoenix: job x attempt 1"); t.append(time.perf_counter_ns())
-        sender = protocol.Sender(sock_path); t.append(time.perf_counter_ns())
-        th = threading.Thread(target=lambda: time.sleep(1), daemon=True); th.start(); t.append(time.perf_counter_ns())
-        os.write(w, json.dumps([b - a for a, b in zip(t, t[1:])]).encode()); os._exit(0)
+        t = []
+        mark(t)
+        child._detach_from_master({w}); mark(t)
+        setproctitle("phoenix: job x attempt 1"); mark(t)
+        sender = protocol.Sender(sock_path); mark(t)
+        _thread.start_new_thread(time.sleep, (1,)); mark(t)
+        child._write_outbox(os.path.dirname(sock_path), i, 1, b"{}"); mark(t)
+        os.write(w, json.dumps([(b[0] - a[0], b[1] - a[1]) for a, b in zip(t, t[1:])]).encode()); os._exit(0)
     os.close(w)
     data = os.read(r, 4096); os.close(r); os.waitpid(pid, 0)
-    for name, ns in zip(("detach (signals, fds)", "setproctitle", "Sender()", "heartbeat thread start"), json.loads(data)):
-        results.setdefault(name, []).append(ns / 1e6)
+    for name, (ns, faults) in zip(STEPS, json.loads(data)):
+        results.setdefault(name, []).append((ns / 1e6, faults))
 for name, v in results.items():
-    v.sort(); print(f"{name}|{v[len(v)//2]:.3f}|{v[int(len(v)*0.9)]:.3f}")
+    ms = sorted(x for x, _ in v); faults = sorted(f for _, f in v)
+    print(f"{name}|{ms[len(ms)//2]:.3f}|{ms[int(len(ms)*0.9)]:.3f}|{faults[len(faults)//2]}")
 """
 
 
@@ -242,12 +276,13 @@ def profile_child_steps(work: Path) -> str:
                          cwd=REPO, env=env())
     lines = ["## Spawn: the child's set-up, step by step", "",
              "Each step of phoenix.child.run before the job body, timed inside 200 children forked from a process "
-             "that imported what the master imports.", "", "| step | p50 (ms) | p90 (ms) |", "| --- | --- | --- |"]
+             "that imported what the master imports (page faults: minflt, median).", "",
+             "| step | p50 (ms) | p90 (ms) | page faults |", "| --- | --- | --- | --- |"]
     if out.returncode != 0:
         lines.append(f"| error | {out.stderr.strip()[-200:]} | |")
     for row in out.stdout.splitlines():
-        name, p50, p90 = row.split("|")
-        lines.append(f"| {name} | {p50} | {p90} |")
+        name, p50, p90, faults = row.split("|")
+        lines.append(f"| {name} | {p50} | {p90} | {faults} |")
     return "\n".join(lines) + "\n\n"
 
 

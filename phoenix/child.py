@@ -17,15 +17,16 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 from setproctitle import setproctitle
 
 from phoenix import protocol
-from phoenix.app import JobSpec
+from phoenix.app import JobSpec, decode_params
 
-# Exit codes of a child that never ran its job.
-EXIT_NO_GO_AHEAD = 75  # the master died before recording this attempt: do nothing
+# Exit code of a child that never ran a job: no order came (the master died
+# before recording the attempt, or discarded a spare child).
+EXIT_NO_ORDER = 75
 MAX_ERROR_CHARS = 16_000  # a traceback longer than this is cut in the middle
 
 
@@ -154,38 +155,60 @@ def _write_outbox(outbox: Path, job_id: int, attempt: int, data: bytes) -> None:
             pass
 
 
+def order(job_id: int, key: str, attempt: int, target: str, params: str, heartbeat_interval: float,
+          delivery_timeout: float) -> bytes:
+    """What the master writes to a waiting child once the attempt is recorded:
+    the job to run and the settings to run it with (a spare child may have
+    been forked before a reload changed them)."""
+    return json.dumps({"job": job_id, "key": key, "attempt": attempt, "target": target, "params": params,
+                       "interval": heartbeat_interval, "delivery": delivery_timeout}).encode()
+
+
+def _read_order(fd: int) -> dict[str, Any] | None:
+    """The whole order (the master closes its end after writing it), or None
+    at EOF without one: the master died or discarded this child."""
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    os.close(fd)
+    return json.loads(b"".join(chunks)) if chunks else None
+
+
 def run(
     *,
-    spec: JobSpec,
-    context: ChildContext,
-    go_ahead_fd: int,
+    order_fd: int,
+    resolve: Callable[[str], JobSpec],
     socket_path: str,
     outbox: Path,
-    heartbeat_interval: float,
-    delivery_timeout: float,
     keep_fds: set[int],
 ) -> NoReturn:
-    """The whole life of a child after fork. Never returns."""
+    """The whole life of a child after fork. Never returns.
+
+    It detaches, then waits for its order. The master writes the order only
+    after recording this child's pid, so a new master never runs the job
+    again beside a child it does not know. A spare child, forked ahead of
+    need, waits here until a job comes; EOF instead of an order means exit
+    without running anything."""
     global _runtime
     code = 70
     try:
-        _detach_from_master(keep_fds | {go_ahead_fd})
-        # Wait until the master has recorded our pid: if it dies first, a new
-        # master would not know us and could run the job again beside us.
-        go = os.read(go_ahead_fd, 1)
-        os.close(go_ahead_fd)
-        if not go:
-            os._exit(EXIT_NO_GO_AHEAD)
+        _detach_from_master(keep_fds | {order_fd})
+        setproctitle("phoenix: spare child, waiting for a job")
+        got = _read_order(order_fd)
+        if got is None:
+            os._exit(EXIT_NO_ORDER)
+        context = ChildContext(got["job"], got["key"], got["attempt"], decode_params(got["params"]))
         setproctitle(f"phoenix: job {context.key} attempt {context.attempt}")
+        spec = resolve(got["target"])
         sender = protocol.Sender(socket_path)
-        _runtime = _Runtime(context, sender, heartbeat_interval)
+        _runtime = _Runtime(context, sender, got["interval"])
         # _thread, not threading.Thread: start() waits for the thread to run
         # (about 1 ms), and this process only ever leaves through os._exit.
         _thread.start_new_thread(_runtime.beat_forever, ())
         code, final = _perform(spec, context)
         _write_outbox(outbox, context.job_id, context.attempt, final)
-        # A socket of its own: the heartbeat thread may be blocked in a send on the other.
-        protocol.Sender(socket_path).send_until(final, time.monotonic() + delivery_timeout)
+        # A socket of its own: a Sender is not shared between threads.
+        protocol.Sender(socket_path).send_until(final, time.monotonic() + got["delivery"])
     except BaseException:  # noqa: BLE001 - a child must never unwind into the master's code
         traceback.print_exc()
     finally:

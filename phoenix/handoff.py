@@ -303,6 +303,7 @@ class Handoff:
         m = self.master
         if not self._answer_accepted_requests():
             return
+        m.spawner.discard()  # it runs this image's code; ended and reaped now, not left to the new image
         signal.pthread_sigmask(signal.SIG_BLOCK, _handled())
         fds = self._handover_fds()
         env = self._handover_environment(fds)
@@ -342,6 +343,7 @@ class Handoff:
 
     def fork_new_master(self) -> None:
         m = self.master
+        m.spawner.discard()  # it runs this image's code
         fds = self._handover_fds()
         ready_read, ready_write = os.pipe2(os.O_CLOEXEC)
         os.set_inheritable(ready_write, True)

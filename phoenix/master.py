@@ -43,6 +43,7 @@ from phoenix.paths import StatePaths
 from phoenix.pidfile import AlreadyRunning, PidFile
 from phoenix.policy import RestartBudget, backoff_delay, classify_exit
 from phoenix.sockets import bind_heartbeat
+from phoenix.spawner import Spawner
 from phoenix import control as control_socket
 from phoenix import handoff
 from phoenix.outage import STORAGE_ERRORS, JournalOutage, file_identity, restore_journal
@@ -118,6 +119,7 @@ class Master:
         self.started_at = time.time()
         self.exit_code = 0
         self.handoff = handoff.Handoff(self)
+        self.spawner = Spawner(self)
         self.retired_heartbeats: list[socket.socket] = []  # still read after a state-dir rebuild
         self.drained_at = time.monotonic()  # last time a read found the heartbeat socket empty
         self.overloaded_until = 0.0  # monotonic: children's beats are waiting to get in
@@ -257,6 +259,7 @@ class Master:
                 self.reap_children()
                 self.murder_hung_children()
                 self.guarded(self.spawn_pending_jobs)
+                self.spawner.replenish()
                 self.settle_callbacks()
                 self.handoff.continue_when_quiet()
                 self.handoff.enforce_deadline()
@@ -659,7 +662,7 @@ class Master:
     def spawn(self, job: Job) -> None:
         try:
             spec = self.spec_for(job.target)
-            params = decode_params(job.params)
+            decode_params(job.params)  # bad JSON fails the job here, not in a child
         except AppError as exc:
             event(ERROR, "job_failed", job=job.key, outcome="error", reason="cannot start")
             log.log.error("%s", exc)
@@ -668,45 +671,25 @@ class Master:
                 self.start_callback(callback_id, job.id, 0, "on_failed")
             return
         n = job.attempts + 1
-        go_read, go_write = os.pipe2(os.O_CLOEXEC)
-        keep = log.stream_fds()
         try:
-            pid = os.fork()
+            waiting = self.spawner.take()
         except OSError as exc:  # out of processes or memory: the attempt did not start
-            os.close(go_read)
-            os.close(go_write)
             event(ERROR, "fork_failed", job=job.key, attempt=n, error=exc.strerror)
             attempt_id = self.journal.begin_attempt(job, self.generation, None, None)
             self.record_outcome(job.id, job.key, job.target, attempt_id, n, "lost", f"fork failed: {exc.strerror}",
                                 f"fork failed: {exc.strerror}", None, None, None)
             return
-        if pid == 0:
-            child.run(
-                spec=spec,
-                context=child.ChildContext(job.id, job.key, n, params),
-                go_ahead_fd=go_read,
-                socket_path=str(self.paths.heartbeat_socket),
-                outbox=self.paths.outbox,
-                heartbeat_interval=self.config.heartbeat_interval,
-                delivery_timeout=self.config.outcome_delivery_timeout,
-                keep_fds=keep,
-            )
-        os.close(go_read)
+        pid = waiting.pid
         try:
-            os.setpgid(pid, pid)  # also here, so a kill right after fork reaches the group
-        except OSError:
-            pass  # the child did it first (or already exec'd/exited)
-        try:
-            attempt_id = self.journal.begin_attempt(job, self.generation, pid, procfs.start_time(pid))
+            attempt_id = self.journal.begin_attempt(job, self.generation, pid, waiting.start_time)
         except STORAGE_ERRORS as exc:
-            # The job stays pending in the journal; the child, never told to
-            # go, exits without running it and is reaped as a stranger.
+            # The job stays pending in the journal; the child, given no order,
+            # exits without running it and is reaped as a stranger.
+            os.close(waiting.order_fd)
             self.outage.failed(exc, "begin_attempt")
             return
-        else:
-            os.write(go_write, b"g")
-        finally:
-            os.close(go_write)  # without a "g" first, the child exits without running the job
+        waiting.send(child.order(job.id, job.key, n, job.target, job.params, self.config.heartbeat_interval,
+                                 self.config.outcome_delivery_timeout))
         now = time.monotonic()
         attempt = Attempt(attempt_id, job.id, job.key, job.target, n, pid, spec, now, now, now)
         self.children[pid] = attempt
@@ -824,6 +807,7 @@ class Master:
                 self.state = "stopped"
 
     def begin_stop(self, mode: str) -> None:
+        self.spawner.discard()
         if self.state in ("stopping",) and mode == "term":
             event(WARNING, "stop_now", running=len(self.children))
             for attempt in list(self.children.values()):
@@ -849,6 +833,7 @@ class Master:
             self.schedule(now + self.config.kill_grace, "kill", attempt)
 
     def close(self) -> None:
+        self.spawner.discard()
         self.callbacks.wait_all(self.config.callback_timeout)
         self.settle_callbacks()
         self.callbacks.shutdown()
@@ -908,6 +893,7 @@ class Master:
                 "uptime": round(time.time() - self.started_at, 3),
                 "workers": self.workers,
                 "slots_used": len(self.children),
+                "spare_pid": self.spawner.spare.pid if self.spawner.spare else None,
                 "app": self.app_spec,
                 "beats": self.counters.beats,
                 "beats_missing": self.counters.beats_missing,
@@ -971,6 +957,7 @@ def _on_ttou(m: Master) -> None:
 
 
 def _on_usr1(m: Master) -> None:
+    m.spawner.discard()  # it holds the old log file; the next one gets the new
     log.reopen()
     event(INFO, "logs_reopened")
 

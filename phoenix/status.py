@@ -11,8 +11,8 @@ from phoenix import control, pidfile
 from phoenix.journal import Journal
 from phoenix.paths import StatePaths
 
-MASTER_FIELDS = ("pid", "generation", "state", "started_at", "uptime", "workers", "slots_used", "app", "beats",
-                 "beats_missing", "rejected", "reload")
+MASTER_FIELDS = ("pid", "generation", "state", "started_at", "uptime", "workers", "slots_used", "spare_pid", "app",
+                 "beats", "beats_missing", "rejected", "reload")
 
 
 def collect(paths: StatePaths) -> tuple[dict[str, Any], bool]:
