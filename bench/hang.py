@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from bench.master import PhoenixMaster
 from bench.procs import Registry, loadavg, median, percentile
@@ -23,8 +24,29 @@ from bench.procs import Registry, loadavg, median, percentile
 TIMEOUT = 5.0  # bench.apps:beat_app heartbeat_timeout
 
 
-def run(reg: Registry, work: Path, n: int, hung: int, say: Any) -> dict[str, Any]:
-    state = work / "hang"
+DGRAM_QLEN = Path("/proc/sys/net/unix/max_dgram_qlen")
+TUNED_QLEN = 512  # what the README advises for hundreds of children
+
+
+@contextmanager
+def dgram_queue(length: int) -> Iterator[bool]:
+    """net.unix.max_dgram_qlen raised to `length` for sockets created inside
+    (the master's heartbeat socket takes it at bind), restored afterwards.
+    Yields False, changing nothing, where this process may not write it."""
+    try:
+        before = DGRAM_QLEN.read_text().strip()
+        DGRAM_QLEN.write_text(str(length))
+    except OSError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        DGRAM_QLEN.write_text(before)
+
+
+def run(reg: Registry, work: Path, n: int, hung: int, say: Any, name: str = "hang") -> dict[str, Any]:
+    state = work / name
     record = state / "stops"
     record.mkdir(parents=True, exist_ok=True)
     rng = random.Random(4)
@@ -68,7 +90,7 @@ def run(reg: Registry, work: Path, n: int, hung: int, say: Any) -> dict[str, Any
         if pid in stops:
             cross_ms.append((k.at - stops[pid] - TIMEOUT) * 1000)
     return {
-        "n": n, "hung": hung, "timeout": TIMEOUT, "killed": len(excess_ms), "false_kills": false_kills,
+        "n": n, "hung": hung, "timeout": TIMEOUT, "dgram_qlen": int(DGRAM_QLEN.read_text()), "killed": len(excess_ms), "false_kills": false_kills,
         "excess_ms_p50": median(excess_ms), "excess_ms_p99": percentile(excess_ms, 99),
         "excess_ms_max": max(excess_ms) if excess_ms else float("nan"),
         "cross_ms_p50": median(cross_ms), "cross_ms_p99": percentile(cross_ms, 99),

@@ -42,7 +42,7 @@ from phoenix.journal import Journal, Job, OpenAttempt
 from phoenix.paths import StatePaths
 from phoenix.pidfile import AlreadyRunning, PidFile
 from phoenix.policy import RestartBudget, backoff_delay, classify_exit
-from phoenix.sockets import bind_heartbeat
+from phoenix.sockets import bind_heartbeat, datagram_queue_length
 from phoenix.spawner import Spawner
 from phoenix import control as control_socket
 from phoenix import handoff
@@ -414,8 +414,9 @@ class Master:
         if now - self.overload_warned_at >= 60.0:
             self.overload_warned_at = now
             event(WARNING, "overloaded", children=len(self.children),
-                  heartbeat_interval=self.config.heartbeat_interval,
-                  effect="heartbeat kills wait until beats get through; raise heartbeat_interval or lower workers")
+                  heartbeat_interval=self.config.heartbeat_interval, max_dgram_qlen=datagram_queue_length(),
+                  effect="heartbeat kills wait until beats get through; raise net.unix.max_dgram_qlen "
+                         "(sysctl; 512 for hundreds of children) or heartbeat_interval, or lower workers")
 
     def heartbeat_timeout_of(self, attempt: Attempt) -> float:
         spec = attempt.spec

@@ -54,3 +54,14 @@ def bind_heartbeat(path: Path) -> socket.socket:
     bind_private(sock, path)
     sock.setblocking(False)
     return sock
+
+
+def datagram_queue_length() -> int | None:
+    """net.unix.max_dgram_qlen: how many datagrams the heartbeat socket holds
+    (taken at bind). Beyond it senders get EAGAIN and retry: with hundreds of
+    children the default of 10 makes beats wait, and the master defer kills."""
+    try:
+        with open("/proc/sys/net/unix/max_dgram_qlen", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
