@@ -800,7 +800,8 @@ class Master:
             return
         if self.state in ("draining", "stopping"):
             self.state = "stopped"
-        elif self.state == "running" and self.config.exit_when_done and not self.maybe_pending:
+        elif self.state == "running" and self.config.exit_when_done and (not self.maybe_pending or self.workers == 0):
+            # (With no slots, pending jobs are never looked for: ask the journal.)
             counts = self.journal.counts()
             if counts["pending"] == 0 and counts["running"] == 0:
                 event(INFO, "monitoring_complete", finished=counts["finished"], failed=counts["failed"], running=0)

@@ -165,6 +165,13 @@ def test_exit_when_done_reports_failure(master_factory, state_dir):
     assert "monitoring_complete finished=1 failed=1" in master.log()
 
 
+def test_exit_when_done_with_nothing_to_do_and_no_slots(master_factory):
+    # No slot ever frees up to look for work: the journal alone says it is done.
+    master = master_factory("--exit-when-done", "--workers", "0", start=False).start(wait_ready=False)
+    assert master.wait_exit() == 0
+    assert "monitoring_complete finished=0 failed=0" in master.log()
+
+
 def test_process_titles(master_factory):
     master = master_factory()
     master.submit("tests.apps.jobs:wait_forever", {}, key="titled")
