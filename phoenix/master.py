@@ -205,8 +205,8 @@ class Master:
             # A fork that failed, and the master died before recording so.
             self.conclude_without_process(a, "lost", "the master stopped before the attempt started")
             return
-        own = procfs.parent_pid(a.pid) == os.getpid()
-        alive = procfs.is_same_process(a.pid, a.start_time)
+        parent, alive = procfs.parent_and_sameness(a.pid, a.start_time)
+        own = parent == os.getpid()
         if not own and not alive:
             self.conclude_without_process(a, "lost", "the process ended while no master watched it")
             return

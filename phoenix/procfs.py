@@ -52,10 +52,17 @@ def parent_pid(pid: int) -> int | None:
 def is_same_process(pid: int, recorded_start_time: int | None) -> bool:
     """True when `pid` is alive (not a zombie) and is the very process that was
     recorded, not another one that got the same pid later."""
+    return parent_and_sameness(pid, recorded_start_time)[1]
+
+
+def parent_and_sameness(pid: int, recorded_start_time: int | None) -> tuple[int | None, bool]:
+    """(parent pid or None, is_same_process) from one read of /proc/PID/stat:
+    adoption asks both of every running attempt while the socket waits."""
     fields = stat_fields(pid)
-    if fields is None or fields[0] in ("Z", "X"):
-        return False
-    return recorded_start_time is None or int(fields[19]) == recorded_start_time
+    if fields is None:
+        return None, False
+    same = fields[0] not in ("Z", "X") and (recorded_start_time is None or int(fields[19]) == recorded_start_time)
+    return int(fields[1]), same
 
 
 def own_fds() -> list[int]:
