@@ -155,23 +155,39 @@ def _write_outbox(outbox: Path, job_id: int, attempt: int, data: bytes) -> None:
             pass
 
 
+ORDER_HEADER = 8  # bytes of big-endian length before an order's JSON
+
+
 def order(job_id: int, key: str, attempt: int, target: str, params: str, heartbeat_interval: float,
           delivery_timeout: float) -> bytes:
     """What the master writes to a waiting child once the attempt is recorded:
     the job to run and the settings to run it with (a spare child may have
-    been forked before a reload changed them)."""
-    return json.dumps({"job": job_id, "key": key, "attempt": attempt, "target": target, "params": params,
-                       "interval": heartbeat_interval, "delivery": delivery_timeout}).encode()
+    been forked before a reload changed them). Length first: the child must
+    not need EOF, which a process forked by app code in a master thread
+    would hold back by keeping a copy of the pipe's write end."""
+    payload = json.dumps({"job": job_id, "key": key, "attempt": attempt, "target": target, "params": params,
+                          "interval": heartbeat_interval, "delivery": delivery_timeout}).encode()
+    return len(payload).to_bytes(ORDER_HEADER, "big") + payload
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    chunks, left = [], size
+    while left and (chunk := os.read(fd, min(left, 65536))):
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def _read_order(fd: int) -> dict[str, Any] | None:
-    """The whole order (the master closes its end after writing it), or None
-    at EOF without one: the master died or discarded this child."""
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
+    """The order, or None at EOF before a whole one: the master died or
+    discarded this child."""
+    header = _read_exactly(fd, ORDER_HEADER)
+    size = int.from_bytes(header, "big") if len(header) == ORDER_HEADER else 0
+    payload = _read_exactly(fd, size) if size else b""
     os.close(fd)
-    return json.loads(b"".join(chunks)) if chunks else None
+    if not size or len(payload) != size:
+        return None
+    return json.loads(payload)
 
 
 def run(
@@ -199,12 +215,14 @@ def run(
             os._exit(EXIT_NO_ORDER)
         context = ChildContext(got["job"], got["key"], got["attempt"], decode_params(got["params"]))
         setproctitle(f"phoenix: job {context.key} attempt {context.attempt}")
-        spec = resolve(got["target"])
         sender = protocol.Sender(socket_path)
         _runtime = _Runtime(context, sender, got["interval"])
         # _thread, not threading.Thread: start() waits for the thread to run
         # (about 1 ms), and this process only ever leaves through os._exit.
         _thread.start_new_thread(_runtime.beat_forever, ())
+        # After the first beats start: a job module the master imported only
+        # after this child was forked is imported here, and may take a while.
+        spec = resolve(got["target"])
         code, final = _perform(spec, context)
         _write_outbox(outbox, context.job_id, context.attempt, final)
         # A socket of its own: a Sender is not shared between threads.

@@ -689,10 +689,13 @@ class Master:
             os.close(waiting.order_fd)
             self.outage.failed(exc, "begin_attempt")
             return
-        waiting.send(child.order(job.id, job.key, n, job.target, job.params, self.config.heartbeat_interval,
-                                 self.config.outcome_delivery_timeout))
+        delivered = waiting.send(child.order(job.id, job.key, n, job.target, job.params,
+                                             self.config.heartbeat_interval, self.config.outcome_delivery_timeout))
         now = time.monotonic()
         attempt = Attempt(attempt_id, job.id, job.key, job.target, n, pid, spec, now, now, now)
+        if not delivered:  # the child died waiting and never saw its job: not the job's failure
+            attempt.interrupted = True
+            attempt.kill_detail = "its child died before it received the job"
         self.children[pid] = attempt
         self.schedule(self.liveness_verdict(attempt, now)[1], "check", attempt)
         self.counters.spawned += 1

@@ -11,16 +11,20 @@ milliseconds for a master of tens of MB (see bench/PROFILE.md).
 
 from __future__ import annotations
 
-import errno
+import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from phoenix import child, log, procfs
+from phoenix.policy import classify_exit
 
 if TYPE_CHECKING:
     from phoenix.master import Master
+
+SPARE_RETRY_DELAY = 1.0  # seconds without a spare after one died while waiting
 
 
 @dataclass(slots=True)
@@ -31,16 +35,16 @@ class WaitingChild:
     start_time: int | None  # with the pid, names this process for good (see procfs)
     order_fd: int  # the master's end of the pipe the child waits on
 
-    def send(self, order: bytes) -> None:
-        """Hand over the job; the pipe is closed afterwards either way."""
+    def send(self, order: bytes) -> bool:
+        """Hand over the job; False if the child cannot have received it (it
+        died while waiting: EPIPE). The pipe is closed afterwards either way."""
         try:
             view = memoryview(order)
             while view:
                 view = view[os.write(self.order_fd, view):]
-        except OSError as exc:
-            if exc.errno != errno.EPIPE:
-                raise
-            # It died while waiting: reaping it records how the attempt ended.
+            return True
+        except OSError:
+            return False
         finally:
             os.close(self.order_fd)
 
@@ -49,12 +53,16 @@ class Spawner:
     def __init__(self, master: Master) -> None:
         self.master = master
         self.spare: WaitingChild | None = None
+        self.not_before = 0.0  # monotonic: no new spare until then, after one died waiting
 
     def fork(self) -> WaitingChild:
         """A new waiting child (OSError if the system cannot fork now)."""
         m = self.master
-        order_read, order_write = os.pipe2(os.O_CLOEXEC)
+        # Everything the child is given is computed here: after fork it must
+        # not run any master code outside child.run's own guard.
         keep = log.stream_fds()
+        socket_path, outbox = str(m.paths.heartbeat_socket), m.paths.outbox
+        order_read, order_write = os.pipe2(os.O_CLOEXEC)
         try:
             pid = os.fork()
         except OSError:
@@ -62,8 +70,7 @@ class Spawner:
             os.close(order_write)
             raise
         if pid == 0:
-            child.run(order_fd=order_read, resolve=m.spec_for, socket_path=str(m.paths.heartbeat_socket),
-                      outbox=m.paths.outbox, keep_fds=keep)
+            child.run(order_fd=order_read, resolve=m.spec_for, socket_path=socket_path, outbox=outbox, keep_fds=keep)
         os.close(order_read)
         try:
             os.setpgid(pid, pid)  # also here, so a kill right after fork reaches the group
@@ -85,19 +92,25 @@ class Spawner:
 
     def replenish(self) -> None:
         """Fork the next spare child, if the master will be starting jobs."""
-        if self.spare is not None or not self.wanted():
+        if self.spare is not None or not self.wanted() or time.monotonic() < self.not_before:
             return
         try:
             spare = self.fork()
         except OSError:
             return  # no spare for now: a job forks its own child (and reports the failure, if any)
         self.spare = spare
-        self.master.other_children[spare.pid] = lambda status, pid=spare.pid: self._spare_exited(pid)
+        self.master.other_children[spare.pid] = lambda status, pid=spare.pid: self._spare_exited(pid, status)
 
-    def _spare_exited(self, pid: int) -> None:
-        if self.spare is not None and self.spare.pid == pid:  # killed from outside while waiting
-            os.close(self.spare.order_fd)
-            self.spare = None
+    def _spare_exited(self, pid: int, status: int) -> None:
+        if self.spare is None or self.spare.pid != pid:
+            return
+        # Killed from outside while waiting (the OOM killer, an operator): wait
+        # a little before the next, so a spare that keeps dying is no fork loop.
+        os.close(self.spare.order_fd)
+        self.spare = None
+        self.not_before = time.monotonic() + SPARE_RETRY_DELAY
+        log.event(logging.WARNING, "spare_died", pid=pid, how=classify_exit(status)[1],
+                  retry_in=f"{SPARE_RETRY_DELAY}s")
 
     def discard(self) -> None:
         """End the spare child and reap it now: before an exec or a handover

@@ -48,6 +48,7 @@ def test_a_spare_killed_from_outside_is_replaced(master_factory):
     spare = one_spare(master.pid)
     os.kill(spare, signal.SIGKILL)  # ours (the master's child, started by this test's master), by pid
     wait_for(lambda: spares_of(master.pid) not in ([], [spare]), what="the spare child to be replaced")
+    assert f"spare_died pid={spare} how=SIGKILL" in master.log()
     assert not zombies_of(master.pid)
     master.submit("tests.apps.jobs:noop", {"x": 1}, key="after")
     wait_for(lambda: master.jobs()["after"]["state"] == "finished", what="a job after the spare was killed")
@@ -72,3 +73,20 @@ def test_a_spare_exits_when_its_master_is_killed(master_factory):
     master.signal(signal.SIGKILL)
     master.wait_exit()
     wait_for(lambda: not procfs.is_same_process(spare, None), what="the orphaned spare child to exit")
+
+
+def test_a_process_forked_by_a_callback_does_not_hold_the_spare_back(master_factory, tmp_path):
+    # The forked process keeps a copy of the spare's order pipe: the spare must
+    # read its order without waiting for EOF on that pipe.
+    master = master_factory("--workers", "1", "--heartbeat-timeout", "3")
+    pidfile = tmp_path / "forked.pid"
+    master.submit("tests.apps.jobs:noop", {"callback_forks": 30, "pidfile": str(pidfile)}, key="forks")
+    wait_for(pidfile.exists, what="the callback's process")
+    forked = int(pidfile.read_text())
+    try:
+        master.submit("tests.apps.jobs:noop", {"x": 2}, key="next")
+        wait_for(lambda: master.jobs()["next"]["state"] == "finished", what="the next job to finish")
+        assert master.jobs()["next"]["attempt"] == 1
+    finally:
+        os.kill(forked, signal.SIGKILL)  # started by this test's callback, by pid
+        wait_for(lambda: not procfs.is_same_process(forked, None), what="the callback's process to end")

@@ -29,6 +29,15 @@ def finished(job, result):
         time.sleep(job.params["callback_sleep"])
     if isinstance(job.params, dict) and job.params.get("callback_raises"):
         raise RuntimeError("callback exploded on purpose")
+    if isinstance(job.params, dict) and job.params.get("callback_forks"):
+        # App code that forks from a callback thread (multiprocessing does):
+        # the process holds copies of the master's fds while it lives.
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(job.params["callback_forks"])
+            os._exit(0)
+        with open(job.params["pidfile"], "w") as f:
+            f.write(str(pid))
 
 
 @app.on_failed
