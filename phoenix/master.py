@@ -139,6 +139,16 @@ class Master:
             handoff.close_stray_fds(keep=set(inherited.values()) | log.stream_fds())
         self.pidfile = PidFile(self.paths.pidfile, self.paths.lockfile, inherited.get("lock"))
         self.pidfile.acquire()
+        try:
+            self._open_under_lock(inherited)
+        except BaseException:
+            # A start that fails here (a socket path held by another process, a
+            # metrics port in use, a corrupt journal) leaves no pidfile naming
+            # a master that is gone.
+            self.pidfile.release()
+            raise
+
+    def _open_under_lock(self, inherited: dict[str, int]) -> None:
         self.journal = Journal(self.paths.journal)
         self.journal_identity = file_identity(self.paths.journal)
         self.generation = int(self.journal.meta("generation", 0)) + 1

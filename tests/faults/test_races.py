@@ -133,6 +133,8 @@ def test_a_socket_path_held_by_a_live_foreign_process_is_refused(state_dir, tmp_
         assert code == 2, text
         assert f"phoenix: error: {path} is held by another live process" in text, text
         assert "Traceback" not in text
+        # The failed start leaves no pidfile naming a dead master behind.
+        assert not (state_dir / "phoenix.pid").exists()
         # The foreign process keeps its socket: still there, still answering.
         assert path.exists()
         probe = socket.socket(socket.AF_UNIX, kind)
