@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.master import PhoenixMaster
+from bench.master import beating_master
 from bench.procs import PYTHON, Registry, cpu_sample, loadavg, median, percentile, rss_kb, smaps_rollup, wakeups
 
 INTERVAL = 0.2
@@ -82,10 +82,7 @@ def run_phoenix(reg: Registry, work: Path, points: list[int], window: float, set
                 say: Any) -> dict[str, Any]:
     state = work / "beats"
     top = max(points)
-    master = PhoenixMaster(reg, state, "bench.apps:beat_app", workers=0, use_config_file=True)
-    master.submit_many(("bench.apps:beat", {"s": 3600}, f"beat-{i}") for i in range(top))
-    master.start()
-    master.wait_ready()
+    master = beating_master(reg, state, top)
     time.sleep(0.5)
     out: dict[str, Any] = {"points": [], "rss_kb_empty": rss_kb(master.pid)}
     try:

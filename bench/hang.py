@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from bench.master import PhoenixMaster
+from bench.master import beating_master
 from bench.procs import Registry, loadavg, median, percentile
 
 TIMEOUT = 5.0  # bench.apps:beat_app heartbeat_timeout
@@ -50,11 +50,7 @@ def run(reg: Registry, work: Path, n: int, hung: int, say: Any, name: str = "han
     record = state / "stops"
     record.mkdir(parents=True, exist_ok=True)
     rng = random.Random(4)
-    master = PhoenixMaster(reg, state, "bench.apps:beat_app", workers=0, use_config_file=True)
-    jobs: list[tuple[str, Any, str]] = [("bench.apps:beat", {"s": 3600}, f"beat-{i}") for i in range(n - hung)]
-    master.submit_many(jobs)
-    master.start()
-    master.wait_ready()
+    master = beating_master(reg, state, n - hung)
     say(f"hang detection: growing to {n - hung} beating children [load {loadavg()}]")
     master.grow_to(n - hung)
     try:

@@ -38,24 +38,14 @@ class PhoenixMaster:
 
     # -- jobs ---------------------------------------------------------------------
 
-    def submit_many(self, jobs: Iterable[tuple[str, Any, str]]) -> int:
+    def submit_many(self, jobs: Iterable[tuple[str, Any, str]]) -> None:
         """(target, params, key) triples, written in one transaction before the
-        master starts (the journal's own submit, batched: setup, not timed)."""
+        master starts (setup, not timed)."""
         journal = Journal(self.paths.journal)
-        n = 0
         try:
-            now = time.time()
-            with journal.transaction() as db:
-                for target, params, key in jobs:
-                    db.execute(
-                        "INSERT INTO jobs (key, target, params, state, created_at, updated_at) "
-                        "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING",
-                        (key, target, json.dumps(params, separators=(",", ":")), now, now),
-                    )
-                    n += 1
+            journal.submit_many((target, json.dumps(params, separators=(",", ":")), key) for target, params, key in jobs)
         finally:
             journal.close()
-        return n
 
     def counts(self) -> dict[str, int]:
         journal = Journal(self.paths.journal)
@@ -164,3 +154,14 @@ class PhoenixMaster:
 
     def events(self, name: str | None = None, since: float = 0.0) -> list[LogEvent]:
         return [e for e in parse_log(self.log) if (name is None or e.name == name) and e.at >= since]
+
+
+def beating_master(registry: Registry, state_dir: Path, n: int, params: dict[str, Any] | None = None) -> PhoenixMaster:
+    """A master of bench.apps:beat_app with no slots yet, `n` beating jobs
+    (bench.apps:beat, an hour each) in its journal, started and ready: grow
+    it with grow_to or set_workers."""
+    master = PhoenixMaster(registry, state_dir, "bench.apps:beat_app", workers=0, use_config_file=True)
+    master.submit_many(("bench.apps:beat", {"s": 3600, **(params or {})}, f"beat-{i}") for i in range(n))
+    master.start()
+    master.wait_ready()
+    return master

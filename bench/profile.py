@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.master import PhoenixMaster
+from bench.master import PhoenixMaster, beating_master
 from bench.procs import PYTHON, REPO, Registry, cpu_sample, descendants, env, loadavg, rss_kb
 
 TOP = 22
@@ -204,10 +204,7 @@ def profile_fork_cost() -> str:
 
 def profile_heartbeats(reg: Registry, work: Path, n: int, seconds: float) -> str:
     state = work / "hb"
-    master = PhoenixMaster(reg, state, "bench.apps:beat_app", workers=0, use_config_file=True)
-    master.submit_many(("bench.apps:beat", {"s": 3600}, f"beat-{i}") for i in range(n))
-    master.start()
-    master.wait_ready()
+    master = beating_master(reg, state, n)
     try:
         try:
             master.grow_to(n, timeout=90.0)
@@ -324,10 +321,7 @@ def _private_by_mapping(pid: int) -> dict[str, int]:
 
 def profile_memory(reg: Registry, work: Path, n: int) -> str:
     state = work / "mem"
-    master = PhoenixMaster(reg, state, "bench.apps:beat_app", workers=0, use_config_file=True)
-    master.submit_many(("bench.apps:beat", {"s": 3600}, f"beat-{i}") for i in range(n))
-    master.start()
-    master.wait_ready()
+    master = beating_master(reg, state, n)
     master.grow_to(n, timeout=90.0)
     d = work / "memb"
     d.mkdir()
@@ -373,10 +367,7 @@ def profile_spawn_burst(reg: Registry, work: Path, n: int) -> str:
     """Raise the slots from 0 to n in one SIGHUP and count the healthy
     children the master then kills for heartbeat_timeout."""
     state = work / "burst"
-    master = PhoenixMaster(reg, state, "bench.apps:beat_app", workers=0, use_config_file=True)
-    master.submit_many(("bench.apps:beat", {"s": 3600}, f"beat-{i}") for i in range(n))
-    master.start()
-    master.wait_ready()
+    master = beating_master(reg, state, n)
     try:
         t0 = time.time()
         master.set_workers(n)

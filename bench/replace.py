@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.master import PhoenixMaster
+from bench.master import beating_master
 from phoenix.pidfile import read_pid
 from bench.procs import PYTHON, Registry, env, free_port, loadavg, median, tool, REPO, descendants
 
@@ -90,10 +90,7 @@ def run_phoenix(reg: Registry, work: Path, n: int, rounds: int, say: Any,
     state = work / "replace"
     count_dir = state / "counts"
     count_dir.mkdir(parents=True, exist_ok=True)
-    master = PhoenixMaster(reg, state, "bench.apps:beat_app", workers=0, use_config_file=True)
-    master.submit_many(("bench.apps:beat", {"s": 3600, "count_dir": str(count_dir)}, f"beat-{i}") for i in range(n))
-    master.start()
-    master.wait_ready()
+    master = beating_master(reg, state, n, {"count_dir": str(count_dir)})
     say(f"replacement: growing to {n} beating children [load {loadavg()}]")
     master.grow_to(n)
     time.sleep(1.5)

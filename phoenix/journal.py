@@ -17,7 +17,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 SCHEMA_VERSION = 1
 
@@ -105,6 +105,10 @@ class OpenAttempt:
     started_at: float  # wall clock
 
 
+_INSERT_JOB = ("INSERT INTO jobs (key, target, params, state, created_at, updated_at) "
+               "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING")
+
+
 def default_key(target: str, params_json: str) -> str:
     """Idempotency key for a job submitted without one: same target and same
     parameters (canonical JSON) make the same job."""
@@ -174,15 +178,18 @@ class Journal:
         key = key or default_key(target, params_json)
         now = time.time()
         with self.transaction() as db:
-            cur = db.execute(
-                "INSERT INTO jobs (key, target, params, state, created_at, updated_at) "
-                "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING",
-                (key, target, params_json, now, now),
-            )
+            cur = db.execute(_INSERT_JOB, (key, target, params_json, now, now))
             if cur.rowcount:
                 return cur.lastrowid or 0, True
             (job_id,) = db.execute("SELECT id FROM jobs WHERE key = ?", (key,)).fetchone()
             return job_id, False
+
+    def submit_many(self, jobs: Iterable[tuple[str, str, str]]) -> None:
+        """Record (target, params JSON, key) jobs in one transaction, as a
+        script seeding a batch would; a key that exists is left as it is."""
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(_INSERT_JOB, ((key, target, params_json, now, now) for target, params_json, key in jobs))
 
     # -- the master's writes ----------------------------------------------------
 

@@ -98,9 +98,8 @@ def test_200_children_10_hung_every_job_finishes_exactly_once(master_factory):
     master = master_factory("--workers", "200", "--heartbeat-interval", "0.5", "--heartbeat-timeout", "3")
     # Through the store API, as a script would (the CLI costs an interpreter start per call).
     journal = Journal(master.state_dir / "journal.db")
-    for i in range(200):
-        target = "hang_first" if i % 20 == 0 else "sleep"
-        journal.submit(f"tests.apps.jobs:{target}", json.dumps({"s": 1.0, "i": i}), f"job-{i}")
+    journal.submit_many((f"tests.apps.jobs:{'hang_first' if i % 20 == 0 else 'sleep'}", json.dumps({"s": 1.0, "i": i}),
+                         f"job-{i}") for i in range(200))
     journal.close()
     jobs = master.wait_jobs_done(timeout=90)
     assert len(jobs) == 200

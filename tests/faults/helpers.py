@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterable
 
 from phoenix import control
 from phoenix.journal import Journal
@@ -22,6 +22,17 @@ def submit(master: Master, target: str, params: Any, key: str) -> int:
         journal.close()
     wake(master)
     return job_id
+
+
+def submit_all(master: Master, jobs: Iterable[tuple[str, str, str]]) -> None:
+    """(target, params JSON, key) jobs in one journal transaction, as a script
+    seeding a batch would, then wake the master."""
+    journal = Journal(master.state_dir / "journal.db")
+    try:
+        journal.submit_many(jobs)
+    finally:
+        journal.close()
+    wake(master)
 
 
 def wake(master: Master) -> None:

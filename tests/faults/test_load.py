@@ -13,7 +13,7 @@ import pytest
 from phoenix.journal import Journal
 from tests.conftest import wait_for
 from tests.faults.conftest import cpu_seconds, log_lines, report
-from tests.faults.helpers import FAULTY, live, wake
+from tests.faults.helpers import FAULTY, live, submit_all, wake
 
 APP = "tests.apps.faulty:app"
 
@@ -36,11 +36,8 @@ def test_many_children_beating_at_2hz_no_false_kill_no_lost_beat(machine_to_itse
     master = master_factory("--workers", str(children), "--heartbeat-interval", str(INTERVAL),
                             "--heartbeat-timeout", str(TIMEOUT), app=APP)
     journal = Journal(master.state_dir / "journal.db")
-    try:
-        for i in range(children):
-            journal.submit(f"{FAULTY}:beat_for", json.dumps({"s": seconds, "i": i}), f"load-{i}")
-    finally:
-        journal.close()
+    journal.submit_many((f"{FAULTY}:beat_for", json.dumps({"s": seconds, "i": i}), f"load-{i}") for i in range(children))
+    journal.close()
     cpu_before = cpu_seconds(master.pid)
     submitted = time.monotonic()
     wake(master)
@@ -82,13 +79,7 @@ def test_beats_missing_counts_real_gaps(master_factory):
     dropped beat would) show up in beats_missing, exactly."""
     children, skip = 10, 7
     master = master_factory("--workers", str(children), app=APP)
-    journal = Journal(master.state_dir / "journal.db")
-    try:
-        for i in range(children):
-            journal.submit(f"{FAULTY}:skip_seq", json.dumps({"skip": skip, "i": i}), f"skip-{i}")
-    finally:
-        journal.close()
-    wake(master)
+    submit_all(master, ((f"{FAULTY}:skip_seq", json.dumps({"skip": skip, "i": i}), f"skip-{i}") for i in range(children)))
     wait_for(lambda: journal_counts(master)["finished"] == children, timeout=30, what="every job to end", interval=0.2)
     status = live(master)["master"]
     assert status["beats_missing"] == children * skip, status
@@ -103,13 +94,7 @@ def test_a_frozen_master_loses_no_beat(master_factory):
     children, freeze = 20, 3.0
     master = master_factory("--workers", str(children), "--heartbeat-interval", "0.2", "--heartbeat-timeout", "20",
                             app=APP)
-    journal = Journal(master.state_dir / "journal.db")
-    try:
-        for i in range(children):
-            journal.submit(f"{FAULTY}:beat_for", json.dumps({"s": 6.0, "i": i}), f"frozen-{i}")
-    finally:
-        journal.close()
-    wake(master)
+    submit_all(master, ((f"{FAULTY}:beat_for", json.dumps({"s": 6.0, "i": i}), f"frozen-{i}") for i in range(children)))
     wait_for(lambda: live(master)["master"]["slots_used"] == children, timeout=30, what="all children running")
     master.signal(signal.SIGSTOP)
     try:

@@ -58,13 +58,11 @@ def test_master_sigkill_then_restart(master_factory, state_dir, tmp_path, long_m
     for round_number in range(rounds):
         keys = [f"r{round_number}-{i}" for i in range(batch)]
         all_keys += keys
-        journal = Journal(state_dir / "journal.db") if state_dir.exists() else None
-        if journal is None:
-            state_dir.mkdir(mode=0o700)
-            journal = Journal(state_dir / "journal.db")
-        for key in keys:
-            journal.submit("tests.apps.jobs:exclusive_sleep",
-                           json.dumps({"s": round(rng.uniform(0, longest), 3), "lockdir": str(lockdir)}), key)
+        state_dir.mkdir(mode=0o700, exist_ok=True)
+        journal = Journal(state_dir / "journal.db")
+        journal.submit_many(("tests.apps.jobs:exclusive_sleep",
+                             json.dumps({"s": round(rng.uniform(0, longest), 3), "lockdir": str(lockdir)}), key)
+                            for key in keys)
         journal.close()
         master = master_factory("--workers", "20")
         if moment == "running":

@@ -22,8 +22,8 @@ def test_usr2_storm_with_200_children(master_factory, state_dir, tmp_path, long_
     done = tmp_path / "done"
     state_dir.mkdir(mode=0o700)
     journal = Journal(state_dir / "journal.db")
-    for i in range(children):
-        journal.submit("tests.apps.replace:until", json.dumps({"path": str(done), "i": i}), f"job-{i}")
+    journal.submit_many(("tests.apps.replace:until", json.dumps({"path": str(done), "i": i}), f"job-{i}")
+                        for i in range(children))
     journal.close()
     master = master_factory("--workers", str(children), "--heartbeat-interval", "0.5", "--heartbeat-timeout", "5",
                             app=APP)
