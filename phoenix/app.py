@@ -30,6 +30,7 @@ class JobSpec:
     stall_timeout: float | None = None
     max_runtime: float | None = None
     heartbeat_timeout: float | None = None
+    app: "App | None" = dataclasses.field(default=None, compare=False, repr=False)  # the App that registered it
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class App:
         """Register a job function: `@app.job` or `@app.job(retries=3, ...)`."""
 
         def register(f: Callable[[Any], Any]) -> Callable[[Any], Any]:
-            spec = JobSpec(target_name(f), f, retries, stall_timeout, max_runtime, heartbeat_timeout)
+            spec = JobSpec(target_name(f), f, retries, stall_timeout, max_runtime, heartbeat_timeout, self)
             self.jobs[spec.target] = spec
             f.__phoenix_job__ = spec  # type: ignore[attr-defined]
             return f
@@ -111,7 +112,7 @@ class App:
         from phoenix.config import load
         from phoenix.paths import StatePaths
 
-        paths = StatePaths(state_dir or load(self.settings, None, {}).state_dir)
+        paths = StatePaths(load(self.settings, None, {"state_dir": state_dir}, validate=False).state_dir)
         paths.ensure()
         journal = Journal(paths.journal)
         try:
@@ -178,8 +179,6 @@ def load_app(spec: str) -> App:
 
 def resolve_target(target: str) -> JobSpec:
     """The JobSpec for a target, or AppError naming what is wrong."""
-    from phoenix.seed import HeartbeatChild, seed_job
-
     _make_cwd_importable()
     obj = _lookup(target, "job target")
     spec = getattr(obj, "__phoenix_job__", None)
@@ -188,8 +187,13 @@ def resolve_target(target: str) -> JobSpec:
     class_path, _, method = target.partition(":")[2].rpartition(".")
     if class_path:
         owner = _lookup(f"{target.partition(':')[0]}:{class_path}", "job target")
-        if isinstance(owner, type) and issubclass(owner, HeartbeatChild):
-            return seed_job(target, owner, method)
+        # A class that knows how to run its own methods as jobs (compat.HeartbeatChild):
+        # asked through this hook, so that app.py does not import the layer above it.
+        method_job = getattr(owner, "phoenix_method_job", None) if isinstance(owner, type) else None
+        if method_job is not None:
+            spec = method_job(target, method)
+            assert isinstance(spec, JobSpec)
+            return spec
     raise AppError(
         f"job target {target!r} is not a Phoenix job: decorate the function with @app.job, "
         "or name a method of a phoenix.HeartbeatChild subclass ('module:Class.method')"

@@ -12,9 +12,9 @@ from typing import Any, Callable
 import click
 
 from phoenix import config as config_module
-from phoenix import control, pidfile
+from phoenix import control, handoff, pidfile
 from phoenix.app import AppError, decode_params, encode_params, load_app, resolve_target
-from phoenix.config import ConfigError
+from phoenix.config import Config, ConfigError
 from phoenix.journal import Journal, JournalError
 from phoenix.paths import StatePaths, StateDirError
 from phoenix.metrics import MetricsError
@@ -53,10 +53,12 @@ state_dir_option = click.option(
 )
 
 
-def _state_paths(state_dir: str | None, config_file: str | None = None) -> StatePaths:
-    if state_dir:
-        return StatePaths(state_dir)
-    return StatePaths(config_module.load(None, config_file, {}).state_dir)
+def _state_paths(state_dir: str | None, config_file: str | None = None,
+                 app_settings: dict[str, Any] | None = None) -> StatePaths:
+    """Where a master of this configuration keeps its state, resolved as
+    `start` resolves it (the same sources, in the same order)."""
+    flags = {"state_dir": state_dir}
+    return StatePaths(config_module.load(app_settings, config_file, flags, validate=False).state_dir)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -85,21 +87,64 @@ def start(app: str | None, state_dir: str | None, config_file: str | None, daemo
     from phoenix.master import run_master
 
     flags["state_dir"] = state_dir
-    base = config_module.load(None, config_file, {k: v for k, v in flags.items()})
-    app_spec = app or base.app
+    app_spec = app or config_module.load(None, config_file, flags, validate=False).app
     if not app_spec:
         fail("no app given: name it as `phoenix start package.module:app`, or set app in phoenix.toml")
-    paths = StatePaths(base.state_dir)
-    paths.ensure()
-    application = load_app(app_spec)
     flags["app"] = app_spec
-    config_module.load(application.settings, config_file, flags)  # validate before detaching
+    if handoff.is_replacement():
+        # A new image after USR2: whatever it cannot load, it must not exit,
+        # or the running jobs are left without a master (see handoff.py).
+        sys.exit(_start_replacement(app_spec, config_file, flags, daemon))
+    application = load_app(app_spec)
+    if daemon:
+        _default_daemon_log(flags, config_file, application.settings)
+    config = config_module.load(application.settings, config_file, flags)
+    paths = StatePaths(config.state_dir)
+    paths.ensure()
+
+    def load_config() -> Config:
+        return config_module.load(application.settings, config_file, flags)
+
     if daemon:
         from phoenix.daemon import run_daemonized
 
-        flags["log_file"] = flags.get("log_file") or str(paths.root / "phoenix.log")
-        sys.exit(run_daemonized(lambda: run_master(application, app_spec, flags, config_file), paths))
-    sys.exit(run_master(application, app_spec, flags, config_file))
+        sys.exit(run_daemonized(lambda: run_master(application, app_spec, config, load_config, config_file), paths))
+    sys.exit(run_master(application, app_spec, config, load_config, config_file))
+
+
+def _default_daemon_log(flags: dict[str, Any], config_file: str | None, app_settings: dict[str, Any]) -> None:
+    """A daemon logs to STATE_DIR/phoenix.log unless told otherwise; so does
+    each replacement image of it (USR2 re-runs the same command line)."""
+    state_dir = config_module.load(app_settings, config_file, flags, validate=False).state_dir
+    flags["log_file"] = flags.get("log_file") or str(StatePaths(state_dir).root / "phoenix.log")
+
+
+def _start_replacement(app_spec: str, config_file: str | None, flags: dict[str, Any], daemon: bool) -> int:
+    from phoenix.master import run_master
+
+    try:
+        application = load_app(app_spec)
+        if daemon:
+            _default_daemon_log(flags, config_file, application.settings)
+        config = config_module.load(application.settings, config_file, flags)
+    except (AppError, ConfigError) as exc:
+        reason = str(exc)
+        if handoff.is_fork_successor():
+            # Fork mode: the old master still runs the good code. Tell it, and go.
+            handoff.report_failure_to_old_master(reason)
+            click.echo(f"phoenix: error: {reason}", err=True)
+            return 1
+        config = handoff.handed_over_config()
+
+        def keep_config() -> Config:
+            raise ConfigError("no app is loaded (the master is degraded): send USR2 to load fixed code")
+
+        return run_master(None, app_spec, config, keep_config, config_file, degraded_reason=reason)
+
+    def load_config() -> Config:
+        return config_module.load(application.settings, config_file, flags)
+
+    return run_master(application, app_spec, config, load_config, config_file)
 
 
 @main.command()
@@ -125,8 +170,8 @@ def check(app: str, state_dir: str | None, config_file: str | None) -> None:
 def submit(target: str, params: str, key: str | None, state_dir: str | None) -> None:
     """Record a job durably; a running master starts it when a slot is free."""
     params_json = encode_params(decode_params(params))
-    resolve_target(target)
-    paths = _state_paths(state_dir)
+    spec = resolve_target(target)
+    paths = _state_paths(state_dir, app_settings=spec.app.settings if spec.app is not None else None)
     paths.ensure()
     journal = Journal(paths.journal)
     try:
@@ -206,6 +251,10 @@ def reload(state_dir: str | None, wait: bool, timeout: float) -> None:
         except control.ControlError:
             continue  # between images, or the old master exiting (fork mode)
         result = live.get("reload") or {}
+        if live["generation"] > generation and live.get("state") == "degraded":
+            fail(f"reload failed: the new code could not be loaded; the master (pid {live['pid']}) keeps "
+                 f"watching the running jobs but starts none until a later reload loads good code:\n"
+                 f"{live.get('degraded_reason')}", 1)
         if live["generation"] > generation:
             click.echo(f"ready: generation {live['generation']}, pid {live['pid']}")
             return

@@ -15,7 +15,8 @@ touching its children, which the new one adopts through pidfds.
 
 from __future__ import annotations
 
-import heapq
+import dataclasses
+import json
 import logging
 import os
 import select
@@ -27,7 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phoenix import log, pidfile, procfs, systemd
-from phoenix.policy import classify_exit
+from phoenix.commands import HANDLED_SIGNALS
+from phoenix.config import Config
+from phoenix.outcomes import classify_exit
+from phoenix.states import HANDOFF_TRANSITIONS, HandoffPhase, MasterState, check_move
+from phoenix.timers import Timer
 
 if TYPE_CHECKING:
     from phoenix.master import Master
@@ -35,8 +40,12 @@ if TYPE_CHECKING:
 FDS_VARIABLE = "PHOENIX_FDS"
 GENERATION_VARIABLE = "PHOENIX_GENERATION"
 READY_FD_VARIABLE = "PHOENIX_READY_FD"
+# The old image's settings, for a new image that cannot build its own (its app
+# or configuration does not load): it runs degraded on them instead of exiting.
+CONFIG_VARIABLE = "PHOENIX_HANDOFF_CONFIG"
+FAILED_PREFIX = b"failed:"  # on the ready pipe: a fork-mode new master that could not load the new code
 
-HANDOFF_VARIABLES = (FDS_VARIABLE, GENERATION_VARIABLE, READY_FD_VARIABLE)
+HANDOFF_VARIABLES = (FDS_VARIABLE, GENERATION_VARIABLE, READY_FD_VARIABLE, CONFIG_VARIABLE)
 PREFLIGHT_OUTPUT_LIMIT = 16_000  # characters of `phoenix check` output kept for the log and `reload --wait`
 
 def _startup_cwd() -> str:
@@ -66,6 +75,26 @@ STARTUP_ENVIRONMENT = {k: v for k, v in os.environ.items() if k not in HANDOFF_V
 def is_replacement() -> bool:
     """True in an image started by a replacement (it inherits the old master's fds)."""
     return bool(os.environ.get(FDS_VARIABLE))
+
+
+def is_fork_successor() -> bool:
+    """True in a fork-mode new master (a new pid; the old master waits for its word)."""
+    return is_replacement() and bool(os.environ.get(READY_FD_VARIABLE))
+
+
+def handed_over_config() -> Config:
+    """The settings the old image ran with (see CONFIG_VARIABLE)."""
+    values = json.loads(os.environ.get(CONFIG_VARIABLE) or "{}")
+    return Config(**values)
+
+
+def report_failure_to_old_master(reason: str) -> None:
+    """Fork mode: the new code cannot run; the old master keeps its children and carries on."""
+    fd = int(os.environ[READY_FD_VARIABLE])
+    try:
+        os.write(fd, FAILED_PREFIX + reason.encode(errors="replace")[:PREFLIGHT_OUTPUT_LIMIT])
+    except OSError:
+        pass  # the old master is gone; our exit tells nobody anything more
 
 
 _fork_successor = False  # set by inherited_fds(): this image is a fork-mode successor (new pid)
@@ -118,9 +147,10 @@ def close_stray_fds(keep: set[int]) -> None:
 class Handoff:
     def __init__(self, master: "Master") -> None:
         self.master = master
-        self.phase = "idle"  # idle | preflight | waiting_callbacks | forked
+        self.phase = HandoffPhase.IDLE
         self.last_result: dict[str, Any] | None = None
         self.new_master_pid: int | None = None
+        self.new_master_error: str | None = None  # what a fork-mode new master reported before it exited
         self.ready_read: int | None = None
         self.preflight_read: int | None = None  # the preflight's stdout and stderr
         self.preflight_output = bytearray()
@@ -128,11 +158,15 @@ class Handoff:
         self.deadline = float("inf")  # monotonic: reload_timeout for the preflight or the new master
         self.helper_pid: int | None = None  # the preflight process
         self.timed_out = False
-        self.paused_timers: list[Any] = []  # fork mode: the deadlines we stop judging while the new master starts
+        self.paused_timers: list[Timer] = []  # fork mode: the deadlines we stop judging while the new master starts
 
     @property
     def busy(self) -> bool:
-        return self.phase != "idle"
+        return self.phase != HandoffPhase.IDLE
+
+    def move(self, phase: HandoffPhase) -> None:
+        """The one writer of `phase`."""
+        self.phase = check_move(HANDOFF_TRANSITIONS, self.phase, phase)
 
     def request_reload(self) -> dict[str, Any]:
         """`phoenix reload`: same as USR2, and answers with the generation to wait past."""
@@ -148,11 +182,11 @@ class Handoff:
         if m.app_spec is None:
             log.event(logging.WARNING, "reload_refused", reason="this master runs an app object, not an app path")
             return False
-        if m.state != "running":
+        if m.state not in (MasterState.RUNNING, MasterState.DEGRADED):
             log.event(logging.WARNING, "reload_refused", reason=f"the master is {m.state}")
             return False
         log.event(logging.INFO, "reload", generation=m.generation, mode=m.config.reexec)
-        self.phase = "preflight"
+        self.move(HandoffPhase.PREFLIGHT)
         self.last_result = {"state": "preflight", "from_generation": m.generation}
         self.preflight_started = time.monotonic()
         argv = [sys.executable, "-m", "phoenix", "check", m.app_spec, "--state-dir", str(m.paths.root)]
@@ -176,7 +210,7 @@ class Handoff:
         self.preflight_output = bytearray()
         self.preflight_read = output_read
         m.selector.register(output_read, selectors.EVENT_READ, self._read_preflight_output)
-        m.other_children[pid] = self._preflight_done
+        m.subprocesses[pid] = self._preflight_done
         self.helper_pid = pid
         return True
 
@@ -232,14 +266,14 @@ class Handoff:
                          f"{output or '(no output)'}")
             return
         log.event(logging.INFO, "preflight_ok", took=f"{time.monotonic() - self.preflight_started:.2f}s")
-        self.phase = "waiting_callbacks"
+        self.move(HandoffPhase.WAITING_CALLBACKS)
         self.continue_when_quiet()
 
     def _failed(self, reason: str, error: str) -> None:
         """The replacement did not happen: this image carries on, as if it had
         never been asked (and runs the callbacks that were held back for it)."""
         m = self.master
-        self.phase = "idle"
+        self.move(HandoffPhase.IDLE)
         self.last_result = {"state": "failed", "from_generation": m.generation, "error": error}
         first, _, rest = error.partition("\n")
         log.event(logging.ERROR, "reload_failed", reason=reason, error=first)
@@ -261,6 +295,7 @@ class Handoff:
         env = dict(STARTUP_ENVIRONMENT)
         env[FDS_VARIABLE] = ",".join(f"{name}={fd}" for name, fd in fds.items())
         env[GENERATION_VARIABLE] = str(self.master.generation + 1)
+        env[CONFIG_VARIABLE] = json.dumps(dataclasses.asdict(self.master.config))
         return env
 
     def _handover_fds(self) -> dict[str, int]:
@@ -293,7 +328,7 @@ class Handoff:
                     if conn in m.control.buffers:  # only part of the request so far
                         poller.register(conn, select.POLLIN)
         m.control.close()  # whatever is left never sent a whole request
-        if m.state != "running":
+        if m.state not in (MasterState.RUNNING, MasterState.DEGRADED):
             m.selector.register(m.control.sock, selectors.EVENT_READ, m.control.accept)
             self._failed("stop", f"the master is {m.state}: a stop request came in before the exec")
             return False
@@ -376,20 +411,23 @@ class Handoff:
         # ready, and does not judge its children by beats it no longer reads.
         m.selector.unregister(m.heartbeat)
         m.selector.unregister(m.control.sock)
-        self.paused_timers, m.timers = m.timers, []
-        self.phase = "forked"
+        self.paused_timers = m.timers.pause()
+        self.move(HandoffPhase.FORKED)
         self.deadline = time.monotonic() + m.config.reload_timeout
         self.new_master_pid = pid
         self.ready_read = ready_read
-        m.other_children[pid] = self._new_master_died
+        m.subprocesses[pid] = self._new_master_died
         m.selector.register(ready_read, selectors.EVENT_READ, self._new_master_ready)
         log.event(logging.INFO, "forked_new_master", pid=pid)
 
     def _new_master_ready(self) -> None:
         m = self.master
         assert self.ready_read is not None
-        data = os.read(self.ready_read, 64)
+        data = os.read(self.ready_read, PREFLIGHT_OUTPUT_LIMIT + len(FAILED_PREFIX))
         self._close_ready_pipe()
+        if data.startswith(FAILED_PREFIX):
+            self.new_master_error = data[len(FAILED_PREFIX):].decode(errors="replace")
+            return  # it exits now; _new_master_died restores
         if not data:
             return  # closed without a word: it died; _new_master_died restores
         log.event(logging.INFO, "handed_over", new_pid=self.new_master_pid, running=len(m.children))
@@ -412,15 +450,19 @@ class Handoff:
         # or are still queued: every child gets a full heartbeat_timeout again.
         now = time.monotonic()
         for attempt in m.children.values():
-            attempt.last_beat = attempt.last_progress = max(attempt.last_beat, now)
-        m.timers.extend(self.paused_timers)
-        heapq.heapify(m.timers)
+            attempt.fresh_grace(now)
+        m.timers.resume(self.paused_timers)
         self.paused_timers = []
         systemd.notify("READY=1")
         if self.timed_out:
             self.timed_out = False
             self._failed("new master", f"the new master (pid {self.new_master_pid}) was not ready within "
                          f"{m.config.reload_timeout} s (reload_timeout) and was killed")
+            return
+        if self.new_master_error is not None:
+            error, self.new_master_error = self.new_master_error, None
+            self._failed("new master", f"the new master (pid {self.new_master_pid}) could not load the new "
+                         f"code: {error}")
             return
         self._failed("new master", f"the new master (pid {self.new_master_pid}) exited with "
                      f"{classify_exit(status)[1]} before it was ready; see its output in the log")
@@ -430,6 +472,13 @@ class Handoff:
             self.master.selector.unregister(self.ready_read)
             os.close(self.ready_read)
             self.ready_read = None
+
+    def became_degraded(self, reason: str) -> None:
+        """In a new image that could not load the new code: it holds the pid
+        and watches the children; `reload --wait` and systemd hear why."""
+        m = self.master
+        self.last_result = {"state": "failed", "from_generation": m.generation - 1, "error": reason}
+        systemd.notify("READY=1", f"STATUS=degraded: {reason.splitlines()[0][:200] if reason else ''}")
 
     def became_ready(self) -> None:
         """In the new image, once sockets are rebuilt, children adopted and the
@@ -464,6 +513,4 @@ def oldbin(m: "Master") -> Path:
 
 
 def _handled() -> set[int]:
-    from phoenix.master import HANDLED_SIGNALS
-
     return set(HANDLED_SIGNALS)

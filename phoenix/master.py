@@ -1,14 +1,18 @@
-"""The master: one single-threaded event loop that forks one child per job
-attempt, watches the children's heartbeats, kills the ones that hang, reaps,
-re-runs under policy, and reports outcomes to callbacks.
+"""The master: one single-threaded event loop that builds the parts and runs
+them in order. Signals and control requests become commands (commands.py);
+every decision is a pure function of its own module (policy, liveness,
+outcomes); every state field has one writer that checks the move (states.py).
 
-    while running:
-        wait_for_events()        # heartbeats, signals, control requests, pidfds
-        handle_signals()
-        reap_children()          # our own children, through SIGCHLD + wait4
-        murder_hung_children()   # deadlines due on the timer heap
-        spawn_pending_jobs()
+    while state is not stopped:
+        wait_for_events()      # sleep until the earliest deadline any part reports;
+                               # heartbeats, signals, control requests, pidfds
+        give_grace_if_away()   # the master itself did not run: children get fresh grace
+        run_commands()         # signals, in arrival order
+        reap_children()        # our own children, through SIGCHLD + wait4
+        run_due_timers()       # liveness checks and kills due on the timer heap
+        spawn_pending_jobs()   # through the one slot gate
         settle_callbacks()
+        handoff / finish / title / watchdog / storage checks
 
 Everything worth keeping is in the journal first, so that a replacement of
 this process (handoff.py), a stop or a crash loses nothing.
@@ -18,8 +22,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import heapq
-import itertools
 import json
 import logging
 import os
@@ -28,106 +30,86 @@ import selectors
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from setproctitle import setproctitle
 
-from phoenix import child, log, metrics, procfs, protocol, systemd
+from phoenix import child, handoff, log, metrics, procfs, protocol, systemd
+from phoenix import control as control_socket
 from phoenix.app import App, AppError, JobInfo, JobSpec, decode_params, resolve_target
+from phoenix.attempts import Attempt
 from phoenix.callbacks import CallbackRunner
+from phoenix.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest, Command, from_request
 from phoenix.config import Config
 from phoenix.control import ControlServer
-from phoenix.journal import Journal, Job, OpenAttempt
+from phoenix.heartbeats import HeartbeatIntake
+from phoenix.journal import Job, Journal, OpenAttempt
+from phoenix.liveness import master_was_away, verdict
+from phoenix.outage import STORAGE_ERRORS, JournalOutage, file_identity, restore_journal
+from phoenix.outcomes import Classified
 from phoenix.paths import StatePaths
 from phoenix.pidfile import AlreadyRunning, PidFile
-from phoenix.policy import RestartBudget, backoff_delay, classify_exit
+from phoenix.policy import RestartBudget, may_run, may_start_jobs
+from phoenix.recorder import LOST_UNWATCHED, OutcomeRecorder
 from phoenix.sockets import bind_heartbeat, datagram_queue_length
 from phoenix.spawner import Spawner
-from phoenix import control as control_socket
-from phoenix import handoff
-from phoenix.outage import STORAGE_ERRORS, JournalOutage, file_identity, restore_journal
+from phoenix.states import (MASTER_TRANSITIONS, HandoffPhase, KillReason, MasterState, Outcome, StopMode, TimerKind,
+                            check_move)
+from phoenix.timers import TimerHeap
 
-HANDLED_SIGNALS = (
-    signal.SIGUSR2, signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGINT,
-    signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD,
-)
-INFO, WARNING, ERROR, DEBUG = logging.INFO, logging.WARNING, logging.ERROR, logging.DEBUG
+INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 event = log.event
-HEARTBEAT_BATCH = 512  # datagrams read per wake-up before other work gets a turn
 # A master that has not emptied its heartbeat socket for this long is behind:
 # it defers heartbeat kills (a false kill would only add fork work to the backlog).
 BACKLOG_GRACE = 0.25
-# How long after a child reported a beat that waited more than an interval to
-# be sent the master still counts itself overloaded (and defers heartbeat kills).
-OVERLOAD_MEMORY = 2.0
-MAX_TRACKED_GAP = 1024  # missing sequence numbers remembered per child, to uncount late arrivals
 SPAWN_SLICE = 0.25  # seconds of forking per turn of the loop before the other steps get a turn
-
-
-@dataclass(slots=True, eq=False)
-class Attempt:
-    """One running attempt: a child we forked, or one we adopted."""
-
-    attempt_id: int
-    job_id: int
-    key: str
-    target: str
-    n: int
-    pid: int
-    spec: JobSpec | None
-    started: float  # monotonic
-    last_beat: float
-    last_progress: float
-    own_child: bool = True  # False: adopted from a dead master, watched through a pidfd
-    pidfd: int | None = None
-    progress: int = 0
-    last_seq: int = 0  # -1: not known yet (adopted: the first message sets it)
-    missing: set[int] = field(default_factory=set)  # sequence numbers skipped that have not arrived (yet)
-    final: dict[str, Any] | None = None  # the finished/failed message, once received
-    kill_reason: str | None = None
-    kill_detail: str | None = None
-    interrupted: bool = False
+PENDING_POLL = 1.0  # fallback look for jobs submitted without a wake-up
+STATE_DIR_CHECK = 1.0
 
 
 class Master:
-    def __init__(self, app: App, app_spec: str | None, config: Config, reload_config: Callable[[], Config],
-                 config_file: str | None = None) -> None:
-        self.app = app
+    def __init__(self, app: App | None, app_spec: str | None, config: Config,
+                 reload_config: Callable[[], Config], config_file: str | None = None,
+                 degraded_reason: str | None = None) -> None:
+        self.app = app  # None: degraded, the new code could not be loaded (see announce_ready)
+        self.degraded_reason = degraded_reason
         self.app_spec = app_spec
         self.config_file = config_file  # handed to the preflight, which must judge the same configuration
         self.config = config
         self.reload_config = reload_config
         self.paths = StatePaths(config.state_dir)
-        self.workers = config.workers
-        self.children: dict[int, Attempt] = {}  # pid -> attempt
-        self.timers: list[tuple[float, int, str, int, int]] = []  # (when, seq, kind, pid, attempt_id)
-        self.timer_seq = itertools.count()
+        self.slots = config.workers
+        self.children: dict[int, Attempt] = {}  # pid -> running attempt
+        self.timers = TimerHeap()
         self.signals: list[int] = []
-        self.state = "starting"  # running | draining | stopping | stopped
-        self.stop_mode: str | None = None  # "term", "drain", "leave"
+        self.state = MasterState.STARTING
+        self.stop_mode: StopMode | None = None
         self.budget = RestartBudget(config.restart_intensity, config.restart_period)
         self.counters = metrics.Counters()
         self.histograms: metrics.Histograms | None = None  # only with --metrics (see metrics.py)
+        self.intake = HeartbeatIntake(self.children, self.counters, os.getuid(), lambda: self.config.heartbeat_interval)
+        self.recorder = OutcomeRecorder(self)
         self.replacements = 0
         self.maybe_pending = True
         self.next_pending_poll = 0.0
+        self.expected_wake = time.monotonic()  # when the loop meant to wake from its last sleep
         self.title_due = 0.0
         self.specs: dict[str, JobSpec] = {}
-        self.other_children: dict[int, Callable[[int], None]] = {}  # pid -> on_exit(status), e.g. the preflight
-        self.uid = os.getuid()
+        self.subprocesses: dict[int, Callable[[int], None]] = {}  # pid -> on_exit(status): the preflight, the spare
         self.started_at = time.time()
         self.exit_code = 0
         self.handoff = handoff.Handoff(self)
         self.spawner = Spawner(self)
         self.retired_heartbeats: list[socket.socket] = []  # still read after a state-dir rebuild
-        self.drained_at = time.monotonic()  # last time a read found the heartbeat socket empty
-        self.overloaded_until = 0.0  # monotonic: children's beats are waiting to get in
         self.overload_warned_at = -60.0
         self.child_exited = True  # SIGCHLD seen since the last reap (True: reconcile at start)
         self.watchdog = systemd.Watchdog()  # WATCHDOG=1 when systemd's WatchdogSec asks for it
         self.outage = JournalOutage(str(self.paths.journal))
         self.next_state_dir_check = 0.0
+
+    def change_state(self, new: MasterState) -> None:
+        """The one writer of `state`."""
+        self.state = check_move(MASTER_TRANSITIONS, self.state, new)
 
     # -- start-up ---------------------------------------------------------------
 
@@ -154,7 +136,8 @@ class Master:
         self.generation = int(self.journal.meta("generation", 0)) + 1
         self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
                               app=self.app_spec, state="starting")
-        self.app.journal = self.journal
+        if self.app is not None:
+            self.app.journal = self.journal
         _raise_fd_limit()
         self.selector = selectors.DefaultSelector()
         if "heartbeat" in inherited:
@@ -204,7 +187,9 @@ class Master:
     def adopt_running_attempts(self) -> None:
         """Take charge of every attempt the journal says is running: ours
         across an in-place exec, orphans after a fork-mode replacement or a
-        master crash. Each gets one full heartbeat_timeout of grace."""
+        master crash. Each gets one full heartbeat_timeout of grace. The app
+        is loaded by now (or known missing): an attempt found lost is judged
+        under its job's own policy."""
         now = time.monotonic()
         for open_attempt in self.journal.open_attempts():
             self._adopt(open_attempt, now)
@@ -213,17 +198,14 @@ class Master:
     def _adopt(self, a: OpenAttempt, now: float) -> None:
         if a.pid is None:
             # A fork that failed, and the master died before recording so.
-            self.conclude_without_process(a, "lost", "the master stopped before the attempt started")
+            self.recorder.conclude_without_process(a, "the master stopped before the attempt started")
             return
         parent, alive = procfs.parent_and_sameness(a.pid, a.start_time)
         own = parent == os.getpid()
         if not own and not alive:
-            self.conclude_without_process(a, "lost", "the process ended while no master watched it")
+            self.recorder.conclude_without_process(a, LOST_UNWATCHED)
             return
-        try:
-            spec: JobSpec | None = self.spec_for(a.target)
-        except AppError:
-            spec = None
+        spec = self.known_spec(a.target)
         # max_runtime counts from the attempt's real start, not from its adoption.
         started = now - max(0.0, time.time() - a.started_at)
         attempt = Attempt(a.attempt_id, a.job_id, a.key, a.target, a.n, a.pid, spec, started, now, now, own_child=own)
@@ -232,22 +214,31 @@ class Master:
             try:
                 attempt.pidfd = os.pidfd_open(a.pid)
             except ProcessLookupError:
-                self.conclude_without_process(a, "lost", "the process ended while no master watched it")
+                self.recorder.conclude_without_process(a, LOST_UNWATCHED)
                 return
             self.selector.register(attempt.pidfd, selectors.EVENT_READ, lambda at=attempt: self.adopted_exited(at))
         self.children[a.pid] = attempt
-        self.schedule(now + self.config.heartbeat_timeout, "check", attempt)
+        self.timers.push(now + self.config.heartbeat_timeout, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
         event(INFO, "adopt", pid=a.pid, job=a.key, attempt=a.n, how="child" if own else "pidfd")
 
     def announce_ready(self) -> None:
-        self.state = "running"
         now = time.monotonic()
         for attempt in self.children.values():  # grace for adopted children starts now
-            attempt.last_beat = attempt.last_progress = max(attempt.last_beat, now)
+            attempt.fresh_grace(now)
+        if self.app is None:
+            self.change_state(MasterState.DEGRADED)
+            self.journal.set_meta(state="degraded")
+            self.handoff.became_degraded(self.degraded_reason or "no app loaded")
+            event(ERROR, "degraded", generation=self.generation, pid=os.getpid(), running=len(self.children),
+                  reason=(self.degraded_reason or "").splitlines()[0] if self.degraded_reason else "-",
+                  effect="watching and recording the running jobs, starting none; send USR2 to load fixed code")
+            self.update_title(force=True)
+            return
+        self.change_state(MasterState.RUNNING)
         self.journal.set_meta(state="running")
         self.handoff.became_ready()
         event(INFO, "ready", generation=self.generation, pid=os.getpid(), app=self.app_spec or "-",
-              workers=self.workers, running=len(self.children))
+              workers=self.slots, running=len(self.children))
         for hook in self.app.startup_hooks:
             try:
                 hook(self.app)
@@ -263,11 +254,11 @@ class Master:
         try:
             self.adopt_running_attempts()
             self.announce_ready()
-            while self.state != "stopped":
+            while self.state != MasterState.STOPPED:
                 self.wait_for_events()
-                self.handle_signals()
+                self.run_commands()
                 self.reap_children()
-                self.murder_hung_children()
+                self.run_due_timers()
                 self.guarded(self.spawn_pending_jobs)
                 self.spawner.replenish()
                 self.settle_callbacks()
@@ -281,144 +272,142 @@ class Master:
             self.close()
         return self.exit_code
 
+    def next_deadline(self, now: float) -> float:
+        """The earliest moment any part needs the loop (einhorn's Event.timeout)."""
+        if self.maybe_pending and self.has_free_slot():
+            return now
+        # The next pending-job poll: a backoff ending, or the fallback for jobs
+        # submitted without a wake-up.
+        deadlines = [max(self.next_pending_poll, now) if self.has_free_slot() else now + PENDING_POLL,
+                     self.watchdog.due, self.outage.next_retry, self.next_state_dir_check]
+        timer = self.timers.next_deadline()
+        if timer is not None:
+            deadlines.append(timer)
+        callback = self.callbacks.next_deadline(self.config.callback_timeout)
+        if callback is not None:
+            deadlines.append(callback)
+        return min(deadlines)
+
     def wait_for_events(self) -> None:
         now = time.monotonic()
-        # The next pending-job poll: a backoff ending, or the 1 s fallback for
-        # jobs submitted without a wake-up.
-        deadline = max(self.next_pending_poll, now) if self.has_free_slot() else now + 1.0
-        if self.timers:
-            deadline = min(deadline, self.timers[0][0])
-        cb_deadline = self.callbacks.next_deadline(self.config.callback_timeout)
-        if cb_deadline is not None:
-            deadline = min(deadline, cb_deadline)
-        deadline = min(deadline, self.watchdog.due, self.outage.next_retry, self.next_state_dir_check)
-        if self.maybe_pending and self.has_free_slot():
-            deadline = now
-        for key, _mask in self.selector.select(max(0.0, deadline - now)):
+        deadline = self.next_deadline(now)
+        ready = self.selector.select(max(0.0, deadline - now))
+        woke = time.monotonic()
+        if master_was_away(max(deadline, now), woke, self.config.heartbeat_interval):
+            self.give_grace(woke - max(deadline, now))
+        for key, _mask in ready:
             key.data()
         if time.monotonic() >= self.next_pending_poll:
             self.maybe_pending = True
 
-    def handle_signals(self) -> None:
-        while self.signals:
-            signum = self.signals.pop(0)
-            handler = _SIGNAL_HANDLERS.get(signum)
-            if handler is not None:
-                handler(self)
+    def give_grace(self, away: float) -> None:
+        """The master itself was not running (SIGSTOP, a VM pause, swap): read
+        every beat that waits, then count each child's silence from now."""
+        self.read_heartbeats()
+        now = time.monotonic()
+        for attempt in self.children.values():
+            attempt.fresh_grace(now)
+        event(WARNING, "master_was_away", seconds=f"{away:.2f}", running=len(self.children),
+              effect="every child gets a fresh heartbeat grace")
 
-    # -- heartbeats ---------------------------------------------------------------
+    def run_commands(self) -> None:
+        while self.signals:
+            command = SIGNAL_COMMANDS.get(self.signals.pop(0))
+            if command is not None:
+                self.execute(command)
+
+    def execute(self, command: Command) -> dict[str, Any]:
+        """Run one command, however it arrived (a signal or the control socket)."""
+        if command == Command.STATUS:
+            return {"ok": True, **self.live_status()}
+        if command == Command.WAKE:
+            self.maybe_pending = True
+        elif command in (Command.STOP, Command.DRAIN, Command.LEAVE):
+            self.begin_stop({Command.STOP: StopMode.TERM, Command.DRAIN: StopMode.DRAIN,
+                             Command.LEAVE: StopMode.LEAVE}[command])
+        elif command == Command.RELOAD:
+            return self.handoff.request_reload()
+        elif command == Command.RELOAD_CONFIG:
+            self.reload_configuration()
+        elif command == Command.SLOT_MORE:
+            self.slots += 1
+            self.maybe_pending = True
+            event(INFO, "workers", workers=self.slots)
+        elif command == Command.SLOT_LESS:
+            self.slots = max(0, self.slots - 1)
+            event(INFO, "workers", workers=self.slots)
+        elif command == Command.REOPEN_LOGS:
+            self.spawner.discard()  # it holds the old log file; the next one gets the new
+            log.reopen()
+            event(INFO, "logs_reopened")
+        return {"ok": True}
+
+    def control_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            command = from_request(request)
+        except BadRequest as exc:
+            return {"ok": False, "error": str(exc)}
+        return self.execute(command)
+
+    def reload_configuration(self) -> None:
+        try:
+            new = self.reload_config()
+        except Exception as exc:  # noqa: BLE001 - a bad edit must not take the master down
+            event(ERROR, "reload_config_failed", error=str(exc))
+            return
+        changed = {k: (getattr(self.config, k), getattr(new, k)) for k in vars(new)
+                   if getattr(self.config, k) != getattr(new, k)}
+        self.config = new
+        self.slots = new.workers
+        self.budget = RestartBudget(new.restart_intensity, new.restart_period)
+        self.maybe_pending = True
+        event(INFO, "config_reloaded",
+              changed=" ".join(f"{k}:{a}->{b}" for k, (a, b) in changed.items()) or "nothing")
+
+    # -- heartbeats and deadlines -------------------------------------------------
 
     def read_heartbeats(self, sock: socket.socket | None = None) -> None:
-        sock = sock or self.heartbeat
+        self.intake.read(sock or self.heartbeat, time.monotonic())
+
+    def run_due_timers(self) -> None:
+        """Run the deadlines that are due: a kill after kill_grace, or a
+        liveness check, which re-arms itself for the attempt's next limit."""
         now = time.monotonic()
-        for _ in range(HEARTBEAT_BATCH):
-            try:
-                data, ancdata, flags, _addr = sock.recvmsg(protocol.RECV_BUFFER_BYTES, protocol.CREDENTIALS_SPACE)
-            except (BlockingIOError, InterruptedError):
-                self.drained_at = now
-                return
-            self.accept_heartbeat(data, ancdata, flags, now)
-
-    def accept_heartbeat(self, data: bytes, ancdata: list[Any], flags: int, now: float) -> None:
-        credentials = protocol.sender_credentials(ancdata)
-        if credentials is None:
-            return self.counters.reject("no_credentials")
-        pid, uid = credentials
-        if uid != self.uid:
-            return self.counters.reject("foreign_uid")
-        attempt = self.children.get(pid)
-        if attempt is None:
-            return self.counters.reject("unknown_pid")
-        if flags & socket.MSG_TRUNC or len(data) > protocol.MAX_MESSAGE_BYTES:  # the buffer has one byte to spare
-            return self.counters.reject("oversized")
-        message = protocol.decode(data)
-        if message is None:
-            return self.counters.reject("malformed")
-        if message.job != attempt.job_id or message.attempt != attempt.n:
-            return self.counters.reject("wrong_attempt")
-        self.counters.beats += 1
-        attempt.last_beat = now
-        if message.seq > attempt.last_seq:
-            if attempt.last_seq >= 0 and message.seq > attempt.last_seq + 1:
-                self.note_gap(attempt, attempt.last_seq + 1, message.seq)
-            attempt.last_seq = message.seq
-        elif message.seq in attempt.missing:  # late, not lost: beats and the final travel on two sockets
-            attempt.missing.discard(message.seq)
-            self.counters.beats_missing -= 1
-        is_final = message.kind in ("finished", "failed")
-        if is_final:
-            self.final_seq_arrived(attempt, message.seq)
-        if message.progress > attempt.progress:
-            attempt.progress = message.progress
-            attempt.last_progress = now
-        waited = message.body.get("w")
-        if type(waited) in (int, float) and waited > self.config.heartbeat_interval:
-            self.overloaded_until = now + OVERLOAD_MEMORY
-        if is_final and attempt.final is None:
-            attempt.final = message.body
-        elif log.log.isEnabledFor(DEBUG):
-            event(DEBUG, "beat", pid=pid, job=attempt.key, attempt=attempt.n, seq=message.seq,
-                  progress=message.progress)
-
-    def note_gap(self, attempt: Attempt, first: int, end: int) -> None:
-        """Sequence numbers first..end-1 were skipped: beats the child numbered
-        that have not arrived. Counted now; uncounted if one turns up late."""
-        self.counters.beats_missing += end - first
-        if end - first <= MAX_TRACKED_GAP and len(attempt.missing) <= MAX_TRACKED_GAP:
-            attempt.missing.update(range(first, end))
-
-    def final_seq_arrived(self, attempt: Attempt, seq: Any) -> None:
-        """The final message numbered `seq` arrived (on the socket or through the
-        outbox). Neither it nor the beat numbered just before it is lost: that
-        beat was in flight on the heartbeat thread's own socket, and may arrive
-        after the outcome or be cut off by the child's exit right after it."""
-        if type(seq) is not int:
-            return
-        for number in (seq, seq - 1):
-            if number in attempt.missing:
-                attempt.missing.discard(number)
-                self.counters.beats_missing -= 1
-
-    # -- timers ---------------------------------------------------------------------
-
-    def schedule(self, when: float, kind: str, attempt: Attempt) -> None:
-        heapq.heappush(self.timers, (when, next(self.timer_seq), kind, attempt.pid, attempt.attempt_id))
-
-    def murder_hung_children(self) -> None:
-        """Run the deadlines that are due. A beat only moves `last_beat` (O(1));
-        the single pending check of each child re-arms itself here (O(log n))."""
-        now = time.monotonic()
-        while self.timers and self.timers[0][0] <= now:
-            _, _, kind, pid, attempt_id = heapq.heappop(self.timers)
-            attempt = self.children.get(pid)
-            if attempt is None or attempt.attempt_id != attempt_id:
+        for timer in self.timers.pop_due(now):
+            attempt = self.children.get(timer.pid)
+            if attempt is None or attempt.attempt_id != timer.attempt_id:
                 continue  # already gone
-            if kind == "kill":
+            if timer.kind == TimerKind.KILL:
                 self.signal_attempt(attempt, signal.SIGKILL)
-                continue
-            if attempt.kill_reason is not None or attempt.final is not None:
-                continue  # being killed, or done and about to exit
-            reason, due = self.liveness_verdict(attempt, now)
-            if reason == "heartbeat_timeout" and now < self.overloaded_until:
+            elif attempt.kill_reason is None and attempt.final is None:  # not being killed, not done
+                self.check_liveness(attempt, now)
+
+    def check_liveness(self, attempt: Attempt, now: float) -> None:
+        limits = attempt.limits(self.config.heartbeat_timeout)
+        judged = verdict(limits, last_beat=attempt.last_beat, last_progress=attempt.last_progress,
+                         started=attempt.started, now=now)
+        if judged.reason == KillReason.HEARTBEAT_TIMEOUT:
+            if now < self.intake.overloaded_until:
                 # Children report beats that waited longer than an interval to get
                 # into our socket: we are the bottleneck, and their silence may be ours.
                 self.counters.count(self.counters.kills, "deferred_overload")
                 self.warn_overloaded(now)
-                self.schedule(now + BACKLOG_GRACE, "check", attempt)
-                continue
-            if reason == "heartbeat_timeout" and now - self.drained_at > BACKLOG_GRACE:
+                self.timers.push(now + BACKLOG_GRACE, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
+                return
+            if now - self.intake.drained_at > BACKLOG_GRACE:
                 # The master itself is behind: beats may be waiting in the socket
                 # (or in blocked senders). Silence is not the child's fault yet.
                 self.read_heartbeats()
-                if now - self.drained_at > BACKLOG_GRACE:
+                if now - self.intake.drained_at > BACKLOG_GRACE:
                     self.counters.count(self.counters.kills, "deferred_backlog")
-                    self.schedule(now + BACKLOG_GRACE, "check", attempt)
-                    continue
-                reason, due = self.liveness_verdict(attempt, now)
-            if reason is None:
-                self.schedule(due, "check", attempt)
-            else:
-                self.kill(attempt, reason, now)
+                    self.timers.push(now + BACKLOG_GRACE, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
+                    return
+                judged = verdict(limits, last_beat=attempt.last_beat, last_progress=attempt.last_progress,
+                                 started=attempt.started, now=now)
+        if judged.reason is None:
+            self.timers.push(judged.next_check, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
+        else:
+            self.kill(attempt, judged.reason, now)
 
     def warn_overloaded(self, now: float) -> None:
         if now - self.overload_warned_at >= 60.0:
@@ -428,36 +417,21 @@ class Master:
                   effect="heartbeat kills wait until beats get through; raise net.unix.max_dgram_qlen "
                          "(sysctl; 512 for hundreds of children) or heartbeat_interval, or lower workers")
 
-    def heartbeat_timeout_of(self, attempt: Attempt) -> float:
-        spec = attempt.spec
-        return (spec.heartbeat_timeout if spec is not None else None) or self.config.heartbeat_timeout
-
-    def liveness_verdict(self, attempt: Attempt, now: float) -> tuple[str | None, float]:
-        """(reason to kill, or None; when to check next)."""
-        spec = attempt.spec
-        deadlines = [("heartbeat_timeout", attempt.last_beat + self.heartbeat_timeout_of(attempt))]
-        if spec is not None and spec.stall_timeout:
-            deadlines.append(("stall_timeout", attempt.last_progress + spec.stall_timeout))
-        if spec is not None and spec.max_runtime:
-            deadlines.append(("max_runtime", attempt.started + spec.max_runtime))
-        reason, due = min(deadlines, key=lambda d: d[1])
-        return (reason if due <= now else None), due
-
-    def kill(self, attempt: Attempt, reason: str, now: float) -> None:
-        ages = {"heartbeat_timeout": now - attempt.last_beat, "stall_timeout": now - attempt.last_progress,
-                "max_runtime": now - attempt.started, "operator": 0.0}
+    def kill(self, attempt: Attempt, reason: KillReason, now: float) -> None:
+        ages = {KillReason.HEARTBEAT_TIMEOUT: now - attempt.last_beat,
+                KillReason.STALL_TIMEOUT: now - attempt.last_progress,
+                KillReason.MAX_RUNTIME: now - attempt.started, KillReason.OPERATOR: 0.0}
         attempt.kill_reason = reason
-        attempt.kill_detail = f"{reason}: {ages.get(reason, 0.0):.2f} s"
+        attempt.kill_detail = f"{reason}: {ages[reason]:.2f} s"
         self.counters.count(self.counters.kills, reason)
-        if reason == "heartbeat_timeout":
-            late = now - attempt.last_beat - self.heartbeat_timeout_of(attempt)
-            if self.histograms is not None:
-                self.histograms.detection_latency.observe(max(0.0, late))
-        event(WARNING, "kill", pid=attempt.pid, job=attempt.key, attempt=attempt.n, reason=reason,
-              after=f"{ages.get(reason, 0.0):.2f}s")
+        if reason == KillReason.HEARTBEAT_TIMEOUT and self.histograms is not None:
+            late = now - attempt.last_beat - attempt.limits(self.config.heartbeat_timeout).heartbeat_timeout
+            self.histograms.detection_latency.observe(max(0.0, late))
+        event(WARNING, "kill", pid=attempt.pid, job=attempt.key, attempt=attempt.number, reason=reason,
+              after=f"{ages[reason]:.2f}s")
         self.signal_attempt(attempt, signal.SIGTERM)
         self.signal_attempt(attempt, signal.SIGCONT)  # a stopped process only acts on TERM once continued
-        self.schedule(now + self.config.kill_grace, "kill", attempt)
+        self.timers.push(now + self.config.kill_grace, TimerKind.KILL, attempt.pid, attempt.attempt_id)
 
     def signal_attempt(self, attempt: Attempt, signum: int) -> None:
         """Signal the attempt's whole process group (the job and anything it forked)."""
@@ -475,7 +449,7 @@ class Master:
     # -- exits ------------------------------------------------------------------------
 
     def reap_children(self) -> None:
-        if self.handoff.phase == "forked":
+        if self.handoff.phase == HandoffPhase.FORKED:
             # The new master watches the children now (through pidfds); only
             # reap the new master itself, to notice if it dies before ready.
             self.reap_new_master()
@@ -493,26 +467,25 @@ class Master:
             attempt = self.children.pop(pid, None)
             if attempt is not None:
                 self.conclude(attempt, status, rusage.ru_maxrss)
-            elif pid in self.other_children:
-                self.other_children.pop(pid)(status)
+            elif pid in self.subprocesses:
+                self.subprocesses.pop(pid)(status)
 
     def reap_new_master(self) -> None:
         pid = self.handoff.new_master_pid
-        if pid is None:
-            return
+        assert pid is not None
         try:
             reaped, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             return
         if reaped:
-            self.other_children.pop(pid)(status)
+            self.subprocesses.pop(pid)(status)
 
     def leave_children_running(self) -> None:
         """Fork mode, once the new master is ready: exit without touching the
         children; they are orphaned, keep beating, and the new master adopts them."""
-        self.stop_mode = "handed_over"
+        self.stop_mode = StopMode.HANDED_OVER
         self.children.clear()
-        self.state = "stopped"
+        self.change_state(MasterState.STOPPED)
 
     def adopted_exited(self, attempt: Attempt) -> None:
         """The pidfd of an adopted (not our) child became readable: it exited.
@@ -524,124 +497,32 @@ class Master:
             self.conclude(attempt, None, None)
 
     def conclude(self, attempt: Attempt, status: int | None, max_rss_kb: int | None) -> None:
-        """Record how an attempt ended, exactly once, and decide what comes next."""
         if attempt.pidfd is not None:
             self.selector.unregister(attempt.pidfd)
             os.close(attempt.pidfd)
-        try:
-            os.killpg(attempt.pid, signal.SIGKILL)  # grandchildren die with the job
-        except (ProcessLookupError, PermissionError):
-            pass
-        final = attempt.final or self.read_outbox(attempt.job_id, attempt.n)
-        if final is not None and attempt.missing:
-            self.final_seq_arrived(attempt, final.get("seq"))
-        result_json = None
-        error = None
-        reason = None
-        if final is not None and final.get("k") == "finished":
-            outcome = "finished"
-            result_json = json.dumps(final.get("result"))
-        elif final is not None:
-            outcome, error = "error", str(final.get("error"))
-        elif attempt.interrupted:
-            outcome, reason = "interrupted", "stopped before it finished"
-        elif attempt.kill_reason is not None:
-            outcome, reason = "killed", attempt.kill_reason
-        elif status is not None:
-            outcome, reason = classify_exit(status)
-        else:
-            outcome, reason = "lost", "exited while adopted; its exit status went to its former parent"
-        if error is None and outcome != "finished":
-            error = reason if attempt.kill_detail is None else attempt.kill_detail
-            if status is not None and outcome == "killed":
-                error += f"; ended by {classify_exit(status)[1]}"
-        if max_rss_kb:
-            error = f"{error} (max RSS {max_rss_kb} KiB)" if error else None
-        record = functools.partial(self.record_outcome, attempt.job_id, attempt.key, attempt.target,
-                                   attempt.attempt_id, attempt.n, outcome, reason, error, result_json,
-                                   max_rss_kb, attempt.pid)
-        self.guarded(record, retry=True)
-        if self.histograms is not None:
-            self.histograms.job_duration.labels(outcome).observe(time.monotonic() - attempt.started)
+        self.recorder.conclude(attempt, status, max_rss_kb)
+
+    # -- what the recorder asks (recorder.OutcomeHost) ---------------------------------
+
+    def retries_for(self, target: str) -> int | None:
+        """The job's retries; None while no app is loaded (its policy is not known)."""
+        if self.app is None:
+            return None
+        spec = self.known_spec(target)
+        if spec is None:
+            return 0  # the loaded code has no such job: a re-run could not start
+        return spec.retries if spec.retries is not None else self.config.retries
+
+    def callbacks_held(self) -> bool:
+        return self.handoff.busy or self.app is None
+
+    def jobs_may_be_pending(self) -> None:
         self.maybe_pending = True
-
-    def conclude_without_process(self, a: OpenAttempt, outcome: str, reason: str) -> None:
-        final = self.read_outbox(a.job_id, a.n)
-        if final is not None:
-            outcome = "finished" if final.get("k") == "finished" else "error"
-            reason = None
-        result_json = json.dumps(final.get("result")) if final and outcome == "finished" else None
-        error = str(final.get("error")) if final and outcome == "error" else reason
-        self.record_outcome(a.job_id, a.key, a.target, a.attempt_id, a.n, outcome, reason, error,
-                            result_json, None, a.pid)
-
-    def record_outcome(self, job_id: int, key: str, target: str, attempt_id: int, n: int, outcome: str,
-                       reason: str | None, error: str | None, result_json: str | None,
-                       max_rss_kb: int | None, pid: int | None) -> None:
-        job = self.journal.job_row(job_id)
-        assert job is not None
-        spec = self.specs.get(target)
-        retries = spec.retries if spec is not None and spec.retries is not None else self.config.retries
-        failures = job["failures"] + (outcome not in ("finished", "interrupted"))
-        not_before = 0.0
-        callback: str | None = None
-        if outcome == "finished":
-            state, callback = "finished", "on_finished"
-        elif outcome == "interrupted":
-            state = "pending"
-        elif failures <= retries and spec is not None:
-            state = "pending"
-            slot = self.budget.next_slot()
-            delay = max(backoff_delay(failures, self.config.backoff_base, self.config.backoff_cap),
-                        slot - time.monotonic())
-            not_before = time.time() + delay
-        else:
-            state, callback = "failed", "on_failed"
-        recorded, callback_id = self.journal.end_attempt(
-            attempt_id, job_id, outcome=outcome, reason=reason, error=error, result_json=result_json,
-            max_rss_kb=max_rss_kb, job_state=state, counts_as_failure=outcome not in ("finished", "interrupted"),
-            not_before=not_before, callback=callback, attempt_n=n,
-        )
-        self.remove_outbox(job_id, n)
-        if not recorded:
-            return  # another master recorded it first (a fork-mode handover)
-        self.counters.count(self.counters.attempts, outcome)
-        level = INFO if outcome in ("finished", "interrupted") else WARNING
-        fields: dict[str, Any] = {"pid": pid, "job": key, "attempt": n, "outcome": outcome}
-        if reason:
-            fields["reason"] = reason
-        if state == "pending" and outcome != "interrupted":
-            fields["retry_in"] = f"{max(0.0, not_before - time.time()):.2f}s"
-        event(level, {"finished": "complete", "interrupted": "interrupted"}.get(outcome, "attempt_failed")
-              if state != "failed" else "job_failed", **fields)
-        if outcome == "error" and error and state == "failed":
-            log.log.warning("%s", error.rstrip())
-        if callback_id is not None and not self.handoff.busy:
-            # While a replacement waits for callbacks to end, new ones stay owed
-            # in the journal and the new image runs them.
-            self.start_callback(callback_id, job_id, n, callback or "")
-
-    def read_outbox(self, job_id: int, n: int) -> dict[str, Any] | None:
-        path = self.paths.outbox / f"{job_id}.{n}.json"
-        try:
-            message = protocol.decode(path.read_bytes())
-        except OSError:
-            return None
-        if message is None or message.job != job_id or message.attempt != n or message.kind not in ("finished", "failed"):
-            event(WARNING, "outbox_ignored", path=path, reason="not a valid outcome message")
-            return None
-        return message.body
-
-    def remove_outbox(self, job_id: int, n: int) -> None:
-        try:
-            os.unlink(f"{self.paths.outbox}/{job_id}.{n}.json")  # a str: no Path object per job
-        except FileNotFoundError:
-            pass
 
     # -- spawning -------------------------------------------------------------------
 
     def has_free_slot(self) -> bool:
-        return self.state == "running" and not self.outage.active and self.handoff.phase in ("idle", "preflight") and len(self.children) < self.workers
+        return may_start_jobs(self.state, self.handoff.phase, self.outage.active, len(self.children), self.slots)
 
     def spec_for(self, target: str) -> JobSpec:
         spec = self.specs.get(target)
@@ -649,12 +530,20 @@ class Master:
             spec = self.specs[target] = resolve_target(target)
         return spec
 
+    def known_spec(self, target: str) -> JobSpec | None:
+        if self.app is None:
+            return None
+        try:
+            return self.spec_for(target)
+        except AppError:
+            return None
+
     def spawn_pending_jobs(self) -> None:
         if not self.maybe_pending or not self.has_free_slot():
             return
         self.maybe_pending = False
-        self.next_pending_poll = time.monotonic() + 1.0
-        jobs = self.journal.pending(self.workers - len(self.children))
+        self.next_pending_poll = time.monotonic() + PENDING_POLL
+        jobs = self.journal.pending(self.slots - len(self.children))
         slice_ends = time.monotonic() + SPAWN_SLICE
         for job in jobs:
             self.spawn(job)
@@ -670,25 +559,35 @@ class Master:
         if next_at is not None and next_at > time.time():
             self.next_pending_poll = min(self.next_pending_poll, time.monotonic() + next_at - time.time())
 
+    def fail_before_start(self, job: Job, error: str) -> None:
+        event(ERROR, "job_failed", job=job.key, outcome="error", reason="cannot start")
+        log.log.error("%s", error)
+        callback_id = self.journal.fail_without_attempt(job.id, error)
+        if callback_id is not None:
+            self.start_callback(callback_id, job.id, 0, "on_failed")
+
     def spawn(self, job: Job) -> None:
         try:
             spec = self.spec_for(job.target)
             decode_params(job.params)  # bad JSON fails the job here, not in a child
         except AppError as exc:
-            event(ERROR, "job_failed", job=job.key, outcome="error", reason="cannot start")
-            log.log.error("%s", exc)
-            callback_id = self.journal.fail_without_attempt(job.id, str(exc))
-            if callback_id is not None:
-                self.start_callback(callback_id, job.id, 0, "on_failed")
+            self.fail_before_start(job, str(exc))
             return
-        n = job.attempts + 1
+        retries = spec.retries if spec.retries is not None else self.config.retries
+        if not may_run(job.failures, retries):
+            # Its failures were recorded by a master that had no app loaded.
+            self.fail_before_start(job, f"job {job.key!r} failed {job.failures} time(s); its policy allows "
+                                        f"{retries} retries")
+            return
+        number = job.attempts + 1
         try:
             waiting = self.spawner.take()
         except OSError as exc:  # out of processes or memory: the attempt did not start
-            event(ERROR, "fork_failed", job=job.key, attempt=n, error=exc.strerror)
+            event(ERROR, "fork_failed", job=job.key, attempt=number, error=exc.strerror)
             attempt_id = self.journal.begin_attempt(job, self.generation, None, None)
-            self.record_outcome(job.id, job.key, job.target, attempt_id, n, "lost", f"fork failed: {exc.strerror}",
-                                f"fork failed: {exc.strerror}", None, None, None)
+            reason = f"fork failed: {exc.strerror}"
+            self.recorder.record(job.id, job.key, job.target, attempt_id, number,
+                                 Classified(Outcome.LOST, reason, reason, None), None, None)
             return
         pid = waiting.pid
         try:
@@ -699,24 +598,28 @@ class Master:
             os.close(waiting.order_fd)
             self.outage.failed(exc, "begin_attempt")
             return
-        delivered = waiting.send(child.order(job.id, job.key, n, job.target, job.params,
+        delivered = waiting.send(child.order(job.id, job.key, number, job.target, job.params,
                                              self.config.heartbeat_interval, self.config.outcome_delivery_timeout))
         now = time.monotonic()
-        attempt = Attempt(attempt_id, job.id, job.key, job.target, n, pid, spec, now, now, now)
+        attempt = Attempt(attempt_id, job.id, job.key, job.target, number, pid, spec, now, now, now)
         if not delivered:  # the child died waiting and never saw its job: not the job's failure
             attempt.interrupted = True
             attempt.kill_detail = "its child died before it received the job"
         self.children[pid] = attempt
-        self.schedule(self.liveness_verdict(attempt, now)[1], "check", attempt)
+        first_check = verdict(attempt.limits(self.config.heartbeat_timeout), last_beat=now, last_progress=now,
+                              started=now, now=now).next_check
+        self.timers.push(first_check, TimerKind.CHECK, pid, attempt_id)
         self.counters.spawned += 1
-        event(INFO, "spawn", pid=pid, job=job.key, attempt=n, target=job.target)
+        event(INFO, "spawn", pid=pid, job=job.key, attempt=number, target=job.target)
 
     # -- callbacks ------------------------------------------------------------------
 
-    def start_callback(self, callback_id: int, job_id: int, n: int, kind: str) -> None:
+    def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None:
+        assert self.app is not None
         row = self.journal.job_row(job_id)
         assert row is not None
-        info = JobInfo(job_id, row["key"], row["target"], json.loads(row["params"]), n, row["outcome"], row["error"])
+        info = JobInfo(job_id, row["key"], row["target"], json.loads(row["params"]), number, row["outcome"],
+                       row["error"])
         functions: list[Callable[..., Any]]
         if kind == "on_finished":
             functions = list(self.app.finished_callbacks)
@@ -733,10 +636,12 @@ class Master:
     def run_owed_callbacks(self) -> None:
         """Callbacks recorded as owed by an earlier master and never done: run
         them now (at least once across a crash; they get the job id and attempt
-        to de-duplicate)."""
-        for callback_id, job_id, n, kind in self.journal.owed_callbacks():
+        to de-duplicate). Not while no app is loaded: they stay owed."""
+        if self.app is None:
+            return
+        for callback_id, job_id, number, kind in self.journal.owed_callbacks():
             if callback_id not in self.callbacks.running:
-                self.start_callback(callback_id, job_id, n, kind)
+                self.start_callback(callback_id, job_id, number, kind)
 
     def settle_callbacks(self) -> None:
         now = time.monotonic()
@@ -776,7 +681,7 @@ class Master:
             self.guarded(self.run_owed_callbacks)  # any that could not be started meanwhile
         if now < self.next_state_dir_check:
             return
-        self.next_state_dir_check = now + 1.0
+        self.next_state_dir_check = now + STATE_DIR_CHECK
         if file_identity(self.paths.journal) != self.journal_identity:
             self.rebuild_state_dir()
 
@@ -790,7 +695,9 @@ class Master:
             if file_identity(self.paths.journal) is None:
                 restore_journal(self.journal.db, self.paths.journal)
             self.journal.close()
-            self.journal = self.app.journal = Journal(self.paths.journal)
+            self.journal = Journal(self.paths.journal)
+            if self.app is not None:
+                self.app.journal = self.journal
             self.journal_identity = file_identity(self.paths.journal)
             self.pidfile.rebuild()
             old_heartbeat = self.heartbeat
@@ -811,41 +718,43 @@ class Master:
     def check_finished(self) -> None:
         if self.children or self.callbacks.running:
             return
-        if self.state in ("draining", "stopping"):
-            self.state = "stopped"
-        elif self.state == "running" and self.config.exit_when_done and (not self.maybe_pending or self.workers == 0):
+        if self.state in (MasterState.DRAINING, MasterState.STOPPING):
+            self.change_state(MasterState.STOPPED)
+        elif (self.state == MasterState.RUNNING and self.config.exit_when_done
+              and (not self.maybe_pending or self.slots == 0)):
             # (With no slots, pending jobs are never looked for: ask the journal.)
             counts = self.journal.counts()
             if counts["pending"] == 0 and counts["running"] == 0:
                 event(INFO, "monitoring_complete", finished=counts["finished"], failed=counts["failed"], running=0)
                 self.exit_code = 1 if counts["failed"] else 0
-                self.state = "stopped"
+                self.change_state(MasterState.STOPPED)
 
-    def begin_stop(self, mode: str) -> None:
+    def begin_stop(self, mode: StopMode) -> None:
         self.spawner.discard()
-        if self.state in ("stopping",) and mode == "term":
+        if self.state == MasterState.STOPPING and mode == StopMode.TERM:
             event(WARNING, "stop_now", running=len(self.children))
             for attempt in list(self.children.values()):
                 self.signal_attempt(attempt, signal.SIGKILL)
             return
-        if mode == "leave":
+        if mode == StopMode.LEAVE:
             event(INFO, "stop", mode="leave-running", running=len(self.children))
-            self.stop_mode = "leave"
+            self.stop_mode = StopMode.LEAVE
             self.children.clear()  # they keep running; the next master adopts them
-            self.state = "stopped"
+            self.change_state(MasterState.STOPPED)
             return
-        if mode == "drain":
-            event(INFO, "drain", running=len(self.children))
-            self.state = "draining"
+        if mode == StopMode.DRAIN:
+            if self.state in (MasterState.RUNNING, MasterState.DEGRADED):
+                event(INFO, "drain", running=len(self.children))
+                self.change_state(MasterState.DRAINING)
             return
         event(INFO, "stop", mode="term", running=len(self.children))
-        self.state = "stopping"
+        self.change_state(MasterState.STOPPING)
         now = time.monotonic()
         for attempt in self.children.values():
             attempt.interrupted = True
             self.signal_attempt(attempt, signal.SIGTERM)
             self.signal_attempt(attempt, signal.SIGCONT)
-            self.schedule(now + self.config.kill_grace, "kill", attempt)
+            self.timers.push(now + self.config.kill_grace, TimerKind.KILL, attempt.pid, attempt.attempt_id)
 
     def close(self) -> None:
         self.spawner.discard()
@@ -853,7 +762,7 @@ class Master:
         self.settle_callbacks()
         self.callbacks.shutdown()
         self.control.close()
-        if self.stop_mode == "handed_over":
+        if self.stop_mode == StopMode.HANDED_OVER:
             # The sockets, the pidfile and the journal's meta are the new master's now.
             handoff.oldbin(self).unlink(missing_ok=True)
             self.journal.record_event("handed_over", self.generation, os.getpid(), None)
@@ -874,39 +783,27 @@ class Master:
         self.title_due = now + 0.5
         self.counters.jobs = self.journal.counts()
         pending = self.counters.jobs["pending"]
-        app = self.app.name or self.app_spec or "-"
+        app = (self.app.name if self.app is not None else None) or self.app_spec or "-"
+        if self.state == MasterState.DEGRADED:
+            setproctitle(f"phoenix: master gen {self.generation} [{app}] DEGRADED {len(self.children)} running")
+            first_line = (self.degraded_reason or "no app loaded").splitlines()[0]
+            systemd.notify(f"STATUS=degraded: {first_line[:200]}")
+            return
         setproctitle(f"phoenix: master gen {self.generation} [{app}] {len(self.children)} running {pending} pending")
         systemd.notify(f"STATUS=gen {self.generation}: {len(self.children)} running, {pending} pending")
 
-    # -- control requests -----------------------------------------------------------
-
-    def control_request(self, request: dict[str, Any]) -> dict[str, Any]:
-        command = request.get("cmd")
-        if command == "status":
-            return {"ok": True, **self.live_status()}
-        if command == "wake":
-            self.maybe_pending = True
-            return {"ok": True}
-        if command == "stop":
-            mode = request.get("mode", "term")
-            if mode not in ("term", "drain", "leave"):
-                return {"ok": False, "error": f"unknown stop mode {mode!r}"}
-            self.begin_stop(mode)
-            return {"ok": True}
-        if command == "reload":
-            return self.handoff.request_reload()
-        return {"ok": False, "error": f"unknown command {command!r}; known: status, wake, stop, reload"}
-
     def live_status(self) -> dict[str, Any]:
         now = time.monotonic()
+        shown_state = self.state if self.state in (MasterState.DRAINING, MasterState.DEGRADED) else "running"
         return {
             "master": {
                 "pid": os.getpid(),
                 "generation": self.generation,
-                "state": "draining" if self.state == "draining" else "running",
+                "state": str(shown_state),
+                "degraded_reason": self.degraded_reason if self.state == MasterState.DEGRADED else None,
                 "started_at": self.started_at,
                 "uptime": round(time.time() - self.started_at, 3),
-                "workers": self.workers,
+                "workers": self.slots,
                 "slots_used": len(self.children),
                 "spare_pid": self.spawner.spare.pid if self.spawner.spare else None,
                 "app": self.app_spec,
@@ -918,7 +815,7 @@ class Master:
             "running": {
                 str(a.job_id): {
                     "pid": a.pid,
-                    "attempt": a.n,
+                    "attempt": a.number,
                     "age": round(now - a.started, 3),
                     "last_beat_age": round(now - a.last_beat, 3),
                     "progress": a.progress,
@@ -946,58 +843,9 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _on_hup(m: Master) -> None:
-    try:
-        new = m.reload_config()
-    except Exception as exc:  # noqa: BLE001 - a bad edit must not take the master down
-        event(ERROR, "reload_config_failed", error=str(exc))
-        return
-    changed = {k: (getattr(m.config, k), getattr(new, k)) for k in vars(new) if getattr(m.config, k) != getattr(new, k)}
-    m.config = new
-    m.workers = new.workers
-    m.budget = RestartBudget(new.restart_intensity, new.restart_period)
-    m.maybe_pending = True
-    event(INFO, "config_reloaded", changed=" ".join(f"{k}:{a}->{b}" for k, (a, b) in changed.items()) or "nothing")
-
-
-def _on_ttin(m: Master) -> None:
-    m.workers += 1
-    m.maybe_pending = True
-    event(INFO, "workers", workers=m.workers)
-
-
-def _on_ttou(m: Master) -> None:
-    m.workers = max(0, m.workers - 1)
-    event(INFO, "workers", workers=m.workers)
-
-
-def _on_usr1(m: Master) -> None:
-    m.spawner.discard()  # it holds the old log file; the next one gets the new
-    log.reopen()
-    event(INFO, "logs_reopened")
-
-
-_SIGNAL_HANDLERS: dict[int, Callable[[Master], None]] = {
-    signal.SIGTERM: lambda m: m.begin_stop("term"),
-    signal.SIGINT: lambda m: m.begin_stop("term"),
-    signal.SIGQUIT: lambda m: m.begin_stop("drain"),
-    signal.SIGHUP: _on_hup,
-    signal.SIGTTIN: _on_ttin,
-    signal.SIGTTOU: _on_ttou,
-    signal.SIGUSR1: _on_usr1,
-    signal.SIGUSR2: lambda m: m.handoff.begin(),
-    signal.SIGCHLD: lambda m: None,  # _read_signals marks child_exited; reap_children reaps
-}
-
-
-def run_master(app: App, app_spec: str | None, flags: dict[str, Any], config_file: str | None = None) -> int:
-    """Build the configuration, set up logging, and run a master until it stops."""
-    from phoenix import config as config_module
-
-    def load() -> Config:
-        return config_module.load(app.settings, config_file, flags)
-
-    config = load()
+def run_master(app: App | None, app_spec: str | None, config: Config, load_config: Callable[[], Config],
+               config_file: str | None = None, degraded_reason: str | None = None) -> int:
+    """Set up logging and run a master until it stops."""
     log.setup(config.log_level, config.log_format, config.log_file)
     gc.freeze()  # objects made so far stay out of the collector: forked children share their pages
-    return Master(app, app_spec, config, load, config_file).run()
+    return Master(app, app_spec, config, load_config, config_file, degraded_reason).run()

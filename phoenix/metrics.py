@@ -89,7 +89,7 @@ class _MasterCollector:
                                   value=m.replacements)
         yield GaugeMetricFamily("phoenix_master_generation", "Generation of the running master", value=m.generation)
         yield GaugeMetricFamily("phoenix_children_running", "Children being watched", value=len(m.children))
-        yield GaugeMetricFamily("phoenix_workers", "Concurrent child slots", value=m.workers)
+        yield GaugeMetricFamily("phoenix_workers", "Concurrent child slots", value=m.slots)
 
 
 def _labelled(family: Any, values: dict[str, int]) -> Any:

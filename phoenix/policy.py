@@ -1,52 +1,65 @@
-"""What an attempt's end means, and when a job runs again.
+"""When a job runs again: retries, backoff, the restart budget, the slot gate.
 
-Outcomes (the `outcome` of an attempt and of its job in `phoenix status`):
-    finished     the job returned; its result is recorded
-    error        the job raised (traceback) or returned something unusable
-    killed       Phoenix killed it; reason heartbeat_timeout | stall_timeout | max_runtime
-    crashed      died of a fatal signal of its own (SIGSEGV, SIGABRT, SIGBUS, ...)
-    signalled    killed by a signal someone else sent (an outside SIGKILL or SIGTERM)
-    exited       left with an exit code and no outcome (os._exit(3), sys.exit in a thread)
-    lost         gone while no master watched, with no outcome in the outbox
-    interrupted  stopped by `phoenix stop` / TERM; the job goes back to pending
-"""
+Pure decisions: tests/unit/test_policy.py checks them without processes."""
 
 from __future__ import annotations
 
 import collections
-import os
 import random
-import signal
 import time
+from dataclasses import dataclass
 
-# Signals a process raises against itself when it breaks.
-_CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT, signal.SIGSYS, signal.SIGTRAP}
-
-
-def signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
+from phoenix.states import HandoffPhase, MasterState, Outcome
 
 
-def classify_exit(status: int) -> tuple[str, str]:
-    """(outcome, reason) of a process that ended without an outcome message."""
-    if os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
-        outcome = "crashed" if signum in _CRASH_SIGNALS else "signalled"
-        core = " (core dumped)" if os.WCOREDUMP(status) else ""
-        return outcome, f"{signal_name(signum)}{core}"
-    code = os.WEXITSTATUS(status)
-    return "exited", f"exit code {code}"
-
-
-def backoff_delay(failures: int, base: float, cap: float) -> float:
+def backoff_delay(failures: int, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(n-1))]
     so that jobs failing together do not retry together."""
     if base <= 0:
         return 0.0
-    return random.uniform(0, min(cap, base * 2 ** max(failures - 1, 0)))
+    return (rng or random).uniform(0, min(cap, base * 2 ** max(failures - 1, 0)))
+
+
+@dataclass(frozen=True, slots=True)
+class Next:
+    """What becomes of a job after one of its attempts ended."""
+
+    job_state: str  # finished | pending | failed
+    counts_as_failure: bool
+    delay: float  # seconds before it may run again (pending only)
+    callback: str | None  # on_finished | on_failed | None
+
+
+def after_attempt(outcome: Outcome, failures: int, retries: int | None, *, budget: "RestartBudget", now: float,
+                  backoff_base: float, backoff_cap: float, rng: random.Random | None = None) -> Next:
+    """`failures`: the job's failed attempts before this one. `retries`: the
+    job's policy, or None when it is not known here (a degraded master with no
+    app loaded): then the job goes back to pending, and the first master that
+    knows the policy decides before it runs it again (`may_run`). A re-run
+    books a place in the restart budget (monotonic `now`) and waits for the
+    later of its backoff and that place."""
+    if outcome == Outcome.FINISHED:
+        return Next("finished", False, 0.0, "on_finished")
+    if outcome == Outcome.INTERRUPTED:  # stopped by the operator: not the job's failure
+        return Next("pending", False, 0.0, None)
+    if retries is None:
+        return Next("pending", True, 0.0, None)
+    if failures + 1 > retries:
+        return Next("failed", True, 0.0, "on_failed")
+    backoff = backoff_delay(failures + 1, backoff_base, backoff_cap, rng)
+    return Next("pending", True, max(backoff, budget.next_slot(now) - now), None)
+
+
+def may_run(failures: int, retries: int) -> bool:
+    """Whether a pending job still has a run left: false only for a job whose
+    failures were recorded by a master that did not know its policy."""
+    return failures <= retries
+
+
+def may_start_jobs(state: MasterState, handoff: HandoffPhase, outage: bool, running: int, slots: int) -> bool:
+    """The one slot gate: may the master start another job now?"""
+    return (state == MasterState.RUNNING and not outage
+            and handoff in (HandoffPhase.IDLE, HandoffPhase.PREFLIGHT) and running < slots)
 
 
 class RestartBudget:

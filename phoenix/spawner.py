@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from phoenix import child, log, procfs
-from phoenix.policy import classify_exit
+from phoenix.outcomes import classify_exit
 
 if TYPE_CHECKING:
     from phoenix.master import Master
@@ -83,12 +83,12 @@ class Spawner:
         spare, self.spare = self.spare, None
         if spare is None:
             return self.fork()
-        del self.master.other_children[spare.pid]  # from now on it is a job's child, reaped as such
+        del self.master.subprocesses[spare.pid]  # from now on it is a job's child, reaped as such
         return spare
 
     def wanted(self) -> bool:
         m = self.master
-        return m.state == "running" and m.handoff.phase == "idle" and not m.outage.active and m.workers > 0
+        return m.state == "running" and m.handoff.phase == "idle" and not m.outage.active and m.slots > 0
 
     def replenish(self) -> None:
         """Fork the next spare child, if the master will be starting jobs."""
@@ -99,7 +99,7 @@ class Spawner:
         except OSError:
             return  # no spare for now: a job forks its own child (and reports the failure, if any)
         self.spare = spare
-        self.master.other_children[spare.pid] = lambda status, pid=spare.pid: self._spare_exited(pid, status)
+        self.master.subprocesses[spare.pid] = lambda status, pid=spare.pid: self._spare_exited(pid, status)
 
     def _spare_exited(self, pid: int, status: int) -> None:
         if self.spare is None or self.spare.pid != pid:
@@ -118,7 +118,7 @@ class Spawner:
         spare, self.spare = self.spare, None
         if spare is None:
             return
-        self.master.other_children.pop(spare.pid, None)
+        self.master.subprocesses.pop(spare.pid, None)
         os.close(spare.order_fd)
         os.kill(spare.pid, signal.SIGKILL)  # our unreaped child: the pid cannot name another process
         os.waitpid(spare.pid, 0)

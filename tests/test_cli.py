@@ -83,7 +83,7 @@ def test_bad_configuration_value(state_dir, tmp_path):
     result = phoenix_cli("start", "tests.apps.jobs:app", state_dir=state_dir, cwd=tmp_path,
                          env={"PYTHONPATH": str(REPO)})
     assert result.returncode == 2
-    assert "workers in" in error_of(result) and "phoenix.toml must be a int" in result.stderr
+    assert "workers in" in error_of(result) and "phoenix.toml must be an integer" in result.stderr
 
 
 def test_status_json_while_stopped_and_running(master_factory, state_dir):

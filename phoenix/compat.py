@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from phoenix.app import App, JobSpec
+from phoenix.app import App, AppError, JobSpec
 
 
 class HeartbeatChild:
@@ -33,17 +33,16 @@ class HeartbeatChild:
         job = current_job()
         return job.attempt if job else 0
 
+    @classmethod
+    def phoenix_method_job(cls, target: str, method: str) -> JobSpec:
+        """The job that runs `method` of a new instance (app.resolve_target asks)."""
+        if not callable(getattr(cls, method, None)):
+            raise AppError(f"job target {target!r}: {cls.__name__} has no method {method!r}")
 
-def seed_job(target: str, owner: type[HeartbeatChild], method: str) -> JobSpec:
-    if not callable(getattr(owner, method, None)):
-        from phoenix.app import AppError
+        def perform(params: Any) -> Any:
+            return getattr(cls(), method)(params)
 
-        raise AppError(f"job target {target!r}: {owner.__name__} has no method {method!r}")
-
-    def perform(params: Any) -> Any:
-        return getattr(owner(), method)(params)
-
-    return JobSpec(target, perform)
+        return JobSpec(target, perform)
 
 
 class HeartbeatParent:
@@ -66,6 +65,7 @@ class HeartbeatParent:
 
     def monitor(self) -> int:
         """Run every spawned job to its end; returns 0 if all finished, 1 if any failed."""
+        from phoenix.config import load
         from phoenix.master import run_master
 
         def submit_all(app: App) -> None:
@@ -74,7 +74,9 @@ class HeartbeatParent:
 
         self.app.startup(submit_all)
         try:
-            return run_master(self.app, app_spec=None, flags={"state_dir": self.state_dir, "exit_when_done": True})
+            flags = {"state_dir": self.state_dir, "exit_when_done": True}
+            config = load(self.app.settings, None, flags)
+            return run_master(self.app, None, config, lambda: load(self.app.settings, None, flags))
         finally:
             if self._tempdir is not None:
                 self._tempdir.cleanup()

@@ -1,0 +1,58 @@
+"""One command table for signals and the control socket: `kill -QUIT` and
+`phoenix stop --drain` are the same command and run the same code
+(Master.execute), whichever way they arrive."""
+
+from __future__ import annotations
+
+import signal
+from enum import StrEnum
+from typing import Any
+
+
+class Command(StrEnum):
+    STOP = "stop"  # TERM the children, jobs back to pending
+    DRAIN = "drain"  # start nothing, let running jobs finish
+    LEAVE = "leave"  # exit, children keep running for the next master
+    RELOAD = "reload"  # replace the master with the code on disk (USR2)
+    RELOAD_CONFIG = "reload_config"  # HUP
+    SLOT_MORE = "slot_more"  # TTIN
+    SLOT_LESS = "slot_less"  # TTOU
+    REOPEN_LOGS = "reopen_logs"  # USR1
+    STATUS = "status"
+    WAKE = "wake"  # a job was submitted: look for pending jobs now
+
+
+SIGNAL_COMMANDS: dict[int, Command] = {
+    signal.SIGTERM: Command.STOP,
+    signal.SIGINT: Command.STOP,
+    signal.SIGQUIT: Command.DRAIN,
+    signal.SIGUSR2: Command.RELOAD,
+    signal.SIGHUP: Command.RELOAD_CONFIG,
+    signal.SIGTTIN: Command.SLOT_MORE,
+    signal.SIGTTOU: Command.SLOT_LESS,
+    signal.SIGUSR1: Command.REOPEN_LOGS,
+}
+
+# Every signal the master handles: the commands', and SIGCHLD (reap; never
+# SIG_IGN, which would survive an exec).
+HANDLED_SIGNALS: tuple[int, ...] = (*SIGNAL_COMMANDS, signal.SIGCHLD)
+
+# The control socket's wire form: {"cmd": "stop", "mode": "drain"} and so on.
+_STOP_MODES = {"term": Command.STOP, "drain": Command.DRAIN, "leave": Command.LEAVE}
+_REQUESTS = {"status": Command.STATUS, "wake": Command.WAKE, "reload": Command.RELOAD}
+
+
+class BadRequest(ValueError):
+    """A control request that names no known command."""
+
+
+def from_request(request: dict[str, Any]) -> Command:
+    name = request.get("cmd")
+    if name == "stop":
+        mode = request.get("mode", "term")
+        if not isinstance(mode, str) or mode not in _STOP_MODES:
+            raise BadRequest(f"unknown stop mode {mode!r}; known: {', '.join(_STOP_MODES)}")
+        return _STOP_MODES[mode]
+    if isinstance(name, str) and name in _REQUESTS:
+        return _REQUESTS[name]
+    raise BadRequest(f"unknown command {name!r}; known: status, wake, stop, reload")

@@ -1,0 +1,132 @@
+"""The outcome recorder: how each attempt ended, recorded exactly once, and
+what becomes of its job (policy.after_attempt), in one journal transaction."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable, Protocol
+
+from phoenix import log, protocol
+from phoenix.attempts import Attempt
+from phoenix.config import Config
+from phoenix.heartbeats import FINAL_KINDS, HeartbeatIntake
+from phoenix.journal import Journal, OpenAttempt
+from phoenix.metrics import Counters, Histograms
+from phoenix.outcomes import Classified, classify
+from phoenix.paths import StatePaths
+from phoenix.policy import RestartBudget, after_attempt
+from phoenix.states import Outcome
+
+LOST_UNWATCHED = "the process ended while no master watched it"
+
+
+class OutcomeHost(Protocol):
+    """What the recorder needs of the master."""
+
+    journal: Journal
+    config: Config
+    budget: RestartBudget
+    counters: Counters
+    histograms: Histograms | None
+    intake: HeartbeatIntake
+    paths: StatePaths
+
+    def retries_for(self, target: str) -> int | None: ...
+    def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None: ...
+    def callbacks_held(self) -> bool: ...
+    def guarded(self, operation: Callable[[], Any], retry: bool = False) -> None: ...
+    def jobs_may_be_pending(self) -> None: ...
+
+
+class OutcomeRecorder:
+    def __init__(self, host: OutcomeHost) -> None:
+        self.host = host
+
+    def conclude(self, attempt: Attempt, status: int | None, max_rss_kb: int | None) -> None:
+        """The attempt's process has ended (reaped, or its pidfd fired)."""
+        h = self.host
+        try:
+            os.killpg(attempt.pid, signal.SIGKILL)  # grandchildren die with the job
+        except (ProcessLookupError, PermissionError):
+            pass
+        final = attempt.final or self.read_outbox(attempt.job_id, attempt.number)
+        if final is not None and attempt.missing:
+            h.intake.final_seq_arrived(attempt, final.get("seq"))
+        result = classify(final=final, status=status, interrupted=attempt.interrupted,
+                          kill_reason=attempt.kill_reason, kill_detail=attempt.kill_detail, max_rss_kb=max_rss_kb)
+        h.guarded(functools.partial(self.record, attempt.job_id, attempt.key, attempt.target, attempt.attempt_id,
+                                    attempt.number, result, max_rss_kb, attempt.pid), retry=True)
+        if h.histograms is not None:
+            h.histograms.job_duration.labels(result.outcome).observe(time.monotonic() - attempt.started)
+        h.jobs_may_be_pending()
+
+    def conclude_without_process(self, a: OpenAttempt, reason: str) -> None:
+        """An attempt the journal says runs, whose process is gone (or never
+        started): its outcome is in the outbox, or it is lost."""
+        final = self.read_outbox(a.job_id, a.n)
+        result = classify(final=final, status=None, interrupted=False, kill_reason=None, kill_detail=None,
+                          max_rss_kb=None, lost_reason=reason)
+        self.record(a.job_id, a.key, a.target, a.attempt_id, a.n, result, None, a.pid)
+
+    def record(self, job_id: int, key: str, target: str, attempt_id: int, number: int, result: Classified,
+               max_rss_kb: int | None, pid: int | None) -> None:
+        h = self.host
+        job = h.journal.job_row(job_id)
+        assert job is not None
+        now = time.monotonic()
+        after = after_attempt(result.outcome, job["failures"], h.retries_for(target), budget=h.budget, now=now,
+                              backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
+        not_before = time.time() + after.delay if after.delay else 0.0
+        recorded, callback_id = h.journal.end_attempt(
+            attempt_id, job_id, outcome=result.outcome, reason=result.reason, error=result.error,
+            result_json=result.result_json, max_rss_kb=max_rss_kb, job_state=after.job_state,
+            counts_as_failure=after.counts_as_failure, not_before=not_before, callback=after.callback,
+            attempt_n=number,
+        )
+        self.remove_outbox(job_id, number)
+        if not recorded:
+            return  # another master recorded it first (a fork-mode handover)
+        h.counters.count(h.counters.attempts, result.outcome)
+        self._log(pid, key, number, result, after.job_state, after.delay)
+        if callback_id is not None and not h.callbacks_held():
+            # While a replacement waits for callbacks to end, new ones stay owed
+            # in the journal and the new image runs them.
+            h.start_callback(callback_id, job_id, number, after.callback or "")
+
+    @staticmethod
+    def _log(pid: int | None, key: str, number: int, result: Classified, job_state: str, delay: float) -> None:
+        outcome = result.outcome
+        fields: dict[str, Any] = {"pid": pid, "job": key, "attempt": number, "outcome": outcome}
+        if result.reason:
+            fields["reason"] = result.reason
+        if job_state == "pending" and outcome != Outcome.INTERRUPTED:
+            fields["retry_in"] = f"{delay:.2f}s"
+        if job_state == "failed":
+            name = "job_failed"
+        else:
+            name = {Outcome.FINISHED: "complete", Outcome.INTERRUPTED: "interrupted"}.get(outcome, "attempt_failed")
+        level = logging.INFO if outcome in (Outcome.FINISHED, Outcome.INTERRUPTED) else logging.WARNING
+        log.event(level, name, **fields)
+        if outcome == Outcome.ERROR and result.error and job_state == "failed":
+            log.log.warning("%s", result.error.rstrip())
+
+    def read_outbox(self, job_id: int, number: int) -> dict[str, Any] | None:
+        path = self.host.paths.outbox / f"{job_id}.{number}.json"
+        try:
+            message = protocol.decode(path.read_bytes())
+        except OSError:
+            return None
+        if message is None or message.job != job_id or message.attempt != number or message.kind not in FINAL_KINDS:
+            log.event(logging.WARNING, "outbox_ignored", path=path, reason="not a valid outcome message")
+            return None
+        return message.body
+
+    def remove_outbox(self, job_id: int, number: int) -> None:
+        try:
+            os.unlink(f"{self.host.paths.outbox}/{job_id}.{number}.json")  # a str: no Path object per job
+        except FileNotFoundError:
+            pass
