@@ -21,21 +21,24 @@ import logging
 import os
 import select
 import selectors
+import socket
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Protocol
 
 from phoenix import log, pidfile, procfs, systemd
 from phoenix.commands import HANDLED_SIGNALS
 from phoenix.config import Config
 from phoenix.outcomes import classify_exit
 from phoenix.states import HANDOFF_TRANSITIONS, HandoffPhase, MasterState, check_move
-from phoenix.timers import Timer
+from phoenix.control import ControlServer
+from phoenix.journal import Journal
+from phoenix.paths import StatePaths
+from phoenix.pidfile import PidFile
+from phoenix.timers import Timer, TimerHeap
 
-if TYPE_CHECKING:
-    from phoenix.master import Master
 
 FDS_VARIABLE = "PHOENIX_FDS"
 GENERATION_VARIABLE = "PHOENIX_GENERATION"
@@ -47,6 +50,34 @@ FAILED_PREFIX = b"failed:"  # on the ready pipe: a fork-mode new master that cou
 
 HANDOFF_VARIABLES = (FDS_VARIABLE, GENERATION_VARIABLE, READY_FD_VARIABLE, CONFIG_VARIABLE)
 PREFLIGHT_OUTPUT_LIMIT = 16_000  # characters of `phoenix check` output kept for the log and `reload --wait`
+
+class HandoffHost(Protocol):
+    """What a replacement needs of the master: its sockets and lock to hand
+    over, a way to stop and resume watching, and the journal to flush."""
+
+    app_spec: str | None
+    config: Config
+    config_file: str | None
+    paths: StatePaths
+    generation: int
+    state: MasterState
+    selector: selectors.BaseSelector
+    control: ControlServer
+    heartbeat: socket.socket
+    pidfile: PidFile
+    timers: TimerHeap
+    subprocesses: dict[int, Callable[[int], None]]
+    journal: Journal
+
+    def run_owed_callbacks(self) -> None: ...
+    def callbacks_running(self) -> bool: ...
+    def read_heartbeats(self, sock: socket.socket | None = None) -> None: ...
+    def leave_children_running(self) -> None: ...
+    def end_spare(self) -> None: ...
+    def reopen_journal(self) -> None: ...
+    def give_all_grace(self, now: float) -> None: ...
+    def running_count(self) -> int: ...
+
 
 def _startup_cwd() -> str:
     """Where the new image starts: $PWD when it names the current directory,
@@ -145,7 +176,7 @@ def close_stray_fds(keep: set[int]) -> None:
 
 
 class Handoff:
-    def __init__(self, master: "Master") -> None:
+    def __init__(self, master: "HandoffHost") -> None:
         self.master = master
         self.phase = HandoffPhase.IDLE
         self.last_result: dict[str, Any] | None = None
@@ -284,7 +315,7 @@ class Handoff:
     def continue_when_quiet(self) -> None:
         """Called on every turn while waiting: exec once no callback is running,
         so that none is cut off and run twice."""
-        if self.phase != "waiting_callbacks" or self.master.callbacks.running:
+        if self.phase != "waiting_callbacks" or self.master.callbacks_running():
             return
         if self.master.config.reexec == "fork":
             self.fork_new_master()
@@ -338,7 +369,7 @@ class Handoff:
         m = self.master
         if not self._answer_accepted_requests():
             return
-        m.spawner.discard()  # it runs this image's code; ended and reaped now, not left to the new image
+        m.end_spare()  # it runs this image's code; ended and reaped now, not left to the new image
         signal.pthread_sigmask(signal.SIG_BLOCK, _handled())
         fds = self._handover_fds()
         env = self._handover_environment(fds)
@@ -364,13 +395,10 @@ class Handoff:
             os.close(here)
 
     def _exec_failed(self, fds: dict[str, int], exc: OSError) -> None:
-        from phoenix.journal import Journal
-
         m = self.master
         for fd in fds.values():
             os.set_inheritable(fd, False)
-        m.journal = Journal(m.paths.journal)
-        m.app.journal = m.journal
+        m.reopen_journal()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _handled())
         m.selector.register(m.control.sock, selectors.EVENT_READ, m.control.accept)
         systemd.notify("READY=1")
@@ -378,7 +406,7 @@ class Handoff:
 
     def fork_new_master(self) -> None:
         m = self.master
-        m.spawner.discard()  # it runs this image's code
+        m.end_spare()  # it runs this image's code
         fds = self._handover_fds()
         ready_read, ready_write = os.pipe2(os.O_CLOEXEC)
         os.set_inheritable(ready_write, True)
@@ -430,7 +458,7 @@ class Handoff:
             return  # it exits now; _new_master_died restores
         if not data:
             return  # closed without a word: it died; _new_master_died restores
-        log.event(logging.INFO, "handed_over", new_pid=self.new_master_pid, running=len(m.children))
+        log.event(logging.INFO, "handed_over", new_pid=self.new_master_pid, running=m.running_count())
         # From the main pid (NotifyAccess=main): the service's main process is now the new master.
         systemd.notify(f"MAINPID={self.new_master_pid}", "READY=1")
         m.leave_children_running()
@@ -449,8 +477,7 @@ class Handoff:
         # The beats sent while we did not listen were read by the new master,
         # or are still queued: every child gets a full heartbeat_timeout again.
         now = time.monotonic()
-        for attempt in m.children.values():
-            attempt.fresh_grace(now)
+        m.give_all_grace(now)
         m.timers.resume(self.paused_timers)
         self.paused_timers = []
         systemd.notify("READY=1")
@@ -508,7 +535,7 @@ def _cut(text: str, limit: int) -> str:
     return text[: limit // 4] + "\n[... cut ...]\n" + text[-(limit - limit // 4):]
 
 
-def oldbin(m: "Master") -> Path:
+def oldbin(m: "HandoffHost") -> Path:
     return m.paths.pidfile.with_name(m.paths.pidfile.name + ".oldbin")
 
 

@@ -304,9 +304,7 @@ class Master:
         """The master itself was not running (SIGSTOP, a VM pause, swap): read
         every beat that waits, then count each child's silence from now."""
         self.read_heartbeats()
-        now = time.monotonic()
-        for attempt in self.children.values():
-            attempt.fresh_grace(now)
+        self.give_all_grace(time.monotonic())
         event(WARNING, "master_was_away", seconds=f"{away:.2f}", running=len(self.children),
               effect="every child gets a fresh heartbeat grace")
 
@@ -519,6 +517,31 @@ class Master:
     def jobs_may_be_pending(self) -> None:
         self.maybe_pending = True
 
+    # -- what a replacement asks (handoff.HandoffHost) and the spawner (spawner.SpawnerHost) -----
+
+    def callbacks_running(self) -> bool:
+        return bool(self.callbacks.running)
+
+    def end_spare(self) -> None:
+        self.spawner.discard()
+
+    def reopen_journal(self) -> None:
+        """After a failed exec: the journal was closed for it."""
+        self.journal = Journal(self.paths.journal)
+        if self.app is not None:
+            self.app.journal = self.journal
+
+    def give_all_grace(self, now: float) -> None:
+        for attempt in self.children.values():
+            attempt.fresh_grace(now)
+
+    def running_count(self) -> int:
+        return len(self.children)
+
+    def wants_spare(self) -> bool:
+        return (self.state == MasterState.RUNNING and self.handoff.phase == HandoffPhase.IDLE
+                and not self.outage.active and self.slots > 0)
+
     # -- spawning -------------------------------------------------------------------
 
     def has_free_slot(self) -> bool:
@@ -695,9 +718,7 @@ class Master:
             if file_identity(self.paths.journal) is None:
                 restore_journal(self.journal.db, self.paths.journal)
             self.journal.close()
-            self.journal = Journal(self.paths.journal)
-            if self.app is not None:
-                self.app.journal = self.journal
+            self.reopen_journal()
             self.journal_identity = file_identity(self.paths.journal)
             self.pidfile.rebuild()
             old_heartbeat = self.heartbeat

@@ -13,12 +13,20 @@ of VM, that doubled the cost of a fork)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sized
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from phoenix.master import Master
+
+class MetricsSource(Protocol):
+    """What the collector reads of the master at scrape time."""
+
+    counters: "Counters"
+    replacements: int
+    generation: int
+    children: Sized
+    slots: int
 
 
 class MetricsError(ValueError):
@@ -64,7 +72,7 @@ class Histograms:
 class _MasterCollector:
     """Reads the loop's counters at scrape time (prometheus_client calls collect())."""
 
-    def __init__(self, master: "Master") -> None:
+    def __init__(self, master: MetricsSource) -> None:
         self.master = master
 
     def collect(self) -> Iterator[Any]:
@@ -111,7 +119,7 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", number
 
 
-def serve(master: "Master", address: str) -> tuple[Histograms, tuple[str, int]]:
+def serve(master: MetricsSource, address: str) -> tuple[Histograms, tuple[str, int]]:
     """Start the exposition server; returns the histograms to observe and the bound (host, port)."""
     from prometheus_client import CollectorRegistry, start_http_server
 

@@ -16,13 +16,21 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Callable, Protocol
 
 from phoenix import child, log, procfs
+from phoenix.app import JobSpec
+from phoenix.paths import StatePaths
 from phoenix.outcomes import classify_exit
 
-if TYPE_CHECKING:
-    from phoenix.master import Master
+
+
+class SpawnerHost(Protocol):
+    paths: StatePaths
+    subprocesses: dict[int, Callable[[int], None]]  # pid -> on_exit(status)
+
+    def spec_for(self, target: str) -> JobSpec: ...
+    def wants_spare(self) -> bool: ...  # the master will be starting jobs
 
 SPARE_RETRY_DELAY = 1.0  # seconds without a spare after one died while waiting
 
@@ -50,7 +58,7 @@ class WaitingChild:
 
 
 class Spawner:
-    def __init__(self, master: Master) -> None:
+    def __init__(self, master: SpawnerHost) -> None:
         self.master = master
         self.spare: WaitingChild | None = None
         self.not_before = 0.0  # monotonic: no new spare until then, after one died waiting
@@ -86,13 +94,9 @@ class Spawner:
         del self.master.subprocesses[spare.pid]  # from now on it is a job's child, reaped as such
         return spare
 
-    def wanted(self) -> bool:
-        m = self.master
-        return m.state == "running" and m.handoff.phase == "idle" and not m.outage.active and m.slots > 0
-
     def replenish(self) -> None:
         """Fork the next spare child, if the master will be starting jobs."""
-        if self.spare is not None or not self.wanted() or time.monotonic() < self.not_before:
+        if self.spare is not None or not self.master.wants_spare() or time.monotonic() < self.not_before:
             return
         try:
             spare = self.fork()
