@@ -100,7 +100,9 @@ class App:
 
     def submit(self, target: Callable[..., Any] | str, params: Any = None, key: str | None = None,
                state_dir: str | None = None) -> int:
-        """Record a job durably; returns its id. The same key twice is one job."""
+        """Record a job durably; returns its id. The same key with the same
+        target and parameters is one job (its id is returned); with another
+        target or other parameters, phoenix.KeyConflict says what differs."""
         from phoenix.journal import Journal  # the journal is opened lazily outside a master
 
         name = target if isinstance(target, str) else target_name(target)

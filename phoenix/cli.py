@@ -15,7 +15,7 @@ from phoenix import config as config_module
 from phoenix import control, pidfile
 from phoenix.app import AppError, decode_params, encode_params, load_app, resolve_target
 from phoenix.config import ConfigError
-from phoenix.journal import Journal, JournalError
+from phoenix.journal import Journal, JournalError, KeyConflict
 from phoenix.paths import StatePaths, StateDirError
 from phoenix.metrics import MetricsError
 from phoenix.sockets import SocketBusy
@@ -29,13 +29,15 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input becomes one clear paragraph and exit 2; nothing in the journal is touched."""
+    """Bad input becomes one clear paragraph and exit 2 (a request at odds with
+    the state, such as a master already running or a key that names another
+    job, exit 1); nothing in the journal is touched."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except pidfile.AlreadyRunning as exc:
+        except (pidfile.AlreadyRunning, KeyConflict) as exc:  # well formed, but at odds with the state
             fail(str(exc), 1)
         except (AppError, ConfigError, JournalError, StateDirError, SocketBusy, MetricsError) as exc:
             fail(str(exc))
@@ -123,7 +125,11 @@ def check(app: str, state_dir: str | None, config_file: str | None) -> None:
 @state_dir_option
 @friendly_errors
 def submit(target: str, params: str, key: str | None, state_dir: str | None) -> None:
-    """Record a job durably; a running master starts it when a slot is free."""
+    """Record a job durably; a running master starts it when a slot is free.
+
+    The same KEY with the same target and parameters again is a no-op
+    ("created": false); with another target or other parameters it is
+    refused with exit 1, saying what differs."""
     params_json = encode_params(decode_params(params))
     resolve_target(target)
     paths = _state_paths(state_dir)

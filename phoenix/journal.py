@@ -82,6 +82,11 @@ class JournalError(RuntimeError):
     """The journal cannot be opened or written; the message says which file and why."""
 
 
+class KeyConflict(ValueError):
+    """A job was submitted under a key that already names a job with another
+    target or other parameters; the message shows what differs."""
+
+
 @dataclass(slots=True)
 class Job:
     id: int
@@ -109,13 +114,42 @@ _INSERT_JOB = ("INSERT INTO jobs (key, target, params, state, created_at, update
                "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING")
 
 
+def _canonical(params_json: str) -> str:
+    return json.dumps(json.loads(params_json), sort_keys=True, separators=(",", ":"))
+
+
+def _brief(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _insert_job(db: sqlite3.Connection, key: str, target: str, params_json: str, now: float) -> tuple[int, bool]:
+    """Insert a job, or find the same one under its key, inside the caller's
+    transaction (BEGIN IMMEDIATE: the comparison and the insert are one step
+    for concurrent submitters)."""
+    cur = db.execute(_INSERT_JOB, (key, target, params_json, now, now))
+    if cur.rowcount:
+        return cur.lastrowid or 0, True
+    job_id, old_target, old_params = db.execute(
+        "SELECT id, target, params FROM jobs WHERE key = ?", (key,)).fetchone()
+    same_target = old_target == target
+    same_params = old_params == params_json or _canonical(old_params) == _canonical(params_json)
+    if same_target and same_params:
+        return job_id, False
+    differs = " and ".join(([] if same_target else ["another target"]) + ([] if same_params else ["other parameters"]))
+    recorded = " ".join(([] if same_target else [old_target]) + ([] if same_params else [_brief(old_params)]))
+    submitted = " ".join(([] if same_target else [target]) + ([] if same_params else [_brief(params_json)]))
+    raise KeyConflict(
+        f"key {key!r} already names job {job_id} with {differs}: recorded {recorded}, submitted {submitted}. "
+        "Submit it under another key; the same target and parameters again are a no-op"
+    )
+
+
 def default_key(target: str, params_json: str) -> str:
     """Idempotency key for a job submitted without one: same target and same
     parameters (canonical JSON) make the same job."""
     import hashlib  # here: loading OpenSSL costs every new master image ~6 ms, and only submissions need it
 
-    canonical = json.dumps(json.loads(params_json), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(f"{target}\0{canonical}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{target}\0{_canonical(params_json)}".encode()).hexdigest()[:32]
 
 
 class Journal:
@@ -174,22 +208,22 @@ class Journal:
     # -- submission (any process) ----------------------------------------------
 
     def submit(self, target: str, params_json: str, key: str | None = None) -> tuple[int, bool]:
-        """Record a job; (job id, True) if new, (existing id, False) if the key exists."""
+        """Record a job; (job id, True) if new, (existing id, False) if the key
+        names the same job (same target, same parameters as canonical JSON).
+        Raises KeyConflict if the key names another job."""
         key = key or default_key(target, params_json)
         now = time.time()
         with self.transaction() as db:
-            cur = db.execute(_INSERT_JOB, (key, target, params_json, now, now))
-            if cur.rowcount:
-                return cur.lastrowid or 0, True
-            (job_id,) = db.execute("SELECT id FROM jobs WHERE key = ?", (key,)).fetchone()
-            return job_id, False
+            return _insert_job(db, key, target, params_json, now)
 
     def submit_many(self, jobs: Iterable[tuple[str, str, str]]) -> None:
         """Record (target, params JSON, key) jobs in one transaction, as a
-        script seeding a batch would; a key that exists is left as it is."""
+        script seeding a batch would; a key that names the same job is left as
+        it is, one that names another job raises KeyConflict and records none."""
         now = time.time()
         with self.transaction() as db:
-            db.executemany(_INSERT_JOB, ((key, target, params_json, now, now) for target, params_json, key in jobs))
+            for target, params_json, key in jobs:
+                _insert_job(db, key, target, params_json, now)
 
     # -- the master's writes ----------------------------------------------------
 
