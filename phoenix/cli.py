@@ -73,7 +73,8 @@ def main() -> None:
 @click.option("--workers", type=int, help="Concurrent child slots.")
 @click.option("--heartbeat-interval", type=float, help="Seconds between a child's beats.")
 @click.option("--heartbeat-timeout", type=float, help="No beat for this long: kill and re-run.")
-@click.option("--exit-when-done", is_flag=True, default=None, help="Batch mode: exit 0 when every job finished, 1 if any failed.")
+@click.option("--exit-when-done", is_flag=True, default=None,
+              help="Batch mode: exit 0 when every job finished, 1 if any failed, 128+N if signal N stopped it first.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML configuration file.")
 @click.option("--reexec", type=click.Choice(["inplace", "fork"]), help="How USR2 replaces the master.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
@@ -83,7 +84,20 @@ def main() -> None:
 @click.option("--daemon", is_flag=True, help="Detach (python-daemon); logs go to --log-file or STATE_DIR/phoenix.log.")
 @friendly_errors
 def start(app: str | None, state_dir: str | None, config_file: str | None, daemon: bool, **flags: Any) -> None:
-    """Run a master for APP ("package.module:app")."""
+    """Run a master for APP ("package.module:app").
+
+    \b
+    Exit status of a service (the default):
+      0      stopped by TERM, INT, QUIT or `phoenix stop`: a clean end
+    With --exit-when-done (batch mode), it answers "did the batch finish?":
+      0      every job finished
+      1      every job ended, some failed
+      128+N  signal N stopped it while jobs were pending or running:
+             TERM 143, INT 130, QUIT 131 (`phoenix stop` counts as TERM,
+             `phoenix stop --drain` as QUIT); the jobs stay in the journal
+    Either way, 2 means bad input (app, configuration, state directory) and
+    1 that a master already runs on the state directory.
+    """
     from phoenix.master import run_master
 
     flags["state_dir"] = state_dir

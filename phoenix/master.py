@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from setproctitle import setproctitle
 
-from phoenix import child, log, metrics, procfs, protocol, systemd
+from phoenix import child, exits, log, metrics, procfs, protocol, systemd
 from phoenix.app import App, AppError, JobInfo, JobSpec, decode_params, resolve_target
 from phoenix.callbacks import CallbackRunner
 from phoenix.config import Config
@@ -118,6 +118,7 @@ class Master:
         self.uid = os.getuid()
         self.started_at = time.time()
         self.exit_code = 0
+        self.stop_signal: int | None = None  # what asked this master to stop (see exits.py)
         self.handoff = handoff.Handoff(self)
         self.spawner = Spawner(self)
         self.retired_heartbeats: list[socket.socket] = []  # still read after a state-dir rebuild
@@ -277,6 +278,8 @@ class Master:
                 self.guarded(self.update_title)
                 self.watchdog.keep_alive()
                 self.watch_storage()
+            if self.stop_signal is not None and self.config.exit_when_done:
+                self.exit_code = exits.stopped_batch(self.stop_signal, self.journal.counts)
         finally:
             self.close()
         return self.exit_code
@@ -818,11 +821,12 @@ class Master:
             counts = self.journal.counts()
             if counts["pending"] == 0 and counts["running"] == 0:
                 event(INFO, "monitoring_complete", finished=counts["finished"], failed=counts["failed"], running=0)
-                self.exit_code = 1 if counts["failed"] else 0
+                self.exit_code = exits.batch_done(counts)
                 self.state = "stopped"
 
-    def begin_stop(self, mode: str) -> None:
+    def begin_stop(self, mode: str, signum: int | None = None) -> None:
         self.spawner.discard()
+        self.stop_signal = self.stop_signal or signum or exits.STOP_MODE_SIGNALS[mode]
         if self.state in ("stopping",) and mode == "term":
             event(WARNING, "stop_now", running=len(self.children))
             for attempt in list(self.children.values()):
@@ -979,7 +983,7 @@ def _on_usr1(m: Master) -> None:
 
 _SIGNAL_HANDLERS: dict[int, Callable[[Master], None]] = {
     signal.SIGTERM: lambda m: m.begin_stop("term"),
-    signal.SIGINT: lambda m: m.begin_stop("term"),
+    signal.SIGINT: lambda m: m.begin_stop("term", signal.SIGINT),
     signal.SIGQUIT: lambda m: m.begin_stop("drain"),
     signal.SIGHUP: _on_hup,
     signal.SIGTTIN: _on_ttin,
