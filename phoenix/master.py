@@ -152,9 +152,8 @@ class Master:
     def _open_under_lock(self, inherited: dict[str, int]) -> None:
         self.journal = Journal(self.paths.journal)
         self.journal_identity = file_identity(self.paths.journal)
+        # Recorded in the journal only once ready: a start that fails records no generation.
         self.generation = int(self.journal.meta("generation", 0)) + 1
-        self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
-                              app=self.app_spec, state="starting")
         self.app.journal = self.journal
         _raise_fd_limit()
         self.selector = selectors.DefaultSelector()
@@ -245,7 +244,8 @@ class Master:
         now = time.monotonic()
         for attempt in self.children.values():  # grace for adopted children starts now
             attempt.last_beat = attempt.last_progress = max(attempt.last_beat, now)
-        self.journal.set_meta(state="running")
+        self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
+                              app=self.app_spec, state="running")
         self.handoff.became_ready()
         event(INFO, "ready", generation=self.generation, pid=os.getpid(), app=self.app_spec or "-",
               workers=self.workers, running=len(self.children))
