@@ -154,7 +154,7 @@ def _lookup(spec: str, what: str) -> Any:
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path:
         raise AppError(f"{what} {spec!r} must look like 'package.module:name'")
-    obj = _import_module(module_name, what)
+    obj = _import_module(module_name, f"{what} {spec!r}")
     for part in attr_path.split("."):
         try:
             obj = getattr(obj, part)

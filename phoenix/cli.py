@@ -122,13 +122,26 @@ def start(app: str | None, state_dir: str | None, config_file: str | None, daemo
 @click.argument("app")
 @state_dir_option
 @click.option("--config", "config_file", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True,
+              help="Pass even if jobs in the journal use targets this code lacks (those jobs fail when they start).")
 @friendly_errors
-def check(app: str, state_dir: str | None, config_file: str | None) -> None:
-    """Preflight: import APP and validate the configuration (what USR2 runs before exec)."""
+def check(app: str, state_dir: str | None, config_file: str | None, force: bool) -> None:
+    """Preflight: import APP, validate the configuration, and make sure the
+    code has every job target that pending or running jobs in the journal use
+    (what USR2 and `phoenix reload` run before exec). Exit 0 if all is well,
+    2 if the app or configuration is broken, 1 if the code lacks a target
+    that queued jobs use (named, with how many jobs use it)."""
+    from phoenix import release
+
     application = load_app(app)
-    config_module.load(application.settings, config_file, {"state_dir": state_dir, "app": app})
+    config = config_module.load(application.settings, config_file, {"state_dir": state_dir, "app": app})
     for target in application.jobs:
         resolve_target(target)
+    missing = release.missing_targets(StatePaths(config.state_dir).journal)
+    if missing and not force:
+        fail(release.refusal(missing), 1)
+    if missing:
+        click.echo(release.forced_warning(missing), err=True)
     click.echo(f"ok: {app} imports, {len(application.jobs)} job(s), configuration valid")
 
 
@@ -209,11 +222,17 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
 @state_dir_option
 @click.option("--wait/--no-wait", default=False, help="Wait until the new master is ready; exit 1 if it failed.")
 @click.option("--timeout", type=float, default=120.0, show_default=True)
+@click.option("--force", is_flag=True,
+              help="Replace even if the new code lacks job targets that queued jobs use (those jobs fail).")
 @friendly_errors
-def reload(state_dir: str | None, wait: bool, timeout: float) -> None:
-    """Replace the master with the code now on disk (as kill -USR2)."""
+def reload(state_dir: str | None, wait: bool, timeout: float, force: bool) -> None:
+    """Replace the master with the code now on disk (as kill -USR2).
+
+    The preflight (`phoenix check`) must pass first; it refuses code that
+    lacks a job target pending or running jobs use. --force overrides that
+    check only; a plain USR2 never does."""
     paths = _state_paths(state_dir)
-    reply = control.request(paths.control_socket, {"cmd": "reload"})
+    reply = control.request(paths.control_socket, {"cmd": "reload", "force": force})
     generation = reply["generation"]
     if not wait:
         click.echo(f"reload requested (generation {generation})")

@@ -339,6 +339,13 @@ class Journal:
         ).fetchall()
         return [OpenAttempt(*row) for row in rows]
 
+    def targets_in_use(self) -> list[tuple[str, int, int]]:
+        """(target, pending jobs, running jobs) of every target that jobs not yet ended use."""
+        return self.db.execute(
+            "SELECT target, sum(state = 'pending'), sum(state = 'running') FROM jobs "
+            "WHERE state IN ('pending', 'running') GROUP BY target ORDER BY target"
+        ).fetchall()
+
     def job_row(self, job_id: int) -> dict[str, Any] | None:
         cur = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
         row = cur.fetchone()

@@ -678,7 +678,7 @@ class Master:
             spec = self.spec_for(job.target)
             decode_params(job.params)  # bad JSON fails the job here, not in a child
         except AppError as exc:
-            event(ERROR, "job_failed", job=job.key, outcome="error", reason="cannot start")
+            event(ERROR, "job_failed", job=job.key, outcome="error", reason="cannot start", target=job.target)
             log.log.error("%s", exc)
             callback_id = self.journal.fail_without_attempt(job.id, str(exc))
             if callback_id is not None:
@@ -898,7 +898,7 @@ class Master:
             self.begin_stop(mode)
             return {"ok": True}
         if command == "reload":
-            return self.handoff.request_reload()
+            return self.handoff.request_reload(force=request.get("force") is True)
         return {"ok": False, "error": f"unknown command {command!r}; known: status, wake, stop, reload"}
 
     def live_status(self) -> dict[str, Any]:
