@@ -185,3 +185,29 @@ def test_a_start_that_fails_before_ready_records_no_generation(master_factory, s
     master = master_factory()
     assert "ready generation=1 " in master.log()
     assert master.status()["master"]["generation"] == 1
+
+
+def test_a_batch_submit_with_a_conflicting_key_records_none_of_its_jobs(state_dir):
+    state_dir.mkdir()
+    journal = Journal(state_dir / "journal.db")
+    try:
+        journal.submit(NOOP, '{"n":1}', "taken")
+        with pytest.raises(phoenix.KeyConflict, match="'taken' already names job 1 with other parameters"):
+            journal.submit_many([(NOOP, '{"n":2}', "new"), (NOOP, '{"n":1}', "taken"), (NOOP, '{"n":3}', "taken")])
+        assert journal.db.execute("SELECT key FROM jobs").fetchall() == [("taken",)]
+    finally:
+        journal.close()
+
+
+def test_a_stop_the_journal_cannot_judge_counts_as_unfinished():
+    """Pure rule: with the journal unreadable, the batch is not known to be done."""
+    import sqlite3
+
+    from phoenix import exits
+
+    def unreadable() -> dict[str, int]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    assert exits.stopped_batch(signal.SIGTERM, unreadable) == 143
+    assert exits.stopped_batch(signal.SIGINT, lambda: {"pending": 0, "running": 0, "finished": 2, "failed": 1}) == 1
+    assert exits.stopped_batch(signal.SIGQUIT, lambda: {"pending": 1, "running": 0, "finished": 0, "failed": 0}) == 131
