@@ -131,15 +131,18 @@ def _insert_job(db: sqlite3.Connection, key: str, target: str, params_json: str,
         return cur.lastrowid or 0, True
     job_id, old_target, old_params = db.execute(
         "SELECT id, target, params FROM jobs WHERE key = ?", (key,)).fetchone()
-    same_target = old_target == target
-    same_params = old_params == params_json or _canonical(old_params) == _canonical(params_json)
-    if same_target and same_params:
+    differences = []  # (what differs, recorded, submitted)
+    if old_target != target:
+        differences.append(("another target", old_target, target))
+    if old_params != params_json and _canonical(old_params) != _canonical(params_json):
+        differences.append(("other parameters", _brief(old_params), _brief(params_json)))
+    if not differences:
         return job_id, False
-    differs = " and ".join(([] if same_target else ["another target"]) + ([] if same_params else ["other parameters"]))
-    recorded = " ".join(([] if same_target else [old_target]) + ([] if same_params else [_brief(old_params)]))
-    submitted = " ".join(([] if same_target else [target]) + ([] if same_params else [_brief(params_json)]))
+    what = " and ".join(d[0] for d in differences)
+    recorded = " ".join(d[1] for d in differences)
+    submitted = " ".join(d[2] for d in differences)
     raise KeyConflict(
-        f"key {key!r} already names job {job_id} with {differs}: recorded {recorded}, submitted {submitted}. "
+        f"key {key!r} already names job {job_id} with {what}: recorded {recorded}, submitted {submitted}. "
         "Submit it under another key; the same target and parameters again are a no-op"
     )
 
