@@ -2,8 +2,8 @@
 # deploy.sh RELEASE_DIR - put new code live without stopping the jobs that run.
 #
 #   1. preflight the new release on its own (`phoenix check`): a release that
-#      does not import, or whose configuration is invalid, stops here and
-#      nothing changes;
+#      does not import, whose configuration is invalid, or that lacks a job
+#      target pending or running jobs use, stops here and nothing changes;
 #   2. switch the `current` symlink to it, atomically;
 #   3. `phoenix reload --wait`: the master (started in `current`, see
 #      deploy/phoenix.service) replaces itself with the new code and the jobs
@@ -17,6 +17,8 @@
 #   PHOENIX_STATE_DIR  the running master's state directory           (default /var/lib/myapp/phoenix)
 #   PHOENIX            the phoenix command                            (default $APP_ROOT/venv/bin/phoenix)
 #   RELOAD_TIMEOUT     seconds to wait for the new master             (default 120)
+#   DEPLOY_FORCE       1: deploy even if the release lacks job targets that
+#                      queued jobs use (those jobs then fail)         (default 0)
 #
 # Example:
 #   git -C /srv/myapp/repo archive --prefix=r42/ v42 | tar -x -C /srv/myapp/releases
@@ -32,6 +34,8 @@ APP_ROOT=${APP_ROOT:-/srv/myapp}
 STATE_DIR=${PHOENIX_STATE_DIR:-/var/lib/myapp/phoenix}
 PHOENIX=${PHOENIX:-$APP_ROOT/venv/bin/phoenix}
 RELOAD_TIMEOUT=${RELOAD_TIMEOUT:-120}
+FORCE=
+if [ "${DEPLOY_FORCE:-0}" = 1 ]; then FORCE=--force; fi
 
 release=$(cd "$1" && pwd -P)
 current=$APP_ROOT/current
@@ -43,14 +47,14 @@ switch_to() {  # atomic: a new symlink renamed over the old one (never a moment 
 }
 
 echo "deploy: checking $release"
-if ! (cd "$release" && "$PHOENIX" check "$PHOENIX_APP" --state-dir "$STATE_DIR"); then
+if ! (cd "$release" && "$PHOENIX" check "$PHOENIX_APP" --state-dir "$STATE_DIR" $FORCE); then
     echo "deploy: FAILED: $release does not pass \`phoenix check\`; nothing was changed" >&2
     exit 1
 fi
 
 switch_to "$release"
 echo "deploy: $current -> $release; replacing the master"
-if "$PHOENIX" reload --wait --timeout "$RELOAD_TIMEOUT" --state-dir "$STATE_DIR"; then
+if "$PHOENIX" reload --wait --timeout "$RELOAD_TIMEOUT" --state-dir "$STATE_DIR" $FORCE; then
     echo "deploy: done, $release is live"
     exit 0
 fi

@@ -101,7 +101,9 @@ class App:
 
     def submit(self, target: Callable[..., Any] | str, params: Any = None, key: str | None = None,
                state_dir: str | None = None) -> int:
-        """Record a job durably; returns its id. The same key twice is one job."""
+        """Record a job durably; returns its id. The same key with the same
+        target and parameters is one job (its id is returned); with another
+        target or other parameters, phoenix.KeyConflict says what differs."""
         from phoenix.journal import Journal  # the journal is opened lazily outside a master
 
         name = target if isinstance(target, str) else target_name(target)
@@ -153,7 +155,7 @@ def _lookup(spec: str, what: str) -> Any:
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path:
         raise AppError(f"{what} {spec!r} must look like 'package.module:name'")
-    obj = _import_module(module_name, what)
+    obj = _import_module(module_name, f"{what} {spec!r}")
     for part in attr_path.split("."):
         try:
             obj = getattr(obj, part)

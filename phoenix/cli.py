@@ -15,7 +15,7 @@ from phoenix import config as config_module
 from phoenix import control, handoff, pidfile
 from phoenix.app import AppError, decode_params, encode_params, load_app, resolve_target
 from phoenix.config import Config, ConfigError
-from phoenix.journal import Journal, JournalError
+from phoenix.journal import Journal, JournalError, KeyConflict
 from phoenix.paths import StatePaths, StateDirError
 from phoenix.metrics import MetricsError
 from phoenix.sockets import SocketBusy
@@ -29,13 +29,15 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input becomes one clear paragraph and exit 2; nothing in the journal is touched."""
+    """Bad input becomes one clear paragraph and exit 2 (a request at odds with
+    the state, such as a master already running or a key that names another
+    job, exit 1); nothing in the journal is touched."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except pidfile.AlreadyRunning as exc:
+        except (pidfile.AlreadyRunning, KeyConflict) as exc:  # well formed, but at odds with the state
             fail(str(exc), 1)
         except (AppError, ConfigError, JournalError, StateDirError, SocketBusy, MetricsError) as exc:
             fail(str(exc))
@@ -73,7 +75,8 @@ def main() -> None:
 @click.option("--workers", type=int, help="Concurrent child slots.")
 @click.option("--heartbeat-interval", type=float, help="Seconds between a child's beats.")
 @click.option("--heartbeat-timeout", type=float, help="No beat for this long: kill and re-run.")
-@click.option("--exit-when-done", is_flag=True, default=None, help="Batch mode: exit 0 when every job finished, 1 if any failed.")
+@click.option("--exit-when-done", is_flag=True, default=None,
+              help="Batch mode: exit 0 when every job finished, 1 if any failed, 128+N if signal N stopped it first.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML configuration file.")
 @click.option("--reexec", type=click.Choice(["inplace", "fork"]), help="How USR2 replaces the master.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
@@ -83,7 +86,20 @@ def main() -> None:
 @click.option("--daemon", is_flag=True, help="Detach (python-daemon); logs go to --log-file or STATE_DIR/phoenix.log.")
 @friendly_errors
 def start(app: str | None, state_dir: str | None, config_file: str | None, daemon: bool, **flags: Any) -> None:
-    """Run a master for APP ("package.module:app")."""
+    """Run a master for APP ("package.module:app").
+
+    \b
+    Exit status of a service (the default):
+      0      stopped by TERM, INT, QUIT or `phoenix stop`: a clean end
+    With --exit-when-done (batch mode), it answers "did the batch finish?":
+      0      every job finished
+      1      every job ended, some failed
+      128+N  signal N stopped it while jobs were pending or running:
+             TERM 143, INT 130, QUIT 131 (`phoenix stop` counts as TERM,
+             `phoenix stop --drain` as QUIT); the jobs stay in the journal
+    Either way, 2 means bad input (app, configuration, state directory) and
+    1 that a master already runs on the state directory.
+    """
     from phoenix.master import run_master
 
     flags["state_dir"] = state_dir
@@ -151,13 +167,26 @@ def _start_replacement(app_spec: str, config_file: str | None, flags: dict[str, 
 @click.argument("app")
 @state_dir_option
 @click.option("--config", "config_file", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True,
+              help="Pass even if jobs in the journal use targets this code lacks (those jobs fail when they start).")
 @friendly_errors
-def check(app: str, state_dir: str | None, config_file: str | None) -> None:
-    """Preflight: import APP and validate the configuration (what USR2 runs before exec)."""
+def check(app: str, state_dir: str | None, config_file: str | None, force: bool) -> None:
+    """Preflight: import APP, validate the configuration, and make sure the
+    code has every job target that pending or running jobs in the journal use
+    (what USR2 and `phoenix reload` run before exec). Exit 0 if all is well,
+    2 if the app or configuration is broken, 1 if the code lacks a target
+    that queued jobs use (named, with how many jobs use it)."""
+    from phoenix import release
+
     application = load_app(app)
-    config_module.load(application.settings, config_file, {"state_dir": state_dir, "app": app})
+    config = config_module.load(application.settings, config_file, {"state_dir": state_dir, "app": app})
     for target in application.jobs:
         resolve_target(target)
+    missing = release.missing_targets(StatePaths(config.state_dir).journal)
+    if missing and not force:
+        fail(release.refusal(missing), 1)
+    if missing:
+        click.echo(release.forced_warning(missing), err=True)
     click.echo(f"ok: {app} imports, {len(application.jobs)} job(s), configuration valid")
 
 
@@ -168,7 +197,11 @@ def check(app: str, state_dir: str | None, config_file: str | None) -> None:
 @state_dir_option
 @friendly_errors
 def submit(target: str, params: str, key: str | None, state_dir: str | None) -> None:
-    """Record a job durably; a running master starts it when a slot is free."""
+    """Record a job durably; a running master starts it when a slot is free.
+
+    The same KEY with the same target and parameters again is a no-op
+    ("created": false); with another target or other parameters it is
+    refused with exit 1, saying what differs."""
     params_json = encode_params(decode_params(params))
     spec = resolve_target(target)
     paths = _state_paths(state_dir, app_settings=spec.app.settings if spec.app is not None else None)
@@ -234,11 +267,17 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
 @state_dir_option
 @click.option("--wait/--no-wait", default=False, help="Wait until the new master is ready; exit 1 if it failed.")
 @click.option("--timeout", type=float, default=120.0, show_default=True)
+@click.option("--force", is_flag=True,
+              help="Replace even if the new code lacks job targets that queued jobs use (those jobs fail).")
 @friendly_errors
-def reload(state_dir: str | None, wait: bool, timeout: float) -> None:
-    """Replace the master with the code now on disk (as kill -USR2)."""
+def reload(state_dir: str | None, wait: bool, timeout: float, force: bool) -> None:
+    """Replace the master with the code now on disk (as kill -USR2).
+
+    The preflight (`phoenix check`) must pass first; it refuses code that
+    lacks a job target pending or running jobs use. --force overrides that
+    check only; a plain USR2 never does."""
     paths = _state_paths(state_dir)
-    reply = control.request(paths.control_socket, {"cmd": "reload"})
+    reply = control.request(paths.control_socket, {"cmd": "reload", "force": force})
     generation = reply["generation"]
     if not wait:
         click.echo(f"reload requested (generation {generation})")

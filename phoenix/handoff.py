@@ -199,13 +199,15 @@ class Handoff:
         """The one writer of `phase`."""
         self.phase = check_move(HANDOFF_TRANSITIONS, self.phase, phase)
 
-    def request_reload(self) -> dict[str, Any]:
-        """`phoenix reload`: same as USR2, and answers with the generation to wait past."""
-        accepted = self.begin()
+    def request_reload(self, force: bool = False) -> dict[str, Any]:
+        """`phoenix reload [--force]`: same as USR2, and answers with the generation to wait past."""
+        accepted = self.begin(force)
         return {"ok": accepted, "generation": self.master.generation,
                 "error": None if accepted else "a replacement is already in progress"}
 
-    def begin(self) -> bool:
+    def begin(self, force: bool = False) -> bool:
+        """Start a replacement; `force` passes the preflight's check that the
+        new code has every target queued jobs use (only `phoenix reload --force`)."""
         m = self.master
         if self.busy:
             log.event(logging.WARNING, "reload_refused", reason="a replacement is already in progress", phase=self.phase)
@@ -223,6 +225,9 @@ class Handoff:
         argv = [sys.executable, "-m", "phoenix", "check", m.app_spec, "--state-dir", str(m.paths.root)]
         if m.config_file:
             argv += ["--config", m.config_file]
+        if force:
+            argv.append("--force")
+            log.event(logging.WARNING, "reload_forced", effect="jobs whose target the new code lacks fail when they start")
         self.deadline = time.monotonic() + m.config.reload_timeout
         # Its output (the error and traceback, if the new code is broken) comes
         # back to us through a pipe: it goes into our log and into the answer

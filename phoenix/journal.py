@@ -82,6 +82,11 @@ class JournalError(RuntimeError):
     """The journal cannot be opened or written; the message says which file and why."""
 
 
+class KeyConflict(ValueError):
+    """A job was submitted under a key that already names a job with another
+    target or other parameters; the message shows what differs."""
+
+
 @dataclass(slots=True)
 class Job:
     id: int
@@ -109,13 +114,45 @@ _INSERT_JOB = ("INSERT INTO jobs (key, target, params, state, created_at, update
                "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING")
 
 
+def _canonical(params_json: str) -> str:
+    return json.dumps(json.loads(params_json), sort_keys=True, separators=(",", ":"))
+
+
+def _brief(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _insert_job(db: sqlite3.Connection, key: str, target: str, params_json: str, now: float) -> tuple[int, bool]:
+    """Insert a job, or find the same one under its key, inside the caller's
+    transaction (BEGIN IMMEDIATE: the comparison and the insert are one step
+    for concurrent submitters)."""
+    cur = db.execute(_INSERT_JOB, (key, target, params_json, now, now))
+    if cur.rowcount:
+        return cur.lastrowid or 0, True
+    job_id, old_target, old_params = db.execute(
+        "SELECT id, target, params FROM jobs WHERE key = ?", (key,)).fetchone()
+    differences = []  # (what differs, recorded, submitted)
+    if old_target != target:
+        differences.append(("another target", old_target, target))
+    if old_params != params_json and _canonical(old_params) != _canonical(params_json):
+        differences.append(("other parameters", _brief(old_params), _brief(params_json)))
+    if not differences:
+        return job_id, False
+    what = " and ".join(d[0] for d in differences)
+    recorded = " ".join(d[1] for d in differences)
+    submitted = " ".join(d[2] for d in differences)
+    raise KeyConflict(
+        f"key {key!r} already names job {job_id} with {what}: recorded {recorded}, submitted {submitted}. "
+        "Submit it under another key; the same target and parameters again are a no-op"
+    )
+
+
 def default_key(target: str, params_json: str) -> str:
     """Idempotency key for a job submitted without one: same target and same
     parameters (canonical JSON) make the same job."""
     import hashlib  # here: loading OpenSSL costs every new master image ~6 ms, and only submissions need it
 
-    canonical = json.dumps(json.loads(params_json), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(f"{target}\0{canonical}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{target}\0{_canonical(params_json)}".encode()).hexdigest()[:32]
 
 
 class Journal:
@@ -174,22 +211,22 @@ class Journal:
     # -- submission (any process) ----------------------------------------------
 
     def submit(self, target: str, params_json: str, key: str | None = None) -> tuple[int, bool]:
-        """Record a job; (job id, True) if new, (existing id, False) if the key exists."""
+        """Record a job; (job id, True) if new, (existing id, False) if the key
+        names the same job (same target, same parameters as canonical JSON).
+        Raises KeyConflict if the key names another job."""
         key = key or default_key(target, params_json)
         now = time.time()
         with self.transaction() as db:
-            cur = db.execute(_INSERT_JOB, (key, target, params_json, now, now))
-            if cur.rowcount:
-                return cur.lastrowid or 0, True
-            (job_id,) = db.execute("SELECT id FROM jobs WHERE key = ?", (key,)).fetchone()
-            return job_id, False
+            return _insert_job(db, key, target, params_json, now)
 
     def submit_many(self, jobs: Iterable[tuple[str, str, str]]) -> None:
         """Record (target, params JSON, key) jobs in one transaction, as a
-        script seeding a batch would; a key that exists is left as it is."""
+        script seeding a batch would; a key that names the same job is left as
+        it is, one that names another job raises KeyConflict and records none."""
         now = time.time()
         with self.transaction() as db:
-            db.executemany(_INSERT_JOB, ((key, target, params_json, now, now) for target, params_json, key in jobs))
+            for target, params_json, key in jobs:
+                _insert_job(db, key, target, params_json, now)
 
     # -- the master's writes ----------------------------------------------------
 
@@ -304,6 +341,13 @@ class Journal:
             "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.outcome IS NULL ORDER BY a.id"
         ).fetchall()
         return [OpenAttempt(*row) for row in rows]
+
+    def targets_in_use(self) -> list[tuple[str, int, int]]:
+        """(target, pending jobs, running jobs) of every target that jobs not yet ended use."""
+        return self.db.execute(
+            "SELECT target, sum(state = 'pending'), sum(state = 'running') FROM jobs "
+            "WHERE state IN ('pending', 'running') GROUP BY target ORDER BY target"
+        ).fetchall()
 
     def job_row(self, job_id: int) -> dict[str, Any] | None:
         cur = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from setproctitle import setproctitle
 
-from phoenix import child, handoff, log, metrics, procfs, protocol, systemd
+from phoenix import child, exits, handoff, log, metrics, procfs, protocol, systemd
 from phoenix import control as control_socket
 from phoenix.app import App, AppError, JobInfo, JobSpec, decode_params, resolve_target
 from phoenix.attempts import Attempt
@@ -98,6 +98,7 @@ class Master:
         self.subprocesses: dict[int, Callable[[int], None]] = {}  # pid -> on_exit(status): the preflight, the spare
         self.started_at = time.time()
         self.exit_code = 0
+        self.stop_signal: int | None = None  # what asked this master to stop (see exits.py)
         self.handoff = handoff.Handoff(self)
         self.spawner = Spawner(self)
         self.retired_heartbeats: list[socket.socket] = []  # still read after a state-dir rebuild
@@ -133,9 +134,8 @@ class Master:
     def _open_under_lock(self, inherited: dict[str, int]) -> None:
         self.journal = Journal(self.paths.journal)
         self.journal_identity = file_identity(self.paths.journal)
+        # Recorded in the journal only once ready: a start that fails records no generation.
         self.generation = int(self.journal.meta("generation", 0)) + 1
-        self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
-                              app=self.app_spec, state="starting")
         if self.app is not None:
             self.app.journal = self.journal
         _raise_fd_limit()
@@ -227,7 +227,8 @@ class Master:
             attempt.fresh_grace(now)
         if self.app is None:
             self.change_state(MasterState.DEGRADED)
-            self.journal.set_meta(state="degraded")
+            self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
+                                  app=self.app_spec, state="degraded")
             self.handoff.became_degraded(self.degraded_reason or "no app loaded")
             event(ERROR, "degraded", generation=self.generation, pid=os.getpid(), running=len(self.children),
                   reason=(self.degraded_reason or "").splitlines()[0] if self.degraded_reason else "-",
@@ -235,7 +236,8 @@ class Master:
             self.update_title(force=True)
             return
         self.change_state(MasterState.RUNNING)
-        self.journal.set_meta(state="running")
+        self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
+                              app=self.app_spec, state="running")
         self.handoff.became_ready()
         event(INFO, "ready", generation=self.generation, pid=os.getpid(), app=self.app_spec or "-",
               workers=self.slots, running=len(self.children))
@@ -268,6 +270,8 @@ class Master:
                 self.guarded(self.update_title)
                 self.watchdog.keep_alive()
                 self.watch_storage()
+            if self.stop_signal is not None and self.config.exit_when_done:
+                self.exit_code = exits.stopped_batch(self.stop_signal, self.journal.counts)
         finally:
             self.close()
         return self.exit_code
@@ -310,11 +314,12 @@ class Master:
 
     def run_commands(self) -> None:
         while self.signals:
-            command = SIGNAL_COMMANDS.get(self.signals.pop(0))
+            signum = self.signals.pop(0)
+            command = SIGNAL_COMMANDS.get(signum)
             if command is not None:
-                self.execute(command)
+                self.execute(command, signum=signum)
 
-    def execute(self, command: Command) -> dict[str, Any]:
+    def execute(self, command: Command, signum: int | None = None, force: bool = False) -> dict[str, Any]:
         """Run one command, however it arrived (a signal or the control socket)."""
         if command == Command.STATUS:
             return {"ok": True, **self.live_status()}
@@ -322,9 +327,9 @@ class Master:
             self.maybe_pending = True
         elif command in (Command.STOP, Command.DRAIN, Command.LEAVE):
             self.begin_stop({Command.STOP: StopMode.TERM, Command.DRAIN: StopMode.DRAIN,
-                             Command.LEAVE: StopMode.LEAVE}[command])
+                             Command.LEAVE: StopMode.LEAVE}[command], signum)
         elif command == Command.RELOAD:
-            return self.handoff.request_reload()
+            return self.handoff.request_reload(force=force)
         elif command == Command.RELOAD_CONFIG:
             self.reload_configuration()
         elif command == Command.SLOT_MORE:
@@ -345,7 +350,8 @@ class Master:
             command = from_request(request)
         except BadRequest as exc:
             return {"ok": False, "error": str(exc)}
-        return self.execute(command)
+        # Only `phoenix reload --force` passes the preflight's check of queued targets.
+        return self.execute(command, force=request.get("force") is True)
 
     def reload_configuration(self) -> None:
         try:
@@ -583,7 +589,7 @@ class Master:
             self.next_pending_poll = min(self.next_pending_poll, time.monotonic() + next_at - time.time())
 
     def fail_before_start(self, job: Job, error: str) -> None:
-        event(ERROR, "job_failed", job=job.key, outcome="error", reason="cannot start")
+        event(ERROR, "job_failed", job=job.key, outcome="error", reason="cannot start", target=job.target)
         log.log.error("%s", error)
         callback_id = self.journal.fail_without_attempt(job.id, error)
         if callback_id is not None:
@@ -747,11 +753,12 @@ class Master:
             counts = self.journal.counts()
             if counts["pending"] == 0 and counts["running"] == 0:
                 event(INFO, "monitoring_complete", finished=counts["finished"], failed=counts["failed"], running=0)
-                self.exit_code = 1 if counts["failed"] else 0
+                self.exit_code = exits.batch_done(counts)
                 self.change_state(MasterState.STOPPED)
 
-    def begin_stop(self, mode: StopMode) -> None:
+    def begin_stop(self, mode: StopMode, signum: int | None = None) -> None:
         self.spawner.discard()
+        self.stop_signal = self.stop_signal or signum or exits.STOP_MODE_SIGNALS[mode]
         if self.state == MasterState.STOPPING and mode == StopMode.TERM:
             event(WARNING, "stop_now", running=len(self.children))
             for attempt in list(self.children.values()):

@@ -55,8 +55,9 @@ def test_same_key_twice_is_one_job_and_default_key_is_stable(state_dir):
     assert json.loads(first.stdout) == {"id": 1, "created": True}
     assert json.loads(again.stdout) == {"id": 1, "created": False}
     keyed = phoenix_cli("submit", "tests.apps.jobs:noop", '{"a": 1}', "--key", "k", state_dir=state_dir)
-    keyed_again = phoenix_cli("submit", "tests.apps.jobs:noop", '{"a": 9}', "--key", "k", state_dir=state_dir)
+    keyed_again = phoenix_cli("submit", "tests.apps.jobs:noop", '{"a":1}', "--key", "k", state_dir=state_dir)
     assert json.loads(keyed.stdout)["id"] == json.loads(keyed_again.stdout)["id"] == 2
+    # Other content under the same key: refused (tests/faults/test_truthful_exits.py).
 
 
 def test_unwritable_state_dir(tmp_path):
