@@ -45,7 +45,8 @@ class ControlServer:
         selector.register(sock, selectors.EVENT_READ, self.accept)
 
     def rebind(self, sock: socket.socket) -> None:
-        """Serve on a new listening socket (the state directory was rebuilt)."""
+        """Serve on a new listening socket (its path was removed or rebuilt)."""
+        self.accept()  # requests that reached the old one before its path went are still answered
         self.selector.unregister(self.sock)
         self.sock.close()
         self.sock = sock

@@ -44,6 +44,7 @@ from phoenix.pidfile import AlreadyRunning, PidFile
 from phoenix.policy import RestartBudget, backoff_delay, classify_exit
 from phoenix.sockets import bind_heartbeat, datagram_queue_length
 from phoenix.spawner import Spawner
+from phoenix.statefiles import StateFiles
 from phoenix import control as control_socket
 from phoenix import handoff
 from phoenix.outage import STORAGE_ERRORS, JournalOutage, file_identity, restore_journal
@@ -128,6 +129,7 @@ class Master:
         self.watchdog = systemd.Watchdog()  # WATCHDOG=1 when systemd's WatchdogSec asks for it
         self.outage = JournalOutage(str(self.paths.journal))
         self.next_state_dir_check = 0.0
+        self.state_files = StateFiles()  # sockets, pidfile and lock put back if removed under us
 
     # -- start-up ---------------------------------------------------------------
 
@@ -415,6 +417,8 @@ class Master:
                     self.schedule(now + BACKLOG_GRACE, "check", attempt)
                     continue
                 reason, due = self.liveness_verdict(attempt, now)
+            if reason == "heartbeat_timeout" and self.state_files.heartbeat_restored(self):
+                reason, due = self.liveness_verdict(attempt, now)  # the silence was ours: every child has grace now
             if reason is None:
                 self.schedule(due, "check", attempt)
             else:
@@ -779,6 +783,8 @@ class Master:
         self.next_state_dir_check = now + 1.0
         if file_identity(self.paths.journal) != self.journal_identity:
             self.rebuild_state_dir()
+        else:
+            self.state_files.check(self)
 
     def rebuild_state_dir(self) -> None:
         """The journal file vanished or was replaced under us: rebuild the state
@@ -793,13 +799,7 @@ class Master:
             self.journal = self.app.journal = Journal(self.paths.journal)
             self.journal_identity = file_identity(self.paths.journal)
             self.pidfile.rebuild()
-            old_heartbeat = self.heartbeat
-            self.heartbeat = bind_heartbeat(self.paths.heartbeat_socket)
-            # Children connected to the old socket keep beating there: read both.
-            self.selector.register(self.heartbeat, selectors.EVENT_READ, self.read_heartbeats)
-            self.selector.modify(old_heartbeat, selectors.EVENT_READ,
-                                 lambda: self.read_heartbeats(old_heartbeat))
-            self.retired_heartbeats.append(old_heartbeat)
+            self.state_files.rebind_heartbeat(self)
             self.control.rebind(control_socket.bind(self.paths.control_socket))
         except (*STORAGE_ERRORS, AlreadyRunning) as exc:
             self.outage.failed(exc, "rebuild_state_dir")
