@@ -131,6 +131,8 @@ def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[s
         raise ControlError(f"the master on {path} closed the connection (it may be stopping)") from None
     except TimeoutError:
         raise ControlError(f"the master did not answer on {path} within {timeout} s") from None
+    except PermissionError:
+        raise  # another user's state directory: the CLI says whose to run as
     except OSError as exc:  # e.g. the state directory is gone: no master can be asked there
         raise ControlError(f"cannot reach a master on {path}: {exc.strerror or exc}") from None
     finally:

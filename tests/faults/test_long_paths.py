@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 
 from phoenix.paths import StatePaths
+from phoenix.pidfile import read_pid
 from tests.conftest import phoenix_cli, wait_for
 
 SLEEP = "tests.apps.jobs:sleep"
@@ -85,6 +86,25 @@ def test_a_deep_state_dir_runs_jobs_and_replaces_in_place(master_factory, tmp_pa
     assert stopped.returncode == 0, stopped.stderr
     assert master.wait_exit() == 0
     assert not (state / "control.sock").exists()
+
+
+def test_a_deep_state_dir_hands_over_in_fork_mode(master_factory, tmp_path):
+    state = deep(tmp_path, 200)
+    master = master_factory("--reexec", "fork", state=state)
+    old = master.pid
+    master.submit(SLEEP, {"s": 2.5}, key="across")
+    wait_for(lambda: master.jobs()["across"]["state"] == "running", what="the job to run")
+    master.signal(signal.SIGUSR2)
+    assert master.wait_exit() == 0  # the old master leaves once the new one is ready
+    new = read_pid(StatePaths(state).pidfile)
+    assert new not in (None, old)
+    try:
+        jobs = master.wait_jobs_done(["across"])
+        assert jobs["across"]["state"] == "finished" and jobs["across"]["attempt"] == 1, jobs["across"]
+        assert master.status()["master"]["pid"] == new
+    finally:
+        stopped = phoenix_cli("stop", state_dir=state)
+    assert stopped.returncode == 0, stopped.stderr
 
 
 def test_submit_to_a_deep_state_dir_without_a_master_records_the_job(tmp_path):
