@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 from typing import Any, Callable
 
+from phoenix.paths import unix_address
 from phoenix.sockets import bind_private
 
 MAX_REQUEST_BYTES = 64 * 1024
@@ -44,7 +45,8 @@ class ControlServer:
         selector.register(sock, selectors.EVENT_READ, self.accept)
 
     def rebind(self, sock: socket.socket) -> None:
-        """Serve on a new listening socket (the state directory was rebuilt)."""
+        """Serve on a new listening socket (its path was removed or rebuilt)."""
+        self.accept()  # requests that reached the old one before its path went are still answered
         self.selector.unregister(self.sock)
         self.sock.close()
         self.sock = sock
@@ -114,7 +116,8 @@ def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[s
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        sock.connect(str(path))
+        with unix_address(path) as address:
+            sock.connect(address)
         sock.sendall(json.dumps(message).encode() + b"\n")
         data = bytearray()
         while not data.endswith(b"\n"):
@@ -128,6 +131,10 @@ def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[s
         raise ControlError(f"the master on {path} closed the connection (it may be stopping)") from None
     except TimeoutError:
         raise ControlError(f"the master did not answer on {path} within {timeout} s") from None
+    except PermissionError:
+        raise  # another user's state directory: the CLI says whose to run as
+    except OSError as exc:  # e.g. the state directory is gone: no master can be asked there
+        raise ControlError(f"cannot reach a master on {path}: {exc.strerror or exc}") from None
     finally:
         sock.close()
     try:

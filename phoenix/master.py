@@ -56,6 +56,7 @@ from phoenix.spawner import Spawner
 from phoenix.states import (MASTER_TRANSITIONS, HandoffPhase, KillReason, MasterState, Outcome, StopMode, TimerKind,
                             check_move)
 from phoenix.timers import TimerHeap
+from phoenix.statefiles import StateFiles
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 event = log.event
@@ -107,6 +108,7 @@ class Master:
         self.watchdog = systemd.Watchdog()  # WATCHDOG=1 when systemd's WatchdogSec asks for it
         self.outage = JournalOutage(str(self.paths.journal))
         self.next_state_dir_check = 0.0
+        self.state_files = StateFiles()  # sockets, pidfile and lock put back if removed under us
 
     def change_state(self, new: MasterState) -> None:
         """The one writer of `state`."""
@@ -408,6 +410,10 @@ class Master:
                     return
                 judged = verdict(limits, last_beat=attempt.last_beat, last_progress=attempt.last_progress,
                                  started=attempt.started, now=now)
+            if judged.reason == KillReason.HEARTBEAT_TIMEOUT and self.state_files.heartbeat_restored(self):
+                # The socket file was gone: the silence was ours, and every child has grace now.
+                judged = verdict(limits, last_beat=attempt.last_beat, last_progress=attempt.last_progress,
+                                 started=attempt.started, now=now)
         if judged.reason is None:
             self.timers.push(judged.next_check, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
         else:
@@ -540,6 +546,9 @@ class Master:
     def give_all_grace(self, now: float) -> None:
         for attempt in self.children.values():
             attempt.fresh_grace(now)
+
+    def in_fork_handover(self) -> bool:
+        return self.handoff.phase == HandoffPhase.FORKED
 
     def running_count(self) -> int:
         return len(self.children)
@@ -713,6 +722,8 @@ class Master:
         self.next_state_dir_check = now + STATE_DIR_CHECK
         if file_identity(self.paths.journal) != self.journal_identity:
             self.rebuild_state_dir()
+        else:
+            self.state_files.check(self)
 
     def rebuild_state_dir(self) -> None:
         """The journal file vanished or was replaced under us: rebuild the state
@@ -727,13 +738,7 @@ class Master:
             self.reopen_journal()
             self.journal_identity = file_identity(self.paths.journal)
             self.pidfile.rebuild()
-            old_heartbeat = self.heartbeat
-            self.heartbeat = bind_heartbeat(self.paths.heartbeat_socket)
-            # Children connected to the old socket keep beating there: read both.
-            self.selector.register(self.heartbeat, selectors.EVENT_READ, self.read_heartbeats)
-            self.selector.modify(old_heartbeat, selectors.EVENT_READ,
-                                 lambda: self.read_heartbeats(old_heartbeat))
-            self.retired_heartbeats.append(old_heartbeat)
+            self.state_files.rebind_heartbeat(self)
             self.control.rebind(control_socket.bind(self.paths.control_socket))
         except (*STORAGE_ERRORS, AlreadyRunning) as exc:
             self.outage.failed(exc, "rebuild_state_dir")

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from phoenix.paths import unix_address
+
 VERSION = 1
 KINDS = frozenset({"beat", "progress", "finished", "failed"})
 
@@ -114,7 +116,8 @@ class Sender:
             # a jittered sleep instead of blocking in poll() with every other child.
             sock.setblocking(False)
             try:
-                sock.connect(self.path)
+                with unix_address(self.path) as address:  # a deep state directory's path is over sun_path's limit
+                    sock.connect(address)
             except OSError:
                 sock.close()
                 raise

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 from phoenix import protocol
+from phoenix.paths import unix_address
 
 
 class SocketBusy(OSError):
@@ -17,7 +18,8 @@ class SocketBusy(OSError):
 def _in_use(path: Path, kind: int) -> bool:
     probe = socket.socket(socket.AF_UNIX, kind)
     try:
-        probe.connect(str(path))
+        with unix_address(path) as address:
+            probe.connect(address)
         return True
     except OSError as exc:
         # ECONNREFUSED: nobody is bound there any more (a dead master's file).
@@ -40,7 +42,8 @@ def bind_private(sock: socket.socket, path: Path) -> None:
         path.unlink()
     old_umask = os.umask(0o177)  # created 0600, with no window at a wider mode
     try:
-        sock.bind(str(path))
+        with unix_address(path) as address:
+            sock.bind(address)
     finally:
         os.umask(old_umask)
 

@@ -1,0 +1,153 @@
+"""The state directory's files besides the journal, put back when something
+removes or replaces one under a running master (a cleanup script, a
+tmpfiles.d rule, a hand with `rm`).
+
+Without them the master runs on unseen: a new child cannot find the
+heartbeat socket and is killed for the silence, the CLI cannot find the
+control socket (status says "stopped", stop cannot reach the master), and
+without the pidfile `kill -USR2 $(cat ...)` has no pid; without the lock file
+a second master could start beside this one. Once a second (the master's
+state-directory check) each path's identity (device, inode) is compared with
+what the master holds, and what differs is made again. The journal itself is
+outage.py's and Master.rebuild_state_dir's concern.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import socket
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+from phoenix import control, log, pidfile
+from phoenix.outage import file_identity
+from phoenix.attempts import Attempt
+from phoenix.control import ControlServer
+from phoenix.paths import StatePaths
+from phoenix.pidfile import AlreadyRunning, PidFile
+from phoenix.sockets import bind_heartbeat
+
+
+
+class StateFilesHost(Protocol):
+    """What the check needs of the master: the files it holds, and a way to
+    rebind the heartbeat socket and give its children grace."""
+
+    paths: StatePaths
+    heartbeat: socket.socket
+    control: ControlServer
+    pidfile: PidFile
+    selector: selectors.BaseSelector
+    children: dict[int, Attempt]
+    retired_heartbeats: list[socket.socket]
+    next_state_dir_check: float
+
+    def in_fork_handover(self) -> bool: ...
+    def watch_storage(self) -> None: ...
+    def read_heartbeats(self, sock: socket.socket | None = None) -> None: ...
+    def give_all_grace(self, now: float) -> None: ...
+
+Identity = tuple[int, int] | None
+
+
+class StateFiles:
+    def __init__(self) -> None:
+        # name -> (the socket we hold, the identity its path had when we first saw it)
+        self.bound: dict[str, tuple[socket.socket, Identity]] = {}
+        # Replaced heartbeat sockets, still read while a child that may be
+        # connected to one runs: {socket: pids that were running when it was replaced}.
+        self.retired: dict[socket.socket, set[int]] = {}
+        self.failing: set[str] = set()  # what could not be made again: logged once, retried each check
+
+    def check(self, m: StateFilesHost) -> None:
+        """Put back whatever was removed or replaced; called once a second."""
+        if m.in_fork_handover():
+            return  # the successor shares the sockets and writes the pidfile now
+        self._socket(m, "heartbeat", m.paths.heartbeat_socket, lambda: m.heartbeat,
+                     lambda: self.rebind_heartbeat(m))
+        self._socket(m, "control", m.paths.control_socket, lambda: m.control.sock,
+                     lambda: m.control.rebind(control.bind(m.paths.control_socket)))
+        self._lock_and_pidfile(m)
+        self._close_unused_retired(m)
+
+    def heartbeat_restored(self, m: StateFilesHost) -> bool:
+        """Run the state-directory check now; True if it rebound the heartbeat
+        socket. Asked before any heartbeat_timeout kill: a child started after
+        the path (or the whole directory) went cannot have beaten, and must not
+        be killed for it while the next once-a-second check is still to come."""
+        before = m.heartbeat
+        m.next_state_dir_check = 0.0
+        m.watch_storage()
+        return m.heartbeat is not before
+
+    def rebind_heartbeat(self, m: StateFilesHost) -> None:
+        """A new heartbeat socket at the path. The old one is still read:
+        children connected to it keep sending there. Every child gets a fresh
+        heartbeat_timeout: beats sent while the path was missing were lost."""
+        old = m.heartbeat
+        m.heartbeat = bind_heartbeat(m.paths.heartbeat_socket)
+        m.selector.register(m.heartbeat, selectors.EVENT_READ, m.read_heartbeats)
+        m.selector.modify(old, selectors.EVENT_READ, lambda: m.read_heartbeats(old))
+        m.retired_heartbeats.append(old)
+        self.retired[old] = set(m.children)
+        m.give_all_grace(time.monotonic())
+
+    def _socket(self, m: StateFilesHost, name: str, path: Path, current: Callable[[], socket.socket],
+                rebind: Callable[[], None]) -> bool:
+        sock = current()
+        held, identity = self.bound.get(name, (None, None))
+        if held is not sock:  # bound (or inherited, or rebuilt) since the last check: its file is the one there now
+            identity = file_identity(path)
+            self.bound[name] = (sock, identity)
+        now = file_identity(path)
+        if identity is not None and now == identity:
+            return False
+        try:
+            rebind()
+        except OSError as exc:
+            self._failed(name, path, exc)
+            return False
+        self.failing.discard(name)
+        self.bound[name] = (current(), file_identity(path))
+        log.event(logging.WARNING, "socket_rebuilt", path=path, found="missing" if now is None else "another file",
+                  running=len(m.children))
+        return True
+
+    def _lock_and_pidfile(self, m: StateFilesHost) -> None:
+        lock = m.pidfile
+        try:
+            if lock.lock_fd is not None and _fd_identity(lock.lock_fd) != file_identity(lock.lockfile):
+                # Another master could take a new lock file there: take it first.
+                lock.rebuild()
+                log.event(logging.WARNING, "lockfile_rebuilt", path=lock.lockfile)
+            if pidfile.read_pid(lock.pidfile) != os.getpid():
+                pidfile.write_atomically(lock.pidfile, os.getpid())
+                log.event(logging.WARNING, "pidfile_rebuilt", path=lock.pidfile, pid=os.getpid())
+        except (OSError, AlreadyRunning) as exc:
+            self._failed("pidfile", lock.pidfile, exc)
+            return
+        self.failing.discard("pidfile")
+
+    def _close_unused_retired(self, m: StateFilesHost) -> None:
+        for sock, pids in list(self.retired.items()):
+            if pids.isdisjoint(m.children):
+                m.read_heartbeats(sock)  # anything still queued
+                m.selector.unregister(sock)
+                m.retired_heartbeats.remove(sock)
+                del self.retired[sock]
+                sock.close()
+
+    def _failed(self, name: str, path: Path, exc: BaseException) -> None:
+        if name not in self.failing:
+            self.failing.add(name)
+            log.event(logging.ERROR, "state_file_rebuild_failed", path=path, error=str(exc),
+                      effect="retrying every second")
+
+
+def _fd_identity(fd: int) -> Identity:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
