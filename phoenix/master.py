@@ -277,6 +277,11 @@ class Master:
                 self.guarded(self.update_title)
                 self.watchdog.keep_alive()
                 self.watch_storage()
+        except Exception as exc:
+            # Logged here (the log may be a file no one watches for stderr), and
+            # the exit status says so: a supervisor must see a crash as a failure.
+            self.exit_code = 1
+            log.log.exception("crash", extra={"phoenix_fields": {"error": f"{type(exc).__name__}: {exc}"}})
         finally:
             self.close()
         return self.exit_code
@@ -291,11 +296,13 @@ class Master:
         cb_deadline = self.callbacks.next_deadline(self.config.callback_timeout)
         if cb_deadline is not None:
             deadline = min(deadline, cb_deadline)
-        deadline = min(deadline, self.watchdog.due, self.outage.next_retry, self.next_state_dir_check)
+        deadline = min(deadline, self.watchdog.due, self.outage.next_retry, self.next_state_dir_check,
+                       self.control.next_deadline())
         if self.maybe_pending and self.has_free_slot():
             deadline = now
         for key, _mask in self.selector.select(max(0.0, deadline - now)):
             key.data()
+        self.control.expire(time.monotonic())
         if time.monotonic() >= self.next_pending_poll:
             self.maybe_pending = True
 
