@@ -19,6 +19,7 @@ from phoenix.journal import Journal, JournalError
 from phoenix.paths import StatePaths, StateDirError
 from phoenix.metrics import MetricsError
 from phoenix.sockets import SocketBusy
+from phoenix.untrusted import KeyRefused, check_key
 
 EXIT_NOT_RUNNING = 3  # as systemctl status
 
@@ -37,7 +38,7 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except pidfile.AlreadyRunning as exc:
             fail(str(exc), 1)
-        except (AppError, ConfigError, JournalError, StateDirError, SocketBusy, MetricsError) as exc:
+        except (AppError, ConfigError, JournalError, StateDirError, SocketBusy, MetricsError, KeyRefused) as exc:
             fail(str(exc))
         except control.ControlError as exc:
             fail(str(exc), 1)
@@ -124,6 +125,8 @@ def check(app: str, state_dir: str | None, config_file: str | None) -> None:
 @friendly_errors
 def submit(target: str, params: str, key: str | None, state_dir: str | None) -> None:
     """Record a job durably; a running master starts it when a slot is free."""
+    if key:
+        check_key(key)  # before the state directory is made or touched
     params_json = encode_params(decode_params(params))
     resolve_target(target)
     paths = _state_paths(state_dir)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from phoenix.untrusted import check_key
+
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -175,6 +177,8 @@ class Journal:
 
     def submit(self, target: str, params_json: str, key: str | None = None) -> tuple[int, bool]:
         """Record a job; (job id, True) if new, (existing id, False) if the key exists."""
+        if key:
+            check_key(key)
         key = key or default_key(target, params_json)
         now = time.time()
         with self.transaction() as db:
@@ -187,6 +191,9 @@ class Journal:
     def submit_many(self, jobs: Iterable[tuple[str, str, str]]) -> None:
         """Record (target, params JSON, key) jobs in one transaction, as a
         script seeding a batch would; a key that exists is left as it is."""
+        jobs = list(jobs)
+        for _target, _params, key in jobs:
+            check_key(key)  # all refused, or all recorded
         now = time.time()
         with self.transaction() as db:
             db.executemany(_INSERT_JOB, ((key, target, params_json, now, now) for target, params_json, key in jobs))
