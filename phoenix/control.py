@@ -58,6 +58,12 @@ def _open_reserve() -> int | None:
         return None
 
 
+def _has_waiting_connection(sock: socket.socket) -> bool:
+    poller = select.poll()  # not select.select: the descriptor may be past FD_SETSIZE
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class ControlServer:
     """Accepts connections without ever blocking the master loop, and without
     letting any client, however it behaves, take the master down: at most
@@ -130,7 +136,7 @@ class ControlServer:
         so the newcomer gets its descriptor. With none: the reserve trick,
         give up the spare descriptor, accept the newcomer and hang up on it,
         take the spare again. True if the backlog may be worth another accept."""
-        if not select.select([self.sock], [], [], 0)[0]:
+        if not _has_waiting_connection(self.sock):
             return False  # accept fails so even with no one waiting: nothing to make room for
         detail = exc.strerror or str(exc)
         if self.deadlines:
