@@ -58,6 +58,10 @@ def _open_reserve() -> int | None:
         return None
 
 
+def _line(message: dict[str, Any]) -> bytes:
+    return json.dumps(message).encode() + b"\n"
+
+
 def _has_waiting_connection(sock: socket.socket) -> bool:
     poller = select.poll()  # not select.select: the descriptor may be past FD_SETSIZE
     poller.register(sock, select.POLLIN)
@@ -191,7 +195,7 @@ class ControlServer:
         line = bytes(buffer).split(b"\n", 1)[0]
         if len(line) > MAX_REQUEST_BYTES:
             self.on_rejected("oversized control request")
-            self._reply(conn, {"ok": False, "error": f"request over {MAX_REQUEST_BYTES} bytes: send one small JSON object on one line"})
+            self._reply(conn, _line({"ok": False, "error": f"request over {MAX_REQUEST_BYTES} bytes: send one small JSON object on one line"}))
             return
         try:
             request = json.loads(line) if chunk or line else None
@@ -199,22 +203,22 @@ class ControlServer:
                 raise ValueError("not an object")
         except (ValueError, RecursionError):  # RecursionError: JSON nested too deep; ValueError: also bad UTF-8
             self.on_rejected("malformed control request")
-            self._reply(conn, {"ok": False, "error": "malformed request: send one JSON object on one line"})
+            self._reply(conn, _line({"ok": False, "error": "malformed request: send one JSON object on one line"}))
             return
         try:
-            reply = self.handle(request)
+            reply = _line(self.handle(request))
         except Exception as exc:  # noqa: BLE001 - a request the master cannot serve must not end it
             log.log.exception("control_request_failed")
             self.on_rejected("failed control request")
-            reply = {"ok": False, "error": f"the master could not serve this request: {type(exc).__name__}: {exc}"}
+            reply = _line({"ok": False, "error": f"the master could not serve this request: {type(exc).__name__}: {exc}"})
         self._reply(conn, reply)
 
-    def _reply(self, conn: socket.socket, reply: dict[str, Any]) -> None:
+    def _reply(self, conn: socket.socket, reply: bytes) -> None:
         del self.buffers[conn]
         del self.deadlines[conn]
         # A fresh deadline, the latest of all: the order of `deadlines` holds.
         self.deadlines[conn] = time.monotonic() + self.timeout
-        self.replies[conn] = memoryview(json.dumps(reply).encode() + b"\n")
+        self.replies[conn] = memoryview(reply)
         self.selector.modify(conn, selectors.EVENT_WRITE, functools.partial(self.write, conn))
         self.write(conn)
 
@@ -263,8 +267,7 @@ class ControlServer:
             self.on_rejected(why)
         if tell is not None:
             try:
-                conn.send(json.dumps({"ok": False, "error": tell}).encode() + b"\n",
-                          socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                conn.send(_line({"ok": False, "error": tell}), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
             except OSError:
                 pass
         conn.close()
