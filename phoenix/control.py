@@ -34,6 +34,7 @@ REQUEST_TIMEOUT = 5.0
 # of connections held, leaving descriptors to the master's own work (forks, pidfds).
 FD_HEADROOM = 4
 WARNING_INTERVAL = 10.0  # seconds between two warnings about shed or evicted clients
+BOUND_RESTORED_AFTER = 60.0  # seconds without a descriptor shortage before the bound is whole again
 _SHED_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _UCRED = struct.Struct("3i")
 
@@ -84,7 +85,8 @@ class ControlServer:
         self.selector = selector
         self.handle = handle
         self.on_rejected = on_rejected
-        self.max_clients = max_clients
+        self.max_clients = self.full_bound = max_clients
+        self.lowered_at = 0.0  # monotonic: the last descriptor shortage that lowered max_clients
         self.timeout = timeout
         self.buffers: dict[socket.socket, bytearray] = {}  # reading a request
         self.replies: dict[socket.socket, memoryview] = {}  # writing a reply the client has not taken yet
@@ -107,6 +109,8 @@ class ControlServer:
     def accept(self) -> None:
         if self.reserve_fd is None:
             self.reserve_fd = _open_reserve()  # lost in an earlier shortage: take it back when there is one
+        if self.max_clients < self.full_bound and time.monotonic() - self.lowered_at > BOUND_RESTORED_AFTER:
+            self.max_clients = self.full_bound  # the shortage passed; if not, the next accept lowers it again
         while True:
             try:
                 conn, _ = self.sock.accept()
@@ -145,6 +149,7 @@ class ControlServer:
         detail = exc.strerror or str(exc)
         if self.deadlines:
             self.max_clients = max(1, len(self.deadlines) - FD_HEADROOM)
+            self.lowered_at = time.monotonic()
             self._warn("control_fd_shortage", detail)
             while len(self.deadlines) >= self.max_clients:
                 self._evict_oldest()
