@@ -23,6 +23,7 @@ from setproctitle import setproctitle
 
 from phoenix import protocol
 from phoenix.app import JobSpec, decode_params
+from phoenix.untrusted import visible
 
 # Exit code of a child that never ran a job: no order came (the master died
 # before recording the attempt, or discarded a spare child).
@@ -214,7 +215,7 @@ def run(
         if got is None:
             os._exit(EXIT_NO_ORDER)
         context = ChildContext(got["job"], got["key"], got["attempt"], decode_params(got["params"]))
-        setproctitle(f"phoenix: job {context.key} attempt {context.attempt}")
+        setproctitle(f"phoenix: job {visible(context.key)} attempt {context.attempt}")  # a NUL would raise
         sender = protocol.Sender(socket_path)
         _runtime = _Runtime(context, sender, got["interval"])
         # _thread, not threading.Thread: start() waits for the thread to run

@@ -19,6 +19,7 @@ from phoenix.journal import Journal, JournalError, KeyConflict
 from phoenix.paths import StatePaths, StateDirError
 from phoenix.metrics import MetricsError
 from phoenix.sockets import SocketBusy
+from phoenix.untrusted import KeyRefused, check_key
 
 EXIT_NOT_RUNNING = 3  # as systemctl status
 
@@ -39,7 +40,7 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except (pidfile.AlreadyRunning, KeyConflict) as exc:  # well formed, but at odds with the state
             fail(str(exc), 1)
-        except (AppError, ConfigError, JournalError, StateDirError, SocketBusy, MetricsError) as exc:
+        except (AppError, ConfigError, JournalError, StateDirError, SocketBusy, MetricsError, KeyRefused) as exc:
             fail(str(exc))
         except control.ControlError as exc:
             fail(str(exc), 1)
@@ -202,6 +203,8 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None) -> 
     The same KEY with the same target and parameters again is a no-op
     ("created": false); with another target or other parameters it is
     refused with exit 1, saying what differs."""
+    if key:
+        check_key(key)  # before the state directory is made or touched
     params_json = encode_params(decode_params(params))
     spec = resolve_target(target)
     paths = _state_paths(state_dir, app_settings=spec.app.settings if spec.app is not None else None)

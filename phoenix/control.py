@@ -1,22 +1,42 @@
 """The control socket: a stream socket in the state directory on which the
 CLI asks a running master for its live state or tells it to act. One JSON
-object per line each way, one request per connection. Only the master's own
+object per line each way, one request per connection, a bounded number of
+connections, each with a deadline. Only the master's own
 uid (checked with SO_PEERCRED) is served; nothing received is ever evaluated."""
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
+import logging
+import math
 import os
+import select
 import selectors
 import socket
 import struct
+import time
 from pathlib import Path
 from typing import Any, Callable
 
+from phoenix import log
 from phoenix.paths import unix_address
 from phoenix.sockets import bind_private
 
 MAX_REQUEST_BYTES = 64 * 1024
+# A bound on connections held at once: hostile or stuck clients cost the master
+# at most this many file descriptors; past it the oldest connection goes, so
+# that a newcomer (an operator's `phoenix status`) is still answered.
+MAX_CLIENTS = 64
+# Seconds a client has to send its whole request, and again to read the reply.
+REQUEST_TIMEOUT = 5.0
+# Out of file descriptors at accept: the bound drops this far below the number
+# of connections held, leaving descriptors to the master's own work (forks, pidfds).
+FD_HEADROOM = 4
+WARNING_INTERVAL = 10.0  # seconds between two warnings about shed or evicted clients
+BOUND_RESTORED_AFTER = 60.0  # seconds without a descriptor shortage before the bound is whole again
+_SHED_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _UCRED = struct.Struct("3i")
 
 
@@ -32,16 +52,50 @@ def bind(path: Path) -> socket.socket:
     return sock
 
 
+def _open_reserve() -> int | None:
+    """A spare descriptor, given up for a moment when accept fails for want of one."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _line(message: dict[str, Any]) -> bytes:
+    return json.dumps(message).encode() + b"\n"
+
+
+def _has_waiting_connection(sock: socket.socket) -> bool:
+    poller = select.poll()  # not select.select: the descriptor may be past FD_SETSIZE
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class ControlServer:
-    """Accepts connections without ever blocking the master loop."""
+    """Accepts connections without ever blocking the master loop, and without
+    letting any client, however it behaves, take the master down: at most
+    `max_clients` connections, each closed `timeout` s after it was accepted
+    if it has not sent a whole request (and again if it does not read the
+    reply), and accept failures for want of descriptors or memory shed the
+    newcomer instead of raising. The loop asks `next_deadline()` and calls
+    `expire(now)`."""
 
     def __init__(self, sock: socket.socket, selector: selectors.BaseSelector,
-                 handle: Callable[[dict[str, Any]], dict[str, Any]], on_rejected: Callable[[str], None]) -> None:
+                 handle: Callable[[dict[str, Any]], dict[str, Any]], on_rejected: Callable[[str], None],
+                 max_clients: int = MAX_CLIENTS, timeout: float = REQUEST_TIMEOUT) -> None:
         self.sock = sock
         self.selector = selector
         self.handle = handle
         self.on_rejected = on_rejected
-        self.buffers: dict[socket.socket, bytearray] = {}
+        self.max_clients = self.full_bound = max_clients
+        self.lowered_at = 0.0  # monotonic: the last descriptor shortage that lowered max_clients
+        self.timeout = timeout
+        self.buffers: dict[socket.socket, bytearray] = {}  # reading a request
+        self.replies: dict[socket.socket, memoryview] = {}  # writing a reply the client has not taken yet
+        # Every connection held, in the order its deadline was set: the first is due first.
+        self.deadlines: dict[socket.socket, float] = {}
+        self.reserve_fd = _open_reserve()
+        self.unwarned: dict[str, int] = {}  # shed or evicted since the last warning, by reason
+        self.warned_at = -WARNING_INTERVAL
         selector.register(sock, selectors.EVENT_READ, self.accept)
 
     def rebind(self, sock: socket.socket) -> None:
@@ -52,23 +106,90 @@ class ControlServer:
         self.sock = sock
         self.selector.register(sock, selectors.EVENT_READ, self.accept)
 
+    # -- accepting ------------------------------------------------------------------
+
     def accept(self) -> None:
+        if self.reserve_fd is None:
+            self.reserve_fd = _open_reserve()  # lost in an earlier shortage: take it back when there is one
+        if self.max_clients < self.full_bound and time.monotonic() - self.lowered_at > BOUND_RESTORED_AFTER:
+            self.max_clients = self.full_bound  # the shortage passed; if not, the next accept lowers it again
         while True:
             try:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            pid, uid, _gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+            except ConnectionAbortedError:
+                continue  # the client gave up while queued
+            except OSError as exc:
+                if exc.errno not in _SHED_ERRNOS or not self._make_room(exc):
+                    return
+                continue
+            try:
+                _pid, uid, _gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+                conn.setblocking(False)
+            except OSError:
+                conn.close()
+                continue
             if uid != os.getuid():
                 self.on_rejected("foreign_uid_control")  # a fixed label: counters must not grow per pid
                 conn.close()
                 continue
-            conn.setblocking(False)
+            while len(self.deadlines) >= self.max_clients:
+                self._evict_oldest()
             self.buffers[conn] = bytearray()
-            self.selector.register(conn, selectors.EVENT_READ, lambda c=conn: self.read(c))
+            self.deadlines[conn] = time.monotonic() + self.timeout
+            self.selector.register(conn, selectors.EVENT_READ, functools.partial(self.read, conn))
+
+    def _make_room(self, exc: OSError) -> bool:
+        """accept failed for want of a descriptor (or kernel memory). With
+        connections held: lower the bound below them and let the oldest go,
+        so the newcomer gets its descriptor. With none: the reserve trick,
+        give up the spare descriptor, accept the newcomer and hang up on it,
+        take the spare again. True if the backlog may be worth another accept."""
+        if not _has_waiting_connection(self.sock):
+            return False  # accept fails so even with no one waiting: nothing to make room for
+        detail = exc.strerror or str(exc)
+        if self.deadlines:
+            self.max_clients = max(1, len(self.deadlines) - FD_HEADROOM)
+            self.lowered_at = time.monotonic()
+            self._warn("control_fd_shortage", detail)
+            while len(self.deadlines) >= self.max_clients:
+                self._evict_oldest()
+            return True
+        if self.reserve_fd is not None:
+            os.close(self.reserve_fd)
+            self.reserve_fd = None
+        try:
+            conn, _ = self.sock.accept()
+            conn.close()
+        except OSError:
+            conn = None
+        self.reserve_fd = _open_reserve()
+        if conn is None:
+            self._warn("control_shed_impossible", detail)
+            return False
+        self.on_rejected("control connection shed")
+        self._warn("control_shed", detail)
+        return self.reserve_fd is not None
+
+    def _evict_oldest(self) -> None:
+        """Close the connection held longest, after serving it if its request
+        has come in complete since it was last read."""
+        conn = next(iter(self.deadlines))
+        if conn in self.buffers:
+            self.read(conn)
+            if conn not in self.buffers:
+                return  # served: its reply is sent, or queued behind the newest deadline
+        self._drop(conn, "control connection evicted",
+                   f"too many control connections (over {self.max_clients}): this one was the oldest")
+        self._warn("control_clients_full", f"{self.max_clients} connections held")
+
+    # -- requests and replies ----------------------------------------------------------
 
     def read(self, conn: socket.socket) -> None:
-        buffer = self.buffers[conn]
+        buffer = self.buffers.get(conn)
+        if buffer is None:
+            return  # dropped earlier in the same turn of the loop (evicted, say) while its event waited
         try:
             chunk = conn.recv(65536)
         except (BlockingIOError, InterruptedError):
@@ -81,34 +202,100 @@ class ControlServer:
         line = bytes(buffer).split(b"\n", 1)[0]
         if len(line) > MAX_REQUEST_BYTES:
             self.on_rejected("oversized control request")
-            self._finish(conn, {"ok": False, "error": f"request over {MAX_REQUEST_BYTES} bytes: send one small JSON object on one line"})
+            self._reply(conn, _line({"ok": False, "error": f"request over {MAX_REQUEST_BYTES} bytes: send one small JSON object on one line"}))
             return
         try:
             request = json.loads(line) if chunk or line else None
             if not isinstance(request, dict):
                 raise ValueError("not an object")
-            reply = self.handle(request)
-        except (ValueError, RecursionError):  # RecursionError: JSON nested too deep
+        except (ValueError, RecursionError):  # RecursionError: JSON nested too deep; ValueError: also bad UTF-8
             self.on_rejected("malformed control request")
-            reply = {"ok": False, "error": "malformed request: send one JSON object on one line"}
-        self._finish(conn, reply)
-
-    def _finish(self, conn: socket.socket, reply: dict[str, Any]) -> None:
-        self.selector.unregister(conn)
-        del self.buffers[conn]
+            self._reply(conn, _line({"ok": False, "error": "malformed request: send one JSON object on one line"}))
+            return
         try:
-            conn.setblocking(True)
-            conn.settimeout(1.0)  # a reader that does not read is dropped, not waited for
-            conn.sendall(json.dumps(reply).encode() + b"\n")
-        except OSError:
-            pass
+            reply = _line(self.handle(request))
+        except Exception as exc:  # noqa: BLE001 - a request the master cannot serve must not end it
+            log.log.exception("control_request_failed")
+            self.on_rejected("failed control request")
+            reply = _line({"ok": False, "error": f"the master could not serve this request: {type(exc).__name__}: {exc}"})
+        self._reply(conn, reply)
+
+    def _reply(self, conn: socket.socket, reply: bytes) -> None:
+        del self.buffers[conn]
+        del self.deadlines[conn]
+        # A fresh deadline, the latest of all: the order of `deadlines` holds.
+        self.deadlines[conn] = time.monotonic() + self.timeout
+        self.replies[conn] = memoryview(reply)
+        self.selector.modify(conn, selectors.EVENT_WRITE, functools.partial(self.write, conn))
+        self.write(conn)
+
+    def write(self, conn: socket.socket) -> None:
+        """Send what the client's socket buffer takes; the rest when it is writable again."""
+        reply = self.replies.get(conn)
+        if reply is None:
+            return  # dropped earlier in the same turn of the loop
+        try:
+            sent = conn.send(reply, socket.MSG_NOSIGNAL)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # EPIPE, ECONNRESET: the client went away without its reply
+            self._drop(conn)
+            return
+        remaining = reply[sent:]
+        if remaining:
+            self.replies[conn] = remaining
+        else:
+            self._drop(conn)
+
+    # -- deadlines -------------------------------------------------------------------
+
+    def next_deadline(self) -> float:
+        """Monotonic time of the next connection to time out (inf: none held)."""
+        return next(iter(self.deadlines.values()), math.inf)
+
+    def expire(self, now: float) -> None:
+        """Close every connection whose deadline has passed."""
+        while self.deadlines:
+            conn, due = next(iter(self.deadlines.items()))
+            if due > now:
+                return
+            reading = conn in self.buffers
+            self._drop(conn, "control request timeout",
+                       f"no complete request within {self.timeout} s" if reading else None)
+
+    def _drop(self, conn: socket.socket, why: str | None = None, tell: str | None = None) -> None:
+        """Forget and close a connection; `why` counts it as rejected, `tell`
+        is said to the client if its socket takes it at once."""
+        self.selector.unregister(conn)
+        self.buffers.pop(conn, None)
+        self.replies.pop(conn, None)
+        del self.deadlines[conn]
+        if why is not None:
+            self.on_rejected(why)
+        if tell is not None:
+            try:
+                conn.send(_line({"ok": False, "error": tell}), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            except OSError:
+                pass
         conn.close()
 
+    def _warn(self, reason: str, detail: str) -> None:
+        """One warning per WARNING_INTERVAL, with how many were shed or evicted meanwhile."""
+        self.unwarned[reason] = self.unwarned.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self.warned_at < WARNING_INTERVAL:
+            return
+        self.warned_at = now
+        log.event(logging.WARNING, "control_overloaded", reason=reason, detail=detail,
+                  since_last_warning=" ".join(f"{k}:{n}" for k, n in sorted(self.unwarned.items())),
+                  max_clients=self.max_clients, held=len(self.deadlines),
+                  effect="the oldest control connections are closed, newcomers refused when out of descriptors; "
+                         "find the clients that hold connections open, or raise the open-files limit")
+        self.unwarned.clear()
+
     def close(self) -> None:
-        for conn in list(self.buffers):
-            self.selector.unregister(conn)
-            conn.close()
-        self.buffers.clear()
+        for conn in list(self.deadlines):
+            self._drop(conn)
 
 
 def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
@@ -137,6 +324,9 @@ def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[s
         raise ControlError(f"cannot reach a master on {path}: {exc.strerror or exc}") from None
     finally:
         sock.close()
+    if not data:
+        raise ControlError(f"the master on {path} hung up without a reply (it may be stopping, or out of "
+                           "file descriptors: see its log)")
     try:
         reply = json.loads(data)
     except ValueError:

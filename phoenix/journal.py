@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from phoenix.untrusted import check_key
+
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -214,6 +216,8 @@ class Journal:
         """Record a job; (job id, True) if new, (existing id, False) if the key
         names the same job (same target, same parameters as canonical JSON).
         Raises KeyConflict if the key names another job."""
+        if key:
+            check_key(key)
         key = key or default_key(target, params_json)
         now = time.time()
         with self.transaction() as db:
@@ -223,6 +227,9 @@ class Journal:
         """Record (target, params JSON, key) jobs in one transaction, as a
         script seeding a batch would; a key that names the same job is left as
         it is, one that names another job raises KeyConflict and records none."""
+        jobs = list(jobs)
+        for _target, _params, key in jobs:
+            check_key(key)  # all refused, or all recorded
         now = time.time()
         with self.transaction() as db:
             for target, params_json, key in jobs:

@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Any
 
+from phoenix.untrusted import visible
+
 log = logging.getLogger("phoenix")
 
 _handler: logging.Handler | None = None
@@ -25,18 +27,24 @@ class TextFormatter(logging.Formatter):
         fields = getattr(record, "phoenix_fields", None)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
         head = f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} [{record.process}]"
+        # What a job or a user wrote (a key, an error text, a job's own log
+        # message) is shown, never obeyed: no escape sequence or carriage
+        # return reaches the file raw, and a continuation line is indented, so
+        # that every line at the margin is a record Phoenix wrote.
+        message = visible(record.getMessage(), multiline=True)
         if fields is None:
-            text = f"{head} {record.getMessage()}"
+            text = f"{head} {message}"
         else:
-            text = f"{head} {record.getMessage()} " + " ".join(f"{k}={_plain(v)}" for k, v in fields.items())
+            text = f"{head} {message} " + " ".join(f"{k}={_plain(v)}" for k, v in fields.items())
         if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text.rstrip()
+            text += "\n" + visible(self.formatException(record.exc_info), multiline=True)
+        return text.rstrip().replace("\n", "\n    ")
 
 
 def _plain(value: Any) -> str:
     text = str(value)
-    return json.dumps(text) if (" " in text or "\n" in text or not text) else text
+    # json.dumps escapes every control and non-ASCII character: used whenever the text needs it.
+    return json.dumps(text) if (not text or " " in text or '"' in text or visible(text) != text) else text
 
 
 class JsonFormatter(logging.Formatter):

@@ -274,6 +274,11 @@ class Master:
                 self.watch_storage()
             if self.stop_signal is not None and self.config.exit_when_done:
                 self.exit_code = exits.stopped_batch(self.stop_signal, self.journal.counts)
+        except Exception as exc:
+            # Logged here (the log may be a file no one watches for stderr), and
+            # the exit status says so: a supervisor must see a crash as a failure.
+            self.exit_code = 1
+            log.log.exception("crash", extra={"phoenix_fields": {"error": f"{type(exc).__name__}: {exc}"}})
         finally:
             self.close()
         return self.exit_code
@@ -285,7 +290,8 @@ class Master:
         # The next pending-job poll: a backoff ending, or the fallback for jobs
         # submitted without a wake-up.
         deadlines = [max(self.next_pending_poll, now) if self.has_free_slot() else now + PENDING_POLL,
-                     self.watchdog.due, self.outage.next_retry, self.next_state_dir_check]
+                     self.watchdog.due, self.outage.next_retry, self.next_state_dir_check,
+                     self.control.next_deadline()]
         timer = self.timers.next_deadline()
         if timer is not None:
             deadlines.append(timer)
@@ -303,6 +309,7 @@ class Master:
             self.give_grace(woke - max(deadline, now))
         for key, _mask in ready:
             key.data()
+        self.control.expire(time.monotonic())
         if time.monotonic() >= self.next_pending_poll:
             self.maybe_pending = True
 

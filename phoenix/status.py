@@ -10,6 +10,7 @@ from typing import Any
 from phoenix import control, pidfile
 from phoenix.journal import Journal
 from phoenix.paths import StatePaths
+from phoenix.untrusted import visible
 
 MASTER_FIELDS = ("pid", "generation", "state", "started_at", "uptime", "workers", "slots_used", "spare_pid", "app",
                  "beats", "beats_missing", "rejected", "reload")
@@ -75,7 +76,7 @@ def summary(report: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...
     head += "\n" + "  ".join(f"{state} {n}" for state, n in counts.items())
     columns = ["key", "pid", "attempt", "age", "last beat", "progress", "rss"]
     rows = [
-        (job["key"], str(job["pid"] or "-"), str(job["attempt"]), _duration(job.get("age")),
+        (visible(job["key"]), str(job["pid"] or "-"), str(job["attempt"]), _duration(job.get("age")),
          f"{job['last_beat_age']:.1f}s" if job["last_beat_age"] is not None else "-",
          str(job.get("progress", "-")), _size(job.get("rss")))
         for job in report["jobs"] if job["state"] == "running"
@@ -85,14 +86,17 @@ def summary(report: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...
 
 def rich_table(report: dict[str, Any]) -> Any:
     from rich.table import Table
+    from rich.text import Text
 
     head, columns, rows = summary(report)
-    table = Table(title=head, title_justify="left")
+    # Text cells, not strings: rich would read a key like "[/bold]" or
+    # "[link=...]" as markup. (Control characters are escaped by summary.)
+    table = Table(title=Text(head), title_justify="left")
     for column in columns:
         table.add_column(column, justify="right" if column != "key" else "left",
                          style="cyan" if column == "key" else None)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))
     return table
 
 

@@ -1,0 +1,58 @@
+"""Strings that come from users and jobs (keys, targets, parameters, error
+texts) are data: shown, never interpreted. `visible` makes any of them safe
+for a terminal or a log line; `check_key` refuses at submission the keys
+that could not be represented faithfully anywhere downstream."""
+
+from __future__ import annotations
+
+import re
+
+MAX_KEY_BYTES = 1024
+
+# C0 and C1 controls, DEL, line and paragraph separators, and the bidirectional
+# overrides and isolates that reorder what a terminal shows ("Trojan Source").
+_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_INVISIBLE_BUT_LINES = re.compile(f"(?![\n\t]){_INVISIBLE.pattern}")
+_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def visible(text: str, multiline: bool = False) -> str:
+    """`text` with every control character written as a visible escape
+    (`\\x1b`, `\\r`, `\\x00`, `\\u202e`); `multiline` keeps newlines and tabs
+    (a traceback in a log). Lone surrogates, from bytes that were not UTF-8,
+    become `\\udcXX` too, so the result always encodes."""
+    text = (_INVISIBLE_BUT_LINES if multiline else _INVISIBLE).sub(_escape, text)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8") if _has_surrogates(text) else text
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+class KeyRefused(ValueError):
+    """An idempotency key that cannot be stored and shown faithfully."""
+
+
+def check_key(key: str) -> None:
+    """Refuse a key with control characters, one that is not valid UTF-8, or
+    one over MAX_KEY_BYTES; the message names the problem and the fix."""
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise KeyRefused(f"job key '{visible(key)}' is not valid UTF-8; use a key of printable text") from None
+    if size > MAX_KEY_BYTES:
+        raise KeyRefused(f"job key of {size} bytes is over the limit of {MAX_KEY_BYTES}; "
+                         "use a shorter key (a hash of a long identifier, say)")
+    bad = _INVISIBLE.search(key)
+    if bad is not None:
+        raise KeyRefused(f"job key '{visible(key)}' contains the control character {_escape(bad)} "
+                         f"at position {bad.start()}; use a key of printable text")
