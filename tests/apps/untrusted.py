@@ -29,7 +29,7 @@ def break_the_loop(app):
     """A bug in one step of the master loop, as an uncaught exception would be."""
     from phoenix.master import Master
 
-    def murder_hung_children(self):
+    def run_due_timers(self):
         raise RuntimeError("a bug in the master loop")
 
-    Master.murder_hung_children = murder_hung_children
+    Master.run_due_timers = run_due_timers
