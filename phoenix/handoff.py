@@ -336,7 +336,6 @@ class Handoff:
             os.set_inheritable(fd, False)
         m.journal = Journal(m.paths.journal)
         m.app.journal = m.journal
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _handled())
         m.selector.register(m.control.sock, selectors.EVENT_READ, m.control.accept)
         systemd.notify("READY=1")
         self._failed("exec", f"exec of {sys.executable} failed: {exc}")

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from phoenix import clock
+
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -31,7 +33,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     state       TEXT NOT NULL,              -- pending | running | finished | failed
     attempts    INTEGER NOT NULL DEFAULT 0, -- attempts started
     failures    INTEGER NOT NULL DEFAULT 0, -- attempts that count against retries
-    not_before  REAL NOT NULL DEFAULT 0,    -- wall clock: backoff before the next attempt
+    not_before  REAL NOT NULL DEFAULT 0,    -- wall clock, for display: backoff before the next attempt
+    not_before_boot    REAL,                -- the same in CLOCK_BOOTTIME seconds (see clock.py) ...
+    not_before_boot_id TEXT,                -- ... of this boot (NULL: no backoff, or an older journal)
     outcome     TEXT,
     result      TEXT,                       -- JSON
     error       TEXT,
@@ -46,7 +50,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     generation  INTEGER NOT NULL,           -- master generation that started it
     pid         INTEGER,
     start_time  INTEGER,                    -- /proc/PID/stat field 22: tells a reused pid apart
-    started_at  REAL NOT NULL,
+    started_at  REAL NOT NULL,              -- wall clock, for display
+    started_boot REAL,                      -- CLOCK_BOOTTIME seconds: the attempt's age across a restart
     ended_at    REAL,
     outcome     TEXT,                       -- NULL while running
     reason      TEXT,
@@ -103,7 +108,23 @@ class OpenAttempt:
     start_time: int | None
     generation: int
     started_at: float  # wall clock
+    started_boot: float | None  # CLOCK_BOOTTIME; None in a journal written before it was recorded
 
+
+# Added after the first release: (table, column, declaration), created in older journals on open.
+_ADDED_COLUMNS = (
+    ("jobs", "not_before_boot", "REAL"),
+    ("jobs", "not_before_boot_id", "TEXT"),
+    ("attempts", "started_boot", "REAL"),
+)
+
+# A pending job is due once its backoff has passed on the boot-time clock;
+# one with no boot-time backoff (none, or an older journal's row) by the wall
+# clock; one whose backoff was set under an earlier boot at once.
+_DUE = ("(CASE WHEN not_before_boot_id IS NULL THEN not_before <= :wall "
+        "WHEN not_before_boot_id = :boot THEN not_before_boot <= :since_boot ELSE 1 END)")
+_WAIT = ("(CASE WHEN not_before_boot_id IS NULL THEN not_before - :wall "
+         "WHEN not_before_boot_id = :boot THEN not_before_boot - :since_boot ELSE 0 END)")
 
 _INSERT_JOB = ("INSERT INTO jobs (key, target, params, state, created_at, updated_at) "
                "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING")
@@ -139,6 +160,7 @@ class Journal:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self.db.execute(statement)
+                _add_columns(self.db)
                 row = self.db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
                 if row is None:
                     self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -193,17 +215,18 @@ class Journal:
 
     # -- the master's writes ----------------------------------------------------
 
-    def pending(self, limit: int, now: float | None = None) -> list[Job]:
-        now = time.time() if now is None else now
+    def pending(self, limit: int) -> list[Job]:
         rows = self.db.execute(
             "SELECT id, key, target, params, attempts, failures FROM jobs "
-            "WHERE state = 'pending' AND not_before <= ? ORDER BY not_before, id LIMIT ?",
-            (now, limit),
+            f"WHERE state = 'pending' AND {_DUE} ORDER BY not_before, id LIMIT :limit",
+            {**_clocks(), "limit": limit},
         ).fetchall()
         return [Job(*row) for row in rows]
 
-    def next_not_before(self) -> float | None:
-        row = self.db.execute("SELECT min(not_before) FROM jobs WHERE state = 'pending'").fetchone()
+    def next_due_in(self) -> float | None:
+        """Seconds until the next pending job's backoff ends (0 or less: due
+        now), or None if nothing is pending."""
+        row = self.db.execute(f"SELECT min({_WAIT}) FROM jobs WHERE state = 'pending'", _clocks()).fetchone()
         return row[0]
 
     def begin_attempt(self, job: Job, generation: int, pid: int | None, start_time: int | None) -> int:
@@ -218,8 +241,9 @@ class Journal:
                 (now, job.id),
             )
             cur = db.execute(
-                "INSERT INTO attempts (job_id, n, generation, started_at, pid, start_time) VALUES (?, ?, ?, ?, ?, ?)",
-                (job.id, job.attempts + 1, generation, now, pid, start_time),
+                "INSERT INTO attempts (job_id, n, generation, started_at, started_boot, pid, start_time) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job.id, job.attempts + 1, generation, now, clock.since_boot(), pid, start_time),
             )
             return cur.lastrowid or 0
 
@@ -235,15 +259,21 @@ class Journal:
         max_rss_kb: int | None,
         job_state: str,
         counts_as_failure: bool,
-        not_before: float = 0.0,
+        retry_delay: float | None = None,
         callback: str | None,
         attempt_n: int,
     ) -> tuple[bool, int | None]:
         """Record an attempt's outcome, the job's new state and the callback now
         owed, in one transaction: the outcome is recorded exactly once. Returns
         (False, None) if it was recorded already, else (True, the id of the
-        callback now owed or None)."""
+        callback now owed or None). `retry_delay`: seconds before the job may
+        run again."""
         now = time.time()
+        if retry_delay is None:
+            not_before, not_before_boot, boot = 0.0, None, None
+        else:
+            not_before = now + retry_delay
+            not_before_boot, boot = clock.after(retry_delay)
         with self.transaction() as db:
             cur = db.execute(
                 "UPDATE attempts SET outcome = ?, reason = ?, error = ?, max_rss_kb = ?, ended_at = ? "
@@ -253,9 +283,10 @@ class Journal:
             if cur.rowcount == 0:
                 return False, None  # already recorded
             db.execute(
-                "UPDATE jobs SET state = ?, outcome = ?, result = ?, error = ?, not_before = ?, "
-                "failures = failures + ?, updated_at = ? WHERE id = ?",
-                (job_state, outcome, result_json, error, not_before, int(counts_as_failure), now, job_id),
+                "UPDATE jobs SET state = ?, outcome = ?, result = ?, error = ?, not_before = ?, not_before_boot = ?, "
+                "not_before_boot_id = ?, failures = failures + ?, updated_at = ? WHERE id = ?",
+                (job_state, outcome, result_json, error, not_before, not_before_boot, boot, int(counts_as_failure),
+                 now, job_id),
             )
             if callback is None:
                 return True, None
@@ -300,7 +331,7 @@ class Journal:
 
     def open_attempts(self) -> list[OpenAttempt]:
         rows = self.db.execute(
-            "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation, a.started_at "
+            "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation, a.started_at, a.started_boot "
             "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.outcome IS NULL ORDER BY a.id"
         ).fetchall()
         return [OpenAttempt(*row) for row in rows]
@@ -379,3 +410,15 @@ class Journal:
         with self.transaction() as db:
             db.execute("INSERT INTO meta VALUES ('probe', '0') ON CONFLICT (name) DO UPDATE SET value = excluded.value")
 
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Bring a journal written by an older Phoenix up to the columns this one
+    uses (each added column may be NULL: older rows keep their meaning)."""
+    for table, column, declaration in _ADDED_COLUMNS:
+        existing = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in existing:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+def _clocks() -> dict[str, Any]:
+    return {"wall": time.time(), "boot": clock.boot_id(), "since_boot": clock.since_boot()}

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from setproctitle import setproctitle
 
-from phoenix import child, log, metrics, procfs, protocol, systemd
+from phoenix import child, clock, lineage, log, metrics, procfs, protocol, systemd
 from phoenix.app import App, AppError, JobInfo, JobSpec, decode_params, resolve_target
 from phoenix.callbacks import CallbackRunner
 from phoenix.config import Config
@@ -42,6 +42,7 @@ from phoenix.journal import Journal, Job, OpenAttempt
 from phoenix.paths import StatePaths
 from phoenix.pidfile import AlreadyRunning, PidFile
 from phoenix.policy import RestartBudget, backoff_delay, classify_exit
+from phoenix.signals import SignalFD, set_child_subreaper
 from phoenix.sockets import bind_heartbeat, datagram_queue_length
 from phoenix.spawner import Spawner
 from phoenix import control as control_socket
@@ -88,6 +89,7 @@ class Attempt:
     kill_reason: str | None = None
     kill_detail: str | None = None
     interrupted: bool = False
+    escaped: dict[int, int] = field(default_factory=dict)  # pid -> pidfd: its processes outside its group
 
 
 class Master:
@@ -132,6 +134,9 @@ class Master:
     # -- start-up ---------------------------------------------------------------
 
     def open(self) -> None:
+        # Before any thread of ours starts: threads inherit the blocked mask.
+        self.signal_fd = SignalFD(HANDLED_SIGNALS)
+        set_child_subreaper()
         self.paths.ensure()
         inherited = handoff.inherited_fds()
         if inherited:
@@ -182,24 +187,22 @@ class Master:
                                   self.app_spec)
 
     def _install_signal_handlers(self) -> None:
-        # Handlers only record: the C-level handler writes the signal number
-        # into the wake-up pipe, and the loop reads the numbers in order.
-        self.signal_read, signal_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(signal_write, warn_on_full_buffer=False)
-        for signum in HANDLED_SIGNALS:
-            signal.signal(signum, _record_only)
-        self.selector.register(self.signal_read, selectors.EVENT_READ, self._read_signals)
-        # Signals blocked across an exec (handoff) are pending now; unblock them last.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        # Signals blocked across an exec (handoff) are pending in the signalfd
+        # and read once the loop runs, after adoption.
+        self.selector.register(self.signal_fd, selectors.EVENT_READ, self._read_signals)
 
     def _read_signals(self) -> None:
-        try:
-            while data := os.read(self.signal_read, 256):
-                self.signals.extend(data)
-                if signal.SIGCHLD in data:
-                    self.child_exited = True
-        except BlockingIOError:
-            pass
+        for signum, sender, uid in self.signal_fd.read():
+            if signum == signal.SIGCHLD:
+                self.child_exited = True
+                continue
+            attempt_pid = lineage.owning_attempt(sender, self.children) if sender else None
+            if attempt_pid is not None:  # a job cannot stop, reload or reconfigure the master that runs it
+                owner = self.children[attempt_pid]
+                event(WARNING, "signal_ignored", signal=signal.Signals(signum).name, sender=sender, uid=uid,
+                      job=owner.key, attempt=owner.n, reason="sent by a process of a running job")
+                continue
+            self.signals.append(signum)
 
     def adopt_running_attempts(self) -> None:
         """Take charge of every attempt the journal says is running: ours
@@ -224,8 +227,9 @@ class Master:
             spec: JobSpec | None = self.spec_for(a.target)
         except AppError:
             spec = None
-        # max_runtime counts from the attempt's real start, not from its adoption.
-        started = now - max(0.0, time.time() - a.started_at)
+        # max_runtime counts from the attempt's real start, not from its adoption,
+        # on a clock that a wall-clock step does not move.
+        started = now - clock.age(a.started_boot, a.start_time)
         attempt = Attempt(a.attempt_id, a.job_id, a.key, a.target, a.n, a.pid, spec, started, now, now, own_child=own)
         attempt.last_seq = -1  # its numbering started under another master: do not count that as lost beats
         if not own:
@@ -466,6 +470,7 @@ class Master:
                 # Not our child, so its pid could be reused once it is gone: the
                 # pidfd names exactly this process.
                 signal.pidfd_send_signal(attempt.pidfd, signum)
+            lineage.signal_escaped(attempt.pid, signum, attempt.escaped)  # what the job daemonised
             os.killpg(attempt.pid, signum)
         except ProcessLookupError:
             pass
@@ -495,6 +500,8 @@ class Master:
                 self.conclude(attempt, status, rusage.ru_maxrss)
             elif pid in self.other_children:
                 self.other_children.pop(pid)(status)
+            else:  # an orphan handed to us as subreaper (a job's daemon, ended with its attempt)
+                event(DEBUG, "reaped_orphan", pid=pid, how=classify_exit(status)[1])
 
     def reap_new_master(self) -> None:
         pid = self.handoff.new_master_pid
@@ -532,6 +539,7 @@ class Master:
             os.killpg(attempt.pid, signal.SIGKILL)  # grandchildren die with the job
         except (ProcessLookupError, PermissionError):
             pass
+        lineage.end_escaped(attempt.escaped)
         final = attempt.final or self.read_outbox(attempt.job_id, attempt.n)
         if final is not None and attempt.missing:
             self.final_seq_arrived(attempt, final.get("seq"))
@@ -583,7 +591,7 @@ class Master:
         spec = self.specs.get(target)
         retries = spec.retries if spec is not None and spec.retries is not None else self.config.retries
         failures = job["failures"] + (outcome not in ("finished", "interrupted"))
-        not_before = 0.0
+        retry_delay: float | None = None
         callback: str | None = None
         if outcome == "finished":
             state, callback = "finished", "on_finished"
@@ -592,15 +600,14 @@ class Master:
         elif failures <= retries and spec is not None:
             state = "pending"
             slot = self.budget.next_slot()
-            delay = max(backoff_delay(failures, self.config.backoff_base, self.config.backoff_cap),
-                        slot - time.monotonic())
-            not_before = time.time() + delay
+            retry_delay = max(backoff_delay(failures, self.config.backoff_base, self.config.backoff_cap),
+                              slot - time.monotonic())
         else:
             state, callback = "failed", "on_failed"
         recorded, callback_id = self.journal.end_attempt(
             attempt_id, job_id, outcome=outcome, reason=reason, error=error, result_json=result_json,
             max_rss_kb=max_rss_kb, job_state=state, counts_as_failure=outcome not in ("finished", "interrupted"),
-            not_before=not_before, callback=callback, attempt_n=n,
+            retry_delay=retry_delay, callback=callback, attempt_n=n,
         )
         self.remove_outbox(job_id, n)
         if not recorded:
@@ -610,8 +617,8 @@ class Master:
         fields: dict[str, Any] = {"pid": pid, "job": key, "attempt": n, "outcome": outcome}
         if reason:
             fields["reason"] = reason
-        if state == "pending" and outcome != "interrupted":
-            fields["retry_in"] = f"{max(0.0, not_before - time.time()):.2f}s"
+        if retry_delay is not None:
+            fields["retry_in"] = f"{retry_delay:.2f}s"
         event(level, {"finished": "complete", "interrupted": "interrupted"}.get(outcome, "attempt_failed")
               if state != "failed" else "job_failed", **fields)
         if outcome == "error" and error and state == "failed":
@@ -666,9 +673,9 @@ class Master:
                 break  # the rest on the next turn, after reaping, timers and control requests
         if len(jobs) and self.has_free_slot():
             self.maybe_pending = True  # there may be more behind them
-        next_at = self.journal.next_not_before()
-        if next_at is not None and next_at > time.time():
-            self.next_pending_poll = min(self.next_pending_poll, time.monotonic() + next_at - time.time())
+        due_in = self.journal.next_due_in()
+        if due_in is not None and due_in > 0:
+            self.next_pending_poll = min(self.next_pending_poll, time.monotonic() + due_in)
 
     def spawn(self, job: Job) -> None:
         try:
@@ -933,10 +940,6 @@ class Master:
 def _name(operation: Callable[..., Any]) -> str:
     inner = getattr(operation, "func", operation)
     return getattr(inner, "__name__", "journal write")
-
-
-def _record_only(signum: int, frame: Any) -> None:
-    """The wake-up fd carries the signal number to the loop; nothing else to do here."""
 
 
 def _raise_fd_limit() -> None:
