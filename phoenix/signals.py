@@ -68,6 +68,7 @@ class SignalFD:
         signal.pthread_sigmask(signal.SIG_BLOCK, self.signals)
         self.fd = _check(_libc.signalfd(-1, mask, _SFD_FLAGS), "signalfd")
         self._main_thread = threading.main_thread().ident
+        self._pid = os.getpid()
         for signum in self.signals:
             signal.signal(signum, self._resend_to_main_thread)
 
@@ -91,8 +92,10 @@ class SignalFD:
 
     def _resend_to_main_thread(self, signum: int, frame: Any) -> None:
         """A signal that reached a thread with it unblocked: the main thread
-        (which blocks it) gets it again, through the signalfd."""
-        if self._main_thread is not None:
+        (which blocks it) gets it again, through the signalfd. Not in a
+        process forked from ours (by app code) that has not reset it: the
+        thread id is the master's."""
+        if self._main_thread is not None and os.getpid() == self._pid:
             signal.pthread_kill(self._main_thread, signum)
 
     def close(self) -> None:
