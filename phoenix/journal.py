@@ -118,13 +118,18 @@ _ADDED_COLUMNS = (
     ("attempts", "started_boot", "REAL"),
 )
 
-# A pending job is due once its backoff has passed on the boot-time clock;
-# one with no boot-time backoff (none, or an older journal's row) by the wall
-# clock; one whose backoff was set under an earlier boot at once.
-_DUE = ("(CASE WHEN not_before_boot_id IS NULL THEN not_before <= :wall "
-        "WHEN not_before_boot_id = :boot THEN not_before_boot <= :since_boot ELSE 1 END)")
-_WAIT = ("(CASE WHEN not_before_boot_id IS NULL THEN not_before - :wall "
-         "WHEN not_before_boot_id = :boot THEN not_before_boot - :since_boot ELSE 0 END)")
+# Only jobs waiting out a backoff: few, so the boot-time rule below reads few rows
+# (named in INDEXED BY: without statistics, SQLite would scan jobs_pending instead).
+_BACKOFF_INDEX = ("CREATE INDEX IF NOT EXISTS jobs_backoff ON jobs (not_before_boot) "
+                  "WHERE state = 'pending' AND not_before_boot_id IS NOT NULL")
+
+# A pending job with a boot-time backoff is due once that has passed, or at
+# once if it was set under an earlier boot. One without (never failed, or an
+# older journal's row) is judged by its wall-clock not_before, as before: 0
+# for a fresh job, so these come first on the jobs_pending index.
+_NO_BACKOFF = "state = 'pending' AND not_before_boot_id IS NULL"
+_IN_BACKOFF = "state = 'pending' AND not_before_boot_id IS NOT NULL"
+_BACKOFF_WAIT = "(CASE WHEN not_before_boot_id = :boot THEN not_before_boot - :since_boot ELSE 0 END)"
 
 _INSERT_JOB = ("INSERT INTO jobs (key, target, params, state, created_at, updated_at) "
                "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING")
@@ -216,18 +221,29 @@ class Journal:
     # -- the master's writes ----------------------------------------------------
 
     def pending(self, limit: int) -> list[Job]:
+        """Up to `limit` jobs due to run, the longest waiting first."""
+        clocks = {**_clocks(), "limit": limit}
+        columns = "not_before, id, key, target, params, attempts, failures"
         rows = self.db.execute(
-            "SELECT id, key, target, params, attempts, failures FROM jobs "
-            f"WHERE state = 'pending' AND {_DUE} ORDER BY not_before, id LIMIT :limit",
-            {**_clocks(), "limit": limit},
-        ).fetchall()
-        return [Job(*row) for row in rows]
+            f"SELECT {columns} FROM jobs WHERE {_NO_BACKOFF} AND not_before <= :wall "
+            "ORDER BY not_before, id LIMIT :limit", clocks).fetchall()
+        rows += self.db.execute(
+            f"SELECT {columns} FROM jobs INDEXED BY jobs_backoff WHERE {_IN_BACKOFF} AND {_BACKOFF_WAIT} <= 0 LIMIT :limit", clocks).fetchall()
+        return [Job(*row[1:]) for row in sorted(rows)[:limit]]
 
     def next_due_in(self) -> float | None:
-        """Seconds until the next pending job's backoff ends (0 or less: due
-        now), or None if nothing is pending."""
-        row = self.db.execute(f"SELECT min({_WAIT}) FROM jobs WHERE state = 'pending'", _clocks()).fetchone()
-        return row[0]
+        """Seconds until the next pending job is due (0 or less: due now), or
+        None if nothing is pending."""
+        clocks = _clocks()
+        waits = []
+        row = self.db.execute(f"SELECT not_before FROM jobs WHERE {_NO_BACKOFF} ORDER BY not_before LIMIT 1",
+                              clocks).fetchone()
+        if row is not None:
+            waits.append(row[0] - clocks["wall"])
+        row = self.db.execute(f"SELECT min({_BACKOFF_WAIT}) FROM jobs INDEXED BY jobs_backoff WHERE {_IN_BACKOFF}", clocks).fetchone()
+        if row[0] is not None:
+            waits.append(row[0])
+        return min(waits, default=None)
 
     def begin_attempt(self, job: Job, generation: int, pid: int | None, start_time: int | None) -> int:
         """Mark the job running and record its attempt with the child's pid, in
@@ -418,6 +434,7 @@ def _add_columns(db: sqlite3.Connection) -> None:
         existing = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
         if column not in existing:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    db.execute(_BACKOFF_INDEX)
 
 
 def _clocks() -> dict[str, Any]:
