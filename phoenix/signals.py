@@ -79,7 +79,7 @@ class SignalFD:
         """(signal number, sender pid, sender uid) of every signal waiting, in
         order. The pid is 0 when no process sent it (the kernel: a terminal's
         Ctrl-C, a child's exit)."""
-        received = []
+        received: list[tuple[int, int, int]] = []
         while True:
             try:
                 data = os.read(self.fd, _SIGINFO_BYTES * 64)

@@ -94,3 +94,13 @@ def test_daemonised_grandchild_ends_with_its_attempt(master_factory, tmp_path, h
     wait_for(lambda: gone(daemon, daemon_start), 10, "the job's daemon to end")
     wait_for(lambda: not zombie_children(master.pid), 10, "the master to reap every orphan")
     assert master.proc.poll() is None
+
+
+def test_a_job_runs_with_no_signal_blocked(master_factory):
+    # The master keeps its handled signals blocked for good (its signalfd reads
+    # them); a child must not inherit that mask, nor any ignored signal but
+    # SIGPIPE (as Python sets it at start-up).
+    master = master_factory(app=APP)
+    submit(master, "signal_state", {}, "mask")
+    job = done(master, "mask")
+    assert job["result"] == {"SigBlk": "0" * 16, "SigIgn": f"{1 << (signal.SIGPIPE - 1):016x}"}, job
