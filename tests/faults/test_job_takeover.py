@@ -7,6 +7,7 @@ attempt, leaving neither a process nor a zombie."""
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,8 @@ def test_a_job_runs_with_no_signal_blocked(master_factory):
     submit(master, "signal_state", {}, "mask")
     job = done(master, "mask")
     assert job["result"] == {"SigBlk": "0" * 16, "SigIgn": f"{1 << (signal.SIGPIPE - 1):016x}"}, job
+    masks = dict(line.split(":\t", 1) for line in Path(f"/proc/{master.pid}/status").read_text().splitlines()
+                 if line.startswith(("SigBlk", "SigIgn")))
+    handled = sum(1 << (s - 1) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGCHLD))
+    assert int(masks["SigBlk"], 16) & handled == handled  # ... while the master's stay blocked
+    assert not int(masks["SigIgn"], 16) & (1 << (signal.SIGCHLD - 1))  # SIG_IGN on CHLD would survive exec
