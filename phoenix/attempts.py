@@ -33,6 +33,7 @@ class Attempt:
     kill_reason: KillReason | None = None
     kill_detail: str | None = None
     interrupted: bool = False
+    escaped: dict[int, int] = field(default_factory=dict)  # pid -> pidfd: its processes outside its group
 
     def limits(self, default_heartbeat_timeout: float) -> Limits:
         spec = self.spec

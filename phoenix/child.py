@@ -21,7 +21,8 @@ from typing import Any, Callable, NoReturn
 
 from setproctitle import setproctitle
 
-from phoenix import protocol
+from phoenix import lineage, protocol
+from phoenix.signals import set_child_subreaper
 from phoenix.app import JobSpec, decode_params
 from phoenix.untrusted import visible
 
@@ -210,6 +211,7 @@ def run(
     code = 70
     try:
         _detach_from_master(keep_fds | {order_fd})
+        set_child_subreaper()  # what the job daemonises stays below us, to end with the attempt
         setproctitle("phoenix: spare child, waiting for a job")
         got = _read_order(order_fd)
         if got is None:
@@ -232,6 +234,7 @@ def run(
         traceback.print_exc()
     finally:
         try:
+            lineage.end_own_descendants()
             sys.stdout.flush()
             sys.stderr.flush()
         finally:

@@ -404,7 +404,6 @@ class Handoff:
         for fd in fds.values():
             os.set_inheritable(fd, False)
         m.reopen_journal()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _handled())
         m.selector.register(m.control.sock, selectors.EVENT_READ, m.control.accept)
         systemd.notify("READY=1")
         self._failed("exec", f"exec of {sys.executable} failed: {exc}")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from phoenix import clock
 from phoenix.untrusted import check_key
 
 SCHEMA_VERSION = 1
@@ -33,7 +34,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     state       TEXT NOT NULL,              -- pending | running | finished | failed
     attempts    INTEGER NOT NULL DEFAULT 0, -- attempts started
     failures    INTEGER NOT NULL DEFAULT 0, -- attempts that count against retries
-    not_before  REAL NOT NULL DEFAULT 0,    -- wall clock: backoff before the next attempt
+    not_before  REAL NOT NULL DEFAULT 0,    -- wall clock, for display: backoff before the next attempt
+    not_before_boot    REAL,                -- the same in CLOCK_BOOTTIME seconds (see clock.py) ...
+    not_before_boot_id TEXT,                -- ... of this boot (NULL: no backoff, or an older journal)
     outcome     TEXT,
     result      TEXT,                       -- JSON
     error       TEXT,
@@ -48,7 +51,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     generation  INTEGER NOT NULL,           -- master generation that started it
     pid         INTEGER,
     start_time  INTEGER,                    -- /proc/PID/stat field 22: tells a reused pid apart
-    started_at  REAL NOT NULL,
+    started_at  REAL NOT NULL,              -- wall clock, for display
+    started_boot REAL,                      -- CLOCK_BOOTTIME seconds: the attempt's age across a restart
     ended_at    REAL,
     outcome     TEXT,                       -- NULL while running
     reason      TEXT,
@@ -110,7 +114,28 @@ class OpenAttempt:
     start_time: int | None
     generation: int
     started_at: float  # wall clock
+    started_boot: float | None  # CLOCK_BOOTTIME; None in a journal written before it was recorded
 
+
+# Added after the first release: (table, column, declaration), created in older journals on open.
+_ADDED_COLUMNS = (
+    ("jobs", "not_before_boot", "REAL"),
+    ("jobs", "not_before_boot_id", "TEXT"),
+    ("attempts", "started_boot", "REAL"),
+)
+
+# Only jobs waiting out a backoff: few, so the boot-time rule below reads few rows
+# (named in INDEXED BY: without statistics, SQLite would scan jobs_pending instead).
+_BACKOFF_INDEX = ("CREATE INDEX IF NOT EXISTS jobs_backoff ON jobs (not_before_boot) "
+                  "WHERE state = 'pending' AND not_before_boot_id IS NOT NULL")
+
+# A pending job with a boot-time backoff is due once that has passed, or at
+# once if it was set under an earlier boot. One without (never failed, or an
+# older journal's row) is judged by its wall-clock not_before, as before: 0
+# for a fresh job, so these come first on the jobs_pending index.
+_NO_BACKOFF = "state = 'pending' AND not_before_boot_id IS NULL"
+_IN_BACKOFF = "state = 'pending' AND not_before_boot_id IS NOT NULL"
+_BACKOFF_WAIT = "(CASE WHEN not_before_boot_id = :boot THEN not_before_boot - :since_boot ELSE 0 END)"
 
 _INSERT_JOB = ("INSERT INTO jobs (key, target, params, state, created_at, updated_at) "
                "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING")
@@ -178,6 +203,7 @@ class Journal:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self.db.execute(statement)
+                _add_columns(self.db)
                 row = self.db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
                 if row is None:
                     self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -237,18 +263,30 @@ class Journal:
 
     # -- the master's writes ----------------------------------------------------
 
-    def pending(self, limit: int, now: float | None = None) -> list[Job]:
-        now = time.time() if now is None else now
+    def pending(self, limit: int) -> list[Job]:
+        """Up to `limit` jobs due to run, the longest waiting first."""
+        clocks = {**_clocks(), "limit": limit}
+        columns = "not_before, id, key, target, params, attempts, failures"
         rows = self.db.execute(
-            "SELECT id, key, target, params, attempts, failures FROM jobs "
-            "WHERE state = 'pending' AND not_before <= ? ORDER BY not_before, id LIMIT ?",
-            (now, limit),
-        ).fetchall()
-        return [Job(*row) for row in rows]
+            f"SELECT {columns} FROM jobs WHERE {_NO_BACKOFF} AND not_before <= :wall "
+            "ORDER BY not_before, id LIMIT :limit", clocks).fetchall()
+        rows += self.db.execute(
+            f"SELECT {columns} FROM jobs INDEXED BY jobs_backoff WHERE {_IN_BACKOFF} AND {_BACKOFF_WAIT} <= 0 LIMIT :limit", clocks).fetchall()
+        return [Job(*row[1:]) for row in sorted(rows)[:limit]]
 
-    def next_not_before(self) -> float | None:
-        row = self.db.execute("SELECT min(not_before) FROM jobs WHERE state = 'pending'").fetchone()
-        return row[0]
+    def next_due_in(self) -> float | None:
+        """Seconds until the next pending job is due (0 or less: due now), or
+        None if nothing is pending."""
+        clocks = _clocks()
+        waits = []
+        row = self.db.execute(f"SELECT not_before FROM jobs WHERE {_NO_BACKOFF} ORDER BY not_before LIMIT 1",
+                              clocks).fetchone()
+        if row is not None:
+            waits.append(row[0] - clocks["wall"])
+        row = self.db.execute(f"SELECT min({_BACKOFF_WAIT}) FROM jobs INDEXED BY jobs_backoff WHERE {_IN_BACKOFF}", clocks).fetchone()
+        if row[0] is not None:
+            waits.append(row[0])
+        return min(waits, default=None)
 
     def begin_attempt(self, job: Job, generation: int, pid: int | None, start_time: int | None) -> int:
         """Mark the job running and record its attempt with the child's pid, in
@@ -262,8 +300,9 @@ class Journal:
                 (now, job.id),
             )
             cur = db.execute(
-                "INSERT INTO attempts (job_id, n, generation, started_at, pid, start_time) VALUES (?, ?, ?, ?, ?, ?)",
-                (job.id, job.attempts + 1, generation, now, pid, start_time),
+                "INSERT INTO attempts (job_id, n, generation, started_at, started_boot, pid, start_time) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job.id, job.attempts + 1, generation, now, clock.since_boot(), pid, start_time),
             )
             return cur.lastrowid or 0
 
@@ -279,15 +318,21 @@ class Journal:
         max_rss_kb: int | None,
         job_state: str,
         counts_as_failure: bool,
-        not_before: float = 0.0,
+        retry_delay: float | None = None,
         callback: str | None,
         attempt_n: int,
     ) -> tuple[bool, int | None]:
         """Record an attempt's outcome, the job's new state and the callback now
         owed, in one transaction: the outcome is recorded exactly once. Returns
         (False, None) if it was recorded already, else (True, the id of the
-        callback now owed or None)."""
+        callback now owed or None). `retry_delay`: seconds before the job may
+        run again."""
         now = time.time()
+        if retry_delay is None:
+            not_before, not_before_boot, boot = 0.0, None, None
+        else:
+            not_before = now + retry_delay
+            not_before_boot, boot = clock.after(retry_delay)
         with self.transaction() as db:
             cur = db.execute(
                 "UPDATE attempts SET outcome = ?, reason = ?, error = ?, max_rss_kb = ?, ended_at = ? "
@@ -297,9 +342,10 @@ class Journal:
             if cur.rowcount == 0:
                 return False, None  # already recorded
             db.execute(
-                "UPDATE jobs SET state = ?, outcome = ?, result = ?, error = ?, not_before = ?, "
-                "failures = failures + ?, updated_at = ? WHERE id = ?",
-                (job_state, outcome, result_json, error, not_before, int(counts_as_failure), now, job_id),
+                "UPDATE jobs SET state = ?, outcome = ?, result = ?, error = ?, not_before = ?, not_before_boot = ?, "
+                "not_before_boot_id = ?, failures = failures + ?, updated_at = ? WHERE id = ?",
+                (job_state, outcome, result_json, error, not_before, not_before_boot, boot, int(counts_as_failure),
+                 now, job_id),
             )
             if callback is None:
                 return True, None
@@ -344,7 +390,7 @@ class Journal:
 
     def open_attempts(self) -> list[OpenAttempt]:
         rows = self.db.execute(
-            "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation, a.started_at "
+            "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation, a.started_at, a.started_boot "
             "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.outcome IS NULL ORDER BY a.id"
         ).fetchall()
         return [OpenAttempt(*row) for row in rows]
@@ -430,3 +476,16 @@ class Journal:
         with self.transaction() as db:
             db.execute("INSERT INTO meta VALUES ('probe', '0') ON CONFLICT (name) DO UPDATE SET value = excluded.value")
 
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Bring a journal written by an older Phoenix up to the columns this one
+    uses (each added column may be NULL: older rows keep their meaning)."""
+    for table, column, declaration in _ADDED_COLUMNS:
+        existing = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in existing:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    db.execute(_BACKOFF_INDEX)
+
+
+def _clocks() -> dict[str, Any]:
+    return {"wall": time.time(), "boot": clock.boot_id(), "since_boot": clock.since_boot()}

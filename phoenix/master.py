@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from setproctitle import setproctitle
 
-from phoenix import child, exits, handoff, log, metrics, procfs, protocol, systemd
+from phoenix import child, clock, exits, handoff, lineage, log, metrics, procfs, protocol, systemd
 from phoenix import control as control_socket
 from phoenix.app import App, AppError, JobInfo, JobSpec, decode_params, resolve_target
 from phoenix.attempts import Attempt
@@ -46,11 +46,12 @@ from phoenix.heartbeats import HeartbeatIntake
 from phoenix.journal import Job, Journal, OpenAttempt
 from phoenix.liveness import master_was_away, verdict
 from phoenix.outage import STORAGE_ERRORS, JournalOutage, file_identity, restore_journal
-from phoenix.outcomes import Classified
+from phoenix.outcomes import Classified, classify_exit
 from phoenix.paths import StatePaths
 from phoenix.pidfile import AlreadyRunning, PidFile
 from phoenix.policy import RestartBudget, may_run, may_start_jobs
 from phoenix.recorder import LOST_UNWATCHED, OutcomeRecorder
+from phoenix.signals import SignalFD, set_child_subreaper
 from phoenix.sockets import bind_heartbeat, datagram_queue_length
 from phoenix.spawner import Spawner
 from phoenix.states import (MASTER_TRANSITIONS, HandoffPhase, KillReason, MasterState, Outcome, StopMode, TimerKind,
@@ -117,6 +118,9 @@ class Master:
     # -- start-up ---------------------------------------------------------------
 
     def open(self) -> None:
+        # Before any thread of ours starts: threads inherit the blocked mask.
+        self.signal_fd = SignalFD(HANDLED_SIGNALS)
+        set_child_subreaper()
         self.paths.ensure()
         inherited = handoff.inherited_fds()
         if inherited:
@@ -167,24 +171,22 @@ class Master:
                                   self.app_spec)
 
     def _install_signal_handlers(self) -> None:
-        # Handlers only record: the C-level handler writes the signal number
-        # into the wake-up pipe, and the loop reads the numbers in order.
-        self.signal_read, signal_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(signal_write, warn_on_full_buffer=False)
-        for signum in HANDLED_SIGNALS:
-            signal.signal(signum, _record_only)
-        self.selector.register(self.signal_read, selectors.EVENT_READ, self._read_signals)
-        # Signals blocked across an exec (handoff) are pending now; unblock them last.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        # Signals blocked across an exec (handoff) are pending in the signalfd
+        # and read once the loop runs, after adoption.
+        self.selector.register(self.signal_fd, selectors.EVENT_READ, self._read_signals)
 
     def _read_signals(self) -> None:
-        try:
-            while data := os.read(self.signal_read, 256):
-                self.signals.extend(data)
-                if signal.SIGCHLD in data:
-                    self.child_exited = True
-        except BlockingIOError:
-            pass
+        for signum, sender, uid in self.signal_fd.read():
+            if signum == signal.SIGCHLD:
+                self.child_exited = True
+                continue
+            attempt_pid = lineage.owning_attempt(sender, self.children) if sender else None
+            if attempt_pid is not None:  # a job cannot stop, reload or reconfigure the master that runs it
+                owner = self.children[attempt_pid]
+                event(WARNING, "signal_ignored", signal=signal.Signals(signum).name, sender=sender, uid=uid,
+                      job=owner.key, attempt=owner.number, reason="sent by a process of a running job")
+                continue
+            self.signals.append(signum)
 
     def adopt_running_attempts(self) -> None:
         """Take charge of every attempt the journal says is running: ours
@@ -208,8 +210,9 @@ class Master:
             self.recorder.conclude_without_process(a, LOST_UNWATCHED)
             return
         spec = self.known_spec(a.target)
-        # max_runtime counts from the attempt's real start, not from its adoption.
-        started = now - max(0.0, time.time() - a.started_at)
+        # max_runtime counts from the attempt's real start, not from its adoption,
+        # on a clock that a wall-clock step does not move.
+        started = now - clock.age(a.started_boot, a.start_time)
         attempt = Attempt(a.attempt_id, a.job_id, a.key, a.target, a.n, a.pid, spec, started, now, now, own_child=own)
         attempt.last_seq = -1  # its numbering started under another master: do not count that as lost beats
         if not own:
@@ -457,6 +460,7 @@ class Master:
                 # Not our child, so its pid could be reused once it is gone: the
                 # pidfd names exactly this process.
                 signal.pidfd_send_signal(attempt.pidfd, signum)
+            lineage.signal_escaped(attempt.pid, signum, attempt.escaped)  # what the job daemonised
             os.killpg(attempt.pid, signum)
         except ProcessLookupError:
             pass
@@ -486,6 +490,8 @@ class Master:
                 self.conclude(attempt, status, rusage.ru_maxrss)
             elif pid in self.subprocesses:
                 self.subprocesses.pop(pid)(status)
+            else:  # an orphan handed to us as subreaper (a job's daemon, ended with its attempt)
+                event(logging.DEBUG, "reaped_orphan", pid=pid, how=classify_exit(status)[1])
 
     def reap_new_master(self) -> None:
         pid = self.handoff.new_master_pid
@@ -600,9 +606,9 @@ class Master:
                 break  # the rest on the next turn, after reaping, timers and control requests
         if len(jobs) and self.has_free_slot():
             self.maybe_pending = True  # there may be more behind them
-        next_at = self.journal.next_not_before()
-        if next_at is not None and next_at > time.time():
-            self.next_pending_poll = min(self.next_pending_poll, time.monotonic() + next_at - time.time())
+        due_in = self.journal.next_due_in()
+        if due_in is not None and due_in > 0:
+            self.next_pending_poll = min(self.next_pending_poll, time.monotonic() + due_in)
 
     def fail_before_start(self, job: Job, error: str) -> None:
         event(ERROR, "job_failed", job=job.key, outcome="error", reason="cannot start", target=job.target)
@@ -870,10 +876,6 @@ class Master:
 def _name(operation: Callable[..., Any]) -> str:
     inner = getattr(operation, "func", operation)
     return getattr(inner, "__name__", "journal write")
-
-
-def _record_only(signum: int, frame: Any) -> None:
-    """The wake-up fd carries the signal number to the loop; nothing else to do here."""
 
 
 def _raise_fd_limit() -> None:

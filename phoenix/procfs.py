@@ -65,6 +65,41 @@ def parent_and_sameness(pid: int, recorded_start_time: int | None) -> tuple[int 
     return int(fields[1]), same
 
 
+def process_group(pid: int) -> int | None:
+    fields = stat_fields(pid)
+    return int(fields[2]) if fields else None
+
+
+def children(pid: int) -> list[int]:
+    """The live and zombie children of `pid`: the union of its threads'
+    /proc/PID/task/TID/children (a child belongs to the thread that forked it;
+    an orphan handed to a subreaper, to its main thread)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                found.extend(map(int, f.read().split()))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # the thread ended
+    return found
+
+
+def descendants(pid: int, limit: int = 10_000) -> list[tuple[int, int]]:
+    """(descendant, its parent) for every process under `pid`, parents first."""
+    found: list[tuple[int, int]] = []
+    parents = [pid]
+    while parents and len(found) < limit:
+        parent = parents.pop()
+        for child in children(parent):
+            found.append((child, parent))
+            parents.append(child)
+    return found
+
+
 def own_fds() -> list[int]:
     """This process's open fds above stdin, stdout and stderr."""
     return [fd for fd in map(int, os.listdir("/proc/self/fd")) if fd > 2]

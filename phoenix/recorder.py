@@ -10,7 +10,7 @@ import signal
 import time
 from typing import Any, Callable, Protocol
 
-from phoenix import log, protocol
+from phoenix import lineage, log, protocol
 from phoenix.attempts import Attempt
 from phoenix.config import Config
 from phoenix.heartbeats import FINAL_KINDS, HeartbeatIntake
@@ -53,6 +53,7 @@ class OutcomeRecorder:
             os.killpg(attempt.pid, signal.SIGKILL)  # grandchildren die with the job
         except (ProcessLookupError, PermissionError):
             pass
+        lineage.end_escaped(attempt.escaped)  # and so does what it daemonised
         final = attempt.final or self.read_outbox(attempt.job_id, attempt.number)
         if final is not None and attempt.missing:
             h.intake.final_seq_arrived(attempt, final.get("seq"))
@@ -80,11 +81,11 @@ class OutcomeRecorder:
         now = time.monotonic()
         after = after_attempt(result.outcome, job["failures"], h.retries_for(target), budget=h.budget, now=now,
                               backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
-        not_before = time.time() + after.delay if after.delay else 0.0
+        retry_delay = after.delay if after.job_state == "pending" and after.counts_as_failure else None
         recorded, callback_id = h.journal.end_attempt(
             attempt_id, job_id, outcome=result.outcome, reason=result.reason, error=result.error,
             result_json=result.result_json, max_rss_kb=max_rss_kb, job_state=after.job_state,
-            counts_as_failure=after.counts_as_failure, not_before=not_before, callback=after.callback,
+            counts_as_failure=after.counts_as_failure, retry_delay=retry_delay, callback=after.callback,
             attempt_n=number,
         )
         self.remove_outbox(job_id, number)

@@ -1,0 +1,102 @@
+"""Signals with their sender: a signalfd, and the master as a child subreaper.
+
+`signal.set_wakeup_fd` carries only the signal number; the master must know
+who sent a stop or reload signal (a job's own process may not stop its
+master), and the kernel tells that only through `siginfo`. A signalfd hands
+the loop each signal's `struct signalfd_siginfo` (number, sender pid and uid,
+si_code) as a readable fd. Neither the standard library nor a maintained
+package wraps signalfd(2) or prctl(2), hence ctypes on libc.
+
+The handled signals stay blocked (pthread_sigmask) for the whole life of the
+master, exec included: the mask and pending signals survive an in-place exec,
+so nothing sent between two images is lost or acted on by a default action.
+Threads inherit the mask of the thread that creates them, so blocking before
+the callback and metrics threads start leaves the signalfd the only way in.
+A thread that still has them unblocked (one an app started at import, before
+the master ran) would receive them through a handler instead: that handler
+re-sends the signal to the main thread, where the signalfd reads it with this
+process as the sender (so it is obeyed, like an operator's).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import struct
+import threading
+from typing import Any, Iterable
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.signalfd.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
+_libc.sigemptyset.argtypes = (ctypes.c_void_p,)
+_libc.sigaddset.argtypes = (ctypes.c_void_p, ctypes.c_int)
+_libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+
+_SIGSET_BYTES = 128  # glibc's sigset_t (1024 bits); signalfd passes the kernel the part it uses
+_SFD_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC  # SFD_NONBLOCK and SFD_CLOEXEC have the O_ flags' values
+_SIGINFO_BYTES = 128  # sizeof(struct signalfd_siginfo)
+# ssi_signo (u32), ssi_errno (s32), ssi_code (s32), ssi_pid (u32), ssi_uid (u32): the head of the struct.
+_SIGINFO_HEAD = struct.Struct("=IiiII")
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _check(result: int, what: str) -> int:
+    if result == -1:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+    return result
+
+
+def set_child_subreaper() -> None:
+    """Orphans among this process's descendants (a job's daemonised
+    grandchild: setsid and a double fork) become its children instead of
+    init's, so they can be found, ended and reaped."""
+    _check(_libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+class SignalFD:
+    """The handled signals, blocked, readable with their senders from one fd."""
+
+    def __init__(self, signals: Iterable[int]) -> None:
+        self.signals = frozenset(signals)
+        mask = ctypes.create_string_buffer(_SIGSET_BYTES)
+        _libc.sigemptyset(mask)
+        for signum in self.signals:
+            _libc.sigaddset(mask, int(signum))
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.signals)
+        self.fd = _check(_libc.signalfd(-1, mask, _SFD_FLAGS), "signalfd")
+        self._main_thread = threading.main_thread().ident
+        self._pid = os.getpid()
+        for signum in self.signals:
+            signal.signal(signum, self._resend_to_main_thread)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def read(self) -> list[tuple[int, int, int]]:
+        """(signal number, sender pid, sender uid) of every signal waiting, in
+        order. The pid is 0 when no process sent it (the kernel: a terminal's
+        Ctrl-C, a child's exit)."""
+        received: list[tuple[int, int, int]] = []
+        while True:
+            try:
+                data = os.read(self.fd, _SIGINFO_BYTES * 64)
+            except BlockingIOError:
+                return received
+            for offset in range(0, len(data) - _SIGINFO_BYTES + 1, _SIGINFO_BYTES):
+                signum, _errno, code, pid, uid = _SIGINFO_HEAD.unpack_from(data, offset)
+                # si_code <= 0: sent by a process (kill, sigqueue, tgkill); above: by the kernel.
+                received.append((signum, pid if code <= 0 else 0, uid if code <= 0 else 0))
+
+    def _resend_to_main_thread(self, signum: int, frame: Any) -> None:
+        """A signal that reached a thread with it unblocked: the main thread
+        (which blocks it) gets it again, through the signalfd. Not in a
+        process forked from ours (by app code) that has not reset it: the
+        thread id is the master's."""
+        if self._main_thread is not None and os.getpid() == self._pid:
+            signal.pthread_kill(self._main_thread, signum)
+
+    def close(self) -> None:
+        os.close(self.fd)
