@@ -61,6 +61,8 @@ def daemon_signals_master(params):
 
     _daemonise(send_and_sleep)
     _wait_for_file(params["pidfile"])
+    if params.get("release"):  # the test says when the master has seen the signal: the daemon is alive then
+        _wait_for_file(params["release"])
     return {"pid": os.getpid()}
 
 

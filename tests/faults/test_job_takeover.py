@@ -51,11 +51,13 @@ def test_job_cannot_stop_its_master_but_an_operator_can(master_factory, tmp_path
     master = master_factory(app=APP)
     target = "signal_master" if sender == "job" else "daemon_signals_master"
     pidfile = tmp_path / "daemon.pid"
-    submit(master, target, {"signal": "SIGTERM", "pidfile": str(pidfile)}, "rebel")
+    release = tmp_path / "release"
+    submit(master, target, {"signal": "SIGTERM", "pidfile": str(pidfile), "release": str(release)}, "rebel")
+    ignored = master.wait_log("signal_ignored")
+    release.touch()  # a daemon that has exited, been reaped and left no trace is obeyed (README: Failure modes)
     job = done(master, "rebel")
     assert job["outcome"] == "finished", job
     sender_pid = job["result"]["pid"] if sender == "job" else int(pidfile.read_text().split()[0])
-    ignored = master.wait_log("signal_ignored")
     lines = log_lines(ignored, "signal_ignored", signal="SIGTERM", sender=sender_pid, job="rebel")
     assert lines, ignored[-2000:]
     assert master.proc.poll() is None
