@@ -15,7 +15,7 @@ from phoenix import config as config_module
 from phoenix import control, pidfile
 from phoenix.app import AppError, decode_params, encode_params, load_app, resolve_target
 from phoenix.config import ConfigError
-from phoenix.journal import Journal, JournalError
+from phoenix.journal import Journal, JournalError, journal_present
 from phoenix.paths import StatePaths, StateDirError
 from phoenix.metrics import MetricsError
 from phoenix.sockets import SocketBusy
@@ -108,12 +108,18 @@ def start(app: str | None, state_dir: str | None, config_file: str | None, daemo
 @click.option("--config", "config_file", type=click.Path(dir_okay=False))
 @friendly_errors
 def check(app: str, state_dir: str | None, config_file: str | None) -> None:
-    """Preflight: import APP and validate the configuration (what USR2 runs before exec)."""
+    """Preflight: import APP, validate the configuration and check the journal (what USR2 runs before exec)."""
     application = load_app(app)
-    config_module.load(application.settings, config_file, {"state_dir": state_dir, "app": app})
+    config = config_module.load(application.settings, config_file, {"state_dir": state_dir, "app": app})
     for target in application.jobs:
         resolve_target(target)
-    click.echo(f"ok: {app} imports, {len(application.jobs)} job(s), configuration valid")
+    journal_path = StatePaths(config.state_dir).journal
+    if journal_present(journal_path):
+        with Journal(journal_path, create=False, verify=True):
+            journal_note = "journal sound"
+    else:
+        journal_note = "no journal yet"
+    click.echo(f"ok: {app} imports, {len(application.jobs)} job(s), configuration valid, {journal_note}")
 
 
 @main.command()
@@ -128,11 +134,8 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None) -> 
     resolve_target(target)
     paths = _state_paths(state_dir)
     paths.ensure()
-    journal = Journal(paths.journal)
-    try:
+    with Journal(paths.journal) as journal:
         job_id, created = journal.submit(target, params_json, key)
-    finally:
-        journal.close()
     try:
         control.request(paths.control_socket, {"cmd": "wake"}, timeout=2.0)
     except control.ControlError:
@@ -224,7 +227,7 @@ def report(state_dir: str | None, html_file: str) -> None:
     from phoenix.report import write
 
     paths = _state_paths(state_dir)
-    if not paths.journal.exists():
+    if not journal_present(paths.journal):
         fail(f"no journal at {paths.journal}: nothing has run with this --state-dir")
     attempts = write(paths.journal, Path(html_file))
     click.echo(f"wrote {html_file}: {attempts} attempts")

@@ -149,7 +149,7 @@ class Master:
             raise
 
     def _open_under_lock(self, inherited: dict[str, int]) -> None:
-        self.journal = Journal(self.paths.journal)
+        self.journal = Journal(self.paths.journal, verify=not inherited)  # after an exec, the preflight checked it
         self.journal_identity = file_identity(self.paths.journal)
         self.generation = int(self.journal.meta("generation", 0)) + 1
         self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
