@@ -121,16 +121,33 @@ def damaged(path: Path, why: str) -> JournalError:
     )
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
     """Refuse, before SQLite sees it, a file that cannot be a journal: SQLite
-    would take an empty file for a new database and write a fresh one over it."""
+    would take an empty file for a new database and write a fresh one over it.
+    Reads the file's first 100 bytes (SQLite's header) only."""
     with open(path, "rb") as file:
-        head = file.read(len(_SQLITE_HEADER))
-    if not head:
+        header = file.read(100)
+    if not header:
         raise damaged(path, "it is empty (0 bytes), which a journal never is once created: it was truncated, "
                             "and its history is gone from this file")
-    if head != _SQLITE_HEADER:
+    if not header.startswith(_SQLITE_HEADER):
         raise damaged(path, "it is not an SQLite database (it does not start with SQLite's header)")
+    application_id = int.from_bytes(header[68:72], "big")
+    if application_id not in (0, APPLICATION_ID):
+        raise _foreign(path, application_id)
+
+
+def _foreign(path: Path, application_id: int) -> JournalError:
+    return damaged(path, f"it is an SQLite database of another program (application_id {application_id:#010x}), "
+                         f"not a Phoenix journal: is this the right state directory?")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _create(path: Path) -> None:
@@ -219,7 +236,8 @@ class Journal:
             if not create and not journal_present(self.path):
                 raise JournalError(f"no journal at {self.path}")
             _create(self.path)  # refuses if a write-ahead log is left there, even with create=False
-        _check_file(self.path)
+        check_file(self.path)
+        self.identity = _identity(self.path)  # the file this journal writes, to notice it replaced
         try:
             # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE).
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
@@ -248,8 +266,7 @@ class Journal:
         (version,) = self.db.execute("PRAGMA user_version").fetchone()
         tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if application_id not in (0, APPLICATION_ID):
-            raise damaged(self.path, f"it is an SQLite database of another program (application_id "
-                                     f"{application_id:#010x}), not a Phoenix journal: is this the right state directory?")
+            raise _foreign(self.path, application_id)
         if application_id == 0:
             if not _TABLES <= tables:
                 raise damaged(self.path, "it is an SQLite database but not a Phoenix journal (no application_id, "
@@ -277,7 +294,8 @@ class Journal:
         # O(size of the file): 0.07 s warm, 0.3 s from disk for 100,000 jobs (41 MB).
         problems = [row[0] for row in self.db.execute("PRAGMA quick_check(3)")]
         if problems != ["ok"]:
-            raise damaged(self.path, "it fails SQLite's integrity check (" + "; ".join(problems) + ")")
+            found = " ".join(" ".join(problems).split())[:200]  # one line
+            raise damaged(self.path, f"it is damaged: SQLite's integrity check finds {found}")
 
     def error(self, exc: sqlite3.Error) -> JournalError:
         """What an SQLite error means to the operator: a damaged file, or another failure."""
@@ -519,7 +537,11 @@ class Journal:
         return [dict(zip(names, row)) for row in cur]
 
     def probe_write(self) -> None:
-        """Raise if the journal cannot be written right now (used to end an outage)."""
+        """Raise if the journal cannot be written right now, or if its path no
+        longer leads to it (used to end an outage: writing to a file that was
+        replaced or removed is no recovery)."""
+        if _identity(self.path) != self.identity:
+            raise OSError(f"{self.path} is no longer the journal this master has open")
         with self.transaction() as db:
             db.execute("INSERT INTO meta VALUES ('probe', '0') ON CONFLICT (name) DO UPDATE SET value = excluded.value")
 

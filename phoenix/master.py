@@ -38,7 +38,7 @@ from phoenix.app import App, AppError, JobInfo, JobSpec, decode_params, resolve_
 from phoenix.callbacks import CallbackRunner
 from phoenix.config import Config
 from phoenix.control import ControlServer
-from phoenix.journal import Journal, Job, OpenAttempt
+from phoenix.journal import Journal, JournalError, Job, OpenAttempt, check_file
 from phoenix.paths import StatePaths
 from phoenix.pidfile import AlreadyRunning, PidFile
 from phoenix.policy import RestartBudget, backoff_delay, classify_exit
@@ -783,12 +783,14 @@ class Master:
     def rebuild_state_dir(self) -> None:
         """The journal file vanished or was replaced under us: rebuild the state
         directory from the open journal, and rebind the sockets, lock and pidfile."""
-        event(ERROR, "state_dir_lost", path=self.paths.root,
-              effect="rebuilding it from the open journal; running children are kept")
+        if not self.outage.active:  # else said already, and retried every second
+            event(ERROR, "state_dir_lost", path=self.paths.root,
+                  effect="rebuilding it from the open journal; running children are kept")
         try:
             self.paths.ensure()
             if file_identity(self.paths.journal) is None:
                 restore_journal(self.journal.db, self.paths.journal)
+            check_file(self.paths.journal)  # keep ours open rather than switch to a damaged file put in its place
             self.journal.close()
             self.journal = self.app.journal = Journal(self.paths.journal)
             self.journal_identity = file_identity(self.paths.journal)
@@ -801,7 +803,7 @@ class Master:
                                  lambda: self.read_heartbeats(old_heartbeat))
             self.retired_heartbeats.append(old_heartbeat)
             self.control.rebind(control_socket.bind(self.paths.control_socket))
-        except (*STORAGE_ERRORS, AlreadyRunning) as exc:
+        except (*STORAGE_ERRORS, AlreadyRunning, JournalError) as exc:
             self.outage.failed(exc, "rebuild_state_dir")
             return
         event(WARNING, "state_dir_rebuilt", path=self.paths.root, running=len(self.children))
