@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +125,7 @@ def damaged(path: Path, why: str) -> JournalError:
 def check_file(path: Path) -> None:
     """Refuse, before SQLite sees it, a file that cannot be a journal: SQLite
     would take an empty file for a new database and write a fresh one over it.
-    Reads the file's first 100 bytes (SQLite's header) only."""
+    Reads SQLite's headers only: the file's first 100 bytes, its log's first 32."""
     with open(path, "rb") as file:
         header = file.read(100)
     if not header:
@@ -135,6 +136,42 @@ def check_file(path: Path) -> None:
     application_id = int.from_bytes(header[68:72], "big")
     if application_id not in (0, APPLICATION_ID):
         raise _foreign(path, application_id)
+    if not _wal_header_sound(path):
+        raise damaged(path, f"its write-ahead log {_wal(path)} is damaged (its header is not SQLite's): the "
+                            f"journal's latest commits are in that file, and SQLite would silently drop them")
+
+
+def _wal_header_sound(path: Path) -> bool:
+    """The write-ahead log left by a master that did not close the journal
+    (killed, crashed) holds its latest commits. With a damaged header SQLite
+    ignores the whole file, and deletes it at the next close: check first.
+    (A damaged frame further in cannot be told from the torn tail a power cut
+    may leave under synchronous=NORMAL; SQLite drops the log from there on.)"""
+    for attempt in range(2):
+        try:
+            with open(_wal(path), "rb") as file:
+                header = file.read(32)
+        except FileNotFoundError:
+            return True
+        if len(header) < 32 or header == bytes(32):  # SQLite would find no frame in it
+            return True
+        magic, version, page_size, _seq, _salt1, _salt2, sum1, sum2 = struct.unpack(">8I", header)
+        if (magic in (0x377F0682, 0x377F0683) and version == 3007000 and 512 <= page_size <= 65536
+                and _wal_checksum(header[:24], big_endian=bool(magic & 1)) == (sum1, sum2)):
+            return True
+        if attempt == 0:
+            time.sleep(0.05)  # a master may have been rewriting it just as we read: look again
+    return False
+
+
+def _wal_checksum(data: bytes, big_endian: bool) -> tuple[int, int]:
+    """SQLite's write-ahead log checksum (see its file format documentation)."""
+    words = struct.unpack(f"{'>' if big_endian else '<'}{len(data) // 4}I", data)
+    s0 = s1 = 0
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
 
 
 def _foreign(path: Path, application_id: int) -> JournalError:

@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,20 @@ def test_open_refuses_every_kind_of_bad_file_and_touches_none(tmp_path):
     case("orphan-wal", wal_left_alone, "write-ahead log", "journal.db.damaged-wal")
 
 
+def test_processes_creating_the_journal_at_once_share_one(tmp_path):
+    """Creation is atomic (built aside, then linked): no process ever sees a
+    half-made journal, which an empty file would now be refused as."""
+    path = tmp_path / "journal.db"
+    code = "import sys\nfrom phoenix.journal import Journal\nJournal(sys.argv[1]).submit('a:b', '{}', sys.argv[2])"
+    processes = [subprocess.Popen([sys.executable, "-c", code, str(path), f"key-{i}"], stderr=subprocess.PIPE, text=True)
+                 for i in range(6)]
+    errors = [process.communicate(timeout=60)[1] for process in processes]
+    assert all(process.returncode == 0 for process in processes), errors
+    with Journal(path) as journal:
+        assert journal.counts()["pending"] == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.db"]
+
+
 def test_journal_of_the_released_code_is_stamped_and_kept(tmp_path):
     """A journal made before application_id (Phoenix's tables, no id) is accepted and stamped."""
     path = tmp_path / "journal.db"
@@ -164,6 +179,27 @@ def test_garbage_inside_the_journal_is_refused_at_start(master_factory, state_di
     path = journal_with_history(master_factory, state_dir)
     write_garbage_in_the_middle(path)
     every_command_refuses(state_dir, "damaged", "move it aside")
+
+
+def commit_and_die(path: Path, key: str) -> None:
+    """Another process submits a job and dies without closing the journal, as a
+    killed master would: the commit is in the write-ahead log only."""
+    code = ("import os, sys\nfrom phoenix.journal import Journal\n"
+            "Journal(sys.argv[1]).submit('tests.apps.jobs:noop', '{}', sys.argv[2])\nos._exit(0)")
+    subprocess.run([sys.executable, "-c", code, str(path), key], check=True)
+    assert path.with_name("journal.db-wal").stat().st_size > 32
+
+
+def test_damaged_write_ahead_log_after_a_crash_is_refused(master_factory, state_dir):
+    path = journal_with_history(master_factory, state_dir, jobs=2)
+    commit_and_die(path, "only-in-the-log")
+    wal = path.with_name("journal.db-wal")
+    fd = os.open(wal, os.O_WRONLY)
+    try:
+        os.pwrite(fd, os.urandom(32), 0)  # its header: SQLite would ignore the whole log, and delete it
+    finally:
+        os.close(fd)
+    every_command_refuses(state_dir, "write-ahead log", "is damaged", f"mv {wal} {path}.damaged-wal")
 
 
 @pytest.mark.parametrize("kind", ["random-bytes", "another-program", "newer-phoenix"])
