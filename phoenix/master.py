@@ -790,7 +790,7 @@ class Master:
             self.paths.ensure()
             if file_identity(self.paths.journal) is None:
                 restore_journal(self.journal.db, self.paths.journal)
-            check_file(self.paths.journal)  # keep ours open rather than switch to a damaged file put in its place
+            check_file(self.paths.journal, stamped=True)  # keep ours open rather than switch to a bad file
             self.journal.close()
             self.journal = self.app.journal = Journal(self.paths.journal)
             self.journal_identity = file_identity(self.paths.journal)

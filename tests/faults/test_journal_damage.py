@@ -222,7 +222,7 @@ def test_a_file_that_is_not_this_phoenix_journal_is_refused(state_dir, kind):
 # -- a running master whose journal is damaged under it ------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["truncated", "replaced"])
+@pytest.mark.parametrize("how", ["truncated", "replaced", "replaced-by-sqlite"])
 def test_running_master_survives_its_journal_being_damaged(master_factory, state_dir, how):
     master = master_factory()
     for i in range(2):
@@ -232,9 +232,12 @@ def test_running_master_survives_its_journal_being_damaged(master_factory, state
     path = state_dir / "journal.db"
     if how == "truncated":
         os.truncate(path, 0)
-    else:
-        (state_dir / "garbage").write_bytes(os.urandom(8 * PAGE))
-        os.rename(state_dir / "garbage", path)
+    else:  # a file put in its place, as a mistaken `mv` or restore would
+        if how == "replaced":
+            (state_dir / "other").write_bytes(os.urandom(8 * PAGE))
+        else:
+            sqlite_file(state_dir / "other", "CREATE TABLE t (x)")
+        os.rename(state_dir / "other", path)
     master.wait_log("journal_unwritable", timeout=15)
     refused(phoenix_cli("status", state_dir=state_dir), str(path))
     # Its children finish under it; it starts nothing new and does not crash.
@@ -243,7 +246,7 @@ def test_running_master_survives_its_journal_being_damaged(master_factory, state
         return live(master)["master"]["slots_used"] == 0
 
     wait_for(children_done, timeout=15, what="both children to finish")
-    if how == "replaced":
+    if how != "truncated":
         # Moving the damaged file aside lets the master put its own journal back, and carry on.
         os.rename(path, state_dir / "journal.db.damaged")
         master.wait_log("journal_recovered", timeout=15)
