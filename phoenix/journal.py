@@ -122,13 +122,10 @@ def damaged(path: Path, why: str) -> JournalError:
     )
 
 
-def check_file(path: Path, stamped: bool = False) -> None:
+def _check_file(path: Path) -> None:
     """Refuse, before SQLite sees it, a file that cannot be a journal: SQLite
     would take an empty file for a new database and write a fresh one over it.
-    With `stamped`, also one without Phoenix's application_id and a version
-    this code reads in its header (a running master switching files has no
-    journal of an older release to migrate). Reads SQLite's headers only:
-    the file's first 100 bytes, its log's first 32."""
+    Reads SQLite's headers only: the file's first 100 bytes, its log's first 32."""
     with open(path, "rb") as file:
         header = file.read(100)
     if not header:
@@ -139,10 +136,6 @@ def check_file(path: Path, stamped: bool = False) -> None:
     application_id = int.from_bytes(header[68:72], "big")
     if application_id not in (0, APPLICATION_ID):
         raise _foreign(path, application_id)
-    version = int.from_bytes(header[60:64], "big")
-    if stamped and (application_id != APPLICATION_ID or not 1 <= version <= SCHEMA_VERSION):
-        raise damaged(path, f"it is not a journal this Phoenix can switch to (application_id {application_id:#010x}, "
-                            f"version {version})")
     if not _wal_header_sound(path):
         raise damaged(path, f"its write-ahead log {_wal(path)} is damaged (its header is not SQLite's): the "
                             f"journal's latest commits are in that file, and SQLite would silently drop them")
@@ -280,7 +273,7 @@ class Journal:
             if not create and not journal_present(self.path):
                 raise JournalError(f"no journal at {self.path}")
             _create(self.path)  # refuses if a write-ahead log is left there, even with create=False
-        check_file(self.path)
+        _check_file(self.path)
         self.identity = _identity(self.path)  # the file this journal writes, to notice it replaced
         try:
             # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE).

@@ -38,7 +38,7 @@ from phoenix.app import App, AppError, JobInfo, JobSpec, decode_params, resolve_
 from phoenix.callbacks import CallbackRunner
 from phoenix.config import Config
 from phoenix.control import ControlServer
-from phoenix.journal import Journal, JournalError, Job, OpenAttempt, check_file
+from phoenix.journal import Journal, JournalError, Job, OpenAttempt
 from phoenix.paths import StatePaths
 from phoenix.pidfile import AlreadyRunning, PidFile
 from phoenix.policy import RestartBudget, backoff_delay, classify_exit
@@ -788,9 +788,7 @@ class Master:
                   effect="rebuilding it from the open journal; running children are kept")
         try:
             self.paths.ensure()
-            if file_identity(self.paths.journal) is None:
-                restore_journal(self.journal.db, self.paths.journal)
-            check_file(self.paths.journal, stamped=True)  # keep ours open rather than switch to a bad file
+            restore_journal(self.journal.db, self.paths.journal)
             self.journal.close()
             self.journal = self.app.journal = Journal(self.paths.journal)
             self.journal_identity = file_identity(self.paths.journal)

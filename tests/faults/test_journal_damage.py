@@ -222,7 +222,7 @@ def test_a_file_that_is_not_this_phoenix_journal_is_refused(state_dir, kind):
 # -- a running master whose journal is damaged under it ------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["truncated", "replaced", "replaced-by-sqlite"])
+@pytest.mark.parametrize("how", ["truncated", "replaced", "replaced-by-sqlite", "replaced-by-new-journal"])
 def test_running_master_survives_its_journal_being_damaged(master_factory, state_dir, how):
     master = master_factory()
     for i in range(2):
@@ -235,11 +235,14 @@ def test_running_master_survives_its_journal_being_damaged(master_factory, state
     else:  # a file put in its place, as a mistaken `mv` or restore would
         if how == "replaced":
             (state_dir / "other").write_bytes(os.urandom(8 * PAGE))
-        else:
+        elif how == "replaced-by-sqlite":
             sqlite_file(state_dir / "other", "CREATE TABLE t (x)")
+        else:  # e.g. `phoenix submit` into a state directory re-created under the master
+            Journal(state_dir / "other").close()
         os.rename(state_dir / "other", path)
     master.wait_log("journal_unwritable", timeout=15)
-    refused(phoenix_cli("status", state_dir=state_dir), str(path))
+    if how != "replaced-by-new-journal":  # (that one is a sound journal: status shows it)
+        refused(phoenix_cli("status", state_dir=state_dir), str(path))
     # Its children finish under it; it starts nothing new and does not crash.
     def children_done() -> bool:
         assert master.proc.poll() is None, f"the master exited:\n{master.log()[-3000:]}"
@@ -247,7 +250,8 @@ def test_running_master_survives_its_journal_being_damaged(master_factory, state
 
     wait_for(children_done, timeout=15, what="both children to finish")
     if how != "truncated":
-        # Moving the damaged file aside lets the master put its own journal back, and carry on.
+        # The master never takes up another file in place of its journal: moving
+        # that file aside lets it put its own back, history and all, and carry on.
         os.rename(path, state_dir / "journal.db.damaged")
         master.wait_log("journal_recovered", timeout=15)
         jobs = master.wait_jobs_done(timeout=15)
