@@ -116,11 +116,8 @@ class App:
 
         paths = StatePaths(load(self.settings, None, {"state_dir": state_dir}, validate=False).state_dir)
         paths.ensure()
-        journal = Journal(paths.journal)
-        try:
+        with Journal(paths.journal) as journal:
             return journal.submit(name, params_json, key)[0]
-        finally:
-            journal.close()
 
 
 def encode_params(params: Any) -> str:

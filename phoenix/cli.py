@@ -15,7 +15,7 @@ from phoenix import config as config_module
 from phoenix import control, handoff, pidfile
 from phoenix.app import AppError, decode_params, encode_params, load_app, resolve_target
 from phoenix.config import Config, ConfigError
-from phoenix.journal import Journal, JournalError, KeyConflict
+from phoenix.journal import Journal, JournalError, KeyConflict, journal_present
 from phoenix.paths import StatePaths, StateDirError
 from phoenix.metrics import MetricsError
 from phoenix.sockets import SocketBusy
@@ -174,7 +174,7 @@ def _start_replacement(app_spec: str, config_file: str | None, flags: dict[str, 
 def check(app: str, state_dir: str | None, config_file: str | None, force: bool) -> None:
     """Preflight: import APP, validate the configuration, and make sure the
     code has every job target that pending or running jobs in the journal use
-    (what USR2 and `phoenix reload` run before exec). Exit 0 if all is well,
+    (what USR2 and `phoenix reload` run before exec), and check the journal. Exit 0 if all is well,
     2 if the app or configuration is broken, 1 if the code lacks a target
     that queued jobs use (named, with how many jobs use it)."""
     from phoenix import release
@@ -183,12 +183,18 @@ def check(app: str, state_dir: str | None, config_file: str | None, force: bool)
     config = config_module.load(application.settings, config_file, {"state_dir": state_dir, "app": app})
     for target in application.jobs:
         resolve_target(target)
-    missing = release.missing_targets(StatePaths(config.state_dir).journal)
+    journal_path = StatePaths(config.state_dir).journal
+    if journal_present(journal_path):
+        with Journal(journal_path, create=False, verify=True):
+            journal_note = "journal sound"
+    else:
+        journal_note = "no journal yet"
+    missing = release.missing_targets(journal_path)
     if missing and not force:
         fail(release.refusal(missing), 1)
     if missing:
         click.echo(release.forced_warning(missing), err=True)
-    click.echo(f"ok: {app} imports, {len(application.jobs)} job(s), configuration valid")
+    click.echo(f"ok: {app} imports, {len(application.jobs)} job(s), configuration valid, {journal_note}")
 
 
 @main.command()
@@ -209,11 +215,8 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None) -> 
     spec = resolve_target(target)
     paths = _state_paths(state_dir, app_settings=spec.app.settings if spec.app is not None else None)
     paths.ensure()
-    journal = Journal(paths.journal)
-    try:
+    with Journal(paths.journal) as journal:
         job_id, created = journal.submit(target, params_json, key)
-    finally:
-        journal.close()
     try:
         control.request(paths.control_socket, {"cmd": "wake"}, timeout=2.0)
     except control.ControlError:
@@ -315,7 +318,7 @@ def report(state_dir: str | None, html_file: str) -> None:
     from phoenix.report import write
 
     paths = _state_paths(state_dir)
-    if not paths.journal.exists():
+    if not journal_present(paths.journal):
         fail(f"no journal at {paths.journal}: nothing has run with this --state-dir")
     attempts = write(paths.journal, Path(html_file))
     click.echo(f"wrote {html_file}: {attempts} attempts")

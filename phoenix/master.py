@@ -43,7 +43,7 @@ from phoenix.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest, Comma
 from phoenix.config import Config
 from phoenix.control import ControlServer
 from phoenix.heartbeats import HeartbeatIntake
-from phoenix.journal import Job, Journal, OpenAttempt
+from phoenix.journal import Job, Journal, JournalError, OpenAttempt
 from phoenix.liveness import master_was_away, verdict
 from phoenix.outage import STORAGE_ERRORS, JournalOutage, file_identity, restore_journal
 from phoenix.outcomes import Classified, classify_exit
@@ -138,7 +138,7 @@ class Master:
             raise
 
     def _open_under_lock(self, inherited: dict[str, int]) -> None:
-        self.journal = Journal(self.paths.journal)
+        self.journal = Journal(self.paths.journal, verify=not inherited)  # after an exec, the preflight checked it
         self.journal_identity = file_identity(self.paths.journal)
         # Recorded in the journal only once ready: a start that fails records no generation.
         self.generation = int(self.journal.meta("generation", 0)) + 1
@@ -741,19 +741,19 @@ class Master:
     def rebuild_state_dir(self) -> None:
         """The journal file vanished or was replaced under us: rebuild the state
         directory from the open journal, and rebind the sockets, lock and pidfile."""
-        event(ERROR, "state_dir_lost", path=self.paths.root,
-              effect="rebuilding it from the open journal; running children are kept")
+        if not self.outage.active:  # else said already, and retried every second
+            event(ERROR, "state_dir_lost", path=self.paths.root,
+                  effect="rebuilding it from the open journal; running children are kept")
         try:
             self.paths.ensure()
-            if file_identity(self.paths.journal) is None:
-                restore_journal(self.journal.db, self.paths.journal)
+            restore_journal(self.journal.db, self.paths.journal)
             self.journal.close()
             self.reopen_journal()
             self.journal_identity = file_identity(self.paths.journal)
             self.pidfile.rebuild()
             self.state_files.rebind_heartbeat(self)
             self.control.rebind(control_socket.bind(self.paths.control_socket))
-        except (*STORAGE_ERRORS, AlreadyRunning) as exc:
+        except (*STORAGE_ERRORS, AlreadyRunning, JournalError) as exc:
             self.outage.failed(exc, "rebuild_state_dir")
             return
         event(WARNING, "state_dir_rebuilt", path=self.paths.root, running=len(self.children))

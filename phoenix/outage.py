@@ -10,7 +10,8 @@ A state directory removed from under a running master is noticed by the
 journal file's identity (device, inode) changing; the master then rebuilds
 the directory from what it holds open: the journal (SQLite's backup API
 copies the still-open, unlinked database back to its path), the sockets, the
-lock and the pidfile. Children connected to the old heartbeat socket keep
+lock and the pidfile. A different file found at the journal's path is never
+taken up in place of the open journal. Children connected to the old heartbeat socket keep
 beating to it; new ones find the new one by path.
 """
 
@@ -24,6 +25,7 @@ import time
 from typing import Callable
 
 from phoenix import log
+from phoenix.journal import JournalError
 
 STORAGE_ERRORS = (sqlite3.Error, OSError)
 RETRY_EVERY = 1.0  # seconds between attempts to write the journal again
@@ -79,7 +81,17 @@ def file_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
 
 
 def restore_journal(open_db: sqlite3.Connection, path: str | os.PathLike[str]) -> None:
-    """Copy the open (possibly unlinked) journal back to `path`."""
+    """Copy the open (possibly unlinked) journal back to `path`, which must be
+    free. Another file put there (a damaged one, a copy restored under a
+    running master, a new journal made in a re-created state directory) is
+    never switched to: that would drop this journal's history without a word.
+    The outage lasts until that file is moved aside."""
+    if file_identity(path) is not None:
+        raise JournalError(
+            f"{path} is not the journal this master has open: another file was put in its place. The master "
+            f"keeps its own journal and starts no job until that file is moved aside (mv {path} {path}.other), "
+            f"then puts its journal back; to use that file instead, stop the master first"
+        )
     restored = sqlite3.connect(path)
     try:
         open_db.backup(restored)

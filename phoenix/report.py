@@ -91,10 +91,7 @@ rect.attempt:hover {{ stroke: #000; stroke-width: 1; }}
 
 
 def write(journal_path: Path, output: Path) -> int:
-    journal = Journal(journal_path, create=False)
-    try:
+    with Journal(journal_path, create=False) as journal:
         page = build(journal, f"Phoenix timeline: {journal_path.parent}")
         output.write_text(page)
         return len(journal.timeline_attempts())
-    finally:
-        journal.close()

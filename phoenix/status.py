@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from phoenix import control, pidfile
-from phoenix.journal import Journal
+from phoenix.journal import Journal, journal_present
 from phoenix.paths import StatePaths
 from phoenix.untrusted import visible
 
@@ -26,13 +26,10 @@ def collect(paths: StatePaths) -> tuple[dict[str, Any], bool]:
             live = None
     jobs: list[dict[str, Any]] = []
     meta: dict[str, Any] = {}
-    if paths.journal.exists():
-        journal = Journal(paths.journal)
-        try:
+    if journal_present(paths.journal):
+        with Journal(paths.journal, create=False) as journal:
             jobs = list(journal.status_rows())
             meta = {name: journal.meta(name) for name in ("generation", "started_at")}
-        finally:
-            journal.close()
     running = (live or {}).get("running", {})
     for job in jobs:
         now = running.get(str(job["id"]))
