@@ -217,6 +217,7 @@ def _create(path: Path) -> None:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            db.execute(_BACKOFF_INDEX)
             # Still written so that an older Phoenix (before user_version) can read the journal after a rollback.
             db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -351,8 +352,9 @@ class Journal:
             # power cut can lose the last commits, and it never corrupts.
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            with self.transaction() as db:
-                _add_columns(db)  # a journal of an older Phoenix gets the columns this one writes
+            if _needs_columns(self.db):
+                with self.transaction() as db:
+                    _add_columns(db)  # a journal of an older Phoenix gets the columns this one writes
             if verify:
                 self._quick_check()
         except BaseException as exc:
@@ -681,6 +683,15 @@ class Journal:
             db.execute("INSERT INTO meta VALUES ('probe', '0') ON CONFLICT (name) DO UPDATE SET value = excluded.value")
 
 
+def _needs_columns(db: sqlite3.Connection) -> bool:
+    """Read-only: whether `_add_columns` has anything to do (most opens: no,
+    and then they take no write lock)."""
+    for table, column, _declaration in _ADDED_COLUMNS:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            return True
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'jobs_backoff'").fetchone() is None
+
+
 def _add_columns(db: sqlite3.Connection) -> None:
     """Bring a journal written by an older Phoenix up to the columns this one
     uses (each added column may be NULL: older rows keep their meaning)."""
@@ -688,7 +699,8 @@ def _add_columns(db: sqlite3.Connection) -> None:
         existing = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
         if column not in existing:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-    db.execute(_BACKOFF_INDEX)
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'jobs_backoff'").fetchone() is None:
+        db.execute(_BACKOFF_INDEX)  # (only then: a schema write puts page 1 in the write-ahead log)
 
 
 def _clocks() -> dict[str, Any]:
