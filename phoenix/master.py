@@ -34,38 +34,35 @@ from typing import Any, Callable
 
 from setproctitle import setproctitle
 
-from phoenix import child, clock, exits, handoff, lineage, log, metrics, procfs, protocol, systemd
+from phoenix import clock, exits, handoff, lineage, log, metrics, procfs, protocol, systemd
 from phoenix import control as control_socket
-from phoenix.app import App, AppError, JobInfo, JobSpec, decode_params, resolve_target
+from phoenix.app import App, AppError, JobInfo, JobSpec, resolve_target
 from phoenix.attempts import Attempt
 from phoenix.callbacks import CallbackRunner
 from phoenix.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest, Command, from_request
 from phoenix.config import Config
 from phoenix.control import ControlServer
+from phoenix.hangs import HangKiller, signal_attempt
 from phoenix.heartbeats import HeartbeatIntake
-from phoenix.journal import Job, Journal, JournalError, OpenAttempt
-from phoenix.liveness import master_was_away, verdict
+from phoenix.journal import Journal, JournalError, OpenAttempt
+from phoenix.liveness import master_was_away
 from phoenix.outage import STORAGE_ERRORS, JournalOutage, file_identity, restore_journal
-from phoenix.outcomes import Classified, classify_exit
+from phoenix.outcomes import classify_exit
 from phoenix.paths import StatePaths
 from phoenix.pidfile import AlreadyRunning, PidFile
-from phoenix.policy import RestartBudget, may_run, may_start_jobs
+from phoenix.policy import RestartBudget, may_start_jobs
 from phoenix.recorder import LOST_UNWATCHED, OutcomeRecorder
 from phoenix.signals import SignalFD, set_child_subreaper
-from phoenix.sockets import bind_heartbeat, datagram_queue_length
+from phoenix.sockets import bind_heartbeat
+from phoenix.scheduler import Scheduler
 from phoenix.spawner import Spawner
-from phoenix.states import (MASTER_TRANSITIONS, HandoffPhase, KillReason, MasterState, Outcome, StopMode, TimerKind,
+from phoenix.states import (MASTER_TRANSITIONS, HandoffPhase, MasterState, StopMode, TimerKind,
                             check_move)
 from phoenix.timers import TimerHeap
 from phoenix.statefiles import StateFiles
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 event = log.event
-# A master that has not emptied its heartbeat socket for this long is behind:
-# it defers heartbeat kills (a false kill would only add fork work to the backlog).
-BACKLOG_GRACE = 0.25
-SPAWN_SLICE = 0.25  # seconds of forking per turn of the loop before the other steps get a turn
-PENDING_POLL = 1.0  # fallback look for jobs submitted without a wake-up
 STATE_DIR_CHECK = 1.0
 
 
@@ -91,9 +88,8 @@ class Master:
         self.histograms: metrics.Histograms | None = None  # only with --metrics (see metrics.py)
         self.intake = HeartbeatIntake(self.children, self.counters, os.getuid(), lambda: self.config.heartbeat_interval)
         self.recorder = OutcomeRecorder(self)
+        self.hangs = HangKiller(self)
         self.replacements = 0
-        self.maybe_pending = True
-        self.next_pending_poll = 0.0
         self.expected_wake = time.monotonic()  # when the loop meant to wake from its last sleep
         self.title_due = 0.0
         self.specs: dict[str, JobSpec] = {}
@@ -103,8 +99,8 @@ class Master:
         self.stop_signal: int | None = None  # what asked this master to stop (see exits.py)
         self.handoff = handoff.Handoff(self)
         self.spawner = Spawner(self)
+        self.scheduler = Scheduler(self)
         self.retired_heartbeats: list[socket.socket] = []  # still read after a state-dir rebuild
-        self.overload_warned_at = -60.0
         self.child_exited = True  # SIGCHLD seen since the last reap (True: reconcile at start)
         self.watchdog = systemd.Watchdog()  # WATCHDOG=1 when systemd's WatchdogSec asks for it
         self.outage = JournalOutage(str(self.paths.journal))
@@ -265,8 +261,8 @@ class Master:
                 self.wait_for_events()
                 self.run_commands()
                 self.reap_children()
-                self.run_due_timers()
-                self.guarded(self.spawn_pending_jobs)
+                self.hangs.run_due_timers(time.monotonic())
+                self.guarded(self.scheduler.spawn_pending_jobs)
                 self.spawner.replenish()
                 self.settle_callbacks()
                 self.handoff.continue_when_quiet()
@@ -288,13 +284,8 @@ class Master:
 
     def next_deadline(self, now: float) -> float:
         """The earliest moment any part needs the loop (einhorn's Event.timeout)."""
-        if self.maybe_pending and self.has_free_slot():
-            return now
-        # The next pending-job poll: a backoff ending, or the fallback for jobs
-        # submitted without a wake-up.
-        deadlines = [max(self.next_pending_poll, now) if self.has_free_slot() else now + PENDING_POLL,
-                     self.watchdog.due, self.outage.next_retry, self.next_state_dir_check,
-                     self.control.next_deadline()]
+        deadlines = [self.scheduler.next_deadline(now), self.watchdog.due, self.outage.next_retry,
+                     self.next_state_dir_check, self.control.next_deadline()]
         timer = self.timers.next_deadline()
         if timer is not None:
             deadlines.append(timer)
@@ -313,8 +304,7 @@ class Master:
         for key, _mask in ready:
             key.data()
         self.control.expire(time.monotonic())
-        if time.monotonic() >= self.next_pending_poll:
-            self.maybe_pending = True
+        self.scheduler.poll_if_due(time.monotonic())
 
     def give_grace(self, away: float) -> None:
         """The master itself was not running (SIGSTOP, a VM pause, swap): read
@@ -336,7 +326,7 @@ class Master:
         if command == Command.STATUS:
             return {"ok": True, **self.live_status()}
         if command == Command.WAKE:
-            self.maybe_pending = True
+            self.scheduler.wake()
         elif command in (Command.STOP, Command.DRAIN, Command.LEAVE):
             self.begin_stop({Command.STOP: StopMode.TERM, Command.DRAIN: StopMode.DRAIN,
                              Command.LEAVE: StopMode.LEAVE}[command], signum)
@@ -346,7 +336,7 @@ class Master:
             self.reload_configuration()
         elif command == Command.SLOT_MORE:
             self.slots += 1
-            self.maybe_pending = True
+            self.scheduler.wake()
             event(INFO, "workers", workers=self.slots)
         elif command == Command.SLOT_LESS:
             self.slots = max(0, self.slots - 1)
@@ -376,7 +366,7 @@ class Master:
         self.config = new
         self.slots = new.workers
         self.budget = RestartBudget(new.restart_intensity, new.restart_period)
-        self.maybe_pending = True
+        self.scheduler.wake()
         event(INFO, "config_reloaded",
               changed=" ".join(f"{k}:{a}->{b}" for k, (a, b) in changed.items()) or "nothing")
 
@@ -385,87 +375,8 @@ class Master:
     def read_heartbeats(self, sock: socket.socket | None = None) -> None:
         self.intake.read(sock or self.heartbeat, time.monotonic())
 
-    def run_due_timers(self) -> None:
-        """Run the deadlines that are due: a kill after kill_grace, or a
-        liveness check, which re-arms itself for the attempt's next limit."""
-        now = time.monotonic()
-        for timer in self.timers.pop_due(now):
-            attempt = self.children.get(timer.pid)
-            if attempt is None or attempt.attempt_id != timer.attempt_id:
-                continue  # already gone
-            if timer.kind == TimerKind.KILL:
-                self.signal_attempt(attempt, signal.SIGKILL)
-            elif attempt.kill_reason is None and attempt.final is None:  # not being killed, not done
-                self.check_liveness(attempt, now)
-
-    def check_liveness(self, attempt: Attempt, now: float) -> None:
-        limits = attempt.limits(self.config.heartbeat_timeout)
-        judged = verdict(limits, last_beat=attempt.last_beat, last_progress=attempt.last_progress,
-                         started=attempt.started, now=now)
-        if judged.reason == KillReason.HEARTBEAT_TIMEOUT:
-            if now < self.intake.overloaded_until:
-                # Children report beats that waited longer than an interval to get
-                # into our socket: we are the bottleneck, and their silence may be ours.
-                self.counters.count(self.counters.kills, "deferred_overload")
-                self.warn_overloaded(now)
-                self.timers.push(now + BACKLOG_GRACE, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
-                return
-            if now - self.intake.drained_at > BACKLOG_GRACE:
-                # The master itself is behind: beats may be waiting in the socket
-                # (or in blocked senders). Silence is not the child's fault yet.
-                self.read_heartbeats()
-                if now - self.intake.drained_at > BACKLOG_GRACE:
-                    self.counters.count(self.counters.kills, "deferred_backlog")
-                    self.timers.push(now + BACKLOG_GRACE, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
-                    return
-                judged = verdict(limits, last_beat=attempt.last_beat, last_progress=attempt.last_progress,
-                                 started=attempt.started, now=now)
-            if judged.reason == KillReason.HEARTBEAT_TIMEOUT and self.state_files.heartbeat_restored(self):
-                # The socket file was gone: the silence was ours, and every child has grace now.
-                judged = verdict(limits, last_beat=attempt.last_beat, last_progress=attempt.last_progress,
-                                 started=attempt.started, now=now)
-        if judged.reason is None:
-            self.timers.push(judged.next_check, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
-        else:
-            self.kill(attempt, judged.reason, now)
-
-    def warn_overloaded(self, now: float) -> None:
-        if now - self.overload_warned_at >= 60.0:
-            self.overload_warned_at = now
-            event(WARNING, "overloaded", children=len(self.children),
-                  heartbeat_interval=self.config.heartbeat_interval, max_dgram_qlen=datagram_queue_length(),
-                  effect="heartbeat kills wait until beats get through; raise net.unix.max_dgram_qlen "
-                         "(sysctl; 512 for hundreds of children) or heartbeat_interval, or lower workers")
-
-    def kill(self, attempt: Attempt, reason: KillReason, now: float) -> None:
-        ages = {KillReason.HEARTBEAT_TIMEOUT: now - attempt.last_beat,
-                KillReason.STALL_TIMEOUT: now - attempt.last_progress,
-                KillReason.MAX_RUNTIME: now - attempt.started, KillReason.OPERATOR: 0.0}
-        attempt.kill_reason = reason
-        attempt.kill_detail = f"{reason}: {ages[reason]:.2f} s"
-        self.counters.count(self.counters.kills, reason)
-        if reason == KillReason.HEARTBEAT_TIMEOUT and self.histograms is not None:
-            late = now - attempt.last_beat - attempt.limits(self.config.heartbeat_timeout).heartbeat_timeout
-            self.histograms.detection_latency.observe(max(0.0, late))
-        event(WARNING, "kill", pid=attempt.pid, job=attempt.key, attempt=attempt.number, reason=reason,
-              after=f"{ages[reason]:.2f}s")
-        self.signal_attempt(attempt, signal.SIGTERM)
-        self.signal_attempt(attempt, signal.SIGCONT)  # a stopped process only acts on TERM once continued
-        self.timers.push(now + self.config.kill_grace, TimerKind.KILL, attempt.pid, attempt.attempt_id)
-
-    def signal_attempt(self, attempt: Attempt, signum: int) -> None:
-        """Signal the attempt's whole process group (the job and anything it forked)."""
-        try:
-            if attempt.pidfd is not None:
-                # Not our child, so its pid could be reused once it is gone: the
-                # pidfd names exactly this process.
-                signal.pidfd_send_signal(attempt.pidfd, signum)
-            lineage.signal_escaped(attempt.pid, signum, attempt.escaped)  # what the job daemonised
-            os.killpg(attempt.pid, signum)
-        except ProcessLookupError:
-            pass
-        except PermissionError as exc:
-            event(WARNING, "signal_failed", pid=attempt.pid, signal=signum, error=exc.strerror)
+    def heartbeat_socket_restored(self) -> bool:
+        return self.state_files.heartbeat_restored(self)
 
     # -- exits ------------------------------------------------------------------------
 
@@ -540,7 +451,7 @@ class Master:
         return self.handoff.busy or self.app is None
 
     def jobs_may_be_pending(self) -> None:
-        self.maybe_pending = True
+        self.scheduler.wake()
 
     # -- what a replacement asks (handoff.HandoffHost) and the spawner (spawner.SpawnerHost) -----
 
@@ -588,80 +499,6 @@ class Master:
             return self.spec_for(target)
         except AppError:
             return None
-
-    def spawn_pending_jobs(self) -> None:
-        if not self.maybe_pending or not self.has_free_slot():
-            return
-        self.maybe_pending = False
-        self.next_pending_poll = time.monotonic() + PENDING_POLL
-        jobs = self.journal.pending(self.slots - len(self.children))
-        slice_ends = time.monotonic() + SPAWN_SLICE
-        for job in jobs:
-            self.spawn(job)
-            # A fork costs milliseconds (tens on a busy VM) and the socket queues
-            # ~10 datagrams: drain it between forks, or a storm of spawns starves
-            # the children already running into false kills.
-            self.read_heartbeats()
-            if time.monotonic() >= slice_ends:
-                break  # the rest on the next turn, after reaping, timers and control requests
-        if len(jobs) and self.has_free_slot():
-            self.maybe_pending = True  # there may be more behind them
-        due_in = self.journal.next_due_in()
-        if due_in is not None and due_in > 0:
-            self.next_pending_poll = min(self.next_pending_poll, time.monotonic() + due_in)
-
-    def fail_before_start(self, job: Job, error: str) -> None:
-        event(ERROR, "job_failed", job=job.key, outcome="error", reason="cannot start", target=job.target)
-        log.log.error("%s", error)
-        callback_id = self.journal.fail_without_attempt(job.id, error)
-        if callback_id is not None:
-            self.start_callback(callback_id, job.id, 0, "on_failed")
-
-    def spawn(self, job: Job) -> None:
-        try:
-            spec = self.spec_for(job.target)
-            decode_params(job.params)  # bad JSON fails the job here, not in a child
-        except AppError as exc:
-            self.fail_before_start(job, str(exc))
-            return
-        retries = spec.retries if spec.retries is not None else self.config.retries
-        if not may_run(job.failures, retries):
-            # Its failures were recorded by a master that had no app loaded.
-            self.fail_before_start(job, f"job {job.key!r} failed {job.failures} time(s); its policy allows "
-                                        f"{retries} retries")
-            return
-        number = job.attempts + 1
-        try:
-            waiting = self.spawner.take()
-        except OSError as exc:  # out of processes or memory: the attempt did not start
-            event(ERROR, "fork_failed", job=job.key, attempt=number, error=exc.strerror)
-            attempt_id = self.journal.begin_attempt(job, self.generation, None, None)
-            reason = f"fork failed: {exc.strerror}"
-            self.recorder.record(job.id, job.key, job.target, attempt_id, number,
-                                 Classified(Outcome.LOST, reason, reason, None), None, None)
-            return
-        pid = waiting.pid
-        try:
-            attempt_id = self.journal.begin_attempt(job, self.generation, pid, waiting.start_time)
-        except STORAGE_ERRORS as exc:
-            # The job stays pending in the journal; the child, given no order,
-            # exits without running it and is reaped as a stranger.
-            os.close(waiting.order_fd)
-            self.outage.failed(exc, "begin_attempt")
-            return
-        delivered = waiting.send(child.order(job.id, job.key, number, job.target, job.params,
-                                             self.config.heartbeat_interval, self.config.outcome_delivery_timeout))
-        now = time.monotonic()
-        attempt = Attempt(attempt_id, job.id, job.key, job.target, number, pid, spec, now, now, now)
-        if not delivered:  # the child died waiting and never saw its job: not the job's failure
-            attempt.interrupted = True
-            attempt.kill_detail = "its child died before it received the job"
-        self.children[pid] = attempt
-        first_check = verdict(attempt.limits(self.config.heartbeat_timeout), last_beat=now, last_progress=now,
-                              started=now, now=now).next_check
-        self.timers.push(first_check, TimerKind.CHECK, pid, attempt_id)
-        self.counters.spawned += 1
-        event(INFO, "spawn", pid=pid, job=job.key, attempt=number, target=job.target)
 
     # -- callbacks ------------------------------------------------------------------
 
@@ -728,7 +565,7 @@ class Master:
     def watch_storage(self) -> None:
         now = time.monotonic()
         if self.outage.active and self.outage.retry_if_due(self.journal.probe_write):
-            self.maybe_pending = True
+            self.scheduler.wake()
             self.guarded(self.run_owed_callbacks)  # any that could not be started meanwhile
         if now < self.next_state_dir_check:
             return
@@ -766,7 +603,7 @@ class Master:
         if self.state in (MasterState.DRAINING, MasterState.STOPPING):
             self.change_state(MasterState.STOPPED)
         elif (self.state == MasterState.RUNNING and self.config.exit_when_done
-              and (not self.maybe_pending or self.slots == 0)):
+              and (not self.scheduler.maybe_pending or self.slots == 0)):
             # (With no slots, pending jobs are never looked for: ask the journal.)
             counts = self.journal.counts()
             if counts["pending"] == 0 and counts["running"] == 0:
@@ -780,7 +617,7 @@ class Master:
         if self.state == MasterState.STOPPING and mode == StopMode.TERM:
             event(WARNING, "stop_now", running=len(self.children))
             for attempt in list(self.children.values()):
-                self.signal_attempt(attempt, signal.SIGKILL)
+                signal_attempt(attempt, signal.SIGKILL)
             return
         if mode == StopMode.LEAVE:
             event(INFO, "stop", mode="leave-running", running=len(self.children))
@@ -798,9 +635,7 @@ class Master:
         now = time.monotonic()
         for attempt in self.children.values():
             attempt.interrupted = True
-            self.signal_attempt(attempt, signal.SIGTERM)
-            self.signal_attempt(attempt, signal.SIGCONT)
-            self.timers.push(now + self.config.kill_grace, TimerKind.KILL, attempt.pid, attempt.attempt_id)
+            self.hangs.stop(attempt, now)
 
     def close(self) -> None:
         self.spawner.discard()

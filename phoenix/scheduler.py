@@ -1,0 +1,144 @@
+"""The scheduler: starts pending jobs through the one slot gate, each in a
+child whose attempt is committed before it gets its order.
+
+It is woken when a job may be waiting (a submit, an attempt's end, a slot
+freed) and otherwise looks once a second, or when the next backoff ends."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Protocol
+
+from phoenix import child, log
+from phoenix.app import AppError, JobSpec, decode_params
+from phoenix.attempts import Attempt
+from phoenix.config import Config
+from phoenix.journal import Job, Journal
+from phoenix.liveness import verdict
+from phoenix.metrics import Counters
+from phoenix.outage import STORAGE_ERRORS, JournalOutage
+from phoenix.outcomes import Classified
+from phoenix.policy import may_run
+from phoenix.recorder import OutcomeRecorder
+from phoenix.spawner import Spawner
+from phoenix.states import Outcome, TimerKind
+from phoenix.timers import TimerHeap
+
+SPAWN_SLICE = 0.25  # seconds of forking per turn of the loop before the other steps get a turn
+PENDING_POLL = 1.0  # fallback look for jobs submitted without a wake-up
+
+
+class SchedulerHost(Protocol):
+    journal: Journal
+    config: Config
+    generation: int
+    slots: int
+    children: dict[int, Attempt]
+    timers: TimerHeap
+    counters: Counters
+    spawner: Spawner
+    recorder: OutcomeRecorder
+    outage: JournalOutage
+
+    def has_free_slot(self) -> bool: ...
+    def spec_for(self, target: str) -> JobSpec: ...
+    def read_heartbeats(self) -> None: ...
+    def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None: ...
+
+
+class Scheduler:
+    def __init__(self, host: SchedulerHost) -> None:
+        self.host = host
+        self.maybe_pending = True  # a job may be waiting: look on the next turn
+        self.next_poll = 0.0  # monotonic: look then even if nobody said so
+
+    def wake(self) -> None:
+        self.maybe_pending = True
+
+    def next_deadline(self, now: float) -> float:
+        if not self.host.has_free_slot():
+            return now + PENDING_POLL
+        return now if self.maybe_pending else max(self.next_poll, now)
+
+    def poll_if_due(self, now: float) -> None:
+        if now >= self.next_poll:
+            self.maybe_pending = True
+
+    def spawn_pending_jobs(self) -> None:
+        h = self.host
+        if not self.maybe_pending or not h.has_free_slot():
+            return
+        self.maybe_pending = False
+        self.next_poll = time.monotonic() + PENDING_POLL
+        jobs = h.journal.pending(h.slots - len(h.children))
+        slice_ends = time.monotonic() + SPAWN_SLICE
+        for job in jobs:
+            self.spawn(job)
+            # A fork costs milliseconds (tens on a busy VM) and the socket queues
+            # ~10 datagrams: drain it between forks, or a storm of spawns starves
+            # the children already running into false kills.
+            h.read_heartbeats()
+            if time.monotonic() >= slice_ends:
+                break  # the rest on the next turn, after reaping, timers and control requests
+        if len(jobs) and h.has_free_slot():
+            self.maybe_pending = True  # there may be more behind them
+        due_in = h.journal.next_due_in()
+        if due_in is not None and due_in > 0:
+            self.next_poll = min(self.next_poll, time.monotonic() + due_in)
+
+    def fail_before_start(self, job: Job, error: str) -> None:
+        h = self.host
+        log.event(logging.ERROR, "job_failed", job=job.key, outcome="error", reason="cannot start", target=job.target)
+        log.log.error("%s", error)
+        callback_id = h.journal.fail_without_attempt(job.id, error)
+        if callback_id is not None:
+            h.start_callback(callback_id, job.id, 0, "on_failed")
+
+    def spawn(self, job: Job) -> None:
+        h = self.host
+        try:
+            spec = h.spec_for(job.target)
+            decode_params(job.params)  # bad JSON fails the job here, not in a child
+        except AppError as exc:
+            self.fail_before_start(job, str(exc))
+            return
+        retries = spec.retries if spec.retries is not None else h.config.retries
+        if not may_run(job.failures, retries):
+            # Its failures were recorded by a master that had no app loaded.
+            self.fail_before_start(job, f"job {job.key!r} failed {job.failures} time(s); its policy allows "
+                                        f"{retries} retries")
+            return
+        number = job.attempts + 1
+        try:
+            waiting = h.spawner.take()
+        except OSError as exc:  # out of processes or memory: the attempt did not start
+            log.event(logging.ERROR, "fork_failed", job=job.key, attempt=number, error=exc.strerror)
+            attempt_id = h.journal.begin_attempt(job, h.generation, None, None)
+            reason = f"fork failed: {exc.strerror}"
+            h.recorder.record(job.id, job.key, job.target, attempt_id, number,
+                                 Classified(Outcome.LOST, reason, reason, None), None, None)
+            return
+        pid = waiting.pid
+        try:
+            attempt_id = h.journal.begin_attempt(job, h.generation, pid, waiting.start_time)
+        except STORAGE_ERRORS as exc:
+            # The job stays pending in the journal; the child, given no order,
+            # exits without running it and is reaped as a stranger.
+            os.close(waiting.order_fd)
+            h.outage.failed(exc, "begin_attempt")
+            return
+        delivered = waiting.send(child.order(job.id, job.key, number, job.target, job.params,
+                                             h.config.heartbeat_interval, h.config.outcome_delivery_timeout))
+        now = time.monotonic()
+        attempt = Attempt(attempt_id, job.id, job.key, job.target, number, pid, spec, now, now, now)
+        if not delivered:  # the child died waiting and never saw its job: not the job's failure
+            attempt.interrupted = True
+            attempt.kill_detail = "its child died before it received the job"
+        h.children[pid] = attempt
+        first_check = verdict(attempt.limits(h.config.heartbeat_timeout), last_beat=now, last_progress=now,
+                              started=now, now=now).next_check
+        h.timers.push(first_check, TimerKind.CHECK, pid, attempt_id)
+        h.counters.spawned += 1
+        log.event(logging.INFO, "spawn", pid=pid, job=job.key, attempt=number, target=job.target)
