@@ -100,8 +100,8 @@ def run_phoenix(reg: Registry, work: Path, points: list[int], window: float, set
             time.sleep(settle)
             say(f"heartbeats: phoenix, measuring {n} children for {window:.0f} s")
             t_window = time.time()
-            point = _window(master.pid, lambda: int(master.status()["master"]["beats"]), window)
-            st = master.status()
+            point = _window(master.pid, lambda: int(master.live()["master"]["beats"]), window)
+            st = master.live()
             point.update(n=n, running=len(st["running"]), rejected=st["master"].get("rejected", {}), grow_s=took,
                          kills_in_window=len(master.events("kill", since=t_window)),
                          kills_so_far=len(master.events("kill")))
@@ -110,7 +110,7 @@ def run_phoenix(reg: Registry, work: Path, points: list[int], window: float, set
                 pids = [int(r["pid"]) for r in st["running"].values()]
                 out["memory"] = {"n": n, "master_rss_kb": rss_kb(master.pid), **memory_of(pids)}
         out["kills"] = len(master.events("kill"))
-        out["log"] = str(master.log)
+        out["log"] = str(master.log_path)
     finally:
         say("heartbeats: stopping the phoenix master and its children")
         master.stop()

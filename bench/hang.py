@@ -68,7 +68,7 @@ def run(reg: Registry, work: Path, n: int, hung: int, say: Any, name: str = "han
             time.sleep(0.25)
         time.sleep(0.5)
         kills = master.events("kill", since=t_submit)
-        st = master.status()
+        st = master.live()
     finally:
         say("hang detection: stopping the phoenix master and its children")
         master.stop()
@@ -90,5 +90,5 @@ def run(reg: Registry, work: Path, n: int, hung: int, say: Any, name: str = "han
         "excess_ms_p50": median(excess_ms), "excess_ms_p99": percentile(excess_ms, 99),
         "excess_ms_max": max(excess_ms) if excess_ms else float("nan"),
         "cross_ms_p50": median(cross_ms), "cross_ms_p99": percentile(cross_ms, 99),
-        "running_at_end": len(st["running"]), "load": loadavg(), "log": str(master.log),
+        "running_at_end": len(st["running"]), "load": loadavg(), "log": str(master.log_path),
     }

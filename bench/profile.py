@@ -91,7 +91,7 @@ def profile_throughput(reg: Registry, work: Path, n: int) -> str:
     master.submit_many(("bench.apps:noop", i, f"noop-{i}") for i in range(n))
     raw = work / "tp.raw"
     argv = [_py_spy(), "record", "--nonblocking", "--idle", "--threads", "-r", "200", "-f", "raw", "-o", str(raw),
-            "--"] + master.argv()
+            "--"] + master.command
     t0 = time.monotonic()
     spy = reg.popen(argv, log=work / "py-spy-tp.log")
     # The master's own CPU vs its children's (utime+stime and cutime+cstime of /proc/PID/stat).
@@ -215,7 +215,7 @@ def profile_heartbeats(reg: Registry, work: Path, n: int, seconds: float) -> str
             note = ""
         time.sleep(2.0)
         raw = work / "hb.raw"
-        b0 = master.status()["master"]["beats"]
+        b0 = master.live()["master"]["beats"]
         c0 = cpu_sample(master.pid)
         # Blocking mode (py-spy pauses the master for each sample): the only
         # mode in which it tells a thread sleeping in epoll_wait from one running.
@@ -223,7 +223,7 @@ def profile_heartbeats(reg: Registry, work: Path, n: int, seconds: float) -> str
                          "--pid", str(master.pid), "-d", str(int(seconds))], log=work / "py-spy-hb.log")
         spy.wait(timeout=seconds + 60)
         c1 = cpu_sample(master.pid)
-        b1 = master.status()["master"]["beats"]
+        b1 = master.live()["master"]["beats"]
     finally:
         master.stop()
     per = (c1.ns - c0.ns) / 1e3 / max(1, b1 - b0)
@@ -374,7 +374,7 @@ def profile_spawn_burst(reg: Registry, work: Path, n: int) -> str:
         time.sleep(12.0)  # the 5 s timeout, twice, and some
         spawns = [e.at for e in master.events("spawn", since=t0)]
         kills = master.events("kill", since=t0)
-        st = master.status()
+        st = master.live()
     finally:
         master.stop()
     first_kill = f"{min(k.at for k in kills) - t0:.1f} s" if kills else "-"

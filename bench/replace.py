@@ -96,7 +96,7 @@ def run_phoenix(reg: Registry, work: Path, n: int, rounds: int, say: Any,
     time.sleep(1.5)
     out: dict[str, Any] = {"n": n, "rounds": []}
     try:
-        before = master.status()
+        before = master.live()
         pids_before = {r["pid"] for r in before["running"].values()}
         delivered0, lost0, waited0 = _beat_counts(count_dir)
         t_first = time.time()
@@ -111,13 +111,13 @@ def run_phoenix(reg: Registry, work: Path, n: int, rounds: int, say: Any,
             deadline = time.monotonic() + 60
             while True:
                 try:
-                    st = master.status(timeout=2.0)
+                    st = master.live(timeout=2.0)
                     if st["master"]["generation"] > generation:
                         break
                 except Exception:  # noqa: BLE001 - between images
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"no new generation after USR2; see {master.log}")
+                    raise RuntimeError(f"no new generation after USR2; see {master.log_path}")
                 time.sleep(0.02)
             events = master.events(since=t_usr2 - 0.001)
             exec_at = next(e.at for e in events if e.name == "exec")
@@ -139,7 +139,7 @@ def run_phoenix(reg: Registry, work: Path, n: int, rounds: int, say: Any,
             generation += 1
             time.sleep(1.0)
         time.sleep(1.0)  # let every child write its counts after the last round
-        after = master.status()
+        after = master.live()
         delivered1, lost1, waited1 = _beat_counts(count_dir)
         pids_after = {r["pid"] for r in after["running"].values()}
         out.update(
@@ -149,7 +149,7 @@ def run_phoenix(reg: Registry, work: Path, n: int, rounds: int, say: Any,
             false_kills=len(master.events("kill", since=t_first)),
             children_kept=len(pids_before & pids_after),
             rejected=after["master"].get("rejected", {}),
-            log=str(master.log),
+            log=str(master.log_path),
         )
     finally:
         say("replacement: stopping the phoenix master and its children")

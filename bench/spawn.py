@@ -44,8 +44,7 @@ def _wait_reply(sock: socket.socket, i: int, timeout: float = 10.0) -> int:
 def run(reg: Registry, work: Path, api_samples: int, cli_samples: int, say: Any) -> dict[str, Any]:
     state = work / "spawn"
     master = PhoenixMaster(reg, state, "bench.apps:beat_app", workers=4)
-    master.start()
-    master.wait_ready()
+    master.start()  # returns once the master logs that it is ready
     reply_path = str(master.paths.root / "probe.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(reply_path)
@@ -110,5 +109,5 @@ def run(reg: Registry, work: Path, api_samples: int, cli_samples: int, say: Any)
         "api_samples": len(api_ms), "api_parts_p50_ms": {k: median(v) for k, v in parts.items()},
         "api_parts_p99_ms": {k: percentile(v, 99) for k, v in parts.items()},
         "cli_p50_ms": median(cli_ms), "cli_p99_ms": percentile(cli_ms, 99), "cli_samples": len(cli_ms),
-        "load": loadavg(), "log": str(master.log),
+        "load": loadavg(), "log": str(master.log_path),
     }
