@@ -20,9 +20,7 @@ this process (handoff.py), a stop or a crash loses nothing.
 
 from __future__ import annotations
 
-import functools
 import gc
-import json
 import logging
 import os
 import resource
@@ -36,9 +34,10 @@ from setproctitle import setproctitle
 
 from phoenix import clock, exits, handoff, lineage, log, metrics, procfs, protocol, systemd
 from phoenix import control as control_socket
-from phoenix.app import App, AppError, JobInfo, JobSpec, resolve_target
+from phoenix.app import App, AppError, JobSpec, resolve_target
 from phoenix.attempts import Attempt
 from phoenix.callbacks import CallbackRunner
+from phoenix.settler import CallbackSettler
 from phoenix.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest, Command, from_request
 from phoenix.config import Config
 from phoenix.control import ControlServer
@@ -157,6 +156,7 @@ class Master:
         self.control = ControlServer(control, self.selector, self.control_request,
                                      lambda why: self.counters.reject(why))
         self.callbacks = CallbackRunner(self.config.callback_threads)
+        self.settler = CallbackSettler(self)
         self.selector.register(self.callbacks.wake_read, selectors.EVENT_READ, self.callbacks.drain_wakeups)
         self._install_signal_handlers()
         self.replacements = self.journal.count_events("replaced") + (1 if inherited else 0)
@@ -264,7 +264,7 @@ class Master:
                 self.hangs.run_due_timers(time.monotonic())
                 self.guarded(self.scheduler.spawn_pending_jobs)
                 self.spawner.replenish()
-                self.settle_callbacks()
+                self.settler.settle()
                 self.handoff.continue_when_quiet()
                 self.handoff.enforce_deadline()
                 self.guarded(self.check_finished)
@@ -500,53 +500,13 @@ class Master:
         except AppError:
             return None
 
-    # -- callbacks ------------------------------------------------------------------
+    # -- callbacks (settler.CallbackSettler) ---------------------------------------
 
     def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None:
-        assert self.app is not None
-        row = self.journal.job_row(job_id)
-        assert row is not None
-        info = JobInfo(job_id, row["key"], row["target"], json.loads(row["params"]), number, row["outcome"],
-                       row["error"])
-        functions: list[Callable[..., Any]]
-        if kind == "on_finished":
-            functions = list(self.app.finished_callbacks)
-            argument = json.loads(row["result"]) if row["result"] is not None else None
-        else:
-            functions = list(self.app.failed_callbacks)
-            argument = row["error"]
-        if not functions:  # nothing registered: done, in one transaction
-            self.journal.callback_done(callback_id, None)
-            return
-        self.journal.callback_started(callback_id)
-        self.callbacks.start(callback_id, row["key"], kind, functions, info, argument)
+        self.settler.start(callback_id, job_id, number, kind)
 
     def run_owed_callbacks(self) -> None:
-        """Callbacks recorded as owed by an earlier master and never done: run
-        them now (at least once across a crash; they get the job id and attempt
-        to de-duplicate). Not while no app is loaded: they stay owed."""
-        if self.app is None:
-            return
-        for callback_id, job_id, number, kind in self.journal.owed_callbacks():
-            if callback_id not in self.callbacks.running:
-                self.start_callback(callback_id, job_id, number, kind)
-
-    def settle_callbacks(self) -> None:
-        now = time.monotonic()
-        for running, error in self.callbacks.finished():
-            if self.histograms is not None:
-                self.histograms.callback_duration.observe(now - running.started)
-            if error:
-                self.counters.callback_errors += 1
-                event(ERROR, "callback_error", job=running.job_key, callback=running.kind)
-                log.log.error("%s", error.rstrip())
-            self.guarded(functools.partial(self.journal.callback_done, running.callback_id, error), retry=True)
-        for running in self.callbacks.overdue(self.config.callback_timeout, now):
-            self.counters.callback_errors += 1
-            event(ERROR, "callback_timeout", job=running.job_key, callback=running.kind,
-                  limit=f"{self.config.callback_timeout}s")
-            self.guarded(functools.partial(self.journal.callback_done, running.callback_id,
-                                           f"timed out after {self.config.callback_timeout} s"), retry=True)
+        self.settler.run_owed()
 
     # -- storage faults ---------------------------------------------------------------
 
@@ -640,7 +600,7 @@ class Master:
     def close(self) -> None:
         self.spawner.discard()
         self.callbacks.wait_all(self.config.callback_timeout)
-        self.settle_callbacks()
+        self.settler.settle()
         self.callbacks.shutdown()
         self.control.close()
         if self.stop_mode == StopMode.HANDED_OVER:

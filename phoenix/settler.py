@@ -1,0 +1,81 @@
+"""The callback settler: starts each owed callback on the runner's threads,
+and records in the journal that it ran (or failed, or timed out). The
+journal says a callback is owed before it runs and done after, so it fires
+once per job outcome across replacements and at least once across a crash."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from typing import Any, Callable, Protocol
+
+from phoenix import log
+from phoenix.app import App, JobInfo
+from phoenix.callbacks import CallbackRunner
+from phoenix.config import Config
+from phoenix.journal import Journal
+from phoenix.metrics import Counters, Histograms
+
+
+class SettlerHost(Protocol):
+    app: App | None  # None: no app loaded (degraded); callbacks stay owed
+    journal: Journal
+    callbacks: CallbackRunner
+    config: Config
+    counters: Counters
+    histograms: Histograms | None
+
+    def guarded(self, operation: Callable[[], Any], retry: bool = False) -> None: ...
+
+
+class CallbackSettler:
+    def __init__(self, host: SettlerHost) -> None:
+        self.host = host
+
+    def start(self, callback_id: int, job_id: int, number: int, kind: str) -> None:
+        assert self.host.app is not None
+        row = self.host.journal.job_row(job_id)
+        assert row is not None
+        info = JobInfo(job_id, row["key"], row["target"], json.loads(row["params"]), number, row["outcome"],
+                       row["error"])
+        functions: list[Callable[..., Any]]
+        if kind == "on_finished":
+            functions = list(self.host.app.finished_callbacks)
+            argument = json.loads(row["result"]) if row["result"] is not None else None
+        else:
+            functions = list(self.host.app.failed_callbacks)
+            argument = row["error"]
+        if not functions:  # nothing registered: done, in one transaction
+            self.host.journal.callback_done(callback_id, None)
+            return
+        self.host.journal.callback_started(callback_id)
+        self.host.callbacks.start(callback_id, row["key"], kind, functions, info, argument)
+
+    def run_owed(self) -> None:
+        """Callbacks recorded as owed by an earlier master and never done: run
+        them now (at least once across a crash; they get the job id and attempt
+        to de-duplicate). Not while no app is loaded: they stay owed."""
+        if self.host.app is None:
+            return
+        for callback_id, job_id, number, kind in self.host.journal.owed_callbacks():
+            if callback_id not in self.host.callbacks.running:
+                self.start(callback_id, job_id, number, kind)
+
+    def settle(self) -> None:
+        now = time.monotonic()
+        for running, error in self.host.callbacks.finished():
+            if self.host.histograms is not None:
+                self.host.histograms.callback_duration.observe(now - running.started)
+            if error:
+                self.host.counters.callback_errors += 1
+                log.event(logging.ERROR, "callback_error", job=running.job_key, callback=running.kind)
+                log.log.error("%s", error.rstrip())
+            self.host.guarded(functools.partial(self.host.journal.callback_done, running.callback_id, error), retry=True)
+        for running in self.host.callbacks.overdue(self.host.config.callback_timeout, now):
+            self.host.counters.callback_errors += 1
+            log.event(logging.ERROR, "callback_timeout", job=running.job_key, callback=running.kind,
+                  limit=f"{self.host.config.callback_timeout}s")
+            self.host.guarded(functools.partial(self.host.journal.callback_done, running.callback_id,
+                                           f"timed out after {self.host.config.callback_timeout} s"), retry=True)
