@@ -4,15 +4,16 @@ every decision is a pure function of its own module (policy, liveness,
 outcomes); every state field has one writer that checks the move (states.py).
 
     while state is not stopped:
-        wait_for_events()      # sleep until the earliest deadline any part reports;
-                               # heartbeats, signals, control requests, pidfds
-        give_grace_if_away()   # the master itself did not run: children get fresh grace
-        run_commands()         # signals, in arrival order
-        reap_children()        # our own children, through SIGCHLD + wait4
-        run_due_timers()       # liveness checks and kills due on the timer heap
-        spawn_pending_jobs()   # through the one slot gate
-        settle_callbacks()
-        handoff / finish / title / watchdog / storage checks
+        wait_for_events()             # sleep until the earliest deadline any part reports
+                                      # (next_deadline); heartbeats, signals, control requests,
+                                      # pidfds; a master that overslept gives every child grace
+        run_commands()                # signals, in arrival order, through execute()
+        reap_children()               # our own children (SIGCHLD + wait4); orphans we subreap
+        hangs.run_due_timers()        # liveness checks and kills due on the timer heap
+        scheduler.spawn_pending_jobs()  # through the one slot gate (policy.may_start_jobs)
+        spawner.replenish()           # the spare child
+        settler.settle()              # callbacks that ended or overran
+        handoff steps, check_finished, title, watchdog, watch_storage
 
 Everything worth keeping is in the journal first, so that a replacement of
 this process (handoff.py), a stop or a crash loses nothing.
