@@ -72,10 +72,15 @@ class CallbackSettler:
                 self.host.counters.callback_errors += 1
                 log.event(logging.ERROR, "callback_error", job=running.job_key, callback=running.kind)
                 log.log.error("%s", error.rstrip())
-            self.host.guarded(functools.partial(self.host.journal.callback_done, running.callback_id, error), retry=True)
+            self.host.guarded(functools.partial(self.record_done, running.callback_id, error), retry=True)
         for running in self.host.callbacks.overdue(self.host.config.callback_timeout, now):
             self.host.counters.callback_errors += 1
             log.event(logging.ERROR, "callback_timeout", job=running.job_key, callback=running.kind,
                   limit=f"{self.host.config.callback_timeout}s")
-            self.host.guarded(functools.partial(self.host.journal.callback_done, running.callback_id,
+            self.host.guarded(functools.partial(self.record_done, running.callback_id,
                                            f"timed out after {self.host.config.callback_timeout} s"), retry=True)
+
+    def record_done(self, callback_id: int, error: str | None) -> None:
+        """Through the journal open when it runs: one replayed after an outage
+        may find another journal object than the one open when it was queued."""
+        self.host.journal.callback_done(callback_id, error)
