@@ -58,9 +58,22 @@ if "$PHOENIX" reload --wait --timeout "$RELOAD_TIMEOUT" --state-dir "$STATE_DIR"
     echo "deploy: done, $release is live"
     exit 0
 fi
-echo "deploy: FAILED: the master did not take $release (reason above); it keeps running the previous code" >&2
+echo "deploy: FAILED: the master did not take $release (reason above)" >&2
 if [ -n "$previous" ]; then
     switch_to "$previous"
     echo "deploy: $current -> $previous again" >&2
+    # A new image that could not load the release after its check passed runs
+    # degraded (it watches the running jobs but starts none): load the
+    # previous release into it again.
+    if "$PHOENIX" status --json --state-dir "$STATE_DIR" | grep -q '"state": "degraded"'; then
+        echo "deploy: the master runs degraded; reloading $previous" >&2
+        if "$PHOENIX" reload --wait --timeout "$RELOAD_TIMEOUT" --state-dir "$STATE_DIR" $FORCE; then
+            echo "deploy: the master runs $previous again" >&2
+        else
+            echo "deploy: the master could not load $previous either: it stays degraded, see its log" >&2
+        fi
+    else
+        echo "deploy: the master keeps running the previous code" >&2
+    fi
 fi
 exit 1

@@ -20,7 +20,16 @@ import pytest
 
 from phoenix.paths import StatePaths
 from tests.apps.replace_tools import (
-    APP, SLOW, UNTIL, alive, kill_pids, live, read_pid, stat_fields, stop_foreign_master, wait_generation,
+    APP,
+    SLOW,
+    UNTIL,
+    alive,
+    kill_pids,
+    live,
+    read_pid,
+    stat_fields,
+    stop_foreign_master,
+    wait_generation,
 )
 from tests.conftest import PYTHON, REPO, phoenix_cli, wait_for
 
@@ -273,13 +282,15 @@ def test_a_daemon_on_a_busy_state_dir_fails_the_launcher(master_factory, state_d
 # -- deploy.sh, through a `current` symlink ----------------------------------------------------
 
 
-def _release(root: Path, name: str, broken: bool = False) -> Path:
+def _release(root: Path, name: str, broken: bool = False, broken_after_check: bool = False) -> Path:
     directory = root / "releases" / name
     directory.mkdir(parents=True)
     source = (REPO / "tests" / "apps" / "replace.py").read_text()
     source += f'\n\nRELEASE = "{name}"\n\n\n@app.job\ndef which(params):\n    return {{"release": RELEASE}}\n'
     if broken:
         source += "\nimport module_that_does_not_exist_anywhere\n"
+    if broken_after_check:  # passes `phoenix check`, fails in the new master image (it has PHOENIX_FDS)
+        source += "\nif os.environ.get('PHOENIX_FDS'):\n    raise RuntimeError('broken only in the master')\n"
     (directory / "deployed_app.py").write_text(source)
     return directory
 
@@ -329,6 +340,19 @@ def test_deploy_script_switches_the_symlink_and_reloads(master_factory, state_di
     os.unlink(current)
     current.symlink_to(r2)
 
+    # A release that passes the check but cannot load in the new image: the
+    # master runs degraded, deploy.sh fails, switches back and reloads r2 into it.
+    generation = live(state_dir)["master"]["generation"]
+    result = deploy(_release(root, "r4", broken_after_check=True))
+    assert result.returncode == 1, result
+    assert "broken only in the master" in result.stderr and "reloading" in result.stderr, result.stderr
+    assert os.readlink(current) == str(r2)
+    status = live(state_dir)
+    assert status["master"]["state"] == "running" and status["master"]["pid"] == master.pid
+    assert status["master"]["generation"] == generation + 2
+    submit("deployed_app:which", {}, "after-rollback")
+    assert master.wait_jobs_done(["after-rollback"], timeout=SLOW)["after-rollback"]["result"] == {"release": "r2"}
+
     done.touch()
     job = master.wait_jobs_done(["long"], timeout=SLOW)["long"]
-    assert job["state"] == "finished" and job["attempt"] == 1  # ran across both releases, once
+    assert job["state"] == "finished" and job["attempt"] == 1  # ran across every release, once
