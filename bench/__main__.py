@@ -158,7 +158,8 @@ def beats_rows(ph: dict[str, Any], bare: dict[str, Any], mode: dict[str, Any], q
         "window (Phoenix: `master.beats` of the live status; bare loop: its own counter). /proc/PID/stat ticks "
         "(10 ms) agree within a few percent (column 'ticks'). Beats per wake-up: beats divided by the receiver "
         "main thread's voluntary context switches (each one a sleep in epoll_wait).", "",
-        "| children | receiver | beats/s | CPU (% of a core) | us/beat | us/beat (ticks) | beats per wake-up | load avg |",
+        "| children | receiver | beats/s | CPU (% of a core) | us/beat | us/beat (ticks) "
+        "| beats per wake-up | load avg |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for n in sorted(pp):
@@ -200,7 +201,8 @@ def hang_rows(r: dict[str, Any], report: Report) -> None:
     report.details += [
         f"### Hang detection ({queue})", "",
         f"{r['killed']} of {r['hung']} frozen children killed, {r['false_kills']} other kills. From the master's "
-        f"`kill ... after=` field (10 ms resolution): p50 {r['excess_ms_p50']:.0f} ms, p99 {r['excess_ms_p99']:.0f} ms, "
+        f"`kill ... after=` field (10 ms resolution): p50 {r['excess_ms_p50']:.0f} ms, "
+        f"p99 {r['excess_ms_p99']:.0f} ms, "
         f"max {r['excess_ms_max']:.0f} ms beyond the {r['timeout']:.0f} s timeout. Cross-check (log timestamp minus "
         f"the wall-clock time the job's last beat left it): p50 {r['cross_ms_p50']:.1f} ms, "
         f"p99 {r['cross_ms_p99']:.1f} ms.", "",
@@ -223,7 +225,8 @@ def replace_rows(ph: dict[str, Any], gu: dict[str, Any], imports: dict[str, floa
                            f"{ph['lost_beats']} lost beats of {ph['beats_sent']:,}, {ph['false_kills']} false kills, "
                            f"{ph['children_kept']}/{ph['n']} children kept", "-", "-", "-",
                            "zero lost beats, zero false kills", clean,
-                           f"{ph.get('beats_waited', 0):,} sends found the queue full and were retried (late, not lost)"))
+                           f"{ph.get('beats_waited', 0):,} sends found the queue full and were retried "
+                           "(late, not lost)"))
     report.details += [
         "### Replacement", "",
         "| round | USR2 -> exec (preflight; socket still read) | exec -> ready (blind) | of which: exec -> new "
@@ -265,7 +268,8 @@ def spawn_rows(r: dict[str, Any], report: Report) -> None:
         "### Spawn latency", "",
         f"{r['api_samples']} submissions done in-process with the same steps as `phoenix submit` (open the journal, "
         f"submit, close, `wake` on the control socket), one at a time with 4 free slots; the job's first act sends "
-        f"CLOCK_MONOTONIC back. p50 {r['api_p50_ms']:.2f} ms, p99 {r['api_p99_ms']:.2f} ms, max {r['api_max_ms']:.2f} ms; "
+        f"CLOCK_MONOTONIC back. p50 {r['api_p50_ms']:.2f} ms, p99 {r['api_p99_ms']:.2f} ms, "
+        f"max {r['api_max_ms']:.2f} ms; "
         f"medians of the parts: {split} ms; 'after wake' split at the master's `spawn` log line (ms resolution, "
         f"truncated): {split_after}. p99 of the parts: "
         + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in r.get("api_parts_p99_ms", {}).items())

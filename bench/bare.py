@@ -84,12 +84,11 @@ def senders(path: str, n: int, interval: float, pidfile: str) -> None:
     sends one small JSON datagram every `interval` seconds (after a random
     start-up delay) while the main thread sleeps. TERM stops them all, by pid."""
     import gc
+    import importlib
     import random
     import signal
     import threading
     import time
-
-    import importlib
 
     importlib.import_module("phoenix")  # the same interpreter state a Phoenix child inherits
     from phoenix import protocol
@@ -102,7 +101,7 @@ def senders(path: str, n: int, interval: float, pidfile: str) -> None:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             sender = protocol.Sender(path)
 
-            def beat(job: int = i + 1) -> None:
+            def beat(job: int = i + 1, sender: protocol.Sender = sender) -> None:
                 time.sleep(random.uniform(0, min(interval, 0.2)))
                 seq = 0
                 while True:

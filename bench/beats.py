@@ -125,7 +125,8 @@ def run_bare(reg: Registry, work: Path, points: list[int], window: float, settle
         d.mkdir(parents=True, exist_ok=True)
         sock, count_path, pidfile = d / "r.sock", d / "count", d / "senders.pids"
         count_path.write_bytes(b"\0" * 8)
-        receiver = reg.popen([PYTHON, "-m", "bench.bare", "receive", str(sock), str(count_path)], log=d / "receiver.log")
+        receiver = reg.popen([PYTHON, "-m", "bench.bare", "receive", str(sock), str(count_path)],
+                             log=d / "receiver.log")
         senders = None
         try:
             deadline = time.monotonic() + 10
@@ -146,7 +147,7 @@ def run_bare(reg: Registry, work: Path, points: list[int], window: float, settle
             time.sleep(settle)
             with open(count_path, "rb") as f:
                 shared = mmap.mmap(f.fileno(), 8, prot=mmap.PROT_READ)
-            point = _window(receiver.pid, lambda: struct.unpack_from("q", shared, 0)[0], window)
+            point = _window(receiver.pid, lambda shared=shared: struct.unpack_from("q", shared, 0)[0], window)
             point["n"] = n
             out["points"].append(point)
             if n <= mem_at:

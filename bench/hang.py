@@ -86,7 +86,8 @@ def run(reg: Registry, work: Path, n: int, hung: int, say: Any, name: str = "han
         if pid in stops:
             cross_ms.append((k.at - stops[pid] - TIMEOUT) * 1000)
     return {
-        "n": n, "hung": hung, "timeout": TIMEOUT, "dgram_qlen": int(DGRAM_QLEN.read_text()), "killed": len(excess_ms), "false_kills": false_kills,
+        "n": n, "hung": hung, "timeout": TIMEOUT, "dgram_qlen": int(DGRAM_QLEN.read_text()),
+        "killed": len(excess_ms), "false_kills": false_kills,
         "excess_ms_p50": median(excess_ms), "excess_ms_p99": percentile(excess_ms, 99),
         "excess_ms_max": max(excess_ms) if excess_ms else float("nan"),
         "cross_ms_p50": median(cross_ms), "cross_ms_p99": percentile(cross_ms, 99),

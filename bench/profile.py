@@ -75,8 +75,8 @@ def summarize(raw: Path, thread: str | None = "MainThread", top: int = TOP) -> s
 
 
 # Frames every sample passes through on its way to the loop: left out of the table.
-_WRAPPERS = ("<module> (phoenix)", "Command.", "Context.invoke", "Group.invoke", "friendly_errors", "start (phoenix/cli",
-             "run_master (", "<module> (bench")
+_WRAPPERS = ("<module> (phoenix)", "Command.", "Context.invoke", "Group.invoke", "friendly_errors",
+             "start (phoenix/cli", "run_master (", "<module> (bench")
 
 
 def _short(frame: str) -> str:
@@ -228,7 +228,8 @@ def profile_heartbeats(reg: Registry, work: Path, n: int, seconds: float) -> str
         master.stop()
     per = (c1.ns - c0.ns) / 1e3 / max(1, b1 - b0)
     return (f"## Heartbeats: the master with {n} children beating at 5 Hz ({seconds:.0f} s, on-CPU only)\n\n"
-            f"{note}Under the sampler: {(c1.ns - c0.ns) / 1e9 / (c1.wall - c0.wall):.1%} of a core, {per:.1f} us per beat "
+            f"{note}Under the sampler: {(c1.ns - c0.ns) / 1e9 / (c1.wall - c0.wall):.1%} of a core, "
+            f"{per:.1f} us per beat "
             f"(the sampler itself adds a little).\n\n" + summarize(raw, "MainThread"))
 
 
@@ -378,7 +379,7 @@ def profile_spawn_burst(reg: Registry, work: Path, n: int) -> str:
     finally:
         master.stop()
     first_kill = f"{min(k.at for k in kills) - t0:.1f} s" if kills else "-"
-    gaps = sorted((b - a for a, b in zip(spawns, spawns[1:])), reverse=True)
+    gaps = sorted((b - a for a, b in zip(spawns, spawns[1:], strict=False)), reverse=True)
     return (f"## Spawn burst: 0 -> {n} slots in one SIGHUP, every child healthy\n\n"
             f"{len(spawns)} spawns logged in the 12 s after the SIGHUP (first attempts and re-runs), the first "
             f"{min(n, len(spawns))} within {(spawns[min(n, len(spawns)) - 1] - spawns[0]) if spawns else 0:.2f} s; "

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.master import beating_master
+from bench.procs import PYTHON, REPO, Registry, descendants, env, free_port, loadavg, median, tool
 from phoenix.pidfile import read_pid
-from bench.procs import PYTHON, Registry, env, free_port, loadavg, median, tool, REPO, descendants
 
 
 def app_import_seconds(runs: int = 5) -> dict[str, float]:
@@ -68,7 +68,7 @@ def _beat_counts(count_dir: Path) -> tuple[int, int, int]:
         except (OSError, ValueError):
             continue
         if len(values) == 3:
-            totals = [t + v for t, v in zip(totals, values)]
+            totals = [t + v for t, v in zip(totals, values, strict=True)]
     return totals[0], totals[1], totals[2]
 
 

@@ -92,7 +92,8 @@ def machine() -> dict[str, str]:
         redis_server = "not installed"
     virt = []
     try:
-        container = subprocess.run(["systemd-detect-virt", "--container"], capture_output=True, text=True).stdout.strip()
+        container = subprocess.run(["systemd-detect-virt", "--container"],
+                                   capture_output=True, text=True).stdout.strip()
         if container and container != "none":
             virt.append(f"container: {container}")
     except OSError:
@@ -142,7 +143,8 @@ def write_markdown(report: Report, path: Path, plot: Path | None) -> None:
     lines = [
         "# Phoenix benchmark results",
         "",
-        f"Command: `{report.command}` ({report.mode} mode), run {time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(report.started))}, "
+        f"Command: `{report.command}` ({report.mode} mode), "
+        f"run {time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(report.started))}, "
         f"took {report.elapsed:.0f} s.",
         "",
         "Each figure is measured side by side with its peer in the same run; the ratio is the headline, absolute "
@@ -192,7 +194,8 @@ def plot_scaling(phoenix_points: list[dict[str, Any]], bare_points: list[dict[st
     left.plot(bx, [p["us_per_beat"] for p in bare_points], "s--", label="bare recvmsg loop (SO_PASSCRED)")
     base = next((p["us_per_beat"] for p in phoenix_points if p["n"] == 100), None)
     if base is not None and not math.isnan(base):
-        left.axhline(base * target_factor, color="grey", linestyle=":", label=f"target: {target_factor}x Phoenix at 100")
+        left.axhline(base * target_factor, color="grey", linestyle=":",
+                     label=f"target: {target_factor}x Phoenix at 100")
     left.set_xlabel("children beating at 5 Hz")
     left.set_ylabel("receiver CPU per beat (us)")
     left.set_ylim(bottom=0)

@@ -25,11 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from phoenix import control
-from phoenix.journal import Journal
-
 from bench.master import PhoenixMaster
 from bench.procs import Registry, loadavg, median, percentile, tool
+from phoenix import control
+from phoenix.journal import Journal
 
 
 def _wait_reply(sock: socket.socket, i: int, timeout: float = 10.0) -> int:

@@ -62,7 +62,7 @@ def rq_once(reg: Registry, work: Path, n: int, slots: int) -> dict[str, Any]:
                 break
             except redis.ConnectionError:
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start; see {work / 'redis.log'}")
+                    raise RuntimeError(f"redis-server did not start; see {work / 'redis.log'}") from None
                 time.sleep(0.05)
         from bench.apps import rq_noop
 

@@ -30,7 +30,8 @@ def test_a_new_master_adopts_what_the_old_one_left_running(master_factory, state
     paths_of = {key: tmp_path / key for key in ("survivor", "finisher", "victim")}
     for key, path in paths_of.items():
         first.submit(UNTIL, {"path": str(path)}, key=key)
-    jobs = wait_for(lambda: (j := first.jobs()) and all(j[k]["pid"] for k in paths_of) and j, timeout=SLOW, what="three jobs to run")
+    jobs = wait_for(lambda: (j := first.jobs()) and all(j[k]["pid"] for k in paths_of) and j,
+                    timeout=SLOW, what="three jobs to run")
     pids = {key: jobs[key]["pid"] for key in paths_of}
     ids = {key: jobs[key]["id"] for key in paths_of}
 

@@ -18,7 +18,8 @@ def error_of(result):
 
 
 def test_app_that_does_not_import_is_named_with_its_error(state_dir, tmp_path):
-    (tmp_path / "broken_app.py").write_text("import phoenix\napp = phoenix.App()\nraise RuntimeError('half-deployed')\n")
+    (tmp_path / "broken_app.py").write_text(
+        "import phoenix\napp = phoenix.App()\nraise RuntimeError('half-deployed')\n")
     result = phoenix_cli("start", "broken_app:app", state_dir=state_dir, env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 2
     assert "cannot import module 'broken_app'" in error_of(result)

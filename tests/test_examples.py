@@ -40,7 +40,8 @@ def test_procfile_under_honcho(state_dir):
         def finished_all():
             result = phoenix_cli("status", "--json", state_dir=state_dir)
             report = json.loads(result.stdout) if result.returncode in (0, 3) and result.stdout else None
-            return report and len(report["jobs"]) == 6 and all(j["state"] == "finished" for j in report["jobs"]) and report
+            return (report and len(report["jobs"]) == 6
+                    and all(j["state"] == "finished" for j in report["jobs"]) and report)
 
         report = wait_for(finished_all, timeout=30, what="the Procfile's master to finish the example jobs")
         master = report["master"]["pid"]

@@ -7,7 +7,6 @@ import os
 import pwd
 import socket
 
-
 from phoenix import protocol
 from phoenix.journal import Journal
 from tests.conftest import wait_for
@@ -103,7 +102,8 @@ def test_200_children_10_hung_every_job_finishes_exactly_once(master_factory):
     journal.close()
     jobs = master.wait_jobs_done(timeout=90)
     assert len(jobs) == 200
-    assert all(job["state"] == "finished" for job in jobs.values()), [j for j in jobs.values() if j["state"] != "finished"]
+    assert all(job["state"] == "finished" for job in jobs.values()), [
+        j for j in jobs.values() if j["state"] != "finished"]
     hung = [job for key, job in jobs.items() if int(key.split("-")[1]) % 20 == 0]
     assert len(hung) == 10 and all(job["attempt"] == 2 for job in hung)
     assert all(job["attempt"] == 1 for key, job in jobs.items() if int(key.split("-")[1]) % 20)

@@ -17,10 +17,26 @@ import pytest
 from phoenix.journal import Journal
 from phoenix.paths import StatePaths
 from tests.apps.replace_tools import (
-    APP, HEARTBEAT_TIMEOUT, QUICK, SLOW, UNTIL, alive, cmdline, fd_count, live, lock_is_held, read_pid, rss_kb, runs,
-    signals_pending, stat_fields, stop_foreign_master, wait_generation, zombies_of,
+    APP,
+    HEARTBEAT_TIMEOUT,
+    QUICK,
+    SLOW,
+    UNTIL,
+    alive,
+    cmdline,
+    fd_count,
+    gates_fixture,  # noqa: F401 - the `gates` fixture
+    live,
+    lock_is_held,
+    read_pid,
+    rss_kb,
+    runs,
+    signals_pending,
+    stat_fields,
+    stop_foreign_master,
+    wait_generation,
+    zombies_of,
 )
-from tests.apps.replace_tools import gates_fixture  # noqa: F401 - the `gates` fixture
 from tests.conftest import REPO, phoenix_cli, wait_for
 
 
@@ -90,7 +106,8 @@ def test_in_place_usr2_keeps_the_pid_and_the_children(master_factory, state_dir,
         assert jobs[key]["state"] == "finished", jobs[key]
         assert jobs[key]["attempt"] == 1
         assert jobs[key]["result"] == {"pid": before[key], "attempt": 1}  # the very process that started
-    wait_for(lambda: all(callback_counts(master).get((k, "finished")) for k in keys), timeout=SLOW, what="the callbacks")
+    wait_for(lambda: all(callback_counts(master).get((k, "finished")) for k in keys),
+             timeout=SLOW, what="the callbacks")
     counts = callback_counts(master)
     assert counts == {**{(k, "finished"): 1 for k in keys}, ("before", "finished"): 1}
     assert all(call["master"] == master.pid for call in master.callbacks())
@@ -152,7 +169,8 @@ def test_signals_arriving_during_the_exec_are_kept_and_children_get_grace(master
     master.signal(signal.SIGUSR2)
     assert gates.waiting("start") == master.pid  # the new image, same pid, inside the exec window
     ends.touch()
-    wait_for(lambda: (stat_fields(pids["ends"]) or ["?"])[0] == "Z", timeout=SLOW, what="the job to end unreaped (a zombie)")
+    wait_for(lambda: (stat_fields(pids["ends"]) or ["?"])[0] == "Z",
+             timeout=SLOW, what="the job to end unreaped (a zombie)")
     master.signal(signal.SIGHUP)
     master.signal(signal.SIGUSR2)
     # Pending, not handled and not lost: blocked across the exec. (CHLD comes
@@ -217,7 +235,8 @@ def test_exec_waits_for_a_running_callback_so_it_runs_once(master_factory, state
     master.submit(UNTIL, {"path": str(meanwhile)}, key="meanwhile")
     running_pids(state_dir, ["meanwhile"])
     master.submit(QUICK, {"callback_until": str(release)}, key="slow-callback")
-    wait_for(lambda: callback_counts(master).get(("slow-callback", "finished")) == 1, timeout=SLOW, what="the callback to start")
+    wait_for(lambda: callback_counts(master).get(("slow-callback", "finished")) == 1,
+             timeout=SLOW, what="the callback to start")
     master.signal(signal.SIGUSR2)
     master.wait_log("preflight_ok", timeout=SLOW)
     meanwhile.touch()  # ends while the exec waits: its callback is owed, for the new image to run
@@ -225,7 +244,8 @@ def test_exec_waits_for_a_running_callback_so_it_runs_once(master_factory, state
     assert " exec generation=" not in master.log()  # still waiting for the callback
     release.touch()
     master.wait_log("ready generation=2", timeout=SLOW)
-    wait_for(lambda: callback_counts(master).get(("meanwhile", "finished")) == 1, timeout=SLOW, what="the owed callback")
+    wait_for(lambda: callback_counts(master).get(("meanwhile", "finished")) == 1,
+             timeout=SLOW, what="the owed callback")
     assert callback_counts(master) == {("slow-callback", "finished"): 1, ("meanwhile", "finished"): 1}
     wait_for(lambda: journal_callback_runs(state_dir) == {"slow-callback": 1, "meanwhile": 1},
              timeout=SLOW, what="the journal to record one run of each callback")
@@ -297,11 +317,13 @@ def test_a_job_that_ends_during_a_failed_preflight_still_gets_its_callback(maste
     master.signal(signal.SIGUSR2)
     gates.waiting("check")
     done.touch()
-    master.wait_jobs_done(["during"], timeout=SLOW)  # recorded while the preflight runs; its callback waits for the exec
+    # Recorded while the preflight runs; its callback waits for the exec.
+    master.wait_jobs_done(["during"], timeout=SLOW)
     gates.die("check")
     gates.release("check")
     master.wait_log("reload_failed", timeout=SLOW)
-    wait_for(lambda: callback_counts(master) == {("during", "finished"): 1}, timeout=SLOW, what="the held-back callback")
+    wait_for(lambda: callback_counts(master) == {("during", "finished"): 1},
+             timeout=SLOW, what="the held-back callback")
     assert "exit code 3" in live(state_dir)["master"]["reload"]["error"]
 
 
@@ -359,7 +381,8 @@ def test_fork_mode_hands_over_to_a_new_pid_that_adopts_the_children(master_facto
             stop_foreign_master(new)
 
 
-def test_fork_mode_new_master_dying_before_ready_leaves_the_old_one_in_charge(master_factory, state_dir, tmp_path, gates):
+def test_fork_mode_new_master_dying_before_ready_leaves_the_old_one_in_charge(master_factory, state_dir, tmp_path,
+                                                                              gates):
     paths = StatePaths(state_dir)
     master = master_factory("--reexec", "fork", app=APP, env=gates.env)
     done = tmp_path / "done"

@@ -284,6 +284,7 @@ def test_a_master_that_crashes_exits_1_and_logs_code_1(master_factory):
     master.start(wait_ready=False)
     assert master.wait_exit() == 1
     log = master.log()
-    assert any('error="RuntimeError: a bug in the master loop"' in line for line in log_lines(log, "crash")), log[-3000:]
+    assert any('error="RuntimeError: a bug in the master loop"' in line
+               for line in log_lines(log, "crash")), log[-3000:]
     assert "Traceback" in log and log_lines(log, "exit", code=1), log[-3000:]
     assert not log_lines(log, "exit", code=0)

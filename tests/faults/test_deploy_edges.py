@@ -64,7 +64,8 @@ BROKEN_AFTER_CHECK = {
     # The release changes between the preflight and the exec: only a replacement
     # image (it has PHOENIX_FDS) sees the broken code.
     "import_raises": "\nif os.environ.get('PHOENIX_FDS'):\n    raise RuntimeError('boom: the new release is broken')\n",
-    "bad_config": "\nif os.environ.get('PHOENIX_FDS'):\n    app = phoenix.App(heartbeat_interval=5.0, heartbeat_timeout=1.0)\n",
+    "bad_config": ("\nif os.environ.get('PHOENIX_FDS'):\n"
+                   "    app = phoenix.App(heartbeat_interval=5.0, heartbeat_timeout=1.0)\n"),
 }
 
 

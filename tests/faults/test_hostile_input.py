@@ -104,7 +104,8 @@ def test_decode_never_raises_on_message_shaped_garbage(data):
 def test_decode_round_trips_what_a_child_encodes(job, attempt, kind, seq, progress, result):
     message = protocol.decode(protocol.encode(job, attempt, kind, seq, progress, result=result))
     assert message is not None
-    assert (message.job, message.attempt, message.kind, message.seq, message.progress) == (job, attempt, kind, seq, progress)
+    assert ((message.job, message.attempt, message.kind, message.seq, message.progress)
+            == (job, attempt, kind, seq, progress))
     assert message.body["result"] == result
 
 
@@ -120,7 +121,8 @@ def test_nothing_unpickles_or_evaluates_what_it_reads():
         for node in ast.walk(tree):
             where = f"{path.name}:{getattr(node, 'lineno', '?')}"
             if isinstance(node, ast.Import):
-                findings += [f"{where} import {a.name}" for a in node.names if a.name.split(".")[0] in dangerous_modules]
+                findings += [f"{where} import {a.name}" for a in node.names
+                             if a.name.split(".")[0] in dangerous_modules]
             elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in dangerous_modules:
                 findings.append(f"{where} from {node.module} import ...")
             elif isinstance(node, ast.Call):
@@ -426,7 +428,8 @@ def test_control_socket_garbage_is_refused_and_the_master_carries_on(master_fact
     assert master.wait_jobs_done(["after"], timeout=20)["after"]["state"] == "finished"
     cpu_used = cpu_seconds(master.pid) - cpu_before
     report("control_garbage", requests=len(malformed) + len(oversized) + len(unknown) + 20, accepted=0,
-           rejected_malformed=counts["malformed control request"], rejected_oversized=counts["oversized control request"],
+           rejected_malformed=counts["malformed control request"],
+           rejected_oversized=counts["oversized control request"],
            refused_unknown=len(unknown), master_cpu_s=f"{cpu_used:.2f}")
 
 
@@ -508,7 +511,8 @@ def test_another_uid_can_neither_submit_nor_stop_nor_read_status(master_factory,
         assert "victim" not in outcome["stderr"] and "wait_forever" not in outcome["stderr"]
         assert "not readable" in outcome["stderr"] or "ermission denied" in outcome["stderr"], outcome
     # Through the library and the sockets directly.
-    journal_try = as_nobody(lambda: Journal(state_dir / "journal.db").submit("tests.apps.faulty:work", "{}", "intruder2"))
+    journal_try = as_nobody(
+        lambda: Journal(state_dir / "journal.db").submit("tests.apps.faulty:work", "{}", "intruder2"))
     status_try = as_nobody(lambda: control.request(state_dir / "control.sock", {"cmd": "status"}))
     stop_try = as_nobody(lambda: control.request(state_dir / "control.sock", {"cmd": "stop"}))
     for outcome in (journal_try, status_try, stop_try):
@@ -522,7 +526,8 @@ def test_another_uid_can_neither_submit_nor_stop_nor_read_status(master_factory,
     rejected_before = live(master)["master"]["rejected"]
     opened_status = as_nobody(lambda: control.request(state_dir / "control.sock", {"cmd": "status"}))
     opened_stop = as_nobody(lambda: control.request(state_dir / "control.sock", {"cmd": "stop"}))
-    opened_submit = as_nobody(lambda: Journal(state_dir / "journal.db").submit("tests.apps.faulty:work", "{}", "intruder3"))
+    opened_submit = as_nobody(
+        lambda: Journal(state_dir / "journal.db").submit("tests.apps.faulty:work", "{}", "intruder3"))
     opened_read = as_nobody(lambda: Journal(state_dir / "journal.db", create=False).counts())
     opened_cli = {command: phoenix_as_nobody(command, "--state-dir", state) for command in ("status", "stop")}
     for outcome in (opened_status, opened_stop):  # hung up on without a reply

@@ -140,7 +140,8 @@ def test_processes_creating_the_journal_at_once_share_one(tmp_path):
     half-made journal, which an empty file would now be refused as."""
     path = tmp_path / "journal.db"
     code = "import sys\nfrom phoenix.journal import Journal\nJournal(sys.argv[1]).submit('a:b', '{}', sys.argv[2])"
-    processes = [subprocess.Popen([sys.executable, "-c", code, str(path), f"key-{i}"], stderr=subprocess.PIPE, text=True)
+    processes = [subprocess.Popen([sys.executable, "-c", code, str(path), f"key-{i}"],
+                                  stderr=subprocess.PIPE, text=True)
                  for i in range(6)]
     errors = [process.communicate(timeout=60)[1] for process in processes]
     assert all(process.returncode == 0 for process in processes), errors

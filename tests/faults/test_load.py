@@ -36,7 +36,8 @@ def test_many_children_beating_at_2hz_no_false_kill_no_lost_beat(machine_to_itse
     master = master_factory("--workers", str(children), "--heartbeat-interval", str(INTERVAL),
                             "--heartbeat-timeout", str(TIMEOUT), app=APP)
     journal = Journal(master.state_dir / "journal.db")
-    journal.submit_many((f"{FAULTY}:beat_for", json.dumps({"s": seconds, "i": i}), f"load-{i}") for i in range(children))
+    journal.submit_many((f"{FAULTY}:beat_for", json.dumps({"s": seconds, "i": i}), f"load-{i}")
+                        for i in range(children))
     journal.close()
     cpu_before = cpu_seconds(master.pid)
     submitted = time.monotonic()
@@ -79,7 +80,8 @@ def test_beats_missing_counts_real_gaps(master_factory):
     dropped beat would) show up in beats_missing, exactly."""
     children, skip = 10, 7
     master = master_factory("--workers", str(children), app=APP)
-    submit_all(master, ((f"{FAULTY}:skip_seq", json.dumps({"skip": skip, "i": i}), f"skip-{i}") for i in range(children)))
+    submit_all(master, ((f"{FAULTY}:skip_seq", json.dumps({"skip": skip, "i": i}), f"skip-{i}")
+                        for i in range(children)))
     wait_for(lambda: journal_counts(master)["finished"] == children, timeout=30, what="every job to end", interval=0.2)
     status = live(master)["master"]
     assert status["beats_missing"] == children * skip, status

@@ -13,8 +13,8 @@ import sqlite3
 
 import pytest
 
-from tests.apps.replace_tools import zombies_of
 from phoenix.journal import Journal
+from tests.apps.replace_tools import zombies_of
 from tests.conftest import wait_for
 
 
@@ -66,10 +66,10 @@ def test_master_sigkill_then_restart(master_factory, state_dir, tmp_path, long_m
         journal.close()
         master = master_factory("--workers", "20")
         if moment == "running":
-            wait_for(lambda: master.status()["master"]["slots_used"] >= 10, what="children to be running")
+            wait_for(lambda master=master: master.status()["master"]["slots_used"] >= 10, what="children to be running")
             wait_for(lambda: rng.random() < 0.2, interval=0.05, what="a random moment")
         else:
-            wait_for(lambda: master.status()["master"]["slots_used"] >= 10, what="children to be running")
+            wait_for(lambda master=master: master.status()["master"]["slots_used"] >= 10, what="children to be running")
             master.signal(signal.SIGUSR2)
             master.wait_log("reload generation=" if moment == "preflight" else "exec generation=", own=True)
         os.kill(master.pid, signal.SIGKILL)

@@ -19,7 +19,8 @@ from tests.faults.helpers import live, submit
 APP = "tests.apps.faulty:app"
 # Started by the test, each waits on its stdin for the word to go, then execs
 # `phoenix start`: both are past interpreter start-up before either races.
-LAUNCHER = "import os, sys; sys.stdout.write('r'); sys.stdout.flush(); os.read(0, 1); os.execv(sys.argv[1], sys.argv[1:])"
+LAUNCHER = ("import os, sys; sys.stdout.write('r'); sys.stdout.flush(); os.read(0, 1); "
+            "os.execv(sys.argv[1], sys.argv[1:])")
 
 
 def start_together(state_dir: Path, logs: list[Path]) -> list[subprocess.Popen[bytes]]:
@@ -67,8 +68,9 @@ def test_two_starts_at_the_same_instant_exactly_one_wins(tmp_path, long_mode):
         procs = start_together(state_dir, logs)
         try:
             # The loser exits 1 at once; the winner runs until told to stop.
-            (loser_index,) = wait_for(lambda: next(((i,) for i, p in enumerate(procs) if p.poll() is not None), None),
-                                      timeout=30, what="one of the two masters to give up")
+            (loser_index,) = wait_for(
+                lambda procs=procs: next(((i,) for i, p in enumerate(procs) if p.poll() is not None), None),
+                timeout=30, what="one of the two masters to give up")
             loser, winner = procs[loser_index], procs[1 - loser_index]
             assert loser.wait() == 1
             message = logs[loser_index].read_text()
@@ -76,7 +78,7 @@ def test_two_starts_at_the_same_instant_exactly_one_wins(tmp_path, long_mode):
             assert f"already running on {state_dir} (pid {winner.pid})" in message, message
             assert "Traceback" not in message
             winner_log = logs[1 - loser_index]
-            wait_for(lambda: "ready generation=1 " in winner_log.read_text(), timeout=30,
+            wait_for(lambda winner_log=winner_log: "ready generation=1 " in winner_log.read_text(), timeout=30,
                      what="the winner to be ready")
             assert winner.poll() is None
             assert (state_dir / "phoenix.pid").read_text().strip() == str(winner.pid)

@@ -80,7 +80,8 @@ def test_hostile_keys_and_errors_are_shown_not_obeyed(master_factory, state_dir)
     text = shown.decode(errors="replace")
     assert code == 0 and "Traceback" not in text, text
     assert "┃" in text or "│" in text  # the rich table, not the piped columns
-    for escaped in ("[/bold]", "[link=file:///etc/passwd]x[/link]", "a\\rb", "\\x1b[31mred", "rtl\\u202eevil", "nul\\x00key"):
+    for escaped in ("[/bold]", "[link=file:///etc/passwd]x[/link]", "a\\rb", "\\x1b[31mred", "rtl\\u202eevil",
+                    "nul\\x00key"):
         assert escaped in text, (escaped, text)
     assert b"\x1b]8;" not in shown  # no hyperlink (OSC 8) to file:///etc/passwd
     assert b"\x1b[31mred" not in shown and not RAW_CR.search(text) and not {"\u202e", "\x00"} & set(text)

@@ -15,8 +15,17 @@ from phoenix.commands import SIGNAL_COMMANDS, BadRequest, Command, from_request
 from phoenix.liveness import Limits, master_was_away, verdict
 from phoenix.outcomes import classify, classify_exit
 from phoenix.policy import RestartBudget, after_attempt, backoff_delay, may_run, may_start_jobs
-from phoenix.states import (HANDOFF_TRANSITIONS, MASTER_TRANSITIONS, BadTransition, HandoffPhase, KillReason,
-                            MasterState, Outcome, TimerKind, check_move)
+from phoenix.states import (
+    HANDOFF_TRANSITIONS,
+    MASTER_TRANSITIONS,
+    BadTransition,
+    HandoffPhase,
+    KillReason,
+    MasterState,
+    Outcome,
+    TimerKind,
+    check_move,
+)
 from phoenix.timers import TimerHeap
 
 # -- policy.after_attempt -----------------------------------------------------------------
