@@ -10,9 +10,12 @@ import json
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from phoenix.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from phoenix.journal import Journal
 
 
 class AppError(ValueError):
@@ -64,7 +67,7 @@ class App:
         self.startup_hooks: list[Callable[["App"], Any]] = []
         # Set by the master while it runs this app, so that app.submit() from a
         # startup hook writes to the master's own journal.
-        self.journal: Any = None
+        self.journal: Journal | None = None
 
     def job(
         self,
@@ -124,13 +127,15 @@ def encode_params(params: Any) -> str:
     try:
         return json.dumps(params, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise AppError(f"job parameters must be JSON (objects, lists, strings, numbers, booleans, null): {exc}") from None
+        raise AppError(
+            f"job parameters must be JSON (objects, lists, strings, numbers, booleans, null): {exc}"
+        ) from None
 
 
 def decode_params(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise AppError(
             f"parameters are not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): {text!r}. "
             "Quote them for the shell, e.g. '{\"url\": \"https://example.org\"}'"
@@ -144,7 +149,8 @@ def _import_module(module_name: str, what: str) -> Any:
         return importlib.import_module(module_name)
     except Exception as exc:  # any error raised by the user's module is reported whole
         detail = "".join(traceback.format_exception(exc)).rstrip()
-        hint = " Is the directory that holds it the current directory or on PYTHONPATH?" if isinstance(exc, ModuleNotFoundError) else ""
+        hint = (" Is the directory that holds it the current directory or on PYTHONPATH?"
+                if isinstance(exc, ModuleNotFoundError) else "")
         raise AppError(f"cannot import module {module_name!r} for {what}: {exc}.{hint}\n{detail}") from None
 
 
@@ -172,7 +178,8 @@ def load_app(spec: str) -> App:
     _make_cwd_importable()
     obj = _lookup(spec, "app")
     if not isinstance(obj, App):
-        raise AppError(f"app {spec!r} is a {type(obj).__name__}, not a phoenix.App; point at the object made by phoenix.App(...)")
+        raise AppError(f"app {spec!r} is a {type(obj).__name__}, not a phoenix.App; "
+                       "point at the object made by phoenix.App(...)")
     return obj
 
 

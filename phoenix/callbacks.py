@@ -11,10 +11,10 @@ wait for a hung callback at exit), so a stop is never held up by one."""
 from __future__ import annotations
 
 import os
-import time
-import traceback
 import queue
 import threading
+import time
+import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -31,7 +31,9 @@ class RunningCallback:
 
 class CallbackRunner:
     def __init__(self, threads: int) -> None:
-        self.queue: queue.SimpleQueue[tuple[Future[str | None], list[Callable[..., Any]], tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[
+            tuple[Future[str | None], list[Callable[..., Any]], tuple[Any, ...]] | None
+        ] = queue.SimpleQueue()
         self.threads = [threading.Thread(target=self._work, name=f"phoenix-callback-{i}", daemon=True)
                         for i in range(threads)]
         for thread in self.threads:

@@ -5,26 +5,32 @@ os._exit (never back into the master's code)."""
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import random
 import signal
-import _signal
 import sys
 import threading
-import _thread
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from setproctitle import setproctitle
 
 from phoenix import lineage, protocol
-from phoenix.signals import set_child_subreaper
 from phoenix.app import JobSpec, decode_params
+from phoenix.signals import set_child_subreaper
 from phoenix.untrusted import visible
+
+if TYPE_CHECKING:
+    # _signal, the C module under signal.py (why: _detach_from_master), has no
+    # stub; its functions are signal.py's without the enum wrapping.
+    import signal as _signal
+else:
+    import _signal
 
 # Exit code of a child that never ran a job: no order came (the master died
 # before recording the attempt, or discarded a spare child).
@@ -189,7 +195,8 @@ def _read_order(fd: int) -> dict[str, Any] | None:
     os.close(fd)
     if not size or len(payload) != size:
         return None
-    return json.loads(payload)
+    order: dict[str, Any] = json.loads(payload)
+    return order
 
 
 def run(
@@ -269,5 +276,6 @@ def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:
         )
     except (TypeError, ValueError) as exc:
         return 1, _runtime.next_message(
-            "failed", error=f"the job's result is not JSON ({exc}); return dicts, lists, strings, numbers, booleans or None"
+            "failed",
+            error=f"the job's result is not JSON ({exc}); return dicts, lists, strings, numbers, booleans or None",
         )

@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import click
 
@@ -16,15 +16,15 @@ from phoenix import control, handoff, pidfile
 from phoenix.app import AppError, decode_params, encode_params, load_app, resolve_target
 from phoenix.config import Config, ConfigError
 from phoenix.journal import Journal, JournalError, KeyConflict, journal_present
-from phoenix.paths import StatePaths, StateDirError
 from phoenix.metrics import MetricsError
+from phoenix.paths import StateDirError, StatePaths
 from phoenix.sockets import SocketBusy
 from phoenix.untrusted import KeyRefused, check_key
 
 EXIT_NOT_RUNNING = 3  # as systemctl status
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"phoenix: error: {message}", err=True)
     sys.exit(code)
 

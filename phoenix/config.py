@@ -81,7 +81,7 @@ _KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str:
 
 
 def _coerce(name: str, current: Any, raw: Any, source: str) -> Any:
-    kind = type(current) if current is not None else str
+    kind: type[object] = type(current) if current is not None else str
     try:
         if kind is bool:
             if isinstance(raw, bool):
@@ -110,9 +110,12 @@ def _file_settings(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    settings: dict[str, Any]
     if path.name == "pyproject.toml":
-        return data.get("tool", {}).get("phoenix", {})
-    return data.get("phoenix", data)  # accept a [phoenix] table or top-level keys
+        settings = data.get("tool", {}).get("phoenix", {})
+    else:
+        settings = data.get("phoenix", data)  # accept a [phoenix] table or top-level keys
+    return settings
 
 
 def find_config_file(explicit: str | None) -> Path | None:

@@ -202,7 +202,10 @@ class ControlServer:
         line = bytes(buffer).split(b"\n", 1)[0]
         if len(line) > MAX_REQUEST_BYTES:
             self.on_rejected("oversized control request")
-            self._reply(conn, _line({"ok": False, "error": f"request over {MAX_REQUEST_BYTES} bytes: send one small JSON object on one line"}))
+            self._reply(conn, _line({
+                "ok": False,
+                "error": f"request over {MAX_REQUEST_BYTES} bytes: send one small JSON object on one line",
+            }))
             return
         try:
             request = json.loads(line) if chunk or line else None
@@ -217,7 +220,8 @@ class ControlServer:
         except Exception as exc:  # noqa: BLE001 - a request the master cannot serve must not end it
             log.log.exception("control_request_failed")
             self.on_rejected("failed control request")
-            reply = _line({"ok": False, "error": f"the master could not serve this request: {type(exc).__name__}: {exc}"})
+            reply = _line({"ok": False,
+                           "error": f"the master could not serve this request: {type(exc).__name__}: {exc}"})
         self._reply(conn, reply)
 
     def _reply(self, conn: socket.socket, reply: bytes) -> None:
@@ -328,7 +332,7 @@ def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[s
         raise ControlError(f"the master on {path} hung up without a reply (it may be stopping, or out of "
                            "file descriptors: see its log)")
     try:
-        reply = json.loads(data)
+        reply: dict[str, Any] = json.loads(data)
     except ValueError:
         raise ControlError(f"the master's reply on {path} was not JSON: {bytes(data[:200])!r}") from None
     if not reply.get("ok", False):

@@ -21,8 +21,8 @@ import logging
 import os
 import select
 import selectors
-import socket
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -31,14 +31,13 @@ from typing import Any, Callable, Protocol
 from phoenix import log, pidfile, procfs, systemd
 from phoenix.commands import HANDLED_SIGNALS
 from phoenix.config import Config
-from phoenix.outcomes import classify_exit
-from phoenix.states import HANDOFF_TRANSITIONS, HandoffPhase, MasterState, check_move
 from phoenix.control import ControlServer
 from phoenix.journal import Journal
+from phoenix.outcomes import classify_exit
 from phoenix.paths import StatePaths
 from phoenix.pidfile import PidFile
+from phoenix.states import HANDOFF_TRANSITIONS, HandoffPhase, MasterState, check_move
 from phoenix.timers import Timer, TimerHeap
-
 
 FDS_VARIABLE = "PHOENIX_FDS"
 GENERATION_VARIABLE = "PHOENIX_GENERATION"
@@ -210,7 +209,8 @@ class Handoff:
         new code has every target queued jobs use (only `phoenix reload --force`)."""
         m = self.master
         if self.busy:
-            log.event(logging.WARNING, "reload_refused", reason="a replacement is already in progress", phase=self.phase)
+            log.event(logging.WARNING, "reload_refused", reason="a replacement is already in progress",
+                      phase=self.phase)
             return False
         if m.app_spec is None:
             log.event(logging.WARNING, "reload_refused", reason="this master runs an app object, not an app path")
@@ -227,7 +227,8 @@ class Handoff:
             argv += ["--config", m.config_file]
         if force:
             argv.append("--force")
-            log.event(logging.WARNING, "reload_forced", effect="jobs whose target the new code lacks fail when they start")
+            log.event(logging.WARNING, "reload_forced",
+                      effect="jobs whose target the new code lacks fail when they start")
         self.deadline = time.monotonic() + m.config.reload_timeout
         # Its output (the error and traceback, if the new code is broken) comes
         # back to us through a pipe: it goes into our log and into the answer
@@ -357,12 +358,12 @@ class Handoff:
             poller.register(conn, select.POLLIN)
         while m.control.buffers and (left := deadline - time.monotonic()) > 0:
             for fd, _event in poller.poll(left * 1000):
-                conn = next((c for c in m.control.buffers if c.fileno() == fd), None)
+                ready = next((c for c in m.control.buffers if c.fileno() == fd), None)
                 poller.unregister(fd)
-                if conn is not None:
-                    m.control.read(conn)
-                    if conn in m.control.buffers:  # only part of the request so far
-                        poller.register(conn, select.POLLIN)
+                if ready is not None:
+                    m.control.read(ready)
+                    if ready in m.control.buffers:  # only part of the request so far
+                        poller.register(ready, select.POLLIN)
         m.control.close()  # whatever is left never sent a whole request
         if m.state not in (MasterState.RUNNING, MasterState.DEGRADED):
             m.selector.register(m.control.sock, selectors.EVENT_READ, m.control.accept)

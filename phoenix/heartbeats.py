@@ -72,7 +72,7 @@ class HeartbeatIntake:
             attempt.progress = message.progress
             attempt.last_progress = now
         waited = message.body.get("w")
-        if type(waited) in (int, float) and waited > self.heartbeat_interval():
+        if (type(waited) is int or type(waited) is float) and waited > self.heartbeat_interval():
             self.overloaded_until = now + OVERLOAD_MEMORY
         if is_final and attempt.final is None:
             attempt.final = message.body

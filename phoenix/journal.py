@@ -473,7 +473,8 @@ class Journal:
             f"SELECT {columns} FROM jobs WHERE {_NO_BACKOFF} AND not_before <= :wall "
             "ORDER BY not_before, id LIMIT :limit", clocks).fetchall()
         rows += self.db.execute(
-            f"SELECT {columns} FROM jobs INDEXED BY jobs_backoff WHERE {_IN_BACKOFF} AND {_BACKOFF_WAIT} <= 0 LIMIT :limit", clocks).fetchall()
+            f"SELECT {columns} FROM jobs INDEXED BY jobs_backoff WHERE {_IN_BACKOFF} AND {_BACKOFF_WAIT} <= 0 "
+            "LIMIT :limit", clocks).fetchall()
         return [Job(*row[1:]) for row in sorted(rows)[:limit]]
 
     def next_due_in(self) -> float | None:
@@ -485,7 +486,8 @@ class Journal:
                               clocks).fetchone()
         if row is not None:
             waits.append(row[0] - clocks["wall"])
-        row = self.db.execute(f"SELECT min({_BACKOFF_WAIT}) FROM jobs INDEXED BY jobs_backoff WHERE {_IN_BACKOFF}", clocks).fetchone()
+        row = self.db.execute(f"SELECT min({_BACKOFF_WAIT}) FROM jobs INDEXED BY jobs_backoff WHERE {_IN_BACKOFF}",
+                              clocks).fetchone()
         if row[0] is not None:
             waits.append(row[0])
         return min(waits, default=None)
@@ -567,8 +569,8 @@ class Journal:
                 (error, now, job_id),
             )
             cur = db.execute(
-                "INSERT INTO callbacks (job_id, attempt, kind, state, created_at) VALUES (?, 0, 'on_failed', 'owed', ?) "
-                "ON CONFLICT (job_id, kind) DO NOTHING",
+                "INSERT INTO callbacks (job_id, attempt, kind, state, created_at) "
+                "VALUES (?, 0, 'on_failed', 'owed', ?) ON CONFLICT (job_id, kind) DO NOTHING",
                 (job_id, now),
             )
             return cur.lastrowid if cur.rowcount else None
@@ -592,8 +594,8 @@ class Journal:
 
     def open_attempts(self) -> list[OpenAttempt]:
         rows = self.db.execute(
-            "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation, a.started_at, a.started_boot "
-            "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.outcome IS NULL ORDER BY a.id"
+            "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation, a.started_at, "
+            "a.started_boot FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.outcome IS NULL ORDER BY a.id"
         ).fetchall()
         return [OpenAttempt(*row) for row in rows]
 
@@ -609,7 +611,7 @@ class Journal:
         row = cur.fetchone()
         if row is None:
             return None
-        return dict(zip([c[0] for c in cur.description], row))
+        return dict(zip([c[0] for c in cur.description], row, strict=True))
 
     def counts(self) -> dict[str, int]:
         counts = {"pending": 0, "running": 0, "finished": 0, "failed": 0}
@@ -625,7 +627,8 @@ class Journal:
             )
 
     def count_events(self, kind: str) -> int:
-        return self.db.execute("SELECT count(*) FROM events WHERE kind = ?", (kind,)).fetchone()[0]
+        count: int = self.db.execute("SELECT count(*) FROM events WHERE kind = ?", (kind,)).fetchone()[0]
+        return count
 
     def set_meta(self, **values: Any) -> None:
         with self.transaction() as db:
@@ -666,12 +669,12 @@ class Journal:
             "FROM attempts a JOIN jobs j ON j.id = a.job_id ORDER BY a.job_id, a.n"
         )
         names = [c[0] for c in cur.description]
-        return [dict(zip(names, row)) for row in cur]
+        return [dict(zip(names, row, strict=True)) for row in cur]
 
     def timeline_events(self) -> list[dict[str, Any]]:
         cur = self.db.execute("SELECT at, kind, generation, pid, detail FROM events ORDER BY at")
         names = [c[0] for c in cur.description]
-        return [dict(zip(names, row)) for row in cur]
+        return [dict(zip(names, row, strict=True)) for row in cur]
 
     def probe_write(self) -> None:
         """Raise if the journal cannot be written right now, or if its path no

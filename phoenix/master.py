@@ -38,7 +38,6 @@ from phoenix import control as control_socket
 from phoenix.app import App, AppError, JobSpec, resolve_target
 from phoenix.attempts import Attempt
 from phoenix.callbacks import CallbackRunner
-from phoenix.settler import CallbackSettler
 from phoenix.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest, Command, from_request
 from phoenix.config import Config
 from phoenix.control import ControlServer
@@ -52,14 +51,14 @@ from phoenix.paths import StatePaths
 from phoenix.pidfile import AlreadyRunning, PidFile
 from phoenix.policy import RestartBudget, may_start_jobs
 from phoenix.recorder import LOST_UNWATCHED, OutcomeRecorder
+from phoenix.scheduler import Scheduler
+from phoenix.settler import CallbackSettler
 from phoenix.signals import SignalFD, set_child_subreaper
 from phoenix.sockets import bind_heartbeat
-from phoenix.scheduler import Scheduler
 from phoenix.spawner import Spawner
-from phoenix.states import (MASTER_TRANSITIONS, HandoffPhase, MasterState, StopMode, TimerKind,
-                            check_move)
-from phoenix.timers import TimerHeap
 from phoenix.statefiles import StateFiles
+from phoenix.states import MASTER_TRANSITIONS, HandoffPhase, MasterState, StopMode, TimerKind, check_move
+from phoenix.timers import TimerHeap
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 event = log.event
@@ -141,7 +140,7 @@ class Master:
         if self.app is not None:
             self.app.journal = self.journal
         _raise_fd_limit()
-        self.selector = selectors.DefaultSelector()
+        self.selector: selectors.BaseSelector = selectors.DefaultSelector()
         if "heartbeat" in inherited:
             self.heartbeat = socket.socket(fileno=inherited["heartbeat"])
             self.heartbeat.setblocking(False)

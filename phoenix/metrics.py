@@ -13,7 +13,7 @@ of VM, that doubled the cost of a fork)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sized
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sized, cast
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -22,11 +22,18 @@ if TYPE_CHECKING:
 class MetricsSource(Protocol):
     """What the collector reads of the master at scrape time."""
 
-    counters: "Counters"
-    replacements: int
-    generation: int
-    children: Sized
-    slots: int
+    # Read-only members: the master's own attributes (a dict of children, say)
+    # satisfy them without being exactly these types.
+    @property
+    def counters(self) -> "Counters": ...
+    @property
+    def replacements(self) -> int: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def children(self) -> Sized: ...
+    @property
+    def slots(self) -> int: ...
 
 
 class MetricsError(ValueError):
@@ -59,14 +66,14 @@ class Histograms:
     def __init__(self, registry: "CollectorRegistry") -> None:
         from prometheus_client import Histogram
 
-        kwargs = {"registry": registry}
         self.job_duration = Histogram("phoenix_attempt_duration_seconds", "Wall time of each attempt",
-                                      ["outcome"], buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400), **kwargs)
+                                      ["outcome"], buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400),
+                                      registry=registry)
         self.detection_latency = Histogram(
             "phoenix_hang_detection_delay_seconds", "Kill time minus (last beat + heartbeat_timeout)",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), **kwargs)
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=registry)
         self.callback_duration = Histogram("phoenix_callback_duration_seconds", "Wall time of each callback run",
-                                           buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 30, 120), **kwargs)
+                                           buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 30, 120), registry=registry)
 
 
 class _MasterCollector:
@@ -83,8 +90,8 @@ class _MasterCollector:
         yield _labelled(GaugeMetricFamily("phoenix_jobs", "Jobs in the journal by state", labels=["state"]), c.jobs)
         yield _labelled(CounterMetricFamily("phoenix_attempts", "Attempts ended, by outcome", labels=["outcome"]),
                         c.attempts)
-        yield _labelled(CounterMetricFamily("phoenix_kills", "Children killed by Phoenix, by reason", labels=["reason"]),
-                        c.kills)
+        yield _labelled(CounterMetricFamily("phoenix_kills", "Children killed by Phoenix, by reason",
+                                            labels=["reason"]), c.kills)
         yield CounterMetricFamily("phoenix_heartbeats_received", "Heartbeat datagrams accepted", value=c.beats)
         yield CounterMetricFamily("phoenix_heartbeats_missing", "Heartbeats a child numbered that never arrived",
                                   value=c.beats_missing)
@@ -125,10 +132,12 @@ def serve(master: MetricsSource, address: str) -> tuple[Histograms, tuple[str, i
 
     host, port = parse_address(address)
     registry = CollectorRegistry()
-    registry.register(_MasterCollector(master))  # type: ignore[arg-type]
+    registry.register(_MasterCollector(master))
     histograms = Histograms(registry)
     try:
         server, _thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
-        raise MetricsError(f"cannot serve metrics on {host}:{port}: {exc.strerror}; choose another --metrics address") from None
-    return histograms, (server.server_address[0], server.server_address[1])
+        raise MetricsError(f"cannot serve metrics on {host}:{port}: {exc.strerror}; "
+                           "choose another --metrics address") from None
+    # An AF_INET/AF_INET6 server's host is a str (the stubs also allow a Unix socket's bytes).
+    return histograms, (cast(str, server.server_address[0]), server.server_address[1])

@@ -76,7 +76,7 @@ def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: b
     if error is None:
         error = reason if kill_detail is None else kill_detail
         if status is not None and outcome == Outcome.KILLED:
-            error += f"; ended by {classify_exit(status)[1]}"
+            error = f"{error}; ended by {classify_exit(status)[1]}"
     if max_rss_kb:
         error = f"{error} (max RSS {max_rss_kb} KiB)"
     return Classified(outcome, reason, error, None)

@@ -17,7 +17,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from phoenix.paths import unix_address
 
@@ -62,6 +62,11 @@ def encode(job: int, attempt: int, kind: str, seq: int, progress: int, **body: A
     return data
 
 
+def _count(value: object) -> TypeGuard[int]:
+    """A plain int (not a bool, not 1.0) that is not negative."""
+    return type(value) is int and value >= 0
+
+
 def decode(data: bytes) -> Message | None:
     """Parse one datagram; None for anything malformed (the caller counts it)."""
     try:
@@ -73,9 +78,8 @@ def decode(data: bytes) -> Message | None:
     job, attempt, kind, seq, progress = obj.get("job"), obj.get("att"), obj.get("k"), obj.get("seq"), obj.get("p", 0)
     if type(kind) is not str or kind not in KINDS:  # a list or dict here is unhashable: check the type first
         return None
-    for number in (job, attempt, seq, progress):
-        if type(number) is not int or number < 0:
-            return None
+    if not (_count(job) and _count(attempt) and _count(seq) and _count(progress)):
+        return None
     return Message(job, attempt, kind, seq, progress, obj)
 
 

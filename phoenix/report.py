@@ -70,7 +70,8 @@ def build(journal: Journal, title: str) -> str:
         )
     parts.append("</svg>")
     legend = "".join(f'<span class="key"><i style="background:{c}"></i>{o}</span>' for o, c in COLOURS.items())
-    legend += "".join(f'<span class="key"><i style="background:{c}"></i>{label}</span>' for c, label in MARKERS.values())
+    legend += "".join(f'<span class="key"><i style="background:{c}"></i>{label}</span>'
+                      for c, label in MARKERS.values())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>

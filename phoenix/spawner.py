@@ -11,6 +11,7 @@ milliseconds for a master of tens of MB (see bench/PROFILE.md).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -20,9 +21,8 @@ from typing import Callable, Protocol
 
 from phoenix import child, log, procfs
 from phoenix.app import JobSpec
-from phoenix.paths import StatePaths
 from phoenix.outcomes import classify_exit
-
+from phoenix.paths import StatePaths
 
 
 class SpawnerHost(Protocol):
@@ -103,7 +103,7 @@ class Spawner:
         except OSError:
             return  # no spare for now: a job forks its own child (and reports the failure, if any)
         self.spare = spare
-        self.master.subprocesses[spare.pid] = lambda status, pid=spare.pid: self._spare_exited(pid, status)
+        self.master.subprocesses[spare.pid] = functools.partial(self._spare_exited, spare.pid)
 
     def _spare_exited(self, pid: int, status: int) -> None:
         if self.spare is None or self.spare.pid != pid:

@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from phoenix import control, log, pidfile
-from phoenix.outage import file_identity
 from phoenix.attempts import Attempt
 from phoenix.control import ControlServer
+from phoenix.outage import file_identity
 from phoenix.paths import StatePaths
 from phoenix.pidfile import AlreadyRunning, PidFile
 from phoenix.sockets import bind_heartbeat
-
 
 
 class StateFilesHost(Protocol):

@@ -69,10 +69,11 @@ def summary(report: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...
         head = f"master: stopped (last generation {master['generation'] or '-'})"
     else:
         head = (f"master: {master['state']}  pid {master['pid']}  generation {master['generation']}  "
-                f"uptime {_duration(master.get('uptime'))}  slots {master.get('slots_used', '-')}/{master.get('workers', '-')}")
+                f"uptime {_duration(master.get('uptime'))}  "
+                f"slots {master.get('slots_used', '-')}/{master.get('workers', '-')}")
     head += "\n" + "  ".join(f"{state} {n}" for state, n in counts.items())
     columns = ["key", "pid", "attempt", "age", "last beat", "progress", "rss"]
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (visible(job["key"]), str(job["pid"] or "-"), str(job["attempt"]), _duration(job.get("age")),
          f"{job['last_beat_age']:.1f}s" if job["last_beat_age"] is not None else "-",
          str(job.get("progress", "-")), _size(job.get("rss")))
@@ -108,7 +109,7 @@ def render(report: dict[str, Any]) -> None:
     print(head)
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
     for row in [tuple(columns), *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def watch(paths: StatePaths, interval: float) -> None:
