@@ -17,7 +17,6 @@ HEARTBEAT_BATCH = 512  # datagrams read per wake-up before other work gets a tur
 # be sent the master still counts itself overloaded (and defers heartbeat kills).
 OVERLOAD_MEMORY = 2.0
 MAX_TRACKED_GAP = 1024  # missing sequence numbers remembered per child, to uncount late arrivals
-FINAL_KINDS = ("finished", "failed")
 
 
 class HeartbeatIntake:
@@ -65,13 +64,13 @@ class HeartbeatIntake:
         elif message.seq in attempt.missing:  # late, not lost: beats and the final travel on two sockets
             attempt.missing.discard(message.seq)
             self.counters.beats_missing -= 1
-        is_final = message.kind in FINAL_KINDS
+        is_final = message.kind in protocol.FINAL_KINDS
         if is_final:
             self.final_seq_arrived(attempt, message.seq)
         if message.progress > attempt.progress:
             attempt.progress = message.progress
             attempt.last_progress = now
-        waited = message.body.get("w")
+        waited = message.body.get(protocol.WAITED)
         if (type(waited) is int or type(waited) is float) and waited > self.heartbeat_interval():
             self.overloaded_until = now + OVERLOAD_MEMORY
         if is_final and attempt.final is None:

@@ -21,6 +21,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
+from phoenix import protocol
 from phoenix.states import KillReason, Outcome
 
 # Signals a process raises against itself when it breaks.
@@ -61,10 +62,10 @@ def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: b
     `status` is None when the process was not our child (adopted) or is gone."""
     reason: str | None = None
     error: str | None = None
-    if final is not None and final.get("k") == "finished":
-        return Classified(Outcome.FINISHED, None, None, json.dumps(final.get("result")))
+    if final is not None and final.get(protocol.KIND) == "finished":
+        return Classified(Outcome.FINISHED, None, None, json.dumps(final.get(protocol.RESULT)))
     if final is not None:
-        outcome, error = Outcome.ERROR, str(final.get("error"))
+        outcome, error = Outcome.ERROR, str(final.get(protocol.ERROR))
     elif interrupted:
         outcome, reason = Outcome.INTERRUPTED, "stopped before it finished"
     elif kill_reason is not None:

@@ -23,6 +23,10 @@ from phoenix.paths import unix_address
 
 VERSION = 1
 KINDS = frozenset({"beat", "progress", "finished", "failed"})
+FINAL_KINDS = ("finished", "failed")
+# Keys of a message body that the master reads, named once.
+KIND, SEQ, RESULT, ERROR = "k", "seq", "result", "error"
+WAITED = "w"  # seconds a beat waited to be sent (the child's view of a master that is behind)
 
 # One datagram carries at most this much. The kernel would take ~200 KiB, but
 # a result that large belongs in a file or a database, and a bounded size keeps

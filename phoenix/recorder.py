@@ -13,7 +13,7 @@ from typing import Any, Callable, Protocol
 from phoenix import lineage, log, protocol
 from phoenix.attempts import Attempt
 from phoenix.config import Config
-from phoenix.heartbeats import FINAL_KINDS, HeartbeatIntake
+from phoenix.heartbeats import HeartbeatIntake
 from phoenix.journal import Journal, OpenAttempt
 from phoenix.metrics import Counters, Histograms
 from phoenix.outcomes import Classified, classify
@@ -56,7 +56,7 @@ class OutcomeRecorder:
         lineage.end_escaped(attempt.escaped)  # and so does what it daemonised
         final = attempt.final or self.read_outbox(attempt.job_id, attempt.number)
         if final is not None and attempt.missing:
-            h.intake.final_seq_arrived(attempt, final.get("seq"))
+            h.intake.final_seq_arrived(attempt, final.get(protocol.SEQ))
         result = classify(final=final, status=status, interrupted=attempt.interrupted,
                           kill_reason=attempt.kill_reason, kill_detail=attempt.kill_detail, max_rss_kb=max_rss_kb)
         h.guarded(functools.partial(self.record, attempt.job_id, attempt.key, attempt.target, attempt.attempt_id,
@@ -121,7 +121,8 @@ class OutcomeRecorder:
             message = protocol.decode(path.read_bytes())
         except OSError:
             return None
-        if message is None or message.job != job_id or message.attempt != number or message.kind not in FINAL_KINDS:
+        if (message is None or message.job != job_id or message.attempt != number
+                or message.kind not in protocol.FINAL_KINDS):
             log.event(logging.WARNING, "outbox_ignored", path=path, reason="not a valid outcome message")
             return None
         return message.body
