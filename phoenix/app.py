@@ -152,6 +152,9 @@ def _import_module(module_name: str, what: str) -> Any:
         hint = (" Is the directory that holds it the current directory or on PYTHONPATH?"
                 if isinstance(exc, ModuleNotFoundError) else "")
         raise AppError(f"cannot import module {module_name!r} for {what}: {exc}.{hint}\n{detail}") from None
+    except SystemExit as exc:  # a module that exits at import must not end the master (or pass the preflight)
+        raise AppError(f"cannot import module {module_name!r} for {what}: it called sys.exit({exc.code!r}) "
+                       "while being imported") from None
 
 
 def _lookup(spec: str, what: str) -> Any:

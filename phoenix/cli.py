@@ -144,8 +144,9 @@ def _start_replacement(app_spec: str, config_file: str | None, flags: dict[str, 
         if daemon:
             _default_daemon_log(flags, config_file, application.settings)
         config = config_module.load(application.settings, config_file, flags)
-    except (AppError, ConfigError) as exc:
-        reason = str(exc)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - whatever the new code does, this image must not exit
+        # (a module that calls sys.exit() at import, or raises past the loader, too)
+        reason = str(exc) if isinstance(exc, (AppError, ConfigError)) else f"{type(exc).__name__}: {exc}"
         if handoff.is_fork_successor():
             # Fork mode: the old master still runs the good code. Tell it, and go.
             handoff.report_failure_to_old_master(reason)

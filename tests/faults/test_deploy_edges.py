@@ -66,6 +66,7 @@ BROKEN_AFTER_CHECK = {
     "import_raises": "\nif os.environ.get('PHOENIX_FDS'):\n    raise RuntimeError('boom: the new release is broken')\n",
     "bad_config": ("\nif os.environ.get('PHOENIX_FDS'):\n"
                    "    app = phoenix.App(heartbeat_interval=5.0, heartbeat_timeout=1.0)\n"),
+    "exits_at_import": "\nif os.environ.get('PHOENIX_FDS'):\n    sys.exit('boom: the new release is broken')\n",
 }
 
 
@@ -95,7 +96,7 @@ def test_a_new_image_that_cannot_load_runs_degraded_and_a_later_reload_recovers(
     result = phoenix_cli("reload", "--wait", "--timeout", str(SLOW), state_dir=state_dir, env=env)
     assert result.returncode == 1, result
     assert "reload failed" in result.stderr
-    expected = "boom: the new release is broken" if breakage == "import_raises" else "heartbeat_timeout"
+    expected = "heartbeat_timeout" if breakage == "bad_config" else "boom: the new release is broken"
     assert expected in result.stderr, result.stderr
 
     status = live(state_dir)
@@ -203,3 +204,10 @@ def test_a_frozen_master_kills_no_healthy_child_when_it_wakes(master_factory, st
     jobs = master.wait_jobs_done(keys, timeout=SLOW)
     assert all(jobs[k]["state"] == "finished" and jobs[k]["attempt"] == 1 for k in keys), jobs
     assert " kill " not in master.log()
+
+
+def test_a_module_that_exits_at_import_fails_the_preflight(tmp_path):
+    (tmp_path / "quitter.py").write_text("import sys\nsys.exit(0)\n")
+    result = phoenix_cli("check", "quitter:app", cwd=tmp_path, env={"PYTHONPATH": f"{tmp_path}:{REPO}"})
+    assert result.returncode == 2, result  # not 0: a release that exits at import must not pass
+    assert "called sys.exit(0) while being imported" in result.stderr
