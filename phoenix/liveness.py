@@ -36,10 +36,14 @@ def verdict(limits: Limits, *, last_beat: float, last_progress: float, started: 
     return Verdict(reason if due <= now else None, due)
 
 
-def master_was_away(expected_wake: float, woke: float, heartbeat_interval: float) -> bool:
+def master_was_away(expected_wake: float, woke: float, worked: float, heartbeat_interval: float) -> bool:
     """True when the master's own loop did not run for a while (SIGSTOP, a VM
-    pause, swap, a slow disk under a journal write): it woke later than it
+    pause, swap, a disk that stalls a journal write): it woke later than it
     meant to by more than a beat interval (and at least a quarter second, so
-    scheduler jitter never counts). The children's silence over that gap is
-    the master's, not theirs: each gets fresh grace."""
-    return woke - expected_wake > max(0.25, heartbeat_interval)
+    scheduler jitter never counts), or its last turn of work took longer than
+    two intervals (and at least a second: a slice of forks is work, not
+    absence). The children's silence over that gap is the master's, not
+    theirs: each gets fresh grace."""
+    overslept = woke - expected_wake > max(0.25, heartbeat_interval)
+    stuck = worked > max(1.0, 2 * heartbeat_interval)
+    return overslept or stuck

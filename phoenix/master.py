@@ -89,7 +89,7 @@ class Master:
         self.recorder = OutcomeRecorder(self)
         self.hangs = HangKiller(self)
         self.replacements = 0
-        self.expected_wake = time.monotonic()  # when the loop meant to wake from its last sleep
+        self.last_woke = time.monotonic()  # when the loop last returned from its sleep
         self.title_due = 0.0
         self.specs: dict[str, JobSpec] = {}
         self.subprocesses: dict[int, Callable[[int], None]] = {}  # pid -> on_exit(status): the preflight, the spare
@@ -257,6 +257,7 @@ class Master:
         try:
             self.adopt_running_attempts()
             self.announce_ready()
+            self.last_woke = time.monotonic()  # start-up (imports, a journal check) is not absence
             while self.state != MasterState.STOPPED:
                 self.wait_for_events()
                 self.run_commands()
@@ -299,8 +300,9 @@ class Master:
         deadline = self.next_deadline(now)
         ready = self.selector.select(max(0.0, deadline - now))
         woke = time.monotonic()
-        if master_was_away(max(deadline, now), woke, self.config.heartbeat_interval):
-            self.give_grace(woke - max(deadline, now))
+        worked, self.last_woke = now - self.last_woke, woke  # the last turn's work, between two wake-ups
+        if master_was_away(max(deadline, now), woke, worked, self.config.heartbeat_interval):
+            self.give_grace(woke - max(deadline, now) + worked)
         for key, _mask in ready:
             key.data()
         self.control.expire(time.monotonic())

@@ -129,15 +129,19 @@ def test_verdict_kills_exactly_when_a_limit_is_past(beat, progress, started, now
     assert (judged.reason is not None) == (min(due) <= now)
 
 
-@pytest.mark.parametrize("expected, woke, interval, away", [
-    (10.0, 10.01, 1.0, False),  # scheduler jitter
-    (10.0, 10.9, 1.0, False),
-    (10.0, 11.5, 1.0, True),  # a second and a half late: the master did not run
-    (10.0, 10.3, 0.1, True),
-    (10.0, 10.2, 0.1, False),  # never less than a quarter second
+@pytest.mark.parametrize("expected, woke, worked, interval, away", [
+    (10.0, 10.01, 0.0, 1.0, False),  # scheduler jitter
+    (10.0, 10.9, 0.0, 1.0, False),
+    (10.0, 11.5, 0.0, 1.0, True),  # a second and a half late: the master did not run
+    (10.0, 10.3, 0.0, 0.1, True),
+    (10.0, 10.2, 0.0, 0.1, False),  # never less than a quarter second
+    (10.0, 10.0, 0.25, 0.1, False),  # a slice of forks is work, not absence
+    (10.0, 10.0, 0.9, 0.1, False),
+    (10.0, 10.0, 3.0, 0.5, True),  # a turn stuck for seconds (a stalled journal write, a stop mid-turn)
+    (10.0, 10.0, 1.5, 1.0, False),  # under two intervals
 ])
-def test_master_was_away(expected, woke, interval, away):
-    assert master_was_away(expected, woke, interval) is away
+def test_master_was_away(expected, woke, worked, interval, away):
+    assert master_was_away(expected, woke, worked, interval) is away
 
 
 # -- outcomes.classify -------------------------------------------------------------------------
