@@ -9,6 +9,7 @@ Outcomes (the `outcome` of an attempt and of its job in `phoenix status`):
     exited       left with an exit code and no outcome (os._exit(3), sys.exit in a thread)
     lost         gone while no master watched, with no outcome in the outbox
     interrupted  stopped by `phoenix stop` / TERM; the job goes back to pending
+    cancelled    ended by `phoenix cancel`; the job is `cancelled`, never re-run
 
 Pure functions: tests/unit/test_outcomes.py checks every row without a process.
 """
@@ -45,6 +46,10 @@ def classify_exit(status: int) -> tuple[Outcome, str]:
     return Outcome.EXITED, f"exit code {os.WEXITSTATUS(status)}"
 
 
+# The reason of a cancelled attempt, and the start of the error `on_failed` receives.
+CANCELLED_REASON = "cancelled by the operator (phoenix cancel)"
+
+
 @dataclass(frozen=True, slots=True)
 class Classified:
     outcome: Outcome
@@ -67,6 +72,8 @@ def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: b
         outcome, error = Outcome.ERROR, str(final.get("error"))
     elif interrupted:
         outcome, reason = Outcome.INTERRUPTED, "stopped before it finished"
+    elif kill_reason == KillReason.CANCELLED:
+        outcome, reason = Outcome.CANCELLED, CANCELLED_REASON
     elif kill_reason is not None:
         outcome, reason = Outcome.KILLED, str(kill_reason)
     elif status is not None:
