@@ -444,6 +444,9 @@ def cancel(keys: tuple[str, ...], state_dir: str | None) -> None:
         elif before == "running":
             refused.append(f"job {visible(key)!r} is running and no master runs on {paths.root} to stop it: "
                            f"start the master (it adopts the job), then cancel again")
+        elif before == "running elsewhere":
+            refused.append(f"job {visible(key)!r} is running, but the master has no process of it yet (it is "
+                           f"adopting or recording it): cancel again in a moment")
         elif before == "unknown":
             refused.append(f"no job with key {visible(key)!r}")
         else:

@@ -68,12 +68,16 @@ def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: b
     error: str | None = None
     if final is not None and final.get("k") == "finished":
         return Classified(Outcome.FINISHED, None, None, json.dumps(final.get("result")))
-    if final is not None:
+    if kill_reason == KillReason.CANCELLED:
+        # The operator's word wins over a stop and over the error a job may
+        # raise on its TERM: a cancelled job is never re-run.
+        outcome, reason = Outcome.CANCELLED, CANCELLED_REASON
+        if final is not None:
+            error = f"{CANCELLED_REASON}; the job then reported:\n{final.get('error')}"
+    elif final is not None:
         outcome, error = Outcome.ERROR, str(final.get("error"))
     elif interrupted:
         outcome, reason = Outcome.INTERRUPTED, "stopped before it finished"
-    elif kill_reason == KillReason.CANCELLED:
-        outcome, reason = Outcome.CANCELLED, CANCELLED_REASON
     elif kill_reason is not None:
         outcome, reason = Outcome.KILLED, str(kill_reason)
     elif status is not None:

@@ -162,6 +162,11 @@ EXIT_3 = 3 << 8
      "cancelled by the operator (phoenix cancel)"),
     (dict(kill_reason=KillReason.CANCELLED, status=0), Outcome.CANCELLED,  # left on its own TERM handler
      "cancelled by the operator (phoenix cancel)"),
+    (dict(kill_reason=KillReason.CANCELLED, final={"k": "failed", "error": "KeyboardInterrupt"}), Outcome.CANCELLED,
+     "cancelled by the operator (phoenix cancel)"),  # a job that raised on its TERM is still not re-run
+    (dict(kill_reason=KillReason.CANCELLED, interrupted=True, status=SIGKILLED), Outcome.CANCELLED,
+     "cancelled by the operator (phoenix cancel)"),  # a stop during the cancel: cancelled, not back to pending
+    (dict(kill_reason=KillReason.CANCELLED, final={"k": "finished", "result": 1}), Outcome.FINISHED, None),
     (dict(status=SEGFAULT), Outcome.CRASHED, "SIGSEGV"),
     (dict(status=SIGKILLED), Outcome.SIGNALLED, "SIGKILL"),
     (dict(status=EXIT_3), Outcome.EXITED, "exit code 3"),
