@@ -64,7 +64,7 @@ def _clock(at: float | None) -> str:
 def render_show(report: dict[str, Any]) -> None:
     print(f"job {visible(report['key'])}  (id {report['id']})")
     for name in ("target", "state", "attempts", "failures", "outcome"):
-        print(f"  {name}: {visible(str(report[name]))}")
+        print(f"  {name}: {visible(str(report[name] if report[name] is not None else '-'))}")
     print(f"  params: {visible(json.dumps(report['params']))}")
     print(f"  created: {_clock(report['created_at'])}  last change: {_clock(report['updated_at'])}")
     if report["result"] is not None:
@@ -75,7 +75,10 @@ def render_show(report: dict[str, Any]) -> None:
              visible(a["reason"] or "-"), "-" if a["max_rss_kb"] is None else f"{a['max_rss_kb'] / 1024:.1f}M")
             for a in report["attempt_list"]]
     print()
-    _table(columns, rows)
+    if rows:
+        _table(columns, rows)
+    else:
+        print("no attempt yet")
     for attempt in report["attempt_list"]:
         if attempt["error"]:
             print(f"\nattempt {attempt['n']} error:\n{visible(attempt['error'].rstrip(), multiline=True)}")
