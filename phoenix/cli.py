@@ -1,4 +1,5 @@
-"""The `phoenix` command: start, submit, status, stop, reload, check."""
+"""The `phoenix` command: start, submit, status, stop, reload, check, and the
+operator's jobs, show, retry, cancel, prune."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from phoenix import config as config_module
 from phoenix import control, handoff, pidfile
 from phoenix.app import AppError, decode_params, encode_params, load_app, resolve_target
 from phoenix.config import Config, ConfigError
-from phoenix.journal import Journal, JournalError, KeyConflict, journal_present
+from phoenix.durations import BadDuration, parse_duration
+from phoenix.journal import JOB_STATES, Journal, JournalError, KeyConflict, RetryRefused, journal_present
 from phoenix.metrics import MetricsError
 from phoenix.paths import StateDirError, StatePaths
 from phoenix.sockets import SocketBusy
-from phoenix.untrusted import KeyRefused, check_key
+from phoenix.untrusted import KeyRefused, check_key, visible
 
 EXIT_NOT_RUNNING = 3  # as systemctl status
 
@@ -38,9 +40,10 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (pidfile.AlreadyRunning, KeyConflict) as exc:  # well formed, but at odds with the state
+        except (pidfile.AlreadyRunning, KeyConflict, RetryRefused) as exc:  # well formed, but at odds with the state
             fail(str(exc), 1)
-        except (AppError, ConfigError, JournalError, StateDirError, SocketBusy, MetricsError, KeyRefused) as exc:
+        except (AppError, ConfigError, JournalError, StateDirError, SocketBusy, MetricsError, KeyRefused,
+                BadDuration) as exc:
             fail(str(exc))
         except control.ControlError as exc:
             fail(str(exc), 1)
@@ -77,7 +80,9 @@ def main() -> None:
 @click.option("--heartbeat-interval", type=float, help="Seconds between a child's beats.")
 @click.option("--heartbeat-timeout", type=float, help="No beat for this long: kill and re-run.")
 @click.option("--exit-when-done", is_flag=True, default=None,
-              help="Batch mode: exit 0 when every job finished, 1 if any failed, 128+N if signal N stopped it first.")
+              help="Batch mode: exit 0 when every job finished, 1 if any failed or was cancelled, 128+N if signal N "
+                   "stopped it first. Judged on the jobs this run ended (and those it adopted), not on jobs "
+                   "that failed in an earlier run.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML configuration file.")
 @click.option("--reexec", type=click.Choice(["inplace", "fork"]), help="How USR2 replaces the master.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
@@ -94,7 +99,9 @@ def start(app: str | None, state_dir: str | None, config_file: str | None, daemo
       0      stopped by TERM, INT, QUIT or `phoenix stop`: a clean end
     With --exit-when-done (batch mode), it answers "did the batch finish?":
       0      every job finished
-      1      every job ended, some failed
+      1      every job ended, some failed or were cancelled
+             ("every job": those pending or running, and those this run
+             ended or adopted; a failure of an earlier run does not count)
       128+N  signal N stopped it while jobs were pending or running:
              TERM 143, INT 130, QUIT 131 (`phoenix stop` counts as TERM,
              `phoenix stop --drain` as QUIT); the jobs stay in the journal
@@ -323,3 +330,151 @@ def report(state_dir: str | None, html_file: str) -> None:
         fail(f"no journal at {paths.journal}: nothing has run with this --state-dir")
     attempts = write(paths.journal, Path(html_file))
     click.echo(f"wrote {html_file}: {attempts} attempts")
+
+
+# -- the operator's commands: jobs, show, retry, cancel, prune ---------------------------------
+
+
+def _existing_journal(state_dir: str | None) -> tuple[StatePaths, Journal]:
+    """The journal of the state directory, never created by a command that only looks at it."""
+    paths = _state_paths(state_dir)
+    if not journal_present(paths.journal):
+        fail(f"no journal in {paths.root}: nothing has run here")
+    return paths, Journal(paths.journal, create=False)
+
+
+def _seconds(text: str | None) -> float | None:
+    return None if text is None else parse_duration(text)
+
+
+@main.command()
+@state_dir_option
+@click.option("--state", type=click.Choice(JOB_STATES), help="Only jobs in this state.")
+@click.option("--target", help="Only jobs of this target (module:function).")
+@click.option("--since", help="Only jobs changed in this last while: 45s, 30m, 1h, 7d.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Show at most this many.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@friendly_errors
+def jobs(state_dir: str | None, state: str | None, target: str | None, since: str | None, limit: int,
+         as_json: bool) -> None:
+    """List jobs, last changed first: key, target, state, attempts, last
+    outcome and reason, and the time since the job last changed."""
+    from phoenix.jobsview import jobs_report, render_jobs
+
+    seconds = _seconds(since)  # bad input is refused before the journal is opened
+    _paths, journal = _existing_journal(state_dir)
+    with journal:
+        report = jobs_report(journal, state=state, target=target, since=seconds, limit=limit)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        render_jobs(report)
+
+
+@main.command()
+@click.argument("key")
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@friendly_errors
+def show(key: str, state_dir: str | None, as_json: bool) -> None:
+    """Show one job and every attempt: pid, node, start, duration, outcome,
+    reason, max RSS, the error's traceback, and the result."""
+    from phoenix.jobsview import render_show, show_report
+
+    _paths, journal = _existing_journal(state_dir)
+    with journal:
+        job = journal.job_by_key(key)
+        if job is None:
+            fail(f"no job with key {key!r}: `phoenix jobs` lists them", 1)
+        report = show_report(journal, job)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        render_show(report)
+
+
+@main.command()
+@click.argument("keys", nargs=-1)
+@click.option("--failed", "all_failed", is_flag=True, help="Every failed or cancelled job (of --target).")
+@click.option("--target", help="With --failed: only jobs of this target.")
+@state_dir_option
+@friendly_errors
+def retry(keys: tuple[str, ...], all_failed: bool, target: str | None, state_dir: str | None) -> None:
+    """Put failed (or cancelled) jobs back to pending with a fresh retry
+    budget; a running master starts them at once. Their earlier attempts stay
+    in the journal, and the next one is numbered after them."""
+    if bool(keys) == all_failed:
+        fail("name the jobs to retry (phoenix retry KEY...), or give --failed for every failed job")
+    if target and not all_failed:
+        fail("--target goes with --failed; to retry named jobs, give their keys only")
+    paths, journal = _existing_journal(state_dir)
+    with journal:
+        retried = journal.retry(None if all_failed else list(keys), target)
+    try:
+        control.request(paths.control_socket, {"cmd": "wake"}, timeout=2.0)
+    except control.ControlError:
+        pass  # no master running: the next one starts them
+    click.echo(json.dumps({"retried": retried}))
+
+
+@main.command()
+@click.argument("keys", nargs=-1, required=True)
+@state_dir_option
+@friendly_errors
+def cancel(keys: tuple[str, ...], state_dir: str | None) -> None:
+    """Cancel jobs: a pending one becomes `cancelled`; a running one gets
+    TERM, then KILL after kill_grace, to its process group, and its outcome is
+    `cancelled` (no retry; on_failed is called with an error that starts
+    "cancelled by the operator"). A running job needs its master running."""
+    paths, journal = _existing_journal(state_dir)
+    master_runs = pidfile.live_master_pid(paths.pidfile, paths.lockfile) is not None
+    if master_runs:
+        journal.close()
+        # The master is the journal's writer while it runs: it cancels, so that
+        # a pending job cannot start just as it is cancelled here.
+        states = control.request(paths.control_socket, {"cmd": "cancel", "keys": list(keys)})["cancelled"]
+    else:
+        with journal:
+            states = {key: journal.cancel_pending(key) or "unknown" for key in keys}
+    refused = []
+    for key, before in states.items():
+        if before == "pending":
+            click.echo(f"cancelled {visible(key)} (it was pending)")
+        elif before == "running" and master_runs:
+            click.echo(f"cancelling {visible(key)}: its process group gets TERM, then KILL after kill_grace")
+        elif before == "running":
+            refused.append(f"job {visible(key)!r} is running and no master runs on {paths.root} to stop it: "
+                           f"start the master (it adopts the job), then cancel again")
+        elif before == "running elsewhere":
+            refused.append(f"job {visible(key)!r} is running, but the master has no process of it yet (it is "
+                           f"adopting or recording it): cancel again in a moment")
+        elif before == "unknown":
+            refused.append(f"no job with key {visible(key)!r}")
+        else:
+            refused.append(f"job {visible(key)!r} is {before}: only pending or running jobs can be cancelled")
+    if refused:
+        fail("; ".join(refused), 1)
+
+
+@main.command()
+@click.option("--finished-before", required=True, help="Delete finished jobs last changed this long ago: 7d, 12h.")
+@click.option("--failed-before", help="Also delete failed and cancelled jobs last changed this long ago: 30d.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@state_dir_option
+@friendly_errors
+def prune(finished_before: str, failed_before: str | None, as_json: bool, state_dir: str | None) -> None:
+    """Delete old jobs with their attempts and callbacks (and master events
+    older than --finished-before), 500 jobs per transaction so a running
+    master is never held up long. Pending and running jobs, and jobs whose
+    callback has not run yet, are never deleted."""
+    finished_age = parse_duration(finished_before)
+    failed_age = _seconds(failed_before)
+    _paths, journal = _existing_journal(state_dir)
+    now = time.time()
+    with journal:
+        removed = journal.prune(finished_before=now - finished_age,
+                                failed_before=None if failed_age is None else now - failed_age)
+    if as_json:
+        click.echo(json.dumps(removed))
+    else:
+        click.echo("deleted " + ", ".join(f"{n} {what}" for what, n in removed.items()))

@@ -20,6 +20,7 @@ class Command(StrEnum):
     REOPEN_LOGS = "reopen_logs"  # USR1
     STATUS = "status"
     WAKE = "wake"  # a job was submitted: look for pending jobs now
+    CANCEL = "cancel"  # {"cmd": "cancel", "keys": [...]}: pending ones cancelled, running ones killed
 
 
 SIGNAL_COMMANDS: dict[int, Command] = {
@@ -39,7 +40,7 @@ HANDLED_SIGNALS: tuple[int, ...] = (*SIGNAL_COMMANDS, signal.SIGCHLD)
 
 # The control socket's wire form: {"cmd": "stop", "mode": "drain"} and so on.
 _STOP_MODES = {"term": Command.STOP, "drain": Command.DRAIN, "leave": Command.LEAVE}
-_REQUESTS = {"status": Command.STATUS, "wake": Command.WAKE, "reload": Command.RELOAD}
+_REQUESTS = {"status": Command.STATUS, "wake": Command.WAKE, "reload": Command.RELOAD, "cancel": Command.CANCEL}
 
 
 class BadRequest(ValueError):
@@ -53,6 +54,10 @@ def from_request(request: dict[str, Any]) -> Command:
         if not isinstance(mode, str) or mode not in _STOP_MODES:
             raise BadRequest(f"unknown stop mode {mode!r}; known: {', '.join(_STOP_MODES)}")
         return _STOP_MODES[mode]
+    if name == "cancel":
+        keys = request.get("keys")
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+            raise BadRequest("cancel needs \"keys\": a non-empty list of job keys")
     if isinstance(name, str) and name in _REQUESTS:
         return _REQUESTS[name]
-    raise BadRequest(f"unknown command {name!r}; known: status, wake, stop, reload")
+    raise BadRequest(f"unknown command {name!r}; known: status, wake, stop, reload, cancel")

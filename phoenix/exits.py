@@ -8,10 +8,15 @@ A batch master (--exit-when-done) answers "did the batch finish?", so that
 `phoenix start app --exit-when-done && next_step` only carries on when it did:
 
     0        every job finished
-    1        every job ended, and some failed
+    1        every job ended, and some failed or were cancelled
     128 + N  signal N stopped it while jobs were still pending or running
              (TERM 143, INT 130, QUIT 131), as a shell reports a process a
              signal ended; `phoenix stop` counts as TERM, `--drain` as QUIT
+
+"Every job" is every job pending or running, and every job this run ended
+(including those it adopted from an earlier master); a job that failed in an
+earlier run and was not retried does not count (journal.batch_counts). A run
+begins with `phoenix start` and goes on through USR2 replacements.
 
 A batch that ended anyway (a drain that let the last job finish) answers 0
 or 1: the exit status reports the journal, not the way the master was asked
@@ -33,7 +38,7 @@ STOP_MODE_SIGNALS = {StopMode.TERM: signal.SIGTERM, StopMode.DRAIN: signal.SIGQU
 
 def batch_done(counts: dict[str, int]) -> int:
     """The exit status of a batch whose every job has ended."""
-    return 1 if counts["failed"] else 0
+    return 1 if counts["failed"] or counts.get("cancelled") else 0
 
 
 def stopped_batch(stop_signal: int, counts: Callable[[], dict[str, int]]) -> int:

@@ -113,6 +113,14 @@ class HangKiller:
                   after=f"{ages[reason]:.2f}s")
         self.stop(attempt, now)
 
+    def cancel(self, attempt: Attempt, now: float) -> None:
+        """`phoenix cancel` of a running job: its outcome will be `cancelled`."""
+        attempt.kill_reason, attempt.kill_detail = KillReason.CANCELLED, None
+        self.host.counters.count(self.host.counters.kills, KillReason.CANCELLED)
+        log.event(logging.WARNING, "kill", pid=attempt.pid, job=attempt.key, attempt=attempt.number,
+                  reason=KillReason.CANCELLED)
+        self.stop(attempt, now)
+
     def stop(self, attempt: Attempt, now: float) -> None:
         """TERM now (and CONT: a stopped process only acts on TERM once continued), KILL after kill_grace."""
         signal_attempt(attempt, signal.SIGTERM)

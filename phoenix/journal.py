@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from phoenix import clock
+from phoenix.outcomes import CANCELLED_REASON
 from phoenix.untrusted import check_key
 
 # The file says it is a Phoenix journal (PRAGMA application_id, in SQLite's
@@ -38,7 +39,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     key         TEXT NOT NULL UNIQUE,
     target      TEXT NOT NULL,
     params      TEXT NOT NULL,              -- JSON
-    state       TEXT NOT NULL,              -- pending | running | finished | failed
+    state       TEXT NOT NULL,              -- pending | running | finished | failed | cancelled
     attempts    INTEGER NOT NULL DEFAULT 0, -- attempts started
     failures    INTEGER NOT NULL DEFAULT 0, -- attempts that count against retries
     not_before  REAL NOT NULL DEFAULT 0,    -- wall clock, for display: backoff before the next attempt
@@ -91,8 +92,16 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
+JOB_STATES = ("pending", "running", "finished", "failed", "cancelled")
+ENDED_BADLY = ("failed", "cancelled")  # what `phoenix retry` takes back to pending
+
+
 class JournalError(RuntimeError):
     """The journal cannot be opened or written; the message says which file and why."""
+
+
+class RetryRefused(ValueError):
+    """`phoenix retry` named a job that is not failed or cancelled, or none at all."""
 
 
 class KeyConflict(ValueError):
@@ -614,8 +623,18 @@ class Journal:
         return dict(zip([c[0] for c in cur.description], row, strict=True))
 
     def counts(self) -> dict[str, int]:
-        counts = {"pending": 0, "running": 0, "finished": 0, "failed": 0}
+        counts = dict.fromkeys(JOB_STATES, 0)
         for state, n in self.db.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
+            counts[state] = n
+        return counts
+
+    def batch_counts(self, run_started: float) -> dict[str, int]:
+        """What `--exit-when-done` judges: every pending and running job, and
+        the jobs that ended since `run_started` (wall clock): this run's, not
+        an earlier run's failures."""
+        counts = dict.fromkeys(JOB_STATES, 0)
+        for state, n in self.db.execute("SELECT state, count(*) FROM jobs WHERE state IN ('pending', 'running') "
+                                        "OR updated_at >= ? GROUP BY state", (run_started,)):
             counts[state] = n
         return counts
 
@@ -675,6 +694,112 @@ class Journal:
         cur = self.db.execute("SELECT at, kind, generation, pid, detail FROM events ORDER BY at")
         names = [c[0] for c in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
+
+    # -- the operator's reads and writes (phoenix jobs, show, retry, cancel, prune) -----------
+
+    def list_jobs(self, *, state: str | None, target: str | None, since: float | None,
+                  limit: int) -> tuple[list[dict[str, Any]], int]:
+        """(up to `limit` jobs, last changed first, how many matched in all);
+        each with its last attempt's outcome and reason."""
+        conditions, args = [], []
+        for column, value in (("j.state = ?", state), ("j.target = ?", target), ("j.updated_at >= ?", since)):
+            if value is not None:
+                conditions.append(column)
+                args.append(value)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        (total,) = self.db.execute(f"SELECT count(*) FROM jobs j {where}", args).fetchone()
+        cur = self.db.execute(
+            "SELECT j.id, j.key, j.target, j.state, j.attempts, j.outcome, a.reason, j.created_at, j.updated_at "
+            f"FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.n = j.attempts {where} "
+            "ORDER BY j.updated_at DESC, j.id DESC LIMIT ?", [*args, limit])
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur], total
+
+    def job_by_key(self, key: str) -> dict[str, Any] | None:
+        cur = self.db.execute("SELECT * FROM jobs WHERE key = ?", (key,))
+        row = cur.fetchone()
+        return None if row is None else dict(zip([c[0] for c in cur.description], row, strict=True))
+
+    def attempts_of(self, job_id: int) -> list[dict[str, Any]]:
+        cur = self.db.execute(
+            "SELECT n, generation, pid, started_at, ended_at, outcome, reason, error, max_rss_kb FROM attempts "
+            "WHERE job_id = ? ORDER BY n", (job_id,))
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
+    def retry(self, keys: list[str] | None, target: str | None = None) -> list[str]:
+        """Failed and cancelled jobs back to pending with a fresh retry budget
+        (their attempts stay, numbered on), in one transaction: the named
+        `keys` (all or none: RetryRefused names a key that cannot be), or
+        with None every failed or cancelled job (of `target`). Returns the keys."""
+        with self.transaction() as db:
+            if keys is None:
+                extra, args = ("AND target = ?", [target]) if target is not None else ("", [])
+                rows = db.execute(f"SELECT id, key FROM jobs WHERE state IN {ENDED_BADLY} {extra} ORDER BY id",
+                                  args).fetchall()
+            else:
+                rows = []
+                for key in dict.fromkeys(keys):
+                    row = db.execute("SELECT id, key, state FROM jobs WHERE key = ?", (key,)).fetchone()
+                    if row is None:
+                        raise RetryRefused(f"no job with key {key!r}")
+                    if row[2] not in ENDED_BADLY:
+                        raise RetryRefused(f"job {key!r} is {row[2]}: only failed or cancelled jobs can be retried")
+                    rows.append(row[:2])
+            for job_id, key in rows:
+                if db.execute("SELECT 1 FROM callbacks WHERE job_id = ? AND state = 'owed'", (job_id,)).fetchone():
+                    raise RetryRefused(f"job {key!r} still has a callback owed (it runs when a master runs): "
+                                       "retry it once that has run")
+            now = time.time()
+            for job_id, _key in rows:
+                # The callbacks that ran for its end go, so that its next end calls them again.
+                db.execute("DELETE FROM callbacks WHERE job_id = ?", (job_id,))
+                db.execute("UPDATE jobs SET state = 'pending', failures = 0, not_before = 0, not_before_boot = NULL, "
+                           "not_before_boot_id = NULL, updated_at = ? WHERE id = ?", (now, job_id))
+        return [key for _id, key in rows]
+
+    def cancel_pending(self, key: str) -> str | None:
+        """Cancel the job if it is pending; returns its state before (None: no such job)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT state FROM jobs WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            if row[0] == "pending":
+                db.execute("UPDATE jobs SET state = 'cancelled', outcome = 'cancelled', error = ?, updated_at = ? "
+                           "WHERE key = ?", (f"{CANCELLED_REASON} before it ran", time.time(), key))
+            state: str = row[0]
+            return state
+
+    def prune(self, *, finished_before: float, failed_before: float | None, batch: int = 500,
+              ) -> dict[str, int]:
+        """Delete finished jobs last changed before `finished_before` (and
+        failed and cancelled ones before `failed_before`, if given) with their
+        attempts and callbacks, and the master events older than
+        `finished_before`. Never a pending or running job, nor one with a
+        callback owed. `batch` jobs per transaction, so that a running master
+        waits at most one short transaction for the journal."""
+        removed = {"jobs": 0, "attempts": 0, "callbacks": 0, "events": 0}
+        ended = "(state = 'finished' AND updated_at < :finished)"
+        if failed_before is not None:
+            ended += f" OR (state IN {ENDED_BADLY} AND updated_at < :failed)"
+        # NOT INDEXED: read on in id order from the last batch; through the state
+        # index, each batch would sort every ended job again (quadratic).
+        select = (f"SELECT id FROM jobs NOT INDEXED WHERE ({ended}) AND NOT EXISTS (SELECT 1 FROM callbacks c "
+                  "WHERE c.job_id = jobs.id AND c.state = 'owed') AND id > :after ORDER BY id LIMIT :batch")
+        bounds = {"finished": finished_before, "failed": failed_before, "batch": batch, "after": 0}
+        while True:
+            with self.transaction() as db:
+                ids = [(job_id,) for (job_id,) in db.execute(select, bounds)]
+                bounds["after"] = ids[-1][0] if ids else 0  # the next batch reads on from here
+                for table, column in (("attempts", "job_id"), ("callbacks", "job_id"), ("jobs", "id")):
+                    before = db.total_changes
+                    db.executemany(f"DELETE FROM {table} WHERE {column} = ?", ids)
+                    removed[table] += db.total_changes - before
+            if len(ids) < batch:
+                break
+        with self.transaction() as db:
+            removed["events"] = db.execute("DELETE FROM events WHERE at < ?", (finished_before,)).rowcount
+        return removed
 
     def probe_write(self) -> None:
         """Raise if the journal cannot be written right now, or if its path no

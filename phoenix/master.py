@@ -137,6 +137,9 @@ class Master:
         self.journal_identity = file_identity(self.paths.journal)
         # Recorded in the journal only once ready: a start that fails records no generation.
         self.generation = int(self.journal.meta("generation", 0)) + 1
+        if not inherited:  # a run starts here; replacement images carry it on (see exits.py)
+            self.journal.set_meta(run_started_at=self.started_at)
+        self.run_started_at = float(self.journal.meta("run_started_at", self.started_at))
         if self.app is not None:
             self.app.journal = self.journal
         _raise_fd_limit()
@@ -273,7 +276,7 @@ class Master:
                 self.watchdog.keep_alive()
                 self.watch_storage()
             if self.stop_signal is not None and self.config.exit_when_done:
-                self.exit_code = exits.stopped_batch(self.stop_signal, self.journal.counts)
+                self.exit_code = exits.stopped_batch(self.stop_signal, self.batch_counts)
         except Exception as exc:
             # Logged here (the log may be a file no one watches for stderr), and
             # the exit status says so: a supervisor must see a crash as a failure.
@@ -323,10 +326,13 @@ class Master:
             if command is not None:
                 self.execute(command, signum=signum)
 
-    def execute(self, command: Command, signum: int | None = None, force: bool = False) -> dict[str, Any]:
+    def execute(self, command: Command, signum: int | None = None, force: bool = False,
+                keys: list[str] | None = None) -> dict[str, Any]:
         """Run one command, however it arrived (a signal or the control socket)."""
         if command == Command.STATUS:
             return {"ok": True, **self.live_status()}
+        if command == Command.CANCEL:
+            return {"ok": True, "cancelled": {key: self.cancel(key) for key in keys or []}}
         if command == Command.WAKE:
             self.scheduler.wake()
         elif command in (Command.STOP, Command.DRAIN, Command.LEAVE):
@@ -355,7 +361,19 @@ class Master:
         except BadRequest as exc:
             return {"ok": False, "error": str(exc)}
         # Only `phoenix reload --force` passes the preflight's check of queued targets.
-        return self.execute(command, force=request.get("force") is True)
+        return self.execute(command, force=request.get("force") is True, keys=request.get("keys"))
+
+    def cancel(self, key: str) -> str:
+        """`phoenix cancel`: a pending job is cancelled in the journal; a
+        running one's process group gets TERM, then KILL after kill_grace, and
+        its outcome is `cancelled`. Returns the job's state before."""
+        state = self.journal.cancel_pending(key)
+        if state == "running":
+            attempt = next((a for a in self.children.values() if a.key == key), None)
+            if attempt is None:
+                return "running elsewhere"  # no process of this master: nothing to signal
+            self.hangs.cancel(attempt, time.monotonic())
+        return state or "unknown"
 
     def reload_configuration(self) -> None:
         try:
@@ -567,11 +585,14 @@ class Master:
         elif (self.state == MasterState.RUNNING and self.config.exit_when_done
               and (not self.scheduler.maybe_pending or self.slots == 0)):
             # (With no slots, pending jobs are never looked for: ask the journal.)
-            counts = self.journal.counts()
+            counts = self.batch_counts()
             if counts["pending"] == 0 and counts["running"] == 0:
                 event(INFO, "monitoring_complete", finished=counts["finished"], failed=counts["failed"], running=0)
                 self.exit_code = exits.batch_done(counts)
                 self.change_state(MasterState.STOPPED)
+
+    def batch_counts(self) -> dict[str, int]:
+        return self.journal.batch_counts(self.run_started_at)
 
     def begin_stop(self, mode: StopMode, signum: int | None = None) -> None:
         self.spawner.discard()

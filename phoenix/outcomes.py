@@ -9,6 +9,7 @@ Outcomes (the `outcome` of an attempt and of its job in `phoenix status`):
     exited       left with an exit code and no outcome (os._exit(3), sys.exit in a thread)
     lost         gone while no master watched, with no outcome in the outbox
     interrupted  stopped by `phoenix stop` / TERM; the job goes back to pending
+    cancelled    ended by `phoenix cancel`; the job is `cancelled`, never re-run
 
 Pure functions: tests/unit/test_outcomes.py checks every row without a process.
 """
@@ -46,6 +47,10 @@ def classify_exit(status: int) -> tuple[Outcome, str]:
     return Outcome.EXITED, f"exit code {os.WEXITSTATUS(status)}"
 
 
+# The reason of a cancelled attempt, and the start of the error `on_failed` receives.
+CANCELLED_REASON = "cancelled by the operator (phoenix cancel)"
+
+
 @dataclass(frozen=True, slots=True)
 class Classified:
     outcome: Outcome
@@ -64,7 +69,13 @@ def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: b
     error: str | None = None
     if final is not None and final.get(protocol.KIND) == "finished":
         return Classified(Outcome.FINISHED, None, None, json.dumps(final.get(protocol.RESULT)))
-    if final is not None:
+    if kill_reason == KillReason.CANCELLED:
+        # The operator's word wins over a stop and over the error a job may
+        # raise on its TERM: a cancelled job is never re-run.
+        outcome, reason = Outcome.CANCELLED, CANCELLED_REASON
+        if final is not None:
+            error = f"{CANCELLED_REASON}; the job then reported:\n{final.get(protocol.ERROR)}"
+    elif final is not None:
         outcome, error = Outcome.ERROR, str(final.get(protocol.ERROR))
     elif interrupted:
         outcome, reason = Outcome.INTERRUPTED, "stopped before it finished"

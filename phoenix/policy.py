@@ -24,7 +24,7 @@ def backoff_delay(failures: int, base: float, cap: float, rng: random.Random | N
 class Next:
     """What becomes of a job after one of its attempts ended."""
 
-    job_state: str  # finished | pending | failed
+    job_state: str  # finished | pending | failed | cancelled
     counts_as_failure: bool
     delay: float  # seconds before it may run again (pending only)
     callback: str | None  # on_finished | on_failed | None
@@ -42,6 +42,8 @@ def after_attempt(outcome: Outcome, failures: int, retries: int | None, *, budge
         return Next("finished", False, 0.0, "on_finished")
     if outcome == Outcome.INTERRUPTED:  # stopped by the operator: not the job's failure
         return Next("pending", False, 0.0, None)
+    if outcome == Outcome.CANCELLED:  # the operator's decision: never re-run, reported as a failure
+        return Next("cancelled", False, 0.0, "on_failed")
     if retries is None:
         return Next("pending", True, 0.0, None)
     if failures + 1 > retries:

@@ -15,6 +15,7 @@ from phoenix.journal import Journal
 COLOURS = {
     "finished": "#2e7d32", "error": "#c62828", "killed": "#ef6c00", "crashed": "#6a1b9a",
     "signalled": "#ad1457", "exited": "#4e342e", "lost": "#616161", "interrupted": "#1565c0",
+    "cancelled": "#795548",
     "running": "#90caf9",
 }
 MARKERS = {"master_start": ("#37474f", "master start"), "replaced": ("#00838f", "replacement")}

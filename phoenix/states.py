@@ -44,6 +44,7 @@ class Outcome(StrEnum):
     EXITED = "exited"
     LOST = "lost"
     INTERRUPTED = "interrupted"
+    CANCELLED = "cancelled"  # `phoenix cancel` ended it: no re-run
 
 
 class KillReason(StrEnum):
@@ -51,6 +52,7 @@ class KillReason(StrEnum):
     STALL_TIMEOUT = "stall_timeout"
     MAX_RUNTIME = "max_runtime"
     OPERATOR = "operator"
+    CANCELLED = "cancelled"  # `phoenix cancel`: the outcome is `cancelled`, never re-run
 
 
 class TimerKind(StrEnum):

@@ -44,7 +44,7 @@ def collect(paths: StatePaths) -> tuple[dict[str, Any], bool]:
     return {"master": master, "jobs": jobs}, live is not None
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     seconds = int(seconds)
@@ -69,12 +69,12 @@ def summary(report: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...
         head = f"master: stopped (last generation {master['generation'] or '-'})"
     else:
         head = (f"master: {master['state']}  pid {master['pid']}  generation {master['generation']}  "
-                f"uptime {_duration(master.get('uptime'))}  "
+                f"uptime {duration(master.get('uptime'))}  "
                 f"slots {master.get('slots_used', '-')}/{master.get('workers', '-')}")
     head += "\n" + "  ".join(f"{state} {n}" for state, n in counts.items())
     columns = ["key", "pid", "attempt", "age", "last beat", "progress", "rss"]
     rows: list[tuple[str, ...]] = [
-        (visible(job["key"]), str(job["pid"] or "-"), str(job["attempt"]), _duration(job.get("age")),
+        (visible(job["key"]), str(job["pid"] or "-"), str(job["attempt"]), duration(job.get("age")),
          f"{job['last_beat_age']:.1f}s" if job["last_beat_age"] is not None else "-",
          str(job.get("progress", "-")), _size(job.get("rss")))
         for job in report["jobs"] if job["state"] == "running"

@@ -163,3 +163,23 @@ def exclusive_sleep(params):
         time.sleep(0.02)
         phoenix.heartbeat()
     return {"attempt": phoenix.current_job().attempt}
+
+
+@app.job(retries=3)
+def records_term(params):
+    """Forks a grandchild into its process group; each appends "TERM <pid>" to
+    params["file"] when it gets SIGTERM. Writes params["ready"] once both listen."""
+    def on_term(_signum, _frame):
+        with open(params["file"], "a") as f:
+            f.write(f"TERM {os.getpid()}\n")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    if os.fork() == 0:
+        while True:
+            time.sleep(0.05)
+    with open(params["ready"], "w") as f:
+        f.write("ready")
+    while True:
+        time.sleep(0.05)
+        phoenix.heartbeat()

@@ -42,6 +42,9 @@ def _after(outcome: Outcome, failures: int, retries: int | None, budget: Restart
     (Outcome.FINISHED, 5, 0, "finished", False, "on_finished"),
     (Outcome.INTERRUPTED, 0, 0, "pending", False, None),  # the operator's stop is not the job's failure
     (Outcome.INTERRUPTED, 9, 0, "pending", False, None),
+    (Outcome.CANCELLED, 0, 3, "cancelled", False, "on_failed"),  # the operator's cancel: never re-run
+    (Outcome.CANCELLED, 9, 0, "cancelled", False, "on_failed"),
+    (Outcome.CANCELLED, 0, None, "cancelled", False, "on_failed"),  # even with the policy unknown
     (Outcome.ERROR, 0, 3, "pending", True, None),
     (Outcome.ERROR, 2, 3, "pending", True, None),
     (Outcome.ERROR, 3, 3, "failed", True, "on_failed"),
@@ -61,7 +64,8 @@ def test_after_attempt(outcome, failures, retries, state, counts, callback):
 
 
 @given(failures=st.integers(0, 50), retries=st.integers(0, 50),
-       outcome=st.sampled_from([o for o in Outcome if o not in (Outcome.FINISHED, Outcome.INTERRUPTED)]))
+       outcome=st.sampled_from([o for o in Outcome
+                                if o not in (Outcome.FINISHED, Outcome.INTERRUPTED, Outcome.CANCELLED)]))
 def test_a_failed_attempt_reruns_exactly_while_retries_remain(failures, retries, outcome):
     after = _after(outcome, failures, retries)
     assert (after.job_state == "pending") == (failures + 1 <= retries)
@@ -158,6 +162,15 @@ EXIT_3 = 3 << 8
     (dict(interrupted=True, status=SIGKILLED), Outcome.INTERRUPTED, "stopped before it finished"),
     (dict(kill_reason=KillReason.HEARTBEAT_TIMEOUT, kill_detail="heartbeat_timeout: 5.10 s", status=SIGKILLED),
      Outcome.KILLED, "heartbeat_timeout"),
+    (dict(kill_reason=KillReason.CANCELLED, status=SIGKILLED), Outcome.CANCELLED,
+     "cancelled by the operator (phoenix cancel)"),
+    (dict(kill_reason=KillReason.CANCELLED, status=0), Outcome.CANCELLED,  # left on its own TERM handler
+     "cancelled by the operator (phoenix cancel)"),
+    (dict(kill_reason=KillReason.CANCELLED, final={"k": "failed", "error": "KeyboardInterrupt"}), Outcome.CANCELLED,
+     "cancelled by the operator (phoenix cancel)"),  # a job that raised on its TERM is still not re-run
+    (dict(kill_reason=KillReason.CANCELLED, interrupted=True, status=SIGKILLED), Outcome.CANCELLED,
+     "cancelled by the operator (phoenix cancel)"),  # a stop during the cancel: cancelled, not back to pending
+    (dict(kill_reason=KillReason.CANCELLED, final={"k": "finished", "result": 1}), Outcome.FINISHED, None),
     (dict(status=SEGFAULT), Outcome.CRASHED, "SIGSEGV"),
     (dict(status=SIGKILLED), Outcome.SIGNALLED, "SIGKILL"),
     (dict(status=EXIT_3), Outcome.EXITED, "exit code 3"),
@@ -244,13 +257,16 @@ def test_paused_timers_come_back():
     ({"cmd": "stop", "mode": "term"}, Command.STOP),
     ({"cmd": "stop", "mode": "drain"}, Command.DRAIN),
     ({"cmd": "stop", "mode": "leave"}, Command.LEAVE),
+    ({"cmd": "cancel", "keys": ["a", "b"]}, Command.CANCEL),
 ])
 def test_requests_become_commands(request_, command):
     assert from_request(request_) == command
 
 
 @pytest.mark.parametrize("request_", [{}, {"cmd": None}, {"cmd": ["stop"]}, {"cmd": {"a": 1}}, {"cmd": "halt"},
-                                      {"cmd": "stop", "mode": ["x"]}, {"cmd": "stop", "mode": "now"}])
+                                      {"cmd": "stop", "mode": ["x"]}, {"cmd": "stop", "mode": "now"},
+                                      {"cmd": "cancel"}, {"cmd": "cancel", "keys": []}, {"cmd": "cancel", "keys": "a"},
+                                      {"cmd": "cancel", "keys": [1]}])
 def test_bad_requests_are_refused_with_a_reason(request_):
     with pytest.raises(BadRequest):
         from_request(request_)
