@@ -66,7 +66,8 @@ def clock(t: float, step: float, span: float) -> str:
         return time.strftime("%H:%M", time.localtime(t))
     if step >= 1:
         return time.strftime("%H:%M:%S", time.localtime(t))
-    return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(round(t % 1 * 10)) % 10}"
+    tenths = round(t * 10)  # a tick at k * 0.1 s may sit a hair below its tenth
+    return time.strftime("%H:%M:%S", time.localtime(tenths // 10)) + f".{tenths % 10}"
 
 
 def build(journal: Journal, title: str) -> str:
