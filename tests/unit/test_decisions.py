@@ -160,8 +160,7 @@ EXIT_3 = 3 << 8
     (dict(), Outcome.LOST, "gone"),
 ])
 def test_classify(kwargs, outcome, reason):
-    args = dict(final=None, status=None, interrupted=False, kill_reason=None, kill_detail=None, max_rss_kb=None,
-                lost_reason="gone")
+    args = dict(final=None, status=None, interrupted=False, kill_reason=None, kill_detail=None, lost_reason="gone")
     result = classify(**{**args, **kwargs})
     assert (result.outcome, result.reason) == (outcome, reason)
     if outcome == Outcome.FINISHED:
@@ -170,10 +169,10 @@ def test_classify(kwargs, outcome, reason):
         assert result.error
 
 
-def test_classify_names_what_ended_a_killed_child_and_its_memory():
+def test_classify_names_what_ended_a_killed_child():
     result = classify(final=None, status=SIGKILLED, interrupted=False, kill_reason=KillReason.STALL_TIMEOUT,
-                      kill_detail="stall_timeout: 3.00 s", max_rss_kb=2048)
-    assert result.error == "stall_timeout: 3.00 s; ended by SIGKILL (max RSS 2048 KiB)"
+                      kill_detail="stall_timeout: 3.00 s")
+    assert result.error == "stall_timeout: 3.00 s; ended by SIGKILL"
 
 
 def test_classify_exit_of_unknown_signals():
