@@ -40,10 +40,13 @@ class TextFormatter(logging.Formatter):
         else:
             # A field of several lines (a reload's whole reason) shows its first
             # line in place and the rest below, indented: still one record.
-            below = [visible(str(v).partition("\n")[2], multiline=True) for v in fields.values() if "\n" in str(v)]
-            text = f"{head} {message} " + " ".join(f"{k}={_plain(str(v).partition(chr(10))[0])}"
-                                                    for k, v in fields.items())
-            text += "".join(f"\n{lines}" for lines in below)
+            shown, below = [], []
+            for name, value in fields.items():
+                first, newline, rest = str(value).partition("\n")
+                shown.append(f"{name}={_plain(first)}")
+                if newline:
+                    below.append("\n" + visible(rest, multiline=True))
+            text = f"{head} {message} " + " ".join(shown) + "".join(below)
         if record.exc_info:
             text += "\n" + visible(self.formatException(record.exc_info), multiline=True)
         return text.rstrip().replace("\n", "\n    ")

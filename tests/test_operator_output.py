@@ -204,3 +204,16 @@ def test_client_without_a_state_dir_uses_the_configuration(tmp_path, monkeypatch
     monkeypatch.delenv("PHOENIX_STATE_DIR")
     assert phoenix.Client().paths.root == Path(tmp_path / ".phoenix")
     assert not (tmp_path / ".phoenix").exists()  # nothing made until a job is submitted
+
+
+def test_a_field_of_several_lines_is_one_text_record_with_the_rest_indented():
+    import logging
+
+    from phoenix.log import TextFormatter
+
+    record = logging.LogRecord("phoenix", logging.ERROR, __file__, 1, "%s", ("reload_failed",), None)
+    record.phoenix_fields = {"reason": "preflight", "error": "check failed:\nSyntaxError\x1b[2J in x.py"}
+    text = TextFormatter().format(record)
+    first, *rest = text.splitlines()
+    assert first.endswith('reload_failed reason=preflight error="check failed:"')
+    assert rest == ["    SyntaxError\\x1b[2J in x.py"]  # below, indented, escaped: still one record

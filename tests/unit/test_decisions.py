@@ -80,6 +80,12 @@ def test_a_rerun_waits_for_its_place_in_the_restart_budget():
     assert delays[2] == pytest.approx(10.0) and delays[3] == pytest.approx(10.0)
 
 
+def test_a_rerun_held_by_the_restart_budget_says_how_many_are_queued_ahead_of_it():
+    budget = RestartBudget(2, 10.0)
+    held = [_after(Outcome.ERROR, 0, 9, budget, now=100.0).queued_behind for _ in range(5)]
+    assert held == [None, None, 0, 1, 2]  # None: the backoff, not the budget, decides the first two
+
+
 @given(st.integers(1, 40), st.floats(0.01, 5), st.floats(0.01, 100))
 def test_backoff_is_jittered_under_its_cap(failures, base, cap):
     delay = backoff_delay(failures, base, cap, random.Random(failures))
