@@ -217,3 +217,17 @@ def test_a_field_of_several_lines_is_one_text_record_with_the_rest_indented():
     first, *rest = text.splitlines()
     assert first.endswith('reload_failed reason=preflight error="check failed:"')
     assert rest == ["    SyntaxError\\x1b[2J in x.py"]  # below, indented, escaped: still one record
+
+
+def test_a_rerun_held_by_the_restart_budget_says_so_in_its_log_line(master_factory):
+    master = master_factory(env={"PHOENIX_RESTART_INTENSITY": "1", "PHOENIX_RESTART_PERIOD": "60"})
+    for key in ("a", "b", "c"):
+        master.submit("tests.apps.jobs:always_fails", {"k": key}, key=key)
+    master.wait_log("attempt_failed", count=3)
+    lines = [line for line in master.log().splitlines() if "attempt_failed" in line]
+    held = [line for line in lines if "held_by=" in line]
+    assert len(held) == 2, lines  # the first re-run fits the budget; the others wait for it, in order
+    assert 'held_by="restart budget (1 re-runs per 60s), queued behind 0 other(s)"' in held[0]
+    assert "queued behind 1 other(s)" in held[1]
+    delays = [float(line.split("retry_in=")[1].split("s")[0]) for line in held]
+    assert 55 < delays[0] <= 60 and 115 < delays[1] <= 120, held  # the real wait: a period per re-run ahead
