@@ -17,8 +17,10 @@ if not _sys.platform.startswith("linux") or _sys.implementation.name != "cpython
 
 from phoenix.app import App, AppError, JobInfo  # noqa: E402
 from phoenix.child import current_job, heartbeat  # noqa: E402
+from phoenix.client import Client  # noqa: E402
 from phoenix.compat import HeartbeatChild, HeartbeatParent  # noqa: E402
 from phoenix.journal import KeyConflict  # noqa: E402
 
-__all__ = ["App", "AppError", "JobInfo", "HeartbeatChild", "HeartbeatParent", "KeyConflict", "current_job", "heartbeat"]
+__all__ = ["App", "AppError", "Client", "JobInfo", "HeartbeatChild", "HeartbeatParent", "KeyConflict", "current_job",
+           "heartbeat"]
 __version__ = "0.1.0"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -20,7 +21,12 @@ if TYPE_CHECKING:
 
 class AppError(ValueError):
     """An app path, a target or parameters that cannot be used; the message
-    says what is wrong and how to fix it."""
+    says what is wrong and how to fix it. `detail`: the traceback behind it,
+    if any, shown only when asked for (`--log-level debug`)."""
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -38,15 +44,20 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class JobInfo:
-    """What a callback receives: enough to find the job and de-duplicate calls."""
+    """What a callback receives: enough to find the job and de-duplicate calls.
+    `on_failed(job, error)` gets the traceback (or the reason with its detail)
+    as `error`, whose last line says what happened; the rest of what is known
+    of the attempt's end is here."""
 
     id: int
     key: str
     target: str
     params: Any
-    attempt: int
-    outcome: str | None
+    attempt: int  # 0: the job failed before any attempt (its target could not be loaded)
+    outcome: str | None  # finished | error | killed | crashed | signalled | exited | lost (see outcomes.py)
     error: str | None
+    reason: str | None = None  # short: SIGSEGV, exit code 3, heartbeat_timeout, max_runtime ...
+    max_rss_kb: int | None = None  # the attempt's peak memory, when its exit status was ours to read
 
 
 def target_name(func: Callable[..., Any]) -> str:
@@ -147,20 +158,47 @@ def _import_module(module_name: str, what: str) -> Any:
         return sys.modules[module_name]
     try:
         return importlib.import_module(module_name)
-    except Exception as exc:  # any error raised by the user's module is reported whole
+    except Exception as exc:  # any error raised by the user's module: named in one line, traceback on demand
         detail = "".join(traceback.format_exception(exc)).rstrip()
-        hint = (" Is the directory that holds it the current directory or on PYTHONPATH?"
-                if isinstance(exc, ModuleNotFoundError) else "")
-        raise AppError(f"cannot import module {module_name!r} for {what}: {exc}.{hint}\n{detail}") from None
+        raise AppError(_import_failure(module_name, what, exc), detail) from None
     except SystemExit as exc:  # a module that exits at import must not end the master (or pass the preflight)
-        raise AppError(f"cannot import module {module_name!r} for {what}: it called sys.exit({exc.code!r}) "
+        raise AppError(f"cannot import {what}: module {module_name!r} called sys.exit({exc.code!r}) "
                        "while being imported") from None
 
 
-def _lookup(spec: str, what: str) -> Any:
+def _import_failure(module_name: str, what: str, exc: Exception) -> str:
+    """One line: what could not be imported, and the hint that fits."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name is not None:
+        if module_name == exc.name or module_name.startswith(exc.name + "."):
+            missing = "" if exc.name == module_name else f" (no package {exc.name!r})"
+            return (f"cannot import {what}: there is no module {module_name!r}{missing}. Is the directory that "
+                    f"holds it the current directory ({os.getcwd()}) or on PYTHONPATH?")
+        return (f"cannot import {what}: module {module_name!r} imports {exc.name!r}, which is not installed in "
+                f"this Python ({sys.executable}): install it there, or fix the import")
+    if isinstance(exc, SyntaxError):
+        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else module_name
+        return f"cannot import {what}: SyntaxError in {where}: {exc.msg}"
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" ({frame.filename}, line {frame.lineno})" if frame else ""
+    return (f"cannot import {what}: importing module {module_name!r} raised "
+            f"{type(exc).__name__}: {exc}{where}")
+
+
+def check_target_form(spec: str, what: str = "job target") -> tuple[str, str]:
+    """(module, attribute path) of 'package.module:name', checked without importing anything."""
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path:
         raise AppError(f"{what} {spec!r} must look like 'package.module:name'")
+    if module_name.endswith(".py") or "/" in module_name:
+        # A file path, as `python svc.py` would take: Phoenix imports modules by name.
+        dotted = module_name.removesuffix(".py").strip("/").replace("/", ".")
+        raise AppError(f"{what} {spec!r} names a file; name its module instead: did you mean "
+                       f"'{dotted}:{attr_path}'? (run phoenix from the directory that holds {dotted.split('.')[0]})")
+    return module_name, attr_path
+
+
+def _lookup(spec: str, what: str) -> Any:
+    module_name, attr_path = check_target_form(spec, what)
     obj = _import_module(module_name, f"{what} {spec!r}")
     for part in attr_path.split("."):
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import click
 
 from phoenix import config as config_module
 from phoenix import control, handoff, pidfile
-from phoenix.app import AppError, decode_params, encode_params, load_app, resolve_target
+from phoenix.app import AppError, decode_params, load_app, resolve_target
 from phoenix.config import Config, ConfigError
 from phoenix.durations import BadDuration, parse_duration
 from phoenix.journal import JOB_STATES, Journal, JournalError, KeyConflict, RetryRefused, journal_present
@@ -42,7 +43,11 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except (pidfile.AlreadyRunning, KeyConflict, RetryRefused) as exc:  # well formed, but at odds with the state
             fail(str(exc), 1)
-        except (AppError, ConfigError, JournalError, StateDirError, SocketBusy, MetricsError, KeyRefused,
+        except AppError as exc:
+            if exc.detail and _debug(kwargs):
+                click.echo(exc.detail, err=True)
+            fail(str(exc))
+        except (ConfigError, JournalError, StateDirError, SocketBusy, MetricsError, KeyRefused,
                 BadDuration) as exc:
             fail(str(exc))
         except control.ControlError as exc:
@@ -51,6 +56,13 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             fail(f"permission denied: {exc.filename or exc}; run phoenix as the user that owns the state directory")
 
     return wrapper
+
+
+def _debug(flags: dict[str, Any]) -> bool:
+    """--log-level debug (start), or PHOENIX_LOG_LEVEL=debug (any command):
+    show the traceback behind an error, importlib's frames and all."""
+    level = flags.get("log_level") or os.environ.get("PHOENIX_LOG_LEVEL") or ""
+    return level.lower() == "debug"
 
 
 state_dir_option = click.option(
@@ -214,21 +226,30 @@ def check(app: str, state_dir: str | None, config_file: str | None, force: bool)
 def submit(target: str, params: str, key: str | None, state_dir: str | None) -> None:
     """Record a job durably; a running master starts it when a slot is free.
 
+    \b
+    TARGET is "package.module:function" (a function decorated with @app.job)
+    or "package.module:Class.method" (a phoenix.HeartbeatChild). PARAMS is
+    JSON, given to the job as it is.
+
+    submit imports TARGET's module, as a master would, for two reasons: to
+    refuse at once a target that is not a job (rather than a job that fails
+    when it starts), and to find the state directory its App(...) sets, if
+    any. So run it where the job code and its dependencies can be imported
+    (the app's directory, or PYTHONPATH). To submit from code that does not
+    have the job code (a web app), use phoenix.Client, which does not import
+    it.
+
     The same KEY with the same target and parameters again is a no-op
     ("created": false); with another target or other parameters it is
     refused with exit 1, saying what differs."""
+    from phoenix.client import Client
+
     if key:
         check_key(key)  # before the state directory is made or touched
-    params_json = encode_params(decode_params(params))
+    job_params = decode_params(params)
     spec = resolve_target(target)
     paths = _state_paths(state_dir, app_settings=spec.app.settings if spec.app is not None else None)
-    paths.ensure()
-    with Journal(paths.journal) as journal:
-        job_id, created = journal.submit(target, params_json, key)
-    try:
-        control.request(paths.control_socket, {"cmd": "wake"}, timeout=2.0)
-    except control.ControlError:
-        pass  # no master running: the next one starts it
+    job_id, created = Client(state_dir=str(paths.root)).submit(target, job_params, key)
     click.echo(json.dumps({"id": job_id, "created": created}))
 
 
@@ -240,12 +261,15 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None) -> 
 @friendly_errors
 def status(state_dir: str | None, as_json: bool, watch_interval: float | None) -> None:
     """Show the master and the jobs; exit 0 if a master runs, 3 if none does."""
-    from phoenix.status import collect, render, watch
+    from phoenix.status import NoJournal, collect, render, watch
 
     paths = _state_paths(state_dir)
-    if watch_interval is not None:
-        watch(paths, watch_interval)
-    report, running = collect(paths)
+    try:
+        if watch_interval is not None:
+            watch(paths, watch_interval)
+        report, running = collect(paths)
+    except NoJournal as exc:
+        fail(str(exc), EXIT_NOT_RUNNING)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -291,6 +315,9 @@ def reload(state_dir: str | None, wait: bool, timeout: float, force: bool) -> No
     lacks a job target pending or running jobs use. --force overrides that
     check only; a plain USR2 never does."""
     paths = _state_paths(state_dir)
+    if pidfile.live_master_pid(paths.pidfile, paths.lockfile) is None:
+        fail(f"no master is running on {paths.root}: nothing to reload (start one with `phoenix start`)",
+             EXIT_NOT_RUNNING)
     reply = control.request(paths.control_socket, {"cmd": "reload", "force": force})
     generation = reply["generation"]
     if not wait:

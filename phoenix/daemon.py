@@ -40,7 +40,10 @@ def run_daemonized(run: Callable[[], int], paths: StatePaths) -> int:
                 try:
                     code = run()
                 except BaseException as exc:  # noqa: BLE001 - reported to the launcher, then exit
-                    message = "".join(traceback.format_exception_only(exc)).strip()
+                    # Phoenix's own errors (a master already running, a socket held)
+                    # say what is wrong in their text; anything else is named by its type.
+                    own = type(exc).__module__.startswith("phoenix.") and str(exc)
+                    message = str(exc) if own else "".join(traceback.format_exception_only(exc)).strip()
                     try:
                         os.write(ready_write, f"error: {message}".encode()[:4000])
                     except OSError:

@@ -298,7 +298,9 @@ class Handoff:
                          f"{m.config.reload_timeout} s (reload_timeout); it was killed")
             return
         if code != 0:
-            output = _cut(self.preflight_output.decode(errors="replace").strip(), PREFLIGHT_OUTPUT_LIMIT)
+            # Its own "phoenix: error: " prefix goes: `reload --wait` and the log add theirs.
+            output = _cut(self.preflight_output.decode(errors="replace").strip().removeprefix("phoenix: error: "),
+                          PREFLIGHT_OUTPUT_LIMIT)
             self._failed("preflight", f"preflight `phoenix check {m.app_spec}` failed with exit code {code}:\n"
                          f"{output or '(no output)'}")
             return
@@ -312,10 +314,7 @@ class Handoff:
         m = self.master
         self.move(HandoffPhase.IDLE)
         self.last_result = {"state": "failed", "from_generation": m.generation, "error": error}
-        first, _, rest = error.partition("\n")
-        log.event(logging.ERROR, "reload_failed", reason=reason, error=first)
-        if rest:
-            log.log.error("%s", rest)
+        log.event(logging.ERROR, "reload_failed", reason=reason, error=error)  # one record, the whole reason
         m.run_owed_callbacks()
 
     def continue_when_quiet(self) -> None:

@@ -663,12 +663,41 @@ class Journal:
 
     # -- reads for status ---------------------------------------------------
 
+    def attempt_end(self, job_id: int, n: int) -> tuple[str | None, int | None]:
+        """(reason, max RSS in KiB) recorded for a job's attempt n; (None, None) if none was."""
+        row = self.db.execute("SELECT reason, max_rss_kb FROM attempts WHERE job_id = ? AND n = ?",
+                              (job_id, n)).fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    def recent_failures(self, limit: int) -> list[dict[str, Any]]:
+        """The `limit` jobs that failed last, newest first, with their last attempt's reason and memory."""
+        cur = self.db.execute(
+            "SELECT j.key, j.target, j.outcome, a.reason, j.error, a.max_rss_kb, j.updated_at AS failed_at "
+            "FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.n = j.attempts "
+            "WHERE j.state = 'failed' ORDER BY j.updated_at DESC, j.id DESC LIMIT ?", (limit,))
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
+    def master_times(self) -> tuple[float | None, float | None]:
+        """(when the master that runs, or ran last, first started; when it was
+        last replaced, or None): a replacement (USR2) continues a master, a
+        start after a stop or a crash begins a new one."""
+        row = self.db.execute("SELECT id, at FROM events WHERE kind = 'master_start' ORDER BY id DESC LIMIT 1"
+                              ).fetchone()
+        if row is None:
+            return None, None
+        reload = self.db.execute("SELECT max(at) FROM events WHERE kind = 'replaced' AND id > ?", (row[0],)
+                                 ).fetchone()
+        return row[1], reload[0]
+
     def status_rows(self) -> Iterator[dict[str, Any]]:
         cur = self.db.execute(
             "SELECT j.id, j.key, j.target, j.params, j.state, j.attempts, j.outcome, j.result, j.error, "
-            "a.pid, a.n FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.outcome IS NULL ORDER BY j.id"
+            "a.pid, l.reason, l.max_rss_kb FROM jobs j "
+            "LEFT JOIN attempts a ON a.job_id = j.id AND a.outcome IS NULL "
+            "LEFT JOIN attempts l ON l.job_id = j.id AND l.n = j.attempts ORDER BY j.id"
         )
-        for job_id, key, target, params, state, attempts, outcome, result, error, pid, _n in cur:
+        for job_id, key, target, params, state, attempts, outcome, result, error, pid, reason, max_rss_kb in cur:
             yield {
                 "id": job_id,
                 "key": key,
@@ -680,6 +709,8 @@ class Journal:
                 "outcome": outcome,
                 "result": json.loads(result) if result is not None else None,
                 "error": error,
+                "reason": reason,  # of the last attempt: SIGSEGV, exit code 3, heartbeat_timeout ...
+                "max_rss_kb": max_rss_kb,  # of the last attempt that ended, when known
             }
 
     def timeline_attempts(self) -> list[dict[str, Any]]:

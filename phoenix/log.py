@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -14,6 +15,8 @@ from phoenix.untrusted import visible
 log = logging.getLogger("phoenix")
 
 _handler: logging.Handler | None = None
+# Set by setup() in the master; a child (forked from it) keeps its master's.
+_master_pid: int | None = None
 
 
 def event(level: int, name: str, **fields: Any) -> None:
@@ -35,7 +38,15 @@ class TextFormatter(logging.Formatter):
         if fields is None:
             text = f"{head} {message}"
         else:
-            text = f"{head} {message} " + " ".join(f"{k}={_plain(v)}" for k, v in fields.items())
+            # A field of several lines (a reload's whole reason) shows its first
+            # line in place and the rest below, indented: still one record.
+            shown, below = [], []
+            for name, value in fields.items():
+                first, newline, rest = str(value).partition("\n")
+                shown.append(f"{name}={_plain(first)}")
+                if newline:
+                    below.append("\n" + visible(rest, multiline=True))
+            text = f"{head} {message} " + " ".join(shown) + "".join(below)
         if record.exc_info:
             text += "\n" + visible(self.formatException(record.exc_info), multiline=True)
         return text.rstrip().replace("\n", "\n    ")
@@ -52,6 +63,7 @@ class JsonFormatter(logging.Formatter):
         payload: dict[str, Any] = {
             "ts": record.created,
             "level": record.levelname.lower(),
+            "master_pid": _master_pid,  # beside "pid", which a child's event sets to the child's
             "pid": record.process,
             "event": record.getMessage() if hasattr(record, "phoenix_fields") else "message",
         }
@@ -66,7 +78,8 @@ class JsonFormatter(logging.Formatter):
 
 def setup(level: str = "info", fmt: str = "text", file: str | None = None) -> None:
     """Configure the root logger (job code's logging goes the same way)."""
-    global _handler
+    global _handler, _master_pid
+    _master_pid = os.getpid()
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)

@@ -13,7 +13,9 @@ of VM, that doubled the cost of a fork)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sized, cast
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sized, cast
+
+from phoenix.states import KillReason, Outcome
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -87,11 +89,14 @@ class _MasterCollector:
 
         m = self.master
         c = m.counters
-        yield _labelled(GaugeMetricFamily("phoenix_jobs", "Jobs in the journal by state", labels=["state"]), c.jobs)
+        # Every known label is exported from the start, at 0: a rate() or an
+        # alert on a series that does not exist yet sees nothing.
+        yield _labelled(GaugeMetricFamily("phoenix_jobs", "Jobs in the journal by state", labels=["state"]),
+                        _with_zeros(JOB_STATES, c.jobs))
         yield _labelled(CounterMetricFamily("phoenix_attempts", "Attempts ended, by outcome", labels=["outcome"]),
-                        c.attempts)
+                        _with_zeros([str(o) for o in Outcome], c.attempts))
         yield _labelled(CounterMetricFamily("phoenix_kills", "Children killed by Phoenix, by reason",
-                                            labels=["reason"]), c.kills)
+                                            labels=["reason"]), _with_zeros([str(r) for r in KillReason], c.kills))
         yield CounterMetricFamily("phoenix_heartbeats_received", "Heartbeat datagrams accepted", value=c.beats)
         yield CounterMetricFamily("phoenix_heartbeats_missing", "Heartbeats a child numbered that never arrived",
                                   value=c.beats_missing)
@@ -105,6 +110,13 @@ class _MasterCollector:
         yield GaugeMetricFamily("phoenix_master_generation", "Generation of the running master", value=m.generation)
         yield GaugeMetricFamily("phoenix_children_running", "Children being watched", value=len(m.children))
         yield GaugeMetricFamily("phoenix_workers", "Concurrent child slots", value=m.slots)
+
+
+JOB_STATES = ("pending", "running", "finished", "failed")
+
+
+def _with_zeros(labels: Iterable[str], values: dict[str, int]) -> dict[str, int]:
+    return {**dict.fromkeys(labels, 0), **values}
 
 
 def _labelled(family: Any, values: dict[str, int]) -> Any:

@@ -55,16 +55,18 @@ CANCELLED_REASON = "cancelled by the operator (phoenix cancel)"
 class Classified:
     outcome: Outcome
     reason: str | None  # short, for logs and the status table
-    error: str | None  # the traceback, or the reason with its detail
+    error: str | None  # the traceback, or the reason with its detail (last line: the exception)
     result_json: str | None  # a finished job's result
 
 
 def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: bool,
-             kill_reason: KillReason | None, kill_detail: str | None, max_rss_kb: int | None,
+             kill_reason: KillReason | None, kill_detail: str | None,
              lost_reason: str = "exited while adopted; its exit status went to its former parent") -> Classified:
     """The outcome of an attempt, from what is known of its end, most telling first:
     its own final message (or outbox file), a stop, a kill, its exit status.
-    `status` is None when the process was not our child (adopted) or is gone."""
+    `status` is None when the process was not our child (adopted) or is gone.
+    The error text is the traceback or the reason alone (its last line says
+    what happened); max RSS is recorded in its own column, not in it."""
     reason: str | None = None
     error: str | None = None
     if final is not None and final.get(protocol.KIND) == "finished":
@@ -89,6 +91,4 @@ def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: b
         error = reason if kill_detail is None else kill_detail
         if status is not None and outcome == Outcome.KILLED:
             error = f"{error}; ended by {classify_exit(status)[1]}"
-    if max_rss_kb:
-        error = f"{error} (max RSS {max_rss_kb} KiB)"
     return Classified(outcome, reason, error, None)

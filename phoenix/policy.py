@@ -28,6 +28,9 @@ class Next:
     counts_as_failure: bool
     delay: float  # seconds before it may run again (pending only)
     callback: str | None  # on_finished | on_failed | None
+    # When the restart budget, not the backoff, holds the re-run: how many
+    # re-runs it holds ahead of this one (None: the backoff decides).
+    queued_behind: int | None = None
 
 
 def after_attempt(outcome: Outcome, failures: int, retries: int | None, *, budget: "RestartBudget", now: float,
@@ -49,7 +52,10 @@ def after_attempt(outcome: Outcome, failures: int, retries: int | None, *, budge
     if failures + 1 > retries:
         return Next("failed", True, 0.0, "on_failed")
     backoff = backoff_delay(failures + 1, backoff_base, backoff_cap, rng)
-    return Next("pending", True, max(backoff, budget.next_slot(now) - now), None)
+    held = budget.next_slot(now) - now
+    if held > backoff:
+        return Next("pending", True, held, None, queued_behind=budget.waiting(now) - 1)
+    return Next("pending", True, backoff, None)
 
 
 def may_run(failures: int, retries: int) -> bool:
@@ -89,3 +95,7 @@ class RestartBudget:
         slot = self.recent[-self.intensity] + self.period
         self.recent.append(slot)
         return slot
+
+    def waiting(self, now: float) -> int:
+        """Re-runs booked for later than `now`: those the budget holds back."""
+        return sum(1 for slot in self.recent if slot > now)

@@ -18,7 +18,7 @@ from phoenix.journal import Journal, OpenAttempt
 from phoenix.metrics import Counters, Histograms
 from phoenix.outcomes import Classified, classify
 from phoenix.paths import StatePaths
-from phoenix.policy import RestartBudget, after_attempt
+from phoenix.policy import Next, RestartBudget, after_attempt
 from phoenix.states import Outcome
 
 LOST_UNWATCHED = "the process ended while no master watched it"
@@ -58,7 +58,7 @@ class OutcomeRecorder:
         if final is not None and attempt.missing:
             h.intake.final_seq_arrived(attempt, final.get(protocol.SEQ))
         result = classify(final=final, status=status, interrupted=attempt.interrupted,
-                          kill_reason=attempt.kill_reason, kill_detail=attempt.kill_detail, max_rss_kb=max_rss_kb)
+                          kill_reason=attempt.kill_reason, kill_detail=attempt.kill_detail)
         h.guarded(functools.partial(self.record, attempt.job_id, attempt.key, attempt.target, attempt.attempt_id,
                                     attempt.number, result, max_rss_kb, attempt.pid), retry=True)
         if h.histograms is not None:
@@ -70,7 +70,7 @@ class OutcomeRecorder:
         started): its outcome is in the outbox, or it is lost."""
         final = self.read_outbox(a.job_id, a.n)
         result = classify(final=final, status=None, interrupted=False, kill_reason=None, kill_detail=None,
-                          max_rss_kb=None, lost_reason=reason)
+                          lost_reason=reason)
         self.record(a.job_id, a.key, a.target, a.attempt_id, a.n, result, None, a.pid)
 
     def record(self, job_id: int, key: str, target: str, attempt_id: int, number: int, result: Classified,
@@ -92,20 +92,30 @@ class OutcomeRecorder:
         if not recorded:
             return  # another master recorded it first (a fork-mode handover)
         h.counters.count(h.counters.attempts, result.outcome)
-        self._log(pid, key, number, result, after.job_state, after.delay)
+        self._log(pid, key, number, result, after, max_rss_kb)
         if callback_id is not None and not h.callbacks_held():
             # While a replacement waits for callbacks to end, new ones stay owed
             # in the journal and the new image runs them.
             h.start_callback(callback_id, job_id, number, after.callback or "")
 
-    @staticmethod
-    def _log(pid: int | None, key: str, number: int, result: Classified, job_state: str, delay: float) -> None:
-        outcome = result.outcome
+    def _log(self, pid: int | None, key: str, number: int, result: Classified, after: Next,
+             max_rss_kb: int | None) -> None:
+        outcome, job_state = result.outcome, after.job_state
         fields: dict[str, Any] = {"pid": pid, "job": key, "attempt": number, "outcome": outcome}
         if result.reason:
             fields["reason"] = result.reason
+        if result.error and outcome not in (Outcome.FINISHED, Outcome.INTERRUPTED):
+            last_line = result.error.rstrip().rpartition("\n")[2].strip()  # a traceback's: the exception
+            if last_line != result.reason:
+                fields["error"] = last_line
+        if max_rss_kb:
+            fields["max_rss_kb"] = max_rss_kb
         if job_state == "pending" and outcome != Outcome.INTERRUPTED:
-            fields["retry_in"] = f"{delay:.2f}s"
+            fields["retry_in"] = f"{after.delay:.2f}s"
+            if after.queued_behind is not None:
+                budget = self.host.budget
+                fields["held_by"] = (f"restart budget ({budget.intensity} re-runs per {budget.period:g}s), "
+                                     f"queued behind {after.queued_behind} other(s)")
         if job_state == "failed":
             name = "job_failed"
         else:

@@ -38,8 +38,9 @@ class CallbackSettler:
         assert self.host.app is not None
         row = self.host.journal.job_row(job_id)
         assert row is not None
+        reason, max_rss_kb = self.host.journal.attempt_end(job_id, number)
         info = JobInfo(job_id, row["key"], row["target"], json.loads(row["params"]), number, row["outcome"],
-                       row["error"])
+                       row["error"], reason, max_rss_kb)
         functions: list[Callable[..., Any]]
         if kind == "on_finished":
             functions = list(self.host.app.finished_callbacks)

@@ -13,11 +13,19 @@ from phoenix.paths import StatePaths
 from phoenix.untrusted import visible
 
 MASTER_FIELDS = ("pid", "generation", "state", "started_at", "uptime", "workers", "slots_used", "spare_pid", "app",
-                 "beats", "beats_missing", "rejected", "reload")
+                 "beats", "beats_missing", "rejected", "reload", "degraded_reason")
+
+
+RECENT_FAILURES = 5
+
+
+class NoJournal(Exception):
+    """Nothing has run with this state directory: no journal, no master."""
 
 
 def collect(paths: StatePaths) -> tuple[dict[str, Any], bool]:
-    """(report, master running?) in the shape `phoenix status --json` prints."""
+    """(report, master running?) in the shape `phoenix status --json` prints.
+    Raises NoJournal, creating nothing, when there is neither."""
     live: dict[str, Any] | None = None
     if pidfile.live_master_pid(paths.pidfile, paths.lockfile) is not None:
         try:
@@ -26,10 +34,18 @@ def collect(paths: StatePaths) -> tuple[dict[str, Any], bool]:
             live = None
     jobs: list[dict[str, Any]] = []
     meta: dict[str, Any] = {}
+    counts: dict[str, int] = {}
+    failures: list[dict[str, Any]] = []
+    first_start = last_reload = None
     if journal_present(paths.journal):
         with Journal(paths.journal, create=False) as journal:
             jobs = list(journal.status_rows())
             meta = {name: journal.meta(name) for name in ("generation", "started_at")}
+            counts = journal.counts()
+            failures = journal.recent_failures(RECENT_FAILURES)
+            first_start, last_reload = journal.master_times()
+    elif live is None:
+        raise NoJournal(f"no journal in {paths.root}: nothing has run here")
     running = (live or {}).get("running", {})
     for job in jobs:
         now = running.get(str(job["id"]))
@@ -38,10 +54,16 @@ def collect(paths: StatePaths) -> tuple[dict[str, Any], bool]:
             job.update(pid=now["pid"], age=now["age"], progress=now["progress"], rss=now["rss"])
     if live is not None:
         master = {k: live["master"][k] for k in MASTER_FIELDS if k in live["master"]}
+        wall = time.time()
+        # Since the first start of this master (replacements keep it going), and since its last replacement.
+        master["first_started_at"] = first_start
+        master["uptime_total"] = round(wall - first_start, 3) if first_start else master.get("uptime")
+        master["reloaded_at"] = last_reload
+        master["since_reload"] = round(wall - last_reload, 3) if last_reload else None
     else:
         master = {"pid": None, "generation": meta.get("generation"), "state": "stopped",
                   "started_at": meta.get("started_at")}
-    return {"master": master, "jobs": jobs}, live is not None
+    return {"master": master, "counts": counts, "recent_failures": failures, "jobs": jobs}, live is not None
 
 
 def duration(seconds: float | None) -> str:
@@ -62,16 +84,24 @@ def _size(value: int | None) -> str:
 def summary(report: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...]]]:
     """(heading, column names, rows of running jobs) for either rendering."""
     master = report["master"]
-    counts = {"pending": 0, "running": 0, "finished": 0, "failed": 0}
-    for job in report["jobs"]:
-        counts[job["state"]] = counts.get(job["state"], 0) + 1
+    counts = report.get("counts") or {}
     if master["state"] == "stopped":
         head = f"master: stopped (last generation {master['generation'] or '-'})"
     else:
+        since_reload = master.get("since_reload")
+        reloaded = f" (last reload {duration(since_reload)} ago)" if since_reload is not None else ""
         head = (f"master: {master['state']}  pid {master['pid']}  generation {master['generation']}  "
-                f"uptime {duration(master.get('uptime'))}  "
+                f"up {duration(master.get('uptime_total'))}{reloaded}  "
                 f"slots {master.get('slots_used', '-')}/{master.get('workers', '-')}")
-    head += "\n" + "  ".join(f"{state} {n}" for state, n in counts.items())
+        if master.get("degraded_reason"):  # it starts nothing until a reload loads good code: say why
+            reason = visible(str(master["degraded_reason"]).strip().splitlines()[0])
+            head += f"\ndegraded: the code could not be loaded: {reason}; fix it and reload (USR2)"
+    head += "\njobs: " + "  ".join(f"{state} {n}" for state, n in counts.items())
+    failures = report.get("recent_failures") or []
+    if failures:
+        head += "\nlast failures:"
+        for failure in failures:
+            head += "\n  " + failure_line(failure)
     columns = ["key", "pid", "attempt", "age", "last beat", "progress", "rss"]
     rows: list[tuple[str, ...]] = [
         (visible(job["key"]), str(job["pid"] or "-"), str(job["attempt"]), duration(job.get("age")),
@@ -80,6 +110,17 @@ def summary(report: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...
         for job in report["jobs"] if job["state"] == "running"
     ]
     return head, columns, rows
+
+
+def failure_line(failure: dict[str, Any]) -> str:
+    """One line per failed job: when, key, outcome and why (the error's last
+    line: a traceback's exception), peak memory. All of it escaped: it comes from jobs."""
+    when = time.strftime("%m-%d %H:%M:%S", time.localtime(failure["failed_at"]))
+    error = (failure["error"] or "").rstrip().rpartition("\n")[2].strip()
+    reason = failure["reason"] or ""
+    why = f"{reason}: {error}" if reason and error and reason not in error else error or reason
+    memory = f"  max RSS {failure['max_rss_kb'] / 1024:.1f}M" if failure["max_rss_kb"] else ""
+    return visible(f"{when}  {failure['key']}  {failure['outcome']}: {why or '-'}{memory}")[:300]
 
 
 def rich_table(report: dict[str, Any]) -> Any:

@@ -22,13 +22,13 @@ def test_app_that_does_not_import_is_named_with_its_error(state_dir, tmp_path):
         "import phoenix\napp = phoenix.App()\nraise RuntimeError('half-deployed')\n")
     result = phoenix_cli("start", "broken_app:app", state_dir=state_dir, env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 2
-    assert "cannot import module 'broken_app'" in error_of(result)
-    assert "RuntimeError: half-deployed" in result.stderr
+    assert "importing module 'broken_app' raised RuntimeError: half-deployed" in error_of(result)
+    assert "broken_app.py, line 3" in result.stderr
 
 
 def test_missing_module_and_non_app_attribute(state_dir):
     result = phoenix_cli("start", "no_such_module_xyz:app", state_dir=state_dir)
-    assert result.returncode == 2 and "No module named 'no_such_module_xyz'" in error_of(result)
+    assert result.returncode == 2 and "there is no module 'no_such_module_xyz'" in error_of(result)
     result = phoenix_cli("start", "tests.apps.jobs:noop", state_dir=state_dir)
     assert result.returncode == 2 and "not a phoenix.App" in error_of(result)
     result = phoenix_cli("start", "tests.apps.jobs", state_dir=state_dir)
@@ -89,9 +89,8 @@ def test_bad_configuration_value(state_dir, tmp_path):
 
 
 def test_status_json_while_stopped_and_running(master_factory, state_dir):
-    stopped = phoenix_cli("status", "--json", state_dir=state_dir)
-    assert stopped.returncode == 3
-    assert json.loads(stopped.stdout)["master"]["state"] == "stopped"
+    never_ran = phoenix_cli("status", "--json", state_dir=state_dir)
+    assert never_ran.returncode == 3 and "nothing has run here" in never_ran.stderr
 
     master = master_factory()
     master.submit("tests.apps.jobs:wait_forever", {"x": 1}, key="live")

@@ -17,7 +17,8 @@ def _record(kind, job, payload):
     path = os.environ.get("PHOENIX_TEST_CALLBACKS")
     if path:
         line = json.dumps({"kind": kind, "id": job.id, "key": job.key, "attempt": job.attempt,
-                           "outcome": job.outcome, "payload": payload, "master": os.getpid()})
+                           "outcome": job.outcome, "payload": payload, "master": os.getpid(),
+                           "reason": job.reason, "max_rss_kb": job.max_rss_kb})
         with open(path, "a") as f:
             f.write(line + "\n")
 

@@ -105,6 +105,7 @@ def test_a_new_image_that_cannot_load_runs_degraded_and_a_later_reload_recovers(
     assert master.proc.poll() is None and alive(pid)
     cli_status = phoenix_cli("status", state_dir=state_dir, env=env)
     assert cli_status.returncode == 0 and "degraded" in cli_status.stdout, cli_status
+    assert expected in cli_status.stdout  # the reason, on the plain status too
 
     # Degraded: it records what ends, starts nothing new, and owes the callbacks.
     assert submit("deployed_app:quick", {}, "queued").returncode == 0
