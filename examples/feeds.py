@@ -25,12 +25,12 @@ def fetch_feed(params):
     items = json.loads(Path(params["url"]).read_text())["items"]
     for item in items:
         time.sleep(0.05)  # stands in for the network and the database
-        phoenix.heartbeat()  # progress beat: this job is not stalled
-    return {"items": len(items)}
+        phoenix.heartbeat()  # progress: this job is not stalled (stall_timeout)
+    return {"items": len(items)}  # JSON, at most 64 KiB
 
 
 @app.on_finished
-def done(job, result):
+def done(job, result):  # job.id, job.key, job.attempt, job.params ...
     log.info("feed %s: %s items (attempt %s)", job.key, result["items"], job.attempt)
 
 
@@ -40,6 +40,6 @@ def failed(job, error):
 
 
 @app.startup
-def initial(app):
+def initial(app):  # runs at every master start; keys make it idempotent
     for url in FEEDS:
         app.submit(fetch_feed, {"url": url}, key=Path(url).stem)

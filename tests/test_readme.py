@@ -1,0 +1,239 @@
+"""Every fenced block of README.md is exercised, so a newcomer can paste it.
+
+The line before each fence names the rule that covers the block, in an HTML
+comment GitHub does not show: `<!-- readme-test: RULE [ARGUMENT] -->`. A block
+without one, or with a rule this file does not know, fails the suite: a new
+block cannot be skipped silently. The rules:
+
+- `run APP`: the block runs as written (`bash -e`) in a scratch directory
+  holding a copy of `examples/`; then a batch of APP there must finish every
+  job the journal holds, the ones the block submitted or left running included.
+- `run-with-master APP`: the same, with a master of APP already running there.
+- `example PATH`: the block (after a first `# PATH` line) is part of that file.
+- `install`: not run (it would install into the tree under test): its test
+  command must be what `.ci/run` runs, and its example run is run.
+- `output COMMAND`: sample output; its lines must have the shape COMMAND prints.
+- `bench`: the extra it installs holds what it names, and the options it uses
+  exist (running the benchmark takes minutes).
+- `layers`: the diagram names every module of the import-linter layers
+  contract, top-down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from tests.conftest import PYTHON, REPO, Master, phoenix_cli, wait_for
+
+README = REPO / "README.md"
+TAG = re.compile(r"<!-- readme-test: (\S+)(?: (.+?))? -->")
+FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)\s*$")
+BIN = Path(PYTHON).parent  # this interpreter's `phoenix` script, the one under test
+
+
+@dataclass(frozen=True)
+class Block:
+    line: int  # of the opening fence, 1-based
+    language: str
+    text: str
+    rule: str  # "" when the line before the fence names none
+    argument: str
+
+
+def readme_blocks() -> list[Block]:
+    lines = README.read_text().splitlines()
+    blocks = []
+    index = 0
+    while index < len(lines):
+        opening = FENCE.match(lines[index])
+        if opening is None:
+            index += 1
+            continue
+        indent, fence, language = opening.groups()
+        end = next((j for j in range(index + 1, len(lines)) if lines[j].strip() == fence), None)
+        assert end is not None, f"README.md:{index + 1}: the block opened here is never closed"
+        tag = TAG.fullmatch(lines[index - 1].strip()) if index > 0 else None
+        text = "".join(line.removeprefix(indent) + "\n" for line in lines[index + 1:end])
+        blocks.append(Block(index + 1, language, text, tag[1] if tag else "", (tag[2] or "") if tag else ""))
+        index = end + 1
+    return blocks
+
+
+def commands(block: Block) -> list[str]:
+    """The block's command lines, without comment lines or trailing comments."""
+    found = []
+    for line in block.text.splitlines():
+        command = re.sub(r"\s+#.*$", "", line).strip()
+        if command and not command.startswith("#"):
+            found.append(command)
+    return found
+
+
+# -- a scratch directory to run in --------------------------------------------------------
+
+def scratch_env() -> dict[str, str]:
+    """This interpreter's phoenix first on PATH, and no PHOENIX_* setting from outside."""
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("PHOENIX_") or name == "PHOENIX_TEST_MARKER"}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def scratch(tmp_path: Path) -> Path:
+    """A directory like the checkout's root as the README's commands see it: the examples and a fresh `.phoenix`."""
+    root = tmp_path / "scratch"
+    shutil.copytree(REPO / "examples", root / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def run_shell(text: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", text], cwd=cwd, env=scratch_env(),
+                          capture_output=True, text=True, timeout=60)
+
+
+def finish_every_job(root: Path, app: str) -> None:
+    """A batch of `app` in `root`: it adopts what was left running and runs what is pending; all must finish."""
+    batch = subprocess.run([str(BIN / "phoenix"), "start", app, "--exit-when-done"], cwd=root, env=scratch_env(),
+                           capture_output=True, text=True, timeout=60)
+    assert batch.returncode == 0, batch.stderr[-3000:]
+    report = json.loads(phoenix_cli("status", "--json", state_dir=root / ".phoenix").stdout)
+    jobs = {job["key"]: job for job in report["jobs"]}
+    assert jobs and {job["state"] for job in jobs.values()} == {"finished"}, jobs
+
+
+def stop_any_master(root: Path) -> None:
+    """After a block that failed half-way: a master it started must not outlive the test."""
+    if (root / ".phoenix").exists() and phoenix_cli("status", state_dir=root / ".phoenix").returncode == 0:
+        phoenix_cli("stop", state_dir=root / ".phoenix")
+
+
+# -- the rules ------------------------------------------------------------------------------
+
+def check_run(block: Block, tmp_path: Path) -> None:
+    root = scratch(tmp_path)
+    try:
+        result = run_shell(block.text, root)
+        assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-3000:]}"
+        stop_any_master(root)
+        finish_every_job(root, block.argument)
+    finally:
+        stop_any_master(root)
+
+
+def check_run_with_master(block: Block, tmp_path: Path) -> None:
+    root = scratch(tmp_path)
+    master = Master(root / ".phoenix", block.argument, cwd=root, log_dir=tmp_path, env=scratch_env()).start()
+    try:
+        result = run_shell(block.text, root)
+        assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-3000:]}"
+        stop_any_master(root)
+        master.wait_exit()
+        finish_every_job(root, block.argument)
+    finally:
+        master.stop()
+
+
+def check_example(block: Block, tmp_path: Path) -> None:
+    text = block.text.removeprefix(f"# {block.argument}\n")
+    shipped = (REPO / block.argument).read_text()
+    assert text in shipped, f"README.md:{block.line} is not a verbatim part of {block.argument}: copy it from there"
+
+
+def check_install(block: Block, tmp_path: Path) -> None:
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    ci_install = next(line for line in ci if line.startswith("python3 -m venv"))
+    ci_tests = next(line for line in ci if " -m pytest" in line)
+    example, tests = commands(block)
+    assert tests == f"{ci_install} && {ci_tests}", "the README's test command is not what .ci/run runs"
+    venv, install, start = example.split(" && ")
+    assert venv == ci_install.split(" && ")[0]
+    assert install == ".venv/bin/pip install -q ."
+    # Its last step, the example run, with this interpreter's phoenix in a scratch copy of the checkout.
+    root = scratch(tmp_path)
+    result = run_shell(start.replace(".venv/bin/phoenix", "phoenix", 1), root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (root / ".phoenix" / "journal.db").exists()  # "SQLite journal in ./.phoenix"
+    assert "monitoring_complete finished=6 failed=0" in result.stderr
+
+
+def shape(line: str) -> str:
+    """A line with every number, duration, size or ratio as `#` and runs of spaces as one."""
+    return " ".join(re.sub(r"^\d[\d.:/hms]*[KMG]?$", "#", word) for word in line.split())
+
+
+def check_output(block: Block, tmp_path: Path) -> None:
+    prompt, *sample = block.text.splitlines()
+    assert prompt == f"$ {block.argument}" and block.argument == "phoenix status", "only `phoenix status` samples"
+    sample = [line for line in sample if line != "..."]
+    master = Master(tmp_path / "state", "tests.apps.jobs:app", log_dir=tmp_path).start()
+    try:
+        master.submit("tests.apps.jobs:sleep", {"s": 30}, key="sleeper")
+        wait_for(lambda: master.jobs()["sleeper"]["last_beat_age"] is not None, timeout=10,
+                 what="the job's first beat")
+        printed = phoenix_cli("status", state_dir=master.state_dir).stdout.splitlines()
+    finally:
+        master.stop()
+    # The master line, the counts, the column header; then a job row with its key as `KEY`.
+    assert [shape(line) for line in sample[:3]] == [shape(line) for line in printed[:3]], printed
+    real_row = shape("KEY " + printed[3].split(maxsplit=1)[1])
+    for row in sample[3:]:
+        assert shape("KEY " + row.split(maxsplit=1)[1]) == real_row, (row, printed[3])
+
+
+def check_bench(block: Block, tmp_path: Path) -> None:
+    install, *runs = commands(block)
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert install == "pip install -e '.[bench]'" and "bench" in extras
+    named = re.search(r"# ([\w, -]+);", block.text.splitlines()[0])
+    assert named, "the install line's comment names the packages the extra brings"
+    requirements = {re.split(r"[<>=\[ ]", spec)[0] for spec in extras["bench"]}
+    assert set(named[1].split(", ")) <= requirements
+    usage = subprocess.run([PYTHON, "-m", "bench", "--help"], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert usage.returncode == 0, usage.stderr
+    for run in runs:
+        assert run.startswith("python -m bench")
+        for option in run.split()[3:]:
+            assert f" {option}" in usage.stdout, f"`python -m bench` has no option {option}"
+
+
+def check_layers(block: Block, tmp_path: Path) -> None:
+    contract = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    layer_of = {name.strip().removeprefix("phoenix."): number
+                for number, layer in enumerate(contract["layers"]) for name in layer.split("|")}
+    named = [name for line in block.text.splitlines() if line.strip()
+             for name in re.findall(r"[a-z_]+", re.split(r"\s{2,}", line.strip())[0])]
+    assert sorted(named) == sorted(layer_of), "the diagram and pyproject.toml's layers name other modules"
+    layers = [layer_of[name] for name in named]
+    assert layers == sorted(layers), "the diagram lists the layers in another order than pyproject.toml"
+
+
+RULES: dict[str, Callable[[Block, Path], None]] = {
+    "run": check_run, "run-with-master": check_run_with_master, "example": check_example,
+    "install": check_install, "output": check_output, "bench": check_bench, "layers": check_layers,
+}
+NEEDS_ARGUMENT = {"run", "run-with-master", "example", "output"}
+BLOCKS = readme_blocks()
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[f"line{b.line}-{b.rule or 'untagged'}" for b in BLOCKS])
+def test_readme_block(block: Block, tmp_path: Path) -> None:
+    assert block.rule in RULES, (
+        f"README.md:{block.line}: no rule covers this block; put `<!-- readme-test: RULE [ARGUMENT] -->` "
+        f"on the line before it, RULE one of {', '.join(RULES)} (see {Path(__file__).name})")
+    assert block.argument or block.rule not in NEEDS_ARGUMENT, f"README.md:{block.line}: `{block.rule}` of what?"
+    RULES[block.rule](block, tmp_path)
+
+
+def test_the_readme_has_the_blocks_this_file_knows() -> None:
+    """A parser that lost blocks would pass every test above."""
+    assert len(BLOCKS) == README.read_text().count("<!-- readme-test: ") >= 8
