@@ -292,7 +292,9 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
     if pid is None:
         fail(f"no master is running on {paths.root}", EXIT_NOT_RUNNING)
     mode = "drain" if drain else "leave" if leave_running else "term"
-    control.request(paths.control_socket, {"cmd": "stop", "mode": mode})
+    reply = control.request(paths.control_socket, {"cmd": "stop", "mode": mode})
+    if not reply.get("ok", True):
+        fail(f"stop refused: {reply.get('error')}", 1)
     deadline = time.monotonic() + timeout
     while pidfile.live_master_pid(paths.pidfile, paths.lockfile) is not None:
         if time.monotonic() > deadline:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from phoenix import log, pidfile, procfs, systemd
+from phoenix import log, pid1, pidfile, procfs, systemd
 from phoenix.commands import HANDLED_SIGNALS
 from phoenix.config import Config
 from phoenix.control import ControlServer
@@ -179,6 +179,7 @@ class Handoff:
         self.master = master
         self.phase = HandoffPhase.IDLE
         self.last_result: dict[str, Any] | None = None
+        self.refusal: str | None = None  # why the last reload request was refused, when not for being busy
         self.new_master_pid: int | None = None
         self.new_master_error: str | None = None  # what a fork-mode new master reported before it exited
         self.ready_read: int | None = None
@@ -202,12 +203,13 @@ class Handoff:
         """`phoenix reload [--force]`: same as USR2, and answers with the generation to wait past."""
         accepted = self.begin(force)
         return {"ok": accepted, "generation": self.master.generation,
-                "error": None if accepted else "a replacement is already in progress"}
+                "error": None if accepted else self.refusal or "a replacement is already in progress"}
 
     def begin(self, force: bool = False) -> bool:
         """Start a replacement; `force` passes the preflight's check that the
         new code has every target queued jobs use (only `phoenix reload --force`)."""
         m = self.master
+        self.refusal = None
         if self.busy:
             log.event(logging.WARNING, "reload_refused", reason="a replacement is already in progress",
                       phase=self.phase)
@@ -217,6 +219,12 @@ class Handoff:
             return False
         if m.state not in (MasterState.RUNNING, MasterState.DEGRADED):
             log.event(logging.WARNING, "reload_refused", reason=f"the master is {m.state}")
+            return False
+        if m.config.reexec == "fork" and pid1.is_namespace_init():
+            log.event(logging.ERROR, "reload_refused", reason=pid1.FORK_REPLACEMENT_REFUSED)
+            # What `phoenix reload --wait` reads: it exits 1 with this reason.
+            self.refusal = pid1.FORK_REPLACEMENT_REFUSED
+            self.last_result = {"state": "failed", "from_generation": m.generation, "error": self.refusal}
             return False
         log.event(logging.INFO, "reload", generation=m.generation, mode=m.config.reexec)
         self.move(HandoffPhase.PREFLIGHT)

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from setproctitle import setproctitle
 
-from phoenix import clock, exits, handoff, lineage, log, metrics, procfs, protocol, systemd
+from phoenix import clock, exits, handoff, lineage, log, metrics, pid1, procfs, protocol, systemd
 from phoenix import control as control_socket
 from phoenix.app import App, AppError, JobSpec, resolve_target
 from phoenix.attempts import Attempt
@@ -335,6 +335,9 @@ class Master:
             return {"ok": True, "cancelled": {key: self.cancel(key) for key in keys or []}}
         if command == Command.WAKE:
             self.scheduler.wake()
+        elif command == Command.LEAVE and pid1.is_namespace_init():
+            event(ERROR, "stop_refused", mode="leave-running", reason=pid1.LEAVE_RUNNING_REFUSED)
+            return {"ok": False, "error": pid1.LEAVE_RUNNING_REFUSED}
         elif command in (Command.STOP, Command.DRAIN, Command.LEAVE):
             self.begin_stop({Command.STOP: StopMode.TERM, Command.DRAIN: StopMode.DRAIN,
                              Command.LEAVE: StopMode.LEAVE}[command], signum)

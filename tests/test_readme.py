@@ -12,7 +12,8 @@ block cannot be skipped silently. The rules:
 - `example PATH`: the block (after a first `# PATH` line) is part of that file.
 - `install`: not run (it would install into the tree under test): its test
   command must be what `.ci/run` runs, and its example run is run.
-- `output COMMAND`: sample output; its lines must have the shape COMMAND prints.
+- `output COMMAND`: sample output; its lines must have the shape COMMAND prints
+  (for a master reloaded once, with a failed job and a running one).
 - `bench`: the extra it installs holds what it names, and the options it uses
   exist (running the benchmark takes minutes).
 - `layers`: the diagram names every module of the import-linter layers
@@ -171,23 +172,37 @@ def shape(line: str) -> str:
     return " ".join(re.sub(r"^\d[\d.:/hms]*[KMG]?$", "#", word) for word in line.split())
 
 
+FAILURE = re.compile(r"  \d\d-\d\d \d\d:\d\d:\d\d  \S+  [a-z]+: .+?(  max RSS [\d.]+M)?")  # `last failures:` lines
+
+
 def check_output(block: Block, tmp_path: Path) -> None:
     prompt, *sample = block.text.splitlines()
     assert prompt == f"$ {block.argument}" and block.argument == "phoenix status", "only `phoenix status` samples"
     sample = [line for line in sample if line != "..."]
+    # A master that has been reloaded once and has a failed job, so that every line the sample shows is printed.
     master = Master(tmp_path / "state", "tests.apps.jobs:app", log_dir=tmp_path).start()
     try:
+        master.submit("tests.apps.jobs:raises", {}, key="broken")
+        wait_for(lambda: master.jobs()["broken"]["state"] == "failed", timeout=10, what="the job's failure")
+        reload = phoenix_cli("reload", "--wait", state_dir=master.state_dir)
+        assert reload.returncode == 0, reload.stderr
         master.submit("tests.apps.jobs:sleep", {"s": 30}, key="sleeper")
         wait_for(lambda: master.jobs()["sleeper"]["last_beat_age"] is not None, timeout=10,
                  what="the job's first beat")
         printed = phoenix_cli("status", state_dir=master.state_dir).stdout.splitlines()
     finally:
         master.stop()
-    # The master line, the counts, the column header; then a job row with its key as `KEY`.
+    # The master line and the counts; the failures, each as FAILURE; the column header; then
+    # job rows with their key as `KEY`.
+    header = printed.index(next(line for line in printed if line.startswith("key ")))
+    assert printed[2] == "last failures:" and all(FAILURE.fullmatch(line) for line in printed[3:header]), printed
     assert [shape(line) for line in sample[:3]] == [shape(line) for line in printed[:3]], printed
-    real_row = shape("KEY " + printed[3].split(maxsplit=1)[1])
-    for row in sample[3:]:
-        assert shape("KEY " + row.split(maxsplit=1)[1]) == real_row, (row, printed[3])
+    sample_header = 3 + next(i for i, line in enumerate(sample[3:]) if not FAILURE.fullmatch(line))
+    assert sample_header > 3, "the sample shows no failure line"
+    assert shape(sample[sample_header]) == shape(printed[header]), (sample[sample_header], printed[header])
+    real_row = shape("KEY " + printed[header + 1].split(maxsplit=1)[1])
+    for row in sample[sample_header + 1:]:
+        assert shape("KEY " + row.split(maxsplit=1)[1]) == real_row, (row, printed[header + 1])
 
 
 def check_bench(block: Block, tmp_path: Path) -> None:
