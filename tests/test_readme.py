@@ -9,6 +9,7 @@ block cannot be skipped silently. The rules:
   holding a copy of `examples/`; then a batch of APP there must finish every
   job the journal holds, the ones the block submitted or left running included.
 - `run-with-master APP`: the same, with a master of APP already running there.
+- `python APP`: the same as `run`, the block being a Python program (library use).
 - `example PATH`: the block (after a first `# PATH` line) is part of that file.
 - `install`: not run (it would install into the tree under test): its test
   command must be what `.ci/run` runs, and its example run is run.
@@ -102,6 +103,10 @@ def run_shell(text: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
+def run_python(text: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-c", text], cwd=cwd, env=scratch_env(), capture_output=True, text=True, timeout=60)
+
+
 def finish_every_job(root: Path, app: str) -> None:
     """A batch of `app` in `root`: it adopts what was left running and runs what is pending; all must finish."""
     batch = subprocess.run([str(BIN / "phoenix"), "start", app, "--exit-when-done"], cwd=root, env=scratch_env(),
@@ -120,15 +125,20 @@ def stop_any_master(root: Path) -> None:
 
 # -- the rules ------------------------------------------------------------------------------
 
-def check_run(block: Block, tmp_path: Path) -> None:
+def check_run(block: Block, tmp_path: Path, runner: Callable[[str, Path], subprocess.CompletedProcess[str]] = run_shell,
+              ) -> None:
     root = scratch(tmp_path)
     try:
-        result = run_shell(block.text, root)
+        result = runner(block.text, root)
         assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-3000:]}"
         stop_any_master(root)
         finish_every_job(root, block.argument)
     finally:
         stop_any_master(root)
+
+
+def check_python(block: Block, tmp_path: Path) -> None:
+    check_run(block, tmp_path, run_python)
 
 
 def check_run_with_master(block: Block, tmp_path: Path) -> None:
@@ -226,17 +236,17 @@ def check_layers(block: Block, tmp_path: Path) -> None:
     layer_of = {name.strip().removeprefix("phoenix."): number
                 for number, layer in enumerate(contract["layers"]) for name in layer.split("|")}
     named = [name for line in block.text.splitlines() if line.strip()
-             for name in re.findall(r"[a-z_]+", re.split(r"\s{2,}", line.strip())[0])]
+             for name in re.findall(r"[a-z_][a-z0-9_]*", re.split(r"\s{2,}", line.strip())[0])]
     assert sorted(named) == sorted(layer_of), "the diagram and pyproject.toml's layers name other modules"
     layers = [layer_of[name] for name in named]
     assert layers == sorted(layers), "the diagram lists the layers in another order than pyproject.toml"
 
 
 RULES: dict[str, Callable[[Block, Path], None]] = {
-    "run": check_run, "run-with-master": check_run_with_master, "example": check_example,
+    "run": check_run, "run-with-master": check_run_with_master, "python": check_python, "example": check_example,
     "install": check_install, "output": check_output, "bench": check_bench, "layers": check_layers,
 }
-NEEDS_ARGUMENT = {"run", "run-with-master", "example", "output"}
+NEEDS_ARGUMENT = {"run", "run-with-master", "python", "example", "output"}
 BLOCKS = readme_blocks()
 
 
