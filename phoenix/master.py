@@ -8,7 +8,7 @@ outcomes); every state field has one writer that checks the move (states.py).
                                       # (next_deadline); heartbeats, signals, control requests,
                                       # pidfds; a master that overslept gives every child grace
         run_commands()                # signals, in arrival order, through execute()
-        reap_children()               # our own children (SIGCHLD + wait4); orphans we subreap
+        reaper.reap()                 # our own children (SIGCHLD + wait4); orphans we subreap
         hangs.run_due_timers()        # liveness checks and kills due on the timer heap
         scheduler.spawn_pending_jobs()  # through the one slot gate (policy.may_start_jobs)
         spawner.replenish()           # the spare child
@@ -33,8 +33,8 @@ from typing import Any, Callable
 
 from setproctitle import setproctitle
 
-from phoenix import clock, exits, handoff, lineage, log, metrics, pid1, procfs, protocol, systemd
 from phoenix import control as control_socket
+from phoenix import exits, handoff, lineage, log, metrics, pid1, procfs, protocol, systemd
 from phoenix.app import App, AppError, JobSpec, resolve_target
 from phoenix.attempts import Attempt
 from phoenix.callbacks import CallbackRunner
@@ -43,21 +43,21 @@ from phoenix.config import Config
 from phoenix.control import ControlServer
 from phoenix.hangs import HangKiller, signal_attempt
 from phoenix.heartbeats import HeartbeatIntake
-from phoenix.journal import Journal, JournalError, OpenAttempt
+from phoenix.journal import Journal, JournalError
 from phoenix.liveness import master_was_away
 from phoenix.outage import STORAGE_ERRORS, JournalOutage, file_identity, restore_journal
-from phoenix.outcomes import classify_exit
 from phoenix.paths import StatePaths
 from phoenix.pidfile import AlreadyRunning, PidFile
 from phoenix.policy import RestartBudget, may_start_jobs
-from phoenix.recorder import LOST_UNWATCHED, OutcomeRecorder
+from phoenix.reaper import Reaper
+from phoenix.recorder import OutcomeRecorder
 from phoenix.scheduler import Scheduler
 from phoenix.settler import CallbackSettler
 from phoenix.signals import SignalFD, set_child_subreaper
 from phoenix.sockets import bind_heartbeat
 from phoenix.spawner import Spawner
 from phoenix.statefiles import StateFiles
-from phoenix.states import MASTER_TRANSITIONS, HandoffPhase, MasterState, StopMode, TimerKind, check_move
+from phoenix.states import MASTER_TRANSITIONS, HandoffPhase, MasterState, StopMode, check_move
 from phoenix.timers import TimerHeap
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
@@ -88,6 +88,7 @@ class Master:
         self.intake = HeartbeatIntake(self.children, self.counters, os.getuid(), lambda: self.config.heartbeat_interval)
         self.recorder = OutcomeRecorder(self)
         self.hangs = HangKiller(self)
+        self.reaper = Reaper(self)
         self.replacements = 0
         self.last_woke = time.monotonic()  # when the loop last returned from its sleep
         self.title_due = 0.0
@@ -100,7 +101,6 @@ class Master:
         self.spawner = Spawner(self)
         self.scheduler = Scheduler(self)
         self.retired_heartbeats: list[socket.socket] = []  # still read after a state-dir rebuild
-        self.child_exited = True  # SIGCHLD seen since the last reap (True: reconcile at start)
         self.watchdog = systemd.Watchdog()  # WATCHDOG=1 when systemd's WatchdogSec asks for it
         self.outage = JournalOutage(str(self.paths.journal))
         self.next_state_dir_check = 0.0
@@ -177,7 +177,7 @@ class Master:
     def _read_signals(self) -> None:
         for signum, sender, uid in self.signal_fd.read():
             if signum == signal.SIGCHLD:
-                self.child_exited = True
+                self.reaper.child_exited = True
                 continue
             attempt_pid = lineage.owning_attempt(sender, self.children) if sender else None
             if attempt_pid is not None:  # a job cannot stop, reload or reconfigure the master that runs it
@@ -186,44 +186,6 @@ class Master:
                       job=owner.key, attempt=owner.number, reason="sent by a process of a running job")
                 continue
             self.signals.append(signum)
-
-    def adopt_running_attempts(self) -> None:
-        """Take charge of every attempt the journal says is running: ours
-        across an in-place exec, orphans after a fork-mode replacement or a
-        master crash. Each gets one full heartbeat_timeout of grace. The app
-        is loaded by now (or known missing): an attempt found lost is judged
-        under its job's own policy."""
-        now = time.monotonic()
-        for open_attempt in self.journal.open_attempts():
-            self._adopt(open_attempt, now)
-        self.read_heartbeats()  # beats and outcomes queued while no master read them
-
-    def _adopt(self, a: OpenAttempt, now: float) -> None:
-        if a.pid is None:
-            # A fork that failed, and the master died before recording so.
-            self.recorder.conclude_without_process(a, "the master stopped before the attempt started")
-            return
-        parent, alive = procfs.parent_and_sameness(a.pid, a.start_time)
-        own = parent == os.getpid()
-        if not own and not alive:
-            self.recorder.conclude_without_process(a, LOST_UNWATCHED)
-            return
-        spec = self.known_spec(a.target)
-        # max_runtime counts from the attempt's real start, not from its adoption,
-        # on a clock that a wall-clock step does not move.
-        started = now - clock.age(a.started_boot, a.start_time)
-        attempt = Attempt(a.attempt_id, a.job_id, a.key, a.target, a.n, a.pid, spec, started, now, now, own_child=own)
-        attempt.last_seq = -1  # its numbering started under another master: do not count that as lost beats
-        if not own:
-            try:
-                attempt.pidfd = os.pidfd_open(a.pid)
-            except ProcessLookupError:
-                self.recorder.conclude_without_process(a, LOST_UNWATCHED)
-                return
-            self.selector.register(attempt.pidfd, selectors.EVENT_READ, lambda at=attempt: self.adopted_exited(at))
-        self.children[a.pid] = attempt
-        self.timers.push(now + self.config.heartbeat_timeout, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
-        event(INFO, "adopt", pid=a.pid, job=a.key, attempt=a.n, how="child" if own else "pidfd")
 
     def announce_ready(self) -> None:
         now = time.monotonic()
@@ -258,13 +220,13 @@ class Master:
     def run(self) -> int:
         self.open()
         try:
-            self.adopt_running_attempts()
+            self.reaper.adopt_running_attempts()
             self.announce_ready()
             self.last_woke = time.monotonic()  # start-up (imports, a journal check) is not absence
             while self.state != MasterState.STOPPED:
                 self.wait_for_events()
                 self.run_commands()
-                self.reap_children()
+                self.reaper.reap()
                 self.hangs.run_due_timers(time.monotonic())
                 self.guarded(self.scheduler.spawn_pending_jobs)
                 self.spawner.replenish()
@@ -403,40 +365,6 @@ class Master:
 
     # -- exits ------------------------------------------------------------------------
 
-    def reap_children(self) -> None:
-        if self.handoff.phase == HandoffPhase.FORKED:
-            # The new master watches the children now (through pidfds); only
-            # reap the new master itself, to notice if it dies before ready.
-            self.reap_new_master()
-            return
-        if not self.child_exited:
-            return  # no SIGCHLD since the last sweep: nothing to reap
-        self.child_exited = False
-        while True:
-            try:
-                pid, status, rusage = os.wait4(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            attempt = self.children.pop(pid, None)
-            if attempt is not None:
-                self.conclude(attempt, status, rusage.ru_maxrss)
-            elif pid in self.subprocesses:
-                self.subprocesses.pop(pid)(status)
-            else:  # an orphan handed to us as subreaper (a job's daemon, ended with its attempt)
-                event(logging.DEBUG, "reaped_orphan", pid=pid, how=classify_exit(status)[1])
-
-    def reap_new_master(self) -> None:
-        pid = self.handoff.new_master_pid
-        assert pid is not None
-        try:
-            reaped, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if reaped:
-            self.subprocesses.pop(pid)(status)
-
     def leave_children_running(self) -> None:
         """Fork mode, once the new master is ready: exit without touching the
         children; they are orphaned, keep beating, and the new master adopts them."""
@@ -444,20 +372,8 @@ class Master:
         self.children.clear()
         self.change_state(MasterState.STOPPED)
 
-    def adopted_exited(self, attempt: Attempt) -> None:
-        """The pidfd of an adopted (not our) child became readable: it exited.
-        Its exit status went to its real parent; the outcome comes from its
-        final message or the outbox."""
-        self.read_heartbeats()  # its final message may be queued behind the exit
-        if self.children.get(attempt.pid) is attempt:
-            del self.children[attempt.pid]
-            self.conclude(attempt, None, None)
-
-    def conclude(self, attempt: Attempt, status: int | None, max_rss_kb: int | None) -> None:
-        if attempt.pidfd is not None:
-            self.selector.unregister(attempt.pidfd)
-            os.close(attempt.pidfd)
-        self.recorder.conclude(attempt, status, max_rss_kb)
+    def fork_successor(self) -> int | None:
+        return self.handoff.new_master_pid if self.handoff.phase == HandoffPhase.FORKED else None
 
     # -- what the recorder asks (recorder.OutcomeHost) ---------------------------------
 

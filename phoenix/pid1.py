@@ -4,7 +4,7 @@ What holds there as anywhere: signals reach the loop through the signalfd
 (the handled ones are blocked, and the kernel never drops a blocked signal,
 even for an init with no handler, so `docker stop`'s TERM from outside the
 namespace is read like any other); every orphan of the namespace is
-reparented to the master and reaped (`Master.reap_children`); an in-place
+reparented to the master and reaped (`Reaper.reap`); an in-place
 replacement execs in the same process and keeps PID 1.
 
 What cannot work there: when init exits, the kernel SIGKILLs every other

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.apps.replace_tools import APP, SLOW, UNTIL, alive, live, runs
+from tests.apps.replace_tools import APP, HEARTBEAT_TIMEOUT, SLOW, UNTIL, alive, live, runs
 from tests.conftest import REPO, phoenix_cli, wait_for
 
 
@@ -186,8 +186,9 @@ def test_app_settings_and_the_config_file_are_one_configuration_for_every_comman
 
 
 def test_a_frozen_master_kills_no_healthy_child_when_it_wakes(master_factory, state_dir, tmp_path):
-    env = {"PHOENIX_HEARTBEAT_TIMEOUT": "1.0"}
-    master = master_factory(app=APP, env=env)
+    # tests.apps.replace's own heartbeat_timeout (2 s): generous enough that a
+    # loaded test machine kills nobody, while the freeze below is three of it.
+    master = master_factory(app=APP)
     done = tmp_path / "done"
     keys = [f"j{n}" for n in range(12)]
     for key in keys:
@@ -197,7 +198,8 @@ def test_a_frozen_master_kills_no_healthy_child_when_it_wakes(master_factory, st
     master.signal(signal.SIGSTOP)  # the fault: a master that does not run for 3 heartbeat timeouts
     try:
         stopped = os.times().elapsed
-        wait_for(lambda: os.times().elapsed - stopped >= 3.0, 10.0, "three heartbeat timeouts to pass", 0.1)
+        wait_for(lambda: os.times().elapsed - stopped >= 3 * HEARTBEAT_TIMEOUT, 15.0,
+                 "three heartbeat timeouts to pass", 0.1)
     finally:
         master.signal(signal.SIGCONT)
     master.wait_log("master_was_away", timeout=SLOW)
