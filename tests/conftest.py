@@ -25,6 +25,11 @@ __all__ = ["MARKER", "PYTHON", "REPO", "Master", "marked_pids", "phoenix_cli", "
 # process still carrying it is a leak.
 MARKER = f"phoenix-test-{uuid.uuid4().hex}"
 os.environ["PHOENIX_TEST_MARKER"] = MARKER
+# setproctitle reuses the memory of the environment for a long title, which
+# wipes /proc/PID/environ, marker included: every master and child would be
+# invisible to the check below. SPT_NOENV keeps the environment (the title
+# is then cut to the length of the command line, long enough for Phoenix's).
+os.environ["SPT_NOENV"] = "1"
 
 
 def marked_pids() -> list[int]:
