@@ -355,8 +355,7 @@ def report(state_dir: str | None, html_file: str) -> None:
     from phoenix.report import write
 
     paths = _state_paths(state_dir)
-    if not journal_present(paths.journal):
-        fail(f"no journal at {paths.journal}: nothing has run with this --state-dir")
+    _require_journal(paths)
     attempts = write(paths.journal, Path(html_file))
     click.echo(f"wrote {html_file}: {attempts} attempts")
 
@@ -367,9 +366,13 @@ def report(state_dir: str | None, html_file: str) -> None:
 def _existing_journal(state_dir: str | None) -> tuple[StatePaths, Journal]:
     """The journal of the state directory, never created by a command that only looks at it."""
     paths = _state_paths(state_dir)
+    _require_journal(paths)
+    return paths, Journal(paths.journal, create=False)
+
+
+def _require_journal(paths: StatePaths) -> None:
     if not journal_present(paths.journal):
         fail(f"no journal in {paths.root}: nothing has run here")
-    return paths, Journal(paths.journal, create=False)
 
 
 def _seconds(text: str | None) -> float | None:
@@ -439,10 +442,7 @@ def retry(keys: tuple[str, ...], all_failed: bool, target: str | None, state_dir
     paths, journal = _existing_journal(state_dir)
     with journal:
         retried = journal.retry(None if all_failed else list(keys), target)
-    try:
-        control.request(paths.control_socket, {"cmd": "wake"}, timeout=2.0)
-    except control.ControlError:
-        pass  # no master running: the next one starts them
+    control.wake(paths.control_socket)
     click.echo(json.dumps({"retried": retried}))
 
 

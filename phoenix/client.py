@@ -25,8 +25,6 @@ from phoenix.journal import Journal
 from phoenix.paths import StatePaths
 from phoenix.untrusted import check_key
 
-WAKE_TIMEOUT = 1.0  # a master that does not answer in time still finds the job on its next poll
-
 
 class Client:
     """Where to submit: `state_dir`, else the configuration (`config_file`,
@@ -59,8 +57,5 @@ class Client:
 
     def wake(self) -> None:
         """Ask the running master to look for pending jobs now."""
-        try:
-            control.request(self.paths.control_socket, {"cmd": "wake"}, timeout=WAKE_TIMEOUT)
-        except control.ControlError:
-            pass  # no master running: the next one starts the job
+        control.wake(self.paths.control_socket)
 

@@ -338,3 +338,15 @@ def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[s
     if not reply.get("ok", False):
         raise ControlError(reply.get("error", "the master refused the request"))
     return reply
+
+
+WAKE_TIMEOUT = 1.0  # a master that does not answer in time still finds the jobs on its next poll
+
+
+def wake(path: Path) -> None:
+    """Ask the running master to look for pending jobs now; with none running,
+    the next one starts them."""
+    try:
+        request(path, {"cmd": "wake"}, timeout=WAKE_TIMEOUT)
+    except ControlError:
+        pass
