@@ -30,6 +30,7 @@ class Attempt:
     last_seq: int = 0  # -1: not known yet (adopted: the first message sets it)
     missing: set[int] = field(default_factory=set)  # sequence numbers skipped that have not arrived (yet)
     final: dict[str, Any] | None = None  # the finished/failed message, once received
+    final_held: bool = False  # the final is in the journal (and was acknowledged to the child)
     kill_reason: KillReason | None = None
     kill_detail: str | None = None
     interrupted: bool = False

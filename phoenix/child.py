@@ -57,38 +57,30 @@ class _Runtime:
         self.interval = interval
         self.progress = 0
         self.seq = 0
+        self.final_seq = 0
         self.lock = threading.Lock()
 
     def next_message(self, kind: str, **body: Any) -> bytes:
         with self.lock:
             self.seq += 1
-            return self.encode(kind, self.seq, **body)
-
-    def encode(self, kind: str, seq: int, **body: Any) -> bytes:
-        return protocol.encode(self.context.job_id, self.context.attempt, kind, seq, self.progress, **body)
+            if kind in protocol.FINAL_KINDS:
+                self.final_seq = self.seq
+            return protocol.encode(self.context.job_id, self.context.attempt, kind, self.seq, self.progress, **body)
 
     def beat_forever(self) -> None:
-        # Start-up jitter: children forked together must not beat in lockstep
-        # into a queue that holds only ~10 datagrams.
+        # Start-up jitter: children forked together do not beat in lockstep.
         time.sleep(random.uniform(0, min(self.interval, 0.2)))
         reported = -1
         while True:
             kind = "progress" if self.progress != reported else "beat"
             reported = self.progress
             message = self.next_message(kind)
-            seq = self.seq
-            first_try = time.monotonic()
             delay = 0.01
             # Keep this beat (and its number) until it is sent: the master may be
-            # busy, between two images, or gone for a while; none of it is fatal.
-            # Sleep with jitter rather than block in poll(): hundreds of children
-            # blocked on one full queue all wake at every datagram the master reads.
+            # gone for a while (a crash, then a new one binds the path); none of it is fatal.
             while not self.sender.send_once(message):
                 time.sleep(random.uniform(delay, 2 * delay))
                 delay = min(delay * 2, self.interval)
-                # Say how long this beat waited: the master's evidence that it,
-                # not this child, is the one falling behind.
-                message = self.encode(kind, seq, w=round(time.monotonic() - first_try, 3))
             time.sleep(self.interval)
 
 
@@ -140,9 +132,8 @@ def _close_fds_except(keep_fds: set[int]) -> None:
 
 
 def _write_outbox(outbox: Path, job_id: int, attempt: int, data: bytes) -> None:
-    """The outcome on disk before it is sent: if the master dies with the
-    message still in its socket queue, the next master finds it here and the
-    job is not run again. Plain os calls on str paths: this runs once per job
+    """The outcome on disk when no master acknowledged it: the next master
+    finds it here and the job is not run again. Plain os calls on str paths: this runs once per job
     and pathlib's objects cost more than the writing."""
     final = f"{outbox}/{job_id}.{attempt}.json"
     temporary = f"{outbox}/.{job_id}.{attempt}.{os.getpid()}.tmp"
@@ -234,9 +225,11 @@ def run(
         # after this child was forked is imported here, and may take a while.
         spec = resolve(got["target"])
         code, final = _perform(spec, context)
-        _write_outbox(outbox, context.job_id, context.attempt, final)
-        # A socket of its own: a Sender is not shared between threads.
-        protocol.Sender(socket_path).send_until(final, time.monotonic() + got["delivery"])
+        # On the same connection, after every beat: the master acknowledges it
+        # once it is in the journal. Only without an ack (the master being
+        # replaced too long, or gone) does the outcome go to a file.
+        if not sender.deliver(final, _runtime.final_seq, time.monotonic() + got["delivery"]):
+            _write_outbox(outbox, context.job_id, context.attempt, final)
     except BaseException:  # noqa: BLE001 - a child must never unwind into the master's code
         traceback.print_exc()
     finally:
@@ -260,7 +253,7 @@ def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:
             return 1, _runtime.next_message("failed", error=f"the job called sys.exit({exc.code!r})")
     except BaseException as exc:  # noqa: BLE001 - any failure of the job is its outcome
         text = "".join(traceback.format_exception(exc))
-        if len(text) > MAX_ERROR_CHARS:  # keep the message within one datagram: the head and the end matter
+        if len(text) > MAX_ERROR_CHARS:  # keep the message within one record: the head and the end matter
             text = text[: MAX_ERROR_CHARS // 2] + "\n[... traceback cut ...]\n" + text[-MAX_ERROR_CHARS // 2 :]
         return 1, _runtime.next_message("failed", error=text)
     try:
@@ -271,7 +264,7 @@ def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:
             "failed",
             error=(
                 f"the job's result is {size} bytes of JSON, more than the {protocol.MAX_MESSAGE_BYTES}-byte limit "
-                "of a heartbeat datagram; write large results to a file or a database and return its path or key"
+                "of a heartbeat message; write large results to a file or a database and return its path or key"
             ),
         )
     except (TypeError, ValueError) as exc:

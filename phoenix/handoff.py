@@ -3,12 +3,14 @@
 In place (default): preflight the new code in a throwaway process, wait for
 callbacks in flight, block the handled signals (the mask and pending signals
 survive exec; handlers do not, and USR2's default action would kill us), make
-the heartbeat socket, control socket and pidfile-lock fds inheritable, and
-exec the same command line. Same pid: the pidfile, a Procfile runner and
+the listening heartbeat socket, every child's connection (named by its
+pid), the control socket and the pidfile-lock fds inheritable, and exec the
+same command line. Same pid: the pidfile, a Procfile runner and
 systemd keep working, and the children stay our children.
 
 Fork (reexec = "fork", unicorn-style): the same preflight, then fork and exec
-a new master with the same fds; the old pidfile becomes phoenix.pid.oldbin;
+a new master with the same fds (the children's connections included: both
+processes hold them, only one reads; no child needs to reconnect); the old pidfile becomes phoenix.pid.oldbin;
 the new master says it is ready over a pipe and the old one exits without
 touching its children, which the new one adopts through pidfds.
 """
@@ -32,6 +34,7 @@ from phoenix import log, pid1, pidfile, procfs, systemd
 from phoenix.commands import HANDLED_SIGNALS
 from phoenix.config import Config
 from phoenix.control import ControlServer
+from phoenix.heartbeats import HeartbeatIntake
 from phoenix.journal import Journal
 from phoenix.outcomes import classify_exit
 from phoenix.paths import StatePaths
@@ -63,6 +66,7 @@ class HandoffHost(Protocol):
     selector: selectors.BaseSelector
     control: ControlServer
     heartbeat: socket.socket
+    intake: HeartbeatIntake
     pidfile: PidFile
     timers: TimerHeap
     subprocesses: dict[int, Callable[[int], None]]
@@ -70,7 +74,7 @@ class HandoffHost(Protocol):
 
     def run_owed_callbacks(self) -> None: ...
     def callbacks_running(self) -> bool: ...
-    def read_heartbeats(self, sock: socket.socket | None = None) -> None: ...
+    def read_heartbeats(self) -> None: ...
     def leave_children_running(self) -> None: ...
     def end_spare(self) -> None: ...
     def reopen_journal(self) -> None: ...
@@ -131,7 +135,7 @@ _fork_successor = False  # set by inherited_fds(): this image is a fork-mode suc
 
 
 def inherited_fds() -> dict[str, int]:
-    """The fds handed over by the previous image: {"heartbeat": 3, ...}."""
+    """The fds handed over by the previous image: {"heartbeat": 3, "link.PID.N": 9, ...}."""
     global _fork_successor
     raw = os.environ.pop(FDS_VARIABLE, "")
     os.environ.pop(GENERATION_VARIABLE, None)
@@ -143,6 +147,14 @@ def inherited_fds() -> dict[str, int]:
         fds["ready"] = int(os.environ[READY_FD_VARIABLE])  # fork mode: kept open until became_ready uses it
         _fork_successor = True
     return fds
+
+
+LINK_PREFIX = "link."
+
+
+def inherited_links(fds: dict[str, int]) -> list[tuple[int, int]]:
+    """(pid, fd) of each child's connection among the handed-over fds."""
+    return [(int(name.split(".")[1]), fd) for name, fd in fds.items() if name.startswith(LINK_PREFIX)]
 
 
 def spawn_in_startup_cwd(path: str, argv: list[str], env: dict[str, str], **options: Any) -> int:
@@ -347,6 +359,7 @@ class Handoff:
         fds = {"heartbeat": m.heartbeat.fileno(), "control": m.control.sock.fileno()}
         if m.pidfile.lock_fd is not None:
             fds["lock"] = m.pidfile.lock_fd
+        fds.update(m.intake.handover())
         for fd in fds.values():
             os.set_inheritable(fd, True)
         return fds
@@ -449,7 +462,7 @@ class Handoff:
         # owns the socket and the children (it adopts them through pidfds) and
         # answers `phoenix status`; the old one only waits to hear that it is
         # ready, and does not judge its children by beats it no longer reads.
-        m.selector.unregister(m.heartbeat)
+        m.selector.unregister(m.intake)
         m.selector.unregister(m.control.sock)
         self.paused_timers = m.timers.pause()
         self.move(HandoffPhase.FORKED)
@@ -484,7 +497,7 @@ class Handoff:
             os.rename(oldbin(m), m.paths.pidfile)
         except FileNotFoundError:
             pidfile.write_atomically(m.paths.pidfile, os.getpid())
-        m.selector.register(m.heartbeat, selectors.EVENT_READ, m.read_heartbeats)
+        m.selector.register(m.intake, selectors.EVENT_READ, m.read_heartbeats)
         m.selector.register(m.control.sock, selectors.EVENT_READ, m.control.accept)
         # The beats sent while we did not listen were read by the new master,
         # or are still queued: every child gets a full heartbeat_timeout again.

@@ -1,7 +1,8 @@
 """The hang killer: runs the deadlines due on the timer heap. A liveness
-check asks liveness.verdict; before a heartbeat kill it makes sure the
-silence is the child's and not the master's (beats waiting in the socket, a
-socket file removed under us); a kill is TERM, then KILL after kill_grace."""
+check asks liveness.verdict, after everything waiting on the children's
+connections has been read (so a beat that waits for the master is never
+taken for silence); before a heartbeat kill it makes sure the socket file
+was not removed under us; a kill is TERM, then KILL after kill_grace."""
 
 from __future__ import annotations
 
@@ -13,24 +14,16 @@ from typing import Protocol
 from phoenix import lineage, log
 from phoenix.attempts import Attempt
 from phoenix.config import Config
-from phoenix.heartbeats import HeartbeatIntake
 from phoenix.liveness import Verdict, verdict
 from phoenix.metrics import Counters, Histograms
-from phoenix.sockets import datagram_queue_length
 from phoenix.states import KillReason, TimerKind
 from phoenix.timers import TimerHeap
-
-# A master that has not emptied its heartbeat socket for this long is behind:
-# it defers heartbeat kills (a false kill would only add fork work to the backlog).
-BACKLOG_GRACE = 0.25
-OVERLOAD_WARNING_EVERY = 60.0
 
 
 class HangHost(Protocol):
     config: Config
     children: dict[int, Attempt]
     timers: TimerHeap
-    intake: HeartbeatIntake
     counters: Counters
     histograms: Histograms | None
 
@@ -41,12 +34,14 @@ class HangHost(Protocol):
 class HangKiller:
     def __init__(self, host: HangHost) -> None:
         self.host = host
-        self.overload_warned_at = -OVERLOAD_WARNING_EVERY
 
     def run_due_timers(self, now: float) -> None:
         """A kill after kill_grace, or a liveness check, which re-arms itself
         for the attempt's next limit."""
         h = self.host
+        first = h.timers.next_deadline()
+        if first is not None and first <= now:
+            h.read_heartbeats()  # every connection that has something waiting, before anyone is judged
         for timer in h.timers.pop_due(now):
             attempt = h.children.get(timer.pid)
             if attempt is None or attempt.attempt_id != timer.attempt_id:
@@ -59,23 +54,8 @@ class HangKiller:
     def check(self, attempt: Attempt, now: float) -> None:
         h = self.host
         judged = self._judge(attempt, now)
-        if judged.reason == KillReason.HEARTBEAT_TIMEOUT:
-            if now < h.intake.overloaded_until:
-                # Children report beats that waited longer than an interval to get
-                # into our socket: we are the bottleneck, and their silence may be ours.
-                self._defer(attempt, now, "deferred_overload")
-                self._warn_overloaded(now)
-                return
-            if now - h.intake.drained_at > BACKLOG_GRACE:
-                # The master itself is behind: beats may be waiting in the socket
-                # (or in blocked senders). Silence is not the child's fault yet.
-                h.read_heartbeats()
-                if now - h.intake.drained_at > BACKLOG_GRACE:
-                    self._defer(attempt, now, "deferred_backlog")
-                    return
-                judged = self._judge(attempt, now)
-            if judged.reason == KillReason.HEARTBEAT_TIMEOUT and h.heartbeat_socket_restored():
-                judged = self._judge(attempt, now)  # the socket file was gone: the silence was ours
+        if judged.reason == KillReason.HEARTBEAT_TIMEOUT and h.heartbeat_socket_restored():
+            judged = self._judge(attempt, now)  # the socket file was gone: the silence was ours
         if judged.reason is None:
             h.timers.push(judged.next_check, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
         else:
@@ -84,19 +64,6 @@ class HangKiller:
     def _judge(self, attempt: Attempt, now: float) -> Verdict:
         return verdict(attempt.limits(self.host.config.heartbeat_timeout), last_beat=attempt.last_beat,
                        last_progress=attempt.last_progress, started=attempt.started, now=now)
-
-    def _defer(self, attempt: Attempt, now: float, why: str) -> None:
-        self.host.counters.count(self.host.counters.kills, why)
-        self.host.timers.push(now + BACKLOG_GRACE, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
-
-    def _warn_overloaded(self, now: float) -> None:
-        if now - self.overload_warned_at < OVERLOAD_WARNING_EVERY:
-            return
-        self.overload_warned_at = now
-        log.event(logging.WARNING, "overloaded", children=len(self.host.children),
-                  heartbeat_interval=self.host.config.heartbeat_interval, max_dgram_qlen=datagram_queue_length(),
-                  effect="heartbeat kills wait until beats get through; raise net.unix.max_dgram_qlen "
-                         "(sysctl; 512 for hundreds of children) or heartbeat_interval, or lower workers")
 
     def kill(self, attempt: Attempt, reason: KillReason, now: float) -> None:
         h = self.host

@@ -1,83 +1,215 @@
-"""Heartbeat intake: read every waiting message, check who sent it, and note
-what it says on the attempt it belongs to. The sender's pid and uid come
-from the kernel (SO_PASSCRED), never from the message."""
+"""Heartbeat intake: accept each child's connection, check who made it, read
+every waiting message, and note what it says on the attempt it belongs to.
+
+The sender's pid and uid come from the kernel (SO_PEERCRED, taken at
+accept), never from the message: every message on a connection is the
+connecting process's. A connection from a pid that is no running attempt's,
+or from another uid, is closed at accept; one that sends anything malformed
+or not its own attempt's is closed at that message. Each child has its own
+kernel queue, so a master that falls behind never makes children's beats
+wait or vanish in a shared one; and one epoll set over the listening socket
+and every connection lets the master read everything waiting, in one
+call, before it judges any deadline."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import select
 import socket
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 from phoenix import log, protocol
 from phoenix.attempts import Attempt
 from phoenix.metrics import Counters
 
-HEARTBEAT_BATCH = 512  # datagrams read per wake-up before other work gets a turn
-# How long after a child reported a beat that waited more than an interval to
-# be sent the master still counts itself overloaded (and defers heartbeat kills).
-OVERLOAD_MEMORY = 2.0
+# Rounds of "one message from every ready connection" per read: a child that
+# floods its connection cannot keep the loop here; the rest is read on the next
+# turn (the epoll set stays readable).
+READ_ROUNDS = 8
+ACCEPT_BATCH = 256  # connections accepted per round, for the same reason
 MAX_TRACKED_GAP = 1024  # missing sequence numbers remembered per child, to uncount late arrivals
+_READABLE = select.EPOLLIN | select.EPOLLRDHUP
+
+
+@dataclass(slots=True, eq=False)
+class Link:
+    """One child's connection and the pid the kernel vouched for at accept."""
+
+    sock: socket.socket
+    pid: int
+
+
+@dataclass(slots=True, eq=False)
+class HeldFinal:
+    """A final message accepted from a link, to be made durable and then acknowledged."""
+
+    link: Link
+    attempt: Attempt
+    seq: int
 
 
 class HeartbeatIntake:
     def __init__(self, attempts: dict[int, Attempt], counters: Counters, uid: int,
-                 heartbeat_interval: Callable[[], float]) -> None:
+                 hold_finals: Callable[[list[Attempt]], bool], child_closed: Callable[[], None]) -> None:
         self.attempts = attempts  # pid -> attempt: the master's table, read here, never changed
         self.counters = counters
         self.uid = uid
-        self.heartbeat_interval = heartbeat_interval  # a reload may change it
-        self.drained_at = 0.0  # monotonic: the last read that found the socket empty
-        self.overloaded_until = 0.0  # monotonic: children's beats are waiting to get in
+        # Writes the finals to the journal in one transaction; False: not
+        # durable (a storage outage), so not acknowledged: the child falls back to the outbox.
+        self.hold_finals = hold_finals
+        self.child_closed = child_closed  # EOF from a child: it exited (or closed); reap soon
+        self.poller = select.epoll()
+        self.listener: socket.socket | None = None
+        self.links: dict[int, Link] = {}  # fd -> link
+        self.to_ack: list[HeldFinal] = []
 
-    def read(self, sock: socket.socket, now: float) -> None:
-        for _ in range(HEARTBEAT_BATCH):
+    def fileno(self) -> int:
+        """The epoll set: readable when the listener or any connection is."""
+        return self.poller.fileno()
+
+    def listen(self, sock: socket.socket) -> None:
+        """Take `sock` as the listening socket. Connections accepted from an
+        earlier one stay; whatever still waits in its backlog is accepted first."""
+        old, self.listener = self.listener, sock
+        if old is not None:
+            self._accept(old)
+            self.poller.unregister(old)
+            old.close()
+        sock.setblocking(False)
+        self.poller.register(sock, select.EPOLLIN)
+
+    def adopt_link(self, fd: int, pid: int) -> None:
+        """A connection handed over by the previous image (fd -> the pid it was accepted for)."""
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        sock.set_inheritable(False)  # made inheritable for the exec only
+        self._add(Link(sock, pid))
+
+    def handover(self) -> dict[str, int]:
+        """The connections to hand to the next image, by name: {"link.PID.N": fd}
+        (a pid may hold more than one connection for a moment: a reconnect)."""
+        return {f"link.{link.pid}.{fd}": fd for fd, link in self.links.items()}
+
+    def close(self) -> None:
+        for link in list(self.links.values()):
+            self._close(link)
+        if self.listener is not None:
+            self.listener.close()
+        self.poller.close()
+
+    # -- reading --------------------------------------------------------------------
+
+    def read(self, now: float) -> None:
+        """Read everything waiting (bounded), then acknowledge the finals held."""
+        listener = self.listener.fileno() if self.listener is not None else -1
+        for _ in range(READ_ROUNDS):
+            events = self.poller.poll(0)
+            if not events:
+                break
+            for fd, _mask in events:
+                if fd == listener:
+                    self._accept(self.listener)  # type: ignore[arg-type]
+                else:
+                    link = self.links.get(fd)
+                    if link is not None:
+                        self._receive(link, now)
+        if self.to_ack:
+            self._acknowledge()
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
             try:
-                data, ancdata, flags, _addr = sock.recvmsg(protocol.RECV_BUFFER_BYTES, protocol.CREDENTIALS_SPACE)
+                sock, _addr = listener.accept()
             except (BlockingIOError, InterruptedError):
-                self.drained_at = now
                 return
-            self.accept(data, ancdata, flags, now)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.counters.reject("fd_shortage")  # the child retries; it is not lost
+                    return
+                raise
+            pid, uid = protocol.peer_credentials(sock)
+            if uid != self.uid:
+                self.counters.reject("foreign_uid")
+                sock.close()
+            elif pid not in self.attempts:
+                self.counters.reject("unknown_pid")
+                sock.close()
+            else:
+                sock.setblocking(False)
+                self._add(Link(sock, pid))
 
-    def accept(self, data: bytes, ancdata: list[Any], flags: int, now: float) -> None:
-        credentials = protocol.sender_credentials(ancdata)
-        if credentials is None:
-            return self.counters.reject("no_credentials")
-        pid, uid = credentials
-        if uid != self.uid:
-            return self.counters.reject("foreign_uid")
-        attempt = self.attempts.get(pid)
-        if attempt is None:
-            return self.counters.reject("unknown_pid")
-        if flags & socket.MSG_TRUNC or len(data) > protocol.MAX_MESSAGE_BYTES:  # the buffer has one byte to spare
-            return self.counters.reject("oversized")
+    def _add(self, link: Link) -> None:
+        self.links[link.sock.fileno()] = link
+        self.poller.register(link.sock, _READABLE)
+
+    def _close(self, link: Link) -> None:
+        del self.links[link.sock.fileno()]
+        self.poller.unregister(link.sock)
+        link.sock.close()
+
+    def _reject(self, link: Link, why: str) -> None:
+        """A bad message closes its connection only; the child (if it was a
+        slip, not an attack) reconnects."""
+        self.counters.reject(why)
+        self._close(link)
+
+    def _receive(self, link: Link, now: float) -> None:
+        """One message: level-triggered epoll brings the connection back if more wait."""
+        try:
+            data = link.sock.recv(protocol.RECV_BUFFER_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""  # ECONNRESET: gone, as at EOF
+        if not data:
+            self._close(link)
+            self.child_closed()
+            return
+        attempt = self.attempts.get(link.pid)
+        if attempt is None:  # its attempt ended (reaped) before this was read
+            return self._reject(link, "unknown_pid")
+        if len(data) > protocol.MAX_MESSAGE_BYTES:  # the buffer has one byte to spare
+            return self._reject(link, "oversized")
         message = protocol.decode(data)
         if message is None:
-            return self.counters.reject("malformed")
+            return self._reject(link, "malformed")
         if message.job != attempt.job_id or message.attempt != attempt.number:
-            return self.counters.reject("wrong_attempt")
+            return self._reject(link, "wrong_attempt")
         self.counters.beats += 1
         attempt.last_beat = now
         if message.seq > attempt.last_seq:
             if attempt.last_seq >= 0 and message.seq > attempt.last_seq + 1:
                 self.note_gap(attempt, attempt.last_seq + 1, message.seq)
             attempt.last_seq = message.seq
-        elif message.seq in attempt.missing:  # late, not lost: beats and the final travel on two sockets
+        elif message.seq in attempt.missing:  # late, not lost
             attempt.missing.discard(message.seq)
             self.counters.beats_missing -= 1
-        is_final = message.kind in protocol.FINAL_KINDS
-        if is_final:
-            self.final_seq_arrived(attempt, message.seq)
         if message.progress > attempt.progress:
             attempt.progress = message.progress
             attempt.last_progress = now
-        waited = message.body.get(protocol.WAITED)
-        if (type(waited) is int or type(waited) is float) and waited > self.heartbeat_interval():
-            self.overloaded_until = now + OVERLOAD_MEMORY
-        if is_final and attempt.final is None:
-            attempt.final = message.body
+        if message.kind in protocol.FINAL_KINDS:
+            if attempt.final is None:
+                attempt.final = message.body
+            self.to_ack.append(HeldFinal(link, attempt, message.seq))
         elif log.log.isEnabledFor(logging.DEBUG):
-            log.event(logging.DEBUG, "beat", pid=pid, job=attempt.key, attempt=attempt.number, seq=message.seq,
+            log.event(logging.DEBUG, "beat", pid=link.pid, job=attempt.key, attempt=attempt.number, seq=message.seq,
                       progress=message.progress)
+
+    def _acknowledge(self) -> None:
+        """Once the finals are in the journal: tell each child, which then
+        exits without writing its outbox file."""
+        held, self.to_ack = self.to_ack, []
+        if not self.hold_finals([h.attempt for h in held if not h.attempt.final_held]):
+            return  # not durable: no ack; the child retries, then writes its outbox
+        for h in held:
+            h.attempt.final_held = True
+            if h.link.sock.fileno() in self.links:
+                try:
+                    h.link.sock.send(protocol.ack(h.seq))
+                except OSError:
+                    pass  # the child is gone or stuck: its outbox (or the journal) has the outcome
 
     def note_gap(self, attempt: Attempt, first: int, end: int) -> None:
         """Sequence numbers first..end-1 were skipped: beats the child numbered
@@ -86,14 +218,3 @@ class HeartbeatIntake:
         if end - first <= MAX_TRACKED_GAP and len(attempt.missing) <= MAX_TRACKED_GAP:
             attempt.missing.update(range(first, end))
 
-    def final_seq_arrived(self, attempt: Attempt, seq: Any) -> None:
-        """The final message numbered `seq` arrived (on the socket or through the
-        outbox). Neither it nor the beat numbered just before it is lost: that
-        beat was in flight on the heartbeat thread's own socket, and may arrive
-        after the outcome or be cut off by the child's exit right after it."""
-        if type(seq) is not int:
-            return
-        for number in (seq, seq - 1):
-            if number in attempt.missing:
-                attempt.missing.discard(number)
-                self.counters.beats_missing -= 1

@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     reason      TEXT,
     error       TEXT,
     max_rss_kb  INTEGER,
+    final       TEXT,                       -- JSON: the child's final message, held (and acked) before its exit
     UNIQUE (job_id, n)
 );
 CREATE INDEX IF NOT EXISTS attempts_open ON attempts (outcome) WHERE outcome IS NULL;
@@ -269,6 +270,7 @@ class OpenAttempt:
     generation: int
     started_at: float  # wall clock
     started_boot: float | None  # CLOCK_BOOTTIME; None in a journal written before it was recorded
+    final: str | None  # the final message the master acknowledged (JSON), if one came
 
 
 # Added after the first release: (table, column, declaration), created in older journals on open.
@@ -276,6 +278,7 @@ _ADDED_COLUMNS = (
     ("jobs", "not_before_boot", "REAL"),
     ("jobs", "not_before_boot_id", "TEXT"),
     ("attempts", "started_boot", "REAL"),
+    ("attempts", "final", "TEXT"),
 )
 
 # Only jobs waiting out a backoff: few, so the boot-time rule below reads few rows
@@ -569,6 +572,15 @@ class Journal:
             )
             return True, (cur.lastrowid if cur.rowcount else None)
 
+    def hold_finals(self, finals: list[tuple[int, str]]) -> None:
+        """Keep running attempts' final messages [(attempt id, JSON)], in one
+        transaction, before the master acknowledges them: a child that got the
+        ack exits without an outbox file, and a master that dies before it
+        records the outcome leaves it here for the next one."""
+        with self.transaction() as db:
+            db.executemany("UPDATE attempts SET final = ? WHERE id = ? AND outcome IS NULL",
+                           [(data, attempt_id) for attempt_id, data in finals])
+
     def fail_without_attempt(self, job_id: int, error: str) -> int | None:
         """A job that cannot even be started (unknown target): failed, callback owed."""
         now = time.time()
@@ -604,7 +616,8 @@ class Journal:
     def open_attempts(self) -> list[OpenAttempt]:
         rows = self.db.execute(
             "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation, a.started_at, "
-            "a.started_boot FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.outcome IS NULL ORDER BY a.id"
+            "a.started_boot, a.final "
+            "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.outcome IS NULL ORDER BY a.id"
         ).fetchall()
         return [OpenAttempt(*row) for row in rows]
 

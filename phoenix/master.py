@@ -34,7 +34,7 @@ from typing import Any, Callable
 from setproctitle import setproctitle
 
 from phoenix import control as control_socket
-from phoenix import exits, handoff, lineage, log, metrics, pid1, procfs, protocol, systemd
+from phoenix import exits, handoff, lineage, log, metrics, pid1, procfs, systemd
 from phoenix.app import App, AppError, JobSpec, resolve_target
 from phoenix.attempts import Attempt
 from phoenix.callbacks import CallbackRunner
@@ -85,7 +85,8 @@ class Master:
         self.budget = RestartBudget(config.restart_intensity, config.restart_period)
         self.counters = metrics.Counters()
         self.histograms: metrics.Histograms | None = None  # only with --metrics (see metrics.py)
-        self.intake = HeartbeatIntake(self.children, self.counters, os.getuid(), lambda: self.config.heartbeat_interval)
+        self.intake = HeartbeatIntake(self.children, self.counters, os.getuid(),
+                                      lambda attempts: self.recorder.hold_finals(attempts), self.child_closed)
         self.recorder = OutcomeRecorder(self)
         self.hangs = HangKiller(self)
         self.reaper = Reaper(self)
@@ -100,7 +101,6 @@ class Master:
         self.handoff = handoff.Handoff(self)
         self.spawner = Spawner(self)
         self.scheduler = Scheduler(self)
-        self.retired_heartbeats: list[socket.socket] = []  # still read after a state-dir rebuild
         self.watchdog = systemd.Watchdog()  # WATCHDOG=1 when systemd's WatchdogSec asks for it
         self.outage = JournalOutage(str(self.paths.journal))
         self.next_state_dir_check = 0.0
@@ -146,16 +146,18 @@ class Master:
         self.selector: selectors.BaseSelector = selectors.DefaultSelector()
         if "heartbeat" in inherited:
             self.heartbeat = socket.socket(fileno=inherited["heartbeat"])
-            self.heartbeat.setblocking(False)
-            protocol.enable_credentials(self.heartbeat)
+            self.heartbeat.set_inheritable(False)
         else:
             self.heartbeat = bind_heartbeat(self.paths.heartbeat_socket)
+        self.intake.listen(self.heartbeat)
+        for pid, fd in handoff.inherited_links(inherited):  # each child's connection, kept across the exec
+            self.intake.adopt_link(fd, pid)
         if "control" in inherited:
             control = socket.socket(fileno=inherited["control"])
             control.setblocking(False)
         else:
             control = control_socket.bind(self.paths.control_socket)
-        self.selector.register(self.heartbeat, selectors.EVENT_READ, self.read_heartbeats)
+        self.selector.register(self.intake, selectors.EVENT_READ, self.read_heartbeats)
         self.control = ControlServer(control, self.selector, self.control_request,
                                      lambda why: self.counters.reject(why))
         self.callbacks = CallbackRunner(self.config.callback_threads)
@@ -357,8 +359,20 @@ class Master:
 
     # -- heartbeats and deadlines -------------------------------------------------
 
-    def read_heartbeats(self, sock: socket.socket | None = None) -> None:
-        self.intake.read(sock or self.heartbeat, time.monotonic())
+    def read_heartbeats(self) -> None:
+        if self.handoff.phase != HandoffPhase.FORKED:  # else the new master reads the connections now
+            self.intake.read(time.monotonic())
+
+    def take_heartbeat_listener(self, sock: socket.socket) -> None:
+        """A listening socket bound afresh (its path was removed under us);
+        the children's connections stay."""
+        self.heartbeat = sock
+        self.intake.listen(sock)
+
+    def child_closed(self) -> None:
+        """A child closed its connection: it is most likely exiting; sweep soon
+        (its exit status still comes from wait4 or its pidfd)."""
+        self.reaper.child_exited = True
 
     def heartbeat_socket_restored(self) -> bool:
         return self.state_files.heartbeat_restored(self)

@@ -1,5 +1,6 @@
-"""The heartbeat protocol: small, versioned JSON datagrams that children send
-to the master's socket, and the kernel credentials that vouch for the sender.
+"""The heartbeat protocol: small, versioned JSON messages that each child
+sends on its own connection to the master's socket (one message per
+SOCK_SEQPACKET record), and the kernel credentials that vouch for it.
 
 A message is one JSON object:
     {"v": 1, "job": 17, "att": 2, "k": "beat", "seq": 41, "p": 3}
@@ -13,8 +14,10 @@ from __future__ import annotations
 import errno
 import json
 import random
+import select
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, TypeGuard
@@ -26,22 +29,20 @@ KINDS = frozenset({"beat", "progress", "finished", "failed"})
 FINAL_KINDS = ("finished", "failed")
 # Keys of a message body that the master reads, named once.
 KIND, SEQ, RESULT, ERROR = "k", "seq", "result", "error"
-WAITED = "w"  # seconds a beat waited to be sent (the child's view of a master that is behind)
 
-# One datagram carries at most this much. The kernel would take ~200 KiB, but
+# One message carries at most this much. The kernel would take ~200 KiB, but
 # a result that large belongs in a file or a database, and a bounded size keeps
 # the master's receive buffer and per-message cost small.
 MAX_MESSAGE_BYTES = 64 * 1024
-# Receive with room to spare so an oversized datagram shows up as truncated
-# (MSG_TRUNC) rather than being silently cut to a valid-looking prefix.
+# Receive with room to spare so an oversized record shows up as longer than
+# the limit rather than being silently cut to a valid-looking prefix.
 RECV_BUFFER_BYTES = MAX_MESSAGE_BYTES + 1
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-CREDENTIALS_SPACE = socket.CMSG_SPACE(_UCRED.size)
 
 
 class MessageTooLarge(ValueError):
-    """A message (usually a job's result) does not fit in one datagram."""
+    """A message (usually a job's result) does not fit in one record."""
 
 
 @dataclass(slots=True)
@@ -61,7 +62,7 @@ def encode(job: int, attempt: int, kind: str, seq: int, progress: int, **body: A
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageTooLarge(
             f"the {kind!r} message for job {job} is {len(data)} bytes, over the "
-            f"{MAX_MESSAGE_BYTES}-byte limit of one heartbeat datagram"
+            f"{MAX_MESSAGE_BYTES}-byte limit of one heartbeat message"
         )
     return data
 
@@ -72,7 +73,7 @@ def _count(value: object) -> TypeGuard[int]:
 
 
 def decode(data: bytes) -> Message | None:
-    """Parse one datagram; None for anything malformed (the caller counts it)."""
+    """Parse one message; None for anything malformed (the caller counts it)."""
     try:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -87,70 +88,107 @@ def decode(data: bytes) -> Message | None:
     return Message(job, attempt, kind, seq, progress, obj)
 
 
-def enable_credentials(sock: socket.socket) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+def ack(seq: int) -> bytes:
+    """The master's word that it holds a final message (numbered `seq`) for good."""
+    return b'{"v":1,"ack":%d}' % seq
 
 
-def sender_credentials(ancdata: list[tuple[int, int, bytes]]) -> tuple[int, int] | None:
-    """(pid, uid) from SCM_CREDENTIALS, filled in by the kernel: a sender cannot
-    forge another pid or uid without privileges it does not have."""
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= _UCRED.size:
-            pid, uid, _gid = _UCRED.unpack_from(data)
-            return pid, uid
-    return None
+def peer_credentials(sock: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process that connected `sock` (SO_PEERCRED), filled in
+    by the kernel at connect: a child cannot forge another pid or uid without
+    privileges it does not have."""
+    pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    return pid, uid
 
 
 class Sender:
-    """The child's side of the heartbeat socket.
-
-    The socket is connected to the master's path (a full queue then reports
-    EAGAIN for this peer, where an unconnected socket could not tell), and it
-    reconnects by path after ECONNREFUSED, so it keeps working when a new
-    master binds the same path after a crash."""
+    """The child's connection to the master (SOCK_SEQPACKET, close-on-exec:
+    a program the job execs cannot speak for it). Beats, progress and the
+    final outcome travel on it, one message per record; the master answers a
+    final with an ack. It reconnects by path after EOF, ECONNREFUSED or
+    ENOENT, so it keeps working when a new master binds the same path after a
+    crash. Shared by the beat thread and the main thread: the lock keeps one
+    socket, and `stop_beats` ends the beats once the final is on its way."""
 
     # The master may be busy, in the middle of exec, or gone. None of that is
-    # fatal to the child: it retries, and its outcome also sits in the outbox.
-    RETRYABLE = {errno.EAGAIN, errno.ECONNREFUSED, errno.ENOENT, errno.ENOBUFS, errno.ENOTCONN}
+    # fatal to the child: it retries, and its outcome goes to the outbox at last.
+    RETRYABLE = {errno.EAGAIN, errno.ECONNREFUSED, errno.ENOENT, errno.ENOBUFS, errno.ENOTCONN, errno.EPIPE,
+                 errno.ECONNRESET}
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.sock: socket.socket | None = None
+        self.lock = threading.Lock()
+        self.beats_stopped = False
 
     def _connected(self) -> socket.socket:
         if self.sock is None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            # Non-blocking: a full queue is EAGAIN, and the caller retries after
-            # a jittered sleep instead of blocking in poll() with every other child.
-            sock.setblocking(False)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
             try:
                 with unix_address(self.path) as address:  # a deep state directory's path is over sun_path's limit
-                    sock.connect(address)
+                    sock.connect(address)  # EAGAIN: the master's backlog is full; retried like a refusal
             except OSError:
                 sock.close()
                 raise
             self.sock = sock
         return self.sock
 
-    def send_once(self, data: bytes) -> bool:
-        try:
-            self._connected().send(data)
-            return True
-        except OSError as exc:
-            if exc.errno not in self.RETRYABLE:
-                raise
-            if exc.errno != errno.EAGAIN and self.sock is not None:
-                self.sock.close()  # the master's socket went away: reconnect by path next time
-                self.sock = None
-            return False
+    def _drop(self) -> None:
+        if self.sock is not None:
+            self.sock.close()  # the master went away: reconnect by path next time
+            self.sock = None
 
-    def send_until(self, data: bytes, deadline: float) -> bool:
-        """Retry until sent or until the monotonic `deadline`."""
+    def send_once(self, data: bytes, beat: bool = True) -> bool:
+        with self.lock:
+            if beat and self.beats_stopped:
+                return True  # the final is on its way: nothing is numbered after it
+            try:
+                self._connected().send(data)
+                return True
+            except OSError as exc:
+                if exc.errno not in self.RETRYABLE:
+                    raise
+                if not (exc.errno == errno.EAGAIN and self.sock is not None):  # a full queue keeps the connection
+                    self._drop()
+                return False
+
+    def deliver(self, data: bytes, seq: int, deadline: float) -> bool:
+        """Send the final message and wait for the master's ack, resending on
+        a new connection after EOF or a refusal, until the monotonic
+        `deadline`. False: no master took it (the caller writes the outbox)."""
+        with self.lock:
+            self.beats_stopped = True
+        expected = ack(seq)
         delay = 0.01
         while True:
-            if self.send_once(data):
+            if self.send_once(data, beat=False) and self._acked(expected, deadline):
                 return True
             if time.monotonic() >= deadline:
                 return False
+            # Jitter: the children of a crashed master do not all reconnect in step.
             time.sleep(random.uniform(delay, 2 * delay))
             delay = min(delay * 2, 0.5)
+
+    def _acked(self, expected: bytes, deadline: float) -> bool:
+        """Wait for the ack; False (and the connection dropped) at EOF, on an
+        error, or at the deadline."""
+        sock = self.sock
+        assert sock is not None
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        while (left := deadline - time.monotonic()) > 0:
+            if not poller.poll(left * 1000):
+                continue
+            try:
+                reply = sock.recv(64)
+            except BlockingIOError:
+                continue
+            except OSError:
+                reply = b""
+            if reply == expected:
+                return True
+            if not reply:  # EOF: the master is gone; a new one may bind the path
+                break
+        with self.lock:
+            self._drop()
+        return False

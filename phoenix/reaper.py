@@ -17,7 +17,7 @@ from phoenix.attempts import Attempt
 from phoenix.config import Config
 from phoenix.journal import Journal, OpenAttempt
 from phoenix.outcomes import classify_exit
-from phoenix.recorder import LOST_UNWATCHED, OutcomeRecorder
+from phoenix.recorder import LOST_UNWATCHED, OutcomeRecorder, held_final
 from phoenix.states import TimerKind
 from phoenix.timers import TimerHeap
 
@@ -67,6 +67,8 @@ class Reaper:
         attempt = Attempt(a.attempt_id, a.job_id, a.key, a.target, a.n, a.pid, h.known_spec(a.target), started,
                           now, now, own_child=own)
         attempt.last_seq = -1  # its numbering started under another master: do not count that as lost beats
+        attempt.final = held_final(a)  # acknowledged by an earlier master (or image): the child may still be exiting
+        attempt.final_held = attempt.final is not None
         if not own:
             try:
                 attempt.pidfd = os.pidfd_open(a.pid)

@@ -4,6 +4,7 @@ what becomes of its job (policy.after_attempt), in one journal transaction."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import signal
@@ -13,7 +14,6 @@ from typing import Any, Callable, Protocol
 from phoenix import lineage, log, protocol
 from phoenix.attempts import Attempt
 from phoenix.config import Config
-from phoenix.heartbeats import HeartbeatIntake
 from phoenix.journal import Journal, OpenAttempt
 from phoenix.metrics import Counters, Histograms
 from phoenix.outcomes import Classified, classify
@@ -32,7 +32,6 @@ class OutcomeHost(Protocol):
     budget: RestartBudget
     counters: Counters
     histograms: Histograms | None
-    intake: HeartbeatIntake
     paths: StatePaths
 
     def retries_for(self, target: str) -> int | None: ...
@@ -55,8 +54,6 @@ class OutcomeRecorder:
             pass
         lineage.end_escaped(attempt.escaped)  # and so does what it daemonised
         final = attempt.final or self.read_outbox(attempt.job_id, attempt.number)
-        if final is not None and attempt.missing:
-            h.intake.final_seq_arrived(attempt, final.get(protocol.SEQ))
         result = classify(final=final, status=status, interrupted=attempt.interrupted,
                           kill_reason=attempt.kill_reason, kill_detail=attempt.kill_detail)
         h.guarded(functools.partial(self.record, attempt.job_id, attempt.key, attempt.target, attempt.attempt_id,
@@ -68,7 +65,7 @@ class OutcomeRecorder:
     def conclude_without_process(self, a: OpenAttempt, reason: str) -> None:
         """An attempt the journal says runs, whose process is gone (or never
         started): its outcome is in the outbox, or it is lost."""
-        final = self.read_outbox(a.job_id, a.n)
+        final = held_final(a) or self.read_outbox(a.job_id, a.n)
         result = classify(final=final, status=None, interrupted=False, kill_reason=None, kill_detail=None,
                           lost_reason=reason)
         self.record(a.job_id, a.key, a.target, a.attempt_id, a.n, result, None, a.pid)
@@ -125,6 +122,22 @@ class OutcomeRecorder:
         if outcome == Outcome.ERROR and result.error and job_state == "failed":
             log.log.warning("%s", result.error.rstrip())
 
+    def hold_finals(self, attempts: list[Attempt]) -> bool:
+        """Put the finals just received in the journal (one transaction) before
+        they are acknowledged; False if that failed (a storage outage)."""
+        if not attempts:
+            return True
+        held = False
+
+        def write() -> None:
+            nonlocal held
+            self.host.journal.hold_finals([(a.attempt_id, json.dumps(a.final, separators=(",", ":")))
+                                           for a in attempts])
+            held = True
+
+        self.host.guarded(write)
+        return held
+
     def read_outbox(self, job_id: int, number: int) -> dict[str, Any] | None:
         path = self.host.paths.outbox / f"{job_id}.{number}.json"
         try:
@@ -142,3 +155,13 @@ class OutcomeRecorder:
             os.unlink(f"{self.host.paths.outbox}/{job_id}.{number}.json")  # a str: no Path object per job
         except FileNotFoundError:
             pass
+
+
+def held_final(a: OpenAttempt) -> dict[str, Any] | None:
+    """The final message an earlier master acknowledged and kept in the journal."""
+    if a.final is None:
+        return None
+    message = protocol.decode(a.final.encode())
+    if message is None or message.job != a.job_id or message.attempt != a.n or message.kind not in protocol.FINAL_KINDS:
+        return None
+    return message.body

@@ -7,7 +7,6 @@ import os
 import socket
 from pathlib import Path
 
-from phoenix import protocol
 from phoenix.paths import unix_address
 
 
@@ -48,23 +47,17 @@ def bind_private(sock: socket.socket, path: Path) -> None:
         os.umask(old_umask)
 
 
+# Connections waiting to be accepted (the kernel caps it at net.core.somaxconn):
+# after a crash, every running child reconnects within a fraction of a second.
+LISTEN_BACKLOG = 4096
+
+
 def bind_heartbeat(path: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    protocol.enable_credentials(sock)
-    # A larger receive buffer absorbs bursts (it does not lift the kernel's
-    # per-socket datagram count, net.unix.max_dgram_qlen).
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    """The listening socket children connect to, one SOCK_SEQPACKET connection
+    each: every connection has its own queue, bounded by the child's send
+    buffer, not the shared datagram count of net.unix.max_dgram_qlen."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     bind_private(sock, path)
+    sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
-
-
-def datagram_queue_length() -> int | None:
-    """net.unix.max_dgram_qlen: how many datagrams the heartbeat socket holds
-    (taken at bind). Beyond it senders get EAGAIN and retry: with hundreds of
-    children the default of 10 makes beats wait, and the master defer kills."""
-    try:
-        with open("/proc/sys/net/unix/max_dgram_qlen", "rb") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None

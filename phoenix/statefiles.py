@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import selectors
 import socket
 import time
 from pathlib import Path
@@ -39,14 +38,12 @@ class StateFilesHost(Protocol):
     heartbeat: socket.socket
     control: ControlServer
     pidfile: PidFile
-    selector: selectors.BaseSelector
     children: dict[int, Attempt]
-    retired_heartbeats: list[socket.socket]
     next_state_dir_check: float
 
     def in_fork_handover(self) -> bool: ...
     def watch_storage(self) -> None: ...
-    def read_heartbeats(self, sock: socket.socket | None = None) -> None: ...
+    def take_heartbeat_listener(self, sock: socket.socket) -> None: ...
     def give_all_grace(self, now: float) -> None: ...
 
 Identity = tuple[int, int] | None
@@ -56,9 +53,6 @@ class StateFiles:
     def __init__(self) -> None:
         # name -> (the socket we hold, the identity its path had when we first saw it)
         self.bound: dict[str, tuple[socket.socket, Identity]] = {}
-        # Replaced heartbeat sockets, still read while a child that may be
-        # connected to one runs: {socket: pids that were running when it was replaced}.
-        self.retired: dict[socket.socket, set[int]] = {}
         self.failing: set[str] = set()  # what could not be made again: logged once, retried each check
 
     def check(self, m: StateFilesHost) -> None:
@@ -70,7 +64,6 @@ class StateFiles:
         self._socket(m, "control", m.paths.control_socket, lambda: m.control.sock,
                      lambda: m.control.rebind(control.bind(m.paths.control_socket)))
         self._lock_and_pidfile(m)
-        self._close_unused_retired(m)
 
     def heartbeat_restored(self, m: StateFilesHost) -> bool:
         """Run the state-directory check now; True if it rebound the heartbeat
@@ -83,15 +76,10 @@ class StateFiles:
         return m.heartbeat is not before
 
     def rebind_heartbeat(self, m: StateFilesHost) -> None:
-        """A new heartbeat socket at the path. The old one is still read:
-        children connected to it keep sending there. Every child gets a fresh
-        heartbeat_timeout: beats sent while the path was missing were lost."""
-        old = m.heartbeat
-        m.heartbeat = bind_heartbeat(m.paths.heartbeat_socket)
-        m.selector.register(m.heartbeat, selectors.EVENT_READ, m.read_heartbeats)
-        m.selector.modify(old, selectors.EVENT_READ, lambda: m.read_heartbeats(old))
-        m.retired_heartbeats.append(old)
-        self.retired[old] = set(m.children)
+        """A new listening socket at the path. Children already connected keep
+        their connections; one that tried to connect while the path was
+        missing could not beat: every child gets a fresh heartbeat_timeout."""
+        m.take_heartbeat_listener(bind_heartbeat(m.paths.heartbeat_socket))
         m.give_all_grace(time.monotonic())
 
     def _socket(self, m: StateFilesHost, name: str, path: Path, current: Callable[[], socket.socket],
@@ -129,15 +117,6 @@ class StateFiles:
             self._failed("pidfile", lock.pidfile, exc)
             return
         self.failing.discard("pidfile")
-
-    def _close_unused_retired(self, m: StateFilesHost) -> None:
-        for sock, pids in list(self.retired.items()):
-            if pids.isdisjoint(m.children):
-                m.read_heartbeats(sock)  # anything still queued
-                m.selector.unregister(sock)
-                m.retired_heartbeats.remove(sock)
-                del self.retired[sock]
-                sock.close()
 
     def _failed(self, name: str, path: Path, exc: BaseException) -> None:
         if name not in self.failing:

@@ -13,14 +13,19 @@ from tests.conftest import wait_for
 
 
 def send_from_this_process(path, data):
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    """Connect to the heartbeat socket as a child would, and send one message."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        sock.sendto(data, str(path))
+        sock.connect(str(path))
+        try:
+            sock.send(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the master already looked at who connected, and closed the connection
     finally:
         sock.close()
 
 
-def test_forged_datagrams_change_nothing(master_factory, state_dir):
+def test_forged_messages_change_nothing(master_factory, state_dir):
     master = master_factory()
     master.submit("tests.apps.jobs:wait_forever", {}, key="target")
     job = wait_for(lambda: (j := master.jobs()["target"])["pid"] and j, what="the job to run")
@@ -28,7 +33,7 @@ def test_forged_datagrams_change_nothing(master_factory, state_dir):
     for data in (forged, b"\xff" * 100, b"{}", json.dumps({"v": 1}).encode()):
         send_from_this_process(state_dir / "phoenix.sock", data)
     wait_for(lambda: master.status()["master"]["rejected"].get("unknown_pid", 0) >= 4,
-             what="the forged datagrams to be counted as rejected")
+             what="the forged connections to be counted as rejected")
     assert master.jobs()["target"]["state"] == "running"
 
 
@@ -69,12 +74,12 @@ def test_another_uid_cannot_reach_the_sockets_nor_beat_for_a_job(master_factory,
     control = state_dir / "control.sock"
     assert as_nobody(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect(str(control))) == b"denied"
     # Defence in depth: even with the permissions opened up, the master itself
-    # drops a datagram whose kernel credentials carry another uid.
+    # closes a connection whose kernel credentials carry another uid.
     os.chmod(state_dir, 0o755)
     os.chmod(state_dir / "phoenix.sock", 0o666)
     assert as_nobody(lambda: send_from_this_process(state_dir / "phoenix.sock", forged)) == b"sent"
     wait_for(lambda: master.status()["master"]["rejected"].get("foreign_uid", 0) >= 1,
-             what="the foreign-uid datagram to be rejected")
+             what="the foreign-uid connection to be rejected")
     assert master.jobs()["target"]["state"] == "running"
 
 
