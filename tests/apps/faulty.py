@@ -144,15 +144,22 @@ def _deep(depth):
 @app.job(retries=0)
 def hostile(params):
     """Sends garbage to the heartbeat socket from a real child's pid: the kernel
-    vouches for the sender, so the master has to reject these by content.
+    vouches for the connection, so the master has to reject these by content.
+    A rejected message closes its connection, so each goes on a new one.
     Returns how many of each kind it sent."""
     me = phoenix.current_job()
     victim, victim_attempt = params["victim"], params["victim_attempt"]
     rng = random.Random(params.get("seed", 6))
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-    sock.settimeout(10.0)
-    sock.connect(params["socket"])
+    def send(data):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        sock.settimeout(10.0)
+        try:
+            sock.connect(params["socket"])
+            sock.send(data)
+        finally:
+            sock.close()
+
     sent = {"malformed": 0, "oversized": 0, "wrong_attempt": 0}
 
     def message(**fields):
@@ -208,7 +215,6 @@ def hostile(params):
             kind, choices = "wrong_attempt", wrong_attempt
         else:
             kind, choices = "malformed", malformed
-        sock.send(rng.choice(choices)())
+        send(rng.choice(choices)())
         sent[kind] += 1
-    sock.close()
     return sent

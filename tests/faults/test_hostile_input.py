@@ -187,24 +187,32 @@ def raw_datagrams(rng: random.Random, ids: list[int]) -> Callable[[], tuple[str,
 
 
 class Attacker:
-    """Sends datagrams to the heartbeat socket from this test process (a pid
-    that is no job's, so the kernel's credentials give each one away)."""
+    """Sends messages to the heartbeat socket from this test process (a pid
+    that is no job's, so the kernel's credentials give each one away), each on
+    a connection of its own: the master closes a stranger's connection at accept."""
 
     def __init__(self, path: Path) -> None:
         self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        self.sock.settimeout(15.0)  # a full queue makes send wait; a dead master makes it fail
         self.sent: Counter[str] = Counter()
         self.bytes = 0
 
     def send(self, category: str, data: bytes) -> None:
-        self.sock.sendto(data, self.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        sock.settimeout(15.0)  # a full backlog makes connect wait; a dead master makes it fail
+        try:
+            sock.connect(self.path)
+            try:
+                sock.send(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the master already saw who connected and closed the connection
+        finally:
+            sock.close()
         self.sent[category] += 1
         self.bytes += len(data)
 
     def close(self) -> None:
-        self.sock.close()
+        pass
 
 
 @pytest.mark.timeout(600)
