@@ -38,15 +38,15 @@ MODES: dict[str, dict[str, Any]] = {
     "quick": {
         "throughput_jobs": 200, "throughput_reps": 2,
         "scale_points": [100, 200], "window": 3.0, "settle": 1.0, "beat_figure_at": 200,
-        "hang_children": 150, "hang_hung": 10,
+        "hang_children": 150, "hang_hung": 10, "hang_children_large": 300, "frozen_children": 100,
         "replace_children": 100, "replace_rounds": 3,
         "spawn_api": 80, "spawn_cli": 4,
     },
     "full": {
         "throughput_jobs": 2000, "throughput_reps": 2,
         "scale_points": [100, 500, 1000, 2000], "window": 10.0, "settle": 3.0, "beat_figure_at": 1000,
-        "hang_children": 1000, "hang_hung": 50,
-        "replace_children": 500, "replace_rounds": 5,
+        "hang_children": 1000, "hang_hung": 50, "hang_children_large": 2000, "frozen_children": 400,
+        "replace_children": 1000, "replace_rounds": 5,
         "spawn_api": 500, "spawn_cli": 20,
     },
 }
@@ -115,9 +115,10 @@ def beats_rows(ph: dict[str, Any], bare: dict[str, Any], mode: dict[str, Any], q
     p, b = pp[at], bp[at]
     ratio = p["us_per_beat"] / b["us_per_beat"]
     report.rows.append(Row(f"heartbeat cost: {at:,} children x 5 Hz, CPU per beat",
-                           f"{p['us_per_beat']:.1f} us/beat", "bare Python recvmsg loop, SO_PASSCRED, same stream",
-                           f"{b['us_per_beat']:.1f} us/beat", f"{ratio:.2f}x", "<= 2.5x the bare loop",
-                           ok(ratio, 2.5)))
+                           f"{p['us_per_beat']:.1f} us/beat",
+                           "bare Python recvmsg loop on a shared datagram socket, SO_PASSCRED, same stream",
+                           f"{b['us_per_beat']:.1f} us/beat", f"{ratio:.2f}x", "<= 1.0x the bare loop",
+                           ok(ratio, 1.0)))
     projected = p["us_per_beat"] * 1e-6 * 1000 * 5
     if at == 1000:
         total, label = p["cpu_frac"], f"{p['cpu_frac']:.1%} of one core"
@@ -186,16 +187,18 @@ def beats_rows(ph: dict[str, Any], bare: dict[str, Any], mode: dict[str, Any], q
                            "0 (not in the issue's table: every child here beats)", ph.get("kills", 0) == 0,
                            f"windows disturbed by kills at: {disturbed}" if disturbed else ""))
     if rejected:
-        report.notes.append(f"heartbeat run: rejected datagrams {rejected}")
+        report.notes.append(f"heartbeat run: rejected messages {rejected}")
 
 
 def hang_rows(r: dict[str, Any], report: Report) -> None:
     queue = f"net.unix.max_dgram_qlen={r['dgram_qlen']}" if "dgram_qlen" in r else ""
+    if r.get("hogs"):
+        queue += f", {r['hogs']} CPU hogs"
     report.rows.append(Row(f"hang detection: {r['n']:,} children, {r['hung']} hung, {queue}",
                            f"p99 {r['excess_ms_p99']:.0f} ms, p50 {r['excess_ms_p50']:.0f} ms beyond the timeout",
                            "heartbeat_timeout itself", f"{r['timeout']:.0f} s",
                            f"p99 = {r['excess_ms_p99'] / 1000 / r['timeout']:.1%} of the timeout",
-                           "p99 of (kill - last beat - timeout) <= 100 ms",
+                           "p99 of (kill - last beat - timeout) <= 100 ms, every frozen child, 0 healthy",
                            ok(r["excess_ms_p99"], 100) if r["killed"] == r["hung"] and not r["false_kills"] else False,
                            f"{r['killed']}/{r['hung']} killed, {r['false_kills']} false kills"))
     report.details += [
@@ -207,6 +210,13 @@ def hang_rows(r: dict[str, Any], report: Report) -> None:
         f"the wall-clock time the job's last beat left it): p50 {r['cross_ms_p50']:.1f} ms, "
         f"p99 {r['cross_ms_p99']:.1f} ms.", "",
     ]
+
+
+def frozen_rows(r: dict[str, Any], report: Report) -> None:
+    report.rows.append(Row(f"master frozen {r['frozen_s']:.0f} s (SIGSTOP), {r['n']:,} children",
+                           f"{r['kills']} children killed, {r['running_after']} running after",
+                           "-", "-", "-", "0 healthy children killed", r["kills"] == 0 and r["running_after"] == r["n"],
+                           f"master_was_away logged {r['master_was_away']}x; load {r['load']}"))
 
 
 def replace_rows(ph: dict[str, Any], gu: dict[str, Any], imports: dict[str, float], report: Report) -> None:
@@ -305,8 +315,10 @@ def build_report(raw: dict[str, Any], out: Path) -> tuple[Report, Path | None]:
                                       "healthy children killed on the way" if failed_at else ""))
         elif name == "hang" and "hang" in raw:
             hang_rows(raw["hang"], report)
-            if "hang_tuned" in raw:
-                hang_rows(raw["hang_tuned"], report)
+            if "hang_large" in raw:
+                hang_rows(raw["hang_large"], report)
+            if "frozen_master" in raw:
+                frozen_rows(raw["frozen_master"], report)
         elif name == "replace" and "replace_phoenix" in raw:
             replace_rows(raw["replace_phoenix"], raw["replace_gunicorn"], raw["imports"], report)
         elif name == "spawn" and "spawn" in raw:
@@ -399,14 +411,10 @@ def main(argv: list[str] | None = None) -> int:
                                            min(mode["beat_figure_at"], max(reached)), say)
 
     def do_hang() -> None:
+        # At the kernel's own net.unix.max_dgram_qlen, never changed here, with 2 CPU hogs.
         raw["hang"] = hang.run(reg, work, mode["hang_children"], mode["hang_hung"], say)
-        if raw["hang"]["dgram_qlen"] >= hang.TUNED_QLEN:
-            return
-        # The same figure on the README's advice, where this process may change the setting.
-        with hang.dgram_queue(hang.TUNED_QLEN) as tuned:
-            if tuned:
-                say(f"hang detection again with net.unix.max_dgram_qlen={hang.TUNED_QLEN}")
-                raw["hang_tuned"] = hang.run(reg, work, mode["hang_children"], mode["hang_hung"], say, "hang-tuned")
+        raw["hang_large"] = hang.run(reg, work, mode["hang_children_large"], mode["hang_hung"], say, "hang-large")
+        raw["frozen_master"] = hang.frozen_master(reg, work, mode["frozen_children"], say)
 
     def do_replace() -> None:
         say("replacement: timing app import and `phoenix check`")

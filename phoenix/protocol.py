@@ -138,10 +138,14 @@ class Sender:
             self.sock.close()  # the master went away: reconnect by path next time
             self.sock = None
 
-    def send_once(self, data: bytes, beat: bool = True) -> bool:
+    def send_once(self, data: bytes) -> bool:
+        """Send a beat; False: not sent (retry later)."""
+        if self.beats_stopped:
+            return True  # the final is on its way: beats end here
+        return self._send(data)
+
+    def _send(self, data: bytes) -> bool:
         with self.lock:
-            if beat and self.beats_stopped:
-                return True  # the final is on its way: nothing is numbered after it
             try:
                 self._connected().send(data)
                 return True
@@ -161,7 +165,7 @@ class Sender:
         expected = ack(seq)
         delay = 0.01
         while True:
-            if self.send_once(data, beat=False) and self._acked(expected, deadline):
+            if self._send(data) and self._acked(expected, deadline):
                 return True
             if time.monotonic() >= deadline:
                 return False

@@ -5,10 +5,12 @@ jobs end exactly once."""
 import json
 import os
 import pwd
+import signal
 import socket
 
 from phoenix import protocol
 from phoenix.journal import Journal
+from tests.apps.replace_tools import wait_generation
 from tests.conftest import wait_for
 
 
@@ -81,6 +83,54 @@ def test_another_uid_cannot_reach_the_sockets_nor_beat_for_a_job(master_factory,
     wait_for(lambda: master.status()["master"]["rejected"].get("foreign_uid", 0) >= 1,
              what="the foreign-uid connection to be rejected")
     assert master.jobs()["target"]["state"] == "running"
+
+
+def test_a_jobs_subprocess_cannot_beat_or_finish_for_it(master_factory, state_dir):
+    master = master_factory()
+    master.submit("tests.apps.jobs:subprocess_beats", {"socket": str(state_dir / "phoenix.sock")}, key="parent")
+    job = master.wait_jobs_done(["parent"], timeout=20)["parent"]
+    # Its own result, not the subprocess's forged one; no connection leaked through exec.
+    assert job["state"] == "finished" and job["result"] == {"inherited_sockets": 0}
+    assert master.status()["master"]["rejected"].get("unknown_pid", 0) >= 1
+
+
+def test_outcomes_are_acknowledged_on_the_connection_without_touching_the_outbox(master_factory, state_dir):
+    """The common case writes no file: the master acknowledges each final
+    message once it is in the journal, and the child exits at once."""
+    master = master_factory()
+    outbox = state_dir / "outbox"
+    before = os.stat(outbox).st_mtime_ns
+    master.submit_many(("tests.apps.jobs:noop", {"i": i}, f"job-{i}") for i in range(20))
+    jobs = master.wait_jobs_done(timeout=30)
+    assert all(job["state"] == "finished" and job["result"] == {"i": int(key.split("-")[1])}
+               for key, job in jobs.items())
+    assert os.stat(outbox).st_mtime_ns == before and not list(outbox.iterdir())  # nothing created, nothing removed
+
+
+def _socket_inodes(pid):
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        if target.startswith("socket:"):
+            inodes.add(target)
+    return inodes
+
+
+def test_each_childs_connection_is_handed_over_across_exec(master_factory):
+    """USR2: the new image inherits every child's connection (the fd -> pid
+    map in the handover), so no child reconnects, and their beats go on."""
+    master = master_factory("--heartbeat-interval", "0.1")
+    master.submit("tests.apps.jobs:wait_forever", {}, key="steady")
+    job = wait_for(lambda: (j := master.jobs()["steady"])["pid"] and j, what="the job to run")
+    wait_for(lambda: _socket_inodes(job["pid"]), what="the child to connect")
+    connection = _socket_inodes(job["pid"])
+    for generation in (2, 3):
+        master.signal(signal.SIGUSR2)
+        wait_generation(master.state_dir, generation)
+    assert master.live()["running"][str(job["id"])]["pid"] == job["pid"]
+    wait_for(lambda: master.live()["master"]["beats"] >= 5, what="beats read by the new image")
+    assert _socket_inodes(job["pid"]) == connection  # the same connection: never dropped, never remade
+    assert not master.live()["master"]["rejected"]
 
 
 def test_slow_and_failing_callbacks_do_not_hold_up_heartbeats(master_factory):

@@ -184,3 +184,30 @@ def records_term(params):
     while True:
         time.sleep(0.05)
         phoenix.heartbeat()
+
+
+@app.job(retries=0)
+def subprocess_beats(params):
+    """Starts a program that tries to beat (and finish) for this job: it finds
+    no connection inherited from the job (close-on-exec), and one it makes
+    itself is its own pid's, which is no attempt's."""
+    import subprocess
+    import sys
+
+    me = phoenix.current_job()
+    code = (
+        "import json, os, socket, stat, sys\n"
+        "inherited = sum(1 for fd in os.listdir('/proc/self/fd') if int(fd) > 2 and "
+        "os.path.exists(f'/proc/self/fd/{fd}') and stat.S_ISSOCK(os.stat(f'/proc/self/fd/{fd}').st_mode))\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
+        "s.connect(sys.argv[1])\n"
+        "try:\n"
+        "    s.send(json.dumps({'v': 1, 'job': int(sys.argv[2]), 'att': int(sys.argv[3]), 'k': 'finished',\n"
+        "                       'seq': 10**6, 'p': 0, 'result': 'forged'}).encode())\n"
+        "except OSError:\n"
+        "    pass\n"
+        "print(inherited)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, params["socket"], str(me.job_id), str(me.attempt)],
+                         capture_output=True, text=True, check=True)
+    return {"inherited_sockets": int(out.stdout.strip())}
