@@ -462,7 +462,7 @@ class Handoff:
         # owns the socket and the children (it adopts them through pidfds) and
         # answers `phoenix status`; the old one only waits to hear that it is
         # ready, and does not judge its children by beats it no longer reads.
-        m.selector.unregister(m.intake)
+        m.intake.unwatch()
         m.selector.unregister(m.control.sock)
         self.paused_timers = m.timers.pause()
         self.move(HandoffPhase.FORKED)
@@ -497,7 +497,7 @@ class Handoff:
             os.rename(oldbin(m), m.paths.pidfile)
         except FileNotFoundError:
             pidfile.write_atomically(m.paths.pidfile, os.getpid())
-        m.selector.register(m.intake, selectors.EVENT_READ, m.read_heartbeats)
+        m.intake.watch(m.selector)
         m.selector.register(m.control.sock, selectors.EVENT_READ, m.control.accept)
         # The beats sent while we did not listen were read by the new master,
         # or are still queued: every child gets a full heartbeat_timeout again.

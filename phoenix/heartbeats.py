@@ -16,7 +16,9 @@ from __future__ import annotations
 import errno
 import logging
 import select
+import selectors
 import socket
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,6 +30,12 @@ from phoenix.metrics import Counters
 # floods its connection cannot keep the loop here; the rest is read on the next
 # turn (the epoll set stays readable).
 READ_ROUNDS = 8
+# After a read that found only beats, the next waits this long, so that one
+# wake-up reads a batch (each connection queues its own beats meanwhile; every
+# deadline is judged after a read anyway). Not after a final message (its
+# child waits for the ack to exit), a new connection or an EOF (a child
+# starting or ending: a final may follow at once).
+BEAT_BATCH = 0.02
 ACCEPT_BATCH = 256  # connections accepted per round, for the same reason
 MAX_TRACKED_GAP = 1024  # missing sequence numbers remembered per child, to uncount late arrivals
 _READABLE = select.EPOLLIN | select.EPOLLRDHUP
@@ -64,10 +72,40 @@ class HeartbeatIntake:
         self.listener: socket.socket | None = None
         self.links: dict[int, Link] = {}  # fd -> link
         self.to_ack: list[HeldFinal] = []
+        self.selector: selectors.BaseSelector | None = None  # the master's loop, while it watches us
+        self.resume_at = 0.0  # monotonic: when watching resumes after a batch wait (0: watching)
 
     def fileno(self) -> int:
         """The epoll set: readable when the listener or any connection is."""
         return self.poller.fileno()
+
+    # -- in the master's loop -----------------------------------------------------------
+
+    def watch(self, selector: selectors.BaseSelector) -> None:
+        """Wake the master's loop when anything is readable."""
+        self.selector, self.resume_at = selector, 0.0
+        selector.register(self, selectors.EVENT_READ, self.ready)
+
+    def unwatch(self) -> None:
+        """Stop waking the loop (fork mode: the new master reads the connections now)."""
+        if self.selector is not None and not self.resume_at:
+            self.selector.unregister(self)
+        self.selector, self.resume_at = None, 0.0
+
+    def ready(self) -> None:
+        now = time.monotonic()
+        if self.read(now) or self.selector is None:
+            return  # children starting or ending: stay on it
+        self.selector.unregister(self)
+        self.resume_at = now + BEAT_BATCH
+
+    def next_deadline(self) -> float | None:
+        return self.resume_at or None
+
+    def resume_if_due(self, now: float) -> None:
+        if self.resume_at and now >= self.resume_at and self.selector is not None:
+            self.selector.register(self, selectors.EVENT_READ, self.ready)
+            self.resume_at = 0.0
 
     def listen(self, sock: socket.socket) -> None:
         """Take `sock` as the listening socket. Connections accepted from an
@@ -101,9 +139,12 @@ class HeartbeatIntake:
 
     # -- reading --------------------------------------------------------------------
 
-    def read(self, now: float) -> None:
-        """Read everything waiting (bounded), then acknowledge the finals held."""
+    def read(self, now: float) -> bool:
+        """Read everything waiting (bounded), then acknowledge the finals held.
+        False if it read nothing but beats and progress."""
         listener = self.listener.fileno() if self.listener is not None else -1
+        links = len(self.links)
+        closed = False
         for _ in range(READ_ROUNDS):
             events = self.poller.poll(0)
             if not events:
@@ -114,9 +155,11 @@ class HeartbeatIntake:
                 else:
                     link = self.links.get(fd)
                     if link is not None:
-                        self._receive(link, now)
+                        closed |= not self._receive(link, now)
         if self.to_ack:
             self._acknowledge()
+            return True
+        return closed or len(self.links) != links
 
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -149,24 +192,26 @@ class HeartbeatIntake:
         self.poller.unregister(link.sock)
         link.sock.close()
 
-    def _reject(self, link: Link, why: str) -> None:
+    def _reject(self, link: Link, why: str) -> bool:
         """A bad message closes its connection only; the child (if it was a
         slip, not an attack) reconnects."""
         self.counters.reject(why)
         self._close(link)
+        return False
 
-    def _receive(self, link: Link, now: float) -> None:
-        """One message: level-triggered epoll brings the connection back if more wait."""
+    def _receive(self, link: Link, now: float) -> bool:
+        """One message: level-triggered epoll brings the connection back if
+        more wait. False if the connection was closed."""
         try:
             data = link.sock.recv(protocol.RECV_BUFFER_BYTES)
         except (BlockingIOError, InterruptedError):
-            return
+            return True
         except OSError:
             data = b""  # ECONNRESET: gone, as at EOF
         if not data:
             self._close(link)
             self.child_closed()
-            return
+            return False
         attempt = self.attempts.get(link.pid)
         if attempt is None:  # its attempt ended (reaped) before this was read
             return self._reject(link, "unknown_pid")
@@ -196,6 +241,7 @@ class HeartbeatIntake:
         elif log.log.isEnabledFor(logging.DEBUG):
             log.event(logging.DEBUG, "beat", pid=link.pid, job=attempt.key, attempt=attempt.number, seq=message.seq,
                       progress=message.progress)
+        return True
 
     def _acknowledge(self) -> None:
         """Once the finals are in the journal: tell each child, which then

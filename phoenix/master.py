@@ -157,7 +157,7 @@ class Master:
             control.setblocking(False)
         else:
             control = control_socket.bind(self.paths.control_socket)
-        self.selector.register(self.intake, selectors.EVENT_READ, self.read_heartbeats)
+        self.intake.watch(self.selector)
         self.control = ControlServer(control, self.selector, self.control_request,
                                      lambda why: self.counters.reject(why))
         self.callbacks = CallbackRunner(self.config.callback_threads)
@@ -257,13 +257,14 @@ class Master:
         timer = self.timers.next_deadline()
         if timer is not None:
             deadlines.append(timer)
-        callback = self.callbacks.next_deadline(self.config.callback_timeout)
-        if callback is not None:
-            deadlines.append(callback)
+        for due in (self.callbacks.next_deadline(self.config.callback_timeout), self.intake.next_deadline()):
+            if due is not None:
+                deadlines.append(due)
         return min(deadlines)
 
     def wait_for_events(self) -> None:
         now = time.monotonic()
+        self.intake.resume_if_due(now)
         deadline = self.next_deadline(now)
         ready = self.selector.select(max(0.0, deadline - now))
         woke = time.monotonic()

@@ -97,10 +97,10 @@ class _MasterCollector:
                         _with_zeros([str(o) for o in Outcome], c.attempts))
         yield _labelled(CounterMetricFamily("phoenix_kills", "Children killed by Phoenix, by reason",
                                             labels=["reason"]), _with_zeros([str(r) for r in KillReason], c.kills))
-        yield CounterMetricFamily("phoenix_heartbeats_received", "Heartbeat datagrams accepted", value=c.beats)
+        yield CounterMetricFamily("phoenix_heartbeats_received", "Heartbeat messages accepted", value=c.beats)
         yield CounterMetricFamily("phoenix_heartbeats_missing", "Heartbeats a child numbered that never arrived",
                                   value=c.beats_missing)
-        yield _labelled(CounterMetricFamily("phoenix_heartbeats_rejected", "Heartbeat datagrams dropped, by reason",
+        yield _labelled(CounterMetricFamily("phoenix_heartbeats_rejected", "Heartbeat connections closed, by reason",
                                             labels=["reason"]), c.rejected)
         yield CounterMetricFamily("phoenix_spawned", "Children forked by this master", value=c.spawned)
         yield CounterMetricFamily("phoenix_callback_errors", "Callbacks that raised or timed out",

@@ -44,7 +44,6 @@ class SchedulerHost(Protocol):
 
     def has_free_slot(self) -> bool: ...
     def spec_for(self, target: str) -> JobSpec: ...
-    def read_heartbeats(self) -> None: ...
     def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None: ...
 
 
@@ -76,10 +75,6 @@ class Scheduler:
         slice_ends = time.monotonic() + SPAWN_SLICE
         for job in jobs:
             self.spawn(job)
-            # A fork costs milliseconds (tens on a busy VM) and the socket queues
-            # ~10 datagrams: drain it between forks, or a storm of spawns starves
-            # the children already running into false kills.
-            h.read_heartbeats()
             if time.monotonic() >= slice_ends:
                 break  # the rest on the next turn, after reaping, timers and control requests
         if len(jobs) and h.has_free_slot():
