@@ -217,6 +217,7 @@ def run(
         context = ChildContext(got["job"], got["key"], got["attempt"], decode_params(got["params"]))
         setproctitle(f"phoenix: job {visible(context.key)} attempt {context.attempt}")  # a NUL would raise
         sender = protocol.Sender(socket_path)
+        sender.connect()
         _runtime = _Runtime(context, sender, got["interval"])
         # _thread, not threading.Thread: start() waits for the thread to run
         # (about 1 ms), and this process only ever leaves through os._exit.
