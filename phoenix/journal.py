@@ -551,8 +551,8 @@ class Journal:
             not_before_boot, boot = clock.after(retry_delay)
         with self.transaction() as db:
             cur = db.execute(
-                "UPDATE attempts SET outcome = ?, reason = ?, error = ?, max_rss_kb = ?, ended_at = ? "
-                "WHERE id = ? AND outcome IS NULL",
+                "UPDATE attempts SET outcome = ?, reason = ?, error = ?, max_rss_kb = ?, ended_at = ?, "
+                "final = NULL WHERE id = ? AND outcome IS NULL",  # the held final is in the job's row now
                 (outcome, reason, error, max_rss_kb, now, attempt_id),
             )
             if cur.rowcount == 0:

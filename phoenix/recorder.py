@@ -56,8 +56,10 @@ class OutcomeRecorder:
         final = attempt.final or self.read_outbox(attempt.job_id, attempt.number)
         result = classify(final=final, status=status, interrupted=attempt.interrupted,
                           kill_reason=attempt.kill_reason, kill_detail=attempt.kill_detail)
+        # An acknowledged final means the child wrote no outbox file: nothing to remove.
         h.guarded(functools.partial(self.record, attempt.job_id, attempt.key, attempt.target, attempt.attempt_id,
-                                    attempt.number, result, max_rss_kb, attempt.pid), retry=True)
+                                    attempt.number, result, max_rss_kb, attempt.pid,
+                                    outbox=not attempt.final_held), retry=True)
         if h.histograms is not None:
             h.histograms.job_duration.labels(result.outcome).observe(time.monotonic() - attempt.started)
         h.jobs_may_be_pending()
@@ -71,7 +73,7 @@ class OutcomeRecorder:
         self.record(a.job_id, a.key, a.target, a.attempt_id, a.n, result, None, a.pid)
 
     def record(self, job_id: int, key: str, target: str, attempt_id: int, number: int, result: Classified,
-               max_rss_kb: int | None, pid: int | None) -> None:
+               max_rss_kb: int | None, pid: int | None, outbox: bool = True) -> None:
         h = self.host
         job = h.journal.job_row(job_id)
         assert job is not None
@@ -85,7 +87,8 @@ class OutcomeRecorder:
             counts_as_failure=after.counts_as_failure, retry_delay=retry_delay, callback=after.callback,
             attempt_n=number,
         )
-        self.remove_outbox(job_id, number)
+        if outbox:
+            self.remove_outbox(job_id, number)
         if not recorded:
             return  # another master recorded it first (a fork-mode handover)
         h.counters.count(h.counters.attempts, result.outcome)
