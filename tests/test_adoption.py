@@ -78,3 +78,30 @@ def test_a_new_master_adopts_what_the_old_one_left_running(master_factory, state
     assert sorted(started) == [("finisher", 1), ("survivor", 1), ("victim", 1), ("victim", 2)]
     assert " kill " not in second.log()
     assert "outcome=lost" in second.log()  # the victim, recorded as lost, then re-run
+
+
+def test_an_outcome_acknowledged_by_a_master_that_died_is_recorded_by_the_next_one(master_factory, state_dir):
+    """The master holds a final message in the journal before it acknowledges
+    it, and the child (acknowledged) writes no outbox file. If that master dies
+    before it records the outcome, the next one records it from the journal:
+    the finished job is not run again."""
+    from phoenix import protocol
+    from phoenix.journal import Journal
+
+    state_dir.mkdir(mode=0o700)
+    journal = Journal(state_dir / "journal.db")
+    job_id, _ = journal.submit("tests.apps.jobs:noop", '{"n": 1}', "acked")
+    (job,) = journal.pending(1)
+    gone = os.fork()
+    if gone == 0:
+        os._exit(0)
+    os.waitpid(gone, 0)  # a pid whose process is gone: the child exited after its ack
+    attempt_id = journal.begin_attempt(job, 1, gone, 1)
+    final = protocol.encode(job_id, 1, "finished", 7, 0, result={"from": "the acknowledged final"})
+    journal.hold_finals([(attempt_id, final.decode())])
+    journal.close()
+
+    master = master_factory()
+    row = master.wait_jobs_done(["acked"], timeout=SLOW)["acked"]
+    assert (row["state"], row["attempt"], row["outcome"]) == ("finished", 1, "finished")
+    assert row["result"] == {"from": "the acknowledged final"}
