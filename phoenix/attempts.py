@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phoenix.app import JobSpec
-from phoenix.liveness import Limits
+from phoenix.liveness import Limits, excused
 from phoenix.states import KillReason
 
 
@@ -46,3 +46,8 @@ class Attempt:
         """Silence until `now` was not this child's doing (an adoption, a master
         that was not running): its heartbeat and stall limits count from now."""
         self.last_beat = self.last_progress = max(self.last_beat, now)
+
+    def excuse(self, away: float, now: float) -> None:
+        """The master was not running for `away` seconds: that much of this child's silence is not its own."""
+        self.last_beat = excused(self.last_beat, away, now)
+        self.last_progress = excused(self.last_progress, away, now)

@@ -146,7 +146,7 @@ class HeartbeatIntake:
         links = len(self.links)
         closed = False
         for _ in range(READ_ROUNDS):
-            events = self.poller.poll(0)
+            events = self.poller.poll(0, len(self.links) + 1)  # every ready connection at once
             if not events:
                 break
             for fd, _mask in events:

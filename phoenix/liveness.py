@@ -47,3 +47,12 @@ def master_was_away(expected_wake: float, woke: float, worked: float, heartbeat_
     overslept = woke - expected_wake > max(0.25, heartbeat_interval)
     stuck = worked > max(1.0, 2 * heartbeat_interval)
     return overslept or stuck
+
+
+def excused(last: float, away: float, now: float) -> float:
+    """A child's last beat (or progress) moved on by the time the master was
+    away: silence over that gap does not count against the child (a VM pause
+    froze the children too), and no more than the gap does. A master that is
+    away again and again (an overloaded machine) still finds a frozen child,
+    later by the sum of its own absences, instead of forgiving it for ever."""
+    return min(now, last + away)

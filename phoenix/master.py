@@ -278,11 +278,14 @@ class Master:
 
     def give_grace(self, away: float) -> None:
         """The master itself was not running (SIGSTOP, a VM pause, swap): read
-        every beat that waits, then count each child's silence from now."""
+        every beat that waits (a child that ran meanwhile has some queued on
+        its connection), then excuse each silent child the time we were away."""
         self.read_heartbeats()
-        self.give_all_grace(time.monotonic())
+        now = time.monotonic()
+        for attempt in self.children.values():
+            attempt.excuse(away, now)
         event(WARNING, "master_was_away", seconds=f"{away:.2f}", running=len(self.children),
-              effect="every child gets a fresh heartbeat grace")
+              effect="each child's silence over that gap is not counted against it")
 
     def run_commands(self) -> None:
         while self.signals:

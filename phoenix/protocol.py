@@ -20,7 +20,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, Callable, TypeGuard
 
 from phoenix.paths import unix_address
 
@@ -72,11 +72,19 @@ def _count(value: object) -> TypeGuard[int]:
     return type(value) is int and value >= 0
 
 
+# The C scanner under json.loads, without its Python layers (a third of the
+# cost of reading a beat): same grammar, same limits.
+_scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
 def decode(data: bytes) -> Message | None:
     """Parse one message; None for anything malformed (the caller counts it)."""
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        text = data.decode()  # a str: json.loads would first guess the encoding of bytes, in Python
+        obj, end = _scan_once(text, 0)
+    except (ValueError, UnicodeDecodeError, RecursionError, StopIteration):
+        return None
+    if end != len(text):  # something after the object (encode never writes whitespace)
         return None
     if not isinstance(obj, dict) or type(obj.get("v")) is not int or obj["v"] != VERSION:  # not 1.0, not true
         return None

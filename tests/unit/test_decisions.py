@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from phoenix.commands import SIGNAL_COMMANDS, BadRequest, Command, from_request
-from phoenix.liveness import Limits, master_was_away, verdict
+from phoenix.liveness import Limits, excused, master_was_away, verdict
 from phoenix.outcomes import classify, classify_exit
 from phoenix.policy import RestartBudget, after_attempt, backoff_delay, may_run, may_start_jobs
 from phoenix.states import (
@@ -152,6 +152,16 @@ def test_verdict_kills_exactly_when_a_limit_is_past(beat, progress, started, now
 ])
 def test_master_was_away(expected, woke, worked, interval, away):
     assert master_was_away(expected, woke, worked, interval) is away
+
+
+@pytest.mark.parametrize("last, away, now, expected", [
+    (100.0, 6.0, 107.0, 106.0),  # silent since before a 6 s absence: only the silence outside it counts
+    (106.9, 6.0, 107.0, 107.0),  # beat just now (read after the wake): never moved past now
+    (90.0, 1.0, 107.0, 91.0),  # frozen long before a short absence: still found, 1 s later
+    (100.0, 0.0, 107.0, 100.0),
+])
+def test_excused_moves_a_silence_on_by_the_absence_and_no_further(last, away, now, expected):
+    assert excused(last, away, now) == expected
 
 
 # -- outcomes.classify -------------------------------------------------------------------------
