@@ -421,6 +421,8 @@ class Master:
         """After a failed exec: the journal was closed for it (a shared store
         connects again by itself, and keeps its lease)."""
         if self.journal.shared:
+            if self.leases is not None:
+                self.leases.open_listener()  # closed with the store for the exec
             return
         self.journal = Journal(self.paths.journal)
         if self.app is not None:
