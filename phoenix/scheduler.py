@@ -184,7 +184,8 @@ class Scheduler:
         h = self.host
         pid = waiting.pid
         delivered = waiting.send(child.order(job.id, job.key, number, job.target, job.params,
-                                             h.config.heartbeat_interval, h.config.outcome_delivery_timeout))
+                                             h.config.heartbeat_interval, h.config.outcome_delivery_timeout,
+                                             attempt_id))
         now = time.monotonic()
         attempt = Attempt(attempt_id, job.id, job.key, job.target, number, pid, spec, now, now, now)
         if not delivered:  # the child died waiting and never saw its job: not the job's failure

@@ -57,7 +57,7 @@ def sleep(params):
     while time.monotonic() < deadline:
         time.sleep(0.05)
         phoenix.heartbeat()
-    return {"slept": params["s"], "pid": os.getpid()}
+    return {"slept": params["s"], "pid": os.getpid(), "attempt_id": phoenix.current_job().attempt_id}
 
 
 @app.job(retries=2)

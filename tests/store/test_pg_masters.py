@@ -134,6 +134,11 @@ def test_a_frozen_masters_late_outcome_is_fenced(tmp_path: Path, pg_url: str) ->
         assert (second["master"], second["outcome"]) == ("b", "finished")
         job = jobs_by_key(pg_url)["job"]
         assert job["state"] == "finished" and job["result"]["pid"] == second["pid"]  # b's result, not a's
+        from phoenix.pgstore import PgStore
+
+        with PgStore(pg_url) as store:
+            row = store.job_by_key("job")
+        assert row is not None and job["result"]["attempt_id"] == row["current_attempt"]  # the fencing token
         assert [c["attempt"] for c in b.callbacks()] == [2] and a.callbacks() == []  # one callback
         submit(pg_url, "tests.apps.jobs:noop", {}, "after")  # a works on under its new epoch
         wait_for(lambda: jobs_by_key(pg_url)["after"]["state"] == "finished", what="a new job to finish")
