@@ -186,7 +186,8 @@ FOR UPDATE OF a, m, j
 _RECOVER_MASTERS = """
 WITH dead AS (
     SELECT node FROM masters
-    WHERE lease_expires_at < now() - make_interval(secs => %(grace)s) AND state NOT IN ('stopped', 'lost')
+    WHERE lease_expires_at < now() - make_interval(secs => %(grace)s) AND state <> 'lost'
+      AND (state <> 'stopped' OR EXISTS (SELECT 1 FROM attempts a WHERE a.master = masters.node AND a.outcome IS NULL))
     FOR UPDATE SKIP LOCKED
 )
 UPDATE masters m SET epoch = m.epoch + 1, state = 'lost' FROM dead WHERE m.node = dead.node RETURNING m.node
@@ -331,11 +332,14 @@ class PgStore:
             return cur.fetchone() is not None
 
     def release_lease(self, state: str) -> None:
-        """A clean stop: the lease ends now. `left` (children left running)
-        is recovered after the grace period if no master takes it up again."""
+        """A stop: `stopped` ends the lease now (its children are gone).
+        `left` (children left running for the next master of this node) keeps
+        the lease to its expiry: a master started on the node before expiry +
+        grace takes them up; otherwise they are recovered, and run elsewhere."""
         with self._tx() as cur:
-            cur.execute("UPDATE masters SET state = %s, lease_expires_at = now(), slots_used = 0 "
-                        "WHERE node = %s AND epoch = %s", (state, self.node, self.epoch))
+            cur.execute("UPDATE masters SET state = %s, lease_expires_at = CASE WHEN %s = 'stopped' THEN now() "
+                        "ELSE lease_expires_at END, slots_used = CASE WHEN %s = 'stopped' THEN 0 ELSE slots_used END "
+                        "WHERE node = %s AND epoch = %s", (state, state, state, self.node, self.epoch))
 
     def recover(self, grace: float, decide: Callable[[str, int], tuple[str, bool, float | None, str | None]],
                 ) -> list[tuple[int, int, int, str]]:

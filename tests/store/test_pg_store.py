@@ -186,3 +186,16 @@ def test_the_operators_commands_work_on_the_shared_store(pg_url: str) -> None:
     assert a.claim(1, 11, None) is not None
     result = phoenix_cli("prune", "--finished-before", "0s", "--json", "--store", pg_url)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_stopped_master_is_recovered_only_if_it_left_an_attempt_open(pg_url: str) -> None:
+    a, b, c = master(pg_url, "a"), master(pg_url, "b"), master(pg_url, "c")
+    a.submit("m:f", "null", "k")
+    a.claim(1, 10, None)
+    for stopped in (a, c):
+        stopped.release_lease("stopped")  # a's outcome could not be written before it exited
+        expire(pg_url, stopped.node)
+    b.recover(5.0, lost_job)
+    assert b.last_recovery == (["a"], 1)
+    masters = {m["node"]: m["state"] for m in b.masters()}
+    assert masters == {"a": "lost", "b": "running", "c": "stopped"}
