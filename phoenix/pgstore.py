@@ -151,8 +151,8 @@ CREATE TABLE IF NOT EXISTS meta (
 # A due pending job, locked for this transaction only if no other master has
 # it locked; MATERIALIZED keeps the planner from pushing the lock past LIMIT.
 _CLAIM = f"""
-WITH lease AS (
-    SELECT epoch FROM masters WHERE node = %(node)s AND epoch = %(epoch)s AND lease_expires_at > now()
+WITH lease AS (  -- FOR SHARE: a recovery of this master waits (skips it) until the claim commits
+    SELECT epoch FROM masters WHERE node = %(node)s AND epoch = %(epoch)s AND lease_expires_at > now() FOR SHARE
 ), candidate AS MATERIALIZED (
     SELECT id FROM jobs
     WHERE state = 'pending' AND not_before <= {_NOW} AND EXISTS (SELECT 1 FROM lease)
@@ -463,8 +463,12 @@ class PgStore:
     def begin_attempt(self, job: Job, generation: int, pid: int | None, start_time: int | None) -> int:
         """This job's attempt, if it is still pending (the SQLite journal's
         two-step start, for callers that picked the job with `pending`):
-        0 if another master took it first."""
+        0 if another master took it first, or this master's lease is not live."""
         with self._tx() as cur:
+            cur.execute("SELECT 1 FROM masters WHERE node = %s AND epoch = %s AND lease_expires_at > now() FOR SHARE",
+                        (self.node, self.epoch))
+            if cur.fetchone() is None:
+                return 0  # no live lease: no claim
             cur.execute("SELECT 1 FROM jobs WHERE id = %s AND state = 'pending' FOR UPDATE SKIP LOCKED", (job.id,))
             if cur.fetchone() is None:
                 return 0
