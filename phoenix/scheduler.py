@@ -55,9 +55,11 @@ class Scheduler:
         self.host = host
         self.maybe_pending = True  # a job may be waiting: look on the next turn
         self.next_poll = 0.0  # monotonic: look then even if nobody said so
+        self.woken = False  # woken by a submit, an attempt's end or a recovery, not by the poll
 
     def wake(self) -> None:
         self.maybe_pending = True
+        self.woken = True
 
     def next_deadline(self, now: float) -> float:
         if not self.host.has_free_slot():
@@ -75,7 +77,8 @@ class Scheduler:
         self.maybe_pending = False
         if h.journal.shared:
             self.next_poll = time.monotonic() + SHARED_POLL
-            self.claim_jobs()
+            woken, self.woken = self.woken, False
+            self.claim_jobs(woken)
             return
         self.next_poll = time.monotonic() + PENDING_POLL
         jobs = h.journal.pending(h.slots - len(h.children))
@@ -94,12 +97,13 @@ class Scheduler:
         if due_in is not None and due_in > 0:
             self.next_poll = min(self.next_poll, time.monotonic() + due_in)
 
-    def claim_jobs(self) -> None:
+    def claim_jobs(self, woken: bool) -> None:
         """Shared store: for each free slot, a waiting child, then one claim
         statement that records the job's attempt with that child's pid (see
         pgstore._CLAIM). The child gets its order only after the claim commits."""
         h = self.host
         slice_ends = time.monotonic() + SPAWN_SLICE
+        started = False
         while h.has_free_slot():
             try:
                 waiting = h.spawner.take()
@@ -114,6 +118,10 @@ class Scheduler:
                 return
             if claimed is None:
                 h.spawner.give_back(waiting)  # nothing due: it waits for the next job as the spare
+                if woken or started:  # a job put back with a backoff (a re-run, a recovery) may be due sooner
+                    due_in = h.journal.next_due_in()
+                    if due_in is not None and due_in > 0:
+                        self.next_poll = min(self.next_poll, time.monotonic() + due_in)
                 return
             job, attempt_id = claimed
             try:
@@ -130,6 +138,7 @@ class Scheduler:
                                             f"{retries} retries")
                 continue
             self.start(job, spec, waiting, attempt_id, job.attempts + 1)
+            started = True
             h.read_heartbeats()
             if time.monotonic() >= slice_ends:
                 self.maybe_pending = True  # the rest on the next turn

@@ -79,32 +79,33 @@ def test_two_masters_share_the_jobs_and_report_them(tmp_path: Path, pg_url: str)
 
 def test_a_killed_masters_jobs_run_again_on_the_other_within_ttl_plus_grace(tmp_path: Path, pg_url: str) -> None:
     a = shared_master(tmp_path, "a", pg_url, "--workers", "2").start()
+    b = shared_master(tmp_path, "b", pg_url, "--workers", "2").start()
     try:
-        for i in range(2):
-            submit(pg_url, "tests.apps.jobs:sleep", {"s": 2}, f"long-{i}")
-        wait_for(lambda: [j["node"] for j in jobs_by_key(pg_url).values() if j["state"] == "running"] == ["a", "a"],
-                 what="both jobs running on a")
-        b = shared_master(tmp_path, "b", pg_url, "--workers", "2").start()
-        try:
-            children = [j["pid"] for j in jobs_by_key(pg_url).values()]
-            a.signal(signal.SIGKILL)  # the host's master dies; its children are ended too, as a lost host's
-            a.wait_exit()
-            for pid in children:
-                os.killpg(pid, signal.SIGKILL)
-            # ttl 2 s + grace 1.4 s + a recovery period: well within 10 s
-            wait_for(lambda: all(j["state"] == "running" and j["node"] == "b" for j in jobs_by_key(pg_url).values()),
-                     timeout=10, what="b to run a's jobs again")
-            b.wait_log("recovered masters=a attempts=2")
-            done = wait_for(lambda: (lambda js: js if all(j["state"] == "finished" for j in js.values()) else None)(
-                jobs_by_key(pg_url)), timeout=20, what="the jobs to finish on b")
-            assert {j["attempt"] for j in done.values()} == {2}
-            assert sorted(c["key"] for c in b.callbacks() if c["kind"] == "finished") == ["long-0", "long-1"]
-            code, report = status(pg_url)
-            assert {m["node"]: m["state"] for m in report["masters"]}["a"].startswith("lost")
-        finally:
-            b.stop()
+        from phoenix import Client
+
+        client = Client(store=pg_url)
+        for i in range(4):
+            client.submit("tests.apps.jobs:sleep", {"s": 3}, key=f"long-{i}")
+        running = wait_for(lambda: (lambda js: js if all(j["state"] == "running" for j in js.values()) else None)(
+            jobs_by_key(pg_url)), what="4 jobs running, 2 on each master")
+        victims = {key: job["pid"] for key, job in running.items() if job["node"] == "a"}
+        assert len(victims) == 2
+        a.signal(signal.SIGKILL)  # the host is lost: its master and its children die
+        a.wait_exit()
+        for pid in victims.values():
+            os.killpg(pid, signal.SIGKILL)
+        # ttl 2 s + grace 1.4 s + a recovery period, then a slot on b: well within 15 s
+        done = wait_for(lambda: (lambda js: js if all(j["state"] == "finished" for j in js.values()) else None)(
+            jobs_by_key(pg_url)), timeout=15, what="every job to finish on b")
+        assert {key: (job["attempt"], job["node"]) for key, job in done.items()} == {
+            key: (2, "b") if key in victims else (1, "b") for key in done}
+        b.wait_log("recovered masters=a attempts=2")
+        assert sorted(c["key"] for c in b.callbacks() if c["kind"] == "finished") == sorted(done)  # once each
+        code, report = status(pg_url)
+        assert code == 0 and {m["node"]: m["state"] for m in report["masters"]}["a"].startswith("lost")
     finally:
         a.stop()
+        b.stop()
 
 
 def attempts(url: str, key: str) -> list[dict[str, Any]]:
