@@ -61,6 +61,16 @@ def sleep(params):
 
 
 @app.job(retries=2)
+def long_first(params):
+    """Sleeps params["s"] seconds on its first attempt only (a re-run returns at once)."""
+    deadline = time.monotonic() + (params["s"] if phoenix.current_job().attempt == 1 else 0)
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        phoenix.heartbeat()
+    return {"attempt": phoenix.current_job().attempt}
+
+
+@app.job(retries=2)
 def hang_first(params):
     """Stops itself (no more beats) on its first attempt only."""
     if phoenix.current_job().attempt == 1:
