@@ -65,7 +65,7 @@ from phoenix.timers import TimerHeap
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 event = log.event
 STATE_DIR_CHECK = 1.0
-SHARED_TITLE_EVERY = 10.0
+SHARED_TITLE_EVERY = 60.0
 
 
 class Master:
@@ -438,6 +438,9 @@ class Master:
                 attempt.interrupted = True
                 attempt.kill_detail = why
                 self.hangs.stop(attempt, now)
+
+    def shared_poll(self) -> float:
+        return self.leases.poll_interval() if self.leases is not None else 2.0
 
     def lease_state(self) -> str:
         return str(self.state) if self.state in (MasterState.DRAINING, MasterState.DEGRADED) else "running"

@@ -29,7 +29,6 @@ from phoenix.timers import TimerHeap
 
 SPAWN_SLICE = 0.25  # seconds of forking per turn of the loop before the other steps get a turn
 PENDING_POLL = 1.0  # fallback look for jobs submitted without a wake-up
-SHARED_POLL = 2.0  # the same in a shared store, where submits NOTIFY (a missed one costs at most this)
 
 
 class SchedulerHost(Protocol):
@@ -45,6 +44,7 @@ class SchedulerHost(Protocol):
     outage: JournalOutage
 
     def has_free_slot(self) -> bool: ...
+    def shared_poll(self) -> float: ...  # seconds between looks in a shared store, whose submits NOTIFY
     def spec_for(self, target: str) -> JobSpec: ...
     def read_heartbeats(self) -> None: ...
     def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None: ...
@@ -76,7 +76,7 @@ class Scheduler:
             return
         self.maybe_pending = False
         if h.journal.shared:
-            self.next_poll = time.monotonic() + SHARED_POLL
+            self.next_poll = time.monotonic() + h.shared_poll()
             woken, self.woken = self.woken, False
             self.claim_jobs(woken)
             return
