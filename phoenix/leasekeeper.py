@@ -147,7 +147,8 @@ class LeaseKeeper:
         try:
             self.store.register_master(pid, generation, started_at, self.host.slots, app)
         except StoreUnavailable:
-            return  # tried again at the next renewal
+            self.next_renewal = sent + RENEW_RETRY  # tried again then; no claims meanwhile
+            return
         self.trusted(sent)
 
     def open_listener(self) -> None:
