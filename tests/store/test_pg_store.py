@@ -157,8 +157,9 @@ def test_schema_versions(postgres_server: Any) -> None:
     ("postgresql://nobody@127.0.0.1:1/nothing", "cannot connect to the PostgreSQL store"),
     ("mysql://x", 'store must be "sqlite" or a postgresql:// URL'),
 ])
-def test_bad_store_urls_are_one_line(url: str, message: str) -> None:
-    for args in (["status", "--json"], ["submit", "m:f", "null"], ["store", "migrate"]):
+def test_bad_store_urls_are_one_line(url: str, message: str, tmp_path: Any) -> None:
+    start = ["start", "tests.apps.jobs:app", "--state-dir", str(tmp_path / "state")]
+    for args in (["status", "--json"], ["submit", "m:f", "null"], ["store", "migrate"], start):
         result = phoenix_cli(*args, "--store", url)
         assert result.returncode in (1, 2) and message in result.stderr, (args, result.stderr)
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
