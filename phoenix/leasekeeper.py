@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from phoenix import leases, log
+from phoenix.app import JobSpec
 from phoenix.attempts import Attempt
 from phoenix.config import Config
 from phoenix.journal import StoreUnavailable
@@ -43,7 +44,7 @@ class LeaseHost(Protocol):
     slots: int
     budget: RestartBudget
 
-    def retries_for(self, target: str) -> int | None: ...
+    def known_spec(self, target: str) -> JobSpec | None: ...
     def jobs_may_be_pending(self) -> None: ...
     def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None: ...
     def callbacks_held(self) -> bool: ...
@@ -191,7 +192,11 @@ class LeaseKeeper:
 
         def decide(target: str, failures: int) -> tuple[str, bool, float | None, str | None]:
             h = self.host
-            after = after_attempt(Outcome.LOST, failures, h.retries_for(target), budget=h.budget, now=now,
+            # A target this master's code lacks (another fleet's job): its policy is not known
+            # here, so the job goes back to pending and the master that claims it judges (may_run).
+            spec = h.known_spec(target)
+            retries = None if spec is None else spec.retries if spec.retries is not None else h.config.retries
+            after = after_attempt(Outcome.LOST, failures, retries, budget=h.budget, now=now,
                                   backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
             delay = after.delay if after.job_state == "pending" and after.counts_as_failure else None
             return after.job_state, after.counts_as_failure, delay, after.callback
