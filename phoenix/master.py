@@ -43,7 +43,8 @@ from phoenix.config import Config
 from phoenix.control import ControlServer
 from phoenix.hangs import HangKiller, signal_attempt
 from phoenix.heartbeats import HeartbeatIntake
-from phoenix.journal import Journal, JournalError
+from phoenix.journal import Journal, JournalError, StoreUnavailable
+from phoenix.leasekeeper import LeaseKeeper
 from phoenix.liveness import master_was_away
 from phoenix.outage import STORAGE_ERRORS, JournalOutage, file_identity, restore_journal
 from phoenix.paths import StatePaths
@@ -58,11 +59,13 @@ from phoenix.sockets import bind_heartbeat
 from phoenix.spawner import Spawner
 from phoenix.statefiles import StateFiles
 from phoenix.states import MASTER_TRANSITIONS, HandoffPhase, MasterState, StopMode, check_move
+from phoenix.store import Store, default_node, is_url, open_store, redact
 from phoenix.timers import TimerHeap
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 event = log.event
 STATE_DIR_CHECK = 1.0
+SHARED_TITLE_EVERY = 60.0
 
 
 class Master:
@@ -102,9 +105,11 @@ class Master:
         self.spawner = Spawner(self)
         self.scheduler = Scheduler(self)
         self.watchdog = systemd.Watchdog()  # WATCHDOG=1 when systemd's WatchdogSec asks for it
-        self.outage = JournalOutage(str(self.paths.journal))
+        self.outage = JournalOutage(redact(config.store) if is_url(config.store) else str(self.paths.journal))
         self.next_state_dir_check = 0.0
         self.state_files = StateFiles()  # sockets, pidfile and lock put back if removed under us
+        self.node = config.node or default_node(config.state_dir)  # its name in a shared store
+        self.leases: LeaseKeeper | None = None  # a shared store's lease (leasekeeper.py)
 
     def change_state(self, new: MasterState) -> None:
         """The one writer of `state`."""
@@ -133,8 +138,10 @@ class Master:
             raise
 
     def _open_under_lock(self, inherited: dict[str, int]) -> None:
-        self.journal = Journal(self.paths.journal, verify=not inherited)  # after an exec, the preflight checked it
-        self.journal_identity = file_identity(self.paths.journal)
+        # After an exec, the preflight checked the journal.
+        self.journal: Store = open_store(self.config.store, self.paths.journal, node=self.node,
+                                         verify=not inherited, lease_ttl=self.config.lease_ttl)
+        self.journal_identity = None if self.journal.shared else file_identity(self.paths.journal)
         # Recorded in the journal only once ready: a start that fails records no generation.
         self.generation = int(self.journal.meta("generation", 0)) + 1
         if not inherited:  # a run starts here; replacement images carry it on (see exits.py)
@@ -158,6 +165,12 @@ class Master:
         else:
             control = control_socket.bind(self.paths.control_socket)
         self.intake.watch(self.selector)
+        if self.journal.shared:
+            from phoenix.pgstore import PgStore  # only with a shared store: psycopg
+
+            assert isinstance(self.journal, PgStore)
+            self.leases = LeaseKeeper(self, self.journal)
+            self.leases.register(os.getpid(), self.generation, self.started_at, self.app_spec)
         self.control = ControlServer(control, self.selector, self.control_request,
                                      lambda why: self.counters.reject(why))
         self.callbacks = CallbackRunner(self.config.callback_threads)
@@ -239,6 +252,8 @@ class Master:
                 self.guarded(self.update_title)
                 self.watchdog.keep_alive()
                 self.watch_storage()
+                if self.leases is not None:
+                    self.leases.tick(time.monotonic())
             if self.stop_signal is not None and self.config.exit_when_done:
                 self.exit_code = exits.stopped_batch(self.stop_signal, self.batch_counts)
         except Exception as exc:
@@ -254,6 +269,8 @@ class Master:
         """The earliest moment any part needs the loop (einhorn's Event.timeout)."""
         deadlines = [self.scheduler.next_deadline(now), self.watchdog.due, self.outage.next_retry,
                      self.next_state_dir_check, self.control.next_deadline()]
+        if self.leases is not None:
+            deadlines.append(self.leases.next_deadline())
         timer = self.timers.next_deadline()
         if timer is not None:
             deadlines.append(timer)
@@ -419,10 +436,32 @@ class Master:
         self.spawner.discard()
 
     def reopen_journal(self) -> None:
-        """After a failed exec: the journal was closed for it."""
+        """After a failed exec: the journal was closed for it (a shared store
+        connects again by itself, and keeps its lease)."""
+        if self.journal.shared:
+            if self.leases is not None:
+                self.leases.open_listener()  # closed with the store for the exec
+            return
         self.journal = Journal(self.paths.journal)
         if self.app is not None:
             self.app.journal = self.journal
+
+    # -- what the lease keeper asks (leasekeeper.LeaseHost) --------------------------------
+
+    def end_children(self, why: str) -> None:
+        """TERM every child's group, KILL after kill_grace; their jobs go back under their policy."""
+        now = time.monotonic()
+        for attempt in self.children.values():
+            if attempt.kill_reason is None and not attempt.interrupted:
+                attempt.interrupted = True
+                attempt.kill_detail = why
+                self.hangs.stop(attempt, now)
+
+    def shared_poll(self) -> float:
+        return self.leases.poll_interval() if self.leases is not None else 2.0
+
+    def lease_state(self) -> str:
+        return str(self.state) if self.state in (MasterState.DRAINING, MasterState.DEGRADED) else "running"
 
     def give_all_grace(self, now: float) -> None:
         for attempt in self.children.values():
@@ -441,7 +480,8 @@ class Master:
     # -- spawning -------------------------------------------------------------------
 
     def has_free_slot(self) -> bool:
-        return may_start_jobs(self.state, self.handoff.phase, self.outage.active, len(self.children), self.slots)
+        return (may_start_jobs(self.state, self.handoff.phase, self.outage.active, len(self.children), self.slots)
+                and (self.leases is None or self.leases.may_claim(time.monotonic())))
 
     def spec_for(self, target: str) -> JobSpec:
         spec = self.specs.get(target)
@@ -487,7 +527,7 @@ class Master:
         if now < self.next_state_dir_check:
             return
         self.next_state_dir_check = now + STATE_DIR_CHECK
-        if file_identity(self.paths.journal) != self.journal_identity:
+        if not self.journal.shared and file_identity(self.paths.journal) != self.journal_identity:
             self.rebuild_state_dir()
         else:
             self.state_files.check(self)
@@ -500,6 +540,7 @@ class Master:
                   effect="rebuilding it from the open journal; running children are kept")
         try:
             self.paths.ensure()
+            assert isinstance(self.journal, Journal)
             restore_journal(self.journal.db, self.paths.journal)
             self.journal.close()
             self.reopen_journal()
@@ -563,13 +604,12 @@ class Master:
         self.settler.settle()
         self.callbacks.shutdown()
         self.control.close()
-        if self.stop_mode == StopMode.HANDED_OVER:
-            # The sockets, the pidfile and the journal's meta are the new master's now.
-            handoff.oldbin(self).unlink(missing_ok=True)
-            self.journal.record_event("handed_over", self.generation, os.getpid(), None)
-        else:
-            self.journal.set_meta(state="stopped")
-            self.journal.record_event("master_stop", self.generation, os.getpid(), self.stop_mode)
+        try:
+            self.record_stop()
+        except StoreUnavailable as exc:  # a shared store out of reach: its lease lapses, and others recover
+            event(ERROR, "stop_unrecorded", error=str(exc), unwritten=len(self.outage.unwritten),
+                  effect="the lease lapses; another master recovers what this one could not record")
+        if self.stop_mode != StopMode.HANDED_OVER:
             for path in (self.paths.heartbeat_socket, self.paths.control_socket):
                 path.unlink(missing_ok=True)
             systemd.notify("STOPPING=1")
@@ -577,11 +617,22 @@ class Master:
         self.journal.close()
         event(INFO, "exit", pid=os.getpid(), code=self.exit_code)
 
+    def record_stop(self) -> None:
+        if self.stop_mode == StopMode.HANDED_OVER:
+            # The sockets, the pidfile and the journal's meta are the new master's now.
+            handoff.oldbin(self).unlink(missing_ok=True)
+            self.journal.record_event("handed_over", self.generation, os.getpid(), None)
+            return
+        self.journal.set_meta(state="stopped")
+        self.journal.record_event("master_stop", self.generation, os.getpid(), self.stop_mode)
+        if self.leases is not None:
+            self.leases.release("left" if self.stop_mode == StopMode.LEAVE else "stopped")
+
     def update_title(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now < self.title_due:
             return
-        self.title_due = now + 0.5
+        self.title_due = now + (SHARED_TITLE_EVERY if self.journal.shared else 0.5)  # a shared count costs more
         self.counters.jobs = self.journal.counts()
         pending = self.counters.jobs["pending"]
         app = (self.app.name if self.app is not None else None) or self.app_spec or "-"
