@@ -55,10 +55,12 @@ class ChildContext:
 class _Runtime:
     """The live state of this child process (one per process, set after fork)."""
 
-    def __init__(self, context: ChildContext, sender: protocol.Sender, interval: float) -> None:
+    def __init__(self, context: ChildContext, sender: protocol.Sender, interval: float,
+                 orphan: tuple[float, float] | None = None) -> None:
         self.context = context
         self.sender = sender
         self.interval = interval
+        self.orphan = orphan  # (seconds without a master, kill grace): shared store only
         self.progress = 0
         self.seq = 0
         self.final_seq = 0
@@ -80,12 +82,27 @@ class _Runtime:
             reported = self.progress
             message = self.next_message(kind)
             delay = 0.01
+            unsent_since = time.monotonic()
             # Keep this beat (and its number) until it is sent: the master may be
             # gone for a while (a crash, then a new one binds the path); none of it is fatal.
             while not self.sender.send_once(message):
+                if self.orphan is not None and time.monotonic() - unsent_since >= self.orphan[0]:
+                    self.end_orphaned()
                 time.sleep(random.uniform(delay, 2 * delay))
                 delay = min(delay * 2, self.interval)
             time.sleep(self.interval)
+
+    def end_orphaned(self) -> None:
+        """No master has heard from this child for so long that another host
+        may soon recover its job: end this attempt (the whole process group,
+        as the master would) rather than run beside the re-run."""
+        assert self.orphan is not None
+        waited, grace = self.orphan
+        print(f"phoenix: no master reachable for {waited:.1f}s; ending job {visible(self.context.key)} attempt "
+              f"{self.context.attempt} before another master runs it again", file=sys.stderr, flush=True)
+        os.killpg(os.getpid(), signal.SIGTERM)
+        time.sleep(grace)
+        os.killpg(os.getpid(), signal.SIGKILL)
 
 
 _runtime: _Runtime | None = None
@@ -162,15 +179,18 @@ ORDER_HEADER = 8  # bytes of big-endian length before an order's JSON
 
 
 def order(job_id: int, key: str, attempt: int, target: str, params: str, heartbeat_interval: float,
-          delivery_timeout: float, attempt_id: int | None = None) -> bytes:
+          delivery_timeout: float, attempt_id: int | None = None, orphan: tuple[float, float] | None = None,
+          ) -> bytes:
     """What the master writes to a waiting child once the attempt is recorded:
     the job to run and the settings to run it with (a spare child may have
     been forked before a reload changed them). Length first: the child must
     not need EOF, which a process forked by app code in a master thread
-    would hold back by keeping a copy of the pipe's write end."""
+    would hold back by keeping a copy of the pipe's write end. `orphan`
+    (shared store only): (seconds without any master, kill grace) after which
+    the child ends its own attempt (see leases.orphan_after)."""
     payload = json.dumps({"job": job_id, "key": key, "attempt": attempt, "target": target, "params": params,
                           "interval": heartbeat_interval, "delivery": delivery_timeout,
-                          "attempt_id": attempt_id}).encode()
+                          "attempt_id": attempt_id, "orphan": orphan}).encode()
     return len(payload).to_bytes(ORDER_HEADER, "big") + payload
 
 
@@ -224,7 +244,8 @@ def run(
         setproctitle(f"phoenix: job {visible(context.key)} attempt {context.attempt}")  # a NUL would raise
         sender = protocol.Sender(socket_path)
         sender.connect()
-        _runtime = _Runtime(context, sender, got["interval"])
+        orphan = got.get("orphan")
+        _runtime = _Runtime(context, sender, got["interval"], (orphan[0], orphan[1]) if orphan else None)
         # _thread, not threading.Thread: start() waits for the thread to run
         # (about 1 ms), and this process only ever leaves through os._exit.
         _thread.start_new_thread(_runtime.beat_forever, ())

@@ -17,6 +17,11 @@ so the children of a master that lost its database are gone before their jobs
 run elsewhere. This fails only if a host is frozen (SIGSTOP, VM pause) for
 longer than ttl + grace: it may wake with children still running beside the
 re-run, and its late outcomes are then fenced (never recorded).
+
+A master that dies (SIGKILL, OOM) cannot end its children; they end
+themselves. A child that has not reached any master for `orphan_after`
+seconds (see below) ends its own process group (TERM, then KILL after
+kill_grace), before any other master may recover its job.
 """
 
 from __future__ import annotations
@@ -45,6 +50,19 @@ def lease_times(ttl: float, kill_grace: float) -> LeaseTimes:
         raise ValueError("lease_ttl must be greater than 0")
     margin = min(ttl / 10, 2.0)  # clock-rate drift and scheduling slack; 2 s is plenty at any ttl
     return LeaseTimes(ttl=ttl, renew_every=ttl / 3, margin=margin, grace=kill_grace + 2 * margin)
+
+
+def orphan_after(times: LeaseTimes, heartbeat_interval: float) -> float:
+    """How long a child of a shared store may go without reaching any master
+    before it ends its attempt. Its master's last renewal was at most one
+    renewal period before the master died, so the lease expires no sooner than
+    ttl - renew_every after the death, and another master recovers it
+    `grace` (= kill_grace + 2 margins) later still. The child notices the
+    death within one heartbeat interval and checks again at least every
+    interval: two intervals and one margin come off, so it has ended, KILL
+    included, a margin before the earliest recovery. A new master of the same
+    node that comes up within this time adopts the child instead."""
+    return max(0.0, times.ttl - times.renew_every + times.margin - 2 * heartbeat_interval)
 
 
 def trusted_until(sent_at: float, ttl: float, margin: float) -> float:

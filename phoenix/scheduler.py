@@ -16,6 +16,7 @@ from phoenix.app import AppError, JobSpec, decode_params
 from phoenix.attempts import Attempt
 from phoenix.config import Config
 from phoenix.journal import Job
+from phoenix.leases import lease_times, orphan_after
 from phoenix.liveness import verdict
 from phoenix.metrics import Counters
 from phoenix.outage import STORAGE_ERRORS, JournalOutage
@@ -182,13 +183,25 @@ class Scheduler:
             return
         self.start(job, spec, waiting, attempt_id, number)
 
+    def orphan_rule(self) -> tuple[float, float] | None:
+        """With a shared store, (seconds without a master, kill grace) after
+        which a child ends its own attempt: its master cannot, once dead, and
+        another host recovers the job after the lease. None on SQLite, where
+        only a new master of this state directory can run the job again, and
+        adopts the child instead."""
+        h = self.host
+        if not h.journal.shared:
+            return None
+        times = lease_times(h.config.lease_ttl, h.config.kill_grace)
+        return orphan_after(times, h.config.heartbeat_interval), h.config.kill_grace
+
     def start(self, job: Job, spec: JobSpec, waiting: WaitingChild, attempt_id: int, number: int) -> None:
         """The attempt is committed: give the child its order, and watch it."""
         h = self.host
         pid = waiting.pid
         delivered = waiting.send(child.order(job.id, job.key, number, job.target, job.params,
                                              h.config.heartbeat_interval, h.config.outcome_delivery_timeout,
-                                             attempt_id))
+                                             attempt_id, self.orphan_rule()))
         now = time.monotonic()
         attempt = Attempt(attempt_id, job.id, job.key, job.target, number, pid, spec, now, now, now)
         if not delivered:  # the child died waiting and never saw its job: not the job's failure

@@ -221,3 +221,26 @@ def subprocess_beats(params):
     out = subprocess.run([sys.executable, "-c", code, params["socket"], str(me.job_id), str(me.attempt)],
                          capture_output=True, text=True, check=True)
     return {"inherited_sockets": int(out.stdout.strip())}
+
+
+@app.job(retries=2)
+def lifetime(params):
+    """Appends "start <attempt> <wall time>" to params["file"], and "end <attempt>
+    <wall time>" when it ends (SIGTERM included); its first attempt lasts
+    params["s"] seconds, later ones return at once."""
+    attempt = phoenix.current_job().attempt
+
+    def note(what):
+        with open(params["file"], "a") as f:
+            f.write(f"{what} {attempt} {time.time()}\n")
+
+    def on_term(_signum, _frame):
+        note("end")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    note("start")
+    if attempt == 1:
+        time.sleep(params["s"])
+    note("end")
+    return {"attempt": attempt}

@@ -183,3 +183,37 @@ def test_a_replacement_keeps_the_lease_and_adopts_its_children(tmp_path: Path, p
         assert code == 0 and [(m["generation"], m["epoch"]) for m in report["masters"]] == [(2, 1)]
     finally:
         a.stop()
+
+
+def test_a_dead_masters_children_end_before_another_master_runs_their_jobs(tmp_path: Path, pg_url: str) -> None:
+    """SIGKILL takes the master but not its children (they keep running, as
+    on one host, for a new master to adopt). With a shared store another host
+    re-runs the job once the lease is recovered, so the orphaned child must
+    end itself first: the two attempts never overlap."""
+    lifetimes = tmp_path / "lifetimes"
+    a = shared_master(tmp_path, "a", pg_url, "--workers", "1").start()
+    b = shared_master(tmp_path, "b", pg_url, "--workers", "1")  # started once a runs the job
+    orphan = None
+    try:
+        submit(pg_url, "tests.apps.jobs:lifetime", {"s": 60, "file": str(lifetimes)}, "job")
+        job = wait_for(lambda: (lambda j: j if j["state"] == "running" and j["node"] == "a" else None)(
+            jobs_by_key(pg_url).get("job", {"state": None, "node": None})), what="a to start the job")
+        orphan = job["pid"]
+        b.start()
+        a.signal(signal.SIGKILL)  # the master only: its child runs on, reparented
+        a.wait_exit()
+        wait_for(lambda: jobs_by_key(pg_url)["job"]["state"] == "finished", timeout=20,
+                 what="b to recover the job and run it again")
+        notes = [line.split() for line in lifetimes.read_text().splitlines()]
+        times = {(what, int(attempt)): float(at) for what, attempt, at in notes}
+        assert set(times) == {("start", 1), ("end", 1), ("start", 2), ("end", 2)}, notes
+        assert times[("end", 1)] < times[("start", 2)], notes  # the orphan ended (TERM) before the re-run
+        assert times[("end", 1)] - times[("start", 1)] < 10  # well before its 60 s
+    finally:
+        if orphan is not None:
+            try:
+                os.killpg(orphan, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        a.stop()
+        b.stop()

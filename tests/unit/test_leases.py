@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from phoenix.leases import children_must_end, lease_times, may_claim, renewal_due, trusted_until
+from phoenix.leases import children_must_end, lease_times, may_claim, orphan_after, renewal_due, trusted_until
 
 
 @pytest.mark.parametrize("ttl, kill_grace, renew_every, margin, grace", [
@@ -60,3 +60,27 @@ def test_children_end_before_anyone_may_recover_their_jobs(ttl: float, kill_grac
     children_gone_by = trusted_until(sent, ttl, times.margin) + kill_grace
     earliest_recovery = sent + delay + ttl + times.grace
     assert children_gone_by + 2 * times.margin <= earliest_recovery + 1e-6 * max(1.0, sent)
+
+
+@pytest.mark.parametrize("ttl, kill_grace, interval, after", [
+    (30.0, 5.0, 1.0, 20.0),     # defaults: 30 - 10 + 2 - 2
+    (2.0, 1.0, 0.2, 2 - 2 / 3 + 0.2 - 0.4),
+    (3.0, 1.0, 2.0, 0.0),       # a beat interval this long leaves no time: end at the first failed beat
+])
+def test_orphan_after(ttl: float, kill_grace: float, interval: float, after: float) -> None:
+    assert orphan_after(lease_times(ttl, kill_grace), interval) == pytest.approx(after)
+
+
+@given(ttl=st.floats(1.0, 600.0), kill_grace=st.floats(0.0, 60.0), interval_share=st.floats(0.001, 1 / 6),
+       renewed_before_death=st.floats(0.0, 1.0), noticed=st.floats(0.0, 1.0), checked=st.floats(0.0, 1.0))
+def test_an_orphaned_child_is_gone_before_its_job_can_be_recovered(
+        ttl: float, kill_grace: float, interval_share: float, renewed_before_death: float, noticed: float,
+        checked: float) -> None:
+    """The master dies at 0, having renewed up to one period earlier; its child
+    notices within one interval, checks at least once per interval, then takes
+    up to kill_grace to end. Another master recovers no sooner than expiry + grace."""
+    times = lease_times(ttl, kill_grace)
+    interval = ttl * interval_share
+    expiry = -renewed_before_death * times.renew_every + times.ttl
+    child_gone = noticed * interval + orphan_after(times, interval) + checked * interval + kill_grace
+    assert child_gone <= expiry + times.grace
