@@ -126,6 +126,16 @@ def _detach_from_master(keep_fds: set[int]) -> None:
     _close_fds_except(keep_fds)
 
 
+def _leave_server(server_fds: tuple[int, ...]) -> None:
+    """A child of the fork server: the server reset the master's handlers and
+    closed the master's fds once for all its children; here only its own two
+    fds go, and the SIGCHLD it blocks (for its signalfd) is unblocked. Its
+    parent already put it in a process group of its own."""
+    for fd in server_fds:
+        os.close(fd)
+    _signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
 def _close_fds_except(keep_fds: set[int]) -> None:
     """Close every fd the master held (sockets, epoll, pipes, the pidfile lock,
     the journal) by number: the Python objects that own them are never used
@@ -206,6 +216,7 @@ def run(
     socket_path: str,
     outbox: Path,
     keep_fds: set[int],
+    server_fds: tuple[int, ...] | None = None,
 ) -> NoReturn:
     """The whole life of a child after fork. Never returns.
 
@@ -213,11 +224,15 @@ def run(
     after recording this child's pid, so a new master never runs the job
     again beside a child it does not know. A spare child, forked ahead of
     need, waits here until a job comes; EOF instead of an order means exit
-    without running anything."""
+    without running anything. `server_fds`: forked by the fork server (which
+    holds these fds), not by the master."""
     global _runtime
     code = 70
     try:
-        _detach_from_master(keep_fds | {order_fd})
+        if server_fds is None:
+            _detach_from_master(keep_fds | {order_fd})
+        else:
+            _leave_server(server_fds)
         set_child_subreaper()  # what the job daemonises stays below us, to end with the attempt
         setproctitle("phoenix: spare child, waiting for a job")
         got = _read_order(order_fd)
