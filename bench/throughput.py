@@ -14,6 +14,7 @@ for every contender alike).
 from __future__ import annotations
 
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -108,5 +109,9 @@ def run(reg: Registry, work: Path, n: int, reps: int, with_rq: bool, say: Any) -
     else:
         rq_note = "skipped (--no-rq)"
     best = {k: min(v) for k, v in results.items()}
-    return {"n": n, "slots": slots, "reps": reps, "all": results, "best": best,
-            "jobs_per_s": {k: n / v for k, v in best.items()}, "rq_note": rq_note}
+    middle = {k: statistics.median(v) for k, v in results.items()}
+    # Each repetition ran Phoenix, the Pool and the bare loop back to back:
+    # their ratio within one repetition saw the same load.
+    per_rep = {k: [results[k][i] / results["phoenix"][i] for i in range(reps)] for k in ("pool", "bare")}
+    return {"n": n, "slots": slots, "reps": reps, "all": results, "best": best, "median": middle,
+            "jobs_per_s": {k: n / v for k, v in middle.items()}, "ratio_per_rep": per_rep, "rq_note": rq_note}

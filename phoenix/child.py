@@ -68,9 +68,11 @@ class _Runtime:
         return protocol.encode(self.context.job_id, self.context.attempt, kind, seq, self.progress, **body)
 
     def beat_forever(self) -> None:
-        # Start-up jitter: children forked together must not beat in lockstep
-        # into a queue that holds only ~10 datagrams.
-        time.sleep(random.uniform(0, min(self.interval, 0.2)))
+        # The first beat is due one interval in (the master's first check
+        # comes later still, at heartbeat_timeout): a job shorter than that
+        # sends none. Jittered, so that children forked together do not beat
+        # in lockstep.
+        time.sleep(random.uniform(self.interval / 2, self.interval))
         reported = -1
         while True:
             kind = "progress" if self.progress != reported else "beat"
