@@ -104,6 +104,19 @@ def throughput_rows(r: dict[str, Any], report: Report) -> None:
         report.details.append(f"| {k} | {', '.join(f'{x:.2f}' for x in v)} | {min(v):.2f} | {med:.2f} | "
                               f"{max(v):.2f} | {n / med:.0f} |")
     report.details.append("")
+    if "cpu" in r:
+        report.details += [
+            "CPU per job (utime + stime of the contender's whole process tree, from wait4's rusage: what decides "
+            "the rate when the cores are the bottleneck, whatever else runs on the machine):", "",
+            "| contender | CPU per job, each repetition (ms) | median (ms) | Phoenix / it |",
+            "| --- | --- | --- | --- |"]
+        mine = r["cpu_ms_per_job"]["phoenix"]
+        for k, v in r["cpu"].items():
+            med = r["cpu_ms_per_job"][k]
+            report.details.append(f"| {k} | {', '.join(f'{x / n * 1000:.2f}' for x in v)} | {med:.2f} | "
+                                  f"{mine / med:.2f} |")
+        report.details += ["", f"Load average (1, 5, 15 min) at the start of each repetition: {'; '.join(r['loads'])}.",
+                           ""]
     if r.get("rq_note"):
         report.notes.append(f"RQ: {r['rq_note']}")
 

@@ -62,7 +62,7 @@ _FORKED = struct.Struct("=iq")  # pid, start time (clock ticks since boot; -1: u
 _FAILED = struct.Struct("=i")  # errno
 _EXITED = struct.Struct("=iiq")  # pid, wait status, max RSS (kB)
 MESSAGE_BYTES = 64
-REPLY_TIMEOUT = 10.0  # seconds the master waits for a fork's pid before it forks the child itself
+REPLY_TIMEOUT = 2.0  # seconds the master waits for a fork's pid before it forks the child itself
 SERVER_TITLE = "phoenix: fork server"
 
 
@@ -242,6 +242,7 @@ class ForkServer:
     failed: list[int] = field(default_factory=list)  # errno of fork requests that failed
     exited: list[tuple[int, int, int]] = field(default_factory=list)  # (pid, status, max RSS kB)
     gone: bool = False  # EOF: it exited (or is exiting)
+    stalled: bool = False  # a reply came too late (stopped, starved): not asked again until it answers
 
     @classmethod
     def start(cls, keep_fds: set[int], child_main: Callable[[int, tuple[int, ...]], NoReturn]) -> "ForkServer":
@@ -291,6 +292,7 @@ class ForkServer:
         if not data:
             self._lost()
             return
+        self.stalled = False
         kind, body = data[:1], data[1:]
         if kind == EXITED:
             self.exited.append(_EXITED.unpack(body))
@@ -308,6 +310,7 @@ class ForkServer:
         replies = len(self.forked) + len(self.failed)
         while self.in_flight and not self.gone and len(self.forked) + len(self.failed) == replies:
             if not poller.poll(timeout * 1000):
+                self.stalled = True
                 raise TimeoutError(f"the fork server (pid {self.pid}) did not answer within {timeout} s")
             self.read()
 

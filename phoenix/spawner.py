@@ -122,7 +122,7 @@ class Spawner:
 
     def _server_usable(self) -> ForkServer | None:
         server = self.server
-        return server if server is not None and not server.gone else None
+        return server if server is not None and not server.gone and not server.stalled else None
 
     def _read_server(self) -> None:
         server = self.server
