@@ -131,8 +131,9 @@ def _detach_from_master(keep_fds: set[int]) -> None:
 def _leave_server(server_fds: tuple[int, ...]) -> None:
     """A child of the fork server: the server reset the master's handlers and
     closed the master's fds once for all its children; here only its own two
-    fds go, and the SIGCHLD it blocks (for its signalfd) is unblocked. Its
-    parent already put it in a process group of its own."""
+    fds go, and what it blocks (SIGCHLD for its signalfd, the rest so that no
+    job's signal takes it down) is unblocked. Its parent already put it in a
+    process group of its own."""
     for fd in server_fds:
         os.close(fd)
     _signal.pthread_sigmask(signal.SIG_SETMASK, ())

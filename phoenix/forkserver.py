@@ -129,7 +129,11 @@ def _become_server(sock_fd: int, keep_fds: set[int]) -> None:
         except (OSError, ValueError):
             pass  # a number with no signal behind it, or one Python may not touch
     _signal.signal(signal.SIGPIPE, _signal.SIG_IGN)  # as Python sets it at start-up
-    _signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    # Blocked, not ignored (a child inherits what is ignored, and unblocks
+    # everything with the one sigmask call it makes anyway): a job that
+    # signals its parent, meaning its master, does not take the server down.
+    # Only its socket (EOF, QUIT) and SIGKILL end it.
+    _signal.pthread_sigmask(signal.SIG_SETMASK, set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP})
     low = 3
     for fd in sorted(fd for fd in keep_fds | {sock_fd} if fd >= low):
         os.closerange(low, fd)

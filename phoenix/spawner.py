@@ -175,6 +175,7 @@ class Spawner:
             self.master.selector.unregister(server)
         server.stop()
         self._collect(server)
+        self.server_lost = True  # had it died just before, an exit it reaped may be unreported: the reaper checks
         for waiting in self.ready:
             waiting.own = True
 

@@ -105,3 +105,15 @@ def test_an_app_that_starts_threads_at_import_keeps_spawns_in_the_master(master_
     master.submit("tests.apps.threaded:parent", {}, key="p")
     wait_for(lambda: master.jobs()["p"]["state"] == "finished", what="the job")
     assert master.jobs()["p"]["result"] == {"ppid": master.pid}
+
+
+def test_a_job_that_signals_its_parent_does_not_take_the_server_down(master_factory):
+    # A job written for a Phoenix without a fork server may signal its parent
+    # to reach its master: the server blocks such signals.
+    master = master_factory(app="tests.apps.takeover:app")
+    server = server_of(master)
+    master.submit("tests.apps.takeover:signal_parent", {"signal": "SIGTERM"}, key="p")
+    wait_for(lambda: master.jobs()["p"]["state"] == "finished", what="the job")
+    assert master.jobs()["p"]["result"]["parent"] == server
+    assert procfs.is_same_process(server, None) and master.live()["master"]["fork_server_pid"] == server
+    assert "fork_server_died" not in master.log()
