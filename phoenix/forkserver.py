@@ -30,7 +30,7 @@ The server runs the code the master had when it started it: a replacement
 subreaper, which reaps them itself. A server that dies (SIGKILL, the OOM
 killer) is the same, less the statuses it had reaped and not yet sent: the
 master concludes those attempts from their final messages (see
-reaper.Reaper.server_gone).
+reaper.Reaper._conclude_unreported).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import signal
 import socket
 import struct
 import threading
+import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, NoReturn
 
@@ -109,8 +110,6 @@ def serve(sock_fd: int, keep_fds: set[int], child_main: Callable[[int, tuple[int
         _loop(sock_fd, signal_fd, child_main)
         code = 0
     except BaseException:  # noqa: BLE001 - never unwind into the master's code
-        import traceback
-
         traceback.print_exc()
     finally:
         os._exit(code)
@@ -333,7 +332,6 @@ class ForkServer:
                 self.sock.send(QUIT)
             except OSError:
                 pass
-            self.sock.setblocking(True)
             self.sock.settimeout(REPLY_TIMEOUT)
             try:
                 while not self.gone:
