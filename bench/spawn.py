@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.beats import memory_of
 from bench.master import PhoenixMaster
-from bench.procs import Registry, loadavg, median, percentile, tool
+from bench.procs import PYTHON, Registry, loadavg, median, percentile, tool
 from phoenix import control
 from phoenix.journal import Journal
 
@@ -40,9 +41,47 @@ def _wait_reply(sock: socket.socket, i: int, timeout: float = 10.0) -> int:
             return int(stamp)
 
 
+MEMORY_CHILDREN = 30
+
+
+def _memory_beside_bare(reg: Registry, master: PhoenixMaster, work: Path, say: Any) -> dict[str, Any]:
+    """Per-child USS of Phoenix children (sleeping jobs, beating) against
+    bare children forked from a process that imported phoenix, beating from
+    a thread the same way (bench.bare senders): what Phoenix adds per child."""
+    n = MEMORY_CHILDREN
+    say(f"spawn: per-child USS, {n} sleeping jobs beside {n} bare beating children [load {loadavg()}]")
+    master.submit_many(("bench.apps:beat", {"s": 120}, f"uss-{i}") for i in range(n))
+    master.set_workers(n)
+    live = master.wait_running(n, timeout=120, poll=0.1)
+    time.sleep(1.0)  # past their first beats
+    phoenix = memory_of([r["pid"] for r in live["running"].values()])
+    deadline = time.monotonic() + 60
+    d = work / "uss"
+    d.mkdir(exist_ok=True)
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(str(d / "sink.sock"))
+    pidfile = d / "senders.pids"
+    senders = reg.popen([PYTHON, "-m", "bench.bare", "senders", str(d / "sink.sock"), str(n), "0.2", str(pidfile)],
+                        log=d / "senders.log")
+    try:
+        while not pidfile.exists():
+            if time.monotonic() > deadline or senders.poll() is not None:
+                raise RuntimeError(f"bare senders did not start; see {d / 'senders.log'}")
+            time.sleep(0.05)
+        bare_pids = [int(p) for p in pidfile.read_text().split()]
+        reg.add_many(bare_pids)
+        time.sleep(1.0)
+        bare = memory_of(bare_pids)
+    finally:
+        reg.stop(senders.pid)
+        sink.close()
+    return {"n": n, "phoenix": phoenix, "bare": bare,
+            "extra_kb_median": phoenix["uss_kb_median"] - bare["uss_kb_median"]}
+
+
 def run(reg: Registry, work: Path, api_samples: int, cli_samples: int, say: Any) -> dict[str, Any]:
     state = work / "spawn"
-    master = PhoenixMaster(reg, state, "bench.apps:beat_app", workers=4)
+    master = PhoenixMaster(reg, state, "bench.apps:beat_app", workers=4, use_config_file=True)
     master.start()  # returns once the master logs that it is ready
     reply_path = str(master.paths.root / "probe.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -87,6 +126,7 @@ def run(reg: Registry, work: Path, api_samples: int, cli_samples: int, say: Any)
             t1 = _wait_reply(sock, i)
             proc.wait(timeout=30)
             cli_ms.append((t1 - t0) / 1e6)
+        memory = _memory_beside_bare(reg, master, work, say)
     finally:
         sock.close()
         say("spawn latency: stopping the phoenix master")
@@ -102,6 +142,7 @@ def run(reg: Registry, work: Path, api_samples: int, cli_samples: int, say: Any)
             master_ms.append((spawn_mono - t_woken) / 1e6)
             child_ms.append((t1 - spawn_mono) / 1e6)
     return {
+        "memory": memory,
         "after_wake_split_p50_ms": {"master (wake -> spawn logged)": median(master_ms),
                                     "child (spawn logged -> job body)": median(child_ms)},
         "api_p50_ms": median(api_ms), "api_p99_ms": percentile(api_ms, 99), "api_max_ms": max(api_ms),

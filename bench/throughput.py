@@ -13,7 +13,10 @@ for every contender alike).
 
 from __future__ import annotations
 
+import os
 import shutil
+import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -22,14 +25,30 @@ from bench.master import PhoenixMaster
 from bench.procs import PYTHON, Registry, free_port, loadavg, tool
 
 
-def _timed(reg: Registry, argv: list[str], log: Path, timeout: float) -> float:
+def wait_with_cpu(proc: "subprocess.Popen[Any]", timeout: float) -> tuple[int, float]:
+    """(exit code, CPU seconds of the process and every descendant it reaped,
+    and they theirs): wait4's rusage. On a machine shared with other work the
+    wall time depends on the load; the CPU a contender needs per job is what
+    decides its throughput when the cores are the bottleneck."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+            return proc.returncode, usage.ru_utime + usage.ru_stime
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pid {proc.pid} did not exit within {timeout} s")
+        time.sleep(0.005)
+
+
+def _timed(reg: Registry, argv: list[str], log: Path, timeout: float) -> tuple[float, float]:
     t0 = time.monotonic()
     proc = reg.popen(argv, log=log)
-    code = proc.wait(timeout=timeout)
+    code, cpu = wait_with_cpu(proc, timeout)
     elapsed = time.monotonic() - t0
     if code != 0:
         raise RuntimeError(f"{' '.join(argv)} exited with {code}; see {log}")
-    return elapsed
+    return elapsed, cpu
 
 
 def phoenix_once(reg: Registry, work: Path, n: int, rep: int) -> dict[str, Any]:
@@ -38,12 +57,13 @@ def phoenix_once(reg: Registry, work: Path, n: int, rep: int) -> dict[str, Any]:
     master.submit_many(("bench.apps:noop", i, f"noop-{i}") for i in range(n))
     t0 = time.monotonic()
     master.start(wait_ready=False)  # timed to the end of the run, not to ready
-    code = master.wait_exit(timeout=600)
+    assert master.proc is not None
+    code, cpu = wait_with_cpu(master.proc, 600)
     elapsed = time.monotonic() - t0
     counts = master.counts()
     if code != 0 or counts["finished"] != n:
         raise RuntimeError(f"phoenix run failed: exit {code}, counts {counts}; see {master.log_path}")
-    return {"seconds": elapsed, "log": str(master.log_path)}
+    return {"seconds": elapsed, "cpu": cpu, "log": str(master.log_path)}
 
 
 def rq_once(reg: Registry, work: Path, n: int, slots: int) -> dict[str, Any]:
@@ -90,15 +110,19 @@ def rq_once(reg: Registry, work: Path, n: int, slots: int) -> dict[str, Any]:
 def run(reg: Registry, work: Path, n: int, reps: int, with_rq: bool, say: Any) -> dict[str, Any]:
     slots = 2
     results: dict[str, list[float]] = {"phoenix": [], "pool": [], "bare": []}
+    cpu: dict[str, list[float]] = {"phoenix": [], "pool": [], "bare": []}
+    loads: list[str] = []
     for rep in range(reps):
-        say(f"throughput rep {rep + 1}/{reps}: phoenix ({n} jobs) [load {loadavg()}]")
-        results["phoenix"].append(phoenix_once(reg, work, n, rep)["seconds"])
-        say(f"throughput rep {rep + 1}/{reps}: multiprocessing.Pool")
-        results["pool"].append(_timed(reg, [PYTHON, "-m", "bench.bare", "pool", str(n), str(slots)],
-                                      work / "pool.log", 600))
-        say(f"throughput rep {rep + 1}/{reps}: bare fork loop")
-        results["bare"].append(_timed(reg, [PYTHON, "-m", "bench.bare", "fork", str(n), str(slots)],
-                                      work / "fork.log", 600))
+        loads.append(loadavg())
+        say(f"throughput rep {rep + 1}/{reps}: phoenix ({n} jobs) [load {loads[-1]}]")
+        once = phoenix_once(reg, work, n, rep)
+        results["phoenix"].append(once["seconds"])
+        cpu["phoenix"].append(once["cpu"])
+        for name in ("pool", "fork"):
+            say(f"throughput rep {rep + 1}/{reps}: {name}")
+            wall, used = _timed(reg, [PYTHON, "-m", "bench.bare", name, str(n), str(slots)], work / f"{name}.log", 600)
+            results["pool" if name == "pool" else "bare"].append(wall)
+            cpu["pool" if name == "pool" else "bare"].append(used)
     rq_note = None
     if with_rq and shutil.which("redis-server"):
         say(f"throughput: rq worker --burst x{slots} ({n} jobs)")
@@ -108,5 +132,11 @@ def run(reg: Registry, work: Path, n: int, reps: int, with_rq: bool, say: Any) -
     else:
         rq_note = "skipped (--no-rq)"
     best = {k: min(v) for k, v in results.items()}
-    return {"n": n, "slots": slots, "reps": reps, "all": results, "best": best,
-            "jobs_per_s": {k: n / v for k, v in best.items()}, "rq_note": rq_note}
+    middle = {k: statistics.median(v) for k, v in results.items()}
+    # Each repetition ran Phoenix, the Pool and the bare loop back to back:
+    # their ratio within one repetition saw the same load.
+    per_rep = {k: [results[k][i] / results["phoenix"][i] for i in range(reps)] for k in ("pool", "bare")}
+    return {"n": n, "slots": slots, "reps": reps, "all": results, "best": best, "median": middle,
+            "jobs_per_s": {k: n / v for k, v in middle.items()}, "ratio_per_rep": per_rep, "rq_note": rq_note,
+            "cpu": cpu, "cpu_ms_per_job": {k: statistics.median(v) / n * 1000 for k, v in cpu.items()},
+            "loads": loads}

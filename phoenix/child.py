@@ -74,8 +74,11 @@ class _Runtime:
             return protocol.encode(self.context.job_id, self.context.attempt, kind, self.seq, self.progress, **body)
 
     def beat_forever(self) -> None:
-        # Start-up jitter: children forked together do not beat in lockstep.
-        time.sleep(random.uniform(0, min(self.interval, 0.2)))
+        # The first beat is due one interval in (the master's first check
+        # comes later still, at heartbeat_timeout): a job shorter than that
+        # sends none. Jittered, so that children forked together do not beat
+        # in lockstep.
+        time.sleep(random.uniform(self.interval / 2, self.interval))
         reported = -1
         while True:
             kind = "progress" if self.progress != reported else "beat"
@@ -137,6 +140,17 @@ def _detach_from_master(keep_fds: set[int]) -> None:
     _signal.signal(signal.SIGPIPE, _signal.SIG_IGN)  # as Python sets it at start-up
     _signal.pthread_sigmask(signal.SIG_SETMASK, ())
     _close_fds_except(keep_fds)
+
+
+def _leave_server(server_fds: tuple[int, ...]) -> None:
+    """A child of the fork server: the server reset the master's handlers and
+    closed the master's fds once for all its children; here only its own two
+    fds go, and what it blocks (SIGCHLD for its signalfd, the rest so that no
+    job's signal takes it down) is unblocked. Its parent already put it in a
+    process group of its own."""
+    for fd in server_fds:
+        os.close(fd)
+    _signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 def _close_fds_except(keep_fds: set[int]) -> None:
@@ -222,6 +236,7 @@ def run(
     socket_path: str,
     outbox: Path,
     keep_fds: set[int],
+    server_fds: tuple[int, ...] | None = None,
 ) -> NoReturn:
     """The whole life of a child after fork. Never returns.
 
@@ -229,11 +244,15 @@ def run(
     after recording this child's pid, so a new master never runs the job
     again beside a child it does not know. A spare child, forked ahead of
     need, waits here until a job comes; EOF instead of an order means exit
-    without running anything."""
+    without running anything. `server_fds`: forked by the fork server (which
+    holds these fds), not by the master."""
     global _runtime
     code = 70
     try:
-        _detach_from_master(keep_fds | {order_fd})
+        if server_fds is None:
+            _detach_from_master(keep_fds | {order_fd})
+        else:
+            _leave_server(server_fds)
         set_child_subreaper()  # what the job daemonises stays below us, to end with the attempt
         setproctitle("phoenix: spare child, waiting for a job")
         got = _read_order(order_fd)

@@ -8,10 +8,11 @@ outcomes); every state field has one writer that checks the move (states.py).
                                       # (next_deadline); heartbeats, signals, control requests,
                                       # pidfds; a master that overslept gives every child grace
         run_commands()                # signals, in arrival order, through execute()
-        reaper.reap()                 # our own children (SIGCHLD + wait4); orphans we subreap
+        reaper.reap()                 # exits the fork server reports; our own children (SIGCHLD +
+                                      # wait4); orphans we subreap
         hangs.run_due_timers()        # liveness checks and kills due on the timer heap
         scheduler.spawn_pending_jobs()  # through the one slot gate (policy.may_start_jobs)
-        spawner.replenish()           # the spare child
+        spawner.replenish()           # the spare child (and the fork server, if it must be restarted)
         settler.settle()              # callbacks that ended or overran
         handoff steps, check_finished, title, watchdog, watch_storage
 
@@ -134,6 +135,7 @@ class Master:
             # A start that fails here (a socket path held by another process, a
             # metrics port in use, a corrupt journal) leaves no pidfile naming
             # a master that is gone.
+            self.spawner.discard()
             self.pidfile.release()
             raise
 
@@ -151,6 +153,10 @@ class Master:
             self.app.journal = self.journal
         _raise_fd_limit()
         self.selector: selectors.BaseSelector = selectors.DefaultSelector()
+        if self.app is not None:
+            # Now: the app is imported, the master's heap has not grown, and
+            # neither the callback nor the metrics threads have started.
+            self.spawner.start_server()
         if "heartbeat" in inherited:
             self.heartbeat = socket.socket(fileno=inherited["heartbeat"])
             self.heartbeat.set_inheritable(False)
@@ -434,6 +440,7 @@ class Master:
 
     def end_spare(self) -> None:
         self.spawner.discard()
+        self.reaper.take_server_reports()  # before an exec: exits only this image heard of
 
     def reopen_journal(self) -> None:
         """After a failed exec: the journal was closed for it (a shared store
@@ -658,6 +665,7 @@ class Master:
                 "workers": self.slots,
                 "slots_used": len(self.children),
                 "spare_pid": self.spawner.spare.pid if self.spawner.spare else None,
+                "fork_server_pid": self.spawner.server.pid if self.spawner.server else None,
                 "app": self.app_spec,
                 "beats": self.counters.beats,
                 "beats_missing": self.counters.beats_missing,

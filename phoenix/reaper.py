@@ -1,7 +1,9 @@
 """The reaper and adopter: takes charge of the attempts the journal says are
 running (ours across an exec, orphans after a fork-mode handover or a master
-crash), and notices every attempt's end, by `wait4` for our own children and
-by pidfd for adopted ones, handing each to the outcome recorder once."""
+crash), and notices every attempt's end, handing each to the outcome recorder
+once: from the fork server's exit reports for the children it forked, by
+`wait4` for our own children (forked by the master, or the server's children
+reparented to us when it ended), and by pidfd for adopted ones."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from phoenix.config import Config
 from phoenix.journal import OpenAttempt
 from phoenix.outcomes import classify_exit
 from phoenix.recorder import LOST_UNWATCHED, OutcomeRecorder, held_final
+from phoenix.spawner import Spawner
 from phoenix.states import TimerKind
 from phoenix.store import Store
 from phoenix.timers import TimerHeap
@@ -31,6 +34,7 @@ class ReaperHost(Protocol):
     selector: selectors.BaseSelector
     subprocesses: dict[int, Callable[[int], None]]  # pid -> on_exit(status): the preflight, the spare
     recorder: OutcomeRecorder
+    spawner: Spawner
 
     def known_spec(self, target: str) -> JobSpec | None: ...
     def read_heartbeats(self) -> None: ...
@@ -89,23 +93,48 @@ class Reaper:
             # reap the new master itself, to notice if it dies before ready.
             self._reap_successor(successor)
             return
-        if not self.child_exited:
-            return  # no SIGCHLD since the last sweep: nothing to reap
-        self.child_exited = False
-        while True:
-            try:
-                pid, status, rusage = os.wait4(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            attempt = h.children.pop(pid, None)
-            if attempt is not None:
-                self.conclude(attempt, status, rusage.ru_maxrss)
-            elif pid in h.subprocesses:
-                h.subprocesses.pop(pid)(status)
-            else:  # an orphan handed to us as subreaper (a job's daemon, ended with its attempt)
-                log.event(logging.DEBUG, "reaped_orphan", pid=pid, how=classify_exit(status)[1])
+        if self.child_exited:  # else no SIGCHLD since the last sweep: nothing to wait for
+            self.child_exited = False
+            while True:
+                try:
+                    pid, status, rusage = os.wait4(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                self._exited(pid, status, rusage.ru_maxrss)
+        self.take_server_reports()
+        if h.spawner.server_lost:
+            h.spawner.server_lost = False
+            self._conclude_unreported()
+
+    def take_server_reports(self) -> None:
+        """The exits the fork server reported (its children are not ours to wait for)."""
+        reports, self.host.spawner.exited = self.host.spawner.exited, []
+        for pid, status, max_rss_kb in reports:
+            self._exited(pid, status, max_rss_kb)
+
+    def _exited(self, pid: int, status: int, max_rss_kb: int) -> None:
+        h = self.host
+        attempt = h.children.pop(pid, None)
+        if attempt is not None:
+            self.conclude(attempt, status, max_rss_kb)
+        elif pid in h.subprocesses:
+            h.subprocesses.pop(pid)(status)
+        else:  # an orphan handed to us as subreaper (a job's daemon, ended with its attempt)
+            log.event(logging.DEBUG, "reaped_orphan", pid=pid, how=classify_exit(status)[1])
+
+    def _conclude_unreported(self) -> None:
+        """After a fork server died: its children still running became ours
+        (reparented before it could be reaped); one that is not ours has
+        ended, reaped by the server, whose report died with it. Its outcome
+        comes from its final message or the outbox, as an adopted child's."""
+        me = os.getpid()
+        self.host.read_heartbeats()
+        for attempt in list(self.host.children.values()):
+            if attempt.pidfd is None and procfs.parent_pid(attempt.pid) != me:
+                del self.host.children[attempt.pid]
+                self.conclude(attempt, None, None)
 
     def _reap_successor(self, pid: int) -> None:
         try:

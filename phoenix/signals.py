@@ -56,17 +56,23 @@ def set_child_subreaper() -> None:
     _check(_libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
+def blocked_signal_fd(signals: Iterable[int]) -> int:
+    """Block `signals` in this thread and return a signalfd (non-blocking,
+    close-on-exec) that reads them."""
+    mask = ctypes.create_string_buffer(_SIGSET_BYTES)
+    _libc.sigemptyset(mask)
+    for signum in signals:
+        _libc.sigaddset(mask, int(signum))
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    return _check(_libc.signalfd(-1, mask, _SFD_FLAGS), "signalfd")
+
+
 class SignalFD:
     """The handled signals, blocked, readable with their senders from one fd."""
 
     def __init__(self, signals: Iterable[int]) -> None:
         self.signals = frozenset(signals)
-        mask = ctypes.create_string_buffer(_SIGSET_BYTES)
-        _libc.sigemptyset(mask)
-        for signum in self.signals:
-            _libc.sigaddset(mask, int(signum))
-        signal.pthread_sigmask(signal.SIG_BLOCK, self.signals)
-        self.fd = _check(_libc.signalfd(-1, mask, _SFD_FLAGS), "signalfd")
+        self.fd = blocked_signal_fd(self.signals)
         self._main_thread = threading.main_thread().ident
         self._pid = os.getpid()
         for signum in self.signals:

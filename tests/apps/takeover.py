@@ -19,6 +19,15 @@ def _write_pid(path):
     os.rename(path + ".tmp", path)
 
 
+def _master():
+    """The master: the parent, or the parent's parent when a fork server forked this child."""
+    parent = os.getppid()
+    with open(f"/proc/{parent}/cmdline", "rb") as f:
+        if f.read().startswith(b"phoenix: fork server"):
+            return procfs.parent_pid(parent)
+    return parent
+
+
 def _wait_for_file(path):
     while not os.path.exists(path):
         time.sleep(0.01)
@@ -42,16 +51,24 @@ def _daemonise(then):
 
 @app.job(retries=0)
 def signal_master(params):
-    """The job itself signals its parent, the master, then finishes."""
-    os.kill(os.getppid(), getattr(signal, params["signal"]))
+    """The job itself signals its master, then finishes."""
+    os.kill(_master(), getattr(signal, params["signal"]))
     return {"pid": os.getpid()}
+
+
+@app.job(retries=0)
+def signal_parent(params):
+    """The job signals its parent (the fork server), as a job written for a
+    pre-fork-server Phoenix might, to reach its master."""
+    os.kill(os.getppid(), getattr(signal, params["signal"]))
+    return {"pid": os.getpid(), "parent": os.getppid()}
 
 
 @app.job(retries=0)
 def daemon_signals_master(params):
     """A daemon of the job (outside its process group and session) signals
     the master, then sleeps; the job finishes once it has sent."""
-    master = os.getppid()
+    master = _master()
 
     def send_and_sleep():
         os.kill(master, getattr(signal, params["signal"]))

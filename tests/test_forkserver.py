@@ -1,0 +1,119 @@
+"""The fork server: the master never forks job children itself; a small
+server forked at start-up does, reports each pid before the job runs and
+forwards each exit. It is replaced on USR2 and USR1 and ended on stop; if it
+dies, its children become the master's (a subreaper) and a new one starts,
+with no job lost or run twice. An app that starts threads at import keeps
+spawns in the master, with a warning that says why."""
+
+import os
+import signal
+
+from phoenix import procfs
+from tests.apps.replace_tools import zombies_of
+from tests.conftest import wait_for
+
+
+def server_of(master, other_than: int | None = None) -> int:
+    return wait_for(lambda: (pid := master.live()["master"]["fork_server_pid"]) not in (None, other_than) and pid,
+                    what="a fork server")
+
+
+def running_pids(master, ids: dict[str, int]) -> dict[str, int]:
+    """The pid of each job (key -> id), once all of them run."""
+    def pids():
+        running = master.live()["running"]
+        return all(str(i) in running for i in ids.values()) and {k: running[str(i)]["pid"] for k, i in ids.items()}
+    return wait_for(pids, what=f"jobs {sorted(ids)} to run")
+
+
+def test_job_children_are_the_fork_servers_not_the_masters(master_factory):
+    master = master_factory("--workers", "2")
+    server = server_of(master)
+    assert procfs.parent_pid(server) == master.pid
+    pid = running_pids(master, {"one": master.submit("tests.apps.jobs:sleep", {"s": 1.0}, key="one")})["one"]
+    assert procfs.parent_pid(pid) == server, "the job's child was not forked by the fork server"
+    assert procfs.process_group(pid) == pid
+    wait_for(lambda: master.jobs()["one"]["state"] == "finished", what="the job to finish")
+    assert master.jobs()["one"]["result"]["pid"] == pid
+    assert not zombies_of(server)
+
+
+def test_a_killed_fork_server_loses_no_job_and_runs_none_twice(master_factory, tmp_path):
+    master = master_factory("--workers", "3")
+    server = server_of(master)
+    lockdir = tmp_path / "locks"
+    lockdir.mkdir()
+    keys = [f"k{i}" for i in range(3)]
+    pids = running_pids(master, {key: master.submit("tests.apps.jobs:exclusive_sleep",
+                                                    {"s": 1.5, "lockdir": str(lockdir)}, key=key) for key in keys})
+    os.kill(server, signal.SIGKILL)  # the fork server this test's master started, by pid
+    master.wait_log(f"fork_server_died pid={server} how=SIGKILL", what="the master to notice")
+    # Its children were reparented to the master, which now reaps them itself.
+    for pid in pids.values():
+        assert procfs.parent_pid(pid) in (master.pid, None)
+    new = server_of(master, other_than=server)
+    assert procfs.parent_pid(new) == master.pid
+    wait_for(lambda: all(master.jobs()[k]["state"] == "finished" for k in keys), what="the jobs to finish")
+    for key in keys:
+        assert master.jobs()[key]["attempt"] == 1, f"{key} ran again"
+    assert not (lockdir / "VIOLATIONS").exists()
+    master.submit("tests.apps.jobs:sleep", {"s": 0.1}, key="after")
+    wait_for(lambda: master.jobs()["after"]["state"] == "finished", what="a job through the new server")
+    assert procfs.parent_pid(master.jobs()["after"]["result"]["pid"]) in (new, None)
+    assert " kill pid=" not in master.log()
+    wait_for(lambda: not zombies_of(master.pid), what="every exit to be reaped")
+
+
+def test_an_exit_the_dead_server_never_reaped_reaches_the_master(master_factory):
+    # The server is stopped while its child exits (a zombie it cannot reap),
+    # then killed: the zombie is reparented to the master and reaped there.
+    master = master_factory("--workers", "1")
+    server = server_of(master)
+    pid = running_pids(master, {"z": master.submit("tests.apps.jobs:sleep", {"s": 2.0}, key="z")})["z"]
+    os.kill(server, signal.SIGSTOP)
+    try:
+        wait_for(lambda: procfs.state(pid) == "Z", what="the job's child to exit unreaped")
+    finally:
+        os.kill(server, signal.SIGKILL)
+    wait_for(lambda: master.jobs()["z"]["state"] == "finished", what="the job's outcome")
+    assert master.jobs()["z"]["attempt"] == 1
+
+
+def test_usr2_usr1_and_stop_replace_and_end_the_fork_server(master_factory):
+    master = master_factory("--workers", "2")
+    first = server_of(master)
+    running_pids(master, {"across": master.submit("tests.apps.jobs:sleep", {"s": 2.0}, key="across")})
+    master.signal(signal.SIGUSR2)
+    master.wait_log("ready generation=2", what="the new image")
+    wait_for(lambda: not procfs.is_same_process(first, None), what="the old image's fork server to exit")
+    second = server_of(master, other_than=first)
+    master.signal(signal.SIGUSR1)
+    master.wait_log("logs_reopened", what="the logs to be reopened")
+    third = server_of(master, other_than=second)
+    assert not procfs.is_same_process(second, None)
+    wait_for(lambda: master.jobs()["across"]["state"] == "finished", what="the job across USR2 and USR1")
+    assert master.jobs()["across"]["attempt"] == 1
+    master.stop()
+    assert not procfs.is_same_process(third, None)
+
+
+def test_an_app_that_starts_threads_at_import_keeps_spawns_in_the_master(master_factory):
+    master = master_factory("--workers", "1", app="tests.apps.threaded:app")
+    log = master.log()
+    assert "fork_server_off" in log and "the app started 1 thread(s) at import (cache-refresher)" in log
+    assert master.live()["master"]["fork_server_pid"] is None
+    master.submit("tests.apps.threaded:parent", {}, key="p")
+    wait_for(lambda: master.jobs()["p"]["state"] == "finished", what="the job")
+    assert master.jobs()["p"]["result"] == {"ppid": master.pid}
+
+
+def test_a_job_that_signals_its_parent_does_not_take_the_server_down(master_factory):
+    # A job written for a Phoenix without a fork server may signal its parent
+    # to reach its master: the server blocks such signals.
+    master = master_factory(app="tests.apps.takeover:app")
+    server = server_of(master)
+    master.submit("tests.apps.takeover:signal_parent", {"signal": "SIGTERM"}, key="p")
+    wait_for(lambda: master.jobs()["p"]["state"] == "finished", what="the job")
+    assert master.jobs()["p"]["result"]["parent"] == server
+    assert procfs.is_same_process(server, None) and master.live()["master"]["fork_server_pid"] == server
+    assert "fork_server_died" not in master.log()
