@@ -226,8 +226,8 @@ def test_a_file_that_is_not_this_phoenix_journal_is_refused(state_dir, kind):
 @pytest.mark.parametrize("how", ["truncated", "replaced", "replaced-by-sqlite", "replaced-by-new-journal"])
 def test_running_master_survives_its_journal_being_damaged(master_factory, state_dir, how):
     master = master_factory()
-    for i in range(2):
-        master.submit("tests.apps.jobs:sleep", {"s": 1.5, "i": i}, key=f"job-{i}")
+    for i in range(2):  # 3 s: both must be running at once, even when a loaded machine starts them apart
+        master.submit("tests.apps.jobs:sleep", {"s": 3, "i": i}, key=f"job-{i}")
     wait_for(lambda: all(j["state"] == "running" for j in master.jobs().values()) and len(master.jobs()) == 2,
              what="both jobs to run")
     path = state_dir / "journal.db"

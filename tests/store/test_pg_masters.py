@@ -67,6 +67,7 @@ def test_two_masters_share_the_jobs_and_report_them(tmp_path: Path, pg_url: str)
         assert all(m["slots"] == 2 and m["lease_expires_in"] > 0 for m in report["masters"])
         code, only_a = status(pg_url, "--node", "a")
         assert [m["node"] for m in only_a["masters"]] == ["a"] and all(j["node"] == "a" for j in only_a["jobs"])
+        wait_for(lambda: len(a.callbacks() + b.callbacks()) >= 8, what="a callback for each job")
         finished = [c for c in a.callbacks() + b.callbacks() if c["kind"] == "finished"]
         assert sorted(c["key"] for c in finished) == sorted(f"job-{i}" for i in range(8))  # once each
     finally:
@@ -100,6 +101,7 @@ def test_a_killed_masters_jobs_run_again_on_the_other_within_ttl_plus_grace(tmp_
         assert {key: (job["attempt"], job["node"]) for key, job in done.items()} == {
             key: (2, "b") if key in victims else (1, "b") for key in done}
         b.wait_log("recovered masters=a attempts=2")
+        wait_for(lambda: len(b.callbacks()) >= len(done), what="a callback for each job")  # they run after the record
         assert sorted(c["key"] for c in b.callbacks() if c["kind"] == "finished") == sorted(done)  # once each
         code, report = status(pg_url)
         assert code == 0 and {m["node"]: m["state"] for m in report["masters"]}["a"].startswith("lost")
@@ -140,6 +142,7 @@ def test_a_frozen_masters_late_outcome_is_fenced(tmp_path: Path, pg_url: str) ->
         with PgStore(pg_url) as store:
             row = store.job_by_key("job")
         assert row is not None and job["result"]["attempt_id"] == row["current_attempt"]  # the fencing token
+        wait_for(lambda: b.callbacks(), what="b's callback")
         assert [c["attempt"] for c in b.callbacks()] == [2] and a.callbacks() == []  # one callback
         submit(pg_url, "tests.apps.jobs:noop", {}, "after")  # a works on under its new epoch
         wait_for(lambda: jobs_by_key(pg_url)["after"]["state"] == "finished", what="a new job to finish")
@@ -164,6 +167,7 @@ def test_connections_killed_by_the_server_are_made_again(tmp_path: Path, pg_url:
             submit(pg_url, "tests.apps.jobs:noop", {}, f"after-{i}")
         wait_for(lambda: all(j["state"] == "finished" for j in jobs_by_key(pg_url).values()), timeout=20,
                  what="every job to finish")
+        wait_for(lambda: len(a.callbacks()) >= 4, what="a callback for each job")  # they run after the record
         assert sorted(c["key"] for c in a.callbacks()) == ["after-0", "after-1", "after-2", "during"]
     finally:
         a.stop()

@@ -44,6 +44,7 @@ def test_an_outcome_reached_while_the_database_is_down_is_recorded_once_it_is_ba
         [attempt] = attempts(url, "through")
         assert (attempt["state"], attempt["outcome"]) == ("ended", "finished")
         assert "lease_lapsed" not in a.log()  # a short outage: the child was never touched
+        wait_for(lambda: a.callbacks(), what="the callback")
         assert [c["key"] for c in a.callbacks()] == ["through"]
     finally:
         a.stop()
@@ -65,6 +66,7 @@ def test_past_its_lease_a_cut_off_master_ends_its_children(tmp_path: Path, own_s
                  what="the job to run again once the database is back")
         first, second = attempts(url, "cut-off")
         assert (first["outcome"], second["outcome"]) == ("interrupted", "finished")
+        wait_for(lambda: a.callbacks(), what="the callback")
         assert [c["attempt"] for c in a.callbacks()] == [2]
     finally:
         a.stop()
