@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from phoenix.config import Config, ConfigError
 
 if TYPE_CHECKING:
-    from phoenix.journal import Journal
+    from phoenix.store import Store
 
 
 class AppError(ValueError):
@@ -78,7 +78,7 @@ class App:
         self.startup_hooks: list[Callable[["App"], Any]] = []
         # Set by the master while it runs this app, so that app.submit() from a
         # startup hook writes to the master's own journal.
-        self.journal: Journal | None = None
+        self.journal: Store | None = None
 
     def job(
         self,
@@ -118,7 +118,7 @@ class App:
         """Record a job durably; returns its id. The same key with the same
         target and parameters is one job (its id is returned); with another
         target or other parameters, phoenix.KeyConflict says what differs."""
-        from phoenix.journal import Journal  # the journal is opened lazily outside a master
+        from phoenix.store import open_store  # the store is opened lazily outside a master
 
         name = target if isinstance(target, str) else target_name(target)
         resolve_target(name)
@@ -128,9 +128,11 @@ class App:
         from phoenix.config import load
         from phoenix.paths import StatePaths
 
-        paths = StatePaths(load(self.settings, None, {"state_dir": state_dir}, validate=False).state_dir)
-        paths.ensure()
-        with Journal(paths.journal) as journal:
+        settings = load(self.settings, None, {"state_dir": state_dir}, validate=False)
+        paths = StatePaths(settings.state_dir)
+        if settings.store == "sqlite":
+            paths.ensure()
+        with open_store(settings.store, paths.journal) as journal:
             return journal.submit(name, params_json, key)[0]
 
 

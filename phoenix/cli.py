@@ -18,7 +18,15 @@ from phoenix import control, handoff, pidfile
 from phoenix.app import AppError, decode_params, load_app, resolve_target
 from phoenix.config import Config, ConfigError
 from phoenix.durations import BadDuration, parse_duration
-from phoenix.journal import JOB_STATES, Journal, JournalError, KeyConflict, RetryRefused, journal_present
+from phoenix.journal import (
+    JOB_STATES,
+    Journal,
+    JournalError,
+    KeyConflict,
+    RetryRefused,
+    StoreUnavailable,
+    journal_present,
+)
 from phoenix.metrics import MetricsError
 from phoenix.paths import StateDirError, StatePaths
 from phoenix.sockets import SocketBusy
@@ -52,6 +60,8 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(exc))
         except control.ControlError as exc:
             fail(str(exc), 1)
+        except StoreUnavailable as exc:  # a shared store's server cannot be reached
+            fail(str(exc), 1)
         except PermissionError as exc:  # e.g. another user's state directory
             fail(f"permission denied: {exc.filename or exc}; run phoenix as the user that owns the state directory")
 
@@ -65,6 +75,11 @@ def _debug(flags: dict[str, Any]) -> bool:
     return level.lower() == "debug"
 
 
+store_option = click.option(
+    "--store", default=None,
+    help='Job store: "sqlite" (STATE_DIR/journal.db, the default) or a postgresql:// URL shared by many masters '
+         "(or PHOENIX_STORE, or store in phoenix.toml).",
+)
 state_dir_option = click.option(
     "--state-dir", type=click.Path(file_okay=False), default=None,
     help="Directory of the pidfile, sockets and journal (default ./.phoenix, or state_dir in config).",
@@ -102,6 +117,9 @@ def main() -> None:
 @click.option("--log-file", type=click.Path(dir_okay=False))
 @click.option("--metrics", help="Serve Prometheus metrics on HOST:PORT (a bare PORT binds 127.0.0.1).")
 @click.option("--daemon", is_flag=True, help="Detach (python-daemon); logs go to --log-file or STATE_DIR/phoenix.log.")
+@store_option
+@click.option("--node", help="This master's name in a shared store (default: host name and state directory).")
+@click.option("--lease-ttl", type=float, help="Seconds a master's lease in a shared store lasts unrenewed (30).")
 @friendly_errors
 def start(app: str | None, state_dir: str | None, config_file: str | None, daemon: bool, **flags: Any) -> None:
     """Run a master for APP ("package.module:app").
@@ -222,8 +240,9 @@ def check(app: str, state_dir: str | None, config_file: str | None, force: bool)
 @click.argument("params", required=False, default="null")
 @click.option("--key", help="Idempotency key (default: a hash of target and parameters).")
 @state_dir_option
+@store_option
 @friendly_errors
-def submit(target: str, params: str, key: str | None, state_dir: str | None) -> None:
+def submit(target: str, params: str, key: str | None, state_dir: str | None, store: str | None) -> None:
     """Record a job durably; a running master starts it when a slot is free.
 
     \b
@@ -241,12 +260,22 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None) -> 
 
     The same KEY with the same target and parameters again is a no-op
     ("created": false); with another target or other parameters it is
-    refused with exit 1, saying what differs."""
+    refused with exit 1, saying what differs.
+
+    With a shared store (--store postgresql://..., PHOENIX_STORE, or store
+    in phoenix.toml) TARGET is only a name and is not imported: submit from
+    any machine, with or without the job code; the master that claims the
+    job resolves it."""
     from phoenix.client import Client
 
     if key:
         check_key(key)  # before the state directory is made or touched
     job_params = decode_params(params)
+    shared = config_module.load(None, None, {"store": store}, validate=False).store
+    if shared != "sqlite":
+        job_id, created = Client(store=shared).submit(target, job_params, key)
+        click.echo(json.dumps({"id": job_id, "created": created}))
+        return
     spec = resolve_target(target)
     paths = _state_paths(state_dir, app_settings=spec.app.settings if spec.app is not None else None)
     job_id, created = Client(state_dir=str(paths.root)).submit(target, job_params, key)
@@ -258,11 +287,29 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None) -> 
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 @click.option("--watch", "watch_interval", type=float, is_flag=False, flag_value=1.0, default=None,
               help="Refresh in place every N seconds (default 1) until Ctrl-C.")
+@store_option
+@click.option("--node", help="With a shared store: this master (node) and its jobs only.")
 @friendly_errors
-def status(state_dir: str | None, as_json: bool, watch_interval: float | None) -> None:
-    """Show the master and the jobs; exit 0 if a master runs, 3 if none does."""
-    from phoenix.status import NoJournal, collect, render, watch
+def status(state_dir: str | None, as_json: bool, watch_interval: float | None, store: str | None,
+           node: str | None) -> None:
+    """Show the master and the jobs; exit 0 if a master runs, 3 if none does.
 
+    With a shared store: every master (node, pid, generation, state, lease,
+    slots) and every job with its node; exit 0 if any master holds a live
+    lease, 3 if none does."""
+    from phoenix.status import NoJournal, collect, collect_shared, render, render_shared, watch
+
+    shared = config_module.load(None, None, {"store": store}, validate=False).store
+    if shared != "sqlite":
+        from phoenix.store import check_setting
+
+        check_setting(shared)
+        report, live = collect_shared(shared, node)
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+        else:
+            render_shared(report)
+        sys.exit(0 if live else EXIT_NOT_RUNNING)
     paths = _state_paths(state_dir)
     try:
         if watch_interval is not None:
@@ -507,3 +554,29 @@ def prune(finished_before: str, failed_before: str | None, as_json: bool, state_
         click.echo(json.dumps(removed))
     else:
         click.echo("deleted " + ", ".join(f"{n} {what}" for what, n in removed.items()))
+
+
+@main.group()
+def store() -> None:
+    """The shared (PostgreSQL) job store."""
+
+
+@store.command()
+@store_option
+@friendly_errors
+def migrate(store: str | None) -> None:
+    """Create the shared store's schema, or upgrade it to this Phoenix's version."""
+    url = config_module.load(None, None, {"store": store}, validate=False).store
+    from phoenix.store import check_setting, is_url
+
+    check_setting(url)
+    if not is_url(url):
+        fail("phoenix store migrate needs a postgresql:// URL (--store, PHOENIX_STORE, or store in phoenix.toml); "
+             "the SQLite journal is created by `phoenix start`")
+    from phoenix.pgstore import migrate as migrate_schema
+
+    before, now = migrate_schema(url)
+    if before == now:
+        click.echo(f"schema version {now}: up to date")
+    else:
+        click.echo(f"schema version {now}: {'created' if before is None else f'upgraded from {before}'}")

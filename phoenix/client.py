@@ -12,6 +12,10 @@ once; with no master running, the next one starts it. The target is checked
 for its form ("module:name") only: the web app need not have the job's code
 or its dependencies. `check=True` imports it as `phoenix submit` does, and
 refuses a target that is not a job.
+
+With a shared store, `Client(store="postgresql://...")` (or PHOENIX_STORE,
+or store in phoenix.toml) records the job in PostgreSQL; every master
+listening there is woken by a NOTIFY sent with the job's transaction.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from typing import Any
 from phoenix import config as config_module
 from phoenix import control
 from phoenix.app import check_target_form, encode_params, resolve_target
-from phoenix.journal import Journal
 from phoenix.paths import StatePaths
+from phoenix.store import check_setting, open_store
 from phoenix.untrusted import check_key
 
 
@@ -34,8 +38,11 @@ class Client:
     directory if the App sets it. Safe to share between threads: each
     submission opens the journal for itself."""
 
-    def __init__(self, state_dir: str | None = None, config_file: str | None = None) -> None:
-        settings = config_module.load(None, config_file, {"state_dir": state_dir}, validate=False)
+    def __init__(self, state_dir: str | None = None, config_file: str | None = None, *,
+                 store: str | None = None) -> None:
+        settings = config_module.load(None, config_file, {"state_dir": state_dir, "store": store}, validate=False)
+        check_setting(settings.store)
+        self.store = settings.store
         self.paths = StatePaths(settings.state_dir)
 
     def submit(self, target: str, params: Any = None, key: str | None = None, *,
@@ -49,8 +56,11 @@ class Client:
         params_json = encode_params(params)
         if check:
             resolve_target(target)
+        if self.store != "sqlite":
+            with open_store(self.store, self.paths.journal) as shared:
+                return shared.submit(target, params_json, key)  # the NOTIFY wakes the masters
         self.paths.ensure()
-        with Journal(self.paths.journal) as journal:
+        with open_store(self.store, self.paths.journal) as journal:
             job_id, created = journal.submit(target, params_json, key)
         self.wake()
         return job_id, created

@@ -40,10 +40,13 @@ class Config:
     log_format: str = "text"  # or "json"
     log_file: str | None = None
     metrics: str | None = None  # HOST:PORT for Prometheus exposition; off by default
+    store: str = "sqlite"  # "sqlite" (STATE_DIR/journal.db) or a postgresql:// URL shared by many masters
+    node: str | None = None  # this master's name in a shared store (default: host name and state directory)
+    lease_ttl: float = 30.0  # seconds a master's lease in a shared store lasts without renewal
 
     def validate(self) -> "Config":
         positive = ("heartbeat_interval", "heartbeat_timeout", "callback_timeout", "outcome_delivery_timeout",
-                "restart_period", "reload_timeout")
+                "restart_period", "reload_timeout", "lease_ttl")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be greater than 0 (got {getattr(self, name)!r})")
@@ -63,6 +66,10 @@ class Config:
             raise ConfigError(f'log_format must be "text" or "json" (got {self.log_format!r})')
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error (got {self.log_level!r})")
+        if self.store != "sqlite" and not self.store.startswith(("postgresql://", "postgres://")):
+            raise ConfigError('store must be "sqlite" or a postgresql:// URL (got a value of another form)')
+        if self.node is not None and not self.node.strip():
+            raise ConfigError("node must not be empty")
         return self
 
     def overlay(self, values: dict[str, Any], source: str) -> "Config":

@@ -32,11 +32,11 @@ from phoenix import log, pid1, pidfile, procfs, systemd
 from phoenix.commands import HANDLED_SIGNALS
 from phoenix.config import Config
 from phoenix.control import ControlServer
-from phoenix.journal import Journal
 from phoenix.outcomes import classify_exit
 from phoenix.paths import StatePaths
 from phoenix.pidfile import PidFile
 from phoenix.states import HANDOFF_TRANSITIONS, HandoffPhase, MasterState, check_move
+from phoenix.store import Store
 from phoenix.timers import Timer, TimerHeap
 
 FDS_VARIABLE = "PHOENIX_FDS"
@@ -66,7 +66,7 @@ class HandoffHost(Protocol):
     pidfile: PidFile
     timers: TimerHeap
     subprocesses: dict[int, Callable[[int], None]]
-    journal: Journal
+    journal: Store
 
     def run_owed_callbacks(self) -> None: ...
     def callbacks_running(self) -> bool: ...

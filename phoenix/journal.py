@@ -100,6 +100,15 @@ class JournalError(RuntimeError):
     """The journal cannot be opened or written; the message says which file and why."""
 
 
+class StoreUnavailable(OSError):
+    """A shared store (PostgreSQL) cannot be reached: an outage, as an
+    unwritable journal is (no claims; children keep running; writes replayed)."""
+
+
+class SchemaMismatch(JournalError):
+    """A shared store holds no Phoenix schema, or one of another version."""
+
+
 class RetryRefused(ValueError):
     """`phoenix retry` named a job that is not failed or cancelled, or none at all."""
 
@@ -341,6 +350,8 @@ class Journal:
     naming the file and the way out); `verify=True` adds SQLite's quick_check of
     every page, which costs time in proportion to the journal's size."""
 
+    shared = False  # one master writes it (see store.Store)
+
     def __init__(self, path: str | Path, *, create: bool = True, verify: bool = False) -> None:
         self.path = Path(path)
         if not self.path.exists():
@@ -485,6 +496,15 @@ class Journal:
             f"SELECT {columns} FROM jobs INDEXED BY jobs_backoff WHERE {_IN_BACKOFF} AND {_BACKOFF_WAIT} <= 0 "
             "LIMIT :limit", clocks).fetchall()
         return [Job(*row[1:]) for row in sorted(rows)[:limit]]
+
+    def claim(self, generation: int, pid: int | None, start_time: int | None) -> tuple[Job, int] | None:
+        """The next due job, its attempt recorded for the child `pid`: (job,
+        attempt id), or None. (The master is this journal's only writer, so
+        the two steps cannot race; a shared store does it in one statement.)"""
+        jobs = self.pending(1)
+        if not jobs:
+            return None
+        return jobs[0], self.begin_attempt(jobs[0], generation, pid, start_time)
 
     def next_due_in(self) -> float | None:
         """Seconds until the next pending job is due (0 or less: due now), or

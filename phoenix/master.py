@@ -44,6 +44,7 @@ from phoenix.control import ControlServer
 from phoenix.hangs import HangKiller, signal_attempt
 from phoenix.heartbeats import HeartbeatIntake
 from phoenix.journal import Journal, JournalError
+from phoenix.leasekeeper import LeaseKeeper
 from phoenix.liveness import master_was_away
 from phoenix.outage import STORAGE_ERRORS, JournalOutage, file_identity, restore_journal
 from phoenix.paths import StatePaths
@@ -58,11 +59,13 @@ from phoenix.sockets import bind_heartbeat
 from phoenix.spawner import Spawner
 from phoenix.statefiles import StateFiles
 from phoenix.states import MASTER_TRANSITIONS, HandoffPhase, MasterState, StopMode, check_move
+from phoenix.store import Store, default_node, open_store
 from phoenix.timers import TimerHeap
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 event = log.event
 STATE_DIR_CHECK = 1.0
+SHARED_TITLE_EVERY = 10.0
 
 
 class Master:
@@ -105,6 +108,8 @@ class Master:
         self.outage = JournalOutage(str(self.paths.journal))
         self.next_state_dir_check = 0.0
         self.state_files = StateFiles()  # sockets, pidfile and lock put back if removed under us
+        self.node = config.node or default_node(config.state_dir)  # its name in a shared store
+        self.leases: LeaseKeeper | None = None  # a shared store's lease (leasekeeper.py)
 
     def change_state(self, new: MasterState) -> None:
         """The one writer of `state`."""
@@ -133,8 +138,10 @@ class Master:
             raise
 
     def _open_under_lock(self, inherited: dict[str, int]) -> None:
-        self.journal = Journal(self.paths.journal, verify=not inherited)  # after an exec, the preflight checked it
-        self.journal_identity = file_identity(self.paths.journal)
+        # After an exec, the preflight checked the journal.
+        self.journal: Store = open_store(self.config.store, self.paths.journal, node=self.node,
+                                         verify=not inherited, lease_ttl=self.config.lease_ttl)
+        self.journal_identity = None if self.journal.shared else file_identity(self.paths.journal)
         # Recorded in the journal only once ready: a start that fails records no generation.
         self.generation = int(self.journal.meta("generation", 0)) + 1
         if not inherited:  # a run starts here; replacement images carry it on (see exits.py)
@@ -156,6 +163,12 @@ class Master:
         else:
             control = control_socket.bind(self.paths.control_socket)
         self.selector.register(self.heartbeat, selectors.EVENT_READ, self.read_heartbeats)
+        if self.journal.shared:
+            from phoenix.pgstore import PgStore  # only with a shared store: psycopg
+
+            assert isinstance(self.journal, PgStore)
+            self.leases = LeaseKeeper(self, self.journal)
+            self.leases.register(os.getpid(), self.generation, self.started_at, self.app_spec)
         self.control = ControlServer(control, self.selector, self.control_request,
                                      lambda why: self.counters.reject(why))
         self.callbacks = CallbackRunner(self.config.callback_threads)
@@ -237,6 +250,8 @@ class Master:
                 self.guarded(self.update_title)
                 self.watchdog.keep_alive()
                 self.watch_storage()
+                if self.leases is not None:
+                    self.leases.tick(time.monotonic())
             if self.stop_signal is not None and self.config.exit_when_done:
                 self.exit_code = exits.stopped_batch(self.stop_signal, self.batch_counts)
         except Exception as exc:
@@ -252,6 +267,8 @@ class Master:
         """The earliest moment any part needs the loop (einhorn's Event.timeout)."""
         deadlines = [self.scheduler.next_deadline(now), self.watchdog.due, self.outage.next_retry,
                      self.next_state_dir_check, self.control.next_deadline()]
+        if self.leases is not None:
+            deadlines.append(self.leases.next_deadline())
         timer = self.timers.next_deadline()
         if timer is not None:
             deadlines.append(timer)
@@ -401,10 +418,27 @@ class Master:
         self.spawner.discard()
 
     def reopen_journal(self) -> None:
-        """After a failed exec: the journal was closed for it."""
+        """After a failed exec: the journal was closed for it (a shared store
+        connects again by itself, and keeps its lease)."""
+        if self.journal.shared:
+            return
         self.journal = Journal(self.paths.journal)
         if self.app is not None:
             self.app.journal = self.journal
+
+    # -- what the lease keeper asks (leasekeeper.LeaseHost) --------------------------------
+
+    def end_children(self, why: str) -> None:
+        """TERM every child's group, KILL after kill_grace; their jobs go back under their policy."""
+        now = time.monotonic()
+        for attempt in self.children.values():
+            if attempt.kill_reason is None and not attempt.interrupted:
+                attempt.interrupted = True
+                attempt.kill_detail = why
+                self.hangs.stop(attempt, now)
+
+    def lease_state(self) -> str:
+        return str(self.state) if self.state in (MasterState.DRAINING, MasterState.DEGRADED) else "running"
 
     def give_all_grace(self, now: float) -> None:
         for attempt in self.children.values():
@@ -423,7 +457,8 @@ class Master:
     # -- spawning -------------------------------------------------------------------
 
     def has_free_slot(self) -> bool:
-        return may_start_jobs(self.state, self.handoff.phase, self.outage.active, len(self.children), self.slots)
+        return (may_start_jobs(self.state, self.handoff.phase, self.outage.active, len(self.children), self.slots)
+                and (self.leases is None or self.leases.may_claim(time.monotonic())))
 
     def spec_for(self, target: str) -> JobSpec:
         spec = self.specs.get(target)
@@ -469,7 +504,7 @@ class Master:
         if now < self.next_state_dir_check:
             return
         self.next_state_dir_check = now + STATE_DIR_CHECK
-        if file_identity(self.paths.journal) != self.journal_identity:
+        if not self.journal.shared and file_identity(self.paths.journal) != self.journal_identity:
             self.rebuild_state_dir()
         else:
             self.state_files.check(self)
@@ -482,6 +517,7 @@ class Master:
                   effect="rebuilding it from the open journal; running children are kept")
         try:
             self.paths.ensure()
+            assert isinstance(self.journal, Journal)
             restore_journal(self.journal.db, self.paths.journal)
             self.journal.close()
             self.reopen_journal()
@@ -555,6 +591,8 @@ class Master:
             for path in (self.paths.heartbeat_socket, self.paths.control_socket):
                 path.unlink(missing_ok=True)
             systemd.notify("STOPPING=1")
+        if self.leases is not None and self.stop_mode != StopMode.HANDED_OVER:
+            self.leases.release("left" if self.stop_mode == StopMode.LEAVE else "stopped")
         self.pidfile.release()
         self.journal.close()
         event(INFO, "exit", pid=os.getpid(), code=self.exit_code)
@@ -563,7 +601,7 @@ class Master:
         now = time.monotonic()
         if not force and now < self.title_due:
             return
-        self.title_due = now + 0.5
+        self.title_due = now + (SHARED_TITLE_EVERY if self.journal.shared else 0.5)  # a shared count costs more
         self.counters.jobs = self.journal.counts()
         pending = self.counters.jobs["pending"]
         app = (self.app.name if self.app is not None else None) or self.app_spec or "-"

@@ -15,15 +15,16 @@ from phoenix import clock, log, procfs
 from phoenix.app import JobSpec
 from phoenix.attempts import Attempt
 from phoenix.config import Config
-from phoenix.journal import Journal, OpenAttempt
+from phoenix.journal import OpenAttempt
 from phoenix.outcomes import classify_exit
 from phoenix.recorder import LOST_UNWATCHED, OutcomeRecorder
 from phoenix.states import TimerKind
+from phoenix.store import Store
 from phoenix.timers import TimerHeap
 
 
 class ReaperHost(Protocol):
-    journal: Journal
+    journal: Store
     config: Config
     children: dict[int, Attempt]
     timers: TimerHeap

@@ -14,12 +14,13 @@ from phoenix import lineage, log, protocol
 from phoenix.attempts import Attempt
 from phoenix.config import Config
 from phoenix.heartbeats import HeartbeatIntake
-from phoenix.journal import Journal, OpenAttempt
+from phoenix.journal import OpenAttempt
 from phoenix.metrics import Counters, Histograms
 from phoenix.outcomes import Classified, classify
 from phoenix.paths import StatePaths
 from phoenix.policy import Next, RestartBudget, after_attempt
 from phoenix.states import Outcome
+from phoenix.store import Store
 
 LOST_UNWATCHED = "the process ended while no master watched it"
 
@@ -27,7 +28,7 @@ LOST_UNWATCHED = "the process ended while no master watched it"
 class OutcomeHost(Protocol):
     """What the recorder needs of the master."""
 
-    journal: Journal
+    journal: Store
     config: Config
     budget: RestartBudget
     counters: Counters

@@ -15,23 +15,25 @@ from phoenix import child, log
 from phoenix.app import AppError, JobSpec, decode_params
 from phoenix.attempts import Attempt
 from phoenix.config import Config
-from phoenix.journal import Job, Journal
+from phoenix.journal import Job
 from phoenix.liveness import verdict
 from phoenix.metrics import Counters
 from phoenix.outage import STORAGE_ERRORS, JournalOutage
 from phoenix.outcomes import Classified
 from phoenix.policy import may_run
 from phoenix.recorder import OutcomeRecorder
-from phoenix.spawner import Spawner
+from phoenix.spawner import Spawner, WaitingChild
 from phoenix.states import Outcome, TimerKind
+from phoenix.store import Store
 from phoenix.timers import TimerHeap
 
 SPAWN_SLICE = 0.25  # seconds of forking per turn of the loop before the other steps get a turn
 PENDING_POLL = 1.0  # fallback look for jobs submitted without a wake-up
+SHARED_POLL = 2.0  # the same in a shared store, where submits NOTIFY (a missed one costs at most this)
 
 
 class SchedulerHost(Protocol):
-    journal: Journal
+    journal: Store
     config: Config
     generation: int
     slots: int
@@ -71,6 +73,10 @@ class Scheduler:
         if not self.maybe_pending or not h.has_free_slot():
             return
         self.maybe_pending = False
+        if h.journal.shared:
+            self.next_poll = time.monotonic() + SHARED_POLL
+            self.claim_jobs()
+            return
         self.next_poll = time.monotonic() + PENDING_POLL
         jobs = h.journal.pending(h.slots - len(h.children))
         slice_ends = time.monotonic() + SPAWN_SLICE
@@ -87,6 +93,48 @@ class Scheduler:
         due_in = h.journal.next_due_in()
         if due_in is not None and due_in > 0:
             self.next_poll = min(self.next_poll, time.monotonic() + due_in)
+
+    def claim_jobs(self) -> None:
+        """Shared store: for each free slot, a waiting child, then one claim
+        statement that records the job's attempt with that child's pid (see
+        pgstore._CLAIM). The child gets its order only after the claim commits."""
+        h = self.host
+        slice_ends = time.monotonic() + SPAWN_SLICE
+        while h.has_free_slot():
+            try:
+                waiting = h.spawner.take()
+            except OSError as exc:  # the job stays pending, for us later or another master
+                log.event(logging.ERROR, "fork_failed", error=exc.strerror)
+                return
+            try:
+                claimed = h.journal.claim(h.generation, waiting.pid, waiting.start_time)
+            except STORAGE_ERRORS as exc:
+                h.spawner.give_back(waiting)
+                h.outage.failed(exc, "claim")
+                return
+            if claimed is None:
+                h.spawner.give_back(waiting)  # nothing due: it waits for the next job as the spare
+                return
+            job, attempt_id = claimed
+            try:
+                spec = h.spec_for(job.target)
+                decode_params(job.params)
+            except AppError as exc:
+                h.spawner.give_back(waiting)
+                self.fail_before_start(job, str(exc))
+                continue
+            retries = spec.retries if spec.retries is not None else h.config.retries
+            if not may_run(job.failures, retries):
+                h.spawner.give_back(waiting)
+                self.fail_before_start(job, f"job {job.key!r} failed {job.failures} time(s); its policy allows "
+                                            f"{retries} retries")
+                continue
+            self.start(job, spec, waiting, attempt_id, job.attempts + 1)
+            h.read_heartbeats()
+            if time.monotonic() >= slice_ends:
+                self.maybe_pending = True  # the rest on the next turn
+                return
+        self.maybe_pending = False
 
     def fail_before_start(self, job: Job, error: str) -> None:
         h = self.host
@@ -129,6 +177,12 @@ class Scheduler:
             os.close(waiting.order_fd)
             h.outage.failed(exc, "begin_attempt")
             return
+        self.start(job, spec, waiting, attempt_id, number)
+
+    def start(self, job: Job, spec: JobSpec, waiting: WaitingChild, attempt_id: int, number: int) -> None:
+        """The attempt is committed: give the child its order, and watch it."""
+        h = self.host
+        pid = waiting.pid
         delivered = waiting.send(child.order(job.id, job.key, number, job.target, job.params,
                                              h.config.heartbeat_interval, h.config.outcome_delivery_timeout))
         now = time.monotonic()

@@ -15,13 +15,13 @@ from phoenix import log
 from phoenix.app import App, JobInfo
 from phoenix.callbacks import CallbackRunner
 from phoenix.config import Config
-from phoenix.journal import Journal
 from phoenix.metrics import Counters, Histograms
+from phoenix.store import Store
 
 
 class SettlerHost(Protocol):
     app: App | None  # None: no app loaded (degraded); callbacks stay owed
-    journal: Journal
+    journal: Store
     callbacks: CallbackRunner
     config: Config
     counters: Counters

@@ -94,6 +94,17 @@ class Spawner:
         del self.master.subprocesses[spare.pid]  # from now on it is a job's child, reaped as such
         return spare
 
+    def give_back(self, waiting: WaitingChild) -> None:
+        """A child taken for a job that did not come (a shared store had none
+        due): it becomes the spare again, or ends if there is one already."""
+        if self.spare is None:
+            self.spare = waiting
+            self.master.subprocesses[waiting.pid] = functools.partial(self._spare_exited, waiting.pid)
+            return
+        os.close(waiting.order_fd)
+        os.kill(waiting.pid, signal.SIGKILL)  # our unreaped child: the pid cannot name another process
+        os.waitpid(waiting.pid, 0)
+
     def replenish(self) -> None:
         """Fork the next spare child, if the master will be starting jobs."""
         if self.spare is not None or not self.master.wants_spare() or time.monotonic() < self.not_before:

@@ -165,3 +165,42 @@ def watch(paths: StatePaths, interval: float) -> None:
                 live.update(rich_table(collect(paths)[0]), refresh=True)
         except KeyboardInterrupt:
             pass
+
+
+def collect_shared(url: str, node: str | None = None) -> tuple[dict[str, Any], bool]:
+    """(report, any master holding a live lease?) of a shared store: every
+    master's lease and slots, and every job with the node that runs it (or
+    ran it last); `node` keeps that master and its jobs only."""
+    from phoenix.pgstore import PgStore
+
+    with PgStore(url) as store:
+        masters = [m for m in store.masters() if node is None or m["node"] == node]
+        jobs = list(store.status_rows(node))
+        counts = store.counts()
+        failures = store.recent_failures(RECENT_FAILURES)
+    shown = []
+    for master in masters:
+        expires_in = float(master["lease_expires_in"])
+        shown.append({
+            "node": master["node"], "pid": master["pid"], "generation": master["generation"],
+            "epoch": master["epoch"], "state": master["state"] if expires_in > 0 else f"{master['state']} (expired)",
+            "lease_expires_in": round(expires_in, 3), "slots_used": master["slots_used"],
+            "slots": master["slots"], "app": master["app"],
+        })
+    live = any(m["lease_expires_in"] > 0 and m["state"] in ("running", "draining", "degraded") for m in shown)
+    return {"masters": shown, "jobs": jobs, "counts": counts, "recent_failures": failures}, live
+
+
+def render_shared(report: dict[str, Any]) -> None:
+    """Plain columns: one line per master, then the running jobs."""
+    print("masters:")
+    for m in report["masters"]:
+        print(f"  {visible(m['node'])}  pid {m['pid']}  gen {m['generation']}  {m['state']}  "
+              f"lease {m['lease_expires_in']:+.1f}s  slots {m['slots_used']}/{m['slots']}")
+    print("jobs: " + "  ".join(f"{state} {n}" for state, n in report["counts"].items()))
+    for job in report["jobs"]:
+        if job["state"] == "running":
+            where = visible(job["node"] or "-")
+            print(f"  {visible(job['key'])}  attempt {job['attempt']}  pid {job['pid']}  on {where}")
+    for failure in report["recent_failures"]:
+        print("  " + failure_line(failure))

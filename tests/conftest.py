@@ -116,3 +116,19 @@ def master_factory(state_dir: Path):
     yield make
     for master in started:
         master.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the session (tests/pgserver.py)."""
+    from tests.pgserver import session_server
+
+    yield from session_server()
+
+
+@pytest.fixture
+def pg_url(postgres_server) -> Any:
+    """A fresh database with Phoenix's schema, dropped after the test: its postgresql:// URL."""
+    url = postgres_server.database()
+    yield url
+    postgres_server.drop(url)

@@ -1,0 +1,201 @@
+"""The lease keeper: a master's life in a shared (PostgreSQL) store.
+
+It registers the master's lease row, renews it every ttl/3 on the database's
+clock, and trusts it only as leases.py computes. While the lease is not
+trusted the master claims nothing; once trust runs out it ends its children
+(TERM, then KILL after kill_grace), so that another master's re-run of their
+jobs never overlaps them. A renewal that finds the lease recovered (its
+epoch moved on) ends the children at once and registers again.
+
+Any master also recovers the others: every renewal period it takes the
+masters whose lease expired past the grace period (pgstore.PgStore.recover)
+and picks up the callbacks a dead master owed.
+
+Wake-ups come on one LISTEN connection in the master's selector; each
+renewal pings it, and a listener that missed its ping is reconnected.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from phoenix import leases, log
+from phoenix.attempts import Attempt
+from phoenix.config import Config
+from phoenix.journal import StoreUnavailable
+from phoenix.policy import RestartBudget, after_attempt
+from phoenix.states import Outcome
+
+if TYPE_CHECKING:
+    from phoenix.pgstore import PgStore
+
+RENEW_RETRY = 1.0  # seconds between renewals while the database does not answer
+
+
+class LeaseHost(Protocol):
+    config: Config
+    children: dict[int, Attempt]
+    selector: selectors.BaseSelector
+    slots: int
+    budget: RestartBudget
+
+    def retries_for(self, target: str) -> int | None: ...
+    def jobs_may_be_pending(self) -> None: ...
+    def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None: ...
+    def callbacks_held(self) -> bool: ...
+    def run_owed_callbacks(self) -> None: ...
+    def end_children(self, why: str) -> None: ...
+    def lease_state(self) -> str: ...  # running | draining | degraded
+
+
+class LeaseKeeper:
+    def __init__(self, host: LeaseHost, store: PgStore) -> None:
+        self.host = host
+        self.store = store
+        self.times = leases.lease_times(host.config.lease_ttl, host.config.kill_grace)
+        self.trust_ends = float("-inf")  # monotonic
+        self.next_renewal = 0.0
+        self.next_recovery = 0.0
+        self.listener_fd: int | None = None
+        self.ping_seen = True
+        self.ended_children = False  # told to end after the lease lapsed
+        self.failing = False  # renewals failing: said once
+
+    def register(self, pid: int, generation: int, started_at: float, app: str | None) -> None:
+        self.identity = (pid, generation, started_at, app)
+        sent = time.monotonic()
+        epoch = self.store.register_master(pid, generation, started_at, self.host.slots, app)
+        self.trusted(sent)
+        log.event(logging.INFO, "lease", node=self.store.node, epoch=epoch, ttl=f"{self.times.ttl:g}s",
+                  grace=f"{self.times.grace:g}s")
+        self.open_listener()
+
+    def trusted(self, sent: float) -> None:
+        self.trust_ends = leases.trusted_until(sent, self.times.ttl, self.times.margin)
+        self.next_renewal = sent + self.times.renew_every
+        self.ended_children = False
+
+    def may_claim(self, now: float) -> bool:
+        return leases.may_claim(now, self.trust_ends, self.times.renew_every)
+
+    def next_deadline(self) -> float:
+        deadlines = [self.next_renewal, self.next_recovery]
+        if self.host.children and not self.ended_children:
+            deadlines.append(self.trust_ends)
+        return min(deadlines)
+
+    def tick(self, now: float) -> None:
+        if now >= self.next_renewal:
+            self.renew()
+        if self.host.children and not self.ended_children and leases.children_must_end(time.monotonic(),
+                                                                                        self.trust_ends):
+            self.ended_children = True
+            log.event(logging.ERROR, "lease_lapsed", node=self.store.node, running=len(self.host.children),
+                      effect="ending every child (TERM, then KILL after kill_grace): another master may "
+                             "recover their jobs")
+            self.host.end_children("its master's lease lapsed")
+        if now >= self.next_recovery:
+            self.next_recovery = now + self.times.renew_every
+            self.recover()
+
+    def renew(self) -> None:
+        sent = time.monotonic()
+        try:
+            live = self.store.renew_lease(self.host.lease_state(), self.host.slots, len(self.host.children))
+        except StoreUnavailable as exc:
+            self.next_renewal = sent + min(RENEW_RETRY, self.times.renew_every)
+            if not self.failing:
+                self.failing = True
+                log.event(logging.ERROR, "lease_renew_failed", node=self.store.node, error=str(exc),
+                          effect=f"no claims; children end if the lease lapses "
+                                 f"(in {max(0.0, self.trust_ends - sent):.1f}s)")
+            return
+        if self.failing:
+            self.failing = False
+            log.event(logging.WARNING, "lease_renewed", node=self.store.node)
+        if not live:
+            # Another master recovered us: our attempts are lost, their jobs may run elsewhere now.
+            log.event(logging.ERROR, "lease_lost", node=self.store.node, running=len(self.host.children),
+                      effect="ending every child now; registering again under a new epoch")
+            if self.host.children:
+                self.host.end_children("its master's lease was recovered by another master")
+            self.register_again(sent)
+            return
+        self.trusted(sent)
+        if not self.ping_seen or self.listener_fd is None:
+            self.open_listener()  # the last renewal's ping never came: the listener is dead
+        self.ping_seen = False
+
+    def register_again(self, sent: float) -> None:
+        pid, generation, started_at, app = self.identity
+        try:
+            self.store.register_master(pid, generation, started_at, self.host.slots, app)
+        except StoreUnavailable:
+            return  # tried again at the next renewal
+        self.trusted(sent)
+
+    def open_listener(self) -> None:
+        self.close_listener()
+        try:
+            self.listener_fd = self.store.open_listener()
+        except StoreUnavailable as exc:
+            log.event(logging.WARNING, "listener_failed", error=str(exc), effect="polling every 2 s")
+            return
+        self.ping_seen = True
+        self.host.selector.register(self.listener_fd, selectors.EVENT_READ, self.read_listener)
+
+    def close_listener(self) -> None:
+        if self.listener_fd is not None:
+            try:
+                self.host.selector.unregister(self.listener_fd)
+            except (KeyError, ValueError):
+                pass
+        self.listener_fd = None
+        self.store.close_listener()
+
+    def read_listener(self) -> None:
+        try:
+            payloads = self.store.read_notifies()
+        except StoreUnavailable:
+            self.close_listener()
+            return
+        if not payloads and self.listener_fd is not None:
+            return
+        for payload in payloads:
+            if payload == f"ping:{self.store.node}":
+                self.ping_seen = True
+            elif not payload.startswith("ping:"):
+                self.host.jobs_may_be_pending()
+
+    def recover(self) -> None:
+        """Recover masters whose lease is gone, and take up callbacks they owed."""
+        now = time.monotonic()
+
+        def decide(target: str, failures: int) -> tuple[str, bool, float | None, str | None]:
+            h = self.host
+            after = after_attempt(Outcome.LOST, failures, h.retries_for(target), budget=h.budget, now=now,
+                                  backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
+            delay = after.delay if after.job_state == "pending" and after.counts_as_failure else None
+            return after.job_state, after.counts_as_failure, delay, after.callback
+
+        try:
+            owed = self.store.recover(self.times.grace, decide)
+        except StoreUnavailable:
+            return  # the outage machinery says so; tried again next period
+        masters, attempts = self.store.last_recovery
+        if masters:
+            log.event(logging.WARNING, "recovered", masters=",".join(masters), attempts=attempts,
+                      callbacks=len(owed))
+            self.host.jobs_may_be_pending()
+        if not self.host.callbacks_held():
+            self.host.run_owed_callbacks()  # our new ones, and any a dead master owed
+
+    def release(self, state: str) -> None:
+        self.close_listener()
+        try:
+            self.store.release_lease(state)
+        except StoreUnavailable:
+            pass  # it lapses on its own

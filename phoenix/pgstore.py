@@ -1,0 +1,837 @@
+"""The PostgreSQL store: many masters, on many hosts, share one database.
+
+It keeps the SQLite journal's semantics (the contract tests in tests/store/
+run both) and adds what sharing needs:
+
+- masters: one lease row per master (`node`), renewed on the database's
+  clock; `epoch` is bumped when another master recovers it (fencing).
+- claim: one statement takes a due pending job (FOR UPDATE SKIP LOCKED in a
+  MATERIALIZED CTE), inserts its attempt with the pid of the child that will
+  run it, and marks the job running with `current_attempt`, only while the
+  claiming master's lease is live.
+- fencing: an outcome is recorded only if its attempt is the job's current
+  one and belongs to its master's current epoch; otherwise it is kept on the
+  attempt (state `late`) and owes no callback. The attempt id is the fencing
+  token a job body may pass to its own external writes.
+- recovery: any master takes the masters whose lease expired past the grace
+  period, bumps their epoch, records their open attempts as lost and puts
+  their jobs back under each job's policy, in one transaction.
+- wake-ups: NOTIFY once per submitting transaction; each master LISTENs on
+  one dedicated connection (leasekeeper.py).
+
+Times are wall-clock seconds (double precision) from the database's clock,
+as the SQLite journal's are from the host's. Connections are made lazily, so
+a store object made before a fork is never shared with a child; libpq
+keepalives, statement_timeout and idle_in_transaction_session_timeout bound
+every wait on a lost server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import psycopg
+
+from phoenix import clock
+from phoenix.journal import (
+    ENDED_BADLY,
+    JOB_STATES,
+    Job,
+    JournalError,
+    KeyConflict,
+    OpenAttempt,
+    RetryRefused,
+    SchemaMismatch,
+    StoreUnavailable,
+    _brief,
+    _canonical,
+    default_key,
+)
+from phoenix.outcomes import CANCELLED_REASON
+from phoenix.untrusted import check_key
+
+SCHEMA_VERSION = 1
+CHANNEL = "phoenix_wake"
+MIGRATE_HINT = "phoenix store migrate --store URL"
+STATEMENT_TIMEOUT_MS = 10_000
+IDLE_IN_TRANSACTION_MS = 30_000
+CONNECT_TIMEOUT = 5
+
+_NOW = "extract(epoch from clock_timestamp())"
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS phoenix_schema (version integer NOT NULL);
+CREATE TABLE IF NOT EXISTS masters (
+    node             text PRIMARY KEY,
+    pid              integer NOT NULL,
+    generation       integer NOT NULL,
+    epoch            bigint NOT NULL DEFAULT 1,      -- bumped by recovery: fences the old one's outcomes
+    state            text NOT NULL,                  -- running | draining | degraded | left | stopped | lost
+    lease_expires_at timestamptz NOT NULL,           -- the database's clock
+    started_at       double precision NOT NULL,
+    slots            integer NOT NULL DEFAULT 0,
+    slots_used       integer NOT NULL DEFAULT 0,
+    app              text
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id              bigserial PRIMARY KEY,
+    key             text NOT NULL UNIQUE,
+    target          text NOT NULL,
+    params          text NOT NULL,
+    state           text NOT NULL,
+    attempts        integer NOT NULL DEFAULT 0,
+    failures        integer NOT NULL DEFAULT 0,
+    not_before      double precision NOT NULL DEFAULT 0,
+    outcome         text,
+    result          text,
+    error           text,
+    created_at      double precision NOT NULL,
+    updated_at      double precision NOT NULL,
+    current_attempt bigint
+) WITH (fillfactor = 80);   -- room for HOT updates: a job's row changes state several times
+CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (not_before, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (updated_at);
+CREATE TABLE IF NOT EXISTS attempts (
+    id           bigserial PRIMARY KEY,
+    job_id       bigint NOT NULL REFERENCES jobs (id),
+    n            integer NOT NULL,
+    master       text NOT NULL,
+    epoch        bigint NOT NULL,
+    generation   integer NOT NULL,
+    pid          integer,
+    start_time   bigint,
+    started_at   double precision NOT NULL,
+    started_boot double precision,
+    ended_at     double precision,
+    state        text NOT NULL DEFAULT 'running',    -- running | ended | lost | late
+    outcome      text,
+    reason       text,
+    error        text,
+    max_rss_kb   bigint,
+    late_outcome text,                               -- what a fenced master reported after the fact
+    UNIQUE (job_id, n)
+);
+CREATE INDEX IF NOT EXISTS attempts_open ON attempts (master) WHERE outcome IS NULL;
+CREATE TABLE IF NOT EXISTS callbacks (
+    id         bigserial PRIMARY KEY,
+    job_id     bigint NOT NULL REFERENCES jobs (id),
+    attempt    integer NOT NULL,
+    kind       text NOT NULL,
+    state      text NOT NULL,
+    owner      text,                                 -- the master that runs it; another takes it if that one dies
+    runs       integer NOT NULL DEFAULT 0,
+    error      text,
+    created_at double precision NOT NULL,
+    done_at    double precision,
+    UNIQUE (job_id, kind)
+);
+CREATE INDEX IF NOT EXISTS callbacks_owed ON callbacks (id) WHERE state = 'owed';
+CREATE TABLE IF NOT EXISTS events (
+    id         bigserial PRIMARY KEY,
+    node       text NOT NULL,
+    at         double precision NOT NULL DEFAULT {_NOW},
+    kind       text NOT NULL,
+    generation integer,
+    pid        integer,
+    detail     text
+);
+CREATE TABLE IF NOT EXISTS meta (
+    node  text NOT NULL,
+    name  text NOT NULL,
+    value text NOT NULL,
+    PRIMARY KEY (node, name)
+)
+"""
+
+
+# A due pending job, locked for this transaction only if no other master has
+# it locked; MATERIALIZED keeps the planner from pushing the lock past LIMIT.
+_CLAIM = f"""
+WITH lease AS (
+    SELECT epoch FROM masters WHERE node = %(node)s AND epoch = %(epoch)s AND lease_expires_at > now()
+), candidate AS MATERIALIZED (
+    SELECT id FROM jobs
+    WHERE state = 'pending' AND not_before <= {_NOW} AND EXISTS (SELECT 1 FROM lease)
+    ORDER BY not_before, id LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), attempt AS (
+    INSERT INTO attempts (job_id, n, master, epoch, generation, pid, start_time, started_at, started_boot)
+    SELECT j.id, j.attempts + 1, %(node)s, %(epoch)s, %(generation)s, %(pid)s, %(start_time)s, {_NOW},
+           %(since_boot)s
+    FROM jobs j JOIN candidate c ON c.id = j.id
+    RETURNING id, job_id
+)
+UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, current_attempt = a.id, updated_at = {_NOW}
+FROM attempt a WHERE j.id = a.job_id
+RETURNING j.id, j.key, j.target, j.params, j.attempts - 1, j.failures, a.id
+"""
+
+# The outcome counts only from the job's current attempt, of its master's
+# current epoch: the rows are locked, so a recovery running at the same
+# moment either sees the outcome recorded or fences it.
+_FENCE = """
+SELECT a.id FROM attempts a
+JOIN masters m ON m.node = a.master AND m.epoch = a.epoch
+JOIN jobs j ON j.id = a.job_id AND j.current_attempt = a.id
+WHERE a.id = %(attempt)s AND a.outcome IS NULL
+FOR UPDATE OF a, m, j
+"""
+
+# Masters whose lease expired more than `grace` seconds ago, each taken by
+# one recovering master only; their epoch moves on, their open attempts end.
+_RECOVER_MASTERS = """
+WITH dead AS (
+    SELECT node FROM masters
+    WHERE lease_expires_at < now() - make_interval(secs => %(grace)s) AND state NOT IN ('stopped', 'lost')
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE masters m SET epoch = m.epoch + 1, state = 'lost' FROM dead WHERE m.node = dead.node RETURNING m.node
+"""
+_RECOVER_ATTEMPTS = f"""
+UPDATE attempts SET outcome = 'lost', state = 'lost', reason = %(reason)s, error = %(reason)s, ended_at = {_NOW}
+WHERE master = ANY(%(nodes)s) AND outcome IS NULL
+RETURNING id, job_id, n
+"""
+
+RECOVERED_REASON = "its master lost its lease"
+
+
+class PgStore:
+    """One master's (or one command's) handle on the shared store. `node`
+    names the master; commands and clients that only submit or read have none."""
+
+    shared = True
+
+    def __init__(self, url: str, *, node: str | None = None, lease_ttl: float = 30.0,
+                 check_schema: bool = True) -> None:
+        self.url = url
+        self.node = node or ""
+        self.lease_ttl = lease_ttl
+        self.epoch = 0
+        self.check_schema = check_schema
+        self._conn: psycopg.Connection[Any] | None = None
+        self._pid = os.getpid()
+        self.late_outcomes = 0
+        self.last_recovery: tuple[list[str], int] = ([], 0)  # (masters, attempts) the last recover() took
+        self.connect()  # fails early, with one line, if the URL or server is wrong
+
+    # -- connections ---------------------------------------------------------------
+
+    def _new_connection(self) -> psycopg.Connection[Any]:
+        return connect(self.url)
+
+    def connect(self) -> psycopg.Connection[Any]:
+        if self._conn is not None and self._pid == os.getpid() and not self._conn.closed:
+            return self._conn
+        self._pid = os.getpid()
+        self._conn = self._new_connection()
+        if self.check_schema:
+            check_version(self._conn, self.url)
+        return self._conn
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[psycopg.Cursor[Any]]:
+        """One transaction; a lost connection becomes StoreUnavailable (an
+        outage), and the next call connects again."""
+        try:
+            conn = self.connect()
+            with conn.transaction(), conn.cursor() as cur:
+                yield cur
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self._drop()
+            raise StoreUnavailable(f"PostgreSQL store: {one_line(exc)}") from None
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+        self._conn = None
+
+    def close(self) -> None:
+        self._drop()
+        self.close_listener()
+
+    # -- wake-ups: one dedicated LISTEN connection ------------------------------------
+
+    _listener: psycopg.Connection[Any] | None = None
+
+    def open_listener(self) -> int:
+        """Connect the listening connection; its file descriptor, for the master's selector."""
+        self.close_listener()
+        conn = connect(self.url)
+        try:
+            conn.execute(f"LISTEN {CHANNEL}")
+        except psycopg.Error as exc:
+            conn.close()
+            raise StoreUnavailable(f"PostgreSQL store: {one_line(exc)}") from None
+        self._listener = conn
+        return conn.fileno()
+
+    def read_notifies(self) -> list[str]:
+        """The payloads that arrived on the listening connection (without waiting)."""
+        if self._listener is None:
+            return []
+        try:
+            return [n.payload for n in self._listener.notifies(timeout=0)]
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self.close_listener()
+            raise StoreUnavailable(f"PostgreSQL store listener: {one_line(exc)}") from None
+
+    def close_listener(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                self._listener.close()
+        self._listener = None
+
+    def __enter__(self) -> "PgStore":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> None:
+        self.close()
+
+    def probe_write(self) -> None:
+        with self._tx() as cur:
+            cur.execute("SELECT 1")
+
+    # -- masters and leases ------------------------------------------------------------
+
+    def register_master(self, pid: int, generation: int, started_at: float, slots: int, app: str | None) -> int:
+        """This master's lease row, live for a ttl from now; returns its epoch.
+        A master that starts again under the same node keeps the epoch (its
+        running attempts are its own) unless a recovery moved it on."""
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO masters (node, pid, generation, state, lease_expires_at, started_at, slots, app) "
+                "VALUES (%(node)s, %(pid)s, %(gen)s, 'running', now() + make_interval(secs => %(ttl)s), "
+                "%(started)s, %(slots)s, %(app)s) ON CONFLICT (node) DO UPDATE SET pid = excluded.pid, "
+                "generation = excluded.generation, state = 'running', lease_expires_at = excluded.lease_expires_at, "
+                "started_at = excluded.started_at, slots = excluded.slots, app = excluded.app RETURNING epoch",
+                {"node": self.node, "pid": pid, "gen": generation, "ttl": self.lease_ttl, "started": started_at,
+                 "slots": slots, "app": app})
+            row = cur.fetchone()
+            assert row is not None
+            self.epoch = int(row[0])
+        return self.epoch
+
+    def renew_lease(self, state: str, slots: int, slots_used: int) -> bool:
+        """Extend the lease by a ttl on the database's clock, and ping this
+        master's listener (a dead listener is noticed when no ping arrives).
+        False: the lease was recovered by another master (epoch moved on)."""
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE masters SET lease_expires_at = now() + make_interval(secs => %(ttl)s), state = %(state)s, "
+                "slots = %(slots)s, slots_used = %(used)s WHERE node = %(node)s AND epoch = %(epoch)s "
+                "RETURNING pg_notify(%(channel)s, 'ping:' || node)",
+                {"ttl": self.lease_ttl, "state": state, "slots": slots, "used": slots_used, "node": self.node,
+                 "epoch": self.epoch, "channel": CHANNEL})
+            return cur.fetchone() is not None
+
+    def release_lease(self, state: str) -> None:
+        """A clean stop: the lease ends now. `left` (children left running)
+        is recovered after the grace period if no master takes it up again."""
+        with self._tx() as cur:
+            cur.execute("UPDATE masters SET state = %s, lease_expires_at = now(), slots_used = 0 "
+                        "WHERE node = %s AND epoch = %s", (state, self.node, self.epoch))
+
+    def recover(self, grace: float, decide: Callable[[str, int], tuple[str, bool, float | None, str | None]],
+                ) -> list[tuple[int, int, int, str]]:
+        """Take every master whose lease expired more than `grace` s ago:
+        bump its epoch, end its open attempts as lost, and put each job where
+        `decide(target, failures)` says: (job state, counts as failure,
+        retry delay, callback owed). One transaction; returns the callbacks
+        now owed (owned by this master) as (id, job id, attempt, kind)."""
+        owed: list[tuple[int, int, int, str]] = []
+        self.last_recovery = ([], 0)
+        with self._tx() as cur:
+            cur.execute(_RECOVER_MASTERS, {"grace": grace})
+            nodes = [row[0] for row in cur.fetchall()]
+            if not nodes:
+                return owed
+            cur.execute(_RECOVER_ATTEMPTS, {"nodes": nodes, "reason": RECOVERED_REASON})
+            lost = cur.fetchall()
+            self.last_recovery = (nodes, len(lost))
+            for attempt_id, job_id, n in lost:
+                cur.execute("SELECT target, failures, current_attempt FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
+                row = cur.fetchone()
+                if row is None or row[2] != attempt_id:
+                    continue
+                job_state, counts, delay, callback = decide(row[0], row[1])
+                cur.execute(
+                    f"UPDATE jobs SET state = %s, outcome = 'lost', error = %s, failures = failures + %s, "
+                    f"not_before = CASE WHEN %s::float8 IS NULL THEN 0 ELSE {_NOW} + %s::float8 END, "
+                    f"updated_at = {_NOW} WHERE id = %s",
+                    (job_state, RECOVERED_REASON, int(counts), delay, delay, job_id))
+                if callback is not None:
+                    cur.execute(
+                        f"INSERT INTO callbacks (job_id, attempt, kind, state, owner, created_at) "
+                        f"VALUES (%s, %s, %s, 'owed', %s, {_NOW}) ON CONFLICT (job_id, kind) DO NOTHING RETURNING id",
+                        (job_id, n, callback, self.node))
+                    made = cur.fetchone()
+                    if made is not None:
+                        owed.append((int(made[0]), job_id, n, callback))
+            if lost:
+                cur.execute("SELECT pg_notify(%s, 'recovered')", (CHANNEL,))
+        return owed
+
+    def masters(self) -> list[dict[str, Any]]:
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT node, pid, generation, epoch, state, slots, slots_used, app, started_at, "
+                "extract(epoch from lease_expires_at - now()) AS lease_expires_in FROM masters ORDER BY node")
+            return _dicts(cur)
+
+    # -- submission ---------------------------------------------------------------------
+
+    def submit(self, target: str, params_json: str, key: str | None = None) -> tuple[int, bool]:
+        if key:
+            check_key(key)
+        key = key or default_key(target, params_json)
+        with self._tx() as cur:
+            result = self._insert_job(cur, key, target, params_json)
+            if result[1]:
+                cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+            return result
+
+    def submit_many(self, jobs: Iterable[tuple[str, str, str]]) -> None:
+        jobs = list(jobs)
+        for _target, _params, key in jobs:
+            check_key(key)
+        with self._tx() as cur:
+            for target, params_json, key in jobs:
+                self._insert_job(cur, key, target, params_json)
+            cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))  # once per transaction, not per row
+
+    @staticmethod
+    def _insert_job(cur: psycopg.Cursor[Any], key: str, target: str, params_json: str) -> tuple[int, bool]:
+        cur.execute(f"INSERT INTO jobs (key, target, params, state, created_at, updated_at) "
+                    f"VALUES (%s, %s, %s, 'pending', {_NOW}, {_NOW}) ON CONFLICT (key) DO NOTHING RETURNING id",
+                    (key, target, params_json))
+        row = cur.fetchone()
+        if row is not None:
+            return int(row[0]), True
+        cur.execute("SELECT id, target, params FROM jobs WHERE key = %s", (key,))
+        found = cur.fetchone()
+        assert found is not None
+        job_id, old_target, old_params = found
+        differences = []
+        if old_target != target:
+            differences.append(("another target", old_target, target))
+        if old_params != params_json and _canonical(old_params) != _canonical(params_json):
+            differences.append(("other parameters", _brief(old_params), _brief(params_json)))
+        if not differences:
+            return int(job_id), False
+        what = " and ".join(d[0] for d in differences)
+        recorded = " ".join(d[1] for d in differences)
+        submitted = " ".join(d[2] for d in differences)
+        raise KeyConflict(
+            f"key {key!r} already names job {job_id} with {what}: recorded {recorded}, submitted {submitted}. "
+            "Submit it under another key; the same target and parameters again are a no-op")
+
+    # -- the master's writes ----------------------------------------------------------------
+
+    def claim(self, generation: int, pid: int | None, start_time: int | None) -> tuple[Job, int] | None:
+        """Take the next due pending job for the child `pid`, in one statement
+        gated on this master's live lease: (job, attempt id), or None."""
+        with self._tx() as cur:
+            cur.execute(_CLAIM, {"node": self.node, "epoch": self.epoch, "generation": generation, "pid": pid,
+                                 "start_time": start_time, "since_boot": clock.since_boot()})
+            row = cur.fetchone()
+        if row is None:
+            return None
+        return Job(int(row[0]), row[1], row[2], row[3], int(row[4]), int(row[5])), int(row[6])
+
+    def pending(self, limit: int) -> list[Job]:
+        with self._tx() as cur:
+            cur.execute(f"SELECT id, key, target, params, attempts, failures FROM jobs WHERE state = 'pending' "
+                        f"AND not_before <= {_NOW} ORDER BY not_before, id LIMIT %s", (limit,))
+            return [Job(*row) for row in cur.fetchall()]
+
+    def next_due_in(self) -> float | None:
+        with self._tx() as cur:
+            cur.execute(f"SELECT min(not_before) - {_NOW} FROM jobs WHERE state = 'pending'")
+            row = cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def begin_attempt(self, job: Job, generation: int, pid: int | None, start_time: int | None) -> int:
+        """This job's attempt, if it is still pending (the SQLite journal's
+        two-step start, for callers that picked the job with `pending`):
+        0 if another master took it first."""
+        with self._tx() as cur:
+            cur.execute("SELECT 1 FROM jobs WHERE id = %s AND state = 'pending' FOR UPDATE SKIP LOCKED", (job.id,))
+            if cur.fetchone() is None:
+                return 0
+            cur.execute(
+                f"INSERT INTO attempts (job_id, n, master, epoch, generation, pid, start_time, started_at, "
+                f"started_boot) SELECT id, attempts + 1, %s, %s, %s, %s, %s, {_NOW}, %s FROM jobs WHERE id = %s "
+                f"RETURNING id", (self.node, self.epoch, generation, pid, start_time, clock.since_boot(), job.id))
+            row = cur.fetchone()
+            assert row is not None
+            cur.execute(f"UPDATE jobs SET state = 'running', attempts = attempts + 1, current_attempt = %s, "
+                        f"updated_at = {_NOW} WHERE id = %s", (row[0], job.id))
+            return int(row[0])
+
+    def end_attempt(self, attempt_id: int, job_id: int, *, outcome: str, reason: str | None, error: str | None,
+                    result_json: str | None, max_rss_kb: int | None, job_state: str, counts_as_failure: bool,
+                    retry_delay: float | None = None, callback: str | None, attempt_n: int,
+                    ) -> tuple[bool, int | None]:
+        """Record an outcome through the fence (see _FENCE). A fenced outcome
+        is kept on its attempt as `late` and returns (False, None)."""
+        with self._tx() as cur:
+            cur.execute(_FENCE, {"attempt": attempt_id})
+            if cur.fetchone() is None:
+                cur.execute(f"UPDATE attempts SET state = 'late', late_outcome = %s, outcome = coalesce(outcome, "
+                            f"'lost'), ended_at = coalesce(ended_at, {_NOW}) WHERE id = %s AND state IN "
+                            f"('running', 'lost')", (outcome, attempt_id))
+                self.late_outcomes += cur.rowcount
+                return False, None
+            cur.execute(f"UPDATE attempts SET outcome = %s, state = 'ended', reason = %s, error = %s, "
+                        f"max_rss_kb = %s, ended_at = {_NOW} WHERE id = %s",
+                        (outcome, reason, error, max_rss_kb, attempt_id))
+            cur.execute(
+                f"UPDATE jobs SET state = %s, outcome = %s, result = %s, error = %s, not_before = CASE WHEN "
+                f"%s::float8 IS NULL THEN 0 ELSE {_NOW} + %s::float8 END, failures = failures + %s, "
+                f"updated_at = {_NOW} WHERE id = %s",
+                (job_state, outcome, result_json, error, retry_delay, retry_delay, int(counts_as_failure), job_id))
+            if callback is None:
+                return True, None
+            cur.execute(f"INSERT INTO callbacks (job_id, attempt, kind, state, owner, created_at) "
+                        f"VALUES (%s, %s, %s, 'owed', %s, {_NOW}) ON CONFLICT (job_id, kind) DO NOTHING RETURNING id",
+                        (job_id, attempt_n, callback, self.node))
+            row = cur.fetchone()
+            return True, (int(row[0]) if row is not None else None)
+
+    def fail_without_attempt(self, job_id: int, error: str) -> int | None:
+        """A job that cannot start here (unknown target, bad parameters, no
+        retries left): failed, its claimed attempt (if any) ended, callback owed."""
+        with self._tx() as cur:
+            cur.execute(f"UPDATE attempts SET outcome = 'error', state = 'ended', reason = 'cannot start', "
+                        f"error = %s, ended_at = {_NOW} WHERE id = (SELECT current_attempt FROM jobs WHERE id = %s) "
+                        f"AND outcome IS NULL", (error, job_id))
+            cur.execute(f"UPDATE jobs SET state = 'failed', outcome = 'error', error = %s, updated_at = {_NOW} "
+                        f"WHERE id = %s", (error, job_id))
+            cur.execute(f"INSERT INTO callbacks (job_id, attempt, kind, state, owner, created_at) VALUES "
+                        f"(%s, 0, 'on_failed', 'owed', %s, {_NOW}) ON CONFLICT (job_id, kind) DO NOTHING RETURNING id",
+                        (job_id, self.node or None))
+            row = cur.fetchone()
+            return int(row[0]) if row is not None else None
+
+    def callback_started(self, callback_id: int) -> None:
+        with self._tx() as cur:
+            cur.execute("UPDATE callbacks SET runs = runs + 1 WHERE id = %s", (callback_id,))
+
+    def callback_done(self, callback_id: int, error: str | None) -> None:
+        with self._tx() as cur:
+            cur.execute(f"UPDATE callbacks SET state = 'done', error = %s, done_at = {_NOW} WHERE id = %s",
+                        (error, callback_id))
+
+    def owed_callbacks(self, grace: float | None = None) -> list[tuple[int, int, int, str]]:
+        """Callbacks owed by this master, and those owed by a master whose lease
+        is gone (taken over now: each runs on one live master)."""
+        grace = self.lease_ttl if grace is None else grace
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE callbacks c SET owner = %(node)s FROM (SELECT c2.id FROM callbacks c2 "
+                "LEFT JOIN masters m ON m.node = c2.owner WHERE c2.state = 'owed' AND (c2.owner IS NULL "
+                "OR c2.owner = %(node)s OR m.node IS NULL OR m.state IN ('stopped', 'lost') "
+                "OR m.lease_expires_at < now() - make_interval(secs => %(grace)s)) "
+                "FOR UPDATE OF c2 SKIP LOCKED) t WHERE c.id = t.id RETURNING c.id, c.job_id, c.attempt, c.kind",
+                {"node": self.node, "grace": grace})
+            return sorted((int(r[0]), int(r[1]), int(r[2]), r[3]) for r in cur.fetchall())
+
+    def open_attempts(self) -> list[OpenAttempt]:
+        """This master's (node's) attempts that have no outcome yet."""
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation, a.started_at, "
+                "a.started_boot FROM attempts a JOIN jobs j ON j.id = a.job_id "
+                "WHERE a.outcome IS NULL AND a.master = %s ORDER BY a.id", (self.node,))
+            return [OpenAttempt(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+                    for r in cur.fetchall()]
+
+    def targets_in_use(self) -> list[tuple[str, int, int]]:
+        with self._tx() as cur:
+            cur.execute("SELECT target, count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = "
+                        "'running') FROM jobs WHERE state IN ('pending', 'running') GROUP BY target ORDER BY target")
+            return [(r[0], int(r[1]), int(r[2])) for r in cur.fetchall()]
+
+    def job_row(self, job_id: int) -> dict[str, Any] | None:
+        with self._tx() as cur:
+            cur.execute("SELECT * FROM jobs WHERE id = %s", (job_id,))
+            rows = _dicts(cur)
+        return rows[0] if rows else None
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(JOB_STATES, 0)
+        with self._tx() as cur:
+            cur.execute("SELECT state, count(*) FROM jobs GROUP BY state")
+            for state, n in cur.fetchall():
+                counts[state] = int(n)
+        return counts
+
+    def batch_counts(self, run_started: float) -> dict[str, int]:
+        counts = dict.fromkeys(JOB_STATES, 0)
+        with self._tx() as cur:
+            cur.execute("SELECT state, count(*) FROM jobs WHERE state IN ('pending', 'running') "
+                        "OR updated_at >= %s GROUP BY state", (run_started,))
+            for state, n in cur.fetchall():
+                counts[state] = int(n)
+        return counts
+
+    def record_event(self, kind: str, generation: int | None, pid: int | None, detail: str | None = None) -> None:
+        with self._tx() as cur:
+            cur.execute("INSERT INTO events (node, at, kind, generation, pid, detail) VALUES (%s, %s, %s, %s, %s, %s)",
+                        (self.node, time.time(), kind, generation, pid, detail))
+
+    def count_events(self, kind: str) -> int:
+        with self._tx() as cur:
+            cur.execute("SELECT count(*) FROM events WHERE kind = %s AND node = %s", (kind, self.node))
+            row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    def set_meta(self, **values: Any) -> None:
+        with self._tx() as cur:
+            for name, value in values.items():
+                cur.execute("INSERT INTO meta VALUES (%s, %s, %s) ON CONFLICT (node, name) "
+                            "DO UPDATE SET value = excluded.value", (self.node, name, json.dumps(value)))
+
+    def meta(self, name: str, default: Any = None) -> Any:
+        with self._tx() as cur:
+            cur.execute("SELECT value FROM meta WHERE node = %s AND name = %s", (self.node, name))
+            row = cur.fetchone()
+        return json.loads(row[0]) if row else default
+
+    # -- reads for status and the operator --------------------------------------------------
+
+    def attempt_end(self, job_id: int, n: int) -> tuple[str | None, int | None]:
+        with self._tx() as cur:
+            cur.execute("SELECT reason, max_rss_kb FROM attempts WHERE job_id = %s AND n = %s", (job_id, n))
+            row = cur.fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    def recent_failures(self, limit: int) -> list[dict[str, Any]]:
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT j.key, j.target, j.outcome, a.reason, j.error, a.max_rss_kb, j.updated_at AS failed_at "
+                "FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.n = j.attempts "
+                "WHERE j.state = 'failed' ORDER BY j.updated_at DESC, j.id DESC LIMIT %s", (limit,))
+            return _dicts(cur)
+
+    def master_times(self) -> tuple[float | None, float | None]:
+        with self._tx() as cur:
+            cur.execute("SELECT id, at FROM events WHERE kind = 'master_start' AND node = %s ORDER BY id DESC "
+                        "LIMIT 1", (self.node,))
+            row = cur.fetchone()
+            if row is None:
+                return None, None
+            cur.execute("SELECT max(at) FROM events WHERE kind = 'replaced' AND node = %s AND id > %s",
+                        (self.node, row[0]))
+            reload = cur.fetchone()
+        return row[1], reload[0] if reload else None
+
+    def status_rows(self, node: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every job (of the master `node` if given) with the node that runs or ran it last."""
+        where = "WHERE a.master = %(node)s" if node else ""
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT j.id, j.key, j.target, j.params, j.state, j.attempts, j.outcome, j.result, j.error, "
+                "a.pid, a.master, l.reason, l.max_rss_kb FROM jobs j "
+                "LEFT JOIN attempts a ON a.id = j.current_attempt "
+                f"LEFT JOIN attempts l ON l.job_id = j.id AND l.n = j.attempts {where} ORDER BY j.id",
+                {"node": node})
+            rows = cur.fetchall()
+        for (job_id, key, target, params, state, attempts, outcome, result, error, pid, master, reason,
+             max_rss_kb) in rows:
+            yield {
+                "id": job_id, "key": key, "target": target, "params": json.loads(params), "state": state,
+                "attempt": attempts, "pid": pid if state == "running" else None, "node": master,
+                "outcome": outcome, "result": json.loads(result) if result is not None else None, "error": error,
+                "reason": reason, "max_rss_kb": max_rss_kb,
+            }
+
+    def timeline_attempts(self) -> list[dict[str, Any]]:
+        with self._tx() as cur:
+            cur.execute("SELECT a.job_id, j.key, a.n, a.pid, a.started_at, a.ended_at, a.outcome, a.reason, "
+                        "a.error, a.master, a.state, a.late_outcome FROM attempts a JOIN jobs j ON j.id = a.job_id "
+                        "ORDER BY a.job_id, a.n")
+            return _dicts(cur)
+
+    def timeline_jobs(self) -> list[dict[str, Any]]:
+        with self._tx() as cur:
+            cur.execute("SELECT id AS job_id, key, target, state, attempts, error, updated_at FROM jobs ORDER BY id")
+            return _dicts(cur)
+
+    def timeline_events(self) -> list[dict[str, Any]]:
+        with self._tx() as cur:
+            cur.execute("SELECT at, kind, generation, pid, detail, node FROM events ORDER BY at")
+            return _dicts(cur)
+
+    def list_jobs(self, *, state: str | None, target: str | None, since: float | None,
+                  limit: int) -> tuple[list[dict[str, Any]], int]:
+        conditions, args = [], []
+        for column, value in (("j.state = %s", state), ("j.target = %s", target), ("j.updated_at >= %s", since)):
+            if value is not None:
+                conditions.append(column)
+                args.append(value)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        with self._tx() as cur:
+            cur.execute(f"SELECT count(*) FROM jobs j {where}", args)
+            row = cur.fetchone()
+            total = int(row[0]) if row else 0
+            cur.execute(
+                "SELECT j.id, j.key, j.target, j.state, j.attempts, j.outcome, a.reason, j.created_at, j.updated_at "
+                f"FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.n = j.attempts {where} "
+                "ORDER BY j.updated_at DESC, j.id DESC LIMIT %s", [*args, limit])
+            return _dicts(cur), total
+
+    def job_by_key(self, key: str) -> dict[str, Any] | None:
+        with self._tx() as cur:
+            cur.execute("SELECT * FROM jobs WHERE key = %s", (key,))
+            rows = _dicts(cur)
+        return rows[0] if rows else None
+
+    def attempts_of(self, job_id: int) -> list[dict[str, Any]]:
+        with self._tx() as cur:
+            cur.execute("SELECT n, generation, pid, started_at, ended_at, outcome, reason, error, max_rss_kb, "
+                        "master, state, late_outcome FROM attempts WHERE job_id = %s ORDER BY n", (job_id,))
+            return _dicts(cur)
+
+    def retry(self, keys: list[str] | None, target: str | None = None) -> list[str]:
+        with self._tx() as cur:
+            if keys is None:
+                extra, args = ("AND target = %s", [target]) if target is not None else ("", [])
+                cur.execute(f"SELECT id, key FROM jobs WHERE state = ANY(%s) {extra} ORDER BY id FOR UPDATE",
+                            [list(ENDED_BADLY), *args])
+                rows = [(int(r[0]), r[1]) for r in cur.fetchall()]
+            else:
+                rows = []
+                for key in dict.fromkeys(keys):
+                    cur.execute("SELECT id, key, state FROM jobs WHERE key = %s FOR UPDATE", (key,))
+                    row = cur.fetchone()
+                    if row is None:
+                        raise RetryRefused(f"no job with key {key!r}")
+                    if row[2] not in ENDED_BADLY:
+                        raise RetryRefused(f"job {key!r} is {row[2]}: only failed or cancelled jobs can be retried")
+                    rows.append((int(row[0]), row[1]))
+            for job_id, key in rows:
+                cur.execute("SELECT 1 FROM callbacks WHERE job_id = %s AND state = 'owed'", (job_id,))
+                if cur.fetchone():
+                    raise RetryRefused(f"job {key!r} still has a callback owed (it runs when a master runs): "
+                                       "retry it once that has run")
+            for job_id, _key in rows:
+                cur.execute("DELETE FROM callbacks WHERE job_id = %s", (job_id,))
+                cur.execute(f"UPDATE jobs SET state = 'pending', failures = 0, not_before = 0, updated_at = {_NOW} "
+                            f"WHERE id = %s", (job_id,))
+            if rows:
+                cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+        return [key for _id, key in rows]
+
+    def cancel_pending(self, key: str) -> str | None:
+        with self._tx() as cur:
+            cur.execute("SELECT state FROM jobs WHERE key = %s FOR UPDATE", (key,))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            if row[0] == "pending":
+                cur.execute(f"UPDATE jobs SET state = 'cancelled', outcome = 'cancelled', error = %s, "
+                            f"updated_at = {_NOW} WHERE key = %s", (f"{CANCELLED_REASON} before it ran", key))
+            state: str = row[0]
+            return state
+
+    def prune(self, *, finished_before: float, failed_before: float | None, batch: int = 500) -> dict[str, int]:
+        """As the SQLite journal's: old ended jobs with their attempts and
+        callbacks, `batch` jobs per transaction; never a job with a callback owed."""
+        removed = {"jobs": 0, "attempts": 0, "callbacks": 0, "events": 0}
+        ended = "(state = 'finished' AND updated_at < %(finished)s)"
+        if failed_before is not None:
+            ended += " OR (state IN ('failed', 'cancelled') AND updated_at < %(failed)s)"
+        bounds: dict[str, Any] = {"finished": finished_before, "failed": failed_before, "batch": batch, "after": 0}
+        while True:
+            with self._tx() as cur:
+                cur.execute(f"SELECT id FROM jobs WHERE ({ended}) AND NOT EXISTS (SELECT 1 FROM callbacks c WHERE "
+                            f"c.job_id = jobs.id AND c.state = 'owed') AND id > %(after)s ORDER BY id LIMIT %(batch)s "
+                            f"FOR UPDATE SKIP LOCKED", bounds)
+                ids = [int(r[0]) for r in cur.fetchall()]
+                bounds["after"] = ids[-1] if ids else 0
+                for table, column in (("attempts", "job_id"), ("callbacks", "job_id"), ("jobs", "id")):
+                    cur.execute(f"DELETE FROM {table} WHERE {column} = ANY(%s)", (ids,))
+                    removed[table] += cur.rowcount
+            if len(ids) < batch:
+                break
+        with self._tx() as cur:
+            cur.execute("DELETE FROM events WHERE at < %s", (finished_before,))
+            removed["events"] = cur.rowcount
+        return removed
+
+
+# -- connections, the schema, and messages --------------------------------------------------
+
+
+def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A connection whose waits on a lost server are bounded: libpq keepalives
+    notice a dead peer, statement_timeout ends a stuck statement, and
+    idle_in_transaction_session_timeout frees locks of a master that hangs
+    inside a transaction."""
+    try:
+        return psycopg.connect(
+            url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT, application_name="phoenix",
+            keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
+                    f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}")
+    except psycopg.ProgrammingError as exc:  # a malformed URL
+        raise JournalError(f"the store URL is not valid: {one_line(exc)}") from None
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(f"cannot connect to the PostgreSQL store: {one_line(exc)}") from None
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int | None:
+    row = conn.execute("SELECT to_regclass('phoenix_schema') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return None
+    found = conn.execute("SELECT max(version) FROM phoenix_schema").fetchone()
+    return int(found[0]) if found and found[0] is not None else None
+
+
+def check_version(conn: psycopg.Connection[Any], url: str) -> None:
+    """Refuse a database without Phoenix's schema, or with another version of it."""
+    version = schema_version(conn)
+    if version is None:
+        raise SchemaMismatch(f"the PostgreSQL store has no Phoenix schema yet: create it with `{MIGRATE_HINT}`")
+    if version > SCHEMA_VERSION:
+        raise SchemaMismatch(f"the PostgreSQL store has schema version {version}, newer than this Phoenix reads "
+                             f"({SCHEMA_VERSION}): upgrade Phoenix on this host")
+    if version < SCHEMA_VERSION:
+        raise SchemaMismatch(f"the PostgreSQL store has schema version {version}, older than this Phoenix's "
+                             f"({SCHEMA_VERSION}): upgrade it with `{MIGRATE_HINT}`")
+
+
+def migrate(url: str) -> tuple[int | None, int]:
+    """Create or upgrade the schema; (version before, version now). Refuses a newer one."""
+    conn = connect(url)
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('phoenix_schema'))")  # one migrator at a time
+            before = schema_version(conn)
+            if before is not None and before > SCHEMA_VERSION:
+                raise SchemaMismatch(f"the PostgreSQL store has schema version {before}, newer than this Phoenix "
+                                     f"knows ({SCHEMA_VERSION}): upgrade Phoenix")
+            if before is None:
+                conn.execute(_SCHEMA)  # several statements, no parameters: one simple query
+                conn.execute("INSERT INTO phoenix_schema VALUES (%s)", (SCHEMA_VERSION,))
+        return before, SCHEMA_VERSION
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise StoreUnavailable(f"PostgreSQL store: {one_line(exc)}") from None
+    finally:
+        conn.close()
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+def _dicts(cur: psycopg.Cursor[Any]) -> list[dict[str, Any]]:
+    names = [c.name for c in cur.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

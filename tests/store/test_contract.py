@@ -1,0 +1,181 @@
+"""The store contract: the same cases against the SQLite journal and the
+PostgreSQL store, so that both keep the same semantics."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from phoenix.journal import Journal, KeyConflict, RetryRefused
+from phoenix.store import Store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        journal = Journal(tmp_path / "journal.db")
+        yield journal
+        journal.close()
+        return
+    pytest.importorskip("psycopg")
+    from phoenix.pgstore import PgStore
+
+    url = request.getfixturevalue("pg_url")
+    shared = PgStore(url, node="n1", lease_ttl=30)
+    shared.register_master(os.getpid(), 1, time.time(), 4, "tests.apps.jobs:app")
+    yield shared
+    shared.close()
+
+
+def claim(store: Store, pid: int = 4242) -> tuple[Any, int]:
+    claimed = store.claim(1, pid, None)
+    assert claimed is not None
+    return claimed
+
+
+def end(store: Store, attempt_id: int, job_id: int, *, outcome: str = "finished", job_state: str = "finished",
+        callback: str | None = "on_finished", n: int = 1, result: Any = None, delay: float | None = None,
+        ) -> tuple[bool, int | None]:
+    return store.end_attempt(attempt_id, job_id, outcome=outcome, reason=None, error=None,
+                             result_json=json.dumps(result), max_rss_kb=None, job_state=job_state,
+                             counts_as_failure=outcome != "finished", retry_delay=delay, callback=callback,
+                             attempt_n=n)
+
+
+def test_submit_is_idempotent_per_key_and_refuses_another_job_under_it(store: Store) -> None:
+    job_id, created = store.submit("m:f", '{"a": 1}', "k")
+    assert created
+    assert store.submit("m:f", '{"a":1}', "k") == (job_id, False)  # the same JSON, written otherwise
+    with pytest.raises(KeyConflict, match="other parameters"):
+        store.submit("m:f", '{"a": 2}', "k")
+    with pytest.raises(KeyConflict, match="another target"):
+        store.submit("m:g", '{"a": 1}', "k")
+    other, created = store.submit("m:f", '{"a": 2}')  # no key: a hash of target and parameters
+    assert created and other != job_id
+    store.submit_many([("m:f", "1", "b1"), ("m:f", "2", "b2"), ("m:f", '{"a": 1}', "k")])
+    assert store.counts()["pending"] == 4
+
+
+def test_claim_takes_jobs_oldest_first_and_records_the_childs_pid(store: Store) -> None:
+    first, _ = store.submit("m:f", "1", "first")
+    store.submit("m:f", "2", "second")
+    job, attempt_id = claim(store, pid=777)
+    assert (job.id, job.key, job.attempts, job.failures) == (first, "first", 0, 0)
+    row = store.job_row(first)
+    assert row is not None and row["state"] == "running" and row["attempts"] == 1
+    [open_attempt] = store.open_attempts()
+    assert (open_attempt.attempt_id, open_attempt.pid, open_attempt.n, open_attempt.key) == (attempt_id, 777, 1,
+                                                                                               "first")
+    assert claim(store)[0].key == "second"
+    assert store.claim(1, 1, None) is None  # nothing left
+    assert store.counts()["running"] == 2
+
+
+def test_an_outcome_is_recorded_once_with_its_callback_owed(store: Store) -> None:
+    job_id, _ = store.submit("m:f", "null", "k")
+    job, attempt_id = claim(store)
+    recorded, callback_id = end(store, attempt_id, job_id, result={"x": 1})
+    assert recorded and callback_id is not None
+    assert end(store, attempt_id, job_id) == (False, None)  # the second report of the same end
+    row = store.job_row(job_id)
+    assert row is not None and row["state"] == "finished" and json.loads(row["result"]) == {"x": 1}
+    assert store.owed_callbacks() == [(callback_id, job_id, 1, "on_finished")]
+    store.callback_started(callback_id)
+    store.callback_done(callback_id, None)
+    assert store.owed_callbacks() == []
+    assert store.open_attempts() == []
+    assert [a["outcome"] for a in store.attempts_of(job_id)] == ["finished"]
+
+
+def test_a_failed_attempt_puts_the_job_back_after_its_delay(store: Store) -> None:
+    job_id, _ = store.submit("m:f", "null", "k")
+    _job, attempt_id = claim(store)
+    assert end(store, attempt_id, job_id, outcome="error", job_state="pending", callback=None, delay=30.0) == (
+        True, None)
+    assert store.claim(1, 1, None) is None  # not before its delay
+    due = store.next_due_in()
+    assert due is not None and 25 < due <= 30
+    row = store.job_row(job_id)
+    assert row is not None and row["failures"] == 1 and row["state"] == "pending"
+    store.submit("m:f", "2", "now")
+    assert claim(store)[0].key == "now"
+
+
+def test_a_job_that_cannot_start_fails_with_its_callback_owed(store: Store) -> None:
+    job_id, _ = store.submit("m:missing", "null", "k")
+    callback_id = store.fail_without_attempt(job_id, "no such job")
+    assert callback_id is not None
+    assert store.fail_without_attempt(job_id, "no such job") is None  # owed once
+    row = store.job_row(job_id)
+    assert row is not None and (row["state"], row["outcome"], row["error"]) == ("failed", "error", "no such job")
+    assert store.owed_callbacks() == [(callback_id, job_id, 0, "on_failed")]
+
+
+def test_retry_and_cancel(store: Store) -> None:
+    job_id, _ = store.submit("m:f", "null", "k")
+    store.submit("m:f", "2", "waiting")
+    with pytest.raises(RetryRefused, match="only failed or cancelled"):
+        store.retry(["k"])
+    _job, attempt_id = claim(store)
+    end(store, attempt_id, job_id, outcome="error", job_state="failed", callback="on_failed")
+    with pytest.raises(RetryRefused, match="callback owed"):
+        store.retry(["k"])
+    [(callback_id, *_rest)] = store.owed_callbacks()
+    store.callback_done(callback_id, None)
+    assert store.retry(None) == ["k"]
+    row = store.job_row(job_id)
+    assert row is not None and (row["state"], row["failures"]) == ("pending", 0)
+    assert store.cancel_pending("waiting") == "pending"
+    assert store.cancel_pending("nothing") is None
+    assert store.job_by_key("waiting")["state"] == "cancelled"  # type: ignore[index]
+    assert store.retry(["waiting"]) == ["waiting"]
+    job, attempt_id = claim(store)
+    assert job.key == "k" and job.attempts == 1  # numbered on
+    end(store, attempt_id, job_id, n=2)
+    assert [a["n"] for a in store.attempts_of(job_id)] == [1, 2]
+
+
+def test_reads_for_status_and_the_operator(store: Store) -> None:
+    job_id, _ = store.submit("m:f", '{"p": 1}', "k")
+    store.submit("m:g", "null", "other")
+    _job, attempt_id = claim(store, pid=999)
+    [running, pending] = list(store.status_rows())
+    assert (running["key"], running["state"], running["pid"], running["params"]) == ("k", "running", 999, {"p": 1})
+    assert (pending["key"], pending["state"], pending["pid"]) == ("other", "pending", None)
+    assert store.targets_in_use() == [("m:f", 0, 1), ("m:g", 1, 0)]
+    end(store, attempt_id, job_id, outcome="crashed", job_state="failed", callback=None)
+    [failure] = store.recent_failures(5)
+    assert (failure["key"], failure["outcome"]) == ("k", "crashed")
+    rows, total = store.list_jobs(state="failed", target=None, since=None, limit=10)
+    assert total == 1 and rows[0]["key"] == "k"
+    assert store.batch_counts(0.0)["failed"] == 1
+    store.record_event("master_start", 1, 10, "app")
+    store.record_event("replaced", 2, 10, "app")
+    assert store.count_events("replaced") == 1
+    first, reload = store.master_times()
+    assert first is not None and reload is not None and reload >= first
+    store.set_meta(generation=3)
+    assert store.meta("generation") == 3 and store.meta("missing", "d") == "d"
+    assert [a["job_id"] for a in store.timeline_attempts()] == [job_id]
+    assert len(store.timeline_jobs()) == 2 and len(store.timeline_events()) == 2
+
+
+def test_prune_keeps_what_is_not_ended_or_still_owes_a_callback(store: Store) -> None:
+    done_id, _ = store.submit("m:f", "1", "done")
+    owing_id, _ = store.submit("m:f", "2", "owing")
+    store.submit("m:f", "3", "pending")
+    for _ in range(2):
+        job, attempt_id = claim(store)
+        recorded, callback_id = end(store, attempt_id, job.id)
+        if job.id == done_id:
+            assert callback_id is not None
+            store.callback_done(callback_id, None)
+    removed = store.prune(finished_before=time.time() + 60, failed_before=None)
+    assert removed["jobs"] == 1 and removed["attempts"] == 1
+    assert store.job_row(done_id) is None and store.job_row(owing_id) is not None
+    assert store.counts()["pending"] == 1

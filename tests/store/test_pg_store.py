@@ -1,0 +1,170 @@
+"""What only a shared store does: leases gate claims, recovery by any
+master, fencing of a recovered master's late outcome, concurrent claims,
+one NOTIFY per submitting transaction, and schema versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, phoenix_cli
+
+psycopg = pytest.importorskip("psycopg")
+
+from phoenix.pgstore import RECOVERED_REASON, PgStore, migrate  # noqa: E402
+
+
+def master(url: str, node: str, ttl: float = 30.0) -> PgStore:
+    store = PgStore(url, node=node, lease_ttl=ttl)
+    store.register_master(os.getpid(), 1, time.time(), 2, "app")
+    return store
+
+
+def expire(url: str, node: str, seconds_ago: float = 60.0) -> None:
+    """As if `node` had stopped renewing long ago (the database's clock)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE masters SET lease_expires_at = now() - make_interval(secs => %s) WHERE node = %s",
+                     (seconds_ago, node))
+
+
+def lost_job(target: str, failures: int) -> tuple[str, bool, float | None, str | None]:
+    return "pending", True, None, None
+
+
+def failed_job(target: str, failures: int) -> tuple[str, bool, float | None, str | None]:
+    return "failed", True, None, "on_failed"
+
+
+def test_a_master_claims_only_while_its_lease_is_live(pg_url: str) -> None:
+    a = master(pg_url, "a")
+    a.submit("m:f", "null", "k")
+    expire(pg_url, "a", 0.0)
+    assert a.claim(1, 10, None) is None
+    assert a.renew_lease("running", 2, 0)
+    assert a.claim(1, 10, None) is not None
+
+
+def test_recovery_fences_the_dead_masters_late_outcome(pg_url: str) -> None:
+    a, b = master(pg_url, "a"), master(pg_url, "b")
+    job_id, _ = a.submit("m:f", "null", "k")
+    _job, first = a.claim(1, 10, None)  # type: ignore[misc]
+    assert b.recover(5.0, lost_job) == []  # a's lease is live: nothing to take
+    expire(pg_url, "a")
+    assert b.recover(5.0, lost_job) == []
+    assert b.last_recovery == (["a"], 1)
+    assert b.recover(5.0, lost_job) == [] and b.last_recovery == ([], 0)  # taken once
+    row = b.job_row(job_id)
+    assert row is not None and (row["state"], row["failures"]) == ("pending", 1)
+    _job, second = b.claim(1, 20, None)  # type: ignore[misc]
+    # a comes back with the outcome of its attempt: kept on the attempt, not on the job
+    assert a.end_attempt(first, job_id, outcome="finished", reason=None, error=None, result_json='"old"',
+                         max_rss_kb=None, job_state="finished", counts_as_failure=False, callback="on_finished",
+                         attempt_n=1) == (False, None)
+    assert a.renew_lease("running", 2, 0) is False  # and learns that its lease was recovered
+    assert b.end_attempt(second, job_id, outcome="finished", reason=None, error=None, result_json='"new"',
+                         max_rss_kb=None, job_state="finished", counts_as_failure=False, callback="on_finished",
+                         attempt_n=2)[0]
+    attempts = b.attempts_of(job_id)
+    assert [(x["master"], x["state"], x["outcome"], x["late_outcome"]) for x in attempts] == [
+        ("a", "late", "lost", "finished"), ("b", "ended", "finished", None)]
+    assert attempts[0]["reason"] == RECOVERED_REASON
+    row = b.job_row(job_id)
+    assert row is not None and json.loads(row["result"]) == "new"
+    assert len(b.owed_callbacks()) == 1  # one callback, for the recorded outcome
+    assert a.register_master(os.getpid(), 2, time.time(), 2, "app") == 2  # a joins again under a new epoch
+
+
+def test_a_job_out_of_retries_fails_on_recovery_with_its_callback_owed_by_the_recoverer(pg_url: str) -> None:
+    a, b = master(pg_url, "a"), master(pg_url, "b")
+    job_id, _ = a.submit("m:f", "null", "k")
+    a.claim(1, 10, None)
+    expire(pg_url, "a")
+    [(callback_id, owed_job, attempt, kind)] = b.recover(5.0, failed_job)
+    assert (owed_job, attempt, kind) == (job_id, 1, "on_failed")
+    assert b.owed_callbacks() == [(callback_id, job_id, 1, "on_failed")]
+    assert a.owed_callbacks() == []  # b owns it: it runs on one master only
+
+
+def test_a_dead_masters_owed_callback_is_taken_by_a_live_one(pg_url: str) -> None:
+    a, b = master(pg_url, "a"), master(pg_url, "b")
+    job_id, _ = a.submit("m:f", "null", "k")
+    _job, attempt = a.claim(1, 10, None)  # type: ignore[misc]
+    a.end_attempt(attempt, job_id, outcome="finished", reason=None, error=None, result_json="1", max_rss_kb=None,
+                  job_state="finished", counts_as_failure=False, callback="on_finished", attempt_n=1)
+    assert b.owed_callbacks() == []  # a's, while a lives
+    expire(pg_url, "a")
+    assert [c[1] for c in b.owed_callbacks()] == [job_id]
+    assert a.owed_callbacks() == []
+
+
+def test_concurrent_claims_never_take_the_same_job(pg_url: str) -> None:
+    stores = [master(pg_url, f"m{i}") for i in range(3)]
+    stores[0].submit_many([("m:f", str(i), f"k{i}") for i in range(60)])
+    script = (
+        "import sys, time, os\n"
+        "from phoenix.pgstore import PgStore\n"
+        "s = PgStore(sys.argv[1], node=sys.argv[2]); s.epoch = 1\n"
+        "got = []\n"
+        "while (c := s.claim(1, os.getpid(), None)) is not None: got.append(c[0].key)\n"
+        "print(' '.join(got))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, pg_url, f"m{i}"], stdout=subprocess.PIPE, text=True,
+                              cwd=REPO) for i in range(3)]
+    taken = [key for p in procs for key in p.communicate(timeout=60)[0].split()]
+    assert sorted(taken) == sorted(f"k{i}" for i in range(60))  # each once
+
+
+def test_one_notify_per_submitting_transaction(pg_url: str) -> None:
+    listener = psycopg.connect(pg_url, autocommit=True)
+    try:
+        listener.execute("LISTEN phoenix_wake")
+        store = PgStore(pg_url)
+        store.submit_many([("m:f", str(i), f"k{i}") for i in range(50)])
+        store.submit("m:f", "null", "one")
+        store.submit("m:f", "null", "one")  # the same job again: nothing new, no wake-up
+        payloads = [n.payload for n in listener.notifies(timeout=0.5, stop_after=5)]
+        assert payloads == ["", ""]
+    finally:
+        listener.close()
+
+
+def test_schema_versions(postgres_server: Any) -> None:
+    url = postgres_server.database(migrated=False)
+    try:
+        with pytest.raises(Exception, match="phoenix store migrate --store URL"):
+            PgStore(url)
+        result = phoenix_cli("status", "--store", url)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "no Phoenix schema yet: create it with `phoenix store migrate --store URL`" in result.stderr
+        result = phoenix_cli("store", "migrate", "--store", url)
+        assert result.returncode == 0 and "created" in result.stdout, result.stderr
+        assert migrate(url) == (1, 1)  # again: up to date
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("UPDATE phoenix_schema SET version = 99")
+        result = phoenix_cli("start", "tests.apps.jobs:app", "--store", url, "--state-dir", "/tmp/unused-pg-state")
+        assert result.returncode == 2 and "schema version 99, newer than this Phoenix reads" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        postgres_server.drop(url)
+
+
+@pytest.mark.parametrize("url, message", [
+    ("postgresql://nobody@127.0.0.1:1/nothing", "cannot connect to the PostgreSQL store"),
+    ("mysql://x", 'store must be "sqlite" or a postgresql:// URL'),
+])
+def test_bad_store_urls_are_one_line(url: str, message: str) -> None:
+    for args in (["status", "--json"], ["submit", "m:f", "null"], ["store", "migrate"]):
+        result = phoenix_cli(*args, "--store", url)
+        assert result.returncode in (1, 2) and message in result.stderr, (args, result.stderr)
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_the_sqlite_path_never_imports_psycopg() -> None:
+    code = ("import sys, phoenix, phoenix.cli, phoenix.master, phoenix.client, phoenix.store\n"
+            "assert 'psycopg' not in sys.modules, 'psycopg imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
