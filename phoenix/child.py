@@ -46,6 +46,10 @@ class ChildContext:
     key: str
     attempt: int
     params: Any
+    # The attempt's id in the store: unique and increasing per job, so a job
+    # can pass it to its own external writes as a fencing token (a write
+    # tagged with an older id than one already applied is refused there).
+    attempt_id: int | None = None
 
 
 class _Runtime:
@@ -167,14 +171,15 @@ ORDER_HEADER = 8  # bytes of big-endian length before an order's JSON
 
 
 def order(job_id: int, key: str, attempt: int, target: str, params: str, heartbeat_interval: float,
-          delivery_timeout: float) -> bytes:
+          delivery_timeout: float, attempt_id: int | None = None) -> bytes:
     """What the master writes to a waiting child once the attempt is recorded:
     the job to run and the settings to run it with (a spare child may have
     been forked before a reload changed them). Length first: the child must
     not need EOF, which a process forked by app code in a master thread
     would hold back by keeping a copy of the pipe's write end."""
     payload = json.dumps({"job": job_id, "key": key, "attempt": attempt, "target": target, "params": params,
-                          "interval": heartbeat_interval, "delivery": delivery_timeout}).encode()
+                          "interval": heartbeat_interval, "delivery": delivery_timeout,
+                          "attempt_id": attempt_id}).encode()
     return len(payload).to_bytes(ORDER_HEADER, "big") + payload
 
 
@@ -223,7 +228,8 @@ def run(
         got = _read_order(order_fd)
         if got is None:
             os._exit(EXIT_NO_ORDER)
-        context = ChildContext(got["job"], got["key"], got["attempt"], decode_params(got["params"]))
+        context = ChildContext(got["job"], got["key"], got["attempt"], decode_params(got["params"]),
+                               got.get("attempt_id"))
         setproctitle(f"phoenix: job {visible(context.key)} attempt {context.attempt}")  # a NUL would raise
         sender = protocol.Sender(socket_path)
         _runtime = _Runtime(context, sender, got["interval"])

@@ -30,6 +30,7 @@ from phoenix.journal import (
 from phoenix.metrics import MetricsError
 from phoenix.paths import StateDirError, StatePaths
 from phoenix.sockets import SocketBusy
+from phoenix.store import Store, open_store
 from phoenix.untrusted import KeyRefused, check_key, visible
 
 EXIT_NOT_RUNNING = 3  # as systemctl status
@@ -410,9 +411,13 @@ def report(state_dir: str | None, html_file: str) -> None:
 # -- the operator's commands: jobs, show, retry, cancel, prune ---------------------------------
 
 
-def _existing_journal(state_dir: str | None) -> tuple[StatePaths, Journal]:
-    """The journal of the state directory, never created by a command that only looks at it."""
+def _existing_journal(state_dir: str | None, store: str | None = None) -> tuple[StatePaths, Store]:
+    """The journal of the state directory, never created by a command that
+    only looks at it; or the shared store the `store` setting names."""
     paths = _state_paths(state_dir)
+    setting = config_module.load(None, None, {"store": store}, validate=False).store
+    if setting != "sqlite":
+        return paths, open_store(setting, paths.journal)
     _require_journal(paths)
     return paths, Journal(paths.journal, create=False)
 
@@ -433,15 +438,16 @@ def _seconds(text: str | None) -> float | None:
 @click.option("--since", help="Only jobs changed in this last while: 45s, 30m, 1h, 7d.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Show at most this many.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@store_option
 @friendly_errors
 def jobs(state_dir: str | None, state: str | None, target: str | None, since: str | None, limit: int,
-         as_json: bool) -> None:
+         as_json: bool, store: str | None) -> None:
     """List jobs, last changed first: key, target, state, attempts, last
     outcome and reason, and the time since the job last changed."""
     from phoenix.jobsview import jobs_report, render_jobs
 
     seconds = _seconds(since)  # bad input is refused before the journal is opened
-    _paths, journal = _existing_journal(state_dir)
+    _paths, journal = _existing_journal(state_dir, store)
     with journal:
         report = jobs_report(journal, state=state, target=target, since=seconds, limit=limit)
     if as_json:
@@ -454,13 +460,14 @@ def jobs(state_dir: str | None, state: str | None, target: str | None, since: st
 @click.argument("key")
 @state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@store_option
 @friendly_errors
-def show(key: str, state_dir: str | None, as_json: bool) -> None:
+def show(key: str, state_dir: str | None, as_json: bool, store: str | None) -> None:
     """Show one job and every attempt: pid, node, start, duration, outcome,
     reason, max RSS, the error's traceback, and the result."""
     from phoenix.jobsview import render_show, show_report
 
-    _paths, journal = _existing_journal(state_dir)
+    _paths, journal = _existing_journal(state_dir, store)
     with journal:
         job = journal.job_by_key(key)
         if job is None:
@@ -477,8 +484,10 @@ def show(key: str, state_dir: str | None, as_json: bool) -> None:
 @click.option("--failed", "all_failed", is_flag=True, help="Every failed or cancelled job (of --target).")
 @click.option("--target", help="With --failed: only jobs of this target.")
 @state_dir_option
+@store_option
 @friendly_errors
-def retry(keys: tuple[str, ...], all_failed: bool, target: str | None, state_dir: str | None) -> None:
+def retry(keys: tuple[str, ...], all_failed: bool, target: str | None, state_dir: str | None,
+          store: str | None) -> None:
     """Put failed (or cancelled) jobs back to pending with a fresh retry
     budget; a running master starts them at once. Their earlier attempts stay
     in the journal, and the next one is numbered after them."""
@@ -486,10 +495,11 @@ def retry(keys: tuple[str, ...], all_failed: bool, target: str | None, state_dir
         fail("name the jobs to retry (phoenix retry KEY...), or give --failed for every failed job")
     if target and not all_failed:
         fail("--target goes with --failed; to retry named jobs, give their keys only")
-    paths, journal = _existing_journal(state_dir)
+    paths, journal = _existing_journal(state_dir, store)
     with journal:
         retried = journal.retry(None if all_failed else list(keys), target)
-    control.wake(paths.control_socket)
+    if not journal.shared:  # a shared store's masters are woken by its NOTIFY
+        control.wake(paths.control_socket)
     click.echo(json.dumps({"retried": retried}))
 
 
@@ -537,15 +547,17 @@ def cancel(keys: tuple[str, ...], state_dir: str | None) -> None:
 @click.option("--failed-before", help="Also delete failed and cancelled jobs last changed this long ago: 30d.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 @state_dir_option
+@store_option
 @friendly_errors
-def prune(finished_before: str, failed_before: str | None, as_json: bool, state_dir: str | None) -> None:
+def prune(finished_before: str, failed_before: str | None, as_json: bool, state_dir: str | None,
+          store: str | None) -> None:
     """Delete old jobs with their attempts and callbacks (and master events
     older than --finished-before), 500 jobs per transaction so a running
     master is never held up long. Pending and running jobs, and jobs whose
     callback has not run yet, are never deleted."""
     finished_age = parse_duration(finished_before)
     failed_age = _seconds(failed_before)
-    _paths, journal = _existing_journal(state_dir)
+    _paths, journal = _existing_journal(state_dir, store)
     now = time.time()
     with journal:
         removed = journal.prune(finished_before=now - finished_age,

@@ -10,14 +10,14 @@ import sys
 import time
 from typing import Any, Sequence
 
-from phoenix.journal import Journal
 from phoenix.status import duration
+from phoenix.store import Store
 from phoenix.untrusted import visible
 
 JOBS_COLUMNS = ("key", "target", "state", "attempts", "last outcome", "age")
 
 
-def jobs_report(journal: Journal, *, state: str | None, target: str | None, since: float | None,
+def jobs_report(journal: Store, *, state: str | None, target: str | None, since: float | None,
                 limit: int) -> dict[str, Any]:
     """The `phoenix jobs --json` object: the jobs shown, and how many more matched."""
     rows, total = journal.list_jobs(state=state, target=target,
@@ -41,13 +41,13 @@ def render_jobs(report: dict[str, Any]) -> None:
               f"or raise --limit")
 
 
-def show_report(journal: Journal, job: dict[str, Any]) -> dict[str, Any]:
+def show_report(journal: Store, job: dict[str, Any]) -> dict[str, Any]:
     """The `phoenix show --json` object: the job and every attempt."""
-    node = socket.gethostname()  # one host for now; the shared store will record each attempt's
+    node = socket.gethostname()  # the SQLite journal's attempts all ran here; a shared store names each's master
     attempts = []
     for attempt in journal.attempts_of(job["id"]):
         ended = attempt["ended_at"]
-        attempts.append({**attempt, "node": node,
+        attempts.append({**attempt, "node": attempt.pop("master", node),
                          "duration": None if ended is None else round(ended - attempt["started_at"], 3)})
     result = job["result"]
     return {"id": job["id"], "key": job["key"], "target": job["target"], "params": json.loads(job["params"]),

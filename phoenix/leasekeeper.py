@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from phoenix.pgstore import PgStore
 
 RENEW_RETRY = 1.0  # seconds between renewals while the database does not answer
+FALLBACK_POLL = 2.0  # seconds between looks for jobs while the listener is not known to work
 
 
 class LeaseHost(Protocol):
@@ -61,6 +62,7 @@ class LeaseKeeper:
         self.next_recovery = 0.0
         self.listener_fd: int | None = None
         self.ping_seen = True
+        self.listener_ok = False  # the listener's last ping arrived: wake-ups can be trusted
         self.ended_children = False  # told to end after the lease lapsed
         self.failing = False  # renewals failing: said once
 
@@ -77,6 +79,16 @@ class LeaseKeeper:
         self.trust_ends = leases.trusted_until(sent, self.times.ttl, self.times.margin)
         self.next_renewal = sent + self.times.renew_every
         self.ended_children = False
+
+    def poll_interval(self) -> float:
+        """How often the scheduler looks for due jobs unasked. While the
+        listener has proved itself (its ping of the last renewal arrived),
+        submits, retries and recoveries wake the master at once, and a look
+        per renewal period only catches backoffs ending elsewhere; without a
+        working listener, every 2 s."""
+        if self.listener_ok:
+            return max(FALLBACK_POLL, self.times.renew_every)
+        return FALLBACK_POLL
 
     def may_claim(self, now: float) -> bool:
         return leases.may_claim(now, self.trust_ends, self.times.renew_every)
@@ -125,7 +137,8 @@ class LeaseKeeper:
             self.register_again(sent)
             return
         self.trusted(sent)
-        if not self.ping_seen or self.listener_fd is None:
+        self.listener_ok = self.ping_seen and self.listener_fd is not None
+        if not self.listener_ok:
             self.open_listener()  # the last renewal's ping never came: the listener is dead
         self.ping_seen = False
 
@@ -134,7 +147,8 @@ class LeaseKeeper:
         try:
             self.store.register_master(pid, generation, started_at, self.host.slots, app)
         except StoreUnavailable:
-            return  # tried again at the next renewal
+            self.next_renewal = sent + RENEW_RETRY  # tried again then; no claims meanwhile
+            return
         self.trusted(sent)
 
     def open_listener(self) -> None:
@@ -148,6 +162,7 @@ class LeaseKeeper:
         self.host.selector.register(self.listener_fd, selectors.EVENT_READ, self.read_listener)
 
     def close_listener(self) -> None:
+        self.listener_ok = False
         if self.listener_fd is not None:
             try:
                 self.host.selector.unregister(self.listener_fd)
@@ -186,12 +201,12 @@ class LeaseKeeper:
         except StoreUnavailable:
             return  # the outage machinery says so; tried again next period
         masters, attempts = self.store.last_recovery
-        if masters:
-            log.event(logging.WARNING, "recovered", masters=",".join(masters), attempts=attempts,
-                      callbacks=len(owed))
-            self.host.jobs_may_be_pending()
+        if not masters:
+            return
+        log.event(logging.WARNING, "recovered", masters=",".join(masters), attempts=attempts, callbacks=len(owed))
+        self.host.jobs_may_be_pending()
         if not self.host.callbacks_held():
-            self.host.run_owed_callbacks()  # our new ones, and any a dead master owed
+            self.host.run_owed_callbacks()  # our new ones, and any the recovered masters owed
 
     def release(self, state: str) -> None:
         self.close_listener()

@@ -57,7 +57,7 @@ def may_claim(now: float, trust_ends: float, renew_every: float) -> bool:
     """Claim a job only while the lease is trusted for at least one more
     renewal period: a claim that starts a child just before trust runs out
     would be killed at once."""
-    return now + renew_every <= trust_ends + renew_every / 2
+    return now + renew_every / 2 < trust_ends
 
 
 def children_must_end(now: float, trust_ends: float) -> bool:

@@ -43,7 +43,7 @@ from phoenix.config import Config
 from phoenix.control import ControlServer
 from phoenix.hangs import HangKiller, signal_attempt
 from phoenix.heartbeats import HeartbeatIntake
-from phoenix.journal import Journal, JournalError
+from phoenix.journal import Journal, JournalError, StoreUnavailable
 from phoenix.leasekeeper import LeaseKeeper
 from phoenix.liveness import master_was_away
 from phoenix.outage import STORAGE_ERRORS, JournalOutage, file_identity, restore_journal
@@ -59,13 +59,13 @@ from phoenix.sockets import bind_heartbeat
 from phoenix.spawner import Spawner
 from phoenix.statefiles import StateFiles
 from phoenix.states import MASTER_TRANSITIONS, HandoffPhase, MasterState, StopMode, check_move
-from phoenix.store import Store, default_node, open_store
+from phoenix.store import Store, default_node, is_url, open_store, redact
 from phoenix.timers import TimerHeap
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 event = log.event
 STATE_DIR_CHECK = 1.0
-SHARED_TITLE_EVERY = 10.0
+SHARED_TITLE_EVERY = 60.0
 
 
 class Master:
@@ -105,7 +105,7 @@ class Master:
         self.scheduler = Scheduler(self)
         self.retired_heartbeats: list[socket.socket] = []  # still read after a state-dir rebuild
         self.watchdog = systemd.Watchdog()  # WATCHDOG=1 when systemd's WatchdogSec asks for it
-        self.outage = JournalOutage(str(self.paths.journal))
+        self.outage = JournalOutage(redact(config.store) if is_url(config.store) else str(self.paths.journal))
         self.next_state_dir_check = 0.0
         self.state_files = StateFiles()  # sockets, pidfile and lock put back if removed under us
         self.node = config.node or default_node(config.state_dir)  # its name in a shared store
@@ -421,6 +421,8 @@ class Master:
         """After a failed exec: the journal was closed for it (a shared store
         connects again by itself, and keeps its lease)."""
         if self.journal.shared:
+            if self.leases is not None:
+                self.leases.open_listener()  # closed with the store for the exec
             return
         self.journal = Journal(self.paths.journal)
         if self.app is not None:
@@ -436,6 +438,9 @@ class Master:
                 attempt.interrupted = True
                 attempt.kill_detail = why
                 self.hangs.stop(attempt, now)
+
+    def shared_poll(self) -> float:
+        return self.leases.poll_interval() if self.leases is not None else 2.0
 
     def lease_state(self) -> str:
         return str(self.state) if self.state in (MasterState.DRAINING, MasterState.DEGRADED) else "running"
@@ -581,21 +586,29 @@ class Master:
         self.settler.settle()
         self.callbacks.shutdown()
         self.control.close()
+        try:
+            self.record_stop()
+        except StoreUnavailable as exc:  # a shared store out of reach: its lease lapses, and others recover
+            event(ERROR, "stop_unrecorded", error=str(exc), unwritten=len(self.outage.unwritten),
+                  effect="the lease lapses; another master recovers what this one could not record")
+        if self.stop_mode != StopMode.HANDED_OVER:
+            for path in (self.paths.heartbeat_socket, self.paths.control_socket):
+                path.unlink(missing_ok=True)
+            systemd.notify("STOPPING=1")
+        self.pidfile.release()
+        self.journal.close()
+        event(INFO, "exit", pid=os.getpid(), code=self.exit_code)
+
+    def record_stop(self) -> None:
         if self.stop_mode == StopMode.HANDED_OVER:
             # The sockets, the pidfile and the journal's meta are the new master's now.
             handoff.oldbin(self).unlink(missing_ok=True)
             self.journal.record_event("handed_over", self.generation, os.getpid(), None)
-        else:
-            self.journal.set_meta(state="stopped")
-            self.journal.record_event("master_stop", self.generation, os.getpid(), self.stop_mode)
-            for path in (self.paths.heartbeat_socket, self.paths.control_socket):
-                path.unlink(missing_ok=True)
-            systemd.notify("STOPPING=1")
-        if self.leases is not None and self.stop_mode != StopMode.HANDED_OVER:
+            return
+        self.journal.set_meta(state="stopped")
+        self.journal.record_event("master_stop", self.generation, os.getpid(), self.stop_mode)
+        if self.leases is not None:
             self.leases.release("left" if self.stop_mode == StopMode.LEAVE else "stopped")
-        self.pidfile.release()
-        self.journal.close()
-        event(INFO, "exit", pid=os.getpid(), code=self.exit_code)
 
     def update_title(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -152,8 +152,8 @@ CREATE TABLE IF NOT EXISTS meta (
 # A due pending job, locked for this transaction only if no other master has
 # it locked; MATERIALIZED keeps the planner from pushing the lock past LIMIT.
 _CLAIM = f"""
-WITH lease AS (
-    SELECT epoch FROM masters WHERE node = %(node)s AND epoch = %(epoch)s AND lease_expires_at > now()
+WITH lease AS (  -- FOR SHARE: a recovery of this master waits (skips it) until the claim commits
+    SELECT epoch FROM masters WHERE node = %(node)s AND epoch = %(epoch)s AND lease_expires_at > now() FOR SHARE
 ), candidate AS MATERIALIZED (
     SELECT id FROM jobs
     WHERE state = 'pending' AND not_before <= {_NOW} AND EXISTS (SELECT 1 FROM lease)
@@ -187,7 +187,8 @@ FOR UPDATE OF a, m, j
 _RECOVER_MASTERS = """
 WITH dead AS (
     SELECT node FROM masters
-    WHERE lease_expires_at < now() - make_interval(secs => %(grace)s) AND state NOT IN ('stopped', 'lost')
+    WHERE lease_expires_at < now() - make_interval(secs => %(grace)s) AND state <> 'lost'
+      AND (state <> 'stopped' OR EXISTS (SELECT 1 FROM attempts a WHERE a.master = masters.node AND a.outcome IS NULL))
     FOR UPDATE SKIP LOCKED
 )
 UPDATE masters m SET epoch = m.epoch + 1, state = 'lost' FROM dead WHERE m.node = dead.node RETURNING m.node
@@ -332,11 +333,14 @@ class PgStore:
             return cur.fetchone() is not None
 
     def release_lease(self, state: str) -> None:
-        """A clean stop: the lease ends now. `left` (children left running)
-        is recovered after the grace period if no master takes it up again."""
+        """A stop: `stopped` ends the lease now (its children are gone).
+        `left` (children left running for the next master of this node) keeps
+        the lease to its expiry: a master started on the node before expiry +
+        grace takes them up; otherwise they are recovered, and run elsewhere."""
         with self._tx() as cur:
-            cur.execute("UPDATE masters SET state = %s, lease_expires_at = now(), slots_used = 0 "
-                        "WHERE node = %s AND epoch = %s", (state, self.node, self.epoch))
+            cur.execute("UPDATE masters SET state = %s, lease_expires_at = CASE WHEN %s = 'stopped' THEN now() "
+                        "ELSE lease_expires_at END, slots_used = CASE WHEN %s = 'stopped' THEN 0 ELSE slots_used END "
+                        "WHERE node = %s AND epoch = %s", (state, state, state, self.node, self.epoch))
 
     def recover(self, grace: float, decide: Callable[[str, int], tuple[str, bool, float | None, str | None]],
                 ) -> list[tuple[int, int, int, str]]:
@@ -460,8 +464,12 @@ class PgStore:
     def begin_attempt(self, job: Job, generation: int, pid: int | None, start_time: int | None) -> int:
         """This job's attempt, if it is still pending (the SQLite journal's
         two-step start, for callers that picked the job with `pending`):
-        0 if another master took it first."""
+        0 if another master took it first, or this master's lease is not live."""
         with self._tx() as cur:
+            cur.execute("SELECT 1 FROM masters WHERE node = %s AND epoch = %s AND lease_expires_at > now() FOR SHARE",
+                        (self.node, self.epoch))
+            if cur.fetchone() is None:
+                return 0  # no live lease: no claim
             cur.execute("SELECT 1 FROM jobs WHERE id = %s AND state = 'pending' FOR UPDATE SKIP LOCKED", (job.id,))
             if cur.fetchone() is None:
                 return 0

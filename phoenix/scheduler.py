@@ -29,7 +29,6 @@ from phoenix.timers import TimerHeap
 
 SPAWN_SLICE = 0.25  # seconds of forking per turn of the loop before the other steps get a turn
 PENDING_POLL = 1.0  # fallback look for jobs submitted without a wake-up
-SHARED_POLL = 2.0  # the same in a shared store, where submits NOTIFY (a missed one costs at most this)
 
 
 class SchedulerHost(Protocol):
@@ -45,6 +44,7 @@ class SchedulerHost(Protocol):
     outage: JournalOutage
 
     def has_free_slot(self) -> bool: ...
+    def shared_poll(self) -> float: ...  # seconds between looks in a shared store, whose submits NOTIFY
     def spec_for(self, target: str) -> JobSpec: ...
     def read_heartbeats(self) -> None: ...
     def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None: ...
@@ -55,9 +55,11 @@ class Scheduler:
         self.host = host
         self.maybe_pending = True  # a job may be waiting: look on the next turn
         self.next_poll = 0.0  # monotonic: look then even if nobody said so
+        self.woken = False  # woken by a submit, an attempt's end or a recovery, not by the poll
 
     def wake(self) -> None:
         self.maybe_pending = True
+        self.woken = True
 
     def next_deadline(self, now: float) -> float:
         if not self.host.has_free_slot():
@@ -74,8 +76,9 @@ class Scheduler:
             return
         self.maybe_pending = False
         if h.journal.shared:
-            self.next_poll = time.monotonic() + SHARED_POLL
-            self.claim_jobs()
+            self.next_poll = time.monotonic() + h.shared_poll()
+            woken, self.woken = self.woken, False
+            self.claim_jobs(woken)
             return
         self.next_poll = time.monotonic() + PENDING_POLL
         jobs = h.journal.pending(h.slots - len(h.children))
@@ -94,12 +97,13 @@ class Scheduler:
         if due_in is not None and due_in > 0:
             self.next_poll = min(self.next_poll, time.monotonic() + due_in)
 
-    def claim_jobs(self) -> None:
+    def claim_jobs(self, woken: bool) -> None:
         """Shared store: for each free slot, a waiting child, then one claim
         statement that records the job's attempt with that child's pid (see
         pgstore._CLAIM). The child gets its order only after the claim commits."""
         h = self.host
         slice_ends = time.monotonic() + SPAWN_SLICE
+        started = False
         while h.has_free_slot():
             try:
                 waiting = h.spawner.take()
@@ -114,6 +118,10 @@ class Scheduler:
                 return
             if claimed is None:
                 h.spawner.give_back(waiting)  # nothing due: it waits for the next job as the spare
+                if woken or started:  # a job put back with a backoff (a re-run, a recovery) may be due sooner
+                    due_in = h.journal.next_due_in()
+                    if due_in is not None and due_in > 0:
+                        self.next_poll = min(self.next_poll, time.monotonic() + due_in)
                 return
             job, attempt_id = claimed
             try:
@@ -130,6 +138,7 @@ class Scheduler:
                                             f"{retries} retries")
                 continue
             self.start(job, spec, waiting, attempt_id, job.attempts + 1)
+            started = True
             h.read_heartbeats()
             if time.monotonic() >= slice_ends:
                 self.maybe_pending = True  # the rest on the next turn
@@ -184,7 +193,8 @@ class Scheduler:
         h = self.host
         pid = waiting.pid
         delivered = waiting.send(child.order(job.id, job.key, number, job.target, job.params,
-                                             h.config.heartbeat_interval, h.config.outcome_delivery_timeout))
+                                             h.config.heartbeat_interval, h.config.outcome_delivery_timeout,
+                                             attempt_id))
         now = time.monotonic()
         attempt = Attempt(attempt_id, job.id, job.key, job.target, number, pid, spec, now, now, now)
         if not delivered:  # the child died waiting and never saw its job: not the job's failure

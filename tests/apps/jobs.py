@@ -57,7 +57,17 @@ def sleep(params):
     while time.monotonic() < deadline:
         time.sleep(0.05)
         phoenix.heartbeat()
-    return {"slept": params["s"], "pid": os.getpid()}
+    return {"slept": params["s"], "pid": os.getpid(), "attempt_id": phoenix.current_job().attempt_id}
+
+
+@app.job(retries=2)
+def long_first(params):
+    """Sleeps params["s"] seconds on its first attempt only (a re-run returns at once)."""
+    deadline = time.monotonic() + (params["s"] if phoenix.current_job().attempt == 1 else 0)
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        phoenix.heartbeat()
+    return {"attempt": phoenix.current_job().attempt}
 
 
 @app.job(retries=2)

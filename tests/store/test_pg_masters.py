@@ -40,15 +40,23 @@ def status(url: str, *args: str) -> tuple[int, dict[str, Any]]:
 
 
 def jobs_by_key(url: str) -> dict[str, dict[str, Any]]:
-    return {job["key"]: job for job in status(url)[1]["jobs"]}
+    """What `phoenix status --json --store URL` lists as jobs, read in this process (faster than the command)."""
+    from phoenix.pgstore import PgStore
+
+    with PgStore(url) as store:
+        return {job["key"]: job for job in store.status_rows()}
 
 
 def test_two_masters_share_the_jobs_and_report_them(tmp_path: Path, pg_url: str) -> None:
     a = shared_master(tmp_path, "a", pg_url, "--workers", "2").start()
     b = shared_master(tmp_path, "b", pg_url, "--workers", "2").start()
     try:
-        for i in range(8):
-            assert submit(pg_url, "tests.apps.jobs:sleep", {"s": 0.3}, f"job-{i}")["created"]
+        assert submit(pg_url, "tests.apps.jobs:sleep", {"s": 0.3}, "job-0")["created"]  # the command, once
+        from phoenix import Client
+
+        client = Client(store=pg_url)  # and the client API, as a web app would
+        for i in range(1, 8):
+            assert client.submit("tests.apps.jobs:sleep", {"s": 0.3}, key=f"job-{i}")[1]
         wait_for(lambda: all(j["state"] == "finished" for j in jobs_by_key(pg_url).values())
                  and len(jobs_by_key(pg_url)) == 8, timeout=30, what="8 jobs finished")
         code, report = status(pg_url)
@@ -71,29 +79,107 @@ def test_two_masters_share_the_jobs_and_report_them(tmp_path: Path, pg_url: str)
 
 def test_a_killed_masters_jobs_run_again_on_the_other_within_ttl_plus_grace(tmp_path: Path, pg_url: str) -> None:
     a = shared_master(tmp_path, "a", pg_url, "--workers", "2").start()
+    b = shared_master(tmp_path, "b", pg_url, "--workers", "2").start()
     try:
-        for i in range(2):
-            submit(pg_url, "tests.apps.jobs:sleep", {"s": 3}, f"long-{i}")
-        wait_for(lambda: [j["node"] for j in jobs_by_key(pg_url).values() if j["state"] == "running"] == ["a", "a"],
-                 what="both jobs running on a")
-        b = shared_master(tmp_path, "b", pg_url, "--workers", "2").start()
-        try:
-            children = [j["pid"] for j in jobs_by_key(pg_url).values()]
-            a.signal(signal.SIGKILL)  # the host's master dies; its children are ended too, as a lost host's
-            a.wait_exit()
-            for pid in children:
-                os.killpg(pid, signal.SIGKILL)
-            # ttl 2 s + grace 1.4 s + a recovery period: well within 10 s
-            wait_for(lambda: all(j["state"] == "running" and j["node"] == "b" for j in jobs_by_key(pg_url).values()),
-                     timeout=10, what="b to run a's jobs again")
-            b.wait_log("recovered masters=a attempts=2")
-            done = wait_for(lambda: (lambda js: js if all(j["state"] == "finished" for j in js.values()) else None)(
-                jobs_by_key(pg_url)), timeout=20, what="the jobs to finish on b")
-            assert {j["attempt"] for j in done.values()} == {2}
-            assert sorted(c["key"] for c in b.callbacks() if c["kind"] == "finished") == ["long-0", "long-1"]
-            code, report = status(pg_url)
-            assert {m["node"]: m["state"] for m in report["masters"]}["a"].startswith("lost")
-        finally:
-            b.stop()
+        from phoenix import Client
+
+        client = Client(store=pg_url)
+        for i in range(4):
+            client.submit("tests.apps.jobs:sleep", {"s": 3}, key=f"long-{i}")
+        running = wait_for(lambda: (lambda js: js if all(j["state"] == "running" for j in js.values()) else None)(
+            jobs_by_key(pg_url)), what="4 jobs running, 2 on each master")
+        victims = {key: job["pid"] for key, job in running.items() if job["node"] == "a"}
+        assert len(victims) == 2
+        a.signal(signal.SIGKILL)  # the host is lost: its master and its children die
+        a.wait_exit()
+        for pid in victims.values():
+            os.killpg(pid, signal.SIGKILL)
+        # ttl 2 s + grace 1.4 s + a recovery period, then a slot on b: well within 15 s
+        done = wait_for(lambda: (lambda js: js if all(j["state"] == "finished" for j in js.values()) else None)(
+            jobs_by_key(pg_url)), timeout=15, what="every job to finish on b")
+        assert {key: (job["attempt"], job["node"]) for key, job in done.items()} == {
+            key: (2, "b") if key in victims else (1, "b") for key in done}
+        b.wait_log("recovered masters=a attempts=2")
+        assert sorted(c["key"] for c in b.callbacks() if c["kind"] == "finished") == sorted(done)  # once each
+        code, report = status(pg_url)
+        assert code == 0 and {m["node"]: m["state"] for m in report["masters"]}["a"].startswith("lost")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def attempts(url: str, key: str) -> list[dict[str, Any]]:
+    from phoenix.pgstore import PgStore
+
+    with PgStore(url) as store:
+        job = store.job_by_key(key)
+        assert job is not None
+        return store.attempts_of(job["id"])
+
+
+def test_a_frozen_masters_late_outcome_is_fenced(tmp_path: Path, pg_url: str) -> None:
+    a = shared_master(tmp_path, "a", pg_url, "--workers", "1").start()
+    b = shared_master(tmp_path, "b", pg_url, "--workers", "1")  # started once a is frozen
+    try:
+        submit(pg_url, "tests.apps.jobs:sleep", {"s": 1.5}, "job")
+        wait_for(lambda: jobs_by_key(pg_url)["job"]["state"] == "running", what="a to start the job")
+        a.signal(signal.SIGSTOP)  # a host frozen past its lease; its child finishes meanwhile, unacknowledged
+        b.start()
+        wait_for(lambda: [x["state"] for x in attempts(pg_url, "job")] == ["lost", "ended"], timeout=15,
+                 what="b to recover a's attempt and run the job again")
+        a.signal(signal.SIGCONT)
+        a.wait_log("lease_lost node=a")
+        wait_for(lambda: attempts(pg_url, "job")[0]["state"] == "late", what="a's late outcome kept on its attempt")
+        first, second = attempts(pg_url, "job")
+        assert (first["master"], first["outcome"], first["late_outcome"]) == ("a", "lost", "finished")
+        assert (second["master"], second["outcome"]) == ("b", "finished")
+        job = jobs_by_key(pg_url)["job"]
+        assert job["state"] == "finished" and job["result"]["pid"] == second["pid"]  # b's result, not a's
+        from phoenix.pgstore import PgStore
+
+        with PgStore(pg_url) as store:
+            row = store.job_by_key("job")
+        assert row is not None and job["result"]["attempt_id"] == row["current_attempt"]  # the fencing token
+        assert [c["attempt"] for c in b.callbacks()] == [2] and a.callbacks() == []  # one callback
+        submit(pg_url, "tests.apps.jobs:noop", {}, "after")  # a works on under its new epoch
+        wait_for(lambda: jobs_by_key(pg_url)["after"]["state"] == "finished", what="a new job to finish")
+    finally:
+        a.signal(signal.SIGCONT)
+        a.stop()
+        b.stop()
+
+
+def test_connections_killed_by_the_server_are_made_again(tmp_path: Path, pg_url: str) -> None:
+    a = shared_master(tmp_path, "a", pg_url, "--workers", "2").start()
+    try:
+        submit(pg_url, "tests.apps.jobs:sleep", {"s": 1.0}, "during")
+        wait_for(lambda: jobs_by_key(pg_url)["during"]["state"] == "running", what="the job to start")
+        import psycopg
+
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            killed = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                  "WHERE application_name = 'phoenix' AND pid <> pg_backend_pid()").fetchone()
+        assert killed is not None and killed[0] >= 2  # its store connection and its listener
+        for i in range(3):
+            submit(pg_url, "tests.apps.jobs:noop", {}, f"after-{i}")
+        wait_for(lambda: all(j["state"] == "finished" for j in jobs_by_key(pg_url).values()), timeout=20,
+                 what="every job to finish")
+        assert sorted(c["key"] for c in a.callbacks()) == ["after-0", "after-1", "after-2", "during"]
+    finally:
+        a.stop()
+
+
+def test_a_replacement_keeps_the_lease_and_adopts_its_children(tmp_path: Path, pg_url: str) -> None:
+    a = shared_master(tmp_path, "a", pg_url, "--workers", "2").start()
+    try:
+        submit(pg_url, "tests.apps.jobs:sleep", {"s": 1.5}, "through-reload")
+        wait_for(lambda: jobs_by_key(pg_url)["through-reload"]["state"] == "running", what="the job to start")
+        a.signal(signal.SIGUSR2)
+        a.wait_log("ready generation=2")
+        wait_for(lambda: jobs_by_key(pg_url)["through-reload"]["state"] == "finished", what="the job to finish")
+        [attempt] = attempts(pg_url, "through-reload")
+        assert (attempt["master"], attempt["state"], attempt["outcome"]) == ("a", "ended", "finished")
+        code, report = status(pg_url)
+        assert code == 0 and [(m["generation"], m["epoch"]) for m in report["masters"]] == [(2, 1)]
     finally:
         a.stop()

@@ -168,3 +168,34 @@ def test_the_sqlite_path_never_imports_psycopg() -> None:
     code = ("import sys, phoenix, phoenix.cli, phoenix.master, phoenix.client, phoenix.store\n"
             "assert 'psycopg' not in sys.modules, 'psycopg imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_the_operators_commands_work_on_the_shared_store(pg_url: str) -> None:
+    a = master(pg_url, "a")
+    job_id, _ = a.submit("m:f", "null", "broken")
+    a.submit("m:f", "1", "waiting")
+    _job, attempt = a.claim(1, 10, None)  # type: ignore[misc]
+    a.end_attempt(attempt, job_id, outcome="error", reason=None, error="boom", result_json=None, max_rss_kb=None,
+                  job_state="failed", counts_as_failure=True, callback=None, attempt_n=1)
+    listed = json.loads(phoenix_cli("jobs", "--json", "--store", pg_url).stdout)
+    assert sorted(j["key"] for j in listed["jobs"]) == ["broken", "waiting"]
+    shown = json.loads(phoenix_cli("show", "broken", "--json", "--store", pg_url).stdout)
+    assert [(x["n"], x["node"], x["outcome"]) for x in shown["attempt_list"]] == [(1, "a", "error")]
+    result = phoenix_cli("retry", "broken", "--store", pg_url)
+    assert result.returncode == 0 and json.loads(result.stdout) == {"retried": ["broken"]}, result.stderr
+    assert a.claim(1, 11, None) is not None
+    result = phoenix_cli("prune", "--finished-before", "0s", "--json", "--store", pg_url)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_stopped_master_is_recovered_only_if_it_left_an_attempt_open(pg_url: str) -> None:
+    a, b, c = master(pg_url, "a"), master(pg_url, "b"), master(pg_url, "c")
+    a.submit("m:f", "null", "k")
+    a.claim(1, 10, None)
+    for stopped in (a, c):
+        stopped.release_lease("stopped")  # a's outcome could not be written before it exited
+        expire(pg_url, stopped.node)
+    b.recover(5.0, lost_job)
+    assert b.last_recovery == (["a"], 1)
+    masters = {m["node"]: m["state"] for m in b.masters()}
+    assert masters == {"a": "lost", "b": "running", "c": "stopped"}
