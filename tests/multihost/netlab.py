@@ -149,6 +149,15 @@ def kill_tree(pid: int) -> None:
     _signal(tree, signal.SIGCONT)  # a stopped process dies of a KILL anyway; harmless
 
 
+def _unreaped_child(pid: int) -> bool:
+    """pid is a child of this process that has not been reaped (so the pid is still ours)."""
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)  # WNOWAIT: leaves it to its Popen
+    except ChildProcessError:
+        return False
+    return True
+
+
 def _environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
 
@@ -417,9 +426,11 @@ class Lab:
     def close(self) -> None:
         errors: list[str] = []
         for host in self.hosts:
-            for pid in [*host.pids, *host.ns_pids()]:
+            # Ours for sure: what is in our uniquely named namespace, and our own children not yet reaped
+            # (a recorded pid that was reaped may already belong to someone else: never signalled).
+            for pid in [*host.ns_pids(), *(p for p in host.pids if _unreaped_child(p))]:
                 try:
-                    os.kill(pid, signal.SIGCONT)  # a frozen process must run to die of TERM
+                    os.kill(pid, signal.SIGCONT)  # a frozen process must run to die
                 except ProcessLookupError:
                     continue
                 kill_tree(pid)
