@@ -27,12 +27,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import beats, hang, replace, spawn, throughput
+from bench import beats, hang, replace, spawn, store, throughput
 from bench.procs import Registry, cpu_available, cpu_times, loadavg
 from bench.report import Report, Row, code_identity, plot_scaling, print_table, write_markdown
 
 HERE = Path(__file__).resolve().parent
 FIGURES = ("throughput", "beats", "hang", "replace", "spawn")
+# Run only when named (--only store): they need root and network namespaces (bench/store.py).
+EXTRA_FIGURES = ("store",)
+# The results.json keys of each figure: a run of some figures keeps the others' last results.
+FIGURE_KEYS = {"throughput": ("throughput",), "beats": ("beats_phoenix", "beats_bare"),
+               "hang": ("hang", "hang_tuned"), "replace": ("replace_phoenix", "replace_gunicorn", "imports"),
+               "spawn": ("spawn",), "store": ("store",)}
 
 MODES: dict[str, dict[str, Any]] = {
     "quick": {
@@ -323,6 +329,42 @@ def spawn_rows(r: dict[str, Any], report: Report) -> None:
     ]
 
 
+def keep_previous_figures(raw: dict[str, Any], path: Path, only: set[str]) -> None:
+    """A run of some figures (--only) keeps the last results of the others,
+    so that RESULTS.md still shows every figure (each with its own conditions)."""
+    if not path.exists():
+        return
+    previous = json.loads(path.read_text())
+    for name, keys in FIGURE_KEYS.items():
+        if name in only:
+            continue
+        for key in keys:
+            if key in previous and key not in raw:
+                raw[key] = previous[key]
+        raw["conditions"] += [c for c in previous.get("conditions", []) if c[0] == name]
+        if name in previous.get("failed", {}):
+            raw["failed"].setdefault(name, previous["failed"][name])
+    raw.setdefault("earlier", {"command": previous.get("command"), "started": previous.get("started")})
+
+
+def store_details(r: dict[str, Any]) -> list[str]:
+    lines = ["### Many hosts: PostgreSQL store (bench/store.py)", "",
+             f"PostgreSQL {'with' if r.get('fsync') else 'without'} fsync, on the lab's bridge; hosts are network "
+             "namespaces of this machine (same CPUs). Contenders alternate round by round; a warm-up round is "
+             "not counted.", "", "| figure | contender | min | median | max |", "| --- | --- | --- | --- | --- |"]
+    for fig in ("e2e", "store_path"):
+        for name, v in r.get(fig, {}).get("jobs_per_s", {}).items():
+            lines.append(f"| {fig} jobs/s | {name} | {v['min']:.0f} | {v['median']:.0f} | {v['max']:.0f} |")
+        for name, v in r.get(fig, {}).get("ratios", {}).items():
+            lines.append(f"| {fig} ratio | phoenix-pg / {name} | {v['min']:.2f} | {v['median']:.2f} | "
+                         f"{v['max']:.2f} |")
+    if "recovery" in r:
+        v = r["recovery"]["seconds"]
+        lines.append(f"| host death -> re-run (s) | phoenix-pg, ttl 30 | {v['min']:.1f} | {v['median']:.1f} | "
+                     f"{v['max']:.1f} |")
+    return lines + [""]
+
+
 def build_report(raw: dict[str, Any], out: Path) -> tuple[Report, Path | None]:
     """The table, details and plot, from the raw results alone (so that
     `--render` can rebuild RESULTS.md from results.json)."""
@@ -337,7 +379,7 @@ def build_report(raw: dict[str, Any], out: Path) -> tuple[Report, Path | None]:
     report.conditions = [tuple(c) for c in raw.get("conditions", [])]  # type: ignore[misc]
     failed = raw.get("failed", {})
     plot = None
-    for name in FIGURES:
+    for name in FIGURES + EXTRA_FIGURES:
         if name in failed:
             report.rows.append(Row(name, "not measured", "-", "-", "-", "-", None, failed[name]))
         elif name == "throughput" and "throughput" in raw:
@@ -358,6 +400,9 @@ def build_report(raw: dict[str, Any], out: Path) -> tuple[Report, Path | None]:
             replace_rows(raw["replace_phoenix"], raw["replace_gunicorn"], raw["imports"], report)
         elif name == "spawn" and "spawn" in raw:
             spawn_rows(raw["spawn"], report)
+        elif name == "store" and "store" in raw:
+            report.rows += store.rows(raw["store"], Row, ok)
+            report.details += store_details(raw["store"])
     if quick:
         report.notes.append("quick mode: smaller counts than the issue's (see the figure names); run "
                             "`python -m bench` for the full figures.")
@@ -370,7 +415,9 @@ def build_report(raw: dict[str, Any], out: Path) -> tuple[Report, Path | None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts, under 2 minutes")
-    parser.add_argument("--only", default=",".join(FIGURES), help=f"comma-separated subset of {','.join(FIGURES)}")
+    parser.add_argument("--only", default=",".join(FIGURES),
+                        help=f"comma-separated subset of {','.join(FIGURES + EXTRA_FIGURES)} "
+                             f"(default: all but {','.join(EXTRA_FIGURES)})")
     parser.add_argument("--no-rq", action="store_true", help="skip the RQ peer")
     parser.add_argument("--out", default=str(HERE), help="where RESULTS.md, results.json, scaling.png go")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (state dirs, logs)")
@@ -393,9 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     mode_name = "quick" if args.quick else "full"
     mode = MODES[mode_name]
     only = {x.strip() for x in args.only.split(",") if x.strip()}
-    unknown = only - set(FIGURES)
+    unknown = only - set(FIGURES + EXTRA_FIGURES)
     if unknown:
-        parser.error(f"unknown figure(s) {sorted(unknown)}; choose from {', '.join(FIGURES)}")
+        parser.error(f"unknown figure(s) {sorted(unknown)}; choose from {', '.join(FIGURES + EXTRA_FIGURES)}")
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="phxb-", dir="/tmp"))
     raw: dict[str, Any] = {
@@ -460,10 +507,13 @@ def main(argv: list[str] | None = None) -> int:
     def do_spawn() -> None:
         raw["spawn"] = spawn.run(reg, work, mode["spawn_api"], mode["spawn_cli"], say)
 
+    def do_store() -> None:
+        raw["store"] = store.run(work, mode_name, say)
+
     steps = {"throughput": do_throughput, "beats": do_beats, "hang": do_hang, "replace": do_replace,
-             "spawn": do_spawn}
+             "spawn": do_spawn, "store": do_store}
     try:
-        for name in FIGURES:
+        for name in FIGURES + EXTRA_FIGURES:
             if name in only:
                 attempt(name, steps[name])
     finally:
@@ -476,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     raw["elapsed"] = time.monotonic() - t0
     raw["load_end"] = loadavg()
+    keep_previous_figures(raw, out / "results.json", only)
     (out / "results.json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
     report, plot = build_report(raw, out)
     print_table(report)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from typing import Any, Callable, Iterable, Iterator
@@ -224,7 +225,7 @@ class PgStore:
     # -- connections ---------------------------------------------------------------
 
     def _new_connection(self) -> psycopg.Connection[Any]:
-        return connect(self.url)
+        return connect(self.url, network_timeout=network_timeout(self.lease_ttl))
 
     def connect(self) -> psycopg.Connection[Any]:
         if self._conn is not None and self._pid == os.getpid() and not self._conn.closed:
@@ -264,7 +265,7 @@ class PgStore:
     def open_listener(self) -> int:
         """Connect the listening connection; its file descriptor, for the master's selector."""
         self.close_listener()
-        conn = connect(self.url)
+        conn = connect(self.url, network_timeout=network_timeout(self.lease_ttl))
         try:
             conn.execute(f"LISTEN {CHANNEL}")
         except psycopg.Error as exc:
@@ -786,15 +787,27 @@ class PgStore:
 # -- connections, the schema, and messages --------------------------------------------------
 
 
-def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+def network_timeout(lease_ttl: float) -> float:
+    """How long one wait on the network may block the master's loop: a
+    quarter of the lease, so that a master cut off silently (no RST, no FIN:
+    its statement's packets just vanish) is back in its loop in time to end
+    its children when its lease lapses (leases.children_must_end)."""
+    return max(0.5, min(lease_ttl / 4, float(CONNECT_TIMEOUT)))
+
+
+def connect(url: str, *, autocommit: bool = True, network_timeout: float = CONNECT_TIMEOUT,
+            ) -> psycopg.Connection[Any]:
     """A connection whose waits on a lost server are bounded: libpq keepalives
-    notice a dead peer, statement_timeout ends a stuck statement, and
-    idle_in_transaction_session_timeout frees locks of a master that hangs
-    inside a transaction."""
+    notice a dead peer, tcp_user_timeout ends a wait for unacknowledged data
+    (a statement sent into a silent partition: keepalives do not cover it,
+    and the kernel would retry for about 15 minutes), statement_timeout ends
+    a stuck statement, and idle_in_transaction_session_timeout frees locks of
+    a master that hangs inside a transaction."""
     try:
         return psycopg.connect(
-            url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT, application_name="phoenix",
-            keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+            url, autocommit=autocommit, connect_timeout=max(2, math.ceil(network_timeout)),
+            application_name="phoenix", tcp_user_timeout=int(network_timeout * 1000),
+            keepalives=1, keepalives_idle=max(1, int(network_timeout)), keepalives_interval=1, keepalives_count=2,
             options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
                     f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}")
     except psycopg.ProgrammingError as exc:  # a malformed URL
