@@ -19,6 +19,9 @@ block cannot be skipped silently. The rules:
   exist (running the benchmark takes minutes).
 - `layers`: the diagram names every module of the import-linter layers
   contract, top-down.
+- `store APP`: like `run`, against a real PostgreSQL database (the `pg_url`
+  fixture) put in place of the block's example URL; its `pip install` line
+  must name the extra that brings psycopg, and is not run.
 """
 
 from __future__ import annotations
@@ -154,6 +157,32 @@ def check_run_with_master(block: Block, tmp_path: Path) -> None:
         master.stop()
 
 
+EXAMPLE_STORE = "postgresql://phoenix@db.internal/phoenix"
+
+
+def check_store(block: Block, tmp_path: Path, url: str) -> None:
+    install, *_ = commands(block)
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert install == "pip install 'phoenix-procmaster[postgres]'", install
+    assert any(spec.startswith("psycopg[binary]") for spec in extras["postgres"])
+    assert EXAMPLE_STORE in block.text, f"the block's store URL is not {EXAMPLE_STORE}"
+    text = "".join(line + "\n" for line in block.text.replace(EXAMPLE_STORE, url).splitlines()
+                   if not line.startswith("pip install"))
+    root = scratch(tmp_path)
+    env = {**scratch_env(), "PHOENIX_STORE": url}
+    try:
+        result = run_shell(text, root)
+        assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-3000:]}"
+        phoenix_cli("stop", state_dir=root / ".phoenix")  # its --daemon master; no journal file to ask first
+        batch = subprocess.run([str(BIN / "phoenix"), "start", block.argument, "--exit-when-done"], cwd=root, env=env,
+                               capture_output=True, text=True, timeout=60)
+        assert batch.returncode == 0, batch.stderr[-3000:]
+        report = json.loads(phoenix_cli("status", "--json", "--store", url).stdout)
+        assert report["jobs"] and {job["state"] for job in report["jobs"]} == {"finished"}, report["jobs"]
+    finally:
+        phoenix_cli("stop", state_dir=root / ".phoenix")
+
+
 def check_example(block: Block, tmp_path: Path) -> None:
     text = block.text.removeprefix(f"# {block.argument}\n")
     shipped = (REPO / block.argument).read_text()
@@ -251,10 +280,14 @@ BLOCKS = readme_blocks()
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"line{b.line}-{b.rule or 'untagged'}" for b in BLOCKS])
-def test_readme_block(block: Block, tmp_path: Path) -> None:
+def test_readme_block(block: Block, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if block.rule == "store":  # the one rule that needs a database: its server starts only for this block
+        assert block.argument, f"README.md:{block.line}: `store` of what?"
+        check_store(block, tmp_path, request.getfixturevalue("pg_url"))
+        return
     assert block.rule in RULES, (
         f"README.md:{block.line}: no rule covers this block; put `<!-- readme-test: RULE [ARGUMENT] -->` "
-        f"on the line before it, RULE one of {', '.join(RULES)} (see {Path(__file__).name})")
+        f"on the line before it, RULE one of {', '.join([*RULES, 'store'])} (see {Path(__file__).name})")
     assert block.argument or block.rule not in NEEDS_ARGUMENT, f"README.md:{block.line}: `{block.rule}` of what?"
     RULES[block.rule](block, tmp_path)
 
