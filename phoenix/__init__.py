@@ -2,7 +2,7 @@
 heartbeats on a Unix socket; hung children are killed and their jobs re-run;
 the master replaces itself on SIGUSR2 while its children keep running.
 
-Linux and CPython 3.11+ only: pidfd, SO_PASSCRED and /proc are load-bearing.
+Linux and CPython 3.11+ only: pidfd, SO_PEERCRED, signalfd and /proc are load-bearing.
 """
 
 import sys as _sys
@@ -12,7 +12,7 @@ import sys as _sys
 if not _sys.platform.startswith("linux") or _sys.implementation.name != "cpython" or _sys.version_info < (3, 11):
     raise ImportError(
         f"Phoenix runs on Linux with CPython 3.11 or newer; this is {_sys.platform} with "
-        f"{_sys.implementation.name} {_sys.version.split()[0]}. It relies on pidfd, SO_PASSCRED and /proc."
+        f"{_sys.implementation.name} {_sys.version.split()[0]}. It relies on pidfd, SO_PEERCRED, signalfd and /proc."
     )
 
 from phoenix.app import App, AppError, JobInfo  # noqa: E402
