@@ -66,10 +66,12 @@ def test_master_sigkill_then_restart(master_factory, state_dir, tmp_path, long_m
         journal.close()
         master = master_factory("--workers", "20")
         if moment == "running":
-            wait_for(lambda master=master: master.status()["master"]["slots_used"] >= 10, what="children to be running")
+            wait_for(lambda master=master: master.status()["master"]["slots_used"] >= 3,  # on a loaded machine
+                     what="children to be running")  # short jobs end about as fast as they start: 3, not 10
             wait_for(lambda: rng.random() < 0.2, interval=0.05, what="a random moment")
         else:
-            wait_for(lambda master=master: master.status()["master"]["slots_used"] >= 10, what="children to be running")
+            wait_for(lambda master=master: master.status()["master"]["slots_used"] >= 3,  # on a loaded machine
+                     what="children to be running")  # short jobs end about as fast as they start: 3, not 10
             master.signal(signal.SIGUSR2)
             master.wait_log("reload generation=" if moment == "preflight" else "exec generation=", own=True)
         os.kill(master.pid, signal.SIGKILL)
