@@ -229,7 +229,10 @@ class HeartbeatIntake:
         plain = protocol.plain_beat(buffer, size, link.plain_prefix)
         if plain is not None:  # the common case: no parser, no dict, same values
             self.counters.beats += 1
-            self._note(attempt, plain[0], plain[1], now)
+            if plain[0] == attempt.last_seq + 1 and plain[1] <= attempt.progress:  # the next beat, no news
+                attempt.last_beat, attempt.last_seq = now, plain[0]
+            else:
+                self._note(attempt, plain[0], plain[1], now)
             if self.debug:
                 log.event(logging.DEBUG, "beat", pid=link.pid, job=attempt.key, attempt=attempt.number, seq=plain[0],
                           progress=plain[1])
