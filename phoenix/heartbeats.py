@@ -47,6 +47,8 @@ class Link:
 
     sock: socket.socket
     pid: int
+    plain_prefix: bytes = b""  # plain_of's plain beat up to the seq (protocol.plain_beat)
+    plain_of: Attempt | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -74,6 +76,9 @@ class HeartbeatIntake:
         self.to_ack: list[HeldFinal] = []
         self.selector: selectors.BaseSelector | None = None  # the master's loop, while it watches us
         self.resume_at = 0.0  # monotonic: when watching resumes after a batch wait (0: watching)
+        # Every message is received into this one buffer: no allocation per beat.
+        self.buffer = bytearray(protocol.RECV_BUFFER_BYTES)
+        self.debug = False
 
     def fileno(self) -> int:
         """The epoll set: readable when the listener or any connection is."""
@@ -145,6 +150,7 @@ class HeartbeatIntake:
         listener = self.listener.fileno() if self.listener is not None else -1
         links = len(self.links)
         closed = False
+        self.debug = log.log.isEnabledFor(logging.DEBUG)  # once per read, not per beat
         for _ in range(READ_ROUNDS):
             events = self.poller.poll(0, len(self.links) + 1)  # every ready connection at once
             if not events:
@@ -202,46 +208,64 @@ class HeartbeatIntake:
     def _receive(self, link: Link, now: float) -> bool:
         """One message: level-triggered epoll brings the connection back if
         more wait. False if the connection was closed."""
+        buffer = self.buffer
         try:
-            data = link.sock.recv(protocol.RECV_BUFFER_BYTES)
+            size = link.sock.recv_into(buffer)
         except (BlockingIOError, InterruptedError):
             return True
         except OSError:
-            data = b""  # ECONNRESET: gone, as at EOF
-        if not data:
+            size = 0  # ECONNRESET: gone, as at EOF
+        if not size:
             self._close(link)
             self.child_closed()
             return False
         attempt = self.attempts.get(link.pid)
         if attempt is None:  # its attempt ended (reaped) before this was read
             return self._reject(link, "unknown_pid")
-        if len(data) > protocol.MAX_MESSAGE_BYTES:  # the buffer has one byte to spare
+        if size > protocol.MAX_MESSAGE_BYTES:  # the buffer has one byte to spare
             return self._reject(link, "oversized")
-        message = protocol.decode(data)
+        if link.plain_of is not attempt:
+            link.plain_of, link.plain_prefix = attempt, protocol.plain_beat_prefix(attempt.job_id, attempt.number)
+        plain = protocol.plain_beat(buffer, size, link.plain_prefix)
+        if plain is not None:  # the common case: no parser, no dict, same values
+            self.counters.beats += 1
+            if plain[0] == attempt.last_seq + 1 and plain[1] <= attempt.progress:  # the next beat, no news
+                attempt.last_beat, attempt.last_seq = now, plain[0]
+            else:
+                self._note(attempt, plain[0], plain[1], now)
+            if self.debug:
+                log.event(logging.DEBUG, "beat", pid=link.pid, job=attempt.key, attempt=attempt.number, seq=plain[0],
+                          progress=plain[1])
+            return True
+        message = protocol.decode(bytes(buffer[:size]))
         if message is None:
             return self._reject(link, "malformed")
         if message.job != attempt.job_id or message.attempt != attempt.number:
             return self._reject(link, "wrong_attempt")
         self.counters.beats += 1
-        attempt.last_beat = now
-        if message.seq > attempt.last_seq:
-            if attempt.last_seq >= 0 and message.seq > attempt.last_seq + 1:
-                self.note_gap(attempt, attempt.last_seq + 1, message.seq)
-            attempt.last_seq = message.seq
-        elif message.seq in attempt.missing:  # late, not lost
-            attempt.missing.discard(message.seq)
-            self.counters.beats_missing -= 1
-        if message.progress > attempt.progress:
-            attempt.progress = message.progress
-            attempt.last_progress = now
+        self._note(attempt, message.seq, message.progress, now)
         if message.kind in protocol.FINAL_KINDS:
             if attempt.final is None:
                 attempt.final = message.body
             self.to_ack.append(HeldFinal(link, attempt, message.seq))
-        elif log.log.isEnabledFor(logging.DEBUG):
+        elif self.debug:
             log.event(logging.DEBUG, "beat", pid=link.pid, job=attempt.key, attempt=attempt.number, seq=message.seq,
                       progress=message.progress)
         return True
+
+    def _note(self, attempt: Attempt, seq: int, progress: int, now: float) -> None:
+        """A beat (or any message) numbered `seq` reporting `progress`."""
+        attempt.last_beat = now
+        if seq > attempt.last_seq:
+            if attempt.last_seq >= 0 and seq > attempt.last_seq + 1:
+                self.note_gap(attempt, attempt.last_seq + 1, seq)
+            attempt.last_seq = seq
+        elif seq in attempt.missing:  # late, not lost
+            attempt.missing.discard(seq)
+            self.counters.beats_missing -= 1
+        if progress > attempt.progress:
+            attempt.progress = progress
+            attempt.last_progress = now
 
     def _acknowledge(self) -> None:
         """Once the finals are in the journal: tell each child, which then

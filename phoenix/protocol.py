@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import random
+import re
 import select
 import socket
 import struct
@@ -94,6 +95,30 @@ def decode(data: bytes) -> Message | None:
     if not (_count(job) and _count(attempt) and _count(seq) and _count(progress)):
         return None
     return Message(job, attempt, kind, seq, progress, obj)
+
+
+# A plain beat exactly as `encode` writes it for one attempt, up to its sequence
+# number: nearly every message. Bytes that start with the attempt's prefix and
+# end as _PLAIN_TAIL are JSON that `decode` accepts with the same values (the
+# grammar is a subset: no spaces, no other keys, no leading zeros; at most 18
+# digits, so int() never meets its digit limit), so they skip the parser and
+# the dict; anything else goes through `decode` and its checks.
+_PLAIN_TAIL = re.compile(rb'(0|[1-9][0-9]{0,17}),"p":(0|[1-9][0-9]{0,17})\}')
+
+
+def plain_beat_prefix(job: int, attempt: int) -> bytes:
+    return b'{"v":%d,"job":%d,"att":%d,"k":"beat","seq":' % (VERSION, job, attempt)
+
+
+def plain_beat(buffer: bytes | bytearray, size: int, prefix: bytes) -> tuple[int, int] | None:
+    """(seq, progress) of a plain beat of the attempt whose `prefix` is given,
+    in buffer[:size]; None: not one (the caller decodes it in full)."""
+    if not buffer.startswith(prefix, 0, size):
+        return None
+    match = _PLAIN_TAIL.fullmatch(buffer, len(prefix), size)
+    if match is None:
+        return None
+    return int(match[1]), int(match[2])
 
 
 def ack(seq: int) -> bytes:
