@@ -430,6 +430,9 @@ class Master:
     def callbacks_held(self) -> bool:
         return self.handoff.busy or self.app is None
 
+    def owes_callback(self, kind: str) -> bool:
+        return self.settler.owes(kind)
+
     def jobs_may_be_pending(self) -> None:
         self.scheduler.wake()
 

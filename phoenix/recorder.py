@@ -38,6 +38,7 @@ class OutcomeHost(Protocol):
     def retries_for(self, target: str) -> int | None: ...
     def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None: ...
     def callbacks_held(self) -> bool: ...
+    def owes_callback(self, kind: str) -> bool: ...
     def guarded(self, operation: Callable[[], Any], retry: bool = False) -> None: ...
     def jobs_may_be_pending(self) -> None: ...
 
@@ -82,10 +83,11 @@ class OutcomeRecorder:
         after = after_attempt(result.outcome, job["failures"], h.retries_for(target), budget=h.budget, now=now,
                               backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
         retry_delay = after.delay if after.job_state == "pending" and after.counts_as_failure else None
+        callback = after.callback if after.callback is not None and h.owes_callback(after.callback) else None
         recorded, callback_id = h.journal.end_attempt(
             attempt_id, job_id, outcome=result.outcome, reason=result.reason, error=result.error,
             result_json=result.result_json, max_rss_kb=max_rss_kb, job_state=after.job_state,
-            counts_as_failure=after.counts_as_failure, retry_delay=retry_delay, callback=after.callback,
+            counts_as_failure=after.counts_as_failure, retry_delay=retry_delay, callback=callback,
             attempt_n=number,
         )
         if outbox:
@@ -97,7 +99,7 @@ class OutcomeRecorder:
         if callback_id is not None and not h.callbacks_held():
             # While a replacement waits for callbacks to end, new ones stay owed
             # in the journal and the new image runs them.
-            h.start_callback(callback_id, job_id, number, after.callback or "")
+            h.start_callback(callback_id, job_id, number, callback or "")
 
     def _log(self, pid: int | None, key: str, number: int, result: Classified, after: Next,
              max_rss_kb: int | None) -> None:

@@ -54,6 +54,16 @@ class CallbackSettler:
         self.host.journal.callback_started(callback_id)
         self.host.callbacks.start(callback_id, row["key"], kind, functions, info, argument)
 
+    def owes(self, kind: str) -> bool:
+        """Whether an outcome that calls for callbacks of `kind` owes any: not
+        when the loaded app registered none of that kind (a row owed, started
+        and marked done for nothing costs the master two reads and a commit per
+        job). With no app loaded, its callbacks are not known: owed."""
+        app = self.host.app
+        if app is None:
+            return True
+        return bool(app.finished_callbacks if kind == "on_finished" else app.failed_callbacks)
+
     def run_owed(self) -> None:
         """Callbacks recorded as owed by an earlier master and never done: run
         them now (at least once across a crash; they get the job id and attempt

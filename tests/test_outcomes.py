@@ -90,3 +90,23 @@ def test_results_that_cannot_be_sent_fail_with_a_clear_error(master_factory):
     assert "65536-byte limit" in jobs["big"]["error"] and "file or a database" in jobs["big"]["error"]
     assert jobs["obj"]["outcome"] == "error"
     assert "not JSON" in jobs["obj"]["error"]
+
+
+def test_an_outcome_owes_no_callback_when_the_app_registered_none_of_its_kind(master_factory):
+    """A callback row owed, started and marked done for nothing cost the master two
+    reads and a commit per job: only kinds the app registered are owed."""
+    import sqlite3
+
+    master = master_factory(app="tests.apps.finished_only:app")
+    master.submit("tests.apps.finished_only:ok", {"n": 1}, key="ok")
+    master.submit("tests.apps.finished_only:boom", {}, key="boom")
+    jobs = master.wait_jobs_done(["ok", "boom"])
+    assert jobs["ok"]["state"] == "finished" and jobs["boom"]["state"] == "failed"
+    wait_for(lambda: master.callbacks(), what="ok's on_finished callback")
+    assert [(c["key"], c["kind"]) for c in master.callbacks()] == [("ok", "finished")]
+    db = sqlite3.connect(f"file:{master.paths.journal}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT j.key, c.kind FROM callbacks c JOIN jobs j ON j.id = c.job_id").fetchall()
+    finally:
+        db.close()
+    assert rows == [("ok", "on_finished")]
