@@ -7,9 +7,10 @@ trusted the master claims nothing; once trust runs out it ends its children
 jobs never overlaps them. A renewal that finds the lease recovered (its
 epoch moved on) ends the children at once and registers again.
 
-Any master also recovers the others: every renewal period it takes the
-masters whose lease expired past the grace period (pgstore.PgStore.recover)
-and picks up the callbacks a dead master owed.
+Any master also recovers the others: each renewal also looks (in the same
+statement) for masters whose lease expired past the grace period; when there
+are, it takes them (pgstore.PgStore.recover) and picks up the callbacks they
+owed. An idle master thus costs the database one statement per ttl/3.
 
 Wake-ups come on one LISTEN connection in the master's selector; each
 renewal pings it, and a listener that missed its ping is reconnected.
@@ -60,7 +61,7 @@ class LeaseKeeper:
         self.times = leases.lease_times(host.config.lease_ttl, host.config.kill_grace)
         self.trust_ends = float("-inf")  # monotonic
         self.next_renewal = 0.0
-        self.next_recovery = 0.0
+        self.next_recovery = 0.0  # once at start; then whenever a renewal says a master is due (recovery_due)
         self.listener_fd: int | None = None
         self.ping_seen = True
         self.listener_ok = False  # the listener's last ping arrived: wake-ups can be trusted
@@ -110,14 +111,16 @@ class LeaseKeeper:
                       effect="ending every child (TERM, then KILL after kill_grace): another master may "
                              "recover their jobs")
             self.host.end_children("its master's lease lapsed")
-        if now >= self.next_recovery:
-            self.next_recovery = now + self.times.renew_every
+        if now >= self.next_recovery or self.store.recovery_due:
+            self.next_recovery = float("inf")
+            self.store.recovery_due = False
             self.recover()
 
     def renew(self) -> None:
         sent = time.monotonic()
         try:
-            live = self.store.renew_lease(self.host.lease_state(), self.host.slots, len(self.host.children))
+            live = self.store.renew_lease(self.host.lease_state(), self.host.slots, len(self.host.children),
+                                          grace=self.times.grace)
         except StoreUnavailable as exc:
             self.next_renewal = sent + min(RENEW_RETRY, self.times.renew_every)
             if not self.failing:

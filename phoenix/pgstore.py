@@ -174,13 +174,31 @@ RETURNING j.id, j.key, j.target, j.params, j.attempts - 1, j.failures, a.id
 
 # The outcome counts only from the job's current attempt, of its master's
 # current epoch: the rows are locked, so a recovery running at the same
-# moment either sees the outcome recorded or fences it.
-_FENCE = """
-SELECT a.id FROM attempts a
-JOIN masters m ON m.node = a.master AND m.epoch = a.epoch
-JOIN jobs j ON j.id = a.job_id AND j.current_attempt = a.id
-WHERE a.id = %(attempt)s AND a.outcome IS NULL
-FOR UPDATE OF a, m, j
+# moment either sees the outcome recorded or fences it. One statement (one
+# round trip, one commit): the attempt, the job and the callback owed are
+# written only if `fenced` found the attempt; nothing otherwise (late).
+_END_ATTEMPT = f"""
+WITH fenced AS (
+    SELECT a.id FROM attempts a
+    JOIN masters m ON m.node = a.master AND m.epoch = a.epoch
+    JOIN jobs j ON j.id = a.job_id AND j.current_attempt = a.id
+    WHERE a.id = %(attempt)s AND a.job_id = %(job)s AND a.outcome IS NULL
+    FOR UPDATE OF a, m, j
+), attempt AS (
+    UPDATE attempts SET outcome = %(outcome)s, state = 'ended', reason = %(reason)s, error = %(error)s,
+           max_rss_kb = %(rss)s, ended_at = {_NOW}, final = NULL
+    WHERE id = (SELECT id FROM fenced) RETURNING job_id
+), job AS (
+    UPDATE jobs SET state = %(state)s, outcome = %(outcome)s, result = %(result)s, error = %(error)s,
+           not_before = CASE WHEN %(delay)s::float8 IS NULL THEN 0 ELSE {_NOW} + %(delay)s::float8 END,
+           failures = failures + %(failure)s, updated_at = {_NOW}
+    FROM attempt WHERE jobs.id = attempt.job_id RETURNING jobs.id
+), callback AS (
+    INSERT INTO callbacks (job_id, attempt, kind, state, owner, created_at)
+    SELECT id, %(n)s, %(callback)s, 'owed', %(node)s, {_NOW} FROM job WHERE %(callback)s::text IS NOT NULL
+    ON CONFLICT (job_id, kind) DO NOTHING RETURNING id
+)
+SELECT EXISTS (SELECT 1 FROM job), (SELECT id FROM callback)
 """
 
 # Masters whose lease expired more than `grace` seconds ago, each taken by
@@ -198,6 +216,19 @@ _RECOVER_ATTEMPTS = f"""
 UPDATE attempts SET outcome = 'lost', state = 'lost', reason = %(reason)s, error = %(reason)s, ended_at = {_NOW}
 WHERE master = ANY(%(nodes)s) AND outcome IS NULL
 RETURNING id, job_id, n
+"""
+
+# The renewal; with a grace, it also says whether any master is due for
+# recovery (_RECOVER_MASTERS's condition, without taking anything).
+_RENEW = """
+UPDATE masters SET lease_expires_at = now() + make_interval(secs => %(ttl)s), state = %(state)s,
+       slots = %(slots)s, slots_used = %(used)s
+WHERE node = %(node)s AND epoch = %(epoch)s
+RETURNING pg_notify(%(channel)s, 'ping:' || node),
+    %(grace)s::float8 IS NOT NULL AND EXISTS (
+        SELECT 1 FROM masters d
+        WHERE d.lease_expires_at < now() - make_interval(secs => %(grace)s::float8) AND d.state <> 'lost'
+          AND (d.state <> 'stopped' OR EXISTS (SELECT 1 FROM attempts a WHERE a.master = d.node AND a.outcome IS NULL)))
 """
 
 RECOVERED_REASON = "its master lost its lease"
@@ -220,6 +251,7 @@ class PgStore:
         self._pid = os.getpid()
         self.late_outcomes = 0
         self.last_recovery: tuple[list[str], int] = ([], 0)  # (masters, attempts) the last recover() took
+        self.recovery_due = False  # the last renewal saw a master whose lease is gone past the grace
         self.connect()  # fails early, with one line, if the URL or server is wrong
 
     # -- connections ---------------------------------------------------------------
@@ -237,16 +269,23 @@ class PgStore:
         return self._conn
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[psycopg.Cursor[Any]]:
+    def _tx(self, block: bool = True) -> Iterator[psycopg.Cursor[Any]]:
         """One transaction; a lost connection becomes StoreUnavailable (an
-        outage), and the next call connects again."""
+        outage), and the next call connects again. `block=False`: no BEGIN
+        and COMMIT around it (see _one)."""
         try:
             conn = self.connect()
-            with conn.transaction(), conn.cursor() as cur:
+            with conn.transaction() if block else contextlib.nullcontext(), conn.cursor() as cur:
                 yield cur
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self._drop()
             raise StoreUnavailable(f"PostgreSQL store: {one_line(exc)}") from None
+
+    def _one(self) -> contextlib.AbstractContextManager[psycopg.Cursor[Any]]:
+        """For ONE statement: on the autocommit connection it is its own
+        transaction, so an explicit BEGIN and COMMIT would only add two round
+        trips (and two statements) to each call."""
+        return self._tx(block=False)
 
     def _drop(self) -> None:
         if self._conn is not None:
@@ -297,7 +336,7 @@ class PgStore:
         self.close()
 
     def probe_write(self) -> None:
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("SELECT 1")
 
     # -- masters and leases ------------------------------------------------------------
@@ -306,7 +345,7 @@ class PgStore:
         """This master's lease row, live for a ttl from now; returns its epoch.
         A master that starts again under the same node keeps the epoch (its
         running attempts are its own) unless a recovery moved it on."""
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute(
                 "INSERT INTO masters (node, pid, generation, state, lease_expires_at, started_at, slots, app) "
                 "VALUES (%(node)s, %(pid)s, %(gen)s, 'running', now() + make_interval(secs => %(ttl)s), "
@@ -320,25 +359,26 @@ class PgStore:
             self.epoch = int(row[0])
         return self.epoch
 
-    def renew_lease(self, state: str, slots: int, slots_used: int) -> bool:
+    def renew_lease(self, state: str, slots: int, slots_used: int, grace: float | None = None) -> bool:
         """Extend the lease by a ttl on the database's clock, and ping this
         master's listener (a dead listener is noticed when no ping arrives).
-        False: the lease was recovered by another master (epoch moved on)."""
-        with self._tx() as cur:
-            cur.execute(
-                "UPDATE masters SET lease_expires_at = now() + make_interval(secs => %(ttl)s), state = %(state)s, "
-                "slots = %(slots)s, slots_used = %(used)s WHERE node = %(node)s AND epoch = %(epoch)s "
-                "RETURNING pg_notify(%(channel)s, 'ping:' || node)",
-                {"ttl": self.lease_ttl, "state": state, "slots": slots, "used": slots_used, "node": self.node,
-                 "epoch": self.epoch, "channel": CHANNEL})
-            return cur.fetchone() is not None
+        False: the lease was recovered by another master (epoch moved on).
+        With `grace`, the same statement also looks whether any master is
+        due for recovery (`recovery_due`), so an idle master's period costs
+        one statement: recover() runs only when there is something to take."""
+        with self._one() as cur:
+            cur.execute(_RENEW, {"ttl": self.lease_ttl, "state": state, "slots": slots, "used": slots_used,
+                                 "node": self.node, "epoch": self.epoch, "channel": CHANNEL, "grace": grace})
+            row = cur.fetchone()
+        self.recovery_due = bool(row and row[1])
+        return row is not None
 
     def release_lease(self, state: str) -> None:
         """A stop: `stopped` ends the lease now (its children are gone).
         `left` (children left running for the next master of this node) keeps
         the lease to its expiry: a master started on the node before expiry +
         grace takes them up; otherwise they are recovered, and run elsewhere."""
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("UPDATE masters SET state = %s, lease_expires_at = CASE WHEN %s = 'stopped' THEN now() "
                         "ELSE lease_expires_at END, slots_used = CASE WHEN %s = 'stopped' THEN 0 ELSE slots_used END "
                         "WHERE node = %s AND epoch = %s", (state, state, state, self.node, self.epoch))
@@ -396,11 +436,8 @@ class PgStore:
         if key:
             check_key(key)
         key = key or default_key(target, params_json)
-        with self._tx() as cur:
-            result = self._insert_job(cur, key, target, params_json)
-            if result[1]:
-                cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
-            return result
+        with self._one() as cur:  # the NOTIFY rides on the insert: one round trip
+            return self._insert_job(cur, key, target, params_json, notify=True)
 
     def submit_many(self, jobs: Iterable[tuple[str, str, str]]) -> None:
         jobs = list(jobs)
@@ -412,10 +449,14 @@ class PgStore:
             cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))  # once per transaction, not per row
 
     @staticmethod
-    def _insert_job(cur: psycopg.Cursor[Any], key: str, target: str, params_json: str) -> tuple[int, bool]:
+    def _insert_job(cur: psycopg.Cursor[Any], key: str, target: str, params_json: str,
+                    notify: bool = False) -> tuple[int, bool]:
+        """The job, or the one its key names already; `notify`: wake the
+        masters if it was created (pg_notify runs for the returned row only)."""
+        wake = ", pg_notify(%s, '')" if notify else ""
         cur.execute(f"INSERT INTO jobs (key, target, params, state, created_at, updated_at) "
-                    f"VALUES (%s, %s, %s, 'pending', {_NOW}, {_NOW}) ON CONFLICT (key) DO NOTHING RETURNING id",
-                    (key, target, params_json))
+                    f"VALUES (%s, %s, %s, 'pending', {_NOW}, {_NOW}) ON CONFLICT (key) DO NOTHING RETURNING id{wake}",
+                    (key, target, params_json, *((CHANNEL,) if notify else ())))
         row = cur.fetchone()
         if row is not None:
             return int(row[0]), True
@@ -442,7 +483,7 @@ class PgStore:
     def claim(self, generation: int, pid: int | None, start_time: int | None) -> tuple[Job, int] | None:
         """Take the next due pending job for the child `pid`, in one statement
         gated on this master's live lease: (job, attempt id), or None."""
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute(_CLAIM, {"node": self.node, "epoch": self.epoch, "generation": generation, "pid": pid,
                                  "start_time": start_time, "since_boot": clock.since_boot()})
             row = cur.fetchone()
@@ -451,13 +492,13 @@ class PgStore:
         return Job(int(row[0]), row[1], row[2], row[3], int(row[4]), int(row[5])), int(row[6])
 
     def pending(self, limit: int) -> list[Job]:
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute(f"SELECT id, key, target, params, attempts, failures FROM jobs WHERE state = 'pending' "
                         f"AND not_before <= {_NOW} ORDER BY not_before, id LIMIT %s", (limit,))
             return [Job(*row) for row in cur.fetchall()]
 
     def next_due_in(self) -> float | None:
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute(f"SELECT min(not_before) - {_NOW} FROM jobs WHERE state = 'pending'")
             row = cur.fetchone()
         return None if row is None or row[0] is None else float(row[0])
@@ -488,31 +529,22 @@ class PgStore:
                     result_json: str | None, max_rss_kb: int | None, job_state: str, counts_as_failure: bool,
                     retry_delay: float | None = None, callback: str | None, attempt_n: int,
                     ) -> tuple[bool, int | None]:
-        """Record an outcome through the fence (see _FENCE). A fenced outcome
+        """Record an outcome through the fence (see _END_ATTEMPT). A fenced outcome
         is kept on its attempt as `late` and returns (False, None)."""
-        with self._tx() as cur:
-            cur.execute(_FENCE, {"attempt": attempt_id})
-            if cur.fetchone() is None:
-                cur.execute(f"UPDATE attempts SET state = 'late', late_outcome = %s, outcome = coalesce(outcome, "
-                            f"'lost'), ended_at = coalesce(ended_at, {_NOW}) WHERE id = %s AND state IN "
-                            f"('running', 'lost')", (outcome, attempt_id))
-                self.late_outcomes += cur.rowcount
-                return False, None
-            cur.execute(f"UPDATE attempts SET outcome = %s, state = 'ended', reason = %s, error = %s, "
-                        f"max_rss_kb = %s, ended_at = {_NOW}, final = NULL WHERE id = %s",
-                        (outcome, reason, error, max_rss_kb, attempt_id))
-            cur.execute(
-                f"UPDATE jobs SET state = %s, outcome = %s, result = %s, error = %s, not_before = CASE WHEN "
-                f"%s::float8 IS NULL THEN 0 ELSE {_NOW} + %s::float8 END, failures = failures + %s, "
-                f"updated_at = {_NOW} WHERE id = %s",
-                (job_state, outcome, result_json, error, retry_delay, retry_delay, int(counts_as_failure), job_id))
-            if callback is None:
-                return True, None
-            cur.execute(f"INSERT INTO callbacks (job_id, attempt, kind, state, owner, created_at) "
-                        f"VALUES (%s, %s, %s, 'owed', %s, {_NOW}) ON CONFLICT (job_id, kind) DO NOTHING RETURNING id",
-                        (job_id, attempt_n, callback, self.node))
+        with self._one() as cur:
+            cur.execute(_END_ATTEMPT, {
+                "attempt": attempt_id, "job": job_id, "outcome": outcome, "reason": reason, "error": error,
+                "rss": max_rss_kb, "result": result_json, "state": job_state, "delay": retry_delay,
+                "failure": int(counts_as_failure), "callback": callback, "n": attempt_n, "node": self.node})
             row = cur.fetchone()
-            return True, (int(row[0]) if row is not None else None)
+            assert row is not None
+            if row[0]:
+                return True, (int(row[1]) if row[1] is not None else None)
+            cur.execute(f"UPDATE attempts SET state = 'late', late_outcome = %s, outcome = coalesce(outcome, "
+                        f"'lost'), ended_at = coalesce(ended_at, {_NOW}) WHERE id = %s AND state IN "
+                        f"('running', 'lost')", (outcome, attempt_id))
+            self.late_outcomes += cur.rowcount
+            return False, None
 
     def fail_without_attempt(self, job_id: int, error: str) -> int | None:
         """A job that cannot start here (unknown target, bad parameters, no
@@ -530,11 +562,11 @@ class PgStore:
             return int(row[0]) if row is not None else None
 
     def callback_started(self, callback_id: int) -> None:
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("UPDATE callbacks SET runs = runs + 1 WHERE id = %s", (callback_id,))
 
     def callback_done(self, callback_id: int, error: str | None) -> None:
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute(f"UPDATE callbacks SET state = 'done', error = %s, done_at = {_NOW} WHERE id = %s",
                         (error, callback_id))
 
@@ -542,7 +574,7 @@ class PgStore:
         """Callbacks owed by this master, and those owed by a master whose lease
         is gone (taken over now: each runs on one live master)."""
         grace = self.lease_ttl if grace is None else grace
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute(
                 "UPDATE callbacks c SET owner = %(node)s FROM (SELECT c2.id FROM callbacks c2 "
                 "LEFT JOIN masters m ON m.node = c2.owner WHERE c2.state = 'owed' AND (c2.owner IS NULL "
@@ -554,7 +586,7 @@ class PgStore:
 
     def open_attempts(self) -> list[OpenAttempt]:
         """This master's (node's) attempts that have no outcome yet."""
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute(
                 "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation, a.started_at, "
                 "a.started_boot, a.final FROM attempts a JOIN jobs j ON j.id = a.job_id "
@@ -564,26 +596,29 @@ class PgStore:
 
     def hold_finals(self, finals: list[tuple[int, str]]) -> None:
         """Keep running attempts' final messages [(attempt id, JSON)] before the
-        master acknowledges them (see Journal.hold_finals)."""
-        with self._tx() as cur:
+        master acknowledges them (see Journal.hold_finals). Each row on its
+        own (autocommit): a final held is independent of the others, none is
+        acknowledged before all are written, and one final (the usual case)
+        costs one statement instead of three."""
+        with self._one() as cur:
             cur.executemany("UPDATE attempts SET final = %s WHERE id = %s AND outcome IS NULL",
                             [(data, attempt_id) for attempt_id, data in finals])
 
     def targets_in_use(self) -> list[tuple[str, int, int]]:
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("SELECT target, count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = "
                         "'running') FROM jobs WHERE state IN ('pending', 'running') GROUP BY target ORDER BY target")
             return [(r[0], int(r[1]), int(r[2])) for r in cur.fetchall()]
 
     def job_row(self, job_id: int) -> dict[str, Any] | None:
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("SELECT * FROM jobs WHERE id = %s", (job_id,))
             rows = _dicts(cur)
         return rows[0] if rows else None
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(JOB_STATES, 0)
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("SELECT state, count(*) FROM jobs GROUP BY state")
             for state, n in cur.fetchall():
                 counts[state] = int(n)
@@ -591,7 +626,7 @@ class PgStore:
 
     def batch_counts(self, run_started: float) -> dict[str, int]:
         counts = dict.fromkeys(JOB_STATES, 0)
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("SELECT state, count(*) FROM jobs WHERE state IN ('pending', 'running') "
                         "OR updated_at >= %s GROUP BY state", (run_started,))
             for state, n in cur.fetchall():
@@ -599,24 +634,24 @@ class PgStore:
         return counts
 
     def record_event(self, kind: str, generation: int | None, pid: int | None, detail: str | None = None) -> None:
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("INSERT INTO events (node, at, kind, generation, pid, detail) VALUES (%s, %s, %s, %s, %s, %s)",
                         (self.node, time.time(), kind, generation, pid, detail))
 
     def count_events(self, kind: str) -> int:
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("SELECT count(*) FROM events WHERE kind = %s AND node = %s", (kind, self.node))
             row = cur.fetchone()
         return int(row[0]) if row else 0
 
     def set_meta(self, **values: Any) -> None:
-        with self._tx() as cur:
-            for name, value in values.items():
-                cur.execute("INSERT INTO meta VALUES (%s, %s, %s) ON CONFLICT (node, name) "
-                            "DO UPDATE SET value = excluded.value", (self.node, name, json.dumps(value)))
+        with self._one() as cur:  # every value in one statement
+            cur.execute("INSERT INTO meta SELECT %s, name, value FROM unnest(%s::text[], %s::text[]) AS v(name, value) "
+                        "ON CONFLICT (node, name) DO UPDATE SET value = excluded.value",
+                        (self.node, list(values), [json.dumps(v) for v in values.values()]))
 
     def meta(self, name: str, default: Any = None) -> Any:
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("SELECT value FROM meta WHERE node = %s AND name = %s", (self.node, name))
             row = cur.fetchone()
         return json.loads(row[0]) if row else default
@@ -624,13 +659,13 @@ class PgStore:
     # -- reads for status and the operator --------------------------------------------------
 
     def attempt_end(self, job_id: int, n: int) -> tuple[str | None, int | None]:
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("SELECT reason, max_rss_kb FROM attempts WHERE job_id = %s AND n = %s", (job_id, n))
             row = cur.fetchone()
         return (row[0], row[1]) if row else (None, None)
 
     def recent_failures(self, limit: int) -> list[dict[str, Any]]:
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute(
                 "SELECT j.key, j.target, j.outcome, a.reason, j.error, a.max_rss_kb, j.updated_at AS failed_at "
                 "FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.n = j.attempts "
@@ -652,7 +687,7 @@ class PgStore:
     def status_rows(self, node: str | None = None) -> Iterator[dict[str, Any]]:
         """Every job (of the master `node` if given) with the node that runs or ran it last."""
         where = "WHERE a.master = %(node)s" if node else ""
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute(
                 "SELECT j.id, j.key, j.target, j.params, j.state, j.attempts, j.outcome, j.result, j.error, "
                 "a.pid, a.master, l.reason, l.max_rss_kb FROM jobs j "
@@ -670,19 +705,19 @@ class PgStore:
             }
 
     def timeline_attempts(self) -> list[dict[str, Any]]:
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("SELECT a.job_id, j.key, a.n, a.pid, a.started_at, a.ended_at, a.outcome, a.reason, "
                         "a.error, a.master, a.state, a.late_outcome FROM attempts a JOIN jobs j ON j.id = a.job_id "
                         "ORDER BY a.job_id, a.n")
             return _dicts(cur)
 
     def timeline_jobs(self) -> list[dict[str, Any]]:
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("SELECT id AS job_id, key, target, state, attempts, error, updated_at FROM jobs ORDER BY id")
             return _dicts(cur)
 
     def timeline_events(self) -> list[dict[str, Any]]:
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("SELECT at, kind, generation, pid, detail, node FROM events ORDER BY at")
             return _dicts(cur)
 
@@ -705,13 +740,13 @@ class PgStore:
             return _dicts(cur), total
 
     def job_by_key(self, key: str) -> dict[str, Any] | None:
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("SELECT * FROM jobs WHERE key = %s", (key,))
             rows = _dicts(cur)
         return rows[0] if rows else None
 
     def attempts_of(self, job_id: int) -> list[dict[str, Any]]:
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("SELECT n, generation, pid, started_at, ended_at, outcome, reason, error, max_rss_kb, "
                         "master, state, late_outcome FROM attempts WHERE job_id = %s ORDER BY n", (job_id,))
             return _dicts(cur)
@@ -778,7 +813,7 @@ class PgStore:
                     removed[table] += cur.rowcount
             if len(ids) < batch:
                 break
-        with self._tx() as cur:
+        with self._one() as cur:
             cur.execute("DELETE FROM events WHERE at < %s", (finished_before,))
             removed["events"] = cur.rowcount
         return removed

@@ -36,21 +36,21 @@ class CallbackSettler:
 
     def start(self, callback_id: int, job_id: int, number: int, kind: str) -> None:
         assert self.host.app is not None
+        app = self.host.app
+        functions: list[Callable[..., Any]] = list(app.finished_callbacks if kind == "on_finished"
+                                                   else app.failed_callbacks)
+        if not functions:  # nothing registered: done, in one statement (no need to read the job)
+            self.host.journal.callback_done(callback_id, None)
+            return
         row = self.host.journal.job_row(job_id)
         assert row is not None
         reason, max_rss_kb = self.host.journal.attempt_end(job_id, number)
         info = JobInfo(job_id, row["key"], row["target"], json.loads(row["params"]), number, row["outcome"],
                        row["error"], reason, max_rss_kb)
-        functions: list[Callable[..., Any]]
         if kind == "on_finished":
-            functions = list(self.host.app.finished_callbacks)
             argument = json.loads(row["result"]) if row["result"] is not None else None
         else:
-            functions = list(self.host.app.failed_callbacks)
             argument = row["error"]
-        if not functions:  # nothing registered: done, in one transaction
-            self.host.journal.callback_done(callback_id, None)
-            return
         self.host.journal.callback_started(callback_id)
         self.host.callbacks.start(callback_id, row["key"], kind, functions, info, argument)
 

@@ -50,6 +50,44 @@ def test_a_master_claims_only_while_its_lease_is_live(pg_url: str) -> None:
     assert a.claim(1, 10, None) is not None
 
 
+def test_the_renewal_says_when_a_master_is_due_for_recovery(pg_url: str) -> None:
+    """An idle master's period is one statement: the renewal itself looks
+    for masters to recover (recover() runs only when it says so)."""
+    a, b = master(pg_url, "a"), master(pg_url, "b")
+    assert b.renew_lease("running", 2, 0, grace=5.0) and b.recovery_due is False
+    expire(pg_url, "a", 2.0)  # expired, but within the grace: not yet
+    assert b.renew_lease("running", 2, 0, grace=5.0) and b.recovery_due is False
+    expire(pg_url, "a", 60.0)
+    assert b.renew_lease("running", 2, 0, grace=5.0) and b.recovery_due is True
+    b.recover(5.0, lost_job)
+    assert b.last_recovery == (["a"], 0)
+    assert b.renew_lease("running", 2, 0, grace=5.0) and b.recovery_due is False  # a is `lost` now
+    a.release_lease("stopped")  # a stopped master with no open attempt is never due
+
+
+def test_an_outcome_and_a_renewal_are_one_round_trip_each(pg_url: str, tmp_path: Any) -> None:
+    """No BEGIN/COMMIT around single statements, the outcome in one CTE:
+    what the idle-cost and throughput targets rest on (libpq's own trace of
+    the messages sent: one Sync or Query per round trip)."""
+    a = master(pg_url, "a")
+    job_id, _ = a.submit("m:f", "null", "k")
+    _job, attempt = a.claim(1, 10, None)  # type: ignore[misc]
+    trace = tmp_path / "libpq.trace"
+    with open(trace, "w") as out:
+        a.connect().pgconn.trace(out.fileno())
+        assert a.end_attempt(attempt, job_id, outcome="finished", reason=None, error=None, result_json="1",
+                             max_rss_kb=None, job_state="finished", counts_as_failure=False, callback="on_finished",
+                             attempt_n=1)[0]
+        assert a.renew_lease("running", 2, 0, grace=5.0)
+        a.connect().pgconn.untrace()
+    sent = [line.split("\t") for line in trace.read_text().splitlines()]
+    round_trips = [f for f in sent if "F" in f and ("Sync" in f or "Query" in f)]
+    assert len(round_trips) == 2, trace.read_text()
+    row = a.job_row(job_id)
+    assert row is not None and row["state"] == "finished"
+    assert [c[3] for c in a.owed_callbacks()] == ["on_finished"]
+
+
 def test_recovery_fences_the_dead_masters_late_outcome(pg_url: str) -> None:
     a, b = master(pg_url, "a"), master(pg_url, "b")
     job_id, _ = a.submit("m:f", "null", "k")
