@@ -503,18 +503,35 @@ def retry(keys: tuple[str, ...], all_failed: bool, target: str | None, state_dir
     click.echo(json.dumps({"retried": retried}))
 
 
+def _running_node(journal: Store, key: str) -> str:
+    """The node whose master runs this job's latest attempt (a shared store)."""
+    job = journal.job_by_key(key)
+    attempts = journal.attempts_of(job["id"]) if job is not None else []
+    return str(attempts[-1].get("master", "?")) if attempts else "?"
+
+
 @main.command()
 @click.argument("keys", nargs=-1, required=True)
 @state_dir_option
+@store_option
 @friendly_errors
-def cancel(keys: tuple[str, ...], state_dir: str | None) -> None:
+def cancel(keys: tuple[str, ...], state_dir: str | None, store: str | None) -> None:
     """Cancel jobs: a pending one becomes `cancelled`; a running one gets
     TERM, then KILL after kill_grace, to its process group, and its outcome is
     `cancelled` (no retry; on_failed is called with an error that starts
-    "cancelled by the operator"). A running job needs its master running."""
-    paths, journal = _existing_journal(state_dir)
-    master_runs = pidfile.live_master_pid(paths.pidfile, paths.lockfile) is not None
-    if master_runs:
+    "cancelled by the operator"). A running job needs its master running.
+    With a shared store (--store) this cancels pending jobs; a running one is
+    cancelled on its host, where its master's state directory is."""
+    paths, journal = _existing_journal(state_dir, store)
+    master_runs = not journal.shared and pidfile.live_master_pid(paths.pidfile, paths.lockfile) is not None
+    running_on: dict[str, str] = {}
+    if journal.shared:
+        # The claim skips a job row this holds (FOR UPDATE, SKIP LOCKED): a
+        # pending job cannot start while it is being cancelled.
+        with journal:
+            states = {key: journal.cancel_pending(key) or "unknown" for key in keys}
+            running_on = {key: _running_node(journal, key) for key, before in states.items() if before == "running"}
+    elif master_runs:
         journal.close()
         # The master is the journal's writer while it runs: it cancels, so that
         # a pending job cannot start just as it is cancelled here.
@@ -528,6 +545,9 @@ def cancel(keys: tuple[str, ...], state_dir: str | None) -> None:
             click.echo(f"cancelled {visible(key)} (it was pending)")
         elif before == "running" and master_runs:
             click.echo(f"cancelling {visible(key)}: its process group gets TERM, then KILL after kill_grace")
+        elif before == "running" and journal.shared:
+            refused.append(f"job {visible(key)!r} is running on node {visible(running_on[key])}: cancel it "
+                           "there, with `phoenix cancel KEY --state-dir DIR` on that host")
         elif before == "running":
             refused.append(f"job {visible(key)!r} is running and no master runs on {paths.root} to stop it: "
                            f"start the master (it adopts the job), then cancel again")
