@@ -12,7 +12,8 @@ from phoenix.journal import Journal, journal_present
 from phoenix.paths import StatePaths
 from phoenix.untrusted import visible
 
-MASTER_FIELDS = ("pid", "generation", "state", "started_at", "uptime", "workers", "slots_used", "spare_pid", "app",
+MASTER_FIELDS = ("pid", "generation", "state", "started_at", "uptime", "workers", "slots_used", "spare_pid",
+                 "fork_server_pid", "app",
                  "beats", "beats_missing", "rejected", "reload", "degraded_reason")
 
 

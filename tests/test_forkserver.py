@@ -30,6 +30,7 @@ def test_job_children_are_the_fork_servers_not_the_masters(master_factory):
     master = master_factory("--workers", "2")
     server = server_of(master)
     assert procfs.parent_pid(server) == master.pid
+    assert master.status()["master"]["fork_server_pid"] == server  # what an operator sees
     pid = running_pids(master, {"one": master.submit("tests.apps.jobs:sleep", {"s": 1.0}, key="one")})["one"]
     assert procfs.parent_pid(pid) == server, "the job's child was not forked by the fork server"
     assert procfs.process_group(pid) == pid
