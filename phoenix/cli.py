@@ -30,7 +30,7 @@ from phoenix.journal import (
 from phoenix.metrics import MetricsError
 from phoenix.paths import StateDirError, StatePaths
 from phoenix.sockets import SocketBusy
-from phoenix.store import Store, open_store
+from phoenix.store import Store, is_url, open_store
 from phoenix.untrusted import KeyRefused, check_key, visible
 
 EXIT_NOT_RUNNING = 3  # as systemctl status
@@ -209,8 +209,9 @@ def _start_replacement(app_spec: str, config_file: str | None, flags: dict[str, 
 @click.option("--config", "config_file", type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True,
               help="Pass even if jobs in the journal use targets this code lacks (those jobs fail when they start).")
+@store_option
 @friendly_errors
-def check(app: str, state_dir: str | None, config_file: str | None, force: bool) -> None:
+def check(app: str, state_dir: str | None, config_file: str | None, force: bool, store: str | None) -> None:
     """Preflight: import APP, validate the configuration, and make sure the
     code has every job target that pending or running jobs in the journal use
     (what USR2 and `phoenix reload` run before exec), and check the journal. Exit 0 if all is well,
@@ -219,16 +220,23 @@ def check(app: str, state_dir: str | None, config_file: str | None, force: bool)
     from phoenix import release
 
     application = load_app(app)
-    config = config_module.load(application.settings, config_file, {"state_dir": state_dir, "app": app})
+    config = config_module.load(application.settings, config_file,
+                                {"state_dir": state_dir, "app": app, "store": store})
     for target in application.jobs:
         resolve_target(target)
     journal_path = StatePaths(config.state_dir).journal
-    if journal_present(journal_path):
-        with Journal(journal_path, create=False, verify=True):
-            journal_note = "journal sound"
+    in_use: list[tuple[str, int, int]] = []
+    if is_url(config.store):  # the queue every master of the shared store claims from
+        with open_store(config.store, journal_path) as shared:
+            in_use = shared.targets_in_use()
+        journal_note = "shared store reachable"
+    elif journal_present(journal_path):
+        with Journal(journal_path, create=False, verify=True) as journal:
+            in_use = journal.targets_in_use()
+        journal_note = "journal sound"
     else:
         journal_note = "no journal yet"
-    missing = release.missing_targets(journal_path)
+    missing = release.missing_targets(in_use)
     if missing and not force:
         fail(release.refusal(missing), 1)
     if missing:
@@ -599,7 +607,7 @@ def store() -> None:
 def migrate(store: str | None) -> None:
     """Create the shared store's schema, or upgrade it to this Phoenix's version."""
     url = config_module.load(None, None, {"store": store}, validate=False).store
-    from phoenix.store import check_setting, is_url
+    from phoenix.store import check_setting
 
     check_setting(url)
     if not is_url(url):

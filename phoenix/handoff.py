@@ -245,6 +245,8 @@ class Handoff:
         argv = [sys.executable, "-m", "phoenix", "check", m.app_spec, "--state-dir", str(m.paths.root)]
         if m.config_file:
             argv += ["--config", m.config_file]
+        if m.journal.shared:  # its queue is the shared store's
+            argv += ["--store", m.config.store]
         if force:
             argv.append("--force")
             log.event(logging.WARNING, "reload_forced",

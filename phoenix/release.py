@@ -11,10 +11,8 @@ the code) and refuses the release if one is missing, unless forced.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from phoenix.app import AppError, resolve_target
-from phoenix.journal import Journal
 
 
 @dataclass(frozen=True)
@@ -29,15 +27,9 @@ class MissingTarget:
         return f"{self.target!r} ({jobs}: {self.why})"
 
 
-def missing_targets(journal_path: Path) -> list[MissingTarget]:
-    """The targets that jobs not yet ended use and this code cannot resolve."""
-    if not journal_path.exists():
-        return []  # nothing has been submitted here: nothing to orphan
-    journal = Journal(journal_path, create=False)
-    try:
-        in_use = journal.targets_in_use()
-    finally:
-        journal.close()
+def missing_targets(in_use: list[tuple[str, int, int]]) -> list[MissingTarget]:
+    """The targets that jobs not yet ended use (the store's targets_in_use)
+    and this code cannot resolve."""
     missing = []
     for target, pending, running in in_use:
         try:

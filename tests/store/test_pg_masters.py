@@ -240,3 +240,14 @@ def test_cancel_on_a_shared_store_cancels_pending_jobs_and_names_the_host_of_a_r
         assert jobs_by_key(pg_url)["busy"]["state"] == "running"  # refused: nothing changed
     finally:
         a.stop()
+
+
+def test_the_preflight_checks_the_targets_queued_in_the_shared_store(tmp_path: Path, pg_url: str) -> None:
+    """A release that lacks a target jobs in the shared store use is refused
+    (what USR2 and `phoenix reload` run before exec), as with the journal."""
+    submit(pg_url, "tests.apps.jobs:renamed_away", {}, "orphaned")  # no master: it stays pending
+    refused = phoenix_cli("check", "tests.apps.jobs:app", "--store", pg_url, state_dir=tmp_path / "state")
+    assert refused.returncode == 1, refused.stderr
+    assert "'tests.apps.jobs:renamed_away' (1 pending" in refused.stderr and "Traceback" not in refused.stderr
+    forced = phoenix_cli("check", "tests.apps.jobs:app", "--store", pg_url, "--force", state_dir=tmp_path / "state")
+    assert forced.returncode == 0 and "shared store reachable" in forced.stdout, forced.stderr
