@@ -122,8 +122,10 @@ def current_job() -> ChildContext | None:
     return _runtime.context if _runtime is not None else None
 
 
-def _detach_from_master(keep_fds: set[int]) -> None:
-    os.setpgid(0, 0)  # own process group: TERM/KILL reach the job's own children too
+def reset_signal_handlers() -> None:
+    """Undo the master's (and the app's) signal handlers after fork: the
+    wake-up fd goes, every handler is the default again, SIGPIPE ignored as
+    Python sets it at start-up. The mask is the caller's to set."""
     signal.set_wakeup_fd(-1)
     # _signal, the C module under signal.py: its wrappers turn every number and
     # handler into enum members, which touches (and so, after fork, copies)
@@ -137,7 +139,12 @@ def _detach_from_master(keep_fds: set[int]) -> None:
                 _signal.signal(signum, _signal.SIG_DFL)
         except (OSError, ValueError):
             pass  # a number with no signal behind it, or one Python may not touch
-    _signal.signal(signal.SIGPIPE, _signal.SIG_IGN)  # as Python sets it at start-up
+    _signal.signal(signal.SIGPIPE, _signal.SIG_IGN)
+
+
+def _detach_from_master(keep_fds: set[int]) -> None:
+    os.setpgid(0, 0)  # own process group: TERM/KILL reach the job's own children too
+    reset_signal_handlers()
     _signal.pthread_sigmask(signal.SIG_SETMASK, ())
     _close_fds_except(keep_fds)
 

@@ -46,16 +46,12 @@ import struct
 import threading
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, NoReturn
+from typing import Callable, NoReturn
 
 from setproctitle import setproctitle
 
+from phoenix import child
 from phoenix.signals import blocked_signal_fd
-
-if TYPE_CHECKING:
-    import signal as _signal  # see child.py: _signal has no stub
-else:
-    import _signal
 
 FORK, QUIT = b"F", b"Q"
 FORKED, FORK_FAILED, EXITED = b"P", b"E", b"X"
@@ -119,20 +115,12 @@ def _become_server(sock_fd: int, keep_fds: set[int]) -> None:
     """Once for the server's life, the resets each child would otherwise do:
     the master's signal handlers, mask and fds go."""
     os.setpgid(0, 0)  # a terminal's Ctrl-C is for the master: it decides what its children get
-    signal.set_wakeup_fd(-1)
-    for signum in range(1, signal.NSIG):
-        try:
-            handler = _signal.getsignal(signum)
-            if handler not in (_signal.SIG_DFL, None) and signum != signal.SIGPIPE:
-                _signal.signal(signum, _signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass  # a number with no signal behind it, or one Python may not touch
-    _signal.signal(signal.SIGPIPE, _signal.SIG_IGN)  # as Python sets it at start-up
+    child.reset_signal_handlers()
     # Blocked, not ignored (a child inherits what is ignored, and unblocks
     # everything with the one sigmask call it makes anyway): a job that
     # signals its parent, meaning its master, does not take the server down.
     # Only its socket (EOF, QUIT) and SIGKILL end it.
-    _signal.pthread_sigmask(signal.SIG_SETMASK, set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP})
+    signal.pthread_sigmask(signal.SIG_SETMASK, set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP})
     low = 3
     for fd in sorted(fd for fd in keep_fds | {sock_fd} if fd >= low):
         os.closerange(low, fd)

@@ -26,10 +26,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+from tests.driver import wait_for
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 TC = shutil.which("tc") or "/usr/sbin/tc"
@@ -47,17 +48,6 @@ def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: exit {result.returncode}: {result.stderr.strip()}")
     return result
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 # -- what the machine allows ----------------------------------------------------------
@@ -232,7 +222,7 @@ class Postgres:
             self.proc = subprocess.Popen([str(self.bin / "postgres"), "-D", str(self.data), *options],
                                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          user=self.user, env=_environ(), start_new_session=True)
-        wait_until(self._accepts, timeout, "PostgreSQL to accept connections", interval=0.05)
+        wait_for(self._accepts, timeout, "PostgreSQL to accept connections", interval=0.05)
         return self
 
     def _accepts(self) -> bool:
@@ -393,7 +383,7 @@ class Lab:
         self.partition(host)
         for pid in host.ns_pids():
             kill_tree(pid)
-        wait_until(lambda: not host.ns_pids(), 10, f"{host.name}'s processes to die")
+        wait_for(lambda: not host.ns_pids(), 10, f"{host.name}'s processes to die")
 
     def flaky(self, host: Host, delay_ms: int = 50, jitter_ms: int = 20, loss_pct: float = 5.0) -> None:
         """Delay and loss both ways on the host's link (netem on each end)."""
