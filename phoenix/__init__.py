@@ -6,6 +6,7 @@ Linux and CPython 3.11+ only: pidfd, SO_PEERCRED, signalfd and /proc are load-be
 """
 
 import sys as _sys
+from typing import TYPE_CHECKING, Any
 
 # sys, not the platform module: every new image (each replacement) runs this,
 # and importing platform costs milliseconds of the blind window.
@@ -15,11 +16,32 @@ if not _sys.platform.startswith("linux") or _sys.implementation.name != "cpython
         f"{_sys.implementation.name} {_sys.version.split()[0]}. It relies on pidfd, SO_PEERCRED, signalfd and /proc."
     )
 
-from phoenix.app import App, AppError, JobInfo  # noqa: E402
-from phoenix.child import current_job, heartbeat  # noqa: E402
-from phoenix.client import Client  # noqa: E402
-from phoenix.compat import HeartbeatChild, HeartbeatParent  # noqa: E402
-from phoenix.journal import KeyConflict  # noqa: E402
+if TYPE_CHECKING:
+    from phoenix.app import App, AppError, JobInfo
+    from phoenix.child import current_job, heartbeat
+    from phoenix.client import Client
+    from phoenix.compat import HeartbeatChild, HeartbeatParent
+    from phoenix.journal import KeyConflict
+
+# Each name is imported on first use (PEP 562): the fork server imports the
+# app, and so this package, and every module it holds is memory each job
+# child's fork copies page tables for. An app that only makes an App and its
+# jobs never loads the journal, the client or the compatibility layer there.
+_HOMES = {"App": "phoenix.app", "AppError": "phoenix.app", "JobInfo": "phoenix.app",
+          "current_job": "phoenix.child", "heartbeat": "phoenix.child", "Client": "phoenix.client",
+          "HeartbeatChild": "phoenix.compat", "HeartbeatParent": "phoenix.compat", "KeyConflict": "phoenix.journal"}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'phoenix' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["App", "AppError", "Client", "JobInfo", "HeartbeatChild", "HeartbeatParent", "KeyConflict", "current_job",
            "heartbeat"]

@@ -8,21 +8,18 @@ from __future__ import annotations
 import _thread
 import json
 import os
-import random
 import signal
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
-from setproctitle import setproctitle
-
 from phoenix import lineage, protocol
 from phoenix.app import JobSpec, decode_params
 from phoenix.signals import set_child_subreaper
+from phoenix.title import set_title
 from phoenix.untrusted import visible
 
 if TYPE_CHECKING:
@@ -64,7 +61,7 @@ class _Runtime:
         self.progress = 0
         self.seq = 0
         self.final_seq = 0
-        self.lock = threading.Lock()
+        self.lock = _thread.allocate_lock()
 
     def next_message(self, kind: str, **body: Any) -> bytes:
         with self.lock:
@@ -78,7 +75,7 @@ class _Runtime:
         # comes later still, at heartbeat_timeout): a job shorter than that
         # sends none. Jittered, so that children forked together do not beat
         # in lockstep.
-        time.sleep(random.uniform(self.interval / 2, self.interval))
+        time.sleep(protocol.jitter(self.interval / 2, self.interval))
         reported = -1
         while True:
             kind = "progress" if self.progress != reported else "beat"
@@ -91,7 +88,7 @@ class _Runtime:
             while not self.sender.send_once(message):
                 if self.orphan is not None and time.monotonic() - unsent_since >= self.orphan[0]:
                     self.end_orphaned()
-                time.sleep(random.uniform(delay, 2 * delay))
+                time.sleep(protocol.jitter(delay, 2 * delay))
                 delay = min(delay * 2, self.interval)
             time.sleep(self.interval)
 
@@ -261,13 +258,13 @@ def run(
         else:
             _leave_server(server_fds)
         set_child_subreaper()  # what the job daemonises stays below us, to end with the attempt
-        setproctitle("phoenix: spare child, waiting for a job")
+        set_title("phoenix: spare child, waiting for a job")
         got = _read_order(order_fd)
         if got is None:
             os._exit(EXIT_NO_ORDER)
         context = ChildContext(got["job"], got["key"], got["attempt"], decode_params(got["params"]),
                                got.get("attempt_id"))
-        setproctitle(f"phoenix: job {visible(context.key)} attempt {context.attempt}")  # a NUL would raise
+        set_title(f"phoenix: job {visible(context.key)} attempt {context.attempt}")  # a NUL would raise
         sender = protocol.Sender(socket_path)
         sender.connect()
         orphan = got.get("orphan")

@@ -3,19 +3,30 @@ forks one.
 
 Each fork of a large process makes its next page writes fault (copy on
 write): a master that forked every child paid ~500 faults per job in its own
-loop (bench/PROFILE.md). The fork server is forked once by the master, right
-after the app is imported and before the master's heap grows or any thread of
-the master starts; it is single-threaded, touches little memory, and forks
-each child on request. It tells the master each child's pid (the child then
-waits for its order, which the master writes directly to the child's pipe once
-the attempt is committed), and forwards each child's exit status and rusage.
+loop (bench/PROFILE.md). And every fork runs the at-fork hooks that the
+modules in the process registered (threading's, logging's, random's): Python
+code that touches, and so copies, ~150 pages in each child. The fork server
+is therefore a process of its own, started (posix_spawn, no copy of the
+master) as a fresh interpreter that imports only the app and the little of
+Phoenix a child needs: the job children it forks inherit neither the
+master's heap nor its hooks. It is single-threaded and forks each child on
+request. It tells the master each child's pid (the child then waits for its
+order, which the master writes directly to the child's pipe once the attempt
+is committed), and forwards each child's exit status and rusage.
 
-Master and server talk over a SOCK_SEQPACKET socketpair (close-on-exec), in
-small fixed-size binary messages:
+It imports the app itself, from the same sys.path: the master keeps its own
+import for policies and callbacks. So a job child runs the code that was on
+disk when its server started: at the master's start, after a replacement
+(USR2), after a log reopening (USR1: its children's stderr) and when a dead
+server is replaced. Deploy new code with USR2, as always.
+
+Master and server talk over a SOCK_SEQPACKET socketpair (the server's end at
+fd 3), in small fixed-size binary messages:
 
     master -> server   FORK + the read end of the child's order pipe (SCM_RIGHTS)
                        QUIT: report what has exited, then exit
-    server -> master   FORKED pid start_time | FORK_FAILED errno
+    server -> master   READY (app imported) | REFUSED reason, then it exits
+                       FORKED pid start_time | FORK_FAILED errno
                        EXITED pid status max_rss_kb
 
 The order pipe goes from the master straight to the child (its read end
@@ -24,12 +35,10 @@ the master right after its commit, with no hop through the server's loop, so
 the server's scheduling is not on the spawn's path, and a server that dies
 leaves every order already given intact.
 
-The server runs the code the master had when it started it: a replacement
-(USR2), a log reopening (USR1, the children's stderr) and a stop end it
-(QUIT). Its running children are then reparented to the master, a child
-subreaper, which reaps them itself. A server that dies (SIGKILL, the OOM
-killer) is the same, less the statuses it had reaped and not yet sent: the
-master concludes those attempts from their final messages (see
+A stop ends it (QUIT). Its running children are then reparented to the
+master, a child subreaper, which reaps them itself. A server that dies
+(SIGKILL, the OOM killer) is the same, less the statuses it had reaped and not
+yet sent: the master concludes those attempts from their final messages (see
 reaper.Reaper._conclude_unreported).
 """
 
@@ -37,30 +46,40 @@ from __future__ import annotations
 
 import array
 import errno
+import fcntl
 import gc
+import json
 import os
 import select
 import signal
 import socket
 import struct
-import threading
+import sys
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable, NoReturn
-
-from setproctitle import setproctitle
+from pathlib import Path
+from typing import Any, Callable, NoReturn
 
 from phoenix import child
+from phoenix.app import load_app, resolve_target
 from phoenix.signals import blocked_signal_fd
+from phoenix.title import set_title
 
 FORK, QUIT = b"F", b"Q"
-FORKED, FORK_FAILED, EXITED = b"P", b"E", b"X"
+READY, REFUSED, FORKED, FORK_FAILED, EXITED = b"R", b"N", b"P", b"E", b"X"
 _FORKED = struct.Struct("=iq")  # pid, start time (clock ticks since boot; -1: unknown)
 _FAILED = struct.Struct("=i")  # errno
 _EXITED = struct.Struct("=iiq")  # pid, wait status, max RSS (kB)
-MESSAGE_BYTES = 64
+MESSAGE_BYTES = 4096  # a refusal's reason is the longest message
 REPLY_TIMEOUT = 2.0  # seconds the master waits for a fork's pid before it forks the child itself
 SERVER_TITLE = "phoenix: fork server"
+SERVER_FD = 3  # where the server finds its end of the socketpair
+SERVER_MAIN = "from phoenix.forkserver import main; main()"
+# Blocked from the first instruction of the server (posix_spawn sets the
+# mask): a job that signals its parent, meaning its master, or a terminal's
+# Ctrl-C to the group, does not take the server down. Only its socket (EOF,
+# QUIT) and SIGKILL end it. A child unblocks everything (child._leave_server).
+_BLOCKED = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 
 def refusal(thread_names: list[str], task_count: int) -> str | None:
@@ -69,10 +88,9 @@ def refusal(thread_names: list[str], task_count: int) -> str | None:
     A process forked from a multi-threaded one has only the forking thread: a
     lock another thread held at that moment stays held for good. Forked from
     the master on each spawn, a job child would inherit such a lock only if a
-    thread held it at that very spawn; forked once into a server that lives
-    on, every child after would inherit it. And the app's threads go on
-    working in the master (refreshing a cache, a connection pool), never in a
-    server. So threads the app started at import keep spawns in the master.
+    thread held it at that very spawn; forked from a server that lives on and
+    runs the app's threads too, every child after would inherit it. So
+    threads the app starts at import keep spawns in the master.
     `task_count` (from /proc/self/task) also sees threads that C code
     started, which `threading` does not list."""
     others = [name for name in thread_names if name != "MainThread"]
@@ -84,58 +102,67 @@ def refusal(thread_names: list[str], task_count: int) -> str | None:
 
 
 def thread_refusal() -> str | None:
-    """`refusal` for this process, now."""
+    """`refusal` for this process, now. Python's thread names only if
+    `threading` is imported already: the server must not import it."""
+    threading: Any = sys.modules.get("threading")
+    names = [t.name for t in threading.enumerate()] if threading is not None else []
     try:
         tasks = len(os.listdir("/proc/self/task"))
     except OSError:
-        tasks = threading.active_count()
-    return refusal([t.name for t in threading.enumerate()], tasks)
+        tasks = len(names) or 1
+    return refusal(names, tasks)
 
 
 # -- the server's side -------------------------------------------------------------
 
 
-def serve(sock_fd: int, keep_fds: set[int], child_main: Callable[[int, tuple[int, ...]], NoReturn]) -> NoReturn:
-    """The server's whole life after the master forked it. Never returns.
-
-    `child_main(order_fd, server_fds)` runs in each forked child."""
+def main() -> NoReturn:
+    """The server's whole life: `python -c SERVER_MAIN SETTINGS` (see
+    ForkServer.start). Never returns."""
     code = 70
     try:
-        _become_server(sock_fd, keep_fds)
-        signal_fd = blocked_signal_fd({signal.SIGCHLD})
-        _loop(sock_fd, signal_fd, child_main)
+        os.closerange(SERVER_FD + 1, os.sysconf("SC_OPEN_MAX"))  # nothing of the master's but stdio and the socket
+        child.reset_signal_handlers()  # what Python installed at start-up: a child inherits Python's table
+        settings = json.loads(sys.argv[1])
+        set_title(f"{SERVER_TITLE} of master {settings['master']}")
+        sock = socket.socket(fileno=SERVER_FD)  # blocking: a reply waits for room rather than being dropped
+        reason = _load(settings)
+        if reason is not None:
+            sock.send(REFUSED + reason.encode()[: MESSAGE_BYTES - 1])
+        else:
+            gc.freeze()  # the app's objects: never scanned here or in a child, so their pages stay shared
+            signal_fd = blocked_signal_fd({signal.SIGCHLD})
+            sock.send(READY)
+            _loop(sock, signal_fd, settings["socket_path"], Path(settings["outbox"]))
         code = 0
-    except BaseException:  # noqa: BLE001 - never unwind into the master's code
+    except BaseException:  # noqa: BLE001 - report it in the log and exit; the master forks children itself
         traceback.print_exc()
     finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(code)
 
 
-def _become_server(sock_fd: int, keep_fds: set[int]) -> None:
-    """Once for the server's life, the resets each child would otherwise do:
-    the master's signal handlers, mask and fds go."""
-    os.setpgid(0, 0)  # a terminal's Ctrl-C is for the master: it decides what its children get
-    child.reset_signal_handlers()
-    # Blocked, not ignored (a child inherits what is ignored, and unblocks
-    # everything with the one sigmask call it makes anyway): a job that
-    # signals its parent, meaning its master, does not take the server down.
-    # Only its socket (EOF, QUIT) and SIGKILL end it.
-    signal.pthread_sigmask(signal.SIG_SETMASK, set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP})
-    low = 3
-    for fd in sorted(fd for fd in keep_fds | {sock_fd} if fd >= low):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
-    gc.freeze()  # what the master made so far: never scanned here or in a child, so its pages stay shared
-    setproctitle(f"{SERVER_TITLE} of master {os.getppid()}")
+def _load(settings: dict[str, Any]) -> str | None:
+    """Import the app as the master did; why not to serve, or None."""
+    sys.path[:] = settings["path"]
+    try:
+        load_app(settings["app"])
+    except BaseException as exc:  # noqa: BLE001 - an app that fails here (even sys.exit) only costs the server
+        return f"the fork server could not import the app: {type(exc).__name__}: {exc}"
+    if "logging" in sys.modules:
+        # The app imports logging: its jobs' records go where the master's do, formatted alike.
+        from phoenix import log
+
+        log.setup(settings["log_level"], settings["log_format"], settings["log_file"], master_pid=settings["master"])
+    return thread_refusal()
 
 
-def _loop(sock_fd: int, signal_fd: int, child_main: Callable[[int, tuple[int, ...]], NoReturn]) -> None:
-    sock = socket.socket(fileno=sock_fd)  # blocking: a reply waits for room rather than being dropped
+def _loop(sock: socket.socket, signal_fd: int, socket_path: str, outbox: Path) -> None:
     poller = select.poll()
-    poller.register(sock_fd, select.POLLIN)
+    poller.register(sock, select.POLLIN)
     poller.register(signal_fd, select.POLLIN)
-    server_fds = (sock_fd, signal_fd)
+    server_fds = (sock.fileno(), signal_fd)
     fds = array.array("i")
     ancillary = socket.CMSG_SPACE(fds.itemsize)
     while True:
@@ -163,7 +190,8 @@ def _loop(sock_fd: int, signal_fd: int, child_main: Callable[[int, tuple[int, ..
                     sock.send(FORK_FAILED + _FAILED.pack(exc.errno or errno.EAGAIN))
                     continue
                 if pid == 0:
-                    child_main(order_fd, server_fds)
+                    child.run(order_fd=order_fd, resolve=resolve_target, socket_path=socket_path, outbox=outbox,
+                              keep_fds=set(), server_fds=server_fds)
                 os.close(order_fd)
                 try:
                     os.setpgid(pid, pid)  # before the master hears of it: a kill right away reaches the group
@@ -232,22 +260,31 @@ class ForkServer:
     forked: list[tuple[int, int | None, int]] = field(default_factory=list)  # (pid, start time, order fd)
     failed: list[int] = field(default_factory=list)  # errno of fork requests that failed
     exited: list[tuple[int, int, int]] = field(default_factory=list)  # (pid, status, max RSS kB)
+    ready: bool = False  # it imported the app and takes requests
+    refused: str | None = None  # why it will not serve (then it exits)
     gone: bool = False  # EOF: it exited (or is exiting)
     stalled: bool = False  # a reply came too late (stopped, starved): not asked again until it answers
 
     @classmethod
-    def start(cls, keep_fds: set[int], child_main: Callable[[int, tuple[int, ...]], NoReturn]) -> "ForkServer":
-        """Fork the server (OSError if the system cannot fork now)."""
+    def start(cls, settings: dict[str, Any]) -> "ForkServer":
+        """Start the server (OSError if the system cannot now). posix_spawn: the
+        kernel copies none of the master's memory for it. `settings`: what
+        `main` reads (app, path, socket_path, outbox, master, log_*)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # close-on-exec, as Python makes them
+        # Above SERVER_FD: a dup2 onto the same number would keep close-on-exec.
+        source = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD_CLOEXEC, SERVER_FD + 1)
+        theirs.close()
         try:
-            pid = os.fork()
+            pid = os.posix_spawn(
+                sys.executable, [sys.executable, "-c", SERVER_MAIN, json.dumps(settings)], os.environ,
+                file_actions=[(os.POSIX_SPAWN_DUP2, source, SERVER_FD)],  # the copy is inheritable
+                setpgroup=0,  # a terminal's Ctrl-C is for the master: it decides what its children get
+                setsigmask=_BLOCKED, setsigdef=_BLOCKED)
         except OSError:
             ours.close()
-            theirs.close()
             raise
-        if pid == 0:
-            serve(theirs.fileno(), keep_fds, child_main)
-        theirs.close()
+        finally:
+            os.close(source)
         ours.setblocking(False)
         return cls(pid, ours)
 
@@ -285,7 +322,11 @@ class ForkServer:
             return
         self.stalled = False
         kind, body = data[:1], data[1:]
-        if kind == EXITED:
+        if kind == READY:
+            self.ready = True
+        elif kind == REFUSED:
+            self.refused = body.decode(errors="replace")
+        elif kind == EXITED:
             self.exited.append(_EXITED.unpack(body))
         elif kind == FORKED and self.in_flight:
             pid, start = _FORKED.unpack(body)
@@ -296,13 +337,21 @@ class ForkServer:
 
     def wait(self, timeout: float = REPLY_TIMEOUT) -> None:
         """Block until a reply to the oldest request (or the server's end) arrives."""
+        replies = len(self.forked) + len(self.failed)
+        self._wait_until(lambda: not self.in_flight or len(self.forked) + len(self.failed) != replies, timeout,
+                         "did not answer")
+
+    def wait_ready(self, timeout: float = REPLY_TIMEOUT) -> None:
+        """Block until it has imported the app (or refused to serve, or ended)."""
+        self._wait_until(lambda: self.ready or self.refused is not None, timeout, "was not ready")
+
+    def _wait_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
-        replies = len(self.forked) + len(self.failed)
-        while self.in_flight and not self.gone and len(self.forked) + len(self.failed) == replies:
+        while not self.gone and not done():
             if not poller.poll(timeout * 1000):
                 self.stalled = True
-                raise TimeoutError(f"the fork server (pid {self.pid}) did not answer within {timeout} s")
+                raise TimeoutError(f"the fork server (pid {self.pid}) {what} within {timeout} s")
             self.read()
 
     def _lost(self) -> None:

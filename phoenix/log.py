@@ -76,10 +76,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
-def setup(level: str = "info", fmt: str = "text", file: str | None = None) -> None:
-    """Configure the root logger (job code's logging goes the same way)."""
+def setup(level: str = "info", fmt: str = "text", file: str | None = None, master_pid: int | None = None) -> None:
+    """Configure the root logger (job code's logging goes the same way; the
+    fork server configures its own alike, naming its master)."""
     global _handler, _master_pid
-    _master_pid = os.getpid()
+    _master_pid = master_pid or os.getpid()
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)

@@ -32,8 +32,6 @@ import socket
 import time
 from typing import Any, Callable
 
-from setproctitle import setproctitle
-
 from phoenix import control as control_socket
 from phoenix import exits, handoff, lineage, log, metrics, pid1, procfs, systemd
 from phoenix.app import App, AppError, JobSpec, resolve_target
@@ -62,6 +60,7 @@ from phoenix.statefiles import StateFiles
 from phoenix.states import MASTER_TRANSITIONS, HandoffPhase, MasterState, StopMode, check_move
 from phoenix.store import Store, default_node, is_url, open_store, redact
 from phoenix.timers import TimerHeap
+from phoenix.title import set_title
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 event = log.event
@@ -647,11 +646,11 @@ class Master:
         pending = self.counters.jobs["pending"]
         app = (self.app.name if self.app is not None else None) or self.app_spec or "-"
         if self.state == MasterState.DEGRADED:
-            setproctitle(f"phoenix: master gen {self.generation} [{app}] DEGRADED {len(self.children)} running")
+            set_title(f"phoenix: master gen {self.generation} [{app}] DEGRADED {len(self.children)} running")
             first_line = (self.degraded_reason or "no app loaded").splitlines()[0]
             systemd.notify(f"STATUS=degraded: {first_line[:200]}")
             return
-        setproctitle(f"phoenix: master gen {self.generation} [{app}] {len(self.children)} running {pending} pending")
+        set_title(f"phoenix: master gen {self.generation} [{app}] {len(self.children)} running {pending} pending")
         systemd.notify(f"STATUS=gen {self.generation}: {len(self.children)} running, {pending} pending")
 
     def live_status(self) -> dict[str, Any]:

@@ -11,14 +11,14 @@ nothing that arrives on a socket is ever unpickled or evaluated.
 
 from __future__ import annotations
 
+import _thread
 import errno
 import json
-import random
+import os
 import re
 import select
 import socket
 import struct
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, TypeGuard
@@ -40,6 +40,13 @@ MAX_MESSAGE_BYTES = 64 * 1024
 RECV_BUFFER_BYTES = MAX_MESSAGE_BYTES + 1
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def jitter(low: float, high: float) -> float:
+    """A random time between `low` and `high`, so that children do not act in
+    step. From os.urandom, not the random module: a module that registers an
+    at-fork hook (random reseeds itself) costs every forked child its run."""
+    return low + (high - low) * int.from_bytes(os.urandom(2), "big") / 0xFFFF
 
 
 class MessageTooLarge(ValueError):
@@ -151,7 +158,7 @@ class Sender:
     def __init__(self, path: str) -> None:
         self.path = path
         self.sock: socket.socket | None = None
-        self.lock = threading.Lock()
+        self.lock = _thread.allocate_lock()
         self.beats_stopped = False
 
     def _connected(self) -> socket.socket:
@@ -213,7 +220,7 @@ class Sender:
             if time.monotonic() >= deadline:
                 return False
             # Jitter: the children of a crashed master do not all reconnect in step.
-            time.sleep(random.uniform(delay, 2 * delay))
+            time.sleep(jitter(delay, 2 * delay))
             delay = min(delay * 2, 0.5)
 
     def _acked(self, expected: bytes, deadline: float) -> bool:

@@ -21,14 +21,14 @@ process as the sender (so it is obeyed, like an operator's).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 import struct
-import threading
 from typing import Any, Iterable
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# The process's own symbols, libc's among them: ctypes.util.find_library would
+# import subprocess, tempfile and random (an at-fork hook) into the fork server.
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.signalfd.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
 _libc.sigemptyset.argtypes = (ctypes.c_void_p,)
 _libc.sigaddset.argtypes = (ctypes.c_void_p, ctypes.c_int)
@@ -73,6 +73,8 @@ class SignalFD:
     def __init__(self, signals: Iterable[int]) -> None:
         self.signals = frozenset(signals)
         self.fd = blocked_signal_fd(self.signals)
+        import threading  # here: the fork server imports this module, and must not import threading
+
         self._main_thread = threading.main_thread().ident
         self._pid = os.getpid()
         for signum in self.signals:

@@ -21,13 +21,14 @@ import logging
 import os
 import selectors
 import signal
+import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, NoReturn, Protocol
+from typing import Callable, Protocol
 
 from phoenix import child, log, procfs
-from phoenix.app import JobSpec, resolve_target
+from phoenix.app import JobSpec
+from phoenix.config import Config
 from phoenix.forkserver import ForkServer, thread_refusal
 from phoenix.outcomes import classify_exit
 from phoenix.paths import StatePaths
@@ -38,6 +39,9 @@ class SpawnerHost(Protocol):
     selector: selectors.BaseSelector
     subprocesses: dict[int, Callable[[int], None]]  # pid -> on_exit(status)
     slots: int
+
+    config: Config
+    app_spec: str | None
 
     def spec_for(self, target: str) -> JobSpec: ...
     def wants_spare(self) -> bool: ...  # the master will be starting jobs
@@ -73,14 +77,6 @@ class WaitingChild:
             os.close(self.order_fd)
 
 
-def _server_child(order_fd: int, server_fds: tuple[int, ...], *, socket_path: str, outbox: Path,
-                  keep_fds: set[int]) -> NoReturn:
-    """What each child of the fork server runs: no master code, only what was
-    computed when the server started."""
-    child.run(order_fd=order_fd, resolve=resolve_target, socket_path=socket_path, outbox=outbox, keep_fds=keep_fds,
-              server_fds=server_fds)
-
-
 class Spawner:
     def __init__(self, master: SpawnerHost) -> None:
         self.master = master
@@ -102,22 +98,26 @@ class Spawner:
     def start_server(self) -> None:
         """At start-up, once the app is imported: fork the fork server, unless
         the app started threads (then the master forks children itself)."""
-        refusal = thread_refusal()
+        refusal = thread_refusal()  # the server would import the app, and start them too
         if refusal is not None:
-            self.server_off = refusal
-            log.event(logging.WARNING, "fork_server_off", reason=refusal,
-                      effect="job children are forked from the master (slower): a lock one of those threads "
-                             "held when a long-lived fork server was forked would stay held in every child")
+            self._turn_server_off(refusal, why="a lock one of those threads held when a child was forked would "
+                                                "stay held in that child for good")
             return
         self._start_server()
+
+    def _turn_server_off(self, reason: str, why: str | None = None) -> None:
+        self.server_off = reason
+        effect = "job children are forked from the master (slower per job)"
+        log.event(logging.WARNING, "fork_server_off", reason=reason, effect=f"{effect}: {why}" if why else effect)
 
     def _start_server(self) -> None:
         m = self.master
         self.server_not_before = time.monotonic() + SERVER_RETRY_DELAY
-        main = functools.partial(_server_child, socket_path=str(m.paths.heartbeat_socket), outbox=m.paths.outbox,
-                                 keep_fds=log.stream_fds())
+        settings = {"app": m.app_spec, "path": sys.path, "master": os.getpid(),
+                    "socket_path": str(m.paths.heartbeat_socket), "outbox": str(m.paths.outbox),
+                    "log_level": m.config.log_level, "log_format": m.config.log_format, "log_file": m.config.log_file}
         try:
-            server = ForkServer.start(log.stream_fds(), main)
+            server = ForkServer.start(settings)
         except OSError as exc:
             log.event(logging.ERROR, "fork_server_failed", error=exc.strerror, effect="the master forks children")
             return
@@ -128,7 +128,16 @@ class Spawner:
 
     def _server_usable(self) -> ForkServer | None:
         server = self.server
-        return server if server is not None and not server.gone and not server.stalled else None
+        usable = server is not None and server.ready and not server.gone and not server.stalled
+        return server if usable else None
+
+    def _server_starting(self) -> ForkServer | None:
+        """The server, while it imports the app: children are worth waiting for
+        from it rather than forked by the master (a fork the master's pages pay for)."""
+        server = self.server
+        starting = (server is not None and not server.ready and server.refused is None and not server.gone
+                    and not server.stalled)
+        return server if starting else None
 
     def _read_server(self) -> None:
         server = self.server
@@ -141,6 +150,8 @@ class Spawner:
 
     def _collect(self, server: ForkServer) -> None:
         """Move what the server reported into the spawner's own lists."""
+        if server.refused is not None and self.server_off is None:
+            self._turn_server_off(server.refused, why="the server says why, then exits")
         self.exited += server.exited
         server.exited.clear()
         for pid, start_time, order_fd in server.forked:
@@ -162,6 +173,8 @@ class Spawner:
         except (KeyError, ValueError):
             pass  # unregistered at EOF
         self.server = None
+        if server.refused is not None:
+            return  # it never forked a child: the master forks them, as logged
         self.server_lost = True
         # Ready children it forked are the master's now: wait4 reports them.
         for waiting in self.ready:
@@ -212,6 +225,13 @@ class Spawner:
 
     def take(self) -> WaitingChild:
         """The spare child if there is one, else a freshly forked one."""
+        starting = self._server_starting()
+        if not self.ready and starting is not None:
+            try:
+                starting.wait_ready()  # once, at start-up: its import against the master's own fork
+            except OSError as exc:  # TimeoutError included: this one child comes from the master
+                log.event(logging.WARNING, "fork_server_slow", pid=starting.pid, error=str(exc))
+            self._collect(starting)
         server = self._server_usable()
         if not self.ready and server is not None:
             try:
@@ -243,8 +263,8 @@ class Spawner:
         now = time.monotonic()
         if self.server is None and self.server_off is None and now >= self.server_not_before:
             self._start_server()  # at start-up, or after it died or was replaced
-        if now < self.not_before:
-            return
+        if now < self.not_before or self._server_starting() is not None:
+            return  # a server that is starting forks the spares once it is ready
         server = self._server_usable()
         if server is not None:
             server.failed.clear()  # a spare that could not be forked: the next take() reports its own

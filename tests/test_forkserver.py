@@ -118,3 +118,19 @@ def test_a_job_that_signals_its_parent_does_not_take_the_server_down(master_fact
     assert master.jobs()["p"]["result"]["parent"] == server
     assert procfs.is_same_process(server, None) and master.live()["master"]["fork_server_pid"] == server
     assert "fork_server_died" not in master.log()
+
+
+def test_a_server_that_cannot_import_the_app_leaves_spawns_in_the_master_once_and_for_all(master_factory):
+    # The server is a fresh interpreter that imports the app itself: where
+    # that import fails there (and only there), it says why and exits, and the
+    # master forks its children, without starting a server again and again.
+    master = master_factory("--workers", "1", app="tests.apps.server_only_failure:app")
+    for key in ("a", "b"):
+        master.submit("tests.apps.server_only_failure:parent", {}, key=key)
+        wait_for(lambda: master.jobs()[key]["state"] == "finished", what=f"job {key}")
+        assert master.jobs()[key]["result"] == {"ppid": master.pid}
+    log = master.log()
+    assert log.count("fork_server_off") == 1
+    assert "fork server could not import the app" in log and "RuntimeError: this app will not load in a fork" in log
+    assert log.count(" fork_server ") == 1, "the server was started again after it refused"
+    assert master.live()["master"]["fork_server_pid"] is None
