@@ -212,24 +212,23 @@ def order(job_id: int, key: str, attempt: int, target: str, params: str, heartbe
     return len(payload).to_bytes(ORDER_HEADER, "big") + payload
 
 
-def _read_exactly(fd: int, size: int) -> bytes:
-    chunks, left = [], size
-    while left and (chunk := os.read(fd, min(left, 65536))):
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
 def _read_order(fd: int) -> dict[str, Any] | None:
     """The order, or None at EOF before a whole one: the master died or
-    discarded this child."""
-    header = _read_exactly(fd, ORDER_HEADER)
-    size = int.from_bytes(header, "big") if len(header) == ORDER_HEADER else 0
-    payload = _read_exactly(fd, size) if size else b""
+    discarded this child. One read takes a whole order written at once (up
+    to the pipe's buffer); a longer one comes in more."""
+    chunks, size, got = [], 0, 0
+    while not size or got < ORDER_HEADER + size:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+        if not size and got >= ORDER_HEADER:
+            size = int.from_bytes(b"".join(chunks)[:ORDER_HEADER], "big") or -1
     os.close(fd)
-    if not size or len(payload) != size:
+    if size <= 0 or got != ORDER_HEADER + size:
         return None
-    order: dict[str, Any] = json.loads(payload)
+    order: dict[str, Any] = json.loads(b"".join(chunks)[ORDER_HEADER:].decode())  # str: no encoding guess
     return order
 
 

@@ -6,8 +6,8 @@ write): a master that forked every child paid ~500 faults per job in its own
 loop (bench/PROFILE.md). And every fork runs the at-fork hooks that the
 modules in the process registered (threading's, logging's, random's): Python
 code that touches, and so copies, ~150 pages in each child. The fork server
-is therefore a process of its own, started (posix_spawn, no copy of the
-master) as a fresh interpreter that imports only the app and the little of
+is therefore a process of its own, started (fork and exec, as subprocess
+does it) as a fresh interpreter that imports only the app and the little of
 Phoenix a child needs: the job children it forks inherit neither the
 master's heap nor its hooks. It is single-threaded and forks each child on
 request. It tells the master each child's pid (the child then waits for its
@@ -20,8 +20,8 @@ disk when its server started: at the master's start, after a replacement
 (USR2), after a log reopening (USR1: its children's stderr) and when a dead
 server is replaced. Deploy new code with USR2, as always.
 
-Master and server talk over a SOCK_SEQPACKET socketpair (the server's end at
-fd 3), in small fixed-size binary messages:
+Master and server talk over a SOCK_SEQPACKET socketpair, in small
+fixed-size binary messages:
 
     master -> server   FORK + the read end of the child's order pipe (SCM_RIGHTS)
                        QUIT: report what has exited, then exit
@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import array
 import errno
-import fcntl
 import gc
 import json
 import os
@@ -54,6 +53,7 @@ import select
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -73,12 +73,11 @@ _EXITED = struct.Struct("=iiq")  # pid, wait status, max RSS (kB)
 MESSAGE_BYTES = 4096  # a refusal's reason is the longest message
 REPLY_TIMEOUT = 2.0  # seconds the master waits for a fork's pid before it forks the child itself
 SERVER_TITLE = "phoenix: fork server"
-SERVER_FD = 3  # where the server finds its end of the socketpair
 SERVER_MAIN = "from phoenix.forkserver import main; main()"
-# Blocked from the first instruction of the server (posix_spawn sets the
-# mask): a job that signals its parent, meaning its master, or a terminal's
-# Ctrl-C to the group, does not take the server down. Only its socket (EOF,
-# QUIT) and SIGKILL end it. A child unblocks everything (child._leave_server).
+# Blocked in the server: a job that signals its parent, meaning its master,
+# does not take it down (nor does a signal to its process group, which is its
+# own). Only its socket (EOF, QUIT) and SIGKILL end it. A child unblocks
+# everything (child._leave_server).
 _BLOCKED = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 
@@ -121,11 +120,11 @@ def main() -> NoReturn:
     ForkServer.start). Never returns."""
     code = 70
     try:
-        os.closerange(SERVER_FD + 1, os.sysconf("SC_OPEN_MAX"))  # nothing of the master's but stdio and the socket
+        signal.pthread_sigmask(signal.SIG_SETMASK, _BLOCKED)
         child.reset_signal_handlers()  # what Python installed at start-up: a child inherits Python's table
         settings = json.loads(sys.argv[1])
         set_title(f"{SERVER_TITLE} of master {settings['master']}")
-        sock = socket.socket(fileno=SERVER_FD)  # blocking: a reply waits for room rather than being dropped
+        sock = socket.socket(fileno=settings["fd"])  # blocking: a reply waits for room rather than being dropped
         reason = _load(settings)
         if reason is not None:
             sock.send(REFUSED + reason.encode()[: MESSAGE_BYTES - 1])
@@ -256,6 +255,7 @@ class ForkServer:
 
     pid: int
     sock: socket.socket
+    process: subprocess.Popen[bytes]  # held until reaped (see reaped): it must not be waited for by subprocess
     in_flight: list[int] = field(default_factory=list)  # order pipes' write ends, in request order
     forked: list[tuple[int, int | None, int]] = field(default_factory=list)  # (pid, start time, order fd)
     failed: list[int] = field(default_factory=list)  # errno of fork requests that failed
@@ -267,26 +267,25 @@ class ForkServer:
 
     @classmethod
     def start(cls, settings: dict[str, Any]) -> "ForkServer":
-        """Start the server (OSError if the system cannot now). posix_spawn: the
-        kernel copies none of the master's memory for it. `settings`: what
-        `main` reads (app, path, socket_path, outbox, master, log_*)."""
+        """Start the server (OSError if the system cannot now). `settings`:
+        what `main` reads (app, path, socket_path, outbox, master, log_*).
+
+        subprocess, not posix_spawn: glibc's posix_spawn (2.36) leaves its
+        internal signals (32, 33) ignored in the new program, and every job
+        child would inherit that. subprocess closes every other fd, resets
+        SIGPIPE and SIGXFSZ, and forks with vfork: no copy of the master."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # close-on-exec, as Python makes them
-        # Above SERVER_FD: a dup2 onto the same number would keep close-on-exec.
-        source = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD_CLOEXEC, SERVER_FD + 1)
-        theirs.close()
         try:
-            pid = os.posix_spawn(
-                sys.executable, [sys.executable, "-c", SERVER_MAIN, json.dumps(settings)], os.environ,
-                file_actions=[(os.POSIX_SPAWN_DUP2, source, SERVER_FD)],  # the copy is inheritable
-                setpgroup=0,  # a terminal's Ctrl-C is for the master: it decides what its children get
-                setsigmask=_BLOCKED, setsigdef=_BLOCKED)
-        except OSError:
+            with theirs:
+                process = subprocess.Popen(
+                    [sys.executable, "-c", SERVER_MAIN, json.dumps({**settings, "fd": theirs.fileno()})],
+                    pass_fds=(theirs.fileno(),),
+                    process_group=0)  # a terminal's Ctrl-C is for the master: it decides what its children get
+        except (OSError, subprocess.SubprocessError) as exc:
             ours.close()
-            raise
-        finally:
-            os.close(source)
+            raise OSError(f"cannot start the fork server: {exc}") from exc
         ours.setblocking(False)
-        return cls(pid, ours)
+        return cls(process.pid, ours, process)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -377,10 +376,16 @@ class ForkServer:
                 os.kill(self.pid, signal.SIGKILL)  # our unreaped child: the pid names it
                 self._lost()
         try:
-            os.waitpid(self.pid, 0)
+            self.reaped(os.waitpid(self.pid, 0)[1])
         except ChildProcessError:
             pass  # the reaper took it first (it died on its own)
         self.close()
+
+    def reaped(self, status: int) -> None:
+        """The master reaped it (wait4 is the master's, for every child): its
+        Popen must never wait, nor, dropped, leave it to subprocess's own
+        clean-up, which could reap a later process with the same pid."""
+        self.process.returncode = os.waitstatus_to_exitcode(status)
 
     def close(self) -> None:
         self._lost()

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, TypeGuard
 
-from phoenix.paths import unix_address
+from phoenix.paths import SUN_PATH_MAX, unix_address
 
 VERSION = 1
 KINDS = frozenset({"beat", "progress", "finished", "failed"})
@@ -63,10 +63,14 @@ class Message:
     body: dict[str, Any]
 
 
+# One encoder for every message: json.dumps with options builds a new one per call.
+_encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def encode(job: int, attempt: int, kind: str, seq: int, progress: int, **body: Any) -> bytes:
     payload = {"v": VERSION, "job": job, "att": attempt, "k": kind, "seq": seq, "p": progress}
     payload.update(body)
-    data = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+    data = _encode_json(payload).encode()
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageTooLarge(
             f"the {kind!r} message for job {job} is {len(data)} bytes, over the "
@@ -157,6 +161,8 @@ class Sender:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        # Nearly always: no detour through unix_address (a context manager, run in every child).
+        self.fits = len(os.fsencode(path)) <= SUN_PATH_MAX
         self.sock: socket.socket | None = None
         self.lock = _thread.allocate_lock()
         self.beats_stopped = False
@@ -164,9 +170,12 @@ class Sender:
     def _connected(self) -> socket.socket:
         if self.sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
-            try:
-                with unix_address(self.path) as address:  # a deep state directory's path is over sun_path's limit
-                    sock.connect(address)  # EAGAIN: the master's backlog is full; retried like a refusal
+            try:  # EAGAIN: the master's backlog is full; retried like a refusal
+                if self.fits:
+                    sock.connect(self.path)
+                else:
+                    with unix_address(self.path) as address:  # a deep state directory's path is over sun_path's limit
+                        sock.connect(address)
             except OSError:
                 sock.close()
                 raise

@@ -163,6 +163,7 @@ class Spawner:
     def _server_exited(self, server: ForkServer, status: int) -> None:
         """Reaped by the master (wait4): the server died (a stop reaps it in
         stop_server, never here). Its children are the master's now."""
+        server.reaped(status)
         if self.server is not server:
             return
         server.read()  # what it sent before it died
