@@ -53,17 +53,19 @@ import select
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from phoenix import child
 from phoenix.app import load_app, resolve_target
 from phoenix.signals import blocked_signal_fd
 from phoenix.title import set_title
+
+if TYPE_CHECKING:
+    import subprocess
 
 FORK, QUIT = b"F", b"Q"
 READY, REFUSED, FORKED, FORK_FAILED, EXITED = b"R", b"N", b"P", b"E", b"X"
@@ -274,6 +276,8 @@ class ForkServer:
         internal signals (32, 33) ignored in the new program, and every job
         child would inherit that. subprocess closes every other fd, resets
         SIGPIPE and SIGXFSZ, and forks with vfork: no copy of the master."""
+        import subprocess  # here: the server imports this module, and subprocess imports threading
+
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # close-on-exec, as Python makes them
         try:
             with theirs:

@@ -127,10 +127,22 @@ def test_a_server_that_cannot_import_the_app_leaves_spawns_in_the_master_once_an
     master = master_factory("--workers", "1", app="tests.apps.server_only_failure:app")
     for key in ("a", "b"):
         master.submit("tests.apps.server_only_failure:parent", {}, key=key)
-        wait_for(lambda: master.jobs()[key]["state"] == "finished", what=f"job {key}")
+        wait_for(lambda key=key: master.jobs()[key]["state"] == "finished", what=f"job {key}")
         assert master.jobs()[key]["result"] == {"ppid": master.pid}
     log = master.log()
     assert log.count("fork_server_off") == 1
     assert "fork server could not import the app" in log and "RuntimeError: this app will not load in a fork" in log
     assert log.count(" fork_server ") == 1, "the server was started again after it refused"
     assert master.live()["master"]["fork_server_pid"] is None
+
+
+def test_a_job_child_carries_no_at_fork_hook_its_app_did_not_import(master_factory):
+    # Every fork runs the at-fork hooks of the modules in the forking process
+    # (threading's, logging's, random's: Python code that copies ~150 pages
+    # per child). The master has them all; the server, a fresh interpreter
+    # with only the app and the child's code, has none the app did not bring.
+    master = master_factory()
+    server_of(master)
+    master.submit("tests.apps.jobs:loaded_modules", {"names": ["threading", "logging", "random", "sqlite3"]}, key="m")
+    wait_for(lambda: master.jobs()["m"]["state"] == "finished", what="the job")
+    assert master.jobs()["m"]["result"] == []

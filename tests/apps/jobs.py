@@ -244,3 +244,11 @@ def lifetime(params):
         time.sleep(params["s"])
     note("end")
     return {"attempt": attempt}
+
+
+@app.job
+def loaded_modules(params):
+    """Which of the named modules this child has: what the fork server had imported."""
+    import sys
+
+    return sorted(name for name in params["names"] if name in sys.modules)
