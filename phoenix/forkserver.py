@@ -47,6 +47,7 @@ from __future__ import annotations
 import array
 import errno
 import gc
+import importlib.util
 import json
 import os
 import select
@@ -152,11 +153,43 @@ def _load(settings: dict[str, Any]) -> str | None:
     except BaseException as exc:  # noqa: BLE001 - an app that fails here (even sys.exit) only costs the server
         return f"the fork server could not import the app: {type(exc).__name__}: {exc}"
     if "logging" in sys.modules:
-        # The app imports logging: its jobs' records go where the master's do, formatted alike.
-        from phoenix import log
-
-        log.setup(settings["log_level"], settings["log_format"], settings["log_file"], master_pid=settings["master"])
+        _set_up_logging(settings)
+    else:
+        sys.meta_path.insert(0, _SetUpLoggingOnImport(settings))
     return thread_refusal()
+
+
+def _set_up_logging(settings: dict[str, Any]) -> None:
+    """A job's log records go where the master's do, formatted alike."""
+    from phoenix import log
+
+    log.setup(settings["log_level"], settings["log_format"], settings["log_file"], master_pid=settings["master"])
+
+
+class _SetUpLoggingOnImport:
+    """The app did not import logging, so neither does the server (its
+    at-fork hook would run in every child): a job that imports it sets it up
+    as the server would have, in that child only. A finder on sys.meta_path
+    that only wraps the normal import of `logging`."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "logging":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_set_up(module: Any) -> None:
+            exec_module(module)
+            _set_up_logging(self.settings)
+
+        spec.loader.exec_module = exec_then_set_up  # type: ignore[method-assign]
+        return spec
 
 
 def _loop(sock: socket.socket, signal_fd: int, socket_path: str, outbox: Path) -> None:

@@ -146,3 +146,13 @@ def test_a_job_child_carries_no_at_fork_hook_its_app_did_not_import(master_facto
     master.submit("tests.apps.jobs:loaded_modules", {"names": ["threading", "logging", "random", "sqlite3"]}, key="m")
     wait_for(lambda: master.jobs()["m"]["state"] == "finished", what="the job")
     assert master.jobs()["m"]["result"] == []
+
+
+def test_a_jobs_log_records_go_to_the_masters_log_even_if_the_app_never_imported_logging(master_factory):
+    # The server configures logging as the master did, also when a job is the
+    # first to import it (the app did not: its children carry no logging hook).
+    master = master_factory()
+    master.submit("tests.apps.jobs:logs_a_line", {"who": "w1"}, key="w1")
+    log = master.wait_log("a record from job w1", timeout=10, what="the job's record in the master's log")
+    line = next(line for line in log.splitlines() if "a record from job w1" in line)
+    assert " INFO " in line and line.startswith("20"), line  # stamped and levelled like the master's own lines

@@ -252,3 +252,12 @@ def loaded_modules(params):
     import sys
 
     return sorted(name for name in params["names"] if name in sys.modules)
+
+
+@app.job
+def logs_a_line(params):
+    """Logging imported only when the job runs (this app does not import it)."""
+    import logging
+
+    logging.getLogger("tests.jobs").info("a record from job %s", params["who"])
+    return None
