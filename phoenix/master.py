@@ -153,9 +153,9 @@ class Master:
         _raise_fd_limit()
         self.selector: selectors.BaseSelector = selectors.DefaultSelector()
         if self.app is not None:
-            # Now: the app is imported, the master's heap has not grown, and
-            # neither the callback nor the metrics threads have started.
-            self.spawner.start_server()
+            # Now: the app is imported, and neither the callback nor the
+            # metrics threads have started.
+            self.spawner.check_app_threads()
         if "heartbeat" in inherited:
             self.heartbeat = socket.socket(fileno=inherited["heartbeat"])
             self.heartbeat.set_inheritable(False)

@@ -95,15 +95,21 @@ class Spawner:
 
     # -- the fork server ------------------------------------------------------------
 
-    def start_server(self) -> None:
-        """At start-up, once the app is imported: fork the fork server, unless
-        the app started threads (then the master forks children itself)."""
-        refusal = thread_refusal()  # the server would import the app, and start them too
+    def check_app_threads(self) -> None:
+        """At start-up, once the app is imported and before the master's own
+        threads start: an app that started threads keeps spawns in the master
+        (the server would import the app, and start them too). The server
+        itself starts with the first job or the first spare, after the master
+        is ready: its start-up is not part of a replacement's blind window."""
+        refusal = thread_refusal()
         if refusal is not None:
             self._turn_server_off(refusal, why="a lock one of those threads held when a child was forked would "
                                                 "stay held in that child for good")
-            return
-        self._start_server()
+
+    def _start_server_if_due(self) -> None:
+        """At start-up, or after it died or was replaced."""
+        if self.server is None and self.server_off is None and time.monotonic() >= self.server_not_before:
+            self._start_server()
 
     def _turn_server_off(self, reason: str, why: str | None = None) -> None:
         self.server_off = reason
@@ -226,6 +232,8 @@ class Spawner:
 
     def take(self) -> WaitingChild:
         """The spare child if there is one, else a freshly forked one."""
+        if not self.ready:
+            self._start_server_if_due()
         starting = self._server_starting()
         if not self.ready and starting is not None:
             try:
@@ -261,10 +269,8 @@ class Spawner:
         """Keep the fork server and the next spare child coming, if the master will be starting jobs."""
         if not self.master.wants_spare():
             return
-        now = time.monotonic()
-        if self.server is None and self.server_off is None and now >= self.server_not_before:
-            self._start_server()  # at start-up, or after it died or was replaced
-        if now < self.not_before or self._server_starting() is not None:
+        self._start_server_if_due()
+        if time.monotonic() < self.not_before or self._server_starting() is not None:
             return  # a server that is starting forks the spares once it is ready
         server = self._server_usable()
         if server is not None:
