@@ -148,6 +148,7 @@ def main() -> NoReturn:
 def _load(settings: dict[str, Any]) -> str | None:
     """Import the app as the master did; why not to serve, or None."""
     sys.path[:] = settings["path"]
+    sys.argv[:] = settings["argv"]  # what a job reads there is its master's command line, as before
     try:
         load_app(settings["app"])
     except BaseException as exc:  # noqa: BLE001 - an app that fails here (even sys.exit) only costs the server

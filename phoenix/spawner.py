@@ -119,7 +119,8 @@ class Spawner:
     def _start_server(self) -> None:
         m = self.master
         self.server_not_before = time.monotonic() + SERVER_RETRY_DELAY
-        settings = {"app": m.app_spec, "path": sys.path, "master": os.getpid(),
+        settings = {"app": m.app_spec, "path": [os.fspath(entry) for entry in sys.path], "argv": sys.argv,
+                    "master": os.getpid(),
                     "socket_path": str(m.paths.heartbeat_socket), "outbox": str(m.paths.outbox),
                     "log_level": m.config.log_level, "log_format": m.config.log_format, "log_file": m.config.log_file}
         try:
@@ -182,6 +183,11 @@ class Spawner:
         self.server = None
         if server.refused is not None:
             return  # it never forked a child: the master forks them, as logged
+        if not server.ready:
+            # Its import of the app crashed the interpreter (the master's did
+            # not): starting it again would only crash again, once a second.
+            self._turn_server_off(f"the fork server died while importing the app ({classify_exit(status)[1]})")
+            return
         self.server_lost = True
         # Ready children it forked are the master's now: wait4 reports them.
         for waiting in self.ready:

@@ -8,6 +8,8 @@ spawns in the master, with a warning that says why."""
 import os
 import signal
 
+import pytest
+
 from phoenix import procfs
 from tests.apps.replace_tools import zombies_of
 from tests.conftest import wait_for
@@ -120,19 +122,25 @@ def test_a_job_that_signals_its_parent_does_not_take_the_server_down(master_fact
     assert "fork_server_died" not in master.log()
 
 
-def test_a_server_that_cannot_import_the_app_leaves_spawns_in_the_master_once_and_for_all(master_factory):
+@pytest.mark.parametrize("failure, said", [
+    ("raise", "fork server could not import the app: AppError"),
+    ("kill", "fork server died while importing the app (SIGKILL)"),
+])
+def test_a_server_that_cannot_import_the_app_leaves_spawns_in_the_master_once_and_for_all(master_factory, failure,
+                                                                                          said):
     # The server is a fresh interpreter that imports the app itself: where
-    # that import fails there (and only there), it says why and exits, and the
-    # master forks its children, without starting a server again and again.
-    master = master_factory("--workers", "1", app="tests.apps.server_only_failure:app")
+    # that import fails there (and only there), by an exception or by killing
+    # the interpreter, the master forks its children, without starting a
+    # server again and again.
+    master = master_factory("--workers", "1", app="tests.apps.server_only_failure:app",
+                            env={"TEST_SERVER_FAILURE": failure})
     for key in ("a", "b"):
         master.submit("tests.apps.server_only_failure:parent", {}, key=key)
         wait_for(lambda key=key: master.jobs()[key]["state"] == "finished", what=f"job {key}")
         assert master.jobs()[key]["result"] == {"ppid": master.pid}
     log = master.log()
-    assert log.count("fork_server_off") == 1
-    assert "fork server could not import the app" in log and "RuntimeError: this app will not load in a fork" in log
-    assert log.count(" fork_server ") == 1, "the server was started again after it refused"
+    assert log.count("fork_server_off") == 1 and said in log, log
+    assert log.count(" fork_server ") == 1, "the server was started again after it failed"
     assert master.live()["master"]["fork_server_pid"] is None
 
 
