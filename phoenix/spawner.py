@@ -101,6 +101,10 @@ class Spawner:
         (the server would import the app, and start them too). The server
         itself starts with the first job or the first spare, after the master
         is ready: its start-up is not part of a replacement's blind window."""
+        if self.master.app_spec is None:
+            # phoenix.HeartbeatParent: an App object, maybe in __main__, that no other interpreter can import.
+            self._turn_server_off("the app was given as an object, not as module:attribute", level=logging.INFO)
+            return
         refusal = thread_refusal()
         if refusal is not None:
             self._turn_server_off(refusal, why="a lock one of those threads held when a child was forked would "
@@ -111,10 +115,10 @@ class Spawner:
         if self.server is None and self.server_off is None and time.monotonic() >= self.server_not_before:
             self._start_server()
 
-    def _turn_server_off(self, reason: str, why: str | None = None) -> None:
+    def _turn_server_off(self, reason: str, why: str | None = None, level: int = logging.WARNING) -> None:
         self.server_off = reason
         effect = "job children are forked from the master (slower per job)"
-        log.event(logging.WARNING, "fork_server_off", reason=reason, effect=f"{effect}: {why}" if why else effect)
+        log.event(level, "fork_server_off", reason=reason, effect=f"{effect}: {why}" if why else effect)
 
     def _start_server(self) -> None:
         m = self.master
