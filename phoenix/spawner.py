@@ -162,7 +162,7 @@ class Spawner:
     def _collect(self, server: ForkServer) -> None:
         """Move what the server reported into the spawner's own lists."""
         if server.refused is not None and self.server_off is None:
-            self._turn_server_off(server.refused, why="the server says why, then exits")
+            self._turn_server_off(server.refused)  # it exits on its own: _server_exited reaps it
         self.exited += server.exited
         server.exited.clear()
         for pid, start_time, order_fd in server.forked:
