@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from phoenix import lineage, protocol
 from phoenix.app import JobSpec, decode_params
-from phoenix.signals import set_child_subreaper
+from phoenix.signals import set_child_subreaper, unignore_reserved_signals
 from phoenix.title import set_title
 from phoenix.untrusted import visible
 
@@ -137,6 +137,7 @@ def reset_signal_handlers() -> None:
         except (OSError, ValueError):
             pass  # a number with no signal behind it, or one Python may not touch
     _signal.signal(signal.SIGPIPE, _signal.SIG_IGN)
+    unignore_reserved_signals()  # those Python cannot reach (a master started by posix_spawn has them ignored)
 
 
 def _detach_from_master(keep_fds: set[int]) -> None:

@@ -49,6 +49,31 @@ def _check(result: int, what: str) -> int:
     return result
 
 
+# glibc keeps the signals from 32 up to SIGRTMIN for itself (thread
+# cancellation, setxid): its sigaction refuses them, so Python cannot see or
+# reset them. glibc's posix_spawn (2.36; Python 3.13's subprocess uses it) leaves
+# them ignored in the program it starts, so a master started that way would
+# hand SIG_IGN on to every job. Reset here with the raw system call, by number:
+_SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134}.get(os.uname().machine)
+_KERNEL_SIGACTION_BYTES = 32  # handler, flags, restorer, mask: zeros are SIG_DFL
+_SIG_IGN = 1
+
+
+def unignore_reserved_signals() -> None:
+    """Set glibc's reserved signals that are ignored back to their default.
+    Only ignored ones: a handler glibc installed stays (it will not install
+    it again in this process)."""
+    if _SYS_RT_SIGACTION is None:
+        return  # another architecture: left as inherited
+    for signum in range(32, signal.SIGRTMIN):
+        current = ctypes.create_string_buffer(_KERNEL_SIGACTION_BYTES)
+        if _libc.syscall(_SYS_RT_SIGACTION, signum, None, current, 8) != 0:
+            continue
+        if int.from_bytes(current.raw[:ctypes.sizeof(ctypes.c_void_p)], "little") == _SIG_IGN:
+            default = ctypes.create_string_buffer(_KERNEL_SIGACTION_BYTES)
+            _libc.syscall(_SYS_RT_SIGACTION, signum, default, None, 8)
+
+
 def set_child_subreaper() -> None:
     """Orphans among this process's descendants (a job's daemonised
     grandchild: setsid and a double fork) become its children instead of

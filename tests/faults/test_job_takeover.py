@@ -7,6 +7,7 @@ attempt, leaving neither a process nor a zombie."""
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,28 @@ def test_daemonised_grandchild_ends_with_its_attempt(master_factory, tmp_path, h
     wait_for(lambda: gone(daemon, daemon_start), 10, "the job's daemon to end")
     wait_for(lambda: not zombie_children(master.pid), 10, "the master to reap every orphan")
     assert master.proc.poll() is None
+
+
+def test_signals_glibc_keeps_for_itself_are_not_left_ignored_by_a_posix_spawned_master(tmp_path):
+    # glibc's posix_spawn (Python 3.13's subprocess uses it) leaves signals 32
+    # and 33 ignored in the program it starts; sigaction cannot reset them, so
+    # a master started that way handed SIG_IGN on to every job (the fork
+    # server and any child the master forks reset handlers through this).
+    out = tmp_path / "sigign"
+    code = ("from phoenix.child import reset_signal_handlers\n"
+            "def ignored():\n"
+            "    return [line.split()[1] for line in open('/proc/self/status') if line.startswith('SigIgn')][0]\n"
+            "before = ignored()\n"
+            "reset_signal_handlers()\n"
+            f"open({str(out)!r}, 'w').write(before + ' ' + ignored())\n")
+    pid = os.posix_spawn(sys.executable, [sys.executable, "-c", code], os.environ)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    before, after = (int(mask, 16) for mask in out.read_text().split())
+    reserved = sum(1 << (signum - 1) for signum in range(32, signal.SIGRTMIN))
+    if before & reserved != reserved:
+        pytest.skip("this libc's posix_spawn leaves its reserved signals alone")
+    assert after == 1 << (signal.SIGPIPE - 1)  # SIGPIPE only, as Python sets it at start-up
 
 
 def test_a_job_runs_with_no_signal_blocked(master_factory):
