@@ -231,6 +231,8 @@ RETURNING pg_notify(%(channel)s, 'ping:' || node),
           AND (d.state <> 'stopped' OR EXISTS (SELECT 1 FROM attempts a WHERE a.master = d.node AND a.outcome IS NULL)))
 """
 
+_HOLD_FINAL = "UPDATE attempts SET final = %s WHERE id = %s AND outcome IS NULL"
+
 RECOVERED_REASON = "its master lost its lease"
 
 
@@ -599,10 +601,15 @@ class PgStore:
         master acknowledges them (see Journal.hold_finals). Each row on its
         own (autocommit): a final held is independent of the others, none is
         acknowledged before all are written, and one final (the usual case)
-        costs one statement instead of three."""
+        costs one statement instead of three. One final (the usual case) is a
+        plain execute: executemany enters and leaves pipeline mode, which
+        cost the master more than the statement itself."""
         with self._one() as cur:
-            cur.executemany("UPDATE attempts SET final = %s WHERE id = %s AND outcome IS NULL",
-                            [(data, attempt_id) for attempt_id, data in finals])
+            rows = [(data, attempt_id) for attempt_id, data in finals]
+            if len(rows) == 1:
+                cur.execute(_HOLD_FINAL, rows[0])
+            else:
+                cur.executemany(_HOLD_FINAL, rows)
 
     def targets_in_use(self) -> list[tuple[str, int, int]]:
         with self._one() as cur:
