@@ -450,6 +450,12 @@ def run_latency(lab: Lab, work: Path, samples: int, say: Any) -> dict[str, Any]:
     sock.settimeout(10.0)
     os.chmod(reply_path, 0o666)
     found: list[float] = []
+    # Where the time goes: submit's round trip (insert + NOTIFY, committed), then
+    # the commit -> the claim's clock_timestamp() (the master's wake-up, its turn,
+    # a waiting child, the claim's start), then the claim -> the job body (the
+    # claim's commit, the order, the child's start). Wall clocks of one machine.
+    stages: dict[str, list[float]] = {"submit": [], "to claim": [], "claim to body": []}
+    wall_minus_mono = time.time() - time.monotonic()
     try:
         cluster.start([lab.hosts[1]])
         with PgStore(cluster.url) as store:
@@ -458,19 +464,26 @@ def run_latency(lab: Lab, work: Path, samples: int, say: Any) -> dict[str, Any]:
                 time.sleep(0.05)  # the previous probe has ended: slots are free
                 t0 = time.monotonic_ns()
                 store.submit("bench.apps:probe", json.dumps({"i": i, "reply": reply_path}), f"probe-{i}")
+                committed = time.monotonic_ns()
                 while True:
                     stamp, _, index = sock.recv(256).partition(b" ")
                     if int(index) == i:
                         break
                 if i >= 5:  # the first few warm the master's import of the target
                     found.append((int(stamp) - t0) / 1e6)
-        say(f"store latency p50 {statistics.median(found):.1f} ms [load {loadavg()}]")
+                    claimed = float(cluster.sql("SELECT a.started_at FROM attempts a JOIN jobs j ON j.id = a.job_id "
+                                                "WHERE j.key = %s", [f"probe-{i}"])[0][0]) - wall_minus_mono
+                    stages["submit"].append((committed - t0) / 1e6)
+                    stages["to claim"].append(claimed * 1e3 - committed / 1e6)
+                    stages["claim to body"].append(int(stamp) / 1e6 - claimed * 1e3)
+        say(f"store latency p50 {statistics.median(found):.1f} ms: "
+            + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in stages.items()) + f" ms [load {loadavg()}]")
     finally:
         cluster.stop()
         sock.close()
     found.sort()
     return {"samples": len(found), "p50_ms": statistics.median(found), "p99_ms": found[int(len(found) * 0.99) - 1],
-            "max_ms": found[-1]}
+            "max_ms": found[-1], "stages_p50_ms": {k: statistics.median(v) for k, v in stages.items()}}
 
 
 def run(work: Path, mode: str, say: Any) -> dict[str, Any]:
