@@ -18,7 +18,12 @@ B, C...) so the machine's load hits all of them; min/median/max per figure.
   top-level calls, and pg_stat_database transactions) with 4 children
   running; procrastinate's idle worker in the same window length.
 - latency: submit from outside the host (root namespace, one open store
-  connection) -> job body running in a namespace host with free slots.
+  connection) -> job body running in a namespace host with free slots, and
+  its stages (submit's round trip, to the claim, claim to body).
+
+The e2e part also reports CPU per job by process class (/proc/PID/stat),
+robust where jobs/s on a shared machine is not, and the masters' statements
+per job (pg_stat_statements).
 
 PHOENIX_BENCH_STORE_PARTS=e2e,store_path,latency,idle,recovery picks parts.
 """
@@ -535,6 +540,17 @@ def rows(r: dict[str, Any], row: Callable[..., Any], ok: Callable[..., bool | No
                        _fmt(jps["procrastinate"], " jobs/s"), _fmt(e["ratios"]["procrastinate"], "x", 2),
                        ">= 1.0x", ok(e["ratios"]["procrastinate"]["median"], 1.0, below=False),
                        "procrastinate runs jobs in threads, Phoenix forks one process per job"))
+        cpu = e.get("cpu_ms_per_job")
+        if cpu:
+            def classes(name: str) -> str:
+                return ", ".join(f"{k} {v:.2f}" for k, v in cpu[name].items())
+
+            pg, sqlite = (sum(cpu[name].values()) for name in ("phoenix-pg", "phoenix-sqlite"))
+            out.append(row(f"store e2e: CPU per job, every process (ms, median of {e['reps']} rounds)",
+                           f"{pg:.2f} ms", "Phoenix on SQLite, one master, 6 slots", f"{sqlite:.2f} ms",
+                           f"{pg / sqlite:.2f}x",
+                           "(reported)", None, f"PG: {classes('phoenix-pg')}; SQLite: {classes('phoenix-sqlite')}; "
+                           f"procrastinate: {classes('procrastinate')}"))
     if "store_path" in r:
         s, jps = r["store_path"], r["store_path"]["jobs_per_s"]
         fig = f"store path alone: claim + record outcome, {s['n']:,} jobs, one connection, no fork"
