@@ -57,14 +57,6 @@ def procrastinate_defer(url: str, n: int) -> None:
     asyncio.run(main())
 
 
-def procrastinate_done(url: str) -> int:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'").fetchone()
-        return int(row[0]) if row else 0
-
-
 def procrastinate_reset(url: str) -> None:
     import psycopg
 

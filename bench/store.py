@@ -18,7 +18,12 @@ B, C...) so the machine's load hits all of them; min/median/max per figure.
   top-level calls, and pg_stat_database transactions) with 4 children
   running; procrastinate's idle worker in the same window length.
 - latency: submit from outside the host (root namespace, one open store
-  connection) -> job body running in a namespace host with free slots.
+  connection) -> job body running in a namespace host with free slots, and
+  its stages (submit's round trip, to the claim, claim to body).
+
+The e2e part also reports CPU per job by process class (/proc/PID/stat),
+robust where jobs/s on a shared machine is not, and the masters' statements
+per job (pg_stat_statements).
 
 PHOENIX_BENCH_STORE_PARTS=e2e,store_path,latency,idle,recovery picks parts.
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -54,6 +60,103 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
+# -- CPU per job, by process class ---------------------------------------------------------
+# /proc/PID/stat ticks: utime + stime of a process (self), and cutime + cstime
+# of the children it has reaped (the fork server reaps every job child; the
+# postmaster every backend that ended). Robust under load, unlike wall time.
+
+
+def _times(pid: int) -> tuple[float, float]:
+    """(own CPU s, reaped children's CPU s) of pid; (0, 0) once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("ascii", "replace")
+    except OSError:
+        return 0.0, 0.0
+    fields = raw[raw.rindex(")") + 2 :].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def _children_of(pid: int) -> list[int]:
+    from tests.multihost.netlab import descendants
+
+    return descendants(pid)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _fork_servers(masters: list[int]) -> list[int]:
+    return [p for m in masters for p in _children_of(m) if b"fork server" in _cmdline(p)]
+
+
+def _postgres_cpu(lab: Lab, backends: set[int]) -> dict[str, float]:
+    """CPU s of the server: the given (long-lived) backends, and everything
+    else (postmaster, background processes, short sessions it reaped)."""
+    assert lab.pg.proc is not None
+    postmaster = lab.pg.proc.pid
+    own, reaped = _times(postmaster)
+    out = {"pg backends": 0.0, "pg other": own + reaped}
+    for pid in _children_of(postmaster):
+        out["pg backends" if pid in backends else "pg other"] += _times(pid)[0]
+    return out
+
+
+def _driver_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _phoenix_cpu(masters: list[int]) -> dict[str, float]:
+    servers = _fork_servers(masters)
+    return {"masters": sum(_times(m)[0] for m in masters), "fork servers": sum(_times(s)[0] for s in servers),
+            "job children": sum(_times(s)[1] for s in servers)}
+
+
+def _backends_from(lab: Lab, addresses: list[str]) -> set[int]:
+    return {int(r[0]) for r in lab.pg.sql("SELECT pid FROM pg_stat_activity WHERE host(client_addr) = ANY(%s)",
+                                          [addresses])}
+
+
+def _per_job(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """ms of CPU per job, by class."""
+    return {k: (after[k] - before[k]) * 1000 / n for k in after}
+
+
+class Counter:
+    """One query polled on one open local connection: a fresh connection per
+    look (every 20 ms) cost the server a backend's start-up each time, ~2 ms
+    of CPU per job on the 2 cores the contenders share, which the SQLite
+    side's look (open the journal file) does not pay."""
+
+    def __init__(self, lab: Lab, database: str, query: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(lab.pg.local_url(database), autocommit=True, connect_timeout=10)
+        self.query = query
+
+    def __call__(self) -> int:
+        row = self.conn.execute(self.query).fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _statements_per_job(lab: Lab, database: str, jobs: int) -> list[tuple[str, float]]:
+    """The statements the masters sent (pg_stat_statements, top level), calls per job."""
+    rows = lab.pg.sql("SELECT s.query, s.calls FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
+                      "WHERE d.datname = %s AND s.toplevel AND s.calls >= %s ORDER BY s.calls DESC",
+                      [database, jobs // 10], database=database)
+    return [(" ".join(str(q).split()), int(c) / jobs) for q, c in rows]
+
+
 def _wait_count(count: Callable[[], int], n: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while count() < n:
@@ -71,7 +174,15 @@ class PhoenixPg:
     def __init__(self, lab: Lab, work: Path) -> None:
         self.cluster = Cluster(lab, work / "e2e-pg", ttl=30.0, app="bench.apps:noop_app", database="e2e")
         self.cluster.start()
+        self.lab = lab
+        self.finished = Counter(lab, "e2e", "SELECT count(*) FROM jobs WHERE state = 'finished'")
         self.total = 0
+
+    def cpu(self) -> dict[str, float]:
+        masters = [m.pid for m in self.cluster.masters.values()]
+        if not hasattr(self, "backends"):
+            self.backends = _backends_from(self.lab, [h.address for h in self.lab.hosts])
+        return {**_phoenix_cpu(masters), **_postgres_cpu(self.lab, self.backends), "driver": _driver_cpu()}
 
     def round(self, n: int, rep: int) -> float:
         from phoenix.pgstore import PgStore
@@ -81,8 +192,7 @@ class PhoenixPg:
             t0 = time.monotonic()
             store.submit_many((NOOP, "null", f"r{rep}-{i}") for i in range(n))
         self.total += n
-        _wait_count(lambda: int(self.cluster.sql("SELECT count(*) FROM jobs WHERE state = 'finished'")[0][0]),
-                    self.total, 600)
+        _wait_count(self.finished, self.total, 600)
         return time.monotonic() - t0
 
 
@@ -94,6 +204,9 @@ class PhoenixSqlite:
                              log_path=work / "e2e-sqlite.log")
         self.master.start()
         self.total = 0
+
+    def cpu(self) -> dict[str, float]:
+        return {**_phoenix_cpu([self.master.pid]), "driver": _driver_cpu()}
 
     def round(self, n: int, rep: int) -> float:
         t0 = time.monotonic()
@@ -138,7 +251,15 @@ class Procrastinate:
         # Ready when every worker has registered its row.
         _wait_count(lambda: int(lab.pg.sql("SELECT count(*) FROM procrastinate_workers",
                                            database="e2e_procrastinate")[0][0]), len(lab.hosts), 60)
+        self.done = Counter(lab, "e2e_procrastinate",
+                            "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'")
         self.total = 0
+
+    def cpu(self) -> dict[str, float]:
+        if not hasattr(self, "backends"):
+            self.backends = _backends_from(self.lab, [h.address for h in self.lab.hosts])
+        return {"workers": sum(_times(p.pid)[0] + _times(p.pid)[1] for p in self.procs),
+                **_postgres_cpu(self.lab, self.backends), "driver": _driver_cpu()}
 
     def round(self, n: int, rep: int) -> float:
         from bench import pg_peers
@@ -146,28 +267,41 @@ class Procrastinate:
         t0 = time.monotonic()
         pg_peers.procrastinate_defer(self.url, n)
         self.total += n
-        _wait_count(lambda: pg_peers.procrastinate_done(self.url), self.total, 600)
+        _wait_count(self.done, self.total, 600)
         return time.monotonic() - t0
 
 
 def run_e2e(lab: Lab, work: Path, n: int, reps: int, say: Any) -> dict[str, Any]:
     contenders = [PhoenixPg(lab, work), PhoenixSqlite(lab, work), Procrastinate(lab, work)]
     times: dict[str, list[float]] = {c.name: [] for c in contenders}
+    cpu: dict[str, list[dict[str, float]]] = {c.name: [] for c in contenders}
     try:
         for rep in range(reps + 1):  # round 0 warms up every side (imports, caches, first connections)
             for c in contenders:
+                before = c.cpu()
                 took = c.round(n, rep)
                 if rep:
                     times[c.name].append(took)
+                    cpu[c.name].append(_per_job(before, c.cpu(), n))
                 say(f"store e2e {c.name} round {rep}: {n / took:.0f} jobs/s [load {loadavg()}]")
+        statements = _statements_per_job(lab, "e2e", n * (reps + 1))
+        say("store e2e phoenix-pg statements per job: " + "; ".join(f"{c:.2f} x {q[:60]!r}" for q, c in statements))
     finally:
         for c in contenders:
             if isinstance(c, PhoenixSqlite):
                 c.close()
             if isinstance(c, PhoenixPg):
+                c.finished.close()
                 c.cluster.stop()
+            if isinstance(c, Procrastinate):
+                c.done.close()
     jps = {k: [n / t for t in v] for k, v in times.items()}
+    cpu_ms = {name: {k: statistics.median(r[k] for r in rounds) for k in rounds[0]} for name, rounds in cpu.items()}
+    for name, classes in cpu_ms.items():
+        say(f"store e2e {name} CPU ms/job (median of rounds): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in classes.items()) + f", total {sum(classes.values()):.2f}")
     return {"n": n, "reps": reps, "seconds": times, "jobs_per_s": {k: spread(v) for k, v in jps.items()},
+            "cpu_ms_per_job": cpu_ms, "phoenix_pg_statements_per_job": statements,
             "ratios": {peer: spread([a / b for a, b in zip(jps["phoenix-pg"], jps[peer], strict=True)])
                        for peer in ("phoenix-sqlite", "procrastinate")}}
 
@@ -321,6 +455,12 @@ def run_latency(lab: Lab, work: Path, samples: int, say: Any) -> dict[str, Any]:
     sock.settimeout(10.0)
     os.chmod(reply_path, 0o666)
     found: list[float] = []
+    # Where the time goes: submit's round trip (insert + NOTIFY, committed), then
+    # the commit -> the claim's clock_timestamp() (the master's wake-up, its turn,
+    # a waiting child, the claim's start), then the claim -> the job body (the
+    # claim's commit, the order, the child's start). Wall clocks of one machine.
+    stages: dict[str, list[float]] = {"submit": [], "to claim": [], "claim to body": []}
+    wall_minus_mono = time.time() - time.monotonic()
     try:
         cluster.start([lab.hosts[1]])
         with PgStore(cluster.url) as store:
@@ -329,19 +469,26 @@ def run_latency(lab: Lab, work: Path, samples: int, say: Any) -> dict[str, Any]:
                 time.sleep(0.05)  # the previous probe has ended: slots are free
                 t0 = time.monotonic_ns()
                 store.submit("bench.apps:probe", json.dumps({"i": i, "reply": reply_path}), f"probe-{i}")
+                committed = time.monotonic_ns()
                 while True:
                     stamp, _, index = sock.recv(256).partition(b" ")
                     if int(index) == i:
                         break
                 if i >= 5:  # the first few warm the master's import of the target
                     found.append((int(stamp) - t0) / 1e6)
-        say(f"store latency p50 {statistics.median(found):.1f} ms [load {loadavg()}]")
+                    claimed = float(cluster.sql("SELECT a.started_at FROM attempts a JOIN jobs j ON j.id = a.job_id "
+                                                "WHERE j.key = %s", [f"probe-{i}"])[0][0]) - wall_minus_mono
+                    stages["submit"].append((committed - t0) / 1e6)
+                    stages["to claim"].append(claimed * 1e3 - committed / 1e6)
+                    stages["claim to body"].append(int(stamp) / 1e6 - claimed * 1e3)
+        say(f"store latency p50 {statistics.median(found):.1f} ms: "
+            + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in stages.items()) + f" ms [load {loadavg()}]")
     finally:
         cluster.stop()
         sock.close()
     found.sort()
     return {"samples": len(found), "p50_ms": statistics.median(found), "p99_ms": found[int(len(found) * 0.99) - 1],
-            "max_ms": found[-1]}
+            "max_ms": found[-1], "stages_p50_ms": {k: statistics.median(v) for k, v in stages.items()}}
 
 
 def run(work: Path, mode: str, say: Any) -> dict[str, Any]:
@@ -393,6 +540,17 @@ def rows(r: dict[str, Any], row: Callable[..., Any], ok: Callable[..., bool | No
                        _fmt(jps["procrastinate"], " jobs/s"), _fmt(e["ratios"]["procrastinate"], "x", 2),
                        ">= 1.0x", ok(e["ratios"]["procrastinate"]["median"], 1.0, below=False),
                        "procrastinate runs jobs in threads, Phoenix forks one process per job"))
+        cpu = e.get("cpu_ms_per_job")
+        if cpu:
+            def classes(name: str) -> str:
+                return ", ".join(f"{k} {v:.2f}" for k, v in cpu[name].items())
+
+            pg, sqlite = (sum(cpu[name].values()) for name in ("phoenix-pg", "phoenix-sqlite"))
+            out.append(row(f"store e2e: CPU per job, every process (ms, median of {e['reps']} rounds)",
+                           f"{pg:.2f} ms", "Phoenix on SQLite, one master, 6 slots", f"{sqlite:.2f} ms",
+                           f"{pg / sqlite:.2f}x",
+                           "(reported)", None, f"PG: {classes('phoenix-pg')}; SQLite: {classes('phoenix-sqlite')}; "
+                           f"procrastinate: {classes('procrastinate')}"))
     if "store_path" in r:
         s, jps = r["store_path"], r["store_path"]["jobs_per_s"]
         fig = f"store path alone: claim + record outcome, {s['n']:,} jobs, one connection, no fork"

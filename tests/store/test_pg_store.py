@@ -17,6 +17,7 @@ from tests.conftest import REPO, phoenix_cli
 
 psycopg = pytest.importorskip("psycopg")
 
+from phoenix.journal import StoreUnavailable  # noqa: E402
 from phoenix.pgstore import RECOVERED_REASON, PgStore, migrate  # noqa: E402
 
 
@@ -86,6 +87,33 @@ def test_an_outcome_and_a_renewal_are_one_round_trip_each(pg_url: str, tmp_path:
     row = a.job_row(job_id)
     assert row is not None and row["state"] == "finished"
     assert [c[3] for c in a.owed_callbacks()] == ["on_finished"]
+
+
+def test_a_statement_on_a_session_the_server_ended_is_an_outage_and_the_next_connects_again(pg_url: str) -> None:
+    """Single statements share the connection's kept cursor: a session the
+    server ended is one StoreUnavailable (an outage, not a traceback), and
+    the next call runs on a new connection and cursor."""
+    a = master(pg_url, "a")
+    job_id, _ = a.submit("m:f", "null", "k")
+    pid = a.connect().info.backend_pid
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(StoreUnavailable, match="PostgreSQL store"):
+        a.job_row(job_id)
+    row = a.job_row(job_id)
+    assert row is not None and row["key"] == "k" and a.connect().info.backend_pid != pid
+
+
+def test_one_final_and_several_are_held(pg_url: str) -> None:
+    """hold_finals: one final is a plain statement, several one executemany; each is kept."""
+    a = master(pg_url, "a")
+    for key in ("one", "two", "three"):
+        a.submit("m:f", "null", key)
+    attempts = [a.claim(1, 10 + i, None)[1] for i in range(3)]  # type: ignore[index]
+    a.hold_finals([(attempts[0], '{"result":1}')])
+    a.hold_finals([(attempts[1], '{"result":2}'), (attempts[2], '{"result":3}')])
+    assert {o.attempt_id: o.final for o in a.open_attempts()} == {
+        attempts[0]: '{"result":1}', attempts[1]: '{"result":2}', attempts[2]: '{"result":3}'}
 
 
 def test_recovery_fences_the_dead_masters_late_outcome(pg_url: str) -> None:
