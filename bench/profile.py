@@ -199,15 +199,22 @@ print(f"{rss():.1f} {best:.3f} {cpu:.3f} {faults:.0f}")
 def profile_fork_cost() -> str:
     cases = [
         ("bare interpreter", "bare"),
+        ("+ threading (its at-fork hook)", "import threading"),
+        ("+ random (reseeds at fork)", "import random"),
+        ("+ logging (its hook, and threading's)", "import logging"),
+        ("+ the setproctitle package (imports logging)", "import setproctitle"),
+        ("the fork server: phoenix.forkserver and the app", "import phoenix.forkserver\n"
+         "from phoenix.app import load_app\nload_app('bench.apps:noop_app')"),
         ("+ sqlite3, json, logging, selectors", "import sqlite3, json, logging, selectors, socket, threading"),
-        ("+ click", "import click, sqlite3, json, logging, selectors"),
         ("+ phoenix.master (what the master imports)", "import phoenix.master"),
         ("+ phoenix.cli (what `phoenix start` imports)", "import phoenix.cli, phoenix.master"),
     ]
     lines = ["## What a fork costs as the forking process grows", "",
              "Sequential fork + child `os._exit(0)` + waitpid, best of 3 x 300, in a process that imported the "
              "modules named (fork copies page tables and the child's exit unmaps them: both grow with the "
-             "parent's resident memory).", "",
+             "parent's resident memory; and every fork runs the at-fork hooks the imported modules registered, "
+             "Python code whose first writes copy pages). The fork server is a fresh interpreter with the "
+             "fork server's row's imports; before, it was a fork of the master (the last rows).", "",
              "| forking process | RSS (MB) | fork+exit+wait (ms) | child's CPU by its first line (ms) | "
              "child's page faults by its first line |", "| --- | --- | --- | --- | --- |"]
     for label, code in cases:
@@ -259,59 +266,64 @@ def profile_heartbeats(reg: Registry, work: Path, n: int, seconds: float) -> str
             f"(the sampler itself adds a little).\n\n" + summarize(raw, "MainThread"))
 
 
-_CHILD_STEPS = r"""
-import os, sys, time, json, resource, socket, _thread
-import phoenix.cli, phoenix.master
-from phoenix import child, lineage, protocol
-from phoenix.signals import set_child_subreaper
-from setproctitle import setproctitle
-import gc; gc.freeze()
-sock_path = sys.argv[1]
-rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); rx.bind(sock_path)
-STEPS = ("leave the fork server (its 2 fds, SIGCHLD unblocked)", "child subreaper (prctl)", "setproctitle",
-         "Sender()", "heartbeat thread start", "outbox write", "end descendants (none)")
-results = {}
-def mark(t):
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    t.append((time.perf_counter_ns(), ru.ru_minflt))
-for i in range(200):
-    r, w = os.pipe()
+_CHILD_RUN = r"""
+import gc, json, os, resource, socket, sys
+sys.argv = ["phoenix"]
+import phoenix.forkserver
+from phoenix import child
+from phoenix.app import load_app, resolve_target
+load_app("bench.apps:noop_app")
+gc.freeze()
+work = os.environ["PHOENIX_PROFILE_DIR"]
+path = os.path.join(work, "steps.sock")
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+listener.bind(path)
+listener.listen(16)
+n = 300
+before = resource.getrusage(resource.RUSAGE_CHILDREN)
+for i in range(n):
+    order_read, order_write = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
-        os.close(r)
-        t = []
-        mark(t)
-        a, b = os.pipe(); child._leave_server((a, b)); mark(t)
-        set_child_subreaper(); mark(t)
-        setproctitle("phoenix: job x attempt 1"); mark(t)
-        sender = protocol.Sender(sock_path); mark(t)
-        _thread.start_new_thread(time.sleep, (1,)); mark(t)
-        child._write_outbox(os.path.dirname(sock_path), i, 1, b"{}"); mark(t)
-        lineage.end_own_descendants(); mark(t)
-        os.write(w, json.dumps([(b[0] - a[0], b[1] - a[1]) for a, b in zip(t, t[1:])]).encode()); os._exit(0)
-    os.close(w)
-    data = os.read(r, 4096); os.close(r); os.waitpid(pid, 0)
-    for name, (ns, faults) in zip(STEPS, json.loads(data)):
-        results.setdefault(name, []).append((ns / 1e6, faults))
-for name, v in results.items():
-    ms = sorted(x for x, _ in v); faults = sorted(f for _, f in v)
-    print(f"{name}|{ms[len(ms)//2]:.3f}|{ms[int(len(ms)*0.9)]:.3f}|{faults[len(faults)//2]}")
+        os.close(order_write)
+        child.run(order_fd=order_read, resolve=resolve_target, socket_path=path, outbox=work, keep_fds=set(),
+                  server_fds=(listener.fileno(),))
+    os.close(order_read)
+    os.write(order_write, child.order(i + 1, f"k{i}", 1, "bench.apps:noop", "{}", 1.0, 10.0))
+    os.close(order_write)
+    conn, _ = listener.accept()
+    while data := conn.recv(65536):
+        message = json.loads(data)
+        if message["k"] in ("finished", "failed"):
+            conn.send(b'{"v":1,"ack":%d}' % message["seq"])
+    conn.close()
+    os.waitpid(pid, 0)
+after = resource.getrusage(resource.RUSAGE_CHILDREN)
+user = (after.ru_utime - before.ru_utime) / n * 1000
+system = (after.ru_stime - before.ru_stime) / n * 1000
+print(f"{user:.3f} {system:.3f} {(after.ru_minflt - before.ru_minflt) / n:.0f}")
 """
 
 
-def profile_child_steps(work: Path) -> str:
-    out = subprocess.run([PYTHON, "-c", _CHILD_STEPS, str(work / "steps.sock")], capture_output=True, text=True,
-                         cwd=REPO, env=env())
-    lines = ["## Spawn: the child's set-up, step by step", "",
-             "Each step of phoenix.child.run around the job body, timed inside 200 children forked from a process "
-             "that imported what the master imports, as the fork server is (page faults: minflt, median).", "",
-             "| step | p50 (ms) | p90 (ms) | page faults |", "| --- | --- | --- | --- |"]
+def profile_child_run(work: Path) -> str:
+    """A whole job child as the fork server forks it (phoenix.child.run with a
+    no-op job, its order, its connection, its beat thread, its acknowledged
+    final), with this process as the master: CPU and page faults per child."""
+    out = subprocess.run([PYTHON, "-c", _CHILD_RUN], capture_output=True, text=True, cwd=REPO,
+                         env={**env(), "PHOENIX_PROFILE_DIR": str(work)})
+    lines = ["## A whole job child, forked as the fork server forks it", "",
+             "300 children, each `phoenix.child.run` for a no-op job (order read, title, connection, beat "
+             "thread, job, final sent and acknowledged, exit), forked from a fresh interpreter that imported "
+             "what the fork server imports; this process plays the master. Per child:", ""]
     if out.returncode != 0:
-        lines.append(f"| error | {out.stderr.strip()[-200:]} | |")
-    for row in out.stdout.splitlines():
-        name, p50, p90, faults = row.split("|")
-        lines.append(f"| {name} | {p50} | {p90} | {faults} |")
-    return "\n".join(lines) + "\n\n"
+        return "\n".join(lines + [f"error: {out.stderr.strip()[-300:]}"]) + "\n\n"
+    user, system, faults = out.stdout.split()
+    lines += ["| user (ms) | system (ms) | page faults |", "| --- | --- | --- |", f"| {user} | {system} | {faults} |",
+              "", "A bare interpreter's fork + `_exit` is about 64 page faults (the fork-cost table above): the "
+              "rest is the first write, after fork, to each page the child's Python touches (reference counts "
+              "of shared objects, the interpreter's own state in libpython's data), each a copy-on-write "
+              "fault.", ""]
+    return "\n".join(lines) + "\n"
 
 
 def profile_imports() -> str:
@@ -432,8 +444,8 @@ def main(quick: bool, out: Path) -> int:
         sections.append(profile_fork_cost())
         say("profile: heartbeats")
         sections.append(profile_heartbeats(reg, work, 200 if quick else 1000, 5 if quick else 10))
-        say("profile: child set-up")
-        sections.append(profile_child_steps(work))
+        say("profile: a whole job child")
+        sections.append(profile_child_run(work))
         say("profile: imports")
         sections.append(profile_imports())
         say("profile: spawn burst")
