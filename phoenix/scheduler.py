@@ -170,7 +170,7 @@ class Scheduler:
             attempt_id = h.journal.begin_attempt(job, h.generation, None, None)
             reason = f"fork failed: {exc.strerror}"
             h.recorder.record(job.id, job.key, job.target, attempt_id, number,
-                                 Classified(Outcome.LOST, reason, reason, None), None, None)
+                              Classified(Outcome.LOST, reason, reason, None), None, None, failures=job.failures)
             return
         pid = waiting.pid
         try:
@@ -203,7 +203,8 @@ class Scheduler:
                                              h.config.heartbeat_interval, h.config.outcome_delivery_timeout,
                                              attempt_id, self.orphan_rule()))
         now = time.monotonic()
-        attempt = Attempt(attempt_id, job.id, job.key, job.target, number, pid, spec, now, now, now)
+        attempt = Attempt(attempt_id, job.id, job.key, job.target, number, pid, spec, now, now, now,
+                          failures=job.failures)
         if not delivered:  # the child died waiting and never saw its job: not the job's failure
             attempt.interrupted = True
             attempt.kill_detail = "its child died before it received the job"
