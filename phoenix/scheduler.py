@@ -87,8 +87,14 @@ class Scheduler:
             self.spawn(job)
             if time.monotonic() >= slice_ends:
                 break  # the rest on the next turn, after reaping, timers and control requests
-        if len(jobs) and h.has_free_slot():
-            self.maybe_pending = True  # there may be more behind them
+        if not h.has_free_slot():
+            # Every slot taken: look again once one is freed (an attempt's end
+            # also wakes us); until then no pending job's due time matters.
+            self.next_poll = time.monotonic()
+            return
+        if len(jobs):
+            self.maybe_pending = True  # there may be more behind them: the next turn looks
+            return
         due_in = h.journal.next_due_in()
         if due_in is not None and due_in > 0:
             self.next_poll = min(self.next_poll, time.monotonic() + due_in)
