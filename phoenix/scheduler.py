@@ -88,9 +88,8 @@ class Scheduler:
             if time.monotonic() >= slice_ends:
                 break  # the rest on the next turn, after reaping, timers and control requests
         if not h.has_free_slot():
-            # Every slot taken: look again once one is freed (an attempt's end
-            # also wakes us); until then no pending job's due time matters.
-            self.next_poll = time.monotonic()
+            # Every slot taken: until one is freed (by an attempt's end, more
+            # slots or a recovery, each of which wakes us) no job's due time matters.
             return
         if len(jobs):
             self.maybe_pending = True  # there may be more behind them: the next turn looks
