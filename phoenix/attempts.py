@@ -35,6 +35,9 @@ class Attempt:
     kill_detail: str | None = None
     interrupted: bool = False
     escaped: dict[int, int] = field(default_factory=dict)  # pid -> pidfd: its processes outside its group
+    # The job's failures when this attempt began (only its own end changes
+    # them meanwhile); None: adopted, the recorder reads them from the journal.
+    failures: int | None = None
 
     def limits(self, default_heartbeat_timeout: float) -> Limits:
         spec = self.spec

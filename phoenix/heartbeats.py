@@ -279,7 +279,11 @@ class HeartbeatIntake:
                 try:
                     h.link.sock.send(protocol.ack(h.seq))
                 except OSError:
-                    pass  # the child is gone or stuck: its outbox (or the journal) has the outcome
+                    continue  # the child is gone or stuck: its outbox (or the journal) has the outcome
+                # A child sends nothing after its final: once it has the ack
+                # (queued before our EOF), its connection is done. Closed now,
+                # its EOF never wakes the loop (one turn fewer per job).
+                self._close(h.link)
 
     def note_gap(self, attempt: Attempt, first: int, end: int) -> None:
         """Sequence numbers first..end-1 were skipped: beats the child numbered

@@ -492,12 +492,13 @@ class Journal:
         """Up to `limit` jobs due to run, the longest waiting first."""
         clocks = {**_clocks(), "limit": limit}
         columns = "not_before, id, key, target, params, attempts, failures"
+        # One statement (one read of the journal per look, which is once per job):
+        # the jobs never put back with a backoff, and those whose backoff is over.
         rows = self.db.execute(
-            f"SELECT {columns} FROM jobs WHERE {_NO_BACKOFF} AND not_before <= :wall "
-            "ORDER BY not_before, id LIMIT :limit", clocks).fetchall()
-        rows += self.db.execute(
-            f"SELECT {columns} FROM jobs INDEXED BY jobs_backoff WHERE {_IN_BACKOFF} AND {_BACKOFF_WAIT} <= 0 "
-            "LIMIT :limit", clocks).fetchall()
+            f"SELECT * FROM (SELECT {columns} FROM jobs WHERE {_NO_BACKOFF} AND not_before <= :wall "
+            "ORDER BY not_before, id LIMIT :limit) UNION ALL "
+            f"SELECT * FROM (SELECT {columns} FROM jobs INDEXED BY jobs_backoff WHERE {_IN_BACKOFF} "
+            f"AND {_BACKOFF_WAIT} <= 0 LIMIT :limit)", clocks).fetchall()
         return [Job(*row[1:]) for row in sorted(rows)[:limit]]
 
     def claim(self, generation: int, pid: int | None, start_time: int | None) -> tuple[Job, int] | None:
@@ -660,6 +661,12 @@ class Journal:
         for state, n in self.db.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
             counts[state] = n
         return counts
+
+    def pending_count(self) -> int:
+        """Jobs waiting to run, counted through the jobs_pending index: not a
+        read of every job the journal keeps, as `counts` is."""
+        count: int = self.db.execute("SELECT count(*) FROM jobs WHERE state = 'pending'").fetchone()[0]
+        return count
 
     def batch_counts(self, run_started: float) -> dict[str, int]:
         """What `--exit-when-done` judges: every pending and running job, and

@@ -14,46 +14,115 @@ from phoenix.untrusted import visible
 
 log = logging.getLogger("phoenix")
 
-_handler: logging.Handler | None = None
+_handler: logging.StreamHandler[Any] | None = None
+_formatter: TextFormatter | JsonFormatter | None = None  # _handler's, as setup() made it
 # Set by setup() in the master; a child (forked from it) keeps its master's.
 _master_pid: int | None = None
 
 
 def event(level: int, name: str, **fields: Any) -> None:
     """Log one event: `event("spawn", pid=12, job="key", attempt=1)`."""
-    if log.isEnabledFor(level):
-        log.log(level, "%s", name, extra={"phoenix_fields": fields})
+    if not log.isEnabledFor(level):
+        return
+    handler, formatter = _handler, _formatter
+    if (handler is not None and formatter is not None and _reaches_only(handler, formatter, level)
+            and _write(handler, formatter.event_line(time.time(), level, os.getpid(), name, fields))):
+        return
+    # The record log.log would make, without its walk up the stack to find
+    # the caller, which is always this function.
+    log.handle(log.makeRecord(log.name, level, __file__, _EVENT_LINE, "%s", (name,), None, "event",
+                              {"phoenix_fields": fields}))
+
+
+_EVENT_LINE = event.__code__.co_firstlineno
+
+
+def _write(handler: logging.StreamHandler[Any], line: str) -> bool:
+    """Write an event's line as the handler would, without a LogRecord and the
+    logging machinery around it (two events per job: most of what logging
+    cost the master per job). False if it could not: the usual way reports why."""
+    handler.acquire()
+    try:
+        stream = handler.stream
+        if stream is None:  # a closed FileHandler: the usual way opens it again
+            return False
+        stream.write(line + handler.terminator)
+        stream.flush()
+        return True
+    except Exception:  # noqa: BLE001 - a full disk, a closed stream: handleError says so, the usual way
+        return False
+    finally:
+        handler.release()
+
+
+def _reaches_only(handler: logging.Handler, formatter: logging.Formatter, level: int) -> bool:
+    """Whether a Phoenix event goes to setup()'s handler alone, formatted as
+    setup() said and unfiltered: not once anything else (an app, a job's code)
+    added a handler, a filter or a record factory."""
+    root = logging.root
+    return (log.propagate and not log.disabled and not log.handlers and not log.filters and log.parent is root
+            and not root.filters
+            and len(root.handlers) == 1 and root.handlers[0] is handler and not handler.filters
+            and level >= handler.level and handler.formatter is formatter
+            and logging.getLogRecordFactory() is logging.LogRecord)
+
+
+_stamp: tuple[int, str] = (-1, "")  # the last second formatted, which the next line most likely shares
+
+
+def _time_stamp(created: float) -> str:
+    global _stamp
+    second, stamp = _stamp
+    if int(created) != second:
+        second = int(created)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(second))
+        _stamp = (second, stamp)
+    return f"{stamp}.{int((created - second) * 1000):03d}"  # milliseconds, as a LogRecord's msecs
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, "phoenix_fields", None)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
-        head = f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} [{record.process}]"
-        # What a job or a user wrote (a key, an error text, a job's own log
-        # message) is shown, never obeyed: no escape sequence or carriage
-        # return reaches the file raw, and a continuation line is indented, so
-        # that every line at the margin is a record Phoenix wrote.
-        message = visible(record.getMessage(), multiline=True)
-        if fields is None:
-            text = f"{head} {message}"
-        else:
-            # A field of several lines (a reload's whole reason) shows its first
-            # line in place and the rest below, indented: still one record.
-            shown, below = [], []
-            for name, value in fields.items():
-                first, newline, rest = str(value).partition("\n")
-                shown.append(f"{name}={_plain(first)}")
-                if newline:
-                    below.append("\n" + visible(rest, multiline=True))
-            text = f"{head} {message} " + " ".join(shown) + "".join(below)
-        if record.exc_info:
-            text += "\n" + visible(self.formatException(record.exc_info), multiline=True)
-        return text.rstrip().replace("\n", "\n    ")
+        exc_text = self.formatException(record.exc_info) if record.exc_info else None
+        return _text_line(record.created, record.levelname, record.process, record.getMessage(),
+                          getattr(record, "phoenix_fields", None), exc_text)
+
+    def event_line(self, created: float, level: int, pid: int, name: str, fields: dict[str, Any]) -> str:
+        return _text_line(created, logging.getLevelName(level), pid, name, fields, None)
+
+
+def _text_line(created: float, levelname: str, pid: int | None, message: str, fields: dict[str, Any] | None,
+               exc_text: str | None) -> str:
+    head = f"{_time_stamp(created)} {levelname:<7} [{pid}]"
+    # What a job or a user wrote (a key, an error text, a job's own log
+    # message) is shown, never obeyed: no escape sequence or carriage
+    # return reaches the file raw, and a continuation line is indented, so
+    # that every line at the margin is a record Phoenix wrote.
+    if not message.isprintable():  # (all that `visible` escapes is unprintable: most messages pass as they are)
+        message = visible(message, multiline=True)
+    if fields is None:
+        text = f"{head} {message}"
+    else:
+        # A field of several lines (a reload's whole reason) shows its first
+        # line in place and the rest below, indented: still one record.
+        shown, below = [], []
+        for name, value in fields.items():
+            if type(value) is int:  # a pid, an attempt number: nothing to escape, quote or split
+                shown.append(f"{name}={value}")
+                continue
+            first, newline, rest = str(value).partition("\n")
+            shown.append(f"{name}={_plain(first)}")
+            if newline:
+                below.append("\n" + visible(rest, multiline=True))
+        text = f"{head} {message} " + " ".join(shown) + "".join(below)
+    if exc_text:
+        text += "\n" + visible(exc_text, multiline=True)
+    return text.rstrip().replace("\n", "\n    ")
 
 
 def _plain(value: Any) -> str:
     text = str(value)
+    if text.isprintable() and text and " " not in text and '"' not in text:
+        return text  # the common case (all that `visible` escapes is unprintable)
     # json.dumps escapes every control and non-ASCII character: used whenever the text needs it.
     return json.dumps(text) if (not text or " " in text or '"' in text or visible(text) != text) else text
 
@@ -75,18 +144,24 @@ class JsonFormatter(logging.Formatter):
             payload["traceback"] = self.formatException(record.exc_info)
         return json.dumps(payload, default=str)
 
+    def event_line(self, created: float, level: int, pid: int, name: str, fields: dict[str, Any]) -> str:
+        payload = {"ts": created, "level": logging.getLevelName(level).lower(), "master_pid": _master_pid,
+                   "pid": pid, "event": name, **fields}
+        return json.dumps(payload, default=str)
+
 
 def setup(level: str = "info", fmt: str = "text", file: str | None = None, master_pid: int | None = None) -> None:
     """Configure the root logger (job code's logging goes the same way; the
     fork server configures its own alike, naming its master)."""
-    global _handler, _master_pid
+    global _handler, _formatter, _master_pid
     _master_pid = master_pid or os.getpid()
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)
         _handler.close()
     _handler = logging.FileHandler(file) if file else logging.StreamHandler(sys.stderr)
-    _handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    _formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    _handler.setFormatter(_formatter)
     root.addHandler(_handler)
     root.setLevel(level.upper())
 

@@ -642,8 +642,11 @@ class Master:
         if not force and now < self.title_due:
             return
         self.title_due = now + (SHARED_TITLE_EVERY if self.journal.shared else 0.5)  # a shared count costs more
-        self.counters.jobs = self.journal.counts()
-        pending = self.counters.jobs["pending"]
+        if self.histograms is not None:  # --metrics exports the count of every state
+            self.counters.jobs = self.journal.counts()
+            pending = self.counters.jobs["pending"]
+        else:  # through an index: counts() reads every job kept (10 ms for 100,000), twice a second
+            pending = self.journal.pending_count()
         app = (self.app.name if self.app is not None else None) or self.app_spec or "-"
         if self.state == MasterState.DEGRADED:
             set_title(f"phoenix: master gen {self.generation} [{app}] DEGRADED {len(self.children)} running")

@@ -641,6 +641,14 @@ class PgStore:
                 counts[state] = int(n)
         return counts
 
+    def pending_count(self) -> int:
+        """Jobs waiting to run, counted through the jobs_pending index."""
+        with self._one() as cur:
+            cur.execute("SELECT count(*) FROM jobs WHERE state = 'pending'")
+            row = cur.fetchone()
+            assert row is not None  # count(*) always answers
+            return int(row[0])
+
     def batch_counts(self, run_started: float) -> dict[str, int]:
         counts = dict.fromkeys(JOB_STATES, 0)
         with self._one() as cur:

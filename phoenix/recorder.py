@@ -61,7 +61,7 @@ class OutcomeRecorder:
         # An acknowledged final means the child wrote no outbox file: nothing to remove.
         h.guarded(functools.partial(self.record, attempt.job_id, attempt.key, attempt.target, attempt.attempt_id,
                                     attempt.number, result, max_rss_kb, attempt.pid,
-                                    outbox=not attempt.final_held), retry=True)
+                                    outbox=not attempt.final_held, failures=attempt.failures), retry=True)
         if h.histograms is not None:
             h.histograms.job_duration.labels(result.outcome).observe(time.monotonic() - attempt.started)
         h.jobs_may_be_pending()
@@ -75,12 +75,15 @@ class OutcomeRecorder:
         self.record(a.job_id, a.key, a.target, a.attempt_id, a.n, result, None, a.pid)
 
     def record(self, job_id: int, key: str, target: str, attempt_id: int, number: int, result: Classified,
-               max_rss_kb: int | None, pid: int | None, outbox: bool = True) -> None:
+               max_rss_kb: int | None, pid: int | None, outbox: bool = True, failures: int | None = None) -> None:
+        """`failures`: the job's, if known (else read from the journal)."""
         h = self.host
-        job = h.journal.job_row(job_id)
-        assert job is not None
+        if failures is None:
+            job = h.journal.job_row(job_id)
+            assert job is not None
+            failures = int(job["failures"])
         now = time.monotonic()
-        after = after_attempt(result.outcome, job["failures"], h.retries_for(target), budget=h.budget, now=now,
+        after = after_attempt(result.outcome, failures, h.retries_for(target), budget=h.budget, now=now,
                               backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
         retry_delay = after.delay if after.job_state == "pending" and after.counts_as_failure else None
         callback = after.callback if after.callback is not None and h.owes_callback(after.callback) else None

@@ -87,8 +87,13 @@ class Scheduler:
             self.spawn(job)
             if time.monotonic() >= slice_ends:
                 break  # the rest on the next turn, after reaping, timers and control requests
-        if len(jobs) and h.has_free_slot():
-            self.maybe_pending = True  # there may be more behind them
+        if not h.has_free_slot():
+            # Every slot taken: until one is freed (by an attempt's end, more
+            # slots or a recovery, each of which wakes us) no job's due time matters.
+            return
+        if len(jobs):
+            self.maybe_pending = True  # there may be more behind them: the next turn looks
+            return
         due_in = h.journal.next_due_in()
         if due_in is not None and due_in > 0:
             self.next_poll = min(self.next_poll, time.monotonic() + due_in)
@@ -170,7 +175,7 @@ class Scheduler:
             attempt_id = h.journal.begin_attempt(job, h.generation, None, None)
             reason = f"fork failed: {exc.strerror}"
             h.recorder.record(job.id, job.key, job.target, attempt_id, number,
-                                 Classified(Outcome.LOST, reason, reason, None), None, None)
+                              Classified(Outcome.LOST, reason, reason, None), None, None, failures=job.failures)
             return
         pid = waiting.pid
         try:
@@ -203,7 +208,8 @@ class Scheduler:
                                              h.config.heartbeat_interval, h.config.outcome_delivery_timeout,
                                              attempt_id, self.orphan_rule()))
         now = time.monotonic()
-        attempt = Attempt(attempt_id, job.id, job.key, job.target, number, pid, spec, now, now, now)
+        attempt = Attempt(attempt_id, job.id, job.key, job.target, number, pid, spec, now, now, now,
+                          failures=job.failures)
         if not delivered:  # the child died waiting and never saw its job: not the job's failure
             attempt.interrupted = True
             attempt.kill_detail = "its child died before it received the job"

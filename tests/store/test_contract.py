@@ -116,6 +116,15 @@ def test_a_job_that_cannot_start_fails_with_its_callback_owed(store: Store) -> N
     assert store.owed_callbacks() == [(callback_id, job_id, 0, "on_failed")]
 
 
+def test_pending_count_counts_only_the_jobs_waiting(store: Store) -> None:
+    store.submit_many([("m:f", str(i), f"k{i}") for i in range(5)])
+    job, attempt_id = claim(store)  # running
+    end(store, attempt_id, job.id, callback=None)  # finished
+    claim(store)  # running
+    assert store.cancel_pending("k4") == "pending"
+    assert store.pending_count() == store.counts()["pending"] == 2
+
+
 def test_retry_and_cancel(store: Store) -> None:
     job_id, _ = store.submit("m:f", "null", "k")
     store.submit("m:f", "2", "waiting")
