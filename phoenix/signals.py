@@ -67,11 +67,13 @@ def unignore_reserved_signals() -> None:
         return  # another architecture: left as inherited
     for signum in range(32, signal.SIGRTMIN):
         current = ctypes.create_string_buffer(_KERNEL_SIGACTION_BYTES)
-        if _libc.syscall(_SYS_RT_SIGACTION, signum, None, current, 8) != 0:
+        # c_long: syscall(2) reads every argument as a long (va_arg).
+        number, sig, size = ctypes.c_long(_SYS_RT_SIGACTION), ctypes.c_long(signum), ctypes.c_long(8)
+        if _libc.syscall(number, sig, None, current, size) != 0:
             continue
         if int.from_bytes(current.raw[:ctypes.sizeof(ctypes.c_void_p)], "little") == _SIG_IGN:
             default = ctypes.create_string_buffer(_KERNEL_SIGACTION_BYTES)
-            _libc.syscall(_SYS_RT_SIGACTION, signum, default, None, 8)
+            _libc.syscall(number, sig, default, None, size)
 
 
 def set_child_subreaper() -> None:

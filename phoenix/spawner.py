@@ -130,7 +130,8 @@ class Spawner:
         try:
             server = ForkServer.start(settings)
         except OSError as exc:
-            log.event(logging.ERROR, "fork_server_failed", error=exc.strerror, effect="the master forks children")
+            log.event(logging.ERROR, "fork_server_failed", error=exc.strerror or str(exc),
+                      effect="the master forks children")
             return
         self.server = server
         m.subprocesses[server.pid] = functools.partial(self._server_exited, server)
