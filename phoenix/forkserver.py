@@ -315,8 +315,10 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # close-on-exec, as Python makes them
         try:
             with theirs:
+                # The master's own interpreter flags (-O, -X, -W...), as multiprocessing passes them on.
+                flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
                 process = subprocess.Popen(
-                    [sys.executable, "-c", SERVER_MAIN, json.dumps({**settings, "fd": theirs.fileno()})],
+                    [sys.executable, *flags, "-c", SERVER_MAIN, json.dumps({**settings, "fd": theirs.fileno()})],
                     pass_fds=(theirs.fileno(),),
                     process_group=0)  # a terminal's Ctrl-C is for the master: it decides what its children get
         except (OSError, subprocess.SubprocessError) as exc:

@@ -11,7 +11,7 @@ import signal
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pytest
 
@@ -76,11 +76,12 @@ class Master(driver.Master):
     their callbacks to (PHOENIX_TEST_CALLBACKS), read back by `callbacks()`."""
 
     def __init__(self, state_dir: Path, app: str = "tests.apps.jobs:app", *args: str,
-                 env: dict[str, str] | None = None, cwd: Path = REPO, log_dir: Path | None = None) -> None:
+                 env: dict[str, str] | None = None, cwd: Path = REPO, log_dir: Path | None = None,
+                 launcher: Sequence[str] = driver.PHOENIX) -> None:
         log_dir = log_dir or state_dir.parent  # outside the state dir's file system when a test breaks that
         self.callbacks_path = log_dir / f"{state_dir.name}-callbacks.jsonl"
         super().__init__(state_dir, app, *args, env={"PHOENIX_TEST_CALLBACKS": str(self.callbacks_path), **(env or {})},
-                         cwd=cwd, log_path=log_dir / f"{state_dir.name}-master.log")
+                         cwd=cwd, log_path=log_dir / f"{state_dir.name}-master.log", launcher=launcher)
 
     def callbacks(self) -> list[dict[str, Any]]:
         if not self.callbacks_path.exists():
@@ -108,8 +109,9 @@ def master_factory(state_dir: Path):
     started: list[Master] = []
 
     def make(*args: str, app: str = "tests.apps.jobs:app", env: dict[str, str] | None = None,
-             cwd: Path = REPO, start: bool = True, state: Path | None = None) -> Master:
-        master = Master(state or state_dir, app, *args, env=env, cwd=cwd, log_dir=state_dir.parent)
+             cwd: Path = REPO, start: bool = True, state: Path | None = None,
+             launcher: Sequence[str] = driver.PHOENIX) -> Master:
+        master = Master(state or state_dir, app, *args, env=env, cwd=cwd, log_dir=state_dir.parent, launcher=launcher)
         started.append(master)
         return master.start() if start else master
 

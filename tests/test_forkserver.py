@@ -7,6 +7,7 @@ spawns in the master, with a warning that says why."""
 
 import os
 import signal
+import sys
 
 import pytest
 
@@ -164,3 +165,13 @@ def test_a_jobs_log_records_go_to_the_masters_log_even_if_the_app_never_imported
     log = master.wait_log("a record from job w1", timeout=10, what="the job's record in the master's log")
     line = next(line for line in log.splitlines() if "a record from job w1" in line)
     assert " INFO " in line and line.startswith("20"), line  # stamped and levelled like the master's own lines
+
+
+def test_the_fork_server_runs_with_the_masters_interpreter_flags(master_factory):
+    # A fresh interpreter would otherwise drop `python -O` or `-X dev`: job code
+    # would run with asserts the master's operator turned off.
+    master = master_factory(launcher=(sys.executable, "-O", "-X", "dev", "-m", "phoenix"))
+    server_of(master)
+    master.submit("tests.apps.jobs:interpreter_flags", {}, key="flags")
+    wait_for(lambda: master.jobs()["flags"]["state"] == "finished", what="the job")
+    assert master.jobs()["flags"]["result"] == {"optimize": 1, "dev_mode": True}

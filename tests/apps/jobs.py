@@ -261,3 +261,11 @@ def logs_a_line(params):
 
     logging.getLogger("tests.jobs").info("a record from job %s", params["who"])
     return None
+
+
+@app.job
+def interpreter_flags(params):
+    """The interpreter flags this child runs with: its fork server's."""
+    import sys
+
+    return {"optimize": sys.flags.optimize, "dev_mode": sys.flags.dev_mode}
