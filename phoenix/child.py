@@ -265,9 +265,8 @@ def run(
         context = ChildContext(got["job"], got["key"], got["attempt"], decode_params(got["params"]),
                                got.get("attempt_id"))
         set_title(f"phoenix: job {visible(context.key)} attempt {context.attempt}")  # a NUL would raise
-        # It connects with its first message (a beat, one interval in, or the
-        # final): a short job's connection and final wake the master once.
         sender = protocol.Sender(socket_path)
+        sender.connect()
         orphan = got.get("orphan")
         _runtime = _Runtime(context, sender, got["interval"], (orphan[0], orphan[1]) if orphan else None)
         # _thread, not threading.Thread: start() waits for the thread to run

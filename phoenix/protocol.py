@@ -182,6 +182,16 @@ class Sender:
             self.sock = sock
         return self.sock
 
+    def connect(self) -> None:
+        """Connect now, if the master is there (else the first send retries):
+        from here on the master sees this child's EOF when it ends."""
+        with self.lock:
+            try:
+                self._connected()
+            except OSError as exc:
+                if exc.errno not in self.RETRYABLE:
+                    raise
+
     def _drop(self) -> None:
         if self.sock is not None:
             self.sock.close()  # the master went away: reconnect by path next time
