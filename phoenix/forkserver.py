@@ -58,7 +58,7 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from phoenix import child
 from phoenix.app import load_app, resolve_target
@@ -132,6 +132,9 @@ def main() -> NoReturn:
         if reason is not None:
             sock.send(REFUSED + reason.encode()[: MESSAGE_BYTES - 1])
         else:
+            # Again: what the app installed at import (a TERM handler, SIGCHLD
+            # ignored) would otherwise be every job child's, which keep the table.
+            child.reset_signal_handlers()
             gc.freeze()  # the app's objects: never scanned here or in a child, so their pages stay shared
             signal_fd = blocked_signal_fd({signal.SIGCHLD})
             sock.send(READY)
@@ -376,21 +379,13 @@ class ForkServer:
 
     def wait(self, timeout: float = REPLY_TIMEOUT) -> None:
         """Block until a reply to the oldest request (or the server's end) arrives."""
-        replies = len(self.forked) + len(self.failed)
-        self._wait_until(lambda: not self.in_flight or len(self.forked) + len(self.failed) != replies, timeout,
-                         "did not answer")
-
-    def wait_ready(self, timeout: float = REPLY_TIMEOUT) -> None:
-        """Block until it has imported the app (or refused to serve, or ended)."""
-        self._wait_until(lambda: self.ready or self.refused is not None, timeout, "was not ready")
-
-    def _wait_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
-        while not self.gone and not done():
+        replies = len(self.forked) + len(self.failed)
+        while self.in_flight and not self.gone and len(self.forked) + len(self.failed) == replies:
             if not poller.poll(timeout * 1000):
                 self.stalled = True
-                raise TimeoutError(f"the fork server (pid {self.pid}) {what} within {timeout} s")
+                raise TimeoutError(f"the fork server (pid {self.pid}) did not answer within {timeout} s")
             self.read()
 
     def _lost(self) -> None:
@@ -402,7 +397,12 @@ class ForkServer:
 
     def stop(self) -> None:
         """Ask it to exit, take every exit it reports, and reap it: its
-        running children are the master's own from then on."""
+        running children are the master's own from then on. One still
+        importing the app has no children, and would not read QUIT until
+        its import ends: it is killed."""
+        if not self.ready and not self.gone:
+            os.kill(self.pid, signal.SIGKILL)  # our unreaped child: the pid names it
+            self._lost()
         if not self.gone:
             try:
                 self.sock.send(QUIT)
@@ -417,8 +417,9 @@ class ForkServer:
                 self._lost()
         try:
             self.reaped(os.waitpid(self.pid, 0)[1])
-        except ChildProcessError:
-            pass  # the reaper took it first (it died on its own)
+        except ChildProcessError:  # the reaper took it first (it died on its own)
+            if self.process.returncode is None:
+                self.process.returncode = -1  # never for subprocess to wait for
         self.close()
 
     def reaped(self, status: int) -> None:

@@ -47,10 +47,14 @@ def _write(handler: logging.StreamHandler[Any], line: str) -> bool:
         if stream is None:  # a closed FileHandler: the usual way opens it again
             return False
         stream.write(line + handler.terminator)
-        stream.flush()
-        return True
     except Exception:  # noqa: BLE001 - a full disk, a closed stream: handleError says so, the usual way
         return False
+    else:
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - written already: the usual way would only write it twice
+            pass
+        return True
     finally:
         handler.release()
 

@@ -224,7 +224,13 @@ class Sender:
         expected = ack(seq)
         delay = 0.01
         while True:
-            if self._send(data) and self._acked(expected, deadline):
+            try:
+                sent = self._send(data)
+            except OSError:
+                # Not one a retry mends (EACCES: the job gave up the rights
+                # the socket needs): the outbox keeps the outcome instead.
+                return False
+            if sent and self._acked(expected, deadline):
                 return True
             if time.monotonic() >= deadline:
                 return False

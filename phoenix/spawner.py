@@ -144,8 +144,10 @@ class Spawner:
         return server if usable else None
 
     def _server_starting(self) -> ForkServer | None:
-        """The server, while it imports the app: children are worth waiting for
-        from it rather than forked by the master (a fork the master's pages pay for)."""
+        """The server, while it imports the app: spares are worth waiting for
+        from it rather than forked by the master (a fork the master's pages
+        pay for); a job that comes meanwhile does not wait (the master's loop
+        would stop for as long as the app's import takes)."""
         server = self.server
         starting = (server is not None and not server.ready and server.refused is None and not server.gone
                     and not server.stalled)
@@ -244,14 +246,7 @@ class Spawner:
     def take(self) -> WaitingChild:
         """The spare child if there is one, else a freshly forked one."""
         if not self.ready:
-            self._start_server_if_due()
-        starting = self._server_starting()
-        if not self.ready and starting is not None:
-            try:
-                starting.wait_ready()  # once, at start-up: its import against the master's own fork
-            except OSError as exc:  # TimeoutError included: this one child comes from the master
-                log.event(logging.WARNING, "fork_server_slow", pid=starting.pid, error=str(exc))
-            self._collect(starting)
+            self._start_server_if_due()  # while it imports the app, this child comes from the master
         server = self._server_usable()
         if not self.ready and server is not None:
             try:

@@ -175,3 +175,34 @@ def test_the_fork_server_runs_with_the_masters_interpreter_flags(master_factory)
     master.submit("tests.apps.jobs:interpreter_flags", {}, key="flags")
     wait_for(lambda: master.jobs()["flags"]["state"] == "finished", what="the job")
     assert master.jobs()["flags"]["result"] == {"optimize": 1, "dev_mode": True}
+
+
+def test_signal_handlers_the_app_installs_at_import_do_not_reach_its_job_children(master_factory):
+    # The server imports the app after resetting its handlers, then resets
+    # them again: a job child keeps the server's table.
+    master = master_factory(app="tests.apps.handlers_at_import:app")
+    master.submit("tests.apps.handlers_at_import:handlers", {}, key="h")
+    master.submit("tests.apps.handlers_at_import:exits", {"code": 3}, key="x")
+    wait_for(lambda: master.jobs()["h"]["state"] == "finished", what="the handlers job")
+    assert master.jobs()["h"]["result"] == {"SIGTERM": True, "SIGCHLD": True}
+    # With SIGCHLD ignored the server's children were reaped by the kernel and
+    # their exits never reported: this job stayed running for good.
+    wait_for(lambda: master.jobs()["x"]["state"] == "failed", timeout=10, what="the exit to be recorded")
+
+
+def test_a_job_does_not_wait_for_a_server_still_importing_the_app(master_factory):
+    # The master's loop must not stop for the server's import: a job that
+    # comes meanwhile gets a child forked by the master; once the server is
+    # ready, children are its own again.
+    master = master_factory("--workers", "1", app="tests.apps.slow_server_import:app",
+                            env={"TEST_SERVER_IMPORT_SECONDS": "3"})
+    server = server_of(master)
+    master.submit("tests.apps.slow_server_import:parent", {}, key="early")
+    wait_for(lambda: master.jobs()["early"]["state"] == "finished", timeout=2.5, what="the job, before the import ends")
+    assert master.jobs()["early"]["result"] == {"ppid": master.pid}
+    wait_for(lambda: procfs.parent_pid(master.live()["master"]["spare_pid"] or 0) == server, timeout=15,
+             what="a spare from the ready server")
+    master.submit("tests.apps.slow_server_import:parent", {}, key="late")
+    wait_for(lambda: master.jobs()["late"]["state"] == "finished", what="the job from the server")
+    assert master.jobs()["late"]["result"] == {"ppid": server}
+    assert "fork_server_slow" not in master.log()
