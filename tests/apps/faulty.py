@@ -141,6 +141,16 @@ def _deep(depth):
     return "[" * depth + "]" * depth
 
 
+def _too_deep_to_parse(depth):
+    """`depth`, or more: the first nesting depth from there that json refuses."""
+    while True:
+        try:
+            json.loads(_deep(depth))
+        except RecursionError:
+            return depth
+        depth *= 2
+
+
 @app.job(retries=0)
 def hostile(params):
     """Sends garbage to the heartbeat socket from a real child's pid: the kernel
@@ -157,6 +167,15 @@ def hostile(params):
         try:
             sock.connect(params["socket"])
             sock.send(data)
+            # The master closes a connection once it has rejected its message:
+            # waiting for that keeps each one inside this attempt's life (one
+            # still in the listen backlog when the attempt ends would be
+            # refused as unknown_pid, unread).
+            try:
+                while sock.recv(64):
+                    pass
+            except ConnectionResetError:
+                pass  # closed with our record unread only if it was over the size limit: closed all the same
         finally:
             sock.close()
 
@@ -168,7 +187,7 @@ def hostile(params):
         return json.dumps(base, separators=(",", ":")).encode()
 
     malformed = [
-        lambda: rng.randbytes(rng.randrange(0, 512)),
+        lambda: rng.randbytes(rng.randrange(1, 512)),  # not empty: an empty record reads as EOF
         lambda: message(k="finished", result="forged")[: rng.randrange(1, 40)],  # truncated
         lambda: message(v=2),
         lambda: message(v="1"),
@@ -184,8 +203,11 @@ def hostile(params):
         lambda: message(job=1.0),
         lambda: message(seq="7"),
         lambda: message(seq=None),
+        # A beat whose extra key nests past what this interpreter's JSON
+        # parser takes (CPython 3.13's takes deeper than 3.11's: deep enough
+        # that it parses, it is a valid beat, not garbage).
         lambda: b'{"v":1,"job":%d,"att":%d,"k":"beat","seq":1,"p":0,"x":%s}' % (
-            me.job_id, me.attempt, _deep(rng.randrange(2_000, 30_000)).encode()),
+            me.job_id, me.attempt, _deep(_too_deep_to_parse(rng.randrange(2_000, 30_000))).encode()),
         lambda: _deep(30_000).encode(),
         lambda: b"[1, 2, 3]",
         lambda: b"null",
