@@ -272,10 +272,15 @@ class Procrastinate:
 
 
 def run_e2e(lab: Lab, work: Path, n: int, reps: int, say: Any) -> dict[str, Any]:
-    contenders = [PhoenixPg(lab, work), PhoenixSqlite(lab, work), Procrastinate(lab, work)]
-    times: dict[str, list[float]] = {c.name: [] for c in contenders}
-    cpu: dict[str, list[dict[str, float]]] = {c.name: [] for c in contenders}
+    contenders: list[Any] = []
+    times: dict[str, list[float]] = {}
+    cpu: dict[str, list[dict[str, float]]] = {}
     try:
+        # One by one inside the try: a peer that cannot start (procrastinate not
+        # installed) leaves no contender started before it running.
+        for contender in (PhoenixPg, PhoenixSqlite, Procrastinate):
+            contenders.append(contender(lab, work))
+            times[contenders[-1].name], cpu[contenders[-1].name] = [], []
         for rep in range(reps + 1):  # round 0 warms up every side (imports, caches, first connections)
             for c in contenders:
                 before = c.cpu()
