@@ -124,7 +124,6 @@ def main() -> NoReturn:
     code = 70
     try:
         signal.pthread_sigmask(signal.SIG_SETMASK, _BLOCKED)
-        child.reset_signal_handlers()  # what Python installed at start-up: a child inherits Python's table
         settings = json.loads(sys.argv[1])
         set_title(f"{SERVER_TITLE} of master {settings['master']}")
         sock = socket.socket(fileno=settings["fd"])  # blocking: a reply waits for room rather than being dropped
@@ -132,8 +131,9 @@ def main() -> NoReturn:
         if reason is not None:
             sock.send(REFUSED + reason.encode()[: MESSAGE_BYTES - 1])
         else:
-            # Again: what the app installed at import (a TERM handler, SIGCHLD
-            # ignored) would otherwise be every job child's, which keep the table.
+            # After the import: what Python installed at start-up and what the
+            # app installed (a TERM handler, SIGCHLD ignored) would otherwise
+            # be every job child's, which keep this table.
             child.reset_signal_handlers()
             gc.freeze()  # the app's objects: never scanned here or in a child, so their pages stay shared
             signal_fd = blocked_signal_fd({signal.SIGCHLD})
@@ -292,7 +292,6 @@ def _report_exits(sock: socket.socket) -> None:
 class ForkServer:
     """The master's handle on its fork server."""
 
-    pid: int
     sock: socket.socket
     process: subprocess.Popen[bytes]  # held until reaped (see reaped): it must not be waited for by subprocess
     in_flight: list[int] = field(default_factory=list)  # order pipes' write ends, in request order
@@ -328,7 +327,11 @@ class ForkServer:
             ours.close()
             raise OSError(f"cannot start the fork server: {exc}") from exc
         ours.setblocking(False)
-        return cls(process.pid, ours, process)
+        return cls(ours, process)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def fileno(self) -> int:
         return self.sock.fileno()

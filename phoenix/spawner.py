@@ -148,9 +148,8 @@ class Spawner:
         from it rather than forked by the master (a fork the master's pages
         pay for); a job that comes meanwhile does not wait (the master's loop
         would stop for as long as the app's import takes)."""
-        server = self.server
-        starting = (server is not None and not server.ready and server.refused is None and not server.gone
-                    and not server.stalled)
+        server = self.server  # (only a ready server is ever asked, so only a ready one can be stalled)
+        starting = server is not None and not server.ready and server.refused is None and not server.gone
         return server if starting else None
 
     def _read_server(self) -> None:
