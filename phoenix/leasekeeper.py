@@ -19,15 +19,17 @@ renewal pings it, and a listener that missed its ping is reconnected.
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import time
+import uuid
 from typing import TYPE_CHECKING, Protocol
 
 from phoenix import leases, log
 from phoenix.app import JobSpec
 from phoenix.attempts import Attempt
 from phoenix.config import Config
-from phoenix.journal import StoreUnavailable
+from phoenix.journal import JournalError, StoreUnavailable
 from phoenix.policy import RestartBudget, after_attempt
 from phoenix.states import Outcome
 
@@ -51,6 +53,7 @@ class LeaseHost(Protocol):
     def callbacks_held(self) -> bool: ...
     def run_owed_callbacks(self) -> None: ...
     def end_children(self, why: str) -> None: ...
+    def node_taken(self, why: str) -> None: ...  # another master holds our node name: stop
     def lease_state(self) -> str: ...  # running | draining | degraded
 
 
@@ -71,10 +74,10 @@ class LeaseKeeper:
     def register(self, pid: int, generation: int, started_at: float, app: str | None) -> None:
         self.identity = (pid, generation, started_at, app)
         sent = time.monotonic()
-        epoch = self.store.register_master(pid, generation, started_at, self.host.slots, app)
+        epoch = self._register()
         self.trusted(sent)
         log.event(logging.INFO, "lease", node=self.store.node, epoch=epoch, ttl=f"{self.times.ttl:g}s",
-                  grace=f"{self.times.grace:g}s")
+                  grace=f"{self.times.grace:g}s", outage_budget=f"{self.times.outage_budget:.1f}s")
         self.open_listener()
 
     def trusted(self, sent: float) -> None:
@@ -146,12 +149,21 @@ class LeaseKeeper:
             self.open_listener()  # the last renewal's ping never came: the listener is dead
         self.ping_seen = False
 
-    def register_again(self, sent: float) -> None:
+    def _register(self) -> int:
         pid, generation, started_at, app = self.identity
+        return self.store.register_master(pid, generation, started_at, self.host.slots, app,
+                                          instance=instance_token(self.host.config.state_dir),
+                                          grace=self.times.grace, outage_budget=self.times.outage_budget)
+
+    def register_again(self, sent: float) -> None:
         try:
-            self.store.register_master(pid, generation, started_at, self.host.slots, app)
+            self._register()
         except StoreUnavailable:
             self.next_renewal = sent + RENEW_RETRY  # tried again then; no claims meanwhile
+            return
+        except JournalError as exc:  # another master took the node meanwhile (or the schema moved on)
+            self.next_renewal = float("inf")
+            self.host.node_taken(str(exc))
             return
         self.trusted(sent)
 
@@ -222,3 +234,30 @@ class LeaseKeeper:
             self.store.release_lease(state)
         except StoreUnavailable:
             pass  # it lapses on its own
+
+
+INSTANCE_FILE = "node-id"
+
+
+def instance_token(state_dir: str | os.PathLike[str]) -> str:
+    """This state directory's token in the shared store, made once: masters
+    started from the same directory (a restart, a replacement) are one node;
+    another directory under the same node name (another container with the
+    same host name) is another master, refused while the node is held."""
+    path = os.path.join(state_dir, INSTANCE_FILE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "r") as existing:
+            token = existing.read().strip()
+        if token:
+            return token
+        os.unlink(path)  # an empty file: a crash between create and write
+        return instance_token(state_dir)
+    token = uuid.uuid4().hex
+    with os.fdopen(fd, "w") as made:
+        made.write(token + "\n")
+        made.flush()
+        os.fsync(made.fileno())
+    return token

@@ -37,6 +37,16 @@ class LeaseTimes:
     grace: float  # another master recovers a lease expired for longer than this
 
     @property
+    def outage_budget(self) -> float:
+        """The longest database outage that costs nothing, wherever it falls:
+        the last renewal that got through may be up to one renewal period old
+        when the outage starts, and trust ends a margin before the lease
+        does. Past it, the running children are ended (their jobs re-run);
+        past ttl + grace, other masters recover the jobs and outcomes held
+        meanwhile are fenced."""
+        return self.ttl - self.renew_every - self.margin
+
+    @property
     def recovery_after(self) -> float:
         """Longest time from a master's death to its jobs being recovered,
         counted from its last successful renewal."""

@@ -466,6 +466,13 @@ class Master:
                 attempt.kill_detail = why
                 self.hangs.stop(attempt, now)
 
+    def node_taken(self, why: str) -> None:
+        """Our lease was recovered, and registering again found the node held by
+        another master: two masters must never run under one name. Stop."""
+        event(ERROR, "node_taken", node=self.node, error=why, effect="stopping: its children were ended")
+        self.exit_code = 2
+        self.begin_stop(StopMode.TERM)
+
     def shared_poll(self) -> float:
         return self.leases.poll_interval() if self.leases is not None else 2.0
 
@@ -532,6 +539,7 @@ class Master:
         now = time.monotonic()
         if self.outage.active and self.outage.retry_if_due(self.journal.probe_write):
             self.scheduler.wake()
+            self.guarded(self.scheduler.reconcile_claims)  # a claim that failed may have committed
             self.guarded(self.run_owed_callbacks)  # any that could not be started meanwhile
         if now < self.next_state_dir_check:
             return

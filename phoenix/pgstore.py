@@ -55,7 +55,7 @@ from phoenix.journal import (
 from phoenix.outcomes import CANCELLED_REASON
 from phoenix.untrusted import check_key
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHANNEL = "phoenix_wake"
 MIGRATE_HINT = "phoenix store migrate --store URL"
 STATEMENT_TIMEOUT_MS = 10_000
@@ -63,6 +63,11 @@ IDLE_IN_TRANSACTION_MS = 30_000
 CONNECT_TIMEOUT = 5
 
 _NOW = "extract(epoch from clock_timestamp())"
+# "Due by now" for an index condition: clock_timestamp() is volatile, so a test
+# against it is a filter run on every pending job (487 ms at 1,000,000 with
+# nothing due); statement_timestamp() is stable within the statement, and
+# jobs_pending answers it (under a millisecond).
+_DUE_NOW = "extract(epoch from statement_timestamp())"
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS phoenix_schema (version integer NOT NULL);
@@ -76,7 +81,9 @@ CREATE TABLE IF NOT EXISTS masters (
     started_at       double precision NOT NULL,
     slots            integer NOT NULL DEFAULT 0,
     slots_used       integer NOT NULL DEFAULT 0,
-    app              text
+    app              text,
+    instance         text,                           -- the state directory's token: one master per node name
+    outage_budget    double precision                -- seconds without the database that cost nothing (status)
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id              bigserial PRIMARY KEY,
@@ -93,7 +100,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at      double precision NOT NULL,
     updated_at      double precision NOT NULL,
     current_attempt bigint
-) WITH (fillfactor = 80);   -- room for HOT updates: a job's row changes state several times
+);  -- no fillfactor for HOT: every update changes `state`, which jobs_pending's predicate reads (no HOT)
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (not_before, id) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (updated_at);
 CREATE TABLE IF NOT EXISTS attempts (
@@ -125,6 +132,7 @@ CREATE TABLE IF NOT EXISTS callbacks (
     kind       text NOT NULL,
     state      text NOT NULL,
     owner      text,                                 -- the master that runs it; another takes it if that one dies
+    owner_epoch bigint,                              -- the owner's lease epoch: it runs the callback only in it
     runs       integer NOT NULL DEFAULT 0,
     error      text,
     created_at double precision NOT NULL,
@@ -157,7 +165,7 @@ WITH lease AS (  -- FOR SHARE: a recovery of this master waits (skips it) until 
     SELECT epoch FROM masters WHERE node = %(node)s AND epoch = %(epoch)s AND lease_expires_at > now() FOR SHARE
 ), candidate AS MATERIALIZED (
     SELECT id FROM jobs
-    WHERE state = 'pending' AND not_before <= {_NOW} AND EXISTS (SELECT 1 FROM lease)
+    WHERE state = 'pending' AND not_before <= {_DUE_NOW} AND EXISTS (SELECT 1 FROM lease)
     ORDER BY not_before, id LIMIT 1
     FOR UPDATE SKIP LOCKED
 ), attempt AS (
@@ -194,8 +202,8 @@ WITH fenced AS (
            failures = failures + %(failure)s, updated_at = {_NOW}
     FROM attempt WHERE jobs.id = attempt.job_id RETURNING jobs.id
 ), callback AS (
-    INSERT INTO callbacks (job_id, attempt, kind, state, owner, created_at)
-    SELECT id, %(n)s, %(callback)s, 'owed', %(node)s, {_NOW} FROM job WHERE %(callback)s::text IS NOT NULL
+    INSERT INTO callbacks (job_id, attempt, kind, state, owner, owner_epoch, created_at)
+    SELECT id, %(n)s, %(callback)s, 'owed', %(node)s, %(epoch)s, {_NOW} FROM job WHERE %(callback)s::text IS NOT NULL
     ON CONFLICT (job_id, kind) DO NOTHING RETURNING id
 )
 SELECT EXISTS (SELECT 1 FROM job), (SELECT id FROM callback)
@@ -236,6 +244,10 @@ _HOLD_FINAL = "UPDATE attempts SET final = %s WHERE id = %s AND outcome IS NULL"
 RECOVERED_REASON = "its master lost its lease"
 
 
+class NodeTaken(JournalError):
+    """Another master (another state directory) holds this node name's live lease."""
+
+
 class PgStore:
     """One master's (or one command's) handle on the shared store. `node`
     names the master; commands and clients that only submit or read have none."""
@@ -250,12 +262,14 @@ class PgStore:
         self.epoch = 0
         self.check_schema = check_schema
         self._conn: psycopg.Connection[Any] | None = None
+        self._connected = False  # a connection was made once: a later failure to connect is an outage
         self._cur: psycopg.Cursor[Any] | None = None  # the connection's kept cursor (see _one)
         self._one_statement = _OneStatement(self)
         self._pid = os.getpid()
         self.late_outcomes = 0
         self.last_recovery: tuple[list[str], int] = ([], 0)  # (masters, attempts) the last recover() took
         self.recovery_due = False  # the last renewal saw a master whose lease is gone past the grace
+        self._callback_epochs: dict[int, int] = {}  # callback id -> the lease epoch it started in
         self.connect()  # fails early, with one line, if the URL or server is wrong
 
     # -- connections ---------------------------------------------------------------
@@ -267,10 +281,23 @@ class PgStore:
         if self._conn is not None and self._pid == os.getpid() and not self._conn.closed:
             return self._conn
         self._pid = os.getpid()
-        self._conn = self._new_connection()
-        if self.check_schema:
-            check_version(self._conn, self.url)
-        return self._conn
+        try:
+            conn = self._new_connection()
+            try:
+                if self.check_schema:
+                    check_version(conn, self.url)
+            except BaseException:
+                conn.close()
+                raise
+        except JournalError as exc:
+            if not self._connected:
+                raise  # the first connection: the command, or the master's start, refuses with the reason
+            # A running master reconnecting finds the schema moved on under it (or a pooler put in
+            # between): an outage, said once by the outage machinery and retried, never a crash.
+            raise StoreUnavailable(f"PostgreSQL store: {exc}") from None
+        self._conn = conn
+        self._connected = True
+        return conn
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[psycopg.Cursor[Any]]:
@@ -354,23 +381,60 @@ class PgStore:
 
     # -- masters and leases ------------------------------------------------------------
 
-    def register_master(self, pid: int, generation: int, started_at: float, slots: int, app: str | None) -> int:
+    def register_master(self, pid: int, generation: int, started_at: float, slots: int, app: str | None,
+                        *, instance: str | None = None, grace: float = 0.0,
+                        outage_budget: float | None = None) -> int:
         """This master's lease row, live for a ttl from now; returns its epoch.
-        A master that starts again under the same node keeps the epoch (its
-        running attempts are its own) unless a recovery moved it on."""
-        with self._one() as cur:
-            cur.execute(
-                "INSERT INTO masters (node, pid, generation, state, lease_expires_at, started_at, slots, app) "
-                "VALUES (%(node)s, %(pid)s, %(gen)s, 'running', now() + make_interval(secs => %(ttl)s), "
-                "%(started)s, %(slots)s, %(app)s) ON CONFLICT (node) DO UPDATE SET pid = excluded.pid, "
-                "generation = excluded.generation, state = 'running', lease_expires_at = excluded.lease_expires_at, "
-                "started_at = excluded.started_at, slots = excluded.slots, app = excluded.app RETURNING epoch",
-                {"node": self.node, "pid": pid, "gen": generation, "ttl": self.lease_ttl, "started": started_at,
-                 "slots": slots, "app": app})
-            row = cur.fetchone()
-            assert row is not None
-            self.epoch = int(row[0])
-        return self.epoch
+        A master that starts again under the same node from the same state
+        directory (`instance`: its token) keeps the epoch (its running
+        attempts are its own) unless a recovery moved it on. Another instance
+        is refused (NodeTaken) while the node's lease is live or expired less
+        than `grace` ago (its children may still be running); once it may
+        take the node, the epoch moves on (the old instance is fenced) and the
+        node's open attempts come with it, to be adopted or ended as lost."""
+        args = {"node": self.node, "pid": pid, "gen": generation, "ttl": self.lease_ttl, "started": started_at,
+                "slots": slots, "app": app, "instance": instance, "grace": grace, "budget": outage_budget}
+        with self._tx() as cur:
+            for _race in range(2):  # a row inserted meanwhile by another instance: look again, once
+                cur.execute(
+                    "SELECT instance, pid, state, lease_expires_at > now() - make_interval(secs => %(grace)s), "
+                    "extract(epoch from lease_expires_at - now()) FROM masters WHERE node = %(node)s FOR UPDATE",
+                    args)
+                held = cur.fetchone()
+                if held is None:
+                    cur.execute(
+                        "INSERT INTO masters (node, pid, generation, state, lease_expires_at, started_at, slots, app, "
+                        "instance, outage_budget) VALUES (%(node)s, %(pid)s, %(gen)s, 'running', "
+                        "now() + make_interval(secs => %(ttl)s), %(started)s, %(slots)s, %(app)s, %(instance)s, "
+                        "%(budget)s) ON CONFLICT (node) DO NOTHING RETURNING epoch", args)
+                    row = cur.fetchone()
+                    if row is None:
+                        continue
+                    self.epoch = int(row[0])
+                    return self.epoch
+                other_instance, other_pid, state, live, expires_in = held
+                another = other_instance is not None and instance is not None and other_instance != instance
+                if another and live and state not in ("stopped", "lost"):
+                    raise NodeTaken(
+                        f"node {self.node!r} is held by another master (pid {other_pid} on another host or state "
+                        f"directory, lease {'live for' if expires_in > 0 else 'expired'} "
+                        f"{abs(float(expires_in)):.0f}s{'' if expires_in > 0 else ' ago'}): give this one its own "
+                        f"name with --node NAME (or node in phoenix.toml); the default, host name and state "
+                        f"directory, is the same for containers that share a host name")
+                cur.execute(
+                    "UPDATE masters SET pid = %(pid)s, generation = %(gen)s, state = 'running', "
+                    "lease_expires_at = now() + make_interval(secs => %(ttl)s), started_at = %(started)s, "
+                    "slots = %(slots)s, app = %(app)s, instance = %(instance)s, outage_budget = %(budget)s, "
+                    "epoch = epoch + %(bump)s WHERE node = %(node)s RETURNING epoch", {**args, "bump": int(another)})
+                row = cur.fetchone()
+                assert row is not None
+                self.epoch = int(row[0])
+                if another:  # the old instance's open attempts are ours to adopt or end now, in our epoch
+                    cur.execute("UPDATE attempts SET epoch = %s WHERE master = %s AND outcome IS NULL",
+                                (self.epoch, self.node))
+                return self.epoch
+        raise NodeTaken(f"node {self.node!r} is being registered by another master at the same moment: "
+                        f"give each master its own name with --node NAME")
 
     def renew_lease(self, state: str, slots: int, slots_used: int, grace: float | None = None) -> bool:
         """Extend the lease by a ttl on the database's clock, and ping this
@@ -426,9 +490,9 @@ class PgStore:
                     (job_state, RECOVERED_REASON, int(counts), delay, delay, job_id))
                 if callback is not None:
                     cur.execute(
-                        f"INSERT INTO callbacks (job_id, attempt, kind, state, owner, created_at) "
-                        f"VALUES (%s, %s, %s, 'owed', %s, {_NOW}) ON CONFLICT (job_id, kind) DO NOTHING RETURNING id",
-                        (job_id, n, callback, self.node))
+                        f"INSERT INTO callbacks (job_id, attempt, kind, state, owner, owner_epoch, created_at) "
+                        f"VALUES (%s, %s, %s, 'owed', %s, %s, {_NOW}) ON CONFLICT (job_id, kind) DO NOTHING "
+                        f"RETURNING id", (job_id, n, callback, self.node, self.epoch))
                     made = cur.fetchone()
                     if made is not None:
                         owed.append((int(made[0]), job_id, n, callback))
@@ -439,7 +503,7 @@ class PgStore:
     def masters(self) -> list[dict[str, Any]]:
         with self._tx() as cur:
             cur.execute(
-                "SELECT node, pid, generation, epoch, state, slots, slots_used, app, started_at, "
+                "SELECT node, pid, generation, epoch, state, slots, slots_used, app, started_at, outage_budget, "
                 "extract(epoch from lease_expires_at - now()) AS lease_expires_in FROM masters ORDER BY node")
             return _dicts(cur)
 
@@ -507,7 +571,7 @@ class PgStore:
     def pending(self, limit: int) -> list[Job]:
         with self._one() as cur:
             cur.execute(f"SELECT id, key, target, params, attempts, failures FROM jobs WHERE state = 'pending' "
-                        f"AND not_before <= {_NOW} ORDER BY not_before, id LIMIT %s", (limit,))
+                        f"AND not_before <= {_DUE_NOW} ORDER BY not_before, id LIMIT %s", (limit,))
             return [Job(*row) for row in cur.fetchall()]
 
     def next_due_in(self) -> float | None:
@@ -548,7 +612,8 @@ class PgStore:
             cur.execute(_END_ATTEMPT, {
                 "attempt": attempt_id, "job": job_id, "outcome": outcome, "reason": reason, "error": error,
                 "rss": max_rss_kb, "result": result_json, "state": job_state, "delay": retry_delay,
-                "failure": int(counts_as_failure), "callback": callback, "n": attempt_n, "node": self.node})
+                "failure": int(counts_as_failure), "callback": callback, "n": attempt_n, "node": self.node,
+                "epoch": self.epoch})
             row = cur.fetchone()
             assert row is not None
             if row[0]:
@@ -568,20 +633,38 @@ class PgStore:
                         f"AND outcome IS NULL", (error, job_id))
             cur.execute(f"UPDATE jobs SET state = 'failed', outcome = 'error', error = %s, updated_at = {_NOW} "
                         f"WHERE id = %s", (error, job_id))
-            cur.execute(f"INSERT INTO callbacks (job_id, attempt, kind, state, owner, created_at) VALUES "
-                        f"(%s, 0, 'on_failed', 'owed', %s, {_NOW}) ON CONFLICT (job_id, kind) DO NOTHING RETURNING id",
-                        (job_id, self.node or None))
+            cur.execute(f"INSERT INTO callbacks (job_id, attempt, kind, state, owner, owner_epoch, created_at) "
+                        f"VALUES (%s, 0, 'on_failed', 'owed', %s, %s, {_NOW}) ON CONFLICT (job_id, kind) DO NOTHING "
+                        f"RETURNING id", (job_id, self.node or None, self.epoch if self.node else None))
             row = cur.fetchone()
             return int(row[0]) if row is not None else None
 
-    def callback_started(self, callback_id: int) -> None:
+    def callback_started(self, callback_id: int) -> bool:
+        """Whether this master may run the callback now: it is still owed, owned
+        by this master in its current lease epoch, and that lease is live (a
+        callback is fenced like an outcome: a master cut off from the database
+        starts none that another master may take over). Counts the run."""
         with self._one() as cur:
-            cur.execute("UPDATE callbacks SET runs = runs + 1 WHERE id = %s", (callback_id,))
+            cur.execute(
+                "UPDATE callbacks c SET runs = c.runs + 1 FROM masters m WHERE c.id = %(id)s AND c.state = 'owed' "
+                "AND m.node = %(node)s AND m.epoch = %(epoch)s AND m.lease_expires_at > now() "
+                "AND (c.owner IS NULL OR c.owner = m.node) AND coalesce(c.owner_epoch, m.epoch) = m.epoch "
+                "RETURNING c.id", {"id": callback_id, "node": self.node, "epoch": self.epoch})
+            started = cur.fetchone() is not None
+        if started:
+            self._callback_epochs[callback_id] = self.epoch
+        return started
 
-    def callback_done(self, callback_id: int, error: str | None) -> None:
+    def callback_done(self, callback_id: int, error: str | None) -> bool:
+        """Mark it done, only if it is still this master's from the epoch in
+        which it started: a master that took it over (its owner's lease
+        lapsed) runs it and marks it; False when fenced so."""
+        epoch = self._callback_epochs.pop(callback_id, self.epoch)
         with self._one() as cur:
-            cur.execute(f"UPDATE callbacks SET state = 'done', error = %s, done_at = {_NOW} WHERE id = %s",
-                        (error, callback_id))
+            cur.execute(f"UPDATE callbacks SET state = 'done', error = %s, done_at = {_NOW} WHERE id = %s "
+                        f"AND state = 'owed' AND (owner IS NULL OR owner = %s) "
+                        f"AND coalesce(owner_epoch, %s) = %s", (error, callback_id, self.node, epoch, epoch))
+            return cur.rowcount == 1
 
     def owed_callbacks(self, grace: float | None = None) -> list[tuple[int, int, int, str]]:
         """Callbacks owed by this master, and those owed by a master whose lease
@@ -589,12 +672,12 @@ class PgStore:
         grace = self.lease_ttl if grace is None else grace
         with self._one() as cur:
             cur.execute(
-                "UPDATE callbacks c SET owner = %(node)s FROM (SELECT c2.id FROM callbacks c2 "
+                "UPDATE callbacks c SET owner = %(node)s, owner_epoch = %(epoch)s FROM (SELECT c2.id FROM callbacks c2 "
                 "LEFT JOIN masters m ON m.node = c2.owner WHERE c2.state = 'owed' AND (c2.owner IS NULL "
                 "OR c2.owner = %(node)s OR m.node IS NULL OR m.state IN ('stopped', 'lost') "
                 "OR m.lease_expires_at < now() - make_interval(secs => %(grace)s)) "
                 "FOR UPDATE OF c2 SKIP LOCKED) t WHERE c.id = t.id RETURNING c.id, c.job_id, c.attempt, c.kind",
-                {"node": self.node, "grace": grace})
+                {"node": self.node, "epoch": self.epoch, "grace": grace})
             return sorted((int(r[0]), int(r[1]), int(r[2]), r[3]) for r in cur.fetchall())
 
     def open_attempts(self) -> list[OpenAttempt]:
@@ -884,7 +967,7 @@ def connect(url: str, *, autocommit: bool = True, network_timeout: float = CONNE
     a stuck statement, and idle_in_transaction_session_timeout frees locks of
     a master that hangs inside a transaction."""
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             url, autocommit=autocommit, connect_timeout=max(2, math.ceil(network_timeout)),
             application_name="phoenix", tcp_user_timeout=int(network_timeout * 1000),
             keepalives=1, keepalives_idle=max(1, int(network_timeout)), keepalives_interval=1, keepalives_count=2,
@@ -893,7 +976,40 @@ def connect(url: str, *, autocommit: bool = True, network_timeout: float = CONNE
     except psycopg.ProgrammingError as exc:  # a malformed URL
         raise JournalError(f"the store URL is not valid: {one_line(exc)}") from None
     except psycopg.OperationalError as exc:
+        if "unsupported startup parameter" in str(exc):  # pgbouncer refuses `options`
+            raise JournalError(f"the PostgreSQL store refused Phoenix's session settings ({one_line(exc)}): "
+                               f"{POOLER_HINT}") from None
         raise StoreUnavailable(f"cannot connect to the PostgreSQL store: {one_line(exc)}") from None
+    try:
+        check_session(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+POOLER_HINT = ("a connection pooler in transaction or statement mode (pgbouncer pool_mode = transaction) drops "
+               "session settings and LISTEN; point Phoenix at PostgreSQL itself, or at a pool in session mode")
+
+
+def check_session(conn: psycopg.Connection[Any]) -> None:
+    """The session keeps the timeouts Phoenix connected with. A pooler in
+    transaction mode told to ignore `options` (ignore_startup_parameters)
+    connects, then runs each statement on some server session without them:
+    a stuck statement or transaction of a lost master would hold its locks."""
+    try:
+        row = conn.execute(
+            "SELECT current_setting('statement_timeout'), current_setting('idle_in_transaction_session_timeout'), "
+            "current_setting('statement_timeout')::interval = make_interval(secs => %s) "
+            "AND current_setting('idle_in_transaction_session_timeout')::interval = make_interval(secs => %s)",
+            (STATEMENT_TIMEOUT_MS / 1000, IDLE_IN_TRANSACTION_MS / 1000)).fetchone()
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise StoreUnavailable(f"cannot connect to the PostgreSQL store: {one_line(exc)}") from None
+    if row is None or not row[2]:
+        found = f"statement_timeout {row[0]}, idle_in_transaction_session_timeout {row[1]}" if row else "none"
+        raise JournalError(f"the PostgreSQL store's session does not keep the settings Phoenix connects with "
+                           f"(found {found}; Phoenix sets {STATEMENT_TIMEOUT_MS // 1000}s and "
+                           f"{IDLE_IN_TRANSACTION_MS // 1000}s): {POOLER_HINT}")
 
 
 def schema_version(conn: psycopg.Connection[Any]) -> int | None:
@@ -917,8 +1033,19 @@ def check_version(conn: psycopg.Connection[Any], url: str) -> None:
                              f"({SCHEMA_VERSION}): upgrade it with `{MIGRATE_HINT}`")
 
 
+# Each version's upgrade to the next, in one transaction with the version's change.
+_UPGRADES = {
+    1: """
+ALTER TABLE masters ADD COLUMN IF NOT EXISTS instance text, ADD COLUMN IF NOT EXISTS outage_budget double precision;
+ALTER TABLE callbacks ADD COLUMN IF NOT EXISTS owner_epoch bigint;
+ALTER TABLE jobs RESET (fillfactor)
+""",
+}
+
+
 def migrate(url: str) -> tuple[int | None, int]:
-    """Create or upgrade the schema; (version before, version now). Refuses a newer one."""
+    """Create or upgrade the schema; (version before, version now). Refuses a
+    newer one, and a version no Phoenix wrote."""
     conn = connect(url)
     try:
         with conn.transaction():
@@ -930,6 +1057,15 @@ def migrate(url: str) -> tuple[int | None, int]:
             if before is None:
                 conn.execute(_SCHEMA)  # several statements, no parameters: one simple query
                 conn.execute("INSERT INTO phoenix_schema VALUES (%s)", (SCHEMA_VERSION,))
+            elif before < SCHEMA_VERSION:
+                if any(version not in _UPGRADES for version in range(before, SCHEMA_VERSION)):
+                    raise SchemaMismatch(
+                        f"the PostgreSQL store says schema version {before}, which no Phoenix wrote (the first is 1): "
+                        f"phoenix_schema was changed by other means; nothing was changed. Set it back to the "
+                        f"version the tables really have, or create the schema in an empty database")
+                for version in range(before, SCHEMA_VERSION):
+                    conn.execute(_UPGRADES[version])
+                conn.execute("UPDATE phoenix_schema SET version = %s", (SCHEMA_VERSION,))
         return before, SCHEMA_VERSION
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         raise StoreUnavailable(f"PostgreSQL store: {one_line(exc)}") from None

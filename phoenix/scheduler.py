@@ -30,6 +30,7 @@ from phoenix.timers import TimerHeap
 
 SPAWN_SLICE = 0.25  # seconds of forking per turn of the loop before the other steps get a turn
 PENDING_POLL = 1.0  # fallback look for jobs submitted without a wake-up
+CLAIM_REPLY_LOST = "its claim's reply never reached the master; it never started"
 
 
 class SchedulerHost(Protocol):
@@ -56,6 +57,7 @@ class Scheduler:
         self.maybe_pending = True  # a job may be waiting: look on the next turn
         self.next_poll = 0.0  # monotonic: look then even if nobody said so
         self.woken = False  # woken by a submit, an attempt's end or a recovery, not by the poll
+        self.claims_in_doubt = False  # a claim failed: it may have committed with its reply lost
 
     def wake(self) -> None:
         self.maybe_pending = True
@@ -114,7 +116,8 @@ class Scheduler:
             try:
                 claimed = h.journal.claim(h.generation, waiting.pid, waiting.start_time)
             except STORAGE_ERRORS as exc:
-                h.spawner.give_back(waiting)
+                h.spawner.give_back(waiting)  # it never got an order; reconcile_claims ends a committed claim
+                self.claims_in_doubt = True
                 h.outage.failed(exc, "claim")
                 return
             if claimed is None:
@@ -144,6 +147,25 @@ class Scheduler:
                 self.maybe_pending = True  # the rest on the next turn
                 return
         self.maybe_pending = False
+
+    def reconcile_claims(self) -> None:
+        """Once the store answers again after a failed claim: the claim may have
+        committed though its reply was lost (the connection broke after the
+        commit). Its attempt is this master's, of this generation, with no
+        child here (the waiting child never got an order): it is ended as
+        interrupted, not the job's failure, and the job is pending again at
+        once. Attempts are told apart by id: the waiting child went back to
+        be the spare, and may run another attempt by now."""
+        if not self.claims_in_doubt:
+            return
+        h = self.host
+        ours = {attempt.attempt_id for attempt in h.children.values()}
+        for a in h.journal.open_attempts():
+            if a.generation == h.generation and a.attempt_id not in ours:
+                h.recorder.record(a.job_id, a.key, a.target, a.attempt_id, a.n,
+                                  Classified(Outcome.INTERRUPTED, CLAIM_REPLY_LOST, CLAIM_REPLY_LOST, None),
+                                  None, a.pid, outbox=False)
+        self.claims_in_doubt = False
 
     def fail_before_start(self, job: Job, error: str) -> None:
         h = self.host

@@ -51,7 +51,10 @@ class CallbackSettler:
             argument = json.loads(row["result"]) if row["result"] is not None else None
         else:
             argument = row["error"]
-        self.host.journal.callback_started(callback_id)
+        if self.host.journal.callback_started(callback_id) is False:
+            log.event(logging.WARNING, "callback_fenced", job=row["key"], callback=kind,
+                      effect="not run here: this master's lease no longer owns it; the master that does runs it")
+            return
         self.host.callbacks.start(callback_id, row["key"], kind, functions, info, argument)
 
     def owes(self, kind: str) -> bool:
@@ -94,4 +97,7 @@ class CallbackSettler:
     def record_done(self, callback_id: int, error: str | None) -> None:
         """Through the journal open when it runs: one replayed after an outage
         may find another journal object than the one open when it was queued."""
-        self.host.journal.callback_done(callback_id, error)
+        if self.host.journal.callback_done(callback_id, error) is False:
+            log.event(logging.WARNING, "callback_fenced", callback_id=callback_id,
+                      effect="it ran here, but another master took it over when this one's lease lapsed: "
+                             "that master runs it too (callbacks get the job id and attempt to de-duplicate)")

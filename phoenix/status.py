@@ -187,6 +187,7 @@ def collect_shared(url: str, node: str | None = None) -> tuple[dict[str, Any], b
             "epoch": master["epoch"], "state": master["state"] if expires_in > 0 else f"{master['state']} (expired)",
             "lease_expires_in": round(expires_in, 3), "slots_used": master["slots_used"],
             "slots": master["slots"], "app": master["app"],
+            "outage_budget": master["outage_budget"],  # seconds without the database that cost nothing
         })
     live = any(m["lease_expires_in"] > 0 and m["state"] in ("running", "draining", "degraded") for m in shown)
     return {"masters": shown, "jobs": jobs, "counts": counts, "recent_failures": failures}, live
@@ -197,7 +198,8 @@ def render_shared(report: dict[str, Any]) -> None:
     print("masters:")
     for m in report["masters"]:
         print(f"  {visible(m['node'])}  pid {m['pid']}  gen {m['generation']}  {m['state']}  "
-              f"lease {m['lease_expires_in']:+.1f}s  slots {m['slots_used']}/{m['slots']}")
+              f"lease {m['lease_expires_in']:+.1f}s  slots {m['slots_used']}/{m['slots']}"
+              + (f"  outage budget {m['outage_budget']:.1f}s" if m.get("outage_budget") is not None else ""))
     print("jobs: " + "  ".join(f"{state} {n}" for state, n in report["counts"].items()))
     for job in report["jobs"]:
         if job["state"] == "running":
