@@ -70,6 +70,7 @@ class LeaseKeeper:
         self.listener_ok = False  # the listener's last ping arrived: wake-ups can be trusted
         self.ended_children = False  # told to end after the lease lapsed
         self.failing = False  # renewals failing: said once
+        self.owed_unknown = False  # a recovery's reply was lost: it may have made us owe callbacks
 
     def register(self, pid: int, generation: int, started_at: float, app: str | None) -> None:
         self.identity = (pid, generation, started_at, app)
@@ -144,6 +145,12 @@ class LeaseKeeper:
             self.register_again(sent)
             return
         self.trusted(sent)
+        if self.owed_unknown and not self.host.callbacks_held():
+            try:
+                self.host.run_owed_callbacks()  # those a recovery whose reply was lost made ours
+                self.owed_unknown = False
+            except StoreUnavailable:
+                pass  # after the next renewal, then
         self.listener_ok = self.ping_seen and self.listener_fd is not None
         if not self.listener_ok:
             self.open_listener()  # the last renewal's ping never came: the listener is dead
@@ -219,7 +226,10 @@ class LeaseKeeper:
         try:
             owed = self.store.recover(self.times.grace, decide)
         except StoreUnavailable:
-            return  # the outage machinery says so; tried again next period
+            # Tried again when a renewal says a master is due. The recovery may have committed
+            # with its reply lost: the callbacks it made us owe run after the next renewal.
+            self.owed_unknown = True
+            return
         masters, attempts = self.store.last_recovery
         if not masters:
             return

@@ -18,7 +18,7 @@ from tests.conftest import REPO, phoenix_cli
 psycopg = pytest.importorskip("psycopg")
 
 from phoenix.journal import StoreUnavailable  # noqa: E402
-from phoenix.pgstore import RECOVERED_REASON, PgStore, migrate  # noqa: E402
+from phoenix.pgstore import RECOVERED_REASON, SCHEMA_VERSION, PgStore, migrate  # noqa: E402
 
 
 def master(url: str, node: str, ttl: float = 30.0) -> PgStore:
@@ -209,7 +209,7 @@ def test_schema_versions(postgres_server: Any) -> None:
         assert "no Phoenix schema yet: create it with `phoenix store migrate --store URL`" in result.stderr
         result = phoenix_cli("store", "migrate", "--store", url)
         assert result.returncode == 0 and "created" in result.stdout, result.stderr
-        assert migrate(url) == (1, 1)  # again: up to date
+        assert migrate(url) == (SCHEMA_VERSION, SCHEMA_VERSION)  # again: up to date
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("UPDATE phoenix_schema SET version = 99")
         result = phoenix_cli("start", "tests.apps.jobs:app", "--store", url, "--state-dir", "/tmp/unused-pg-state")
