@@ -64,9 +64,10 @@ CONNECT_TIMEOUT = 5
 
 _NOW = "extract(epoch from clock_timestamp())"
 # "Due by now" for an index condition: clock_timestamp() is volatile, so a test
-# against it is a filter run on every pending job (487 ms at 1,000,000 with
-# nothing due); statement_timestamp() is stable within the statement, and
-# jobs_pending answers it (under a millisecond).
+# against it is a filter run on every pending job (1.6 s for a claim at
+# 1,000,000 pending with nothing due, on the 2-core test machine);
+# statement_timestamp() is stable within the statement, and jobs_pending
+# answers it (4 ms there).
 _DUE_NOW = "extract(epoch from statement_timestamp())"
 
 _SCHEMA = f"""
