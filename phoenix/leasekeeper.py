@@ -36,7 +36,6 @@ from phoenix.states import Outcome
 if TYPE_CHECKING:
     from phoenix.pgstore import PgStore
 
-RENEW_RETRY = 1.0  # seconds between renewals while the database does not answer
 FALLBACK_POLL = 2.0  # seconds between looks for jobs while the listener is not known to work
 
 
@@ -126,7 +125,7 @@ class LeaseKeeper:
             live = self.store.renew_lease(self.host.lease_state(), self.host.slots, len(self.host.children),
                                           grace=self.times.grace)
         except StoreUnavailable as exc:
-            self.next_renewal = sent + min(RENEW_RETRY, self.times.renew_every)
+            self.next_renewal = sent + self.times.renew_retry
             if not self.failing:
                 self.failing = True
                 log.event(logging.ERROR, "lease_renew_failed", node=self.store.node, error=str(exc),
@@ -166,7 +165,7 @@ class LeaseKeeper:
         try:
             self._register()
         except StoreUnavailable:
-            self.next_renewal = sent + RENEW_RETRY  # tried again then; no claims meanwhile
+            self.next_renewal = sent + self.times.renew_retry  # tried again then; no claims meanwhile
             return
         except JournalError as exc:  # another master took the node meanwhile (or the schema moved on)
             self.next_renewal = float("inf")

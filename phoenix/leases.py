@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+RENEW_RETRY = 1.0  # seconds between renewals while the database does not answer
+
 
 @dataclass(frozen=True, slots=True)
 class LeaseTimes:
@@ -37,14 +39,21 @@ class LeaseTimes:
     grace: float  # another master recovers a lease expired for longer than this
 
     @property
+    def renew_retry(self) -> float:
+        """Seconds between renewals while the database does not answer."""
+        return min(RENEW_RETRY, self.renew_every)
+
+    @property
     def outage_budget(self) -> float:
         """The longest database outage that costs nothing, wherever it falls:
         the last renewal that got through may be up to one renewal period old
-        when the outage starts, and trust ends a margin before the lease
-        does. Past it, the running children are ended (their jobs re-run);
-        past ttl + grace, other masters recover the jobs and outcomes held
-        meanwhile are fenced."""
-        return self.ttl - self.renew_every - self.margin
+        when the outage starts, the first renewal after it comes up to one
+        retry period after the database answers again, and trust ends a
+        margin before the lease does. Past it, the running children are ended
+        (their jobs re-run); past ttl + grace, other masters recover the jobs
+        and outcomes held meanwhile are fenced. Not the ttl: that holds only
+        for an outage that starts just as a renewal got through."""
+        return max(0.0, self.ttl - self.renew_every - self.margin - self.renew_retry)
 
     @property
     def recovery_after(self) -> float:

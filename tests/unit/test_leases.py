@@ -84,3 +84,19 @@ def test_an_orphaned_child_is_gone_before_its_job_can_be_recovered(
     expiry = -renewed_before_death * times.renew_every + times.ttl
     child_gone = noticed * interval + orphan_after(times, interval) + checked * interval + kill_grace
     assert child_gone <= expiry + times.grace
+
+
+@given(ttl=st.floats(0.5, 600), kill_grace=st.floats(0, 60), since_renewal=st.floats(0, 1), outage=st.floats(0, 1))
+def test_an_outage_within_the_budget_never_ends_a_child(ttl: float, kill_grace: float, since_renewal: float,
+                                                        outage: float) -> None:
+    """The outage starts up to one renewal period after the last renewal that
+    got through (sent at 0) and lasts up to the budget; the next renewal is
+    sent up to one retry period after the store answers again: trust has not
+    run out by then, so no child was ended. An outage as long as the ttl
+    that starts a renewal period late outlives trust."""
+    times = lease_times(ttl, kill_grace)
+    starts = since_renewal * times.renew_every
+    renewed = starts + outage * times.outage_budget + times.renew_retry
+    trust_ends = trusted_until(0.0, ttl, times.margin)
+    assert not children_must_end(renewed, trust_ends + 1e-9 * ttl)
+    assert children_must_end(times.renew_every + ttl, trust_ends)
