@@ -68,6 +68,23 @@ def test_lost_host_jobs_rerun_elsewhere_within_ttl_plus_grace(cluster: Cluster) 
     assert summary.lost == 2  # h1's two attempts, ended by recovery, none of the others
 
 
+def test_a_second_host_under_a_node_name_in_use_is_refused_and_takes_nothing(cluster: Cluster) -> None:
+    """Two containers with one host name (here: --node given twice): the second
+    master is refused with one line; the first one's jobs run once, untouched."""
+    lab = cluster.lab
+    cluster.start([lab.host("h1")])
+    work = keys("held", 2)
+    cluster.submit(work, 4.0)
+    cluster.wait_running({"h1": 2})
+    twin = cluster.master(lab.host("h2"), "--node", "h1").start(wait_ready=False)
+    assert twin.wait_exit() == 2, twin.log()
+    assert "node 'h1' is held by another master" in twin.log() and "--node" in twin.log()
+    cluster.wait_final(work, timeout=30)
+    cluster.wait_quiet()
+    summary = invariants.check(cluster, work)
+    assert summary.lost == 0 and all(len(cluster.attempts(k)) == 1 for k in work)
+
+
 def test_silent_partition_ends_the_cut_off_hosts_children_before_the_rerun_then_heals(cluster: Cluster) -> None:
     lab = cluster.lab
     h1 = lab.host("h1")
