@@ -30,7 +30,7 @@ from phoenix.timers import TimerHeap
 
 SPAWN_SLICE = 0.25  # seconds of forking per turn of the loop before the other steps get a turn
 PENDING_POLL = 1.0  # fallback look for jobs submitted without a wake-up
-CLAIM_REPLY_LOST = "its claim's reply never reached the master; it never started"
+CLAIM_REPLY_LOST = "its claim was never confirmed to the master (a reply lost to a store failure); it never started"
 
 
 class SchedulerHost(Protocol):
@@ -133,13 +133,13 @@ class Scheduler:
                 decode_params(job.params)
             except AppError as exc:
                 h.spawner.give_back(waiting)
-                self.fail_before_start(job, str(exc))
+                self.fail_claimed(job, str(exc))
                 continue
             retries = spec.retries if spec.retries is not None else h.config.retries
             if not may_run(job.failures, retries):
                 h.spawner.give_back(waiting)
-                self.fail_before_start(job, f"job {job.key!r} failed {job.failures} time(s); its policy allows "
-                                            f"{retries} retries")
+                self.fail_claimed(job, f"job {job.key!r} failed {job.failures} time(s); its policy allows "
+                                       f"{retries} retries")
                 continue
             self.start(job, spec, waiting, attempt_id, job.attempts + 1)
             started = True
@@ -166,6 +166,13 @@ class Scheduler:
                                   Classified(Outcome.INTERRUPTED, CLAIM_REPLY_LOST, CLAIM_REPLY_LOST, None),
                                   None, a.pid, outbox=False)
         self.claims_in_doubt = False
+
+    def fail_claimed(self, job: Job, error: str) -> None:
+        """A claimed job that cannot start here: until its failure is recorded
+        (a storage error leaves it running with no child), the claim is in doubt."""
+        self.claims_in_doubt = True
+        self.fail_before_start(job, error)
+        self.claims_in_doubt = False  # (a claim in doubt before this one stopped every claim until reconciled)
 
     def fail_before_start(self, job: Job, error: str) -> None:
         h = self.host
