@@ -73,6 +73,7 @@ class LeaseKeeper:
 
     def register(self, pid: int, generation: int, started_at: float, app: str | None) -> None:
         self.identity = (pid, generation, started_at, app)
+        self.instance = instance_token(self.host.config.state_dir)  # read once: registering again needs no file
         sent = time.monotonic()
         epoch = self._register()
         self.trusted(sent)
@@ -158,7 +159,7 @@ class LeaseKeeper:
     def _register(self) -> int:
         pid, generation, started_at, app = self.identity
         return self.store.register_master(pid, generation, started_at, self.host.slots, app,
-                                          instance=instance_token(self.host.config.state_dir),
+                                          instance=self.instance,
                                           grace=self.times.grace, outage_budget=self.times.outage_budget)
 
     def register_again(self, sent: float) -> None:
