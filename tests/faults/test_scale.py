@@ -284,8 +284,8 @@ def test_shared_store_status_is_bounded_too(pg_url: str, tmp_path: Path) -> None
     failed = (PG_JOBS - RUNNING - PENDING) // FAILED_EVERY
     finished = PG_JOBS - RUNNING - PENDING - failed
     assert f"pending {PENDING}  running {RUNNING}  finished {finished}  failed {failed}" in text
-    running = [str(i) for i in range(PG_JOBS - RUNNING + 1, PG_JOBS + 1)]
-    assert re.findall(r"^  job-(\d+)  attempt", text, re.M) == running
+    running_keys = [str(i) for i in range(PG_JOBS - RUNNING + 1, PG_JOBS + 1)]
+    assert re.findall(r"^  job-(\d+)  attempt", text, re.M) == running_keys
     assert peak < BOUNDED_MB, f"phoenix status --store peaked at {peak:.0f} MB on {PG_JOBS} jobs"
     _code, text, peak = run_measured(["status", "--json", "--limit", "10", "--after", "100", *store], tmp=tmp_path)
     page = json.loads(text)
