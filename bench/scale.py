@@ -87,6 +87,10 @@ def build_pg(url: str, count: int) -> None:
                     copy.write_row((*row, "bench-node", 1, "running" if row[6] is None else "ended"))
             cur.execute("UPDATE jobs j SET current_attempt = a.id FROM attempts a WHERE a.job_id = j.id")
             cur.execute("SELECT setval('jobs_id_seq', %s)", (count,))
+    finally:
+        conn.close()
+    conn = connect(url)  # autocommit: VACUUM runs outside a transaction
+    try:
         conn.execute("VACUUM ANALYZE jobs")
         conn.execute("VACUUM ANALYZE attempts")
     finally:

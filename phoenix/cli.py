@@ -417,14 +417,16 @@ def reload(state_dir: str | None, wait: bool, timeout: float, force: bool) -> No
 @state_dir_option
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), required=True,
               help="Write a self-contained timeline page here.")
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Draw the jobs that changed last, at most this many.")
 @friendly_errors
-def report(state_dir: str | None, html_file: str) -> None:
+def report(state_dir: str | None, html_file: str, limit: int) -> None:
     """Write the journal's history as a timeline: a bar per attempt, markers for replacements."""
     from phoenix.report import write
 
     paths = _state_paths(state_dir)
     _require_journal(paths)
-    attempts = write(paths.journal, Path(html_file))
+    attempts = write(paths.journal, Path(html_file), limit)
     click.echo(f"wrote {html_file}: {attempts} attempts")
 
 

@@ -825,6 +825,26 @@ class Journal:
         names = [c[0] for c in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
 
+    def timeline_recent(self, limit: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+        """What `phoenix report` draws, bounded: (the `limit` jobs that last
+        changed among those that ran or failed before any attempt, in id order;
+        their attempts; how many pending jobs wait for a first attempt). Read
+        through the updated_at and state indexes, never every job."""
+        cur = self.db.execute(
+            "SELECT id AS job_id, key, target, state, attempts, error, updated_at FROM jobs "
+            "WHERE attempts > 0 OR state = 'failed' ORDER BY updated_at DESC, id DESC LIMIT ?", (limit,))
+        names = [c[0] for c in cur.description]
+        jobs = sorted((dict(zip(names, row, strict=True)) for row in cur), key=lambda job: job["job_id"])
+        cur = self.db.execute(
+            "SELECT a.job_id, j.key, a.n, a.pid, a.started_at, a.ended_at, a.outcome, a.reason, a.error "
+            "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.job_id IN (SELECT value FROM json_each(?)) "
+            "ORDER BY a.job_id, a.n", (json.dumps([job["job_id"] for job in jobs]),))
+        names = [c[0] for c in cur.description]
+        attempts = [dict(zip(names, row, strict=True)) for row in cur]
+        (unstarted,) = self.db.execute("SELECT count(*) FROM jobs WHERE state = 'pending' AND attempts = 0"
+                                       ).fetchone()
+        return jobs, attempts, unstarted
+
     def timeline_events(self) -> list[dict[str, Any]]:
         cur = self.db.execute("SELECT at, kind, generation, pid, detail FROM events ORDER BY at")
         names = [c[0] for c in cur.description]

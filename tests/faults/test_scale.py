@@ -139,6 +139,18 @@ def test_jobs_pages_by_last_change_through_the_index(big: Path, tmp_path: Path) 
     assert f"--after {json.loads(run_measured(['jobs', '--json', '--limit', '2', *state])[1])['next_after']}" in plain
 
 
+def test_the_timeline_draws_the_jobs_that_changed_last(big: Path, tmp_path: Path) -> None:
+    page = tmp_path / "timeline.html"
+    _code, text, peak = run_measured(["report", "--html", str(page), "--limit", "50", "--state-dir", str(big)],
+                                     tmp=tmp_path)
+    rows = re.findall(r'<div class="row" data-state="(\w+)" data-job="job-(\d+)"', page.read_text())
+    # The 50 that changed last, pending jobs left out (they never ran): the running ones, and 46 before them.
+    ended = JOBS - RUNNING - PENDING
+    assert [int(job) for _state, job in rows] == [*range(ended - 45, ended + 1), *range(JOBS - RUNNING + 1, JOBS + 1)]
+    assert "1000 jobs waiting for a first attempt" in page.read_text()
+    assert peak < BOUNDED_MB, f"phoenix report peaked at {peak:.0f} MB on {JOBS} jobs"
+
+
 def test_a_malformed_cursor_is_one_line_and_exit_2(big: Path) -> None:
     done = subprocess.run([*PHOENIX, "jobs", "--after", "yesterday", "--state-dir", str(big)],
                           capture_output=True, text=True, timeout=60)
@@ -175,6 +187,7 @@ def test_the_reads_of_status_jobs_and_metrics_use_indexes_not_a_scan_of_jobs(big
             "jobs --state": lambda: journal.list_jobs(state="failed", target=None, since=None, limit=50),
             "jobs --after": lambda: journal.list_jobs(state=None, target=None, since=None, limit=50,
                                                       after=(time.time() - 5000, 10)),
+            "timeline": lambda: journal.timeline_recent(1000),
         }
         for name, read in reads.items():
             plans = _plans(journal, read)
