@@ -316,18 +316,17 @@ _SCALE_INDEXES = (
 )
 _JOB_COUNTS = (
     "CREATE TABLE job_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+    # (A row per state of JOB_STATES is made with the table: a plain UPDATE per change.)
     "CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs BEGIN "
-    "INSERT OR IGNORE INTO job_counts VALUES (new.state, 0); "
     "UPDATE job_counts SET n = n + 1 WHERE state = new.state; END",
     "CREATE TRIGGER job_counts_update AFTER UPDATE OF state ON jobs WHEN old.state IS NOT new.state BEGIN "
     "UPDATE job_counts SET n = n - 1 WHERE state = old.state; "
-    "INSERT OR IGNORE INTO job_counts VALUES (new.state, 0); "
     "UPDATE job_counts SET n = n + 1 WHERE state = new.state; END",
     "CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs BEGIN "
     "UPDATE job_counts SET n = n - 1 WHERE state = old.state; END",
 )
-_SCALE_OBJECTS = frozenset({"jobs_state_updated", "jobs_updated", "job_counts", "job_counts_insert",
-                            "job_counts_update", "job_counts_delete"})
+_COUNT_OBJECTS = frozenset({"job_counts", "job_counts_insert", "job_counts_update", "job_counts_delete"})
+_SCALE_OBJECTS = _COUNT_OBJECTS | {"jobs_state_updated", "jobs_updated"}
 
 
 def _needs_scale_schema(db: sqlite3.Connection) -> bool:
@@ -342,7 +341,11 @@ def _add_scale_schema(db: sqlite3.Connection) -> None:
     and the triggers): the counts start from the jobs there are."""
     for statement in _SCALE_INDEXES:
         db.execute(statement)
-    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_counts'").fetchone() is None:
+    names = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')")}
+    if not _COUNT_OBJECTS <= names:  # none, or some lost (counts without a trigger would drift): all anew
+        for trigger in sorted(_COUNT_OBJECTS - {"job_counts"}):
+            db.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+        db.execute("DROP TABLE IF EXISTS job_counts")
         for statement in _JOB_COUNTS:
             db.execute(statement)
         db.executemany("INSERT INTO job_counts VALUES (?, 0)", [(state,) for state in JOB_STATES])
