@@ -76,6 +76,7 @@ def build_pg(url: str, count: int) -> None:
     conn = connect(url, autocommit=False)
     try:
         with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SET LOCAL statement_timeout = 0")  # a million rows take longer than a store's statement
             cur.execute("TRUNCATE callbacks, attempts, jobs, events, masters, meta RESTART IDENTITY")
             with cur.copy("COPY jobs (id, key, target, params, state, attempts, outcome, result, error, "
                           "created_at, updated_at) FROM STDIN") as copy:
@@ -91,6 +92,7 @@ def build_pg(url: str, count: int) -> None:
         conn.close()
     conn = connect(url)  # autocommit: VACUUM runs outside a transaction
     try:
+        conn.execute("SET statement_timeout = 0")
         conn.execute("VACUUM ANALYZE jobs")
         conn.execute("VACUUM ANALYZE attempts")
     finally:
