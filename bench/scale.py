@@ -166,7 +166,7 @@ def run(count: int, store: str | None) -> list[tuple[str, float, float, int]]:
         _took, peak, size = _one(scrape, env)
         rows.append(("metrics job counts", counts_time(store or "sqlite", state_dir / "journal.db"), peak, size))
     for name, took, peak, size in rows:
-        print(f"  {count:>9,} jobs  {name:<22} {took:6.2f} s  peak RSS {peak:7.1f} MB  output {size / 1e3:9.1f} kB",
+        print(f"  {count:>9,} jobs  {name:<22} {took:9.5f} s  peak RSS {peak:7.1f} MB  output {size / 1e3:9.1f} kB",
               flush=True)
     return rows
 
