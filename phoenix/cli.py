@@ -298,22 +298,34 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None, sto
               help="Refresh in place every N seconds (default 1) until Ctrl-C.")
 @store_option
 @click.option("--node", help="With a shared store: this master (node) and its jobs only.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="With --json: jobs per page (default 1000).")
+@click.option("--after", type=click.IntRange(min=0), default=None,
+              help="With --json: the page after this job id (the next_after of the page before).")
 @friendly_errors
 def status(state_dir: str | None, as_json: bool, watch_interval: float | None, store: str | None,
-           node: str | None) -> None:
-    """Show the master and the jobs; exit 0 if a master runs, 3 if none does.
+           node: str | None, limit: int | None, after: int | None) -> None:
+    """Show the master, the job counts, the last failures and the running
+    jobs; exit 0 if a master runs, 3 if none does.
+
+    --json adds a page of every job, in id order: at most --limit (1000),
+    and "next_after", the id to pass as --after for the next page (null on
+    the last page).
 
     With a shared store: every master (node, pid, generation, state, lease,
-    slots) and every job with its node; exit 0 if any master holds a live
-    lease, 3 if none does."""
-    from phoenix.status import NoJournal, collect, collect_shared, render, render_shared, watch
+    slots) and the running jobs with their node; exit 0 if any master holds
+    a live lease, 3 if none does."""
+    from phoenix.status import JSON_PAGE, NoJournal, collect, collect_shared, render, render_shared, watch
 
+    if (limit is not None or after is not None) and not as_json:
+        fail("--limit and --after page the jobs of `phoenix status --json`: add --json")
+    page = (after or 0, limit or JSON_PAGE) if as_json else None
     shared = config_module.load(None, None, {"store": store}, validate=False).store
     if shared != "sqlite":
         from phoenix.store import check_setting
 
         check_setting(shared)
-        report, live = collect_shared(shared, node)
+        report, live = collect_shared(shared, node, page)
         if as_json:
             click.echo(json.dumps(report, indent=2))
         else:
@@ -323,7 +335,7 @@ def status(state_dir: str | None, as_json: bool, watch_interval: float | None, s
     try:
         if watch_interval is not None:
             watch(paths, watch_interval)
-        report, running = collect(paths)
+        report, running = collect(paths, page)
     except NoJournal as exc:
         fail(str(exc), EXIT_NOT_RUNNING)
     if as_json:
@@ -405,14 +417,16 @@ def reload(state_dir: str | None, wait: bool, timeout: float, force: bool) -> No
 @state_dir_option
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), required=True,
               help="Write a self-contained timeline page here.")
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Draw the jobs that changed last, at most this many.")
 @friendly_errors
-def report(state_dir: str | None, html_file: str) -> None:
+def report(state_dir: str | None, html_file: str, limit: int) -> None:
     """Write the journal's history as a timeline: a bar per attempt, markers for replacements."""
     from phoenix.report import write
 
     paths = _state_paths(state_dir)
     _require_journal(paths)
-    attempts = write(paths.journal, Path(html_file))
+    attempts = write(paths.journal, Path(html_file), limit)
     click.echo(f"wrote {html_file}: {attempts} attempts")
 
 
@@ -445,19 +459,25 @@ def _seconds(text: str | None) -> float | None:
 @click.option("--target", help="Only jobs of this target (module:function).")
 @click.option("--since", help="Only jobs changed in this last while: 45s, 30m, 1h, 7d.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Show at most this many.")
+@click.option("--after", "cursor", help="The page after this one: the next_after the page before printed.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 @store_option
 @friendly_errors
 def jobs(state_dir: str | None, state: str | None, target: str | None, since: str | None, limit: int,
-         as_json: bool, store: str | None) -> None:
+         cursor: str | None, as_json: bool, store: str | None) -> None:
     """List jobs, last changed first: key, target, state, attempts, last
-    outcome and reason, and the time since the job last changed."""
-    from phoenix.jobsview import jobs_report, render_jobs
+    outcome and reason, and the time since the job last changed. A page at a
+    time (--limit); --json prints "next_after", the --after of the next page."""
+    from phoenix.jobsview import BadCursor, jobs_report, parse_cursor, render_jobs
 
     seconds = _seconds(since)  # bad input is refused before the journal is opened
+    try:
+        after = None if cursor is None else parse_cursor(cursor)
+    except BadCursor as exc:
+        fail(str(exc))
     _paths, journal = _existing_journal(state_dir, store)
     with journal:
-        report = jobs_report(journal, state=state, target=target, since=seconds, limit=limit)
+        report = jobs_report(journal, state=state, target=target, since=seconds, limit=limit, after=after)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:

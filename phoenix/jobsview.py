@@ -17,12 +17,31 @@ from phoenix.untrusted import visible
 JOBS_COLUMNS = ("key", "target", "state", "attempts", "last outcome", "age")
 
 
+class BadCursor(ValueError):
+    """--after is not a cursor that `phoenix jobs` printed."""
+
+
+def parse_cursor(text: str) -> tuple[float, int]:
+    """A page's `next_after`, "UPDATED_AT/ID", back into (updated_at, id)."""
+    when, _slash, job_id = text.partition("/")
+    try:
+        return float(when), int(job_id)
+    except ValueError:
+        raise BadCursor(f"--after wants the next_after of the page before, as `phoenix jobs --json` prints it "
+                        f"(e.g. 1765080000.123/42), not {text!r}") from None
+
+
 def jobs_report(journal: Store, *, state: str | None, target: str | None, since: float | None,
-                limit: int) -> dict[str, Any]:
-    """The `phoenix jobs --json` object: the jobs shown, and how many more matched."""
+                limit: int, after: tuple[float, int] | None = None) -> dict[str, Any]:
+    """The `phoenix jobs --json` object: the jobs shown, how many matched from
+    this page on ("total") and after it ("more"), and `next_after`, the cursor
+    of the next page (None on the last). Pages go by last change, newest first:
+    a job that changes while a script pages moves to the front."""
     rows, total = journal.list_jobs(state=state, target=target,
-                                    since=None if since is None else time.time() - since, limit=limit)
-    return {"jobs": rows, "total": total, "more": max(0, total - len(rows))}
+                                    since=None if since is None else time.time() - since, limit=limit, after=after)
+    more = max(0, total - len(rows))
+    next_after = f"{rows[-1]['updated_at']!r}/{rows[-1]['id']}" if more and rows else None
+    return {"jobs": rows, "total": total, "more": more, "next_after": next_after}
 
 
 def _last_outcome(job: dict[str, Any]) -> str:
@@ -37,8 +56,8 @@ def render_jobs(report: dict[str, Any]) -> None:
              visible(_last_outcome(job)), duration(now - job["updated_at"])) for job in report["jobs"]]
     _table(JOBS_COLUMNS, rows)
     if report["more"]:
-        print(f"... {report['more']} more (of {report['total']}): narrow with --state, --target, --since "
-              f"or raise --limit")
+        print(f"... {report['more']} more (of {report['total']}): narrow with --state, --target, --since, "
+              f"raise --limit, or see the next page with --after {report['next_after']}")
 
 
 def show_report(journal: Store, job: dict[str, Any]) -> dict[str, Any]:

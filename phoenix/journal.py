@@ -237,6 +237,7 @@ def _create(path: Path) -> None:
                 if statement.strip():
                     db.execute(statement)
             db.execute(_BACKOFF_INDEX)
+            _add_scale_schema(db)
             # Still written so that an older Phoenix (before user_version) can read the journal after a rollback.
             db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -302,6 +303,55 @@ _BACKOFF_INDEX = ("CREATE INDEX IF NOT EXISTS jobs_backoff ON jobs (not_before_b
 _NO_BACKOFF = "state = 'pending' AND not_before_boot_id IS NULL"
 _IN_BACKOFF = "state = 'pending' AND not_before_boot_id IS NOT NULL"
 _BACKOFF_WAIT = "(CASE WHEN not_before_boot_id = :boot THEN not_before_boot - :since_boot ELSE 0 END)"
+
+# What keeps the operator's reads bounded as the journal grows (status, jobs,
+# metrics): the jobs of each state by last change (the last failures, `jobs
+# --state`), all jobs by last change (`jobs`), and the number of jobs in each
+# state, kept by triggers as jobs are added, change state and are deleted, so
+# that a count reads five rows, never the jobs (a GROUP BY over 1,000,000 jobs
+# reads them all: see bench/RESULTS.md).
+_SCALE_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS jobs_state_updated ON jobs (state, updated_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (updated_at)",
+)
+_JOB_COUNTS = (
+    "CREATE TABLE job_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+    # (A row per state of JOB_STATES is made with the table: a plain UPDATE per change.)
+    "CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs BEGIN "
+    "UPDATE job_counts SET n = n + 1 WHERE state = new.state; END",
+    "CREATE TRIGGER job_counts_update AFTER UPDATE OF state ON jobs WHEN old.state IS NOT new.state BEGIN "
+    "UPDATE job_counts SET n = n - 1 WHERE state = old.state; "
+    "UPDATE job_counts SET n = n + 1 WHERE state = new.state; END",
+    "CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs BEGIN "
+    "UPDATE job_counts SET n = n - 1 WHERE state = old.state; END",
+)
+_COUNT_OBJECTS = frozenset({"job_counts", "job_counts_insert", "job_counts_update", "job_counts_delete"})
+_SCALE_OBJECTS = _COUNT_OBJECTS | {"jobs_state_updated", "jobs_updated"}
+
+
+def _needs_scale_schema(db: sqlite3.Connection) -> bool:
+    """Read-only: whether a journal of an older Phoenix lacks the indexes and counts above."""
+    names = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type IN ('index', 'table', "
+                                            "'trigger')")}
+    return not _SCALE_OBJECTS <= names
+
+
+def _add_scale_schema(db: sqlite3.Connection) -> None:
+    """Inside the caller's transaction (nothing is written between the count
+    and the triggers): the counts start from the jobs there are."""
+    for statement in _SCALE_INDEXES:
+        db.execute(statement)
+    names = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')")}
+    if not _COUNT_OBJECTS <= names:  # none, or some lost (counts without a trigger would drift): all anew
+        for trigger in sorted(_COUNT_OBJECTS - {"job_counts"}):
+            db.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+        db.execute("DROP TABLE IF EXISTS job_counts")
+        for statement in _JOB_COUNTS:
+            db.execute(statement)
+        db.executemany("INSERT INTO job_counts VALUES (?, 0)", [(state,) for state in JOB_STATES])
+        db.execute("INSERT INTO job_counts SELECT state, count(*) FROM jobs GROUP BY state "
+                   "ON CONFLICT (state) DO UPDATE SET n = excluded.n")
+
 
 _INSERT_JOB = ("INSERT INTO jobs (key, target, params, state, created_at, updated_at) "
                "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING")
@@ -378,6 +428,9 @@ class Journal:
             if _needs_columns(self.db):
                 with self.transaction() as db:
                     _add_columns(db)  # a journal of an older Phoenix gets the columns this one writes
+            if _needs_scale_schema(self.db):
+                with self.transaction() as db:
+                    _add_scale_schema(db)  # once, on the first open by this Phoenix: reads every job
             if verify:
                 self._quick_check()
         except BaseException as exc:
@@ -474,17 +527,17 @@ class Journal:
         with self.transaction() as db:
             return _insert_job(db, key, target, params_json, now)
 
-    def submit_many(self, jobs: Iterable[tuple[str, str, str]]) -> None:
+    def submit_many(self, jobs: Iterable[tuple[str, str, str]]) -> list[tuple[int, bool]]:
         """Record (target, params JSON, key) jobs in one transaction, as a
         script seeding a batch would; a key that names the same job is left as
-        it is, one that names another job raises KeyConflict and records none."""
+        it is, one that names another job raises KeyConflict and records none.
+        Returns (job id, created) of each, in order."""
         jobs = list(jobs)
         for _target, _params, key in jobs:
             check_key(key)  # all refused, or all recorded
         now = time.time()
         with self.transaction() as db:
-            for target, params_json, key in jobs:
-                _insert_job(db, key, target, params_json, now)
+            return [_insert_job(db, key, target, params_json, now) for target, params_json, key in jobs]
 
     # -- the master's writes ----------------------------------------------------
 
@@ -657,8 +710,10 @@ class Journal:
         return dict(zip([c[0] for c in cur.description], row, strict=True))
 
     def counts(self) -> dict[str, int]:
+        """Jobs in each state, from the counts the triggers keep: five rows,
+        however many jobs the journal holds."""
         counts = dict.fromkeys(JOB_STATES, 0)
-        for state, n in self.db.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
+        for state, n in self.db.execute("SELECT state, n FROM job_counts"):
             counts[state] = n
         return counts
 
@@ -730,12 +785,17 @@ class Journal:
                                  ).fetchone()
         return row[1], reload[0]
 
-    def status_rows(self) -> Iterator[dict[str, Any]]:
+    def status_rows(self, *, state: str | None = None, after: int = 0,
+                    limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """Jobs in id order: those of `state` if given (through its index),
+        from id `after` on (exclusive), at most `limit` (None: no limit)."""
+        where = "j.state = :state AND j.id > :after" if state is not None else "j.id > :after"
         cur = self.db.execute(
             "SELECT j.id, j.key, j.target, j.params, j.state, j.attempts, j.outcome, j.result, j.error, "
             "a.pid, l.reason, l.max_rss_kb FROM jobs j "
             "LEFT JOIN attempts a ON a.job_id = j.id AND a.outcome IS NULL "
-            "LEFT JOIN attempts l ON l.job_id = j.id AND l.n = j.attempts ORDER BY j.id"
+            f"LEFT JOIN attempts l ON l.job_id = j.id AND l.n = j.attempts WHERE {where} ORDER BY j.id LIMIT :limit",
+            {"state": state, "after": after, "limit": -1 if limit is None else limit},
         )
         for job_id, key, target, params, state, attempts, outcome, result, error, pid, reason, max_rss_kb in cur:
             yield {
@@ -768,6 +828,26 @@ class Journal:
         names = [c[0] for c in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
 
+    def timeline_recent(self, limit: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+        """What `phoenix report` draws, bounded: (the `limit` jobs that last
+        changed among those that ran or failed before any attempt, in id order;
+        their attempts; how many pending jobs wait for a first attempt). Read
+        through the updated_at and state indexes, never every job."""
+        cur = self.db.execute(
+            "SELECT id AS job_id, key, target, state, attempts, error, updated_at FROM jobs "
+            "WHERE attempts > 0 OR state = 'failed' ORDER BY updated_at DESC, id DESC LIMIT ?", (limit,))
+        names = [c[0] for c in cur.description]
+        jobs = sorted((dict(zip(names, row, strict=True)) for row in cur), key=lambda job: job["job_id"])
+        cur = self.db.execute(
+            "SELECT a.job_id, j.key, a.n, a.pid, a.started_at, a.ended_at, a.outcome, a.reason, a.error "
+            "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.job_id IN (SELECT value FROM json_each(?)) "
+            "ORDER BY a.job_id, a.n", (json.dumps([job["job_id"] for job in jobs]),))
+        names = [c[0] for c in cur.description]
+        attempts = [dict(zip(names, row, strict=True)) for row in cur]
+        (unstarted,) = self.db.execute("SELECT count(*) FROM jobs WHERE state = 'pending' AND attempts = 0"
+                                       ).fetchone()
+        return jobs, attempts, unstarted
+
     def timeline_events(self) -> list[dict[str, Any]]:
         cur = self.db.execute("SELECT at, kind, generation, pid, detail FROM events ORDER BY at")
         names = [c[0] for c in cur.description]
@@ -776,16 +856,27 @@ class Journal:
     # -- the operator's reads and writes (phoenix jobs, show, retry, cancel, prune) -----------
 
     def list_jobs(self, *, state: str | None, target: str | None, since: float | None,
-                  limit: int) -> tuple[list[dict[str, Any]], int]:
+                  limit: int, after: tuple[float, int] | None = None) -> tuple[list[dict[str, Any]], int]:
         """(up to `limit` jobs, last changed first, how many matched in all);
-        each with its last attempt's outcome and reason."""
-        conditions, args = [], []
+        each with its last attempt's outcome and reason. `after` (updated_at,
+        id) of the last job of a page: the jobs after it (and "in all" counts
+        from there). Read through the updated_at indexes: a page costs its rows."""
+        conditions: list[str] = []
+        args: list[Any] = []
         for column, value in (("j.state = ?", state), ("j.target = ?", target), ("j.updated_at >= ?", since)):
             if value is not None:
                 conditions.append(column)
                 args.append(value)
+        if after is not None:
+            # The first term is the index's range; the second leaves out the page's jobs of the same time.
+            conditions.append("j.updated_at <= ? AND (j.updated_at < ? OR j.id < ?)")
+            args.extend((after[0], after[0], after[1]))
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        (total,) = self.db.execute(f"SELECT count(*) FROM jobs j {where}", args).fetchone()
+        if target is None and since is None and after is None:  # the kept counts: no read of the jobs
+            counts = self.counts()
+            total = counts.get(state, 0) if state is not None else sum(counts.values())
+        else:
+            (total,) = self.db.execute(f"SELECT count(*) FROM jobs j {where}", args).fetchone()
         cur = self.db.execute(
             "SELECT j.id, j.key, j.target, j.state, j.attempts, j.outcome, a.reason, j.created_at, j.updated_at "
             f"FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.n = j.attempts {where} "
@@ -870,9 +961,8 @@ class Journal:
                 ids = [(job_id,) for (job_id,) in db.execute(select, bounds)]
                 bounds["after"] = ids[-1][0] if ids else 0  # the next batch reads on from here
                 for table, column in (("attempts", "job_id"), ("callbacks", "job_id"), ("jobs", "id")):
-                    before = db.total_changes
-                    db.executemany(f"DELETE FROM {table} WHERE {column} = ?", ids)
-                    removed[table] += db.total_changes - before
+                    # rowcount: the rows deleted (total_changes would add the kept counts' trigger updates)
+                    removed[table] += db.executemany(f"DELETE FROM {table} WHERE {column} = ?", ids).rowcount
             if len(ids) < batch:
                 break
         with self.transaction() as db:

@@ -517,14 +517,14 @@ class PgStore:
         with self._one() as cur:  # the NOTIFY rides on the insert: one round trip
             return self._insert_job(cur, key, target, params_json, notify=True)
 
-    def submit_many(self, jobs: Iterable[tuple[str, str, str]]) -> None:
+    def submit_many(self, jobs: Iterable[tuple[str, str, str]]) -> list[tuple[int, bool]]:
         jobs = list(jobs)
         for _target, _params, key in jobs:
             check_key(key)
         with self._tx() as cur:
-            for target, params_json, key in jobs:
-                self._insert_job(cur, key, target, params_json)
+            submitted = [self._insert_job(cur, key, target, params_json) for target, params_json, key in jobs]
             cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))  # once per transaction, not per row
+        return submitted
 
     @staticmethod
     def _insert_job(cur: psycopg.Cursor[Any], key: str, target: str, params_json: str,
@@ -793,16 +793,29 @@ class PgStore:
             reload = cur.fetchone()
         return row[1], reload[0] if reload else None
 
-    def status_rows(self, node: str | None = None) -> Iterator[dict[str, Any]]:
-        """Every job (of the master `node` if given) with the node that runs or ran it last."""
-        where = "WHERE a.master = %(node)s" if node else ""
+    def status_rows(self, node: str | None = None, *, state: str | None = None, after: int = 0,
+                    limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """Jobs in id order (of the master `node` if given) with the node that
+        runs or ran it last: those of `state` if given, from id `after` on
+        (exclusive), at most `limit` (None: no limit)."""
+        conditions = ["j.id > %(after)s"]
+        if node:
+            conditions.append("a.master = %(node)s")
+        if state == "running":
+            # From the open attempts' partial index: the running jobs, never a read of every job.
+            source = "attempts a JOIN jobs j ON j.id = a.job_id AND j.current_attempt = a.id"
+            conditions += ["a.outcome IS NULL", "j.state = 'running'"]
+        else:
+            source = "jobs j LEFT JOIN attempts a ON a.id = j.current_attempt"
+            if state is not None:
+                conditions.append("j.state = %(state)s")
         with self._one() as cur:
             cur.execute(
                 "SELECT j.id, j.key, j.target, j.params, j.state, j.attempts, j.outcome, j.result, j.error, "
-                "a.pid, a.master, l.reason, l.max_rss_kb FROM jobs j "
-                "LEFT JOIN attempts a ON a.id = j.current_attempt "
-                f"LEFT JOIN attempts l ON l.job_id = j.id AND l.n = j.attempts {where} ORDER BY j.id",
-                {"node": node})
+                f"a.pid, a.master, l.reason, l.max_rss_kb FROM {source} "
+                "LEFT JOIN attempts l ON l.job_id = j.id AND l.n = j.attempts "
+                f"WHERE {' AND '.join(conditions)} ORDER BY j.id LIMIT %(limit)s",
+                {"node": node, "state": state, "after": after, "limit": limit})
             rows = cur.fetchall()
         for (job_id, key, target, params, state, attempts, outcome, result, error, pid, master, reason,
              max_rss_kb) in rows:
@@ -831,12 +844,16 @@ class PgStore:
             return _dicts(cur)
 
     def list_jobs(self, *, state: str | None, target: str | None, since: float | None,
-                  limit: int) -> tuple[list[dict[str, Any]], int]:
-        conditions, args = [], []
+                  limit: int, after: tuple[float, int] | None = None) -> tuple[list[dict[str, Any]], int]:
+        conditions: list[str] = []
+        args: list[Any] = []
         for column, value in (("j.state = %s", state), ("j.target = %s", target), ("j.updated_at >= %s", since)):
             if value is not None:
                 conditions.append(column)
                 args.append(value)
+        if after is not None:  # as the SQLite journal's: the jobs after the page that ended at `after`
+            conditions.append("j.updated_at <= %s AND (j.updated_at < %s OR j.id < %s)")
+            args.extend((after[0], after[0], after[1]))
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         with self._tx() as cur:
             cur.execute(f"SELECT count(*) FROM jobs j {where}", args)

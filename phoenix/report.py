@@ -34,6 +34,7 @@ MIN_TICK_GAP = 90  # px between ticks: wider than the longest clock time label (
 TICK_STEPS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
               43200, 86400, 2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400)
 HOVER_ERROR_CHARS = 1000
+DEFAULT_JOBS = 1000  # rows of a page unless `phoenix report --limit` says otherwise
 
 
 def _esc(value: Any) -> str:
@@ -71,13 +72,13 @@ def clock(t: float, step: float, span: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(tenths // 10)) + f".{tenths % 10}"
 
 
-def build(journal: Journal, title: str) -> str:
-    attempts = journal.timeline_attempts()
+def build(journal: Journal, title: str, limit: int = DEFAULT_JOBS) -> str:
+    # Rows: the `limit` jobs that changed last among those with an attempt and those that failed
+    # before any (unknown target); never every job of the journal.
+    jobs, attempts, unstarted = journal.timeline_recent(limit)
     events = [e for e in journal.timeline_events() if e["kind"] in MARKERS]
-    all_jobs = journal.timeline_jobs()
-    # Rows: jobs with an attempt, and jobs that failed before any (unknown target).
     started = {a["job_id"] for a in attempts}
-    jobs = [j for j in all_jobs if j["job_id"] in started or (j["state"] == "failed" and j["attempts"] == 0)]
+    jobs = [j for j in jobs if j["job_id"] in started or (j["state"] == "failed" and j["attempts"] == 0)]
     never_started = [j for j in jobs if j["job_id"] not in started]
     now = time.time()
     starts = [a["started_at"] for a in attempts] + [e["at"] for e in events] + [j["updated_at"] for j in never_started]
@@ -156,7 +157,6 @@ def build(journal: Journal, title: str) -> str:
                       for c, label in MARKERS.values())
     legend += '<span class="key"><i class="cross"></i>failed before any attempt</span>'
     total_width = LABEL_WIDTH + PLOT_WIDTH + RIGHT_MARGIN
-    unstarted = sum(1 for j in all_jobs if j["attempts"] == 0 and j["state"] == "pending")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>
 <style>
@@ -186,7 +186,8 @@ rect.attempt:hover, .no-attempt:hover circle {{ stroke: #000; stroke-width: 1; }
 {hide_rules}
 </style></head><body>
 <h1>{_esc(title)}</h1>
-<p>{_count(len(jobs), "job")}, {_count(len(attempts), "attempt")}, {len(never_started)} failed before any attempt,
+<p>{_count(len(jobs), "job")}{" (those that changed last: --limit draws more)" if len(jobs) == limit else ""},
+{_count(len(attempts), "attempt")}, {len(never_started)} failed before any attempt,
 {_count(sum(1 for e in events if e["kind"] == "replaced"), "replacement")},
 {_count(sum(1 for e in events if e["kind"] == "master_start"), "master start")}; from
 {time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t0))} over {span:.1f} s.
@@ -218,8 +219,9 @@ rect.attempt:hover, .no-attempt:hover circle {{ stroke: #000; stroke-width: 1; }
 """
 
 
-def write(journal_path: Path, output: Path) -> int:
+def write(journal_path: Path, output: Path, limit: int = DEFAULT_JOBS) -> int:
+    """Write the page; returns how many attempts it draws."""
     with Journal(journal_path, create=False) as journal:
-        page = build(journal, f"Phoenix timeline: {journal_path.parent}")
-        output.write_text(page)
-        return len(journal.timeline_attempts())
+        page = build(journal, f"Phoenix timeline: {journal_path.parent}", limit)
+    output.write_text(page)
+    return page.count('<rect class="attempt ')

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from phoenix import control, pidfile
 from phoenix.journal import Journal, journal_present
@@ -18,15 +18,28 @@ MASTER_FIELDS = ("pid", "generation", "state", "started_at", "uptime", "workers"
 
 
 RECENT_FAILURES = 5
+JSON_PAGE = 1000  # jobs per `status --json` page unless --limit says otherwise
+
+
+def page_of(rows: Iterator[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], int | None]:
+    """(up to `limit` jobs, the cursor for the next page: the last job's id, or
+    None if no job follows). `rows` holds one job more than a page, if there is one."""
+    jobs = list(rows)
+    more = len(jobs) > limit
+    del jobs[limit:]
+    return jobs, jobs[-1]["id"] if more else None
 
 
 class NoJournal(Exception):
     """Nothing has run with this state directory: no journal, no master."""
 
 
-def collect(paths: StatePaths) -> tuple[dict[str, Any], bool]:
+def collect(paths: StatePaths, page: tuple[int, int] | None = None) -> tuple[dict[str, Any], bool]:
     """(report, master running?) in the shape `phoenix status --json` prints.
-    Raises NoJournal, creating nothing, when there is neither."""
+    Raises NoJournal, creating nothing, when there is neither. Its jobs: the
+    running ones (what the table shows), or with `page` (after id, limit)
+    that page of every job in id order, and `next_after` the next page's
+    cursor. Never every job: the counts are the journal's kept counts."""
     live: dict[str, Any] | None = None
     if pidfile.live_master_pid(paths.pidfile, paths.lockfile) is not None:
         try:
@@ -34,13 +47,17 @@ def collect(paths: StatePaths) -> tuple[dict[str, Any], bool]:
         except control.ControlError:
             live = None
     jobs: list[dict[str, Any]] = []
+    next_after: int | None = None
     meta: dict[str, Any] = {}
     counts: dict[str, int] = {}
     failures: list[dict[str, Any]] = []
     first_start = last_reload = None
     if journal_present(paths.journal):
         with Journal(paths.journal, create=False) as journal:
-            jobs = list(journal.status_rows())
+            if page is None:
+                jobs = list(journal.status_rows(state="running"))
+            else:
+                jobs, next_after = page_of(journal.status_rows(after=page[0], limit=page[1] + 1), page[1])
             meta = {name: journal.meta(name) for name in ("generation", "started_at")}
             counts = journal.counts()
             failures = journal.recent_failures(RECENT_FAILURES)
@@ -64,7 +81,10 @@ def collect(paths: StatePaths) -> tuple[dict[str, Any], bool]:
     else:
         master = {"pid": None, "generation": meta.get("generation"), "state": "stopped",
                   "started_at": meta.get("started_at")}
-    return {"master": master, "counts": counts, "recent_failures": failures, "jobs": jobs}, live is not None
+    report: dict[str, Any] = {"master": master, "counts": counts, "recent_failures": failures, "jobs": jobs}
+    if page is not None:
+        report["next_after"] = next_after
+    return report, live is not None
 
 
 def duration(seconds: float | None) -> str:
@@ -168,15 +188,22 @@ def watch(paths: StatePaths, interval: float) -> None:
             pass
 
 
-def collect_shared(url: str, node: str | None = None) -> tuple[dict[str, Any], bool]:
+def collect_shared(url: str, node: str | None = None,
+                   page: tuple[int, int] | None = None) -> tuple[dict[str, Any], bool]:
     """(report, any master holding a live lease?) of a shared store: every
-    master's lease and slots, and every job with the node that runs it (or
-    ran it last); `node` keeps that master and its jobs only."""
+    master's lease and slots, and the running jobs with the node that runs
+    them, or with `page` (after id, limit) that page of every job with the
+    node that runs it (or ran it last), and `next_after`; `node` keeps that
+    master and its jobs only."""
     from phoenix.pgstore import PgStore
 
+    next_after: int | None = None
     with PgStore(url) as store:
         masters = [m for m in store.masters() if node is None or m["node"] == node]
-        jobs = list(store.status_rows(node))
+        if page is None:
+            jobs = list(store.status_rows(node, state="running"))
+        else:
+            jobs, next_after = page_of(store.status_rows(node, after=page[0], limit=page[1] + 1), page[1])
         counts = store.counts()
         failures = store.recent_failures(RECENT_FAILURES)
     shown = []
@@ -190,7 +217,10 @@ def collect_shared(url: str, node: str | None = None) -> tuple[dict[str, Any], b
             "outage_budget": master["outage_budget"],  # seconds without the database that cost nothing
         })
     live = any(m["lease_expires_in"] > 0 and m["state"] in ("running", "draining", "degraded") for m in shown)
-    return {"masters": shown, "jobs": jobs, "counts": counts, "recent_failures": failures}, live
+    report: dict[str, Any] = {"masters": shown, "jobs": jobs, "counts": counts, "recent_failures": failures}
+    if page is not None:
+        report["next_after"] = next_after
+    return report, live
 
 
 def render_shared(report: dict[str, Any]) -> None:

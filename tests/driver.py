@@ -166,7 +166,7 @@ class Master:
         """Every job of the journal by key, joined with the live view."""
         from phoenix.status import collect
 
-        return {job["key"]: job for job in collect(self.paths)[0]["jobs"]}
+        return {job["key"]: job for job in collect(self.paths, page=(0, 10**9))[0]["jobs"]}  # one page: all
 
     def counts(self) -> dict[str, int]:
         """Jobs of the journal per state."""
