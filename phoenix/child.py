@@ -309,15 +309,8 @@ def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:
         return 1, _runtime.next_message("failed", error=text)
     try:
         return 0, _runtime.next_message("finished", result=result)
-    except protocol.MessageTooLarge:
-        size = len(json.dumps(result, default=str))
-        return 1, _runtime.next_message(
-            "failed",
-            error=(
-                f"the job's result is {size} bytes of JSON, more than the {protocol.MAX_MESSAGE_BYTES}-byte limit "
-                "of a heartbeat message; write large results to a file or a database and return its path or key"
-            ),
-        )
+    except protocol.ResultTooLarge as exc:
+        return 1, _runtime.next_message("failed", error=str(exc))
     except (TypeError, ValueError) as exc:
         return 1, _runtime.next_message(
             "failed",
