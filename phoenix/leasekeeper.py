@@ -186,6 +186,9 @@ class LeaseKeeper:
         for payload in payloads:
             if payload == f"ping:{self.store.node}":
                 self.ping_seen = True
+            elif payload == leases.CALLBACKS_OWED:
+                if not self.host.callbacks_held():
+                    self.host.run_owed_callbacks()  # the first master to read it takes it (owed_callbacks)
             elif not payload.startswith("ping:"):
                 self.host.jobs_may_be_pending()
 

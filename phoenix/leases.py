@@ -28,6 +28,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# A NOTIFY payload on the store's wake-up channel: a callback with no owner is
+# owed (a pending job was cancelled); the first live master to read it takes it.
+CALLBACKS_OWED = "callbacks"
+
 
 @dataclass(frozen=True, slots=True)
 class LeaseTimes:

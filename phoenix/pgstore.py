@@ -52,6 +52,7 @@ from phoenix.journal import (
     _canonical,
     default_key,
 )
+from phoenix.leases import CALLBACKS_OWED
 from phoenix.outcomes import CANCELLED_REASON
 from phoenix.untrusted import check_key
 
@@ -602,10 +603,10 @@ class PgStore:
         with self._one() as cur:
             cur.execute(
                 "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation, a.started_at, "
-                "a.started_boot, a.final FROM attempts a JOIN jobs j ON j.id = a.job_id "
-                "WHERE a.outcome IS NULL AND a.master = %s ORDER BY a.id", (self.node,))
-            return [OpenAttempt(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10])
-                    for r in cur.fetchall()]
+                "a.started_boot, a.final, a.reason IS NOT DISTINCT FROM 'cancelled' FROM attempts a "
+                "JOIN jobs j ON j.id = a.job_id WHERE a.outcome IS NULL AND a.master = %s ORDER BY a.id", (self.node,))
+            return [OpenAttempt(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
+                                cancel_requested=bool(r[11])) for r in cur.fetchall()]
 
     def hold_finals(self, finals: list[tuple[int, str]]) -> None:
         """Keep running attempts' final messages [(attempt id, JSON)] before the
@@ -806,17 +807,29 @@ class PgStore:
                 cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
         return [key for _id, key in rows]
 
+    def request_cancel(self, attempt_id: int) -> None:
+        """As the SQLite journal's: a cancel under way, noted on the open attempt."""
+        with self._one() as cur:
+            cur.execute("UPDATE attempts SET reason = 'cancelled' WHERE id = %s AND outcome IS NULL", (attempt_id,))
+
     def cancel_pending(self, key: str) -> str | None:
+        """As the SQLite journal's: a pending job cancelled with its
+        `on_failed` owed (no owner: the first live master to read the NOTIFY
+        takes it up, see owed_callbacks)."""
         with self._tx() as cur:
-            cur.execute("SELECT state FROM jobs WHERE key = %s FOR UPDATE", (key,))
+            cur.execute("SELECT id, state FROM jobs WHERE key = %s FOR UPDATE", (key,))
             row = cur.fetchone()
             if row is None:
                 return None
-            if row[0] == "pending":
+            job_id, state = row
+            if state == "pending":
                 cur.execute(f"UPDATE jobs SET state = 'cancelled', outcome = 'cancelled', error = %s, "
-                            f"updated_at = {_NOW} WHERE key = %s", (f"{CANCELLED_REASON} before it ran", key))
-            state: str = row[0]
-            return state
+                            f"updated_at = {_NOW} WHERE id = %s", (f"{CANCELLED_REASON} before it ran", job_id))
+                cur.execute(f"INSERT INTO callbacks (job_id, attempt, kind, state, created_at) "
+                            f"SELECT %(job)s, COALESCE(MAX(n), 0), 'on_failed', 'owed', {_NOW} FROM attempts "
+                            f"WHERE job_id = %(job)s ON CONFLICT (job_id, kind) DO NOTHING", {"job": job_id})
+                cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, CALLBACKS_OWED))
+            return str(state)
 
     def prune(self, *, finished_before: float, failed_before: float | None, batch: int = 500) -> dict[str, int]:
         """As the SQLite journal's: old ended jobs with their attempts and

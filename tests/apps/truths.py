@@ -2,6 +2,7 @@
 and a job that waits to be cancelled. Callbacks are recorded as in
 tests.apps.jobs (one JSON line per call to $PHOENIX_TEST_CALLBACKS)."""
 
+import signal
 import time
 
 import phoenix
@@ -35,3 +36,12 @@ def sleep(params):
 @app.job(retries=5)
 def fails_then_waits(params):
     raise RuntimeError("fails, to wait in its backoff")
+
+
+@app.job(retries=0)
+def ignores_term(params):
+    """Ignores TERM (as a job busy in a C call would seem to), then finishes
+    after params["seconds"]: only a KILL ends it early."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(params["seconds"])
+    return "finished despite the cancel"

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from phoenix.journal import Journal
 from phoenix.paths import StatePaths
-from tests.conftest import Master, phoenix_cli
+from tests.conftest import Master, phoenix_cli, wait_for
 
 APP = "tests.apps.truths:app"
 TRUTHS = "tests.apps.truths"
@@ -84,3 +85,75 @@ def test_every_writing_command_refuses_a_damaged_journal_and_writes_nothing(mast
     assert str(path) in lines[0] and "damaged" in lines[0] and "move it aside" in lines[0], lines[0]
     after = {p.name: p.read_bytes() for p in state_dir.iterdir() if p.is_file() and p.name != "phoenix.lock"}
     assert after == before, f"`phoenix {command[0]}` wrote into a damaged journal"
+
+
+# -- every cancelled job gets exactly one on_failed ----------------------------------------------
+
+
+def failed_callbacks(master: Master) -> dict[str, list[dict[str, object]]]:
+    calls: dict[str, list[dict[str, object]]] = {}
+    for call in master.callbacks():
+        if call["kind"] == "failed":
+            calls.setdefault(str(call["key"]), []).append(call)
+    return calls
+
+
+def test_every_cancelled_job_gets_one_on_failed_pending_running_or_with_no_master(master_factory, state_dir):
+    """Cancelled while pending (never ran, or waiting in its backoff after a
+    failure), while running, and with no master running: each gets exactly
+    one on_failed, with job.outcome "cancelled"."""
+    master: Master = master_factory("--workers", "2", app=APP)
+    master.submit(f"{TRUTHS}:sleep", {"seconds": 60}, key="running-1")
+    master.submit(f"{TRUTHS}:sleep", {"seconds": 60}, key="running-2")
+    wait_for(lambda: all(master.jobs()[k]["state"] == "running" and master.jobs()[k]["pid"]
+                         for k in ("running-1", "running-2")), what="two jobs to run")
+    master.submit(f"{TRUTHS}:sleep", {"seconds": 60}, key="pending-1")  # no slot free: stays pending
+    master.submit(f"{TRUTHS}:sleep", {"seconds": 60}, key="pending-2")
+    result = phoenix_cli("cancel", "pending-1", "running-1", "pending-2", state_dir=state_dir)
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: {"pending-1", "pending-2", "running-1"} <= set(failed_callbacks(master)),
+             what="on_failed for the cancelled jobs")
+    master.stop()
+    assert master.wait_exit() == 0
+
+    # With no master running: cancelled in the journal, on_failed owed to the next master.
+    with Journal(state_dir / "journal.db") as journal:
+        journal.submit(f"{TRUTHS}:sleep", "{}", "pending-offline")
+    offline = phoenix_cli("cancel", "pending-offline", state_dir=state_dir)
+    assert offline.returncode == 0, offline.stderr
+    again: Master = master_factory("--workers", "2", app=APP)
+    wait_for(lambda: "pending-offline" in failed_callbacks(again), what="on_failed owed while no master ran")
+    calls = failed_callbacks(again)
+    assert set(calls) == {"pending-1", "pending-2", "running-1", "pending-offline"}  # running-2 was only stopped
+    for key in ("pending-1", "pending-2", "running-1", "pending-offline"):
+        assert len(calls[key]) == 1, (key, calls[key])
+        assert calls[key][0]["outcome"] == "cancelled", calls[key]
+        assert str(calls[key][0]["payload"]).startswith("cancelled by the operator (phoenix cancel)")
+    jobs = again.jobs()
+    assert all(jobs[k]["state"] == "cancelled" for k in ("pending-1", "pending-2", "running-1", "pending-offline"))
+
+
+def test_a_cancel_under_way_at_a_replacement_is_finished_by_the_new_image(master_factory, state_dir, tmp_path):
+    """The cancel's TERM is ignored, and the master is replaced (SIGUSR2)
+    before its KILL is due: the new image, which has no memory of the old
+    one's timers, reads the cancel from the journal and ends the job as
+    cancelled (one on_failed), instead of letting it finish or run again."""
+    config = tmp_path / "phoenix.toml"
+    config.write_text("kill_grace = 60\n")  # the old image's KILL would come too late to matter
+    master: Master = master_factory("--config", str(config), app=APP)
+    master.submit(f"{TRUTHS}:ignores_term", {"seconds": 15}, key="stubborn")
+    wait_for(lambda: master.jobs()["stubborn"]["state"] == "running" and master.jobs()["stubborn"]["pid"],
+             what="the job to run")
+    result = phoenix_cli("cancel", "stubborn", state_dir=state_dir)
+    assert result.returncode == 0, result.stderr
+    master.wait_log("kill pid=", what="the cancel's TERM")
+    config.write_text("kill_grace = 1\n")  # what the new image reads
+    master.signal(signal.SIGUSR2)
+    master.wait_log("ready generation=2", timeout=30)
+    job = wait_for(lambda: (j := master.jobs()["stubborn"])["state"] not in ("pending", "running") and j,
+                   timeout=20, what="the cancelled job to end")
+    assert (job["state"], job["outcome"]) == ("cancelled", "cancelled"), job
+    wait_for(lambda: "stubborn" in failed_callbacks(master), what="on_failed of the cancelled job")
+    calls = failed_callbacks(master)["stubborn"]
+    assert len(calls) == 1 and calls[0]["outcome"] == "cancelled", calls
+    assert not [c for c in master.callbacks() if c["kind"] == "finished"]
