@@ -895,7 +895,11 @@ class Journal:
             if len(ids) < batch:
                 break
         with self.transaction() as db:
-            removed["events"] = db.execute("DELETE FROM events WHERE at < ?", (finished_before,)).rowcount
+            # Never the last master's start nor what followed it (its replacements):
+            # `status` reads its uptime and last reload from them (master_times).
+            removed["events"] = db.execute(
+                "DELETE FROM events WHERE at < ? AND id < COALESCE((SELECT max(id) FROM events "
+                "WHERE kind = 'master_start'), 9223372036854775807)", (finished_before,)).rowcount
         return removed
 
     def probe_write(self) -> None:

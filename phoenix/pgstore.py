@@ -852,7 +852,10 @@ class PgStore:
             if len(ids) < batch:
                 break
         with self._one() as cur:
-            cur.execute("DELETE FROM events WHERE at < %s", (finished_before,))
+            # Never a node's last master start nor what followed it (master_times reads them).
+            cur.execute("DELETE FROM events e WHERE at < %s AND id < COALESCE((SELECT max(s.id) FROM events s "
+                        "WHERE s.kind = 'master_start' AND s.node = e.node), 9223372036854775807)",
+                        (finished_before,))
             removed["events"] = cur.rowcount
         return removed
 

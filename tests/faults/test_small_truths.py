@@ -157,3 +157,20 @@ def test_a_cancel_under_way_at_a_replacement_is_finished_by_the_new_image(master
     calls = failed_callbacks(master)["stubborn"]
     assert len(calls) == 1 and calls[0]["outcome"] == "cancelled", calls
     assert not [c for c in master.callbacks() if c["kind"] == "finished"]
+
+
+# -- smaller truths ------------------------------------------------------------------------------
+
+
+def test_prune_keeps_the_running_masters_start_and_last_reload(master_factory, state_dir):
+    master: Master = master_factory(app=APP)
+    master.signal(signal.SIGUSR2)
+    master.wait_log("ready generation=2", timeout=30)
+    before = master.status()["master"]
+    assert before["first_started_at"] and before["reloaded_at"], before
+    old = master.status()  # a moment later, every event is older than "0s ago"
+    pruned = phoenix_cli("prune", "--finished-before", "0s", "--json", state_dir=state_dir)
+    assert pruned.returncode == 0, pruned.stderr
+    after = master.status()["master"]
+    assert (after["first_started_at"], after["reloaded_at"]) == (before["first_started_at"], before["reloaded_at"])
+    assert after["uptime_total"] >= old["master"]["uptime_total"]
