@@ -493,7 +493,8 @@ def show(key: str, state_dir: str | None, as_json: bool, store: str | None) -> N
 
 @main.command()
 @click.argument("keys", nargs=-1)
-@click.option("--failed", "all_failed", is_flag=True, help="Every failed or cancelled job (of --target).")
+@click.option("--failed", "all_failed", is_flag=True,
+              help="Every failed job (of --target); cancelled ones only by key.")
 @click.option("--target", help="With --failed: only jobs of this target.")
 @state_dir_option
 @store_option
@@ -502,7 +503,9 @@ def retry(keys: tuple[str, ...], all_failed: bool, target: str | None, state_dir
           store: str | None) -> None:
     """Put failed (or cancelled) jobs back to pending with a fresh retry
     budget; a running master starts them at once. Their earlier attempts stay
-    in the journal, and the next one is numbered after them."""
+    in the journal, and the next one is numbered after them. --failed takes
+    every failed job, never a cancelled one: a cancel is undone only by naming
+    the job."""
     if bool(keys) == all_failed:
         fail("name the jobs to retry (phoenix retry KEY...), or give --failed for every failed job")
     if target and not all_failed:

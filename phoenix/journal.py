@@ -94,7 +94,9 @@ CREATE TABLE IF NOT EXISTS events (
 
 
 JOB_STATES = ("pending", "running", "finished", "failed", "cancelled")
-ENDED_BADLY = ("failed", "cancelled")  # what `phoenix retry` takes back to pending
+ENDED_BADLY = ("failed", "cancelled")  # what `phoenix retry KEY` takes back to pending
+# `phoenix retry --failed`: failed jobs only. A cancel is the operator's
+# decision about one job: only naming it (retry KEY) undoes it.
 
 
 class JournalError(RuntimeError):
@@ -813,11 +815,12 @@ class Journal:
         """Failed and cancelled jobs back to pending with a fresh retry budget
         (their attempts stay, numbered on), in one transaction: the named
         `keys` (all or none: RetryRefused names a key that cannot be), or
-        with None every failed or cancelled job (of `target`). Returns the keys."""
+        with None every failed job (of `target`), never a cancelled one.
+        Returns the keys."""
         with self.transaction() as db:
             if keys is None:
                 extra, args = ("AND target = ?", [target]) if target is not None else ("", [])
-                rows = db.execute(f"SELECT id, key FROM jobs WHERE state IN {ENDED_BADLY} {extra} ORDER BY id",
+                rows = db.execute(f"SELECT id, key FROM jobs WHERE state = 'failed' {extra} ORDER BY id",
                                   args).fetchall()
             else:
                 rows = []

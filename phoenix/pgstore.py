@@ -781,8 +781,8 @@ class PgStore:
         with self._tx() as cur:
             if keys is None:
                 extra, args = ("AND target = %s", [target]) if target is not None else ("", [])
-                cur.execute(f"SELECT id, key FROM jobs WHERE state = ANY(%s) {extra} ORDER BY id FOR UPDATE",
-                            [list(ENDED_BADLY), *args])
+                cur.execute(f"SELECT id, key FROM jobs WHERE state = 'failed' {extra} ORDER BY id FOR UPDATE",
+                            args)
                 rows = [(int(r[0]), r[1]) for r in cur.fetchall()]
             else:
                 rows = []

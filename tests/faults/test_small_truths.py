@@ -174,3 +174,21 @@ def test_prune_keeps_the_running_masters_start_and_last_reload(master_factory, s
     after = master.status()["master"]
     assert (after["first_started_at"], after["reloaded_at"]) == (before["first_started_at"], before["reloaded_at"])
     assert after["uptime_total"] >= old["master"]["uptime_total"]
+
+
+def test_retry_failed_leaves_cancelled_jobs_alone_and_retry_by_key_takes_them(state_dir):
+    StatePaths(state_dir).ensure()
+    with Journal(state_dir / "journal.db") as journal:
+        for key in ("failed-1", "cancelled-1", "failed-2"):
+            journal.submit(f"{TRUTHS}:sleep", json.dumps({"k": key}), key)
+        journal.db.execute("UPDATE jobs SET state = 'failed' WHERE key LIKE 'failed-%'")
+        assert journal.cancel_pending("cancelled-1") == "pending"
+        journal.db.execute("UPDATE callbacks SET state = 'done'")  # its on_failed ran
+    retried = phoenix_cli("retry", "--failed", state_dir=state_dir)
+    assert retried.returncode == 0, retried.stderr
+    assert json.loads(retried.stdout) == {"retried": ["failed-1", "failed-2"]}
+    with Journal(state_dir / "journal.db") as journal:
+        assert journal.job_by_key("cancelled-1")["state"] == "cancelled"
+    by_key = phoenix_cli("retry", "cancelled-1", state_dir=state_dir)
+    assert by_key.returncode == 0, by_key.stderr
+    assert json.loads(by_key.stdout) == {"retried": ["cancelled-1"]}
