@@ -192,3 +192,19 @@ def test_retry_failed_leaves_cancelled_jobs_alone_and_retry_by_key_takes_them(st
     by_key = phoenix_cli("retry", "cancelled-1", state_dir=state_dir)
     assert by_key.returncode == 0, by_key.stderr
     assert json.loads(by_key.stdout) == {"retried": ["cancelled-1"]}
+
+
+def test_the_timeline_shows_cancelled_jobs_as_cancelled_with_their_own_filter(master_factory, state_dir, tmp_path):
+    master: Master = master_factory(app=APP)
+    master.submit(f"{TRUTHS}:sleep", {"seconds": 60}, key="to-cancel")
+    master.submit(f"{TRUTHS}:sized_result", {"bytes": 4}, key="done")
+    wait_for(lambda: master.jobs()["to-cancel"]["pid"], what="the job to run")
+    assert phoenix_cli("cancel", "to-cancel", state_dir=state_dir).returncode == 0
+    wait_for(lambda: master.jobs()["to-cancel"]["state"] == "cancelled", what="the cancel")
+    html = tmp_path / "timeline.html"
+    made = phoenix_cli("report", "--html", str(html), state_dir=state_dir)
+    assert made.returncode == 0, made.stderr
+    page = html.read_text()
+    assert '<div class="row" data-state="cancelled" data-job="to-cancel">' in page
+    assert '<input type="checkbox" id="show-cancelled" checked> cancelled (1)' in page
+    assert 'body:has(#show-cancelled:not(:checked)) .row[data-state="cancelled"] { display: none; }' in page
