@@ -438,10 +438,14 @@ class PgStore:
         return owed
 
     def masters(self) -> list[dict[str, Any]]:
+        """Every master's row. `slots_used` is counted from its open attempts
+        (the attempts_open index: as many rows as run), not the figure of its
+        last renewal, which is up to ttl/3 old (`slots 0/3` while 3 ran)."""
         with self._tx() as cur:
             cur.execute(
-                "SELECT node, pid, generation, epoch, state, slots, slots_used, app, started_at, "
-                "extract(epoch from lease_expires_at - now()) AS lease_expires_in FROM masters ORDER BY node")
+                "SELECT node, pid, generation, epoch, state, slots, (SELECT count(*) FROM attempts a "
+                "WHERE a.master = m.node AND a.outcome IS NULL) AS slots_used, app, started_at, "
+                "extract(epoch from lease_expires_at - now()) AS lease_expires_in FROM masters m ORDER BY node")
             return _dicts(cur)
 
     # -- submission ---------------------------------------------------------------------

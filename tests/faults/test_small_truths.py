@@ -208,3 +208,55 @@ def test_the_timeline_shows_cancelled_jobs_as_cancelled_with_their_own_filter(ma
     assert '<div class="row" data-state="cancelled" data-job="to-cancel">' in page
     assert '<input type="checkbox" id="show-cancelled" checked> cancelled (1)' in page
     assert 'body:has(#show-cancelled:not(:checked)) .row[data-state="cancelled"] { display: none; }' in page
+
+
+# -- the shared store ----------------------------------------------------------------------------
+
+
+def shared_master(tmp_path: Path, url: str, *args: str) -> Master:
+    return Master(tmp_path / "node-a", APP, "--store", url, "--node", "node-a", *args, log_dir=tmp_path)
+
+
+def test_shared_store_status_counts_the_slots_in_use_now(tmp_path, pg_url):
+    """The lease is renewed every ttl/3 (10 s by default): the slots in use
+    are counted from the running attempts, not read from the last renewal."""
+    pytest.importorskip("psycopg")
+    from phoenix import Client
+
+    master = shared_master(tmp_path, pg_url, "--workers", "3").start()
+    try:
+        client = Client(store=pg_url)
+        for i in range(3):
+            client.submit(f"{TRUTHS}:sleep", {"seconds": 60}, key=f"run-{i}")
+
+        def running() -> int:
+            result = phoenix_cli("status", "--json", "--store", pg_url)
+            report = json.loads(result.stdout)
+            return sum(1 for j in report["jobs"] if j["state"] == "running" and j["pid"]) == 3 and report
+
+        report = wait_for(running, timeout=20, what="three jobs running")
+        assert [(m["slots_used"], m["slots"]) for m in report["masters"]] == [(3, 3)]
+        text = phoenix_cli("status", "--store", pg_url).stdout
+        assert "slots 3/3" in text, text
+    finally:
+        master.stop()
+
+
+def test_shared_store_cancel_of_a_pending_job_gets_one_on_failed(tmp_path, pg_url):
+    pytest.importorskip("psycopg")
+    from phoenix import Client
+
+    master = shared_master(tmp_path, pg_url, "--workers", "1").start()
+    try:
+        client = Client(store=pg_url)
+        client.submit(f"{TRUTHS}:sleep", {"seconds": 60}, key="busy")
+        wait_for(lambda: master.log().count("spawn pid="), what="the first job to run")
+        client.submit(f"{TRUTHS}:sleep", {"seconds": 60}, key="waiting")  # no slot: pending
+        cancelled = phoenix_cli("cancel", "waiting", "--store", pg_url)
+        assert cancelled.returncode == 0, cancelled.stderr
+        wait_for(lambda: any(c["key"] == "waiting" for c in master.callbacks()), timeout=15,
+                 what="on_failed of the cancelled pending job")
+        calls = [c for c in master.callbacks() if c["key"] == "waiting"]
+        assert len(calls) == 1 and calls[0]["kind"] == "failed" and calls[0]["outcome"] == "cancelled", calls
+    finally:
+        master.stop()
