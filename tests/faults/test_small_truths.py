@@ -14,7 +14,7 @@ import pytest
 
 from phoenix.journal import Journal
 from phoenix.paths import StatePaths
-from tests.conftest import Master, phoenix_cli, wait_for
+from tests.conftest import REPO, Master, phoenix_cli, wait_for
 
 APP = "tests.apps.truths:app"
 TRUTHS = "tests.apps.truths"
@@ -260,3 +260,38 @@ def test_shared_store_cancel_of_a_pending_job_gets_one_on_failed(tmp_path, pg_ur
         assert len(calls) == 1 and calls[0]["kind"] == "failed" and calls[0]["outcome"] == "cancelled", calls
     finally:
         master.stop()
+
+
+# -- the distribution ----------------------------------------------------------------------------
+
+
+def test_the_sdist_and_wheel_are_coherent_licensed_and_typed(tmp_path):
+    """The sdist has no tests it cannot run (they need the whole checkout),
+    has the examples and deploy files the README points at, and the LICENSE;
+    the wheel has py.typed and the license; the metadata is the SPDX form."""
+    pytest.importorskip("build")
+    import subprocess
+    import sys
+    import tarfile
+    import zipfile
+
+    built = subprocess.run([sys.executable, "-m", "build", "--outdir", str(tmp_path), str(REPO)],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    assert "SetuptoolsDeprecationWarning" not in built.stdout + built.stderr
+    (sdist,) = tmp_path.glob("*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+        info = archive.extractfile(next(n for n in archive.getnames() if n.endswith("/PKG-INFO")))
+        assert info is not None
+        metadata = info.read().decode()
+    assert not [name for name in names if name.startswith("tests")], sorted(names)
+    assert {"LICENSE", "examples/feeds.py", "examples/feeds/lwn.json", "deploy/phoenix.service",
+            "deploy/Dockerfile", "deploy/README.md", "phoenix/py.typed"} <= names
+    assert "License-Expression: MIT" in metadata and "License-File: LICENSE" in metadata
+    (wheel,) = tmp_path.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        files = archive.namelist()
+    assert "phoenix/py.typed" in files
+    assert any(name.endswith("licenses/LICENSE") for name in files)
+    assert not [name for name in files if name.startswith(("tests/", "examples/", "bench/"))]
