@@ -295,3 +295,35 @@ def test_the_sdist_and_wheel_are_coherent_licensed_and_typed(tmp_path):
     assert "phoenix/py.typed" in files
     assert any(name.endswith("licenses/LICENSE") for name in files)
     assert not [name for name in files if name.startswith(("tests/", "examples/", "bench/"))]
+
+
+# -- the fork server -----------------------------------------------------------------------------
+
+
+def test_the_fork_server_of_a_killed_master_exits_quietly(tmp_path, capfd):
+    """This process plays a master SIGKILLed with a message still queued to it
+    (READY, unread): its socket closes with data unread, and the server's next
+    read gets ECONNRESET. The server exits 0 without a traceback (it printed a
+    raw ConnectionResetError traceback into the master's log, exit 70)."""
+    import select
+    import sys
+
+    from phoenix.forkserver import ForkServer
+
+    settings = {"app": APP, "path": [str(REPO), *sys.path], "argv": ["phoenix"], "master": os.getpid(),
+                "socket_path": str(tmp_path / "phoenix.sock"), "outbox": str(tmp_path / "outbox"),
+                "log_level": "info", "log_format": "text", "log_file": None}
+    server = ForkServer.start(settings)
+    try:
+        poller = select.poll()
+        poller.register(server.sock, select.POLLIN)
+        assert poller.poll(30_000), "the fork server never said it was ready"
+        server.sock.close()  # READY left unread, as by a master killed before it read it
+        code = server.process.wait(30)
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()  # ours, by pid (Popen)
+            server.process.wait()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "ConnectionResetError" not in err, err
+    assert code == 0
