@@ -45,3 +45,9 @@ def ignores_term(params):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(params["seconds"])
     return "finished despite the cancel"
+
+
+@app.job(retries=0)
+def raises_wide(params):
+    """An error message of params["chars"] non-ASCII characters (6 bytes each as JSON)."""
+    raise RuntimeError(params.get("char", "€") * params["chars"])

@@ -40,6 +40,21 @@ def test_a_result_of_exactly_64_kib_of_json_finishes_and_one_byte_more_is_refuse
     assert "65536-byte limit of a result" in over["error"]
 
 
+def test_a_long_error_of_wide_characters_is_cut_to_fit_and_recorded_as_the_jobs_error(master_factory):
+    """16,000 characters of traceback fit in a message as ASCII, not as
+    escaped non-ASCII (6 or 12 bytes each): the job's error was lost (the child
+    exited 70, outcome `exited`). It is cut in the middle, its end kept."""
+    master: Master = master_factory(app=APP)
+    master.submit(f"{TRUTHS}:raises_wide", {"chars": 16_000}, key="euro")
+    master.submit(f"{TRUTHS}:raises_wide", {"chars": 20_000, "char": "\U0001F600"}, key="emoji")
+    jobs = master.wait_jobs_done(["euro", "emoji"])
+    for key, char in (("euro", "€"), ("emoji", "\U0001F600")):
+        job = jobs[key]
+        assert job["outcome"] == "error", (key, job["outcome"], job["reason"])
+        assert "[... traceback cut ...]" in job["error"]
+        assert job["error"].rstrip().endswith(char * 100), job["error"][-200:]  # the end: the exception's line
+
+
 # -- a damaged journal is refused by every command that writes ----------------------------------
 
 
