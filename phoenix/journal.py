@@ -96,7 +96,11 @@ CREATE TABLE IF NOT EXISTS events (
 JOB_STATES = ("pending", "running", "finished", "failed", "cancelled")
 ENDED_BADLY = ("failed", "cancelled")  # what `phoenix retry KEY` takes back to pending
 # `phoenix retry --failed`: failed jobs only. A cancel is the operator's
-# decision about one job: only naming it (retry KEY) undoes it.
+# decision about one job: only naming it (retry KEY) undoes it. Undone before
+# any master started the on_failed it owes, the cancel takes that call with it
+# (nobody was told of a cancel that no longer holds); any other owed callback
+# refuses the retry until it has run.
+WITHDRAWN_WITH_ITS_CANCEL = "(j.state = 'cancelled' AND c.kind = 'on_failed' AND c.runs = 0)"
 
 
 class JournalError(RuntimeError):
@@ -832,7 +836,8 @@ class Journal:
                         raise RetryRefused(f"job {key!r} is {row[2]}: only failed or cancelled jobs can be retried")
                     rows.append(row[:2])
             for job_id, key in rows:
-                if db.execute("SELECT 1 FROM callbacks WHERE job_id = ? AND state = 'owed'", (job_id,)).fetchone():
+                if db.execute(f"SELECT 1 FROM callbacks c JOIN jobs j ON j.id = c.job_id WHERE c.job_id = ? AND "
+                              f"c.state = 'owed' AND NOT {WITHDRAWN_WITH_ITS_CANCEL}", (job_id,)).fetchone():
                     raise RetryRefused(f"job {key!r} still has a callback owed (it runs when a master runs): "
                                        "retry it once that has run")
             now = time.time()

@@ -41,6 +41,7 @@ from phoenix import clock
 from phoenix.journal import (
     ENDED_BADLY,
     JOB_STATES,
+    WITHDRAWN_WITH_ITS_CANCEL,
     Job,
     JournalError,
     KeyConflict,
@@ -799,7 +800,8 @@ class PgStore:
                         raise RetryRefused(f"job {key!r} is {row[2]}: only failed or cancelled jobs can be retried")
                     rows.append((int(row[0]), row[1]))
             for job_id, key in rows:
-                cur.execute("SELECT 1 FROM callbacks WHERE job_id = %s AND state = 'owed'", (job_id,))
+                cur.execute(f"SELECT 1 FROM callbacks c JOIN jobs j ON j.id = c.job_id WHERE c.job_id = %s AND "
+                            f"c.state = 'owed' AND NOT {WITHDRAWN_WITH_ITS_CANCEL}", (job_id,))
                 if cur.fetchone():
                     raise RetryRefused(f"job {key!r} still has a callback owed (it runs when a master runs): "
                                        "retry it once that has run")
