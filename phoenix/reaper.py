@@ -22,7 +22,7 @@ from phoenix.journal import OpenAttempt
 from phoenix.outcomes import classify_exit
 from phoenix.recorder import LOST_UNWATCHED, OutcomeRecorder, held_final
 from phoenix.spawner import Spawner
-from phoenix.states import TimerKind
+from phoenix.states import KillReason, TimerKind
 from phoenix.store import Store
 from phoenix.timers import TimerHeap
 
@@ -86,8 +86,11 @@ class Reaper:
         h.children[a.pid] = attempt
         h.timers.push(now + h.config.heartbeat_timeout, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
         log.event(logging.INFO, "adopt", pid=a.pid, job=a.key, attempt=a.n, how="child" if own else "pidfd")
-        if a.cancel_requested and attempt.final is None:
-            h.hangs.cancel(attempt, now)  # the cancel its former master began: TERM again, KILL after kill_grace
+        if a.cancel_requested:  # the cancel its former master began
+            if attempt.final is None:
+                h.hangs.cancel(attempt, now)  # TERM again, KILL after kill_grace
+            else:
+                attempt.kill_reason = KillReason.CANCELLED  # exiting already: an error it reported is the cancel's
 
     def reap(self) -> None:
         h = self.host
