@@ -174,6 +174,29 @@ def test_a_cancel_under_way_at_a_replacement_is_finished_by_the_new_image(master
     assert not [c for c in master.callbacks() if c["kind"] == "finished"]
 
 
+def test_a_cancel_under_way_when_the_master_is_killed_is_finished_by_the_next_master(master_factory, state_dir,
+                                                                                     tmp_path):
+    """As above, across a SIGKILL of the master and a new `phoenix start`,
+    which adopts the job through its pidfd and finishes the cancel."""
+    config = tmp_path / "phoenix.toml"
+    config.write_text("kill_grace = 60\n")
+    master: Master = master_factory("--config", str(config), app=APP)
+    master.submit(f"{TRUTHS}:ignores_term", {"seconds": 15}, key="stubborn")
+    wait_for(lambda: master.jobs()["stubborn"]["state"] == "running" and master.jobs()["stubborn"]["pid"],
+             what="the job to run")
+    assert phoenix_cli("cancel", "stubborn", state_dir=state_dir).returncode == 0
+    master.wait_log("kill pid=", what="the cancel's TERM")
+    master.signal(signal.SIGKILL)
+    master.wait_exit()
+    config.write_text("kill_grace = 1\n")
+    again: Master = master_factory("--config", str(config), app=APP)
+    job = wait_for(lambda: (j := again.jobs()["stubborn"])["state"] not in ("pending", "running") and j,
+                   timeout=20, what="the cancelled job to end")
+    assert (job["state"], job["outcome"]) == ("cancelled", "cancelled"), job
+    wait_for(lambda: "stubborn" in failed_callbacks(again), what="on_failed of the cancelled job")
+    assert len(failed_callbacks(again)["stubborn"]) == 1
+
+
 # -- smaller truths ------------------------------------------------------------------------------
 
 
