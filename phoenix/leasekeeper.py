@@ -144,6 +144,8 @@ class LeaseKeeper:
         self.listener_ok = self.ping_seen and self.listener_fd is not None
         if not self.listener_ok:
             self.open_listener()  # the last renewal's ping never came: the listener is dead
+            if not self.host.callbacks_held():
+                self.host.run_owed_callbacks()  # a NOTIFY of an owed callback (a cancel) may have been missed
         self.ping_seen = False
 
     def register_again(self, sent: float) -> None:
