@@ -99,7 +99,7 @@ def _coerce(name: str, current: Any, raw: Any, source: str) -> Any:
             if str(raw).lower() in ("0", "false", "no", "off", ""):
                 return False
             raise ValueError(raw)
-        if isinstance(raw, bool) or isinstance(raw, (list, dict)):
+        if isinstance(raw, (bool, list, dict)):
             # int(True) is 1 and str(True) is "True": a TOML true (or a table)
             # where a number or a string belongs is a mistake, never a value.
             raise ValueError(raw)
