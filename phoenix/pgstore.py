@@ -859,8 +859,9 @@ class PgStore:
                 break
         with self._one() as cur:
             # Never a node's last master start nor what followed it (master_times reads them).
-            cur.execute("DELETE FROM events e WHERE at < %s AND id < COALESCE((SELECT max(s.id) FROM events s "
-                        "WHERE s.kind = 'master_start' AND s.node = e.node), 9223372036854775807)",
+            cur.execute("WITH last_start AS MATERIALIZED (SELECT node, max(id) AS id FROM events "
+                        "WHERE kind = 'master_start' GROUP BY node) DELETE FROM events e WHERE e.at < %s AND e.id < "
+                        "COALESCE((SELECT l.id FROM last_start l WHERE l.node = e.node), 9223372036854775807)",
                         (finished_before,))
             removed["events"] = cur.rowcount
         return removed

@@ -193,3 +193,13 @@ def test_prune_keeps_what_is_not_ended_or_still_owes_a_callback(store: Store) ->
     assert removed["jobs"] == 1 and removed["attempts"] == 1
     assert store.job_row(done_id) is None and store.job_row(owing_id) is not None
     assert store.counts()["pending"] == 1
+
+
+def test_prune_keeps_the_last_master_start_and_what_followed_it(store: Store) -> None:
+    for kind, generation in (("master_start", 1), ("replaced", 2), ("master_start", 1), ("replaced", 2)):
+        store.record_event(kind, generation, 4242)
+    before = store.master_times()
+    assert before[0] is not None and before[1] is not None
+    removed = store.prune(finished_before=time.time() + 60, failed_before=None)
+    assert removed["events"] == 2  # the first master's life only
+    assert store.master_times() == before
