@@ -79,6 +79,7 @@ class App:
         # Set by the master while it runs this app, so that app.submit() from a
         # startup hook writes to the master's own journal.
         self.journal: Store | None = None
+        self._journal_checked = False  # outside a master, the first submit checks the whole journal (as Client)
 
     def job(
         self,
@@ -132,7 +133,8 @@ class App:
         paths = StatePaths(settings.state_dir)
         if settings.store == "sqlite":
             paths.ensure()
-        with open_store(settings.store, paths.journal) as journal:
+        with open_store(settings.store, paths.journal, verify=not self._journal_checked) as journal:
+            self._journal_checked = True
             return journal.submit(name, params_json, key)[0]
 
 

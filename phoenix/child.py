@@ -33,6 +33,9 @@ else:
 # before recording the attempt, or discarded a spare child).
 EXIT_NO_ORDER = 75
 MAX_ERROR_CHARS = 16_000  # a traceback longer than this is cut in the middle
+# ... and one whose JSON is longer than this: escaped, a non-ASCII character
+# takes 6 bytes (12 beyond the BMP), and 16,000 of them would not fit in a message.
+MAX_ERROR_BYTES = 32 * 1024
 
 
 @dataclass
@@ -292,6 +295,20 @@ def run(
             os._exit(code)
 
 
+def _fitted(text: str) -> str:
+    """The error text, cut in the middle (the head and the end matter) to at
+    most MAX_ERROR_CHARS characters and MAX_ERROR_BYTES of JSON: the failed
+    message always fits in one record, whatever the characters."""
+    limit = MAX_ERROR_CHARS
+    while True:
+        fitted = text if len(text) <= limit else (
+            text[: limit // 2] + "\n[... traceback cut ...]\n" + text[len(text) - limit // 2 :])
+        size = len(json.dumps(fitted))  # ASCII, escaped as the message escapes it
+        if size <= MAX_ERROR_BYTES:
+            return fitted
+        limit = min(limit, len(text)) * MAX_ERROR_BYTES // size  # fewer characters, in proportion
+
+
 def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:
     """Run the job; (exit code, final message)."""
     assert _runtime is not None
@@ -301,23 +318,13 @@ def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:
         if exc.code in (0, None):
             result = None
         else:
-            return 1, _runtime.next_message("failed", error=f"the job called sys.exit({exc.code!r})")
+            return 1, _runtime.next_message("failed", error=_fitted(f"the job called sys.exit({exc.code!r})"))
     except BaseException as exc:  # noqa: BLE001 - any failure of the job is its outcome
-        text = "".join(traceback.format_exception(exc))
-        if len(text) > MAX_ERROR_CHARS:  # keep the message within one record: the head and the end matter
-            text = text[: MAX_ERROR_CHARS // 2] + "\n[... traceback cut ...]\n" + text[-MAX_ERROR_CHARS // 2 :]
-        return 1, _runtime.next_message("failed", error=text)
+        return 1, _runtime.next_message("failed", error=_fitted("".join(traceback.format_exception(exc))))
     try:
         return 0, _runtime.next_message("finished", result=result)
-    except protocol.MessageTooLarge:
-        size = len(json.dumps(result, default=str))
-        return 1, _runtime.next_message(
-            "failed",
-            error=(
-                f"the job's result is {size} bytes of JSON, more than the {protocol.MAX_MESSAGE_BYTES}-byte limit "
-                "of a heartbeat message; write large results to a file or a database and return its path or key"
-            ),
-        )
+    except protocol.ResultTooLarge as exc:
+        return 1, _runtime.next_message("failed", error=str(exc))
     except (TypeError, ValueError) as exc:
         return 1, _runtime.next_message(
             "failed",

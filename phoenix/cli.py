@@ -433,15 +433,19 @@ def report(state_dir: str | None, html_file: str, limit: int) -> None:
 # -- the operator's commands: jobs, show, retry, cancel, prune ---------------------------------
 
 
-def _existing_journal(state_dir: str | None, store: str | None = None) -> tuple[StatePaths, Store]:
+def _existing_journal(state_dir: str | None, store: str | None = None, *,
+                      writes: bool = False) -> tuple[StatePaths, Store]:
     """The journal of the state directory, never created by a command that
-    only looks at it; or the shared store the `store` setting names."""
+    only looks at it; or the shared store the `store` setting names. A
+    command that `writes` reads the whole journal first (SQLite's quick_check,
+    as `phoenix start` does), so that it refuses a damaged one as `start` and
+    `status` do instead of writing into it."""
     paths = _state_paths(state_dir)
     setting = config_module.load(None, None, {"store": store}, validate=False).store
     if setting != "sqlite":
         return paths, open_store(setting, paths.journal)
     _require_journal(paths)
-    return paths, Journal(paths.journal, create=False)
+    return paths, Journal(paths.journal, create=False, verify=writes)
 
 
 def _require_journal(paths: StatePaths) -> None:
@@ -509,7 +513,8 @@ def show(key: str, state_dir: str | None, as_json: bool, store: str | None) -> N
 
 @main.command()
 @click.argument("keys", nargs=-1)
-@click.option("--failed", "all_failed", is_flag=True, help="Every failed or cancelled job (of --target).")
+@click.option("--failed", "all_failed", is_flag=True,
+              help="Every failed job (of --target); cancelled ones only by key.")
 @click.option("--target", help="With --failed: only jobs of this target.")
 @state_dir_option
 @store_option
@@ -518,12 +523,14 @@ def retry(keys: tuple[str, ...], all_failed: bool, target: str | None, state_dir
           store: str | None) -> None:
     """Put failed (or cancelled) jobs back to pending with a fresh retry
     budget; a running master starts them at once. Their earlier attempts stay
-    in the journal, and the next one is numbered after them."""
+    in the journal, and the next one is numbered after them. --failed takes
+    every failed job, never a cancelled one: a cancel is undone only by naming
+    the job."""
     if bool(keys) == all_failed:
         fail("name the jobs to retry (phoenix retry KEY...), or give --failed for every failed job")
     if target and not all_failed:
         fail("--target goes with --failed; to retry named jobs, give their keys only")
-    paths, journal = _existing_journal(state_dir, store)
+    paths, journal = _existing_journal(state_dir, store, writes=True)
     with journal:
         retried = journal.retry(None if all_failed else list(keys), target)
     if not journal.shared:  # a shared store's masters are woken by its NOTIFY
@@ -550,7 +557,7 @@ def cancel(keys: tuple[str, ...], state_dir: str | None, store: str | None) -> N
     "cancelled by the operator"). A running job needs its master running.
     With a shared store (--store) this cancels pending jobs; a running one is
     cancelled on its host, where its master's state directory is."""
-    paths, journal = _existing_journal(state_dir, store)
+    paths, journal = _existing_journal(state_dir, store, writes=True)
     master_runs = not journal.shared and pidfile.live_master_pid(paths.pidfile, paths.lockfile) is not None
     running_on: dict[str, str] = {}
     if journal.shared:
@@ -605,7 +612,7 @@ def prune(finished_before: str, failed_before: str | None, as_json: bool, state_
     callback has not run yet, are never deleted."""
     finished_age = parse_duration(finished_before)
     failed_age = _seconds(failed_before)
-    _paths, journal = _existing_journal(state_dir, store)
+    _paths, journal = _existing_journal(state_dir, store, writes=True)
     now = time.time()
     with journal:
         removed = journal.prune(finished_before=now - finished_age,

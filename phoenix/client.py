@@ -45,6 +45,10 @@ class Client:
         check_setting(settings.store)
         self.store = settings.store
         self.paths = StatePaths(settings.state_dir)
+        # The first submission reads the whole journal (SQLite's quick_check), as
+        # `phoenix start` does: a damaged journal is refused before anything is
+        # written into it. Later ones, from the same Client, do not pay for it.
+        self._journal_checked = False
 
     def submit(self, target: str, params: Any = None, key: str | None = None, *,
                check: bool = False) -> tuple[int, bool]:
@@ -61,7 +65,8 @@ class Client:
             with open_store(self.store, self.paths.journal) as shared:
                 return shared.submit(target, params_json, key)  # the NOTIFY wakes the masters
         self.paths.ensure()
-        with open_store(self.store, self.paths.journal) as journal:
+        with open_store(self.store, self.paths.journal, verify=not self._journal_checked) as journal:
+            self._journal_checked = True
             job_id, created = journal.submit(target, params_json, key)
         self.wake()
         return job_id, created

@@ -6,6 +6,7 @@ one before."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass
@@ -98,12 +99,19 @@ def _coerce(name: str, current: Any, raw: Any, source: str) -> Any:
             if str(raw).lower() in ("0", "false", "no", "off", ""):
                 return False
             raise ValueError(raw)
+        if isinstance(raw, (bool, list, dict)):
+            # int(True) is 1 and str(True) is "True": a TOML true (or a table)
+            # where a number or a string belongs is a mistake, never a value.
+            raise ValueError(raw)
         if kind is int:
             if isinstance(raw, float) and not raw.is_integer():
                 raise ValueError(raw)
             return int(raw)
         if kind is float:
-            return float(raw)
+            number = float(raw)
+            if not math.isfinite(number):  # nan passes every check of validate(); inf is no limit at all
+                raise ValueError(raw)
+            return number
         return str(raw)
     except (TypeError, ValueError):
         raise ConfigError(f"{name} in {source} must be {_KIND_NAMES.get(kind, kind.__name__)} (got {raw!r})") from None

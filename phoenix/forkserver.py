@@ -140,6 +140,11 @@ def main() -> NoReturn:
             sock.send(READY)
             _loop(sock, signal_fd, settings["socket_path"], Path(settings["outbox"]))
         code = 0
+    except ConnectionError:
+        # ECONNRESET, EPIPE: the master is gone (SIGKILLed with messages still
+        # queued to it). Nobody is left to report to, and its log is no place
+        # for a traceback: exit quietly, as at EOF.
+        code = 0
     except BaseException:  # noqa: BLE001 - report it in the log and exit; the master forks children itself
         traceback.print_exc()
     finally:

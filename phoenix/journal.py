@@ -94,7 +94,13 @@ CREATE TABLE IF NOT EXISTS events (
 
 
 JOB_STATES = ("pending", "running", "finished", "failed", "cancelled")
-ENDED_BADLY = ("failed", "cancelled")  # what `phoenix retry` takes back to pending
+ENDED_BADLY = ("failed", "cancelled")  # what `phoenix retry KEY` takes back to pending
+# `phoenix retry --failed`: failed jobs only. A cancel is the operator's
+# decision about one job: only naming it (retry KEY) undoes it. Undone before
+# any master started the on_failed it owes, the cancel takes that call with it
+# (nobody was told of a cancel that no longer holds); any other owed callback
+# refuses the retry until it has run.
+WITHDRAWN_WITH_ITS_CANCEL = "(j.state = 'cancelled' AND c.kind = 'on_failed' AND c.runs = 0)"
 
 
 class JournalError(RuntimeError):
@@ -281,6 +287,9 @@ class OpenAttempt:
     started_at: float  # wall clock
     started_boot: float | None  # CLOCK_BOOTTIME; None in a journal written before it was recorded
     final: str | None  # the final message the master acknowledged (JSON), if one came
+    # `phoenix cancel` was under way when its master stopped watching (a
+    # replacement, a crash): the next one ends it as cancelled too.
+    cancel_requested: bool = False
 
 
 # Added after the first release: (table, column, declaration), created in older journals on open.
@@ -690,10 +699,11 @@ class Journal:
     def open_attempts(self) -> list[OpenAttempt]:
         rows = self.db.execute(
             "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation, a.started_at, "
-            "a.started_boot, a.final "
+            "a.started_boot, a.final, a.reason IS 'cancelled' "
             "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.outcome IS NULL ORDER BY a.id"
         ).fetchall()
-        return [OpenAttempt(*row) for row in rows]
+        return [OpenAttempt(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
+                            cancel_requested=bool(row[11])) for row in rows]
 
     def targets_in_use(self) -> list[tuple[str, int, int]]:
         """(target, pending jobs, running jobs) of every target that jobs not yet ended use."""
@@ -900,11 +910,12 @@ class Journal:
         """Failed and cancelled jobs back to pending with a fresh retry budget
         (their attempts stay, numbered on), in one transaction: the named
         `keys` (all or none: RetryRefused names a key that cannot be), or
-        with None every failed or cancelled job (of `target`). Returns the keys."""
+        with None every failed job (of `target`), never a cancelled one.
+        Returns the keys."""
         with self.transaction() as db:
             if keys is None:
                 extra, args = ("AND target = ?", [target]) if target is not None else ("", [])
-                rows = db.execute(f"SELECT id, key FROM jobs WHERE state IN {ENDED_BADLY} {extra} ORDER BY id",
+                rows = db.execute(f"SELECT id, key FROM jobs WHERE state = 'failed' {extra} ORDER BY id",
                                   args).fetchall()
             else:
                 rows = []
@@ -916,7 +927,8 @@ class Journal:
                         raise RetryRefused(f"job {key!r} is {row[2]}: only failed or cancelled jobs can be retried")
                     rows.append(row[:2])
             for job_id, key in rows:
-                if db.execute("SELECT 1 FROM callbacks WHERE job_id = ? AND state = 'owed'", (job_id,)).fetchone():
+                if db.execute(f"SELECT 1 FROM callbacks c JOIN jobs j ON j.id = c.job_id WHERE c.job_id = ? AND "
+                              f"c.state = 'owed' AND NOT {WITHDRAWN_WITH_ITS_CANCEL}", (job_id,)).fetchone():
                     raise RetryRefused(f"job {key!r} still has a callback owed (it runs when a master runs): "
                                        "retry it once that has run")
             now = time.time()
@@ -927,17 +939,32 @@ class Journal:
                            "not_before_boot_id = NULL, updated_at = ? WHERE id = ?", (now, job_id))
         return [key for _id, key in rows]
 
-    def cancel_pending(self, key: str) -> str | None:
-        """Cancel the job if it is pending; returns its state before (None: no such job)."""
+    def request_cancel(self, attempt_id: int) -> None:
+        """A running attempt is being cancelled: noted on it (its `reason`,
+        until its outcome replaces it), so that a master that takes it over
+        mid-cancel (an in-place replacement, a restart after a crash) ends it
+        as cancelled too, rather than re-running a job the operator cancelled."""
         with self.transaction() as db:
-            row = db.execute("SELECT state FROM jobs WHERE key = ?", (key,)).fetchone()
+            db.execute("UPDATE attempts SET reason = 'cancelled' WHERE id = ? AND outcome IS NULL", (attempt_id,))
+
+    def cancel_pending(self, key: str) -> str | None:
+        """Cancel the job if it is pending, and owe its `on_failed` in the same
+        transaction (as for a cancelled running job: every cancelled job gets
+        one; its attempt is the last that ran, 0 if none did). Returns its
+        state before (None: no such job)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT id, state FROM jobs WHERE key = ?", (key,)).fetchone()
             if row is None:
                 return None
-            if row[0] == "pending":
+            job_id, state = row
+            if state == "pending":
+                now = time.time()
                 db.execute("UPDATE jobs SET state = 'cancelled', outcome = 'cancelled', error = ?, updated_at = ? "
-                           "WHERE key = ?", (f"{CANCELLED_REASON} before it ran", time.time(), key))
-            state: str = row[0]
-            return state
+                           "WHERE id = ?", (f"{CANCELLED_REASON} before it ran", now, job_id))
+                db.execute("INSERT INTO callbacks (job_id, attempt, kind, state, created_at) "
+                           "SELECT ?, COALESCE(MAX(n), 0), 'on_failed', 'owed', ? FROM attempts WHERE job_id = ? "
+                           "ON CONFLICT (job_id, kind) DO NOTHING", (job_id, now, job_id))
+            return str(state)
 
     def prune(self, *, finished_before: float, failed_before: float | None, batch: int = 500,
               ) -> dict[str, int]:
@@ -966,7 +993,11 @@ class Journal:
             if len(ids) < batch:
                 break
         with self.transaction() as db:
-            removed["events"] = db.execute("DELETE FROM events WHERE at < ?", (finished_before,)).rowcount
+            # Never the last master's start nor what followed it (its replacements):
+            # `status` reads its uptime and last reload from them (master_times).
+            removed["events"] = db.execute(
+                "DELETE FROM events WHERE at < ? AND id < COALESCE((SELECT max(id) FROM events "
+                "WHERE kind = 'master_start'), 9223372036854775807)", (finished_before,)).rowcount
         return removed
 
     def probe_write(self) -> None:

@@ -154,6 +154,8 @@ class LeaseKeeper:
         self.listener_ok = self.ping_seen and self.listener_fd is not None
         if not self.listener_ok:
             self.open_listener()  # the last renewal's ping never came: the listener is dead
+            if not self.host.callbacks_held():
+                self.host.run_owed_callbacks()  # a NOTIFY of an owed callback (a cancel) may have been missed
         self.ping_seen = False
 
     def _register(self) -> int:
@@ -205,6 +207,9 @@ class LeaseKeeper:
         for payload in payloads:
             if payload == f"ping:{self.store.node}":
                 self.ping_seen = True
+            elif payload == leases.CALLBACKS_OWED:
+                if not self.host.callbacks_held():
+                    self.host.run_owed_callbacks()  # the first master to read it takes it (owed_callbacks)
             elif not payload.startswith("ping:"):
                 self.host.jobs_may_be_pending()
 

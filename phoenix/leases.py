@@ -30,6 +30,10 @@ from dataclasses import dataclass
 
 RENEW_RETRY = 1.0  # seconds between renewals while the database does not answer
 
+# A NOTIFY payload on the store's wake-up channel: a callback with no owner is
+# owed (a pending job was cancelled); the first live master to read it takes it.
+CALLBACKS_OWED = "callbacks"
+
 
 @dataclass(frozen=True, slots=True)
 class LeaseTimes:

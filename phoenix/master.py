@@ -361,10 +361,13 @@ class Master:
         running one's process group gets TERM, then KILL after kill_grace, and
         its outcome is `cancelled`. Returns the job's state before."""
         state = self.journal.cancel_pending(key)
+        if state == "pending" and not self.callbacks_held():
+            self.run_owed_callbacks()  # its on_failed, owed with the cancel
         if state == "running":
             attempt = next((a for a in self.children.values() if a.key == key), None)
             if attempt is None:
                 return "running elsewhere"  # no process of this master: nothing to signal
+            self.journal.request_cancel(attempt.attempt_id)  # survives a replacement or a crash mid-cancel
             self.hangs.cancel(attempt, time.monotonic())
         return state or "unknown"
 

@@ -71,6 +71,8 @@ class Histograms:
         self.job_duration = Histogram("phoenix_attempt_duration_seconds", "Wall time of each attempt",
                                       ["outcome"], buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400),
                                       registry=registry)
+        for outcome in Outcome:  # every outcome's series exists from the start, at 0 (see collect)
+            self.job_duration.labels(str(outcome))
         self.detection_latency = Histogram(
             "phoenix_hang_detection_delay_seconds", "Kill time minus (last beat + heartbeat_timeout)",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=registry)
@@ -101,7 +103,7 @@ class _MasterCollector:
         yield CounterMetricFamily("phoenix_heartbeats_missing", "Heartbeats a child numbered that never arrived",
                                   value=c.beats_missing)
         yield _labelled(CounterMetricFamily("phoenix_heartbeats_rejected", "Heartbeat connections closed, by reason",
-                                            labels=["reason"]), c.rejected)
+                                            labels=["reason"]), _with_zeros(REJECT_REASONS, c.rejected))
         yield CounterMetricFamily("phoenix_spawned", "Children forked by this master", value=c.spawned)
         yield CounterMetricFamily("phoenix_callback_errors", "Callbacks that raised or timed out",
                                   value=c.callback_errors)
@@ -112,7 +114,15 @@ class _MasterCollector:
         yield GaugeMetricFamily("phoenix_workers", "Concurrent child slots", value=m.slots)
 
 
-JOB_STATES = ("pending", "running", "finished", "failed")
+JOB_STATES = ("pending", "running", "finished", "failed", "cancelled")
+# Every reason a heartbeat or control connection is rejected for (Counters.reject):
+# exported at 0 from the start. tests/unit/test_metric_labels.py checks that the
+# code counts no reason missing here.
+REJECT_REASONS = (
+    "fd_shortage", "foreign_uid", "unknown_pid", "oversized", "malformed", "wrong_attempt",
+    "foreign_uid_control", "control connection shed", "control connection evicted", "control request timeout",
+    "oversized control request", "malformed control request", "failed control request",
+)
 
 
 def _with_zeros(labels: Iterable[str], values: dict[str, int]) -> dict[str, int]:

@@ -41,6 +41,7 @@ from phoenix import clock
 from phoenix.journal import (
     ENDED_BADLY,
     JOB_STATES,
+    WITHDRAWN_WITH_ITS_CANCEL,
     Job,
     JournalError,
     KeyConflict,
@@ -52,6 +53,7 @@ from phoenix.journal import (
     _canonical,
     default_key,
 )
+from phoenix.leases import CALLBACKS_OWED
 from phoenix.outcomes import CANCELLED_REASON
 from phoenix.untrusted import check_key
 
@@ -502,10 +504,14 @@ class PgStore:
         return owed
 
     def masters(self) -> list[dict[str, Any]]:
+        """Every master's row. `slots_used` is counted from its open attempts
+        (the attempts_open index: as many rows as run), not the figure of its
+        last renewal, which is up to ttl/3 old (`slots 0/3` while 3 ran)."""
         with self._tx() as cur:
             cur.execute(
-                "SELECT node, pid, generation, epoch, state, slots, slots_used, app, started_at, outage_budget, "
-                "extract(epoch from lease_expires_at - now()) AS lease_expires_in FROM masters ORDER BY node")
+                "SELECT node, pid, generation, epoch, state, slots, (SELECT count(*) FROM attempts a "
+                "WHERE a.master = m.node AND a.outcome IS NULL) AS slots_used, app, started_at, outage_budget, "
+                "extract(epoch from lease_expires_at - now()) AS lease_expires_in FROM masters m ORDER BY node")
             return _dicts(cur)
 
     # -- submission ---------------------------------------------------------------------
@@ -686,10 +692,10 @@ class PgStore:
         with self._one() as cur:
             cur.execute(
                 "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation, a.started_at, "
-                "a.started_boot, a.final FROM attempts a JOIN jobs j ON j.id = a.job_id "
-                "WHERE a.outcome IS NULL AND a.master = %s ORDER BY a.id", (self.node,))
-            return [OpenAttempt(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10])
-                    for r in cur.fetchall()]
+                "a.started_boot, a.final, a.reason IS NOT DISTINCT FROM 'cancelled' FROM attempts a "
+                "JOIN jobs j ON j.id = a.job_id WHERE a.outcome IS NULL AND a.master = %s ORDER BY a.id", (self.node,))
+            return [OpenAttempt(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
+                                cancel_requested=bool(r[11])) for r in cur.fetchall()]
 
     def hold_finals(self, finals: list[tuple[int, str]]) -> None:
         """Keep running attempts' final messages [(attempt id, JSON)] before the
@@ -881,8 +887,8 @@ class PgStore:
         with self._tx() as cur:
             if keys is None:
                 extra, args = ("AND target = %s", [target]) if target is not None else ("", [])
-                cur.execute(f"SELECT id, key FROM jobs WHERE state = ANY(%s) {extra} ORDER BY id FOR UPDATE",
-                            [list(ENDED_BADLY), *args])
+                cur.execute(f"SELECT id, key FROM jobs WHERE state = 'failed' {extra} ORDER BY id FOR UPDATE",
+                            args)
                 rows = [(int(r[0]), r[1]) for r in cur.fetchall()]
             else:
                 rows = []
@@ -895,7 +901,8 @@ class PgStore:
                         raise RetryRefused(f"job {key!r} is {row[2]}: only failed or cancelled jobs can be retried")
                     rows.append((int(row[0]), row[1]))
             for job_id, key in rows:
-                cur.execute("SELECT 1 FROM callbacks WHERE job_id = %s AND state = 'owed'", (job_id,))
+                cur.execute(f"SELECT 1 FROM callbacks c JOIN jobs j ON j.id = c.job_id WHERE c.job_id = %s AND "
+                            f"c.state = 'owed' AND NOT {WITHDRAWN_WITH_ITS_CANCEL}", (job_id,))
                 if cur.fetchone():
                     raise RetryRefused(f"job {key!r} still has a callback owed (it runs when a master runs): "
                                        "retry it once that has run")
@@ -907,17 +914,29 @@ class PgStore:
                 cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
         return [key for _id, key in rows]
 
+    def request_cancel(self, attempt_id: int) -> None:
+        """As the SQLite journal's: a cancel under way, noted on the open attempt."""
+        with self._one() as cur:
+            cur.execute("UPDATE attempts SET reason = 'cancelled' WHERE id = %s AND outcome IS NULL", (attempt_id,))
+
     def cancel_pending(self, key: str) -> str | None:
+        """As the SQLite journal's: a pending job cancelled with its
+        `on_failed` owed (no owner: the first live master to read the NOTIFY
+        takes it up, see owed_callbacks)."""
         with self._tx() as cur:
-            cur.execute("SELECT state FROM jobs WHERE key = %s FOR UPDATE", (key,))
+            cur.execute("SELECT id, state FROM jobs WHERE key = %s FOR UPDATE", (key,))
             row = cur.fetchone()
             if row is None:
                 return None
-            if row[0] == "pending":
+            job_id, state = row
+            if state == "pending":
                 cur.execute(f"UPDATE jobs SET state = 'cancelled', outcome = 'cancelled', error = %s, "
-                            f"updated_at = {_NOW} WHERE key = %s", (f"{CANCELLED_REASON} before it ran", key))
-            state: str = row[0]
-            return state
+                            f"updated_at = {_NOW} WHERE id = %s", (f"{CANCELLED_REASON} before it ran", job_id))
+                cur.execute(f"INSERT INTO callbacks (job_id, attempt, kind, state, created_at) "
+                            f"SELECT %(job)s, COALESCE(MAX(n), 0), 'on_failed', 'owed', {_NOW} FROM attempts "
+                            f"WHERE job_id = %(job)s ON CONFLICT (job_id, kind) DO NOTHING", {"job": job_id})
+                cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, CALLBACKS_OWED))
+            return str(state)
 
     def prune(self, *, finished_before: float, failed_before: float | None, batch: int = 500) -> dict[str, int]:
         """As the SQLite journal's: old ended jobs with their attempts and
@@ -940,7 +959,11 @@ class PgStore:
             if len(ids) < batch:
                 break
         with self._one() as cur:
-            cur.execute("DELETE FROM events WHERE at < %s", (finished_before,))
+            # Never a node's last master start nor what followed it (master_times reads them).
+            cur.execute("WITH last_start AS MATERIALIZED (SELECT node, max(id) AS id FROM events "
+                        "WHERE kind = 'master_start' GROUP BY node) DELETE FROM events e WHERE e.at < %s AND e.id < "
+                        "COALESCE((SELECT l.id FROM last_start l WHERE l.node = e.node), 9223372036854775807)",
+                        (finished_before,))
             removed["events"] = cur.rowcount
         return removed
 

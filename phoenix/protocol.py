@@ -31,10 +31,15 @@ FINAL_KINDS = ("finished", "failed")
 # Keys of a message body that the master reads, named once.
 KIND, SEQ, RESULT, ERROR = "k", "seq", "result", "error"
 
-# One message carries at most this much. The kernel would take ~200 KiB, but
-# a result that large belongs in a file or a database, and a bounded size keeps
-# the master's receive buffer and per-message cost small.
-MAX_MESSAGE_BYTES = 64 * 1024
+# A job's result, as the compact JSON `encode` writes, is at most this much:
+# the limit the README promises ("JSON, at most 64 KiB"). The kernel would take
+# ~200 KiB, but a result that large belongs in a file or a database, and a
+# bounded size keeps the master's receive buffer and per-message cost small.
+MAX_RESULT_BYTES = 64 * 1024
+# One message carries at most this much: a whole result and the envelope around
+# it (version, job, attempt, kind, numbers: about 120 bytes at their largest),
+# so the limit a job meets is the result's own, never the message's.
+MAX_MESSAGE_BYTES = MAX_RESULT_BYTES + 1024
 # Receive with room to spare so an oversized record shows up as longer than
 # the limit rather than being silently cut to a valid-looking prefix.
 RECV_BUFFER_BYTES = MAX_MESSAGE_BYTES + 1
@@ -53,6 +58,17 @@ class MessageTooLarge(ValueError):
     """A message (usually a job's result) does not fit in one record."""
 
 
+class ResultTooLarge(MessageTooLarge):
+    """A job's result is over MAX_RESULT_BYTES of JSON; `size` is its real size."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            f"the job's result is {size} bytes of JSON, more than the {MAX_RESULT_BYTES}-byte limit of a result "
+            "(64 KiB); write large results to a file or a database and return its path or key"
+        )
+        self.size = size
+
+
 @dataclass(slots=True)
 class Message:
     job: int
@@ -69,8 +85,16 @@ _encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 def encode(job: int, attempt: int, kind: str, seq: int, progress: int, **body: Any) -> bytes:
     payload = {"v": VERSION, "job": job, "att": attempt, "k": kind, "seq": seq, "p": progress}
+    result_json = None
+    if RESULT in body:  # measured on its own: the limit a job meets is its result's, not the message's
+        result_json = _encode_json(body.pop(RESULT))  # ASCII (ensure_ascii): one byte per character
+        if len(result_json) > MAX_RESULT_BYTES:
+            raise ResultTooLarge(len(result_json))
     payload.update(body)
-    data = _encode_json(payload).encode()
+    text = _encode_json(payload)
+    if result_json is not None:  # spliced in: the result is encoded once
+        text = f'{text[:-1]},"{RESULT}":{result_json}}}'
+    data = text.encode()
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageTooLarge(
             f"the {kind!r} message for job {job} is {len(data)} bytes, over the "

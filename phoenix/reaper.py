@@ -17,11 +17,12 @@ from phoenix import clock, log, procfs
 from phoenix.app import JobSpec
 from phoenix.attempts import Attempt
 from phoenix.config import Config
+from phoenix.hangs import HangKiller
 from phoenix.journal import OpenAttempt
 from phoenix.outcomes import classify_exit
 from phoenix.recorder import LOST_UNWATCHED, OutcomeRecorder, held_final
 from phoenix.spawner import Spawner
-from phoenix.states import TimerKind
+from phoenix.states import KillReason, TimerKind
 from phoenix.store import Store
 from phoenix.timers import TimerHeap
 
@@ -35,6 +36,7 @@ class ReaperHost(Protocol):
     subprocesses: dict[int, Callable[[int], None]]  # pid -> on_exit(status): the preflight, the spare
     recorder: OutcomeRecorder
     spawner: Spawner
+    hangs: HangKiller
 
     def known_spec(self, target: str) -> JobSpec | None: ...
     def read_heartbeats(self) -> None: ...
@@ -84,6 +86,11 @@ class Reaper:
         h.children[a.pid] = attempt
         h.timers.push(now + h.config.heartbeat_timeout, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
         log.event(logging.INFO, "adopt", pid=a.pid, job=a.key, attempt=a.n, how="child" if own else "pidfd")
+        if a.cancel_requested:  # the cancel its former master began
+            if attempt.final is None:
+                h.hangs.cancel(attempt, now)  # TERM again, KILL after kill_grace
+            else:
+                attempt.kill_reason = KillReason.CANCELLED  # exiting already: an error it reported is the cancel's
 
     def reap(self) -> None:
         h = self.host

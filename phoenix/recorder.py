@@ -19,7 +19,7 @@ from phoenix.metrics import Counters, Histograms
 from phoenix.outcomes import Classified, classify
 from phoenix.paths import StatePaths
 from phoenix.policy import Next, RestartBudget, after_attempt
-from phoenix.states import Outcome
+from phoenix.states import KillReason, Outcome
 from phoenix.store import Store
 
 LOST_UNWATCHED = "the process ended while no master watched it"
@@ -70,7 +70,8 @@ class OutcomeRecorder:
         """An attempt the journal says runs, whose process is gone (or never
         started): its outcome is in the outbox, or it is lost."""
         final = held_final(a) or self.read_outbox(a.job_id, a.n)
-        result = classify(final=final, status=None, interrupted=False, kill_reason=None, kill_detail=None,
+        result = classify(final=final, status=None, interrupted=False,
+                          kill_reason=KillReason.CANCELLED if a.cancel_requested else None, kill_detail=None,
                           lost_reason=reason)
         self.record(a.job_id, a.key, a.target, a.attempt_id, a.n, result, None, a.pid)
 

@@ -24,7 +24,7 @@ COLOURS = {
 }
 MARKERS = {"master_start": ("#37474f", "master start"), "replaced": ("#00838f", "replacement")}
 NO_ATTEMPT_COLOUR = "#c62828"
-JOB_STATES = ("finished", "failed", "running", "pending")
+JOB_STATES = ("finished", "failed", "cancelled", "running", "pending")
 ROW_HEIGHT = 22
 LABEL_WIDTH = 220
 PLOT_WIDTH = 900

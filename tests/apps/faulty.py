@@ -12,6 +12,7 @@ import socket
 import time
 
 import phoenix
+from phoenix.protocol import MAX_MESSAGE_BYTES
 
 HEARTBEAT_TIMEOUT = 1.0
 app = phoenix.App(heartbeat_interval=0.2, heartbeat_timeout=HEARTBEAT_TIMEOUT, kill_grace=1.0, backoff_base=0.05,
@@ -228,7 +229,7 @@ def hostile(params):
     oversized = [
         lambda: message(pad="x" * rng.randrange(70_000, 150_000)),
         # One byte over the limit, otherwise a valid beat for this very attempt.
-        lambda: (lambda m: m[:-1] + b' ' * (65_537 - len(m)) + b"}")(message(seq=1, pad="")),
+        lambda: (lambda m: m[:-1] + b' ' * (MAX_MESSAGE_BYTES + 1 - len(m)) + b"}")(message(seq=1, pad="")),
     ]
     for i in range(params["n"]):
         if i % 10 == 9:

@@ -142,7 +142,12 @@ def test_retry_and_cancel(store: Store) -> None:
     assert store.cancel_pending("waiting") == "pending"
     assert store.cancel_pending("nothing") is None
     assert store.job_by_key("waiting")["state"] == "cancelled"  # type: ignore[index]
+    # Its on_failed is owed with the cancel (attempt 0: it never ran); a retry before any master
+    # started it withdraws the cancel and that call with it.
+    [(_callback_id, waiting_id, number, kind)] = store.owed_callbacks()
+    assert (waiting_id, number, kind) == (store.job_by_key("waiting")["id"], 0, "on_failed")  # type: ignore[index]
     assert store.retry(["waiting"]) == ["waiting"]
+    assert store.owed_callbacks() == []
     job, attempt_id = claim(store)
     assert job.key == "k" and job.attempts == 1  # numbered on
     end(store, attempt_id, job_id, n=2)
@@ -188,3 +193,13 @@ def test_prune_keeps_what_is_not_ended_or_still_owes_a_callback(store: Store) ->
     assert removed["jobs"] == 1 and removed["attempts"] == 1
     assert store.job_row(done_id) is None and store.job_row(owing_id) is not None
     assert store.counts()["pending"] == 1
+
+
+def test_prune_keeps_the_last_master_start_and_what_followed_it(store: Store) -> None:
+    for kind, generation in (("master_start", 1), ("replaced", 2), ("master_start", 1), ("replaced", 2)):
+        store.record_event(kind, generation, 4242)
+    before = store.master_times()
+    assert before[0] is not None and before[1] is not None
+    removed = store.prune(finished_before=time.time() + 60, failed_before=None)
+    assert removed["events"] == 2  # the first master's life only
+    assert store.master_times() == before
