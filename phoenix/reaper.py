@@ -132,7 +132,14 @@ class Reaper:
         me = os.getpid()
         self.host.read_heartbeats()
         for attempt in list(self.host.children.values()):
-            if attempt.pidfd is None and procfs.parent_pid(attempt.pid) != me:
+            if attempt.pidfd is not None:
+                continue  # adopted: its pidfd tells its end
+            try:
+                parent = procfs.parent_pid(attempt.pid)
+            except OSError:  # out of descriptors or memory: look again at the next sweep
+                self.host.spawner.server_lost = True
+                continue
+            if parent != me:
                 del self.host.children[attempt.pid]
                 self.conclude(attempt, None, None)
 

@@ -1,0 +1,87 @@
+"""Exhaustion is the master's problem, never the jobs' (issue 18, class 4):
+the open-file limit sets how many slots a master carries, and a fork the
+master cannot make costs no job an attempt."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+from phoenix.journal import Journal
+from phoenix.shortage import BASE_FDS, FDS_PER_SLOT
+from tests.conftest import PYTHON, phoenix_cli, wait_for
+from tests.faults.conftest import log_lines
+
+APP = "tests.apps.exhausting:app"
+TARGET = "tests.apps.exhausting"
+
+
+def _attempts(master) -> dict[str, tuple[str, int]]:
+    """(state, attempts) of every job, straight from the journal."""
+    journal = Journal(master.paths.journal)
+    try:
+        rows = journal.db.execute("SELECT key, state, attempts FROM jobs").fetchall()
+    finally:
+        journal.close()
+    return {key: (state, attempts) for key, state, attempts in rows}
+
+
+def test_slots_are_lowered_to_what_a_low_hard_fd_limit_carries_and_every_job_runs_once(master_factory):
+    # 120 slots asked under a hard limit of 64 open files.
+    master = master_factory("--workers", "120", app=APP, launcher=("prlimit", "--nofile=64:64", PYTHON, "-m", "phoenix"))
+    fitting = (64 - BASE_FDS) // FDS_PER_SLOT
+    lowered = log_lines(master.log(), "workers_lowered", asked=120, workers=fitting)
+    assert len(lowered) == 1, master.log()
+    assert "raise the hard limit on open files" in lowered[0]
+    assert master.live()["master"]["workers"] == fitting
+    keys = [f"job-{n}" for n in range(40)]
+    master.submit_many((f"{TARGET}:work", {"s": 0.3}, key) for key in keys)
+    phoenix_cli("submit", f"{TARGET}:work", '{"s": 0.3}', "--key", "last", state_dir=master.state_dir)
+    master.wait_jobs_done([*keys, "last"], timeout=60.0)
+    jobs = _attempts(master)
+    assert all(jobs[key] == ("finished", 1) for key in [*keys, "last"]), jobs
+    assert "fork_failed" not in master.log() and "Too many open files" not in master.log()
+    assert master.proc is not None and master.proc.poll() is None  # no crash
+
+
+def test_a_hard_fd_limit_too_low_for_one_slot_is_refused_with_one_line(master_factory):
+    master = master_factory(app=APP, start=False, launcher=("prlimit", "--nofile=20:20", PYTHON, "-m", "phoenix"))
+    master.start(wait_ready=False)
+    assert master.wait_exit(30.0) == 2
+    lines = [line for line in master.log().splitlines() if line.startswith("phoenix: error:")]
+    assert len(lines) == 1 and "open-file limit (20) leaves no room for a job slot" in lines[0], master.log()
+    assert "Traceback" not in master.log()
+
+
+def test_a_fork_the_master_cannot_make_leaves_the_job_pending_without_an_attempt(master_factory):
+    master = master_factory(app=APP)
+    wait_for(lambda: master.live()["master"]["fork_server_pid"], 15.0, "the fork server")
+    # From here the master cannot open one more descriptor: no order pipe, no fork.
+    open_fds = {int(fd) for fd in os.listdir(f"/proc/{master.pid}/fd")}
+    lowest_free = min(set(range(len(open_fds) + 1)) - open_fds)
+    soft, hard = resource.prlimit(master.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(master.pid, resource.RLIMIT_NOFILE, (lowest_free, hard))
+    try:
+        keys = [f"job-{n}" for n in range(6)]
+        master.submit_many((f"{TARGET}:work", {"s": 0.2}, key) for key in keys)  # found by the master's poll
+        master.wait_log("fork_failed", timeout=15.0)
+        jobs = _attempts(master)
+        held_back = [key for key in keys if jobs[key] == ("pending", 0)]
+        assert held_back, jobs  # (the spares forked before may have started a job or two)
+        assert not any(state == "failed" for state, _ in jobs.values()), jobs
+        # For as long as the shortage lasts, the master's tries (backing off) change nothing, said once.
+        ends = time.monotonic() + 1.0
+        while time.monotonic() < ends:
+            assert _attempts(master) == jobs
+            assert len(log_lines(master.log(), "fork_failed")) == 1
+            time.sleep(0.05)
+    finally:
+        resource.prlimit(master.pid, resource.RLIMIT_NOFILE, (soft, hard))
+    master.wait_jobs_done(keys, timeout=30.0)
+    jobs = _attempts(master)
+    assert all(jobs[key] == ("finished", 1) for key in keys), jobs  # no attempt lost, no retry used
+    assert len(log_lines(master.log(), "fork_failed")) == 1
+    recovered = log_lines(master.log(), "fork_recovered")
+    assert len(recovered) == 1 and int(recovered[0].rpartition("failed_forks=")[2]) >= 2, recovered
+    assert master.proc is not None and master.proc.poll() is None
