@@ -34,6 +34,9 @@ from phoenix.store import Store, is_url, open_store
 from phoenix.untrusted import KeyRefused, check_key, visible
 
 EXIT_NOT_RUNNING = 3  # as systemctl status
+# `phoenix status`: a master holds the lock but does not answer (stopped by
+# SIGSTOP or a paused VM, or stuck): alive, so not 3; its state unknown, as LSB's 4.
+EXIT_NOT_RESPONDING = 4
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -301,12 +304,13 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None, sto
 @friendly_errors
 def status(state_dir: str | None, as_json: bool, watch_interval: float | None, store: str | None,
            node: str | None) -> None:
-    """Show the master and the jobs; exit 0 if a master runs, 3 if none does.
+    """Show the master and the jobs; exit 0 if a master runs, 3 if none does,
+    4 if one holds the lock but does not answer (stopped, or stuck).
 
     With a shared store: every master (node, pid, generation, state, lease,
     slots) and every job with its node; exit 0 if any master holds a live
     lease, 3 if none does."""
-    from phoenix.status import NoJournal, collect, collect_shared, render, render_shared, watch
+    from phoenix.status import NOT_RESPONDING, NoJournal, collect, collect_shared, render, render_shared, watch
 
     shared = config_module.load(None, None, {"store": store}, validate=False).store
     if shared != "sqlite":
@@ -330,7 +334,9 @@ def status(state_dir: str | None, as_json: bool, watch_interval: float | None, s
         click.echo(json.dumps(report, indent=2))
     else:
         render(report)
-    sys.exit(0 if running else EXIT_NOT_RUNNING)
+    if running:
+        sys.exit(0)
+    sys.exit(EXIT_NOT_RESPONDING if report["master"]["state"] == NOT_RESPONDING else EXIT_NOT_RUNNING)
 
 
 @main.command()
