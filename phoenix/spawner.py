@@ -86,6 +86,7 @@ class Spawner:
         self.server: ForkServer | None = None
         self.server_off: str | None = None  # why the master forks its children itself, for good
         self.server_not_before = 0.0  # monotonic: no new server until then
+        self.server_start_error: str | None = None  # why the last start of a server failed (logged once)
         self.server_lost = False  # a server died: some exits it reaped may never have been reported
         self.exited: list[tuple[int, int, int]] = []  # (pid, status, max RSS kB) reported by the server
 
@@ -131,9 +132,13 @@ class Spawner:
         try:
             server = ForkServer.start(settings)
         except OSError as exc:
-            log.event(logging.ERROR, "fork_server_failed", error=exc.strerror or str(exc),
-                      effect="the master forks children")
+            error = exc.strerror or str(exc)
+            if error != self.server_start_error:  # tried again every second: said once per cause
+                self.server_start_error = error
+                log.event(logging.ERROR, "fork_server_failed", error=error,
+                          effect=f"the master forks children; it tries again every {SERVER_RETRY_DELAY:g}s")
             return
+        self.server_start_error = None
         self.server = server
         m.subprocesses[server.pid] = functools.partial(self._server_exited, server)
         m.selector.register(server, selectors.EVENT_READ, self._read_server)

@@ -17,6 +17,11 @@ APP = "tests.apps.exhausting:app"
 TARGET = "tests.apps.exhausting"
 
 
+def _under_fd_limit(limit: int) -> tuple[str, ...]:
+    """`phoenix` run with soft and hard open-file limits of `limit` (util-linux prlimit)."""
+    return ("prlimit", f"--nofile={limit}:{limit}", PYTHON, "-m", "phoenix")
+
+
 def _attempts(master) -> dict[str, tuple[str, int]]:
     """(state, attempts) of every job, straight from the journal."""
     journal = Journal(master.paths.journal)
@@ -29,7 +34,7 @@ def _attempts(master) -> dict[str, tuple[str, int]]:
 
 def test_slots_are_lowered_to_what_a_low_hard_fd_limit_carries_and_every_job_runs_once(master_factory):
     # 120 slots asked under a hard limit of 64 open files.
-    master = master_factory("--workers", "120", app=APP, launcher=("prlimit", "--nofile=64:64", PYTHON, "-m", "phoenix"))
+    master = master_factory("--workers", "120", app=APP, launcher=_under_fd_limit(64))
     fitting = (64 - BASE_FDS) // FDS_PER_SLOT
     lowered = log_lines(master.log(), "workers_lowered", asked=120, workers=fitting)
     assert len(lowered) == 1, master.log()
@@ -46,7 +51,7 @@ def test_slots_are_lowered_to_what_a_low_hard_fd_limit_carries_and_every_job_run
 
 
 def test_a_hard_fd_limit_too_low_for_one_slot_is_refused_with_one_line(master_factory):
-    master = master_factory(app=APP, start=False, launcher=("prlimit", "--nofile=20:20", PYTHON, "-m", "phoenix"))
+    master = master_factory(app=APP, start=False, launcher=_under_fd_limit(20))
     master.start(wait_ready=False)
     assert master.wait_exit(30.0) == 2
     lines = [line for line in master.log().splitlines() if line.startswith("phoenix: error:")]
