@@ -104,6 +104,8 @@ class Reaper:
                     break
                 self._exited(pid, status, rusage.ru_maxrss)
         self.take_server_reports()
+        if h.recorder.unread:
+            h.recorder.record_unread()
         if h.spawner.server_lost:
             h.spawner.server_lost = False
             self._conclude_unreported()

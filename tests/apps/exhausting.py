@@ -10,8 +10,9 @@ import phoenix
 from phoenix import child
 
 HEARTBEAT_TIMEOUT = 1.0
+# A final no master acknowledges within a second goes to the outbox.
 app = phoenix.App(heartbeat_interval=0.2, heartbeat_timeout=HEARTBEAT_TIMEOUT, kill_grace=1.0, workers=4,
-                  backoff_base=0.05, backoff_cap=0.2)
+                  backoff_base=0.05, backoff_cap=0.2, outcome_delivery_timeout=1.0)
 
 
 @app.job(retries=0)

@@ -59,14 +59,21 @@ def test_a_hard_fd_limit_too_low_for_one_slot_is_refused_with_one_line(master_fa
     assert "Traceback" not in master.log()
 
 
+def _starve(master) -> tuple[int, int]:
+    """Lower the master's soft open-file limit to 3: the descriptors it holds
+    stay usable, but it cannot open one more, not even in the place of one it
+    closes (a new descriptor must be below the limit, and 0-2 are taken).
+    Returns the limits to put back."""
+    assert {0, 1, 2} <= {int(fd) for fd in os.listdir(f"/proc/{master.pid}/fd")}
+    soft, hard = resource.prlimit(master.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(master.pid, resource.RLIMIT_NOFILE, (3, hard))
+    return soft, hard
+
+
 def test_a_fork_the_master_cannot_make_leaves_the_job_pending_without_an_attempt(master_factory):
     master = master_factory(app=APP)
     wait_for(lambda: master.live()["master"]["fork_server_pid"], 15.0, "the fork server")
-    # From here the master cannot open one more descriptor: no order pipe, no fork.
-    open_fds = {int(fd) for fd in os.listdir(f"/proc/{master.pid}/fd")}
-    lowest_free = min(set(range(len(open_fds) + 1)) - open_fds)
-    soft, hard = resource.prlimit(master.pid, resource.RLIMIT_NOFILE)
-    resource.prlimit(master.pid, resource.RLIMIT_NOFILE, (lowest_free, hard))
+    soft, hard = _starve(master)  # no order pipe, no fork from here
     try:
         keys = [f"job-{n}" for n in range(6)]
         master.submit_many((f"{TARGET}:work", {"s": 0.2}, key) for key in keys)  # found by the master's poll
@@ -90,3 +97,22 @@ def test_a_fork_the_master_cannot_make_leaves_the_job_pending_without_an_attempt
     recovered = log_lines(master.log(), "fork_recovered")
     assert len(recovered) == 1 and int(recovered[0].rpartition("failed_forks=")[2]) >= 2, recovered
     assert master.proc is not None and master.proc.poll() is None
+
+
+def test_an_outcome_in_the_outbox_the_master_cannot_read_yet_is_kept_not_lost(master_factory):
+    master = master_factory(app=APP)
+    wait_for(lambda: master.live()["master"]["spare_pid"], 15.0, "a spare child")
+    soft, hard = _starve(master)
+    try:
+        master.submit_many([(f"{TARGET}:work", {"s": 0.1, "tag": "kept"}, "held")])  # runs in the spare
+        # Its connection cannot be accepted, so its final is not acknowledged: it goes to the outbox,
+        # which the master cannot open either, once the child has exited.
+        wait_for(lambda: "outbox_unreadable" in master.log() or _attempts(master)["held"][0] in ("finished", "failed"),
+                 20.0, "the master to handle the attempt's end")
+    finally:
+        resource.prlimit(master.pid, resource.RLIMIT_NOFILE, (soft, hard))
+    job = master.wait_jobs_done(["held"], timeout=20.0)["held"]
+    assert job["state"] == "finished" and job["result"] == {"s": 0.1, "tag": "kept"}, job
+    assert _attempts(master)["held"] == ("finished", 1)
+    assert not list(master.paths.outbox.iterdir())
+    assert len(log_lines(master.log(), "outbox_readable", recorded=1)) == 1
