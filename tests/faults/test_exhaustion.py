@@ -116,3 +116,21 @@ def test_an_outcome_in_the_outbox_the_master_cannot_read_yet_is_kept_not_lost(ma
     assert _attempts(master)["held"] == ("finished", 1)
     assert not list(master.paths.outbox.iterdir())
     assert len(log_lines(master.log(), "outbox_readable", recorded=1)) == 1
+
+
+def test_children_adopted_without_a_descriptor_for_their_pidfd_are_watched_once_there_is_one(master_factory):
+    first = master_factory("--workers", "40", app=APP)
+    keys = [f"job-{n}" for n in range(40)]
+    first.submit_many((f"{TARGET}:work", {"s": 10}, key) for key in keys)
+    wait_for(lambda: sum(state == "running" for state, _ in _attempts(first).values()) == 40, 30.0, "40 jobs to run")
+    assert phoenix_cli("stop", "--leave-running", state_dir=first.state_dir).returncode == 0
+    assert first.wait_exit(20.0) == 0
+    # The next master's 50 descriptors cannot hold a pidfd for each of the 40 it adopts.
+    second = master_factory(app=APP, start=False, launcher=_under_fd_limit(50)).start(wait_ready=False)
+    second.wait_log("adopt_unwatched", timeout=30.0)
+    second.wait_log("ready generation=2", timeout=30.0)
+    second.wait_jobs_done(keys, timeout=90.0)
+    jobs = _attempts(second)
+    assert all(jobs[key] == ("finished", 1) for key in keys), jobs  # each ran once, none lost
+    assert len(log_lines(second.log(), "adopt_watched")) == 1
+    assert second.proc is not None and second.proc.poll() is None
