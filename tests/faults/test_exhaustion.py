@@ -94,6 +94,7 @@ def test_a_fork_the_master_cannot_make_leaves_the_job_pending_without_an_attempt
     jobs = _attempts(master)
     assert all(jobs[key] == ("finished", 1) for key in keys), jobs  # no attempt lost, no retry used
     assert len(log_lines(master.log(), "fork_failed")) == 1
+    assert "state_file_rebuild_failed" not in master.log()  # the pidfile was intact, only unreadable for a while
     recovered = log_lines(master.log(), "fork_recovered")
     assert len(recovered) == 1 and int(recovered[0].rpartition("failed_forks=")[2]) >= 2, recovered
     assert master.proc is not None and master.proc.poll() is None
