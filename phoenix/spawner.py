@@ -297,7 +297,10 @@ class Spawner:
             return  # a server that is starting forks the spares once it is ready
         server = self._server_usable()
         if server is not None:
-            server.failed.clear()  # a spare that could not be forked: the next take() reports its own
+            if server.failed:  # spares it could not fork (out of processes or memory): not asked again at once
+                server.failed.clear()
+                self.not_before = time.monotonic() + SPARE_RETRY_DELAY
+                return
             while len(self.ready) + len(server.in_flight) < max(1, min(SPARES, self.master.slots)):
                 try:
                     server.request()

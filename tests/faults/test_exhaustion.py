@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import resource
 import time
+from pathlib import Path
+
+import pytest
 
 from phoenix.journal import Journal
 from phoenix.shortage import BASE_FDS, FDS_PER_SLOT
@@ -135,3 +138,56 @@ def test_children_adopted_without_a_descriptor_for_their_pidfd_are_watched_once_
     assert all(jobs[key] == ("finished", 1) for key in keys), jobs  # each ran once, none lost
     assert len(log_lines(second.log(), "adopt_watched")) == 1
     assert second.proc is not None and second.proc.poll() is None
+
+
+def _pids_cgroup(name: str) -> Path | None:
+    """A new cgroup with the pids controller (v1 or v2), or None where this
+    process may not make one (not root, no pids controller)."""
+    for root in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):  # v1's pids hierarchy, v2's
+        if not (root / "cgroup.procs").exists():
+            continue
+        try:
+            (root / name).mkdir()
+        except OSError:
+            return None
+        if (root / name / "pids.max").exists():
+            return root / name
+        (root / name).rmdir()  # v2 without the pids controller delegated
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def test_a_fork_server_out_of_processes_costs_no_job_an_attempt(master_factory, tmp_path):
+    group = _pids_cgroup(f"phoenix-test-{tmp_path.name}-{os.getpid()}")
+    if group is None:
+        pytest.skip("needs root and a pids cgroup controller")
+    master = master_factory(app=APP)
+    try:
+        # Once it has forked the spares it is ready (while it starts, the master forks children itself).
+        ready = wait_for(lambda: (m := master.live()["master"])["spare_pid"] and m, 15.0, "the fork server's spares")
+        server = ready["fork_server_pid"]
+        (group / "pids.max").write_text("1")  # the server alone: each of its forks fails with EAGAIN
+        (group / "cgroup.procs").write_text(str(server))
+        keys = [f"job-{n}" for n in range(6)]
+        master.submit_many((f"{TARGET}:work", {"s": 0.2}, key) for key in keys)
+        master.wait_log("fork_failed", timeout=15.0)
+        jobs = _attempts(master)
+        assert [key for key in keys if jobs[key] == ("pending", 0)], jobs  # (spares forked before may run some)
+        assert not any(state == "failed" for state, _ in jobs.values()), jobs
+        (group / "pids.max").write_text("max")
+        master.wait_jobs_done(keys, timeout=30.0)
+        jobs = _attempts(master)
+        assert all(jobs[key] == ("finished", 1) for key in keys), jobs
+        failed = log_lines(master.log(), "fork_failed")
+        assert len(failed) == 1 and 'error="Resource temporarily unavailable"' in failed[0], failed
+        assert len(log_lines(master.log(), "fork_recovered")) == 1
+    finally:
+        master.stop()
+        wait_for(lambda: not _read(group / "cgroup.procs").split(), 10.0, "the cgroup to empty")
+        group.rmdir()
