@@ -7,7 +7,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from phoenix.shortage import BASE_FDS, FIRST_RETRY, MAX_RETRY, ForkBackoff, fds_needed, slots_that_fit
-from phoenix.status import NOT_RESPONDING, summary
 
 
 @given(st.integers(min_value=0, max_value=2_000_000))
@@ -36,12 +35,3 @@ def test_the_back_off_doubles_to_its_cap_and_is_said_once() -> None:
     assert backoff.succeeded(21.0) is None  # no shortage, nothing to say
     assert backoff.failed(30.0, "Resource temporarily unavailable")  # a new shortage is said again
     assert backoff.retry_at == 30.0 + FIRST_RETRY
-
-
-def test_a_master_that_does_not_answer_is_shown_with_its_pid_state_and_the_way_to_resume_it() -> None:
-    report = {"master": {"pid": 42, "state": NOT_RESPONDING, "process_state": "T", "process_state_name": "stopped",
-                         "error": "it is stopped\x1b[2J", "generation": 3}, "counts": {"pending": 1}, "jobs": []}
-    head, _columns, _rows = summary(report)
-    assert head.startswith("master: not responding  pid 42  process state T (stopped)  generation 3")
-    assert "holds the lock" in head and "kill -CONT 42" in head
-    assert "\x1b" not in head  # what it says is escaped
