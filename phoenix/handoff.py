@@ -255,7 +255,11 @@ class Handoff:
         # Its output (the error and traceback, if the new code is broken) comes
         # back to us through a pipe: it goes into our log and into the answer
         # `phoenix reload --wait` prints, wherever our own stderr points.
-        output_read, output_write = os.pipe2(os.O_CLOEXEC)
+        try:
+            output_read, output_write = os.pipe2(os.O_CLOEXEC)
+        except OSError as exc:  # out of descriptors: this image carries on, and says why
+            self._failed("preflight", f"cannot start the preflight: {exc.strerror or exc}")
+            return True
         os.set_blocking(output_read, False)
         try:
             pid = spawn_in_startup_cwd(sys.executable, argv, STARTUP_ENVIRONMENT, setsigmask=(), file_actions=[

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import time
 from pathlib import Path
 
@@ -191,3 +192,21 @@ def test_a_fork_server_out_of_processes_costs_no_job_an_attempt(master_factory, 
         master.stop()
         wait_for(lambda: not _read(group / "cgroup.procs").split(), 10.0, "the cgroup to empty")
         group.rmdir()
+
+
+def test_a_reload_asked_while_out_of_descriptors_fails_with_one_line_and_the_master_carries_on(master_factory):
+    master = master_factory(app=APP)
+    soft, hard = _starve(master)
+    try:
+        master.signal(signal.SIGUSR2)
+        master.wait_log("reload_failed", timeout=15.0)
+        assert master.proc is not None and master.proc.poll() is None
+    finally:
+        resource.prlimit(master.pid, resource.RLIMIT_NOFILE, (soft, hard))
+    failed = log_lines(master.log(), "reload_failed", reason="preflight")
+    assert len(failed) == 1 and "Too many open files" in failed[0], master.log()
+    # Descriptors back, it serves (and reloads) as before.
+    master.submit(f"{TARGET}:work", {"s": 0.1}, key="after")
+    assert master.wait_jobs_done(["after"], timeout=20.0)["after"]["state"] == "finished"
+    master.signal(signal.SIGUSR2)
+    master.wait_log("ready generation=2", timeout=60.0)
