@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import socket
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -210,3 +212,36 @@ def test_a_reload_asked_while_out_of_descriptors_fails_with_one_line_and_the_mas
     assert master.wait_jobs_done(["after"], timeout=20.0)["after"]["state"] == "finished"
     master.signal(signal.SIGUSR2)
     master.wait_log("ready generation=2", timeout=60.0)
+
+
+def test_systemd_keep_alives_while_out_of_descriptors_are_skipped_not_a_crash(master_factory):
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    name = f"phoenix-test-{uuid.uuid4().hex}"
+    notify.bind("\0" + name)
+    notify.setblocking(False)
+    received: list[bytes] = []
+
+    def keep_alives() -> int:
+        while True:
+            try:
+                received.append(notify.recv(4096))
+            except BlockingIOError:
+                return sum(b"WATCHDOG=1" in message for message in received)
+
+    try:
+        master = master_factory(app=APP, env={"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "400000"})
+        wait_for(lambda: keep_alives() >= 2, 10.0, "keep-alives")
+        soft, hard = _starve(master)
+        try:
+            before = keep_alives()
+            ends = time.monotonic() + 1.5  # several keep-alives due (every 0.2 s), none can be sent
+            while time.monotonic() < ends:
+                assert master.proc is not None and master.proc.poll() is None, master.log()
+                time.sleep(0.05)
+            assert keep_alives() == before
+        finally:
+            resource.prlimit(master.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        wait_for(lambda: keep_alives() > before, 10.0, "keep-alives again")
+        assert "crash" not in master.log()
+    finally:
+        notify.close()
