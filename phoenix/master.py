@@ -728,14 +728,10 @@ def _raise_fd_limit() -> int:
     """Raise the soft open-file limit to the hard one (adopted children each
     hold a pidfd; 1,000 of them outgrow the usual soft limit of 1,024), and
     return the limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard or hard == resource.RLIM_INFINITY:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):  # an infinite hard limit above the kernel's nr_open: keep the soft one
-            pass
-    return soft
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # (never infinite: the kernel caps it at nr_open)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 def run_master(app: App | None, app_spec: str | None, config: Config, load_config: Callable[[], Config],

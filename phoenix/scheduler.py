@@ -165,7 +165,7 @@ class Scheduler:
             waiting = self.host.spawner.take()
         except OSError as exc:
             error = exc.strerror or str(exc)
-            if self.fork_backoff.failed(now, error):
+            if self.fork_backoff.failed(now):
                 log.event(logging.ERROR, "fork_failed", error=error,
                           effect=f"jobs stay pending and are charged no attempt; the master tries again, "
                                  f"backing off up to {MAX_RETRY:g}s, until it can fork")

@@ -45,18 +45,16 @@ class ForkBackoff:
     since: float | None = None  # monotonic: when the shortage began (None: no shortage)
     failures: int = 0
     retry_at: float = 0.0  # monotonic: no fork before this
-    error: str = ""
 
     def blocked(self, now: float) -> bool:
         return self.since is not None and now < self.retry_at
 
-    def failed(self, now: float, error: str) -> bool:
+    def failed(self, now: float) -> bool:
         """A fork failed at `now`; True if this starts a shortage (the one time to say so)."""
         first = self.since is None
         if first:
             self.since = now
         self.failures += 1
-        self.error = error
         self.retry_at = now + min(MAX_RETRY, FIRST_RETRY * 2 ** (self.failures - 1))
         return first
 
@@ -65,5 +63,5 @@ class ForkBackoff:
         if self.since is None:
             return None
         ended = (now - self.since, self.failures)
-        self.since, self.failures, self.retry_at, self.error = None, 0, 0.0, ""
+        self.since, self.failures, self.retry_at = None, 0, 0.0
         return ended
