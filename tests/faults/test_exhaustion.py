@@ -17,7 +17,7 @@ import pytest
 from phoenix.journal import Journal
 from phoenix.shortage import BASE_FDS, FDS_PER_SLOT
 from tests.conftest import PYTHON, phoenix_cli, wait_for
-from tests.faults.conftest import log_lines
+from tests.faults.conftest import cpu_seconds, log_lines
 
 APP = "tests.apps.exhausting:app"
 TARGET = "tests.apps.exhausting"
@@ -245,3 +245,25 @@ def test_systemd_keep_alives_while_out_of_descriptors_are_skipped_not_a_crash(ma
         assert "crash" not in master.log()
     finally:
         notify.close()
+
+
+def test_a_control_client_the_master_can_neither_accept_nor_shed_does_not_make_it_spin(master_factory):
+    master = master_factory(app=APP)
+    soft, hard = _starve(master)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        client.connect(str(master.paths.control_socket))  # queued: the master has no descriptor to take it with
+        client.sendall(b'{"cmd": "status"}\n')
+        master.wait_log("control_shed_impossible", timeout=10.0)
+        cpu_before, wall_before = cpu_seconds(master.pid), time.monotonic()
+        ends = wall_before + 2.0
+        while time.monotonic() < ends:  # the master must stay up, and mostly asleep
+            assert master.proc is not None and master.proc.poll() is None
+            time.sleep(0.1)
+        busy = (cpu_seconds(master.pid) - cpu_before) / (time.monotonic() - wall_before)
+        # Measured on a loaded host: 0.00 parked, 0.33-0.55 spinning (before the fix).
+        assert busy < 0.1, f"the master was busy {busy:.0%} of the time while starved"
+    finally:
+        resource.prlimit(master.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        client.close()
+    assert master.live()["master"]["pid"] == master.pid  # it serves the control socket again
