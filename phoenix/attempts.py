@@ -31,6 +31,7 @@ class Attempt:
     missing: set[int] = field(default_factory=set)  # sequence numbers skipped that have not arrived (yet)
     final: dict[str, Any] | None = None  # the finished/failed message, once received
     final_held: bool = False  # the final is in the journal (and was acknowledged to the child)
+    connection_closed_at: float | None = None  # monotonic: the child closed its connection (EOF) while it ran
     kill_reason: KillReason | None = None
     kill_detail: str | None = None
     interrupted: bool = False

@@ -34,6 +34,9 @@ from phoenix.store import Store, is_url, open_store
 from phoenix.untrusted import KeyRefused, check_key, visible
 
 EXIT_NOT_RUNNING = 3  # as systemctl status
+# `phoenix status`: a master holds the lock but does not answer (stopped by
+# SIGSTOP or a paused VM, or stuck): alive, so not 3; its state unknown, as LSB's 4.
+EXIT_NOT_RESPONDING = 4
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -306,7 +309,8 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None, sto
 def status(state_dir: str | None, as_json: bool, watch_interval: float | None, store: str | None,
            node: str | None, limit: int | None, after: int | None) -> None:
     """Show the master, the job counts, the last failures and the running
-    jobs; exit 0 if a master runs, 3 if none does.
+    jobs; exit 0 if a master runs, 3 if none does, 4 if one holds the lock
+    but does not answer (stopped, or stuck).
 
     --json adds a page of every job, in id order: at most --limit (1000),
     and "next_after", the id to pass as --after for the next page (null on
@@ -315,7 +319,16 @@ def status(state_dir: str | None, as_json: bool, watch_interval: float | None, s
     With a shared store: every master (node, pid, generation, state, lease,
     slots) and the running jobs with their node; exit 0 if any master holds
     a live lease, 3 if none does."""
-    from phoenix.status import JSON_PAGE, NoJournal, collect, collect_shared, render, render_shared, watch
+    from phoenix.status import (
+        JSON_PAGE,
+        NOT_RESPONDING,
+        NoJournal,
+        collect,
+        collect_shared,
+        render,
+        render_shared,
+        watch,
+    )
 
     if (limit is not None or after is not None) and not as_json:
         fail("--limit and --after page the jobs of `phoenix status --json`: add --json")
@@ -342,7 +355,9 @@ def status(state_dir: str | None, as_json: bool, watch_interval: float | None, s
         click.echo(json.dumps(report, indent=2))
     else:
         render(report)
-    sys.exit(0 if running else EXIT_NOT_RUNNING)
+    if running:
+        sys.exit(0)
+    sys.exit(EXIT_NOT_RESPONDING if report["master"]["state"] == NOT_RESPONDING else EXIT_NOT_RUNNING)
 
 
 @main.command()

@@ -36,6 +36,10 @@ REQUEST_TIMEOUT = 5.0
 FD_HEADROOM = 4
 WARNING_INTERVAL = 10.0  # seconds between two warnings about shed or evicted clients
 BOUND_RESTORED_AFTER = 60.0  # seconds without a descriptor shortage before the bound is whole again
+# A waiting client that can be neither accepted nor shed (no descriptor at all,
+# not even the reserve: ENFILE, or the reserve lost) keeps the listener readable:
+# it is not watched for this long, or the master's loop would spin on it.
+PARK_WHEN_STARVED = 0.25
 _SHED_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _UCRED = struct.Struct("3i")
 
@@ -96,6 +100,7 @@ class ControlServer:
         self.reserve_fd = _open_reserve()
         self.unwarned: dict[str, int] = {}  # shed or evicted since the last warning, by reason
         self.warned_at = -WARNING_INTERVAL
+        self.parked_until = 0.0  # monotonic: the listener is not watched until then (0: watched)
         selector.register(sock, selectors.EVENT_READ, self.accept)
 
     def rebind(self, sock: socket.socket) -> None:
@@ -104,7 +109,23 @@ class ControlServer:
         self.selector.unregister(self.sock)
         self.sock.close()
         self.sock = sock
+        self.parked_until = 0.0
         self.selector.register(sock, selectors.EVENT_READ, self.accept)
+
+    def _park(self) -> None:
+        """Stop watching the listener for PARK_WHEN_STARVED. It stays registered
+        (a replacement unregisters and registers it by itself), watched for
+        writing: a listening socket is never writable."""
+        if not self.parked_until:
+            self.selector.modify(self.sock, selectors.EVENT_WRITE, self.accept)
+        self.parked_until = time.monotonic() + PARK_WHEN_STARVED
+
+    def _unpark(self) -> None:
+        self.parked_until = 0.0
+        try:
+            self.selector.modify(self.sock, selectors.EVENT_READ, self.accept)
+        except KeyError:
+            pass  # unregistered meanwhile (a replacement): whoever registers it again watches it for reading
 
     # -- accepting ------------------------------------------------------------------
 
@@ -167,6 +188,7 @@ class ControlServer:
         self.reserve_fd = _open_reserve()
         if conn is None:
             self._warn("control_shed_impossible", detail)
+            self._park()
             return False
         self.on_rejected("control connection shed")
         self._warn("control_shed", detail)
@@ -254,11 +276,14 @@ class ControlServer:
     # -- deadlines -------------------------------------------------------------------
 
     def next_deadline(self) -> float:
-        """Monotonic time of the next connection to time out (inf: none held)."""
-        return next(iter(self.deadlines.values()), math.inf)
+        """Monotonic time of the next connection to time out, or of watching
+        the listener again (inf: neither)."""
+        return min(next(iter(self.deadlines.values()), math.inf), self.parked_until or math.inf)
 
     def expire(self, now: float) -> None:
-        """Close every connection whose deadline has passed."""
+        """Close every connection whose deadline has passed (and watch the listener again when due)."""
+        if self.parked_until and now >= self.parked_until:
+            self._unpark()
         while self.deadlines:
             conn, due = next(iter(self.deadlines.items()))
             if due > now:

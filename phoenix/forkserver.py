@@ -216,8 +216,8 @@ def _loop(sock: socket.socket, signal_fd: int, socket_path: str, outbox: Path) -
                 continue
             while True:
                 try:
-                    data, ancdata, _flags, _addr = sock.recvmsg(MESSAGE_BYTES, ancillary,
-                                                                 socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
+                    data, ancdata, flags, _addr = sock.recvmsg(MESSAGE_BYTES, ancillary,
+                                                                socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     break
                 if not data or data == QUIT:
@@ -225,7 +225,9 @@ def _loop(sock: socket.socket, signal_fd: int, socket_path: str, outbox: Path) -
                     return  # no data: the master is gone; QUIT: it asked
                 order_fd = _received_fd(ancdata)
                 if order_fd is None:
-                    continue  # not a fork request: nothing a master sends
+                    if flags & socket.MSG_CTRUNC:  # the kernel dropped the pipe: no descriptor free here
+                        sock.send(FORK_FAILED + _FAILED.pack(errno.EMFILE))  # the master backs off, as from a fork
+                    continue  # else not a fork request: nothing a master sends
                 try:
                     pid = os.fork()
                 except OSError as exc:

@@ -255,7 +255,11 @@ class Handoff:
         # Its output (the error and traceback, if the new code is broken) comes
         # back to us through a pipe: it goes into our log and into the answer
         # `phoenix reload --wait` prints, wherever our own stderr points.
-        output_read, output_write = os.pipe2(os.O_CLOEXEC)
+        try:
+            output_read, output_write = os.pipe2(os.O_CLOEXEC)
+        except OSError as exc:  # out of descriptors: this image carries on, and says why
+            self._failed("preflight", f"cannot start the preflight: {exc.strerror or exc}")
+            return True
         os.set_blocking(output_read, False)
         try:
             pid = spawn_in_startup_cwd(sys.executable, argv, STARTUP_ENVIRONMENT, setsigmask=(), file_actions=[
@@ -395,7 +399,13 @@ class Handoff:
 
     def exec_in_place(self) -> None:
         m = self.master
+        try:  # first: out of descriptors, nothing has been undone yet and this image carries on
+            here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            self._failed("exec", f"cannot exec: {exc.strerror or exc}")
+            return
         if not self._answer_accepted_requests():
+            os.close(here)
             return
         m.end_spare()  # it runs this image's code; ended and reaped now, not left to the new image
         signal.pthread_sigmask(signal.SIG_BLOCK, _handled())
@@ -412,7 +422,6 @@ class Handoff:
                 stream.flush()
             except (OSError, ValueError, AttributeError):
                 pass
-        here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.chdir(STARTUP_CWD)  # through a `current` symlink: into the new release
             os.execve(sys.executable, sys.orig_argv, env)
@@ -434,8 +443,12 @@ class Handoff:
     def fork_new_master(self) -> None:
         m = self.master
         m.end_spare()  # it runs this image's code
+        try:
+            ready_read, ready_write = os.pipe2(os.O_CLOEXEC)
+        except OSError as exc:  # out of descriptors: this image carries on, and says why
+            self._failed("spawn", f"cannot start the new master: {exc.strerror or exc}")
+            return
         fds = self._handover_fds()
-        ready_read, ready_write = os.pipe2(os.O_CLOEXEC)
         os.set_inheritable(ready_write, True)
         env = self._handover_environment(fds)
         env[READY_FD_VARIABLE] = str(ready_write)

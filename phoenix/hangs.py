@@ -14,6 +14,7 @@ from typing import Protocol
 from phoenix import lineage, log
 from phoenix.attempts import Attempt
 from phoenix.config import Config
+from phoenix.heartbeats import HeartbeatIntake
 from phoenix.liveness import Verdict, verdict
 from phoenix.metrics import Counters, Histograms
 from phoenix.states import KillReason, TimerKind
@@ -26,9 +27,17 @@ class HangHost(Protocol):
     timers: TimerHeap
     counters: Counters
     histograms: Histograms | None
+    intake: HeartbeatIntake
 
     def read_heartbeats(self) -> None: ...
     def heartbeat_socket_restored(self) -> bool: ...  # True: it was gone, is back, and every child has grace
+
+
+# Seconds between two looks at a silent child whose connection may be one the
+# master cannot accept for want of descriptors (its beats wait on it, unread).
+BACKLOG_RECHECK = 1.0
+CONNECTION_CLOSED_ADVICE = ("the job closed its own connection to the master (it closed every descriptor, or the "
+                            "heartbeat socket) and sent nothing since; close only the descriptors the job opened")
 
 
 class HangKiller:
@@ -58,12 +67,22 @@ class HangKiller:
     def check(self, attempt: Attempt, now: float) -> None:
         h = self.host
         judged = self._judge(attempt, now)
-        if judged.reason == KillReason.HEARTBEAT_TIMEOUT and h.heartbeat_socket_restored():
+        reason = judged.reason
+        if reason == KillReason.HEARTBEAT_TIMEOUT and h.heartbeat_socket_restored():
             judged = self._judge(attempt, now)  # the socket file was gone: the silence was ours
-        if judged.reason is None:
+            reason = judged.reason
+        if reason == KillReason.HEARTBEAT_TIMEOUT and not h.intake.has_link(attempt.pid):
+            if h.intake.accept_short_since is not None:
+                # Its connection may wait in the backlog the master cannot accept
+                # from (out of descriptors): that silence is ours. Look again soon.
+                h.timers.push(now + BACKLOG_RECHECK, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
+                return
+            if attempt.connection_closed_at is not None:
+                reason = KillReason.CONNECTION_CLOSED
+        if reason is None:
             h.timers.push(judged.next_check, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
         else:
-            self.kill(attempt, judged.reason, now)
+            self.kill(attempt, reason, now)
 
     def _judge(self, attempt: Attempt, now: float) -> Verdict:
         return verdict(attempt.limits(self.host.config.heartbeat_timeout), last_beat=attempt.last_beat,
@@ -73,9 +92,12 @@ class HangKiller:
         h = self.host
         ages = {KillReason.HEARTBEAT_TIMEOUT: now - attempt.last_beat,
                 KillReason.STALL_TIMEOUT: now - attempt.last_progress,
-                KillReason.MAX_RUNTIME: now - attempt.started, KillReason.OPERATOR: 0.0}
+                KillReason.MAX_RUNTIME: now - attempt.started, KillReason.OPERATOR: 0.0,
+                KillReason.CONNECTION_CLOSED: now - (attempt.connection_closed_at or attempt.last_beat)}
         attempt.kill_reason = reason
         attempt.kill_detail = f"{reason}: {ages[reason]:.2f} s"
+        if reason == KillReason.CONNECTION_CLOSED:
+            attempt.kill_detail += f" ago: {CONNECTION_CLOSED_ADVICE}"
         h.counters.count(h.counters.kills, reason)
         if reason == KillReason.HEARTBEAT_TIMEOUT and h.histograms is not None:
             late = now - attempt.last_beat - attempt.limits(h.config.heartbeat_timeout).heartbeat_timeout
@@ -106,7 +128,11 @@ def signal_attempt(attempt: Attempt, signum: int) -> None:
             # Not our child, so its pid could be reused once it is gone: the
             # pidfd names exactly this process.
             signal.pidfd_send_signal(attempt.pidfd, signum)
-        lineage.signal_escaped(attempt.pid, signum, attempt.escaped)  # what the job daemonised
+        try:
+            lineage.signal_escaped(attempt.pid, signum, attempt.escaped)  # what the job daemonised
+        except OSError as exc:  # out of descriptors or memory to walk /proc: the group still gets the signal
+            log.event(logging.WARNING, "escaped_not_signalled", pid=attempt.pid, signal=signum,
+                      error=exc.strerror or str(exc))
         os.killpg(attempt.pid, signum)
     except ProcessLookupError:
         pass

@@ -79,6 +79,9 @@ class HeartbeatIntake:
         # Every message is received into this one buffer: no allocation per beat.
         self.buffer = bytearray(protocol.RECV_BUFFER_BYTES)
         self.debug = False
+        # Monotonic: since when a connection waits in the backlog that the
+        # master cannot accept (out of descriptors or memory); None: none does.
+        self.accept_short_since: float | None = None
 
     def fileno(self) -> int:
         """The epoll set: readable when the listener or any connection is."""
@@ -172,10 +175,15 @@ class HeartbeatIntake:
             try:
                 sock, _addr = listener.accept()
             except (BlockingIOError, InterruptedError):
+                self.accept_short_since = None  # the backlog is empty: every child that connected is heard
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.counters.reject("fd_shortage")  # the child retries; it is not lost
+                    # The child's connection waits in the backlog, its beats queued
+                    # on it: its silence is the master's until it is accepted (hangs.py).
+                    self.counters.reject("fd_shortage")
+                    if self.accept_short_since is None:
+                        self.accept_short_since = time.monotonic()
                     return
                 raise
             pid, uid = protocol.peer_credentials(sock)
@@ -188,6 +196,12 @@ class HeartbeatIntake:
             else:
                 sock.setblocking(False)
                 self._add(Link(sock, pid))
+                self.attempts[pid].connection_closed_at = None  # connected again
+
+    def has_link(self, pid: int) -> bool:
+        """Whether the child `pid` has a connection open to the master (a linear
+        scan: asked only before a heartbeat kill)."""
+        return any(link.pid == pid for link in self.links.values())
 
     def _add(self, link: Link) -> None:
         self.links[link.sock.fileno()] = link
@@ -217,6 +231,11 @@ class HeartbeatIntake:
             size = 0  # ECONNRESET: gone, as at EOF
         if not size:
             self._close(link)
+            closer = self.attempts.get(link.pid)
+            if closer is not None and closer.final is None and not self.has_link(link.pid):
+                # Most likely it is exiting (its status comes next); if it runs
+                # on, it closed its own connection: said at its kill (hangs.py).
+                closer.connection_closed_at = now
             self.child_closed()
             return False
         attempt = self.attempts.get(link.pid)

@@ -38,7 +38,7 @@ from phoenix.app import App, AppError, JobSpec, resolve_target
 from phoenix.attempts import Attempt
 from phoenix.callbacks import CallbackRunner
 from phoenix.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest, Command, from_request
-from phoenix.config import Config
+from phoenix.config import Config, ConfigError
 from phoenix.control import ControlServer
 from phoenix.hangs import HangKiller, signal_attempt
 from phoenix.heartbeats import HeartbeatIntake
@@ -53,6 +53,7 @@ from phoenix.reaper import Reaper
 from phoenix.recorder import OutcomeRecorder
 from phoenix.scheduler import Scheduler
 from phoenix.settler import CallbackSettler
+from phoenix.shortage import fds_needed, slots_that_fit
 from phoenix.signals import SignalFD, set_child_subreaper
 from phoenix.sockets import bind_heartbeat
 from phoenix.spawner import Spawner
@@ -80,6 +81,7 @@ class Master:
         self.reload_config = reload_config
         self.paths = StatePaths(config.state_dir)
         self.slots = config.workers
+        self.slot_cap = config.workers  # the most the open-file limit carries (fit_slots_to_fd_limit)
         self.children: dict[int, Attempt] = {}  # pid -> running attempt
         self.timers = TimerHeap()
         self.signals: list[int] = []
@@ -150,7 +152,7 @@ class Master:
         self.run_started_at = float(self.journal.meta("run_started_at", self.started_at))
         if self.app is not None:
             self.app.journal = self.journal
-        _raise_fd_limit()
+        self.fit_slots_to_fd_limit()
         self.selector: selectors.BaseSelector = selectors.DefaultSelector()
         if self.app is not None:
             # Now: the app is imported, and neither the callback nor the
@@ -199,7 +201,10 @@ class Master:
             if signum == signal.SIGCHLD:
                 self.reaper.child_exited = True
                 continue
-            attempt_pid = lineage.owning_attempt(sender, self.children) if sender else None
+            try:
+                attempt_pid = lineage.owning_attempt(sender, self.children) if sender else None
+            except OSError:  # no descriptor or memory to read /proc: untraceable, obeyed (README, Known limits)
+                attempt_pid = None
             if attempt_pid is not None:  # a job cannot stop, reload or reconfigure the master that runs it
                 owner = self.children[attempt_pid]
                 event(WARNING, "signal_ignored", signal=signal.Signals(signum).name, sender=sender, uid=uid,
@@ -336,11 +341,11 @@ class Master:
         elif command == Command.RELOAD_CONFIG:
             self.reload_configuration()
         elif command == Command.SLOT_MORE:
-            self.slots += 1
+            self.set_slots(self.slots + 1)
             self.scheduler.wake()
             event(INFO, "workers", workers=self.slots)
         elif command == Command.SLOT_LESS:
-            self.slots = max(0, self.slots - 1)
+            self.set_slots(self.slots - 1)
             event(INFO, "workers", workers=self.slots)
         elif command == Command.REOPEN_LOGS:
             self.spawner.discard()  # it holds the old log file; the next one gets the new
@@ -380,7 +385,7 @@ class Master:
         changed = {k: (getattr(self.config, k), getattr(new, k)) for k in vars(new)
                    if getattr(self.config, k) != getattr(new, k)}
         self.config = new
-        self.slots = new.workers
+        self.set_slots(new.workers)
         self.budget = RestartBudget(new.restart_intensity, new.restart_period)
         self.scheduler.wake()
         event(INFO, "config_reloaded",
@@ -497,6 +502,28 @@ class Master:
                 and not self.outage.active and self.slots > 0)
 
     # -- spawning -------------------------------------------------------------------
+
+    def fit_slots_to_fd_limit(self) -> None:
+        """At start: raise the open-file limit, and carry no more slots than
+        it allows (a child the master cannot watch for want of a descriptor
+        would be killed as silent, or never started). Too few for one slot:
+        refuse to start."""
+        limit = _raise_fd_limit()
+        self.slot_cap = slots_that_fit(limit)
+        if self.slot_cap == 0 and self.slots > 0:
+            raise ConfigError(f"the open-file limit ({limit}) leaves no room for a job slot: a master needs "
+                              f"{fds_needed(1)} for one, {fds_needed(self.slots)} for workers = {self.slots}; raise "
+                              "the hard limit (ulimit -Hn, systemd LimitNOFILE=, docker run --ulimit nofile=)")
+        self.set_slots(self.slots)
+
+    def set_slots(self, wanted: int) -> None:
+        """The one writer of `slots` (config, reload, TTIN/TTOU): no more than the open-file limit carries."""
+        if wanted > self.slot_cap:
+            event(WARNING, "workers_lowered", asked=wanted, workers=self.slot_cap,
+                  reason=f"the open-file limit allows {self.slot_cap} slots",
+                  fix=f"raise the hard limit on open files to {fds_needed(wanted)} (ulimit -Hn, systemd "
+                      "LimitNOFILE=, docker run --ulimit nofile=)")
+        self.slots = max(0, min(wanted, self.slot_cap))
 
     def has_free_slot(self) -> bool:
         return (may_start_jobs(self.state, self.handoff.phase, self.outage.active, len(self.children), self.slots)
@@ -708,11 +735,14 @@ def _name(operation: Callable[..., Any]) -> str:
     return getattr(inner, "__name__", "journal write")
 
 
-def _raise_fd_limit() -> None:
-    # Adopted children each hold a pidfd; 1,000 of them outgrow the usual soft limit of 1,024.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+def _raise_fd_limit() -> int:
+    """Raise the soft open-file limit to the hard one (adopted children each
+    hold a pidfd; 1,000 of them outgrow the usual soft limit of 1,024), and
+    return the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # (never infinite: the kernel caps it at nr_open)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 def run_master(app: App | None, app_spec: str | None, config: Config, load_config: Callable[[], Config],

@@ -132,3 +132,20 @@ def live_master_pid(pidfile: Path, lockfile: Path) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def lock_held(lockfile: Path) -> bool:
+    """Whether a master holds the lock, whatever its pidfile says (removed
+    under it, it is written again within a second)."""
+    try:
+        fd = os.open(lockfile, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        return False
+    finally:
+        os.close(fd)

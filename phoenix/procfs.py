@@ -106,8 +106,9 @@ def own_fds() -> list[int]:
 
 
 def rss_bytes(pid: int) -> int | None:
+    """Resident memory, or None when unknown: gone, or not readable now (out of descriptors)."""
     try:
         with open(f"/proc/{pid}/statm", "rb") as f:
             return int(f.read().split()[1]) * _PAGE_SIZE
-    except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
+    except (OSError, IndexError):
         return None

@@ -47,6 +47,8 @@ class Reaper:
     def __init__(self, host: ReaperHost) -> None:
         self.host = host
         self.child_exited = True  # SIGCHLD seen since the last sweep (True: reconcile at start)
+        # pid -> recorded start time: adopted children not yet watched by pidfd (out of descriptors at adoption)
+        self.unwatched: dict[int, int | None] = {}
 
     def adopt_running_attempts(self) -> None:
         """Each attempt the journal says runs gets one full heartbeat_timeout
@@ -63,7 +65,11 @@ class Reaper:
             # A fork that failed, and the master died before recording so.
             h.recorder.conclude_without_process(a, "the master stopped before the attempt started")
             return
-        parent, alive = procfs.parent_and_sameness(a.pid, a.start_time)
+        try:
+            parent, alive = procfs.parent_and_sameness(a.pid, a.start_time)
+        except OSError as exc:  # no descriptor or memory to read /proc: watched once it can be
+            parent, alive = None, True
+            self._unwatched(a.pid, a.start_time, exc)
         own = parent == os.getpid()
         if not own and not alive:
             h.recorder.conclude_without_process(a, LOST_UNWATCHED)
@@ -76,13 +82,14 @@ class Reaper:
         attempt.last_seq = -1  # its numbering started under another master: do not count that as lost beats
         attempt.final = held_final(a)  # acknowledged by an earlier master (or image): the child may still be exiting
         attempt.final_held = attempt.final is not None
-        if not own:
+        if not own and a.pid not in self.unwatched:
             try:
-                attempt.pidfd = os.pidfd_open(a.pid)
+                self._watch(attempt, os.pidfd_open(a.pid))
             except ProcessLookupError:
                 h.recorder.conclude_without_process(a, LOST_UNWATCHED)
                 return
-            h.selector.register(attempt.pidfd, selectors.EVENT_READ, lambda at=attempt: self.adopted_exited(at))
+            except OSError as exc:  # out of descriptors or memory: adopted all the same, watched once it can be
+                self._unwatched(a.pid, a.start_time, exc)
         h.children[a.pid] = attempt
         h.timers.push(now + h.config.heartbeat_timeout, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
         log.event(logging.INFO, "adopt", pid=a.pid, job=a.key, attempt=a.n, how="child" if own else "pidfd")
@@ -91,6 +98,53 @@ class Reaper:
                 h.hangs.cancel(attempt, now)  # TERM again, KILL after kill_grace
             else:
                 attempt.kill_reason = KillReason.CANCELLED  # exiting already: an error it reported is the cancel's
+
+    def _watch(self, attempt: Attempt, pidfd: int) -> None:
+        attempt.pidfd = pidfd
+        self.host.selector.register(pidfd, selectors.EVENT_READ, lambda: self.adopted_exited(attempt))
+
+    def _unwatched(self, pid: int, start_time: int | None, exc: OSError) -> None:
+        if not self.unwatched:
+            log.event(logging.ERROR, "adopt_unwatched", pid=pid, error=exc.strerror or str(exc),
+                      effect="adopted all the same; its end is noticed once the master can open a pidfd (tried every "
+                             "turn)")
+        self.unwatched[pid] = start_time
+
+    def watch_unwatched(self) -> None:
+        """Adopted children the master could not open a pidfd (or read /proc)
+        for, for want of descriptors or memory: try again. One found gone (or
+        its pid now another process's) ended meanwhile."""
+        h = self.host
+        for pid, start_time in list(self.unwatched.items()):
+            attempt = h.children.get(pid)
+            if attempt is None:  # concluded another way meanwhile (reaped as our own child)
+                del self.unwatched[pid]
+                continue
+            pidfd = None
+            try:
+                parent, alive = procfs.parent_and_sameness(pid, start_time)
+                if parent != os.getpid() and alive:
+                    pidfd = os.pidfd_open(pid)
+                    # Opened after the check: the pid must still name the same process.
+                    alive = procfs.is_same_process(pid, start_time)
+            except ProcessLookupError:
+                parent, alive = None, False
+            except OSError:
+                if pidfd is not None:
+                    os.close(pidfd)
+                return  # still short: the next turn tries again
+            del self.unwatched[pid]
+            if parent == os.getpid():
+                attempt.own_child = True  # our own child after all: wait4 reports its end
+            elif pidfd is not None and alive:
+                self._watch(attempt, pidfd)
+            else:
+                if pidfd is not None:
+                    os.close(pidfd)
+                del h.children[pid]
+                self.conclude(attempt, None, None)
+        if not self.unwatched:
+            log.event(logging.WARNING, "adopt_watched", effect="every adopted child is watched through its pidfd")
 
     def reap(self) -> None:
         h = self.host
@@ -111,6 +165,10 @@ class Reaper:
                     break
                 self._exited(pid, status, rusage.ru_maxrss)
         self.take_server_reports()
+        if h.recorder.unread:
+            h.recorder.record_unread()
+        if self.unwatched:
+            self.watch_unwatched()
         if h.spawner.server_lost:
             h.spawner.server_lost = False
             self._conclude_unreported()
@@ -139,7 +197,14 @@ class Reaper:
         me = os.getpid()
         self.host.read_heartbeats()
         for attempt in list(self.host.children.values()):
-            if attempt.pidfd is None and procfs.parent_pid(attempt.pid) != me:
+            if attempt.pidfd is not None:
+                continue  # adopted: its pidfd tells its end
+            try:
+                parent = procfs.parent_pid(attempt.pid)
+            except OSError:  # out of descriptors or memory: look again at the next sweep
+                self.host.spawner.server_lost = True
+                continue
+            if parent != me:
                 del self.host.children[attempt.pid]
                 self.conclude(attempt, None, None)
 

@@ -19,10 +19,15 @@ from phoenix.metrics import Counters, Histograms
 from phoenix.outcomes import Classified, classify
 from phoenix.paths import StatePaths
 from phoenix.policy import Next, RestartBudget, after_attempt
+from phoenix.shortage import SHORTAGE_ERRNOS
 from phoenix.states import KillReason, Outcome
 from phoenix.store import Store
 
 LOST_UNWATCHED = "the process ended while no master watched it"
+
+
+class OutboxUnreadable(OSError):
+    """An outbox file could not be read for want of descriptors or memory."""
 
 
 class OutcomeHost(Protocol):
@@ -46,15 +51,19 @@ class OutcomeHost(Protocol):
 class OutcomeRecorder:
     def __init__(self, host: OutcomeHost) -> None:
         self.host = host
+        self.unread: list[Callable[[], None]] = []  # ends to record once the outbox can be read
 
     def conclude(self, attempt: Attempt, status: int | None, max_rss_kb: int | None) -> None:
         """The attempt's process has ended (reaped, or its pidfd fired)."""
-        h = self.host
         try:
             os.killpg(attempt.pid, signal.SIGKILL)  # grandchildren die with the job
         except (ProcessLookupError, PermissionError):
             pass
         lineage.end_escaped(attempt.escaped)  # and so does what it daemonised
+        self._when_outbox_readable(functools.partial(self._record_end, attempt, status, max_rss_kb))
+
+    def _record_end(self, attempt: Attempt, status: int | None, max_rss_kb: int | None) -> None:
+        h = self.host
         final = attempt.final or self.read_outbox(attempt.job_id, attempt.number)
         result = classify(final=final, status=status, interrupted=attempt.interrupted,
                           kill_reason=attempt.kill_reason, kill_detail=attempt.kill_detail)
@@ -69,11 +78,38 @@ class OutcomeRecorder:
     def conclude_without_process(self, a: OpenAttempt, reason: str) -> None:
         """An attempt the journal says runs, whose process is gone (or never
         started): its outcome is in the outbox, or it is lost."""
+        self._when_outbox_readable(functools.partial(self._record_without_process, a, reason))
+
+    def _record_without_process(self, a: OpenAttempt, reason: str) -> None:
         final = held_final(a) or self.read_outbox(a.job_id, a.n)
         result = classify(final=final, status=None, interrupted=False,
                           kill_reason=KillReason.CANCELLED if a.cancel_requested else None, kill_detail=None,
                           lost_reason=reason)
         self.record(a.job_id, a.key, a.target, a.attempt_id, a.n, result, None, a.pid)
+
+    def _when_outbox_readable(self, record: Callable[[], None]) -> None:
+        """Record an attempt's end now, or, if its outbox file cannot be read
+        for want of descriptors or memory, later: an outcome the child left
+        there is never taken for none (and its file then removed)."""
+        try:
+            record()
+        except OutboxUnreadable as exc:
+            if not self.unread:
+                log.event(logging.ERROR, "outbox_unreadable", path=exc.filename, error=exc.strerror,
+                          effect="the attempt's end is recorded once the outbox can be read (tried every turn)")
+            self.unread.append(record)
+
+    def record_unread(self) -> None:
+        """Attempts whose end waits on an outbox read that failed: try again (each loop turn)."""
+        waiting, self.unread = self.unread, []
+        for index, record in enumerate(waiting):
+            try:
+                record()
+            except OutboxUnreadable:
+                self.unread.extend(waiting[index:])  # still short: the rest keep their order
+                return
+        if waiting:
+            log.event(logging.WARNING, "outbox_readable", recorded=len(waiting))
 
     def record(self, job_id: int, key: str, target: str, attempt_id: int, number: int, result: Classified,
                max_rss_kb: int | None, pid: int | None, outbox: bool = True, failures: int | None = None) -> None:
@@ -152,7 +188,9 @@ class OutcomeRecorder:
         path = self.host.paths.outbox / f"{job_id}.{number}.json"
         try:
             message = protocol.decode(path.read_bytes())
-        except OSError:
+        except OSError as exc:
+            if exc.errno in SHORTAGE_ERRNOS:  # not "no outcome there": not known yet
+                raise OutboxUnreadable(exc.errno, exc.strerror, str(path)) from exc
             return None
         if (message is None or message.job != job_id or message.attempt != number
                 or message.kind not in protocol.FINAL_KINDS):

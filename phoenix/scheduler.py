@@ -23,6 +23,7 @@ from phoenix.outage import STORAGE_ERRORS, JournalOutage
 from phoenix.outcomes import Classified
 from phoenix.policy import may_run
 from phoenix.recorder import OutcomeRecorder
+from phoenix.shortage import MAX_RETRY, ForkBackoff
 from phoenix.spawner import Spawner, WaitingChild
 from phoenix.states import Outcome, TimerKind
 from phoenix.store import Store
@@ -42,8 +43,8 @@ class SchedulerHost(Protocol):
     timers: TimerHeap
     counters: Counters
     spawner: Spawner
-    recorder: OutcomeRecorder
     outage: JournalOutage
+    recorder: OutcomeRecorder
 
     def has_free_slot(self) -> bool: ...
     def shared_poll(self) -> float: ...  # seconds between looks in a shared store, whose submits NOTIFY
@@ -58,6 +59,7 @@ class Scheduler:
         self.next_poll = 0.0  # monotonic: look then even if nobody said so
         self.woken = False  # woken by a submit, an attempt's end or a recovery, not by the poll
         self.claims_in_doubt = False  # a claim failed: it may have committed with its reply lost
+        self.fork_backoff = ForkBackoff()  # the master cannot fork now: its own back-off, not the jobs'
 
     def wake(self) -> None:
         self.maybe_pending = True
@@ -66,6 +68,8 @@ class Scheduler:
     def next_deadline(self, now: float) -> float:
         if not self.host.has_free_slot():
             return now + PENDING_POLL
+        if self.fork_backoff.blocked(now):
+            return self.fork_backoff.retry_at
         return now if self.maybe_pending else max(self.next_poll, now)
 
     def poll_if_due(self, now: float) -> None:
@@ -74,7 +78,7 @@ class Scheduler:
 
     def spawn_pending_jobs(self) -> None:
         h = self.host
-        if not self.maybe_pending or not h.has_free_slot():
+        if not self.maybe_pending or not h.has_free_slot() or self.fork_backoff.blocked(time.monotonic()):
             return
         self.maybe_pending = False
         if h.journal.shared:
@@ -86,7 +90,9 @@ class Scheduler:
         jobs = h.journal.pending(h.slots - len(h.children))
         slice_ends = time.monotonic() + SPAWN_SLICE
         for job in jobs:
-            self.spawn(job)
+            if not self.spawn(job):
+                self.maybe_pending = True  # the rest stay pending until the back-off ends
+                return
             if time.monotonic() >= slice_ends:
                 break  # the rest on the next turn, after reaping, timers and control requests
         if not h.has_free_slot():
@@ -108,10 +114,9 @@ class Scheduler:
         slice_ends = time.monotonic() + SPAWN_SLICE
         started = False
         while h.has_free_slot():
-            try:
-                waiting = h.spawner.take()
-            except OSError as exc:  # the job stays pending, for us later or another master
-                log.event(logging.ERROR, "fork_failed", error=exc.strerror)
+            waiting = self.take_child()
+            if waiting is None:  # the job stays pending, for us after the back-off or another master
+                self.maybe_pending = True
                 return
             try:
                 claimed = h.journal.claim(h.generation, waiting.pid, waiting.start_time)
@@ -182,30 +187,44 @@ class Scheduler:
         if callback_id is not None:
             h.start_callback(callback_id, job.id, 0, "on_failed")
 
-    def spawn(self, job: Job) -> None:
+    def take_child(self) -> WaitingChild | None:
+        """A child for the next job, or None when the master cannot fork one
+        now (out of processes, memory or file descriptors): that is the
+        master's shortage, not the job's, which stays pending and is charged
+        nothing. Said once when it starts, once when it ends."""
+        now = time.monotonic()
+        try:
+            waiting = self.host.spawner.take()
+        except OSError as exc:
+            error = exc.strerror or str(exc)
+            if self.fork_backoff.failed(now):
+                log.event(logging.ERROR, "fork_failed", error=error,
+                          effect=f"jobs stay pending and are charged no attempt; the master tries again, "
+                                 f"backing off up to {MAX_RETRY:g}s, until it can fork")
+            return None
+        ended = self.fork_backoff.succeeded(now)
+        if ended is not None:
+            log.event(logging.WARNING, "fork_recovered", after=f"{ended[0]:.2f}s", failed_forks=ended[1])
+        return waiting
+
+    def spawn(self, job: Job) -> bool:
+        """Start `job` (or fail it if it cannot run); False if the master could not fork."""
         h = self.host
         try:
             spec = h.spec_for(job.target)
             decode_params(job.params)  # bad JSON fails the job here, not in a child
         except AppError as exc:
             self.fail_before_start(job, str(exc))
-            return
+            return True
         retries = spec.retries if spec.retries is not None else h.config.retries
         if not may_run(job.failures, retries):
             # Its failures were recorded by a master that had no app loaded.
             self.fail_before_start(job, f"job {job.key!r} failed {job.failures} time(s); its policy allows "
                                         f"{retries} retries")
-            return
-        number = job.attempts + 1
-        try:
-            waiting = h.spawner.take()
-        except OSError as exc:  # out of processes or memory: the attempt did not start
-            log.event(logging.ERROR, "fork_failed", job=job.key, attempt=number, error=exc.strerror)
-            attempt_id = h.journal.begin_attempt(job, h.generation, None, None)
-            reason = f"fork failed: {exc.strerror}"
-            h.recorder.record(job.id, job.key, job.target, attempt_id, number,
-                              Classified(Outcome.LOST, reason, reason, None), None, None, failures=job.failures)
-            return
+            return True
+        waiting = self.take_child()
+        if waiting is None:
+            return False
         pid = waiting.pid
         try:
             attempt_id = h.journal.begin_attempt(job, h.generation, pid, waiting.start_time)
@@ -214,8 +233,9 @@ class Scheduler:
             # exits without running it and is reaped as a stranger.
             os.close(waiting.order_fd)
             h.outage.failed(exc, "begin_attempt")
-            return
-        self.start(job, spec, waiting, attempt_id, number)
+            return True
+        self.start(job, spec, waiting, attempt_id, job.attempts + 1)
+        return True
 
     def orphan_rule(self) -> tuple[float, float] | None:
         """With a shared store, (seconds without a master, kill grace) after

@@ -32,6 +32,7 @@ from phoenix.config import Config
 from phoenix.forkserver import ForkServer, thread_refusal
 from phoenix.outcomes import classify_exit
 from phoenix.paths import StatePaths
+from phoenix.shortage import SHORTAGE_ERRNOS
 
 
 class SpawnerHost(Protocol):
@@ -85,6 +86,7 @@ class Spawner:
         self.server: ForkServer | None = None
         self.server_off: str | None = None  # why the master forks its children itself, for good
         self.server_not_before = 0.0  # monotonic: no new server until then
+        self.server_start_error: str | None = None  # why the last start of a server failed (logged once)
         self.server_lost = False  # a server died: some exits it reaped may never have been reported
         self.exited: list[tuple[int, int, int]] = []  # (pid, status, max RSS kB) reported by the server
 
@@ -130,9 +132,13 @@ class Spawner:
         try:
             server = ForkServer.start(settings)
         except OSError as exc:
-            log.event(logging.ERROR, "fork_server_failed", error=exc.strerror or str(exc),
-                      effect="the master forks children")
+            error = exc.strerror or str(exc)
+            if error != self.server_start_error:  # tried again every second: said once per cause
+                self.server_start_error = error
+                log.event(logging.ERROR, "fork_server_failed", error=error,
+                          effect=f"the master forks children; it tries again every {SERVER_RETRY_DELAY:g}s")
             return
+        self.server_start_error = None
         self.server = server
         m.subprocesses[server.pid] = functools.partial(self._server_exited, server)
         m.selector.register(server, selectors.EVENT_READ, self._read_server)
@@ -240,7 +246,16 @@ class Spawner:
             os.setpgid(pid, pid)  # also here, so a kill right after fork reaches the group
         except OSError:
             pass  # the child did it first
-        return WaitingChild(pid, procfs.start_time(pid), order_write)
+        try:
+            start_time = procfs.start_time(pid)
+        except OSError:
+            # Out of descriptors or memory for /proc: a child whose start time is
+            # unknown could later be mistaken for another process with its pid.
+            # It gets no order (EOF: it exits unrun, reaped as a stranger), and
+            # the caller backs off as from a failed fork.
+            os.close(order_write)
+            raise
+        return WaitingChild(pid, start_time, order_write)
 
     def take(self) -> WaitingChild:
         """The spare child if there is one, else a freshly forked one."""
@@ -252,7 +267,10 @@ class Spawner:
                 if not server.in_flight:
                     server.request()
                 server.wait()
-            except OSError as exc:  # TimeoutError included: this one child comes from the master
+            except OSError as exc:
+                if exc.errno in SHORTAGE_ERRNOS:
+                    raise  # no descriptor for the order pipe: the master's shortage, the caller backs off
+                # TimeoutError included: this one child comes from the master
                 log.event(logging.WARNING, "fork_server_slow", pid=server.pid, error=str(exc))
             self._collect(server)
             if not self.ready and server.failed:
@@ -279,19 +297,24 @@ class Spawner:
             return  # a server that is starting forks the spares once it is ready
         server = self._server_usable()
         if server is not None:
-            server.failed.clear()  # a spare that could not be forked: the next take() reports its own
+            if server.failed:  # spares it could not fork (out of processes or memory): not asked again at once
+                server.failed.clear()
+                self.not_before = time.monotonic() + SPARE_RETRY_DELAY
+                return
             while len(self.ready) + len(server.in_flight) < max(1, min(SPARES, self.master.slots)):
                 try:
                     server.request()
-                except OSError:
-                    break  # no spare for now: the next job asks again
+                except OSError:  # out of descriptors: no spare for now, and no new try on every turn
+                    self.not_before = time.monotonic() + SPARE_RETRY_DELAY
+                    break
             return
         if self.ready:
             return  # forked by the master: one spare, as its forks cost the master itself
         try:
             spare = self.fork()
-        except OSError:
-            return  # no spare for now: a job forks its own child (and reports the failure, if any)
+        except OSError:  # no spare for now: a job forks its own child (and the scheduler backs off if it cannot)
+            self.not_before = time.monotonic() + SPARE_RETRY_DELAY
+            return
         self.ready.append(spare)
         self.master.subprocesses[spare.pid] = functools.partial(self._spare_exited, spare.pid)
 

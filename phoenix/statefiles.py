@@ -27,6 +27,7 @@ from phoenix.control import ControlServer
 from phoenix.outage import file_identity
 from phoenix.paths import StatePaths
 from phoenix.pidfile import AlreadyRunning, PidFile
+from phoenix.shortage import SHORTAGE_ERRNOS
 from phoenix.sockets import bind_heartbeat
 
 
@@ -114,6 +115,8 @@ class StateFiles:
                 pidfile.write_atomically(lock.pidfile, os.getpid())
                 log.event(logging.WARNING, "pidfile_rebuilt", path=lock.pidfile, pid=os.getpid())
         except (OSError, AlreadyRunning) as exc:
+            if isinstance(exc, OSError) and exc.errno in SHORTAGE_ERRNOS:
+                return  # out of descriptors to read it: nothing known to be wrong, looked at again next second
             self._failed("pidfile", lock.pidfile, exc)
             return
         self.failing.discard("pidfile")

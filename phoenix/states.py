@@ -49,6 +49,9 @@ class Outcome(StrEnum):
 
 class KillReason(StrEnum):
     HEARTBEAT_TIMEOUT = "heartbeat_timeout"
+    # Silent for heartbeat_timeout after it closed its own connection (closed
+    # every descriptor, or the heartbeat socket): not a hang, a job's mistake.
+    CONNECTION_CLOSED = "connection_closed"
     STALL_TIMEOUT = "stall_timeout"
     MAX_RUNTIME = "max_runtime"
     OPERATOR = "operator"

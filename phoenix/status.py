@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any, Iterator
 
-from phoenix import control, pidfile
+from phoenix import control, pidfile, procfs
 from phoenix.journal import Journal, journal_present
 from phoenix.paths import StatePaths
 from phoenix.untrusted import visible
@@ -19,6 +19,15 @@ MASTER_FIELDS = ("pid", "generation", "state", "started_at", "uptime", "workers"
 
 RECENT_FAILURES = 5
 JSON_PAGE = 1000  # jobs per `status --json` page unless --limit says otherwise
+NOT_RESPONDING = "not responding"  # alive (holds the lock) but silent: exit 4 (EXIT_NOT_RESPONDING in cli.py)
+ANSWER_WITHIN = 5.0  # seconds a running master has to answer a status request
+# A control socket removed under a master is bound again at its next check of
+# the state directory (master.STATE_DIR_CHECK, one second): wait that long, and some.
+SOCKET_REBUILT_WITHIN = 2.5
+# /proc/PID/stat states in which a process runs no code of its own until continued.
+FROZEN_STATES = frozenset({"T", "t"})
+PROCESS_STATES = {"R": "running", "S": "sleeping", "D": "waiting on the disk or the kernel", "T": "stopped",
+                  "t": "stopped by a debugger", "Z": "zombie", "X": "dead"}
 
 
 def page_of(rows: Iterator[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], int | None]:
@@ -40,12 +49,7 @@ def collect(paths: StatePaths, page: tuple[int, int] | None = None) -> tuple[dic
     running ones (what the table shows), or with `page` (after id, limit)
     that page of every job in id order, and `next_after` the next page's
     cursor. Never every job: the counts are the journal's kept counts."""
-    live: dict[str, Any] | None = None
-    if pidfile.live_master_pid(paths.pidfile, paths.lockfile) is not None:
-        try:
-            live = control.request(paths.control_socket, {"cmd": "status"}, timeout=5.0)
-        except control.ControlError:
-            live = None
+    live, silent = ask_master(paths)
     jobs: list[dict[str, Any]] = []
     next_after: int | None = None
     meta: dict[str, Any] = {}
@@ -62,7 +66,7 @@ def collect(paths: StatePaths, page: tuple[int, int] | None = None) -> tuple[dic
             counts = journal.counts()
             failures = journal.recent_failures(RECENT_FAILURES)
             first_start, last_reload = journal.master_times()
-    elif live is None:
+    elif live is None and silent is None:
         raise NoJournal(f"no journal in {paths.root}: nothing has run here")
     running = (live or {}).get("running", {})
     for job in jobs:
@@ -78,6 +82,8 @@ def collect(paths: StatePaths, page: tuple[int, int] | None = None) -> tuple[dic
         master["uptime_total"] = round(wall - first_start, 3) if first_start else master.get("uptime")
         master["reloaded_at"] = last_reload
         master["since_reload"] = round(wall - last_reload, 3) if last_reload else None
+    elif silent is not None:
+        master = {**silent, "generation": meta.get("generation"), "started_at": meta.get("started_at")}
     else:
         master = {"pid": None, "generation": meta.get("generation"), "state": "stopped",
                   "started_at": meta.get("started_at")}
@@ -85,6 +91,36 @@ def collect(paths: StatePaths, page: tuple[int, int] | None = None) -> tuple[dic
     if page is not None:
         report["next_after"] = next_after
     return report, live is not None
+
+
+def ask_master(paths: StatePaths) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(the master's live status, None) when it answers; (None, what is known
+    of it) when a master holds the lock but does not answer; (None, None) when
+    no master runs. A master that holds the lock is alive whatever its socket
+    says: stopped (SIGSTOP, a paused VM) it cannot answer, and a control
+    socket removed under it is back within a second (statefiles.py)."""
+    deadline = time.monotonic() + SOCKET_REBUILT_WITHIN
+    while True:
+        pid = pidfile.live_master_pid(paths.pidfile, paths.lockfile)
+        if pid is None and not pidfile.lock_held(paths.lockfile):
+            return None, None  # no master (or it ended while we asked)
+        # (pid None, lock held: the pidfile was removed under the master, which writes it again)
+        process_state = procfs.state(pid) if pid is not None else None
+        if process_state in FROZEN_STATES:
+            return None, not_responding(pid, process_state, "it is stopped and cannot answer until it is continued")
+        try:
+            return control.request(paths.control_socket, {"cmd": "status"}, timeout=ANSWER_WITHIN), None
+        except control.ControlError as exc:
+            if time.monotonic() >= deadline:
+                return None, not_responding(pid, process_state, str(exc))
+        time.sleep(0.05)  # the socket (or the pidfile) is being put back, or the master is between two images
+
+
+def not_responding(pid: int | None, process_state: str | None, why: str) -> dict[str, Any]:
+    """The master part of the report for a master that is alive (it holds the lock) but does not answer."""
+    state_name = PROCESS_STATES.get(process_state or "", "unknown")
+    return {"pid": pid, "state": NOT_RESPONDING, "process_state": process_state, "process_state_name": state_name,
+            "error": why}
 
 
 def duration(seconds: float | None) -> str:
@@ -108,6 +144,14 @@ def summary(report: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...
     counts = report.get("counts") or {}
     if master["state"] == "stopped":
         head = f"master: stopped (last generation {master['generation'] or '-'})"
+    elif master["state"] == NOT_RESPONDING:
+        process = f"{master['process_state']} ({master['process_state_name']})" if master["process_state"] else "-"
+        head = (f"master: {NOT_RESPONDING}  pid {master['pid'] or '-'}  process state {process}  "
+                f"generation {master['generation'] or '-'}\n"
+                f"it is alive and holds the lock (no other master can start here) but did not answer: "
+                f"{visible(master['error'])}")
+        if master["process_state"] in FROZEN_STATES:
+            head += f"\nto resume it: kill -CONT {master['pid']}"
     else:
         since_reload = master.get("since_reload")
         reloaded = f" (last reload {duration(since_reload)} ago)" if since_reload is not None else ""

@@ -15,7 +15,10 @@ def notify(*lines: str) -> bool:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]  # abstract namespace
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    except OSError:
+        return False  # out of descriptors: this notice is lost, the next one goes (never a crash of the loop)
     try:
         sock.sendto("\n".join(lines).encode(), address)
         return True

@@ -1,0 +1,59 @@
+"""Answers tell the truth (issue 18, class 5): a master that is alive but
+cannot answer is not "stopped", nor is one whose control socket is being put
+back; a job that closed its own connection is not "silent"."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+from phoenix.status import collect
+from tests.conftest import phoenix_cli, wait_for
+
+APP = "tests.apps.exhausting:app"
+TARGET = "tests.apps.exhausting"
+
+
+def test_a_stopped_master_is_reported_alive_but_not_responding_with_exit_4(master_factory):
+    master = master_factory(app=APP)
+    master.signal(signal.SIGSTOP)  # a VM pause, as far as the master can tell
+    try:
+        shown = phoenix_cli("status", state_dir=master.state_dir)
+        as_json = phoenix_cli("status", "--json", state_dir=master.state_dir)
+    finally:
+        master.signal(signal.SIGCONT)
+    assert shown.returncode == 4, shown.stdout + shown.stderr
+    assert f"master: not responding  pid {master.pid}  process state T (stopped)" in shown.stdout
+    assert "holds the lock" in shown.stdout and f"kill -CONT {master.pid}" in shown.stdout
+    assert as_json.returncode == 4
+    reported = json.loads(as_json.stdout)["master"]
+    assert reported["state"] == "not responding" and reported["pid"] == master.pid
+    assert reported["process_state"] == "T"
+    # Continued, it answers again.
+    assert phoenix_cli("status", state_dir=master.state_dir).returncode == 0
+
+
+def test_status_in_the_second_after_control_sock_is_removed_still_sees_the_master(master_factory):
+    master = master_factory(app=APP)
+    master.paths.control_socket.unlink()
+    report, running = collect(master.paths)  # at once: before the master's next look at its state directory
+    assert running, report["master"]
+    assert report["master"]["state"] == "running" and report["master"]["pid"] == master.pid
+    assert master.paths.control_socket.exists()  # put back meanwhile
+
+
+def test_a_job_that_closed_its_connection_is_told_apart_from_a_silent_one(master_factory):
+    master = master_factory(app=APP)
+    master.submit(f"{TARGET}:close_all_fds", {}, key="closer")
+    master.submit(f"{TARGET}:silent", {}, key="silent")
+    jobs = master.wait_jobs_done(["closer", "silent"], timeout=30.0)
+    closer, silent = jobs["closer"], jobs["silent"]
+    assert closer["outcome"] == "killed" and closer["reason"] == "connection_closed", closer
+    assert "closed its own connection" in closer["error"] and "close only the descriptors" in closer["error"]
+    assert silent["outcome"] == "killed" and silent["reason"] == "heartbeat_timeout", silent
+    log = master.log()
+    assert "reason=connection_closed" in log and "reason=heartbeat_timeout" in log
+    assert master.proc is not None and master.proc.poll() is None
+    os.kill(master.pid, 0)
+    wait_for(lambda: not master.live()["running"], 10.0, "both attempts to end")
