@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pwd
+import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,28 @@ NAME_MAX = 255  # bytes of one path component (Linux file systems)
 
 
 class StateDirError(OSError):
-    """The state directory cannot be created or written."""
+    """The state directory cannot be created or written, is not a directory,
+    or is not this user's alone."""
+
+
+# The files Phoenix opens by name in the state directory: none may be a link,
+# another user's, or writable by others (a planted file is a planted job).
+STATE_FILE_NAMES = ("journal.db", "journal.db-wal", "journal.db-shm", "phoenix.pid", "phoenix.lock",
+                    "phoenix.sock", "control.sock", "outbox")
+
+
+def _owner(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _writable_by_others(mode: int) -> str | None:
+    """Who besides the owner may write a file of this mode, or None."""
+    if mode & 0o022 == 0o022:
+        return "group and others"
+    return "group" if mode & 0o020 else "others" if mode & 0o002 else None
 
 
 @dataclass(frozen=True)
@@ -75,19 +98,132 @@ class StatePaths:
                                 "and without /proc mounted they cannot be reached by a short name: "
                                 "choose a shorter --state-dir")
 
+    def check_trusted(self) -> bool:
+        """Refuse (StateDirError) a state directory that is not a directory,
+        lies under a file, or is not this user's alone: owned by another user,
+        writable by group or others, reached through a link or a parent
+        directory another user could swap, or holding a state file that is a
+        link or another user's. As PostgreSQL and OpenSSH refuse theirs: in
+        such a directory another user could plant links that make Phoenix
+        write over files elsewhere, jobs that it would run as this user, or a
+        control socket that would receive this user's commands. True if the
+        directory exists, False if it does not (yet)."""
+        try:
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            self._check_parents(self.root)
+            return False
+        except NotADirectoryError:
+            raise StateDirError(f"the state directory {self.root} is under a file, not a directory: "
+                                "choose another with --state-dir") from None
+        except OSError as exc:
+            raise StateDirError(f"cannot reach the state directory {self.root}: {exc.strerror}; "
+                                "choose another with --state-dir or fix its permissions") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise StateDirError(f"the state directory {self.root} is a file, not a directory: "
+                                "choose another with --state-dir, or move the file away")
+        self._check_parents(self.root)
+        resolved = Path(os.path.realpath(self.root))
+        shown = f"{self.root}" if resolved == self.root else f"{self.root} (really {resolved})"
+        uid = os.geteuid()
+        if st.st_uid != uid:
+            raise StateDirError(f"the state directory {shown} belongs to {_owner(st.st_uid)}, not to {_owner(uid)} "
+                                "who runs phoenix: run phoenix as its owner, or choose a directory of your own "
+                                "with --state-dir")
+        others = _writable_by_others(st.st_mode)
+        if others:
+            raise StateDirError(f"the state directory {shown} is writable by {others} (mode "
+                                f"{stat.S_IMODE(st.st_mode):04o}): `chmod go-w {resolved}` (Phoenix makes it 0700), "
+                                "or choose another with --state-dir")
+        for name in STATE_FILE_NAMES:
+            self._check_state_file(self.root / name, uid)
+        return True
+
+    def _check_state_file(self, path: Path, uid: int) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise StateDirError(f"{path} is a symbolic link (to {os.readlink(path)}): Phoenix follows no link in "
+                                "its state directory; remove it, or choose another --state-dir")
+        if st.st_uid != uid:
+            raise StateDirError(f"{path} belongs to {_owner(st.st_uid)}, not to {_owner(uid)} who runs phoenix: "
+                                "remove it (or run phoenix as its owner)")
+        others = _writable_by_others(st.st_mode)
+        if others:
+            raise StateDirError(f"{path} is writable by {others} (mode {stat.S_IMODE(st.st_mode):04o}): "
+                                f"`chmod go-w {path}`")
+
+    @staticmethod
+    def _check_parents(root: Path) -> None:
+        """Every directory that holds a step of the way to `root` (and every
+        link on it) must be this user's or root's, and not writable by others
+        unless sticky (/tmp): otherwise another user could swap the state
+        directory, or a link to it, for one of theirs after it was checked.
+        A group-writable parent is allowed (a shared deploy directory, a
+        volume's fsGroup); the state directory itself never is."""
+        uid = os.geteuid()
+        seen: set[Path] = set()
+
+        def check_directory_chain(directory: Path) -> None:
+            for step in (directory, *directory.parents):
+                if step in seen:
+                    continue
+                seen.add(step)
+                try:
+                    st = os.stat(step)
+                except OSError:
+                    continue  # not there (yet): nothing to swap in it
+                if st.st_uid not in (0, uid):
+                    raise StateDirError(f"the state directory {root} lies under {step}, which belongs to "
+                                        f"{_owner(st.st_uid)}: that user could swap it for another; choose a "
+                                        "--state-dir under directories of your own (or root's)")
+                if st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX:
+                    raise StateDirError(f"the state directory {root} lies under {step}, which anyone can write "
+                                        f"(mode {stat.S_IMODE(st.st_mode):04o}, not sticky): anyone could swap "
+                                        f"it for another; `chmod o-w {step}`, or choose another --state-dir")
+
+        step = Path(root.anchor)
+        for part in root.parts[1:]:
+            check_directory_chain(Path(os.path.realpath(step)))
+            step = step / part
+            try:
+                st = os.lstat(step)
+            except OSError:
+                break  # missing from here on (or under a file: the caller says so)
+            if stat.S_ISLNK(st.st_mode) and st.st_uid not in (0, uid):
+                raise StateDirError(f"the state directory {root} is reached through {step}, a symbolic link that "
+                                    f"belongs to {_owner(st.st_uid)}: give the real path with --state-dir")
+
     def ensure(self) -> None:
         """Create the directory (mode 0700: sockets and journal are private to
-        this user) and check that it can be written."""
+        this user; missing parents 0755, whatever the umask), check that it is
+        ours alone (check_trusted) and that it can be written."""
         self.check_length()
+        self.check_trusted()
         try:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _make_parents(self.root.parent)
+            self.root.mkdir(mode=0o700, exist_ok=True)
             self.outbox.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise StateDirError(f"cannot create the state directory {self.root}: {exc.strerror}. "
                                 "Choose another with --state-dir or fix its permissions") from None
+        self.check_trusted()  # again: what exists now, whoever made it
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise StateDirError(f"the state directory {self.root} is not writable by this user (uid {os.getuid()}); "
                                 "choose another with --state-dir or fix its permissions")
+
+
+def _make_parents(directory: Path) -> None:
+    """mkdir -p with mode 0755 (Path.mkdir's parents follow the umask: 0777 under umask 000)."""
+    if directory.is_dir():
+        return
+    _make_parents(directory.parent)
+    try:
+        os.mkdir(directory, 0o755)
+    except FileExistsError:
+        pass  # made meanwhile by another process (or a file: the mkdir after this says so)
 
 
 @contextmanager

@@ -31,6 +31,8 @@ def collect(paths: StatePaths) -> tuple[dict[str, Any], bool]:
     if pidfile.live_master_pid(paths.pidfile, paths.lockfile) is not None:
         try:
             live = control.request(paths.control_socket, {"cmd": "status"}, timeout=5.0)
+        except (control.ForeignServer, control.MalformedReply):
+            raise  # not "stopped": something else answers there, which the operator must hear of
         except control.ControlError:
             live = None
     jobs: list[dict[str, Any]] = []
@@ -47,14 +49,15 @@ def collect(paths: StatePaths) -> tuple[dict[str, Any], bool]:
             first_start, last_reload = journal.master_times()
     elif live is None:
         raise NoJournal(f"no journal in {paths.root}: nothing has run here")
-    running = (live or {}).get("running", {})
+    running = _running(live)
     for job in jobs:
         now = running.get(str(job["id"]))
-        job["last_beat_age"] = now["last_beat_age"] if now else None
+        job["last_beat_age"] = now.get("last_beat_age") if now else None
         if now:
-            job.update(pid=now["pid"], age=now["age"], progress=now["progress"], rss=now["rss"])
+            job.update(pid=now.get("pid"), age=now.get("age"), progress=now.get("progress"), rss=now.get("rss"))
     if live is not None:
-        master = {k: live["master"][k] for k in MASTER_FIELDS if k in live["master"]}
+        live_master = _checked(control.reply_field(live, "master", dict), _MASTER_KINDS, "master")
+        master = {k: live_master[k] for k in MASTER_FIELDS if k in live_master}
         wall = time.time()
         # Since the first start of this master (replacements keep it going), and since its last replacement.
         master["first_started_at"] = first_start
@@ -65,6 +68,39 @@ def collect(paths: StatePaths) -> tuple[dict[str, Any], bool]:
         master = {"pid": None, "generation": meta.get("generation"), "state": "stopped",
                   "started_at": meta.get("started_at")}
     return {"master": master, "counts": counts, "recent_failures": failures, "jobs": jobs}, live is not None
+
+
+_NUMBER = (int, float)
+# The live reply's fields that the report computes with or formats, and their
+# types: a reply of another shape (an impostor, another version) is an error
+# line (control.MalformedReply), never a traceback.
+_MASTER_KINDS: dict[str, tuple[type[Any], ...]] = {
+    "pid": (int,), "generation": (int,), "state": (str,), "uptime": _NUMBER}
+_CHILD_KINDS: dict[str, tuple[type[Any], ...]] = {
+    "pid": (int, type(None)), "age": _NUMBER, "last_beat_age": _NUMBER, "rss": (int, type(None))}
+
+
+def _malformed(what: str) -> control.MalformedReply:
+    return control.MalformedReply(f"the master's status reply has no valid {what} (is the control socket a "
+                                  "Phoenix master's of this version?)")
+
+
+def _checked(values: dict[str, Any], kinds: dict[str, tuple[type[Any], ...]], what: str) -> dict[str, Any]:
+    for name, kind in kinds.items():
+        value = values.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise _malformed(f"{what} {name!r}")
+    return values
+
+
+def _running(live: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The live reply's running children by job id."""
+    if live is None:
+        return {}
+    running = live.get("running", {})
+    if not isinstance(running, dict) or not all(isinstance(child, dict) for child in running.values()):
+        raise _malformed("'running'")
+    return {job: _checked(child, _CHILD_KINDS, "running child") for job, child in running.items()}
 
 
 def duration(seconds: float | None) -> str:
