@@ -192,7 +192,7 @@ def test_temporary_names_are_unpredictable_and_never_followed(base: Path, victim
         os.symlink(victim, path)
     pidfile.write_atomically(state / "phoenix.pid", 4242)
     assert (state / "phoenix.pid").read_text() == "4242\n"
-    assert stat.S_IMODE(os.lstat(state / "phoenix.pid").st_mode) == pidfile.PIDFILE_MODE
+    assert stat.S_IMODE(os.lstat(state / "phoenix.pid").st_mode) == 0o644
     with Journal(state / "journal.db") as made:
         assert made.counts() is not None
     child._write_outbox(state / "outbox", 7, 1, b'{"kind": "finished"}')
@@ -202,13 +202,16 @@ def test_temporary_names_are_unpredictable_and_never_followed(base: Path, victim
     assert not journal._orphan_wal(state / "journal.db")
 
 
-def test_a_lock_file_link_is_not_followed(base: Path, victim: Path) -> None:
+def test_a_lock_file_link_is_not_followed(base: Path) -> None:
+    """Old code created (O_CREAT) and locked the link's target, anywhere."""
     state = base / "state"
     state.mkdir(mode=0o700)
     os.symlink(base / "created-through-the-link", state / "phoenix.lock")
+    lock = pidfile.PidFile(state / "phoenix.pid", state / "phoenix.lock")
     with pytest.raises(OSError):
-        pidfile.open_lock_file(state / "phoenix.lock")
+        lock.acquire()
     assert not (base / "created-through-the-link").exists()
+    assert not (state / "phoenix.pid").exists()
 
 
 # -- the control socket's server, and its answers ----------------------------------------
@@ -294,9 +297,9 @@ def held_state(base: Path) -> Iterator[Path]:
     state.mkdir(mode=0o700)
     with Journal(state / "journal.db") as made:
         made.submit(SLEEP, '{"s": 0}', "a-job")
-    fd = pidfile.open_lock_file(state / "phoenix.lock")
+    fd = os.open(state / "phoenix.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
-    pidfile.write_atomically(state / "phoenix.pid", os.getpid())
+    (state / "phoenix.pid").write_text(f"{os.getpid()}\n")
     yield state
     os.close(fd)
 
