@@ -329,12 +329,12 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None, sto
     job_params = decode_params(params)
     shared = _settings({"store": store, "state_dir": state_dir}).store
     if shared != "sqlite":
-        job_id, created = Client(store=shared).submit(target, job_params, key)
+        job_id, created = Client(store=shared, warn=_warn_once).submit(target, job_params, key)
         click.echo(json.dumps({"id": job_id, "created": created}))
         return
     spec = resolve_target(target)
     paths = _state_paths(state_dir, app_settings=spec.app.settings if spec.app is not None else None)
-    job_id, created = Client(state_dir=str(paths.root)).submit(target, job_params, key)
+    job_id, created = Client(state_dir=str(paths.root), warn=_warn_once).submit(target, job_params, key)
     click.echo(json.dumps({"id": job_id, "created": created}))
 
 

@@ -150,7 +150,9 @@ class StatePaths:
         if st.st_uid != uid:
             raise StateDirError(f"{path} belongs to {_owner(st.st_uid)}, not to {_owner(uid)} who runs phoenix: "
                                 "remove it (or run phoenix as its owner)")
-        others = _writable_by_others(st.st_mode)
+        # A socket's mode only decides who may connect, and each master checks
+        # its peers (SO_PEERCRED); a file or directory others can write is a planted job.
+        others = None if stat.S_ISSOCK(st.st_mode) else _writable_by_others(st.st_mode)
         if others:
             raise StateDirError(f"{path} is writable by {others} (mode {stat.S_IMODE(st.st_mode):04o}): "
                                 f"`chmod go-w {path}`")

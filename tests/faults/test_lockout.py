@@ -36,7 +36,7 @@ def test_a_misspelt_setting_warns_the_commands_that_need_only_the_state_director
     project = tmp_path / "project"
     project.mkdir()
     (project / "phoenix.toml").write_text(f'state_dir = "{state_dir}"\nwokers = 3\nheartbeat_timeout = "soon"\n')
-    for command in (("status",), ("jobs",), ("show", "long")):
+    for command in (("status",), ("jobs",), ("show", "long"), ("submit", SLEEP, '{"s": 0}', "--key", "quick")):
         for state in (None, state_dir):  # from the file, and with --state-dir
             result = in_dir(project, *command, state_dir=state)
             assert result.returncode == 0, (command, result.stderr)
