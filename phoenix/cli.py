@@ -28,7 +28,7 @@ from phoenix.journal import (
     journal_present,
 )
 from phoenix.metrics import MetricsError
-from phoenix.paths import StateDirError, StatePaths
+from phoenix.paths import StateDirError, StatePaths, check_parents
 from phoenix.sockets import SocketBusy
 from phoenix.store import Store, is_url, open_store
 from phoenix.untrusted import KeyRefused, check_key, visible
@@ -201,6 +201,8 @@ def start(app: str | None, state_dir: str | None, config_file: str | None, daemo
     config = config_module.load(application.settings, config_file, flags)
     paths = StatePaths(config.state_dir)
     paths.ensure()
+    if config.log_file:  # appended to as this user: no other user may plant a link at its name
+        check_parents(Path(config.log_file).absolute(), "the log file")
 
     def load_config() -> Config:
         return config_module.load(application.settings, config_file, flags)

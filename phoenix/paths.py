@@ -30,11 +30,16 @@ STATE_FILE_NAMES = ("journal.db", "journal.db-wal", "journal.db-shm", "phoenix.p
                     "phoenix.sock", "control.sock", "outbox")
 
 
-def _owner(uid: int) -> str:
+def _name(uid: int) -> str:
     try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return f"uid {uid}"
+        return str(uid)
+
+
+def _owner(uid: int) -> str:
+    name = _name(uid)
+    return f"uid {uid}" if name == str(uid) else f"{name} (uid {uid})"
 
 
 def _writable_by_others(mode: int) -> str | None:
@@ -111,7 +116,7 @@ class StatePaths:
         try:
             st = os.stat(self.root)
         except FileNotFoundError:
-            self._check_parents(self.root)
+            check_parents(self.root, "the state directory")
             return False
         except NotADirectoryError:
             raise StateDirError(f"the state directory {self.root} is under a file, not a directory: "
@@ -122,7 +127,7 @@ class StatePaths:
         if not stat.S_ISDIR(st.st_mode):
             raise StateDirError(f"the state directory {self.root} is a file, not a directory: "
                                 "choose another with --state-dir, or move the file away")
-        self._check_parents(self.root)
+        check_parents(self.root, "the state directory")
         resolved = Path(os.path.realpath(self.root))
         shown = f"{self.root}" if resolved == self.root else f"{self.root} (really {resolved})"
         uid = os.geteuid()
@@ -149,54 +154,13 @@ class StatePaths:
                                 "its state directory; remove it, or choose another --state-dir")
         if st.st_uid != uid:
             raise StateDirError(f"{path} belongs to {_owner(st.st_uid)}, not to {_owner(uid)} who runs phoenix: "
-                                "remove it (or run phoenix as its owner)")
+                                f"if it is this service's own, `chown {_name(uid)} {path}`; if not, remove it")
         # A socket's mode only decides who may connect, and each master checks
         # its peers (SO_PEERCRED); a file or directory others can write is a planted job.
         others = None if stat.S_ISSOCK(st.st_mode) else _writable_by_others(st.st_mode)
         if others:
             raise StateDirError(f"{path} is writable by {others} (mode {stat.S_IMODE(st.st_mode):04o}): "
                                 f"`chmod go-w {path}`")
-
-    @staticmethod
-    def _check_parents(root: Path) -> None:
-        """Every directory that holds a step of the way to `root` (and every
-        link on it) must be this user's or root's, and not writable by others
-        unless sticky (/tmp): otherwise another user could swap the state
-        directory, or a link to it, for one of theirs after it was checked.
-        A group-writable parent is allowed (a shared deploy directory, a
-        volume's fsGroup); the state directory itself never is."""
-        uid = os.geteuid()
-        seen: set[Path] = set()
-
-        def check_directory_chain(directory: Path) -> None:
-            for step in (directory, *directory.parents):
-                if step in seen:
-                    continue
-                seen.add(step)
-                try:
-                    st = os.stat(step)
-                except OSError:
-                    continue  # not there (yet): nothing to swap in it
-                if st.st_uid not in (0, uid):
-                    raise StateDirError(f"the state directory {root} lies under {step}, which belongs to "
-                                        f"{_owner(st.st_uid)}: that user could swap it for another; choose a "
-                                        "--state-dir under directories of your own (or root's)")
-                if st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX:
-                    raise StateDirError(f"the state directory {root} lies under {step}, which anyone can write "
-                                        f"(mode {stat.S_IMODE(st.st_mode):04o}, not sticky): anyone could swap "
-                                        f"it for another; `chmod o-w {step}`, or choose another --state-dir")
-
-        step = Path(root.anchor)
-        for part in root.parts[1:]:
-            check_directory_chain(Path(os.path.realpath(step)))
-            step = step / part
-            try:
-                st = os.lstat(step)
-            except OSError:
-                break  # missing from here on (or under a file: the caller says so)
-            if stat.S_ISLNK(st.st_mode) and st.st_uid not in (0, uid):
-                raise StateDirError(f"the state directory {root} is reached through {step}, a symbolic link that "
-                                    f"belongs to {_owner(st.st_uid)}: give the real path with --state-dir")
 
     def ensure(self) -> None:
         """Create the directory (mode 0700: sockets and journal are private to
@@ -215,6 +179,48 @@ class StatePaths:
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise StateDirError(f"the state directory {self.root} is not writable by this user (uid {os.getuid()}); "
                                 "choose another with --state-dir or fix its permissions")
+
+
+def check_parents(path: Path, what: str) -> None:
+    """Every directory that holds a step of the way to `path` (and every
+    link on it) must be this user's or root's, and not writable by others
+    unless sticky (/tmp): otherwise another user could swap `path`, or a link
+    to it, for one of theirs after it was checked (a link planted in /tmp
+    named like the log file, say). A group-writable parent is allowed (a
+    shared deploy directory, a volume's fsGroup); a state directory itself
+    never is (StatePaths.check_trusted). `what` names `path` in the error."""
+    uid = os.geteuid()
+    seen: set[Path] = set()
+
+    def check_directory_chain(directory: Path) -> None:
+        for step in (directory, *directory.parents):
+            if step in seen:
+                continue
+            seen.add(step)
+            try:
+                st = os.stat(step)
+            except OSError:
+                continue  # not there (yet): nothing to swap in it
+            if st.st_uid not in (0, uid):
+                raise StateDirError(f"{what} {path} lies under {step}, which belongs to {_owner(st.st_uid)}: that "
+                                    "user could swap it for another; choose a path under directories of your own "
+                                    "(or root's)")
+            if st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX:
+                raise StateDirError(f"{what} {path} lies under {step}, which anyone can write (mode "
+                                    f"{stat.S_IMODE(st.st_mode):04o}, not sticky): anyone could swap it for another; "
+                                    f"`chmod o-w {step}`, or choose another path")
+
+    step = Path(path.anchor)
+    for part in path.parts[1:]:
+        check_directory_chain(Path(os.path.realpath(step)))
+        step = step / part
+        try:
+            st = os.lstat(step)
+        except OSError:
+            break  # missing from here on (or under a file: the caller says so)
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in (0, uid):
+            raise StateDirError(f"{what} {path} is reached through {step}, a symbolic link that belongs to "
+                                f"{_owner(st.st_uid)}: give the real path")
 
 
 def _make_parents(directory: Path) -> None:

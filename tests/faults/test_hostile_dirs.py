@@ -180,6 +180,32 @@ def test_links_in_our_own_directory_are_refused_not_followed(base: Path, victim:
     assert victim.read_text() == VICTIM_TEXT
 
 
+def test_a_log_file_another_user_could_redirect_is_refused(base: Path, victim: Path) -> None:
+    """--log-file in nobody's directory, or at nobody's link in the sticky
+    /tmp: old code appended root's log to the victim through the link."""
+    hostile = base / "nobodys-logs"
+    hostile.mkdir()
+    hostile.chmod(0o777)
+    os.chown(hostile, nobody().pw_uid, nobody().pw_gid)
+    in_tmp = Path(tempfile.gettempdir()) / f"phoenix-{os.getpid()}.log"
+
+    def plant() -> None:
+        os.symlink(victim, hostile / "phoenix.log")
+        os.symlink(victim, in_tmp)
+
+    as_nobody(plant)
+    try:
+        for log_file, said in ((hostile / "phoenix.log", "belongs to nobody"), (in_tmp, "symbolic link")):
+            result = phoenix_cli("start", "tests.apps.jobs:app", "--exit-when-done", "--log-file", str(log_file),
+                                 state_dir=base / "state")
+            assert result.returncode == 2, (log_file, result.stdout, result.stderr)
+            line = one_error_line(result)
+            assert said in line and "the log file" in line, line
+    finally:
+        in_tmp.unlink()
+    assert victim.read_text() == VICTIM_TEXT
+
+
 def test_temporary_names_are_unpredictable_and_never_followed(base: Path, victim: Path) -> None:
     """Links at the old predictable temporary names of the pidfile, the
     journal and the outbox: each write goes to a file of its own, the victim
