@@ -230,6 +230,7 @@ def _create(path: Path) -> None:
     # parameters and results may be sensitive. mkstemp: an unpredictable name
     # made with O_EXCL, so no link planted at the name is followed.
     fd, name = tempfile.mkstemp(prefix=f"{path.name}.creating-", dir=path.parent)
+    os.fchmod(fd, 0o600)  # exactly, whatever the umask
     os.close(fd)
     temp = Path(name)
     try:

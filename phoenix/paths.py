@@ -170,8 +170,8 @@ class StatePaths:
         self.check_trusted()
         try:
             _make_parents(self.root.parent)
-            self.root.mkdir(mode=0o700, exist_ok=True)
-            self.outbox.mkdir(mode=0o700, exist_ok=True)
+            _make_directory(self.root, 0o700)
+            _make_directory(self.outbox, 0o700)
         except OSError as exc:
             raise StateDirError(f"cannot create the state directory {self.root}: {exc.strerror}. "
                                 "Choose another with --state-dir or fix its permissions") from None
@@ -223,15 +223,25 @@ def check_parents(path: Path, what: str) -> None:
                                 f"{_owner(st.st_uid)}: give the real path")
 
 
+def _make_directory(path: Path, mode: int) -> None:
+    """mkdir, then exactly `mode`, whatever the umask (000 would leave
+    parents 0777; 0277 would leave a state directory this user cannot write).
+    One that exists is left as it is (check_trusted judges it)."""
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return
+    os.chmod(path, mode)
+
+
 def _make_parents(directory: Path) -> None:
-    """mkdir -p with mode 0755 (Path.mkdir's parents follow the umask: 0777 under umask 000)."""
+    """mkdir -p, each new directory 0755."""
     if directory.is_dir():
         return
     _make_parents(directory.parent)
-    try:
-        os.mkdir(directory, 0o755)
-    except FileExistsError:
-        pass  # made meanwhile by another process (or a file: the mkdir after this says so)
+    _make_directory(directory, 0o755)
 
 
 @contextmanager

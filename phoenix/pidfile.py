@@ -61,6 +61,7 @@ def open_lock_file(path: Path) -> int:
     if owner != os.geteuid():
         os.close(fd)
         raise PermissionError(errno.EPERM, f"the lock file belongs to uid {owner}, not to this user", str(path))
+    os.fchmod(fd, 0o600)  # exactly, whatever the umask
     return fd
 
 

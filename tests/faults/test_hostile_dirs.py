@@ -376,16 +376,19 @@ def test_a_malformed_answer_is_one_error_line(held_state: Path, reply: bytes, co
 # -- modes ------------------------------------------------------------------------------------
 
 
-def test_modes_do_not_follow_the_umask(master_factory, state_dir: Path, tmp_path: Path) -> None:
-    """Under umask 000 (old code: pidfile and --log-file 0666, parents 0777)."""
+@pytest.mark.parametrize("umask", ["000", "277"])
+def test_modes_do_not_follow_the_umask(master_factory, state_dir: Path, tmp_path: Path, umask: str) -> None:
+    """Under umask 000 old code made the pidfile and --log-file 0666, parents
+    0777; under 0277 a state directory it could not write (0500)."""
     deep = tmp_path / "made" / "by" / "phoenix"
     log_file = tmp_path / "logs-master.log"
-    launcher = ("sh", "-c", 'umask 000 && exec "$0" "$@"', PYTHON, "-m", "phoenix")
+    launcher = ("sh", "-c", f'umask {umask} && exec "$0" "$@"', PYTHON, "-m", "phoenix")
     master = master_factory("--log-file", str(log_file), launcher=launcher, state=deep / "state", start=False)
     master.start(wait_ready=False)
     wait_for(lambda: log_file.exists() and "ready generation=" in log_file.read_text(), what="the master to be ready")
     result = phoenix_cli("submit", SLEEP, '{"s": 0}', "--key", "one", state_dir=deep / "state")
     assert result.returncode == 0, result.stderr
+    wait_for(lambda: master.counts().get("finished") == 1, what="the job to finish under this umask")
     state = deep / "state"
     modes = {name: stat.S_IMODE(os.lstat(state / name).st_mode)
              for name in (".", "outbox", "journal.db", "phoenix.pid", "phoenix.lock", "phoenix.sock", "control.sock")}
