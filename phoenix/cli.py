@@ -437,8 +437,8 @@ def reload(state_dir: str | None, wait: bool, timeout: float, force: bool) -> No
             live = control.reply_field(control.request(paths.control_socket, {"cmd": "status"}, timeout=2.0),
                                        "master", dict)
             now = control.reply_field(live, "generation", int)
-        except control.MalformedReply:
-            raise
+        except (control.MalformedReply, control.ForeignServer):
+            raise  # something other than a master between images answers: say so now
         except control.ControlError:
             continue  # between images, or the old master exiting (fork mode)
         result = live.get("reload")
