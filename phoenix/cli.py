@@ -129,6 +129,11 @@ def _nothing_here(paths: StatePaths, state_dir: str | None) -> str:
     app_spec = _settings({}).app
     if not app_spec:
         return ""
+    here = os.stat(".")
+    if here.st_uid not in (0, os.geteuid()) or here.st_mode & 0o022:
+        # The app is imported from here: code another user could have put here is not run for a hint.
+        return (f"; the app {app_spec} is named in the configuration: if its App(...) sets state_dir, give "
+                f"--state-dir (it was not imported to see: this directory is another user's or writable by others)")
     try:
         application = load_app(app_spec)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - only a hint: whatever the app does, say so and go on

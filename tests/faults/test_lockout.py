@@ -126,3 +126,23 @@ def test_nothing_has_run_here_says_where_the_apps_own_state_directory_is(master_
     result = in_dir(project, "status")
     assert result.returncode == 3 and "could not be imported" in one_line(result, "phoenix: error: ")
     assert os.path.isdir(state_dir)
+
+
+def test_the_hint_never_imports_code_another_user_could_have_put_here(tmp_path):
+    """The hint imports the app from the current directory: in one that is
+    another user's (or writable by others) it is not imported, and says so."""
+    import pwd
+
+    project = tmp_path / "project"
+    project.mkdir()
+    marker = tmp_path / "imported-as-root"
+    (project / "planted.py").write_text(f"open({str(marker)!r}, 'w').close()\nimport phoenix\napp = phoenix.App()\n")
+    # (The default ./.phoenix would be refused already: it would lie under nobody's directory.)
+    (project / "phoenix.toml").write_text(f'app = "planted:app"\nstate_dir = "{tmp_path / "elsewhere"}"\n')
+    nobody = pwd.getpwnam("nobody")
+    for path in (project, project / "planted.py", project / "phoenix.toml"):
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    result = in_dir(project, "status")
+    assert result.returncode == 3
+    assert "was not imported" in one_line(result, "phoenix: error: ")
+    assert not marker.exists()
