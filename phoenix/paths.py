@@ -210,17 +210,29 @@ def check_parents(path: Path, what: str) -> None:
                                     f"{stat.S_IMODE(st.st_mode):04o}, not sticky): anyone could swap it for another; "
                                     f"`chmod o-w {step}`, or choose another path")
 
-    step = Path(path.anchor)
-    for part in path.parts[1:]:
-        check_directory_chain(Path(os.path.realpath(step)))
-        step = step / part
-        try:
-            st = os.lstat(step)
-        except OSError:
-            break  # missing from here on (or under a file: the caller says so)
-        if stat.S_ISLNK(st.st_mode) and st.st_uid not in (0, uid):
-            raise StateDirError(f"{what} {path} is reached through {step}, a symbolic link that belongs to "
-                                f"{_owner(st.st_uid)}: give the real path")
+    def walk(given: Path, links_left: int) -> Path | None:
+        """Check each step of `given`; where it really leads, or None once a step is missing."""
+        real = Path(given.anchor)
+        for part in given.parts[1:]:
+            check_directory_chain(real)  # the directory that holds the next step
+            real = Path(os.path.normpath(real / part))  # ".." as the kernel takes it, after a resolved link
+            try:
+                st = os.lstat(real)
+            except OSError:
+                return None  # missing from here on (or under a file: the caller says so)
+            if stat.S_ISLNK(st.st_mode):
+                if st.st_uid not in (0, uid):
+                    raise StateDirError(f"{what} {path} is reached through {real}, a symbolic link that belongs "
+                                        f"to {_owner(st.st_uid)}: give the real path")
+                if links_left == 0:
+                    return None  # a loop: the open fails with ELOOP, nothing to check
+                resolved = walk(real.parent / os.readlink(real), links_left - 1)
+                if resolved is None:
+                    return None
+                real = resolved
+        return real
+
+    walk(path, 40)  # the kernel follows at most 40 links
 
 
 def _make_directory(path: Path, mode: int) -> None:
