@@ -26,8 +26,8 @@ class StateDirError(OSError):
 
 # The files Phoenix opens by name in the state directory: none may be a link,
 # another user's, or writable by others (a planted file is a planted job).
-STATE_FILE_NAMES = ("journal.db", "journal.db-wal", "journal.db-shm", "phoenix.pid", "phoenix.lock",
-                    "phoenix.sock", "control.sock", "outbox")
+STATE_FILE_NAMES = ("journal.db", "journal.db-wal", "journal.db-shm", "phoenix.pid", "phoenix.pid.oldbin",
+                    "phoenix.lock", "phoenix.sock", "control.sock", "outbox", "phoenix.log")
 
 
 def _name(uid: int) -> str:
