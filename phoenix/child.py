@@ -181,7 +181,14 @@ def _write_outbox(outbox: Path, job_id: int, attempt: int, data: bytes) -> None:
     final = f"{outbox}/{job_id}.{attempt}.json"
     temporary = f"{outbox}/.{job_id}.{attempt}.{os.getpid()}.tmp"
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        # O_EXCL | O_NOFOLLOW: no link planted at this name is followed. One left
+        # by an earlier process of the same pid (killed while writing) is removed first.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(temporary, flags, 0o600)
+        except FileExistsError:
+            os.unlink(temporary)
+            fd = os.open(temporary, flags, 0o600)
         try:
             written = 0
             while written < len(data):

@@ -28,7 +28,7 @@ from phoenix.journal import (
     journal_present,
 )
 from phoenix.metrics import MetricsError
-from phoenix.paths import StateDirError, StatePaths
+from phoenix.paths import StateDirError, StatePaths, check_parents
 from phoenix.sockets import SocketBusy
 from phoenix.store import Store, is_url, open_store
 from phoenix.untrusted import KeyRefused, check_key, visible
@@ -90,12 +90,62 @@ state_dir_option = click.option(
 )
 
 
-def _state_paths(state_dir: str | None, config_file: str | None = None,
-                 app_settings: dict[str, Any] | None = None) -> StatePaths:
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """One line on stderr, once per command however often it loads the settings."""
+    if message not in _warned:
+        _warned.add(message)
+        click.echo(f"phoenix: warning: {message}", err=True)
+
+
+def _settings(flags: dict[str, Any], app_settings: dict[str, Any] | None = None) -> Config:
+    """The settings of a command that needs only the state directory (and the
+    store): what else is wrong in the configuration is a warning, never a
+    lock-out (config.load)."""
+    return config_module.load(app_settings, None, flags, validate=False, warn=_warn_once)
+
+
+def _state_paths(state_dir: str | None, app_settings: dict[str, Any] | None = None,
+                 strict: bool = False) -> StatePaths:
     """Where a master of this configuration keeps its state, resolved as
-    `start` resolves it (the same sources, in the same order)."""
+    `start` resolves it (the same sources, in the same order), once checked
+    to be a directory of this user's alone (or not there yet). `strict`: a
+    configuration file with an unknown or mistyped setting is refused."""
     flags = {"state_dir": state_dir}
-    return StatePaths(config_module.load(app_settings, config_file, flags, validate=False).state_dir)
+    if strict:
+        settings = config_module.load(app_settings, None, flags, validate=False)
+    else:
+        settings = _settings(flags, app_settings)
+    paths = StatePaths(settings.state_dir)
+    paths.check_trusted()
+    return paths
+
+
+def _nothing_here(paths: StatePaths, state_dir: str | None) -> str:
+    """What to add to "nothing has run here" when the configuration names an
+    app that keeps its state elsewhere (App(state_dir=...)): a status or stop
+    run beside it would otherwise report no master while its daemon runs."""
+    if state_dir is not None or journal_present(paths.journal):
+        return ""
+    app_spec = _settings({}).app
+    if not app_spec:
+        return ""
+    here = os.stat(".")
+    if here.st_uid not in (0, os.geteuid()) or here.st_mode & 0o022:
+        # The app is imported from here: code another user could have put here is not run for a hint.
+        return (f"; the app {app_spec} is named in the configuration: if its App(...) sets state_dir, give "
+                f"--state-dir (it was not imported to see: this directory is another user's or writable by others)")
+    try:
+        application = load_app(app_spec)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - only a hint: whatever the app does, say so and go on
+        return (f"; the app {app_spec} named in the configuration could not be imported to see whether it sets "
+                f"its own state_dir ({type(exc).__name__}): give --state-dir")
+    app_root = StatePaths(_settings({}, application.settings).state_dir).root
+    if app_root == paths.root:
+        return ""
+    return f"; the app {app_spec} keeps its state in {app_root} (its App(state_dir=...)): give --state-dir {app_root}"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -159,6 +209,8 @@ def start(app: str | None, state_dir: str | None, config_file: str | None, daemo
     config = config_module.load(application.settings, config_file, flags)
     paths = StatePaths(config.state_dir)
     paths.ensure()
+    if config.log_file:  # appended to as this user: no other user may plant a link at its name
+        check_parents(Path(config.log_file).absolute(), "the log file")
 
     def load_config() -> Config:
         return config_module.load(application.settings, config_file, flags)
@@ -227,7 +279,9 @@ def check(app: str, state_dir: str | None, config_file: str | None, force: bool,
                                 {"state_dir": state_dir, "app": app, "store": store})
     for target in application.jobs:
         resolve_target(target)
-    journal_path = StatePaths(config.state_dir).journal
+    paths = StatePaths(config.state_dir)
+    paths.check_trusted()  # what `start` would refuse: a file, another user's directory
+    journal_path = paths.journal
     in_use: list[tuple[str, int, int]] = []
     if is_url(config.store):  # the queue every master of the shared store claims from
         with open_store(config.store, journal_path) as shared:
@@ -283,14 +337,14 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None, sto
     if key:
         check_key(key)  # before the state directory is made or touched
     job_params = decode_params(params)
-    shared = config_module.load(None, None, {"store": store}, validate=False).store
+    shared = _settings({"store": store, "state_dir": state_dir}).store
     if shared != "sqlite":
-        job_id, created = Client(store=shared).submit(target, job_params, key)
+        job_id, created = Client(store=shared, warn=_warn_once).submit(target, job_params, key)
         click.echo(json.dumps({"id": job_id, "created": created}))
         return
     spec = resolve_target(target)
     paths = _state_paths(state_dir, app_settings=spec.app.settings if spec.app is not None else None)
-    job_id, created = Client(state_dir=str(paths.root)).submit(target, job_params, key)
+    job_id, created = Client(state_dir=str(paths.root), warn=_warn_once).submit(target, job_params, key)
     click.echo(json.dumps({"id": job_id, "created": created}))
 
 
@@ -333,7 +387,7 @@ def status(state_dir: str | None, as_json: bool, watch_interval: float | None, s
     if (limit is not None or after is not None) and not as_json:
         fail("--limit and --after page the jobs of `phoenix status --json`: add --json")
     page = (after or 0, limit or JSON_PAGE) if as_json else None
-    shared = config_module.load(None, None, {"store": store}, validate=False).store
+    shared = _settings({"store": store, "state_dir": state_dir}).store
     if shared != "sqlite":
         from phoenix.store import check_setting
 
@@ -350,7 +404,7 @@ def status(state_dir: str | None, as_json: bool, watch_interval: float | None, s
             watch(paths, watch_interval)
         report, running = collect(paths, page)
     except NoJournal as exc:
-        fail(str(exc), EXIT_NOT_RUNNING)
+        fail(str(exc) + _nothing_here(paths, state_dir), EXIT_NOT_RUNNING)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -373,7 +427,7 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
     paths = _state_paths(state_dir)
     pid = pidfile.live_master_pid(paths.pidfile, paths.lockfile)
     if pid is None:
-        fail(f"no master is running on {paths.root}", EXIT_NOT_RUNNING)
+        fail(f"no master is running on {paths.root}{_nothing_here(paths, state_dir)}", EXIT_NOT_RUNNING)
     mode = "drain" if drain else "leave" if leave_running else "term"
     reply = control.request(paths.control_socket, {"cmd": "stop", "mode": mode})
     if not reply.get("ok", True):
@@ -399,12 +453,12 @@ def reload(state_dir: str | None, wait: bool, timeout: float, force: bool) -> No
     The preflight (`phoenix check`) must pass first; it refuses code that
     lacks a job target pending or running jobs use. --force overrides that
     check only; a plain USR2 never does."""
-    paths = _state_paths(state_dir)
+    paths = _state_paths(state_dir, strict=True)  # the new image reads the same file: refuse it here, first
     if pidfile.live_master_pid(paths.pidfile, paths.lockfile) is None:
-        fail(f"no master is running on {paths.root}: nothing to reload (start one with `phoenix start`)",
-             EXIT_NOT_RUNNING)
+        fail(f"no master is running on {paths.root}: nothing to reload (start one with `phoenix start`)"
+             f"{_nothing_here(paths, state_dir)}", EXIT_NOT_RUNNING)
     reply = control.request(paths.control_socket, {"cmd": "reload", "force": force})
-    generation = reply["generation"]
+    generation = control.reply_field(reply, "generation", int)
     if not wait:
         click.echo(f"reload requested (generation {generation})")
         return
@@ -412,19 +466,24 @@ def reload(state_dir: str | None, wait: bool, timeout: float, force: bool) -> No
     while time.monotonic() < deadline:
         time.sleep(0.05)
         try:
-            live = control.request(paths.control_socket, {"cmd": "status"}, timeout=2.0)["master"]
+            live = control.reply_field(control.request(paths.control_socket, {"cmd": "status"}, timeout=2.0),
+                                       "master", dict)
+            now = control.reply_field(live, "generation", int)
+        except (control.MalformedReply, control.ForeignServer):
+            raise  # something other than a master between images answers: say so now
         except control.ControlError:
             continue  # between images, or the old master exiting (fork mode)
-        result = live.get("reload") or {}
-        if live["generation"] > generation and live.get("state") == "degraded":
-            fail(f"reload failed: the new code could not be loaded; the master (pid {live['pid']}) keeps "
+        result = live.get("reload")
+        result = result if isinstance(result, dict) else {}
+        if now > generation and live.get("state") == "degraded":
+            fail(f"reload failed: the new code could not be loaded; the master (pid {live.get('pid')}) keeps "
                  f"watching the running jobs but starts none until a later reload loads good code:\n"
-                 f"{live.get('degraded_reason')}", 1)
-        if live["generation"] > generation:
-            click.echo(f"ready: generation {live['generation']}, pid {live['pid']}")
+                 f"{visible(str(live.get('degraded_reason')), multiline=True)}", 1)
+        if now > generation:
+            click.echo(f"ready: generation {now}, pid {live.get('pid')}")
             return
         if result.get("state") == "failed" and result.get("from_generation") == generation:
-            fail(f"reload failed: {result.get('error')}", 1)
+            fail(f"reload failed: {visible(str(result.get('error')), multiline=True)}", 1)
     fail(f"no new master was ready within {timeout} s", 1)
 
 
@@ -440,7 +499,7 @@ def report(state_dir: str | None, html_file: str, limit: int) -> None:
     from phoenix.report import write
 
     paths = _state_paths(state_dir)
-    _require_journal(paths)
+    _require_journal(paths, state_dir)
     attempts = write(paths.journal, Path(html_file), limit)
     click.echo(f"wrote {html_file}: {attempts} attempts")
 
@@ -455,17 +514,17 @@ def _existing_journal(state_dir: str | None, store: str | None = None, *,
     command that `writes` reads the whole journal first (SQLite's quick_check,
     as `phoenix start` does), so that it refuses a damaged one as `start` and
     `status` do instead of writing into it."""
+    setting = _settings({"store": store, "state_dir": state_dir}).store
     paths = _state_paths(state_dir)
-    setting = config_module.load(None, None, {"store": store}, validate=False).store
     if setting != "sqlite":
         return paths, open_store(setting, paths.journal)
-    _require_journal(paths)
+    _require_journal(paths, state_dir)
     return paths, Journal(paths.journal, create=False, verify=writes)
 
 
-def _require_journal(paths: StatePaths) -> None:
+def _require_journal(paths: StatePaths, state_dir: str | None) -> None:
     if not journal_present(paths.journal):
-        fail(f"no journal in {paths.root}: nothing has run here")
+        fail(f"no journal in {paths.root}: nothing has run here{_nothing_here(paths, state_dir)}")
 
 
 def _seconds(text: str | None) -> float | None:
@@ -585,7 +644,8 @@ def cancel(keys: tuple[str, ...], state_dir: str | None, store: str | None) -> N
         journal.close()
         # The master is the journal's writer while it runs: it cancels, so that
         # a pending job cannot start just as it is cancelled here.
-        states = control.request(paths.control_socket, {"cmd": "cancel", "keys": list(keys)})["cancelled"]
+        answer = control.request(paths.control_socket, {"cmd": "cancel", "keys": list(keys)})
+        states = {str(key): str(before) for key, before in control.reply_field(answer, "cancelled", dict).items()}
     else:
         with journal:
             states = {key: journal.cancel_pending(key) or "unknown" for key in keys}
@@ -648,7 +708,7 @@ def store() -> None:
 @friendly_errors
 def migrate(store: str | None) -> None:
     """Create the shared store's schema, or upgrade it to this Phoenix's version."""
-    url = config_module.load(None, None, {"store": store}, validate=False).store
+    url = _settings({"store": store}).store
     from phoenix.store import check_setting
 
     check_setting(url)

@@ -20,7 +20,7 @@ listening there is woken by a NOTIFY sent with the job's transaction.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from phoenix import config as config_module
 from phoenix import control
@@ -40,8 +40,11 @@ class Client:
     submission opens the journal for itself."""
 
     def __init__(self, state_dir: str | None = None, config_file: str | None = None, *,
-                 store: str | None = None) -> None:
-        settings = config_module.load(None, config_file, {"state_dir": state_dir, "store": store}, validate=False)
+                 store: str | None = None, warn: Callable[[str], None] | None = None) -> None:
+        # warn: settings other than state_dir and store that are wrong in the
+        # file are described to it instead of raising ConfigError (config.load).
+        settings = config_module.load(None, config_file, {"state_dir": state_dir, "store": store}, validate=False,
+                                      warn=warn)
         check_setting(settings.store)
         self.store = settings.store
         self.paths = StatePaths(settings.state_dir)

@@ -11,7 +11,7 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 class ConfigError(ValueError):
@@ -73,15 +73,23 @@ class Config:
             raise ConfigError("node must not be empty")
         return self
 
-    def overlay(self, values: dict[str, Any], source: str) -> "Config":
-        """A copy with `values` applied, each checked against the field's type."""
+    def overlay(self, values: dict[str, Any], source: str, problems: list[str] | None = None) -> "Config":
+        """A copy with `values` applied, each checked against the field's type.
+        With `problems`, a setting that is unknown or of the wrong type is
+        described there and left out, instead of raising ConfigError."""
         known = {f.name: f for f in dataclasses.fields(self)}
         updates: dict[str, Any] = {}
         for key, raw in values.items():
             name = key.replace("-", "_")
-            if name not in known:
-                raise ConfigError(f"unknown setting {key!r} in {source}; known settings: {', '.join(sorted(known))}")
-            updates[name] = _coerce(name, getattr(self, name), raw, source)
+            try:
+                if name not in known:
+                    raise ConfigError(f"unknown setting {key!r} in {source}; known settings: "
+                                      f"{', '.join(sorted(known))}")
+                updates[name] = _coerce(name, getattr(self, name), raw, source)
+            except ConfigError as exc:
+                if problems is None:
+                    raise
+                problems.append(f"unknown setting {key!r} in {source}" if name not in known else str(exc))
         return dataclasses.replace(self, **updates)
 
 
@@ -156,18 +164,32 @@ def env_settings(environ: dict[str, str] | os._Environ[str] = os.environ) -> dic
 
 
 def load(app_defaults: dict[str, Any] | None, config_file: str | None, flags: dict[str, Any],
-         validate: bool = True) -> Config:
+         validate: bool = True, warn: Callable[[str], None] | None = None) -> Config:
     """The one builder of settings, used by every command: merge every source
     in order of precedence and validate the result. Commands that only address
-    a master (status, stop, reload, submit) pass validate=False: they use the
-    state directory alone, and a setting that a running master would refuse
-    must never lock an operator out of it (types are checked all the same)."""
+    a master or read the state directory (status, stop, submit, jobs...) pass
+    validate=False and a `warn`: they need the state directory alone, and a
+    setting that a running master would refuse (a misspelt key, a value of
+    the wrong type, a file that is not TOML) must never lock an operator out
+    of it. Such settings are left out and described in one `warn` call;
+    without `warn` they raise ConfigError. Command-line flags are always checked."""
+    problems: list[str] | None = [] if warn is not None else None
     config = Config()
     if app_defaults:
-        config = config.overlay(app_defaults, "the App(...) arguments")
-    path = find_config_file(config_file)
-    if path is not None:
-        config = config.overlay(_file_settings(path), str(path))
-    config = config.overlay(env_settings(), "the PHOENIX_* environment")
+        config = config.overlay(app_defaults, "the App(...) arguments", problems)
+    try:
+        path = find_config_file(config_file)
+        if path is not None:
+            config = config.overlay(_file_settings(path), str(path), problems)
+    except ConfigError as exc:
+        if problems is None:
+            raise
+        if flags.get("state_dir") is None:  # the file may name it: going on without it could address another directory
+            raise ConfigError(f"{exc}; fix it, or give --state-dir") from None
+        problems.append(f"{exc} (the whole file is ignored)")
+    config = config.overlay(env_settings(), "the PHOENIX_* environment", problems)
     config = config.overlay({k: v for k, v in flags.items() if v is not None}, "the command line")
+    if warn is not None and problems:
+        warn(f"ignored, as this command needs only the state directory: {'; '.join(problems)} "
+             "(`phoenix check` says what a master would refuse)")
     return config.validate() if validate else config

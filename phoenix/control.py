@@ -23,6 +23,7 @@ from typing import Any, Callable
 from phoenix import log
 from phoenix.paths import unix_address
 from phoenix.sockets import bind_private
+from phoenix.untrusted import visible
 
 MAX_REQUEST_BYTES = 64 * 1024
 # A bound on connections held at once: hostile or stuck clients cost the master
@@ -46,6 +47,14 @@ _UCRED = struct.Struct("3i")
 
 class ControlError(RuntimeError):
     """No master answers on the control socket, or it refused the request."""
+
+
+class ForeignServer(ControlError):
+    """The control socket is served by a process of another user."""
+
+
+class MalformedReply(ControlError):
+    """A reply that lacks a field the command needs, or has one of another type."""
 
 
 def bind(path: Path) -> socket.socket:
@@ -334,6 +343,7 @@ def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[s
     try:
         with unix_address(path) as address:
             sock.connect(address)
+        _check_server(sock, path)  # before anything is sent: a stop must reach no impostor
         sock.sendall(json.dumps(message).encode() + b"\n")
         data = bytearray()
         while not data.endswith(b"\n"):
@@ -357,12 +367,39 @@ def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[s
         raise ControlError(f"the master on {path} hung up without a reply (it may be stopping, or out of "
                            "file descriptors: see its log)")
     try:
-        reply: dict[str, Any] = json.loads(data)
-    except ValueError:
-        raise ControlError(f"the master's reply on {path} was not JSON: {bytes(data[:200])!r}") from None
-    if not reply.get("ok", False):
-        raise ControlError(reply.get("error", "the master refused the request"))
+        reply = json.loads(data)
+    except (ValueError, RecursionError):
+        raise MalformedReply(f"the master's reply on {path} was not JSON: {bytes(data[:200])!r}") from None
+    if not isinstance(reply, dict):
+        raise MalformedReply(f"the master's reply on {path} was not a JSON object: {bytes(data[:200])!r}")
+    if reply.get("ok", False) is not True:
+        error = reply.get("error", "the master refused the request")
+        if not isinstance(error, str):
+            raise MalformedReply(f"the master's refusal on {path} has no readable error: {bytes(data[:200])!r}")
+        raise ControlError(visible(error, multiline=True))
     return reply
+
+
+def _check_server(sock: socket.socket, path: Path) -> None:
+    """The process listening at `path` must run as this user (or root): any
+    other is not our master. SO_PEERCRED names the process that called
+    listen(); its pid is not compared with the pidfile's, as a fork-mode
+    successor serves on the socket its predecessor listened on."""
+    _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    if uid not in (os.geteuid(), 0):
+        raise ForeignServer(f"{path} is served by a process of uid {uid}, not by a master of this user "
+                           f"(uid {os.geteuid()}): nothing was sent to it. Remove that socket, or check who "
+                           "wrote it into the state directory")
+
+
+def reply_field(reply: dict[str, Any], name: str, kind: type[Any]) -> Any:
+    """`reply[name]`, checked against `kind`: a reply of another shape is an
+    error line for the operator, never a KeyError traceback."""
+    value = reply.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise MalformedReply(f"the master's reply has no valid {name!r} (is the control socket a Phoenix "
+                             f"master's of this version?)")
+    return value
 
 
 WAKE_TIMEOUT = 1.0  # a master that does not answer in time still finds the jobs on its next poll

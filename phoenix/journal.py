@@ -15,6 +15,7 @@ import json
 import os
 import sqlite3
 import struct
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,10 +232,13 @@ def _create(path: Path) -> None:
     if _orphan_wal(path):  # SQLite would replay its pages into the new file
         raise damaged(path, f"it is missing, but its write-ahead log {_wal(path)} is still there: the journal "
                             f"was deleted or moved without it, and a new journal would take in its stale pages")
-    temp = path.with_name(f"{path.name}.creating-{os.getpid()}")
-    # Private to this user (SQLite gives -wal and -shm the same mode):
-    # job parameters and results may be sensitive.
-    os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+    # Private to this user (SQLite gives -wal and -shm the same mode): job
+    # parameters and results may be sensitive. mkstemp: an unpredictable name
+    # made with O_EXCL, so no link planted at the name is followed.
+    fd, name = tempfile.mkstemp(prefix=f"{path.name}.creating-", dir=path.parent)
+    os.fchmod(fd, 0o600)  # exactly, whatever the umask
+    os.close(fd)
+    temp = Path(name)
     try:
         db = sqlite3.connect(temp, isolation_level=None)
         try:

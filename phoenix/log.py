@@ -154,6 +154,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
+LOG_FILE_MODE = 0o600  # a new log file's mode, whatever the umask (0666 under umask 000: anyone could forge lines)
+
+
+class PrivateFileHandler(logging.FileHandler):
+    """A FileHandler whose new file is created 0600 exactly, not 0666 minus
+    the umask. An existing file keeps the mode it has (the operator's choice)."""
+
+    def _open(self) -> Any:
+        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors, opener=_open_private)
+
+
+def _open_private(path: str, flags: int) -> int:
+    while True:
+        try:
+            fd = os.open(path, flags | os.O_EXCL | os.O_CLOEXEC, LOG_FILE_MODE)
+        except FileExistsError:
+            try:
+                return os.open(path, (flags & ~os.O_CREAT) | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # rotated away in between: make it
+        os.fchmod(fd, LOG_FILE_MODE)
+        return fd
+
+
 def setup(level: str = "info", fmt: str = "text", file: str | None = None, master_pid: int | None = None) -> None:
     """Configure the root logger (job code's logging goes the same way; the
     fork server configures its own alike, naming its master)."""
@@ -163,7 +187,7 @@ def setup(level: str = "info", fmt: str = "text", file: str | None = None, maste
     if _handler is not None:
         root.removeHandler(_handler)
         _handler.close()
-    _handler = logging.FileHandler(file) if file else logging.StreamHandler(sys.stderr)
+    _handler = PrivateFileHandler(file) if file else logging.StreamHandler(sys.stderr)
     _formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     _handler.setFormatter(_formatter)
     root.addHandler(_handler)

@@ -8,9 +8,11 @@ master is alive: a pid in the file may belong to anybody by now."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,11 +33,36 @@ def read_pid(path: Path) -> int | None:
         return None
 
 
+PIDFILE_MODE = 0o644  # whatever the umask: readable (a pid is no secret), written by the master alone
+
+
 def write_atomically(path: Path, pid: int) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w") as f:
-        f.write(f"{pid}\n")
-    os.rename(temporary, path)
+    """Through a temporary file of an unpredictable name made with O_EXCL
+    (mkstemp): no link planted at a name Phoenix would use is followed."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, PIDFILE_MODE)
+        os.write(fd, f"{pid}\n".encode())
+        os.close(fd)
+        fd = -1
+        os.rename(temporary, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        os.unlink(temporary)
+        raise
+
+
+def open_lock_file(path: Path) -> int:
+    """The lock file, created 0600 if missing; never through a link planted at
+    its name (O_NOFOLLOW), and refused if another user's."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    owner = os.fstat(fd).st_uid
+    if owner != os.geteuid():
+        os.close(fd)
+        raise PermissionError(errno.EPERM, f"the lock file belongs to uid {owner}, not to this user", str(path))
+    os.fchmod(fd, 0o600)  # exactly, whatever the umask
+    return fd
 
 
 def _describe(pid: int) -> str:
@@ -55,7 +82,7 @@ class PidFile:
     def acquire(self) -> None:
         """Take the lock (or keep the one inherited across exec) and write our pid."""
         if self.lock_fd is None:
-            fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = open_lock_file(self.lockfile)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -95,7 +122,7 @@ class PidFile:
     def rebuild(self) -> None:
         """After the state directory was removed under us: a new lock file,
         locked, and the pidfile again, so no second master can start there."""
-        fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = open_lock_file(self.lockfile)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -121,7 +148,7 @@ class PidFile:
 def live_master_pid(pidfile: Path, lockfile: Path) -> int | None:
     """The pid of the master holding the lock, or None when no master runs."""
     try:
-        fd = os.open(lockfile, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(lockfile, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:

@@ -68,14 +68,15 @@ def collect(paths: StatePaths, page: tuple[int, int] | None = None) -> tuple[dic
             first_start, last_reload = journal.master_times()
     elif live is None and silent is None:
         raise NoJournal(f"no journal in {paths.root}: nothing has run here")
-    running = (live or {}).get("running", {})
+    running = _running(live)
     for job in jobs:
         now = running.get(str(job["id"]))
-        job["last_beat_age"] = now["last_beat_age"] if now else None
+        job["last_beat_age"] = now.get("last_beat_age") if now else None
         if now:
-            job.update(pid=now["pid"], age=now["age"], progress=now["progress"], rss=now["rss"])
+            job.update(pid=now.get("pid"), age=now.get("age"), progress=now.get("progress"), rss=now.get("rss"))
     if live is not None:
-        master = {k: live["master"][k] for k in MASTER_FIELDS if k in live["master"]}
+        live_master = _checked(control.reply_field(live, "master", dict), _MASTER_KINDS, "master")
+        master = {k: live_master[k] for k in MASTER_FIELDS if k in live_master}
         wall = time.time()
         # Since the first start of this master (replacements keep it going), and since its last replacement.
         master["first_started_at"] = first_start
@@ -110,6 +111,8 @@ def ask_master(paths: StatePaths) -> tuple[dict[str, Any] | None, dict[str, Any]
             return None, not_responding(pid, process_state, "it is stopped and cannot answer until it is continued")
         try:
             return control.request(paths.control_socket, {"cmd": "status"}, timeout=ANSWER_WITHIN), None
+        except (control.ForeignServer, control.MalformedReply):
+            raise  # not "stopped": something else answers there, which the operator must hear of
         except control.ControlError as exc:
             if time.monotonic() >= deadline:
                 return None, not_responding(pid, process_state, str(exc))
@@ -121,6 +124,39 @@ def not_responding(pid: int | None, process_state: str | None, why: str) -> dict
     state_name = PROCESS_STATES.get(process_state or "", "unknown")
     return {"pid": pid, "state": NOT_RESPONDING, "process_state": process_state, "process_state_name": state_name,
             "error": why}
+
+
+_NUMBER = (int, float)
+# The live reply's fields that the report computes with or formats, and their
+# types: a reply of another shape (an impostor, another version) is an error
+# line (control.MalformedReply), never a traceback.
+_MASTER_KINDS: dict[str, tuple[type[Any], ...]] = {
+    "pid": (int,), "generation": (int,), "state": (str,), "uptime": _NUMBER}
+_CHILD_KINDS: dict[str, tuple[type[Any], ...]] = {
+    "pid": (int, type(None)), "age": _NUMBER, "last_beat_age": _NUMBER, "rss": (int, type(None))}
+
+
+def _malformed(what: str) -> control.MalformedReply:
+    return control.MalformedReply(f"the master's status reply has no valid {what} (is the control socket a "
+                                  "Phoenix master's of this version?)")
+
+
+def _checked(values: dict[str, Any], kinds: dict[str, tuple[type[Any], ...]], what: str) -> dict[str, Any]:
+    for name, kind in kinds.items():
+        value = values.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise _malformed(f"{what} {name!r}")
+    return values
+
+
+def _running(live: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The live reply's running children by job id."""
+    if live is None:
+        return {}
+    running = live.get("running", {})
+    if not isinstance(running, dict) or not all(isinstance(child, dict) for child in running.values()):
+        raise _malformed("'running'")
+    return {job: _checked(child, _CHILD_KINDS, "running child") for job, child in running.items()}
 
 
 def duration(seconds: float | None) -> str:

@@ -66,7 +66,7 @@ def test_unwritable_state_dir(tmp_path):
     blocker.write_text("")
     result = phoenix_cli("start", "tests.apps.jobs:app", state_dir=blocker / "state")
     assert result.returncode == 2
-    assert "cannot create the state directory" in error_of(result)
+    assert "is under a file, not a directory" in error_of(result)
 
 
 def test_corrupt_journal_is_named_and_left_untouched(state_dir):
