@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
-from phoenix import lineage, protocol
+from phoenix import lineage, output, protocol
 from phoenix.app import JobSpec, decode_params
 from phoenix.signals import set_child_subreaper, unignore_reserved_signals
 from phoenix.title import set_title
@@ -199,17 +199,18 @@ ORDER_HEADER = 8  # bytes of big-endian length before an order's JSON
 
 def order(job_id: int, key: str, attempt: int, target: str, params: str, heartbeat_interval: float,
           delivery_timeout: float, attempt_id: int | None = None, orphan: tuple[float, float] | None = None,
-          ) -> bytes:
+          output_to: tuple[str, int] | None = None) -> bytes:
     """What the master writes to a waiting child once the attempt is recorded:
     the job to run and the settings to run it with (a spare child may have
     been forked before a reload changed them). Length first: the child must
     not need EOF, which a process forked by app code in a master thread
     would hold back by keeping a copy of the pipe's write end. `orphan`
     (shared store only): (seconds without any master, kill grace) after which
-    the child ends its own attempt (see leases.orphan_after)."""
+    the child ends its own attempt (see leases.orphan_after). `output_to`:
+    (directory, byte limit per attempt) of the job's own output (output.py)."""
     payload = json.dumps({"job": job_id, "key": key, "attempt": attempt, "target": target, "params": params,
                           "interval": heartbeat_interval, "delivery": delivery_timeout,
-                          "attempt_id": attempt_id, "orphan": orphan}).encode()
+                          "attempt_id": attempt_id, "orphan": orphan, "output": output_to}).encode()
     return len(payload).to_bytes(ORDER_HEADER, "big") + payload
 
 
@@ -252,6 +253,7 @@ def run(
     holds these fds), not by the master."""
     global _runtime
     code = 70
+    capture: output.Capture | None = None
     try:
         if server_fds is None:
             _detach_from_master(keep_fds | {order_fd})
@@ -265,6 +267,8 @@ def run(
         context = ChildContext(got["job"], got["key"], got["attempt"], decode_params(got["params"]),
                                got.get("attempt_id"))
         set_title(f"phoenix: job {visible(context.key)} attempt {context.attempt}")  # a NUL would raise
+        if got.get("output"):
+            capture = _capture_output(got["output"], context)
         sender = protocol.Sender(socket_path)
         sender.connect()
         orphan = got.get("orphan")
@@ -276,6 +280,7 @@ def run(
         # after this child was forked is imported here, and may take a while.
         spec = resolve(got["target"])
         code, final = _perform(spec, context)
+        _flush_std_streams()  # what the job printed is in its output before its outcome is recorded
         # On the same connection, after every beat: the master acknowledges it
         # once it is in the journal. Only without an ack (the master being
         # replaced too long, or gone) does the outcome go to a file.
@@ -286,10 +291,36 @@ def run(
     finally:
         try:
             lineage.end_own_descendants()
-            sys.stdout.flush()
-            sys.stderr.flush()
+            _flush_std_streams()
+            if capture is not None:
+                capture.finish()
         finally:
             os._exit(code)
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass  # closed by the job, or its disk is full: nothing more to keep
+
+
+def _capture_output(where: list[Any], context: ChildContext) -> output.Capture | None:
+    """The job's stdout and stderr go to its attempt's file from here on; the
+    `logging` records of the job still go where the master's do (formatted,
+    one record each), through the stderr this child had."""
+    root, max_bytes = str(where[0]), int(where[1])
+    capture = output.Capture.start(root, context.job_id, context.attempt, max_bytes)
+    if capture is None:
+        return None
+    _thread.start_new_thread(capture.watch, ())
+    output.log_stream = capture.saved_stream()
+    log_module = sys.modules.get("phoenix.log")  # never imported here: only if logging is set up already
+    if log_module is not None and output.log_stream is not None:
+        log_module.keep_on_stream(output.log_stream)
+    return capture
 
 
 def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from phoenix import child
+from phoenix import child, output
 from phoenix.app import load_app, resolve_target
 from phoenix.signals import blocked_signal_fd
 from phoenix.title import set_title
@@ -167,7 +167,8 @@ def _set_up_logging(settings: dict[str, Any]) -> None:
     """A job's log records go where the master's do, formatted alike."""
     from phoenix import log
 
-    log.setup(settings["log_level"], settings["log_format"], settings["log_file"], master_pid=settings["master"])
+    log.setup(settings["log_level"], settings["log_format"], settings["log_file"], master_pid=settings["master"],
+              stream=output.log_stream)  # in a job child: the stderr it had, not the job's output file
 
 
 class _SetUpLoggingOnImport:
