@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
-from phoenix import lineage, output, protocol
+from phoenix import forksafety, lineage, output, protocol
 from phoenix.app import JobSpec, decode_params
 from phoenix.signals import set_child_subreaper, unignore_reserved_signals
 from phoenix.title import set_title
@@ -269,6 +269,10 @@ def run(
         set_title(f"phoenix: job {visible(context.key)} attempt {context.attempt}")  # a NUL would raise
         if got.get("output"):
             capture = _capture_output(got["output"], context)
+        try:
+            forksafety.after_fork()  # thread pools and numpy's random state the app set up at import
+        except Exception:  # noqa: BLE001 - a repair that fails leaves the job as it was: it still runs
+            traceback.print_exc()  # in the attempt's output
         sender = protocol.Sender(socket_path)
         sender.connect()
         orphan = got.get("orphan")

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from phoenix import child, output
+from phoenix import child, forksafety, output
 from phoenix.app import load_app, resolve_target
 from phoenix.signals import blocked_signal_fd
 from phoenix.title import set_title
@@ -156,6 +156,7 @@ def _load(settings: dict[str, Any]) -> str | None:
         load_app(settings["app"])
     except BaseException as exc:  # noqa: BLE001 - an app that fails here (even sys.exit) only costs the server
         return f"the fork server could not import the app: {type(exc).__name__}: {exc}"
+    forksafety.inspect()  # what each child repairs before its job (the master logged the same findings)
     if "logging" in sys.modules:
         _set_up_logging(settings)
     else:
