@@ -94,7 +94,7 @@ def test_a_flood_is_kept_within_the_limit_and_never_slows_the_master(master_fact
     assert size <= limit, size
     assert text.startswith(b"[phoenix: ") and b"bytes of this attempt's earlier output dropped" in text
     assert text.endswith(b"the last line\n")
-    assert largest < 200 * 1024 * 1024 // 4, "the file was not kept bounded while the job flooded"
+    assert largest < 200 * 1024 * 1024 // 2, "the file was not kept bounded while the job flooded"
     assert master.log_path.stat().st_size < 20_000, "the flood reached the master's log"
 
 
@@ -142,9 +142,9 @@ def test_an_attempt_that_prints_nothing_leaves_no_file(master_factory):
     master = master_factory(app=APP)
     master.submit(f"{TARGET}:ticks", {"n": 0, "every": 0}, key="quiet")
     assert finished(master, "quiet")["state"] == "finished"
-    assert not any(master.paths.output.iterdir()) if master.paths.output.exists() else True
+    assert not master.paths.output.exists() or not any(master.paths.output.iterdir())
     shown = logs(master, "quiet")
-    assert shown.returncode == 0 and shown.stdout == b""
+    assert shown.returncode == 0 and shown.stdout == b"" and b"left no output here" in shown.stderr
 
 
 def test_output_survives_a_replacement_and_a_grandchild_writing_on_does_not_reach_the_log(master_factory, tmp_path):
