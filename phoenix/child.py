@@ -53,11 +53,12 @@ class _Runtime:
     """The live state of this child process (one per process, set after fork)."""
 
     def __init__(self, context: ChildContext, sender: protocol.Sender, interval: float,
-                 orphan: tuple[float, float] | None = None) -> None:
+                 orphan: tuple[float, float] | None = None, capture: output.Capture | None = None) -> None:
         self.context = context
         self.sender = sender
         self.interval = interval
         self.orphan = orphan  # (seconds without a master, kill grace): shared store only
+        self.capture = capture  # the job's output file, looked at once per beat
         self.progress = 0
         self.seq = 0
         self.final_seq = 0
@@ -86,10 +87,14 @@ class _Runtime:
             # Keep this beat (and its number) until it is sent: the master may be
             # gone for a while (a crash, then a new one binds the path); none of it is fatal.
             while not self.sender.send_once(message):
+                if self.capture is not None:
+                    self.capture.check()
                 if self.orphan is not None and time.monotonic() - unsent_since >= self.orphan[0]:
                     self.end_orphaned()
                 time.sleep(protocol.jitter(delay, 2 * delay))
                 delay = min(delay * 2, self.interval)
+            if self.capture is not None:
+                self.capture.check()
             time.sleep(self.interval)
 
     def end_orphaned(self) -> None:
@@ -268,7 +273,7 @@ def run(
                                got.get("attempt_id"))
         set_title(f"phoenix: job {visible(context.key)} attempt {context.attempt}")  # a NUL would raise
         if got.get("output"):
-            capture = _capture_output(got["output"], context)
+            capture = _capture_output(got["output"], context, streams_prepared=server_fds is not None)
         try:
             forksafety.after_fork()  # thread pools and numpy's random state the app set up at import
         except Exception:  # noqa: BLE001 - a repair that fails leaves the job as it was: it still runs
@@ -276,7 +281,7 @@ def run(
         sender = protocol.Sender(socket_path)
         sender.connect()
         orphan = got.get("orphan")
-        _runtime = _Runtime(context, sender, got["interval"], (orphan[0], orphan[1]) if orphan else None)
+        _runtime = _Runtime(context, sender, got["interval"], (orphan[0], orphan[1]) if orphan else None, capture)
         # _thread, not threading.Thread: start() waits for the thread to run
         # (about 1 ms), and this process only ever leaves through os._exit.
         _thread.start_new_thread(_runtime.beat_forever, ())
@@ -311,19 +316,19 @@ def _flush_std_streams() -> None:
                 pass  # closed by the job, or its disk is full: nothing more to keep
 
 
-def _capture_output(where: list[Any], context: ChildContext) -> output.Capture | None:
+def _capture_output(where: list[Any], context: ChildContext, streams_prepared: bool) -> output.Capture | None:
     """The job's stdout and stderr go to its attempt's file from here on; the
     `logging` records of the job still go where the master's do (formatted,
     one record each), through the stderr this child had."""
     root, max_bytes = str(where[0]), int(where[1])
-    capture = output.Capture.start(root, context.job_id, context.attempt, max_bytes)
+    capture = output.Capture.start(root, context.job_id, context.attempt, max_bytes, streams_prepared)
     if capture is None:
         return None
-    _thread.start_new_thread(capture.watch, ())
-    output.log_stream = capture.saved_stream()
     log_module = sys.modules.get("phoenix.log")  # never imported here: only if logging is set up already
-    if log_module is not None and output.log_stream is not None:
-        log_module.keep_on_stream(output.log_stream)
+    if log_module is not None:
+        stream = output.log_stream()
+        if stream is not None:
+            log_module.keep_on_stream(stream)
     return capture
 
 

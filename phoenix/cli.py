@@ -533,10 +533,10 @@ def logs(key: str, number: int | None, follow: bool, state_dir: str | None, stor
     except BrokenPipeError:  # `phoenix logs KEY | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
-    if reader.offset == 0 and chosen <= numbers[-1] - output.KEEP_ATTEMPTS:
+    if reader.position == 0 and chosen <= numbers[-1] - output.KEEP_ATTEMPTS:
         click.echo(f"phoenix: the output of attempt {chosen} is no longer kept (only the last "
                    f"{output.KEEP_ATTEMPTS} attempts' is)", err=True)
-    elif reader.offset == 0 and not os.path.exists(reader.path):
+    elif reader.position == 0 and not os.path.exists(reader.path):
         click.echo(f"phoenix: attempt {chosen} of {visible(key)!r} left no output here (it wrote nothing, or "
                    "ran on another host: its output is in that host's state directory)", err=True)
 

@@ -135,6 +135,7 @@ def main() -> NoReturn:
             # app installed (a TERM handler, SIGCHLD ignored) would otherwise
             # be every job child's, which keep this table.
             child.reset_signal_handlers()
+            output.prepare_streams()  # once here, not in each child
             gc.freeze()  # the app's objects: never scanned here or in a child, so their pages stay shared
             signal_fd = blocked_signal_fd({signal.SIGCHLD})
             sock.send(READY)
@@ -169,7 +170,7 @@ def _set_up_logging(settings: dict[str, Any]) -> None:
     from phoenix import log
 
     log.setup(settings["log_level"], settings["log_format"], settings["log_file"], master_pid=settings["master"],
-              stream=output.log_stream)  # in a job child: the stderr it had, not the job's output file
+              stream=output.log_stream())  # in a job child: the stderr it had, not the job's output file
 
 
 class _SetUpLoggingOnImport:

@@ -1,7 +1,7 @@
 """A job's own output: what its process and everything it starts write to
 stdout and stderr goes to one file per attempt, never to the master's log.
 
-    <state-dir>/output/<job id>/<attempt>.log
+    <state-dir>/output/<job id>.<attempt>.log
 
 Why a file the child writes itself, not a pipe the master reads: a child
 outlives its master's exec (USR2), a fork-mode replacement and a master's
@@ -12,22 +12,27 @@ buffers or waits for any of it. The child opens the file once it knows its
 job (after its order), makes it its fd 1 and 2 (so C code, subprocesses and
 grandchildren write there too), and keeps its own descriptor of it.
 
-Bounded: a thread of the child checks the file's size (every half second, and
-every 20 ms while it grows) and, past `max_bytes`, keeps only its last half
-behind a line saying how much was dropped. Pruned: a job keeps the files of
-its last KEEP_ATTEMPTS attempts; an attempt that wrote nothing leaves none.
+Bounded: the child's beat thread looks at the file's size at each beat; once
+it passes half of `max_bytes`, a thread of its own checks it every 20 ms
+while it grows (every half second when it does not) and, past `max_bytes`,
+keeps only its last half behind a line saying how much was dropped; the
+child's last act trims it once more. Pruned: a job keeps the files of its
+last KEEP_ATTEMPTS attempts; an attempt that wrote nothing leaves none. One
+flat directory, no directory per job: a mkdir and an rmdir per job cost more
+than the rest of the capture together.
 
 Read with `phoenix logs KEY` (`-f` follows until the attempt ends).
 """
 
 from __future__ import annotations
 
+import _thread
 import codecs
 import errno
 import os
 import sys
 import time
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from phoenix.untrusted import visible
 
@@ -36,58 +41,58 @@ DEFAULT_MAX_BYTES = 1024 * 1024  # per attempt (job_output_max_bytes)
 MIN_MAX_BYTES = 4096
 KEEP_ATTEMPTS = 3  # a job keeps the output of its last three attempts
 # In a job child whose stderr is its output: the stderr it had before (its
-# master's), where a job's `logging` records go (see forkserver._set_up_logging).
-log_stream: IO[str] | None = None
+# master's), where a job's `logging` records go (see log_stream).
+_saved_stderr: int | None = None
+_log_stream: IO[str] | None = None
 IDLE_CHECK = 0.5  # seconds between two checks of a file that does not grow
 BUSY_CHECK = 0.02  # ... of one that grows
 _LINE_SEARCH = 4096  # a trimmed file starts at a line if one starts this near its cut
-
-
-def job_dir(root: str | os.PathLike[str], job_id: int) -> str:
-    return f"{os.fspath(root)}/{job_id}"
+DROPPED_XATTR = "user.phoenix.dropped"  # bytes cut from the head of an attempt's file in place
 
 
 def attempt_file(root: str | os.PathLike[str], job_id: int, attempt: int) -> str:
-    return f"{job_dir(root, job_id)}/{attempt}.log"
+    return f"{os.fspath(root)}/{job_id}.{attempt}.log"
 
 
-def trim_note(dropped: int, max_bytes: int) -> bytes:
+def trim_note(dropped: int) -> bytes:
     return (f"[phoenix: {dropped} bytes of this attempt's earlier output dropped here, to keep it within "
-            f"job_output_max_bytes = {max_bytes}]\n").encode()
+            "job_output_max_bytes]\n").encode()
 
 
 class Capture:
     """This child's output file: fd 1 and 2 point at it, `fd` is its own."""
 
-    def __init__(self, fd: int, path: str, max_bytes: int, saved_stderr: int | None) -> None:
+    __slots__ = ("fd", "path", "max_bytes", "identity", "dropped", "watched", "lock")
+
+    def __init__(self, fd: int, path: str, max_bytes: int) -> None:
         self.fd = fd
         self.path = path
         self.max_bytes = max_bytes
-        self.saved_stderr = saved_stderr  # the stderr the child had before (the master's), close-on-exec
         stat = os.fstat(fd)
         self.identity = (stat.st_dev, stat.st_ino)
         self.dropped = 0
+        self.watched = False  # a thread of its own checks it (see check)
+        self.lock = _thread.allocate_lock()  # one trim at a time: the watching thread's, or the child's last
 
     @classmethod
-    def start(cls, root: str, job_id: int, attempt: int, max_bytes: int) -> "Capture | None":
+    def start(cls, root: str, job_id: int, attempt: int, max_bytes: int, streams_prepared: bool = False,
+              ) -> "Capture | None":
         """Point this process's stdout and stderr at the attempt's file. None
         if it cannot be created (no space, no inodes): then they point at
-        /dev/null, never at the master's log, and the job runs all the same."""
-        for stream in (sys.stdout, sys.stderr):  # what was written before is not the job's
-            if stream is not None:
-                try:
-                    stream.flush()
-                except (OSError, ValueError):
-                    pass
-        saved: int | None
+        /dev/null, never at the master's log, and the job runs all the same.
+        `streams_prepared`: the parent flushed sys.stdout and sys.stderr and
+        made stdout line-buffered before it forked (see prepare_streams)."""
+        global _saved_stderr
+        if not streams_prepared:
+            prepare_streams()
         try:
-            saved = os.dup(2)
-            os.set_inheritable(saved, False)
+            _saved_stderr = os.dup(2)
+            os.set_inheritable(_saved_stderr, False)
         except OSError:
-            saved = None
+            _saved_stderr = None
         path = attempt_file(root, job_id, attempt)
         try:
-            fd = _create(root, job_id, attempt, path)
+            fd = _create(root, job_id, attempt)
         except OSError:
             devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
             os.dup2(devnull, 1)
@@ -96,28 +101,16 @@ class Capture:
             return None
         os.dup2(fd, 1)  # inheritable: the job's subprocesses write here too
         os.dup2(fd, 2)
-        try:
-            # Line by line, as on a terminal: `phoenix logs -f` shows a print when it is made.
-            sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-        except (AttributeError, ValueError, OSError):
-            pass  # replaced by the app with something else: its own business
-        return cls(fd, path, max_bytes, saved)
+        return cls(fd, path, max_bytes)
 
-    def saved_stream(self) -> IO[str] | None:
-        """The stderr this child had before the capture, as a text stream:
-        where the job's `logging` records go (with the master's)."""
-        if self.saved_stderr is None:
-            return None
-        return open(self.saved_stderr, "w", buffering=1, encoding="utf-8", errors="backslashreplace",
-                    closefd=False)
-
-    def _own_fd(self) -> int | None:
-        """A descriptor of the file, checked: a job that closed fds may have
-        reused the number for a file of its own, which is never trimmed."""
+    def _own(self) -> tuple[int, int] | None:
+        """(a descriptor of the file, its size), checked: a job that closed
+        fds may have reused the number for a file of its own, which is never
+        trimmed. None if the file is gone or replaced."""
         try:
             stat = os.fstat(self.fd)
             if (stat.st_dev, stat.st_ino) == self.identity:
-                return self.fd
+                return self.fd, stat.st_size
         except OSError:
             pass
         try:  # by its path (the job closed our descriptor); the number we had may be the job's now: left alone
@@ -129,30 +122,69 @@ class Capture:
             os.close(fd)
             return None
         self.fd = fd
-        return fd
+        return fd, stat.st_size
 
     def size(self) -> int | None:
-        fd = self._own_fd()
-        return None if fd is None else os.fstat(fd).st_size
+        own = self._own()
+        return None if own is None else own[1]
 
     def trim(self) -> None:
-        """Keep the last half of the limit, behind a line saying what went.
-        What the job appends between the read and the truncation is lost
-        with the rest: the file is being flooded."""
-        fd = self._own_fd()
-        if fd is None:
-            return
-        size = os.fstat(fd).st_size
-        if size <= self.max_bytes:
-            return
+        """Keep about the last half of the limit. Where the file system can
+        (ext4, XFS), the head is cut out in place (FALLOC_FL_COLLAPSE_RANGE,
+        whole blocks): the job's appends go on untouched, nothing it writes
+        meanwhile is lost, and the count of bytes cut is kept in the file's
+        DROPPED_XATTR for `phoenix logs` to say. Elsewhere (tmpfs) the tail
+        is copied to the start behind a line saying what went, and what the
+        job appends in the microseconds between that copy and the truncation
+        is lost with the rest."""
+        with self.lock:
+            own = self._own()
+            if own is None:
+                return
+            fd, size = own
+            if size <= self.max_bytes:
+                return
+            block = os.fstat(fd).st_blksize or 4096
+            cut = -(-(size - self.max_bytes // 2) // block) * block  # whole blocks, leaving at most half the limit
+            if cut >= size:
+                cut = (size - 1) // block * block  # a collapse must end before the end of the file
+            if cut > 0 and _collapse(fd, cut):
+                self.dropped += cut
+                try:
+                    os.setxattr(fd, DROPPED_XATTR, str(self.dropped).encode())
+                except OSError:
+                    pass  # no user xattrs here: `phoenix logs` cannot say how much went, only that some did
+                return
+            self._cut(fd, size)
+
+    def _cut(self, fd: int, size: int) -> None:
         keep = self.max_bytes // 2
-        tail = os.pread(fd, keep, size - keep)
+        for _ in range(3):
+            tail = os.pread(fd, keep, size - keep)
+            now = os.fstat(fd).st_size
+            if now == size:
+                break
+            size = now
         line_start = tail.find(b"\n", 0, _LINE_SEARCH)
         if line_start >= 0:
             tail = tail[line_start + 1:]
         self.dropped += size - len(tail)
         os.ftruncate(fd, 0)
-        _write_all(fd, trim_note(self.dropped, self.max_bytes) + tail)  # O_APPEND: at the end, wherever that is
+        _write_all(fd, trim_note(self.dropped) + tail)  # O_APPEND: at the end, wherever that is
+
+    def check(self) -> None:
+        """At each beat (the beat thread's): a file past half its limit gets
+        a thread of its own that keeps it within the limit. Most jobs write
+        little or nothing, and never start it."""
+        if self.watched:
+            return
+        try:
+            size = self.size()
+        except OSError:
+            return
+        if size is not None and size > self.max_bytes // 2:
+            self.watched = True
+            _thread.start_new_thread(self.watch, ())
 
     def watch(self) -> None:
         """A thread's whole life: keep the file within its limit."""
@@ -173,45 +205,97 @@ class Capture:
         """At the child's end: the file within its limit (what came since the
         last check), or none at all for an attempt that wrote nothing."""
         try:
-            self.trim()
-            if self.size() == 0:
+            size = self.size()
+            if size == 0:
                 os.unlink(self.path)
-                os.rmdir(os.path.dirname(self.path))  # only if no other attempt left a file there
+            elif size is not None and size > self.max_bytes:
+                self.trim()
         except OSError:
             pass
 
 
-def _create(root: str, job_id: int, attempt: int, path: str) -> int:
-    directory = job_dir(root, job_id)
-    for folder in (root, directory):
-        try:
-            os.mkdir(folder, 0o700)
-        except FileExistsError:
-            pass
-    _prune(directory, attempt)
+def prepare_streams() -> None:
+    """Once in a process that forks job children (the fork server, after the
+    app's import), not in each child: nothing the app printed at import is
+    left in a buffer that every child would write into its own output, and
+    stdout is line-buffered as on a terminal, so that `phoenix logs -f` shows
+    a print when it is made."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+    try:
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        pass  # replaced by the app with something else: its own business
+
+
+def log_stream() -> IO[str] | None:
+    """In a job child whose output is captured: the stderr it had before, as
+    a text stream (made on first use), where the job's `logging` records go,
+    as its master's do. None elsewhere."""
+    global _log_stream
+    if _log_stream is None and _saved_stderr is not None:
+        _log_stream = open(_saved_stderr, "w", buffering=1, encoding="utf-8", errors="backslashreplace",
+                           closefd=False)
+    return _log_stream
+
+
+def _create(root: str, job_id: int, attempt: int) -> int:
+    """The attempt's file, new. One found at its name (a pruned job's whose
+    id came back, a journal restored from a copy) is replaced: the number is
+    this attempt's now. The attempt KEEP_ATTEMPTS before this one goes (each
+    attempt removes one, so a job keeps its last KEEP_ATTEMPTS)."""
+    path = attempt_file(root, job_id, attempt)
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        return os.open(path, flags, 0o600)
-    except FileExistsError:  # left by a journal restored from a copy: the attempt number is this one's now
+        fd = os.open(path, flags, 0o600)
+    except FileNotFoundError:  # the first job of this state directory
+        try:
+            os.mkdir(root, 0o700)
+        except FileExistsError:
+            pass
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
         os.unlink(path)
-        return os.open(path, flags, 0o600)
+        fd = os.open(path, flags, 0o600)
+    if attempt > KEEP_ATTEMPTS:
+        try:
+            os.unlink(attempt_file(root, job_id, attempt - KEEP_ATTEMPTS))
+        except OSError:
+            pass  # it wrote nothing, or never ran
+    return fd
 
 
-def _prune(directory: str, attempt: int) -> None:
-    """Older attempts' files beyond the last KEEP_ATTEMPTS; at a job's first
-    attempt, anything there (a pruned job's, whose id came back)."""
+_FALLOC_FL_COLLAPSE_RANGE = 0x08
+_fallocate: Any = None  # libc's fallocate, loaded at the first trim: most jobs never need it
+
+
+def _collapse(fd: int, length: int) -> bool:
+    """Remove the first `length` bytes (whole blocks) of the file in place;
+    False where the file system cannot (then nothing changed)."""
+    global _fallocate
     try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for name in names:
-        number, dot, suffix = name.partition(".")
-        stale = attempt == 1 or not (number.isdigit() and dot and suffix == "log")
-        if stale or int(number) <= attempt - KEEP_ATTEMPTS:
-            try:
-                os.unlink(f"{directory}/{name}")
-            except OSError:
-                pass
+        if _fallocate is None:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+            _fallocate = libc.fallocate
+        return bool(_fallocate(fd, _FALLOC_FL_COLLAPSE_RANGE, 0, length) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def dropped_bytes(fd: int) -> int:
+    """How many bytes of the attempt's output were cut from the head of its
+    file in place (see Capture.trim); 0 if none, or unknown."""
+    try:
+        return int(os.getxattr(fd, DROPPED_XATTR))
+    except (OSError, ValueError):
+        return 0
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -224,13 +308,17 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class Reader:
-    """Reads an attempt's file from where it last stopped; a file trimmed
-    meanwhile (shorter than what was read) is read again from its start,
-    which is the line saying what was dropped."""
+    """Reads an attempt's output from where it last stopped. `position`
+    counts the whole output of the attempt, including what was cut from the
+    file's head in place (DROPPED_XATTR), so a cut never makes it read a
+    part twice; what was cut before it was read is said in a line. A file
+    rewritten shorter instead (the copy-and-truncate trim) is read again
+    from its start, which is the line saying what was dropped."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.offset = 0
+        self.position = 0
+        self.rewrites = 0  # the count in the note of the last copy-and-truncate trim seen
 
     def read(self) -> bytes:
         try:
@@ -242,15 +330,41 @@ class Reader:
                 return b""  # a link planted where the file should be: not ours to follow
             raise
         try:
-            if os.fstat(fd).st_size < self.offset:
-                self.offset = 0
+            dropped = dropped_bytes(fd)
+            start = self.position - dropped
+            unread = 0
+            if start < 0:  # cut before it was read
+                unread, start = -start, 0
+            elif dropped == 0 and self._rewritten(fd):  # its start says what went: read from there
+                start = 0
             chunks = []
-            while chunk := os.pread(fd, 1 << 20, self.offset):
+            offset = start
+            while chunk := os.pread(fd, 1 << 20, offset):
                 chunks.append(chunk)
-                self.offset += len(chunk)
-            return b"".join(chunks)
+                offset += len(chunk)
+            data = b"".join(chunks)
+            self.position = dropped + offset
+            if unread:  # a cut falls on a block, not a line: start at the next line
+                line_start = data.find(b"\n", 0, _LINE_SEARCH)
+                if line_start >= 0:
+                    unread += line_start + 1
+                    data = data[line_start + 1:]
+                return trim_note(unread) + data
+            return data
         finally:
             os.close(fd)
+
+    def _rewritten(self, fd: int) -> bool:
+        """Whether the file was trimmed by copy and truncation since the last
+        read: it starts with a note whose count is new."""
+        head = os.pread(fd, len(trim_note(1 << 62)), 0)
+        if not head.startswith(b"[phoenix: "):
+            return False
+        count = head.split(b" ", 2)[1]
+        if not count.isdigit() or int(count) == self.rewrites:
+            return False
+        self.rewrites = int(count)
+        return True
 
 
 class Printer:
