@@ -644,15 +644,42 @@ def prune(finished_before: str, failed_before: str | None, as_json: bool, state_
     callback has not run yet, are never deleted."""
     finished_age = parse_duration(finished_before)
     failed_age = _seconds(failed_before)
-    _paths, journal = _existing_journal(state_dir, store)
+    paths, journal = _existing_journal(state_dir, store)
     now = time.time()
     with journal:
         removed = journal.prune(finished_before=now - finished_age,
                                 failed_before=None if failed_age is None else now - failed_age)
+        removed["output_files"] = _prune_output(paths, journal)
     if as_json:
         click.echo(json.dumps(removed))
     else:
         click.echo("deleted " + ", ".join(f"{n} {what}" for what, n in removed.items()))
+
+
+def _prune_output(paths: StatePaths, journal: Store) -> int:
+    """The output files of jobs no longer in the journal (this prune's, or an
+    earlier one's); one look-up per job that has files."""
+    from phoenix import output
+
+    try:
+        names = os.listdir(paths.output)
+    except OSError:
+        return 0
+    by_job: dict[int, list[str]] = {}
+    for name in names:
+        job_id = output.job_of_file(name)
+        if job_id is not None:
+            by_job.setdefault(job_id, []).append(name)
+    removed = 0
+    for job_id, files in by_job.items():
+        if journal.job_row(job_id) is None:
+            for name in files:
+                try:
+                    os.unlink(paths.output / name)
+                    removed += 1
+                except OSError:
+                    pass  # gone already
+    return removed
 
 
 @main.group()

@@ -54,6 +54,14 @@ def attempt_file(root: str | os.PathLike[str], job_id: int, attempt: int) -> str
     return f"{os.fspath(root)}/{job_id}.{attempt}.log"
 
 
+def job_of_file(name: str) -> int | None:
+    """The job id of an attempt's file name (JOB.N.log), or None."""
+    job, dot, rest = name.partition(".")
+    attempt, dot2, suffix = rest.partition(".")
+    ok = job.isdigit() and attempt.isdigit() and dot and dot2 and suffix == "log"
+    return int(job) if ok else None
+
+
 def trim_note(dropped: int) -> bytes:
     return (f"[phoenix: {dropped} bytes of this attempt's earlier output dropped here, to keep it within "
             "job_output_max_bytes]\n").encode()
@@ -94,10 +102,13 @@ class Capture:
         try:
             fd = _create(root, job_id, attempt)
         except OSError:
-            devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-            os.dup2(devnull, 1)
-            os.dup2(devnull, 2)
-            os.close(devnull)
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+                os.dup2(devnull, 1)
+                os.dup2(devnull, 2)
+                os.close(devnull)
+            except OSError:  # not even that (no file descriptors left on the system): closed, never the log
+                os.closerange(1, 3)
             return None
         os.dup2(fd, 1)  # inheritable: the job's subprocesses write here too
         os.dup2(fd, 2)

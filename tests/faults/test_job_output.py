@@ -144,6 +144,19 @@ def test_each_attempt_has_its_own_output_and_only_the_last_three_are_kept(master
     assert sorted(p.name for p in master.paths.output.iterdir()) == [f"{job_id}.{n}.log" for n in (3, 4, 5)]
 
 
+def test_prune_removes_the_output_of_the_jobs_it_deletes(master_factory):
+    master = master_factory(app=APP)
+    master.submit(f"{TARGET}:fails_until", {"succeed_at": 1}, key="gone")  # finishes at once, printing a line
+    assert finished(master, "gone")["state"] == "finished"
+    running_id = master.submit(f"{TARGET}:ticks", {"n": 100, "every": 0.1}, key="running")
+    running = Path(output.attempt_file(master.paths.output, running_id, 1))
+    wait_for(running.exists, what="the running job's output")
+    result = phoenix_cli("prune", "--finished-before", "0s", "--json", state_dir=master.state_dir)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["output_files"] == 1
+    assert [p.name for p in master.paths.output.iterdir()] == [running.name]  # a running job's is kept
+
+
 def test_an_attempt_that_prints_nothing_leaves_no_file(master_factory):
     master = master_factory(app=APP)
     master.submit(f"{TARGET}:ticks", {"n": 0, "every": 0}, key="quiet")
