@@ -81,7 +81,8 @@ def _thread_pools() -> list[Any]:
         args = getattr(thread, "_args", ())
         reference = args[0] if args else None
         pool = reference() if callable(reference) else None
-        if pool is not None and hasattr(pool, "_threads") and hasattr(pool, "_idle_semaphore"):
+        usable = pool is not None and not getattr(pool, "_shutdown", True)  # a shut-down pool refuses work anyway
+        if usable and hasattr(pool, "_threads") and hasattr(pool, "_idle_semaphore"):
             pools[id(pool)] = pool
     return list(pools.values())
 
