@@ -80,3 +80,13 @@ def closes_its_output(params):
     os.write(fd, b"y" * params["bytes"])
     time.sleep(params["linger"])
     return {"fd": fd}
+
+
+@app.job
+def logs_and_prints(params):
+    """Logging imported only when the job runs (this app does not import it)."""
+    import logging
+
+    logging.getLogger("tests.job_output").info("a record from job %s", params["who"])
+    print(f"a print from job {params['who']}")
+    return None

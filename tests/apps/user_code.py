@@ -39,3 +39,13 @@ def calls_setsid(params):
                            start_new_session=True, capture_output=True, text=True, check=True)
     return {"setsid": outcome, "leads_its_group": os.getpgid(0) == os.getpid(),
             "subprocess_leads_its_session": child.stdout.strip()}
+
+
+@app.job
+def logs_and_prints(params):
+    """Forked from the master (this app's thread pool keeps spawns there)."""
+    import logging
+
+    logging.getLogger("tests.user_code").info("a record from job %s", params["who"])
+    print(f"a print from job {params['who']}")
+    return None

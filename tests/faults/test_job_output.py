@@ -67,11 +67,20 @@ def test_a_jobs_bytes_go_to_its_attempt_file_never_to_the_masters_log(master_fac
     assert shown.stdout.index(b"\xff\xfe") < shown.stdout.index(b"from-a-subprocess")
 
 
-def test_a_jobs_logging_records_still_reach_the_masters_log_and_its_prints_do_not(master_factory):
-    master = master_factory()  # tests.apps.jobs: logs_a_line logs a record, the app does not import logging
-    master.submit("tests.apps.jobs:logs_a_line", {"who": "w9"}, key="w9")
+@pytest.mark.parametrize("app", [
+    "tests.apps.job_output",  # fork server; logging imported by the job
+    "tests.apps.seeded_numpy",  # fork server; logging imported by the app, set up before the fork
+    "tests.apps.user_code",  # children forked from the master
+])
+def test_a_jobs_logging_records_still_reach_the_masters_log_and_its_prints_do_not(master_factory, app):
+    master = master_factory(app=f"{app}:app")
+    master.submit(f"{app}:logs_and_prints", {"who": "w9"}, key="w9")
+    assert finished(master, "w9")["state"] == "finished"
     master.wait_log("a record from job w9", timeout=15, what="the job's record in the master's log")
-    assert_only_records(master.log(), "text")
+    log = master.log()
+    assert "a print from job w9" not in log
+    assert_only_records(log, "text")
+    assert logs(master, "w9").stdout == b"a print from job w9\n"  # and no record there
 
 
 def test_a_flood_is_kept_within_the_limit_and_never_slows_the_master(master_factory):
