@@ -7,9 +7,12 @@ records Phoenix wrote, in text as in JSON, across a replacement too."""
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
 import signal
 import subprocess
+import termios
 import time
 from pathlib import Path
 
@@ -33,6 +36,34 @@ def finished(master, key: str, timeout: float = 30.0) -> dict:
 def logs(master, *args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([*PHOENIX, "logs", *args, "--state-dir", str(master.state_dir)], cwd=REPO,
                           capture_output=True, timeout=60)
+
+
+def logs_on_a_terminal(master, *args: str) -> bytes:
+    """What `phoenix logs` writes when its stdout is a terminal (a pty)."""
+    controller, terminal = pty.openpty()
+    try:
+        attributes = termios.tcgetattr(terminal)
+        attributes[1] &= ~termios.OPOST  # the bytes as written: no newline translation by the terminal
+        termios.tcsetattr(terminal, termios.TCSANOW, attributes)
+        proc = subprocess.Popen([*PHOENIX, "logs", *args, "--state-dir", str(master.state_dir)], cwd=REPO,
+                                stdout=terminal, stderr=subprocess.PIPE)
+        os.close(terminal)
+        terminal = -1
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the last writer closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=30) == 0
+        return b"".join(chunks)
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
 
 
 def assert_only_records(log: str, fmt: str) -> None:
@@ -65,6 +96,9 @@ def test_a_jobs_bytes_go_to_its_attempt_file_never_to_the_masters_log(master_fac
     for part in (b"\x1b[2J", b"\xff\xfe", b'{"unclosed": ', b"from-a-subprocess\n", b"to-its-stderr\n"):
         assert part in shown.stdout
     assert shown.stdout.index(b"\xff\xfe") < shown.stdout.index(b"from-a-subprocess")
+    # To a terminal: every control character but newline and tab shown escaped, nothing raw.
+    on_terminal = logs_on_a_terminal(master, "hostile")
+    assert b"\x1b" not in on_terminal and b"\\x1b[2J" in on_terminal and b"\\xff\\xfe" in on_terminal
 
 
 @pytest.mark.parametrize("app", [

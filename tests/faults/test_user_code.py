@@ -85,3 +85,18 @@ def test_the_repairs_in_a_forked_child_of_this_process():
         pool.shutdown()
     assert forksafety.inspect().thread_pools == []  # shut down: it refuses work in a child as here, nothing to say
     assert "numpy.random" not in sys.modules or found.numpy_random
+
+
+def test_a_process_pool_used_at_import_is_named():
+    """In-process: a ProcessPoolExecutor's processes are not a forked child's
+    to use; it is found and said, not repaired."""
+    pool = concurrent.futures.ProcessPoolExecutor(1)
+    try:
+        assert pool.submit(abs, -3).result(timeout=30) == 3
+        found = forksafety.inspect()
+        assert found.process_pools == 1
+        said = [what for what, _effect in found.notices() if "process pool" in what]
+        assert len(said) == 1 and "not its own" in said[0]
+    finally:
+        pool.shutdown()
+    assert forksafety.inspect().process_pools == 0
