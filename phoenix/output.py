@@ -29,6 +29,7 @@ from __future__ import annotations
 import _thread
 import codecs
 import errno
+import io
 import os
 import sys
 import time
@@ -225,22 +226,59 @@ class Capture:
             pass
 
 
+# A write the output's file system has no room for: dropped, never raised into the job.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class _KeptWriter(io.RawIOBase):
+    """fd 1 or 2 under sys.stdout and sys.stderr of a job child: a full disk
+    under the state directory is the host's shortage, not the job's, so a
+    print is not made to fail the job for it (its text is lost, as a
+    pipe's reader that is gone would lose it)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self.fd)
+
+    def write(self, data: Any) -> int:
+        try:
+            return os.write(self.fd, data)
+        except OSError as exc:
+            if exc.errno in _NO_ROOM:
+                return len(memoryview(data).cast("B"))
+            raise
+
+
 def prepare_streams() -> None:
     """Once in a process that forks job children (the fork server, after the
     app's import), not in each child: nothing the app printed at import is
-    left in a buffer that every child would write into its own output, and
-    stdout is line-buffered as on a terminal, so that `phoenix logs -f` shows
-    a print when it is made."""
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-    try:
-        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    except (AttributeError, ValueError, OSError):
-        pass  # replaced by the app with something else: its own business
+    left in a buffer that every child would write into its own output;
+    sys.stdout and sys.stderr become streams over fds 1 and 2 that drop what
+    a full disk refuses (see _KeptWriter), stdout line-buffered as on a
+    terminal, so that `phoenix logs -f` shows a print when it is made."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            continue
+        try:
+            stream.flush()
+            fd = stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            continue  # closed, or replaced by the app with something else: its own business
+        if fd not in (1, 2):
+            continue
+        kept = io.TextIOWrapper(io.BufferedWriter(_KeptWriter(fd)), encoding=getattr(stream, "encoding", "utf-8"),
+                                errors=getattr(stream, "errors", "strict"), line_buffering=True)
+        setattr(sys, name, kept)
 
 
 def log_stream() -> IO[str] | None:

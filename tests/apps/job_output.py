@@ -43,8 +43,9 @@ def flood(params):
 
 @app.job
 def ticks(params):
+    padding = "." * params.get("pad", 0)  # a line longer than a page needs new blocks of the disk
     for i in range(params["n"]):
-        print(f"tick {i}")
+        print(f"tick {i}{padding}")
         phoenix.heartbeat()
         time.sleep(params["every"])
     return None

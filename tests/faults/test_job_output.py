@@ -22,6 +22,7 @@ from phoenix import output
 from tests.conftest import wait_for
 from tests.driver import PHOENIX, REPO, phoenix_cli
 from tests.faults.conftest import report
+from tests.faults.test_storage import fill
 
 APP = "tests.apps.job_output:app"
 TARGET = "tests.apps.job_output"
@@ -242,3 +243,31 @@ def test_job_output_max_bytes_is_checked(tmp_path):
     result = phoenix_cli("check", APP, env={"PHOENIX_JOB_OUTPUT_MAX_BYTES": "100"}, state_dir=tmp_path / "s")
     assert result.returncode == 2
     assert "job_output_max_bytes must be at least 4096" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_full_disk_under_the_output_does_not_fail_a_job_that_prints(master_factory, tmp_path):
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs", str(mountpoint)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"needs permission to mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        master = master_factory(app=APP, state=mountpoint / "state")
+        job_id = master.submit(f"{TARGET}:ticks", {"n": 40, "every": 0.05, "pad": 5000}, key="printer")
+        path = Path(output.attempt_file(master.paths.output, job_id, 1))
+        wait_for(lambda: path.exists() and path.stat().st_size > 0, what="the job's first lines")
+        pid = next(iter(master.live()["running"].values()))["pid"]
+        filler = fill(mountpoint)
+        try:
+            # It prints on into a full disk to its end; its outcome waits in the master (the journal is full too).
+            wait_for(lambda: not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text()
+                     .rsplit(")", 1)[1].split()[0] == "Z", what="the job's process to end")
+        finally:
+            filler.unlink()
+        job = finished(master, "printer")
+        # Before: a print raised OSError (ENOSPC) into the job, which failed.
+        assert job["state"] == "finished" and job["attempt"] == 1, job
+        master.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
