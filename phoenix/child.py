@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
-from phoenix import lineage, protocol
+from phoenix import forksafety, lineage, output, protocol
 from phoenix.app import JobSpec, decode_params
 from phoenix.signals import set_child_subreaper, unignore_reserved_signals
 from phoenix.title import set_title
@@ -56,11 +56,12 @@ class _Runtime:
     """The live state of this child process (one per process, set after fork)."""
 
     def __init__(self, context: ChildContext, sender: protocol.Sender, interval: float,
-                 orphan: tuple[float, float] | None = None) -> None:
+                 orphan: tuple[float, float] | None = None, capture: output.Capture | None = None) -> None:
         self.context = context
         self.sender = sender
         self.interval = interval
         self.orphan = orphan  # (seconds without a master, kill grace): shared store only
+        self.capture = capture  # the job's output file, looked at once per beat
         self.progress = 0
         self.seq = 0
         self.final_seq = 0
@@ -89,10 +90,14 @@ class _Runtime:
             # Keep this beat (and its number) until it is sent: the master may be
             # gone for a while (a crash, then a new one binds the path); none of it is fatal.
             while not self.sender.send_once(message):
+                if self.capture is not None:
+                    self.capture.check()
                 if self.orphan is not None and time.monotonic() - unsent_since >= self.orphan[0]:
                     self.end_orphaned()
                 time.sleep(protocol.jitter(delay, 2 * delay))
                 delay = min(delay * 2, self.interval)
+            if self.capture is not None:
+                self.capture.check()
             time.sleep(self.interval)
 
     def end_orphaned(self) -> None:
@@ -209,17 +214,18 @@ ORDER_HEADER = 8  # bytes of big-endian length before an order's JSON
 
 def order(job_id: int, key: str, attempt: int, target: str, params: str, heartbeat_interval: float,
           delivery_timeout: float, attempt_id: int | None = None, orphan: tuple[float, float] | None = None,
-          ) -> bytes:
+          output_to: tuple[str, int] | None = None) -> bytes:
     """What the master writes to a waiting child once the attempt is recorded:
     the job to run and the settings to run it with (a spare child may have
     been forked before a reload changed them). Length first: the child must
     not need EOF, which a process forked by app code in a master thread
     would hold back by keeping a copy of the pipe's write end. `orphan`
     (shared store only): (seconds without any master, kill grace) after which
-    the child ends its own attempt (see leases.orphan_after)."""
+    the child ends its own attempt (see leases.orphan_after). `output_to`:
+    (directory, byte limit per attempt) of the job's own output (output.py)."""
     payload = json.dumps({"job": job_id, "key": key, "attempt": attempt, "target": target, "params": params,
                           "interval": heartbeat_interval, "delivery": delivery_timeout,
-                          "attempt_id": attempt_id, "orphan": orphan}).encode()
+                          "attempt_id": attempt_id, "orphan": orphan, "output": output_to}).encode()
     return len(payload).to_bytes(ORDER_HEADER, "big") + payload
 
 
@@ -262,6 +268,7 @@ def run(
     holds these fds), not by the master."""
     global _runtime
     code = 70
+    capture: output.Capture | None = None
     try:
         if server_fds is None:
             _detach_from_master(keep_fds | {order_fd})
@@ -275,10 +282,16 @@ def run(
         context = ChildContext(got["job"], got["key"], got["attempt"], decode_params(got["params"]),
                                got.get("attempt_id"))
         set_title(f"phoenix: job {visible(context.key)} attempt {context.attempt}")  # a NUL would raise
+        if got.get("output"):
+            capture = _capture_output(got["output"], context, streams_prepared=server_fds is not None)
+        try:
+            forksafety.after_fork()  # thread pools and numpy's random state the app set up at import
+        except Exception:  # noqa: BLE001 - a repair that fails leaves the job as it was: it still runs
+            traceback.print_exc()  # in the attempt's output
         sender = protocol.Sender(socket_path)
         sender.connect()
         orphan = got.get("orphan")
-        _runtime = _Runtime(context, sender, got["interval"], (orphan[0], orphan[1]) if orphan else None)
+        _runtime = _Runtime(context, sender, got["interval"], (orphan[0], orphan[1]) if orphan else None, capture)
         # _thread, not threading.Thread: start() waits for the thread to run
         # (about 1 ms), and this process only ever leaves through os._exit.
         _thread.start_new_thread(_runtime.beat_forever, ())
@@ -286,6 +299,7 @@ def run(
         # after this child was forked is imported here, and may take a while.
         spec = resolve(got["target"])
         code, final = _perform(spec, context)
+        _flush_std_streams()  # what the job printed is in its output before its outcome is recorded
         # On the same connection, after every beat: the master acknowledges it
         # once it is in the journal. Only without an ack (the master being
         # replaced too long, or gone) does the outcome go to a file.
@@ -296,8 +310,9 @@ def run(
     finally:
         try:
             lineage.end_own_descendants()
-            sys.stdout.flush()
-            sys.stderr.flush()
+            _flush_std_streams()
+            if capture is not None:
+                capture.finish()
         finally:
             os._exit(code)
 
@@ -314,6 +329,31 @@ def _fitted(text: str) -> str:
         if size <= MAX_ERROR_BYTES:
             return fitted
         limit = min(limit, len(text)) * MAX_ERROR_BYTES // size  # fewer characters, in proportion
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass  # closed by the job, or its disk is full: nothing more to keep
+
+
+def _capture_output(where: list[Any], context: ChildContext, streams_prepared: bool) -> output.Capture | None:
+    """The job's stdout and stderr go to its attempt's file from here on; the
+    `logging` records of the job still go where the master's do (formatted,
+    one record each), through the stderr this child had."""
+    root, max_bytes = str(where[0]), int(where[1])
+    capture = output.Capture.start(root, context.job_id, context.attempt, max_bytes, streams_prepared)
+    if capture is None:
+        return None
+    log_module = sys.modules.get("phoenix.log")  # never imported here: only if logging is set up already
+    if log_module is not None:
+        stream = output.log_stream()
+        if stream is not None:
+            log_module.keep_on_stream(stream)
+    return capture
 
 
 def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:

@@ -1,5 +1,5 @@
 """The `phoenix` command: start, submit, status, stop, reload, check, and the
-operator's jobs, show, retry, cancel, prune."""
+operator's jobs, show, logs, retry, cancel, prune."""
 
 from __future__ import annotations
 
@@ -585,6 +585,65 @@ def show(key: str, state_dir: str | None, as_json: bool, store: str | None) -> N
         render_show(report)
 
 
+FOLLOW_POLL = 0.2  # seconds between two looks at a followed attempt's file and journal row
+
+
+@main.command()
+@click.argument("key")
+@click.option("--attempt", "number", type=click.IntRange(min=1), help="This attempt's output (default: the latest).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing what the attempt writes until it ends.")
+@state_dir_option
+@store_option
+@friendly_errors
+def logs(key: str, number: int | None, follow: bool, state_dir: str | None, store: str | None) -> None:
+    """Print what a job wrote to its stdout and stderr (its processes' too):
+    the latest attempt's, or --attempt N's; the last job_output_max_bytes of
+    each attempt are kept, for its last 3 attempts. To a terminal, control
+    characters are shown escaped; to a pipe or a file, the bytes as written."""
+    from phoenix import output
+
+    paths, journal = _existing_journal(state_dir, store)
+    printer = output.Printer(sys.stdout.buffer, sys.stdout.isatty())
+    try:
+        with journal:
+            job = journal.job_by_key(key)
+            if job is None:
+                fail(f"no job with key {visible(key)!r}: `phoenix jobs` lists them", 1)
+            attempts = journal.attempts_of(job["id"])
+            while follow and not attempts and number is None:
+                time.sleep(FOLLOW_POLL)  # not started yet: its first attempt is the one to follow
+                attempts = journal.attempts_of(job["id"])
+            if not attempts:
+                fail(f"job {visible(key)!r} has not started an attempt yet: no output", 1)
+            numbers = [a["n"] for a in attempts]
+            chosen = numbers[-1] if number is None else number
+            if chosen not in numbers:
+                fail(f"job {visible(key)!r} has no attempt {chosen} (its attempts: {numbers[0]} to {numbers[-1]})",
+                     1)
+            reader = output.Reader(output.attempt_file(paths.output, job["id"], chosen))
+            printer.write(reader.read())
+            while follow and not _attempt_ended(journal, job["id"], chosen):
+                time.sleep(FOLLOW_POLL)
+                printer.write(reader.read())
+            printer.write(reader.read())  # what came before the attempt's end was recorded
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:  # `phoenix logs KEY | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
+    if reader.position == 0 and chosen <= numbers[-1] - output.KEEP_ATTEMPTS:
+        click.echo(f"phoenix: the output of attempt {chosen} is no longer kept (only the last "
+                   f"{output.KEEP_ATTEMPTS} attempts' is)", err=True)
+    elif reader.position == 0 and not os.path.exists(reader.path):
+        click.echo(f"phoenix: attempt {chosen} of {visible(key)!r} left no output here (it wrote nothing, or "
+                   "ran on another host: its output is in that host's state directory)", err=True)
+
+
+def _attempt_ended(journal: Store, job_id: int, number: int) -> bool:
+    return any(a["n"] == number and (a["ended_at"] is not None or a["outcome"] is not None)
+               for a in journal.attempts_of(job_id))
+
+
 @main.command()
 @click.argument("keys", nargs=-1)
 @click.option("--failed", "all_failed", is_flag=True,
@@ -687,15 +746,42 @@ def prune(finished_before: str, failed_before: str | None, as_json: bool, state_
     callback has not run yet, are never deleted."""
     finished_age = parse_duration(finished_before)
     failed_age = _seconds(failed_before)
-    _paths, journal = _existing_journal(state_dir, store, writes=True)
+    paths, journal = _existing_journal(state_dir, store, writes=True)
     now = time.time()
     with journal:
         removed = journal.prune(finished_before=now - finished_age,
                                 failed_before=None if failed_age is None else now - failed_age)
+        removed["output_files"] = _prune_output(paths, journal)
     if as_json:
         click.echo(json.dumps(removed))
     else:
         click.echo("deleted " + ", ".join(f"{n} {what}" for what, n in removed.items()))
+
+
+def _prune_output(paths: StatePaths, journal: Store) -> int:
+    """The output files of jobs no longer in the journal (this prune's, or an
+    earlier one's); one look-up per job that has files."""
+    from phoenix import output
+
+    try:
+        names = os.listdir(paths.output)
+    except OSError:
+        return 0
+    by_job: dict[int, list[str]] = {}
+    for name in names:
+        job_id = output.job_of_file(name)
+        if job_id is not None:
+            by_job.setdefault(job_id, []).append(name)
+    removed = 0
+    for job_id, files in by_job.items():
+        if journal.job_row(job_id) is None:
+            for name in files:
+                try:
+                    os.unlink(paths.output / name)
+                    removed += 1
+                except OSError:
+                    pass  # gone already
+    return removed
 
 
 @main.group()

@@ -44,6 +44,7 @@ class Config:
     store: str = "sqlite"  # "sqlite" (STATE_DIR/journal.db) or a postgresql:// URL shared by many masters
     node: str | None = None  # this master's name in a shared store (default: host name and state directory)
     lease_ttl: float = 30.0  # seconds a master's lease in a shared store lasts without renewal
+    job_output_max_bytes: int = 1024 * 1024  # a job's stdout and stderr kept per attempt (the last part of it)
 
     def validate(self) -> "Config":
         positive = ("heartbeat_interval", "heartbeat_timeout", "callback_timeout", "outcome_delivery_timeout",
@@ -54,6 +55,8 @@ class Config:
         for name in ("workers", "retries", "restart_intensity", "kill_grace", "backoff_base", "backoff_cap"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative (got {getattr(self, name)!r})")
+        if self.job_output_max_bytes < 4096:
+            raise ConfigError(f"job_output_max_bytes must be at least 4096 (got {self.job_output_max_bytes!r})")
         if self.callback_threads < 1:
             raise ConfigError("callback_threads must be at least 1")
         if self.heartbeat_timeout <= self.heartbeat_interval:

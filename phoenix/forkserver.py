@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from phoenix import child
+from phoenix import child, forksafety, output
 from phoenix.app import load_app, resolve_target
 from phoenix.signals import blocked_signal_fd
 from phoenix.title import set_title
@@ -135,6 +135,7 @@ def main() -> NoReturn:
             # app installed (a TERM handler, SIGCHLD ignored) would otherwise
             # be every job child's, which keep this table.
             child.reset_signal_handlers()
+            output.prepare_streams()  # once here, not in each child
             gc.freeze()  # the app's objects: never scanned here or in a child, so their pages stay shared
             signal_fd = blocked_signal_fd({signal.SIGCHLD})
             sock.send(READY)
@@ -161,6 +162,7 @@ def _load(settings: dict[str, Any]) -> str | None:
         load_app(settings["app"])
     except BaseException as exc:  # noqa: BLE001 - an app that fails here (even sys.exit) only costs the server
         return f"the fork server could not import the app: {type(exc).__name__}: {exc}"
+    forksafety.inspect()  # what each child repairs before its job (the master logged the same findings)
     if "logging" in sys.modules:
         _set_up_logging(settings)
     else:
@@ -172,7 +174,8 @@ def _set_up_logging(settings: dict[str, Any]) -> None:
     """A job's log records go where the master's do, formatted alike."""
     from phoenix import log
 
-    log.setup(settings["log_level"], settings["log_format"], settings["log_file"], master_pid=settings["master"])
+    log.setup(settings["log_level"], settings["log_format"], settings["log_file"], master_pid=settings["master"],
+              stream=output.log_stream())  # in a job child: the stderr it had, not the job's output file
 
 
 class _SetUpLoggingOnImport:

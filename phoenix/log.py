@@ -18,6 +18,8 @@ _handler: logging.StreamHandler[Any] | None = None
 _formatter: TextFormatter | JsonFormatter | None = None  # _handler's, as setup() made it
 # Set by setup() in the master; a child (forked from it) keeps its master's.
 _master_pid: int | None = None
+# In a job child, the stderr it had before its own became the job's output file.
+_master_stream: Any = None
 
 
 def event(level: int, name: str, **fields: Any) -> None:
@@ -178,20 +180,33 @@ def _open_private(path: str, flags: int) -> int:
         return fd
 
 
-def setup(level: str = "info", fmt: str = "text", file: str | None = None, master_pid: int | None = None) -> None:
+def setup(level: str = "info", fmt: str = "text", file: str | None = None, master_pid: int | None = None,
+          stream: Any = None) -> None:
     """Configure the root logger (job code's logging goes the same way; the
-    fork server configures its own alike, naming its master)."""
-    global _handler, _formatter, _master_pid
+    fork server configures its own alike, naming its master). `stream`: where
+    records go without a file, if not sys.stderr (in a job child, whose
+    stderr is the job's output file)."""
+    global _handler, _formatter, _master_pid, _master_stream
     _master_pid = master_pid or os.getpid()
+    _master_stream = stream or _master_stream
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)
         _handler.close()
-    _handler = PrivateFileHandler(file) if file else logging.StreamHandler(sys.stderr)
+    _handler = PrivateFileHandler(file) if file else logging.StreamHandler(_master_stream or sys.stderr)
     _formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     _handler.setFormatter(_formatter)
     root.addHandler(_handler)
     root.setLevel(level.upper())
+
+
+def keep_on_stream(stream: Any) -> None:
+    """In a job child whose stderr just became the job's output file: the log
+    keeps writing where it wrote (the master's stderr), through `stream`."""
+    global _master_stream
+    _master_stream = stream
+    if _handler is not None and not isinstance(_handler, logging.FileHandler):
+        _handler.setStream(stream)
 
 
 def reopen() -> None:

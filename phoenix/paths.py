@@ -82,6 +82,11 @@ class StatePaths:
     def outbox(self) -> Path:
         return self.root / "outbox"
 
+    @property
+    def output(self) -> Path:
+        # Each job's own output, one file per attempt, written by its child (see output.py).
+        return self.root / "output"
+
     def check_length(self) -> None:
         """Refuse, before anything is created or recorded, a directory whose
         files nothing could open. A socket path over AF_UNIX's limit is not

@@ -21,6 +21,7 @@ from phoenix.liveness import verdict
 from phoenix.metrics import Counters
 from phoenix.outage import STORAGE_ERRORS, JournalOutage
 from phoenix.outcomes import Classified
+from phoenix.paths import StatePaths
 from phoenix.policy import may_run
 from phoenix.recorder import OutcomeRecorder
 from phoenix.shortage import MAX_RETRY, ForkBackoff
@@ -35,6 +36,7 @@ CLAIM_REPLY_LOST = "its claim was never confirmed to the master (a reply lost to
 
 
 class SchedulerHost(Protocol):
+    paths: StatePaths
     journal: Store
     config: Config
     generation: int
@@ -255,7 +257,8 @@ class Scheduler:
         pid = waiting.pid
         delivered = waiting.send(child.order(job.id, job.key, number, job.target, job.params,
                                              h.config.heartbeat_interval, h.config.outcome_delivery_timeout,
-                                             attempt_id, self.orphan_rule()))
+                                             attempt_id, self.orphan_rule(),
+                                             (str(h.paths.output), h.config.job_output_max_bytes)))
         now = time.monotonic()
         attempt = Attempt(attempt_id, job.id, job.key, job.target, number, pid, spec, now, now, now,
                           failures=job.failures)

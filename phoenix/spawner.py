@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from phoenix import child, log, procfs
+from phoenix import child, forksafety, log, procfs
 from phoenix.app import JobSpec
 from phoenix.config import Config
 from phoenix.forkserver import ForkServer, thread_refusal
@@ -102,15 +102,21 @@ class Spawner:
         threads start: an app that started threads keeps spawns in the master
         (the server would import the app, and start them too). The server
         itself starts with the first job or the first spare, after the master
-        is ready: its start-up is not part of a replacement's blind window."""
+        is ready: its start-up is not part of a replacement's blind window.
+        Then what else the import left that a child would inherit broken
+        (forksafety): one line each."""
         if self.master.app_spec is None:
             # phoenix.HeartbeatParent: an App object, maybe in __main__, that no other interpreter can import.
             self._turn_server_off("the app was given as an object, not as module:attribute", level=logging.INFO)
-            return
-        refusal = thread_refusal()
-        if refusal is not None:
-            self._turn_server_off(refusal, why="a lock one of those threads held when a child was forked would "
-                                                "stay held in that child for good")
+        else:
+            refusal = thread_refusal()
+            if refusal is not None:
+                self._turn_server_off(refusal, why="a lock one of those threads held when a child was forked "
+                                                    "would stay held in that child for good")
+        # What the app's import left that a forked child would inherit broken
+        # (the fork server finds the same in its own import).
+        for what, effect in forksafety.inspect().notices():
+            log.event(logging.WARNING, "fork_unsafe_app", what=what, effect=effect)
 
     def _start_server_if_due(self) -> None:
         """At start-up, or after it died or was replaced."""
