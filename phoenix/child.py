@@ -20,7 +20,7 @@ from phoenix import lineage, protocol
 from phoenix.app import JobSpec, decode_params
 from phoenix.signals import set_child_subreaper, unignore_reserved_signals
 from phoenix.title import set_title
-from phoenix.untrusted import visible
+from phoenix.untrusted import MAX_JSON_DEPTH, json_too_deep, visible
 
 if TYPE_CHECKING:
     # _signal, the C module under signal.py (why: _detach_from_master), has no
@@ -308,7 +308,16 @@ def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:
             text = text[: MAX_ERROR_CHARS // 2] + "\n[... traceback cut ...]\n" + text[-MAX_ERROR_CHARS // 2 :]
         return 1, _runtime.next_message("failed", error=text)
     try:
-        return 0, _runtime.next_message("finished", result=result)
+        final = _runtime.next_message("finished", result=result)
+        if json_too_deep(final.decode(), MAX_JSON_DEPTH + 1):  # (+1: the message's own object)
+            raise RecursionError
+        return 0, final
+    except RecursionError:
+        return 1, _runtime.next_message(
+            "failed",
+            error=(f"the job's result nests more than {MAX_JSON_DEPTH} levels of lists and dicts, deeper than "
+                   "Phoenix keeps: return a flatter value"),
+        )
     except protocol.MessageTooLarge:
         size = len(json.dumps(result, default=str))
         return 1, _runtime.next_message(

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator
 
 from phoenix import clock
 from phoenix.outcomes import CANCELLED_REASON
-from phoenix.untrusted import check_key
+from phoenix.untrusted import check_key, storable, storable_or_none, stored_json
 
 # The file says it is a Phoenix journal (PRAGMA application_id, in SQLite's
 # header) and which schema it holds (PRAGMA user_version): a file of another
@@ -308,7 +308,7 @@ _INSERT_JOB = ("INSERT INTO jobs (key, target, params, state, created_at, update
 
 
 def _canonical(params_json: str) -> str:
-    return json.dumps(json.loads(params_json), sort_keys=True, separators=(",", ":"))
+    return json.dumps(stored_json(params_json), sort_keys=True, separators=(",", ":"))
 
 
 def _brief(text: str, limit: int = 200) -> str:
@@ -570,6 +570,8 @@ class Journal:
         else:
             not_before = now + retry_delay
             not_before_boot, boot = clock.after(retry_delay)
+        # What the job wrote (its error, its result) is data: kept as a text column can (see `storable`).
+        reason, error, result_json = storable_or_none(reason), storable_or_none(error), storable_or_none(result_json)
         with self.transaction() as db:
             cur = db.execute(
                 "UPDATE attempts SET outcome = ?, reason = ?, error = ?, max_rss_kb = ?, ended_at = ?, "
@@ -604,6 +606,7 @@ class Journal:
 
     def fail_without_attempt(self, job_id: int, error: str) -> int | None:
         """A job that cannot even be started (unknown target): failed, callback owed."""
+        error = storable(error)  # it may quote the job's target or an import error's path
         now = time.time()
         with self.transaction() as db:
             db.execute(
@@ -625,7 +628,7 @@ class Journal:
         with self.transaction() as db:
             db.execute(
                 "UPDATE callbacks SET state = 'done', error = ?, done_at = ? WHERE id = ?",
-                (error, time.time(), callback_id),
+                (storable_or_none(error), time.time(), callback_id),
             )
 
     def owed_callbacks(self) -> list[tuple[int, int, int, str]]:
@@ -682,7 +685,7 @@ class Journal:
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO events (at, kind, generation, pid, detail) VALUES (?, ?, ?, ?, ?)",
-                (time.time(), kind, generation, pid, detail),
+                (time.time(), kind, generation, pid, storable_or_none(detail)),  # a reason may quote a path
             )
 
     def count_events(self, kind: str) -> int:
@@ -742,12 +745,12 @@ class Journal:
                 "id": job_id,
                 "key": key,
                 "target": target,
-                "params": json.loads(params),
+                "params": stored_json(params),
                 "state": state,
                 "attempt": attempts,
                 "pid": pid if state == "running" else None,
                 "outcome": outcome,
-                "result": json.loads(result) if result is not None else None,
+                "result": stored_json(result) if result is not None else None,
                 "error": error,
                 "reason": reason,  # of the last attempt: SIGSEGV, exit code 3, heartbeat_timeout ...
                 "max_rss_kb": max_rss_kb,  # of the last attempt that ended, when known

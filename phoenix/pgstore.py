@@ -53,7 +53,7 @@ from phoenix.journal import (
     default_key,
 )
 from phoenix.outcomes import CANCELLED_REASON
-from phoenix.untrusted import check_key
+from phoenix.untrusted import check_key, storable, storable_or_none, stored_json
 
 SCHEMA_VERSION = 1
 CHANNEL = "phoenix_wake"
@@ -546,8 +546,10 @@ class PgStore:
         is kept on its attempt as `late` and returns (False, None)."""
         with self._one() as cur:
             cur.execute(_END_ATTEMPT, {
-                "attempt": attempt_id, "job": job_id, "outcome": outcome, "reason": reason, "error": error,
-                "rss": max_rss_kb, "result": result_json, "state": job_state, "delay": retry_delay,
+                # What the job wrote (its error, its result) is data: kept as a text column can (see `storable`).
+                "attempt": attempt_id, "job": job_id, "outcome": outcome, "reason": storable_or_none(reason),
+                "error": storable_or_none(error), "rss": max_rss_kb, "result": storable_or_none(result_json),
+                "state": job_state, "delay": retry_delay,
                 "failure": int(counts_as_failure), "callback": callback, "n": attempt_n, "node": self.node})
             row = cur.fetchone()
             assert row is not None
@@ -562,6 +564,7 @@ class PgStore:
     def fail_without_attempt(self, job_id: int, error: str) -> int | None:
         """A job that cannot start here (unknown target, bad parameters, no
         retries left): failed, its claimed attempt (if any) ended, callback owed."""
+        error = storable(error)  # it may quote the job's target or an import error's path
         with self._tx() as cur:
             cur.execute(f"UPDATE attempts SET outcome = 'error', state = 'ended', reason = 'cannot start', "
                         f"error = %s, ended_at = {_NOW} WHERE id = (SELECT current_attempt FROM jobs WHERE id = %s) "
@@ -581,7 +584,7 @@ class PgStore:
     def callback_done(self, callback_id: int, error: str | None) -> None:
         with self._one() as cur:
             cur.execute(f"UPDATE callbacks SET state = 'done', error = %s, done_at = {_NOW} WHERE id = %s",
-                        (error, callback_id))
+                        (storable_or_none(error), callback_id))
 
     def owed_callbacks(self, grace: float | None = None) -> list[tuple[int, int, int, str]]:
         """Callbacks owed by this master, and those owed by a master whose lease
@@ -661,7 +664,7 @@ class PgStore:
     def record_event(self, kind: str, generation: int | None, pid: int | None, detail: str | None = None) -> None:
         with self._one() as cur:
             cur.execute("INSERT INTO events (node, at, kind, generation, pid, detail) VALUES (%s, %s, %s, %s, %s, %s)",
-                        (self.node, time.time(), kind, generation, pid, detail))
+                        (self.node, time.time(), kind, generation, pid, storable_or_none(detail)))
 
     def count_events(self, kind: str) -> int:
         with self._one() as cur:
@@ -723,9 +726,9 @@ class PgStore:
         for (job_id, key, target, params, state, attempts, outcome, result, error, pid, master, reason,
              max_rss_kb) in rows:
             yield {
-                "id": job_id, "key": key, "target": target, "params": json.loads(params), "state": state,
+                "id": job_id, "key": key, "target": target, "params": stored_json(params), "state": state,
                 "attempt": attempts, "pid": pid if state == "running" else None, "node": master,
-                "outcome": outcome, "result": json.loads(result) if result is not None else None, "error": error,
+                "outcome": outcome, "result": stored_json(result) if result is not None else None, "error": error,
                 "reason": reason, "max_rss_kb": max_rss_kb,
             }
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from phoenix.journal import Journal
+from phoenix.untrusted import visible
 
 COLOURS = {
     "finished": "#2e7d32", "error": "#c62828", "killed": "#ef6c00", "crashed": "#6a1b9a",
@@ -37,7 +38,9 @@ HOVER_ERROR_CHARS = 1000
 
 
 def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    # Controls and bidi overrides written out too (`visible`): a browser would
+    # reorder the text around one, and a lone surrogate could not be written.
+    return html.escape(visible(str(value), multiline=True), quote=True)
 
 
 def _cut(text: str, limit: int) -> str:
@@ -221,5 +224,5 @@ rect.attempt:hover, .no-attempt:hover circle {{ stroke: #000; stroke-width: 1; }
 def write(journal_path: Path, output: Path) -> int:
     with Journal(journal_path, create=False) as journal:
         page = build(journal, f"Phoenix timeline: {journal_path.parent}")
-        output.write_text(page)
+        output.write_text(page, encoding="utf-8")  # what the page declares, whatever the locale
         return len(journal.timeline_attempts())

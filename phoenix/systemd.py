@@ -17,7 +17,7 @@ def notify(*lines: str) -> bool:
         address = "\0" + address[1:]  # abstract namespace
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
-        sock.sendto("\n".join(lines).encode(), address)
+        sock.sendto("\n".join(lines).encode("utf-8", "backslashreplace"), address)  # a reason may quote a path
         return True
     except OSError:
         return False
