@@ -596,6 +596,44 @@ def prune(finished_before: str, failed_before: str | None, as_json: bool, state_
         click.echo("deleted " + ", ".join(f"{n} {what}" for what, n in removed.items()))
 
 
+@main.command("quarantine")
+@click.argument("names", nargs=-1)
+@click.option("--clear", is_flag=True, help="Delete the named records (all, with no NAME) once looked at.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@state_dir_option
+@friendly_errors
+def quarantine_command(names: tuple[str, ...], clear: bool, as_json: bool, state_dir: str | None) -> None:
+    """Show the records a master could not process and put aside (in
+    <state-dir>/quarantine/), or delete them with --clear. Such a record
+    (an outbox file that is not a valid outcome, a final that does not
+    parse, an outcome the store refused) is never run or acted on; its
+    attempt ended as `error` (outcome quarantined) or as its process ended.
+    With NAMEs, only those records."""
+    from phoenix import quarantine
+
+    paths = _state_paths(state_dir)
+    if clear:
+        deleted, missing = quarantine.clear(paths.root, list(names) or None)
+        click.echo(json.dumps({"deleted": deleted}) if as_json else f"deleted {len(deleted)} record(s)")
+        if missing:
+            fail("no quarantined record named " + ", ".join(f"'{visible(name)}'" for name in missing), 1)
+        return
+    chosen = list(names) or quarantine.names(paths.root)
+    records = {name: quarantine.read(paths.root, name) for name in chosen}
+    if as_json:
+        click.echo(json.dumps({"directory": str(quarantine.directory(paths.root)), "records": records}, indent=2))
+        return
+    if not records:
+        click.echo(f"nothing quarantined in {visible(str(quarantine.directory(paths.root)))}")
+        return
+    for name, entry in records.items():
+        record = str(entry.get("record", ""))
+        shown = record if len(record) <= 300 else record[:300] + f"... ({entry.get('bytes', len(record))} bytes)"
+        click.echo(f"{visible(name)}\n  {visible(str(entry.get('what')))}: {visible(str(entry.get('reason')))}"
+                   f"\n  record: {visible(shown)}")
+    click.echo(f"{len(records)} record(s); delete them once looked at: phoenix quarantine --clear [NAME ...]")
+
+
 @main.group()
 def store() -> None:
     """The shared (PostgreSQL) job store."""
