@@ -37,7 +37,8 @@ EXIT_NOT_RUNNING = 3  # as systemctl status
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    click.echo(f"phoenix: error: {message}", err=True)
+    # It may quote what a user or a job wrote (a reason, a path): shown, never obeyed.
+    click.echo(f"phoenix: error: {visible(message, multiline=True)}", err=True)
     sys.exit(code)
 
 
@@ -188,7 +189,7 @@ def _start_replacement(app_spec: str, config_file: str | None, flags: dict[str, 
         if handoff.is_fork_successor():
             # Fork mode: the old master still runs the good code. Tell it, and go.
             handoff.report_failure_to_old_master(reason)
-            click.echo(f"phoenix: error: {reason}", err=True)
+            click.echo(f"phoenix: error: {visible(reason, multiline=True)}", err=True)
             return 1
         config = handoff.handed_over_config()
 
