@@ -410,3 +410,30 @@ def test_stored_json_another_process_cannot_read_is_shown_as_text(tmp_path: Path
             [text] = [t for t in rendered(journal, key)[:1]]
             shown_safely(text)
 
+
+
+def test_a_state_directory_that_is_not_utf8_names_its_master_on_the_shared_store(tmp_path, pg_url):
+    """The default node name holds the state directory's path, whose bytes
+    need not be UTF-8: kept as the store can (escaped). A --node with control
+    characters is refused in one line."""
+    refused = phoenix_cli("start", APP, "--store", pg_url, "--node", "a\x1b[2Jb", state_dir=tmp_path / "other")
+    assert refused.returncode == 2, refused.stderr[-500:]
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith("phoenix: error: node 'a\\x1b[2Jb'"), line
+    state_dir = Path(os.fsdecode(os.fsencode(tmp_path) + b"/state-\xff"))
+    master = Master(state_dir, APP, "--store", pg_url, log_dir=tmp_path).start()
+    try:
+        assert phoenix_cli("submit", f"{POISON}:echo", "{}", "--key", "k", "--store", pg_url).returncode == 0
+        shown = wait_for(lambda: (out := phoenix_cli("status", "--store", pg_url)).returncode == 0
+                         and "state-\\udcff" in out.stdout and out.stdout, 30, "the master to show in status")
+        shown_safely(shown)
+        from phoenix.pgstore import PgStore
+
+        def finished() -> bool:
+            with PgStore(pg_url) as store:
+                return any(job["key"] == "k" and job["state"] == "finished" for job in store.status_rows())
+
+        wait_for(finished, 30, "the job to finish")
+        assert alive(master.pid)
+    finally:
+        master.stop()
