@@ -555,18 +555,18 @@ def cancel(keys: tuple[str, ...], state_dir: str | None, store: str | None) -> N
         elif before == "running" and master_runs:
             click.echo(f"cancelling {visible(key)}: its process group gets TERM, then KILL after kill_grace")
         elif before == "running" and journal.shared:
-            refused.append(f"job {visible(key)!r} is running on node {visible(running_on[key])}: cancel it "
+            refused.append(f"job '{visible(key)}' is running on node {visible(running_on[key])}: cancel it "
                            "there, with `phoenix cancel KEY --state-dir DIR` on that host")
         elif before == "running":
-            refused.append(f"job {visible(key)!r} is running and no master runs on {paths.root} to stop it: "
+            refused.append(f"job '{visible(key)}' is running and no master runs on {paths.root} to stop it: "
                            f"start the master (it adopts the job), then cancel again")
         elif before == "running elsewhere":
-            refused.append(f"job {visible(key)!r} is running, but the master has no process of it yet (it is "
+            refused.append(f"job '{visible(key)}' is running, but the master has no process of it yet (it is "
                            f"adopting or recording it): cancel again in a moment")
         elif before == "unknown":
-            refused.append(f"no job with key {visible(key)!r}")
+            refused.append(f"no job with key '{visible(key)}'")
         else:
-            refused.append(f"job {visible(key)!r} is {before}: only pending or running jobs can be cancelled")
+            refused.append(f"job '{visible(key)}' is {before}: only pending or running jobs can be cancelled")
     if refused:
         fail("; ".join(refused), 1)
 

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator
 
 from phoenix import clock
 from phoenix.outcomes import CANCELLED_REASON
-from phoenix.untrusted import check_key, storable, storable_or_none, stored_json
+from phoenix.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
 
 # The file says it is a Phoenix journal (PRAGMA application_id, in SQLite's
 # header) and which schema it holds (PRAGMA user_version): a file of another
@@ -782,6 +782,8 @@ class Journal:
                   limit: int) -> tuple[list[dict[str, Any]], int]:
         """(up to `limit` jobs, last changed first, how many matched in all);
         each with its last attempt's outcome and reason."""
+        if target is not None and unstorable(target):
+            return [], 0  # no job has it (check_target_form refuses it at submit)
         conditions, args = [], []
         for column, value in (("j.state = ?", state), ("j.target = ?", target), ("j.updated_at >= ?", since)):
             if value is not None:
@@ -797,6 +799,8 @@ class Journal:
         return [dict(zip(names, row, strict=True)) for row in cur], total
 
     def job_by_key(self, key: str) -> dict[str, Any] | None:
+        if unstorable(key):
+            return None
         cur = self.db.execute("SELECT * FROM jobs WHERE key = ?", (key,))
         row = cur.fetchone()
         return None if row is None else dict(zip([c[0] for c in cur.description], row, strict=True))
@@ -813,6 +817,8 @@ class Journal:
         (their attempts stay, numbered on), in one transaction: the named
         `keys` (all or none: RetryRefused names a key that cannot be), or
         with None every failed or cancelled job (of `target`). Returns the keys."""
+        if target is not None and unstorable(target):
+            return []  # no job has it (check_target_form refuses it at submit)
         with self.transaction() as db:
             if keys is None:
                 extra, args = ("AND target = ?", [target]) if target is not None else ("", [])
@@ -821,6 +827,8 @@ class Journal:
             else:
                 rows = []
                 for key in dict.fromkeys(keys):
+                    if unstorable(key):
+                        raise RetryRefused(f"no job with key {key!r}")
                     row = db.execute("SELECT id, key, state FROM jobs WHERE key = ?", (key,)).fetchone()
                     if row is None:
                         raise RetryRefused(f"no job with key {key!r}")
@@ -841,6 +849,8 @@ class Journal:
 
     def cancel_pending(self, key: str) -> str | None:
         """Cancel the job if it is pending; returns its state before (None: no such job)."""
+        if unstorable(key):
+            return None
         with self.transaction() as db:
             row = db.execute("SELECT state FROM jobs WHERE key = ?", (key,)).fetchone()
             if row is None:

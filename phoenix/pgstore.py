@@ -53,7 +53,7 @@ from phoenix.journal import (
     default_key,
 )
 from phoenix.outcomes import CANCELLED_REASON
-from phoenix.untrusted import check_key, storable, storable_or_none, stored_json
+from phoenix.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
 
 SCHEMA_VERSION = 1
 CHANNEL = "phoenix_wake"
@@ -751,6 +751,8 @@ class PgStore:
 
     def list_jobs(self, *, state: str | None, target: str | None, since: float | None,
                   limit: int) -> tuple[list[dict[str, Any]], int]:
+        if target is not None and unstorable(target):
+            return [], 0  # no job has it (check_target_form refuses it at submit)
         conditions, args = [], []
         for column, value in (("j.state = %s", state), ("j.target = %s", target), ("j.updated_at >= %s", since)):
             if value is not None:
@@ -768,6 +770,8 @@ class PgStore:
             return _dicts(cur), total
 
     def job_by_key(self, key: str) -> dict[str, Any] | None:
+        if unstorable(key):
+            return None
         with self._one() as cur:
             cur.execute("SELECT * FROM jobs WHERE key = %s", (key,))
             rows = _dicts(cur)
@@ -780,6 +784,8 @@ class PgStore:
             return _dicts(cur)
 
     def retry(self, keys: list[str] | None, target: str | None = None) -> list[str]:
+        if target is not None and unstorable(target):
+            return []  # no job has it (check_target_form refuses it at submit)
         with self._tx() as cur:
             if keys is None:
                 extra, args = ("AND target = %s", [target]) if target is not None else ("", [])
@@ -789,6 +795,8 @@ class PgStore:
             else:
                 rows = []
                 for key in dict.fromkeys(keys):
+                    if unstorable(key):
+                        raise RetryRefused(f"no job with key {key!r}")
                     cur.execute("SELECT id, key, state FROM jobs WHERE key = %s FOR UPDATE", (key,))
                     row = cur.fetchone()
                     if row is None:
@@ -810,6 +818,8 @@ class PgStore:
         return [key for _id, key in rows]
 
     def cancel_pending(self, key: str) -> str | None:
+        if unstorable(key):
+            return None
         with self._tx() as cur:
             cur.execute("SELECT state FROM jobs WHERE key = %s FOR UPDATE", (key,))
             row = cur.fetchone()

@@ -107,3 +107,10 @@ def stored_json(text: str) -> Any:
         return json.loads(text)
     except (ValueError, RecursionError):
         return text
+
+
+def unstorable(key: str) -> bool:
+    """A key no store holds (a lone surrogate, a NUL: `check_key` refuses
+    both): a lookup by it finds no job, and is not sent to a store that would
+    refuse the text."""
+    return storable(key) != key

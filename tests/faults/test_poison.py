@@ -437,3 +437,26 @@ def test_a_state_directory_that_is_not_utf8_names_its_master_on_the_shared_store
         assert alive(master.pid)
     finally:
         master.stop()
+
+
+def test_operator_commands_naming_keys_no_store_can_hold_say_no_such_job(master_factory, state_dir):
+    """A key or target typed with bytes that are not UTF-8 (or read from a
+    file) names no job: one line, never a traceback, with or without a master."""
+    master = master_factory(app=APP)
+    master.submit(f"{POISON}:raises", {"text": "x"}, "failed-one")
+    master.wait_jobs_done(["failed-one"])
+    for running in (True, False):
+        for args in (("cancel", "k\udcff"), ("show", "k\udcff"), ("retry", "k\udcff"),
+                     ("retry", "failed-one", "k\udcff")):
+            result = phoenix_cli(*args, state_dir=state_dir)
+            assert result.returncode == 1, (running, args, result.stderr[-800:])
+            [line] = result.stderr.strip().splitlines()
+            assert "no job with key" in line and "k\\udcff" in line, line
+            shown_safely(line, lines=False)
+        for args in (("jobs", "--target", "m:f\udcff"), ("retry", "--failed", "--target", "m:f\udcff")):
+            result = phoenix_cli(*args, state_dir=state_dir)
+            assert result.returncode == 0 and "Traceback" not in result.stderr, (args, result.stderr[-800:])
+        assert job_row(state_dir, "failed-one")["state"] == "failed"  # the refused batch retried nothing
+        if running:
+            assert alive(master.pid) and "control_request_failed" not in master.log()
+            master.stop()
