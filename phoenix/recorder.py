@@ -77,16 +77,19 @@ class OutcomeRecorder:
         self.record(a.job_id, a.key, a.target, a.attempt_id, a.n, result, None, a.pid)
 
     def record(self, job_id: int, key: str, target: str, attempt_id: int, number: int, result: Classified,
-               max_rss_kb: int | None, pid: int | None, outbox: bool = True, failures: int | None = None) -> None:
-        """`failures`: the job's, if known (else read from the journal)."""
+               max_rss_kb: int | None, pid: int | None, outbox: bool = True, failures: int | None = None,
+               decided: Next | None = None) -> None:
+        """`failures`: the job's, if known (else read from the journal);
+        `decided`: what becomes of the job, if decided already (its restart
+        budget place booked): the same outcome, recorded again."""
         h = self.host
         if failures is None:
             job = h.journal.job_row(job_id)
             assert job is not None
             failures = int(job["failures"])
         now = time.monotonic()
-        after = after_attempt(result.outcome, failures, h.retries_for(target), budget=h.budget, now=now,
-                              backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
+        after = decided or after_attempt(result.outcome, failures, h.retries_for(target), budget=h.budget, now=now,
+                                         backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
         retry_delay = after.delay if after.job_state == "pending" and after.counts_as_failure else None
         callback = after.callback if after.callback is not None and h.owes_callback(after.callback) else None
         try:
@@ -107,7 +110,7 @@ class OutcomeRecorder:
             self.record(job_id, key, target, attempt_id, number,
                         Classified(Outcome.ERROR, QUARANTINED, f"the attempt's outcome could not be recorded "
                                    f"({type(exc).__name__}); {kept}", None),
-                        max_rss_kb, pid, outbox, failures)
+                        max_rss_kb, pid, outbox, failures, decided=after if result.outcome == Outcome.ERROR else None)
             return
         if outbox:
             self.remove_outbox(job_id, number)

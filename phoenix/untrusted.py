@@ -104,9 +104,13 @@ def stored_json(text: str) -> Any:
     written by an older release or another tool), rather than an exception
     at every read."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json)
     except (ValueError, RecursionError):
         return text
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: Python's json reads them, other readers refuse them
 
 
 def unstorable(key: str) -> bool:
