@@ -44,13 +44,23 @@ def keep(state_dir: Path, what: str, record: bytes | str, reason: str, **context
     folder = directory(state_dir)
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
-        # O_EXCL | O_NOFOLLOW: never through a planted name; 0600: a record may be sensitive.
-        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        # O_NOFOLLOW on the directory and O_EXCL on the file: never through a
+        # planted link; 0600: a record may be sensitive.
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            os.write(fd, json.dumps(entry, indent=1).encode())  # ASCII: every character escaped
-            os.fsync(fd)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dir_fd)
+            try:
+                content = json.dumps(entry, indent=1).encode()  # ASCII: every character escaped
+                written = 0
+                while written < len(content):
+                    written += os.write(fd, content[written:])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.fsync(dir_fd)  # the new name survives a power cut
         finally:
-            os.close(fd)
+            os.close(dir_fd)
     except OSError as exc:
         log.event(logging.ERROR, "quarantined", what=what, reason=visible(reason), **context,
                   kept="no", error=f"cannot write into {folder}: {exc.strerror}")
