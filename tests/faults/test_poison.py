@@ -221,7 +221,8 @@ def test_an_outbox_file_the_master_cannot_read_is_quarantined_and_cleared(master
 def test_an_outcome_the_store_refuses_is_quarantined_not_a_crash(tmp_path, pg_url):
     """Whatever a store refuses of an outcome (here: a constraint, standing in
     for a value no escaping foresaw) ends the attempt as `error` with the
-    record put aside; the master runs on, and so do its other jobs."""
+    record put aside; the master runs on, and so do its other jobs, whose
+    errors hold what PostgreSQL's text refuses raw (NUL, a lone surrogate)."""
     import psycopg
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -229,7 +230,9 @@ def test_an_outcome_the_store_refuses_is_quarantined_not_a_crash(tmp_path, pg_ur
     state_dir = tmp_path / "state"
     master = Master(state_dir, APP, "--store", pg_url, "--node", "poison", log_dir=tmp_path).start()
     try:
-        for key, params in (("refused", {"text": "refuse me"}), ("fine", {"text": "fine"})):
+        poison = (("refused", {"text": "refuse me"}), ("fine", {"text": "fine"}),
+                  ("bad-path", {"fsdecode": PATH_NOT_UTF8}), ("nul", {"text": "a\x00b"}))
+        for key, params in poison:
             result = phoenix_cli("submit", f"{POISON}:raises", json.dumps(params), "--key", key, "--store", pg_url)
             assert result.returncode == 0, result.stderr
         from phoenix.pgstore import PgStore
@@ -237,9 +240,11 @@ def test_an_outcome_the_store_refuses_is_quarantined_not_a_crash(tmp_path, pg_ur
         def ended() -> dict[str, Any] | None:
             with PgStore(pg_url) as store:
                 jobs = {job["key"]: job for job in store.status_rows()}
-            return jobs if all(jobs[k]["state"] == "failed" for k in ("refused", "fine")) else None
+            return jobs if all(jobs[k]["state"] == "failed" for k, _params in poison) else None
 
-        jobs = wait_for(ended, 30, "both jobs to fail")
+        jobs = wait_for(ended, 30, "every job to fail")
+        assert "cannot import report-\\udcff.csv" in jobs["bad-path"]["error"]  # PostgreSQL's text takes neither raw
+        assert "cannot import a\\x00b" in jobs["nul"]["error"]
         assert jobs["refused"]["outcome"] == "error" and "could not be recorded" in jobs["refused"]["error"]
         assert "RuntimeError: cannot import fine" in jobs["fine"]["error"]
         assert log_lines(master.log(), "quarantined", what="outcome", job="refused")
