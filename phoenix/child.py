@@ -20,7 +20,7 @@ from phoenix import lineage, protocol
 from phoenix.app import JobSpec, decode_params
 from phoenix.signals import set_child_subreaper, unignore_reserved_signals
 from phoenix.title import set_title
-from phoenix.untrusted import MAX_JSON_DEPTH, json_too_deep, visible
+from phoenix.untrusted import MAX_JSON_DEPTH, cut_traceback, json_too_deep, visible
 
 if TYPE_CHECKING:
     # _signal, the C module under signal.py (why: _detach_from_master), has no
@@ -32,7 +32,7 @@ else:
 # Exit code of a child that never ran a job: no order came (the master died
 # before recording the attempt, or discarded a spare child).
 EXIT_NO_ORDER = 75
-MAX_ERROR_CHARS = 16_000  # a traceback longer than this is cut in the middle
+MAX_ERROR_JSON_BYTES = protocol.MAX_MESSAGE_BYTES - 1024  # of a traceback in a message (room for the rest)
 
 
 @dataclass
@@ -303,9 +303,8 @@ def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:
         else:
             return 1, _runtime.next_message("failed", error=f"the job called sys.exit({exc.code!r})")
     except BaseException as exc:  # noqa: BLE001 - any failure of the job is its outcome
-        text = "".join(traceback.format_exception(exc))
-        if len(text) > MAX_ERROR_CHARS:  # keep the message within one record: the head and the end matter
-            text = text[: MAX_ERROR_CHARS // 2] + "\n[... traceback cut ...]\n" + text[-MAX_ERROR_CHARS // 2 :]
+        # Within one record, however many of its characters JSON escapes (a NUL, a lone surrogate: 6 bytes each).
+        text = cut_traceback("".join(traceback.format_exception(exc)), json_bytes=MAX_ERROR_JSON_BYTES)
         return 1, _runtime.next_message("failed", error=text)
     try:
         final = _runtime.next_message("finished", result=result)

@@ -118,3 +118,19 @@ def unstorable(key: str) -> bool:
     both): a lookup by it finds no job, and is not sent to a store that would
     refuse the text."""
     return storable(key) != key
+
+
+MAX_ERROR_CHARS = 16_000  # a traceback (a job's, a callback's) longer than this is cut in the middle
+
+
+def cut_traceback(text: str, limit: int = MAX_ERROR_CHARS, json_bytes: int | None = None) -> str:
+    """`text` with its middle cut out to `limit` characters (the head and the
+    end of a traceback matter), and, given `json_bytes`, short enough that it
+    takes no more as a JSON string: a character such as a lone surrogate or
+    a NUL takes 6 bytes there."""
+    while True:
+        if len(text) > limit:
+            text = text[: limit // 2] + "\n[... traceback cut ...]\n" + text[len(text) - limit // 2:]
+        if json_bytes is None or len(json.dumps(text)) <= json_bytes or limit == 0:
+            return text
+        limit = min(limit, len(text)) // 2

@@ -15,7 +15,7 @@ def _text(params):
     """The poison text: given as is, or as bytes (latin-1 code points) decoded as a path would be."""
     if "fsdecode" in params:
         return os.fsdecode(params["fsdecode"].encode("latin-1"))
-    return params["text"]
+    return params["text"] * params.get("repeat", 1)
 
 
 @app.job(retries=0)
@@ -43,7 +43,8 @@ def echo(params):
 @app.on_failed
 def failed_callback(info, error):
     if "callback" in (info.params or {}):
-        raise RuntimeError(f"callback could not write {os.fsdecode(info.params['callback'].encode('latin-1'))}")
+        name = os.fsdecode(info.params["callback"].encode("latin-1")) * info.params.get("callback_repeat", 1)
+        raise RuntimeError(f"callback could not write {name}")
 
 
 @app.on_finished

@@ -88,7 +88,11 @@ def test_a_job_error_that_is_not_utf8_fails_the_job_and_the_master_watches_on(ma
     master.submit(f"{POISON}:raises", {"text": ESCAPES}, "escapes")
     master.submit(f"{POISON}:raises", {"fsdecode": PATH_NOT_UTF8, "callback": "out-\xfe.csv"}, "bad-callback")
     master.submit(f"{POISON}:returns", {"fsdecode": PATH_NOT_UTF8}, "bad-result")
-    jobs = master.wait_jobs_done(["bad-path", "escapes", "bad-callback", "bad-result"])
+    # 100,000 characters that JSON escapes to 6 bytes each: far over one message, cut to fit it.
+    master.submit(f"{POISON}:raises", {"text": "\x00\udcff", "repeat": 50_000, "callback": "\xff",
+                                       "callback_repeat": 100_000}, "huge")
+    jobs = master.wait_jobs_done(["bad-path", "escapes", "bad-callback", "bad-result", "huge"])
+    assert jobs["huge"]["outcome"] == "error" and "[... traceback cut ...]" in jobs["huge"]["error"], jobs["huge"]
     assert alive(master.pid)
     assert jobs["bad-path"]["state"] == "failed" and jobs["bad-path"]["outcome"] == "error"
     # Stored escaped, as a text column takes it: the operator still reads which file it was.
@@ -100,6 +104,9 @@ def test_a_job_error_that_is_not_utf8_fails_the_job_and_the_master_watches_on(ma
     callbacks = wait_for(lambda: (rows := [c for c in callback_rows(state_dir) if c["key"] == "bad-callback"])
                          and rows[0]["state"] == "done" and rows[0], 15, "the failing callback to be recorded")
     assert "callback could not write out-\\udcfe.csv" in callbacks["error"]
+    huge_callback = wait_for(lambda: (rows := [c for c in callback_rows(state_dir) if c["key"] == "huge"])
+                             and rows[0]["state"] == "done" and rows[0], 15, "the huge callback error")
+    assert "[... traceback cut ...]" in huge_callback["error"] and len(huge_callback["error"]) < 200_000
 
     # The master still runs jobs, and every operator's view shows the strings escaped.
     master.submit(f"{POISON}:echo", {"after": True}, "after")
@@ -120,7 +127,7 @@ def test_a_job_error_that_is_not_utf8_fails_the_job_and_the_master_watches_on(ma
     shown_safely(master_log)
     assert "crash" not in master_log and "report-\\udcff.csv" in master_log
     assert log_lines(master_log, "callback_error", job="bad-callback")
-    report_figures("poison_errors", jobs=5, log_bytes=len(master_log))
+    report_figures("poison_errors", jobs=6, log_bytes=len(master_log))
 
 
 def test_a_poison_final_held_by_a_dead_master_is_recorded_at_the_next_start(master_factory, state_dir):
