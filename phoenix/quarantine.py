@@ -11,7 +11,6 @@ them, `phoenix quarantine --clear` deletes them once looked at."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -26,8 +25,6 @@ DIRECTORY = "quarantine"
 SUFFIX = ".json"
 MAX_RECORD_BYTES = 1024 * 1024  # of a record kept: more is cut (an outbox file is at most a message)
 
-_numbers = itertools.count(1)
-
 
 def directory(state_dir: Path) -> Path:
     return state_dir / DIRECTORY
@@ -37,10 +34,11 @@ def keep(state_dir: Path, what: str, record: bytes | str, reason: str, **context
     """Put `record` aside with the reason, and log it once; the file's name,
     or None if it could not be written (the log line says so, and still
     carries the reason: the master goes on either way)."""
-    data = record.encode("utf-8", "surrogateescape") if isinstance(record, str) else record
+    data = record.encode("utf-8", "backslashreplace") if isinstance(record, str) else record
     entry = {"what": what, "reason": reason, "at": time.time(), **context,
              "bytes": len(data), "record": data[:MAX_RECORD_BYTES].decode("utf-8", "backslashreplace")}
-    name = f"{time.strftime('%Y%m%dT%H%M%S')}-{what}-{os.getpid()}-{next(_numbers)}{SUFFIX}"
+    # Random, not a counter: a replaced image keeps the pid and starts counting again.
+    name = f"{time.strftime('%Y%m%dT%H%M%S')}-{what}-{os.getpid()}-{os.urandom(4).hex()}{SUFFIX}"
     folder = directory(state_dir)
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
