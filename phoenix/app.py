@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from phoenix.config import Config, ConfigError
+from phoenix.untrusted import MAX_JSON_DEPTH, MAX_KEY_BYTES, json_too_deep, visible
 
 if TYPE_CHECKING:
     from phoenix.store import Store
@@ -138,23 +139,40 @@ class App:
             return journal.submit(name, params_json, key)[0]
 
 
+_TOO_DEEP = (f"job parameters nest more than {MAX_JSON_DEPTH} levels of arrays and objects, deeper than Phoenix "
+             f"keeps: flatten them")
+
+
 def encode_params(params: Any) -> str:
     try:
-        return json.dumps(params, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(params, separators=(",", ":"), allow_nan=False)
+    except RecursionError:
+        raise AppError(_TOO_DEEP) from None
     except (TypeError, ValueError) as exc:
         raise AppError(
             f"job parameters must be JSON (objects, lists, strings, numbers, booleans, null): {exc}"
         ) from None
+    if json_too_deep(text):
+        raise AppError(_TOO_DEEP)
+    return text
 
 
 def decode_params(text: str) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise AppError(_TOO_DEEP) from None
     except json.JSONDecodeError as exc:
+        shown = visible(text if len(text) <= 200 else f"{text[:200]}...")  # one line, whatever was given
         raise AppError(
-            f"parameters are not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): {text!r}. "
+            f"parameters are not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): '{shown}'. "
             "Quote them for the shell, e.g. '{\"url\": \"https://example.org\"}'"
         ) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    """NaN, Infinity and -Infinity: Python's json reads them, JSON has no such values."""
+    raise AppError(f"job parameters must be JSON, which has no {name}: give a number, a string or null")
 
 
 def _import_module(module_name: str, what: str) -> Any:
@@ -190,6 +208,9 @@ def _import_failure(module_name: str, what: str, exc: Exception) -> str:
 
 def check_target_form(spec: str, what: str = "job target") -> tuple[str, str]:
     """(module, attribute path) of 'package.module:name', checked without importing anything."""
+    if visible(spec) != spec or len(spec) > MAX_KEY_BYTES:
+        # No module or function name holds a control character, a byte that is not UTF-8 or a kilobyte.
+        raise AppError(f"{what} '{visible(spec[:200])}' is not a Python name: it must look like 'package.module:name'")
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path:
         raise AppError(f"{what} {spec!r} must look like 'package.module:name'")

@@ -19,6 +19,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from phoenix.untrusted import cut_traceback
+
 
 @dataclass
 class RunningCallback:
@@ -60,7 +62,7 @@ class CallbackRunner:
             try:
                 function(*args)
             except Exception as exc:  # noqa: BLE001 - a user's callback must never take the master down
-                errors.append("".join(traceback.format_exception(exc)))
+                errors.append(cut_traceback("".join(traceback.format_exception(exc))))  # bounded, as a job's
         return "\n".join(errors) or None
 
     def _wake(self, _future: Future[str | None]) -> None:

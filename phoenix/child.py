@@ -20,7 +20,7 @@ from phoenix import forksafety, lineage, output, protocol
 from phoenix.app import JobSpec, decode_params
 from phoenix.signals import set_child_subreaper, unignore_reserved_signals
 from phoenix.title import set_title
-from phoenix.untrusted import visible
+from phoenix.untrusted import MAX_JSON_DEPTH, cut_traceback, json_too_deep, visible
 
 if TYPE_CHECKING:
     # _signal, the C module under signal.py (why: _detach_from_master), has no
@@ -32,10 +32,7 @@ else:
 # Exit code of a child that never ran a job: no order came (the master died
 # before recording the attempt, or discarded a spare child).
 EXIT_NO_ORDER = 75
-MAX_ERROR_CHARS = 16_000  # a traceback longer than this is cut in the middle
-# ... and one whose JSON is longer than this: escaped, a non-ASCII character
-# takes 6 bytes (12 beyond the BMP), and 16,000 of them would not fit in a message.
-MAX_ERROR_BYTES = 32 * 1024
+MAX_ERROR_JSON_BYTES = protocol.MAX_MESSAGE_BYTES - 1024  # of a traceback in a message (room for the rest)
 
 
 @dataclass
@@ -317,20 +314,6 @@ def run(
             os._exit(code)
 
 
-def _fitted(text: str) -> str:
-    """The error text, cut in the middle (the head and the end matter) to at
-    most MAX_ERROR_CHARS characters and MAX_ERROR_BYTES of JSON: the failed
-    message always fits in one record, whatever the characters."""
-    limit = MAX_ERROR_CHARS
-    while True:
-        fitted = text if len(text) <= limit else (
-            text[: limit // 2] + "\n[... traceback cut ...]\n" + text[len(text) - limit // 2 :])
-        size = len(json.dumps(fitted))  # ASCII, escaped as the message escapes it
-        if size <= MAX_ERROR_BYTES:
-            return fitted
-        limit = min(limit, len(text)) * MAX_ERROR_BYTES // size  # fewer characters, in proportion
-
-
 def _flush_std_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
@@ -356,6 +339,11 @@ def _capture_output(where: list[Any], context: ChildContext, streams_prepared: b
     return capture
 
 
+def _fitted(text: str) -> str:
+    """An error text cut (in the middle) to fit one message, whatever JSON makes of its characters."""
+    return cut_traceback(text, json_bytes=MAX_ERROR_JSON_BYTES)
+
+
 def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:
     """Run the job; (exit code, final message)."""
     assert _runtime is not None
@@ -367,9 +355,19 @@ def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:
         else:
             return 1, _runtime.next_message("failed", error=_fitted(f"the job called sys.exit({exc.code!r})"))
     except BaseException as exc:  # noqa: BLE001 - any failure of the job is its outcome
+        # Within one record, however many of its characters JSON escapes (a NUL, a lone surrogate: 6 bytes each).
         return 1, _runtime.next_message("failed", error=_fitted("".join(traceback.format_exception(exc))))
     try:
-        return 0, _runtime.next_message("finished", result=result)
+        final = _runtime.next_message("finished", result=result)
+        if json_too_deep(final.decode(), MAX_JSON_DEPTH + 1):  # (+1: the message's own object)
+            raise RecursionError
+        return 0, final
+    except RecursionError:
+        return 1, _runtime.next_message(
+            "failed",
+            error=(f"the job's result nests more than {MAX_JSON_DEPTH} levels of lists and dicts, deeper than "
+                   "Phoenix keeps: return a flatter value"),
+        )
     except protocol.ResultTooLarge as exc:
         return 1, _runtime.next_message("failed", error=str(exc))
     except (TypeError, ValueError) as exc:

@@ -40,7 +40,8 @@ EXIT_NOT_RESPONDING = 4
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    click.echo(f"phoenix: error: {message}", err=True)
+    # It may quote what a user or a job wrote (a reason, a path): shown, never obeyed.
+    click.echo(f"phoenix: error: {visible(message, multiline=True)}", err=True)
     sys.exit(code)
 
 
@@ -243,7 +244,7 @@ def _start_replacement(app_spec: str, config_file: str | None, flags: dict[str, 
         if handoff.is_fork_successor():
             # Fork mode: the old master still runs the good code. Tell it, and go.
             handoff.report_failure_to_old_master(reason)
-            click.echo(f"phoenix: error: {reason}", err=True)
+            click.echo(f"phoenix: error: {visible(reason, multiline=True)}", err=True)
             return 1
         config = handoff.handed_over_config()
 
@@ -715,18 +716,18 @@ def cancel(keys: tuple[str, ...], state_dir: str | None, store: str | None) -> N
         elif before == "running" and master_runs:
             click.echo(f"cancelling {visible(key)}: its process group gets TERM, then KILL after kill_grace")
         elif before == "running" and journal.shared:
-            refused.append(f"job {visible(key)!r} is running on node {visible(running_on[key])}: cancel it "
+            refused.append(f"job '{visible(key)}' is running on node {visible(running_on[key])}: cancel it "
                            "there, with `phoenix cancel KEY --state-dir DIR` on that host")
         elif before == "running":
-            refused.append(f"job {visible(key)!r} is running and no master runs on {paths.root} to stop it: "
+            refused.append(f"job '{visible(key)}' is running and no master runs on {paths.root} to stop it: "
                            f"start the master (it adopts the job), then cancel again")
         elif before == "running elsewhere":
-            refused.append(f"job {visible(key)!r} is running, but the master has no process of it yet (it is "
+            refused.append(f"job '{visible(key)}' is running, but the master has no process of it yet (it is "
                            f"adopting or recording it): cancel again in a moment")
         elif before == "unknown":
-            refused.append(f"no job with key {visible(key)!r}")
+            refused.append(f"no job with key '{visible(key)}'")
         else:
-            refused.append(f"job {visible(key)!r} is {before}: only pending or running jobs can be cancelled")
+            refused.append(f"job '{visible(key)}' is {before}: only pending or running jobs can be cancelled")
     if refused:
         fail("; ".join(refused), 1)
 
@@ -782,6 +783,44 @@ def _prune_output(paths: StatePaths, journal: Store) -> int:
                 except OSError:
                     pass  # gone already
     return removed
+
+
+@main.command("quarantine")
+@click.argument("names", nargs=-1)
+@click.option("--clear", is_flag=True, help="Delete the named records (all, with no NAME) once looked at.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@state_dir_option
+@friendly_errors
+def quarantine_command(names: tuple[str, ...], clear: bool, as_json: bool, state_dir: str | None) -> None:
+    """Show the records a master could not process and put aside (in
+    <state-dir>/quarantine/), or delete them with --clear. Such a record
+    (an outbox file that is not a valid outcome, a final that does not
+    parse, an outcome the store refused) is never run or acted on; its
+    attempt ended as `error` (outcome quarantined) or as its process ended.
+    With NAMEs, only those records."""
+    from phoenix import quarantine
+
+    paths = _state_paths(state_dir)
+    if clear:
+        deleted, missing = quarantine.clear(paths.root, list(names) or None)
+        click.echo(json.dumps({"deleted": deleted}) if as_json else f"deleted {len(deleted)} record(s)")
+        if missing:
+            fail("no quarantined record named " + ", ".join(f"'{visible(name)}'" for name in missing), 1)
+        return
+    chosen = list(names) or quarantine.names(paths.root)
+    records = {name: quarantine.read(paths.root, name) for name in chosen}
+    if as_json:
+        click.echo(json.dumps({"directory": str(quarantine.directory(paths.root)), "records": records}, indent=2))
+        return
+    if not records:
+        click.echo(f"nothing quarantined in {visible(str(quarantine.directory(paths.root)))}")
+        return
+    for name, entry in records.items():
+        record = str(entry.get("record", ""))
+        shown = record if len(record) <= 300 else record[:300] + f"... ({entry.get('bytes', len(record))} bytes)"
+        click.echo(f"{visible(name)}\n  {visible(str(entry.get('what')))}: {visible(str(entry.get('reason')))}"
+                   f"\n  record: {visible(shown)}")
+    click.echo(f"{len(records)} record(s); delete them once looked at: phoenix quarantine --clear [NAME ...]")
 
 
 @main.group()

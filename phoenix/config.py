@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from phoenix.untrusted import visible
+
 
 class ConfigError(ValueError):
     """A setting is missing, of the wrong type, or out of range."""
@@ -74,6 +76,9 @@ class Config:
             raise ConfigError('store must be "sqlite" or a postgresql:// URL (got a value of another form)')
         if self.node is not None and not self.node.strip():
             raise ConfigError("node must not be empty")
+        if self.node is not None and visible(self.node) != self.node:
+            raise ConfigError(f"node '{visible(self.node)}' holds a control character or bytes that are not UTF-8: "
+                              "name it with printable text")
         return self
 
     def overlay(self, values: dict[str, Any], source: str, problems: list[str] | None = None) -> "Config":

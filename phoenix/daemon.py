@@ -45,7 +45,8 @@ def run_daemonized(run: Callable[[], int], paths: StatePaths) -> int:
                     own = type(exc).__module__.startswith("phoenix.") and str(exc)
                     message = str(exc) if own else "".join(traceback.format_exception_only(exc)).strip()
                     try:
-                        os.write(ready_write, f"error: {message}".encode()[:4000])
+                        # backslashreplace: the error may quote a path that is not UTF-8.
+                        os.write(ready_write, f"error: {message}".encode("utf-8", "backslashreplace")[:4000])
                     except OSError:
                         pass
                     code = 2

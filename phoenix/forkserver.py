@@ -129,7 +129,8 @@ def main() -> NoReturn:
         sock = socket.socket(fileno=settings["fd"])  # blocking: a reply waits for room rather than being dropped
         reason = _load(settings)
         if reason is not None:
-            sock.send(REFUSED + reason.encode()[: MESSAGE_BYTES - 1])
+            # backslashreplace: an import error may quote a path that is not UTF-8.
+            sock.send(REFUSED + reason.encode("utf-8", "backslashreplace")[: MESSAGE_BYTES - 1])
         else:
             # After the import: what Python installed at start-up and what the
             # app installed (a TERM handler, SIGCHLD ignored) would otherwise

@@ -41,6 +41,7 @@ from phoenix.pidfile import PidFile
 from phoenix.states import HANDOFF_TRANSITIONS, HandoffPhase, MasterState, check_move
 from phoenix.store import Store
 from phoenix.timers import Timer, TimerHeap
+from phoenix.untrusted import visible
 
 FDS_VARIABLE = "PHOENIX_FDS"
 GENERATION_VARIABLE = "PHOENIX_GENERATION"
@@ -545,7 +546,7 @@ class Handoff:
         and watches the children; `reload --wait` and systemd hear why."""
         m = self.master
         self.last_result = {"state": "failed", "from_generation": m.generation - 1, "error": reason}
-        systemd.notify("READY=1", f"STATUS=degraded: {reason.splitlines()[0][:200] if reason else ''}")
+        systemd.notify("READY=1", f"STATUS=degraded: {visible(reason.splitlines()[0][:200]) if reason else ''}")
 
     def became_ready(self) -> None:
         """In the new image, once sockets are rebuilt, children adopted and the

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from phoenix.status import duration
 from phoenix.store import Store
-from phoenix.untrusted import visible
+from phoenix.untrusted import stored_json, visible
 
 JOBS_COLUMNS = ("key", "target", "state", "attempts", "last outcome", "age")
 
@@ -69,9 +69,9 @@ def show_report(journal: Store, job: dict[str, Any]) -> dict[str, Any]:
         attempts.append({**attempt, "node": attempt.pop("master", node),
                          "duration": None if ended is None else round(ended - attempt["started_at"], 3)})
     result = job["result"]
-    return {"id": job["id"], "key": job["key"], "target": job["target"], "params": json.loads(job["params"]),
+    return {"id": job["id"], "key": job["key"], "target": job["target"], "params": stored_json(job["params"]),
             "state": job["state"], "attempts": job["attempts"], "failures": job["failures"],
-            "outcome": job["outcome"], "result": None if result is None else json.loads(result),
+            "outcome": job["outcome"], "result": None if result is None else stored_json(result),
             "error": job["error"], "created_at": job["created_at"], "updated_at": job["updated_at"],
             "attempt_list": attempts}
 

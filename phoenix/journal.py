@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator
 
 from phoenix import clock
 from phoenix.outcomes import CANCELLED_REASON
-from phoenix.untrusted import check_key
+from phoenix.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
 
 # The file says it is a Phoenix journal (PRAGMA application_id, in SQLite's
 # header) and which schema it holds (PRAGMA user_version): a file of another
@@ -371,7 +371,7 @@ _INSERT_JOB = ("INSERT INTO jobs (key, target, params, state, created_at, update
 
 
 def _canonical(params_json: str) -> str:
-    return json.dumps(json.loads(params_json), sort_keys=True, separators=(",", ":"))
+    return json.dumps(stored_json(params_json), sort_keys=True, separators=(",", ":"))
 
 
 def _brief(text: str, limit: int = 200) -> str:
@@ -636,6 +636,8 @@ class Journal:
         else:
             not_before = now + retry_delay
             not_before_boot, boot = clock.after(retry_delay)
+        # What the job wrote (its error, its result) is data: kept as a text column can (see `storable`).
+        reason, error, result_json = storable_or_none(reason), storable_or_none(error), storable_or_none(result_json)
         with self.transaction() as db:
             cur = db.execute(
                 "UPDATE attempts SET outcome = ?, reason = ?, error = ?, max_rss_kb = ?, ended_at = ?, "
@@ -670,6 +672,7 @@ class Journal:
 
     def fail_without_attempt(self, job_id: int, error: str) -> int | None:
         """A job that cannot even be started (unknown target): failed, callback owed."""
+        error = storable(error)  # it may quote the job's target or an import error's path
         now = time.time()
         with self.transaction() as db:
             db.execute(
@@ -691,7 +694,7 @@ class Journal:
         with self.transaction() as db:
             db.execute(
                 "UPDATE callbacks SET state = 'done', error = ?, done_at = ? WHERE id = ?",
-                (error, time.time(), callback_id),
+                (storable_or_none(error), time.time(), callback_id),
             )
 
     def owed_callbacks(self) -> list[tuple[int, int, int, str]]:
@@ -751,7 +754,7 @@ class Journal:
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO events (at, kind, generation, pid, detail) VALUES (?, ?, ?, ?, ?)",
-                (time.time(), kind, generation, pid, detail),
+                (time.time(), kind, generation, pid, storable_or_none(detail)),  # a reason may quote a path
             )
 
     def count_events(self, kind: str) -> int:
@@ -816,12 +819,12 @@ class Journal:
                 "id": job_id,
                 "key": key,
                 "target": target,
-                "params": json.loads(params),
+                "params": stored_json(params),
                 "state": state,
                 "attempt": attempts,
                 "pid": pid if state == "running" else None,
                 "outcome": outcome,
-                "result": json.loads(result) if result is not None else None,
+                "result": stored_json(result) if result is not None else None,
                 "error": error,
                 "reason": reason,  # of the last attempt: SIGSEGV, exit code 3, heartbeat_timeout ...
                 "max_rss_kb": max_rss_kb,  # of the last attempt that ended, when known
@@ -875,6 +878,8 @@ class Journal:
         each with its last attempt's outcome and reason. `after` (updated_at,
         id) of the last job of a page: the jobs after it (and "in all" counts
         from there). Read through the updated_at indexes: a page costs its rows."""
+        if target is not None and unstorable(target):
+            return [], 0  # no job has it (check_target_form refuses it at submit)
         conditions: list[str] = []
         args: list[Any] = []
         for column, value in (("j.state = ?", state), ("j.target = ?", target), ("j.updated_at >= ?", since)):
@@ -899,6 +904,8 @@ class Journal:
         return [dict(zip(names, row, strict=True)) for row in cur], total
 
     def job_by_key(self, key: str) -> dict[str, Any] | None:
+        if unstorable(key):
+            return None
         cur = self.db.execute("SELECT * FROM jobs WHERE key = ?", (key,))
         row = cur.fetchone()
         return None if row is None else dict(zip([c[0] for c in cur.description], row, strict=True))
@@ -916,6 +923,8 @@ class Journal:
         `keys` (all or none: RetryRefused names a key that cannot be), or
         with None every failed job (of `target`), never a cancelled one.
         Returns the keys."""
+        if target is not None and unstorable(target):
+            return []  # no job has it (check_target_form refuses it at submit)
         with self.transaction() as db:
             if keys is None:
                 extra, args = ("AND target = ?", [target]) if target is not None else ("", [])
@@ -924,6 +933,8 @@ class Journal:
             else:
                 rows = []
                 for key in dict.fromkeys(keys):
+                    if unstorable(key):
+                        raise RetryRefused(f"no job with key {key!r}")
                     row = db.execute("SELECT id, key, state FROM jobs WHERE key = ?", (key,)).fetchone()
                     if row is None:
                         raise RetryRefused(f"no job with key {key!r}")
@@ -956,6 +967,8 @@ class Journal:
         transaction (as for a cancelled running job: every cancelled job gets
         one; its attempt is the last that ran, 0 if none did). Returns its
         state before (None: no such job)."""
+        if unstorable(key):
+            return None
         with self.transaction() as db:
             row = db.execute("SELECT id, state FROM jobs WHERE key = ?", (key,)).fetchone()
             if row is None:

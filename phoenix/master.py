@@ -62,6 +62,7 @@ from phoenix.states import MASTER_TRANSITIONS, HandoffPhase, MasterState, StopMo
 from phoenix.store import Store, default_node, is_url, open_store, redact
 from phoenix.timers import TimerHeap
 from phoenix.title import set_title
+from phoenix.untrusted import visible
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 event = log.event
@@ -689,7 +690,7 @@ class Master:
         if self.state == MasterState.DEGRADED:
             set_title(f"phoenix: master gen {self.generation} [{app}] DEGRADED {len(self.children)} running")
             first_line = (self.degraded_reason or "no app loaded").splitlines()[0]
-            systemd.notify(f"STATUS=degraded: {first_line[:200]}")
+            systemd.notify(f"STATUS=degraded: {visible(first_line[:200])}")
             return
         set_title(f"phoenix: master gen {self.generation} [{app}] {len(self.children)} running {pending} pending")
         systemd.notify(f"STATUS=gen {self.generation}: {len(self.children)} running, {pending} pending")

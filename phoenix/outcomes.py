@@ -24,6 +24,7 @@ from typing import Any
 
 from phoenix import protocol
 from phoenix.states import KillReason, Outcome
+from phoenix.untrusted import MAX_JSON_DEPTH, json_too_deep
 
 # Signals a process raises against itself when it breaks.
 _CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT, signal.SIGSYS,
@@ -51,6 +52,22 @@ def classify_exit(status: int) -> tuple[Outcome, str]:
 CANCELLED_REASON = "cancelled by the operator (phoenix cancel)"
 
 
+def _result_json(result: Any) -> str:
+    """A finished job's result as the stores keep it: strict JSON (no NaN or
+    Infinity, which JSON readers refuse), nested no deeper than a child sends."""
+    text = json.dumps(result, allow_nan=False)
+    if json_too_deep(text):
+        raise ValueError(f"it nests more than {MAX_JSON_DEPTH} levels deep")
+    return text
+
+
+def _error_text(final: dict[str, Any]) -> str:
+    """The error a failed final reports: a child always sends text; a value of
+    another sender is not rendered (str() of a deeply nested one would recurse)."""
+    error = final.get(protocol.ERROR)
+    return error if isinstance(error, str) else f"the job's error report is not text (a {type(error).__name__})"
+
+
 @dataclass(frozen=True, slots=True)
 class Classified:
     outcome: Outcome
@@ -70,15 +87,18 @@ def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: b
     reason: str | None = None
     error: str | None = None
     if final is not None and final.get(protocol.KIND) == "finished":
-        return Classified(Outcome.FINISHED, None, None, json.dumps(final.get(protocol.RESULT)))
+        try:
+            return Classified(Outcome.FINISHED, None, None, _result_json(final.get(protocol.RESULT)))
+        except (ValueError, RecursionError) as exc:  # a child's encoder refuses both: another sender wrote it
+            final = {protocol.ERROR: f"the job's result cannot be kept as JSON ({exc}); nothing was recorded of it"}
     if kill_reason == KillReason.CANCELLED:
         # The operator's word wins over a stop and over the error a job may
         # raise on its TERM: a cancelled job is never re-run.
         outcome, reason = Outcome.CANCELLED, CANCELLED_REASON
         if final is not None:
-            error = f"{CANCELLED_REASON}; the job then reported:\n{final.get(protocol.ERROR)}"
+            error = f"{CANCELLED_REASON}; the job then reported:\n{_error_text(final)}"
     elif final is not None:
-        outcome, error = Outcome.ERROR, str(final.get(protocol.ERROR))
+        outcome, error = Outcome.ERROR, _error_text(final)
     elif interrupted:
         outcome, reason = Outcome.INTERRUPTED, "stopped before it finished"
     elif kill_reason is not None:

@@ -55,7 +55,7 @@ from phoenix.journal import (
 )
 from phoenix.leases import CALLBACKS_OWED
 from phoenix.outcomes import CANCELLED_REASON
-from phoenix.untrusted import check_key
+from phoenix.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
 
 SCHEMA_VERSION = 2
 CHANNEL = "phoenix_wake"
@@ -617,8 +617,10 @@ class PgStore:
         is kept on its attempt as `late` and returns (False, None)."""
         with self._one() as cur:
             cur.execute(_END_ATTEMPT, {
-                "attempt": attempt_id, "job": job_id, "outcome": outcome, "reason": reason, "error": error,
-                "rss": max_rss_kb, "result": result_json, "state": job_state, "delay": retry_delay,
+                # What the job wrote (its error, its result) is data: kept as a text column can (see `storable`).
+                "attempt": attempt_id, "job": job_id, "outcome": outcome, "reason": storable_or_none(reason),
+                "error": storable_or_none(error), "rss": max_rss_kb, "result": storable_or_none(result_json),
+                "state": job_state, "delay": retry_delay,
                 "failure": int(counts_as_failure), "callback": callback, "n": attempt_n, "node": self.node,
                 "epoch": self.epoch})
             row = cur.fetchone()
@@ -634,6 +636,7 @@ class PgStore:
     def fail_without_attempt(self, job_id: int, error: str) -> int | None:
         """A job that cannot start here (unknown target, bad parameters, no
         retries left): failed, its claimed attempt (if any) ended, callback owed."""
+        error = storable(error)  # it may quote the job's target or an import error's path
         with self._tx() as cur:
             cur.execute(f"UPDATE attempts SET outcome = 'error', state = 'ended', reason = 'cannot start', "
                         f"error = %s, ended_at = {_NOW} WHERE id = (SELECT current_attempt FROM jobs WHERE id = %s) "
@@ -670,7 +673,8 @@ class PgStore:
         with self._one() as cur:
             cur.execute(f"UPDATE callbacks SET state = 'done', error = %s, done_at = {_NOW} WHERE id = %s "
                         f"AND state = 'owed' AND (owner IS NULL OR owner = %s) "
-                        f"AND coalesce(owner_epoch, %s) = %s", (error, callback_id, self.node, epoch, epoch))
+                        f"AND coalesce(owner_epoch, %s) = %s",
+                        (storable_or_none(error), callback_id, self.node, epoch, epoch))
             return cur.rowcount == 1
 
     def owed_callbacks(self, grace: float | None = None) -> list[tuple[int, int, int, str]]:
@@ -751,7 +755,7 @@ class PgStore:
     def record_event(self, kind: str, generation: int | None, pid: int | None, detail: str | None = None) -> None:
         with self._one() as cur:
             cur.execute("INSERT INTO events (node, at, kind, generation, pid, detail) VALUES (%s, %s, %s, %s, %s, %s)",
-                        (self.node, time.time(), kind, generation, pid, detail))
+                        (self.node, time.time(), kind, generation, pid, storable_or_none(detail)))
 
     def count_events(self, kind: str) -> int:
         with self._one() as cur:
@@ -826,9 +830,9 @@ class PgStore:
         for (job_id, key, target, params, state, attempts, outcome, result, error, pid, master, reason,
              max_rss_kb) in rows:
             yield {
-                "id": job_id, "key": key, "target": target, "params": json.loads(params), "state": state,
+                "id": job_id, "key": key, "target": target, "params": stored_json(params), "state": state,
                 "attempt": attempts, "pid": pid if state == "running" else None, "node": master,
-                "outcome": outcome, "result": json.loads(result) if result is not None else None, "error": error,
+                "outcome": outcome, "result": stored_json(result) if result is not None else None, "error": error,
                 "reason": reason, "max_rss_kb": max_rss_kb,
             }
 
@@ -851,6 +855,8 @@ class PgStore:
 
     def list_jobs(self, *, state: str | None, target: str | None, since: float | None,
                   limit: int, after: tuple[float, int] | None = None) -> tuple[list[dict[str, Any]], int]:
+        if target is not None and unstorable(target):
+            return [], 0  # no job has it (check_target_form refuses it at submit)
         conditions: list[str] = []
         args: list[Any] = []
         for column, value in (("j.state = %s", state), ("j.target = %s", target), ("j.updated_at >= %s", since)):
@@ -872,6 +878,8 @@ class PgStore:
             return _dicts(cur), total
 
     def job_by_key(self, key: str) -> dict[str, Any] | None:
+        if unstorable(key):
+            return None
         with self._one() as cur:
             cur.execute("SELECT * FROM jobs WHERE key = %s", (key,))
             rows = _dicts(cur)
@@ -884,6 +892,8 @@ class PgStore:
             return _dicts(cur)
 
     def retry(self, keys: list[str] | None, target: str | None = None) -> list[str]:
+        if target is not None and unstorable(target):
+            return []  # no job has it (check_target_form refuses it at submit)
         with self._tx() as cur:
             if keys is None:
                 extra, args = ("AND target = %s", [target]) if target is not None else ("", [])
@@ -893,6 +903,8 @@ class PgStore:
             else:
                 rows = []
                 for key in dict.fromkeys(keys):
+                    if unstorable(key):
+                        raise RetryRefused(f"no job with key {key!r}")
                     cur.execute("SELECT id, key, state FROM jobs WHERE key = %s FOR UPDATE", (key,))
                     row = cur.fetchone()
                     if row is None:
@@ -923,6 +935,8 @@ class PgStore:
         """As the SQLite journal's: a pending job cancelled with its
         `on_failed` owed (no owner: the first live master to read the NOTIFY
         takes it up, see owed_callbacks)."""
+        if unstorable(key):
+            return None
         with self._tx() as cur:
             cur.execute("SELECT id, state FROM jobs WHERE key = %s FOR UPDATE", (key,))
             row = cur.fetchone()

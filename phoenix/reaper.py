@@ -20,7 +20,7 @@ from phoenix.config import Config
 from phoenix.hangs import HangKiller
 from phoenix.journal import OpenAttempt
 from phoenix.outcomes import classify_exit
-from phoenix.recorder import LOST_UNWATCHED, OutcomeRecorder, held_final
+from phoenix.recorder import LOST_UNWATCHED, OutcomeRecorder
 from phoenix.spawner import Spawner
 from phoenix.states import KillReason, TimerKind
 from phoenix.store import Store
@@ -80,7 +80,8 @@ class Reaper:
         attempt = Attempt(a.attempt_id, a.job_id, a.key, a.target, a.n, a.pid, h.known_spec(a.target), started,
                           now, now, own_child=own)
         attempt.last_seq = -1  # its numbering started under another master: do not count that as lost beats
-        attempt.final = held_final(a)  # acknowledged by an earlier master (or image): the child may still be exiting
+        # Acknowledged by an earlier master (or image): the child may still be exiting.
+        attempt.final = h.recorder.held_final(a)
         attempt.final_held = attempt.final is not None
         if not own and a.pid not in self.unwatched:
             try:

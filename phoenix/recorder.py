@@ -11,11 +11,12 @@ import signal
 import time
 from typing import Any, Callable, Protocol
 
-from phoenix import lineage, log, protocol
+from phoenix import lineage, log, protocol, quarantine
 from phoenix.attempts import Attempt
 from phoenix.config import Config
 from phoenix.journal import OpenAttempt
 from phoenix.metrics import Counters, Histograms
+from phoenix.outage import STORAGE_ERRORS
 from phoenix.outcomes import Classified, classify
 from phoenix.paths import StatePaths
 from phoenix.policy import Next, RestartBudget, after_attempt
@@ -24,6 +25,7 @@ from phoenix.states import KillReason, Outcome
 from phoenix.store import Store
 
 LOST_UNWATCHED = "the process ended while no master watched it"
+QUARANTINED = "outcome quarantined"  # the reason of an attempt whose outcome the store would not take
 
 
 class OutboxUnreadable(OSError):
@@ -81,7 +83,7 @@ class OutcomeRecorder:
         self._when_outbox_readable(functools.partial(self._record_without_process, a, reason))
 
     def _record_without_process(self, a: OpenAttempt, reason: str) -> None:
-        final = held_final(a) or self.read_outbox(a.job_id, a.n)
+        final = self.held_final(a) or self.read_outbox(a.job_id, a.n)
         result = classify(final=final, status=None, interrupted=False,
                           kill_reason=KillReason.CANCELLED if a.cancel_requested else None, kill_detail=None,
                           lost_reason=reason)
@@ -112,24 +114,41 @@ class OutcomeRecorder:
             log.event(logging.WARNING, "outbox_readable", recorded=len(waiting))
 
     def record(self, job_id: int, key: str, target: str, attempt_id: int, number: int, result: Classified,
-               max_rss_kb: int | None, pid: int | None, outbox: bool = True, failures: int | None = None) -> None:
-        """`failures`: the job's, if known (else read from the journal)."""
+               max_rss_kb: int | None, pid: int | None, outbox: bool = True, failures: int | None = None,
+               decided: Next | None = None) -> None:
+        """`failures`: the job's, if known (else read from the journal);
+        `decided`: what becomes of the job, if decided already (its restart
+        budget place booked): the same outcome, recorded again."""
         h = self.host
         if failures is None:
             job = h.journal.job_row(job_id)
             assert job is not None
             failures = int(job["failures"])
         now = time.monotonic()
-        after = after_attempt(result.outcome, failures, h.retries_for(target), budget=h.budget, now=now,
-                              backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
+        after = decided or after_attempt(result.outcome, failures, h.retries_for(target), budget=h.budget, now=now,
+                                         backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
         retry_delay = after.delay if after.job_state == "pending" and after.counts_as_failure else None
         callback = after.callback if after.callback is not None and h.owes_callback(after.callback) else None
-        recorded, callback_id = h.journal.end_attempt(
-            attempt_id, job_id, outcome=result.outcome, reason=result.reason, error=result.error,
-            result_json=result.result_json, max_rss_kb=max_rss_kb, job_state=after.job_state,
-            counts_as_failure=after.counts_as_failure, retry_delay=retry_delay, callback=callback,
-            attempt_n=number,
-        )
+        try:
+            recorded, callback_id = h.journal.end_attempt(
+                attempt_id, job_id, outcome=result.outcome, reason=result.reason, error=result.error,
+                result_json=result.result_json, max_rss_kb=max_rss_kb, job_state=after.job_state,
+                counts_as_failure=after.counts_as_failure, retry_delay=retry_delay, callback=callback,
+                attempt_n=number,
+            )
+        except STORAGE_ERRORS:
+            raise  # an outage: the write is replayed as it is once the store is back
+        except Exception as exc:  # noqa: BLE001 - what the store refuses is put aside, never a crash (loop)
+            if result.outcome == Outcome.ERROR and result.reason == QUARANTINED:
+                raise  # Phoenix's own text refused: not the job's data, and no second way round
+            name = quarantine.keep(h.paths.root, "outcome", repr(result), f"the store refused it: {exc!r}",
+                                   job=key, attempt=number)
+            kept = f"kept as {name} (see phoenix quarantine)" if name else "it could not be kept either"
+            self.record(job_id, key, target, attempt_id, number,
+                        Classified(Outcome.ERROR, QUARANTINED, f"the attempt's outcome could not be recorded "
+                                   f"({type(exc).__name__}); {kept}", None),
+                        max_rss_kb, pid, outbox, failures, decided=after if result.outcome == Outcome.ERROR else None)
+            return
         if outbox:
             self.remove_outbox(job_id, number)
         if not recorded:
@@ -187,16 +206,26 @@ class OutcomeRecorder:
     def read_outbox(self, job_id: int, number: int) -> dict[str, Any] | None:
         path = self.host.paths.outbox / f"{job_id}.{number}.json"
         try:
-            message = protocol.decode(path.read_bytes())
+            data = path.read_bytes()
         except OSError as exc:
             if exc.errno in SHORTAGE_ERRNOS:  # not "no outcome there": not known yet
                 raise OutboxUnreadable(exc.errno, exc.strerror, str(path)) from exc
             return None
-        if (message is None or message.job != job_id or message.attempt != number
-                or message.kind not in protocol.FINAL_KINDS):
-            log.event(logging.WARNING, "outbox_ignored", path=path, reason="not a valid outcome message")
+        body = _final_body(data, job_id, number)
+        if body is None:  # put aside before the file is removed with the attempt's end
+            quarantine.keep(self.host.paths.root, "outbox", data, "not a valid outcome message of this attempt",
+                            path=str(path), job_id=job_id, attempt=number)
+        return body
+
+    def held_final(self, a: OpenAttempt) -> dict[str, Any] | None:
+        """The final message an earlier master acknowledged and kept in the journal."""
+        if a.final is None:
             return None
-        return message.body
+        body = _final_body(a.final.encode("utf-8", "surrogateescape"), a.job_id, a.n)
+        if body is None:
+            quarantine.keep(self.host.paths.root, "final", a.final, "the final held in the store is not a valid "
+                            "outcome message of this attempt", job=a.key, attempt=a.n)
+        return body
 
     def remove_outbox(self, job_id: int, number: int) -> None:
         try:
@@ -205,11 +234,10 @@ class OutcomeRecorder:
             pass
 
 
-def held_final(a: OpenAttempt) -> dict[str, Any] | None:
-    """The final message an earlier master acknowledged and kept in the journal."""
-    if a.final is None:
-        return None
-    message = protocol.decode(a.final.encode())
-    if message is None or message.job != a.job_id or message.attempt != a.n or message.kind not in protocol.FINAL_KINDS:
+def _final_body(data: bytes, job_id: int, number: int) -> dict[str, Any] | None:
+    """The body of a final message of attempt `number` of job `job_id`; None if it is not one."""
+    message = protocol.decode(data)
+    if (message is None or message.job != job_id or message.attempt != number
+            or message.kind not in protocol.FINAL_KINDS):
         return None
     return message.body

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from phoenix.journal import Journal
+from phoenix.untrusted import visible
 
 COLOURS = {
     "finished": "#2e7d32", "error": "#c62828", "killed": "#ef6c00", "crashed": "#6a1b9a",
@@ -38,7 +39,9 @@ DEFAULT_JOBS = 1000  # rows of a page unless `phoenix report --limit` says other
 
 
 def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    # Controls and bidi overrides written out too (`visible`): a browser would
+    # reorder the text around one, and a lone surrogate could not be written.
+    return html.escape(visible(str(value), multiline=True), quote=True)
 
 
 def _cut(text: str, limit: int) -> str:
@@ -223,5 +226,5 @@ def write(journal_path: Path, output: Path, limit: int = DEFAULT_JOBS) -> int:
     """Write the page; returns how many attempts it draws."""
     with Journal(journal_path, create=False) as journal:
         page = build(journal, f"Phoenix timeline: {journal_path.parent}", limit)
-    output.write_text(page)
+    output.write_text(page, encoding="utf-8")  # what the page declares, whatever the locale
     return page.count('<rect class="attempt ')

@@ -6,7 +6,6 @@ once per job outcome across replacements and at least once across a crash."""
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from typing import Any, Callable, Protocol
@@ -17,6 +16,7 @@ from phoenix.callbacks import CallbackRunner
 from phoenix.config import Config
 from phoenix.metrics import Counters, Histograms
 from phoenix.store import Store
+from phoenix.untrusted import stored_json
 
 
 class SettlerHost(Protocol):
@@ -45,10 +45,10 @@ class CallbackSettler:
         row = self.host.journal.job_row(job_id)
         assert row is not None
         reason, max_rss_kb = self.host.journal.attempt_end(job_id, number)
-        info = JobInfo(job_id, row["key"], row["target"], json.loads(row["params"]), number, row["outcome"],
+        info = JobInfo(job_id, row["key"], row["target"], stored_json(row["params"]), number, row["outcome"],
                        row["error"], reason, max_rss_kb)
         if kind == "on_finished":
-            argument = json.loads(row["result"]) if row["result"] is not None else None
+            argument = stored_json(row["result"]) if row["result"] is not None else None
         else:
             argument = row["error"]
         if self.host.journal.callback_started(callback_id) is False:

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any, Iterator
 
-from phoenix import control, pidfile, procfs
+from phoenix import control, pidfile, procfs, quarantine
 from phoenix.journal import Journal, journal_present
 from phoenix.paths import StatePaths
 from phoenix.untrusted import visible
@@ -88,7 +88,8 @@ def collect(paths: StatePaths, page: tuple[int, int] | None = None) -> tuple[dic
     else:
         master = {"pid": None, "generation": meta.get("generation"), "state": "stopped",
                   "started_at": meta.get("started_at")}
-    report: dict[str, Any] = {"master": master, "counts": counts, "recent_failures": failures, "jobs": jobs}
+    report: dict[str, Any] = {"master": master, "counts": counts, "recent_failures": failures, "jobs": jobs,
+                              "quarantined": len(quarantine.names(paths.root))}
     if page is not None:
         report["next_after"] = next_after
     return report, live is not None
@@ -198,6 +199,9 @@ def summary(report: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...
             reason = visible(str(master["degraded_reason"]).strip().splitlines()[0])
             head += f"\ndegraded: the code could not be loaded: {reason}; fix it and reload (USR2)"
     head += "\njobs: " + "  ".join(f"{state} {n}" for state, n in counts.items())
+    if report.get("quarantined"):
+        head += (f"\nquarantine: {report['quarantined']} record(s) the master could not process were put aside: "
+                 "see phoenix quarantine")
     failures = report.get("recent_failures") or []
     if failures:
         head += "\nlast failures:"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
 
 from phoenix.journal import Job, Journal, JournalError, OpenAttempt
+from phoenix.untrusted import storable
 
 if TYPE_CHECKING:
     from phoenix.pgstore import PgStore
@@ -100,7 +101,8 @@ def check_setting(store: str) -> None:
 def default_node(state_dir: str | Path) -> str:
     """A master's name in a shared store: this host, and the state directory
     (two masters on one host have two state directories)."""
-    return f"{socket.gethostname()}:{Path(state_dir).resolve()}"
+    # storable: a directory's name may be bytes that are not UTF-8, which a text column refuses.
+    return storable(f"{socket.gethostname()}:{Path(state_dir).resolve()}")
 
 
 def open_store(store: str, journal_path: str | Path, *, node: str | None = None, create: bool = True,

@@ -20,7 +20,7 @@ def notify(*lines: str) -> bool:
     except OSError:
         return False  # out of descriptors: this notice is lost, the next one goes (never a crash of the loop)
     try:
-        sock.sendto("\n".join(lines).encode(), address)
+        sock.sendto("\n".join(lines).encode("utf-8", "backslashreplace"), address)  # a reason may quote a path
         return True
     except OSError:
         return False

@@ -5,7 +5,9 @@ that could not be represented faithfully anywhere downstream."""
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 MAX_KEY_BYTES = 1024
 
@@ -56,3 +58,79 @@ def check_key(key: str) -> None:
     if bad is not None:
         raise KeyRefused(f"job key '{visible(key)}' contains the control character {_escape(bad)} "
                          f"at position {bad.start()}; use a key of printable text")
+
+
+# JSON a job or a user hands over (parameters, results) nests at most this
+# deep: far below the interpreter's recursion limit, so that every process
+# that decodes or encodes it again (the master, `phoenix status`, a callback)
+# can, whatever its own stack depth.
+MAX_JSON_DEPTH = 200
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the JSON `text` nests arrays and objects more than `limit`
+    deep. Counting brackets first, the common case reads no character in Python."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for char in _JSON_STRING.sub("", text):
+        if char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+def storable(text: str) -> str:
+    """`text` as every store keeps it: what a UTF-8 text column takes (lone
+    surrogates, from bytes that were not UTF-8, become `\\udcXX`) and no NUL,
+    which PostgreSQL's text refuses (it becomes `\\x00`). Anything else is
+    kept as it is: it is escaped where it is shown (see `visible`)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8") if _has_surrogates(text) else text
+
+
+def storable_or_none(text: str | None) -> str | None:
+    return None if text is None else storable(text)
+
+
+def stored_json(text: str) -> Any:
+    """The value of JSON read back from a store; the text itself if this
+    process cannot read it (damaged, or nested deeper than its stack allows:
+    written by an older release or another tool), rather than an exception
+    at every read."""
+    try:
+        return json.loads(text, parse_constant=_not_json)
+    except (ValueError, RecursionError):
+        return text
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: Python's json reads them, other readers refuse them
+
+
+def unstorable(key: str) -> bool:
+    """A key no store holds (a lone surrogate, a NUL: `check_key` refuses
+    both): a lookup by it finds no job, and is not sent to a store that would
+    refuse the text."""
+    return storable(key) != key
+
+
+MAX_ERROR_CHARS = 16_000  # a traceback (a job's, a callback's) longer than this is cut in the middle
+
+
+def cut_traceback(text: str, limit: int = MAX_ERROR_CHARS, json_bytes: int | None = None) -> str:
+    """`text` with its middle cut out to `limit` characters (the head and the
+    end of a traceback matter), and, given `json_bytes`, short enough that it
+    takes no more as a JSON string: a character such as a lone surrogate or
+    a NUL takes 6 bytes there."""
+    while True:
+        if len(text) > limit:
+            text = text[: limit // 2] + "\n[... traceback cut ...]\n" + text[len(text) - limit // 2:]
+        if json_bytes is None or len(json.dumps(text)) <= json_bytes or limit == 0:
+            return text
+        limit = min(limit, len(text)) // 2

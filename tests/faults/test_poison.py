@@ -1,0 +1,474 @@
+"""Poison strings are data, never a crash: a job's error, result or callback
+error holding lone surrogates (bytes that were not UTF-8, from os.fsdecode),
+NUL, ESC or bidi controls, nested too deep or too large, is stored (escaped
+where a text column cannot take it, on SQLite and PostgreSQL alike), logged,
+shown and rendered, and the master watches on. A record the master cannot
+process when it reads it back is quarantined (one log line, `phoenix
+quarantine` to see and clear it), never a crash loop.
+
+(Keys and terminal escapes of ordinary text: test_untrusted_strings.py;
+garbage on the sockets: test_hostile_input.py.)"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import logging
+import os
+import re
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from phoenix import jobsview, log, protocol, report, status
+from phoenix.app import AppError, check_target_form, encode_params
+from phoenix.journal import Journal
+from phoenix.outcomes import classify
+from phoenix.store import Store
+from phoenix.untrusted import MAX_JSON_DEPTH, KeyRefused, check_key, storable, stored_json
+from tests.conftest import Master, phoenix_cli, wait_for
+from tests.faults.conftest import log_lines
+from tests.faults.conftest import report as report_figures
+
+APP = "tests.apps.poison:app"
+POISON = "tests.apps.poison"
+# What a job meets in the wild: a file name of another encoding, and text that a terminal would obey.
+PATH_NOT_UTF8 = "report-\xff.csv"  # its latin-1 bytes, decoded by the job as os.fsdecode would a path
+ESCAPES = "nul\x00 esc\x1b[2J cr\r bidi\u202eevil del\x7f c1\x9b ls\u2028"
+# Characters no terminal, log line or text column should meet raw.
+RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def shown_safely(text: str, *, lines: bool = True) -> None:
+    """`text` (a terminal's, a log's, a page's) encodes as UTF-8 and carries no
+    control character raw (newlines and tabs only where lines are allowed)."""
+    text.encode("utf-8")
+    assert not RAW.search(text), repr(RAW.search(text))
+    if not lines:
+        assert "\n" not in text and "\t" not in text
+
+
+def job_row(state_dir: Path, key: str) -> dict[str, Any]:
+    with Journal(state_dir / "journal.db", create=False) as journal:
+        row = journal.job_by_key(key)
+        assert row is not None, key
+        return row
+
+
+def callback_rows(state_dir: Path) -> list[dict[str, Any]]:
+    db = sqlite3.connect(state_dir / "journal.db")
+    try:
+        cur = db.execute("SELECT j.key, c.kind, c.state, c.error FROM callbacks c JOIN jobs j ON j.id = c.job_id")
+        return [dict(zip(("key", "kind", "state", "error"), row, strict=True)) for row in cur]
+    finally:
+        db.close()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+# -- end to end: a master, its jobs, its operator's commands ------------------------------------------------
+
+
+def test_a_job_error_that_is_not_utf8_fails_the_job_and_the_master_watches_on(master_factory, state_dir):
+    master = master_factory(app=APP)
+    master.submit(f"{POISON}:raises", {"fsdecode": PATH_NOT_UTF8}, "bad-path")
+    master.submit(f"{POISON}:raises", {"text": ESCAPES}, "escapes")
+    master.submit(f"{POISON}:raises", {"fsdecode": PATH_NOT_UTF8, "callback": "out-\xfe.csv"}, "bad-callback")
+    master.submit(f"{POISON}:returns", {"fsdecode": PATH_NOT_UTF8}, "bad-result")
+    # 100,000 characters that JSON escapes to 6 bytes each: far over one message, cut to fit it.
+    master.submit(f"{POISON}:raises", {"text": "\x00\udcff", "repeat": 50_000, "callback": "\xff",
+                                       "callback_repeat": 100_000}, "huge")
+    jobs = master.wait_jobs_done(["bad-path", "escapes", "bad-callback", "bad-result", "huge"])
+    assert jobs["huge"]["outcome"] == "error" and "[... traceback cut ...]" in jobs["huge"]["error"], jobs["huge"]
+    assert alive(master.pid)
+    assert jobs["bad-path"]["state"] == "failed" and jobs["bad-path"]["outcome"] == "error"
+    # Stored escaped, as a text column takes it: the operator still reads which file it was.
+    assert "RuntimeError: cannot import report-\\udcff.csv" in jobs["bad-path"]["error"]
+    assert "RuntimeError: cannot import nul\\x00 esc\x1b[2J cr\r bidi\u202eevil" in jobs["escapes"]["error"]
+    # The result keeps the surrogate losslessly (JSON escapes it); the store holds ASCII.
+    assert jobs["bad-result"]["state"] == "finished" and jobs["bad-result"]["result"] == {"text": "report-\udcff.csv"}
+    assert job_row(state_dir, "bad-result")["result"] == '{"text": "report-\\udcff.csv"}'
+    callbacks = wait_for(lambda: (rows := [c for c in callback_rows(state_dir) if c["key"] == "bad-callback"])
+                         and rows[0]["state"] == "done" and rows[0], 15, "the failing callback to be recorded")
+    assert "callback could not write out-\\udcfe.csv" in callbacks["error"]
+    huge_callback = wait_for(lambda: (rows := [c for c in callback_rows(state_dir) if c["key"] == "huge"])
+                             and rows[0]["state"] == "done" and rows[0], 15, "the huge callback error")
+    assert "[... traceback cut ...]" in huge_callback["error"] and len(huge_callback["error"]) < 200_000
+
+    # The master still runs jobs, and every operator's view shows the strings escaped.
+    master.submit(f"{POISON}:echo", {"after": True}, "after")
+    assert master.wait_jobs_done(["after"])["after"]["state"] == "finished"
+    for args in (("status",), ("show", "bad-path"), ("show", "escapes"), ("show", "bad-result"), ("jobs",)):
+        shown = phoenix_cli(*args, state_dir=state_dir)
+        assert shown.returncode == 0 and not shown.stderr, (args, shown.stderr)
+        shown_safely(shown.stdout)
+    assert "report-\\udcff.csv" in phoenix_cli("show", "bad-path", state_dir=state_dir).stdout
+    as_json = phoenix_cli("status", "--json", state_dir=state_dir)
+    assert as_json.returncode == 0 and as_json.stdout.isascii()
+    json.loads(as_json.stdout)
+    page = state_dir.parent / "timeline.html"
+    assert phoenix_cli("report", "--html", str(page), state_dir=state_dir).returncode == 0
+    shown_safely(page.read_text(encoding="utf-8"))
+    master.stop()
+    master_log = master.log_path.read_bytes().decode("utf-8")  # strict: every byte of the log is UTF-8
+    shown_safely(master_log)
+    assert "crash" not in master_log and "report-\\udcff.csv" in master_log
+    assert log_lines(master_log, "callback_error", job="bad-callback")
+    report_figures("poison_errors", jobs=6, log_bytes=len(master_log))
+
+
+def test_a_poison_final_held_by_a_dead_master_is_recorded_at_the_next_start(master_factory, state_dir):
+    """The crash loop of the issue: the master died after holding (and acking)
+    a final whose error is not UTF-8; every later start met it first."""
+    state_dir.mkdir(parents=True)
+    with Journal(state_dir / "journal.db") as journal:
+        for key in ("held", "nul"):
+            job_id, _ = journal.submit(f"{POISON}:raises", "{}", key)
+            claimed = journal.claim(1, None, None)  # no pid: the fork never happened, as far as the journal knows
+            assert claimed is not None and claimed[0].id == job_id
+            error = ("Traceback (most recent call last):\nRuntimeError: cannot import report-\udcff.csv"
+                     if key == "held" else "RuntimeError: nul\x00 in a text column")
+            final = protocol.encode(job_id, 1, "failed", 3, 0, error=error)  # what the child sent, as sent
+            journal.hold_finals([(claimed[1], final.decode())])
+    master = master_factory(app=APP)
+    jobs = master.wait_jobs_done(["held", "nul"])
+    assert "cannot import report-\\udcff.csv" in jobs["held"]["error"] and jobs["held"]["outcome"] == "error"
+    assert "nul\\x00 in a text column" in jobs["nul"]["error"]
+    assert alive(master.pid)
+    master.submit(f"{POISON}:echo", {}, "after")
+    assert master.wait_jobs_done(["after"])["after"]["state"] == "finished"
+
+
+def test_a_result_nested_too_deep_is_an_error_with_the_reason(master_factory):
+    master = master_factory(app=APP)
+    master.submit(f"{POISON}:returns", {"nest": 5000}, "very-deep")  # past what the child's encoder takes
+    master.submit(f"{POISON}:returns", {"nest": MAX_JSON_DEPTH + 1}, "deep")  # encodable, past the limit
+    master.submit(f"{POISON}:returns", {"nest": MAX_JSON_DEPTH - 1}, "deep-enough")  # within it
+    master.submit(f"{POISON}:returns", {"json": "[NaN, Infinity]"}, "nan")
+    jobs = master.wait_jobs_done(["very-deep", "deep", "deep-enough", "nan"])
+    for key in ("very-deep", "deep"):
+        assert jobs[key]["state"] == "failed" and jobs[key]["outcome"] == "error", jobs[key]
+        assert f"nests more than {MAX_JSON_DEPTH} levels" in jobs[key]["error"]
+    assert jobs["deep-enough"]["state"] == "finished"
+    assert jobs["nan"]["outcome"] == "error" and "not JSON" in jobs["nan"]["error"]
+    assert alive(master.pid)
+
+
+def test_poison_parameters_and_targets_are_refused_at_submit_in_one_line(state_dir):
+    target = f"{POISON}:echo"
+    refused = {
+        "nested too deep for the parser": (target, "[" * 50_000 + "]" * 50_000),
+        "nested past the limit": (target, "[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1)),
+        "NaN": (target, '{"a": NaN}'),
+        "Infinity": (target, "[Infinity]"),
+        "a raw control character": (target, '{"a": "\x1b[2J"}'),
+        "a target that is not UTF-8": (f"{target}\udcff", "{}"),
+        "a target with an escape": (f"{target}\x1b[31m", "{}"),
+    }
+    for what, (job_target, params) in refused.items():
+        result = phoenix_cli("submit", job_target, params, state_dir=state_dir)
+        assert result.returncode == 2, (what, result.returncode, result.stderr[-500:])
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("phoenix: error:") and len(lines[0]) < 600, (what, lines)
+        shown_safely(lines[0], lines=False)
+    # A string that is not UTF-8 inside the parameters is data: kept (JSON escapes it) and given to the job.
+    kept = phoenix_cli("submit", target, '{"path": "report-\udcff.csv"}', "--key", "ok", state_dir=state_dir)
+    assert kept.returncode == 0, kept.stderr
+    assert job_row(state_dir, "ok")["params"] == '{"path":"report-\\udcff.csv"}'
+
+
+def test_an_outbox_file_the_master_cannot_read_is_quarantined_and_cleared(master_factory, state_dir):
+    """A dead master's attempt, and the file its child left in the outbox, which
+    is not an outcome (truncated, of another version, tampered with): put
+    aside with one log line, never dropped, never a crash."""
+    state_dir.mkdir(parents=True)
+    with Journal(state_dir / "journal.db") as journal:
+        job_id, _ = journal.submit(f"{POISON}:echo", "{}", "left-behind")
+        assert journal.claim(1, None, None) is not None
+    (state_dir / "outbox").mkdir(mode=0o700)
+    poison = b'{"v":1,"job":%d,"att":1,"k":"finished","seq":2,"p":0,"result":' % job_id + b"[" * 5000 + b"\xff\x00"
+    (state_dir / "outbox" / f"{job_id}.1.json").write_bytes(poison)
+
+    master = master_factory(app=APP)
+    jobs = master.wait_jobs_done(["left-behind"])
+    assert jobs["left-behind"]["outcome"] == "lost" and alive(master.pid)
+    [line] = log_lines(master.log(), "quarantined", what="outbox")
+    shown_safely(line, lines=False)
+    assert not (state_dir / "outbox" / f"{job_id}.1.json").exists()  # gone from the outbox: read once
+    piped = phoenix_cli("status", state_dir=state_dir)
+    assert "quarantine: 1 record(s)" in piped.stdout, piped.stdout
+    assert json.loads(phoenix_cli("status", "--json", state_dir=state_dir).stdout)["quarantined"] == 1
+    listed = phoenix_cli("quarantine", state_dir=state_dir)
+    assert listed.returncode == 0 and "outbox: not a valid outcome message" in listed.stdout, listed.stdout
+    shown_safely(listed.stdout)
+    [(name, entry)] = json.loads(phoenix_cli("quarantine", "--json", state_dir=state_dir).stdout)["records"].items()
+    assert entry["bytes"] == len(poison) and entry["record"].endswith("[[[\\xff\x00")  # the record, kept whole
+    # A name, never a path: nothing outside the quarantine goes.
+    assert phoenix_cli("quarantine", "--clear", "../journal.db", state_dir=state_dir).returncode == 1
+    cleared = phoenix_cli("quarantine", "--clear", name, state_dir=state_dir)
+    assert cleared.returncode == 0 and "deleted 1 record(s)" in cleared.stdout
+    assert "quarantine" not in phoenix_cli("status", state_dir=state_dir).stdout
+    assert (state_dir / "journal.db").exists()
+    master.stop()
+
+
+def test_an_outcome_the_store_refuses_is_quarantined_not_a_crash(tmp_path, pg_url):
+    """Whatever a store refuses of an outcome (here: a constraint, standing in
+    for a value no escaping foresaw) ends the attempt as `error` with the
+    record put aside; the master runs on, and so do its other jobs, whose
+    errors hold what PostgreSQL's text refuses raw (NUL, a lone surrogate)."""
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE attempts ADD CONSTRAINT refuse CHECK (error NOT LIKE '%%refuse me%%')")
+    state_dir = tmp_path / "state"
+    master = Master(state_dir, APP, "--store", pg_url, "--node", "poison", log_dir=tmp_path).start()
+    try:
+        poison = (("refused", {"text": "refuse me"}), ("fine", {"text": "fine"}),
+                  ("bad-path", {"fsdecode": PATH_NOT_UTF8}), ("nul", {"text": "a\x00b"}))
+        for key, params in poison:
+            result = phoenix_cli("submit", f"{POISON}:raises", json.dumps(params), "--key", key, "--store", pg_url)
+            assert result.returncode == 0, result.stderr
+        from phoenix.pgstore import PgStore
+
+        def ended() -> dict[str, Any] | None:
+            with PgStore(pg_url) as store:
+                jobs = {job["key"]: job for job in store.status_rows()}
+            return jobs if all(jobs[k]["state"] == "failed" for k, _params in poison) else None
+
+        jobs = wait_for(ended, 30, "every job to fail")
+        assert "cannot import report-\\udcff.csv" in jobs["bad-path"]["error"]  # PostgreSQL's text takes neither raw
+        assert "cannot import a\\x00b" in jobs["nul"]["error"]
+        assert jobs["refused"]["outcome"] == "error" and "could not be recorded" in jobs["refused"]["error"]
+        assert "RuntimeError: cannot import fine" in jobs["fine"]["error"]
+        assert log_lines(master.log(), "quarantined", what="outcome", job="refused")
+        assert alive(master.pid)
+        listed = phoenix_cli("quarantine", "--json", state_dir=state_dir)
+        [entry] = json.loads(listed.stdout)["records"].values()
+        assert "refuse me" in entry["record"] and "CheckViolation" in entry["reason"]
+    finally:
+        master.stop()
+
+
+# -- every field, on both stores: property tests ---------------------------------------------------------
+
+
+SPECIALS = ["\udcff", "\udc80", "\ud800", "\x00", "\x1b", "\x1b[2J", "\r", "\n", "\t", "\x7f", "\x9b", "\u202e",
+            "\u2066", "\u2028", "\ufeff", "\U0001f600", '"', "\\", "[/bold]", "<script>", "&amp;", "'"]
+POISON_TEXT = st.lists(st.one_of(st.characters(), st.sampled_from(SPECIALS)), max_size=30).map("".join)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | POISON_TEXT,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(POISON_TEXT, children, max_size=3),
+    max_leaves=12)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        journal = Journal(tmp_path / "journal.db")
+        yield journal
+        journal.close()
+        return
+    pytest.importorskip("psycopg")
+    from phoenix.pgstore import PgStore
+
+    shared = PgStore(request.getfixturevalue("pg_url"), node="poison-node", lease_ttl=30)
+    shared.register_master(os.getpid(), 1, time.time(), 4, APP)
+    yield shared
+    shared.close()
+
+
+_keys = itertools.count()
+
+
+def as_json_keeps(value: Any) -> Any:
+    """`value` as JSON gives it back: whole, except that two lone surrogates
+    that form a pair come back as the one character they encode (UTF-16's rule)."""
+    return json.loads(json.dumps(value))
+
+
+def rendered(store: Store, key: str) -> list[str]:
+    """Every text an operator sees of `key`'s job and of the store: `show`,
+    `jobs`, `status` (piped), the timeline page."""
+    outputs = []
+    for draw in (lambda: jobsview.render_show(jobsview.show_report(store, store.job_by_key(key) or {})),
+                 lambda: jobsview.render_jobs(jobsview.jobs_report(store, state=None, target=None, since=None,
+                                                                    limit=5)),
+                 lambda: status.render({"master": {"state": "stopped", "generation": 1}, "counts": store.counts(),
+                                        "recent_failures": store.recent_failures(3),
+                                        "jobs": [{**job, "last_beat_age": None}
+                                                 for job in list(store.status_rows())[-5:]]})):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            draw()
+        outputs.append(out.getvalue())
+    outputs.append(report.build(store, f"timeline {key}"))  # type: ignore[arg-type]
+    return outputs
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=POISON_TEXT, target=POISON_TEXT, params=JSON_VALUES, error=POISON_TEXT, result=JSON_VALUES,
+       callback_error=POISON_TEXT, detail=POISON_TEXT)
+def test_every_field_is_stored_read_back_and_shown_on_both_stores(any_store: Store, key: str, target: str,
+                                                                   params: Any, error: str, result: Any,
+                                                                   callback_error: str, detail: str) -> None:
+    store = any_store
+    try:  # a key or target that cannot be shown faithfully is refused in one line; any other is kept as it is
+        check_key(key)
+    except KeyRefused as exc:
+        shown_safely(str(exc), lines=False)
+        key = f"refused-{next(_keys)}"
+    key = f"{key}-{next(_keys)}"
+    try:
+        check_target_form(f"m:{target}")
+        target = f"m:{target}"
+    except AppError as exc:
+        shown_safely(str(exc), lines=False)
+        target = "m:f"
+    job_id, created = store.submit(target, encode_params(params), key)
+    assert created
+    claimed = store.claim(1, 4242, None)
+    assert claimed is not None and claimed[0].id == job_id
+    attempt_id = claimed[1]
+
+    # The child's final, held before the ack: JSON keeps the error losslessly.
+    final = protocol.encode(job_id, 1, "failed", 1, 0, error=error)
+    store.hold_finals([(attempt_id, final.decode())])
+    [held] = [a for a in store.open_attempts() if a.attempt_id == attempt_id]
+    message = protocol.decode((held.final or "").encode())
+    assert message is not None and message.body["error"] == as_json_keeps(error)
+    classified = classify(final=message.body, status=None, interrupted=False, kill_reason=None, kill_detail=None)
+    finished = classify(final={"k": "finished", "result": result}, status=None, interrupted=False,
+                        kill_reason=None, kill_detail=None)
+    recorded, callback_id = store.end_attempt(
+        attempt_id, job_id, outcome=classified.outcome, reason=error[:40], error=classified.error,
+        result_json=finished.result_json, max_rss_kb=None, job_state="failed", counts_as_failure=True,
+        callback="on_failed", attempt_n=1)
+    assert recorded and callback_id is not None
+    store.callback_done(callback_id, callback_error)
+    store.record_event("poison", 1, os.getpid(), detail)
+
+    # Read back: every value as stored (escaped only where a text column cannot take it).
+    row = store.job_by_key(key)
+    assert row is not None and row["target"] == target and row["error"] == storable(as_json_keeps(error))
+    assert stored_json(row["params"]) == as_json_keeps(params) and stored_json(row["result"]) == as_json_keeps(result)
+    [attempt] = store.attempts_of(job_id)
+    assert attempt["error"] == row["error"] and attempt["reason"] == storable(error[:40])
+    [owed] = [c for c in store.owed_callbacks() if c[0] == callback_id] or [None]
+    assert owed is None  # done, with its error kept
+    for job in store.status_rows():
+        json.dumps(job).encode("ascii")  # what --json prints
+    for text in rendered(store, key):
+        shown_safely(text)
+    for formatter in (log.TextFormatter(), log.JsonFormatter()):
+        line = formatter.event_line(time.time(), logging.ERROR, os.getpid(), "job_failed",
+                                    {"job": key, "target": target, "error": error, "detail": detail})
+        shown_safely(line.split("\n", 1)[0], lines=False)  # the record's own line: no control raw, no break
+        shown_safely(line)
+
+
+def test_huge_and_deep_values_are_refused_or_kept_never_a_crash(any_store: Store) -> None:
+    store = any_store
+    huge = ("\udcff\x00\x1b" * 400_000)  # 1.2 million characters a callback might raise with
+    job_id, _ = store.submit("m:f", encode_params({"huge": "x" * 1_000_000}), "huge")
+    claimed = store.claim(1, 4242, None)
+    assert claimed is not None
+    deep: Any = "leaf"
+    for _ in range(5000):
+        deep = [deep]
+    too_deep = classify(final={"k": "finished", "result": deep}, status=None, interrupted=False, kill_reason=None,
+                        kill_detail=None)
+    assert too_deep.outcome == "error" and "cannot be kept as JSON" in (too_deep.error or "")
+    nan = classify(final={"k": "finished", "result": [float("nan")]}, status=None, interrupted=False,
+                   kill_reason=None, kill_detail=None)
+    assert nan.outcome == "error"
+    with pytest.raises(AppError, match="nest more than"):
+        encode_params(deep)
+    recorded, callback_id = store.end_attempt(claimed[1], job_id, outcome="error", reason="r", error=huge,
+                                              result_json=None, max_rss_kb=None, job_state="failed",
+                                              counts_as_failure=True, callback="on_failed", attempt_n=1)
+    assert recorded and callback_id is not None
+    store.callback_done(callback_id, huge)
+    row = store.job_by_key("huge")
+    assert row is not None and row["error"] == storable(huge) and len(row["error"]) > len(huge)
+    for text in rendered(store, "huge"):
+        shown_safely(text)
+
+
+def test_stored_json_another_process_cannot_read_is_shown_as_text(tmp_path: Path) -> None:
+    """A journal written by an older release or another tool may hold JSON
+    nested past any parser's stack, or not JSON at all: shown, not a crash."""
+    with Journal(tmp_path / "journal.db") as journal:
+        for key, params in (("deep", "[" * 100_000 + "]" * 100_000), ("damaged", '{"a": ')):
+            db = journal.db
+            db.execute("INSERT INTO jobs (key, target, params, state, created_at, updated_at) VALUES "
+                       "(?, 'm:f', ?, 'failed', 0, 0)", (key, params))
+        reports = {job["key"]: job for job in journal.status_rows()}
+        assert reports["damaged"]["params"] == '{"a": ' and reports["deep"]["params"].startswith("[[[")
+        for key in ("deep", "damaged"):
+            [text] = [t for t in rendered(journal, key)[:1]]
+            shown_safely(text)
+
+
+
+def test_a_state_directory_that_is_not_utf8_names_its_master_on_the_shared_store(tmp_path, pg_url):
+    """The default node name holds the state directory's path, whose bytes
+    need not be UTF-8: kept as the store can (escaped). A --node with control
+    characters is refused in one line."""
+    refused = phoenix_cli("start", APP, "--store", pg_url, "--node", "a\x1b[2Jb", state_dir=tmp_path / "other")
+    assert refused.returncode == 2, refused.stderr[-500:]
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith("phoenix: error: node 'a\\x1b[2Jb'"), line
+    state_dir = Path(os.fsdecode(os.fsencode(tmp_path) + b"/state-\xff"))
+    master = Master(state_dir, APP, "--store", pg_url, log_dir=tmp_path).start()
+    try:
+        assert phoenix_cli("submit", f"{POISON}:echo", "{}", "--key", "k", "--store", pg_url).returncode == 0
+        shown = wait_for(lambda: (out := phoenix_cli("status", "--store", pg_url)).returncode == 0
+                         and "state-\\udcff" in out.stdout and out.stdout, 30, "the master to show in status")
+        shown_safely(shown)
+        from phoenix.pgstore import PgStore
+
+        def finished() -> bool:
+            with PgStore(pg_url) as store:
+                return any(job["key"] == "k" and job["state"] == "finished" for job in store.status_rows())
+
+        wait_for(finished, 30, "the job to finish")
+        assert alive(master.pid)
+    finally:
+        master.stop()
+
+
+def test_operator_commands_naming_keys_no_store_can_hold_say_no_such_job(master_factory, state_dir):
+    """A key or target typed with bytes that are not UTF-8 (or read from a
+    file) names no job: one line, never a traceback, with or without a master."""
+    master = master_factory(app=APP)
+    master.submit(f"{POISON}:raises", {"text": "x"}, "failed-one")
+    master.wait_jobs_done(["failed-one"])
+    for running in (True, False):
+        for args in (("cancel", "k\udcff"), ("show", "k\udcff"), ("retry", "k\udcff"),
+                     ("retry", "failed-one", "k\udcff")):
+            result = phoenix_cli(*args, state_dir=state_dir)
+            assert result.returncode == 1, (running, args, result.stderr[-800:])
+            [line] = result.stderr.strip().splitlines()
+            assert "no job with key" in line and "k\\udcff" in line, line
+            shown_safely(line, lines=False)
+        for args in (("jobs", "--target", "m:f\udcff"), ("retry", "--failed", "--target", "m:f\udcff")):
+            result = phoenix_cli(*args, state_dir=state_dir)
+            assert result.returncode == 0 and "Traceback" not in result.stderr, (args, result.stderr[-800:])
+        assert job_row(state_dir, "failed-one")["state"] == "failed"  # the refused batch retried nothing
+        if running:
+            assert alive(master.pid) and "control_request_failed" not in master.log()
+            master.stop()
