@@ -830,21 +830,6 @@ class Journal:
                 "max_rss_kb": max_rss_kb,  # of the last attempt that ended, when known
             }
 
-    def timeline_attempts(self) -> list[dict[str, Any]]:
-        cur = self.db.execute(
-            "SELECT a.job_id, j.key, a.n, a.pid, a.started_at, a.ended_at, a.outcome, a.reason, a.error "
-            "FROM attempts a JOIN jobs j ON j.id = a.job_id ORDER BY a.job_id, a.n"
-        )
-        names = [c[0] for c in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur]
-
-    def timeline_jobs(self) -> list[dict[str, Any]]:
-        cur = self.db.execute(
-            "SELECT id AS job_id, key, target, state, attempts, error, updated_at FROM jobs ORDER BY id"
-        )
-        names = [c[0] for c in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur]
-
     def timeline_recent(self, limit: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
         """What `phoenix report` draws, bounded: (the `limit` jobs that last
         changed among those that ran or failed before any attempt, in id order;

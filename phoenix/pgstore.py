@@ -836,17 +836,21 @@ class PgStore:
                 "reason": reason, "max_rss_kb": max_rss_kb,
             }
 
-    def timeline_attempts(self) -> list[dict[str, Any]]:
-        with self._one() as cur:
+    def timeline_recent(self, limit: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+        """As the SQLite journal's: the `limit` jobs that last changed among
+        those that ran or failed before any attempt, their attempts, and how
+        many pending jobs wait for a first attempt."""
+        with self._tx() as cur:
+            cur.execute("SELECT id AS job_id, key, target, state, attempts, error, updated_at FROM jobs "
+                        "WHERE attempts > 0 OR state = 'failed' ORDER BY updated_at DESC, id DESC LIMIT %s", (limit,))
+            jobs = sorted(_dicts(cur), key=lambda job: int(job["job_id"]))
             cur.execute("SELECT a.job_id, j.key, a.n, a.pid, a.started_at, a.ended_at, a.outcome, a.reason, "
                         "a.error, a.master, a.state, a.late_outcome FROM attempts a JOIN jobs j ON j.id = a.job_id "
-                        "ORDER BY a.job_id, a.n")
-            return _dicts(cur)
-
-    def timeline_jobs(self) -> list[dict[str, Any]]:
-        with self._one() as cur:
-            cur.execute("SELECT id AS job_id, key, target, state, attempts, error, updated_at FROM jobs ORDER BY id")
-            return _dicts(cur)
+                        "WHERE a.job_id = ANY(%s) ORDER BY a.job_id, a.n", ([job["job_id"] for job in jobs],))
+            attempts = _dicts(cur)
+            cur.execute("SELECT count(*) FROM jobs WHERE state = 'pending' AND attempts = 0")
+            row = cur.fetchone()
+        return jobs, attempts, int(row[0]) if row is not None else 0
 
     def timeline_events(self) -> list[dict[str, Any]]:
         with self._one() as cur:

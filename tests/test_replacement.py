@@ -56,7 +56,7 @@ def running_pids(state_dir: Path, keys: list[str]) -> dict[str, int]:
 def _jobs(state_dir: Path) -> dict[str, dict]:
     from phoenix.status import collect
 
-    return {job["key"]: job for job in collect(StatePaths(state_dir))[0]["jobs"]}
+    return {job["key"]: job for job in collect(StatePaths(state_dir), page=(0, 10**9))[0]["jobs"]}
 
 
 def callback_counts(master) -> dict[tuple[str, str], int]:

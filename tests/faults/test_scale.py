@@ -13,6 +13,7 @@ import os
 import re
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -73,23 +74,39 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return state_dir
 
 
+# The command runs as the child of a small launcher, which reports its peak
+# RSS. Waited for straight from the test process, the figure would not be the
+# command's: at exec Linux keeps the old address space's high-water mark, and a
+# process made with vfork from a pytest worker (subprocess does) starts with
+# the worker's, which is hundreds of MB after the hypothesis tests.
+_LAUNCHER = (
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execv(sys.argv[2], sys.argv[2:])\n"
+    "_pid, status, usage = os.wait4(pid, 0)\n"
+    "with open(sys.argv[1], 'w') as report:\n"
+    "    report.write(str(usage.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def run_measured(args: list[str], env: dict[str, str] | None = None,
                  tmp: Path | None = None) -> tuple[int, str, float]:
-    """(exit status, stdout, peak RSS in MB) of one command, waited for by pid
-    with wait4 (the kernel's own high-water mark of that process alone)."""
-    out = (tmp or Path(os.environ.get("TMPDIR", "/tmp"))) / f"out-{os.getpid()}-{time.monotonic_ns()}"
+    """(exit status, stdout, peak RSS in MB) of one command: the kernel's own
+    high-water mark of that process alone (see _LAUNCHER)."""
+    where = tmp or Path(os.environ.get("TMPDIR", "/tmp"))
+    out = where / f"out-{os.getpid()}-{time.monotonic_ns()}"
+    peak_file = where / f"peak-{os.getpid()}-{time.monotonic_ns()}"
     with open(out, "wb") as sink:
-        proc = subprocess.Popen([*PHOENIX, *args], stdout=sink, stderr=subprocess.PIPE,
-                                env={**os.environ, **(env or {})})
-        assert proc.stderr is not None
-        errors = proc.stderr.read()  # small: a command's error line at most
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        proc.stderr.close()
+        proc = subprocess.run([sys.executable, "-c", _LAUNCHER, str(peak_file), *PHOENIX, *args], stdout=sink,
+                              stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
     text = out.read_text()
     out.unlink()
-    assert proc.returncode in (0, 3), errors.decode()  # 3: no master runs, which is the case here
-    return proc.returncode, text, usage.ru_maxrss / 1024
+    peak_kb = int(peak_file.read_text())
+    peak_file.unlink()
+    assert proc.returncode in (0, 3), proc.stderr.decode()  # 3: no master runs, which is the case here
+    return proc.returncode, text, peak_kb / 1024
 
 
 def test_status_reads_counts_failures_and_running_jobs_not_every_job(big: Path, tmp_path: Path) -> None:

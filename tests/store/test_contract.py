@@ -175,8 +175,9 @@ def test_reads_for_status_and_the_operator(store: Store) -> None:
     assert first is not None and reload is not None and reload >= first
     store.set_meta(generation=3)
     assert store.meta("generation") == 3 and store.meta("missing", "d") == "d"
-    assert [a["job_id"] for a in store.timeline_attempts()] == [job_id]
-    assert len(store.timeline_jobs()) == 2 and len(store.timeline_events()) == 2
+    jobs, attempts, unstarted = store.timeline_recent(10)
+    assert [a["job_id"] for a in attempts] == [job_id] and unstarted == 1  # "other", never started
+    assert len(jobs) == 1 and len(store.timeline_events()) == 2
 
 
 def test_prune_keeps_what_is_not_ended_or_still_owes_a_callback(store: Store) -> None:
