@@ -84,7 +84,8 @@ def test_a_process_forked_by_a_callback_does_not_hold_the_spare_back(master_fact
     master = master_factory("--workers", "1", "--heartbeat-timeout", "3")
     pidfile = tmp_path / "forked.pid"
     master.submit("tests.apps.jobs:noop", {"callback_forks": 30, "pidfile": str(pidfile)}, key="forks")
-    wait_for(pidfile.exists, what="the callback's process")
+    # (written, not only created: the callback's process writes the file after opening it)
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), what="the callback's process")
     forked = int(pidfile.read_text())
     try:
         master.submit("tests.apps.jobs:noop", {"x": 2}, key="next")
