@@ -173,8 +173,10 @@ def _close_fds_except(keep_fds: set[int]) -> None:
 
 def _write_outbox(outbox: Path, job_id: int, attempt: int, data: bytes) -> None:
     """The outcome on disk when no master acknowledged it: the next master
-    finds it here and the job is not run again. Plain os calls on str paths: this runs once per job
-    and pathlib's objects cost more than the writing."""
+    finds it here and the job is not run again. On disk means synced: the
+    file's data before its rename, the directory's new name after it (the
+    child exits next, and nobody else holds this outcome). Plain os calls on
+    str paths: pathlib's objects cost more than the writing."""
     final = f"{outbox}/{job_id}.{attempt}.json"
     temporary = f"{outbox}/.{job_id}.{attempt}.{os.getpid()}.tmp"
     try:
@@ -183,9 +185,15 @@ def _write_outbox(outbox: Path, job_id: int, attempt: int, data: bytes) -> None:
             written = 0
             while written < len(data):
                 written += os.write(fd, data[written:])
+            os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(temporary, final)
+        directory = os.open(outbox, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
     except OSError as exc:
         print(f"phoenix: cannot write outcome to {final}: {exc}", file=sys.stderr)
         try:

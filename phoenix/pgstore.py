@@ -253,6 +253,7 @@ class PgStore:
         self._cur: psycopg.Cursor[Any] | None = None  # the connection's kept cursor (see _one)
         self._one_statement = _OneStatement(self)
         self._pid = os.getpid()
+        self._first_connection = True  # a weak synchronous_commit is refused then, an outage later (check_durability)
         self.late_outcomes = 0
         self.last_recovery: tuple[list[str], int] = ([], 0)  # (masters, attempts) the last recover() took
         self.recovery_due = False  # the last renewal saw a master whose lease is gone past the grace
@@ -267,9 +268,15 @@ class PgStore:
         if self._conn is not None and self._pid == os.getpid() and not self._conn.closed:
             return self._conn
         self._pid = os.getpid()
-        self._conn = self._new_connection()
-        if self.check_schema:
-            check_version(self._conn, self.url)
+        conn = self._new_connection()
+        try:
+            check_durability(conn, first=self._first_connection)
+            if self.check_schema:
+                check_version(conn, self.url)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._first_connection = conn, False
         return self._conn
 
     @contextlib.contextmanager
@@ -541,9 +548,10 @@ class PgStore:
     def end_attempt(self, attempt_id: int, job_id: int, *, outcome: str, reason: str | None, error: str | None,
                     result_json: str | None, max_rss_kb: int | None, job_state: str, counts_as_failure: bool,
                     retry_delay: float | None = None, callback: str | None, attempt_n: int,
-                    ) -> tuple[bool, int | None]:
+                    durable: bool = False) -> tuple[bool, int | None]:
         """Record an outcome through the fence (see _END_ATTEMPT). A fenced outcome
-        is kept on its attempt as `late` and returns (False, None)."""
+        is kept on its attempt as `late` and returns (False, None). Every commit
+        here is durable (see check_durability): `durable` asks nothing more."""
         with self._one() as cur:
             cur.execute(_END_ATTEMPT, {
                 "attempt": attempt_id, "job": job_id, "outcome": outcome, "reason": reason, "error": error,
@@ -894,6 +902,32 @@ def connect(url: str, *, autocommit: bool = True, network_timeout: float = CONNE
         raise JournalError(f"the store URL is not valid: {one_line(exc)}") from None
     except psycopg.OperationalError as exc:
         raise StoreUnavailable(f"cannot connect to the PostgreSQL store: {one_line(exc)}") from None
+
+
+class WeakDurability(JournalError):
+    """The PostgreSQL session would acknowledge commits before they are on disk."""
+
+
+def check_durability(conn: psycopg.Connection[Any], *, first: bool) -> None:
+    """Phoenix acknowledges a submit, a child's final and a callback done once
+    its commit returns, so the commit must be on the server's disk by then:
+    synchronous_commit `local`, `remote_write`, `on` (the default) or
+    `remote_apply`. `off` acknowledges before the WAL is flushed, and a server
+    crash loses the last commits: refused, as a setting that silently breaks
+    what Phoenix promises (a warning would scroll by while jobs vanish). At
+    the first connection (start, a command) it is one line and exit 2; on a
+    reconnect (the role's setting changed under a running master) it is an
+    outage: no claims, writes kept and replayed, until it is fixed."""
+    row = conn.execute("SELECT current_setting('synchronous_commit')").fetchone()
+    setting = str(row[0]) if row else "off"
+    if setting != "off":
+        return
+    message = ("the PostgreSQL store's session has synchronous_commit = off: commits Phoenix acknowledges "
+               "could be lost in a server crash. Set it to on for Phoenix's role (ALTER ROLE <role> SET "
+               "synchronous_commit = on) or database (ALTER DATABASE <db> SET synchronous_commit = on)")
+    if first:
+        raise WeakDurability(message)
+    raise StoreUnavailable(message)
 
 
 def schema_version(conn: psycopg.Connection[Any]) -> int | None:
