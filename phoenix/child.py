@@ -180,6 +180,7 @@ def _write_outbox(outbox: Path, job_id: int, attempt: int, data: bytes) -> None:
     final = f"{outbox}/{job_id}.{attempt}.json"
     temporary = f"{outbox}/.{job_id}.{attempt}.{os.getpid()}.tmp"
     try:
+        _sync_journal_log(outbox)
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             written = 0
@@ -200,6 +201,23 @@ def _write_outbox(outbox: Path, job_id: int, attempt: int, data: bytes) -> None:
             os.unlink(temporary)
         except OSError:
             pass
+
+
+def _sync_journal_log(outbox: Path) -> None:
+    """A master reads an outbox file only for an attempt its journal holds.
+    The SQLite journal's commit of this attempt was not synced (nobody was
+    told of it but this child): fsync its write-ahead log first, or after a
+    power cut the file would name an attempt the journal never had, and the
+    job would run again. (What a checkpoint moved out of the log was synced
+    then; a PostgreSQL store has no such file here, and its commits are durable.)"""
+    try:
+        fd = os.open(f"{os.path.dirname(outbox)}/journal.db-wal", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 ORDER_HEADER = 8  # bytes of big-endian length before an order's JSON
