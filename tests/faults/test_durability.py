@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -195,3 +196,37 @@ def test_an_outcome_in_the_outbox_survives_a_power_cut(master_factory, ext4):
     [(job_state, result)] = rows(state / "journal.db", "SELECT state, result FROM jobs WHERE key = 'orphaned'")
     assert job_state == "finished"
     assert json.loads(result)["pid"] == child, "the outcome the child left in the outbox was lost: the job ran again"
+
+
+def test_a_postgresql_session_that_acknowledges_before_disk_is_refused(pg_url):
+    """synchronous_commit = off acknowledges a commit before it is on the
+    server's disk: Phoenix refuses such a session with one line (exit 2), on
+    a reconnect too (an outage, not a crash), and takes on, local and the
+    remote_* levels."""
+    import psycopg
+
+    from phoenix.journal import StoreUnavailable
+    from phoenix.pgstore import PgStore, WeakDurability
+
+    database = urlsplit(pg_url).path.lstrip("/")
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE {database} SET synchronous_commit = off")
+    done = phoenix_cli("submit", "tests.apps.jobs:noop", "{}", "--store", pg_url)
+    assert done.returncode == 2, done.stderr
+    assert "synchronous_commit = off" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    with pytest.raises(WeakDurability):
+        PgStore(pg_url)
+
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE {database} SET synchronous_commit = local")
+    store = PgStore(pg_url)  # accepted: on the server's disk before the commit returns
+    try:
+        store.submit("tests.apps.jobs:noop", "{}", "before")
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {database} SET synchronous_commit = off")
+        store._drop()  # as a lost connection would: the next call connects again
+        with pytest.raises(StoreUnavailable, match="synchronous_commit = off"):
+            store.submit("tests.apps.jobs:noop", "{}", "after")
+    finally:
+        store.close()
