@@ -232,6 +232,15 @@ class Handoff:
         if m.state not in (MasterState.RUNNING, MasterState.DEGRADED):
             log.event(logging.WARNING, "reload_refused", reason=f"the master is {m.state}")
             return False
+        if m.outage.active:
+            # The new image would start without what this one holds in memory
+            # for the journal (outcomes, callbacks done), and finished jobs would run again.
+            self.refusal = (f"the journal cannot be written ({m.outage.error}): this master keeps the outcomes "
+                            "it holds and replaces itself only once they are recorded; free space or fix the "
+                            "state directory, then reload again")
+            log.event(logging.ERROR, "reload_refused", reason=self.refusal)
+            self.last_result = {"state": "failed", "from_generation": m.generation, "error": self.refusal}
+            return False
         if m.config.reexec == "fork" and pid1.is_namespace_init():
             log.event(logging.ERROR, "reload_refused", reason=pid1.FORK_REPLACEMENT_REFUSED)
             # What `phoenix reload --wait` reads: it exits 1 with this reason.
@@ -343,6 +352,10 @@ class Handoff:
         """Called on every turn while waiting: exec once no callback is running,
         so that none is cut off and run twice."""
         if self.phase != "waiting_callbacks" or self.master.callbacks_running():
+            return
+        if self.master.outage.active:  # it began after the reload did (see begin)
+            self._failed("journal", f"the journal cannot be written ({self.master.outage.error}): this master "
+                                    "keeps the outcomes it holds; reload again once it is writable")
             return
         if self.master.config.reexec == "fork":
             self.fork_new_master()

@@ -85,6 +85,9 @@ class Master:
         self.signals: list[int] = []
         self.state = MasterState.STARTING
         self.stop_mode: StopMode | None = None
+        self.exit_wait_noted = False  # stop_waits_for_journal said
+        self.stop_error: str | None = None  # why the stop itself could not be recorded
+        self.crash_error: str | None = None  # what ended the loop, if an error did
         self.budget = RestartBudget(config.restart_intensity, config.restart_period)
         self.counters = metrics.Counters()
         self.histograms: metrics.Histograms | None = None  # only with --metrics (see metrics.py)
@@ -243,7 +246,7 @@ class Master:
             self.reaper.adopt_running_attempts()
             self.announce_ready()
             self.last_woke = time.monotonic()  # start-up (imports, a journal check) is not absence
-            while self.state != MasterState.STOPPED:
+            while self.state != MasterState.STOPPED or self.holds_unwritten():
                 self.wait_for_events()
                 self.run_commands()
                 self.reaper.reap()
@@ -265,6 +268,7 @@ class Master:
             # Logged here (the log may be a file no one watches for stderr), and
             # the exit status says so: a supervisor must see a crash as a failure.
             self.exit_code = 1
+            self.crash_error = f"it crashed ({type(exc).__name__}: {exc}): see its log"
             log.log.exception("crash", extra={"phoenix_fields": {"error": f"{type(exc).__name__}: {exc}"}})
         finally:
             self.close()
@@ -565,6 +569,8 @@ class Master:
     # -- ending -----------------------------------------------------------------------
 
     def check_finished(self) -> None:
+        if self.state in (MasterState.DRAINING, MasterState.STOPPING):
+            self.note_exit_waits()
         if self.children or self.callbacks.running:
             return
         if self.state in (MasterState.DRAINING, MasterState.STOPPING):
@@ -578,16 +584,49 @@ class Master:
                 self.exit_code = exits.batch_done(counts)
                 self.change_state(MasterState.STOPPED)
 
+    def unrecorded_outcomes(self) -> int:
+        """Outcomes this master has that the journal has not taken yet: finals
+        received and not held (their children wait for the ack), and outcome
+        records queued by an outage."""
+        waiting = sum(1 for a in self.children.values() if a.final is not None and not a.final_held)
+        return waiting + sum(1 for doing, _redo in self.outage.unwritten if doing == "record")
+
+    def holds_unwritten(self) -> bool:
+        """Journal writes that failed and wait to be replayed: the master does
+        not exit with them (a stop, a drain, --leave-running, a hand-over), or
+        finished jobs would run again and callbacks be lost; it retries every
+        second until the journal takes them."""
+        if not self.outage.unwritten:
+            return False
+        self.note_exit_waits()
+        return True
+
+    def note_exit_waits(self) -> None:
+        """Say once why a stop is waiting for the journal."""
+        if self.exit_wait_noted or not self.outage.active:
+            return
+        held = self.unrecorded_outcomes()
+        if not held and not self.outage.unwritten:
+            return
+        self.exit_wait_noted = True
+        event(ERROR, "stop_waits_for_journal", unrecorded_outcomes=held, unwritten=len(self.outage.unwritten),
+              error=self.outage.error,
+              effect="the master exits once the journal takes them (retried every 1 s): free space or fix "
+                     "the state directory; a SIGKILL now leaves them to the children that still hold them")
+
     def batch_counts(self) -> dict[str, int]:
         return self.journal.batch_counts(self.run_started_at)
 
     def begin_stop(self, mode: StopMode, signum: int | None = None) -> None:
+        if self.state == MasterState.STOPPED:
+            return  # stopped already; only waiting to write what the journal would not take (holds_unwritten)
         self.spawner.discard()
         self.stop_signal = self.stop_signal or signum or exits.STOP_MODE_SIGNALS[mode]
         if self.state == MasterState.STOPPING and mode == StopMode.TERM:
             event(WARNING, "stop_now", running=len(self.children))
             for attempt in list(self.children.values()):
-                signal_attempt(attempt, signal.SIGKILL)
+                if attempt.final is None:  # (a finished one holds its outcome: see below)
+                    signal_attempt(attempt, signal.SIGKILL)
             return
         if mode == StopMode.LEAVE:
             event(INFO, "stop", mode="leave-running", running=len(self.children))
@@ -604,6 +643,11 @@ class Master:
         self.change_state(MasterState.STOPPING)
         now = time.monotonic()
         for attempt in self.children.values():
+            if attempt.final is not None:
+                # Its job is done: the child only waits for its outcome's ack (or
+                # writes it to the outbox), and holds it until then; a signal
+                # would end the only copy the journal could not take yet.
+                continue
             attempt.interrupted = True
             self.hangs.stop(attempt, now)
 
@@ -618,6 +662,12 @@ class Master:
         except StoreUnavailable as exc:  # a shared store out of reach: its lease lapses, and others recover
             event(ERROR, "stop_unrecorded", error=str(exc), unwritten=len(self.outage.unwritten),
                   effect="the lease lapses; another master recovers what this one could not record")
+            self.exit_code = self.exit_code or 1
+        except STORAGE_ERRORS as exc:  # a full disk, say: every outcome is recorded (holds_unwritten), not the stop
+            event(ERROR, "stop_unrecorded", error=str(exc),
+                  effect="every outcome is recorded; the next master finds this one's stop missing, as after a crash")
+            self.stop_error = str(exc)
+            self.exit_code = self.exit_code or 1
         if self.stop_mode != StopMode.HANDED_OVER:
             for path in (self.paths.heartbeat_socket, self.paths.control_socket):
                 path.unlink(missing_ok=True)
@@ -625,6 +675,9 @@ class Master:
         self.pidfile.release()
         self.journal.close()
         event(INFO, "exit", pid=os.getpid(), code=self.exit_code)
+        error = (f"it could not record its stop in the journal ({self.stop_error}); every outcome is recorded"
+                 if self.stop_error else self.crash_error)
+        self.control.report_exit({"ok": error is None, "exit_code": self.exit_code, "error": error})
 
     def record_stop(self) -> None:
         if self.stop_mode == StopMode.HANDED_OVER:
@@ -676,6 +729,8 @@ class Master:
                 "beats_missing": self.counters.beats_missing,
                 "rejected": self.counters.rejected,
                 "reload": self.handoff.last_result,
+                "unrecorded_outcomes": self.unrecorded_outcomes(),
+                "journal_error": self.outage.error,
             },
             "running": {
                 str(a.job_id): {
