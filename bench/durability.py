@@ -38,7 +38,6 @@ import tempfile
 import time
 from io import BytesIO
 from pathlib import Path
-from typing import Any
 
 from bench.procs import PYTHON, REPO, Registry, loadavg
 from bench.throughput import wait_with_cpu

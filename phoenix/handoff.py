@@ -35,6 +35,7 @@ from phoenix.commands import HANDLED_SIGNALS
 from phoenix.config import Config
 from phoenix.control import ControlServer
 from phoenix.heartbeats import HeartbeatIntake
+from phoenix.outage import JournalOutage
 from phoenix.outcomes import classify_exit
 from phoenix.paths import StatePaths
 from phoenix.pidfile import PidFile
@@ -71,6 +72,7 @@ class HandoffHost(Protocol):
     timers: TimerHeap
     subprocesses: dict[int, Callable[[int], None]]
     journal: Store
+    outage: JournalOutage  # journal writes that failed: a new image would not have them
 
     def run_owed_callbacks(self) -> None: ...
     def callbacks_running(self) -> bool: ...
