@@ -1,0 +1,59 @@
+"""The SQLite journal's durable commits, in process: a commit acknowledged
+to someone runs at synchronous=FULL and leaves the connection at NORMAL for
+the others, whatever happens inside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from phoenix.journal import Journal, KeyConflict
+
+NORMAL, FULL = 1, 2
+
+
+def synchronous(journal: Journal) -> int:
+    level: int = journal.db.execute("PRAGMA synchronous").fetchone()[0]
+    return level
+
+
+def test_a_durable_commit_runs_at_full_and_the_connection_returns_to_normal(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.db")
+    try:
+        assert synchronous(journal) == NORMAL
+        with journal.transaction(durable=True) as db:
+            assert synchronous(journal) == FULL
+            db.execute("INSERT INTO meta VALUES ('x', '1')")
+        assert synchronous(journal) == NORMAL
+        assert journal._synced_wal is not None  # the write-ahead log's directory entry was synced
+    finally:
+        journal.close()
+
+
+def test_a_refused_durable_commit_rolls_back_and_returns_to_normal(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.db")
+    try:
+        journal.submit("m:f", "{}", "k")
+        with pytest.raises(KeyConflict):
+            journal.submit("m:g", "{}", "k")  # rolled back inside a durable transaction
+        assert synchronous(journal) == NORMAL
+        assert not journal.db.in_transaction
+        assert journal.counts()["pending"] == 1
+    finally:
+        journal.close()
+
+
+def test_only_acknowledged_writes_are_durable(tmp_path: Path) -> None:
+    """The master's other commits (an attempt begun, say) stay at NORMAL: one
+    fsync per acknowledgement, not per write."""
+    journal = Journal(tmp_path / "journal.db")
+    durable: list[str] = []
+    journal.db.set_trace_callback(lambda sql: durable.append(sql) if sql == "PRAGMA synchronous=FULL" else None)
+    try:
+        journal.submit("m:f", "{}", "k")
+        assert len(durable) == 1
+        journal.begin_attempt(journal.pending(1)[0], 1, 123, 456)
+        assert len(durable) == 1
+    finally:
+        journal.close()
