@@ -349,10 +349,7 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
         fail(f"no master is running on {paths.root}", EXIT_NOT_RUNNING)
     mode = "drain" if drain else "leave" if leave_running else "term"
     deadline = time.monotonic() + timeout
-    try:
-        reply, ending, still_running = control.stop(paths.control_socket, mode, timeout)
-    except control.ControlError as exc:
-        fail(f"stop refused: {exc}", 1)
+    reply, ending, still_running = control.stop(paths.control_socket, mode, timeout)
     if still_running:
         fail(f"the master (pid {pid}) has not exited after {timeout} s{_why_still_running(paths)}", 1)
     while pidfile.live_master_pid(paths.pidfile, paths.lockfile) is not None:

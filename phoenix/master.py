@@ -535,6 +535,7 @@ class Master:
     def watch_storage(self) -> None:
         now = time.monotonic()
         if self.outage.active and self.outage.retry_if_due(self.journal.probe_write):
+            self.intake.retry_unheld()
             self.scheduler.wake()
             self.guarded(self.run_owed_callbacks)  # any that could not be started meanwhile
         if now < self.next_state_dir_check:

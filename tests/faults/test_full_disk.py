@@ -48,12 +48,13 @@ JOBS = [f"job-{i}" for i in range(4)]
 APP = "tests.apps.gated:app"
 
 
-def finish_on_a_full_disk(master_factory, small_filesystem: Path, notes: Path):
+def finish_on_a_full_disk(master_factory, small_filesystem: Path, notes: Path, delivery: float = 0.5):
     """A master whose 4 jobs finished (their finals reached it) while its
-    journal could not be written; returns (master, filler)."""
+    journal could not be written; returns (master, filler). `delivery`: how
+    long a child waits for its ack before it tries the outbox."""
     state = small_filesystem / "state"
     go = notes.with_name("go")
-    master = master_factory(state=state, app=APP, env={"PHOENIX_OUTCOME_DELIVERY_TIMEOUT": "0.5"})
+    master = master_factory(state=state, app=APP, env={"PHOENIX_OUTCOME_DELIVERY_TIMEOUT": str(delivery)})
     for i, key in enumerate(JOBS):
         master.submit("tests.apps.gated:gated", {"i": i, "notes": str(notes), "go": str(go)}, key=key)
     wait_for(lambda: _notes(notes).count("start 1") == 4, 20, "the 4 jobs to start")
@@ -85,7 +86,8 @@ def test_a_stop_on_a_full_disk_keeps_every_outcome_and_says_so(master_factory, s
     """Before: the master exited 1 with a traceback, dropped the 4 outcomes
     (they ran again), and `phoenix stop` printed success."""
     notes = tmp_path / "notes"
-    master, filler = finish_on_a_full_disk(master_factory, small_filesystem, notes)
+    # The children wait 60 s for their acks: the master acks them as soon as it can write, not when they ask again.
+    master, filler = finish_on_a_full_disk(master_factory, small_filesystem, notes, delivery=60)
     try:
         stopped = phoenix_cli("stop", "--timeout", "3", *(["--drain"] if how == "drain" else []),
                               state_dir=small_filesystem / "state")
