@@ -369,11 +369,13 @@ def _why_still_running(paths: StatePaths) -> str:
         live = control.request(paths.control_socket, {"cmd": "status"}, timeout=2.0)["master"]
     except (control.ControlError, KeyError, TypeError):
         return ""
-    held = live.get("unrecorded_outcomes") or 0
-    if not held:
-        return ""
-    return (f": it cannot record {held} finished job outcome(s) yet ({live.get('journal_error')}), keeps them, "
-            f"and exits once they are recorded: free space or fix {paths.root}")
+    held, error = live.get("unrecorded_outcomes") or 0, live.get("journal_error")
+    if held:
+        return (f": it cannot record {held} job outcome(s) yet ({error}), keeps them, and exits once they are "
+                f"recorded: free space or fix {paths.root}")
+    if error:
+        return f": its journal cannot be written ({error}); it exits once it can record what it holds"
+    return ""
 
 
 @main.command()
