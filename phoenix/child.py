@@ -231,11 +231,15 @@ def _sync_journal_log(outbox: Path) -> None:
     job would run again. (What a checkpoint moved out of the log was synced
     then; a PostgreSQL store has no such file here, and its commits are durable.)"""
     try:
-        fd = os.open(f"{os.path.dirname(outbox)}/journal.db-wal", os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        # O_NONBLOCK|O_NOFOLLOW: whatever is planted there, this never hangs nor follows a link.
+        fd = os.open(f"{os.path.dirname(outbox)}/journal.db-wal",
+                     os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
         return
     try:
         os.fsync(fd)
+    except OSError:
+        pass  # best effort: the outbox file is still worth writing (it survives anything but a power cut)
     finally:
         os.close(fd)
 

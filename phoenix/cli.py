@@ -357,7 +357,8 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
             fail(f"the master (pid {pid}) has not exited after {timeout} s", 1)
         time.sleep(0.05)
     if ending is not None and ending.get("error"):
-        fail(f"the master (pid {pid}) stopped with exit code {ending.get('exit_code')}: {ending['error']}", 1)
+        why = visible(str(ending["error"]))  # a crash's words may be anything
+        fail(f"the master (pid {pid}) stopped with exit code {ending.get('exit_code')}: {why}", 1)
     if ending is None and reply.get("report_exit"):
         fail(f"the master (pid {pid}) ended without saying how (killed, or crashed): see its log", 1)
     click.echo(f"stopped master pid {pid}")
@@ -370,6 +371,7 @@ def _why_still_running(paths: StatePaths) -> str:
     except (control.ControlError, KeyError, TypeError):
         return ""
     held, error = live.get("unrecorded_outcomes") or 0, live.get("journal_error")
+    error = visible(str(error)) if error else None  # an OS's or a database's words: shown as text
     if held:
         return (f": it cannot record {held} job outcome(s) yet ({error}), keeps them, and exits once they are "
                 f"recorded: free space or fix {paths.root}")
