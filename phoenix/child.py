@@ -196,7 +196,6 @@ def _write_outbox(outbox: Path, job_id: int, attempt: int, data: bytes, quiet: b
     final = f"{outbox}/{job_id}.{attempt}.json"
     temporary = f"{outbox}/.{job_id}.{attempt}.{os.getpid()}.tmp"
     try:
-        _sync_journal_log(outbox)
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             written = 0
@@ -221,27 +220,6 @@ def _write_outbox(outbox: Path, job_id: int, attempt: int, data: bytes, quiet: b
             pass
         return False
     return True
-
-
-def _sync_journal_log(outbox: Path) -> None:
-    """A master reads an outbox file only for an attempt its journal holds.
-    The SQLite journal's commit of this attempt was not synced (nobody was
-    told of it but this child): fsync its write-ahead log first, or after a
-    power cut the file would name an attempt the journal never had, and the
-    job would run again. (What a checkpoint moved out of the log was synced
-    then; a PostgreSQL store has no such file here, and its commits are durable.)"""
-    try:
-        # O_NONBLOCK|O_NOFOLLOW: whatever is planted there, this never hangs nor follows a link.
-        fd = os.open(f"{os.path.dirname(outbox)}/journal.db-wal",
-                     os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # best effort: the outbox file is still worth writing (it survives anything but a power cut)
-    finally:
-        os.close(fd)
 
 
 ORDER_HEADER = 8  # bytes of big-endian length before an order's JSON

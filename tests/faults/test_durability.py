@@ -230,3 +230,32 @@ def test_a_postgresql_session_that_acknowledges_before_disk_is_refused(pg_url):
             store.submit("tests.apps.jobs:noop", "{}", "after")
     finally:
         store.close()
+
+
+def test_a_file_system_failing_under_running_jobs_loses_no_outcome_and_runs_none_twice(master_factory, ext4,
+                                                                                       tmp_path):
+    """The state directory's file system shuts down while 4 jobs run, and the
+    children live on. Their outcomes reach neither the journal nor the
+    outbox: `phoenix stop` says the master cannot record them; the master is
+    SIGKILLed and the file system mounted again. The next master knows every
+    attempt (on disk before its child got the go-ahead), adopts the
+    children and takes each outcome from them: no job runs twice."""
+    state, notes, go = ext4.mountpoint / "state", tmp_path / "notes", tmp_path / "go"
+    app = "tests.apps.gated:app"
+    master = master_factory(state=state, app=app, env={"PHOENIX_OUTCOME_DELIVERY_TIMEOUT": "0.5"})
+    for i in range(4):
+        master.submit("tests.apps.gated:gated", {"i": i, "notes": str(notes), "go": str(go)}, key=f"job-{i}")
+    wait_for(lambda: notes.exists() and notes.read_text().count("start 1") == 4, 20, "the 4 jobs to start")
+    ext4.power_cut()
+    go.touch()
+    wait_for(lambda: notes.read_text().count("end 1") == 4, 15, "the 4 bodies to end")
+    wait_for(lambda: master.live()["master"].get("unrecorded_outcomes", 4) == 4, 15, "the master to have them")
+    stopped = phoenix_cli("stop", "--timeout", "2", state_dir=state)
+    assert stopped.returncode == 1 and "cannot record 4" in stopped.stderr, stopped.stdout + stopped.stderr
+    kill_master(master)
+    ext4.remount()
+    again = master_factory("--exit-when-done", state=state, app=app)
+    assert again.wait_exit() == 0, again.log()[-3000:]
+    assert rows(state / "journal.db", "SELECT key, state, attempts FROM jobs ORDER BY key") == [
+        (f"job-{i}", "finished", 1) for i in range(4)]
+    assert notes.read_text().count("start") == 4, "a job ran twice"

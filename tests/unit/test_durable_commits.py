@@ -45,15 +45,24 @@ def test_a_refused_durable_commit_rolls_back_and_returns_to_normal(tmp_path: Pat
 
 
 def test_only_acknowledged_writes_are_durable(tmp_path: Path) -> None:
-    """The master's other commits (an attempt begun, say) stay at NORMAL: one
-    fsync per acknowledgement, not per write."""
+    """The master's other commits (an outcome whose final was held already, a
+    callback started) stay at NORMAL: one fsync per acknowledgement, not per write."""
     journal = Journal(tmp_path / "journal.db")
     durable: list[str] = []
     journal.db.set_trace_callback(lambda sql: durable.append(sql) if sql == "PRAGMA synchronous=FULL" else None)
     try:
-        journal.submit("m:f", "{}", "k")
-        assert len(durable) == 1
-        journal.begin_attempt(journal.pending(1)[0], 1, 123, 456)
-        assert len(durable) == 1
+        journal.submit("m:f", "{}", "k")  # acknowledged: exit 0
+        job = journal.pending(1)[0]
+        attempt = journal.begin_attempt(job, 1, 123, 456)  # acknowledged: the child's go-ahead
+        journal.hold_finals([(attempt, "{}")])  # acknowledged: the child's ack
+        assert len(durable) == 3
+        _, callback = journal.end_attempt(attempt, job.id, outcome="finished", reason=None, error=None,
+                                          result_json=None, max_rss_kb=None, job_state="finished",
+                                          counts_as_failure=False, callback="on_finished", attempt_n=1)
+        assert callback is not None
+        journal.callback_started(callback)
+        assert len(durable) == 3
+        journal.callback_done(callback, None)  # acknowledged: never owed again
+        assert len(durable) == 4
     finally:
         journal.close()
