@@ -483,9 +483,10 @@ class Journal:
         connection, so that one durable commit can later stand for several
         acknowledgements (group commit). The cost is one fsync per durable
         commit, measured in bench/RESULTS.md ("Durability"): on its virtual
-        disk about 30 -> 250 us of CPU per submit and a few ms of latency;
+        disk about 30 -> 280 us of CPU per submit and a few ms of latency;
         no-op jobs through 2 slots, two durable commits each (the attempt
-        begun, the finals held), lose about a quarter of their rate."""
+        begun, the finals held), run at half the rate. Correctness first:
+        amortising is group commit's job (a later change)."""
         return self._Transaction(self, durable)
 
     def _sync_wal_name(self) -> None:

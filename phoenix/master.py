@@ -663,6 +663,7 @@ class Master:
         except StoreUnavailable as exc:  # a shared store out of reach: its lease lapses, and others recover
             event(ERROR, "stop_unrecorded", error=str(exc), unwritten=len(self.outage.unwritten),
                   effect="the lease lapses; another master recovers what this one could not record")
+            self.stop_error = str(exc)
             self.exit_code = self.exit_code or 1
         except STORAGE_ERRORS as exc:  # a full disk, say: every outcome is recorded (holds_unwritten), not the stop
             event(ERROR, "stop_unrecorded", error=str(exc),
@@ -676,8 +677,7 @@ class Master:
         self.pidfile.release()
         self.journal.close()
         event(INFO, "exit", pid=os.getpid(), code=self.exit_code)
-        error = (f"it could not record its stop in the journal ({self.stop_error}); every outcome is recorded"
-                 if self.stop_error else self.crash_error)
+        error = f"it could not record its stop ({self.stop_error})" if self.stop_error else self.crash_error
         self.control.report_exit({"ok": error is None, "exit_code": self.exit_code, "error": error})
 
     def record_stop(self) -> None:
