@@ -589,7 +589,7 @@ class Master:
         """Outcomes this master has that the journal has not taken yet: finals
         received and not held (their children wait for the ack), and outcome
         records queued by an outage."""
-        waiting = sum(1 for a in self.children.values() if a.final is not None and not a.final_held)
+        waiting = sum(1 for a in self.children.values() if holds_only_copy(a))
         return waiting + sum(1 for doing, _redo in self.outage.unwritten if doing == "record")
 
     def holds_unwritten(self) -> bool:
@@ -626,7 +626,7 @@ class Master:
         if self.state == MasterState.STOPPING and mode == StopMode.TERM:
             event(WARNING, "stop_now", running=len(self.children))
             for attempt in list(self.children.values()):
-                if attempt.final is None:  # (a finished one holds its outcome: see below)
+                if not holds_only_copy(attempt):  # (see below)
                     signal_attempt(attempt, signal.SIGKILL)
             return
         if mode == StopMode.LEAVE:
@@ -644,7 +644,7 @@ class Master:
         self.change_state(MasterState.STOPPING)
         now = time.monotonic()
         for attempt in self.children.values():
-            if attempt.final is not None:
+            if holds_only_copy(attempt):
                 # Its job is done: the child only waits for its outcome's ack (or
                 # writes it to the outbox), and holds it until then; a signal
                 # would end the only copy the journal could not take yet.
@@ -746,6 +746,13 @@ class Master:
                 for a in self.children.values()
             },
         }
+
+
+def holds_only_copy(attempt: Attempt) -> bool:
+    """The child finished and sent its outcome, which the journal has not
+    taken (an outage): it is the one durable holder of it, so no stop may
+    signal it. (Once held, the outcome is safe, and the child may be ended.)"""
+    return attempt.final is not None and not attempt.final_held
 
 
 def _name(operation: Callable[..., Any]) -> str:
