@@ -35,7 +35,7 @@ from phoenix.commands import HANDLED_SIGNALS
 from phoenix.config import Config
 from phoenix.control import ControlServer
 from phoenix.heartbeats import HeartbeatIntake
-from phoenix.outage import JournalOutage
+from phoenix.outage import STORAGE_ERRORS, JournalOutage
 from phoenix.outcomes import classify_exit
 from phoenix.paths import StatePaths
 from phoenix.pidfile import PidFile
@@ -416,7 +416,10 @@ class Handoff:
         signal.pthread_sigmask(signal.SIG_BLOCK, _handled())
         fds = self._handover_fds()
         env = self._handover_environment(fds)
-        m.journal.record_event("reexec", m.generation, os.getpid(), "inplace")
+        try:
+            m.journal.record_event("reexec", m.generation, os.getpid(), "inplace")
+        except STORAGE_ERRORS as exc:  # the disk filled this instant: nothing is held (see begin), only history lost
+            log.event(logging.WARNING, "reexec_unrecorded", error=str(exc))
         m.journal.close()
         systemd.notify("RELOADING=1", systemd.monotonic_usec())
         log.event(logging.INFO, "exec", generation=m.generation + 1, argv=" ".join(sys.orig_argv))

@@ -22,6 +22,7 @@ this process (handoff.py), a stop or a crash loses nothing.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -189,8 +190,10 @@ class Master:
         if self.config.metrics:
             self.histograms, (host, port) = metrics.serve(self, self.config.metrics)
             event(INFO, "metrics", address=f"http://{host}:{port}/metrics")
-        self.journal.record_event("master_start" if not inherited else "replaced", self.generation, os.getpid(),
-                                  self.app_spec)
+        # Guarded: a new image on a disk that filled during its exec must not crash with the children running
+        # (it runs in an outage, starting nothing, until the journal takes writes again).
+        self.guarded(functools.partial(self.journal.record_event, "master_start" if not inherited else "replaced",
+                                       self.generation, os.getpid(), self.app_spec))
 
     def _install_signal_handlers(self) -> None:
         # Signals blocked across an exec (handoff) are pending in the signalfd
