@@ -1,10 +1,11 @@
 """Acknowledged means on disk: whatever Phoenix acknowledges (a submit's exit
-0, a final's ack to its child, a callback recorded as done, an outcome left
-in the outbox) survives a power cut. The cut is real: the state directory
-is an ext4 file system on a loop device, mounted errors=remount-ro, shut
-down through /sys/fs/ext4/DEV/trigger_fs_error (the journal aborts, nothing
-not yet on the device gets there), then every process is SIGKILLed and the
-file system mounted again from what its device holds."""
+0, a child's go-ahead, a final's ack to its child, a callback recorded as
+done, an outcome left in the outbox) survives a power cut. The cut is real:
+the state directory is an ext4 file system on a loop device, mounted
+errors=remount-ro, shut down through /sys/fs/ext4/DEV/trigger_fs_error (its
+journal aborts: nothing not yet on the device gets there), then the master
+is SIGKILLed and the file system mounted again from what its device holds.
+Also here: PostgreSQL's side of the promise (synchronous_commit)."""
 
 from __future__ import annotations
 
