@@ -598,20 +598,25 @@ class Master:
     def holds_unwritten(self) -> bool:
         """Journal writes that failed and wait to be replayed: the master does
         not exit with them (a stop, a drain, --leave-running, a hand-over), or
-        finished jobs would run again and callbacks be lost; it retries every
-        second until the journal takes them."""
-        if not self.outage.unwritten:
+        outcomes and callbacks done would be lost; it retries every second
+        until the journal takes them. Not for a damaged journal, which no wait
+        mends: close() says what is lost with it."""
+        if not self.holds_unwritten_waits():
             return False
         self.note_exit_waits()
         return True
+
+    def holds_unwritten_waits(self) -> bool:
+        """Failed journal writes that a wait may yet land (the journal is not damaged)."""
+        return bool(self.outage.unwritten) and not self.outage.damaged
 
     def note_exit_waits(self) -> None:
         """Say once why a stop is waiting for the journal."""
         if self.exit_wait_noted or not self.outage.active:
             return
         held = self.unrecorded_outcomes()
-        if not held and not self.outage.unwritten:
-            return
+        if not any(holds_only_copy(a) for a in self.children.values()) and not self.holds_unwritten_waits():
+            return  # nothing keeps this stop waiting
         self.exit_wait_noted = True
         event(ERROR, "stop_waits_for_journal", unrecorded_outcomes=held, unwritten=len(self.outage.unwritten),
               error=self.outage.error,
@@ -673,6 +678,10 @@ class Master:
                   effect="every outcome is recorded; the next master finds this one's stop missing, as after a crash")
             self.stop_error = str(exc)
             self.exit_code = self.exit_code or 1
+        if self.outage.unwritten:  # only with a damaged journal (holds_unwritten)
+            event(ERROR, "exit_unwritten", unwritten=len(self.outage.unwritten), error=self.outage.error,
+                  effect="these journal writes are lost with the damaged journal; outcomes in the outbox and "
+                         "with running children are kept for the next master")
         if self.stop_mode != StopMode.HANDED_OVER:
             for path in (self.paths.heartbeat_socket, self.paths.control_socket):
                 path.unlink(missing_ok=True)
