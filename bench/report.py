@@ -175,7 +175,13 @@ def write_markdown(report: Report, path: Path, plot: Path | None) -> None:
         lines += ["", "## Details", ""] + report.details
     if report.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
-    path.write_text("\n".join(lines).rstrip() + "\n")
+    kept = ""  # a section another module writes (bench.durability) stays
+    if path.exists() and _KEPT_FROM in (text := path.read_text()):
+        kept = "\n\n" + _KEPT_FROM + text.split(_KEPT_FROM, 1)[1].rstrip()
+    path.write_text("\n".join(lines).rstrip() + kept + "\n")
+
+
+_KEPT_FROM = "<!-- bench.durability:"
 
 
 def plot_scaling(phoenix_points: list[dict[str, Any]], bare_points: list[dict[str, Any]], path: Path,

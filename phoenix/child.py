@@ -176,10 +176,28 @@ def _close_fds_except(keep_fds: set[int]) -> None:
     os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
-def _write_outbox(outbox: Path, job_id: int, attempt: int, data: bytes) -> None:
+def _hand_over(sender: protocol.Sender, outbox: Path, context: ChildContext, final: bytes, delivery: float) -> None:
+    """Until a master acknowledges the outcome (it is in the journal then) or
+    it is on disk in the outbox: this child may be its only holder (the
+    master's journal full, say), so it never exits before. Each round offers
+    it to a master for `delivery` seconds (one that takes over this child
+    hears from it within a second), then tries the outbox again."""
+    assert _runtime is not None
+    said = False
+    while not sender.deliver(final, _runtime.final_seq, time.monotonic() + delivery):
+        if _write_outbox(outbox, context.job_id, context.attempt, final, quiet=said):
+            return
+        said = True
+        set_title(f"phoenix: job {visible(context.key)} attempt {context.attempt}: holding its outcome "
+                  "(no master took it, and the outbox cannot be written)")
+
+
+def _write_outbox(outbox: Path, job_id: int, attempt: int, data: bytes, quiet: bool = False) -> bool:
     """The outcome on disk when no master acknowledged it: the next master
-    finds it here and the job is not run again. Plain os calls on str paths: this runs once per job
-    and pathlib's objects cost more than the writing."""
+    finds it here and the job is not run again. On disk means synced: the
+    file's data before its rename, the directory's new name after it (the
+    child exits next, and nobody else holds this outcome). False: not
+    written. Plain os calls on str paths: pathlib's objects cost more than the writing."""
     final = f"{outbox}/{job_id}.{attempt}.json"
     temporary = f"{outbox}/.{job_id}.{attempt}.{os.getpid()}.tmp"
     try:
@@ -195,15 +213,25 @@ def _write_outbox(outbox: Path, job_id: int, attempt: int, data: bytes) -> None:
             written = 0
             while written < len(data):
                 written += os.write(fd, data[written:])
+            os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(temporary, final)
+        directory = os.open(outbox, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
     except OSError as exc:
-        print(f"phoenix: cannot write outcome to {final}: {exc}", file=sys.stderr)
+        if not quiet:  # (said once per child: it tries again every few seconds)
+            print(f"phoenix: cannot write outcome to {final}: {exc} (this child keeps it, and tries again)",
+                  file=sys.stderr)
         try:
             os.unlink(temporary)
         except OSError:
             pass
+        return False
+    return True
 
 
 ORDER_HEADER = 8  # bytes of big-endian length before an order's JSON
@@ -300,8 +328,7 @@ def run(
         # On the same connection, after every beat: the master acknowledges it
         # once it is in the journal. Only without an ack (the master being
         # replaced too long, or gone) does the outcome go to a file.
-        if not sender.deliver(final, _runtime.final_seq, time.monotonic() + got["delivery"]):
-            _write_outbox(outbox, context.job_id, context.attempt, final)
+        _hand_over(sender, outbox, context, final, got["delivery"])
     except BaseException:  # noqa: BLE001 - a child must never unwind into the master's code
         traceback.print_exc()
     finally:

@@ -430,15 +430,36 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
     if pid is None:
         fail(f"no master is running on {paths.root}{_nothing_here(paths, state_dir)}", EXIT_NOT_RUNNING)
     mode = "drain" if drain else "leave" if leave_running else "term"
-    reply = control.request(paths.control_socket, {"cmd": "stop", "mode": mode})
-    if not reply.get("ok", True):
-        fail(f"stop refused: {reply.get('error')}", 1)
     deadline = time.monotonic() + timeout
+    reply, ending, still_running = control.stop(paths.control_socket, mode, timeout)
+    if still_running:
+        fail(f"the master (pid {pid}) has not exited after {timeout} s{_why_still_running(paths)}", 1)
     while pidfile.live_master_pid(paths.pidfile, paths.lockfile) is not None:
         if time.monotonic() > deadline:
             fail(f"the master (pid {pid}) has not exited after {timeout} s", 1)
         time.sleep(0.05)
+    if ending is not None and ending.get("error"):
+        why = visible(str(ending["error"]))  # a crash's words may be anything
+        fail(f"the master (pid {pid}) stopped with exit code {ending.get('exit_code')}: {why}", 1)
+    if ending is None and reply.get("report_exit"):
+        fail(f"the master (pid {pid}) ended without saying how (killed, or crashed): see its log", 1)
     click.echo(f"stopped master pid {pid}")
+
+
+def _why_still_running(paths: StatePaths) -> str:
+    """What a master that does not stop waits for, if it says."""
+    try:
+        live = control.request(paths.control_socket, {"cmd": "status"}, timeout=2.0)["master"]
+    except (control.ControlError, KeyError, TypeError):
+        return ""
+    held, error = live.get("unrecorded_outcomes") or 0, live.get("journal_error")
+    error = visible(str(error)) if error else None  # an OS's or a database's words: shown as text
+    if held:
+        return (f": it cannot record {held} job outcome(s) yet ({error}), keeps them, and exits once they are "
+                f"recorded: free space or fix {paths.root}")
+    if error:
+        return f": its journal cannot be written ({error}); it exits once it can record what it holds"
+    return ""
 
 
 @main.command()

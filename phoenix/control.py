@@ -106,6 +106,7 @@ class ControlServer:
         self.replies: dict[socket.socket, memoryview] = {}  # writing a reply the client has not taken yet
         # Every connection held, in the order its deadline was set: the first is due first.
         self.deadlines: dict[socket.socket, float] = {}
+        self.exit_watchers: list[socket.socket] = []  # `phoenix stop`s told how the master ends (report_exit)
         self.reserve_fd = _open_reserve()
         self.unwarned: dict[str, int] = {}  # shed or evicted since the last warning, by reason
         self.warned_at = -WARNING_INTERVAL
@@ -246,14 +247,48 @@ class ControlServer:
             self.on_rejected("malformed control request")
             self._reply(conn, _line({"ok": False, "error": "malformed request: send one JSON object on one line"}))
             return
+        keep = False
         try:
-            reply = _line(self.handle(request))
+            answer = self.handle(request)
+            # `phoenix stop` asks to hear how the master ends: this connection is kept until then.
+            keep = request.get("cmd") == "stop" and request.get("report_exit") is True and answer.get("ok", True)
+            reply = _line({**answer, "report_exit": True} if keep else answer)
         except Exception as exc:  # noqa: BLE001 - a request the master cannot serve must not end it
             log.log.exception("control_request_failed")
             self.on_rejected("failed control request")
             reply = _line({"ok": False,
                            "error": f"the master could not serve this request: {type(exc).__name__}: {exc}"})
-        self._reply(conn, reply)
+        if keep:
+            self._keep_for_exit(conn, reply)
+        else:
+            self._reply(conn, reply)
+
+    def _keep_for_exit(self, conn: socket.socket, reply: bytes) -> None:
+        """Answer now, then hold the connection (outside the deadlines: a stop
+        may wait long for its children) until report_exit."""
+        self.selector.unregister(conn)
+        del self.buffers[conn]
+        del self.deadlines[conn]
+        try:
+            sent = conn.send(reply, socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)  # a few bytes into an empty buffer
+        except OSError:
+            sent = 0
+        if sent != len(reply):
+            conn.close()  # the client went away (or cannot take a line): it learns nothing more
+            return
+        self.exit_watchers.append(conn)
+
+    def report_exit(self, ending: dict[str, Any]) -> None:
+        """Tell each `phoenix stop` still waiting how this master ends (its
+        last act before exit): an exit code, and what went wrong, if anything."""
+        line = _line(ending)
+        for conn in self.exit_watchers:
+            try:
+                conn.send(line, socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+            conn.close()
+        self.exit_watchers.clear()
 
     def _reply(self, conn: socket.socket, reply: bytes) -> None:
         del self.buffers[conn]
@@ -363,21 +398,7 @@ def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[s
         raise ControlError(f"cannot reach a master on {path}: {exc.strerror or exc}") from None
     finally:
         sock.close()
-    if not data:
-        raise ControlError(f"the master on {path} hung up without a reply (it may be stopping, or out of "
-                           "file descriptors: see its log)")
-    try:
-        reply = json.loads(data)
-    except (ValueError, RecursionError):
-        raise MalformedReply(f"the master's reply on {path} was not JSON: {bytes(data[:200])!r}") from None
-    if not isinstance(reply, dict):
-        raise MalformedReply(f"the master's reply on {path} was not a JSON object: {bytes(data[:200])!r}")
-    if reply.get("ok", False) is not True:
-        error = reply.get("error", "the master refused the request")
-        if not isinstance(error, str):
-            raise MalformedReply(f"the master's refusal on {path} has no readable error: {bytes(data[:200])!r}")
-        raise ControlError(visible(error, multiline=True))
-    return reply
+    return _refused_or(path, _parse(path, bytes(data)))
 
 
 def _check_server(sock: socket.socket, path: Path) -> None:
@@ -400,6 +421,68 @@ def reply_field(reply: dict[str, Any], name: str, kind: type[Any]) -> Any:
         raise MalformedReply(f"the master's reply has no valid {name!r} (is the control socket a Phoenix "
                              f"master's of this version?)")
     return value
+
+
+def stop(path: Path, mode: str, timeout: float) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
+    """Ask the master to stop and wait up to `timeout` s for it to say how it
+    ended: (its reply, its ending or None, whether it still runs at the
+    timeout). A master that does not report endings (an older release) has no
+    `report_exit` in its reply; then the ending is None and nothing was waited for."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5.0)
+    try:
+        with unix_address(path) as address:
+            sock.connect(address)
+        _check_server(sock, path)  # before anything is sent: a stop must reach no impostor
+        sock.sendall(json.dumps({"cmd": "stop", "mode": mode, "report_exit": True}).encode() + b"\n")
+        reader = sock.makefile("rb")
+        reply = _refused_or(path, _parse(path, reader.readline()))
+        if not reply.get("report_exit"):
+            return reply, None, False
+        sock.settimeout(max(0.0, timeout))
+        try:
+            line = reader.readline()
+        except TimeoutError:
+            return reply, None, True
+        except OSError:  # reset: it ended without a word (killed, crashed)
+            line = b""
+        return reply, (_parse(path, line) if line else None), False
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise ControlError(f"no master is listening on {path}") from None
+    except (ConnectionResetError, BrokenPipeError):
+        raise ControlError(f"the master on {path} closed the connection (it may be stopping)") from None
+    except TimeoutError:
+        raise ControlError(f"the master did not answer on {path} within 5 s") from None
+    except PermissionError:
+        raise
+    except OSError as exc:
+        raise ControlError(f"cannot reach a master on {path}: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
+
+
+def _parse(path: Path, data: bytes) -> dict[str, Any]:
+    """A reply line as a JSON object; anything else is one error line (MalformedReply), never a traceback."""
+    if not data:
+        raise ControlError(f"the master on {path} hung up without a reply (it may be stopping, or out of "
+                           "file descriptors: see its log)")
+    try:
+        reply = json.loads(data)
+    except (ValueError, RecursionError):
+        raise MalformedReply(f"the master's reply on {path} was not JSON: {bytes(data[:200])!r}") from None
+    if not isinstance(reply, dict):
+        raise MalformedReply(f"the master's reply on {path} was not a JSON object: {bytes(data[:200])!r}")
+    return reply
+
+
+def _refused_or(path: Path, reply: dict[str, Any]) -> dict[str, Any]:
+    """The reply, unless it is a refusal: then its error, shown as text."""
+    if reply.get("ok", False) is not True:
+        error = reply.get("error", "the master refused the request")
+        if not isinstance(error, str):
+            raise MalformedReply(f"the master's refusal on {path} has no readable error: {str(reply)[:200]!r}")
+        raise ControlError(visible(error, multiline=True))
+    return reply
 
 
 WAKE_TIMEOUT = 1.0  # a master that does not answer in time still finds the jobs on its next poll

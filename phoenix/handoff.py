@@ -35,6 +35,7 @@ from phoenix.commands import HANDLED_SIGNALS
 from phoenix.config import Config
 from phoenix.control import ControlServer
 from phoenix.heartbeats import HeartbeatIntake
+from phoenix.outage import STORAGE_ERRORS, JournalOutage
 from phoenix.outcomes import classify_exit
 from phoenix.paths import StatePaths
 from phoenix.pidfile import PidFile
@@ -72,6 +73,7 @@ class HandoffHost(Protocol):
     timers: TimerHeap
     subprocesses: dict[int, Callable[[int], None]]
     journal: Store
+    outage: JournalOutage  # journal writes that failed: a new image would not have them
 
     def run_owed_callbacks(self) -> None: ...
     def callbacks_running(self) -> bool: ...
@@ -233,6 +235,15 @@ class Handoff:
         if m.state not in (MasterState.RUNNING, MasterState.DEGRADED):
             log.event(logging.WARNING, "reload_refused", reason=f"the master is {m.state}")
             return False
+        if m.outage.active:
+            # The new image would start without what this one holds in memory
+            # for the journal (outcomes, callbacks done), and finished jobs would run again.
+            self.refusal = (f"the journal cannot be written ({m.outage.error}): this master keeps the outcomes "
+                            "it holds and replaces itself only once they are recorded; free space or fix the "
+                            "state directory, then reload again")
+            log.event(logging.ERROR, "reload_refused", reason=self.refusal)
+            self.last_result = {"state": "failed", "from_generation": m.generation, "error": self.refusal}
+            return False
         if m.config.reexec == "fork" and pid1.is_namespace_init():
             log.event(logging.ERROR, "reload_refused", reason=pid1.FORK_REPLACEMENT_REFUSED)
             # What `phoenix reload --wait` reads: it exits 1 with this reason.
@@ -349,6 +360,10 @@ class Handoff:
         so that none is cut off and run twice."""
         if self.phase != "waiting_callbacks" or self.master.callbacks_running():
             return
+        if self.master.outage.active:  # it began after the reload did (see begin)
+            self._failed("journal", f"the journal cannot be written ({self.master.outage.error}): this master "
+                                    "keeps the outcomes it holds; reload again once it is writable")
+            return
         if self.master.config.reexec == "fork":
             self.fork_new_master()
         else:
@@ -412,7 +427,10 @@ class Handoff:
         signal.pthread_sigmask(signal.SIG_BLOCK, _handled())
         fds = self._handover_fds()
         env = self._handover_environment(fds)
-        m.journal.record_event("reexec", m.generation, os.getpid(), "inplace")
+        try:
+            m.journal.record_event("reexec", m.generation, os.getpid(), "inplace")
+        except STORAGE_ERRORS as exc:  # the disk filled this instant: nothing is held (see begin), only history lost
+            log.event(logging.WARNING, "reexec_unrecorded", error=str(exc))
         m.journal.close()
         systemd.notify("RELOADING=1", systemd.monotonic_usec())
         log.event(logging.INFO, "exec", generation=m.generation + 1, argv=" ".join(sys.orig_argv))

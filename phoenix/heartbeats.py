@@ -74,6 +74,9 @@ class HeartbeatIntake:
         self.listener: socket.socket | None = None
         self.links: dict[int, Link] = {}  # fd -> link
         self.to_ack: list[HeldFinal] = []
+        # Finals the journal did not take (an outage), by attempt id: their
+        # children wait for the ack on these connections (retry_unheld).
+        self.unheld: dict[int, HeldFinal] = {}
         self.selector: selectors.BaseSelector | None = None  # the master's loop, while it watches us
         self.resume_at = 0.0  # monotonic: when watching resumes after a batch wait (0: watching)
         # Every message is received into this one buffer: no allocation per beat.
@@ -291,7 +294,10 @@ class HeartbeatIntake:
         exits without writing its outbox file."""
         held, self.to_ack = self.to_ack, []
         if not self.hold_finals([h.attempt for h in held if not h.attempt.final_held]):
-            return  # not durable: no ack; the child retries, then writes its outbox
+            # Not durable: no ack. The child offers it again (or writes its outbox),
+            # and retry_unheld acks it as soon as the journal is back.
+            self.unheld.update((h.attempt.attempt_id, h) for h in held)
+            return
         for h in held:
             h.attempt.final_held = True
             if h.link.sock.fileno() in self.links:
@@ -303,6 +309,16 @@ class HeartbeatIntake:
                 # (queued before our EOF), its connection is done. Closed now,
                 # its EOF never wakes the loop (one turn fewer per job).
                 self._close(h.link)
+
+    def retry_unheld(self) -> None:
+        """The journal is writable again: hold and acknowledge the finals it
+        refused, on the connections their children still wait on (rather
+        than when each offers it again, up to outcome_delivery_timeout later)."""
+        waiting = [h for h in self.unheld.values() if h.link.sock.fileno() in self.links]
+        self.unheld.clear()
+        if waiting:
+            self.to_ack = waiting + self.to_ack
+            self._acknowledge()
 
     def note_gap(self, attempt: Attempt, first: int, end: int) -> None:
         """Sequence numbers first..end-1 were skipped: beats the child numbered

@@ -22,6 +22,7 @@ this process (handoff.py), a stop or a crash loses nothing.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -88,6 +89,9 @@ class Master:
         self.signals: list[int] = []
         self.state = MasterState.STARTING
         self.stop_mode: StopMode | None = None
+        self.exit_wait_noted = False  # stop_waits_for_journal said
+        self.stop_error: str | None = None  # why the stop itself could not be recorded
+        self.crash_error: str | None = None  # what ended the loop, if an error did
         self.budget = RestartBudget(config.restart_intensity, config.restart_period)
         self.counters = metrics.Counters()
         self.histograms: metrics.Histograms | None = None  # only with --metrics (see metrics.py)
@@ -189,8 +193,10 @@ class Master:
         if self.config.metrics:
             self.histograms, (host, port) = metrics.serve(self, self.config.metrics)
             event(INFO, "metrics", address=f"http://{host}:{port}/metrics")
-        self.journal.record_event("master_start" if not inherited else "replaced", self.generation, os.getpid(),
-                                  self.app_spec)
+        # Guarded: a new image on a disk that filled during its exec must not crash with the children running
+        # (it runs in an outage, starting nothing, until the journal takes writes again).
+        self.guarded(functools.partial(self.journal.record_event, "master_start" if not inherited else "replaced",
+                                       self.generation, os.getpid(), self.app_spec))
 
     def _install_signal_handlers(self) -> None:
         # Signals blocked across an exec (handoff) are pending in the signalfd
@@ -249,7 +255,7 @@ class Master:
             self.reaper.adopt_running_attempts()
             self.announce_ready()
             self.last_woke = time.monotonic()  # start-up (imports, a journal check) is not absence
-            while self.state != MasterState.STOPPED:
+            while self.state != MasterState.STOPPED or self.holds_unwritten():
                 self.wait_for_events()
                 self.run_commands()
                 self.reaper.reap()
@@ -271,6 +277,7 @@ class Master:
             # Logged here (the log may be a file no one watches for stderr), and
             # the exit status says so: a supervisor must see a crash as a failure.
             self.exit_code = 1
+            self.crash_error = f"it crashed ({type(exc).__name__}: {exc}): see its log"
             log.log.exception("crash", extra={"phoenix_fields": {"error": f"{type(exc).__name__}: {exc}"}})
         finally:
             self.close()
@@ -569,6 +576,7 @@ class Master:
     def watch_storage(self) -> None:
         now = time.monotonic()
         if self.outage.active and self.outage.retry_if_due(self.journal.probe_write):
+            self.intake.retry_unheld()
             self.scheduler.wake()
             self.guarded(self.scheduler.reconcile_claims)  # a claim that failed may have committed
             self.guarded(self.run_owed_callbacks)  # any that could not be started meanwhile
@@ -604,6 +612,8 @@ class Master:
     # -- ending -----------------------------------------------------------------------
 
     def check_finished(self) -> None:
+        if self.state in (MasterState.DRAINING, MasterState.STOPPING):
+            self.note_exit_waits()
         if self.children or self.callbacks.running:
             return
         if self.state in (MasterState.DRAINING, MasterState.STOPPING):
@@ -617,16 +627,54 @@ class Master:
                 self.exit_code = exits.batch_done(counts)
                 self.change_state(MasterState.STOPPED)
 
+    def unrecorded_outcomes(self) -> int:
+        """Outcomes this master has that the journal has not taken yet: finals
+        received and not held (their children wait for the ack), and outcome
+        records queued by an outage."""
+        waiting = sum(1 for a in self.children.values() if holds_only_copy(a))
+        return waiting + sum(1 for doing, _redo in self.outage.unwritten if doing == "record")
+
+    def holds_unwritten(self) -> bool:
+        """Journal writes that failed and wait to be replayed: the master does
+        not exit with them (a stop, a drain, --leave-running, a hand-over), or
+        outcomes and callbacks done would be lost; it retries every second
+        until the journal takes them. Not for a damaged journal, which no wait
+        mends: close() says what is lost with it."""
+        if not self.holds_unwritten_waits():
+            return False
+        self.note_exit_waits()
+        return True
+
+    def holds_unwritten_waits(self) -> bool:
+        """Failed journal writes that a wait may yet land (the journal is not damaged)."""
+        return bool(self.outage.unwritten) and not self.outage.damaged
+
+    def note_exit_waits(self) -> None:
+        """Say once why a stop is waiting for the journal."""
+        if self.exit_wait_noted or not self.outage.active:
+            return
+        held = self.unrecorded_outcomes()
+        if not any(holds_only_copy(a) for a in self.children.values()) and not self.holds_unwritten_waits():
+            return  # nothing keeps this stop waiting
+        self.exit_wait_noted = True
+        event(ERROR, "stop_waits_for_journal", unrecorded_outcomes=held, unwritten=len(self.outage.unwritten),
+              error=self.outage.error,
+              effect="the master exits once the journal takes them (retried every 1 s): free space or fix "
+                     "the state directory; a SIGKILL now leaves them to the children that still hold them")
+
     def batch_counts(self) -> dict[str, int]:
         return self.journal.batch_counts(self.run_started_at)
 
     def begin_stop(self, mode: StopMode, signum: int | None = None) -> None:
+        if self.state == MasterState.STOPPED:
+            return  # stopped already; only waiting to write what the journal would not take (holds_unwritten)
         self.spawner.discard()
         self.stop_signal = self.stop_signal or signum or exits.STOP_MODE_SIGNALS[mode]
         if self.state == MasterState.STOPPING and mode == StopMode.TERM:
             event(WARNING, "stop_now", running=len(self.children))
             for attempt in list(self.children.values()):
-                signal_attempt(attempt, signal.SIGKILL)
+                if not holds_only_copy(attempt):  # (see below)
+                    signal_attempt(attempt, signal.SIGKILL)
             return
         if mode == StopMode.LEAVE:
             event(INFO, "stop", mode="leave-running", running=len(self.children))
@@ -643,6 +691,11 @@ class Master:
         self.change_state(MasterState.STOPPING)
         now = time.monotonic()
         for attempt in self.children.values():
+            if holds_only_copy(attempt):
+                # Its job is done: the child only waits for its outcome's ack (or
+                # writes it to the outbox), and holds it until then; a signal
+                # would end the only copy the journal could not take yet.
+                continue
             attempt.interrupted = True
             self.hangs.stop(attempt, now)
 
@@ -657,6 +710,17 @@ class Master:
         except StoreUnavailable as exc:  # a shared store out of reach: its lease lapses, and others recover
             event(ERROR, "stop_unrecorded", error=str(exc), unwritten=len(self.outage.unwritten),
                   effect="the lease lapses; another master recovers what this one could not record")
+            self.stop_error = str(exc)
+            self.exit_code = self.exit_code or 1
+        except STORAGE_ERRORS as exc:  # a full disk, say: every outcome is recorded (holds_unwritten), not the stop
+            event(ERROR, "stop_unrecorded", error=str(exc),
+                  effect="every outcome is recorded; the next master finds this one's stop missing, as after a crash")
+            self.stop_error = str(exc)
+            self.exit_code = self.exit_code or 1
+        if self.outage.unwritten:  # only with a damaged journal (holds_unwritten)
+            event(ERROR, "exit_unwritten", unwritten=len(self.outage.unwritten), error=self.outage.error,
+                  effect="these journal writes are lost with the damaged journal; outcomes in the outbox and "
+                         "with running children are kept for the next master")
         if self.stop_mode != StopMode.HANDED_OVER:
             for path in (self.paths.heartbeat_socket, self.paths.control_socket):
                 path.unlink(missing_ok=True)
@@ -664,6 +728,8 @@ class Master:
         self.pidfile.release()
         self.journal.close()
         event(INFO, "exit", pid=os.getpid(), code=self.exit_code)
+        error = f"it could not record its stop ({self.stop_error})" if self.stop_error else self.crash_error
+        self.control.report_exit({"ok": error is None, "exit_code": self.exit_code, "error": error})
 
     def record_stop(self) -> None:
         if self.stop_mode == StopMode.HANDED_OVER:
@@ -715,6 +781,8 @@ class Master:
                 "beats_missing": self.counters.beats_missing,
                 "rejected": self.counters.rejected,
                 "reload": self.handoff.last_result,
+                "unrecorded_outcomes": self.unrecorded_outcomes(),
+                "journal_error": self.outage.error,
             },
             "running": {
                 str(a.job_id): {
@@ -729,6 +797,13 @@ class Master:
                 for a in self.children.values()
             },
         }
+
+
+def holds_only_copy(attempt: Attempt) -> bool:
+    """The child finished and sent its outcome, which the journal has not
+    taken (an outage): it is the one durable holder of it, so no stop may
+    signal it. (Once held, the outcome is safe, and the child may be ended.)"""
+    return attempt.final is not None and not attempt.final_held
 
 
 def _name(operation: Callable[..., Any]) -> str:

@@ -37,6 +37,7 @@ class JournalOutage:
         self.error: str | None = None
         self.unwritten: collections.deque[tuple[str, Callable[[], None]]] = collections.deque()
         self.next_retry = float("inf")
+        self.damaged = False  # the last failure says the journal is damaged: no wait mends it (is_damage)
 
     @property
     def active(self) -> bool:
@@ -48,6 +49,8 @@ class JournalOutage:
             log.event(logging.ERROR, "journal_unwritable", path=self.journal_path, doing=doing, error=str(exc),
                       effect="no new jobs start; running children are watched and kept; retrying every 1 s")
         self.error = str(exc)
+        if isinstance(exc, STORAGE_ERRORS):  # (not the stand-in a write queued behind the outage gets)
+            self.damaged = is_damage(exc)
         if retry is not None:
             self.unwritten.append((doing, retry))
         self.next_retry = time.monotonic() + RETRY_EVERY
@@ -64,12 +67,20 @@ class JournalOutage:
                 self.unwritten.popleft()
         except STORAGE_ERRORS as exc:
             self.error = str(exc)
+            self.damaged = is_damage(exc)
             self.next_retry = time.monotonic() + RETRY_EVERY
             return False
         log.event(logging.WARNING, "journal_recovered", path=self.journal_path)
         self.error = None
+        self.damaged = False
         self.next_retry = float("inf")
         return True
+
+
+def is_damage(exc: BaseException) -> bool:
+    """SQLite finds the journal damaged (truncated, overwritten): unlike a
+    full disk or an I/O error, waiting does not mend it."""
+    return getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
 
 
 def file_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:

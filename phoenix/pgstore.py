@@ -287,6 +287,7 @@ class PgStore:
         try:
             conn = self._new_connection()
             try:
+                check_durability(conn, first=not self._connected)
                 if self.check_schema:
                     check_version(conn, self.url)
             except BaseException:
@@ -612,9 +613,10 @@ class PgStore:
     def end_attempt(self, attempt_id: int, job_id: int, *, outcome: str, reason: str | None, error: str | None,
                     result_json: str | None, max_rss_kb: int | None, job_state: str, counts_as_failure: bool,
                     retry_delay: float | None = None, callback: str | None, attempt_n: int,
-                    ) -> tuple[bool, int | None]:
+                    durable: bool = False) -> tuple[bool, int | None]:
         """Record an outcome through the fence (see _END_ATTEMPT). A fenced outcome
-        is kept on its attempt as `late` and returns (False, None)."""
+        is kept on its attempt as `late` and returns (False, None). Every commit
+        here is durable (see check_durability): `durable` asks nothing more."""
         with self._one() as cur:
             cur.execute(_END_ATTEMPT, {
                 # What the job wrote (its error, its result) is data: kept as a text column can (see `storable`).
@@ -1069,6 +1071,32 @@ def check_session(conn: psycopg.Connection[Any]) -> None:
         raise JournalError(f"the PostgreSQL store's session does not keep the settings Phoenix connects with "
                            f"(found {found}; Phoenix sets {STATEMENT_TIMEOUT_MS // 1000}s and "
                            f"{IDLE_IN_TRANSACTION_MS // 1000}s): {POOLER_HINT}")
+
+
+class WeakDurability(JournalError):
+    """The PostgreSQL session would acknowledge commits before they are on disk."""
+
+
+def check_durability(conn: psycopg.Connection[Any], *, first: bool) -> None:
+    """Phoenix acknowledges a submit, a child's final and a callback done once
+    its commit returns, so the commit must be on the server's disk by then:
+    synchronous_commit `local`, `remote_write`, `on` (the default) or
+    `remote_apply`. `off` acknowledges before the WAL is flushed, and a server
+    crash loses the last commits: refused, as a setting that silently breaks
+    what Phoenix promises (a warning would scroll by while jobs vanish). At
+    the first connection (start, a command) it is one line and exit 2; on a
+    reconnect (the role's setting changed under a running master) it is an
+    outage: no claims, writes kept and replayed, until it is fixed."""
+    row = conn.execute("SELECT current_setting('synchronous_commit')").fetchone()
+    setting = str(row[0]) if row else "off"
+    if setting != "off":
+        return
+    message = ("the PostgreSQL store's session has synchronous_commit = off: commits Phoenix acknowledges "
+               "could be lost in a server crash. Set it to on for Phoenix's role (ALTER ROLE <role> SET "
+               "synchronous_commit = on) or database (ALTER DATABASE <db> SET synchronous_commit = on)")
+    if first:
+        raise WeakDurability(message)
+    raise StoreUnavailable(message)
 
 
 def schema_version(conn: psycopg.Connection[Any]) -> int | None:

@@ -129,12 +129,14 @@ class OutcomeRecorder:
                                          backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
         retry_delay = after.delay if after.job_state == "pending" and after.counts_as_failure else None
         callback = after.callback if after.callback is not None and h.owes_callback(after.callback) else None
+        # An outcome read from an outbox file is durable before that file goes (a power cut between the two).
+        from_outbox = outbox and os.path.exists(self.outbox_path(job_id, number))
         try:
             recorded, callback_id = h.journal.end_attempt(
                 attempt_id, job_id, outcome=result.outcome, reason=result.reason, error=result.error,
                 result_json=result.result_json, max_rss_kb=max_rss_kb, job_state=after.job_state,
                 counts_as_failure=after.counts_as_failure, retry_delay=retry_delay, callback=callback,
-                attempt_n=number,
+                attempt_n=number, durable=from_outbox,
             )
         except STORAGE_ERRORS:
             raise  # an outage: the write is replayed as it is once the store is back
@@ -227,9 +229,12 @@ class OutcomeRecorder:
                             "outcome message of this attempt", job=a.key, attempt=a.n)
         return body
 
+    def outbox_path(self, job_id: int, number: int) -> str:
+        return f"{self.host.paths.outbox}/{job_id}.{number}.json"  # a str: no Path object per job
+
     def remove_outbox(self, job_id: int, number: int) -> None:
         try:
-            os.unlink(f"{self.host.paths.outbox}/{job_id}.{number}.json")  # a str: no Path object per job
+            os.unlink(self.outbox_path(job_id, number))
         except FileNotFoundError:
             pass
 

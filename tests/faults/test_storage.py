@@ -51,8 +51,10 @@ def test_unwritable_journal_keeps_children_and_recovers(master_factory, small_fi
     filler = fill(small_filesystem)
     try:
         master.wait_log("journal_unwritable", timeout=15)
-        # The jobs finish while nothing can be written; the master holds their outcomes.
-        wait_for(lambda: master.status()["master"]["slots_used"] == 0, timeout=15, what="the children to finish")
+        # The jobs finish while nothing can be written; the master has their outcomes (and each child
+        # keeps its own until the master can acknowledge it).
+        wait_for(lambda: master.live()["master"]["unrecorded_outcomes"] == 3, timeout=15,
+                 what="the children to finish")
         assert master.proc.poll() is None
     finally:
         filler.unlink()
