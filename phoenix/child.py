@@ -323,7 +323,10 @@ def run(
         # After the first beats start: a job module the master imported only
         # after this child was forked is imported here, and may take a while.
         spec = resolve(got["target"])
+        job_pid = os.getpid()
         code, final = _perform(spec, context)
+        if os.getpid() != job_pid:
+            _leave_as_a_fork_of_the_job(code)
         _flush_std_streams()  # what the job printed is in its output before its outcome is recorded
         # On the same connection, after every beat: the master acknowledges it
         # once it is in the journal. Only without an ack (the master being
@@ -339,6 +342,19 @@ def run(
                 capture.finish()
         finally:
             os._exit(code)
+
+
+def _leave_as_a_fork_of_the_job(code: int) -> NoReturn:
+    """A process the job made with os.fork() came back out of the job
+    function (returned or raised): only the job's own process reports the
+    attempt's outcome, so this copy leaves without one, and says so in the
+    attempt's output. (Its result was taken for the job's, and its exception
+    failed a job whose own process finished.)"""
+    print(f"phoenix: process {os.getpid()}, forked by the job, returned from the job function: it exits without "
+          "reporting an outcome (only the job's own process does; end a forked process with os._exit)",
+          file=sys.stderr)
+    _flush_std_streams()
+    os._exit(code)
 
 
 def _flush_std_streams() -> None:

@@ -426,7 +426,7 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
     if drain and leave_running:
         fail("choose one of --drain and --leave-running")
     paths = _state_paths(state_dir)
-    pid = pidfile.live_master_pid(paths.pidfile, paths.lockfile)
+    pid = _running_master(paths)
     if pid is None:
         fail(f"no master is running on {paths.root}{_nothing_here(paths, state_dir)}", EXIT_NOT_RUNNING)
     mode = "drain" if drain else "leave" if leave_running else "term"
@@ -444,6 +444,19 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
     if ending is None and reply.get("report_exit"):
         fail(f"the master (pid {pid}) ended without saying how (killed, or crashed): see its log", 1)
     click.echo(f"stopped master pid {pid}")
+
+
+HANDOVER_WAIT = 30.0  # seconds a command waits for a master in a fork-mode hand-over to write its pidfile
+
+
+def _running_master(paths: StatePaths) -> int | None:
+    """The running master's pid, or None when none runs; a master between
+    two images (fork mode: the pidfile is phoenix.pid.oldbin until the new
+    one is ready) is waited for, never taken for no master."""
+    try:
+        return pidfile.running_master_pid(paths.pidfile, paths.lockfile, HANDOVER_WAIT)
+    except pidfile.NoPidfile as exc:
+        fail(str(exc), 1)
 
 
 def _why_still_running(paths: StatePaths) -> str:
@@ -476,7 +489,7 @@ def reload(state_dir: str | None, wait: bool, timeout: float, force: bool) -> No
     lacks a job target pending or running jobs use. --force overrides that
     check only; a plain USR2 never does."""
     paths = _state_paths(state_dir, strict=True)  # the new image reads the same file: refuse it here, first
-    if pidfile.live_master_pid(paths.pidfile, paths.lockfile) is None:
+    if _running_master(paths) is None:
         fail(f"no master is running on {paths.root}: nothing to reload (start one with `phoenix start`)"
              f"{_nothing_here(paths, state_dir)}", EXIT_NOT_RUNNING)
     reply = control.request(paths.control_socket, {"cmd": "reload", "force": force})
@@ -713,7 +726,7 @@ def cancel(keys: tuple[str, ...], state_dir: str | None, store: str | None) -> N
     With a shared store (--store) this cancels pending jobs; a running one is
     cancelled on its host, where its master's state directory is."""
     paths, journal = _existing_journal(state_dir, store, writes=True)
-    master_runs = not journal.shared and pidfile.live_master_pid(paths.pidfile, paths.lockfile) is not None
+    master_runs = not journal.shared and _running_master(paths) is not None
     running_on: dict[str, str] = {}
     if journal.shared:
         # The claim skips a job row this holds (FOR UPDATE, SKIP LOCKED): a

@@ -18,9 +18,11 @@ renewal pings it, and a listener that missed its ping is reconnected.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
+import tempfile
 import time
 import uuid
 from typing import TYPE_CHECKING, Protocol
@@ -258,21 +260,37 @@ def instance_token(state_dir: str | os.PathLike[str]) -> str:
     """This state directory's token in the shared store, made once: masters
     started from the same directory (a restart, a replacement) are one node;
     another directory under the same node name (another container with the
-    same host name) is another master, refused while the node is held."""
+    same host name) is another master, refused while the node is held. The
+    file names the directory it was made in (device and inode): a copy of it
+    (`cp -a`, a volume or an image built with the state directory inside) is
+    another directory, and gets a token of its own."""
     path = os.path.join(state_dir, INSTANCE_FILE)
+    here = _directory_identity(state_dir)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        pass
+    else:
         with os.fdopen(fd, "r") as existing:
-            token = existing.read().strip()
-        if token:
-            return token
-        os.unlink(path)  # an empty file: a crash between create and write
-        return instance_token(state_dir)
+            fields = existing.read().split()
+        if len(fields) == 2 and fields[1] == here:
+            return fields[0]
+        # Empty (a crash between create and write), made elsewhere (a copy), or an older Phoenix's: made anew.
     token = uuid.uuid4().hex
-    with os.fdopen(fd, "w") as made:
-        made.write(token + "\n")
-        made.flush()
-        os.fsync(made.fileno())
+    fd, temporary = tempfile.mkstemp(prefix=f".{INSTANCE_FILE}.", dir=state_dir)
+    try:
+        with os.fdopen(fd, "w") as made:
+            made.write(f"{token} {here}\n")
+            made.flush()
+            os.fsync(made.fileno())
+        os.rename(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
     return token
+
+
+def _directory_identity(state_dir: str | os.PathLike[str]) -> str:
+    facts = os.stat(state_dir)
+    return f"{facts.st_dev}:{facts.st_ino}"

@@ -161,6 +161,28 @@ def live_master_pid(pidfile: Path, lockfile: Path) -> int | None:
         os.close(fd)
 
 
+def running_master_pid(pidfile: Path, lockfile: Path, wait: float) -> int | None:
+    """The pid of the master holding the lock, as live_master_pid; while one
+    holds the lock with no pidfile, waited for up to `wait` seconds: a
+    fork-mode hand-over renames the pidfile to phoenix.pid.oldbin until the
+    new master is ready, and one removed under a master is written again
+    within a second. None only when no master holds the lock; a lock held
+    that long with no pidfile raises NoPidfile."""
+    deadline = time.monotonic() + wait
+    while True:
+        pid = live_master_pid(pidfile, lockfile)
+        if pid is not None or not lock_held(lockfile):
+            return pid
+        if time.monotonic() >= deadline:
+            raise NoPidfile(f"a master holds {lockfile} but {pidfile} names none after {wait:g} s (a hand-over "
+                            "that does not end?); see the master's log")
+        time.sleep(0.05)
+
+
+class NoPidfile(RuntimeError):
+    """A master holds the lock, and its pidfile has not come back."""
+
+
 def lock_held(lockfile: Path) -> bool:
     """Whether a master holds the lock, whatever its pidfile says (removed
     under it, it is written again within a second)."""

@@ -469,3 +469,29 @@ def test_fifty_replacements_leave_no_trace(master_factory, state_dir, tmp_path):
     wait_for(lambda: callback_counts(master) == {("across", "finished"): 1}, timeout=SLOW, what="the callback")
     assert master.log().count("ready generation=") == 51
     assert " kill " not in master.log()
+
+
+def test_a_stop_during_a_fork_mode_hand_over_waits_for_the_new_master_and_stops_it(master_factory, state_dir, gates):
+    # During the hand-over the pidfile is phoenix.pid.oldbin: `phoenix stop` said "no master is running"
+    # (exit 3) and the new master ran on.
+    paths = StatePaths(state_dir)
+    master = master_factory("--reexec", "fork", app=APP, env=gates.env)
+    new = None
+    try:
+        gates.hold("start")
+        master.signal(signal.SIGUSR2)
+        new = gates.waiting("start")
+        assert not paths.pidfile.exists() and lock_is_held(paths.lockfile)
+        results: list = []
+        stopping = threading.Thread(target=lambda: results.append(phoenix_cli("stop", state_dir=state_dir)))
+        stopping.start()
+        time.sleep(0.3)  # (not proof of anything: gives the stop time to look while no pidfile is there)
+        gates.release("start")
+        stopping.join(SLOW)
+        [result] = results
+        assert result.returncode == 0, result.stderr
+        assert f"stopped master pid {new}" in result.stdout
+        wait_for(lambda: not lock_is_held(paths.lockfile), SLOW, "the new master to exit")
+    finally:
+        if new is not None:
+            stop_foreign_master(new)

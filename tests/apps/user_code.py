@@ -49,3 +49,19 @@ def logs_and_prints(params):
     logging.getLogger("tests.user_code").info("a record from job %s", params["who"])
     print(f"a print from job {params['who']}")
     return None
+
+
+@app.job
+def forks_and_both_return(params):
+    # A job that forks and forgets to end the copy: both processes come back
+    # out of the job function, the copy a little later, with its own result.
+    copy = os.fork()
+    if copy == 0:
+        import time
+
+        time.sleep(0.3)
+        if params.get("copy_raises"):
+            raise RuntimeError("the forked copy raised")
+    else:
+        os.waitpid(copy, 0)  # the copy has come back and left by the time the job returns
+    return {"pid": os.getpid(), "is_the_copy": copy == 0}

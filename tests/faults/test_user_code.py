@@ -11,8 +11,10 @@ import concurrent.futures
 import os
 import sys
 
+import pytest
+
 from phoenix import forksafety
-from tests.conftest import wait_for
+from tests.conftest import phoenix_cli, wait_for
 from tests.faults.conftest import log_lines
 
 
@@ -100,3 +102,15 @@ def test_a_process_pool_used_at_import_is_named():
     finally:
         pool.shutdown()
     assert forksafety.inspect().process_pools == 0
+
+
+@pytest.mark.parametrize("copy_raises", [False, True])
+def test_a_process_the_job_forks_never_reports_the_jobs_outcome(master_factory, copy_raises):
+    master = master_factory(app="tests.apps.user_code:app")
+    master.submit("tests.apps.user_code:forks_and_both_return", {"copy_raises": copy_raises}, key="forks")
+    job = ended(master, ["forks"])["forks"]
+    # Before: the copy's result was recorded as the job's, or its exception failed a job that finished.
+    assert job["state"] == "finished" and job["attempt"] == 1, job.get("error")
+    assert job["result"]["is_the_copy"] is False
+    logs = phoenix_cli("logs", "forks", state_dir=master.state_dir)
+    assert "forked by the job, returned from the job function" in logs.stdout, logs.stdout

@@ -44,6 +44,18 @@ def test_a_second_master_under_a_node_name_held_by_a_live_lease_is_refused(tmp_p
         assert code == 2, second.log()
         assert len(errors) == 1 and "'web'" in errors[0] and "--node" in errors[0], errors
         assert "Traceback" not in second.log()
+        # A copy of the first's state directory, its node-id file with it (a cloned volume, an image
+        # built with the state directory inside) is another directory too: before, it took the
+        # node as its own and killed the first master's children as silent.
+        copy = tmp_path / "copy"
+        copy.mkdir(mode=0o700)
+        (copy / "node-id").write_bytes((tmp_path / "first" / "node-id").read_bytes())
+        third = Master(copy, "tests.apps.jobs:app", "--store", pg_url, "--lease-ttl", "2",
+                       "--node", "web", log_dir=tmp_path).start(wait_ready=False)
+        try:
+            assert third.wait_exit() == 2, third.log()
+        finally:
+            third.stop()
         [attempt] = attempts(pg_url, "held")  # the first master's attempt is untouched, its child alive
         assert attempt["outcome"] is None and attempt["pid"] == pid and Path(f"/proc/{pid}").exists()
     finally:
