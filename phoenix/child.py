@@ -103,8 +103,8 @@ class _Runtime:
         as the master would) rather than run beside the re-run."""
         assert self.orphan is not None
         waited, grace = self.orphan
-        print(f"phoenix: no master reachable for {waited:.1f}s; ending job {visible(self.context.key)} attempt "
-              f"{self.context.attempt} before another master runs it again", file=sys.stderr, flush=True)
+        _say(f"phoenix: no master reachable for {waited:.1f}s; ending job {visible(self.context.key)} attempt "
+             f"{self.context.attempt} before another master runs it again")
         os.killpg(os.getpid(), signal.SIGTERM)
         time.sleep(grace)
         os.killpg(os.getpid(), signal.SIGKILL)
@@ -224,8 +224,7 @@ def _write_outbox(outbox: Path, job_id: int, attempt: int, data: bytes, quiet: b
             os.close(directory)
     except OSError as exc:
         if not quiet:  # (said once per child: it tries again every few seconds)
-            print(f"phoenix: cannot write outcome to {final}: {exc} (this child keeps it, and tries again)",
-                  file=sys.stderr)
+            _say(f"phoenix: cannot write outcome to {final}: {exc} (this child keeps it, and tries again)")
         try:
             os.unlink(temporary)
         except OSError:
@@ -328,6 +327,8 @@ def run(
         if os.getpid() != job_pid:
             _leave_as_a_fork_of_the_job(code)
         _flush_std_streams()  # what the job printed is in its output before its outcome is recorded
+        if capture is not None:
+            capture.release()  # the job is over: the wait for an ack holds no file open on the state directory
         # On the same connection, after every beat: the master acknowledges it
         # once it is in the journal. Only without an ack (the master being
         # replaced too long, or gone) does the outcome go to a file.
@@ -355,6 +356,17 @@ def _leave_as_a_fork_of_the_job(code: int) -> NoReturn:
           file=sys.stderr)
     _flush_std_streams()
     os._exit(code)
+
+
+def _say(line: str) -> None:
+    """A line of Phoenix's own, from a job child: where its master's log goes
+    (the stderr the child had), not into the job's output file, which may be
+    on the disk that just filled up, and is the job's, not the operator's."""
+    stream = output.log_stream() or sys.stderr
+    try:
+        print(line, file=stream, flush=True)
+    except (OSError, ValueError):
+        pass  # nowhere to say it: the outcome is still kept, and offered again
 
 
 def _flush_std_streams() -> None:

@@ -71,7 +71,7 @@ def trim_note(dropped: int) -> bytes:
 class Capture:
     """This child's output file: fd 1 and 2 point at it, `fd` is its own."""
 
-    __slots__ = ("fd", "path", "max_bytes", "identity", "dropped", "watched", "lock")
+    __slots__ = ("fd", "path", "max_bytes", "identity", "dropped", "watched", "lock", "released")
 
     def __init__(self, fd: int, path: str, max_bytes: int) -> None:
         self.fd = fd
@@ -81,6 +81,7 @@ class Capture:
         self.identity = (stat.st_dev, stat.st_ino)
         self.dropped = 0
         self.watched = False  # a thread of its own checks it (see check)
+        self.released = False  # the job is over: its descriptors point at /dev/null (see release)
         self.lock = _thread.allocate_lock()  # one trim at a time: the watching thread's, or the child's last
 
     @classmethod
@@ -224,6 +225,28 @@ class Capture:
                 self.trim()
         except OSError:
             pass
+
+
+    def release(self) -> None:
+        """The job is over and its outcome is being handed over, which may
+        take long (a master being replaced, a journal on a full or failed
+        disk): the file within its limit, then fd 1 and 2 pointed at
+        /dev/null and the file closed, so a child that waits holds nothing
+        open on the state directory's file system (an operator could not
+        unmount it to repair it)."""
+        self.finish()
+        with self.lock:
+            self.released = True
+            devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.dup2(devnull, 1)
+                os.dup2(devnull, 2)
+            finally:
+                os.close(devnull)
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass  # closed by the job already
 
 
 # A write the output's file system has no room for: dropped, never raised into the job.

@@ -260,9 +260,10 @@ def test_a_full_disk_under_the_output_does_not_fail_a_job_that_prints(master_fac
         pid = next(iter(master.live()["running"].values()))["pid"]
         filler = fill(mountpoint)
         try:
-            # It prints on into a full disk to its end; its outcome waits in the master (the journal is full too).
-            wait_for(lambda: not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text()
-                     .rsplit(")", 1)[1].split()[0] == "Z", what="the job's process to end")
+            # It prints on into a full disk to its end; its outcome waits (the journal is full too): the
+            # master holds it unrecorded and the child keeps it, alive, until the journal takes it.
+            wait_for(lambda: master.live()["master"].get("unrecorded_outcomes") == 1
+                     or not Path(f"/proc/{pid}").exists(), what="the job to end and its outcome to wait")
         finally:
             filler.unlink()
         job = finished(master, "printer")
