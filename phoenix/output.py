@@ -281,6 +281,24 @@ class _KeptWriter(io.RawIOBase):
             raise
 
 
+def bound_after_end(root: str | os.PathLike[str], job_id: int, attempt: int, max_bytes: int) -> None:
+    """An attempt whose process was killed (or died) cannot trim its file as
+    it exits: its master does, once, as it records the end, so the file is
+    within job_output_max_bytes whatever ended the job."""
+    path = attempt_file(root, job_id, attempt)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # none (it wrote nothing), or not ours to open
+    try:
+        if os.fstat(fd).st_size > max_bytes:
+            Capture(fd, path, max_bytes).trim()
+    except OSError:
+        pass  # a full disk, say: left as it is
+    finally:
+        os.close(fd)
+
+
 def prepare_streams() -> None:
     """Once in a process that forks job children (the fork server, after the
     app's import), not in each child: nothing the app printed at import is

@@ -11,7 +11,7 @@ import signal
 import time
 from typing import Any, Callable, Protocol
 
-from phoenix import lineage, log, protocol, quarantine
+from phoenix import lineage, log, output, protocol, quarantine
 from phoenix.attempts import Attempt
 from phoenix.config import Config
 from phoenix.journal import OpenAttempt
@@ -156,6 +156,8 @@ class OutcomeRecorder:
         if not recorded:
             return  # another master recorded it first (a fork-mode handover)
         h.counters.count(h.counters.attempts, result.outcome)
+        if result.outcome not in (Outcome.FINISHED, Outcome.ERROR):  # its process did not end its own way
+            output.bound_after_end(h.paths.output, job_id, number, h.config.job_output_max_bytes)
         self._log(pid, key, number, result, after, max_rss_kb)
         if callback_id is not None and not h.callbacks_held():
             # While a replacement waits for callbacks to end, new ones stay owed

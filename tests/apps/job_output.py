@@ -91,3 +91,11 @@ def logs_and_prints(params):
     logging.getLogger("tests.job_output").info("a record from job %s", params["who"])
     print(f"a print from job {params['who']}")
     return None
+
+
+@app.job(max_runtime=1.5, retries=0)
+def floods_until_killed(params):
+    """Writes as fast as it can until max_runtime kills it: no exit of its own to trim its file."""
+    chunk = (b"y" * 99 + b"\n") * 100
+    while True:
+        os.write(1, chunk)

@@ -148,6 +148,18 @@ def test_a_flood_is_kept_within_the_limit_and_never_slows_the_master(master_fact
     assert master.log_path.stat().st_size < 20_000, "the flood reached the master's log"
 
 
+def test_a_job_killed_mid_flood_leaves_a_file_within_the_limit(master_factory):
+    limit = 64 * 1024
+    master = master_factory(app=APP, env={"PHOENIX_JOB_OUTPUT_MAX_BYTES": str(limit)})
+    job_id = master.submit(f"{TARGET}:floods_until_killed", {}, key="killed")
+    job = wait_for(lambda: (j := master.jobs().get("killed")) and j["state"] == "failed" and j, 30,
+                   "max_runtime to kill the flood")
+    assert job["outcome"] == "killed", job
+    # Before: a killed child never trimmed its file at the end (8 MB left behind with a 1 MiB limit).
+    size = Path(output.attempt_file(master.paths.output, job_id, 1)).stat().st_size
+    assert size <= limit, size
+
+
 def test_logs_follow_prints_lines_as_they_come_and_ends_with_the_attempt(master_factory):
     master = master_factory(app=APP)
     master.submit(f"{TARGET}:ticks", {"n": 30, "every": 0.1}, key="ticks")
