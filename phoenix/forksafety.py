@@ -33,6 +33,7 @@ class Findings:
     thread_pools: list[Any] = field(default_factory=list)  # ThreadPoolExecutors with worker threads
     process_pools: int = 0  # ProcessPoolExecutors with a running manager
     numpy_random: bool = False  # numpy.random imported: its global state is drawn already
+    multiprocessing_pools: int = 0  # multiprocessing.Pool or .pool.ThreadPool: their handler threads run
 
     def notices(self) -> list[tuple[str, str]]:
         """(what, what Phoenix does about it) for each finding."""
@@ -49,6 +50,11 @@ class Findings:
                          "whose processes a job child cannot use (they are not its own)",
                          "a job that submits to one fails or hangs: make the pool inside the job; "
                          "see docs/fork-safety.md"))
+        if self.multiprocessing_pools:
+            said.append((f"the app made {self.multiprocessing_pools} multiprocessing pool(s) (Pool or ThreadPool) at "
+                         "import, whose threads and workers a forked child does not have",
+                         "a job that uses one waits forever (its tasks are never handed out): make the pool inside "
+                         "the job; see docs/fork-safety.md"))
         if self.numpy_random:
             said.append(("numpy.random's global state was set when the app imported numpy, and would be the same "
                          "in every job child",
@@ -64,7 +70,7 @@ def inspect() -> Findings:
     """Find, in this process (after the app's import), what a forked child
     would inherit broken; remembered for `after_fork`."""
     global _found
-    _found = Findings(_thread_pools(), _process_pools(), "numpy.random" in sys.modules)
+    _found = Findings(_thread_pools(), _process_pools(), "numpy.random" in sys.modules, _multiprocessing_pools())
     return _found
 
 
@@ -90,6 +96,17 @@ def _thread_pools() -> list[Any]:
 def _process_pools() -> int:
     module = sys.modules.get("concurrent.futures.process")
     return len(getattr(module, "_threads_wakeups", {})) if module is not None else 0
+
+
+def _multiprocessing_pools() -> int:
+    """multiprocessing pools alive: each runs one task-handler thread (its
+    target is Pool._handle_tasks), which a child does not have."""
+    if "multiprocessing.pool" not in sys.modules:
+        return 0
+    import threading
+
+    return sum(1 for thread in threading.enumerate()
+               if getattr(getattr(thread, "_target", None), "__qualname__", "") == "Pool._handle_tasks")
 
 
 def after_fork() -> None:

@@ -104,6 +104,25 @@ def test_a_process_pool_used_at_import_is_named():
     assert forksafety.inspect().process_pools == 0
 
 
+def test_a_multiprocessing_thread_pool_made_at_import_is_named():
+    """In-process: a multiprocessing ThreadPool's task handler is a thread a
+    forked child does not have (a job using it waited forever, and nothing
+    but a note about locks was said); found and said."""
+    from multiprocessing.pool import ThreadPool
+
+    pool = ThreadPool(2)
+    try:
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+        found = forksafety.inspect()
+        assert found.multiprocessing_pools == 1
+        said = [effect for what, effect in found.notices() if "multiprocessing pool" in what]
+        assert len(said) == 1 and "inside the job" in said[0]
+    finally:
+        pool.close()
+        pool.join()
+    assert forksafety.inspect().multiprocessing_pools == 0
+
+
 @pytest.mark.parametrize("copy_raises", [False, True])
 def test_a_process_the_job_forks_never_reports_the_jobs_outcome(master_factory, copy_raises):
     master = master_factory(app="tests.apps.user_code:app")
