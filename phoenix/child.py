@@ -306,6 +306,7 @@ def run(
         context = ChildContext(got["job"], got["key"], got["attempt"], decode_params(got["params"]),
                                got.get("attempt_id"))
         set_title(f"phoenix: job {visible(context.key)} attempt {context.attempt}")  # a NUL would raise
+        _stdin_from_devnull()
         if got.get("output"):
             capture = _capture_output(got["output"], context, streams_prepared=server_fds is not None)
         try:
@@ -356,6 +357,17 @@ def _leave_as_a_fork_of_the_job(code: int) -> NoReturn:
           file=sys.stderr)
     _flush_std_streams()
     os._exit(code)
+
+
+def _stdin_from_devnull() -> None:
+    """A job reads nothing of its master's: not a terminal (its process group
+    is not the terminal's, so a read would stop it), nor whatever file a
+    supervisor left on fd 0."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    if null != 0:
+        os.dup2(null, 0)
+        os.close(null)
+    os.set_inheritable(0, True)  # the job's own subprocesses read it too
 
 
 def _say(line: str) -> None:

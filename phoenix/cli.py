@@ -535,6 +535,7 @@ def report(state_dir: str | None, html_file: str, limit: int) -> None:
 
     paths = _state_paths(state_dir)
     _require_journal(paths, state_dir)
+    check_parents(Path(html_file).absolute(), "the report")  # as --log-file: no other user may swap the way to it
     attempts = write(paths.journal, Path(html_file), limit)
     click.echo(f"wrote {html_file}: {attempts} attempts")
 

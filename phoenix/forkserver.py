@@ -333,6 +333,7 @@ class ForkServer:
                 process = subprocess.Popen(
                     [sys.executable, *flags, "-c", SERVER_MAIN, json.dumps({**settings, "fd": theirs.fileno()})],
                     pass_fds=(theirs.fileno(),),
+                    stdin=subprocess.DEVNULL,  # nothing of the master's to read; a job's stdin is /dev/null too
                     process_group=0)  # a terminal's Ctrl-C is for the master: it decides what its children get
         except (OSError, subprocess.SubprocessError) as exc:
             ours.close()

@@ -821,9 +821,28 @@ def _raise_fd_limit() -> int:
     return hard
 
 
+def _hold_standard_fds() -> None:
+    """fds 0, 1 and 2 open (on /dev/null where they are closed: a daemon, a
+    supervisor that closes them) and inheritable (python-daemon leaves them
+    close-on-exec): else the fork server starts without them, the next file
+    opened takes the number (fd 1 was its signalfd), and every job child
+    gets sys.stdout and sys.stderr of None (a print to stderr failed the
+    job) or, where the master's log took fd 0, a log it could write into."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one, as the lower ones are open
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        os.set_inheritable(fd, True)
+
+
 def run_master(app: App | None, app_spec: str | None, config: Config, load_config: Callable[[], Config],
                config_file: str | None = None, degraded_reason: str | None = None) -> int:
     """Set up logging and run a master until it stops."""
+    _hold_standard_fds()
     log.setup(config.log_level, config.log_format, config.log_file)
     gc.freeze()  # objects made so far stay out of the collector: forked children share their pages
     return Master(app, app_spec, config, load_config, config_file, degraded_reason).run()

@@ -27,7 +27,13 @@ class StateDirError(OSError):
 # The files Phoenix opens by name in the state directory: none may be a link,
 # another user's, or writable by others (a planted file is a planted job).
 STATE_FILE_NAMES = ("journal.db", "journal.db-wal", "journal.db-shm", "phoenix.pid", "phoenix.pid.oldbin",
-                    "phoenix.lock", "phoenix.sock", "control.sock", "outbox", "phoenix.log")
+                    "phoenix.lock", "phoenix.sock", "control.sock", "outbox", "output", "quarantine", "phoenix.log")
+# What each state file must be, if it is there: anything else (a FIFO at the journal's name, where a read
+# would hang every command) is refused in one line.
+_KINDS = {"phoenix.sock": (stat.S_ISSOCK, "a socket"), "control.sock": (stat.S_ISSOCK, "a socket"),
+          "outbox": (stat.S_ISDIR, "a directory"), "output": (stat.S_ISDIR, "a directory"),
+          "quarantine": (stat.S_ISDIR, "a directory")}
+_REGULAR = (stat.S_ISREG, "a regular file")
 
 
 def _name(uid: int) -> str:
@@ -160,6 +166,10 @@ class StatePaths:
         if st.st_uid != uid:
             raise StateDirError(f"{path} belongs to {_owner(st.st_uid)}, not to {_owner(uid)} who runs phoenix: "
                                 f"if it is this service's own, `chown {_name(uid)} {path}`; if not, remove it")
+        is_kind, kind = _KINDS.get(path.name, _REGULAR)
+        if not is_kind(st.st_mode):
+            raise StateDirError(f"{path} is not {kind}, as Phoenix's own would be: move it away, or choose another "
+                                "--state-dir")
         # A socket's mode only decides who may connect, and each master checks
         # its peers (SO_PEERCRED); a file or directory others can write is a planted job.
         others = None if stat.S_ISSOCK(st.st_mode) else _writable_by_others(st.st_mode)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -226,5 +227,18 @@ def write(journal_path: Path, output: Path, limit: int = DEFAULT_JOBS) -> int:
     """Write the page; returns how many attempts it draws."""
     with Journal(journal_path, create=False) as journal:
         page = build(journal, f"Phoenix timeline: {journal_path.parent}", limit)
-    output.write_text(page, encoding="utf-8")  # what the page declares, whatever the locale
+    _write_private(output, page.encode("utf-8"))  # UTF-8: what the page declares, whatever the locale
     return page.count('<rect class="attempt ')
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """The page holds jobs' parameters, errors and tracebacks: a new file is
+    0600 whatever the umask, and a link at its name is not followed (the
+    caller checked that no other user could have swapped the way to it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+    finally:
+        os.close(fd)

@@ -99,3 +99,16 @@ def floods_until_killed(params):
     chunk = (b"y" * 99 + b"\n") * 100
     while True:
         os.write(1, chunk)
+
+
+@app.job(retries=0)
+def writes_everywhere(params):
+    """Prints, writes to sys.stderr, and tries fd 0 too (a forged record, if fd 0 were anything writable)."""
+    print("to stdout")
+    sys.stderr.write("to stderr\n")
+    try:
+        os.write(0, FAKE_TEXT.format(pid=params["master"]).encode() + b"\n")
+        wrote_to_stdin = True
+    except OSError:
+        wrote_to_stdin = False
+    return {"stdout_is_none": sys.stdout is None, "wrote_to_stdin": wrote_to_stdin}

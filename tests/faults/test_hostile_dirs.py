@@ -15,6 +15,7 @@ import pwd
 import shutil
 import socket
 import stat
+import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -172,12 +173,44 @@ def test_a_state_directory_another_user_could_swap_is_refused(base: Path) -> Non
 def test_links_in_our_own_directory_are_refused_not_followed(base: Path, victim: Path) -> None:
     state = base / "state"
     state.mkdir(mode=0o700)
-    for name in ("phoenix.lock", "journal.db", "phoenix.pid", "control.sock"):
+    for name in ("phoenix.lock", "journal.db", "phoenix.pid", "control.sock", "output", "quarantine"):
         os.symlink(victim, state / name)
         result = phoenix_cli("start", "tests.apps.jobs:app", "--exit-when-done", state_dir=state)
         assert result.returncode == 2 and "symbolic link" in one_error_line(result), result.stderr
         (state / name).unlink()
     assert victim.read_text() == VICTIM_TEXT
+
+
+@pytest.mark.parametrize("name", ["journal.db", "phoenix.lock", "phoenix.pid", "outbox", "control.sock"])
+def test_a_state_file_of_another_kind_is_refused_not_waited_on(base: Path, name: str) -> None:
+    """A FIFO at a state file's name: a read of it hung every command (status,
+    submit, jobs, start, stop) until killed; a file where a directory or a
+    socket belongs is refused alike."""
+    state = base / "state"
+    state.mkdir(mode=0o700)
+    os.mkfifo(state / name, 0o600)
+    for args in (("status",), ("submit", "tests.apps.jobs:noop", "{}"), ("start", "tests.apps.jobs:app")):
+        result = phoenix_cli(*args, state_dir=state)
+        assert result.returncode == 2 and "is not a" in one_error_line(result), (args, result.stderr)
+
+
+def test_a_report_another_user_could_redirect_is_refused(base: Path, victim: Path) -> None:
+    """`phoenix report --html` at nobody's link in a directory anyone can write: old code wrote root's
+    timeline (jobs' parameters, errors) over the victim; a new report is 0600 whatever the umask."""
+    state = base / "state"
+    assert phoenix_cli("submit", "tests.apps.jobs:noop", "{}", state_dir=state).returncode == 0
+    hostile = base / "public"
+    hostile.mkdir()
+    hostile.chmod(0o777)
+    as_nobody(lambda: os.symlink(victim, hostile / "report.html"))
+    result = phoenix_cli("report", "--html", str(hostile / "report.html"), state_dir=state)
+    assert result.returncode == 2 and "the report" in one_error_line(result), result.stderr
+    assert victim.read_text() == VICTIM_TEXT
+    mine = base / "mine.html"
+    made = subprocess.run(["sh", "-c", 'umask 000 && exec "$0" "$@"', PYTHON, "-m", "phoenix", "report", "--html",
+                           str(mine), "--state-dir", str(state)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(mine.stat().st_mode) == 0o600
 
 
 def test_a_log_file_another_user_could_redirect_is_refused(base: Path, victim: Path) -> None:

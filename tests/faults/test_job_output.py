@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from phoenix import output
+from phoenix.paths import StatePaths
 from tests.conftest import wait_for
 from tests.driver import PHOENIX, REPO, phoenix_cli
 from tests.faults.conftest import report
@@ -284,3 +285,32 @@ def test_a_full_disk_under_the_output_does_not_fail_a_job_that_prints(master_fac
         master.stop()
     finally:
         subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_a_daemons_jobs_have_their_output_and_cannot_write_into_its_log(state_dir):
+    """Under `start --daemon` the master's 0, 1 and 2 were closed, its log took
+    fd 0, and every job inherited it: writable (a job forged records there),
+    with sys.stdout and sys.stderr None (a print to stderr failed the job)."""
+    paths = StatePaths(state_dir)
+    started = phoenix_cli("start", APP, "--daemon", state_dir=state_dir)
+    assert started.returncode == 0, started.stderr
+    daemon = int(paths.pidfile.read_text())
+    try:
+        submitted = phoenix_cli("submit", f"{TARGET}:writes_everywhere", json.dumps({"master": daemon}),
+                                "--key", "everywhere", state_dir=state_dir)
+        assert submitted.returncode == 0, submitted.stderr
+        job = wait_for(lambda: (j := _job(state_dir, "everywhere")) and j["state"] in ("finished", "failed") and j,
+                       30, "the job to end")
+        assert job["state"] == "finished", job.get("error")
+        assert job["result"] == {"stdout_is_none": False, "wrote_to_stdin": False}
+        shown = phoenix_cli("logs", "everywhere", state_dir=state_dir).stdout
+        assert "to stdout" in shown and "to stderr" in shown
+        assert "job=forged" not in (state_dir / "phoenix.log").read_text()
+    finally:
+        phoenix_cli("stop", state_dir=state_dir)
+        wait_for(lambda: not Path(f"/proc/{daemon}").exists(), 30, "the daemon to exit")
+
+
+def _job(state_dir: Path, key: str) -> dict | None:
+    result = phoenix_cli("show", key, "--json", state_dir=state_dir)
+    return json.loads(result.stdout) if result.returncode == 0 else None
