@@ -3,6 +3,7 @@ operator's jobs, show, logs, retry, cancel, prune."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -45,6 +46,11 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
+# A disk full or failing, out of descriptors or memory: said in one line, never a traceback.
+_SHORTAGES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE,
+                        errno.ENOMEM})
+
+
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Bad input becomes one clear paragraph and exit 2 (a request at odds with
     the state, such as a master already running or a key that names another
@@ -69,6 +75,12 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(exc), 1)
         except PermissionError as exc:  # e.g. another user's state directory
             fail(f"permission denied: {exc.filename or exc}; run phoenix as the user that owns the state directory")
+        except OSError as exc:
+            if exc.errno not in _SHORTAGES:
+                raise
+            # The host's shortage, not a mistake: one line, and a supervisor's restart may find room.
+            where = f" ({visible(str(exc.filename))})" if exc.filename else ""
+            fail(f"cannot go on: {exc.strerror}{where}; free some and try again", 1)
 
     return wrapper
 
@@ -507,6 +519,9 @@ def reload(state_dir: str | None, wait: bool, timeout: float, force: bool) -> No
         except (control.MalformedReply, control.ForeignServer):
             raise  # something other than a master between images answers: say so now
         except control.ControlError:
+            if not pidfile.lock_held(paths.lockfile):
+                fail("the master exited during the replacement (its new image could not start): see its log; "
+                     "its running jobs are adopted by the next `phoenix start`", 1)
             continue  # between images, or the old master exiting (fork mode)
         result = live.get("reload")
         result = result if isinstance(result, dict) else {}

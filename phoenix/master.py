@@ -713,8 +713,11 @@ class Master:
             self.stop_error = str(exc)
             self.exit_code = self.exit_code or 1
         except STORAGE_ERRORS as exc:  # a full disk, say: every outcome is recorded (holds_unwritten), not the stop
-            event(ERROR, "stop_unrecorded", error=str(exc),
-                  effect="every outcome is recorded; the next master finds this one's stop missing, as after a crash")
+            held = self.unrecorded_outcomes()
+            event(ERROR, "stop_unrecorded", error=str(exc), unrecorded_outcomes=held,
+                  effect=(f"{held} outcome(s) stay with their children, which the next master adopts; "
+                          if held else "every outcome is recorded; ")
+                  + "the next master finds this one's stop missing, as after a crash")
             self.stop_error = str(exc)
             self.exit_code = self.exit_code or 1
         if self.outage.unwritten:  # only with a damaged journal (holds_unwritten)
@@ -845,4 +848,12 @@ def run_master(app: App | None, app_spec: str | None, config: Config, load_confi
     _hold_standard_fds()
     log.setup(config.log_level, config.log_format, config.log_file)
     gc.freeze()  # objects made so far stay out of the collector: forked children share their pages
-    return Master(app, app_spec, config, load_config, config_file, degraded_reason).run()
+    try:
+        return Master(app, app_spec, config, load_config, config_file, degraded_reason).run()
+    except Exception as exc:
+        if handoff.is_replacement() or config.log_file:
+            # Said where the operator looks: a daemon's or a new image's stderr may be /dev/null.
+            log.event(logging.ERROR, "start_failed", error=f"{type(exc).__name__}: {exc}",
+                      effect="this master exits; running children keep running and are adopted by the next "
+                             "`phoenix start` (recovered after the lease on a shared store)")
+        raise

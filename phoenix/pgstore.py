@@ -1090,6 +1090,11 @@ def check_durability(conn: psycopg.Connection[Any], *, first: bool) -> None:
     row = conn.execute("SELECT current_setting('synchronous_commit')").fetchone()
     setting = str(row[0]) if row else "off"
     if setting != "off":
+        # Pinned for this session: a server-wide change (ALTER SYSTEM, a reload) would
+        # otherwise turn it off under a running master, which would acknowledge on.
+        conn.execute("SELECT set_config('synchronous_commit', %s, false)", (setting,))
+        if not conn.autocommit:
+            conn.commit()
         return
     message = ("the PostgreSQL store's session has synchronous_commit = off: commits Phoenix acknowledges "
                "could be lost in a server crash. Set it to on for Phoenix's role (ALTER ROLE <role> SET "

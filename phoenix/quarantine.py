@@ -101,4 +101,10 @@ def clear(state_dir: Path, chosen: list[str] | None = None) -> tuple[list[str], 
             deleted.append(name)
         except FileNotFoundError:
             missing.append(name)
+    if deleted:  # "deleted" is an acknowledgement: on disk first (a power cut would bring them back)
+        fd = os.open(directory(state_dir), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return deleted, missing

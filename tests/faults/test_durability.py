@@ -224,6 +224,11 @@ def test_a_postgresql_session_that_acknowledges_before_disk_is_refused(pg_url):
     store = PgStore(pg_url)  # accepted: on the server's disk before the commit returns
     try:
         store.submit("tests.apps.jobs:noop", "{}", "before")
+        # Pinned in the session: a server-wide change and a reload (ALTER SYSTEM) cannot turn it off
+        # under a running master (before, the master acknowledged on at `off`, and said nothing).
+        with store._tx() as cur:
+            cur.execute("SELECT setting, source FROM pg_settings WHERE name = 'synchronous_commit'")
+            assert cur.fetchone() == ("local", "session")
         with psycopg.connect(pg_url, autocommit=True) as admin:
             admin.execute(f"ALTER DATABASE {database} SET synchronous_commit = off")
         store._drop()  # as a lost connection would: the next call connects again

@@ -163,3 +163,19 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_start_on_a_full_disk_is_one_line_not_a_traceback(small_filesystem):
+    """Before: a foreground `phoenix start` died in a traceback writing its
+    pidfile (a supervisor restarting it printed one every second)."""
+    state = small_filesystem / "state"
+    state.mkdir(mode=0o700)
+    filler = fill(small_filesystem)
+    try:
+        result = phoenix_cli("start", "tests.apps.jobs:app", "--exit-when-done", state_dir=state)
+    finally:
+        filler.unlink()
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("phoenix: error: ") and "No space left on device" in lines[-1], result.stderr
