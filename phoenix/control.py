@@ -430,11 +430,13 @@ def stop(path: Path, mode: str, timeout: float) -> tuple[dict[str, Any], dict[st
     `report_exit` in its reply; then the ending is None and nothing was waited for."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(5.0)
+    sent = False
     try:
         with unix_address(path) as address:
             sock.connect(address)
         _check_server(sock, path)  # before anything is sent: a stop must reach no impostor
         sock.sendall(json.dumps({"cmd": "stop", "mode": mode, "report_exit": True}).encode() + b"\n")
+        sent = True
         reader = sock.makefile("rb")
         reply = _refused_or(path, _parse(path, reader.readline()))
         if not reply.get("report_exit"):
@@ -452,6 +454,9 @@ def stop(path: Path, mode: str, timeout: float) -> tuple[dict[str, Any], dict[st
     except (ConnectionResetError, BrokenPipeError):
         raise ControlError(f"the master on {path} closed the connection (it may be stopping)") from None
     except TimeoutError:
+        if sent:  # in its socket's queue: a master stopped (SIGSTOP, a paused VM) obeys it once it runs again
+            raise ControlError(f"the master did not answer on {path} within 5 s: the stop was sent, and it "
+                               "stops once it runs again (`phoenix status` says whether it is stopped)") from None
         raise ControlError(f"the master did not answer on {path} within 5 s") from None
     except PermissionError:
         raise
