@@ -5,8 +5,6 @@ cannot be written never drops the outcomes the master or its children hold
 
 from __future__ import annotations
 
-import errno
-import os
 import subprocess
 from pathlib import Path
 from typing import Iterator
@@ -15,6 +13,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.driver import phoenix_cli
+from tests.faults.test_storage import fill
 
 
 @pytest.fixture
@@ -28,20 +27,6 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
         pytest.skip(f"needs permission to mount a tmpfs: {mounted.stderr.strip()}")
     yield mountpoint
     subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
-def fill(mountpoint: Path) -> Path:
-    """Use up every free block; the file returned frees them when removed."""
-    filler = mountpoint / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, bytes(1 << 16))
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    return filler
 
 
 JOBS = [f"job-{i}" for i in range(4)]
