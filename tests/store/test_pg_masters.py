@@ -86,7 +86,9 @@ def test_a_killed_masters_jobs_run_again_on_the_other_within_ttl_plus_grace(tmp_
 
         client = Client(store=pg_url)
         for i in range(4):
-            client.submit("tests.apps.jobs:sleep", {"s": 3}, key=f"long-{i}")
+            # Long enough to be running still when the host is lost, on a loaded machine too (at 3 s a job
+            # had ended before the kill, and its process group was gone).
+            client.submit("tests.apps.jobs:sleep", {"s": 8}, key=f"long-{i}")
         running = wait_for(lambda: (lambda js: js if all(j["state"] == "running" for j in js.values()) else None)(
             jobs_by_key(pg_url)), what="4 jobs running, 2 on each master")
         victims = {key: job["pid"] for key, job in running.items() if job["node"] == "a"}
@@ -95,9 +97,9 @@ def test_a_killed_masters_jobs_run_again_on_the_other_within_ttl_plus_grace(tmp_
         a.wait_exit()
         for pid in victims.values():
             os.killpg(pid, signal.SIGKILL)
-        # ttl 2 s + grace 1.4 s + a recovery period, then a slot on b: well within 15 s
+        # ttl 2 s + grace 1.4 s + a recovery period, then a slot on b and 8 s of sleep: well within 40 s
         done = wait_for(lambda: (lambda js: js if all(j["state"] == "finished" for j in js.values()) else None)(
-            jobs_by_key(pg_url)), timeout=15, what="every job to finish on b")
+            jobs_by_key(pg_url)), timeout=40, what="every job to finish on b")
         assert {key: (job["attempt"], job["node"]) for key, job in done.items()} == {
             key: (2, "b") if key in victims else (1, "b") for key in done}
         b.wait_log("recovered masters=a attempts=2")
