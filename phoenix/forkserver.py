@@ -323,7 +323,10 @@ class ForkServer:
         internal signals (32, 33) ignored in the new program, and every job
         child would inherit that. subprocess closes every other fd, resets
         SIGPIPE and SIGXFSZ, and forks with vfork: no copy of the master."""
-        import subprocess  # here: the server imports this module, and subprocess imports threading
+        try:
+            import subprocess  # here: the server imports this module, and subprocess imports threading
+        except ImportError as exc:  # its C module cannot be loaded now: out of descriptors or memory
+            raise OSError(f"cannot start the fork server: {exc}") from exc
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # close-on-exec, as Python makes them
         try:

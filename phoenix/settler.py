@@ -33,9 +33,16 @@ class SettlerHost(Protocol):
 class CallbackSettler:
     def __init__(self, host: SettlerHost) -> None:
         self.host = host
+        # Callbacks that ran here whose `done` the store has not taken yet (an
+        # outage: the write is replayed). Still owed in the store, they are
+        # never started again meanwhile: a look for owed callbacks (a lease
+        # renewal, the store's return) ran one 4 times in a session-kill storm.
+        self.done_unrecorded: set[int] = set()
 
     def start(self, callback_id: int, job_id: int, number: int, kind: str) -> None:
         assert self.host.app is not None
+        if callback_id in self.done_unrecorded:
+            return  # it ran; its record is on its way
         app = self.host.app
         functions: list[Callable[..., Any]] = list(app.finished_callbacks if kind == "on_finished"
                                                    else app.failed_callbacks)
@@ -74,7 +81,7 @@ class CallbackSettler:
         if self.host.app is None:
             return
         for callback_id, job_id, number, kind in self.host.journal.owed_callbacks():
-            if callback_id not in self.host.callbacks.running:
+            if callback_id not in self.host.callbacks.running and callback_id not in self.done_unrecorded:
                 self.start(callback_id, job_id, number, kind)
 
     def settle(self) -> None:
@@ -86,18 +93,22 @@ class CallbackSettler:
                 self.host.counters.callback_errors += 1
                 log.event(logging.ERROR, "callback_error", job=running.job_key, callback=running.kind)
                 log.log.error("%s", error.rstrip())
+            self.done_unrecorded.add(running.callback_id)
             self.host.guarded(functools.partial(self.record_done, running.callback_id, error), retry=True)
         for running in self.host.callbacks.overdue(self.host.config.callback_timeout, now):
             self.host.counters.callback_errors += 1
             log.event(logging.ERROR, "callback_timeout", job=running.job_key, callback=running.kind,
                   limit=f"{self.host.config.callback_timeout}s")
+            self.done_unrecorded.add(running.callback_id)
             self.host.guarded(functools.partial(self.record_done, running.callback_id,
                                            f"timed out after {self.host.config.callback_timeout} s"), retry=True)
 
     def record_done(self, callback_id: int, error: str | None) -> None:
         """Through the journal open when it runs: one replayed after an outage
         may find another journal object than the one open when it was queued."""
-        if self.host.journal.callback_done(callback_id, error) is False:
+        recorded = self.host.journal.callback_done(callback_id, error)
+        self.done_unrecorded.discard(callback_id)  # (an exception leaves it in: the write is replayed)
+        if recorded is False:
             log.event(logging.WARNING, "callback_fenced", callback_id=callback_id,
                       effect="it ran here, but another master took it over when this one's lease lapsed: "
                              "that master runs it too (callbacks get the job id and attempt to de-duplicate)")
