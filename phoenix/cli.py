@@ -568,7 +568,7 @@ def _existing_journal(state_dir: str | None, store: str | None = None, *,
     setting = _settings({"store": store, "state_dir": state_dir}).store
     paths = _state_paths(state_dir)
     if setting != "sqlite":
-        return paths, open_store(setting, paths.journal)
+        return paths, open_store(setting, paths.journal, reads_only=not writes)
     _require_journal(paths, state_dir)
     return paths, Journal(paths.journal, create=False, verify=writes)
 

@@ -258,8 +258,11 @@ class PgStore:
     shared = True
 
     def __init__(self, url: str, *, node: str | None = None, lease_ttl: float = 30.0,
-                 check_schema: bool = True) -> None:
+                 check_schema: bool = True, reads_only: bool = False) -> None:
         self.url = url
+        # A command that only reads (status, jobs, show) acknowledges nothing: a weak
+        # synchronous_commit does not lock the operator out of looking (check_durability).
+        self.reads_only = reads_only
         self.node = node or ""
         self.lease_ttl = lease_ttl
         self.epoch = 0
@@ -287,7 +290,8 @@ class PgStore:
         try:
             conn = self._new_connection()
             try:
-                check_durability(conn, first=not self._connected)
+                if not self.reads_only:
+                    check_durability(conn, first=not self._connected)
                 if self.check_schema:
                     check_version(conn, self.url)
             except BaseException:

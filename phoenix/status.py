@@ -282,7 +282,7 @@ def collect_shared(url: str, node: str | None = None,
     from phoenix.pgstore import PgStore
 
     next_after: int | None = None
-    with PgStore(url) as store:
+    with PgStore(url, reads_only=True) as store:  # a look: a weak synchronous_commit does not refuse it
         masters = [m for m in store.masters() if node is None or m["node"] == node]
         if page is None:
             jobs = list(store.status_rows(node, state="running"))

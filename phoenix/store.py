@@ -105,15 +105,16 @@ def default_node(state_dir: str | Path) -> str:
 
 
 def open_store(store: str, journal_path: str | Path, *, node: str | None = None, create: bool = True,
-               verify: bool = False, lease_ttl: float = 30.0) -> Journal | PgStore:
+               verify: bool = False, lease_ttl: float = 30.0, reads_only: bool = False) -> Journal | PgStore:
     """The store the `store` setting names: the state directory's SQLite
-    journal, or the PostgreSQL database at the URL (as `node`, if a master)."""
+    journal, or the PostgreSQL database at the URL (as `node`, if a master).
+    `reads_only`: for a command that only looks (see PgStore)."""
     check_setting(store)
     if store == SQLITE:
         return Journal(journal_path, create=create, verify=verify)
     from phoenix.pgstore import PgStore  # psycopg only when asked for
 
-    return PgStore(store, node=node, lease_ttl=lease_ttl)
+    return PgStore(store, node=node, lease_ttl=lease_ttl, reads_only=reads_only)
 
 
 def _redact(url: str) -> str:

@@ -218,6 +218,10 @@ def test_a_postgresql_session_that_acknowledges_before_disk_is_refused(pg_url):
     assert len(done.stderr.strip().splitlines()) == 1
     with pytest.raises(WeakDurability):
         PgStore(pg_url)
+    # Commands that only look acknowledge nothing: the operator still sees (was: every one refused, exit 2).
+    looked = phoenix_cli("status", "--store", pg_url)
+    assert looked.returncode == 3 and "synchronous_commit" not in looked.stderr, looked.stderr  # 3: no master
+    assert phoenix_cli("jobs", "--store", pg_url).returncode == 0
 
     with psycopg.connect(pg_url, autocommit=True) as admin:
         admin.execute(f"ALTER DATABASE {database} SET synchronous_commit = local")
