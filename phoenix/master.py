@@ -210,7 +210,7 @@ class Master:
                 continue
             try:
                 attempt_pid = lineage.owning_attempt(sender, self.children) if sender else None
-            except OSError:  # no descriptor or memory to read /proc: untraceable, obeyed (README, Known limits)
+            except OSError:  # no descriptor or memory to read /proc: untraceable, obeyed (docs/failure-modes.md)
                 attempt_pid = None
             if attempt_pid is not None:  # a job cannot stop, reload or reconfigure the master that runs it
                 owner = self.children[attempt_pid]

@@ -32,7 +32,7 @@ FINAL_KINDS = ("finished", "failed")
 KIND, SEQ, RESULT, ERROR = "k", "seq", "result", "error"
 
 # A job's result, as the compact JSON `encode` writes, is at most this much:
-# the limit the README promises ("JSON, at most 64 KiB"). The kernel would take
+# the limit docs/writing-jobs.md promises ("JSON, at most 64 KiB"). The kernel would take
 # ~200 KiB, but a result that large belongs in a file or a database, and a
 # bounded size keeps the master's receive buffer and per-message cost small.
 MAX_RESULT_BYTES = 64 * 1024

@@ -13,7 +13,7 @@ from typing import TypeVar
 class MasterState(StrEnum):
     STARTING = "starting"  # sockets bound, adopting; not ready yet
     RUNNING = "running"
-    DEGRADED = "degraded"  # no app loaded: watches and records, starts nothing (see README, Failure modes)
+    DEGRADED = "degraded"  # no app loaded: watches and records, starts nothing (see docs/failure-modes.md)
     DRAINING = "draining"  # QUIT: starts nothing, waits for running jobs
     STOPPING = "stopping"  # TERM: children told to stop
     STOPPED = "stopped"  # the loop ends

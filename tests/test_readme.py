@@ -1,4 +1,4 @@
-"""Every fenced block of README.md is exercised, so a newcomer can paste it.
+"""Every fenced block of README.md and of the pages in docs/ is exercised, so a newcomer can paste it.
 
 The line before each fence names the rule that covers the block, in an HTML
 comment GitHub does not show: `<!-- readme-test: RULE [ARGUMENT] -->`. A block
@@ -41,6 +41,7 @@ import pytest
 from tests.conftest import PYTHON, REPO, Master, phoenix_cli, wait_for
 
 README = REPO / "README.md"
+PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]  # the front door and the manual
 TAG = re.compile(r"<!-- readme-test: (\S+)(?: (.+?))? -->")
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)\s*$")
 BIN = Path(PYTHON).parent  # this interpreter's `phoenix` script, the one under test
@@ -48,6 +49,7 @@ BIN = Path(PYTHON).parent  # this interpreter's `phoenix` script, the one under 
 
 @dataclass(frozen=True)
 class Block:
+    page: str  # README.md, or docs/NAME.md
     line: int  # of the opening fence, 1-based
     language: str
     text: str
@@ -56,7 +58,12 @@ class Block:
 
 
 def readme_blocks() -> list[Block]:
-    lines = README.read_text().splitlines()
+    return [block for page in PAGES for block in page_blocks(page)]
+
+
+def page_blocks(path: Path) -> list[Block]:
+    page = str(path.relative_to(REPO))
+    lines = path.read_text().splitlines()
     blocks = []
     index = 0
     while index < len(lines):
@@ -66,10 +73,10 @@ def readme_blocks() -> list[Block]:
             continue
         indent, fence, language = opening.groups()
         end = next((j for j in range(index + 1, len(lines)) if lines[j].strip() == fence), None)
-        assert end is not None, f"README.md:{index + 1}: the block opened here is never closed"
+        assert end is not None, f"{page}:{index + 1}: the block opened here is never closed"
         tag = TAG.fullmatch(lines[index - 1].strip()) if index > 0 else None
         text = "".join(line.removeprefix(indent) + "\n" for line in lines[index + 1:end])
-        blocks.append(Block(index + 1, language, text, tag[1] if tag else "", (tag[2] or "") if tag else ""))
+        blocks.append(Block(page, index + 1, language, text, tag[1] if tag else "", (tag[2] or "") if tag else ""))
         index = end + 1
     return blocks
 
@@ -186,7 +193,7 @@ def check_store(block: Block, tmp_path: Path, url: str) -> None:
 def check_example(block: Block, tmp_path: Path) -> None:
     text = block.text.removeprefix(f"# {block.argument}\n")
     shipped = (REPO / block.argument).read_text()
-    assert text in shipped, f"README.md:{block.line} is not a verbatim part of {block.argument}: copy it from there"
+    assert text in shipped, f"{block.page}:{block.line} is not a verbatim part of {block.argument}: copy it from there"
 
 
 def check_install(block: Block, tmp_path: Path) -> None:
@@ -279,19 +286,20 @@ NEEDS_ARGUMENT = {"run", "run-with-master", "python", "example", "output"}
 BLOCKS = readme_blocks()
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"line{b.line}-{b.rule or 'untagged'}" for b in BLOCKS])
+@pytest.mark.parametrize("block", BLOCKS, ids=[f"{Path(b.page).stem}-line{b.line}-{b.rule or 'untagged'}"
+                                               for b in BLOCKS])
 def test_readme_block(block: Block, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     if block.rule == "store":  # the one rule that needs a database: its server starts only for this block
-        assert block.argument, f"README.md:{block.line}: `store` of what?"
+        assert block.argument, f"{block.page}:{block.line}: `store` of what?"
         check_store(block, tmp_path, request.getfixturevalue("pg_url"))
         return
     assert block.rule in RULES, (
-        f"README.md:{block.line}: no rule covers this block; put `<!-- readme-test: RULE [ARGUMENT] -->` "
+        f"{block.page}:{block.line}: no rule covers this block; put `<!-- readme-test: RULE [ARGUMENT] -->` "
         f"on the line before it, RULE one of {', '.join([*RULES, 'store'])} (see {Path(__file__).name})")
-    assert block.argument or block.rule not in NEEDS_ARGUMENT, f"README.md:{block.line}: `{block.rule}` of what?"
+    assert block.argument or block.rule not in NEEDS_ARGUMENT, f"{block.page}:{block.line}: `{block.rule}` of what?"
     RULES[block.rule](block, tmp_path)
 
 
 def test_the_readme_has_the_blocks_this_file_knows() -> None:
     """A parser that lost blocks would pass every test above."""
-    assert len(BLOCKS) == README.read_text().count("<!-- readme-test: ") >= 8
+    assert len(BLOCKS) == sum(page.read_text().count("<!-- readme-test: ") for page in PAGES) >= 8

@@ -55,7 +55,7 @@ def test_job_cannot_stop_its_master_but_an_operator_can(master_factory, tmp_path
     release = tmp_path / "release"
     submit(master, target, {"signal": "SIGTERM", "pidfile": str(pidfile), "release": str(release)}, "rebel")
     ignored = master.wait_log("signal_ignored")
-    release.touch()  # a daemon that has exited, been reaped and left no trace is obeyed (README: Failure modes)
+    release.touch()  # a daemon that has exited, been reaped and left no trace is obeyed (docs/failure-modes.md)
     job = done(master, "rebel")
     assert job["outcome"] == "finished", job
     sender_pid = job["result"]["pid"] if sender == "job" else int(pidfile.read_text().split()[0])

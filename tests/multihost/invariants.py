@@ -7,7 +7,7 @@ tables directly and from the files the jobs and callbacks wrote:
   when recovery itself ended the job), and no `late` attempt is current;
 - no two attempts of one job ran at the same time (from the ticks the job
   bodies wrote; `overlap_allowed` only across an injected freeze, where the
-  README says it can happen);
+  docs/many-hosts.md says it can happen);
 - one callback per recorded outcome, of the job's final kind and attempt
   (`duplicates_allowed` only where a master was killed mid-callback: at least
   once across a crash), and no callback for a fenced attempt;

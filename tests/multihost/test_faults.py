@@ -126,7 +126,7 @@ def test_master_frozen_past_its_lease_is_fenced_when_it_wakes(cluster: Cluster) 
     h1.wait_log("lease_lost", timeout=15)
     cluster.wait_final(work, timeout=40)
     cluster.wait_quiet()
-    # Its children ran on while it was frozen: the one overlap the README admits (frozen > ttl + grace).
+    # Its children ran on while it was frozen: the one overlap docs/many-hosts.md admits (frozen > ttl + grace).
     summary = invariants.check(cluster, work, overlap_allowed=True)
     assert all(k.split(":")[0] in running["h1"] for k in summary.overlaps), summary.overlaps
     for key in running["h1"]:
