@@ -12,8 +12,10 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -79,3 +81,16 @@ def cpu_seconds(pid: int) -> float:
 def report(name: str, **figures: object) -> None:
     """One line of measured figures (shown with -s, and in -rA summaries)."""
     print(f"\nFIGURES {name}: " + " ".join(f"{k}={v}" for k, v in figures.items()))
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of the test's own, to fill up (or to make read-only and back)."""
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(mountpoint)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"needs permission to mount a tmpfs: {mounted.stderr.strip()}")
+    yield mountpoint
+    subprocess.run(["umount", "-l", str(mountpoint)], check=False)

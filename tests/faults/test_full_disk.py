@@ -5,29 +5,13 @@ cannot be written never drops the outcomes the master or its children hold
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.conftest import wait_for
 from tests.driver import phoenix_cli
 from tests.faults.test_storage import fill
-
-
-@pytest.fixture
-def small_filesystem(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs of our own, to fill up."""
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs", str(mountpoint)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"needs permission to mount a tmpfs: {mounted.stderr.strip()}")
-    yield mountpoint
-    subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
 
 JOBS = [f"job-{i}" for i in range(4)]
 APP = "tests.apps.gated:app"

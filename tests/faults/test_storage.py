@@ -6,24 +6,8 @@ job once the fault is cleared."""
 import errno
 import os
 import shutil
-import subprocess
-
-import pytest
 
 from tests.conftest import wait_for
-
-
-@pytest.fixture
-def small_filesystem(tmp_path):
-    """A tmpfs of our own, so the test can make it read-only and back."""
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(mountpoint)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"needs permission to mount a tmpfs: {mounted.stderr.strip()}")
-    yield mountpoint
-    subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 def fill(mountpoint):
