@@ -9,12 +9,14 @@ import importlib
 import json
 import os
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from phoenix.config import Config, ConfigError
 from phoenix.linux.untrusted import MAX_JSON_DEPTH, MAX_KEY_BYTES, json_too_deep, visible
+from phoenix.rules.schedule import OVERLAP_SKIP, Schedule, ScheduleError, due_time, make_schedule, parse_priority
 
 if TYPE_CHECKING:
     from phoenix.store.base import Store
@@ -77,6 +79,7 @@ class App:
         self.finished_callbacks: list[Callable[[JobInfo, Any], Any]] = []
         self.failed_callbacks: list[Callable[[JobInfo, str | None], Any]] = []
         self.startup_hooks: list[Callable[["App"], Any]] = []
+        self.schedules: dict[str, Schedule] = {}  # target -> its @app.periodic (master/ticker.py fires them)
         # Set by the master while it runs this app, so that app.submit() from a
         # startup hook writes to the master's own journal.
         self.journal: Store | None = None
@@ -101,6 +104,30 @@ class App:
 
         return register(func) if func is not None else register
 
+    def periodic(self, *, every: float | None = None, cron: str | None = None, tz: str | None = None,
+                 params: Any = None, catch_up: int = 1, overlap: str = OVERLAP_SKIP) -> Any:
+        """Run the job on a schedule: `every` seconds (ticks on the multiples
+        of it since the epoch, UTC) or at the `cron` expression's wall times in
+        `tz` (an IANA zone; UTC if not given). Stacked above `@app.job(...)`,
+        or alone (the job is registered with the defaults). Each tick is one
+        job keyed `<target>@<tick ISO 8601 UTC>` with `params`; see
+        docs/scheduling.md for `catch_up` and `overlap`. Bad input raises
+        ScheduleError at import, naming the fix."""
+        encode_params(params)  # JSON, or refused now rather than at the first tick
+
+        def register(f: Callable[[Any], Any]) -> Callable[[Any], Any]:
+            if not isinstance(getattr(f, "__phoenix_job__", None), JobSpec):
+                f = self.job(f)
+            spec: JobSpec = f.__phoenix_job__  # type: ignore[attr-defined]
+            if spec.target in self.schedules:
+                raise ScheduleError(f"@app.periodic for {spec.target}: it has a schedule already; give each job one "
+                                    "(another schedule: another job function)")
+            self.schedules[spec.target] = make_schedule(spec.target, every=every, cron=cron, tz=tz, params=params,
+                                                        catch_up=catch_up, overlap=overlap)
+            return f
+
+        return register
+
     def on_finished(self, func: Callable[[JobInfo, Any], Any]) -> Callable[[JobInfo, Any], Any]:
         self.finished_callbacks.append(func)
         return func
@@ -116,17 +143,22 @@ class App:
         return func
 
     def submit(self, target: Callable[..., Any] | str, params: Any = None, key: str | None = None,
-               state_dir: str | None = None) -> int:
+               state_dir: str | None = None, *, run_in: float | str | None = None, run_at: Any = None,
+               priority: int | str = 0) -> int:
         """Record a job durably; returns its id. The same key with the same
         target and parameters is one job (its id is returned); with another
-        target or other parameters, phoenix.KeyConflict says what differs."""
+        target, other parameters, another due time or priority,
+        phoenix.KeyConflict says what differs. `run_in` seconds or `run_at`
+        (ISO 8601 with an offset, or an aware datetime): `scheduled` until
+        then. `priority`: higher starts first (default 0)."""
         from phoenix.store.base import open_store  # the store is opened lazily outside a master
 
         name = target if isinstance(target, str) else target_name(target)
         resolve_target(name)
         params_json = encode_params(params)
+        due, rank = due_time(time.time(), run_in, run_at), parse_priority(priority)
         if self.journal is not None and state_dir is None:
-            return self.journal.submit(name, params_json, key)[0]
+            return self.journal.submit(name, params_json, key, run_at=due, priority=rank)[0]
         from phoenix.config import load
         from phoenix.linux.paths import StatePaths
 
@@ -136,7 +168,7 @@ class App:
             paths.ensure()
         with open_store(settings.store, paths.journal, verify=not self._journal_checked) as journal:
             self._journal_checked = True
-            return journal.submit(name, params_json, key)[0]
+            return journal.submit(name, params_json, key, run_at=due, priority=rank)[0]
 
 
 _TOO_DEEP = (f"job parameters nest more than {MAX_JSON_DEPTH} levels of arrays and objects, deeper than Phoenix "

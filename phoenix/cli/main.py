@@ -24,6 +24,7 @@ from phoenix.linux.untrusted import KeyRefused, check_key, visible
 from phoenix.master import handoff
 from phoenix.master.metrics import MetricsError
 from phoenix.rules.durations import BadDuration, parse_duration
+from phoenix.rules.schedule import ScheduleError, due_time, parse_priority
 from phoenix.store.base import Store, is_url, open_store
 from phoenix.store.sqlite import (
     JOB_STATES,
@@ -69,7 +70,7 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 click.echo(exc.detail, err=True)
             fail(str(exc))
         except (ConfigError, JournalError, StateDirError, SocketBusy, MetricsError, KeyRefused,
-                BadDuration) as exc:
+                BadDuration, ScheduleError) as exc:
             fail(str(exc))
         except control.ControlError as exc:
             fail(str(exc), 1)
@@ -320,10 +321,15 @@ def check(app: str, state_dir: str | None, config_file: str | None, force: bool,
 @click.argument("target")
 @click.argument("params", required=False, default="null")
 @click.option("--key", help="Idempotency key (default: a hash of target and parameters).")
+@click.option("--in", "run_in", metavar="SECONDS", help="Due this many seconds from now (scheduled until then).")
+@click.option("--at", "run_at", metavar="ISO8601",
+              help="Due at this time, with an offset or Z: 2026-12-07T10:00:00+01:00 (a past time: at once).")
+@click.option("--priority", metavar="N", default="0", help="Higher runs first (default 0).")
 @state_dir_option
 @store_option
 @friendly_errors
-def submit(target: str, params: str, key: str | None, state_dir: str | None, store: str | None) -> None:
+def submit(target: str, params: str, key: str | None, run_in: str | None, run_at: str | None, priority: str,
+           state_dir: str | None, store: str | None) -> None:
     """Record a job durably; a running master starts it when a slot is free.
 
     \b
@@ -340,8 +346,13 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None, sto
     it.
 
     The same KEY with the same target and parameters again is a no-op
-    ("created": false); with another target or other parameters it is
-    refused with exit 1, saying what differs.
+    ("created": false); with another target, other parameters, another due
+    time or another priority it is refused with exit 1, saying what differs.
+
+    --in or --at: the job is `scheduled` until then, and starts within a
+    second after (see docs/scheduling.md). --priority: of the jobs due, the
+    highest priority starts first, then the earliest due, then the first
+    submitted.
 
     With a shared store (--store postgresql://..., PHOENIX_STORE, or store
     in phoenix.toml) TARGET is only a name and is not imported: submit from
@@ -352,14 +363,18 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None, sto
     if key:
         check_key(key)  # before the state directory is made or touched
     job_params = decode_params(params)
+    rank = parse_priority(priority)
+    due_time(time.time(), run_in, run_at)  # refused here, before anything is imported or opened
     shared = _settings({"store": store, "state_dir": state_dir}).store
     if shared != "sqlite":
-        job_id, created = Client(store=shared, warn=_warn_once).submit(target, job_params, key)
+        job_id, created = Client(store=shared, warn=_warn_once).submit(target, job_params, key, run_in=run_in,
+                                                                       run_at=run_at, priority=rank)
         click.echo(json.dumps({"id": job_id, "created": created}))
         return
     spec = resolve_target(target)
     paths = _state_paths(state_dir, app_settings=spec.app.settings if spec.app is not None else None)
-    job_id, created = Client(state_dir=str(paths.root), warn=_warn_once).submit(target, job_params, key)
+    job_id, created = Client(state_dir=str(paths.root), warn=_warn_once).submit(target, job_params, key, run_in=run_in,
+                                                                                run_at=run_at, priority=rank)
     click.echo(json.dumps({"id": job_id, "created": created}))
 
 
@@ -763,8 +778,8 @@ def cancel(keys: tuple[str, ...], state_dir: str | None, store: str | None) -> N
             states = {key: journal.cancel_pending(key) or "unknown" for key in keys}
     refused = []
     for key, before in states.items():
-        if before == "pending":
-            click.echo(f"cancelled {visible(key)} (it was pending)")
+        if before in ("pending", "scheduled"):
+            click.echo(f"cancelled {visible(key)} (it was {before})")
         elif before == "running" and master_runs:
             click.echo(f"cancelling {visible(key)}: its process group gets TERM, then KILL after kill_grace")
         elif before == "running" and journal.shared:
@@ -779,7 +794,8 @@ def cancel(keys: tuple[str, ...], state_dir: str | None, store: str | None) -> N
         elif before == "unknown":
             refused.append(f"no job with key '{visible(key)}'")
         else:
-            refused.append(f"job '{visible(key)}' is {before}: only pending or running jobs can be cancelled")
+            refused.append(f"job '{visible(key)}' is {before}: only scheduled, pending or running jobs can be "
+                           "cancelled")
     if refused:
         fail("; ".join(refused), 1)
 

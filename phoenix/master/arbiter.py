@@ -11,6 +11,7 @@ outcomes); every state field has one writer that checks the move (states.py).
         reaper.reap()                 # exits the fork server reports; our own children (SIGCHLD +
                                       # wait4); orphans we subreap
         hangs.run_due_timers()        # liveness checks and kills due on the timer heap
+        ticker.run_if_due()           # delayed jobs due -> pending; periodic ticks inserted (ticker.py)
         scheduler.spawn_pending_jobs()  # through the one slot gate (policy.may_start_jobs)
         spawner.replenish()           # the spare child (and the fork server, if it must be restarted)
         settler.settle()              # callbacks that ended or overran
@@ -55,6 +56,7 @@ from phoenix.master.scheduler import Scheduler
 from phoenix.master.settler import CallbackSettler
 from phoenix.master.spawner import Spawner
 from phoenix.master.statefiles import StateFiles
+from phoenix.master.ticker import Ticker
 from phoenix.master.timers import TimerHeap
 from phoenix.rules.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest, Command, from_request
 from phoenix.rules.liveness import master_was_away
@@ -113,6 +115,7 @@ class Master:
         self.handoff = handoff.Handoff(self)
         self.spawner = Spawner(self)
         self.scheduler = Scheduler(self)
+        self.ticker = Ticker(self)
         self.watchdog = systemd.Watchdog()  # WATCHDOG=1 when systemd's WatchdogSec asks for it
         self.outage = JournalOutage(redact(config.store) if is_url(config.store) else str(self.paths.journal))
         self.next_state_dir_check = 0.0
@@ -262,6 +265,7 @@ class Master:
                 self.run_commands()
                 self.reaper.reap()
                 self.hangs.run_due_timers(time.monotonic())
+                self.guarded(self.ticker.run_if_due)
                 self.guarded(self.scheduler.spawn_pending_jobs)
                 self.spawner.replenish()
                 self.settler.settle()
@@ -287,7 +291,8 @@ class Master:
 
     def next_deadline(self, now: float) -> float:
         """The earliest moment any part needs the loop (einhorn's Event.timeout)."""
-        deadlines = [self.scheduler.next_deadline(now), self.watchdog.due, self.outage.next_retry,
+        deadlines = [self.scheduler.next_deadline(now), self.ticker.next_deadline(), self.watchdog.due,
+                     self.outage.next_retry,
                      self.next_state_dir_check, self.control.next_deadline()]
         if self.leases is not None:
             deadlines.append(self.leases.next_deadline())
@@ -340,6 +345,7 @@ class Master:
             return {"ok": True, "cancelled": {key: self.cancel(key) for key in keys or []}}
         if command == Command.WAKE:
             self.scheduler.wake()
+            self.ticker.wake()  # a delayed job may be due before the earliest known
         elif command == Command.LEAVE and pid1.is_namespace_init():
             event(ERROR, "stop_refused", mode="leave-running", reason=pid1.LEAVE_RUNNING_REFUSED)
             return {"ok": False, "error": pid1.LEAVE_RUNNING_REFUSED}
@@ -376,7 +382,7 @@ class Master:
         running one's process group gets TERM, then KILL after kill_grace, and
         its outcome is `cancelled`. Returns the job's state before."""
         state = self.journal.cancel_pending(key)
-        if state == "pending" and not self.callbacks_held():
+        if state in ("pending", "scheduled") and not self.callbacks_held():
             self.run_owed_callbacks()  # its on_failed, owed with the cancel
         if state == "running":
             attempt = next((a for a in self.children.values() if a.key == key), None)
@@ -452,6 +458,7 @@ class Master:
 
     def jobs_may_be_pending(self) -> None:
         self.scheduler.wake()
+        self.ticker.wake()  # a NOTIFY of a submit: a delayed job may be due before the earliest known
 
     # -- what a replacement asks (handoff.HandoffHost) and the spawner (spawner.SpawnerHost) -----
 
@@ -490,6 +497,9 @@ class Master:
         event(ERROR, "node_taken", node=self.node, error=why, effect="stopping: its children were ended")
         self.exit_code = 2
         self.begin_stop(StopMode.TERM)
+
+    def wake_scheduler(self) -> None:
+        self.scheduler.wake()
 
     def shared_poll(self) -> float:
         return self.leases.poll_interval() if self.leases is not None else 2.0

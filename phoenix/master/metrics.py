@@ -54,6 +54,7 @@ class Counters:
     kills: dict[str, int] = field(default_factory=dict)  # by reason
     callback_errors: int = 0
     jobs: dict[str, int] = field(default_factory=dict)  # by state, refreshed with the title
+    ticks: dict[str, int] = field(default_factory=dict)  # periodic ticks: inserted | taken (by another) | skipped
 
     def reject(self, why: str) -> None:
         self.rejected[why] = self.rejected.get(why, 0) + 1
@@ -105,6 +106,9 @@ class _MasterCollector:
         yield _labelled(CounterMetricFamily("phoenix_heartbeats_rejected", "Heartbeat connections closed, by reason",
                                             labels=["reason"]), _with_zeros(REJECT_REASONS, c.rejected))
         yield CounterMetricFamily("phoenix_spawned", "Children forked by this master", value=c.spawned)
+        yield _labelled(CounterMetricFamily("phoenix_ticks", "Periodic ticks seen by this master: inserted, taken "
+                                            "(another master inserted it first), skipped (overlap)",
+                                            labels=["result"]), _with_zeros(TICK_RESULTS, c.ticks))
         yield CounterMetricFamily("phoenix_callback_errors", "Callbacks that raised or timed out",
                                   value=c.callback_errors)
         yield CounterMetricFamily("phoenix_replacements", "Master replacements recorded in the journal",
@@ -114,7 +118,8 @@ class _MasterCollector:
         yield GaugeMetricFamily("phoenix_workers", "Concurrent child slots", value=m.slots)
 
 
-JOB_STATES = ("pending", "running", "finished", "failed", "cancelled")
+JOB_STATES = ("scheduled", "pending", "running", "finished", "failed", "cancelled")
+TICK_RESULTS = ("inserted", "taken", "skipped")
 # Every reason a heartbeat or control connection is rejected for (Counters.reject):
 # exported at 0 from the start. tests/unit/test_metric_labels.py checks that the
 # code counts no reason missing here.

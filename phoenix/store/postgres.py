@@ -44,6 +44,7 @@ from phoenix.rules.outcomes import CANCELLED_REASON
 from phoenix.store.sqlite import (
     ENDED_BADLY,
     JOB_STATES,
+    WAITING,
     WITHDRAWN_WITH_ITS_CANCEL,
     Job,
     JournalError,
@@ -52,12 +53,12 @@ from phoenix.store.sqlite import (
     RetryRefused,
     SchemaMismatch,
     StoreUnavailable,
-    _brief,
-    _canonical,
+    _differences,
     default_key,
+    timing_differences,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CHANNEL = "phoenix_wake"
 MIGRATE_HINT = "phoenix store migrate --store URL"
 STATEMENT_TIMEOUT_MS = 10_000
@@ -71,6 +72,14 @@ _NOW = "extract(epoch from clock_timestamp())"
 # statement_timestamp() is stable within the statement, and jobs_pending
 # answers it (4 ms there).
 _DUE_NOW = "extract(epoch from statement_timestamp())"
+
+# Version 3: the claim's order (LIMIT 1 from the top: O(log n) with 100,000
+# pending), the scheduled jobs by due time, each schedule's ticks by time.
+_V3_INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (priority DESC, due_at, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS jobs_scheduled ON jobs (due_at) WHERE state = 'scheduled';
+CREATE INDEX IF NOT EXISTS jobs_ticks ON jobs (target, tick) WHERE tick IS NOT NULL
+"""
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS phoenix_schema (version integer NOT NULL);
@@ -102,9 +111,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     error           text,
     created_at      double precision NOT NULL,
     updated_at      double precision NOT NULL,
-    current_attempt bigint
+    current_attempt bigint,
+    priority        integer NOT NULL DEFAULT 0,       -- higher first (version 3)
+    due_at          double precision NOT NULL DEFAULT 0,  -- when it is due (its submission, if not delayed)
+    run_at          double precision,                 -- the due time asked for (--in, --at): a key's identity
+    tick            double precision                  -- a periodic job: its schedule's tick
 );  -- no fillfactor for HOT: every update changes `state`, which jobs_pending's predicate reads (no HOT)
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (not_before, id) WHERE state = 'pending';
+{_V3_INDEXES};
 CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (updated_at);
 CREATE TABLE IF NOT EXISTS attempts (
     id           bigserial PRIMARY KEY,
@@ -169,7 +183,7 @@ WITH lease AS (  -- FOR SHARE: a recovery of this master waits (skips it) until 
 ), candidate AS MATERIALIZED (
     SELECT id FROM jobs
     WHERE state = 'pending' AND not_before <= {_DUE_NOW} AND EXISTS (SELECT 1 FROM lease)
-    ORDER BY not_before, id LIMIT 1
+    ORDER BY priority DESC, due_at, id LIMIT 1
     FOR UPDATE SKIP LOCKED
 ), attempt AS (
     INSERT INTO attempts (job_id, n, master, epoch, generation, pid, start_time, started_at, started_boot)
@@ -521,12 +535,14 @@ class PgStore:
 
     # -- submission ---------------------------------------------------------------------
 
-    def submit(self, target: str, params_json: str, key: str | None = None) -> tuple[int, bool]:
+    def submit(self, target: str, params_json: str, key: str | None = None, *, run_at: float | None = None,
+               priority: int = 0, tick: float | None = None) -> tuple[int, bool]:
         if key:
             check_key(key)
         key = key or default_key(target, params_json)
         with self._one() as cur:  # the NOTIFY rides on the insert: one round trip
-            return self._insert_job(cur, key, target, params_json, notify=True)
+            return self._insert_job(cur, key, target, params_json, notify=True, run_at=run_at, priority=priority,
+                                    tick=tick)
 
     def submit_many(self, jobs: Iterable[tuple[str, str, str]]) -> list[tuple[int, bool]]:
         jobs = list(jobs)
@@ -538,26 +554,28 @@ class PgStore:
         return submitted
 
     @staticmethod
-    def _insert_job(cur: psycopg.Cursor[Any], key: str, target: str, params_json: str,
-                    notify: bool = False) -> tuple[int, bool]:
+    def _insert_job(cur: psycopg.Cursor[Any], key: str, target: str, params_json: str, notify: bool = False,
+                    run_at: float | None = None, priority: int = 0, tick: float | None = None) -> tuple[int, bool]:
         """The job, or the one its key names already; `notify`: wake the
-        masters if it was created (pg_notify runs for the returned row only)."""
-        wake = ", pg_notify(%s, '')" if notify else ""
-        cur.execute(f"INSERT INTO jobs (key, target, params, state, created_at, updated_at) "
-                    f"VALUES (%s, %s, %s, 'pending', {_NOW}, {_NOW}) ON CONFLICT (key) DO NOTHING RETURNING id{wake}",
-                    (key, target, params_json, *((CHANNEL,) if notify else ())))
+        masters if it was created (pg_notify runs for the returned row only).
+        `run_at` later than the database's clock: `scheduled` until then."""
+        wake = ", pg_notify(%(channel)s, '')" if notify else ""
+        cur.execute(f"INSERT INTO jobs (key, target, params, state, created_at, updated_at, priority, due_at, run_at, "
+                    f"tick) VALUES (%(key)s, %(target)s, %(params)s, CASE WHEN %(run_at)s::float8 > {_NOW} THEN "
+                    f"'scheduled' ELSE 'pending' END, {_NOW}, {_NOW}, %(priority)s, "
+                    f"COALESCE(%(run_at)s::float8, {_NOW}), %(run_at)s, %(tick)s) "
+                    f"ON CONFLICT (key) DO NOTHING RETURNING id{wake}",
+                    {"key": key, "target": target, "params": params_json, "run_at": run_at, "priority": priority,
+                     "tick": tick, "channel": CHANNEL})
         row = cur.fetchone()
         if row is not None:
             return int(row[0]), True
-        cur.execute("SELECT id, target, params FROM jobs WHERE key = %s", (key,))
+        cur.execute("SELECT id, target, params, run_at, priority FROM jobs WHERE key = %s", (key,))
         found = cur.fetchone()
         assert found is not None
-        job_id, old_target, old_params = found
-        differences = []
-        if old_target != target:
-            differences.append(("another target", old_target, target))
-        if old_params != params_json and _canonical(old_params) != _canonical(params_json):
-            differences.append(("other parameters", _brief(old_params), _brief(params_json)))
+        job_id, old_target, old_params, old_run_at, old_priority = found
+        differences = _differences(old_target, target, old_params, params_json)
+        differences += timing_differences(old_run_at, run_at, old_priority, priority)
         if not differences:
             return int(job_id), False
         what = " and ".join(d[0] for d in differences)
@@ -583,14 +601,39 @@ class PgStore:
     def pending(self, limit: int) -> list[Job]:
         with self._one() as cur:
             cur.execute(f"SELECT id, key, target, params, attempts, failures FROM jobs WHERE state = 'pending' "
-                        f"AND not_before <= {_DUE_NOW} ORDER BY not_before, id LIMIT %s", (limit,))
+                        f"AND not_before <= {_DUE_NOW} ORDER BY priority DESC, due_at, id LIMIT %s", (limit,))
             return [Job(*row) for row in cur.fetchall()]
+
+    def promote_due(self) -> int:
+        """As the SQLite journal's, on the database's clock; SKIP LOCKED: two
+        masters promoting at once share the rows, never wait on each other."""
+        with self._one() as cur:
+            cur.execute(f"UPDATE jobs SET state = 'pending', updated_at = {_NOW} WHERE id IN (SELECT id FROM jobs "
+                        f"WHERE state = 'scheduled' AND due_at <= {_DUE_NOW} ORDER BY due_at LIMIT 1000 "
+                        f"FOR UPDATE SKIP LOCKED) AND state = 'scheduled'")
+            return cur.rowcount
 
     def next_due_in(self) -> float | None:
         with self._one() as cur:
             cur.execute(f"SELECT min(not_before) - {_NOW} FROM jobs WHERE state = 'pending'")
             row = cur.fetchone()
         return None if row is None or row[0] is None else float(row[0])
+
+    def next_scheduled_at(self) -> float | None:
+        """As the SQLite journal's: the database's wall clock, turned into this
+        host's by the difference of the two clocks, read in the same statement."""
+        with self._one() as cur:
+            cur.execute(f"SELECT min(due_at) - {_NOW} FROM jobs WHERE state = 'scheduled'")
+            row = cur.fetchone()
+        return None if row is None or row[0] is None else time.time() + float(row[0])
+
+    def last_tick(self, target: str, before: float | None = None) -> tuple[float, str] | None:
+        """As the SQLite journal's."""
+        with self._one() as cur:
+            cur.execute("SELECT tick, state FROM jobs WHERE target = %s AND tick IS NOT NULL AND tick < %s "
+                        "ORDER BY tick DESC LIMIT 1", (target, math.inf if before is None else before))
+            row = cur.fetchone()
+        return None if row is None else (float(row[0]), str(row[1]))
 
     def begin_attempt(self, job: Job, generation: int, pid: int | None, start_time: int | None) -> int:
         """This job's attempt, if it is still pending (the SQLite journal's
@@ -752,10 +795,11 @@ class PgStore:
     def batch_counts(self, run_started: float) -> dict[str, int]:
         counts = dict.fromkeys(JOB_STATES, 0)
         with self._one() as cur:
-            cur.execute("SELECT state, count(*) FROM jobs WHERE state IN ('pending', 'running') "
+            cur.execute("SELECT state, count(*) FROM jobs WHERE state IN ('scheduled', 'pending', 'running') "
                         "OR updated_at >= %s GROUP BY state", (run_started,))
             for state, n in cur.fetchall():
                 counts[state] = int(n)
+        counts["pending"] += counts.pop("scheduled")  # a delayed job is work the batch still has
         return counts
 
     def record_event(self, kind: str, generation: int | None, pid: int | None, detail: str | None = None) -> None:
@@ -930,8 +974,8 @@ class PgStore:
                                        "retry it once that has run")
             for job_id, _key in rows:
                 cur.execute("DELETE FROM callbacks WHERE job_id = %s", (job_id,))
-                cur.execute(f"UPDATE jobs SET state = 'pending', failures = 0, not_before = 0, updated_at = {_NOW} "
-                            f"WHERE id = %s", (job_id,))
+                cur.execute(f"UPDATE jobs SET state = CASE WHEN due_at > {_NOW} THEN 'scheduled' ELSE 'pending' END, "
+                            f"failures = 0, not_before = 0, updated_at = {_NOW} WHERE id = %s", (job_id,))
             if rows:
                 cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
         return [key for _id, key in rows]
@@ -953,7 +997,7 @@ class PgStore:
             if row is None:
                 return None
             job_id, state = row
-            if state == "pending":
+            if state in WAITING:
                 cur.execute(f"UPDATE jobs SET state = 'cancelled', outcome = 'cancelled', error = %s, "
                             f"updated_at = {_NOW} WHERE id = %s", (f"{CANCELLED_REASON} before it ran", job_id))
                 cur.execute(f"INSERT INTO callbacks (job_id, attempt, kind, state, created_at) "
@@ -1135,6 +1179,13 @@ _UPGRADES = {
 ALTER TABLE masters ADD COLUMN IF NOT EXISTS instance text, ADD COLUMN IF NOT EXISTS outage_budget double precision;
 ALTER TABLE callbacks ADD COLUMN IF NOT EXISTS owner_epoch bigint;
 ALTER TABLE jobs RESET (fillfactor)
+""",
+    2: f"""
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS priority integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS due_at double precision NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS run_at double precision, ADD COLUMN IF NOT EXISTS tick double precision;
+UPDATE jobs SET due_at = created_at WHERE due_at = 0;
+{_V3_INDEXES}
 """,
 }
 

@@ -12,12 +12,14 @@ multi-host mode; the master loop talks to nothing else.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import struct
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -29,7 +31,7 @@ from phoenix.rules.outcomes import CANCELLED_REASON
 # header) and which schema it holds (PRAGMA user_version): a file of another
 # program, or of a newer Phoenix, is refused rather than written over.
 APPLICATION_ID = int.from_bytes(b"PHNX", "big")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3  # 2 is the PostgreSQL store's (leases, fencing): the journal went from 1 to 3
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _TABLES = frozenset({"meta", "jobs", "attempts", "callbacks", "events"})
 
@@ -40,7 +42,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     key         TEXT NOT NULL UNIQUE,
     target      TEXT NOT NULL,
     params      TEXT NOT NULL,              -- JSON
-    state       TEXT NOT NULL,              -- pending | running | finished | failed | cancelled
+    state       TEXT NOT NULL,              -- scheduled | pending | running | finished | failed | cancelled
     attempts    INTEGER NOT NULL DEFAULT 0, -- attempts started
     failures    INTEGER NOT NULL DEFAULT 0, -- attempts that count against retries
     not_before  REAL NOT NULL DEFAULT 0,    -- wall clock, for display: backoff before the next attempt
@@ -50,7 +52,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     result      TEXT,                       -- JSON
     error       TEXT,
     created_at  REAL NOT NULL,
-    updated_at  REAL NOT NULL
+    updated_at  REAL NOT NULL,
+    priority    INTEGER NOT NULL DEFAULT 0, -- higher first (version 3)
+    due_at      REAL NOT NULL DEFAULT 0,    -- wall clock UTC: when it is due (its submission, if not delayed)
+    run_at      REAL,                       -- the due time asked for (--in, --at), NULL if none: a key's identity
+    tick        REAL                        -- a periodic job: its schedule's tick (UTC seconds), NULL otherwise
 );
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (state, not_before, id);
 CREATE TABLE IF NOT EXISTS attempts (
@@ -94,7 +100,8 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
-JOB_STATES = ("pending", "running", "finished", "failed", "cancelled")
+JOB_STATES = ("scheduled", "pending", "running", "finished", "failed", "cancelled")
+WAITING = ("scheduled", "pending")  # not started yet: what `phoenix cancel` takes without a child to end
 ENDED_BADLY = ("failed", "cancelled")  # what `phoenix retry KEY` takes back to pending
 # `phoenix retry --failed`: failed jobs only. A cancel is the operator's
 # decision about one job: only naming it (retry KEY) undoes it. Undone before
@@ -248,6 +255,8 @@ def _create(path: Path) -> None:
                     db.execute(statement)
             db.execute(_BACKOFF_INDEX)
             _add_scale_schema(db)
+            for statement in _V3_INDEXES:
+                db.execute(statement)
             # Still written so that an older Phoenix (before user_version) can read the journal after a rollback.
             db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -366,8 +375,39 @@ def _add_scale_schema(db: sqlite3.Connection) -> None:
                    "ON CONFLICT (state) DO UPDATE SET n = excluded.n")
 
 
-_INSERT_JOB = ("INSERT INTO jobs (key, target, params, state, created_at, updated_at) "
-               "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING")
+# Version 3 (delayed and periodic jobs, priorities): the claim's order (a
+# read of LIMIT rows from the top of jobs_ready: O(log n) with 100,000
+# pending), the scheduled jobs by due time (the earliest is what the master
+# sleeps until), and each schedule's ticks by time (its last tick).
+_V3_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (priority DESC, due_at, id) "
+    "WHERE state = 'pending' AND not_before_boot_id IS NULL",
+    "CREATE INDEX IF NOT EXISTS jobs_scheduled ON jobs (due_at) WHERE state = 'scheduled'",
+    "CREATE INDEX IF NOT EXISTS jobs_ticks ON jobs (target, tick) WHERE tick IS NOT NULL",
+)
+_V3_COLUMNS = (("priority", "INTEGER NOT NULL DEFAULT 0"), ("due_at", "REAL NOT NULL DEFAULT 0"),
+               ("run_at", "REAL"), ("tick", "REAL"))
+
+
+def _upgrade_to_3(db: sqlite3.Connection) -> None:
+    """Journal version 1 -> 3, inside the caller's transaction (which also
+    sets user_version): the columns and indexes above; a job recorded
+    before is due since its submission; `scheduled` gets its kept count."""
+    existing = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    for column, declaration in _V3_COLUMNS:
+        if column not in existing:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
+    db.execute("UPDATE jobs SET due_at = created_at WHERE due_at = 0")
+    for statement in _V3_INDEXES:
+        db.execute(statement)
+    db.execute("INSERT INTO job_counts VALUES ('scheduled', 0) ON CONFLICT (state) DO NOTHING")
+
+
+# Each journal version's upgrade to the next (version 2 was never a journal's).
+_UPGRADES = {1: _upgrade_to_3}
+
+_INSERT_JOB = ("INSERT INTO jobs (key, target, params, state, created_at, updated_at, priority, due_at, run_at, tick) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING")
 
 
 def _canonical(params_json: str) -> str:
@@ -378,20 +418,21 @@ def _brief(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _insert_job(db: sqlite3.Connection, key: str, target: str, params_json: str, now: float) -> tuple[int, bool]:
+def _insert_job(db: sqlite3.Connection, key: str, target: str, params_json: str, now: float,
+                run_at: float | None = None, priority: int = 0, tick: float | None = None) -> tuple[int, bool]:
     """Insert a job, or find the same one under its key, inside the caller's
     transaction (BEGIN IMMEDIATE: the comparison and the insert are one step
-    for concurrent submitters)."""
-    cur = db.execute(_INSERT_JOB, (key, target, params_json, now, now))
+    for concurrent submitters). `run_at`: its due time, wall clock UTC (in
+    the future: `scheduled` until then)."""
+    state = "scheduled" if run_at is not None and run_at > now else "pending"
+    due_at = now if run_at is None else run_at
+    cur = db.execute(_INSERT_JOB, (key, target, params_json, state, now, now, priority, due_at, run_at, tick))
     if cur.rowcount:
         return cur.lastrowid or 0, True
-    job_id, old_target, old_params = db.execute(
-        "SELECT id, target, params FROM jobs WHERE key = ?", (key,)).fetchone()
-    differences = []  # (what differs, recorded, submitted)
-    if old_target != target:
-        differences.append(("another target", old_target, target))
-    if old_params != params_json and _canonical(old_params) != _canonical(params_json):
-        differences.append(("other parameters", _brief(old_params), _brief(params_json)))
+    job_id, old_target, old_params, old_run_at, old_priority = db.execute(
+        "SELECT id, target, params, run_at, priority FROM jobs WHERE key = ?", (key,)).fetchone()
+    differences = _differences(old_target, target, old_params, params_json)
+    differences += timing_differences(old_run_at, run_at, old_priority, priority)
     if not differences:
         return job_id, False
     what = " and ".join(d[0] for d in differences)
@@ -401,6 +442,33 @@ def _insert_job(db: sqlite3.Connection, key: str, target: str, params_json: str,
         f"key {key!r} already names job {job_id} with {what}: recorded {recorded}, submitted {submitted}. "
         "Submit it under another key; the same target and parameters again are a no-op"
     )
+
+
+def _differences(old_target: str, target: str, old_params: str, params_json: str) -> list[tuple[str, str, str]]:
+    """(what differs, recorded, submitted) of a job submitted again under its key."""
+    differences = []
+    if old_target != target:
+        differences.append(("another target", old_target, target))
+    if old_params != params_json and _canonical(old_params) != _canonical(params_json):
+        differences.append(("other parameters", _brief(old_params), _brief(params_json)))
+    return differences
+
+
+def _shown_time(run_at: float | None) -> str:
+    if run_at is None:
+        return "due-at-once"
+    return datetime.fromtimestamp(run_at, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def timing_differences(old_run_at: float | None, run_at: float | None, old_priority: int,
+                       priority: int) -> list[tuple[str, str, str]]:
+    """A due time or a priority other than the key's job has is a key conflict, as other parameters are."""
+    differences = []
+    if old_run_at != run_at:
+        differences.append(("another due time", _shown_time(old_run_at), _shown_time(run_at)))
+    if old_priority != priority:
+        differences.append(("another priority", f"priority={old_priority}", f"priority={priority}"))
+    return differences
 
 
 def default_key(target: str, params_json: str) -> str:
@@ -446,6 +514,7 @@ class Journal:
             if _needs_scale_schema(self.db):
                 with self.transaction() as db:
                     _add_scale_schema(db)  # once, on the first open by this Phoenix: reads every job
+            self._upgrade()
             if verify:
                 self._quick_check()
         except BaseException as exc:
@@ -473,7 +542,7 @@ class Journal:
                                          f"Phoenix journal made before application_id has version 1")
             with self.transaction() as db:
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                db.execute("PRAGMA user_version = 1")  # what its tables are: upgraded from there on
             return
         if version > SCHEMA_VERSION:
             raise JournalError(
@@ -485,6 +554,24 @@ class Journal:
             missing = ", ".join(sorted(_TABLES - tables)) or "none"
             raise damaged(self.path, f"it is marked as a Phoenix journal but its header or schema is wrong "
                                      f"(version {version}, missing tables: {missing})")
+
+    def _upgrade(self) -> None:
+        """A journal of an older version is brought to this one on open, each
+        step and the new user_version in one transaction: a crash leaves the
+        old version whole, and the next open does it again. Any open, not
+        only the master's: a submit from this release writes the new columns.
+        (Going back to a release before it needs a copy made before: that
+        release refuses a newer journal.)"""
+        (version,) = self.db.execute("PRAGMA user_version").fetchone()
+        if version >= SCHEMA_VERSION:
+            return
+        with self.transaction(durable=True) as db:
+            (version,) = db.execute("PRAGMA user_version").fetchone()  # another process may have done it
+            for step in sorted(v for v in _UPGRADES if version <= v < SCHEMA_VERSION):
+                _UPGRADES[step](db)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("INSERT INTO meta VALUES ('schema', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                       (str(SCHEMA_VERSION),))
 
     def _quick_check(self) -> None:
         # O(size of the file): for 100,000 jobs (41 MB) 0.07-0.25 s from the page cache, 0.3-0.4 s from disk.
@@ -572,16 +659,19 @@ class Journal:
 
     # -- submission (any process) ----------------------------------------------
 
-    def submit(self, target: str, params_json: str, key: str | None = None) -> tuple[int, bool]:
+    def submit(self, target: str, params_json: str, key: str | None = None, *, run_at: float | None = None,
+               priority: int = 0, tick: float | None = None) -> tuple[int, bool]:
         """Record a job; (job id, True) if new, (existing id, False) if the key
-        names the same job (same target, same parameters as canonical JSON).
-        Raises KeyConflict if the key names another job."""
+        names the same job (same target, same parameters as canonical JSON,
+        same due time and priority). Raises KeyConflict if the key names
+        another job. `run_at`: due then (wall clock UTC), `scheduled` until
+        then; `tick`: the periodic schedule's tick it is."""
         if key:
             check_key(key)
         key = key or default_key(target, params_json)
         now = time.time()
         with self.transaction(durable=True) as db:
-            return _insert_job(db, key, target, params_json, now)
+            return _insert_job(db, key, target, params_json, now, run_at, priority, tick)
 
     def submit_many(self, jobs: Iterable[tuple[str, str, str]]) -> list[tuple[int, bool]]:
         """Record (target, params JSON, key) jobs in one transaction, as a
@@ -598,17 +688,31 @@ class Journal:
     # -- the master's writes ----------------------------------------------------
 
     def pending(self, limit: int) -> list[Job]:
-        """Up to `limit` jobs due to run, the longest waiting first."""
+        """Up to `limit` jobs due to run: the highest priority first, then the
+        earliest due, then the first submitted."""
         clocks = {**_clocks(), "limit": limit}
-        columns = "not_before, id, key, target, params, attempts, failures"
+        columns = "-priority, due_at, id, key, target, params, attempts, failures"
         # One statement (one read of the journal per look, which is once per job):
-        # the jobs never put back with a backoff, and those whose backoff is over.
+        # the jobs never put back with a backoff (from the top of jobs_ready), and
+        # those whose backoff is over.
         rows = self.db.execute(
-            f"SELECT * FROM (SELECT {columns} FROM jobs WHERE {_NO_BACKOFF} AND not_before <= :wall "
-            "ORDER BY not_before, id LIMIT :limit) UNION ALL "
+            f"SELECT * FROM (SELECT {columns} FROM jobs INDEXED BY jobs_ready WHERE {_NO_BACKOFF} "
+            "AND not_before <= :wall ORDER BY priority DESC, due_at, id LIMIT :limit) UNION ALL "
             f"SELECT * FROM (SELECT {columns} FROM jobs INDEXED BY jobs_backoff WHERE {_IN_BACKOFF} "
             f"AND {_BACKOFF_WAIT} <= 0 LIMIT :limit)", clocks).fetchall()
-        return [Job(*row[1:]) for row in sorted(rows)[:limit]]
+        return [Job(*row[2:]) for row in sorted(rows)[:limit]]
+
+    def promote_due(self) -> int:
+        """Scheduled jobs whose due time (wall clock) has come become pending,
+        each once: the state's change is the one transition, so a clock step
+        back or forth moves when, never how often. Returns how many."""
+        now = time.time()
+        if self.db.execute("SELECT 1 FROM jobs INDEXED BY jobs_scheduled WHERE state = 'scheduled' AND due_at <= ? "
+                           "LIMIT 1", (now,)).fetchone() is None:
+            return 0  # (most looks: nothing due, and no write lock taken)
+        with self.transaction() as db:
+            return db.execute("UPDATE jobs SET state = 'pending', updated_at = ? WHERE state = 'scheduled' "
+                              "AND due_at <= ?", (now, now)).rowcount
 
     def claim(self, generation: int, pid: int | None, start_time: int | None) -> tuple[Job, int] | None:
         """The next due job, its attempt recorded for the child `pid`: (job,
@@ -633,6 +737,12 @@ class Journal:
         if row[0] is not None:
             waits.append(row[0])
         return min(waits, default=None)
+
+    def next_scheduled_at(self) -> float | None:
+        """The earliest due time (wall clock UTC) of a scheduled job, through jobs_scheduled."""
+        row = self.db.execute("SELECT min(due_at) FROM jobs INDEXED BY jobs_scheduled WHERE state = 'scheduled'"
+                              ).fetchone()
+        return None if row[0] is None else float(row[0])
 
     def begin_attempt(self, job: Job, generation: int, pid: int | None, start_time: int | None) -> int:
         """Mark the job running and record its attempt with the child's pid, in
@@ -792,9 +902,10 @@ class Journal:
         the jobs that ended since `run_started` (wall clock): this run's, not
         an earlier run's failures."""
         counts = dict.fromkeys(JOB_STATES, 0)
-        for state, n in self.db.execute("SELECT state, count(*) FROM jobs WHERE state IN ('pending', 'running') "
-                                        "OR updated_at >= ? GROUP BY state", (run_started,)):
+        for state, n in self.db.execute("SELECT state, count(*) FROM jobs WHERE state IN ('scheduled', 'pending', "
+                                        "'running') OR updated_at >= ? GROUP BY state", (run_started,)):
             counts[state] = n
+        counts["pending"] += counts.pop("scheduled")  # a delayed job is work the batch still has
         return counts
 
     def record_event(self, kind: str, generation: int | None, pid: int | None, detail: str | None = None) -> None:
@@ -983,9 +1094,20 @@ class Journal:
             for job_id, _key in rows:
                 # The callbacks that ran for its end go, so that its next end calls them again.
                 db.execute("DELETE FROM callbacks WHERE job_id = ?", (job_id,))
-                db.execute("UPDATE jobs SET state = 'pending', failures = 0, not_before = 0, not_before_boot = NULL, "
-                           "not_before_boot_id = NULL, updated_at = ? WHERE id = ?", (now, job_id))
+                # A delayed job cancelled before its time waits for it again.
+                db.execute("UPDATE jobs SET state = CASE WHEN due_at > ? THEN 'scheduled' ELSE 'pending' END, "
+                           "failures = 0, not_before = 0, not_before_boot = NULL, "
+                           "not_before_boot_id = NULL, updated_at = ? WHERE id = ?", (now, now, job_id))
         return [key for _id, key in rows]
+
+    def last_tick(self, target: str, before: float | None = None) -> tuple[float, str] | None:
+        """(tick, state) of the periodic schedule of `target`'s latest tick
+        that has a job (before `before`, if given); None if none has.
+        Through jobs_ticks: the cost of one row."""
+        row = self.db.execute("SELECT tick, state FROM jobs INDEXED BY jobs_ticks WHERE target = ? "
+                              "AND tick IS NOT NULL AND tick < ? ORDER BY tick DESC LIMIT 1",
+                              (target, math.inf if before is None else before)).fetchone()
+        return None if row is None else (row[0], row[1])
 
     def request_cancel(self, attempt_id: int) -> None:
         """A running attempt is being cancelled: noted on it (its `reason`,
@@ -1007,7 +1129,7 @@ class Journal:
             if row is None:
                 return None
             job_id, state = row
-            if state == "pending":
+            if state in WAITING:
                 now = time.time()
                 db.execute("UPDATE jobs SET state = 'cancelled', outcome = 'cancelled', error = ?, updated_at = ? "
                            "WHERE id = ?", (f"{CANCELLED_REASON} before it ran", now, job_id))

@@ -1,0 +1,122 @@
+"""The ticker: the master's part for work over time.
+
+- Delayed jobs: scheduled jobs whose due time (wall clock UTC, in the store)
+  has come become pending (`promote_due`, one indexed statement), and the
+  scheduler is woken to start them. Between looks the loop sleeps on
+  monotonic time until the earliest due time, read from the store's
+  jobs_scheduled index: never a look per job. It looks at least once every
+  REFRESH seconds, so that a wall-clock step, or a delayed job submitted
+  from another host, is seen within that: a step moves when a job becomes
+  due, never how often (the state changes once).
+- Periodic jobs: for each `@app.periodic` schedule, the ticks that are due
+  (rules/schedule.py) are inserted as ordinary jobs keyed
+  `<target>@<tick UTC>`. Every master sharing the store does the same, and
+  the key's uniqueness makes it exactly one job per tick: no leader, no
+  double fire. Where the previous tick's job has not ended, overlap="skip"
+  skips the tick (logged, counted).
+
+What a tick is, and which missed ticks run, depends only on the schedule,
+the store's last tick of it and the wall clock: a new image (USR2), another
+master or a restart after a crash computes the same ticks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Protocol
+
+from phoenix import log
+from phoenix.app import App, encode_params
+from phoenix.master.metrics import Counters
+from phoenix.rules.schedule import (
+    OVERLAP_SKIP,
+    Schedule,
+    latest_ticks,
+    may_fire,
+    next_tick,
+    tick_iso,
+    tick_key,
+    ticks_to_fire,
+)
+from phoenix.rules.states import MasterState
+from phoenix.store.base import Store
+from phoenix.store.sqlite import KeyConflict
+
+REFRESH = 1.0  # seconds: the longest the master goes without looking at the earliest due time
+
+
+class TickerHost(Protocol):
+    journal: Store
+    app: App | None
+    state: MasterState
+    counters: Counters
+
+    def wake_scheduler(self) -> None: ...
+
+
+class Ticker:
+    def __init__(self, host: TickerHost) -> None:
+        self.host = host
+        self.due = 0.0  # monotonic: the next look
+        self.considered: dict[str, float | None] = {}  # target -> the latest tick decided on (None: none yet)
+
+    def wake(self) -> None:
+        """A job was submitted (it may be due sooner than the earliest known): look on the next turn."""
+        self.due = 0.0
+
+    def next_deadline(self) -> float:
+        return self.due
+
+    def run_if_due(self) -> None:
+        h = self.host
+        if time.monotonic() < self.due or h.state not in (MasterState.RUNNING, MasterState.DEGRADED):
+            return
+        self.due = time.monotonic() + REFRESH  # (first: a storage error below does not make us spin)
+        if h.journal.promote_due():
+            h.wake_scheduler()
+        wall = time.time()
+        upcoming = []
+        if h.app is not None and h.state == MasterState.RUNNING:  # degraded: no code, no schedules
+            for schedule in h.app.schedules.values():
+                upcoming.append(self.fire(schedule, wall))
+        earliest = h.journal.next_scheduled_at()
+        if earliest is not None:
+            upcoming.append(earliest)
+        if upcoming:
+            wait = min(upcoming) - time.time()
+            self.due = time.monotonic() + min(max(wait, 0.0), REFRESH)
+
+    def fire(self, schedule: Schedule, wall: float) -> float:
+        """Insert the schedule's due ticks; returns its next tick (wall clock)."""
+        h = self.host
+        target = schedule.target
+        if target not in self.considered:  # first look of this image: from the store's last tick (catch-up)
+            last = h.journal.last_tick(target)
+            self.considered[target] = None if last is None else last[0]
+        inserted = False
+        for tick in ticks_to_fire(schedule, self.considered[target], wall):
+            if schedule.overlap == OVERLAP_SKIP:  # (one indexed read per tick)
+                previous = h.journal.last_tick(target, before=tick)
+                if not may_fire(schedule, None if previous is None else previous[1]):
+                    h.counters.count(h.counters.ticks, "skipped")
+                    log.event(logging.WARNING, "tick_skipped", target=target, tick=tick_iso(tick),
+                              reason=f"the previous tick's job is {previous[1] if previous else '?'} (overlap=skip)")
+                    continue
+            try:
+                _job_id, created = h.journal.submit(target, encode_params(schedule.params), tick_key(target, tick),
+                                                    run_at=tick, tick=tick)
+            except KeyConflict as exc:  # a job of another kind holds the tick's key: said, not fired twice
+                log.event(logging.ERROR, "tick_refused", target=target, tick=tick_iso(tick), error=str(exc))
+                continue
+            h.counters.count(h.counters.ticks, "inserted" if created else "taken")
+            inserted = inserted or created
+            log.event(logging.INFO, "tick", target=target, tick=tick_iso(tick),
+                      job=tick_key(target, tick), created=created)
+        latest = latest_ticks(schedule, None, wall, 1)
+        if latest:
+            decided = self.considered[target]
+            self.considered[target] = latest[0] if decided is None else max(decided, latest[0])
+        if inserted:
+            self.host.wake_scheduler()
+        return next_tick(schedule, wall)
