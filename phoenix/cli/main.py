@@ -631,6 +631,33 @@ def jobs(state_dir: str | None, state: str | None, target: str | None, since: st
 
 
 @main.command()
+@click.argument("app_spec", metavar="[APP]", required=False)
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@store_option
+@friendly_errors
+def schedules(app_spec: str | None, state_dir: str | None, as_json: bool, store: str | None) -> None:
+    """List the app's periodic schedules (@app.periodic): each one's next
+    tick, and its last tick's job and state. APP ("module:app") defaults to
+    the app of the master that ran last in this state directory; with a
+    shared store, give it. A schedule changed in code takes effect with the
+    next image (USR2); this shows the code APP imports now."""
+    from phoenix.cli.schedules import render_schedules, schedules_report
+
+    _paths, journal = _existing_journal(state_dir, store)
+    with journal:
+        spec = app_spec or (journal.meta("app") if not journal.shared else None)
+        if not spec:
+            fail("name the app: phoenix schedules module:app (no master has recorded one here)")
+        rows = schedules_report(load_app(str(spec)), journal, time.time())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        for line in render_schedules(rows):
+            click.echo(visible(line))
+
+
+@main.command()
 @click.argument("key")
 @state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
