@@ -45,6 +45,7 @@ def test_a_delayed_job_waits_scheduled_then_starts_on_time_across_a_usr2(master_
     assert master.jobs()["later"]["state"] == "scheduled"
     listed = phoenix_cli("jobs", "--state", "scheduled", "--json", state_dir=state_dir)
     assert [job["key"] for job in json.loads(listed.stdout)["jobs"]] == ["later"], listed.stderr
+    assert "jobs: scheduled 1  pending 0" in phoenix_cli("status", state_dir=state_dir).stdout
     master.signal(signal.SIGUSR2)  # the due time is in the store, not in the old image's memory
     master.wait_log("ready generation=2", timeout=SLOW)
     assert time.time() < due, "the replacement took longer than the delay: the test proves nothing"
