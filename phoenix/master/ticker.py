@@ -4,10 +4,12 @@
   has come become pending (`promote_due`, one indexed statement), and the
   scheduler is woken to start them. Between looks the loop sleeps on
   monotonic time until the earliest due time, read from the store's
-  jobs_scheduled index: never a look per job. It looks at least once every
-  REFRESH seconds, so that a wall-clock step, or a delayed job submitted
-  from another host, is seen within that: a step moves when a job becomes
-  due, never how often (the state changes once).
+  jobs_scheduled index: never a look per job. It compares that time with
+  the wall clock at least every REFRESH seconds (no store read), so that a
+  wall-clock step is seen within that: a step moves when a job becomes due,
+  never how often (the state changes once). A submit wakes it (the control
+  socket's wake, a shared store's NOTIFY) to read the earliest again; it
+  also reads it every REREAD seconds, for a wake-up that was lost.
 - Periodic jobs: for each `@app.periodic` schedule, the ticks that are due
   (rules/schedule.py) are inserted as ordinary jobs keyed
   `<target>@<tick UTC>`. Every master sharing the store does the same, and
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 from phoenix import log
 from phoenix.app import App, encode_params
@@ -43,7 +45,9 @@ from phoenix.rules.states import MasterState
 from phoenix.store.base import Store
 from phoenix.store.sqlite import KeyConflict
 
-REFRESH = 1.0  # seconds: the longest the master goes without looking at the earliest due time
+REFRESH = 1.0  # seconds: the longest the master goes without comparing the earliest due time with the wall clock
+REREAD = 30.0  # seconds: the longest it goes without reading the earliest due time from the store
+PROMOTE_BATCH = 1000  # a shared store promotes at most this many per statement: then it looks again at once
 
 
 class TickerHost(Protocol):
@@ -56,14 +60,17 @@ class TickerHost(Protocol):
 
 
 class Ticker:
-    def __init__(self, host: TickerHost) -> None:
+    def __init__(self, host: TickerHost, wall: Callable[[], float] = time.time) -> None:
         self.host = host
+        self.wall = wall  # the wall clock (a test passes its own)
         self.due = 0.0  # monotonic: the next look
+        self.earliest: float | None = None  # wall clock: the earliest scheduled job's due time, as last read
+        self.read_due = 0.0  # monotonic: read it from the store then (0: at the next look)
         self.considered: dict[str, float | None] = {}  # target -> the latest tick decided on (None: none yet)
 
     def wake(self) -> None:
-        """A job was submitted (it may be due sooner than the earliest known): look on the next turn."""
-        self.due = 0.0
+        """A job was submitted (it may be due sooner than the earliest known): read on the next turn."""
+        self.due = self.read_due = 0.0
 
     def next_deadline(self) -> float:
         return self.due
@@ -72,19 +79,23 @@ class Ticker:
         h = self.host
         if time.monotonic() < self.due or h.state not in (MasterState.RUNNING, MasterState.DEGRADED):
             return
-        self.due = time.monotonic() + REFRESH  # (first: a storage error below does not make us spin)
-        if h.journal.promote_due():
-            h.wake_scheduler()
-        wall = time.time()
-        upcoming = []
+        now = time.monotonic()
+        self.due = now + REFRESH  # (first: a storage error below does not make us spin)
+        wall = self.wall()
+        if now >= self.read_due or (self.earliest is not None and self.earliest <= wall):
+            promoted = h.journal.promote_due()
+            if promoted:
+                h.wake_scheduler()
+            self.earliest = h.journal.next_scheduled_at()
+            self.read_due = 0.0 if promoted >= PROMOTE_BATCH else now + REREAD
+        upcoming = [] if self.earliest is None else [self.earliest]
         if h.app is not None and h.state == MasterState.RUNNING:  # degraded: no code, no schedules
             for schedule in h.app.schedules.values():
                 upcoming.append(self.fire(schedule, wall))
-        earliest = h.journal.next_scheduled_at()
-        if earliest is not None:
-            upcoming.append(earliest)
-        if upcoming:
-            wait = min(upcoming) - time.time()
+        if self.read_due == 0.0:
+            self.due = now  # more were due than one statement promotes
+        elif upcoming:
+            wait = min(upcoming) - self.wall()
             self.due = time.monotonic() + min(max(wait, 0.0), REFRESH)
 
     def fire(self, schedule: Schedule, wall: float) -> float:
