@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from phoenix.child.run import current_job, heartbeat
     from phoenix.client import Client
     from phoenix.compat import HeartbeatChild, HeartbeatParent
+    from phoenix.rules.schedule import ScheduleError
     from phoenix.store.sqlite import KeyConflict
 
 # Each name is imported on first use (PEP 562): the fork server imports the
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 _HOMES = {"App": "phoenix.app", "AppError": "phoenix.app", "JobInfo": "phoenix.app",
           "current_job": "phoenix.child.run", "heartbeat": "phoenix.child.run", "Client": "phoenix.client",
           "HeartbeatChild": "phoenix.compat", "HeartbeatParent": "phoenix.compat",
-          "KeyConflict": "phoenix.store.sqlite"}
+          "KeyConflict": "phoenix.store.sqlite", "ScheduleError": "phoenix.rules.schedule"}
 
 
 def __getattr__(name: str) -> Any:
@@ -44,6 +45,6 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = ["App", "AppError", "Client", "JobInfo", "HeartbeatChild", "HeartbeatParent", "KeyConflict", "current_job",
-           "heartbeat"]
+__all__ = ["App", "AppError", "Client", "JobInfo", "HeartbeatChild", "HeartbeatParent", "KeyConflict",
+           "ScheduleError", "current_job", "heartbeat"]
 __version__ = "0.1.0"

@@ -11,9 +11,10 @@ app = phoenix.App(heartbeat_interval=0.2, heartbeat_timeout=5.0, kill_grace=1.0,
 
 
 def record(kind, params):
+    job = phoenix.current_job()
     with open(os.environ["PHOENIX_TEST_RUNS"], "a") as f:
         f.write(json.dumps({"kind": kind, "params": params, "at": time.time(), "pid": os.getpid(),
-                            "master": os.getppid()}) + "\n")
+                            "key": job.key, "attempt": job.attempt}) + "\n")
 
 
 @app.job
