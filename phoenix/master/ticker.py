@@ -117,8 +117,12 @@ class Ticker:
             try:
                 _job_id, created = h.journal.submit(target, encode_params(schedule.params), tick_key(target, tick),
                                                     run_at=tick, tick=tick)
-            except KeyConflict as exc:  # a job of another kind holds the tick's key: said, not fired twice
-                log.event(logging.ERROR, "tick_refused", target=target, tick=tick_iso(tick), error=str(exc))
+            except KeyConflict as exc:
+                # Taken with other parameters: a master of another release (a rolling deploy)
+                # inserted it first, or a job was submitted under the key. Once all the same.
+                h.counters.count(h.counters.ticks, "taken")
+                log.event(logging.WARNING, "tick_taken_otherwise", target=target, tick=tick_iso(tick),
+                          error=str(exc))
                 continue
             h.counters.count(h.counters.ticks, "inserted" if created else "taken")
             inserted = inserted or created
