@@ -131,3 +131,18 @@ def test_a_delayed_job_on_the_shared_store_starts_on_time(tmp_path, pg_url):
         master.stop()
     [run] = runs(runs_file)
     assert due <= run["at"] < due + ON_TIME, run["at"] - due
+
+
+def test_delayed_jobs_submitted_with_no_master_run_when_one_starts(master_factory, state_dir, tmp_path):
+    runs_file = tmp_path / "runs.jsonl"
+    now = time.time()
+    due = {"past": now + 1, "ahead": now + 8}
+    for tag, at in due.items():
+        submit(state_dir, NOTE, json.dumps({"tag": tag}), "--at", datetime.fromtimestamp(at, timezone.utc).isoformat())
+    wait_for(lambda: time.time() > due["past"], 5, "the first due time to pass with no master")
+    master = master_factory(app=SCHEDULED, env={"PHOENIX_TEST_RUNS": str(runs_file)})
+    wait_for(lambda: len(runs(runs_file)) == 2, SLOW, "both delayed jobs to run")
+    started = {run["params"]["tag"]: run["at"] for run in runs(runs_file)}
+    assert started["past"] >= due["past"]
+    assert due["ahead"] <= started["ahead"] < due["ahead"] + ON_TIME, started["ahead"] - due["ahead"]
+    assert {job["state"] for job in master.jobs().values()} == {"finished"}
