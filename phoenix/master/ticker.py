@@ -25,6 +25,7 @@ master or a restart after a crash computes the same ticks.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Callable, Protocol
 
@@ -67,6 +68,7 @@ class Ticker:
         self.earliest: float | None = None  # wall clock: the earliest scheduled job's due time, as last read
         self.read_due = 0.0  # monotonic: read it from the store then (0: at the next look)
         self.considered: dict[str, float | None] = {}  # target -> the latest tick decided on (None: none yet)
+        self.next_at: dict[str, float] = {}  # target -> its next tick (wall clock): nothing to compute before it
 
     def wake(self) -> None:
         """A job was submitted (it may be due sooner than the earliest known): read on the next turn."""
@@ -91,7 +93,9 @@ class Ticker:
         upcoming = [] if self.earliest is None else [self.earliest]
         if h.app is not None and h.state == MasterState.RUNNING:  # degraded: no code, no schedules
             for schedule in h.app.schedules.values():
-                upcoming.append(self.fire(schedule, wall))
+                if wall >= self.next_at.get(schedule.target, -math.inf):
+                    self.next_at[schedule.target] = self.fire(schedule, wall)
+                upcoming.append(self.next_at[schedule.target])
         if self.read_due == 0.0:
             self.due = now  # more were due than one statement promotes
         elif upcoming:
