@@ -539,7 +539,7 @@ class PgStore:
                priority: int = 0, tick: float | None = None) -> tuple[int, bool]:
         if key:
             check_key(key)
-        key = key or default_key(target, params_json)
+        key = key or default_key(target, params_json, run_at, priority)
         with self._one() as cur:  # the NOTIFY rides on the insert: one round trip
             return self._insert_job(cur, key, target, params_json, notify=True, run_at=run_at, priority=priority,
                                     tick=tick)

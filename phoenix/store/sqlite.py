@@ -471,12 +471,15 @@ def timing_differences(old_run_at: float | None, run_at: float | None, old_prior
     return differences
 
 
-def default_key(target: str, params_json: str) -> str:
+def default_key(target: str, params_json: str, run_at: float | None = None, priority: int = 0) -> str:
     """Idempotency key for a job submitted without one: same target and same
-    parameters (canonical JSON) make the same job."""
+    parameters (canonical JSON) make the same job; a due time or a priority
+    asked for is part of it (the same job for later is another job, not a
+    key conflict). Without them, the key of every release before them."""
     import hashlib  # here: loading OpenSSL costs every new master image ~6 ms, and only submissions need it
 
-    return hashlib.sha256(f"{target}\0{_canonical(params_json)}".encode()).hexdigest()[:32]
+    timing = "" if run_at is None and not priority else f"\0{run_at!r}\0{priority}"
+    return hashlib.sha256(f"{target}\0{_canonical(params_json)}{timing}".encode()).hexdigest()[:32]
 
 
 class Journal:
@@ -668,7 +671,7 @@ class Journal:
         then; `tick`: the periodic schedule's tick it is."""
         if key:
             check_key(key)
-        key = key or default_key(target, params_json)
+        key = key or default_key(target, params_json, run_at, priority)
         now = time.time()
         with self.transaction(durable=True) as db:
             return _insert_job(db, key, target, params_json, now, run_at, priority, tick)

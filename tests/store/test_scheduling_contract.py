@@ -72,3 +72,12 @@ def test_ticks_are_one_job_each_and_the_last_is_found_by_index(store: Store) -> 
     store.submit("m:other", "null", "o", run_at=5000.0, tick=5000.0)
     assert store.last_tick("m:tick") == (2000.0, "pending")
     assert store.last_tick("m:tick", before=2000.0) == (1000.0, "pending")
+
+
+def test_without_a_key_the_same_job_for_another_time_is_another_job(store: Store) -> None:  # noqa: F811
+    at = time.time() + 3600
+    plain = store.submit("m:f", "1")
+    later = store.submit("m:f", "1", run_at=at)
+    assert plain[1] and later[1] and plain[0] != later[0]
+    assert store.submit("m:f", "1", run_at=at) == (later[0], False)
+    assert store.submit("m:f", "1", priority=3)[1]
