@@ -232,7 +232,10 @@ def _import_failure(module_name: str, what: str, exc: Exception) -> str:
     if isinstance(exc, SyntaxError):
         where = f"{exc.filename}, line {exc.lineno}" if exc.filename else module_name
         return f"cannot import {what}: SyntaxError in {where}: {exc.msg}"
-    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    # The user's line that called into Phoenix (an @app.periodic refused), not Phoenix's own.
+    theirs = [f for f in frames if not f.filename.startswith(os.path.dirname(__file__) + os.sep)]
+    frame = (theirs or frames)[-1] if frames else None
     where = f" ({frame.filename}, line {frame.lineno})" if frame else ""
     return (f"cannot import {what}: importing module {module_name!r} raised "
             f"{type(exc).__name__}: {exc}{where}")

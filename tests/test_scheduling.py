@@ -146,3 +146,14 @@ def test_delayed_jobs_submitted_with_no_master_run_when_one_starts(master_factor
     assert started["past"] >= due["past"]
     assert due["ahead"] <= started["ahead"] < due["ahead"] + ON_TIME, started["ahead"] - due["ahead"]
     assert {job["state"] for job in master.jobs().values()} == {"finished"}
+
+
+def test_a_bad_schedule_is_refused_at_import_naming_the_line(tmp_path):
+    for name, arguments, words in (("badtz", 'cron="*/15 * * * *", tz="Europe/Berln"', "unknown time zone"),
+                                   ("badcron", 'cron="*/15 * * *"', "5 fields"), ("badevery", "every=0", "above 0")):
+        (tmp_path / f"{name}.py").write_text(f"import phoenix\napp = phoenix.App()\n\n\n@app.periodic({arguments})\n"
+                                             "def job(params):\n    pass\n")
+        result = phoenix_cli("check", f"{name}:app", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert words in result.stderr and f"{name}.py, line 5" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
