@@ -43,6 +43,7 @@ class JobSpec:
     max_runtime: float | None = None
     heartbeat_timeout: float | None = None
     app: "App | None" = dataclasses.field(default=None, compare=False, repr=False)  # the App that registered it
+    pool: str | None = None  # the global resource pool its attempts take a slot of (App(pools=...))
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,17 @@ class JobInfo:
     error: str | None
     reason: str | None = None  # short: SIGSEGV, exit code 3, heartbeat_timeout, max_runtime ...
     max_rss_kb: int | None = None  # the attempt's peak memory, when its exit status was ours to read
+
+
+def check_pools(app: App, pools: dict[str, int]) -> None:
+    """Every pool the app's jobs name has a capacity (App(pools=...), [pools]
+    in phoenix.toml or PHOENIX_POOLS), or AppError naming the fix."""
+    for spec in app.jobs.values():
+        if spec.pool is not None and spec.pool not in pools:
+            known = ", ".join(sorted(pools)) or "none"
+            raise AppError(f"job {spec.target} takes a slot of pool {spec.pool!r}, which has no capacity (pools "
+                           f"known: {known}): add it, e.g. App(pools={{{spec.pool!r}: 10}}) or [pools] in "
+                           "phoenix.toml")
 
 
 def target_name(func: Callable[..., Any]) -> str:
@@ -93,11 +105,17 @@ class App:
         stall_timeout: float | None = None,
         max_runtime: float | None = None,
         heartbeat_timeout: float | None = None,
+        pool: str | None = None,
     ) -> Any:
-        """Register a job function: `@app.job` or `@app.job(retries=3, ...)`."""
+        """Register a job function: `@app.job` or `@app.job(retries=3, ...)`.
+        `pool`: at most the pool's capacity of this job's attempts (and of the
+        other jobs of the pool) run at once, across every master sharing the
+        store (docs/scheduling.md)."""
+        if pool is not None and (not isinstance(pool, str) or not pool):
+            raise AppError(f"@app.job(pool={pool!r}): give the name of a pool of App(pools={{...}})")
 
         def register(f: Callable[[Any], Any]) -> Callable[[Any], Any]:
-            spec = JobSpec(target_name(f), f, retries, stall_timeout, max_runtime, heartbeat_timeout, self)
+            spec = JobSpec(target_name(f), f, retries, stall_timeout, max_runtime, heartbeat_timeout, self, pool)
             self.jobs[spec.target] = spec
             f.__phoenix_job__ = spec  # type: ignore[attr-defined]
             return f

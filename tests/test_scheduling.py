@@ -157,3 +157,29 @@ def test_a_bad_schedule_is_refused_at_import_naming_the_line(tmp_path):
         assert result.returncode == 2, result.stderr
         assert words in result.stderr and f"{name}.py, line 5" in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_a_pool_of_3_holds_on_two_masters_with_4_slots_each(tmp_path, pg_url):
+    runs_file = tmp_path / "runs.jsonl"
+    masters = [Master(tmp_path / name, "tests.apps.pooled:app", "--store", pg_url, "--node", name, "--lease-ttl",
+                      "5", env={"PHOENIX_TEST_RUNS": str(runs_file)}, cwd=REPO, log_dir=tmp_path) for name in "ab"]
+    from phoenix import Client
+
+    client = Client(store=pg_url)
+    try:
+        for master in masters:
+            master.start()
+        for i in range(12):
+            client.submit("tests.apps.pooled:write", {"s": 0.6}, key=f"w{i}")
+        client.submit("tests.apps.pooled:read", {}, key="r")  # not held back by the full pool
+        wait_for(lambda: len(runs(runs_file)) == 13, SLOW, "every job to run")
+        listed = phoenix_cli("pools", "--json", "--store", pg_url)
+    finally:
+        for master in masters:
+            master.stop()
+    writes = [run for run in runs(runs_file) if run["kind"] == "write"]
+    most = max(sum(1 for other in writes if other["start"] <= run["start"] < other["end"]) for run in writes)
+    assert most == 3, most  # never more than the pool, and the pool (not the 8 slots) was the limit
+    [read] = [run for run in runs(runs_file) if run["kind"] == "read"]
+    assert read["start"] < max(run["start"] for run in writes)  # it did not wait for the pool's queue
+    assert json.loads(listed.stdout) == [{"pool": "db", "capacity": 3, "used": 0}], listed.stderr

@@ -15,7 +15,7 @@ from typing import Any, Callable, NoReturn
 import click
 
 from phoenix import config as config_module
-from phoenix.app import AppError, decode_params, load_app, resolve_target
+from phoenix.app import AppError, check_pools, decode_params, load_app, resolve_target
 from phoenix.config import Config, ConfigError
 from phoenix.linux import pidfile
 from phoenix.linux.paths import StateDirError, StatePaths, check_parents
@@ -223,6 +223,7 @@ def start(app: str | None, state_dir: str | None, config_file: str | None, daemo
     if daemon:
         _default_daemon_log(flags, config_file, application.settings)
     config = config_module.load(application.settings, config_file, flags)
+    check_pools(application, config.pools)
     paths = StatePaths(config.state_dir)
     paths.ensure()
     if config.log_file:  # appended to as this user: no other user may plant a link at its name
@@ -253,6 +254,7 @@ def _start_replacement(app_spec: str, config_file: str | None, flags: dict[str, 
         if daemon:
             _default_daemon_log(flags, config_file, application.settings)
         config = config_module.load(application.settings, config_file, flags)
+        check_pools(application, config.pools)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - whatever the new code does, this image must not exit
         # (a module that calls sys.exit() at import, or raises past the loader, too)
         reason = str(exc) if isinstance(exc, (AppError, ConfigError)) else f"{type(exc).__name__}: {exc}"
@@ -293,6 +295,7 @@ def check(app: str, state_dir: str | None, config_file: str | None, force: bool,
     application = load_app(app)
     config = config_module.load(application.settings, config_file,
                                 {"state_dir": state_dir, "app": app, "store": store})
+    check_pools(application, config.pools)
     for target in application.jobs:
         resolve_target(target)
     paths = StatePaths(config.state_dir)
@@ -372,6 +375,8 @@ def submit(target: str, params: str, key: str | None, run_in: str | None, run_at
         click.echo(json.dumps({"id": job_id, "created": created}))
         return
     spec = resolve_target(target)
+    if spec.pool is not None and spec.app is not None:  # a pool its configuration does not have: refused now
+        check_pools(spec.app, _settings({"state_dir": state_dir}, spec.app.settings).pools)
     paths = _state_paths(state_dir, app_settings=spec.app.settings if spec.app is not None else None)
     job_id, created = Client(state_dir=str(paths.root), warn=_warn_once).submit(target, job_params, key, run_in=run_in,
                                                                                 run_at=run_at, priority=rank)
@@ -628,6 +633,27 @@ def jobs(state_dir: str | None, state: str | None, target: str | None, since: st
         click.echo(json.dumps(report, indent=2))
     else:
         render_jobs(report)
+
+
+@main.command()
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@store_option
+@friendly_errors
+def pools(state_dir: str | None, as_json: bool, store: str | None) -> None:
+    """Each global resource pool: its slots in use (by running attempts, of
+    every master sharing the store) and its capacity (the last master to
+    start set it). See docs/scheduling.md."""
+    _paths, journal = _existing_journal(state_dir, store)
+    with journal:
+        rows = journal.pools_status()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif not rows:
+        click.echo("no pools: no master has started with App(pools=...) or [pools] here")
+    else:
+        for row in rows:
+            click.echo(f"{visible(row['pool'])}  {row['used']}/{row['capacity']}")
 
 
 @main.command()

@@ -241,6 +241,7 @@ class Master:
         self.change_state(MasterState.RUNNING)
         self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
                               app=self.app_spec, state="running")
+        self.register_pools(self.app)
         self.handoff.became_ready()
         event(INFO, "ready", generation=self.generation, pid=os.getpid(), app=self.app_spec or "-",
               workers=self.slots, running=len(self.children))
@@ -497,6 +498,14 @@ class Master:
         event(ERROR, "node_taken", node=self.node, error=why, effect="stopping: its children were ended")
         self.exit_code = 2
         self.begin_stop(StopMode.TERM)
+
+    def register_pools(self, app: App) -> None:
+        """The pools' capacities and each job's pool, from this image's code and
+        configuration, into the store (where every master's claims read them)."""
+        targets = {target: spec.pool for target, spec in app.jobs.items()}
+        for pool, before, now in self.journal.set_pools(self.config.pools, targets):
+            event(INFO if before is None else WARNING, "pool_capacity", pool=pool,
+                  capacity=now, before="-" if before is None else before)
 
     def wake_scheduler(self) -> None:
         self.scheduler.wake()
@@ -764,6 +773,7 @@ class Master:
         self.title_due = now + (SHARED_TITLE_EVERY if self.journal.shared else 0.5)  # a shared count costs more
         if self.histograms is not None:  # --metrics exports the count of every state
             self.counters.jobs = self.journal.counts()
+            self.counters.pools = self.journal.pools_status()
             pending = self.counters.jobs["pending"]
         else:  # through an index (a shared store's counts() aggregates every job on the server)
             pending = self.journal.pending_count()

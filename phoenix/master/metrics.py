@@ -55,6 +55,7 @@ class Counters:
     callback_errors: int = 0
     jobs: dict[str, int] = field(default_factory=dict)  # by state, refreshed with the title
     ticks: dict[str, int] = field(default_factory=dict)  # periodic ticks: inserted | taken (by another) | skipped
+    pools: list[dict[str, Any]] = field(default_factory=list)  # each pool's capacity and slots used, with `jobs`
 
     def reject(self, why: str) -> None:
         self.rejected[why] = self.rejected.get(why, 0) + 1
@@ -106,6 +107,14 @@ class _MasterCollector:
         yield _labelled(CounterMetricFamily("phoenix_heartbeats_rejected", "Heartbeat connections closed, by reason",
                                             labels=["reason"]), _with_zeros(REJECT_REASONS, c.rejected))
         yield CounterMetricFamily("phoenix_spawned", "Children forked by this master", value=c.spawned)
+        used = GaugeMetricFamily("phoenix_pool_used", "Slots of each pool held by running attempts, every master's",
+                                 labels=["pool"])
+        capacity = GaugeMetricFamily("phoenix_pool_capacity", "Each pool's capacity", labels=["pool"])
+        for pool in c.pools:
+            used.add_metric([pool["pool"]], pool["used"])
+            capacity.add_metric([pool["pool"]], pool["capacity"])
+        yield used
+        yield capacity
         yield _labelled(CounterMetricFamily("phoenix_ticks", "Periodic ticks seen by this master: inserted, taken "
                                             "(another master inserted it first), skipped (overlap)",
                                             labels=["result"]), _with_zeros(TICK_RESULTS, c.ticks))

@@ -43,6 +43,7 @@ from phoenix.rules.leases import CALLBACKS_OWED
 from phoenix.rules.outcomes import CANCELLED_REASON
 from phoenix.store.sqlite import (
     ENDED_BADLY,
+    FULL_POOL_TARGETS,
     JOB_STATES,
     WAITING,
     WITHDRAWN_WITH_ITS_CANCEL,
@@ -79,6 +80,12 @@ _V3_INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (priority DESC, due_at, id) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS jobs_scheduled ON jobs (due_at) WHERE state = 'scheduled';
 CREATE INDEX IF NOT EXISTS jobs_ticks ON jobs (target, tick) WHERE tick IS NOT NULL
+"""
+# Version 3's global resource pools (see the SQLite journal's _V3_TABLES).
+_V3_POOLS = """
+CREATE TABLE IF NOT EXISTS pools (name text PRIMARY KEY, capacity integer NOT NULL, used integer NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS pool_targets (target text PRIMARY KEY, pool text NOT NULL);
+ALTER TABLE attempts ADD COLUMN IF NOT EXISTS pool text  -- the pool whose slot it holds until its outcome
 """
 
 _SCHEMA = f"""
@@ -171,7 +178,8 @@ CREATE TABLE IF NOT EXISTS meta (
     name  text NOT NULL,
     value text NOT NULL,
     PRIMARY KEY (node, name)
-)
+);
+{_V3_POOLS}
 """
 
 
@@ -180,16 +188,20 @@ CREATE TABLE IF NOT EXISTS meta (
 _CLAIM = f"""
 WITH lease AS (  -- FOR SHARE: a recovery of this master waits (skips it) until the claim commits
     SELECT epoch FROM masters WHERE node = %(node)s AND epoch = %(epoch)s AND lease_expires_at > now() FOR SHARE
-), candidate AS MATERIALIZED (
-    SELECT id FROM jobs
+), candidate AS MATERIALIZED (  -- not of a pool with no free slot: the other jobs are not held back
+    SELECT id, (SELECT pool FROM pool_targets pt WHERE pt.target = jobs.target) AS pool FROM jobs
     WHERE state = 'pending' AND not_before <= {_DUE_NOW} AND EXISTS (SELECT 1 FROM lease)
+      AND target NOT IN ({FULL_POOL_TARGETS})
     ORDER BY priority DESC, due_at, id LIMIT 1
     FOR UPDATE SKIP LOCKED
+), slot AS (  -- the pool's row is locked and its `used` read anew: two masters never take its last slot twice
+    UPDATE pools SET used = used + 1 WHERE name = (SELECT pool FROM candidate) AND used < capacity RETURNING name
 ), attempt AS (
-    INSERT INTO attempts (job_id, n, master, epoch, generation, pid, start_time, started_at, started_boot)
+    INSERT INTO attempts (job_id, n, master, epoch, generation, pid, start_time, started_at, started_boot, pool)
     SELECT j.id, j.attempts + 1, %(node)s, %(epoch)s, %(generation)s, %(pid)s, %(start_time)s, {_NOW},
-           %(since_boot)s
+           %(since_boot)s, c.pool
     FROM jobs j JOIN candidate c ON c.id = j.id
+    WHERE c.pool IS NULL OR EXISTS (SELECT 1 FROM slot)
     RETURNING id, job_id
 )
 UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, current_attempt = a.id, updated_at = {_NOW}
@@ -222,6 +234,9 @@ WITH fenced AS (
     INSERT INTO callbacks (job_id, attempt, kind, state, owner, owner_epoch, created_at)
     SELECT id, %(n)s, %(callback)s, 'owed', %(node)s, %(epoch)s, {_NOW} FROM job WHERE %(callback)s::text IS NOT NULL
     ON CONFLICT (job_id, kind) DO NOTHING RETURNING id
+), freed AS (  -- its pool slot, freed by the outcome and only by it (or by the recovery of its master)
+    UPDATE pools SET used = used - 1 WHERE used > 0
+      AND name = (SELECT a.pool FROM attempts a WHERE a.id = (SELECT id FROM fenced))
 )
 SELECT EXISTS (SELECT 1 FROM job), (SELECT id FROM callback)
 """
@@ -254,6 +269,13 @@ RETURNING pg_notify(%(channel)s, 'ping:' || node),
         SELECT 1 FROM masters d
         WHERE d.lease_expires_at < now() - make_interval(secs => %(grace)s::float8) AND d.state <> 'lost'
           AND (d.state <> 'stopped' OR EXISTS (SELECT 1 FROM attempts a WHERE a.master = d.node AND a.outcome IS NULL)))
+"""
+
+# The pool slots of attempts just ended as lost, freed in the recovery's transaction.
+_FREE_SLOTS = """
+UPDATE pools p SET used = greatest(p.used - x.n, 0)
+FROM (SELECT pool, count(*) AS n FROM attempts WHERE id = ANY(%s) AND pool IS NOT NULL GROUP BY pool) x
+WHERE p.name = x.pool
 """
 
 _HOLD_FINAL = "UPDATE attempts SET final = %s WHERE id = %s AND outcome IS NULL"
@@ -498,6 +520,7 @@ class PgStore:
                 return owed
             cur.execute(_RECOVER_ATTEMPTS, {"nodes": nodes, "reason": RECOVERED_REASON})
             lost = cur.fetchall()
+            cur.execute(_FREE_SLOTS, ([int(row[0]) for row in lost],))
             self.last_recovery = (nodes, len(lost))
             for attempt_id, job_id, n in lost:
                 cur.execute("SELECT target, failures, current_attempt FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
@@ -619,6 +642,33 @@ class PgStore:
             row = cur.fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
+    def set_pools(self, capacities: dict[str, int],
+                  targets: dict[str, str | None]) -> list[tuple[str, int | None, int]]:
+        """As the SQLite journal's, except that the slots in use are left as
+        the claims and outcomes of every master keep them (many write them)."""
+        changes = []
+        with self._tx() as cur:
+            for name, capacity in sorted(capacities.items()):  # (in name order: two starting masters never deadlock)
+                cur.execute("SELECT capacity FROM pools WHERE name = %s FOR UPDATE", (name,))
+                row = cur.fetchone()
+                if row is None or row[0] != capacity:
+                    changes.append((name, None if row is None else int(row[0]), capacity))
+                cur.execute("INSERT INTO pools (name, capacity) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE "
+                            "SET capacity = excluded.capacity", (name, capacity))
+            for target, pool in sorted(targets.items()):
+                if pool is None:
+                    cur.execute("DELETE FROM pool_targets WHERE target = %s", (target,))
+                else:
+                    cur.execute("INSERT INTO pool_targets VALUES (%s, %s) ON CONFLICT (target) DO UPDATE "
+                                "SET pool = excluded.pool", (target, pool))
+        return changes
+
+    def pools_status(self) -> list[dict[str, Any]]:
+        with self._one() as cur:
+            cur.execute("SELECT name, capacity, used FROM pools ORDER BY name")
+            return [{"pool": name, "capacity": int(capacity), "used": int(used)}
+                    for name, capacity, used in cur.fetchall()]
+
     def next_scheduled_at(self) -> float | None:
         """As the SQLite journal's: the database's wall clock, turned into this
         host's by the difference of the two clocks, read in the same statement."""
@@ -644,13 +694,21 @@ class PgStore:
                         (self.node, self.epoch))
             if cur.fetchone() is None:
                 return 0  # no live lease: no claim
-            cur.execute("SELECT 1 FROM jobs WHERE id = %s AND state = 'pending' FOR UPDATE SKIP LOCKED", (job.id,))
-            if cur.fetchone() is None:
+            cur.execute("SELECT (SELECT pool FROM pool_targets WHERE target = jobs.target) FROM jobs WHERE id = %s "
+                        "AND state = 'pending' FOR UPDATE SKIP LOCKED", (job.id,))
+            found = cur.fetchone()
+            if found is None:
                 return 0
+            pool = found[0]
+            if pool is not None:
+                cur.execute("UPDATE pools SET used = used + 1 WHERE name = %s AND used < capacity", (pool,))
+                if cur.rowcount == 0:
+                    return 0  # its pool has no free slot
             cur.execute(
                 f"INSERT INTO attempts (job_id, n, master, epoch, generation, pid, start_time, started_at, "
-                f"started_boot) SELECT id, attempts + 1, %s, %s, %s, %s, %s, {_NOW}, %s FROM jobs WHERE id = %s "
-                f"RETURNING id", (self.node, self.epoch, generation, pid, start_time, clock.since_boot(), job.id))
+                f"started_boot, pool) SELECT id, attempts + 1, %s, %s, %s, %s, %s, {_NOW}, %s, %s FROM jobs "
+                f"WHERE id = %s RETURNING id",
+                (self.node, self.epoch, generation, pid, start_time, clock.since_boot(), pool, job.id))
             row = cur.fetchone()
             assert row is not None
             cur.execute(f"UPDATE jobs SET state = 'running', attempts = attempts + 1, current_attempt = %s, "
@@ -689,7 +747,8 @@ class PgStore:
         with self._tx() as cur:
             cur.execute(f"UPDATE attempts SET outcome = 'error', state = 'ended', reason = 'cannot start', "
                         f"error = %s, ended_at = {_NOW} WHERE id = (SELECT current_attempt FROM jobs WHERE id = %s) "
-                        f"AND outcome IS NULL", (error, job_id))
+                        f"AND outcome IS NULL RETURNING id", (error, job_id))
+            cur.execute(_FREE_SLOTS, ([int(row[0]) for row in cur.fetchall()],))
             cur.execute(f"UPDATE jobs SET state = 'failed', outcome = 'error', error = %s, updated_at = {_NOW} "
                         f"WHERE id = %s", (error, job_id))
             cur.execute(f"INSERT INTO callbacks (job_id, attempt, kind, state, owner, owner_epoch, created_at) "
@@ -1185,7 +1244,8 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS priority integer NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS due_at double precision NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS run_at double precision, ADD COLUMN IF NOT EXISTS tick double precision;
 UPDATE jobs SET due_at = created_at WHERE due_at = 0;
-{_V3_INDEXES}
+{_V3_INDEXES};
+{_V3_POOLS}
 """,
 }
 

@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     error       TEXT,
     max_rss_kb  INTEGER,
     final       TEXT,                       -- JSON: the child's final message, held (and acked) before its exit
+    pool        TEXT,                       -- the pool whose slot it holds until its outcome (version 3)
     UNIQUE (job_id, n)
 );
 CREATE INDEX IF NOT EXISTS attempts_open ON attempts (outcome) WHERE outcome IS NULL;
@@ -255,7 +256,7 @@ def _create(path: Path) -> None:
                     db.execute(statement)
             db.execute(_BACKOFF_INDEX)
             _add_scale_schema(db)
-            for statement in _V3_INDEXES:
+            for statement in (*_V3_INDEXES, *_V3_TABLES):
                 db.execute(statement)
             # Still written so that an older Phoenix (before user_version) can read the journal after a rollback.
             db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -387,6 +388,18 @@ _V3_INDEXES = (
 )
 _V3_COLUMNS = (("priority", "INTEGER NOT NULL DEFAULT 0"), ("due_at", "REAL NOT NULL DEFAULT 0"),
                ("run_at", "REAL"), ("tick", "REAL"))
+# Global resource pools: each pool's capacity and the slots its open attempts
+# hold (`used`, changed in the transaction that begins or ends an attempt),
+# and the pool each target's jobs take a slot of (written by the master from
+# its code, so that a job submitted without the code is in its pool too).
+_V3_TABLES = (
+    "CREATE TABLE IF NOT EXISTS pools (name TEXT PRIMARY KEY, capacity INTEGER NOT NULL, "
+    "used INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS pool_targets (target TEXT PRIMARY KEY, pool TEXT NOT NULL)",
+)
+# The targets whose pool has no free slot: their jobs are not started now (the others are).
+FULL_POOL_TARGETS = ("SELECT pt.target FROM pool_targets pt JOIN pools p ON p.name = pt.pool "
+                     "WHERE p.used >= p.capacity")
 
 
 def _upgrade_to_3(db: sqlite3.Connection) -> None:
@@ -397,6 +410,10 @@ def _upgrade_to_3(db: sqlite3.Connection) -> None:
     for column, declaration in _V3_COLUMNS:
         if column not in existing:
             db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
+    if "pool" not in {row[1] for row in db.execute("PRAGMA table_info(attempts)")}:
+        db.execute("ALTER TABLE attempts ADD COLUMN pool TEXT")
+    for statement in _V3_TABLES:
+        db.execute(statement)
     db.execute("UPDATE jobs SET due_at = created_at WHERE due_at = 0")
     for statement in _V3_INDEXES:
         db.execute(statement)
@@ -694,16 +711,27 @@ class Journal:
         """Up to `limit` jobs due to run: the highest priority first, then the
         earliest due, then the first submitted."""
         clocks = {**_clocks(), "limit": limit}
-        columns = "-priority, due_at, id, key, target, params, attempts, failures"
+        columns = ("-priority, due_at, id, key, target, params, attempts, failures, "
+                   "(SELECT pool FROM pool_targets WHERE target = jobs.target)")
         # One statement (one read of the journal per look, which is once per job):
         # the jobs never put back with a backoff (from the top of jobs_ready), and
-        # those whose backoff is over.
+        # those whose backoff is over; neither of a full pool (the rest are not held back).
+        not_full = f"target NOT IN ({FULL_POOL_TARGETS})"
         rows = self.db.execute(
             f"SELECT * FROM (SELECT {columns} FROM jobs INDEXED BY jobs_ready WHERE {_NO_BACKOFF} "
-            "AND not_before <= :wall ORDER BY priority DESC, due_at, id LIMIT :limit) UNION ALL "
+            f"AND not_before <= :wall AND {not_full} ORDER BY priority DESC, due_at, id LIMIT :limit) UNION ALL "
             f"SELECT * FROM (SELECT {columns} FROM jobs INDEXED BY jobs_backoff WHERE {_IN_BACKOFF} "
-            f"AND {_BACKOFF_WAIT} <= 0 LIMIT :limit)", clocks).fetchall()
-        return [Job(*row[2:]) for row in sorted(rows)[:limit]]
+            f"AND {_BACKOFF_WAIT} <= 0 AND {not_full} LIMIT :limit)", clocks).fetchall()
+        free = dict(self.db.execute("SELECT name, capacity - used FROM pools"))
+        jobs = []
+        for row in sorted(rows, key=lambda row: row[:3]):
+            pool = row[8]
+            if pool is not None:
+                if free.get(pool, 0) <= 0:
+                    continue  # its pool's last free slot went to a job before it in this look
+                free[pool] -= 1
+            jobs.append(Job(*row[2:8]))
+        return jobs[:limit]
 
     def promote_due(self) -> int:
         """Scheduled jobs whose due time (wall clock) has come become pending,
@@ -760,10 +788,14 @@ class Journal:
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ? WHERE id = ?",
                 (now, job.id),
             )
+            row = db.execute("SELECT pool FROM pool_targets WHERE target = ?", (job.target,)).fetchone()
+            pool = None if row is None else row[0]
+            if pool is not None:  # its slot, held until the attempt's outcome (`pending` left it free)
+                db.execute("UPDATE pools SET used = used + 1 WHERE name = ?", (pool,))
             cur = db.execute(
-                "INSERT INTO attempts (job_id, n, generation, started_at, started_boot, pid, start_time) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job.id, job.attempts + 1, generation, now, clock.since_boot(), pid, start_time),
+                "INSERT INTO attempts (job_id, n, generation, started_at, started_boot, pid, start_time, pool) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (job.id, job.attempts + 1, generation, now, clock.since_boot(), pid, start_time, pool),
             )
             return cur.lastrowid or 0
 
@@ -806,6 +838,8 @@ class Journal:
             )
             if cur.rowcount == 0:
                 return False, None  # already recorded
+            db.execute("UPDATE pools SET used = used - 1 WHERE name = (SELECT pool FROM attempts WHERE id = ?) "
+                       "AND used > 0", (attempt_id,))  # its pool slot, freed by the outcome and only by it
             db.execute(
                 "UPDATE jobs SET state = ?, outcome = ?, result = ?, error = ?, not_before = ?, not_before_boot = ?, "
                 "not_before_boot_id = ?, failures = failures + ?, updated_at = ? WHERE id = ?",
@@ -1111,6 +1145,36 @@ class Journal:
                               "AND tick IS NOT NULL AND tick < ? ORDER BY tick DESC LIMIT 1",
                               (target, math.inf if before is None else before)).fetchone()
         return None if row is None else (row[0], row[1])
+
+    def set_pools(self, capacities: dict[str, int],
+                  targets: dict[str, str | None]) -> list[tuple[str, int | None, int]]:
+        """A master's pools as its configuration says: each pool's capacity,
+        and the pool of each target of its code (None: in none now). Returns
+        (pool, capacity before or None if new, capacity now) of each change.
+        One master writes this journal: the slots held are counted anew
+        from its open attempts, so nothing a crash did can leave them wrong."""
+        changes = []
+        with self.transaction() as db:
+            for name, capacity in sorted(capacities.items()):
+                row = db.execute("SELECT capacity FROM pools WHERE name = ?", (name,)).fetchone()
+                if row is None or row[0] != capacity:
+                    changes.append((name, None if row is None else int(row[0]), capacity))
+                db.execute("INSERT INTO pools (name, capacity) VALUES (?, ?) ON CONFLICT (name) DO UPDATE "
+                           "SET capacity = excluded.capacity", (name, capacity))
+            for target, pool in targets.items():
+                if pool is None:
+                    db.execute("DELETE FROM pool_targets WHERE target = ?", (target,))
+                else:
+                    db.execute("INSERT INTO pool_targets VALUES (?, ?) ON CONFLICT (target) DO UPDATE "
+                               "SET pool = excluded.pool", (target, pool))
+            db.execute("UPDATE pools SET used = (SELECT count(*) FROM attempts a WHERE a.pool = pools.name "
+                       "AND a.outcome IS NULL)")
+        return changes
+
+    def pools_status(self) -> list[dict[str, Any]]:
+        """Each pool's name, capacity and slots in use."""
+        cur = self.db.execute("SELECT name, capacity, used FROM pools ORDER BY name")
+        return [{"pool": name, "capacity": capacity, "used": used} for name, capacity, used in cur]
 
     def request_cancel(self, attempt_id: int) -> None:
         """A running attempt is being cancelled: noted on it (its `reason`,

@@ -81,3 +81,26 @@ def test_without_a_key_the_same_job_for_another_time_is_another_job(store: Store
     assert plain[1] and later[1] and plain[0] != later[0]
     assert store.submit("m:f", "1", run_at=at) == (later[0], False)
     assert store.submit("m:f", "1", priority=3)[1]
+
+
+def test_a_full_pool_holds_back_only_its_own_jobs_until_an_outcome_frees_its_slot(
+        store: Store) -> None:  # noqa: F811
+    assert store.set_pools({"db": 2}, {"m:write": "db", "m:read": None}) == [("db", None, 2)]
+    for i in range(4):
+        store.submit("m:write", str(i), f"w{i}", priority=5)  # first in line, all of them
+    store.submit("m:read", "1", "r")
+    first, second = claim(store), claim(store)
+    assert {first[0].key, second[0].key} == {"w0", "w1"}
+    assert claim(store)[0].key == "r"  # the pool is full: the next job of another kind starts
+    assert store.claim(1, 1, None) is None
+    assert store.pools_status() == [{"pool": "db", "capacity": 2, "used": 2}]
+    store.end_attempt(first[1], first[0].id, outcome="finished", reason=None, error=None, result_json="null",
+                      max_rss_kb=None, job_state="finished", counts_as_failure=False, callback=None, attempt_n=1)
+    assert store.pools_status()[0]["used"] == 1  # freed by the outcome, once
+    store.end_attempt(first[1], first[0].id, outcome="finished", reason=None, error=None, result_json="null",
+                      max_rss_kb=None, job_state="finished", counts_as_failure=False, callback=None, attempt_n=1)
+    assert store.pools_status()[0]["used"] == 1
+    assert claim(store)[0].key == "w2"
+    assert store.claim(1, 1, None) is None
+    assert store.set_pools({"db": 3}, {"m:write": "db"}) == [("db", 2, 3)]  # another capacity: said
+    assert claim(store)[0].key == "w3"
