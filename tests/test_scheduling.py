@@ -183,3 +183,15 @@ def test_a_pool_of_3_holds_on_two_masters_with_4_slots_each(tmp_path, pg_url):
     [read] = [run for run in runs(runs_file) if run["kind"] == "read"]
     assert read["start"] < max(run["start"] for run in writes)  # it did not wait for the pool's queue
     assert json.loads(listed.stdout) == [{"pool": "db", "capacity": 3, "used": 0}], listed.stderr
+
+
+def test_a_job_of_an_unknown_pool_is_refused_at_check_start_and_submit(tmp_path):
+    (tmp_path / "unpooled.py").write_text('import phoenix\napp = phoenix.App(pools={"db": 2})\n\n\n'
+                                          '@app.job(pool="dbb")\ndef write(params):\n    pass\n')
+    for args in (["check", "unpooled:app"], ["start", "unpooled:app", "--state-dir", str(tmp_path / "state")],
+                 ["submit", "unpooled:write", "{}", "--state-dir", str(tmp_path / "state")]):
+        result = phoenix_cli(*args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "pool 'dbb', which has no capacity (pools known: db)" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "state" / "journal.db").exists()  # nothing written
