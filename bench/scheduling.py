@@ -6,6 +6,11 @@ over time (docs/scheduling.md), each beside its peer in the same run.
   (schedstat of every thread of the master); min / median / max of each and
   the ratio of the medians. The claim: scheduled jobs cost an idle master
   nothing beyond its timers.
+- Claim cost with a pool against without (SQLite, in process): `claims`
+  jobs claimed one at a time (pending + begin_attempt, as the master does)
+  from a journal of that many pending jobs, all of one pooled target (a pool
+  as large as the jobs) against all of an unpooled one, interleaved rounds;
+  min / median / max of microseconds per claim, and the ratio of medians.
 - Due -> start: delayed jobs (`run_at` spread over a few seconds) and
   periodic ticks (every second), from the due time to their attempt's start
   as the journal records it (the attempt is committed just before the child
@@ -18,18 +23,49 @@ Every master is stopped by pid at the end (bench.procs.Registry).
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.master import PhoenixMaster
 from bench.procs import Registry, cpu_available, cpu_ns
 from phoenix.store.sqlite import Journal, _insert_job
 
-MODES = {"quick": {"scheduled": 10_000, "window": 3.0, "rounds": 2, "delayed": 40, "ticks": 8, "immediate": 40},
-         "full": {"scheduled": 10_000, "window": 10.0, "rounds": 3, "delayed": 200, "ticks": 30, "immediate": 200}}
+MODES = {"quick": {"scheduled": 10_000, "window": 3.0, "rounds": 2, "delayed": 40, "ticks": 8, "immediate": 40,
+                   "claims": 500, "claim_rounds": 3},
+         "full": {"scheduled": 10_000, "window": 10.0, "rounds": 3, "delayed": 200, "ticks": 30, "immediate": 200,
+                  "claims": 2000, "claim_rounds": 5}}
+
+
+def claim_cost(root: Path, claims: int, rounds: int, url: str | None = None) -> dict[str, list[float]]:
+    """Microseconds per claim, with every job in a pool and with none, in
+    alternating rounds: on a fresh SQLite journal each, or (`url`) on the
+    PostgreSQL store there, emptied of Phoenix's rows first (the one-statement claim)."""
+    figures: dict[str, list[float]] = {"pooled": [], "unpooled": []}
+    for round_ in range(rounds):
+        for kind in figures:
+            target = f"bench.sched_app:{kind}-{round_}"
+            store: Any
+            if url is None:
+                store = Journal(root / f"claims-{kind}-{round_}.db")
+            else:
+                from phoenix.store.postgres import PgStore
+
+                store = PgStore(url, node=f"bench-{kind}-{round_}")
+                store.register_master(os.getpid(), 1, time.time(), claims, "bench")
+            pool = f"db-{round_}"  # (a fresh pool each round: the claimed attempts keep their slots)
+            store.set_pools({pool: claims}, {target: pool if kind == "pooled" else None})
+            store.submit_many((target, "null", f"{kind}-{round_}-{i}") for i in range(claims))
+            t0 = time.perf_counter()
+            for _ in range(claims):
+                assert store.claim(1, 4242, None) is not None
+            figures[kind].append((time.perf_counter() - t0) / claims * 1e6)
+            store.close()
+    return figures
 
 
 def fill(state: Path, n: int, due_in: float) -> None:
@@ -103,11 +139,15 @@ def percentile(values: list[float], p: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter windows and fewer jobs")
-    mode = MODES["quick" if parser.parse_args().quick else "full"]
+    parser.add_argument("--store", help="also the claim cost on this PostgreSQL store (its jobs stay there)")
+    args = parser.parse_args()
+    mode = MODES["quick" if args.quick else "full"]
     registry = Registry()
     with tempfile.TemporaryDirectory(prefix="phoenix-bench-sched-") as tmp:
         try:
             free = cpu_available()
+            claims = claim_cost(Path(tmp), mode["claims"], mode["claim_rounds"])
+            shared = claim_cost(Path(tmp), mode["claims"], mode["claim_rounds"], args.store) if args.store else None
             idle = idle_cpu(registry, Path(tmp), mode["scheduled"], mode["window"], mode["rounds"])
             late = latencies(registry, Path(tmp), mode["delayed"], mode["ticks"], mode["immediate"])
         finally:
@@ -118,6 +158,14 @@ def main() -> None:
         print(f"  {name:9} {min(values):.5f} / {statistics.median(values):.5f} / {max(values):.5f}")
     ratio = statistics.median(idle["scheduled"]) / max(statistics.median(idle["empty"]), 1e-9)
     print(f"  ratio scheduled/empty (medians): {ratio:.2f}x")
+    for where, figures in (("SQLite", claims), ("PostgreSQL", shared)):
+        if figures is None:
+            continue
+        print(f"claim on {where}, us per job ({mode['claims']} pending; min / median / max):")
+        for name, values in figures.items():
+            print(f"  {name:9} {min(values):.1f} / {statistics.median(values):.1f} / {max(values):.1f}")
+        print(f"  ratio pooled/unpooled (medians): "
+              f"{statistics.median(figures['pooled']) / statistics.median(figures['unpooled']):.2f}x")
     print("due -> attempt started, ms (n, p50 / p99 / max):")
     for name, values in late.items():
         if values:
