@@ -145,7 +145,7 @@ def test_delayed_jobs_submitted_with_no_master_run_when_one_starts(master_factor
     started = {run["params"]["tag"]: run["at"] for run in runs(runs_file)}
     assert started["past"] >= due["past"]
     assert due["ahead"] <= started["ahead"] < due["ahead"] + ON_TIME, started["ahead"] - due["ahead"]
-    assert {job["state"] for job in master.jobs().values()} == {"finished"}
+    wait_for(lambda: {job["state"] for job in master.jobs().values()} == {"finished"}, SLOW, "both outcomes")
 
 
 def test_a_bad_schedule_is_refused_at_import_naming_the_line(tmp_path):
