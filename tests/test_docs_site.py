@@ -13,8 +13,10 @@ import re
 import subprocess
 import sys
 import tomllib
+import urllib.request
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import click
 import pytest
@@ -137,3 +139,19 @@ def test_phoenix_version_prints_the_version_in_pyproject() -> None:
 def test_the_readme_stays_a_short_front_door() -> None:
     lines = len((REPO / "README.md").read_text().splitlines())
     assert lines <= README_MOST_LINES, f"README.md has {lines} lines: move the detail into a page under docs/"
+
+
+def test_the_metrics_reference_lists_what_a_master_serves(master_factory: Any) -> None:
+    """Every series a real master exposes is a row of the reference, of its type, and no row is of a series
+    it does not expose."""
+    master = master_factory("--metrics", "127.0.0.1:0")
+    address = master.wait_log("metrics address=").split("metrics address=")[1].split()[0]
+    text = urllib.request.urlopen(address, timeout=5).read().decode()
+    served = {}
+    for name, kind in re.findall(r"^# TYPE (phoenix_\w+) (\w+)$", text, re.MULTILINE):
+        if name.endswith("_created"):  # prometheus_client's creation time of each histogram, said on the page
+            continue
+        served[name if kind != "counter" or name.endswith("_total") else name + "_total"] = kind
+    page = (REPO / "docs" / "reference" / "metrics.md").read_text()
+    documented = dict(re.findall(r"^\| `(phoenix_\w+)` \| (\w+) \|", page, re.MULTILINE))
+    assert documented == served, (documented, served)
