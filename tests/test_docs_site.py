@@ -10,6 +10,7 @@ import html
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 import tomllib
@@ -155,3 +156,12 @@ def test_the_metrics_reference_lists_what_a_master_serves(master_factory: Any) -
     page = (REPO / "docs" / "reference" / "metrics.md").read_text()
     documented = dict(re.findall(r"^\| `(phoenix_\w+)` \| (\w+) \|", page, re.MULTILINE))
     assert documented == served, (documented, served)
+
+
+def test_the_signals_reference_has_a_row_for_each_signal_the_master_handles() -> None:
+    from phoenix.commands import HANDLED_SIGNALS
+
+    page = (REPO / "docs" / "reference" / "signals.md").read_text()
+    rows = {name for cell in re.findall(r"^\| (`[^|]+`) \|", page, re.MULTILINE)
+            for name in re.findall(r"`([A-Z0-9]+)`", cell)}
+    assert rows == {signal.Signals(number).name.removeprefix("SIG") for number in HANDLED_SIGNALS}
