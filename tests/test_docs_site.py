@@ -159,7 +159,7 @@ def test_the_metrics_reference_lists_what_a_master_serves(master_factory: Any) -
 
 
 def test_the_signals_reference_has_a_row_for_each_signal_the_master_handles() -> None:
-    from phoenix.commands import HANDLED_SIGNALS
+    from phoenix.rules.commands import HANDLED_SIGNALS
 
     page = (REPO / "docs" / "reference" / "signals.md").read_text()
     rows = {name for cell in re.findall(r"^\| (`[^|]+`) \|", page, re.MULTILINE)
