@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -23,6 +24,9 @@ import click
 from phoenix import config as phoenix_config
 
 MARKER = "<!-- settings: generated -->"
+# "(see Many hosts)" in a description becomes a link to that page, relative to the settings page.
+PAGES = {"Failure modes": "../failure-modes.md", "Many hosts": "../many-hosts.md", "Writing jobs": "../writing-jobs.md",
+         "Deploying": "../deploying.md", "Operating": "../operating.md", "Configuration": "../configuration.md"}
 
 
 class UndocumentedSetting(Exception):
@@ -56,6 +60,11 @@ def environment_variable(name: str) -> str:
     return variable
 
 
+def linked(description: str) -> str:
+    return re.sub(r"\bsee ([A-Z][a-z]+(?: [a-z]+)?)\b",
+                  lambda see: f"see [{see[1]}]({PAGES[see[1]]})" if see[1] in PAGES else see[0], description)
+
+
 def render() -> str:
     options = start_options()
     sections = []
@@ -68,7 +77,7 @@ def render() -> str:
         sections.append("\n".join([
             f"### `{setting.name}`",
             "",
-            f"{description[0].upper()}{description[1:]}.",
+            f"{linked(description[0].upper() + description[1:])}.",
             "",
             "| type | default | environment | `phoenix start` |",
             "| --- | --- | --- | --- |",
