@@ -59,7 +59,6 @@ def test_the_site_builds_strict_and_its_references_say_what_the_code_says(tmp_pa
     pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -e '.[docs]'")
     pytest.importorskip("material", reason="mkdocs-material (the docs extra) is not installed")
     site = tmp_path / "site"
-    # From the root: the snippets that include CHANGELOG.md and the others are found from there.
     built = subprocess.run([PYTHON, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)], cwd=REPO,
                            env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, capture_output=True, text=True,
                            timeout=120)
