@@ -17,21 +17,16 @@ import click
 from phoenix import config as config_module
 from phoenix.app import AppError, decode_params, load_app, resolve_target
 from phoenix.config import Config, ConfigError
+from phoenix.errors import Conflict, PhoenixError, StateError, Unavailable, UsageError
 from phoenix.linux import pidfile
-from phoenix.linux.paths import StateDirError, StatePaths, check_parents
-from phoenix.linux.sockets import SocketBusy
-from phoenix.linux.untrusted import KeyRefused, check_key, visible
+from phoenix.linux.paths import StatePaths, check_parents
+from phoenix.linux.untrusted import check_key, visible
 from phoenix.master import handoff
-from phoenix.master.metrics import MetricsError
-from phoenix.rules.durations import BadDuration, parse_duration
+from phoenix.rules.durations import parse_duration
 from phoenix.store.base import Store, is_url, open_store
 from phoenix.store.sqlite import (
     JOB_STATES,
     Journal,
-    JournalError,
-    KeyConflict,
-    RetryRefused,
-    StoreUnavailable,
     journal_present,
 )
 from phoenix.wire import control
@@ -53,28 +48,28 @@ _SHORTAGES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errn
                         errno.ENOMEM})
 
 
+# What each category of phoenix.errors costs the command: bad input and damaged
+# state exit 2; a request at odds with the state (a master already running, a
+# key that names another job) and a store or master out of reach exit 1.
+# InternalError is left out: a bug's traceback is what its report needs.
+EXIT_CODES: dict[type[PhoenixError], int] = {UsageError: 2, StateError: 2, Conflict: 1, Unavailable: 1}
+
+
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input becomes one clear paragraph and exit 2 (a request at odds with
-    the state, such as a master already running or a key that names another
-    job, exit 1); nothing in the journal is touched."""
+    """An error of Phoenix's becomes one clear paragraph and its category's
+    exit code (EXIT_CODES); nothing in the journal is touched."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (pidfile.AlreadyRunning, KeyConflict, RetryRefused) as exc:  # well formed, but at odds with the state
-            fail(str(exc), 1)
-        except AppError as exc:
-            if exc.detail and _debug(kwargs):
+        except PhoenixError as exc:
+            code = next((code for category, code in EXIT_CODES.items() if isinstance(exc, category)), None)
+            if code is None:
+                raise
+            if isinstance(exc, AppError) and exc.detail and _debug(kwargs):
                 click.echo(exc.detail, err=True)
-            fail(str(exc))
-        except (ConfigError, JournalError, StateDirError, SocketBusy, MetricsError, KeyRefused,
-                BadDuration) as exc:
-            fail(str(exc))
-        except control.ControlError as exc:
-            fail(str(exc), 1)
-        except StoreUnavailable as exc:  # a shared store's server cannot be reached
-            fail(str(exc), 1)
+            fail(str(exc), code)
         except PermissionError as exc:  # e.g. another user's state directory
             fail(f"permission denied: {exc.filename or exc}; run phoenix as the user that owns the state directory")
         except OSError as exc:

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any, Iterator
 
+from phoenix.errors import StateError
 from phoenix.linux import pidfile, procfs
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.untrusted import visible
@@ -41,7 +42,7 @@ def page_of(rows: Iterator[dict[str, Any]], limit: int) -> tuple[list[dict[str, 
     return jobs, jobs[-1]["id"] if more else None
 
 
-class NoJournal(Exception):
+class NoJournal(StateError):
     """Nothing has run with this state directory: no journal, no master."""
 
 

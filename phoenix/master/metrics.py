@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sized, cast
 
+from phoenix.errors import UsageError
 from phoenix.rules.states import KillReason, Outcome
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class MetricsSource(Protocol):
     def slots(self) -> int: ...
 
 
-class MetricsError(ValueError):
+class MetricsError(UsageError, ValueError):
     """The --metrics address is malformed or cannot be bound."""
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Protocol
 from phoenix import log
 from phoenix.child import output
 from phoenix.config import Config
+from phoenix.errors import StateError
 from phoenix.linux import lineage
 from phoenix.linux.paths import StatePaths
 from phoenix.master.attempts import Attempt
@@ -32,7 +33,7 @@ LOST_UNWATCHED = "the process ended while no master watched it"
 QUARANTINED = "outcome quarantined"  # the reason of an attempt whose outcome the store would not take
 
 
-class OutboxUnreadable(OSError):
+class OutboxUnreadable(StateError, OSError):
     """An outbox file could not be read for want of descriptors or memory."""
 
 

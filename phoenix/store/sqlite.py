@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from phoenix.errors import Conflict, StateError, Unavailable
 from phoenix.linux import clock
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
 from phoenix.rules.outcomes import CANCELLED_REASON
@@ -104,11 +105,11 @@ ENDED_BADLY = ("failed", "cancelled")  # what `phoenix retry KEY` takes back to 
 WITHDRAWN_WITH_ITS_CANCEL = "(j.state = 'cancelled' AND c.kind = 'on_failed' AND c.runs = 0)"
 
 
-class JournalError(RuntimeError):
+class JournalError(StateError, RuntimeError):
     """The journal cannot be opened or written; the message says which file and why."""
 
 
-class StoreUnavailable(OSError):
+class StoreUnavailable(Unavailable, OSError):
     """A shared store (PostgreSQL) cannot be reached: an outage, as an
     unwritable journal is (no claims; children keep running; writes replayed)."""
 
@@ -117,11 +118,11 @@ class SchemaMismatch(JournalError):
     """A shared store holds no Phoenix schema, or one of another version."""
 
 
-class RetryRefused(ValueError):
+class RetryRefused(Conflict, ValueError):
     """`phoenix retry` named a job that is not failed or cancelled, or none at all."""
 
 
-class KeyConflict(ValueError):
+class KeyConflict(Conflict, ValueError):
     """A job was submitted under a key that already names a job with another
     target or other parameters; the message shows what differs."""
 
