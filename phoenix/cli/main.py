@@ -23,12 +23,9 @@ from phoenix.linux.paths import StatePaths, check_parents
 from phoenix.linux.untrusted import check_key, visible
 from phoenix.master import handoff
 from phoenix.rules.durations import parse_duration
-from phoenix.store.base import Store, is_url, open_store
-from phoenix.store.sqlite import (
-    JOB_STATES,
-    Journal,
-    journal_present,
-)
+from phoenix.store import open_store
+from phoenix.store.base import SQLITE, JobState, Store, is_url, redact
+from phoenix.store.sqlite import journal_present
 from phoenix.wire import control
 
 EXIT_NOT_RUNNING = 3  # as systemctl status
@@ -298,7 +295,7 @@ def check(app: str, state_dir: str | None, config_file: str | None, force: bool,
             in_use = shared.targets_in_use()
         journal_note = "shared store reachable"
     elif journal_present(journal_path):
-        with Journal(journal_path, create=False, verify=True) as journal:
+        with open_store(SQLITE, journal_path, create=False, verify=True) as journal:
             in_use = journal.targets_in_use()
         journal_note = "journal sound"
     else:
@@ -536,19 +533,22 @@ def reload(state_dir: str | None, wait: bool, timeout: float, force: bool) -> No
 
 @main.command()
 @state_dir_option
+@store_option
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), required=True,
               help="Write a self-contained timeline page here.")
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Draw the jobs that changed last, at most this many.")
 @friendly_errors
-def report(state_dir: str | None, html_file: str, limit: int) -> None:
+def report(state_dir: str | None, store: str | None, html_file: str, limit: int) -> None:
     """Write the journal's history as a timeline: a bar per attempt, markers for replacements."""
     from phoenix.cli.report import write
 
-    paths = _state_paths(state_dir)
-    _require_journal(paths, state_dir)
-    check_parents(Path(html_file).absolute(), "the report")  # as --log-file: no other user may swap the way to it
-    attempts = write(paths.journal, Path(html_file), limit)
+    setting = _settings({"store": store, "state_dir": state_dir}).store
+    paths, journal = _existing_journal(state_dir, store)  # the PostgreSQL store has the same timeline reads
+    with journal:
+        check_parents(Path(html_file).absolute(), "the report")  # as --log-file: no other user may swap the way
+        where = redact(setting) if is_url(setting) else paths.root
+        attempts = write(journal, f"Phoenix timeline: {where}", Path(html_file), limit)
     click.echo(f"wrote {html_file}: {attempts} attempts")
 
 
@@ -567,7 +567,7 @@ def _existing_journal(state_dir: str | None, store: str | None = None, *,
     if setting != "sqlite":
         return paths, open_store(setting, paths.journal, reads_only=not writes)
     _require_journal(paths, state_dir)
-    return paths, Journal(paths.journal, create=False, verify=writes)
+    return paths, open_store(SQLITE, paths.journal, create=False, verify=writes)
 
 
 def _require_journal(paths: StatePaths, state_dir: str | None) -> None:
@@ -581,7 +581,7 @@ def _seconds(text: str | None) -> float | None:
 
 @main.command()
 @state_dir_option
-@click.option("--state", type=click.Choice(JOB_STATES), help="Only jobs in this state.")
+@click.option("--state", type=click.Choice([str(state) for state in JobState]), help="Only jobs in this state.")
 @click.option("--target", help="Only jobs of this target (module:function).")
 @click.option("--since", help="Only jobs changed in this last while: 45s, 30m, 1h, 7d.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Show at most this many.")

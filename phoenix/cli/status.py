@@ -11,8 +11,9 @@ from phoenix.errors import StateError
 from phoenix.linux import pidfile, procfs
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.untrusted import visible
-from phoenix.store import quarantine
-from phoenix.store.sqlite import Journal, journal_present
+from phoenix.store import open_store, quarantine
+from phoenix.store.base import SQLITE, SharedStore
+from phoenix.store.sqlite import journal_present
 from phoenix.wire import control
 
 MASTER_FIELDS = ("pid", "generation", "state", "started_at", "uptime", "workers", "slots_used", "spare_pid",
@@ -60,7 +61,7 @@ def collect(paths: StatePaths, page: tuple[int, int] | None = None) -> tuple[dic
     failures: list[dict[str, Any]] = []
     first_start = last_reload = None
     if journal_present(paths.journal):
-        with Journal(paths.journal, create=False) as journal:
+        with open_store(SQLITE, paths.journal, create=False) as journal:
             if page is None:
                 jobs = list(journal.status_rows(state="running"))
             else:
@@ -282,10 +283,9 @@ def collect_shared(url: str, node: str | None = None,
     them, or with `page` (after id, limit) that page of every job with the
     node that runs it (or ran it last), and `next_after`; `node` keeps that
     master and its jobs only."""
-    from phoenix.store.postgres import PgStore
-
     next_after: int | None = None
-    with PgStore(url, reads_only=True) as store:  # a look: a weak synchronous_commit does not refuse it
+    with open_store(url, reads_only=True) as store:  # a look: a weak synchronous_commit does not refuse it
+        assert isinstance(store, SharedStore)  # a URL names a shared store
         masters = [m for m in store.masters() if node is None or m["node"] == node]
         if page is None:
             jobs = list(store.status_rows(node, state="running"))

@@ -24,9 +24,8 @@ from phoenix.rules.policy import Next, RestartBudget, after_attempt
 from phoenix.rules.shortage import SHORTAGE_ERRNOS
 from phoenix.rules.states import KillReason, Outcome
 from phoenix.store import quarantine
-from phoenix.store.base import Store
+from phoenix.store.base import OpenAttempt, Store
 from phoenix.store.outage import STORAGE_ERRORS
-from phoenix.store.sqlite import OpenAttempt
 from phoenix.wire import heartbeat as protocol
 
 LOST_UNWATCHED = "the process ended while no master watched it"

@@ -11,8 +11,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from phoenix.store.base import Store
-from phoenix.store.sqlite import Journal, KeyConflict, RetryRefused
+from phoenix.store.base import KeyConflict, RetryRefused, Store
+from phoenix.store.sqlite import Journal
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -17,8 +17,8 @@ from tests.conftest import REPO, phoenix_cli
 
 psycopg = pytest.importorskip("psycopg")
 
+from phoenix.store.base import StoreUnavailable  # noqa: E402
 from phoenix.store.postgres import RECOVERED_REASON, SCHEMA_VERSION, PgStore, migrate  # noqa: E402
-from phoenix.store.sqlite import StoreUnavailable  # noqa: E402
 
 
 def master(url: str, node: str, ttl: float = 30.0) -> PgStore:

@@ -54,11 +54,11 @@ def test_every_exception_phoenix_defines_has_the_root_and_one_category(cls: type
 
 
 @pytest.mark.parametrize(("name", "stdlib"), [
-    ("phoenix.store.sqlite:StoreUnavailable", OSError),  # the outage machinery catches OSError
+    ("phoenix.store.base:StoreUnavailable", OSError),  # the outage machinery catches OSError
     ("phoenix.linux.paths:StateDirError", OSError),
     ("phoenix.master.recorder:OutboxUnreadable", OSError),
     ("phoenix.config:ConfigError", ValueError),
-    ("phoenix.store.sqlite:KeyConflict", ValueError),
+    ("phoenix.store.base:KeyConflict", ValueError),
     ("phoenix.wire.control:ControlError", RuntimeError),
 ])
 def test_each_keeps_the_standard_base_code_catches_it_by(name: str, stdlib: type[Exception]) -> None:
