@@ -12,7 +12,7 @@ from phoenix.linux import pidfile, procfs
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.untrusted import visible
 from phoenix.store import open_store, quarantine
-from phoenix.store.base import SQLITE, SharedStore
+from phoenix.store.base import SQLITE, JobState, SharedStore
 from phoenix.store.sqlite import journal_present
 from phoenix.wire import control
 
@@ -63,7 +63,7 @@ def collect(paths: StatePaths, page: tuple[int, int] | None = None) -> tuple[dic
     if journal_present(paths.journal):
         with open_store(SQLITE, paths.journal, create=False) as journal:
             if page is None:
-                jobs = list(journal.status_rows(state="running"))
+                jobs = list(journal.status_rows(state=JobState.RUNNING))
             else:
                 jobs, next_after = page_of(journal.status_rows(after=page[0], limit=page[1] + 1), page[1])
             meta = {name: journal.meta(name) for name in ("generation", "started_at")}
@@ -216,7 +216,7 @@ def summary(report: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...
         (visible(job["key"]), str(job["pid"] or "-"), str(job["attempt"]), duration(job.get("age")),
          f"{job['last_beat_age']:.1f}s" if job["last_beat_age"] is not None else "-",
          str(job.get("progress", "-")), _size(job.get("rss")))
-        for job in report["jobs"] if job["state"] == "running"
+        for job in report["jobs"] if job["state"] == JobState.RUNNING
     ]
     return head, columns, rows
 
@@ -288,7 +288,7 @@ def collect_shared(url: str, node: str | None = None,
         assert isinstance(store, SharedStore)  # a URL names a shared store
         masters = [m for m in store.masters() if node is None or m["node"] == node]
         if page is None:
-            jobs = list(store.status_rows(node, state="running"))
+            jobs = list(store.status_rows(node, state=JobState.RUNNING))
         else:
             jobs, next_after = page_of(store.status_rows(node, after=page[0], limit=page[1] + 1), page[1])
         counts = store.counts()
@@ -319,7 +319,7 @@ def render_shared(report: dict[str, Any]) -> None:
               + (f"  outage budget {m['outage_budget']:.1f}s" if m.get("outage_budget") is not None else ""))
     print("jobs: " + "  ".join(f"{state} {n}" for state, n in report["counts"].items()))
     for job in report["jobs"]:
-        if job["state"] == "running":
+        if job["state"] == JobState.RUNNING:
             where = visible(job["node"] or "-")
             print(f"  {visible(job['key'])}  attempt {job['attempt']}  pid {job['pid']}  on {where}")
     for failure in report["recent_failures"]:
