@@ -24,7 +24,9 @@ Each class also keeps the standard base that code catches it by (an
 `OSError` for StoreUnavailable, a `ValueError` for ConfigError, ...), so
 `except OSError` still sees a store outage. Catch a category to handle a
 kind of failure; catch `PhoenixError` for all of them. docs/troubleshooting.md
-("Errors and exit codes") is the user's page of this tree.
+("Errors and exit codes") is the user's page of this tree. (A BaseException
+that is not an Exception is control flow, not an error, as KeyboardInterrupt
+is: it stays outside the tree, so that `except Exception` never catches it.)
 
 This module imports nothing: every floor of the package may raise these.
 """
