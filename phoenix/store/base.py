@@ -1,4 +1,4 @@
-"""The store's seam: what both backends share, and nothing of either.
+"""The store's seam: what the backends share, and nothing of any one of them.
 
 `Store` is the interface every part of the master, the commands and the
 client use; `store.sqlite.Journal` (SQLite in the state directory, the
