@@ -121,7 +121,7 @@ class App:
         """Record a job durably; returns its id. The same key with the same
         target and parameters is one job (its id is returned); with another
         target or other parameters, phoenix.KeyConflict says what differs."""
-        from phoenix.store import open_store  # the store is opened lazily outside a master
+        from phoenix.store.open import open_store  # the store is opened lazily outside a master
 
         name = target if isinstance(target, str) else target_name(target)
         resolve_target(name)

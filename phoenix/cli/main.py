@@ -23,8 +23,8 @@ from phoenix.linux.paths import StatePaths, check_parents
 from phoenix.linux.untrusted import check_key, visible
 from phoenix.master import handoff
 from phoenix.rules.durations import parse_duration
-from phoenix.store import open_store
 from phoenix.store.base import SQLITE, JobState, Store, is_url, redact
+from phoenix.store.open import open_store
 from phoenix.store.sqlite import journal_present
 from phoenix.wire import control
 

@@ -11,8 +11,9 @@ from phoenix.errors import StateError
 from phoenix.linux import pidfile, procfs
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.untrusted import visible
-from phoenix.store import open_store, quarantine
+from phoenix.store import quarantine
 from phoenix.store.base import SQLITE, JobState, SharedStore
+from phoenix.store.open import open_store
 from phoenix.store.sqlite import journal_present
 from phoenix.wire import control
 

@@ -61,7 +61,6 @@ from phoenix.rules.liveness import master_was_away
 from phoenix.rules.policy import RestartBudget, may_start_jobs
 from phoenix.rules.shortage import fds_needed, slots_that_fit
 from phoenix.rules.states import MASTER_TRANSITIONS, HandoffPhase, MasterState, StopMode, check_move
-from phoenix.store import open_store
 from phoenix.store.base import (
     SQLITE,
     FileStore,
@@ -73,6 +72,7 @@ from phoenix.store.base import (
     is_url,
     redact,
 )
+from phoenix.store.open import open_store
 from phoenix.store.outage import STORAGE_ERRORS, JournalOutage, file_identity
 from phoenix.wire import control as control_socket
 from phoenix.wire.control import ControlServer

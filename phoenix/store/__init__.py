@@ -1,27 +1,3 @@
 """The journal: one interface (`base`), two backends (`sqlite`, the embedded default, and
 `postgres`, shared by many hosts) and one for tests (`memory`), plus the outage budget and the
-quarantine of poison records. `open_store` opens the one the `store` setting names."""
-
-from __future__ import annotations
-
-from pathlib import Path
-
-from phoenix.store.base import SQLITE, Store, check_setting
-
-
-def open_store(store: str, journal_path: str | Path | None = None, *, node: str | None = None, create: bool = True,
-               verify: bool = False, lease_ttl: float = 30.0, reads_only: bool = False) -> Store:
-    """The store the `store` setting names: the state directory's SQLite
-    journal, or the PostgreSQL database at the URL (as `node`, if a master).
-    `reads_only`: for a command that only looks (see PgStore). Each backend is
-    imported when asked for: psycopg only for a PostgreSQL store."""
-    check_setting(store)
-    if store == SQLITE:
-        if journal_path is None:
-            raise ValueError("the sqlite store is a file: open_store needs its path")
-        from phoenix.store.sqlite import Journal
-
-        return Journal(journal_path, create=create, verify=verify)
-    from phoenix.store.postgres import PgStore
-
-    return PgStore(store, node=node, lease_ttl=lease_ttl, reads_only=reads_only)
+quarantine of poison records. `open.open_store` opens the one the `store` setting names."""

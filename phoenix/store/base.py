@@ -8,7 +8,7 @@ it, and the contract tests (tests/store/) run the same cases against each.
 This module also owns the rows they return (`Job`, `OpenAttempt`), the one
 list of job states (`JobState`), their errors, and the rules both SQL backends
 apply the same way (keys, what a retry takes back). It imports no backend:
-`phoenix.store.open_store` picks one by the `store` setting.
+`phoenix.store.open.open_store` picks one by the `store` setting.
 """
 
 from __future__ import annotations

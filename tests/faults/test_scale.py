@@ -261,7 +261,7 @@ def client(request: pytest.FixtureRequest, tmp_path: Path) -> Client:
 
 
 def _keys(client: Client) -> dict[str, str]:
-    from phoenix.store import open_store
+    from phoenix.store.open import open_store
 
     with open_store(client.store, client.paths.journal) as store:
         return {row["key"]: row["state"] for row in store.status_rows()}

@@ -11,9 +11,9 @@ import click
 
 from phoenix.cli import report
 from phoenix.cli.main import main
-from phoenix.store import open_store
 from phoenix.store.base import FileStore, JobState, SharedStore
 from phoenix.store.memory import MemoryStore
+from phoenix.store.open import open_store
 
 
 def test_every_list_of_job_states_is_the_stores_own() -> None:
