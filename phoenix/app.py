@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from phoenix.config import Config, ConfigError
+from phoenix.errors import UsageError
 from phoenix.linux.untrusted import MAX_JSON_DEPTH, MAX_KEY_BYTES, json_too_deep, visible
 
 if TYPE_CHECKING:
     from phoenix.store.base import Store
 
 
-class AppError(ValueError):
+class AppError(UsageError, ValueError):
     """An app path, a target or parameters that cannot be used; the message
     says what is wrong and how to fix it. `detail`: the traceback behind it,
     if any, shown only when asked for (`--log-level debug`)."""
@@ -154,7 +155,7 @@ class App:
         """Record a job durably; returns its id. The same key with the same
         target and parameters is one job (its id is returned); with another
         target or other parameters, phoenix.KeyConflict says what differs."""
-        from phoenix.store.base import open_store  # the store is opened lazily outside a master
+        from phoenix.store.open import open_store  # the store is opened lazily outside a master
 
         name = target if isinstance(target, str) else target_name(target)
         resolve_target(name)

@@ -11,13 +11,14 @@ import time
 from typing import Any, Sequence
 
 from phoenix.cli.status import duration
+from phoenix.errors import UsageError
 from phoenix.linux.untrusted import stored_json, visible
 from phoenix.store.base import Store
 
 JOBS_COLUMNS = ("key", "target", "state", "attempts", "last outcome", "age")
 
 
-class BadCursor(ValueError):
+class BadCursor(UsageError, ValueError):
     """--after is not a cursor that `phoenix jobs` printed."""
 
 

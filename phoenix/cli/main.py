@@ -17,23 +17,15 @@ import click
 from phoenix import config as config_module
 from phoenix.app import AppError, decode_params, load_app, resolve_target
 from phoenix.config import Config, ConfigError
+from phoenix.errors import Conflict, PhoenixError, StateError, Unavailable, UsageError
 from phoenix.linux import pidfile
-from phoenix.linux.paths import StateDirError, StatePaths, check_parents
-from phoenix.linux.sockets import SocketBusy
-from phoenix.linux.untrusted import KeyRefused, check_key, visible
+from phoenix.linux.paths import StatePaths, check_parents
+from phoenix.linux.untrusted import check_key, visible
 from phoenix.master import handoff
-from phoenix.master.metrics import MetricsError
-from phoenix.rules.durations import BadDuration, parse_duration
-from phoenix.store.base import Store, is_url, open_store
-from phoenix.store.sqlite import (
-    JOB_STATES,
-    Journal,
-    JournalError,
-    KeyConflict,
-    RetryRefused,
-    StoreUnavailable,
-    journal_present,
-)
+from phoenix.rules.durations import parse_duration
+from phoenix.store.base import SQLITE, JobState, Store, is_url, redact
+from phoenix.store.open import open_store
+from phoenix.store.sqlite import journal_present
 from phoenix.wire import control
 
 EXIT_NOT_RUNNING = 3  # as systemctl status
@@ -53,28 +45,28 @@ _SHORTAGES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errn
                         errno.ENOMEM})
 
 
+# What each category of phoenix.errors costs the command: bad input and damaged
+# state exit 2; a request at odds with the state (a master already running, a
+# key that names another job) and a store or master out of reach exit 1.
+# InternalError is left out: a bug's traceback is what its report needs.
+EXIT_CODES: dict[type[PhoenixError], int] = {UsageError: 2, StateError: 2, Conflict: 1, Unavailable: 1}
+
+
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input becomes one clear paragraph and exit 2 (a request at odds with
-    the state, such as a master already running or a key that names another
-    job, exit 1); nothing in the journal is touched."""
+    """An error of Phoenix's becomes one clear paragraph and its category's
+    exit code (EXIT_CODES); nothing in the journal is touched."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (pidfile.AlreadyRunning, KeyConflict, RetryRefused) as exc:  # well formed, but at odds with the state
-            fail(str(exc), 1)
-        except AppError as exc:
-            if exc.detail and _debug(kwargs):
+        except PhoenixError as exc:
+            code = next((code for category, code in EXIT_CODES.items() if isinstance(exc, category)), None)
+            if code is None:
+                raise
+            if isinstance(exc, AppError) and exc.detail and _debug(kwargs):
                 click.echo(exc.detail, err=True)
-            fail(str(exc))
-        except (ConfigError, JournalError, StateDirError, SocketBusy, MetricsError, KeyRefused,
-                BadDuration) as exc:
-            fail(str(exc))
-        except control.ControlError as exc:
-            fail(str(exc), 1)
-        except StoreUnavailable as exc:  # a shared store's server cannot be reached
-            fail(str(exc), 1)
+            fail(str(exc), code)
         except PermissionError as exc:  # e.g. another user's state directory
             fail(f"permission denied: {exc.filename or exc}; run phoenix as the user that owns the state directory")
         except OSError as exc:
@@ -303,7 +295,7 @@ def check(app: str, state_dir: str | None, config_file: str | None, force: bool,
             in_use = shared.targets_in_use()
         journal_note = "shared store reachable"
     elif journal_present(journal_path):
-        with Journal(journal_path, create=False, verify=True) as journal:
+        with open_store(SQLITE, journal_path, create=False, verify=True) as journal:
             in_use = journal.targets_in_use()
         journal_note = "journal sound"
     else:
@@ -541,19 +533,22 @@ def reload(state_dir: str | None, wait: bool, timeout: float, force: bool) -> No
 
 @main.command()
 @state_dir_option
+@store_option
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), required=True,
               help="Write a self-contained timeline page here.")
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Draw the jobs that changed last, at most this many.")
 @friendly_errors
-def report(state_dir: str | None, html_file: str, limit: int) -> None:
+def report(state_dir: str | None, store: str | None, html_file: str, limit: int) -> None:
     """Write the journal's history as a timeline: a bar per attempt, markers for replacements."""
     from phoenix.cli.report import write
 
-    paths = _state_paths(state_dir)
-    _require_journal(paths, state_dir)
-    check_parents(Path(html_file).absolute(), "the report")  # as --log-file: no other user may swap the way to it
-    attempts = write(paths.journal, Path(html_file), limit)
+    setting = _settings({"store": store, "state_dir": state_dir}).store
+    paths, journal = _existing_journal(state_dir, store)  # the PostgreSQL store has the same timeline reads
+    with journal:
+        check_parents(Path(html_file).absolute(), "the report")  # as --log-file: no other user may swap the way
+        where = redact(setting) if is_url(setting) else paths.root
+        attempts = write(journal, f"Phoenix timeline: {where}", Path(html_file), limit)
     click.echo(f"wrote {html_file}: {attempts} attempts")
 
 
@@ -572,7 +567,7 @@ def _existing_journal(state_dir: str | None, store: str | None = None, *,
     if setting != "sqlite":
         return paths, open_store(setting, paths.journal, reads_only=not writes)
     _require_journal(paths, state_dir)
-    return paths, Journal(paths.journal, create=False, verify=writes)
+    return paths, open_store(SQLITE, paths.journal, create=False, verify=writes)
 
 
 def _require_journal(paths: StatePaths, state_dir: str | None) -> None:
@@ -586,7 +581,7 @@ def _seconds(text: str | None) -> float | None:
 
 @main.command()
 @state_dir_option
-@click.option("--state", type=click.Choice(JOB_STATES), help="Only jobs in this state.")
+@click.option("--state", type=click.Choice([str(state) for state in JobState]), help="Only jobs in this state.")
 @click.option("--target", help="Only jobs of this target (module:function).")
 @click.option("--since", help="Only jobs changed in this last while: 45s, 30m, 1h, 7d.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Show at most this many.")

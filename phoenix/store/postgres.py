@@ -41,20 +41,20 @@ from phoenix.linux import clock
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
 from phoenix.rules.leases import CALLBACKS_OWED
 from phoenix.rules.outcomes import CANCELLED_REASON
-from phoenix.store.sqlite import (
+from phoenix.store.base import (
     ENDED_BADLY,
     JOB_STATES,
     WITHDRAWN_WITH_ITS_CANCEL,
     Job,
     JournalError,
-    KeyConflict,
+    NodeTaken,
     OpenAttempt,
     RetryRefused,
     SchemaMismatch,
     StoreUnavailable,
-    _brief,
-    _canonical,
+    WeakDurability,
     default_key,
+    key_conflict,
 )
 
 SCHEMA_VERSION = 2
@@ -245,10 +245,6 @@ RETURNING pg_notify(%(channel)s, 'ping:' || node),
 _HOLD_FINAL = "UPDATE attempts SET final = %s WHERE id = %s AND outcome IS NULL"
 
 RECOVERED_REASON = "its master lost its lease"
-
-
-class NodeTaken(JournalError):
-    """Another master (another state directory) holds this node name's live lease."""
 
 
 class PgStore:
@@ -553,19 +549,10 @@ class PgStore:
         found = cur.fetchone()
         assert found is not None
         job_id, old_target, old_params = found
-        differences = []
-        if old_target != target:
-            differences.append(("another target", old_target, target))
-        if old_params != params_json and _canonical(old_params) != _canonical(params_json):
-            differences.append(("other parameters", _brief(old_params), _brief(params_json)))
-        if not differences:
-            return int(job_id), False
-        what = " and ".join(d[0] for d in differences)
-        recorded = " ".join(d[1] for d in differences)
-        submitted = " ".join(d[2] for d in differences)
-        raise KeyConflict(
-            f"key {key!r} already names job {job_id} with {what}: recorded {recorded}, submitted {submitted}. "
-            "Submit it under another key; the same target and parameters again are a no-op")
+        conflict = key_conflict(key, int(job_id), (old_target, old_params), (target, params_json))
+        if conflict is not None:
+            raise conflict
+        return int(job_id), False
 
     # -- the master's writes ----------------------------------------------------------------
 
@@ -1075,10 +1062,6 @@ def check_session(conn: psycopg.Connection[Any]) -> None:
         raise JournalError(f"the PostgreSQL store's session does not keep the settings Phoenix connects with "
                            f"(found {found}; Phoenix sets {STATEMENT_TIMEOUT_MS // 1000}s and "
                            f"{IDLE_IN_TRANSACTION_MS // 1000}s): {POOLER_HINT}")
-
-
-class WeakDurability(JournalError):
-    """The PostgreSQL session would acknowledge commits before they are on disk."""
 
 
 def check_durability(conn: psycopg.Connection[Any], *, first: bool) -> None:

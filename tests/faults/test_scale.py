@@ -22,7 +22,8 @@ import pytest
 
 from phoenix.client import Client
 from phoenix.linux.untrusted import KeyRefused
-from phoenix.store.sqlite import Journal, KeyConflict
+from phoenix.store.base import KeyConflict
+from phoenix.store.sqlite import Journal
 from tests.driver import PHOENIX
 
 JOBS = 200_000
@@ -260,7 +261,7 @@ def client(request: pytest.FixtureRequest, tmp_path: Path) -> Client:
 
 
 def _keys(client: Client) -> dict[str, str]:
-    from phoenix.store.base import open_store
+    from phoenix.store.open import open_store
 
     with open_store(client.store, client.paths.journal) as store:
         return {row["key"]: row["state"] for row in store.status_rows()}
