@@ -894,7 +894,7 @@ def dashboard(state_dir: str | None, store: str | None, host: str, port: int, to
     try:
         from phoenix.web.server import ActionRefused, Dashboard, DashboardError, serve
     except ModuleNotFoundError as exc:
-        if exc.name not in ("starlette", "uvicorn", "jinja2", "markupsafe", "anyio", "h11"):
+        if (exc.name or "").partition(".")[0] not in ("starlette", "uvicorn", "jinja2", "markupsafe", "anyio", "h11"):
             raise
         fail(f"the dashboard needs the web extra ({exc.name} is not installed): "
              "pip install 'phoenix-procmaster[web]'")

@@ -20,6 +20,7 @@ import hmac
 import ipaddress
 import json
 import math
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -419,6 +420,10 @@ def serve(dashboard: Dashboard, host: str, port: int, ready: Callable[[str], Non
     sock, url, allowed = listen(host, port)
     config = uvicorn.Config(create_app(dashboard, allowed), log_level="warning", access_log=False, lifespan="off",
                             server_header=False, timeout_graceful_shutdown=2)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # uvicorn shuts down on these, then raises the signal again for the handler it found:
+        # this one lets the command end as a clean stop (exit 0), not killed by it or a KeyboardInterrupt.
+        signal.signal(signum, lambda _signum, _frame: None)
     ready(url)
     uvicorn.Server(config).run(sockets=[sock])
 
