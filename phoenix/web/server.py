@@ -66,7 +66,7 @@ class DashboardError(Exception):
 @dataclass(frozen=True)
 class Column:
     """A column of a live table: the field of each row it shows, its heading,
-    and how to show it (text, time, seconds, json, a link to the job, actions)."""
+    and how to show it (text, time, seconds, pre, state, a link to the job, actions)."""
 
     field: str
     heading: str = ""
@@ -77,13 +77,13 @@ class Column:
         return self.heading or self.field
 
 
-JOB_COLUMNS = (Column("key", kind="job"), Column("state"), Column("target"), Column("attempt"), Column("node"),
-               Column("outcome"), Column("reason"), Column("updated_at", "changed", "time"),
+JOB_COLUMNS = (Column("key", kind="job"), Column("state", kind="state"), Column("target"), Column("attempt"),
+               Column("node"), Column("outcome"), Column("reason"), Column("updated_at", "changed", "time"),
                Column("", "actions", "actions"))
 ATTEMPT_COLUMNS = (Column("n", "attempt"), Column("pid"), Column("node"), Column("started_at", "started", "time"),
                    Column("duration", kind="seconds"), Column("outcome"), Column("reason"),
                    Column("max_rss_kb", "max RSS (KiB)"), Column("error", kind="pre"))
-MASTER_COLUMNS = (Column("node"), Column("pid"), Column("generation"), Column("state"),
+MASTER_COLUMNS = (Column("node"), Column("pid"), Column("generation"), Column("state", kind="state"),
                   Column("lease_expires_in", "lease (s)", "seconds"), Column("slots_used", "slots used"),
                   Column("slots"), Column("app"), Column("degraded_reason", "degraded: why", "pre"))
 FAILURE_COLUMNS = (Column("failed_at", "failed", "time"), Column("key", kind="job"), Column("target"),

@@ -62,6 +62,11 @@ function cell(row, th) {
   const kind = th.dataset.kind;
   if (kind === "job") {
     td.append(jobLink(row[field]));
+  } else if (kind === "state") {
+    const badge = document.createElement("span");
+    badge.className = "state state-" + String(row[field]);
+    badge.textContent = format(row[field], "text");
+    td.append(badge);
   } else if (kind === "actions") {
     td.append(...actionButtons(row));
   } else if (kind === "pre") {
