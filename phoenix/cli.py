@@ -929,7 +929,7 @@ def dashboard(state_dir: str | None, store: str | None, host: str, port: int, to
     try:
         serve(board, host, port, ready)
     except DashboardError as exc:
-        fail(str(exc), 1)
+        fail(str(exc), exc.exit_code)
 
 
 DASHBOARD_TOKEN_VARIABLE = "PHOENIX_DASHBOARD_TOKEN"

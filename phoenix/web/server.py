@@ -60,7 +60,12 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
 
 class DashboardError(Exception):
-    """The dashboard cannot start (the address is taken, the host unknown): one line for the operator."""
+    """The dashboard cannot start: one line for the operator, and the exit
+    status (2: a host that is no address, the user's mistake; 1: the port is taken)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -400,7 +405,7 @@ def listen(host: str, port: int) -> tuple[socket.socket, str, frozenset[str] | N
     try:
         family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as exc:
-        raise DashboardError(f"--host {host!r}: {exc.strerror}; give an address such as 127.0.0.1") from None
+        raise DashboardError(f"--host {host!r}: {exc.strerror}; give an address such as 127.0.0.1", 2) from None
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -408,7 +413,7 @@ def listen(host: str, port: int) -> tuple[socket.socket, str, frozenset[str] | N
         sock.listen(128)
     except OSError as exc:
         sock.close()
-        raise DashboardError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port") from None
+        raise DashboardError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port", 1) from None
     bound, bound_port = sock.getsockname()[:2]
     shown_host = f"[{bound}]" if family == socket.AF_INET6 else bound
     allowed = LOOPBACK_NAMES | {shown_host} if _is_loopback(bound) else None

@@ -168,6 +168,10 @@ def test_api_token_rules_headers_and_escaping(busy_master: Any, state_dir: Path,
     wait_for(lambda: jobs_of(board)["forever"]["state"] == "cancelled", what="the cancelled job to end")
     assert board.request("POST", "/api/jobs/no-such-job/cancel", token=TOKEN)[0] == 404
 
+    # Its port is taken: one line, exit 1.
+    taken = phoenix_cli("dashboard", "--port", board.url.rstrip("/").rpartition(":")[2], state_dir=state_dir)
+    assert taken.returncode == 1 and "Address already in use" in taken.stderr and len(taken.stderr.splitlines()) == 1
+
     # Without a token configured: read-only, whatever the request carries.
     read_only = dashboards("--state-dir", str(state_dir), env={"PHOENIX_DASHBOARD_TOKEN": ""})
     assert read_only.get("/api/jobs")["total"] == 4
