@@ -516,8 +516,13 @@ class PgStore:
             cur.execute(
                 "SELECT node, pid, generation, epoch, state, slots, (SELECT count(*) FROM attempts a "
                 "WHERE a.master = m.node AND a.outcome IS NULL) AS slots_used, app, started_at, outage_budget, "
-                "extract(epoch from lease_expires_at - now()) AS lease_expires_in FROM masters m ORDER BY node")
-            return _dicts(cur)
+                "extract(epoch from lease_expires_at - now()) AS lease_expires_in, (SELECT value FROM meta "
+                "WHERE meta.node = m.node AND name = 'degraded_reason') AS degraded_reason "
+                "FROM masters m ORDER BY node")
+            rows = _dicts(cur)
+        for row in rows:  # a meta value is JSON (set_meta): the reason's text, or null
+            row["degraded_reason"] = json.loads(row["degraded_reason"]) if row["degraded_reason"] else None
+        return rows
 
     # -- submission ---------------------------------------------------------------------
 
