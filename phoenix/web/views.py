@@ -92,7 +92,8 @@ def masters(paths: StatePaths, store_url: str | None, store: Store) -> dict[str,
         "node": socket.gethostname(),
         "pid": pid if alive else None,
         "generation": recorded["generation"],
-        "state": (recorded["state"] or "running") if alive else "stopped",
+        # (alive, and the journal still says stopped: a master starting, not ready yet)
+        "state": ("starting" if recorded["state"] in (None, "stopped") else recorded["state"]) if alive else "stopped",
         "started_at": recorded["started_at"],
         "app": recorded["app"],
         "lease_expires_in": None,  # one master on one host: no lease

@@ -136,6 +136,11 @@ def test_api_token_rules_headers_and_escaping(busy_master: Any, state_dir: Path,
     (master,) = board.get("/api/masters")["masters"]
     assert (master["pid"], master["generation"], master["state"]) == (busy_master.pid, 1, "running")
     assert master["slots_used"] == 1
+    failures = {failure["key"]: failure for failure in board.get("/api/failures")["failures"]}
+    assert failures[EVIL_KEY]["error_line"] == "ValueError: boom from the job" and "flaky-1" in failures
+    timeline = board.get("/api/timeline")
+    assert [event["kind"] for event in timeline["events"]] == ["master_start"]
+    assert {(a["key"], a["n"]) for a in timeline["attempts"]} >= {("flaky-1", 4), ("forever", 1), (EVIL_KEY, 1)}
 
     # Every answer: a strict CSP, nosniff, no framing, and never a CORS header, whoever asks.
     for path in ("/", "/jobs", "/api/jobs", "/static/dashboard.js"):
