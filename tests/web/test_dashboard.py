@@ -40,8 +40,9 @@ class Dashboard:
         ready, _, _ = select.select([self.proc.stdout], [], [], 20.0)
         line = self.proc.stdout.readline() if ready else ""
         if not line.startswith("phoenix dashboard: http://"):
-            self.stop()
-            raise AssertionError(f"the dashboard did not start: {line!r}")
+            self.proc.terminate()
+            _out, errors = self.proc.communicate(timeout=10)
+            raise AssertionError(f"the dashboard did not start: {line!r} {errors}")
         self.url = line.split()[2]
 
     def request(self, method: str, path: str, token: str | None = None,
