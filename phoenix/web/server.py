@@ -110,8 +110,8 @@ def shown(value: Any, kind: str = "text") -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value))
     if kind == "seconds":
         return f"{value:.2f}"
-    if kind == "json":
-        return visible(json.dumps(value))
+    if kind == "json":  # as the script's JSON.stringify writes it
+        return visible(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
     return visible(str(value), multiline=kind == "pre")
 
 
@@ -154,13 +154,10 @@ class Dashboard:
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    # ensure_ascii: whatever a job wrote, the bytes sent are ASCII; allow_nan: a NaN is not JSON, so it is refused
-    text = json.dumps(body, ensure_ascii=True, allow_nan=False, default=_jsonable)
+    # ensure_ascii: whatever a job wrote (a lone surrogate too), the bytes sent are ASCII; allow_nan=False:
+    # NaN is not JSON, and a browser's parser would refuse the whole answer (_finite writes it as text first)
+    text = json.dumps(body, ensure_ascii=True, allow_nan=False)
     return Response(text, status, headers=headers, media_type="application/json")
-
-
-def _jsonable(value: Any) -> Any:
-    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 def _finite(body: Any) -> Any:

@@ -36,4 +36,10 @@ def test_a_value_is_shown_as_text_with_its_controls_written_out() -> None:
     assert server.shown("line 1\nline 2", "pre") == "line 1\nline 2"
     assert server.shown(0, "time") == "1970-01-01 00:00:00"
     assert server.shown(1.234, "seconds") == "1.23"
-    assert server.shown({"a": [1, "<b>"]}, "json") == '{"a": [1, "<b>"]}'  # markup is left to autoescape
+    assert server.shown({"a": [1, "<b>é"]}, "json") == '{"a":[1,"<b>é"]}'  # markup is left to autoescape
+
+
+def test_what_json_cannot_hold_is_sent_as_text() -> None:
+    body = {"result": [float("nan"), {"x": float("inf")}], "n": 1.5}
+    assert server._finite(body) == {"result": ["nan", {"x": "inf"}], "n": 1.5}
+    assert server.json_response({"k": "\udcff"}).body == b'{"k": "\\udcff"}'  # a lone surrogate, escaped
