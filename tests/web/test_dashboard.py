@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,7 +18,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from click.testing import CliRunner
 
+from phoenix.cli import main
+from phoenix.journal import Journal
 from tests.conftest import PYTHON, REPO, phoenix_cli, wait_for
 from tests.web.browser import CHROMIUM, Browser
 
@@ -104,11 +108,12 @@ def busy_master(master_factory: Any) -> Any:
     """A master with a finished, a failed (an evil key's), a running and a
     failed-but-would-pass-now job: `flaky` fails its first 4 attempts (all
     its retries), so a retry by the operator finishes."""
-    master = master_factory()
-    master.submit("tests.apps.jobs:noop", {}, key="done-1")
-    master.submit("tests.apps.jobs:raises", {}, key=EVIL_KEY)
-    master.submit("tests.apps.jobs:flaky", {"fail_times": 4}, key="flaky-1")
-    master.submit("tests.apps.jobs:wait_forever", {}, key="forever")
+    master = master_factory(start=False)
+    master.state_dir.mkdir(mode=0o700)
+    master.submit_many([("tests.apps.jobs:noop", {}, "done-1"), ("tests.apps.jobs:raises", {}, EVIL_KEY),
+                        ("tests.apps.jobs:flaky", {"fail_times": 4}, "flaky-1"),
+                        ("tests.apps.jobs:wait_forever", {}, "forever")])
+    master.start()
     master.wait_jobs_done(["done-1", EVIL_KEY, "flaky-1"])
     wait_for(lambda: master.jobs()["forever"]["state"] == "running", what="the job that runs on to start")
     return master
@@ -186,21 +191,22 @@ def test_api_token_rules_headers_and_escaping(busy_master: Any, state_dir: Path,
     assert "read-only" in read_only.request("GET", "/jobs")[2].decode()
 
 
-def test_bad_flags_a_loose_token_file_and_a_missing_extra_are_one_line(state_dir: Path, tmp_path: Path,
-                                                                      master_factory: Any) -> None:
-    for args in (["--port", "http"], ["--bogus"]):
-        result = phoenix_cli("dashboard", *args, state_dir=state_dir)
-        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
-    result = phoenix_cli("dashboard", state_dir=state_dir)  # nothing has run here: nothing to show
-    assert result.returncode == 2 and "no journal" in result.stderr and len(result.stderr.splitlines()) == 1
+def test_bad_flags_a_loose_token_file_and_a_missing_extra_are_one_line(state_dir: Path, tmp_path: Path) -> None:
+    def refused(*args: str, env: dict[str, str] | None = None) -> str:
+        result = CliRunner().invoke(main, ["dashboard", *args], env=env)
+        assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1, (args, result.stderr)
+        return result.stderr
+
+    assert "'--port'" in refused("--port", "http") and "--bogus" in refused("--bogus")
+    assert "no journal" in refused("--state-dir", str(state_dir))  # nothing has run here: nothing to show
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o644)
-    result = phoenix_cli("dashboard", "--token-file", str(token_file), state_dir=state_dir)
-    assert result.returncode == 2 and "chmod 600" in result.stderr, result.stderr
-    result = phoenix_cli("dashboard", state_dir=state_dir, env={"PHOENIX_DASHBOARD_TOKEN": "short"})
-    assert result.returncode == 2 and "at least 16" in result.stderr, result.stderr
+    assert "chmod 600" in refused("--token-file", str(token_file))
+    assert "at least 16" in refused(env={"PHOENIX_DASHBOARD_TOKEN": "short"})
     # Without the web extra (its import blocked, as when it is not installed): one line naming it.
+    state_dir.mkdir(mode=0o700)
+    Journal(state_dir / "journal.db").close()
     blocked = subprocess.run(
         [PYTHON, "-c", "import sys; sys.modules['starlette'] = None; from phoenix.cli import main; main()",
          "dashboard", "--state-dir", str(state_dir)], cwd=REPO, capture_output=True, text=True, timeout=30)
@@ -258,3 +264,36 @@ def test_pages_in_a_browser_filter_retry_and_an_injected_key(busy_master: Any, s
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_shared_store_its_masters_and_its_jobs(pg_url: str, tmp_path: Path, dashboards: Any) -> None:
+    """--store URL: every master's row (its degraded reason too) and the jobs with the node that ran them."""
+    pytest.importorskip("psycopg")
+    from phoenix.pgstore import PgStore
+
+    with PgStore(pg_url, node="n1") as store:  # a master's writes, in-process: the dashboard only reads them
+        store.register_master(os.getpid(), 3, time.time(), 4, "tests.apps.jobs:app")
+        store.set_meta(state="degraded", degraded_reason="ImportError: <b>boom</b>")
+        store.renew_lease("degraded", 4, 0)
+        store.submit("m:f", "{}", "feed-1")
+        store.submit("m:f", "{}", "other")
+        claimed = store.claim(3, 4242, None)
+        assert claimed is not None
+        store.fail_without_attempt(claimed[0].id, "no such target")
+        for callback_id, *_rest in store.owed_callbacks():  # its on_failed ran: it may be retried
+            store.callback_started(callback_id)
+            store.callback_done(callback_id, None)
+    board = dashboards("--store", pg_url, "--state-dir", str(tmp_path / "here"),
+                       env={"PHOENIX_DASHBOARD_TOKEN": TOKEN})
+    (master,) = board.get("/api/masters")["masters"]
+    assert (master["node"], master["generation"], master["slots"], master["state"]) == ("n1", 3, 4, "degraded")
+    assert master["degraded_reason"] == "ImportError: <b>boom</b>"
+    assert "ImportError: &lt;b&gt;boom&lt;/b&gt;" in board.request("GET", "/")[2].decode()
+    jobs = jobs_of(board)
+    assert jobs["feed-1"]["node"] == "n1" and jobs["feed-1"]["state"] == "failed"
+    assert set(jobs_of(board, "?q=feed")) == {"feed-1"}
+    status, _headers, body = board.request("POST", "/api/jobs/feed-1/retry", token=TOKEN)
+    assert status == 200 and json.loads(body)["retried"] == ["feed-1"]
+    assert jobs_of(board)["feed-1"]["state"] == "pending"
+    assert board.request("POST", "/api/jobs/other/cancel", token=TOKEN)[0] == 200
+    assert jobs_of(board)["other"]["state"] == "cancelled"
