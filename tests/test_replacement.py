@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from phoenix.journal import Journal
-from phoenix.paths import StatePaths
+from phoenix.linux.paths import StatePaths
+from phoenix.store.sqlite import Journal
 from tests.apps.replace_tools import (
     APP,
     HEARTBEAT_TIMEOUT,
@@ -54,7 +54,7 @@ def running_pids(state_dir: Path, keys: list[str]) -> dict[str, int]:
 
 
 def _jobs(state_dir: Path) -> dict[str, dict]:
-    from phoenix.status import collect
+    from phoenix.cli.status import collect
 
     return {job["key"]: job for job in collect(StatePaths(state_dir), page=(0, 10**9))[0]["jobs"]}
 

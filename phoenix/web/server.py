@@ -36,11 +36,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from phoenix.jobsview import BadCursor, parse_cursor
-from phoenix.journal import JOB_STATES, JournalError, RetryRefused, StoreUnavailable
-from phoenix.paths import StatePaths
-from phoenix.store import Store
-from phoenix.untrusted import visible
+from phoenix.cli.jobsview import BadCursor, parse_cursor
+from phoenix.linux.paths import StatePaths
+from phoenix.linux.untrusted import visible
+from phoenix.store.base import Store
+from phoenix.store.sqlite import JOB_STATES, JournalError, RetryRefused, StoreUnavailable
 from phoenix.web import views
 
 HERE = Path(__file__).parent

@@ -10,12 +10,12 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from phoenix import pidfile
-from phoenix.jobsview import jobs_report, show_report
-from phoenix.journal import JOB_STATES
-from phoenix.paths import StatePaths
-from phoenix.status import collect_shared
-from phoenix.store import Store
+from phoenix.cli.jobsview import jobs_report, show_report
+from phoenix.cli.status import collect_shared
+from phoenix.linux import pidfile
+from phoenix.linux.paths import StatePaths
+from phoenix.store.base import Store
+from phoenix.store.sqlite import JOB_STATES
 
 JOBS_PAGE = 50  # rows of the jobs page unless ?limit= says otherwise
 MAX_PAGE = 500  # the most rows one request reads (?limit= above it is refused)

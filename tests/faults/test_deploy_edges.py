@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from phoenix.journal import Journal
+from phoenix.store.sqlite import Journal
 from tests.apps.replace_tools import APP, HEARTBEAT_TIMEOUT, SLOW, UNTIL, alive, live, runs
 from tests.conftest import REPO, phoenix_cli, wait_for
 

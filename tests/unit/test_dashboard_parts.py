@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from phoenix.journal import after_prefix
+from phoenix.store.sqlite import after_prefix
 
 server = pytest.importorskip("phoenix.web.server", reason="the dashboard needs the web extra")
 

@@ -20,8 +20,8 @@ from typing import Any, Iterator
 import pytest
 from click.testing import CliRunner
 
-from phoenix.cli import main
-from phoenix.journal import Journal
+from phoenix.cli.main import main
+from phoenix.store.sqlite import Journal
 from tests.conftest import PYTHON, REPO, phoenix_cli, wait_for
 from tests.web.browser import CHROMIUM, Browser
 
@@ -208,7 +208,7 @@ def test_bad_flags_a_loose_token_file_and_a_missing_extra_are_one_line(state_dir
     state_dir.mkdir(mode=0o700)
     Journal(state_dir / "journal.db").close()
     blocked = subprocess.run(
-        [PYTHON, "-c", "import sys; sys.modules['starlette'] = None; from phoenix.cli import main; main()",
+        [PYTHON, "-c", "import sys; sys.modules['starlette'] = None; from phoenix.cli.main import main; main()",
          "dashboard", "--state-dir", str(state_dir)], cwd=REPO, capture_output=True, text=True, timeout=30)
     assert blocked.returncode == 2, blocked.stderr
     assert blocked.stderr.strip().endswith("pip install 'phoenix-procmaster[web]'")
@@ -269,7 +269,7 @@ if __name__ == "__main__":
 def test_a_shared_store_its_masters_and_its_jobs(pg_url: str, tmp_path: Path, dashboards: Any) -> None:
     """--store URL: every master's row (its degraded reason too) and the jobs with the node that ran them."""
     pytest.importorskip("psycopg")
-    from phoenix.pgstore import PgStore
+    from phoenix.store.postgres import PgStore
 
     with PgStore(pg_url, node="n1") as store:  # a master's writes, in-process: the dashboard only reads them
         store.register_master(os.getpid(), 3, time.time(), 4, "tests.apps.jobs:app")

@@ -8,7 +8,7 @@
 
 const TOKEN_KEY = "phoenix-dashboard-token"; // kept for this tab only (sessionStorage)
 
-// As phoenix.untrusted.visible: controls and bidi overrides written out, so
+// As phoenix.linux.untrusted.visible: controls and bidi overrides written out, so
 // a key cannot hide or reorder what the page shows.
 const INVISIBLE = /[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
 const ESCAPES = { "\t": "\\t", "\n": "\\n", "\r": "\\r" };
