@@ -40,7 +40,7 @@ from phoenix.cli.jobsview import BadCursor, parse_cursor
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.untrusted import visible
 from phoenix.store.base import Store
-from phoenix.store.sqlite import JOB_STATES, JournalError, RetryRefused, StoreUnavailable
+from phoenix.store.sqlite import JOB_STATES, JournalError, RetryRefused
 from phoenix.web import views
 
 HERE = Path(__file__).parent
@@ -268,7 +268,7 @@ def page_endpoint(dashboard: Dashboard, page: Page) -> Callable[[Request], Respo
             return _render(dashboard, page, request, None, str(exc), 400)
         except LookupError as exc:
             return _render(dashboard, page, request, None, str(exc), 404)
-        except (JournalError, StoreUnavailable) as exc:
+        except (JournalError, OSError) as exc:  # the store cannot be read now (StoreUnavailable is one)
             return _render(dashboard, page, request, None, str(exc), 503)
 
     return endpoint
@@ -286,7 +286,7 @@ def api_endpoint(dashboard: Dashboard, read: Callable[[Dashboard, Request], dict
             return _error(400, str(exc))
         except LookupError as exc:
             return _error(404, str(exc))
-        except (JournalError, StoreUnavailable) as exc:
+        except (JournalError, OSError) as exc:  # the store cannot be read now (StoreUnavailable is one)
             return _error(503, str(exc))
         return json_response(_finite(body))
 
@@ -327,7 +327,7 @@ def action_endpoint(dashboard: Dashboard, which: str) -> Callable[[Request], Res
             return _error(409, str(exc))
         except LookupError as exc:
             return _error(404, str(exc))
-        except (JournalError, StoreUnavailable) as exc:
+        except (JournalError, OSError) as exc:  # the store cannot be written now (StoreUnavailable is one)
             return _error(503, str(exc))
 
     return endpoint

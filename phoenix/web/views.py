@@ -11,8 +11,8 @@ import socket
 from typing import Any
 
 from phoenix.cli.jobsview import jobs_report, show_report
-from phoenix.cli.status import collect_shared
-from phoenix.linux import pidfile
+from phoenix.cli.status import FROZEN_STATES, NOT_RESPONDING, collect_shared
+from phoenix.linux import pidfile, procfs
 from phoenix.linux.paths import StatePaths
 from phoenix.store.base import Store
 from phoenix.store.sqlite import JOB_STATES
@@ -88,12 +88,19 @@ def masters(paths: StatePaths, store_url: str | None, store: Store) -> dict[str,
     counts = store.counts()
     recorded = {name: store.meta(name) for name in ("generation", "master_pid", "state", "started_at", "app",
                                                     "degraded_reason")}
+    if not alive:
+        state = "stopped"
+    elif pid is not None and procfs.state(pid) in FROZEN_STATES:
+        state = NOT_RESPONDING  # alive, holding the lock, but stopped (SIGSTOP, a debugger): as status says
+    elif recorded["state"] in (None, "stopped"):
+        state = "starting"  # alive, and the journal still says stopped: not ready yet
+    else:
+        state = recorded["state"]
     master = {
         "node": socket.gethostname(),
         "pid": pid if alive else None,
         "generation": recorded["generation"],
-        # (alive, and the journal still says stopped: a master starting, not ready yet)
-        "state": ("starting" if recorded["state"] in (None, "stopped") else recorded["state"]) if alive else "stopped",
+        "state": state,
         "started_at": recorded["started_at"],
         "app": recorded["app"],
         "lease_expires_in": None,  # one master on one host: no lease

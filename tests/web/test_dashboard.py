@@ -179,6 +179,14 @@ def test_api_token_rules_headers_and_escaping(busy_master: Any, state_dir: Path,
     wait_for(lambda: jobs_of(board)["forever"]["state"] == "cancelled", what="the cancelled job to end")
     assert board.request("POST", "/api/jobs/no-such-job/cancel", token=TOKEN)[0] == 404
 
+    # A master stopped by SIGSTOP holds its lock but runs nothing: not "running", as status says.
+    busy_master.signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: board.get("/api/masters")["masters"][0]["state"] == "not responding",
+                 what="the stopped master to show as not responding")
+    finally:
+        busy_master.signal(signal.SIGCONT)
+
     # Its port is taken: one line, exit 1.
     taken = phoenix_cli("dashboard", "--port", board.url.rstrip("/").rpartition(":")[2], state_dir=state_dir)
     assert taken.returncode == 1 and "Address already in use" in taken.stderr and len(taken.stderr.splitlines()) == 1
