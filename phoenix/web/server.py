@@ -208,7 +208,9 @@ class Page:
 
 
 def _read_masters(dashboard: Dashboard, _request: Request) -> dict[str, Any]:
-    return dashboard.read(lambda store: views.masters(dashboard.paths, dashboard.store_url, store))
+    if dashboard.store_url is not None:
+        return views.shared_masters(dashboard.store_url)  # (it opens the store itself, as status does)
+    return dashboard.read(lambda store: views.local_master(dashboard.paths, store))
 
 
 def _read_jobs(dashboard: Dashboard, request: Request) -> dict[str, Any]:

@@ -74,15 +74,18 @@ def timeline(store: Store) -> dict[str, Any]:
     return {"attempts": attempts, "events": events[::-1], "unstarted": unstarted}
 
 
-def masters(paths: StatePaths, store_url: str | None, store: Store) -> dict[str, Any]:
-    """/api/masters: every master with its node, pid, generation, state,
-    lease and slots, and the job counts. A shared store: its masters' rows
-    (`phoenix status --store URL`'s view). The SQLite journal: its one
-    master, from what the master wrote into the journal and whether it holds
-    the state directory's lock."""
-    if store_url is not None:
-        report, _live = collect_shared(store_url)
-        return {"masters": report["masters"], "counts": report["counts"]}
+def shared_masters(store_url: str) -> dict[str, Any]:
+    """/api/masters of a shared store: every master's row with its node, pid,
+    generation, state, lease and slots (`phoenix status --store URL`'s view),
+    and the job counts."""
+    report, _live = collect_shared(store_url)
+    return {"masters": report["masters"], "counts": report["counts"]}
+
+
+def local_master(paths: StatePaths, store: Store) -> dict[str, Any]:
+    """/api/masters of the state directory's journal: its one master, from
+    what it wrote into the journal and whether it holds the directory's lock
+    (and runs: /proc), in the shape of a shared store's rows; the job counts."""
     pid = pidfile.live_master_pid(paths.pidfile, paths.lockfile)
     alive = pid is not None or pidfile.lock_held(paths.lockfile)
     counts = store.counts()
