@@ -3,6 +3,8 @@ header's name, and how a value is shown on a page."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from phoenix.store.sqlite import after_prefix
@@ -43,3 +45,18 @@ def test_what_json_cannot_hold_is_sent_as_text() -> None:
     body = {"result": [float("nan"), {"x": float("inf")}], "n": 1.5}
     assert server._finite(body) == {"result": ["nan", {"x": "inf"}], "n": 1.5}
     assert server.json_response({"k": "\udcff"}).body == b'{"k": "\\udcff"}'  # a lone surrogate, escaped
+
+
+def test_a_master_that_left_its_journal_degraded_but_holds_no_lock_is_stopped(tmp_path: Path) -> None:
+    """What the journal says of a master is believed only while it holds the lock: a master killed while
+    degraded is stopped, and its old reason is not shown as today's."""
+    from phoenix.linux.paths import StatePaths
+    from phoenix.store.sqlite import Journal
+    from phoenix.web import views
+
+    paths = StatePaths(tmp_path)
+    with Journal(paths.journal) as journal:
+        journal.set_meta(generation=4, master_pid=999999, state="degraded", degraded_reason="ImportError: x")
+        (master,) = views.local_master(paths, journal)["masters"]
+    assert (master["state"], master["pid"], master["generation"], master["degraded_reason"]) == (
+        "stopped", None, 4, None)
