@@ -198,13 +198,16 @@ def _jobs_query(request: Request) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Page:
-    """One page: its path, its template, and how to read what its API route answers."""
+    """One page: its path and template, and its API route (the pattern
+    served, how to read its answer, and the address the page's script polls
+    for this request). A new page is one of these, its template and its read."""
 
     path: str
     template: str
     title: str
+    api_route: str
     read: Callable[[Dashboard, Request], dict[str, Any]]
-    api: Callable[[Request], str]  # the API route the page's script polls, for this request
+    api: Callable[[Request], str]
 
 
 def _read_masters(dashboard: Dashboard, _request: Request) -> dict[str, Any]:
@@ -219,7 +222,8 @@ def _read_jobs(dashboard: Dashboard, request: Request) -> dict[str, Any]:
 
 
 def _read_job(dashboard: Dashboard, request: Request) -> dict[str, Any]:
-    key = request.query_params.get("key")
+    """The page names the job in its query (/job?key=KEY: any key), the API in its path (/api/jobs/KEY)."""
+    key = request.path_params.get("key", request.query_params.get("key"))
     if key is None:
         raise views.BadQuery("which job? /job?key=KEY")
     found = dashboard.read(lambda store: views.job(store, key))
@@ -243,11 +247,12 @@ def _job_api(request: Request) -> str:
 
 
 PAGES = (
-    Page("/", "masters.html", "masters", _read_masters, lambda _r: "/api/masters"),
-    Page("/jobs", "jobs.html", "jobs", _read_jobs, lambda r: "/api/jobs" + (f"?{r.url.query}" if r.url.query else "")),
-    Page("/job", "job.html", "job", _read_job, _job_api),
-    Page("/failures", "failures.html", "failures", _read_failures, lambda _r: "/api/failures"),
-    Page("/timeline", "timeline.html", "timeline", _read_timeline, lambda _r: "/api/timeline"),
+    Page("/", "masters.html", "masters", "/api/masters", _read_masters, lambda _r: "/api/masters"),
+    Page("/jobs", "jobs.html", "jobs", "/api/jobs", _read_jobs,
+         lambda r: "/api/jobs" + (f"?{r.url.query}" if r.url.query else "")),
+    Page("/job", "job.html", "job", "/api/jobs/{key:path}", _read_job, _job_api),
+    Page("/failures", "failures.html", "failures", "/api/failures", _read_failures, lambda _r: "/api/failures"),
+    Page("/timeline", "timeline.html", "timeline", "/api/timeline", _read_timeline, lambda _r: "/api/timeline"),
 )
 
 
@@ -293,14 +298,6 @@ def api_endpoint(dashboard: Dashboard, read: Callable[[Dashboard, Request], dict
         return json_response(_finite(body))
 
     return endpoint
-
-
-def _read_job_by_path(dashboard: Dashboard, request: Request) -> dict[str, Any]:
-    key = request.path_params["key"]
-    found = dashboard.read(lambda store: views.job(store, key))
-    if found is None:
-        raise LookupError(f"no job with key {key!r}")
-    return found
 
 
 def _authorized(dashboard: Dashboard, request: Request) -> Response | None:
@@ -374,17 +371,15 @@ class Guard:
 
 
 def create_app(dashboard: Dashboard, allowed_hosts: frozenset[str] | None) -> ASGIApp:
-    routes: list[Route | Mount] = [Route(page.path, page_endpoint(dashboard, page)) for page in PAGES]
-    routes += [
-        Route("/api/masters", api_endpoint(dashboard, _read_masters)),
-        Route("/api/jobs", api_endpoint(dashboard, _read_jobs)),
-        Route("/api/failures", api_endpoint(dashboard, _read_failures)),
-        Route("/api/timeline", api_endpoint(dashboard, _read_timeline)),
+    routes: list[Route | Mount] = [
+        # before the job's own route, whose {key:path} would take "KEY/retry" for a key
         Route("/api/jobs/{key:path}/retry", action_endpoint(dashboard, "retry"), methods=["POST"]),
         Route("/api/jobs/{key:path}/cancel", action_endpoint(dashboard, "cancel"), methods=["POST"]),
-        Route("/api/jobs/{key:path}", api_endpoint(dashboard, _read_job_by_path)),
-        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
+    for page in PAGES:
+        routes += [Route(page.path, page_endpoint(dashboard, page)),
+                   Route(page.api_route, api_endpoint(dashboard, page.read))]
+    routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
     return Guard(Starlette(routes=routes), allowed_hosts)
 
 
