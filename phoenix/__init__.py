@@ -46,4 +46,4 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["App", "AppError", "Client", "JobInfo", "HeartbeatChild", "HeartbeatParent", "KeyConflict", "current_job",
            "heartbeat"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
