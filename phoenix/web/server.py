@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import logging
 import math
 import signal
 import socket
@@ -39,6 +40,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from phoenix.cli.jobsview import BadCursor, parse_cursor
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.untrusted import visible
+from phoenix.log import event
+from phoenix.log import setup as setup_log
 from phoenix.store.base import Store
 from phoenix.store.sqlite import JOB_STATES, JournalError, RetryRefused
 from phoenix.web import views
@@ -316,20 +319,30 @@ def _authorized(dashboard: Dashboard, request: Request) -> Response | None:
 
 def action_endpoint(dashboard: Dashboard, which: str) -> Callable[[Request], Response]:
     def endpoint(request: Request) -> Response:
-        refusal = _authorized(dashboard, request)
-        if refusal is not None:
-            return refusal
-        act = dashboard.retry if which == "retry" else dashboard.cancel
-        try:
-            return json_response(act(request.path_params["key"]))
-        except (RetryRefused, ActionRefused) as exc:
-            return _error(409, str(exc))
-        except LookupError as exc:
-            return _error(404, str(exc))
-        except (JournalError, OSError) as exc:  # the store cannot be written now (StoreUnavailable is one)
-            return _error(503, str(exc))
+        response = _act(dashboard, which, request)
+        # Every action asked for, done or refused, is a line in the dashboard's log: who changed a job, and
+        # who tried a token (a refused one at WARNING).
+        event(logging.INFO if response.status_code < 400 else logging.WARNING, "dashboard_action", action=which,
+              job=visible(request.path_params["key"]), status=response.status_code,
+              client=request.client.host if request.client else "-")
+        return response
 
     return endpoint
+
+
+def _act(dashboard: Dashboard, which: str, request: Request) -> Response:
+    refusal = _authorized(dashboard, request)
+    if refusal is not None:
+        return refusal
+    act = dashboard.retry if which == "retry" else dashboard.cancel
+    try:
+        return json_response(act(request.path_params["key"]))
+    except (RetryRefused, ActionRefused) as exc:
+        return _error(409, str(exc))
+    except LookupError as exc:
+        return _error(404, str(exc))
+    except (JournalError, OSError) as exc:  # the store cannot be written now (StoreUnavailable is one)
+        return _error(503, str(exc))
 
 
 # -- headers, hosts -----------------------------------------------------------------------------
@@ -417,6 +430,7 @@ def listen(host: str, port: int) -> tuple[socket.socket, str, frozenset[str] | N
 def serve(dashboard: Dashboard, host: str, port: int, ready: Callable[[str], None]) -> None:
     """Listen, call `ready` with the URL, and serve until TERM or INT."""
     sock, url, allowed = listen(host, port)
+    setup_log("info")  # the actions' lines (dashboard_action), on stderr
     config = uvicorn.Config(create_app(dashboard, allowed), log_level="warning", access_log=False, lifespan="off",
                             server_header=False, timeout_graceful_shutdown=2)
     for signum in (signal.SIGINT, signal.SIGTERM):

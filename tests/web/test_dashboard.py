@@ -36,17 +36,18 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chr
 class Dashboard:
     """`phoenix dashboard --port 0` in its own process; `url` as it printed it."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([PYTHON, "-m", "phoenix", "dashboard", "--port", "0", *args], cwd=REPO,
-                                     env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+    def __init__(self, log_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        with open(log_path, "ab") as log_file:  # its stderr: the actions' lines
+            self.proc = subprocess.Popen([PYTHON, "-m", "phoenix", "dashboard", "--port", "0", *args], cwd=REPO,
+                                         env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                                         stderr=log_file, text=True)
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 20.0)
         line = self.proc.stdout.readline() if ready else ""
         if not line.startswith("phoenix dashboard: http://"):
-            self.proc.terminate()
-            _out, errors = self.proc.communicate(timeout=10)
-            raise AssertionError(f"the dashboard did not start: {line!r} {errors}")
+            self.stop()
+            raise AssertionError(f"the dashboard did not start: {line!r} {self.log()}")
         self.url = line.split()[2]
 
     def request(self, method: str, path: str, token: str | None = None,
@@ -75,18 +76,20 @@ class Dashboard:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
 
 @pytest.fixture
-def dashboards() -> Iterator[Any]:
+def dashboards(tmp_path: Path) -> Iterator[Any]:
     started: list[Dashboard] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> Dashboard:
-        board = Dashboard(*args, env=env)
+        board = Dashboard(tmp_path / f"dashboard-{len(started)}.log", *args, env=env)
         started.append(board)
         return board
 
@@ -178,6 +181,9 @@ def test_api_token_rules_headers_and_escaping(busy_master: Any, state_dir: Path,
     assert status == 200 and json.loads(body)["was"] == "running"
     wait_for(lambda: jobs_of(board)["forever"]["state"] == "cancelled", what="the cancelled job to end")
     assert board.request("POST", "/api/jobs/no-such-job/cancel", token=TOKEN)[0] == 404
+    actions = [line for line in board.log().splitlines() if "dashboard_action" in line]
+    assert len(actions) == 6 and all("client=127.0.0.1" in line for line in actions), actions
+    assert sum("WARNING" in line and "status=401" in line for line in actions) == 2  # the refused tokens
 
     # A master stopped by SIGSTOP holds its lock but runs nothing: not "running", as status says.
     busy_master.signal(signal.SIGSTOP)
