@@ -1,6 +1,8 @@
 """What each dashboard page shows, as the JSON its API route answers: read
 from the store only (never the master's control socket, so a busy browser
-never costs the master's loop a turn), each read bounded by a page size.
+never costs the master's loop a turn), each read of jobs bounded by a page
+size (the timeline reads the master events `phoenix prune` keeps: a few per
+deploy).
 
 No web library here: the server (server.py) turns these dicts into JSON and
 into pages; the tests read them in-process too."""
