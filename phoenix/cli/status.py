@@ -303,6 +303,7 @@ def collect_shared(url: str, node: str | None = None,
             "lease_expires_in": round(expires_in, 3), "slots_used": master["slots_used"],
             "slots": master["slots"], "app": master["app"],
             "outage_budget": master["outage_budget"],  # seconds without the database that cost nothing
+            "degraded_reason": master["degraded_reason"] if master["state"] == "degraded" else None,
         })
     live = any(m["lease_expires_in"] > 0 and m["state"] in ("running", "draining", "degraded") for m in shown)
     report: dict[str, Any] = {"masters": shown, "jobs": jobs, "counts": counts, "recent_failures": failures}

@@ -235,8 +235,9 @@ class Master:
             attempt.fresh_grace(now)
         if self.app is None:
             self.change_state(MasterState.DEGRADED)
+            # The reason too: the dashboard reads the store, never this loop.
             self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
-                                  app=self.app_spec, state="degraded")
+                                  app=self.app_spec, state="degraded", degraded_reason=self.degraded_reason)
             self.handoff.became_degraded(self.degraded_reason or "no app loaded")
             event(ERROR, "degraded", generation=self.generation, pid=os.getpid(), running=len(self.children),
                   reason=(self.degraded_reason or "").splitlines()[0] if self.degraded_reason else "-",
@@ -245,7 +246,7 @@ class Master:
             return
         self.change_state(MasterState.RUNNING)
         self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
-                              app=self.app_spec, state="running")
+                              app=self.app_spec, state="running", degraded_reason=None)
         self.handoff.became_ready()
         event(INFO, "ready", generation=self.generation, pid=os.getpid(), app=self.app_spec or "-",
               workers=self.slots, running=len(self.children))

@@ -512,8 +512,13 @@ class PgStore:
             cur.execute(
                 "SELECT node, pid, generation, epoch, state, slots, (SELECT count(*) FROM attempts a "
                 "WHERE a.master = m.node AND a.outcome IS NULL) AS slots_used, app, started_at, outage_budget, "
-                "extract(epoch from lease_expires_at - now()) AS lease_expires_in FROM masters m ORDER BY node")
-            return _dicts(cur)
+                "extract(epoch from lease_expires_at - now()) AS lease_expires_in, (SELECT value FROM meta "
+                "WHERE meta.node = m.node AND name = 'degraded_reason') AS degraded_reason "
+                "FROM masters m ORDER BY node")
+            rows = _dicts(cur)
+        for row in rows:  # a meta value is JSON (set_meta): the reason's text, or null
+            row["degraded_reason"] = json.loads(row["degraded_reason"]) if row["degraded_reason"] else None
+        return rows
 
     # -- submission ---------------------------------------------------------------------
 
@@ -851,15 +856,19 @@ class PgStore:
             return _dicts(cur)
 
     def list_jobs(self, *, state: str | None, target: str | None, since: float | None,
-                  limit: int, after: tuple[float, int] | None = None) -> tuple[list[dict[str, Any]], int]:
-        if target is not None and unstorable(target):
-            return [], 0  # no job has it (check_target_form refuses it at submit)
+                  limit: int, after: tuple[float, int] | None = None,
+                  key_prefix: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        if (target is not None and unstorable(target)) or (key_prefix is not None and unstorable(key_prefix)):
+            return [], 0  # no job has it (check_target_form and check_key refuse it at submit)
         conditions: list[str] = []
         args: list[Any] = []
         for column, value in (("j.state = %s", state), ("j.target = %s", target), ("j.updated_at >= %s", since)):
             if value is not None:
                 conditions.append(column)
                 args.append(value)
+        if key_prefix:  # starts_with: no wildcard to escape, whatever the database's collation
+            conditions.append("starts_with(j.key, %s)")
+            args.append(key_prefix)
         if after is not None:  # as the SQLite journal's: the jobs after the page that ended at `after`
             conditions.append("j.updated_at <= %s AND (j.updated_at < %s OR j.id < %s)")
             args.extend((after[0], after[0], after[1]))
@@ -869,9 +878,9 @@ class PgStore:
             row = cur.fetchone()
             total = int(row[0]) if row else 0
             cur.execute(
-                "SELECT j.id, j.key, j.target, j.state, j.attempts, j.outcome, a.reason, j.created_at, j.updated_at "
-                f"FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.n = j.attempts {where} "
-                "ORDER BY j.updated_at DESC, j.id DESC LIMIT %s", [*args, limit])
+                "SELECT j.id, j.key, j.target, j.state, j.attempts, j.outcome, a.reason, a.master AS node, "
+                f"j.created_at, j.updated_at FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.n = j.attempts "
+                f"{where} ORDER BY j.updated_at DESC, j.id DESC LIMIT %s", [*args, limit])
             return _dicts(cur), total
 
     def job_by_key(self, key: str) -> dict[str, Any] | None:

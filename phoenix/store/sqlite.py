@@ -335,6 +335,20 @@ def _insert_job(db: sqlite3.Connection, key: str, target: str, params_json: str,
     return job_id, False
 
 
+def after_prefix(prefix: str) -> str | None:
+    """The least string greater than every string that starts with `prefix`
+    (None: there is none), in code point order, which is how SQLite compares
+    text (its bytes, UTF-8) and PostgreSQL under COLLATE "C"."""
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop()) + 1
+        if last == 0xD800:
+            last = 0xE000  # surrogates are never stored
+        if last <= 0x10FFFF:
+            return "".join(chars) + chr(last)
+    return None
+
+
 class Journal:
     """Opening refuses a file that is not a sound Phoenix journal (JournalError,
     naming the file and the way out); `verify=True` adds SQLite's quick_check of
@@ -830,25 +844,36 @@ class Journal:
     # -- the operator's reads and writes (phoenix jobs, show, retry, cancel, prune) -----------
 
     def list_jobs(self, *, state: str | None, target: str | None, since: float | None,
-                  limit: int, after: tuple[float, int] | None = None) -> tuple[list[dict[str, Any]], int]:
+                  limit: int, after: tuple[float, int] | None = None,
+                  key_prefix: str | None = None) -> tuple[list[dict[str, Any]], int]:
         """(up to `limit` jobs, last changed first, how many matched in all);
         each with its last attempt's outcome and reason. `after` (updated_at,
         id) of the last job of a page: the jobs after it (and "in all" counts
-        from there). Read through the updated_at indexes: a page costs its rows."""
-        if target is not None and unstorable(target):
-            return [], 0  # no job has it (check_target_form refuses it at submit)
+        from there). `key_prefix`: only the jobs whose key starts with it, a
+        range of the key's index. Read through the updated_at indexes: a page
+        costs its rows."""
+        if (target is not None and unstorable(target)) or (key_prefix is not None and unstorable(key_prefix)):
+            return [], 0  # no job has it (check_target_form and check_key refuse it at submit)
         conditions: list[str] = []
         args: list[Any] = []
         for column, value in (("j.state = ?", state), ("j.target = ?", target), ("j.updated_at >= ?", since)):
             if value is not None:
                 conditions.append(column)
                 args.append(value)
+        if key_prefix:
+            # A range, not LIKE: no wildcard in a key to escape, and SQLite reads it from the key's index.
+            conditions.append("j.key >= ?")
+            args.append(key_prefix)
+            beyond = after_prefix(key_prefix)
+            if beyond is not None:
+                conditions.append("j.key < ?")
+                args.append(beyond)
         if after is not None:
             # The first term is the index's range; the second leaves out the page's jobs of the same time.
             conditions.append("j.updated_at <= ? AND (j.updated_at < ? OR j.id < ?)")
             args.extend((after[0], after[0], after[1]))
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        if target is None and since is None and after is None:  # the kept counts: no read of the jobs
+        if target is None and since is None and after is None and not key_prefix:  # the kept counts: no read
             counts = self.counts()
             total = counts.get(state, 0) if state is not None else sum(counts.values())
         else:

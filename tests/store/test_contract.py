@@ -289,3 +289,21 @@ def test_the_contract_calls_every_method_of_the_interface() -> None:
               if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
               and isinstance(node.func.value, ast.Name) and node.func.value.id == "store"}
     assert members - called == set()
+
+
+def test_jobs_by_a_key_prefix_are_those_whose_key_starts_with_it_and_no_pattern(store: Store) -> None:
+    """The dashboard's search: a prefix, not a pattern (% and _ are letters of a key), in both stores."""
+    for key in ("feed-1", "feed-10", "feed_2", "feedback", "f%eed", "other", "feed-\U0010ffff", "z"):
+        store.submit("m:f", "{}", key)
+
+    def keys(prefix: str) -> tuple[list[str], int]:
+        rows, total = store.list_jobs(state=None, target=None, since=None, limit=10, key_prefix=prefix)
+        return sorted(row["key"] for row in rows), total
+
+    assert keys("feed-") == (["feed-1", "feed-10", "feed-\U0010ffff"], 3)
+    assert keys("feed_") == (["feed_2"], 1)
+    assert keys("f%") == (["f%eed"], 1)
+    assert keys("feed-\U0010ffff") == (["feed-\U0010ffff"], 1)
+    assert keys("nothing") == ([], 0) and keys("\ud800") == ([], 0)  # a lone surrogate: no job has it
+    rows, total = store.list_jobs(state="failed", target=None, since=None, limit=10, key_prefix="feed")
+    assert (rows, total) == ([], 0)  # with the other filters

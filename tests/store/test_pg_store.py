@@ -286,3 +286,11 @@ def test_a_stopped_master_is_recovered_only_if_it_left_an_attempt_open(pg_url: s
     assert b.last_recovery == (["a"], 1)
     masters = {m["node"]: m["state"] for m in b.masters()}
     assert masters == {"a": "lost", "b": "running", "c": "stopped"}
+
+
+def test_a_degraded_masters_reason_is_in_its_row_for_those_who_read_the_store(pg_url: str) -> None:
+    """The dashboard reads the store, never a master's loop: the reason a master is degraded is there."""
+    a, b = master(pg_url, "a"), master(pg_url, "b")
+    a.set_meta(state="degraded", degraded_reason="ImportError: boom <b>")
+    b.set_meta(state="running", degraded_reason=None)
+    assert {m["node"]: m["degraded_reason"] for m in b.masters()} == {"a": "ImportError: boom <b>", "b": None}
