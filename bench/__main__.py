@@ -27,18 +27,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import beats, hang, replace, spawn, store, throughput
+from bench import beats, hang, jobspeed, replace, spawn, store, throughput
 from bench.procs import Registry, cpu_available, cpu_times, loadavg
 from bench.report import Report, Row, code_identity, peer_versions, plot_scaling, print_table, write_markdown
 
 HERE = Path(__file__).resolve().parent
-FIGURES = ("throughput", "beats", "hang", "replace", "spawn")
+FIGURES = ("throughput", "beats", "hang", "replace", "spawn", "jobspeed")
 # Run only when named (--only store): they need root and network namespaces (bench/store.py).
 EXTRA_FIGURES = ("store",)
 # The results.json keys of each figure: a run of some figures keeps the others' last results.
 FIGURE_KEYS = {"throughput": ("throughput",), "beats": ("beats_phoenix", "beats_bare"),
                "hang": ("hang", "hang_tuned"), "replace": ("replace_phoenix", "replace_gunicorn", "imports"),
-               "spawn": ("spawn",), "store": ("store",)}
+               "spawn": ("spawn",), "store": ("store",), "jobspeed": ("jobspeed",)}
 
 MODES: dict[str, dict[str, Any]] = {
     "quick": {
@@ -47,6 +47,7 @@ MODES: dict[str, dict[str, Any]] = {
         "hang_children": 150, "hang_hung": 10, "hang_children_large": 300, "frozen_children": 100,
         "replace_children": 100, "replace_rounds": 3,
         "spawn_api": 80, "spawn_cli": 4,
+        "jobspeed_rounds": 3, "jobspeed_seconds": 1.0,
     },
     "full": {
         "throughput_jobs": 2000, "throughput_reps": 5,
@@ -54,6 +55,7 @@ MODES: dict[str, dict[str, Any]] = {
         "hang_children": 1000, "hang_hung": 50, "hang_children_large": 2000, "frozen_children": 400,
         "replace_children": 1000, "replace_rounds": 5,
         "spawn_api": 500, "spawn_cli": 20,
+        "jobspeed_rounds": 5, "jobspeed_seconds": 2.0,
     },
 }
 
@@ -441,6 +443,9 @@ def build_report(raw: dict[str, Any], out: Path) -> tuple[Report, Path | None]:
         elif name == "store" and "store" in raw:
             report.rows += store.rows(raw["store"], Row, ok)
             report.details += store_details(raw["store"])
+        elif name == "jobspeed" and "jobspeed" in raw:
+            report.rows += jobspeed.rows(raw["jobspeed"], Row, ok)
+            report.details += jobspeed.details(raw["jobspeed"])
     if quick:
         report.notes.append("quick mode: smaller counts than the issue's (see the figure names); run "
                             "`python -m bench` for the full figures.")
@@ -549,8 +554,11 @@ def main(argv: list[str] | None = None) -> int:
     def do_store() -> None:
         raw["store"] = store.run(work, mode_name, say)
 
+    def do_jobspeed() -> None:
+        raw["jobspeed"] = jobspeed.run(reg, work, mode["jobspeed_rounds"], mode["jobspeed_seconds"], say)
+
     steps = {"throughput": do_throughput, "beats": do_beats, "hang": do_hang, "replace": do_replace,
-             "spawn": do_spawn, "store": do_store}
+             "spawn": do_spawn, "store": do_store, "jobspeed": do_jobspeed}
     try:
         for name in FIGURES + EXTRA_FIGURES:
             if name in only:
