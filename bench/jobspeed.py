@@ -118,6 +118,9 @@ def run(reg: Registry, work_dir: Path, rounds: int, seconds: float, say: Callabl
                         result = run_phoenix(master, params, out, f"{kind}-{rnd}", timeout=60 + 20 * seconds)
                     else:
                         result = run_bare(reg, params, out)
+                    if result["under_phoenix"] != (who == "phoenix"):  # the comparison is what it says
+                        raise RuntimeError(f"the {who} run of {kind} ran {'' if result['under_phoenix'] else 'not '}"
+                                           "under Phoenix")
                     runs[kind][who].append(result)
     finally:
         master.stop()

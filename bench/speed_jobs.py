@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from typing import Any
 
@@ -71,7 +72,8 @@ def work(params: dict[str, Any]) -> dict[str, Any]:
                 beats += 1
                 # Keep the rate: the next call one period on, not a burst to catch up after a delay.
                 next_beat = max(next_beat + period, now)
-    result = {"seconds": monotonic() - t0, "cpu": time.process_time() - cpu0, "beats": beats, "pid": os.getpid()}
+    result = {"seconds": monotonic() - t0, "cpu": time.process_time() - cpu0, "beats": beats, "pid": os.getpid(),
+              "under_phoenix": phoenix.current_job() is not None, "threads": threading.active_count()}
     if params.get("out"):
         tmp = params["out"] + ".tmp"
         with open(tmp, "w") as f:
