@@ -95,8 +95,8 @@ CALIBRATION_JOBS = 100
 # repetitions' spread in RESULTS.md), and a peer's exit after its work
 # (not in the prediction) is a few per cent of a run; a factor of 2 is
 # beyond both. What it is there to catch is far larger: timed to the
-# workers' exit, the 60 s teardown above made RQ's figure 13x its
-# prediction (200 jobs: 63.7 s against about 5 s).
+# workers' exit, the 60 s teardown above made RQ's figure some 12x its
+# prediction (200 jobs: 63.7 s; RQ alone here predicts about 5 s).
 SUSPECT_FACTOR = 2.0
 
 
