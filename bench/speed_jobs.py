@@ -44,11 +44,21 @@ def _churn_unit() -> int:
 UNITS = {"spin": _spin_unit, "churn": _churn_unit}
 
 
+def _runqueue_wait() -> float:
+    """Seconds this thread has spent runnable but waiting for a CPU
+    (/proc/thread-self/schedstat, second field): the machine's load, not
+    anything the job or Phoenix did."""
+    with open("/proc/thread-self/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
+
+
 def work(params: dict[str, Any]) -> dict[str, Any]:
     """Run `units` of `kind`, calling phoenix.heartbeat() `beat_hz` times a
     second (0: never) as a job reporting progress would; returns (and
-    writes to `out`, if given) its own wall time, its process CPU time (all
-    threads: a heartbeat thread's too) and the progress calls it made."""
+    writes to `out`, if given) its own wall time, the part of it this
+    thread spent waiting for a CPU (and the wall time without it), its
+    process CPU time (all threads: a heartbeat thread's too) and the
+    progress calls it made."""
     unit = UNITS[params["kind"]]
     units = int(params["units"])
     period = 1.0 / params["beat_hz"] if params.get("beat_hz") else 0.0
@@ -57,6 +67,7 @@ def work(params: dict[str, Any]) -> dict[str, Any]:
     monotonic = time.monotonic
     beats = 0
     cpu0 = time.process_time()
+    waited0 = _runqueue_wait()
     t0 = monotonic()
     next_beat = t0 + period
     for i in range(units):
@@ -72,7 +83,10 @@ def work(params: dict[str, Any]) -> dict[str, Any]:
                 beats += 1
                 # Keep the rate: the next call one period on, not a burst to catch up after a delay.
                 next_beat = max(next_beat + period, now)
-    result = {"seconds": monotonic() - t0, "cpu": time.process_time() - cpu0, "beats": beats, "pid": os.getpid(),
+    seconds = monotonic() - t0
+    waited = _runqueue_wait() - waited0
+    result = {"seconds": seconds, "cpu": time.process_time() - cpu0, "runqueue_wait": waited,
+              "unqueued_seconds": seconds - waited, "beats": beats, "pid": os.getpid(),
               "under_phoenix": phoenix.current_job() is not None, "threads": threading.active_count()}
     if params.get("out"):
         tmp = params["out"] + ".tmp"
