@@ -48,7 +48,7 @@ def hang(params):
     holding the lock the wrapper takes, so no beat can slip out after it."""
     import threading
 
-    from phoenix import child
+    from phoenix.child import run as child
 
     record = params.get("record")
     runtime = child._runtime
@@ -95,7 +95,7 @@ def _count_sends(count_dir: str) -> None:
     import json
     import threading
 
-    from phoenix import child
+    from phoenix.child import run as child
 
     runtime = child._runtime
     if runtime is None:

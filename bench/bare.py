@@ -12,7 +12,7 @@ is system-wide) and `work_seconds=S`: the peer's own account of its work,
 interpreter start-up left out (the throughput figure's calibration reads it).
 
 The sender children beat like a Phoenix child's heartbeat thread
-(phoenix.protocol.encode, jittered start, 5 Hz), each on a datagram socket
+(phoenix.wire.heartbeat.encode, jittered start, 5 Hz), each on a datagram socket
 connected to the shared one (the design Phoenix had before a connection per
 child), so the receiver gets the same stream of messages as a master does.
 """
@@ -98,7 +98,7 @@ def senders(path: str, n: int, interval: float, pidfile: str) -> None:
     import time
 
     importlib.import_module("phoenix")  # the same interpreter state a Phoenix child inherits
-    from phoenix import protocol
+    from phoenix.wire import heartbeat as protocol
 
     gc.freeze()
     pids = []

@@ -49,7 +49,7 @@ MARKER = "<!-- bench.durability: written by `python -m bench.durability --write`
 _SUBMITS = """
 import json, sys, time
 import phoenix
-from phoenix.journal import Journal
+from phoenix.store.sqlite import Journal
 path, n = sys.argv[1], int(sys.argv[2])
 holder = Journal(path)  # a running master's connection: no checkpoint on the submitter's close
 journal = Journal(path)
@@ -64,7 +64,7 @@ print(json.dumps({"phoenix": phoenix.__file__, "wall": wall, "cpu": cpu, "pendin
 
 _SEED = """
 import json, sys
-from phoenix.journal import Journal
+from phoenix.store.sqlite import Journal
 journal = Journal(sys.argv[1])
 journal.submit_many(("bench.apps:noop", json.dumps(i), f"noop-{i}") for i in range(int(sys.argv[2])))
 journal.close()

@@ -14,10 +14,10 @@ import sys
 import time
 
 import phoenix
-from phoenix import protocol
-from phoenix.attempts import Attempt
-from phoenix.heartbeats import HeartbeatIntake
-from phoenix.metrics import Counters
+from phoenix.master.attempts import Attempt
+from phoenix.master.heartbeats import HeartbeatIntake
+from phoenix.master.metrics import Counters
+from phoenix.wire import heartbeat as protocol
 
 
 def main(n: int = 1000, rounds: int = 60) -> float:

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from phoenix.journal import Job, Journal
+from phoenix.store.sqlite import Job, Journal
 
 
 def main(count: int) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bench.procs import LogEvent, Registry, env, parse_log, tool
-from phoenix.paths import StatePaths
+from phoenix.linux.paths import StatePaths
 from tests.driver import Master
 
 

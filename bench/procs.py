@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from phoenix import procfs
+from phoenix.linux import procfs
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -203,11 +203,11 @@ def profile_fork_cost() -> str:
         ("+ random (reseeds at fork)", "import random"),
         ("+ logging (its hook, and threading's)", "import logging"),
         ("+ the setproctitle package (imports logging)", "import setproctitle"),
-        ("the fork server: phoenix.forkserver and the app", "import phoenix.forkserver\n"
+        ("the fork server: phoenix.child.forkserver and the app", "import phoenix.child.forkserver\n"
          "from phoenix.app import load_app\nload_app('bench.apps:noop_app')"),
         ("+ sqlite3, json, logging, selectors", "import sqlite3, json, logging, selectors, socket, threading"),
-        ("+ phoenix.master (what the master imports)", "import phoenix.master"),
-        ("+ phoenix.cli (what `phoenix start` imports)", "import phoenix.cli, phoenix.master"),
+        ("+ phoenix.master.arbiter (what the master imports)", "import phoenix.master.arbiter"),
+        ("+ phoenix.cli.main (what `phoenix start` imports)", "import phoenix.cli.main, phoenix.master.arbiter"),
     ]
     lines = ["## What a fork costs as the forking process grows", "",
              "Sequential fork + child `os._exit(0)` + waitpid, best of 3 x 300, in a process that imported the "
@@ -225,7 +225,7 @@ def profile_fork_cost() -> str:
         r, ms, cpu, faults = out.stdout.split()
         lines.append(f"| {label} | {r} | {ms} | {cpu} | {faults} |")
     heavy = subprocess.run(
-        [PYTHON, "-c", "import sys, phoenix.cli, phoenix.master; "
+        [PYTHON, "-c", "import sys, phoenix.cli.main, phoenix.master.arbiter; "
          "print(' '.join(sorted(m for m in sys.modules if '.' not in m and not m.startswith('_'))))"],
         capture_output=True, text=True, cwd=REPO, env=env()).stdout.split()
     suspects = [m for m in heavy if m in {"prometheus_client", "rich", "http", "email", "ssl", "wsgiref", "urllib",
@@ -269,8 +269,8 @@ def profile_heartbeats(reg: Registry, work: Path, n: int, seconds: float) -> str
 _CHILD_RUN = r"""
 import gc, json, os, resource, socket, sys
 sys.argv = ["phoenix"]
-import phoenix.forkserver
-from phoenix import child
+import phoenix.child.forkserver
+from phoenix.child import run as child
 from phoenix.app import load_app, resolve_target
 load_app("bench.apps:noop_app")
 gc.freeze()
@@ -326,8 +326,11 @@ def profile_child_run(work: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+MASTER_IMPORTS = "phoenix.cli.main, phoenix.master.arbiter"  # what `phoenix start` imports
+
+
 def profile_imports() -> str:
-    out = subprocess.run([PYTHON, "-X", "importtime", "-c", "import phoenix.cli, phoenix.master, bench.apps"],
+    out = subprocess.run([PYTHON, "-X", "importtime", "-c", f"import {MASTER_IMPORTS}, bench.apps"],
                          capture_output=True, text=True, cwd=REPO, env=env())
     rows = []
     for line in out.stderr.splitlines():
@@ -337,7 +340,7 @@ def profile_imports() -> str:
     top = sorted((r for r in rows if r[1] <= 5), reverse=True)[:15]
     total = sum(r[0] for r in rows if r[1] == 1)
     lines = ["## Replacement: what the new image imports before it can read the socket", "",
-             f"`python -X importtime -c 'import phoenix.cli, phoenix.master, bench.apps'`: {total / 1000:.0f} ms of "
+             f"`python -X importtime -c 'import {MASTER_IMPORTS}, bench.apps'`: {total / 1000:.0f} ms of "
              f"imports in all (top-level sum); the largest (cumulative, nested ones indented by depth):", "",
              "| cumulative (ms) | module |", "| --- | --- |"]
     for cum, depth, name in top:

@@ -31,14 +31,14 @@ from typing import Any
 
 from bench.master import beating_master
 from bench.procs import PYTHON, REPO, Registry, descendants, env, free_port, loadavg, median, tool
-from phoenix.pidfile import read_pid
+from phoenix.linux.pidfile import read_pid
 
 
 def app_import_seconds(runs: int = 5) -> dict[str, float]:
     """Import time of the app module alone (phoenix already imported), and of
     a whole `phoenix check` (interpreter, imports, configuration)."""
-    code = ("import time, phoenix, phoenix.cli, phoenix.master; t = time.perf_counter(); import bench.apps; "
-            "print(time.perf_counter() - t)")
+    code = ("import time, phoenix, phoenix.cli.main, phoenix.master.arbiter; t = time.perf_counter(); "
+            "import bench.apps; print(time.perf_counter() - t)")
     app_only = []
     for _ in range(runs):
         out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, cwd=REPO, env=env(), check=True)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from phoenix.journal import Journal
+from phoenix.store.sqlite import Journal
 
 FAILED_EVERY = 100
 PENDING = 1000
@@ -69,7 +69,7 @@ def build_sqlite(path: Path, count: int) -> None:
 
 def build_pg(url: str, count: int) -> None:
     """The same jobs in a shared store (its tables emptied first), by COPY."""
-    from phoenix.pgstore import connect, migrate
+    from phoenix.store.postgres import connect, migrate
 
     migrate(url)
     now = time.time()
@@ -121,14 +121,14 @@ COMMANDS = {
     "jobs --state failed": ["jobs", "--state", "failed"],
 }
 
-SCRAPE = ("from phoenix.store import open_store; import sys; "
+SCRAPE = ("from phoenix.store.base import open_store; import sys; "
           "s = open_store(sys.argv[1], sys.argv[2], create=False); print(s.counts()); s.close()")
 
 
 def counts_time(store: str, journal: Path, repeats: int = 9) -> float:
     """Seconds one read of the job counts takes (the median of `repeats`), on an
     open store, as the master's collector reads them for each refresh."""
-    from phoenix.store import open_store
+    from phoenix.store.base import open_store
 
     with open_store(store, journal, create=False) as opened:
         times = []

@@ -28,8 +28,8 @@ from typing import Any
 from bench.beats import memory_of
 from bench.master import PhoenixMaster
 from bench.procs import PYTHON, Registry, loadavg, median, percentile, tool
-from phoenix import control
-from phoenix.journal import Journal
+from phoenix.store.sqlite import Journal
+from phoenix.wire import control
 
 
 def _wait_reply(sock: socket.socket, i: int, timeout: float = 10.0) -> int:

@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.procs import loadavg
-from phoenix import control
-from phoenix.journal import Journal
+from phoenix.store.sqlite import Journal
+from phoenix.wire import control
 from tests.driver import PYTHON, REPO, Master
 from tests.multihost.cluster import Cluster
 from tests.multihost.netlab import Lab, lab_unsupported
@@ -185,7 +185,7 @@ class PhoenixPg:
         return {**_phoenix_cpu(masters), **_postgres_cpu(self.lab, self.backends), "driver": _driver_cpu()}
 
     def round(self, n: int, rep: int) -> float:
-        from phoenix.pgstore import PgStore
+        from phoenix.store.postgres import PgStore
 
         with PgStore(self.cluster.url) as store:
             store.connect()
@@ -315,7 +315,7 @@ def run_e2e(lab: Lab, work: Path, n: int, reps: int, say: Any) -> dict[str, Any]
 
 
 def phoenix_store_path(url: str, n: int, rep: int) -> float:
-    from phoenix.pgstore import PgStore
+    from phoenix.store.postgres import PgStore
 
     with PgStore(url, node=f"bench-store-{rep}", lease_ttl=300) as store:
         store.register_master(os.getpid(), 1, time.time(), 1, None)
@@ -365,7 +365,7 @@ def run_store_path(lab: Lab, n: int, reps: int, say: Any) -> dict[str, Any]:
 
 
 def run_recovery(lab: Lab, work: Path, reps: int, say: Any) -> dict[str, Any]:
-    from phoenix.leases import lease_times
+    from phoenix.rules.leases import lease_times
 
     delays: list[float] = []
     h1, h2 = lab.hosts[0], lab.hosts[1]
@@ -451,7 +451,7 @@ def run_idle(lab: Lab, work: Path, window: float, say: Any) -> dict[str, Any]:
 
 
 def run_latency(lab: Lab, work: Path, samples: int, say: Any) -> dict[str, Any]:
-    from phoenix.pgstore import PgStore
+    from phoenix.store.postgres import PgStore
 
     cluster = Cluster(lab, work / "latency", ttl=30.0, workers=4, app="bench.apps:beat_app", database="latency")
     reply_path = str(work / "latency-probe.sock")  # a path socket: reachable from every namespace

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from phoenix.journal import Journal
+from phoenix.store.sqlite import Journal
 from tests.driver import REPO, Master, phoenix_cli
 
 APP = "tests.apps.jobs:app"

@@ -18,18 +18,19 @@ if not _sys.platform.startswith("linux") or _sys.implementation.name != "cpython
 
 if TYPE_CHECKING:
     from phoenix.app import App, AppError, JobInfo
-    from phoenix.child import current_job, heartbeat
+    from phoenix.child.run import current_job, heartbeat
     from phoenix.client import Client
     from phoenix.compat import HeartbeatChild, HeartbeatParent
-    from phoenix.journal import KeyConflict
+    from phoenix.store.sqlite import KeyConflict
 
 # Each name is imported on first use (PEP 562): the fork server imports the
 # app, and so this package, and every module it holds is memory each job
 # child's fork copies page tables for. An app that only makes an App and its
 # jobs never loads the journal, the client or the compatibility layer there.
 _HOMES = {"App": "phoenix.app", "AppError": "phoenix.app", "JobInfo": "phoenix.app",
-          "current_job": "phoenix.child", "heartbeat": "phoenix.child", "Client": "phoenix.client",
-          "HeartbeatChild": "phoenix.compat", "HeartbeatParent": "phoenix.compat", "KeyConflict": "phoenix.journal"}
+          "current_job": "phoenix.child.run", "heartbeat": "phoenix.child.run", "Client": "phoenix.client",
+          "HeartbeatChild": "phoenix.compat", "HeartbeatParent": "phoenix.compat",
+          "KeyConflict": "phoenix.store.sqlite"}
 
 
 def __getattr__(name: str) -> Any:

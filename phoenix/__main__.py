@@ -1,3 +1,3 @@
-from phoenix.cli import main
+from phoenix.cli.main import main
 
 main()

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from phoenix.config import Config, ConfigError
-from phoenix.untrusted import MAX_JSON_DEPTH, MAX_KEY_BYTES, json_too_deep, visible
+from phoenix.linux.untrusted import MAX_JSON_DEPTH, MAX_KEY_BYTES, json_too_deep, visible
 
 if TYPE_CHECKING:
-    from phoenix.store import Store
+    from phoenix.store.base import Store
 
 
 class AppError(ValueError):
@@ -120,7 +120,7 @@ class App:
         """Record a job durably; returns its id. The same key with the same
         target and parameters is one job (its id is returned); with another
         target or other parameters, phoenix.KeyConflict says what differs."""
-        from phoenix.store import open_store  # the store is opened lazily outside a master
+        from phoenix.store.base import open_store  # the store is opened lazily outside a master
 
         name = target if isinstance(target, str) else target_name(target)
         resolve_target(name)
@@ -128,7 +128,7 @@ class App:
         if self.journal is not None and state_dir is None:
             return self.journal.submit(name, params_json, key)[0]
         from phoenix.config import load
-        from phoenix.paths import StatePaths
+        from phoenix.linux.paths import StatePaths
 
         settings = load(self.settings, None, {"state_dir": state_dir}, validate=False)
         paths = StatePaths(settings.state_dir)

@@ -23,12 +23,12 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 from phoenix import config as config_module
-from phoenix import control
 from phoenix.app import check_target_form, encode_params, resolve_target
-from phoenix.journal import default_key
-from phoenix.paths import StatePaths
-from phoenix.store import check_setting, open_store
-from phoenix.untrusted import check_key
+from phoenix.linux.paths import StatePaths
+from phoenix.linux.untrusted import check_key
+from phoenix.store.base import check_setting, open_store
+from phoenix.store.sqlite import default_key
+from phoenix.wire import control
 
 
 class Client:

@@ -28,7 +28,7 @@ class HeartbeatChild:
 
     @property
     def attempt(self) -> int:
-        from phoenix.child import current_job
+        from phoenix.child.run import current_job
 
         job = current_job()
         return job.attempt if job else 0
@@ -66,7 +66,7 @@ class HeartbeatParent:
     def monitor(self) -> int:
         """Run every spawned job to its end; returns 0 if all finished, 1 if any failed."""
         from phoenix.config import load
-        from phoenix.master import run_master
+        from phoenix.master.arbiter import run_master
 
         def submit_all(app: App) -> None:
             for index, (target, params) in enumerate(self._jobs):

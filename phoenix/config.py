@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from phoenix.untrusted import visible
+from phoenix.linux.untrusted import visible
 
 
 class ConfigError(ValueError):

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from phoenix.untrusted import visible
+from phoenix.linux.untrusted import visible
 
 log = logging.getLogger("phoenix")
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import pytest
 
-from phoenix import procfs
+from phoenix.linux import procfs
 from tests import driver
 from tests.driver import PYTHON, REPO, phoenix_cli, wait_for
 

@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from phoenix import control
-from phoenix.journal import Journal
-from phoenix.paths import StatePaths
+from phoenix.linux.paths import StatePaths
+from phoenix.store.sqlite import Journal
+from phoenix.wire import control
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -164,7 +164,7 @@ class Master:
 
     def jobs(self) -> dict[str, dict[str, Any]]:
         """Every job of the journal by key, joined with the live view."""
-        from phoenix.status import collect
+        from phoenix.cli.status import collect
 
         return {job["key"]: job for job in collect(self.paths, page=(0, 10**9))[0]["jobs"]}  # one page: all
 

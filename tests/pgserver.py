@@ -61,7 +61,7 @@ class Server:
         return psycopg.connect(self.url, autocommit=True)
 
     def _make_template(self) -> None:
-        from phoenix.pgstore import migrate
+        from phoenix.store.postgres import migrate
 
         with self.admin() as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")

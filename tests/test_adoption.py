@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from phoenix.paths import StatePaths
+from phoenix.linux.paths import StatePaths
 from tests.apps.replace_tools import APP, SLOW, UNTIL, alive, live, runs, stat_fields
 from tests.conftest import phoenix_cli, wait_for
 
@@ -85,8 +85,8 @@ def test_an_outcome_acknowledged_by_a_master_that_died_is_recorded_by_the_next_o
     it, and the child (acknowledged) writes no outbox file. If that master dies
     before it records the outcome, the next one records it from the journal:
     the finished job is not run again."""
-    from phoenix import protocol
-    from phoenix.journal import Journal
+    from phoenix.store.sqlite import Journal
+    from phoenix.wire import heartbeat as protocol
 
     state_dir.mkdir(mode=0o700)
     journal = Journal(state_dir / "journal.db")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from phoenix import procfs
+from phoenix.linux import procfs
 from tests.conftest import PYTHON, REPO, phoenix_cli, wait_for
 
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from phoenix import procfs
+from phoenix.linux import procfs
 from tests.apps.replace_tools import zombies_of
 from tests.conftest import wait_for
 

@@ -8,8 +8,8 @@ import pwd
 import signal
 import socket
 
-from phoenix import protocol
-from phoenix.journal import Journal
+from phoenix.store.sqlite import Journal
+from phoenix.wire import heartbeat as protocol
 from tests.apps.replace_tools import wait_generation
 from tests.conftest import wait_for
 

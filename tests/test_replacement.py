@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from phoenix.journal import Journal
-from phoenix.paths import StatePaths
+from phoenix.linux.paths import StatePaths
+from phoenix.store.sqlite import Journal
 from tests.apps.replace_tools import (
     APP,
     HEARTBEAT_TIMEOUT,
@@ -54,7 +54,7 @@ def running_pids(state_dir: Path, keys: list[str]) -> dict[str, int]:
 
 
 def _jobs(state_dir: Path) -> dict[str, dict]:
-    from phoenix.status import collect
+    from phoenix.cli.status import collect
 
     return {job["key"]: job for job in collect(StatePaths(state_dir), page=(0, 10**9))[0]["jobs"]}
 
@@ -99,6 +99,10 @@ def test_in_place_usr2_keeps_the_pid_and_the_children(master_factory, state_dir,
     assert running_pids(state_dir, keys) == before  # the same processes, adopted
     assert all(alive(pid) for pid in before.values())
     assert live(state_dir)["master"]["reload"]["state"] == "ready"
+    # The fd list came in a memfd, not in the environment (whose strings the kernel caps at 128 KiB).
+    environ = dict(item.split(b"=", 1)
+                   for item in Path(f"/proc/{master.pid}/environ").read_bytes().split(b"\0") if item)
+    assert environ[b"PHOENIX_FDS"].startswith(b"memfd:"), environ[b"PHOENIX_FDS"]
 
     done.touch()
     jobs = master.wait_jobs_done(keys, timeout=SLOW)

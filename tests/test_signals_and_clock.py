@@ -11,8 +11,8 @@ import sys
 import textwrap
 import time
 
-from phoenix import clock, lineage
-from phoenix.journal import Journal
+from phoenix.linux import clock, lineage
+from phoenix.store.sqlite import Journal
 
 OTHER_BOOT = "00000000-0000-0000-0000-000000000000"
 
@@ -20,7 +20,7 @@ OTHER_BOOT = "00000000-0000-0000-0000-000000000000"
 def test_boot_clock_is_the_base_of_proc_start_times():
     # A process started a moment ago, measured on CLOCK_BOOTTIME (not this
     # worker, which may have run for many minutes of a loaded suite).
-    from phoenix import procfs
+    from phoenix.linux import procfs
 
     fresh = subprocess.Popen(["sleep", "60"])
     try:
@@ -92,7 +92,7 @@ def test_an_older_journal_gets_the_new_columns(tmp_path):
 
 _SIGNALFD_PROBE = textwrap.dedent("""
     import json, os, select, signal, subprocess, sys
-    from phoenix.signals import SignalFD
+    from phoenix.linux.signals import SignalFD
     fd = SignalFD({signal.SIGUSR1, signal.SIGCHLD})
     sender = subprocess.Popen([sys.executable, "-c", f"import os, signal; os.kill({os.getpid()}, signal.SIGUSR1)"])
     sender.wait()

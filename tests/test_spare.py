@@ -8,7 +8,7 @@ leaves it to exit by itself."""
 import os
 import signal
 
-from phoenix import procfs
+from phoenix.linux import procfs
 from tests.apps.replace_tools import zombies_of
 from tests.conftest import wait_for
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from phoenix.paths import StatePaths
+from phoenix.linux.paths import StatePaths
 from tests.apps.replace_tools import (
     APP,
     SLOW,

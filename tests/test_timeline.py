@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from phoenix import report
-from phoenix.journal import Journal
+from phoenix.cli import report
+from phoenix.store.sqlite import Journal
 from tests.conftest import phoenix_cli
 
 EVIL_KEY = "<script>alert('k')</script> & \"quoted\""

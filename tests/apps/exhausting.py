@@ -7,7 +7,7 @@ import resource
 import time
 
 import phoenix
-from phoenix import child
+from phoenix.child import run as child
 
 HEARTBEAT_TIMEOUT = 1.0
 # A final no master acknowledges within a second goes to the outbox.

@@ -12,7 +12,7 @@ import socket
 import time
 
 import phoenix
-from phoenix.protocol import MAX_MESSAGE_BYTES
+from phoenix.wire.heartbeat import MAX_MESSAGE_BYTES
 
 HEARTBEAT_TIMEOUT = 1.0
 app = phoenix.App(heartbeat_interval=0.2, heartbeat_timeout=HEARTBEAT_TIMEOUT, kill_grace=1.0, backoff_base=0.05,
@@ -50,7 +50,7 @@ def beat_for(params):
 def skip_seq(params):
     """Burns `skip` sequence numbers, as beats dropped on the way would: the
     master must count exactly that many missing."""
-    from phoenix import child
+    from phoenix.child import run as child
 
     time.sleep(0.5)  # some beats first
     with child._runtime.lock:

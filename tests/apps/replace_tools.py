@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from phoenix import control, procfs
-from phoenix.paths import StatePaths
-from phoenix.pidfile import read_pid  # noqa: F401 - re-exported for the tests
-from phoenix.procfs import stat_fields  # noqa: F401 - re-exported for the tests
+from phoenix.linux import procfs
+from phoenix.linux.paths import StatePaths
+from phoenix.linux.pidfile import read_pid  # noqa: F401 - re-exported for the tests
+from phoenix.linux.procfs import stat_fields  # noqa: F401 - re-exported for the tests
+from phoenix.wire import control
 from tests.conftest import wait_for
 
 APP = "tests.apps.replace:app"

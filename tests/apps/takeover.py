@@ -6,7 +6,7 @@ import signal
 import time
 
 import phoenix
-from phoenix import procfs
+from phoenix.linux import procfs
 
 app = phoenix.App(heartbeat_interval=0.2, heartbeat_timeout=1.0, kill_grace=1.0, backoff_base=0.05,
                   backoff_cap=0.2, workers=4, callback_timeout=2.0)

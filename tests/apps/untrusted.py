@@ -27,7 +27,7 @@ crashing = phoenix.App(heartbeat_interval=0.2, heartbeat_timeout=10.0, workers=1
 @crashing.startup
 def break_the_loop(app):
     """A bug in one step of the master loop, as an uncaught exception would be."""
-    from phoenix.hangs import HangKiller
+    from phoenix.master.hangs import HangKiller
 
     def run_due_timers(self, now):
         raise RuntimeError("a bug in the master loop")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from phoenix import control
-from phoenix.journal import Journal
+from phoenix.store.sqlite import Journal
+from phoenix.wire import control
 from tests.conftest import Master, wait_for
 
 FAULTY = "tests.apps.faulty"

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from phoenix import control
-from phoenix.control import MAX_CLIENTS, REQUEST_TIMEOUT, ControlServer
+from phoenix.wire import control
+from phoenix.wire.control import MAX_CLIENTS, REQUEST_TIMEOUT, ControlServer
 from tests.conftest import phoenix_cli, wait_for
 from tests.faults.conftest import log_lines, report
 from tests.faults.helpers import live, submit

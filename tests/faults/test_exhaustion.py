@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from phoenix.journal import Journal
-from phoenix.shortage import BASE_FDS, FDS_PER_SLOT
+from phoenix.rules.shortage import BASE_FDS, FDS_PER_SLOT
+from phoenix.store.sqlite import Journal
 from tests.conftest import PYTHON, phoenix_cli, wait_for
 from tests.faults.conftest import cpu_seconds, log_lines
 

@@ -23,8 +23,10 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from phoenix import child, journal, pidfile
-from phoenix.journal import Journal
+from phoenix.child import run as child
+from phoenix.linux import pidfile
+from phoenix.store import sqlite as journal
+from phoenix.store.sqlite import Journal
 from tests.conftest import PYTHON, phoenix_cli, wait_for
 
 SLEEP = "tests.apps.jobs:sleep"

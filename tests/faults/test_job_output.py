@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from phoenix import output
-from phoenix.paths import StatePaths
+from phoenix.child import output
+from phoenix.linux.paths import StatePaths
 from tests.conftest import wait_for
 from tests.driver import PHOENIX, REPO, phoenix_cli
 from tests.faults.conftest import report

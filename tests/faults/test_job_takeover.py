@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from phoenix import procfs
-from phoenix.journal import Journal
+from phoenix.linux import procfs
+from phoenix.store.sqlite import Journal
 from tests.conftest import wait_for
 from tests.faults.conftest import log_lines
 from tests.faults.helpers import wake
@@ -106,7 +106,7 @@ def test_signals_glibc_keeps_for_itself_are_not_left_ignored_by_a_posix_spawned_
     # a master started that way handed SIG_IGN on to every job (the fork
     # server and any child the master forks reset handlers through this).
     out = tmp_path / "sigign"
-    code = ("from phoenix.child import reset_signal_handlers\n"
+    code = ("from phoenix.child.run import reset_signal_handlers\n"
             "def ignored():\n"
             "    return [line.split()[1] for line in open('/proc/self/status') if line.startswith('SigIgn')][0]\n"
             "before = ignored()\n"

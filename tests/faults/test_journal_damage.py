@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from phoenix.journal import _SCHEMA, APPLICATION_ID, SCHEMA_VERSION, Journal, JournalError
-from phoenix.paths import StatePaths
+from phoenix.linux.paths import StatePaths
+from phoenix.store.sqlite import _SCHEMA, APPLICATION_ID, SCHEMA_VERSION, Journal, JournalError
 from tests.conftest import phoenix_cli, wait_for
 from tests.faults.helpers import live
 
@@ -143,7 +143,7 @@ def test_processes_creating_the_journal_at_once_share_one(tmp_path):
     """Creation is atomic (built aside, then linked): no process ever sees a
     half-made journal, which an empty file would now be refused as."""
     path = tmp_path / "journal.db"
-    code = "import sys\nfrom phoenix.journal import Journal\nJournal(sys.argv[1]).submit('a:b', '{}', sys.argv[2])"
+    code = "import sys\nfrom phoenix.store.sqlite import Journal\nJournal(sys.argv[1]).submit('a:b', '{}', sys.argv[2])"
     processes = [subprocess.Popen([sys.executable, "-c", code, str(path), f"key-{i}"],
                                   stderr=subprocess.PIPE, text=True)
                  for i in range(6)]
@@ -192,7 +192,7 @@ def test_garbage_inside_the_journal_is_refused_at_start(master_factory, state_di
 def commit_and_die(path: Path, key: str) -> None:
     """Another process submits a job and dies without closing the journal, as a
     killed master would: the commit is in the write-ahead log only."""
-    code = ("import os, sys\nfrom phoenix.journal import Journal\n"
+    code = ("import os, sys\nfrom phoenix.store.sqlite import Journal\n"
             "Journal(sys.argv[1]).submit('tests.apps.jobs:noop', '{}', sys.argv[2])\nos._exit(0)")
     subprocess.run([sys.executable, "-c", code, str(path), key], check=True)
     assert path.with_name("journal.db-wal").stat().st_size > 32

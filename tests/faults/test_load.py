@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from phoenix.journal import Journal
+from phoenix.store.sqlite import Journal
 from tests.conftest import wait_for
 from tests.faults.conftest import cpu_seconds, log_lines, report
 from tests.faults.helpers import FAULTY, live, submit_all, wake

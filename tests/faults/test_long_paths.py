@@ -12,8 +12,8 @@ import signal
 import socket
 from pathlib import Path
 
-from phoenix.paths import StatePaths
-from phoenix.pidfile import read_pid
+from phoenix.linux.paths import StatePaths
+from phoenix.linux.pidfile import read_pid
 from tests.conftest import phoenix_cli, wait_for
 
 SLEEP = "tests.apps.jobs:sleep"
@@ -31,7 +31,7 @@ def deep(base: Path, total: int) -> Path:
 def test_unix_address_reaches_a_long_path_for_bind_connect_and_sendto(tmp_path):
     """The short name works for every call Phoenix makes, in a forked child
     too (which opens its own directory fd)."""
-    from phoenix.paths import unix_address
+    from phoenix.linux.paths import unix_address
 
     directory = deep(tmp_path, 200)
     directory.mkdir(parents=True)

@@ -13,7 +13,7 @@ import sqlite3
 
 import pytest
 
-from phoenix.journal import Journal
+from phoenix.store.sqlite import Journal
 from tests.apps.replace_tools import zombies_of
 from tests.conftest import wait_for
 

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from phoenix import control, procfs
-from phoenix.journal import Journal
+from phoenix.linux import procfs
+from phoenix.store.sqlite import Journal
+from phoenix.wire import control
 from tests import driver
 from tests.conftest import PYTHON, REPO, phoenix_cli, wait_for
 

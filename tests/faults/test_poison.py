@@ -27,12 +27,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from phoenix import jobsview, log, protocol, report, status
+from phoenix import log
 from phoenix.app import AppError, check_target_form, encode_params
-from phoenix.journal import Journal
-from phoenix.outcomes import classify
-from phoenix.store import Store
-from phoenix.untrusted import MAX_JSON_DEPTH, KeyRefused, check_key, storable, stored_json
+from phoenix.cli import jobsview, report, status
+from phoenix.linux.untrusted import MAX_JSON_DEPTH, KeyRefused, check_key, storable, stored_json
+from phoenix.rules.outcomes import classify
+from phoenix.store.base import Store
+from phoenix.store.sqlite import Journal
+from phoenix.wire import heartbeat as protocol
 from tests.conftest import Master, phoenix_cli, wait_for
 from tests.faults.conftest import log_lines
 from tests.faults.conftest import report as report_figures
@@ -242,7 +244,7 @@ def test_an_outcome_the_store_refuses_is_quarantined_not_a_crash(tmp_path, pg_ur
         for key, params in poison:
             result = phoenix_cli("submit", f"{POISON}:raises", json.dumps(params), "--key", key, "--store", pg_url)
             assert result.returncode == 0, result.stderr
-        from phoenix.pgstore import PgStore
+        from phoenix.store.postgres import PgStore
 
         def ended() -> dict[str, Any] | None:
             with PgStore(pg_url) as store:
@@ -283,7 +285,7 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]
         journal.close()
         return
     pytest.importorskip("psycopg")
-    from phoenix.pgstore import PgStore
+    from phoenix.store.postgres import PgStore
 
     shared = PgStore(request.getfixturevalue("pg_url"), node="poison-node", lease_ttl=30)
     shared.register_master(os.getpid(), 1, time.time(), 4, APP)
@@ -439,7 +441,7 @@ def test_a_state_directory_that_is_not_utf8_names_its_master_on_the_shared_store
         shown = wait_for(lambda: (out := phoenix_cli("status", "--store", pg_url)).returncode == 0
                          and "state-\\udcff" in out.stdout and out.stdout, 30, "the master to show in status")
         shown_safely(shown)
-        from phoenix.pgstore import PgStore
+        from phoenix.store.postgres import PgStore
 
         def finished() -> bool:
             with PgStore(pg_url) as store:

@@ -14,7 +14,7 @@ import json
 import signal
 from pathlib import Path
 
-from phoenix.journal import Journal
+from phoenix.store.sqlite import Journal
 from tests.apps.replace_tools import SLOW, live
 from tests.conftest import REPO, phoenix_cli, wait_for
 from tests.faults.conftest import log_lines

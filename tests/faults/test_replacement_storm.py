@@ -8,7 +8,7 @@ import os
 import signal
 import time
 
-from phoenix.journal import Journal
+from phoenix.store.sqlite import Journal
 from tests.apps.replace_tools import fd_count
 from tests.apps.replace_tools import rss_kb as rss_kib
 from tests.conftest import wait_for

@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from phoenix.client import Client
-from phoenix.journal import Journal, KeyConflict
-from phoenix.untrusted import KeyRefused
+from phoenix.linux.untrusted import KeyRefused
+from phoenix.store.sqlite import Journal, KeyConflict
 from tests.driver import PHOENIX
 
 JOBS = 200_000
@@ -260,7 +260,7 @@ def client(request: pytest.FixtureRequest, tmp_path: Path) -> Client:
 
 
 def _keys(client: Client) -> dict[str, str]:
-    from phoenix.store import open_store
+    from phoenix.store.base import open_store
 
     with open_store(client.store, client.paths.journal) as store:
         return {row["key"]: row["state"] for row in store.status_rows()}

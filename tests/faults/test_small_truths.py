@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from phoenix.journal import Journal
-from phoenix.paths import StatePaths
+from phoenix.linux.paths import StatePaths
+from phoenix.store.sqlite import Journal
 from tests.conftest import REPO, Master, phoenix_cli, wait_for
 
 APP = "tests.apps.truths:app"
@@ -346,7 +346,7 @@ def test_the_fork_server_of_a_killed_master_exits_quietly(tmp_path, capfd):
     import select
     import sys
 
-    from phoenix.forkserver import ForkServer
+    from phoenix.child.forkserver import ForkServer
 
     settings = {"app": APP, "path": [str(REPO), *sys.path], "argv": ["phoenix"], "master": os.getpid(),
                 "socket_path": str(tmp_path / "phoenix.sock"), "outbox": str(tmp_path / "outbox"),

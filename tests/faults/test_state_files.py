@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 
-from phoenix import control
-from phoenix.journal import Journal
-from phoenix.pidfile import read_pid
+from phoenix.linux.pidfile import read_pid
+from phoenix.store.sqlite import Journal
+from phoenix.wire import control
 from tests.conftest import phoenix_cli, wait_for
 from tests.faults.conftest import log_lines
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import phoenix
-from phoenix.journal import Journal
+from phoenix.store.sqlite import Journal
 from tests.conftest import phoenix_cli, wait_for
 
 SLEEP = "tests.apps.jobs:sleep"
@@ -203,7 +203,7 @@ def test_a_stop_the_journal_cannot_judge_counts_as_unfinished():
     """Pure rule: with the journal unreadable, the batch is not known to be done."""
     import sqlite3
 
-    from phoenix import exits
+    from phoenix.master import exits
 
     def unreadable() -> dict[str, int]:
         raise sqlite3.OperationalError("disk I/O error")

@@ -8,7 +8,7 @@ import json
 import os
 import signal
 
-from phoenix.status import collect
+from phoenix.cli.status import collect
 from tests.conftest import phoenix_cli, wait_for
 
 APP = "tests.apps.exhausting:app"

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from phoenix.app import App
-from phoenix.journal import Journal
-from phoenix.untrusted import MAX_KEY_BYTES, KeyRefused
+from phoenix.linux.untrusted import MAX_KEY_BYTES, KeyRefused
+from phoenix.store.sqlite import Journal
 from tests.conftest import PYTHON, REPO, phoenix_cli
 from tests.faults.conftest import report
 from tests.faults.helpers import wake

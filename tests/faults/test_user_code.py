@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from phoenix import forksafety
+from phoenix.child import forksafety
 from tests.conftest import phoenix_cli, wait_for
 from tests.faults.conftest import log_lines
 

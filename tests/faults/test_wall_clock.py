@@ -9,8 +9,8 @@ import signal
 import sqlite3
 import time
 
-from phoenix import clock
-from phoenix.journal import Journal
+from phoenix.linux import clock
+from phoenix.store.sqlite import Journal
 from tests.conftest import wait_for
 from tests.faults.helpers import live, wake
 

@@ -66,7 +66,7 @@ class Cluster:
 
     def submit(self, keys: Sequence[str], seconds: float, target: str = TICK) -> None:
         """Jobs in one transaction (one NOTIFY), from the root namespace."""
-        from phoenix.pgstore import PgStore
+        from phoenix.store.postgres import PgStore
 
         with PgStore(self.url) as store:
             store.submit_many((target, json.dumps({"s": seconds}), key) for key in keys)

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from phoenix.leases import lease_times
+from phoenix.rules.leases import lease_times
 from tests.driver import PYTHON, REPO, wait_for
 from tests.multihost import invariants
 from tests.multihost.cluster import TICK, Cluster

@@ -11,8 +11,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from phoenix.journal import Journal, KeyConflict, RetryRefused
-from phoenix.store import Store
+from phoenix.store.base import Store
+from phoenix.store.sqlite import Journal, KeyConflict, RetryRefused
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -23,7 +23,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         journal.close()
         return
     pytest.importorskip("psycopg")
-    from phoenix.pgstore import PgStore
+    from phoenix.store.postgres import PgStore
 
     url = request.getfixturevalue("pg_url")
     shared = PgStore(url, node="n1", lease_ttl=30)

@@ -66,7 +66,7 @@ def test_a_second_master_under_a_node_name_held_by_a_live_lease_is_refused(tmp_p
 
 
 def test_a_node_name_whose_old_master_is_gone_past_the_grace_can_be_taken(pg_url: str, tmp_path: Path) -> None:
-    from phoenix.pgstore import NodeTaken, PgStore
+    from phoenix.store.postgres import NodeTaken, PgStore
 
     with PgStore(pg_url, node="web", lease_ttl=1) as old, PgStore(pg_url, node="web", lease_ttl=1) as new:
         epoch = old.register_master(1, 1, time.time(), 2, None, instance="old", grace=0.5)
@@ -173,7 +173,7 @@ def test_a_claim_committed_whose_reply_was_lost_is_reconciled_at_once(
 
 
 def test_the_claim_finds_due_jobs_through_the_index_condition(pg_url: str) -> None:
-    from phoenix.pgstore import _CLAIM
+    from phoenix.store.postgres import _CLAIM
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("INSERT INTO jobs (key, target, params, state, not_before, created_at, updated_at) "
@@ -218,7 +218,7 @@ def test_updates_of_jobs_reserve_no_room_for_hot_updates_that_cannot_happen(pg_u
 
 def test_a_callback_taken_over_from_a_lapsed_lease_is_neither_started_nor_marked_by_its_old_owner(
         pg_url: str) -> None:
-    from phoenix.pgstore import PgStore
+    from phoenix.store.postgres import PgStore
 
     with PgStore(pg_url, node="cut-off", lease_ttl=1) as old, PgStore(pg_url, node="other", lease_ttl=30) as other:
         old.register_master(1, 1, time.time(), 1, None, instance="a")
@@ -274,7 +274,7 @@ def _as_version_1(url: str) -> None:
 
 
 def test_store_migrate_upgrades_an_older_schema_for_real(pg_url: str) -> None:
-    from phoenix.pgstore import SCHEMA_VERSION
+    from phoenix.store.postgres import SCHEMA_VERSION
 
     _as_version_1(pg_url)
     result = phoenix_cli("store", "migrate", "--store", pg_url)
@@ -306,8 +306,8 @@ def test_store_migrate_refuses_a_version_no_phoenix_wrote(pg_url: str) -> None:
 def test_a_session_that_does_not_keep_phoenix_settings_is_refused_with_the_reason(pg_url: str) -> None:
     """What a pooler in transaction mode that ignores `options` looks like:
     the next statement runs in a session without Phoenix's timeouts."""
-    from phoenix.journal import JournalError
-    from phoenix.pgstore import check_session, connect
+    from phoenix.store.postgres import check_session, connect
+    from phoenix.store.sqlite import JournalError
 
     conn = connect(pg_url)  # Phoenix's own: accepted
     try:
@@ -322,7 +322,7 @@ def test_a_session_that_does_not_keep_phoenix_settings_is_refused_with_the_reaso
 
 
 def test_the_outage_budget_is_what_the_renewals_allow_and_status_says_it(tmp_path: Path, pg_url: str) -> None:
-    from phoenix.leases import lease_times
+    from phoenix.rules.leases import lease_times
 
     times = lease_times(30, 5)
     assert times.outage_budget == pytest.approx(30 - 10 - 2 - 1)  # not the ttl: a renewal may be a period old
@@ -345,7 +345,7 @@ class _Host:
         import selectors
 
         from phoenix.config import Config
-        from phoenix.policy import RestartBudget
+        from phoenix.rules.policy import RestartBudget
 
         state_dir.mkdir(mode=0o700)
         self.config = Config(state_dir=str(state_dir), lease_ttl=1.0, kill_grace=0.1)
@@ -382,8 +382,8 @@ class _Host:
 
 def test_a_master_whose_node_another_took_while_it_was_away_stops_instead_of_sharing_it(
         tmp_path: Path, pg_url: str) -> None:
-    from phoenix.leasekeeper import LeaseKeeper
-    from phoenix.pgstore import PgStore
+    from phoenix.master.leasekeeper import LeaseKeeper
+    from phoenix.store.postgres import PgStore
 
     host = _Host(tmp_path / "away")
     with PgStore(pg_url, node="web", lease_ttl=1.0) as store, PgStore(pg_url, node="web", lease_ttl=30) as other:

@@ -41,7 +41,7 @@ def status(url: str, *args: str) -> tuple[int, dict[str, Any]]:
 
 def jobs_by_key(url: str) -> dict[str, dict[str, Any]]:
     """What `phoenix status --json --store URL` lists as jobs, read in this process (faster than the command)."""
-    from phoenix.pgstore import PgStore
+    from phoenix.store.postgres import PgStore
 
     with PgStore(url) as store:
         return {job["key"]: job for job in store.status_rows()}
@@ -113,7 +113,7 @@ def test_a_killed_masters_jobs_run_again_on_the_other_within_ttl_plus_grace(tmp_
 
 
 def attempts(url: str, key: str) -> list[dict[str, Any]]:
-    from phoenix.pgstore import PgStore
+    from phoenix.store.postgres import PgStore
 
     with PgStore(url) as store:
         job = store.job_by_key(key)
@@ -139,7 +139,7 @@ def test_a_frozen_masters_late_outcome_is_fenced(tmp_path: Path, pg_url: str) ->
         assert (second["master"], second["outcome"]) == ("b", "finished")
         job = jobs_by_key(pg_url)["job"]
         assert job["state"] == "finished" and job["result"]["pid"] == second["pid"]  # b's result, not a's
-        from phoenix.pgstore import PgStore
+        from phoenix.store.postgres import PgStore
 
         with PgStore(pg_url) as store:
             row = store.job_by_key("job")

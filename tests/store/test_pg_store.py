@@ -17,8 +17,8 @@ from tests.conftest import REPO, phoenix_cli
 
 psycopg = pytest.importorskip("psycopg")
 
-from phoenix.journal import StoreUnavailable  # noqa: E402
-from phoenix.pgstore import RECOVERED_REASON, SCHEMA_VERSION, PgStore, migrate  # noqa: E402
+from phoenix.store.postgres import RECOVERED_REASON, SCHEMA_VERSION, PgStore, migrate  # noqa: E402
+from phoenix.store.sqlite import StoreUnavailable  # noqa: E402
 
 
 def master(url: str, node: str, ttl: float = 30.0) -> PgStore:
@@ -174,7 +174,7 @@ def test_concurrent_claims_never_take_the_same_job(pg_url: str) -> None:
     stores[0].submit_many([("m:f", str(i), f"k{i}") for i in range(60)])
     script = (
         "import sys, time, os\n"
-        "from phoenix.pgstore import PgStore\n"
+        "from phoenix.store.postgres import PgStore\n"
         "s = PgStore(sys.argv[1], node=sys.argv[2]); s.epoch = 1\n"
         "got = []\n"
         "while (c := s.claim(1, os.getpid(), None)) is not None: got.append(c[0].key)\n"
@@ -232,7 +232,7 @@ def test_bad_store_urls_are_one_line(url: str, message: str, tmp_path: Any) -> N
 
 
 def test_the_sqlite_path_never_imports_psycopg() -> None:
-    code = ("import sys, phoenix, phoenix.cli, phoenix.master, phoenix.client, phoenix.store\n"
+    code = ("import sys, phoenix, phoenix.cli.main, phoenix.master.arbiter, phoenix.client, phoenix.store.base\n"
             "assert 'psycopg' not in sys.modules, 'psycopg imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 

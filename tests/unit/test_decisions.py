@@ -11,11 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from phoenix.commands import SIGNAL_COMMANDS, BadRequest, Command, from_request
-from phoenix.liveness import Limits, excused, master_was_away, verdict
-from phoenix.outcomes import classify, classify_exit
-from phoenix.policy import RestartBudget, after_attempt, backoff_delay, may_run, may_start_jobs
-from phoenix.states import (
+from phoenix.master.timers import TimerHeap
+from phoenix.rules.commands import SIGNAL_COMMANDS, BadRequest, Command, from_request
+from phoenix.rules.liveness import Limits, excused, master_was_away, verdict
+from phoenix.rules.outcomes import classify, classify_exit
+from phoenix.rules.policy import RestartBudget, after_attempt, backoff_delay, may_run, may_start_jobs
+from phoenix.rules.states import (
     HANDOFF_TRANSITIONS,
     MASTER_TRANSITIONS,
     BadTransition,
@@ -26,7 +27,6 @@ from phoenix.states import (
     TimerKind,
     check_move,
 )
-from phoenix.timers import TimerHeap
 
 # -- policy.after_attempt -----------------------------------------------------------------
 

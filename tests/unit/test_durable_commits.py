@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from phoenix.journal import Journal, KeyConflict
+from phoenix.store.sqlite import Journal, KeyConflict
 
 NORMAL, FULL = 1, 2
 
@@ -69,8 +69,8 @@ def test_only_acknowledged_writes_are_durable(tmp_path: Path) -> None:
 
 
 def test_a_stop_spares_only_a_child_that_holds_the_only_copy_of_its_outcome() -> None:
-    from phoenix.attempts import Attempt
-    from phoenix.master import holds_only_copy
+    from phoenix.master.arbiter import holds_only_copy
+    from phoenix.master.attempts import Attempt
 
     child = Attempt(attempt_id=1, job_id=1, key="k", target="m:f", number=1, pid=123, spec=None, started=0.0,
                     last_beat=0.0, last_progress=0.0)

@@ -3,7 +3,7 @@ at import, seen by threading or by /proc/self/task."""
 
 import pytest
 
-from phoenix.forkserver import refusal
+from phoenix.child.forkserver import refusal
 
 
 @pytest.mark.parametrize(("names", "tasks", "expected"), [

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from phoenix.leases import children_must_end, lease_times, may_claim, orphan_after, renewal_due, trusted_until
+from phoenix.rules.leases import children_must_end, lease_times, may_claim, orphan_after, renewal_due, trusted_until
 
 
 @pytest.mark.parametrize("ttl, kill_grace, renew_every, margin, grace", [

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from phoenix import log
-from phoenix.untrusted import visible
+from phoenix.linux.untrusted import visible
 
 TEXTS = st.text(st.characters(codec="utf-8") | st.sampled_from("\n\t\r \"\x1b\u202e\x00"), max_size=30)
 FIELDS = st.dictionaries(st.from_regex(r"[a-z_]{1,10}", fullmatch=True),

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from phoenix import output
+from phoenix.child import output
 
 
 def capture_of(path: Path, max_bytes: int) -> output.Capture:

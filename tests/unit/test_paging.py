@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from phoenix.jobsview import BadCursor, parse_cursor
-from phoenix.status import page_of
+from phoenix.cli.jobsview import BadCursor, parse_cursor
+from phoenix.cli.status import page_of
 
 
 def rows(*ids: int) -> list[dict[str, int]]:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from phoenix.protocol import RECV_BUFFER_BYTES, decode, encode, plain_beat, plain_beat_prefix
+from phoenix.wire.heartbeat import RECV_BUFFER_BYTES, decode, encode, plain_beat, plain_beat_prefix
 
 PREFIX = plain_beat_prefix(17, 2)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from phoenix.settler import CallbackSettler
+from phoenix.master.settler import CallbackSettler
 
 
 class Running:

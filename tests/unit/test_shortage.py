@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from phoenix.shortage import BASE_FDS, FIRST_RETRY, MAX_RETRY, ForkBackoff, fds_needed, slots_that_fit
+from phoenix.rules.shortage import BASE_FDS, FIRST_RETRY, MAX_RETRY, ForkBackoff, fds_needed, slots_that_fit
 
 
 @given(st.integers(min_value=0, max_value=2_000_000))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from phoenix.status import NOT_RESPONDING, summary
+from phoenix.cli.status import NOT_RESPONDING, summary
 
 
 def test_a_master_that_does_not_answer_is_shown_with_its_pid_state_and_the_way_to_resume_it() -> None:

@@ -9,7 +9,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from phoenix.untrusted import (
+from phoenix.linux.untrusted import (
     MAX_JSON_DEPTH,
     cut_traceback,
     json_too_deep,

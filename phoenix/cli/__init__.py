@@ -1,0 +1,1 @@
+"""The `phoenix` command (`main`) and the read-only views it prints (status, jobs, report)."""

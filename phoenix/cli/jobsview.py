@@ -1,0 +1,124 @@
+"""`phoenix jobs` and `phoenix show`: the journal's jobs and attempts for an
+operator. Every string from a job (key, target, reason, traceback) goes
+through `visible`, and into rich as Text, never as markup."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from typing import Any, Sequence
+
+from phoenix.cli.status import duration
+from phoenix.linux.untrusted import stored_json, visible
+from phoenix.store.base import Store
+
+JOBS_COLUMNS = ("key", "target", "state", "attempts", "last outcome", "age")
+
+
+class BadCursor(ValueError):
+    """--after is not a cursor that `phoenix jobs` printed."""
+
+
+def parse_cursor(text: str) -> tuple[float, int]:
+    """A page's `next_after`, "UPDATED_AT/ID", back into (updated_at, id)."""
+    when, _slash, job_id = text.partition("/")
+    try:
+        return float(when), int(job_id)
+    except ValueError:
+        raise BadCursor(f"--after wants the next_after of the page before, as `phoenix jobs --json` prints it "
+                        f"(e.g. 1765080000.123/42), not {text!r}") from None
+
+
+def jobs_report(journal: Store, *, state: str | None, target: str | None, since: float | None,
+                limit: int, after: tuple[float, int] | None = None) -> dict[str, Any]:
+    """The `phoenix jobs --json` object: the jobs shown, how many matched from
+    this page on ("total") and after it ("more"), and `next_after`, the cursor
+    of the next page (None on the last). Pages go by last change, newest first:
+    a job that changes while a script pages moves to the front."""
+    rows, total = journal.list_jobs(state=state, target=target,
+                                    since=None if since is None else time.time() - since, limit=limit, after=after)
+    more = max(0, total - len(rows))
+    next_after = f"{rows[-1]['updated_at']!r}/{rows[-1]['id']}" if more and rows else None
+    return {"jobs": rows, "total": total, "more": more, "next_after": next_after}
+
+
+def _last_outcome(job: dict[str, Any]) -> str:
+    if not job["outcome"]:
+        return "-"
+    return f"{job['outcome']}: {job['reason']}" if job.get("reason") else str(job["outcome"])
+
+
+def render_jobs(report: dict[str, Any]) -> None:
+    now = time.time()
+    rows = [(visible(job["key"]), visible(job["target"]), job["state"], str(job["attempts"]),
+             visible(_last_outcome(job)), duration(now - job["updated_at"])) for job in report["jobs"]]
+    _table(JOBS_COLUMNS, rows)
+    if report["more"]:
+        print(f"... {report['more']} more (of {report['total']}): narrow with --state, --target, --since, "
+              f"raise --limit, or see the next page with --after {report['next_after']}")
+
+
+def show_report(journal: Store, job: dict[str, Any]) -> dict[str, Any]:
+    """The `phoenix show --json` object: the job and every attempt."""
+    node = socket.gethostname()  # the SQLite journal's attempts all ran here; a shared store names each's master
+    attempts = []
+    for attempt in journal.attempts_of(job["id"]):
+        ended = attempt["ended_at"]
+        attempts.append({**attempt, "node": attempt.pop("master", node),
+                         "duration": None if ended is None else round(ended - attempt["started_at"], 3)})
+    result = job["result"]
+    return {"id": job["id"], "key": job["key"], "target": job["target"], "params": stored_json(job["params"]),
+            "state": job["state"], "attempts": job["attempts"], "failures": job["failures"],
+            "outcome": job["outcome"], "result": None if result is None else stored_json(result),
+            "error": job["error"], "created_at": job["created_at"], "updated_at": job["updated_at"],
+            "attempt_list": attempts}
+
+
+def _clock(at: float | None) -> str:
+    return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def render_show(report: dict[str, Any]) -> None:
+    print(f"job {visible(report['key'])}  (id {report['id']})")
+    for name in ("target", "state", "attempts", "failures", "outcome"):
+        print(f"  {name}: {visible(str(report[name] if report[name] is not None else '-'))}")
+    print(f"  params: {visible(json.dumps(report['params']))}")
+    print(f"  created: {_clock(report['created_at'])}  last change: {_clock(report['updated_at'])}")
+    if report["result"] is not None:
+        print(f"  result: {visible(json.dumps(report['result']))}")
+    columns = ("attempt", "pid", "node", "start", "duration", "outcome", "reason", "max rss")
+    rows = [(str(a["n"]), str(a["pid"] or "-"), visible(a["node"]), _clock(a["started_at"]),
+             "running" if a["duration"] is None else f"{a['duration']:.2f}s", a["outcome"] or "-",
+             visible(a["reason"] or "-"), "-" if a["max_rss_kb"] is None else f"{a['max_rss_kb'] / 1024:.1f}M")
+            for a in report["attempt_list"]]
+    print()
+    if rows:
+        _table(columns, rows)
+    else:
+        print("no attempt yet")
+    for attempt in report["attempt_list"]:
+        if attempt["error"]:
+            print(f"\nattempt {attempt['n']} error:\n{visible(attempt['error'].rstrip(), multiline=True)}")
+    if report["error"] and not report["attempt_list"]:
+        print(f"\nerror:\n{visible(report['error'].rstrip(), multiline=True)}")
+
+
+def _table(columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    """A rich table on a terminal (rich honours NO_COLOR), plain columns when piped."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table()
+        for column in columns:
+            table.add_column(column, style="cyan" if column == "key" else None)
+        for row in rows:
+            table.add_row(*(Text(cell) for cell in row))  # Text: a key like "[/bold]" is not markup
+        Console().print(table)
+        return
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+    for row in [columns, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

@@ -1,0 +1,861 @@
+"""The master: one single-threaded event loop that builds the parts and runs
+them in order. Signals and control requests become commands (commands.py);
+every decision is a pure function of its own module (policy, liveness,
+outcomes); every state field has one writer that checks the move (states.py).
+
+    while state is not stopped:
+        wait_for_events()             # sleep until the earliest deadline any part reports
+                                      # (next_deadline); heartbeats, signals, control requests,
+                                      # pidfds; a master that overslept gives every child grace
+        run_commands()                # signals, in arrival order, through execute()
+        reaper.reap()                 # exits the fork server reports; our own children (SIGCHLD +
+                                      # wait4); orphans we subreap
+        hangs.run_due_timers()        # liveness checks and kills due on the timer heap
+        scheduler.spawn_pending_jobs()  # through the one slot gate (policy.may_start_jobs)
+        spawner.replenish()           # the spare child (and the fork server, if it must be restarted)
+        settler.settle()              # callbacks that ended or overran
+        handoff steps, check_finished, title, watchdog, watch_storage
+
+Everything worth keeping is in the journal first, so that a replacement of
+this process (handoff.py), a stop or a crash loses nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import logging
+import os
+import resource
+import selectors
+import signal
+import socket
+import time
+from typing import Any, Callable
+
+from phoenix import log
+from phoenix.app import App, AppError, JobSpec, resolve_target
+from phoenix.config import Config, ConfigError
+from phoenix.linux import lineage, pid1, procfs, systemd
+from phoenix.linux.paths import StatePaths
+from phoenix.linux.pidfile import AlreadyRunning, PidFile
+from phoenix.linux.signals import SignalFD, set_child_subreaper
+from phoenix.linux.sockets import bind_heartbeat
+from phoenix.linux.title import set_title
+from phoenix.linux.untrusted import visible
+from phoenix.master import exits, handoff, metrics
+from phoenix.master.attempts import Attempt
+from phoenix.master.callbacks import CallbackRunner
+from phoenix.master.hangs import HangKiller, signal_attempt
+from phoenix.master.heartbeats import HeartbeatIntake
+from phoenix.master.leasekeeper import LeaseKeeper
+from phoenix.master.reaper import Reaper
+from phoenix.master.recorder import OutcomeRecorder
+from phoenix.master.scheduler import Scheduler
+from phoenix.master.settler import CallbackSettler
+from phoenix.master.spawner import Spawner
+from phoenix.master.statefiles import StateFiles
+from phoenix.master.timers import TimerHeap
+from phoenix.rules.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest, Command, from_request
+from phoenix.rules.liveness import master_was_away
+from phoenix.rules.policy import RestartBudget, may_start_jobs
+from phoenix.rules.shortage import fds_needed, slots_that_fit
+from phoenix.rules.states import MASTER_TRANSITIONS, HandoffPhase, MasterState, StopMode, check_move
+from phoenix.store.base import Store, default_node, is_url, open_store, redact
+from phoenix.store.outage import STORAGE_ERRORS, JournalOutage, file_identity, restore_journal
+from phoenix.store.sqlite import Journal, JournalError, StoreUnavailable
+from phoenix.wire import control as control_socket
+from phoenix.wire.control import ControlServer
+
+INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
+event = log.event
+STATE_DIR_CHECK = 1.0
+SHARED_TITLE_EVERY = 60.0
+
+
+class Master:
+    def __init__(self, app: App | None, app_spec: str | None, config: Config,
+                 reload_config: Callable[[], Config], config_file: str | None = None,
+                 degraded_reason: str | None = None) -> None:
+        self.app = app  # None: degraded, the new code could not be loaded (see announce_ready)
+        self.degraded_reason = degraded_reason
+        self.app_spec = app_spec
+        self.config_file = config_file  # handed to the preflight, which must judge the same configuration
+        self.config = config
+        self.reload_config = reload_config
+        self.paths = StatePaths(config.state_dir)
+        self.slots = config.workers
+        self.slot_cap = config.workers  # the most the open-file limit carries (fit_slots_to_fd_limit)
+        self.children: dict[int, Attempt] = {}  # pid -> running attempt
+        self.timers = TimerHeap()
+        self.signals: list[int] = []
+        self.state = MasterState.STARTING
+        self.stop_mode: StopMode | None = None
+        self.exit_wait_noted = False  # stop_waits_for_journal said
+        self.stop_error: str | None = None  # why the stop itself could not be recorded
+        self.crash_error: str | None = None  # what ended the loop, if an error did
+        self.budget = RestartBudget(config.restart_intensity, config.restart_period)
+        self.counters = metrics.Counters()
+        self.histograms: metrics.Histograms | None = None  # only with --metrics (see metrics.py)
+        self.intake = HeartbeatIntake(self.children, self.counters, os.getuid(),
+                                      lambda attempts: self.recorder.hold_finals(attempts), self.child_closed)
+        self.recorder = OutcomeRecorder(self)
+        self.hangs = HangKiller(self)
+        self.reaper = Reaper(self)
+        self.replacements = 0
+        self.last_woke = time.monotonic()  # when the loop last returned from its sleep
+        self.title_due = 0.0
+        self.specs: dict[str, JobSpec] = {}
+        self.subprocesses: dict[int, Callable[[int], None]] = {}  # pid -> on_exit(status): the preflight, the spare
+        self.started_at = time.time()
+        self.exit_code = 0
+        self.stop_signal: int | None = None  # what asked this master to stop (see exits.py)
+        self.handoff = handoff.Handoff(self)
+        self.spawner = Spawner(self)
+        self.scheduler = Scheduler(self)
+        self.watchdog = systemd.Watchdog()  # WATCHDOG=1 when systemd's WatchdogSec asks for it
+        self.outage = JournalOutage(redact(config.store) if is_url(config.store) else str(self.paths.journal))
+        self.next_state_dir_check = 0.0
+        self.state_files = StateFiles()  # sockets, pidfile and lock put back if removed under us
+        self.node = config.node or default_node(config.state_dir)  # its name in a shared store
+        self.leases: LeaseKeeper | None = None  # a shared store's lease (leasekeeper.py)
+
+    def change_state(self, new: MasterState) -> None:
+        """The one writer of `state`."""
+        self.state = check_move(MASTER_TRANSITIONS, self.state, new)
+
+    # -- start-up ---------------------------------------------------------------
+
+    def open(self) -> None:
+        # Before any thread of ours starts: threads inherit the blocked mask.
+        self.signal_fd = SignalFD(HANDLED_SIGNALS)
+        set_child_subreaper()
+        self.paths.ensure()
+        inherited = handoff.inherited_fds()
+        if inherited:
+            # After an exec: anything the old image leaked, beyond what it handed over, goes.
+            handoff.close_stray_fds(keep=set(inherited.values()) | log.stream_fds())
+        self.pidfile = PidFile(self.paths.pidfile, self.paths.lockfile, inherited.get("lock"))
+        self.pidfile.acquire()
+        try:
+            self._open_under_lock(inherited)
+        except BaseException:
+            # A start that fails here (a socket path held by another process, a
+            # metrics port in use, a corrupt journal) leaves no pidfile naming
+            # a master that is gone.
+            self.spawner.discard()
+            self.pidfile.release()
+            raise
+
+    def _open_under_lock(self, inherited: dict[str, int]) -> None:
+        # After an exec, the preflight checked the journal.
+        self.journal: Store = open_store(self.config.store, self.paths.journal, node=self.node,
+                                         verify=not inherited, lease_ttl=self.config.lease_ttl)
+        self.journal_identity = None if self.journal.shared else file_identity(self.paths.journal)
+        # Recorded in the journal only once ready: a start that fails records no generation.
+        self.generation = int(self.journal.meta("generation", 0)) + 1
+        if not inherited:  # a run starts here; replacement images carry it on (see exits.py)
+            self.journal.set_meta(run_started_at=self.started_at)
+        self.run_started_at = float(self.journal.meta("run_started_at", self.started_at))
+        if self.app is not None:
+            self.app.journal = self.journal
+        self.fit_slots_to_fd_limit()
+        self.selector: selectors.BaseSelector = selectors.DefaultSelector()
+        if self.app is not None:
+            # Now: the app is imported, and neither the callback nor the
+            # metrics threads have started.
+            self.spawner.check_app_threads()
+        if "heartbeat" in inherited:
+            self.heartbeat = socket.socket(fileno=inherited["heartbeat"])
+            self.heartbeat.set_inheritable(False)
+        else:
+            self.heartbeat = bind_heartbeat(self.paths.heartbeat_socket)
+        self.intake.listen(self.heartbeat)
+        for pid, fd in handoff.inherited_links(inherited):  # each child's connection, kept across the exec
+            self.intake.adopt_link(fd, pid)
+        if "control" in inherited:
+            control = socket.socket(fileno=inherited["control"])
+            control.setblocking(False)
+        else:
+            control = control_socket.bind(self.paths.control_socket)
+        self.intake.watch(self.selector)
+        if self.journal.shared:
+            from phoenix.store.postgres import PgStore  # only with a shared store: psycopg
+
+            assert isinstance(self.journal, PgStore)
+            self.leases = LeaseKeeper(self, self.journal)
+            self.leases.register(os.getpid(), self.generation, self.started_at, self.app_spec)
+        self.control = ControlServer(control, self.selector, self.control_request,
+                                     lambda why: self.counters.reject(why))
+        self.callbacks = CallbackRunner(self.config.callback_threads)
+        self.settler = CallbackSettler(self)
+        self.selector.register(self.callbacks.wake_read, selectors.EVENT_READ, self.callbacks.drain_wakeups)
+        self._install_signal_handlers()
+        self.replacements = self.journal.count_events("replaced") + (1 if inherited else 0)
+        if self.config.metrics:
+            self.histograms, (host, port) = metrics.serve(self, self.config.metrics)
+            event(INFO, "metrics", address=f"http://{host}:{port}/metrics")
+        # Guarded: a new image on a disk that filled during its exec must not crash with the children running
+        # (it runs in an outage, starting nothing, until the journal takes writes again).
+        self.guarded(functools.partial(self.journal.record_event, "master_start" if not inherited else "replaced",
+                                       self.generation, os.getpid(), self.app_spec))
+
+    def _install_signal_handlers(self) -> None:
+        # Signals blocked across an exec (handoff) are pending in the signalfd
+        # and read once the loop runs, after adoption.
+        self.selector.register(self.signal_fd, selectors.EVENT_READ, self._read_signals)
+
+    def _read_signals(self) -> None:
+        for signum, sender, uid in self.signal_fd.read():
+            if signum == signal.SIGCHLD:
+                self.reaper.child_exited = True
+                continue
+            try:
+                attempt_pid = lineage.owning_attempt(sender, self.children) if sender else None
+            except OSError:  # no descriptor or memory to read /proc: untraceable, obeyed (docs/failure-modes.md)
+                attempt_pid = None
+            if attempt_pid is not None:  # a job cannot stop, reload or reconfigure the master that runs it
+                owner = self.children[attempt_pid]
+                event(WARNING, "signal_ignored", signal=signal.Signals(signum).name, sender=sender, uid=uid,
+                      job=owner.key, attempt=owner.number, reason="sent by a process of a running job")
+                continue
+            self.signals.append(signum)
+
+    def announce_ready(self) -> None:
+        now = time.monotonic()
+        for attempt in self.children.values():  # grace for adopted children starts now
+            attempt.fresh_grace(now)
+        if self.app is None:
+            self.change_state(MasterState.DEGRADED)
+            self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
+                                  app=self.app_spec, state="degraded")
+            self.handoff.became_degraded(self.degraded_reason or "no app loaded")
+            event(ERROR, "degraded", generation=self.generation, pid=os.getpid(), running=len(self.children),
+                  reason=(self.degraded_reason or "").splitlines()[0] if self.degraded_reason else "-",
+                  effect="watching and recording the running jobs, starting none; send USR2 to load fixed code")
+            self.update_title(force=True)
+            return
+        self.change_state(MasterState.RUNNING)
+        self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
+                              app=self.app_spec, state="running")
+        self.handoff.became_ready()
+        event(INFO, "ready", generation=self.generation, pid=os.getpid(), app=self.app_spec or "-",
+              workers=self.slots, running=len(self.children))
+        for hook in self.app.startup_hooks:
+            try:
+                hook(self.app)
+            except Exception:  # noqa: BLE001 - reported, and the master carries on
+                log.log.exception("startup_hook_failed hook=%s", getattr(hook, "__qualname__", hook))
+        self.run_owed_callbacks()
+        self.update_title(force=True)
+
+    # -- the loop -----------------------------------------------------------------
+
+    def run(self) -> int:
+        self.open()
+        try:
+            self.reaper.adopt_running_attempts()
+            self.announce_ready()
+            self.last_woke = time.monotonic()  # start-up (imports, a journal check) is not absence
+            while self.state != MasterState.STOPPED or self.holds_unwritten():
+                self.wait_for_events()
+                self.run_commands()
+                self.reaper.reap()
+                self.hangs.run_due_timers(time.monotonic())
+                self.guarded(self.scheduler.spawn_pending_jobs)
+                self.spawner.replenish()
+                self.settler.settle()
+                self.handoff.continue_when_quiet()
+                self.handoff.enforce_deadline()
+                self.guarded(self.check_finished)
+                self.guarded(self.update_title)
+                self.watchdog.keep_alive()
+                self.watch_storage()
+                if self.leases is not None:
+                    self.leases.tick(time.monotonic())
+            if self.stop_signal is not None and self.config.exit_when_done:
+                self.exit_code = exits.stopped_batch(self.stop_signal, self.batch_counts)
+        except Exception as exc:
+            # Logged here (the log may be a file no one watches for stderr), and
+            # the exit status says so: a supervisor must see a crash as a failure.
+            self.exit_code = 1
+            self.crash_error = f"it crashed ({type(exc).__name__}: {exc}): see its log"
+            log.log.exception("crash", extra={"phoenix_fields": {"error": f"{type(exc).__name__}: {exc}"}})
+        finally:
+            self.close()
+        return self.exit_code
+
+    def next_deadline(self, now: float) -> float:
+        """The earliest moment any part needs the loop (einhorn's Event.timeout)."""
+        deadlines = [self.scheduler.next_deadline(now), self.watchdog.due, self.outage.next_retry,
+                     self.next_state_dir_check, self.control.next_deadline()]
+        if self.leases is not None:
+            deadlines.append(self.leases.next_deadline())
+        timer = self.timers.next_deadline()
+        if timer is not None:
+            deadlines.append(timer)
+        for due in (self.callbacks.next_deadline(self.config.callback_timeout), self.intake.next_deadline()):
+            if due is not None:
+                deadlines.append(due)
+        return min(deadlines)
+
+    def wait_for_events(self) -> None:
+        now = time.monotonic()
+        self.intake.resume_if_due(now)
+        deadline = self.next_deadline(now)
+        ready = self.selector.select(max(0.0, deadline - now))
+        woke = time.monotonic()
+        worked, self.last_woke = now - self.last_woke, woke  # the last turn's work, between two wake-ups
+        if master_was_away(max(deadline, now), woke, worked, self.config.heartbeat_interval):
+            self.give_grace(woke - max(deadline, now) + worked)
+        for key, _mask in ready:
+            key.data()
+        self.control.expire(time.monotonic())
+        self.scheduler.poll_if_due(time.monotonic())
+
+    def give_grace(self, away: float) -> None:
+        """The master itself was not running (SIGSTOP, a VM pause, swap): read
+        every beat that waits (a child that ran meanwhile has some queued on
+        its connection), then excuse each silent child the time we were away."""
+        self.read_heartbeats()
+        now = time.monotonic()
+        for attempt in self.children.values():
+            attempt.excuse(away, now)
+        event(WARNING, "master_was_away", seconds=f"{away:.2f}", running=len(self.children),
+              effect="each child's silence over that gap is not counted against it")
+
+    def run_commands(self) -> None:
+        while self.signals:
+            signum = self.signals.pop(0)
+            command = SIGNAL_COMMANDS.get(signum)
+            if command is not None:
+                self.execute(command, signum=signum)
+
+    def execute(self, command: Command, signum: int | None = None, force: bool = False,
+                keys: list[str] | None = None) -> dict[str, Any]:
+        """Run one command, however it arrived (a signal or the control socket)."""
+        if command == Command.STATUS:
+            return {"ok": True, **self.live_status()}
+        if command == Command.CANCEL:
+            return {"ok": True, "cancelled": {key: self.cancel(key) for key in keys or []}}
+        if command == Command.WAKE:
+            self.scheduler.wake()
+        elif command == Command.LEAVE and pid1.is_namespace_init():
+            event(ERROR, "stop_refused", mode="leave-running", reason=pid1.LEAVE_RUNNING_REFUSED)
+            return {"ok": False, "error": pid1.LEAVE_RUNNING_REFUSED}
+        elif command in (Command.STOP, Command.DRAIN, Command.LEAVE):
+            self.begin_stop({Command.STOP: StopMode.TERM, Command.DRAIN: StopMode.DRAIN,
+                             Command.LEAVE: StopMode.LEAVE}[command], signum)
+        elif command == Command.RELOAD:
+            return self.handoff.request_reload(force=force)
+        elif command == Command.RELOAD_CONFIG:
+            self.reload_configuration()
+        elif command == Command.SLOT_MORE:
+            self.set_slots(self.slots + 1)
+            self.scheduler.wake()
+            event(INFO, "workers", workers=self.slots)
+        elif command == Command.SLOT_LESS:
+            self.set_slots(self.slots - 1)
+            event(INFO, "workers", workers=self.slots)
+        elif command == Command.REOPEN_LOGS:
+            self.spawner.discard()  # it holds the old log file; the next one gets the new
+            log.reopen()
+            event(INFO, "logs_reopened")
+        return {"ok": True}
+
+    def control_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            command = from_request(request)
+        except BadRequest as exc:
+            return {"ok": False, "error": str(exc)}
+        # Only `phoenix reload --force` passes the preflight's check of queued targets.
+        return self.execute(command, force=request.get("force") is True, keys=request.get("keys"))
+
+    def cancel(self, key: str) -> str:
+        """`phoenix cancel`: a pending job is cancelled in the journal; a
+        running one's process group gets TERM, then KILL after kill_grace, and
+        its outcome is `cancelled`. Returns the job's state before."""
+        state = self.journal.cancel_pending(key)
+        if state == "pending" and not self.callbacks_held():
+            self.run_owed_callbacks()  # its on_failed, owed with the cancel
+        if state == "running":
+            attempt = next((a for a in self.children.values() if a.key == key), None)
+            if attempt is None:
+                return "running elsewhere"  # no process of this master: nothing to signal
+            self.journal.request_cancel(attempt.attempt_id)  # survives a replacement or a crash mid-cancel
+            self.hangs.cancel(attempt, time.monotonic())
+        return state or "unknown"
+
+    def reload_configuration(self) -> None:
+        try:
+            new = self.reload_config()
+        except Exception as exc:  # noqa: BLE001 - a bad edit must not take the master down
+            event(ERROR, "reload_config_failed", error=str(exc))
+            return
+        changed = {k: (getattr(self.config, k), getattr(new, k)) for k in vars(new)
+                   if getattr(self.config, k) != getattr(new, k)}
+        self.config = new
+        self.set_slots(new.workers)
+        self.budget = RestartBudget(new.restart_intensity, new.restart_period)
+        self.scheduler.wake()
+        event(INFO, "config_reloaded",
+              changed=" ".join(f"{k}:{a}->{b}" for k, (a, b) in changed.items()) or "nothing")
+
+    # -- heartbeats and deadlines -------------------------------------------------
+
+    def read_heartbeats(self) -> None:
+        if self.handoff.phase != HandoffPhase.FORKED:  # else the new master reads the connections now
+            self.intake.read(time.monotonic())
+
+    def take_heartbeat_listener(self, sock: socket.socket) -> None:
+        """A listening socket bound afresh (its path was removed under us);
+        the children's connections stay."""
+        self.heartbeat = sock
+        self.intake.listen(sock)
+
+    def child_closed(self) -> None:
+        """A child closed its connection: it is most likely exiting; sweep soon
+        (its exit status still comes from wait4 or its pidfd)."""
+        self.reaper.child_exited = True
+
+    def heartbeat_socket_restored(self) -> bool:
+        return self.state_files.heartbeat_restored(self)
+
+    # -- exits ------------------------------------------------------------------------
+
+    def leave_children_running(self) -> None:
+        """Fork mode, once the new master is ready: exit without touching the
+        children; they are orphaned, keep beating, and the new master adopts them."""
+        self.stop_mode = StopMode.HANDED_OVER
+        self.children.clear()
+        self.change_state(MasterState.STOPPED)
+
+    def fork_successor(self) -> int | None:
+        return self.handoff.new_master_pid if self.handoff.phase == HandoffPhase.FORKED else None
+
+    # -- what the recorder asks (recorder.OutcomeHost) ---------------------------------
+
+    def retries_for(self, target: str) -> int | None:
+        """The job's retries; None while no app is loaded (its policy is not known)."""
+        if self.app is None:
+            return None
+        spec = self.known_spec(target)
+        if spec is None:
+            return 0  # the loaded code has no such job: a re-run could not start
+        return spec.retries if spec.retries is not None else self.config.retries
+
+    def callbacks_held(self) -> bool:
+        return self.handoff.busy or self.app is None
+
+    def owes_callback(self, kind: str) -> bool:
+        return self.settler.owes(kind)
+
+    def jobs_may_be_pending(self) -> None:
+        self.scheduler.wake()
+
+    # -- what a replacement asks (handoff.HandoffHost) and the spawner (spawner.SpawnerHost) -----
+
+    def callbacks_running(self) -> bool:
+        return bool(self.callbacks.running)
+
+    def end_spare(self) -> None:
+        self.spawner.discard()
+        self.reaper.take_server_reports()  # before an exec: exits only this image heard of
+
+    def reopen_journal(self) -> None:
+        """After a failed exec: the journal was closed for it (a shared store
+        connects again by itself, and keeps its lease)."""
+        if self.journal.shared:
+            if self.leases is not None:
+                self.leases.open_listener()  # closed with the store for the exec
+            return
+        self.journal = Journal(self.paths.journal)
+        if self.app is not None:
+            self.app.journal = self.journal
+
+    # -- what the lease keeper asks (leasekeeper.LeaseHost) --------------------------------
+
+    def end_children(self, why: str) -> None:
+        """TERM every child's group, KILL after kill_grace; their jobs go back under their policy."""
+        now = time.monotonic()
+        for attempt in self.children.values():
+            if attempt.kill_reason is None and not attempt.interrupted:
+                attempt.interrupted = True
+                attempt.kill_detail = why
+                self.hangs.stop(attempt, now)
+
+    def node_taken(self, why: str) -> None:
+        """Our lease was recovered, and registering again found the node held by
+        another master: two masters must never run under one name. Stop."""
+        event(ERROR, "node_taken", node=self.node, error=why, effect="stopping: its children were ended")
+        self.exit_code = 2
+        self.begin_stop(StopMode.TERM)
+
+    def shared_poll(self) -> float:
+        return self.leases.poll_interval() if self.leases is not None else 2.0
+
+    def lease_state(self) -> str:
+        return str(self.state) if self.state in (MasterState.DRAINING, MasterState.DEGRADED) else "running"
+
+    def give_all_grace(self, now: float) -> None:
+        for attempt in self.children.values():
+            attempt.fresh_grace(now)
+
+    def in_fork_handover(self) -> bool:
+        return self.handoff.phase == HandoffPhase.FORKED
+
+    def running_count(self) -> int:
+        return len(self.children)
+
+    def wants_spare(self) -> bool:
+        return (self.state == MasterState.RUNNING and self.handoff.phase == HandoffPhase.IDLE
+                and not self.outage.active and self.slots > 0)
+
+    # -- spawning -------------------------------------------------------------------
+
+    def fit_slots_to_fd_limit(self) -> None:
+        """At start: raise the open-file limit, and carry no more slots than
+        it allows (a child the master cannot watch for want of a descriptor
+        would be killed as silent, or never started). Too few for one slot:
+        refuse to start."""
+        limit = _raise_fd_limit()
+        self.slot_cap = slots_that_fit(limit)
+        if self.slot_cap == 0 and self.slots > 0:
+            raise ConfigError(f"the open-file limit ({limit}) leaves no room for a job slot: a master needs "
+                              f"{fds_needed(1)} for one, {fds_needed(self.slots)} for workers = {self.slots}; raise "
+                              "the hard limit (ulimit -Hn, systemd LimitNOFILE=, docker run --ulimit nofile=)")
+        self.set_slots(self.slots)
+
+    def set_slots(self, wanted: int) -> None:
+        """The one writer of `slots` (config, reload, TTIN/TTOU): no more than the open-file limit carries."""
+        if wanted > self.slot_cap:
+            event(WARNING, "workers_lowered", asked=wanted, workers=self.slot_cap,
+                  reason=f"the open-file limit allows {self.slot_cap} slots",
+                  fix=f"raise the hard limit on open files to {fds_needed(wanted)} (ulimit -Hn, systemd "
+                      "LimitNOFILE=, docker run --ulimit nofile=)")
+        self.slots = max(0, min(wanted, self.slot_cap))
+
+    def has_free_slot(self) -> bool:
+        return (may_start_jobs(self.state, self.handoff.phase, self.outage.active, len(self.children), self.slots)
+                and (self.leases is None or self.leases.may_claim(time.monotonic())))
+
+    def spec_for(self, target: str) -> JobSpec:
+        spec = self.specs.get(target)
+        if spec is None:
+            spec = self.specs[target] = resolve_target(target)
+        return spec
+
+    def known_spec(self, target: str) -> JobSpec | None:
+        if self.app is None:
+            return None
+        try:
+            return self.spec_for(target)
+        except AppError:
+            return None
+
+    # -- callbacks (settler.CallbackSettler) ---------------------------------------
+
+    def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None:
+        self.settler.start(callback_id, job_id, number, kind)
+
+    def run_owed_callbacks(self) -> None:
+        self.settler.run_owed()
+
+    # -- storage faults ---------------------------------------------------------------
+
+    def guarded(self, operation: Callable[[], Any], retry: bool = False) -> None:
+        """Run a step that writes or reads the journal; a storage error starts
+        an outage instead of taking the master down. With `retry`, a write
+        that failed is kept and replayed in order once the journal recovers."""
+        try:
+            if retry and self.outage.active:
+                self.outage.failed(RuntimeError(self.outage.error), _name(operation), operation)
+                return
+            operation()
+        except STORAGE_ERRORS as exc:
+            self.outage.failed(exc, _name(operation), operation if retry else None)
+
+    def watch_storage(self) -> None:
+        now = time.monotonic()
+        if self.outage.active and self.outage.retry_if_due(self.journal.probe_write):
+            self.intake.retry_unheld()
+            self.scheduler.wake()
+            self.guarded(self.scheduler.reconcile_claims)  # a claim that failed may have committed
+            self.guarded(self.run_owed_callbacks)  # any that could not be started meanwhile
+        if now < self.next_state_dir_check:
+            return
+        self.next_state_dir_check = now + STATE_DIR_CHECK
+        if not self.journal.shared and file_identity(self.paths.journal) != self.journal_identity:
+            self.rebuild_state_dir()
+        else:
+            self.state_files.check(self)
+
+    def rebuild_state_dir(self) -> None:
+        """The journal file vanished or was replaced under us: rebuild the state
+        directory from the open journal, and rebind the sockets, lock and pidfile."""
+        if not self.outage.active:  # else said already, and retried every second
+            event(ERROR, "state_dir_lost", path=self.paths.root,
+                  effect="rebuilding it from the open journal; running children are kept")
+        try:
+            self.paths.ensure()
+            assert isinstance(self.journal, Journal)
+            restore_journal(self.journal.db, self.paths.journal)
+            self.journal.close()
+            self.reopen_journal()
+            self.journal_identity = file_identity(self.paths.journal)
+            self.pidfile.rebuild()
+            self.state_files.rebind_heartbeat(self)
+            self.control.rebind(control_socket.bind(self.paths.control_socket))
+        except (*STORAGE_ERRORS, AlreadyRunning, JournalError) as exc:
+            self.outage.failed(exc, "rebuild_state_dir")
+            return
+        event(WARNING, "state_dir_rebuilt", path=self.paths.root, running=len(self.children))
+
+    # -- ending -----------------------------------------------------------------------
+
+    def check_finished(self) -> None:
+        if self.state in (MasterState.DRAINING, MasterState.STOPPING):
+            self.note_exit_waits()
+        if self.children or self.callbacks.running:
+            return
+        if self.state in (MasterState.DRAINING, MasterState.STOPPING):
+            self.change_state(MasterState.STOPPED)
+        elif (self.state == MasterState.RUNNING and self.config.exit_when_done
+              and (not self.scheduler.maybe_pending or self.slots == 0)):
+            # (With no slots, pending jobs are never looked for: ask the journal.)
+            counts = self.batch_counts()
+            if counts["pending"] == 0 and counts["running"] == 0:
+                event(INFO, "monitoring_complete", finished=counts["finished"], failed=counts["failed"], running=0)
+                self.exit_code = exits.batch_done(counts)
+                self.change_state(MasterState.STOPPED)
+
+    def unrecorded_outcomes(self) -> int:
+        """Outcomes this master has that the journal has not taken yet: finals
+        received and not held (their children wait for the ack), and outcome
+        records queued by an outage."""
+        waiting = sum(1 for a in self.children.values() if holds_only_copy(a))
+        return waiting + sum(1 for doing, _redo in self.outage.unwritten if doing == "record")
+
+    def holds_unwritten(self) -> bool:
+        """Journal writes that failed and wait to be replayed: the master does
+        not exit with them (a stop, a drain, --leave-running, a hand-over), or
+        outcomes and callbacks done would be lost; it retries every second
+        until the journal takes them. Not for a damaged journal, which no wait
+        mends: close() says what is lost with it."""
+        if not self.holds_unwritten_waits():
+            return False
+        self.note_exit_waits()
+        return True
+
+    def holds_unwritten_waits(self) -> bool:
+        """Failed journal writes that a wait may yet land (the journal is not damaged)."""
+        return bool(self.outage.unwritten) and not self.outage.damaged
+
+    def note_exit_waits(self) -> None:
+        """Say once why a stop is waiting for the journal."""
+        if self.exit_wait_noted or not self.outage.active:
+            return
+        held = self.unrecorded_outcomes()
+        if not any(holds_only_copy(a) for a in self.children.values()) and not self.holds_unwritten_waits():
+            return  # nothing keeps this stop waiting
+        self.exit_wait_noted = True
+        event(ERROR, "stop_waits_for_journal", unrecorded_outcomes=held, unwritten=len(self.outage.unwritten),
+              error=self.outage.error,
+              effect="the master exits once the journal takes them (retried every 1 s): free space or fix "
+                     "the state directory; a SIGKILL now leaves them to the children that still hold them")
+
+    def batch_counts(self) -> dict[str, int]:
+        return self.journal.batch_counts(self.run_started_at)
+
+    def begin_stop(self, mode: StopMode, signum: int | None = None) -> None:
+        if self.state == MasterState.STOPPED:
+            return  # stopped already; only waiting to write what the journal would not take (holds_unwritten)
+        self.spawner.discard()
+        self.stop_signal = self.stop_signal or signum or exits.STOP_MODE_SIGNALS[mode]
+        if self.state == MasterState.STOPPING and mode == StopMode.TERM:
+            event(WARNING, "stop_now", running=len(self.children))
+            for attempt in list(self.children.values()):
+                if not holds_only_copy(attempt):  # (see below)
+                    signal_attempt(attempt, signal.SIGKILL)
+            return
+        if mode == StopMode.LEAVE:
+            event(INFO, "stop", mode="leave-running", running=len(self.children))
+            self.stop_mode = StopMode.LEAVE
+            self.children.clear()  # they keep running; the next master adopts them
+            self.change_state(MasterState.STOPPED)
+            return
+        if mode == StopMode.DRAIN:
+            if self.state in (MasterState.RUNNING, MasterState.DEGRADED):
+                event(INFO, "drain", running=len(self.children))
+                self.change_state(MasterState.DRAINING)
+            return
+        event(INFO, "stop", mode="term", running=len(self.children))
+        self.change_state(MasterState.STOPPING)
+        now = time.monotonic()
+        for attempt in self.children.values():
+            if holds_only_copy(attempt):
+                # Its job is done: the child only waits for its outcome's ack (or
+                # writes it to the outbox), and holds it until then; a signal
+                # would end the only copy the journal could not take yet.
+                continue
+            attempt.interrupted = True
+            self.hangs.stop(attempt, now)
+
+    def close(self) -> None:
+        self.spawner.discard()
+        self.callbacks.wait_all(self.config.callback_timeout)
+        self.settler.settle()
+        self.callbacks.shutdown()
+        self.control.close()
+        try:
+            self.record_stop()
+        except StoreUnavailable as exc:  # a shared store out of reach: its lease lapses, and others recover
+            event(ERROR, "stop_unrecorded", error=str(exc), unwritten=len(self.outage.unwritten),
+                  effect="the lease lapses; another master recovers what this one could not record")
+            self.stop_error = str(exc)
+            self.exit_code = self.exit_code or 1
+        except STORAGE_ERRORS as exc:  # a full disk, say: every outcome is recorded (holds_unwritten), not the stop
+            held = self.unrecorded_outcomes()
+            event(ERROR, "stop_unrecorded", error=str(exc), unrecorded_outcomes=held,
+                  effect=(f"{held} outcome(s) stay with their children, which the next master adopts; "
+                          if held else "every outcome is recorded; ")
+                  + "the next master finds this one's stop missing, as after a crash")
+            self.stop_error = str(exc)
+            self.exit_code = self.exit_code or 1
+        if self.outage.unwritten:  # only with a damaged journal (holds_unwritten)
+            event(ERROR, "exit_unwritten", unwritten=len(self.outage.unwritten), error=self.outage.error,
+                  effect="these journal writes are lost with the damaged journal; outcomes in the outbox and "
+                         "with running children are kept for the next master")
+        if self.stop_mode != StopMode.HANDED_OVER:
+            for path in (self.paths.heartbeat_socket, self.paths.control_socket):
+                path.unlink(missing_ok=True)
+            systemd.notify("STOPPING=1")
+        self.pidfile.release()
+        self.journal.close()
+        event(INFO, "exit", pid=os.getpid(), code=self.exit_code)
+        error = f"it could not record its stop ({self.stop_error})" if self.stop_error else self.crash_error
+        self.control.report_exit({"ok": error is None, "exit_code": self.exit_code, "error": error})
+
+    def record_stop(self) -> None:
+        if self.stop_mode == StopMode.HANDED_OVER:
+            # The sockets, the pidfile and the journal's meta are the new master's now.
+            handoff.oldbin(self).unlink(missing_ok=True)
+            self.journal.record_event("handed_over", self.generation, os.getpid(), None)
+            return
+        self.journal.set_meta(state="stopped")
+        self.journal.record_event("master_stop", self.generation, os.getpid(), self.stop_mode)
+        if self.leases is not None:
+            self.leases.release("left" if self.stop_mode == StopMode.LEAVE else "stopped")
+
+    def update_title(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self.title_due:
+            return
+        self.title_due = now + (SHARED_TITLE_EVERY if self.journal.shared else 0.5)  # a shared count costs more
+        if self.histograms is not None:  # --metrics exports the count of every state
+            self.counters.jobs = self.journal.counts()
+            pending = self.counters.jobs["pending"]
+        else:  # through an index (a shared store's counts() aggregates every job on the server)
+            pending = self.journal.pending_count()
+        app = (self.app.name if self.app is not None else None) or self.app_spec or "-"
+        if self.state == MasterState.DEGRADED:
+            set_title(f"phoenix: master gen {self.generation} [{app}] DEGRADED {len(self.children)} running")
+            first_line = (self.degraded_reason or "no app loaded").splitlines()[0]
+            systemd.notify(f"STATUS=degraded: {visible(first_line[:200])}")
+            return
+        set_title(f"phoenix: master gen {self.generation} [{app}] {len(self.children)} running {pending} pending")
+        systemd.notify(f"STATUS=gen {self.generation}: {len(self.children)} running, {pending} pending")
+
+    def live_status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        shown_state = self.state if self.state in (MasterState.DRAINING, MasterState.DEGRADED) else "running"
+        return {
+            "master": {
+                "pid": os.getpid(),
+                "generation": self.generation,
+                "state": str(shown_state),
+                "degraded_reason": self.degraded_reason if self.state == MasterState.DEGRADED else None,
+                "started_at": self.started_at,
+                "uptime": round(time.time() - self.started_at, 3),
+                "workers": self.slots,
+                "slots_used": len(self.children),
+                "spare_pid": self.spawner.spare.pid if self.spawner.spare else None,
+                "fork_server_pid": self.spawner.server.pid if self.spawner.server else None,
+                "app": self.app_spec,
+                "beats": self.counters.beats,
+                "beats_missing": self.counters.beats_missing,
+                "rejected": self.counters.rejected,
+                "reload": self.handoff.last_result,
+                "unrecorded_outcomes": self.unrecorded_outcomes(),
+                "journal_error": self.outage.error,
+            },
+            "running": {
+                str(a.job_id): {
+                    "pid": a.pid,
+                    "attempt": a.number,
+                    "age": round(now - a.started, 3),
+                    "last_beat_age": round(now - a.last_beat, 3),
+                    "progress": a.progress,
+                    "rss": procfs.rss_bytes(a.pid),
+                    "adopted": not a.own_child,
+                }
+                for a in self.children.values()
+            },
+        }
+
+
+def holds_only_copy(attempt: Attempt) -> bool:
+    """The child finished and sent its outcome, which the journal has not
+    taken (an outage): it is the one durable holder of it, so no stop may
+    signal it. (Once held, the outcome is safe, and the child may be ended.)"""
+    return attempt.final is not None and not attempt.final_held
+
+
+def _name(operation: Callable[..., Any]) -> str:
+    inner = getattr(operation, "func", operation)
+    return getattr(inner, "__name__", "journal write")
+
+
+def _raise_fd_limit() -> int:
+    """Raise the soft open-file limit to the hard one (adopted children each
+    hold a pidfd; 1,000 of them outgrow the usual soft limit of 1,024), and
+    return the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # (never infinite: the kernel caps it at nr_open)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def _hold_standard_fds() -> None:
+    """fds 0, 1 and 2 open (on /dev/null where they are closed: a daemon, a
+    supervisor that closes them) and inheritable (python-daemon leaves them
+    close-on-exec): else the fork server starts without them, the next file
+    opened takes the number (fd 1 was its signalfd), and every job child
+    gets sys.stdout and sys.stderr of None (a print to stderr failed the
+    job) or, where the master's log took fd 0, a log it could write into."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one, as the lower ones are open
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        os.set_inheritable(fd, True)
+
+
+def run_master(app: App | None, app_spec: str | None, config: Config, load_config: Callable[[], Config],
+               config_file: str | None = None, degraded_reason: str | None = None) -> int:
+    """Set up logging and run a master until it stops."""
+    _hold_standard_fds()
+    log.setup(config.log_level, config.log_format, config.log_file)
+    gc.freeze()  # objects made so far stay out of the collector: forked children share their pages
+    try:
+        return Master(app, app_spec, config, load_config, config_file, degraded_reason).run()
+    except Exception as exc:
+        if handoff.is_replacement() or config.log_file:
+            # Said where the operator looks: a daemon's or a new image's stderr may be /dev/null.
+            log.event(logging.ERROR, "start_failed", error=f"{type(exc).__name__}: {exc}",
+                      effect="this master exits; running children keep running and are adopted by the next "
+                             "`phoenix start` (recovered after the lease on a shared store)")
+        raise

@@ -1,0 +1,254 @@
+"""The outcome recorder: how each attempt ended, recorded exactly once, and
+what becomes of its job (policy.after_attempt), in one journal transaction."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable, Protocol
+
+from phoenix import log
+from phoenix.child import output
+from phoenix.config import Config
+from phoenix.linux import lineage
+from phoenix.linux.paths import StatePaths
+from phoenix.master.attempts import Attempt
+from phoenix.master.metrics import Counters, Histograms
+from phoenix.rules.outcomes import Classified, classify
+from phoenix.rules.policy import Next, RestartBudget, after_attempt
+from phoenix.rules.shortage import SHORTAGE_ERRNOS
+from phoenix.rules.states import KillReason, Outcome
+from phoenix.store import quarantine
+from phoenix.store.base import Store
+from phoenix.store.outage import STORAGE_ERRORS
+from phoenix.store.sqlite import OpenAttempt
+from phoenix.wire import heartbeat as protocol
+
+LOST_UNWATCHED = "the process ended while no master watched it"
+QUARANTINED = "outcome quarantined"  # the reason of an attempt whose outcome the store would not take
+
+
+class OutboxUnreadable(OSError):
+    """An outbox file could not be read for want of descriptors or memory."""
+
+
+class OutcomeHost(Protocol):
+    """What the recorder needs of the master."""
+
+    journal: Store
+    config: Config
+    budget: RestartBudget
+    counters: Counters
+    histograms: Histograms | None
+    paths: StatePaths
+
+    def retries_for(self, target: str) -> int | None: ...
+    def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None: ...
+    def callbacks_held(self) -> bool: ...
+    def owes_callback(self, kind: str) -> bool: ...
+    def guarded(self, operation: Callable[[], Any], retry: bool = False) -> None: ...
+    def jobs_may_be_pending(self) -> None: ...
+
+
+class OutcomeRecorder:
+    def __init__(self, host: OutcomeHost) -> None:
+        self.host = host
+        self.unread: list[Callable[[], None]] = []  # ends to record once the outbox can be read
+
+    def conclude(self, attempt: Attempt, status: int | None, max_rss_kb: int | None) -> None:
+        """The attempt's process has ended (reaped, or its pidfd fired)."""
+        try:
+            os.killpg(attempt.pid, signal.SIGKILL)  # grandchildren die with the job
+        except (ProcessLookupError, PermissionError):
+            pass
+        lineage.end_escaped(attempt.escaped)  # and so does what it daemonised
+        self._when_outbox_readable(functools.partial(self._record_end, attempt, status, max_rss_kb))
+
+    def _record_end(self, attempt: Attempt, status: int | None, max_rss_kb: int | None) -> None:
+        h = self.host
+        final = attempt.final or self.read_outbox(attempt.job_id, attempt.number)
+        result = classify(final=final, status=status, interrupted=attempt.interrupted,
+                          kill_reason=attempt.kill_reason, kill_detail=attempt.kill_detail)
+        # An acknowledged final means the child wrote no outbox file: nothing to remove.
+        h.guarded(functools.partial(self.record, attempt.job_id, attempt.key, attempt.target, attempt.attempt_id,
+                                    attempt.number, result, max_rss_kb, attempt.pid,
+                                    outbox=not attempt.final_held, failures=attempt.failures), retry=True)
+        if h.histograms is not None:
+            h.histograms.job_duration.labels(result.outcome).observe(time.monotonic() - attempt.started)
+        h.jobs_may_be_pending()
+
+    def conclude_without_process(self, a: OpenAttempt, reason: str) -> None:
+        """An attempt the journal says runs, whose process is gone (or never
+        started): its outcome is in the outbox, or it is lost."""
+        self._when_outbox_readable(functools.partial(self._record_without_process, a, reason))
+
+    def _record_without_process(self, a: OpenAttempt, reason: str) -> None:
+        final = self.held_final(a) or self.read_outbox(a.job_id, a.n)
+        result = classify(final=final, status=None, interrupted=False,
+                          kill_reason=KillReason.CANCELLED if a.cancel_requested else None, kill_detail=None,
+                          lost_reason=reason)
+        self.record(a.job_id, a.key, a.target, a.attempt_id, a.n, result, None, a.pid)
+
+    def _when_outbox_readable(self, record: Callable[[], None]) -> None:
+        """Record an attempt's end now, or, if its outbox file cannot be read
+        for want of descriptors or memory, later: an outcome the child left
+        there is never taken for none (and its file then removed)."""
+        try:
+            record()
+        except OutboxUnreadable as exc:
+            if not self.unread:
+                log.event(logging.ERROR, "outbox_unreadable", path=exc.filename, error=exc.strerror,
+                          effect="the attempt's end is recorded once the outbox can be read (tried every turn)")
+            self.unread.append(record)
+
+    def record_unread(self) -> None:
+        """Attempts whose end waits on an outbox read that failed: try again (each loop turn)."""
+        waiting, self.unread = self.unread, []
+        for index, record in enumerate(waiting):
+            try:
+                record()
+            except OutboxUnreadable:
+                self.unread.extend(waiting[index:])  # still short: the rest keep their order
+                return
+        if waiting:
+            log.event(logging.WARNING, "outbox_readable", recorded=len(waiting))
+
+    def record(self, job_id: int, key: str, target: str, attempt_id: int, number: int, result: Classified,
+               max_rss_kb: int | None, pid: int | None, outbox: bool = True, failures: int | None = None,
+               decided: Next | None = None) -> None:
+        """`failures`: the job's, if known (else read from the journal);
+        `decided`: what becomes of the job, if decided already (its restart
+        budget place booked): the same outcome, recorded again."""
+        h = self.host
+        if failures is None:
+            job = h.journal.job_row(job_id)
+            assert job is not None
+            failures = int(job["failures"])
+        now = time.monotonic()
+        after = decided or after_attempt(result.outcome, failures, h.retries_for(target), budget=h.budget, now=now,
+                                         backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
+        retry_delay = after.delay if after.job_state == "pending" and after.counts_as_failure else None
+        callback = after.callback if after.callback is not None and h.owes_callback(after.callback) else None
+        # An outcome read from an outbox file is durable before that file goes (a power cut between the two).
+        from_outbox = outbox and os.path.exists(self.outbox_path(job_id, number))
+        try:
+            recorded, callback_id = h.journal.end_attempt(
+                attempt_id, job_id, outcome=result.outcome, reason=result.reason, error=result.error,
+                result_json=result.result_json, max_rss_kb=max_rss_kb, job_state=after.job_state,
+                counts_as_failure=after.counts_as_failure, retry_delay=retry_delay, callback=callback,
+                attempt_n=number, durable=from_outbox,
+            )
+        except STORAGE_ERRORS:
+            raise  # an outage: the write is replayed as it is once the store is back
+        except Exception as exc:  # noqa: BLE001 - what the store refuses is put aside, never a crash (loop)
+            if result.outcome == Outcome.ERROR and result.reason == QUARANTINED:
+                raise  # Phoenix's own text refused: not the job's data, and no second way round
+            name = quarantine.keep(h.paths.root, "outcome", repr(result), f"the store refused it: {exc!r}",
+                                   job=key, attempt=number)
+            kept = f"kept as {name} (see phoenix quarantine)" if name else "it could not be kept either"
+            self.record(job_id, key, target, attempt_id, number,
+                        Classified(Outcome.ERROR, QUARANTINED, f"the attempt's outcome could not be recorded "
+                                   f"({type(exc).__name__}); {kept}", None),
+                        max_rss_kb, pid, outbox, failures, decided=after if result.outcome == Outcome.ERROR else None)
+            return
+        if outbox:
+            self.remove_outbox(job_id, number)
+        if not recorded:
+            return  # another master recorded it first (a fork-mode handover)
+        h.counters.count(h.counters.attempts, result.outcome)
+        if result.outcome not in (Outcome.FINISHED, Outcome.ERROR):  # its process did not end its own way
+            output.bound_after_end(h.paths.output, job_id, number, h.config.job_output_max_bytes)
+        self._log(pid, key, number, result, after, max_rss_kb)
+        if callback_id is not None and not h.callbacks_held():
+            # While a replacement waits for callbacks to end, new ones stay owed
+            # in the journal and the new image runs them.
+            h.start_callback(callback_id, job_id, number, callback or "")
+
+    def _log(self, pid: int | None, key: str, number: int, result: Classified, after: Next,
+             max_rss_kb: int | None) -> None:
+        outcome, job_state = result.outcome, after.job_state
+        fields: dict[str, Any] = {"pid": pid, "job": key, "attempt": number, "outcome": outcome}
+        if result.reason:
+            fields["reason"] = result.reason
+        if result.error and outcome not in (Outcome.FINISHED, Outcome.INTERRUPTED):
+            last_line = result.error.rstrip().rpartition("\n")[2].strip()  # a traceback's: the exception
+            if last_line != result.reason:
+                fields["error"] = last_line
+        if max_rss_kb:
+            fields["max_rss_kb"] = max_rss_kb
+        if job_state == "pending" and outcome != Outcome.INTERRUPTED:
+            fields["retry_in"] = f"{after.delay:.2f}s"
+            if after.queued_behind is not None:
+                budget = self.host.budget
+                fields["held_by"] = (f"restart budget ({budget.intensity} re-runs per {budget.period:g}s), "
+                                     f"queued behind {after.queued_behind} other(s)")
+        if job_state == "failed":
+            name = "job_failed"
+        else:
+            name = {Outcome.FINISHED: "complete", Outcome.INTERRUPTED: "interrupted"}.get(outcome, "attempt_failed")
+        level = logging.INFO if outcome in (Outcome.FINISHED, Outcome.INTERRUPTED) else logging.WARNING
+        log.event(level, name, **fields)
+        if outcome == Outcome.ERROR and result.error and job_state == "failed":
+            log.log.warning("%s", result.error.rstrip())
+
+    def hold_finals(self, attempts: list[Attempt]) -> bool:
+        """Put the finals just received in the journal (one transaction) before
+        they are acknowledged; False if that failed (a storage outage)."""
+        if not attempts:
+            return True
+        held = False
+
+        def write() -> None:
+            nonlocal held
+            self.host.journal.hold_finals([(a.attempt_id, json.dumps(a.final, separators=(",", ":")))
+                                           for a in attempts])
+            held = True
+
+        self.host.guarded(write)
+        return held
+
+    def read_outbox(self, job_id: int, number: int) -> dict[str, Any] | None:
+        path = self.host.paths.outbox / f"{job_id}.{number}.json"
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            if exc.errno in SHORTAGE_ERRNOS:  # not "no outcome there": not known yet
+                raise OutboxUnreadable(exc.errno, exc.strerror, str(path)) from exc
+            return None
+        body = _final_body(data, job_id, number)
+        if body is None:  # put aside before the file is removed with the attempt's end
+            quarantine.keep(self.host.paths.root, "outbox", data, "not a valid outcome message of this attempt",
+                            path=str(path), job_id=job_id, attempt=number)
+        return body
+
+    def held_final(self, a: OpenAttempt) -> dict[str, Any] | None:
+        """The final message an earlier master acknowledged and kept in the journal."""
+        if a.final is None:
+            return None
+        body = _final_body(a.final.encode("utf-8", "surrogateescape"), a.job_id, a.n)
+        if body is None:
+            quarantine.keep(self.host.paths.root, "final", a.final, "the final held in the store is not a valid "
+                            "outcome message of this attempt", job=a.key, attempt=a.n)
+        return body
+
+    def outbox_path(self, job_id: int, number: int) -> str:
+        return f"{self.host.paths.outbox}/{job_id}.{number}.json"  # a str: no Path object per job
+
+    def remove_outbox(self, job_id: int, number: int) -> None:
+        try:
+            os.unlink(self.outbox_path(job_id, number))
+        except FileNotFoundError:
+            pass
+
+
+def _final_body(data: bytes, job_id: int, number: int) -> dict[str, Any] | None:
+    """The body of a final message of attempt `number` of job `job_id`; None if it is not one."""
+    message = protocol.decode(data)
+    if (message is None or message.job != job_id or message.attempt != number
+            or message.kind not in protocol.FINAL_KINDS):
+        return None
+    return message.body

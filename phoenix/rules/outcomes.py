@@ -1,0 +1,114 @@
+"""What an attempt's end means.
+
+Outcomes (the `outcome` of an attempt and of its job in `phoenix status`):
+    finished     the job returned; its result is recorded
+    error        the job raised (traceback) or returned something unusable
+    killed       Phoenix killed it; reason heartbeat_timeout | stall_timeout | max_runtime | operator
+    crashed      died of a fatal signal of its own (SIGSEGV, SIGABRT, SIGBUS, ...)
+    signalled    killed by a signal someone else sent (an outside SIGKILL or SIGTERM)
+    exited       left with an exit code and no outcome (os._exit(3), sys.exit in a thread)
+    lost         gone while no master watched, with no outcome in the outbox
+    interrupted  stopped by `phoenix stop` / TERM; the job goes back to pending
+    cancelled    ended by `phoenix cancel`; the job is `cancelled`, never re-run
+
+Pure functions: tests/unit/test_outcomes.py checks every row without a process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from phoenix.linux.untrusted import MAX_JSON_DEPTH, json_too_deep
+from phoenix.rules.states import KillReason, Outcome
+from phoenix.wire import heartbeat as protocol
+
+# Signals a process raises against itself when it breaks.
+_CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT, signal.SIGSYS,
+                  signal.SIGTRAP}
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def classify_exit(status: int) -> tuple[Outcome, str]:
+    """(outcome, reason) of a process that ended without an outcome message."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        outcome = Outcome.CRASHED if signum in _CRASH_SIGNALS else Outcome.SIGNALLED
+        core = " (core dumped)" if os.WCOREDUMP(status) else ""
+        return outcome, f"{signal_name(signum)}{core}"
+    return Outcome.EXITED, f"exit code {os.WEXITSTATUS(status)}"
+
+
+# The reason of a cancelled attempt, and the start of the error `on_failed` receives.
+CANCELLED_REASON = "cancelled by the operator (phoenix cancel)"
+
+
+def _result_json(result: Any) -> str:
+    """A finished job's result as the stores keep it: strict JSON (no NaN or
+    Infinity, which JSON readers refuse), nested no deeper than a child sends."""
+    text = json.dumps(result, allow_nan=False)
+    if json_too_deep(text):
+        raise ValueError(f"it nests more than {MAX_JSON_DEPTH} levels deep")
+    return text
+
+
+def _error_text(final: dict[str, Any]) -> str:
+    """The error a failed final reports: a child always sends text; a value of
+    another sender is not rendered (str() of a deeply nested one would recurse)."""
+    error = final.get(protocol.ERROR)
+    return error if isinstance(error, str) else f"the job's error report is not text (a {type(error).__name__})"
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    outcome: Outcome
+    reason: str | None  # short, for logs and the status table
+    error: str | None  # the traceback, or the reason with its detail (last line: the exception)
+    result_json: str | None  # a finished job's result
+
+
+def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: bool,
+             kill_reason: KillReason | None, kill_detail: str | None,
+             lost_reason: str = "exited while adopted; its exit status went to its former parent") -> Classified:
+    """The outcome of an attempt, from what is known of its end, most telling first:
+    its own final message (or outbox file), a stop, a kill, its exit status.
+    `status` is None when the process was not our child (adopted) or is gone.
+    The error text is the traceback or the reason alone (its last line says
+    what happened); max RSS is recorded in its own column, not in it."""
+    reason: str | None = None
+    error: str | None = None
+    if final is not None and final.get(protocol.KIND) == "finished":
+        try:
+            return Classified(Outcome.FINISHED, None, None, _result_json(final.get(protocol.RESULT)))
+        except (ValueError, RecursionError) as exc:  # a child's encoder refuses both: another sender wrote it
+            final = {protocol.ERROR: f"the job's result cannot be kept as JSON ({exc}); nothing was recorded of it"}
+    if kill_reason == KillReason.CANCELLED:
+        # The operator's word wins over a stop and over the error a job may
+        # raise on its TERM: a cancelled job is never re-run.
+        outcome, reason = Outcome.CANCELLED, CANCELLED_REASON
+        if final is not None:
+            error = f"{CANCELLED_REASON}; the job then reported:\n{_error_text(final)}"
+    elif final is not None:
+        outcome, error = Outcome.ERROR, _error_text(final)
+    elif interrupted:
+        outcome, reason = Outcome.INTERRUPTED, "stopped before it finished"
+    elif kill_reason is not None:
+        outcome, reason = Outcome.KILLED, str(kill_reason)
+    elif status is not None:
+        outcome, reason = classify_exit(status)
+    else:
+        outcome, reason = Outcome.LOST, lost_reason
+    if error is None:
+        error = reason if kill_detail is None else kill_detail
+        if status is not None and outcome == Outcome.KILLED:
+            error = f"{error}; ended by {classify_exit(status)[1]}"
+    return Classified(outcome, reason, error, None)

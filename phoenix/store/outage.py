@@ -1,0 +1,110 @@
+"""Keeping the master up when its state directory fails under it.
+
+A journal that cannot be written (read-only file system, full disk, a file
+made read-only) puts the master in an outage: it logs one clear error, starts
+nothing new, keeps watching the children it has (they are not killed for our
+fault), and keeps the journal writes that failed, in order, to replay once a
+retry succeeds. Nothing crashes, so a service manager sees no crash loop.
+
+A state directory removed from under a running master is noticed by the
+journal file's identity (device, inode) changing; the master then rebuilds
+the directory from what it holds open: the journal (SQLite's backup API
+copies the still-open, unlinked database back to its path), the sockets, the
+lock and the pidfile. A different file found at the journal's path is never
+taken up in place of the open journal. Children connected to the old heartbeat socket keep
+beating to it; new ones find the new one by path.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sqlite3
+import time
+from typing import Callable
+
+from phoenix import log
+from phoenix.store.sqlite import JournalError
+
+STORAGE_ERRORS = (sqlite3.Error, OSError)
+RETRY_EVERY = 1.0  # seconds between attempts to write the journal again
+
+
+class JournalOutage:
+    def __init__(self, journal_path: str) -> None:
+        self.journal_path = journal_path
+        self.error: str | None = None
+        self.unwritten: collections.deque[tuple[str, Callable[[], None]]] = collections.deque()
+        self.next_retry = float("inf")
+        self.damaged = False  # the last failure says the journal is damaged: no wait mends it (is_damage)
+
+    @property
+    def active(self) -> bool:
+        return self.error is not None
+
+    def failed(self, exc: BaseException, doing: str, retry: Callable[[], None] | None = None) -> None:
+        """Note a failed journal operation; `retry` redoes it later, in order."""
+        if self.error is None:
+            log.event(logging.ERROR, "journal_unwritable", path=self.journal_path, doing=doing, error=str(exc),
+                      effect="no new jobs start; running children are watched and kept; retrying every 1 s")
+        self.error = str(exc)
+        if isinstance(exc, STORAGE_ERRORS):  # (not the stand-in a write queued behind the outage gets)
+            self.damaged = is_damage(exc)
+        if retry is not None:
+            self.unwritten.append((doing, retry))
+        self.next_retry = time.monotonic() + RETRY_EVERY
+
+    def retry_if_due(self, probe: Callable[[], None]) -> bool:
+        """Replay what failed; True once the journal is writable and all is written."""
+        if self.error is None or time.monotonic() < self.next_retry:
+            return False
+        try:
+            probe()
+            while self.unwritten:
+                _doing, redo = self.unwritten[0]
+                redo()
+                self.unwritten.popleft()
+        except STORAGE_ERRORS as exc:
+            self.error = str(exc)
+            self.damaged = is_damage(exc)
+            self.next_retry = time.monotonic() + RETRY_EVERY
+            return False
+        log.event(logging.WARNING, "journal_recovered", path=self.journal_path)
+        self.error = None
+        self.damaged = False
+        self.next_retry = float("inf")
+        return True
+
+
+def is_damage(exc: BaseException) -> bool:
+    """SQLite finds the journal damaged (truncated, overwritten): unlike a
+    full disk or an I/O error, waiting does not mend it."""
+    return getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+
+
+def file_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def restore_journal(open_db: sqlite3.Connection, path: str | os.PathLike[str]) -> None:
+    """Copy the open (possibly unlinked) journal back to `path`, which must be
+    free. Another file put there (a damaged one, a copy restored under a
+    running master, a new journal made in a re-created state directory) is
+    never switched to: that would drop this journal's history without a word.
+    The outage lasts until that file is moved aside."""
+    if file_identity(path) is not None:
+        raise JournalError(
+            f"{path} is not the journal this master has open: another file was put in its place. The master "
+            f"keeps its own journal and starts no job until that file is moved aside (mv {path} {path}.other), "
+            f"then puts its journal back; to use that file instead, stop the master first"
+        )
+    restored = sqlite3.connect(path)
+    try:
+        open_db.backup(restored)
+    finally:
+        restored.close()
