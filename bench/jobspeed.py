@@ -40,7 +40,7 @@ from typing import Any, Callable
 from bench.master import PhoenixMaster
 from bench.procs import Registry, loadavg
 from bench.speed_jobs import work
-from phoenix import control
+from phoenix.wire import control
 
 KINDS = ("spin", "churn")
 BEAT_HZ = 1000
