@@ -15,7 +15,8 @@ does not exist yet); outside Phoenix the call does nothing.
 Under Phoenix the function runs as a job of `bench.speed_jobs:speed_app`
 (heartbeat_interval=0.2, one slot, a stall timeout so that its progress is
 watched), submitted once the previous run has ended; bare, it runs in a
-child os.fork()ed from this process. Contenders alternate, the first of
+child os.fork()ed from a fresh interpreter that imported only
+bench.speed_jobs, as Phoenix's fork server imported only the app. Contenders alternate, the first of
 each round swapped each round. The figure is the function's wall time,
 timed inside the child around the work: fork, set-up and exit are not in
 it, only what the job's own code sees while it runs (the GIL shared with
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.master import PhoenixMaster
-from bench.procs import Registry, loadavg
+from bench.procs import PYTHON, Registry, descendants, loadavg
 from bench.speed_jobs import work
 from phoenix.wire import control
 
@@ -65,19 +65,19 @@ def _read(path: Path) -> dict[str, Any]:
     return result
 
 
-def run_bare(reg: Registry, params: dict[str, Any], out: Path) -> dict[str, Any]:
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            work({**params, "out": str(out)})
-            code = 0
-        finally:
-            os._exit(code)
-    reg.add(pid)
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"bare child {pid} failed: status {status}")
+def run_bare(reg: Registry, params: dict[str, Any], out: Path, timeout: float) -> dict[str, Any]:
+    """The function in a child forked from a fresh interpreter that imported
+    only bench.speed_jobs (python -m bench.speed_jobs)."""
+    log = out.with_suffix(".bare.log")
+    proc = reg.popen([PYTHON, "-m", "bench.speed_jobs", json.dumps({**params, "out": str(out)})], log=log)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not descendants(proc.pid):  # its child joins the registry, to be stopped by pid
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the bare run did not fork; see {log}")
+        time.sleep(0.05)
+    reg.add_many(descendants(proc.pid))
+    if proc.wait(timeout=max(0.0, deadline - time.monotonic())) != 0:
+        raise RuntimeError(f"the bare run exited with {proc.returncode}; see {log}")
     return _read(out)
 
 
@@ -119,7 +119,7 @@ def run(reg: Registry, work_dir: Path, rounds: int, seconds: float, say: Callabl
                     if who == "phoenix":
                         result = run_phoenix(master, params, out, f"{kind}-{rnd}", timeout=60 + 20 * seconds)
                     else:
-                        result = run_bare(reg, params, out)
+                        result = run_bare(reg, params, out, timeout=60 + 20 * seconds)
                     if result["under_phoenix"] != (who == "phoenix"):  # the comparison is what it says
                         raise RuntimeError(f"the {who} run of {kind} ran {'' if result['under_phoenix'] else 'not '}"
                                            "under Phoenix")

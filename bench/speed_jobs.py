@@ -4,6 +4,15 @@ The same function runs under Phoenix (as a job of `speed_app`) and in a bare
 forked child; it times itself from inside, so the figure is what the job's
 own code sees while it runs. Lean on purpose, like bench/apps.py: the
 master and the bare children import it.
+
+    python -m bench.speed_jobs PARAMS_JSON    the bare contender: this module
+                                              imported, then one os.fork()ed
+                                              child runs work(PARAMS)
+
+The bare child is forked from a fresh interpreter that imported only this
+module, as a Phoenix child is forked from a fork server that imported only
+the app: not from the benchmark's own process, whose larger heap (copied on
+write, scanned by the collector) would slow the bare side.
 """
 
 from __future__ import annotations
@@ -100,3 +109,23 @@ def work(params: dict[str, Any]) -> dict[str, Any]:
 def measured(params: dict[str, Any]) -> None:
     """The figure's job under Phoenix: `work` in a Phoenix child."""
     work(params)
+
+
+def bare(params: dict[str, Any]) -> int:
+    """Fork one child that runs `work(params)`; its exit code."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            work(params)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(bare(json.loads(sys.argv[1])))
