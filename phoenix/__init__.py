@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from phoenix.child.run import current_job, heartbeat
     from phoenix.client import Client
     from phoenix.compat import HeartbeatChild, HeartbeatParent
+    from phoenix.errors import Conflict, InternalError, PhoenixError, StateError, Unavailable, UsageError
     from phoenix.rules.schedule import ScheduleError
-    from phoenix.store.sqlite import KeyConflict
+    from phoenix.store.base import KeyConflict
 
 # Each name is imported on first use (PEP 562): the fork server imports the
 # app, and so this package, and every module it holds is memory each job
@@ -31,7 +32,10 @@ if TYPE_CHECKING:
 _HOMES = {"App": "phoenix.app", "AppError": "phoenix.app", "JobInfo": "phoenix.app",
           "current_job": "phoenix.child.run", "heartbeat": "phoenix.child.run", "Client": "phoenix.client",
           "HeartbeatChild": "phoenix.compat", "HeartbeatParent": "phoenix.compat",
-          "KeyConflict": "phoenix.store.sqlite", "ScheduleError": "phoenix.rules.schedule"}
+          "KeyConflict": "phoenix.store.base", "ScheduleError": "phoenix.rules.schedule",
+          # The error tree (errors.py): catch PhoenixError for any of Phoenix's, a category for a kind.
+          **dict.fromkeys(("PhoenixError", "UsageError", "StateError", "Conflict", "Unavailable", "InternalError"),
+                          "phoenix.errors")}
 
 
 def __getattr__(name: str) -> Any:
@@ -46,5 +50,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["App", "AppError", "Client", "JobInfo", "HeartbeatChild", "HeartbeatParent", "KeyConflict",
-           "ScheduleError", "current_job", "heartbeat"]
-__version__ = "0.1.0"
+           "ScheduleError", "current_job", "heartbeat", "PhoenixError", "UsageError", "StateError", "Conflict",
+           "Unavailable", "InternalError"]
+__version__ = "0.2.0"

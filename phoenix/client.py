@@ -29,8 +29,8 @@ from phoenix.app import check_target_form, encode_params, resolve_target
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.untrusted import check_key
 from phoenix.rules.schedule import due_time, parse_priority
-from phoenix.store.base import check_setting, open_store
-from phoenix.store.sqlite import default_key
+from phoenix.store.base import check_setting, default_key
+from phoenix.store.open import open_store
 from phoenix.wire import control
 
 

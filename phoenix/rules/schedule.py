@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from phoenix.errors import UsageError
+
 OVERLAP_SKIP = "skip"
 OVERLAP_ALLOW = "allow"
 ACTIVE_STATES = frozenset({"scheduled", "pending", "running"})  # a tick's job that has not ended
@@ -32,7 +34,7 @@ ON_TIME = 60.0
 _ISO_TICK = "%Y-%m-%dT%H:%M:%SZ"
 
 
-class ScheduleError(ValueError):
+class ScheduleError(UsageError, ValueError):
     """A schedule, a due time or a priority that cannot be used; the message
     says what is wrong and how to fix it (one line)."""
 
