@@ -43,8 +43,7 @@ from phoenix.rules.schedule import (
     ticks_to_fire,
 )
 from phoenix.rules.states import MasterState
-from phoenix.store.base import Store
-from phoenix.store.sqlite import KeyConflict
+from phoenix.store.base import KeyConflict, Store
 
 REFRESH = 1.0  # seconds: the longest the master goes without comparing the earliest due time with the wall clock
 REREAD = 30.0  # seconds: the longest it goes without reading the earliest due time from the store

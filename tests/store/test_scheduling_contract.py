@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from phoenix.store.base import Store
-from phoenix.store.sqlite import KeyConflict
+from phoenix.store.base import KeyConflict, Store
 from tests.store.test_contract import claim, store  # noqa: F401 - the store fixture, both backends
 
 
