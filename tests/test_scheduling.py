@@ -39,14 +39,13 @@ def submit(state_dir: Path | None, *args: str, store: str | None = None) -> dict
 def test_a_delayed_job_waits_scheduled_then_starts_on_time_across_a_usr2(master_factory, state_dir, tmp_path):
     runs_file = tmp_path / "runs.jsonl"
     master = master_factory(app=SCHEDULED, env={"PHOENIX_TEST_RUNS": str(runs_file)})
-    due = time.time() + 5
+    due = time.time() + 6
     at = datetime.fromtimestamp(due, timezone.utc).isoformat()
     submit(state_dir, NOTE, '{"tag": "later"}', "--at", at, "--key", "later")
-    master.signal(signal.SIGUSR2)  # the due time is in the store, not in the old image's memory
-    master.wait_log("ready generation=2", timeout=SLOW)
     listed = phoenix_cli("jobs", "--state", "scheduled", "--json", state_dir=state_dir)
     assert [job["key"] for job in json.loads(listed.stdout)["jobs"]] == ["later"], listed.stderr
-    assert "jobs: scheduled 1  pending 0" in phoenix_cli("status", state_dir=state_dir).stdout
+    master.signal(signal.SIGUSR2)  # the due time is in the store, not in the old image's memory
+    master.wait_log("ready generation=2", timeout=SLOW)
     assert time.time() < due, "the replacement took longer than the delay: the test proves nothing"
     wait_for(lambda: runs(runs_file), SLOW, "the delayed job to run")
     [run] = runs(runs_file)
@@ -140,6 +139,8 @@ def test_delayed_jobs_submitted_with_no_master_run_when_one_starts(master_factor
     for tag, at in due.items():
         submit(state_dir, NOTE, json.dumps({"tag": tag}), "--at", datetime.fromtimestamp(at, timezone.utc).isoformat())
     wait_for(lambda: time.time() > due["past"], 5, "the first due time to pass with no master")
+    # Due or not, both wait as `scheduled` until a master looks: no master, nothing moves.
+    assert "jobs: scheduled 2  pending 0" in phoenix_cli("status", state_dir=state_dir).stdout
     master = master_factory(app=SCHEDULED, env={"PHOENIX_TEST_RUNS": str(runs_file)})
     wait_for(lambda: len(runs(runs_file)) == 2, SLOW, "both delayed jobs to run")
     started = {run["params"]["tag"]: run["at"] for run in runs(runs_file)}
