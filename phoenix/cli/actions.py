@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from phoenix.linux import pidfile
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.untrusted import visible
-from phoenix.store.base import Store
+from phoenix.store.base import CancelRequest, SharedStore, Store
 from phoenix.wire import control
 
 HANDOVER_WAIT = 30.0  # seconds to wait for a master in a fork-mode hand-over to write its pidfile
@@ -44,16 +44,17 @@ def running_master(paths: StatePaths) -> int | None:
 
 def cancel(paths: StatePaths, journal: Store, keys: list[str]) -> list[Cancelled]:
     """Cancel jobs: a pending one at once; a running one by its master (TERM,
-    then KILL after kill_grace), which must be running. Closes `journal`."""
-    master_runs = not journal.shared and running_master(paths) is not None
-    running_on: dict[str, str] = {}
-    if journal.shared:
+    then KILL after kill_grace), which must be running; on a shared store,
+    from any host. Closes `journal`."""
+    if isinstance(journal, SharedStore):
         # The claim skips a job row this holds (FOR UPDATE, SKIP LOCKED): a
-        # pending job cannot start while it is being cancelled.
+        # pending job cannot start while it is being cancelled; a running
+        # one's master, wherever it runs, is told in the same transaction.
         with journal:
-            states = {key: journal.cancel_pending(key) or "unknown" for key in keys}
-            running_on = {key: _running_node(journal, key) for key, before in states.items() if before == "running"}
-    elif master_runs:
+            requests = {key: journal.cancel(key) or CancelRequest("unknown") for key in keys}
+        return [_cancelled_in_store(key, request) for key, request in requests.items()]
+    master_runs = running_master(paths) is not None
+    if master_runs:
         journal.close()
         # The master is the journal's writer while it runs: it cancels, so that
         # a pending job cannot start just as it is cancelled here.
@@ -62,33 +63,38 @@ def cancel(paths: StatePaths, journal: Store, keys: list[str]) -> list[Cancelled
     else:
         with journal:
             states = {key: journal.cancel_pending(key) or "unknown" for key in keys}
-    return [_cancelled(paths, key, before, master_runs, journal.shared, running_on) for key, before in states.items()]
+    return [_cancelled(paths, key, before, master_runs) for key, before in states.items()]
 
 
-def _cancelled(paths: StatePaths, key: str, before: str, master_runs: bool, shared: bool,
-               running_on: dict[str, str]) -> Cancelled:
+def _cancelled_in_store(key: str, request: CancelRequest) -> Cancelled:
+    shown, before = visible(key), request.before
+    if before == "running" and request.node is not None and request.live:
+        return Cancelled(key, before, True, f"cancelling {shown} on node {visible(request.node)}: its master gives "
+                                            "its process group TERM, then KILL after kill_grace")
+    if before == "running" and request.node is not None:
+        return Cancelled(key, before, True, f"cancelling {shown}: node {visible(request.node)}'s master has no live "
+                                            "lease; the master that recovers it records the job cancelled")
+    return _cancelled_here(key, before)
+
+
+def _cancelled(paths: StatePaths, key: str, before: str, master_runs: bool) -> Cancelled:
     shown = visible(key)
-    if before == "pending":
-        return Cancelled(key, before, True, f"cancelled {shown} (it was pending)")
     if before == "running" and master_runs:
         return Cancelled(key, before, True,
                          f"cancelling {shown}: its process group gets TERM, then KILL after kill_grace")
-    if before == "running" and shared:
-        return Cancelled(key, before, False, f"job '{shown}' is running on node {visible(running_on[key])}: cancel "
-                                             "it there, with `phoenix cancel KEY --state-dir DIR` on that host")
     if before == "running":
         return Cancelled(key, before, False, f"job '{shown}' is running and no master runs on {paths.root} to stop "
                                              "it: start the master (it adopts the job), then cancel again")
-    if before == "running elsewhere":
+    return _cancelled_here(key, before)
+
+
+def _cancelled_here(key: str, before: str) -> Cancelled:
+    shown = visible(key)
+    if before == "pending":
+        return Cancelled(key, before, True, f"cancelled {shown} (it was pending)")
+    if before in ("running", "running elsewhere"):
         return Cancelled(key, before, False, f"job '{shown}' is running, but the master has no process of it yet "
                                              "(it is adopting or recording it): cancel again in a moment")
     if before == "unknown":
         return Cancelled(key, before, False, f"no job with key '{shown}'")
     return Cancelled(key, before, False, f"job '{shown}' is {before}: only pending or running jobs can be cancelled")
-
-
-def _running_node(journal: Store, key: str) -> str:
-    """The node whose master runs this job's latest attempt (a shared store)."""
-    job = journal.job_by_key(key)
-    attempts = journal.attempts_of(job["id"]) if job is not None else []
-    return str(attempts[-1].get("master", "?")) if attempts else "?"

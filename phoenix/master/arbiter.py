@@ -60,7 +60,7 @@ from phoenix.rules.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest,
 from phoenix.rules.liveness import master_was_away
 from phoenix.rules.policy import RestartBudget, may_start_jobs
 from phoenix.rules.shortage import fds_needed, slots_that_fit
-from phoenix.rules.states import MASTER_TRANSITIONS, HandoffPhase, MasterState, StopMode, check_move
+from phoenix.rules.states import MASTER_TRANSITIONS, HandoffPhase, KillReason, MasterState, StopMode, check_move
 from phoenix.store.base import (
     SQLITE,
     FileStore,
@@ -492,6 +492,16 @@ class Master:
                 attempt.interrupted = True
                 attempt.kill_detail = why
                 self.hangs.stop(attempt, now)
+
+    def cancel_attempts(self, attempt_ids: set[int]) -> None:
+        """Cancels asked in the shared store (any host's `phoenix cancel`):
+        each of these attempts running here, not yet being cancelled, is
+        ended as a local cancel ends it (TERM, KILL after kill_grace; outcome
+        `cancelled`). The store's mark, not this call, survives a crash."""
+        now = time.monotonic()
+        for attempt in list(self.children.values()):
+            if attempt.attempt_id in attempt_ids and attempt.kill_reason != KillReason.CANCELLED:
+                self.hangs.cancel(attempt, now)
 
     def node_taken(self, why: str) -> None:
         """Our lease was recovered, and registering again found the node held by

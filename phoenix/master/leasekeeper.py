@@ -14,6 +14,12 @@ owed. An idle master thus costs the database one statement per ttl/3.
 
 Wake-ups come on one LISTEN connection in the master's selector; each
 renewal pings it, and a listener that missed its ping is reconnected.
+
+A cancel asked on any host (`phoenix cancel KEY --store URL`) is a mark on
+the running attempt in the store and a NOTIFY naming this node: the keeper
+looks for its marked attempts then, and every CANCEL_POLL seconds while
+children run (a notification can be lost with its connection), and hands
+them to the master to end.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ class LeaseHost(Protocol):
     def run_owed_callbacks(self) -> None: ...
     def end_children(self, why: str) -> None: ...
     def node_taken(self, why: str) -> None: ...  # another master holds our node name: stop
+    def cancel_attempts(self, attempt_ids: set[int]) -> None: ...  # cancels asked in the store (any host)
     def lease_state(self) -> str: ...  # running | draining | degraded
 
 
@@ -70,6 +77,7 @@ class LeaseKeeper:
         self.ended_children = False  # told to end after the lease lapsed
         self.failing = False  # renewals failing: said once
         self.owed_unknown = False  # a recovery's reply was lost: it may have made us owe callbacks
+        self.next_cancel_look = 0.0  # monotonic: the next look for cancels asked of our running attempts
 
     def register(self, pid: int, generation: int, started_at: float, app: str | None) -> None:
         self.identity = (pid, generation, started_at, app)
@@ -103,6 +111,8 @@ class LeaseKeeper:
         deadlines = [self.next_renewal, self.next_recovery]
         if self.host.children and not self.ended_children:
             deadlines.append(self.trust_ends)
+        if self.host.children:
+            deadlines.append(self.next_cancel_look)
         return min(deadlines)
 
     def tick(self, now: float) -> None:
@@ -119,6 +129,18 @@ class LeaseKeeper:
             self.next_recovery = float("inf")
             self.store.recovery_due = False
             self.recover()
+        if self.host.children and now >= self.next_cancel_look:
+            self.look_for_cancels(now)
+
+    def look_for_cancels(self, now: float) -> None:
+        """End the running attempts whose cancel was asked in the store."""
+        self.next_cancel_look = now + leases.CANCEL_POLL
+        try:
+            asked = self.store.cancels_requested()
+        except StoreUnavailable:
+            return  # looked for again at the next poll; a lapsing lease ends the children anyway
+        if asked:
+            self.host.cancel_attempts(asked)
 
     def renew(self) -> None:
         sent = time.monotonic()
@@ -210,6 +232,9 @@ class LeaseKeeper:
             elif payload == leases.CALLBACKS_OWED:
                 if not self.host.callbacks_held():
                     self.host.run_owed_callbacks()  # the first master to read it takes it (owed_callbacks)
+            elif payload.startswith(leases.CANCEL_ASKED):
+                if payload == f"{leases.CANCEL_ASKED}{self.store.node}":
+                    self.look_for_cancels(time.monotonic())
             elif not payload.startswith("ping:"):
                 self.host.jobs_may_be_pending()
 
