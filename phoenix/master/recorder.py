@@ -19,12 +19,12 @@ from phoenix.linux import lineage
 from phoenix.linux.paths import StatePaths
 from phoenix.master.attempts import Attempt
 from phoenix.master.metrics import Counters, Histograms
-from phoenix.rules.outcomes import Classified, classify
+from phoenix.rules.outcomes import CANCELLED_REASON, Classified, classify
 from phoenix.rules.policy import Next, RestartBudget, after_attempt
 from phoenix.rules.shortage import SHORTAGE_ERRNOS
 from phoenix.rules.states import KillReason, Outcome
 from phoenix.store import quarantine
-from phoenix.store.base import OpenAttempt, Store
+from phoenix.store.base import OpenAttempt, SharedStore, Store
 from phoenix.store.outage import STORAGE_ERRORS
 from phoenix.wire import heartbeat as protocol
 
@@ -128,6 +128,8 @@ class OutcomeRecorder:
             job = h.journal.job_row(job_id)
             assert job is not None
             failures = int(job["failures"])
+        if decided is None:
+            result = self.cancelled_meanwhile(attempt_id, result)
         now = time.monotonic()
         after = decided or after_attempt(result.outcome, failures, h.retries_for(target), budget=h.budget, now=now,
                                          backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
@@ -167,6 +169,19 @@ class OutcomeRecorder:
             # While a replacement waits for callbacks to end, new ones stay owed
             # in the journal and the new image runs them.
             h.start_callback(callback_id, job_id, number, callback or "")
+
+    def cancelled_meanwhile(self, attempt_id: int, result: Classified) -> Classified:
+        """An attempt that failed, or was stopped, just as a cancel was asked
+        of it on another host (in the store), before this master heard so:
+        the cancel holds, and the job is not run again. One look, on the
+        ends that could re-run a job only."""
+        journal = self.host.journal
+        if result.outcome in (Outcome.FINISHED, Outcome.CANCELLED) or not isinstance(journal, SharedStore):
+            return result
+        if attempt_id not in journal.cancels_requested():
+            return result
+        return Classified(Outcome.CANCELLED, CANCELLED_REASON,
+                          f"{CANCELLED_REASON}; the attempt had ended first: {result.error or result.reason}", None)
 
     def _log(self, pid: int | None, key: str, number: int, result: Classified, after: Next,
              max_rss_kb: int | None) -> None:

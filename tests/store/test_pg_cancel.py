@@ -154,6 +154,29 @@ def test_a_cancel_whose_notification_is_lost_is_found_by_the_masters_poll(tmp_pa
         a.stop()
 
 
+def test_a_job_that_fails_just_as_it_is_cancelled_is_not_run_again(tmp_path: Path, pg_url: str) -> None:
+    """The job raises (it has retries left) after its cancel is in the
+    store and before its master heard of it: the cancel holds."""
+    a = shared_master(tmp_path, "a", pg_url, "--workers", "1").start()
+    told = tmp_path / "fail-now"
+    try:
+        submit(pg_url, "tests.apps.jobs:fails_when_told", {"path": str(told)}, "racing")
+        wait_for(lambda: jobs_by_key(pg_url)["racing"]["state"] == "running", what="a to start the job")
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # the request, its NOTIFY not (yet) read
+            conn.execute("UPDATE attempts SET reason = 'cancelled' WHERE outcome IS NULL AND job_id = "
+                         "(SELECT id FROM jobs WHERE key = 'racing')")
+        told.touch()  # it fails within 20 ms, well before the master's next look (every 2 s)
+        wait_for(lambda: jobs_by_key(pg_url)["racing"]["state"] in ("cancelled", "failed"), what="the job to end")
+        assert jobs_by_key(pg_url)["racing"]["state"] == "cancelled"
+        [only] = attempts(pg_url, "racing")
+        assert only["outcome"] == "cancelled"
+        wait_for(lambda: failed_callbacks(a, "racing"), what="on_failed")
+        assert failed_callbacks(a, "racing")[0]["payload"].startswith(CANCELLED_REASON)
+    finally:
+        a.stop()
+    assert len(failed_callbacks(a, "racing")) == 1
+
+
 def test_a_job_whose_master_is_dead_is_recorded_cancelled_by_the_recovery(tmp_path: Path, pg_url: str) -> None:
     a = shared_master(tmp_path, "a", pg_url, "--workers", "1").start()
     b = shared_master(tmp_path, "b", pg_url, "--workers", "1")  # started once a is dead and the job cancelled
