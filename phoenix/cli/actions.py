@@ -45,16 +45,18 @@ def running_master(paths: StatePaths) -> int | None:
 def cancel(paths: StatePaths, journal: Store, keys: list[str]) -> list[Cancelled]:
     """Cancel jobs: a pending one at once; a running one by its master (TERM,
     then KILL after kill_grace), which must be running; on a shared store,
-    from any host. Closes `journal`."""
+    wherever it runs. Closes `journal`."""
+    master_runs = not journal.shared and running_master(paths) is not None
+    running_on: dict[str, CancelRequest] = {}
     if isinstance(journal, SharedStore):
         # The claim skips a job row this holds (FOR UPDATE, SKIP LOCKED): a
-        # pending job cannot start while it is being cancelled; a running
-        # one's master, wherever it runs, is told in the same transaction.
+        # pending job cannot start while it is being cancelled. A running
+        # one's attempt is marked for its master, on whichever host.
         with journal:
             requests = {key: journal.cancel(key) or CancelRequest("unknown") for key in keys}
-        return [_cancelled_in_store(key, request) for key, request in requests.items()]
-    master_runs = running_master(paths) is not None
-    if master_runs:
+        states = {key: request.before for key, request in requests.items()}
+        running_on = {key: request for key, request in requests.items() if request.node is not None}
+    elif master_runs:
         journal.close()
         # The master is the journal's writer while it runs: it cancels, so that
         # a pending job cannot start just as it is cancelled here.
@@ -63,36 +65,30 @@ def cancel(paths: StatePaths, journal: Store, keys: list[str]) -> list[Cancelled
     else:
         with journal:
             states = {key: journal.cancel_pending(key) or "unknown" for key in keys}
-    return [_cancelled(paths, key, before, master_runs) for key, before in states.items()]
+    return [_cancelled(paths, key, before, master_runs, journal.shared, running_on) for key, before in states.items()]
 
 
-def _cancelled_in_store(key: str, request: CancelRequest) -> Cancelled:
-    shown, before = visible(key), request.before
-    if before == "running" and request.node is not None and request.live:
-        return Cancelled(key, before, True, f"cancelling {shown} on node {visible(request.node)}: its master gives "
-                                            "its process group TERM, then KILL after kill_grace")
-    if before == "running" and request.node is not None:
-        return Cancelled(key, before, True, f"cancelling {shown}: node {visible(request.node)}'s master has no live "
-                                            "lease; the master that recovers it records the job cancelled")
-    return _cancelled_here(key, before)
-
-
-def _cancelled(paths: StatePaths, key: str, before: str, master_runs: bool) -> Cancelled:
-    shown = visible(key)
-    if before == "running" and master_runs:
-        return Cancelled(key, before, True,
-                         f"cancelling {shown}: its process group gets TERM, then KILL after kill_grace")
-    if before == "running":
-        return Cancelled(key, before, False, f"job '{shown}' is running and no master runs on {paths.root} to stop "
-                                             "it: start the master (it adopts the job), then cancel again")
-    return _cancelled_here(key, before)
-
-
-def _cancelled_here(key: str, before: str) -> Cancelled:
+def _cancelled(paths: StatePaths, key: str, before: str, master_runs: bool, shared: bool,
+               running_on: dict[str, CancelRequest]) -> Cancelled:
     shown = visible(key)
     if before == "pending":
         return Cancelled(key, before, True, f"cancelled {shown} (it was pending)")
-    if before in ("running", "running elsewhere"):
+    if before == "running" and master_runs:
+        return Cancelled(key, before, True,
+                         f"cancelling {shown}: its process group gets TERM, then KILL after kill_grace")
+    if before == "running" and key in running_on:
+        node = visible(running_on[key].node or "")
+        if running_on[key].live:
+            message = (f"cancelling {shown} on node {node}: its master gives its process group TERM, then KILL "
+                       "after kill_grace")
+        else:
+            message = (f"cancelling {shown}: node {node}'s master has no live lease; the master that recovers "
+                       "it records the job cancelled")
+        return Cancelled(key, before, True, message)
+    if before == "running" and not shared:
+        return Cancelled(key, before, False, f"job '{shown}' is running and no master runs on {paths.root} to stop "
+                                             "it: start the master (it adopts the job), then cancel again")
+    if before in ("running", "running elsewhere"):  # shared: it kept starting and ending, no attempt stayed marked
         return Cancelled(key, before, False, f"job '{shown}' is running, but the master has no process of it yet "
                                              "(it is adopting or recording it): cancel again in a moment")
     if before == "unknown":

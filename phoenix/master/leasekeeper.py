@@ -16,10 +16,10 @@ Wake-ups come on one LISTEN connection in the master's selector; each
 renewal pings it, and a listener that missed its ping is reconnected.
 
 A cancel asked on any host (`phoenix cancel KEY --store URL`) is a mark on
-the running attempt in the store and a NOTIFY naming this node: the keeper
-looks for its marked attempts then, and every CANCEL_POLL seconds while
-children run (a notification can be lost with its connection), and hands
-them to the master to end.
+the running attempt in the store and a NOTIFY naming the attempt: the
+keeper of the master running it looks for its marked attempts then, and
+every CANCEL_POLL seconds while children run (a notification can be lost
+with its connection), and hands them to the master to end.
 """
 
 from __future__ import annotations
@@ -233,8 +233,9 @@ class LeaseKeeper:
                 if not self.host.callbacks_held():
                     self.host.run_owed_callbacks()  # the first master to read it takes it (owed_callbacks)
             elif payload.startswith(leases.CANCEL_ASKED):
-                if payload == f"{leases.CANCEL_ASKED}{self.store.node}":
-                    self.look_for_cancels(time.monotonic())
+                asked = payload.removeprefix(leases.CANCEL_ASKED)
+                if any(str(attempt.attempt_id) == asked for attempt in self.host.children.values()):
+                    self.look_for_cancels(time.monotonic())  # the store says whether it is ours to end
             elif not payload.startswith("ping:"):
                 self.host.jobs_may_be_pending()
 

@@ -260,14 +260,16 @@ RECOVERED_REASON = "its master lost its lease"
 RECOVERED_CANCEL = f"{CANCELLED_REASON}; {RECOVERED_REASON} before it recorded the end"
 
 # `phoenix cancel` of a running job, from any host: its current attempt is
-# marked (as request_cancel marks it) and its master told at once (NOTIFY
-# on commit); the job row is locked by the caller, so an outcome being
-# recorded now (it locks the attempt and the job) comes wholly before or after.
+# marked (as request_cancel marks it: the recovery and a restarted master
+# honour it too) and the masters told on commit (NOTIFY naming the attempt).
+# An outcome being recorded holds the attempt's row: this waits, then finds
+# it ended (outcome set) and marks nothing.
 _REQUEST_CANCEL = f"""
 UPDATE attempts a SET reason = 'cancelled' FROM jobs j, masters m
-WHERE j.id = %(job)s AND a.id = j.current_attempt AND a.outcome IS NULL AND m.node = a.master
+WHERE j.key = %(key)s AND j.state = 'running' AND a.id = j.current_attempt AND a.outcome IS NULL
+  AND m.node = a.master
 RETURNING a.master, m.epoch = a.epoch AND m.state <> 'lost' AND m.lease_expires_at > now(),
-          pg_notify(%(channel)s, '{CANCEL_ASKED}' || a.master)
+          pg_notify(%(channel)s, '{CANCEL_ASKED}' || a.id)
 """
 
 
@@ -970,19 +972,6 @@ class PgStore:
         """As the SQLite journal's: a pending job cancelled with its
         `on_failed` owed (no owner: the first live master to read the NOTIFY
         takes it up, see owed_callbacks)."""
-        request = self._cancel(key, running=False)
-        return None if request is None else request.before
-
-    def cancel(self, key: str) -> CancelRequest | None:
-        """`phoenix cancel KEY --store URL`, from any host, in one transaction:
-        a pending job as cancel_pending; a running one's current attempt is
-        marked for its master, which hears it at once (NOTIFY) or within
-        CANCEL_POLL (cancels_requested), then ends it (TERM, KILL after
-        kill_grace) and records `cancelled`; if that master's lease lapses
-        first, the recovery records `cancelled` (see _RECOVER_ATTEMPTS)."""
-        return self._cancel(key, running=True)
-
-    def _cancel(self, key: str, *, running: bool) -> CancelRequest | None:
         if unstorable(key):
             return None
         with self._tx() as cur:
@@ -998,12 +987,30 @@ class PgStore:
                             f"SELECT %(job)s, COALESCE(MAX(n), 0), 'on_failed', 'owed', {_NOW} FROM attempts "
                             f"WHERE job_id = %(job)s ON CONFLICT (job_id, kind) DO NOTHING", {"job": job_id})
                 cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, CALLBACKS_OWED))
-            elif state == "running" and running:
-                cur.execute(_REQUEST_CANCEL, {"job": job_id, "channel": CHANNEL})
+            return str(state)
+
+    def cancel(self, key: str) -> CancelRequest | None:
+        """`phoenix cancel KEY --store URL`, from any host: a pending job as
+        cancel_pending; a running one's current attempt is marked for its
+        master, which hears it at once (NOTIFY) or within CANCEL_POLL
+        (cancels_requested), ends it (TERM, KILL after kill_grace) and
+        records `cancelled`; if that master's lease lapses first, the
+        recovery records `cancelled` (_RECOVER_ATTEMPTS). Each write holds one
+        row's lock only (the job's, or the attempt's), so a cancel never
+        deadlocks with an outcome or a recovery that locks both; a job that
+        starts or ends between the two is looked at again."""
+        if unstorable(key):
+            return None
+        for _race in range(3):
+            state = self.cancel_pending(key)
+            if state != "running":
+                return None if state is None else CancelRequest(state)
+            with self._one() as cur:
+                cur.execute(_REQUEST_CANCEL, {"key": key, "channel": CHANNEL})
                 marked = cur.fetchone()
-                if marked is not None:
-                    return CancelRequest(str(state), str(marked[0]), bool(marked[1]))
-            return CancelRequest(str(state))
+            if marked is not None:
+                return CancelRequest(state, str(marked[0]), bool(marked[1]))
+        return CancelRequest("running")  # it kept starting and ending: no attempt of it stayed to be marked
 
     def cancels_requested(self) -> set[int]:
         """This master's open attempts (of its current epoch) whose cancel was

@@ -41,7 +41,7 @@ def test_a_cancel_marks_the_running_attempt_and_tells_its_master_only(pg_url: st
         listener.execute("LISTEN phoenix_wake")
         with PgStore(pg_url) as anywhere:  # a command's handle: no node, no lease
             assert anywhere.cancel("k") == CancelRequest("running", "a", True)
-        assert [n.payload for n in listener.notifies(timeout=0.5, stop_after=1)] == ["cancel:a"]
+        assert [n.payload for n in listener.notifies(timeout=0.5, stop_after=1)] == [f"cancel:{attempt_id}"]
     finally:
         listener.close()
     assert a.cancels_requested() == {attempt_id}
