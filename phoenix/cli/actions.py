@@ -79,8 +79,8 @@ def _cancelled(paths: StatePaths, key: str, before: str, master_runs: bool, shar
     if before == "running" and key in running_on:
         node = visible(running_on[key].node or "")
         if running_on[key].live:
-            message = (f"cancelling {shown} on node {node}: its master gives its process group TERM, then KILL "
-                       "after kill_grace")
+            message = (f"cancelling {shown} on node {node}: its master ends it (TERM to its process group, KILL "
+                       "after kill_grace); if that master has died, the one that recovers it records it cancelled")
         else:
             message = (f"cancelling {shown}: node {node}'s master has no live lease; the master that recovers "
                        "it records the job cancelled")
