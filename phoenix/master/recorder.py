@@ -173,8 +173,8 @@ class OutcomeRecorder:
     def cancelled_meanwhile(self, attempt_id: int, result: Classified) -> Classified:
         """An attempt that failed, or was stopped, just as a cancel was asked
         of it on another host (in the store), before this master heard so:
-        the cancel holds, and the job is not run again. One look, on the
-        ends that could re-run a job only."""
+        the cancel holds, and the job is not run again. One look in the
+        store, and only for an end other than finished or cancelled."""
         journal = self.host.journal
         if result.outcome in (Outcome.FINISHED, Outcome.CANCELLED) or not isinstance(journal, SharedStore):
             return result
