@@ -37,6 +37,7 @@ from phoenix import log
 from phoenix.app import App, AppError, JobSpec, resolve_target
 from phoenix.config import Config, ConfigError
 from phoenix.linux import lineage, pid1, procfs, systemd
+from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.pidfile import AlreadyRunning, PidFile
 from phoenix.linux.signals import SignalFD, set_child_subreaper
@@ -76,7 +77,8 @@ SHARED_TITLE_EVERY = 60.0
 class Master:
     def __init__(self, app: App | None, app_spec: str | None, config: Config,
                  reload_config: Callable[[], Config], config_file: str | None = None,
-                 degraded_reason: str | None = None) -> None:
+                 degraded_reason: str | None = None, clock: Clock = SYSTEM) -> None:
+        self.clock = clock  # every part's time: built first, handed to each (phoenix.testing.FakeClock in tests)
         self.app = app  # None: degraded, the new code could not be loaded (see announce_ready)
         self.degraded_reason = degraded_reason
         self.app_spec = app_spec
@@ -98,25 +100,26 @@ class Master:
         self.counters = metrics.Counters()
         self.histograms: metrics.Histograms | None = None  # only with --metrics (see metrics.py)
         self.intake = HeartbeatIntake(self.children, self.counters, os.getuid(),
-                                      lambda attempts: self.recorder.hold_finals(attempts), self.child_closed)
-        self.recorder = OutcomeRecorder(self)
-        self.hangs = HangKiller(self)
-        self.reaper = Reaper(self)
+                                      lambda attempts: self.recorder.hold_finals(attempts), self.child_closed, clock)
+        self.recorder = OutcomeRecorder(self, clock)
+        self.hangs = HangKiller(self, clock)
+        self.reaper = Reaper(self, clock)
         self.replacements = 0
-        self.last_woke = time.monotonic()  # when the loop last returned from its sleep
+        self.last_woke = self.clock.monotonic()  # when the loop last returned from its sleep
         self.title_due = 0.0
         self.specs: dict[str, JobSpec] = {}
         self.subprocesses: dict[int, Callable[[int], None]] = {}  # pid -> on_exit(status): the preflight, the spare
         self.started_at = time.time()
         self.exit_code = 0
         self.stop_signal: int | None = None  # what asked this master to stop (see exits.py)
-        self.handoff = handoff.Handoff(self)
-        self.spawner = Spawner(self)
-        self.scheduler = Scheduler(self)
-        self.watchdog = systemd.Watchdog()  # WATCHDOG=1 when systemd's WatchdogSec asks for it
-        self.outage = JournalOutage(redact(config.store) if is_url(config.store) else str(self.paths.journal))
+        self.handoff = handoff.Handoff(self, clock)
+        self.spawner = Spawner(self, clock)
+        self.scheduler = Scheduler(self, clock)
+        self.watchdog = systemd.Watchdog(clock)  # WATCHDOG=1 when systemd's WatchdogSec asks for it
+        self.outage = JournalOutage(redact(config.store) if is_url(config.store) else str(self.paths.journal),
+                                     clock)
         self.next_state_dir_check = 0.0
-        self.state_files = StateFiles()  # sockets, pidfile and lock put back if removed under us
+        self.state_files = StateFiles(clock)  # sockets, pidfile and lock put back if removed under us
         self.node = config.node or default_node(config.state_dir)  # its name in a shared store
         self.leases: LeaseKeeper | None = None  # a shared store's lease (leasekeeper.py)
 
@@ -183,12 +186,12 @@ class Master:
             from phoenix.store.postgres import PgStore  # only with a shared store: psycopg
 
             assert isinstance(self.journal, PgStore)
-            self.leases = LeaseKeeper(self, self.journal)
+            self.leases = LeaseKeeper(self, self.journal, self.clock)
             self.leases.register(os.getpid(), self.generation, self.started_at, self.app_spec)
         self.control = ControlServer(control, self.selector, self.control_request,
-                                     lambda why: self.counters.reject(why))
-        self.callbacks = CallbackRunner(self.config.callback_threads)
-        self.settler = CallbackSettler(self)
+                                     lambda why: self.counters.reject(why), clock=self.clock)
+        self.callbacks = CallbackRunner(self.config.callback_threads, self.clock)
+        self.settler = CallbackSettler(self, self.clock)
         self.selector.register(self.callbacks.wake_read, selectors.EVENT_READ, self.callbacks.drain_wakeups)
         self._install_signal_handlers()
         self.replacements = self.journal.count_events("replaced") + (1 if inherited else 0)
@@ -222,7 +225,7 @@ class Master:
             self.signals.append(signum)
 
     def announce_ready(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for attempt in self.children.values():  # grace for adopted children starts now
             attempt.fresh_grace(now)
         if self.app is None:
@@ -256,12 +259,12 @@ class Master:
         try:
             self.reaper.adopt_running_attempts()
             self.announce_ready()
-            self.last_woke = time.monotonic()  # start-up (imports, a journal check) is not absence
+            self.last_woke = self.clock.monotonic()  # start-up (imports, a journal check) is not absence
             while self.state != MasterState.STOPPED or self.holds_unwritten():
                 self.wait_for_events()
                 self.run_commands()
                 self.reaper.reap()
-                self.hangs.run_due_timers(time.monotonic())
+                self.hangs.run_due_timers(self.clock.monotonic())
                 self.guarded(self.scheduler.spawn_pending_jobs)
                 self.spawner.replenish()
                 self.settler.settle()
@@ -272,7 +275,7 @@ class Master:
                 self.watchdog.keep_alive()
                 self.watch_storage()
                 if self.leases is not None:
-                    self.leases.tick(time.monotonic())
+                    self.leases.tick(self.clock.monotonic())
             if self.stop_signal is not None and self.config.exit_when_done:
                 self.exit_code = exits.stopped_batch(self.stop_signal, self.batch_counts)
         except Exception as exc:
@@ -300,25 +303,25 @@ class Master:
         return min(deadlines)
 
     def wait_for_events(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         self.intake.resume_if_due(now)
         deadline = self.next_deadline(now)
-        ready = self.selector.select(max(0.0, deadline - now))
-        woke = time.monotonic()
+        ready = self.clock.wait(self.selector, max(0.0, deadline - now))
+        woke = self.clock.monotonic()
         worked, self.last_woke = now - self.last_woke, woke  # the last turn's work, between two wake-ups
         if master_was_away(max(deadline, now), woke, worked, self.config.heartbeat_interval):
             self.give_grace(woke - max(deadline, now) + worked)
         for key, _mask in ready:
             key.data()
-        self.control.expire(time.monotonic())
-        self.scheduler.poll_if_due(time.monotonic())
+        self.control.expire(self.clock.monotonic())
+        self.scheduler.poll_if_due(self.clock.monotonic())
 
     def give_grace(self, away: float) -> None:
         """The master itself was not running (SIGSTOP, a VM pause, swap): read
         every beat that waits (a child that ran meanwhile has some queued on
         its connection), then excuse each silent child the time we were away."""
         self.read_heartbeats()
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for attempt in self.children.values():
             attempt.excuse(away, now)
         event(WARNING, "master_was_away", seconds=f"{away:.2f}", running=len(self.children),
@@ -383,7 +386,7 @@ class Master:
             if attempt is None:
                 return "running elsewhere"  # no process of this master: nothing to signal
             self.journal.request_cancel(attempt.attempt_id)  # survives a replacement or a crash mid-cancel
-            self.hangs.cancel(attempt, time.monotonic())
+            self.hangs.cancel(attempt, self.clock.monotonic())
         return state or "unknown"
 
     def reload_configuration(self) -> None:
@@ -405,7 +408,7 @@ class Master:
 
     def read_heartbeats(self) -> None:
         if self.handoff.phase != HandoffPhase.FORKED:  # else the new master reads the connections now
-            self.intake.read(time.monotonic())
+            self.intake.read(self.clock.monotonic())
 
     def take_heartbeat_listener(self, sock: socket.socket) -> None:
         """A listening socket bound afresh (its path was removed under us);
@@ -477,7 +480,7 @@ class Master:
 
     def end_children(self, why: str) -> None:
         """TERM every child's group, KILL after kill_grace; their jobs go back under their policy."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for attempt in self.children.values():
             if attempt.kill_reason is None and not attempt.interrupted:
                 attempt.interrupted = True
@@ -537,7 +540,7 @@ class Master:
 
     def has_free_slot(self) -> bool:
         return (may_start_jobs(self.state, self.handoff.phase, self.outage.active, len(self.children), self.slots)
-                and (self.leases is None or self.leases.may_claim(time.monotonic())))
+                and (self.leases is None or self.leases.may_claim(self.clock.monotonic())))
 
     def spec_for(self, target: str) -> JobSpec:
         spec = self.specs.get(target)
@@ -576,7 +579,7 @@ class Master:
             self.outage.failed(exc, _name(operation), operation if retry else None)
 
     def watch_storage(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self.outage.active and self.outage.retry_if_due(self.journal.probe_write):
             self.intake.retry_unheld()
             self.scheduler.wake()
@@ -691,7 +694,7 @@ class Master:
             return
         event(INFO, "stop", mode="term", running=len(self.children))
         self.change_state(MasterState.STOPPING)
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for attempt in self.children.values():
             if holds_only_copy(attempt):
                 # Its job is done: the child only waits for its outcome's ack (or
@@ -748,7 +751,7 @@ class Master:
             self.leases.release("left" if self.stop_mode == StopMode.LEAVE else "stopped")
 
     def update_title(self, force: bool = False) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if not force and now < self.title_due:
             return
         self.title_due = now + (SHARED_TITLE_EVERY if self.journal.shared else 0.5)  # a shared count costs more
@@ -767,7 +770,7 @@ class Master:
         systemd.notify(f"STATUS=gen {self.generation}: {len(self.children)} running, {pending} pending")
 
     def live_status(self) -> dict[str, Any]:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         shown_state = self.state if self.state in (MasterState.DRAINING, MasterState.DEGRADED) else "running"
         return {
             "master": {

@@ -26,13 +26,13 @@ import selectors
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from phoenix import log
 from phoenix.config import Config
 from phoenix.linux import pid1, pidfile, procfs, systemd
+from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.pidfile import PidFile
 from phoenix.linux.untrusted import visible
@@ -191,7 +191,8 @@ def close_stray_fds(keep: set[int]) -> None:
 
 
 class Handoff:
-    def __init__(self, master: "HandoffHost") -> None:
+    def __init__(self, master: "HandoffHost", clock: Clock = SYSTEM) -> None:
+        self.clock = clock
         self.master = master
         self.phase = HandoffPhase.IDLE
         self.last_result: dict[str, Any] | None = None
@@ -254,7 +255,7 @@ class Handoff:
         log.event(logging.INFO, "reload", generation=m.generation, mode=m.config.reexec)
         self.move(HandoffPhase.PREFLIGHT)
         self.last_result = {"state": "preflight", "from_generation": m.generation}
-        self.preflight_started = time.monotonic()
+        self.preflight_started = self.clock.monotonic()
         argv = [sys.executable, "-m", "phoenix", "check", m.app_spec, "--state-dir", str(m.paths.root)]
         if m.config_file:
             argv += ["--config", m.config_file]
@@ -264,7 +265,7 @@ class Handoff:
             argv.append("--force")
             log.event(logging.WARNING, "reload_forced",
                       effect="jobs whose target the new code lacks fail when they start")
-        self.deadline = time.monotonic() + m.config.reload_timeout
+        self.deadline = self.clock.monotonic() + m.config.reload_timeout
         # Its output (the error and traceback, if the new code is broken) comes
         # back to us through a pipe: it goes into our log and into the answer
         # `phoenix reload --wait` prints, wherever our own stderr points.
@@ -294,7 +295,7 @@ class Handoff:
         """A preflight or a fork-mode new master that hangs must not block
         every later deploy: past reload_timeout it is killed (it is our own
         child, so its pid cannot have been reused) and the reload fails."""
-        if self.phase not in ("preflight", "forked") or time.monotonic() < self.deadline:
+        if self.phase not in ("preflight", "forked") or self.clock.monotonic() < self.deadline:
             return
         pid = self.helper_pid if self.phase == "preflight" else self.new_master_pid
         what = "preflight" if self.phase == "preflight" else "new master"
@@ -343,7 +344,7 @@ class Handoff:
             self._failed("preflight", f"preflight `phoenix check {m.app_spec}` failed with exit code {code}:\n"
                          f"{output or '(no output)'}")
             return
-        log.event(logging.INFO, "preflight_ok", took=f"{time.monotonic() - self.preflight_started:.2f}s")
+        log.event(logging.INFO, "preflight_ok", took=f"{self.clock.monotonic() - self.preflight_started:.2f}s")
         self.move(HandoffPhase.WAITING_CALLBACKS)
         self.continue_when_quiet()
 
@@ -395,11 +396,11 @@ class Handoff:
         of them was a stop: then the master stops instead of replacing itself."""
         m = self.master
         m.selector.unregister(m.control.sock)
-        deadline = time.monotonic() + 0.5
+        deadline = self.clock.monotonic() + 0.5
         poller = select.poll()
         for conn in m.control.buffers:
             poller.register(conn, select.POLLIN)
-        while m.control.buffers and (left := deadline - time.monotonic()) > 0:
+        while m.control.buffers and (left := deadline - self.clock.monotonic()) > 0:
             for fd, _event in poller.poll(left * 1000):
                 ready = next((c for c in m.control.buffers if c.fileno() == fd), None)
                 poller.unregister(fd)
@@ -501,7 +502,7 @@ class Handoff:
         m.selector.unregister(m.control.sock)
         self.paused_timers = m.timers.pause()
         self.move(HandoffPhase.FORKED)
-        self.deadline = time.monotonic() + m.config.reload_timeout
+        self.deadline = self.clock.monotonic() + m.config.reload_timeout
         self.new_master_pid = pid
         self.ready_read = ready_read
         m.subprocesses[pid] = self._new_master_died
@@ -536,7 +537,7 @@ class Handoff:
         m.selector.register(m.control.sock, selectors.EVENT_READ, m.control.accept)
         # The beats sent while we did not listen were read by the new master,
         # or are still queued: every child gets a full heartbeat_timeout again.
-        now = time.monotonic()
+        now = self.clock.monotonic()
         m.give_all_grace(now)
         m.timers.resume(self.paused_timers)
         self.paused_timers = []

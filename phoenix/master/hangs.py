@@ -14,6 +14,7 @@ from typing import Protocol
 from phoenix import log
 from phoenix.config import Config
 from phoenix.linux import lineage
+from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.master.attempts import Attempt
 from phoenix.master.heartbeats import HeartbeatIntake
 from phoenix.master.metrics import Counters, Histograms
@@ -42,7 +43,8 @@ CONNECTION_CLOSED_ADVICE = ("the job closed its own connection to the master (it
 
 
 class HangKiller:
-    def __init__(self, host: HangHost) -> None:
+    def __init__(self, host: HangHost, clock: Clock = SYSTEM) -> None:
+        self.clock = clock
         self.host = host
 
     def run_due_timers(self, now: float) -> None:

@@ -23,13 +23,13 @@ import logging
 import os
 import selectors
 import tempfile
-import time
 import uuid
 from typing import TYPE_CHECKING, Protocol
 
 from phoenix import log
 from phoenix.app import JobSpec
 from phoenix.config import Config
+from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.master.attempts import Attempt
 from phoenix.rules import leases
 from phoenix.rules.policy import RestartBudget, after_attempt
@@ -60,7 +60,8 @@ class LeaseHost(Protocol):
 
 
 class LeaseKeeper:
-    def __init__(self, host: LeaseHost, store: PgStore) -> None:
+    def __init__(self, host: LeaseHost, store: PgStore, clock: Clock = SYSTEM) -> None:
+        self.clock = clock
         self.host = host
         self.store = store
         self.times = leases.lease_times(host.config.lease_ttl, host.config.kill_grace)
@@ -77,7 +78,7 @@ class LeaseKeeper:
     def register(self, pid: int, generation: int, started_at: float, app: str | None) -> None:
         self.identity = (pid, generation, started_at, app)
         self.instance = instance_token(self.host.config.state_dir)  # read once: registering again needs no file
-        sent = time.monotonic()
+        sent = self.clock.monotonic()
         epoch = self._register()
         self.trusted(sent)
         log.event(logging.INFO, "lease", node=self.store.node, epoch=epoch, ttl=f"{self.times.ttl:g}s",
@@ -111,7 +112,7 @@ class LeaseKeeper:
     def tick(self, now: float) -> None:
         if now >= self.next_renewal:
             self.renew()
-        if self.host.children and not self.ended_children and leases.children_must_end(time.monotonic(),
+        if self.host.children and not self.ended_children and leases.children_must_end(self.clock.monotonic(),
                                                                                         self.trust_ends):
             self.ended_children = True
             log.event(logging.ERROR, "lease_lapsed", node=self.store.node, running=len(self.host.children),
@@ -124,7 +125,7 @@ class LeaseKeeper:
             self.recover()
 
     def renew(self) -> None:
-        sent = time.monotonic()
+        sent = self.clock.monotonic()
         try:
             live = self.store.renew_lease(self.host.lease_state(), self.host.slots, len(self.host.children),
                                           grace=self.times.grace)
@@ -218,7 +219,7 @@ class LeaseKeeper:
 
     def recover(self) -> None:
         """Recover masters whose lease is gone, and take up callbacks they owed."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
 
         def decide(target: str, failures: int) -> tuple[str, bool, float | None, str | None]:
             h = self.host

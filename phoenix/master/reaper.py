@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import selectors
-import time
 from typing import Callable, Protocol
 
 from phoenix import log
 from phoenix.app import JobSpec
 from phoenix.config import Config
-from phoenix.linux import clock, procfs
+from phoenix.linux import procfs
+from phoenix.linux.clock import SYSTEM, Clock, age
 from phoenix.master.attempts import Attempt
 from phoenix.master.hangs import HangKiller
 from phoenix.master.recorder import LOST_UNWATCHED, OutcomeRecorder
@@ -45,7 +45,8 @@ class ReaperHost(Protocol):
 
 
 class Reaper:
-    def __init__(self, host: ReaperHost) -> None:
+    def __init__(self, host: ReaperHost, clock: Clock = SYSTEM) -> None:
+        self.clock = clock
         self.host = host
         self.child_exited = True  # SIGCHLD seen since the last sweep (True: reconcile at start)
         # pid -> recorded start time: adopted children not yet watched by pidfd (out of descriptors at adoption)
@@ -55,7 +56,7 @@ class Reaper:
         """Each attempt the journal says runs gets one full heartbeat_timeout
         of grace. The app is loaded by now (or known missing): an attempt
         found lost is judged under its job's own policy."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for open_attempt in self.host.journal.open_attempts():
             self._adopt(open_attempt, now)
         self.host.read_heartbeats()  # beats and outcomes queued while no master read them
@@ -77,7 +78,7 @@ class Reaper:
             return
         # max_runtime counts from the attempt's real start, not from its adoption,
         # on a clock that a wall-clock step does not move.
-        started = now - clock.age(a.started_boot, a.start_time)
+        started = now - age(a.started_boot, a.start_time, self.clock.since_boot())
         attempt = Attempt(a.attempt_id, a.job_id, a.key, a.target, a.n, a.pid, h.known_spec(a.target), started,
                           now, now, own_child=own)
         attempt.last_seq = -1  # its numbering started under another master: do not count that as lost beats

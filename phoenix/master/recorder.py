@@ -8,13 +8,13 @@ import json
 import logging
 import os
 import signal
-import time
 from typing import Any, Callable, Protocol
 
 from phoenix import log
 from phoenix.child import output
 from phoenix.config import Config
 from phoenix.linux import lineage
+from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
 from phoenix.master.attempts import Attempt
 from phoenix.master.metrics import Counters, Histograms
@@ -55,7 +55,8 @@ class OutcomeHost(Protocol):
 
 
 class OutcomeRecorder:
-    def __init__(self, host: OutcomeHost) -> None:
+    def __init__(self, host: OutcomeHost, clock: Clock = SYSTEM) -> None:
+        self.clock = clock
         self.host = host
         self.unread: list[Callable[[], None]] = []  # ends to record once the outbox can be read
 
@@ -78,7 +79,7 @@ class OutcomeRecorder:
                                     attempt.number, result, max_rss_kb, attempt.pid,
                                     outbox=not attempt.final_held, failures=attempt.failures), retry=True)
         if h.histograms is not None:
-            h.histograms.job_duration.labels(result.outcome).observe(time.monotonic() - attempt.started)
+            h.histograms.job_duration.labels(result.outcome).observe(self.clock.monotonic() - attempt.started)
         h.jobs_may_be_pending()
 
     def conclude_without_process(self, a: OpenAttempt, reason: str) -> None:
@@ -128,7 +129,7 @@ class OutcomeRecorder:
             job = h.journal.job_row(job_id)
             assert job is not None
             failures = int(job["failures"])
-        now = time.monotonic()
+        now = self.clock.monotonic()
         after = decided or after_attempt(result.outcome, failures, h.retries_for(target), budget=h.budget, now=now,
                                          backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
         retry_delay = after.delay if after.job_state == "pending" and after.counts_as_failure else None

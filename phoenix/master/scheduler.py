@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Protocol
 
 from phoenix import log
 from phoenix.app import AppError, JobSpec, decode_params
 from phoenix.child import run as child
 from phoenix.config import Config
+from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
 from phoenix.master.attempts import Attempt
 from phoenix.master.metrics import Counters
@@ -56,7 +56,8 @@ class SchedulerHost(Protocol):
 
 
 class Scheduler:
-    def __init__(self, host: SchedulerHost) -> None:
+    def __init__(self, host: SchedulerHost, clock: Clock = SYSTEM) -> None:
+        self.clock = clock
         self.host = host
         self.maybe_pending = True  # a job may be waiting: look on the next turn
         self.next_poll = 0.0  # monotonic: look then even if nobody said so
@@ -81,22 +82,22 @@ class Scheduler:
 
     def spawn_pending_jobs(self) -> None:
         h = self.host
-        if not self.maybe_pending or not h.has_free_slot() or self.fork_backoff.blocked(time.monotonic()):
+        if not self.maybe_pending or not h.has_free_slot() or self.fork_backoff.blocked(self.clock.monotonic()):
             return
         self.maybe_pending = False
         if h.journal.shared:
-            self.next_poll = time.monotonic() + h.shared_poll()
+            self.next_poll = self.clock.monotonic() + h.shared_poll()
             woken, self.woken = self.woken, False
             self.claim_jobs(woken)
             return
-        self.next_poll = time.monotonic() + PENDING_POLL
+        self.next_poll = self.clock.monotonic() + PENDING_POLL
         jobs = h.journal.pending(h.slots - len(h.children))
-        slice_ends = time.monotonic() + SPAWN_SLICE
+        slice_ends = self.clock.monotonic() + SPAWN_SLICE
         for job in jobs:
             if not self.spawn(job):
                 self.maybe_pending = True  # the rest stay pending until the back-off ends
                 return
-            if time.monotonic() >= slice_ends:
+            if self.clock.monotonic() >= slice_ends:
                 break  # the rest on the next turn, after reaping, timers and control requests
         if not h.has_free_slot():
             # Every slot taken: until one is freed (by an attempt's end, more
@@ -107,14 +108,14 @@ class Scheduler:
             return
         due_in = h.journal.next_due_in()
         if due_in is not None and due_in > 0:
-            self.next_poll = min(self.next_poll, time.monotonic() + due_in)
+            self.next_poll = min(self.next_poll, self.clock.monotonic() + due_in)
 
     def claim_jobs(self, woken: bool) -> None:
         """Shared store: for each free slot, a waiting child, then one claim
         statement that records the job's attempt with that child's pid (see
         pgstore._CLAIM). The child gets its order only after the claim commits."""
         h = self.host
-        slice_ends = time.monotonic() + SPAWN_SLICE
+        slice_ends = self.clock.monotonic() + SPAWN_SLICE
         started = False
         while h.has_free_slot():
             waiting = self.take_child()
@@ -133,7 +134,7 @@ class Scheduler:
                 if woken or started:  # a job put back with a backoff (a re-run, a recovery) may be due sooner
                     due_in = h.journal.next_due_in()
                     if due_in is not None and due_in > 0:
-                        self.next_poll = min(self.next_poll, time.monotonic() + due_in)
+                        self.next_poll = min(self.next_poll, self.clock.monotonic() + due_in)
                 return
             job, attempt_id = claimed
             try:
@@ -151,7 +152,7 @@ class Scheduler:
                 continue
             self.start(job, spec, waiting, attempt_id, job.attempts + 1)
             started = True
-            if time.monotonic() >= slice_ends:
+            if self.clock.monotonic() >= slice_ends:
                 self.maybe_pending = True  # the rest on the next turn
                 return
         self.maybe_pending = False
@@ -195,7 +196,7 @@ class Scheduler:
         now (out of processes, memory or file descriptors): that is the
         master's shortage, not the job's, which stays pending and is charged
         nothing. Said once when it starts, once when it ends."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         try:
             waiting = self.host.spawner.take()
         except OSError as exc:
@@ -260,7 +261,7 @@ class Scheduler:
                                              h.config.heartbeat_interval, h.config.outcome_delivery_timeout,
                                              attempt_id, self.orphan_rule(),
                                              (str(h.paths.output), h.config.job_output_max_bytes)))
-        now = time.monotonic()
+        now = self.clock.monotonic()
         attempt = Attempt(attempt_id, job.id, job.key, job.target, number, pid, spec, now, now, now,
                           failures=job.failures)
         if not delivered:  # the child died waiting and never saw its job: not the job's failure

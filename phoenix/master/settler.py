@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from typing import Any, Callable, Protocol
 
 from phoenix import log
 from phoenix.app import App, JobInfo
 from phoenix.config import Config
+from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.untrusted import stored_json
 from phoenix.master.callbacks import CallbackRunner
 from phoenix.master.metrics import Counters, Histograms
@@ -31,7 +31,8 @@ class SettlerHost(Protocol):
 
 
 class CallbackSettler:
-    def __init__(self, host: SettlerHost) -> None:
+    def __init__(self, host: SettlerHost, clock: Clock = SYSTEM) -> None:
+        self.clock = clock
         self.host = host
         # Callbacks that ran here whose `done` the store has not taken yet (an
         # outage: the write is replayed). Still owed in the store, they are
@@ -85,7 +86,7 @@ class CallbackSettler:
                 self.start(callback_id, job_id, number, kind)
 
     def settle(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for running, error in self.host.callbacks.finished():
             if self.host.histograms is not None:
                 self.host.histograms.callback_duration.observe(now - running.started)

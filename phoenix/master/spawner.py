@@ -22,7 +22,6 @@ import os
 import selectors
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -33,6 +32,7 @@ from phoenix.child import run as child
 from phoenix.child.forkserver import ForkServer, thread_refusal
 from phoenix.config import Config
 from phoenix.linux import procfs
+from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
 from phoenix.rules.outcomes import classify_exit
 from phoenix.rules.shortage import SHORTAGE_ERRNOS
@@ -82,7 +82,8 @@ class WaitingChild:
 
 
 class Spawner:
-    def __init__(self, master: SpawnerHost) -> None:
+    def __init__(self, master: SpawnerHost, clock: Clock = SYSTEM) -> None:
+        self.clock = clock
         self.master = master
         self.ready: list[WaitingChild] = []  # forked, waiting for an order: the spares
         self.not_before = 0.0  # monotonic: no new spare until then, after one died waiting
@@ -123,7 +124,7 @@ class Spawner:
 
     def _start_server_if_due(self) -> None:
         """At start-up, or after it died or was replaced."""
-        if self.server is None and self.server_off is None and time.monotonic() >= self.server_not_before:
+        if self.server is None and self.server_off is None and self.clock.monotonic() >= self.server_not_before:
             self._start_server()
 
     def _turn_server_off(self, reason: str, why: str | None = None, level: int = logging.WARNING) -> None:
@@ -133,7 +134,7 @@ class Spawner:
 
     def _start_server(self) -> None:
         m = self.master
-        self.server_not_before = time.monotonic() + SERVER_RETRY_DELAY
+        self.server_not_before = self.clock.monotonic() + SERVER_RETRY_DELAY
         settings = {"app": m.app_spec, "path": [os.fspath(entry) for entry in sys.path], "argv": sys.argv,
                     "master": os.getpid(),
                     "socket_path": str(m.paths.heartbeat_socket), "outbox": str(m.paths.outbox),
@@ -302,19 +303,19 @@ class Spawner:
         if not self.master.wants_spare():
             return
         self._start_server_if_due()
-        if time.monotonic() < self.not_before or self._server_starting() is not None:
+        if self.clock.monotonic() < self.not_before or self._server_starting() is not None:
             return  # a server that is starting forks the spares once it is ready
         server = self._server_usable()
         if server is not None:
             if server.failed:  # spares it could not fork (out of processes or memory): not asked again at once
                 server.failed.clear()
-                self.not_before = time.monotonic() + SPARE_RETRY_DELAY
+                self.not_before = self.clock.monotonic() + SPARE_RETRY_DELAY
                 return
             while len(self.ready) + len(server.in_flight) < max(1, min(SPARES, self.master.slots)):
                 try:
                     server.request()
                 except OSError:  # out of descriptors: no spare for now, and no new try on every turn
-                    self.not_before = time.monotonic() + SPARE_RETRY_DELAY
+                    self.not_before = self.clock.monotonic() + SPARE_RETRY_DELAY
                     break
             return
         if self.ready:
@@ -322,7 +323,7 @@ class Spawner:
         try:
             spare = self.fork()
         except OSError:  # no spare for now: a job forks its own child (and the scheduler backs off if it cannot)
-            self.not_before = time.monotonic() + SPARE_RETRY_DELAY
+            self.not_before = self.clock.monotonic() + SPARE_RETRY_DELAY
             return
         self.ready.append(spare)
         self.master.subprocesses[spare.pid] = functools.partial(self._spare_exited, spare.pid)
@@ -335,7 +336,7 @@ class Spawner:
         # a little before the next, so a spare that keeps dying is no fork loop.
         os.close(waiting.order_fd)
         self.ready.remove(waiting)
-        self.not_before = time.monotonic() + SPARE_RETRY_DELAY
+        self.not_before = self.clock.monotonic() + SPARE_RETRY_DELAY
         log.event(logging.WARNING, "spare_died", pid=pid, how=classify_exit(status)[1],
                   retry_in=f"{SPARE_RETRY_DELAY}s")
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from pathlib import Path
 from typing import Callable, Protocol
 
 from phoenix import log
 from phoenix.linux import pidfile
+from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.pidfile import AlreadyRunning, PidFile
 from phoenix.linux.sockets import bind_heartbeat
@@ -53,7 +53,8 @@ Identity = tuple[int, int] | None
 
 
 class StateFiles:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM) -> None:
+        self.clock = clock
         # name -> (the socket we hold, the identity its path had when we first saw it)
         self.bound: dict[str, tuple[socket.socket, Identity]] = {}
         self.failing: set[str] = set()  # what could not be made again: logged once, retried each check
@@ -83,7 +84,7 @@ class StateFiles:
         their connections; one that tried to connect while the path was
         missing could not beat: every child gets a fresh heartbeat_timeout."""
         m.take_heartbeat_listener(bind_heartbeat(m.paths.heartbeat_socket))
-        m.give_all_grace(time.monotonic())
+        m.give_all_grace(self.clock.monotonic())
 
     def _socket(self, m: StateFilesHost, name: str, path: Path, current: Callable[[], socket.socket],
                 rebind: Callable[[], None]) -> bool:
