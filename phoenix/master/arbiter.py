@@ -45,18 +45,18 @@ from phoenix.linux.sockets import bind_heartbeat
 from phoenix.linux.title import set_title
 from phoenix.linux.untrusted import visible
 from phoenix.master import exits, handoff, metrics
-from phoenix.master.attempts import Attempt
+from phoenix.master.attempts import Attempt, AttemptTable
 from phoenix.master.callbacks import CallbackRunner
 from phoenix.master.hangs import HangKiller, signal_attempt
 from phoenix.master.heartbeats import HeartbeatIntake
 from phoenix.master.leasekeeper import LeaseKeeper
+from phoenix.master.loop import Loop
 from phoenix.master.reaper import Reaper
 from phoenix.master.recorder import OutcomeRecorder
 from phoenix.master.scheduler import Scheduler
 from phoenix.master.settler import CallbackSettler
 from phoenix.master.spawner import Spawner
 from phoenix.master.statefiles import StateFiles
-from phoenix.master.timers import TimerHeap
 from phoenix.rules.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest, Command, from_request
 from phoenix.rules.liveness import master_was_away
 from phoenix.rules.policy import RestartBudget, may_start_jobs
@@ -88,8 +88,9 @@ class Master:
         self.paths = StatePaths(config.state_dir)
         self.slots = config.workers
         self.slot_cap = config.workers  # the most the open-file limit carries (fit_slots_to_fd_limit)
-        self.children: dict[int, Attempt] = {}  # pid -> running attempt
-        self.timers = TimerHeap()
+        self.loop = Loop(clock)
+        self.children = AttemptTable()  # pid -> running attempt
+        self.timers = self.loop.timers
         self.signals: list[int] = []
         self.state = MasterState.STARTING
         self.stop_mode: StopMode | None = None
@@ -98,17 +99,17 @@ class Master:
         self.crash_error: str | None = None  # what ended the loop, if an error did
         self.budget = RestartBudget(config.restart_intensity, config.restart_period)
         self.counters = metrics.Counters()
-        self.histograms: metrics.Histograms | None = None  # only with --metrics (see metrics.py)
         self.intake = HeartbeatIntake(self.children, self.counters, os.getuid(),
                                       lambda attempts: self.recorder.hold_finals(attempts), self.child_closed, clock)
         self.recorder = OutcomeRecorder(self, clock)
-        self.hangs = HangKiller(self, clock)
+        self.hangs = HangKiller(self.children, self.loop, lambda: self.config, self.counters, self.intake,
+                                self.read_heartbeats, self.heartbeat_socket_restored)
         self.reaper = Reaper(self, clock)
         self.replacements = 0
         self.last_woke = self.clock.monotonic()  # when the loop last returned from its sleep
         self.title_due = 0.0
         self.specs: dict[str, JobSpec] = {}
-        self.subprocesses: dict[int, Callable[[int], None]] = {}  # pid -> on_exit(status): the preflight, the spare
+        self.subprocesses = self.loop.subprocesses
         self.started_at = time.time()
         self.exit_code = 0
         self.stop_signal: int | None = None  # what asked this master to stop (see exits.py)
@@ -163,7 +164,8 @@ class Master:
         if self.app is not None:
             self.app.journal = self.journal
         self.fit_slots_to_fd_limit()
-        self.selector: selectors.BaseSelector = selectors.DefaultSelector()
+        self.loop.open()
+        self.selector = self.loop.selector
         if self.app is not None:
             # Now: the app is imported, and neither the callback nor the
             # metrics threads have started.
@@ -196,7 +198,7 @@ class Master:
         self._install_signal_handlers()
         self.replacements = self.journal.count_events("replaced") + (1 if inherited else 0)
         if self.config.metrics:
-            self.histograms, (host, port) = metrics.serve(self, self.config.metrics)
+            self.counters.histograms, (host, port) = metrics.serve(self, self.config.metrics)
             event(INFO, "metrics", address=f"http://{host}:{port}/metrics")
         # Guarded: a new image on a disk that filled during its exec must not crash with the children running
         # (it runs in an outage, starting nothing, until the journal takes writes again).
@@ -225,9 +227,7 @@ class Master:
             self.signals.append(signum)
 
     def announce_ready(self) -> None:
-        now = self.clock.monotonic()
-        for attempt in self.children.values():  # grace for adopted children starts now
-            attempt.fresh_grace(now)
+        self.intake.give_grace(self.clock.monotonic())  # grace for adopted children starts now
         if self.app is None:
             self.change_state(MasterState.DEGRADED)
             self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
@@ -321,9 +321,7 @@ class Master:
         every beat that waits (a child that ran meanwhile has some queued on
         its connection), then excuse each silent child the time we were away."""
         self.read_heartbeats()
-        now = self.clock.monotonic()
-        for attempt in self.children.values():
-            attempt.excuse(away, now)
+        self.intake.excuse(away, self.clock.monotonic())
         event(WARNING, "master_was_away", seconds=f"{away:.2f}", running=len(self.children),
               effect="each child's silence over that gap is not counted against it")
 
@@ -382,7 +380,7 @@ class Master:
         if state == "pending" and not self.callbacks_held():
             self.run_owed_callbacks()  # its on_failed, owed with the cancel
         if state == "running":
-            attempt = next((a for a in self.children.values() if a.key == key), None)
+            attempt = self.children.with_key(key)
             if attempt is None:
                 return "running elsewhere"  # no process of this master: nothing to signal
             self.journal.request_cancel(attempt.attempt_id)  # survives a replacement or a crash mid-cancel
@@ -483,9 +481,7 @@ class Master:
         now = self.clock.monotonic()
         for attempt in self.children.values():
             if attempt.kill_reason is None and not attempt.interrupted:
-                attempt.interrupted = True
-                attempt.kill_detail = why
-                self.hangs.stop(attempt, now)
+                self.hangs.interrupt(attempt, now, why)
 
     def node_taken(self, why: str) -> None:
         """Our lease was recovered, and registering again found the node held by
@@ -501,8 +497,7 @@ class Master:
         return str(self.state) if self.state in (MasterState.DRAINING, MasterState.DEGRADED) else "running"
 
     def give_all_grace(self, now: float) -> None:
-        for attempt in self.children.values():
-            attempt.fresh_grace(now)
+        self.intake.give_grace(now)
 
     def in_fork_handover(self) -> bool:
         return self.handoff.phase == HandoffPhase.FORKED
@@ -701,8 +696,7 @@ class Master:
                 # writes it to the outbox), and holds it until then; a signal
                 # would end the only copy the journal could not take yet.
                 continue
-            attempt.interrupted = True
-            self.hangs.stop(attempt, now)
+            self.hangs.interrupt(attempt, now)
 
     def close(self) -> None:
         self.spawner.discard()
@@ -755,7 +749,7 @@ class Master:
         if not force and now < self.title_due:
             return
         self.title_due = now + (SHARED_TITLE_EVERY if self.journal.shared else 0.5)  # a shared count costs more
-        if self.histograms is not None:  # --metrics exports the count of every state
+        if self.counters.histograms is not None:  # --metrics exports the count of every state
             self.counters.jobs = self.journal.counts()
             pending = self.counters.jobs["pending"]
         else:  # through an index (a shared store's counts() aggregates every job on the server)

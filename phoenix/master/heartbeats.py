@@ -19,7 +19,7 @@ import select
 import selectors
 import socket
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from phoenix import log
 from phoenix.linux.clock import SYSTEM, Clock
@@ -62,7 +62,7 @@ class HeldFinal:
 
 
 class HeartbeatIntake:
-    def __init__(self, attempts: dict[int, Attempt], counters: Counters, uid: int,
+    def __init__(self, attempts: Mapping[int, Attempt], counters: Counters, uid: int,
                  hold_finals: Callable[[list[Attempt]], bool], child_closed: Callable[[], None],
                  clock: Clock = SYSTEM) -> None:
         self.clock = clock
@@ -203,6 +203,18 @@ class HeartbeatIntake:
                 sock.setblocking(False)
                 self._add(Link(sock, pid))
                 self.attempts[pid].connection_closed_at = None  # connected again
+
+    def give_grace(self, now: float) -> None:
+        """Silence until `now` was not the children's doing (an adoption, a
+        master that was not running, a socket file put back): their heartbeat
+        and stall limits count from now."""
+        for attempt in self.attempts.values():
+            attempt.fresh_grace(now)
+
+    def excuse(self, away: float, now: float) -> None:
+        """The master was not running for `away` seconds: that much of each child's silence is not its own."""
+        for attempt in self.attempts.values():
+            attempt.excuse(away, now)
 
     def has_link(self, pid: int) -> bool:
         """Whether the child `pid` has a connection open to the master (a linear

@@ -30,7 +30,7 @@ from phoenix import log
 from phoenix.app import JobSpec
 from phoenix.config import Config
 from phoenix.linux.clock import SYSTEM, Clock
-from phoenix.master.attempts import Attempt
+from phoenix.master.attempts import AttemptTable
 from phoenix.rules import leases
 from phoenix.rules.policy import RestartBudget, after_attempt
 from phoenix.rules.states import Outcome
@@ -44,7 +44,7 @@ FALLBACK_POLL = 2.0  # seconds between looks for jobs while the listener is not 
 
 class LeaseHost(Protocol):
     config: Config
-    children: dict[int, Attempt]
+    children: AttemptTable
     selector: selectors.BaseSelector
     slots: int
     budget: RestartBudget

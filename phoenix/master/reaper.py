@@ -17,7 +17,7 @@ from phoenix.app import JobSpec
 from phoenix.config import Config
 from phoenix.linux import procfs
 from phoenix.linux.clock import SYSTEM, Clock, age
-from phoenix.master.attempts import Attempt
+from phoenix.master.attempts import Attempt, AttemptTable
 from phoenix.master.hangs import HangKiller
 from phoenix.master.recorder import LOST_UNWATCHED, OutcomeRecorder
 from phoenix.master.spawner import Spawner
@@ -31,7 +31,7 @@ from phoenix.store.sqlite import OpenAttempt
 class ReaperHost(Protocol):
     journal: Store
     config: Config
-    children: dict[int, Attempt]
+    children: AttemptTable
     timers: TimerHeap
     selector: selectors.BaseSelector
     subprocesses: dict[int, Callable[[int], None]]  # pid -> on_exit(status): the preflight, the spare
@@ -93,7 +93,7 @@ class Reaper:
                 return
             except OSError as exc:  # out of descriptors or memory: adopted all the same, watched once it can be
                 self._unwatched(a.pid, a.start_time, exc)
-        h.children[a.pid] = attempt
+        h.children.add(attempt)
         h.timers.push(now + h.config.heartbeat_timeout, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
         log.event(logging.INFO, "adopt", pid=a.pid, job=a.key, attempt=a.n, how="child" if own else "pidfd")
         if a.cancel_requested:  # the cancel its former master began
@@ -144,7 +144,7 @@ class Reaper:
             else:
                 if pidfd is not None:
                     os.close(pidfd)
-                del h.children[pid]
+                h.children.remove(pid)
                 self.conclude(attempt, None, None)
         if not self.unwatched:
             log.event(logging.WARNING, "adopt_watched", effect="every adopted child is watched through its pidfd")
@@ -184,7 +184,7 @@ class Reaper:
 
     def _exited(self, pid: int, status: int, max_rss_kb: int) -> None:
         h = self.host
-        attempt = h.children.pop(pid, None)
+        attempt = h.children.remove(pid)
         if attempt is not None:
             self.conclude(attempt, status, max_rss_kb)
         elif pid in h.subprocesses:
@@ -208,7 +208,7 @@ class Reaper:
                 self.host.spawner.server_lost = True
                 continue
             if parent != me:
-                del self.host.children[attempt.pid]
+                self.host.children.remove(attempt.pid)
                 self.conclude(attempt, None, None)
 
     def _reap_successor(self, pid: int) -> None:
@@ -225,7 +225,7 @@ class Reaper:
         final message or the outbox."""
         self.host.read_heartbeats()  # its final message may be queued behind the exit
         if self.host.children.get(attempt.pid) is attempt:
-            del self.host.children[attempt.pid]
+            self.host.children.remove(attempt.pid)
             self.conclude(attempt, None, None)
 
     def conclude(self, attempt: Attempt, status: int | None, max_rss_kb: int | None) -> None:

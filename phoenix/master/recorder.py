@@ -17,7 +17,7 @@ from phoenix.linux import lineage
 from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
 from phoenix.master.attempts import Attempt
-from phoenix.master.metrics import Counters, Histograms
+from phoenix.master.metrics import Counters
 from phoenix.rules.outcomes import Classified, classify
 from phoenix.rules.policy import Next, RestartBudget, after_attempt
 from phoenix.rules.shortage import SHORTAGE_ERRNOS
@@ -43,7 +43,6 @@ class OutcomeHost(Protocol):
     config: Config
     budget: RestartBudget
     counters: Counters
-    histograms: Histograms | None
     paths: StatePaths
 
     def retries_for(self, target: str) -> int | None: ...
@@ -78,8 +77,8 @@ class OutcomeRecorder:
         h.guarded(functools.partial(self.record, attempt.job_id, attempt.key, attempt.target, attempt.attempt_id,
                                     attempt.number, result, max_rss_kb, attempt.pid,
                                     outbox=not attempt.final_held, failures=attempt.failures), retry=True)
-        if h.histograms is not None:
-            h.histograms.job_duration.labels(result.outcome).observe(self.clock.monotonic() - attempt.started)
+        if h.counters.histograms is not None:
+            h.counters.histograms.job_duration.labels(result.outcome).observe(self.clock.monotonic() - attempt.started)
         h.jobs_may_be_pending()
 
     def conclude_without_process(self, a: OpenAttempt, reason: str) -> None:

@@ -16,7 +16,7 @@ from phoenix.child import run as child
 from phoenix.config import Config
 from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
-from phoenix.master.attempts import Attempt
+from phoenix.master.attempts import Attempt, AttemptTable
 from phoenix.master.metrics import Counters
 from phoenix.master.recorder import OutcomeRecorder
 from phoenix.master.spawner import Spawner, WaitingChild
@@ -42,7 +42,7 @@ class SchedulerHost(Protocol):
     config: Config
     generation: int
     slots: int
-    children: dict[int, Attempt]
+    children: AttemptTable
     timers: TimerHeap
     counters: Counters
     spawner: Spawner
@@ -267,7 +267,7 @@ class Scheduler:
         if not delivered:  # the child died waiting and never saw its job: not the job's failure
             attempt.interrupted = True
             attempt.kill_detail = "its child died before it received the job"
-        h.children[pid] = attempt
+        h.children.add(attempt)
         first_check = verdict(attempt.limits(h.config.heartbeat_timeout), last_beat=now, last_progress=now,
                               started=now, now=now).next_check
         h.timers.push(first_check, TimerKind.CHECK, pid, attempt_id)

@@ -15,7 +15,7 @@ from phoenix.config import Config
 from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.untrusted import stored_json
 from phoenix.master.callbacks import CallbackRunner
-from phoenix.master.metrics import Counters, Histograms
+from phoenix.master.metrics import Counters
 from phoenix.store.base import Store
 
 
@@ -25,7 +25,6 @@ class SettlerHost(Protocol):
     callbacks: CallbackRunner
     config: Config
     counters: Counters
-    histograms: Histograms | None
 
     def guarded(self, operation: Callable[[], Any], retry: bool = False) -> None: ...
 
@@ -88,8 +87,8 @@ class CallbackSettler:
     def settle(self) -> None:
         now = self.clock.monotonic()
         for running, error in self.host.callbacks.finished():
-            if self.host.histograms is not None:
-                self.host.histograms.callback_duration.observe(now - running.started)
+            if self.host.counters.histograms is not None:
+                self.host.counters.histograms.callback_duration.observe(now - running.started)
             if error:
                 self.host.counters.callback_errors += 1
                 log.event(logging.ERROR, "callback_error", job=running.job_key, callback=running.kind)

@@ -26,7 +26,7 @@ from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.pidfile import AlreadyRunning, PidFile
 from phoenix.linux.sockets import bind_heartbeat
-from phoenix.master.attempts import Attempt
+from phoenix.master.attempts import AttemptTable
 from phoenix.rules.shortage import SHORTAGE_ERRNOS
 from phoenix.store.outage import file_identity
 from phoenix.wire import control
@@ -41,7 +41,7 @@ class StateFilesHost(Protocol):
     heartbeat: socket.socket
     control: ControlServer
     pidfile: PidFile
-    children: dict[int, Attempt]
+    children: AttemptTable
     next_state_dir_check: float
 
     def in_fork_handover(self) -> bool: ...

@@ -8,6 +8,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from phoenix.master.metrics import Counters
 from phoenix.master.settler import CallbackSettler
 
 
@@ -59,8 +60,8 @@ def test_a_callback_whose_done_waits_for_the_store_is_not_run_again() -> None:
     runner = SimpleNamespace(running={}, finished=lambda: [finished.pop()] if finished else [],
                              overdue=lambda timeout, now: [], start=lambda *args: store.started.append(-1))
     host = SimpleNamespace(app=SimpleNamespace(finished_callbacks=[print], failed_callbacks=[]), journal=store,
-                           callbacks=runner, config=SimpleNamespace(callback_timeout=5.0), counters=None,
-                           histograms=None, guarded=guarded)
+                           callbacks=runner, config=SimpleNamespace(callback_timeout=5.0), counters=Counters(),
+                           guarded=guarded)
     settler = CallbackSettler(host)  # type: ignore[arg-type]
     settler.settle()  # it ran; its done fails and waits to be replayed
     assert replays and store.done == []
