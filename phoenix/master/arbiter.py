@@ -193,7 +193,8 @@ class Master:
         self.control = ControlServer(control, self.selector, self.control_request,
                                      lambda why: self.counters.reject(why), clock=self.clock)
         self.callbacks = CallbackRunner(self.config.callback_threads, self.clock)
-        self.settler = CallbackSettler(self, self.clock)
+        self.settler = CallbackSettler(self.app, lambda: self.journal, self.callbacks, lambda: self.config,
+                                       self.counters, self.clock, self.guarded)
         self.selector.register(self.callbacks.wake_read, selectors.EVENT_READ, self.callbacks.drain_wakeups)
         self._install_signal_handlers()
         self.replacements = self.journal.count_events("replaced") + (1 if inherited else 0)
