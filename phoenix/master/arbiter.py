@@ -34,7 +34,7 @@ import time
 from typing import Any, Callable
 
 from phoenix import log
-from phoenix.app import App, AppError, JobSpec, resolve_target
+from phoenix.app import App
 from phoenix.config import Config, ConfigError
 from phoenix.linux import lineage, pid1, procfs, systemd
 from phoenix.linux.clock import SYSTEM, Clock
@@ -56,6 +56,7 @@ from phoenix.master.recorder import OutcomeRecorder
 from phoenix.master.scheduler import Scheduler
 from phoenix.master.settler import CallbackSettler
 from phoenix.master.spawner import Spawner
+from phoenix.master.specs import JobSpecs
 from phoenix.master.statefiles import StateFiles
 from phoenix.rules.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest, Command, from_request
 from phoenix.rules.liveness import master_was_away
@@ -99,6 +100,7 @@ class Master:
         self.crash_error: str | None = None  # what ended the loop, if an error did
         self.budget = RestartBudget(config.restart_intensity, config.restart_period)
         self.counters = metrics.Counters()
+        self.specs = JobSpecs(app, lambda: self.config)
         self.intake = HeartbeatIntake(self.children, self.counters, os.getuid(),
                                       lambda attempts: self.recorder.hold_finals(attempts), self.child_closed, clock)
         self.recorder = OutcomeRecorder(self, clock)
@@ -108,14 +110,12 @@ class Master:
         self.replacements = 0
         self.last_woke = self.clock.monotonic()  # when the loop last returned from its sleep
         self.title_due = 0.0
-        self.specs: dict[str, JobSpec] = {}
         self.subprocesses = self.loop.subprocesses
         self.started_at = time.time()
         self.exit_code = 0
         self.stop_signal: int | None = None  # what asked this master to stop (see exits.py)
         self.handoff = handoff.Handoff(self, clock)
         self.spawner = Spawner(self, clock)
-        self.scheduler = Scheduler(self, clock)
         self.watchdog = systemd.Watchdog(clock)  # WATCHDOG=1 when systemd's WatchdogSec asks for it
         self.outage = JournalOutage(redact(config.store) if is_url(config.store) else str(self.paths.journal),
                                      clock)
@@ -195,6 +195,10 @@ class Master:
         self.callbacks = CallbackRunner(self.config.callback_threads, self.clock)
         self.settler = CallbackSettler(self.app, lambda: self.journal, self.callbacks, lambda: self.config,
                                        self.counters, self.clock, self.guarded)
+        self.scheduler = Scheduler(lambda: self.journal, lambda: self.config, self.generation, str(self.paths.output),
+                                   self.specs, self.children, self.free_slots, self.shared_poll, self.spawner,
+                                   self.outage, self.recorder, self.settler.start, self.hangs.watch, self.counters,
+                                   self.clock)
         self.selector.register(self.callbacks.wake_read, selectors.EVENT_READ, self.callbacks.drain_wakeups)
         self._install_signal_handlers()
         self.replacements = self.journal.count_events("replaced") + (1 if inherited else 0)
@@ -437,15 +441,6 @@ class Master:
 
     # -- what the recorder asks (recorder.OutcomeHost) ---------------------------------
 
-    def retries_for(self, target: str) -> int | None:
-        """The job's retries; None while no app is loaded (its policy is not known)."""
-        if self.app is None:
-            return None
-        spec = self.known_spec(target)
-        if spec is None:
-            return 0  # the loaded code has no such job: a re-run could not start
-        return spec.retries if spec.retries is not None else self.config.retries
-
     def callbacks_held(self) -> bool:
         return self.handoff.busy or self.app is None
 
@@ -534,23 +529,12 @@ class Master:
                       "LimitNOFILE=, docker run --ulimit nofile=)")
         self.slots = max(0, min(wanted, self.slot_cap))
 
-    def has_free_slot(self) -> bool:
-        return (may_start_jobs(self.state, self.handoff.phase, self.outage.active, len(self.children), self.slots)
-                and (self.leases is None or self.leases.may_claim(self.clock.monotonic())))
-
-    def spec_for(self, target: str) -> JobSpec:
-        spec = self.specs.get(target)
-        if spec is None:
-            spec = self.specs[target] = resolve_target(target)
-        return spec
-
-    def known_spec(self, target: str) -> JobSpec | None:
-        if self.app is None:
-            return None
-        try:
-            return self.spec_for(target)
-        except AppError:
-            return None
+    def free_slots(self) -> int:
+        """How many jobs may start now: through the one slot gate (policy.may_start_jobs), and the lease."""
+        if not (may_start_jobs(self.state, self.handoff.phase, self.outage.active, len(self.children), self.slots)
+                and (self.leases is None or self.leases.may_claim(self.clock.monotonic()))):
+            return 0
+        return self.slots - len(self.children)
 
     # -- callbacks (settler.CallbackSettler) ---------------------------------------
 

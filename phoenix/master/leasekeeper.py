@@ -27,10 +27,10 @@ import uuid
 from typing import TYPE_CHECKING, Protocol
 
 from phoenix import log
-from phoenix.app import JobSpec
 from phoenix.config import Config
 from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.master.attempts import AttemptTable
+from phoenix.master.specs import JobSpecs
 from phoenix.rules import leases
 from phoenix.rules.policy import RestartBudget, after_attempt
 from phoenix.rules.states import Outcome
@@ -44,12 +44,12 @@ FALLBACK_POLL = 2.0  # seconds between looks for jobs while the listener is not 
 
 class LeaseHost(Protocol):
     config: Config
+    specs: JobSpecs
     children: AttemptTable
     selector: selectors.BaseSelector
     slots: int
     budget: RestartBudget
 
-    def known_spec(self, target: str) -> JobSpec | None: ...
     def jobs_may_be_pending(self) -> None: ...
     def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None: ...
     def callbacks_held(self) -> bool: ...
@@ -225,8 +225,8 @@ class LeaseKeeper:
             h = self.host
             # A target this master's code lacks (another fleet's job): its policy is not known
             # here, so the job goes back to pending and the master that claims it judges (may_run).
-            spec = h.known_spec(target)
-            retries = None if spec is None else spec.retries if spec.retries is not None else h.config.retries
+            spec = h.specs.known_spec(target)
+            retries = None if spec is None else h.specs.retries(spec)
             after = after_attempt(Outcome.LOST, failures, retries, budget=h.budget, now=now,
                                   backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
             delay = after.delay if after.job_state == "pending" and after.counts_as_failure else None

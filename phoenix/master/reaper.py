@@ -13,7 +13,6 @@ import selectors
 from typing import Callable, Protocol
 
 from phoenix import log
-from phoenix.app import JobSpec
 from phoenix.config import Config
 from phoenix.linux import procfs
 from phoenix.linux.clock import SYSTEM, Clock, age
@@ -21,6 +20,7 @@ from phoenix.master.attempts import Attempt, AttemptTable
 from phoenix.master.hangs import HangKiller
 from phoenix.master.recorder import LOST_UNWATCHED, OutcomeRecorder
 from phoenix.master.spawner import Spawner
+from phoenix.master.specs import JobSpecs
 from phoenix.master.timers import TimerHeap
 from phoenix.rules.outcomes import classify_exit
 from phoenix.rules.states import KillReason, TimerKind
@@ -31,6 +31,7 @@ from phoenix.store.sqlite import OpenAttempt
 class ReaperHost(Protocol):
     journal: Store
     config: Config
+    specs: JobSpecs
     children: AttemptTable
     timers: TimerHeap
     selector: selectors.BaseSelector
@@ -39,7 +40,6 @@ class ReaperHost(Protocol):
     spawner: Spawner
     hangs: HangKiller
 
-    def known_spec(self, target: str) -> JobSpec | None: ...
     def read_heartbeats(self) -> None: ...
     def fork_successor(self) -> int | None: ...  # fork mode: the new master's pid while it starts
 
@@ -79,7 +79,7 @@ class Reaper:
         # max_runtime counts from the attempt's real start, not from its adoption,
         # on a clock that a wall-clock step does not move.
         started = now - age(a.started_boot, a.start_time, self.clock.since_boot())
-        attempt = Attempt(a.attempt_id, a.job_id, a.key, a.target, a.n, a.pid, h.known_spec(a.target), started,
+        attempt = Attempt(a.attempt_id, a.job_id, a.key, a.target, a.n, a.pid, h.specs.known_spec(a.target), started,
                           now, now, own_child=own)
         attempt.last_seq = -1  # its numbering started under another master: do not count that as lost beats
         # Acknowledged by an earlier master (or image): the child may still be exiting.

@@ -18,6 +18,7 @@ from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
 from phoenix.master.attempts import Attempt
 from phoenix.master.metrics import Counters
+from phoenix.master.specs import JobSpecs
 from phoenix.rules.outcomes import Classified, classify
 from phoenix.rules.policy import Next, RestartBudget, after_attempt
 from phoenix.rules.shortage import SHORTAGE_ERRNOS
@@ -45,7 +46,7 @@ class OutcomeHost(Protocol):
     counters: Counters
     paths: StatePaths
 
-    def retries_for(self, target: str) -> int | None: ...
+    specs: JobSpecs
     def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None: ...
     def callbacks_held(self) -> bool: ...
     def owes_callback(self, kind: str) -> bool: ...
@@ -129,8 +130,8 @@ class OutcomeRecorder:
             assert job is not None
             failures = int(job["failures"])
         now = self.clock.monotonic()
-        after = decided or after_attempt(result.outcome, failures, h.retries_for(target), budget=h.budget, now=now,
-                                         backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
+        after = decided or after_attempt(result.outcome, failures, h.specs.retries_for(target), budget=h.budget,
+                                         now=now, backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
         retry_delay = after.delay if after.job_state == "pending" and after.counts_as_failure else None
         callback = after.callback if after.callback is not None and h.owes_callback(after.callback) else None
         # An outcome read from an outbox file is durable before that file goes (a power cut between the two).

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from phoenix import log
-from phoenix.app import JobSpec
 from phoenix.child import forksafety
 from phoenix.child import run as child
 from phoenix.child.forkserver import ForkServer, thread_refusal
@@ -34,6 +33,7 @@ from phoenix.config import Config
 from phoenix.linux import procfs
 from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
+from phoenix.master.specs import JobSpecs
 from phoenix.rules.outcomes import classify_exit
 from phoenix.rules.shortage import SHORTAGE_ERRNOS
 
@@ -45,9 +45,9 @@ class SpawnerHost(Protocol):
     slots: int
 
     config: Config
+    specs: JobSpecs
     app_spec: str | None
 
-    def spec_for(self, target: str) -> JobSpec: ...
     def wants_spare(self) -> bool: ...  # the master will be starting jobs
 
 SPARE_RETRY_DELAY = 1.0  # seconds without a spare after one died while waiting
@@ -250,7 +250,8 @@ class Spawner:
             os.close(order_write)
             raise
         if pid == 0:
-            child.run(order_fd=order_read, resolve=m.spec_for, socket_path=socket_path, outbox=outbox, keep_fds=keep)
+            child.run(order_fd=order_read, resolve=m.specs.spec_for, socket_path=socket_path, outbox=outbox,
+                      keep_fds=keep)
         os.close(order_read)
         try:
             os.setpgid(pid, pid)  # also here, so a kill right after fork reaches the group
