@@ -76,6 +76,11 @@ SHARED_TITLE_EVERY = 60.0
 
 
 class Master:
+    # Built in open(), once the store is open (before any of them is called).
+    recorder: OutcomeRecorder
+    settler: CallbackSettler
+    scheduler: Scheduler
+
     def __init__(self, app: App | None, app_spec: str | None, config: Config,
                  reload_config: Callable[[], Config], config_file: str | None = None,
                  degraded_reason: str | None = None, clock: Clock = SYSTEM) -> None:
@@ -103,7 +108,6 @@ class Master:
         self.specs = JobSpecs(app, lambda: self.config)
         self.intake = HeartbeatIntake(self.children, self.counters, os.getuid(),
                                       lambda attempts: self.recorder.hold_finals(attempts), self.child_closed, clock)
-        self.recorder = OutcomeRecorder(self, clock)
         self.hangs = HangKiller(self.children, self.loop, lambda: self.config, self.counters, self.intake,
                                 self.read_heartbeats, self.heartbeat_socket_restored)
         self.reaper = Reaper(self, clock)
@@ -195,6 +199,9 @@ class Master:
         self.callbacks = CallbackRunner(self.config.callback_threads, self.clock)
         self.settler = CallbackSettler(self.app, lambda: self.journal, self.callbacks, lambda: self.config,
                                        self.counters, self.clock, self.guarded)
+        self.recorder = OutcomeRecorder(lambda: self.journal, lambda: self.config, lambda: self.budget, self.specs,
+                                        self.paths, self.counters, self.clock, self.guarded, self.settler,
+                                        self.callbacks_held, self.jobs_may_be_pending)
         self.scheduler = Scheduler(lambda: self.journal, lambda: self.config, self.generation, str(self.paths.output),
                                    self.specs, self.children, self.free_slots, self.shared_poll, self.spawner,
                                    self.outage, self.recorder, self.settler.start, self.hangs.watch, self.counters,
@@ -443,9 +450,6 @@ class Master:
 
     def callbacks_held(self) -> bool:
         return self.handoff.busy or self.app is None
-
-    def owes_callback(self, kind: str) -> bool:
-        return self.settler.owes(kind)
 
     def jobs_may_be_pending(self) -> None:
         self.scheduler.wake()
