@@ -17,8 +17,9 @@ turn that would block returns at once at the moment it would have woken.
 Both of its clocks (monotonic and since-boot) move together.
 
 `FakeSpawner` stands in for the spawner where a part takes waiting
-children (the scheduler): it forks nothing, and hands out waiting children
-whose order pipes the test reads.
+children (the scheduler) or hears of exits the fork server reaped (the
+reaper): it forks nothing, hands out waiting children whose order pipes the
+test reads, and reports the exits a test makes up.
 """
 
 from __future__ import annotations
@@ -79,6 +80,24 @@ class FakeSpawner:
         self.fail_with: OSError | None = None
         self.dead_on_arrival = False
         self._order_ends: dict[int, int] = {}  # pid -> the read end of its order pipe
+        self._reports: list[tuple[int, int, int]] = []
+        self._server_lost = False
+
+    def report_exit(self, pid: int, status: int, max_rss_kb: int = 0) -> None:
+        """As the fork server reports the exit of a child it forked (a wait status)."""
+        self._reports.append((pid, status, max_rss_kb))
+
+    def lose_server(self) -> None:
+        """As a fork server that died: exits it reaped may never have been reported."""
+        self._server_lost = True
+
+    def take_reports(self) -> list[tuple[int, int, int]]:
+        reports, self._reports = self._reports, []
+        return reports
+
+    def take_server_lost(self) -> bool:
+        lost, self._server_lost = self._server_lost, False
+        return lost
 
     def take(self) -> WaitingChild:
         if self.fail_with is not None:

@@ -79,6 +79,7 @@ class Master:
     # Built in open(), once the store is open (before any of them is called).
     recorder: OutcomeRecorder
     settler: CallbackSettler
+    reaper: Reaper
     scheduler: Scheduler
 
     def __init__(self, app: App | None, app_spec: str | None, config: Config,
@@ -110,7 +111,6 @@ class Master:
                                       lambda attempts: self.recorder.hold_finals(attempts), self.child_closed, clock)
         self.hangs = HangKiller(self.children, self.loop, lambda: self.config, self.counters, self.intake,
                                 self.read_heartbeats, self.heartbeat_socket_restored)
-        self.reaper = Reaper(self, clock)
         self.replacements = 0
         self.last_woke = self.clock.monotonic()  # when the loop last returned from its sleep
         self.title_due = 0.0
@@ -202,6 +202,8 @@ class Master:
         self.recorder = OutcomeRecorder(lambda: self.journal, lambda: self.config, lambda: self.budget, self.specs,
                                         self.paths, self.counters, self.clock, self.guarded, self.settler,
                                         self.callbacks_held, self.jobs_may_be_pending)
+        self.reaper = Reaper(lambda: self.journal, self.children, self.loop, self.specs, self.recorder, self.spawner,
+                             self.hangs, self.read_heartbeats, self.fork_successor)
         self.scheduler = Scheduler(lambda: self.journal, lambda: self.config, self.generation, str(self.paths.output),
                                    self.specs, self.children, self.free_slots, self.shared_poll, self.spawner,
                                    self.outage, self.recorder, self.settler.start, self.hangs.watch, self.counters,

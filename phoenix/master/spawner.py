@@ -94,6 +94,16 @@ class Spawner:
         self.server_lost = False  # a server died: some exits it reaped may never have been reported
         self.exited: list[tuple[int, int, int]] = []  # (pid, status, max RSS kB) reported by the server
 
+    def take_reports(self) -> list[tuple[int, int, int]]:
+        """The exits (pid, status, max RSS kB) the fork server reported since the last call."""
+        reports, self.exited = self.exited, []
+        return reports
+
+    def take_server_lost(self) -> bool:
+        """True once after a fork server died: some exits it reaped may never have been reported."""
+        lost, self.server_lost = self.server_lost, False
+        return lost
+
     @property
     def spare(self) -> WaitingChild | None:
         """The spare the next job gets."""
