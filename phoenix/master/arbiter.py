@@ -320,13 +320,12 @@ class Master:
         now = self.clock.monotonic()
         self.intake.resume_if_due(now)
         deadline = self.next_deadline(now)
-        ready = self.clock.wait(self.selector, max(0.0, deadline - now))
-        woke = self.clock.monotonic()
+        _began, woke, ready = self.loop.wait(deadline)
         worked, self.last_woke = now - self.last_woke, woke  # the last turn's work, between two wake-ups
         if master_was_away(max(deadline, now), woke, worked, self.config.heartbeat_interval):
             self.give_grace(woke - max(deadline, now) + worked)
-        for key, _mask in ready:
-            key.data()
+        for on_ready in ready:
+            on_ready()
         self.control.expire(self.clock.monotonic())
         self.scheduler.poll_if_due(self.clock.monotonic())
 
