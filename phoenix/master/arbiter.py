@@ -77,6 +77,7 @@ SHARED_TITLE_EVERY = 60.0
 
 class Master:
     # Built in open(), once the store is open (before any of them is called).
+    handoff: handoff.Handoff
     recorder: OutcomeRecorder
     settler: CallbackSettler
     reaper: Reaper
@@ -118,7 +119,6 @@ class Master:
         self.started_at = time.time()
         self.exit_code = 0
         self.stop_signal: int | None = None  # what asked this master to stop (see exits.py)
-        self.handoff = handoff.Handoff(self, clock)
         self.spawner = Spawner(self, clock)
         self.watchdog = systemd.Watchdog(clock)  # WATCHDOG=1 when systemd's WatchdogSec asks for it
         self.outage = JournalOutage(redact(config.store) if is_url(config.store) else str(self.paths.journal),
@@ -196,6 +196,9 @@ class Master:
             self.leases.register(os.getpid(), self.generation, self.started_at, self.app_spec)
         self.control = ControlServer(control, self.selector, self.control_request,
                                      lambda why: self.counters.reject(why), clock=self.clock)
+        self.handoff = handoff.Handoff(self, lambda: self.config, self.paths, lambda: self.journal, self.outage,
+                                       self.loop, self.intake, self.control, self.pidfile, self.children,
+                                       self.run_owed_callbacks, self.callbacks_running)
         self.callbacks = CallbackRunner(self.config.callback_threads, self.clock)
         self.settler = CallbackSettler(self.app, lambda: self.journal, self.callbacks, lambda: self.config,
                                        self.counters, self.clock, self.guarded)
@@ -726,7 +729,7 @@ class Master:
     def record_stop(self) -> None:
         if self.stop_mode == StopMode.HANDED_OVER:
             # The sockets, the pidfile and the journal's meta are the new master's now.
-            handoff.oldbin(self).unlink(missing_ok=True)
+            handoff.oldbin(self.paths).unlink(missing_ok=True)
             self.journal.record_event("handed_over", self.generation, os.getpid(), None)
             return
         self.journal.set_meta(state="stopped")

@@ -123,6 +123,32 @@ class ControlServer:
         self.parked_until = 0.0
         self.selector.register(sock, selectors.EVENT_READ, self.accept)
 
+    def stop_listening(self) -> None:
+        """Leave new connections in the backlog: a replacement's new image (or new master) takes them."""
+        self.selector.unregister(self.sock)
+
+    def listen_again(self) -> None:
+        """The replacement did not happen: accept here again."""
+        self.selector.register(self.sock, selectors.EVENT_READ, self.accept)
+
+    def answer_accepted(self, within: float) -> None:
+        """Before an exec: read and answer, for at most `within` seconds, the
+        requests of connections already accepted (a `reload --wait` polling
+        status, say), whose connections the exec would close under the
+        client's feet."""
+        deadline = self.clock.monotonic() + within
+        poller = select.poll()
+        for conn in self.buffers:
+            poller.register(conn, select.POLLIN)
+        while self.buffers and (left := deadline - self.clock.monotonic()) > 0:
+            for fd, _event in poller.poll(left * 1000):
+                ready = next((c for c in self.buffers if c.fileno() == fd), None)
+                poller.unregister(fd)
+                if ready is not None:
+                    self.read(ready)
+                    if ready in self.buffers:  # only part of the request so far
+                        poller.register(ready, select.POLLIN)
+
     def _park(self) -> None:
         """Stop watching the listener for PARK_WHEN_STARVED. It stays registered
         (a replacement unregisters and registers it by itself), watched for
