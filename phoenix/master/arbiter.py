@@ -119,7 +119,8 @@ class Master:
         self.started_at = time.time()
         self.exit_code = 0
         self.stop_signal: int | None = None  # what asked this master to stop (see exits.py)
-        self.spawner = Spawner(self, clock)
+        self.spawner = Spawner(app_spec, lambda: self.config, self.paths, self.specs, self.loop, lambda: self.slots,
+                               self.wants_spare)
         self.watchdog = systemd.Watchdog(clock)  # WATCHDOG=1 when systemd's WatchdogSec asks for it
         self.outage = JournalOutage(redact(config.store) if is_url(config.store) else str(self.paths.journal),
                                      clock)
