@@ -193,7 +193,9 @@ class Master:
             from phoenix.store.postgres import PgStore  # only with a shared store: psycopg
 
             assert isinstance(self.journal, PgStore)
-            self.leases = LeaseKeeper(self, self.journal, self.clock)
+            self.leases = LeaseKeeper(self, self.journal, lambda: self.config, self.specs, self.children, self.loop,
+                                      lambda: self.budget, self.callbacks_held, self.run_owed_callbacks,
+                                      self.jobs_may_be_pending)
             self.leases.register(os.getpid(), self.generation, self.started_at, self.app_spec)
         self.control = ControlServer(control, self.selector, self.control_request,
                                      lambda why: self.counters.reject(why), clock=self.clock)
