@@ -109,9 +109,10 @@ class Master:
         self.counters = metrics.Counters()
         self.specs = JobSpecs(app, lambda: self.config)
         self.intake = HeartbeatIntake(self.children, self.counters, os.getuid(),
-                                      lambda attempts: self.recorder.hold_finals(attempts), self.child_closed, clock)
+                                      lambda attempts: self.recorder.hold_finals(attempts),
+                                      lambda: self.reaper.child_may_have_exited(), clock)
         self.hangs = HangKiller(self.children, self.loop, lambda: self.config, self.counters, self.intake,
-                                self.read_heartbeats, self.heartbeat_socket_restored)
+                                self.read_heartbeats, lambda: self.state_files.heartbeat_restored(self))
         self.replacements = 0
         self.last_woke = self.clock.monotonic()  # when the loop last returned from its sleep
         self.title_due = 0.0
@@ -189,27 +190,27 @@ class Master:
         else:
             control = control_socket.bind(self.paths.control_socket)
         self.intake.watch(self.selector)
+        self.callbacks = CallbackRunner(self.config.callback_threads, self.clock)
+        self.settler = CallbackSettler(self.app, lambda: self.journal, self.callbacks, lambda: self.config,
+                                       self.counters, self.clock, self.guarded)
         if self.journal.shared:
             from phoenix.store.postgres import PgStore  # only with a shared store: psycopg
 
             assert isinstance(self.journal, PgStore)
             self.leases = LeaseKeeper(self, self.journal, lambda: self.config, self.specs, self.children, self.loop,
-                                      lambda: self.budget, self.callbacks_held, self.run_owed_callbacks,
-                                      self.jobs_may_be_pending)
+                                      lambda: self.budget, self.callbacks_held, self.settler.run_owed,
+                                      lambda: self.scheduler.wake())
             self.leases.register(os.getpid(), self.generation, self.started_at, self.app_spec)
         self.control = ControlServer(control, self.selector, self.control_request,
                                      lambda why: self.counters.reject(why), clock=self.clock)
         self.handoff = handoff.Handoff(self, lambda: self.config, self.paths, lambda: self.journal, self.outage,
                                        self.loop, self.intake, self.control, self.pidfile, self.children,
-                                       self.run_owed_callbacks, self.callbacks_running)
-        self.callbacks = CallbackRunner(self.config.callback_threads, self.clock)
-        self.settler = CallbackSettler(self.app, lambda: self.journal, self.callbacks, lambda: self.config,
-                                       self.counters, self.clock, self.guarded)
+                                       self.settler.run_owed, lambda: bool(self.callbacks.running))
         self.recorder = OutcomeRecorder(lambda: self.journal, lambda: self.config, lambda: self.budget, self.specs,
                                         self.paths, self.counters, self.clock, self.guarded, self.settler,
-                                        self.callbacks_held, self.jobs_may_be_pending)
+                                        self.callbacks_held, lambda: self.scheduler.wake())
         self.reaper = Reaper(lambda: self.journal, self.children, self.loop, self.specs, self.recorder, self.spawner,
-                             self.hangs, self.read_heartbeats, self.fork_successor)
+                             self.hangs, self.read_heartbeats, self.handoff.successor)
         self.scheduler = Scheduler(lambda: self.journal, lambda: self.config, self.generation, str(self.paths.output),
                                    self.specs, self.children, self.free_slots, self.shared_poll, self.spawner,
                                    self.outage, self.recorder, self.settler.start, self.hangs.watch, self.counters,
@@ -233,7 +234,7 @@ class Master:
     def _read_signals(self) -> None:
         for signum, sender, uid in self.signal_fd.read():
             if signum == signal.SIGCHLD:
-                self.reaper.child_exited = True
+                self.reaper.child_may_have_exited()
                 continue
             try:
                 attempt_pid = lineage.owning_attempt(sender, self.children) if sender else None
@@ -269,7 +270,7 @@ class Master:
                 hook(self.app)
             except Exception:  # noqa: BLE001 - reported, and the master carries on
                 log.log.exception("startup_hook_failed hook=%s", getattr(hook, "__qualname__", hook))
-        self.run_owed_callbacks()
+        self.settler.run_owed()
         self.update_title(force=True)
 
     # -- the loop -----------------------------------------------------------------
@@ -397,7 +398,7 @@ class Master:
         its outcome is `cancelled`. Returns the job's state before."""
         state = self.journal.cancel_pending(key)
         if state == "pending" and not self.callbacks_held():
-            self.run_owed_callbacks()  # its on_failed, owed with the cancel
+            self.settler.run_owed()  # its on_failed, owed with the cancel
         if state == "running":
             attempt = self.children.with_key(key)
             if attempt is None:
@@ -433,14 +434,6 @@ class Master:
         self.heartbeat = sock
         self.intake.listen(sock)
 
-    def child_closed(self) -> None:
-        """A child closed its connection: it is most likely exiting; sweep soon
-        (its exit status still comes from wait4 or its pidfd)."""
-        self.reaper.child_exited = True
-
-    def heartbeat_socket_restored(self) -> bool:
-        return self.state_files.heartbeat_restored(self)
-
     # -- exits ------------------------------------------------------------------------
 
     def leave_children_running(self) -> None:
@@ -450,21 +443,12 @@ class Master:
         self.children.clear()
         self.change_state(MasterState.STOPPED)
 
-    def fork_successor(self) -> int | None:
-        return self.handoff.new_master_pid if self.handoff.phase == HandoffPhase.FORKED else None
-
     # -- what the recorder asks (recorder.OutcomeHost) ---------------------------------
 
     def callbacks_held(self) -> bool:
         return self.handoff.busy or self.app is None
 
-    def jobs_may_be_pending(self) -> None:
-        self.scheduler.wake()
-
     # -- what a replacement asks (handoff.HandoffHost) and the spawner (spawner.SpawnerHost) -----
-
-    def callbacks_running(self) -> bool:
-        return bool(self.callbacks.running)
 
     def end_spare(self) -> None:
         self.spawner.discard()
@@ -509,9 +493,6 @@ class Master:
     def in_fork_handover(self) -> bool:
         return self.handoff.phase == HandoffPhase.FORKED
 
-    def running_count(self) -> int:
-        return len(self.children)
-
     def wants_spare(self) -> bool:
         return (self.state == MasterState.RUNNING and self.handoff.phase == HandoffPhase.IDLE
                 and not self.outage.active and self.slots > 0)
@@ -549,12 +530,6 @@ class Master:
 
     # -- callbacks (settler.CallbackSettler) ---------------------------------------
 
-    def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None:
-        self.settler.start(callback_id, job_id, number, kind)
-
-    def run_owed_callbacks(self) -> None:
-        self.settler.run_owed()
-
     # -- storage faults ---------------------------------------------------------------
 
     def guarded(self, operation: Callable[[], Any], retry: bool = False) -> None:
@@ -575,7 +550,7 @@ class Master:
             self.intake.retry_unheld()
             self.scheduler.wake()
             self.guarded(self.scheduler.reconcile_claims)  # a claim that failed may have committed
-            self.guarded(self.run_owed_callbacks)  # any that could not be started meanwhile
+            self.guarded(self.settler.run_owed)  # any that could not be started meanwhile
         if now < self.next_state_dir_check:
             return
         self.next_state_dir_check = now + STATE_DIR_CHECK

@@ -220,6 +220,10 @@ class Handoff:
     def busy(self) -> bool:
         return self.phase != HandoffPhase.IDLE
 
+    def successor(self) -> int | None:
+        """Fork mode: the new master's pid while it starts (it watches the children then), else None."""
+        return self.new_master_pid if self.phase == HandoffPhase.FORKED else None
+
     def move(self, phase: HandoffPhase) -> None:
         """The one writer of `phase`."""
         self.phase = check_move(HANDOFF_TRANSITIONS, self.phase, phase)

@@ -74,6 +74,11 @@ class Reaper:
         # pid -> recorded start time: adopted children not yet watched by pidfd (out of descriptors at adoption)
         self.unwatched: dict[int, int | None] = {}
 
+    def child_may_have_exited(self) -> None:
+        """A SIGCHLD, or a child closed its connection (most likely exiting):
+        sweep on this turn (its exit status still comes from wait4 or its pidfd)."""
+        self.child_exited = True
+
     def adopt_running_attempts(self) -> None:
         """Each attempt the journal says runs gets one full heartbeat_timeout
         of grace. The app is loaded by now (or known missing): an attempt
