@@ -78,6 +78,7 @@ SHARED_TITLE_EVERY = 60.0
 class Master:
     # Built in open(), once the store is open (before any of them is called).
     handoff: handoff.Handoff
+    state_files: StateFiles
     recorder: OutcomeRecorder
     settler: CallbackSettler
     reaper: Reaper
@@ -112,7 +113,7 @@ class Master:
                                       lambda attempts: self.recorder.hold_finals(attempts),
                                       lambda: self.reaper.child_may_have_exited(), clock)
         self.hangs = HangKiller(self.children, self.loop, lambda: self.config, self.counters, self.intake,
-                                self.read_heartbeats, lambda: self.state_files.heartbeat_restored(self))
+                                self.read_heartbeats, lambda: self.state_files.heartbeat_restored())
         self.replacements = 0
         self.last_woke = self.clock.monotonic()  # when the loop last returned from its sleep
         self.title_due = 0.0
@@ -126,7 +127,6 @@ class Master:
         self.outage = JournalOutage(redact(config.store) if is_url(config.store) else str(self.paths.journal),
                                      clock)
         self.next_state_dir_check = 0.0
-        self.state_files = StateFiles(clock)  # sockets, pidfile and lock put back if removed under us
         self.node = config.node or default_node(config.state_dir)  # its name in a shared store
         self.leases: LeaseKeeper | None = None  # a shared store's lease (leasekeeper.py)
 
@@ -177,11 +177,11 @@ class Master:
             # metrics threads have started.
             self.spawner.check_app_threads()
         if "heartbeat" in inherited:
-            self.heartbeat = socket.socket(fileno=inherited["heartbeat"])
-            self.heartbeat.set_inheritable(False)
+            heartbeat = socket.socket(fileno=inherited["heartbeat"])
+            heartbeat.set_inheritable(False)
         else:
-            self.heartbeat = bind_heartbeat(self.paths.heartbeat_socket)
-        self.intake.listen(self.heartbeat)
+            heartbeat = bind_heartbeat(self.paths.heartbeat_socket)
+        self.intake.listen(heartbeat)
         for pid, fd in handoff.inherited_links(inherited):  # each child's connection, kept across the exec
             self.intake.adopt_link(fd, pid)
         if "control" in inherited:
@@ -206,6 +206,10 @@ class Master:
         self.handoff = handoff.Handoff(self, lambda: self.config, self.paths, lambda: self.journal, self.outage,
                                        self.loop, self.intake, self.control, self.pidfile, self.children,
                                        self.settler.run_owed, lambda: bool(self.callbacks.running))
+        # Sockets, pidfile and lock put back if removed under us.
+        self.state_files = StateFiles(self.paths, self.children, self.intake, self.control, self.pidfile,
+                                      lambda: self.handoff.successor() is not None, self.check_state_dir_now,
+                                      self.clock)
         self.recorder = OutcomeRecorder(lambda: self.journal, lambda: self.config, lambda: self.budget, self.specs,
                                         self.paths, self.counters, self.clock, self.guarded, self.settler,
                                         self.callbacks_held, lambda: self.scheduler.wake())
@@ -428,12 +432,6 @@ class Master:
         if self.handoff.phase != HandoffPhase.FORKED:  # else the new master reads the connections now
             self.intake.read(self.clock.monotonic())
 
-    def take_heartbeat_listener(self, sock: socket.socket) -> None:
-        """A listening socket bound afresh (its path was removed under us);
-        the children's connections stay."""
-        self.heartbeat = sock
-        self.intake.listen(sock)
-
     # -- exits ------------------------------------------------------------------------
 
     def leave_children_running(self) -> None:
@@ -487,12 +485,6 @@ class Master:
     def lease_state(self) -> str:
         return str(self.state) if self.state in (MasterState.DRAINING, MasterState.DEGRADED) else "running"
 
-    def give_all_grace(self, now: float) -> None:
-        self.intake.give_grace(now)
-
-    def in_fork_handover(self) -> bool:
-        return self.handoff.phase == HandoffPhase.FORKED
-
     def wants_spare(self) -> bool:
         return (self.state == MasterState.RUNNING and self.handoff.phase == HandoffPhase.IDLE
                 and not self.outage.active and self.slots > 0)
@@ -544,6 +536,11 @@ class Master:
         except STORAGE_ERRORS as exc:
             self.outage.failed(exc, _name(operation), operation if retry else None)
 
+    def check_state_dir_now(self) -> None:
+        """The state-directory check at once, not at its next second (before a heartbeat_timeout kill)."""
+        self.next_state_dir_check = 0.0
+        self.watch_storage()
+
     def watch_storage(self) -> None:
         now = self.clock.monotonic()
         if self.outage.active and self.outage.retry_if_due(self.journal.probe_write):
@@ -557,7 +554,7 @@ class Master:
         if not self.journal.shared and file_identity(self.paths.journal) != self.journal_identity:
             self.rebuild_state_dir()
         else:
-            self.state_files.check(self)
+            self.state_files.check()
 
     def rebuild_state_dir(self) -> None:
         """The journal file vanished or was replaced under us: rebuild the state
@@ -573,7 +570,7 @@ class Master:
             self.reopen_journal()
             self.journal_identity = file_identity(self.paths.journal)
             self.pidfile.rebuild()
-            self.state_files.rebind_heartbeat(self)
+            self.state_files.rebind_heartbeat()
             self.control.rebind(control_socket.bind(self.paths.control_socket))
         except (*STORAGE_ERRORS, AlreadyRunning, JournalError) as exc:
             self.outage.failed(exc, "rebuild_state_dir")

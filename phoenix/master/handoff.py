@@ -61,7 +61,6 @@ class Replaced(Protocol):
     config_file: str | None
     generation: int
     state: MasterState
-    heartbeat: socket.socket  # the listening socket (rebound if its path was removed)
 
     def leave_children_running(self) -> None: ...  # fork mode: the new master is ready; exit without them
     def end_spare(self) -> None: ...  # the spare runs this image's code: ended before an exec or a fork
@@ -69,7 +68,9 @@ class Replaced(Protocol):
 
 
 class Links(Protocol):
-    """The children's connections (heartbeats.HeartbeatIntake)."""
+    """The listening socket and the children's connections (heartbeats.HeartbeatIntake)."""
+
+    listener: socket.socket | None
 
     def handover(self) -> dict[str, int]: ...
     def watch(self, selector: selectors.BaseSelector) -> None: ...
@@ -392,7 +393,8 @@ class Handoff:
         return env
 
     def _handover_fds(self) -> dict[str, int]:
-        fds = {"heartbeat": self.master.heartbeat.fileno(), "control": self.control.sock.fileno()}
+        assert self.links.listener is not None  # listening from open() on
+        fds = {"heartbeat": self.links.listener.fileno(), "control": self.control.sock.fileno()}
         if self.pidfile.lock_fd is not None:
             fds["lock"] = self.pidfile.lock_fd
         fds.update(self.links.handover())

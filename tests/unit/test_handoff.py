@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,12 +34,11 @@ APP = "tests.apps.jobs:app"
 class Master:
     """What only the master being replaced knows or does."""
 
-    def __init__(self, heartbeat: socket.socket) -> None:
+    def __init__(self) -> None:
         self.app_spec: str | None = APP
         self.config_file: str | None = None
         self.generation = 3
         self.state = MasterState.RUNNING
-        self.heartbeat = heartbeat
 
     def leave_children_running(self) -> None:
         raise AssertionError("no new master in these tests")
@@ -66,8 +64,7 @@ class Replacing:
         intake = HeartbeatIntake(attempts, Counters(), os.getuid(), lambda _held: True, lambda: None, self.clock)
         self.control = control.ControlServer(control.bind(self.paths.control_socket), self.loop.selector,
                                              lambda request: {"ok": True}, lambda why: None, clock=self.clock)
-        self.heartbeat = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.master = Master(self.heartbeat)
+        self.master = Master()
         self.callbacks_busy = False
         self.owed_runs = 0
         self.handoff = Handoff(self.master, lambda: self.config, self.paths, lambda: self.journal, self.outage,
@@ -94,7 +91,6 @@ class Replacing:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         self.control.close()
-        self.heartbeat.close()
         self.journal.close()
         self.loop.selector.close()
 
