@@ -36,14 +36,12 @@ from typing import Any, Callable
 from phoenix import log
 from phoenix.app import App
 from phoenix.config import Config, ConfigError
-from phoenix.linux import lineage, pid1, procfs, systemd
+from phoenix.linux import lineage, pid1, systemd
 from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.pidfile import AlreadyRunning, PidFile
 from phoenix.linux.signals import SignalFD, set_child_subreaper
 from phoenix.linux.sockets import bind_heartbeat
-from phoenix.linux.title import set_title
-from phoenix.linux.untrusted import visible
 from phoenix.master import exits, handoff, metrics
 from phoenix.master.attempts import Attempt, AttemptTable
 from phoenix.master.callbacks import CallbackRunner
@@ -58,6 +56,7 @@ from phoenix.master.settler import CallbackSettler
 from phoenix.master.spawner import Spawner
 from phoenix.master.specs import JobSpecs
 from phoenix.master.statefiles import StateFiles
+from phoenix.master.status import Status
 from phoenix.rules.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest, Command, from_request
 from phoenix.rules.liveness import master_was_away
 from phoenix.rules.policy import RestartBudget, may_start_jobs
@@ -72,13 +71,13 @@ from phoenix.wire.control import ControlServer
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 event = log.event
 STATE_DIR_CHECK = 1.0
-SHARED_TITLE_EVERY = 60.0
 
 
 class Master:
     # Built in open(), once the store is open (before any of them is called).
     handoff: handoff.Handoff
     state_files: StateFiles
+    status: Status
     recorder: OutcomeRecorder
     settler: CallbackSettler
     reaper: Reaper
@@ -116,7 +115,6 @@ class Master:
                                 self.read_heartbeats, lambda: self.state_files.heartbeat_restored())
         self.replacements = 0
         self.last_woke = self.clock.monotonic()  # when the loop last returned from its sleep
-        self.title_due = 0.0
         self.subprocesses = self.loop.subprocesses
         self.started_at = time.time()
         self.exit_code = 0
@@ -206,6 +204,8 @@ class Master:
         self.handoff = handoff.Handoff(self, lambda: self.config, self.paths, lambda: self.journal, self.outage,
                                        self.loop, self.intake, self.control, self.pidfile, self.children,
                                        self.settler.run_owed, lambda: bool(self.callbacks.running))
+        self.status = Status(self, self.app, self.app_spec, lambda: self.journal, self.children, self.counters,
+                             self.spawner, self.handoff, self.outage, self.clock)
         # Sockets, pidfile and lock put back if removed under us.
         self.state_files = StateFiles(self.paths, self.children, self.intake, self.control, self.pidfile,
                                       lambda: self.handoff.successor() is not None, self.check_state_dir_now,
@@ -261,7 +261,7 @@ class Master:
             event(ERROR, "degraded", generation=self.generation, pid=os.getpid(), running=len(self.children),
                   reason=(self.degraded_reason or "").splitlines()[0] if self.degraded_reason else "-",
                   effect="watching and recording the running jobs, starting none; send USR2 to load fixed code")
-            self.update_title(force=True)
+            self.status.update_title(force=True)
             return
         self.change_state(MasterState.RUNNING)
         self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
@@ -275,7 +275,7 @@ class Master:
             except Exception:  # noqa: BLE001 - reported, and the master carries on
                 log.log.exception("startup_hook_failed hook=%s", getattr(hook, "__qualname__", hook))
         self.settler.run_owed()
-        self.update_title(force=True)
+        self.status.update_title(force=True)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -296,7 +296,7 @@ class Master:
                 self.handoff.continue_when_quiet()
                 self.handoff.enforce_deadline()
                 self.guarded(self.check_finished)
-                self.guarded(self.update_title)
+                self.guarded(self.status.update_title)
                 self.watchdog.keep_alive()
                 self.watch_storage()
                 if self.leases is not None:
@@ -360,7 +360,7 @@ class Master:
                 keys: list[str] | None = None) -> dict[str, Any]:
         """Run one command, however it arrived (a signal or the control socket)."""
         if command == Command.STATUS:
-            return {"ok": True, **self.live_status()}
+            return {"ok": True, **self.status.live()}
         if command == Command.CANCEL:
             return {"ok": True, "cancelled": {key: self.cancel(key) for key in keys or []}}
         if command == Command.WAKE:
@@ -712,61 +712,6 @@ class Master:
         if self.leases is not None:
             self.leases.release("left" if self.stop_mode == StopMode.LEAVE else "stopped")
 
-    def update_title(self, force: bool = False) -> None:
-        now = self.clock.monotonic()
-        if not force and now < self.title_due:
-            return
-        self.title_due = now + (SHARED_TITLE_EVERY if self.journal.shared else 0.5)  # a shared count costs more
-        if self.counters.histograms is not None:  # --metrics exports the count of every state
-            self.counters.jobs = self.journal.counts()
-            pending = self.counters.jobs["pending"]
-        else:  # through an index (a shared store's counts() aggregates every job on the server)
-            pending = self.journal.pending_count()
-        app = (self.app.name if self.app is not None else None) or self.app_spec or "-"
-        if self.state == MasterState.DEGRADED:
-            set_title(f"phoenix: master gen {self.generation} [{app}] DEGRADED {len(self.children)} running")
-            first_line = (self.degraded_reason or "no app loaded").splitlines()[0]
-            systemd.notify(f"STATUS=degraded: {visible(first_line[:200])}")
-            return
-        set_title(f"phoenix: master gen {self.generation} [{app}] {len(self.children)} running {pending} pending")
-        systemd.notify(f"STATUS=gen {self.generation}: {len(self.children)} running, {pending} pending")
-
-    def live_status(self) -> dict[str, Any]:
-        now = self.clock.monotonic()
-        shown_state = self.state if self.state in (MasterState.DRAINING, MasterState.DEGRADED) else "running"
-        return {
-            "master": {
-                "pid": os.getpid(),
-                "generation": self.generation,
-                "state": str(shown_state),
-                "degraded_reason": self.degraded_reason if self.state == MasterState.DEGRADED else None,
-                "started_at": self.started_at,
-                "uptime": round(time.time() - self.started_at, 3),
-                "workers": self.slots,
-                "slots_used": len(self.children),
-                "spare_pid": self.spawner.spare.pid if self.spawner.spare else None,
-                "fork_server_pid": self.spawner.server.pid if self.spawner.server else None,
-                "app": self.app_spec,
-                "beats": self.counters.beats,
-                "beats_missing": self.counters.beats_missing,
-                "rejected": self.counters.rejected,
-                "reload": self.handoff.last_result,
-                "unrecorded_outcomes": self.unrecorded_outcomes(),
-                "journal_error": self.outage.error,
-            },
-            "running": {
-                str(a.job_id): {
-                    "pid": a.pid,
-                    "attempt": a.number,
-                    "age": round(now - a.started, 3),
-                    "last_beat_age": round(now - a.last_beat, 3),
-                    "progress": a.progress,
-                    "rss": procfs.rss_bytes(a.pid),
-                    "adopted": not a.own_child,
-                }
-                for a in self.children.values()
-            },
-        }
 
 
 def holds_only_copy(attempt: Attempt) -> bool:
