@@ -16,9 +16,9 @@ or the master (children left running for the next master)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, ValuesView
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from phoenix.app import JobSpec
 from phoenix.rules.liveness import Limits, excused
@@ -73,6 +73,9 @@ class Attempt:
         self.last_progress = excused(self.last_progress, away, now)
 
 
+_T = TypeVar("_T")
+
+
 class AttemptTable(Mapping[int, Attempt]):
     """The running attempts by pid: read by every part, written only through
     add, remove and clear (so a reader can never keep a stale copy)."""
@@ -88,6 +91,21 @@ class AttemptTable(Mapping[int, Attempt]):
 
     def __len__(self) -> int:
         return len(self._by_pid)
+
+    # The dict's own methods, not Mapping's generic ones: the intake asks once per beat.
+    @overload
+    def get(self, pid: int, /) -> Attempt | None: ...
+    @overload
+    def get(self, pid: int, /, default: Attempt | _T) -> Attempt | _T: ...
+
+    def get(self, pid: int, /, default: object = None) -> object:
+        return self._by_pid.get(pid, default)
+
+    def __contains__(self, pid: object) -> bool:
+        return pid in self._by_pid
+
+    def values(self) -> ValuesView[Attempt]:
+        return self._by_pid.values()
 
     def add(self, attempt: Attempt) -> None:
         self._by_pid[attempt.pid] = attempt
