@@ -1,7 +1,11 @@
 """The master: one single-threaded event loop that builds the parts and runs
-them in order. Signals and control requests become commands (commands.py);
-every decision is a pure function of its own module (policy, liveness,
-outcomes); every state field has one writer that checks the move (states.py).
+them in order. What they share is built first and handed to each through its
+constructor: the clock, the loop (loop.py), the attempt table (attempts.py),
+the counters, the job specs (specs.py); a part calls another through the
+callable or small protocol it was given, never through the master. Signals
+and control requests become commands (rules/commands.py); every decision is
+a pure function of its own module (policy, liveness, outcomes); every state
+field has one writer that checks the move (rules/states.py).
 
     while state is not stopped:
         wait_for_events()             # sleep until the earliest deadline any part reports
