@@ -47,7 +47,7 @@ from phoenix.linux.pidfile import AlreadyRunning, PidFile
 from phoenix.linux.signals import SignalFD, set_child_subreaper
 from phoenix.linux.sockets import bind_heartbeat
 from phoenix.master import exits, handoff, metrics
-from phoenix.master.attempts import Attempt, AttemptTable
+from phoenix.master.attempts import AttemptTable
 from phoenix.master.callbacks import CallbackRunner
 from phoenix.master.hangs import HangKiller, signal_attempt
 from phoenix.master.heartbeats import HeartbeatIntake
@@ -199,9 +199,9 @@ class Master:
             from phoenix.store.postgres import PgStore  # only with a shared store: psycopg
 
             assert isinstance(self.journal, PgStore)
-            self.leases = LeaseKeeper(self, self.journal, lambda: self.config, self.specs, self.children, self.loop,
-                                      lambda: self.budget, self.callbacks_held, self.settler.run_owed,
-                                      lambda: self.scheduler.wake())
+            self.leases = LeaseKeeper(self, self.hangs.interrupt_all, self.journal, lambda: self.config, self.specs,
+                                      self.children, self.loop, lambda: self.budget, self.callbacks_held,
+                                      self.settler.run_owed, lambda: self.scheduler.wake())
             self.leases.register(os.getpid(), self.generation, self.started_at, self.app_spec)
         self.control = ControlServer(control, self.selector, self.control_request,
                                      lambda why: self.counters.reject(why), clock=self.clock)
@@ -469,13 +469,6 @@ class Master:
 
     # -- what the lease keeper asks (leasekeeper.LeaseHost) --------------------------------
 
-    def end_children(self, why: str) -> None:
-        """TERM every child's group, KILL after kill_grace; their jobs go back under their policy."""
-        now = self.clock.monotonic()
-        for attempt in self.children.values():
-            if attempt.kill_reason is None and not attempt.interrupted:
-                self.hangs.interrupt(attempt, now, why)
-
     def node_taken(self, why: str) -> None:
         """Our lease was recovered, and registering again found the node held by
         another master: two masters must never run under one name. Stop."""
@@ -603,7 +596,7 @@ class Master:
         """Outcomes this master has that the journal has not taken yet: finals
         received and not held (their children wait for the ack), and outcome
         records queued by an outage."""
-        waiting = sum(1 for a in self.children.values() if holds_only_copy(a))
+        waiting = sum(1 for a in self.children.values() if a.holds_only_copy())
         return waiting + sum(1 for doing, _redo in self.outage.unwritten if doing == "record")
 
     def holds_unwritten(self) -> bool:
@@ -626,7 +619,7 @@ class Master:
         if self.exit_wait_noted or not self.outage.active:
             return
         held = self.unrecorded_outcomes()
-        if not any(holds_only_copy(a) for a in self.children.values()) and not self.holds_unwritten_waits():
+        if not any(a.holds_only_copy() for a in self.children.values()) and not self.holds_unwritten_waits():
             return  # nothing keeps this stop waiting
         self.exit_wait_noted = True
         event(ERROR, "stop_waits_for_journal", unrecorded_outcomes=held, unwritten=len(self.outage.unwritten),
@@ -645,7 +638,7 @@ class Master:
         if self.state == MasterState.STOPPING and mode == StopMode.TERM:
             event(WARNING, "stop_now", running=len(self.children))
             for attempt in list(self.children.values()):
-                if not holds_only_copy(attempt):  # (see below)
+                if not attempt.holds_only_copy():  # (see below)
                     signal_attempt(attempt, signal.SIGKILL)
             return
         if mode == StopMode.LEAVE:
@@ -663,7 +656,7 @@ class Master:
         self.change_state(MasterState.STOPPING)
         now = self.clock.monotonic()
         for attempt in self.children.values():
-            if holds_only_copy(attempt):
+            if attempt.holds_only_copy():
                 # Its job is done: the child only waits for its outcome's ack (or
                 # writes it to the outbox), and holds it until then; a signal
                 # would end the only copy the journal could not take yet.
@@ -716,13 +709,6 @@ class Master:
         if self.leases is not None:
             self.leases.release("left" if self.stop_mode == StopMode.LEAVE else "stopped")
 
-
-
-def holds_only_copy(attempt: Attempt) -> bool:
-    """The child finished and sent its outcome, which the journal has not
-    taken (an outage): it is the one durable holder of it, so no stop may
-    signal it. (Once held, the outcome is safe, and the child may be ended.)"""
-    return attempt.final is not None and not attempt.final_held
 
 
 def _name(operation: Callable[..., Any]) -> str:

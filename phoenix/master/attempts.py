@@ -62,6 +62,12 @@ class Attempt:
             return Limits(default_heartbeat_timeout)
         return Limits(spec.heartbeat_timeout or default_heartbeat_timeout, spec.stall_timeout, spec.max_runtime)
 
+    def holds_only_copy(self) -> bool:
+        """The child finished and sent its outcome, which the journal has not
+        taken (an outage): it is the one durable holder of it, so no stop may
+        signal it. (Once held, the outcome is safe, and the child may be ended.)"""
+        return self.final is not None and not self.final_held
+
     def fresh_grace(self, now: float) -> None:
         """Silence until `now` was not this child's doing (an adoption, a master
         that was not running): its heartbeat and stall limits count from now."""

@@ -48,6 +48,7 @@ class HangKiller:
         is back, and every child has been given grace."""
         self.attempts = attempts
         self.timers = loop.timers
+        self.clock = loop.clock
         self.config = config
         self.counters = counters
         self.links = links
@@ -141,6 +142,14 @@ class HangKiller:
         if why is not None:
             attempt.kill_detail = why
         self.stop(attempt, now)
+
+    def interrupt_all(self, why: str) -> None:
+        """End every attempt not being ended already (a shared store's lease
+        lapsed or was recovered): TERM, KILL after kill_grace; their jobs go back under their policy."""
+        now = self.clock.monotonic()
+        for attempt in self.attempts.values():
+            if attempt.kill_reason is None and not attempt.interrupted:
+                self.interrupt(attempt, now, why)
 
     def stop(self, attempt: Attempt, now: float) -> None:
         """TERM now (and CONT: a stopped process only acts on TERM once continued), KILL after kill_grace."""

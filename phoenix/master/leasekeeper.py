@@ -46,18 +46,20 @@ class LeasedMaster(Protocol):
     slots: int
 
     def lease_state(self) -> str: ...  # running | draining | degraded
-    def end_children(self, why: str) -> None: ...  # TERM, then KILL: their jobs go back under their policy
     def node_taken(self, why: str) -> None: ...  # another master holds our node name: stop
 
 
 class LeaseKeeper:
-    def __init__(self, master: LeasedMaster, store: PgStore, config: Callable[[], Config], specs: JobSpecs,
-                 attempts: Sized, loop: Loop, budget: Callable[[], RestartBudget], callbacks_held: Callable[[], bool],
+    def __init__(self, master: LeasedMaster, end_children: Callable[[str], None], store: PgStore,
+                 config: Callable[[], Config], specs: JobSpecs, attempts: Sized, loop: Loop,
+                 budget: Callable[[], RestartBudget], callbacks_held: Callable[[], bool],
                  run_owed_callbacks: Callable[[], None], jobs_may_be_pending: Callable[[], None]) -> None:
-        """`budget`: the restart budget in force (a reload makes a new one).
+        """`end_children(why)`: TERM every child, KILL after kill_grace (hangs.HangKiller.interrupt_all).
+        `budget`: the restart budget in force (a reload makes a new one).
         `callbacks_held()`: True while owed callbacks must stay owed (a
         replacement waits for callbacks to end; no app loaded)."""
         self.master = master
+        self.end_children = end_children
         self.store = store
         self.config = config
         self.specs = specs
@@ -122,7 +124,7 @@ class LeaseKeeper:
             log.event(logging.ERROR, "lease_lapsed", node=self.store.node, running=len(self.attempts),
                       effect="ending every child (TERM, then KILL after kill_grace): another master may "
                              "recover their jobs")
-            self.master.end_children("its master's lease lapsed")
+            self.end_children("its master's lease lapsed")
         if now >= self.next_recovery or self.store.recovery_due:
             self.next_recovery = float("inf")
             self.store.recovery_due = False
@@ -149,7 +151,7 @@ class LeaseKeeper:
             log.event(logging.ERROR, "lease_lost", node=self.store.node, running=len(self.attempts),
                       effect="ending every child now; registering again under a new epoch")
             if self.attempts:
-                self.master.end_children("its master's lease was recovered by another master")
+                self.end_children("its master's lease was recovered by another master")
             self.register_again(sent)
             return
         self.trusted(sent)

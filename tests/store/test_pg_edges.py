@@ -345,9 +345,6 @@ class _Master:
         self.slots = 1
         self.taken: list[str] = []
 
-    def end_children(self, why: str) -> None:
-        pass
-
     def node_taken(self, why: str) -> None:
         self.taken.append(why)
 
@@ -371,8 +368,8 @@ def test_a_master_whose_node_another_took_while_it_was_away_stops_instead_of_sha
     host, loop, budget = _Master(), Loop(FakeClock()), RestartBudget(10, 1.0)
     loop.open()
     with PgStore(pg_url, node="web", lease_ttl=1.0) as store, PgStore(pg_url, node="web", lease_ttl=30) as other:
-        keeper = LeaseKeeper(host, store, lambda: config, JobSpecs(App("t"), lambda: config), {}, loop,
-                             lambda: budget, lambda: False, lambda: None, lambda: None)
+        keeper = LeaseKeeper(host, lambda why: None, store, lambda: config, JobSpecs(App("t"), lambda: config), {},
+                             loop, lambda: budget, lambda: False, lambda: None, lambda: None)
         keeper.register(os.getpid(), 1, time.time(), None)
         wait_for(lambda: _expired_for(pg_url, "web") > keeper.times.grace + 0.1, what="the lease to lapse")
         other.register_master(2, 1, time.time(), 1, None, instance="elsewhere", grace=keeper.times.grace)
