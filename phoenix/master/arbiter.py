@@ -31,7 +31,6 @@ import gc
 import logging
 import os
 import resource
-import selectors
 import signal
 import socket
 import time
@@ -102,7 +101,6 @@ class Master:
         self.slot_cap = config.workers  # the most the open-file limit carries (fit_slots_to_fd_limit)
         self.loop = Loop(clock)
         self.children = AttemptTable()  # pid -> running attempt
-        self.timers = self.loop.timers
         self.signals: list[int] = []
         self.state = MasterState.STARTING
         self.stop_mode: StopMode | None = None
@@ -119,7 +117,6 @@ class Master:
                                 self.read_heartbeats, lambda: self.state_files.heartbeat_restored())
         self.replacements = 0
         self.last_woke = self.clock.monotonic()  # when the loop last returned from its sleep
-        self.subprocesses = self.loop.subprocesses
         self.started_at = time.time()
         self.exit_code = 0
         self.stop_signal: int | None = None  # what asked this master to stop (see exits.py)
@@ -173,7 +170,6 @@ class Master:
             self.app.journal = self.journal
         self.fit_slots_to_fd_limit()
         self.loop.open()
-        self.selector = self.loop.selector
         if self.app is not None:
             # Now: the app is imported, and neither the callback nor the
             # metrics threads have started.
@@ -191,7 +187,7 @@ class Master:
             control.setblocking(False)
         else:
             control = control_socket.bind(self.paths.control_socket)
-        self.intake.watch(self.selector)
+        self.intake.watch(self.loop.selector)
         self.callbacks = CallbackRunner(self.config.callback_threads, self.clock)
         self.settler = CallbackSettler(self.app, lambda: self.journal, self.callbacks, lambda: self.config,
                                        self.counters, self.clock, self.guarded)
@@ -203,7 +199,7 @@ class Master:
                                       self.children, self.loop, lambda: self.budget, self.callbacks_held,
                                       self.settler.run_owed, lambda: self.scheduler.wake())
             self.leases.register(os.getpid(), self.generation, self.started_at, self.app_spec)
-        self.control = ControlServer(control, self.selector, self.control_request,
+        self.control = ControlServer(control, self.loop.selector, self.control_request,
                                      lambda why: self.counters.reject(why), clock=self.clock)
         self.handoff = handoff.Handoff(self, lambda: self.config, self.paths, lambda: self.journal, self.outage,
                                        self.loop, self.intake, self.control, self.pidfile, self.children,
@@ -223,7 +219,7 @@ class Master:
                                    self.specs, self.children, self.free_slots, self.shared_poll, self.spawner,
                                    self.outage, self.recorder, self.settler.start, self.hangs.watch, self.counters,
                                    self.clock)
-        self.selector.register(self.callbacks.wake_read, selectors.EVENT_READ, self.callbacks.drain_wakeups)
+        self.loop.watch(self.callbacks.wake_read, self.callbacks.drain_wakeups)
         self._install_signal_handlers()
         self.replacements = self.journal.count_events("replaced") + (1 if inherited else 0)
         if self.config.metrics:
@@ -237,7 +233,7 @@ class Master:
     def _install_signal_handlers(self) -> None:
         # Signals blocked across an exec (handoff) are pending in the signalfd
         # and read once the loop runs, after adoption.
-        self.selector.register(self.signal_fd, selectors.EVENT_READ, self._read_signals)
+        self.loop.watch(self.signal_fd, self._read_signals)
 
     def _read_signals(self) -> None:
         for signum, sender, uid in self.signal_fd.read():
@@ -323,7 +319,7 @@ class Master:
                      self.next_state_dir_check, self.control.next_deadline()]
         if self.leases is not None:
             deadlines.append(self.leases.next_deadline())
-        timer = self.timers.next_deadline()
+        timer = self.loop.timers.next_deadline()
         if timer is not None:
             deadlines.append(timer)
         for due in (self.callbacks.next_deadline(self.config.callback_timeout), self.intake.next_deadline()):
@@ -445,12 +441,10 @@ class Master:
         self.children.clear()
         self.change_state(MasterState.STOPPED)
 
-    # -- what the recorder asks (recorder.OutcomeHost) ---------------------------------
+    # -- what only the master decides, asked by the parts --------------------------------
 
     def callbacks_held(self) -> bool:
         return self.handoff.busy or self.app is None
-
-    # -- what a replacement asks (handoff.HandoffHost) and the spawner (spawner.SpawnerHost) -----
 
     def end_spare(self) -> None:
         self.spawner.discard()
@@ -466,8 +460,6 @@ class Master:
         self.journal = Journal(self.paths.journal)
         if self.app is not None:
             self.app.journal = self.journal
-
-    # -- what the lease keeper asks (leasekeeper.LeaseHost) --------------------------------
 
     def node_taken(self, why: str) -> None:
         """Our lease was recovered, and registering again found the node held by
@@ -516,8 +508,6 @@ class Master:
                 and (self.leases is None or self.leases.may_claim(self.clock.monotonic()))):
             return 0
         return self.slots - len(self.children)
-
-    # -- callbacks (settler.CallbackSettler) ---------------------------------------
 
     # -- storage faults ---------------------------------------------------------------
 
