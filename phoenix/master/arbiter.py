@@ -30,7 +30,6 @@ import functools
 import gc
 import logging
 import os
-import resource
 import signal
 import socket
 import time
@@ -38,7 +37,7 @@ from typing import Any, Callable
 
 from phoenix import log
 from phoenix.app import App
-from phoenix.config import Config, ConfigError
+from phoenix.config import Config
 from phoenix.linux import lineage, pid1, systemd
 from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
@@ -56,6 +55,7 @@ from phoenix.master.reaper import Reaper
 from phoenix.master.recorder import OutcomeRecorder
 from phoenix.master.scheduler import Scheduler
 from phoenix.master.settler import CallbackSettler
+from phoenix.master.slots import SlotLimit
 from phoenix.master.spawner import Spawner
 from phoenix.master.specs import JobSpecs
 from phoenix.master.statefiles import StateFiles
@@ -63,7 +63,6 @@ from phoenix.master.status import Status
 from phoenix.rules.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest, Command, from_request
 from phoenix.rules.liveness import master_was_away
 from phoenix.rules.policy import RestartBudget, may_start_jobs
-from phoenix.rules.shortage import fds_needed, slots_that_fit
 from phoenix.rules.states import MASTER_TRANSITIONS, HandoffPhase, MasterState, StopMode, check_move
 from phoenix.store.base import Store, default_node, is_url, open_store, redact
 from phoenix.store.outage import STORAGE_ERRORS, JournalOutage, file_identity, restore_journal
@@ -98,7 +97,7 @@ class Master:
         self.reload_config = reload_config
         self.paths = StatePaths(config.state_dir)
         self.slots = config.workers
-        self.slot_cap = config.workers  # the most the open-file limit carries (fit_slots_to_fd_limit)
+        self.slot_limit = SlotLimit(config.workers)
         self.loop = Loop(clock)
         self.children = AttemptTable()  # pid -> running attempt
         self.signals: list[int] = []
@@ -168,7 +167,7 @@ class Master:
         self.run_started_at = float(self.journal.meta("run_started_at", self.started_at))
         if self.app is not None:
             self.app.journal = self.journal
-        self.fit_slots_to_fd_limit()
+        self.slots = self.slot_limit.fit(self.slots)
         self.loop.open()
         if self.app is not None:
             # Now: the app is imported, and neither the callback nor the
@@ -480,27 +479,9 @@ class Master:
 
     # -- spawning -------------------------------------------------------------------
 
-    def fit_slots_to_fd_limit(self) -> None:
-        """At start: raise the open-file limit, and carry no more slots than
-        it allows (a child the master cannot watch for want of a descriptor
-        would be killed as silent, or never started). Too few for one slot:
-        refuse to start."""
-        limit = _raise_fd_limit()
-        self.slot_cap = slots_that_fit(limit)
-        if self.slot_cap == 0 and self.slots > 0:
-            raise ConfigError(f"the open-file limit ({limit}) leaves no room for a job slot: a master needs "
-                              f"{fds_needed(1)} for one, {fds_needed(self.slots)} for workers = {self.slots}; raise "
-                              "the hard limit (ulimit -Hn, systemd LimitNOFILE=, docker run --ulimit nofile=)")
-        self.set_slots(self.slots)
-
     def set_slots(self, wanted: int) -> None:
         """The one writer of `slots` (config, reload, TTIN/TTOU): no more than the open-file limit carries."""
-        if wanted > self.slot_cap:
-            event(WARNING, "workers_lowered", asked=wanted, workers=self.slot_cap,
-                  reason=f"the open-file limit allows {self.slot_cap} slots",
-                  fix=f"raise the hard limit on open files to {fds_needed(wanted)} (ulimit -Hn, systemd "
-                      "LimitNOFILE=, docker run --ulimit nofile=)")
-        self.slots = max(0, min(wanted, self.slot_cap))
+        self.slots = self.slot_limit.allow(wanted)
 
     def free_slots(self) -> int:
         """How many jobs may start now: through the one slot gate (policy.may_start_jobs), and the lease."""
@@ -704,16 +685,6 @@ class Master:
 def _name(operation: Callable[..., Any]) -> str:
     inner = getattr(operation, "func", operation)
     return getattr(inner, "__name__", "journal write")
-
-
-def _raise_fd_limit() -> int:
-    """Raise the soft open-file limit to the hard one (adopted children each
-    hold a pidfd; 1,000 of them outgrow the usual soft limit of 1,024), and
-    return the limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # (never infinite: the kernel caps it at nr_open)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 def _hold_standard_fds() -> None:
