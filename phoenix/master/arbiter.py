@@ -219,7 +219,9 @@ class Master:
                                    self.outage, self.recorder, self.settler.start, self.hangs.watch, self.counters,
                                    self.clock)
         self.loop.watch(self.callbacks.wake_read, self.callbacks.drain_wakeups)
-        self._install_signal_handlers()
+        # Signals blocked across an exec (handoff) are pending in the signalfd
+        # and read once the loop runs, after adoption.
+        self.loop.watch(self.signal_fd, self._read_signals)
         self.replacements = self.journal.count_events("replaced") + (1 if inherited else 0)
         if self.config.metrics:
             self.counters.histograms, (host, port) = metrics.serve(self, self.config.metrics)
@@ -228,11 +230,6 @@ class Master:
         # (it runs in an outage, starting nothing, until the journal takes writes again).
         self.guarded(functools.partial(self.journal.record_event, "master_start" if not inherited else "replaced",
                                        self.generation, os.getpid(), self.app_spec))
-
-    def _install_signal_handlers(self) -> None:
-        # Signals blocked across an exec (handoff) are pending in the signalfd
-        # and read once the loop runs, after adoption.
-        self.loop.watch(self.signal_fd, self._read_signals)
 
     def _read_signals(self) -> None:
         for signum, sender, uid in self.signal_fd.read():
