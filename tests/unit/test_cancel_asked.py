@@ -8,8 +8,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from phoenix.master.leasekeeper import LeaseKeeper
+from phoenix.master.loop import Loop
 from phoenix.rules.leases import CANCEL_POLL
 from phoenix.store.base import StoreUnavailable
+from phoenix.testing import FakeClock
 
 
 class Store:
@@ -34,20 +36,21 @@ class Store:
 
 
 class Host:
+    """The master's side: its running attempts and the one call a cancel makes of it."""
+
     def __init__(self, attempt_ids: list[int]) -> None:
-        self.config = SimpleNamespace(lease_ttl=30.0, kill_grace=5.0)
         self.children = {1000 + i: SimpleNamespace(attempt_id=i) for i in attempt_ids}
         self.cancelled: list[set[int]] = []
 
     def cancel_attempts(self, attempt_ids: set[int]) -> None:
         self.cancelled.append(attempt_ids)
 
-    def jobs_may_be_pending(self) -> None:
-        pass
-
 
 def keeper(store: Store, host: Host) -> LeaseKeeper:
-    k = LeaseKeeper(host, store)  # type: ignore[arg-type]  # only what a cancel uses
+    config = SimpleNamespace(lease_ttl=30.0, kill_grace=5.0)
+    k = LeaseKeeper(host, lambda why: None, store, lambda: config, None, host.children,  # type: ignore[arg-type]
+                    Loop(FakeClock()), lambda: None, lambda: False, lambda: None,  # type: ignore[arg-type]
+                    lambda: None)  # only what a cancel uses
     k.next_renewal = k.next_recovery = k.trust_ends = float("inf")  # renewals and recoveries are not tested here
     return k
 
