@@ -1,7 +1,11 @@
 """The master: one single-threaded event loop that builds the parts and runs
-them in order. Signals and control requests become commands (commands.py);
-every decision is a pure function of its own module (policy, liveness,
-outcomes); every state field has one writer that checks the move (states.py).
+them in order. What they share is built first and handed to each through its
+constructor: the clock, the loop (loop.py), the attempt table (attempts.py),
+the counters, the job specs (specs.py); a part calls another through the
+callable or small protocol it was given, never through the master. Signals
+and control requests become commands (rules/commands.py); every decision is
+a pure function of its own module (policy, liveness, outcomes); every state
+field has one writer that checks the move (rules/states.py).
 
     while state is not stopped:
         wait_for_events()             # sleep until the earliest deadline any part reports
@@ -27,44 +31,44 @@ import functools
 import gc
 import logging
 import os
-import resource
-import selectors
 import signal
 import socket
 import time
 from typing import Any, Callable
 
 from phoenix import log
-from phoenix.app import App, AppError, JobSpec, resolve_target
-from phoenix.config import Config, ConfigError
-from phoenix.linux import lineage, pid1, procfs, systemd
+from phoenix.app import App
+from phoenix.config import Config
+from phoenix.linux import lineage, pid1, systemd
+from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.pidfile import AlreadyRunning, PidFile
 from phoenix.linux.signals import SignalFD, set_child_subreaper
 from phoenix.linux.sockets import bind_heartbeat
-from phoenix.linux.title import set_title
-from phoenix.linux.untrusted import visible
 from phoenix.master import exits, handoff, metrics
-from phoenix.master.attempts import Attempt
+from phoenix.master.attempts import AttemptTable
 from phoenix.master.callbacks import CallbackRunner
 from phoenix.master.hangs import HangKiller, signal_attempt
 from phoenix.master.heartbeats import HeartbeatIntake
 from phoenix.master.leasekeeper import LeaseKeeper
+from phoenix.master.loop import Loop
 from phoenix.master.reaper import Reaper
 from phoenix.master.recorder import OutcomeRecorder
 from phoenix.master.scheduler import Scheduler
 from phoenix.master.settler import CallbackSettler
+from phoenix.master.slots import SlotLimit
 from phoenix.master.spawner import Spawner
+from phoenix.master.specs import JobSpecs
 from phoenix.master.statefiles import StateFiles
+from phoenix.master.status import Status
 from phoenix.master.ticker import Ticker
-from phoenix.master.timers import TimerHeap
 from phoenix.rules.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest, Command, from_request
 from phoenix.rules.liveness import master_was_away
 from phoenix.rules.policy import RestartBudget, may_start_jobs
-from phoenix.rules.shortage import fds_needed, slots_that_fit
-from phoenix.rules.states import MASTER_TRANSITIONS, HandoffPhase, MasterState, StopMode, check_move
+from phoenix.rules.states import MASTER_TRANSITIONS, HandoffPhase, KillReason, MasterState, StopMode, check_move
 from phoenix.store.base import (
     SQLITE,
+    WAITING,
     FileStore,
     JournalError,
     SharedStore,
@@ -82,13 +86,22 @@ from phoenix.wire.control import ControlServer
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 event = log.event
 STATE_DIR_CHECK = 1.0
-SHARED_TITLE_EVERY = 60.0
 
 
 class Master:
+    # Built in open(), once the store is open (before any of them is called).
+    handoff: handoff.Handoff
+    state_files: StateFiles
+    status: Status
+    recorder: OutcomeRecorder
+    settler: CallbackSettler
+    reaper: Reaper
+    scheduler: Scheduler
+
     def __init__(self, app: App | None, app_spec: str | None, config: Config,
                  reload_config: Callable[[], Config], config_file: str | None = None,
-                 degraded_reason: str | None = None) -> None:
+                 degraded_reason: str | None = None, clock: Clock = SYSTEM) -> None:
+        self.clock = clock  # every part's time: built first, handed to each (phoenix.testing.FakeClock in tests)
         self.app = app  # None: degraded, the new code could not be loaded (see announce_ready)
         self.degraded_reason = degraded_reason
         self.app_spec = app_spec
@@ -97,9 +110,9 @@ class Master:
         self.reload_config = reload_config
         self.paths = StatePaths(config.state_dir)
         self.slots = config.workers
-        self.slot_cap = config.workers  # the most the open-file limit carries (fit_slots_to_fd_limit)
-        self.children: dict[int, Attempt] = {}  # pid -> running attempt
-        self.timers = TimerHeap()
+        self.slot_limit = SlotLimit(config.workers)
+        self.loop = Loop(clock)
+        self.children = AttemptTable()  # pid -> running attempt
         self.signals: list[int] = []
         self.state = MasterState.STARTING
         self.stop_mode: StopMode | None = None
@@ -108,28 +121,23 @@ class Master:
         self.crash_error: str | None = None  # what ended the loop, if an error did
         self.budget = RestartBudget(config.restart_intensity, config.restart_period)
         self.counters = metrics.Counters()
-        self.histograms: metrics.Histograms | None = None  # only with --metrics (see metrics.py)
+        self.specs = JobSpecs(app, lambda: self.config)
         self.intake = HeartbeatIntake(self.children, self.counters, os.getuid(),
-                                      lambda attempts: self.recorder.hold_finals(attempts), self.child_closed)
-        self.recorder = OutcomeRecorder(self)
-        self.hangs = HangKiller(self)
-        self.reaper = Reaper(self)
+                                      lambda attempts: self.recorder.hold_finals(attempts),
+                                      lambda: self.reaper.child_may_have_exited(), clock)
+        self.hangs = HangKiller(self.children, self.loop, lambda: self.config, self.counters, self.intake,
+                                self.read_heartbeats, lambda: self.state_files.heartbeat_restored())
         self.replacements = 0
-        self.last_woke = time.monotonic()  # when the loop last returned from its sleep
-        self.title_due = 0.0
-        self.specs: dict[str, JobSpec] = {}
-        self.subprocesses: dict[int, Callable[[int], None]] = {}  # pid -> on_exit(status): the preflight, the spare
+        self.last_woke = self.clock.monotonic()  # when the loop last returned from its sleep
         self.started_at = time.time()
         self.exit_code = 0
         self.stop_signal: int | None = None  # what asked this master to stop (see exits.py)
-        self.handoff = handoff.Handoff(self)
-        self.spawner = Spawner(self)
-        self.scheduler = Scheduler(self)
-        self.ticker = Ticker(self)
-        self.watchdog = systemd.Watchdog()  # WATCHDOG=1 when systemd's WatchdogSec asks for it
-        self.outage = JournalOutage(redact(config.store) if is_url(config.store) else str(self.paths.journal))
+        self.spawner = Spawner(app_spec, lambda: self.config, self.paths, self.specs, self.loop, lambda: self.slots,
+                               self.wants_spare)
+        self.watchdog = systemd.Watchdog(clock)  # WATCHDOG=1 when systemd's WatchdogSec asks for it
+        self.outage = JournalOutage(redact(config.store) if is_url(config.store) else str(self.paths.journal),
+                                     clock)
         self.next_state_dir_check = 0.0
-        self.state_files = StateFiles()  # sockets, pidfile and lock put back if removed under us
         self.node = config.node or default_node(config.state_dir)  # its name in a shared store
         self.leases: LeaseKeeper | None = None  # a shared store's lease (leasekeeper.py)
 
@@ -172,18 +180,18 @@ class Master:
         self.run_started_at = float(self.journal.meta("run_started_at", self.started_at))
         if self.app is not None:
             self.app.journal = self.journal
-        self.fit_slots_to_fd_limit()
-        self.selector: selectors.BaseSelector = selectors.DefaultSelector()
+        self.slots = self.slot_limit.fit(self.slots)
+        self.loop.open()
         if self.app is not None:
             # Now: the app is imported, and neither the callback nor the
             # metrics threads have started.
             self.spawner.check_app_threads()
         if "heartbeat" in inherited:
-            self.heartbeat = socket.socket(fileno=inherited["heartbeat"])
-            self.heartbeat.set_inheritable(False)
+            heartbeat = socket.socket(fileno=inherited["heartbeat"])
+            heartbeat.set_inheritable(False)
         else:
-            self.heartbeat = bind_heartbeat(self.paths.heartbeat_socket)
-        self.intake.listen(self.heartbeat)
+            heartbeat = bind_heartbeat(self.paths.heartbeat_socket)
+        self.intake.listen(heartbeat)
         for pid, fd in handoff.inherited_links(inherited):  # each child's connection, kept across the exec
             self.intake.adopt_link(fd, pid)
         if "control" in inherited:
@@ -191,35 +199,55 @@ class Master:
             control.setblocking(False)
         else:
             control = control_socket.bind(self.paths.control_socket)
-        self.intake.watch(self.selector)
+        self.intake.watch(self.loop.selector)
+        self.callbacks = CallbackRunner(self.config.callback_threads, self.clock)
+        self.settler = CallbackSettler(self.app, lambda: self.journal, self.callbacks, lambda: self.config,
+                                       self.counters, self.clock, self.guarded)
         if self.journal.shared:
             assert isinstance(self.journal, SharedStore)
-            self.leases = LeaseKeeper(self, self.journal)
+            self.leases = LeaseKeeper(self, self.hangs.interrupt_all, self.journal, lambda: self.config, self.specs,
+                                      self.children, self.loop, lambda: self.budget, self.callbacks_held,
+                                      self.settler.run_owed, self.jobs_may_be_pending)
             self.leases.register(os.getpid(), self.generation, self.started_at, self.app_spec)
-        self.control = ControlServer(control, self.selector, self.control_request,
-                                     lambda why: self.counters.reject(why))
-        self.callbacks = CallbackRunner(self.config.callback_threads)
-        self.settler = CallbackSettler(self)
-        self.selector.register(self.callbacks.wake_read, selectors.EVENT_READ, self.callbacks.drain_wakeups)
-        self._install_signal_handlers()
+        self.control = ControlServer(control, self.loop.selector, self.control_request,
+                                     lambda why: self.counters.reject(why), clock=self.clock)
+        self.handoff = handoff.Handoff(self, lambda: self.config, self.paths, lambda: self.journal, self.outage,
+                                       self.loop, self.intake, self.control, self.pidfile, self.children,
+                                       self.settler.run_owed, lambda: bool(self.callbacks.running))
+        self.status = Status(self, self.app, self.app_spec, lambda: self.journal, self.children, self.counters,
+                             self.spawner, self.handoff, self.outage, self.clock)
+        # Sockets, pidfile and lock put back if removed under us.
+        self.state_files = StateFiles(self.paths, self.children, self.intake, self.control, self.pidfile,
+                                      lambda: self.handoff.successor() is not None, self.check_state_dir_now,
+                                      self.clock)
+        self.recorder = OutcomeRecorder(lambda: self.journal, lambda: self.config, lambda: self.budget, self.specs,
+                                        self.paths, self.counters, self.clock, self.guarded, self.settler,
+                                        self.callbacks_held, lambda: self.scheduler.wake())
+        self.reaper = Reaper(lambda: self.journal, self.children, self.loop, self.specs, self.recorder, self.spawner,
+                             self.hangs, self.read_heartbeats, self.handoff.successor)
+        self.scheduler = Scheduler(lambda: self.journal, lambda: self.config, self.generation, str(self.paths.output),
+                                   self.specs, self.children, self.free_slots, self.shared_poll, self.spawner,
+                                   self.outage, self.recorder, self.settler.start, self.hangs.watch, self.counters,
+                                   self.clock)
+        self.ticker = Ticker(lambda: self.journal, self.app, lambda: self.state, self.counters, self.scheduler.wake,
+                             self.clock)
+        self.loop.watch(self.callbacks.wake_read, self.callbacks.drain_wakeups)
+        # Signals blocked across an exec (handoff) are pending in the signalfd
+        # and read once the loop runs, after adoption.
+        self.loop.watch(self.signal_fd, self._read_signals)
         self.replacements = self.journal.count_events("replaced") + (1 if inherited else 0)
         if self.config.metrics:
-            self.histograms, (host, port) = metrics.serve(self, self.config.metrics)
+            self.counters.histograms, (host, port) = metrics.serve(self, self.config.metrics)
             event(INFO, "metrics", address=f"http://{host}:{port}/metrics")
         # Guarded: a new image on a disk that filled during its exec must not crash with the children running
         # (it runs in an outage, starting nothing, until the journal takes writes again).
         self.guarded(functools.partial(self.journal.record_event, "master_start" if not inherited else "replaced",
                                        self.generation, os.getpid(), self.app_spec))
 
-    def _install_signal_handlers(self) -> None:
-        # Signals blocked across an exec (handoff) are pending in the signalfd
-        # and read once the loop runs, after adoption.
-        self.selector.register(self.signal_fd, selectors.EVENT_READ, self._read_signals)
-
     def _read_signals(self) -> None:
         for signum, sender, uid in self.signal_fd.read():
             if signum == signal.SIGCHLD:
-                self.reaper.child_exited = True
+                self.reaper.child_may_have_exited()
                 continue
             try:
                 attempt_pid = lineage.owning_attempt(sender, self.children) if sender else None
@@ -233,9 +261,7 @@ class Master:
             self.signals.append(signum)
 
     def announce_ready(self) -> None:
-        now = time.monotonic()
-        for attempt in self.children.values():  # grace for adopted children starts now
-            attempt.fresh_grace(now)
+        self.intake.give_grace(self.clock.monotonic())  # grace for adopted children starts now
         if self.app is None:
             self.change_state(MasterState.DEGRADED)
             # The reason too: the dashboard reads the store, never this loop.
@@ -245,7 +271,7 @@ class Master:
             event(ERROR, "degraded", generation=self.generation, pid=os.getpid(), running=len(self.children),
                   reason=(self.degraded_reason or "").splitlines()[0] if self.degraded_reason else "-",
                   effect="watching and recording the running jobs, starting none; send USR2 to load fixed code")
-            self.update_title(force=True)
+            self.status.update_title(force=True)
             return
         self.change_state(MasterState.RUNNING)
         self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
@@ -259,8 +285,8 @@ class Master:
                 hook(self.app)
             except Exception:  # noqa: BLE001 - reported, and the master carries on
                 log.log.exception("startup_hook_failed hook=%s", getattr(hook, "__qualname__", hook))
-        self.run_owed_callbacks()
-        self.update_title(force=True)
+        self.settler.run_owed()
+        self.status.update_title(force=True)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -269,12 +295,12 @@ class Master:
         try:
             self.reaper.adopt_running_attempts()
             self.announce_ready()
-            self.last_woke = time.monotonic()  # start-up (imports, a journal check) is not absence
+            self.last_woke = self.clock.monotonic()  # start-up (imports, a journal check) is not absence
             while self.state != MasterState.STOPPED or self.holds_unwritten():
                 self.wait_for_events()
                 self.run_commands()
                 self.reaper.reap()
-                self.hangs.run_due_timers(time.monotonic())
+                self.hangs.run_due_timers(self.clock.monotonic())
                 self.guarded(self.ticker.run_if_due)
                 self.guarded(self.scheduler.spawn_pending_jobs)
                 self.spawner.replenish()
@@ -282,11 +308,11 @@ class Master:
                 self.handoff.continue_when_quiet()
                 self.handoff.enforce_deadline()
                 self.guarded(self.check_finished)
-                self.guarded(self.update_title)
+                self.guarded(self.status.update_title)
                 self.watchdog.keep_alive()
                 self.watch_storage()
                 if self.leases is not None:
-                    self.leases.tick(time.monotonic())
+                    self.leases.tick(self.clock.monotonic())
             if self.stop_signal is not None and self.config.exit_when_done:
                 self.exit_code = exits.stopped_batch(self.stop_signal, self.batch_counts)
         except Exception as exc:
@@ -306,7 +332,7 @@ class Master:
                      self.next_state_dir_check, self.control.next_deadline()]
         if self.leases is not None:
             deadlines.append(self.leases.next_deadline())
-        timer = self.timers.next_deadline()
+        timer = self.loop.timers.next_deadline()
         if timer is not None:
             deadlines.append(timer)
         for due in (self.callbacks.next_deadline(self.config.callback_timeout), self.intake.next_deadline()):
@@ -315,27 +341,24 @@ class Master:
         return min(deadlines)
 
     def wait_for_events(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         self.intake.resume_if_due(now)
         deadline = self.next_deadline(now)
-        ready = self.selector.select(max(0.0, deadline - now))
-        woke = time.monotonic()
+        _began, woke, ready = self.loop.wait(deadline)
         worked, self.last_woke = now - self.last_woke, woke  # the last turn's work, between two wake-ups
         if master_was_away(max(deadline, now), woke, worked, self.config.heartbeat_interval):
             self.give_grace(woke - max(deadline, now) + worked)
-        for key, _mask in ready:
-            key.data()
-        self.control.expire(time.monotonic())
-        self.scheduler.poll_if_due(time.monotonic())
+        for on_ready in ready:
+            on_ready()
+        self.control.expire(self.clock.monotonic())
+        self.scheduler.poll_if_due(self.clock.monotonic())
 
     def give_grace(self, away: float) -> None:
         """The master itself was not running (SIGSTOP, a VM pause, swap): read
         every beat that waits (a child that ran meanwhile has some queued on
         its connection), then excuse each silent child the time we were away."""
         self.read_heartbeats()
-        now = time.monotonic()
-        for attempt in self.children.values():
-            attempt.excuse(away, now)
+        self.intake.excuse(away, self.clock.monotonic())
         event(WARNING, "master_was_away", seconds=f"{away:.2f}", running=len(self.children),
               effect="each child's silence over that gap is not counted against it")
 
@@ -350,7 +373,7 @@ class Master:
                 keys: list[str] | None = None) -> dict[str, Any]:
         """Run one command, however it arrived (a signal or the control socket)."""
         if command == Command.STATUS:
-            return {"ok": True, **self.live_status()}
+            return {"ok": True, **self.status.live()}
         if command == Command.CANCEL:
             return {"ok": True, "cancelled": {key: self.cancel(key) for key in keys or []}}
         if command == Command.WAKE:
@@ -392,14 +415,14 @@ class Master:
         running one's process group gets TERM, then KILL after kill_grace, and
         its outcome is `cancelled`. Returns the job's state before."""
         state = self.journal.cancel_pending(key)
-        if state in ("pending", "scheduled") and not self.callbacks_held():
-            self.run_owed_callbacks()  # its on_failed, owed with the cancel
+        if state in WAITING and not self.callbacks_held():
+            self.settler.run_owed()  # its on_failed, owed with the cancel
         if state == "running":
-            attempt = next((a for a in self.children.values() if a.key == key), None)
+            attempt = self.children.with_key(key)
             if attempt is None:
                 return "running elsewhere"  # no process of this master: nothing to signal
             self.journal.request_cancel(attempt.attempt_id)  # survives a replacement or a crash mid-cancel
-            self.hangs.cancel(attempt, time.monotonic())
+            self.hangs.cancel(attempt, self.clock.monotonic())
         return state or "unknown"
 
     def reload_configuration(self) -> None:
@@ -421,21 +444,7 @@ class Master:
 
     def read_heartbeats(self) -> None:
         if self.handoff.phase != HandoffPhase.FORKED:  # else the new master reads the connections now
-            self.intake.read(time.monotonic())
-
-    def take_heartbeat_listener(self, sock: socket.socket) -> None:
-        """A listening socket bound afresh (its path was removed under us);
-        the children's connections stay."""
-        self.heartbeat = sock
-        self.intake.listen(sock)
-
-    def child_closed(self) -> None:
-        """A child closed its connection: it is most likely exiting; sweep soon
-        (its exit status still comes from wait4 or its pidfd)."""
-        self.reaper.child_exited = True
-
-    def heartbeat_socket_restored(self) -> bool:
-        return self.state_files.heartbeat_restored(self)
+            self.intake.read(self.clock.monotonic())
 
     # -- exits ------------------------------------------------------------------------
 
@@ -446,34 +455,10 @@ class Master:
         self.children.clear()
         self.change_state(MasterState.STOPPED)
 
-    def fork_successor(self) -> int | None:
-        return self.handoff.new_master_pid if self.handoff.phase == HandoffPhase.FORKED else None
-
-    # -- what the recorder asks (recorder.OutcomeHost) ---------------------------------
-
-    def retries_for(self, target: str) -> int | None:
-        """The job's retries; None while no app is loaded (its policy is not known)."""
-        if self.app is None:
-            return None
-        spec = self.known_spec(target)
-        if spec is None:
-            return 0  # the loaded code has no such job: a re-run could not start
-        return spec.retries if spec.retries is not None else self.config.retries
+    # -- what only the master decides, asked by the parts --------------------------------
 
     def callbacks_held(self) -> bool:
         return self.handoff.busy or self.app is None
-
-    def owes_callback(self, kind: str) -> bool:
-        return self.settler.owes(kind)
-
-    def jobs_may_be_pending(self) -> None:
-        self.scheduler.wake()
-        self.ticker.wake()  # a NOTIFY of a submit: a delayed job may be due before the earliest known
-
-    # -- what a replacement asks (handoff.HandoffHost) and the spawner (spawner.SpawnerHost) -----
-
-    def callbacks_running(self) -> bool:
-        return bool(self.callbacks.running)
 
     def end_spare(self) -> None:
         self.spawner.discard()
@@ -490,16 +475,15 @@ class Master:
         if self.app is not None:
             self.app.journal = self.journal
 
-    # -- what the lease keeper asks (leasekeeper.LeaseHost) --------------------------------
-
-    def end_children(self, why: str) -> None:
-        """TERM every child's group, KILL after kill_grace; their jobs go back under their policy."""
-        now = time.monotonic()
-        for attempt in self.children.values():
-            if attempt.kill_reason is None and not attempt.interrupted:
-                attempt.interrupted = True
-                attempt.kill_detail = why
-                self.hangs.stop(attempt, now)
+    def cancel_attempts(self, attempt_ids: set[int]) -> None:
+        """Cancels asked in the shared store (any host's `phoenix cancel`):
+        each of these attempts running here, not yet being cancelled, is
+        ended as a local cancel ends it (TERM, KILL after kill_grace; outcome
+        `cancelled`). The store's mark, not this call, survives a crash."""
+        now = self.clock.monotonic()
+        for attempt in list(self.children.values()):
+            if attempt.attempt_id in attempt_ids and attempt.kill_reason != KillReason.CANCELLED:
+                self.hangs.cancel(attempt, now)
 
     def node_taken(self, why: str) -> None:
         """Our lease was recovered, and registering again found the node held by
@@ -516,8 +500,10 @@ class Master:
             event(INFO if before is None else WARNING, "pool_capacity", pool=pool,
                   capacity=now, before="-" if before is None else before)
 
-    def wake_scheduler(self) -> None:
+    def jobs_may_be_pending(self) -> None:
+        """A shared store's NOTIFY of a submit: a job to claim, or a delayed job due before the earliest known."""
         self.scheduler.wake()
+        self.ticker.wake()
 
     def shared_poll(self) -> float:
         return self.leases.poll_interval() if self.leases is not None else 2.0
@@ -525,69 +511,22 @@ class Master:
     def lease_state(self) -> str:
         return str(self.state) if self.state in (MasterState.DRAINING, MasterState.DEGRADED) else "running"
 
-    def give_all_grace(self, now: float) -> None:
-        for attempt in self.children.values():
-            attempt.fresh_grace(now)
-
-    def in_fork_handover(self) -> bool:
-        return self.handoff.phase == HandoffPhase.FORKED
-
-    def running_count(self) -> int:
-        return len(self.children)
-
     def wants_spare(self) -> bool:
         return (self.state == MasterState.RUNNING and self.handoff.phase == HandoffPhase.IDLE
                 and not self.outage.active and self.slots > 0)
 
     # -- spawning -------------------------------------------------------------------
 
-    def fit_slots_to_fd_limit(self) -> None:
-        """At start: raise the open-file limit, and carry no more slots than
-        it allows (a child the master cannot watch for want of a descriptor
-        would be killed as silent, or never started). Too few for one slot:
-        refuse to start."""
-        limit = _raise_fd_limit()
-        self.slot_cap = slots_that_fit(limit)
-        if self.slot_cap == 0 and self.slots > 0:
-            raise ConfigError(f"the open-file limit ({limit}) leaves no room for a job slot: a master needs "
-                              f"{fds_needed(1)} for one, {fds_needed(self.slots)} for workers = {self.slots}; raise "
-                              "the hard limit (ulimit -Hn, systemd LimitNOFILE=, docker run --ulimit nofile=)")
-        self.set_slots(self.slots)
-
     def set_slots(self, wanted: int) -> None:
         """The one writer of `slots` (config, reload, TTIN/TTOU): no more than the open-file limit carries."""
-        if wanted > self.slot_cap:
-            event(WARNING, "workers_lowered", asked=wanted, workers=self.slot_cap,
-                  reason=f"the open-file limit allows {self.slot_cap} slots",
-                  fix=f"raise the hard limit on open files to {fds_needed(wanted)} (ulimit -Hn, systemd "
-                      "LimitNOFILE=, docker run --ulimit nofile=)")
-        self.slots = max(0, min(wanted, self.slot_cap))
+        self.slots = self.slot_limit.allow(wanted)
 
-    def has_free_slot(self) -> bool:
-        return (may_start_jobs(self.state, self.handoff.phase, self.outage.active, len(self.children), self.slots)
-                and (self.leases is None or self.leases.may_claim(time.monotonic())))
-
-    def spec_for(self, target: str) -> JobSpec:
-        spec = self.specs.get(target)
-        if spec is None:
-            spec = self.specs[target] = resolve_target(target)
-        return spec
-
-    def known_spec(self, target: str) -> JobSpec | None:
-        if self.app is None:
-            return None
-        try:
-            return self.spec_for(target)
-        except AppError:
-            return None
-
-    # -- callbacks (settler.CallbackSettler) ---------------------------------------
-
-    def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None:
-        self.settler.start(callback_id, job_id, number, kind)
-
-    def run_owed_callbacks(self) -> None:
-        self.settler.run_owed()
+    def free_slots(self) -> int:
+        """How many jobs may start now: through the one slot gate (policy.may_start_jobs), and the lease."""
+        if not (may_start_jobs(self.state, self.handoff.phase, self.outage.active, len(self.children), self.slots)
+                and (self.leases is None or self.leases.may_claim(self.clock.monotonic()))):
+            return 0
+        return self.slots - len(self.children)
 
     # -- storage faults ---------------------------------------------------------------
 
@@ -603,20 +542,25 @@ class Master:
         except STORAGE_ERRORS as exc:
             self.outage.failed(exc, _name(operation), operation if retry else None)
 
+    def check_state_dir_now(self) -> None:
+        """The state-directory check at once, not at its next second (before a heartbeat_timeout kill)."""
+        self.next_state_dir_check = 0.0
+        self.watch_storage()
+
     def watch_storage(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self.outage.active and self.outage.retry_if_due(self.journal.probe_write):
             self.intake.retry_unheld()
             self.scheduler.wake()
             self.guarded(self.scheduler.reconcile_claims)  # a claim that failed may have committed
-            self.guarded(self.run_owed_callbacks)  # any that could not be started meanwhile
+            self.guarded(self.settler.run_owed)  # any that could not be started meanwhile
         if now < self.next_state_dir_check:
             return
         self.next_state_dir_check = now + STATE_DIR_CHECK
         if not self.journal.shared and file_identity(self.paths.journal) != self.journal_identity:
             self.rebuild_state_dir()
         else:
-            self.state_files.check(self)
+            self.state_files.check()
 
     def rebuild_state_dir(self) -> None:
         """The journal file vanished or was replaced under us: rebuild the state
@@ -632,7 +576,7 @@ class Master:
             self.reopen_journal()
             self.journal_identity = file_identity(self.paths.journal)
             self.pidfile.rebuild()
-            self.state_files.rebind_heartbeat(self)
+            self.state_files.rebind_heartbeat()
             self.control.rebind(control_socket.bind(self.paths.control_socket))
         except (*STORAGE_ERRORS, AlreadyRunning, JournalError) as exc:
             self.outage.failed(exc, "rebuild_state_dir")
@@ -661,7 +605,7 @@ class Master:
         """Outcomes this master has that the journal has not taken yet: finals
         received and not held (their children wait for the ack), and outcome
         records queued by an outage."""
-        waiting = sum(1 for a in self.children.values() if holds_only_copy(a))
+        waiting = sum(1 for a in self.children.values() if a.holds_only_copy())
         return waiting + sum(1 for doing, _redo in self.outage.unwritten if doing == "record")
 
     def holds_unwritten(self) -> bool:
@@ -684,7 +628,7 @@ class Master:
         if self.exit_wait_noted or not self.outage.active:
             return
         held = self.unrecorded_outcomes()
-        if not any(holds_only_copy(a) for a in self.children.values()) and not self.holds_unwritten_waits():
+        if not any(a.holds_only_copy() for a in self.children.values()) and not self.holds_unwritten_waits():
             return  # nothing keeps this stop waiting
         self.exit_wait_noted = True
         event(ERROR, "stop_waits_for_journal", unrecorded_outcomes=held, unwritten=len(self.outage.unwritten),
@@ -703,7 +647,7 @@ class Master:
         if self.state == MasterState.STOPPING and mode == StopMode.TERM:
             event(WARNING, "stop_now", running=len(self.children))
             for attempt in list(self.children.values()):
-                if not holds_only_copy(attempt):  # (see below)
+                if not attempt.holds_only_copy():  # (see below)
                     signal_attempt(attempt, signal.SIGKILL)
             return
         if mode == StopMode.LEAVE:
@@ -719,15 +663,14 @@ class Master:
             return
         event(INFO, "stop", mode="term", running=len(self.children))
         self.change_state(MasterState.STOPPING)
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for attempt in self.children.values():
-            if holds_only_copy(attempt):
+            if attempt.holds_only_copy():
                 # Its job is done: the child only waits for its outcome's ack (or
                 # writes it to the outbox), and holds it until then; a signal
                 # would end the only copy the journal could not take yet.
                 continue
-            attempt.interrupted = True
-            self.hangs.stop(attempt, now)
+            self.hangs.interrupt(attempt, now)
 
     def close(self) -> None:
         self.spawner.discard()
@@ -767,7 +710,7 @@ class Master:
     def record_stop(self) -> None:
         if self.stop_mode == StopMode.HANDED_OVER:
             # The sockets, the pidfile and the journal's meta are the new master's now.
-            handoff.oldbin(self).unlink(missing_ok=True)
+            handoff.oldbin(self.paths).unlink(missing_ok=True)
             self.journal.record_event("handed_over", self.generation, os.getpid(), None)
             return
         self.journal.set_meta(state="stopped")
@@ -775,84 +718,11 @@ class Master:
         if self.leases is not None:
             self.leases.release("left" if self.stop_mode == StopMode.LEAVE else "stopped")
 
-    def update_title(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now < self.title_due:
-            return
-        self.title_due = now + (SHARED_TITLE_EVERY if self.journal.shared else 0.5)  # a shared count costs more
-        if self.histograms is not None:  # --metrics exports the count of every state
-            self.counters.jobs = self.journal.counts()
-            self.counters.pools = self.journal.pools_status()
-            pending = self.counters.jobs["pending"]
-        else:  # through an index (a shared store's counts() aggregates every job on the server)
-            pending = self.journal.pending_count()
-        app = (self.app.name if self.app is not None else None) or self.app_spec or "-"
-        if self.state == MasterState.DEGRADED:
-            set_title(f"phoenix: master gen {self.generation} [{app}] DEGRADED {len(self.children)} running")
-            first_line = (self.degraded_reason or "no app loaded").splitlines()[0]
-            systemd.notify(f"STATUS=degraded: {visible(first_line[:200])}")
-            return
-        set_title(f"phoenix: master gen {self.generation} [{app}] {len(self.children)} running {pending} pending")
-        systemd.notify(f"STATUS=gen {self.generation}: {len(self.children)} running, {pending} pending")
-
-    def live_status(self) -> dict[str, Any]:
-        now = time.monotonic()
-        shown_state = self.state if self.state in (MasterState.DRAINING, MasterState.DEGRADED) else "running"
-        return {
-            "master": {
-                "pid": os.getpid(),
-                "generation": self.generation,
-                "state": str(shown_state),
-                "degraded_reason": self.degraded_reason if self.state == MasterState.DEGRADED else None,
-                "started_at": self.started_at,
-                "uptime": round(time.time() - self.started_at, 3),
-                "workers": self.slots,
-                "slots_used": len(self.children),
-                "spare_pid": self.spawner.spare.pid if self.spawner.spare else None,
-                "fork_server_pid": self.spawner.server.pid if self.spawner.server else None,
-                "app": self.app_spec,
-                "beats": self.counters.beats,
-                "beats_missing": self.counters.beats_missing,
-                "rejected": self.counters.rejected,
-                "reload": self.handoff.last_result,
-                "unrecorded_outcomes": self.unrecorded_outcomes(),
-                "journal_error": self.outage.error,
-            },
-            "running": {
-                str(a.job_id): {
-                    "pid": a.pid,
-                    "attempt": a.number,
-                    "age": round(now - a.started, 3),
-                    "last_beat_age": round(now - a.last_beat, 3),
-                    "progress": a.progress,
-                    "rss": procfs.rss_bytes(a.pid),
-                    "adopted": not a.own_child,
-                }
-                for a in self.children.values()
-            },
-        }
-
-
-def holds_only_copy(attempt: Attempt) -> bool:
-    """The child finished and sent its outcome, which the journal has not
-    taken (an outage): it is the one durable holder of it, so no stop may
-    signal it. (Once held, the outcome is safe, and the child may be ended.)"""
-    return attempt.final is not None and not attempt.final_held
 
 
 def _name(operation: Callable[..., Any]) -> str:
     inner = getattr(operation, "func", operation)
     return getattr(inner, "__name__", "journal write")
-
-
-def _raise_fd_limit() -> int:
-    """Raise the soft open-file limit to the hard one (adopted children each
-    hold a pidfd; 1,000 of them outgrow the usual soft limit of 1,024), and
-    return the limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # (never infinite: the kernel caps it at nr_open)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 def _hold_standard_fds() -> None:

@@ -58,6 +58,7 @@ class Counters:
     jobs: dict[str, int] = field(default_factory=dict)  # by state, refreshed with the title
     ticks: dict[str, int] = field(default_factory=dict)  # periodic ticks: inserted | taken (by another) | skipped
     pools: list[dict[str, Any]] = field(default_factory=list)  # each pool's capacity and slots used, with `jobs`
+    histograms: "Histograms | None" = None  # with --metrics: observed once per attempt or callback (serve)
 
     def reject(self, why: str) -> None:
         self.rejected[why] = self.rejected.get(why, 0) + 1

@@ -27,10 +27,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Callable, Protocol
+from typing import Callable
 
 from phoenix import log
 from phoenix.app import App, encode_params
+from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.master.metrics import Counters
 from phoenix.rules.schedule import (
     OVERLAP_SKIP,
@@ -50,19 +51,18 @@ REREAD = 30.0  # seconds: the longest it goes without reading the earliest due t
 PROMOTE_BATCH = 1000  # a shared store promotes at most this many per statement: then it looks again at once
 
 
-class TickerHost(Protocol):
-    journal: Store
-    app: App | None
-    state: MasterState
-    counters: Counters
-
-    def wake_scheduler(self) -> None: ...
-
-
 class Ticker:
-    def __init__(self, host: TickerHost, wall: Callable[[], float] = time.time) -> None:
-        self.host = host
-        self.wall = wall  # the wall clock (a test passes its own)
+    """Handed what it uses: the store, the app (None: degraded), the
+    master's state, the counters, the scheduler's wake-up, the master's
+    clock (monotonic time) and the wall clock (a test passes its own)."""
+
+    def __init__(self, journal: Callable[[], Store], app: App | None, state: Callable[[], MasterState],
+                 counters: Counters, wake_scheduler: Callable[[], None], clock: Clock = SYSTEM,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.journal, self.app, self.state, self.counters = journal, app, state, counters
+        self.wake_scheduler = wake_scheduler
+        self.clock = clock
+        self.wall = wall
         self.due = 0.0  # monotonic: the next look
         self.earliest: float | None = None  # wall clock: the earliest scheduled job's due time, as last read
         self.read_due = 0.0  # monotonic: read it from the store then (0: at the next look)
@@ -77,57 +77,57 @@ class Ticker:
         return self.due
 
     def run_if_due(self) -> None:
-        h = self.host
-        if time.monotonic() < self.due or h.state not in (MasterState.RUNNING, MasterState.DEGRADED):
+        state = self.state()
+        if self.clock.monotonic() < self.due or state not in (MasterState.RUNNING, MasterState.DEGRADED):
             return
-        now = time.monotonic()
+        journal = self.journal()
+        now = self.clock.monotonic()
         self.due = now + REFRESH  # (first: a storage error below does not make us spin)
         wall = self.wall()
         if now >= self.read_due or (self.earliest is not None and self.earliest <= wall):
-            promoted = h.journal.promote_due()
+            promoted = journal.promote_due()
             if promoted:
-                h.wake_scheduler()
-            self.earliest = h.journal.next_scheduled_at()
+                self.wake_scheduler()
+            self.earliest = journal.next_scheduled_at()
             self.read_due = 0.0 if promoted >= PROMOTE_BATCH else now + REREAD
         upcoming = [] if self.earliest is None else [self.earliest]
-        if h.app is not None and h.state == MasterState.RUNNING:  # degraded: no code, no schedules
-            for schedule in h.app.schedules.values():
+        if self.app is not None and state == MasterState.RUNNING:  # degraded: no code, no schedules
+            for schedule in self.app.schedules.values():
                 if wall >= self.next_at.get(schedule.target, -math.inf):
-                    self.next_at[schedule.target] = self.fire(schedule, wall)
+                    self.next_at[schedule.target] = self.fire(journal, schedule, wall)
                 upcoming.append(self.next_at[schedule.target])
         if self.read_due == 0.0:
             self.due = now  # more were due than one statement promotes
         elif upcoming:
             wait = min(upcoming) - self.wall()
-            self.due = time.monotonic() + min(max(wait, 0.0), REFRESH)
+            self.due = self.clock.monotonic() + min(max(wait, 0.0), REFRESH)
 
-    def fire(self, schedule: Schedule, wall: float) -> float:
+    def fire(self, journal: Store, schedule: Schedule, wall: float) -> float:
         """Insert the schedule's due ticks; returns its next tick (wall clock)."""
-        h = self.host
         target = schedule.target
         if target not in self.considered:  # first look of this image: from the store's last tick (catch-up)
-            last = h.journal.last_tick(target)
+            last = journal.last_tick(target)
             self.considered[target] = None if last is None else last[0]
         inserted = False
         for tick in ticks_to_fire(schedule, self.considered[target], wall):
             if schedule.overlap == OVERLAP_SKIP:  # (one indexed read per tick)
-                previous = h.journal.last_tick(target, before=tick)
+                previous = journal.last_tick(target, before=tick)
                 if not may_fire(schedule, None if previous is None else previous[1]):
-                    h.counters.count(h.counters.ticks, "skipped")
+                    self.counters.count(self.counters.ticks, "skipped")
                     log.event(logging.WARNING, "tick_skipped", target=target, tick=tick_iso(tick),
                               reason=f"the previous tick's job is {previous[1] if previous else '?'} (overlap=skip)")
                     continue
             try:
-                _job_id, created = h.journal.submit(target, encode_params(schedule.params), tick_key(target, tick),
+                _job_id, created = journal.submit(target, encode_params(schedule.params), tick_key(target, tick),
                                                     run_at=tick, tick=tick)
             except KeyConflict as exc:
                 # Taken with other parameters: a master of another release (a rolling deploy)
                 # inserted it first, or a job was submitted under the key. Once all the same.
-                h.counters.count(h.counters.ticks, "taken")
+                self.counters.count(self.counters.ticks, "taken")
                 log.event(logging.WARNING, "tick_taken_otherwise", target=target, tick=tick_iso(tick),
                           error=str(exc))
                 continue
-            h.counters.count(h.counters.ticks, "inserted" if created else "taken")
+            self.counters.count(self.counters.ticks, "inserted" if created else "taken")
             inserted = inserted or created
             log.event(logging.INFO, "tick", target=target, tick=tick_iso(tick),
                       job=tick_key(target, tick), created=created)
@@ -136,5 +136,5 @@ class Ticker:
             decided = self.considered[target]
             self.considered[target] = latest[0] if decided is None else max(decided, latest[0])
         if inserted:
-            self.host.wake_scheduler()
+            self.wake_scheduler()
         return next_tick(schedule, wall)
