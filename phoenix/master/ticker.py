@@ -4,12 +4,13 @@
   has come become pending (`promote_due`, one indexed statement), and the
   scheduler is woken to start them. Between looks the loop sleeps on
   monotonic time until the earliest due time, read from the store's
-  jobs_scheduled index: never a look per job. It compares that time with
-  the wall clock at least every REFRESH seconds (no store read), so that a
-  wall-clock step is seen within that: a step moves when a job becomes due,
-  never how often (the state changes once). A submit wakes it (the control
-  socket's wake, a shared store's NOTIFY) to read the earliest again; it
-  also reads it every REREAD seconds, for a wake-up that was lost.
+  jobs_scheduled index: never a look per job. It reads that time again at
+  least every REREAD seconds (one index entry), so that a wall-clock step,
+  or a delayed job submitted without a wake-up (App.submit from a script
+  wakes no master), is seen within that: a step moves when a job becomes
+  due, never how often (the state changes once). A submit that wakes the
+  master (the control socket's wake, a shared store's NOTIFY) makes it read
+  at once.
 - Periodic jobs: for each `@app.periodic` schedule, the ticks that are due
   (rules/schedule.py) are inserted as ordinary jobs keyed
   `<target>@<tick UTC>`. Every master sharing the store does the same, and
@@ -47,7 +48,7 @@ from phoenix.rules.states import MasterState
 from phoenix.store.base import KeyConflict, Store
 
 REFRESH = 1.0  # seconds: the longest the master goes without comparing the earliest due time with the wall clock
-REREAD = 30.0  # seconds: the longest it goes without reading the earliest due time from the store
+REREAD = 1.0  # seconds: the longest it goes without reading the earliest due time from the store
 PROMOTE_BATCH = 1000  # a shared store promotes at most this many per statement: then it looks again at once
 
 

@@ -16,6 +16,7 @@ from phoenix.master.ticker import Ticker
 from phoenix.rules.states import MasterState
 from phoenix.store.sqlite import Journal
 from phoenix.testing import FakeClock
+from tests.driver import wait_for
 
 app = App()
 
@@ -102,3 +103,14 @@ def test_a_degraded_master_fires_no_tick_but_makes_due_jobs_pending(tmp_path: Pa
     host.look()
     assert journal.counts()["scheduled"] == 0 and journal.counts()["pending"] == 1 and host.wakes == 1
     assert tick_jobs(journal) == {}
+
+
+def test_a_delayed_job_submitted_without_a_wake_up_is_seen_within_a_second(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.db")
+    host = Host(journal)
+    host.look()  # nothing scheduled yet
+    journal.submit("m:f", "null", "later", run_at=time.time() + 0.05)  # as App.submit from a script: no wake-up
+    wait_for(lambda: time.time() > journal.next_scheduled_at(), 5, "its due time")  # type: ignore[operator]
+    host.look()
+    assert host.clock.monotonic() - 1000.0 <= 1.0 + 1e-9  # the ticker's next look came within a second
+    assert journal.counts()["pending"] == 1 and host.wakes == 1
