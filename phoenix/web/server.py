@@ -59,6 +59,7 @@ SECURITY_HEADERS = [
     (b"cross-origin-resource-policy", b"same-origin"),
     (b"cache-control", b"no-store"),  # live data, and the pages name jobs
 ]
+GATEWAY_TIMEOUT = 504  # an action the master was given and did not answer: its result is unknown
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
 
@@ -135,6 +136,11 @@ Action = Callable[[str], dict[str, Any]]  # a job's key -> the answer; raises Re
 
 class ActionRefused(Conflict, ValueError):
     """An action that is well formed but at odds with the job's state: 409 with this text."""
+
+
+class ActionUnknown(Unavailable, RuntimeError):
+    """An action delivered to the master, which did not answer in time: it may
+    still take effect. 504 with this text, and `result=unknown` in the log."""
 
 
 @dataclass
@@ -324,10 +330,19 @@ def action_endpoint(dashboard: Dashboard, which: str) -> Callable[[Request], Res
         # who tried a token (a refused one at WARNING).
         event(logging.INFO if response.status_code < 400 else logging.WARNING, "dashboard_action", action=which,
               job=visible(request.path_params["key"]), status=response.status_code,
-              client=request.client.host if request.client else "-")
+              result=action_result(response.status_code), client=request.client.host if request.client else "-")
         return response
 
     return endpoint
+
+
+def action_result(status: int) -> str:
+    """What the audit line says an action did: done; unknown (504: delivered
+    to a master that did not answer, it may still happen); failed (503: the
+    store or the master could not be reached, nothing was done); refused."""
+    if status < 400:
+        return "done"
+    return {GATEWAY_TIMEOUT: "unknown", 503: "failed"}.get(status, "refused")
 
 
 def _act(dashboard: Dashboard, which: str, request: Request) -> Response:
@@ -339,6 +354,8 @@ def _act(dashboard: Dashboard, which: str, request: Request) -> Response:
         return json_response(act(request.path_params["key"]))
     except (RetryRefused, ActionRefused) as exc:
         return _error(409, str(exc))
+    except ActionUnknown as exc:
+        return _error(GATEWAY_TIMEOUT, str(exc))
     except LookupError as exc:
         return _error(404, str(exc))
     except (JournalError, OSError) as exc:  # the store cannot be written now (StoreUnavailable is one)
