@@ -368,3 +368,26 @@ def test_a_token_file_that_is_a_fifo_or_another_users_is_refused_in_one_line(sta
     theirs.chmod(0o600)
     os.chown(theirs, 65534, 65534)
     assert "belongs to uid 65534, not to this user" in refused(theirs)
+
+
+def test_a_half_sent_request_is_closed_after_the_header_timeout(state_dir: Path, dashboards: Any) -> None:
+    import socket
+
+    from phoenix.web.server import HEADER_TIMEOUT, MAX_HEADER_BYTES
+
+    state_dir.mkdir(mode=0o700)
+    Journal(state_dir / "journal.db").close()
+    board = dashboards("--state-dir", str(state_dir))
+    host, port = urllib.parse.urlsplit(board.url).hostname, urllib.parse.urlsplit(board.url).port
+    with socket.create_connection((host, port), timeout=HEADER_TIMEOUT + 10) as silent, \
+            socket.create_connection((host, port), timeout=HEADER_TIMEOUT + 10) as half:
+        half.sendall(b"GET /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+        started = time.monotonic()
+        # Closed by the dashboard (an empty read), not left open until our own timeout.
+        assert half.recv(1024) == b"" and silent.recv(1024) == b""
+        assert time.monotonic() - started < HEADER_TIMEOUT + 5
+    # Headers growing past the bound, unfinished: refused at once, not buffered on.
+    with socket.create_connection((host, port), timeout=HEADER_TIMEOUT - 1) as big:
+        big.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * MAX_HEADER_BYTES)
+        assert big.recv(1024).startswith(b"HTTP/1.1 400")
+    assert board.get("/api/jobs")["total"] == 0  # a whole request is answered as ever
