@@ -39,3 +39,16 @@ def test_a_reload_the_stopped_master_does_not_answer_is_unknown_too(master_facto
     assert result.returncode == 4, result.stderr
     assert "was delivered and may still take effect" in result.stderr, result.stderr
     master.wait_log("ready generation=2", timeout=30)  # it was delivered: the replacement happens
+
+
+def test_a_stop_the_stopped_master_does_not_answer_is_unknown_and_happens_after_sigcont(master_factory):
+    master = master_factory()
+    master.signal(signal.SIGSTOP)
+    try:
+        result = phoenix_cli("stop", state_dir=master.state_dir)
+    finally:
+        master.signal(signal.SIGCONT)
+    assert result.returncode == 4, result.stderr
+    assert "the stop was delivered and may still take effect" in result.stderr, result.stderr
+    assert master.proc is not None
+    wait_for(lambda: master.proc.poll() is not None, what="the delivered stop to end the master")
