@@ -34,7 +34,7 @@ CLAIM_REPLY_LOST = "its claim was never confirmed to the master (a reply lost to
 class ChildSource(Protocol):
     """Where waiting children come from (spawner.Spawner; phoenix.testing.FakeSpawner)."""
 
-    def take(self) -> WaitingChild: ...  # OSError: the master cannot fork now
+    def take(self, ahead: int = 0) -> WaitingChild: ...  # OSError: the master cannot fork now
     def give_back(self, waiting: WaitingChild) -> None: ...
 
 
@@ -108,8 +108,8 @@ class Scheduler:
         self.next_poll = self.clock.monotonic() + PENDING_POLL
         jobs = journal.pending(self.free_slots())
         slice_ends = self.clock.monotonic() + SPAWN_SLICE
-        for job in jobs:
-            if not self.spawn(job):
+        for index, job in enumerate(jobs):
+            if not self.spawn(job, ahead=len(jobs) - index - 1):
                 self.maybe_pending = True  # the rest stay pending until the back-off ends
                 return
             if self.clock.monotonic() >= slice_ends:
@@ -196,14 +196,14 @@ class Scheduler:
         if callback_id is not None:
             self.start_callback(callback_id, job.id, 0, "on_failed")
 
-    def take_child(self) -> WaitingChild | None:
+    def take_child(self, ahead: int = 0) -> WaitingChild | None:
         """A child for the next job, or None when the master cannot fork one
         now (out of processes, memory or file descriptors): that is the
         master's shortage, not the job's, which stays pending and is charged
         nothing. Said once when it starts, once when it ends."""
         now = self.clock.monotonic()
         try:
-            waiting = self.spawner.take()
+            waiting = self.spawner.take(ahead)
         except OSError as exc:
             error = exc.strerror or str(exc)
             if self.fork_backoff.failed(now):
@@ -216,13 +216,15 @@ class Scheduler:
             log.event(logging.WARNING, "fork_recovered", after=f"{ended[0]:.2f}s", failed_forks=ended[1])
         return waiting
 
-    def spawn(self, job: Job) -> bool:
-        """Start `job` (or fail it if it cannot run); False if the master could not fork."""
+    def spawn(self, job: Job, ahead: int = 0) -> bool:
+        """Start `job` (or fail it if it cannot run); False if the master
+        could not fork. `ahead`: jobs this turn means to start after it (their
+        children are asked for now: spawner.take)."""
         spec = self.specs.startable(job)
         if isinstance(spec, str):
             self.fail_before_start(job, spec)
             return True
-        waiting = self.take_child()
+        waiting = self.take_child(ahead)
         if waiting is None:
             return False
         pid = waiting.pid

@@ -160,3 +160,18 @@ def test_with_nothing_pending_it_looks_again_after_the_poll_interval(parts: Sche
     assert parts.scheduler.maybe_pending
     parts.scheduler.wake()  # a submit says so at once
     assert parts.scheduler.next_deadline(parts.clock.monotonic()) == parts.clock.monotonic()
+
+
+def test_a_burst_of_starts_tells_the_spawner_how_many_children_it_will_take_next(journal: Journal,
+                                                                                 tmp_path: Path) -> None:
+    # The spawner asks the fork server for that many at once (spawner.FORKS_AHEAD), so that
+    # one start's commit overlaps the next children's forks rather than waiting for each.
+    parts = Scheduling(journal, tmp_path, slots=5)
+    try:
+        for n in range(7):
+            journal.submit(NOOP, "{}", f"job-{n}")
+        parts.scheduler.spawn_pending_jobs()
+        assert parts.spawner.asked_ahead == [4, 3, 2, 1, 0]  # 5 free slots: 5 of the 7 jobs
+        assert len(parts.attempts) == 5
+    finally:
+        parts.spawner.close()
