@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +187,12 @@ def test_process_titles(master_factory):
              what=f"the master's title (now {title(master.pid)!r})")
     master.signal(signal.SIGTERM)
     assert master.wait_exit() == 0
+
+
+@pytest.mark.parametrize("command", [["dashboard"], ["jobs"], ["status"], ["cancel", "k"], ["retry", "k"],
+                                     ["store", "migrate"]])
+def test_a_bad_store_url_is_refused_without_its_password(command: list[str], tmp_path: Path) -> None:
+    result = phoenix_cli(*command, cwd=tmp_path, env={"PHOENIX_STORE": "postgresql://x:hunter2@[bad"})
+    assert result.returncode == 2, result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+    assert result.stderr.startswith("phoenix: error: the store URL is not valid") and "x:***@[bad" in result.stderr

@@ -7,6 +7,7 @@ import errno
 import functools
 import json
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from phoenix.linux.paths import StatePaths, check_parents
 from phoenix.linux.untrusted import check_key, visible
 from phoenix.master import handoff
 from phoenix.rules.durations import parse_duration
-from phoenix.store.base import SQLITE, JobState, Store, is_url, redact
+from phoenix.store.base import SQLITE, JobState, RetryRefused, Store, is_url, redact
 from phoenix.store.open import open_store
 from phoenix.store.sqlite import journal_present
 from phoenix.wire import control
@@ -61,6 +62,8 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except control.NoAnswer as exc:  # delivered, unanswered: its effect is unknown, as status's exit 4
+            fail(str(exc), EXIT_NOT_RESPONDING)
         except PhoenixError as exc:
             code = next((code for category, code in EXIT_CODES.items() if isinstance(exc, category)), None)
             if code is None:
@@ -891,7 +894,7 @@ def dashboard(state_dir: str | None, store: str | None, host: str, port: int, to
     `Authorization: Bearer TOKEN`. Runs until TERM or Ctrl-C."""
     token = _dashboard_token(token_file)
     try:
-        from phoenix.web.server import ActionRefused, Dashboard, DashboardError, serve
+        from phoenix.web.server import ActionRefused, ActionUnknown, Dashboard, DashboardError, serve
     except ModuleNotFoundError as exc:
         if (exc.name or "").partition(".")[0] not in ("starlette", "uvicorn", "jinja2", "markupsafe", "anyio", "h11"):
             raise
@@ -902,12 +905,20 @@ def dashboard(state_dir: str | None, store: str | None, host: str, port: int, to
     journal.close()
 
     def retry_one(key: str) -> dict[str, Any]:
-        retried = actions.retry(paths, _open_journal(setting, paths, writes=True), [key], None)
+        try:
+            retried = actions.retry(paths, _open_journal(setting, paths, writes=True), [key], None)
+        except RetryRefused:
+            with _open_journal(setting, paths, writes=False) as journal:
+                if journal.job_by_key(key) is None:  # as cancel: an unknown key is 404, not a conflict
+                    raise LookupError(f"no job with key '{visible(key)}'") from None
+            raise
         return {"retried": retried, "message": f"retried {visible(key)}: pending again"}
 
     def cancel_one(key: str) -> dict[str, Any]:
         try:
             (result,) = actions.cancel(paths, _open_journal(setting, paths, writes=True), [key])
+        except control.NoAnswer as exc:
+            raise ActionUnknown(str(exc)) from None
         except (pidfile.NoPidfile, control.ControlError) as exc:
             raise ActionRefused(str(exc)) from None
         if result.before == "unknown":
@@ -940,12 +951,19 @@ def _dashboard_token(token_file: str | None) -> bytes | None:
     user can read), else PHOENIX_DASHBOARD_TOKEN; None (read-only) without."""
     if token_file is not None:
         where = f"--token-file {token_file}"
-        try:
-            fd = os.open(token_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:  # O_NONBLOCK: a FIFO's open would wait for a writer forever; it is refused below
+            fd = os.open(token_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             fail(f"{where}: {exc.strerror}")
         with os.fdopen(fd, "rb") as file:
-            if os.fstat(file.fileno()).st_mode & 0o077:
+            found = os.fstat(file.fileno())
+            if not stat.S_ISREG(found.st_mode):
+                fail(f"{where}: not a regular file (a FIFO, a device, ...); put the token in a file of its own")
+            # As the state directory's trust checks: another user's file could be swapped for their token.
+            if found.st_uid != os.geteuid():
+                fail(f"{where}: the file belongs to uid {found.st_uid}, not to this user (uid {os.geteuid()}); "
+                     "write the token into a file of your own, chmod 600")
+            if found.st_mode & 0o077:
                 fail(f"{where}: the file can be read by other users; chmod 600 it")
             text = file.read(4096).split(b"\n")[0].strip()
     else:

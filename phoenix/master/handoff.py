@@ -39,7 +39,7 @@ from phoenix.master.timers import Timer
 from phoenix.rules.commands import HANDLED_SIGNALS
 from phoenix.rules.outcomes import classify_exit
 from phoenix.rules.states import HANDOFF_TRANSITIONS, HandoffPhase, MasterState, check_move
-from phoenix.store.base import Store
+from phoenix.store.base import Store, scrub
 from phoenix.store.outage import STORAGE_ERRORS, JournalOutage
 from phoenix.wire.control import ControlServer
 
@@ -317,8 +317,10 @@ class Handoff:
         argv = [sys.executable, "-m", "phoenix", "check", m.app_spec, "--state-dir", str(self.paths.root)]
         if m.config_file:
             argv += ["--config", m.config_file]
-        if self.journal().shared:  # its queue is the shared store's
-            argv += ["--store", config.store]
+        environment = STARTUP_ENVIRONMENT
+        if self.journal().shared:  # its queue is the shared store's; named in its environment, not its argv,
+            # which every user reads in /proc (and the refusal below quotes): the URL may hold a password
+            environment = {**STARTUP_ENVIRONMENT, "PHOENIX_STORE": config.store}
         if force:
             argv.append("--force")
             log.event(logging.WARNING, "reload_forced",
@@ -334,7 +336,7 @@ class Handoff:
             return True
         os.set_blocking(output_read, False)
         try:
-            pid = spawn_in_startup_cwd(sys.executable, argv, STARTUP_ENVIRONMENT, setsigmask=(), file_actions=[
+            pid = spawn_in_startup_cwd(sys.executable, argv, environment, setsigmask=(), file_actions=[
                 (os.POSIX_SPAWN_DUP2, output_write, 1), (os.POSIX_SPAWN_DUP2, output_write, 2)])
         except OSError as exc:
             os.close(output_read)
@@ -491,7 +493,8 @@ class Handoff:
             log.event(logging.WARNING, "reexec_unrecorded", error=str(exc))
         journal.close()
         systemd.notify("RELOADING=1", systemd.monotonic_usec())
-        log.event(logging.INFO, "exec", generation=m.generation + 1, argv=" ".join(sys.orig_argv))
+        log.event(logging.INFO, "exec", generation=m.generation + 1,
+                  argv=scrub(" ".join(sys.orig_argv), self.config().store))  # a --store URL's password: not logged
         for handler in logging.getLogger().handlers:
             handler.flush()
         for stream in (sys.stdout, sys.stderr):  # what the app printed, still in Python's buffers
