@@ -151,6 +151,61 @@ def _usr2(master: PhoenixMaster, i: int, say: Any) -> dict[str, Any]:
     return row
 
 
+def burst(children: int = 200, rounds: int = 3) -> dict[str, Any]:
+    """Starts per second of a burst, as the scheduler makes them (take a
+    child, commit its attempt durably, give the order), with the fork
+    requests of the jobs ahead in flight (`take(ahead)`) against one request
+    at a time (`take()`: the behaviour before), alternated in one process: a
+    real fork server and a real journal; each child gets an empty order and
+    exits unrun."""
+    from phoenix.app import App
+    from phoenix.config import Config
+    from phoenix.linux.clock import SYSTEM
+    from phoenix.linux.paths import StatePaths
+    from phoenix.master.loop import Loop
+    from phoenix.master.spawner import Spawner
+    from phoenix.master.specs import JobSpecs
+    from phoenix.store.sqlite import Journal
+
+    rates: dict[str, list[float]] = {"ahead": [], "one at a time": []}
+    with tempfile.TemporaryDirectory(prefix="phoenix-burst-") as scratch:
+        config = Config(state_dir=str(Path(scratch) / "state"))
+        paths = StatePaths(Path(config.state_dir))
+        paths.ensure()
+        loop = Loop(SYSTEM)
+        loop.open()
+        spawner = Spawner("bench.apps:tenk_app", lambda: config, paths, JobSpecs(App("b"), lambda: config), loop,
+                          lambda: children, lambda: True)
+        journal = Journal(paths.journal)
+        try:
+            spawner.check_app_threads()
+            first = spawner.take()  # starts the server
+            os.close(first.order_fd)
+            os.waitpid(first.pid, 0)
+            server = spawner.server
+            assert server is not None
+            while not server.ready:
+                server.read()
+                time.sleep(0.01)
+            for i in range(rounds):
+                for way in rates:
+                    journal.submit_many(("bench.apps:sleeper", "{}", f"{way}-{i}-{n}") for n in range(children))
+                    jobs = journal.pending(children)
+                    started = time.monotonic()
+                    for index, job in enumerate(jobs):
+                        waiting = spawner.take(len(jobs) - index - 1) if way == "ahead" else spawner.take()
+                        journal.begin_attempt(job, 1, waiting.pid, waiting.start_time)
+                        waiting.send(b"")
+                    rates[way].append(len(jobs) / (time.monotonic() - started))
+        finally:
+            spawner.discard()
+            journal.close()
+            loop.selector.close()
+    ratios = sorted(a / b for a, b in zip(rates["ahead"], rates["one at a time"], strict=True))
+    return {"children": children, "rates": rates, "ratio_min": ratios[0], "ratio_median": median(ratios),
+            "ratio_max": ratios[-1], "load": loadavg()}
+
+
 def markdown(r: dict[str, Any]) -> str:
     n = r["n"]
     steps = [f"{running:,}: {rate:g}/s" for running, rate in r["rates"][:: max(1, len(r["rates"]) // 8)]]
@@ -179,7 +234,15 @@ def main() -> None:
                                                          "at most 10,000)")
     parser.add_argument("--usr2", type=int, default=3, help="replacements with the children running")
     parser.add_argument("--write", action="store_true", help="append the table to bench/RESULTS.md")
+    parser.add_argument("--burst", action="store_true", help="only: starts per second of a burst, forks asked "
+                                                             "ahead against one at a time (about a minute)")
     args = parser.parse_args()
+    if args.burst:
+        b = burst()
+        print(f"burst of {b['children']} starts [load {b['load']}]: " + "; ".join(
+            f"{way} {', '.join(f'{r:.0f}' for r in rates)}/s" for way, rates in b["rates"].items())
+            + f"; ratio min/median/max {b['ratio_min']:.2f}/{b['ratio_median']:.2f}/{b['ratio_max']:.2f}x")
+        return
     n = args.n or largest_n()
     print(f"{n:,} sleeping children beating at 1 Hz [load {loadavg()}]")
     result = run(n, args.usr2)

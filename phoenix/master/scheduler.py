@@ -28,6 +28,11 @@ from phoenix.store.outage import STORAGE_ERRORS, JournalOutage
 
 SPAWN_SLICE = 0.25  # seconds of forking per turn of the loop before the other steps get a turn
 PENDING_POLL = 1.0  # fallback look for jobs submitted without a wake-up
+# Pending jobs read per turn, however many slots are free: a turn starts
+# what SPAWN_SLICE allows (tens to a few hundred), and reading one row per
+# free slot made each turn's read grow with the slots (10,000 rows, tens of
+# ms, every quarter second of a 10,000-slot start). More are read next turn.
+PENDING_BATCH = 256
 CLAIM_REPLY_LOST = "its claim was never confirmed to the master (a reply lost to a store failure); it never started"
 
 
@@ -106,7 +111,7 @@ class Scheduler:
             self.claim_jobs(woken)
             return
         self.next_poll = self.clock.monotonic() + PENDING_POLL
-        jobs = journal.pending(self.free_slots())
+        jobs = journal.pending(min(self.free_slots(), PENDING_BATCH))
         slice_ends = self.clock.monotonic() + SPAWN_SLICE
         for index, job in enumerate(jobs):
             if not self.spawn(job, ahead=len(jobs) - index - 1):
