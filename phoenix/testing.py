@@ -88,6 +88,7 @@ class FakeSpawner:
         self.next_pid = first_pid
         self.ready: list[WaitingChild] = []  # given back: the next take() hands them out first
         self.taken: list[WaitingChild] = []
+        self.asked_ahead: list[int] = []  # each take()'s `ahead`: the children the caller meant to take next
         self.fail_with: OSError | None = None
         self.dead_on_arrival = False
         self._order_ends: dict[int, int] = {}  # pid -> the read end of its order pipe
@@ -110,7 +111,8 @@ class FakeSpawner:
         lost, self._server_lost = self._server_lost, False
         return lost
 
-    def take(self) -> WaitingChild:
+    def take(self, ahead: int = 0) -> WaitingChild:
+        self.asked_ahead.append(ahead)
         if self.fail_with is not None:
             raise self.fail_with
         if self.ready:

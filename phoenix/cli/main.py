@@ -18,7 +18,8 @@ import click
 from phoenix import config as config_module
 from phoenix.app import AppError, check_pools, decode_params, load_app, resolve_target
 from phoenix.cli import actions
-from phoenix.config import Config, ConfigError
+from phoenix.cli.replacement import default_daemon_log, run_replacement
+from phoenix.config import Config
 from phoenix.errors import Conflict, PhoenixError, StateError, Unavailable, UsageError
 from phoenix.linux import pidfile
 from phoenix.linux.paths import StatePaths, check_parents
@@ -214,10 +215,10 @@ def start(app: str | None, state_dir: str | None, config_file: str | None, daemo
     if handoff.is_replacement():
         # A new image after USR2: whatever it cannot load, it must not exit,
         # or the running jobs are left without a master (see handoff.py).
-        sys.exit(_start_replacement(app_spec, config_file, flags, daemon))
+        sys.exit(run_replacement(app_spec, config_file, flags, daemon))
     application = load_app(app_spec)
     if daemon:
-        _default_daemon_log(flags, config_file, application.settings)
+        default_daemon_log(flags, config_file, application.settings)
     config = config_module.load(application.settings, config_file, flags)
     check_pools(application, config.pools)
     paths = StatePaths(config.state_dir)
@@ -233,43 +234,6 @@ def start(app: str | None, state_dir: str | None, config_file: str | None, daemo
 
         sys.exit(run_daemonized(lambda: run_master(application, app_spec, config, load_config, config_file), paths))
     sys.exit(run_master(application, app_spec, config, load_config, config_file))
-
-
-def _default_daemon_log(flags: dict[str, Any], config_file: str | None, app_settings: dict[str, Any]) -> None:
-    """A daemon logs to STATE_DIR/phoenix.log unless told otherwise; so does
-    each replacement image of it (USR2 re-runs the same command line)."""
-    state_dir = config_module.load(app_settings, config_file, flags, validate=False).state_dir
-    flags["log_file"] = flags.get("log_file") or str(StatePaths(state_dir).root / "phoenix.log")
-
-
-def _start_replacement(app_spec: str, config_file: str | None, flags: dict[str, Any], daemon: bool) -> int:
-    from phoenix.master.arbiter import run_master
-
-    try:
-        application = load_app(app_spec)
-        if daemon:
-            _default_daemon_log(flags, config_file, application.settings)
-        config = config_module.load(application.settings, config_file, flags)
-        check_pools(application, config.pools)
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - whatever the new code does, this image must not exit
-        # (a module that calls sys.exit() at import, or raises past the loader, too)
-        reason = str(exc) if isinstance(exc, (AppError, ConfigError)) else f"{type(exc).__name__}: {exc}"
-        if handoff.is_fork_successor():
-            # Fork mode: the old master still runs the good code. Tell it, and go.
-            handoff.report_failure_to_old_master(reason)
-            click.echo(f"phoenix: error: {visible(reason, multiline=True)}", err=True)
-            return 1
-        config = handoff.handed_over_config()
-
-        def keep_config() -> Config:
-            raise ConfigError("no app is loaded (the master is degraded): send USR2 to load fixed code")
-
-        return run_master(None, app_spec, config, keep_config, config_file, degraded_reason=reason)
-
-    def load_config() -> Config:
-        return config_module.load(application.settings, config_file, flags)
-
-    return run_master(application, app_spec, config, load_config, config_file)
 
 
 @main.command()
