@@ -489,8 +489,9 @@ class Journal:
         commit, measured in bench/RESULTS.md ("Durability"): on its virtual
         disk about 30 -> 280 us of CPU per submit and a few ms of latency;
         no-op jobs through 2 slots, two durable commits each (the attempt
-        begun, the finals held), run at half the rate. Correctness first:
-        amortising is group commit's job (a later change)."""
+        begun, the finals held), run at half the rate. A callback's done
+        record adds none: it rides along in the next finals' commit
+        (settler.CallbackSettler.commit_with), one commit per group at most."""
         return self._Transaction(self, durable)
 
     def _sync_wal_name(self) -> None:
