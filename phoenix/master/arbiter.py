@@ -213,7 +213,8 @@ class Master:
                                      lambda why: self.counters.reject(why), clock=self.clock)
         self.handoff = handoff.Handoff(self, lambda: self.config, self.paths, lambda: self.journal, self.outage,
                                        self.loop, self.intake, self.control, self.pidfile, self.children,
-                                       self.settler.run_owed, lambda: bool(self.callbacks.running))
+                                       self.settler.run_owed,
+                                       lambda: bool(self.callbacks.running) or self.settler.holds_done())
         self.status = Status(self, self.app, self.app_spec, lambda: self.journal, self.children, self.counters,
                              self.spawner, self.handoff, self.outage, self.clock)
         # Sockets, pidfile and lock put back if removed under us.
@@ -335,7 +336,8 @@ class Master:
         timer = self.loop.timers.next_deadline()
         if timer is not None:
             deadlines.append(timer)
-        for due in (self.callbacks.next_deadline(self.config.callback_timeout), self.intake.next_deadline()):
+        for due in (self.callbacks.next_deadline(self.config.callback_timeout), self.intake.next_deadline(),
+                    self.settler.next_deadline()):
             if due is not None:
                 deadlines.append(due)
         return min(deadlines)
@@ -675,7 +677,7 @@ class Master:
     def close(self) -> None:
         self.spawner.discard()
         self.callbacks.wait_all(self.config.callback_timeout)
-        self.settler.settle()
+        self.settler.settle(flush=True)
         self.callbacks.shutdown()
         self.control.close()
         try:
