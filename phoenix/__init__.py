@@ -18,7 +18,8 @@ if not _sys.platform.startswith("linux") or _sys.implementation.name != "cpython
 
 if TYPE_CHECKING:
     from phoenix.app import App, AppError, JobInfo
-    from phoenix.child.run import current_job, heartbeat
+    from phoenix.child.longjobs import Interrupted
+    from phoenix.child.run import checkpoint, current_job, heartbeat, progress, stopping
     from phoenix.client import Client
     from phoenix.compat import HeartbeatChild, HeartbeatParent
     from phoenix.store.sqlite import KeyConflict
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
 _HOMES = {"App": "phoenix.app", "AppError": "phoenix.app", "JobInfo": "phoenix.app",
           "current_job": "phoenix.child.run", "heartbeat": "phoenix.child.run", "Client": "phoenix.client",
           "HeartbeatChild": "phoenix.compat", "HeartbeatParent": "phoenix.compat",
-          "KeyConflict": "phoenix.store.sqlite"}
+          "KeyConflict": "phoenix.store.sqlite", "Interrupted": "phoenix.child.longjobs",
+          "checkpoint": "phoenix.child.run", "progress": "phoenix.child.run", "stopping": "phoenix.child.run"}
 
 
 def __getattr__(name: str) -> Any:
@@ -44,6 +46,6 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = ["App", "AppError", "Client", "JobInfo", "HeartbeatChild", "HeartbeatParent", "KeyConflict", "current_job",
-           "heartbeat"]
+__all__ = ["App", "AppError", "Client", "JobInfo", "HeartbeatChild", "HeartbeatParent", "Interrupted", "KeyConflict",
+           "checkpoint", "current_job", "heartbeat", "progress", "stopping"]
 __version__ = "0.1.0"

@@ -49,6 +49,7 @@ from phoenix.master.callbacks import CallbackRunner
 from phoenix.master.hangs import HangKiller, signal_attempt
 from phoenix.master.heartbeats import HeartbeatIntake
 from phoenix.master.leasekeeper import LeaseKeeper
+from phoenix.master.longjobs import ProgressWriter
 from phoenix.master.reaper import Reaper
 from phoenix.master.recorder import OutcomeRecorder
 from phoenix.master.scheduler import Scheduler
@@ -65,6 +66,7 @@ from phoenix.store.base import Store, default_node, is_url, open_store, redact
 from phoenix.store.outage import STORAGE_ERRORS, JournalOutage, file_identity, restore_journal
 from phoenix.store.sqlite import Journal, JournalError, StoreUnavailable
 from phoenix.wire import control as control_socket
+from phoenix.wire import heartbeat as protocol
 from phoenix.wire.control import ControlServer
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
@@ -98,7 +100,9 @@ class Master:
         self.counters = metrics.Counters()
         self.histograms: metrics.Histograms | None = None  # only with --metrics (see metrics.py)
         self.intake = HeartbeatIntake(self.children, self.counters, os.getuid(),
-                                      lambda attempts: self.recorder.hold_finals(attempts), self.child_closed)
+                                      lambda attempts: self.recorder.hold_finals(attempts), self.child_closed,
+                                      self.hold_checkpoints)
+        self.progress = ProgressWriter(lambda: self.journal, self.intake.reported, time.monotonic)
         self.recorder = OutcomeRecorder(self)
         self.hangs = HangKiller(self)
         self.reaper = Reaper(self)
@@ -268,6 +272,7 @@ class Master:
                 self.handoff.continue_when_quiet()
                 self.handoff.enforce_deadline()
                 self.guarded(self.check_finished)
+                self.guarded(self.progress.write_if_due)
                 self.guarded(self.update_title)
                 self.watchdog.keep_alive()
                 self.watch_storage()
@@ -294,7 +299,8 @@ class Master:
         timer = self.timers.next_deadline()
         if timer is not None:
             deadlines.append(timer)
-        for due in (self.callbacks.next_deadline(self.config.callback_timeout), self.intake.next_deadline()):
+        for due in (self.callbacks.next_deadline(self.config.callback_timeout), self.intake.next_deadline(),
+                    self.progress.next_deadline()):
             if due is not None:
                 deadlines.append(due)
         return min(deadlines)
@@ -474,6 +480,19 @@ class Master:
             self.app.journal = self.journal
 
     # -- what the lease keeper asks (leasekeeper.LeaseHost) --------------------------------
+
+    def hold_checkpoints(self, saves: list[tuple[int, int, int, str]]) -> bool:
+        """Checkpoints into the journal before they are acknowledged; False if
+        that failed (a storage outage: the child writes its outbox instead)."""
+        held = False
+
+        def write() -> None:
+            nonlocal held
+            self.journal.save_checkpoints(saves)
+            held = True
+
+        self.guarded(write)
+        return held
 
     def end_children(self, why: str) -> None:
         """TERM every child's group, KILL after kill_grace; their jobs go back under their policy."""
@@ -795,7 +814,8 @@ class Master:
                     "attempt": a.number,
                     "age": round(now - a.started, 3),
                     "last_beat_age": round(now - a.last_beat, 3),
-                    "progress": a.progress,
+                    "heartbeats": a.progress,  # calls to phoenix.heartbeat() and phoenix.progress()
+                    "progress": protocol.progress_view(a.reported),
                     "rss": procfs.rss_bytes(a.pid),
                     "adopted": not a.own_child,
                 }

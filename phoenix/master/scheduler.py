@@ -256,16 +256,27 @@ class Scheduler:
         """The attempt is committed: give the child its order, and watch it."""
         h = self.host
         pid = waiting.pid
-        delivered = waiting.send(child.order(job.id, job.key, number, job.target, job.params,
-                                             h.config.heartbeat_interval, h.config.outcome_delivery_timeout,
-                                             attempt_id, self.orphan_rule(),
-                                             (str(h.paths.output), h.config.job_output_max_bytes)))
+        try:
+            # Where the job resumes (a read per attempt: docs/long-jobs.md says what it costs).
+            saved, unread = h.journal.checkpoint_of(job.id), None
+        except STORAGE_ERRORS as exc:
+            saved, unread = None, exc
+            h.outage.failed(exc, "checkpoint_of")  # no job starts until the store answers again
+        if unread is None:
+            delivered = waiting.send(child.order(job.id, job.key, number, job.target, job.params,
+                                                 h.config.heartbeat_interval, h.config.outcome_delivery_timeout,
+                                                 attempt_id, self.orphan_rule(),
+                                                 (str(h.paths.output), h.config.job_output_max_bytes), saved))
+        else:  # no order: the child exits without running the job, which is not charged for it
+            os.close(waiting.order_fd)
+            delivered = False
         now = time.monotonic()
         attempt = Attempt(attempt_id, job.id, job.key, job.target, number, pid, spec, now, now, now,
                           failures=job.failures)
-        if not delivered:  # the child died waiting and never saw its job: not the job's failure
+        if not delivered:  # the child never saw its job: not the job's failure
             attempt.interrupted = True
-            attempt.kill_detail = "its child died before it received the job"
+            attempt.kill_detail = ("its child died before it received the job" if unread is None else
+                                   f"its checkpoint could not be read ({unread}); it runs again")
         h.children[pid] = attempt
         first_check = verdict(attempt.limits(h.config.heartbeat_timeout), last_beat=now, last_progress=now,
                               started=now, now=now).next_check

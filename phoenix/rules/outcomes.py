@@ -8,7 +8,8 @@ Outcomes (the `outcome` of an attempt and of its job in `phoenix status`):
     signalled    killed by a signal someone else sent (an outside SIGKILL or SIGTERM)
     exited       left with an exit code and no outcome (os._exit(3), sys.exit in a thread)
     lost         gone while no master watched, with no outcome in the outbox
-    interrupted  stopped by `phoenix stop` / TERM; the job goes back to pending
+    interrupted  stopped by `phoenix stop` / TERM (the job may have ended itself on
+                 phoenix.Interrupted); the job goes back to pending, no retry used
     cancelled    ended by `phoenix cancel`; the job is `cancelled`, never re-run
 
 Pure functions: tests/unit/test_outcomes.py checks every row without a process.
@@ -86,6 +87,11 @@ def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: b
     what happened); max RSS is recorded in its own column, not in it."""
     reason: str | None = None
     error: str | None = None
+    if final is not None and final.get(protocol.INTERRUPTED) is True and (interrupted or kill_reason is not None):
+        # The job let phoenix.Interrupted end it, as its master asked: the
+        # attempt ended for the reason it was stopped, not of its own error.
+        # (A TERM from anyone else leaves it the job's error.)
+        final = None
     if final is not None and final.get(protocol.KIND) == "finished":
         try:
             return Classified(Outcome.FINISHED, None, None, _result_json(final.get(protocol.RESULT)))

@@ -44,6 +44,7 @@ from phoenix.rules.outcomes import CANCELLED_REASON
 from phoenix.store.sqlite import (
     ENDED_BADLY,
     JOB_STATES,
+    SAVE_CHECKPOINT_WHERE,
     WITHDRAWN_WITH_ITS_CANCEL,
     Job,
     JournalError,
@@ -57,7 +58,7 @@ from phoenix.store.sqlite import (
     default_key,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 CHANNEL = "phoenix_wake"
 MIGRATE_HINT = "phoenix store migrate --store URL"
 STATEMENT_TIMEOUT_MS = 10_000
@@ -102,7 +103,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     error           text,
     created_at      double precision NOT NULL,
     updated_at      double precision NOT NULL,
-    current_attempt bigint
+    current_attempt bigint,
+    checkpoint      text,                            -- JSON: the last phoenix.checkpoint() of its attempts
+    checkpoint_at   double precision,
+    checkpoint_attempt integer,                      -- the attempt (n) and message (seq) that saved it
+    checkpoint_seq  integer
 );  -- no fillfactor for HOT: every update changes `state`, which jobs_pending's predicate reads (no HOT)
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (not_before, id) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (updated_at);
@@ -125,6 +130,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     max_rss_kb   bigint,
     late_outcome text,                               -- what a fenced master reported after the fact
     final        text,                               -- JSON: the child's final, held before it is acked
+    progress     text,                               -- JSON [done, total, note]: the last phoenix.progress()
     UNIQUE (job_id, n)
 );
 CREATE INDEX IF NOT EXISTS attempts_open ON attempts (master) WHERE outcome IS NULL;
@@ -828,18 +834,18 @@ class PgStore:
         with self._one() as cur:
             cur.execute(
                 "SELECT j.id, j.key, j.target, j.params, j.state, j.attempts, j.outcome, j.result, j.error, "
-                f"a.pid, a.master, l.reason, l.max_rss_kb FROM {source} "
+                f"a.pid, a.master, l.reason, l.max_rss_kb, l.progress FROM {source} "
                 "LEFT JOIN attempts l ON l.job_id = j.id AND l.n = j.attempts "
                 f"WHERE {' AND '.join(conditions)} ORDER BY j.id LIMIT %(limit)s",
                 {"node": node, "state": state, "after": after, "limit": limit})
             rows = cur.fetchall()
         for (job_id, key, target, params, state, attempts, outcome, result, error, pid, master, reason,
-             max_rss_kb) in rows:
+             max_rss_kb, progress) in rows:
             yield {
                 "id": job_id, "key": key, "target": target, "params": stored_json(params), "state": state,
                 "attempt": attempts, "pid": pid if state == "running" else None, "node": master,
                 "outcome": outcome, "result": stored_json(result) if result is not None else None, "error": error,
-                "reason": reason, "max_rss_kb": max_rss_kb,
+                "reason": reason, "max_rss_kb": max_rss_kb, "progress": progress,
             }
 
     def timeline_recent(self, limit: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
@@ -898,10 +904,11 @@ class PgStore:
     def attempts_of(self, job_id: int) -> list[dict[str, Any]]:
         with self._one() as cur:
             cur.execute("SELECT n, generation, pid, started_at, ended_at, outcome, reason, error, max_rss_kb, "
-                        "master, state, late_outcome FROM attempts WHERE job_id = %s ORDER BY n", (job_id,))
+                        "master, state, late_outcome, progress FROM attempts WHERE job_id = %s ORDER BY n",
+                        (job_id,))
             return _dicts(cur)
 
-    def retry(self, keys: list[str] | None, target: str | None = None) -> list[str]:
+    def retry(self, keys: list[str] | None, target: str | None = None, fresh: bool = False) -> list[str]:
         if target is not None and unstorable(target):
             return []  # no job has it (check_target_form refuses it at submit)
         with self._tx() as cur:
@@ -932,9 +939,31 @@ class PgStore:
                 cur.execute("DELETE FROM callbacks WHERE job_id = %s", (job_id,))
                 cur.execute(f"UPDATE jobs SET state = 'pending', failures = 0, not_before = 0, updated_at = {_NOW} "
                             f"WHERE id = %s", (job_id,))
+                if fresh:
+                    cur.execute("UPDATE jobs SET checkpoint = NULL, checkpoint_at = NULL WHERE id = %s", (job_id,))
             if rows:
                 cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
         return [key for _id, key in rows]
+
+    # -- long jobs (docs/long-jobs.md) -------------------------------------------
+
+    def save_checkpoints(self, saves: list[tuple[int, int, int, str]]) -> None:
+        """As the SQLite journal's: kept once committed (the acks follow)."""
+        where = SAVE_CHECKPOINT_WHERE.format(n="%(n)s", seq="%(seq)s")
+        with self._tx() as cur:
+            cur.executemany(f"UPDATE jobs SET checkpoint = %(cp)s, checkpoint_at = {_NOW}, checkpoint_attempt = %(n)s, "
+                            f"checkpoint_seq = %(seq)s WHERE id = %(job)s AND {where}",
+                            [{"job": job_id, "n": n, "seq": seq, "cp": text} for job_id, n, seq, text in saves])
+
+    def checkpoint_of(self, job_id: int) -> str | None:
+        with self._one() as cur:
+            cur.execute("SELECT checkpoint FROM jobs WHERE id = %s", (job_id,))
+            row = cur.fetchone()
+        return None if row is None else row[0]
+
+    def save_progress(self, reported: list[tuple[int, str]]) -> None:
+        with self._tx() as cur:
+            cur.executemany("UPDATE attempts SET progress = %s WHERE id = %s", [(text, a) for a, text in reported])
 
     def request_cancel(self, attempt_id: int) -> None:
         """As the SQLite journal's: a cancel under way, noted on the open attempt."""
@@ -1135,6 +1164,11 @@ _UPGRADES = {
 ALTER TABLE masters ADD COLUMN IF NOT EXISTS instance text, ADD COLUMN IF NOT EXISTS outage_budget double precision;
 ALTER TABLE callbacks ADD COLUMN IF NOT EXISTS owner_epoch bigint;
 ALTER TABLE jobs RESET (fillfactor)
+""",
+    3: """
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS checkpoint text, ADD COLUMN IF NOT EXISTS checkpoint_at double precision,
+    ADD COLUMN IF NOT EXISTS checkpoint_attempt integer, ADD COLUMN IF NOT EXISTS checkpoint_seq integer;
+ALTER TABLE attempts ADD COLUMN IF NOT EXISTS progress text
 """,
 }
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from phoenix.linux import clock
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
@@ -29,7 +29,7 @@ from phoenix.rules.outcomes import CANCELLED_REASON
 # header) and which schema it holds (PRAGMA user_version): a file of another
 # program, or of a newer Phoenix, is refused rather than written over.
 APPLICATION_ID = int.from_bytes(b"PHNX", "big")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 4
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _TABLES = frozenset({"meta", "jobs", "attempts", "callbacks", "events"})
 
@@ -50,7 +50,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     result      TEXT,                       -- JSON
     error       TEXT,
     created_at  REAL NOT NULL,
-    updated_at  REAL NOT NULL
+    updated_at  REAL NOT NULL,
+    checkpoint  TEXT,                       -- JSON: the last phoenix.checkpoint() of its attempts
+    checkpoint_at      REAL,                -- wall clock, for display
+    checkpoint_attempt INTEGER,             -- the attempt (n) and message (seq) that saved it: an older
+    checkpoint_seq     INTEGER              -- one arriving late (from an outbox) never replaces it
 );
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (state, not_before, id);
 CREATE TABLE IF NOT EXISTS attempts (
@@ -68,6 +72,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     error       TEXT,
     max_rss_kb  INTEGER,
     final       TEXT,                       -- JSON: the child's final message, held (and acked) before its exit
+    progress    TEXT,                       -- JSON [done, total, note]: the job's last phoenix.progress()
     UNIQUE (job_id, n)
 );
 CREATE INDEX IF NOT EXISTS attempts_open ON attempts (outcome) WHERE outcome IS NULL;
@@ -296,6 +301,28 @@ class OpenAttempt:
     cancel_requested: bool = False
 
 
+
+
+def _upgrade_3_to_4(db: sqlite3.Connection) -> None:
+    """Checkpoints on the job, progress on the attempt (docs/long-jobs.md)."""
+    for table, column, declaration in (("jobs", "checkpoint", "TEXT"), ("jobs", "checkpoint_at", "REAL"),
+                                       ("jobs", "checkpoint_attempt", "INTEGER"),
+                                       ("jobs", "checkpoint_seq", "INTEGER"), ("attempts", "progress", "TEXT")):
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+# Each schema version's upgrade to the next, applied at open in one
+# transaction with the version's change (user_version). The steps before 3
+# are other changes' (none is needed by this one's columns).
+_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {3: _upgrade_3_to_4}
+
+# A checkpoint is kept if its attempt is the job's latest and it is newer than
+# the one kept: a late one (an outbox read after a newer one was acknowledged,
+# a fenced attempt's) never replaces it. Shared with the PostgreSQL store.
+SAVE_CHECKPOINT_WHERE = ("attempts = {n} AND (checkpoint_attempt IS NULL OR checkpoint_attempt < {n} "
+                         "OR (checkpoint_attempt = {n} AND checkpoint_seq < {seq}))")
+
 # Added after the first release: (table, column, declaration), created in older journals on open.
 _ADDED_COLUMNS = (
     ("jobs", "not_before_boot", "REAL"),
@@ -440,6 +467,13 @@ class Journal:
             # acknowledged to someone are made durable one by one: see transaction().
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
+            (version,) = self.db.execute("PRAGMA user_version").fetchone()
+            if version < SCHEMA_VERSION:
+                with self.transaction(durable=True) as db:
+                    for step in range(version, SCHEMA_VERSION):
+                        if step in _UPGRADES:
+                            _UPGRADES[step](db)
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             if _needs_columns(self.db):
                 with self.transaction() as db:
                     _add_columns(db)  # a journal of an older Phoenix gets the columns this one writes
@@ -473,7 +507,7 @@ class Journal:
                                          f"Phoenix journal made before application_id has version 1")
             with self.transaction() as db:
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                db.execute("PRAGMA user_version = 1")  # then upgraded like any version-1 journal
             return
         if version > SCHEMA_VERSION:
             raise JournalError(
@@ -857,12 +891,13 @@ class Journal:
         where = "j.state = :state AND j.id > :after" if state is not None else "j.id > :after"
         cur = self.db.execute(
             "SELECT j.id, j.key, j.target, j.params, j.state, j.attempts, j.outcome, j.result, j.error, "
-            "a.pid, l.reason, l.max_rss_kb FROM jobs j "
+            "a.pid, l.reason, l.max_rss_kb, l.progress FROM jobs j "
             "LEFT JOIN attempts a ON a.job_id = j.id AND a.outcome IS NULL "
             f"LEFT JOIN attempts l ON l.job_id = j.id AND l.n = j.attempts WHERE {where} ORDER BY j.id LIMIT :limit",
             {"state": state, "after": after, "limit": -1 if limit is None else limit},
         )
-        for job_id, key, target, params, state, attempts, outcome, result, error, pid, reason, max_rss_kb in cur:
+        for (job_id, key, target, params, state, attempts, outcome, result, error, pid, reason, max_rss_kb,
+             progress) in cur:
             yield {
                 "id": job_id,
                 "key": key,
@@ -876,6 +911,7 @@ class Journal:
                 "error": error,
                 "reason": reason,  # of the last attempt: SIGSEGV, exit code 3, heartbeat_timeout ...
                 "max_rss_kb": max_rss_kb,  # of the last attempt that ended, when known
+                "progress": progress,  # JSON [done, total, note]: the last attempt's phoenix.progress()
             }
 
     def timeline_recent(self, limit: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
@@ -945,16 +981,17 @@ class Journal:
 
     def attempts_of(self, job_id: int) -> list[dict[str, Any]]:
         cur = self.db.execute(
-            "SELECT n, generation, pid, started_at, ended_at, outcome, reason, error, max_rss_kb FROM attempts "
-            "WHERE job_id = ? ORDER BY n", (job_id,))
+            "SELECT n, generation, pid, started_at, ended_at, outcome, reason, error, max_rss_kb, progress "
+            "FROM attempts WHERE job_id = ? ORDER BY n", (job_id,))
         names = [c[0] for c in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
 
-    def retry(self, keys: list[str] | None, target: str | None = None) -> list[str]:
+    def retry(self, keys: list[str] | None, target: str | None = None, fresh: bool = False) -> list[str]:
         """Failed and cancelled jobs back to pending with a fresh retry budget
         (their attempts stay, numbered on), in one transaction: the named
         `keys` (all or none: RetryRefused names a key that cannot be), or
         with None every failed job (of `target`), never a cancelled one.
+        `fresh`: their checkpoints go too (they start from the beginning).
         Returns the keys."""
         if target is not None and unstorable(target):
             return []  # no job has it (check_target_form refuses it at submit)
@@ -985,7 +1022,33 @@ class Journal:
                 db.execute("DELETE FROM callbacks WHERE job_id = ?", (job_id,))
                 db.execute("UPDATE jobs SET state = 'pending', failures = 0, not_before = 0, not_before_boot = NULL, "
                            "not_before_boot_id = NULL, updated_at = ? WHERE id = ?", (now, job_id))
+                if fresh:
+                    db.execute("UPDATE jobs SET checkpoint = NULL, checkpoint_at = NULL WHERE id = ?", (job_id,))
         return [key for _id, key in rows]
+
+    # -- long jobs (docs/long-jobs.md) -------------------------------------------
+
+    def save_checkpoints(self, saves: list[tuple[int, int, int, str]]) -> None:
+        """(job id, attempt number, seq, JSON) checkpoints, durable when this
+        returns (each is acknowledged to its child next), in one transaction."""
+        now = time.time()
+        where = SAVE_CHECKPOINT_WHERE.format(n=":n", seq=":seq")
+        with self.transaction(durable=True) as db:
+            db.executemany(f"UPDATE jobs SET checkpoint = :cp, checkpoint_at = :at, checkpoint_attempt = :n, "
+                           f"checkpoint_seq = :seq WHERE id = :job AND {where}",
+                           [{"job": job_id, "n": n, "seq": seq, "cp": text, "at": now}
+                            for job_id, n, seq, text in saves])
+
+    def checkpoint_of(self, job_id: int) -> str | None:
+        """The job's last checkpoint (JSON), for its next attempt's order."""
+        row = self.db.execute("SELECT checkpoint FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def save_progress(self, reported: list[tuple[int, str]]) -> None:
+        """(attempt id, JSON [done, total, note]) of running attempts, in one
+        transaction: not durable (only shown; the next report replaces it)."""
+        with self.transaction() as db:
+            db.executemany("UPDATE attempts SET progress = ? WHERE id = ?", [(text, a) for a, text in reported])
 
     def request_cancel(self, attempt_id: int) -> None:
         """A running attempt is being cancelled: noted on it (its `reason`,

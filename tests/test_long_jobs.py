@@ -1,0 +1,112 @@
+"""Long jobs (docs/long-jobs.md), with real masters and children: a job
+resumes from its checkpoint after its child is SIGKILLed (SQLite and the
+shared PostgreSQL store) and after a polite stop then a start; progress is
+shown while a job runs and kept with its attempt."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Master, phoenix_cli, wait_for
+
+APP = "tests.apps.longjobs:app"
+
+
+def show(state_dir: Path | None, key: str, *store: str) -> dict[str, Any]:
+    result = phoenix_cli("show", key, "--json", *store, state_dir=state_dir)
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def attempts_started(log: Path) -> list[tuple[int, int, int]]:
+    """(attempt, pid, item it started from) of each attempt, as the job wrote them."""
+    if not log.exists():
+        return []
+    return [tuple(int(x) for x in line.split()) for line in log.read_text().splitlines()]  # type: ignore[misc]
+
+
+def kill_the_held_crawl_and_let_it_resume(tmp_path: Path, state_dir: Path | None, *store: str) -> None:
+    log, gate = tmp_path / "attempts.log", tmp_path / "gate"
+    params = {"n": 6, "hold_at": 3, "gate": str(gate), "log": str(log)}
+    result = phoenix_cli("submit", "tests.apps.longjobs:crawl", json.dumps(params), "--key", "crawl", *store,
+                         state_dir=state_dir)
+    assert result.returncode == 0, result.stderr
+    # Items 0-2 done and checkpointed; the job waits before item 3.
+    wait_for(lambda: show(state_dir, "crawl", *store)["checkpoint"] == {"next": 3}, what="the third checkpoint")
+    [(_attempt, pid, start)] = attempts_started(log)
+    assert start == 0
+    os.kill(pid, signal.SIGKILL)
+    gate.touch()
+    report = wait_for(lambda: (r := show(state_dir, "crawl", *store))["state"] == "finished" and r,
+                      what="the job to finish on its second attempt")
+    assert [(a, s) for a, _pid, s in attempts_started(log)] == [(1, 0), (2, 3)]
+    assert report["result"] == {"started_at": 3}
+    assert report["attempt_list"][0]["outcome"] == "signalled"
+    assert report["checkpoint"] == {"next": 6}
+
+
+def test_a_job_resumes_from_its_checkpoint_after_its_child_is_killed(master_factory, state_dir, tmp_path):
+    master_factory(app=APP)
+    kill_the_held_crawl_and_let_it_resume(tmp_path, state_dir)
+
+
+def test_a_job_resumes_on_the_shared_store_after_its_child_is_killed(tmp_path, pg_url):
+    master = Master(tmp_path / "node", APP, "--store", pg_url, "--node", "node", log_dir=tmp_path).start()
+    try:
+        kill_the_held_crawl_and_let_it_resume(tmp_path, None, "--store", pg_url)
+    finally:
+        master.stop()
+
+
+def test_a_drain_out_of_time_interrupts_politely_and_the_next_start_resumes(master_factory, state_dir, tmp_path):
+    log = tmp_path / "attempts.log"
+    master = master_factory(app=APP)
+    master.submit("tests.apps.longjobs:polite", {"n": 100, "log": str(log)}, key="polite")
+    wait_for(lambda: (show(state_dir, "polite")["progress"] or {}).get("done", 0) >= 3, what="some progress")
+    result = phoenix_cli("stop", "--drain", "--timeout", "0.5", state_dir=state_dir)
+    assert result.returncode == 0, result.stderr
+    assert "interrupting them" in result.stderr
+    assert master.wait_exit() == 0
+    stopped = show(state_dir, "polite")
+    # The job saved its place in its except phoenix.Interrupted, and let it end the attempt.
+    assert stopped["state"] == "pending" and stopped["failures"] == 0
+    assert stopped["attempt_list"][0]["outcome"] == "interrupted"
+    saved = stopped["checkpoint"]["next"]
+    assert saved >= 2
+    master_factory(app=APP)
+    finished = wait_for(lambda: (r := show(state_dir, "polite"))["state"] == "finished" and r,
+                        what="the job to finish after the restart")
+    assert [(a, s) for a, _pid, s in attempts_started(log)] == [(1, 0), (2, saved)]
+    assert finished["result"] == {"started_at": saved}
+
+
+def test_progress_is_shown_while_a_job_runs_and_kept_with_its_attempt(master_factory, state_dir, tmp_path):
+    gate = tmp_path / "gate"
+    master = master_factory(app=APP)
+    master.submit("tests.apps.longjobs:reporting", {"gate": str(gate)}, key="spin")
+
+    def running_progress() -> Any:
+        jobs = master.status()["jobs"]
+        return jobs and jobs[0]["progress"]
+
+    shown = wait_for(running_progress, what="progress in phoenix status --json")
+    assert shown["note"] == "spinning" and shown["done"] > 0 and shown["total"] is None
+    assert wait_for(lambda: show(state_dir, "spin")["progress"], timeout=5, what="progress in phoenix show")
+    gate.touch()
+    report = wait_for(lambda: (r := show(state_dir, "spin"))["state"] == "finished" and r, what="the job's end")
+    calls = report["result"]["calls"]
+    assert report["attempt_list"][0]["progress"] == {"done": calls, "total": calls, "note": "done"}
+
+
+def test_a_checkpoint_that_is_not_json_fails_the_job_with_the_fix(master_factory, state_dir):
+    master = master_factory(app=APP)
+    master.submit("tests.apps.longjobs:bad_checkpoint", {"what": "set"}, key="bad")
+    report = wait_for(lambda: (r := show(state_dir, "bad"))["state"] == "failed" and r, what="the job to fail")
+    last_line = report["error"].rstrip().splitlines()[-1]
+    assert last_line.startswith("TypeError: a checkpoint must be JSON (Object of type set is not JSON serializable)")
+    assert report["checkpoint"] is None
