@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,8 @@ def test_a_drain_out_of_time_interrupts_politely_and_the_next_start_resumes(mast
 
 def test_progress_is_shown_while_a_job_runs_and_kept_with_its_attempt(master_factory, state_dir, tmp_path):
     gate = tmp_path / "gate"
-    master = master_factory(app=APP)
+    master = master_factory("--metrics", "127.0.0.1:0", app=APP)
+    metrics = master.wait_log("metrics address=").split("metrics address=")[1].split()[0]
     master.submit("tests.apps.longjobs:reporting", {"gate": str(gate)}, key="spin")
 
     def running_progress() -> Any:
@@ -97,10 +99,14 @@ def test_progress_is_shown_while_a_job_runs_and_kept_with_its_attempt(master_fac
     shown = wait_for(running_progress, what="progress in phoenix status --json")
     assert shown["note"] == "spinning" and shown["done"] > 0 and shown["total"] is None
     assert wait_for(lambda: show(state_dir, "spin")["progress"], timeout=5, what="progress in phoenix show")
+    assert 'phoenix_job_progress_done{job="spin"}' in urllib.request.urlopen(metrics, timeout=5).read().decode()
     gate.touch()
     report = wait_for(lambda: (r := show(state_dir, "spin"))["state"] == "finished" and r, what="the job's end")
     calls = report["result"]["calls"]
     assert report["attempt_list"][0]["progress"] == {"done": calls, "total": calls, "note": "done"}
+    page = tmp_path / "timeline.html"
+    assert phoenix_cli("report", "--html", str(page), state_dir=state_dir).returncode == 0
+    assert f"progress {calls} of {calls}: done" in page.read_text()
 
 
 def test_a_checkpoint_that_is_not_json_fails_the_job_with_the_fix(master_factory, state_dir):

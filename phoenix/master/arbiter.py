@@ -683,6 +683,11 @@ class Master:
               effect="the master exits once the journal takes them (retried every 1 s): free space or fix "
                      "the state directory; a SIGKILL now leaves them to the children that still hold them")
 
+    def progress_reported(self) -> list[tuple[str, list[Any]]]:
+        """(job key, [done, total, note]) of the running jobs that report progress (the metrics' thread reads it:
+        list() copies the values in one step under the GIL)."""
+        return [(a.key, a.reported) for a in list(self.children.values()) if a.reported is not None]
+
     def batch_counts(self) -> dict[str, int]:
         return self.journal.batch_counts(self.run_started_at)
 

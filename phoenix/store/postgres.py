@@ -857,7 +857,8 @@ class PgStore:
                         "WHERE attempts > 0 OR state = 'failed' ORDER BY updated_at DESC, id DESC LIMIT %s", (limit,))
             jobs = sorted(_dicts(cur), key=lambda job: int(job["job_id"]))
             cur.execute("SELECT a.job_id, j.key, a.n, a.pid, a.started_at, a.ended_at, a.outcome, a.reason, "
-                        "a.error, a.master, a.state, a.late_outcome FROM attempts a JOIN jobs j ON j.id = a.job_id "
+                        "a.error, a.master, a.state, a.late_outcome, a.progress FROM attempts a "
+                        "JOIN jobs j ON j.id = a.job_id "
                         "WHERE a.job_id = ANY(%s) ORDER BY a.job_id, a.n", ([job["job_id"] for job in jobs],))
             attempts = _dicts(cur)
             cur.execute("SELECT count(*) FROM jobs WHERE state = 'pending' AND attempts = 0")

@@ -925,7 +925,7 @@ class Journal:
         names = [c[0] for c in cur.description]
         jobs = sorted((dict(zip(names, row, strict=True)) for row in cur), key=lambda job: job["job_id"])
         cur = self.db.execute(
-            "SELECT a.job_id, j.key, a.n, a.pid, a.started_at, a.ended_at, a.outcome, a.reason, a.error "
+            "SELECT a.job_id, j.key, a.n, a.pid, a.started_at, a.ended_at, a.outcome, a.reason, a.error, a.progress "
             "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.job_id IN (SELECT value FROM json_each(?)) "
             "ORDER BY a.job_id, a.n", (json.dumps([job["job_id"] for job in jobs]),))
         names = [c[0] for c in cur.description]
