@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from phoenix.wire import heartbeat as protocol
 from tests.conftest import Master, phoenix_cli, wait_for
 
 APP = "tests.apps.longjobs:app"
@@ -62,6 +63,29 @@ def test_a_job_resumes_on_the_shared_store_after_its_child_is_killed(tmp_path, p
         kill_the_held_crawl_and_let_it_resume(tmp_path, None, "--store", pg_url)
     finally:
         master.stop()
+
+
+def test_a_checkpoint_no_master_answers_is_kept_in_the_outbox_and_resumed_from(master_factory, state_dir,
+                                                                                 tmp_path):
+    log, gate = tmp_path / "attempts.log", tmp_path / "gate"
+    master = master_factory(app=APP)
+    master.submit("tests.apps.longjobs:crawl", {"n": 8, "hold_at": 3, "gate": str(gate), "log": str(log)},
+                  key="crawl")
+    wait_for(lambda: show(state_dir, "crawl")["checkpoint"] == {"next": 3}, what="the third checkpoint")
+    [(_attempt, pid, _start)] = attempts_started(log)
+    master.signal(signal.SIGKILL)  # no master: the next checkpoints go to the outbox
+    master.wait_exit()
+    gate.touch()
+    outbox = master.paths.outbox / "1.1.checkpoint.json"
+    wait_for(outbox.exists, timeout=10, what="the checkpoint in the outbox (outcome_delivery_timeout 2 s)")
+    os.kill(pid, signal.SIGKILL)  # a child of no master: reaped by init
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what="the child to be gone")
+    saved = json.loads(outbox.read_bytes())[protocol.SAVED]["next"]
+    assert saved >= 4
+    master_factory(app=APP)
+    wait_for(lambda: show(state_dir, "crawl")["state"] == "finished", what="the job to finish on its second attempt")
+    assert [(a, s) for a, _pid, s in attempts_started(log)] == [(1, 0), (2, saved)]
+    assert not outbox.exists()
 
 
 def test_a_drain_out_of_time_interrupts_politely_and_the_next_start_resumes(master_factory, state_dir, tmp_path):

@@ -1,14 +1,12 @@
 """The pure parts of long jobs (docs/long-jobs.md): what phoenix.progress()
 and phoenix.checkpoint() accept, the polite stop's handler, the checkpoint
-message, the outcome of a job that let phoenix.Interrupted end it, the rule
-that keeps the newest checkpoint in the journal, and the bounded rate at
-which progress is written."""
+message, the outcome of a job that let phoenix.Interrupted end it, and the
+bounded rate at which progress is written (the stores' rules: tests/store/test_contract.py)."""
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +16,6 @@ from phoenix.master.attempts import Attempt
 from phoenix.master.longjobs import PROGRESS_WRITE_EVERY, ProgressWriter
 from phoenix.rules.outcomes import classify
 from phoenix.rules.states import KillReason, Outcome
-from phoenix.store.sqlite import Job, Journal
 from phoenix.wire import heartbeat as protocol
 
 
@@ -98,19 +95,6 @@ def test_a_job_that_let_interrupted_end_it_is_judged_by_why_it_was_stopped(inter
     result = classify(final=INTERRUPTED_FINAL, status=256, interrupted=interrupted, kill_reason=kill_reason,
                       kill_detail=None)
     assert result.outcome == outcome
-
-
-def test_the_journal_keeps_the_newest_checkpoint_of_the_jobs_latest_attempt(tmp_path: Path):
-    with Journal(tmp_path / "journal.db") as journal:
-        job_id, _ = journal.submit("m:f", "{}", key="k")
-        for n in (1, 2):
-            journal.begin_attempt(Job(job_id, "k", "m:f", "{}", n - 1, 0), 1, 100 + n, None)
-        journal.save_checkpoints([(job_id, 2, 5, '{"at":5}')])
-        journal.save_checkpoints([(job_id, 2, 4, '{"at":4}')])  # older (an outbox read late)
-        journal.save_checkpoints([(job_id, 1, 9, '{"at":"attempt 1"}')])  # a superseded attempt's
-        assert journal.checkpoint_of(job_id) == '{"at":5}'
-        journal.save_checkpoints([(job_id, 2, 6, '{"at":6}')])
-        assert journal.checkpoint_of(job_id) == '{"at":6}'
 
 
 class FakeClock:
