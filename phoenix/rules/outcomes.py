@@ -49,6 +49,9 @@ def classify_exit(status: int) -> tuple[Outcome, str]:
     return Outcome.EXITED, f"exit code {os.WEXITSTATUS(status)}"
 
 
+# The reason of an attempt that ended on phoenix.Interrupted when its master stopped it.
+POLITELY_STOPPED = "stopped; it ended on phoenix.Interrupted (its checkpoint is where the next attempt starts)"
+
 # The reason of a cancelled attempt, and the start of the error `on_failed` receives.
 CANCELLED_REASON = "cancelled by the operator (phoenix cancel)"
 
@@ -87,7 +90,8 @@ def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: b
     what happened); max RSS is recorded in its own column, not in it."""
     reason: str | None = None
     error: str | None = None
-    if final is not None and final.get(protocol.INTERRUPTED) is True and (interrupted or kill_reason is not None):
+    polite = final is not None and final.get(protocol.INTERRUPTED) is True
+    if polite and (interrupted or kill_reason is not None):
         # The job let phoenix.Interrupted end it, as its master asked: the
         # attempt ended for the reason it was stopped, not of its own error.
         # (A TERM from anyone else leaves it the job's error.)
@@ -106,7 +110,7 @@ def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: b
     elif final is not None:
         outcome, error = Outcome.ERROR, _error_text(final)
     elif interrupted:
-        outcome, reason = Outcome.INTERRUPTED, "stopped before it finished"
+        outcome, reason = Outcome.INTERRUPTED, POLITELY_STOPPED if polite else "stopped before it finished"
     elif kill_reason is not None:
         outcome, reason = Outcome.KILLED, str(kill_reason)
     elif status is not None:

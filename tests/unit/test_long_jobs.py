@@ -14,7 +14,7 @@ from phoenix.child.longjobs import MAX_NOTE_CHARS, Interrupted, PoliteStop, chec
 from phoenix.linux.untrusted import MAX_JSON_DEPTH
 from phoenix.master.attempts import Attempt
 from phoenix.master.longjobs import PROGRESS_WRITE_EVERY, ProgressWriter
-from phoenix.rules.outcomes import classify
+from phoenix.rules.outcomes import POLITELY_STOPPED, classify
 from phoenix.rules.states import KillReason, Outcome
 from phoenix.wire import heartbeat as protocol
 
@@ -95,6 +95,7 @@ def test_a_job_that_let_interrupted_end_it_is_judged_by_why_it_was_stopped(inter
     result = classify(final=INTERRUPTED_FINAL, status=256, interrupted=interrupted, kill_reason=kill_reason,
                       kill_detail=None)
     assert result.outcome == outcome
+    assert (result.reason == POLITELY_STOPPED) == (outcome == Outcome.INTERRUPTED)
 
 
 class FakeClock:
