@@ -31,16 +31,30 @@ class Interrupted(BaseException):
     that an `except Exception` in the job does not swallow it."""
 
 
+# Numbers a float holds (metrics and the status table make floats of them).
+_LIMIT = 2**63
+
+
 def _number(value: object) -> bool:
-    return type(value) is int or (isinstance(value, float) and type(value) is float and math.isfinite(value))
+    if isinstance(value, int) and type(value) is int:  # (not a bool)
+        return -_LIMIT <= value < _LIMIT
+    return isinstance(value, float) and type(value) is float and math.isfinite(value)
+
+
+def _what(value: object) -> str:
+    """A value named for an error line, never printed in full (a huge int's repr raises)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "a number out of range"
+    return f"a {type(value).__name__}"
 
 
 def progress_value(done: Any, total: Any, note: Any) -> list[Any]:
     """[done, total, note] as a message carries it; TypeError or ValueError
     (one line saying what to pass instead) for anything else."""
     if not _number(done) or (total is not None and not _number(total)):
-        raise TypeError(f"phoenix.progress() takes numbers: done={done!r}, total={total!r}; pass an int or a "
-                        "finite float (total may be None)")
+        bad = "done" if not _number(done) else "total"
+        raise TypeError(f"phoenix.progress() got {_what(done if bad == 'done' else total)} for {bad}: pass an int "
+                        "(below 2**63 in size) or a finite float (total may be None)")
     if note is not None:
         if not isinstance(note, str):
             raise TypeError(f"phoenix.progress() takes a str note (or None), not a {type(note).__name__}")

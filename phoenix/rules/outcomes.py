@@ -52,6 +52,8 @@ def classify_exit(status: int) -> tuple[Outcome, str]:
 # The reason of an attempt that ended on phoenix.Interrupted when its master stopped it.
 POLITELY_STOPPED = "stopped; it ended on phoenix.Interrupted (its checkpoint is where the next attempt starts)"
 
+OUTSIDE_TERM = "SIGTERM, not sent by Phoenix; the job ended on phoenix.Interrupted"
+
 # The reason of a cancelled attempt, and the start of the error `on_failed` receives.
 CANCELLED_REASON = "cancelled by the operator (phoenix cancel)"
 
@@ -91,11 +93,12 @@ def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: b
     reason: str | None = None
     error: str | None = None
     polite = final is not None and final.get(protocol.INTERRUPTED) is True
-    if polite and (interrupted or kill_reason is not None):
-        # The job let phoenix.Interrupted end it, as its master asked: the
-        # attempt ended for the reason it was stopped, not of its own error.
-        # (A TERM from anyone else leaves it the job's error.)
+    if polite:
+        # The job let phoenix.Interrupted end it: the attempt ended for the
+        # reason it was stopped, not of its own error.
         final = None
+        if not interrupted and kill_reason is None:  # a TERM Phoenix did not send: as if it had killed the job
+            return Classified(Outcome.SIGNALLED, "SIGTERM", OUTSIDE_TERM, None)
     if final is not None and final.get(protocol.KIND) == "finished":
         try:
             return Classified(Outcome.FINISHED, None, None, _result_json(final.get(protocol.RESULT)))

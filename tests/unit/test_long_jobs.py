@@ -29,10 +29,11 @@ def test_progress_takes_numbers_and_a_short_note(args, expected):
 
 
 @pytest.mark.parametrize(("args", "fix"), [
-    ((True, None, None), "pass an int or a finite float"),
-    (("3", None, None), "pass an int or a finite float"),
-    ((math.nan, None, None), "pass an int or a finite float"),
-    ((1, math.inf, None), "pass an int or a finite float"),
+    ((True, None, None), "got a bool for done: pass an int"),
+    (("3", None, None), "got a str for done: pass an int"),
+    ((math.nan, None, None), "got a number out of range for done"),
+    ((1, math.inf, None), "got a number out of range for total"),
+    ((10**5000, None, None), "got a number out of range for done: pass an int (below 2**63 in size)"),
     ((1, None, 7), "takes a str note"),
     ((1, None, "x" * (MAX_NOTE_CHARS + 1)), f"over the {MAX_NOTE_CHARS}-character limit"),
 ])
@@ -89,7 +90,7 @@ INTERRUPTED_FINAL = {protocol.KIND: "failed", protocol.ERROR: "Traceback ...\nph
     (True, None, Outcome.INTERRUPTED),  # phoenix stop, a drain out of time: no retry used
     (False, KillReason.HEARTBEAT_TIMEOUT, Outcome.KILLED),  # a hang kill's TERM: still the kill
     (False, KillReason.CANCELLED, Outcome.CANCELLED),
-    (False, None, Outcome.ERROR),  # a TERM its master did not send: the job's error
+    (False, None, Outcome.SIGNALLED),  # a TERM its master did not send: as a SIGTERM that killed it
 ])
 def test_a_job_that_let_interrupted_end_it_is_judged_by_why_it_was_stopped(interrupted, kill_reason, outcome):
     result = classify(final=INTERRUPTED_FINAL, status=256, interrupted=interrupted, kill_reason=kill_reason,
