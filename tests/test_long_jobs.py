@@ -133,10 +133,13 @@ def test_progress_is_shown_while_a_job_runs_and_kept_with_its_attempt(master_fac
     assert f"progress {calls} of {calls}: done" in page.read_text()
 
 
-def test_a_checkpoint_that_is_not_json_fails_the_job_with_the_fix(master_factory, state_dir):
+def test_a_checkpoint_that_is_not_json_or_too_large_fails_the_job_with_the_fix(master_factory, state_dir):
     master = master_factory(app=APP)
-    master.submit("tests.apps.longjobs:bad_checkpoint", {"what": "set"}, key="bad")
-    report = wait_for(lambda: (r := show(state_dir, "bad"))["state"] == "failed" and r, what="the job to fail")
-    last_line = report["error"].rstrip().splitlines()[-1]
-    assert last_line.startswith("TypeError: a checkpoint must be JSON (Object of type set is not JSON serializable)")
-    assert report["checkpoint"] is None
+    master.submit("tests.apps.longjobs:bad_checkpoint", {"what": "set"}, key="set")
+    master.submit("tests.apps.longjobs:bad_checkpoint", {"what": "large"}, key="large")
+    expected = {"set": "TypeError: a checkpoint must be JSON (Object of type set is not JSON serializable)",
+                "large": "phoenix.wire.heartbeat.CheckpointTooLarge: the checkpoint is 71682 bytes of JSON, more than the 65536-byte limit"}
+    for key, line in expected.items():
+        report = wait_for(lambda: (r := show(state_dir, key))["state"] == "failed" and r, what="the job to fail")
+        assert report["error"].rstrip().splitlines()[-1].startswith(line), report["error"]
+        assert report["checkpoint"] is None

@@ -77,13 +77,18 @@ class _Runtime:
         self.stop = PoliteStop()
 
     def next_message(self, kind: str, **body: Any) -> bytes:
+        return self.numbered(kind, **body)[1]
+
+    def numbered(self, kind: str, **body: Any) -> tuple[int, bytes]:
+        """(its sequence number, the message): numbered under the lock the beat thread takes too."""
         with self.lock:
             self.seq += 1
             if kind in protocol.FINAL_KINDS:
                 self.final_seq = self.seq
                 if self.reported is not self.reported_sent:  # the last word on how far it got, kept with the attempt
                     body[protocol.PROGRESS] = self.reported
-            return protocol.encode(self.context.job_id, self.context.attempt, kind, self.seq, self.progress, **body)
+            return self.seq, protocol.encode(self.context.job_id, self.context.attempt, kind, self.seq,
+                                             self.progress, **body)
 
     def beat_forever(self) -> None:
         # The first beat is due one interval in (the master's first check
@@ -129,9 +134,10 @@ class _Runtime:
     def save(self, obj: Any) -> None:
         """phoenix.checkpoint(): on the master's journal (acknowledged) or in
         the outbox when this returns; until then, not returned."""
-        check_checkpoint(obj)  # one line naming the fix, raised in the job
-        message = self.next_message(protocol.CHECKPOINT, **{protocol.SAVED: obj})  # CheckpointTooLarge
-        seq = self.seq
+        size = len(check_checkpoint(obj))  # one line naming the fix, raised in the job
+        if size > protocol.MAX_CHECKPOINT_BYTES:  # (before it takes a sequence number the master would miss)
+            raise protocol.CheckpointTooLarge(size)
+        seq, message = self.numbered(protocol.CHECKPOINT, **{protocol.SAVED: obj})
         self.stop.saving = True
         try:
             said = False
