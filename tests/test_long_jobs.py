@@ -138,8 +138,9 @@ def test_a_checkpoint_that_is_not_json_or_too_large_fails_the_job_with_the_fix(m
     master.submit("tests.apps.longjobs:bad_checkpoint", {"what": "set"}, key="set")
     master.submit("tests.apps.longjobs:bad_checkpoint", {"what": "large"}, key="large")
     expected = {"set": "TypeError: a checkpoint must be JSON (Object of type set is not JSON serializable)",
-                "large": "phoenix.wire.heartbeat.CheckpointTooLarge: the checkpoint is 71682 bytes of JSON, more than the 65536-byte limit"}
+                "large": "phoenix.wire.heartbeat.CheckpointTooLarge: the checkpoint is 71682 bytes of JSON, more "
+                         "than the 65536-byte limit"}
     for key, line in expected.items():
-        report = wait_for(lambda: (r := show(state_dir, key))["state"] == "failed" and r, what="the job to fail")
+        report = wait_for(lambda k=key: (r := show(state_dir, k))["state"] == "failed" and r, what="the failure")
         assert report["error"].rstrip().splitlines()[-1].startswith(line), report["error"]
         assert report["checkpoint"] is None
