@@ -13,7 +13,7 @@ import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from phoenix.config import Config, ConfigError
+from phoenix.config import Config, ConfigError, parse_max_memory
 from phoenix.linux.untrusted import MAX_JSON_DEPTH, MAX_KEY_BYTES, json_too_deep, visible
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ class JobSpec:
     max_runtime: float | None = None
     heartbeat_timeout: float | None = None
     app: "App | None" = dataclasses.field(default=None, compare=False, repr=False)  # the App that registered it
+    max_memory: int | None = None  # bytes of resident memory; None: the max_memory setting's
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,14 @@ class App:
         stall_timeout: float | None = None,
         max_runtime: float | None = None,
         heartbeat_timeout: float | None = None,
+        max_memory: str | int | None = None,
     ) -> Any:
-        """Register a job function: `@app.job` or `@app.job(retries=3, ...)`."""
+        """Register a job function: `@app.job` or `@app.job(retries=3, ...)`.
+        `max_memory` ("512M", "2G"): killed (reason max_memory) past it."""
+        limit = parse_max_memory(max_memory, "@app.job(max_memory=...)")  # ValueError, one line, at import
 
         def register(f: Callable[[Any], Any]) -> Callable[[Any], Any]:
-            spec = JobSpec(target_name(f), f, retries, stall_timeout, max_runtime, heartbeat_timeout, self)
+            spec = JobSpec(target_name(f), f, retries, stall_timeout, max_runtime, heartbeat_timeout, self, limit)
             self.jobs[spec.target] = spec
             f.__phoenix_job__ = spec  # type: ignore[attr-defined]
             return f

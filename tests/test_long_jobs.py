@@ -144,3 +144,17 @@ def test_a_checkpoint_that_is_not_json_or_too_large_fails_the_job_with_the_fix(m
         report = wait_for(lambda k=key: (r := show(state_dir, k))["state"] == "failed" and r, what="the failure")
         assert report["error"].rstrip().splitlines()[-1].startswith(line), report["error"]
         assert report["checkpoint"] is None
+
+
+def test_a_job_past_its_memory_limit_is_killed_before_twice_it_while_its_neighbour_finishes(master_factory,
+                                                                                             state_dir):
+    master = master_factory(app=APP)
+    master.submit("tests.apps.longjobs:neighbour", {"s": 1.5}, key="neighbour")
+    master.submit("tests.apps.longjobs:grows", {}, key="grows")
+    grown = wait_for(lambda: (r := show(state_dir, "grows"))["state"] == "failed" and r, what="the memory kill")
+    [attempt] = grown["attempt_list"]
+    assert (attempt["outcome"], attempt["reason"]) == ("killed", "max_memory")
+    assert 150 * 1024 < attempt["max_rss_kb"] < 300 * 1024, attempt
+    assert "over the job's 150M limit" in grown["error"]
+    assert wait_for(lambda: show(state_dir, "neighbour")["state"] == "finished", what="the neighbour's end")
+    assert master.live()["master"]["memory_limits"] == "watchdog"

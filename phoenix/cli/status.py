@@ -17,7 +17,7 @@ from phoenix.wire import heartbeat as protocol
 
 MASTER_FIELDS = ("pid", "generation", "state", "started_at", "uptime", "workers", "slots_used", "spare_pid",
                  "fork_server_pid", "app",
-                 "beats", "beats_missing", "rejected", "reload", "degraded_reason")
+                 "beats", "beats_missing", "rejected", "reload", "degraded_reason", "memory_limits")
 
 
 RECENT_FAILURES = 5

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from phoenix import log
 from phoenix.app import App, AppError, JobSpec, resolve_target
-from phoenix.config import Config, ConfigError
+from phoenix.config import Config, ConfigError, parse_max_memory
 from phoenix.linux import lineage, pid1, procfs, systemd
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.pidfile import AlreadyRunning, PidFile
@@ -50,6 +50,8 @@ from phoenix.master.hangs import HangKiller, signal_attempt
 from phoenix.master.heartbeats import HeartbeatIntake
 from phoenix.master.leasekeeper import LeaseKeeper
 from phoenix.master.longjobs import ProgressWriter
+from phoenix.master.memory import MODE as MEMORY_LIMITS
+from phoenix.master.memory import MemoryWatchdog
 from phoenix.master.reaper import Reaper
 from phoenix.master.recorder import OutcomeRecorder
 from phoenix.master.scheduler import Scheduler
@@ -103,6 +105,8 @@ class Master:
                                       lambda attempts: self.recorder.hold_finals(attempts), self.child_closed,
                                       self.hold_checkpoints)
         self.progress = ProgressWriter(lambda: self.journal, self.intake.reported, time.monotonic)
+        self.memory = MemoryWatchdog(self, self.children, time.monotonic,
+                                     lambda: parse_max_memory(self.config.max_memory, "max_memory"))
         self.recorder = OutcomeRecorder(self)
         self.hangs = HangKiller(self)
         self.reaper = Reaper(self)
@@ -266,6 +270,7 @@ class Master:
                 self.run_commands()
                 self.reaper.reap()
                 self.hangs.run_due_timers(time.monotonic())
+                self.memory.look_if_due()
                 self.guarded(self.scheduler.spawn_pending_jobs)
                 self.spawner.replenish()
                 self.settler.settle()
@@ -300,7 +305,7 @@ class Master:
         if timer is not None:
             deadlines.append(timer)
         for due in (self.callbacks.next_deadline(self.config.callback_timeout), self.intake.next_deadline(),
-                    self.progress.next_deadline()):
+                    self.progress.next_deadline(), self.memory.next_deadline()):
             if due is not None:
                 deadlines.append(due)
         return min(deadlines)
@@ -493,6 +498,10 @@ class Master:
 
         self.guarded(write)
         return held
+
+    def kill_now(self, attempt: Attempt) -> None:
+        """SIGKILL the attempt's group, no grace (the memory watchdog)."""
+        signal_attempt(attempt, signal.SIGKILL)
 
     def end_children(self, why: str) -> None:
         """TERM every child's group, KILL after kill_grace; their jobs go back under their policy."""
@@ -812,6 +821,7 @@ class Master:
                 "reload": self.handoff.last_result,
                 "unrecorded_outcomes": self.unrecorded_outcomes(),
                 "journal_error": self.outage.error,
+                "memory_limits": MEMORY_LIMITS,  # what enforces max_memory
             },
             "running": {
                 str(a.job_id): {

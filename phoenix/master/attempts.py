@@ -41,6 +41,7 @@ class Attempt:
     # The job's failures when this attempt began (only its own end changes
     # them meanwhile); None: adopted, the recorder reads them from the journal.
     failures: int | None = None
+    max_memory: int | None = None  # bytes: killed past this (master/memory.py); None: no limit
 
     def limits(self, default_heartbeat_timeout: float) -> Limits:
         spec = self.spec

@@ -19,6 +19,7 @@ from phoenix.config import Config
 from phoenix.linux import clock, procfs
 from phoenix.master.attempts import Attempt
 from phoenix.master.hangs import HangKiller
+from phoenix.master.memory import MemoryWatchdog
 from phoenix.master.recorder import LOST_UNWATCHED, OutcomeRecorder
 from phoenix.master.spawner import Spawner
 from phoenix.master.timers import TimerHeap
@@ -32,6 +33,7 @@ class ReaperHost(Protocol):
     journal: Store
     config: Config
     children: dict[int, Attempt]
+    memory: MemoryWatchdog
     timers: TimerHeap
     selector: selectors.BaseSelector
     subprocesses: dict[int, Callable[[int], None]]  # pid -> on_exit(status): the preflight, the spare
@@ -93,6 +95,7 @@ class Reaper:
             except OSError as exc:  # out of descriptors or memory: adopted all the same, watched once it can be
                 self._unwatched(a.pid, a.start_time, exc)
         h.children[a.pid] = attempt
+        h.memory.watch(attempt)
         h.timers.push(now + h.config.heartbeat_timeout, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
         log.event(logging.INFO, "adopt", pid=a.pid, job=a.key, attempt=a.n, how="child" if own else "pidfd")
         if a.cancel_requested:  # the cancel its former master began

@@ -17,6 +17,7 @@ from phoenix.child import run as child
 from phoenix.config import Config
 from phoenix.linux.paths import StatePaths
 from phoenix.master.attempts import Attempt
+from phoenix.master.memory import MemoryWatchdog
 from phoenix.master.metrics import Counters
 from phoenix.master.recorder import OutcomeRecorder
 from phoenix.master.spawner import Spawner, WaitingChild
@@ -43,6 +44,7 @@ class SchedulerHost(Protocol):
     generation: int
     slots: int
     children: dict[int, Attempt]
+    memory: MemoryWatchdog
     timers: TimerHeap
     counters: Counters
     spawner: Spawner
@@ -278,6 +280,7 @@ class Scheduler:
             attempt.kill_detail = ("its child died before it received the job" if unread is None else
                                    f"its checkpoint could not be read ({unread}); it runs again")
         h.children[pid] = attempt
+        h.memory.watch(attempt)
         first_check = verdict(attempt.limits(h.config.heartbeat_timeout), last_beat=now, last_progress=now,
                               started=now, now=now).next_check
         h.timers.push(first_check, TimerKind.CHECK, pid, attempt_id)

@@ -64,3 +64,18 @@ def reporting(params):
 @app.job
 def bad_checkpoint(params):
     phoenix.checkpoint(params["what"] == "set" and {1, 2} or "x" * (70 * 1024))
+
+
+@app.job(max_memory="150M", retries=0)
+def grows(params):
+    """Grows by 20 MB every 40 ms (about 500 MB/s) until it is killed (its limit: 150M)."""
+    held = []
+    while True:
+        held.append(b"x" * (20 * 1024 * 1024))  # written: resident at once
+        time.sleep(0.04)
+
+
+@app.job
+def neighbour(params):
+    time.sleep(params["s"])
+    return "done"
