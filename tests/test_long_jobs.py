@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,23 @@ def test_a_checkpoint_no_master_answers_is_kept_in_the_outbox_and_resumed_from(m
     wait_for(lambda: show(state_dir, "crawl")["state"] == "finished", what="the job to finish on its second attempt")
     assert [(a, s) for a, _pid, s in attempts_started(log)] == [(1, 0), (2, saved)]
     assert not outbox.exists()
+
+
+def test_checkpoints_made_while_the_master_replaces_itself_are_acknowledged_by_the_new_image(master_factory,
+                                                                                          state_dir, tmp_path):
+    log = tmp_path / "attempts.log"
+    master = master_factory(app=APP)
+    master.submit("tests.apps.longjobs:crawl", {"n": 150, "step": 0.01, "log": str(log)}, key="crawl")
+    wait_for(lambda: (show(state_dir, "crawl")["checkpoint"] or {}).get("next", 0) >= 5, what="some checkpoints")
+    reload = phoenix_cli("reload", "--wait", state_dir=state_dir)
+    assert reload.returncode == 0, reload.stderr
+    reloaded_at = time.time()
+    report = wait_for(lambda: (r := show(state_dir, "crawl"))["state"] == "finished" and r, what="the job's end")
+    assert report["updated_at"] > reloaded_at  # it ran (and checkpointed) across the replacement
+    assert report["attempts"] == 1 and report["checkpoint"] == {"next": 150}
+    # None waited out outcome_delivery_timeout (2 s) for the outbox: the new image took each one.
+    assert report["result"]["slowest"] < 2.0, report["result"]
+    assert not list(master.paths.outbox.iterdir())
 
 
 def test_a_drain_out_of_time_interrupts_politely_and_the_next_start_resumes(master_factory, state_dir, tmp_path):

@@ -25,13 +25,16 @@ def _begin(params: dict) -> int:
 def crawl(params):
     """Checkpoints after every item; waits at params["hold_at"] until the file params["gate"] exists."""
     start = _begin(params)
+    slowest = 0.0
     for item in range(start, params["n"]):
         while item == params.get("hold_at") and not Path(params["gate"]).exists():
             time.sleep(0.02)
         time.sleep(params.get("step", 0.01))
+        began = time.monotonic()
         phoenix.checkpoint({"next": item + 1})
+        slowest = max(slowest, time.monotonic() - began)
         phoenix.progress(item + 1, params["n"], f"item {item}")
-    return {"started_at": start}
+    return {"started_at": start} if "hold_at" in params else {"started_at": start, "slowest": slowest}
 
 
 @app.job
