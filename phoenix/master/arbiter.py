@@ -277,7 +277,8 @@ class Master:
                 self.handoff.continue_when_quiet()
                 self.handoff.enforce_deadline()
                 self.guarded(self.check_finished)
-                self.guarded(self.progress.write_if_due)
+                if not self.outage.active:  # only shown: never a wait on a store that is out
+                    self.guarded(self.progress.write_if_due)
                 self.guarded(self.update_title)
                 self.watchdog.keep_alive()
                 self.watch_storage()

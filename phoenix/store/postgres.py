@@ -951,10 +951,14 @@ class PgStore:
     def save_checkpoints(self, saves: list[tuple[int, int, int, str]]) -> None:
         """As the SQLite journal's: kept once committed (the acks follow)."""
         where = SAVE_CHECKPOINT_WHERE.format(n="%(n)s", seq="%(seq)s")
-        with self._tx() as cur:
-            cur.executemany(f"UPDATE jobs SET checkpoint = %(cp)s, checkpoint_at = {_NOW}, checkpoint_attempt = %(n)s, "
-                            f"checkpoint_seq = %(seq)s WHERE id = %(job)s AND {where}",
-                            [{"job": job_id, "n": n, "seq": seq, "cp": text} for job_id, n, seq, text in saves])
+        statement = (f"UPDATE jobs SET checkpoint = %(cp)s, checkpoint_at = {_NOW}, checkpoint_attempt = %(n)s, "
+                     f"checkpoint_seq = %(seq)s WHERE id = %(job)s AND {where}")
+        rows = [{"job": job_id, "n": n, "seq": seq, "cp": text} for job_id, n, seq, text in saves]
+        with self._one() as cur:  # one row (the usual case) is one plain statement, as hold_finals
+            if len(rows) == 1:
+                cur.execute(statement, rows[0])
+            else:
+                cur.executemany(statement, rows)
 
     def checkpoint_of(self, job_id: int) -> str | None:
         with self._one() as cur:
@@ -963,7 +967,7 @@ class PgStore:
         return None if row is None else row[0]
 
     def save_progress(self, reported: list[tuple[int, str]]) -> None:
-        with self._tx() as cur:
+        with self._tx() as cur:  # one transaction for all: one commit per write, however many jobs report
             cur.executemany("UPDATE attempts SET progress = %s WHERE id = %s", [(text, a) for a, text in reported])
 
     def request_cancel(self, attempt_id: int) -> None:

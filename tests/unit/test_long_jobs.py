@@ -133,3 +133,23 @@ def test_progress_is_written_in_one_transaction_at_a_bounded_rate():
     clock.now += PROGRESS_WRITE_EVERY
     writer.write_if_due()
     assert store.writes[-1] == [(1, json.dumps([2, 10, "x"], separators=(",", ":")))]
+
+
+def test_a_version_3_journal_gets_the_long_jobs_columns_at_open(tmp_path):
+    import sqlite3
+
+    from phoenix.store.sqlite import SCHEMA_VERSION, Journal
+
+    path = tmp_path / "journal.db"
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    for table, column in (("jobs", "checkpoint"), ("jobs", "checkpoint_at"), ("jobs", "checkpoint_attempt"),
+                          ("jobs", "checkpoint_seq"), ("attempts", "progress")):
+        db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    with Journal(path) as journal:
+        job_id, _ = journal.submit("m:f", "{}", key="k")
+        assert journal.checkpoint_of(job_id) is None
+        assert journal.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
