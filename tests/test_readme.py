@@ -268,14 +268,31 @@ def check_bench(block: Block, tmp_path: Path) -> None:
 
 
 def check_layers(block: Block, tmp_path: Path) -> None:
+    """The package map: its floors are import-linter's layers, top-down, and each
+    folder's line (with its indented continuation lines) names every module in it."""
     contract = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
     layer_of = {name.strip().removeprefix("phoenix."): number
                 for number, layer in enumerate(contract["layers"]) for name in layer.split("|")}
-    named = [name for line in block.text.splitlines() if line.strip()
-             for name in re.findall(r"[a-z_][a-z0-9_]*", re.split(r"\s{2,}", line.strip())[0])]
-    assert sorted(named) == sorted(layer_of), "the diagram and pyproject.toml's layers name other modules"
+    floors: list[tuple[list[str], str]] = []  # (names in the first column, the description with continuations)
+    for line in block.text.splitlines():
+        if not line.strip():
+            continue
+        if line.startswith("   ") and floors:  # a continuation of the floor above
+            floors[-1] = (floors[-1][0], floors[-1][1] + " " + line.strip())
+            continue
+        first, _, description = re.sub(r"\s{2,}", "\0", line.strip(), count=1).partition("\0")
+        floors.append((re.findall(r"[a-z_][a-z0-9_]*", first), description))
+    named = [name for names, _ in floors for name in names]
+    assert sorted(named) == sorted(layer_of), "the diagram and pyproject.toml's layers name other packages"
     layers = [layer_of[name] for name in named]
     assert layers == sorted(layers), "the diagram lists the layers in another order than pyproject.toml"
+    for names, description in floors:
+        for name in names:
+            folder = REPO / "phoenix" / name
+            if folder.is_dir():
+                modules = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
+                missing = sorted(m for m in modules if not re.search(rf"\b{m}\b", description))
+                assert not missing, f"the package map's line for {name}/ does not name {missing}"
 
 
 RULES: dict[str, Callable[[Block, Path], None]] = {

@@ -138,10 +138,54 @@ def report_failure_to_old_master(reason: str) -> None:
 _fork_successor = False  # set by inherited_fds(): this image is a fork-mode successor (new pid)
 
 
+FD_LIST_PREFIX = "memfd:"
+
+
+def write_fd_list(fds: dict[str, int]) -> int:
+    """The hand-over's fd list ("heartbeat=3,link.PID.N=9,...") in an
+    inheritable memfd, whose number alone travels in the environment. The
+    list grows with the children (about 20 bytes each) and the kernel caps
+    one environment string at 128 KiB (MAX_ARG_STRLEN): past some 6,000
+    children an exec with the list itself in the environment failed with
+    E2BIG, and no deploy was possible at all."""
+    fd = os.memfd_create("phoenix-handover")
+    try:
+        _write_all(fd, ",".join(f"{name}={number}" for name, number in fds.items()).encode())
+        os.set_inheritable(fd, True)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_fd_list(value: str) -> str:
+    """The fd list a previous image left (see write_fd_list); the memfd is closed."""
+    if not value.startswith(FD_LIST_PREFIX):
+        return value  # empty (not a replacement), or an image of a Phoenix that sent the list itself
+    fd = int(value.removeprefix(FD_LIST_PREFIX))
+    try:
+        size = os.fstat(fd).st_size
+        data = b""
+        while len(data) < size:
+            chunk = os.pread(fd, size - len(data), len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    return data.decode()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def inherited_fds() -> dict[str, int]:
     """The fds handed over by the previous image: {"heartbeat": 3, "link.PID.N": 9, ...}."""
     global _fork_successor
-    raw = os.environ.pop(FDS_VARIABLE, "")
+    raw = read_fd_list(os.environ.pop(FDS_VARIABLE, ""))
     os.environ.pop(GENERATION_VARIABLE, None)
     fds = {}
     for item in filter(None, raw.split(",")):
@@ -370,9 +414,9 @@ class Handoff:
         else:
             self.exec_in_place()
 
-    def _handover_environment(self, fds: dict[str, int]) -> dict[str, str]:
+    def _handover_environment(self, fds: dict[str, int], fd_list: int) -> dict[str, str]:
         env = dict(STARTUP_ENVIRONMENT)
-        env[FDS_VARIABLE] = ",".join(f"{name}={fd}" for name, fd in fds.items())
+        env[FDS_VARIABLE] = f"{FD_LIST_PREFIX}{fd_list}"
         env[GENERATION_VARIABLE] = str(self.master.generation + 1)
         env[CONFIG_VARIABLE] = json.dumps(dataclasses.asdict(self.master.config))
         return env
@@ -427,7 +471,16 @@ class Handoff:
         m.end_spare()  # it runs this image's code; ended and reaped now, not left to the new image
         signal.pthread_sigmask(signal.SIG_BLOCK, _handled())
         fds = self._handover_fds()
-        env = self._handover_environment(fds)
+        try:
+            fd_list = write_fd_list(fds)
+        except OSError as exc:  # no memory for the list: nothing is closed yet, this image carries on
+            for fd in fds.values():
+                os.set_inheritable(fd, False)
+            m.selector.register(m.control.sock, selectors.EVENT_READ, m.control.accept)
+            os.close(here)
+            self._failed("exec", f"cannot hand over: {exc.strerror or exc}")
+            return
+        env = self._handover_environment(fds, fd_list)
         try:
             m.journal.record_event("reexec", m.generation, os.getpid(), "inplace")
         except STORAGE_ERRORS as exc:  # the disk filled this instant: nothing is held (see begin), only history lost
@@ -447,6 +500,7 @@ class Handoff:
             os.execve(sys.executable, sys.orig_argv, env)
         except OSError as exc:
             os.fchdir(here)
+            os.close(fd_list)
             self._exec_failed(fds, exc)
         finally:
             os.close(here)
@@ -469,8 +523,17 @@ class Handoff:
             self._failed("spawn", f"cannot start the new master: {exc.strerror or exc}")
             return
         fds = self._handover_fds()
+        try:
+            fd_list = write_fd_list(fds)
+        except OSError as exc:  # no memory for the list: this image carries on, and says why
+            os.close(ready_read)
+            os.close(ready_write)
+            for fd in fds.values():
+                os.set_inheritable(fd, False)
+            self._failed("spawn", f"cannot hand over: {exc.strerror or exc}")
+            return
         os.set_inheritable(ready_write, True)
-        env = self._handover_environment(fds)
+        env = self._handover_environment(fds, fd_list)
         env[READY_FD_VARIABLE] = str(ready_write)
         # systemd's WATCHDOG_PID names us; the new master, once MAINPID, owes the keep-alives.
         env.pop("WATCHDOG_PID", None)
@@ -482,6 +545,7 @@ class Handoff:
             # waits for them instead of killing it.
             pid = spawn_in_startup_cwd(sys.executable, sys.orig_argv, env, setsigmask=_handled())
         except OSError as exc:
+            os.close(fd_list)
             os.rename(oldbin(m), m.paths.pidfile)
             os.close(ready_read)
             os.close(ready_write)
@@ -491,6 +555,7 @@ class Handoff:
             self._failed("spawn", f"cannot start the new master: {exc}")
             return
         os.close(ready_write)
+        os.close(fd_list)  # the new master has its own copy
         for fd in fds.values():
             os.set_inheritable(fd, False)
         # Stop reading beats and control requests: from here on the new master
