@@ -50,7 +50,7 @@ def classify_exit(status: int) -> tuple[Outcome, str]:
 
 
 # The reason of an attempt that ended on phoenix.Interrupted when its master stopped it.
-POLITELY_STOPPED = "stopped; it ended on phoenix.Interrupted (its checkpoint is where the next attempt starts)"
+POLITELY_STOPPED = "stopped; it ended on phoenix.Interrupted"
 
 OUTSIDE_TERM = "SIGTERM, not sent by Phoenix; the job ended on phoenix.Interrupted"
 
