@@ -81,7 +81,7 @@ class HeartbeatIntake:
         self.child_closed = child_closed  # EOF from a child: it exited (or closed); reap soon
         self.hold_checkpoints = hold_checkpoints  # durable, as hold_finals; None: checkpoints are refused
         # Attempts whose phoenix.progress() changed since the journal last had
-        # it, by attempt id (progress.ProgressKeeper writes them at a bounded rate).
+        # it, by attempt id (longjobs.ProgressWriter writes them at a bounded rate).
         self.reported: dict[int, Attempt] = {}
         self.poller = select.epoll()
         self.listener: socket.socket | None = None

@@ -22,8 +22,8 @@ from phoenix.wire import heartbeat as protocol
 PROGRESS_WRITE_EVERY = 0.5
 
 
-def progress_json(value: list[Any] | None) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+def progress_json(value: list[Any]) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 class ProgressWriter:
@@ -45,7 +45,7 @@ class ProgressWriter:
         if not self.reported or now < self.due:
             return
         self.due = now + PROGRESS_WRITE_EVERY
-        rows = [(a.attempt_id, progress_json(a.reported) or "null") for a in self.reported.values()]
+        rows = [(a.attempt_id, progress_json(a.reported)) for a in self.reported.values() if a.reported is not None]
         self.journal().save_progress(rows)
         self.reported.clear()
 

@@ -75,7 +75,7 @@ class OutcomeRecorder:
         final = attempt.final or self.read_outbox(attempt.job_id, attempt.number)
         if attempt.reported is not None:  # kept with the attempt (only shown: not replayed after an outage)
             h.guarded(functools.partial(h.journal.save_progress,
-                                        [(attempt.attempt_id, longjobs.progress_json(attempt.reported) or "null")]))
+                                        [(attempt.attempt_id, longjobs.progress_json(attempt.reported))]))
         result = classify(final=final, status=status, interrupted=attempt.interrupted,
                           kill_reason=attempt.kill_reason, kill_detail=attempt.kill_detail)
         # An acknowledged final means the child wrote no outbox file: nothing to remove.
