@@ -75,6 +75,8 @@ class _Runtime:
         self.reported_sent: list[Any] | None = None  # the latest one a message carried
         self.report_due = 0.0  # monotonic: when the job's thread may send a changed one itself
         self.stop = PoliteStop()
+        # One checkpoint at a time: the thread that waits for an ack reads every reply on the connection.
+        self.checkpoint_lock = _thread.allocate_lock()
 
     def next_message(self, kind: str, **body: Any) -> bytes:
         return self.numbered(kind, **body)[1]
@@ -137,6 +139,12 @@ class _Runtime:
         size = len(check_checkpoint(obj))  # one line naming the fix, raised in the job
         if size > protocol.MAX_CHECKPOINT_BYTES:  # (before it takes a sequence number the master would miss)
             raise protocol.CheckpointTooLarge(size)
+        with self.checkpoint_lock:
+            self._round_trip(obj)
+        self.context.checkpoint = obj
+        self.stop.raise_if_due()  # a TERM that came while it was being saved
+
+    def _round_trip(self, obj: Any) -> None:
         seq, message = self.numbered(protocol.CHECKPOINT, **{protocol.SAVED: obj})
         self.stop.saving = True
         try:
@@ -148,8 +156,6 @@ class _Runtime:
                 said = True
         finally:
             self.stop.saving = False
-        self.context.checkpoint = obj
-        self.stop.raise_if_due()  # a TERM that came while it was being saved
 
     def end_orphaned(self) -> None:
         """No master has heard from this child for so long that another host
