@@ -448,9 +448,10 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
     mode = "drain" if drain else "leave" if leave_running else "term"
     deadline = time.monotonic() + timeout
     reply, ending, still_running = control.stop(paths.control_socket, mode, timeout)
-    if still_running and drain:
-        # The drain's time ran out: the jobs still running are asked to stop
-        # (each may save a checkpoint and return within kill_grace); they resume at the next start.
+    if still_running and drain and not _why_still_running(paths):
+        # The drain's time ran out with jobs running (not outcomes the journal cannot take yet, which no
+        # interrupt mends): they are asked to stop (each may save a checkpoint and return within
+        # kill_grace), and resume at the next start.
         click.echo(f"jobs still running after {timeout:g} s of draining: interrupting them", err=True)
         deadline = time.monotonic() + INTERRUPTED_EXIT_WAIT
         reply, ending, still_running = control.stop(paths.control_socket, "term", INTERRUPTED_EXIT_WAIT)
