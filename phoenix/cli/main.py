@@ -433,12 +433,14 @@ def status(state_dir: str | None, as_json: bool, watch_interval: float | None, s
 @state_dir_option
 @click.option("--drain", is_flag=True, help="Start nothing new, let running jobs finish (QUIT).")
 @click.option("--leave-running", is_flag=True, help="Exit the master; children keep running for the next one.")
-@click.option("--timeout", type=float, default=60.0, show_default=True,
-              help="Seconds to wait for the master to exit; with --drain, for its jobs to finish, after which "
-                   "the rest are interrupted politely (TERM: phoenix.Interrupted, KILL after kill_grace).")
+@click.option("--timeout", type=float, help="Seconds to wait for the master to exit (default 60); with --drain, "
+              "for its jobs to finish, after which the rest are interrupted politely (TERM: phoenix.Interrupted, "
+              "KILL after kill_grace). Without it a drain lets its jobs run however long they take.")
 @friendly_errors
-def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float) -> None:
+def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float | None) -> None:
     """Stop the master (TERM children, jobs go back to pending) and wait for it to exit."""
+    interrupt_after = drain and timeout is not None  # the drain's time is the operator's
+    timeout = STOP_WAIT if timeout is None else timeout
     if drain and leave_running:
         fail("choose one of --drain and --leave-running")
     paths = _state_paths(state_dir)
@@ -448,7 +450,7 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
     mode = "drain" if drain else "leave" if leave_running else "term"
     deadline = time.monotonic() + timeout
     reply, ending, still_running = control.stop(paths.control_socket, mode, timeout)
-    if still_running and drain and not _why_still_running(paths):
+    if still_running and interrupt_after and not _why_still_running(paths):
         # The drain's time ran out with jobs running (not outcomes the journal cannot take yet, which no
         # interrupt mends): they are asked to stop (each may save a checkpoint and return within
         # kill_grace), and resume at the next start.
@@ -470,6 +472,7 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
     click.echo(f"stopped master pid {pid}")
 
 
+STOP_WAIT = 60.0  # seconds `phoenix stop` waits for the master to exit, unless --timeout says
 # After a drain's time ran out: how long its interrupted jobs (kill_grace each, at most) and the master may take.
 INTERRUPTED_EXIT_WAIT = 60.0
 HANDOVER_WAIT = 30.0  # seconds a command waits for a master in a fork-mode hand-over to write its pidfile
