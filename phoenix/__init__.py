@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from phoenix.child.run import checkpoint, current_job, heartbeat, progress, stopping
     from phoenix.client import Client
     from phoenix.compat import HeartbeatChild, HeartbeatParent
-    from phoenix.store.sqlite import KeyConflict
+    from phoenix.errors import Conflict, InternalError, PhoenixError, StateError, Unavailable, UsageError
+    from phoenix.store.base import KeyConflict
 
 # Each name is imported on first use (PEP 562): the fork server imports the
 # app, and so this package, and every module it holds is memory each job
@@ -31,8 +32,11 @@ if TYPE_CHECKING:
 _HOMES = {"App": "phoenix.app", "AppError": "phoenix.app", "JobInfo": "phoenix.app",
           "current_job": "phoenix.child.run", "heartbeat": "phoenix.child.run", "Client": "phoenix.client",
           "HeartbeatChild": "phoenix.compat", "HeartbeatParent": "phoenix.compat",
-          "KeyConflict": "phoenix.store.sqlite", "Interrupted": "phoenix.child.longjobs",
-          "checkpoint": "phoenix.child.run", "progress": "phoenix.child.run", "stopping": "phoenix.child.run"}
+          "KeyConflict": "phoenix.store.base", "Interrupted": "phoenix.child.longjobs",
+          "checkpoint": "phoenix.child.run", "progress": "phoenix.child.run", "stopping": "phoenix.child.run",
+          # The error tree (errors.py): catch PhoenixError for any of Phoenix's, a category for a kind.
+          **dict.fromkeys(("PhoenixError", "UsageError", "StateError", "Conflict", "Unavailable", "InternalError"),
+                          "phoenix.errors")}
 
 
 def __getattr__(name: str) -> Any:
@@ -46,6 +50,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = ["App", "AppError", "Client", "JobInfo", "HeartbeatChild", "HeartbeatParent", "Interrupted", "KeyConflict",
-           "checkpoint", "current_job", "heartbeat", "progress", "stopping"]
-__version__ = "0.1.0"
+__all__ = ["App", "AppError", "Client", "JobInfo", "HeartbeatChild", "HeartbeatParent", "KeyConflict", "current_job",
+           "heartbeat", "Interrupted", "checkpoint", "progress", "stopping", "PhoenixError", "UsageError", "StateError",
+           "Conflict", "Unavailable", "InternalError"]
+__version__ = "0.2.0"

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from phoenix.config import Config, ConfigError, parse_max_memory
+from phoenix.errors import UsageError
 from phoenix.linux.untrusted import MAX_JSON_DEPTH, MAX_KEY_BYTES, json_too_deep, visible
 
 if TYPE_CHECKING:
     from phoenix.store.base import Store
 
 
-class AppError(ValueError):
+class AppError(UsageError, ValueError):
     """An app path, a target or parameters that cannot be used; the message
     says what is wrong and how to fix it. `detail`: the traceback behind it,
     if any, shown only when asked for (`--log-level debug`)."""
@@ -49,7 +50,23 @@ class JobInfo:
     """What a callback receives: enough to find the job and de-duplicate calls.
     `on_failed(job, error)` gets the traceback (or the reason with its detail)
     as `error`, whose last line says what happened; the rest of what is known
-    of the attempt's end is here."""
+    of the attempt's end is here.
+
+    Attributes:
+        id: the job's id in the store.
+        key: the job's idempotency key.
+        target: what it runs, `module:function`.
+        params: its parameters, as submitted (decoded JSON).
+        attempt: the number of the attempt that ended (1, 2, ...); 0 when the
+            job failed before any attempt (its target could not be loaded).
+        outcome: how that attempt ended: finished, error, killed, crashed,
+            signalled, exited, lost, interrupted or cancelled.
+        error: the traceback, or the reason with its detail; None when finished.
+        reason: a short reason: `SIGSEGV`, `exit code 3`, `heartbeat_timeout`,
+            `max_runtime`, ...
+        max_rss_kb: the attempt's peak memory in KiB, when its exit status was
+            the master's to read.
+    """
 
     id: int
     key: str
@@ -67,6 +84,15 @@ def target_name(func: Callable[..., Any]) -> str:
 
 
 class App:
+    """One program's jobs, callbacks, startup hooks and settings, run by
+    `phoenix start module:attribute`.
+
+    `App(workers=4, heartbeat_timeout=3.0, ...)` takes any setting of the
+    settings reference by name: these override the built-in defaults and are
+    overridden by phoenix.toml, the PHOENIX_* environment and the command
+    line. An unknown name raises `phoenix.config.ConfigError`.
+    """
+
     def __init__(self, name: str | None = None, **settings: Any) -> None:
         known = {f.name for f in dataclasses.fields(Config)}
         unknown = sorted(set(settings) - known)
@@ -106,10 +132,19 @@ class App:
         return register(func) if func is not None else register
 
     def on_finished(self, func: Callable[[JobInfo, Any], Any]) -> Callable[[JobInfo, Any], Any]:
+        """Register `func(job, result)`, called by the master once a job has
+        finished, with its `JobInfo` and the value the job returned. It runs
+        in the master's callback threads, within `callback_timeout`; a
+        callback owed when a master stops is run by the next one, so make it
+        idempotent by `job.id` or `job.key`."""
         self.finished_callbacks.append(func)
         return func
 
     def on_failed(self, func: Callable[[JobInfo, str | None], Any]) -> Callable[[JobInfo, str | None], Any]:
+        """Register `func(job, error)`, called once a job has failed for good
+        (its retries used up) or was cancelled, with its `JobInfo` and the
+        error text, whose last line says what happened. Run as `on_finished`
+        callbacks are."""
         self.failed_callbacks.append(func)
         return func
 
@@ -124,7 +159,7 @@ class App:
         """Record a job durably; returns its id. The same key with the same
         target and parameters is one job (its id is returned); with another
         target or other parameters, phoenix.KeyConflict says what differs."""
-        from phoenix.store.base import open_store  # the store is opened lazily outside a master
+        from phoenix.store.open import open_store  # the store is opened lazily outside a master
 
         name = target if isinstance(target, str) else target_name(target)
         resolve_target(name)

@@ -10,14 +10,15 @@ import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from phoenix.errors import UsageError
 from phoenix.linux.untrusted import visible
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A setting is missing, of the wrong type, or out of range."""
 
 
@@ -46,34 +47,63 @@ def parse_max_memory(value: object, where: str) -> int | None:
     return size
 
 
+def doc(description: str) -> dict[str, str]:
+    """A setting's description, kept as field metadata that nothing at run time
+    reads: the settings reference is rendered from it when the documentation
+    is built (docs/hooks/settings.py), so that page cannot drift from the code."""
+    return {"doc": description}
+
+
 @dataclass
 class Config:
-    app: str | None = None  # "module:attribute" of a phoenix.App
-    state_dir: str = ".phoenix"
-    workers: int = 4  # concurrent child slots
-    heartbeat_interval: float = 1.0  # child beats this often (seconds)
-    heartbeat_timeout: float = 5.0  # no beat for this long => kill and re-run
-    kill_grace: float = 5.0  # TERM, then KILL after this long
-    retries: int = 3  # re-runs after the first attempt, unless the job says otherwise
-    backoff_base: float = 0.5  # first re-run delay; doubles per attempt, with jitter
-    backoff_cap: float = 60.0
-    restart_intensity: int = 100  # at most this many re-runs ...
-    restart_period: float = 10.0  # ... in this many seconds; beyond that re-runs wait
-    callback_timeout: float = 30.0
-    callback_threads: int = 4
-    outcome_delivery_timeout: float = 10.0  # child retries its final message this long
-    reexec: str = "inplace"  # USR2: "inplace" (same pid) or "fork" (unicorn-style)
-    reload_timeout: float = 120.0  # a preflight or fork-mode new master slower than this is killed
-    exit_when_done: bool = False
-    log_level: str = "info"
-    log_format: str = "text"  # or "json"
-    log_file: str | None = None
-    metrics: str | None = None  # HOST:PORT for Prometheus exposition; off by default
-    store: str = "sqlite"  # "sqlite" (STATE_DIR/journal.db) or a postgresql:// URL shared by many masters
-    node: str | None = None  # this master's name in a shared store (default: host name and state directory)
-    lease_ttl: float = 30.0  # seconds a master's lease in a shared store lasts without renewal
-    job_output_max_bytes: int = 1024 * 1024  # a job's stdout and stderr kept per attempt (the last part of it)
-    max_memory: str | None = None  # e.g. "512M": the default limit of a job's resident memory (docs/long-jobs.md)
+    app: str | None = field(default=None, metadata=doc(
+        '"module:attribute" of a `phoenix.App`: what `phoenix start` runs when it is given no APP'))
+    state_dir: str = field(default=".phoenix", metadata=doc(
+        "pidfile, sockets, journal, outbox (mode 0700); refused unless it is this user's and not writable by "
+        "group or others (see Failure modes)"))
+    workers: int = field(default=4, metadata=doc("concurrent child slots"))
+    heartbeat_interval: float = field(default=1.0, metadata=doc("seconds between a child's beats"))
+    heartbeat_timeout: float = field(default=5.0, metadata=doc(
+        "no beat for this many seconds: kill the child and re-run its job; longer than `heartbeat_interval` "
+        "(three intervals or more is usual)"))
+    kill_grace: float = field(default=5.0, metadata=doc(
+        "TERM to the child's process group, KILL this many seconds after"))
+    retries: int = field(default=3, metadata=doc(
+        "re-runs after the first attempt (a job's `@app.job(retries=...)` wins)"))
+    backoff_base: float = field(default=0.5, metadata=doc(
+        "seconds before the first re-run; the delay doubles per attempt, with jitter"))
+    backoff_cap: float = field(default=60.0, metadata=doc("the longest delay before a re-run, in seconds"))
+    restart_intensity: int = field(default=100, metadata=doc(
+        "master-wide re-run budget: at most this many re-runs in `restart_period`; beyond that re-runs wait"))
+    restart_period: float = field(default=10.0, metadata=doc("the window of `restart_intensity`, in seconds"))
+    callback_timeout: float = field(default=30.0, metadata=doc(
+        "seconds an `on_finished` or `on_failed` callback may run before it counts as an error"))
+    callback_threads: int = field(default=4, metadata=doc("threads that run callbacks (at least 1)"))
+    outcome_delivery_timeout: float = field(default=10.0, metadata=doc(
+        "seconds a child waits for its final message to be acknowledged before it writes the outbox"))
+    reexec: str = field(default="inplace", metadata=doc(
+        'what USR2 does: "inplace" (same pid) or "fork" (unicorn-style)'))
+    reload_timeout: float = field(default=120.0, metadata=doc(
+        "a preflight or fork-mode new master slower than this many seconds is killed and the reload fails"))
+    exit_when_done: bool = field(default=False, metadata=doc(
+        "batch mode: exit once every job has ended, 0 if all finished, 1 if any failed or was cancelled"))
+    log_level: str = field(default="info", metadata=doc('"debug", "info", "warning" or "error"'))
+    log_format: str = field(default="text", metadata=doc('"text", or "json" (one object per line) for log shippers'))
+    log_file: str | None = field(default=None, metadata=doc(
+        "a file for the master's log, reopened on USR1; unset: stderr"))
+    metrics: str | None = field(default=None, metadata=doc(
+        "`HOST:PORT` to serve Prometheus metrics on (a bare port binds 127.0.0.1); unset: off"))
+    store: str = field(default="sqlite", metadata=doc(
+        '"sqlite" (`STATE_DIR/journal.db`) or a `postgresql://` URL shared by many masters (see Many hosts)'))
+    node: str | None = field(default=None, metadata=doc(
+        "this master's name in a shared store; unset: the host name and the state directory"))
+    lease_ttl: float = field(default=30.0, metadata=doc(
+        "seconds a master's lease in a shared store lasts without renewal"))
+    job_output_max_bytes: int = field(default=1024 * 1024, metadata=doc(
+        "a job's stdout and stderr kept per attempt, the last part of it (at least 4096; see Writing jobs)"))
+    max_memory: str | None = field(default=None, metadata=doc(
+        'the default limit of a job\'s resident memory, e.g. "512M" or "2G" (at least 32M); a job past it is '
+        'killed, reason max_memory (`@app.job(max_memory=...)` wins; see Batches and long jobs); unset: none'))
 
     def validate(self) -> "Config":
         positive = ("heartbeat_interval", "heartbeat_timeout", "callback_timeout", "outcome_delivery_timeout",

@@ -1,9 +1,13 @@
-"""Every fenced block of README.md and of the pages in docs/ is exercised, so a newcomer can paste it.
+"""Every fenced block of README.md, of the other pages at the root that the
+site includes (CHANGELOG, SECURITY, CONTRIBUTING) and of every page under
+docs/ (the site, subfolders included) is exercised, so a newcomer can paste it.
 
 The line before each fence names the rule that covers the block, in an HTML
-comment GitHub does not show: `<!-- readme-test: RULE [ARGUMENT] -->`. A block
-without one, or with a rule this file does not know, fails the suite: a new
-block cannot be skipped silently. The rules:
+comment GitHub and the site do not show: `<!-- readme-test: RULE [ARGUMENT] -->`.
+A block without one, or with a rule this file does not know, fails the suite:
+a new block cannot be skipped silently. So does a fence that names no
+language (```sh, ```python, ```text, ```mermaid): the site highlights by it.
+The rules:
 
 - `run APP`: the block runs as written (`bash -e`) in a scratch directory
   holding a copy of `examples/`; then a batch of APP there must finish every
@@ -19,6 +23,10 @@ block cannot be skipped silently. The rules:
   exist (running the benchmark takes minutes).
 - `layers`: the diagram names every module of the import-linter layers
   contract, top-down.
+- `ci`: each command is a line that `.ci/run` runs (what to run before a push).
+- `state-files`: the picture names every file and folder a state directory
+  holds (`phoenix.linux.paths.StatePaths`), and no other `*.sock`, `*.db`, `*.pid`
+  or `*.lock` file.
 - `store APP`: like `run`, against a real PostgreSQL database (the `pg_url`
   fixture) put in place of the block's example URL; its `pip install` line
   must name the extra that brings psycopg, and is not run.
@@ -38,12 +46,16 @@ from typing import Callable
 
 import pytest
 
+from phoenix.linux.paths import StatePaths
 from tests.conftest import PYTHON, REPO, Master, phoenix_cli, wait_for
 
 README = REPO / "README.md"
-PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]  # the front door and the manual
+# The front door, the root pages the site includes (docs/changelog.md ...), and the site's pages.
+PAGES = [README, *(REPO / name for name in ("CHANGELOG.md", "SECURITY.md", "CONTRIBUTING.md")),
+         *sorted((REPO / "docs").rglob("*.md"))]
 TAG = re.compile(r"<!-- readme-test: (\S+)(?: (.+?))? -->")
-FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)\s*$")
+# An opening fence and its info string: the language first (```python), maybe attributes after it.
+FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([^`\s]*)[^`]*$")
 BIN = Path(PYTHON).parent  # this interpreter's `phoenix` script, the one under test
 
 
@@ -72,6 +84,7 @@ def page_blocks(path: Path) -> list[Block]:
             index += 1
             continue
         indent, fence, language = opening.groups()
+        language = language.strip("{}.")  # ```{.python} is ```python
         end = next((j for j in range(index + 1, len(lines)) if lines[j].strip() == fence), None)
         assert end is not None, f"{page}:{index + 1}: the block opened here is never closed"
         tag = TAG.fullmatch(lines[index - 1].strip()) if index > 0 else None
@@ -271,8 +284,8 @@ def check_layers(block: Block, tmp_path: Path) -> None:
     """The package map: its floors are import-linter's layers, top-down, and each
     folder's line (with its indented continuation lines) names every module in it."""
     contract = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
-    layer_of = {name.strip().removeprefix("phoenix."): number
-                for number, layer in enumerate(contract["layers"]) for name in layer.split("|")}
+    layer_of = {name.strip().removeprefix("phoenix."): number  # "a | b": independent, "a : b": siblings
+                for number, layer in enumerate(contract["layers"]) for name in re.split(r"[|:]", layer)}
     floors: list[tuple[list[str], str]] = []  # (names in the first column, the description with continuations)
     for line in block.text.splitlines():
         if not line.strip():
@@ -295,9 +308,30 @@ def check_layers(block: Block, tmp_path: Path) -> None:
                 assert not missing, f"the package map's line for {name}/ does not name {missing}"
 
 
+def check_ci(block: Block, tmp_path: Path) -> None:
+    ci = {line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()}
+    assert commands(block), "the block holds no command"
+    for command in commands(block):
+        assert command in ci, f"`{command}` is not what .ci/run runs: copy the line from there"
+
+
+STATE_FILE = re.compile(r"\b[\w-]+\.(?:sock|db|pid|lock)\b")
+
+
+def check_state_files(block: Block, tmp_path: Path) -> None:
+    paths = StatePaths("/state")
+    made = {getattr(paths, name) for name in dir(StatePaths) if isinstance(getattr(StatePaths, name), property)}
+    names = {path.name + ("" if path.suffix else "/") for path in made}  # a folder as `outbox/`
+    missing = {name for name in names if name not in block.text}
+    assert not missing, f"the picture leaves out {sorted(missing)} of the state directory"
+    unknown = set(STATE_FILE.findall(block.text)) - names
+    assert not unknown, f"the picture names {sorted(unknown)}, which no state directory holds"
+
+
 RULES: dict[str, Callable[[Block, Path], None]] = {
     "run": check_run, "run-with-master": check_run_with_master, "python": check_python, "example": check_example,
     "install": check_install, "output": check_output, "bench": check_bench, "layers": check_layers,
+    "ci": check_ci, "state-files": check_state_files,
 }
 NEEDS_ARGUMENT = {"run", "run-with-master", "python", "example", "output"}
 BLOCKS = readme_blocks()
@@ -306,6 +340,8 @@ BLOCKS = readme_blocks()
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"{Path(b.page).stem}-line{b.line}-{b.rule or 'untagged'}"
                                                for b in BLOCKS])
 def test_readme_block(block: Block, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    assert block.language, (f"{block.page}:{block.line}: the fence names no language: open it with ```sh, "
+                            "```python, ```text or the like (the site highlights by it)")
     if block.rule == "store":  # the one rule that needs a database: its server starts only for this block
         assert block.argument, f"{block.page}:{block.line}: `store` of what?"
         check_store(block, tmp_path, request.getfixturevalue("pg_url"))

@@ -211,6 +211,9 @@ def stopping() -> bool:
 
 
 def current_job() -> ChildContext | None:
+    """The running job's id, key, attempt, parameters and `attempt_id` (a
+    fencing token for the job's own external writes), from job code; None
+    outside a Phoenix child."""
     return _runtime.context if _runtime is not None else None
 
 
