@@ -110,7 +110,9 @@ def test_cancel_a_running_job_terms_its_group_and_never_reruns_it(master_factory
     wait_for(lambda: _job(state_dir, "long")["state"] == "cancelled", 20, "the job to be cancelled")
     job = _job(state_dir, "long")
     assert [(a["n"], a["outcome"]) for a in job["attempt_list"]] == [(1, "cancelled")]  # no retry
-    assert len(set(term_file.read_text().split("\n")) - {""}) == 2  # the job and its grandchild: the group
+    # The job and its grandchild, the group, got the TERM. The job's end can be
+    # recorded before the grandchild's handler has written its line: wait for it.
+    wait_for(lambda: len(set(term_file.read_text().split("\n")) - {""}) == 2, 10, "the grandchild's TERM line")
     callback = wait_for(lambda: [c for c in master.callbacks() if c["key"] == "long"], 10, "on_failed")
     assert callback[0]["kind"] == "failed" and callback[0]["outcome"] == "cancelled"
     assert callback[0]["payload"].startswith("cancelled by the operator (phoenix cancel)")
