@@ -26,11 +26,11 @@ from phoenix.rules.outcomes import CANCELLED_REASON
 from phoenix.store.base import (
     ENDED_BADLY,
     JOB_STATES,
+    SAVE_CHECKPOINT_WHERE,
     WITHDRAWN_WITH_ITS_CANCEL,
     Job,
     JournalError,
     OpenAttempt,
-    SAVE_CHECKPOINT_WHERE,
     RetryRefused,
     default_key,
     key_conflict,
