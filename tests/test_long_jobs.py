@@ -11,7 +11,7 @@ import signal
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from phoenix.wire import heartbeat as protocol
 from tests.conftest import Master, phoenix_cli, wait_for
@@ -33,37 +33,53 @@ def attempts_started(log: Path) -> list[tuple[int, int, int]]:
     return [tuple(int(x) for x in line.split()) for line in log.read_text().splitlines()]  # type: ignore[misc]
 
 
-def kill_the_held_crawl_and_let_it_resume(tmp_path: Path, state_dir: Path | None, *store: str) -> None:
+def kill_the_held_crawl_and_let_it_resume(tmp_path: Path, state_dir: Path | None, *store: str,
+                                          kill: Callable[[int], None]) -> dict[str, Any]:
+    """`kill` gets the pid of the child, held before item 3 with items 0-2 checkpointed."""
     log, gate = tmp_path / "attempts.log", tmp_path / "gate"
     params = {"n": 6, "hold_at": 3, "gate": str(gate), "log": str(log)}
     result = phoenix_cli("submit", "tests.apps.longjobs:crawl", json.dumps(params), "--key", "crawl", *store,
                          state_dir=state_dir)
     assert result.returncode == 0, result.stderr
-    # Items 0-2 done and checkpointed; the job waits before item 3.
     wait_for(lambda: show(state_dir, "crawl", *store)["checkpoint"] == {"next": 3}, what="the third checkpoint")
     [(_attempt, pid, start)] = attempts_started(log)
     assert start == 0
-    os.kill(pid, signal.SIGKILL)
+    kill(pid)
     gate.touch()
-    report = wait_for(lambda: (r := show(state_dir, "crawl", *store))["state"] == "finished" and r,
-                      what="the job to finish on its second attempt")
+    report: dict[str, Any] = wait_for(lambda: (r := show(state_dir, "crawl", *store))["state"] == "finished" and r,
+                                      timeout=40, what="the job to finish on its second attempt")
     assert [(a, s) for a, _pid, s in attempts_started(log)] == [(1, 0), (2, 3)]
     assert report["result"] == {"started_at": 3}
-    assert report["attempt_list"][0]["outcome"] == "signalled"
     assert report["checkpoint"] == {"next": 6}
+    return report
 
 
 def test_a_job_resumes_from_its_checkpoint_after_its_child_is_killed(master_factory, state_dir, tmp_path):
     master_factory(app=APP)
-    kill_the_held_crawl_and_let_it_resume(tmp_path, state_dir)
+    report = kill_the_held_crawl_and_let_it_resume(tmp_path, state_dir, kill=lambda pid: os.kill(pid, signal.SIGKILL))
+    assert report["attempt_list"][0]["outcome"] == "signalled"
 
 
-def test_a_job_resumes_on_the_shared_store_after_its_child_is_killed(tmp_path, pg_url):
-    master = Master(tmp_path / "node", APP, "--store", pg_url, "--node", "node", log_dir=tmp_path).start()
+def test_a_job_resumes_on_another_host_after_its_host_is_lost(tmp_path, pg_url):
+    """The shared store: host a (its master and its child) dies; b recovers a's
+    lease and runs the job's next attempt from the checkpoint a's child saved."""
+    def host(name: str) -> Master:
+        return Master(tmp_path / name, APP, "--store", pg_url, "--node", name, "--lease-ttl", "2",
+                      env={"PHOENIX_KILL_GRACE": "1"}, log_dir=tmp_path)
+
+    a, b = host("a").start(), host("b")
     try:
-        kill_the_held_crawl_and_let_it_resume(tmp_path, None, "--store", pg_url)
+        def lose_host_a(pid: int) -> None:
+            a.signal(signal.SIGKILL)
+            a.wait_exit()
+            os.killpg(pid, signal.SIGKILL)
+            b.start()
+
+        report = kill_the_held_crawl_and_let_it_resume(tmp_path, None, "--store", pg_url, kill=lose_host_a)
+        assert [(x["node"], x["outcome"]) for x in report["attempt_list"]] == [("a", "lost"), ("b", "finished")]
     finally:
-        master.stop()
+        a.stop()
+        b.stop()
 
 
 def test_a_checkpoint_no_master_answers_is_kept_in_the_outbox_and_resumed_from(master_factory, state_dir,
