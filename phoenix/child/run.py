@@ -20,6 +20,7 @@ from phoenix.app import JobSpec, decode_params
 from phoenix.child import forksafety, output
 from phoenix.child.longjobs import PROGRESS_EVERY, Interrupted, PoliteStop, check_checkpoint, progress_value
 from phoenix.linux import lineage
+from phoenix.linux.clock import SYSTEM
 from phoenix.linux.signals import set_child_subreaper, unignore_reserved_signals
 from phoenix.linux.title import set_title
 from phoenix.linux.untrusted import MAX_JSON_DEPTH, cut_traceback, json_too_deep, visible
@@ -109,13 +110,13 @@ class _Runtime:
             else:
                 message = self.next_message(kind)
             delay = 0.01
-            unsent_since = time.monotonic()
+            unsent_since = SYSTEM.monotonic()
             # Keep this beat (and its number) until it is sent: the master may be
             # gone for a while (a crash, then a new one binds the path); none of it is fatal.
             while not self.sender.send_once(message):
                 if self.capture is not None:
                     self.capture.check()
-                if self.orphan is not None and time.monotonic() - unsent_since >= self.orphan[0]:
+                if self.orphan is not None and SYSTEM.monotonic() - unsent_since >= self.orphan[0]:
                     self.end_orphaned()
                 time.sleep(protocol.jitter(delay, 2 * delay))
                 delay = min(delay * 2, self.interval)
@@ -277,7 +278,7 @@ def _hand_over(sender: protocol.Sender, outbox: Path, context: ChildContext, fin
     hears from it within a second), then tries the outbox again."""
     assert _runtime is not None
     said = False
-    while not sender.deliver(final, _runtime.final_seq, time.monotonic() + delivery):
+    while not sender.deliver(final, _runtime.final_seq, SYSTEM.monotonic() + delivery):
         if _write_outbox(outbox, context.job_id, context.attempt, final, quiet=said):
             return
         said = True

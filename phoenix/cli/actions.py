@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from phoenix.linux import pidfile
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.untrusted import visible
-from phoenix.store.base import Store
+from phoenix.store.base import CancelRequest, SharedStore, Store
 from phoenix.wire import control
 
 HANDOVER_WAIT = 30.0  # seconds to wait for a master in a fork-mode hand-over to write its pidfile
@@ -45,15 +45,18 @@ def running_master(paths: StatePaths) -> int | None:
 
 def cancel(paths: StatePaths, journal: Store, keys: list[str]) -> list[Cancelled]:
     """Cancel jobs: a pending one at once; a running one by its master (TERM,
-    then KILL after kill_grace), which must be running. Closes `journal`."""
+    then KILL after kill_grace), which must be running; on a shared store,
+    wherever it runs. Closes `journal`."""
     master_runs = not journal.shared and running_master(paths) is not None
-    running_on: dict[str, str] = {}
-    if journal.shared:
+    running_on: dict[str, CancelRequest] = {}
+    if isinstance(journal, SharedStore):
         # The claim skips a job row this holds (FOR UPDATE, SKIP LOCKED): a
-        # pending job cannot start while it is being cancelled.
+        # pending job cannot start while it is being cancelled. A running
+        # one's attempt is marked for its master, on whichever host.
         with journal:
-            states = {key: journal.cancel_pending(key) or "unknown" for key in keys}
-            running_on = {key: _running_node(journal, key) for key, before in states.items() if before == "running"}
+            requests = {key: journal.cancel(key) or CancelRequest("unknown") for key in keys}
+        states = {key: request.before for key, request in requests.items()}
+        running_on = {key: request for key, request in requests.items() if request.node is not None}
     elif master_runs:
         journal.close()
         # The master is the journal's writer while it runs: it cancels, so that
@@ -67,29 +70,28 @@ def cancel(paths: StatePaths, journal: Store, keys: list[str]) -> list[Cancelled
 
 
 def _cancelled(paths: StatePaths, key: str, before: str, master_runs: bool, shared: bool,
-               running_on: dict[str, str]) -> Cancelled:
+               running_on: dict[str, CancelRequest]) -> Cancelled:
     shown = visible(key)
     if before == "pending":
         return Cancelled(key, before, True, f"cancelled {shown} (it was pending)")
     if before == "running" and master_runs:
         return Cancelled(key, before, True,
                          f"cancelling {shown}: its process group gets TERM, then KILL after kill_grace")
-    if before == "running" and shared:
-        return Cancelled(key, before, False, f"job '{shown}' is running on node {visible(running_on[key])}: cancel "
-                                             "it there, with `phoenix cancel KEY --state-dir DIR` on that host")
-    if before == "running":
+    if before == "running" and key in running_on:
+        node = visible(running_on[key].node or "")
+        if running_on[key].live:
+            message = (f"cancelling {shown} on node {node}: its master ends it (TERM to its process group, KILL "
+                       "after kill_grace); if that master has died, the one that recovers it records it cancelled")
+        else:
+            message = (f"cancelling {shown}: node {node}'s master has no live lease; the master that recovers "
+                       "it records the job cancelled")
+        return Cancelled(key, before, True, message)
+    if before == "running" and not shared:
         return Cancelled(key, before, False, f"job '{shown}' is running and no master runs on {paths.root} to stop "
                                              "it: start the master (it adopts the job), then cancel again")
-    if before == "running elsewhere":
+    if before in ("running", "running elsewhere"):  # shared: it kept starting and ending, no attempt stayed marked
         return Cancelled(key, before, False, f"job '{shown}' is running, but the master has no process of it yet "
                                              "(it is adopting or recording it): cancel again in a moment")
     if before == "unknown":
         return Cancelled(key, before, False, f"no job with key '{shown}'")
     return Cancelled(key, before, False, f"job '{shown}' is {before}: only pending or running jobs can be cancelled")
-
-
-def _running_node(journal: Store, key: str) -> str:
-    """The node whose master runs this job's latest attempt (a shared store)."""
-    job = journal.job_by_key(key)
-    attempts = journal.attempts_of(job["id"]) if job is not None else []
-    return str(attempts[-1].get("master", "?")) if attempts else "?"

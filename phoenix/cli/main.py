@@ -748,8 +748,9 @@ def cancel(keys: tuple[str, ...], state_dir: str | None, store: str | None) -> N
     TERM, then KILL after kill_grace, to its process group, and its outcome is
     `cancelled` (no retry; on_failed is called with an error that starts
     "cancelled by the operator"). A running job needs its master running.
-    With a shared store (--store) this cancels pending jobs; a running one is
-    cancelled on its host, where its master's state directory is."""
+    With a shared store (--store URL) it works from any host: the master
+    running the job, wherever it is, ends it within 3 s; if that master is
+    gone, the master that recovers its lease records the job cancelled."""
     paths, journal = _existing_journal(state_dir, store, writes=True)
     try:
         results = actions.cancel(paths, journal, list(keys))

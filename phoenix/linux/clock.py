@@ -8,15 +8,39 @@ counts seconds since boot, never steps, keeps counting through suspend, and
 is the base of the start times in /proc/PID/stat; it restarts at each boot,
 so a stored value is paired with the boot id it was taken under. Wall time
 is kept for display only.
+
+Every deadline and duration of the master goes through one `Clock`, built
+first and handed to each part, so that a test can hand in a clock it moves
+by hand (phoenix.testing.FakeClock) and see a timeout fire at the right
+moment without waiting for it.
 """
 
 from __future__ import annotations
 
 import os
+import selectors
 import time
 
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 _boot_id: str | None = None
+
+
+class Clock:
+    """The time a part reads: `monotonic()` for deadlines and durations within
+    this process, `since_boot()` for moments stored across a restart."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def since_boot(self) -> float:
+        return since_boot()
+
+    def wait(self, selector: selectors.BaseSelector, timeout: float) -> list[tuple[selectors.SelectorKey, int]]:
+        """Sleep on `selector` for at most `timeout` seconds: the loop's one wait."""
+        return selector.select(timeout)
+
+
+SYSTEM = Clock()  # the real clock: what every part gets unless a test hands in another
 
 
 def since_boot() -> float:
@@ -47,13 +71,14 @@ def seconds_until(when: float, when_boot_id: str | None) -> float:
     return max(0.0, when - since_boot())
 
 
-def age(started: float | None, process_start_ticks: int | None) -> float:
+def age(started: float | None, process_start_ticks: int | None, now: float | None = None) -> float:
     """Seconds since an attempt started, from its stored boot-time start or,
     for a journal written before that was stored, from its process's start
     time in /proc (clock ticks since boot; the process may have been forked
     a little ahead of its attempt, as a spare child is). Both are of this
-    boot: only a live process of the attempt is ever aged."""
-    now = since_boot()
+    boot: only a live process of the attempt is ever aged. `now`: seconds
+    since boot (a Clock's since_boot()), read here if not given."""
+    now = since_boot() if now is None else now
     if started is not None:
         return max(0.0, now - started)
     if process_start_ticks is not None:

@@ -30,6 +30,7 @@ import time
 from typing import Mapping
 
 from phoenix.linux import procfs
+from phoenix.linux.clock import SYSTEM
 
 MAX_ANCESTRY = 64  # parents followed from a sender before giving up
 
@@ -98,8 +99,8 @@ def end_own_descendants(timeout: float = 2.0) -> None:
     except ChildProcessError:
         return  # a subreaper with no child has no descendant left
     me = os.getpid()
-    deadline = time.monotonic() + timeout
-    while (children := procfs.children(me)) and time.monotonic() < deadline:
+    deadline = SYSTEM.monotonic() + timeout
+    while (children := procfs.children(me)) and SYSTEM.monotonic() < deadline:
         for pid in children:
             try:
                 os.kill(pid, signal.SIGKILL)

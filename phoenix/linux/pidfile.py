@@ -18,6 +18,7 @@ from pathlib import Path
 
 from phoenix.errors import Conflict, Unavailable
 from phoenix.linux import procfs
+from phoenix.linux.clock import SYSTEM
 
 log = logging.getLogger("phoenix")
 
@@ -101,10 +102,10 @@ class PidFile:
         """The pid in the pidfile once it names a live process: a master that
         has just won the lock (two starts racing) rewrites a missing or dead
         master's pidfile a moment after taking the lock."""
-        deadline = time.monotonic() + 2.0
+        deadline = SYSTEM.monotonic() + 2.0
         while True:
             pid = read_pid(self.pidfile)
-            if (pid is not None and procfs.state(pid) is not None) or time.monotonic() >= deadline:
+            if (pid is not None and procfs.state(pid) is not None) or SYSTEM.monotonic() >= deadline:
                 return pid
             time.sleep(0.01)
 
@@ -169,12 +170,12 @@ def running_master_pid(pidfile: Path, lockfile: Path, wait: float) -> int | None
     new master is ready, and one removed under a master is written again
     within a second. None only when no master holds the lock; a lock held
     that long with no pidfile raises NoPidfile."""
-    deadline = time.monotonic() + wait
+    deadline = SYSTEM.monotonic() + wait
     while True:
         pid = live_master_pid(pidfile, lockfile)
         if pid is not None or not lock_held(lockfile):
             return pid
-        if time.monotonic() >= deadline:
+        if SYSTEM.monotonic() >= deadline:
             raise NoPidfile(f"a master holds {lockfile} but {pidfile} names none after {wait:g} s (a hand-over "
                             "that does not end?); see the master's log")
         time.sleep(0.05)

@@ -7,6 +7,8 @@ import os
 import socket
 import time
 
+from phoenix.linux.clock import SYSTEM, Clock
+
 
 def notify(*lines: str) -> bool:
     """Send `lines` to the service manager; False when there is none (not under systemd)."""
@@ -47,14 +49,15 @@ class Watchdog:
     sent from the master loop, so a loop that stops turning gets the master
     restarted. Inert when systemd did not ask (no WATCHDOG_USEC for this pid)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM) -> None:
+        self.clock = clock
         self.interval = watchdog_interval()
-        self.due = time.monotonic() if self.interval else float("inf")
+        self.due = self.clock.monotonic() if self.interval else float("inf")
 
     def keep_alive(self) -> None:
         if self.interval is None:
             return
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if now >= self.due:
             notify("WATCHDOG=1")
             self.due = now + self.interval

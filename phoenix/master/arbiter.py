@@ -1,7 +1,11 @@
 """The master: one single-threaded event loop that builds the parts and runs
-them in order. Signals and control requests become commands (commands.py);
-every decision is a pure function of its own module (policy, liveness,
-outcomes); every state field has one writer that checks the move (states.py).
+them in order. What they share is built first and handed to each through its
+constructor: the clock, the loop (loop.py), the attempt table (attempts.py),
+the counters, the job specs (specs.py); a part calls another through the
+callable or small protocol it was given, never through the master. Signals
+and control requests become commands (rules/commands.py); every decision is
+a pure function of its own module (policy, liveness, outcomes); every state
+field has one writer that checks the move (rules/states.py).
 
     while state is not stopped:
         wait_for_events()             # sleep until the earliest deadline any part reports
@@ -26,44 +30,42 @@ import functools
 import gc
 import logging
 import os
-import resource
-import selectors
 import signal
 import socket
 import time
 from typing import Any, Callable
 
 from phoenix import log
-from phoenix.app import App, AppError, JobSpec, resolve_target
-from phoenix.config import Config, ConfigError, parse_max_memory
-from phoenix.linux import lineage, pid1, procfs, systemd
+from phoenix.app import App
+from phoenix.config import Config, parse_max_memory
+from phoenix.linux import lineage, pid1, systemd
+from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.pidfile import AlreadyRunning, PidFile
 from phoenix.linux.signals import SignalFD, set_child_subreaper
 from phoenix.linux.sockets import bind_heartbeat
-from phoenix.linux.title import set_title
-from phoenix.linux.untrusted import visible
 from phoenix.master import exits, handoff, metrics
-from phoenix.master.attempts import Attempt
+from phoenix.master.attempts import AttemptTable
 from phoenix.master.callbacks import CallbackRunner
 from phoenix.master.hangs import HangKiller, signal_attempt
 from phoenix.master.heartbeats import HeartbeatIntake
 from phoenix.master.leasekeeper import LeaseKeeper
 from phoenix.master.longjobs import ProgressWriter
-from phoenix.master.memory import MODE as MEMORY_LIMITS
-from phoenix.master.memory import MemoryWatchdog
+from phoenix.master.loop import Loop
+from phoenix.master.memory import MemoryWatchdog, Watchers
 from phoenix.master.reaper import Reaper
 from phoenix.master.recorder import OutcomeRecorder
 from phoenix.master.scheduler import Scheduler
 from phoenix.master.settler import CallbackSettler
+from phoenix.master.slots import SlotLimit
 from phoenix.master.spawner import Spawner
+from phoenix.master.specs import JobSpecs
 from phoenix.master.statefiles import StateFiles
-from phoenix.master.timers import TimerHeap
+from phoenix.master.status import Status
 from phoenix.rules.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest, Command, from_request
 from phoenix.rules.liveness import master_was_away
 from phoenix.rules.policy import RestartBudget, may_start_jobs
-from phoenix.rules.shortage import fds_needed, slots_that_fit
-from phoenix.rules.states import MASTER_TRANSITIONS, HandoffPhase, MasterState, StopMode, check_move
+from phoenix.rules.states import MASTER_TRANSITIONS, HandoffPhase, KillReason, MasterState, StopMode, check_move
 from phoenix.store.base import (
     SQLITE,
     FileStore,
@@ -78,19 +80,27 @@ from phoenix.store.base import (
 from phoenix.store.open import open_store
 from phoenix.store.outage import STORAGE_ERRORS, JournalOutage, file_identity
 from phoenix.wire import control as control_socket
-from phoenix.wire import heartbeat as protocol
 from phoenix.wire.control import ControlServer
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 event = log.event
 STATE_DIR_CHECK = 1.0
-SHARED_TITLE_EVERY = 60.0
 
 
 class Master:
+    # Built in open(), once the store is open (before any of them is called).
+    handoff: handoff.Handoff
+    state_files: StateFiles
+    status: Status
+    recorder: OutcomeRecorder
+    settler: CallbackSettler
+    reaper: Reaper
+    scheduler: Scheduler
+
     def __init__(self, app: App | None, app_spec: str | None, config: Config,
                  reload_config: Callable[[], Config], config_file: str | None = None,
-                 degraded_reason: str | None = None) -> None:
+                 degraded_reason: str | None = None, clock: Clock = SYSTEM) -> None:
+        self.clock = clock  # every part's time: built first, handed to each (phoenix.testing.FakeClock in tests)
         self.app = app  # None: degraded, the new code could not be loaded (see announce_ready)
         self.degraded_reason = degraded_reason
         self.app_spec = app_spec
@@ -99,9 +109,9 @@ class Master:
         self.reload_config = reload_config
         self.paths = StatePaths(config.state_dir)
         self.slots = config.workers
-        self.slot_cap = config.workers  # the most the open-file limit carries (fit_slots_to_fd_limit)
-        self.children: dict[int, Attempt] = {}  # pid -> running attempt
-        self.timers = TimerHeap()
+        self.slot_limit = SlotLimit(config.workers)
+        self.loop = Loop(clock)
+        self.children = AttemptTable()  # pid -> running attempt
         self.signals: list[int] = []
         self.state = MasterState.STARTING
         self.stop_mode: StopMode | None = None
@@ -110,31 +120,29 @@ class Master:
         self.crash_error: str | None = None  # what ended the loop, if an error did
         self.budget = RestartBudget(config.restart_intensity, config.restart_period)
         self.counters = metrics.Counters()
-        self.histograms: metrics.Histograms | None = None  # only with --metrics (see metrics.py)
+        self.specs = JobSpecs(app, lambda: self.config)
         self.intake = HeartbeatIntake(self.children, self.counters, os.getuid(),
-                                      lambda attempts: self.recorder.hold_finals(attempts), self.child_closed,
+                                      lambda attempts: self.recorder.hold_finals(attempts),
+                                      lambda: self.reaper.child_may_have_exited(), clock,
                                       self.hold_checkpoints)
-        self.progress = ProgressWriter(lambda: self.journal, self.intake.reported, time.monotonic)
-        self.memory = MemoryWatchdog(self, self.children, time.monotonic,
-                                     lambda: parse_max_memory(self.config.max_memory, "max_memory"))
-        self.recorder = OutcomeRecorder(self)
-        self.hangs = HangKiller(self)
-        self.reaper = Reaper(self)
+        self.hangs = HangKiller(self.children, self.loop, lambda: self.config, self.counters, self.intake,
+                                self.read_heartbeats, lambda: self.state_files.heartbeat_restored())
+        self.progress = ProgressWriter(lambda: self.journal, self.intake.reported, self.clock.monotonic)
+        self.memory = MemoryWatchdog(self.children, self.counters, self.clock.monotonic,
+                                     lambda: parse_max_memory(self.config.max_memory, "max_memory"),
+                                     lambda attempt: signal_attempt(attempt, signal.SIGKILL))
+        self.watchers = Watchers(self.hangs, self.memory)  # a new or adopted attempt's first looks
         self.replacements = 0
-        self.last_woke = time.monotonic()  # when the loop last returned from its sleep
-        self.title_due = 0.0
-        self.specs: dict[str, JobSpec] = {}
-        self.subprocesses: dict[int, Callable[[int], None]] = {}  # pid -> on_exit(status): the preflight, the spare
+        self.last_woke = self.clock.monotonic()  # when the loop last returned from its sleep
         self.started_at = time.time()
         self.exit_code = 0
         self.stop_signal: int | None = None  # what asked this master to stop (see exits.py)
-        self.handoff = handoff.Handoff(self)
-        self.spawner = Spawner(self)
-        self.scheduler = Scheduler(self)
-        self.watchdog = systemd.Watchdog()  # WATCHDOG=1 when systemd's WatchdogSec asks for it
-        self.outage = JournalOutage(redact(config.store) if is_url(config.store) else str(self.paths.journal))
+        self.spawner = Spawner(app_spec, lambda: self.config, self.paths, self.specs, self.loop, lambda: self.slots,
+                               self.wants_spare)
+        self.watchdog = systemd.Watchdog(clock)  # WATCHDOG=1 when systemd's WatchdogSec asks for it
+        self.outage = JournalOutage(redact(config.store) if is_url(config.store) else str(self.paths.journal),
+                                     clock)
         self.next_state_dir_check = 0.0
-        self.state_files = StateFiles()  # sockets, pidfile and lock put back if removed under us
         self.node = config.node or default_node(config.state_dir)  # its name in a shared store
         self.leases: LeaseKeeper | None = None  # a shared store's lease (leasekeeper.py)
 
@@ -177,18 +185,18 @@ class Master:
         self.run_started_at = float(self.journal.meta("run_started_at", self.started_at))
         if self.app is not None:
             self.app.journal = self.journal
-        self.fit_slots_to_fd_limit()
-        self.selector: selectors.BaseSelector = selectors.DefaultSelector()
+        self.slots = self.slot_limit.fit(self.slots)
+        self.loop.open()
         if self.app is not None:
             # Now: the app is imported, and neither the callback nor the
             # metrics threads have started.
             self.spawner.check_app_threads()
         if "heartbeat" in inherited:
-            self.heartbeat = socket.socket(fileno=inherited["heartbeat"])
-            self.heartbeat.set_inheritable(False)
+            heartbeat = socket.socket(fileno=inherited["heartbeat"])
+            heartbeat.set_inheritable(False)
         else:
-            self.heartbeat = bind_heartbeat(self.paths.heartbeat_socket)
-        self.intake.listen(self.heartbeat)
+            heartbeat = bind_heartbeat(self.paths.heartbeat_socket)
+        self.intake.listen(heartbeat)
         for pid, fd in handoff.inherited_links(inherited):  # each child's connection, kept across the exec
             self.intake.adopt_link(fd, pid)
         if "control" in inherited:
@@ -196,35 +204,53 @@ class Master:
             control.setblocking(False)
         else:
             control = control_socket.bind(self.paths.control_socket)
-        self.intake.watch(self.selector)
+        self.intake.watch(self.loop.selector)
+        self.callbacks = CallbackRunner(self.config.callback_threads, self.clock)
+        self.settler = CallbackSettler(self.app, lambda: self.journal, self.callbacks, lambda: self.config,
+                                       self.counters, self.clock, self.guarded)
         if self.journal.shared:
             assert isinstance(self.journal, SharedStore)
-            self.leases = LeaseKeeper(self, self.journal)
+            self.leases = LeaseKeeper(self, self.hangs.interrupt_all, self.journal, lambda: self.config, self.specs,
+                                      self.children, self.loop, lambda: self.budget, self.callbacks_held,
+                                      self.settler.run_owed, lambda: self.scheduler.wake())
             self.leases.register(os.getpid(), self.generation, self.started_at, self.app_spec)
-        self.control = ControlServer(control, self.selector, self.control_request,
-                                     lambda why: self.counters.reject(why))
-        self.callbacks = CallbackRunner(self.config.callback_threads)
-        self.settler = CallbackSettler(self)
-        self.selector.register(self.callbacks.wake_read, selectors.EVENT_READ, self.callbacks.drain_wakeups)
-        self._install_signal_handlers()
+        self.control = ControlServer(control, self.loop.selector, self.control_request,
+                                     lambda why: self.counters.reject(why), clock=self.clock)
+        self.handoff = handoff.Handoff(self, lambda: self.config, self.paths, lambda: self.journal, self.outage,
+                                       self.loop, self.intake, self.control, self.pidfile, self.children,
+                                       self.settler.run_owed, lambda: bool(self.callbacks.running))
+        self.status = Status(self, self.app, self.app_spec, lambda: self.journal, self.children, self.counters,
+                             self.spawner, self.handoff, self.outage, self.clock)
+        # Sockets, pidfile and lock put back if removed under us.
+        self.state_files = StateFiles(self.paths, self.children, self.intake, self.control, self.pidfile,
+                                      lambda: self.handoff.successor() is not None, self.check_state_dir_now,
+                                      self.clock)
+        self.recorder = OutcomeRecorder(lambda: self.journal, lambda: self.config, lambda: self.budget, self.specs,
+                                        self.paths, self.counters, self.clock, self.guarded, self.settler,
+                                        self.callbacks_held, lambda: self.scheduler.wake())
+        self.reaper = Reaper(lambda: self.journal, self.children, self.loop, self.specs, self.recorder, self.spawner,
+                             self.watchers, self.read_heartbeats, self.handoff.successor)
+        self.scheduler = Scheduler(lambda: self.journal, lambda: self.config, self.generation, str(self.paths.output),
+                                   self.specs, self.children, self.free_slots, self.shared_poll, self.spawner,
+                                   self.outage, self.recorder, self.settler.start, self.watchers.watch, self.counters,
+                                   self.clock)
+        self.loop.watch(self.callbacks.wake_read, self.callbacks.drain_wakeups)
+        # Signals blocked across an exec (handoff) are pending in the signalfd
+        # and read once the loop runs, after adoption.
+        self.loop.watch(self.signal_fd, self._read_signals)
         self.replacements = self.journal.count_events("replaced") + (1 if inherited else 0)
         if self.config.metrics:
-            self.histograms, (host, port) = metrics.serve(self, self.config.metrics)
+            self.counters.histograms, (host, port) = metrics.serve(self, self.config.metrics)
             event(INFO, "metrics", address=f"http://{host}:{port}/metrics")
         # Guarded: a new image on a disk that filled during its exec must not crash with the children running
         # (it runs in an outage, starting nothing, until the journal takes writes again).
         self.guarded(functools.partial(self.journal.record_event, "master_start" if not inherited else "replaced",
                                        self.generation, os.getpid(), self.app_spec))
 
-    def _install_signal_handlers(self) -> None:
-        # Signals blocked across an exec (handoff) are pending in the signalfd
-        # and read once the loop runs, after adoption.
-        self.selector.register(self.signal_fd, selectors.EVENT_READ, self._read_signals)
-
     def _read_signals(self) -> None:
         for signum, sender, uid in self.signal_fd.read():
             if signum == signal.SIGCHLD:
-                self.reaper.child_exited = True
+                self.reaper.child_may_have_exited()
                 continue
             try:
                 attempt_pid = lineage.owning_attempt(sender, self.children) if sender else None
@@ -238,9 +264,7 @@ class Master:
             self.signals.append(signum)
 
     def announce_ready(self) -> None:
-        now = time.monotonic()
-        for attempt in self.children.values():  # grace for adopted children starts now
-            attempt.fresh_grace(now)
+        self.intake.give_grace(self.clock.monotonic())  # grace for adopted children starts now
         if self.app is None:
             self.change_state(MasterState.DEGRADED)
             # The reason too: the dashboard reads the store, never this loop.
@@ -250,7 +274,7 @@ class Master:
             event(ERROR, "degraded", generation=self.generation, pid=os.getpid(), running=len(self.children),
                   reason=(self.degraded_reason or "").splitlines()[0] if self.degraded_reason else "-",
                   effect="watching and recording the running jobs, starting none; send USR2 to load fixed code")
-            self.update_title(force=True)
+            self.status.update_title(force=True)
             return
         self.change_state(MasterState.RUNNING)
         self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
@@ -263,8 +287,8 @@ class Master:
                 hook(self.app)
             except Exception:  # noqa: BLE001 - reported, and the master carries on
                 log.log.exception("startup_hook_failed hook=%s", getattr(hook, "__qualname__", hook))
-        self.run_owed_callbacks()
-        self.update_title(force=True)
+        self.settler.run_owed()
+        self.status.update_title(force=True)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -273,12 +297,12 @@ class Master:
         try:
             self.reaper.adopt_running_attempts()
             self.announce_ready()
-            self.last_woke = time.monotonic()  # start-up (imports, a journal check) is not absence
+            self.last_woke = self.clock.monotonic()  # start-up (imports, a journal check) is not absence
             while self.state != MasterState.STOPPED or self.holds_unwritten():
                 self.wait_for_events()
                 self.run_commands()
                 self.reaper.reap()
-                self.hangs.run_due_timers(time.monotonic())
+                self.hangs.run_due_timers(self.clock.monotonic())
                 self.memory.look_if_due()
                 self.guarded(self.scheduler.spawn_pending_jobs)
                 self.spawner.replenish()
@@ -288,11 +312,11 @@ class Master:
                 self.guarded(self.check_finished)
                 if not self.outage.active:  # only shown: never a wait on a store that is out
                     self.guarded(self.progress.write_if_due)
-                self.guarded(self.update_title)
+                self.guarded(self.status.update_title)
                 self.watchdog.keep_alive()
                 self.watch_storage()
                 if self.leases is not None:
-                    self.leases.tick(time.monotonic())
+                    self.leases.tick(self.clock.monotonic())
             if self.stop_signal is not None and self.config.exit_when_done:
                 self.exit_code = exits.stopped_batch(self.stop_signal, self.batch_counts)
         except Exception as exc:
@@ -311,7 +335,7 @@ class Master:
                      self.next_state_dir_check, self.control.next_deadline()]
         if self.leases is not None:
             deadlines.append(self.leases.next_deadline())
-        timer = self.timers.next_deadline()
+        timer = self.loop.timers.next_deadline()
         if timer is not None:
             deadlines.append(timer)
         for due in (self.callbacks.next_deadline(self.config.callback_timeout), self.intake.next_deadline(),
@@ -321,27 +345,24 @@ class Master:
         return min(deadlines)
 
     def wait_for_events(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         self.intake.resume_if_due(now)
         deadline = self.next_deadline(now)
-        ready = self.selector.select(max(0.0, deadline - now))
-        woke = time.monotonic()
+        _began, woke, ready = self.loop.wait(deadline)
         worked, self.last_woke = now - self.last_woke, woke  # the last turn's work, between two wake-ups
         if master_was_away(max(deadline, now), woke, worked, self.config.heartbeat_interval):
             self.give_grace(woke - max(deadline, now) + worked)
-        for key, _mask in ready:
-            key.data()
-        self.control.expire(time.monotonic())
-        self.scheduler.poll_if_due(time.monotonic())
+        for on_ready in ready:
+            on_ready()
+        self.control.expire(self.clock.monotonic())
+        self.scheduler.poll_if_due(self.clock.monotonic())
 
     def give_grace(self, away: float) -> None:
         """The master itself was not running (SIGSTOP, a VM pause, swap): read
         every beat that waits (a child that ran meanwhile has some queued on
         its connection), then excuse each silent child the time we were away."""
         self.read_heartbeats()
-        now = time.monotonic()
-        for attempt in self.children.values():
-            attempt.excuse(away, now)
+        self.intake.excuse(away, self.clock.monotonic())
         event(WARNING, "master_was_away", seconds=f"{away:.2f}", running=len(self.children),
               effect="each child's silence over that gap is not counted against it")
 
@@ -356,7 +377,7 @@ class Master:
                 keys: list[str] | None = None) -> dict[str, Any]:
         """Run one command, however it arrived (a signal or the control socket)."""
         if command == Command.STATUS:
-            return {"ok": True, **self.live_status()}
+            return {"ok": True, **self.status.live()}
         if command == Command.CANCEL:
             return {"ok": True, "cancelled": {key: self.cancel(key) for key in keys or []}}
         if command == Command.WAKE:
@@ -398,13 +419,13 @@ class Master:
         its outcome is `cancelled`. Returns the job's state before."""
         state = self.journal.cancel_pending(key)
         if state == "pending" and not self.callbacks_held():
-            self.run_owed_callbacks()  # its on_failed, owed with the cancel
+            self.settler.run_owed()  # its on_failed, owed with the cancel
         if state == "running":
-            attempt = next((a for a in self.children.values() if a.key == key), None)
+            attempt = self.children.with_key(key)
             if attempt is None:
                 return "running elsewhere"  # no process of this master: nothing to signal
             self.journal.request_cancel(attempt.attempt_id)  # survives a replacement or a crash mid-cancel
-            self.hangs.cancel(attempt, time.monotonic())
+            self.hangs.cancel(attempt, self.clock.monotonic())
         return state or "unknown"
 
     def reload_configuration(self) -> None:
@@ -426,21 +447,7 @@ class Master:
 
     def read_heartbeats(self) -> None:
         if self.handoff.phase != HandoffPhase.FORKED:  # else the new master reads the connections now
-            self.intake.read(time.monotonic())
-
-    def take_heartbeat_listener(self, sock: socket.socket) -> None:
-        """A listening socket bound afresh (its path was removed under us);
-        the children's connections stay."""
-        self.heartbeat = sock
-        self.intake.listen(sock)
-
-    def child_closed(self) -> None:
-        """A child closed its connection: it is most likely exiting; sweep soon
-        (its exit status still comes from wait4 or its pidfd)."""
-        self.reaper.child_exited = True
-
-    def heartbeat_socket_restored(self) -> bool:
-        return self.state_files.heartbeat_restored(self)
+            self.intake.read(self.clock.monotonic())
 
     # -- exits ------------------------------------------------------------------------
 
@@ -451,33 +458,10 @@ class Master:
         self.children.clear()
         self.change_state(MasterState.STOPPED)
 
-    def fork_successor(self) -> int | None:
-        return self.handoff.new_master_pid if self.handoff.phase == HandoffPhase.FORKED else None
-
-    # -- what the recorder asks (recorder.OutcomeHost) ---------------------------------
-
-    def retries_for(self, target: str) -> int | None:
-        """The job's retries; None while no app is loaded (its policy is not known)."""
-        if self.app is None:
-            return None
-        spec = self.known_spec(target)
-        if spec is None:
-            return 0  # the loaded code has no such job: a re-run could not start
-        return spec.retries if spec.retries is not None else self.config.retries
+    # -- what only the master decides, asked by the parts --------------------------------
 
     def callbacks_held(self) -> bool:
         return self.handoff.busy or self.app is None
-
-    def owes_callback(self, kind: str) -> bool:
-        return self.settler.owes(kind)
-
-    def jobs_may_be_pending(self) -> None:
-        self.scheduler.wake()
-
-    # -- what a replacement asks (handoff.HandoffHost) and the spawner (spawner.SpawnerHost) -----
-
-    def callbacks_running(self) -> bool:
-        return bool(self.callbacks.running)
 
     def end_spare(self) -> None:
         self.spawner.discard()
@@ -494,8 +478,6 @@ class Master:
         if self.app is not None:
             self.app.journal = self.journal
 
-    # -- what the lease keeper asks (leasekeeper.LeaseHost) --------------------------------
-
     def hold_checkpoints(self, saves: list[tuple[int, int, int, str]]) -> bool:
         """Checkpoints into the journal before they are acknowledged; False if
         that failed (a storage outage: the child writes its outbox instead)."""
@@ -509,18 +491,15 @@ class Master:
         self.guarded(write)
         return held
 
-    def kill_now(self, attempt: Attempt) -> None:
-        """SIGKILL the attempt's group, no grace (the memory watchdog)."""
-        signal_attempt(attempt, signal.SIGKILL)
-
-    def end_children(self, why: str) -> None:
-        """TERM every child's group, KILL after kill_grace; their jobs go back under their policy."""
-        now = time.monotonic()
-        for attempt in self.children.values():
-            if attempt.kill_reason is None and not attempt.interrupted:
-                attempt.interrupted = True
-                attempt.kill_detail = why
-                self.hangs.stop(attempt, now)
+    def cancel_attempts(self, attempt_ids: set[int]) -> None:
+        """Cancels asked in the shared store (any host's `phoenix cancel`):
+        each of these attempts running here, not yet being cancelled, is
+        ended as a local cancel ends it (TERM, KILL after kill_grace; outcome
+        `cancelled`). The store's mark, not this call, survives a crash."""
+        now = self.clock.monotonic()
+        for attempt in list(self.children.values()):
+            if attempt.attempt_id in attempt_ids and attempt.kill_reason != KillReason.CANCELLED:
+                self.hangs.cancel(attempt, now)
 
     def node_taken(self, why: str) -> None:
         """Our lease was recovered, and registering again found the node held by
@@ -535,69 +514,22 @@ class Master:
     def lease_state(self) -> str:
         return str(self.state) if self.state in (MasterState.DRAINING, MasterState.DEGRADED) else "running"
 
-    def give_all_grace(self, now: float) -> None:
-        for attempt in self.children.values():
-            attempt.fresh_grace(now)
-
-    def in_fork_handover(self) -> bool:
-        return self.handoff.phase == HandoffPhase.FORKED
-
-    def running_count(self) -> int:
-        return len(self.children)
-
     def wants_spare(self) -> bool:
         return (self.state == MasterState.RUNNING and self.handoff.phase == HandoffPhase.IDLE
                 and not self.outage.active and self.slots > 0)
 
     # -- spawning -------------------------------------------------------------------
 
-    def fit_slots_to_fd_limit(self) -> None:
-        """At start: raise the open-file limit, and carry no more slots than
-        it allows (a child the master cannot watch for want of a descriptor
-        would be killed as silent, or never started). Too few for one slot:
-        refuse to start."""
-        limit = _raise_fd_limit()
-        self.slot_cap = slots_that_fit(limit)
-        if self.slot_cap == 0 and self.slots > 0:
-            raise ConfigError(f"the open-file limit ({limit}) leaves no room for a job slot: a master needs "
-                              f"{fds_needed(1)} for one, {fds_needed(self.slots)} for workers = {self.slots}; raise "
-                              "the hard limit (ulimit -Hn, systemd LimitNOFILE=, docker run --ulimit nofile=)")
-        self.set_slots(self.slots)
-
     def set_slots(self, wanted: int) -> None:
         """The one writer of `slots` (config, reload, TTIN/TTOU): no more than the open-file limit carries."""
-        if wanted > self.slot_cap:
-            event(WARNING, "workers_lowered", asked=wanted, workers=self.slot_cap,
-                  reason=f"the open-file limit allows {self.slot_cap} slots",
-                  fix=f"raise the hard limit on open files to {fds_needed(wanted)} (ulimit -Hn, systemd "
-                      "LimitNOFILE=, docker run --ulimit nofile=)")
-        self.slots = max(0, min(wanted, self.slot_cap))
+        self.slots = self.slot_limit.allow(wanted)
 
-    def has_free_slot(self) -> bool:
-        return (may_start_jobs(self.state, self.handoff.phase, self.outage.active, len(self.children), self.slots)
-                and (self.leases is None or self.leases.may_claim(time.monotonic())))
-
-    def spec_for(self, target: str) -> JobSpec:
-        spec = self.specs.get(target)
-        if spec is None:
-            spec = self.specs[target] = resolve_target(target)
-        return spec
-
-    def known_spec(self, target: str) -> JobSpec | None:
-        if self.app is None:
-            return None
-        try:
-            return self.spec_for(target)
-        except AppError:
-            return None
-
-    # -- callbacks (settler.CallbackSettler) ---------------------------------------
-
-    def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None:
-        self.settler.start(callback_id, job_id, number, kind)
-
-    def run_owed_callbacks(self) -> None:
-        self.settler.run_owed()
+    def free_slots(self) -> int:
+        """How many jobs may start now: through the one slot gate (policy.may_start_jobs), and the lease."""
+        if not (may_start_jobs(self.state, self.handoff.phase, self.outage.active, len(self.children), self.slots)
+                and (self.leases is None or self.leases.may_claim(self.clock.monotonic()))):
+            return 0
+        return self.slots - len(self.children)
 
     # -- storage faults ---------------------------------------------------------------
 
@@ -613,20 +545,25 @@ class Master:
         except STORAGE_ERRORS as exc:
             self.outage.failed(exc, _name(operation), operation if retry else None)
 
+    def check_state_dir_now(self) -> None:
+        """The state-directory check at once, not at its next second (before a heartbeat_timeout kill)."""
+        self.next_state_dir_check = 0.0
+        self.watch_storage()
+
     def watch_storage(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self.outage.active and self.outage.retry_if_due(self.journal.probe_write):
             self.intake.retry_unheld()
             self.scheduler.wake()
             self.guarded(self.scheduler.reconcile_claims)  # a claim that failed may have committed
-            self.guarded(self.run_owed_callbacks)  # any that could not be started meanwhile
+            self.guarded(self.settler.run_owed)  # any that could not be started meanwhile
         if now < self.next_state_dir_check:
             return
         self.next_state_dir_check = now + STATE_DIR_CHECK
         if not self.journal.shared and file_identity(self.paths.journal) != self.journal_identity:
             self.rebuild_state_dir()
         else:
-            self.state_files.check(self)
+            self.state_files.check()
 
     def rebuild_state_dir(self) -> None:
         """The journal file vanished or was replaced under us: rebuild the state
@@ -642,7 +579,7 @@ class Master:
             self.reopen_journal()
             self.journal_identity = file_identity(self.paths.journal)
             self.pidfile.rebuild()
-            self.state_files.rebind_heartbeat(self)
+            self.state_files.rebind_heartbeat()
             self.control.rebind(control_socket.bind(self.paths.control_socket))
         except (*STORAGE_ERRORS, AlreadyRunning, JournalError) as exc:
             self.outage.failed(exc, "rebuild_state_dir")
@@ -671,7 +608,7 @@ class Master:
         """Outcomes this master has that the journal has not taken yet: finals
         received and not held (their children wait for the ack), and outcome
         records queued by an outage."""
-        waiting = sum(1 for a in self.children.values() if holds_only_copy(a))
+        waiting = sum(1 for a in self.children.values() if a.holds_only_copy())
         return waiting + sum(1 for doing, _redo in self.outage.unwritten if doing == "record")
 
     def holds_unwritten(self) -> bool:
@@ -694,7 +631,7 @@ class Master:
         if self.exit_wait_noted or not self.outage.active:
             return
         held = self.unrecorded_outcomes()
-        if not any(holds_only_copy(a) for a in self.children.values()) and not self.holds_unwritten_waits():
+        if not any(a.holds_only_copy() for a in self.children.values()) and not self.holds_unwritten_waits():
             return  # nothing keeps this stop waiting
         self.exit_wait_noted = True
         event(ERROR, "stop_waits_for_journal", unrecorded_outcomes=held, unwritten=len(self.outage.unwritten),
@@ -718,7 +655,7 @@ class Master:
         if self.state == MasterState.STOPPING and mode == StopMode.TERM:
             event(WARNING, "stop_now", running=len(self.children))
             for attempt in list(self.children.values()):
-                if not holds_only_copy(attempt):  # (see below)
+                if not attempt.holds_only_copy():  # (see below)
                     signal_attempt(attempt, signal.SIGKILL)
             return
         if mode == StopMode.LEAVE:
@@ -734,15 +671,14 @@ class Master:
             return
         event(INFO, "stop", mode="term", running=len(self.children))
         self.change_state(MasterState.STOPPING)
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for attempt in self.children.values():
-            if holds_only_copy(attempt):
+            if attempt.holds_only_copy():
                 # Its job is done: the child only waits for its outcome's ack (or
                 # writes it to the outbox), and holds it until then; a signal
                 # would end the only copy the journal could not take yet.
                 continue
-            attempt.interrupted = True
-            self.hangs.stop(attempt, now)
+            self.hangs.interrupt(attempt, now)
 
     def close(self) -> None:
         self.spawner.discard()
@@ -782,7 +718,7 @@ class Master:
     def record_stop(self) -> None:
         if self.stop_mode == StopMode.HANDED_OVER:
             # The sockets, the pidfile and the journal's meta are the new master's now.
-            handoff.oldbin(self).unlink(missing_ok=True)
+            handoff.oldbin(self.paths).unlink(missing_ok=True)
             self.journal.record_event("handed_over", self.generation, os.getpid(), None)
             return
         self.journal.set_meta(state="stopped")
@@ -790,85 +726,11 @@ class Master:
         if self.leases is not None:
             self.leases.release("left" if self.stop_mode == StopMode.LEAVE else "stopped")
 
-    def update_title(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now < self.title_due:
-            return
-        self.title_due = now + (SHARED_TITLE_EVERY if self.journal.shared else 0.5)  # a shared count costs more
-        if self.histograms is not None:  # --metrics exports the count of every state
-            self.counters.jobs = self.journal.counts()
-            pending = self.counters.jobs["pending"]
-        else:  # through an index (a shared store's counts() aggregates every job on the server)
-            pending = self.journal.pending_count()
-        app = (self.app.name if self.app is not None else None) or self.app_spec or "-"
-        if self.state == MasterState.DEGRADED:
-            set_title(f"phoenix: master gen {self.generation} [{app}] DEGRADED {len(self.children)} running")
-            first_line = (self.degraded_reason or "no app loaded").splitlines()[0]
-            systemd.notify(f"STATUS=degraded: {visible(first_line[:200])}")
-            return
-        set_title(f"phoenix: master gen {self.generation} [{app}] {len(self.children)} running {pending} pending")
-        systemd.notify(f"STATUS=gen {self.generation}: {len(self.children)} running, {pending} pending")
-
-    def live_status(self) -> dict[str, Any]:
-        now = time.monotonic()
-        shown_state = self.state if self.state in (MasterState.DRAINING, MasterState.DEGRADED) else "running"
-        return {
-            "master": {
-                "pid": os.getpid(),
-                "generation": self.generation,
-                "state": str(shown_state),
-                "degraded_reason": self.degraded_reason if self.state == MasterState.DEGRADED else None,
-                "started_at": self.started_at,
-                "uptime": round(time.time() - self.started_at, 3),
-                "workers": self.slots,
-                "slots_used": len(self.children),
-                "spare_pid": self.spawner.spare.pid if self.spawner.spare else None,
-                "fork_server_pid": self.spawner.server.pid if self.spawner.server else None,
-                "app": self.app_spec,
-                "beats": self.counters.beats,
-                "beats_missing": self.counters.beats_missing,
-                "rejected": self.counters.rejected,
-                "reload": self.handoff.last_result,
-                "unrecorded_outcomes": self.unrecorded_outcomes(),
-                "journal_error": self.outage.error,
-                "memory_limits": MEMORY_LIMITS,  # what enforces max_memory
-            },
-            "running": {
-                str(a.job_id): {
-                    "pid": a.pid,
-                    "attempt": a.number,
-                    "age": round(now - a.started, 3),
-                    "last_beat_age": round(now - a.last_beat, 3),
-                    "heartbeats": a.progress,  # calls to phoenix.heartbeat() and phoenix.progress()
-                    "progress": protocol.progress_view(a.reported),
-                    "rss": procfs.rss_bytes(a.pid),
-                    "adopted": not a.own_child,
-                }
-                for a in self.children.values()
-            },
-        }
-
-
-def holds_only_copy(attempt: Attempt) -> bool:
-    """The child finished and sent its outcome, which the journal has not
-    taken (an outage): it is the one durable holder of it, so no stop may
-    signal it. (Once held, the outcome is safe, and the child may be ended.)"""
-    return attempt.final is not None and not attempt.final_held
 
 
 def _name(operation: Callable[..., Any]) -> str:
     inner = getattr(operation, "func", operation)
     return getattr(inner, "__name__", "journal write")
-
-
-def _raise_fd_limit() -> int:
-    """Raise the soft open-file limit to the hard one (adopted children each
-    hold a pidfd; 1,000 of them outgrow the usual soft limit of 1,024), and
-    return the limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # (never infinite: the kernel caps it at nr_open)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 def _hold_standard_fds() -> None:

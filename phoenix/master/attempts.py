@@ -1,9 +1,24 @@
-"""One running attempt, as the master watches it."""
+"""The running attempts, as the master watches them: one `Attempt` each, in
+the one `AttemptTable`, built first and handed to every part that reads it.
+
+Each field changing after an attempt is made has one writing part:
+
+    last_beat, last_progress, progress, last_seq, missing,
+    final, final_held, connection_closed_at      heartbeats.HeartbeatIntake
+                                                 (the grace after an absence too)
+    kill_reason, kill_detail, interrupted        hangs.HangKiller (kill, cancel, interrupt)
+    escaped                                      hangs.signal_attempt (what the job daemonised)
+    pidfd, own_child                             reaper.Reaper (adopted children)
+
+The table's rows are added by the scheduler (an attempt it started) and the
+reaper (an adopted one), and removed by the reaper (an attempt that ended)
+or the master (children left running for the next master)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, ValuesView
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from phoenix.app import JobSpec
 from phoenix.rules.liveness import Limits, excused
@@ -44,10 +59,17 @@ class Attempt:
     max_memory: int | None = None  # bytes: killed past this (master/memory.py); None: no limit
 
     def limits(self, default_heartbeat_timeout: float) -> Limits:
+        """This attempt's limits: its job's own, the app's heartbeat_timeout where the job sets none."""
         spec = self.spec
         if spec is None:
             return Limits(default_heartbeat_timeout)
         return Limits(spec.heartbeat_timeout or default_heartbeat_timeout, spec.stall_timeout, spec.max_runtime)
+
+    def holds_only_copy(self) -> bool:
+        """The child finished and sent its outcome, which the journal has not
+        taken (an outage): it is the one durable holder of it, so no stop may
+        signal it. (Once held, the outcome is safe, and the child may be ended.)"""
+        return self.final is not None and not self.final_held
 
     def fresh_grace(self, now: float) -> None:
         """Silence until `now` was not this child's doing (an adoption, a master
@@ -58,3 +80,52 @@ class Attempt:
         """The master was not running for `away` seconds: that much of this child's silence is not its own."""
         self.last_beat = excused(self.last_beat, away, now)
         self.last_progress = excused(self.last_progress, away, now)
+
+
+_T = TypeVar("_T")
+
+
+class AttemptTable(Mapping[int, Attempt]):
+    """The running attempts by pid: read by every part, written only through
+    add, remove and clear (so a reader can never keep a stale copy)."""
+
+    def __init__(self) -> None:
+        self._by_pid: dict[int, Attempt] = {}
+
+    def __getitem__(self, pid: int) -> Attempt:
+        return self._by_pid[pid]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._by_pid)
+
+    def __len__(self) -> int:
+        return len(self._by_pid)
+
+    # The dict's own methods, not Mapping's generic ones: the intake asks once per beat.
+    @overload
+    def get(self, pid: int, /) -> Attempt | None: ...
+    @overload
+    def get(self, pid: int, /, default: Attempt | _T) -> Attempt | _T: ...
+
+    def get(self, pid: int, /, default: object = None) -> object:
+        return self._by_pid.get(pid, default)
+
+    def __contains__(self, pid: object) -> bool:
+        return pid in self._by_pid
+
+    def values(self) -> ValuesView[Attempt]:
+        return self._by_pid.values()
+
+    def add(self, attempt: Attempt) -> None:
+        self._by_pid[attempt.pid] = attempt
+
+    def remove(self, pid: int) -> Attempt | None:
+        """The attempt of `pid`, no longer running; None if it had none."""
+        return self._by_pid.pop(pid, None)
+
+    def clear(self) -> None:
+        """Let go of every attempt (their children keep running; another master adopts them)."""
+        self._by_pid.clear()
+
+    def with_key(self, key: str) -> Attempt | None:
+        return next((a for a in self._by_pid.values() if a.key == key), None)

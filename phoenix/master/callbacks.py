@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 import queue
 import threading
-import time
 import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.untrusted import cut_traceback
 
 
@@ -32,7 +32,8 @@ class RunningCallback:
 
 
 class CallbackRunner:
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, clock: Clock = SYSTEM) -> None:
+        self.clock = clock
         self.queue: queue.SimpleQueue[
             tuple[Future[str | None], list[Callable[..., Any]], tuple[Any, ...]] | None
         ] = queue.SimpleQueue()
@@ -46,7 +47,7 @@ class CallbackRunner:
     def start(self, callback_id: int, job_key: str, kind: str, functions: list[Callable[..., Any]], *args: Any) -> None:
         future: Future[str | None] = Future()
         self.queue.put((future, functions, args))
-        self.running[callback_id] = RunningCallback(callback_id, job_key, kind, time.monotonic(), future)
+        self.running[callback_id] = RunningCallback(callback_id, job_key, kind, self.clock.monotonic(), future)
         future.add_done_callback(self._wake)
 
     def _work(self) -> None:
@@ -94,9 +95,9 @@ class CallbackRunner:
         return min((rc.started + timeout for rc in self.running.values()), default=None)
 
     def wait_all(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = self.clock.monotonic() + timeout
         for rc in list(self.running.values()):
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.clock.monotonic()
             if remaining <= 0:
                 return
             try:

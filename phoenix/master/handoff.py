@@ -21,14 +21,12 @@ import dataclasses
 import json
 import logging
 import os
-import select
 import selectors
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sized
 
 from phoenix import log
 from phoenix.config import Config
@@ -36,8 +34,8 @@ from phoenix.linux import pid1, pidfile, procfs, systemd
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.pidfile import PidFile
 from phoenix.linux.untrusted import visible
-from phoenix.master.heartbeats import HeartbeatIntake
-from phoenix.master.timers import Timer, TimerHeap
+from phoenix.master.loop import Loop
+from phoenix.master.timers import Timer
 from phoenix.rules.commands import HANDLED_SIGNALS
 from phoenix.rules.outcomes import classify_exit
 from phoenix.rules.states import HANDOFF_TRANSITIONS, HandoffPhase, MasterState, check_move
@@ -56,34 +54,28 @@ FAILED_PREFIX = b"failed:"  # on the ready pipe: a fork-mode new master that cou
 HANDOFF_VARIABLES = (FDS_VARIABLE, GENERATION_VARIABLE, READY_FD_VARIABLE, CONFIG_VARIABLE)
 PREFLIGHT_OUTPUT_LIMIT = 16_000  # characters of `phoenix check` output kept for the log and `reload --wait`
 
-class HandoffHost(Protocol):
-    """What a replacement needs of the master: its sockets and lock to hand
-    over, a way to stop and resume watching, and the journal to flush."""
+class Replaced(Protocol):
+    """What only the master being replaced knows or does (arbiter.Master)."""
 
-    app_spec: str | None
-    config: Config
+    app_spec: str | None  # None: an app object, which no new image can import
     config_file: str | None
-    paths: StatePaths
     generation: int
     state: MasterState
-    selector: selectors.BaseSelector
-    control: ControlServer
-    heartbeat: socket.socket
-    intake: HeartbeatIntake
-    pidfile: PidFile
-    timers: TimerHeap
-    subprocesses: dict[int, Callable[[int], None]]
-    journal: Store
-    outage: JournalOutage  # journal writes that failed: a new image would not have them
 
-    def run_owed_callbacks(self) -> None: ...
-    def callbacks_running(self) -> bool: ...
-    def read_heartbeats(self) -> None: ...
-    def leave_children_running(self) -> None: ...
-    def end_spare(self) -> None: ...
-    def reopen_journal(self) -> None: ...
-    def give_all_grace(self, now: float) -> None: ...
-    def running_count(self) -> int: ...
+    def leave_children_running(self) -> None: ...  # fork mode: the new master is ready; exit without them
+    def end_spare(self) -> None: ...  # the spare runs this image's code: ended before an exec or a fork
+    def reopen_journal(self) -> None: ...  # after a failed exec (the journal was closed for it)
+
+
+class Links(Protocol):
+    """The listening socket and the children's connections (heartbeats.HeartbeatIntake)."""
+
+    listener: socket.socket | None
+
+    def handover(self) -> dict[str, int]: ...
+    def watch(self, selector: selectors.BaseSelector) -> None: ...
+    def unwatch(self) -> None: ...
+    def give_grace(self, now: float) -> None: ...
 
 
 def _startup_cwd() -> str:
@@ -235,8 +227,26 @@ def close_stray_fds(keep: set[int]) -> None:
 
 
 class Handoff:
-    def __init__(self, master: "HandoffHost") -> None:
+    def __init__(self, master: Replaced, config: Callable[[], Config], paths: StatePaths, journal: Callable[[], Store],
+                 outage: JournalOutage, loop: Loop, links: Links, control: ControlServer, pidfile: PidFile,
+                 attempts: Sized, run_owed_callbacks: Callable[[], None],
+                 callbacks_running: Callable[[], bool]) -> None:
+        """`journal`: the store open now (reopened after a failed exec).
+        `outage`: journal writes that failed, which a new image would not
+        have. `attempts`: the running attempts (counted in the log)."""
         self.master = master
+        self.config = config
+        self.paths = paths
+        self.journal = journal
+        self.outage = outage
+        self.loop = loop
+        self.clock = loop.clock
+        self.links = links
+        self.control = control
+        self.pidfile = pidfile
+        self.attempts = attempts
+        self.run_owed_callbacks = run_owed_callbacks
+        self.callbacks_running = callbacks_running
         self.phase = HandoffPhase.IDLE
         self.last_result: dict[str, Any] | None = None
         self.refusal: str | None = None  # why the last reload request was refused, when not for being busy
@@ -254,6 +264,10 @@ class Handoff:
     @property
     def busy(self) -> bool:
         return self.phase != HandoffPhase.IDLE
+
+    def successor(self) -> int | None:
+        """Fork mode: the new master's pid while it starts (it watches the children then), else None."""
+        return self.new_master_pid if self.phase == HandoffPhase.FORKED else None
 
     def move(self, phase: HandoffPhase) -> None:
         """The one writer of `phase`."""
@@ -280,35 +294,36 @@ class Handoff:
         if m.state not in (MasterState.RUNNING, MasterState.DEGRADED):
             log.event(logging.WARNING, "reload_refused", reason=f"the master is {m.state}")
             return False
-        if m.outage.active:
+        if self.outage.active:
             # The new image would start without what this one holds in memory
             # for the journal (outcomes, callbacks done), and finished jobs would run again.
-            self.refusal = (f"the journal cannot be written ({m.outage.error}): this master keeps the outcomes "
+            self.refusal = (f"the journal cannot be written ({self.outage.error}): this master keeps the outcomes "
                             "it holds and replaces itself only once they are recorded; free space or fix the "
                             "state directory, then reload again")
             log.event(logging.ERROR, "reload_refused", reason=self.refusal)
             self.last_result = {"state": "failed", "from_generation": m.generation, "error": self.refusal}
             return False
-        if m.config.reexec == "fork" and pid1.is_namespace_init():
+        config = self.config()
+        if config.reexec == "fork" and pid1.is_namespace_init():
             log.event(logging.ERROR, "reload_refused", reason=pid1.FORK_REPLACEMENT_REFUSED)
             # What `phoenix reload --wait` reads: it exits 1 with this reason.
             self.refusal = pid1.FORK_REPLACEMENT_REFUSED
             self.last_result = {"state": "failed", "from_generation": m.generation, "error": self.refusal}
             return False
-        log.event(logging.INFO, "reload", generation=m.generation, mode=m.config.reexec)
+        log.event(logging.INFO, "reload", generation=m.generation, mode=config.reexec)
         self.move(HandoffPhase.PREFLIGHT)
         self.last_result = {"state": "preflight", "from_generation": m.generation}
-        self.preflight_started = time.monotonic()
-        argv = [sys.executable, "-m", "phoenix", "check", m.app_spec, "--state-dir", str(m.paths.root)]
+        self.preflight_started = self.clock.monotonic()
+        argv = [sys.executable, "-m", "phoenix", "check", m.app_spec, "--state-dir", str(self.paths.root)]
         if m.config_file:
             argv += ["--config", m.config_file]
-        if m.journal.shared:  # its queue is the shared store's
-            argv += ["--store", m.config.store]
+        if self.journal().shared:  # its queue is the shared store's
+            argv += ["--store", config.store]
         if force:
             argv.append("--force")
             log.event(logging.WARNING, "reload_forced",
                       effect="jobs whose target the new code lacks fail when they start")
-        self.deadline = time.monotonic() + m.config.reload_timeout
+        self.deadline = self.clock.monotonic() + config.reload_timeout
         # Its output (the error and traceback, if the new code is broken) comes
         # back to us through a pipe: it goes into our log and into the answer
         # `phoenix reload --wait` prints, wherever our own stderr points.
@@ -329,8 +344,8 @@ class Handoff:
             os.close(output_write)
         self.preflight_output = bytearray()
         self.preflight_read = output_read
-        m.selector.register(output_read, selectors.EVENT_READ, self._read_preflight_output)
-        m.subprocesses[pid] = self._preflight_done
+        self.loop.watch(output_read, self._read_preflight_output)
+        self.loop.subprocesses[pid] = self._preflight_done
         self.helper_pid = pid
         return True
 
@@ -338,12 +353,12 @@ class Handoff:
         """A preflight or a fork-mode new master that hangs must not block
         every later deploy: past reload_timeout it is killed (it is our own
         child, so its pid cannot have been reused) and the reload fails."""
-        if self.phase not in ("preflight", "forked") or time.monotonic() < self.deadline:
+        if self.phase not in ("preflight", "forked") or self.clock.monotonic() < self.deadline:
             return
         pid = self.helper_pid if self.phase == "preflight" else self.new_master_pid
         what = "preflight" if self.phase == "preflight" else "new master"
         log.event(logging.ERROR, "reload_timeout", waited_for=what, pid=pid,
-                  limit=f"{self.master.config.reload_timeout}s")
+                  limit=f"{self.config().reload_timeout}s")
         self.timed_out = True
         self.deadline = float("inf")
         if pid is not None:
@@ -366,7 +381,7 @@ class Handoff:
 
     def _stop_reading_preflight(self) -> None:
         if self.preflight_read is not None:
-            self.master.selector.unregister(self.preflight_read)
+            self.loop.unwatch(self.preflight_read)
             os.close(self.preflight_read)
             self.preflight_read = None
 
@@ -378,7 +393,7 @@ class Handoff:
         if self.timed_out:
             self.timed_out = False
             self._failed("preflight", f"preflight `phoenix check {m.app_spec}` did not finish within "
-                         f"{m.config.reload_timeout} s (reload_timeout); it was killed")
+                         f"{self.config().reload_timeout} s (reload_timeout); it was killed")
             return
         if code != 0:
             # Its own "phoenix: error: " prefix goes: `reload --wait` and the log add theirs.
@@ -387,7 +402,7 @@ class Handoff:
             self._failed("preflight", f"preflight `phoenix check {m.app_spec}` failed with exit code {code}:\n"
                          f"{output or '(no output)'}")
             return
-        log.event(logging.INFO, "preflight_ok", took=f"{time.monotonic() - self.preflight_started:.2f}s")
+        log.event(logging.INFO, "preflight_ok", took=f"{self.clock.monotonic() - self.preflight_started:.2f}s")
         self.move(HandoffPhase.WAITING_CALLBACKS)
         self.continue_when_quiet()
 
@@ -398,18 +413,18 @@ class Handoff:
         self.move(HandoffPhase.IDLE)
         self.last_result = {"state": "failed", "from_generation": m.generation, "error": error}
         log.event(logging.ERROR, "reload_failed", reason=reason, error=error)  # one record, the whole reason
-        m.run_owed_callbacks()
+        self.run_owed_callbacks()
 
     def continue_when_quiet(self) -> None:
         """Called on every turn while waiting: exec once no callback is running,
         so that none is cut off and run twice."""
-        if self.phase != "waiting_callbacks" or self.master.callbacks_running():
+        if self.phase != "waiting_callbacks" or self.callbacks_running():
             return
-        if self.master.outage.active:  # it began after the reload did (see begin)
-            self._failed("journal", f"the journal cannot be written ({self.master.outage.error}): this master "
+        if self.outage.active:  # it began after the reload did (see begin)
+            self._failed("journal", f"the journal cannot be written ({self.outage.error}): this master "
                                     "keeps the outcomes it holds; reload again once it is writable")
             return
-        if self.master.config.reexec == "fork":
+        if self.config().reexec == "fork":
             self.fork_new_master()
         else:
             self.exec_in_place()
@@ -418,15 +433,15 @@ class Handoff:
         env = dict(STARTUP_ENVIRONMENT)
         env[FDS_VARIABLE] = f"{FD_LIST_PREFIX}{fd_list}"
         env[GENERATION_VARIABLE] = str(self.master.generation + 1)
-        env[CONFIG_VARIABLE] = json.dumps(dataclasses.asdict(self.master.config))
+        env[CONFIG_VARIABLE] = json.dumps(dataclasses.asdict(self.config()))
         return env
 
     def _handover_fds(self) -> dict[str, int]:
-        m = self.master
-        fds = {"heartbeat": m.heartbeat.fileno(), "control": m.control.sock.fileno()}
-        if m.pidfile.lock_fd is not None:
-            fds["lock"] = m.pidfile.lock_fd
-        fds.update(m.intake.handover())
+        assert self.links.listener is not None  # listening from open() on
+        fds = {"heartbeat": self.links.listener.fileno(), "control": self.control.sock.fileno()}
+        if self.pidfile.lock_fd is not None:
+            fds["lock"] = self.pidfile.lock_fd
+        fds.update(self.links.handover())
         for fd in fds.values():
             os.set_inheritable(fd, True)
         return fds
@@ -437,24 +452,12 @@ class Handoff:
         close under the client's feet. New connections wait in the listen
         backlog, which the new image inherits with the socket. False when one
         of them was a stop: then the master stops instead of replacing itself."""
-        m = self.master
-        m.selector.unregister(m.control.sock)
-        deadline = time.monotonic() + 0.5
-        poller = select.poll()
-        for conn in m.control.buffers:
-            poller.register(conn, select.POLLIN)
-        while m.control.buffers and (left := deadline - time.monotonic()) > 0:
-            for fd, _event in poller.poll(left * 1000):
-                ready = next((c for c in m.control.buffers if c.fileno() == fd), None)
-                poller.unregister(fd)
-                if ready is not None:
-                    m.control.read(ready)
-                    if ready in m.control.buffers:  # only part of the request so far
-                        poller.register(ready, select.POLLIN)
-        m.control.close()  # whatever is left never sent a whole request
-        if m.state not in (MasterState.RUNNING, MasterState.DEGRADED):
-            m.selector.register(m.control.sock, selectors.EVENT_READ, m.control.accept)
-            self._failed("stop", f"the master is {m.state}: a stop request came in before the exec")
+        self.control.stop_listening()
+        self.control.answer_accepted(within=0.5)
+        self.control.close()  # whatever is left never sent a whole request
+        if self.master.state not in (MasterState.RUNNING, MasterState.DEGRADED):
+            self.control.listen_again()
+            self._failed("stop", f"the master is {self.master.state}: a stop request came in before the exec")
             return False
         return True
 
@@ -476,16 +479,17 @@ class Handoff:
         except OSError as exc:  # no memory for the list: nothing is closed yet, this image carries on
             for fd in fds.values():
                 os.set_inheritable(fd, False)
-            m.selector.register(m.control.sock, selectors.EVENT_READ, m.control.accept)
+            self.control.listen_again()
             os.close(here)
             self._failed("exec", f"cannot hand over: {exc.strerror or exc}")
             return
         env = self._handover_environment(fds, fd_list)
+        journal = self.journal()
         try:
-            m.journal.record_event("reexec", m.generation, os.getpid(), "inplace")
+            journal.record_event("reexec", m.generation, os.getpid(), "inplace")
         except STORAGE_ERRORS as exc:  # the disk filled this instant: nothing is held (see begin), only history lost
             log.event(logging.WARNING, "reexec_unrecorded", error=str(exc))
-        m.journal.close()
+        journal.close()
         systemd.notify("RELOADING=1", systemd.monotonic_usec())
         log.event(logging.INFO, "exec", generation=m.generation + 1, argv=" ".join(sys.orig_argv))
         for handler in logging.getLogger().handlers:
@@ -506,11 +510,10 @@ class Handoff:
             os.close(here)
 
     def _exec_failed(self, fds: dict[str, int], exc: OSError) -> None:
-        m = self.master
         for fd in fds.values():
             os.set_inheritable(fd, False)
-        m.reopen_journal()
-        m.selector.register(m.control.sock, selectors.EVENT_READ, m.control.accept)
+        self.master.reopen_journal()
+        self.control.listen_again()
         systemd.notify("READY=1")
         self._failed("exec", f"exec of {sys.executable} failed: {exc}")
 
@@ -538,7 +541,7 @@ class Handoff:
         # systemd's WATCHDOG_PID names us; the new master, once MAINPID, owes the keep-alives.
         env.pop("WATCHDOG_PID", None)
         systemd.notify("RELOADING=1", systemd.monotonic_usec())
-        os.rename(m.paths.pidfile, oldbin(m))
+        os.rename(self.paths.pidfile, oldbin(self.paths))
         try:
             # Started with the handled signals blocked, as an in-place image is:
             # a USR2 or TERM that reaches it before its handlers are installed
@@ -546,7 +549,7 @@ class Handoff:
             pid = spawn_in_startup_cwd(sys.executable, sys.orig_argv, env, setsigmask=_handled())
         except OSError as exc:
             os.close(fd_list)
-            os.rename(oldbin(m), m.paths.pidfile)
+            os.rename(oldbin(self.paths), self.paths.pidfile)
             os.close(ready_read)
             os.close(ready_write)
             for fd in fds.values():
@@ -562,15 +565,15 @@ class Handoff:
         # owns the socket and the children (it adopts them through pidfds) and
         # answers `phoenix status`; the old one only waits to hear that it is
         # ready, and does not judge its children by beats it no longer reads.
-        m.intake.unwatch()
-        m.selector.unregister(m.control.sock)
-        self.paused_timers = m.timers.pause()
+        self.links.unwatch()
+        self.control.stop_listening()
+        self.paused_timers = self.loop.timers.pause()
         self.move(HandoffPhase.FORKED)
-        self.deadline = time.monotonic() + m.config.reload_timeout
+        self.deadline = self.clock.monotonic() + self.config().reload_timeout
         self.new_master_pid = pid
         self.ready_read = ready_read
-        m.subprocesses[pid] = self._new_master_died
-        m.selector.register(ready_read, selectors.EVENT_READ, self._new_master_ready)
+        self.loop.subprocesses[pid] = self._new_master_died
+        self.loop.watch(ready_read, self._new_master_ready)
         log.event(logging.INFO, "forked_new_master", pid=pid)
 
     def _new_master_ready(self) -> None:
@@ -583,7 +586,7 @@ class Handoff:
             return  # it exits now; _new_master_died restores
         if not data:
             return  # closed without a word: it died; _new_master_died restores
-        log.event(logging.INFO, "handed_over", new_pid=self.new_master_pid, running=m.running_count())
+        log.event(logging.INFO, "handed_over", new_pid=self.new_master_pid, running=len(self.attempts))
         # From the main pid (NotifyAccess=main): the service's main process is now the new master.
         systemd.notify(f"MAINPID={self.new_master_pid}", "READY=1")
         m.leave_children_running()
@@ -594,22 +597,21 @@ class Handoff:
             return
         self._close_ready_pipe()
         try:
-            os.rename(oldbin(m), m.paths.pidfile)
+            os.rename(oldbin(self.paths), self.paths.pidfile)
         except FileNotFoundError:
-            pidfile.write_atomically(m.paths.pidfile, os.getpid())
-        m.intake.watch(m.selector)
-        m.selector.register(m.control.sock, selectors.EVENT_READ, m.control.accept)
+            pidfile.write_atomically(self.paths.pidfile, os.getpid())
+        self.links.watch(self.loop.selector)
+        self.control.listen_again()
         # The beats sent while we did not listen were read by the new master,
         # or are still queued: every child gets a full heartbeat_timeout again.
-        now = time.monotonic()
-        m.give_all_grace(now)
-        m.timers.resume(self.paused_timers)
+        self.links.give_grace(self.clock.monotonic())
+        self.loop.timers.resume(self.paused_timers)
         self.paused_timers = []
         systemd.notify("READY=1")
         if self.timed_out:
             self.timed_out = False
             self._failed("new master", f"the new master (pid {self.new_master_pid}) was not ready within "
-                         f"{m.config.reload_timeout} s (reload_timeout) and was killed")
+                         f"{self.config().reload_timeout} s (reload_timeout) and was killed")
             return
         if self.new_master_error is not None:
             error, self.new_master_error = self.new_master_error, None
@@ -621,7 +623,7 @@ class Handoff:
 
     def _close_ready_pipe(self) -> None:
         if self.ready_read is not None:
-            self.master.selector.unregister(self.ready_read)
+            self.loop.unwatch(self.ready_read)
             os.close(self.ready_read)
             self.ready_read = None
 
@@ -660,8 +662,9 @@ def _cut(text: str, limit: int) -> str:
     return text[: limit // 4] + "\n[... cut ...]\n" + text[-(limit - limit // 4):]
 
 
-def oldbin(m: "HandoffHost") -> Path:
-    return m.paths.pidfile.with_name(m.paths.pidfile.name + ".oldbin")
+def oldbin(paths: StatePaths) -> Path:
+    """Fork mode: where the old master's pidfile goes while the new master starts."""
+    return paths.pidfile.with_name(paths.pidfile.name + ".oldbin")
 
 
 def _handled() -> set[int]:

@@ -9,29 +9,25 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Callable, Protocol
 
 from phoenix import log
 from phoenix.config import Config
 from phoenix.linux import lineage
 from phoenix.master.attempts import Attempt
-from phoenix.master.heartbeats import HeartbeatIntake
-from phoenix.master.metrics import Counters, Histograms
-from phoenix.master.timers import TimerHeap
-from phoenix.rules.liveness import Verdict, verdict
+from phoenix.master.loop import Loop
+from phoenix.master.metrics import Counters
+from phoenix.rules.liveness import Limits, Verdict, verdict
 from phoenix.rules.states import KillReason, TimerKind
 
 
-class HangHost(Protocol):
-    config: Config
-    children: dict[int, Attempt]
-    timers: TimerHeap
-    counters: Counters
-    histograms: Histograms | None
-    intake: HeartbeatIntake
+class Links(Protocol):
+    """What the hang killer asks the heartbeat intake (HeartbeatIntake)."""
 
-    def read_heartbeats(self) -> None: ...
-    def heartbeat_socket_restored(self) -> bool: ...  # True: it was gone, is back, and every child has grace
+    accept_short_since: float | None  # out of descriptors to accept connections since then
+
+    def has_link(self, pid: int) -> bool: ...
 
 
 # Seconds between two looks at a silent child whose connection may be one the
@@ -42,16 +38,29 @@ CONNECTION_CLOSED_ADVICE = ("the job closed its own connection to the master (it
 
 
 class HangKiller:
-    def __init__(self, host: HangHost) -> None:
-        self.host = host
+    """The one writer of an attempt's kill_reason, kill_detail and interrupted."""
+
+    def __init__(self, attempts: Mapping[int, Attempt], loop: Loop, config: Callable[[], Config],
+                 counters: Counters, links: Links, read_heartbeats: Callable[[], None],
+                 heartbeat_socket_restored: Callable[[], bool]) -> None:
+        """`read_heartbeats`: read every beat waiting before anyone is found
+        silent; `heartbeat_socket_restored`: True if the socket file was gone,
+        is back, and every child has been given grace."""
+        self.attempts = attempts
+        self.timers = loop.timers
+        self.clock = loop.clock
+        self.config = config
+        self.counters = counters
+        self.links = links
+        self.read_heartbeats = read_heartbeats
+        self.heartbeat_socket_restored = heartbeat_socket_restored
 
     def run_due_timers(self, now: float) -> None:
         """A kill after kill_grace, or a liveness check, which re-arms itself
         for the attempt's next limit."""
-        h = self.host
         read = False
-        for timer in h.timers.pop_due(now):
-            attempt = h.children.get(timer.pid)
+        for timer in self.timers.pop_due(now):
+            attempt = self.attempts.get(timer.pid)
             if attempt is None or attempt.attempt_id != timer.attempt_id:
                 continue  # already gone
             if timer.kind == TimerKind.KILL:
@@ -61,36 +70,46 @@ class HangKiller:
                 # anyone is found silent; a check that finds a recent beat (nearly
                 # all: they re-arm) needs no read, which keeps beats batched.
                 if not read and self._judge(attempt, now).reason is not None:
-                    h.read_heartbeats()
+                    self.read_heartbeats()
                     read = True
                 self.check(attempt, now)
 
+    def watch(self, attempt: Attempt, now: float) -> None:
+        """A new attempt: its first liveness check, when its first limit could be reached."""
+        self.timers.push(self._judge(attempt, now).next_check, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
+
+    def watch_adopted(self, attempt: Attempt, now: float) -> None:
+        """An adopted attempt: one full heartbeat_timeout of grace before its first check."""
+        self.timers.push(now + self.config().heartbeat_timeout, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
+
     def check(self, attempt: Attempt, now: float) -> None:
-        h = self.host
         judged = self._judge(attempt, now)
         reason = judged.reason
-        if reason == KillReason.HEARTBEAT_TIMEOUT and h.heartbeat_socket_restored():
+        if reason == KillReason.HEARTBEAT_TIMEOUT and self.heartbeat_socket_restored():
             judged = self._judge(attempt, now)  # the socket file was gone: the silence was ours
             reason = judged.reason
-        if reason == KillReason.HEARTBEAT_TIMEOUT and not h.intake.has_link(attempt.pid):
-            if h.intake.accept_short_since is not None:
+        if reason == KillReason.HEARTBEAT_TIMEOUT and not self.links.has_link(attempt.pid):
+            if self.links.accept_short_since is not None:
                 # Its connection may wait in the backlog the master cannot accept
                 # from (out of descriptors): that silence is ours. Look again soon.
-                h.timers.push(now + BACKLOG_RECHECK, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
+                self.timers.push(now + BACKLOG_RECHECK, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
                 return
             if attempt.connection_closed_at is not None:
                 reason = KillReason.CONNECTION_CLOSED
         if reason is None:
-            h.timers.push(judged.next_check, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
+            self.timers.push(judged.next_check, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
         else:
             self.kill(attempt, reason, now)
 
+    def limits(self, attempt: Attempt) -> Limits:
+        """The one place an attempt's limits are merged with the app's default (which a reload may change)."""
+        return attempt.limits(self.config().heartbeat_timeout)
+
     def _judge(self, attempt: Attempt, now: float) -> Verdict:
-        return verdict(attempt.limits(self.host.config.heartbeat_timeout), last_beat=attempt.last_beat,
+        return verdict(self.limits(attempt), last_beat=attempt.last_beat,
                        last_progress=attempt.last_progress, started=attempt.started, now=now)
 
     def kill(self, attempt: Attempt, reason: KillReason, now: float) -> None:
-        h = self.host
         ages = {KillReason.HEARTBEAT_TIMEOUT: now - attempt.last_beat,
                 KillReason.STALL_TIMEOUT: now - attempt.last_progress,
                 KillReason.MAX_RUNTIME: now - attempt.started, KillReason.OPERATOR: 0.0,
@@ -99,10 +118,11 @@ class HangKiller:
         attempt.kill_detail = f"{reason}: {ages[reason]:.2f} s"
         if reason == KillReason.CONNECTION_CLOSED:
             attempt.kill_detail += f" ago: {CONNECTION_CLOSED_ADVICE}"
-        h.counters.count(h.counters.kills, reason)
-        if reason == KillReason.HEARTBEAT_TIMEOUT and h.histograms is not None:
-            late = now - attempt.last_beat - attempt.limits(h.config.heartbeat_timeout).heartbeat_timeout
-            h.histograms.detection_latency.observe(max(0.0, late))
+        self.counters.count(self.counters.kills, reason)
+        histograms = self.counters.histograms
+        if reason == KillReason.HEARTBEAT_TIMEOUT and histograms is not None:
+            late = now - attempt.last_beat - self.limits(attempt).heartbeat_timeout
+            histograms.detection_latency.observe(max(0.0, late))
         log.event(logging.WARNING, "kill", pid=attempt.pid, job=attempt.key, attempt=attempt.number, reason=reason,
                   after=f"{ages[reason]:.2f}s")
         self.stop(attempt, now)
@@ -110,16 +130,32 @@ class HangKiller:
     def cancel(self, attempt: Attempt, now: float) -> None:
         """`phoenix cancel` of a running job: its outcome will be `cancelled`."""
         attempt.kill_reason, attempt.kill_detail = KillReason.CANCELLED, None
-        self.host.counters.count(self.host.counters.kills, KillReason.CANCELLED)
+        self.counters.count(self.counters.kills, KillReason.CANCELLED)
         log.event(logging.WARNING, "kill", pid=attempt.pid, job=attempt.key, attempt=attempt.number,
                   reason=KillReason.CANCELLED)
         self.stop(attempt, now)
+
+    def interrupt(self, attempt: Attempt, now: float, why: str | None = None) -> None:
+        """End an attempt for a reason that is not its job's (a stop, a lapsed
+        lease): its outcome is `interrupted`, and its job runs again."""
+        attempt.interrupted = True
+        if why is not None:
+            attempt.kill_detail = why
+        self.stop(attempt, now)
+
+    def interrupt_all(self, why: str) -> None:
+        """End every attempt not being ended already (a shared store's lease
+        lapsed or was recovered): TERM, KILL after kill_grace; their jobs go back under their policy."""
+        now = self.clock.monotonic()
+        for attempt in self.attempts.values():
+            if attempt.kill_reason is None and not attempt.interrupted:
+                self.interrupt(attempt, now, why)
 
     def stop(self, attempt: Attempt, now: float) -> None:
         """TERM now (and CONT: a stopped process only acts on TERM once continued), KILL after kill_grace."""
         signal_attempt(attempt, signal.SIGTERM)
         signal_attempt(attempt, signal.SIGCONT)
-        self.host.timers.push(now + self.host.config.kill_grace, TimerKind.KILL, attempt.pid, attempt.attempt_id)
+        self.timers.push(now + self.config().kill_grace, TimerKind.KILL, attempt.pid, attempt.attempt_id)
 
 
 def signal_attempt(attempt: Attempt, signum: int) -> None:

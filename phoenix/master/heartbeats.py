@@ -19,12 +19,12 @@ import logging
 import select
 import selectors
 import socket
-import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from phoenix import log
 from phoenix.child.longjobs import progress_value
+from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.master.attempts import Attempt
 from phoenix.master.metrics import Counters
 from phoenix.wire import heartbeat as protocol
@@ -69,9 +69,10 @@ HoldCheckpoints = Callable[[list[tuple[int, int, int, str]]], bool]
 
 
 class HeartbeatIntake:
-    def __init__(self, attempts: dict[int, Attempt], counters: Counters, uid: int,
+    def __init__(self, attempts: Mapping[int, Attempt], counters: Counters, uid: int,
                  hold_finals: Callable[[list[Attempt]], bool], child_closed: Callable[[], None],
-                 hold_checkpoints: HoldCheckpoints | None = None) -> None:
+                 clock: Clock = SYSTEM, hold_checkpoints: HoldCheckpoints | None = None) -> None:
+        self.clock = clock
         self.attempts = attempts  # pid -> attempt: the master's table, read here, never changed
         self.counters = counters
         self.uid = uid
@@ -117,7 +118,7 @@ class HeartbeatIntake:
         self.selector, self.resume_at = None, 0.0
 
     def ready(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self.read(now) or self.selector is None:
             return  # children starting or ending: stay on it
         self.selector.unregister(self)
@@ -199,7 +200,7 @@ class HeartbeatIntake:
                     # on it: its silence is the master's until it is accepted (hangs.py).
                     self.counters.reject("fd_shortage")
                     if self.accept_short_since is None:
-                        self.accept_short_since = time.monotonic()
+                        self.accept_short_since = self.clock.monotonic()
                     return
                 raise
             pid, uid = protocol.peer_credentials(sock)
@@ -213,6 +214,18 @@ class HeartbeatIntake:
                 sock.setblocking(False)
                 self._add(Link(sock, pid))
                 self.attempts[pid].connection_closed_at = None  # connected again
+
+    def give_grace(self, now: float) -> None:
+        """Silence until `now` was not the children's doing (an adoption, a
+        master that was not running, a socket file put back): their heartbeat
+        and stall limits count from now."""
+        for attempt in self.attempts.values():
+            attempt.fresh_grace(now)
+
+    def excuse(self, away: float, now: float) -> None:
+        """The master was not running for `away` seconds: that much of each child's silence is not its own."""
+        for attempt in self.attempts.values():
+            attempt.excuse(away, now)
 
     def has_link(self, pid: int) -> bool:
         """Whether the child `pid` has a connection open to the master (a linear

@@ -14,6 +14,12 @@ owed. An idle master thus costs the database one statement per ttl/3.
 
 Wake-ups come on one LISTEN connection in the master's selector; each
 renewal pings it, and a listener that missed its ping is reconnected.
+
+A cancel asked on any host (`phoenix cancel KEY --store URL`) is a mark on
+the running attempt in the store and a NOTIFY naming the attempt: the
+keeper of the master running it looks for its marked attempts then, and
+every CANCEL_POLL seconds while children run (a notification can be lost
+with its connection), and hands them to the master to end.
 """
 
 from __future__ import annotations
@@ -21,16 +27,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import selectors
 import tempfile
-import time
 import uuid
-from typing import Protocol
+from typing import Callable, Mapping, Protocol
 
 from phoenix import log
-from phoenix.app import JobSpec
 from phoenix.config import Config
 from phoenix.master.attempts import Attempt
+from phoenix.master.loop import Loop
+from phoenix.master.specs import JobSpecs
 from phoenix.rules import leases
 from phoenix.rules.policy import RestartBudget, after_attempt
 from phoenix.rules.states import Outcome
@@ -39,28 +44,38 @@ from phoenix.store.base import JournalError, SharedStore, StoreUnavailable
 FALLBACK_POLL = 2.0  # seconds between looks for jobs while the listener is not known to work
 
 
-class LeaseHost(Protocol):
-    config: Config
-    children: dict[int, Attempt]
-    selector: selectors.BaseSelector
-    slots: int
-    budget: RestartBudget
+class LeasedMaster(Protocol):
+    """What only the master decides (arbiter.Master)."""
 
-    def known_spec(self, target: str) -> JobSpec | None: ...
-    def jobs_may_be_pending(self) -> None: ...
-    def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None: ...
-    def callbacks_held(self) -> bool: ...
-    def run_owed_callbacks(self) -> None: ...
-    def end_children(self, why: str) -> None: ...
-    def node_taken(self, why: str) -> None: ...  # another master holds our node name: stop
+    slots: int
+
+    def cancel_attempts(self, attempt_ids: set[int]) -> None: ...  # cancels asked in the store (any host)
     def lease_state(self) -> str: ...  # running | draining | degraded
+    def node_taken(self, why: str) -> None: ...  # another master holds our node name: stop
 
 
 class LeaseKeeper:
-    def __init__(self, host: LeaseHost, store: SharedStore) -> None:
-        self.host = host
+    def __init__(self, master: LeasedMaster, end_children: Callable[[str], None], store: SharedStore,
+                 config: Callable[[], Config], specs: JobSpecs, attempts: Mapping[int, Attempt], loop: Loop,
+                 budget: Callable[[], RestartBudget], callbacks_held: Callable[[], bool],
+                 run_owed_callbacks: Callable[[], None], jobs_may_be_pending: Callable[[], None]) -> None:
+        """`end_children(why)`: TERM every child, KILL after kill_grace (hangs.HangKiller.interrupt_all).
+        `budget`: the restart budget in force (a reload makes a new one).
+        `callbacks_held()`: True while owed callbacks must stay owed (a
+        replacement waits for callbacks to end; no app loaded)."""
+        self.master = master
+        self.end_children = end_children
         self.store = store
-        self.times = leases.lease_times(host.config.lease_ttl, host.config.kill_grace)
+        self.config = config
+        self.specs = specs
+        self.attempts = attempts
+        self.loop = loop
+        self.clock = loop.clock
+        self.budget = budget
+        self.callbacks_held = callbacks_held
+        self.run_owed_callbacks = run_owed_callbacks
+        self.jobs_may_be_pending = jobs_may_be_pending
+        self.times = leases.lease_times(config().lease_ttl, config().kill_grace)
         self.trust_ends = float("-inf")  # monotonic
         self.next_renewal = 0.0
         self.next_recovery = 0.0  # once at start; then whenever a renewal says a master is due (recovery_due)
@@ -70,11 +85,12 @@ class LeaseKeeper:
         self.ended_children = False  # told to end after the lease lapsed
         self.failing = False  # renewals failing: said once
         self.owed_unknown = False  # a recovery's reply was lost: it may have made us owe callbacks
+        self.next_cancel_look = 0.0  # monotonic: the next look for cancels asked of our running attempts
 
     def register(self, pid: int, generation: int, started_at: float, app: str | None) -> None:
         self.identity = (pid, generation, started_at, app)
-        self.instance = instance_token(self.host.config.state_dir)  # read once: registering again needs no file
-        sent = time.monotonic()
+        self.instance = instance_token(self.config().state_dir)  # read once: registering again needs no file
+        sent = self.clock.monotonic()
         epoch = self._register()
         self.trusted(sent)
         log.event(logging.INFO, "lease", node=self.store.node, epoch=epoch, ttl=f"{self.times.ttl:g}s",
@@ -101,29 +117,43 @@ class LeaseKeeper:
 
     def next_deadline(self) -> float:
         deadlines = [self.next_renewal, self.next_recovery]
-        if self.host.children and not self.ended_children:
+        if self.attempts and not self.ended_children:
             deadlines.append(self.trust_ends)
+        if self.attempts:
+            deadlines.append(self.next_cancel_look)
         return min(deadlines)
 
     def tick(self, now: float) -> None:
         if now >= self.next_renewal:
             self.renew()
-        if self.host.children and not self.ended_children and leases.children_must_end(time.monotonic(),
+        if self.attempts and not self.ended_children and leases.children_must_end(self.clock.monotonic(),
                                                                                         self.trust_ends):
             self.ended_children = True
-            log.event(logging.ERROR, "lease_lapsed", node=self.store.node, running=len(self.host.children),
+            log.event(logging.ERROR, "lease_lapsed", node=self.store.node, running=len(self.attempts),
                       effect="ending every child (TERM, then KILL after kill_grace): another master may "
                              "recover their jobs")
-            self.host.end_children("its master's lease lapsed")
+            self.end_children("its master's lease lapsed")
         if now >= self.next_recovery or self.store.recovery_due:
             self.next_recovery = float("inf")
             self.store.recovery_due = False
             self.recover()
+        if self.attempts and now >= self.next_cancel_look:
+            self.look_for_cancels(now)
+
+    def look_for_cancels(self, now: float) -> None:
+        """End the running attempts whose cancel was asked in the store."""
+        self.next_cancel_look = now + leases.CANCEL_POLL
+        try:
+            asked = self.store.cancels_requested()
+        except StoreUnavailable:
+            return  # looked for again at the next poll; a lapsing lease ends the children anyway
+        if asked:
+            self.master.cancel_attempts(asked)
 
     def renew(self) -> None:
-        sent = time.monotonic()
+        sent = self.clock.monotonic()
         try:
-            live = self.store.renew_lease(self.host.lease_state(), self.host.slots, len(self.host.children),
+            live = self.store.renew_lease(self.master.lease_state(), self.master.slots, len(self.attempts),
                                           grace=self.times.grace)
         except StoreUnavailable as exc:
             self.next_renewal = sent + self.times.renew_retry
@@ -138,29 +168,29 @@ class LeaseKeeper:
             log.event(logging.WARNING, "lease_renewed", node=self.store.node)
         if not live:
             # Another master recovered us: our attempts are lost, their jobs may run elsewhere now.
-            log.event(logging.ERROR, "lease_lost", node=self.store.node, running=len(self.host.children),
+            log.event(logging.ERROR, "lease_lost", node=self.store.node, running=len(self.attempts),
                       effect="ending every child now; registering again under a new epoch")
-            if self.host.children:
-                self.host.end_children("its master's lease was recovered by another master")
+            if self.attempts:
+                self.end_children("its master's lease was recovered by another master")
             self.register_again(sent)
             return
         self.trusted(sent)
-        if self.owed_unknown and not self.host.callbacks_held():
+        if self.owed_unknown and not self.callbacks_held():
             try:
-                self.host.run_owed_callbacks()  # those a recovery whose reply was lost made ours
+                self.run_owed_callbacks()  # those a recovery whose reply was lost made ours
                 self.owed_unknown = False
             except StoreUnavailable:
                 pass  # after the next renewal, then
         self.listener_ok = self.ping_seen and self.listener_fd is not None
         if not self.listener_ok:
             self.open_listener()  # the last renewal's ping never came: the listener is dead
-            if not self.host.callbacks_held():
-                self.host.run_owed_callbacks()  # a NOTIFY of an owed callback (a cancel) may have been missed
+            if not self.callbacks_held():
+                self.run_owed_callbacks()  # a NOTIFY of an owed callback (a cancel) may have been missed
         self.ping_seen = False
 
     def _register(self) -> int:
         pid, generation, started_at, app = self.identity
-        return self.store.register_master(pid, generation, started_at, self.host.slots, app,
+        return self.store.register_master(pid, generation, started_at, self.master.slots, app,
                                           instance=self.instance,
                                           grace=self.times.grace, outage_budget=self.times.outage_budget)
 
@@ -172,7 +202,7 @@ class LeaseKeeper:
             return
         except JournalError as exc:  # another master took the node meanwhile (or the schema moved on)
             self.next_renewal = float("inf")
-            self.host.node_taken(str(exc))
+            self.master.node_taken(str(exc))
             return
         self.trusted(sent)
 
@@ -184,13 +214,13 @@ class LeaseKeeper:
             log.event(logging.WARNING, "listener_failed", error=str(exc), effect="polling every 2 s")
             return
         self.ping_seen = True
-        self.host.selector.register(self.listener_fd, selectors.EVENT_READ, self.read_listener)
+        self.loop.watch(self.listener_fd, self.read_listener)
 
     def close_listener(self) -> None:
         self.listener_ok = False
         if self.listener_fd is not None:
             try:
-                self.host.selector.unregister(self.listener_fd)
+                self.loop.unwatch(self.listener_fd)
             except (KeyError, ValueError):
                 pass
         self.listener_fd = None
@@ -208,23 +238,27 @@ class LeaseKeeper:
             if payload == f"ping:{self.store.node}":
                 self.ping_seen = True
             elif payload == leases.CALLBACKS_OWED:
-                if not self.host.callbacks_held():
-                    self.host.run_owed_callbacks()  # the first master to read it takes it (owed_callbacks)
+                if not self.callbacks_held():
+                    self.run_owed_callbacks()  # the first master to read it takes it (owed_callbacks)
+            elif payload.startswith(leases.CANCEL_ASKED):
+                asked = payload.removeprefix(leases.CANCEL_ASKED)
+                if any(str(attempt.attempt_id) == asked for attempt in self.attempts.values()):
+                    self.look_for_cancels(self.clock.monotonic())  # the store says whether it is ours to end
             elif not payload.startswith("ping:"):
-                self.host.jobs_may_be_pending()
+                self.jobs_may_be_pending()
 
     def recover(self) -> None:
         """Recover masters whose lease is gone, and take up callbacks they owed."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
 
         def decide(target: str, failures: int) -> tuple[str, bool, float | None, str | None]:
-            h = self.host
             # A target this master's code lacks (another fleet's job): its policy is not known
             # here, so the job goes back to pending and the master that claims it judges (may_run).
-            spec = h.known_spec(target)
-            retries = None if spec is None else spec.retries if spec.retries is not None else h.config.retries
-            after = after_attempt(Outcome.LOST, failures, retries, budget=h.budget, now=now,
-                                  backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
+            spec = self.specs.known_spec(target)
+            retries = None if spec is None else self.specs.retries(spec)
+            config = self.config()
+            after = after_attempt(Outcome.LOST, failures, retries, budget=self.budget(), now=now,
+                                  backoff_base=config.backoff_base, backoff_cap=config.backoff_cap)
             delay = after.delay if after.job_state == "pending" and after.counts_as_failure else None
             return after.job_state, after.counts_as_failure, delay, after.callback
 
@@ -239,9 +273,9 @@ class LeaseKeeper:
         if not masters:
             return
         log.event(logging.WARNING, "recovered", masters=",".join(masters), attempts=attempts, callbacks=len(owed))
-        self.host.jobs_may_be_pending()
-        if not self.host.callbacks_held():
-            self.host.run_owed_callbacks()  # our new ones, and any the recovered masters owed
+        self.jobs_may_be_pending()
+        if not self.callbacks_held():
+            self.run_owed_callbacks()  # our new ones, and any the recovered masters owed
 
     def release(self, state: str) -> None:
         self.close_listener()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 from phoenix import log
 from phoenix.linux import procfs
@@ -22,16 +22,19 @@ from phoenix.rules.states import KillReason
 MODE = "watchdog"  # what `phoenix status` says enforces the limits
 
 
-class MemoryHost(Protocol):
-    counters: Counters
+class Watcher(Protocol):
+    """The hang killer (hangs.HangKiller): its first look at a started or an adopted attempt."""
 
-    def kill_now(self, attempt: Attempt) -> None: ...
+    def watch(self, attempt: Attempt, now: float) -> None: ...
+    def watch_adopted(self, attempt: Attempt, now: float) -> None: ...
+    def cancel(self, attempt: Attempt, now: float) -> None: ...
 
 
 class MemoryWatchdog:
-    def __init__(self, host: MemoryHost, children: dict[int, Attempt], clock: Callable[[], float],
-                 default: Callable[[], int | None]) -> None:
-        self.host = host
+    def __init__(self, children: Mapping[int, Attempt], counters: Counters, clock: Callable[[], float],
+                 default: Callable[[], int | None], kill_now: Callable[[Attempt], None]) -> None:
+        self.counters = counters
+        self.kill_now = kill_now  # SIGKILL to the attempt's group, no grace
         self.children = children  # pid -> attempt: the master's table, read here
         self.clock = clock
         self.default = default  # the max_memory setting, in bytes (a reload may change it)
@@ -69,7 +72,26 @@ class MemoryWatchdog:
         attempt.kill_reason = KillReason.MAX_MEMORY
         attempt.kill_detail = (f"max_memory: {size_text(rss)} resident, over the job's {size_text(limit)} limit "
                                "(raise max_memory, or make the job use less)")
-        self.host.counters.count(self.host.counters.kills, KillReason.MAX_MEMORY)
+        self.counters.count(self.counters.kills, KillReason.MAX_MEMORY)
         log.event(logging.WARNING, "kill", pid=attempt.pid, job=attempt.key, attempt=attempt.number,
                   reason=KillReason.MAX_MEMORY, rss=size_text(rss), limit=size_text(limit))
-        self.host.kill_now(attempt)
+        self.kill_now(attempt)
+
+
+class Watchers:
+    """The hang killer's watch of each started and adopted attempt, and the
+    memory watchdog's: what the scheduler and the reaper hand a new attempt to."""
+
+    def __init__(self, hangs: Watcher, memory: MemoryWatchdog) -> None:
+        self.hangs, self.memory = hangs, memory
+
+    def watch(self, attempt: Attempt, now: float) -> None:
+        self.hangs.watch(attempt, now)
+        self.memory.watch(attempt)
+
+    def watch_adopted(self, attempt: Attempt, now: float) -> None:
+        self.hangs.watch_adopted(attempt, now)
+        self.memory.watch(attempt)
+
+    def cancel(self, attempt: Attempt, now: float) -> None:
+        self.hangs.cancel(attempt, now)

@@ -57,6 +57,7 @@ class Counters:
     kills: dict[str, int] = field(default_factory=dict)  # by reason
     callback_errors: int = 0
     jobs: dict[str, int] = field(default_factory=dict)  # by state, refreshed with the title
+    histograms: "Histograms | None" = None  # with --metrics: observed once per attempt or callback (serve)
 
     def reject(self, why: str) -> None:
         self.rejected[why] = self.rejected.get(why, 0) + 1

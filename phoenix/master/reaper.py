@@ -9,63 +9,88 @@ from __future__ import annotations
 
 import logging
 import os
-import selectors
-import time
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from phoenix import log
-from phoenix.app import JobSpec
-from phoenix.config import Config
-from phoenix.linux import clock, procfs
-from phoenix.master.attempts import Attempt
-from phoenix.master.hangs import HangKiller
-from phoenix.master.memory import MemoryWatchdog
-from phoenix.master.recorder import LOST_UNWATCHED, OutcomeRecorder
-from phoenix.master.spawner import Spawner
-from phoenix.master.timers import TimerHeap
+from phoenix.linux import procfs
+from phoenix.linux.clock import age
+from phoenix.master.attempts import Attempt, AttemptTable
+from phoenix.master.loop import Loop
+from phoenix.master.recorder import LOST_UNWATCHED
+from phoenix.master.specs import JobSpecs
 from phoenix.rules.outcomes import classify_exit
-from phoenix.rules.states import KillReason, TimerKind
+from phoenix.rules.states import KillReason
 from phoenix.store.base import OpenAttempt, Store
 
 
-class ReaperHost(Protocol):
-    journal: Store
-    config: Config
-    children: dict[int, Attempt]
-    memory: MemoryWatchdog
-    timers: TimerHeap
-    selector: selectors.BaseSelector
-    subprocesses: dict[int, Callable[[int], None]]  # pid -> on_exit(status): the preflight, the spare
-    recorder: OutcomeRecorder
-    spawner: Spawner
-    hangs: HangKiller
+class Ends(Protocol):
+    """What the reaper hands an attempt's end to (recorder.OutcomeRecorder)."""
 
-    def known_spec(self, target: str) -> JobSpec | None: ...
-    def read_heartbeats(self) -> None: ...
-    def fork_successor(self) -> int | None: ...  # fork mode: the new master's pid while it starts
+    unread: list[Callable[[], None]]  # ends waiting for an outbox that could not be read
+
+    def conclude(self, attempt: Attempt, status: int | None, max_rss_kb: int | None) -> None: ...
+    def conclude_without_process(self, a: OpenAttempt, reason: str) -> None: ...
+    def held_final(self, a: OpenAttempt) -> dict[str, Any] | None: ...
+    def record_unread(self) -> None: ...
+
+
+class ServerReports(Protocol):
+    """The exits the fork server reports for the children it forked (spawner.Spawner)."""
+
+    def take_reports(self) -> list[tuple[int, int, int]]: ...
+    def take_server_lost(self) -> bool: ...
+
+
+class Watcher(Protocol):
+    """The hang killer (hangs.HangKiller), for an adopted attempt."""
+
+    def watch_adopted(self, attempt: Attempt, now: float) -> None: ...
+    def cancel(self, attempt: Attempt, now: float) -> None: ...
 
 
 class Reaper:
-    def __init__(self, host: ReaperHost) -> None:
-        self.host = host
+    """The one writer of an attempt's pidfd and own_child; it removes ended attempts from the table."""
+
+    def __init__(self, journal: Callable[[], Store], attempts: AttemptTable, loop: Loop, specs: JobSpecs,
+                 recorder: Ends, server: ServerReports, hangs: Watcher, read_heartbeats: Callable[[], None],
+                 fork_successor: Callable[[], int | None]) -> None:
+        """`read_heartbeats`: read every beat and final waiting (an exit may
+        be noticed before the final sent just ahead of it). `fork_successor`:
+        fork mode, the new master's pid while it starts (it watches the
+        children then), else None."""
+        self.journal = journal
+        self.attempts = attempts
+        self.loop = loop
+        self.clock = loop.clock
+        self.specs = specs
+        self.recorder = recorder
+        self.server = server
+        self.hangs = hangs
+        self.read_heartbeats = read_heartbeats
+        self.fork_successor = fork_successor
+        self.look_for_unreported = False  # a look after a fork server died could not read /proc: again
         self.child_exited = True  # SIGCHLD seen since the last sweep (True: reconcile at start)
         # pid -> recorded start time: adopted children not yet watched by pidfd (out of descriptors at adoption)
         self.unwatched: dict[int, int | None] = {}
+
+    def child_may_have_exited(self) -> None:
+        """A SIGCHLD, or a child closed its connection (most likely exiting):
+        sweep on this turn (its exit status still comes from wait4 or its pidfd)."""
+        self.child_exited = True
 
     def adopt_running_attempts(self) -> None:
         """Each attempt the journal says runs gets one full heartbeat_timeout
         of grace. The app is loaded by now (or known missing): an attempt
         found lost is judged under its job's own policy."""
-        now = time.monotonic()
-        for open_attempt in self.host.journal.open_attempts():
+        now = self.clock.monotonic()
+        for open_attempt in self.journal().open_attempts():
             self._adopt(open_attempt, now)
-        self.host.read_heartbeats()  # beats and outcomes queued while no master read them
+        self.read_heartbeats()  # beats and outcomes queued while no master read them
 
     def _adopt(self, a: OpenAttempt, now: float) -> None:
-        h = self.host
         if a.pid is None:
             # A fork that failed, and the master died before recording so.
-            h.recorder.conclude_without_process(a, "the master stopped before the attempt started")
+            self.recorder.conclude_without_process(a, "the master stopped before the attempt started")
             return
         try:
             parent, alive = procfs.parent_and_sameness(a.pid, a.start_time)
@@ -74,38 +99,36 @@ class Reaper:
             self._unwatched(a.pid, a.start_time, exc)
         own = parent == os.getpid()
         if not own and not alive:
-            h.recorder.conclude_without_process(a, LOST_UNWATCHED)
+            self.recorder.conclude_without_process(a, LOST_UNWATCHED)
             return
         # max_runtime counts from the attempt's real start, not from its adoption,
         # on a clock that a wall-clock step does not move.
-        started = now - clock.age(a.started_boot, a.start_time)
-        attempt = Attempt(a.attempt_id, a.job_id, a.key, a.target, a.n, a.pid, h.known_spec(a.target), started,
-                          now, now, own_child=own)
-        attempt.last_seq = -1  # its numbering started under another master: do not count that as lost beats
-        # Acknowledged by an earlier master (or image): the child may still be exiting.
-        attempt.final = h.recorder.held_final(a)
-        attempt.final_held = attempt.final is not None
+        started = now - age(a.started_boot, a.start_time, self.clock.since_boot())
+        # Its numbering started under another master (last_seq -1): do not count that as lost beats. A
+        # final acknowledged by an earlier master (or image) is held: the child may still be exiting.
+        final = self.recorder.held_final(a)
+        attempt = Attempt(a.attempt_id, a.job_id, a.key, a.target, a.n, a.pid, self.specs.known_spec(a.target),
+                          started, now, now, own_child=own, last_seq=-1, final=final, final_held=final is not None,
+                          # Exiting already after a cancel its former master began: an error it reported is the
+                          # cancel's.
+                          kill_reason=KillReason.CANCELLED if a.cancel_requested and final is not None else None)
         if not own and a.pid not in self.unwatched:
             try:
                 self._watch(attempt, os.pidfd_open(a.pid))
             except ProcessLookupError:
-                h.recorder.conclude_without_process(a, LOST_UNWATCHED)
+                self.recorder.conclude_without_process(a, LOST_UNWATCHED)
                 return
             except OSError as exc:  # out of descriptors or memory: adopted all the same, watched once it can be
                 self._unwatched(a.pid, a.start_time, exc)
-        h.children[a.pid] = attempt
-        h.memory.watch(attempt)
-        h.timers.push(now + h.config.heartbeat_timeout, TimerKind.CHECK, attempt.pid, attempt.attempt_id)
+        self.attempts.add(attempt)
+        self.hangs.watch_adopted(attempt, now)
         log.event(logging.INFO, "adopt", pid=a.pid, job=a.key, attempt=a.n, how="child" if own else "pidfd")
-        if a.cancel_requested:  # the cancel its former master began
-            if attempt.final is None:
-                h.hangs.cancel(attempt, now)  # TERM again, KILL after kill_grace
-            else:
-                attempt.kill_reason = KillReason.CANCELLED  # exiting already: an error it reported is the cancel's
+        if a.cancel_requested and attempt.final is None:  # the cancel its former master began
+            self.hangs.cancel(attempt, now)  # TERM again, KILL after kill_grace
 
     def _watch(self, attempt: Attempt, pidfd: int) -> None:
         attempt.pidfd = pidfd
-        self.host.selector.register(pidfd, selectors.EVENT_READ, lambda: self.adopted_exited(attempt))
+        self.loop.watch(pidfd, lambda: self.adopted_exited(attempt))
 
     def _unwatched(self, pid: int, start_time: int | None, exc: OSError) -> None:
         if not self.unwatched:
@@ -118,9 +141,8 @@ class Reaper:
         """Adopted children the master could not open a pidfd (or read /proc)
         for, for want of descriptors or memory: try again. One found gone (or
         its pid now another process's) ended meanwhile."""
-        h = self.host
         for pid, start_time in list(self.unwatched.items()):
-            attempt = h.children.get(pid)
+            attempt = self.attempts.get(pid)
             if attempt is None:  # concluded another way meanwhile (reaped as our own child)
                 del self.unwatched[pid]
                 continue
@@ -145,14 +167,13 @@ class Reaper:
             else:
                 if pidfd is not None:
                     os.close(pidfd)
-                del h.children[pid]
+                self.attempts.remove(pid)
                 self.conclude(attempt, None, None)
         if not self.unwatched:
             log.event(logging.WARNING, "adopt_watched", effect="every adopted child is watched through its pidfd")
 
     def reap(self) -> None:
-        h = self.host
-        successor = h.fork_successor()
+        successor = self.fork_successor()
         if successor is not None:
             # The new master watches the children now (through pidfds); only
             # reap the new master itself, to notice if it dies before ready.
@@ -169,28 +190,25 @@ class Reaper:
                     break
                 self._exited(pid, status, rusage.ru_maxrss)
         self.take_server_reports()
-        if h.recorder.unread:
-            h.recorder.record_unread()
+        if self.recorder.unread:
+            self.recorder.record_unread()
         if self.unwatched:
             self.watch_unwatched()
-        if h.spawner.server_lost:
-            h.spawner.server_lost = False
+        if self.server.take_server_lost() or self.look_for_unreported:
+            self.look_for_unreported = False
             self._conclude_unreported()
 
     def take_server_reports(self) -> None:
         """The exits the fork server reported (its children are not ours to wait for)."""
-        reports, self.host.spawner.exited = self.host.spawner.exited, []
-        for pid, status, max_rss_kb in reports:
+        for pid, status, max_rss_kb in self.server.take_reports():
             self._exited(pid, status, max_rss_kb)
 
     def _exited(self, pid: int, status: int, max_rss_kb: int) -> None:
-        h = self.host
-        attempt = h.children.pop(pid, None)
+        attempt = self.attempts.remove(pid)
         if attempt is not None:
             self.conclude(attempt, status, max_rss_kb)
-        elif pid in h.subprocesses:
-            h.subprocesses.pop(pid)(status)
-        else:  # an orphan handed to us as subreaper (a job's daemon, ended with its attempt)
+        elif not self.loop.subprocess_exited(pid, status):
+            # An orphan handed to us as subreaper (a job's daemon, ended with its attempt).
             log.event(logging.DEBUG, "reaped_orphan", pid=pid, how=classify_exit(status)[1])
 
     def _conclude_unreported(self) -> None:
@@ -199,17 +217,17 @@ class Reaper:
         ended, reaped by the server, whose report died with it. Its outcome
         comes from its final message or the outbox, as an adopted child's."""
         me = os.getpid()
-        self.host.read_heartbeats()
-        for attempt in list(self.host.children.values()):
+        self.read_heartbeats()
+        for attempt in list(self.attempts.values()):
             if attempt.pidfd is not None:
                 continue  # adopted: its pidfd tells its end
             try:
                 parent = procfs.parent_pid(attempt.pid)
             except OSError:  # out of descriptors or memory: look again at the next sweep
-                self.host.spawner.server_lost = True
+                self.look_for_unreported = True
                 continue
             if parent != me:
-                del self.host.children[attempt.pid]
+                self.attempts.remove(attempt.pid)
                 self.conclude(attempt, None, None)
 
     def _reap_successor(self, pid: int) -> None:
@@ -218,19 +236,19 @@ class Reaper:
         except ChildProcessError:
             return
         if reaped:
-            self.host.subprocesses.pop(pid)(status)
+            self.loop.subprocess_exited(pid, status)
 
     def adopted_exited(self, attempt: Attempt) -> None:
         """The pidfd of an adopted (not our) child became readable: it exited.
         Its exit status went to its real parent; the outcome comes from its
         final message or the outbox."""
-        self.host.read_heartbeats()  # its final message may be queued behind the exit
-        if self.host.children.get(attempt.pid) is attempt:
-            del self.host.children[attempt.pid]
+        self.read_heartbeats()  # its final message may be queued behind the exit
+        if self.attempts.get(attempt.pid) is attempt:
+            self.attempts.remove(attempt.pid)
             self.conclude(attempt, None, None)
 
     def conclude(self, attempt: Attempt, status: int | None, max_rss_kb: int | None) -> None:
         if attempt.pidfd is not None:
-            self.host.selector.unregister(attempt.pidfd)
+            self.loop.unwatch(attempt.pidfd)
             os.close(attempt.pidfd)
-        self.host.recorder.conclude(attempt, status, max_rss_kb)
+        self.recorder.conclude(attempt, status, max_rss_kb)

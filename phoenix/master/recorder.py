@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import signal
-import time
 from typing import Any, Callable, Protocol
 
 from phoenix import log
@@ -17,16 +16,18 @@ from phoenix.child.run import checkpoint_outbox_path
 from phoenix.config import Config
 from phoenix.errors import StateError
 from phoenix.linux import lineage
+from phoenix.linux.clock import Clock
 from phoenix.linux.paths import StatePaths
 from phoenix.master import longjobs
 from phoenix.master.attempts import Attempt
-from phoenix.master.metrics import Counters, Histograms
-from phoenix.rules.outcomes import Classified, classify
+from phoenix.master.metrics import Counters
+from phoenix.master.specs import JobSpecs
+from phoenix.rules.outcomes import CANCELLED_REASON, Classified, classify
 from phoenix.rules.policy import Next, RestartBudget, after_attempt
 from phoenix.rules.shortage import SHORTAGE_ERRNOS
 from phoenix.rules.states import KillReason, Outcome
 from phoenix.store import quarantine
-from phoenix.store.base import OpenAttempt, Store
+from phoenix.store.base import OpenAttempt, SharedStore, Store
 from phoenix.store.outage import STORAGE_ERRORS
 from phoenix.wire import heartbeat as protocol
 
@@ -38,27 +39,34 @@ class OutboxUnreadable(StateError, OSError):
     """An outbox file could not be read for want of descriptors or memory."""
 
 
-class OutcomeHost(Protocol):
-    """What the recorder needs of the master."""
+class Callbacks(Protocol):
+    """What the recorder asks of the callback settler (settler.CallbackSettler)."""
 
-    journal: Store
-    config: Config
-    budget: RestartBudget
-    counters: Counters
-    histograms: Histograms | None
-    paths: StatePaths
-
-    def retries_for(self, target: str) -> int | None: ...
-    def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None: ...
-    def callbacks_held(self) -> bool: ...
-    def owes_callback(self, kind: str) -> bool: ...
-    def guarded(self, operation: Callable[[], Any], retry: bool = False) -> None: ...
-    def jobs_may_be_pending(self) -> None: ...
+    def owes(self, kind: str) -> bool: ...
+    def start(self, callback_id: int, job_id: int, number: int, kind: str) -> None: ...
 
 
 class OutcomeRecorder:
-    def __init__(self, host: OutcomeHost) -> None:
-        self.host = host
+    def __init__(self, journal: Callable[[], Store], config: Callable[[], Config], budget: Callable[[], RestartBudget],
+                 specs: JobSpecs, paths: StatePaths, counters: Counters, clock: Clock,
+                 guarded: Callable[[Callable[[], Any], bool], None], callbacks: Callbacks,
+                 callbacks_held: Callable[[], bool], jobs_may_be_pending: Callable[[], None]) -> None:
+        """`budget`: the restart budget in force (a reload makes a new one).
+        `guarded(write, retry)`: run a journal write that an outage keeps for
+        replay. `callbacks_held()`: True while new callbacks must stay owed in
+        the journal (a replacement waits for callbacks to end; no app loaded).
+        `jobs_may_be_pending()`: an attempt ended (its job may run again, a slot is free)."""
+        self.journal = journal
+        self.config = config
+        self.budget = budget
+        self.specs = specs
+        self.paths = paths
+        self.counters = counters
+        self.clock = clock
+        self.guarded = guarded
+        self.callbacks = callbacks
+        self.callbacks_held = callbacks_held
+        self.jobs_may_be_pending = jobs_may_be_pending
         self.unread: list[Callable[[], None]] = []  # ends to record once the outbox can be read
 
     def conclude(self, attempt: Attempt, status: int | None, max_rss_kb: int | None) -> None:
@@ -71,20 +79,20 @@ class OutcomeRecorder:
         self._when_outbox_readable(functools.partial(self._record_end, attempt, status, max_rss_kb))
 
     def _record_end(self, attempt: Attempt, status: int | None, max_rss_kb: int | None) -> None:
-        h = self.host
         final = attempt.final or self.read_outbox(attempt.job_id, attempt.number)
         if attempt.reported is not None:  # kept with the attempt (only shown: not replayed after an outage)
-            h.guarded(functools.partial(h.journal.save_progress,
-                                        [(attempt.attempt_id, longjobs.progress_json(attempt.reported))]))
+            self.guarded(functools.partial(self.journal().save_progress,
+                                           [(attempt.attempt_id, longjobs.progress_json(attempt.reported))]), False)
         result = classify(final=final, status=status, interrupted=attempt.interrupted,
                           kill_reason=attempt.kill_reason, kill_detail=attempt.kill_detail)
         # An acknowledged final means the child wrote no outbox file: nothing to remove.
-        h.guarded(functools.partial(self.record, attempt.job_id, attempt.key, attempt.target, attempt.attempt_id,
-                                    attempt.number, result, max_rss_kb, attempt.pid,
-                                    outbox=not attempt.final_held, failures=attempt.failures), retry=True)
-        if h.histograms is not None:
-            h.histograms.job_duration.labels(result.outcome).observe(time.monotonic() - attempt.started)
-        h.jobs_may_be_pending()
+        self.guarded(functools.partial(self.record, attempt.job_id, attempt.key, attempt.target, attempt.attempt_id,
+                                       attempt.number, result, max_rss_kb, attempt.pid,
+                                       outbox=not attempt.final_held, failures=attempt.failures), True)
+        if self.counters.histograms is not None:
+            duration = self.clock.monotonic() - attempt.started
+            self.counters.histograms.job_duration.labels(result.outcome).observe(duration)
+        self.jobs_may_be_pending()
 
     def conclude_without_process(self, a: OpenAttempt, reason: str) -> None:
         """An attempt the journal says runs, whose process is gone (or never
@@ -128,21 +136,24 @@ class OutcomeRecorder:
         """`failures`: the job's, if known (else read from the journal);
         `decided`: what becomes of the job, if decided already (its restart
         budget place booked): the same outcome, recorded again."""
-        h = self.host
+        journal, config = self.journal(), self.config()
         if failures is None:
-            job = h.journal.job_row(job_id)
+            job = journal.job_row(job_id)
             assert job is not None
             failures = int(job["failures"])
-        now = time.monotonic()
-        after = decided or after_attempt(result.outcome, failures, h.retries_for(target), budget=h.budget, now=now,
-                                         backoff_base=h.config.backoff_base, backoff_cap=h.config.backoff_cap)
+        if decided is None:
+            result = self.cancelled_meanwhile(attempt_id, result)
+        now = self.clock.monotonic()
+        after = decided or after_attempt(result.outcome, failures, self.specs.retries_for(target),
+                                         budget=self.budget(), now=now, backoff_base=config.backoff_base,
+                                         backoff_cap=config.backoff_cap)
         retry_delay = after.delay if after.job_state == "pending" and after.counts_as_failure else None
-        callback = after.callback if after.callback is not None and h.owes_callback(after.callback) else None
+        callback = after.callback if after.callback is not None and self.callbacks.owes(after.callback) else None
         # An outcome read from an outbox file is durable before that file goes (a power cut between the two).
         from_outbox = outbox and os.path.exists(self.outbox_path(job_id, number))
         checkpoint_file = self.take_checkpoint(job_id, number)  # durable: its file may go with the end's
         try:
-            recorded, callback_id = h.journal.end_attempt(
+            recorded, callback_id = journal.end_attempt(
                 attempt_id, job_id, outcome=result.outcome, reason=result.reason, error=result.error,
                 result_json=result.result_json, max_rss_kb=max_rss_kb, job_state=after.job_state,
                 counts_as_failure=after.counts_as_failure, retry_delay=retry_delay, callback=callback,
@@ -153,7 +164,7 @@ class OutcomeRecorder:
         except Exception as exc:  # noqa: BLE001 - what the store refuses is put aside, never a crash (loop)
             if result.outcome == Outcome.ERROR and result.reason == QUARANTINED:
                 raise  # Phoenix's own text refused: not the job's data, and no second way round
-            name = quarantine.keep(h.paths.root, "outcome", repr(result), f"the store refused it: {exc!r}",
+            name = quarantine.keep(self.paths.root, "outcome", repr(result), f"the store refused it: {exc!r}",
                                    job=key, attempt=number)
             kept = f"kept as {name} (see phoenix quarantine)" if name else "it could not be kept either"
             self.record(job_id, key, target, attempt_id, number,
@@ -164,17 +175,30 @@ class OutcomeRecorder:
         if outbox:
             self.remove_outbox(job_id, number)
         if checkpoint_file:
-            longjobs.remove_checkpoint_outbox(h.paths, job_id, number)
+            longjobs.remove_checkpoint_outbox(self.paths, job_id, number)
         if not recorded:
             return  # another master recorded it first (a fork-mode handover)
-        h.counters.count(h.counters.attempts, result.outcome)
+        self.counters.count(self.counters.attempts, result.outcome)
         if result.outcome not in (Outcome.FINISHED, Outcome.ERROR):  # its process did not end its own way
-            output.bound_after_end(h.paths.output, job_id, number, h.config.job_output_max_bytes)
+            output.bound_after_end(self.paths.output, job_id, number, config.job_output_max_bytes)
         self._log(pid, key, number, result, after, max_rss_kb)
-        if callback_id is not None and not h.callbacks_held():
+        if callback_id is not None and not self.callbacks_held():
             # While a replacement waits for callbacks to end, new ones stay owed
             # in the journal and the new image runs them.
-            h.start_callback(callback_id, job_id, number, callback or "")
+            self.callbacks.start(callback_id, job_id, number, callback or "")
+
+    def cancelled_meanwhile(self, attempt_id: int, result: Classified) -> Classified:
+        """An attempt that failed, or was stopped, just as a cancel was asked
+        of it on another host (in the store), before this master heard so:
+        the cancel holds, and the job is not run again. One look in the
+        store, and only for an end other than finished or cancelled."""
+        journal = self.journal()
+        if result.outcome in (Outcome.FINISHED, Outcome.CANCELLED) or not isinstance(journal, SharedStore):
+            return result
+        if attempt_id not in journal.cancels_requested():
+            return result
+        return Classified(Outcome.CANCELLED, CANCELLED_REASON,
+                          f"{CANCELLED_REASON}; the attempt had ended first: {result.error or result.reason}", None)
 
     def _log(self, pid: int | None, key: str, number: int, result: Classified, after: Next,
              max_rss_kb: int | None) -> None:
@@ -191,7 +215,7 @@ class OutcomeRecorder:
         if job_state == "pending" and outcome != Outcome.INTERRUPTED:
             fields["retry_in"] = f"{after.delay:.2f}s"
             if after.queued_behind is not None:
-                budget = self.host.budget
+                budget = self.budget()
                 fields["held_by"] = (f"restart budget ({budget.intensity} re-runs per {budget.period:g}s), "
                                      f"queued behind {after.queued_behind} other(s)")
         if job_state == "failed":
@@ -212,17 +236,17 @@ class OutcomeRecorder:
 
         def write() -> None:
             nonlocal held
-            self.host.journal.hold_finals([(a.attempt_id, json.dumps(a.final, separators=(",", ":")))
+            self.journal().hold_finals([(a.attempt_id, json.dumps(a.final, separators=(",", ":")))
                                            for a in attempts])
             held = True
 
-        self.host.guarded(write)
+        self.guarded(write, False)
         return held
 
     def take_checkpoint(self, job_id: int, number: int) -> bool:
         """The attempt's checkpoint left in the outbox, if any, into the
         journal; True if there was a file (removed with the attempt's end)."""
-        path = checkpoint_outbox_path(str(self.host.paths.outbox), job_id, number)
+        path = checkpoint_outbox_path(str(self.paths.outbox), job_id, number)
         try:
             with open(path, "rb") as file:
                 data = file.read()
@@ -232,11 +256,11 @@ class OutcomeRecorder:
             if exc.errno in SHORTAGE_ERRNOS:  # as for an outcome's file: not "none there", not known yet
                 raise OutboxUnreadable(exc.errno, exc.strerror, path) from exc
             raise
-        longjobs.keep_checkpoint(self.host.journal, self.host.paths, job_id, number, data)
+        longjobs.keep_checkpoint(self.journal(), self.paths, job_id, number, data)
         return True
 
     def read_outbox(self, job_id: int, number: int) -> dict[str, Any] | None:
-        path = self.host.paths.outbox / f"{job_id}.{number}.json"
+        path = self.paths.outbox / f"{job_id}.{number}.json"
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -245,7 +269,7 @@ class OutcomeRecorder:
             return None
         body = _final_body(data, job_id, number)
         if body is None:  # put aside before the file is removed with the attempt's end
-            quarantine.keep(self.host.paths.root, "outbox", data, "not a valid outcome message of this attempt",
+            quarantine.keep(self.paths.root, "outbox", data, "not a valid outcome message of this attempt",
                             path=str(path), job_id=job_id, attempt=number)
         return body
 
@@ -255,12 +279,12 @@ class OutcomeRecorder:
             return None
         body = _final_body(a.final.encode("utf-8", "surrogateescape"), a.job_id, a.n)
         if body is None:
-            quarantine.keep(self.host.paths.root, "final", a.final, "the final held in the store is not a valid "
+            quarantine.keep(self.paths.root, "final", a.final, "the final held in the store is not a valid "
                             "outcome message of this attempt", job=a.key, attempt=a.n)
         return body
 
     def outbox_path(self, job_id: int, number: int) -> str:
-        return f"{self.host.paths.outbox}/{job_id}.{number}.json"  # a str: no Path object per job
+        return f"{self.paths.outbox}/{job_id}.{number}.json"  # a str: no Path object per job
 
     def remove_outbox(self, job_id: int, number: int) -> None:
         try:

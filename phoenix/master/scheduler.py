@@ -8,26 +8,21 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 from phoenix import log
-from phoenix.app import AppError, JobSpec, decode_params
+from phoenix.app import JobSpec
 from phoenix.child import run as child
 from phoenix.config import Config
-from phoenix.linux.paths import StatePaths
-from phoenix.master.attempts import Attempt
-from phoenix.master.memory import MemoryWatchdog
+from phoenix.linux.clock import Clock
+from phoenix.master.attempts import Attempt, AttemptTable
 from phoenix.master.metrics import Counters
-from phoenix.master.recorder import OutcomeRecorder
-from phoenix.master.spawner import Spawner, WaitingChild
-from phoenix.master.timers import TimerHeap
+from phoenix.master.spawner import WaitingChild
+from phoenix.master.specs import JobSpecs
 from phoenix.rules.leases import lease_times, orphan_after
-from phoenix.rules.liveness import verdict
 from phoenix.rules.outcomes import Classified
-from phoenix.rules.policy import may_run
 from phoenix.rules.shortage import MAX_RETRY, ForkBackoff
-from phoenix.rules.states import Outcome, TimerKind
+from phoenix.rules.states import Outcome
 from phoenix.store.base import Job, Store
 from phoenix.store.outage import STORAGE_ERRORS, JournalOutage
 
@@ -36,41 +31,61 @@ PENDING_POLL = 1.0  # fallback look for jobs submitted without a wake-up
 CLAIM_REPLY_LOST = "its claim was never confirmed to the master (a reply lost to a store failure); it never started"
 
 
-class SchedulerHost(Protocol):
-    paths: StatePaths
-    journal: Store
-    config: Config
-    generation: int
-    slots: int
-    children: dict[int, Attempt]
-    memory: MemoryWatchdog
-    timers: TimerHeap
-    counters: Counters
-    spawner: Spawner
-    outage: JournalOutage
-    recorder: OutcomeRecorder
+class ChildSource(Protocol):
+    """Where waiting children come from (spawner.Spawner; phoenix.testing.FakeSpawner)."""
 
-    def has_free_slot(self) -> bool: ...
-    def shared_poll(self) -> float: ...  # seconds between looks in a shared store, whose submits NOTIFY
-    def spec_for(self, target: str) -> JobSpec: ...
-    def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None: ...
+    def take(self) -> WaitingChild: ...  # OSError: the master cannot fork now
+    def give_back(self, waiting: WaitingChild) -> None: ...
+
+
+class Records(Protocol):
+    """The outcome recorder (recorder.OutcomeRecorder), for a claim that committed with its reply lost."""
+
+    def record(self, job_id: int, key: str, target: str, attempt_id: int, number: int, result: Classified,
+               max_rss_kb: int | None, pid: int | None, outbox: bool = True) -> None: ...
 
 
 class Scheduler:
-    def __init__(self, host: SchedulerHost) -> None:
-        self.host = host
+    def __init__(self, journal: Callable[[], Store], config: Callable[[], Config], generation: int,
+                 output_dir: str, specs: JobSpecs, attempts: AttemptTable, free_slots: Callable[[], int],
+                 shared_poll: Callable[[], float], spawner: ChildSource, outage: JournalOutage, recorder: Records,
+                 start_callback: Callable[[int, int, int, str], None], watch: Callable[[Attempt, float], None],
+                 counters: Counters, clock: Clock) -> None:
+        """`free_slots`: how many jobs may start now (0 while the slot gate
+        is shut: a stop, a replacement, an outage, a lapsed lease).
+        `shared_poll`: seconds between looks in a shared store, whose submits
+        NOTIFY. `watch(attempt, now)`: the hang killer's first liveness check
+        of an attempt started here."""
+        self.journal = journal
+        self.config = config
+        self.generation = generation
+        self.output_dir = output_dir
+        self.specs = specs
+        self.attempts = attempts
+        self.free_slots = free_slots
+        self.shared_poll = shared_poll
+        self.spawner = spawner
+        self.outage = outage
+        self.recorder = recorder
+        self.start_callback = start_callback
+        self.watch = watch
+        self.counters = counters
+        self.clock = clock
         self.maybe_pending = True  # a job may be waiting: look on the next turn
         self.next_poll = 0.0  # monotonic: look then even if nobody said so
         self.woken = False  # woken by a submit, an attempt's end or a recovery, not by the poll
         self.claims_in_doubt = False  # a claim failed: it may have committed with its reply lost
         self.fork_backoff = ForkBackoff()  # the master cannot fork now: its own back-off, not the jobs'
 
+    def has_free_slot(self) -> bool:
+        return self.free_slots() > 0
+
     def wake(self) -> None:
         self.maybe_pending = True
         self.woken = True
 
     def next_deadline(self, now: float) -> float:
-        if not self.host.has_free_slot():
+        if not self.has_free_slot():
             return now + PENDING_POLL
         if self.fork_backoff.blocked(now):
             return self.fork_backoff.retry_at
@@ -81,78 +96,70 @@ class Scheduler:
             self.maybe_pending = True
 
     def spawn_pending_jobs(self) -> None:
-        h = self.host
-        if not self.maybe_pending or not h.has_free_slot() or self.fork_backoff.blocked(time.monotonic()):
+        journal = self.journal()
+        if not self.maybe_pending or not self.has_free_slot() or self.fork_backoff.blocked(self.clock.monotonic()):
             return
         self.maybe_pending = False
-        if h.journal.shared:
-            self.next_poll = time.monotonic() + h.shared_poll()
+        if journal.shared:
+            self.next_poll = self.clock.monotonic() + self.shared_poll()
             woken, self.woken = self.woken, False
             self.claim_jobs(woken)
             return
-        self.next_poll = time.monotonic() + PENDING_POLL
-        jobs = h.journal.pending(h.slots - len(h.children))
-        slice_ends = time.monotonic() + SPAWN_SLICE
+        self.next_poll = self.clock.monotonic() + PENDING_POLL
+        jobs = journal.pending(self.free_slots())
+        slice_ends = self.clock.monotonic() + SPAWN_SLICE
         for job in jobs:
             if not self.spawn(job):
                 self.maybe_pending = True  # the rest stay pending until the back-off ends
                 return
-            if time.monotonic() >= slice_ends:
+            if self.clock.monotonic() >= slice_ends:
                 break  # the rest on the next turn, after reaping, timers and control requests
-        if not h.has_free_slot():
+        if not self.has_free_slot():
             # Every slot taken: until one is freed (by an attempt's end, more
             # slots or a recovery, each of which wakes us) no job's due time matters.
             return
         if len(jobs):
             self.maybe_pending = True  # there may be more behind them: the next turn looks
             return
-        due_in = h.journal.next_due_in()
+        due_in = journal.next_due_in()
         if due_in is not None and due_in > 0:
-            self.next_poll = min(self.next_poll, time.monotonic() + due_in)
+            self.next_poll = min(self.next_poll, self.clock.monotonic() + due_in)
 
     def claim_jobs(self, woken: bool) -> None:
         """Shared store: for each free slot, a waiting child, then one claim
         statement that records the job's attempt with that child's pid (see
         pgstore._CLAIM). The child gets its order only after the claim commits."""
-        h = self.host
-        slice_ends = time.monotonic() + SPAWN_SLICE
+        journal = self.journal()
+        slice_ends = self.clock.monotonic() + SPAWN_SLICE
         started = False
-        while h.has_free_slot():
+        while self.has_free_slot():
             waiting = self.take_child()
             if waiting is None:  # the job stays pending, for us after the back-off or another master
                 self.maybe_pending = True
                 return
             try:
-                claimed = h.journal.claim(h.generation, waiting.pid, waiting.start_time)
+                claimed = journal.claim(self.generation, waiting.pid, waiting.start_time)
             except STORAGE_ERRORS as exc:
-                h.spawner.give_back(waiting)  # it never got an order; reconcile_claims ends a committed claim
+                self.spawner.give_back(waiting)  # it never got an order; reconcile_claims ends a committed claim
                 self.claims_in_doubt = True
-                h.outage.failed(exc, "claim")
+                self.outage.failed(exc, "claim")
                 return
             if claimed is None:
-                h.spawner.give_back(waiting)  # nothing due: it waits for the next job as the spare
+                self.spawner.give_back(waiting)  # nothing due: it waits for the next job as the spare
                 if woken or started:  # a job put back with a backoff (a re-run, a recovery) may be due sooner
-                    due_in = h.journal.next_due_in()
+                    due_in = journal.next_due_in()
                     if due_in is not None and due_in > 0:
-                        self.next_poll = min(self.next_poll, time.monotonic() + due_in)
+                        self.next_poll = min(self.next_poll, self.clock.monotonic() + due_in)
                 return
             job, attempt_id = claimed
-            try:
-                spec = h.spec_for(job.target)
-                decode_params(job.params)
-            except AppError as exc:
-                h.spawner.give_back(waiting)
-                self.fail_claimed(job, str(exc))
-                continue
-            retries = spec.retries if spec.retries is not None else h.config.retries
-            if not may_run(job.failures, retries):
-                h.spawner.give_back(waiting)
-                self.fail_claimed(job, f"job {job.key!r} failed {job.failures} time(s); its policy allows "
-                                       f"{retries} retries")
+            spec = self.specs.startable(job)
+            if isinstance(spec, str):
+                self.spawner.give_back(waiting)
+                self.fail_claimed(job, spec)
                 continue
             self.start(job, spec, waiting, attempt_id, job.attempts + 1)
             started = True
-            if time.monotonic() >= slice_ends:
+            if self.clock.monotonic() >= slice_ends:
                 self.maybe_pending = True  # the rest on the next turn
                 return
         self.maybe_pending = False
@@ -167,11 +174,10 @@ class Scheduler:
         be the spare, and may run another attempt by now."""
         if not self.claims_in_doubt:
             return
-        h = self.host
-        ours = {attempt.attempt_id for attempt in h.children.values()}
-        for a in h.journal.open_attempts():
-            if a.generation == h.generation and a.attempt_id not in ours:
-                h.recorder.record(a.job_id, a.key, a.target, a.attempt_id, a.n,
+        ours = {attempt.attempt_id for attempt in self.attempts.values()}
+        for a in self.journal().open_attempts():
+            if a.generation == self.generation and a.attempt_id not in ours:
+                self.recorder.record(a.job_id, a.key, a.target, a.attempt_id, a.n,
                                   Classified(Outcome.INTERRUPTED, CLAIM_REPLY_LOST, CLAIM_REPLY_LOST, None),
                                   None, a.pid, outbox=False)
         self.claims_in_doubt = False
@@ -184,21 +190,20 @@ class Scheduler:
         self.claims_in_doubt = False  # (a claim in doubt before this one stopped every claim until reconciled)
 
     def fail_before_start(self, job: Job, error: str) -> None:
-        h = self.host
         log.event(logging.ERROR, "job_failed", job=job.key, outcome="error", reason="cannot start", target=job.target)
         log.log.error("%s", error)
-        callback_id = h.journal.fail_without_attempt(job.id, error)
+        callback_id = self.journal().fail_without_attempt(job.id, error)
         if callback_id is not None:
-            h.start_callback(callback_id, job.id, 0, "on_failed")
+            self.start_callback(callback_id, job.id, 0, "on_failed")
 
     def take_child(self) -> WaitingChild | None:
         """A child for the next job, or None when the master cannot fork one
         now (out of processes, memory or file descriptors): that is the
         master's shortage, not the job's, which stays pending and is charged
         nothing. Said once when it starts, once when it ends."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         try:
-            waiting = self.host.spawner.take()
+            waiting = self.spawner.take()
         except OSError as exc:
             error = exc.strerror or str(exc)
             if self.fork_backoff.failed(now):
@@ -213,30 +218,21 @@ class Scheduler:
 
     def spawn(self, job: Job) -> bool:
         """Start `job` (or fail it if it cannot run); False if the master could not fork."""
-        h = self.host
-        try:
-            spec = h.spec_for(job.target)
-            decode_params(job.params)  # bad JSON fails the job here, not in a child
-        except AppError as exc:
-            self.fail_before_start(job, str(exc))
-            return True
-        retries = spec.retries if spec.retries is not None else h.config.retries
-        if not may_run(job.failures, retries):
-            # Its failures were recorded by a master that had no app loaded.
-            self.fail_before_start(job, f"job {job.key!r} failed {job.failures} time(s); its policy allows "
-                                        f"{retries} retries")
+        spec = self.specs.startable(job)
+        if isinstance(spec, str):
+            self.fail_before_start(job, spec)
             return True
         waiting = self.take_child()
         if waiting is None:
             return False
         pid = waiting.pid
         try:
-            attempt_id = h.journal.begin_attempt(job, h.generation, pid, waiting.start_time)
+            attempt_id = self.journal().begin_attempt(job, self.generation, pid, waiting.start_time)
         except STORAGE_ERRORS as exc:
             # The job stays pending in the journal; the child, given no order,
             # exits without running it and is reaped as a stranger.
             os.close(waiting.order_fd)
-            h.outage.failed(exc, "begin_attempt")
+            self.outage.failed(exc, "begin_attempt")
             return True
         self.start(job, spec, waiting, attempt_id, job.attempts + 1)
         return True
@@ -247,41 +243,37 @@ class Scheduler:
         another host recovers the job after the lease. None on SQLite, where
         only a new master of this state directory can run the job again, and
         adopts the child instead."""
-        h = self.host
-        if not h.journal.shared:
+        config = self.config()
+        if not self.journal().shared:
             return None
-        times = lease_times(h.config.lease_ttl, h.config.kill_grace)
-        return orphan_after(times, h.config.heartbeat_interval), h.config.kill_grace
+        times = lease_times(config.lease_ttl, config.kill_grace)
+        return orphan_after(times, config.heartbeat_interval), config.kill_grace
 
     def start(self, job: Job, spec: JobSpec, waiting: WaitingChild, attempt_id: int, number: int) -> None:
         """The attempt is committed: give the child its order, and watch it."""
-        h = self.host
+        config = self.config()
         pid = waiting.pid
         try:
             # Where the job resumes (a read per attempt: docs/long-jobs.md says what it costs).
-            saved, unread = h.journal.checkpoint_of(job.id), None
+            saved, unread = self.journal().checkpoint_of(job.id), None
         except STORAGE_ERRORS as exc:
             saved, unread = None, exc
-            h.outage.failed(exc, "checkpoint_of")  # no job starts until the store answers again
+            self.outage.failed(exc, "checkpoint_of")  # no job starts until the store answers again
         if unread is None:
             delivered = waiting.send(child.order(job.id, job.key, number, job.target, job.params,
-                                                 h.config.heartbeat_interval, h.config.outcome_delivery_timeout,
+                                                 config.heartbeat_interval, config.outcome_delivery_timeout,
                                                  attempt_id, self.orphan_rule(),
-                                                 (str(h.paths.output), h.config.job_output_max_bytes), saved))
-        else:  # no order: the child exits without running the job, which is not charged for it
+                                                 (self.output_dir, config.job_output_max_bytes), saved))
+        else:  # no order: the child exits without running the job
             os.close(waiting.order_fd)
             delivered = False
-        now = time.monotonic()
+        now = self.clock.monotonic()
+        # A child that never saw its job (it died waiting, or got no order): not the job's failure.
         attempt = Attempt(attempt_id, job.id, job.key, job.target, number, pid, spec, now, now, now,
-                          failures=job.failures)
-        if not delivered:  # the child never saw its job: not the job's failure
-            attempt.interrupted = True
-            attempt.kill_detail = ("its child died before it received the job" if unread is None else
-                                   f"its checkpoint could not be read ({unread}); it runs again")
-        h.children[pid] = attempt
-        h.memory.watch(attempt)
-        first_check = verdict(attempt.limits(h.config.heartbeat_timeout), last_beat=now, last_progress=now,
-                              started=now, now=now).next_check
-        h.timers.push(first_check, TimerKind.CHECK, pid, attempt_id)
-        h.counters.spawned += 1
+                          failures=job.failures, interrupted=not delivered,
+                          kill_detail=None if delivered else "its child died before it received the job"
+                          if unread is None else f"its checkpoint could not be read ({unread}); it runs again")
+        self.attempts.add(attempt)
+        self.watch(attempt, now)
+        self.counters.spawned += 1
         log.event(logging.INFO, "spawn", pid=pid, job=job.key, attempt=number, target=job.target)

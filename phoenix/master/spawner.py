@@ -19,36 +19,22 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import selectors
 import signal
 import sys
-import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 from phoenix import log
-from phoenix.app import JobSpec
 from phoenix.child import forksafety
 from phoenix.child import run as child
 from phoenix.child.forkserver import ForkServer, thread_refusal
 from phoenix.config import Config
 from phoenix.linux import procfs
 from phoenix.linux.paths import StatePaths
+from phoenix.master.loop import Loop
+from phoenix.master.specs import JobSpecs
 from phoenix.rules.outcomes import classify_exit
 from phoenix.rules.shortage import SHORTAGE_ERRNOS
-
-
-class SpawnerHost(Protocol):
-    paths: StatePaths
-    selector: selectors.BaseSelector
-    subprocesses: dict[int, Callable[[int], None]]  # pid -> on_exit(status)
-    slots: int
-
-    config: Config
-    app_spec: str | None
-
-    def spec_for(self, target: str) -> JobSpec: ...
-    def wants_spare(self) -> bool: ...  # the master will be starting jobs
 
 SPARE_RETRY_DELAY = 1.0  # seconds without a spare after one died while waiting
 # Children the fork server keeps forked ahead (no more than the slots): two
@@ -82,8 +68,19 @@ class WaitingChild:
 
 
 class Spawner:
-    def __init__(self, master: SpawnerHost) -> None:
-        self.master = master
+    def __init__(self, app_spec: str | None, config: Callable[[], Config], paths: StatePaths, specs: JobSpecs,
+                 loop: Loop, slots: Callable[[], int], wants_spare: Callable[[], bool]) -> None:
+        """`app_spec`: the app's module:attribute (None: an app object, which
+        no fork server can import). `wants_spare()`: the master will be
+        starting jobs (a spare is worth forking)."""
+        self.app_spec = app_spec
+        self.config = config
+        self.paths = paths
+        self.specs = specs
+        self.loop = loop
+        self.clock = loop.clock
+        self.slots = slots
+        self.wants_spare = wants_spare
         self.ready: list[WaitingChild] = []  # forked, waiting for an order: the spares
         self.not_before = 0.0  # monotonic: no new spare until then, after one died waiting
         self.server: ForkServer | None = None
@@ -92,6 +89,16 @@ class Spawner:
         self.server_start_error: str | None = None  # why the last start of a server failed (logged once)
         self.server_lost = False  # a server died: some exits it reaped may never have been reported
         self.exited: list[tuple[int, int, int]] = []  # (pid, status, max RSS kB) reported by the server
+
+    def take_reports(self) -> list[tuple[int, int, int]]:
+        """The exits (pid, status, max RSS kB) the fork server reported since the last call."""
+        reports, self.exited = self.exited, []
+        return reports
+
+    def take_server_lost(self) -> bool:
+        """True once after a fork server died: some exits it reaped may never have been reported."""
+        lost, self.server_lost = self.server_lost, False
+        return lost
 
     @property
     def spare(self) -> WaitingChild | None:
@@ -108,7 +115,7 @@ class Spawner:
         is ready: its start-up is not part of a replacement's blind window.
         Then what else the import left that a child would inherit broken
         (forksafety): one line each."""
-        if self.master.app_spec is None:
+        if self.app_spec is None:
             # phoenix.HeartbeatParent: an App object, maybe in __main__, that no other interpreter can import.
             self._turn_server_off("the app was given as an object, not as module:attribute", level=logging.INFO)
         else:
@@ -123,7 +130,7 @@ class Spawner:
 
     def _start_server_if_due(self) -> None:
         """At start-up, or after it died or was replaced."""
-        if self.server is None and self.server_off is None and time.monotonic() >= self.server_not_before:
+        if self.server is None and self.server_off is None and self.clock.monotonic() >= self.server_not_before:
             self._start_server()
 
     def _turn_server_off(self, reason: str, why: str | None = None, level: int = logging.WARNING) -> None:
@@ -132,12 +139,12 @@ class Spawner:
         log.event(level, "fork_server_off", reason=reason, effect=f"{effect}: {why}" if why else effect)
 
     def _start_server(self) -> None:
-        m = self.master
-        self.server_not_before = time.monotonic() + SERVER_RETRY_DELAY
-        settings = {"app": m.app_spec, "path": [os.fspath(entry) for entry in sys.path], "argv": sys.argv,
+        config = self.config()
+        self.server_not_before = self.clock.monotonic() + SERVER_RETRY_DELAY
+        settings = {"app": self.app_spec, "path": [os.fspath(entry) for entry in sys.path], "argv": sys.argv,
                     "master": os.getpid(),
-                    "socket_path": str(m.paths.heartbeat_socket), "outbox": str(m.paths.outbox),
-                    "log_level": m.config.log_level, "log_format": m.config.log_format, "log_file": m.config.log_file}
+                    "socket_path": str(self.paths.heartbeat_socket), "outbox": str(self.paths.outbox),
+                    "log_level": config.log_level, "log_format": config.log_format, "log_file": config.log_file}
         try:
             server = ForkServer.start(settings)
         except OSError as exc:
@@ -149,8 +156,8 @@ class Spawner:
             return
         self.server_start_error = None
         self.server = server
-        m.subprocesses[server.pid] = functools.partial(self._server_exited, server)
-        m.selector.register(server, selectors.EVENT_READ, self._read_server)
+        self.loop.subprocesses[server.pid] = functools.partial(self._server_exited, server)
+        self.loop.watch(server, self._read_server)
         log.event(logging.INFO, "fork_server", pid=server.pid)
 
     def _server_usable(self) -> ForkServer | None:
@@ -174,7 +181,7 @@ class Spawner:
         server.read()
         self._collect(server)
         if server.gone:
-            self.master.selector.unregister(server)  # its exit comes through wait4 (_server_exited)
+            self.loop.unwatch(server)  # its exit comes through wait4 (_server_exited)
 
     def _collect(self, server: ForkServer) -> None:
         """Move what the server reported into the spawner's own lists."""
@@ -185,7 +192,7 @@ class Spawner:
         for pid, start_time, order_fd in server.forked:
             waiting = WaitingChild(pid, start_time, order_fd, own=False)
             self.ready.append(waiting)
-            self.master.subprocesses[pid] = functools.partial(self._spare_exited, pid)
+            self.loop.subprocesses[pid] = functools.partial(self._spare_exited, pid)
         server.forked.clear()
 
     def _server_exited(self, server: ForkServer, status: int) -> None:
@@ -198,7 +205,7 @@ class Spawner:
         self._collect(server)
         server.close()
         try:
-            self.master.selector.unregister(server)
+            self.loop.unwatch(server)
         except (KeyError, ValueError):
             pass  # unregistered at EOF
         self.server = None
@@ -223,9 +230,9 @@ class Spawner:
         server, self.server = self.server, None
         if server is None:
             return
-        self.master.subprocesses.pop(server.pid, None)
+        self.loop.subprocesses.pop(server.pid, None)
         if not server.gone:
-            self.master.selector.unregister(server)
+            self.loop.unwatch(server)
         server.stop()
         self._collect(server)
         self.server_lost = True  # had it died just before, an exit it reaped may be unreported: the reaper checks
@@ -236,11 +243,10 @@ class Spawner:
 
     def fork(self) -> WaitingChild:
         """A new waiting child forked by the master itself (OSError if the system cannot fork now)."""
-        m = self.master
         # Everything the child is given is computed here: after fork it must
         # not run any master code outside child.run's own guard.
         keep = log.stream_fds()
-        socket_path, outbox = str(m.paths.heartbeat_socket), m.paths.outbox
+        socket_path, outbox, resolve = str(self.paths.heartbeat_socket), self.paths.outbox, self.specs.spec_for
         order_read, order_write = os.pipe2(os.O_CLOEXEC)
         try:
             pid = os.fork()
@@ -249,7 +255,7 @@ class Spawner:
             os.close(order_write)
             raise
         if pid == 0:
-            child.run(order_fd=order_read, resolve=m.spec_for, socket_path=socket_path, outbox=outbox, keep_fds=keep)
+            child.run(order_fd=order_read, resolve=resolve, socket_path=socket_path, outbox=outbox, keep_fds=keep)
         os.close(order_read)
         try:
             os.setpgid(pid, pid)  # also here, so a kill right after fork reaches the group
@@ -288,33 +294,33 @@ class Spawner:
         if not self.ready:
             return self.fork()
         waiting = self.ready.pop(0)
-        del self.master.subprocesses[waiting.pid]  # from now on it is a job's child, reaped as such
+        del self.loop.subprocesses[waiting.pid]  # from now on it is a job's child, reaped as such
         return waiting
 
     def give_back(self, waiting: WaitingChild) -> None:
         """A child taken for a job that did not come (a shared store had none
         due): it waits again as a spare, first in line."""
         self.ready.insert(0, waiting)
-        self.master.subprocesses[waiting.pid] = functools.partial(self._spare_exited, waiting.pid)
+        self.loop.subprocesses[waiting.pid] = functools.partial(self._spare_exited, waiting.pid)
 
     def replenish(self) -> None:
         """Keep the fork server and the next spare child coming, if the master will be starting jobs."""
-        if not self.master.wants_spare():
+        if not self.wants_spare():
             return
         self._start_server_if_due()
-        if time.monotonic() < self.not_before or self._server_starting() is not None:
+        if self.clock.monotonic() < self.not_before or self._server_starting() is not None:
             return  # a server that is starting forks the spares once it is ready
         server = self._server_usable()
         if server is not None:
             if server.failed:  # spares it could not fork (out of processes or memory): not asked again at once
                 server.failed.clear()
-                self.not_before = time.monotonic() + SPARE_RETRY_DELAY
+                self.not_before = self.clock.monotonic() + SPARE_RETRY_DELAY
                 return
-            while len(self.ready) + len(server.in_flight) < max(1, min(SPARES, self.master.slots)):
+            while len(self.ready) + len(server.in_flight) < max(1, min(SPARES, self.slots())):
                 try:
                     server.request()
                 except OSError:  # out of descriptors: no spare for now, and no new try on every turn
-                    self.not_before = time.monotonic() + SPARE_RETRY_DELAY
+                    self.not_before = self.clock.monotonic() + SPARE_RETRY_DELAY
                     break
             return
         if self.ready:
@@ -322,10 +328,10 @@ class Spawner:
         try:
             spare = self.fork()
         except OSError:  # no spare for now: a job forks its own child (and the scheduler backs off if it cannot)
-            self.not_before = time.monotonic() + SPARE_RETRY_DELAY
+            self.not_before = self.clock.monotonic() + SPARE_RETRY_DELAY
             return
         self.ready.append(spare)
-        self.master.subprocesses[spare.pid] = functools.partial(self._spare_exited, spare.pid)
+        self.loop.subprocesses[spare.pid] = functools.partial(self._spare_exited, spare.pid)
 
     def _spare_exited(self, pid: int, status: int) -> None:
         waiting = next((w for w in self.ready if w.pid == pid), None)
@@ -335,7 +341,7 @@ class Spawner:
         # a little before the next, so a spare that keeps dying is no fork loop.
         os.close(waiting.order_fd)
         self.ready.remove(waiting)
-        self.not_before = time.monotonic() + SPARE_RETRY_DELAY
+        self.not_before = self.clock.monotonic() + SPARE_RETRY_DELAY
         log.event(logging.WARNING, "spare_died", pid=pid, how=classify_exit(status)[1],
                   retry_in=f"{SPARE_RETRY_DELAY}s")
 
@@ -346,7 +352,7 @@ class Spawner:
         its way out are in `exited`, for the reaper."""
         ready, self.ready = self.ready, []
         for waiting in ready:
-            self.master.subprocesses.pop(waiting.pid, None)
+            self.loop.subprocesses.pop(waiting.pid, None)
             os.close(waiting.order_fd)  # EOF: it exits without running anything
             if waiting.own:
                 os.kill(waiting.pid, signal.SIGKILL)  # our unreaped child: the pid cannot name another process

@@ -17,75 +17,82 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sized
 
 from phoenix import log
 from phoenix.linux import pidfile
+from phoenix.linux.clock import Clock
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.pidfile import AlreadyRunning, PidFile
 from phoenix.linux.sockets import bind_heartbeat
-from phoenix.master.attempts import Attempt
 from phoenix.rules.shortage import SHORTAGE_ERRNOS
 from phoenix.store.outage import file_identity
 from phoenix.wire import control
 from phoenix.wire.control import ControlServer
 
 
-class StateFilesHost(Protocol):
-    """What the check needs of the master: the files it holds, and a way to
-    rebind the heartbeat socket and give its children grace."""
+class Listener(Protocol):
+    """The heartbeat intake (heartbeats.HeartbeatIntake): the listening socket it accepts on."""
 
-    paths: StatePaths
-    heartbeat: socket.socket
-    control: ControlServer
-    pidfile: PidFile
-    children: dict[int, Attempt]
-    next_state_dir_check: float
+    listener: socket.socket | None
 
-    def in_fork_handover(self) -> bool: ...
-    def watch_storage(self) -> None: ...
-    def take_heartbeat_listener(self, sock: socket.socket) -> None: ...
-    def give_all_grace(self, now: float) -> None: ...
+    def listen(self, sock: socket.socket) -> None: ...
+    def give_grace(self, now: float) -> None: ...
+
 
 Identity = tuple[int, int] | None
 
 
 class StateFiles:
-    def __init__(self) -> None:
+    def __init__(self, paths: StatePaths, attempts: Sized, intake: Listener, control: ControlServer,
+                 lock: PidFile, in_fork_handover: Callable[[], bool], check_now: Callable[[], None],
+                 clock: Clock) -> None:
+        """`check_now()`: run the master's state-directory check at once (the
+        journal's file first: if the whole directory went, it is rebuilt)."""
+        self.paths = paths
+        self.attempts = attempts
+        self.intake = intake
+        self.control = control
+        self.lock = lock
+        self.in_fork_handover = in_fork_handover
+        self.check_now = check_now
+        self.clock = clock
         # name -> (the socket we hold, the identity its path had when we first saw it)
         self.bound: dict[str, tuple[socket.socket, Identity]] = {}
         self.failing: set[str] = set()  # what could not be made again: logged once, retried each check
 
-    def check(self, m: StateFilesHost) -> None:
+    def check(self) -> None:
         """Put back whatever was removed or replaced; called once a second."""
-        if m.in_fork_handover():
+        if self.in_fork_handover():
             return  # the successor shares the sockets and writes the pidfile now
-        self._socket(m, "heartbeat", m.paths.heartbeat_socket, lambda: m.heartbeat,
-                     lambda: self.rebind_heartbeat(m))
-        self._socket(m, "control", m.paths.control_socket, lambda: m.control.sock,
-                     lambda: m.control.rebind(control.bind(m.paths.control_socket)))
-        self._lock_and_pidfile(m)
+        self._socket("heartbeat", self.paths.heartbeat_socket, self._heartbeat, self.rebind_heartbeat)
+        self._socket("control", self.paths.control_socket, lambda: self.control.sock,
+                     lambda: self.control.rebind(control.bind(self.paths.control_socket)))
+        self._lock_and_pidfile()
 
-    def heartbeat_restored(self, m: StateFilesHost) -> bool:
+    def _heartbeat(self) -> socket.socket:
+        listener = self.intake.listener
+        assert listener is not None  # listening from open() on
+        return listener
+
+    def heartbeat_restored(self) -> bool:
         """Run the state-directory check now; True if it rebound the heartbeat
         socket. Asked before any heartbeat_timeout kill: a child started after
         the path (or the whole directory) went cannot have beaten, and must not
         be killed for it while the next once-a-second check is still to come."""
-        before = m.heartbeat
-        m.next_state_dir_check = 0.0
-        m.watch_storage()
-        return m.heartbeat is not before
+        before = self.intake.listener
+        self.check_now()
+        return self.intake.listener is not before
 
-    def rebind_heartbeat(self, m: StateFilesHost) -> None:
+    def rebind_heartbeat(self) -> None:
         """A new listening socket at the path. Children already connected keep
         their connections; one that tried to connect while the path was
         missing could not beat: every child gets a fresh heartbeat_timeout."""
-        m.take_heartbeat_listener(bind_heartbeat(m.paths.heartbeat_socket))
-        m.give_all_grace(time.monotonic())
+        self.intake.listen(bind_heartbeat(self.paths.heartbeat_socket))
+        self.intake.give_grace(self.clock.monotonic())
 
-    def _socket(self, m: StateFilesHost, name: str, path: Path, current: Callable[[], socket.socket],
+    def _socket(self, name: str, path: Path, current: Callable[[], socket.socket],
                 rebind: Callable[[], None]) -> bool:
         sock = current()
         held, identity = self.bound.get(name, (None, None))
@@ -103,11 +110,11 @@ class StateFiles:
         self.failing.discard(name)
         self.bound[name] = (current(), file_identity(path))
         log.event(logging.WARNING, "socket_rebuilt", path=path, found="missing" if now is None else "another file",
-                  running=len(m.children))
+                  running=len(self.attempts))
         return True
 
-    def _lock_and_pidfile(self, m: StateFilesHost) -> None:
-        lock = m.pidfile
+    def _lock_and_pidfile(self) -> None:
+        lock = self.lock
         try:
             if lock.lock_fd is not None and _fd_identity(lock.lock_fd) != file_identity(lock.lockfile):
                 # Another master could take a new lock file there: take it first.

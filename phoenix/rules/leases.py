@@ -33,6 +33,12 @@ RENEW_RETRY = 1.0  # seconds between renewals while the database does not answer
 # A NOTIFY payload on the store's wake-up channel: a callback with no owner is
 # owed (a pending job was cancelled); the first live master to read it takes it.
 CALLBACKS_OWED = "callbacks"
+# The start of a NOTIFY payload (then an attempt id) that asks the master
+# running that attempt to end it: its cancel was requested in the store (any
+# host's `phoenix cancel KEY --store URL`). A master also looks every
+# CANCEL_POLL seconds while children run, should a notification be lost.
+CANCEL_ASKED = "cancel:"
+CANCEL_POLL = 2.0
 
 
 @dataclass(frozen=True, slots=True)

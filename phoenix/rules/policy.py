@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import random
-import time
 from dataclasses import dataclass
 
 from phoenix.rules.states import HandoffPhase, MasterState, Outcome
@@ -81,9 +80,8 @@ class RestartBudget:
         self.period = period
         self.recent: collections.deque[float] = collections.deque()
 
-    def next_slot(self, now: float | None = None) -> float:
+    def next_slot(self, now: float) -> float:
         """Book a re-run; returns the monotonic time before which it must not start."""
-        now = time.monotonic() if now is None else now
         while self.recent and self.recent[0] <= now - self.period:
             self.recent.popleft()
         if self.intensity <= 0:

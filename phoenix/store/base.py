@@ -114,6 +114,17 @@ class OpenAttempt:
     cancel_requested: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """What a shared store's `cancel` did to a job: its state `before`; for a
+    running job, the `node` whose master runs it and whether that master's
+    lease is `live` (if not, the recovery of that lease records the cancel)."""
+
+    before: str
+    node: str | None = None
+    live: bool = False
+
+
 # -- keys: the same rules in every backend ---------------------------------------------------------
 
 
@@ -262,6 +273,9 @@ class SharedStore(Store, Protocol):
     def open_listener(self) -> int: ...
     def read_notifies(self) -> list[str]: ...
     def close_listener(self) -> None: ...
+    # `phoenix cancel KEY --store URL` from any host; what this master is asked to cancel (attempt ids)
+    def cancel(self, key: str) -> CancelRequest | None: ...
+    def cancels_requested(self) -> set[int]: ...
 
 
 @runtime_checkable

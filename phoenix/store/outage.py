@@ -21,17 +21,18 @@ import collections
 import logging
 import os
 import sqlite3
-import time
 from typing import Callable
 
 from phoenix import log
+from phoenix.linux.clock import SYSTEM, Clock
 
 STORAGE_ERRORS = (sqlite3.Error, OSError)
 RETRY_EVERY = 1.0  # seconds between attempts to write the journal again
 
 
 class JournalOutage:
-    def __init__(self, journal_path: str) -> None:
+    def __init__(self, journal_path: str, clock: Clock = SYSTEM) -> None:
+        self.clock = clock
         self.journal_path = journal_path
         self.error: str | None = None
         self.unwritten: collections.deque[tuple[str, Callable[[], None]]] = collections.deque()
@@ -52,11 +53,11 @@ class JournalOutage:
             self.damaged = is_damage(exc)
         if retry is not None:
             self.unwritten.append((doing, retry))
-        self.next_retry = time.monotonic() + RETRY_EVERY
+        self.next_retry = self.clock.monotonic() + RETRY_EVERY
 
     def retry_if_due(self, probe: Callable[[], None]) -> bool:
         """Replay what failed; True once the journal is writable and all is written."""
-        if self.error is None or time.monotonic() < self.next_retry:
+        if self.error is None or self.clock.monotonic() < self.next_retry:
             return False
         try:
             probe()
@@ -67,7 +68,7 @@ class JournalOutage:
         except STORAGE_ERRORS as exc:
             self.error = str(exc)
             self.damaged = is_damage(exc)
-            self.next_retry = time.monotonic() + RETRY_EVERY
+            self.next_retry = self.clock.monotonic() + RETRY_EVERY
             return False
         log.event(logging.WARNING, "journal_recovered", path=self.journal_path)
         self.error = None

@@ -39,14 +39,16 @@ import psycopg
 
 from phoenix.linux import clock
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
-from phoenix.rules.leases import CALLBACKS_OWED
+from phoenix.rules.leases import CALLBACKS_OWED, CANCEL_ASKED
 from phoenix.rules.outcomes import CANCELLED_REASON
 from phoenix.store.base import (
     ENDED_BADLY,
     JOB_STATES,
     SAVE_CHECKPOINT_WHERE,
     WITHDRAWN_WITH_ITS_CANCEL,
+    CancelRequest,
     Job,
+    JobState,
     JournalError,
     NodeTaken,
     OpenAttempt,
@@ -229,10 +231,20 @@ WITH dead AS (
 )
 UPDATE masters m SET epoch = m.epoch + 1, state = 'lost' FROM dead WHERE m.node = dead.node RETURNING m.node
 """
+# An attempt whose cancel was requested (reason 'cancelled': `phoenix cancel`
+# from any host, its master gone before it ended it) ends `cancelled`, and its
+# job with it: never put back to run.
 _RECOVER_ATTEMPTS = f"""
-UPDATE attempts SET outcome = 'lost', state = 'lost', reason = %(reason)s, error = %(reason)s, ended_at = {_NOW}
-WHERE master = ANY(%(nodes)s) AND outcome IS NULL
-RETURNING id, job_id, n
+WITH open AS (
+    SELECT id, reason IS NOT DISTINCT FROM 'cancelled' AS cancelled FROM attempts
+    WHERE master = ANY(%(nodes)s) AND outcome IS NULL FOR UPDATE
+)
+UPDATE attempts a SET state = 'lost', ended_at = {_NOW},
+       outcome = CASE WHEN open.cancelled THEN 'cancelled' ELSE 'lost' END,
+       reason = CASE WHEN open.cancelled THEN %(cancelled)s ELSE %(reason)s END,
+       error = CASE WHEN open.cancelled THEN %(cancelled_error)s ELSE %(reason)s END
+FROM open WHERE a.id = open.id
+RETURNING a.id, a.job_id, a.n, open.cancelled
 """
 
 # The renewal; with a grace, it also says whether any master is due for
@@ -251,6 +263,20 @@ RETURNING pg_notify(%(channel)s, 'ping:' || node),
 _HOLD_FINAL = "UPDATE attempts SET final = %s WHERE id = %s AND outcome IS NULL"
 
 RECOVERED_REASON = "its master lost its lease"
+RECOVERED_CANCEL = f"{CANCELLED_REASON}; {RECOVERED_REASON} before it recorded the end"
+
+# `phoenix cancel` of a running job, from any host: its current attempt is
+# marked (as request_cancel marks it: the recovery and a restarted master
+# honour it too) and the masters told on commit (NOTIFY naming the attempt).
+# An outcome being recorded holds the attempt's row: this waits, then finds
+# it ended (outcome set) and marks nothing.
+_REQUEST_CANCEL = f"""
+UPDATE attempts a SET reason = 'cancelled' FROM jobs j, masters m
+WHERE j.key = %(key)s AND j.state = 'running' AND a.id = j.current_attempt AND a.outcome IS NULL
+  AND m.node = a.master
+RETURNING a.master, m.epoch = a.epoch AND m.state <> 'lost' AND m.lease_expires_at > now(),
+          pg_notify(%(channel)s, '{CANCEL_ASKED}' || a.id)
+"""
 
 
 class PgStore:
@@ -484,20 +510,25 @@ class PgStore:
             nodes = [row[0] for row in cur.fetchall()]
             if not nodes:
                 return owed
-            cur.execute(_RECOVER_ATTEMPTS, {"nodes": nodes, "reason": RECOVERED_REASON})
+            cur.execute(_RECOVER_ATTEMPTS, {"nodes": nodes, "reason": RECOVERED_REASON,
+                                            "cancelled": CANCELLED_REASON, "cancelled_error": RECOVERED_CANCEL})
             lost = cur.fetchall()
             self.last_recovery = (nodes, len(lost))
-            for attempt_id, job_id, n in lost:
+            for attempt_id, job_id, n, cancelled in lost:
                 cur.execute("SELECT target, failures, current_attempt FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
                 row = cur.fetchone()
                 if row is None or row[2] != attempt_id:
                     continue
-                job_state, counts, delay, callback = decide(row[0], row[1])
+                # A cancelled job is the operator's decision (as policy.after_attempt takes it): never re-run.
+                cancel: tuple[str, bool, float | None, str | None] = (JobState.CANCELLED.value, False, None,
+                                                                       "on_failed")
+                job_state, counts, delay, callback = cancel if cancelled else decide(row[0], row[1])
                 cur.execute(
-                    f"UPDATE jobs SET state = %s, outcome = 'lost', error = %s, failures = failures + %s, "
+                    f"UPDATE jobs SET state = %s, outcome = %s, error = %s, failures = failures + %s, "
                     f"not_before = CASE WHEN %s::float8 IS NULL THEN 0 ELSE {_NOW} + %s::float8 END, "
                     f"updated_at = {_NOW} WHERE id = %s",
-                    (job_state, RECOVERED_REASON, int(counts), delay, delay, job_id))
+                    (job_state, "cancelled" if cancelled else "lost", RECOVERED_CANCEL if cancelled else
+                     RECOVERED_REASON, int(counts), delay, delay, job_id))
                 if callback is not None:
                     cur.execute(
                         f"INSERT INTO callbacks (job_id, attempt, kind, state, owner, owner_epoch, created_at) "
@@ -991,6 +1022,37 @@ class PgStore:
                             f"WHERE job_id = %(job)s ON CONFLICT (job_id, kind) DO NOTHING", {"job": job_id})
                 cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, CALLBACKS_OWED))
             return str(state)
+
+    def cancel(self, key: str) -> CancelRequest | None:
+        """`phoenix cancel KEY --store URL`, from any host: a pending job as
+        cancel_pending; a running one's current attempt is marked for its
+        master, which hears it at once (NOTIFY) or within CANCEL_POLL
+        (cancels_requested), ends it (TERM, KILL after kill_grace) and
+        records `cancelled`; if that master's lease lapses first, the
+        recovery records `cancelled` (_RECOVER_ATTEMPTS). Each write holds one
+        row's lock only (the job's, or the attempt's), so a cancel never
+        deadlocks with an outcome or a recovery that locks both; a job that
+        starts or ends between the two is looked at again."""
+        if unstorable(key):
+            return None
+        for _race in range(3):
+            state = self.cancel_pending(key)
+            if state != "running":
+                return None if state is None else CancelRequest(state)
+            with self._one() as cur:
+                cur.execute(_REQUEST_CANCEL, {"key": key, "channel": CHANNEL})
+                marked = cur.fetchone()
+            if marked is not None:
+                return CancelRequest(state, str(marked[0]), bool(marked[1]))
+        return CancelRequest("running")  # it kept starting and ending: no attempt of it stayed to be marked
+
+    def cancels_requested(self) -> set[int]:
+        """This master's open attempts (of its current epoch) whose cancel was
+        requested: one look through the attempts_open index."""
+        with self._one() as cur:
+            cur.execute("SELECT id FROM attempts WHERE master = %s AND epoch = %s AND outcome IS NULL "
+                        "AND reason = 'cancelled'", (self.node, self.epoch))
+            return {int(row[0]) for row in cur.fetchall()}
 
     def prune(self, *, finished_before: float, failed_before: float | None, batch: int = 500) -> dict[str, int]:
         """As the SQLite journal's: old ended jobs with their attempts and

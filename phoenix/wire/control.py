@@ -16,12 +16,12 @@ import select
 import selectors
 import socket
 import struct
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 from phoenix import log
 from phoenix.errors import Unavailable
+from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import unix_address
 from phoenix.linux.sockets import bind_private
 from phoenix.linux.untrusted import visible
@@ -95,7 +95,8 @@ class ControlServer:
 
     def __init__(self, sock: socket.socket, selector: selectors.BaseSelector,
                  handle: Callable[[dict[str, Any]], dict[str, Any]], on_rejected: Callable[[str], None],
-                 max_clients: int = MAX_CLIENTS, timeout: float = REQUEST_TIMEOUT) -> None:
+                 max_clients: int = MAX_CLIENTS, timeout: float = REQUEST_TIMEOUT, clock: Clock = SYSTEM) -> None:
+        self.clock = clock
         self.sock = sock
         self.selector = selector
         self.handle = handle
@@ -123,13 +124,39 @@ class ControlServer:
         self.parked_until = 0.0
         self.selector.register(sock, selectors.EVENT_READ, self.accept)
 
+    def stop_listening(self) -> None:
+        """Leave new connections in the backlog: a replacement's new image (or new master) takes them."""
+        self.selector.unregister(self.sock)
+
+    def listen_again(self) -> None:
+        """The replacement did not happen: accept here again."""
+        self.selector.register(self.sock, selectors.EVENT_READ, self.accept)
+
+    def answer_accepted(self, within: float) -> None:
+        """Before an exec: read and answer, for at most `within` seconds, the
+        requests of connections already accepted (a `reload --wait` polling
+        status, say), whose connections the exec would close under the
+        client's feet."""
+        deadline = self.clock.monotonic() + within
+        poller = select.poll()
+        for conn in self.buffers:
+            poller.register(conn, select.POLLIN)
+        while self.buffers and (left := deadline - self.clock.monotonic()) > 0:
+            for fd, _event in poller.poll(left * 1000):
+                ready = next((c for c in self.buffers if c.fileno() == fd), None)
+                poller.unregister(fd)
+                if ready is not None:
+                    self.read(ready)
+                    if ready in self.buffers:  # only part of the request so far
+                        poller.register(ready, select.POLLIN)
+
     def _park(self) -> None:
         """Stop watching the listener for PARK_WHEN_STARVED. It stays registered
         (a replacement unregisters and registers it by itself), watched for
         writing: a listening socket is never writable."""
         if not self.parked_until:
             self.selector.modify(self.sock, selectors.EVENT_WRITE, self.accept)
-        self.parked_until = time.monotonic() + PARK_WHEN_STARVED
+        self.parked_until = self.clock.monotonic() + PARK_WHEN_STARVED
 
     def _unpark(self) -> None:
         self.parked_until = 0.0
@@ -143,7 +170,7 @@ class ControlServer:
     def accept(self) -> None:
         if self.reserve_fd is None:
             self.reserve_fd = _open_reserve()  # lost in an earlier shortage: take it back when there is one
-        if self.max_clients < self.full_bound and time.monotonic() - self.lowered_at > BOUND_RESTORED_AFTER:
+        if self.max_clients < self.full_bound and self.clock.monotonic() - self.lowered_at > BOUND_RESTORED_AFTER:
             self.max_clients = self.full_bound  # the shortage passed; if not, the next accept lowers it again
         while True:
             try:
@@ -169,7 +196,7 @@ class ControlServer:
             while len(self.deadlines) >= self.max_clients:
                 self._evict_oldest()
             self.buffers[conn] = bytearray()
-            self.deadlines[conn] = time.monotonic() + self.timeout
+            self.deadlines[conn] = self.clock.monotonic() + self.timeout
             self.selector.register(conn, selectors.EVENT_READ, functools.partial(self.read, conn))
 
     def _make_room(self, exc: OSError) -> bool:
@@ -183,7 +210,7 @@ class ControlServer:
         detail = exc.strerror or str(exc)
         if self.deadlines:
             self.max_clients = max(1, len(self.deadlines) - FD_HEADROOM)
-            self.lowered_at = time.monotonic()
+            self.lowered_at = self.clock.monotonic()
             self._warn("control_fd_shortage", detail)
             while len(self.deadlines) >= self.max_clients:
                 self._evict_oldest()
@@ -295,7 +322,7 @@ class ControlServer:
         del self.buffers[conn]
         del self.deadlines[conn]
         # A fresh deadline, the latest of all: the order of `deadlines` holds.
-        self.deadlines[conn] = time.monotonic() + self.timeout
+        self.deadlines[conn] = self.clock.monotonic() + self.timeout
         self.replies[conn] = memoryview(reply)
         self.selector.modify(conn, selectors.EVENT_WRITE, functools.partial(self.write, conn))
         self.write(conn)
@@ -356,7 +383,7 @@ class ControlServer:
     def _warn(self, reason: str, detail: str) -> None:
         """One warning per WARNING_INTERVAL, with how many were shed or evicted meanwhile."""
         self.unwarned[reason] = self.unwarned.get(reason, 0) + 1
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if now - self.warned_at < WARNING_INTERVAL:
             return
         self.warned_at = now

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeGuard
 
 from phoenix.errors import UsageError
+from phoenix.linux.clock import SYSTEM
 from phoenix.linux.paths import SUN_PATH_MAX, unix_address
 
 VERSION = 1
@@ -299,7 +300,7 @@ class Sender:
                 return False
             if sent and self._acked(expected, deadline):
                 return True
-            if time.monotonic() >= deadline:
+            if SYSTEM.monotonic() >= deadline:
                 return False
             # Jitter: the children of a crashed master do not all reconnect in step.
             time.sleep(jitter(delay, 2 * delay))
@@ -312,7 +313,7 @@ class Sender:
         assert sock is not None
         poller = select.poll()
         poller.register(sock, select.POLLIN)
-        while (left := deadline - time.monotonic()) > 0:
+        while (left := deadline - SYSTEM.monotonic()) > 0:
             if not poller.poll(left * 1000):
                 continue
             try:

@@ -145,6 +145,15 @@ def flaky(params):
     return {"attempt": phoenix.current_job().attempt}
 
 
+@app.job(retries=3)
+def fails_when_told(params):
+    """Beats until the file params["path"] exists, then raises (it has retries left)."""
+    while not os.path.exists(params["path"]):
+        time.sleep(0.02)
+        phoenix.heartbeat()
+    raise RuntimeError("told to fail")
+
+
 @app.job(retries=1)
 def always_fails(params):
     raise RuntimeError("always")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -167,6 +168,32 @@ def test_terminated_sessions_are_reopened_and_kill_no_running_job(cluster: Clust
     cluster.wait_quiet()
     summary = invariants.check(cluster, work + more)
     assert summary.lost == 0 and summary.attempts == 12
+
+
+def test_a_cancel_from_a_host_with_no_master_ends_the_job_on_another_host(cluster: Cluster) -> None:
+    """`phoenix cancel KEY --store URL` run in h3's namespace (no master
+    there) ends a job running on h1 within 3 s (its ticks stop), `cancelled`,
+    never re-run; the other jobs run on untouched."""
+    lab = cluster.lab
+    cluster.start([lab.host("h1"), lab.host("h2")])
+    work = keys("stay", 4)
+    cluster.submit(work, 6.0)
+    running = cluster.wait_running({"h1": 2, "h2": 2})
+    victim = running["h1"][0]
+    result = lab.host("h3").run([PYTHON, "-m", "phoenix", "cancel", victim, "--store", cluster.url],
+                                cwd=REPO, capture_output=True, text=True, timeout=60)
+    answered = time.monotonic()  # the ticks' clock: one CLOCK_MONOTONIC for every namespace
+    assert result.returncode == 0, result.stderr
+    assert f"cancelling {victim} on node h1" in result.stdout
+    cluster.wait_final(work, timeout=30)
+    cluster.wait_quiet()
+    summary = invariants.check(cluster, work)
+    assert cluster.states()[victim] == ("cancelled", "h1")
+    assert [(a["master"], a["outcome"]) for a in cluster.attempts(victim)] == [("h1", "cancelled")]
+    [(_first, last_tick, _who)] = invariants.run_spans(cluster.ticks)[victim]
+    assert last_tick < answered + 3.0, f"the job ticked {last_tick - answered:.2f} s after the cancel's answer"
+    assert [c["kind"] for c in cluster.callbacks() if c["key"] == victim] == ["failed"]
+    assert summary.lost == 0 and all(cluster.states()[k][0] == "finished" for k in work if k != victim)
 
 
 def test_flaky_link_delays_but_loses_nothing(cluster: Cluster) -> None:

@@ -342,40 +342,12 @@ def test_the_outage_budget_is_what_the_renewals_allow_and_status_says_it(tmp_pat
 
 
 
-class _Host:
+class _Master:
     """What a LeaseKeeper asks of its master, recorded."""
 
-    def __init__(self, state_dir: Path) -> None:
-        import selectors
-
-        from phoenix.config import Config
-        from phoenix.rules.policy import RestartBudget
-
-        state_dir.mkdir(mode=0o700)
-        self.config = Config(state_dir=str(state_dir), lease_ttl=1.0, kill_grace=0.1)
-        self.children: dict[int, Any] = {}
-        self.selector = selectors.DefaultSelector()
+    def __init__(self) -> None:
         self.slots = 1
-        self.budget = RestartBudget(10, 1.0)
         self.taken: list[str] = []
-
-    def known_spec(self, target: str) -> None:
-        return None
-
-    def jobs_may_be_pending(self) -> None:
-        pass
-
-    def start_callback(self, callback_id: int, job_id: int, number: int, kind: str) -> None:
-        pass
-
-    def callbacks_held(self) -> bool:
-        return False
-
-    def run_owed_callbacks(self) -> None:
-        pass
-
-    def end_children(self, why: str) -> None:
-        pass
 
     def node_taken(self, why: str) -> None:
         self.taken.append(why)
@@ -386,12 +358,22 @@ class _Host:
 
 def test_a_master_whose_node_another_took_while_it_was_away_stops_instead_of_sharing_it(
         tmp_path: Path, pg_url: str) -> None:
+    from phoenix.app import App
+    from phoenix.config import Config
     from phoenix.master.leasekeeper import LeaseKeeper
+    from phoenix.master.loop import Loop
+    from phoenix.master.specs import JobSpecs
+    from phoenix.rules.policy import RestartBudget
     from phoenix.store.postgres import PgStore
+    from phoenix.testing import FakeClock
 
-    host = _Host(tmp_path / "away")
+    (tmp_path / "away").mkdir(mode=0o700)
+    config = Config(state_dir=str(tmp_path / "away"), lease_ttl=1.0, kill_grace=0.1)
+    host, loop, budget = _Master(), Loop(FakeClock()), RestartBudget(10, 1.0)
+    loop.open()
     with PgStore(pg_url, node="web", lease_ttl=1.0) as store, PgStore(pg_url, node="web", lease_ttl=30) as other:
-        keeper = LeaseKeeper(host, store)  # type: ignore[arg-type]  # the stub has what a LeaseKeeper asks
+        keeper = LeaseKeeper(host, lambda why: None, store, lambda: config, JobSpecs(App("t"), lambda: config), {},
+                             loop, lambda: budget, lambda: False, lambda: None, lambda: None)
         keeper.register(os.getpid(), 1, time.time(), None)
         wait_for(lambda: _expired_for(pg_url, "web") > keeper.times.grace + 0.1, what="the lease to lapse")
         other.register_master(2, 1, time.time(), 1, None, instance="elsewhere", grace=keeper.times.grace)

@@ -70,13 +70,12 @@ def test_only_acknowledged_writes_are_durable(tmp_path: Path) -> None:
 
 
 def test_a_stop_spares_only_a_child_that_holds_the_only_copy_of_its_outcome() -> None:
-    from phoenix.master.arbiter import holds_only_copy
     from phoenix.master.attempts import Attempt
 
     child = Attempt(attempt_id=1, job_id=1, key="k", target="m:f", number=1, pid=123, spec=None, started=0.0,
                     last_beat=0.0, last_progress=0.0)
-    assert not holds_only_copy(child)  # running its job: a stop TERMs it (back to pending)
+    assert not child.holds_only_copy()  # running its job: a stop TERMs it (back to pending)
     child.final = {"result": None}
-    assert holds_only_copy(child)  # finished, the journal refused it: spared
+    assert child.holds_only_copy()  # finished, the journal refused it: spared
     child.final_held = True
-    assert not holds_only_copy(child)  # in the journal: it may be ended like any other
+    assert not child.holds_only_copy()  # in the journal: it may be ended like any other

@@ -1,72 +1,156 @@
-"""The settler in-process: a callback that ran, whose `done` the store has not
-taken yet (an outage; the write waits to be replayed), is never started again
-by a look for owed callbacks (a lease renewal, the store's return). On the
-shared store, a storm of killed sessions ran one callback 4 times."""
+"""The settler in-process, on a fake clock and a real SQLite journal.
+
+A callback that ran, whose `done` the store has not taken yet (an outage;
+the write waits to be replayed), is never started again by a look for owed
+callbacks (a lease renewal, the store's return): on the shared store, a
+storm of killed sessions ran one callback 4 times. A callback that overruns
+callback_timeout is recorded as timed out at that fake moment, not before."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
 
+import pytest
+
+from phoenix.app import App
+from phoenix.config import Config
+from phoenix.master.callbacks import CallbackRunner
+from phoenix.master.metrics import Counters
 from phoenix.master.settler import CallbackSettler
+from phoenix.store.sqlite import Journal
+from phoenix.testing import FakeClock
 
 
-class Running:
-    def __init__(self, callback_id: int) -> None:
-        self.callback_id, self.job_key, self.kind, self.started = callback_id, "k", "on_finished", 0.0
+def owe_callback(journal: Journal, kind: str = "on_finished") -> int:
+    """A job whose attempt ended and owes a callback of `kind`: the callback's id."""
+    journal.submit("m:f", "{}", "k")
+    job = journal.pending(1)[0]
+    attempt_id = journal.begin_attempt(job, 1, None, None)
+    finished = kind == "on_finished"
+    _recorded, callback_id = journal.end_attempt(
+        attempt_id, job.id, outcome="finished" if finished else "error", reason=None,
+        error=None if finished else "boom", result_json="1" if finished else None, max_rss_kb=None,
+        job_state="finished" if finished else "failed", counts_as_failure=not finished, callback=kind, attempt_n=1)
+    assert callback_id is not None
+    return callback_id
 
 
-class Store:
-    """Owes callback 6 until a `done` is taken; the first `done` fails (a killed session)."""
+class Settling:
+    def __init__(self, journal: Journal, app: App) -> None:
+        self.clock = FakeClock()
+        self.journal = journal
+        self.config = Config(callback_timeout=30.0)
+        self.runner = CallbackRunner(1, self.clock)
+        self.counters = Counters()
+        self.replays: list[Callable[[], Any]] = []
+        self.fail_writes = False
+        self.settler = CallbackSettler(app, lambda: self.journal, self.runner, lambda: self.config, self.counters,
+                                       self.clock, self.guarded)
 
-    def __init__(self) -> None:
-        self.done: list[int] = []
-        self.fail_next_done = True
-        self.started: list[int] = []
+    def guarded(self, operation: Callable[[], Any], retry: bool) -> None:
+        if self.fail_writes:  # as an outage keeps a write to replay
+            self.replays.append(operation)
+            return
+        operation()
 
-    def owed_callbacks(self) -> list[tuple[int, int, int, str]]:
-        return [] if 6 in self.done else [(6, 1, 1, "on_finished")]
+    def owed(self) -> list[int]:
+        return [callback_id for callback_id, *_ in self.journal.owed_callbacks()]
 
-    def callback_done(self, callback_id: int, error: str | None) -> bool:
-        if self.fail_next_done:
-            self.fail_next_done = False
-            raise ConnectionError("terminating connection due to administrator command")
-        self.done.append(callback_id)
-        return True
-
-    def job_row(self, job_id: int) -> dict[str, Any]:
-        return {"key": "k", "target": "m:f", "params": "{}", "outcome": "finished", "error": None, "result": "1"}
-
-    def attempt_end(self, job_id: int, number: int) -> tuple[None, None]:
-        return None, None
-
-    def callback_started(self, callback_id: int) -> bool:
-        self.started.append(callback_id)
-        return True
+    def close(self) -> None:
+        self.runner.shutdown()
 
 
-def test_a_callback_whose_done_waits_for_the_store_is_not_run_again() -> None:
-    store = Store()
-    replays: list[Any] = []
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    journal = Journal(tmp_path / "journal.db")
+    yield journal
+    journal.close()
 
-    def guarded(operation: Any, retry: bool = False) -> None:
-        try:
-            operation()
-        except ConnectionError:
-            replays.append(operation)  # as the outage machinery keeps a write to replay
 
-    finished = [(Running(6), None)]
-    runner = SimpleNamespace(running={}, finished=lambda: [finished.pop()] if finished else [],
-                             overdue=lambda timeout, now: [], start=lambda *args: store.started.append(-1))
-    host = SimpleNamespace(app=SimpleNamespace(finished_callbacks=[print], failed_callbacks=[]), journal=store,
-                           callbacks=runner, config=SimpleNamespace(callback_timeout=5.0), counters=None,
-                           histograms=None, guarded=guarded)
-    settler = CallbackSettler(host)  # type: ignore[arg-type]
-    settler.settle()  # it ran; its done fails and waits to be replayed
-    assert replays and store.done == []
-    settler.run_owed()  # a lease renewal looks for owed callbacks: still owed in the store
-    assert store.started == []  # not started again
-    replays.pop()()  # the store is back: the write is replayed
-    assert store.done == [6]
-    settler.run_owed()
-    assert store.started == []
+def wait_finished(runner: CallbackRunner) -> None:
+    for running in list(runner.running.values()):
+        running.future.result(timeout=5)
+
+
+def test_a_callback_runs_once_and_is_recorded_done(journal: Journal) -> None:
+    app, calls = App("t"), []
+    app.on_finished(lambda job, result: calls.append((job.key, result)))
+    callback_id = owe_callback(journal)
+    parts = Settling(journal, app)
+    try:
+        parts.settler.run_owed()
+        wait_finished(parts.runner)
+        parts.settler.settle()
+        assert calls == [("k", 1)] and parts.owed() == []
+        parts.settler.run_owed()
+        assert callback_id not in parts.runner.running and calls == [("k", 1)]
+    finally:
+        parts.close()
+
+
+def test_a_callback_whose_done_waits_for_the_store_is_not_run_again(journal: Journal) -> None:
+    app, calls = App("t"), []
+    app.on_finished(lambda job, result: calls.append(job.key))
+    callback_id = owe_callback(journal)
+    parts = Settling(journal, app)
+    try:
+        parts.settler.run_owed()
+        wait_finished(parts.runner)
+        parts.fail_writes = True
+        parts.settler.settle()  # it ran; its done waits to be replayed
+        assert parts.owed() == [callback_id] and len(parts.replays) == 1
+        parts.settler.run_owed()  # a lease renewal looks for owed callbacks: still owed in the store
+        assert not parts.runner.running and calls == ["k"]  # not started again
+        parts.fail_writes = False
+        parts.replays.pop()()  # the store is back: the write is replayed
+        assert parts.owed() == []
+    finally:
+        parts.close()
+
+
+def test_a_callback_past_callback_timeout_is_recorded_timed_out_at_that_moment(journal: Journal) -> None:
+    app, release = App("t"), threading.Event()
+    app.on_failed(lambda job, error: release.wait(10))
+    callback_id = owe_callback(journal, "on_failed")
+    parts = Settling(journal, app)
+    try:
+        parts.settler.run_owed()
+        parts.clock.advance(29.999)
+        parts.settler.settle()
+        assert parts.owed() == [callback_id] and parts.counters.callback_errors == 0
+        parts.clock.advance(0.002)
+        parts.settler.settle()
+        assert parts.owed() == [] and parts.counters.callback_errors == 1
+        error = journal.db.execute("SELECT error FROM callbacks WHERE id = ?", (callback_id,)).fetchone()[0]
+        assert error == "timed out after 30.0 s"
+    finally:
+        release.set()
+        parts.close()
+
+
+def test_no_app_loaded_leaves_callbacks_owed(journal: Journal) -> None:
+    callback_id = owe_callback(journal)
+    parts = Settling(journal, App("t"))
+    parts.settler.app = None  # degraded: the new code could not be loaded
+    try:
+        parts.settler.run_owed()
+        assert not parts.runner.running and parts.owed() == [callback_id]
+        assert parts.settler.owes("on_failed")  # not known: owed
+    finally:
+        parts.close()
+
+
+def test_a_callback_the_app_does_not_register_is_done_without_a_run(journal: Journal) -> None:
+    callback_id = owe_callback(journal)
+    parts = Settling(journal, App("t"))  # no on_finished registered
+    try:
+        assert not parts.settler.owes("on_finished")
+        parts.settler.start(callback_id, 1, 1, "on_finished")
+        assert not parts.runner.running and parts.owed() == []
+    finally:
+        parts.close()
+
+

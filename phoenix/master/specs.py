@@ -1,0 +1,65 @@
+"""What the loaded app says of each job: its spec (resolved once per target),
+its retries, and whether a job may start here. The one home of each: the
+scheduler (both its local and its shared-store paths), the recorder and the
+lease keeper ask here."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from phoenix.app import App, AppError, JobSpec, decode_params, resolve_target
+from phoenix.config import Config
+from phoenix.rules.policy import may_run
+from phoenix.store.base import Job
+
+
+class JobSpecs:
+    def __init__(self, app: App | None, config: Callable[[], Config]) -> None:
+        """`app`: None while no app is loaded (degraded: no job's policy is known)."""
+        self.app = app
+        self.config = config
+        self._by_target: dict[str, JobSpec] = {}
+
+    def spec_for(self, target: str) -> JobSpec:
+        """The target's spec; AppError if the loaded code cannot run it."""
+        spec = self._by_target.get(target)
+        if spec is None:
+            spec = self._by_target[target] = resolve_target(target)
+        return spec
+
+    def known_spec(self, target: str) -> JobSpec | None:
+        """The target's spec, or None if no app is loaded or its code has no such job."""
+        if self.app is None:
+            return None
+        try:
+            return self.spec_for(target)
+        except AppError:
+            return None
+
+    def retries(self, spec: JobSpec) -> int:
+        """The job's retries: its own, or the app's default (which a reload may change)."""
+        return spec.retries if spec.retries is not None else self.config().retries
+
+    def retries_for(self, target: str) -> int | None:
+        """The retries of a job that ended here; None while no app is loaded (its policy is not known)."""
+        if self.app is None:
+            return None
+        spec = self.known_spec(target)
+        if spec is None:
+            return 0  # the loaded code has no such job: a re-run could not start
+        return self.retries(spec)
+
+    def startable(self, job: Job) -> JobSpec | str:
+        """May this job start here? Its spec if so, else why it fails without
+        an attempt: its target or parameters are bad (bad JSON fails the job
+        here, not in a child), or its failures, recorded by a master that had
+        no app loaded, are past its policy's retries."""
+        try:
+            spec = self.spec_for(job.target)
+            decode_params(job.params)
+        except AppError as exc:
+            return str(exc)
+        retries = self.retries(spec)
+        if not may_run(job.failures, retries):
+            return f"job {job.key!r} failed {job.failures} time(s); its policy allows {retries} retries"
+        return spec
