@@ -14,7 +14,7 @@ import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from phoenix.config import Config, ConfigError
+from phoenix.config import Config, ConfigError, parse_max_memory
 from phoenix.errors import UsageError
 from phoenix.linux.untrusted import MAX_JSON_DEPTH, MAX_KEY_BYTES, json_too_deep, visible
 from phoenix.rules.schedule import OVERLAP_SKIP, Schedule, ScheduleError, due_time, make_schedule, parse_priority
@@ -45,6 +45,7 @@ class JobSpec:
     heartbeat_timeout: float | None = None
     app: "App | None" = dataclasses.field(default=None, compare=False, repr=False)  # the App that registered it
     pool: str | None = None  # the global resource pool its attempts take a slot of (App(pools=...))
+    max_memory: int | None = None  # bytes of resident memory; None: the max_memory setting's
 
 
 @dataclass(frozen=True)
@@ -132,16 +133,20 @@ class App:
         max_runtime: float | None = None,
         heartbeat_timeout: float | None = None,
         pool: str | None = None,
+        max_memory: str | int | None = None,
     ) -> Any:
         """Register a job function: `@app.job` or `@app.job(retries=3, ...)`.
         `pool`: at most the pool's capacity of this job's attempts (and of the
         other jobs of the pool) run at once, across every master sharing the
-        store (docs/scheduling.md)."""
+        store (docs/scheduling.md). `max_memory` ("512M", "2G"): killed (reason
+        max_memory) past it."""
         if pool is not None and (not isinstance(pool, str) or not pool):
             raise AppError(f"@app.job(pool={pool!r}): give the name of a pool of App(pools={{...}})")
+        limit = parse_max_memory(max_memory, "@app.job(max_memory=...)")  # ValueError, one line, at import
 
         def register(f: Callable[[Any], Any]) -> Callable[[Any], Any]:
-            spec = JobSpec(target_name(f), f, retries, stall_timeout, max_runtime, heartbeat_timeout, self, pool)
+            spec = JobSpec(target_name(f), f, retries, stall_timeout, max_runtime, heartbeat_timeout, self,
+                           pool=pool, max_memory=limit)
             self.jobs[spec.target] = spec
             f.__phoenix_job__ = spec  # type: ignore[attr-defined]
             return f

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,31 @@ from phoenix.linux.untrusted import visible
 
 class ConfigError(UsageError, ValueError):
     """A setting is missing, of the wrong type, or out of range."""
+
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
+# A child is a forked Python process: it holds the app's imports before the
+# job allocates anything (about 15 MB for a small app). A limit below this
+# would kill every attempt at its first look, for no fault of the job.
+MIN_MAX_MEMORY = 32 * 1024**2
+
+
+def parse_max_memory(value: object, where: str) -> int | None:
+    """Bytes, from "512M", "1.5G", "200MB", "1GiB" or a number of bytes; None:
+    no limit. ValueError (one line saying how to write it) for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.fullmatch(value)):
+        size = int(float(match[1]) * _UNITS[match[2].upper()])
+    else:
+        raise ValueError(f"{where} wants a size such as \"512M\", \"2G\" or a number of bytes, not {value!r:.40}")
+    if size < MIN_MAX_MEMORY:
+        raise ValueError(f"{where} is {size} bytes, below the {MIN_MAX_MEMORY // 1024**2}M a Python child needs to "
+                         "start (every attempt would be killed at once): raise it, or leave it out for no limit")
+    return size
 
 
 def doc(description: str) -> dict[str, str]:
@@ -79,6 +105,9 @@ class Config:
         "global resource pools, name -> capacity: at most that many attempts of the jobs that name the pool "
         "(`@app.job(pool=...)`) run at once across every master sharing the store; a `[pools]` table, "
         "`PHOENIX_POOLS=db=10,api=3` (see Scheduling and limits)"))
+    max_memory: str | None = field(default=None, metadata=doc(
+        'the default limit of a job\'s resident memory, e.g. "512M" or "2G" (at least 32M); a job past it is '
+        'killed, reason max_memory (`@app.job(max_memory=...)` wins; see Batches and long jobs); unset: none'))
 
     def validate(self) -> "Config":
         positive = ("heartbeat_interval", "heartbeat_timeout", "callback_timeout", "outcome_delivery_timeout",
@@ -91,6 +120,10 @@ class Config:
                 raise ConfigError(f"{name} must not be negative (got {getattr(self, name)!r})")
         if self.job_output_max_bytes < 4096:
             raise ConfigError(f"job_output_max_bytes must be at least 4096 (got {self.job_output_max_bytes!r})")
+        try:
+            parse_max_memory(self.max_memory, "max_memory")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.callback_threads < 1:
             raise ConfigError("callback_threads must be at least 1")
         if self.heartbeat_timeout <= self.heartbeat_interval:

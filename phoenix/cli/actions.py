@@ -14,12 +14,13 @@ from phoenix.wire import control
 HANDOVER_WAIT = 30.0  # seconds to wait for a master in a fork-mode hand-over to write its pidfile
 
 
-def retry(paths: StatePaths, journal: Store, keys: list[str] | None, target: str | None) -> list[str]:
+def retry(paths: StatePaths, journal: Store, keys: list[str] | None, target: str | None,
+          fresh: bool = False) -> list[str]:
     """Put failed (or cancelled) jobs back to pending, all or none (RetryRefused
     names the job that cannot be), and wake the master; returns their keys.
-    Closes `journal`."""
+    `fresh`: their checkpoints are cleared too. Closes `journal`."""
     with journal:
-        retried = journal.retry(keys, target)
+        retried = journal.retry(keys, target, fresh=fresh)
     if not journal.shared:  # a shared store's masters are woken by its NOTIFY
         control.wake(paths.control_socket)
     return retried

@@ -413,10 +413,14 @@ def status(state_dir: str | None, as_json: bool, watch_interval: float | None, s
 @state_dir_option
 @click.option("--drain", is_flag=True, help="Start nothing new, let running jobs finish (QUIT).")
 @click.option("--leave-running", is_flag=True, help="Exit the master; children keep running for the next one.")
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for the master to exit.")
+@click.option("--timeout", type=float, help="Seconds to wait for the master to exit (default 60); with --drain, "
+              "for its jobs to finish, after which the rest are interrupted politely (TERM: phoenix.Interrupted, "
+              "KILL after kill_grace). Without it a drain lets its jobs run however long they take.")
 @friendly_errors
-def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float) -> None:
+def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float | None) -> None:
     """Stop the master (TERM children, jobs go back to pending) and wait for it to exit."""
+    interrupt_after = drain and timeout is not None  # the drain's time is the operator's
+    timeout = STOP_WAIT if timeout is None else timeout
     if drain and leave_running:
         fail("choose one of --drain and --leave-running")
     paths = _state_paths(state_dir)
@@ -426,6 +430,14 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
     mode = "drain" if drain else "leave" if leave_running else "term"
     deadline = time.monotonic() + timeout
     reply, ending, still_running = control.stop(paths.control_socket, mode, timeout)
+    if still_running and interrupt_after and not _why_still_running(paths):
+        # The drain's time ran out with jobs running (not outcomes the journal cannot take yet, which no
+        # interrupt mends): they are asked to stop (each may save a checkpoint and return within
+        # kill_grace), and resume at the next start.
+        click.echo(f"jobs still running after {timeout:g} s of draining: interrupting them", err=True)
+        deadline = time.monotonic() + INTERRUPTED_EXIT_WAIT
+        reply, ending, still_running = control.stop(paths.control_socket, "term", INTERRUPTED_EXIT_WAIT)
+        timeout += INTERRUPTED_EXIT_WAIT
     if still_running:
         fail(f"the master (pid {pid}) has not exited after {timeout} s{_why_still_running(paths)}", 1)
     while pidfile.live_master_pid(paths.pidfile, paths.lockfile) is not None:
@@ -438,6 +450,11 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
     if ending is None and reply.get("report_exit"):
         fail(f"the master (pid {pid}) ended without saying how (killed, or crashed): see its log", 1)
     click.echo(f"stopped master pid {pid}")
+
+
+STOP_WAIT = 60.0  # seconds `phoenix stop` waits for the master to exit, unless --timeout says
+# After a drain's time ran out: how long its interrupted jobs (kill_grace each, at most) and the master may take.
+INTERRUPTED_EXIT_WAIT = 60.0
 
 
 def _running_master(paths: StatePaths) -> int | None:
@@ -736,22 +753,23 @@ def _attempt_ended(journal: Store, job_id: int, number: int) -> bool:
 @click.option("--failed", "all_failed", is_flag=True,
               help="Every failed job (of --target); cancelled ones only by key.")
 @click.option("--target", help="With --failed: only jobs of this target.")
+@click.option("--fresh", is_flag=True, help="Clear their checkpoints too: they start from the beginning.")
 @state_dir_option
 @store_option
 @friendly_errors
-def retry(keys: tuple[str, ...], all_failed: bool, target: str | None, state_dir: str | None,
+def retry(keys: tuple[str, ...], all_failed: bool, target: str | None, fresh: bool, state_dir: str | None,
           store: str | None) -> None:
     """Put failed (or cancelled) jobs back to pending with a fresh retry
     budget; a running master starts them at once. Their earlier attempts stay
     in the journal, and the next one is numbered after them. --failed takes
     every failed job, never a cancelled one: a cancel is undone only by naming
-    the job."""
+    the job. A job resumes from its last checkpoint unless --fresh."""
     if bool(keys) == all_failed:
         fail("name the jobs to retry (phoenix retry KEY...), or give --failed for every failed job")
     if target and not all_failed:
         fail("--target goes with --failed; to retry named jobs, give their keys only")
     paths, journal = _existing_journal(state_dir, store, writes=True)
-    retried = actions.retry(paths, journal, None if all_failed else list(keys), target)
+    retried = actions.retry(paths, journal, None if all_failed else list(keys), target, fresh=fresh)
     click.echo(json.dumps({"retried": retried}))
 
 

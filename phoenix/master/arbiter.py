@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 from phoenix import log
 from phoenix.app import App
-from phoenix.config import Config
+from phoenix.config import Config, parse_max_memory
 from phoenix.linux import lineage, pid1, systemd
 from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
@@ -51,7 +51,9 @@ from phoenix.master.callbacks import CallbackRunner
 from phoenix.master.hangs import HangKiller, signal_attempt
 from phoenix.master.heartbeats import HeartbeatIntake
 from phoenix.master.leasekeeper import LeaseKeeper
+from phoenix.master.longjobs import ProgressWriter
 from phoenix.master.loop import Loop
+from phoenix.master.memory import MemoryWatchdog, Watchers
 from phoenix.master.reaper import Reaper
 from phoenix.master.recorder import OutcomeRecorder
 from phoenix.master.scheduler import Scheduler
@@ -124,9 +126,15 @@ class Master:
         self.specs = JobSpecs(app, lambda: self.config)
         self.intake = HeartbeatIntake(self.children, self.counters, os.getuid(),
                                       lambda attempts: self.recorder.hold_finals(attempts),
-                                      lambda: self.reaper.child_may_have_exited(), clock)
+                                      lambda: self.reaper.child_may_have_exited(), clock,
+                                      self.hold_checkpoints)
         self.hangs = HangKiller(self.children, self.loop, lambda: self.config, self.counters, self.intake,
                                 self.read_heartbeats, lambda: self.state_files.heartbeat_restored())
+        self.progress = ProgressWriter(lambda: self.journal, self.intake.reported, self.clock.monotonic)
+        self.memory = MemoryWatchdog(self.children, self.counters, self.clock.monotonic,
+                                     lambda: parse_max_memory(self.config.max_memory, "max_memory"),
+                                     lambda attempt: signal_attempt(attempt, signal.SIGKILL))
+        self.watchers = Watchers(self.hangs, self.memory)  # a new or adopted attempt's first looks
         self.replacements = 0
         self.last_woke = self.clock.monotonic()  # when the loop last returned from its sleep
         self.started_at = time.time()
@@ -225,10 +233,10 @@ class Master:
                                         self.paths, self.counters, self.clock, self.guarded, self.settler,
                                         self.callbacks_held, lambda: self.scheduler.wake())
         self.reaper = Reaper(lambda: self.journal, self.children, self.loop, self.specs, self.recorder, self.spawner,
-                             self.hangs, self.read_heartbeats, self.handoff.successor)
+                             self.watchers, self.read_heartbeats, self.handoff.successor)
         self.scheduler = Scheduler(lambda: self.journal, lambda: self.config, self.generation, str(self.paths.output),
                                    self.specs, self.children, self.free_slots, self.shared_poll, self.spawner,
-                                   self.outage, self.recorder, self.settler.start, self.hangs.watch, self.counters,
+                                   self.outage, self.recorder, self.settler.start, self.watchers.watch, self.counters,
                                    self.clock)
         self.ticker = Ticker(lambda: self.journal, self.app, lambda: self.state, self.counters, self.scheduler.wake,
                              self.clock)
@@ -303,12 +311,15 @@ class Master:
                 self.reaper.reap()
                 self.hangs.run_due_timers(self.clock.monotonic())
                 self.guarded(self.ticker.run_if_due)
+                self.memory.look_if_due()
                 self.guarded(self.scheduler.spawn_pending_jobs)
                 self.spawner.replenish()
                 self.settler.settle()
                 self.handoff.continue_when_quiet()
                 self.handoff.enforce_deadline()
                 self.guarded(self.check_finished)
+                if not self.outage.active:  # only shown: never a wait on a store that is out
+                    self.guarded(self.progress.write_if_due)
                 self.guarded(self.status.update_title)
                 self.watchdog.keep_alive()
                 self.watch_storage()
@@ -337,7 +348,7 @@ class Master:
         if timer is not None:
             deadlines.append(timer)
         for due in (self.callbacks.next_deadline(self.config.callback_timeout), self.intake.next_deadline(),
-                    self.settler.next_deadline()):
+                    self.settler.next_deadline(), self.progress.next_deadline(), self.memory.next_deadline()):
             if due is not None:
                 deadlines.append(due)
         return min(deadlines)
@@ -476,6 +487,19 @@ class Master:
         self.journal = open_store(SQLITE, self.paths.journal)
         if self.app is not None:
             self.app.journal = self.journal
+
+    def hold_checkpoints(self, saves: list[tuple[int, int, int, str]]) -> bool:
+        """Checkpoints into the journal before they are acknowledged; False if
+        that failed (a storage outage: the child writes its outbox instead)."""
+        held = False
+
+        def write() -> None:
+            nonlocal held
+            self.journal.save_checkpoints(saves)
+            held = True
+
+        self.guarded(write)
+        return held
 
     def cancel_attempts(self, attempt_ids: set[int]) -> None:
         """Cancels asked in the shared store (any host's `phoenix cancel`):
@@ -637,6 +661,11 @@ class Master:
               error=self.outage.error,
               effect="the master exits once the journal takes them (retried every 1 s): free space or fix "
                      "the state directory; a SIGKILL now leaves them to the children that still hold them")
+
+    def progress_reported(self) -> list[tuple[str, list[Any]]]:
+        """(job key, [done, total, note]) of the running jobs that report progress (the metrics' thread reads it:
+        list() copies the values in one step under the GIL)."""
+        return [(a.key, a.reported) for a in list(self.children.values()) if a.reported is not None]
 
     def batch_counts(self) -> dict[str, int]:
         return self.journal.batch_counts(self.run_started_at)

@@ -38,6 +38,7 @@ class MetricsSource(Protocol):
     def children(self) -> Sized: ...
     @property
     def slots(self) -> int: ...
+    def progress_reported(self) -> list[tuple[str, list[Any]]]: ...
 
 
 class MetricsError(UsageError, ValueError):
@@ -128,6 +129,17 @@ class _MasterCollector:
         yield GaugeMetricFamily("phoenix_master_generation", "Generation of the running master", value=m.generation)
         yield GaugeMetricFamily("phoenix_children_running", "Children being watched", value=len(m.children))
         yield GaugeMetricFamily("phoenix_workers", "Concurrent child slots", value=m.slots)
+        # One series per running job that calls phoenix.progress() (at most the slots), gone when it ends.
+        done = GaugeMetricFamily("phoenix_job_progress_done", "A running job's phoenix.progress() done",
+                                 labels=["job"])
+        total = GaugeMetricFamily("phoenix_job_progress_total", "A running job's phoenix.progress() total",
+                                  labels=["job"])
+        for key, (done_value, total_value, _note) in m.progress_reported():
+            done.add_metric([key], done_value)
+            if total_value is not None:
+                total.add_metric([key], total_value)
+        yield done
+        yield total
 
 
 TICK_RESULTS = ("inserted", "taken", "skipped")

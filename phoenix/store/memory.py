@@ -26,6 +26,7 @@ from phoenix.store.base import (
     JobState,
     OpenAttempt,
     RetryRefused,
+    checkpoint_replaces,
     default_key,
     key_conflict,
     timing_differences,
@@ -33,7 +34,8 @@ from phoenix.store.base import (
 
 # The columns of the SQLite journal's rows that the reads return (job_row, job_by_key).
 _JOB_COLUMNS = ("id", "key", "target", "params", "state", "attempts", "failures", "not_before", "outcome", "result",
-                "error", "created_at", "updated_at", "priority", "due_at", "run_at", "tick")
+                "error", "created_at", "updated_at", "priority", "due_at", "run_at", "tick", "checkpoint",
+                "checkpoint_at", "checkpoint_attempt", "checkpoint_seq")
 
 
 class MemoryStore:
@@ -102,7 +104,8 @@ class MemoryStore:
                              "state": state.value, "attempts": 0, "failures": 0, "not_before": 0.0,
                              "outcome": None, "result": None, "error": None, "created_at": now, "updated_at": now,
                              "priority": priority, "due_at": now if run_at is None else run_at, "run_at": run_at,
-                             "tick": tick}
+                             "tick": tick, "checkpoint": None, "checkpoint_at": None, "checkpoint_attempt": None,
+                             "checkpoint_seq": None}
         self.keys[key] = job_id
         return job_id, True
 
@@ -180,7 +183,7 @@ class MemoryStore:
         self.attempts[attempt_id] = {
             "id": attempt_id, "job_id": job.id, "n": job.attempts + 1, "generation": generation, "pid": pid,
             "start_time": start_time, "started_at": now, "started_boot": now, "ended_at": None, "outcome": None,
-            "reason": None, "error": None, "max_rss_kb": None, "final": None, "pool": pool}
+            "reason": None, "error": None, "max_rss_kb": None, "final": None, "pool": pool, "progress": None}
         return attempt_id
 
     def end_attempt(self, attempt_id: int, job_id: int, *, outcome: str, reason: str | None, error: str | None,
@@ -329,7 +332,7 @@ class MemoryStore:
                 "pid": running["pid"] if running is not None and job["state"] == JobState.RUNNING else None,
                 "outcome": job["outcome"], "error": job["error"],
                 "result": stored_json(job["result"]) if job["result"] is not None else None,
-                "reason": last.get("reason"), "max_rss_kb": last.get("max_rss_kb"),
+                "reason": last.get("reason"), "max_rss_kb": last.get("max_rss_kb"), "progress": last.get("progress"),
             }
 
     def timeline_recent(self, limit: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
@@ -341,7 +344,7 @@ class MemoryStore:
         ids = {job["job_id"] for job in jobs}
         attempts = [{"job_id": a["job_id"], "key": self.jobs[a["job_id"]]["key"], "n": a["n"], "pid": a["pid"],
                      "started_at": a["started_at"], "ended_at": a["ended_at"], "outcome": a["outcome"],
-                     "reason": a["reason"], "error": a["error"]}
+                     "reason": a["reason"], "error": a["error"], "progress": a["progress"]}
                     for a in sorted(self.attempts.values(), key=lambda a: (a["job_id"], a["n"])) if a["job_id"] in ids]
         unstarted = sum(1 for job in self._in_state(JobState.PENDING) if job["attempts"] == 0)
         return jobs, attempts, unstarted
@@ -373,11 +376,12 @@ class MemoryStore:
         return None if job_id is None else self.job_row(job_id)
 
     def attempts_of(self, job_id: int) -> list[dict[str, Any]]:
-        columns = ("n", "generation", "pid", "started_at", "ended_at", "outcome", "reason", "error", "max_rss_kb")
+        columns = ("n", "generation", "pid", "started_at", "ended_at", "outcome", "reason", "error", "max_rss_kb",
+                   "progress")
         return [{column: a[column] for column in columns}
                 for a in sorted(self.attempts.values(), key=lambda a: a["n"]) if a["job_id"] == job_id]
 
-    def retry(self, keys: list[str] | None, target: str | None = None) -> list[str]:
+    def retry(self, keys: list[str] | None, target: str | None = None, fresh: bool = False) -> list[str]:
         if keys is None:
             jobs = [job for job in self._in_state(JobState.FAILED) if target is None or job["target"] == target]
         else:
@@ -401,7 +405,27 @@ class MemoryStore:
             self.callbacks = {i: c for i, c in self.callbacks.items() if c["job_id"] != job["id"]}
             state = JobState.SCHEDULED if job["due_at"] > now else JobState.PENDING  # a delayed job waits again
             job.update(state=state.value, failures=0, not_before=0.0, updated_at=now)
+            if fresh:
+                job.update(checkpoint=None, checkpoint_at=None)
         return [job["key"] for job in jobs]
+
+    # -- long jobs ------------------------------------------------------------------------
+
+    def save_checkpoints(self, saves: list[tuple[int, int, int, str]]) -> None:
+        now = self.now()
+        for job_id, n, seq, text in saves:
+            job = self.jobs.get(job_id)
+            if job is not None and checkpoint_replaces(job, n, seq):
+                job.update(checkpoint=text, checkpoint_at=now, checkpoint_attempt=n, checkpoint_seq=seq)
+
+    def checkpoint_of(self, job_id: int) -> str | None:
+        job = self.jobs.get(job_id)
+        return None if job is None else job["checkpoint"]
+
+    def save_progress(self, reported: list[tuple[int, str]]) -> None:
+        for attempt_id, text in reported:
+            if attempt_id in self.attempts:
+                self.attempts[attempt_id]["progress"] = text
 
     @staticmethod
     def _withdrawn_with_its_cancel(job: dict[str, Any], callback: dict[str, Any]) -> bool:

@@ -44,6 +44,7 @@ from phoenix.store.base import (
     ENDED_BADLY,
     FULL_POOL_TARGETS,
     JOB_STATES,
+    SAVE_CHECKPOINT_WHERE,
     WAITING,
     WITHDRAWN_WITH_ITS_CANCEL,
     CancelRequest,
@@ -70,7 +71,7 @@ except ModuleNotFoundError as exc:  # a store URL given to a Phoenix installed w
     raise JournalError(f"a PostgreSQL store needs psycopg, which is not installed in this Python "
                        f"({sys.executable}): pip install 'phoenix-procmaster[postgres]'") from None
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 CHANNEL = "phoenix_wake"
 MIGRATE_HINT = "phoenix store migrate --store URL"
 STATEMENT_TIMEOUT_MS = 10_000
@@ -133,7 +134,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     priority        integer NOT NULL DEFAULT 0,       -- higher first (version 3)
     due_at          double precision NOT NULL DEFAULT 0,  -- when it is due (its submission, if not delayed)
     run_at          double precision,                 -- the due time asked for (--in, --at): a key's identity
-    tick            double precision                  -- a periodic job: its schedule's tick
+    tick            double precision,                 -- a periodic job: its schedule's tick
+    checkpoint      text,                            -- JSON: the last phoenix.checkpoint() of its attempts
+    checkpoint_at   double precision,
+    checkpoint_attempt integer,                      -- the attempt (n) and message (seq) that saved it
+    checkpoint_seq  integer
 );  -- no fillfactor for HOT: every update changes `state`, which jobs_pending's predicate reads (no HOT)
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (not_before, id) WHERE state = 'pending';
 {_V3_INDEXES};
@@ -157,6 +162,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     max_rss_kb   bigint,
     late_outcome text,                               -- what a fenced master reported after the fact
     final        text,                               -- JSON: the child's final, held before it is acked
+    progress     text,                               -- JSON [done, total, note]: the last phoenix.progress()
     UNIQUE (job_id, n)
 );
 CREATE INDEX IF NOT EXISTS attempts_open ON attempts (master) WHERE outcome IS NULL;
@@ -974,18 +980,18 @@ class PgStore:
         with self._one() as cur:
             cur.execute(
                 "SELECT j.id, j.key, j.target, j.params, j.state, j.attempts, j.outcome, j.result, j.error, "
-                f"a.pid, a.master, l.reason, l.max_rss_kb FROM {source} "
+                f"a.pid, a.master, l.reason, l.max_rss_kb, l.progress FROM {source} "
                 "LEFT JOIN attempts l ON l.job_id = j.id AND l.n = j.attempts "
                 f"WHERE {' AND '.join(conditions)} ORDER BY j.id LIMIT %(limit)s",
                 {"node": node, "state": state, "after": after, "limit": limit})
             rows = cur.fetchall()
         for (job_id, key, target, params, state, attempts, outcome, result, error, pid, master, reason,
-             max_rss_kb) in rows:
+             max_rss_kb, progress) in rows:
             yield {
                 "id": job_id, "key": key, "target": target, "params": stored_json(params), "state": state,
                 "attempt": attempts, "pid": pid if state == "running" else None, "node": master,
                 "outcome": outcome, "result": stored_json(result) if result is not None else None, "error": error,
-                "reason": reason, "max_rss_kb": max_rss_kb,
+                "reason": reason, "max_rss_kb": max_rss_kb, "progress": progress,
             }
 
     def timeline_recent(self, limit: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
@@ -997,7 +1003,8 @@ class PgStore:
                         "WHERE attempts > 0 OR state = 'failed' ORDER BY updated_at DESC, id DESC LIMIT %s", (limit,))
             jobs = sorted(_dicts(cur), key=lambda job: int(job["job_id"]))
             cur.execute("SELECT a.job_id, j.key, a.n, a.pid, a.started_at, a.ended_at, a.outcome, a.reason, "
-                        "a.error, a.master, a.state, a.late_outcome FROM attempts a JOIN jobs j ON j.id = a.job_id "
+                        "a.error, a.master, a.state, a.late_outcome, a.progress FROM attempts a "
+                        "JOIN jobs j ON j.id = a.job_id "
                         "WHERE a.job_id = ANY(%s) ORDER BY a.job_id, a.n", ([job["job_id"] for job in jobs],))
             attempts = _dicts(cur)
             cur.execute("SELECT count(*) FROM jobs WHERE state = 'pending' AND attempts = 0")
@@ -1048,10 +1055,11 @@ class PgStore:
     def attempts_of(self, job_id: int) -> list[dict[str, Any]]:
         with self._one() as cur:
             cur.execute("SELECT n, generation, pid, started_at, ended_at, outcome, reason, error, max_rss_kb, "
-                        "master, state, late_outcome FROM attempts WHERE job_id = %s ORDER BY n", (job_id,))
+                        "master, state, late_outcome, progress FROM attempts WHERE job_id = %s ORDER BY n",
+                        (job_id,))
             return _dicts(cur)
 
-    def retry(self, keys: list[str] | None, target: str | None = None) -> list[str]:
+    def retry(self, keys: list[str] | None, target: str | None = None, fresh: bool = False) -> list[str]:
         if target is not None and unstorable(target):
             return []  # no job has it (check_target_form refuses it at submit)
         with self._tx() as cur:
@@ -1082,9 +1090,35 @@ class PgStore:
                 cur.execute("DELETE FROM callbacks WHERE job_id = %s", (job_id,))
                 cur.execute(f"UPDATE jobs SET state = CASE WHEN due_at > {_NOW} THEN 'scheduled' ELSE 'pending' END, "
                             f"failures = 0, not_before = 0, updated_at = {_NOW} WHERE id = %s", (job_id,))
+                if fresh:
+                    cur.execute("UPDATE jobs SET checkpoint = NULL, checkpoint_at = NULL WHERE id = %s", (job_id,))
             if rows:
                 cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
         return [key for _id, key in rows]
+
+    # -- long jobs (docs/long-jobs.md) -------------------------------------------
+
+    def save_checkpoints(self, saves: list[tuple[int, int, int, str]]) -> None:
+        """As the SQLite journal's: kept once committed (the acks follow)."""
+        where = SAVE_CHECKPOINT_WHERE.format(n="%(n)s", seq="%(seq)s")
+        statement = (f"UPDATE jobs SET checkpoint = %(cp)s, checkpoint_at = {_NOW}, checkpoint_attempt = %(n)s, "
+                     f"checkpoint_seq = %(seq)s WHERE id = %(job)s AND {where}")
+        rows = [{"job": job_id, "n": n, "seq": seq, "cp": text} for job_id, n, seq, text in saves]
+        with self._one() as cur:  # one row (the usual case) is one plain statement, as hold_finals
+            if len(rows) == 1:
+                cur.execute(statement, rows[0])
+            else:
+                cur.executemany(statement, rows)
+
+    def checkpoint_of(self, job_id: int) -> str | None:
+        with self._one() as cur:
+            cur.execute("SELECT checkpoint FROM jobs WHERE id = %s", (job_id,))
+            row = cur.fetchone()
+        return None if row is None else row[0]
+
+    def save_progress(self, reported: list[tuple[int, str]]) -> None:
+        with self._tx() as cur:  # one transaction for all: one commit per write, however many jobs report
+            cur.executemany("UPDATE attempts SET progress = %s WHERE id = %s", [(text, a) for a, text in reported])
 
     def request_cancel(self, attempt_id: int) -> None:
         """As the SQLite journal's: a cancel under way, noted on the open attempt."""
@@ -1320,6 +1354,11 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS priority integer NOT NULL DEFAULT 0,
 UPDATE jobs SET due_at = created_at WHERE due_at = 0;
 {_V3_INDEXES};
 {_V3_POOLS}
+""",
+    3: """
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS checkpoint text, ADD COLUMN IF NOT EXISTS checkpoint_at double precision,
+    ADD COLUMN IF NOT EXISTS checkpoint_attempt integer, ADD COLUMN IF NOT EXISTS checkpoint_seq integer;
+ALTER TABLE attempts ADD COLUMN IF NOT EXISTS progress text
 """,
 }
 

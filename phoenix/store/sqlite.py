@@ -19,7 +19,7 @@ import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from phoenix.linux import clock
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
@@ -28,6 +28,7 @@ from phoenix.store.base import (
     ENDED_BADLY,
     FULL_POOL_TARGETS,
     JOB_STATES,
+    SAVE_CHECKPOINT_WHERE,
     WAITING,
     WITHDRAWN_WITH_ITS_CANCEL,
     Job,
@@ -43,7 +44,7 @@ from phoenix.store.base import (
 # header) and which schema it holds (PRAGMA user_version): a file of another
 # program, or of a newer Phoenix, is refused rather than written over.
 APPLICATION_ID = int.from_bytes(b"PHNX", "big")
-SCHEMA_VERSION = 3  # 2 is the PostgreSQL store's (leases, fencing): the journal went from 1 to 3
+SCHEMA_VERSION = 4  # 2 is the PostgreSQL store's (leases, fencing): the journal went from 1 to 3
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _TABLES = frozenset({"meta", "jobs", "attempts", "callbacks", "events"})
 
@@ -68,7 +69,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     priority    INTEGER NOT NULL DEFAULT 0, -- higher first (version 3)
     due_at      REAL NOT NULL DEFAULT 0,    -- wall clock UTC: when it is due (its submission, if not delayed)
     run_at      REAL,                       -- the due time asked for (--in, --at), NULL if none: a key's identity
-    tick        REAL                        -- a periodic job: its schedule's tick (UTC seconds), NULL otherwise
+    tick        REAL,                       -- a periodic job: its schedule's tick (UTC seconds), NULL otherwise
+    checkpoint  TEXT,                       -- JSON: the last phoenix.checkpoint() of its attempts
+    checkpoint_at      REAL,                -- wall clock, for display
+    checkpoint_attempt INTEGER,             -- the attempt (n) and message (seq) that saved it: an older
+    checkpoint_seq     INTEGER              -- one arriving late (from an outbox) never replaces it
 );
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (state, not_before, id);
 CREATE TABLE IF NOT EXISTS attempts (
@@ -87,6 +92,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     max_rss_kb  INTEGER,
     final       TEXT,                       -- JSON: the child's final message, held (and acked) before its exit
     pool        TEXT,                       -- the pool whose slot it holds until its outcome (version 3)
+    progress    TEXT,                       -- JSON [done, total, note]: the job's last phoenix.progress()
     UNIQUE (job_id, n)
 );
 CREATE INDEX IF NOT EXISTS attempts_open ON attempts (outcome) WHERE outcome IS NULL;
@@ -257,6 +263,15 @@ def _create(path: Path) -> None:
         temp.unlink(missing_ok=True)
 
 
+def _upgrade_3_to_4(db: sqlite3.Connection) -> None:
+    """Checkpoints on the job, progress on the attempt (docs/long-jobs.md)."""
+    for table, column, declaration in (("jobs", "checkpoint", "TEXT"), ("jobs", "checkpoint_at", "REAL"),
+                                       ("jobs", "checkpoint_attempt", "INTEGER"),
+                                       ("jobs", "checkpoint_seq", "INTEGER"), ("attempts", "progress", "TEXT")):
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
 # Added after the first release: (table, column, declaration), created in older journals on open.
 _ADDED_COLUMNS = (
     ("jobs", "not_before_boot", "REAL"),
@@ -369,7 +384,8 @@ def _upgrade_to_3(db: sqlite3.Connection) -> None:
 
 
 # Each journal version's upgrade to the next (version 2 was never a journal's).
-_UPGRADES = {1: _upgrade_to_3}
+# Each version's upgrade to the next (2 was only PostgreSQL's), applied by Journal._upgrade.
+_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {1: _upgrade_to_3, 3: _upgrade_3_to_4}
 
 _INSERT_JOB = ("INSERT INTO jobs (key, target, params, state, created_at, updated_at, priority, due_at, run_at, tick) "
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING")
@@ -934,12 +950,13 @@ class Journal:
         where = "j.state = :state AND j.id > :after" if state is not None else "j.id > :after"
         cur = self.db.execute(
             "SELECT j.id, j.key, j.target, j.params, j.state, j.attempts, j.outcome, j.result, j.error, "
-            "a.pid, l.reason, l.max_rss_kb FROM jobs j "
+            "a.pid, l.reason, l.max_rss_kb, l.progress FROM jobs j "
             "LEFT JOIN attempts a ON a.job_id = j.id AND a.outcome IS NULL "
             f"LEFT JOIN attempts l ON l.job_id = j.id AND l.n = j.attempts WHERE {where} ORDER BY j.id LIMIT :limit",
             {"state": state, "after": after, "limit": -1 if limit is None else limit},
         )
-        for job_id, key, target, params, state, attempts, outcome, result, error, pid, reason, max_rss_kb in cur:
+        for (job_id, key, target, params, state, attempts, outcome, result, error, pid, reason, max_rss_kb,
+             progress) in cur:
             yield {
                 "id": job_id,
                 "key": key,
@@ -953,6 +970,7 @@ class Journal:
                 "error": error,
                 "reason": reason,  # of the last attempt: SIGSEGV, exit code 3, heartbeat_timeout ...
                 "max_rss_kb": max_rss_kb,  # of the last attempt that ended, when known
+                "progress": progress,  # JSON [done, total, note]: the last attempt's phoenix.progress()
             }
 
     def timeline_recent(self, limit: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
@@ -966,7 +984,7 @@ class Journal:
         names = [c[0] for c in cur.description]
         jobs = sorted((dict(zip(names, row, strict=True)) for row in cur), key=lambda job: job["job_id"])
         cur = self.db.execute(
-            "SELECT a.job_id, j.key, a.n, a.pid, a.started_at, a.ended_at, a.outcome, a.reason, a.error "
+            "SELECT a.job_id, j.key, a.n, a.pid, a.started_at, a.ended_at, a.outcome, a.reason, a.error, a.progress "
             "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.job_id IN (SELECT value FROM json_each(?)) "
             "ORDER BY a.job_id, a.n", (json.dumps([job["job_id"] for job in jobs]),))
         names = [c[0] for c in cur.description]
@@ -1033,16 +1051,17 @@ class Journal:
 
     def attempts_of(self, job_id: int) -> list[dict[str, Any]]:
         cur = self.db.execute(
-            "SELECT n, generation, pid, started_at, ended_at, outcome, reason, error, max_rss_kb FROM attempts "
-            "WHERE job_id = ? ORDER BY n", (job_id,))
+            "SELECT n, generation, pid, started_at, ended_at, outcome, reason, error, max_rss_kb, progress "
+            "FROM attempts WHERE job_id = ? ORDER BY n", (job_id,))
         names = [c[0] for c in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
 
-    def retry(self, keys: list[str] | None, target: str | None = None) -> list[str]:
+    def retry(self, keys: list[str] | None, target: str | None = None, fresh: bool = False) -> list[str]:
         """Failed and cancelled jobs back to pending with a fresh retry budget
         (their attempts stay, numbered on), in one transaction: the named
         `keys` (all or none: RetryRefused names a key that cannot be), or
         with None every failed job (of `target`), never a cancelled one.
+        `fresh`: their checkpoints go too (they start from the beginning).
         Returns the keys."""
         if target is not None and unstorable(target):
             return []  # no job has it (check_target_form refuses it at submit)
@@ -1075,6 +1094,8 @@ class Journal:
                 db.execute("UPDATE jobs SET state = CASE WHEN due_at > ? THEN 'scheduled' ELSE 'pending' END, "
                            "failures = 0, not_before = 0, not_before_boot = NULL, "
                            "not_before_boot_id = NULL, updated_at = ? WHERE id = ?", (now, now, job_id))
+                if fresh:
+                    db.execute("UPDATE jobs SET checkpoint = NULL, checkpoint_at = NULL WHERE id = ?", (job_id,))
         return [key for _id, key in rows]
 
     def last_tick(self, target: str, before: float | None = None) -> tuple[float, str] | None:
@@ -1115,6 +1136,30 @@ class Journal:
         """Each pool's name, capacity and slots in use."""
         cur = self.db.execute("SELECT name, capacity, used FROM pools ORDER BY name")
         return [{"pool": name, "capacity": capacity, "used": used} for name, capacity, used in cur]
+
+    # -- long jobs (docs/long-jobs.md) -------------------------------------------
+
+    def save_checkpoints(self, saves: list[tuple[int, int, int, str]]) -> None:
+        """(job id, attempt number, seq, JSON) checkpoints, durable when this
+        returns (each is acknowledged to its child next), in one transaction."""
+        now = time.time()
+        where = SAVE_CHECKPOINT_WHERE.format(n=":n", seq=":seq")
+        with self.transaction(durable=True) as db:
+            db.executemany(f"UPDATE jobs SET checkpoint = :cp, checkpoint_at = :at, checkpoint_attempt = :n, "
+                           f"checkpoint_seq = :seq WHERE id = :job AND {where}",
+                           [{"job": job_id, "n": n, "seq": seq, "cp": text, "at": now}
+                            for job_id, n, seq, text in saves])
+
+    def checkpoint_of(self, job_id: int) -> str | None:
+        """The job's last checkpoint (JSON), for its next attempt's order."""
+        row = self.db.execute("SELECT checkpoint FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def save_progress(self, reported: list[tuple[int, str]]) -> None:
+        """(attempt id, JSON [done, total, note]) of running attempts, in one
+        transaction: not durable (only shown; the next report replaces it)."""
+        with self.transaction() as db:
+            db.executemany("UPDATE attempts SET progress = ? WHERE id = ?", [(text, a) for a, text in reported])
 
     def request_cancel(self, attempt_id: int) -> None:
         """A running attempt is being cancelled: noted on it (its `reason`,
