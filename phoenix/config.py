@@ -6,6 +6,7 @@ one before."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import tomllib
@@ -75,6 +76,9 @@ class Config:
         "seconds a master's lease in a shared store lasts without renewal"))
     job_output_max_bytes: int = field(default=1024 * 1024, metadata=doc(
         "a job's stdout and stderr kept per attempt, the last part of it (at least 4096; see Writing jobs)"))
+    otel: bool = field(default=False, metadata=doc(
+        "an OpenTelemetry span per attempt, on the tracer provider the app sets (needs the `otel` extra; "
+        "see Tracing); off: nothing of OpenTelemetry is imported"))
 
     def validate(self) -> "Config":
         positive = ("heartbeat_interval", "heartbeat_timeout", "callback_timeout", "outcome_delivery_timeout",
@@ -107,6 +111,9 @@ class Config:
         if self.node is not None and visible(self.node) != self.node:
             raise ConfigError(f"node '{visible(self.node)}' holds a control character or bytes that are not UTF-8: "
                               "name it with printable text")
+        if self.otel and importlib.util.find_spec("opentelemetry") is None:
+            raise ConfigError("otel is on but OpenTelemetry is not installed: "
+                              "pip install 'phoenix-procmaster[otel]', or set otel = false")
         return self
 
     def overlay(self, values: dict[str, Any], source: str, problems: list[str] | None = None) -> "Config":
