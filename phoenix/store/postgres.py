@@ -32,10 +32,9 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Iterable, Iterator
-
-import psycopg
 
 from phoenix.linux import clock
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
@@ -59,6 +58,14 @@ from phoenix.store.base import (
     key_conflict,
     scrub,
 )
+
+try:
+    import psycopg
+except ModuleNotFoundError as exc:  # a store URL given to a Phoenix installed without the postgres extra
+    if exc.name != "psycopg":
+        raise
+    raise JournalError(f"a PostgreSQL store needs psycopg, which is not installed in this Python "
+                       f"({sys.executable}): pip install 'phoenix-procmaster[postgres]'") from None
 
 SCHEMA_VERSION = 2
 CHANNEL = "phoenix_wake"
