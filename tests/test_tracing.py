@@ -5,9 +5,12 @@ the provider the app set up, with the job's attributes."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.driver import phoenix_cli
+from tests.driver import REPO, phoenix_cli
 
 
 def _run_until_done(master_factory, state_dir: Path, env: dict[str, str], *jobs: tuple[str, str]) -> None:
@@ -43,3 +46,14 @@ def test_on_each_attempt_ends_in_a_span_with_the_jobs_attributes(master_factory,
     assert ok["status"]["status_code"] == "UNSET"
     assert bad["attributes"]["phoenix.attempt.outcome"] == "error"
     assert bad["status"]["status_code"] == "ERROR"
+
+
+def test_on_without_the_extra_is_refused_in_one_line_naming_it():
+    """`python -S`: no site-packages, so no OpenTelemetry (the config module needs only the standard library)."""
+    check = "from phoenix.config import Config, ConfigError\ntry:\n    Config(otel=True).validate()\n" \
+            "except ConfigError as exc:\n    print(exc)\n"
+    result = subprocess.run([sys.executable, "-S", "-c", check], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ("otel is on but OpenTelemetry is not installed: "
+                             "pip install 'phoenix-procmaster[otel]', or set otel = false\n")
