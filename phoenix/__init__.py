@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from phoenix.client import Client
     from phoenix.compat import HeartbeatChild, HeartbeatParent
     from phoenix.errors import Conflict, InternalError, PhoenixError, StateError, Unavailable, UsageError
+    from phoenix.rules.schedule import ScheduleError
     from phoenix.store.base import KeyConflict
 
 # Each name is imported on first use (PEP 562): the fork server imports the
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 _HOMES = {"App": "phoenix.app", "AppError": "phoenix.app", "JobInfo": "phoenix.app",
           "current_job": "phoenix.child.run", "heartbeat": "phoenix.child.run", "Client": "phoenix.client",
           "HeartbeatChild": "phoenix.compat", "HeartbeatParent": "phoenix.compat",
-          "KeyConflict": "phoenix.store.base",
+          "KeyConflict": "phoenix.store.base", "ScheduleError": "phoenix.rules.schedule",
           # The error tree (errors.py): catch PhoenixError for any of Phoenix's, a category for a kind.
           **dict.fromkeys(("PhoenixError", "UsageError", "StateError", "Conflict", "Unavailable", "InternalError"),
                           "phoenix.errors")}
@@ -48,6 +49,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = ["App", "AppError", "Client", "JobInfo", "HeartbeatChild", "HeartbeatParent", "KeyConflict", "current_job",
-           "heartbeat", "PhoenixError", "UsageError", "StateError", "Conflict", "Unavailable", "InternalError"]
+__all__ = ["App", "AppError", "Client", "JobInfo", "HeartbeatChild", "HeartbeatParent", "KeyConflict",
+           "ScheduleError", "current_job", "heartbeat", "PhoenixError", "UsageError", "StateError", "Conflict",
+           "Unavailable", "InternalError"]
 __version__ = "0.2.0"

@@ -76,6 +76,10 @@ class Config:
         "seconds a master's lease in a shared store lasts without renewal"))
     job_output_max_bytes: int = field(default=1024 * 1024, metadata=doc(
         "a job's stdout and stderr kept per attempt, the last part of it (at least 4096; see Writing jobs)"))
+    pools: dict[str, int] = field(default_factory=dict, metadata=doc(
+        "global resource pools, name -> capacity: at most that many attempts of the jobs that name the pool "
+        "(`@app.job(pool=...)`) run at once across every master sharing the store; a `[pools]` table, "
+        "`PHOENIX_POOLS=db=10,api=3` (see Scheduling and limits)"))
     otel: bool = field(default=False, metadata=doc(
         "an OpenTelemetry span per attempt, on the tracer provider the app sets (needs the `otel` extra; "
         "see Tracing); off: nothing of OpenTelemetry is imported"))
@@ -106,6 +110,12 @@ class Config:
             raise ConfigError(f"log_level must be debug, info, warning or error (got {self.log_level!r})")
         if self.store != "sqlite" and not self.store.startswith(("postgresql://", "postgres://")):
             raise ConfigError('store must be "sqlite" or a postgresql:// URL (got a value of another form)')
+        for name, capacity in self.pools.items():
+            if not name or visible(name) != name or len(name) > 200:
+                raise ConfigError(f"pool name '{visible(name[:200])}' must be printable text (at most 200 characters)")
+            if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+                raise ConfigError(f"pool {name!r} needs a capacity that is a whole number, 0 or more "
+                                  f"(got {capacity!r}): pools = {{\"{name}\": 10}}")
         if self.node is not None and not self.node.strip():
             raise ConfigError("node must not be empty")
         if self.node is not None and visible(self.node) != self.node:
@@ -141,6 +151,8 @@ _KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str:
 
 def _coerce(name: str, current: Any, raw: Any, source: str) -> Any:
     kind: type[object] = type(current) if current is not None else str
+    if kind is dict:
+        return _pools(name, raw, source)
     try:
         if kind is bool:
             if isinstance(raw, bool):
@@ -168,6 +180,20 @@ def _coerce(name: str, current: Any, raw: Any, source: str) -> Any:
         raise ConfigError(f"{name} in {source} must be {_KIND_NAMES.get(kind, kind.__name__)} (got {raw!r})") from None
 
 
+def _pools(name: str, raw: Any, source: str) -> dict[str, int]:
+    """`pools`: a table (TOML, App(pools={...})) or "db=10,api=3" (PHOENIX_POOLS, a flag)."""
+    if isinstance(raw, str):
+        try:
+            pairs = [item.split("=", 1) for item in raw.split(",") if item.strip()]
+            raw = {key.strip(): int(value) for key, value in pairs}
+        except ValueError:
+            raise ConfigError(f"{name} in {source} must look like db=10,api=3 (got {raw!r})") from None
+    if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
+        raise ConfigError(f"{name} in {source} must be a table of pool names and capacities, e.g. {{\"db\": 10}} "
+                          f"(got {raw!r})")
+    return dict(raw)
+
+
 def _file_settings(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
@@ -181,6 +207,8 @@ def _file_settings(path: Path) -> dict[str, Any]:
         settings = data.get("tool", {}).get("phoenix", {})
     else:
         settings = data.get("phoenix", data)  # accept a [phoenix] table or top-level keys
+        if "phoenix" in data and "pools" in data and "pools" not in settings:
+            settings = {**settings, "pools": data["pools"]}  # a [pools] table beside [phoenix]
     return settings
 
 

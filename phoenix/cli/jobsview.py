@@ -75,6 +75,8 @@ def show_report(journal: Store, job: dict[str, Any]) -> dict[str, Any]:
             "state": job["state"], "attempts": job["attempts"], "failures": job["failures"],
             "outcome": job["outcome"], "result": None if result is None else stored_json(result),
             "error": job["error"], "created_at": job["created_at"], "updated_at": job["updated_at"],
+            # (a store before version 3 has none of these)
+            "priority": job.get("priority", 0), "run_at": job.get("run_at"), "tick": job.get("tick"),
             "attempt_list": attempts}
 
 
@@ -88,6 +90,9 @@ def render_show(report: dict[str, Any]) -> None:
         print(f"  {name}: {visible(str(report[name] if report[name] is not None else '-'))}")
     print(f"  params: {visible(json.dumps(report['params']))}")
     print(f"  created: {_clock(report['created_at'])}  last change: {_clock(report['updated_at'])}")
+    if report["run_at"] is not None or report["priority"]:
+        due = f"due: {_clock(report['run_at'])}  " if report["run_at"] is not None else ""
+        print(f"  {due}priority: {report['priority']}" + ("  (a periodic tick)" if report["tick"] is not None else ""))
     if report["result"] is not None:
         print(f"  result: {visible(json.dumps(report['result']))}")
     columns = ("attempt", "pid", "node", "start", "duration", "outcome", "reason", "max rss")

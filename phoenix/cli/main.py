@@ -16,15 +16,17 @@ from typing import Any, Callable, NoReturn
 import click
 
 from phoenix import config as config_module
-from phoenix.app import AppError, decode_params, load_app, resolve_target
+from phoenix.app import AppError, check_pools, decode_params, load_app, resolve_target
 from phoenix.cli import actions
-from phoenix.config import Config, ConfigError
+from phoenix.cli.replacement import default_daemon_log, run_replacement
+from phoenix.config import Config
 from phoenix.errors import Conflict, PhoenixError, StateError, Unavailable, UsageError
 from phoenix.linux import pidfile
 from phoenix.linux.paths import StatePaths, check_parents
 from phoenix.linux.untrusted import check_key, visible
 from phoenix.master import handoff
 from phoenix.rules.durations import parse_duration
+from phoenix.rules.schedule import due_time, parse_priority
 from phoenix.store.base import SQLITE, JobState, RetryRefused, Store, is_url, redact
 from phoenix.store.open import open_store
 from phoenix.store.sqlite import journal_present
@@ -213,11 +215,12 @@ def start(app: str | None, state_dir: str | None, config_file: str | None, daemo
     if handoff.is_replacement():
         # A new image after USR2: whatever it cannot load, it must not exit,
         # or the running jobs are left without a master (see handoff.py).
-        sys.exit(_start_replacement(app_spec, config_file, flags, daemon))
+        sys.exit(run_replacement(app_spec, config_file, flags, daemon))
     application = load_app(app_spec)
     if daemon:
-        _default_daemon_log(flags, config_file, application.settings)
+        default_daemon_log(flags, config_file, application.settings)
     config = config_module.load(application.settings, config_file, flags)
+    check_pools(application, config.pools)
     paths = StatePaths(config.state_dir)
     paths.ensure()
     if config.log_file:  # appended to as this user: no other user may plant a link at its name
@@ -231,42 +234,6 @@ def start(app: str | None, state_dir: str | None, config_file: str | None, daemo
 
         sys.exit(run_daemonized(lambda: run_master(application, app_spec, config, load_config, config_file), paths))
     sys.exit(run_master(application, app_spec, config, load_config, config_file))
-
-
-def _default_daemon_log(flags: dict[str, Any], config_file: str | None, app_settings: dict[str, Any]) -> None:
-    """A daemon logs to STATE_DIR/phoenix.log unless told otherwise; so does
-    each replacement image of it (USR2 re-runs the same command line)."""
-    state_dir = config_module.load(app_settings, config_file, flags, validate=False).state_dir
-    flags["log_file"] = flags.get("log_file") or str(StatePaths(state_dir).root / "phoenix.log")
-
-
-def _start_replacement(app_spec: str, config_file: str | None, flags: dict[str, Any], daemon: bool) -> int:
-    from phoenix.master.arbiter import run_master
-
-    try:
-        application = load_app(app_spec)
-        if daemon:
-            _default_daemon_log(flags, config_file, application.settings)
-        config = config_module.load(application.settings, config_file, flags)
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - whatever the new code does, this image must not exit
-        # (a module that calls sys.exit() at import, or raises past the loader, too)
-        reason = str(exc) if isinstance(exc, (AppError, ConfigError)) else f"{type(exc).__name__}: {exc}"
-        if handoff.is_fork_successor():
-            # Fork mode: the old master still runs the good code. Tell it, and go.
-            handoff.report_failure_to_old_master(reason)
-            click.echo(f"phoenix: error: {visible(reason, multiline=True)}", err=True)
-            return 1
-        config = handoff.handed_over_config()
-
-        def keep_config() -> Config:
-            raise ConfigError("no app is loaded (the master is degraded): send USR2 to load fixed code")
-
-        return run_master(None, app_spec, config, keep_config, config_file, degraded_reason=reason)
-
-    def load_config() -> Config:
-        return config_module.load(application.settings, config_file, flags)
-
-    return run_master(application, app_spec, config, load_config, config_file)
 
 
 @main.command()
@@ -288,6 +255,7 @@ def check(app: str, state_dir: str | None, config_file: str | None, force: bool,
     application = load_app(app)
     config = config_module.load(application.settings, config_file,
                                 {"state_dir": state_dir, "app": app, "store": store})
+    check_pools(application, config.pools)
     for target in application.jobs:
         resolve_target(target)
     paths = StatePaths(config.state_dir)
@@ -316,10 +284,15 @@ def check(app: str, state_dir: str | None, config_file: str | None, force: bool,
 @click.argument("target")
 @click.argument("params", required=False, default="null")
 @click.option("--key", help="Idempotency key (default: a hash of target and parameters).")
+@click.option("--in", "run_in", metavar="SECONDS", help="Due this many seconds from now (scheduled until then).")
+@click.option("--at", "run_at", metavar="ISO8601",
+              help="Due at this time, with an offset or Z: 2026-12-07T10:00:00+01:00 (a past time: at once).")
+@click.option("--priority", metavar="N", default="0", help="Higher runs first (default 0).")
 @state_dir_option
 @store_option
 @friendly_errors
-def submit(target: str, params: str, key: str | None, state_dir: str | None, store: str | None) -> None:
+def submit(target: str, params: str, key: str | None, run_in: str | None, run_at: str | None, priority: str,
+           state_dir: str | None, store: str | None) -> None:
     """Record a job durably; a running master starts it when a slot is free.
 
     \b
@@ -336,8 +309,13 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None, sto
     it.
 
     The same KEY with the same target and parameters again is a no-op
-    ("created": false); with another target or other parameters it is
-    refused with exit 1, saying what differs.
+    ("created": false); with another target, other parameters, another due
+    time or another priority it is refused with exit 1, saying what differs.
+
+    --in or --at: the job is `scheduled` until then, and starts within a
+    second after (see docs/scheduling.md). --priority: of the jobs due, the
+    highest priority starts first, then the earliest due, then the first
+    submitted.
 
     With a shared store (--store postgresql://..., PHOENIX_STORE, or store
     in phoenix.toml) TARGET is only a name and is not imported: submit from
@@ -348,14 +326,20 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None, sto
     if key:
         check_key(key)  # before the state directory is made or touched
     job_params = decode_params(params)
+    rank = parse_priority(priority)
+    due_time(time.time(), run_in, run_at)  # refused here, before anything is imported or opened
     shared = _settings({"store": store, "state_dir": state_dir}).store
     if shared != "sqlite":
-        job_id, created = Client(store=shared, warn=_warn_once).submit(target, job_params, key)
+        job_id, created = Client(store=shared, warn=_warn_once).submit(target, job_params, key, run_in=run_in,
+                                                                       run_at=run_at, priority=rank)
         click.echo(json.dumps({"id": job_id, "created": created}))
         return
     spec = resolve_target(target)
+    if spec.pool is not None and spec.app is not None:  # a pool its configuration does not have: refused now
+        check_pools(spec.app, _settings({"state_dir": state_dir}, spec.app.settings).pools)
     paths = _state_paths(state_dir, app_settings=spec.app.settings if spec.app is not None else None)
-    job_id, created = Client(state_dir=str(paths.root), warn=_warn_once).submit(target, job_params, key)
+    job_id, created = Client(state_dir=str(paths.root), warn=_warn_once).submit(target, job_params, key, run_in=run_in,
+                                                                                run_at=run_at, priority=rank)
     click.echo(json.dumps({"id": job_id, "created": created}))
 
 
@@ -615,6 +599,54 @@ def jobs(state_dir: str | None, state: str | None, target: str | None, since: st
         click.echo(json.dumps(report, indent=2))
     else:
         render_jobs(report)
+
+
+@main.command()
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@store_option
+@friendly_errors
+def pools(state_dir: str | None, as_json: bool, store: str | None) -> None:
+    """Each global resource pool: its slots in use (by running attempts, of
+    every master sharing the store) and its capacity (the last master to
+    start set it). See docs/scheduling.md."""
+    _paths, journal = _existing_journal(state_dir, store)
+    with journal:
+        rows = journal.pools_status()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif not rows:
+        click.echo("no pools: no master has started with App(pools=...) or [pools] here")
+    else:
+        for row in rows:
+            click.echo(f"{visible(row['pool'])}  {row['used']}/{row['capacity']}")
+
+
+@main.command()
+@click.argument("app_spec", metavar="[APP]", required=False)
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@store_option
+@friendly_errors
+def schedules(app_spec: str | None, state_dir: str | None, as_json: bool, store: str | None) -> None:
+    """List the app's periodic schedules (@app.periodic): each one's next
+    tick, and its last tick's job and state. APP ("module:app") defaults to
+    the app of the master that ran last in this state directory; with a
+    shared store, give it. A schedule changed in code takes effect with the
+    next image (USR2); this shows the code APP imports now."""
+    from phoenix.cli.schedules import render_schedules, schedules_report
+
+    _paths, journal = _existing_journal(state_dir, store)
+    with journal:
+        spec = app_spec or (journal.meta("app") if not journal.shared else None)
+        if not spec:
+            fail("name the app: phoenix schedules module:app (no master has recorded one here)")
+        rows = schedules_report(load_app(str(spec)), journal, time.time())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        for line in render_schedules(rows):
+            click.echo(visible(line))
 
 
 @main.command()

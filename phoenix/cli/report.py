@@ -27,7 +27,8 @@ COLOURS = {
 MARKERS = {"master_start": ("#37474f", "master start"), "replaced": ("#00838f", "replacement")}
 NO_ATTEMPT_COLOUR = "#c62828"
 # The state filters, in the page's order: the ended first (every state of JobState, each once).
-STATE_FILTERS = (JobState.FINISHED, JobState.FAILED, JobState.CANCELLED, JobState.RUNNING, JobState.PENDING)
+STATE_FILTERS = (JobState.FINISHED, JobState.FAILED, JobState.CANCELLED, JobState.RUNNING, JobState.PENDING,
+                 JobState.SCHEDULED)
 ROW_HEIGHT = 22
 LABEL_WIDTH = 220
 PLOT_WIDTH = 900

@@ -203,7 +203,7 @@ def summary(report: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...
         if master.get("degraded_reason"):  # it starts nothing until a reload loads good code: say why
             reason = visible(str(master["degraded_reason"]).strip().splitlines()[0])
             head += f"\ndegraded: the code could not be loaded: {reason}; fix it and reload (USR2)"
-    head += "\njobs: " + "  ".join(f"{state} {n}" for state, n in counts.items())
+    head += "\njobs: " + counts_line(counts)
     if report.get("quarantined"):
         head += (f"\nquarantine: {report['quarantined']} record(s) the master could not process were put aside: "
                  "see phoenix quarantine")
@@ -312,6 +312,11 @@ def collect_shared(url: str, node: str | None = None,
     return report, live
 
 
+def counts_line(counts: dict[str, int]) -> str:
+    """The jobs of each state; `scheduled` (delayed jobs not due yet) only when there are some."""
+    return "  ".join(f"{state} {n}" for state, n in counts.items() if n or state != "scheduled")
+
+
 def render_shared(report: dict[str, Any]) -> None:
     """Plain columns: one line per master, then the running jobs."""
     print("masters:")
@@ -319,7 +324,7 @@ def render_shared(report: dict[str, Any]) -> None:
         print(f"  {visible(m['node'])}  pid {m['pid']}  gen {m['generation']}  {m['state']}  "
               f"lease {m['lease_expires_in']:+.1f}s  slots {m['slots_used']}/{m['slots']}"
               + (f"  outage budget {m['outage_budget']:.1f}s" if m.get("outage_budget") is not None else ""))
-    print("jobs: " + "  ".join(f"{state} {n}" for state, n in report["counts"].items()))
+    print("jobs: " + counts_line(report["counts"]))
     for job in report["jobs"]:
         if job["state"] == JobState.RUNNING:
             where = visible(job["node"] or "-")

@@ -15,6 +15,7 @@ field has one writer that checks the move (rules/states.py).
         reaper.reap()                 # exits the fork server reports; our own children (SIGCHLD +
                                       # wait4); orphans we subreap
         hangs.run_due_timers()        # liveness checks and kills due on the timer heap
+        ticker.run_if_due()           # delayed jobs due -> pending; periodic ticks inserted (ticker.py)
         scheduler.spawn_pending_jobs()  # through the one slot gate (policy.may_start_jobs)
         spawner.replenish()           # the spare child (and the fork server, if it must be restarted)
         settler.settle()              # callbacks that ended or overran
@@ -60,12 +61,14 @@ from phoenix.master.spawner import Spawner
 from phoenix.master.specs import JobSpecs
 from phoenix.master.statefiles import StateFiles
 from phoenix.master.status import Status
+from phoenix.master.ticker import Ticker
 from phoenix.rules.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest, Command, from_request
 from phoenix.rules.liveness import master_was_away
 from phoenix.rules.policy import RestartBudget, may_start_jobs
 from phoenix.rules.states import MASTER_TRANSITIONS, HandoffPhase, KillReason, MasterState, StopMode, check_move
 from phoenix.store.base import (
     SQLITE,
+    WAITING,
     FileStore,
     JournalError,
     SharedStore,
@@ -204,13 +207,14 @@ class Master:
             assert isinstance(self.journal, SharedStore)
             self.leases = LeaseKeeper(self, self.hangs.interrupt_all, self.journal, lambda: self.config, self.specs,
                                       self.children, self.loop, lambda: self.budget, self.callbacks_held,
-                                      self.settler.run_owed, lambda: self.scheduler.wake())
+                                      self.settler.run_owed, self.jobs_may_be_pending)
             self.leases.register(os.getpid(), self.generation, self.started_at, self.app_spec)
         self.control = ControlServer(control, self.loop.selector, self.control_request,
                                      lambda why: self.counters.reject(why), clock=self.clock)
         self.handoff = handoff.Handoff(self, lambda: self.config, self.paths, lambda: self.journal, self.outage,
                                        self.loop, self.intake, self.control, self.pidfile, self.children,
-                                       self.settler.run_owed, lambda: bool(self.callbacks.running))
+                                       self.settler.run_owed,
+                                       lambda: bool(self.callbacks.running) or self.settler.holds_done())
         self.status = Status(self, self.app, self.app_spec, lambda: self.journal, self.children, self.counters,
                              self.spawner, self.handoff, self.outage, self.clock)
         # Sockets, pidfile and lock put back if removed under us.
@@ -226,6 +230,8 @@ class Master:
                                    self.specs, self.children, self.free_slots, self.shared_poll, self.spawner,
                                    self.outage, self.recorder, self.settler.start, self.hangs.watch, self.counters,
                                    self.clock)
+        self.ticker = Ticker(lambda: self.journal, self.app, lambda: self.state, self.counters, self.scheduler.wake,
+                             self.clock)
         self.loop.watch(self.callbacks.wake_read, self.callbacks.drain_wakeups)
         # Signals blocked across an exec (handoff) are pending in the signalfd
         # and read once the loop runs, after adoption.
@@ -271,6 +277,7 @@ class Master:
         self.change_state(MasterState.RUNNING)
         self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
                               app=self.app_spec, state="running", degraded_reason=None)
+        self.register_pools(self.app)
         self.handoff.became_ready()
         event(INFO, "ready", generation=self.generation, pid=os.getpid(), app=self.app_spec or "-",
               workers=self.slots, running=len(self.children))
@@ -295,6 +302,7 @@ class Master:
                 self.run_commands()
                 self.reaper.reap()
                 self.hangs.run_due_timers(self.clock.monotonic())
+                self.guarded(self.ticker.run_if_due)
                 self.guarded(self.scheduler.spawn_pending_jobs)
                 self.spawner.replenish()
                 self.settler.settle()
@@ -320,14 +328,16 @@ class Master:
 
     def next_deadline(self, now: float) -> float:
         """The earliest moment any part needs the loop (einhorn's Event.timeout)."""
-        deadlines = [self.scheduler.next_deadline(now), self.watchdog.due, self.outage.next_retry,
+        deadlines = [self.scheduler.next_deadline(now), self.ticker.next_deadline(), self.watchdog.due,
+                     self.outage.next_retry,
                      self.next_state_dir_check, self.control.next_deadline()]
         if self.leases is not None:
             deadlines.append(self.leases.next_deadline())
         timer = self.loop.timers.next_deadline()
         if timer is not None:
             deadlines.append(timer)
-        for due in (self.callbacks.next_deadline(self.config.callback_timeout), self.intake.next_deadline()):
+        for due in (self.callbacks.next_deadline(self.config.callback_timeout), self.intake.next_deadline(),
+                    self.settler.next_deadline()):
             if due is not None:
                 deadlines.append(due)
         return min(deadlines)
@@ -370,6 +380,7 @@ class Master:
             return {"ok": True, "cancelled": {key: self.cancel(key) for key in keys or []}}
         if command == Command.WAKE:
             self.scheduler.wake()
+            self.ticker.wake()  # a delayed job may be due before the earliest known
         elif command == Command.LEAVE and pid1.is_namespace_init():
             event(ERROR, "stop_refused", mode="leave-running", reason=pid1.LEAVE_RUNNING_REFUSED)
             return {"ok": False, "error": pid1.LEAVE_RUNNING_REFUSED}
@@ -406,7 +417,7 @@ class Master:
         running one's process group gets TERM, then KILL after kill_grace, and
         its outcome is `cancelled`. Returns the job's state before."""
         state = self.journal.cancel_pending(key)
-        if state == "pending" and not self.callbacks_held():
+        if state in WAITING and not self.callbacks_held():
             self.settler.run_owed()  # its on_failed, owed with the cancel
         if state == "running":
             attempt = self.children.with_key(key)
@@ -482,6 +493,19 @@ class Master:
         event(ERROR, "node_taken", node=self.node, error=why, effect="stopping: its children were ended")
         self.exit_code = 2
         self.begin_stop(StopMode.TERM)
+
+    def register_pools(self, app: App) -> None:
+        """The pools' capacities and each job's pool, from this image's code and
+        configuration, into the store (where every master's claims read them)."""
+        targets = {target: spec.pool for target, spec in app.jobs.items()}
+        for pool, before, now in self.journal.set_pools(self.config.pools, targets):
+            event(INFO if before is None else WARNING, "pool_capacity", pool=pool,
+                  capacity=now, before="-" if before is None else before)
+
+    def jobs_may_be_pending(self) -> None:
+        """A shared store's NOTIFY of a submit: a job to claim, or a delayed job due before the earliest known."""
+        self.scheduler.wake()
+        self.ticker.wake()
 
     def shared_poll(self) -> float:
         return self.leases.poll_interval() if self.leases is not None else 2.0
@@ -653,7 +677,7 @@ class Master:
     def close(self) -> None:
         self.spawner.discard()
         self.callbacks.wait_all(self.config.callback_timeout)
-        self.settler.settle()
+        self.settler.settle(flush=True)
         self.callbacks.shutdown()
         self.control.close()
         try:

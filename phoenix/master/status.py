@@ -59,6 +59,7 @@ class Status:
         self.title_due = now + (SHARED_TITLE_EVERY if journal.shared else 0.5)  # a shared count costs more
         if self.counters.histograms is not None:  # --metrics exports the count of every state
             self.counters.jobs = journal.counts()
+            self.counters.pools = journal.pools_status()
             pending = self.counters.jobs["pending"]
         else:  # through an index (a shared store's counts() aggregates every job on the server)
             pending = journal.pending_count()
