@@ -25,6 +25,8 @@ from phoenix.master import handoff
 from phoenix.master.metrics import MetricsError
 from phoenix.rules.durations import BadDuration, parse_duration
 from phoenix.store.base import Store, is_url, open_store
+from phoenix.store.batches import BatchRefused
+from phoenix.store.batches import check_name as check_batch_name
 from phoenix.store.sqlite import (
     JOB_STATES,
     Journal,
@@ -69,7 +71,7 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 click.echo(exc.detail, err=True)
             fail(str(exc))
         except (ConfigError, JournalError, StateDirError, SocketBusy, MetricsError, KeyRefused,
-                BadDuration) as exc:
+                BadDuration, BatchRefused) as exc:
             fail(str(exc))
         except control.ControlError as exc:
             fail(str(exc), 1)
@@ -320,10 +322,13 @@ def check(app: str, state_dir: str | None, config_file: str | None, force: bool,
 @click.argument("target")
 @click.argument("params", required=False, default="null")
 @click.option("--key", help="Idempotency key (default: a hash of target and parameters).")
+@click.option("--batch", "batch_name", metavar="NAME",
+              help="Submit into this batch (opened by its first job); `phoenix batch close NAME` closes it.")
 @state_dir_option
 @store_option
 @friendly_errors
-def submit(target: str, params: str, key: str | None, state_dir: str | None, store: str | None) -> None:
+def submit(target: str, params: str, key: str | None, batch_name: str | None, state_dir: str | None,
+           store: str | None) -> None:
     """Record a job durably; a running master starts it when a slot is free.
 
     \b
@@ -351,16 +356,22 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None, sto
 
     if key:
         check_key(key)  # before the state directory is made or touched
+    if batch_name is not None:
+        check_batch_name(batch_name)
     job_params = decode_params(params)
     shared = _settings({"store": store, "state_dir": state_dir}).store
     if shared != "sqlite":
-        job_id, created = Client(store=shared, warn=_warn_once).submit(target, job_params, key)
+        client = Client(store=shared, warn=_warn_once)
+    else:
+        spec = resolve_target(target)
+        paths = _state_paths(state_dir, app_settings=spec.app.settings if spec.app is not None else None)
+        client = Client(state_dir=str(paths.root), warn=_warn_once)
+    if batch_name is None:
+        job_id, created = client.submit(target, job_params, key)
         click.echo(json.dumps({"id": job_id, "created": created}))
         return
-    spec = resolve_target(target)
-    paths = _state_paths(state_dir, app_settings=spec.app.settings if spec.app is not None else None)
-    job_id, created = Client(state_dir=str(paths.root), warn=_warn_once).submit(target, job_params, key)
-    click.echo(json.dumps({"id": job_id, "created": created}))
+    job_id, created = client.batch(batch_name).submit(target, job_params, key)
+    click.echo(json.dumps({"id": job_id, "created": created, "batch": batch_name}))
 
 
 @main.command()
@@ -589,13 +600,14 @@ def _seconds(text: str | None) -> float | None:
 @click.option("--state", type=click.Choice(JOB_STATES), help="Only jobs in this state.")
 @click.option("--target", help="Only jobs of this target (module:function).")
 @click.option("--since", help="Only jobs changed in this last while: 45s, 30m, 1h, 7d.")
+@click.option("--batch", "batch_name", metavar="NAME", help="Only the jobs of this batch (see `phoenix batches`).")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Show at most this many.")
 @click.option("--after", "cursor", help="The page after this one: the next_after the page before printed.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 @store_option
 @friendly_errors
-def jobs(state_dir: str | None, state: str | None, target: str | None, since: str | None, limit: int,
-         cursor: str | None, as_json: bool, store: str | None) -> None:
+def jobs(state_dir: str | None, state: str | None, target: str | None, since: str | None, batch_name: str | None,
+         limit: int, cursor: str | None, as_json: bool, store: str | None) -> None:
     """List jobs, last changed first: key, target, state, attempts, last
     outcome and reason, and the time since the job last changed. A page at a
     time (--limit); --json prints "next_after", the --after of the next page."""
@@ -608,11 +620,60 @@ def jobs(state_dir: str | None, state: str | None, target: str | None, since: st
         fail(str(exc))
     _paths, journal = _existing_journal(state_dir, store)
     with journal:
-        report = jobs_report(journal, state=state, target=target, since=seconds, limit=limit, after=after)
+        if batch_name is not None:
+            from phoenix.cli.batchview import batch_jobs_report
+
+            report = batch_jobs_report(journal, batch_name, state=state, target=target, since=seconds, limit=limit,
+                                       after=after)
+        else:
+            report = jobs_report(journal, state=state, target=target, since=seconds, limit=limit, after=after)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
         render_jobs(report)
+
+
+@main.command()
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@store_option
+@friendly_errors
+def batches(state_dir: str | None, as_json: bool, store: str | None) -> None:
+    """List batches, newest first: open (taking jobs), closed (waiting for
+    its jobs to end) or complete (on_batch_complete owed or run), with their
+    jobs counted by state. A batch's jobs: `phoenix jobs --batch NAME`."""
+    from phoenix.cli.batchview import batches_report, render_batches
+
+    _paths, journal = _existing_journal(state_dir, store)
+    with journal:
+        report = batches_report(journal)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        render_batches(report)
+
+
+@main.group("batch")
+def batch_group() -> None:
+    """Batches of jobs (see `phoenix batches`)."""
+
+
+@batch_group.command("close")
+@click.argument("name")
+@state_dir_option
+@store_option
+@friendly_errors
+def batch_close(name: str, state_dir: str | None, store: str | None) -> None:
+    """Close batch NAME: it takes no more jobs, and is complete (the app's
+    on_batch_complete is called) once each of its jobs has ended. Closing it
+    again changes nothing."""
+    from phoenix.app import Batch
+
+    paths, journal = _existing_journal(state_dir, store, writes=True)
+    setting = _settings({"store": store, "state_dir": state_dir}).store
+    journal.close()
+    state = Batch(name, setting, paths).close()
+    click.echo(json.dumps({"batch": name, "state": state}))
 
 
 @main.command()

@@ -368,6 +368,8 @@ class Master:
             command = from_request(request)
         except BadRequest as exc:
             return {"ok": False, "error": str(exc)}
+        if request.get("owed") is True and not self.callbacks_held():
+            self.guarded(self.run_owed_callbacks)  # a batch closed complete owes its on_batch_complete
         # Only `phoenix reload --force` passes the preflight's check of queued targets.
         return self.execute(command, force=request.get("force") is True, keys=request.get("keys"))
 

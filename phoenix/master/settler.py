@@ -11,11 +11,12 @@ import time
 from typing import Any, Callable, Protocol
 
 from phoenix import log
-from phoenix.app import App, JobInfo
+from phoenix.app import App, BatchInfo, JobInfo
 from phoenix.config import Config
 from phoenix.linux.untrusted import stored_json
 from phoenix.master.callbacks import CallbackRunner
 from phoenix.master.metrics import Counters, Histograms
+from phoenix.store import batches
 from phoenix.store.base import Store
 
 
@@ -28,6 +29,7 @@ class SettlerHost(Protocol):
     histograms: Histograms | None
 
     def guarded(self, operation: Callable[[], Any], retry: bool = False) -> None: ...
+    def callbacks_held(self) -> bool: ...
 
 
 class CallbackSettler:
@@ -44,6 +46,9 @@ class CallbackSettler:
         if callback_id in self.done_unrecorded:
             return  # it ran; its record is on its way
         app = self.host.app
+        if kind == batches.KIND:
+            self.start_batch(callback_id, job_id)
+            return
         functions: list[Callable[..., Any]] = list(app.finished_callbacks if kind == "on_finished"
                                                    else app.failed_callbacks)
         if not functions:  # nothing registered: done, in one statement (no need to read the job)
@@ -63,6 +68,28 @@ class CallbackSettler:
                       effect="not run here: this master's lease no longer owns it; the master that does runs it")
             return
         self.host.callbacks.start(callback_id, row["key"], kind, functions, info, argument)
+
+    def start_batch(self, callback_id: int, job_id: int) -> None:
+        """A batch's on_batch_complete, owed on the member job whose end completed it."""
+        assert self.host.app is not None
+        functions: list[Callable[..., Any]] = list(self.host.app.batch_callbacks)
+        if not functions:
+            self.host.journal.callback_done(callback_id, None)
+            return
+        row = self.host.journal.job_row(job_id)
+        assert row is not None and row["batch_id"] is not None
+        (batch,) = self.host.journal.batches(batch_id=row["batch_id"])
+        counts = {state: n for state, n in batch["counts"].items() if state in batches.FINAL_STATES}
+        # Read here, in the loop's thread: the callback's thread may not use the
+        # master's connection, and a second journal opened in the master's
+        # process would drop its file locks (POSIX locks go with any close of the file).
+        members = self.host.journal.batch_jobs(batch["id"])
+        info = BatchInfo(batch["id"], batch["name"], counts, batch["completions"], lambda: list(members))
+        if self.host.journal.callback_started(callback_id) is False:
+            log.event(logging.WARNING, "callback_fenced", batch=batch["name"], callback=batches.KIND,
+                      effect="not run here: this master's lease no longer owns it; the master that does runs it")
+            return
+        self.host.callbacks.start(callback_id, f"batch:{batch['name']}", batches.KIND, functions, info)
 
     def owes(self, kind: str) -> bool:
         """Whether an outcome that calls for callbacks of `kind` owes any: not
@@ -86,6 +113,11 @@ class CallbackSettler:
 
     def settle(self) -> None:
         now = time.monotonic()
+        if self.host.app is not None and not self.host.callbacks_held():
+            # Batches this master's outcomes completed (a shared store's come by NOTIFY instead).
+            for callback_id, job_id, number, kind in self.host.journal.take_owed_batch_callbacks():
+                if callback_id not in self.host.callbacks.running:
+                    self.start(callback_id, job_id, number, kind)
         for running, error in self.host.callbacks.finished():
             if self.host.histograms is not None:
                 self.host.histograms.callback_duration.observe(now - running.started)
@@ -112,3 +144,4 @@ class CallbackSettler:
             log.event(logging.WARNING, "callback_fenced", callback_id=callback_id,
                       effect="it ran here, but another master took it over when this one's lease lapsed: "
                              "that master runs it too (callbacks get the job id and attempt to de-duplicate)")
+

@@ -19,17 +19,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from phoenix.linux import clock
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
 from phoenix.rules.outcomes import CANCELLED_REASON
+from phoenix.store import batches
 
 # The file says it is a Phoenix journal (PRAGMA application_id, in SQLite's
 # header) and which schema it holds (PRAGMA user_version): a file of another
 # program, or of a newer Phoenix, is refused rather than written over.
 APPLICATION_ID = int.from_bytes(b"PHNX", "big")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 5
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _TABLES = frozenset({"meta", "jobs", "attempts", "callbacks", "events"})
 
@@ -248,6 +249,7 @@ def _create(path: Path) -> None:
                     db.execute(statement)
             db.execute(_BACKOFF_INDEX)
             _add_scale_schema(db)
+            batches.add_to_sqlite(db)
             # Still written so that an older Phoenix (before user_version) can read the journal after a rollback.
             db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -295,6 +297,12 @@ class OpenAttempt:
     # replacement, a crash): the next one ends it as cancelled too.
     cancel_requested: bool = False
 
+
+# Each schema version's step to the next (version -> step), run on open.
+# (Versions 2 to 4 belong to changes made beside this one; their steps join here.)
+_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {
+    4: batches.add_to_sqlite,  # 4 -> 5: batches
+}
 
 # Added after the first release: (table, column, declaration), created in older journals on open.
 _ADDED_COLUMNS = (
@@ -427,6 +435,7 @@ class Journal:
         _check_file(self.path)
         self.identity = _identity(self.path)  # the file this journal writes, to notice it replaced
         self._synced_wal: tuple[int, int] | None = None  # the write-ahead log whose name is on disk
+        self._owed_batch_callbacks: list[tuple[int, int, int, str]] = []  # see take_owed_batch_callbacks
         try:
             # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE).
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
@@ -440,6 +449,7 @@ class Journal:
             # acknowledged to someone are made durable one by one: see transaction().
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
+            self._upgrade()
             if _needs_columns(self.db):
                 with self.transaction() as db:
                     _add_columns(db)  # a journal of an older Phoenix gets the columns this one writes
@@ -473,7 +483,7 @@ class Journal:
                                          f"Phoenix journal made before application_id has version 1")
             with self.transaction() as db:
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                db.execute("PRAGMA user_version = 1")  # what it holds: the upgrades take it on from there
             return
         if version > SCHEMA_VERSION:
             raise JournalError(
@@ -485,6 +495,19 @@ class Journal:
             missing = ", ".join(sorted(_TABLES - tables)) or "none"
             raise damaged(self.path, f"it is marked as a Phoenix journal but its header or schema is wrong "
                                      f"(version {version}, missing tables: {missing})")
+
+    def _upgrade(self) -> None:
+        """Bring a journal of an older schema version up to this one's, each
+        version's step in order, in one transaction with the new version's stamp."""
+        (version,) = self.db.execute("PRAGMA user_version").fetchone()
+        if version >= SCHEMA_VERSION:
+            return
+        with self.transaction() as db:
+            for step in range(version, SCHEMA_VERSION):
+                upgrade = _UPGRADES.get(step)
+                if upgrade is not None:
+                    upgrade(db)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _quick_check(self) -> None:
         # O(size of the file): for 100,000 jobs (41 MB) 0.07-0.25 s from the page cache, 0.3-0.4 s from disk.
@@ -699,14 +722,18 @@ class Journal:
                 (job_state, outcome, result_json, error, not_before, not_before_boot, boot, int(counts_as_failure),
                  now, job_id),
             )
-            if callback is None:
-                return True, None
-            cur = db.execute(
-                "INSERT INTO callbacks (job_id, attempt, kind, state, created_at) VALUES (?, ?, ?, 'owed', ?) "
-                "ON CONFLICT (job_id, kind) DO NOTHING",
-                (job_id, attempt_n, callback, now),
-            )
-            return True, (cur.lastrowid if cur.rowcount else None)
+            batch_callback = self._batch_callback_owed(db, job_id) if job_state in batches.FINAL_STATES else None
+            callback_id = None
+            if callback is not None:
+                cur = db.execute(
+                    "INSERT INTO callbacks (job_id, attempt, kind, state, created_at) VALUES (?, ?, ?, 'owed', ?) "
+                    "ON CONFLICT (job_id, kind) DO NOTHING",
+                    (job_id, attempt_n, callback, now),
+                )
+                callback_id = cur.lastrowid if cur.rowcount else None
+        if batch_callback is not None:  # (committed: a write that failed leaves nothing to start)
+            self._owed_batch_callbacks.append(batch_callback)
+        return True, callback_id
 
     def hold_finals(self, finals: list[tuple[int, str]]) -> None:
         """Keep running attempts' final messages [(attempt id, JSON)], in one
@@ -731,7 +758,10 @@ class Journal:
                 "VALUES (?, 0, 'on_failed', 'owed', ?) ON CONFLICT (job_id, kind) DO NOTHING",
                 (job_id, now),
             )
-            return cur.lastrowid if cur.rowcount else None
+            batch_callback = self._batch_callback_owed(db, job_id)
+        if batch_callback is not None:
+            self._owed_batch_callbacks.append(batch_callback)
+        return cur.lastrowid if cur.rowcount else None
 
     def callback_started(self, callback_id: int) -> None:
         with self.transaction() as db:
@@ -979,6 +1009,7 @@ class Journal:
                               f"c.state = 'owed' AND NOT {WITHDRAWN_WITH_ITS_CANCEL}", (job_id,)).fetchone():
                     raise RetryRefused(f"job {key!r} still has a callback owed (it runs when a master runs): "
                                        "retry it once that has run")
+                batches.sqlite_refuse_reopen_owed(db, job_id, key)
             now = time.time()
             for job_id, _key in rows:
                 # The callbacks that ran for its end go, so that its next end calls them again.
@@ -986,6 +1017,56 @@ class Journal:
                 db.execute("UPDATE jobs SET state = 'pending', failures = 0, not_before = 0, not_before_boot = NULL, "
                            "not_before_boot_id = NULL, updated_at = ? WHERE id = ?", (now, job_id))
         return [key for _id, key in rows]
+
+    # -- batches (batches.py) -------------------------------------------------------
+
+    def submit_to_batch(self, name: str, jobs: Iterable[tuple[str, str, str]]) -> list[tuple[int, bool]]:
+        """Record (target, params JSON, key) jobs as members of the open batch
+        `name` (opened now if new), in one transaction; as submit_many, plus
+        BatchRefused for a closed batch or a key that names a job outside it."""
+        jobs = list(jobs)
+        for _target, _params, key in jobs:
+            check_key(key)
+        now = time.time()
+        with self.transaction(durable=True) as db:
+            batch_id = batches.sqlite_open(db, name, now)
+            submitted = []
+            for target, params_json, key in jobs:
+                job_id, created = _insert_job(db, key, target, params_json, now)
+                batches.sqlite_join(db, batch_id, name, key, job_id, created)
+                submitted.append((job_id, created))
+            return submitted
+
+    def close_batch(self, name: str) -> str:
+        """Close the batch `name` (BatchRefused if there is none); its state
+        after: closed, or complete (its on_batch_complete owed) if every
+        member has ended."""
+        with self.transaction(durable=True) as db:
+            return batches.sqlite_close(db, name, time.time())
+
+    def batches(self, name: str | None = None, batch_id: int | None = None) -> list[dict[str, Any]]:
+        """Batches newest first (or the one named, or of that id) with their jobs counted by state."""
+        return batches.sqlite_batches(self.db, name, batch_id)
+
+    def batch_jobs(self, batch_id: int) -> list[dict[str, Any]]:
+        """The batch's jobs in id order, each with its last attempt's reason."""
+        return batches.sqlite_jobs(self.db, batch_id)
+
+    @staticmethod
+    def _batch_callback_owed(db: sqlite3.Connection, job_id: int) -> tuple[int, int, int, str] | None:
+        """After a job's final state: the batch callback its end made owed (the
+        trigger's), if it completed its batch; one lookup through the callbacks' key."""
+        row: tuple[int, int, int, str] | None = db.execute(
+            "SELECT id, job_id, attempt, kind FROM callbacks WHERE job_id = ? AND kind = ? AND state = 'owed'",
+            (job_id, batches.KIND)).fetchone()
+        return row
+
+    def take_owed_batch_callbacks(self) -> list[tuple[int, int, int, str]]:
+        """(callback id, job id, attempt, kind) of the batch callbacks this
+        master's outcomes made owed since the last call: the master starts
+        them (as the job callback end_attempt returns)."""
+        owed, self._owed_batch_callbacks = self._owed_batch_callbacks, []
+        return owed
 
     def request_cancel(self, attempt_id: int) -> None:
         """A running attempt is being cancelled: noted on it (its `reason`,
