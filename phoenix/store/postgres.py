@@ -1225,7 +1225,10 @@ ALTER TABLE masters ADD COLUMN IF NOT EXISTS instance text, ADD COLUMN IF NOT EX
 ALTER TABLE callbacks ADD COLUMN IF NOT EXISTS owner_epoch bigint;
 ALTER TABLE jobs RESET (fillfactor)
 """,
-    # (2 -> 3 and 3 -> 4 belong to changes made beside this one.)
+    # 2 -> 3 and 3 -> 4 are other changes' (scheduling, resumable jobs), made beside this one: their steps
+    # replace these two when they land.
+    2: "SELECT 1",
+    3: "SELECT 1",
     4: batches.PG_SCHEMA,  # 4 -> 5: batches, counted by a trigger on jobs
 }
 
