@@ -1,5 +1,5 @@
 """The applications the benchmarks run: Phoenix apps and jobs, the peers'
-task functions (multiprocessing, RQ) and a trivial WSGI app for gunicorn.
+task function (multiprocessing; RQ's is in bench.rq_tasks) and a trivial WSGI app for gunicorn.
 
 Kept lean on purpose: a Phoenix master imports this module (and so does its
 `phoenix check` preflight), so it imports nothing beyond phoenix and the
@@ -136,11 +136,6 @@ def _count_sends(count_dir: str) -> None:
 
 def pool_noop(i):
     """multiprocessing.Pool's task: nothing."""
-    return None
-
-
-def rq_noop():
-    """RQ's job: nothing."""
     return None
 
 

@@ -7,6 +7,10 @@ timed and measured exactly like a Phoenix master:
     python -m bench.bare senders SOCK N INTERVAL PIDFILE
                                                N forked children beating like Phoenix children
 
+`fork` and `pool` end by printing `work_started=T` (CLOCK_MONOTONIC, which
+is system-wide) and `work_seconds=S`: the peer's own account of its work,
+interpreter start-up left out (the throughput figure's calibration reads it).
+
 The sender children beat like a Phoenix child's heartbeat thread
 (phoenix.wire.heartbeat.encode, jittered start, 5 Hz), each on a datagram socket
 connected to the shared one (the design Phoenix had before a connection per
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Callable
 
 
 def bare_fork(n: int, slots: int) -> None:
@@ -142,12 +147,23 @@ def senders(path: str, n: int, interval: float, pidfile: str) -> None:
         signal.pause()
 
 
+def timed(work: Callable[[int, int], None], n: int, slots: int) -> None:
+    """Run a peer and print its own account of the work (interpreter start-up
+    and imports left out): the calibration the throughput figure compares
+    its end-to-end time against (bench.throughput.calibrate)."""
+    import time
+
+    t0 = time.monotonic()
+    work(n, slots)
+    print(f"work_started={t0:.6f}\nwork_seconds={time.monotonic() - t0:.6f}", flush=True)
+
+
 def main(argv: list[str]) -> None:
     what = argv[0]
     if what == "fork":
-        bare_fork(int(argv[1]), int(argv[2]))
+        timed(bare_fork, int(argv[1]), int(argv[2]))
     elif what == "pool":
-        pool(int(argv[1]), int(argv[2]))
+        timed(pool, int(argv[1]), int(argv[2]))
     elif what == "receive":
         receive(argv[1], argv[2])
     elif what == "senders":

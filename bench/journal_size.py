@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from phoenix.store.sqlite import Job, Journal
+from phoenix.store.base import Job
+from phoenix.store.sqlite import Journal
 
 
 def main(count: int) -> None:

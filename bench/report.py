@@ -26,6 +26,10 @@ class Row:
     target: str
     met: bool | None  # None: not measured / not applicable
     note: str = ""
+    # Why the peer's own figure in this run cannot back the ratio (it is far
+    # off the peer's calibration, run alone): then the row says so instead
+    # of met / MISSED.
+    suspect: str = ""
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Report:
     load_end: str = ""
     elapsed: float = 0.0
     code: str = ""
+    versions: dict[str, str] | None = None  # peer_versions() at the run's start
 
 
 def code_identity() -> str:
@@ -58,7 +63,27 @@ def code_identity() -> str:
     return head + (" + uncommitted changes in phoenix/" if dirty else "")
 
 
-def machine() -> dict[str, str]:
+def peer_versions() -> dict[str, str]:
+    """The version of every peer the benchmarks run (a peer's speed changes
+    with its version: RQ 3.0.0's burst workers linger 60 s on redis-py 8.2,
+    not on 8.1), as installed here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"multiprocessing (CPython)": platform.python_version()}
+    for name in ("rq", "redis", "gunicorn", "procrastinate", "pgqueuer"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    try:
+        out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
+        versions["redis-server"] = out.split()[2].removeprefix("v=")
+    except (OSError, IndexError):
+        versions["redis-server"] = "not installed"
+    return versions
+
+
+def machine(versions: dict[str, str] | None = None) -> dict[str, str]:
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -78,18 +103,6 @@ def machine() -> dict[str, str]:
         qlen = Path("/proc/sys/net/unix/max_dgram_qlen").read_text().strip()
     except OSError:
         qlen = "?"
-    versions = {}
-    for name in ("gunicorn", "rq", "redis", "matplotlib"):
-        try:
-            from importlib.metadata import version
-
-            versions[name] = version(name)
-        except Exception:  # noqa: BLE001
-            versions[name] = "not installed"
-    try:
-        redis_server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()[2]
-    except (OSError, IndexError):
-        redis_server = "not installed"
     virt = []
     try:
         container = subprocess.run(["systemd-detect-virt", "--container"],
@@ -112,12 +125,14 @@ def machine() -> dict[str, str]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "net.unix.max_dgram_qlen": qlen,
         "virtualisation": ", ".join(virt) or "none detected",
-        "peers": ", ".join(f"{k} {v}" for k, v in versions.items()) + f", redis-server {redis_server}",
+        "peers": ", ".join(f"{k} {v}" for k, v in (versions or peer_versions()).items()),
     }
 
 
-def _mark(met: bool | None) -> str:
-    return {True: "met", False: "MISSED", None: "n/a"}[met]
+def _mark(row: Row) -> str:
+    if row.suspect:
+        return "peer run suspect"
+    return {True: "met", False: "MISSED", None: "n/a"}[row.met]
 
 
 def print_table(report: Report) -> None:
@@ -130,16 +145,16 @@ def print_table(report: Report) -> None:
     for column in ("figure", "Phoenix", "peer", "peer value", "ratio", "target", "", "note"):
         table.add_column(column, overflow="fold")
     for r in report.rows:
-        style = {True: "green", False: "bold red", None: "dim"}[r.met]
-        table.add_row(r.figure, r.phoenix, r.peer, r.peer_value, r.ratio, r.target, f"[{style}]{_mark(r.met)}[/]",
-                      r.note)
+        style = "bold yellow" if r.suspect else {True: "green", False: "bold red", None: "dim"}[r.met]
+        note = "; ".join(x for x in (r.suspect, r.note) if x)
+        table.add_row(r.figure, r.phoenix, r.peer, r.peer_value, r.ratio, r.target, f"[{style}]{_mark(r)}[/]", note)
     console.print(table)
     for note in report.notes:
         console.print(f"- {note}")
 
 
 def write_markdown(report: Report, path: Path, plot: Path | None) -> None:
-    m = machine()
+    m = machine(report.versions)
     lines = [
         "# Phoenix benchmark results",
         "",
@@ -154,7 +169,8 @@ def write_markdown(report: Report, path: Path, plot: Path | None) -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report.rows:
-        cells = [r.figure, r.phoenix, r.peer, r.peer_value, r.ratio, r.target, _mark(r.met), r.note]
+        note = "; ".join(x for x in (r.suspect, r.note) if x)
+        cells = [r.figure, r.phoenix, r.peer, r.peer_value, r.ratio, r.target, _mark(r), note]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += ["", "## Machine", "", f"- Phoenix code measured: {report.code or '?'}"]
     for k, v in m.items():

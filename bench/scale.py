@@ -121,14 +121,14 @@ COMMANDS = {
     "jobs --state failed": ["jobs", "--state", "failed"],
 }
 
-SCRAPE = ("from phoenix.store.base import open_store; import sys; "
+SCRAPE = ("from phoenix.store.open import open_store; import sys; "
           "s = open_store(sys.argv[1], sys.argv[2], create=False); print(s.counts()); s.close()")
 
 
 def counts_time(store: str, journal: Path, repeats: int = 9) -> float:
     """Seconds one read of the job counts takes (the median of `repeats`), on an
     open store, as the master's collector reads them for each refresh."""
-    from phoenix.store.base import open_store
+    from phoenix.store.open import open_store
 
     with open_store(store, journal, create=False) as opened:
         times = []

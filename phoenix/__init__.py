@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from phoenix.child.run import current_job, heartbeat
     from phoenix.client import Client
     from phoenix.compat import HeartbeatChild, HeartbeatParent
-    from phoenix.store.sqlite import KeyConflict
+    from phoenix.errors import Conflict, InternalError, PhoenixError, StateError, Unavailable, UsageError
+    from phoenix.store.base import KeyConflict
 
 # Each name is imported on first use (PEP 562): the fork server imports the
 # app, and so this package, and every module it holds is memory each job
@@ -30,7 +31,10 @@ if TYPE_CHECKING:
 _HOMES = {"App": "phoenix.app", "AppError": "phoenix.app", "BatchInfo": "phoenix.app", "JobInfo": "phoenix.app",
           "current_job": "phoenix.child.run", "heartbeat": "phoenix.child.run", "Client": "phoenix.client",
           "HeartbeatChild": "phoenix.compat", "HeartbeatParent": "phoenix.compat",
-          "KeyConflict": "phoenix.store.sqlite"}
+          "KeyConflict": "phoenix.store.base",
+          # The error tree (errors.py): catch PhoenixError for any of Phoenix's, a category for a kind.
+          **dict.fromkeys(("PhoenixError", "UsageError", "StateError", "Conflict", "Unavailable", "InternalError"),
+                          "phoenix.errors")}
 
 
 def __getattr__(name: str) -> Any:
@@ -45,5 +49,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["App", "AppError", "BatchInfo", "Client", "JobInfo", "HeartbeatChild", "HeartbeatParent", "KeyConflict",
-           "current_job", "heartbeat"]
+           "current_job", "heartbeat", "PhoenixError", "UsageError", "StateError", "Conflict", "Unavailable",
+           "InternalError"]
 __version__ = "0.2.0"

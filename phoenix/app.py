@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from phoenix.config import Config, ConfigError
+from phoenix.errors import UsageError
 from phoenix.linux.untrusted import MAX_JSON_DEPTH, MAX_KEY_BYTES, json_too_deep, visible
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from phoenix.store.base import Store
 
 
-class AppError(ValueError):
+class AppError(UsageError, ValueError):
     """An app path, a target or parameters that cannot be used; the message
     says what is wrong and how to fix it. `detail`: the traceback behind it,
     if any, shown only when asked for (`--log-level debug`)."""
@@ -202,7 +203,7 @@ class App:
         """Record a job durably; returns its id. The same key with the same
         target and parameters is one job (its id is returned); with another
         target or other parameters, phoenix.KeyConflict says what differs."""
-        from phoenix.store.base import open_store  # the store is opened lazily outside a master
+        from phoenix.store.open import open_store  # the store is opened lazily outside a master
 
         name = target if isinstance(target, str) else target_name(target)
         resolve_target(name)
@@ -248,7 +249,7 @@ class Batch:
     def submit_many(self, jobs: Any) -> list[tuple[int, bool]]:
         """Record many (target, params, key) jobs in the batch in one transaction."""
         from phoenix.linux.untrusted import check_key
-        from phoenix.store.sqlite import default_key
+        from phoenix.store.base import default_key
 
         batch = []
         for target, params, key in jobs:
@@ -271,7 +272,7 @@ class Batch:
             self.close()
 
     def _write(self, write: Callable[["Store"], Any], owed: bool = False) -> Any:
-        from phoenix.store.base import open_store
+        from phoenix.store.open import open_store
         from phoenix.wire import control
 
         if self.journal is not None:  # the master's own: it finds the jobs and callbacks on its next look

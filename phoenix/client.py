@@ -26,8 +26,8 @@ from phoenix import config as config_module
 from phoenix.app import Batch, check_target_form, encode_params, resolve_target
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.untrusted import check_key
-from phoenix.store.base import check_setting, open_store
-from phoenix.store.sqlite import default_key
+from phoenix.store.base import check_setting, default_key
+from phoenix.store.open import open_store
 from phoenix.wire import control
 
 

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from phoenix.errors import UsageError
 from phoenix.linux.untrusted import visible
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A setting is missing, of the wrong type, or out of range."""
 
 

@@ -284,8 +284,8 @@ def check_layers(block: Block, tmp_path: Path) -> None:
     """The package map: its floors are import-linter's layers, top-down, and each
     folder's line (with its indented continuation lines) names every module in it."""
     contract = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
-    layer_of = {name.strip().removeprefix("phoenix."): number
-                for number, layer in enumerate(contract["layers"]) for name in layer.split("|")}
+    layer_of = {name.strip().removeprefix("phoenix."): number  # "a | b": independent, "a : b": siblings
+                for number, layer in enumerate(contract["layers"]) for name in re.split(r"[|:]", layer)}
     floors: list[tuple[list[str], str]] = []  # (names in the first column, the description with continuations)
     for line in block.text.splitlines():
         if not line.strip():

@@ -16,26 +16,18 @@ import click
 
 from phoenix import config as config_module
 from phoenix.app import AppError, decode_params, load_app, resolve_target
+from phoenix.cli import actions
 from phoenix.config import Config, ConfigError
+from phoenix.errors import Conflict, PhoenixError, StateError, Unavailable, UsageError
 from phoenix.linux import pidfile
-from phoenix.linux.paths import StateDirError, StatePaths, check_parents
-from phoenix.linux.sockets import SocketBusy
-from phoenix.linux.untrusted import KeyRefused, check_key, visible
+from phoenix.linux.paths import StatePaths, check_parents
+from phoenix.linux.untrusted import check_key, visible
 from phoenix.master import handoff
-from phoenix.master.metrics import MetricsError
-from phoenix.rules.durations import BadDuration, parse_duration
-from phoenix.store.base import Store, is_url, open_store
-from phoenix.store.batches import BatchRefused
+from phoenix.rules.durations import parse_duration
+from phoenix.store.base import SQLITE, JobState, Store, is_url, redact
 from phoenix.store.batches import check_name as check_batch_name
-from phoenix.store.sqlite import (
-    JOB_STATES,
-    Journal,
-    JournalError,
-    KeyConflict,
-    RetryRefused,
-    StoreUnavailable,
-    journal_present,
-)
+from phoenix.store.open import open_store
+from phoenix.store.sqlite import journal_present
 from phoenix.wire import control
 
 EXIT_NOT_RUNNING = 3  # as systemctl status
@@ -55,28 +47,28 @@ _SHORTAGES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errn
                         errno.ENOMEM})
 
 
+# What each category of phoenix.errors costs the command: bad input and damaged
+# state exit 2; a request at odds with the state (a master already running, a
+# key that names another job) and a store or master out of reach exit 1.
+# InternalError is left out: a bug's traceback is what its report needs.
+EXIT_CODES: dict[type[PhoenixError], int] = {UsageError: 2, StateError: 2, Conflict: 1, Unavailable: 1}
+
+
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input becomes one clear paragraph and exit 2 (a request at odds with
-    the state, such as a master already running or a key that names another
-    job, exit 1); nothing in the journal is touched."""
+    """An error of Phoenix's becomes one clear paragraph and its category's
+    exit code (EXIT_CODES); nothing in the journal is touched."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (pidfile.AlreadyRunning, KeyConflict, RetryRefused) as exc:  # well formed, but at odds with the state
-            fail(str(exc), 1)
-        except AppError as exc:
-            if exc.detail and _debug(kwargs):
+        except PhoenixError as exc:
+            code = next((code for category, code in EXIT_CODES.items() if isinstance(exc, category)), None)
+            if code is None:
+                raise
+            if isinstance(exc, AppError) and exc.detail and _debug(kwargs):
                 click.echo(exc.detail, err=True)
-            fail(str(exc))
-        except (ConfigError, JournalError, StateDirError, SocketBusy, MetricsError, KeyRefused,
-                BadDuration, BatchRefused) as exc:
-            fail(str(exc))
-        except control.ControlError as exc:
-            fail(str(exc), 1)
-        except StoreUnavailable as exc:  # a shared store's server cannot be reached
-            fail(str(exc), 1)
+            fail(str(exc), code)
         except PermissionError as exc:  # e.g. another user's state directory
             fail(f"permission denied: {exc.filename or exc}; run phoenix as the user that owns the state directory")
         except OSError as exc:
@@ -305,7 +297,7 @@ def check(app: str, state_dir: str | None, config_file: str | None, force: bool,
             in_use = shared.targets_in_use()
         journal_note = "shared store reachable"
     elif journal_present(journal_path):
-        with Journal(journal_path, create=False, verify=True) as journal:
+        with open_store(SQLITE, journal_path, create=False, verify=True) as journal:
             in_use = journal.targets_in_use()
         journal_note = "journal sound"
     else:
@@ -471,15 +463,12 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
     click.echo(f"stopped master pid {pid}")
 
 
-HANDOVER_WAIT = 30.0  # seconds a command waits for a master in a fork-mode hand-over to write its pidfile
-
-
 def _running_master(paths: StatePaths) -> int | None:
     """The running master's pid, or None when none runs; a master between
     two images (fork mode: the pidfile is phoenix.pid.oldbin until the new
     one is ready) is waited for, never taken for no master."""
     try:
-        return pidfile.running_master_pid(paths.pidfile, paths.lockfile, HANDOVER_WAIT)
+        return actions.running_master(paths)
     except pidfile.NoPidfile as exc:
         fail(str(exc), 1)
 
@@ -552,19 +541,22 @@ def reload(state_dir: str | None, wait: bool, timeout: float, force: bool) -> No
 
 @main.command()
 @state_dir_option
+@store_option
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), required=True,
               help="Write a self-contained timeline page here.")
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Draw the jobs that changed last, at most this many.")
 @friendly_errors
-def report(state_dir: str | None, html_file: str, limit: int) -> None:
+def report(state_dir: str | None, store: str | None, html_file: str, limit: int) -> None:
     """Write the journal's history as a timeline: a bar per attempt, markers for replacements."""
     from phoenix.cli.report import write
 
-    paths = _state_paths(state_dir)
-    _require_journal(paths, state_dir)
-    check_parents(Path(html_file).absolute(), "the report")  # as --log-file: no other user may swap the way to it
-    attempts = write(paths.journal, Path(html_file), limit)
+    setting = _settings({"store": store, "state_dir": state_dir}).store
+    paths, journal = _existing_journal(state_dir, store)  # the PostgreSQL store has the same timeline reads
+    with journal:
+        check_parents(Path(html_file).absolute(), "the report")  # as --log-file: no other user may swap the way
+        where = redact(setting) if is_url(setting) else paths.root
+        attempts = write(journal, f"Phoenix timeline: {where}", Path(html_file), limit)
     click.echo(f"wrote {html_file}: {attempts} attempts")
 
 
@@ -580,10 +572,16 @@ def _existing_journal(state_dir: str | None, store: str | None = None, *,
     `status` do instead of writing into it."""
     setting = _settings({"store": store, "state_dir": state_dir}).store
     paths = _state_paths(state_dir)
-    if setting != "sqlite":
-        return paths, open_store(setting, paths.journal, reads_only=not writes)
-    _require_journal(paths, state_dir)
-    return paths, Journal(paths.journal, create=False, verify=writes)
+    if setting == "sqlite":
+        _require_journal(paths, state_dir)
+    return paths, _open_journal(setting, paths, writes)
+
+
+def _open_journal(setting: str, paths: StatePaths, writes: bool) -> Store:
+    """The store `setting` names, opened as a command that only looks (never
+    creating the journal, nor refused by a weak synchronous_commit), or as
+    one that `writes` (the journal read through first)."""
+    return open_store(setting, paths.journal, create=False, verify=writes, reads_only=not writes)
 
 
 def _require_journal(paths: StatePaths, state_dir: str | None) -> None:
@@ -597,7 +595,7 @@ def _seconds(text: str | None) -> float | None:
 
 @main.command()
 @state_dir_option
-@click.option("--state", type=click.Choice(JOB_STATES), help="Only jobs in this state.")
+@click.option("--state", type=click.Choice([str(state) for state in JobState]), help="Only jobs in this state.")
 @click.option("--target", help="Only jobs of this target (module:function).")
 @click.option("--since", help="Only jobs changed in this last while: 45s, 30m, 1h, 7d.")
 @click.option("--batch", "batch_name", metavar="NAME", help="Only the jobs of this batch (see `phoenix batches`).")
@@ -778,18 +776,8 @@ def retry(keys: tuple[str, ...], all_failed: bool, target: str | None, state_dir
     if target and not all_failed:
         fail("--target goes with --failed; to retry named jobs, give their keys only")
     paths, journal = _existing_journal(state_dir, store, writes=True)
-    with journal:
-        retried = journal.retry(None if all_failed else list(keys), target)
-    if not journal.shared:  # a shared store's masters are woken by its NOTIFY
-        control.wake(paths.control_socket)
+    retried = actions.retry(paths, journal, None if all_failed else list(keys), target)
     click.echo(json.dumps({"retried": retried}))
-
-
-def _running_node(journal: Store, key: str) -> str:
-    """The node whose master runs this job's latest attempt (a shared store)."""
-    job = journal.job_by_key(key)
-    attempts = journal.attempts_of(job["id"]) if job is not None else []
-    return str(attempts[-1].get("master", "?")) if attempts else "?"
 
 
 @main.command()
@@ -805,42 +793,14 @@ def cancel(keys: tuple[str, ...], state_dir: str | None, store: str | None) -> N
     With a shared store (--store) this cancels pending jobs; a running one is
     cancelled on its host, where its master's state directory is."""
     paths, journal = _existing_journal(state_dir, store, writes=True)
-    master_runs = not journal.shared and _running_master(paths) is not None
-    running_on: dict[str, str] = {}
-    if journal.shared:
-        # The claim skips a job row this holds (FOR UPDATE, SKIP LOCKED): a
-        # pending job cannot start while it is being cancelled.
-        with journal:
-            states = {key: journal.cancel_pending(key) or "unknown" for key in keys}
-            running_on = {key: _running_node(journal, key) for key, before in states.items() if before == "running"}
-    elif master_runs:
-        journal.close()
-        # The master is the journal's writer while it runs: it cancels, so that
-        # a pending job cannot start just as it is cancelled here.
-        answer = control.request(paths.control_socket, {"cmd": "cancel", "keys": list(keys)})
-        states = {str(key): str(before) for key, before in control.reply_field(answer, "cancelled", dict).items()}
-    else:
-        with journal:
-            states = {key: journal.cancel_pending(key) or "unknown" for key in keys}
-    refused = []
-    for key, before in states.items():
-        if before == "pending":
-            click.echo(f"cancelled {visible(key)} (it was pending)")
-        elif before == "running" and master_runs:
-            click.echo(f"cancelling {visible(key)}: its process group gets TERM, then KILL after kill_grace")
-        elif before == "running" and journal.shared:
-            refused.append(f"job '{visible(key)}' is running on node {visible(running_on[key])}: cancel it "
-                           "there, with `phoenix cancel KEY --state-dir DIR` on that host")
-        elif before == "running":
-            refused.append(f"job '{visible(key)}' is running and no master runs on {paths.root} to stop it: "
-                           f"start the master (it adopts the job), then cancel again")
-        elif before == "running elsewhere":
-            refused.append(f"job '{visible(key)}' is running, but the master has no process of it yet (it is "
-                           f"adopting or recording it): cancel again in a moment")
-        elif before == "unknown":
-            refused.append(f"no job with key '{visible(key)}'")
-        else:
-            refused.append(f"job '{visible(key)}' is {before}: only pending or running jobs can be cancelled")
+    try:
+        results = actions.cancel(paths, journal, list(keys))
+    except pidfile.NoPidfile as exc:
+        fail(str(exc), 1)
+    for result in results:
+        if result.done:
+            click.echo(result.message)
+    refused = [result.message for result in results if not result.done]
     if refused:
         fail("; ".join(refused), 1)
 
@@ -960,3 +920,99 @@ def migrate(store: str | None) -> None:
         click.echo(f"schema version {now}: up to date")
     else:
         click.echo(f"schema version {now}: {'created' if before is None else f'upgraded from {before}'}")
+
+
+class _OneLineUsage(click.Command):
+    """A command whose bad flags are one line (and exit 2), not click's usage block."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            fail(f"{exc.format_message()} (see phoenix {ctx.info_name} --help)")
+
+
+@main.command(cls=_OneLineUsage)
+@state_dir_option
+@store_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but a loopback address lets other hosts read the jobs.")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8450, show_default=True,
+              help="Port to listen on (0: any free one, printed).")
+@click.option("--token-file", type=click.Path(dir_okay=False),
+              help="File holding the token that retry and cancel need (or PHOENIX_DASHBOARD_TOKEN); "
+                   "without a token the dashboard is read-only.")
+@friendly_errors
+def dashboard(state_dir: str | None, store: str | None, host: str, port: int, token_file: str | None) -> None:
+    """Serve a live dashboard of the jobs and masters (docs/dashboard.md):
+    pages and a JSON API under /api/, read from the store by this process,
+    never by the master. Retry and cancel need the token, sent as
+    `Authorization: Bearer TOKEN`. Runs until TERM or Ctrl-C."""
+    token = _dashboard_token(token_file)
+    try:
+        from phoenix.web.server import ActionRefused, Dashboard, DashboardError, serve
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in ("starlette", "uvicorn", "jinja2", "markupsafe", "anyio", "h11"):
+            raise
+        fail(f"the dashboard needs the web extra ({exc.name} is not installed): "
+             "pip install 'phoenix-procmaster[web]'")
+    setting = _settings({"store": store, "state_dir": state_dir}).store
+    paths, journal = _existing_journal(state_dir, store)  # refused now, with one line, if there is nothing to show
+    journal.close()
+
+    def retry_one(key: str) -> dict[str, Any]:
+        retried = actions.retry(paths, _open_journal(setting, paths, writes=True), [key], None)
+        return {"retried": retried, "message": f"retried {visible(key)}: pending again"}
+
+    def cancel_one(key: str) -> dict[str, Any]:
+        try:
+            (result,) = actions.cancel(paths, _open_journal(setting, paths, writes=True), [key])
+        except (pidfile.NoPidfile, control.ControlError) as exc:
+            raise ActionRefused(str(exc)) from None
+        if result.before == "unknown":
+            raise LookupError(result.message)
+        if not result.done:
+            raise ActionRefused(result.message)
+        return {"key": key, "was": result.before, "message": result.message}
+
+    board = Dashboard(paths=paths, store_url=setting if is_url(setting) else None,
+                      open_store=lambda: _open_journal(setting, paths, writes=False),
+                      retry=retry_one, cancel=cancel_one, token=token)
+
+    def ready(url: str) -> None:
+        mode = "retry and cancel need the token" if token else "read-only: no token configured"
+        click.echo(f"phoenix dashboard: {url} ({mode}); Ctrl-C to stop")
+        sys.stdout.flush()
+
+    try:
+        serve(board, host, port, ready)
+    except DashboardError as exc:
+        fail(str(exc), exc.exit_code)
+
+
+DASHBOARD_TOKEN_VARIABLE = "PHOENIX_DASHBOARD_TOKEN"
+MIN_TOKEN_CHARS = 16  # a guessable token is no lock
+
+
+def _dashboard_token(token_file: str | None) -> bytes | None:
+    """The token actions need: --token-file's first line (a file only this
+    user can read), else PHOENIX_DASHBOARD_TOKEN; None (read-only) without."""
+    if token_file is not None:
+        where = f"--token-file {token_file}"
+        try:
+            fd = os.open(token_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            fail(f"{where}: {exc.strerror}")
+        with os.fdopen(fd, "rb") as file:
+            if os.fstat(file.fileno()).st_mode & 0o077:
+                fail(f"{where}: the file can be read by other users; chmod 600 it")
+            text = file.read(4096).split(b"\n")[0].strip()
+    else:
+        where = DASHBOARD_TOKEN_VARIABLE
+        text = os.environb.get(DASHBOARD_TOKEN_VARIABLE.encode(), b"").strip()
+        if not text:
+            return None
+    if len(text) < MIN_TOKEN_CHARS or not all(0x21 <= byte <= 0x7E for byte in text):
+        fail(f"{where}: the token must be at least {MIN_TOKEN_CHARS} printable ASCII characters without spaces "
+             f"(make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return text

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from phoenix.linux.untrusted import visible
-from phoenix.store.sqlite import Journal
+from phoenix.store.base import JobState, Store
 
 COLOURS = {
     "finished": "#2e7d32", "error": "#c62828", "killed": "#ef6c00", "crashed": "#6a1b9a",
@@ -26,7 +26,8 @@ COLOURS = {
 }
 MARKERS = {"master_start": ("#37474f", "master start"), "replaced": ("#00838f", "replacement")}
 NO_ATTEMPT_COLOUR = "#c62828"
-JOB_STATES = ("finished", "failed", "cancelled", "running", "pending")
+# The state filters, in the page's order: the ended first (every state of JobState, each once).
+STATE_FILTERS = (JobState.FINISHED, JobState.FAILED, JobState.CANCELLED, JobState.RUNNING, JobState.PENDING)
 ROW_HEIGHT = 22
 LABEL_WIDTH = 220
 PLOT_WIDTH = 900
@@ -76,7 +77,7 @@ def clock(t: float, step: float, span: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(tenths // 10)) + f".{tenths % 10}"
 
 
-def build(journal: Journal, title: str, limit: int = DEFAULT_JOBS) -> str:
+def build(journal: Store, title: str, limit: int = DEFAULT_JOBS) -> str:
     # Rows: the `limit` jobs that changed last among those with an attempt and those that failed
     # before any (unknown target); never every job of the journal.
     jobs, attempts, unstarted = journal.timeline_recent(limit)
@@ -134,7 +135,7 @@ def build(journal: Journal, title: str, limit: int = DEFAULT_JOBS) -> str:
 
     rows = []
     for j in jobs:
-        state = j["state"] if j["state"] in JOB_STATES else "pending"
+        state = j["state"] if j["state"] in STATE_FILTERS else "pending"
         rows.append(
             f'<div class="row" data-state="{state}" data-job="{_esc(j["key"])}">'
             f'<span class="job-label" title="{_esc(j["key"])}&#10;{_esc(j["target"])}">{_esc(j["key"])}</span>'
@@ -151,11 +152,11 @@ def build(journal: Journal, title: str, limit: int = DEFAULT_JOBS) -> str:
             f"<title>{_esc(hover)}</title></line>"
         )
 
-    counts = {s: sum(1 for j in jobs if j["state"] == s) for s in JOB_STATES}
+    counts = {s: sum(1 for j in jobs if j["state"] == s) for s in STATE_FILTERS}
     checkboxes = "".join(
-        f'<label><input type="checkbox" id="show-{s}" checked> {s} ({counts[s]})</label>' for s in JOB_STATES)
+        f'<label><input type="checkbox" id="show-{s}" checked> {s} ({counts[s]})</label>' for s in STATE_FILTERS)
     hide_rules = "\n".join(
-        f'body:has(#show-{s}:not(:checked)) .row[data-state="{s}"] {{ display: none; }}' for s in JOB_STATES)
+        f'body:has(#show-{s}:not(:checked)) .row[data-state="{s}"] {{ display: none; }}' for s in STATE_FILTERS)
     legend = "".join(f'<span class="key"><i style="background:{c}"></i>{o}</span>' for o, c in COLOURS.items())
     legend += "".join(f'<span class="key"><i style="background:{c}"></i>{label}</span>'
                       for c, label in MARKERS.values())
@@ -223,10 +224,9 @@ rect.attempt:hover, .no-attempt:hover circle {{ stroke: #000; stroke-width: 1; }
 """
 
 
-def write(journal_path: Path, output: Path, limit: int = DEFAULT_JOBS) -> int:
-    """Write the page; returns how many attempts it draws."""
-    with Journal(journal_path, create=False) as journal:
-        page = build(journal, f"Phoenix timeline: {journal_path.parent}", limit)
+def write(journal: Store, title: str, output: Path, limit: int = DEFAULT_JOBS) -> int:
+    """Write the page of the store's history; returns how many attempts it draws."""
+    page = build(journal, title, limit)
     _write_private(output, page.encode("utf-8"))  # UTF-8: what the page declares, whatever the locale
     return page.count('<rect class="attempt ')
 

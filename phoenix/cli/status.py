@@ -7,11 +7,14 @@ import sys
 import time
 from typing import Any, Iterator
 
+from phoenix.errors import StateError
 from phoenix.linux import pidfile, procfs
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.untrusted import visible
 from phoenix.store import quarantine
-from phoenix.store.sqlite import Journal, journal_present
+from phoenix.store.base import SQLITE, JobState, SharedStore
+from phoenix.store.open import open_store
+from phoenix.store.sqlite import journal_present
 from phoenix.wire import control
 
 MASTER_FIELDS = ("pid", "generation", "state", "started_at", "uptime", "workers", "slots_used", "spare_pid",
@@ -41,7 +44,7 @@ def page_of(rows: Iterator[dict[str, Any]], limit: int) -> tuple[list[dict[str, 
     return jobs, jobs[-1]["id"] if more else None
 
 
-class NoJournal(Exception):
+class NoJournal(StateError):
     """Nothing has run with this state directory: no journal, no master."""
 
 
@@ -59,9 +62,9 @@ def collect(paths: StatePaths, page: tuple[int, int] | None = None) -> tuple[dic
     failures: list[dict[str, Any]] = []
     first_start = last_reload = None
     if journal_present(paths.journal):
-        with Journal(paths.journal, create=False) as journal:
+        with open_store(SQLITE, paths.journal, create=False) as journal:
             if page is None:
-                jobs = list(journal.status_rows(state="running"))
+                jobs = list(journal.status_rows(state=JobState.RUNNING))
             else:
                 jobs, next_after = page_of(journal.status_rows(after=page[0], limit=page[1] + 1), page[1])
             meta = {name: journal.meta(name) for name in ("generation", "started_at")}
@@ -214,7 +217,7 @@ def summary(report: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...
         (visible(job["key"]), str(job["pid"] or "-"), str(job["attempt"]), duration(job.get("age")),
          f"{job['last_beat_age']:.1f}s" if job["last_beat_age"] is not None else "-",
          str(job.get("progress", "-")), _size(job.get("rss")))
-        for job in report["jobs"] if job["state"] == "running"
+        for job in report["jobs"] if job["state"] == JobState.RUNNING
     ]
     return head, columns, rows
 
@@ -281,13 +284,12 @@ def collect_shared(url: str, node: str | None = None,
     them, or with `page` (after id, limit) that page of every job with the
     node that runs it (or ran it last), and `next_after`; `node` keeps that
     master and its jobs only."""
-    from phoenix.store.postgres import PgStore
-
     next_after: int | None = None
-    with PgStore(url, reads_only=True) as store:  # a look: a weak synchronous_commit does not refuse it
+    with open_store(url, reads_only=True) as store:  # a look: a weak synchronous_commit does not refuse it
+        assert isinstance(store, SharedStore)  # a URL names a shared store
         masters = [m for m in store.masters() if node is None or m["node"] == node]
         if page is None:
-            jobs = list(store.status_rows(node, state="running"))
+            jobs = list(store.status_rows(node, state=JobState.RUNNING))
         else:
             jobs, next_after = page_of(store.status_rows(node, after=page[0], limit=page[1] + 1), page[1])
         counts = store.counts()
@@ -301,6 +303,7 @@ def collect_shared(url: str, node: str | None = None,
             "lease_expires_in": round(expires_in, 3), "slots_used": master["slots_used"],
             "slots": master["slots"], "app": master["app"],
             "outage_budget": master["outage_budget"],  # seconds without the database that cost nothing
+            "degraded_reason": master["degraded_reason"] if master["state"] == "degraded" else None,
         })
     live = any(m["lease_expires_in"] > 0 and m["state"] in ("running", "draining", "degraded") for m in shown)
     report: dict[str, Any] = {"masters": shown, "jobs": jobs, "counts": counts, "recent_failures": failures}
@@ -318,7 +321,7 @@ def render_shared(report: dict[str, Any]) -> None:
               + (f"  outage budget {m['outage_budget']:.1f}s" if m.get("outage_budget") is not None else ""))
     print("jobs: " + "  ".join(f"{state} {n}" for state, n in report["counts"].items()))
     for job in report["jobs"]:
-        if job["state"] == "running":
+        if job["state"] == JobState.RUNNING:
             where = visible(job["node"] or "-")
             print(f"  {visible(job['key'])}  attempt {job['attempt']}  pid {job['pid']}  on {where}")
     for failure in report["recent_failures"]:

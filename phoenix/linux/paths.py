@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from phoenix.errors import StateError
+
 # sun_path holds 108 bytes; Python refuses more, and 107 leaves the kernel its
 # terminating NUL. Longer socket paths go through unix_address below.
 SUN_PATH_MAX = 107
@@ -19,7 +21,7 @@ SQLITE_MAX_PATHNAME = 512
 NAME_MAX = 255  # bytes of one path component (Linux file systems)
 
 
-class StateDirError(OSError):
+class StateDirError(StateError, OSError):
     """The state directory cannot be created or written, is not a directory,
     or is not this user's alone."""
 

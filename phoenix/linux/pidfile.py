@@ -16,12 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from phoenix.errors import Conflict, Unavailable
 from phoenix.linux import procfs
 
 log = logging.getLogger("phoenix")
 
 
-class AlreadyRunning(RuntimeError):
+class AlreadyRunning(Conflict, RuntimeError):
     """Another live master holds this state directory."""
 
 
@@ -179,7 +180,7 @@ def running_master_pid(pidfile: Path, lockfile: Path, wait: float) -> int | None
         time.sleep(0.05)
 
 
-class NoPidfile(RuntimeError):
+class NoPidfile(Unavailable, RuntimeError):
     """A master holds the lock, and its pidfile has not come back."""
 
 

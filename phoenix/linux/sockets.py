@@ -7,10 +7,11 @@ import os
 import socket
 from pathlib import Path
 
+from phoenix.errors import StateError
 from phoenix.linux.paths import unix_address
 
 
-class SocketBusy(OSError):
+class SocketBusy(StateError, OSError):
     """Another live process is bound to one of our socket paths."""
 
 

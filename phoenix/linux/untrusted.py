@@ -9,6 +9,8 @@ import json
 import re
 from typing import Any
 
+from phoenix.errors import UsageError
+
 MAX_KEY_BYTES = 1024
 
 # C0 and C1 controls, DEL, line and paragraph separators, and the bidirectional
@@ -40,7 +42,7 @@ def _has_surrogates(text: str) -> bool:
         return True
 
 
-class KeyRefused(ValueError):
+class KeyRefused(UsageError, ValueError):
     """An idempotency key that cannot be stored and shown faithfully."""
 
 

@@ -61,9 +61,19 @@ from phoenix.rules.liveness import master_was_away
 from phoenix.rules.policy import RestartBudget, may_start_jobs
 from phoenix.rules.shortage import fds_needed, slots_that_fit
 from phoenix.rules.states import MASTER_TRANSITIONS, HandoffPhase, MasterState, StopMode, check_move
-from phoenix.store.base import Store, default_node, is_url, open_store, redact
-from phoenix.store.outage import STORAGE_ERRORS, JournalOutage, file_identity, restore_journal
-from phoenix.store.sqlite import Journal, JournalError, StoreUnavailable
+from phoenix.store.base import (
+    SQLITE,
+    FileStore,
+    JournalError,
+    SharedStore,
+    Store,
+    StoreUnavailable,
+    default_node,
+    is_url,
+    redact,
+)
+from phoenix.store.open import open_store
+from phoenix.store.outage import STORAGE_ERRORS, JournalOutage, file_identity
 from phoenix.wire import control as control_socket
 from phoenix.wire.control import ControlServer
 
@@ -180,9 +190,7 @@ class Master:
             control = control_socket.bind(self.paths.control_socket)
         self.intake.watch(self.selector)
         if self.journal.shared:
-            from phoenix.store.postgres import PgStore  # only with a shared store: psycopg
-
-            assert isinstance(self.journal, PgStore)
+            assert isinstance(self.journal, SharedStore)
             self.leases = LeaseKeeper(self, self.journal)
             self.leases.register(os.getpid(), self.generation, self.started_at, self.app_spec)
         self.control = ControlServer(control, self.selector, self.control_request,
@@ -227,8 +235,9 @@ class Master:
             attempt.fresh_grace(now)
         if self.app is None:
             self.change_state(MasterState.DEGRADED)
+            # The reason too: the dashboard reads the store, never this loop.
             self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
-                                  app=self.app_spec, state="degraded")
+                                  app=self.app_spec, state="degraded", degraded_reason=self.degraded_reason)
             self.handoff.became_degraded(self.degraded_reason or "no app loaded")
             event(ERROR, "degraded", generation=self.generation, pid=os.getpid(), running=len(self.children),
                   reason=(self.degraded_reason or "").splitlines()[0] if self.degraded_reason else "-",
@@ -237,7 +246,7 @@ class Master:
             return
         self.change_state(MasterState.RUNNING)
         self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
-                              app=self.app_spec, state="running")
+                              app=self.app_spec, state="running", degraded_reason=None)
         self.handoff.became_ready()
         event(INFO, "ready", generation=self.generation, pid=os.getpid(), app=self.app_spec or "-",
               workers=self.slots, running=len(self.children))
@@ -471,7 +480,7 @@ class Master:
             if self.leases is not None:
                 self.leases.open_listener()  # closed with the store for the exec
             return
-        self.journal = Journal(self.paths.journal)
+        self.journal = open_store(SQLITE, self.paths.journal)
         if self.app is not None:
             self.app.journal = self.journal
 
@@ -600,8 +609,8 @@ class Master:
                   effect="rebuilding it from the open journal; running children are kept")
         try:
             self.paths.ensure()
-            assert isinstance(self.journal, Journal)
-            restore_journal(self.journal.db, self.paths.journal)
+            assert isinstance(self.journal, FileStore)  # (a shared store has no file to lose)
+            self.journal.restore_file()
             self.journal.close()
             self.reopen_journal()
             self.journal_identity = file_identity(self.paths.journal)

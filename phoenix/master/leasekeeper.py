@@ -9,7 +9,7 @@ epoch moved on) ends the children at once and registers again.
 
 Any master also recovers the others: each renewal also looks (in the same
 statement) for masters whose lease expired past the grace period; when there
-are, it takes them (pgstore.PgStore.recover) and picks up the callbacks they
+are, it takes them (SharedStore.recover) and picks up the callbacks they
 owed. An idle master thus costs the database one statement per ttl/3.
 
 Wake-ups come on one LISTEN connection in the master's selector; each
@@ -25,7 +25,7 @@ import selectors
 import tempfile
 import time
 import uuid
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from phoenix import log
 from phoenix.app import JobSpec
@@ -34,10 +34,7 @@ from phoenix.master.attempts import Attempt
 from phoenix.rules import leases
 from phoenix.rules.policy import RestartBudget, after_attempt
 from phoenix.rules.states import Outcome
-from phoenix.store.sqlite import JournalError, StoreUnavailable
-
-if TYPE_CHECKING:
-    from phoenix.store.postgres import PgStore
+from phoenix.store.base import JournalError, SharedStore, StoreUnavailable
 
 FALLBACK_POLL = 2.0  # seconds between looks for jobs while the listener is not known to work
 
@@ -60,7 +57,7 @@ class LeaseHost(Protocol):
 
 
 class LeaseKeeper:
-    def __init__(self, host: LeaseHost, store: PgStore) -> None:
+    def __init__(self, host: LeaseHost, store: SharedStore) -> None:
         self.host = host
         self.store = store
         self.times = leases.lease_times(host.config.lease_ttl, host.config.kill_grace)

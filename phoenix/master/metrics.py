@@ -15,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sized, cast
 
+from phoenix.errors import UsageError
 from phoenix.rules.states import KillReason, Outcome
+from phoenix.store.base import JobState
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -38,7 +40,7 @@ class MetricsSource(Protocol):
     def slots(self) -> int: ...
 
 
-class MetricsError(ValueError):
+class MetricsError(UsageError, ValueError):
     """The --metrics address is malformed or cannot be bound."""
 
 
@@ -94,7 +96,7 @@ class _MasterCollector:
         # Every known label is exported from the start, at 0: a rate() or an
         # alert on a series that does not exist yet sees nothing.
         yield _labelled(GaugeMetricFamily("phoenix_jobs", "Jobs in the journal by state", labels=["state"]),
-                        _with_zeros(JOB_STATES, c.jobs))
+                        _with_zeros([str(s) for s in JobState], c.jobs))
         yield _labelled(CounterMetricFamily("phoenix_attempts", "Attempts ended, by outcome", labels=["outcome"]),
                         _with_zeros([str(o) for o in Outcome], c.attempts))
         yield _labelled(CounterMetricFamily("phoenix_kills", "Children killed by Phoenix, by reason",
@@ -114,7 +116,6 @@ class _MasterCollector:
         yield GaugeMetricFamily("phoenix_workers", "Concurrent child slots", value=m.slots)
 
 
-JOB_STATES = ("pending", "running", "finished", "failed", "cancelled")
 # Every reason a heartbeat or control connection is rejected for (Counters.reject):
 # exported at 0 from the start. tests/unit/test_metric_labels.py checks that the
 # code counts no reason missing here.

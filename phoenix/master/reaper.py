@@ -24,8 +24,7 @@ from phoenix.master.spawner import Spawner
 from phoenix.master.timers import TimerHeap
 from phoenix.rules.outcomes import classify_exit
 from phoenix.rules.states import KillReason, TimerKind
-from phoenix.store.base import Store
-from phoenix.store.sqlite import OpenAttempt
+from phoenix.store.base import OpenAttempt, Store
 
 
 class ReaperHost(Protocol):

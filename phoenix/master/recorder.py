@@ -14,6 +14,7 @@ from typing import Any, Callable, Protocol
 from phoenix import log
 from phoenix.child import output
 from phoenix.config import Config
+from phoenix.errors import StateError
 from phoenix.linux import lineage
 from phoenix.linux.paths import StatePaths
 from phoenix.master.attempts import Attempt
@@ -23,16 +24,15 @@ from phoenix.rules.policy import Next, RestartBudget, after_attempt
 from phoenix.rules.shortage import SHORTAGE_ERRNOS
 from phoenix.rules.states import KillReason, Outcome
 from phoenix.store import quarantine
-from phoenix.store.base import Store
+from phoenix.store.base import OpenAttempt, Store
 from phoenix.store.outage import STORAGE_ERRORS
-from phoenix.store.sqlite import OpenAttempt
 from phoenix.wire import heartbeat as protocol
 
 LOST_UNWATCHED = "the process ended while no master watched it"
 QUARANTINED = "outcome quarantined"  # the reason of an attempt whose outcome the store would not take
 
 
-class OutboxUnreadable(OSError):
+class OutboxUnreadable(StateError, OSError):
     """An outbox file could not be read for want of descriptors or memory."""
 
 

@@ -27,9 +27,8 @@ from phoenix.rules.outcomes import Classified
 from phoenix.rules.policy import may_run
 from phoenix.rules.shortage import MAX_RETRY, ForkBackoff
 from phoenix.rules.states import Outcome, TimerKind
-from phoenix.store.base import Store
+from phoenix.store.base import Job, Store
 from phoenix.store.outage import STORAGE_ERRORS, JournalOutage
-from phoenix.store.sqlite import Job
 
 SPAWN_SLICE = 0.25  # seconds of forking per turn of the loop before the other steps get a turn
 PENDING_POLL = 1.0  # fallback look for jobs submitted without a wake-up

@@ -8,6 +8,8 @@ import signal
 from enum import StrEnum
 from typing import Any
 
+from phoenix.errors import UsageError
+
 
 class Command(StrEnum):
     STOP = "stop"  # TERM the children, jobs back to pending
@@ -43,7 +45,7 @@ _STOP_MODES = {"term": Command.STOP, "drain": Command.DRAIN, "leave": Command.LE
 _REQUESTS = {"status": Command.STATUS, "wake": Command.WAKE, "reload": Command.RELOAD, "cancel": Command.CANCEL}
 
 
-class BadRequest(ValueError):
+class BadRequest(UsageError, ValueError):
     """A control request that names no known command."""
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import re
 
+from phoenix.errors import UsageError
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
 
-class BadDuration(ValueError):
+class BadDuration(UsageError, ValueError):
     """A duration that is not a number and one unit."""
 
 

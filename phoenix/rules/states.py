@@ -9,6 +9,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import TypeVar
 
+from phoenix.errors import InternalError
+
 
 class MasterState(StrEnum):
     STARTING = "starting"  # sockets bound, adopting; not ready yet
@@ -81,7 +83,7 @@ HANDOFF_TRANSITIONS: dict[HandoffPhase, frozenset[HandoffPhase]] = {
 }
 
 
-class BadTransition(RuntimeError):
+class BadTransition(InternalError, RuntimeError):
     """A state moved in a way its table does not allow: a bug in Phoenix."""
 
 

@@ -1,41 +1,173 @@
-"""The store: one interface, two implementations.
+"""The store's seam: what the backends share, and nothing of any one of them.
 
-`journal.Journal` (SQLite in the state directory, the embedded default) and
-`pgstore.PgStore` (one PostgreSQL database shared by many masters, chosen by
-a `postgresql://` URL in the `store` setting) both satisfy `Store`; every
-part of the master, and the commands, depend on this protocol only. The
-contract tests (tests/store/) run the same cases against both.
-
-psycopg is imported only when a PostgreSQL store is opened: the SQLite path
-must not need it installed.
+`Store` is the interface every part of the master, the commands and the
+client use; `store.sqlite.Journal` (SQLite in the state directory, the
+embedded default), `store.postgres.PgStore` (one PostgreSQL database shared by
+many masters) and `store.memory.MemoryStore` (in memory, for tests) implement
+it, and the contract tests (tests/store/) run the same cases against each.
+This module also owns the rows they return (`Job`, `OpenAttempt`), the one
+list of job states (`JobState`), their errors, and the rules both SQL backends
+apply the same way (keys, what a retry takes back). It imports no backend:
+`phoenix.store.open.open_store` picks one by the `store` setting.
 """
 
 from __future__ import annotations
 
+import json
 import socket
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol, Self, runtime_checkable
 
-from phoenix.linux.untrusted import storable
-from phoenix.store.sqlite import Job, Journal, JournalError, OpenAttempt
-
-if TYPE_CHECKING:
-    from phoenix.store.postgres import PgStore
+from phoenix.errors import Conflict, StateError, Unavailable
+from phoenix.linux.untrusted import storable, stored_json
 
 SQLITE = "sqlite"
 URL_SCHEMES = ("postgresql://", "postgres://")
 
 
+class JobState(StrEnum):
+    """Every state a job's row can be in: the stores' `state` column, the
+    metrics' `state` label, `phoenix jobs --state`, the status counts."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+JOB_STATES: tuple[str, ...] = tuple(state.value for state in JobState)
+# What `phoenix retry KEY` takes back to pending. `phoenix retry --failed`:
+# failed jobs only. A cancel is the operator's decision about one job: only
+# naming it (retry KEY) undoes it.
+ENDED_BADLY: tuple[str, ...] = (JobState.FAILED.value, JobState.CANCELLED.value)
+# Undone before any master started the on_failed it owes, the cancel takes
+# that call with it (nobody was told of a cancel that no longer holds); any
+# other owed callback refuses the retry until it has run. (SQL over jobs `j`
+# and callbacks `c`, the same in both SQL backends.)
+WITHDRAWN_WITH_ITS_CANCEL = "(j.state = 'cancelled' AND c.kind = 'on_failed' AND c.runs = 0)"
+
+
+# -- errors (phoenix/errors.py draws the tree) -------------------------------------------------
+
+
+class JournalError(StateError, RuntimeError):
+    """The store cannot be opened or written; the message says which file or server and why."""
+
+
+class StoreUnavailable(Unavailable, OSError):
+    """A shared store (PostgreSQL) cannot be reached: an outage, as an
+    unwritable journal is (no claims; children keep running; writes replayed)."""
+
+
+class SchemaMismatch(JournalError):
+    """A shared store holds no Phoenix schema, or one of another version."""
+
+
+class WeakDurability(JournalError):
+    """The PostgreSQL session would acknowledge commits before they are on disk."""
+
+
+class NodeTaken(JournalError):
+    """Another master (another state directory) holds this node name's live lease."""
+
+
+class RetryRefused(Conflict, ValueError):
+    """`phoenix retry` named a job that is not failed or cancelled, or none at all."""
+
+
+class KeyConflict(Conflict, ValueError):
+    """A job was submitted under a key that already names a job with another
+    target or other parameters; the message shows what differs."""
+
+
+# -- rows ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Job:
+    id: int
+    key: str
+    target: str
+    params: str
+    attempts: int
+    failures: int
+
+
+@dataclass(slots=True)
+class OpenAttempt:
+    attempt_id: int
+    job_id: int
+    key: str
+    target: str
+    n: int
+    pid: int | None
+    start_time: int | None
+    generation: int
+    started_at: float  # wall clock
+    started_boot: float | None  # CLOCK_BOOTTIME; None in a journal written before it was recorded
+    final: str | None  # the final message the master acknowledged (JSON), if one came
+    # `phoenix cancel` was under way when its master stopped watching (a
+    # replacement, a crash): the next one ends it as cancelled too.
+    cancel_requested: bool = False
+
+
+# -- keys: the same rules in every backend ---------------------------------------------------------
+
+
+def canonical_params(params_json: str) -> str:
+    return json.dumps(stored_json(params_json), sort_keys=True, separators=(",", ":"))
+
+
+def default_key(target: str, params_json: str) -> str:
+    """Idempotency key for a job submitted without one: same target and same
+    parameters (canonical JSON) make the same job."""
+    import hashlib  # here: loading OpenSSL costs every new master image ~6 ms, and only submissions need it
+
+    return hashlib.sha256(f"{target}\0{canonical_params(params_json)}".encode()).hexdigest()[:32]
+
+
+def key_conflict(key: str, job_id: int, recorded: tuple[str, str], submitted: tuple[str, str]) -> KeyConflict | None:
+    """The error for a submission under a key that names job `job_id` already,
+    with what differs, or None if it is the same job ((target, parameters)
+    each; parameters compared as canonical JSON)."""
+    (old_target, old_params), (target, params_json) = recorded, submitted
+    differences = []  # (what differs, recorded, submitted)
+    if old_target != target:
+        differences.append(("another target", old_target, target))
+    if old_params != params_json and canonical_params(old_params) != canonical_params(params_json):
+        differences.append(("other parameters", _brief(old_params), _brief(params_json)))
+    if not differences:
+        return None
+    what = " and ".join(d[0] for d in differences)
+    was = " ".join(d[1] for d in differences)
+    now = " ".join(d[2] for d in differences)
+    return KeyConflict(
+        f"key {key!r} already names job {job_id} with {what}: recorded {was}, submitted {now}. "
+        "Submit it under another key; the same target and parameters again are a no-op"
+    )
+
+
+def _brief(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- the interface ---------------------------------------------------------------------------------
+
+
 class Store(Protocol):
     """What the master, the commands and the client use of a store. A shared
-    store (`shared` True) is written by many masters at once; the master then
-    runs a lease (leasekeeper.py) and claims with `claim` instead of
-    `pending` + `begin_attempt`."""
+    store (`shared` True) is written by many masters at once and is a
+    `SharedStore`: the master then runs a lease (leasekeeper.py) and claims
+    with `claim` instead of `pending` + `begin_attempt`. A store that is not
+    shared keeps its jobs in the state directory (or in memory)."""
 
     shared: bool
 
     def close(self) -> None: ...
-    def __enter__(self) -> Any: ...
+    def __enter__(self) -> Self: ...
     def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> None: ...
 
     # submission (any process)
@@ -78,7 +210,8 @@ class Store(Protocol):
     def timeline_recent(self, limit: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]: ...
     def timeline_events(self) -> list[dict[str, Any]]: ...
     def list_jobs(self, *, state: str | None, target: str | None, since: float | None,
-                  limit: int, after: tuple[float, int] | None = None) -> tuple[list[dict[str, Any]], int]: ...
+                  limit: int, after: tuple[float, int] | None = None,
+                  key_prefix: str | None = None) -> tuple[list[dict[str, Any]], int]: ...
     def job_by_key(self, key: str) -> dict[str, Any] | None: ...
     def attempts_of(self, job_id: int) -> list[dict[str, Any]]: ...
     def retry(self, keys: list[str] | None, target: str | None = None) -> list[str]: ...
@@ -92,6 +225,43 @@ class Store(Protocol):
     def batches(self, name: str | None = None, batch_id: int | None = None) -> list[dict[str, Any]]: ...
     def batch_jobs(self, batch_id: int) -> list[dict[str, Any]]: ...
     def take_owed_batch_callbacks(self) -> list[tuple[int, int, int, str]]: ...
+
+
+@runtime_checkable
+class SharedStore(Store, Protocol):
+    """A store many masters write at once (`shared` True): each master holds a
+    lease on it, renewed on the store's clock; any master recovers the
+    masters whose lease lapsed; a LISTEN connection wakes them."""
+
+    node: str  # this master's name in the store
+    epoch: int  # this master's lease epoch: bumped when another master recovers it
+    last_recovery: tuple[list[str], int]  # (masters, attempts) the last recover() took
+    recovery_due: bool  # the last renewal saw a master due for recovery
+
+    def register_master(self, pid: int, generation: int, started_at: float, slots: int, app: str | None,
+                        *, instance: str | None = None, grace: float = 0.0,
+                        outage_budget: float | None = None) -> int: ...
+    def renew_lease(self, state: str, slots: int, slots_used: int, grace: float | None = None) -> bool: ...
+    def release_lease(self, state: str) -> None: ...
+    def recover(self, grace: float, decide: Callable[[str, int], tuple[str, bool, float | None, str | None]],
+                ) -> list[tuple[int, int, int, str]]: ...
+    def masters(self) -> list[dict[str, Any]]: ...
+    # As Store's, each row with the `node` that runs (or last ran) the job; `node` given: that master's jobs only.
+    def status_rows(self, node: str | None = None, *, state: str | None = None, after: int = 0,
+                    limit: int | None = None) -> Iterator[dict[str, Any]]: ...
+    def open_listener(self) -> int: ...
+    def read_notifies(self) -> list[str]: ...
+    def close_listener(self) -> None: ...
+
+
+@runtime_checkable
+class FileStore(Store, Protocol):
+    """A store in one file of the state directory (the SQLite journal): the
+    master puts the file back if it is removed under it."""
+
+    path: Path
+
+    def restore_file(self) -> None: ...
 
 
 def is_url(store: str) -> bool:
@@ -109,19 +279,6 @@ def default_node(state_dir: str | Path) -> str:
     (two masters on one host have two state directories)."""
     # storable: a directory's name may be bytes that are not UTF-8, which a text column refuses.
     return storable(f"{socket.gethostname()}:{Path(state_dir).resolve()}")
-
-
-def open_store(store: str, journal_path: str | Path, *, node: str | None = None, create: bool = True,
-               verify: bool = False, lease_ttl: float = 30.0, reads_only: bool = False) -> Journal | PgStore:
-    """The store the `store` setting names: the state directory's SQLite
-    journal, or the PostgreSQL database at the URL (as `node`, if a master).
-    `reads_only`: for a command that only looks (see PgStore)."""
-    check_setting(store)
-    if store == SQLITE:
-        return Journal(journal_path, create=create, verify=verify)
-    from phoenix.store.postgres import PgStore  # psycopg only when asked for
-
-    return PgStore(store, node=node, lease_ttl=lease_ttl, reads_only=reads_only)
 
 
 def _redact(url: str) -> str:

@@ -22,8 +22,10 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from phoenix.errors import UsageError
 from phoenix.linux.untrusted import visible
 from phoenix.rules.leases import CALLBACKS_OWED
+from phoenix.store.base import RetryRefused
 
 KIND = "on_batch_complete"
 FINAL_STATES = ("finished", "failed", "cancelled")
@@ -31,7 +33,7 @@ MAX_NAME_CHARS = 200
 _FINAL = "('finished', 'failed', 'cancelled')"
 
 
-class BatchRefused(ValueError):
+class BatchRefused(UsageError, ValueError):
     """A batch name that cannot be used for what was asked; the message says why and what to do."""
 
 
@@ -164,9 +166,7 @@ def sqlite_refuse_reopen_owed(db: sqlite3.Connection, job_id: int, key: str) -> 
         raise owed_refusal(key)
 
 
-def owed_refusal(key: str) -> Exception:
-    from phoenix.store.sqlite import RetryRefused  # (sqlite.py imports this module)
-
+def owed_refusal(key: str) -> RetryRefused:
     return RetryRefused(f"job {key!r} is in a batch whose on_batch_complete is still owed (it runs when a master "
                         "runs): retry it once that has run")
 

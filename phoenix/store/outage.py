@@ -25,7 +25,6 @@ import time
 from typing import Callable
 
 from phoenix import log
-from phoenix.store.sqlite import JournalError
 
 STORAGE_ERRORS = (sqlite3.Error, OSError)
 RETRY_EVERY = 1.0  # seconds between attempts to write the journal again
@@ -89,22 +88,3 @@ def file_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino
-
-
-def restore_journal(open_db: sqlite3.Connection, path: str | os.PathLike[str]) -> None:
-    """Copy the open (possibly unlinked) journal back to `path`, which must be
-    free. Another file put there (a damaged one, a copy restored under a
-    running master, a new journal made in a re-created state directory) is
-    never switched to: that would drop this journal's history without a word.
-    The outage lasts until that file is moved aside."""
-    if file_identity(path) is not None:
-        raise JournalError(
-            f"{path} is not the journal this master has open: another file was put in its place. The master "
-            f"keeps its own journal and starts no job until that file is moved aside (mv {path} {path}.other), "
-            f"then puts its journal back; to use that file instead, stop the master first"
-        )
-    restored = sqlite3.connect(path)
-    try:
-        open_db.backup(restored)
-    finally:
-        restored.close()

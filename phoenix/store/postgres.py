@@ -42,20 +42,20 @@ from phoenix.linux.untrusted import check_key, storable, storable_or_none, store
 from phoenix.rules.leases import CALLBACKS_OWED
 from phoenix.rules.outcomes import CANCELLED_REASON
 from phoenix.store import batches
-from phoenix.store.sqlite import (
+from phoenix.store.base import (
     ENDED_BADLY,
     JOB_STATES,
     WITHDRAWN_WITH_ITS_CANCEL,
     Job,
     JournalError,
-    KeyConflict,
+    NodeTaken,
     OpenAttempt,
     RetryRefused,
     SchemaMismatch,
     StoreUnavailable,
-    _brief,
-    _canonical,
+    WeakDurability,
     default_key,
+    key_conflict,
 )
 
 SCHEMA_VERSION = 5
@@ -246,10 +246,6 @@ RETURNING pg_notify(%(channel)s, 'ping:' || node),
 _HOLD_FINAL = "UPDATE attempts SET final = %s WHERE id = %s AND outcome IS NULL"
 
 RECOVERED_REASON = "its master lost its lease"
-
-
-class NodeTaken(JournalError):
-    """Another master (another state directory) holds this node name's live lease."""
 
 
 class PgStore:
@@ -517,8 +513,13 @@ class PgStore:
             cur.execute(
                 "SELECT node, pid, generation, epoch, state, slots, (SELECT count(*) FROM attempts a "
                 "WHERE a.master = m.node AND a.outcome IS NULL) AS slots_used, app, started_at, outage_budget, "
-                "extract(epoch from lease_expires_at - now()) AS lease_expires_in FROM masters m ORDER BY node")
-            return _dicts(cur)
+                "extract(epoch from lease_expires_at - now()) AS lease_expires_in, (SELECT value FROM meta "
+                "WHERE meta.node = m.node AND name = 'degraded_reason') AS degraded_reason "
+                "FROM masters m ORDER BY node")
+            rows = _dicts(cur)
+        for row in rows:  # a meta value is JSON (set_meta): the reason's text, or null
+            row["degraded_reason"] = json.loads(row["degraded_reason"]) if row["degraded_reason"] else None
+        return rows
 
     # -- submission ---------------------------------------------------------------------
 
@@ -554,19 +555,10 @@ class PgStore:
         found = cur.fetchone()
         assert found is not None
         job_id, old_target, old_params = found
-        differences = []
-        if old_target != target:
-            differences.append(("another target", old_target, target))
-        if old_params != params_json and _canonical(old_params) != _canonical(params_json):
-            differences.append(("other parameters", _brief(old_params), _brief(params_json)))
-        if not differences:
-            return int(job_id), False
-        what = " and ".join(d[0] for d in differences)
-        recorded = " ".join(d[1] for d in differences)
-        submitted = " ".join(d[2] for d in differences)
-        raise KeyConflict(
-            f"key {key!r} already names job {job_id} with {what}: recorded {recorded}, submitted {submitted}. "
-            "Submit it under another key; the same target and parameters again are a no-op")
+        conflict = key_conflict(key, int(job_id), (old_target, old_params), (target, params_json))
+        if conflict is not None:
+            raise conflict
+        return int(job_id), False
 
     # -- the master's writes ----------------------------------------------------------------
 
@@ -865,15 +857,19 @@ class PgStore:
             return _dicts(cur)
 
     def list_jobs(self, *, state: str | None, target: str | None, since: float | None,
-                  limit: int, after: tuple[float, int] | None = None) -> tuple[list[dict[str, Any]], int]:
-        if target is not None and unstorable(target):
-            return [], 0  # no job has it (check_target_form refuses it at submit)
+                  limit: int, after: tuple[float, int] | None = None,
+                  key_prefix: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        if (target is not None and unstorable(target)) or (key_prefix is not None and unstorable(key_prefix)):
+            return [], 0  # no job has it (check_target_form and check_key refuse it at submit)
         conditions: list[str] = []
         args: list[Any] = []
         for column, value in (("j.state = %s", state), ("j.target = %s", target), ("j.updated_at >= %s", since)):
             if value is not None:
                 conditions.append(column)
                 args.append(value)
+        if key_prefix:  # starts_with: no wildcard to escape, whatever the database's collation
+            conditions.append("starts_with(j.key, %s)")
+            args.append(key_prefix)
         if after is not None:  # as the SQLite journal's: the jobs after the page that ended at `after`
             conditions.append("j.updated_at <= %s AND (j.updated_at < %s OR j.id < %s)")
             args.extend((after[0], after[0], after[1]))
@@ -883,9 +879,9 @@ class PgStore:
             row = cur.fetchone()
             total = int(row[0]) if row else 0
             cur.execute(
-                "SELECT j.id, j.key, j.target, j.state, j.attempts, j.outcome, a.reason, j.created_at, j.updated_at "
-                f"FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.n = j.attempts {where} "
-                "ORDER BY j.updated_at DESC, j.id DESC LIMIT %s", [*args, limit])
+                "SELECT j.id, j.key, j.target, j.state, j.attempts, j.outcome, a.reason, a.master AS node, "
+                f"j.created_at, j.updated_at FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.n = j.attempts "
+                f"{where} ORDER BY j.updated_at DESC, j.id DESC LIMIT %s", [*args, limit])
             return _dicts(cur), total
 
     def job_by_key(self, key: str) -> dict[str, Any] | None:
@@ -1164,10 +1160,6 @@ def check_session(conn: psycopg.Connection[Any]) -> None:
         raise JournalError(f"the PostgreSQL store's session does not keep the settings Phoenix connects with "
                            f"(found {found}; Phoenix sets {STATEMENT_TIMEOUT_MS // 1000}s and "
                            f"{IDLE_IN_TRANSACTION_MS // 1000}s): {POOLER_HINT}")
-
-
-class WeakDurability(JournalError):
-    """The PostgreSQL session would acknowledge commits before they are on disk."""
 
 
 def check_durability(conn: psycopg.Connection[Any], *, first: bool) -> None:

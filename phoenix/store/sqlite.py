@@ -5,8 +5,8 @@ The master is its only writer, except that `submit` may be called by any
 process (the CLI, a script, an app's startup hook). Everything the master
 must not forget across an exec, a stop or a crash is written here first.
 
-This is the store interface a PostgreSQL backend would implement for the
-multi-host mode; the master loop talks to nothing else.
+It implements the store interface (base.Store), as the PostgreSQL store
+(postgres.py) does for many hosts; the master talks to nothing else.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import sqlite3
 import struct
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -25,6 +24,17 @@ from phoenix.linux import clock
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
 from phoenix.rules.outcomes import CANCELLED_REASON
 from phoenix.store import batches
+from phoenix.store.base import (
+    ENDED_BADLY,
+    JOB_STATES,
+    WITHDRAWN_WITH_ITS_CANCEL,
+    Job,
+    JournalError,
+    OpenAttempt,
+    RetryRefused,
+    default_key,
+    key_conflict,
+)
 
 # The file says it is a Phoenix journal (PRAGMA application_id, in SQLite's
 # header) and which schema it holds (PRAGMA user_version): a file of another
@@ -93,38 +103,6 @@ CREATE TABLE IF NOT EXISTS events (
     detail      TEXT
 );
 """
-
-
-JOB_STATES = ("pending", "running", "finished", "failed", "cancelled")
-ENDED_BADLY = ("failed", "cancelled")  # what `phoenix retry KEY` takes back to pending
-# `phoenix retry --failed`: failed jobs only. A cancel is the operator's
-# decision about one job: only naming it (retry KEY) undoes it. Undone before
-# any master started the on_failed it owes, the cancel takes that call with it
-# (nobody was told of a cancel that no longer holds); any other owed callback
-# refuses the retry until it has run.
-WITHDRAWN_WITH_ITS_CANCEL = "(j.state = 'cancelled' AND c.kind = 'on_failed' AND c.runs = 0)"
-
-
-class JournalError(RuntimeError):
-    """The journal cannot be opened or written; the message says which file and why."""
-
-
-class StoreUnavailable(OSError):
-    """A shared store (PostgreSQL) cannot be reached: an outage, as an
-    unwritable journal is (no claims; children keep running; writes replayed)."""
-
-
-class SchemaMismatch(JournalError):
-    """A shared store holds no Phoenix schema, or one of another version."""
-
-
-class RetryRefused(ValueError):
-    """`phoenix retry` named a job that is not failed or cancelled, or none at all."""
-
-
-class KeyConflict(ValueError):
-    """A job was submitted under a key that already names a job with another
-    target or other parameters; the message shows what differs."""
 
 
 def _companion_files(path: Path) -> list[Path]:
@@ -270,34 +248,6 @@ def _create(path: Path) -> None:
         temp.unlink(missing_ok=True)
 
 
-@dataclass(slots=True)
-class Job:
-    id: int
-    key: str
-    target: str
-    params: str
-    attempts: int
-    failures: int
-
-
-@dataclass(slots=True)
-class OpenAttempt:
-    attempt_id: int
-    job_id: int
-    key: str
-    target: str
-    n: int
-    pid: int | None
-    start_time: int | None
-    generation: int
-    started_at: float  # wall clock
-    started_boot: float | None  # CLOCK_BOOTTIME; None in a journal written before it was recorded
-    final: str | None  # the final message the master acknowledged (JSON), if one came
-    # `phoenix cancel` was under way when its master stopped watching (a
-    # replacement, a crash): the next one ends it as cancelled too.
-    cancel_requested: bool = False
-
-
 # Each schema version's step to the next (version -> step), run on open.
 # (Versions 2 to 4 belong to changes made beside this one; their steps join here.)
 _UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {
@@ -378,14 +328,6 @@ _INSERT_JOB = ("INSERT INTO jobs (key, target, params, state, created_at, update
                "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING")
 
 
-def _canonical(params_json: str) -> str:
-    return json.dumps(stored_json(params_json), sort_keys=True, separators=(",", ":"))
-
-
-def _brief(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _insert_job(db: sqlite3.Connection, key: str, target: str, params_json: str, now: float) -> tuple[int, bool]:
     """Insert a job, or find the same one under its key, inside the caller's
     transaction (BEGIN IMMEDIATE: the comparison and the insert are one step
@@ -395,28 +337,24 @@ def _insert_job(db: sqlite3.Connection, key: str, target: str, params_json: str,
         return cur.lastrowid or 0, True
     job_id, old_target, old_params = db.execute(
         "SELECT id, target, params FROM jobs WHERE key = ?", (key,)).fetchone()
-    differences = []  # (what differs, recorded, submitted)
-    if old_target != target:
-        differences.append(("another target", old_target, target))
-    if old_params != params_json and _canonical(old_params) != _canonical(params_json):
-        differences.append(("other parameters", _brief(old_params), _brief(params_json)))
-    if not differences:
-        return job_id, False
-    what = " and ".join(d[0] for d in differences)
-    recorded = " ".join(d[1] for d in differences)
-    submitted = " ".join(d[2] for d in differences)
-    raise KeyConflict(
-        f"key {key!r} already names job {job_id} with {what}: recorded {recorded}, submitted {submitted}. "
-        "Submit it under another key; the same target and parameters again are a no-op"
-    )
+    conflict = key_conflict(key, job_id, (old_target, old_params), (target, params_json))
+    if conflict is not None:
+        raise conflict
+    return job_id, False
 
 
-def default_key(target: str, params_json: str) -> str:
-    """Idempotency key for a job submitted without one: same target and same
-    parameters (canonical JSON) make the same job."""
-    import hashlib  # here: loading OpenSSL costs every new master image ~6 ms, and only submissions need it
-
-    return hashlib.sha256(f"{target}\0{_canonical(params_json)}".encode()).hexdigest()[:32]
+def after_prefix(prefix: str) -> str | None:
+    """The least string greater than every string that starts with `prefix`
+    (None: there is none), in code point order, which is how SQLite compares
+    text (its bytes, UTF-8) and PostgreSQL under COLLATE "C"."""
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop()) + 1
+        if last == 0xD800:
+            last = 0xE000  # surrogates are never stored
+        if last <= 0x10FFFF:
+            return "".join(chars) + chr(last)
+    return None
 
 
 class Journal:
@@ -424,7 +362,7 @@ class Journal:
     naming the file and the way out); `verify=True` adds SQLite's quick_check of
     every page, which costs time in proportion to the journal's size."""
 
-    shared = False  # one master writes it (see store.Store)
+    shared = False  # one master writes it (see base.Store)
 
     def __init__(self, path: str | Path, *, create: bool = True, verify: bool = False) -> None:
         self.path = Path(path)
@@ -936,25 +874,36 @@ class Journal:
     # -- the operator's reads and writes (phoenix jobs, show, retry, cancel, prune) -----------
 
     def list_jobs(self, *, state: str | None, target: str | None, since: float | None,
-                  limit: int, after: tuple[float, int] | None = None) -> tuple[list[dict[str, Any]], int]:
+                  limit: int, after: tuple[float, int] | None = None,
+                  key_prefix: str | None = None) -> tuple[list[dict[str, Any]], int]:
         """(up to `limit` jobs, last changed first, how many matched in all);
         each with its last attempt's outcome and reason. `after` (updated_at,
         id) of the last job of a page: the jobs after it (and "in all" counts
-        from there). Read through the updated_at indexes: a page costs its rows."""
-        if target is not None and unstorable(target):
-            return [], 0  # no job has it (check_target_form refuses it at submit)
+        from there). `key_prefix`: only the jobs whose key starts with it, a
+        range of the key's index. Read through the updated_at indexes: a page
+        costs its rows."""
+        if (target is not None and unstorable(target)) or (key_prefix is not None and unstorable(key_prefix)):
+            return [], 0  # no job has it (check_target_form and check_key refuse it at submit)
         conditions: list[str] = []
         args: list[Any] = []
         for column, value in (("j.state = ?", state), ("j.target = ?", target), ("j.updated_at >= ?", since)):
             if value is not None:
                 conditions.append(column)
                 args.append(value)
+        if key_prefix:
+            # A range, not LIKE: no wildcard in a key to escape, and SQLite reads it from the key's index.
+            conditions.append("j.key >= ?")
+            args.append(key_prefix)
+            beyond = after_prefix(key_prefix)
+            if beyond is not None:
+                conditions.append("j.key < ?")
+                args.append(beyond)
         if after is not None:
             # The first term is the index's range; the second leaves out the page's jobs of the same time.
             conditions.append("j.updated_at <= ? AND (j.updated_at < ? OR j.id < ?)")
             args.extend((after[0], after[0], after[1]))
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        if target is None and since is None and after is None:  # the kept counts: no read of the jobs
+        if target is None and since is None and after is None and not key_prefix:  # the kept counts: no read
             counts = self.counts()
             total = counts.get(state, 0) if state is not None else sum(counts.values())
         else:
@@ -1139,6 +1088,24 @@ class Journal:
             raise OSError(f"{self.path} is no longer the journal this master has open")
         with self.transaction() as db:
             db.execute("INSERT INTO meta VALUES ('probe', '0') ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+
+    def restore_file(self) -> None:
+        """Copy this open (possibly unlinked) journal back to its path, which
+        must be free. Another file put there (a damaged one, a copy restored
+        under a running master, a new journal made in a re-created state
+        directory) is never switched to: that would drop this journal's
+        history without a word. The outage lasts until that file is moved aside."""
+        if _identity(self.path) is not None:
+            raise JournalError(
+                f"{self.path} is not the journal this master has open: another file was put in its place. The "
+                f"master keeps its own journal and starts no job until that file is moved aside (mv {self.path} "
+                f"{self.path}.other), then puts its journal back; to use that file instead, stop the master first"
+            )
+        restored = sqlite3.connect(self.path)
+        try:
+            self.db.backup(restored)
+        finally:
+            restored.close()
 
 
 def _needs_columns(db: sqlite3.Connection) -> bool:

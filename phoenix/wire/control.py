@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from phoenix import log
+from phoenix.errors import Unavailable
 from phoenix.linux.paths import unix_address
 from phoenix.linux.sockets import bind_private
 from phoenix.linux.untrusted import visible
@@ -45,7 +46,7 @@ _SHED_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOME
 _UCRED = struct.Struct("3i")
 
 
-class ControlError(RuntimeError):
+class ControlError(Unavailable, RuntimeError):
     """No master answers on the control socket, or it refused the request."""
 
 

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, TypeGuard
 
+from phoenix.errors import UsageError
 from phoenix.linux.paths import SUN_PATH_MAX, unix_address
 
 VERSION = 1
@@ -54,7 +55,7 @@ def jitter(low: float, high: float) -> float:
     return low + (high - low) * int.from_bytes(os.urandom(2), "big") / 0xFFFF
 
 
-class MessageTooLarge(ValueError):
+class MessageTooLarge(UsageError, ValueError):
     """A message (usually a job's result) does not fit in one record."""
 
 

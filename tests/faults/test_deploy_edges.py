@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from phoenix.store.sqlite import Journal
 from tests.apps.replace_tools import APP, HEARTBEAT_TIMEOUT, SLOW, UNTIL, alive, live, runs
 from tests.conftest import REPO, phoenix_cli, wait_for
 
@@ -106,6 +107,8 @@ def test_a_new_image_that_cannot_load_runs_degraded_and_a_later_reload_recovers(
     cli_status = phoenix_cli("status", state_dir=state_dir, env=env)
     assert cli_status.returncode == 0 and "degraded" in cli_status.stdout, cli_status
     assert expected in cli_status.stdout  # the reason, on the plain status too
+    with Journal(state_dir / "journal.db", create=False) as journal:  # and in the store, for the dashboard
+        assert expected in journal.meta("degraded_reason")
 
     # Degraded: it records what ends, starts nothing new, and owes the callbacks.
     assert submit("deployed_app:quick", {}, "queued").returncode == 0
@@ -119,6 +122,8 @@ def test_a_new_image_that_cannot_load_runs_degraded_and_a_later_reload_recovers(
     result = phoenix_cli("reload", "--wait", "--timeout", str(SLOW), state_dir=state_dir, env=env)
     assert result.returncode == 0, result
     assert live(state_dir)["master"]["pid"] == master.pid
+    with Journal(state_dir / "journal.db", create=False) as journal:
+        assert journal.meta("degraded_reason") is None
     assert master.wait_jobs_done(["queued"], timeout=SLOW)["queued"]["state"] == "finished"
     wait_for(lambda: sorted(c["key"] for c in master.callbacks()) == ["long", "queued"], SLOW,
              "the owed callback and the new one")

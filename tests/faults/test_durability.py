@@ -206,8 +206,8 @@ def test_a_postgresql_session_that_acknowledges_before_disk_is_refused(pg_url):
     remote_* levels."""
     import psycopg
 
-    from phoenix.store.postgres import PgStore, WeakDurability
-    from phoenix.store.sqlite import StoreUnavailable
+    from phoenix.store.base import StoreUnavailable, WeakDurability
+    from phoenix.store.postgres import PgStore
 
     database = urlsplit(pg_url).path.lstrip("/")
     with psycopg.connect(pg_url, autocommit=True) as admin:

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from phoenix.linux.paths import StatePaths
-from phoenix.store.sqlite import _SCHEMA, APPLICATION_ID, SCHEMA_VERSION, Journal, JournalError
+from phoenix.store.base import JournalError
+from phoenix.store.sqlite import _SCHEMA, APPLICATION_ID, SCHEMA_VERSION, Journal
 from tests.conftest import phoenix_cli, wait_for
 from tests.faults.helpers import live
 

@@ -331,6 +331,9 @@ def test_the_sdist_and_wheel_are_coherent_licensed_and_typed(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         files = archive.namelist()
     assert "phoenix/py.typed" in files
+    # the dashboard's pages, script and style sheet: without them `phoenix dashboard` serves errors
+    assert {"phoenix/web/templates/base.html", "phoenix/web/static/dashboard.js",
+            "phoenix/web/static/dashboard.css"} <= set(files)
     assert any(name.endswith("licenses/LICENSE") for name in files)
     assert not [name for name in files if name.startswith(("tests/", "examples/", "bench/"))]
 

@@ -1,8 +1,11 @@
-"""The store contract: the same cases against the SQLite journal and the
-PostgreSQL store, so that both keep the same semantics."""
+"""The store contract: the same cases against the SQLite journal, the
+PostgreSQL store and the in-memory store, so that all keep the same
+semantics; every method of the interface (base.Store) is called here."""
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
 import os
 import time
@@ -11,16 +14,22 @@ from typing import Any, Iterator
 
 import pytest
 
-from phoenix.store.base import Store
-from phoenix.store.sqlite import Journal, KeyConflict, RetryRefused
+from phoenix.store.base import KeyConflict, RetryRefused, Store
+from phoenix.store.batches import KIND, BatchRefused
+from phoenix.store.memory import MemoryStore
+from phoenix.store.sqlite import Journal
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "sqlite":
         journal = Journal(tmp_path / "journal.db")
         yield journal
         journal.close()
+        return
+    if request.param == "memory":
+        with MemoryStore() as memory:
+            yield memory
         return
     pytest.importorskip("psycopg")
     from phoenix.store.postgres import PgStore
@@ -40,9 +49,9 @@ def claim(store: Store, pid: int = 4242) -> tuple[Any, int]:
 
 def end(store: Store, attempt_id: int, job_id: int, *, outcome: str = "finished", job_state: str = "finished",
         callback: str | None = "on_finished", n: int = 1, result: Any = None, delay: float | None = None,
-        ) -> tuple[bool, int | None]:
-    return store.end_attempt(attempt_id, job_id, outcome=outcome, reason=None, error=None,
-                             result_json=json.dumps(result), max_rss_kb=None, job_state=job_state,
+        reason: str | None = None, max_rss_kb: int | None = None) -> tuple[bool, int | None]:
+    return store.end_attempt(attempt_id, job_id, outcome=outcome, reason=reason, error=None,
+                             result_json=json.dumps(result), max_rss_kb=max_rss_kb, job_state=job_state,
                              counts_as_failure=outcome != "finished", retry_delay=delay, callback=callback,
                              attempt_n=n)
 
@@ -204,3 +213,163 @@ def test_prune_keeps_the_last_master_start_and_what_followed_it(store: Store) ->
     removed = store.prune(finished_before=time.time() + 60, failed_before=None)
     assert removed["events"] == 2  # the first master's life only
     assert store.master_times() == before
+
+
+def test_pending_lists_the_due_jobs_oldest_first_and_begin_attempt_starts_one(store: Store) -> None:
+    """The two-step start (pending, then begin_attempt after the fork) that
+    the master uses with a store that is not shared."""
+    first, _ = store.submit("m:f", "1", "first")
+    second, _ = store.submit("m:f", "2", "second")
+    store.submit("m:f", "3", "third")
+    assert [job.key for job in store.pending(2)] == ["first", "second"]
+    [job] = store.pending(1)
+    assert (job.id, job.target, job.params, job.attempts, job.failures) == (first, "m:f", "1", 0, 0)
+    attempt_id = store.begin_attempt(job, 1, 555, 123456)
+    assert attempt_id > 0
+    row = store.job_row(first)
+    assert row is not None and (row["state"], row["attempts"]) == ("running", 1)
+    [open_attempt] = store.open_attempts()
+    assert (open_attempt.attempt_id, open_attempt.job_id, open_attempt.n, open_attempt.pid,
+            open_attempt.start_time, open_attempt.final) == (attempt_id, first, 1, 555, 123456, None)
+    assert [job.key for job in store.pending(5)] == ["second", "third"]  # a running job is not pending
+    end(store, attempt_id, first, outcome="error", job_state="pending", callback=None, delay=60.0)
+    assert [job.key for job in store.pending(5)] == ["second", "third"]  # nor one waiting out its backoff
+    [again] = store.pending(1)
+    assert again.id == second
+
+
+def test_a_held_final_stays_on_its_open_attempt_until_the_outcome_is_recorded(store: Store) -> None:
+    job_id, _ = store.submit("m:f", "null", "k")
+    other_id, _ = store.submit("m:f", "2", "other")
+    _job, attempt_id = claim(store)
+    _other, other_attempt = claim(store)
+    final = json.dumps({"kind": "finished", "result": 7})
+    store.hold_finals([(attempt_id, final)])
+    assert {a.attempt_id: a.final for a in store.open_attempts()} == {attempt_id: final, other_attempt: None}
+    end(store, attempt_id, job_id, result=7)
+    store.hold_finals([(attempt_id, final), (other_attempt, "{}")])  # an ended attempt holds nothing any more
+    assert [(a.attempt_id, a.final) for a in store.open_attempts()] == [(other_attempt, "{}")]
+    assert other_id != job_id
+
+
+def test_attempt_end_reads_the_reason_and_memory_of_one_attempt(store: Store) -> None:
+    job_id, _ = store.submit("m:f", "null", "k")
+    _job, attempt_id = claim(store)
+    end(store, attempt_id, job_id, outcome="crashed", job_state="pending", callback=None, reason="SIGSEGV",
+        max_rss_kb=2048)
+    assert store.attempt_end(job_id, 1) == ("SIGSEGV", 2048)
+    assert store.attempt_end(job_id, 2) == (None, None)  # no such attempt
+
+
+def test_a_cancel_under_way_is_noted_on_the_open_attempt(store: Store) -> None:
+    store.submit("m:f", "null", "k")
+    _job, attempt_id = claim(store)
+    store.request_cancel(attempt_id)
+    [open_attempt] = store.open_attempts()
+    assert open_attempt.cancel_requested
+
+
+def test_probe_write_passes_on_a_store_that_takes_writes_and_changes_no_job(store: Store) -> None:
+    store.submit("m:f", "null", "k")
+    before = store.counts()
+    assert store.probe_write() is None
+    assert store.counts() == before and store.pending_count() == 1
+
+
+def test_a_store_is_its_own_context_manager_and_closes_once_or_twice(store: Store) -> None:
+    store.submit("m:f", "null", "k")
+    with store as same:
+        assert same is store and same.counts()["pending"] == 1
+    store.close()  # closed already by the `with`: harmless
+
+
+def test_the_contract_calls_every_method_of_the_interface() -> None:
+    """A method added to base.Store without a case here fails this test."""
+    members = {name for name, _ in inspect.getmembers(Store, inspect.isfunction) if not name.startswith("_")}
+    called = {node.func.attr for node in ast.walk(ast.parse(Path(__file__).read_text()))
+              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and isinstance(node.func.value, ast.Name) and node.func.value.id == "store"}
+    assert members - called == set()
+
+
+def test_jobs_by_a_key_prefix_are_those_whose_key_starts_with_it_and_no_pattern(store: Store) -> None:
+    """The dashboard's search: a prefix, not a pattern (% and _ are letters of a key), in both stores."""
+    for key in ("feed-1", "feed-10", "feed_2", "feedback", "f%eed", "other", "feed-\U0010ffff", "z"):
+        store.submit("m:f", "{}", key)
+
+    def keys(prefix: str) -> tuple[list[str], int]:
+        rows, total = store.list_jobs(state=None, target=None, since=None, limit=10, key_prefix=prefix)
+        return sorted(row["key"] for row in rows), total
+
+    assert keys("feed-") == (["feed-1", "feed-10", "feed-\U0010ffff"], 3)
+    assert keys("feed_") == (["feed_2"], 1)
+    assert keys("f%") == (["f%eed"], 1)
+    assert keys("feed-\U0010ffff") == (["feed-\U0010ffff"], 1)
+    assert keys("nothing") == ([], 0) and keys("\ud800") == ([], 0)  # a lone surrogate: no job has it
+    rows, total = store.list_jobs(state="failed", target=None, since=None, limit=10, key_prefix="feed")
+    assert (rows, total) == ([], 0)  # with the other filters
+
+
+# -- batches (store/batches.py): the count moves with each member's final state, in its transaction --
+
+
+def batch_callbacks(store: Store) -> list[tuple[int, int, int, str]]:
+    return [owed for owed in store.owed_callbacks() if owed[3] == KIND]
+
+
+def test_a_batch_completes_in_the_transaction_of_its_last_outcome(store: Store) -> None:
+    jobs = [("m:f", str(n), f"b-{n}") for n in range(3)]
+    ids = [job_id for job_id, created in store.submit_to_batch("b", jobs) if created]
+    assert len(ids) == 3
+    assert store.submit_to_batch("b", jobs[:1]) == [(ids[0], False)]  # the same job again: a no-op
+    with pytest.raises(BatchRefused, match="submitted before in no batch"):
+        store.submit("m:f", "9", "loose")
+        store.submit_to_batch("b", [("m:f", "9", "loose")])
+    assert store.cancel_pending("b-2") == "pending"  # a cancel is a final state too
+    for _ in range(2):
+        job, attempt_id = claim(store)
+        end(store, attempt_id, job.id, callback=None)
+    [batch] = store.batches(name="b")
+    assert (batch["state"], batch["remaining"], batch["counts"]) == ("open", 0, {"cancelled": 1, "finished": 2})
+    assert batch_callbacks(store) == []  # not closed yet: not complete
+    assert store.close_batch("b") == "complete"  # closed with nothing left: complete at once
+    [owed] = batch_callbacks(store)
+    assert store.close_batch("b") == "complete"  # again: nothing changes
+    assert batch_callbacks(store) == [owed]
+    with pytest.raises(BatchRefused, match="batch 'b' is complete"):
+        store.submit_to_batch("b", [("m:f", "10", "late")])
+    with pytest.raises(BatchRefused, match="no batch named 'nope'"):
+        store.close_batch("nope")
+    assert store.job_by_key("late") is None
+
+
+def test_the_last_outcome_owes_the_callback_and_a_retry_reopens_the_count(store: Store) -> None:
+    store.submit_to_batch("b", [("m:f", "1", "ok"), ("m:f", "2", "bad")])
+    assert store.close_batch("b") == "closed"
+    ok, ok_attempt = claim(store)
+    bad, bad_attempt = claim(store)
+    end(store, ok_attempt, ok.id, callback=None)
+    assert store.batches(name="b")[0]["remaining"] == 1 and batch_callbacks(store) == []
+    end(store, bad_attempt, bad.id, outcome="error", job_state="failed", callback=None)
+    [(callback_id, job_id, attempt, kind)] = batch_callbacks(store)
+    assert (job_id, attempt) == (bad.id, 1)  # on the member whose end completed the batch
+    # The master starts it from here; a shared store's master hears of it by NOTIFY instead.
+    assert store.take_owed_batch_callbacks() == ([] if store.shared else [(callback_id, bad.id, 1, KIND)])
+    assert store.take_owed_batch_callbacks() == []
+    [batch] = store.batches(name="b")
+    assert (batch["state"], batch["completions"], batch["counts"]) == ("complete", 1, {"failed": 1, "finished": 1})
+    with pytest.raises(RetryRefused, match="owed"):  # (the batch's callback, on this very job)
+        store.retry(["bad"])
+    assert store.callback_started(callback_id) is not False
+    assert store.callback_done(callback_id, None) is not False
+    assert store.retry(["bad"]) == ["bad"]
+    [batch] = store.batches(name="b")
+    assert (batch["state"], batch["remaining"]) == ("closed", 1)
+    job, attempt_id = claim(store)
+    end(store, attempt_id, job.id, n=2, callback=None)
+    [(_id, job_id, attempt, _kind)] = batch_callbacks(store)
+    assert (job_id, attempt) == (bad.id, 2)
+    [batch] = store.batches(name="b")
+    assert (batch["state"], batch["completions"], batch["counts"]) == ("complete", 2, {"finished": 2})
+    assert [(job["key"], job["state"], job["attempts"]) for job in store.batch_jobs(batch["id"])] == [
+        ("ok", "finished", 1), ("bad", "finished", 2)]

@@ -66,7 +66,8 @@ def test_a_second_master_under_a_node_name_held_by_a_live_lease_is_refused(tmp_p
 
 
 def test_a_node_name_whose_old_master_is_gone_past_the_grace_can_be_taken(pg_url: str, tmp_path: Path) -> None:
-    from phoenix.store.postgres import NodeTaken, PgStore
+    from phoenix.store.base import NodeTaken
+    from phoenix.store.postgres import PgStore
 
     with PgStore(pg_url, node="web", lease_ttl=1) as old, PgStore(pg_url, node="web", lease_ttl=1) as new:
         epoch = old.register_master(1, 1, time.time(), 2, None, instance="old", grace=0.5)
@@ -306,8 +307,8 @@ def test_store_migrate_refuses_a_version_no_phoenix_wrote(pg_url: str) -> None:
 def test_a_session_that_does_not_keep_phoenix_settings_is_refused_with_the_reason(pg_url: str) -> None:
     """What a pooler in transaction mode that ignores `options` looks like:
     the next statement runs in a session without Phoenix's timeouts."""
+    from phoenix.store.base import JournalError
     from phoenix.store.postgres import check_session, connect
-    from phoenix.store.sqlite import JournalError
 
     conn = connect(pg_url)  # Phoenix's own: accepted
     try:

@@ -17,8 +17,8 @@ from tests.conftest import REPO, phoenix_cli
 
 psycopg = pytest.importorskip("psycopg")
 
+from phoenix.store.base import StoreUnavailable  # noqa: E402
 from phoenix.store.postgres import RECOVERED_REASON, SCHEMA_VERSION, PgStore, migrate  # noqa: E402
-from phoenix.store.sqlite import StoreUnavailable  # noqa: E402
 
 
 def master(url: str, node: str, ttl: float = 30.0) -> PgStore:
@@ -255,6 +255,26 @@ def test_the_operators_commands_work_on_the_shared_store(pg_url: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_report_draws_the_shared_stores_timeline(pg_url: str, tmp_path: Any) -> None:
+    """`phoenix report --store URL`: the PostgreSQL store has the timeline reads, so the page is drawn from it
+    (it was refused for want of a state directory's journal)."""
+    a = master(pg_url, "a")
+    a.record_event("master_start", 1, os.getpid(), "app")
+    for key, outcome, state in (("done", "finished", "finished"), ("broken", "error", "failed")):
+        job_id, _ = a.submit("m:f", json.dumps(key), key)
+        _job, attempt = a.claim(1, 10, None)  # type: ignore[misc]
+        a.end_attempt(attempt, job_id, outcome=outcome, reason=None, error=None, result_json=None, max_rss_kb=None,
+                      job_state=state, counts_as_failure=outcome != "finished", callback=None, attempt_n=1)
+    a.submit("m:f", "null", "waiting")
+    page = tmp_path / "timeline.html"
+    result = phoenix_cli("report", "--html", str(page), "--store", pg_url, "--state-dir", str(tmp_path / "none"))
+    assert result.returncode == 0 and result.stdout.strip() == f"wrote {page}: 2 attempts", result.stderr
+    text = page.read_text()
+    assert 'data-job="done" data-attempt="1"' in text and 'data-job="broken" data-attempt="1"' in text
+    assert 'class="marker marker-master_start"' in text
+    assert not (tmp_path / "none").exists()  # nothing made in a state directory the shared store does not use
+
+
 def test_a_stopped_master_is_recovered_only_if_it_left_an_attempt_open(pg_url: str) -> None:
     a, b, c = master(pg_url, "a"), master(pg_url, "b"), master(pg_url, "c")
     a.submit("m:f", "null", "k")
@@ -266,3 +286,11 @@ def test_a_stopped_master_is_recovered_only_if_it_left_an_attempt_open(pg_url: s
     assert b.last_recovery == (["a"], 1)
     masters = {m["node"]: m["state"] for m in b.masters()}
     assert masters == {"a": "lost", "b": "running", "c": "stopped"}
+
+
+def test_a_degraded_masters_reason_is_in_its_row_for_those_who_read_the_store(pg_url: str) -> None:
+    """The dashboard reads the store, never a master's loop: the reason a master is degraded is there."""
+    a, b = master(pg_url, "a"), master(pg_url, "b")
+    a.set_meta(state="degraded", degraded_reason="ImportError: boom <b>")
+    b.set_meta(state="running", degraded_reason=None)
+    assert {m["node"]: m["degraded_reason"] for m in b.masters()} == {"a": "ImportError: boom <b>", "b": None}

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from phoenix.store.sqlite import Journal, KeyConflict
+from phoenix.store.base import KeyConflict
+from phoenix.store.sqlite import Journal
 
 NORMAL, FULL = 1, 2
 

@@ -11,8 +11,9 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 
 from phoenix.master import metrics
-from phoenix.master.metrics import JOB_STATES, REJECT_REASONS, Counters, Histograms, _MasterCollector
+from phoenix.master.metrics import REJECT_REASONS, Counters, Histograms, _MasterCollector
 from phoenix.rules.states import KillReason, Outcome
+from phoenix.store.base import JobState
 
 PACKAGE = Path(metrics.__file__).parent.parent  # the whole phoenix package
 # The calls through which a rejection is counted (Counters.reject and the helpers that lead to it).
@@ -36,7 +37,7 @@ def scrape() -> str:
 
 def test_a_fresh_master_exports_every_label_of_every_labelled_metric_at_zero():
     text = scrape()
-    for state in JOB_STATES:
+    for state in JobState:  # the stores' own list of states
         assert f'phoenix_jobs{{state="{state}"}} 0.0' in text
     assert 'phoenix_jobs{state="cancelled"} 0.0' in text
     for outcome in Outcome:
