@@ -118,3 +118,25 @@ def test_bad_batch_input_is_one_line_and_writes_nothing(master_factory, state_di
         assert [b["name"] for b in journal.batches()] == ["feeds"]
     finally:
         journal.close()
+
+
+def test_a_journal_of_an_older_schema_gets_batches_at_its_first_open(tmp_path):
+    path = tmp_path / "journal.db"
+    Journal(path).close()
+    import sqlite3
+
+    db = sqlite3.connect(path, isolation_level=None)
+    for statement in ("DROP TRIGGER batch_member_ended", "DROP TRIGGER batch_member_reopened", "DROP INDEX jobs_batch",
+                      "ALTER TABLE jobs DROP COLUMN batch_id", "DROP TABLE batches", "PRAGMA user_version = 1"):
+        db.execute(statement)  # as Phoenix 0.1.0 made it
+    db.execute("INSERT INTO jobs (key, target, params, state, created_at, updated_at) "
+               "VALUES ('old', 'm:f', 'null', 'finished', 0, 0)")
+    db.close()
+    journal = Journal(path)
+    try:
+        assert journal.db.execute("PRAGMA user_version").fetchone()[0] == 5
+        journal.submit_to_batch("b", [("m:f", "1", "new")])
+        assert journal.close_batch("b") == "closed"
+        assert journal.job_row(journal.job_by_key("old")["id"])["batch_id"] is None
+    finally:
+        journal.close()
