@@ -210,7 +210,7 @@ class Master:
         self.intake.watch(self.loop.selector)
         self.callbacks = CallbackRunner(self.config.callback_threads, self.clock)
         self.settler = CallbackSettler(self.app, lambda: self.journal, self.callbacks, lambda: self.config,
-                                       self.counters, self.clock, self.guarded)
+                                       self.counters, self.clock, self.guarded, self.callbacks_held)
         if self.journal.shared:
             assert isinstance(self.journal, SharedStore)
             self.leases = LeaseKeeper(self, self.hangs.interrupt_all, self.journal, lambda: self.config, self.specs,
@@ -420,6 +420,8 @@ class Master:
             command = from_request(request)
         except BadRequest as exc:
             return {"ok": False, "error": str(exc)}
+        if request.get("owed") is True and not self.callbacks_held():
+            self.guarded(self.settler.run_owed)  # a batch closed complete owes its on_batch_complete
         # Only `phoenix reload --force` passes the preflight's check of queued targets.
         return self.execute(command, force=request.get("force") is True, keys=request.get("keys"))
 

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import pytest
 
 from phoenix.store.base import KeyConflict, RetryRefused, Store
+from phoenix.store.batches import KIND, BatchRefused
 from phoenix.store.memory import MemoryStore
 from phoenix.store.sqlite import Journal
 
@@ -365,3 +366,68 @@ def test_jobs_by_a_key_prefix_are_those_whose_key_starts_with_it_and_no_pattern(
     assert keys("nothing") == ([], 0) and keys("\ud800") == ([], 0)  # a lone surrogate: no job has it
     rows, total = store.list_jobs(state="failed", target=None, since=None, limit=10, key_prefix="feed")
     assert (rows, total) == ([], 0)  # with the other filters
+
+
+# -- batches (store/batches.py): the count moves with each member's final state, in its transaction --
+
+
+def batch_callbacks(store: Store) -> list[tuple[int, int, int, str]]:
+    return [owed for owed in store.owed_callbacks() if owed[3] == KIND]
+
+
+def test_a_batch_completes_in_the_transaction_of_its_last_outcome(store: Store) -> None:
+    jobs = [("m:f", str(n), f"b-{n}") for n in range(3)]
+    ids = [job_id for job_id, created in store.submit_to_batch("b", jobs) if created]
+    assert len(ids) == 3
+    assert store.submit_to_batch("b", jobs[:1]) == [(ids[0], False)]  # the same job again: a no-op
+    with pytest.raises(BatchRefused, match="submitted before in no batch"):
+        store.submit("m:f", "9", "loose")
+        store.submit_to_batch("b", [("m:f", "9", "loose")])
+    assert store.cancel_pending("b-2") == "pending"  # a cancel is a final state too
+    for _ in range(2):
+        job, attempt_id = claim(store)
+        end(store, attempt_id, job.id, callback=None)
+    [batch] = store.batches(name="b")
+    assert (batch["state"], batch["remaining"], batch["counts"]) == ("open", 0, {"cancelled": 1, "finished": 2})
+    assert batch_callbacks(store) == []  # not closed yet: not complete
+    assert store.close_batch("b") == "complete"  # closed with nothing left: complete at once
+    [owed] = batch_callbacks(store)
+    assert store.close_batch("b") == "complete"  # again: nothing changes
+    assert batch_callbacks(store) == [owed]
+    with pytest.raises(BatchRefused, match="batch 'b' is complete"):
+        store.submit_to_batch("b", [("m:f", "10", "late")])
+    with pytest.raises(BatchRefused, match="no batch named 'nope'"):
+        store.close_batch("nope")
+    assert store.job_by_key("late") is None
+
+
+def test_the_last_outcome_owes_the_callback_and_a_retry_reopens_the_count(store: Store) -> None:
+    store.submit_to_batch("b", [("m:f", "1", "ok"), ("m:f", "2", "bad")])
+    assert store.close_batch("b") == "closed"
+    ok, ok_attempt = claim(store)
+    bad, bad_attempt = claim(store)
+    end(store, ok_attempt, ok.id, callback=None)
+    assert store.batches(name="b")[0]["remaining"] == 1 and batch_callbacks(store) == []
+    end(store, bad_attempt, bad.id, outcome="error", job_state="failed", callback=None)
+    [(callback_id, job_id, attempt, kind)] = batch_callbacks(store)
+    assert (job_id, attempt) == (bad.id, 1)  # on the member whose end completed the batch
+    # The master starts it from here; a shared store's master hears of it by NOTIFY instead.
+    assert store.take_owed_batch_callbacks() == ([] if store.shared else [(callback_id, bad.id, 1, KIND)])
+    assert store.take_owed_batch_callbacks() == []
+    [batch] = store.batches(name="b")
+    assert (batch["state"], batch["completions"], batch["counts"]) == ("complete", 1, {"failed": 1, "finished": 1})
+    with pytest.raises(RetryRefused, match="owed"):  # (the batch's callback, on this very job)
+        store.retry(["bad"])
+    assert store.callback_started(callback_id) is not False
+    assert store.callback_done(callback_id, None) is not False
+    assert store.retry(["bad"]) == ["bad"]
+    [batch] = store.batches(name="b")
+    assert (batch["state"], batch["remaining"]) == ("closed", 1)
+    job, attempt_id = claim(store)
+    end(store, attempt_id, job.id, n=2, callback=None)
+    [(_id, job_id, attempt, _kind)] = batch_callbacks(store)
+    assert (job_id, attempt) == (bad.id, 2)
+    [batch] = store.batches(name="b")
+    assert (batch["state"], batch["completions"], batch["counts"]) == ("complete", 2, {"finished": 2})
+    assert [(job["key"], job["state"], job["attempts"]) for job in store.batch_jobs(batch["id"])] == [
+        ("ok", "finished", 1), ("bad", "finished", 2)]
