@@ -385,9 +385,12 @@ def _upgrade_to_3(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO job_counts VALUES ('scheduled', 0) ON CONFLICT (state) DO NOTHING")
 
 
-# Each journal version's upgrade to the next (version 2 was never a journal's).
-# Each version's upgrade to the next (2 was only PostgreSQL's), applied by Journal._upgrade.
-_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {1: _upgrade_to_3, 3: _upgrade_3_to_4, 4: batches.add_to_sqlite}
+# Each journal version's upgrade to the next (version 2 was only PostgreSQL's), applied by Journal._upgrade.
+_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _upgrade_to_3,  # scheduling: due times, priorities, ticks, pools
+    3: _upgrade_3_to_4,  # long jobs: checkpoints, progress
+    4: batches.add_to_sqlite,  # batches, counted by a trigger on jobs
+}
 
 _INSERT_JOB = ("INSERT INTO jobs (key, target, params, state, created_at, updated_at, priority, due_at, run_at, tick) "
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING")

@@ -11,6 +11,7 @@ import pytest
 from phoenix.app import BatchInfo
 from phoenix.master.settler import CallbackSettler
 from phoenix.store.batches import KIND, BatchRefused, check_name
+from phoenix.testing import FakeClock
 
 
 @pytest.mark.parametrize(("name", "says"), [("", "non-empty"), ("  ", "non-empty"), ("x" * 201, "over the limit"),
@@ -35,8 +36,10 @@ def test_the_settler_calls_on_batch_complete_with_the_batch_and_its_final_counts
         callback_started=lambda callback_id: True,
     )
     runner = SimpleNamespace(running={}, start=lambda *args: started.append(args))
-    host = SimpleNamespace(app=SimpleNamespace(batch_callbacks=[print]), journal=store, callbacks=runner)
-    CallbackSettler(host).start(5, 3, 1, KIND)  # type: ignore[arg-type]
+    app = SimpleNamespace(batch_callbacks=[print])
+    settler = CallbackSettler(app, lambda: store, runner, lambda: None, None, FakeClock(),  # type: ignore[arg-type]
+                              lambda operation, retry=False: operation())
+    settler.start(5, 3, 1, KIND)
     [(callback_id, label, kind, functions, info)] = started
     assert (callback_id, label, kind, functions) == (5, "batch:feeds", KIND, [print])
     assert isinstance(info, BatchInfo)
