@@ -18,7 +18,7 @@ field has one writer that checks the move (rules/states.py).
         scheduler.spawn_pending_jobs()  # through the one slot gate (policy.may_start_jobs)
         spawner.replenish()           # the spare child (and the fork server, if it must be restarted)
         settler.settle()              # callbacks that ended or overran
-        handoff steps, check_finished, title, watchdog, watch_storage
+        handoff steps, stopping.check_finished, title, watchdog, storage.watch_storage
 
 Everything worth keeping is in the journal first, so that a replacement of
 this process (handoff.py), a stop or a crash loses nothing.
@@ -41,13 +41,13 @@ from phoenix.config import Config
 from phoenix.linux import lineage, pid1, systemd
 from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
-from phoenix.linux.pidfile import AlreadyRunning, PidFile
+from phoenix.linux.pidfile import PidFile
 from phoenix.linux.signals import SignalFD, set_child_subreaper
 from phoenix.linux.sockets import bind_heartbeat
 from phoenix.master import exits, handoff, metrics
 from phoenix.master.attempts import AttemptTable
 from phoenix.master.callbacks import CallbackRunner
-from phoenix.master.hangs import HangKiller, signal_attempt
+from phoenix.master.hangs import HangKiller
 from phoenix.master.heartbeats import HeartbeatIntake
 from phoenix.master.leasekeeper import LeaseKeeper
 from phoenix.master.loop import Loop
@@ -60,29 +60,25 @@ from phoenix.master.spawner import Spawner
 from phoenix.master.specs import JobSpecs
 from phoenix.master.statefiles import StateFiles
 from phoenix.master.status import Status
+from phoenix.master.stopping import Stopping
+from phoenix.master.storage import Storage
 from phoenix.rules.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest, Command, from_request
 from phoenix.rules.liveness import master_was_away
 from phoenix.rules.policy import RestartBudget, may_start_jobs
 from phoenix.rules.states import MASTER_TRANSITIONS, HandoffPhase, KillReason, MasterState, StopMode, check_move
 from phoenix.store.base import (
-    SQLITE,
-    FileStore,
-    JournalError,
     SharedStore,
-    Store,
-    StoreUnavailable,
     default_node,
     is_url,
     redact,
 )
 from phoenix.store.open import open_store
-from phoenix.store.outage import STORAGE_ERRORS, JournalOutage, file_identity
+from phoenix.store.outage import JournalOutage
 from phoenix.wire import control as control_socket
 from phoenix.wire.control import ControlServer
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 event = log.event
-STATE_DIR_CHECK = 1.0
 
 
 class Master:
@@ -112,10 +108,6 @@ class Master:
         self.children = AttemptTable()  # pid -> running attempt
         self.signals: list[int] = []
         self.state = MasterState.STARTING
-        self.stop_mode: StopMode | None = None
-        self.exit_wait_noted = False  # stop_waits_for_journal said
-        self.stop_error: str | None = None  # why the stop itself could not be recorded
-        self.crash_error: str | None = None  # what ended the loop, if an error did
         self.budget = RestartBudget(config.restart_intensity, config.restart_period)
         self.counters = metrics.Counters()
         self.specs = JobSpecs(app, lambda: self.config)
@@ -127,14 +119,11 @@ class Master:
         self.replacements = 0
         self.last_woke = self.clock.monotonic()  # when the loop last returned from its sleep
         self.started_at = time.time()
-        self.exit_code = 0
-        self.stop_signal: int | None = None  # what asked this master to stop (see exits.py)
         self.spawner = Spawner(app_spec, lambda: self.config, self.paths, self.specs, self.loop, lambda: self.slots,
                                self.wants_spare)
         self.watchdog = systemd.Watchdog(clock)  # WATCHDOG=1 when systemd's WatchdogSec asks for it
         self.outage = JournalOutage(redact(config.store) if is_url(config.store) else str(self.paths.journal),
                                      clock)
-        self.next_state_dir_check = 0.0
         self.node = config.node or default_node(config.state_dir)  # its name in a shared store
         self.leases: LeaseKeeper | None = None  # a shared store's lease (leasekeeper.py)
 
@@ -167,16 +156,19 @@ class Master:
 
     def _open_under_lock(self, inherited: dict[str, int]) -> None:
         # After an exec, the preflight checked the journal.
-        self.journal: Store = open_store(self.config.store, self.paths.journal, node=self.node,
-                                         verify=not inherited, lease_ttl=self.config.lease_ttl)
-        self.journal_identity = None if self.journal.shared else file_identity(self.paths.journal)
+        self.storage = Storage(open_store(self.config.store, self.paths.journal, node=self.node,
+                                          verify=not inherited, lease_ttl=self.config.lease_ttl),
+                               self.paths, self.outage, self.clock, self.children, self.app, self.pidfile,
+                               self.intake.retry_unheld, lambda: self.state_files, lambda: self.control,
+                               lambda: self.scheduler, lambda: self.settler, lambda: self.leases)
+        journal = self.storage.journal()
         # Recorded in the journal only once ready: a start that fails records no generation.
-        self.generation = int(self.journal.meta("generation", 0)) + 1
+        self.generation = int(journal.meta("generation", 0)) + 1
         if not inherited:  # a run starts here; replacement images carry it on (see exits.py)
-            self.journal.set_meta(run_started_at=self.started_at)
-        self.run_started_at = float(self.journal.meta("run_started_at", self.started_at))
+            journal.set_meta(run_started_at=self.started_at)
+        self.run_started_at = float(journal.meta("run_started_at", self.started_at))
         if self.app is not None:
-            self.app.journal = self.journal
+            self.app.journal = journal
         self.slots = self.slot_limit.fit(self.slots)
         self.loop.open()
         if self.app is not None:
@@ -198,31 +190,36 @@ class Master:
             control = control_socket.bind(self.paths.control_socket)
         self.intake.watch(self.loop.selector)
         self.callbacks = CallbackRunner(self.config.callback_threads, self.clock)
-        self.settler = CallbackSettler(self.app, lambda: self.journal, self.callbacks, lambda: self.config,
-                                       self.counters, self.clock, self.guarded)
-        if self.journal.shared:
-            assert isinstance(self.journal, SharedStore)
-            self.leases = LeaseKeeper(self, self.hangs.interrupt_all, self.journal, lambda: self.config, self.specs,
+        self.settler = CallbackSettler(self.app, self.storage.journal, self.callbacks, lambda: self.config,
+                                       self.counters, self.clock, self.storage.guarded)
+        if journal.shared:
+            assert isinstance(journal, SharedStore)
+            self.leases = LeaseKeeper(self, self.hangs.interrupt_all, journal, lambda: self.config, self.specs,
                                       self.children, self.loop, lambda: self.budget, self.callbacks_held,
                                       self.settler.run_owed, lambda: self.scheduler.wake())
             self.leases.register(os.getpid(), self.generation, self.started_at, self.app_spec)
         self.control = ControlServer(control, self.loop.selector, self.control_request,
                                      lambda why: self.counters.reject(why), clock=self.clock)
-        self.handoff = handoff.Handoff(self, lambda: self.config, self.paths, lambda: self.journal, self.outage,
+        self.stopping = Stopping(self, lambda: self.config, self.storage.journal, self.outage, self.children,
+                                 self.callbacks, self.settler, self.spawner, self.hangs, self.control, self.paths,
+                                 self.pidfile, self.leases, lambda: self.scheduler.maybe_pending,
+                                 self.run_started_at, self.clock)
+        self.handoff = handoff.Handoff(self, lambda: self.config, self.paths, self.storage.journal, self.outage,
                                        self.loop, self.intake, self.control, self.pidfile, self.children,
-                                       self.settler.run_owed, lambda: bool(self.callbacks.running))
-        self.status = Status(self, self.app, self.app_spec, lambda: self.journal, self.children, self.counters,
-                             self.spawner, self.handoff, self.outage, self.clock)
+                                       self.settler.run_owed, lambda: bool(self.callbacks.running),
+                                       self.storage.reopen_journal, self.stopping.leave_children_running)
+        self.status = Status(self, self.app, self.app_spec, self.storage.journal, self.children, self.counters,
+                             self.spawner, self.handoff, self.outage, self.clock, self.stopping.unrecorded_outcomes)
         # Sockets, pidfile and lock put back if removed under us.
         self.state_files = StateFiles(self.paths, self.children, self.intake, self.control, self.pidfile,
-                                      lambda: self.handoff.successor() is not None, self.check_state_dir_now,
+                                      lambda: self.handoff.successor() is not None, self.storage.check_state_dir_now,
                                       self.clock)
-        self.recorder = OutcomeRecorder(lambda: self.journal, lambda: self.config, lambda: self.budget, self.specs,
-                                        self.paths, self.counters, self.clock, self.guarded, self.settler,
+        self.recorder = OutcomeRecorder(self.storage.journal, lambda: self.config, lambda: self.budget, self.specs,
+                                        self.paths, self.counters, self.clock, self.storage.guarded, self.settler,
                                         self.callbacks_held, lambda: self.scheduler.wake())
-        self.reaper = Reaper(lambda: self.journal, self.children, self.loop, self.specs, self.recorder, self.spawner,
+        self.reaper = Reaper(self.storage.journal, self.children, self.loop, self.specs, self.recorder, self.spawner,
                              self.hangs, self.read_heartbeats, self.handoff.successor)
-        self.scheduler = Scheduler(lambda: self.journal, lambda: self.config, self.generation, str(self.paths.output),
+        self.scheduler = Scheduler(self.storage.journal, lambda: self.config, self.generation, str(self.paths.output),
                                    self.specs, self.children, self.free_slots, self.shared_poll, self.spawner,
                                    self.outage, self.recorder, self.settler.start, self.hangs.watch, self.counters,
                                    self.clock)
@@ -230,14 +227,14 @@ class Master:
         # Signals blocked across an exec (handoff) are pending in the signalfd
         # and read once the loop runs, after adoption.
         self.loop.watch(self.signal_fd, self._read_signals)
-        self.replacements = self.journal.count_events("replaced") + (1 if inherited else 0)
+        self.replacements = journal.count_events("replaced") + (1 if inherited else 0)
         if self.config.metrics:
             self.counters.histograms, (host, port) = metrics.serve(self, self.config.metrics)
             event(INFO, "metrics", address=f"http://{host}:{port}/metrics")
         # Guarded: a new image on a disk that filled during its exec must not crash with the children running
         # (it runs in an outage, starting nothing, until the journal takes writes again).
-        self.guarded(functools.partial(self.journal.record_event, "master_start" if not inherited else "replaced",
-                                       self.generation, os.getpid(), self.app_spec))
+        self.storage.guarded(functools.partial(journal.record_event, "master_start" if not inherited else "replaced",
+                                               self.generation, os.getpid(), self.app_spec))
 
     def _read_signals(self) -> None:
         for signum, sender, uid in self.signal_fd.read():
@@ -260,8 +257,9 @@ class Master:
         if self.app is None:
             self.change_state(MasterState.DEGRADED)
             # The reason too: the dashboard reads the store, never this loop.
-            self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
-                                  app=self.app_spec, state="degraded", degraded_reason=self.degraded_reason)
+            self.storage.journal().set_meta(generation=self.generation, master_pid=os.getpid(),
+                                            started_at=self.started_at, app=self.app_spec, state="degraded",
+                                            degraded_reason=self.degraded_reason)
             self.handoff.became_degraded(self.degraded_reason or "no app loaded")
             event(ERROR, "degraded", generation=self.generation, pid=os.getpid(), running=len(self.children),
                   reason=(self.degraded_reason or "").splitlines()[0] if self.degraded_reason else "-",
@@ -269,8 +267,9 @@ class Master:
             self.status.update_title(force=True)
             return
         self.change_state(MasterState.RUNNING)
-        self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
-                              app=self.app_spec, state="running", degraded_reason=None)
+        self.storage.journal().set_meta(generation=self.generation, master_pid=os.getpid(),
+                                        started_at=self.started_at, app=self.app_spec, state="running",
+                                        degraded_reason=None)
         self.handoff.became_ready()
         event(INFO, "ready", generation=self.generation, pid=os.getpid(), app=self.app_spec or "-",
               workers=self.slots, running=len(self.children))
@@ -290,38 +289,39 @@ class Master:
             self.reaper.adopt_running_attempts()
             self.announce_ready()
             self.last_woke = self.clock.monotonic()  # start-up (imports, a journal check) is not absence
-            while self.state != MasterState.STOPPED or self.holds_unwritten():
+            while self.state != MasterState.STOPPED or self.stopping.holds_unwritten():
                 self.wait_for_events()
                 self.run_commands()
                 self.reaper.reap()
                 self.hangs.run_due_timers(self.clock.monotonic())
-                self.guarded(self.scheduler.spawn_pending_jobs)
+                self.storage.guarded(self.scheduler.spawn_pending_jobs)
                 self.spawner.replenish()
                 self.settler.settle()
                 self.handoff.continue_when_quiet()
                 self.handoff.enforce_deadline()
-                self.guarded(self.check_finished)
-                self.guarded(self.status.update_title)
+                self.storage.guarded(self.stopping.check_finished)
+                self.storage.guarded(self.status.update_title)
                 self.watchdog.keep_alive()
-                self.watch_storage()
+                self.storage.watch_storage()
                 if self.leases is not None:
                     self.leases.tick(self.clock.monotonic())
-            if self.stop_signal is not None and self.config.exit_when_done:
-                self.exit_code = exits.stopped_batch(self.stop_signal, self.batch_counts)
+            stopping = self.stopping
+            if stopping.stop_signal is not None and self.config.exit_when_done:
+                stopping.exit_code = exits.stopped_batch(stopping.stop_signal, stopping.batch_counts)
         except Exception as exc:
             # Logged here (the log may be a file no one watches for stderr), and
             # the exit status says so: a supervisor must see a crash as a failure.
-            self.exit_code = 1
-            self.crash_error = f"it crashed ({type(exc).__name__}: {exc}): see its log"
+            self.stopping.exit_code = 1
+            self.stopping.crash_error = f"it crashed ({type(exc).__name__}: {exc}): see its log"
             log.log.exception("crash", extra={"phoenix_fields": {"error": f"{type(exc).__name__}: {exc}"}})
         finally:
-            self.close()
-        return self.exit_code
+            self.stopping.close()
+        return self.stopping.exit_code
 
     def next_deadline(self, now: float) -> float:
         """The earliest moment any part needs the loop (einhorn's Event.timeout)."""
         deadlines = [self.scheduler.next_deadline(now), self.watchdog.due, self.outage.next_retry,
-                     self.next_state_dir_check, self.control.next_deadline()]
+                     self.storage.next_state_dir_check, self.control.next_deadline()]
         if self.leases is not None:
             deadlines.append(self.leases.next_deadline())
         timer = self.loop.timers.next_deadline()
@@ -374,8 +374,8 @@ class Master:
             event(ERROR, "stop_refused", mode="leave-running", reason=pid1.LEAVE_RUNNING_REFUSED)
             return {"ok": False, "error": pid1.LEAVE_RUNNING_REFUSED}
         elif command in (Command.STOP, Command.DRAIN, Command.LEAVE):
-            self.begin_stop({Command.STOP: StopMode.TERM, Command.DRAIN: StopMode.DRAIN,
-                             Command.LEAVE: StopMode.LEAVE}[command], signum)
+            self.stopping.begin_stop({Command.STOP: StopMode.TERM, Command.DRAIN: StopMode.DRAIN,
+                                      Command.LEAVE: StopMode.LEAVE}[command], signum)
         elif command == Command.RELOAD:
             return self.handoff.request_reload(force=force)
         elif command == Command.RELOAD_CONFIG:
@@ -405,14 +405,14 @@ class Master:
         """`phoenix cancel`: a pending job is cancelled in the journal; a
         running one's process group gets TERM, then KILL after kill_grace, and
         its outcome is `cancelled`. Returns the job's state before."""
-        state = self.journal.cancel_pending(key)
+        state = self.storage.journal().cancel_pending(key)
         if state == "pending" and not self.callbacks_held():
             self.settler.run_owed()  # its on_failed, owed with the cancel
         if state == "running":
             attempt = self.children.with_key(key)
             if attempt is None:
                 return "running elsewhere"  # no process of this master: nothing to signal
-            self.journal.request_cancel(attempt.attempt_id)  # survives a replacement or a crash mid-cancel
+            self.storage.journal().request_cancel(attempt.attempt_id)  # survives a replacement or a crash mid-cancel
             self.hangs.cancel(attempt, self.clock.monotonic())
         return state or "unknown"
 
@@ -437,15 +437,6 @@ class Master:
         if self.handoff.phase != HandoffPhase.FORKED:  # else the new master reads the connections now
             self.intake.read(self.clock.monotonic())
 
-    # -- exits ------------------------------------------------------------------------
-
-    def leave_children_running(self) -> None:
-        """Fork mode, once the new master is ready: exit without touching the
-        children; they are orphaned, keep beating, and the new master adopts them."""
-        self.stop_mode = StopMode.HANDED_OVER
-        self.children.clear()
-        self.change_state(MasterState.STOPPED)
-
     # -- what only the master decides, asked by the parts --------------------------------
 
     def callbacks_held(self) -> bool:
@@ -454,17 +445,6 @@ class Master:
     def end_spare(self) -> None:
         self.spawner.discard()
         self.reaper.take_server_reports()  # before an exec: exits only this image heard of
-
-    def reopen_journal(self) -> None:
-        """After a failed exec: the journal was closed for it (a shared store
-        connects again by itself, and keeps its lease)."""
-        if self.journal.shared:
-            if self.leases is not None:
-                self.leases.open_listener()  # closed with the store for the exec
-            return
-        self.journal = open_store(SQLITE, self.paths.journal)
-        if self.app is not None:
-            self.app.journal = self.journal
 
     def cancel_attempts(self, attempt_ids: set[int]) -> None:
         """Cancels asked in the shared store (any host's `phoenix cancel`):
@@ -480,8 +460,8 @@ class Master:
         """Our lease was recovered, and registering again found the node held by
         another master: two masters must never run under one name. Stop."""
         event(ERROR, "node_taken", node=self.node, error=why, effect="stopping: its children were ended")
-        self.exit_code = 2
-        self.begin_stop(StopMode.TERM)
+        self.stopping.exit_code = 2
+        self.stopping.begin_stop(StopMode.TERM)
 
     def shared_poll(self) -> float:
         return self.leases.poll_interval() if self.leases is not None else 2.0
@@ -505,202 +485,6 @@ class Master:
                 and (self.leases is None or self.leases.may_claim(self.clock.monotonic()))):
             return 0
         return self.slots - len(self.children)
-
-    # -- storage faults ---------------------------------------------------------------
-
-    def guarded(self, operation: Callable[[], Any], retry: bool = False) -> None:
-        """Run a step that writes or reads the journal; a storage error starts
-        an outage instead of taking the master down. With `retry`, a write
-        that failed is kept and replayed in order once the journal recovers."""
-        try:
-            if retry and self.outage.active:
-                self.outage.failed(RuntimeError(self.outage.error), _name(operation), operation)
-                return
-            operation()
-        except STORAGE_ERRORS as exc:
-            self.outage.failed(exc, _name(operation), operation if retry else None)
-
-    def check_state_dir_now(self) -> None:
-        """The state-directory check at once, not at its next second (before a heartbeat_timeout kill)."""
-        self.next_state_dir_check = 0.0
-        self.watch_storage()
-
-    def watch_storage(self) -> None:
-        now = self.clock.monotonic()
-        if self.outage.active and self.outage.retry_if_due(self.journal.probe_write):
-            self.intake.retry_unheld()
-            self.scheduler.wake()
-            self.guarded(self.scheduler.reconcile_claims)  # a claim that failed may have committed
-            self.guarded(self.settler.run_owed)  # any that could not be started meanwhile
-        if now < self.next_state_dir_check:
-            return
-        self.next_state_dir_check = now + STATE_DIR_CHECK
-        if not self.journal.shared and file_identity(self.paths.journal) != self.journal_identity:
-            self.rebuild_state_dir()
-        else:
-            self.state_files.check()
-
-    def rebuild_state_dir(self) -> None:
-        """The journal file vanished or was replaced under us: rebuild the state
-        directory from the open journal, and rebind the sockets, lock and pidfile."""
-        if not self.outage.active:  # else said already, and retried every second
-            event(ERROR, "state_dir_lost", path=self.paths.root,
-                  effect="rebuilding it from the open journal; running children are kept")
-        try:
-            self.paths.ensure()
-            assert isinstance(self.journal, FileStore)  # (a shared store has no file to lose)
-            self.journal.restore_file()
-            self.journal.close()
-            self.reopen_journal()
-            self.journal_identity = file_identity(self.paths.journal)
-            self.pidfile.rebuild()
-            self.state_files.rebind_heartbeat()
-            self.control.rebind(control_socket.bind(self.paths.control_socket))
-        except (*STORAGE_ERRORS, AlreadyRunning, JournalError) as exc:
-            self.outage.failed(exc, "rebuild_state_dir")
-            return
-        event(WARNING, "state_dir_rebuilt", path=self.paths.root, running=len(self.children))
-
-    # -- ending -----------------------------------------------------------------------
-
-    def check_finished(self) -> None:
-        if self.state in (MasterState.DRAINING, MasterState.STOPPING):
-            self.note_exit_waits()
-        if self.children or self.callbacks.running:
-            return
-        if self.state in (MasterState.DRAINING, MasterState.STOPPING):
-            self.change_state(MasterState.STOPPED)
-        elif (self.state == MasterState.RUNNING and self.config.exit_when_done
-              and (not self.scheduler.maybe_pending or self.slots == 0)):
-            # (With no slots, pending jobs are never looked for: ask the journal.)
-            counts = self.batch_counts()
-            if counts["pending"] == 0 and counts["running"] == 0:
-                event(INFO, "monitoring_complete", finished=counts["finished"], failed=counts["failed"], running=0)
-                self.exit_code = exits.batch_done(counts)
-                self.change_state(MasterState.STOPPED)
-
-    def unrecorded_outcomes(self) -> int:
-        """Outcomes this master has that the journal has not taken yet: finals
-        received and not held (their children wait for the ack), and outcome
-        records queued by an outage."""
-        waiting = sum(1 for a in self.children.values() if a.holds_only_copy())
-        return waiting + sum(1 for doing, _redo in self.outage.unwritten if doing == "record")
-
-    def holds_unwritten(self) -> bool:
-        """Journal writes that failed and wait to be replayed: the master does
-        not exit with them (a stop, a drain, --leave-running, a hand-over), or
-        outcomes and callbacks done would be lost; it retries every second
-        until the journal takes them. Not for a damaged journal, which no wait
-        mends: close() says what is lost with it."""
-        if not self.holds_unwritten_waits():
-            return False
-        self.note_exit_waits()
-        return True
-
-    def holds_unwritten_waits(self) -> bool:
-        """Failed journal writes that a wait may yet land (the journal is not damaged)."""
-        return bool(self.outage.unwritten) and not self.outage.damaged
-
-    def note_exit_waits(self) -> None:
-        """Say once why a stop is waiting for the journal."""
-        if self.exit_wait_noted or not self.outage.active:
-            return
-        held = self.unrecorded_outcomes()
-        if not any(a.holds_only_copy() for a in self.children.values()) and not self.holds_unwritten_waits():
-            return  # nothing keeps this stop waiting
-        self.exit_wait_noted = True
-        event(ERROR, "stop_waits_for_journal", unrecorded_outcomes=held, unwritten=len(self.outage.unwritten),
-              error=self.outage.error,
-              effect="the master exits once the journal takes them (retried every 1 s): free space or fix "
-                     "the state directory; a SIGKILL now leaves them to the children that still hold them")
-
-    def batch_counts(self) -> dict[str, int]:
-        return self.journal.batch_counts(self.run_started_at)
-
-    def begin_stop(self, mode: StopMode, signum: int | None = None) -> None:
-        if self.state == MasterState.STOPPED:
-            return  # stopped already; only waiting to write what the journal would not take (holds_unwritten)
-        self.spawner.discard()
-        self.stop_signal = self.stop_signal or signum or exits.STOP_MODE_SIGNALS[mode]
-        if self.state == MasterState.STOPPING and mode == StopMode.TERM:
-            event(WARNING, "stop_now", running=len(self.children))
-            for attempt in list(self.children.values()):
-                if not attempt.holds_only_copy():  # (see below)
-                    signal_attempt(attempt, signal.SIGKILL)
-            return
-        if mode == StopMode.LEAVE:
-            event(INFO, "stop", mode="leave-running", running=len(self.children))
-            self.stop_mode = StopMode.LEAVE
-            self.children.clear()  # they keep running; the next master adopts them
-            self.change_state(MasterState.STOPPED)
-            return
-        if mode == StopMode.DRAIN:
-            if self.state in (MasterState.RUNNING, MasterState.DEGRADED):
-                event(INFO, "drain", running=len(self.children))
-                self.change_state(MasterState.DRAINING)
-            return
-        event(INFO, "stop", mode="term", running=len(self.children))
-        self.change_state(MasterState.STOPPING)
-        now = self.clock.monotonic()
-        for attempt in self.children.values():
-            if attempt.holds_only_copy():
-                # Its job is done: the child only waits for its outcome's ack (or
-                # writes it to the outbox), and holds it until then; a signal
-                # would end the only copy the journal could not take yet.
-                continue
-            self.hangs.interrupt(attempt, now)
-
-    def close(self) -> None:
-        self.spawner.discard()
-        self.callbacks.wait_all(self.config.callback_timeout)
-        self.settler.settle()
-        self.callbacks.shutdown()
-        self.control.close()
-        try:
-            self.record_stop()
-        except StoreUnavailable as exc:  # a shared store out of reach: its lease lapses, and others recover
-            event(ERROR, "stop_unrecorded", error=str(exc), unwritten=len(self.outage.unwritten),
-                  effect="the lease lapses; another master recovers what this one could not record")
-            self.stop_error = str(exc)
-            self.exit_code = self.exit_code or 1
-        except STORAGE_ERRORS as exc:  # a full disk, say: every outcome is recorded (holds_unwritten), not the stop
-            held = self.unrecorded_outcomes()
-            event(ERROR, "stop_unrecorded", error=str(exc), unrecorded_outcomes=held,
-                  effect=(f"{held} outcome(s) stay with their children, which the next master adopts; "
-                          if held else "every outcome is recorded; ")
-                  + "the next master finds this one's stop missing, as after a crash")
-            self.stop_error = str(exc)
-            self.exit_code = self.exit_code or 1
-        if self.outage.unwritten:  # only with a damaged journal (holds_unwritten)
-            event(ERROR, "exit_unwritten", unwritten=len(self.outage.unwritten), error=self.outage.error,
-                  effect="these journal writes are lost with the damaged journal; outcomes in the outbox and "
-                         "with running children are kept for the next master")
-        if self.stop_mode != StopMode.HANDED_OVER:
-            for path in (self.paths.heartbeat_socket, self.paths.control_socket):
-                path.unlink(missing_ok=True)
-            systemd.notify("STOPPING=1")
-        self.pidfile.release()
-        self.journal.close()
-        event(INFO, "exit", pid=os.getpid(), code=self.exit_code)
-        error = f"it could not record its stop ({self.stop_error})" if self.stop_error else self.crash_error
-        self.control.report_exit({"ok": error is None, "exit_code": self.exit_code, "error": error})
-
-    def record_stop(self) -> None:
-        if self.stop_mode == StopMode.HANDED_OVER:
-            # The sockets, the pidfile and the journal's meta are the new master's now.
-            handoff.oldbin(self.paths).unlink(missing_ok=True)
-            self.journal.record_event("handed_over", self.generation, os.getpid(), None)
-            return
-        self.journal.set_meta(state="stopped")
-        self.journal.record_event("master_stop", self.generation, os.getpid(), self.stop_mode)
-        if self.leases is not None:
-            self.leases.release("left" if self.stop_mode == StopMode.LEAVE else "stopped")
-
-
-
-def _name(operation: Callable[..., Any]) -> str:
-    inner = getattr(operation, "func", operation)
-    return getattr(inner, "__name__", "journal write")
 
 
 def _hold_standard_fds() -> None:

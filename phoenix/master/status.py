@@ -32,13 +32,12 @@ class Shown(Protocol):
     started_at: float  # wall time, shown
     slots: int
 
-    def unrecorded_outcomes(self) -> int: ...
-
 
 class Status:
     def __init__(self, master: Shown, app: App | None, app_spec: str | None, journal: Callable[[], Store],
                  attempts: AttemptTable, counters: Counters, spawner: Spawner, handoff: Handoff,
-                 outage: JournalOutage, clock: Clock) -> None:
+                 outage: JournalOutage, clock: Clock, unrecorded_outcomes: Callable[[], int]) -> None:
+        """`unrecorded_outcomes()`: outcomes the journal has not taken yet (stopping.Stopping)."""
         self.master = master
         self.app_name = (app.name if app is not None else None) or app_spec or "-"
         self.app_spec = app_spec
@@ -49,6 +48,7 @@ class Status:
         self.handoff = handoff
         self.outage = outage
         self.clock = clock
+        self.unrecorded_outcomes = unrecorded_outcomes
         self.title_due = 0.0
 
     def update_title(self, force: bool = False) -> None:
@@ -91,7 +91,7 @@ class Status:
                 "beats_missing": self.counters.beats_missing,
                 "rejected": self.counters.rejected,
                 "reload": self.handoff.last_result,
-                "unrecorded_outcomes": m.unrecorded_outcomes(),
+                "unrecorded_outcomes": self.unrecorded_outcomes(),
                 "journal_error": self.outage.error,
             },
             "running": {
