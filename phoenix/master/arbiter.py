@@ -33,12 +33,12 @@ import os
 import signal
 import socket
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from phoenix import log
 from phoenix.app import App
 from phoenix.config import Config
-from phoenix.linux import lineage, pid1, systemd
+from phoenix.linux import lineage, systemd
 from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.pidfile import PidFile
@@ -47,6 +47,7 @@ from phoenix.linux.sockets import bind_heartbeat
 from phoenix.master import exits, handoff, metrics
 from phoenix.master.attempts import AttemptTable
 from phoenix.master.callbacks import CallbackRunner
+from phoenix.master.dispatch import Dispatcher
 from phoenix.master.hangs import HangKiller
 from phoenix.master.heartbeats import HeartbeatIntake
 from phoenix.master.leasekeeper import LeaseKeeper
@@ -62,7 +63,7 @@ from phoenix.master.statefiles import StateFiles
 from phoenix.master.status import Status
 from phoenix.master.stopping import Stopping
 from phoenix.master.storage import Storage
-from phoenix.rules.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest, Command, from_request
+from phoenix.rules.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS
 from phoenix.rules.liveness import master_was_away
 from phoenix.rules.policy import RestartBudget, may_start_jobs
 from phoenix.rules.states import MASTER_TRANSITIONS, HandoffPhase, KillReason, MasterState, StopMode, check_move
@@ -84,6 +85,7 @@ event = log.event
 class Master:
     # Built in open(), once the store is open (before any of them is called).
     handoff: handoff.Handoff
+    dispatcher: Dispatcher
     state_files: StateFiles
     status: Status
     recorder: OutcomeRecorder
@@ -198,7 +200,8 @@ class Master:
                                       self.children, self.loop, lambda: self.budget, self.callbacks_held,
                                       self.settler.run_owed, lambda: self.scheduler.wake())
             self.leases.register(os.getpid(), self.generation, self.started_at, self.app_spec)
-        self.control = ControlServer(control, self.loop.selector, self.control_request,
+        self.control = ControlServer(control, self.loop.selector,
+                                     lambda request: self.dispatcher.control_request(request),
                                      lambda why: self.counters.reject(why), clock=self.clock)
         self.stopping = Stopping(self, lambda: self.config, self.storage.journal, self.outage, self.children,
                                  self.callbacks, self.settler, self.spawner, self.hangs, self.control, self.paths,
@@ -223,6 +226,9 @@ class Master:
                                    self.specs, self.children, self.free_slots, self.shared_poll, self.spawner,
                                    self.outage, self.recorder, self.settler.start, self.hangs.watch, self.counters,
                                    self.clock)
+        self.dispatcher = Dispatcher(self, self.storage.journal, self.status.live, self.scheduler.wake,
+                                     self.stopping, self.handoff, self.spawner.discard, self.children, self.hangs,
+                                     self.settler.run_owed, self.clock)
         self.loop.watch(self.callbacks.wake_read, self.callbacks.drain_wakeups)
         # Signals blocked across an exec (handoff) are pending in the signalfd
         # and read once the loop runs, after adoption.
@@ -359,62 +365,7 @@ class Master:
             signum = self.signals.pop(0)
             command = SIGNAL_COMMANDS.get(signum)
             if command is not None:
-                self.execute(command, signum=signum)
-
-    def execute(self, command: Command, signum: int | None = None, force: bool = False,
-                keys: list[str] | None = None) -> dict[str, Any]:
-        """Run one command, however it arrived (a signal or the control socket)."""
-        if command == Command.STATUS:
-            return {"ok": True, **self.status.live()}
-        if command == Command.CANCEL:
-            return {"ok": True, "cancelled": {key: self.cancel(key) for key in keys or []}}
-        if command == Command.WAKE:
-            self.scheduler.wake()
-        elif command == Command.LEAVE and pid1.is_namespace_init():
-            event(ERROR, "stop_refused", mode="leave-running", reason=pid1.LEAVE_RUNNING_REFUSED)
-            return {"ok": False, "error": pid1.LEAVE_RUNNING_REFUSED}
-        elif command in (Command.STOP, Command.DRAIN, Command.LEAVE):
-            self.stopping.begin_stop({Command.STOP: StopMode.TERM, Command.DRAIN: StopMode.DRAIN,
-                                      Command.LEAVE: StopMode.LEAVE}[command], signum)
-        elif command == Command.RELOAD:
-            return self.handoff.request_reload(force=force)
-        elif command == Command.RELOAD_CONFIG:
-            self.reload_configuration()
-        elif command == Command.SLOT_MORE:
-            self.set_slots(self.slots + 1)
-            self.scheduler.wake()
-            event(INFO, "workers", workers=self.slots)
-        elif command == Command.SLOT_LESS:
-            self.set_slots(self.slots - 1)
-            event(INFO, "workers", workers=self.slots)
-        elif command == Command.REOPEN_LOGS:
-            self.spawner.discard()  # it holds the old log file; the next one gets the new
-            log.reopen()
-            event(INFO, "logs_reopened")
-        return {"ok": True}
-
-    def control_request(self, request: dict[str, Any]) -> dict[str, Any]:
-        try:
-            command = from_request(request)
-        except BadRequest as exc:
-            return {"ok": False, "error": str(exc)}
-        # Only `phoenix reload --force` passes the preflight's check of queued targets.
-        return self.execute(command, force=request.get("force") is True, keys=request.get("keys"))
-
-    def cancel(self, key: str) -> str:
-        """`phoenix cancel`: a pending job is cancelled in the journal; a
-        running one's process group gets TERM, then KILL after kill_grace, and
-        its outcome is `cancelled`. Returns the job's state before."""
-        state = self.storage.journal().cancel_pending(key)
-        if state == "pending" and not self.callbacks_held():
-            self.settler.run_owed()  # its on_failed, owed with the cancel
-        if state == "running":
-            attempt = self.children.with_key(key)
-            if attempt is None:
-                return "running elsewhere"  # no process of this master: nothing to signal
-            self.storage.journal().request_cancel(attempt.attempt_id)  # survives a replacement or a crash mid-cancel
-            self.hangs.cancel(attempt, self.clock.monotonic())
-        return state or "unknown"
+                self.dispatcher.execute(command, signum=signum)
 
     def reload_configuration(self) -> None:
         try:
