@@ -143,3 +143,13 @@ def wsgi_app(environ, start_response):
     """gunicorn's app: the smallest WSGI application."""
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
     return [b"ok"]
+
+# Ten thousand children (bench.tenk): 1 Hz beats, the default 5 s timeout, as the issue states it.
+tenk_app = phoenix.App("bench-tenk", heartbeat_interval=1.0, heartbeat_timeout=5.0, kill_grace=1.0)
+
+
+@tenk_app.job
+def sleeper(params):
+    """Sleeps; its heartbeat thread beats once a second meanwhile."""
+    time.sleep((params or {}).get("s", 3600))
+    return None

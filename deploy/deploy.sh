@@ -4,18 +4,24 @@
 #   1. preflight the new release on its own (`phoenix check`): a release that
 #      does not import, whose configuration is invalid, or that lacks a job
 #      target pending or running jobs use, stops here and nothing changes;
-#   2. switch the `current` symlink to it, atomically;
-#   3. `phoenix reload --wait`: the master (started in `current`, see
+#   2. compile its bytecode (`python -m compileall`): the new master image
+#      then loads it instead of compiling every module of the release from
+#      source while the heartbeat socket goes unread (the blind window);
+#      PYTHONDONTWRITEBYTECODE=1 does not stop this, it only stops imports
+#      from writing it;
+#   3. switch the `current` symlink to it, atomically;
+#   4. `phoenix reload --wait`: the master (started in `current`, see
 #      deploy/phoenix.service) replaces itself with the new code and the jobs
 #      keep running; it exits 0 once the new master is ready, 1 with the reason
 #      if the master refused or failed (the old master then keeps running);
-#   4. on failure, switch `current` back and fail the deploy (exit 1).
+#   5. on failure, switch `current` back and fail the deploy (exit 1).
 #
 # Settings (environment):
 #   PHOENIX_APP        the app, e.g. myapp.jobs:app                   (required)
 #   APP_ROOT           holds `current` and `releases/`                (default /srv/myapp)
 #   PHOENIX_STATE_DIR  the running master's state directory           (default /var/lib/myapp/phoenix)
 #   PHOENIX            the phoenix command                            (default $APP_ROOT/venv/bin/phoenix)
+#   PYTHON             the interpreter Phoenix runs on, for compileall (default: python beside $PHOENIX)
 #   RELOAD_TIMEOUT     seconds to wait for the new master             (default 120)
 #   DEPLOY_FORCE       1: deploy even if the release lacks job targets that
 #                      queued jobs use (those jobs then fail)         (default 0)
@@ -33,6 +39,7 @@ fi
 APP_ROOT=${APP_ROOT:-/srv/myapp}
 STATE_DIR=${PHOENIX_STATE_DIR:-/var/lib/myapp/phoenix}
 PHOENIX=${PHOENIX:-$APP_ROOT/venv/bin/phoenix}
+PYTHON=${PYTHON:-$(dirname "$PHOENIX")/python}
 RELOAD_TIMEOUT=${RELOAD_TIMEOUT:-120}
 FORCE=
 if [ "${DEPLOY_FORCE:-0}" = 1 ]; then FORCE=--force; fi
@@ -50,6 +57,13 @@ echo "deploy: checking $release"
 if ! (cd "$release" && "$PHOENIX" check "$PHOENIX_APP" --state-dir "$STATE_DIR" $FORCE); then
     echo "deploy: FAILED: $release does not pass \`phoenix check\`; nothing was changed" >&2
     exit 1
+fi
+
+# After the check: a release that does not import has been refused with its reason by now. A file
+# that does not compile (one no job imports) only costs its own compilation at import.
+if ! "$PYTHON" -m compileall -q "$release" >/dev/null; then
+    echo "deploy: warning: some files of $release do not compile (\`$PYTHON -m compileall $release\` names them);" \
+         "they are compiled at import" >&2
 fi
 
 switch_to "$release"

@@ -1,3 +1,3 @@
-from phoenix.cli.main import main
+from phoenix.cli.entry import main
 
 main()

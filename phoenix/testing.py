@@ -20,17 +20,28 @@ Both of its clocks (monotonic and since-boot) move together.
 children (the scheduler) or hears of exits the fork server reaped (the
 reaper): it forks nothing, hands out waiting children whose order pipes the
 test reads, and reports the exits a test makes up.
+
+`MemoryStore` (phoenix.store.memory) is the store interface in memory: it
+passes the same contract suite as the SQLite and PostgreSQL stores
+(tests/store/test_contract.py), takes a `now=` clock, and lets a test of
+code that drives a `Store` (submits, claims, records outcomes) run without
+a file or a server. Apps submit through `phoenix.App`/`phoenix.Client`,
+which open the configured store; to test an app's jobs and callbacks
+end to end, run a real master on a temporary state directory (it starts in
+well under a second) rather than a fake.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import selectors
 
 from phoenix.linux.clock import Clock
 from phoenix.master.spawner import WaitingChild
+from phoenix.store.memory import MemoryStore
 
-__all__ = ["FakeClock", "FakeSpawner"]
+__all__ = ["FakeClock", "FakeSpawner", "MemoryStore"]
 
 
 class FakeClock(Clock):
@@ -52,15 +63,15 @@ class FakeClock(Clock):
 
     def advance(self, seconds: float) -> None:
         """Move both clocks `seconds` forward (never back: a monotonic clock does not)."""
-        if seconds < 0:
-            raise ValueError(f"a clock cannot go back ({seconds} s): advance by 0 or more")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"a clock moves by a finite number of seconds, 0 or more (not {seconds})")
         self._now += seconds
 
     def wait(self, selector: selectors.BaseSelector, timeout: float) -> list[tuple[selectors.SelectorKey, int]]:
         """What is ready now, without blocking; nothing ready: with `autojump`,
         the clock jumps `timeout` ahead (the moment the real wait would end)."""
         ready = selector.select(0)
-        if not ready and self.autojump:
+        if not ready and self.autojump and math.isfinite(timeout):
             self.advance(max(0.0, timeout))
         return ready
 
@@ -77,6 +88,7 @@ class FakeSpawner:
         self.next_pid = first_pid
         self.ready: list[WaitingChild] = []  # given back: the next take() hands them out first
         self.taken: list[WaitingChild] = []
+        self.asked_ahead: list[int] = []  # each take()'s `ahead`: the children the caller meant to take next
         self.fail_with: OSError | None = None
         self.dead_on_arrival = False
         self._order_ends: dict[int, int] = {}  # pid -> the read end of its order pipe
@@ -99,7 +111,8 @@ class FakeSpawner:
         lost, self._server_lost = self._server_lost, False
         return lost
 
-    def take(self) -> WaitingChild:
+    def take(self, ahead: int = 0) -> WaitingChild:
+        self.asked_ahead.append(ahead)
         if self.fail_with is not None:
             raise self.fail_with
         if self.ready:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +187,26 @@ def test_process_titles(master_factory):
              what=f"the master's title (now {title(master.pid)!r})")
     master.signal(signal.SIGTERM)
     assert master.wait_exit() == 0
+
+
+@pytest.mark.parametrize("command", [["dashboard"], ["jobs"], ["status"], ["cancel", "k"], ["retry", "k"],
+                                     ["store", "migrate"]])
+def test_a_bad_store_url_is_refused_without_its_password(command: list[str], tmp_path: Path) -> None:
+    result = phoenix_cli(*command, cwd=tmp_path, env={"PHOENIX_STORE": "postgresql://x:hunter2@[bad"})
+    assert result.returncode == 2, result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+    assert result.stderr.startswith("phoenix: error: the store URL is not valid") and "x:***@[bad" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["jobs"], ["status"], ["store", "migrate"], ["cancel", "k"],
+                                     ["start", "examples.feeds:app"]])
+def test_a_store_url_without_psycopg_installed_is_one_line_naming_the_extra(command, tmp_path):
+    """Phoenix installed without the postgres extra, given a PostgreSQL store: one line, never a traceback."""
+    code = ("import sys; sys.modules['psycopg'] = None  # as if it were not installed\n"
+            "from phoenix.cli.main import main; main()")
+    result = subprocess.run([PYTHON, "-c", code, *command, "--store", "postgresql://127.0.0.1:1/x"],
+                            capture_output=True, text=True, cwd=REPO, timeout=60,
+                            env={**os.environ, "PHOENIX_STATE_DIR": str(tmp_path / "state")})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "pip install 'phoenix-procmaster[postgres]'" in result.stderr

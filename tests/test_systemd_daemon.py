@@ -311,8 +311,9 @@ def test_deploy_script_switches_the_symlink_and_reloads(master_factory, state_di
     submit("deployed_app:until", {"path": str(done)}, "long")
     submit("deployed_app:which", {}, "before")
     assert master.wait_jobs_done(["before"], timeout=SLOW)["before"]["result"] == {"release": "r1"}
+    # PYTHONDONTWRITEBYTECODE: as in deploy/Dockerfile; imports (the check's among them) write no bytecode then.
     deploy_env = {"APP_ROOT": str(root), "PHOENIX_APP": "deployed_app:app", "PHOENIX_STATE_DIR": str(state_dir),
-                  "PHOENIX": str(BIN / "phoenix"), "RELOAD_TIMEOUT": "30"}
+                  "PHOENIX": str(BIN / "phoenix"), "RELOAD_TIMEOUT": "30", "PYTHONDONTWRITEBYTECODE": "1"}
 
     def deploy(release: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(REPO / "deploy" / "deploy.sh"), str(release)], env={**os.environ, **deploy_env},
@@ -327,6 +328,8 @@ def test_deploy_script_switches_the_symlink_and_reloads(master_factory, state_di
     result = deploy(r2)
     assert result.returncode == 0, result
     assert os.readlink(current) == str(r2)
+    # Compiled by deploy.sh: the new image loads the release's bytecode instead of compiling it in the blind window.
+    assert list((r2 / "__pycache__").glob("deployed_app.*.pyc")), sorted(os.listdir(r2))
     status = live(state_dir)
     assert status["master"]["generation"] == 2 and status["master"]["pid"] == master.pid
     submit("deployed_app:which", {}, "after")

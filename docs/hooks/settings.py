@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from importlib.metadata import entry_points
 from typing import Any
 
 import click
@@ -34,9 +33,10 @@ class UndocumentedSetting(Exception):
 
 
 def start_options() -> dict[str, list[str]]:
-    """Each setting's options of `phoenix start`, read from the installed command."""
-    (script,) = entry_points(group="console_scripts", name="phoenix")
-    group = script.load()
+    """Each setting's options of `phoenix start`, read from the CLI (the
+    click group the `phoenix` entry point, phoenix.cli.entry, hands commands to)."""
+    from phoenix.cli.main import main as group
+
     start = group.commands["start"]
     return {param.name: list(param.opts) for param in start.params
             if isinstance(param, click.Option) and param.name is not None}

@@ -60,7 +60,12 @@ def cancel(paths: StatePaths, journal: Store, keys: list[str]) -> list[Cancelled
         journal.close()
         # The master is the journal's writer while it runs: it cancels, so that
         # a pending job cannot start just as it is cancelled here.
-        answer = control.request(paths.control_socket, {"cmd": "cancel", "keys": keys})
+        try:
+            answer = control.request(paths.control_socket, {"cmd": "cancel", "keys": keys})
+        except control.NoAnswer as exc:  # delivered: a stopped master cancels once it runs again
+            shows = ", ".join(f"`phoenix show {visible(key)}`" for key in keys)
+            raise control.NoAnswer(exc.path, exc.timeout, message=f"the master did not answer within "
+                                   f"{exc.timeout:g} s; the cancel may still happen: see {shows}") from None
         states = {str(key): str(before) for key, before in control.reply_field(answer, "cancelled", dict).items()}
     else:
         with journal:

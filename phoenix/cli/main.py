@@ -7,6 +7,7 @@ import errno
 import functools
 import json
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -17,14 +18,15 @@ import click
 from phoenix import config as config_module
 from phoenix.app import AppError, decode_params, load_app, resolve_target
 from phoenix.cli import actions
-from phoenix.config import Config, ConfigError
+from phoenix.cli.replacement import default_daemon_log, run_replacement
+from phoenix.config import Config
 from phoenix.errors import Conflict, PhoenixError, StateError, Unavailable, UsageError
 from phoenix.linux import pidfile
 from phoenix.linux.paths import StatePaths, check_parents
 from phoenix.linux.untrusted import check_key, visible
 from phoenix.master import handoff
 from phoenix.rules.durations import parse_duration
-from phoenix.store.base import SQLITE, JobState, Store, is_url, redact
+from phoenix.store.base import SQLITE, JobState, RetryRefused, Store, is_url, redact
 from phoenix.store.open import open_store
 from phoenix.store.sqlite import journal_present
 from phoenix.wire import control
@@ -61,6 +63,8 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except control.NoAnswer as exc:  # delivered, unanswered: its effect is unknown, as status's exit 4
+            fail(str(exc), EXIT_NOT_RESPONDING)
         except PhoenixError as exc:
             code = next((code for category, code in EXIT_CODES.items() if isinstance(exc, category)), None)
             if code is None:
@@ -210,10 +214,10 @@ def start(app: str | None, state_dir: str | None, config_file: str | None, daemo
     if handoff.is_replacement():
         # A new image after USR2: whatever it cannot load, it must not exit,
         # or the running jobs are left without a master (see handoff.py).
-        sys.exit(_start_replacement(app_spec, config_file, flags, daemon))
+        sys.exit(run_replacement(app_spec, config_file, flags, daemon))
     application = load_app(app_spec)
     if daemon:
-        _default_daemon_log(flags, config_file, application.settings)
+        default_daemon_log(flags, config_file, application.settings)
     config = config_module.load(application.settings, config_file, flags)
     paths = StatePaths(config.state_dir)
     paths.ensure()
@@ -228,42 +232,6 @@ def start(app: str | None, state_dir: str | None, config_file: str | None, daemo
 
         sys.exit(run_daemonized(lambda: run_master(application, app_spec, config, load_config, config_file), paths))
     sys.exit(run_master(application, app_spec, config, load_config, config_file))
-
-
-def _default_daemon_log(flags: dict[str, Any], config_file: str | None, app_settings: dict[str, Any]) -> None:
-    """A daemon logs to STATE_DIR/phoenix.log unless told otherwise; so does
-    each replacement image of it (USR2 re-runs the same command line)."""
-    state_dir = config_module.load(app_settings, config_file, flags, validate=False).state_dir
-    flags["log_file"] = flags.get("log_file") or str(StatePaths(state_dir).root / "phoenix.log")
-
-
-def _start_replacement(app_spec: str, config_file: str | None, flags: dict[str, Any], daemon: bool) -> int:
-    from phoenix.master.arbiter import run_master
-
-    try:
-        application = load_app(app_spec)
-        if daemon:
-            _default_daemon_log(flags, config_file, application.settings)
-        config = config_module.load(application.settings, config_file, flags)
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - whatever the new code does, this image must not exit
-        # (a module that calls sys.exit() at import, or raises past the loader, too)
-        reason = str(exc) if isinstance(exc, (AppError, ConfigError)) else f"{type(exc).__name__}: {exc}"
-        if handoff.is_fork_successor():
-            # Fork mode: the old master still runs the good code. Tell it, and go.
-            handoff.report_failure_to_old_master(reason)
-            click.echo(f"phoenix: error: {visible(reason, multiline=True)}", err=True)
-            return 1
-        config = handoff.handed_over_config()
-
-        def keep_config() -> Config:
-            raise ConfigError("no app is loaded (the master is degraded): send USR2 to load fixed code")
-
-        return run_master(None, app_spec, config, keep_config, config_file, degraded_reason=reason)
-
-    def load_config() -> Config:
-        return config_module.load(application.settings, config_file, flags)
-
-    return run_master(application, app_spec, config, load_config, config_file)
 
 
 @main.command()
@@ -891,7 +859,7 @@ def dashboard(state_dir: str | None, store: str | None, host: str, port: int, to
     `Authorization: Bearer TOKEN`. Runs until TERM or Ctrl-C."""
     token = _dashboard_token(token_file)
     try:
-        from phoenix.web.server import ActionRefused, Dashboard, DashboardError, serve
+        from phoenix.web.server import ActionRefused, ActionUnknown, Dashboard, DashboardError, serve
     except ModuleNotFoundError as exc:
         if (exc.name or "").partition(".")[0] not in ("starlette", "uvicorn", "jinja2", "markupsafe", "anyio", "h11"):
             raise
@@ -902,12 +870,20 @@ def dashboard(state_dir: str | None, store: str | None, host: str, port: int, to
     journal.close()
 
     def retry_one(key: str) -> dict[str, Any]:
-        retried = actions.retry(paths, _open_journal(setting, paths, writes=True), [key], None)
+        try:
+            retried = actions.retry(paths, _open_journal(setting, paths, writes=True), [key], None)
+        except RetryRefused:
+            with _open_journal(setting, paths, writes=False) as journal:
+                if journal.job_by_key(key) is None:  # as cancel: an unknown key is 404, not a conflict
+                    raise LookupError(f"no job with key '{visible(key)}'") from None
+            raise
         return {"retried": retried, "message": f"retried {visible(key)}: pending again"}
 
     def cancel_one(key: str) -> dict[str, Any]:
         try:
             (result,) = actions.cancel(paths, _open_journal(setting, paths, writes=True), [key])
+        except control.NoAnswer as exc:
+            raise ActionUnknown(str(exc)) from None
         except (pidfile.NoPidfile, control.ControlError) as exc:
             raise ActionRefused(str(exc)) from None
         if result.before == "unknown":
@@ -940,12 +916,19 @@ def _dashboard_token(token_file: str | None) -> bytes | None:
     user can read), else PHOENIX_DASHBOARD_TOKEN; None (read-only) without."""
     if token_file is not None:
         where = f"--token-file {token_file}"
-        try:
-            fd = os.open(token_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:  # O_NONBLOCK: a FIFO's open would wait for a writer forever; it is refused below
+            fd = os.open(token_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             fail(f"{where}: {exc.strerror}")
         with os.fdopen(fd, "rb") as file:
-            if os.fstat(file.fileno()).st_mode & 0o077:
+            found = os.fstat(file.fileno())
+            if not stat.S_ISREG(found.st_mode):
+                fail(f"{where}: not a regular file (a FIFO, a device, ...); put the token in a file of its own")
+            # As the state directory's trust checks: another user's file could be swapped for their token.
+            if found.st_uid != os.geteuid():
+                fail(f"{where}: the file belongs to uid {found.st_uid}, not to this user (uid {os.geteuid()}); "
+                     "write the token into a file of your own, chmod 600")
+            if found.st_mode & 0o077:
                 fail(f"{where}: the file can be read by other users; chmod 600 it")
             text = file.read(4096).split(b"\n")[0].strip()
     else:

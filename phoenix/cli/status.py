@@ -257,10 +257,10 @@ def render(report: dict[str, Any]) -> None:
         Console().print(rich_table(report))
         return
     head, columns, rows = summary(report)
-    print(head)
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
-    for row in [tuple(columns), *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    lines = [head] + ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+                      for row in [tuple(columns), *rows]]
+    print("\n".join(lines))  # one write, not one per running child
 
 
 def watch(paths: StatePaths, interval: float) -> None:

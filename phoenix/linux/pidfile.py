@@ -75,6 +75,28 @@ def _describe(pid: int) -> str:
         return "?"
 
 
+# A reader's probe (live_master_pid, lock_held: `phoenix status`, the
+# dashboard's masters page every 2 s) holds LOCK_SH for a moment; a master
+# holds LOCK_EX for its whole life. Taking the lock is tried this long before
+# concluding a master runs: a probe has let go by then, a master never does.
+PROBE_WAIT = 1.5
+PROBE_RETRY = 0.01
+
+
+def lock_exclusive(fd: int, wait: float) -> bool:
+    """Take LOCK_EX on `fd`, trying again for up to `wait` seconds while
+    another holds the lock; False if it is still held then."""
+    deadline = SYSTEM.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if SYSTEM.monotonic() >= deadline:
+                return False
+            time.sleep(PROBE_RETRY)
+
+
 class PidFile:
     def __init__(self, pidfile: Path, lockfile: Path, inherited_lock_fd: int | None = None) -> None:
         self.pidfile = pidfile
@@ -85,15 +107,14 @@ class PidFile:
         """Take the lock (or keep the one inherited across exec) and write our pid."""
         if self.lock_fd is None:
             fd = open_lock_file(self.lockfile)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not lock_exclusive(fd, PROBE_WAIT):
                 os.close(fd)
                 holder = self._live_holder()
+                which = f"pid {holder}" if holder is not None else "its pidfile names no live process yet"
                 raise AlreadyRunning(
-                    f"a Phoenix master is already running on {self.pidfile.parent} (pid {holder}); "
+                    f"a Phoenix master is already running on {self.pidfile.parent} ({which}); "
                     f"stop it with `phoenix stop --state-dir {self.pidfile.parent}` or use another --state-dir"
-                ) from None
+                )
             self.lock_fd = fd
             self._warn_if_stale()
         write_atomically(self.pidfile, os.getpid())
@@ -125,11 +146,9 @@ class PidFile:
         """After the state directory was removed under us: a new lock file,
         locked, and the pidfile again, so no second master can start there."""
         fd = open_lock_file(self.lockfile)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not lock_exclusive(fd, PROBE_WAIT):
             os.close(fd)
-            raise AlreadyRunning(f"another master took {self.lockfile} while the state directory was gone") from None
+            raise AlreadyRunning(f"another master took {self.lockfile} while the state directory was gone")
         if self.lock_fd is not None:
             os.close(self.lock_fd)
         self.lock_fd = fd

@@ -39,7 +39,7 @@ from phoenix.master.timers import Timer
 from phoenix.rules.commands import HANDLED_SIGNALS
 from phoenix.rules.outcomes import classify_exit
 from phoenix.rules.states import HANDOFF_TRANSITIONS, HandoffPhase, MasterState, check_move
-from phoenix.store.base import Store
+from phoenix.store.base import Store, scrub
 from phoenix.store.outage import STORAGE_ERRORS, JournalOutage
 from phoenix.wire.control import ControlServer
 
@@ -129,23 +129,34 @@ _fork_successor = False  # set by inherited_fds(): this image is a fork-mode suc
 
 
 FD_LIST_PREFIX = "memfd:"
+# The kernel caps one environment string at 128 KiB (MAX_ARG_STRLEN); a list
+# up to half of that (some 3,000 children) stays in the variable itself.
+FD_LIST_IN_ENVIRONMENT = 64 * 1024
 
 
-def write_fd_list(fds: dict[str, int]) -> int:
-    """The hand-over's fd list ("heartbeat=3,link.PID.N=9,...") in an
-    inheritable memfd, whose number alone travels in the environment. The
-    list grows with the children (about 20 bytes each) and the kernel caps
-    one environment string at 128 KiB (MAX_ARG_STRLEN): past some 6,000
-    children an exec with the list itself in the environment failed with
-    E2BIG, and no deploy was possible at all."""
+def write_fd_list(fds: dict[str, int]) -> tuple[str, int | None]:
+    """The hand-over's fd list ("heartbeat=3,link.PID.N=9,...") as the value
+    of FDS_VARIABLE, and the memfd that holds it when it is too long for the
+    environment (None: the value is the list itself).
+
+    The list grows with the children (about 20 bytes each): past some 6,000
+    children an exec with the list in the environment failed with E2BIG, and
+    no deploy was possible at all. So a long list travels in an inheritable
+    memfd whose number alone is in the variable. A short one stays in the
+    variable, as every earlier Phoenix wrote it, so that a rollback to a
+    release that reads only that form (deploy.sh reloads the previous
+    release when a new one fails) still hands its children over."""
+    listing = ",".join(f"{name}={number}" for name, number in fds.items()).encode()
+    if len(listing) <= FD_LIST_IN_ENVIRONMENT:
+        return listing.decode(), None
     fd = os.memfd_create("phoenix-handover")
     try:
-        _write_all(fd, ",".join(f"{name}={number}" for name, number in fds.items()).encode())
+        _write_all(fd, listing)
         os.set_inheritable(fd, True)
     except OSError:
         os.close(fd)
         raise
-    return fd
+    return f"{FD_LIST_PREFIX}{fd}", fd
 
 
 def read_fd_list(value: str) -> str:
@@ -164,6 +175,11 @@ def read_fd_list(value: str) -> str:
     finally:
         os.close(fd)
     return data.decode()
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -321,8 +337,10 @@ class Handoff:
         argv = [sys.executable, "-m", "phoenix", "check", m.app_spec, "--state-dir", str(self.paths.root)]
         if m.config_file:
             argv += ["--config", m.config_file]
-        if self.journal().shared:  # its queue is the shared store's
-            argv += ["--store", config.store]
+        environment = STARTUP_ENVIRONMENT
+        if self.journal().shared:  # its queue is the shared store's; named in its environment, not its argv,
+            # which every user reads in /proc (and the refusal below quotes): the URL may hold a password
+            environment = {**STARTUP_ENVIRONMENT, "PHOENIX_STORE": config.store}
         if force:
             argv.append("--force")
             log.event(logging.WARNING, "reload_forced",
@@ -338,7 +356,7 @@ class Handoff:
             return True
         os.set_blocking(output_read, False)
         try:
-            pid = spawn_in_startup_cwd(sys.executable, argv, STARTUP_ENVIRONMENT, setsigmask=(), file_actions=[
+            pid = spawn_in_startup_cwd(sys.executable, argv, environment, setsigmask=(), file_actions=[
                 (os.POSIX_SPAWN_DUP2, output_write, 1), (os.POSIX_SPAWN_DUP2, output_write, 2)])
         except OSError as exc:
             os.close(output_read)
@@ -433,9 +451,9 @@ class Handoff:
         else:
             self.exec_in_place()
 
-    def _handover_environment(self, fds: dict[str, int], fd_list: int) -> dict[str, str]:
+    def _handover_environment(self, fd_list: str) -> dict[str, str]:
         env = dict(STARTUP_ENVIRONMENT)
-        env[FDS_VARIABLE] = f"{FD_LIST_PREFIX}{fd_list}"
+        env[FDS_VARIABLE] = fd_list
         env[GENERATION_VARIABLE] = str(self.master.generation + 1)
         env[CONFIG_VARIABLE] = json.dumps(dataclasses.asdict(self.config()))
         return env
@@ -479,7 +497,7 @@ class Handoff:
         signal.pthread_sigmask(signal.SIG_BLOCK, _handled())
         fds = self._handover_fds()
         try:
-            fd_list = write_fd_list(fds)
+            fd_list, fd_list_memfd = write_fd_list(fds)
         except OSError as exc:  # no memory for the list: nothing is closed yet, this image carries on
             for fd in fds.values():
                 os.set_inheritable(fd, False)
@@ -487,7 +505,7 @@ class Handoff:
             os.close(here)
             self._failed("exec", f"cannot hand over: {exc.strerror or exc}")
             return
-        env = self._handover_environment(fds, fd_list)
+        env = self._handover_environment(fd_list)
         journal = self.journal()
         try:
             journal.record_event("reexec", m.generation, os.getpid(), "inplace")
@@ -495,7 +513,8 @@ class Handoff:
             log.event(logging.WARNING, "reexec_unrecorded", error=str(exc))
         journal.close()
         systemd.notify("RELOADING=1", systemd.monotonic_usec())
-        log.event(logging.INFO, "exec", generation=m.generation + 1, argv=" ".join(sys.orig_argv))
+        log.event(logging.INFO, "exec", generation=m.generation + 1,
+                  argv=scrub(" ".join(sys.orig_argv), self.config().store))  # a --store URL's password: not logged
         for handler in logging.getLogger().handlers:
             handler.flush()
         for stream in (sys.stdout, sys.stderr):  # what the app printed, still in Python's buffers
@@ -508,7 +527,7 @@ class Handoff:
             os.execve(sys.executable, sys.orig_argv, env)
         except OSError as exc:
             os.fchdir(here)
-            os.close(fd_list)
+            _close(fd_list_memfd)
             self._exec_failed(fds, exc)
         finally:
             os.close(here)
@@ -531,7 +550,7 @@ class Handoff:
             return
         fds = self._handover_fds()
         try:
-            fd_list = write_fd_list(fds)
+            fd_list, fd_list_memfd = write_fd_list(fds)
         except OSError as exc:  # no memory for the list: this image carries on, and says why
             os.close(ready_read)
             os.close(ready_write)
@@ -540,7 +559,7 @@ class Handoff:
             self._failed("spawn", f"cannot hand over: {exc.strerror or exc}")
             return
         os.set_inheritable(ready_write, True)
-        env = self._handover_environment(fds, fd_list)
+        env = self._handover_environment(fd_list)
         env[READY_FD_VARIABLE] = str(ready_write)
         # systemd's WATCHDOG_PID names us; the new master, once MAINPID, owes the keep-alives.
         env.pop("WATCHDOG_PID", None)
@@ -552,7 +571,7 @@ class Handoff:
             # waits for them instead of killing it.
             pid = spawn_in_startup_cwd(sys.executable, sys.orig_argv, env, setsigmask=_handled())
         except OSError as exc:
-            os.close(fd_list)
+            _close(fd_list_memfd)
             os.rename(oldbin(self.paths), self.paths.pidfile)
             os.close(ready_read)
             os.close(ready_write)
@@ -562,7 +581,7 @@ class Handoff:
             self._failed("spawn", f"cannot start the new master: {exc}")
             return
         os.close(ready_write)
-        os.close(fd_list)  # the new master has its own copy
+        _close(fd_list_memfd)  # the new master has its own copy
         for fd in fds.values():
             os.set_inheritable(fd, False)
         # Stop reading beats and control requests: from here on the new master

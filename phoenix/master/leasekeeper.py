@@ -28,7 +28,6 @@ import contextlib
 import logging
 import os
 import tempfile
-import uuid
 from typing import Callable, Mapping, Protocol
 
 from phoenix import log
@@ -308,7 +307,7 @@ def instance_token(state_dir: str | os.PathLike[str]) -> str:
         if len(fields) == 2 and fields[1] == here:
             return fields[0]
         # Empty (a crash between create and write), made elsewhere (a copy), or an older Phoenix's: made anew.
-    token = uuid.uuid4().hex
+    token = os.urandom(16).hex()  # not uuid: it imports platform, milliseconds of every new image's blind window
     fd, temporary = tempfile.mkstemp(prefix=f".{INSTANCE_FILE}.", dir=state_dir)
     try:
         with os.fdopen(fd, "w") as made:

@@ -28,13 +28,18 @@ from phoenix.store.outage import STORAGE_ERRORS, JournalOutage
 
 SPAWN_SLICE = 0.25  # seconds of forking per turn of the loop before the other steps get a turn
 PENDING_POLL = 1.0  # fallback look for jobs submitted without a wake-up
+# Pending jobs read per turn, however many slots are free: a turn starts
+# what SPAWN_SLICE allows (tens to a few hundred), and reading one row per
+# free slot made each turn's read grow with the slots (10,000 rows, tens of
+# ms, every quarter second of a 10,000-slot start). More are read next turn.
+PENDING_BATCH = 256
 CLAIM_REPLY_LOST = "its claim was never confirmed to the master (a reply lost to a store failure); it never started"
 
 
 class ChildSource(Protocol):
     """Where waiting children come from (spawner.Spawner; phoenix.testing.FakeSpawner)."""
 
-    def take(self) -> WaitingChild: ...  # OSError: the master cannot fork now
+    def take(self, ahead: int = 0) -> WaitingChild: ...  # OSError: the master cannot fork now
     def give_back(self, waiting: WaitingChild) -> None: ...
 
 
@@ -106,10 +111,10 @@ class Scheduler:
             self.claim_jobs(woken)
             return
         self.next_poll = self.clock.monotonic() + PENDING_POLL
-        jobs = journal.pending(self.free_slots())
+        jobs = journal.pending(min(self.free_slots(), PENDING_BATCH))
         slice_ends = self.clock.monotonic() + SPAWN_SLICE
-        for job in jobs:
-            if not self.spawn(job):
+        for index, job in enumerate(jobs):
+            if not self.spawn(job, ahead=len(jobs) - index - 1):
                 self.maybe_pending = True  # the rest stay pending until the back-off ends
                 return
             if self.clock.monotonic() >= slice_ends:
@@ -196,14 +201,14 @@ class Scheduler:
         if callback_id is not None:
             self.start_callback(callback_id, job.id, 0, "on_failed")
 
-    def take_child(self) -> WaitingChild | None:
+    def take_child(self, ahead: int = 0) -> WaitingChild | None:
         """A child for the next job, or None when the master cannot fork one
         now (out of processes, memory or file descriptors): that is the
         master's shortage, not the job's, which stays pending and is charged
         nothing. Said once when it starts, once when it ends."""
         now = self.clock.monotonic()
         try:
-            waiting = self.spawner.take()
+            waiting = self.spawner.take(ahead)
         except OSError as exc:
             error = exc.strerror or str(exc)
             if self.fork_backoff.failed(now):
@@ -216,13 +221,15 @@ class Scheduler:
             log.event(logging.WARNING, "fork_recovered", after=f"{ended[0]:.2f}s", failed_forks=ended[1])
         return waiting
 
-    def spawn(self, job: Job) -> bool:
-        """Start `job` (or fail it if it cannot run); False if the master could not fork."""
+    def spawn(self, job: Job, ahead: int = 0) -> bool:
+        """Start `job` (or fail it if it cannot run); False if the master
+        could not fork. `ahead`: jobs this turn means to start after it (their
+        children are asked for now: spawner.take)."""
         spec = self.specs.startable(job)
         if isinstance(spec, str):
             self.fail_before_start(job, spec)
             return True
-        waiting = self.take_child()
+        waiting = self.take_child(ahead)
         if waiting is None:
             return False
         pid = waiting.pid

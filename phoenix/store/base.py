@@ -14,11 +14,13 @@ apply the same way (keys, what a retry takes back). It imports no backend:
 from __future__ import annotations
 
 import json
+import re
 import socket
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Self, runtime_checkable
+from urllib.parse import unquote
 
 from phoenix.errors import Conflict, StateError, Unavailable
 from phoenix.linux.untrusted import storable, stored_json
@@ -288,14 +290,37 @@ def default_node(state_dir: str | Path) -> str:
     return storable(f"{socket.gethostname()}:{Path(state_dir).resolve()}")
 
 
+_PASSWORD_PARAMETER = re.compile(r"(?i)password=([^&#\s]*)")
+
+
 def _redact(url: str) -> str:
-    """A URL without its password, for messages."""
+    """A URL without its password (in its user part, or a password=
+    parameter), for messages."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
         return url
-    credentials, _at, host = rest.rpartition("@")
-    user = credentials.partition(":")[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+    credentials, at, host = rest.rpartition("@")
+    if at and ":" in credentials:
+        rest = f"{credentials.partition(':')[0]}:***@{host}"
+    return f"{scheme}://{_PASSWORD_PARAMETER.sub(r'password=***', rest)}"
+
+
+def _secrets(url: str) -> set[str]:
+    """The passwords a URL holds, as written and percent-decoded."""
+    found = {match.group(1) for match in _PASSWORD_PARAMETER.finditer(url)}
+    credentials, at, _host = url.partition("://")[2].rpartition("@")
+    if at and ":" in credentials:
+        found.add(credentials.partition(":")[2])
+    return {text for secret in found for text in (secret, unquote(secret)) if text}
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (a driver's error, which may quote the URL it was given) with
+    the URL redacted and none of its passwords left anywhere in it."""
+    text = text.replace(url, _redact(url))
+    for secret in sorted(_secrets(url), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 redact = _redact

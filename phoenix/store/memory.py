@@ -65,14 +65,19 @@ class MemoryStore:
 
     def submit_many(self, jobs: Iterable[tuple[str, str, str]]) -> list[tuple[int, bool]]:
         jobs = list(jobs)
-        for target, params_json, key in jobs:  # all refused, or all recorded
+        # All refused, or all recorded: each key checked against the jobs stored and the ones before it here.
+        seen: dict[str, tuple[int, str, str]] = {}
+        for n, (target, params_json, key) in enumerate(jobs):
             check_key(key)
             known = self.keys.get(key)
-            if known is not None:
-                conflict = key_conflict(key, known, (self.jobs[known]["target"], self.jobs[known]["params"]),
-                                        (target, params_json))
+            earlier = (known, self.jobs[known]["target"], self.jobs[known]["params"]) if known is not None \
+                else seen.get(key)
+            if earlier is not None:
+                conflict = key_conflict(key, earlier[0], earlier[1:], (target, params_json))
                 if conflict is not None:
                     raise conflict
+            else:
+                seen[key] = (-(n + 1), target, params_json)  # not stored yet: no id to name
         return [self._insert_job(key, target, params_json) for target, params_json, key in jobs]
 
     def _insert_job(self, key: str, target: str, params_json: str) -> tuple[int, bool]:

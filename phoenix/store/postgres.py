@@ -32,10 +32,9 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Iterable, Iterator
-
-import psycopg
 
 from phoenix.linux import clock
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
@@ -57,7 +56,16 @@ from phoenix.store.base import (
     WeakDurability,
     default_key,
     key_conflict,
+    scrub,
 )
+
+try:
+    import psycopg
+except ModuleNotFoundError as exc:  # a store URL given to a Phoenix installed without the postgres extra
+    if exc.name != "psycopg":
+        raise
+    raise JournalError(f"a PostgreSQL store needs psycopg, which is not installed in this Python "
+                       f"({sys.executable}): pip install 'phoenix-procmaster[postgres]'") from None
 
 SCHEMA_VERSION = 2
 CHANNEL = "phoenix_wake"
@@ -1096,13 +1104,13 @@ def connect(url: str, *, autocommit: bool = True, network_timeout: float = CONNE
             keepalives=1, keepalives_idle=max(1, int(network_timeout)), keepalives_interval=1, keepalives_count=2,
             options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
                     f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}")
-    except psycopg.ProgrammingError as exc:  # a malformed URL
-        raise JournalError(f"the store URL is not valid: {one_line(exc)}") from None
+    except psycopg.ProgrammingError as exc:  # a malformed URL, which libpq quotes whole: never its password
+        raise JournalError(f"the store URL is not valid: {one_line(exc, url)}") from None
     except psycopg.OperationalError as exc:
         if "unsupported startup parameter" in str(exc):  # pgbouncer refuses `options`
-            raise JournalError(f"the PostgreSQL store refused Phoenix's session settings ({one_line(exc)}): "
-                               f"{POOLER_HINT}") from None
-        raise StoreUnavailable(f"cannot connect to the PostgreSQL store: {one_line(exc)}") from None
+            raise JournalError(f"the PostgreSQL store refused Phoenix's session settings "
+                               f"({one_line(exc, url)}): {POOLER_HINT}") from None
+        raise StoreUnavailable(f"cannot connect to the PostgreSQL store: {one_line(exc, url)}") from None
     try:
         check_session(conn)
     except BaseException:
@@ -1223,8 +1231,11 @@ def migrate(url: str) -> tuple[int | None, int]:
         conn.close()
 
 
-def one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
+def one_line(exc: BaseException, url: str | None = None) -> str:
+    """A driver's error in one line; given the `url` it was handed, without its password (scrubbed before
+    the line is cut, so that no cut hides a password from it)."""
+    text = str(exc) if url is None else scrub(str(exc), url)
+    return " ".join(text.split())[:300] or type(exc).__name__
 
 
 def _dicts(cur: psycopg.Cursor[Any]) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ and without one configured the dashboard is read-only."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -36,6 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from phoenix.cli.jobsview import BadCursor, parse_cursor
 from phoenix.errors import Conflict, Unavailable
@@ -59,6 +61,7 @@ SECURITY_HEADERS = [
     (b"cross-origin-resource-policy", b"same-origin"),
     (b"cache-control", b"no-store"),  # live data, and the pages name jobs
 ]
+GATEWAY_TIMEOUT = 504  # an action the master was given and did not answer: its result is unknown
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
 
@@ -135,6 +138,11 @@ Action = Callable[[str], dict[str, Any]]  # a job's key -> the answer; raises Re
 
 class ActionRefused(Conflict, ValueError):
     """An action that is well formed but at odds with the job's state: 409 with this text."""
+
+
+class ActionUnknown(Unavailable, RuntimeError):
+    """An action delivered to the master, which did not answer in time: it may
+    still take effect. 504 with this text, and `result=unknown` in the log."""
 
 
 @dataclass
@@ -324,10 +332,19 @@ def action_endpoint(dashboard: Dashboard, which: str) -> Callable[[Request], Res
         # who tried a token (a refused one at WARNING).
         event(logging.INFO if response.status_code < 400 else logging.WARNING, "dashboard_action", action=which,
               job=visible(request.path_params["key"]), status=response.status_code,
-              client=request.client.host if request.client else "-")
+              result=action_result(response.status_code), client=request.client.host if request.client else "-")
         return response
 
     return endpoint
+
+
+def action_result(status: int) -> str:
+    """What the audit line says an action did: done; unknown (504: delivered
+    to a master that did not answer, it may still happen); failed (503: the
+    store or the master could not be reached, nothing was done); refused."""
+    if status < 400:
+        return "done"
+    return {GATEWAY_TIMEOUT: "unknown", 503: "failed"}.get(status, "refused")
 
 
 def _act(dashboard: Dashboard, which: str, request: Request) -> Response:
@@ -339,6 +356,8 @@ def _act(dashboard: Dashboard, which: str, request: Request) -> Response:
         return json_response(act(request.path_params["key"]))
     except (RetryRefused, ActionRefused) as exc:
         return _error(409, str(exc))
+    except ActionUnknown as exc:
+        return _error(GATEWAY_TIMEOUT, str(exc))
     except LookupError as exc:
         return _error(404, str(exc))
     except (JournalError, OSError) as exc:  # the store cannot be written now (StoreUnavailable is one)
@@ -427,12 +446,57 @@ def listen(host: str, port: int) -> tuple[socket.socket, str, frozenset[str] | N
     return sock, f"http://{shown_host}:{bound_port}/", allowed
 
 
+HEADER_TIMEOUT = 5.0  # seconds a client has, from its connection or its request's first byte, to send the headers
+KEEP_ALIVE_TIMEOUT = 5  # seconds an idle connection is kept after an answer (uvicorn's timeout_keep_alive)
+MAX_HEADER_BYTES = 16 * 1024  # a request's line and headers (h11's max_incomplete_event_size); more: 400, closed
+
+
+class HeaderDeadline(H11Protocol):
+    """uvicorn's h11 protocol with a deadline on a request's headers. uvicorn
+    has none: its keep-alive timer starts after an answer and stops at the
+    next byte, so a client that sends half a request (slowloris) would hold
+    its connection, and a descriptor, for ever."""
+
+    deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        between_requests = self.cycle is None or self.cycle.response_complete
+        if between_requests and self.deadline is None:  # the first byte of the next request
+            self._arm()
+        super().data_received(data)
+        if self.cycle is not None and not self.cycle.response_complete:  # its headers are in: the app answers
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self.deadline = asyncio.get_running_loop().call_later(HEADER_TIMEOUT, self._expire)
+
+    def _disarm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _expire(self) -> None:
+        self.deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
 def serve(dashboard: Dashboard, host: str, port: int, ready: Callable[[str], None]) -> None:
     """Listen, call `ready` with the URL, and serve until TERM or INT."""
     sock, url, allowed = listen(host, port)
     setup_log("info")  # the actions' lines (dashboard_action), on stderr
     config = uvicorn.Config(create_app(dashboard, allowed), log_level="warning", access_log=False, lifespan="off",
-                            server_header=False, timeout_graceful_shutdown=2)
+                            server_header=False, timeout_graceful_shutdown=2, http=HeaderDeadline,
+                            timeout_keep_alive=KEEP_ALIVE_TIMEOUT, h11_max_incomplete_event_size=MAX_HEADER_BYTES)
     for signum in (signal.SIGINT, signal.SIGTERM):
         # uvicorn shuts down on these, then raises the signal again for the handler it found:
         # this one lets the command end as a clean stop (exit 0), not killed by it or a KeyboardInterrupt.

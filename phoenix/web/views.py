@@ -30,8 +30,9 @@ class BadQuery(UsageError, ValueError):
     """A query parameter the API cannot use: answered 400 with this text."""
 
 
-def job_row(job: dict[str, Any], node: str) -> dict[str, Any]:
-    """One row of /api/jobs: what a list of jobs shows of each."""
+def job_row(job: dict[str, Any], node: str | None) -> dict[str, Any]:
+    """One row of /api/jobs: what a list of jobs shows of each; `node` where
+    a job that names none ran (None: nowhere known, as on a shared store)."""
     return {"key": job["key"], "state": job["state"], "target": job["target"], "attempt": job["attempts"],
             "node": job.get("node") or node, "outcome": job["outcome"], "reason": job["reason"],
             "updated_at": job["updated_at"]}
@@ -47,7 +48,9 @@ def jobs(store: Store, *, state: str | None, target: str | None, key_prefix: str
         raise BadQuery(f"limit must be between 1 and {MAX_PAGE}")
     report = jobs_report(store, state=state, target=target, since=None, limit=limit, after=after,
                          key_prefix=key_prefix)
-    node = socket.gethostname()  # the SQLite journal's jobs all run here; a shared store names each one's master
+    # The SQLite journal's jobs all run here; a shared store names each one's master, and a job that never
+    # ran there ran nowhere yet (never this dashboard's host).
+    node = None if store.shared else socket.gethostname()
     report["jobs"] = [job_row(job, node) for job in report["jobs"]]
     return report
 

@@ -58,6 +58,19 @@ class MalformedReply(ControlError):
     """A reply that lacks a field the command needs, or has one of another type."""
 
 
+class NoAnswer(ControlError):
+    """The request was delivered but the master did not answer in time (stopped
+    by SIGSTOP, a paused VM, stuck): whether it acts on it is unknown, as it
+    reads it once it runs again. The CLI exits 4 (not responding), the
+    dashboard answers 504; neither calls it refused."""
+
+    def __init__(self, path: Path, timeout: float, what: str = "the request", message: str | None = None) -> None:
+        super().__init__(message or f"the master did not answer on {path} within {timeout:g} s; {what} was "
+                         "delivered and may still take effect once it runs again (`phoenix status` says whether "
+                         "it is stopped)")
+        self.path, self.timeout = path, timeout
+
+
 def bind(path: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     bind_private(sock, path)
@@ -403,11 +416,13 @@ def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[s
     """Send one request to the master and return its reply."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
+    sent = False
     try:
         with unix_address(path) as address:
             sock.connect(address)
         _check_server(sock, path)  # before anything is sent: a stop must reach no impostor
         sock.sendall(json.dumps(message).encode() + b"\n")
+        sent = True
         data = bytearray()
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)
@@ -419,7 +434,9 @@ def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[s
     except (ConnectionResetError, BrokenPipeError):
         raise ControlError(f"the master on {path} closed the connection (it may be stopping)") from None
     except TimeoutError:
-        raise ControlError(f"the master did not answer on {path} within {timeout} s") from None
+        if sent:  # in its socket's queue: a stopped master reads it once it runs again
+            raise NoAnswer(path, timeout) from None
+        raise ControlError(f"the master did not answer on {path} within {timeout:g} s (nothing was sent)") from None
     except PermissionError:
         raise  # another user's state directory: the CLI says whose to run as
     except OSError as exc:  # e.g. the state directory is gone: no master can be asked there
@@ -483,9 +500,8 @@ def stop(path: Path, mode: str, timeout: float) -> tuple[dict[str, Any], dict[st
         raise ControlError(f"the master on {path} closed the connection (it may be stopping)") from None
     except TimeoutError:
         if sent:  # in its socket's queue: a master stopped (SIGSTOP, a paused VM) obeys it once it runs again
-            raise ControlError(f"the master did not answer on {path} within 5 s: the stop was sent, and it "
-                               "stops once it runs again (`phoenix status` says whether it is stopped)") from None
-        raise ControlError(f"the master did not answer on {path} within 5 s") from None
+            raise NoAnswer(path, 5.0, "the stop") from None
+        raise ControlError(f"the master did not answer on {path} within 5 s (nothing was sent)") from None
     except PermissionError:
         raise
     except OSError as exc:

@@ -65,6 +65,44 @@ def test_a_hard_fd_limit_too_low_for_one_slot_is_refused_with_one_line(master_fa
     assert "Traceback" not in master.log()
 
 
+PIDS_CGROUP = Path("/sys/fs/cgroup/pids")  # cgroup v1's pids controller (on v2, /sys/fs/cgroup itself)
+
+
+def _pids_cgroup_root() -> Path | None:
+    """Where a pids cgroup can be made here (root, a pids controller mounted), or None."""
+    if os.geteuid() != 0:
+        return None
+    v2 = Path("/sys/fs/cgroup/cgroup.subtree_control")
+    if v2.exists() and "pids" in v2.read_text().split():
+        return v2.parent
+    return PIDS_CGROUP if (PIDS_CGROUP / "cgroup.procs").exists() else None
+
+
+def test_workers_beyond_a_cgroups_pids_max_are_refused_at_start_with_one_line(master_factory):
+    # systemd's TasksMax= and docker's --pids-limit are this: a pids.max the master's cgroup holds it to.
+    root = _pids_cgroup_root()
+    if root is None:
+        pytest.skip("needs root and a pids cgroup controller")
+    cgroup = root / f"phoenix-test-{uuid.uuid4().hex[:8]}"
+    cgroup.mkdir()
+    (cgroup / "pids.max").write_text("60\n")  # 4 slots need 32 + 2 x 4 = 40 tasks; 20 need 72
+    # The launcher moves itself into the cgroup, then becomes the master.
+    launcher = ("sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs"), PYTHON, "-m", "phoenix")
+    master = master_factory("--workers", "20", app=APP, start=False, launcher=launcher)
+    try:
+        master.start(wait_ready=False)
+        assert master.wait_exit(30.0) == 2
+        lines = [line for line in master.log().splitlines() if line.startswith("phoenix: error:")]
+        assert len(lines) == 1, master.log()
+        assert "workers = 20 need 72 tasks" in lines[0] and "the cgroup's pids.max (60)" in lines[0], lines[0]
+        assert "TasksMax=" in lines[0]
+        assert "Traceback" not in master.log()
+    finally:
+        master.stop()  # (a master that started after all: before the cgroup can go)
+        wait_for(lambda: not (cgroup / "cgroup.procs").read_text().strip(), timeout=10.0, what="the cgroup to empty")
+        cgroup.rmdir()
+
+
 def _starve(master) -> tuple[int, int]:
     """Lower the master's soft open-file limit to 3: the descriptors it holds
     stay usable, but it cannot open one more, not even in the place of one it

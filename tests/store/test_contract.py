@@ -69,6 +69,14 @@ def test_submit_is_idempotent_per_key_and_refuses_another_job_under_it(store: St
     assert store.counts()["pending"] == 4
 
 
+def test_submit_many_records_all_or_none_even_when_it_contradicts_itself(store: Store) -> None:
+    with pytest.raises(KeyConflict):
+        store.submit_many([("m:f", "1", "fresh"), ("m:f", '{"b": 1}', "dup"), ("m:f", '{"b": 2}', "dup")])
+    assert store.job_by_key("fresh") is None and store.job_by_key("dup") is None
+    assert store.counts()["pending"] == 0
+    assert [created for _, created in store.submit_many([("m:f", "1", "same"), ("m:f", "1", "same")])] == [True, False]
+
+
 def test_claim_takes_jobs_oldest_first_and_records_the_childs_pid(store: Store) -> None:
     first, _ = store.submit("m:f", "1", "first")
     store.submit("m:f", "2", "second")

@@ -60,3 +60,18 @@ def test_a_master_that_left_its_journal_degraded_but_holds_no_lock_is_stopped(tm
         (master,) = views.local_master(paths, journal)["masters"]
     assert (master["state"], master["pid"], master["generation"], master["degraded_reason"]) == (
         "stopped", None, 4, None)
+
+
+def test_a_job_that_names_no_node_ran_here_only_on_the_sqlite_journal(tmp_path: Path) -> None:
+    import socket
+
+    from phoenix.store.memory import MemoryStore
+    from phoenix.web import views
+
+    class SharedMemoryStore(MemoryStore):
+        shared = True  # as PostgreSQL: each job's master names its node; the dashboard's host is no master
+
+    for store, node in ((MemoryStore(), socket.gethostname()), (SharedMemoryStore(), None)):
+        store.submit("m:f", "{}", "never-ran")
+        (row,) = views.jobs(store, state=None, target=None, key_prefix=None, limit=10, after=None)["jobs"]
+        assert row["node"] == node, type(store)

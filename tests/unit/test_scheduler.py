@@ -19,7 +19,7 @@ from phoenix.child.run import ORDER_HEADER
 from phoenix.config import Config
 from phoenix.master.attempts import Attempt, AttemptTable
 from phoenix.master.metrics import Counters
-from phoenix.master.scheduler import PENDING_POLL, Scheduler
+from phoenix.master.scheduler import PENDING_BATCH, PENDING_POLL, Scheduler
 from phoenix.master.specs import JobSpecs
 from phoenix.rules.shortage import FIRST_RETRY
 from phoenix.store.outage import JournalOutage
@@ -160,3 +160,34 @@ def test_with_nothing_pending_it_looks_again_after_the_poll_interval(parts: Sche
     assert parts.scheduler.maybe_pending
     parts.scheduler.wake()  # a submit says so at once
     assert parts.scheduler.next_deadline(parts.clock.monotonic()) == parts.clock.monotonic()
+
+
+def test_a_burst_of_starts_tells_the_spawner_how_many_children_it_will_take_next(journal: Journal,
+                                                                                 tmp_path: Path) -> None:
+    # The spawner asks the fork server for that many at once (spawner.FORKS_AHEAD), so that
+    # one start's commit overlaps the next children's forks rather than waiting for each.
+    parts = Scheduling(journal, tmp_path, slots=5)
+    try:
+        for n in range(7):
+            journal.submit(NOOP, "{}", f"job-{n}")
+        parts.scheduler.spawn_pending_jobs()
+        assert parts.spawner.asked_ahead == [4, 3, 2, 1, 0]  # 5 free slots: 5 of the 7 jobs
+        assert len(parts.attempts) == 5
+    finally:
+        parts.spawner.close()
+
+
+def test_a_turn_reads_a_bounded_batch_of_pending_jobs_however_many_slots_are_free(journal: Journal,
+                                                                                  tmp_path: Path) -> None:
+    # One row per free slot made each turn's read grow with the slots (10,000 at a 10,000-slot start).
+    parts = Scheduling(journal, tmp_path, slots=PENDING_BATCH * 2 + 10)
+    try:
+        journal.submit_many((NOOP, "{}", f"job-{n}") for n in range(PENDING_BATCH * 2 + 10))
+        parts.scheduler.spawn_pending_jobs()  # (the fake clock stands still: the slice never ends early)
+        assert len(parts.attempts) == PENDING_BATCH
+        assert parts.scheduler.maybe_pending  # more may wait: the next turn looks
+        parts.scheduler.spawn_pending_jobs()
+        parts.scheduler.spawn_pending_jobs()
+        assert len(parts.attempts) == PENDING_BATCH * 2 + 10
+    finally:
+        parts.spawner.close()

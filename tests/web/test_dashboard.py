@@ -305,9 +305,89 @@ def test_a_shared_store_its_masters_and_its_jobs(pg_url: str, tmp_path: Path, da
     assert "ImportError: &lt;b&gt;boom&lt;/b&gt;" in board.request("GET", "/")[2].decode()
     jobs = jobs_of(board)
     assert jobs["feed-1"]["node"] == "n1" and jobs["feed-1"]["state"] == "failed"
+    assert jobs["other"]["node"] is None  # never ran: on no node, least of all the dashboard's own host
     assert set(jobs_of(board, "?q=feed")) == {"feed-1"}
     status, _headers, body = board.request("POST", "/api/jobs/feed-1/retry", token=TOKEN)
     assert status == 200 and json.loads(body)["retried"] == ["feed-1"]
     assert jobs_of(board)["feed-1"]["state"] == "pending"
     assert board.request("POST", "/api/jobs/other/cancel", token=TOKEN)[0] == 200
     assert jobs_of(board)["other"]["state"] == "cancelled"
+
+
+def test_an_action_the_stopped_master_does_not_answer_is_unknown_not_refused(master_factory: Any, state_dir: Path,
+                                                                             dashboards: Any) -> None:
+    master = master_factory()
+    master.submit("tests.apps.jobs:wait_forever", {}, key="forever")
+    wait_for(lambda: master.jobs()["forever"]["state"] == "running", what="the job to run")
+    board = dashboards("--state-dir", str(state_dir), env={"PHOENIX_DASHBOARD_TOKEN": TOKEN})
+    master.signal(signal.SIGSTOP)
+    try:
+        status, _headers, body = board.request("POST", "/api/jobs/forever/cancel", token=TOKEN)
+    finally:
+        master.signal(signal.SIGCONT)
+    assert status == 504, body
+    assert json.loads(body)["error"] == ("the master did not answer within 5 s; the cancel may still happen: see "
+                                         "`phoenix show forever`")
+    wait_for(lambda: "dashboard_action" in board.log(), what="the action's audit line")
+    (line,) = [line for line in board.log().splitlines() if "dashboard_action" in line]
+    assert "result=unknown" in line and "status=504" in line, line
+    # It was delivered: once the master runs again, the cancel happens.
+    wait_for(lambda: master.jobs()["forever"]["state"] == "cancelled", what="the delivered cancel to happen")
+
+
+def test_an_unknown_key_is_404_for_every_action(state_dir: Path, dashboards: Any) -> None:
+    state_dir.mkdir(mode=0o700)
+    Journal(state_dir / "journal.db").close()
+    board = dashboards("--state-dir", str(state_dir), env={"PHOENIX_DASHBOARD_TOKEN": TOKEN})
+    for action in ("retry", "cancel"):
+        status, _headers, body = board.request("POST", f"/api/jobs/nosuch/{action}", token=TOKEN)
+        assert (status, json.loads(body)["error"]) == (404, "no job with key 'nosuch'"), (action, body)
+    assert [line.count("result=refused") for line in board.log().splitlines() if "dashboard_action" in line] == [1, 1]
+
+
+def test_a_token_file_that_is_a_fifo_or_another_users_is_refused_in_one_line(state_dir: Path,
+                                                                              tmp_path: Path) -> None:
+    state_dir.mkdir(mode=0o700)
+    Journal(state_dir / "journal.db").close()
+
+    def refused(token_file: Path) -> str:
+        # A process with a deadline: a FIFO's open used to wait for a writer forever.
+        result = subprocess.run([PYTHON, "-m", "phoenix", "dashboard", "--state-dir", str(state_dir), "--port", "0",
+                                 "--token-file", str(token_file)], cwd=REPO, capture_output=True, text=True,
+                                timeout=20)
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+        return result.stderr
+
+    fifo = tmp_path / "token.fifo"
+    os.mkfifo(fifo, 0o600)
+    assert "not a regular file" in refused(fifo)
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    theirs = tmp_path / "theirs"
+    theirs.write_text(TOKEN + "\n")
+    theirs.chmod(0o600)
+    os.chown(theirs, 65534, 65534)
+    assert "belongs to uid 65534, not to this user" in refused(theirs)
+
+
+def test_a_half_sent_request_is_closed_after_the_header_timeout(state_dir: Path, dashboards: Any) -> None:
+    import socket
+
+    from phoenix.web.server import HEADER_TIMEOUT, MAX_HEADER_BYTES
+
+    state_dir.mkdir(mode=0o700)
+    Journal(state_dir / "journal.db").close()
+    board = dashboards("--state-dir", str(state_dir))
+    host, port = urllib.parse.urlsplit(board.url).hostname, urllib.parse.urlsplit(board.url).port
+    with socket.create_connection((host, port), timeout=HEADER_TIMEOUT + 10) as silent, \
+            socket.create_connection((host, port), timeout=HEADER_TIMEOUT + 10) as half:
+        half.sendall(b"GET /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+        started = time.monotonic()
+        # Closed by the dashboard (an empty read), not left open until our own timeout.
+        assert half.recv(1024) == b"" and silent.recv(1024) == b""
+        assert time.monotonic() - started < HEADER_TIMEOUT + 5
+    # Headers growing past the bound, unfinished: refused at once, not buffered on.
+    with socket.create_connection((host, port), timeout=HEADER_TIMEOUT - 1) as big:
+        big.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * MAX_HEADER_BYTES)
+        assert big.recv(1024).startswith(b"HTTP/1.1 400")
+    assert board.get("/api/jobs")["total"] == 0  # a whole request is answered as ever

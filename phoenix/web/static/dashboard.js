@@ -149,6 +149,11 @@ async function act(button) {
       say(body.message || action + ": " + visible(key, false), false);
     } else if (response.status === 401) {
       say("the token is missing or wrong: enter the dashboard's token above", true);
+    } else if (response.status === 504) {
+      // delivered to a master that did not answer: neither done nor refused
+      say(action + " result unknown: " + visible(String(body.error || response.status), false), true);
+    } else if (response.status === 503) {
+      say(action + " failed: " + visible(String(body.error || response.status), false), true);
     } else {
       say(action + " refused: " + visible(String(body.error || response.status), false), true);
     }
