@@ -103,6 +103,23 @@ def throughput_rows(r: dict[str, Any], report: Report) -> None:
                                ok(ratio, 5, below=False), spread("rq", "{:.1f}x"), suspect("rq")))
     else:
         report.rows.append(Row(fig, ph, "RQ", r["rq_note"] or "skipped", "-", ">= 5x RQ", None))
+    for key, what in (("batch_cb", "an on_finished callback on every job"), ("batch", "no callback")):
+        if key not in jps:
+            continue
+        batch = f"throughput as a user runs a batch: {n:,} no-op jobs submitted by a startup hook, {what}"
+        speeds = sorted(r["batch_per_rep"][key]["speed"])
+        cpus = sorted(r["batch_per_rep"][key]["cpu"])
+        ratio = jps[key] / jps["pool"]
+        report.rows.append(Row(batch, f"{jps[key]:.0f} jobs/s ({middle[key]:.2f} s, median)",
+                               "multiprocessing.Pool(2, maxtasksperchild=1).map",
+                               f"{jps['pool']:.0f} jobs/s ({middle['pool']:.2f} s)", f"{ratio:.2f}x",
+                               ">= 0.9x the Pool", ok(ratio, 0.9, below=False),
+                               f"per repetition min {speeds[0]:.2f}x, max {speeds[-1]:.2f}x", suspect("pool")))
+        cpu_ratio = r["cpu_ms_per_job"][key] / r["cpu_ms_per_job"]["pool"]
+        report.rows.append(Row(batch + ": CPU per job", f"{r['cpu_ms_per_job'][key]:.2f} ms (median)",
+                               "multiprocessing.Pool(2, maxtasksperchild=1).map",
+                               f"{r['cpu_ms_per_job']['pool']:.2f} ms", f"{cpu_ratio:.2f}x", "<= 1.05x the Pool's",
+                               ok(cpu_ratio, 1.05), f"per repetition min {cpus[0]:.2f}x, max {cpus[-1]:.2f}x"))
     ratio = jps["phoenix"] / jps["bare"]
     report.rows.append(Row(fig, ph, "bare os.fork/_exit/waitpid loop (ceiling)",
                            f"{jps['bare']:.0f} jobs/s ({middle['bare']:.2f} s)", f"{ratio:.0%} of ceiling",
@@ -113,7 +130,10 @@ def throughput_rows(r: dict[str, Any], report: Report) -> None:
         "Wall time from starting the command to its exit, interpreter start-up included for every contender; "
         "RQ's to the end of its last job (its workers' exit is not waited for: see below). "
         "Phoenix: `phoenix start bench.apps:noop_app --workers 2 --exit-when-done` on a fresh state directory "
-        "whose journal already holds the jobs (SQLite WAL, synchronous=NORMAL, on ext4).", "",
+        "whose journal already holds the jobs (SQLite WAL, synchronous=NORMAL, on ext4). batch_cb and batch: "
+        "`phoenix start bench.apps:batch_app --workers 2 --exit-when-done` on an empty state directory, its "
+        "startup hook submitting the jobs (one `Client.submit_many`), with an `on_finished` callback on every "
+        "job (batch_cb; each run checked: every callback recorded done) and without (batch).", "",
         "| contender | runs (s) | min (s) | median (s) | max (s) | jobs/s (median) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]

@@ -28,6 +28,38 @@ def noop(params):
     return None
 
 
+# Throughput as a user runs a batch: a startup hook submits the jobs (one
+# Client.submit_many), and every job owes an on_finished callback. The hook
+# reads how many and where from the environment the benchmark sets.
+batch_app = phoenix.App("bench-batch", workers=2)
+BATCH_JOBS = "BENCH_BATCH_JOBS"
+BATCH_STATE_DIR = "BENCH_BATCH_STATE_DIR"
+BATCH_CALLBACK = "BENCH_BATCH_CALLBACK"  # "0": the same app without the callback (the second row)
+
+
+@batch_app.job
+def batch_noop(params):
+    """The batch's no-op job."""
+    return None
+
+
+def batch_done(job, result):
+    """The batch's callback: nothing, so that the figure is the callback path's cost."""
+    return None
+
+
+if os.environ.get(BATCH_CALLBACK, "1") == "1":
+    batch_app.on_finished(batch_done)
+
+
+@batch_app.startup
+def submit_batch(app):
+    n = int(os.environ.get(BATCH_JOBS, "0"))
+    if n:
+        phoenix.Client(state_dir=os.environ[BATCH_STATE_DIR]).submit_many(
+            ("bench.apps:batch_noop", i, f"batch-{i}") for i in range(n))
+
+
 @beat_app.job
 def beat(params):
     """Only beats: the heartbeat thread sends at 5 Hz while this sleeps."""

@@ -10,6 +10,10 @@ for every contender alike).
               (a private redis-server on 127.0.0.1), when redis-server exists,
               timed to the end of the last job (RQ's job records)
     bare fork os.fork / os._exit(0) / waitpid, 2 at a time: the ceiling
+    batch     as a user runs a batch: `phoenix start bench.apps:batch_app
+              --exit-when-done` on an empty state directory, its startup hook
+              submitting the N jobs, an on_finished callback on every job
+              (batch_cb) and the same app without it (batch)
 
 Every contender runs once per repetition, alternated. Before the
 repetitions each peer is calibrated alone (its own account of its work, on
@@ -22,6 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import time
@@ -70,6 +75,33 @@ def phoenix_once(reg: Registry, work: Path, n: int, rep: int) -> dict[str, Any]:
     counts = master.counts()
     if code != 0 or counts["finished"] != n:
         raise RuntimeError(f"phoenix run failed: exit {code}, counts {counts}; see {master.log_path}")
+    return {"seconds": elapsed, "cpu": cpu, "log": str(master.log_path)}
+
+
+def phoenix_batch_once(reg: Registry, work: Path, n: int, rep: int, callback: bool) -> dict[str, Any]:
+    """As a user runs a batch: `phoenix start bench.apps:batch_app --exit-when-done`
+    on an empty state directory, its startup hook submitting the n jobs (one
+    Client.submit_many), an on_finished callback on every job (`callback`),
+    or the same app without it."""
+    from bench import apps
+
+    state = work / f"batch{'-cb' if callback else ''}{rep}"
+    master = PhoenixMaster(reg, state, "bench.apps:batch_app", workers=2, extra_flags=["--exit-when-done"])
+    master.env.update({apps.BATCH_JOBS: str(n), apps.BATCH_STATE_DIR: str(state),
+                       apps.BATCH_CALLBACK: "1" if callback else "0"})
+    t0 = time.monotonic()
+    master.start(wait_ready=False)
+    assert master.proc is not None
+    code, cpu = wait_with_cpu(master.proc, 600)
+    elapsed = time.monotonic() - t0
+    counts = master.counts()
+    if code != 0 or counts["finished"] != n:
+        raise RuntimeError(f"phoenix batch run failed: exit {code}, counts {counts}; see {master.log_path}")
+    if callback:
+        with sqlite3.connect(f"file:{master.paths.journal}?mode=ro", uri=True) as db:
+            done = db.execute("SELECT count(*) FROM callbacks WHERE state = 'done'").fetchone()[0]
+        if done != n:
+            raise RuntimeError(f"phoenix batch run: {done} callbacks done of {n}; see {master.log_path}")
     return {"seconds": elapsed, "cpu": cpu, "log": str(master.log_path)}
 
 
@@ -245,7 +277,7 @@ def peer_checks(calibration: dict[str, Any], n: int, seconds: dict[str, float]) 
 
 def run(reg: Registry, work: Path, n: int, reps: int, with_rq: bool, say: Any) -> dict[str, Any]:
     slots = 2
-    names = ["phoenix", "pool", "bare"]
+    names = ["phoenix", "batch_cb", "batch", "pool", "bare"]
     rq_note = None
     server, rq_port = None, None
     if with_rq and shutil.which("redis-server"):
@@ -267,6 +299,12 @@ def run(reg: Registry, work: Path, n: int, reps: int, with_rq: bool, say: Any) -
             once = phoenix_once(reg, work, n, rep)
             results["phoenix"].append(once["seconds"])
             cpu["phoenix"].append(once["cpu"])
+            for name, callback in (("batch_cb", True), ("batch", False)):
+                say(f"throughput rep {rep + 1}/{reps}: phoenix batch ({n} jobs by a startup hook, "
+                    f"{'an on_finished callback each' if callback else 'no callback'})")
+                once = phoenix_batch_once(reg, work, n, rep, callback)
+                results[name].append(once["seconds"])
+                cpu[name].append(once["cpu"])
             for name in ("pool", "fork"):
                 say(f"throughput rep {rep + 1}/{reps}: {name}")
                 wall, used = _timed(reg, [PYTHON, "-m", "bench.bare", name, str(n), str(slots)],
@@ -287,8 +325,12 @@ def run(reg: Registry, work: Path, n: int, reps: int, with_rq: bool, say: Any) -
     # Each repetition ran every contender back to back: their ratio within
     # one repetition saw the same load.
     per_rep = {k: [results[k][i] / results["phoenix"][i] for i in range(reps)] for k in names if k != "phoenix"}
+    # The batch rows against the Pool, per repetition: its speed (Pool's time
+    # over Phoenix's) and Phoenix's CPU per job over the Pool's.
+    batch_per_rep = {k: {"speed": [results["pool"][i] / results[k][i] for i in range(reps)],
+                         "cpu": [cpu[k][i] / cpu["pool"][i] for i in range(reps)]} for k in ("batch_cb", "batch")}
     return {"n": n, "slots": slots, "reps": reps, "all": results, "best": best, "median": middle,
-            "jobs_per_s": jobs_per_s, "ratio_per_rep": per_rep, "rq_note": rq_note,
+            "batch_per_rep": batch_per_rep, "jobs_per_s": jobs_per_s, "ratio_per_rep": per_rep, "rq_note": rq_note,
             "cpu": cpu, "cpu_ms_per_job": {k: statistics.median(v) / n * 1000 for k, v in cpu.items()},
             "loads": loads, "calibration": calibration, "peer_checks": peer_checks(calibration, n, middle),
             "rq_runs": rq_runs}

@@ -209,7 +209,8 @@ class Master:
                                  self.run_started_at, self.clock)
         self.handoff = handoff.Handoff(self, lambda: self.config, self.paths, self.storage.journal, self.outage,
                                        self.loop, self.intake, self.control, self.pidfile, self.children,
-                                       self.settler.run_owed, lambda: bool(self.callbacks.running),
+                                       self.settler.run_owed,
+                                       lambda: bool(self.callbacks.running) or self.settler.holds_done(),
                                        self.storage.reopen_journal, self.stopping.leave_children_running)
         self.status = Status(self, self.app, self.app_spec, self.storage.journal, self.children, self.counters,
                              self.spawner, self.handoff, self.outage, self.clock, self.stopping.unrecorded_outcomes)
@@ -333,7 +334,8 @@ class Master:
         timer = self.loop.timers.next_deadline()
         if timer is not None:
             deadlines.append(timer)
-        for due in (self.callbacks.next_deadline(self.config.callback_timeout), self.intake.next_deadline()):
+        for due in (self.callbacks.next_deadline(self.config.callback_timeout), self.intake.next_deadline(),
+                    self.settler.next_deadline()):
             if due is not None:
                 deadlines.append(due)
         return min(deadlines)

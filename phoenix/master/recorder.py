@@ -42,6 +42,7 @@ class Callbacks(Protocol):
 
     def owes(self, kind: str) -> bool: ...
     def start(self, callback_id: int, job_id: int, number: int, kind: str) -> None: ...
+    def commit_with(self, commit: Callable[[list[tuple[int, str | None]]], list[bool | None]]) -> None: ...
 
 
 class OutcomeRecorder:
@@ -221,15 +222,17 @@ class OutcomeRecorder:
 
     def hold_finals(self, attempts: list[Attempt]) -> bool:
         """Put the finals just received in the journal (one transaction) before
-        they are acknowledged; False if that failed (a storage outage)."""
+        they are acknowledged; False if that failed (a storage outage). The
+        callbacks that ended meanwhile are recorded done in the same commit
+        (group commit: no fsync of their own)."""
         if not attempts:
             return True
         held = False
 
         def write() -> None:
             nonlocal held
-            self.journal().hold_finals([(a.attempt_id, json.dumps(a.final, separators=(",", ":")))
-                                           for a in attempts])
+            finals = [(a.attempt_id, json.dumps(a.final, separators=(",", ":"))) for a in attempts]
+            self.callbacks.commit_with(lambda done: self.journal().hold_finals(finals, done))
             held = True
 
         self.guarded(write, False)

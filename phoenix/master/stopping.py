@@ -178,7 +178,7 @@ class Stopping:
     def close(self) -> None:
         self.spawner.discard()
         self.callbacks.wait_all(self.config().callback_timeout)
-        self.settler.settle()
+        self.settler.settle(flush=True)
         self.callbacks.shutdown()
         self.control.close()
         try:

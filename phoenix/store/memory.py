@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from typing import Any, Callable, Iterable, Iterator, Self
+from typing import Any, Callable, Iterable, Iterator, Self, Sequence
 
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json
 from phoenix.rules.outcomes import CANCELLED_REASON
@@ -142,11 +142,13 @@ class MemoryStore:
             return True, None
         return True, self._owe(job_id, attempt_n, callback)
 
-    def hold_finals(self, finals: list[tuple[int, str]]) -> None:
+    def hold_finals(self, finals: list[tuple[int, str]],
+                    callbacks_done: Sequence[tuple[int, str | None]] = ()) -> list[bool | None]:
         for attempt_id, data in finals:
             attempt = self.attempts.get(attempt_id)
             if attempt is not None and attempt["outcome"] is None:
                 attempt["final"] = data
+        return self.callbacks_done(callbacks_done)
 
     def fail_without_attempt(self, job_id: int, error: str) -> int | None:
         self.jobs[job_id].update(state=JobState.FAILED.value, outcome="error", error=storable(error),
@@ -168,6 +170,11 @@ class MemoryStore:
 
     def callback_done(self, callback_id: int, error: str | None) -> None:
         self.callbacks[callback_id].update(state="done", error=storable_or_none(error), done_at=self.now())
+
+    def callbacks_done(self, done: Sequence[tuple[int, str | None]]) -> list[bool | None]:
+        for callback_id, error in done:
+            self.callback_done(callback_id, error)
+        return [None] * len(done)
 
     def owed_callbacks(self) -> list[tuple[int, int, int, str]]:
         return [(c["id"], c["job_id"], c["attempt"], c["kind"]) for c in self.callbacks.values()

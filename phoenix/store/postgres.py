@@ -34,7 +34,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from phoenix.linux import clock
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
@@ -714,6 +714,11 @@ class PgStore:
                         (storable_or_none(error), callback_id, self.node, epoch, epoch))
             return cur.rowcount == 1
 
+    def callbacks_done(self, done: Sequence[tuple[int, str | None]]) -> list[bool | None]:
+        """Each as callback_done, fenced one by one (PostgreSQL groups the
+        commits of its sessions in its WAL writer)."""
+        return [self.callback_done(callback_id, error) for callback_id, error in done]
+
     def owed_callbacks(self, grace: float | None = None) -> list[tuple[int, int, int, str]]:
         """Callbacks owed by this master, and those owed by a master whose lease
         is gone (taken over now: each runs on one live master)."""
@@ -738,7 +743,8 @@ class PgStore:
             return [OpenAttempt(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
                                 cancel_requested=bool(r[11])) for r in cur.fetchall()]
 
-    def hold_finals(self, finals: list[tuple[int, str]]) -> None:
+    def hold_finals(self, finals: list[tuple[int, str]],
+                    callbacks_done: Sequence[tuple[int, str | None]] = ()) -> list[bool | None]:
         """Keep running attempts' final messages [(attempt id, JSON)] before the
         master acknowledges them (see Journal.hold_finals). Each row on its
         own (autocommit): a final held is independent of the others, none is
@@ -751,6 +757,7 @@ class PgStore:
                 cur.execute(_HOLD_FINAL, rows[0])
             else:
                 cur.executemany(_HOLD_FINAL, rows)
+        return self.callbacks_done(callbacks_done)  # (each fenced; after the finals, never before)
 
     def targets_in_use(self) -> list[tuple[str, int, int]]:
         with self._one() as cur:

@@ -18,7 +18,7 @@ import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from phoenix.linux import clock
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
@@ -489,8 +489,9 @@ class Journal:
         commit, measured in bench/RESULTS.md ("Durability"): on its virtual
         disk about 30 -> 280 us of CPU per submit and a few ms of latency;
         no-op jobs through 2 slots, two durable commits each (the attempt
-        begun, the finals held), run at half the rate. Correctness first:
-        amortising is group commit's job (a later change)."""
+        begun, the finals held), run at half the rate. A callback's done
+        record adds none: it rides along in the next finals' commit
+        (settler.CallbackSettler.commit_with), one commit per group at most."""
         return self._Transaction(self, durable)
 
     def _sync_wal_name(self) -> None:
@@ -646,14 +647,18 @@ class Journal:
             )
             return True, (cur.lastrowid if cur.rowcount else None)
 
-    def hold_finals(self, finals: list[tuple[int, str]]) -> None:
+    def hold_finals(self, finals: list[tuple[int, str]],
+                    callbacks_done: Sequence[tuple[int, str | None]] = ()) -> list[bool | None]:
         """Keep running attempts' final messages [(attempt id, JSON)], in one
         transaction, before the master acknowledges them: a child that got the
         ack exits without an outbox file, and a master that dies before it
-        records the outcome leaves it here for the next one."""
+        records the outcome leaves it here for the next one. The callbacks
+        `callbacks_done` [(id, error)] are marked done in the same commit."""
         with self.transaction(durable=True) as db:
             db.executemany("UPDATE attempts SET final = ? WHERE id = ? AND outcome IS NULL",
                            [(data, attempt_id) for attempt_id, data in finals])
+            self._callbacks_done(db, callbacks_done)
+        return [None] * len(callbacks_done)
 
     def fail_without_attempt(self, job_id: int, error: str) -> int | None:
         """A job that cannot even be started (unknown target): failed, callback owed."""
@@ -681,6 +686,20 @@ class Journal:
                 "UPDATE callbacks SET state = 'done', error = ?, done_at = ? WHERE id = ?",
                 (storable_or_none(error), time.time(), callback_id),
             )
+
+    def callbacks_done(self, done: Sequence[tuple[int, str | None]]) -> list[bool | None]:
+        """Mark callbacks done [(callback id, error)] in one durable commit:
+        one fsync records every callback that ended meanwhile (group commit)."""
+        with self.transaction(durable=True) as db:
+            self._callbacks_done(db, done)
+        return [None] * len(done)
+
+    @staticmethod
+    def _callbacks_done(db: sqlite3.Connection, done: Sequence[tuple[int, str | None]]) -> None:
+        if done:
+            now = time.time()
+            db.executemany("UPDATE callbacks SET state = 'done', error = ?, done_at = ? WHERE id = ?",
+                           [(storable_or_none(error), now, callback_id) for callback_id, error in done])
 
     def owed_callbacks(self) -> list[tuple[int, int, int, str]]:
         """(callback id, job id, attempt, kind) of every callback not yet run to the end."""

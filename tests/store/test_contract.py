@@ -108,6 +108,31 @@ def test_an_outcome_is_recorded_once_with_its_callback_owed(store: Store) -> Non
     assert [a["outcome"] for a in store.attempts_of(job_id)] == ["finished"]
 
 
+def test_callbacks_done_together_are_each_done(store: Store) -> None:
+    """The settler's group commit: several callbacks marked done in one call."""
+    owed = []
+    for key in ("a", "b", "c"):
+        job_id, _ = store.submit("m:f", "null", key)
+        _job, attempt_id = claim(store)
+        owed.append(end(store, attempt_id, job_id)[1])
+    first, second, third = owed
+    assert first is not None and second is not None and third is not None
+    for callback_id in (first, second):
+        store.callback_started(callback_id)
+    results = store.callbacks_done([(first, None), (second, "Traceback ...\nValueError: boom")])
+    assert len(results) == 2 and False not in results  # (a shared store: both still this master's)
+    assert [row[0] for row in store.owed_callbacks()] == [third]
+    assert store.callbacks_done([]) == []
+    # With the finals the master holds before their acks, in the same commit.
+    job_id, _ = store.submit("m:f", "null", "d")
+    _job, attempt_id = claim(store)
+    store.callback_started(third)
+    assert store.hold_finals([(attempt_id, "{}")], [(third, None)]) in ([None], [True])
+    assert store.owed_callbacks() == []
+    assert [a.final for a in store.open_attempts()] == ["{}"]
+    assert store.hold_finals([(attempt_id, "{}")]) == []
+
+
 def test_a_failed_attempt_puts_the_job_back_after_its_delay(store: Store) -> None:
     job_id, _ = store.submit("m:f", "null", "k")
     _job, attempt_id = claim(store)

@@ -42,6 +42,9 @@ class Callbacks:
     def start(self, callback_id: int, job_id: int, number: int, kind: str) -> None:
         self.started.append((callback_id, job_id, number, kind))
 
+    def commit_with(self, commit: Callable[[list[tuple[int, str | None]]], list[bool | None]]) -> None:
+        commit([])
+
 
 class Recording:
     def __init__(self, journal: Journal, paths: StatePaths) -> None:
