@@ -18,10 +18,12 @@ if not _sys.platform.startswith("linux") or _sys.implementation.name != "cpython
 
 if TYPE_CHECKING:
     from phoenix.app import App, AppError, JobInfo
-    from phoenix.child.run import current_job, heartbeat
+    from phoenix.child.longjobs import Interrupted
+    from phoenix.child.run import checkpoint, current_job, heartbeat, progress, stopping
     from phoenix.client import Client
     from phoenix.compat import HeartbeatChild, HeartbeatParent
     from phoenix.errors import Conflict, InternalError, PhoenixError, StateError, Unavailable, UsageError
+    from phoenix.rules.schedule import ScheduleError
     from phoenix.store.base import KeyConflict
 
 # Each name is imported on first use (PEP 562): the fork server imports the
@@ -31,7 +33,9 @@ if TYPE_CHECKING:
 _HOMES = {"App": "phoenix.app", "AppError": "phoenix.app", "JobInfo": "phoenix.app",
           "current_job": "phoenix.child.run", "heartbeat": "phoenix.child.run", "Client": "phoenix.client",
           "HeartbeatChild": "phoenix.compat", "HeartbeatParent": "phoenix.compat",
-          "KeyConflict": "phoenix.store.base",
+          "KeyConflict": "phoenix.store.base", "ScheduleError": "phoenix.rules.schedule",
+          "Interrupted": "phoenix.child.longjobs",
+          "checkpoint": "phoenix.child.run", "progress": "phoenix.child.run", "stopping": "phoenix.child.run",
           # The error tree (errors.py): catch PhoenixError for any of Phoenix's, a category for a kind.
           **dict.fromkeys(("PhoenixError", "UsageError", "StateError", "Conflict", "Unavailable", "InternalError"),
                           "phoenix.errors")}
@@ -48,6 +52,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = ["App", "AppError", "Client", "JobInfo", "HeartbeatChild", "HeartbeatParent", "KeyConflict", "current_job",
-           "heartbeat", "PhoenixError", "UsageError", "StateError", "Conflict", "Unavailable", "InternalError"]
+__all__ = ["App", "AppError", "Client", "JobInfo", "HeartbeatChild", "HeartbeatParent", "KeyConflict",
+           "ScheduleError", "current_job", "heartbeat", "Interrupted", "checkpoint", "progress", "stopping",
+           "PhoenixError", "UsageError", "StateError", "Conflict", "Unavailable", "InternalError"]
 __version__ = "0.2.0"

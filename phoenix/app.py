@@ -9,13 +9,15 @@ import importlib
 import json
 import os
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from phoenix.config import Config, ConfigError
+from phoenix.config import Config, ConfigError, parse_max_memory
 from phoenix.errors import UsageError
 from phoenix.linux.untrusted import MAX_JSON_DEPTH, MAX_KEY_BYTES, json_too_deep, visible
+from phoenix.rules.schedule import OVERLAP_SKIP, Schedule, ScheduleError, due_time, make_schedule, parse_priority
 
 if TYPE_CHECKING:
     from phoenix.store.base import Store
@@ -42,6 +44,8 @@ class JobSpec:
     max_runtime: float | None = None
     heartbeat_timeout: float | None = None
     app: "App | None" = dataclasses.field(default=None, compare=False, repr=False)  # the App that registered it
+    pool: str | None = None  # the global resource pool its attempts take a slot of (App(pools=...))
+    max_memory: int | None = None  # bytes of resident memory; None: the max_memory setting's
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,17 @@ class JobInfo:
     max_rss_kb: int | None = None  # the attempt's peak memory, when its exit status was ours to read
 
 
+def check_pools(app: App, pools: dict[str, int]) -> None:
+    """Every pool the app's jobs name has a capacity (App(pools=...), [pools]
+    in phoenix.toml or PHOENIX_POOLS), or AppError naming the fix."""
+    for spec in app.jobs.values():
+        if spec.pool is not None and spec.pool not in pools:
+            known = ", ".join(sorted(pools)) or "none"
+            raise AppError(f"job {spec.target} takes a slot of pool {spec.pool!r}, which has no capacity (pools "
+                           f"known: {known}): add it, e.g. App(pools={{{spec.pool!r}: 10}}) or [pools] in "
+                           "phoenix.toml")
+
+
 def target_name(func: Callable[..., Any]) -> str:
     return f"{func.__module__}:{func.__qualname__}"
 
@@ -103,6 +118,7 @@ class App:
         self.finished_callbacks: list[Callable[[JobInfo, Any], Any]] = []
         self.failed_callbacks: list[Callable[[JobInfo, str | None], Any]] = []
         self.startup_hooks: list[Callable[["App"], Any]] = []
+        self.schedules: dict[str, Schedule] = {}  # target -> its @app.periodic (master/ticker.py fires them)
         # Set by the master while it runs this app, so that app.submit() from a
         # startup hook writes to the master's own journal.
         self.journal: Store | None = None
@@ -116,16 +132,50 @@ class App:
         stall_timeout: float | None = None,
         max_runtime: float | None = None,
         heartbeat_timeout: float | None = None,
+        pool: str | None = None,
+        max_memory: str | int | None = None,
     ) -> Any:
-        """Register a job function: `@app.job` or `@app.job(retries=3, ...)`."""
+        """Register a job function: `@app.job` or `@app.job(retries=3, ...)`.
+        `pool`: at most the pool's capacity of this job's attempts (and of the
+        other jobs of the pool) run at once, across every master sharing the
+        store (docs/scheduling.md). `max_memory` ("512M", "2G"): killed (reason
+        max_memory) past it."""
+        if pool is not None and (not isinstance(pool, str) or not pool):
+            raise AppError(f"@app.job(pool={pool!r}): give the name of a pool of App(pools={{...}})")
+        limit = parse_max_memory(max_memory, "@app.job(max_memory=...)")  # ValueError, one line, at import
 
         def register(f: Callable[[Any], Any]) -> Callable[[Any], Any]:
-            spec = JobSpec(target_name(f), f, retries, stall_timeout, max_runtime, heartbeat_timeout, self)
+            spec = JobSpec(target_name(f), f, retries, stall_timeout, max_runtime, heartbeat_timeout, self,
+                           pool=pool, max_memory=limit)
             self.jobs[spec.target] = spec
             f.__phoenix_job__ = spec  # type: ignore[attr-defined]
             return f
 
         return register(func) if func is not None else register
+
+    def periodic(self, *, every: float | None = None, cron: str | None = None, tz: str | None = None,
+                 params: Any = None, catch_up: int = 1, overlap: str = OVERLAP_SKIP) -> Any:
+        """Run the job on a schedule: `every` seconds (ticks on the multiples
+        of it since the epoch, UTC) or at the `cron` expression's wall times in
+        `tz` (an IANA zone; UTC if not given). Stacked above `@app.job(...)`,
+        or alone (the job is registered with the defaults). Each tick is one
+        job keyed `<target>@<tick ISO 8601 UTC>` with `params`; see
+        docs/scheduling.md for `catch_up` and `overlap`. Bad input raises
+        ScheduleError at import, naming the fix."""
+        encode_params(params)  # JSON, or refused now rather than at the first tick
+
+        def register(f: Callable[[Any], Any]) -> Callable[[Any], Any]:
+            if not isinstance(getattr(f, "__phoenix_job__", None), JobSpec):
+                f = self.job(f)
+            spec: JobSpec = f.__phoenix_job__  # type: ignore[attr-defined]
+            if spec.target in self.schedules:
+                raise ScheduleError(f"@app.periodic for {spec.target}: it has a schedule already; give each job one "
+                                    "(another schedule: another job function)")
+            self.schedules[spec.target] = make_schedule(spec.target, every=every, cron=cron, tz=tz, params=params,
+                                                        catch_up=catch_up, overlap=overlap)
+            return f
+
+        return register
 
     def on_finished(self, func: Callable[[JobInfo, Any], Any]) -> Callable[[JobInfo, Any], Any]:
         """Register `func(job, result)`, called by the master once a job has
@@ -151,17 +201,22 @@ class App:
         return func
 
     def submit(self, target: Callable[..., Any] | str, params: Any = None, key: str | None = None,
-               state_dir: str | None = None) -> int:
+               state_dir: str | None = None, *, run_in: float | str | None = None, run_at: Any = None,
+               priority: int | str = 0) -> int:
         """Record a job durably; returns its id. The same key with the same
         target and parameters is one job (its id is returned); with another
-        target or other parameters, phoenix.KeyConflict says what differs."""
+        target, other parameters, another due time or priority,
+        phoenix.KeyConflict says what differs. `run_in` seconds or `run_at`
+        (ISO 8601 with an offset, or an aware datetime): `scheduled` until
+        then. `priority`: higher starts first (default 0)."""
         from phoenix.store.open import open_store  # the store is opened lazily outside a master
 
         name = target if isinstance(target, str) else target_name(target)
         resolve_target(name)
         params_json = encode_params(params)
+        due, rank = due_time(time.time(), run_in, run_at), parse_priority(priority)
         if self.journal is not None and state_dir is None:
-            return self.journal.submit(name, params_json, key)[0]
+            return self.journal.submit(name, params_json, key, run_at=due, priority=rank)[0]
         from phoenix.config import load
         from phoenix.linux.paths import StatePaths
 
@@ -171,7 +226,7 @@ class App:
             paths.ensure()
         with open_store(settings.store, paths.journal, verify=not self._journal_checked) as journal:
             self._journal_checked = True
-            return journal.submit(name, params_json, key)[0]
+            return journal.submit(name, params_json, key, run_at=due, priority=rank)[0]
 
 
 _TOO_DEEP = (f"job parameters nest more than {MAX_JSON_DEPTH} levels of arrays and objects, deeper than Phoenix "
@@ -235,7 +290,10 @@ def _import_failure(module_name: str, what: str, exc: Exception) -> str:
     if isinstance(exc, SyntaxError):
         where = f"{exc.filename}, line {exc.lineno}" if exc.filename else module_name
         return f"cannot import {what}: SyntaxError in {where}: {exc.msg}"
-    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    # The user's line that called into Phoenix (an @app.periodic refused), not Phoenix's own.
+    theirs = [f for f in frames if not f.filename.startswith(os.path.dirname(__file__) + os.sep)]
+    frame = (theirs or frames)[-1] if frames else None
     where = f" ({frame.filename}, line {frame.lineno})" if frame else ""
     return (f"cannot import {what}: importing module {module_name!r} raised "
             f"{type(exc).__name__}: {exc}{where}")

@@ -20,12 +20,15 @@ listening there is woken by a NOTIFY sent with the job's transaction.
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from typing import Any, Callable, Iterable
 
 from phoenix import config as config_module
 from phoenix.app import check_target_form, encode_params, resolve_target
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.untrusted import check_key
+from phoenix.rules.schedule import due_time, parse_priority
 from phoenix.store.base import check_setting, default_key
 from phoenix.store.open import open_store
 from phoenix.wire import control
@@ -54,23 +57,30 @@ class Client:
         self._journal_checked = False
 
     def submit(self, target: str, params: Any = None, key: str | None = None, *,
-               check: bool = False) -> tuple[int, bool]:
+               check: bool = False, run_in: float | str | None = None, run_at: str | datetime | None = None,
+               priority: int | str = 0) -> tuple[int, bool]:
         """Record a job; returns (job id, created). The same key with the same
         target and parameters is the same job (created False); with another
-        target or other parameters, phoenix.KeyConflict says what differs."""
+        target, other parameters, another due time or another priority,
+        phoenix.KeyConflict says what differs. `run_in` (seconds) or `run_at`
+        (ISO 8601 with an offset, or an aware datetime): `scheduled` until
+        then. `priority`: higher starts first (default 0)."""
         check_target_form(target)
         if key:
             check_key(key)  # before the state directory is made or touched
         params_json = encode_params(params)
+        due = due_time(time.time(), run_in, run_at)
+        rank = parse_priority(priority)
         if check:
             resolve_target(target)
         if self.store != "sqlite":
             with open_store(self.store, self.paths.journal) as shared:
-                return shared.submit(target, params_json, key)  # the NOTIFY wakes the masters
+                # the NOTIFY wakes the masters
+                return shared.submit(target, params_json, key, run_at=due, priority=rank)
         self.paths.ensure()
         with open_store(self.store, self.paths.journal, verify=not self._journal_checked) as journal:
             self._journal_checked = True
-            job_id, created = journal.submit(target, params_json, key)
+            job_id, created = journal.submit(target, params_json, key, run_at=due, priority=rank)
         self.wake()
         return job_id, created
 

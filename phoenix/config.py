@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,31 @@ from phoenix.linux.untrusted import visible
 
 class ConfigError(UsageError, ValueError):
     """A setting is missing, of the wrong type, or out of range."""
+
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
+# A child is a forked Python process: it holds the app's imports before the
+# job allocates anything (about 15 MB for a small app). A limit below this
+# would kill every attempt at its first look, for no fault of the job.
+MIN_MAX_MEMORY = 32 * 1024**2
+
+
+def parse_max_memory(value: object, where: str) -> int | None:
+    """Bytes, from "512M", "1.5G", "200MB", "1GiB" or a number of bytes; None:
+    no limit. ValueError (one line saying how to write it) for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.fullmatch(value)):
+        size = int(float(match[1]) * _UNITS[match[2].upper()])
+    else:
+        raise ValueError(f"{where} wants a size such as \"512M\", \"2G\" or a number of bytes, not {value!r:.40}")
+    if size < MIN_MAX_MEMORY:
+        raise ValueError(f"{where} is {size} bytes, below the {MIN_MAX_MEMORY // 1024**2}M a Python child needs to "
+                         "start (every attempt would be killed at once): raise it, or leave it out for no limit")
+    return size
 
 
 def doc(description: str) -> dict[str, str]:
@@ -75,6 +101,13 @@ class Config:
         "seconds a master's lease in a shared store lasts without renewal"))
     job_output_max_bytes: int = field(default=1024 * 1024, metadata=doc(
         "a job's stdout and stderr kept per attempt, the last part of it (at least 4096; see Writing jobs)"))
+    pools: dict[str, int] = field(default_factory=dict, metadata=doc(
+        "global resource pools, name -> capacity: at most that many attempts of the jobs that name the pool "
+        "(`@app.job(pool=...)`) run at once across every master sharing the store; a `[pools]` table, "
+        "`PHOENIX_POOLS=db=10,api=3` (see Scheduling and limits)"))
+    max_memory: str | None = field(default=None, metadata=doc(
+        'the default limit of a job\'s resident memory, e.g. "512M" or "2G" (at least 32M); a job past it is '
+        'killed, reason max_memory (`@app.job(max_memory=...)` wins; see Batches and long jobs); unset: none'))
 
     def validate(self) -> "Config":
         positive = ("heartbeat_interval", "heartbeat_timeout", "callback_timeout", "outcome_delivery_timeout",
@@ -87,6 +120,10 @@ class Config:
                 raise ConfigError(f"{name} must not be negative (got {getattr(self, name)!r})")
         if self.job_output_max_bytes < 4096:
             raise ConfigError(f"job_output_max_bytes must be at least 4096 (got {self.job_output_max_bytes!r})")
+        try:
+            parse_max_memory(self.max_memory, "max_memory")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.callback_threads < 1:
             raise ConfigError("callback_threads must be at least 1")
         if self.heartbeat_timeout <= self.heartbeat_interval:
@@ -102,6 +139,12 @@ class Config:
             raise ConfigError(f"log_level must be debug, info, warning or error (got {self.log_level!r})")
         if self.store != "sqlite" and not self.store.startswith(("postgresql://", "postgres://")):
             raise ConfigError('store must be "sqlite" or a postgresql:// URL (got a value of another form)')
+        for name, capacity in self.pools.items():
+            if not name or visible(name) != name or len(name) > 200:
+                raise ConfigError(f"pool name '{visible(name[:200])}' must be printable text (at most 200 characters)")
+            if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+                raise ConfigError(f"pool {name!r} needs a capacity that is a whole number, 0 or more "
+                                  f"(got {capacity!r}): pools = {{\"{name}\": 10}}")
         if self.node is not None and not self.node.strip():
             raise ConfigError("node must not be empty")
         if self.node is not None and visible(self.node) != self.node:
@@ -134,6 +177,8 @@ _KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str:
 
 def _coerce(name: str, current: Any, raw: Any, source: str) -> Any:
     kind: type[object] = type(current) if current is not None else str
+    if kind is dict:
+        return _pools(name, raw, source)
     try:
         if kind is bool:
             if isinstance(raw, bool):
@@ -161,6 +206,20 @@ def _coerce(name: str, current: Any, raw: Any, source: str) -> Any:
         raise ConfigError(f"{name} in {source} must be {_KIND_NAMES.get(kind, kind.__name__)} (got {raw!r})") from None
 
 
+def _pools(name: str, raw: Any, source: str) -> dict[str, int]:
+    """`pools`: a table (TOML, App(pools={...})) or "db=10,api=3" (PHOENIX_POOLS, a flag)."""
+    if isinstance(raw, str):
+        try:
+            pairs = [item.split("=", 1) for item in raw.split(",") if item.strip()]
+            raw = {key.strip(): int(value) for key, value in pairs}
+        except ValueError:
+            raise ConfigError(f"{name} in {source} must look like db=10,api=3 (got {raw!r})") from None
+    if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
+        raise ConfigError(f"{name} in {source} must be a table of pool names and capacities, e.g. {{\"db\": 10}} "
+                          f"(got {raw!r})")
+    return dict(raw)
+
+
 def _file_settings(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
@@ -174,6 +233,8 @@ def _file_settings(path: Path) -> dict[str, Any]:
         settings = data.get("tool", {}).get("phoenix", {})
     else:
         settings = data.get("phoenix", data)  # accept a [phoenix] table or top-level keys
+        if "phoenix" in data and "pools" in data and "pools" not in settings:
+            settings = {**settings, "pools": data["pools"]}  # a [pools] table beside [phoenix]
     return settings
 
 

@@ -117,7 +117,7 @@ def test_cancel_a_running_job_terms_its_group_and_never_reruns_it(master_factory
     assert callback[0]["kind"] == "failed" and callback[0]["outcome"] == "cancelled"
     assert callback[0]["payload"].startswith("cancelled by the operator (phoenix cancel)")
     again = _cli(state_dir, "cancel", "long")
-    assert again.returncode == 1 and "job 'long' is cancelled: only pending or running" in again.stderr
+    assert again.returncode == 1 and "job 'long' is cancelled: only scheduled, pending or running" in again.stderr
     master.stop()
 
 

@@ -40,7 +40,8 @@ def test_status_counts_jobs_lists_the_last_failures_and_both_uptimes(master_fact
     master.wait_jobs_done([*FAILING, "noop"])
 
     report = json.loads(phoenix_cli("status", "--json", state_dir=state_dir).stdout)
-    assert report["counts"] == {"pending": 0, "running": 0, "finished": 1, "failed": 3, "cancelled": 0}
+    assert report["counts"] == {"scheduled": 0, "pending": 0, "running": 0, "finished": 1, "failed": 3,
+                                "cancelled": 0}
     failures = {f["key"]: f for f in report["recent_failures"]}
     assert set(failures) == set(FAILING)
     assert failures["segfault"]["reason"] == "SIGSEGV" and failures["segfault"]["max_rss_kb"] > 0

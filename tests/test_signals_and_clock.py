@@ -68,6 +68,8 @@ def test_an_older_journal_gets_the_new_columns(tmp_path):
     Journal(path).close()
     db = sqlite3.connect(path)
     db.execute("DROP INDEX jobs_backoff")
+    db.execute("DROP INDEX jobs_ready")  # (journal version 3's, over not_before_boot_id)
+    db.execute("PRAGMA user_version = 1")
     for table, column in (("jobs", "not_before_boot"), ("jobs", "not_before_boot_id"), ("attempts", "started_boot")):
         db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")  # as the first release wrote it
     db.execute("INSERT INTO jobs (key, target, params, state, not_before, created_at, updated_at) "

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from phoenix.app import JobSpec, decode_params
 from phoenix.child import forksafety, output
+from phoenix.child.longjobs import PROGRESS_EVERY, Interrupted, PoliteStop, check_checkpoint, progress_value
 from phoenix.linux import lineage
 from phoenix.linux.clock import SYSTEM
 from phoenix.linux.signals import set_child_subreaper, unignore_reserved_signals
@@ -50,29 +51,47 @@ class ChildContext:
     # can pass it to its own external writes as a fencing token (a write
     # tagged with an older id than one already applied is refused there).
     attempt_id: int | None = None
+    # The last checkpoint saved by this job's attempts (phoenix.checkpoint()),
+    # None if there is none yet: a job resumes from here.
+    checkpoint: Any = None
 
 
 class _Runtime:
     """The live state of this child process (one per process, set after fork)."""
 
     def __init__(self, context: ChildContext, sender: protocol.Sender, interval: float,
-                 orphan: tuple[float, float] | None = None, capture: output.Capture | None = None) -> None:
+                 orphan: tuple[float, float] | None = None, capture: output.Capture | None = None,
+                 outbox: str = "", delivery: float = 0.0) -> None:
         self.context = context
         self.sender = sender
         self.interval = interval
         self.orphan = orphan  # (seconds without a master, kill grace): shared store only
         self.capture = capture  # the job's output file, looked at once per beat
+        self.outbox, self.delivery = outbox, delivery  # where, and after how long, a checkpoint goes to disk
         self.progress = 0
         self.seq = 0
         self.final_seq = 0
         self.lock = _thread.allocate_lock()
+        self.reported: list[Any] | None = None  # phoenix.progress()'s latest [done, total, note]
+        self.reported_sent: list[Any] | None = None  # the latest one a message carried
+        self.report_due = 0.0  # monotonic: when the job's thread may send a changed one itself
+        self.stop = PoliteStop()
+        # One checkpoint at a time: the thread that waits for an ack reads every reply on the connection.
+        self.checkpoint_lock = _thread.allocate_lock()
 
     def next_message(self, kind: str, **body: Any) -> bytes:
+        return self.numbered(kind, **body)[1]
+
+    def numbered(self, kind: str, **body: Any) -> tuple[int, bytes]:
+        """(its sequence number, the message): numbered under the lock the beat thread takes too."""
         with self.lock:
             self.seq += 1
             if kind in protocol.FINAL_KINDS:
                 self.final_seq = self.seq
-            return protocol.encode(self.context.job_id, self.context.attempt, kind, self.seq, self.progress, **body)
+                if self.reported is not self.reported_sent:  # the last word on how far it got, kept with the attempt
+                    body[protocol.PROGRESS] = self.reported
+            return self.seq, protocol.encode(self.context.job_id, self.context.attempt, kind, self.seq,
+                                             self.progress, **body)
 
     def beat_forever(self) -> None:
         # The first beat is due one interval in (the master's first check
@@ -84,7 +103,12 @@ class _Runtime:
         while True:
             kind = "progress" if self.progress != reported else "beat"
             reported = self.progress
-            message = self.next_message(kind)
+            news = self.reported
+            if news is not self.reported_sent:  # phoenix.progress() since the last message that carried it
+                self.reported_sent = news
+                message = self.next_message("progress", **{protocol.PROGRESS: news})
+            else:
+                message = self.next_message(kind)
             delay = 0.01
             unsent_since = SYSTEM.monotonic()
             # Keep this beat (and its number) until it is sent: the master may be
@@ -99,6 +123,40 @@ class _Runtime:
             if self.capture is not None:
                 self.capture.check()
             time.sleep(self.interval)
+
+    def report(self, value: list[Any]) -> None:
+        """phoenix.progress(): kept as the latest; sent now if none was for a
+        while (else the next beat, or a later call, carries it)."""
+        self.reported = value
+        now = time.monotonic()
+        if now >= self.report_due:
+            self.report_due = now + PROGRESS_EVERY
+            self.reported_sent = value
+            self.sender.send_once(self.next_message("progress", **{protocol.PROGRESS: value}))
+
+    def save(self, obj: Any) -> None:
+        """phoenix.checkpoint(): on the master's journal (acknowledged) or in
+        the outbox when this returns; until then, not returned."""
+        size = len(check_checkpoint(obj))  # one line naming the fix, raised in the job
+        if size > protocol.MAX_CHECKPOINT_BYTES:  # (before it takes a sequence number the master would miss)
+            raise protocol.CheckpointTooLarge(size)
+        with self.checkpoint_lock:
+            self._round_trip(obj)
+        self.context.checkpoint = obj
+        self.stop.raise_if_due()  # a TERM that came while it was being saved
+
+    def _round_trip(self, obj: Any) -> None:
+        seq, message = self.numbered(protocol.CHECKPOINT, **{protocol.SAVED: obj})
+        self.stop.saving = True
+        try:
+            said = False
+            while not self.sender.round_trip(message, seq, time.monotonic() + self.delivery):
+                if _write_outbox_file(checkpoint_outbox_path(self.outbox, self.context.job_id, self.context.attempt),
+                                      message, quiet=said):
+                    break
+                said = True
+        finally:
+            self.stop.saving = False
 
     def end_orphaned(self) -> None:
         """No master has heard from this child for so long that another host
@@ -121,6 +179,36 @@ def heartbeat() -> None:
     it has not called this for that long. Outside a Phoenix child it does nothing."""
     if _runtime is not None:
         _runtime.progress += 1
+
+
+def progress(done: float, total: float | None = None, note: str | None = None) -> None:
+    """Say how far the job is (`done` of `total`, and a short note): shown by
+    `phoenix status` and `phoenix show`, in the metrics and on the timeline,
+    and kept with the attempt. Cheap in a tight loop (the latest value wins;
+    it travels with the beats); counts as a heartbeat() for `stall_timeout`.
+    Outside a Phoenix child it does nothing."""
+    value = progress_value(done, total, note)
+    if _runtime is not None:
+        _runtime.progress += 1
+        _runtime.report(value)
+
+
+def checkpoint(obj: Any) -> None:
+    """Save where the job is (JSON, at most 64 KiB): when this returns it is
+    durable, and the next attempt of this job, after any interruption, starts
+    with it as `phoenix.current_job().checkpoint`. One round trip to the
+    master on the child's connection. Outside a Phoenix child it does nothing."""
+    if _runtime is not None:
+        _runtime.save(obj)
+    else:
+        check_checkpoint(obj)
+
+
+def stopping() -> bool:
+    """Whether the job has been asked to stop (SIGTERM: `phoenix stop`, a
+    drain's time running out, a lease running out); phoenix.Interrupted is
+    raised in the job at that moment too. False outside a Phoenix child."""
+    return _runtime is not None and _runtime.stop.asked
 
 
 def current_job() -> ChildContext | None:
@@ -198,14 +286,25 @@ def _hand_over(sender: protocol.Sender, outbox: Path, context: ChildContext, fin
                   "(no master took it, and the outbox cannot be written)")
 
 
+def checkpoint_outbox_path(outbox: str, job_id: int, attempt: int) -> str:
+    """Where an attempt's latest unacknowledged checkpoint waits for a master
+    (each replaces the one before; recorder.py takes it with the attempt's end)."""
+    return f"{outbox}/{job_id}.{attempt}.checkpoint.json"
+
+
 def _write_outbox(outbox: Path, job_id: int, attempt: int, data: bytes, quiet: bool = False) -> bool:
-    """The outcome on disk when no master acknowledged it: the next master
-    finds it here and the job is not run again. On disk means synced: the
-    file's data before its rename, the directory's new name after it (the
-    child exits next, and nobody else holds this outcome). False: not
-    written. Plain os calls on str paths: pathlib's objects cost more than the writing."""
-    final = f"{outbox}/{job_id}.{attempt}.json"
-    temporary = f"{outbox}/.{job_id}.{attempt}.{os.getpid()}.tmp"
+    return _write_outbox_file(f"{outbox}/{job_id}.{attempt}.json", data, quiet)
+
+
+def _write_outbox_file(final: str, data: bytes, quiet: bool = False) -> bool:
+    """An outcome (or a checkpoint) on disk when no master acknowledged it:
+    the next master finds it here, and the job is not run again (or resumes
+    from it). On disk means synced: the file's data before its rename, the
+    directory's new name after it (the child exits next, and nobody else
+    holds this outcome). False: not written. Plain os calls on str paths:
+    pathlib's objects cost more than the writing."""
+    outbox, _slash, name = final.rpartition("/")
+    temporary = f"{outbox}/.{name}.{os.getpid()}.tmp"
     try:
         # O_EXCL | O_NOFOLLOW: no link planted at this name is followed. One left
         # by an earlier process of the same pid (killed while writing) is removed first.
@@ -244,7 +343,7 @@ ORDER_HEADER = 8  # bytes of big-endian length before an order's JSON
 
 def order(job_id: int, key: str, attempt: int, target: str, params: str, heartbeat_interval: float,
           delivery_timeout: float, attempt_id: int | None = None, orphan: tuple[float, float] | None = None,
-          output_to: tuple[str, int] | None = None) -> bytes:
+          output_to: tuple[str, int] | None = None, checkpoint: str | None = None) -> bytes:
     """What the master writes to a waiting child once the attempt is recorded:
     the job to run and the settings to run it with (a spare child may have
     been forked before a reload changed them). Length first: the child must
@@ -252,10 +351,12 @@ def order(job_id: int, key: str, attempt: int, target: str, params: str, heartbe
     would hold back by keeping a copy of the pipe's write end. `orphan`
     (shared store only): (seconds without any master, kill grace) after which
     the child ends its own attempt (see leases.orphan_after). `output_to`:
-    (directory, byte limit per attempt) of the job's own output (output.py)."""
+    (directory, byte limit per attempt) of the job's own output (output.py).
+    `checkpoint`: the job's last saved checkpoint (JSON text), if any."""
     payload = json.dumps({"job": job_id, "key": key, "attempt": attempt, "target": target, "params": params,
                           "interval": heartbeat_interval, "delivery": delivery_timeout,
-                          "attempt_id": attempt_id, "orphan": orphan, "output": output_to}).encode()
+                          "attempt_id": attempt_id, "orphan": orphan, "output": output_to,
+                          "checkpoint": checkpoint}).encode()
     return len(payload).to_bytes(ORDER_HEADER, "big") + payload
 
 
@@ -309,8 +410,9 @@ def run(
         got = _read_order(order_fd)
         if got is None:
             os._exit(EXIT_NO_ORDER)
+        saved = got.get("checkpoint")
         context = ChildContext(got["job"], got["key"], got["attempt"], decode_params(got["params"]),
-                               got.get("attempt_id"))
+                               got.get("attempt_id"), None if saved is None else json.loads(saved))
         set_title(f"phoenix: job {visible(context.key)} attempt {context.attempt}")  # a NUL would raise
         _stdin_from_devnull()
         if got.get("output"):
@@ -322,7 +424,8 @@ def run(
         sender = protocol.Sender(socket_path)
         sender.connect()
         orphan = got.get("orphan")
-        _runtime = _Runtime(context, sender, got["interval"], (orphan[0], orphan[1]) if orphan else None, capture)
+        _runtime = _Runtime(context, sender, got["interval"], (orphan[0], orphan[1]) if orphan else None, capture,
+                            str(outbox), got["delivery"])
         # _thread, not threading.Thread: start() waits for the thread to run
         # (about 1 ms), and this process only ever leaves through os._exit.
         _thread.start_new_thread(_runtime.beat_forever, ())
@@ -330,7 +433,9 @@ def run(
         # after this child was forked is imported here, and may take a while.
         spec = resolve(got["target"])
         job_pid = os.getpid()
+        _runtime.stop.install()  # from here, TERM is a polite stop (longjobs.PoliteStop)
         code, final = _perform(spec, context)
+        _runtime.stop.job_over()
         if os.getpid() != job_pid:
             _leave_as_a_fork_of_the_job(code)
         _flush_std_streams()  # what the job printed is in its output before its outcome is recorded
@@ -422,6 +527,13 @@ def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:
     assert _runtime is not None
     try:
         result = spec.func(context.params)
+        _runtime.stop.job_over()
+    except Interrupted as exc:
+        # Let through by the job after a polite stop: `interrupted` if its
+        # master asked (no retry used); the checkpoint it saved is where the next attempt starts.
+        _runtime.stop.job_over()
+        return 1, _runtime.next_message("failed", error=_fitted("".join(traceback.format_exception(exc))),
+                                        **{protocol.INTERRUPTED: True})
     except SystemExit as exc:
         if exc.code in (0, None):
             result = None

@@ -8,18 +8,19 @@ from dataclasses import dataclass
 from phoenix.linux import pidfile
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.untrusted import visible
-from phoenix.store.base import CancelRequest, SharedStore, Store
+from phoenix.store.base import WAITING, CancelRequest, SharedStore, Store
 from phoenix.wire import control
 
 HANDOVER_WAIT = 30.0  # seconds to wait for a master in a fork-mode hand-over to write its pidfile
 
 
-def retry(paths: StatePaths, journal: Store, keys: list[str] | None, target: str | None) -> list[str]:
+def retry(paths: StatePaths, journal: Store, keys: list[str] | None, target: str | None,
+          fresh: bool = False) -> list[str]:
     """Put failed (or cancelled) jobs back to pending, all or none (RetryRefused
     names the job that cannot be), and wake the master; returns their keys.
-    Closes `journal`."""
+    `fresh`: their checkpoints are cleared too. Closes `journal`."""
     with journal:
-        retried = journal.retry(keys, target)
+        retried = journal.retry(keys, target, fresh=fresh)
     if not journal.shared:  # a shared store's masters are woken by its NOTIFY
         control.wake(paths.control_socket)
     return retried
@@ -76,8 +77,8 @@ def cancel(paths: StatePaths, journal: Store, keys: list[str]) -> list[Cancelled
 def _cancelled(paths: StatePaths, key: str, before: str, master_runs: bool, shared: bool,
                running_on: dict[str, CancelRequest]) -> Cancelled:
     shown = visible(key)
-    if before == "pending":
-        return Cancelled(key, before, True, f"cancelled {shown} (it was pending)")
+    if before in WAITING:
+        return Cancelled(key, before, True, f"cancelled {shown} (it was {before})")
     if before == "running" and master_runs:
         return Cancelled(key, before, True,
                          f"cancelling {shown}: its process group gets TERM, then KILL after kill_grace")
@@ -98,4 +99,5 @@ def _cancelled(paths: StatePaths, key: str, before: str, master_runs: bool, shar
                                              "(it is adopting or recording it): cancel again in a moment")
     if before == "unknown":
         return Cancelled(key, before, False, f"no job with key '{shown}'")
-    return Cancelled(key, before, False, f"job '{shown}' is {before}: only pending or running jobs can be cancelled")
+    return Cancelled(key, before, False, f"job '{shown}' is {before}: only scheduled, pending or running jobs can "
+                                         "be cancelled")

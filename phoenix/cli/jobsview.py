@@ -14,6 +14,7 @@ from phoenix.cli.status import duration
 from phoenix.errors import UsageError
 from phoenix.linux.untrusted import stored_json, visible
 from phoenix.store.base import Store
+from phoenix.wire.heartbeat import progress_view
 
 JOBS_COLUMNS = ("key", "target", "state", "attempts", "last outcome", "age")
 
@@ -69,12 +70,19 @@ def show_report(journal: Store, job: dict[str, Any]) -> dict[str, Any]:
     for attempt in journal.attempts_of(job["id"]):
         ended = attempt["ended_at"]
         attempts.append({**attempt, "node": attempt.pop("master", node),
-                         "duration": None if ended is None else round(ended - attempt["started_at"], 3)})
+                         "duration": None if ended is None else round(ended - attempt["started_at"], 3),
+                         "progress": progress_view(attempt.get("progress"))})
     result = job["result"]
     return {"id": job["id"], "key": job["key"], "target": job["target"], "params": stored_json(job["params"]),
             "state": job["state"], "attempts": job["attempts"], "failures": job["failures"],
             "outcome": job["outcome"], "result": None if result is None else stored_json(result),
             "error": job["error"], "created_at": job["created_at"], "updated_at": job["updated_at"],
+            # (a store before version 3 has none of these)
+            "priority": job.get("priority", 0), "run_at": job.get("run_at"), "tick": job.get("tick"),
+            # The latest attempt's phoenix.progress(); the job's last phoenix.checkpoint() (None: none saved).
+            "progress": attempts[-1]["progress"] if attempts else None,
+            "checkpoint": None if job.get("checkpoint") is None else stored_json(job["checkpoint"]),
+            "checkpoint_at": job.get("checkpoint_at"),
             "attempt_list": attempts}
 
 
@@ -88,8 +96,18 @@ def render_show(report: dict[str, Any]) -> None:
         print(f"  {name}: {visible(str(report[name] if report[name] is not None else '-'))}")
     print(f"  params: {visible(json.dumps(report['params']))}")
     print(f"  created: {_clock(report['created_at'])}  last change: {_clock(report['updated_at'])}")
+    if report["run_at"] is not None or report["priority"]:
+        due = f"due: {_clock(report['run_at'])}  " if report["run_at"] is not None else ""
+        print(f"  {due}priority: {report['priority']}" + ("  (a periodic tick)" if report["tick"] is not None else ""))
     if report["result"] is not None:
         print(f"  result: {visible(json.dumps(report['result']))}")
+    if report["progress"] is not None:
+        shown = report["progress"]
+        print(f"  progress: {shown['done']}" + (f" of {shown['total']}" if shown["total"] is not None else "")
+              + (f"  {visible(shown['note'])}" if shown["note"] else ""))
+    if report["checkpoint"] is not None:
+        saved = visible(json.dumps(report["checkpoint"]))[:200]
+        print(f"  checkpoint: {saved}  (saved {_clock(report['checkpoint_at'])})")
     columns = ("attempt", "pid", "node", "start", "duration", "outcome", "reason", "max rss")
     rows = [(str(a["n"]), str(a["pid"] or "-"), visible(a["node"]), _clock(a["started_at"]),
              "running" if a["duration"] is None else f"{a['duration']:.2f}s", a["outcome"] or "-",

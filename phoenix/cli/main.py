@@ -16,7 +16,7 @@ from typing import Any, Callable, NoReturn
 import click
 
 from phoenix import config as config_module
-from phoenix.app import AppError, decode_params, load_app, resolve_target
+from phoenix.app import AppError, check_pools, decode_params, load_app, resolve_target
 from phoenix.cli import actions
 from phoenix.cli.replacement import default_daemon_log, run_replacement
 from phoenix.config import Config
@@ -26,6 +26,7 @@ from phoenix.linux.paths import StatePaths, check_parents
 from phoenix.linux.untrusted import check_key, visible
 from phoenix.master import handoff
 from phoenix.rules.durations import parse_duration
+from phoenix.rules.schedule import due_time, parse_priority
 from phoenix.store.base import SQLITE, JobState, RetryRefused, Store, is_url, redact
 from phoenix.store.open import open_store
 from phoenix.store.sqlite import journal_present
@@ -219,6 +220,7 @@ def start(app: str | None, state_dir: str | None, config_file: str | None, daemo
     if daemon:
         default_daemon_log(flags, config_file, application.settings)
     config = config_module.load(application.settings, config_file, flags)
+    check_pools(application, config.pools)
     paths = StatePaths(config.state_dir)
     paths.ensure()
     if config.log_file:  # appended to as this user: no other user may plant a link at its name
@@ -253,6 +255,7 @@ def check(app: str, state_dir: str | None, config_file: str | None, force: bool,
     application = load_app(app)
     config = config_module.load(application.settings, config_file,
                                 {"state_dir": state_dir, "app": app, "store": store})
+    check_pools(application, config.pools)
     for target in application.jobs:
         resolve_target(target)
     paths = StatePaths(config.state_dir)
@@ -281,10 +284,15 @@ def check(app: str, state_dir: str | None, config_file: str | None, force: bool,
 @click.argument("target")
 @click.argument("params", required=False, default="null")
 @click.option("--key", help="Idempotency key (default: a hash of target and parameters).")
+@click.option("--in", "run_in", metavar="SECONDS", help="Due this many seconds from now (scheduled until then).")
+@click.option("--at", "run_at", metavar="ISO8601",
+              help="Due at this time, with an offset or Z: 2026-12-07T10:00:00+01:00 (a past time: at once).")
+@click.option("--priority", metavar="N", default="0", help="Higher runs first (default 0).")
 @state_dir_option
 @store_option
 @friendly_errors
-def submit(target: str, params: str, key: str | None, state_dir: str | None, store: str | None) -> None:
+def submit(target: str, params: str, key: str | None, run_in: str | None, run_at: str | None, priority: str,
+           state_dir: str | None, store: str | None) -> None:
     """Record a job durably; a running master starts it when a slot is free.
 
     \b
@@ -301,8 +309,13 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None, sto
     it.
 
     The same KEY with the same target and parameters again is a no-op
-    ("created": false); with another target or other parameters it is
-    refused with exit 1, saying what differs.
+    ("created": false); with another target, other parameters, another due
+    time or another priority it is refused with exit 1, saying what differs.
+
+    --in or --at: the job is `scheduled` until then, and starts within a
+    second after (see docs/scheduling.md). --priority: of the jobs due, the
+    highest priority starts first, then the earliest due, then the first
+    submitted.
 
     With a shared store (--store postgresql://..., PHOENIX_STORE, or store
     in phoenix.toml) TARGET is only a name and is not imported: submit from
@@ -313,14 +326,20 @@ def submit(target: str, params: str, key: str | None, state_dir: str | None, sto
     if key:
         check_key(key)  # before the state directory is made or touched
     job_params = decode_params(params)
+    rank = parse_priority(priority)
+    due_time(time.time(), run_in, run_at)  # refused here, before anything is imported or opened
     shared = _settings({"store": store, "state_dir": state_dir}).store
     if shared != "sqlite":
-        job_id, created = Client(store=shared, warn=_warn_once).submit(target, job_params, key)
+        job_id, created = Client(store=shared, warn=_warn_once).submit(target, job_params, key, run_in=run_in,
+                                                                       run_at=run_at, priority=rank)
         click.echo(json.dumps({"id": job_id, "created": created}))
         return
     spec = resolve_target(target)
+    if spec.pool is not None and spec.app is not None:  # a pool its configuration does not have: refused now
+        check_pools(spec.app, _settings({"state_dir": state_dir}, spec.app.settings).pools)
     paths = _state_paths(state_dir, app_settings=spec.app.settings if spec.app is not None else None)
-    job_id, created = Client(state_dir=str(paths.root), warn=_warn_once).submit(target, job_params, key)
+    job_id, created = Client(state_dir=str(paths.root), warn=_warn_once).submit(target, job_params, key, run_in=run_in,
+                                                                                run_at=run_at, priority=rank)
     click.echo(json.dumps({"id": job_id, "created": created}))
 
 
@@ -394,10 +413,14 @@ def status(state_dir: str | None, as_json: bool, watch_interval: float | None, s
 @state_dir_option
 @click.option("--drain", is_flag=True, help="Start nothing new, let running jobs finish (QUIT).")
 @click.option("--leave-running", is_flag=True, help="Exit the master; children keep running for the next one.")
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for the master to exit.")
+@click.option("--timeout", type=float, help="Seconds to wait for the master to exit (default 60); with --drain, "
+              "for its jobs to finish, after which the rest are interrupted politely (TERM: phoenix.Interrupted, "
+              "KILL after kill_grace). Without it a drain lets its jobs run however long they take.")
 @friendly_errors
-def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float) -> None:
+def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float | None) -> None:
     """Stop the master (TERM children, jobs go back to pending) and wait for it to exit."""
+    interrupt_after = drain and timeout is not None  # the drain's time is the operator's
+    timeout = STOP_WAIT if timeout is None else timeout
     if drain and leave_running:
         fail("choose one of --drain and --leave-running")
     paths = _state_paths(state_dir)
@@ -407,6 +430,14 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
     mode = "drain" if drain else "leave" if leave_running else "term"
     deadline = time.monotonic() + timeout
     reply, ending, still_running = control.stop(paths.control_socket, mode, timeout)
+    if still_running and interrupt_after and not _why_still_running(paths):
+        # The drain's time ran out with jobs running (not outcomes the journal cannot take yet, which no
+        # interrupt mends): they are asked to stop (each may save a checkpoint and return within
+        # kill_grace), and resume at the next start.
+        click.echo(f"jobs still running after {timeout:g} s of draining: interrupting them", err=True)
+        deadline = time.monotonic() + INTERRUPTED_EXIT_WAIT
+        reply, ending, still_running = control.stop(paths.control_socket, "term", INTERRUPTED_EXIT_WAIT)
+        timeout += INTERRUPTED_EXIT_WAIT
     if still_running:
         fail(f"the master (pid {pid}) has not exited after {timeout} s{_why_still_running(paths)}", 1)
     while pidfile.live_master_pid(paths.pidfile, paths.lockfile) is not None:
@@ -419,6 +450,11 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
     if ending is None and reply.get("report_exit"):
         fail(f"the master (pid {pid}) ended without saying how (killed, or crashed): see its log", 1)
     click.echo(f"stopped master pid {pid}")
+
+
+STOP_WAIT = 60.0  # seconds `phoenix stop` waits for the master to exit, unless --timeout says
+# After a drain's time ran out: how long its interrupted jobs (kill_grace each, at most) and the master may take.
+INTERRUPTED_EXIT_WAIT = 60.0
 
 
 def _running_master(paths: StatePaths) -> int | None:
@@ -583,6 +619,54 @@ def jobs(state_dir: str | None, state: str | None, target: str | None, since: st
 
 
 @main.command()
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@store_option
+@friendly_errors
+def pools(state_dir: str | None, as_json: bool, store: str | None) -> None:
+    """Each global resource pool: its slots in use (by running attempts, of
+    every master sharing the store) and its capacity (the last master to
+    start set it). See docs/scheduling.md."""
+    _paths, journal = _existing_journal(state_dir, store)
+    with journal:
+        rows = journal.pools_status()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif not rows:
+        click.echo("no pools: no master has started with App(pools=...) or [pools] here")
+    else:
+        for row in rows:
+            click.echo(f"{visible(row['pool'])}  {row['used']}/{row['capacity']}")
+
+
+@main.command()
+@click.argument("app_spec", metavar="[APP]", required=False)
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+@store_option
+@friendly_errors
+def schedules(app_spec: str | None, state_dir: str | None, as_json: bool, store: str | None) -> None:
+    """List the app's periodic schedules (@app.periodic): each one's next
+    tick, and its last tick's job and state. APP ("module:app") defaults to
+    the app of the master that ran last in this state directory; with a
+    shared store, give it. A schedule changed in code takes effect with the
+    next image (USR2); this shows the code APP imports now."""
+    from phoenix.cli.schedules import render_schedules, schedules_report
+
+    _paths, journal = _existing_journal(state_dir, store)
+    with journal:
+        spec = app_spec or (journal.meta("app") if not journal.shared else None)
+        if not spec:
+            fail("name the app: phoenix schedules module:app (no master has recorded one here)")
+        rows = schedules_report(load_app(str(spec)), journal, time.time())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        for line in render_schedules(rows):
+            click.echo(visible(line))
+
+
+@main.command()
 @click.argument("key")
 @state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
@@ -669,22 +753,23 @@ def _attempt_ended(journal: Store, job_id: int, number: int) -> bool:
 @click.option("--failed", "all_failed", is_flag=True,
               help="Every failed job (of --target); cancelled ones only by key.")
 @click.option("--target", help="With --failed: only jobs of this target.")
+@click.option("--fresh", is_flag=True, help="Clear their checkpoints too: they start from the beginning.")
 @state_dir_option
 @store_option
 @friendly_errors
-def retry(keys: tuple[str, ...], all_failed: bool, target: str | None, state_dir: str | None,
+def retry(keys: tuple[str, ...], all_failed: bool, target: str | None, fresh: bool, state_dir: str | None,
           store: str | None) -> None:
     """Put failed (or cancelled) jobs back to pending with a fresh retry
     budget; a running master starts them at once. Their earlier attempts stay
     in the journal, and the next one is numbered after them. --failed takes
     every failed job, never a cancelled one: a cancel is undone only by naming
-    the job."""
+    the job. A job resumes from its last checkpoint unless --fresh."""
     if bool(keys) == all_failed:
         fail("name the jobs to retry (phoenix retry KEY...), or give --failed for every failed job")
     if target and not all_failed:
         fail("--target goes with --failed; to retry named jobs, give their keys only")
     paths, journal = _existing_journal(state_dir, store, writes=True)
-    retried = actions.retry(paths, journal, None if all_failed else list(keys), target)
+    retried = actions.retry(paths, journal, None if all_failed else list(keys), target, fresh=fresh)
     click.echo(json.dumps({"retried": retried}))
 
 

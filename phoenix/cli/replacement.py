@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from phoenix import config as config_module
-from phoenix.app import AppError, load_app
+from phoenix.app import AppError, check_pools, load_app
 from phoenix.config import Config, ConfigError
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.untrusted import visible
@@ -44,6 +44,7 @@ def run_replacement(app_spec: str, config_file: str | None, flags: dict[str, Any
         if daemon:
             default_daemon_log(flags, config_file, application.settings)
         config = config_module.load(application.settings, config_file, flags)
+        check_pools(application, config.pools)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - whatever the new code does, this image must not exit
         # (a module that calls sys.exit() at import, or raises past the loader, too)
         reason = str(exc) if isinstance(exc, (AppError, ConfigError)) else f"{type(exc).__name__}: {exc}"

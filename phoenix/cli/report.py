@@ -17,6 +17,7 @@ from typing import Any
 
 from phoenix.linux.untrusted import visible
 from phoenix.store.base import JobState, Store
+from phoenix.wire.heartbeat import progress_view
 
 COLOURS = {
     "finished": "#2e7d32", "error": "#c62828", "killed": "#ef6c00", "crashed": "#6a1b9a",
@@ -27,7 +28,8 @@ COLOURS = {
 MARKERS = {"master_start": ("#37474f", "master start"), "replaced": ("#00838f", "replacement")}
 NO_ATTEMPT_COLOUR = "#c62828"
 # The state filters, in the page's order: the ended first (every state of JobState, each once).
-STATE_FILTERS = (JobState.FINISHED, JobState.FAILED, JobState.CANCELLED, JobState.RUNNING, JobState.PENDING)
+STATE_FILTERS = (JobState.FINISHED, JobState.FAILED, JobState.CANCELLED, JobState.RUNNING, JobState.PENDING,
+                 JobState.SCHEDULED)
 ROW_HEIGHT = 22
 LABEL_WIDTH = 220
 PLOT_WIDTH = 900
@@ -48,6 +50,15 @@ def _esc(value: Any) -> str:
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _progress_line(stored: str | None) -> str:
+    """The attempt's last phoenix.progress(), as a line of its bar's hover text."""
+    shown = progress_view(stored)
+    if shown is None:
+        return ""
+    total = f" of {shown['total']}" if shown["total"] is not None else ""
+    return f"\nprogress {shown['done']}{total}" + (f": {_cut(shown['note'], 80)}" if shown["note"] else "")
 
 
 def _count(n: int, noun: str) -> str:
@@ -115,6 +126,7 @@ def build(journal: Store, title: str, limit: int = DEFAULT_JOBS) -> str:
         hover = (f"{a['key']} attempt {a['n']}: {outcome}" + (f" ({a['reason']})" if a["reason"] else "")
                  + f"\nstarted {time.strftime('%H:%M:%S', time.localtime(a['started_at']))}, "
                  f"pid {a['pid']}, {end - a['started_at']:.2f} s"
+                 + _progress_line(a.get("progress"))
                  + (f"\n{_cut(a['error'], HOVER_ERROR_CHARS)}" if a["error"] else ""))
         bars[a["job_id"]].append(
             f'<rect class="attempt outcome-{_esc(outcome)}" data-job="{_esc(a["key"])}" data-attempt="{a["n"]}" '

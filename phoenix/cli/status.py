@@ -16,10 +16,11 @@ from phoenix.store.base import SQLITE, JobState, SharedStore
 from phoenix.store.open import open_store
 from phoenix.store.sqlite import journal_present
 from phoenix.wire import control
+from phoenix.wire import heartbeat as protocol
 
 MASTER_FIELDS = ("pid", "generation", "state", "started_at", "uptime", "workers", "slots_used", "spare_pid",
                  "fork_server_pid", "app",
-                 "beats", "beats_missing", "rejected", "reload", "degraded_reason")
+                 "beats", "beats_missing", "rejected", "reload", "degraded_reason", "memory_limits")
 
 
 RECENT_FAILURES = 5
@@ -77,8 +78,12 @@ def collect(paths: StatePaths, page: tuple[int, int] | None = None) -> tuple[dic
     for job in jobs:
         now = running.get(str(job["id"]))
         job["last_beat_age"] = now.get("last_beat_age") if now else None
+        # The journal's (written every PROGRESS_WRITE_EVERY), or the master's latest.
+        job["progress"] = protocol.progress_view(job.get("progress"))
         if now:
-            job.update(pid=now.get("pid"), age=now.get("age"), progress=now.get("progress"), rss=now.get("rss"))
+            job.update(pid=now.get("pid"), age=now.get("age"), heartbeats=now.get("heartbeats"),
+                       rss=now.get("rss"))
+            job["progress"] = protocol.progress_view(now.get("progress")) or job["progress"]
     if live is not None:
         live_master = _checked(control.reply_field(live, "master", dict), _MASTER_KINDS, "master")
         master = {k: live_master[k] for k in MASTER_FIELDS if k in live_master}
@@ -203,7 +208,7 @@ def summary(report: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...
         if master.get("degraded_reason"):  # it starts nothing until a reload loads good code: say why
             reason = visible(str(master["degraded_reason"]).strip().splitlines()[0])
             head += f"\ndegraded: the code could not be loaded: {reason}; fix it and reload (USR2)"
-    head += "\njobs: " + "  ".join(f"{state} {n}" for state, n in counts.items())
+    head += "\njobs: " + counts_line(counts)
     if report.get("quarantined"):
         head += (f"\nquarantine: {report['quarantined']} record(s) the master could not process were put aside: "
                  "see phoenix quarantine")
@@ -216,10 +221,19 @@ def summary(report: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...
     rows: list[tuple[str, ...]] = [
         (visible(job["key"]), str(job["pid"] or "-"), str(job["attempt"]), duration(job.get("age")),
          f"{job['last_beat_age']:.1f}s" if job["last_beat_age"] is not None else "-",
-         str(job.get("progress", "-")), _size(job.get("rss")))
+         progress_cell(job), _size(job.get("rss")))
         for job in report["jobs"] if job["state"] == JobState.RUNNING
     ]
     return head, columns, rows
+
+
+def progress_cell(job: dict[str, Any]) -> str:
+    """done/total and the note, as phoenix.progress() said; else the count of phoenix.heartbeat() calls."""
+    shown = job.get("progress")
+    if not shown:
+        return str(job.get("heartbeats", "-"))
+    done = f"{shown['done']:g}" + (f"/{shown['total']:g}" if shown["total"] is not None else "")
+    return done + (f" {visible(shown['note'])}" if shown["note"] else "")
 
 
 def failure_line(failure: dict[str, Any]) -> str:
@@ -294,6 +308,8 @@ def collect_shared(url: str, node: str | None = None,
             jobs, next_after = page_of(store.status_rows(node, after=page[0], limit=page[1] + 1), page[1])
         counts = store.counts()
         failures = store.recent_failures(RECENT_FAILURES)
+    for job in jobs:
+        job["progress"] = protocol.progress_view(job.get("progress"))
     shown = []
     for master in masters:
         expires_in = float(master["lease_expires_in"])
@@ -312,6 +328,11 @@ def collect_shared(url: str, node: str | None = None,
     return report, live
 
 
+def counts_line(counts: dict[str, int]) -> str:
+    """The jobs of each state; `scheduled` (delayed jobs not due yet) only when there are some."""
+    return "  ".join(f"{state} {n}" for state, n in counts.items() if n or state != "scheduled")
+
+
 def render_shared(report: dict[str, Any]) -> None:
     """Plain columns: one line per master, then the running jobs."""
     print("masters:")
@@ -319,10 +340,11 @@ def render_shared(report: dict[str, Any]) -> None:
         print(f"  {visible(m['node'])}  pid {m['pid']}  gen {m['generation']}  {m['state']}  "
               f"lease {m['lease_expires_in']:+.1f}s  slots {m['slots_used']}/{m['slots']}"
               + (f"  outage budget {m['outage_budget']:.1f}s" if m.get("outage_budget") is not None else ""))
-    print("jobs: " + "  ".join(f"{state} {n}" for state, n in report["counts"].items()))
+    print("jobs: " + counts_line(report["counts"]))
     for job in report["jobs"]:
         if job["state"] == JobState.RUNNING:
             where = visible(job["node"] or "-")
-            print(f"  {visible(job['key'])}  attempt {job['attempt']}  pid {job['pid']}  on {where}")
+            print(f"  {visible(job['key'])}  attempt {job['attempt']}  pid {job['pid']}  on {where}"
+                  + (f"  progress {progress_cell(job)}" if job["progress"] else ""))
     for failure in report["recent_failures"]:
         print("  " + failure_line(failure))

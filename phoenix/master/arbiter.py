@@ -15,6 +15,7 @@ field has one writer that checks the move (rules/states.py).
         reaper.reap()                 # exits the fork server reports; our own children (SIGCHLD +
                                       # wait4); orphans we subreap
         hangs.run_due_timers()        # liveness checks and kills due on the timer heap
+        ticker.run_if_due()           # delayed jobs due -> pending; periodic ticks inserted (ticker.py)
         scheduler.spawn_pending_jobs()  # through the one slot gate (policy.may_start_jobs)
         spawner.replenish()           # the spare child (and the fork server, if it must be restarted)
         settler.settle()              # callbacks that ended or overran
@@ -33,11 +34,11 @@ import os
 import signal
 import socket
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from phoenix import log
 from phoenix.app import App
-from phoenix.config import Config
+from phoenix.config import Config, parse_max_memory
 from phoenix.linux import lineage, systemd
 from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
@@ -48,10 +49,12 @@ from phoenix.master import exits, handoff, metrics
 from phoenix.master.attempts import AttemptTable
 from phoenix.master.callbacks import CallbackRunner
 from phoenix.master.dispatch import Dispatcher
-from phoenix.master.hangs import HangKiller
+from phoenix.master.hangs import HangKiller, signal_attempt
 from phoenix.master.heartbeats import HeartbeatIntake
 from phoenix.master.leasekeeper import LeaseKeeper
+from phoenix.master.longjobs import ProgressWriter
 from phoenix.master.loop import Loop
+from phoenix.master.memory import MemoryWatchdog, Watchers
 from phoenix.master.reaper import Reaper
 from phoenix.master.recorder import OutcomeRecorder
 from phoenix.master.scheduler import Scheduler
@@ -63,6 +66,7 @@ from phoenix.master.statefiles import StateFiles
 from phoenix.master.status import Status
 from phoenix.master.stopping import Stopping
 from phoenix.master.storage import Storage
+from phoenix.master.ticker import Ticker
 from phoenix.rules.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS
 from phoenix.rules.liveness import master_was_away
 from phoenix.rules.policy import RestartBudget, may_start_jobs
@@ -115,9 +119,15 @@ class Master:
         self.specs = JobSpecs(app, lambda: self.config)
         self.intake = HeartbeatIntake(self.children, self.counters, os.getuid(),
                                       lambda attempts: self.recorder.hold_finals(attempts),
-                                      lambda: self.reaper.child_may_have_exited(), clock)
+                                      lambda: self.reaper.child_may_have_exited(), clock,
+                                      self.hold_checkpoints)
         self.hangs = HangKiller(self.children, self.loop, lambda: self.config, self.counters, self.intake,
                                 self.read_heartbeats, lambda: self.state_files.heartbeat_restored())
+        self.progress = ProgressWriter(lambda: self.storage.journal(), self.intake.reported, self.clock.monotonic)
+        self.memory = MemoryWatchdog(self.children, self.counters, self.clock.monotonic,
+                                     lambda: parse_max_memory(self.config.max_memory, "max_memory"),
+                                     lambda attempt: signal_attempt(attempt, signal.SIGKILL))
+        self.watchers = Watchers(self.hangs, self.memory)  # a new or adopted attempt's first looks
         self.replacements = 0
         self.last_woke = self.clock.monotonic()  # when the loop last returned from its sleep
         self.started_at = time.time()
@@ -198,7 +208,7 @@ class Master:
             assert isinstance(journal, SharedStore)
             self.leases = LeaseKeeper(self, self.hangs.interrupt_all, journal, lambda: self.config, self.specs,
                                       self.children, self.loop, lambda: self.budget, self.callbacks_held,
-                                      self.settler.run_owed, lambda: self.scheduler.wake())
+                                      self.settler.run_owed, self.jobs_may_be_pending)
             self.leases.register(os.getpid(), self.generation, self.started_at, self.app_spec)
         self.control = ControlServer(control, self.loop.selector,
                                      lambda request: self.dispatcher.control_request(request),
@@ -222,14 +232,16 @@ class Master:
                                         self.paths, self.counters, self.clock, self.storage.guarded, self.settler,
                                         self.callbacks_held, lambda: self.scheduler.wake())
         self.reaper = Reaper(self.storage.journal, self.children, self.loop, self.specs, self.recorder, self.spawner,
-                             self.hangs, self.read_heartbeats, self.handoff.successor)
+                             self.watchers, self.read_heartbeats, self.handoff.successor)
         self.scheduler = Scheduler(self.storage.journal, lambda: self.config, self.generation, str(self.paths.output),
                                    self.specs, self.children, self.free_slots, self.shared_poll, self.spawner,
-                                   self.outage, self.recorder, self.settler.start, self.hangs.watch, self.counters,
+                                   self.outage, self.recorder, self.settler.start, self.watchers.watch, self.counters,
                                    self.clock)
+        self.ticker = Ticker(self.storage.journal, self.app, lambda: self.state, self.counters, self.scheduler.wake,
+                             self.clock)
         self.dispatcher = Dispatcher(self, self.storage.journal, self.status.live, self.scheduler.wake,
-                                     self.stopping, self.handoff, self.spawner.discard, self.children, self.hangs,
-                                     self.settler.run_owed, self.clock)
+                                     self.ticker.wake, self.stopping, self.handoff, self.spawner.discard,
+                                     self.children, self.hangs, self.settler.run_owed, self.clock)
         self.loop.watch(self.callbacks.wake_read, self.callbacks.drain_wakeups)
         # Signals blocked across an exec (handoff) are pending in the signalfd
         # and read once the loop runs, after adoption.
@@ -277,6 +289,7 @@ class Master:
         self.storage.journal().set_meta(generation=self.generation, master_pid=os.getpid(),
                                         started_at=self.started_at, app=self.app_spec, state="running",
                                         degraded_reason=None)
+        self.register_pools(self.app)
         self.handoff.became_ready()
         event(INFO, "ready", generation=self.generation, pid=os.getpid(), app=self.app_spec or "-",
               workers=self.slots, running=len(self.children))
@@ -301,12 +314,16 @@ class Master:
                 self.run_commands()
                 self.reaper.reap()
                 self.hangs.run_due_timers(self.clock.monotonic())
+                self.storage.guarded(self.ticker.run_if_due)
+                self.memory.look_if_due()
                 self.storage.guarded(self.scheduler.spawn_pending_jobs)
                 self.spawner.replenish()
                 self.settler.settle()
                 self.handoff.continue_when_quiet()
                 self.handoff.enforce_deadline()
                 self.storage.guarded(self.stopping.check_finished)
+                if not self.outage.active:  # only shown: never a wait on a store that is out
+                    self.storage.guarded(self.progress.write_if_due)
                 self.storage.guarded(self.status.update_title)
                 self.watchdog.keep_alive()
                 self.storage.watch_storage()
@@ -327,15 +344,15 @@ class Master:
 
     def next_deadline(self, now: float) -> float:
         """The earliest moment any part needs the loop (einhorn's Event.timeout)."""
-        deadlines = [self.scheduler.next_deadline(now), self.watchdog.due, self.outage.next_retry,
-                     self.storage.next_state_dir_check, self.control.next_deadline()]
+        deadlines = [self.scheduler.next_deadline(now), self.ticker.next_deadline(), self.watchdog.due,
+                     self.outage.next_retry, self.storage.next_state_dir_check, self.control.next_deadline()]
         if self.leases is not None:
             deadlines.append(self.leases.next_deadline())
         timer = self.loop.timers.next_deadline()
         if timer is not None:
             deadlines.append(timer)
         for due in (self.callbacks.next_deadline(self.config.callback_timeout), self.intake.next_deadline(),
-                    self.settler.next_deadline()):
+                    self.settler.next_deadline(), self.progress.next_deadline(), self.memory.next_deadline()):
             if due is not None:
                 deadlines.append(due)
         return min(deadlines)
@@ -399,6 +416,19 @@ class Master:
         self.spawner.discard()
         self.reaper.take_server_reports()  # before an exec: exits only this image heard of
 
+    def hold_checkpoints(self, saves: list[tuple[int, int, int, str]]) -> bool:
+        """Checkpoints into the journal before they are acknowledged; False if
+        that failed (a storage outage: the child writes its outbox instead)."""
+        held = False
+
+        def write() -> None:
+            nonlocal held
+            self.storage.journal().save_checkpoints(saves)
+            held = True
+
+        self.storage.guarded(write)
+        return held
+
     def cancel_attempts(self, attempt_ids: set[int]) -> None:
         """Cancels asked in the shared store (any host's `phoenix cancel`):
         each of these attempts running here, not yet being cancelled, is
@@ -416,6 +446,19 @@ class Master:
         self.stopping.exit_code = 2
         self.stopping.begin_stop(StopMode.TERM)
 
+    def register_pools(self, app: App) -> None:
+        """The pools' capacities and each job's pool, from this image's code and
+        configuration, into the store (where every master's claims read them)."""
+        targets = {target: spec.pool for target, spec in app.jobs.items()}
+        for pool, before, now in self.storage.journal().set_pools(self.config.pools, targets):
+            event(INFO if before is None else WARNING, "pool_capacity", pool=pool,
+                  capacity=now, before="-" if before is None else before)
+
+    def jobs_may_be_pending(self) -> None:
+        """A shared store's NOTIFY of a submit: a job to claim, or a delayed job due before the earliest known."""
+        self.scheduler.wake()
+        self.ticker.wake()
+
     def shared_poll(self) -> float:
         return self.leases.poll_interval() if self.leases is not None else 2.0
 
@@ -425,6 +468,11 @@ class Master:
     def wants_spare(self) -> bool:
         return (self.state == MasterState.RUNNING and self.handoff.phase == HandoffPhase.IDLE
                 and not self.outage.active and self.slots > 0)
+
+    def progress_reported(self) -> list[tuple[str, list[Any]]]:
+        """(job key, [done, total, note]) of the running jobs that report progress (the metrics' thread reads it:
+        list() copies the values in one step under the GIL)."""
+        return [(a.key, a.reported) for a in list(self.children.values()) if a.reported is not None]
 
     # -- spawning -------------------------------------------------------------------
 

@@ -42,6 +42,8 @@ class Attempt:
     own_child: bool = True  # False: adopted from a dead master, watched through a pidfd
     pidfd: int | None = None
     progress: int = 0
+    reported: list[Any] | None = None  # the job's latest phoenix.progress(): [done, total, note]
+    reported_seq: int = -1  # the sequence number of the message that carried it
     last_seq: int = 0  # -1: not known yet (adopted: the first message sets it)
     missing: set[int] = field(default_factory=set)  # sequence numbers skipped that have not arrived (yet)
     final: dict[str, Any] | None = None  # the finished/failed message, once received
@@ -54,6 +56,7 @@ class Attempt:
     # The job's failures when this attempt began (only its own end changes
     # them meanwhile); None: adopted, the recorder reads them from the journal.
     failures: int | None = None
+    max_memory: int | None = None  # bytes: killed past this (master/memory.py); None: no limit
 
     def limits(self, default_heartbeat_timeout: float) -> Limits:
         """This attempt's limits: its job's own, the app's heartbeat_timeout where the job sets none."""

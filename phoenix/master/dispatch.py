@@ -17,7 +17,7 @@ from phoenix.master.attempts import AttemptTable
 from phoenix.master.hangs import HangKiller
 from phoenix.rules.commands import BadRequest, Command, from_request
 from phoenix.rules.states import StopMode
-from phoenix.store.base import Store
+from phoenix.store.base import WAITING, Store
 
 INFO, ERROR = logging.INFO, logging.ERROR
 event = log.event
@@ -47,16 +47,18 @@ class Reloads(Protocol):
 
 class Dispatcher:
     def __init__(self, master: Commanded, journal: Callable[[], Store], live: Callable[[], dict[str, Any]],
-                 jobs_may_be_pending: Callable[[], None], stopping: Stops, handoff: Reloads,
-                 discard_spare: Callable[[], None], attempts: AttemptTable, hangs: HangKiller,
+                 jobs_may_be_pending: Callable[[], None], wake_ticker: Callable[[], None], stopping: Stops,
+                 handoff: Reloads, discard_spare: Callable[[], None], attempts: AttemptTable, hangs: HangKiller,
                  run_owed_callbacks: Callable[[], None], clock: Clock) -> None:
         """`journal`: the store open now (storage.Storage). `live()`: what
-        `phoenix status` shows (status.Status). `discard_spare()`: end the
+        `phoenix status` shows (status.Status). `wake_ticker()`: read the
+        earliest due time again (ticker.Ticker). `discard_spare()`: end the
         spare child (spawner.Spawner), which holds the old log file."""
         self.master = master
         self.journal = journal
         self.live = live
         self.jobs_may_be_pending = jobs_may_be_pending
+        self.wake_ticker = wake_ticker
         self.stopping = stopping
         self.handoff = handoff
         self.discard_spare = discard_spare
@@ -74,6 +76,7 @@ class Dispatcher:
             return {"ok": True, "cancelled": {key: self.cancel(key) for key in keys or []}}
         if command == Command.WAKE:
             self.jobs_may_be_pending()
+            self.wake_ticker()  # a delayed job may be due before the earliest known
         elif command == Command.LEAVE and pid1.is_namespace_init():
             event(ERROR, "stop_refused", mode="leave-running", reason=pid1.LEAVE_RUNNING_REFUSED)
             return {"ok": False, "error": pid1.LEAVE_RUNNING_REFUSED}
@@ -110,7 +113,7 @@ class Dispatcher:
         running one's process group gets TERM, then KILL after kill_grace, and
         its outcome is `cancelled`. Returns the job's state before."""
         state = self.journal().cancel_pending(key)
-        if state == "pending" and not self.master.callbacks_held():
+        if state in WAITING and not self.master.callbacks_held():
             self.run_owed_callbacks()  # its on_failed, owed with the cancel
         if state == "running":
             attempt = self.attempts.with_key(key)

@@ -14,6 +14,7 @@ call, before it judges any deadline."""
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import select
 import selectors
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from phoenix import log
+from phoenix.child.longjobs import progress_value
 from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.master.attempts import Attempt
 from phoenix.master.metrics import Counters
@@ -54,17 +56,22 @@ class Link:
 
 @dataclass(slots=True, eq=False)
 class HeldFinal:
-    """A final message accepted from a link, to be made durable and then acknowledged."""
+    """A final message (or a checkpoint) accepted from a link, to be made durable and then acknowledged."""
 
     link: Link
     attempt: Attempt
     seq: int
+    checkpoint: str | None = None  # a checkpoint's JSON; None: a final
+
+
+# Writes checkpoints to the journal in one transaction: (job id, attempt number, seq, JSON) each.
+HoldCheckpoints = Callable[[list[tuple[int, int, int, str]]], bool]
 
 
 class HeartbeatIntake:
     def __init__(self, attempts: Mapping[int, Attempt], counters: Counters, uid: int,
                  hold_finals: Callable[[list[Attempt]], bool], child_closed: Callable[[], None],
-                 clock: Clock = SYSTEM) -> None:
+                 clock: Clock = SYSTEM, hold_checkpoints: HoldCheckpoints | None = None) -> None:
         self.clock = clock
         self.attempts = attempts  # pid -> attempt: the master's table, read here, never changed
         self.counters = counters
@@ -73,6 +80,10 @@ class HeartbeatIntake:
         # durable (a storage outage), so not acknowledged: the child falls back to the outbox.
         self.hold_finals = hold_finals
         self.child_closed = child_closed  # EOF from a child: it exited (or closed); reap soon
+        self.hold_checkpoints = hold_checkpoints  # durable, as hold_finals; None: checkpoints are refused
+        # Attempts whose phoenix.progress() changed since the journal last had
+        # it, by attempt id (longjobs.ProgressWriter writes them at a bounded rate).
+        self.reported: dict[int, Attempt] = {}
         self.poller = select.epoll()
         self.listener: socket.socket | None = None
         self.links: dict[int, Link] = {}  # fd -> link
@@ -281,13 +292,35 @@ class HeartbeatIntake:
             return self._reject(link, "wrong_attempt")
         self.counters.beats += 1
         self._note(attempt, message.seq, message.progress, now)
+        reported = message.body.get(protocol.PROGRESS)
+        if reported is not None and not self._take_progress(attempt, message.seq, reported):
+            return self._reject(link, "malformed")
         if message.kind in protocol.FINAL_KINDS:
             if attempt.final is None:
                 attempt.final = message.body
             self.to_ack.append(HeldFinal(link, attempt, message.seq))
+        elif message.kind == protocol.CHECKPOINT:
+            if protocol.SAVED not in message.body or self.hold_checkpoints is None:
+                return self._reject(link, "malformed")
+            saved = json.dumps(message.body[protocol.SAVED], separators=(",", ":"))
+            self.to_ack.append(HeldFinal(link, attempt, message.seq, saved))
         elif self.debug:
             log.event(logging.DEBUG, "beat", pid=link.pid, job=attempt.key, attempt=attempt.number, seq=message.seq,
                       progress=message.progress)
+        return True
+
+    def _take_progress(self, attempt: Attempt, seq: int, reported: object) -> bool:
+        """A phoenix.progress() value: the latest (by sequence number) is the
+        attempt's. False: not one a child sends."""
+        if not isinstance(reported, list) or len(reported) != 3:
+            return False
+        try:
+            value = progress_value(*reported)
+        except (TypeError, ValueError):
+            return False
+        if seq > attempt.reported_seq:  # the job's thread and the beat thread may send out of order
+            attempt.reported, attempt.reported_seq = value, seq
+            self.reported[attempt.attempt_id] = attempt
         return True
 
     def _note(self, attempt: Attempt, seq: int, progress: int, now: float) -> None:
@@ -305,9 +338,21 @@ class HeartbeatIntake:
             attempt.last_progress = now
 
     def _acknowledge(self) -> None:
-        """Once the finals are in the journal: tell each child, which then
-        exits without writing its outbox file."""
+        """Once the finals (and checkpoints) are in the journal: tell each
+        child, which then exits (or goes on) without writing its outbox file."""
         held, self.to_ack = self.to_ack, []
+        saves = [h for h in held if h.checkpoint is not None]
+        if saves:
+            held = [h for h in held if h.checkpoint is None]
+            assert self.hold_checkpoints is not None
+            if self.hold_checkpoints([(h.attempt.job_id, h.attempt.number, h.seq, h.checkpoint or "")
+                                      for h in saves]):
+                for h in saves:
+                    self._send_ack(h)
+            else:  # as a final's below
+                self.unheld.update((h.attempt.attempt_id, h) for h in saves)
+            if not held:
+                return
         if not self.hold_finals([h.attempt for h in held if not h.attempt.final_held]):
             # Not durable: no ack. The child offers it again (or writes its outbox),
             # and retry_unheld acks it as soon as the journal is back.
@@ -324,6 +369,14 @@ class HeartbeatIntake:
                 # (queued before our EOF), its connection is done. Closed now,
                 # its EOF never wakes the loop (one turn fewer per job).
                 self._close(h.link)
+
+    def _send_ack(self, h: HeldFinal) -> None:
+        """A checkpoint is held: its child goes on, on the same connection."""
+        if h.link.sock.fileno() in self.links:
+            try:
+                h.link.sock.send(protocol.ack(h.seq))
+            except OSError:
+                pass  # the child is gone or stuck: it offers the checkpoint again, or writes its outbox
 
     def retry_unheld(self) -> None:
         """The journal is writable again: hold and acknowledge the finals it

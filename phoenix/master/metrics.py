@@ -38,6 +38,7 @@ class MetricsSource(Protocol):
     def children(self) -> Sized: ...
     @property
     def slots(self) -> int: ...
+    def progress_reported(self) -> list[tuple[str, list[Any]]]: ...
 
 
 class MetricsError(UsageError, ValueError):
@@ -56,6 +57,8 @@ class Counters:
     kills: dict[str, int] = field(default_factory=dict)  # by reason
     callback_errors: int = 0
     jobs: dict[str, int] = field(default_factory=dict)  # by state, refreshed with the title
+    ticks: dict[str, int] = field(default_factory=dict)  # periodic ticks: inserted | taken (by another) | skipped
+    pools: list[dict[str, Any]] = field(default_factory=list)  # each pool's capacity and slots used, with `jobs`
     histograms: "Histograms | None" = None  # with --metrics: observed once per attempt or callback (serve)
 
     def reject(self, why: str) -> None:
@@ -108,6 +111,17 @@ class _MasterCollector:
         yield _labelled(CounterMetricFamily("phoenix_heartbeats_rejected", "Heartbeat connections closed, by reason",
                                             labels=["reason"]), _with_zeros(REJECT_REASONS, c.rejected))
         yield CounterMetricFamily("phoenix_spawned", "Children forked by this master", value=c.spawned)
+        used = GaugeMetricFamily("phoenix_pool_used", "Slots of each pool held by running attempts, every master's",
+                                 labels=["pool"])
+        capacity = GaugeMetricFamily("phoenix_pool_capacity", "Each pool's capacity", labels=["pool"])
+        for pool in c.pools:
+            used.add_metric([pool["pool"]], pool["used"])
+            capacity.add_metric([pool["pool"]], pool["capacity"])
+        yield used
+        yield capacity
+        yield _labelled(CounterMetricFamily("phoenix_ticks", "Periodic ticks seen by this master: inserted, taken "
+                                            "(another master inserted it first), skipped (overlap)",
+                                            labels=["result"]), _with_zeros(TICK_RESULTS, c.ticks))
         yield CounterMetricFamily("phoenix_callback_errors", "Callbacks that raised or timed out",
                                   value=c.callback_errors)
         yield CounterMetricFamily("phoenix_replacements", "Master replacements recorded in the journal",
@@ -115,8 +129,20 @@ class _MasterCollector:
         yield GaugeMetricFamily("phoenix_master_generation", "Generation of the running master", value=m.generation)
         yield GaugeMetricFamily("phoenix_children_running", "Children being watched", value=len(m.children))
         yield GaugeMetricFamily("phoenix_workers", "Concurrent child slots", value=m.slots)
+        # One series per running job that calls phoenix.progress() (at most the slots), gone when it ends.
+        done = GaugeMetricFamily("phoenix_job_progress_done", "A running job's phoenix.progress() done",
+                                 labels=["job"])
+        total = GaugeMetricFamily("phoenix_job_progress_total", "A running job's phoenix.progress() total",
+                                  labels=["job"])
+        for key, (done_value, total_value, _note) in m.progress_reported():
+            done.add_metric([key], done_value)
+            if total_value is not None:
+                total.add_metric([key], total_value)
+        yield done
+        yield total
 
 
+TICK_RESULTS = ("inserted", "taken", "skipped")
 # Every reason a heartbeat or control connection is rejected for (Counters.reject):
 # exported at 0 from the start. tests/unit/test_metric_labels.py checks that the
 # code counts no reason missing here.

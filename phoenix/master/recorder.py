@@ -12,11 +12,13 @@ from typing import Any, Callable, Protocol
 
 from phoenix import log
 from phoenix.child import output
+from phoenix.child.run import checkpoint_outbox_path
 from phoenix.config import Config
 from phoenix.errors import StateError
 from phoenix.linux import lineage
 from phoenix.linux.clock import Clock
 from phoenix.linux.paths import StatePaths
+from phoenix.master import longjobs
 from phoenix.master.attempts import Attempt
 from phoenix.master.metrics import Counters
 from phoenix.master.specs import JobSpecs
@@ -79,6 +81,9 @@ class OutcomeRecorder:
 
     def _record_end(self, attempt: Attempt, status: int | None, max_rss_kb: int | None) -> None:
         final = attempt.final or self.read_outbox(attempt.job_id, attempt.number)
+        if attempt.reported is not None:  # kept with the attempt (only shown: not replayed after an outage)
+            self.guarded(functools.partial(self.journal().save_progress,
+                                           [(attempt.attempt_id, longjobs.progress_json(attempt.reported))]), False)
         result = classify(final=final, status=status, interrupted=attempt.interrupted,
                           kill_reason=attempt.kill_reason, kill_detail=attempt.kill_detail)
         # An acknowledged final means the child wrote no outbox file: nothing to remove.
@@ -147,6 +152,7 @@ class OutcomeRecorder:
         callback = after.callback if after.callback is not None and self.callbacks.owes(after.callback) else None
         # An outcome read from an outbox file is durable before that file goes (a power cut between the two).
         from_outbox = outbox and os.path.exists(self.outbox_path(job_id, number))
+        checkpoint_file = self.take_checkpoint(job_id, number)  # durable: its file may go with the end's
         try:
             recorded, callback_id = journal.end_attempt(
                 attempt_id, job_id, outcome=result.outcome, reason=result.reason, error=result.error,
@@ -169,6 +175,8 @@ class OutcomeRecorder:
             return
         if outbox:
             self.remove_outbox(job_id, number)
+        if checkpoint_file:
+            longjobs.remove_checkpoint_outbox(self.paths, job_id, number)
         if not recorded:
             return  # another master recorded it first (a fork-mode handover)
         self.counters.count(self.counters.attempts, result.outcome)
@@ -237,6 +245,22 @@ class OutcomeRecorder:
 
         self.guarded(write, False)
         return held
+
+    def take_checkpoint(self, job_id: int, number: int) -> bool:
+        """The attempt's checkpoint left in the outbox, if any, into the
+        journal; True if there was a file (removed with the attempt's end)."""
+        path = checkpoint_outbox_path(str(self.paths.outbox), job_id, number)
+        try:
+            with open(path, "rb") as file:
+                data = file.read()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if exc.errno in SHORTAGE_ERRNOS:  # as for an outcome's file: not "none there", not known yet
+                raise OutboxUnreadable(exc.errno, exc.strerror, path) from exc
+            raise
+        longjobs.keep_checkpoint(self.journal(), self.paths, job_id, number, data)
+        return True
 
     def read_outbox(self, job_id: int, number: int) -> dict[str, Any] | None:
         path = self.paths.outbox / f"{job_id}.{number}.json"

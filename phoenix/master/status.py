@@ -14,11 +14,13 @@ from phoenix.linux.title import set_title
 from phoenix.linux.untrusted import visible
 from phoenix.master.attempts import AttemptTable
 from phoenix.master.handoff import Handoff
+from phoenix.master.memory import MODE as MEMORY_LIMITS
 from phoenix.master.metrics import Counters
 from phoenix.master.spawner import Spawner
 from phoenix.rules.states import MasterState
 from phoenix.store.base import Store
 from phoenix.store.outage import JournalOutage
+from phoenix.wire import heartbeat as protocol
 
 SHARED_TITLE_EVERY = 60.0  # seconds between two counts of a shared store's pending jobs (it counts every node's)
 
@@ -59,6 +61,7 @@ class Status:
         self.title_due = now + (SHARED_TITLE_EVERY if journal.shared else 0.5)  # a shared count costs more
         if self.counters.histograms is not None:  # --metrics exports the count of every state
             self.counters.jobs = journal.counts()
+            self.counters.pools = journal.pools_status()
             pending = self.counters.jobs["pending"]
         else:  # through an index (a shared store's counts() aggregates every job on the server)
             pending = journal.pending_count()
@@ -93,6 +96,7 @@ class Status:
                 "reload": self.handoff.last_result,
                 "unrecorded_outcomes": self.unrecorded_outcomes(),
                 "journal_error": self.outage.error,
+                "memory_limits": MEMORY_LIMITS,  # what enforces max_memory
             },
             "running": {
                 str(a.job_id): {
@@ -100,7 +104,8 @@ class Status:
                     "attempt": a.number,
                     "age": round(now - a.started, 3),
                     "last_beat_age": round(now - a.last_beat, 3),
-                    "progress": a.progress,
+                    "heartbeats": a.progress,  # calls to phoenix.heartbeat() and phoenix.progress()
+                    "progress": protocol.progress_view(a.reported),
                     "rss": procfs.rss_bytes(a.pid),
                     "adopted": not a.own_child,
                 }

@@ -8,7 +8,8 @@ Outcomes (the `outcome` of an attempt and of its job in `phoenix status`):
     signalled    killed by a signal someone else sent (an outside SIGKILL or SIGTERM)
     exited       left with an exit code and no outcome (os._exit(3), sys.exit in a thread)
     lost         gone while no master watched, with no outcome in the outbox
-    interrupted  stopped by `phoenix stop` / TERM; the job goes back to pending
+    interrupted  stopped by `phoenix stop` / TERM (the job may have ended itself on
+                 phoenix.Interrupted); the job goes back to pending, no retry used
     cancelled    ended by `phoenix cancel`; the job is `cancelled`, never re-run
 
 Pure functions: tests/unit/test_outcomes.py checks every row without a process.
@@ -48,6 +49,11 @@ def classify_exit(status: int) -> tuple[Outcome, str]:
     return Outcome.EXITED, f"exit code {os.WEXITSTATUS(status)}"
 
 
+# The reason of an attempt that ended on phoenix.Interrupted when its master stopped it.
+POLITELY_STOPPED = "stopped; it ended on phoenix.Interrupted"
+
+OUTSIDE_TERM = "SIGTERM, not sent by Phoenix; the job ended on phoenix.Interrupted"
+
 # The reason of a cancelled attempt, and the start of the error `on_failed` receives.
 CANCELLED_REASON = "cancelled by the operator (phoenix cancel)"
 
@@ -86,6 +92,13 @@ def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: b
     what happened); max RSS is recorded in its own column, not in it."""
     reason: str | None = None
     error: str | None = None
+    polite = final is not None and final.get(protocol.INTERRUPTED) is True
+    if polite:
+        # The job let phoenix.Interrupted end it: the attempt ended for the
+        # reason it was stopped, not of its own error.
+        final = None
+        if not interrupted and kill_reason is None:  # a TERM Phoenix did not send: as if it had killed the job
+            return Classified(Outcome.SIGNALLED, "SIGTERM", OUTSIDE_TERM, None)
     if final is not None and final.get(protocol.KIND) == "finished":
         try:
             return Classified(Outcome.FINISHED, None, None, _result_json(final.get(protocol.RESULT)))
@@ -100,7 +113,7 @@ def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: b
     elif final is not None:
         outcome, error = Outcome.ERROR, _error_text(final)
     elif interrupted:
-        outcome, reason = Outcome.INTERRUPTED, "stopped before it finished"
+        outcome, reason = Outcome.INTERRUPTED, POLITELY_STOPPED if polite else "stopped before it finished"
     elif kill_reason is not None:
         outcome, reason = Outcome.KILLED, str(kill_reason)
     elif status is not None:

@@ -58,6 +58,7 @@ class KillReason(StrEnum):
     MAX_RUNTIME = "max_runtime"
     OPERATOR = "operator"
     CANCELLED = "cancelled"  # `phoenix cancel`: the outcome is `cancelled`, never re-run
+    MAX_MEMORY = "max_memory"  # resident memory past the job's max_memory (master/memory.py)
 
 
 class TimerKind(StrEnum):

@@ -17,6 +17,7 @@ import json
 import re
 import socket
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Self, Sequence, runtime_checkable
@@ -33,6 +34,7 @@ class JobState(StrEnum):
     """Every state a job's row can be in: the stores' `state` column, the
     metrics' `state` label, `phoenix jobs --state`, the status counts."""
 
+    SCHEDULED = "scheduled"  # a delayed job before its due time (docs/scheduling.md)
     PENDING = "pending"
     RUNNING = "running"
     FINISHED = "finished"
@@ -45,11 +47,17 @@ JOB_STATES: tuple[str, ...] = tuple(state.value for state in JobState)
 # failed jobs only. A cancel is the operator's decision about one job: only
 # naming it (retry KEY) undoes it.
 ENDED_BADLY: tuple[str, ...] = (JobState.FAILED.value, JobState.CANCELLED.value)
+# Not started yet: what `phoenix cancel` takes without a child to end.
+WAITING: tuple[str, ...] = (JobState.SCHEDULED.value, JobState.PENDING.value)
 # Undone before any master started the on_failed it owes, the cancel takes
 # that call with it (nobody was told of a cancel that no longer holds); any
 # other owed callback refuses the retry until it has run. (SQL over jobs `j`
 # and callbacks `c`, the same in both SQL backends.)
 WITHDRAWN_WITH_ITS_CANCEL = "(j.state = 'cancelled' AND c.kind = 'on_failed' AND c.runs = 0)"
+# The targets whose global resource pool has no free slot (tables pools and
+# pool_targets, schema version 3): their jobs are not started now, the others are.
+FULL_POOL_TARGETS = ("SELECT pt.target FROM pool_targets pt JOIN pools p ON p.name = pt.pool "
+                     "WHERE p.used >= p.capacity")
 
 
 # -- errors (phoenix/errors.py draws the tree) -------------------------------------------------
@@ -134,24 +142,50 @@ def canonical_params(params_json: str) -> str:
     return json.dumps(stored_json(params_json), sort_keys=True, separators=(",", ":"))
 
 
-def default_key(target: str, params_json: str) -> str:
+def default_key(target: str, params_json: str, run_at: float | None = None, priority: int = 0) -> str:
     """Idempotency key for a job submitted without one: same target and same
-    parameters (canonical JSON) make the same job."""
+    parameters (canonical JSON) make the same job; a due time or a priority
+    asked for is part of it (the same job for later is another job, not a
+    key conflict). Without them, the key of every release before them."""
     import hashlib  # here: loading OpenSSL costs every new master image ~6 ms, and only submissions need it
 
-    return hashlib.sha256(f"{target}\0{canonical_params(params_json)}".encode()).hexdigest()[:32]
+    timing = "" if run_at is None and not priority else f"\0{run_at!r}\0{priority}"
+    return hashlib.sha256(f"{target}\0{canonical_params(params_json)}{timing}".encode()).hexdigest()[:32]
 
 
-def key_conflict(key: str, job_id: int, recorded: tuple[str, str], submitted: tuple[str, str]) -> KeyConflict | None:
+def _shown_time(run_at: float | None) -> str:
+    if run_at is None:
+        return "due-at-once"
+    return datetime.fromtimestamp(run_at, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def timing_differences(recorded: tuple[float | None, int], submitted: tuple[float | None, int]
+                       ) -> list[tuple[str, str, str]]:
+    """(what differs, recorded, submitted) of the due time asked for and the
+    priority, (run_at, priority) each: another one under a job's key is a key
+    conflict, as other parameters are."""
+    (old_run_at, old_priority), (run_at, priority) = recorded, submitted
+    differences = []
+    if old_run_at != run_at:
+        differences.append(("another due time", _shown_time(old_run_at), _shown_time(run_at)))
+    if old_priority != priority:
+        differences.append(("another priority", f"priority={old_priority}", f"priority={priority}"))
+    return differences
+
+
+def key_conflict(key: str, job_id: int, recorded: tuple[str, str], submitted: tuple[str, str],
+                 also: Iterable[tuple[str, str, str]] = ()) -> KeyConflict | None:
     """The error for a submission under a key that names job `job_id` already,
     with what differs, or None if it is the same job ((target, parameters)
-    each; parameters compared as canonical JSON)."""
+    each; parameters compared as canonical JSON; `also`: more differences,
+    as timing_differences finds them)."""
     (old_target, old_params), (target, params_json) = recorded, submitted
     differences = []  # (what differs, recorded, submitted)
     if old_target != target:
         differences.append(("another target", old_target, target))
     if old_params != params_json and canonical_params(old_params) != canonical_params(params_json):
         differences.append(("other parameters", _brief(old_params), _brief(params_json)))
+    differences.extend(also)
     if not differences:
         return None
     what = " and ".join(d[0] for d in differences)
@@ -161,6 +195,19 @@ def key_conflict(key: str, job_id: int, recorded: tuple[str, str], submitted: tu
         f"key {key!r} already names job {job_id} with {what}: recorded {was}, submitted {now}. "
         "Submit it under another key; the same target and parameters again are a no-op"
     )
+
+
+# A checkpoint (of attempt n, message seq) is kept if its attempt is the job's
+# latest and it is newer than the one kept: a late one (an outbox file read
+# after a newer one was acknowledged, a fenced attempt's) never replaces it.
+# The SQL stores' condition, and the same rule in Python (MemoryStore).
+SAVE_CHECKPOINT_WHERE = ("attempts = {n} AND (checkpoint_attempt IS NULL OR checkpoint_attempt < {n} "
+                         "OR (checkpoint_attempt = {n} AND checkpoint_seq < {seq}))")
+
+
+def checkpoint_replaces(job: dict[str, Any], n: int, seq: int) -> bool:
+    kept = job.get("checkpoint_attempt")
+    return job["attempts"] == n and (kept is None or kept < n or (kept == n and job["checkpoint_seq"] < seq))
 
 
 def _brief(text: str, limit: int = 200) -> str:
@@ -184,13 +231,20 @@ class Store(Protocol):
     def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> None: ...
 
     # submission (any process)
-    def submit(self, target: str, params_json: str, key: str | None = None) -> tuple[int, bool]: ...
+    def submit(self, target: str, params_json: str, key: str | None = None, *, run_at: float | None = None,
+               priority: int = 0, tick: float | None = None) -> tuple[int, bool]: ...
     def submit_many(self, jobs: Iterable[tuple[str, str, str]]) -> list[tuple[int, bool]]: ...
 
     # the master's writes
     def pending(self, limit: int) -> list[Job]: ...
     def claim(self, generation: int, pid: int | None, start_time: int | None) -> tuple[Job, int] | None: ...
     def next_due_in(self) -> float | None: ...
+    def promote_due(self) -> int: ...  # scheduled jobs whose time has come: pending
+    def set_pools(self, capacities: dict[str, int],
+                  targets: dict[str, str | None]) -> list[tuple[str, int | None, int]]: ...
+    def pools_status(self) -> list[dict[str, Any]]: ...
+    def next_scheduled_at(self) -> float | None: ...  # the earliest scheduled job's due time (wall clock)
+    def last_tick(self, target: str, before: float | None = None) -> tuple[float, str] | None: ...
     def begin_attempt(self, job: Job, generation: int, pid: int | None, start_time: int | None) -> int: ...
     def end_attempt(self, attempt_id: int, job_id: int, *, outcome: str, reason: str | None, error: str | None,
                     result_json: str | None, max_rss_kb: int | None, job_state: str, counts_as_failure: bool,
@@ -231,9 +285,13 @@ class Store(Protocol):
                   key_prefix: str | None = None) -> tuple[list[dict[str, Any]], int]: ...
     def job_by_key(self, key: str) -> dict[str, Any] | None: ...
     def attempts_of(self, job_id: int) -> list[dict[str, Any]]: ...
-    def retry(self, keys: list[str] | None, target: str | None = None) -> list[str]: ...
+    def retry(self, keys: list[str] | None, target: str | None = None, fresh: bool = False) -> list[str]: ...
     def cancel_pending(self, key: str) -> str | None: ...
     def request_cancel(self, attempt_id: int) -> None: ...
+    # long jobs: checkpoints (durable: acknowledged to the child) and progress (shown only)
+    def save_checkpoints(self, saves: list[tuple[int, int, int, str]]) -> None: ...
+    def checkpoint_of(self, job_id: int) -> str | None: ...
+    def save_progress(self, reported: list[tuple[int, str]]) -> None: ...
     def prune(self, *, finished_before: float, failed_before: float | None, batch: int = 500) -> dict[str, int]: ...
 
 

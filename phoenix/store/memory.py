@@ -21,17 +21,21 @@ from phoenix.rules.outcomes import CANCELLED_REASON
 from phoenix.store.base import (
     ENDED_BADLY,
     JOB_STATES,
+    WAITING,
     Job,
     JobState,
     OpenAttempt,
     RetryRefused,
+    checkpoint_replaces,
     default_key,
     key_conflict,
+    timing_differences,
 )
 
 # The columns of the SQLite journal's rows that the reads return (job_row, job_by_key).
 _JOB_COLUMNS = ("id", "key", "target", "params", "state", "attempts", "failures", "not_before", "outcome", "result",
-                "error", "created_at", "updated_at")
+                "error", "created_at", "updated_at", "priority", "due_at", "run_at", "tick", "checkpoint",
+                "checkpoint_at", "checkpoint_attempt", "checkpoint_seq")
 
 
 class MemoryStore:
@@ -45,6 +49,8 @@ class MemoryStore:
         self.callbacks: dict[int, dict[str, Any]] = {}  # by id
         self.events: list[dict[str, Any]] = []
         self._meta: dict[str, str] = {}  # name -> JSON, as the journal keeps it
+        self.pools: dict[str, dict[str, int]] = {}  # name -> {"capacity", "used"}
+        self.pool_targets: dict[str, str] = {}  # target -> the pool its jobs take a slot of
         self._ids = itertools.count(1)  # one sequence for every row: ids only need to be unique and rising
 
     def close(self) -> None:
@@ -58,10 +64,12 @@ class MemoryStore:
 
     # -- submission -----------------------------------------------------------------------
 
-    def submit(self, target: str, params_json: str, key: str | None = None) -> tuple[int, bool]:
+    def submit(self, target: str, params_json: str, key: str | None = None, *, run_at: float | None = None,
+               priority: int = 0, tick: float | None = None) -> tuple[int, bool]:
         if key:
             check_key(key)
-        return self._insert_job(key or default_key(target, params_json), target, params_json)
+        return self._insert_job(key or default_key(target, params_json, run_at, priority), target, params_json,
+                                run_at, priority, tick)
 
     def submit_many(self, jobs: Iterable[tuple[str, str, str]]) -> list[tuple[int, bool]]:
         jobs = list(jobs)
@@ -80,18 +88,24 @@ class MemoryStore:
                 seen[key] = (-(n + 1), target, params_json)  # not stored yet: no id to name
         return [self._insert_job(key, target, params_json) for target, params_json, key in jobs]
 
-    def _insert_job(self, key: str, target: str, params_json: str) -> tuple[int, bool]:
+    def _insert_job(self, key: str, target: str, params_json: str, run_at: float | None = None, priority: int = 0,
+                    tick: float | None = None) -> tuple[int, bool]:
         known = self.keys.get(key)
         if known is not None:
             job = self.jobs[known]
-            conflict = key_conflict(key, known, (job["target"], job["params"]), (target, params_json))
+            conflict = key_conflict(key, known, (job["target"], job["params"]), (target, params_json),
+                                    timing_differences((job["run_at"], job["priority"]), (run_at, priority)))
             if conflict is not None:
                 raise conflict
             return known, False
         job_id, now = next(self._ids), self.now()
+        state = JobState.SCHEDULED if run_at is not None and run_at > now else JobState.PENDING
         self.jobs[job_id] = {"id": job_id, "key": key, "target": target, "params": params_json,
-                             "state": JobState.PENDING.value, "attempts": 0, "failures": 0, "not_before": 0.0,
-                             "outcome": None, "result": None, "error": None, "created_at": now, "updated_at": now}
+                             "state": state.value, "attempts": 0, "failures": 0, "not_before": 0.0,
+                             "outcome": None, "result": None, "error": None, "created_at": now, "updated_at": now,
+                             "priority": priority, "due_at": now if run_at is None else run_at, "run_at": run_at,
+                             "tick": tick, "checkpoint": None, "checkpoint_at": None, "checkpoint_attempt": None,
+                             "checkpoint_seq": None}
         self.keys[key] = job_id
         return job_id, True
 
@@ -99,9 +113,54 @@ class MemoryStore:
 
     def pending(self, limit: int) -> list[Job]:
         now = self.now()
-        due = sorted((job["not_before"], job["id"]) for job in self._in_state(JobState.PENDING)
+        due = sorted((-job["priority"], job["due_at"], job["id"]) for job in self._in_state(JobState.PENDING)
                      if job["not_before"] <= now)
-        return [self._job(self.jobs[job_id]) for _due, job_id in due[:limit]]
+        free = {name: pool["capacity"] - pool["used"] for name, pool in self.pools.items()}
+        jobs = []
+        for _priority, _due, job_id in due:
+            pool = self.pool_targets.get(self.jobs[job_id]["target"])
+            if pool is not None:
+                if free.get(pool, 0) <= 0:
+                    continue  # a full pool holds back only its own jobs
+                free[pool] -= 1
+            jobs.append(self._job(self.jobs[job_id]))
+            if len(jobs) == limit:
+                break
+        return jobs
+
+    def promote_due(self) -> int:
+        now = self.now()
+        due = [job for job in self._in_state(JobState.SCHEDULED) if job["due_at"] <= now]
+        for job in due:
+            job.update(state=JobState.PENDING.value, updated_at=now)
+        return len(due)
+
+    def next_scheduled_at(self) -> float | None:
+        return min((job["due_at"] for job in self._in_state(JobState.SCHEDULED)), default=None)
+
+    def last_tick(self, target: str, before: float | None = None) -> tuple[float, str] | None:
+        ticks = [(job["tick"], str(job["state"])) for job in self.jobs.values() if job["target"] == target
+                 and job["tick"] is not None and (before is None or job["tick"] < before)]
+        return max(ticks, default=None)
+
+    def set_pools(self, capacities: dict[str, int],
+                  targets: dict[str, str | None]) -> list[tuple[str, int | None, int]]:
+        changes = []
+        for name, capacity in sorted(capacities.items()):
+            pool = self.pools.get(name)
+            if pool is None or pool["capacity"] != capacity:
+                changes.append((name, None if pool is None else pool["capacity"], capacity))
+            self.pools.setdefault(name, {"capacity": capacity, "used": 0})["capacity"] = capacity
+        for target, pool_name in targets.items():
+            if pool_name is None:
+                self.pool_targets.pop(target, None)
+            else:
+                self.pool_targets[target] = pool_name
+        return changes
+
+    def pools_status(self) -> list[dict[str, Any]]:
+        return [{"pool": name, "capacity": pool["capacity"], "used": pool["used"]}
+                for name, pool in sorted(self.pools.items())]
 
     def claim(self, generation: int, pid: int | None, start_time: int | None) -> tuple[Job, int] | None:
         jobs = self.pending(1)
@@ -117,11 +176,14 @@ class MemoryStore:
         now = self.now()
         row = self.jobs[job.id]
         row.update(state=JobState.RUNNING.value, attempts=row["attempts"] + 1, updated_at=now)
+        pool = self.pool_targets.get(row["target"])
+        if pool is not None:
+            self.pools[pool]["used"] += 1
         attempt_id = next(self._ids)
         self.attempts[attempt_id] = {
             "id": attempt_id, "job_id": job.id, "n": job.attempts + 1, "generation": generation, "pid": pid,
             "start_time": start_time, "started_at": now, "started_boot": now, "ended_at": None, "outcome": None,
-            "reason": None, "error": None, "max_rss_kb": None, "final": None}
+            "reason": None, "error": None, "max_rss_kb": None, "final": None, "pool": pool, "progress": None}
         return attempt_id
 
     def end_attempt(self, attempt_id: int, job_id: int, *, outcome: str, reason: str | None, error: str | None,
@@ -134,6 +196,8 @@ class MemoryStore:
         now = self.now()
         reason, error, result_json = storable_or_none(reason), storable_or_none(error), storable_or_none(result_json)
         attempt.update(outcome=outcome, reason=reason, error=error, max_rss_kb=max_rss_kb, ended_at=now, final=None)
+        if attempt["pool"] is not None and self.pools[attempt["pool"]]["used"] > 0:
+            self.pools[attempt["pool"]]["used"] -= 1  # its slot, freed by the outcome and only by it
         job = self.jobs[job_id]
         job.update(state=job_state, outcome=outcome, result=result_json, error=error, updated_at=now,
                    not_before=0.0 if retry_delay is None else now + retry_delay,
@@ -209,8 +273,9 @@ class MemoryStore:
     def batch_counts(self, run_started: float) -> dict[str, int]:
         counts = dict.fromkeys(JOB_STATES, 0)
         for job in self.jobs.values():
-            if job["state"] in (JobState.PENDING, JobState.RUNNING) or job["updated_at"] >= run_started:
+            if job["state"] in (*WAITING, JobState.RUNNING) or job["updated_at"] >= run_started:
                 counts[job["state"]] += 1
+        counts["pending"] += counts.pop("scheduled")  # a delayed job is work the batch still has
         return counts
 
     def record_event(self, kind: str, generation: int | None, pid: int | None, detail: str | None = None) -> None:
@@ -267,7 +332,7 @@ class MemoryStore:
                 "pid": running["pid"] if running is not None and job["state"] == JobState.RUNNING else None,
                 "outcome": job["outcome"], "error": job["error"],
                 "result": stored_json(job["result"]) if job["result"] is not None else None,
-                "reason": last.get("reason"), "max_rss_kb": last.get("max_rss_kb"),
+                "reason": last.get("reason"), "max_rss_kb": last.get("max_rss_kb"), "progress": last.get("progress"),
             }
 
     def timeline_recent(self, limit: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
@@ -279,7 +344,7 @@ class MemoryStore:
         ids = {job["job_id"] for job in jobs}
         attempts = [{"job_id": a["job_id"], "key": self.jobs[a["job_id"]]["key"], "n": a["n"], "pid": a["pid"],
                      "started_at": a["started_at"], "ended_at": a["ended_at"], "outcome": a["outcome"],
-                     "reason": a["reason"], "error": a["error"]}
+                     "reason": a["reason"], "error": a["error"], "progress": a["progress"]}
                     for a in sorted(self.attempts.values(), key=lambda a: (a["job_id"], a["n"])) if a["job_id"] in ids]
         unstarted = sum(1 for job in self._in_state(JobState.PENDING) if job["attempts"] == 0)
         return jobs, attempts, unstarted
@@ -311,11 +376,12 @@ class MemoryStore:
         return None if job_id is None else self.job_row(job_id)
 
     def attempts_of(self, job_id: int) -> list[dict[str, Any]]:
-        columns = ("n", "generation", "pid", "started_at", "ended_at", "outcome", "reason", "error", "max_rss_kb")
+        columns = ("n", "generation", "pid", "started_at", "ended_at", "outcome", "reason", "error", "max_rss_kb",
+                   "progress")
         return [{column: a[column] for column in columns}
                 for a in sorted(self.attempts.values(), key=lambda a: a["n"]) if a["job_id"] == job_id]
 
-    def retry(self, keys: list[str] | None, target: str | None = None) -> list[str]:
+    def retry(self, keys: list[str] | None, target: str | None = None, fresh: bool = False) -> list[str]:
         if keys is None:
             jobs = [job for job in self._in_state(JobState.FAILED) if target is None or job["target"] == target]
         else:
@@ -337,8 +403,29 @@ class MemoryStore:
         for job in jobs:
             # The callbacks that ran for its end go, so that its next end calls them again.
             self.callbacks = {i: c for i, c in self.callbacks.items() if c["job_id"] != job["id"]}
-            job.update(state=JobState.PENDING.value, failures=0, not_before=0.0, updated_at=now)
+            state = JobState.SCHEDULED if job["due_at"] > now else JobState.PENDING  # a delayed job waits again
+            job.update(state=state.value, failures=0, not_before=0.0, updated_at=now)
+            if fresh:
+                job.update(checkpoint=None, checkpoint_at=None)
         return [job["key"] for job in jobs]
+
+    # -- long jobs ------------------------------------------------------------------------
+
+    def save_checkpoints(self, saves: list[tuple[int, int, int, str]]) -> None:
+        now = self.now()
+        for job_id, n, seq, text in saves:
+            job = self.jobs.get(job_id)
+            if job is not None and checkpoint_replaces(job, n, seq):
+                job.update(checkpoint=text, checkpoint_at=now, checkpoint_attempt=n, checkpoint_seq=seq)
+
+    def checkpoint_of(self, job_id: int) -> str | None:
+        job = self.jobs.get(job_id)
+        return None if job is None else job["checkpoint"]
+
+    def save_progress(self, reported: list[tuple[int, str]]) -> None:
+        for attempt_id, text in reported:
+            if attempt_id in self.attempts:
+                self.attempts[attempt_id]["progress"] = text
 
     @staticmethod
     def _withdrawn_with_its_cancel(job: dict[str, Any], callback: dict[str, Any]) -> bool:
@@ -356,7 +443,7 @@ class MemoryStore:
             return None
         job = self.jobs[job_id]
         state = str(job["state"])
-        if state == JobState.PENDING:
+        if state in WAITING:
             job.update(state=JobState.CANCELLED.value, outcome="cancelled", error=f"{CANCELLED_REASON} before it ran",
                        updated_at=self.now())
             last_n = max((a["n"] for a in self.attempts.values() if a["job_id"] == job_id), default=0)

@@ -42,7 +42,10 @@ from phoenix.rules.leases import CALLBACKS_OWED, CANCEL_ASKED
 from phoenix.rules.outcomes import CANCELLED_REASON
 from phoenix.store.base import (
     ENDED_BADLY,
+    FULL_POOL_TARGETS,
     JOB_STATES,
+    SAVE_CHECKPOINT_WHERE,
+    WAITING,
     WITHDRAWN_WITH_ITS_CANCEL,
     CancelRequest,
     Job,
@@ -57,6 +60,7 @@ from phoenix.store.base import (
     default_key,
     key_conflict,
     scrub,
+    timing_differences,
 )
 
 try:
@@ -67,7 +71,7 @@ except ModuleNotFoundError as exc:  # a store URL given to a Phoenix installed w
     raise JournalError(f"a PostgreSQL store needs psycopg, which is not installed in this Python "
                        f"({sys.executable}): pip install 'phoenix-procmaster[postgres]'") from None
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 CHANNEL = "phoenix_wake"
 MIGRATE_HINT = "phoenix store migrate --store URL"
 STATEMENT_TIMEOUT_MS = 10_000
@@ -81,6 +85,20 @@ _NOW = "extract(epoch from clock_timestamp())"
 # statement_timestamp() is stable within the statement, and jobs_pending
 # answers it (4 ms there).
 _DUE_NOW = "extract(epoch from statement_timestamp())"
+
+# Version 3: the claim's order (LIMIT 1 from the top: O(log n) with 100,000
+# pending), the scheduled jobs by due time, each schedule's ticks by time.
+_V3_INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (priority DESC, due_at, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS jobs_scheduled ON jobs (due_at) WHERE state = 'scheduled';
+CREATE INDEX IF NOT EXISTS jobs_ticks ON jobs (target, tick) WHERE tick IS NOT NULL
+"""
+# Version 3's global resource pools (see the SQLite journal's _V3_TABLES).
+_V3_POOLS = """
+CREATE TABLE IF NOT EXISTS pools (name text PRIMARY KEY, capacity integer NOT NULL, used integer NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS pool_targets (target text PRIMARY KEY, pool text NOT NULL);
+ALTER TABLE attempts ADD COLUMN IF NOT EXISTS pool text  -- the pool whose slot it holds until its outcome
+"""
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS phoenix_schema (version integer NOT NULL);
@@ -112,9 +130,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     error           text,
     created_at      double precision NOT NULL,
     updated_at      double precision NOT NULL,
-    current_attempt bigint
+    current_attempt bigint,
+    priority        integer NOT NULL DEFAULT 0,       -- higher first (version 3)
+    due_at          double precision NOT NULL DEFAULT 0,  -- when it is due (its submission, if not delayed)
+    run_at          double precision,                 -- the due time asked for (--in, --at): a key's identity
+    tick            double precision,                 -- a periodic job: its schedule's tick
+    checkpoint      text,                            -- JSON: the last phoenix.checkpoint() of its attempts
+    checkpoint_at   double precision,
+    checkpoint_attempt integer,                      -- the attempt (n) and message (seq) that saved it
+    checkpoint_seq  integer
 );  -- no fillfactor for HOT: every update changes `state`, which jobs_pending's predicate reads (no HOT)
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (not_before, id) WHERE state = 'pending';
+{_V3_INDEXES};
 CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (updated_at);
 CREATE TABLE IF NOT EXISTS attempts (
     id           bigserial PRIMARY KEY,
@@ -135,6 +162,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     max_rss_kb   bigint,
     late_outcome text,                               -- what a fenced master reported after the fact
     final        text,                               -- JSON: the child's final, held before it is acked
+    progress     text,                               -- JSON [done, total, note]: the last phoenix.progress()
     UNIQUE (job_id, n)
 );
 CREATE INDEX IF NOT EXISTS attempts_open ON attempts (master) WHERE outcome IS NULL;
@@ -167,7 +195,8 @@ CREATE TABLE IF NOT EXISTS meta (
     name  text NOT NULL,
     value text NOT NULL,
     PRIMARY KEY (node, name)
-)
+);
+{_V3_POOLS}
 """
 
 
@@ -176,16 +205,20 @@ CREATE TABLE IF NOT EXISTS meta (
 _CLAIM = f"""
 WITH lease AS (  -- FOR SHARE: a recovery of this master waits (skips it) until the claim commits
     SELECT epoch FROM masters WHERE node = %(node)s AND epoch = %(epoch)s AND lease_expires_at > now() FOR SHARE
-), candidate AS MATERIALIZED (
-    SELECT id FROM jobs
+), candidate AS MATERIALIZED (  -- not of a pool with no free slot: the other jobs are not held back
+    SELECT id, (SELECT pool FROM pool_targets pt WHERE pt.target = jobs.target) AS pool FROM jobs
     WHERE state = 'pending' AND not_before <= {_DUE_NOW} AND EXISTS (SELECT 1 FROM lease)
-    ORDER BY not_before, id LIMIT 1
+      AND target NOT IN ({FULL_POOL_TARGETS})
+    ORDER BY priority DESC, due_at, id LIMIT 1
     FOR UPDATE SKIP LOCKED
+), slot AS (  -- the pool's row is locked and its `used` read anew: two masters never take its last slot twice
+    UPDATE pools SET used = used + 1 WHERE name = (SELECT pool FROM candidate) AND used < capacity RETURNING name
 ), attempt AS (
-    INSERT INTO attempts (job_id, n, master, epoch, generation, pid, start_time, started_at, started_boot)
+    INSERT INTO attempts (job_id, n, master, epoch, generation, pid, start_time, started_at, started_boot, pool)
     SELECT j.id, j.attempts + 1, %(node)s, %(epoch)s, %(generation)s, %(pid)s, %(start_time)s, {_NOW},
-           %(since_boot)s
+           %(since_boot)s, c.pool
     FROM jobs j JOIN candidate c ON c.id = j.id
+    WHERE c.pool IS NULL OR EXISTS (SELECT 1 FROM slot)
     RETURNING id, job_id
 )
 UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, current_attempt = a.id, updated_at = {_NOW}
@@ -218,6 +251,9 @@ WITH fenced AS (
     INSERT INTO callbacks (job_id, attempt, kind, state, owner, owner_epoch, created_at)
     SELECT id, %(n)s, %(callback)s, 'owed', %(node)s, %(epoch)s, {_NOW} FROM job WHERE %(callback)s::text IS NOT NULL
     ON CONFLICT (job_id, kind) DO NOTHING RETURNING id
+), freed AS (  -- its pool slot, freed by the outcome and only by it (or by the recovery of its master)
+    UPDATE pools SET used = used - 1 WHERE used > 0
+      AND name = (SELECT a.pool FROM attempts a WHERE a.id = (SELECT id FROM fenced))
 )
 SELECT EXISTS (SELECT 1 FROM job), (SELECT id FROM callback)
 """
@@ -260,6 +296,13 @@ RETURNING pg_notify(%(channel)s, 'ping:' || node),
         SELECT 1 FROM masters d
         WHERE d.lease_expires_at < now() - make_interval(secs => %(grace)s::float8) AND d.state <> 'lost'
           AND (d.state <> 'stopped' OR EXISTS (SELECT 1 FROM attempts a WHERE a.master = d.node AND a.outcome IS NULL)))
+"""
+
+# The pool slots of attempts just ended as lost, freed in the recovery's transaction.
+_FREE_SLOTS = """
+UPDATE pools p SET used = greatest(p.used - x.n, 0)
+FROM (SELECT pool, count(*) AS n FROM attempts WHERE id = ANY(%s) AND pool IS NOT NULL GROUP BY pool) x
+WHERE p.name = x.pool
 """
 
 _HOLD_FINAL = "UPDATE attempts SET final = %s WHERE id = %s AND outcome IS NULL"
@@ -515,6 +558,7 @@ class PgStore:
             cur.execute(_RECOVER_ATTEMPTS, {"nodes": nodes, "reason": RECOVERED_REASON,
                                             "cancelled": CANCELLED_REASON, "cancelled_error": RECOVERED_CANCEL})
             lost = cur.fetchall()
+            cur.execute(_FREE_SLOTS, ([int(row[0]) for row in lost],))
             self.last_recovery = (nodes, len(lost))
             for attempt_id, job_id, n, cancelled in lost:
                 cur.execute("SELECT target, failures, current_attempt FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
@@ -561,12 +605,14 @@ class PgStore:
 
     # -- submission ---------------------------------------------------------------------
 
-    def submit(self, target: str, params_json: str, key: str | None = None) -> tuple[int, bool]:
+    def submit(self, target: str, params_json: str, key: str | None = None, *, run_at: float | None = None,
+               priority: int = 0, tick: float | None = None) -> tuple[int, bool]:
         if key:
             check_key(key)
-        key = key or default_key(target, params_json)
+        key = key or default_key(target, params_json, run_at, priority)
         with self._one() as cur:  # the NOTIFY rides on the insert: one round trip
-            return self._insert_job(cur, key, target, params_json, notify=True)
+            return self._insert_job(cur, key, target, params_json, notify=True, run_at=run_at, priority=priority,
+                                    tick=tick)
 
     def submit_many(self, jobs: Iterable[tuple[str, str, str]]) -> list[tuple[int, bool]]:
         jobs = list(jobs)
@@ -578,22 +624,28 @@ class PgStore:
         return submitted
 
     @staticmethod
-    def _insert_job(cur: psycopg.Cursor[Any], key: str, target: str, params_json: str,
-                    notify: bool = False) -> tuple[int, bool]:
+    def _insert_job(cur: psycopg.Cursor[Any], key: str, target: str, params_json: str, notify: bool = False,
+                    run_at: float | None = None, priority: int = 0, tick: float | None = None) -> tuple[int, bool]:
         """The job, or the one its key names already; `notify`: wake the
-        masters if it was created (pg_notify runs for the returned row only)."""
-        wake = ", pg_notify(%s, '')" if notify else ""
-        cur.execute(f"INSERT INTO jobs (key, target, params, state, created_at, updated_at) "
-                    f"VALUES (%s, %s, %s, 'pending', {_NOW}, {_NOW}) ON CONFLICT (key) DO NOTHING RETURNING id{wake}",
-                    (key, target, params_json, *((CHANNEL,) if notify else ())))
+        masters if it was created (pg_notify runs for the returned row only).
+        `run_at` later than the database's clock: `scheduled` until then."""
+        wake = ", pg_notify(%(channel)s, '')" if notify else ""
+        cur.execute(f"INSERT INTO jobs (key, target, params, state, created_at, updated_at, priority, due_at, run_at, "
+                    f"tick) VALUES (%(key)s, %(target)s, %(params)s, CASE WHEN %(run_at)s::float8 > {_NOW} THEN "
+                    f"'scheduled' ELSE 'pending' END, {_NOW}, {_NOW}, %(priority)s, "
+                    f"COALESCE(%(run_at)s::float8, {_NOW}), %(run_at)s, %(tick)s) "
+                    f"ON CONFLICT (key) DO NOTHING RETURNING id{wake}",
+                    {"key": key, "target": target, "params": params_json, "run_at": run_at, "priority": priority,
+                     "tick": tick, "channel": CHANNEL})
         row = cur.fetchone()
         if row is not None:
             return int(row[0]), True
-        cur.execute("SELECT id, target, params FROM jobs WHERE key = %s", (key,))
+        cur.execute("SELECT id, target, params, run_at, priority FROM jobs WHERE key = %s", (key,))
         found = cur.fetchone()
         assert found is not None
-        job_id, old_target, old_params = found
-        conflict = key_conflict(key, int(job_id), (old_target, old_params), (target, params_json))
+        job_id, old_target, old_params, old_run_at, old_priority = found
+        conflict = key_conflict(key, int(job_id), (old_target, old_params), (target, params_json),
+                                timing_differences((old_run_at, old_priority), (run_at, priority)))
         if conflict is not None:
             raise conflict
         return int(job_id), False
@@ -614,14 +666,66 @@ class PgStore:
     def pending(self, limit: int) -> list[Job]:
         with self._one() as cur:
             cur.execute(f"SELECT id, key, target, params, attempts, failures FROM jobs WHERE state = 'pending' "
-                        f"AND not_before <= {_DUE_NOW} ORDER BY not_before, id LIMIT %s", (limit,))
+                        f"AND not_before <= {_DUE_NOW} ORDER BY priority DESC, due_at, id LIMIT %s", (limit,))
             return [Job(*row) for row in cur.fetchall()]
+
+    def promote_due(self) -> int:
+        """As the SQLite journal's, on the database's clock; SKIP LOCKED: two
+        masters promoting at once share the rows, never wait on each other."""
+        with self._one() as cur:
+            cur.execute(f"UPDATE jobs SET state = 'pending', updated_at = {_NOW} WHERE id IN (SELECT id FROM jobs "
+                        f"WHERE state = 'scheduled' AND due_at <= {_DUE_NOW} ORDER BY due_at LIMIT 1000 "
+                        f"FOR UPDATE SKIP LOCKED) AND state = 'scheduled'")
+            return cur.rowcount
 
     def next_due_in(self) -> float | None:
         with self._one() as cur:
             cur.execute(f"SELECT min(not_before) - {_NOW} FROM jobs WHERE state = 'pending'")
             row = cur.fetchone()
         return None if row is None or row[0] is None else float(row[0])
+
+    def set_pools(self, capacities: dict[str, int],
+                  targets: dict[str, str | None]) -> list[tuple[str, int | None, int]]:
+        """As the SQLite journal's, except that the slots in use are left as
+        the claims and outcomes of every master keep them (many write them)."""
+        changes = []
+        with self._tx() as cur:
+            for name, capacity in sorted(capacities.items()):  # (in name order: two starting masters never deadlock)
+                cur.execute("SELECT capacity FROM pools WHERE name = %s FOR UPDATE", (name,))
+                row = cur.fetchone()
+                if row is None or row[0] != capacity:
+                    changes.append((name, None if row is None else int(row[0]), capacity))
+                cur.execute("INSERT INTO pools (name, capacity) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE "
+                            "SET capacity = excluded.capacity", (name, capacity))
+            for target, pool in sorted(targets.items()):
+                if pool is None:
+                    cur.execute("DELETE FROM pool_targets WHERE target = %s", (target,))
+                else:
+                    cur.execute("INSERT INTO pool_targets VALUES (%s, %s) ON CONFLICT (target) DO UPDATE "
+                                "SET pool = excluded.pool", (target, pool))
+        return changes
+
+    def pools_status(self) -> list[dict[str, Any]]:
+        with self._one() as cur:
+            cur.execute("SELECT name, capacity, used FROM pools ORDER BY name")
+            return [{"pool": name, "capacity": int(capacity), "used": int(used)}
+                    for name, capacity, used in cur.fetchall()]
+
+    def next_scheduled_at(self) -> float | None:
+        """As the SQLite journal's: the database's wall clock, turned into this
+        host's by the difference of the two clocks, read in the same statement."""
+        with self._one() as cur:
+            cur.execute(f"SELECT min(due_at) - {_NOW} FROM jobs WHERE state = 'scheduled'")
+            row = cur.fetchone()
+        return None if row is None or row[0] is None else time.time() + float(row[0])
+
+    def last_tick(self, target: str, before: float | None = None) -> tuple[float, str] | None:
+        """As the SQLite journal's."""
+        with self._one() as cur:
+            cur.execute("SELECT tick, state FROM jobs WHERE target = %s AND tick IS NOT NULL AND tick < %s "
+                        "ORDER BY tick DESC LIMIT 1", (target, math.inf if before is None else before))
+            row = cur.fetchone()
+        return None if row is None else (float(row[0]), str(row[1]))
 
     def begin_attempt(self, job: Job, generation: int, pid: int | None, start_time: int | None) -> int:
         """This job's attempt, if it is still pending (the SQLite journal's
@@ -632,13 +736,21 @@ class PgStore:
                         (self.node, self.epoch))
             if cur.fetchone() is None:
                 return 0  # no live lease: no claim
-            cur.execute("SELECT 1 FROM jobs WHERE id = %s AND state = 'pending' FOR UPDATE SKIP LOCKED", (job.id,))
-            if cur.fetchone() is None:
+            cur.execute("SELECT (SELECT pool FROM pool_targets WHERE target = jobs.target) FROM jobs WHERE id = %s "
+                        "AND state = 'pending' FOR UPDATE SKIP LOCKED", (job.id,))
+            found = cur.fetchone()
+            if found is None:
                 return 0
+            pool = found[0]
+            if pool is not None:
+                cur.execute("UPDATE pools SET used = used + 1 WHERE name = %s AND used < capacity", (pool,))
+                if cur.rowcount == 0:
+                    return 0  # its pool has no free slot
             cur.execute(
                 f"INSERT INTO attempts (job_id, n, master, epoch, generation, pid, start_time, started_at, "
-                f"started_boot) SELECT id, attempts + 1, %s, %s, %s, %s, %s, {_NOW}, %s FROM jobs WHERE id = %s "
-                f"RETURNING id", (self.node, self.epoch, generation, pid, start_time, clock.since_boot(), job.id))
+                f"started_boot, pool) SELECT id, attempts + 1, %s, %s, %s, %s, %s, {_NOW}, %s, %s FROM jobs "
+                f"WHERE id = %s RETURNING id",
+                (self.node, self.epoch, generation, pid, start_time, clock.since_boot(), pool, job.id))
             row = cur.fetchone()
             assert row is not None
             cur.execute(f"UPDATE jobs SET state = 'running', attempts = attempts + 1, current_attempt = %s, "
@@ -677,7 +789,8 @@ class PgStore:
         with self._tx() as cur:
             cur.execute(f"UPDATE attempts SET outcome = 'error', state = 'ended', reason = 'cannot start', "
                         f"error = %s, ended_at = {_NOW} WHERE id = (SELECT current_attempt FROM jobs WHERE id = %s) "
-                        f"AND outcome IS NULL", (error, job_id))
+                        f"AND outcome IS NULL RETURNING id", (error, job_id))
+            cur.execute(_FREE_SLOTS, ([int(row[0]) for row in cur.fetchall()],))
             cur.execute(f"UPDATE jobs SET state = 'failed', outcome = 'error', error = %s, updated_at = {_NOW} "
                         f"WHERE id = %s", (error, job_id))
             cur.execute(f"INSERT INTO callbacks (job_id, attempt, kind, state, owner, owner_epoch, created_at) "
@@ -790,10 +903,11 @@ class PgStore:
     def batch_counts(self, run_started: float) -> dict[str, int]:
         counts = dict.fromkeys(JOB_STATES, 0)
         with self._one() as cur:
-            cur.execute("SELECT state, count(*) FROM jobs WHERE state IN ('pending', 'running') "
+            cur.execute("SELECT state, count(*) FROM jobs WHERE state IN ('scheduled', 'pending', 'running') "
                         "OR updated_at >= %s GROUP BY state", (run_started,))
             for state, n in cur.fetchall():
                 counts[state] = int(n)
+        counts["pending"] += counts.pop("scheduled")  # a delayed job is work the batch still has
         return counts
 
     def record_event(self, kind: str, generation: int | None, pid: int | None, detail: str | None = None) -> None:
@@ -866,18 +980,18 @@ class PgStore:
         with self._one() as cur:
             cur.execute(
                 "SELECT j.id, j.key, j.target, j.params, j.state, j.attempts, j.outcome, j.result, j.error, "
-                f"a.pid, a.master, l.reason, l.max_rss_kb FROM {source} "
+                f"a.pid, a.master, l.reason, l.max_rss_kb, l.progress FROM {source} "
                 "LEFT JOIN attempts l ON l.job_id = j.id AND l.n = j.attempts "
                 f"WHERE {' AND '.join(conditions)} ORDER BY j.id LIMIT %(limit)s",
                 {"node": node, "state": state, "after": after, "limit": limit})
             rows = cur.fetchall()
         for (job_id, key, target, params, state, attempts, outcome, result, error, pid, master, reason,
-             max_rss_kb) in rows:
+             max_rss_kb, progress) in rows:
             yield {
                 "id": job_id, "key": key, "target": target, "params": stored_json(params), "state": state,
                 "attempt": attempts, "pid": pid if state == "running" else None, "node": master,
                 "outcome": outcome, "result": stored_json(result) if result is not None else None, "error": error,
-                "reason": reason, "max_rss_kb": max_rss_kb,
+                "reason": reason, "max_rss_kb": max_rss_kb, "progress": progress,
             }
 
     def timeline_recent(self, limit: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
@@ -889,7 +1003,8 @@ class PgStore:
                         "WHERE attempts > 0 OR state = 'failed' ORDER BY updated_at DESC, id DESC LIMIT %s", (limit,))
             jobs = sorted(_dicts(cur), key=lambda job: int(job["job_id"]))
             cur.execute("SELECT a.job_id, j.key, a.n, a.pid, a.started_at, a.ended_at, a.outcome, a.reason, "
-                        "a.error, a.master, a.state, a.late_outcome FROM attempts a JOIN jobs j ON j.id = a.job_id "
+                        "a.error, a.master, a.state, a.late_outcome, a.progress FROM attempts a "
+                        "JOIN jobs j ON j.id = a.job_id "
                         "WHERE a.job_id = ANY(%s) ORDER BY a.job_id, a.n", ([job["job_id"] for job in jobs],))
             attempts = _dicts(cur)
             cur.execute("SELECT count(*) FROM jobs WHERE state = 'pending' AND attempts = 0")
@@ -940,10 +1055,11 @@ class PgStore:
     def attempts_of(self, job_id: int) -> list[dict[str, Any]]:
         with self._one() as cur:
             cur.execute("SELECT n, generation, pid, started_at, ended_at, outcome, reason, error, max_rss_kb, "
-                        "master, state, late_outcome FROM attempts WHERE job_id = %s ORDER BY n", (job_id,))
+                        "master, state, late_outcome, progress FROM attempts WHERE job_id = %s ORDER BY n",
+                        (job_id,))
             return _dicts(cur)
 
-    def retry(self, keys: list[str] | None, target: str | None = None) -> list[str]:
+    def retry(self, keys: list[str] | None, target: str | None = None, fresh: bool = False) -> list[str]:
         if target is not None and unstorable(target):
             return []  # no job has it (check_target_form refuses it at submit)
         with self._tx() as cur:
@@ -972,11 +1088,37 @@ class PgStore:
                                        "retry it once that has run")
             for job_id, _key in rows:
                 cur.execute("DELETE FROM callbacks WHERE job_id = %s", (job_id,))
-                cur.execute(f"UPDATE jobs SET state = 'pending', failures = 0, not_before = 0, updated_at = {_NOW} "
-                            f"WHERE id = %s", (job_id,))
+                cur.execute(f"UPDATE jobs SET state = CASE WHEN due_at > {_NOW} THEN 'scheduled' ELSE 'pending' END, "
+                            f"failures = 0, not_before = 0, updated_at = {_NOW} WHERE id = %s", (job_id,))
+                if fresh:
+                    cur.execute("UPDATE jobs SET checkpoint = NULL, checkpoint_at = NULL WHERE id = %s", (job_id,))
             if rows:
                 cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
         return [key for _id, key in rows]
+
+    # -- long jobs (docs/long-jobs.md) -------------------------------------------
+
+    def save_checkpoints(self, saves: list[tuple[int, int, int, str]]) -> None:
+        """As the SQLite journal's: kept once committed (the acks follow)."""
+        where = SAVE_CHECKPOINT_WHERE.format(n="%(n)s", seq="%(seq)s")
+        statement = (f"UPDATE jobs SET checkpoint = %(cp)s, checkpoint_at = {_NOW}, checkpoint_attempt = %(n)s, "
+                     f"checkpoint_seq = %(seq)s WHERE id = %(job)s AND {where}")
+        rows = [{"job": job_id, "n": n, "seq": seq, "cp": text} for job_id, n, seq, text in saves]
+        with self._one() as cur:  # one row (the usual case) is one plain statement, as hold_finals
+            if len(rows) == 1:
+                cur.execute(statement, rows[0])
+            else:
+                cur.executemany(statement, rows)
+
+    def checkpoint_of(self, job_id: int) -> str | None:
+        with self._one() as cur:
+            cur.execute("SELECT checkpoint FROM jobs WHERE id = %s", (job_id,))
+            row = cur.fetchone()
+        return None if row is None else row[0]
+
+    def save_progress(self, reported: list[tuple[int, str]]) -> None:
+        with self._tx() as cur:  # one transaction for all: one commit per write, however many jobs report
+            cur.executemany("UPDATE attempts SET progress = %s WHERE id = %s", [(text, a) for a, text in reported])
 
     def request_cancel(self, attempt_id: int) -> None:
         """As the SQLite journal's: a cancel under way, noted on the open attempt."""
@@ -995,7 +1137,7 @@ class PgStore:
             if row is None:
                 return None
             job_id, state = row
-            if state == "pending":
+            if state in WAITING:
                 cur.execute(f"UPDATE jobs SET state = 'cancelled', outcome = 'cancelled', error = %s, "
                             f"updated_at = {_NOW} WHERE id = %s", (f"{CANCELLED_REASON} before it ran", job_id))
                 cur.execute(f"INSERT INTO callbacks (job_id, attempt, kind, state, created_at) "
@@ -1204,6 +1346,19 @@ _UPGRADES = {
 ALTER TABLE masters ADD COLUMN IF NOT EXISTS instance text, ADD COLUMN IF NOT EXISTS outage_budget double precision;
 ALTER TABLE callbacks ADD COLUMN IF NOT EXISTS owner_epoch bigint;
 ALTER TABLE jobs RESET (fillfactor)
+""",
+    2: f"""
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS priority integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS due_at double precision NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS run_at double precision, ADD COLUMN IF NOT EXISTS tick double precision;
+UPDATE jobs SET due_at = created_at WHERE due_at = 0;
+{_V3_INDEXES};
+{_V3_POOLS}
+""",
+    3: """
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS checkpoint text, ADD COLUMN IF NOT EXISTS checkpoint_at double precision,
+    ADD COLUMN IF NOT EXISTS checkpoint_attempt integer, ADD COLUMN IF NOT EXISTS checkpoint_seq integer;
+ALTER TABLE attempts ADD COLUMN IF NOT EXISTS progress text
 """,
 }
 

@@ -12,20 +12,24 @@ It implements the store interface (base.Store), as the PostgreSQL store
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from phoenix.linux import clock
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
 from phoenix.rules.outcomes import CANCELLED_REASON
 from phoenix.store.base import (
     ENDED_BADLY,
+    FULL_POOL_TARGETS,
     JOB_STATES,
+    SAVE_CHECKPOINT_WHERE,
+    WAITING,
     WITHDRAWN_WITH_ITS_CANCEL,
     Job,
     JournalError,
@@ -33,13 +37,14 @@ from phoenix.store.base import (
     RetryRefused,
     default_key,
     key_conflict,
+    timing_differences,
 )
 
 # The file says it is a Phoenix journal (PRAGMA application_id, in SQLite's
 # header) and which schema it holds (PRAGMA user_version): a file of another
 # program, or of a newer Phoenix, is refused rather than written over.
 APPLICATION_ID = int.from_bytes(b"PHNX", "big")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 4  # 2 is the PostgreSQL store's (leases, fencing): the journal went from 1 to 3
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _TABLES = frozenset({"meta", "jobs", "attempts", "callbacks", "events"})
 
@@ -50,7 +55,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     key         TEXT NOT NULL UNIQUE,
     target      TEXT NOT NULL,
     params      TEXT NOT NULL,              -- JSON
-    state       TEXT NOT NULL,              -- pending | running | finished | failed | cancelled
+    state       TEXT NOT NULL,              -- scheduled | pending | running | finished | failed | cancelled
     attempts    INTEGER NOT NULL DEFAULT 0, -- attempts started
     failures    INTEGER NOT NULL DEFAULT 0, -- attempts that count against retries
     not_before  REAL NOT NULL DEFAULT 0,    -- wall clock, for display: backoff before the next attempt
@@ -60,7 +65,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     result      TEXT,                       -- JSON
     error       TEXT,
     created_at  REAL NOT NULL,
-    updated_at  REAL NOT NULL
+    updated_at  REAL NOT NULL,
+    priority    INTEGER NOT NULL DEFAULT 0, -- higher first (version 3)
+    due_at      REAL NOT NULL DEFAULT 0,    -- wall clock UTC: when it is due (its submission, if not delayed)
+    run_at      REAL,                       -- the due time asked for (--in, --at), NULL if none: a key's identity
+    tick        REAL,                       -- a periodic job: its schedule's tick (UTC seconds), NULL otherwise
+    checkpoint  TEXT,                       -- JSON: the last phoenix.checkpoint() of its attempts
+    checkpoint_at      REAL,                -- wall clock, for display
+    checkpoint_attempt INTEGER,             -- the attempt (n) and message (seq) that saved it: an older
+    checkpoint_seq     INTEGER              -- one arriving late (from an outbox) never replaces it
 );
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (state, not_before, id);
 CREATE TABLE IF NOT EXISTS attempts (
@@ -78,6 +91,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     error       TEXT,
     max_rss_kb  INTEGER,
     final       TEXT,                       -- JSON: the child's final message, held (and acked) before its exit
+    pool        TEXT,                       -- the pool whose slot it holds until its outcome (version 3)
+    progress    TEXT,                       -- JSON [done, total, note]: the job's last phoenix.progress()
     UNIQUE (job_id, n)
 );
 CREATE INDEX IF NOT EXISTS attempts_open ON attempts (outcome) WHERE outcome IS NULL;
@@ -226,6 +241,8 @@ def _create(path: Path) -> None:
                     db.execute(statement)
             db.execute(_BACKOFF_INDEX)
             _add_scale_schema(db)
+            for statement in (*_V3_INDEXES, *_V3_TABLES):
+                db.execute(statement)
             # Still written so that an older Phoenix (before user_version) can read the journal after a rollback.
             db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -244,6 +261,15 @@ def _create(path: Path) -> None:
             os.close(directory)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _upgrade_3_to_4(db: sqlite3.Connection) -> None:
+    """Checkpoints on the job, progress on the attempt (docs/long-jobs.md)."""
+    for table, column, declaration in (("jobs", "checkpoint", "TEXT"), ("jobs", "checkpoint_at", "REAL"),
+                                       ("jobs", "checkpoint_attempt", "INTEGER"),
+                                       ("jobs", "checkpoint_seq", "INTEGER"), ("attempts", "progress", "TEXT")):
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 # Added after the first release: (table, column, declaration), created in older journals on open.
@@ -316,20 +342,70 @@ def _add_scale_schema(db: sqlite3.Connection) -> None:
                    "ON CONFLICT (state) DO UPDATE SET n = excluded.n")
 
 
-_INSERT_JOB = ("INSERT INTO jobs (key, target, params, state, created_at, updated_at) "
-               "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (key) DO NOTHING")
+# Version 3 (delayed and periodic jobs, priorities): the claim's order (a
+# read of LIMIT rows from the top of jobs_ready: O(log n) with 100,000
+# pending), the scheduled jobs by due time (the earliest is what the master
+# sleeps until), and each schedule's ticks by time (its last tick).
+_V3_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (priority DESC, due_at, id) "
+    "WHERE state = 'pending' AND not_before_boot_id IS NULL",
+    "CREATE INDEX IF NOT EXISTS jobs_scheduled ON jobs (due_at) WHERE state = 'scheduled'",
+    "CREATE INDEX IF NOT EXISTS jobs_ticks ON jobs (target, tick) WHERE tick IS NOT NULL",
+)
+_V3_COLUMNS = (("priority", "INTEGER NOT NULL DEFAULT 0"), ("due_at", "REAL NOT NULL DEFAULT 0"),
+               ("run_at", "REAL"), ("tick", "REAL"))
+# Global resource pools: each pool's capacity and the slots its open attempts
+# hold (`used`, changed in the transaction that begins or ends an attempt),
+# and the pool each target's jobs take a slot of (written by the master from
+# its code, so that a job submitted without the code is in its pool too).
+_V3_TABLES = (
+    "CREATE TABLE IF NOT EXISTS pools (name TEXT PRIMARY KEY, capacity INTEGER NOT NULL, "
+    "used INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS pool_targets (target TEXT PRIMARY KEY, pool TEXT NOT NULL)",
+)
 
 
-def _insert_job(db: sqlite3.Connection, key: str, target: str, params_json: str, now: float) -> tuple[int, bool]:
+def _upgrade_to_3(db: sqlite3.Connection) -> None:
+    """Journal version 1 -> 3, inside the caller's transaction (which also
+    sets user_version): the columns and indexes above; a job recorded
+    before is due since its submission; `scheduled` gets its kept count."""
+    existing = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    for column, declaration in _V3_COLUMNS:
+        if column not in existing:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
+    if "pool" not in {row[1] for row in db.execute("PRAGMA table_info(attempts)")}:
+        db.execute("ALTER TABLE attempts ADD COLUMN pool TEXT")
+    for statement in _V3_TABLES:
+        db.execute(statement)
+    db.execute("UPDATE jobs SET due_at = created_at WHERE due_at = 0")
+    for statement in _V3_INDEXES:
+        db.execute(statement)
+    db.execute("INSERT INTO job_counts VALUES ('scheduled', 0) ON CONFLICT (state) DO NOTHING")
+
+
+# Each journal version's upgrade to the next (version 2 was never a journal's).
+# Each version's upgrade to the next (2 was only PostgreSQL's), applied by Journal._upgrade.
+_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {1: _upgrade_to_3, 3: _upgrade_3_to_4}
+
+_INSERT_JOB = ("INSERT INTO jobs (key, target, params, state, created_at, updated_at, priority, due_at, run_at, tick) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING")
+
+
+def _insert_job(db: sqlite3.Connection, key: str, target: str, params_json: str, now: float,
+                run_at: float | None = None, priority: int = 0, tick: float | None = None) -> tuple[int, bool]:
     """Insert a job, or find the same one under its key, inside the caller's
     transaction (BEGIN IMMEDIATE: the comparison and the insert are one step
-    for concurrent submitters)."""
-    cur = db.execute(_INSERT_JOB, (key, target, params_json, now, now))
+    for concurrent submitters). `run_at`: its due time, wall clock UTC (in
+    the future: `scheduled` until then)."""
+    state = "scheduled" if run_at is not None and run_at > now else "pending"
+    due_at = now if run_at is None else run_at
+    cur = db.execute(_INSERT_JOB, (key, target, params_json, state, now, now, priority, due_at, run_at, tick))
     if cur.rowcount:
         return cur.lastrowid or 0, True
-    job_id, old_target, old_params = db.execute(
-        "SELECT id, target, params FROM jobs WHERE key = ?", (key,)).fetchone()
-    conflict = key_conflict(key, job_id, (old_target, old_params), (target, params_json))
+    job_id, old_target, old_params, old_run_at, old_priority = db.execute(
+        "SELECT id, target, params, run_at, priority FROM jobs WHERE key = ?", (key,)).fetchone()
+    conflict = key_conflict(key, job_id, (old_target, old_params), (target, params_json),
+                            timing_differences((old_run_at, old_priority), (run_at, priority)))
     if conflict is not None:
         raise conflict
     return job_id, False
@@ -384,6 +460,7 @@ class Journal:
             if _needs_scale_schema(self.db):
                 with self.transaction() as db:
                     _add_scale_schema(db)  # once, on the first open by this Phoenix: reads every job
+            self._upgrade()
             if verify:
                 self._quick_check()
         except BaseException as exc:
@@ -411,7 +488,7 @@ class Journal:
                                          f"Phoenix journal made before application_id has version 1")
             with self.transaction() as db:
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                db.execute("PRAGMA user_version = 1")  # what its tables are: upgraded from there on
             return
         if version > SCHEMA_VERSION:
             raise JournalError(
@@ -423,6 +500,24 @@ class Journal:
             missing = ", ".join(sorted(_TABLES - tables)) or "none"
             raise damaged(self.path, f"it is marked as a Phoenix journal but its header or schema is wrong "
                                      f"(version {version}, missing tables: {missing})")
+
+    def _upgrade(self) -> None:
+        """A journal of an older version is brought to this one on open, each
+        step and the new user_version in one transaction: a crash leaves the
+        old version whole, and the next open does it again. Any open, not
+        only the master's: a submit from this release writes the new columns.
+        (Going back to a release before it needs a copy made before: that
+        release refuses a newer journal.)"""
+        (version,) = self.db.execute("PRAGMA user_version").fetchone()
+        if version >= SCHEMA_VERSION:
+            return
+        with self.transaction(durable=True) as db:
+            (version,) = db.execute("PRAGMA user_version").fetchone()  # another process may have done it
+            for step in sorted(v for v in _UPGRADES if version <= v < SCHEMA_VERSION):
+                _UPGRADES[step](db)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("INSERT INTO meta VALUES ('schema', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                       (str(SCHEMA_VERSION),))
 
     def _quick_check(self) -> None:
         # O(size of the file): for 100,000 jobs (41 MB) 0.07-0.25 s from the page cache, 0.3-0.4 s from disk.
@@ -511,16 +606,19 @@ class Journal:
 
     # -- submission (any process) ----------------------------------------------
 
-    def submit(self, target: str, params_json: str, key: str | None = None) -> tuple[int, bool]:
+    def submit(self, target: str, params_json: str, key: str | None = None, *, run_at: float | None = None,
+               priority: int = 0, tick: float | None = None) -> tuple[int, bool]:
         """Record a job; (job id, True) if new, (existing id, False) if the key
-        names the same job (same target, same parameters as canonical JSON).
-        Raises KeyConflict if the key names another job."""
+        names the same job (same target, same parameters as canonical JSON,
+        same due time and priority). Raises KeyConflict if the key names
+        another job. `run_at`: due then (wall clock UTC), `scheduled` until
+        then; `tick`: the periodic schedule's tick it is."""
         if key:
             check_key(key)
-        key = key or default_key(target, params_json)
+        key = key or default_key(target, params_json, run_at, priority)
         now = time.time()
         with self.transaction(durable=True) as db:
-            return _insert_job(db, key, target, params_json, now)
+            return _insert_job(db, key, target, params_json, now, run_at, priority, tick)
 
     def submit_many(self, jobs: Iterable[tuple[str, str, str]]) -> list[tuple[int, bool]]:
         """Record (target, params JSON, key) jobs in one transaction, as a
@@ -537,17 +635,42 @@ class Journal:
     # -- the master's writes ----------------------------------------------------
 
     def pending(self, limit: int) -> list[Job]:
-        """Up to `limit` jobs due to run, the longest waiting first."""
+        """Up to `limit` jobs due to run: the highest priority first, then the
+        earliest due, then the first submitted."""
         clocks = {**_clocks(), "limit": limit}
-        columns = "not_before, id, key, target, params, attempts, failures"
+        columns = ("-priority, due_at, id, key, target, params, attempts, failures, "
+                   "(SELECT pool FROM pool_targets WHERE target = jobs.target)")
         # One statement (one read of the journal per look, which is once per job):
-        # the jobs never put back with a backoff, and those whose backoff is over.
+        # the jobs never put back with a backoff (from the top of jobs_ready), and
+        # those whose backoff is over; neither of a full pool (the rest are not held back).
+        not_full = f"target NOT IN ({FULL_POOL_TARGETS})"
         rows = self.db.execute(
-            f"SELECT * FROM (SELECT {columns} FROM jobs WHERE {_NO_BACKOFF} AND not_before <= :wall "
-            "ORDER BY not_before, id LIMIT :limit) UNION ALL "
+            f"SELECT * FROM (SELECT {columns} FROM jobs INDEXED BY jobs_ready WHERE {_NO_BACKOFF} "
+            f"AND not_before <= :wall AND {not_full} ORDER BY priority DESC, due_at, id LIMIT :limit) UNION ALL "
             f"SELECT * FROM (SELECT {columns} FROM jobs INDEXED BY jobs_backoff WHERE {_IN_BACKOFF} "
-            f"AND {_BACKOFF_WAIT} <= 0 LIMIT :limit)", clocks).fetchall()
-        return [Job(*row[1:]) for row in sorted(rows)[:limit]]
+            f"AND {_BACKOFF_WAIT} <= 0 AND {not_full} LIMIT :limit)", clocks).fetchall()
+        free = dict(self.db.execute("SELECT name, capacity - used FROM pools"))
+        jobs = []
+        for row in sorted(rows, key=lambda row: row[:3]):
+            pool = row[8]
+            if pool is not None:
+                if free.get(pool, 0) <= 0:
+                    continue  # its pool's last free slot went to a job before it in this look
+                free[pool] -= 1
+            jobs.append(Job(*row[2:8]))
+        return jobs[:limit]
+
+    def promote_due(self) -> int:
+        """Scheduled jobs whose due time (wall clock) has come become pending,
+        each once: the state's change is the one transition, so a clock step
+        back or forth moves when, never how often. Returns how many."""
+        now = time.time()
+        if self.db.execute("SELECT 1 FROM jobs INDEXED BY jobs_scheduled WHERE state = 'scheduled' AND due_at <= ? "
+                           "LIMIT 1", (now,)).fetchone() is None:
+            return 0  # (most looks: nothing due, and no write lock taken)
+        with self.transaction() as db:
+            return db.execute("UPDATE jobs SET state = 'pending', updated_at = ? WHERE state = 'scheduled' "
+                              "AND due_at <= ?", (now, now)).rowcount
 
     def claim(self, generation: int, pid: int | None, start_time: int | None) -> tuple[Job, int] | None:
         """The next due job, its attempt recorded for the child `pid`: (job,
@@ -573,6 +696,12 @@ class Journal:
             waits.append(row[0])
         return min(waits, default=None)
 
+    def next_scheduled_at(self) -> float | None:
+        """The earliest due time (wall clock UTC) of a scheduled job, through jobs_scheduled."""
+        row = self.db.execute("SELECT min(due_at) FROM jobs INDEXED BY jobs_scheduled WHERE state = 'scheduled'"
+                              ).fetchone()
+        return None if row[0] is None else float(row[0])
+
     def begin_attempt(self, job: Job, generation: int, pid: int | None, start_time: int | None) -> int:
         """Mark the job running and record its attempt with the child's pid, in
         one transaction after the fork and before the child's go-ahead: a child
@@ -586,10 +715,14 @@ class Journal:
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ? WHERE id = ?",
                 (now, job.id),
             )
+            row = db.execute("SELECT pool FROM pool_targets WHERE target = ?", (job.target,)).fetchone()
+            pool = None if row is None else row[0]
+            if pool is not None:  # its slot, held until the attempt's outcome (`pending` left it free)
+                db.execute("UPDATE pools SET used = used + 1 WHERE name = ?", (pool,))
             cur = db.execute(
-                "INSERT INTO attempts (job_id, n, generation, started_at, started_boot, pid, start_time) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job.id, job.attempts + 1, generation, now, clock.since_boot(), pid, start_time),
+                "INSERT INTO attempts (job_id, n, generation, started_at, started_boot, pid, start_time, pool) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (job.id, job.attempts + 1, generation, now, clock.since_boot(), pid, start_time, pool),
             )
             return cur.lastrowid or 0
 
@@ -632,6 +765,8 @@ class Journal:
             )
             if cur.rowcount == 0:
                 return False, None  # already recorded
+            db.execute("UPDATE pools SET used = used - 1 WHERE name = (SELECT pool FROM attempts WHERE id = ?) "
+                       "AND used > 0", (attempt_id,))  # its pool slot, freed by the outcome and only by it
             db.execute(
                 "UPDATE jobs SET state = ?, outcome = ?, result = ?, error = ?, not_before = ?, not_before_boot = ?, "
                 "not_before_boot_id = ?, failures = failures + ?, updated_at = ? WHERE id = ?",
@@ -749,9 +884,10 @@ class Journal:
         the jobs that ended since `run_started` (wall clock): this run's, not
         an earlier run's failures."""
         counts = dict.fromkeys(JOB_STATES, 0)
-        for state, n in self.db.execute("SELECT state, count(*) FROM jobs WHERE state IN ('pending', 'running') "
-                                        "OR updated_at >= ? GROUP BY state", (run_started,)):
+        for state, n in self.db.execute("SELECT state, count(*) FROM jobs WHERE state IN ('scheduled', 'pending', "
+                                        "'running') OR updated_at >= ? GROUP BY state", (run_started,)):
             counts[state] = n
+        counts["pending"] += counts.pop("scheduled")  # a delayed job is work the batch still has
         return counts
 
     def record_event(self, kind: str, generation: int | None, pid: int | None, detail: str | None = None) -> None:
@@ -814,12 +950,13 @@ class Journal:
         where = "j.state = :state AND j.id > :after" if state is not None else "j.id > :after"
         cur = self.db.execute(
             "SELECT j.id, j.key, j.target, j.params, j.state, j.attempts, j.outcome, j.result, j.error, "
-            "a.pid, l.reason, l.max_rss_kb FROM jobs j "
+            "a.pid, l.reason, l.max_rss_kb, l.progress FROM jobs j "
             "LEFT JOIN attempts a ON a.job_id = j.id AND a.outcome IS NULL "
             f"LEFT JOIN attempts l ON l.job_id = j.id AND l.n = j.attempts WHERE {where} ORDER BY j.id LIMIT :limit",
             {"state": state, "after": after, "limit": -1 if limit is None else limit},
         )
-        for job_id, key, target, params, state, attempts, outcome, result, error, pid, reason, max_rss_kb in cur:
+        for (job_id, key, target, params, state, attempts, outcome, result, error, pid, reason, max_rss_kb,
+             progress) in cur:
             yield {
                 "id": job_id,
                 "key": key,
@@ -833,6 +970,7 @@ class Journal:
                 "error": error,
                 "reason": reason,  # of the last attempt: SIGSEGV, exit code 3, heartbeat_timeout ...
                 "max_rss_kb": max_rss_kb,  # of the last attempt that ended, when known
+                "progress": progress,  # JSON [done, total, note]: the last attempt's phoenix.progress()
             }
 
     def timeline_recent(self, limit: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
@@ -846,7 +984,7 @@ class Journal:
         names = [c[0] for c in cur.description]
         jobs = sorted((dict(zip(names, row, strict=True)) for row in cur), key=lambda job: job["job_id"])
         cur = self.db.execute(
-            "SELECT a.job_id, j.key, a.n, a.pid, a.started_at, a.ended_at, a.outcome, a.reason, a.error "
+            "SELECT a.job_id, j.key, a.n, a.pid, a.started_at, a.ended_at, a.outcome, a.reason, a.error, a.progress "
             "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.job_id IN (SELECT value FROM json_each(?)) "
             "ORDER BY a.job_id, a.n", (json.dumps([job["job_id"] for job in jobs]),))
         names = [c[0] for c in cur.description]
@@ -913,16 +1051,17 @@ class Journal:
 
     def attempts_of(self, job_id: int) -> list[dict[str, Any]]:
         cur = self.db.execute(
-            "SELECT n, generation, pid, started_at, ended_at, outcome, reason, error, max_rss_kb FROM attempts "
-            "WHERE job_id = ? ORDER BY n", (job_id,))
+            "SELECT n, generation, pid, started_at, ended_at, outcome, reason, error, max_rss_kb, progress "
+            "FROM attempts WHERE job_id = ? ORDER BY n", (job_id,))
         names = [c[0] for c in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
 
-    def retry(self, keys: list[str] | None, target: str | None = None) -> list[str]:
+    def retry(self, keys: list[str] | None, target: str | None = None, fresh: bool = False) -> list[str]:
         """Failed and cancelled jobs back to pending with a fresh retry budget
         (their attempts stay, numbered on), in one transaction: the named
         `keys` (all or none: RetryRefused names a key that cannot be), or
         with None every failed job (of `target`), never a cancelled one.
+        `fresh`: their checkpoints go too (they start from the beginning).
         Returns the keys."""
         if target is not None and unstorable(target):
             return []  # no job has it (check_target_form refuses it at submit)
@@ -951,9 +1090,76 @@ class Journal:
             for job_id, _key in rows:
                 # The callbacks that ran for its end go, so that its next end calls them again.
                 db.execute("DELETE FROM callbacks WHERE job_id = ?", (job_id,))
-                db.execute("UPDATE jobs SET state = 'pending', failures = 0, not_before = 0, not_before_boot = NULL, "
-                           "not_before_boot_id = NULL, updated_at = ? WHERE id = ?", (now, job_id))
+                # A delayed job cancelled before its time waits for it again.
+                db.execute("UPDATE jobs SET state = CASE WHEN due_at > ? THEN 'scheduled' ELSE 'pending' END, "
+                           "failures = 0, not_before = 0, not_before_boot = NULL, "
+                           "not_before_boot_id = NULL, updated_at = ? WHERE id = ?", (now, now, job_id))
+                if fresh:
+                    db.execute("UPDATE jobs SET checkpoint = NULL, checkpoint_at = NULL WHERE id = ?", (job_id,))
         return [key for _id, key in rows]
+
+    def last_tick(self, target: str, before: float | None = None) -> tuple[float, str] | None:
+        """(tick, state) of the periodic schedule of `target`'s latest tick
+        that has a job (before `before`, if given); None if none has.
+        Through jobs_ticks: the cost of one row."""
+        row = self.db.execute("SELECT tick, state FROM jobs INDEXED BY jobs_ticks WHERE target = ? "
+                              "AND tick IS NOT NULL AND tick < ? ORDER BY tick DESC LIMIT 1",
+                              (target, math.inf if before is None else before)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def set_pools(self, capacities: dict[str, int],
+                  targets: dict[str, str | None]) -> list[tuple[str, int | None, int]]:
+        """A master's pools as its configuration says: each pool's capacity,
+        and the pool of each target of its code (None: in none now). Returns
+        (pool, capacity before or None if new, capacity now) of each change.
+        One master writes this journal: the slots held are counted anew
+        from its open attempts, so nothing a crash did can leave them wrong."""
+        changes = []
+        with self.transaction() as db:
+            for name, capacity in sorted(capacities.items()):
+                row = db.execute("SELECT capacity FROM pools WHERE name = ?", (name,)).fetchone()
+                if row is None or row[0] != capacity:
+                    changes.append((name, None if row is None else int(row[0]), capacity))
+                db.execute("INSERT INTO pools (name, capacity) VALUES (?, ?) ON CONFLICT (name) DO UPDATE "
+                           "SET capacity = excluded.capacity", (name, capacity))
+            for target, pool in targets.items():
+                if pool is None:
+                    db.execute("DELETE FROM pool_targets WHERE target = ?", (target,))
+                else:
+                    db.execute("INSERT INTO pool_targets VALUES (?, ?) ON CONFLICT (target) DO UPDATE "
+                               "SET pool = excluded.pool", (target, pool))
+            db.execute("UPDATE pools SET used = (SELECT count(*) FROM attempts a WHERE a.pool = pools.name "
+                       "AND a.outcome IS NULL)")
+        return changes
+
+    def pools_status(self) -> list[dict[str, Any]]:
+        """Each pool's name, capacity and slots in use."""
+        cur = self.db.execute("SELECT name, capacity, used FROM pools ORDER BY name")
+        return [{"pool": name, "capacity": capacity, "used": used} for name, capacity, used in cur]
+
+    # -- long jobs (docs/long-jobs.md) -------------------------------------------
+
+    def save_checkpoints(self, saves: list[tuple[int, int, int, str]]) -> None:
+        """(job id, attempt number, seq, JSON) checkpoints, durable when this
+        returns (each is acknowledged to its child next), in one transaction."""
+        now = time.time()
+        where = SAVE_CHECKPOINT_WHERE.format(n=":n", seq=":seq")
+        with self.transaction(durable=True) as db:
+            db.executemany(f"UPDATE jobs SET checkpoint = :cp, checkpoint_at = :at, checkpoint_attempt = :n, "
+                           f"checkpoint_seq = :seq WHERE id = :job AND {where}",
+                           [{"job": job_id, "n": n, "seq": seq, "cp": text, "at": now}
+                            for job_id, n, seq, text in saves])
+
+    def checkpoint_of(self, job_id: int) -> str | None:
+        """The job's last checkpoint (JSON), for its next attempt's order."""
+        row = self.db.execute("SELECT checkpoint FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def save_progress(self, reported: list[tuple[int, str]]) -> None:
+        """(attempt id, JSON [done, total, note]) of running attempts, in one
+        transaction: not durable (only shown; the next report replaces it)."""
+        with self.transaction() as db:
+            db.executemany("UPDATE attempts SET progress = ? WHERE id = ?", [(text, a) for a, text in reported])
 
     def request_cancel(self, attempt_id: int) -> None:
         """A running attempt is being cancelled: noted on it (its `reason`,
@@ -975,7 +1181,7 @@ class Journal:
             if row is None:
                 return None
             job_id, state = row
-            if state == "pending":
+            if state in WAITING:
                 now = time.time()
                 db.execute("UPDATE jobs SET state = 'cancelled', outcome = 'cancelled', error = ?, updated_at = ? "
                            "WHERE id = ?", (f"{CANCELLED_REASON} before it ran", now, job_id))

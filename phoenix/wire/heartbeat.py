@@ -5,8 +5,11 @@ SOCK_SEQPACKET record), and the kernel credentials that vouch for it.
 A message is one JSON object:
     {"v": 1, "job": 17, "att": 2, "k": "beat", "seq": 41, "p": 3}
 with `k` one of KINDS, `p` the progress count (calls to phoenix.heartbeat()),
-and for final messages `result` (finished) or `error` (failed). JSON only:
-nothing that arrives on a socket is ever unpickled or evaluated.
+for final messages `result` (finished) or `error` (failed), `pr` (a job's
+phoenix.progress(): done, total, note) on a beat or progress message, and
+`cp` (the job's saved state) on a checkpoint, which the master acknowledges
+as it does a final. JSON only: nothing that arrives on a socket is ever
+unpickled or evaluated.
 """
 
 from __future__ import annotations
@@ -28,16 +31,22 @@ from phoenix.linux.clock import SYSTEM
 from phoenix.linux.paths import SUN_PATH_MAX, unix_address
 
 VERSION = 1
-KINDS = frozenset({"beat", "progress", "finished", "failed"})
+KINDS = frozenset({"beat", "progress", "finished", "failed", "checkpoint"})
 FINAL_KINDS = ("finished", "failed")
+CHECKPOINT = "checkpoint"  # acknowledged like a final, but the child goes on
 # Keys of a message body that the master reads, named once.
 KIND, SEQ, RESULT, ERROR = "k", "seq", "result", "error"
+PROGRESS, SAVED = "pr", "cp"  # phoenix.progress()'s [done, total, note]; a checkpoint's object
+# A failed final of a job that let phoenix.Interrupted end it (a polite stop):
+# what stopped it, so that the master records `interrupted` when it asked.
+INTERRUPTED = "interrupted"
 
 # A job's result, as the compact JSON `encode` writes, is at most this much:
 # the limit docs/writing-jobs.md promises ("JSON, at most 64 KiB"). The kernel would take
 # ~200 KiB, but a result that large belongs in a file or a database, and a
 # bounded size keeps the master's receive buffer and per-message cost small.
 MAX_RESULT_BYTES = 64 * 1024
+MAX_CHECKPOINT_BYTES = 64 * 1024  # the same for a checkpoint (docs/long-jobs.md)
 # One message carries at most this much: a whole result and the envelope around
 # it (version, job, attempt, kind, numbers: about 120 bytes at their largest),
 # so the limit a job meets is the result's own, never the message's.
@@ -71,6 +80,18 @@ class ResultTooLarge(MessageTooLarge):
         self.size = size
 
 
+class CheckpointTooLarge(MessageTooLarge):
+    """A checkpoint is over MAX_CHECKPOINT_BYTES of JSON; `size` is its real size."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            f"the checkpoint is {size} bytes of JSON, more than the {MAX_CHECKPOINT_BYTES}-byte limit of a "
+            "checkpoint (64 KiB); save a cursor (an offset, a last key) rather than the data, or write the data "
+            "to a file and checkpoint its path"
+        )
+        self.size = size
+
+
 @dataclass(slots=True)
 class Message:
     job: int
@@ -87,15 +108,18 @@ _encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 def encode(job: int, attempt: int, kind: str, seq: int, progress: int, **body: Any) -> bytes:
     payload = {"v": VERSION, "job": job, "att": attempt, "k": kind, "seq": seq, "p": progress}
-    result_json = None
-    if RESULT in body:  # measured on its own: the limit a job meets is its result's, not the message's
-        result_json = _encode_json(body.pop(RESULT))  # ASCII (ensure_ascii): one byte per character
-        if len(result_json) > MAX_RESULT_BYTES:
-            raise ResultTooLarge(len(result_json))
+    spliced = None
+    for name, limit, too_large in ((RESULT, MAX_RESULT_BYTES, ResultTooLarge),
+                                   (SAVED, MAX_CHECKPOINT_BYTES, CheckpointTooLarge)):
+        if name in body:  # measured on its own: the limit a job meets is its value's, not the message's
+            value_json = _encode_json(body.pop(name))  # ASCII (ensure_ascii): one byte per character
+            if len(value_json) > limit:
+                raise too_large(len(value_json))
+            spliced = (name, value_json)
     payload.update(body)
     text = _encode_json(payload)
-    if result_json is not None:  # spliced in: the result is encoded once
-        text = f'{text[:-1]},"{RESULT}":{result_json}}}'
+    if spliced is not None:  # spliced in: the value is encoded once
+        text = f'{text[:-1]},"{spliced[0]}":{spliced[1]}}}'
     data = text.encode()
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageTooLarge(
@@ -158,8 +182,20 @@ def plain_beat(buffer: bytes | bytearray, size: int, prefix: bytes) -> tuple[int
     return int(match[1]), int(match[2])
 
 
+def progress_view(value: list[Any] | str | None) -> dict[str, Any] | None:
+    """A progress as status and show print it: {"done", "total", "note"}."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if not isinstance(value, list) or len(value) != 3:
+        return None
+    return {"done": value[0], "total": value[1], "note": value[2]}
+
+
 def ack(seq: int) -> bytes:
-    """The master's word that it holds a final message (numbered `seq`) for good."""
+    """The master's word that it holds a final or checkpoint message (numbered `seq`) for good."""
     return b'{"v":1,"ack":%d}' % seq
 
 
@@ -247,6 +283,12 @@ class Sender:
         `deadline`. False: no master took it (the caller writes the outbox)."""
         with self.lock:
             self.beats_stopped = True
+        return self.round_trip(data, seq, deadline)
+
+    def round_trip(self, data: bytes, seq: int, deadline: float) -> bool:
+        """Send a message the master acknowledges (a final, a checkpoint) and
+        wait for its ack, as `deliver` does, with the beats going on. Only
+        one thread waits for acks (the job's): nothing else is ever read."""
         expected = ack(seq)
         delay = 0.01
         while True:

@@ -235,7 +235,7 @@ def test_kept_counts_follow_every_change_and_an_older_journal_gets_them(tmp_path
     db.close()
 
     def truth(journal: Journal) -> dict[str, int]:
-        counts = dict.fromkeys(("pending", "running", "finished", "failed", "cancelled"), 0)
+        counts = dict.fromkeys(("scheduled", "pending", "running", "finished", "failed", "cancelled"), 0)
         counts.update(journal.db.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
         return counts
 

@@ -12,7 +12,7 @@ import time
 import phoenix
 
 app = phoenix.App(heartbeat_interval=0.2, heartbeat_timeout=3.0, kill_grace=1.0, backoff_base=0.05,
-                  backoff_cap=0.2, workers=2, callback_timeout=5.0)
+                  backoff_cap=0.2, workers=2, callback_timeout=5.0, pools={"db": 3})
 
 
 def _record(kind, job):
@@ -52,3 +52,9 @@ def tick(params):
             time.sleep(0.05)
     finally:
         os.close(fd)
+
+
+@app.job(retries=5, pool="db")
+def pooled_tick(params):
+    """`tick` in the pool `db` (3 slots across every host)."""
+    return tick(params)

@@ -255,3 +255,22 @@ def test_long_repeated_partitions_and_host_losses(cluster: Cluster) -> None:
     cluster.wait_final(work, timeout=120)
     cluster.wait_quiet(timeout=30)
     invariants.check(cluster, work, duplicates_allowed=True)
+
+
+def test_a_pool_is_never_exceeded_across_a_partition_and_heal(cluster: Cluster) -> None:
+    lab = cluster.lab
+    cluster.start()
+    work = keys("pooled", 9)
+    cluster.submit(work, 3.0, target="tests.multihost.app:pooled_tick")  # 6 slots on 3 hosts, a pool of 3
+    wait_for(lambda: len(invariants.run_spans(cluster.ticks)) >= 3, 20, "the pool to fill")
+    cut = next(host for host in ("h1", "h2", "h3") if cluster.running_on(lab.host(host)))
+    lab.partition(lab.host(cut))
+    cluster.masters[cut].wait_log("lease_lapsed", timeout=TTL + 5)
+    lab.heal(lab.host(cut))
+    cluster.wait_final(work, timeout=90)
+    cluster.wait_quiet()
+    invariants.check(cluster, work)
+    spans = [span for runs in invariants.run_spans(cluster.ticks).values() for span in runs]
+    most = max(sum(1 for other in spans if other[0] <= start <= other[1]) for start, _end, _who in spans)
+    assert most <= 3, most  # the pool held through the cut and the heal
+    assert cluster.sql("SELECT used FROM pools WHERE name = 'db'") == [(0,)]  # every slot came back

@@ -247,6 +247,30 @@ def test_prune_keeps_the_last_master_start_and_what_followed_it(store: Store) ->
     assert store.master_times() == before
 
 
+def test_checkpoints_keep_the_newest_of_the_latest_attempt_and_retry_fresh_clears_them(store: Store) -> None:
+    job_id, _ = store.submit("m:f", "{}", "k")
+    _job, first = claim(store)
+    store.save_checkpoints([(job_id, 1, 5, '{"at":5}')])
+    store.save_checkpoints([(job_id, 1, 4, '{"at":4}')])  # older: an outbox file read after it
+    assert store.checkpoint_of(job_id) == '{"at":5}'
+    store.save_progress([(first, '[3,10,"x"]')])
+    end(store, first, job_id, outcome="signalled", job_state="pending", callback=None)
+    _job, second = claim(store)
+    store.save_checkpoints([(job_id, 1, 9, '{"at":"late"}')])  # the first attempt's, after the second began
+    assert store.checkpoint_of(job_id) == '{"at":5}'
+    store.save_checkpoints([(job_id, 2, 1, '{"at":6}')])
+    assert store.checkpoint_of(job_id) == '{"at":6}'
+    assert [a["progress"] for a in store.attempts_of(job_id)] == ['[3,10,"x"]', None]
+    end(store, second, job_id, outcome="error", job_state="failed", callback=None, n=2)
+    store.retry(["k"])
+    assert store.checkpoint_of(job_id) == '{"at":6}'  # a retry resumes
+    _job, third = claim(store)
+    end(store, third, job_id, outcome="error", job_state="failed", callback=None, n=3)
+    store.retry(["k"], fresh=True)
+    job = store.job_by_key("k")
+    assert job is not None and job["checkpoint"] is None and store.checkpoint_of(job_id) is None
+
+
 def test_pending_lists_the_due_jobs_oldest_first_and_begin_attempt_starts_one(store: Store) -> None:
     """The two-step start (pending, then begin_attempt after the fork) that
     the master uses with a store that is not shared."""
@@ -318,7 +342,8 @@ def test_a_store_is_its_own_context_manager_and_closes_once_or_twice(store: Stor
 def test_the_contract_calls_every_method_of_the_interface() -> None:
     """A method added to base.Store without a case here fails this test."""
     members = {name for name, _ in inspect.getmembers(Store, inspect.isfunction) if not name.startswith("_")}
-    called = {node.func.attr for node in ast.walk(ast.parse(Path(__file__).read_text()))
+    cases = (Path(__file__), Path(__file__).with_name("test_scheduling_contract.py"))  # (the cases of issue 20)
+    called = {node.func.attr for case in cases for node in ast.walk(ast.parse(case.read_text()))
               if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
               and isinstance(node.func.value, ast.Name) and node.func.value.id == "store"}
     assert members - called == set()

@@ -271,6 +271,11 @@ def _as_version_1(url: str) -> None:
         conn.execute("ALTER TABLE masters DROP COLUMN IF EXISTS instance, DROP COLUMN IF EXISTS outage_budget")
         conn.execute("ALTER TABLE callbacks DROP COLUMN IF EXISTS owner_epoch")
         conn.execute("ALTER TABLE jobs SET (fillfactor = 80)")
+        # (version 3's columns; their indexes go with them)
+        conn.execute("ALTER TABLE jobs DROP COLUMN priority, DROP COLUMN due_at, DROP COLUMN run_at, DROP COLUMN tick")
+        conn.execute("ALTER TABLE jobs DROP COLUMN checkpoint, DROP COLUMN checkpoint_at, "
+                     "DROP COLUMN checkpoint_attempt, DROP COLUMN checkpoint_seq")
+        conn.execute("ALTER TABLE attempts DROP COLUMN progress")
         conn.execute("UPDATE phoenix_schema SET version = 1")
 
 
@@ -283,9 +288,12 @@ def test_store_migrate_upgrades_an_older_schema_for_real(pg_url: str) -> None:
     assert result.stdout.strip() == f"schema version {SCHEMA_VERSION}: upgraded from 1"
     with psycopg.connect(pg_url, autocommit=True) as conn:
         columns = {r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns "
-                                              "WHERE table_name IN ('masters', 'callbacks')")}
+                                              "WHERE table_name IN ('masters', 'callbacks', 'jobs', 'attempts')")}
+        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'jobs'")}
         version = conn.execute("SELECT version FROM phoenix_schema").fetchall()
-    assert {"instance", "outage_budget", "owner_epoch"} <= columns
+    assert {"instance", "outage_budget", "owner_epoch", "priority", "due_at", "run_at", "tick"} <= columns
+    assert {"checkpoint", "checkpoint_seq", "progress"} <= columns
+    assert {"jobs_ready", "jobs_scheduled", "jobs_ticks"} <= indexes
     assert version == [(SCHEMA_VERSION,)]
     assert phoenix_cli("store", "migrate", "--store", pg_url).stdout.strip().endswith("up to date")
 

@@ -6,6 +6,7 @@ one line saying what is wrong, and changes nothing."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,8 @@ class Commanding:
         self.master = Master()
         self.parts = Parts()
         self.dispatcher = Dispatcher(self.master, lambda: self.journal, lambda: {"running": len(self.attempts)},
-                                     lambda: self.parts.asked.append("wake"), self.parts, self.parts,
+                                     lambda: self.parts.asked.append("wake"),
+                                     lambda: self.parts.asked.append("wake_ticker"), self.parts, self.parts,
                                      lambda: self.parts.asked.append("discard_spare"), self.attempts, self.hangs,
                                      lambda: self.parts.asked.append("run_owed"), self.clock)
 
@@ -96,6 +98,14 @@ def test_each_command_asks_the_part_that_owns_it(commanding: Commanding) -> None
     assert d.execute(Command.STATUS) == {"ok": True, "running": 0}
 
 
+def test_a_wake_reads_the_due_times_again_a_slot_more_does_not(commanding: Commanding) -> None:
+    d, parts = commanding.dispatcher, commanding.parts
+    d.execute(Command.SLOT_MORE)
+    assert parts.asked == ["wake"]  # a slot makes no delayed job due
+    assert d.control_request({"cmd": "wake"}) == {"ok": True}
+    assert parts.asked == ["wake", "wake", "wake_ticker"]  # a submitted job may be due before the earliest known
+
+
 def test_a_malformed_request_gets_one_line_and_changes_nothing(commanding: Commanding) -> None:
     answer = commanding.dispatcher.control_request({"cmd": "explode"})
     assert answer["ok"] is False and "\n" not in answer["error"] and answer["error"]
@@ -113,3 +123,11 @@ def test_a_cancel_ends_a_pending_job_in_the_journal_and_leaves_another_hosts_alo
     assert answer == {"ok": True, "cancelled": {"waits": "pending", "runs": "running elsewhere", "nobody": "unknown"}}
     assert "run_owed" in commanding.parts.asked  # the cancelled pending job's on_failed is owed
     assert [j.key for j in journal.pending(5)] == []
+
+
+def test_a_cancel_ends_a_delayed_job_and_owes_its_callback(commanding: Commanding) -> None:
+    journal = commanding.journal
+    journal.submit("m:f", "{}", "later", run_at=time.time() + 3600)
+    answer = commanding.dispatcher.control_request({"cmd": "cancel", "keys": ["later"]})
+    assert answer == {"ok": True, "cancelled": {"later": "scheduled"}}
+    assert "run_owed" in commanding.parts.asked  # its on_failed is owed, as a pending job's

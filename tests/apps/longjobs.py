@@ -1,0 +1,84 @@
+"""Long jobs for the tests: a crawl over numbered items that saves its place
+with phoenix.checkpoint(), says how far it is with phoenix.progress(), and
+stops politely on phoenix.Interrupted. Each attempt appends one line to
+params["log"]: "ATTEMPT PID START" (START: the item it resumed from)."""
+
+import os
+import time
+from pathlib import Path
+
+import phoenix
+
+app = phoenix.App(heartbeat_interval=0.2, heartbeat_timeout=2.0, kill_grace=3.0, backoff_base=0.05,
+                  backoff_cap=0.2, workers=4, outcome_delivery_timeout=2.0)
+
+
+def _begin(params: dict) -> int:
+    job = phoenix.current_job()
+    start = job.checkpoint["next"] if job.checkpoint else 0
+    with open(params["log"], "a") as log:
+        log.write(f"{job.attempt} {os.getpid()} {start}\n")
+    return start
+
+
+@app.job
+def crawl(params):
+    """Checkpoints after every item; waits at params["hold_at"] until the file params["gate"] exists."""
+    start = _begin(params)
+    slowest = 0.0
+    for item in range(start, params["n"]):
+        while item == params.get("hold_at") and not Path(params["gate"]).exists():
+            time.sleep(0.02)
+        time.sleep(params.get("step", 0.01))
+        began = time.monotonic()
+        phoenix.checkpoint({"next": item + 1})
+        slowest = max(slowest, time.monotonic() - began)
+        phoenix.progress(item + 1, params["n"], f"item {item}")
+    return {"started_at": start} if "hold_at" in params else {"started_at": start, "slowest": slowest}
+
+
+@app.job
+def polite(params):
+    """Saves its place only when asked to stop, then lets Interrupted end it."""
+    start = _begin(params)
+    item = start
+    try:
+        for item in range(start, params["n"]):
+            time.sleep(params.get("step", 0.05))
+            phoenix.progress(item + 1, params["n"])
+    except phoenix.Interrupted:
+        assert phoenix.stopping()
+        phoenix.checkpoint({"next": item})
+        raise
+    return {"started_at": start}
+
+
+@app.job
+def reporting(params):
+    """Reports progress in a tight loop until the file params["gate"] exists."""
+    done = 0
+    while not Path(params["gate"]).exists():
+        done += 1
+        phoenix.progress(done, None, "spinning")
+    phoenix.progress(done, done, "done")
+    return {"calls": done}
+
+
+@app.job
+def bad_checkpoint(params):
+    phoenix.checkpoint(params["what"] == "set" and {1, 2} or "x" * (70 * 1024))
+
+
+@app.job(max_memory="150M", retries=0)
+def grows(params):
+    """Grows by 20 MB every 40 ms (about 500 MB/s) until it is killed (its limit: 150M)."""
+    held = []
+    while True:
+        held.append(b"x" * (20 * 1024 * 1024))  # written: resident at once
+        time.sleep(0.04)
+
+
+@app.job
+def neighbour(params):
+    time.sleep(params["s"])
+    return "done"

@@ -1,0 +1,194 @@
+"""Long jobs (docs/long-jobs.md), with real masters and children: a job
+resumes from its checkpoint after its child is SIGKILLed (SQLite and the
+shared PostgreSQL store) and after a polite stop then a start; progress is
+shown while a job runs and kept with its attempt."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+from phoenix.wire import heartbeat as protocol
+from tests.conftest import Master, phoenix_cli, wait_for
+
+APP = "tests.apps.longjobs:app"
+
+
+def show(state_dir: Path | None, key: str, *store: str) -> dict[str, Any]:
+    result = phoenix_cli("show", key, "--json", *store, state_dir=state_dir)
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def attempts_started(log: Path) -> list[tuple[int, int, int]]:
+    """(attempt, pid, item it started from) of each attempt, as the job wrote them."""
+    if not log.exists():
+        return []
+    return [tuple(int(x) for x in line.split()) for line in log.read_text().splitlines()]  # type: ignore[misc]
+
+
+def kill_the_held_crawl_and_let_it_resume(tmp_path: Path, state_dir: Path | None, *store: str,
+                                          kill: Callable[[int], None]) -> dict[str, Any]:
+    """`kill` gets the pid of the child, held before item 3 with items 0-2 checkpointed."""
+    log, gate = tmp_path / "attempts.log", tmp_path / "gate"
+    params = {"n": 6, "hold_at": 3, "gate": str(gate), "log": str(log)}
+    result = phoenix_cli("submit", "tests.apps.longjobs:crawl", json.dumps(params), "--key", "crawl", *store,
+                         state_dir=state_dir)
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: show(state_dir, "crawl", *store)["checkpoint"] == {"next": 3}, what="the third checkpoint")
+    [(_attempt, pid, start)] = attempts_started(log)
+    assert start == 0
+    kill(pid)
+    gate.touch()
+    report: dict[str, Any] = wait_for(lambda: (r := show(state_dir, "crawl", *store))["state"] == "finished" and r,
+                                      timeout=40, what="the job to finish on its second attempt")
+    assert [(a, s) for a, _pid, s in attempts_started(log)] == [(1, 0), (2, 3)]
+    assert report["result"] == {"started_at": 3}
+    assert report["checkpoint"] == {"next": 6}
+    return report
+
+
+def test_a_job_resumes_from_its_checkpoint_after_its_child_is_killed(master_factory, state_dir, tmp_path):
+    master_factory(app=APP)
+    report = kill_the_held_crawl_and_let_it_resume(tmp_path, state_dir, kill=lambda pid: os.kill(pid, signal.SIGKILL))
+    assert report["attempt_list"][0]["outcome"] == "signalled"
+
+
+def test_a_job_resumes_on_another_host_after_its_host_is_lost(tmp_path, pg_url):
+    """The shared store: host a (its master and its child) dies; b recovers a's
+    lease and runs the job's next attempt from the checkpoint a's child saved."""
+    def host(name: str) -> Master:
+        return Master(tmp_path / name, APP, "--store", pg_url, "--node", name, "--lease-ttl", "2",
+                      env={"PHOENIX_KILL_GRACE": "1"}, log_dir=tmp_path)
+
+    a, b = host("a").start(), host("b")
+    try:
+        def lose_host_a(pid: int) -> None:
+            a.signal(signal.SIGKILL)
+            a.wait_exit()
+            os.killpg(pid, signal.SIGKILL)
+            b.start()
+
+        report = kill_the_held_crawl_and_let_it_resume(tmp_path, None, "--store", pg_url, kill=lose_host_a)
+        assert [(x["node"], x["outcome"]) for x in report["attempt_list"]] == [("a", "lost"), ("b", "finished")]
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_checkpoint_no_master_answers_is_kept_in_the_outbox_and_resumed_from(master_factory, state_dir,
+                                                                                 tmp_path):
+    log, gate = tmp_path / "attempts.log", tmp_path / "gate"
+    master = master_factory(app=APP)
+    master.submit("tests.apps.longjobs:crawl", {"n": 8, "hold_at": 3, "gate": str(gate), "log": str(log)},
+                  key="crawl")
+    wait_for(lambda: show(state_dir, "crawl")["checkpoint"] == {"next": 3}, what="the third checkpoint")
+    [(_attempt, pid, _start)] = attempts_started(log)
+    master.signal(signal.SIGKILL)  # no master: the next checkpoints go to the outbox
+    master.wait_exit()
+    gate.touch()
+    outbox = master.paths.outbox / "1.1.checkpoint.json"
+    wait_for(outbox.exists, timeout=10, what="the checkpoint in the outbox (outcome_delivery_timeout 2 s)")
+    os.kill(pid, signal.SIGKILL)  # a child of no master: reaped by init
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what="the child to be gone")
+    saved = json.loads(outbox.read_bytes())[protocol.SAVED]["next"]
+    assert saved >= 4
+    master_factory(app=APP)
+    wait_for(lambda: show(state_dir, "crawl")["state"] == "finished", what="the job to finish on its second attempt")
+    assert [(a, s) for a, _pid, s in attempts_started(log)] == [(1, 0), (2, saved)]
+    assert not outbox.exists()
+
+
+def test_checkpoints_made_while_the_master_replaces_itself_are_acknowledged_by_the_new_image(master_factory,
+                                                                                          state_dir, tmp_path):
+    log = tmp_path / "attempts.log"
+    master = master_factory(app=APP)
+    master.submit("tests.apps.longjobs:crawl", {"n": 150, "step": 0.01, "log": str(log)}, key="crawl")
+    wait_for(lambda: (show(state_dir, "crawl")["checkpoint"] or {}).get("next", 0) >= 5, what="some checkpoints")
+    reload = phoenix_cli("reload", "--wait", state_dir=state_dir)
+    assert reload.returncode == 0, reload.stderr
+    reloaded_at = time.time()
+    report = wait_for(lambda: (r := show(state_dir, "crawl"))["state"] == "finished" and r, what="the job's end")
+    assert report["updated_at"] > reloaded_at  # it ran (and checkpointed) across the replacement
+    assert report["attempts"] == 1 and report["checkpoint"] == {"next": 150}
+    # None waited out outcome_delivery_timeout (2 s) for the outbox: the new image took each one.
+    assert report["result"]["slowest"] < 2.0, report["result"]
+    assert not list(master.paths.outbox.iterdir())
+
+
+def test_a_drain_out_of_time_interrupts_politely_and_the_next_start_resumes(master_factory, state_dir, tmp_path):
+    log = tmp_path / "attempts.log"
+    master = master_factory(app=APP)
+    master.submit("tests.apps.longjobs:polite", {"n": 100, "log": str(log)}, key="polite")
+    wait_for(lambda: (show(state_dir, "polite")["progress"] or {}).get("done", 0) >= 3, what="some progress")
+    result = phoenix_cli("stop", "--drain", "--timeout", "0.5", state_dir=state_dir)
+    assert result.returncode == 0, result.stderr
+    assert "interrupting them" in result.stderr
+    assert master.wait_exit() == 0
+    stopped = show(state_dir, "polite")
+    # The job saved its place in its except phoenix.Interrupted, and let it end the attempt.
+    assert stopped["state"] == "pending" and stopped["failures"] == 0
+    assert stopped["attempt_list"][0]["outcome"] == "interrupted"
+    saved = stopped["checkpoint"]["next"]
+    assert saved >= 2
+    master_factory(app=APP)
+    finished = wait_for(lambda: (r := show(state_dir, "polite"))["state"] == "finished" and r,
+                        what="the job to finish after the restart")
+    assert [(a, s) for a, _pid, s in attempts_started(log)] == [(1, 0), (2, saved)]
+    assert finished["result"] == {"started_at": saved}
+
+
+def test_progress_is_shown_while_a_job_runs_and_kept_with_its_attempt(master_factory, state_dir, tmp_path):
+    gate = tmp_path / "gate"
+    master = master_factory("--metrics", "127.0.0.1:0", app=APP)
+    metrics = master.wait_log("metrics address=").split("metrics address=")[1].split()[0]
+    master.submit("tests.apps.longjobs:reporting", {"gate": str(gate)}, key="spin")
+
+    def running_progress() -> Any:
+        jobs = master.status()["jobs"]
+        return jobs and jobs[0]["progress"]
+
+    shown = wait_for(running_progress, what="progress in phoenix status --json")
+    assert shown["note"] == "spinning" and shown["done"] > 0 and shown["total"] is None
+    assert wait_for(lambda: show(state_dir, "spin")["progress"], timeout=5, what="progress in phoenix show")
+    assert 'phoenix_job_progress_done{job="spin"}' in urllib.request.urlopen(metrics, timeout=5).read().decode()
+    gate.touch()
+    report = wait_for(lambda: (r := show(state_dir, "spin"))["state"] == "finished" and r, what="the job's end")
+    calls = report["result"]["calls"]
+    assert report["attempt_list"][0]["progress"] == {"done": calls, "total": calls, "note": "done"}
+    page = tmp_path / "timeline.html"
+    assert phoenix_cli("report", "--html", str(page), state_dir=state_dir).returncode == 0
+    assert f"progress {calls} of {calls}: done" in page.read_text()
+
+
+def test_a_checkpoint_that_is_not_json_or_too_large_fails_the_job_with_the_fix(master_factory, state_dir):
+    master = master_factory(app=APP)
+    master.submit("tests.apps.longjobs:bad_checkpoint", {"what": "set"}, key="set")
+    master.submit("tests.apps.longjobs:bad_checkpoint", {"what": "large"}, key="large")
+    expected = {"set": "TypeError: a checkpoint must be JSON (Object of type set is not JSON serializable)",
+                "large": "phoenix.wire.heartbeat.CheckpointTooLarge: the checkpoint is 71682 bytes of JSON, more "
+                         "than the 65536-byte limit"}
+    for key, line in expected.items():
+        report = wait_for(lambda k=key: (r := show(state_dir, k))["state"] == "failed" and r, what="the failure")
+        assert report["error"].rstrip().splitlines()[-1].startswith(line), report["error"]
+        assert report["checkpoint"] is None
+
+
+def test_a_job_past_its_memory_limit_is_killed_before_twice_it_while_its_neighbour_finishes(master_factory,
+                                                                                             state_dir):
+    master = master_factory(app=APP)
+    master.submit("tests.apps.longjobs:neighbour", {"s": 1.5}, key="neighbour")
+    master.submit("tests.apps.longjobs:grows", {}, key="grows")
+    grown = wait_for(lambda: (r := show(state_dir, "grows"))["state"] == "failed" and r, what="the memory kill")
+    [attempt] = grown["attempt_list"]
+    assert (attempt["outcome"], attempt["reason"]) == ("killed", "max_memory")
+    assert 150 * 1024 < attempt["max_rss_kb"] < 300 * 1024, attempt
+    assert "over the job's 150M limit" in grown["error"]
+    assert wait_for(lambda: show(state_dir, "neighbour")["state"] == "finished", what="the neighbour's end")
+    assert master.live()["master"]["memory_limits"] == "watchdog"

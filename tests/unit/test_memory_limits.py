@@ -1,0 +1,39 @@
+"""How a memory limit is written and refused (config.parse_max_memory), and
+when the watchdog looks at a job again (rules/memory.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from phoenix.config import MIN_MAX_MEMORY, parse_max_memory
+from phoenix.rules.memory import FIRST_LOOK, LONGEST_GAP, PLANNED_GROWTH, next_look
+
+M = 1024**2
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("512M", 512 * M), ("512m", 512 * M), ("1.5G", 1536 * M), ("200MB", 200 * M), ("1GiB", 1024 * M),
+    (" 64 M ", 64 * M), (str(100 * M), 100 * M), (100 * M, 100 * M), (None, None),
+])
+def test_a_limit_is_a_size(text, size):
+    assert parse_max_memory(text, "max_memory") == size
+
+
+@pytest.mark.parametrize(("value", "fix"), [
+    ("lots", 'wants a size such as "512M"'), ("-5M", "wants a size"), ("5 MBs", "wants a size"),
+    (True, "wants a size"), (1.5e9, "wants a size"), ("16M", "below the 32M a Python child needs to start"),
+    (0, "below the 32M"),
+])
+def test_anything_else_is_refused_in_one_line_naming_the_fix(value, fix):
+    with pytest.raises(ValueError) as raised:
+        parse_max_memory(value, "max_memory")
+    assert fix in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_the_watchdog_looks_again_before_a_job_growing_twice_the_planned_rate_reaches_twice_its_limit():
+    limit = 150 * M
+    for rss in (MIN_MAX_MEMORY, 60 * M, 140 * M, limit):
+        gap = next_look(rss, limit)
+        assert FIRST_LOOK <= gap <= LONGEST_GAP
+        assert rss + 2 * PLANNED_GROWTH * gap <= 2 * limit or gap == FIRST_LOOK
+    assert next_look(0, 100 * 1024**3) == LONGEST_GAP  # far below a large limit: a look a second
