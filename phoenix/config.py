@@ -6,6 +6,7 @@ one before."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import re
@@ -108,6 +109,9 @@ class Config:
     max_memory: str | None = field(default=None, metadata=doc(
         'the default limit of a job\'s resident memory, e.g. "512M" or "2G" (at least 32M); a job past it is '
         'killed, reason max_memory (`@app.job(max_memory=...)` wins; see Batches and long jobs); unset: none'))
+    otel: bool = field(default=False, metadata=doc(
+        "an OpenTelemetry span per attempt, on the tracer provider the app sets (needs the `otel` extra; "
+        "see Tracing); off: nothing of OpenTelemetry is imported"))
 
     def validate(self) -> "Config":
         positive = ("heartbeat_interval", "heartbeat_timeout", "callback_timeout", "outcome_delivery_timeout",
@@ -150,6 +154,9 @@ class Config:
         if self.node is not None and visible(self.node) != self.node:
             raise ConfigError(f"node '{visible(self.node)}' holds a control character or bytes that are not UTF-8: "
                               "name it with printable text")
+        if self.otel and importlib.util.find_spec("opentelemetry") is None:
+            raise ConfigError("otel is on but OpenTelemetry is not installed: "
+                              "pip install 'phoenix-procmaster[otel]', or set otel = false")
         return self
 
     def overlay(self, values: dict[str, Any], source: str, problems: list[str] | None = None) -> "Config":

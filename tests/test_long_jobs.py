@@ -180,6 +180,20 @@ def test_a_checkpoint_that_is_not_json_or_too_large_fails_the_job_with_the_fix(m
         assert report["checkpoint"] is None
 
 
+def test_only_the_jobs_own_process_checkpoints_a_forked_copy_is_refused_and_the_jobs_last_one_is_kept(
+        master_factory, state_dir, tmp_path):
+    """A copy the job forks shares its message numbers: its checkpoint would take a number the job's own
+    next one takes too, and the job's newer checkpoint was dropped unseen (found from outside)."""
+    master = master_factory(app=APP)
+    said = tmp_path / "said"
+    master.submit("tests.apps.longjobs:forks_and_checkpoints", {"said": str(said)}, key="forks")
+    report = wait_for(lambda: (r := show(state_dir, "forks"))["state"] in ("finished", "failed") and r,
+                      what="the job's end")
+    assert report["state"] == "finished" and report["result"] == {"copy_exit": 0}, report
+    assert report["checkpoint"] == {"parent": 2}  # the job's last, not the copy's
+    assert "only the job's own process saves its place" in said.read_text()
+
+
 def test_a_job_past_its_memory_limit_is_killed_before_twice_it_while_its_neighbour_finishes(master_factory,
                                                                                              state_dir):
     master = master_factory(app=APP)

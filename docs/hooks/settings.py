@@ -25,7 +25,8 @@ from phoenix import config as phoenix_config
 MARKER = "<!-- settings: generated -->"
 # "(see Many hosts)" in a description becomes a link to that page, relative to the settings page.
 PAGES = {"Failure modes": "../failure-modes.md", "Many hosts": "../many-hosts.md", "Writing jobs": "../writing-jobs.md",
-         "Deploying": "../deploying.md", "Operating": "../operating.md", "Configuration": "../configuration.md"}
+         "Deploying": "../deploying.md", "Operating": "../operating.md", "Configuration": "../configuration.md",
+         "Tracing": "../tracing.md"}
 
 
 class UndocumentedSetting(Exception):

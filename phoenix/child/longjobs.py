@@ -12,6 +12,7 @@ import math
 import signal
 from typing import Any
 
+from phoenix.errors import UsageError
 from phoenix.linux.untrusted import MAX_JSON_DEPTH, json_too_deep
 
 # A progress note is a short line for the status table, not a log.
@@ -20,6 +21,11 @@ MAX_NOTE_CHARS = 200
 # thread (the beat thread sends the latest with each beat anyway): a tight
 # loop calling phoenix.progress() costs a comparison per call, not a send.
 PROGRESS_EVERY = 0.15
+
+
+class ForkedCheckpoint(UsageError, RuntimeError):
+    """phoenix.checkpoint() in a process the job forked (a pool worker, say):
+    only the job's own process saves its place."""
 
 
 class Interrupted(BaseException):

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from phoenix.app import JobSpec, decode_params
 from phoenix.child import forksafety, output
-from phoenix.child.longjobs import PROGRESS_EVERY, Interrupted, PoliteStop, check_checkpoint, progress_value
+from phoenix.child.longjobs import (
+    PROGRESS_EVERY,
+    ForkedCheckpoint,
+    Interrupted,
+    PoliteStop,
+    check_checkpoint,
+    progress_value,
+)
 from phoenix.linux import lineage
 from phoenix.linux.clock import SYSTEM
 from phoenix.linux.signals import set_child_subreaper, unignore_reserved_signals
@@ -71,6 +78,7 @@ class _Runtime:
         self.progress = 0
         self.seq = 0
         self.final_seq = 0
+        self.pid = os.getpid()  # the job's own process: a copy it forks shares its numbering and connection
         self.lock = _thread.allocate_lock()
         self.reported: list[Any] | None = None  # phoenix.progress()'s latest [done, total, note]
         self.reported_sent: list[Any] | None = None  # the latest one a message carried
@@ -127,6 +135,8 @@ class _Runtime:
     def report(self, value: list[Any]) -> None:
         """phoenix.progress(): kept as the latest; sent now if none was for a
         while (else the next beat, or a later call, carries it)."""
+        if os.getpid() != self.pid:
+            return  # a forked copy (a pool worker): only the job's own process reports, on its connection
         self.reported = value
         now = time.monotonic()
         if now >= self.report_due:
@@ -137,6 +147,12 @@ class _Runtime:
     def save(self, obj: Any) -> None:
         """phoenix.checkpoint(): on the master's journal (acknowledged) or in
         the outbox when this returns; until then, not returned."""
+        if os.getpid() != self.pid:
+            # A forked copy numbers its messages from the job's count at the fork: its checkpoint would
+            # take a number the job's own next one takes too, and one of them would be dropped unseen.
+            raise ForkedCheckpoint("phoenix.checkpoint() was called in a process the job forked "
+                                   f"(pid {os.getpid()}; the job is pid {self.pid}): only the job's own process "
+                                   "saves its place; hand the workers' results back to it and checkpoint there")
         size = len(check_checkpoint(obj))  # one line naming the fix, raised in the job
         if size > protocol.MAX_CHECKPOINT_BYTES:  # (before it takes a sequence number the master would miss)
             raise protocol.CheckpointTooLarge(size)

@@ -27,7 +27,7 @@ from phoenix.rules.policy import Next, RestartBudget, after_attempt
 from phoenix.rules.shortage import SHORTAGE_ERRNOS
 from phoenix.rules.states import KillReason, Outcome
 from phoenix.store import quarantine
-from phoenix.store.base import OpenAttempt, SharedStore, Store
+from phoenix.store.base import OpenAttempt, SharedStore, Store, default_node
 from phoenix.store.outage import STORAGE_ERRORS
 from phoenix.wire import heartbeat as protocol
 
@@ -86,12 +86,13 @@ class OutcomeRecorder:
                                            [(attempt.attempt_id, longjobs.progress_json(attempt.reported))]), False)
         result = classify(final=final, status=status, interrupted=attempt.interrupted,
                           kill_reason=attempt.kill_reason, kill_detail=attempt.kill_detail)
+        duration = self.clock.monotonic() - attempt.started
         # An acknowledged final means the child wrote no outbox file: nothing to remove.
         self.guarded(functools.partial(self.record, attempt.job_id, attempt.key, attempt.target, attempt.attempt_id,
                                        attempt.number, result, max_rss_kb, attempt.pid,
-                                       outbox=not attempt.final_held, failures=attempt.failures), True)
+                                       outbox=not attempt.final_held, failures=attempt.failures,
+                                       duration=duration), True)
         if self.counters.histograms is not None:
-            duration = self.clock.monotonic() - attempt.started
             self.counters.histograms.job_duration.labels(result.outcome).observe(duration)
         self.jobs_may_be_pending()
 
@@ -133,10 +134,11 @@ class OutcomeRecorder:
 
     def record(self, job_id: int, key: str, target: str, attempt_id: int, number: int, result: Classified,
                max_rss_kb: int | None, pid: int | None, outbox: bool = True, failures: int | None = None,
-               decided: Next | None = None) -> None:
+               decided: Next | None = None, duration: float | None = None) -> None:
         """`failures`: the job's, if known (else read from the journal);
         `decided`: what becomes of the job, if decided already (its restart
-        budget place booked): the same outcome, recorded again."""
+        budget place booked): the same outcome, recorded again; `duration`:
+        the attempt's seconds, if known (its span's length)."""
         journal, config = self.journal(), self.config()
         if failures is None:
             job = journal.job_row(job_id)
@@ -180,6 +182,10 @@ class OutcomeRecorder:
         if not recorded:
             return  # another master recorded it first (a fork-mode handover)
         self.counters.count(self.counters.attempts, result.outcome)
+        if config.otel:  # imported only when on: nothing of OpenTelemetry in a master (or its children) without it
+            from phoenix.master import tracing
+            tracing.attempt_ended(key=key, target=target, number=number, outcome=result.outcome, reason=result.reason,
+                                  node=config.node or default_node(config.state_dir), duration=duration)
         if result.outcome not in (Outcome.FINISHED, Outcome.ERROR):  # its process did not end its own way
             output.bound_after_end(self.paths.output, job_id, number, config.job_output_max_bytes)
         self._log(pid, key, number, result, after, max_rss_kb)

@@ -69,6 +69,25 @@ def bad_checkpoint(params):
     phoenix.checkpoint(params["what"] == "set" and {1, 2} or "x" * (70 * 1024))
 
 
+@app.job(retries=0)
+def forks_and_checkpoints(params):
+    """Checkpoints, forks a copy that tries to checkpoint too (and report progress), then checkpoints again."""
+    phoenix.checkpoint({"parent": 0})
+    pid = os.fork()
+    if pid == 0:
+        try:
+            phoenix.progress(1, 2, "from the copy")  # ignored: only the job's own process reports
+            phoenix.checkpoint({"copy": 1})
+            os._exit(3)
+        except phoenix.UsageError as exc:
+            with open(params["said"], "w") as f:
+                f.write(str(exc))
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    phoenix.checkpoint({"parent": 2})
+    return {"copy_exit": os.waitstatus_to_exitcode(status)}
+
+
 @app.job(max_memory="150M", retries=0)
 def grows(params):
     """Grows by 20 MB every 40 ms (about 500 MB/s) until it is killed (its limit: 150M)."""
