@@ -56,7 +56,8 @@ def test_a_delayed_job_waits_scheduled_then_starts_on_time_across_a_usr2(master_
 def test_bad_times_and_priorities_are_refused_in_one_line(state_dir):
     for args, words in ((["--at", "2026-12-07T10:00:00"], "has no offset"), (["--in", "-5"], "0 or more"),
                         (["--in", "soon"], "number of seconds"), (["--priority", "-1"], "whole number"),
-                        (["--priority", "high"], "whole number")):
+                        (["--priority", "high"], "whole number"), (["--in", "1e300"], "at most"),
+                        (["--in", "1e15"], "at most"), (["--at", "0001-01-01T00:00:00+14:00"], "out of range")):
         result = phoenix_cli("submit", NOTE, "{}", *args, state_dir=state_dir)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
