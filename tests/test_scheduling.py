@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import REPO, Master, phoenix_cli, wait_for
 
 SCHEDULED = "tests.apps.scheduled:app"
@@ -197,5 +199,23 @@ def test_a_job_of_an_unknown_pool_is_refused_at_check_start_and_submit(tmp_path)
         result = phoenix_cli(*args, cwd=tmp_path)
         assert result.returncode == 2, (args, result.stderr)
         assert "pool 'dbb', which has no capacity (pools known: db)" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "state" / "journal.db").exists()  # nothing written
+
+
+@pytest.mark.parametrize(("pools", "env"), [
+    ("{'db': 2**64}", {}),  # past SQLite's integer: OverflowError when the master registered its pools
+    ("{'db': 2}", {"PHOENIX_POOLS": "db=3000000000"}),  # past PostgreSQL's integer column
+    ("{'db': 2}", {"PHOENIX_POOLS": "db=99999999999999999999"}),
+])
+def test_a_capacity_too_large_for_the_store_is_refused_by_check_and_start(tmp_path, pools, env):
+    """`check` is the USR2 preflight: what it passes, the new image must be
+    able to register, or the children are left with no master."""
+    (tmp_path / "huge.py").write_text(f'import phoenix\napp = phoenix.App(pools={pools})\n\n\n'
+                                      '@app.job(pool="db")\ndef write(params):\n    pass\n')
+    for args in (["check", "huge:app"], ["start", "huge:app", "--state-dir", str(tmp_path / "state")]):
+        result = phoenix_cli(*args, cwd=tmp_path, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "pool 'db' needs a capacity that is a whole number from 0 to 2147483647" in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "state" / "journal.db").exists()  # nothing written
