@@ -27,6 +27,14 @@ class ConfigError(UsageError, ValueError):
     """A setting is missing, of the wrong type, or out of range."""
 
 
+def check_pool_capacity(name: str, capacity: Any) -> None:
+    """A pool's capacity is a whole number the stores can keep, or ConfigError
+    (Config.validate, and `phoenix submit`, which does not validate the rest)."""
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or not 0 <= capacity <= POOL_CAPACITY_MAX:
+        raise ConfigError(f"pool {name!r} needs a capacity that is a whole number from 0 to "
+                          f"{POOL_CAPACITY_MAX} (got {capacity!r}): pools = {{\"{name}\": 10}}")
+
+
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
 # A child is a forked Python process: it holds the app's imports before the
@@ -150,9 +158,7 @@ class Config:
         for name, capacity in self.pools.items():
             if not name or visible(name) != name or len(name) > 200:
                 raise ConfigError(f"pool name '{visible(name[:200])}' must be printable text (at most 200 characters)")
-            if isinstance(capacity, bool) or not isinstance(capacity, int) or not 0 <= capacity <= POOL_CAPACITY_MAX:
-                raise ConfigError(f"pool {name!r} needs a capacity that is a whole number from 0 to "
-                                  f"{POOL_CAPACITY_MAX} (got {capacity!r}): pools = {{\"{name}\": 10}}")
+            check_pool_capacity(name, capacity)
         if self.node is not None and not self.node.strip():
             raise ConfigError("node must not be empty")
         if self.node is not None and visible(self.node) != self.node:

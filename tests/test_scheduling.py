@@ -219,3 +219,18 @@ def test_a_capacity_too_large_for_the_store_is_refused_by_check_and_start(tmp_pa
         assert "pool 'db' needs a capacity that is a whole number from 0 to 2147483647" in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "state" / "journal.db").exists()  # nothing written
+
+
+@pytest.mark.parametrize("capacity", ["-1", "1.5"])
+def test_a_bad_capacity_is_refused_at_check_start_and_submit(tmp_path, capacity):
+    """submit imports the app: a job no master of it could ever run is not recorded."""
+    (tmp_path / "badpool.py").write_text(f'import phoenix\napp = phoenix.App(pools={{"db": {capacity}}})\n\n\n'
+                                         '@app.job(pool="db")\ndef write(params):\n    pass\n')
+    for args in (["check", "badpool:app"], ["start", "badpool:app", "--state-dir", str(tmp_path / "state")],
+                 ["submit", "badpool:write", "{}", "--state-dir", str(tmp_path / "state")]):
+        result = phoenix_cli(*args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert f"pool 'db' needs a capacity that is a whole number from 0 to 2147483647 (got {capacity})" \
+            in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "state" / "journal.db").exists()  # nothing written
