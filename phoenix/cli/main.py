@@ -335,7 +335,7 @@ def submit(target: str, params: str, key: str | None, run_in: str | None, run_at
         click.echo(json.dumps({"id": job_id, "created": created}))
         return
     spec = resolve_target(target)
-    if spec.pool is not None and spec.app is not None:  # a pool its configuration does not have: refused now
+    if spec.app is not None:  # pools a master of its app would refuse (unknown, bad capacity): refused now
         check_pools(spec.app, _settings({"state_dir": state_dir}, spec.app.settings).pools)
     paths = _state_paths(state_dir, app_settings=spec.app.settings if spec.app is not None else None)
     job_id, created = Client(state_dir=str(paths.root), warn=_warn_once).submit(target, job_params, key, run_in=run_in,
