@@ -16,6 +16,7 @@ import pytest
 
 from phoenix.linux.paths import StatePaths
 from phoenix.store.sqlite import Journal
+from phoenix.wire import control
 from tests.apps.replace_tools import (
     APP,
     HEARTBEAT_TIMEOUT,
@@ -99,6 +100,10 @@ def test_in_place_usr2_keeps_the_pid_and_the_children(master_factory, state_dir,
     assert running_pids(state_dir, keys) == before  # the same processes, adopted
     assert all(alive(pid) for pid in before.values())
     assert live(state_dir)["master"]["reload"]["state"] == "ready"
+    # reload --wait's poll asks for the master alone: no line per child (400 KB at 4,000 children).
+    brief = control.request(StatePaths(state_dir).control_socket, {"cmd": "status", "running": False})
+    assert "running" not in brief and brief["master"]["generation"] == 2, brief
+    assert set(live(state_dir)["running"]) == {str(job["id"]) for key, job in master.jobs().items() if key in keys}
     # A short fd list came in the environment, in the form every release reads (a rollback works);
     # only a list too long for it (thousands of children) goes in a memfd (tests/unit/test_handover_list.py).
     environ = dict(item.split(b"=", 1)

@@ -470,7 +470,7 @@ def _running_master(paths: StatePaths) -> int | None:
 def _why_still_running(paths: StatePaths) -> str:
     """What a master that does not stop waits for, if it says."""
     try:
-        live = control.request(paths.control_socket, {"cmd": "status"}, timeout=2.0)["master"]
+        live = control.request(paths.control_socket, {"cmd": "status", "running": False}, timeout=2.0)["master"]
     except (control.ControlError, KeyError, TypeError):
         return ""
     held, error = live.get("unrecorded_outcomes") or 0, live.get("journal_error")
@@ -509,8 +509,9 @@ def reload(state_dir: str | None, wait: bool, timeout: float, force: bool) -> No
     while time.monotonic() < deadline:
         time.sleep(0.05)
         try:
-            live = control.reply_field(control.request(paths.control_socket, {"cmd": "status"}, timeout=2.0),
-                                       "master", dict)
+            # The master alone (not a line per running child): only its generation and reload state count here.
+            poll = control.request(paths.control_socket, {"cmd": "status", "running": False}, timeout=2.0)
+            live = control.reply_field(poll, "master", dict)
             now = control.reply_field(live, "generation", int)
         except (control.MalformedReply, control.ForeignServer):
             raise  # something other than a master between images answers: say so now
