@@ -18,7 +18,7 @@ import click
 from phoenix import config as config_module
 from phoenix.app import AppError, check_pools, decode_params, load_app, resolve_target
 from phoenix.cli import actions
-from phoenix.cli.replacement import default_daemon_log, run_replacement
+from phoenix.cli.replacement import default_daemon_log, replacement_app, run_replacement
 from phoenix.config import Config
 from phoenix.errors import Conflict, PhoenixError, StateError, Unavailable, UsageError
 from phoenix.linux import pidfile
@@ -208,7 +208,10 @@ def start(app: str | None, state_dir: str | None, config_file: str | None, daemo
     from phoenix.master.arbiter import run_master
 
     flags["state_dir"] = state_dir
-    app_spec = app or config_module.load(None, config_file, flags, validate=False).app
+    if handoff.is_replacement():  # (an app removed from phoenix.toml since the start: the one that ran)
+        app_spec = replacement_app(app, config_file, flags)
+    else:
+        app_spec = app or config_module.load(None, config_file, flags, validate=False).app
     if not app_spec:
         fail("no app given: name it as `phoenix start package.module:app`, or set app in phoenix.toml")
     flags["app"] = app_spec
