@@ -181,7 +181,7 @@ class Master:
         self.run_started_at = float(journal.meta("run_started_at", self.started_at))
         if self.app is not None:
             self.app.journal = journal
-        self.slots = self.slot_limit.fit(self.slots)
+        self.slots = self.slot_limit.fit(self.slots, replacement=bool(inherited))
         self.loop.open()
         if self.app is not None:
             # Now: the app is imported, and neither the callback nor the

@@ -46,7 +46,7 @@ class Reloads(Protocol):
 
 
 class Dispatcher:
-    def __init__(self, master: Commanded, journal: Callable[[], Store], live: Callable[[], dict[str, Any]],
+    def __init__(self, master: Commanded, journal: Callable[[], Store], live: Callable[[bool], dict[str, Any]],
                  jobs_may_be_pending: Callable[[], None], wake_ticker: Callable[[], None], stopping: Stops,
                  handoff: Reloads, discard_spare: Callable[[], None], attempts: AttemptTable, hangs: HangKiller,
                  run_owed_callbacks: Callable[[], None], clock: Clock) -> None:
@@ -68,10 +68,10 @@ class Dispatcher:
         self.clock = clock
 
     def execute(self, command: Command, signum: int | None = None, force: bool = False,
-                keys: list[str] | None = None) -> dict[str, Any]:
+                keys: list[str] | None = None, with_running: bool = True) -> dict[str, Any]:
         """Run one command, however it arrived (a signal or the control socket)."""
         if command == Command.STATUS:
-            return {"ok": True, **self.live()}
+            return {"ok": True, **self.live(with_running)}
         if command == Command.CANCEL:
             return {"ok": True, "cancelled": {key: self.cancel(key) for key in keys or []}}
         if command == Command.WAKE:
@@ -106,7 +106,9 @@ class Dispatcher:
         except BadRequest as exc:
             return {"ok": False, "error": str(exc)}
         # Only `phoenix reload --force` passes the preflight's check of queued targets.
-        return self.execute(command, force=request.get("force") is True, keys=request.get("keys"))
+        # `"running": false` (reload --wait's poll): the master alone, not a line per child (MBs at thousands).
+        return self.execute(command, force=request.get("force") is True, keys=request.get("keys"),
+                            with_running=request.get("running") is not False)
 
     def cancel(self, key: str) -> str:
         """`phoenix cancel`: a pending job is cancelled in the journal; a
