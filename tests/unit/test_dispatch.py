@@ -70,7 +70,8 @@ class Commanding:
                                 lambda: False)
         self.master = Master()
         self.parts = Parts()
-        self.dispatcher = Dispatcher(self.master, lambda: self.journal, lambda: {"running": len(self.attempts)},
+        self.dispatcher = Dispatcher(self.master, lambda: self.journal,
+                                     lambda with_running=True: {"running": len(self.attempts)},
                                      lambda: self.parts.asked.append("wake"),
                                      lambda: self.parts.asked.append("wake_ticker"), self.parts, self.parts,
                                      lambda: self.parts.asked.append("discard_spare"), self.attempts, self.hangs,
