@@ -21,7 +21,8 @@
 #   APP_ROOT           holds `current` and `releases/`                (default /srv/myapp)
 #   PHOENIX_STATE_DIR  the running master's state directory           (default /var/lib/myapp/phoenix)
 #   PHOENIX            the phoenix command                            (default $APP_ROOT/venv/bin/phoenix)
-#   PYTHON             the interpreter Phoenix runs on, for compileall (default: python beside $PHOENIX)
+#   PYTHON             the interpreter Phoenix runs on, for compileall (default: python beside
+#                      $PHOENIX, else the one its first line names)
 #   RELOAD_TIMEOUT     seconds to wait for the new master             (default 120)
 #   DEPLOY_FORCE       1: deploy even if the release lacks job targets that
 #                      queued jobs use (those jobs then fail)         (default 0)
@@ -39,7 +40,29 @@ fi
 APP_ROOT=${APP_ROOT:-/srv/myapp}
 STATE_DIR=${PHOENIX_STATE_DIR:-/var/lib/myapp/phoenix}
 PHOENIX=${PHOENIX:-$APP_ROOT/venv/bin/phoenix}
-PYTHON=${PYTHON:-$(dirname "$PHOENIX")/python}
+
+# The interpreter the `phoenix` script runs on: `python` beside it (a venv's bin/), else the one its
+# first line names (pip's /usr/local/bin/phoenix, pipx: `#!/path/python`, `#!/usr/bin/env python3`,
+# or pip's `#!/bin/sh` then `'''exec' "/path/python"` for a long path). Empty when none is found.
+python_of() {
+    script=$(command -v "$1" 2>/dev/null || echo "$1")
+    if [ -x "$(dirname "$script")/python" ]; then
+        echo "$(dirname "$script")/python"
+        return
+    fi
+    first=$(head -n 1 "$script" 2>/dev/null | sed -n 's/^#![[:space:]]*//p')
+    # shellcheck disable=SC2086 # split on purpose: the interpreter and its argument
+    set -- $first
+    case ${1:-} in
+        */env) interpreter=${2:-} ;;
+        */sh) interpreter=$(sed -n "2s/^'''exec' \"\\([^\"]*\\)\".*/\\1/p" "$script") ;;
+        *) interpreter=${1:-} ;;
+    esac
+    if [ -n "$interpreter" ] && "$interpreter" -c 'import sys' >/dev/null 2>&1; then
+        command -v "$interpreter"
+    fi
+}
+PYTHON=${PYTHON:-$(python_of "$PHOENIX")}
 RELOAD_TIMEOUT=${RELOAD_TIMEOUT:-120}
 FORCE=
 if [ "${DEPLOY_FORCE:-0}" = 1 ]; then FORCE=--force; fi
@@ -61,7 +84,11 @@ fi
 
 # After the check: a release that does not import has been refused with its reason by now. A file
 # that does not compile (one no job imports) only costs its own compilation at import.
-if ! "$PYTHON" -m compileall -q "$release" >/dev/null; then
+if [ -z "$PYTHON" ] || ! command -v "$PYTHON" >/dev/null 2>&1; then
+    echo "deploy: warning: no Python interpreter found for $PHOENIX (${PYTHON:-none beside it, none in its" \
+         "first line}): the bytecode of $release is not compiled, the new image compiles it at import;" \
+         "set PYTHON= to the interpreter Phoenix runs on" >&2
+elif ! "$PYTHON" -m compileall -q "$release" >/dev/null; then
     echo "deploy: warning: some files of $release do not compile (\`$PYTHON -m compileall $release\` names them);" \
          "they are compiled at import" >&2
 fi

@@ -14,7 +14,7 @@ import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from phoenix.config import Config, ConfigError, parse_max_memory
+from phoenix.config import Config, ConfigError, check_pool_capacity, parse_max_memory
 from phoenix.errors import UsageError
 from phoenix.linux.untrusted import MAX_JSON_DEPTH, MAX_KEY_BYTES, json_too_deep, visible
 from phoenix.rules.schedule import OVERLAP_SKIP, Schedule, ScheduleError, due_time, make_schedule, parse_priority
@@ -84,8 +84,11 @@ class JobInfo:
 
 
 def check_pools(app: App, pools: dict[str, int]) -> None:
-    """Every pool the app's jobs name has a capacity (App(pools=...), [pools]
-    in phoenix.toml or PHOENIX_POOLS), or AppError naming the fix."""
+    """Every pool has a capacity a master can register, and every pool the
+    app's jobs name has one (App(pools=...), [pools] in phoenix.toml or
+    PHOENIX_POOLS), or an error naming the fix."""
+    for name, capacity in pools.items():
+        check_pool_capacity(name, capacity)
     for spec in app.jobs.values():
         if spec.pool is not None and spec.pool not in pools:
             known = ", ".join(sorted(pools)) or "none"

@@ -18,9 +18,21 @@ from typing import Any, Callable
 from phoenix.errors import UsageError
 from phoenix.linux.untrusted import visible
 
+# The largest pool capacity: every store keeps it in a 32-bit column (PostgreSQL
+# `integer`), and a master that cannot register its pools cannot start.
+POOL_CAPACITY_MAX = 2**31 - 1
+
 
 class ConfigError(UsageError, ValueError):
     """A setting is missing, of the wrong type, or out of range."""
+
+
+def check_pool_capacity(name: str, capacity: Any) -> None:
+    """A pool's capacity is a whole number the stores can keep, or ConfigError
+    (Config.validate, and `phoenix submit`, which does not validate the rest)."""
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or not 0 <= capacity <= POOL_CAPACITY_MAX:
+        raise ConfigError(f"pool {name!r} needs a capacity that is a whole number from 0 to "
+                          f"{POOL_CAPACITY_MAX} (got {capacity!r}): pools = {{\"{name}\": 10}}")
 
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -103,9 +115,9 @@ class Config:
     job_output_max_bytes: int = field(default=1024 * 1024, metadata=doc(
         "a job's stdout and stderr kept per attempt, the last part of it (at least 4096; see Writing jobs)"))
     pools: dict[str, int] = field(default_factory=dict, metadata=doc(
-        "global resource pools, name -> capacity: at most that many attempts of the jobs that name the pool "
-        "(`@app.job(pool=...)`) run at once across every master sharing the store; a `[pools]` table, "
-        "`PHOENIX_POOLS=db=10,api=3` (see Scheduling and limits)"))
+        "global resource pools, name -> capacity (0 to 2147483647): at most that many attempts of the jobs "
+        "that name the pool (`@app.job(pool=...)`) run at once across every master sharing the store; "
+        "a `[pools]` table, `PHOENIX_POOLS=db=10,api=3` (see Scheduling and limits)"))
     max_memory: str | None = field(default=None, metadata=doc(
         'the default limit of a job\'s resident memory, e.g. "512M" or "2G" (at least 32M); a job past it is '
         'killed, reason max_memory (`@app.job(max_memory=...)` wins; see Batches and long jobs); unset: none'))
@@ -146,9 +158,7 @@ class Config:
         for name, capacity in self.pools.items():
             if not name or visible(name) != name or len(name) > 200:
                 raise ConfigError(f"pool name '{visible(name[:200])}' must be printable text (at most 200 characters)")
-            if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
-                raise ConfigError(f"pool {name!r} needs a capacity that is a whole number, 0 or more "
-                                  f"(got {capacity!r}): pools = {{\"{name}\": 10}}")
+            check_pool_capacity(name, capacity)
         if self.node is not None and not self.node.strip():
             raise ConfigError("node must not be empty")
         if self.node is not None and visible(self.node) != self.node:

@@ -17,7 +17,7 @@ stderr, never a traceback, and this exit code):
     ├── Unavailable   exit 1: the store or the master cannot be reached now; trying again may work
     │   ├── StoreUnavailable, NoPidfile
     │   └── ControlError
-    │       └── ForeignServer, MalformedReply, NoAnswer (delivered, unanswered: exit 4)
+    │       └── ForeignServer, MalformedReply, CutOff, NoAnswer (delivered, unanswered: exit 4)
     └── InternalError a rule of Phoenix's own was broken: a bug, shown with its traceback
         └── BadTransition
 

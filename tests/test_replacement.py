@@ -16,6 +16,7 @@ import pytest
 
 from phoenix.linux.paths import StatePaths
 from phoenix.store.sqlite import Journal
+from phoenix.wire import control
 from tests.apps.replace_tools import (
     APP,
     HEARTBEAT_TIMEOUT,
@@ -99,6 +100,10 @@ def test_in_place_usr2_keeps_the_pid_and_the_children(master_factory, state_dir,
     assert running_pids(state_dir, keys) == before  # the same processes, adopted
     assert all(alive(pid) for pid in before.values())
     assert live(state_dir)["master"]["reload"]["state"] == "ready"
+    # reload --wait's poll asks for the master alone: no line per child (400 KB at 4,000 children).
+    brief = control.request(StatePaths(state_dir).control_socket, {"cmd": "status", "running": False})
+    assert "running" not in brief and brief["master"]["generation"] == 2, brief
+    assert set(live(state_dir)["running"]) == {str(job["id"]) for key, job in master.jobs().items() if key in keys}
     # A short fd list came in the environment, in the form every release reads (a rollback works);
     # only a list too long for it (thousands of children) goes in a memfd (tests/unit/test_handover_list.py).
     environ = dict(item.split(b"=", 1)
@@ -500,3 +505,26 @@ def test_a_stop_during_a_fork_mode_hand_over_waits_for_the_new_master_and_stops_
     finally:
         if new is not None:
             stop_foreign_master(new)
+
+
+def test_an_app_removed_from_the_config_before_usr2_is_the_one_the_new_image_runs(master_factory, state_dir,
+                                                                                   tmp_path):
+    # Found from outside: the new image found no app ("no app given") and exited, leaving its jobs masterless.
+    config = tmp_path / "phoenix.toml"
+    config.write_text(f'app = "{APP}"\n')
+    master = master_factory("--config", str(config), app=APP, start=False)
+    master.command.remove(APP)  # the app named by the configuration only
+    master.start()
+    done = tmp_path / "done"
+    master.submit(UNTIL, {"path": str(done)}, key="long")
+    before = running_pids(state_dir, ["long"])
+    config.write_text("")  # the app setting removed between the start and the USR2
+    master.signal(signal.SIGUSR2)
+    master.wait_log("ready generation=2", timeout=SLOW)
+    status = live(state_dir)["master"]
+    assert status["pid"] == master.pid and status["state"] == "running" and status["app"] == APP, status
+    assert "error: no app given" not in master.log()
+    assert "running the one the old image ran" in master.log()
+    assert running_pids(state_dir, ["long"]) == before
+    done.touch()
+    assert master.wait_jobs_done(["long"], timeout=SLOW)["long"]["attempt"] == 1

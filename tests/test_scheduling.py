@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import REPO, Master, phoenix_cli, wait_for
 
 SCHEDULED = "tests.apps.scheduled:app"
@@ -50,13 +52,15 @@ def test_a_delayed_job_waits_scheduled_then_starts_on_time_across_a_usr2(master_
     wait_for(lambda: runs(runs_file), SLOW, "the delayed job to run")
     [run] = runs(runs_file)
     assert due <= run["at"] < due + ON_TIME, run["at"] - due
-    assert master.jobs()["later"]["state"] == "finished"
+    # The job wrote its run before it returned: its outcome is recorded a moment later.
+    wait_for(lambda: master.jobs()["later"]["state"] == "finished", SLOW, "the delayed job's outcome")
 
 
 def test_bad_times_and_priorities_are_refused_in_one_line(state_dir):
     for args, words in ((["--at", "2026-12-07T10:00:00"], "has no offset"), (["--in", "-5"], "0 or more"),
                         (["--in", "soon"], "number of seconds"), (["--priority", "-1"], "whole number"),
-                        (["--priority", "high"], "whole number")):
+                        (["--priority", "high"], "whole number"), (["--in", "1e300"], "at most"),
+                        (["--in", "1e15"], "at most"), (["--at", "0001-01-01T00:00:00+14:00"], "out of range")):
         result = phoenix_cli("submit", NOTE, "{}", *args, state_dir=state_dir)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -196,5 +200,38 @@ def test_a_job_of_an_unknown_pool_is_refused_at_check_start_and_submit(tmp_path)
         result = phoenix_cli(*args, cwd=tmp_path)
         assert result.returncode == 2, (args, result.stderr)
         assert "pool 'dbb', which has no capacity (pools known: db)" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "state" / "journal.db").exists()  # nothing written
+
+
+@pytest.mark.parametrize(("pools", "env"), [
+    ("{'db': 2**64}", {}),  # past SQLite's integer: OverflowError when the master registered its pools
+    ("{'db': 2}", {"PHOENIX_POOLS": "db=3000000000"}),  # past PostgreSQL's integer column
+    ("{'db': 2}", {"PHOENIX_POOLS": "db=99999999999999999999"}),
+])
+def test_a_capacity_too_large_for_the_store_is_refused_by_check_and_start(tmp_path, pools, env):
+    """`check` is the USR2 preflight: what it passes, the new image must be
+    able to register, or the children are left with no master."""
+    (tmp_path / "huge.py").write_text(f'import phoenix\napp = phoenix.App(pools={pools})\n\n\n'
+                                      '@app.job(pool="db")\ndef write(params):\n    pass\n')
+    for args in (["check", "huge:app"], ["start", "huge:app", "--state-dir", str(tmp_path / "state")]):
+        result = phoenix_cli(*args, cwd=tmp_path, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "pool 'db' needs a capacity that is a whole number from 0 to 2147483647" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "state" / "journal.db").exists()  # nothing written
+
+
+@pytest.mark.parametrize("capacity", ["-1", "1.5"])
+def test_a_bad_capacity_is_refused_at_check_start_and_submit(tmp_path, capacity):
+    """submit imports the app: a job no master of it could ever run is not recorded."""
+    (tmp_path / "badpool.py").write_text(f'import phoenix\napp = phoenix.App(pools={{"db": {capacity}}})\n\n\n'
+                                         '@app.job(pool="db")\ndef write(params):\n    pass\n')
+    for args in (["check", "badpool:app"], ["start", "badpool:app", "--state-dir", str(tmp_path / "state")],
+                 ["submit", "badpool:write", "{}", "--state-dir", str(tmp_path / "state")]):
+        result = phoenix_cli(*args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert f"pool 'db' needs a capacity that is a whole number from 0 to 2147483647 (got {capacity})" \
+            in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "state" / "journal.db").exists()  # nothing written

@@ -359,3 +359,39 @@ def test_deploy_script_switches_the_symlink_and_reloads(master_factory, state_di
     done.touch()
     job = master.wait_jobs_done(["long"], timeout=SLOW)["long"]
     assert job["state"] == "finished" and job["attempt"] == 1  # ran across every release, once
+
+
+def test_deploy_compiles_with_the_interpreter_a_pip_installed_phoenix_names(master_factory, state_dir, tmp_path):
+    # pip's /usr/local/bin/phoenix and pipx's have no `python` beside them: the script's first line names it.
+    root = tmp_path / "srv"
+    r1, r2, r3 = _release(root, "r1"), _release(root, "r2"), _release(root, "r3")
+    current = root / "current"
+    current.symlink_to(r1)
+    master_factory(app="deployed_app:app", env={"PWD": str(current)}, cwd=current)
+    installed = tmp_path / "usr-local-bin"
+    installed.mkdir()
+    (installed / "phoenix").write_text((BIN / "phoenix").read_text())  # `#!/path/to/python3`, nothing beside it
+    (installed / "phoenix").chmod(0o755)
+    wrapper = tmp_path / "wrapper" / "phoenix"  # a shell wrapper: no interpreter to be found
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec "{BIN / "phoenix"}" "$@"\n')
+    wrapper.chmod(0o755)
+
+    def deploy(release: Path, phoenix: Path) -> subprocess.CompletedProcess[str]:
+        env = {key: value for key, value in os.environ.items() if key != "PYTHON"}
+        env.update(APP_ROOT=str(root), PHOENIX_APP="deployed_app:app", PHOENIX_STATE_DIR=str(state_dir),
+                   PHOENIX=str(phoenix), RELOAD_TIMEOUT="30", PYTHONDONTWRITEBYTECODE="1")
+        return subprocess.run([str(REPO / "deploy" / "deploy.sh"), str(release)], env=env, capture_output=True,
+                              text=True, timeout=60, cwd=tmp_path)
+
+    result = deploy(r2, installed / "phoenix")
+    assert result.returncode == 0, result
+    assert "warning" not in result.stderr, result.stderr
+    assert list((r2 / "__pycache__").glob("deployed_app.*.pyc")), sorted(os.listdir(r2))
+
+    result = deploy(r3, wrapper)  # deployed all the same, and said plainly what was not done
+    assert result.returncode == 0, result
+    assert "no Python interpreter found for" in result.stderr and "set PYTHON=" in result.stderr, result.stderr
+    assert "do not compile" not in result.stderr
+    assert not (r3 / "__pycache__").exists()
+    assert live(state_dir)["master"]["generation"] == 3

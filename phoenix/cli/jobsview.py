@@ -87,7 +87,12 @@ def show_report(journal: Store, job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _clock(at: float | None) -> str:
-    return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    if at is None:
+        return "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    except (OverflowError, ValueError, OSError, TypeError):  # a stored time no date can show: shown as it is
+        return f"{visible(repr(at))[:40]} (not a date)"
 
 
 def render_show(report: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ import click
 from phoenix import config as config_module
 from phoenix.app import AppError, check_pools, decode_params, load_app, resolve_target
 from phoenix.cli import actions
-from phoenix.cli.replacement import default_daemon_log, run_replacement
+from phoenix.cli.replacement import default_daemon_log, replacement_app, run_replacement
 from phoenix.config import Config
 from phoenix.errors import Conflict, PhoenixError, StateError, Unavailable, UsageError
 from phoenix.linux import pidfile
@@ -209,7 +209,10 @@ def start(app: str | None, state_dir: str | None, config_file: str | None, daemo
     from phoenix.master.arbiter import run_master
 
     flags["state_dir"] = state_dir
-    app_spec = app or config_module.load(None, config_file, flags, validate=False).app
+    if handoff.is_replacement():  # (an app removed from phoenix.toml since the start: the one that ran)
+        app_spec = replacement_app(app, config_file, flags)
+    else:
+        app_spec = app or config_module.load(None, config_file, flags, validate=False).app
     if not app_spec:
         fail("no app given: name it as `phoenix start package.module:app`, or set app in phoenix.toml")
     flags["app"] = app_spec
@@ -341,7 +344,7 @@ def submit(target: str, params: str, key: str | None, run_in: str | None, run_at
         client = Client(store=shared, warn=_warn_once)
     else:
         spec = resolve_target(target)
-        if spec.pool is not None and spec.app is not None:  # a pool its configuration does not have: refused now
+        if spec.app is not None:  # pools a master of its app would refuse (unknown, bad capacity): refused now
             check_pools(spec.app, _settings({"state_dir": state_dir}, spec.app.settings).pools)
         paths = _state_paths(state_dir, app_settings=spec.app.settings if spec.app is not None else None)
         client = Client(state_dir=str(paths.root), warn=_warn_once)
@@ -480,7 +483,7 @@ def _running_master(paths: StatePaths) -> int | None:
 def _why_still_running(paths: StatePaths) -> str:
     """What a master that does not stop waits for, if it says."""
     try:
-        live = control.request(paths.control_socket, {"cmd": "status"}, timeout=2.0)["master"]
+        live = control.request(paths.control_socket, {"cmd": "status", "running": False}, timeout=2.0)["master"]
     except (control.ControlError, KeyError, TypeError):
         return ""
     held, error = live.get("unrecorded_outcomes") or 0, live.get("journal_error")
@@ -519,8 +522,9 @@ def reload(state_dir: str | None, wait: bool, timeout: float, force: bool) -> No
     while time.monotonic() < deadline:
         time.sleep(0.05)
         try:
-            live = control.reply_field(control.request(paths.control_socket, {"cmd": "status"}, timeout=2.0),
-                                       "master", dict)
+            # The master alone (not a line per running child): only its generation and reload state count here.
+            poll = control.request(paths.control_socket, {"cmd": "status", "running": False}, timeout=2.0)
+            live = control.reply_field(poll, "master", dict)
             now = control.reply_field(live, "generation", int)
         except (control.MalformedReply, control.ForeignServer):
             raise  # something other than a master between images answers: say so now

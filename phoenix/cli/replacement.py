@@ -20,11 +20,32 @@ def start_replacement(params: dict[str, Any]) -> int | None:
     which cli/main.py's start then refuses as it refuses it in a first image."""
     flags = dict(params)
     app, config_file, daemon = flags.pop("app"), flags.pop("config_file"), flags.pop("daemon")
-    app_spec = app or config_module.load(None, config_file, flags, validate=False).app
+    app_spec = replacement_app(app, config_file, flags)
     if not app_spec:
         return None
     flags["app"] = app_spec
     return run_replacement(app_spec, config_file, flags, daemon)
+
+
+def replacement_app(app: str | None, config_file: str | None, flags: dict[str, Any]) -> str | None:
+    """The app a new image after USR2 runs: the command line's, else the
+    configuration's, else the one the old image ran (phoenix.toml's `app`
+    removed since the start, or the file unreadable now): a replacement that
+    exits for want of an app leaves its running jobs without a master."""
+    if app:
+        return app
+    try:
+        configured = config_module.load(None, config_file, flags, validate=False).app
+    except ConfigError:
+        configured = None  # the full load after the app's import says what is wrong (the image runs degraded)
+    if configured:
+        return configured
+    ran = handoff.handed_over_config().app
+    if ran:
+        print(f"phoenix: warning: no app given on the command line or in the configuration now: running the one "
+              f"the old image ran ({visible(ran)}); name it (`phoenix start {visible(ran)}` or app in phoenix.toml) "
+              "so that a fresh start finds it too", file=sys.stderr)
+    return ran
 
 
 def default_daemon_log(flags: dict[str, Any], config_file: str | None, app_settings: dict[str, Any]) -> None:

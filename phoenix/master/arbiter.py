@@ -19,7 +19,7 @@ field has one writer that checks the move (rules/states.py).
         scheduler.spawn_pending_jobs()  # through the one slot gate (policy.may_start_jobs)
         spawner.replenish()           # the spare child (and the fork server, if it must be restarted)
         settler.settle()              # callbacks that ended or overran
-        handoff steps, check_finished, title, watchdog, watch_storage
+        handoff steps, stopping.check_finished, title, watchdog, storage.watch_storage
 
 Everything worth keeping is in the journal first, so that a replacement of
 this process (handoff.py), a stop or a crash loses nothing.
@@ -39,15 +39,16 @@ from typing import Any, Callable
 from phoenix import log
 from phoenix.app import App
 from phoenix.config import Config, parse_max_memory
-from phoenix.linux import lineage, pid1, systemd
+from phoenix.linux import lineage, systemd
 from phoenix.linux.clock import SYSTEM, Clock
 from phoenix.linux.paths import StatePaths
-from phoenix.linux.pidfile import AlreadyRunning, PidFile
+from phoenix.linux.pidfile import PidFile
 from phoenix.linux.signals import SignalFD, set_child_subreaper
 from phoenix.linux.sockets import bind_heartbeat
 from phoenix.master import exits, handoff, metrics
 from phoenix.master.attempts import AttemptTable
 from phoenix.master.callbacks import CallbackRunner
+from phoenix.master.dispatch import Dispatcher
 from phoenix.master.hangs import HangKiller, signal_attempt
 from phoenix.master.heartbeats import HeartbeatIntake
 from phoenix.master.leasekeeper import LeaseKeeper
@@ -63,36 +64,32 @@ from phoenix.master.spawner import Spawner
 from phoenix.master.specs import JobSpecs
 from phoenix.master.statefiles import StateFiles
 from phoenix.master.status import Status
+from phoenix.master.stopping import Stopping
+from phoenix.master.storage import Storage
 from phoenix.master.ticker import Ticker
-from phoenix.rules.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS, BadRequest, Command, from_request
+from phoenix.rules.commands import HANDLED_SIGNALS, SIGNAL_COMMANDS
 from phoenix.rules.liveness import master_was_away
 from phoenix.rules.policy import RestartBudget, may_start_jobs
 from phoenix.rules.states import MASTER_TRANSITIONS, HandoffPhase, KillReason, MasterState, StopMode, check_move
 from phoenix.store.base import (
-    SQLITE,
-    WAITING,
-    FileStore,
-    JournalError,
     SharedStore,
-    Store,
-    StoreUnavailable,
     default_node,
     is_url,
     redact,
 )
 from phoenix.store.open import open_store
-from phoenix.store.outage import STORAGE_ERRORS, JournalOutage, file_identity
+from phoenix.store.outage import JournalOutage
 from phoenix.wire import control as control_socket
 from phoenix.wire.control import ControlServer
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 event = log.event
-STATE_DIR_CHECK = 1.0
 
 
 class Master:
     # Built in open(), once the store is open (before any of them is called).
     handoff: handoff.Handoff
+    dispatcher: Dispatcher
     state_files: StateFiles
     status: Status
     recorder: OutcomeRecorder
@@ -117,10 +114,6 @@ class Master:
         self.children = AttemptTable()  # pid -> running attempt
         self.signals: list[int] = []
         self.state = MasterState.STARTING
-        self.stop_mode: StopMode | None = None
-        self.exit_wait_noted = False  # stop_waits_for_journal said
-        self.stop_error: str | None = None  # why the stop itself could not be recorded
-        self.crash_error: str | None = None  # what ended the loop, if an error did
         self.budget = RestartBudget(config.restart_intensity, config.restart_period)
         self.counters = metrics.Counters()
         self.specs = JobSpecs(app, lambda: self.config)
@@ -130,7 +123,7 @@ class Master:
                                       self.hold_checkpoints)
         self.hangs = HangKiller(self.children, self.loop, lambda: self.config, self.counters, self.intake,
                                 self.read_heartbeats, lambda: self.state_files.heartbeat_restored())
-        self.progress = ProgressWriter(lambda: self.journal, self.intake.reported, self.clock.monotonic)
+        self.progress = ProgressWriter(lambda: self.storage.journal(), self.intake.reported, self.clock.monotonic)
         self.memory = MemoryWatchdog(self.children, self.counters, self.clock.monotonic,
                                      lambda: parse_max_memory(self.config.max_memory, "max_memory"),
                                      lambda attempt: signal_attempt(attempt, signal.SIGKILL))
@@ -138,14 +131,11 @@ class Master:
         self.replacements = 0
         self.last_woke = self.clock.monotonic()  # when the loop last returned from its sleep
         self.started_at = time.time()
-        self.exit_code = 0
-        self.stop_signal: int | None = None  # what asked this master to stop (see exits.py)
         self.spawner = Spawner(app_spec, lambda: self.config, self.paths, self.specs, self.loop, lambda: self.slots,
                                self.wants_spare)
         self.watchdog = systemd.Watchdog(clock)  # WATCHDOG=1 when systemd's WatchdogSec asks for it
         self.outage = JournalOutage(redact(config.store) if is_url(config.store) else str(self.paths.journal),
                                      clock)
-        self.next_state_dir_check = 0.0
         self.node = config.node or default_node(config.state_dir)  # its name in a shared store
         self.leases: LeaseKeeper | None = None  # a shared store's lease (leasekeeper.py)
 
@@ -178,17 +168,20 @@ class Master:
 
     def _open_under_lock(self, inherited: dict[str, int]) -> None:
         # After an exec, the preflight checked the journal.
-        self.journal: Store = open_store(self.config.store, self.paths.journal, node=self.node,
-                                         verify=not inherited, lease_ttl=self.config.lease_ttl)
-        self.journal_identity = None if self.journal.shared else file_identity(self.paths.journal)
+        self.storage = Storage(open_store(self.config.store, self.paths.journal, node=self.node,
+                                          verify=not inherited, lease_ttl=self.config.lease_ttl),
+                               self.paths, self.outage, self.clock, self.children, self.app, self.pidfile,
+                               self.intake.retry_unheld, lambda: self.state_files, lambda: self.control,
+                               lambda: self.scheduler, lambda: self.settler, lambda: self.leases)
+        journal = self.storage.journal()
         # Recorded in the journal only once ready: a start that fails records no generation.
-        self.generation = int(self.journal.meta("generation", 0)) + 1
+        self.generation = int(journal.meta("generation", 0)) + 1
         if not inherited:  # a run starts here; replacement images carry it on (see exits.py)
-            self.journal.set_meta(run_started_at=self.started_at)
-        self.run_started_at = float(self.journal.meta("run_started_at", self.started_at))
+            journal.set_meta(run_started_at=self.started_at)
+        self.run_started_at = float(journal.meta("run_started_at", self.started_at))
         if self.app is not None:
-            self.app.journal = self.journal
-        self.slots = self.slot_limit.fit(self.slots)
+            self.app.journal = journal
+        self.slots = self.slot_limit.fit(self.slots, replacement=bool(inherited))
         self.loop.open()
         if self.app is not None:
             # Now: the app is imported, and neither the callback nor the
@@ -209,49 +202,58 @@ class Master:
             control = control_socket.bind(self.paths.control_socket)
         self.intake.watch(self.loop.selector)
         self.callbacks = CallbackRunner(self.config.callback_threads, self.clock)
-        self.settler = CallbackSettler(self.app, lambda: self.journal, self.callbacks, lambda: self.config,
-                                       self.counters, self.clock, self.guarded, self.callbacks_held)
-        if self.journal.shared:
-            assert isinstance(self.journal, SharedStore)
-            self.leases = LeaseKeeper(self, self.hangs.interrupt_all, self.journal, lambda: self.config, self.specs,
+        self.settler = CallbackSettler(self.app, self.storage.journal, self.callbacks, lambda: self.config,
+                                       self.counters, self.clock, self.storage.guarded, self.callbacks_held)
+        if journal.shared:
+            assert isinstance(journal, SharedStore)
+            self.leases = LeaseKeeper(self, self.hangs.interrupt_all, journal, lambda: self.config, self.specs,
                                       self.children, self.loop, lambda: self.budget, self.callbacks_held,
                                       self.settler.run_owed, self.jobs_may_be_pending)
             self.leases.register(os.getpid(), self.generation, self.started_at, self.app_spec)
-        self.control = ControlServer(control, self.loop.selector, self.control_request,
+        self.control = ControlServer(control, self.loop.selector,
+                                     lambda request: self.dispatcher.control_request(request),
                                      lambda why: self.counters.reject(why), clock=self.clock)
-        self.handoff = handoff.Handoff(self, lambda: self.config, self.paths, lambda: self.journal, self.outage,
+        self.stopping = Stopping(self, lambda: self.config, self.storage.journal, self.outage, self.children,
+                                 self.callbacks, self.settler, self.spawner, self.hangs, self.control, self.paths,
+                                 self.pidfile, self.leases, lambda: self.scheduler.maybe_pending,
+                                 self.run_started_at, self.clock)
+        self.handoff = handoff.Handoff(self, lambda: self.config, self.paths, self.storage.journal, self.outage,
                                        self.loop, self.intake, self.control, self.pidfile, self.children,
                                        self.settler.run_owed,
-                                       lambda: bool(self.callbacks.running) or self.settler.holds_done())
-        self.status = Status(self, self.app, self.app_spec, lambda: self.journal, self.children, self.counters,
-                             self.spawner, self.handoff, self.outage, self.clock)
+                                       lambda: bool(self.callbacks.running) or self.settler.holds_done(),
+                                       self.storage.reopen_journal, self.stopping.leave_children_running)
+        self.status = Status(self, self.app, self.app_spec, self.storage.journal, self.children, self.counters,
+                             self.spawner, self.handoff, self.outage, self.clock, self.stopping.unrecorded_outcomes)
         # Sockets, pidfile and lock put back if removed under us.
         self.state_files = StateFiles(self.paths, self.children, self.intake, self.control, self.pidfile,
-                                      lambda: self.handoff.successor() is not None, self.check_state_dir_now,
+                                      lambda: self.handoff.successor() is not None, self.storage.check_state_dir_now,
                                       self.clock)
-        self.recorder = OutcomeRecorder(lambda: self.journal, lambda: self.config, lambda: self.budget, self.specs,
-                                        self.paths, self.counters, self.clock, self.guarded, self.settler,
+        self.recorder = OutcomeRecorder(self.storage.journal, lambda: self.config, lambda: self.budget, self.specs,
+                                        self.paths, self.counters, self.clock, self.storage.guarded, self.settler,
                                         self.callbacks_held, lambda: self.scheduler.wake())
-        self.reaper = Reaper(lambda: self.journal, self.children, self.loop, self.specs, self.recorder, self.spawner,
+        self.reaper = Reaper(self.storage.journal, self.children, self.loop, self.specs, self.recorder, self.spawner,
                              self.watchers, self.read_heartbeats, self.handoff.successor)
-        self.scheduler = Scheduler(lambda: self.journal, lambda: self.config, self.generation, str(self.paths.output),
+        self.scheduler = Scheduler(self.storage.journal, lambda: self.config, self.generation, str(self.paths.output),
                                    self.specs, self.children, self.free_slots, self.shared_poll, self.spawner,
                                    self.outage, self.recorder, self.settler.start, self.watchers.watch, self.counters,
                                    self.clock)
-        self.ticker = Ticker(lambda: self.journal, self.app, lambda: self.state, self.counters, self.scheduler.wake,
+        self.ticker = Ticker(self.storage.journal, self.app, lambda: self.state, self.counters, self.scheduler.wake,
                              self.clock)
+        self.dispatcher = Dispatcher(self, self.storage.journal, self.status.live, self.scheduler.wake,
+                                     self.ticker.wake, self.stopping, self.handoff, self.spawner.discard,
+                                     self.children, self.hangs, self.settler.run_owed, self.clock)
         self.loop.watch(self.callbacks.wake_read, self.callbacks.drain_wakeups)
         # Signals blocked across an exec (handoff) are pending in the signalfd
         # and read once the loop runs, after adoption.
         self.loop.watch(self.signal_fd, self._read_signals)
-        self.replacements = self.journal.count_events("replaced") + (1 if inherited else 0)
+        self.replacements = journal.count_events("replaced") + (1 if inherited else 0)
         if self.config.metrics:
             self.counters.histograms, (host, port) = metrics.serve(self, self.config.metrics)
             event(INFO, "metrics", address=f"http://{host}:{port}/metrics")
         # Guarded: a new image on a disk that filled during its exec must not crash with the children running
         # (it runs in an outage, starting nothing, until the journal takes writes again).
-        self.guarded(functools.partial(self.journal.record_event, "master_start" if not inherited else "replaced",
-                                       self.generation, os.getpid(), self.app_spec))
+        self.storage.guarded(functools.partial(journal.record_event, "master_start" if not inherited else "replaced",
+                                               self.generation, os.getpid(), self.app_spec))
 
     def _read_signals(self) -> None:
         for signum, sender, uid in self.signal_fd.read():
@@ -274,8 +276,9 @@ class Master:
         if self.app is None:
             self.change_state(MasterState.DEGRADED)
             # The reason too: the dashboard reads the store, never this loop.
-            self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
-                                  app=self.app_spec, state="degraded", degraded_reason=self.degraded_reason)
+            self.storage.journal().set_meta(generation=self.generation, master_pid=os.getpid(),
+                                            started_at=self.started_at, app=self.app_spec, state="degraded",
+                                            degraded_reason=self.degraded_reason)
             self.handoff.became_degraded(self.degraded_reason or "no app loaded")
             event(ERROR, "degraded", generation=self.generation, pid=os.getpid(), running=len(self.children),
                   reason=(self.degraded_reason or "").splitlines()[0] if self.degraded_reason else "-",
@@ -283,8 +286,9 @@ class Master:
             self.status.update_title(force=True)
             return
         self.change_state(MasterState.RUNNING)
-        self.journal.set_meta(generation=self.generation, master_pid=os.getpid(), started_at=self.started_at,
-                              app=self.app_spec, state="running", degraded_reason=None)
+        self.storage.journal().set_meta(generation=self.generation, master_pid=os.getpid(),
+                                        started_at=self.started_at, app=self.app_spec, state="running",
+                                        degraded_reason=None)
         self.register_pools(self.app)
         self.handoff.became_ready()
         event(INFO, "ready", generation=self.generation, pid=os.getpid(), app=self.app_spec or "-",
@@ -305,43 +309,43 @@ class Master:
             self.reaper.adopt_running_attempts()
             self.announce_ready()
             self.last_woke = self.clock.monotonic()  # start-up (imports, a journal check) is not absence
-            while self.state != MasterState.STOPPED or self.holds_unwritten():
+            while self.state != MasterState.STOPPED or self.stopping.holds_unwritten():
                 self.wait_for_events()
                 self.run_commands()
                 self.reaper.reap()
                 self.hangs.run_due_timers(self.clock.monotonic())
-                self.guarded(self.ticker.run_if_due)
+                self.storage.guarded(self.ticker.run_if_due)
                 self.memory.look_if_due()
-                self.guarded(self.scheduler.spawn_pending_jobs)
+                self.storage.guarded(self.scheduler.spawn_pending_jobs)
                 self.spawner.replenish()
                 self.settler.settle()
                 self.handoff.continue_when_quiet()
                 self.handoff.enforce_deadline()
-                self.guarded(self.check_finished)
+                self.storage.guarded(self.stopping.check_finished)
                 if not self.outage.active:  # only shown: never a wait on a store that is out
-                    self.guarded(self.progress.write_if_due)
-                self.guarded(self.status.update_title)
+                    self.storage.guarded(self.progress.write_if_due)
+                self.storage.guarded(self.status.update_title)
                 self.watchdog.keep_alive()
-                self.watch_storage()
+                self.storage.watch_storage()
                 if self.leases is not None:
                     self.leases.tick(self.clock.monotonic())
-            if self.stop_signal is not None and self.config.exit_when_done:
-                self.exit_code = exits.stopped_batch(self.stop_signal, self.batch_counts)
+            stopping = self.stopping
+            if stopping.stop_signal is not None and self.config.exit_when_done:
+                stopping.exit_code = exits.stopped_batch(stopping.stop_signal, stopping.batch_counts)
         except Exception as exc:
             # Logged here (the log may be a file no one watches for stderr), and
             # the exit status says so: a supervisor must see a crash as a failure.
-            self.exit_code = 1
-            self.crash_error = f"it crashed ({type(exc).__name__}: {exc}): see its log"
+            self.stopping.exit_code = 1
+            self.stopping.crash_error = f"it crashed ({type(exc).__name__}: {exc}): see its log"
             log.log.exception("crash", extra={"phoenix_fields": {"error": f"{type(exc).__name__}: {exc}"}})
         finally:
-            self.close()
-        return self.exit_code
+            self.stopping.close()
+        return self.stopping.exit_code
 
     def next_deadline(self, now: float) -> float:
         """The earliest moment any part needs the loop (einhorn's Event.timeout)."""
         deadlines = [self.scheduler.next_deadline(now), self.ticker.next_deadline(), self.watchdog.due,
-                     self.outage.next_retry,
-                     self.next_state_dir_check, self.control.next_deadline()]
+                     self.outage.next_retry, self.storage.next_state_dir_check, self.control.next_deadline()]
         if self.leases is not None:
             deadlines.append(self.leases.next_deadline())
         timer = self.loop.timers.next_deadline()
@@ -380,65 +384,7 @@ class Master:
             signum = self.signals.pop(0)
             command = SIGNAL_COMMANDS.get(signum)
             if command is not None:
-                self.execute(command, signum=signum)
-
-    def execute(self, command: Command, signum: int | None = None, force: bool = False,
-                keys: list[str] | None = None) -> dict[str, Any]:
-        """Run one command, however it arrived (a signal or the control socket)."""
-        if command == Command.STATUS:
-            return {"ok": True, **self.status.live()}
-        if command == Command.CANCEL:
-            return {"ok": True, "cancelled": {key: self.cancel(key) for key in keys or []}}
-        if command == Command.WAKE:
-            self.scheduler.wake()
-            self.ticker.wake()  # a delayed job may be due before the earliest known
-        elif command == Command.LEAVE and pid1.is_namespace_init():
-            event(ERROR, "stop_refused", mode="leave-running", reason=pid1.LEAVE_RUNNING_REFUSED)
-            return {"ok": False, "error": pid1.LEAVE_RUNNING_REFUSED}
-        elif command in (Command.STOP, Command.DRAIN, Command.LEAVE):
-            self.begin_stop({Command.STOP: StopMode.TERM, Command.DRAIN: StopMode.DRAIN,
-                             Command.LEAVE: StopMode.LEAVE}[command], signum)
-        elif command == Command.RELOAD:
-            return self.handoff.request_reload(force=force)
-        elif command == Command.RELOAD_CONFIG:
-            self.reload_configuration()
-        elif command == Command.SLOT_MORE:
-            self.set_slots(self.slots + 1)
-            self.scheduler.wake()
-            event(INFO, "workers", workers=self.slots)
-        elif command == Command.SLOT_LESS:
-            self.set_slots(self.slots - 1)
-            event(INFO, "workers", workers=self.slots)
-        elif command == Command.REOPEN_LOGS:
-            self.spawner.discard()  # it holds the old log file; the next one gets the new
-            log.reopen()
-            event(INFO, "logs_reopened")
-        return {"ok": True}
-
-    def control_request(self, request: dict[str, Any]) -> dict[str, Any]:
-        try:
-            command = from_request(request)
-        except BadRequest as exc:
-            return {"ok": False, "error": str(exc)}
-        if request.get("owed") is True and not self.callbacks_held():
-            self.guarded(self.settler.run_owed)  # a batch closed complete owes its on_batch_complete
-        # Only `phoenix reload --force` passes the preflight's check of queued targets.
-        return self.execute(command, force=request.get("force") is True, keys=request.get("keys"))
-
-    def cancel(self, key: str) -> str:
-        """`phoenix cancel`: a pending job is cancelled in the journal; a
-        running one's process group gets TERM, then KILL after kill_grace, and
-        its outcome is `cancelled`. Returns the job's state before."""
-        state = self.journal.cancel_pending(key)
-        if state in WAITING and not self.callbacks_held():
-            self.settler.run_owed()  # its on_failed, owed with the cancel
-        if state == "running":
-            attempt = self.children.with_key(key)
-            if attempt is None:
-                return "running elsewhere"  # no process of this master: nothing to signal
-            self.journal.request_cancel(attempt.attempt_id)  # survives a replacement or a crash mid-cancel
-            self.hangs.cancel(attempt, self.clock.monotonic())
-        return state or "unknown"
+                self.dispatcher.execute(command, signum=signum)
 
     def reload_configuration(self) -> None:
         try:
@@ -461,15 +407,6 @@ class Master:
         if self.handoff.phase != HandoffPhase.FORKED:  # else the new master reads the connections now
             self.intake.read(self.clock.monotonic())
 
-    # -- exits ------------------------------------------------------------------------
-
-    def leave_children_running(self) -> None:
-        """Fork mode, once the new master is ready: exit without touching the
-        children; they are orphaned, keep beating, and the new master adopts them."""
-        self.stop_mode = StopMode.HANDED_OVER
-        self.children.clear()
-        self.change_state(MasterState.STOPPED)
-
     # -- what only the master decides, asked by the parts --------------------------------
 
     def callbacks_held(self) -> bool:
@@ -479,17 +416,6 @@ class Master:
         self.spawner.discard()
         self.reaper.take_server_reports()  # before an exec: exits only this image heard of
 
-    def reopen_journal(self) -> None:
-        """After a failed exec: the journal was closed for it (a shared store
-        connects again by itself, and keeps its lease)."""
-        if self.journal.shared:
-            if self.leases is not None:
-                self.leases.open_listener()  # closed with the store for the exec
-            return
-        self.journal = open_store(SQLITE, self.paths.journal)
-        if self.app is not None:
-            self.app.journal = self.journal
-
     def hold_checkpoints(self, saves: list[tuple[int, int, int, str]]) -> bool:
         """Checkpoints into the journal before they are acknowledged; False if
         that failed (a storage outage: the child writes its outbox instead)."""
@@ -497,10 +423,10 @@ class Master:
 
         def write() -> None:
             nonlocal held
-            self.journal.save_checkpoints(saves)
+            self.storage.journal().save_checkpoints(saves)
             held = True
 
-        self.guarded(write)
+        self.storage.guarded(write)
         return held
 
     def cancel_attempts(self, attempt_ids: set[int]) -> None:
@@ -517,14 +443,14 @@ class Master:
         """Our lease was recovered, and registering again found the node held by
         another master: two masters must never run under one name. Stop."""
         event(ERROR, "node_taken", node=self.node, error=why, effect="stopping: its children were ended")
-        self.exit_code = 2
-        self.begin_stop(StopMode.TERM)
+        self.stopping.exit_code = 2
+        self.stopping.begin_stop(StopMode.TERM)
 
     def register_pools(self, app: App) -> None:
         """The pools' capacities and each job's pool, from this image's code and
         configuration, into the store (where every master's claims read them)."""
         targets = {target: spec.pool for target, spec in app.jobs.items()}
-        for pool, before, now in self.journal.set_pools(self.config.pools, targets):
+        for pool, before, now in self.storage.journal().set_pools(self.config.pools, targets):
             event(INFO if before is None else WARNING, "pool_capacity", pool=pool,
                   capacity=now, before="-" if before is None else before)
 
@@ -543,6 +469,11 @@ class Master:
         return (self.state == MasterState.RUNNING and self.handoff.phase == HandoffPhase.IDLE
                 and not self.outage.active and self.slots > 0)
 
+    def progress_reported(self) -> list[tuple[str, list[Any]]]:
+        """(job key, [done, total, note]) of the running jobs that report progress (the metrics' thread reads it:
+        list() copies the values in one step under the GIL)."""
+        return [(a.key, a.reported) for a in list(self.children.values()) if a.reported is not None]
+
     # -- spawning -------------------------------------------------------------------
 
     def set_slots(self, wanted: int) -> None:
@@ -555,207 +486,6 @@ class Master:
                 and (self.leases is None or self.leases.may_claim(self.clock.monotonic()))):
             return 0
         return self.slots - len(self.children)
-
-    # -- storage faults ---------------------------------------------------------------
-
-    def guarded(self, operation: Callable[[], Any], retry: bool = False) -> None:
-        """Run a step that writes or reads the journal; a storage error starts
-        an outage instead of taking the master down. With `retry`, a write
-        that failed is kept and replayed in order once the journal recovers."""
-        try:
-            if retry and self.outage.active:
-                self.outage.failed(RuntimeError(self.outage.error), _name(operation), operation)
-                return
-            operation()
-        except STORAGE_ERRORS as exc:
-            self.outage.failed(exc, _name(operation), operation if retry else None)
-
-    def check_state_dir_now(self) -> None:
-        """The state-directory check at once, not at its next second (before a heartbeat_timeout kill)."""
-        self.next_state_dir_check = 0.0
-        self.watch_storage()
-
-    def watch_storage(self) -> None:
-        now = self.clock.monotonic()
-        if self.outage.active and self.outage.retry_if_due(self.journal.probe_write):
-            self.intake.retry_unheld()
-            self.scheduler.wake()
-            self.guarded(self.scheduler.reconcile_claims)  # a claim that failed may have committed
-            self.guarded(self.settler.run_owed)  # any that could not be started meanwhile
-        if now < self.next_state_dir_check:
-            return
-        self.next_state_dir_check = now + STATE_DIR_CHECK
-        if not self.journal.shared and file_identity(self.paths.journal) != self.journal_identity:
-            self.rebuild_state_dir()
-        else:
-            self.state_files.check()
-
-    def rebuild_state_dir(self) -> None:
-        """The journal file vanished or was replaced under us: rebuild the state
-        directory from the open journal, and rebind the sockets, lock and pidfile."""
-        if not self.outage.active:  # else said already, and retried every second
-            event(ERROR, "state_dir_lost", path=self.paths.root,
-                  effect="rebuilding it from the open journal; running children are kept")
-        try:
-            self.paths.ensure()
-            assert isinstance(self.journal, FileStore)  # (a shared store has no file to lose)
-            self.journal.restore_file()
-            self.journal.close()
-            self.reopen_journal()
-            self.journal_identity = file_identity(self.paths.journal)
-            self.pidfile.rebuild()
-            self.state_files.rebind_heartbeat()
-            self.control.rebind(control_socket.bind(self.paths.control_socket))
-        except (*STORAGE_ERRORS, AlreadyRunning, JournalError) as exc:
-            self.outage.failed(exc, "rebuild_state_dir")
-            return
-        event(WARNING, "state_dir_rebuilt", path=self.paths.root, running=len(self.children))
-
-    # -- ending -----------------------------------------------------------------------
-
-    def check_finished(self) -> None:
-        if self.state in (MasterState.DRAINING, MasterState.STOPPING):
-            self.note_exit_waits()
-        if self.children or self.callbacks.running:
-            return
-        if self.state in (MasterState.DRAINING, MasterState.STOPPING):
-            self.change_state(MasterState.STOPPED)
-        elif (self.state == MasterState.RUNNING and self.config.exit_when_done
-              and (not self.scheduler.maybe_pending or self.slots == 0)):
-            # (With no slots, pending jobs are never looked for: ask the journal.)
-            counts = self.batch_counts()
-            if counts["pending"] == 0 and counts["running"] == 0:
-                event(INFO, "monitoring_complete", finished=counts["finished"], failed=counts["failed"], running=0)
-                self.exit_code = exits.batch_done(counts)
-                self.change_state(MasterState.STOPPED)
-
-    def unrecorded_outcomes(self) -> int:
-        """Outcomes this master has that the journal has not taken yet: finals
-        received and not held (their children wait for the ack), and outcome
-        records queued by an outage."""
-        waiting = sum(1 for a in self.children.values() if a.holds_only_copy())
-        return waiting + sum(1 for doing, _redo in self.outage.unwritten if doing == "record")
-
-    def holds_unwritten(self) -> bool:
-        """Journal writes that failed and wait to be replayed: the master does
-        not exit with them (a stop, a drain, --leave-running, a hand-over), or
-        outcomes and callbacks done would be lost; it retries every second
-        until the journal takes them. Not for a damaged journal, which no wait
-        mends: close() says what is lost with it."""
-        if not self.holds_unwritten_waits():
-            return False
-        self.note_exit_waits()
-        return True
-
-    def holds_unwritten_waits(self) -> bool:
-        """Failed journal writes that a wait may yet land (the journal is not damaged)."""
-        return bool(self.outage.unwritten) and not self.outage.damaged
-
-    def note_exit_waits(self) -> None:
-        """Say once why a stop is waiting for the journal."""
-        if self.exit_wait_noted or not self.outage.active:
-            return
-        held = self.unrecorded_outcomes()
-        if not any(a.holds_only_copy() for a in self.children.values()) and not self.holds_unwritten_waits():
-            return  # nothing keeps this stop waiting
-        self.exit_wait_noted = True
-        event(ERROR, "stop_waits_for_journal", unrecorded_outcomes=held, unwritten=len(self.outage.unwritten),
-              error=self.outage.error,
-              effect="the master exits once the journal takes them (retried every 1 s): free space or fix "
-                     "the state directory; a SIGKILL now leaves them to the children that still hold them")
-
-    def progress_reported(self) -> list[tuple[str, list[Any]]]:
-        """(job key, [done, total, note]) of the running jobs that report progress (the metrics' thread reads it:
-        list() copies the values in one step under the GIL)."""
-        return [(a.key, a.reported) for a in list(self.children.values()) if a.reported is not None]
-
-    def batch_counts(self) -> dict[str, int]:
-        return self.journal.batch_counts(self.run_started_at)
-
-    def begin_stop(self, mode: StopMode, signum: int | None = None) -> None:
-        if self.state == MasterState.STOPPED:
-            return  # stopped already; only waiting to write what the journal would not take (holds_unwritten)
-        self.spawner.discard()
-        self.stop_signal = self.stop_signal or signum or exits.STOP_MODE_SIGNALS[mode]
-        if self.state == MasterState.STOPPING and mode == StopMode.TERM:
-            event(WARNING, "stop_now", running=len(self.children))
-            for attempt in list(self.children.values()):
-                if not attempt.holds_only_copy():  # (see below)
-                    signal_attempt(attempt, signal.SIGKILL)
-            return
-        if mode == StopMode.LEAVE:
-            event(INFO, "stop", mode="leave-running", running=len(self.children))
-            self.stop_mode = StopMode.LEAVE
-            self.children.clear()  # they keep running; the next master adopts them
-            self.change_state(MasterState.STOPPED)
-            return
-        if mode == StopMode.DRAIN:
-            if self.state in (MasterState.RUNNING, MasterState.DEGRADED):
-                event(INFO, "drain", running=len(self.children))
-                self.change_state(MasterState.DRAINING)
-            return
-        event(INFO, "stop", mode="term", running=len(self.children))
-        self.change_state(MasterState.STOPPING)
-        now = self.clock.monotonic()
-        for attempt in self.children.values():
-            if attempt.holds_only_copy():
-                # Its job is done: the child only waits for its outcome's ack (or
-                # writes it to the outbox), and holds it until then; a signal
-                # would end the only copy the journal could not take yet.
-                continue
-            self.hangs.interrupt(attempt, now)
-
-    def close(self) -> None:
-        self.spawner.discard()
-        self.callbacks.wait_all(self.config.callback_timeout)
-        self.settler.settle(flush=True)
-        self.callbacks.shutdown()
-        self.control.close()
-        try:
-            self.record_stop()
-        except StoreUnavailable as exc:  # a shared store out of reach: its lease lapses, and others recover
-            event(ERROR, "stop_unrecorded", error=str(exc), unwritten=len(self.outage.unwritten),
-                  effect="the lease lapses; another master recovers what this one could not record")
-            self.stop_error = str(exc)
-            self.exit_code = self.exit_code or 1
-        except STORAGE_ERRORS as exc:  # a full disk, say: every outcome is recorded (holds_unwritten), not the stop
-            held = self.unrecorded_outcomes()
-            event(ERROR, "stop_unrecorded", error=str(exc), unrecorded_outcomes=held,
-                  effect=(f"{held} outcome(s) stay with their children, which the next master adopts; "
-                          if held else "every outcome is recorded; ")
-                  + "the next master finds this one's stop missing, as after a crash")
-            self.stop_error = str(exc)
-            self.exit_code = self.exit_code or 1
-        if self.outage.unwritten:  # only with a damaged journal (holds_unwritten)
-            event(ERROR, "exit_unwritten", unwritten=len(self.outage.unwritten), error=self.outage.error,
-                  effect="these journal writes are lost with the damaged journal; outcomes in the outbox and "
-                         "with running children are kept for the next master")
-        if self.stop_mode != StopMode.HANDED_OVER:
-            for path in (self.paths.heartbeat_socket, self.paths.control_socket):
-                path.unlink(missing_ok=True)
-            systemd.notify("STOPPING=1")
-        self.pidfile.release()
-        self.journal.close()
-        event(INFO, "exit", pid=os.getpid(), code=self.exit_code)
-        error = f"it could not record its stop ({self.stop_error})" if self.stop_error else self.crash_error
-        self.control.report_exit({"ok": error is None, "exit_code": self.exit_code, "error": error})
-
-    def record_stop(self) -> None:
-        if self.stop_mode == StopMode.HANDED_OVER:
-            # The sockets, the pidfile and the journal's meta are the new master's now.
-            handoff.oldbin(self.paths).unlink(missing_ok=True)
-            self.journal.record_event("handed_over", self.generation, os.getpid(), None)
-            return
-        self.journal.set_meta(state="stopped")
-        self.journal.record_event("master_stop", self.generation, os.getpid(), self.stop_mode)
-        if self.leases is not None:
-            self.leases.release("left" if self.stop_mode == StopMode.LEAVE else "stopped")
-
-
-
-def _name(operation: Callable[..., Any]) -> str:
-    inner = getattr(operation, "func", operation)
-    return getattr(inner, "__name__", "journal write")
 
 
 def _hold_standard_fds() -> None:

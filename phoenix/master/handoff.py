@@ -62,9 +62,7 @@ class Replaced(Protocol):
     generation: int
     state: MasterState
 
-    def leave_children_running(self) -> None: ...  # fork mode: the new master is ready; exit without them
     def end_spare(self) -> None: ...  # the spare runs this image's code: ended before an exec or a fork
-    def reopen_journal(self) -> None: ...  # after a failed exec (the journal was closed for it)
 
 
 class Links(Protocol):
@@ -246,8 +244,12 @@ class Handoff:
     def __init__(self, master: Replaced, config: Callable[[], Config], paths: StatePaths, journal: Callable[[], Store],
                  outage: JournalOutage, loop: Loop, links: Links, control: ControlServer, pidfile: PidFile,
                  attempts: Sized, run_owed_callbacks: Callable[[], None],
-                 callbacks_running: Callable[[], bool]) -> None:
-        """`journal`: the store open now (reopened after a failed exec).
+                 callbacks_running: Callable[[], bool], reopen_journal: Callable[[], None],
+                 leave_children_running: Callable[[], None]) -> None:
+        """`journal`: the store open now (reopened after a failed exec, by
+        `reopen_journal()`: storage.Storage, which owns it).
+        `leave_children_running()`: fork mode, the new master is ready: exit
+        without them (stopping.Stopping).
         `outage`: journal writes that failed, which a new image would not
         have. `attempts`: the running attempts (counted in the log)."""
         self.master = master
@@ -263,6 +265,8 @@ class Handoff:
         self.attempts = attempts
         self.run_owed_callbacks = run_owed_callbacks
         self.callbacks_running = callbacks_running
+        self.reopen_journal = reopen_journal
+        self.leave_children_running = leave_children_running
         self.phase = HandoffPhase.IDLE
         self.last_result: dict[str, Any] | None = None
         self.refusal: str | None = None  # why the last reload request was refused, when not for being busy
@@ -531,7 +535,7 @@ class Handoff:
     def _exec_failed(self, fds: dict[str, int], exc: OSError) -> None:
         for fd in fds.values():
             os.set_inheritable(fd, False)
-        self.master.reopen_journal()
+        self.reopen_journal()
         self.control.listen_again()
         systemd.notify("READY=1")
         self._failed("exec", f"exec of {sys.executable} failed: {exc}")
@@ -596,7 +600,6 @@ class Handoff:
         log.event(logging.INFO, "forked_new_master", pid=pid)
 
     def _new_master_ready(self) -> None:
-        m = self.master
         assert self.ready_read is not None
         data = os.read(self.ready_read, PREFLIGHT_OUTPUT_LIMIT + len(FAILED_PREFIX))
         self._close_ready_pipe()
@@ -608,7 +611,7 @@ class Handoff:
         log.event(logging.INFO, "handed_over", new_pid=self.new_master_pid, running=len(self.attempts))
         # From the main pid (NotifyAccess=main): the service's main process is now the new master.
         systemd.notify(f"MAINPID={self.new_master_pid}", "READY=1")
-        m.leave_children_running()
+        self.leave_children_running()
 
     def _new_master_died(self, status: int) -> None:
         m = self.master

@@ -33,19 +33,22 @@ class SlotLimit:
         self.fd_cap = wanted
         self.task_limit: TaskLimit | None = None  # the tightest limit on tasks (None: none known)
 
-    def fit(self, wanted: int) -> int:
+    def fit(self, wanted: int, replacement: bool = False) -> int:
         """At start: raise the open-file limit (and RLIMIT_NPROC), and return
         the slots they carry of the `wanted`; too few for one slot, or a limit
-        on tasks too low for the `wanted`: refuse to start (ConfigError, one line)."""
+        on tasks too low for the `wanted`: refuse to start (ConfigError, one line).
+        A `replacement` image refuses nothing: the old master is gone and its
+        children run, so it must stay to adopt them (whatever their count);
+        its slots are lowered instead, said once, as a reload's are."""
         limit = _raise_fd_limit(wanted)
         self.fd_cap = slots_that_fit(limit)
-        if self.fd_cap == 0 and wanted > 0:
+        if self.fd_cap == 0 and wanted > 0 and not replacement:
             raise ConfigError(f"the open-file limit ({limit}) leaves no room for a job slot: a master needs "
                               f"{fds_needed(1)} for one, {fds_needed(wanted)} for workers = {wanted}; raise "
                               "the hard limit (ulimit -Hn, systemd LimitNOFILE=, docker run --ulimit nofile=)")
         task_limits = read_task_limits()
         refusal = task_refusal(wanted, task_limits)
-        if refusal is not None:
+        if refusal is not None and not replacement:
             raise ConfigError(refusal)
         self.task_limit = tightest(task_limits)
         self.cap = self.fd_cap

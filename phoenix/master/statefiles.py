@@ -9,7 +9,7 @@ without the pidfile `kill -USR2 $(cat ...)` has no pid; without the lock file
 a second master could start beside this one. Once a second (the master's
 state-directory check) each path's identity (device, inode) is compared with
 what the master holds, and what differs is made again. The journal itself is
-outage.py's and Master.rebuild_state_dir's concern.
+outage.py's and storage.Storage.rebuild_state_dir's concern.
 """
 
 from __future__ import annotations

@@ -34,13 +34,12 @@ class Shown(Protocol):
     started_at: float  # wall time, shown
     slots: int
 
-    def unrecorded_outcomes(self) -> int: ...
-
 
 class Status:
     def __init__(self, master: Shown, app: App | None, app_spec: str | None, journal: Callable[[], Store],
                  attempts: AttemptTable, counters: Counters, spawner: Spawner, handoff: Handoff,
-                 outage: JournalOutage, clock: Clock) -> None:
+                 outage: JournalOutage, clock: Clock, unrecorded_outcomes: Callable[[], int]) -> None:
+        """`unrecorded_outcomes()`: outcomes the journal has not taken yet (stopping.Stopping)."""
         self.master = master
         self.app_name = (app.name if app is not None else None) or app_spec or "-"
         self.app_spec = app_spec
@@ -51,6 +50,7 @@ class Status:
         self.handoff = handoff
         self.outage = outage
         self.clock = clock
+        self.unrecorded_outcomes = unrecorded_outcomes
         self.title_due = 0.0
 
     def update_title(self, force: bool = False) -> None:
@@ -73,31 +73,35 @@ class Status:
         set_title(f"phoenix: master gen {m.generation} [{self.app_name}] {running} running {pending} pending")
         systemd.notify(f"STATUS=gen {m.generation}: {running} running, {pending} pending")
 
-    def live(self) -> dict[str, Any]:
-        """`phoenix status`'s answer: the master, and each running attempt."""
+    def live(self, with_running: bool = True) -> dict[str, Any]:
+        """`phoenix status`'s answer: the master, and each running attempt
+        (left out when not `with_running`: a poll that needs the master only)."""
         m, now = self.master, self.clock.monotonic()
         shown_state = m.state if m.state in (MasterState.DRAINING, MasterState.DEGRADED) else "running"
+        master = {
+            "pid": os.getpid(),
+            "generation": m.generation,
+            "state": str(shown_state),
+            "degraded_reason": m.degraded_reason if m.state == MasterState.DEGRADED else None,
+            "started_at": m.started_at,
+            "uptime": round(time.time() - m.started_at, 3),
+            "workers": m.slots,
+            "slots_used": len(self.attempts),
+            "spare_pid": self.spawner.spare.pid if self.spawner.spare else None,
+            "fork_server_pid": self.spawner.server.pid if self.spawner.server else None,
+            "app": self.app_spec,
+            "beats": self.counters.beats,
+            "beats_missing": self.counters.beats_missing,
+            "rejected": self.counters.rejected,
+            "reload": self.handoff.last_result,
+            "unrecorded_outcomes": self.unrecorded_outcomes(),
+            "journal_error": self.outage.error,
+            "memory_limits": MEMORY_LIMITS,  # what enforces max_memory
+        }
+        if not with_running:
+            return {"master": master}
         return {
-            "master": {
-                "pid": os.getpid(),
-                "generation": m.generation,
-                "state": str(shown_state),
-                "degraded_reason": m.degraded_reason if m.state == MasterState.DEGRADED else None,
-                "started_at": m.started_at,
-                "uptime": round(time.time() - m.started_at, 3),
-                "workers": m.slots,
-                "slots_used": len(self.attempts),
-                "spare_pid": self.spawner.spare.pid if self.spawner.spare else None,
-                "fork_server_pid": self.spawner.server.pid if self.spawner.server else None,
-                "app": self.app_spec,
-                "beats": self.counters.beats,
-                "beats_missing": self.counters.beats_missing,
-                "rejected": self.counters.rejected,
-                "reload": self.handoff.last_result,
-                "unrecorded_outcomes": m.unrecorded_outcomes(),
-                "journal_error": self.outage.error,
-                "memory_limits": MEMORY_LIMITS,  # what enforces max_memory
-            },
+            "master": master,
             "running": {
                 str(a.job_id): {
                     "pid": a.pid,

@@ -1,6 +1,6 @@
 """One command table for signals and the control socket: `kill -QUIT` and
 `phoenix stop --drain` are the same command and run the same code
-(Master.execute), whichever way they arrive."""
+(dispatch.Dispatcher.execute), whichever way they arrive."""
 
 from __future__ import annotations
 

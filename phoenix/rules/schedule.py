@@ -42,14 +42,21 @@ class ScheduleError(UsageError, ValueError):
 # -- delayed jobs and priorities --------------------------------------------------
 
 
+# The farthest a due time may be asked for: further is a typo (an exponent, a
+# unit), and beyond year 9999 the time cannot even be shown (`phoenix show`).
+RUN_IN_MAX = 100 * 366 * 86400  # 100 years, in seconds
+RUN_AT_MAX = datetime(9999, 1, 1, tzinfo=timezone.utc).timestamp()
+
+
 def parse_in(value: Any) -> float:
-    """Seconds from now, from `--in` or `run_in=`: a number, not negative."""
+    """Seconds from now, from `--in` or `run_in=`: a number from 0 to RUN_IN_MAX."""
     try:
         seconds = float(value)
     except (TypeError, ValueError):
-        raise ScheduleError(f"run in {value!r}: give a number of seconds, 0 or more (e.g. --in 90)") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ScheduleError(f"run in {value!r}: give a number of seconds, 0 or more (e.g. --in 90)")
+        seconds = math.nan
+    if not math.isfinite(seconds) or not 0 <= seconds <= RUN_IN_MAX:
+        raise ScheduleError(f"run in {value!r}: give a number of seconds, 0 or more and at most {RUN_IN_MAX} "
+                            "(100 years), e.g. --in 90")
     return seconds
 
 
@@ -64,7 +71,7 @@ def parse_at(value: Any) -> float:
         if value.tzinfo is None or value.utcoffset() is None:
             raise ScheduleError(f"run at {value.isoformat()}: the datetime has no time zone; give an aware one "
                                 "(e.g. datetime(..., tzinfo=timezone.utc))")
-        return value.timestamp()
+        return _within_range(value.timestamp(), value.isoformat())
     if not isinstance(value, str):
         raise ScheduleError(f"run at {value!r}: give an ISO 8601 time with an offset, e.g. 2026-12-07T10:00:00+01:00")
     text = value.strip()
@@ -76,7 +83,16 @@ def parse_at(value: Any) -> float:
     if parsed.tzinfo is None or not _ZONE_SUFFIX.search(text):
         raise ScheduleError(f"run at {value!r} has no offset: add one (+01:00) or Z for UTC, "
                             "e.g. 2026-12-07T10:00:00+01:00")
-    return parsed.timestamp()
+    return _within_range(parsed.timestamp(), value)
+
+
+def _within_range(at: float, shown: str) -> float:
+    """A due time from the epoch (1970: a time already past means now) to
+    year 9999: outside, the stores' and the display's date arithmetic fails."""
+    if not 0 <= at <= RUN_AT_MAX:
+        raise ScheduleError(f"run at {shown!r} is out of range: give a time from 1970-01-01T00:00:00Z to "
+                            "9998-12-31T23:59:59Z (a time already past means now)")
+    return at
 
 
 def due_time(now: float, run_in: Any = None, run_at: Any = None) -> float | None:

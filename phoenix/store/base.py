@@ -156,7 +156,10 @@ def default_key(target: str, params_json: str, run_at: float | None = None, prio
 def _shown_time(run_at: float | None) -> str:
     if run_at is None:
         return "due-at-once"
-    return datetime.fromtimestamp(run_at, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(run_at, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):  # a recorded time out of any date's range: shown as it is
+        return repr(run_at)
 
 
 def timing_differences(recorded: tuple[float | None, int], submitted: tuple[float | None, int]

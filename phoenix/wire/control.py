@@ -58,6 +58,12 @@ class MalformedReply(ControlError):
     """A reply that lacks a field the command needs, or has one of another type."""
 
 
+class CutOff(ControlError):
+    """The connection closed before the reply's end: the master replaced
+    itself (its exec closes the connection) or went away mid-reply. Not a
+    malformed reply: a poll asks again."""
+
+
 class NoAnswer(ControlError):
     """The request was delivered but the master did not answer in time (stopped
     by SIGSTOP, a paused VM, stuck): whether it acts on it is unknown, as it
@@ -429,6 +435,10 @@ def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[s
             if not chunk:
                 break
             data += chunk
+        if data and not data.endswith(b"\n"):
+            # Cut off (the master exec'd, stopped or dropped the connection mid-reply): no answer, not a bad one.
+            raise CutOff(f"the master's reply on {path} was cut off after {len(data)} bytes (it may be replacing "
+                         "itself or stopping); ask again")
     except (FileNotFoundError, ConnectionRefusedError):
         raise ControlError(f"no master is listening on {path}") from None
     except (ConnectionResetError, BrokenPipeError):

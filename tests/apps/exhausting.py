@@ -26,6 +26,15 @@ def work(params):
 
 
 @app.job(retries=0)
+def until(params):
+    """Beats until the file at `path` exists (the test's word to finish); returns its pid."""
+    while not os.path.exists(params["path"]):
+        time.sleep(0.02)
+        phoenix.heartbeat()
+    return {"pid": os.getpid()}
+
+
+@app.job(retries=0)
 def close_all_fds(params):
     """Closes every descriptor above stderr (a daemon-style clean-up), its
     connection to the master included, then works on for good."""

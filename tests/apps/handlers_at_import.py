@@ -21,7 +21,9 @@ app = phoenix.App(heartbeat_interval=0.2, heartbeat_timeout=1.0, kill_grace=1.0,
 
 @app.job
 def handlers(params):
-    return {name: signal.getsignal(getattr(signal, name)) == signal.SIG_DFL for name in ("SIGTERM", "SIGCHLD")}
+    # SIGTERM: not the app's handler (the job child has Phoenix's own, the polite stop's); SIGCHLD: the default.
+    return {"SIGTERM": signal.getsignal(signal.SIGTERM) is not _on_term,
+            "SIGCHLD": signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL}
 
 
 @app.job

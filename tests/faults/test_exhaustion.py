@@ -18,6 +18,7 @@ from phoenix.rules.shortage import BASE_FDS, FDS_PER_SLOT
 from phoenix.store.sqlite import Journal
 from tests.conftest import PYTHON, phoenix_cli, wait_for
 from tests.faults.conftest import cpu_seconds, log_lines
+from tests.faults.helpers import running_job
 
 APP = "tests.apps.exhausting:app"
 TARGET = "tests.apps.exhausting"
@@ -99,6 +100,43 @@ def test_workers_beyond_a_cgroups_pids_max_are_refused_at_start_with_one_line(ma
         assert "Traceback" not in master.log()
     finally:
         master.stop()  # (a master that started after all: before the cgroup can go)
+        wait_for(lambda: not (cgroup / "cgroup.procs").read_text().strip(), timeout=10.0, what="the cgroup to empty")
+        cgroup.rmdir()
+
+
+def test_a_replacement_under_a_lowered_pids_max_lowers_the_workers_and_adopts_every_child(master_factory, tmp_path):
+    # Found from outside: pids.max lowered under a running master, then USR2 in place: the new image
+    # refused to start as a fresh master does, and left its children with no master.
+    root = _pids_cgroup_root()
+    if root is None:
+        pytest.skip("needs root and a pids cgroup controller")
+    cgroup = root / f"phoenix-test-{uuid.uuid4().hex[:8]}"
+    cgroup.mkdir()
+    (cgroup / "pids.max").write_text("200\n")  # workers = 30 need 32 + 2 x 30 = 92 tasks
+    launcher = ("sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs"), PYTHON, "-m", "phoenix")
+    master = master_factory("--workers", "30", app=APP, launcher=launcher)
+    done = tmp_path / "done"
+    try:
+        keys = [f"job-{n}" for n in range(4)]
+        master.submit_many((f"{TARGET}:until", {"path": str(done)}, key) for key in keys)
+        pids = {key: running_job(master, key)["pid"] for key in keys}
+        (cgroup / "pids.max").write_text("80\n")  # carries (80 - 32) / 2 = 24 slots
+        result = phoenix_cli("reload", "--wait", state_dir=master.state_dir)
+        assert result.returncode == 0, (result, master.log())
+        assert master.proc is not None and master.proc.poll() is None  # in place: the same pid, still there
+        status = master.live()["master"]
+        assert status["pid"] == master.pid and status["generation"] == 2 and status["workers"] == 24, status
+        lowered = log_lines(master.log(), "workers_lowered", asked=30, workers=24)
+        assert len(lowered) == 1 and "pids.max (80)" in lowered[0], master.log()
+        assert "phoenix: error:" not in master.log()
+        done.touch()  # the adopted children finish, each once, watched by the new image
+        master.wait_jobs_done(keys, timeout=30.0)
+        jobs = master.jobs()
+        assert {key: (jobs[key]["state"], jobs[key]["attempt"], jobs[key]["result"]["pid"]) for key in keys} == {
+            key: ("finished", 1, pids[key]) for key in keys}, jobs
+    finally:
+        done.touch()
+        master.stop()
         wait_for(lambda: not (cgroup / "cgroup.procs").read_text().strip(), timeout=10.0, what="the cgroup to empty")
         cgroup.rmdir()
 

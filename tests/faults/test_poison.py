@@ -32,7 +32,7 @@ from phoenix.app import AppError, check_target_form, encode_params
 from phoenix.cli import jobsview, report, status
 from phoenix.linux.untrusted import MAX_JSON_DEPTH, KeyRefused, check_key, storable, stored_json
 from phoenix.rules.outcomes import classify
-from phoenix.store.base import Store
+from phoenix.store.base import KeyConflict, Store
 from phoenix.store.sqlite import Journal
 from phoenix.wire import heartbeat as protocol
 from tests.conftest import Master, phoenix_cli, wait_for
@@ -474,3 +474,16 @@ def test_operator_commands_naming_keys_no_store_can_hold_say_no_such_job(master_
         if running:
             assert alive(master.pid) and "control_request_failed" not in master.log()
             master.stop()
+
+
+@pytest.mark.parametrize("run_at", [1e300, -1e300])
+def test_a_due_time_no_date_can_show_is_shown_as_it_is(any_store: Store, run_at: float) -> None:
+    """A stored due time out of any date's range (written before submit
+    bounded it, or by hand) is shown as its number: `show` never crashes."""
+    key = f"far-{next(_keys)}"
+    any_store.submit("m:f", "{}", key, run_at=run_at)
+    shown = rendered(any_store, key)[0]
+    assert f"due: {run_at!r} (not a date)" in shown, shown
+    with pytest.raises(KeyConflict) as conflict:  # a resubmission that differs names the recorded time
+        any_store.submit("m:f", "{}", key)
+    assert repr(run_at) in str(conflict.value)

@@ -228,7 +228,7 @@ def test_a_cancel_of_a_job_that_just_finished_says_so_and_changes_nothing(tmp_pa
         before = jobs_by_key(pg_url)["quick"]
         result = phoenix_cli("cancel", "quick", "--store", pg_url)
         assert result.returncode == 1
-        assert "job 'quick' is finished: only pending or running jobs can be cancelled" in result.stderr
+        assert "job 'quick' is finished: only scheduled, pending or running jobs can be cancelled" in result.stderr
         assert "Traceback" not in result.stderr
         assert jobs_by_key(pg_url)["quick"] == before
         assert [(x["outcome"], x["reason"]) for x in attempts(pg_url, "quick")] == [("finished", None)]

@@ -57,3 +57,20 @@ def test_a_consistent_peer_run_reports_its_target() -> None:
     throughput_rows(throughput_result(4.7), report)
     (rq_row,) = [row for row in report.rows if row.peer.startswith("RQ")]
     assert _mark(rq_row) == "MISSED"  # 2.35x RQ, honestly below the 5x target
+
+
+def test_a_suspect_pool_run_marks_the_cpu_per_job_rows_suspect_too() -> None:
+    result = throughput_result(4.7)
+    result["median"]["pool"] = 20.0  # ten times its calibrated run: timed through something not its work
+    result["jobs_per_s"]["pool"] = result["n"] / 20.0
+    result["peer_checks"] = peer_checks(result["calibration"], result["n"], result["median"])
+    assert result["peer_checks"]["pool"]["suspect"]
+    result["jobs_per_s"]["batch"] = 90.0
+    result["median"]["batch"] = result["n"] / 90.0
+    result["batch_per_rep"] = {"batch": {"speed": [0.9], "cpu": [0.5]}}
+    result["cpu_ms_per_job"] = {"batch": 1.0, "pool": 2.0}  # 0.5x the Pool's CPU: "met" if the Pool's run held
+    report = Report("quick", "python -m bench")
+    throughput_rows(result, report)
+    (cpu_row,) = [row for row in report.rows if row.figure.endswith(": CPU per job")]
+    assert cpu_row.met is True
+    assert _mark(cpu_row) == "peer run suspect" and "peer run suspect" in cpu_row.suspect

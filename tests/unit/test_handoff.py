@@ -40,13 +40,7 @@ class Master:
         self.generation = 3
         self.state = MasterState.RUNNING
 
-    def leave_children_running(self) -> None:
-        raise AssertionError("no new master in these tests")
-
     def end_spare(self) -> None:
-        raise AssertionError("no exec in these tests")
-
-    def reopen_journal(self) -> None:
         raise AssertionError("no exec in these tests")
 
 
@@ -69,10 +63,17 @@ class Replacing:
         self.owed_runs = 0
         self.handoff = Handoff(self.master, lambda: self.config, self.paths, lambda: self.journal, self.outage,
                                self.loop, intake, self.control, PidFile(self.paths.pidfile, self.paths.lockfile),
-                               attempts, self.run_owed_callbacks, lambda: self.callbacks_busy)
+                               attempts, self.run_owed_callbacks, lambda: self.callbacks_busy, self.reopen_journal,
+                               self.leave_children_running)
 
     def run_owed_callbacks(self) -> None:
         self.owed_runs += 1
+
+    def reopen_journal(self) -> None:
+        raise AssertionError("no exec in these tests")
+
+    def leave_children_running(self) -> None:
+        raise AssertionError("no new master in these tests")
 
     def phase(self) -> HandoffPhase:
         return self.handoff.phase

@@ -137,6 +137,8 @@ def test_due_time_from_in_or_at():
     assert due_time(now, run_at="2026-12-07T09:00:00Z") == at("2026-12-07T09:00:00+00:00")
     assert due_time(now, run_at=datetime(2026, 12, 7, 9, tzinfo=UTC) + timedelta(hours=1)) == now
     assert due_time(now, run_at="2020-01-01T00:00:00Z") < now  # the past: due at once, kept for its order
+    assert due_time(now, run_at="1970-01-01T00:00:00Z") == 0  # the earliest
+    assert due_time(now, run_in=100 * 366 * 86400) == now + 100 * 366 * 86400  # the farthest
 
 
 @pytest.mark.parametrize(("call", "words"), [
@@ -146,6 +148,12 @@ def test_due_time_from_in_or_at():
     (lambda: due_time(0, run_in="-1"), "0 or more"),
     (lambda: due_time(0, run_in="soon"), "number of seconds"),
     (lambda: due_time(0, run_in="nan"), "number of seconds"),
+    (lambda: due_time(0, run_in="1e300"), "at most"),  # past any date: `phoenix show` crashed on it
+    (lambda: due_time(0, run_in=1e15), "at most"),  # 31 million years
+    (lambda: parse_at("0001-01-01T00:00:00+14:00"), "out of range"),  # before year 1 in UTC
+    (lambda: parse_at("1969-12-31T23:59:59Z"), "out of range"),
+    (lambda: parse_at("9999-12-31T23:59:59-14:00"), "out of range"),  # after year 9999 in UTC
+    (lambda: parse_at(datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))), "out of range"),
     (lambda: due_time(0, run_in=1, run_at="2026-12-07T10:00:00Z"), "not both"),
     (lambda: parse_priority("-1"), "whole number"),
     (lambda: parse_priority("high"), "whole number"),

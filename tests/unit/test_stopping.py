@@ -1,0 +1,144 @@
+"""The stop part in-process, on a fake clock and a real SQLite journal.
+
+A stop with an outcome the journal has not taken (its child finished and
+holds it through an outage) waits: the master does not reach `stopped`
+while that child runs, never signals it, and says once why it waits; once
+the journal takes the writes an outage queued, it may exit. A stop with
+nothing unrecorded stops at once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from phoenix.app import App
+from phoenix.config import Config
+from phoenix.linux.paths import StatePaths
+from phoenix.linux.pidfile import PidFile
+from phoenix.master.attempts import Attempt, AttemptTable
+from phoenix.master.callbacks import CallbackRunner
+from phoenix.master.hangs import HangKiller
+from phoenix.master.heartbeats import HeartbeatIntake
+from phoenix.master.loop import Loop
+from phoenix.master.metrics import Counters
+from phoenix.master.settler import CallbackSettler
+from phoenix.master.spawner import Spawner
+from phoenix.master.specs import JobSpecs
+from phoenix.master.stopping import Stopping
+from phoenix.rules.states import MASTER_TRANSITIONS, MasterState, StopMode, check_move
+from phoenix.store.outage import RETRY_EVERY, JournalOutage
+from phoenix.store.sqlite import Journal
+from phoenix.testing import FakeClock
+from phoenix.wire import control
+
+
+class Master:
+    """What only the master decides: its state, through its one writer."""
+
+    def __init__(self) -> None:
+        self.state = MasterState.RUNNING
+        self.slots = 2
+        self.generation = 1
+
+    def change_state(self, new: MasterState) -> None:
+        self.state = check_move(MASTER_TRANSITIONS, self.state, new)
+
+
+class Ending:
+    def __init__(self, tmp_path: Path) -> None:
+        self.clock = FakeClock()
+        self.loop = Loop(self.clock)
+        self.loop.open()
+        self.paths = StatePaths(str(tmp_path / "state"))
+        self.paths.ensure()
+        self.journal = Journal(self.paths.journal)
+        self.config = Config()
+        self.outage = JournalOutage(str(self.paths.journal), self.clock)
+        self.attempts = AttemptTable()
+        counters = Counters()
+        intake = HeartbeatIntake(self.attempts, counters, os.getuid(), lambda _held: True, lambda: None, self.clock)
+        self.callbacks = CallbackRunner(1, self.clock)
+        settler = CallbackSettler(None, lambda: self.journal, self.callbacks, lambda: self.config, counters,
+                                  self.clock, self.guarded)
+        spawner = Spawner(None, lambda: self.config, self.paths, JobSpecs(App("t"), lambda: self.config), self.loop,
+                          lambda: 2, lambda: False)
+        hangs = HangKiller(self.attempts, self.loop, lambda: self.config, counters, intake, lambda: None,
+                           lambda: False)
+        self.control = control.ControlServer(control.bind(self.paths.control_socket), self.loop.selector,
+                                             lambda request: {"ok": True}, lambda why: None, clock=self.clock)
+        self.master = Master()
+        self.stopping = Stopping(self.master, lambda: self.config, lambda: self.journal, self.outage, self.attempts,
+                                 self.callbacks, settler, spawner, hangs, self.control, self.paths,
+                                 PidFile(self.paths.pidfile, self.paths.lockfile), None, lambda: False, 0.0,
+                                 self.clock)
+
+    def guarded(self, operation: Callable[[], Any], retry: bool = False) -> None:
+        operation()
+
+    def child_holding_its_outcome(self) -> Attempt:
+        """A child that finished in an outage: its outcome is with it alone (it is no process: never signalled)."""
+        now = self.clock.monotonic()
+        attempt = Attempt(1, 1, "k", "m:f", 1, 4_000_000, None, now, now, now)
+        attempt.final = {"type": "finished", "result": 1}
+        self.attempts.add(attempt)
+        self.outage.failed(OSError(28, "No space left on device"), "hold_finals")
+        return attempt
+
+    def may_exit(self) -> bool:
+        """The loop's condition to end (arbiter.Master.run)."""
+        return self.master.state == MasterState.STOPPED and not self.stopping.holds_unwritten()
+
+    def close(self) -> None:
+        self.callbacks.shutdown()
+        self.control.close()
+        self.journal.close()
+        self.loop.selector.close()
+
+
+@pytest.fixture
+def ending(tmp_path: Path) -> Iterator[Ending]:
+    ending = Ending(tmp_path)
+    yield ending
+    ending.close()
+
+
+def test_a_stop_with_nothing_unrecorded_exits(ending: Ending) -> None:
+    ending.stopping.begin_stop(StopMode.TERM)
+    assert ending.master.state == MasterState.STOPPING
+    ending.stopping.check_finished()
+    assert ending.may_exit()
+    assert ending.stopping.unrecorded_outcomes() == 0 and not ending.stopping.exit_wait_noted
+
+
+def test_a_stop_with_an_unrecorded_outcome_waits_for_its_child(ending: Ending) -> None:
+    attempt = ending.child_holding_its_outcome()
+    ending.stopping.begin_stop(StopMode.TERM)
+    assert attempt.kill_reason is None and not attempt.interrupted  # never signalled: it holds the only copy
+    for _turn in range(3):
+        ending.clock.advance(RETRY_EVERY)
+        ending.stopping.check_finished()
+        assert ending.master.state == MasterState.STOPPING and not ending.may_exit()
+    assert ending.stopping.unrecorded_outcomes() == 1
+    assert ending.stopping.exit_wait_noted  # said once why
+    ending.stopping.begin_stop(StopMode.TERM)  # a second stop: stop now, still not this child
+    assert attempt.kill_reason is None
+    attempt.final_held = True  # the journal took it; the child acknowledged exits
+    ending.attempts.remove(attempt.pid)
+    ending.stopping.check_finished()
+    assert ending.may_exit()
+
+
+def test_a_stopped_master_waits_for_queued_writes_until_the_journal_takes_them(ending: Ending) -> None:
+    written: list[str] = []
+    ending.outage.failed(OSError(28, "No space left on device"), "record", lambda: written.append("record"))
+    ending.stopping.begin_stop(StopMode.TERM)
+    ending.stopping.check_finished()
+    assert ending.master.state == MasterState.STOPPED and not ending.may_exit()
+    assert ending.stopping.unrecorded_outcomes() == 1
+    ending.clock.advance(RETRY_EVERY)
+    assert ending.outage.retry_if_due(ending.journal.probe_write) and written == ["record"]
+    assert ending.may_exit()
