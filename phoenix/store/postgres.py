@@ -98,7 +98,7 @@ CREATE INDEX IF NOT EXISTS jobs_ticks ON jobs (target, tick) WHERE tick IS NOT N
 _V3_POOLS = """
 CREATE TABLE IF NOT EXISTS pools (name text PRIMARY KEY, capacity integer NOT NULL, used integer NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS pool_targets (target text PRIMARY KEY, pool text NOT NULL);
-ALTER TABLE attempts ADD COLUMN IF NOT EXISTS pool text  -- the pool whose slot it holds until its outcome
+ALTER TABLE attempts ADD COLUMN IF NOT EXISTS pool text;  -- the pool whose slot it holds until its outcome
 """
 
 _SCHEMA = f"""

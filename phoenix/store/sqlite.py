@@ -460,7 +460,6 @@ class Journal:
             # acknowledged to someone are made durable one by one: see transaction().
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            self._upgrade()
             if _needs_columns(self.db):
                 with self.transaction() as db:
                     _add_columns(db)  # a journal of an older Phoenix gets the columns this one writes
