@@ -12,6 +12,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable
 
 from phoenix.config import Config, ConfigError, check_pool_capacity, parse_max_memory
@@ -300,23 +301,31 @@ class Batch:
         self._write(lambda journal: journal.submit_to_batch(self.name, []))  # opened, or refused now
         return self
 
-    def submit(self, target: Callable[..., Any] | str, params: Any = None, key: str | None = None) -> tuple[int, bool]:
-        """Record a job in the batch: (job id, created), as `Client.submit`."""
-        return self.submit_many([(target, params, key)])[0]
+    def submit(self, target: Callable[..., Any] | str, params: Any = None, key: str | None = None, *,
+               run_in: float | str | None = None, run_at: str | datetime | None = None,
+               priority: int | str = 0) -> tuple[int, bool]:
+        """Record a job in the batch: (job id, created), as `Client.submit`,
+        with its due time and priority (a delayed member keeps the batch
+        from completing until it has run and ended)."""
+        due, rank = due_time(time.time(), run_in, run_at), parse_priority(priority)
+        return self._submit([(target, params, key, due, rank)])[0]
 
     def submit_many(self, jobs: Any) -> list[tuple[int, bool]]:
         """Record many (target, params, key) jobs in the batch in one transaction."""
+        return self._submit([(target, params, key, None, 0) for target, params, key in jobs])
+
+    def _submit(self, jobs: list[tuple[Any, Any, str | None, float | None, int]]) -> list[tuple[int, bool]]:
         from phoenix.linux.untrusted import check_key
         from phoenix.store.base import default_key
 
         batch = []
-        for target, params, key in jobs:
+        for target, params, key, due, rank in jobs:
             name = target if isinstance(target, str) else target_name(target)
             check_target_form(name)
             if key:
                 check_key(key)
             params_json = encode_params(params)
-            batch.append((name, params_json, key or default_key(name, params_json)))
+            batch.append((name, params_json, key or default_key(name, params_json), due, rank))
         submitted: list[tuple[int, bool]] = self._write(lambda journal: journal.submit_to_batch(self.name, batch))
         return submitted
 

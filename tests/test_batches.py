@@ -140,3 +140,16 @@ def test_a_journal_of_an_older_schema_gets_batches_at_its_first_open(tmp_path):
         assert journal.job_row(journal.job_by_key("old")["id"])["batch_id"] is None
     finally:
         journal.close()
+
+
+def test_a_member_submitted_from_the_command_line_keeps_its_due_time_and_priority(state_dir):
+    for n, name in enumerate(("old", "later")):
+        submitted = phoenix_cli("submit", TARGET, json.dumps({"n": n, "gate": "x"}), "--key", f"{name}-1",
+                                "--batch", name, "--in", "3600", "--priority", "5", state_dir=state_dir)
+        assert submitted.returncode == 0, submitted.stderr
+    shown = json.loads(phoenix_cli("show", "later-1", "--json", state_dir=state_dir).stdout)
+    assert (shown["state"], shown["priority"]) == ("scheduled", 5)
+    listed = phoenix_cli("batches", "--limit", "1", state_dir=state_dir)
+    assert "later" in listed.stdout and "old" not in listed.stdout and "--limit N shows more" in listed.stdout
+    report = json.loads(phoenix_cli("batches", "--json", "--limit", "1", state_dir=state_dir).stdout)
+    assert [b["name"] for b in report["batches"]] == ["later"] and report["more"] is True

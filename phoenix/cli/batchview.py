@@ -15,9 +15,11 @@ from phoenix.store.batches import unknown_refusal
 BATCHES_COLUMNS = ("batch", "state", "jobs", "remaining", "counts", "age")
 
 
-def batches_report(journal: Store) -> dict[str, Any]:
-    """The `phoenix batches --json` object: every batch, newest first."""
-    return {"batches": journal.batches()}
+def batches_report(journal: Store, limit: int) -> dict[str, Any]:
+    """The `phoenix batches --json` object: the newest `limit` batches, and
+    whether there are more (one more is read to know)."""
+    shown = journal.batches(limit=limit + 1)
+    return {"batches": shown[:limit], "more": len(shown) > limit}
 
 
 def render_batches(report: dict[str, Any]) -> None:
@@ -29,6 +31,8 @@ def render_batches(report: dict[str, Any]) -> None:
         print("no batches (submit into one with `phoenix submit ... --batch NAME` or Client(...).batch(NAME))")
         return
     _table(BATCHES_COLUMNS, rows)
+    if report["more"]:
+        print(f"(the newest {len(rows)} shown: --limit N shows more)")
 
 
 def batch_jobs_report(journal: Store, name: str, *, state: str | None, target: str | None, since: float | None,

@@ -333,9 +333,6 @@ def submit(target: str, params: str, key: str | None, run_in: str | None, run_at
         check_key(key)  # before the state directory is made or touched
     if batch_name is not None:
         check_batch_name(batch_name)
-        if run_in is not None or run_at is not None or priority != "0":
-            raise click.UsageError("--batch with --in, --at or --priority: a batch's jobs are due at once, at "
-                                   "priority 0; submit the delayed or ranked job outside the batch")
     job_params = decode_params(params)
     rank = parse_priority(priority)
     due_time(time.time(), run_in, run_at)  # refused here, before anything is imported or opened
@@ -352,7 +349,8 @@ def submit(target: str, params: str, key: str | None, run_in: str | None, run_at
         job_id, created = client.submit(target, job_params, key, run_in=run_in, run_at=run_at, priority=rank)
         click.echo(json.dumps({"id": job_id, "created": created}))
         return
-    job_id, created = client.batch(batch_name).submit(target, job_params, key)
+    job_id, created = client.batch(batch_name).submit(target, job_params, key, run_in=run_in, run_at=run_at,
+                                                      priority=rank)
     click.echo(json.dumps({"id": job_id, "created": created, "batch": batch_name}))
 
 
@@ -690,9 +688,11 @@ def schedules(app_spec: str | None, state_dir: str | None, as_json: bool, store:
 @main.command()
 @state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Show at most this many, newest first.")
 @store_option
 @friendly_errors
-def batches(state_dir: str | None, as_json: bool, store: str | None) -> None:
+def batches(state_dir: str | None, as_json: bool, limit: int, store: str | None) -> None:
     """List batches, newest first: open (taking jobs), closed (waiting for
     its jobs to end) or complete (on_batch_complete owed or run), with their
     jobs counted by state. A batch's jobs: `phoenix jobs --batch NAME`."""
@@ -700,7 +700,7 @@ def batches(state_dir: str | None, as_json: bool, store: str | None) -> None:
 
     _paths, journal = _existing_journal(state_dir, store)
     with journal:
-        report = batches_report(journal)
+        report = batches_report(journal, limit)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:

@@ -20,7 +20,7 @@ transaction tells it to run it now.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from typing import Any, Iterable, NamedTuple
 
 from phoenix.errors import UsageError
 from phoenix.linux.untrusted import visible
@@ -31,6 +31,23 @@ KIND = "on_batch_complete"
 FINAL_STATES = ("finished", "failed", "cancelled")
 MAX_NAME_CHARS = 200
 _FINAL = "('finished', 'failed', 'cancelled')"
+
+
+class Member(NamedTuple):
+    """A job submitted into a batch. A delayed or ranked member (`run_at`,
+    `priority`, as `Store.submit` takes them) counts as work the batch still
+    has until it ends, as any member does."""
+
+    target: str
+    params: str  # JSON
+    key: str
+    run_at: float | None = None
+    priority: int = 0
+
+
+def members(jobs: Iterable[tuple[Any, ...]]) -> list[Member]:
+    """(target, params JSON, key[, run_at, priority]) tuples as Members."""
+    return [Member(*job) for job in jobs]
 
 
 class BatchRefused(UsageError, ValueError):
@@ -111,6 +128,12 @@ def add_to_sqlite(db: sqlite3.Connection) -> None:
         db.execute(trigger)
 
 
+# Which ended jobs `phoenix prune` may delete: none of a batch that is not
+# complete (an open or closed batch's counts, and the member its completion
+# callback is recorded on, are read from its jobs). Both stores' SQL.
+PRUNABLE = "(jobs.batch_id IS NULL OR jobs.batch_id IN (SELECT id FROM batches WHERE state = 'complete'))"
+
+
 def sqlite_open(db: sqlite3.Connection, name: str, now: float) -> int:
     """The id of the open batch `name`, made now if there is none; refused if it is closed."""
     check_name(name)
@@ -183,12 +206,13 @@ def summary(row: tuple[Any, ...], counts: dict[str, int]) -> dict[str, Any]:
 
 
 def sqlite_batches(db: sqlite3.Connection, name: str | None = None, batch_id: int | None = None,
-                   ) -> list[dict[str, Any]]:
-    """Every batch (or the one named, or of id `batch_id`), newest first, with
-    its jobs counted by state."""
+                   limit: int | None = None) -> list[dict[str, Any]]:
+    """Every batch (or the one named, or of id `batch_id`; at most `limit`),
+    newest first, with its jobs counted by state."""
     where, args = ("WHERE b.name = ?", (name,)) if name is not None else (
         ("WHERE b.id = ?", (batch_id,)) if batch_id is not None else ("", ()))
-    rows = db.execute(f"SELECT {SUMMARY_COLUMNS} FROM batches b {where} ORDER BY b.id DESC", args).fetchall()
+    rows = db.execute(f"SELECT {SUMMARY_COLUMNS} FROM batches b {where} ORDER BY b.id DESC LIMIT ?",
+                      (*args, -1 if limit is None else limit)).fetchall()
     out = []
     for row in rows:
         counts = {state: n for state, n in db.execute(

@@ -467,19 +467,20 @@ class MemoryStore:
 
     # -- batches (as the SQLite journal's trigger and statements: batches.py) ----------------------
 
-    def submit_to_batch(self, name: str, jobs: Iterable[tuple[str, str, str]]) -> list[tuple[int, bool]]:
+    def submit_to_batch(self, name: str, jobs: Iterable[tuple[Any, ...]]) -> list[tuple[int, bool]]:
         batch_rules.check_name(name)
-        jobs = list(jobs)
+        jobs = batch_rules.members(jobs)
         batch = self.batch_rows.get(name)
         if batch is not None and batch["state"] != "open":
             raise batch_rules.closed_refusal(name, batch["state"])
-        for target, params_json, key in jobs:  # all refused, or all recorded
+        for target, params_json, key, run_at, priority in jobs:  # all refused, or all recorded
             check_key(key)
             known = self.keys.get(key)
             if known is None:
                 continue
-            conflict = key_conflict(key, known, (self.jobs[known]["target"], self.jobs[known]["params"]),
-                                    (target, params_json))
+            job = self.jobs[known]
+            conflict = key_conflict(key, known, (job["target"], job["params"]), (target, params_json),
+                                    timing_differences((job["run_at"], job["priority"]), (run_at, priority)))
             if conflict is not None:
                 raise conflict
             member_of = self.jobs[known]["batch_id"]
@@ -491,8 +492,8 @@ class MemoryStore:
                 "id": next(self._ids), "name": name, "state": "open", "jobs": 0, "remaining": 0, "completions": 0,
                 "created_at": self.now(), "closed_at": None, "completed_at": None}
         submitted = []
-        for target, params_json, key in jobs:
-            job_id, created = self._insert_job(key, target, params_json)
+        for target, params_json, key, run_at, priority in jobs:
+            job_id, created = self._insert_job(key, target, params_json, run_at=run_at, priority=priority)
             if created:
                 self.jobs[job_id]["batch_id"] = batch["id"]
                 batch["jobs"] += 1
@@ -517,9 +518,12 @@ class MemoryStore:
             self._owe(last["id"], last["attempts"], batch_rules.KIND)
         return "complete"
 
-    def batches(self, name: str | None = None, batch_id: int | None = None) -> list[dict[str, Any]]:
-        shown = []
+    def batches(self, name: str | None = None, batch_id: int | None = None,
+                limit: int | None = None) -> list[dict[str, Any]]:
+        shown: list[dict[str, Any]] = []
         for batch in reversed(self.batch_rows.values()):
+            if limit is not None and len(shown) == limit:
+                break
             if (name is None or batch["name"] == name) and (batch_id is None or batch["id"] == batch_id):
                 counts: dict[str, int] = {}
                 for job in self.jobs.values():
@@ -569,7 +573,9 @@ class MemoryStore:
                 return bool(job["updated_at"] < finished_before)
             return failed_before is not None and job["state"] in ENDED_BADLY and job["updated_at"] < failed_before
 
-        gone = {job_id for job_id, job in self.jobs.items() if ended(job) and job_id not in owing}
+        complete = {b["id"] for b in self.batch_rows.values() if b["state"] == "complete"}
+        gone = {job_id for job_id, job in self.jobs.items() if ended(job) and job_id not in owing
+                and (job["batch_id"] is None or job["batch_id"] in complete)}  # batches.PRUNABLE
         removed = {"jobs": len(gone),
                    "attempts": sum(1 for a in self.attempts.values() if a["job_id"] in gone),
                    "callbacks": sum(1 for c in self.callbacks.values() if c["job_id"] in gone)}

@@ -1126,13 +1126,13 @@ class PgStore:
 
     # -- batches (batches.py) -------------------------------------------------------------
 
-    def submit_to_batch(self, name: str, jobs: Iterable[tuple[str, str, str]]) -> list[tuple[int, bool]]:
+    def submit_to_batch(self, name: str, jobs: Iterable[tuple[Any, ...]]) -> list[tuple[int, bool]]:
         """As the SQLite journal's; the batch's row is locked for the
         transaction, so a close waits for the jobs being added."""
         batches.check_name(name)
-        jobs = list(jobs)
-        for _target, _params, key in jobs:
-            check_key(key)
+        jobs = batches.members(jobs)
+        for job in jobs:
+            check_key(job.key)
         with self._tx() as cur:
             cur.execute(batches.PG_OPEN, (name,))
             cur.execute(batches.PG_LOCK, (name,))
@@ -1142,8 +1142,8 @@ class PgStore:
             if state != "open":
                 raise batches.closed_refusal(name, state)
             submitted, added = [], 0
-            for target, params_json, key in jobs:
-                job_id, created = self._insert_job(cur, key, target, params_json)
+            for target, params_json, key, run_at, priority in jobs:
+                job_id, created = self._insert_job(cur, key, target, params_json, run_at=run_at, priority=priority)
                 if created:
                     cur.execute("UPDATE jobs SET batch_id = %s WHERE id = %s", (batch_id, job_id))
                     added += 1
@@ -1183,12 +1183,13 @@ class PgStore:
             cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, CALLBACKS_OWED))
             return "complete"
 
-    def batches(self, name: str | None = None, batch_id: int | None = None) -> list[dict[str, Any]]:
+    def batches(self, name: str | None = None, batch_id: int | None = None,
+                limit: int | None = None) -> list[dict[str, Any]]:
         """As the SQLite journal's: batches newest first with their jobs counted by state."""
         with self._tx() as cur:
             cur.execute(f"SELECT {batches.SUMMARY_COLUMNS} FROM batches b WHERE (%(name)s::text IS NULL OR "
-                        f"b.name = %(name)s) AND (%(id)s::bigint IS NULL OR b.id = %(id)s) ORDER BY b.id DESC",
-                        {"name": name, "id": batch_id})
+                        f"b.name = %(name)s) AND (%(id)s::bigint IS NULL OR b.id = %(id)s) ORDER BY b.id DESC "
+                        f"LIMIT %(limit)s", {"name": name, "id": batch_id, "limit": limit})
             rows = cur.fetchall()
             cur.execute("SELECT batch_id, state, count(*) FROM jobs WHERE batch_id = ANY(%s) "
                         "GROUP BY batch_id, state ORDER BY state", ([row[0] for row in rows],))
@@ -1268,7 +1269,8 @@ class PgStore:
 
     def prune(self, *, finished_before: float, failed_before: float | None, batch: int = 500) -> dict[str, int]:
         """As the SQLite journal's: old ended jobs with their attempts and
-        callbacks, `batch` jobs per transaction; never a job with a callback owed."""
+        callbacks, `batch` jobs per transaction; never a job with a callback owed,
+        nor a member of a batch that is not complete."""
         removed = {"jobs": 0, "attempts": 0, "callbacks": 0, "events": 0}
         ended = "(state = 'finished' AND updated_at < %(finished)s)"
         if failed_before is not None:
@@ -1277,7 +1279,8 @@ class PgStore:
         while True:
             with self._tx() as cur:
                 cur.execute(f"SELECT id FROM jobs WHERE ({ended}) AND NOT EXISTS (SELECT 1 FROM callbacks c WHERE "
-                            f"c.job_id = jobs.id AND c.state = 'owed') AND id > %(after)s ORDER BY id LIMIT %(batch)s "
+                            f"c.job_id = jobs.id AND c.state = 'owed') AND {batches.PRUNABLE} "
+                            f"AND id > %(after)s ORDER BY id LIMIT %(batch)s "
                             f"FOR UPDATE SKIP LOCKED", bounds)
                 ids = [int(r[0]) for r in cur.fetchall()]
                 bounds["after"] = ids[-1] if ids else 0

@@ -1177,19 +1177,20 @@ class Journal:
 
     # -- batches (batches.py) -------------------------------------------------------
 
-    def submit_to_batch(self, name: str, jobs: Iterable[tuple[str, str, str]]) -> list[tuple[int, bool]]:
-        """Record (target, params JSON, key) jobs as members of the open batch
-        `name` (opened now if new), in one transaction; as submit_many, plus
-        BatchRefused for a closed batch or a key that names a job outside it."""
-        jobs = list(jobs)
-        for _target, _params, key in jobs:
-            check_key(key)
+    def submit_to_batch(self, name: str, jobs: Iterable[tuple[Any, ...]]) -> list[tuple[int, bool]]:
+        """Record jobs (batches.Member: target, params JSON, key, due time,
+        priority) as members of the open batch `name` (opened now if new), in
+        one transaction; as submit_many, plus BatchRefused for a closed batch
+        or a key that names a job outside it."""
+        jobs = batches.members(jobs)
+        for job in jobs:
+            check_key(job.key)
         now = time.time()
         with self.transaction(durable=True) as db:
             batch_id = batches.sqlite_open(db, name, now)
             submitted = []
-            for target, params_json, key in jobs:
-                job_id, created = _insert_job(db, key, target, params_json, now)
+            for target, params_json, key, run_at, priority in jobs:
+                job_id, created = _insert_job(db, key, target, params_json, now, run_at=run_at, priority=priority)
                 batches.sqlite_join(db, batch_id, name, key, job_id, created)
                 submitted.append((job_id, created))
             return submitted
@@ -1201,9 +1202,11 @@ class Journal:
         with self.transaction(durable=True) as db:
             return batches.sqlite_close(db, name, time.time())
 
-    def batches(self, name: str | None = None, batch_id: int | None = None) -> list[dict[str, Any]]:
-        """Batches newest first (or the one named, or of that id) with their jobs counted by state."""
-        return batches.sqlite_batches(self.db, name, batch_id)
+    def batches(self, name: str | None = None, batch_id: int | None = None,
+                limit: int | None = None) -> list[dict[str, Any]]:
+        """Batches newest first (or the one named, or of that id; at most
+        `limit`) with their jobs counted by state."""
+        return batches.sqlite_batches(self.db, name, batch_id, limit)
 
     def batch_jobs(self, batch_id: int) -> list[dict[str, Any]]:
         """The batch's jobs in id order, each with its last attempt's reason."""
@@ -1260,7 +1263,8 @@ class Journal:
         failed and cancelled ones before `failed_before`, if given) with their
         attempts and callbacks, and the master events older than
         `finished_before`. Never a pending or running job, nor one with a
-        callback owed. `batch` jobs per transaction, so that a running master
+        callback owed, nor a member of a batch that is not complete (its
+        counts and its on_batch_complete need it). `batch` jobs per transaction, so that a running master
         waits at most one short transaction for the journal."""
         removed = {"jobs": 0, "attempts": 0, "callbacks": 0, "events": 0}
         ended = "(state = 'finished' AND updated_at < :finished)"
@@ -1269,7 +1273,8 @@ class Journal:
         # NOT INDEXED: read on in id order from the last batch; through the state
         # index, each batch would sort every ended job again (quadratic).
         select = (f"SELECT id FROM jobs NOT INDEXED WHERE ({ended}) AND NOT EXISTS (SELECT 1 FROM callbacks c "
-                  "WHERE c.job_id = jobs.id AND c.state = 'owed') AND id > :after ORDER BY id LIMIT :batch")
+                  f"WHERE c.job_id = jobs.id AND c.state = 'owed') AND {batches.PRUNABLE} "
+                  "AND id > :after ORDER BY id LIMIT :batch")
         bounds = {"finished": finished_before, "failed": failed_before, "batch": batch, "after": 0}
         while True:
             with self.transaction() as db:

@@ -431,3 +431,46 @@ def test_the_last_outcome_owes_the_callback_and_a_retry_reopens_the_count(store:
     assert (batch["state"], batch["completions"], batch["counts"]) == ("complete", 2, {"finished": 2})
     assert [(job["key"], job["state"], job["attempts"]) for job in store.batch_jobs(batch["id"])] == [
         ("ok", "finished", 1), ("bad", "finished", 2)]
+
+
+def test_prune_keeps_the_jobs_of_a_batch_until_it_is_complete(store: Store) -> None:
+    store.submit_to_batch("b", [("m:f", "1", "early"), ("m:f", "2", "late")])
+    early, early_attempt = claim(store)
+    end(store, early_attempt, early.id, callback=None)
+    later = time.time() + 60
+    assert store.prune(finished_before=later, failed_before=later)["jobs"] == 0  # the batch is open
+    assert store.close_batch("b") == "closed"
+    assert store.prune(finished_before=later, failed_before=later)["jobs"] == 0  # closed, one job to go
+    last, last_attempt = claim(store)
+    end(store, last_attempt, last.id, callback=None)
+    # Its callback hangs on the last member, and its counts come from all of them.
+    [(callback_id, job_id, _attempt, _kind)] = batch_callbacks(store)
+    assert job_id == last.id and store.batches(name="b")[0]["counts"] == {"finished": 2}
+    assert store.prune(finished_before=later, failed_before=later)["jobs"] == 1  # the early one; the last owes
+    store.callback_started(callback_id)
+    store.callback_done(callback_id, None)
+    assert store.prune(finished_before=later, failed_before=later)["jobs"] == 1
+    assert store.batches(name="b")[0]["state"] == "complete"
+
+
+def test_batches_are_listed_newest_first_up_to_a_limit(store: Store) -> None:
+    for name in ("a", "b", "c"):
+        store.submit_to_batch(name, [])
+    assert [b["name"] for b in store.batches(limit=2)] == ["c", "b"]
+    assert [b["name"] for b in store.batches()] == ["c", "b", "a"]
+
+
+def test_a_delayed_or_ranked_member_is_work_the_batch_still_has(store: Store) -> None:
+    later = time.time() + 3600
+    [(delayed_id, created), (ranked_id, _)] = store.submit_to_batch(
+        "b", [("m:f", "1", "delayed", later, 0), ("m:f", "2", "ranked", None, 7)])
+    assert created
+    with pytest.raises(KeyConflict, match="another priority"):
+        store.submit_to_batch("b", [("m:f", "2", "ranked", None, 1)])
+    assert store.close_batch("b") == "closed"
+    job, attempt_id = claim(store)
+    assert job.id == ranked_id  # the delayed one is not due
+    end(store, attempt_id, job.id, callback=None)
+    [batch] = store.batches(name="b")
+    assert (batch["state"], batch["remaining"], batch["counts"]) == ("closed", 1, {"finished": 1, "scheduled": 1})
+    assert batch_callbacks(store) == [] and store.job_row(delayed_id) is not None
