@@ -874,8 +874,10 @@ def prune(finished_before: str, failed_before: str | None, as_json: bool, state_
           store: str | None) -> None:
     """Delete old jobs with their attempts and callbacks (and master events
     older than --finished-before), 500 jobs per transaction so a running
-    master is never held up long. Pending and running jobs, and jobs whose
-    callback has not run yet, are never deleted."""
+    master is never held up long. Pending and running jobs, jobs whose
+    callback has not run yet, the jobs of a batch until its on_batch_complete
+    has run, and the newest job (job ids are never given twice) are never
+    deleted."""
     finished_age = parse_duration(finished_before)
     failed_age = _seconds(failed_before)
     paths, journal = _existing_journal(state_dir, store, writes=True)

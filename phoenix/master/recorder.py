@@ -87,11 +87,14 @@ class OutcomeRecorder:
         result = classify(final=final, status=status, interrupted=attempt.interrupted,
                           kill_reason=attempt.kill_reason, kill_detail=attempt.kill_detail)
         duration = self.clock.monotonic() - attempt.started
-        # An acknowledged final means the child wrote no outbox file: nothing to remove.
+        # An acknowledged final does not mean the child wrote no outbox file: a
+        # master frozen past outcome_delivery_timeout acks the final its socket
+        # kept only after the child gave up waiting and wrote the file. Left
+        # there, the file would be read as the outcome of a later attempt with
+        # the same job id and number (one unlink that finds nothing, per job).
         self.guarded(functools.partial(self.record, attempt.job_id, attempt.key, attempt.target, attempt.attempt_id,
                                        attempt.number, result, max_rss_kb, attempt.pid,
-                                       outbox=not attempt.final_held, failures=attempt.failures,
-                                       duration=duration), True)
+                                       failures=attempt.failures, duration=duration), True)
         if self.counters.histograms is not None:
             self.counters.histograms.job_duration.labels(result.outcome).observe(duration)
         self.jobs_may_be_pending()

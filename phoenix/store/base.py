@@ -30,6 +30,13 @@ SQLITE = "sqlite"
 URL_SCHEMES = ("postgresql://", "postgres://")
 
 
+# `phoenix prune` keeps the newest job, whatever its age: SQLite gives a new
+# row the highest id there is plus one, so deleting the newest would hand its
+# id to the next job, and an outbox file or a log line of the old job would
+# then name the new one. Kept, the ids only grow. (One rule on every store.)
+NOT_NEWEST = "jobs.id < (SELECT max(id) FROM jobs)"
+
+
 class JobState(StrEnum):
     """Every state a job's row can be in: the stores' `state` column, the
     metrics' `state` label, `phoenix jobs --state`, the status counts."""

@@ -129,9 +129,11 @@ def add_to_sqlite(db: sqlite3.Connection) -> None:
 
 
 # Which ended jobs `phoenix prune` may delete: none of a batch that is not
-# complete (an open or closed batch's counts, and the member its completion
-# callback is recorded on, are read from its jobs). Both stores' SQL.
-PRUNABLE = "(jobs.batch_id IS NULL OR jobs.batch_id IN (SELECT id FROM batches WHERE state = 'complete'))"
+# complete, or whose on_batch_complete has not run yet (its counts and jobs
+# are read from its members when it runs). Both stores' SQL.
+PRUNABLE = (f"(jobs.batch_id IS NULL OR jobs.batch_id IN (SELECT b.id FROM batches b WHERE b.state = 'complete' "
+            f"AND NOT EXISTS (SELECT 1 FROM callbacks c JOIN jobs m ON m.id = c.job_id WHERE c.kind = '{KIND}' "
+            f"AND c.state = 'owed' AND m.batch_id = b.id)))")
 
 
 def sqlite_open(db: sqlite3.Connection, name: str, now: float) -> int:

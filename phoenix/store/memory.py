@@ -573,9 +573,12 @@ class MemoryStore:
                 return bool(job["updated_at"] < finished_before)
             return failed_before is not None and job["state"] in ENDED_BADLY and job["updated_at"] < failed_before
 
-        complete = {b["id"] for b in self.batch_rows.values() if b["state"] == "complete"}
+        batch_owing = {self.jobs[c["job_id"]]["batch_id"] for c in self.callbacks.values()
+                       if c["kind"] == batch_rules.KIND and c["state"] == "owed"}
+        complete = {b["id"] for b in self.batch_rows.values() if b["state"] == "complete"} - batch_owing
+        newest = max(self.jobs, default=None)  # base.NOT_NEWEST
         gone = {job_id for job_id, job in self.jobs.items() if ended(job) and job_id not in owing
-                and (job["batch_id"] is None or job["batch_id"] in complete)}  # batches.PRUNABLE
+                and job_id != newest and (job["batch_id"] is None or job["batch_id"] in complete)}  # batches.PRUNABLE
         removed = {"jobs": len(gone),
                    "attempts": sum(1 for a in self.attempts.values() if a["job_id"] in gone),
                    "callbacks": sum(1 for c in self.callbacks.values() if c["job_id"] in gone)}

@@ -45,6 +45,7 @@ from phoenix.store.base import (
     ENDED_BADLY,
     FULL_POOL_TARGETS,
     JOB_STATES,
+    NOT_NEWEST,
     SAVE_CHECKPOINT_WHERE,
     WAITING,
     WITHDRAWN_WITH_ITS_CANCEL,
@@ -1279,7 +1280,7 @@ class PgStore:
         while True:
             with self._tx() as cur:
                 cur.execute(f"SELECT id FROM jobs WHERE ({ended}) AND NOT EXISTS (SELECT 1 FROM callbacks c WHERE "
-                            f"c.job_id = jobs.id AND c.state = 'owed') AND {batches.PRUNABLE} "
+                            f"c.job_id = jobs.id AND c.state = 'owed') AND {batches.PRUNABLE} AND {NOT_NEWEST} "
                             f"AND id > %(after)s ORDER BY id LIMIT %(batch)s "
                             f"FOR UPDATE SKIP LOCKED", bounds)
                 ids = [int(r[0]) for r in cur.fetchall()]

@@ -29,6 +29,7 @@ from phoenix.store.base import (
     ENDED_BADLY,
     FULL_POOL_TARGETS,
     JOB_STATES,
+    NOT_NEWEST,
     SAVE_CHECKPOINT_WHERE,
     WAITING,
     WITHDRAWN_WITH_ITS_CANCEL,
@@ -1264,7 +1265,8 @@ class Journal:
         attempts and callbacks, and the master events older than
         `finished_before`. Never a pending or running job, nor one with a
         callback owed, nor a member of a batch that is not complete (its
-        counts and its on_batch_complete need it). `batch` jobs per transaction, so that a running master
+        counts and its on_batch_complete need it), nor the newest job (see
+        NOT_NEWEST). `batch` jobs per transaction, so that a running master
         waits at most one short transaction for the journal."""
         removed = {"jobs": 0, "attempts": 0, "callbacks": 0, "events": 0}
         ended = "(state = 'finished' AND updated_at < :finished)"
@@ -1273,7 +1275,7 @@ class Journal:
         # NOT INDEXED: read on in id order from the last batch; through the state
         # index, each batch would sort every ended job again (quadratic).
         select = (f"SELECT id FROM jobs NOT INDEXED WHERE ({ended}) AND NOT EXISTS (SELECT 1 FROM callbacks c "
-                  f"WHERE c.job_id = jobs.id AND c.state = 'owed') AND {batches.PRUNABLE} "
+                  f"WHERE c.job_id = jobs.id AND c.state = 'owed') AND {batches.PRUNABLE} AND {NOT_NEWEST} "
                   "AND id > :after ORDER BY id LIMIT :batch")
         bounds = {"finished": finished_before, "failed": failed_before, "batch": batch, "after": 0}
         while True:

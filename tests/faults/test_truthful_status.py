@@ -57,3 +57,25 @@ def test_a_job_that_closed_its_connection_is_told_apart_from_a_silent_one(master
     assert master.proc is not None and master.proc.poll() is None
     os.kill(master.pid, 0)
     wait_for(lambda: not master.live()["running"], 10.0, "both attempts to end")
+
+
+def test_an_outcome_acked_after_its_child_wrote_the_outbox_leaves_no_outbox_file(master_factory):
+    """The master frozen past outcome_delivery_timeout: the child writes its
+    outcome to the outbox and exits; the master, continued, reads the same
+    final from its socket. The file must go with the outcome's record, or a
+    later attempt with the same job id and number reads it as its own (an
+    outside check: a SIGKILLed job was recorded finished, with a pruned
+    job's result)."""
+    master = master_factory("--workers", "1", env={"PHOENIX_OUTCOME_DELIVERY_TIMEOUT": "0.3"})
+    master.submit("tests.apps.jobs:sleep", {"s": 0.5}, key="acked-late")
+    child = wait_for(lambda: (j := master.jobs().get("acked-late")) and j["pid"], 15, "the job to run")
+    master.signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: list(master.paths.outbox.iterdir()), 15, "the child to write its outbox file")
+        wait_for(lambda: not os.path.exists(f"/proc/{child}/cmdline") or
+                 open(f"/proc/{child}/stat").read().rpartition(")")[2].split()[0] == "Z", 15, "the child to exit")
+    finally:
+        master.signal(signal.SIGCONT)
+    wait_for(lambda: phoenix_cli("show", "acked-late", "--json", state_dir=master.state_dir).stdout.count(
+        '"state": "finished"'), 15, "the outcome to be recorded")
+    assert list(master.paths.outbox.iterdir()) == []

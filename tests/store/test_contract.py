@@ -433,8 +433,9 @@ def test_the_last_outcome_owes_the_callback_and_a_retry_reopens_the_count(store:
         ("ok", "finished", 1), ("bad", "finished", 2)]
 
 
-def test_prune_keeps_the_jobs_of_a_batch_until_it_is_complete(store: Store) -> None:
+def test_prune_keeps_the_jobs_of_a_batch_until_it_is_complete_and_called(store: Store) -> None:
     store.submit_to_batch("b", [("m:f", "1", "early"), ("m:f", "2", "late")])
+    store.submit("m:f", "3", "newest")  # (prune keeps the newest job in any case)
     early, early_attempt = claim(store)
     end(store, early_attempt, early.id, callback=None)
     later = time.time() + 60
@@ -446,11 +447,24 @@ def test_prune_keeps_the_jobs_of_a_batch_until_it_is_complete(store: Store) -> N
     # Its callback hangs on the last member, and its counts come from all of them.
     [(callback_id, job_id, _attempt, _kind)] = batch_callbacks(store)
     assert job_id == last.id and store.batches(name="b")[0]["counts"] == {"finished": 2}
-    assert store.prune(finished_before=later, failed_before=later)["jobs"] == 1  # the early one; the last owes
+    # Complete, but its callback has not run: it reads their counts and jobs when it does.
+    assert store.prune(finished_before=later, failed_before=later)["jobs"] == 0
     store.callback_started(callback_id)
     store.callback_done(callback_id, None)
-    assert store.prune(finished_before=later, failed_before=later)["jobs"] == 1
+    assert store.prune(finished_before=later, failed_before=later)["jobs"] == 2
     assert store.batches(name="b")[0]["state"] == "complete"
+
+
+def test_prune_keeps_the_newest_job_so_that_no_id_is_given_twice(store: Store) -> None:
+    first, _ = store.submit("m:f", "1", "first")
+    newest, _ = store.submit("m:f", "2", "newest")
+    for _ in range(2):
+        job, attempt_id = claim(store)
+        end(store, attempt_id, job.id, callback=None)
+    assert store.prune(finished_before=time.time() + 60, failed_before=None)["jobs"] == 1
+    assert store.job_row(first) is None and store.job_row(newest) is not None
+    after, _ = store.submit("m:f", "3", "after")
+    assert after > newest
 
 
 def test_batches_are_listed_newest_first_up_to_a_limit(store: Store) -> None:
