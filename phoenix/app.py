@@ -13,7 +13,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from phoenix.config import Config, ConfigError, check_pool_capacity, parse_max_memory
 from phoenix.errors import UsageError
@@ -111,6 +111,8 @@ class BatchInfo:
             batch completed again; use (name, completion) to de-duplicate.
     """
 
+    MAX_JOBS: ClassVar[int] = 10_000  # jobs() lists a batch of at most this many
+
     id: int
     name: str
     counts: dict[str, int]
@@ -120,8 +122,22 @@ class BatchInfo:
     def jobs(self) -> list[dict[str, Any]]:
         """Its jobs in id order, each a dict: id, key, target, state, attempts,
         outcome, reason (of the last attempt), created_at, updated_at. (The
-        errors' tracebacks are left out: `phoenix show KEY` has them.)"""
+        errors' tracebacks are left out: `phoenix show KEY` has them.) For a
+        batch of more than MAX_JOBS (10,000) it raises BatchTooLarge: page
+        through them with `phoenix jobs --batch NAME --json` instead."""
         return self._read_jobs()
+
+    @staticmethod
+    def listed(name: str, size: int, members: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+        if members is None:
+            raise BatchTooLarge(f"batch {name!r} has {size} jobs, more than the {BatchInfo.MAX_JOBS} batch.jobs() "
+                                f"lists: page through them with `phoenix jobs --batch NAME --json` "
+                                f"(batch.counts has them all)")
+        return list(members)
+
+
+class BatchTooLarge(UsageError, ValueError):
+    """BatchInfo.jobs() of a batch too large to list in the master: the message says how to page through it."""
 
 
 def target_name(func: Callable[..., Any]) -> str:

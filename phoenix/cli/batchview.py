@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from phoenix.cli.jobsview import _table
+from phoenix.cli.jobsview import _table, jobs_report
 from phoenix.cli.status import duration
 from phoenix.linux.untrusted import visible
 from phoenix.store.base import Store
@@ -42,14 +42,7 @@ def batch_jobs_report(journal: Store, name: str, *, state: str | None, target: s
     found = journal.batches(name=name)
     if not found:
         raise unknown_refusal(name)
-    oldest = None if since is None else time.time() - since
-    rows = [job for job in journal.batch_jobs(found[0]["id"])
-            if (state is None or job["state"] == state) and (target is None or job["target"] == target)
-            and (oldest is None or job["updated_at"] >= oldest)]
-    rows.sort(key=lambda job: (job["updated_at"], job["id"]), reverse=True)
-    if after is not None:
-        rows = [job for job in rows if (job["updated_at"], job["id"]) < after]
-    page = rows[:limit]
-    more = len(rows) - len(page)
-    next_after = f"{page[-1]['updated_at']!r}/{page[-1]['id']}" if more and page else None
-    return {"batch": found[0]["name"], "jobs": page, "total": len(rows), "more": more, "next_after": next_after}
+    # A page read in the store, as `phoenix jobs` reads one: never the whole batch.
+    report = jobs_report(journal, state=state, target=target, since=since, limit=limit, after=after,
+                         batch_id=found[0]["id"])
+    return {"batch": found[0]["name"], **report}

@@ -34,14 +34,15 @@ def parse_cursor(text: str) -> tuple[float, int]:
 
 
 def jobs_report(journal: Store, *, state: str | None, target: str | None, since: float | None,
-                limit: int, after: tuple[float, int] | None = None, key_prefix: str | None = None) -> dict[str, Any]:
+                limit: int, after: tuple[float, int] | None = None, key_prefix: str | None = None,
+                batch_id: int | None = None) -> dict[str, Any]:
     """The `phoenix jobs --json` object: the jobs shown, how many matched from
     this page on ("total") and after it ("more"), and `next_after`, the cursor
     of the next page (None on the last). Pages go by last change, newest first:
     a job that changes while a script pages moves to the front."""
     rows, total = journal.list_jobs(state=state, target=target,
                                     since=None if since is None else time.time() - since, limit=limit, after=after,
-                                    key_prefix=key_prefix)
+                                    key_prefix=key_prefix, batch_id=batch_id)
     more = max(0, total - len(rows))
     next_after = f"{rows[-1]['updated_at']!r}/{rows[-1]['id']}" if more and rows else None
     return {"jobs": rows, "total": total, "more": more, "next_after": next_after}

@@ -102,6 +102,12 @@ state_dir_option = click.option(
     "--state-dir", type=click.Path(file_okay=False), default=None,
     help="Directory of the pidfile, sockets and journal (default ./.phoenix, or state_dir in config).",
 )
+# Bounded, so that a number past what the stores take (SQLite's and
+# PostgreSQL's 64-bit integers, an attempt's 32-bit number) is click's one
+# line, not a store's traceback.
+HOW_MANY = click.IntRange(min=1, max=1_000_000_000)
+JOB_ID = click.IntRange(min=0, max=2**63 - 2)
+ATTEMPT_NUMBER = click.IntRange(min=1, max=2**31 - 1)
 
 
 _warned: set[str] = set()
@@ -361,9 +367,9 @@ def submit(target: str, params: str, key: str | None, run_in: str | None, run_at
               help="Refresh in place every N seconds (default 1) until Ctrl-C.")
 @store_option
 @click.option("--node", help="With a shared store: this master (node) and its jobs only.")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
+@click.option("--limit", type=HOW_MANY, default=None,
               help="With --json: jobs per page (default 1000).")
-@click.option("--after", type=click.IntRange(min=0), default=None,
+@click.option("--after", type=JOB_ID, default=None,
               help="With --json: the page after this job id (the next_after of the page before).")
 @friendly_errors
 def status(state_dir: str | None, as_json: bool, watch_interval: float | None, store: str | None,
@@ -550,7 +556,7 @@ def reload(state_dir: str | None, wait: bool, timeout: float, force: bool) -> No
 @store_option
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), required=True,
               help="Write a self-contained timeline page here.")
-@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
+@click.option("--limit", type=HOW_MANY, default=1000, show_default=True,
               help="Draw the jobs that changed last, at most this many.")
 @friendly_errors
 def report(state_dir: str | None, store: str | None, html_file: str, limit: int) -> None:
@@ -605,7 +611,7 @@ def _seconds(text: str | None) -> float | None:
 @click.option("--target", help="Only jobs of this target (module:function).")
 @click.option("--since", help="Only jobs changed in this last while: 45s, 30m, 1h, 7d.")
 @click.option("--batch", "batch_name", metavar="NAME", help="Only the jobs of this batch (see `phoenix batches`).")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Show at most this many.")
+@click.option("--limit", type=HOW_MANY, default=50, show_default=True, help="Show at most this many.")
 @click.option("--after", "cursor", help="The page after this one: the next_after the page before printed.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 @store_option
@@ -622,6 +628,8 @@ def jobs(state_dir: str | None, state: str | None, target: str | None, since: st
         after = None if cursor is None else parse_cursor(cursor)
     except BadCursor as exc:
         fail(str(exc))
+    if batch_name is not None:
+        check_batch_name(batch_name)  # a name no batch can have: one line, not the store's error
     _paths, journal = _existing_journal(state_dir, store)
     with journal:
         if batch_name is not None:
@@ -688,7 +696,7 @@ def schedules(app_spec: str | None, state_dir: str | None, as_json: bool, store:
 @main.command()
 @state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
+@click.option("--limit", type=HOW_MANY, default=50, show_default=True,
               help="Show at most this many, newest first.")
 @store_option
 @friendly_errors
@@ -758,7 +766,7 @@ FOLLOW_POLL = 0.2  # seconds between two looks at a followed attempt's file and 
 
 @main.command()
 @click.argument("key")
-@click.option("--attempt", "number", type=click.IntRange(min=1), help="This attempt's output (default: the latest).")
+@click.option("--attempt", "number", type=ATTEMPT_NUMBER, help="This attempt's output (default: the latest).")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing what the attempt writes until it ends.")
 @state_dir_option
 @store_option

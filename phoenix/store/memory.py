@@ -363,11 +363,12 @@ class MemoryStore:
 
     def list_jobs(self, *, state: str | None, target: str | None, since: float | None,
                   limit: int, after: tuple[float, int] | None = None,
-                  key_prefix: str | None = None) -> tuple[list[dict[str, Any]], int]:
+                  key_prefix: str | None = None, batch_id: int | None = None) -> tuple[list[dict[str, Any]], int]:
         def matches(job: dict[str, Any]) -> bool:
             return ((state is None or job["state"] == state) and (target is None or job["target"] == target)
                     and (since is None or job["updated_at"] >= since)
                     and (key_prefix is None or job["key"].startswith(key_prefix))
+                    and (batch_id is None or job["batch_id"] == batch_id)
                     and (after is None or (job["updated_at"], job["id"]) < after))
 
         found = sorted(filter(matches, self.jobs.values()), key=lambda j: (j["updated_at"], j["id"]), reverse=True)

@@ -1020,12 +1020,13 @@ class PgStore:
 
     def list_jobs(self, *, state: str | None, target: str | None, since: float | None,
                   limit: int, after: tuple[float, int] | None = None,
-                  key_prefix: str | None = None) -> tuple[list[dict[str, Any]], int]:
+                  key_prefix: str | None = None, batch_id: int | None = None) -> tuple[list[dict[str, Any]], int]:
         if (target is not None and unstorable(target)) or (key_prefix is not None and unstorable(key_prefix)):
             return [], 0  # no job has it (check_target_form and check_key refuse it at submit)
         conditions: list[str] = []
         args: list[Any] = []
-        for column, value in (("j.state = %s", state), ("j.target = %s", target), ("j.updated_at >= %s", since)):
+        for column, value in (("j.state = %s", state), ("j.target = %s", target), ("j.updated_at >= %s", since),
+                              ("j.batch_id = %s", batch_id)):
             if value is not None:
                 conditions.append(column)
                 args.append(value)

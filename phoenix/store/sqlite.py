@@ -1016,7 +1016,7 @@ class Journal:
 
     def list_jobs(self, *, state: str | None, target: str | None, since: float | None,
                   limit: int, after: tuple[float, int] | None = None,
-                  key_prefix: str | None = None) -> tuple[list[dict[str, Any]], int]:
+                  key_prefix: str | None = None, batch_id: int | None = None) -> tuple[list[dict[str, Any]], int]:
         """(up to `limit` jobs, last changed first, how many matched in all);
         each with its last attempt's outcome and reason. `after` (updated_at,
         id) of the last job of a page: the jobs after it (and "in all" counts
@@ -1027,7 +1027,8 @@ class Journal:
             return [], 0  # no job has it (check_target_form and check_key refuse it at submit)
         conditions: list[str] = []
         args: list[Any] = []
-        for column, value in (("j.state = ?", state), ("j.target = ?", target), ("j.updated_at >= ?", since)):
+        for column, value in (("j.state = ?", state), ("j.target = ?", target), ("j.updated_at >= ?", since),
+                              ("j.batch_id = ?", batch_id)):
             if value is not None:
                 conditions.append(column)
                 args.append(value)
@@ -1044,7 +1045,7 @@ class Journal:
             conditions.append("j.updated_at <= ? AND (j.updated_at < ? OR j.id < ?)")
             args.extend((after[0], after[0], after[1]))
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        if target is None and since is None and after is None and not key_prefix:  # the kept counts: no read
+        if target is None and since is None and after is None and not key_prefix and batch_id is None:  # kept counts
             counts = self.counts()
             total = counts.get(state, 0) if state is not None else sum(counts.values())
         else:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from phoenix.app import BatchInfo
+from phoenix.app import BatchInfo, BatchTooLarge
 from phoenix.master.settler import CallbackSettler
 from phoenix.store.batches import KIND, BatchRefused, check_name
 from phoenix.testing import FakeClock
@@ -26,13 +26,14 @@ def test_a_good_batch_name_passes() -> None:
     check_name("feeds-2026-12-07")
 
 
-def test_the_settler_calls_on_batch_complete_with_the_batch_and_its_final_counts() -> None:
+def settled(size: int, read: list[int]) -> Any:
+    """The BatchInfo a settler hands on_batch_complete for a batch of `size` jobs."""
     started: list[tuple[Any, ...]] = []
     store = SimpleNamespace(
         job_row=lambda job_id: {"batch_id": 7},
-        batches=lambda batch_id: [{"id": batch_id, "name": "feeds", "completions": 1,
+        batches=lambda batch_id: [{"id": batch_id, "name": "feeds", "completions": 1, "jobs": size,
                                    "counts": {"finished": 10, "failed": 2}}],
-        batch_jobs=lambda batch_id: [{"key": "feeds-0", "state": "finished"}],
+        batch_jobs=lambda batch_id: read.append(batch_id) or [{"key": "feeds-0", "state": "finished"}],
         callback_started=lambda callback_id: True,
     )
     runner = SimpleNamespace(running={}, start=lambda *args: started.append(args))
@@ -42,6 +43,21 @@ def test_the_settler_calls_on_batch_complete_with_the_batch_and_its_final_counts
     settler.start(5, 3, 1, KIND)
     [(callback_id, label, kind, functions, info)] = started
     assert (callback_id, label, kind, functions) == (5, "batch:feeds", KIND, [print])
+    return info
+
+
+def test_the_settler_calls_on_batch_complete_with_the_batch_and_its_final_counts() -> None:
+    info = settled(12, [])
     assert isinstance(info, BatchInfo)
     assert (info.id, info.name, info.counts, info.completion) == (7, "feeds", {"finished": 10, "failed": 2}, 1)
     assert info.jobs() == [{"key": "feeds-0", "state": "finished"}]
+
+
+def test_a_batch_too_large_to_list_is_not_read_in_the_loop_and_its_jobs_say_how_to_page() -> None:
+    read: list[int] = []
+    info = settled(BatchInfo.MAX_JOBS + 1, read)
+    assert read == [] and info.counts == {"finished": 10, "failed": 2}
+    with pytest.raises(BatchTooLarge, match="phoenix jobs --batch NAME --json"):
+        info.jobs()
+    settled(BatchInfo.MAX_JOBS, read)
+    assert read == [7]
