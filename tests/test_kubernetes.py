@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from phoenix.rules import leases
+from phoenix.store.postgres import PgStore
 from tests.conftest import PYTHON, REPO, Master, phoenix_cli, wait_for
 from tests.test_readme import page_blocks
 
@@ -238,6 +239,24 @@ def show(store: str) -> dict[str, Any]:
     return report
 
 
+def saved_cursor(store: str) -> int:
+    """The crawl's checkpoint in the store (0 before the first), read directly: polled often."""
+    with PgStore(store) as pg:
+        job = pg.job_by_key("crawl")
+    return json.loads(job["checkpoint"])["next"] if job and job["checkpoint"] else 0
+
+
+def finished(store: str) -> dict[str, Any]:
+    """`phoenix show crawl --json` once the crawl has finished (waited for in the store)."""
+    def done() -> bool:
+        with PgStore(store) as pg:
+            job = pg.job_by_key("crawl")
+        return job is not None and job["state"] == "finished"
+
+    wait_for(done, timeout=30, what="the crawl to finish")
+    return show(store)
+
+
 def submit_crawl(store: str, tmp_path: Path, n: int) -> dict[str, Any]:
     params = {"n": n, "step": 0.02, "every": 5, "ledger": str(tmp_path / "ledger"), "starts": str(tmp_path / "starts")}
     result = phoenix_cli("submit", "tests.apps.pods:crawl", json.dumps(params), "--key", "crawl", "--store", store)
@@ -266,8 +285,7 @@ def resumed_on_the_new_pod(store: str, params: dict[str, Any]) -> None:
     first = stopped["attempt_list"][0]
     assert (first["node"], first["outcome"]) == ("old", "interrupted"), first
     assert first["reason"] == "stopped; it ended on phoenix.Interrupted" and stopped["failures"] == 0
-    report = wait_for(lambda: (r := show(store))["state"] == "finished" and r, timeout=30,
-                      what="the crawl to finish on the new pod")
+    report = finished(store)
     resumed_from = items_done(params)[1][-1] + 1  # the old pod's last item done, and checkpointed on Interrupted
     assert [(x["node"], x["outcome"]) for x in report["attempt_list"]] == [("old", "interrupted"), ("new", "finished")]
     assert starts(params) == [(1, 0), (2, resumed_from)] and report["result"] == {"started_at": resumed_from}
@@ -278,8 +296,8 @@ def resumed_on_the_new_pod(store: str, params: dict[str, Any]) -> None:
 def test_a_pod_ended_by_the_kubelet_drains_then_its_job_resumes_on_the_new_pod(pods, pg_url, tmp_path):
     budget = Budget(pod_spec())
     old = pods("old")
-    params = submit_crawl(pg_url, tmp_path, n=400)  # 8 s of work: still running when the drain's time is out
-    wait_for(lambda: (show(pg_url)["checkpoint"] or {}).get("next", 0) >= 5, what="the crawl's first checkpoint")
+    params = submit_crawl(pg_url, tmp_path, n=1000)  # 20 s of work: still running when the drain ends
+    wait_for(lambda: saved_cursor(pg_url) >= 5, what="the crawl's first checkpoint")
     new = pods("new")  # maxSurge: the new pod runs before the old one is ended
 
     kubelet = Kubelet(budget)
@@ -305,8 +323,8 @@ def test_a_drain_longer_than_the_grace_period_is_cut_short_by_the_kubelets_term(
     later, to save its place, and does."""
     budget = Budget(pod_spec())
     old = pods("old")
-    params = submit_crawl(pg_url, tmp_path, n=400)
-    wait_for(lambda: (show(pg_url)["checkpoint"] or {}).get("next", 0) >= 5, what="the crawl's first checkpoint")
+    params = submit_crawl(pg_url, tmp_path, n=1000)
+    wait_for(lambda: saved_cursor(pg_url) >= 5, what="the crawl's first checkpoint")
     pods("new")
 
     kubelet = Kubelet(budget)
@@ -328,17 +346,17 @@ def test_a_container_restarted_in_its_pod_resumes_its_job_without_waiting_for_it
     ttl = 30.0  # the manifest's (the default): the job must not wait for it
     pod = pods("pod", lease_ttl=ttl)
     params = submit_crawl(pg_url, tmp_path, n=400)
-    wait_for(lambda: (show(pg_url)["checkpoint"] or {}).get("next", 0) >= 15, what="a few checkpoints")
+    wait_for(lambda: saved_cursor(pg_url) >= 15, what="a few checkpoints")
     os.kill(pod.init, signal.SIGKILL)
     killed_at = time.monotonic()
     pod.proc.wait(10)  # type: ignore[union-attr]
-    checkpoint = show(pg_url)["checkpoint"]["next"]
+    checkpoint = saved_cursor(pg_url)
 
     pods("pod", lease_ttl=ttl)  # the kubelet restarts the container
     wait_for(lambda: len(starts(params)) == 2, timeout=20, what="the crawl to run again in the restarted container")
     assert time.monotonic() - killed_at < ttl / 2
     assert starts(params)[1] == (2, checkpoint)
-    report = wait_for(lambda: (r := show(pg_url))["state"] == "finished" and r, timeout=30, what="the crawl's end")
+    report = finished(pg_url)
     # Its process ended with no master to watch it: `lost`, a retry used (as a crash is), found by the node's next
     # master at its start rather than by another after the lease.
     assert [(x["node"], x["outcome"]) for x in report["attempt_list"]] == [("pod", "lost"), ("pod", "finished")]
@@ -350,18 +368,17 @@ def test_a_pod_lost_with_its_node_resumes_on_another_pod_after_the_lease_runs_ou
     lost = pods("lost")
     params = submit_crawl(pg_url, tmp_path, n=400)
     other = pods("other")
-    wait_for(lambda: (show(pg_url)["checkpoint"] or {}).get("next", 0) >= 15, what="a few checkpoints")
+    wait_for(lambda: saved_cursor(pg_url) >= 15, what="a few checkpoints")
 
     os.kill(lost.init, signal.SIGKILL)  # no preStop, no TERM: every process of the pod dies at once
     killed_at = time.monotonic()
     lost.proc.wait(10)  # type: ignore[union-attr]
     assert not lost.processes()
-    checkpoint = show(pg_url)["checkpoint"]["next"]  # the last one a master acknowledged: nothing more comes
+    checkpoint = saved_cursor(pg_url)  # the last one a master acknowledged: nothing more comes
 
     wait_for(lambda: len(starts(params)) == 2, timeout=30, what="the crawl to run again on the other pod")
     recovered_after = time.monotonic() - killed_at
-    report = wait_for(lambda: (r := show(pg_url))["state"] == "finished" and r, timeout=30,
-                      what="the crawl to finish on the other pod")
+    report = finished(pg_url)
     resumed = starts(params)[1]
     assert resumed == (2, checkpoint) and report["result"] == {"started_at": checkpoint}
     assert [(x["node"], x["outcome"]) for x in report["attempt_list"]] == [("lost", "lost"), ("other", "finished")]
