@@ -10,10 +10,12 @@ manifest's timings at a tenth:
   kubelet's exec does), then TERM to PID 1, then, once
   terminationGracePeriodSeconds have passed since the hook began, SIGKILL
   to PID 1: the kernel then kills every process of the namespace at once;
-- a node lost: the pod's PID 1 SIGKILLed with no preStop and no TERM.
+- a node lost: the pod's PID 1 SIGKILLed with no preStop and no TERM;
+- a container restarted in its pod: PID 1 SIGKILLed, and a new one started
+  on the same state directory (the pod's emptyDir) under the same node name.
 
-In both, the job resumes on the other pod from its last checkpoint, and no
-item of its work is done twice before that checkpoint.
+Each time the job resumes from its last checkpoint, and no item of its work
+is done twice before that checkpoint.
 """
 
 from __future__ import annotations
@@ -96,11 +98,11 @@ def test_the_manifest_has_what_the_recipe_relies_on():
     volumes = {v["name"]: v for v in spec["volumes"]}
     [mount] = [m for m in container["volumeMounts"] if state_dir.startswith(m["mountPath"].rstrip("/") + "/")]
     assert "emptyDir" in volumes[mount["name"]]
-    # A rolling update starts the new pod before it stops an old one; a second replica recovers a lost node's jobs.
     # Its image (deploy/Dockerfile) brings psycopg, which a postgresql:// store needs.
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert any(spec.startswith("psycopg") for spec in extras["postgres"])
+    assert any(requirement.startswith("psycopg") for requirement in extras["postgres"])
     assert "RUN pip install '/src[postgres]'" in (REPO / "deploy" / "Dockerfile").read_text()
+    # A rolling update starts the new pod before it stops an old one; a second replica recovers a lost node's jobs.
     rolling = yaml.safe_load(MANIFEST.read_text())["spec"]
     assert rolling["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     assert rolling["replicas"] >= 2
@@ -188,6 +190,7 @@ class Kubelet:
         self.budget = budget
         self.hook_exit: int | None = None  # the hook's exit status (negative: killed by that signal)
         self.hook_took = 0.0  # until it exited, or the kubelet stopped waiting for it
+        self.hook_output = ""
         self.gone_after = 0.0
         self.killed = False  # the grace period ran out with processes of the pod left
 
