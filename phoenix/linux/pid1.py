@@ -12,6 +12,11 @@ process of its namespace. So the two ways of leaving jobs running while this
 master exits, a fork-mode replacement (the new master is another process;
 the old one, init, exits) and `phoenix stop --leave-running`, would kill the
 jobs, and the new master with them. Both are refused with the reason.
+
+The same kernel rule would kill a `phoenix stop` run inside the namespace (a
+Kubernetes preStop hook, a `docker exec`) the moment the master exits: the
+master tells it how it ended, then waits up to STOP_CLIENT_EXIT_WAIT seconds
+for it to exit first.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ LEAVE_RUNNING_REFUSED = (
     "process of the container, the running jobs included; use `phoenix stop` (jobs go back to pending) or "
     "`phoenix stop --drain` (they finish first)"
 )
+
+# Seconds an exiting PID 1 waits for the `phoenix stop` processes it answered to exit (they need milliseconds).
+STOP_CLIENT_EXIT_WAIT = 2.0
 
 
 def is_namespace_init() -> bool:

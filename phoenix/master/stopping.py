@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 
 from phoenix import log
 from phoenix.config import Config
-from phoenix.linux import systemd
+from phoenix.linux import pid1, systemd
 from phoenix.linux.clock import Clock
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.pidfile import PidFile
@@ -208,7 +208,9 @@ class Stopping:
         self.journal().close()
         event(INFO, "exit", pid=os.getpid(), code=self.exit_code)
         error = f"it could not record its stop ({self.stop_error})" if self.stop_error else self.crash_error
-        self.control.report_exit({"ok": error is None, "exit_code": self.exit_code, "error": error})
+        # As PID 1, a `phoenix stop` run in the namespace (a preStop hook) would die with this master.
+        linger = pid1.STOP_CLIENT_EXIT_WAIT if pid1.is_namespace_init() else 0.0
+        self.control.report_exit({"ok": error is None, "exit_code": self.exit_code, "error": error}, linger)
 
     def record_stop(self) -> None:
         if self.stop_mode == StopMode.HANDED_OVER:

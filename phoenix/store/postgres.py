@@ -537,11 +537,15 @@ class PgStore:
         """A stop: `stopped` ends the lease now (its children are gone).
         `left` (children left running for the next master of this node) keeps
         the lease to its expiry: a master started on the node before expiry +
-        grace takes them up; otherwise they are recovered, and run elsewhere."""
+        grace takes them up; otherwise they are recovered, and run elsewhere.
+        A stop wakes the other masters: the jobs it interrupted are pending
+        (a rolling update's new pod takes them at once, not at its next look)."""
+        wake = " RETURNING pg_notify(%s, '')" if state == "stopped" else ""
         with self._one() as cur:
             cur.execute("UPDATE masters SET state = %s, lease_expires_at = CASE WHEN %s = 'stopped' THEN now() "
                         "ELSE lease_expires_at END, slots_used = CASE WHEN %s = 'stopped' THEN 0 ELSE slots_used END "
-                        "WHERE node = %s AND epoch = %s", (state, state, state, self.node, self.epoch))
+                        f"WHERE node = %s AND epoch = %s{wake}",
+                        (state, state, state, self.node, self.epoch, *((CHANNEL,) if wake else ())))
 
     def recover(self, grace: float, decide: Callable[[str, int], tuple[str, bool, float | None, str | None]],
                 ) -> list[tuple[int, int, int, str]]:

@@ -325,17 +325,25 @@ class ControlServer:
             return
         self.exit_watchers.append(conn)
 
-    def report_exit(self, ending: dict[str, Any]) -> None:
+    def report_exit(self, ending: dict[str, Any], linger: float = 0.0) -> None:
         """Tell each `phoenix stop` still waiting how this master ends (its
-        last act before exit): an exit code, and what went wrong, if anything."""
+        last act before exit): an exit code, and what went wrong, if anything.
+        With `linger` (the master is its PID namespace's init, whose exit
+        SIGKILLs every process of the namespace), wait up to that long for
+        those of them in the namespace to exit first: a container's preStop
+        hook then ends on its own, not as killed (exit 137)."""
         line = _line(ending)
+        told = []
         for conn in self.exit_watchers:
             try:
                 conn.send(line, socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
+                told.append(_peer_pid(conn))
             except OSError:
                 pass
             conn.close()
         self.exit_watchers.clear()
+        if linger > 0:
+            _wait_exits([pid for pid in told if pid], self.clock.monotonic() + linger, self.clock)
 
     def _reply(self, conn: socket.socket, reply: bytes) -> None:
         del self.buffers[conn]
@@ -454,6 +462,39 @@ def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[s
     finally:
         sock.close()
     return _refused_or(path, _parse(path, bytes(data)))
+
+
+def _peer_pid(conn: socket.socket) -> int:
+    """The pid of the process that connected, as this process's namespace
+    sees it: 0 if it is outside it (or the kernel would not say)."""
+    try:
+        pid, _uid, _gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    except OSError:
+        return 0
+    return int(pid)
+
+
+def _wait_exits(pids: list[int], deadline: float, clock: Clock) -> None:
+    """Until `deadline` (on `clock`) at most, wait for each of `pids` to exit
+    (its pidfd turns readable). A pid gone already, or unknown, is not waited for."""
+    poller = select.poll()
+    pidfds = []
+    for pid in pids:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        pidfds.append(pidfd)
+        poller.register(pidfd, select.POLLIN)
+    try:
+        left = len(pidfds)
+        while left and (wait := deadline - clock.monotonic()) > 0:
+            for pidfd, _event in poller.poll(wait * 1000):
+                poller.unregister(pidfd)
+                left -= 1
+    finally:
+        for pidfd in pidfds:
+            os.close(pidfd)
 
 
 def _check_server(sock: socket.socket, path: Path) -> None:

@@ -227,6 +227,22 @@ def test_usr2_replaces_pid1_in_place_and_the_running_job_survives(pid1, tmp_path
     assert jobs["survivor"]["outcome"] == "finished" and jobs["survivor"]["attempt"] == 1
 
 
+def test_a_stop_run_inside_the_namespace_exits_on_its_own_before_pid1_does(pid1, tmp_path: Path):
+    """A Kubernetes preStop hook (`phoenix stop` exec'd in the container) is a
+    process of the namespace: when the master, its init, exits, the kernel
+    SIGKILLs it, and the kubelet reports the hook failed (exit 137). The
+    master waits (briefly) for it to exit first."""
+    master = pid1()
+    _submit(master, "run_until_file", {"file": str(tmp_path / "never")}, "interrupted")
+    _running(master, "interrupted")
+    stop = master.in_namespace(PYTHON, "-m", "phoenix", "stop", "--drain", "--timeout", "0.2", "--state-dir",
+                               str(master.state_dir))
+    assert stop.returncode == 0, (stop.returncode, stop.stdout, stop.stderr)
+    assert stop.stdout == "stopped master pid 1\n"
+    assert master.wait_exit() == 0
+    assert master.jobs()["interrupted"]["state"] == "pending"
+
+
 def test_fork_replacement_is_refused_as_pid1(pid1, tmp_path: Path):
     """The old master (PID 1) would exit, and the kernel kill every process
     of the namespace: the new master and the jobs."""

@@ -199,6 +199,21 @@ def test_one_notify_per_submitting_transaction(pg_url: str) -> None:
         listener.close()
 
 
+def test_a_stopping_master_wakes_the_others_for_the_jobs_it_interrupted(pg_url: str) -> None:
+    """Its interrupted jobs are pending at once (a rolling update's new pod
+    should take them then, not at its next look, up to ttl/3 later); a master
+    that leaves its children running for its node's next master wakes no one."""
+    listener = psycopg.connect(pg_url, autocommit=True)
+    try:
+        listener.execute("LISTEN phoenix_wake")
+        master(pg_url, "leaving").release_lease("left")
+        master(pg_url, "stopping").release_lease("stopped")
+        payloads = [n.payload for n in listener.notifies(timeout=0.5, stop_after=5)]
+        assert payloads == [""]
+    finally:
+        listener.close()
+
+
 def test_schema_versions(postgres_server: Any) -> None:
     url = postgres_server.database(migrated=False)
     try:
