@@ -196,7 +196,8 @@ def test_only_the_jobs_own_process_checkpoints_a_forked_copy_is_refused_and_the_
 
 def test_a_job_past_its_memory_limit_is_killed_before_twice_it_while_its_neighbour_finishes(master_factory,
                                                                                              state_dir):
-    master = master_factory(app=APP)
+    """The watchdog (memory cgroups turned off: tests/test_cgroups.py has the kernel's enforcement)."""
+    master = master_factory(app=APP, env={"PHOENIX_MEMORY_CGROUPS": "false"})
     master.submit("tests.apps.longjobs:neighbour", {"s": 1.5}, key="neighbour")
     master.submit("tests.apps.longjobs:grows", {}, key="grows")
     grown = wait_for(lambda: (r := show(state_dir, "grows"))["state"] == "failed" and r, what="the memory kill")
