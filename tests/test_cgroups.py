@@ -191,4 +191,11 @@ def test_a_child_the_kernel_oom_killer_ends_outside_any_job_limit_is_killed_reas
     report = wait_for(lambda: (r := show(state_dir, "oom"))["state"] == "failed" and r, what="two OOM kills")
     assert [(a["outcome"], a["reason"]) for a in report["attempt_list"]] == [("killed", "oom")] * 2, report
     assert "the kernel's OOM killer ended it" in report["error"]
+    # Each OOM kill the cgroup counts names one end: an operator's SIGKILL afterwards is not taken for one.
+    master.submit("tests.apps.longjobs:neighbour", {"s": 30}, key="killed-by-hand")
+    running = wait_for(lambda: master.live()["running"], what="the job running")
+    os.kill(next(iter(running.values()))["pid"], signal.SIGKILL)
+    report = wait_for(lambda: (r := show(state_dir, "killed-by-hand"))["attempt_list"][0]["outcome"] and r,
+                      what="its end")
+    assert (report["attempt_list"][0]["outcome"], report["attempt_list"][0]["reason"]) == ("signalled", "SIGKILL")
 

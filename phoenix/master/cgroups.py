@@ -186,6 +186,9 @@ class JobCgroups:
             for name, value in limit_writes(self.files, limit, self.swap_accounted):
                 cgroups.write(os.path.join(path, name), value)
             cgroups.write(os.path.join(path, PROCS), str(pid))
+        except ProcessLookupError:  # the child died waiting: it gets no order, and its end is recorded as such
+            self._remove_now(path)
+            return None
         except OSError as exc:
             error = f"{exc.filename}: {exc.strerror}" if isinstance(exc, ForeignCgroup) else exc.strerror or str(exc)
             if error not in self.failed_once:
@@ -215,7 +218,7 @@ class JobCgroups:
         unexplained = attempt.final is None and attempt.kill_reason is None and not attempt.interrupted
         if unexplained and (status is None or _killed(status)):
             if attempt.cgroup is not None:
-                reason, detail = self._cgroup_kill(attempt.cgroup, attempt.max_memory)
+                reason, detail = self._cgroup_kill(attempt.cgroup)
             elif status is not None:  # (an adopted child's status went to its former parent)
                 reason, detail = self._own_cgroup_kill()
             else:
@@ -228,17 +231,20 @@ class JobCgroups:
         if attempt.cgroup is not None:
             self.remove(attempt.cgroup)
 
-    def _cgroup_kill(self, path: str, limit: int | None) -> tuple[KillReason | None, str | None]:
+    def _cgroup_kill(self, path: str) -> tuple[KillReason | None, str | None]:
+        """Read from the cgroup itself: its limit is the one it was made with (a
+        reload, or the code a USR2 loaded, may give the job another since)."""
         if self.files is None:
             return None, None
         try:
             events = cgroups.counters(cgroups.read(os.path.join(path, self.files.events)))
             peak = int(cgroups.read(os.path.join(path, self.files.peak))) if self.files.peak else None
+            limit = int(cgroups.read(os.path.join(path, self.files.limit)))
         except (OSError, ValueError):
             return None, None
-        reason = kernel_kill(self.files, events, peak, limit or 0)
+        reason = kernel_kill(self.files, events, peak, limit)
         if reason == KillReason.MAX_MEMORY:
-            return reason, (f"max_memory: the kernel's OOM killer ended it at its cgroup's {size_text(limit or 0)} "
+            return reason, (f"max_memory: the kernel's OOM killer ended it at its cgroup's {size_text(limit)} "
                             f"limit (cgroup v{self.files.version}; raise max_memory, or make the job use less)")
         if reason == KillReason.OOM:
             return reason, ("oom: the kernel's OOM killer ended it below its own limit (the host, or a cgroup "
@@ -295,7 +301,7 @@ class JobCgroups:
                 del self.removing[path]
             elif now >= give_up:
                 del self.removing[path]
-                log.event(logging.WARNING, "cgroup_left", path=path, processes=len(cgroups.processes(path)),
+                log.event(logging.WARNING, "cgroup_left", path=path, processes=_count(path),
                           effect="left for the next start's clean-up")
         self.next_removal = now + REMOVE_EVERY if self.removing else None
 
@@ -330,7 +336,7 @@ class JobCgroups:
                 self._check_own(path)
             except OSError:
                 continue
-            log.event(logging.INFO, "cgroup_leftover", path=path, processes=len(cgroups.processes(path)))
+            log.event(logging.INFO, "cgroup_leftover", path=path, processes=_count(path))
             self.remove(path)
 
 
@@ -340,3 +346,11 @@ class ForeignCgroup(StateError, PermissionError):
 
 def _killed(status: int) -> bool:
     return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def _count(path: str) -> int | str:
+    """The processes in a cgroup, for a log line ("?" if they cannot be read now)."""
+    try:
+        return len(cgroups.processes(path))
+    except OSError:
+        return "?"

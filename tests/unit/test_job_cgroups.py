@@ -1,0 +1,77 @@
+"""The per-job cgroups part (master/cgroups.py) in process, on phoenix.testing's
+FakeClock, against the host's real memory controller and real processes:
+placing a process, naming (or not) its end, removing its cgroup, leaving a
+cgroup another user made alone. Skipped where no memory cgroup is writable
+(tests/test_cgroups.py says why)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from phoenix.linux import cgroups
+from phoenix.master.attempts import Attempt
+from phoenix.master.cgroups import JobCgroups
+from phoenix.master.metrics import Counters
+from phoenix.rules.memory import attempt_cgroup_name
+from phoenix.testing import FakeClock
+from tests.test_cgroups import OWN_CGROUP, WHY_NOT
+
+pytestmark = pytest.mark.skipif(OWN_CGROUP is None, reason=f"no writable memory cgroup here: {WHY_NOT}")
+M = 1024**2
+
+
+@pytest.fixture
+def part(tmp_path: Path) -> Iterator[JobCgroups]:
+    part = JobCgroups(str(tmp_path / "state"), Counters(), FakeClock().monotonic)
+    part.open(enabled=True)
+    yield part
+    part.clean_leftovers(running=set())  # what a failed test left
+    part.close()
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(["sleep", "60"])
+    yield process
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+def attempt_of(process: subprocess.Popen[bytes], attempt_id: int) -> Attempt:
+    return Attempt(attempt_id, 1, "k", "m:f", 1, process.pid, None, 0.0, 0.0, 0.0)
+
+
+def test_a_placed_process_runs_under_its_limit_and_its_cgroup_goes_with_its_end(part, sleeper):
+    assert part.describe() == f"cgroup v1 {part.group}"
+    path = part.place(7, sleeper.pid, 64 * M)
+    assert path == os.path.join(str(part.group), attempt_cgroup_name(7))
+    assert cgroups.processes(path) == [sleeper.pid]
+    assert cgroups.read(os.path.join(path, "memory.limit_in_bytes")).strip() == str(64 * M)
+    attempt = attempt_of(sleeper, 7)
+    attempt.cgroup = path
+    sleeper.send_signal(signal.SIGKILL)
+    assert sleeper.wait() == -signal.SIGKILL
+    part.ended(attempt, signal.SIGKILL)  # a wait status: killed by SIGKILL, which its cgroup did not count
+    assert attempt.kill_reason is None  # an outside SIGKILL stays `signalled`
+    assert not os.path.exists(path)
+
+
+def test_a_cgroup_another_user_made_with_an_attempts_name_is_neither_used_nor_removed(part, sleeper):
+    assert part.group is not None
+    planted = os.path.join(part.group, attempt_cgroup_name(8))
+    os.mkdir(planted)
+    try:
+        os.chown(planted, 65534, 65534)
+        assert part.place(8, sleeper.pid, 64 * M) is None  # its memory is the watchdog's then
+        assert cgroups.processes(planted) == []
+        part.clean_leftovers(running=set())
+        assert os.path.exists(planted)
+    finally:
+        os.rmdir(planted)
