@@ -160,7 +160,7 @@ class Master:
         self.pidfile.acquire()
         try:
             # Under the lock (the group is this state directory's), before any child or thread of ours starts.
-            self.cgroups.open(self.config.memory_cgroups)
+            self.cgroups.open(self.config.memory_cgroups, self.any_memory_limit())
             self._open_under_lock(inherited)
         except BaseException:
             # A start that fails here (a socket path held by another process, a

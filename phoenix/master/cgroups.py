@@ -75,9 +75,11 @@ class JobCgroups:
 
     # -- at start ---------------------------------------------------------------------
 
-    def open(self, enabled: bool) -> None:
+    def open(self, enabled: bool, any_limit: bool = True) -> None:
         """Choose the enforcer: v2, else v1, else none (the watchdog). Logged
-        either way. `enabled`: the memory_cgroups setting."""
+        either way. `enabled`: the memory_cgroups setting. `any_limit`: a job
+        has a limit now; without one, a v1 group is made only to prove it can
+        be, and removed (place() makes it again, should a reload bring a limit)."""
         try:
             proc_cgroup, mountinfo = cgroups.read("/proc/self/cgroup"), cgroups.read("/proc/self/mountinfo")
         except OSError as exc:
@@ -100,6 +102,8 @@ class JobCgroups:
             why = self._try(FILES[version], directory)
             if why is None:
                 log.event(logging.INFO, "memory_limits", enforcer=self.describe())
+                if not any_limit and version == V1:
+                    self._remove_group()  # a master of jobs without limits leaves no cgroup behind, even killed
                 return
             reasons.append(f"v{version}: {why}")
         self._none("; ".join(reasons))
@@ -120,17 +124,19 @@ class JobCgroups:
                 return f"{base} is not writable by this user (delegate it: docs/long-jobs.md)"
             self._own_dir(group)
             if files.version == V2:
-                os.makedirs(os.path.join(group, MASTER_LEAF), exist_ok=True)
+                leaf = os.path.join(group, MASTER_LEAF)
+                self._own_dir(leaf)
                 base_subtree = cgroups.read(os.path.join(base, "cgroup.subtree_control"))
                 group_subtree = cgroups.read(os.path.join(group, "cgroup.subtree_control"))
-                for path, value in v2_setup(base, name, base_subtree, group_subtree):
-                    cgroups.write(path, value.replace("{pid}", str(os.getpid())))
+                try:
+                    for path, value in v2_setup(base, name, base_subtree, group_subtree):
+                        cgroups.write(path, value.replace("{pid}", str(os.getpid())))
+                finally:  # moved into its leaf (even if memory could not be enabled): its children run there
+                    self._count_oom_kills_in(os.path.join(leaf, files.events))
         except OSError as exc:
             return f"{exc.filename or group}: {exc.strerror or exc}"
         self.files, self.group = files, group
         self.swap_accounted = os.path.exists(os.path.join(group, files.swap_limit))
-        if files.version == V2:  # the master and its unlimited children run in its leaf now
-            self._count_oom_kills_in(os.path.join(group, MASTER_LEAF, files.events))
         return None
 
     def _own_dir(self, path: str) -> None:
@@ -311,7 +317,11 @@ class JobCgroups:
         for path in list(self.removing):
             if self._remove_now(path):
                 del self.removing[path]
-        if self.group is not None and self.files is not None and self.files.version == V1:
+        if self.files is not None and self.files.version == V1:
+            self._remove_group()
+
+    def _remove_group(self) -> None:
+        if self.group is not None:
             try:
                 os.rmdir(self.group)
             except OSError:

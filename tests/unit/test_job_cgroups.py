@@ -75,3 +75,22 @@ def test_a_cgroup_another_user_made_with_an_attempts_name_is_neither_used_nor_re
         assert os.path.exists(planted)
     finally:
         os.rmdir(planted)
+
+
+def test_a_master_with_no_limit_leaves_no_group_and_makes_it_for_the_first_limit(tmp_path, sleeper):
+    part = JobCgroups(str(tmp_path / "state"), Counters(), FakeClock().monotonic)
+    part.open(enabled=True, any_limit=False)
+    assert part.group is not None and not os.path.exists(part.group)  # proven writable, then removed
+    try:
+        path = part.place(9, sleeper.pid, 64 * M)  # a reload brought a limit
+        assert path is not None and cgroups.processes(path) == [sleeper.pid]
+    finally:
+        part.clean_leftovers(running=set())
+        part.close()
+    assert not os.path.exists(part.group)
+
+
+def test_memory_cgroups_off_means_the_watchdog(tmp_path):
+    off = JobCgroups(str(tmp_path / "other"), Counters(), FakeClock().monotonic)
+    off.open(enabled=False)
+    assert (off.describe(), off.group) == ("watchdog", None)
