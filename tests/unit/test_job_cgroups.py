@@ -85,7 +85,8 @@ def test_a_master_with_no_limit_leaves_no_group_and_makes_it_for_the_first_limit
         path = part.place(9, sleeper.pid, 64 * M)  # a reload brought a limit
         assert path is not None and cgroups.processes(path) == [sleeper.pid]
     finally:
-        part.clean_leftovers(running=set())
+        part.clean_leftovers(running=set())  # the process in it killed
+        sleeper.wait(timeout=10)
         part.close()
     assert not os.path.exists(part.group)
 
