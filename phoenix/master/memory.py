@@ -76,8 +76,10 @@ class MemoryWatchdog:
     def kill(self, attempt: Attempt, rss: int) -> None:
         limit = attempt.max_memory or 0
         attempt.kill_reason = KillReason.MAX_MEMORY
-        attempt.kill_detail = (f"max_memory: {size_text(rss)} resident, over the job's {size_text(limit)} limit "
-                               "(raise max_memory, or make the job use less)")
+        # The bytes it read, exactly: the rusage peak recorded beside it comes from the kernel's
+        # per-CPU counters at exit and may be a page or so lower than this reading.
+        attempt.kill_detail = (f"max_memory: {size_text(rss)} resident ({rss} bytes), over the job's "
+                               f"{size_text(limit)} limit (raise max_memory, or make the job use less)")
         self.counters.count(self.counters.kills, KillReason.MAX_MEMORY)
         log.event(logging.WARNING, "kill", pid=attempt.pid, job=attempt.key, attempt=attempt.number,
                   reason=KillReason.MAX_MEMORY, rss=size_text(rss), limit=size_text(limit))
