@@ -29,13 +29,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import signal
 import stat
 from typing import Callable
 
 from phoenix import log
 from phoenix.errors import StateError
-from phoenix.linux import cgroups
+from phoenix.linux import cgroups, procfs
 from phoenix.linux.cgroups import FILES, PROCS, V1, V2, Files
 from phoenix.master.attempts import Attempt
 from phoenix.master.metrics import Counters
@@ -63,6 +64,7 @@ class JobCgroups:
         self.clock = clock
         self.files: Files | None = None  # the version in use; None: no cgroups (the watchdog enforces)
         self.group: str | None = None  # the group's directory
+        self.own_dir: str | None = None  # the cgroup the master (and its unlimited children) runs in
         self.why_not = "not looked at yet"  # why there are no cgroups, for the log
         self.swap_accounted = False
         # The OOM kills counted in the cgroup the master's unlimited children run in, so far:
@@ -122,10 +124,10 @@ class JobCgroups:
                 return f"{base} offers no memory controller"
             if not os.access(base, os.W_OK) or not os.access(os.path.join(base, PROCS), os.W_OK):
                 return f"{base} is not writable by this user (delegate it: docs/long-jobs.md)"
-            self._own_dir(group)
+            self._make_own(group)
             if files.version == V2:
                 leaf = os.path.join(group, MASTER_LEAF)
-                self._own_dir(leaf)
+                self._make_own(leaf)
                 base_subtree = cgroups.read(os.path.join(base, "cgroup.subtree_control"))
                 group_subtree = cgroups.read(os.path.join(group, "cgroup.subtree_control"))
                 try:
@@ -136,21 +138,23 @@ class JobCgroups:
         except OSError as exc:
             return f"{exc.filename or group}: {exc.strerror or exc}"
         self.files, self.group = files, group
+        self.own_dir = os.path.join(group, MASTER_LEAF) if files.version == V2 else own_dir
         self.swap_accounted = os.path.exists(os.path.join(group, files.swap_limit))
         return None
 
-    def _own_dir(self, path: str) -> None:
+    def _make_own(self, path: str) -> None:
         """`path` made now, or there already as this user's own directory (else ForeignCgroup)."""
         try:
-            os.mkdir(path)
+            os.mkdir(path, 0o755)  # only this user makes cgroups in it, whatever the umask
         except FileExistsError:
             self._check_own(path)
 
     @staticmethod
     def _check_own(path: str) -> None:
         st = os.lstat(path)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-            raise ForeignCgroup(errno.EPERM, "there already and not this user's: Phoenix leaves it alone", path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise ForeignCgroup(errno.EPERM, "there already and not this user's alone (its owner, or others may "
+                                             "write in it): Phoenix leaves it alone", path)
 
     def _watch_own_oom_kills(self, own: dict[int, str], mounted: dict[int, tuple[str, str]]) -> None:
         """The OOM-kill count of the memory cgroup the master's children run in
@@ -179,32 +183,66 @@ class JobCgroups:
 
     # -- an attempt's cgroup -------------------------------------------------------------
 
-    def place(self, attempt_id: int, pid: int, limit: int) -> str | None:
+    def place(self, attempt_id: int, pid: int, start_time: int | None, limit: int) -> str | None:
         """Make the attempt's cgroup with its limit and move its waiting child
-        in (before the child has its order); None if there are no cgroups, or
-        this one could not be made (the watchdog watches that attempt)."""
+        (`pid`, started at `start_time`) in, before the child has its order;
+        None if there are no cgroups, or this one could not be made (the
+        watchdog watches that attempt), or the child died waiting."""
         if self.files is None or self.group is None:
             return None
         path = os.path.join(self.group, attempt_cgroup_name(attempt_id))
         try:
-            self._own_dir(self.group)  # (a fork-mode predecessor that exited with none running removed it)
-            self._own_dir(path)  # there already: an earlier image made it (an attempt id is never reused)
+            # The fork server's child is not ours to keep from being reaped: a pid is written to
+            # cgroup.procs only while a pidfd shows it still names the child (it might name another
+            # process once the child died and the server reaped it).
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        except OSError as exc:
+            self._failed(path, exc)
+            return None
+        try:
+            if not procfs.is_same_process(pid, start_time):
+                return None  # died waiting (the pidfd names whatever has the pid now)
+            self._make_own(self.group)  # (a fork-mode predecessor that exited with none running removed it)
+            self._make_own(path)  # there already: an earlier image made it (an attempt id is never reused)
             for name, value in limit_writes(self.files, limit, self.swap_accounted):
                 cgroups.write(os.path.join(path, name), value)
             cgroups.write(os.path.join(path, PROCS), str(pid))
-        except ProcessLookupError:  # the child died waiting: it gets no order, and its end is recorded as such
+            if _exited(pidfd):  # died meanwhile: what was moved in may be another process, which goes back
+                self._evict(path)
+                return None
+        except ProcessLookupError:  # died waiting: it gets no order, and its end is recorded as such
             self._remove_now(path)
             return None
         except OSError as exc:
-            error = f"{exc.filename}: {exc.strerror}" if isinstance(exc, ForeignCgroup) else exc.strerror or str(exc)
-            if error not in self.failed_once:
-                self.failed_once.add(error)
-                log.event(logging.ERROR, "cgroup_failed", path=path, error=error,
-                          effect="this attempt's memory is watched by the watchdog (said once per cause)")
+            self._failed(path, exc)
             if not isinstance(exc, ForeignCgroup):
                 self._remove_now(path)
             return None
+        finally:
+            os.close(pidfd)
         return path
+
+    def _failed(self, path: str, exc: OSError) -> None:
+        error = f"{exc.filename}: {exc.strerror}" if isinstance(exc, ForeignCgroup) else exc.strerror or str(exc)
+        if error not in self.failed_once:
+            self.failed_once.add(error)
+            log.event(logging.ERROR, "cgroup_failed", path=path, error=error,
+                      effect="this attempt's memory is watched by the watchdog (said once per cause)")
+
+    def _evict(self, path: str) -> None:
+        """Move whatever is in the attempt's cgroup back to the master's own, then remove it: never killed."""
+        assert self.own_dir is not None
+        try:
+            for pid in cgroups.processes(path):
+                try:
+                    cgroups.write(os.path.join(self.own_dir, PROCS), str(pid))
+                except ProcessLookupError:
+                    pass
+            os.rmdir(path)
+        except OSError as exc:
+            log.event(logging.WARNING, "cgroup_left", path=path, error=exc.strerror or str(exc))
 
     def adopt(self, attempt: Attempt) -> None:
         """An adopted attempt keeps the cgroup an earlier master made for it."""
@@ -356,6 +394,11 @@ class ForeignCgroup(StateError, PermissionError):
 
 def _killed(status: int) -> bool:
     return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def _exited(pidfd: int) -> bool:
+    """A pidfd is readable once its process has exited."""
+    return bool(select.select([pidfd], [], [], 0)[0])
 
 
 def _count(path: str) -> int | str:

@@ -96,10 +96,10 @@ class Watchers:
         """`any_limit()`: a job of the app, or the setting, has a max_memory."""
         self.hangs, self.memory, self.cgroups, self.any_limit = hangs, memory, cgroups, any_limit
 
-    def place(self, attempt_id: int, pid: int, spec: JobSpec | None) -> str | None:
+    def place(self, attempt_id: int, pid: int, start_time: int | None, spec: JobSpec | None) -> str | None:
         """Before the child has its order: its attempt's cgroup, if its job has a limit a cgroup can enforce."""
         limit = self.memory.limit_for(spec)
-        return self.cgroups.place(attempt_id, pid, limit) if limit is not None else None
+        return self.cgroups.place(attempt_id, pid, start_time, limit) if limit is not None else None
 
     def watch(self, attempt: Attempt, now: float) -> None:
         self.hangs.watch(attempt, now)

@@ -56,12 +56,12 @@ class Scheduler:
                  shared_poll: Callable[[], float], spawner: ChildSource, outage: JournalOutage, recorder: Records,
                  start_callback: Callable[[int, int, int, str], None], watch: Callable[[Attempt, float], None],
                  counters: Counters, clock: Clock,
-                 place: Callable[[int, int, JobSpec | None], str | None] = lambda attempt_id, pid, spec: None) -> None:
+                 place: Callable[[int, int, int | None, JobSpec | None], str | None] = lambda *_: None) -> None:
         """`free_slots`: how many jobs may start now (0 while the slot gate
         is shut: a stop, a replacement, an outage, a lapsed lease).
         `shared_poll`: seconds between looks in a shared store, whose submits
         NOTIFY. `watch(attempt, now)`: the hang killer's first liveness check
-        of an attempt started here. `place(attempt id, pid, spec)`: the
+        of an attempt started here. `place(attempt id, pid, start time, spec)`: the
         attempt's memory cgroup, the waiting child moved into it before it
         has its order (memory.Watchers.place); None: none."""
         self.journal = journal
@@ -270,7 +270,8 @@ class Scheduler:
         except STORAGE_ERRORS as exc:
             saved, unread = None, exc
             self.outage.failed(exc, "checkpoint_of")  # no job starts until the store answers again
-        cgroup = self.place(attempt_id, pid, spec) if unread is None else None  # before any code of the job runs
+        # Its memory cgroup, if its job has a limit: entered before any code of the job runs.
+        cgroup = self.place(attempt_id, pid, waiting.start_time, spec) if unread is None else None
         if unread is None:
             delivered = waiting.send(child.order(job.id, job.key, number, job.target, job.params,
                                                  config.heartbeat_interval, config.outcome_delivery_timeout,

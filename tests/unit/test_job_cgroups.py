@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from phoenix.linux import cgroups
+from phoenix.linux import cgroups, procfs
 from phoenix.master.attempts import Attempt
 from phoenix.master.cgroups import JobCgroups
 from phoenix.master.metrics import Counters
@@ -50,7 +50,7 @@ def attempt_of(process: subprocess.Popen[bytes], attempt_id: int) -> Attempt:
 
 def test_a_placed_process_runs_under_its_limit_and_its_cgroup_goes_with_its_end(part, sleeper):
     assert part.describe() == f"cgroup v1 {part.group}"
-    path = part.place(7, sleeper.pid, 64 * M)
+    path = part.place(7, sleeper.pid, procfs.start_time(sleeper.pid), 64 * M)
     assert path == os.path.join(str(part.group), attempt_cgroup_name(7))
     assert cgroups.processes(path) == [sleeper.pid]
     assert cgroups.read(os.path.join(path, "memory.limit_in_bytes")).strip() == str(64 * M)
@@ -69,7 +69,8 @@ def test_a_cgroup_another_user_made_with_an_attempts_name_is_neither_used_nor_re
     os.mkdir(planted)
     try:
         os.chown(planted, 65534, 65534)
-        assert part.place(8, sleeper.pid, 64 * M) is None  # its memory is the watchdog's then
+        # its memory is the watchdog's then
+        assert part.place(8, sleeper.pid, procfs.start_time(sleeper.pid), 64 * M) is None
         assert cgroups.processes(planted) == []
         part.clean_leftovers(running=set())
         assert os.path.exists(planted)
@@ -82,7 +83,7 @@ def test_a_master_with_no_limit_leaves_no_group_and_makes_it_for_the_first_limit
     part.open(enabled=True, any_limit=False)
     assert part.group is not None and not os.path.exists(part.group)  # proven writable, then removed
     try:
-        path = part.place(9, sleeper.pid, 64 * M)  # a reload brought a limit
+        path = part.place(9, sleeper.pid, procfs.start_time(sleeper.pid), 64 * M)  # a reload brought a limit
         assert path is not None and cgroups.processes(path) == [sleeper.pid]
     finally:
         part.clean_leftovers(running=set())  # the process in it killed
@@ -95,3 +96,19 @@ def test_memory_cgroups_off_means_the_watchdog(tmp_path):
     off = JobCgroups(str(tmp_path / "other"), Counters(), FakeClock().monotonic)
     off.open(enabled=False)
     assert (off.describe(), off.group) == ("watchdog", None)
+
+
+def test_a_pid_that_no_longer_names_the_waiting_child_is_not_moved(part, sleeper):
+    """The fork server's child died waiting and its pid went to another process (here: another start time)."""
+    before = cgroups.read(f"/proc/{sleeper.pid}/cgroup")
+    assert part.place(10, sleeper.pid, (procfs.start_time(sleeper.pid) or 0) + 1, 64 * M) is None
+    assert cgroups.read(f"/proc/{sleeper.pid}/cgroup") == before
+
+
+def test_a_group_others_may_write_in_is_not_trusted(part, tmp_path):
+    assert part.group is not None
+    os.chmod(part.group, 0o777)  # someone loosened it: another user could plant cgroups (or processes) there
+    again = JobCgroups(str(tmp_path / "state"), Counters(), FakeClock().monotonic)
+    again.open(enabled=True)
+    assert again.describe() == "watchdog"
+    os.chmod(part.group, 0o755)
