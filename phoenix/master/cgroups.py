@@ -65,7 +65,6 @@ class JobCgroups:
         self.files: Files | None = None  # the version in use; None: no cgroups (the watchdog enforces)
         self.group: str | None = None  # the group's directory
         self.own_dir: str | None = None  # the cgroup the master (and its unlimited children) runs in
-        self.why_not = "not looked at yet"  # why there are no cgroups, for the log
         self.swap_accounted = False
         # The OOM kills counted in the cgroup the master's unlimited children run in, so far:
         # a SIGKILL that ends one of them while this count moves was the OOM killer's.
@@ -111,7 +110,7 @@ class JobCgroups:
         self._none("; ".join(reasons))
 
     def _none(self, why: str) -> None:
-        self.files, self.group, self.why_not = None, None, why
+        self.files, self.group = None, None
         log.event(logging.INFO, "memory_limits", enforcer="watchdog", why_no_cgroup=why)
 
     def _try(self, files: Files, own_dir: str) -> str | None:
@@ -309,8 +308,8 @@ class JobCgroups:
             self.own_oom_kills = now
             return None, None
         self.own_oom_kills += 1
-        return KillReason.OOM, (f"oom: the kernel's OOM killer ended it (the OOM kills counted in "
-                                f"{os.path.dirname(self.own_events)} rose while it ran)")
+        return KillReason.OOM, (f"oom: the kernel's OOM killer ended it (one more OOM kill counted in "
+                                f"{os.path.dirname(self.own_events)} than the ends already named)")
 
     # -- removal -------------------------------------------------------------------------
 
