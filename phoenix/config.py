@@ -121,6 +121,9 @@ class Config:
     max_memory: str | None = field(default=None, metadata=doc(
         'the default limit of a job\'s resident memory, e.g. "512M" or "2G" (at least 32M); a job past it is '
         'killed, reason max_memory (`@app.job(max_memory=...)` wins; see Batches and long jobs); unset: none'))
+    memory_cgroups: bool = field(default=True, metadata=doc(
+        "enforce max_memory with a memory cgroup per job where the master may make them under its own (cgroup "
+        "v2 delegated, or v1 as root); false: the watchdog, always (see Batches and long jobs)"))
     otel: bool = field(default=False, metadata=doc(
         "an OpenTelemetry span per attempt, on the tracer provider the app sets (needs the `otel` extra; "
         "see Tracing); off: nothing of OpenTelemetry is imported"))

@@ -208,6 +208,8 @@ def summary(report: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...
         if master.get("degraded_reason"):  # it starts nothing until a reload loads good code: say why
             reason = visible(str(master["degraded_reason"]).strip().splitlines()[0])
             head += f"\ndegraded: the code could not be loaded: {reason}; fix it and reload (USR2)"
+        if master.get("memory_limits") not in (None, "none"):  # what enforces max_memory, once a job has one
+            head += f"\nmemory limits: {visible(str(master['memory_limits']))}"
     head += "\njobs: " + counts_line(counts)
     if report.get("quarantined"):
         head += (f"\nquarantine: {report['quarantined']} record(s) the master could not process were put aside: "

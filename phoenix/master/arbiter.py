@@ -48,6 +48,7 @@ from phoenix.linux.sockets import bind_heartbeat
 from phoenix.master import exits, handoff, metrics
 from phoenix.master.attempts import AttemptTable
 from phoenix.master.callbacks import CallbackRunner
+from phoenix.master.cgroups import JobCgroups
 from phoenix.master.dispatch import Dispatcher
 from phoenix.master.hangs import HangKiller, signal_attempt
 from phoenix.master.heartbeats import HeartbeatIntake
@@ -127,7 +128,8 @@ class Master:
         self.memory = MemoryWatchdog(self.children, self.counters, self.clock.monotonic,
                                      lambda: parse_max_memory(self.config.max_memory, "max_memory"),
                                      lambda attempt: signal_attempt(attempt, signal.SIGKILL))
-        self.watchers = Watchers(self.hangs, self.memory)  # a new or adopted attempt's first looks
+        self.cgroups = JobCgroups(config.state_dir, self.counters, self.clock.monotonic)  # chosen in open()
+        self.watchers = Watchers(self.hangs, self.memory, self.cgroups, self.any_memory_limit)
         self.replacements = 0
         self.last_woke = self.clock.monotonic()  # when the loop last returned from its sleep
         self.started_at = time.time()
@@ -157,6 +159,8 @@ class Master:
         self.pidfile = PidFile(self.paths.pidfile, self.paths.lockfile, inherited.get("lock"))
         self.pidfile.acquire()
         try:
+            # Under the lock (the group is this state directory's), before any child or thread of ours starts.
+            self.cgroups.open(self.config.memory_cgroups, self.any_memory_limit())
             self._open_under_lock(inherited)
         except BaseException:
             # A start that fails here (a socket path held by another process, a
@@ -223,7 +227,8 @@ class Master:
                                        lambda: bool(self.callbacks.running) or self.settler.holds_done(),
                                        self.storage.reopen_journal, self.stopping.leave_children_running)
         self.status = Status(self, self.app, self.app_spec, self.storage.journal, self.children, self.counters,
-                             self.spawner, self.handoff, self.outage, self.clock, self.stopping.unrecorded_outcomes)
+                             self.spawner, self.handoff, self.outage, self.clock, self.stopping.unrecorded_outcomes,
+                             self.watchers.enforcer)
         # Sockets, pidfile and lock put back if removed under us.
         self.state_files = StateFiles(self.paths, self.children, self.intake, self.control, self.pidfile,
                                       lambda: self.handoff.successor() is not None, self.storage.check_state_dir_now,
@@ -236,7 +241,7 @@ class Master:
         self.scheduler = Scheduler(self.storage.journal, lambda: self.config, self.generation, str(self.paths.output),
                                    self.specs, self.children, self.free_slots, self.shared_poll, self.spawner,
                                    self.outage, self.recorder, self.settler.start, self.watchers.watch, self.counters,
-                                   self.clock)
+                                   self.clock, self.watchers.place)
         self.ticker = Ticker(self.storage.journal, self.app, lambda: self.state, self.counters, self.scheduler.wake,
                              self.clock)
         self.dispatcher = Dispatcher(self, self.storage.journal, self.status.live, self.scheduler.wake,
@@ -307,6 +312,7 @@ class Master:
         self.open()
         try:
             self.reaper.adopt_running_attempts()
+            self.cgroups.clean_leftovers({attempt.attempt_id for attempt in self.children.values()})
             self.announce_ready()
             self.last_woke = self.clock.monotonic()  # start-up (imports, a journal check) is not absence
             while self.state != MasterState.STOPPED or self.stopping.holds_unwritten():
@@ -316,6 +322,7 @@ class Master:
                 self.hangs.run_due_timers(self.clock.monotonic())
                 self.storage.guarded(self.ticker.run_if_due)
                 self.memory.look_if_due()
+                self.cgroups.remove_due()
                 self.storage.guarded(self.scheduler.spawn_pending_jobs)
                 self.spawner.replenish()
                 self.settler.settle()
@@ -339,6 +346,7 @@ class Master:
             self.stopping.crash_error = f"it crashed ({type(exc).__name__}: {exc}): see its log"
             log.log.exception("crash", extra={"phoenix_fields": {"error": f"{type(exc).__name__}: {exc}"}})
         finally:
+            self.cgroups.close()
             self.stopping.close()
         return self.stopping.exit_code
 
@@ -352,7 +360,8 @@ class Master:
         if timer is not None:
             deadlines.append(timer)
         for due in (self.callbacks.next_deadline(self.config.callback_timeout), self.intake.next_deadline(),
-                    self.settler.next_deadline(), self.progress.next_deadline(), self.memory.next_deadline()):
+                    self.settler.next_deadline(), self.progress.next_deadline(), self.memory.next_deadline(),
+                    self.cgroups.next_deadline()):
             if due is not None:
                 deadlines.append(due)
         return min(deadlines)
@@ -408,6 +417,12 @@ class Master:
             self.intake.read(self.clock.monotonic())
 
     # -- what only the master decides, asked by the parts --------------------------------
+
+    def any_memory_limit(self) -> bool:
+        """A job of the app, or the max_memory setting, has a limit."""
+        if self.config.max_memory is not None:
+            return True
+        return self.app is not None and any(spec.max_memory is not None for spec in self.app.jobs.values())
 
     def callbacks_held(self) -> bool:
         return self.handoff.busy or self.app is None

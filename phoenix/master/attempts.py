@@ -6,9 +6,11 @@ Each field changing after an attempt is made has one writing part:
     last_beat, last_progress, progress, last_seq, missing,
     final, final_held, connection_closed_at      heartbeats.HeartbeatIntake
                                                  (the grace after an absence too)
-    kill_reason, kill_detail, interrupted        hangs.HangKiller (kill, cancel, interrupt)
+    kill_reason, kill_detail, interrupted        hangs.HangKiller (kill, cancel, interrupt); a memory
+                                                 kill: memory.MemoryWatchdog, cgroups.JobCgroups
     escaped                                      hangs.signal_attempt (what the job daemonised)
     pidfd, own_child                             reaper.Reaper (adopted children)
+    max_memory, cgroup                           memory.Watchers (the watchdog, cgroups.JobCgroups)
 
 The table's rows are added by the scheduler (an attempt it started) and the
 reaper (an adopted one), and removed by the reaper (an attempt that ended)
@@ -57,6 +59,7 @@ class Attempt:
     # them meanwhile); None: adopted, the recorder reads them from the journal.
     failures: int | None = None
     max_memory: int | None = None  # bytes: killed past this (master/memory.py); None: no limit
+    cgroup: str | None = None  # its memory cgroup's directory, whose limit the kernel enforces (master/cgroups.py)
 
     def limits(self, default_heartbeat_timeout: float) -> Limits:
         """This attempt's limits: its job's own, the app's heartbeat_timeout where the job sets none."""

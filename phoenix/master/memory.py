@@ -4,7 +4,9 @@ grace period), with outcome `killed` and reason `max_memory`; its retries
 apply. Each job is looked at again when it could reach its limit growing
 at PLANNED_GROWTH (rules/memory.py), so a job far below its limit costs a
 read of /proc/PID/statm a second, and one near it a read every 20 ms.
-(Without a delegated cgroup: `phoenix status` says "watchdog".)"""
+It watches the attempts that have no cgroup of their own: where the master
+may make them, the kernel enforces the limit instead (cgroups.py), and
+`phoenix status` says "cgroup v1 PATH" or "cgroup v2 PATH" rather than "watchdog"."""
 
 from __future__ import annotations
 
@@ -13,13 +15,13 @@ import logging
 from typing import Callable, Mapping, Protocol
 
 from phoenix import log
+from phoenix.app import JobSpec
 from phoenix.linux import procfs
 from phoenix.master.attempts import Attempt
+from phoenix.master.cgroups import JobCgroups
 from phoenix.master.metrics import Counters
 from phoenix.rules.memory import FIRST_LOOK, next_look, size_text
 from phoenix.rules.states import KillReason
-
-MODE = "watchdog"  # what `phoenix status` says enforces the limits
 
 
 class Watcher(Protocol):
@@ -40,11 +42,15 @@ class MemoryWatchdog:
         self.default = default  # the max_memory setting, in bytes (a reload may change it)
         self.due: list[tuple[float, int, int]] = []  # (when, pid, attempt id): a heap
 
+    def limit_for(self, spec: JobSpec | None) -> int | None:
+        """A job's limit: its own, else the setting's."""
+        own = spec.max_memory if spec is not None else None
+        return own if own is not None else self.default()
+
     def watch(self, attempt: Attempt) -> None:
-        """A new or adopted attempt: watched if its job has a limit (its own, else the setting's)."""
-        own = attempt.spec.max_memory if attempt.spec is not None else None
-        attempt.max_memory = own if own is not None else self.default()
-        if attempt.max_memory is not None:
+        """A new or adopted attempt: watched if its job has a limit and no cgroup enforces it."""
+        attempt.max_memory = self.limit_for(attempt.spec)
+        if attempt.max_memory is not None and attempt.cgroup is None:
             heapq.heappush(self.due, (self.clock() + FIRST_LOOK, attempt.pid, attempt.attempt_id))
 
     def next_deadline(self) -> float | None:
@@ -70,8 +76,10 @@ class MemoryWatchdog:
     def kill(self, attempt: Attempt, rss: int) -> None:
         limit = attempt.max_memory or 0
         attempt.kill_reason = KillReason.MAX_MEMORY
-        attempt.kill_detail = (f"max_memory: {size_text(rss)} resident, over the job's {size_text(limit)} limit "
-                               "(raise max_memory, or make the job use less)")
+        # The bytes it read, exactly: the rusage peak recorded beside it comes from the kernel's
+        # per-CPU counters at exit and may be a page or so lower than this reading.
+        attempt.kill_detail = (f"max_memory: {size_text(rss)} resident ({rss} bytes), over the job's "
+                               f"{size_text(limit)} limit (raise max_memory, or make the job use less)")
         self.counters.count(self.counters.kills, KillReason.MAX_MEMORY)
         log.event(logging.WARNING, "kill", pid=attempt.pid, job=attempt.key, attempt=attempt.number,
                   reason=KillReason.MAX_MEMORY, rss=size_text(rss), limit=size_text(limit))
@@ -80,10 +88,18 @@ class MemoryWatchdog:
 
 class Watchers:
     """The hang killer's watch of each started and adopted attempt, and the
-    memory watchdog's: what the scheduler and the reaper hand a new attempt to."""
+    memory limit's (a cgroup, else the watchdog): what the scheduler and the
+    reaper hand a new attempt to, and an ended one."""
 
-    def __init__(self, hangs: Watcher, memory: MemoryWatchdog) -> None:
-        self.hangs, self.memory = hangs, memory
+    def __init__(self, hangs: Watcher, memory: MemoryWatchdog, cgroups: JobCgroups,
+                 any_limit: Callable[[], bool]) -> None:
+        """`any_limit()`: a job of the app, or the setting, has a max_memory."""
+        self.hangs, self.memory, self.cgroups, self.any_limit = hangs, memory, cgroups, any_limit
+
+    def place(self, attempt_id: int, pid: int, start_time: int | None, spec: JobSpec | None) -> str | None:
+        """Before the child has its order: its attempt's cgroup, if its job has a limit a cgroup can enforce."""
+        limit = self.memory.limit_for(spec)
+        return self.cgroups.place(attempt_id, pid, start_time, limit) if limit is not None else None
 
     def watch(self, attempt: Attempt, now: float) -> None:
         self.hangs.watch(attempt, now)
@@ -91,7 +107,17 @@ class Watchers:
 
     def watch_adopted(self, attempt: Attempt, now: float) -> None:
         self.hangs.watch_adopted(attempt, now)
+        self.cgroups.adopt(attempt)
         self.memory.watch(attempt)
 
     def cancel(self, attempt: Attempt, now: float) -> None:
         self.hangs.cancel(attempt, now)
+
+    def ended(self, attempt: Attempt, status: int | None) -> None:
+        """Its process ended: a kill by the kernel's OOM killer named, its cgroup removed."""
+        self.cgroups.ended(attempt, status)
+
+    def enforcer(self) -> str:
+        """What `phoenix status` says enforces max_memory: "cgroup v2 PATH",
+        "cgroup v1 PATH", "watchdog", or "none" while no job has a limit."""
+        return self.cgroups.describe() if self.any_limit() else "none"

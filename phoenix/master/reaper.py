@@ -42,10 +42,11 @@ class ServerReports(Protocol):
 
 
 class Watcher(Protocol):
-    """The hang killer (hangs.HangKiller), for an adopted attempt."""
+    """The watchers of an attempt (memory.Watchers: the hang killer, the memory limit), for an adopted or ended one."""
 
     def watch_adopted(self, attempt: Attempt, now: float) -> None: ...
     def cancel(self, attempt: Attempt, now: float) -> None: ...
+    def ended(self, attempt: Attempt, status: int | None) -> None: ...
 
 
 class Reaper:
@@ -251,4 +252,5 @@ class Reaper:
         if attempt.pidfd is not None:
             self.loop.unwatch(attempt.pidfd)
             os.close(attempt.pidfd)
+        self.hangs.ended(attempt, status)  # a kill by the kernel's OOM killer named; its cgroup removed
         self.recorder.conclude(attempt, status, max_rss_kb)

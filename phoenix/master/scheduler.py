@@ -55,12 +55,15 @@ class Scheduler:
                  output_dir: str, specs: JobSpecs, attempts: AttemptTable, free_slots: Callable[[], int],
                  shared_poll: Callable[[], float], spawner: ChildSource, outage: JournalOutage, recorder: Records,
                  start_callback: Callable[[int, int, int, str], None], watch: Callable[[Attempt, float], None],
-                 counters: Counters, clock: Clock) -> None:
+                 counters: Counters, clock: Clock,
+                 place: Callable[[int, int, int | None, JobSpec | None], str | None] = lambda *_: None) -> None:
         """`free_slots`: how many jobs may start now (0 while the slot gate
         is shut: a stop, a replacement, an outage, a lapsed lease).
         `shared_poll`: seconds between looks in a shared store, whose submits
         NOTIFY. `watch(attempt, now)`: the hang killer's first liveness check
-        of an attempt started here."""
+        of an attempt started here. `place(attempt id, pid, start time, spec)`: the
+        attempt's memory cgroup, the waiting child moved into it before it
+        has its order (memory.Watchers.place); None: none."""
         self.journal = journal
         self.config = config
         self.generation = generation
@@ -74,6 +77,7 @@ class Scheduler:
         self.recorder = recorder
         self.start_callback = start_callback
         self.watch = watch
+        self.place = place
         self.counters = counters
         self.clock = clock
         self.maybe_pending = True  # a job may be waiting: look on the next turn
@@ -266,6 +270,8 @@ class Scheduler:
         except STORAGE_ERRORS as exc:
             saved, unread = None, exc
             self.outage.failed(exc, "checkpoint_of")  # no job starts until the store answers again
+        # Its memory cgroup, if its job has a limit: entered before any code of the job runs.
+        cgroup = self.place(attempt_id, pid, waiting.start_time, spec) if unread is None else None
         if unread is None:
             delivered = waiting.send(child.order(job.id, job.key, number, job.target, job.params,
                                                  config.heartbeat_interval, config.outcome_delivery_timeout,
@@ -277,7 +283,7 @@ class Scheduler:
         now = self.clock.monotonic()
         # A child that never saw its job (it died waiting, or got no order): not the job's failure.
         attempt = Attempt(attempt_id, job.id, job.key, job.target, number, pid, spec, now, now, now,
-                          failures=job.failures, interrupted=not delivered,
+                          failures=job.failures, interrupted=not delivered, cgroup=cgroup,
                           kill_detail=None if delivered else "its child died before it received the job"
                           if unread is None else f"its checkpoint could not be read ({unread}); it runs again")
         self.attempts.add(attempt)

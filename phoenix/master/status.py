@@ -14,7 +14,6 @@ from phoenix.linux.title import set_title
 from phoenix.linux.untrusted import visible
 from phoenix.master.attempts import AttemptTable
 from phoenix.master.handoff import Handoff
-from phoenix.master.memory import MODE as MEMORY_LIMITS
 from phoenix.master.metrics import Counters
 from phoenix.master.spawner import Spawner
 from phoenix.rules.states import MasterState
@@ -38,8 +37,10 @@ class Shown(Protocol):
 class Status:
     def __init__(self, master: Shown, app: App | None, app_spec: str | None, journal: Callable[[], Store],
                  attempts: AttemptTable, counters: Counters, spawner: Spawner, handoff: Handoff,
-                 outage: JournalOutage, clock: Clock, unrecorded_outcomes: Callable[[], int]) -> None:
-        """`unrecorded_outcomes()`: outcomes the journal has not taken yet (stopping.Stopping)."""
+                 outage: JournalOutage, clock: Clock, unrecorded_outcomes: Callable[[], int],
+                 memory_limits: Callable[[], str]) -> None:
+        """`unrecorded_outcomes()`: outcomes the journal has not taken yet (stopping.Stopping).
+        `memory_limits()`: what enforces max_memory (memory.Watchers.enforcer)."""
         self.master = master
         self.app_name = (app.name if app is not None else None) or app_spec or "-"
         self.app_spec = app_spec
@@ -51,6 +52,7 @@ class Status:
         self.outage = outage
         self.clock = clock
         self.unrecorded_outcomes = unrecorded_outcomes
+        self.memory_limits = memory_limits
         self.title_due = 0.0
 
     def update_title(self, force: bool = False) -> None:
@@ -96,7 +98,7 @@ class Status:
             "reload": self.handoff.last_result,
             "unrecorded_outcomes": self.unrecorded_outcomes(),
             "journal_error": self.outage.error,
-            "memory_limits": MEMORY_LIMITS,  # what enforces max_memory
+            "memory_limits": self.memory_limits(),  # what enforces max_memory
         }
         if not with_running:
             return {"master": master}

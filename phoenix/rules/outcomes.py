@@ -3,7 +3,8 @@
 Outcomes (the `outcome` of an attempt and of its job in `phoenix status`):
     finished     the job returned; its result is recorded
     error        the job raised (traceback) or returned something unusable
-    killed       Phoenix killed it; reason heartbeat_timeout | stall_timeout | max_runtime | operator
+    killed       Phoenix killed it; reason heartbeat_timeout | stall_timeout | max_runtime | operator |
+                 max_memory; or the kernel's OOM killer did: max_memory (its cgroup's limit) | oom
     crashed      died of a fatal signal of its own (SIGSEGV, SIGABRT, SIGBUS, ...)
     signalled    killed by a signal someone else sent (an outside SIGKILL or SIGTERM)
     exited       left with an exit code and no outcome (os._exit(3), sys.exit in a thread)

@@ -58,7 +58,8 @@ class KillReason(StrEnum):
     MAX_RUNTIME = "max_runtime"
     OPERATOR = "operator"
     CANCELLED = "cancelled"  # `phoenix cancel`: the outcome is `cancelled`, never re-run
-    MAX_MEMORY = "max_memory"  # resident memory past the job's max_memory (master/memory.py)
+    MAX_MEMORY = "max_memory"  # past the job's max_memory: the watchdog (master/memory.py) or its cgroup's limit
+    OOM = "oom"  # the kernel's OOM killer, outside the job's own limit (master/cgroups.py)
 
 
 class TimerKind(StrEnum):

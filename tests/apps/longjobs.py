@@ -101,3 +101,36 @@ def grows(params):
 def neighbour(params):
     time.sleep(params["s"])
     return "done"
+
+
+@app.job(max_memory="150M", retries=0)
+def grandchild_grows(params):
+    """Forks a grandchild that grows by 20 MB every 40 ms up to 300 MB and then
+    exits 0 (the job itself stays small); returns how the grandchild ended."""
+    pid = os.fork()
+    if pid == 0:
+        held = []
+        for _ in range(15):
+            held.append(b"x" * (20 * 1024 * 1024))
+            time.sleep(0.04)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return {"grandchild": os.waitstatus_to_exitcode(status)}
+
+
+@app.job(max_memory="150M", retries=0)
+def limited_until(params):
+    """Holds 20 MB until the file params["gate"] exists."""
+    held = b"x" * (20 * 1024 * 1024)
+    while not os.path.exists(params["gate"]):
+        time.sleep(0.05)
+    return len(held)
+
+
+@app.job(retries=1)
+def grows_unlimited(params):
+    """No limit of its own: grows by 20 MB every 40 ms until something kills it."""
+    held = []
+    while True:
+        held.append(b"x" * (20 * 1024 * 1024))
+        time.sleep(0.04)
