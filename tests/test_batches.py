@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -120,18 +123,21 @@ def test_bad_batch_input_is_one_line_and_writes_nothing(master_factory, state_di
         journal.close()
 
 
-def test_a_journal_of_an_older_schema_gets_batches_at_its_first_open(tmp_path):
-    path = tmp_path / "journal.db"
+def journal_of_phoenix_0_1(path: Path) -> None:
+    """A journal as Phoenix 0.1.0 made it (schema 1: no batches), with one finished job."""
     Journal(path).close()
-    import sqlite3
-
     db = sqlite3.connect(path, isolation_level=None)
     for statement in ("DROP TRIGGER batch_member_ended", "DROP TRIGGER batch_member_reopened", "DROP INDEX jobs_batch",
                       "ALTER TABLE jobs DROP COLUMN batch_id", "DROP TABLE batches", "PRAGMA user_version = 1"):
-        db.execute(statement)  # as Phoenix 0.1.0 made it
+        db.execute(statement)
     db.execute("INSERT INTO jobs (key, target, params, state, created_at, updated_at) "
                "VALUES ('old', 'm:f', 'null', 'finished', 0, 0)")
     db.close()
+
+
+def test_a_journal_of_an_older_schema_gets_batches_at_its_first_open(tmp_path):
+    path = tmp_path / "journal.db"
+    journal_of_phoenix_0_1(path)
     journal = Journal(path)
     try:
         assert journal.db.execute("PRAGMA user_version").fetchone()[0] == 5
@@ -153,3 +159,34 @@ def test_a_member_submitted_from_the_command_line_keeps_its_due_time_and_priorit
     assert "later" in listed.stdout and "old" not in listed.stdout and "--limit N shows more" in listed.stdout
     report = json.loads(phoenix_cli("batches", "--json", "--limit", "1", state_dir=state_dir).stdout)
     assert [b["name"] for b in report["batches"]] == ["later"] and report["more"] is True
+
+
+def test_a_journal_is_never_upgraded_under_a_running_master_of_an_older_release(state_dir):
+    """An outside check: a command of the new release upgraded the journal
+    under a running master of the old one, which then ran a batch's callback
+    as on_failed. Now the command refuses while a master holds the lock (one
+    of this release would have upgraded the journal itself); the USR2
+    preflight (`phoenix check`) reads without upgrading."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    journal_of_phoenix_0_1(state_dir / "journal.db")
+    # The old master, as far as the journal can tell: a process holding the state directory's lock.
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
+                               "fcntl.flock(os.open(sys.argv[1], os.O_RDWR | os.O_CREAT), fcntl.LOCK_EX); "
+                               "print('held', flush=True); time.sleep(60)", str(state_dir / "phoenix.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        for args in (("jobs",), ("submit", TARGET, "{}", "--key", "new")):
+            refused = phoenix_cli(*args, state_dir=state_dir)
+            assert refused.returncode == 2, refused
+            assert len(refused.stderr.strip().splitlines()) == 1 and "master running on it is of an older" in (
+                refused.stderr), refused.stderr
+        checked = phoenix_cli("check", "tests.apps.batches:app", state_dir=state_dir)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        version = sqlite3.connect(state_dir / "journal.db").execute("PRAGMA user_version").fetchone()[0]
+        assert version == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    listed = phoenix_cli("jobs", "--json", state_dir=state_dir)  # no master: upgraded as it is opened
+    assert listed.returncode == 0 and [job["key"] for job in json.loads(listed.stdout)["jobs"]] == ["old"]

@@ -277,7 +277,8 @@ def check(app: str, state_dir: str | None, config_file: str | None, force: bool,
             in_use = shared.targets_in_use()
         journal_note = "shared store reachable"
     elif journal_present(journal_path):
-        with open_store(SQLITE, journal_path, create=False, verify=True) as journal:
+        # "never": the preflight of a USR2 runs this while the old master runs on the journal.
+        with open_store(SQLITE, journal_path, create=False, verify=True, upgrade="never") as journal:
             in_use = journal.targets_in_use()
         journal_note = "journal sound"
     else:

@@ -173,7 +173,7 @@ class Master:
     def _open_under_lock(self, inherited: dict[str, int]) -> None:
         # After an exec, the preflight checked the journal.
         self.storage = Storage(open_store(self.config.store, self.paths.journal, node=self.node,
-                                          verify=not inherited, lease_ttl=self.config.lease_ttl),
+                                          verify=not inherited, lease_ttl=self.config.lease_ttl, upgrade="always"),
                                self.paths, self.outage, self.clock, self.children, self.app, self.pidfile,
                                self.intake.retry_unheld, lambda: self.state_files, lambda: self.control,
                                lambda: self.scheduler, lambda: self.settler, lambda: self.leases)

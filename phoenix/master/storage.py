@@ -150,7 +150,7 @@ class Storage:
             if leases is not None:
                 leases.open_listener()  # closed with the store for the exec
             return
-        self.store = open_store(SQLITE, self.paths.journal)
+        self.store = open_store(SQLITE, self.paths.journal, upgrade="always")
         if self.app is not None:
             self.app.journal = self.store
 

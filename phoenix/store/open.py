@@ -5,22 +5,25 @@ the interface imports no backend; each backend is imported when asked for
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from phoenix.store.base import SQLITE, Store, check_setting
 
 
 def open_store(store: str, journal_path: str | Path | None = None, *, node: str | None = None, create: bool = True,
-               verify: bool = False, lease_ttl: float = 30.0, reads_only: bool = False) -> Store:
+               verify: bool = False, lease_ttl: float = 30.0, reads_only: bool = False,
+               upgrade: Literal["always", "alone", "never"] = "alone") -> Store:
     """The store the `store` setting names: the state directory's SQLite
     journal, or the PostgreSQL database at the URL (as `node`, if a master).
-    `reads_only`: for a command that only looks (see PgStore)."""
+    `reads_only`: for a command that only looks (see PgStore). `upgrade`: an
+    older journal's (sqlite.Journal; `phoenix store migrate` upgrades PostgreSQL)."""
     check_setting(store)
     if store == SQLITE:
         if journal_path is None:
             raise ValueError("the sqlite store is a file: open_store needs its path")
         from phoenix.store.sqlite import Journal
 
-        return Journal(journal_path, create=create, verify=verify)
+        return Journal(journal_path, create=create, verify=verify, upgrade=upgrade)
     from phoenix.store.postgres import PgStore
 
     return PgStore(store, node=node, lease_ttl=lease_ttl, reads_only=reads_only)

@@ -1477,6 +1477,19 @@ def migrate(url: str) -> tuple[int | None, int]:
                 conn.execute(_SCHEMA)  # several statements, no parameters: one simple query
                 conn.execute("INSERT INTO phoenix_schema VALUES (%s)", (SCHEMA_VERSION,))
             elif before < SCHEMA_VERSION:
+                # A master live on the store now is of an older release (one of this
+                # release refuses the older schema at start): upgraded under it, it
+                # would go on with a schema it does not know (an outside check: old
+                # masters took batch callbacks and ran them as on_failed).
+                live = [node for (node,) in conn.execute(
+                    "SELECT node FROM masters WHERE state IN ('running', 'draining', 'degraded') "
+                    "AND lease_expires_at > now() ORDER BY node").fetchall()]
+                if live:
+                    shown = ", ".join(repr(node) for node in live[:5]) + (" ..." if len(live) > 5 else "")
+                    raise SchemaMismatch(
+                        f"{len(live)} master(s) of an older Phoenix run on this store ({shown}), on schema version "
+                        f"{before}: stop them (`phoenix stop` on each host), run this again, then start them with "
+                        f"this release; nothing was changed")
                 if any(version not in _UPGRADES for version in range(before, SCHEMA_VERSION)):
                     raise SchemaMismatch(
                         f"the PostgreSQL store says schema version {before}, which no Phoenix wrote (the first is 1): "

@@ -19,9 +19,10 @@ import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 from phoenix.linux import clock
+from phoenix.linux.pidfile import lock_held
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
 from phoenix.rules.outcomes import CANCELLED_REASON
 from phoenix.store import batches
@@ -386,6 +387,11 @@ def _upgrade_to_3(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO job_counts VALUES ('scheduled', 0) ON CONFLICT (state) DO NOTHING")
 
 
+# What an open does with a journal of an older schema: "always" upgrade it (the
+# master), upgrade it only if no master runs on it ("alone": commands and
+# clients), or "never" (the preflight, which only reads the jobs' targets).
+Upgrade = Literal["always", "alone", "never"]
+
 # Each journal version's upgrade to the next (version 2 was only PostgreSQL's), applied by Journal._upgrade.
 _UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _upgrade_to_3,  # scheduling: due times, priorities, ticks, pools
@@ -438,8 +444,11 @@ class Journal:
 
     shared = False  # one master writes it (see base.Store)
 
-    def __init__(self, path: str | Path, *, create: bool = True, verify: bool = False) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True, verify: bool = False,
+                 upgrade: Upgrade = "alone") -> None:
+        """`upgrade`: what an open does with a journal of an older schema (see _upgrade)."""
         self.path = Path(path)
+        self.upgrade = upgrade
         if not self.path.exists():
             if not create and not journal_present(self.path):
                 raise JournalError(f"no journal at {self.path}")
@@ -512,12 +521,22 @@ class Journal:
         """A journal of an older version is brought to this one on open, each
         step and the new user_version in one transaction: a crash leaves the
         old version whole, and the next open does it again. Any open, not
-        only the master's: a submit from this release writes the new columns.
+        only the master's (a submit from this release writes the new columns),
+        but never under a running master, which is of the older release (one
+        of this release upgraded the journal when it opened it): that master
+        would go on writing a schema it does not know (an outside check: an
+        old master ran a batch's callback as on_failed). The master itself
+        opens with upgrade="always"; the preflight reads with "never".
         (Going back to a release before it needs a copy made before: that
         release refuses a newer journal.)"""
         (version,) = self.db.execute("PRAGMA user_version").fetchone()
-        if version >= SCHEMA_VERSION:
+        if version >= SCHEMA_VERSION or self.upgrade == "never":
             return
+        if self.upgrade == "alone" and lock_held(self.path.parent / "phoenix.lock"):
+            raise JournalError(
+                f"the journal {self.path} is of schema version {version}, and the master running on it is of an "
+                f"older Phoenix than this one ({SCHEMA_VERSION}): move that master onto this release first "
+                f"(`phoenix reload`, or SIGUSR2, with this release installed), or stop it; then run this again")
         with self.transaction(durable=True) as db:
             (version,) = db.execute("PRAGMA user_version").fetchone()  # another process may have done it
             for step in sorted(v for v in _UPGRADES if version <= v < SCHEMA_VERSION):

@@ -234,6 +234,27 @@ def test_schema_versions(postgres_server: Any) -> None:
         postgres_server.drop(url)
 
 
+def test_migrate_refuses_while_a_master_of_the_older_schema_runs(postgres_server: Any) -> None:
+    """An outside check: migrated under live masters of the older release,
+    they took batch callbacks and ran them as on_failed."""
+    url = postgres_server.database()
+    try:
+        old = master(url, "old")  # registered while the schema was the one it knows
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("UPDATE phoenix_schema SET version = %s", (SCHEMA_VERSION - 1,))
+        result = phoenix_cli("store", "migrate", "--store", url)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "1 master(s) of an older Phoenix run on this store ('old')" in result.stderr
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT version FROM phoenix_schema").fetchone() == (SCHEMA_VERSION - 1,)
+        old.release_lease("stopped")
+        old.close()
+        result = phoenix_cli("store", "migrate", "--store", url)
+        assert result.returncode == 0 and f"upgraded from {SCHEMA_VERSION - 1}" in result.stdout, result.stderr
+    finally:
+        postgres_server.drop(url)
+
+
 @pytest.mark.parametrize("url, message", [
     ("postgresql://nobody@127.0.0.1:1/nothing", "cannot connect to the PostgreSQL store"),
     ("mysql://x", 'store must be "sqlite" or a postgresql:// URL'),
