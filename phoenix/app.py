@@ -257,8 +257,7 @@ class App:
         from phoenix.linux.paths import StatePaths
 
         settings = load(self.settings, None, {"state_dir": state_dir}, validate=False)
-        # In a master (a startup hook), its own journal: a second one opened in
-        # its process would drop the master's locks on the file.
+        # In a master (a startup hook), its own journal: its writes wake its own loop.
         journal = self.journal if state_dir is None else None
         return Batch(name, settings.store, StatePaths(settings.state_dir), journal=journal)
 

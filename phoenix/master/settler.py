@@ -104,11 +104,9 @@ class CallbackSettler:
         assert row is not None and row["batch_id"] is not None
         (batch,) = journal.batches(batch_id=row["batch_id"])
         counts = {state: n for state, n in batch["counts"].items() if state in batches.FINAL_STATES}
-        # Read here, in the loop's thread: the callback's thread may not use the
-        # master's connection, and a second journal opened in the master's
-        # process drops its file locks (POSIX locks go with any close of the
-        # file: tried, the master's write-ahead log was deleted under it). So
-        # bounded: a batch of 500,000 read here stalled the loop 4 s and kept 330 MB.
+        # Read here, in the loop's thread, whose connection the master's is (the
+        # callback's thread may not use it), and bounded: a batch of 500,000
+        # read here stalled the loop 4 s and kept 330 MB.
         members = journal.batch_jobs(batch["id"]) if batch["jobs"] <= BatchInfo.MAX_JOBS else None
         info = BatchInfo(batch["id"], batch["name"], counts, batch["completions"],
                          functools.partial(BatchInfo.listed, batch["name"], batch["jobs"], members))

@@ -155,6 +155,16 @@ def damaged(path: Path, why: str) -> JournalError:
     )
 
 
+# The journal files this process has open now ((device, inode) -> how many
+# Journals). A second Journal on one of them (a phoenix.Client in a master's
+# callback or startup hook) must not read its header with open() and close():
+# closing any descriptor of a file drops every POSIX lock the process holds on
+# it, SQLite's shared lock among them, and another process's next close then
+# took the master for gone and deleted the write-ahead log under it: the
+# master's later commits went to a file no one else could see (lost).
+_OPEN_HERE: dict[tuple[int, int], int] = {}
+
+
 def _check_file(path: Path) -> None:
     """Refuse, before SQLite sees it, a file that cannot be a journal: SQLite
     would take an empty file for a new database and write a fresh one over it.
@@ -453,8 +463,9 @@ class Journal:
             if not create and not journal_present(self.path):
                 raise JournalError(f"no journal at {self.path}")
             _create(self.path)  # refuses if a write-ahead log is left there, even with create=False
-        _check_file(self.path)
         self.identity = _identity(self.path)  # the file this journal writes, to notice it replaced
+        if self.identity not in _OPEN_HERE:  # (if open here, it was checked, and reading it now drops locks)
+            _check_file(self.path)
         self._synced_wal: tuple[int, int] | None = None  # the write-ahead log whose name is on disk
         self._owed_batch_callbacks: list[tuple[int, int, int, str]] = []  # see take_owed_batch_callbacks
         try:
@@ -462,6 +473,7 @@ class Journal:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
         except sqlite3.Error as exc:
             raise self.error(exc) from None
+        self._counted = False
         try:
             self._check_identity()  # first: a file that is not ours is not even switched to WAL
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -484,6 +496,9 @@ class Journal:
             if isinstance(exc, sqlite3.Error):
                 raise self.error(exc) from None
             raise
+        if self.identity is not None:
+            _OPEN_HERE[self.identity] = _OPEN_HERE.get(self.identity, 0) + 1
+            self._counted = True
 
     def _check_identity(self) -> None:
         """Phoenix's application_id and a schema version this code reads. A
@@ -562,6 +577,13 @@ class Journal:
 
     def close(self) -> None:
         self.db.close()
+        if self._counted and self.identity is not None:
+            self._counted = False
+            left = _OPEN_HERE[self.identity] - 1
+            if left:
+                _OPEN_HERE[self.identity] = left
+            else:
+                del _OPEN_HERE[self.identity]
 
     def __enter__(self) -> "Journal":
         return self
