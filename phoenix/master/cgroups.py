@@ -62,6 +62,7 @@ class JobCgroups:
         self.state_dir = os.path.realpath(state_dir)
         self.counters = counters
         self.clock = clock
+        self.announce = True  # log the enforcer chosen (open: only if a job has a limit)
         self.files: Files | None = None  # the version in use; None: no cgroups (the watchdog enforces)
         self.group: str | None = None  # the group's directory
         self.own_dir: str | None = None  # the cgroup the master (and its unlimited children) runs in
@@ -78,9 +79,12 @@ class JobCgroups:
 
     def open(self, enabled: bool, any_limit: bool = True) -> None:
         """Choose the enforcer: v2, else v1, else none (the watchdog). Logged
-        either way. `enabled`: the memory_cgroups setting. `any_limit`: a job
-        has a limit now; without one, a v1 group is made only to prove it can
-        be, and removed (place() makes it again, should a reload bring a limit)."""
+        either way when a job has a limit (a master without any says nothing of
+        it: its first lines stay its own, and `status` says "none"). `enabled`:
+        the memory_cgroups setting. `any_limit`: a job has a limit now;
+        without one, a v1 group is made only to prove it can be, and removed
+        (place() makes it again, should a reload bring a limit)."""
+        self.announce = any_limit
         try:
             proc_cgroup, mountinfo = cgroups.read("/proc/self/cgroup"), cgroups.read("/proc/self/mountinfo")
         except OSError as exc:
@@ -102,7 +106,8 @@ class JobCgroups:
                 continue
             why = self._try(FILES[version], directory)
             if why is None:
-                log.event(logging.INFO, "memory_limits", enforcer=self.describe())
+                if self.announce:
+                    log.event(logging.INFO, "memory_limits", enforcer=self.describe())
                 if not any_limit and version == V1:
                     self._remove_group()  # a master of jobs without limits leaves no cgroup behind, even killed
                 return
@@ -111,7 +116,8 @@ class JobCgroups:
 
     def _none(self, why: str) -> None:
         self.files, self.group = None, None
-        log.event(logging.INFO, "memory_limits", enforcer="watchdog", why_no_cgroup=why)
+        if self.announce:
+            log.event(logging.INFO, "memory_limits", enforcer="watchdog", why_no_cgroup=why)
 
     def _try(self, files: Files, own_dir: str) -> str | None:
         """Set up the group under the master's cgroup with `files`; None if usable, else why not."""
