@@ -6,6 +6,7 @@ for something observable, with a deadline."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import threading
@@ -436,8 +437,12 @@ def test_fork_mode_new_master_dying_before_ready_leaves_the_old_one_in_charge(ma
 # -- 5. hygiene across generations -------------------------------------------------------
 
 
-@pytest.mark.timeout(300)  # ~30 s on an idle machine; two cores shared with load tests can take far longer
-def test_fifty_replacements_leave_no_trace(master_factory, state_dir, tmp_path):
+@pytest.mark.timeout(300)  # fifty: ~30 s on an idle machine; two cores shared with load tests can take far longer
+def test_fifty_replacements_leave_no_trace(master_factory, state_dir, tmp_path, request):
+    # Twenty in the default run (a leak of one descriptor or 200 KiB per generation still shows), fifty with --long.
+    long_run = request.config.getoption("--long", default=False) or os.environ.get("PHOENIX_FAULTS_LONG", "") not in (
+        "", "0")
+    replacements = 50 if long_run else 20
     paths = StatePaths(state_dir)
     master = master_factory(app=APP)
     done = tmp_path / "done"
@@ -457,7 +462,7 @@ def test_fifty_replacements_leave_no_trace(master_factory, state_dir, tmp_path):
     prober.start()
     fds, rss = [], []
     try:
-        for generation in range(2, 52):
+        for generation in range(2, 2 + replacements):
             master.signal(signal.SIGUSR2)
             status = wait_generation(state_dir, generation)
             assert status["master"]["pid"] == master.pid
@@ -477,7 +482,7 @@ def test_fifty_replacements_leave_no_trace(master_factory, state_dir, tmp_path):
     jobs = master.wait_jobs_done(["across"], timeout=SLOW)
     assert jobs["across"]["attempt"] == 1 and jobs["across"]["result"]["pid"] == child
     wait_for(lambda: callback_counts(master) == {("across", "finished"): 1}, timeout=SLOW, what="the callback")
-    assert master.log().count("ready generation=") == 51
+    assert master.log().count("ready generation=") == 1 + replacements
     assert " kill " not in master.log()
 
 
