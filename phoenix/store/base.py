@@ -104,6 +104,9 @@ class Job:
     params: str
     attempts: int
     failures: int
+    # Where it resumes: its last checkpoint (JSON), read with the job by `claim`
+    # and `pending` (on a shared store a read of its own was a round trip per job).
+    checkpoint: str | None = None
 
 
 @dataclass(slots=True)

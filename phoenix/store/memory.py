@@ -484,4 +484,5 @@ class MemoryStore:
 
     @staticmethod
     def _job(row: dict[str, Any]) -> Job:
-        return Job(row["id"], row["key"], row["target"], row["params"], row["attempts"], row["failures"])
+        return Job(row["id"], row["key"], row["target"], row["params"], row["attempts"], row["failures"],
+                   row["checkpoint"])

@@ -223,7 +223,7 @@ WITH lease AS (  -- FOR SHARE: a recovery of this master waits (skips it) until 
 )
 UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, current_attempt = a.id, updated_at = {_NOW}
 FROM attempt a WHERE j.id = a.job_id
-RETURNING j.id, j.key, j.target, j.params, j.attempts - 1, j.failures, a.id
+RETURNING j.id, j.key, j.target, j.params, j.attempts - 1, j.failures, a.id, j.checkpoint
 """
 
 # The outcome counts only from the job's current attempt, of its master's
@@ -661,11 +661,11 @@ class PgStore:
             row = cur.fetchone()
         if row is None:
             return None
-        return Job(int(row[0]), row[1], row[2], row[3], int(row[4]), int(row[5])), int(row[6])
+        return Job(int(row[0]), row[1], row[2], row[3], int(row[4]), int(row[5]), row[7]), int(row[6])
 
     def pending(self, limit: int) -> list[Job]:
         with self._one() as cur:
-            cur.execute(f"SELECT id, key, target, params, attempts, failures FROM jobs WHERE state = 'pending' "
+            cur.execute(f"SELECT id, key, target, params, attempts, failures, checkpoint FROM jobs WHERE state = 'pending' "
                         f"AND not_before <= {_DUE_NOW} ORDER BY priority DESC, due_at, id LIMIT %s", (limit,))
             return [Job(*row) for row in cur.fetchall()]
 

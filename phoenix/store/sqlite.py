@@ -638,7 +638,7 @@ class Journal:
         """Up to `limit` jobs due to run: the highest priority first, then the
         earliest due, then the first submitted."""
         clocks = {**_clocks(), "limit": limit}
-        columns = ("-priority, due_at, id, key, target, params, attempts, failures, "
+        columns = ("-priority, due_at, id, key, target, params, attempts, failures, checkpoint, "
                    "(SELECT pool FROM pool_targets WHERE target = jobs.target)")
         # One statement (one read of the journal per look, which is once per job):
         # the jobs never put back with a backoff (from the top of jobs_ready), and
@@ -652,12 +652,12 @@ class Journal:
         free = dict(self.db.execute("SELECT name, capacity - used FROM pools"))
         jobs = []
         for row in sorted(rows, key=lambda row: row[:3]):
-            pool = row[8]
+            pool = row[9]
             if pool is not None:
                 if free.get(pool, 0) <= 0:
                     continue  # its pool's last free slot went to a job before it in this look
                 free[pool] -= 1
-            jobs.append(Job(*row[2:8]))
+            jobs.append(Job(*row[2:9]))
         return jobs[:limit]
 
     def promote_due(self) -> int:

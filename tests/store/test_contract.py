@@ -255,7 +255,9 @@ def test_checkpoints_keep_the_newest_of_the_latest_attempt_and_retry_fresh_clear
     assert store.checkpoint_of(job_id) == '{"at":5}'
     store.save_progress([(first, '[3,10,"x"]')])
     end(store, first, job_id, outcome="signalled", job_state="pending", callback=None)
-    _job, second = claim(store)
+    assert [job.checkpoint for job in store.pending(5)] == ['{"at":5}']  # the next attempt's, with the job
+    job, second = claim(store)
+    assert job.checkpoint == '{"at":5}'  # read by the claim: a shared store's one round trip
     store.save_checkpoints([(job_id, 1, 9, '{"at":"late"}')])  # the first attempt's, after the second began
     assert store.checkpoint_of(job_id) == '{"at":5}'
     store.save_checkpoints([(job_id, 2, 1, '{"at":6}')])
@@ -264,7 +266,8 @@ def test_checkpoints_keep_the_newest_of_the_latest_attempt_and_retry_fresh_clear
     end(store, second, job_id, outcome="error", job_state="failed", callback=None, n=2)
     store.retry(["k"])
     assert store.checkpoint_of(job_id) == '{"at":6}'  # a retry resumes
-    _job, third = claim(store)
+    job, third = claim(store)
+    assert job.checkpoint == '{"at":6}'
     end(store, third, job_id, outcome="error", job_state="failed", callback=None, n=3)
     store.retry(["k"], fresh=True)
     job = store.job_by_key("k")
