@@ -232,6 +232,14 @@ class MemoryStore:
     def callback_started(self, callback_id: int) -> None:
         self.callbacks[callback_id]["runs"] += 1
 
+    def start_callback(self, callback_id: int, job_id: int,
+                       n: int) -> tuple[dict[str, Any], str | None, int | None] | None:
+        row = self.job_row(job_id)
+        assert row is not None  # a job owing a callback is never pruned
+        reason, max_rss_kb = self.attempt_end(job_id, n)
+        self.callback_started(callback_id)
+        return row, reason, max_rss_kb
+
     def callback_done(self, callback_id: int, error: str | None) -> None:
         self.callbacks[callback_id].update(state="done", error=storable_or_none(error), done_at=self.now())
 

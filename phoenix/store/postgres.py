@@ -307,6 +307,36 @@ WHERE p.name = x.pool
 
 _HOLD_FINAL = "UPDATE attempts SET final = %s WHERE id = %s AND outcome IS NULL"
 
+# Callbacks done, each fenced as callback_done (still owed, this master's from
+# the epoch in which it started): the ids marked. The finals held before their
+# acks take them along in the same statement (one commit: group commit).
+_CALLBACKS_DONE = f"""
+UPDATE callbacks c SET state = 'done', error = d.error, done_at = {_NOW}
+FROM unnest(%(ids)s::bigint[], %(errors)s::text[], %(epochs)s::bigint[]) AS d(id, error, epoch)
+WHERE c.id = d.id AND c.state = 'owed' AND (c.owner IS NULL OR c.owner = %(node)s)
+  AND coalesce(c.owner_epoch, d.epoch) = d.epoch
+RETURNING c.id
+"""
+_HOLD_FINAL_WITH_DONE = f"""
+WITH held AS (UPDATE attempts SET final = %(final)s WHERE id = %(attempt)s AND outcome IS NULL),
+done AS ({_CALLBACKS_DONE})
+SELECT id FROM done
+"""
+
+# callback_started's fence, and what the callback is handed, in one round trip.
+_CALLBACK_FENCE = """
+UPDATE callbacks c SET runs = c.runs + 1 FROM masters m WHERE c.id = %(id)s AND c.state = 'owed'
+  AND m.node = %(node)s AND m.epoch = %(epoch)s AND m.lease_expires_at > now()
+  AND (c.owner IS NULL OR c.owner = m.node) AND coalesce(c.owner_epoch, m.epoch) = m.epoch
+RETURNING c.id
+"""
+_START_CALLBACK = f"""
+WITH started AS ({_CALLBACK_FENCE})
+SELECT j.*, a.reason AS attempt_reason, a.max_rss_kb AS attempt_max_rss_kb
+FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.n = %(n)s
+WHERE j.id = %(job)s AND EXISTS (SELECT 1 FROM started)
+"""
+
 RECOVERED_REASON = "its master lost its lease"
 RECOVERED_CANCEL = f"{CANCELLED_REASON}; {RECOVERED_REASON} before it recorded the end"
 
@@ -805,15 +835,25 @@ class PgStore:
         callback is fenced like an outcome: a master cut off from the database
         starts none that another master may take over). Counts the run."""
         with self._one() as cur:
-            cur.execute(
-                "UPDATE callbacks c SET runs = c.runs + 1 FROM masters m WHERE c.id = %(id)s AND c.state = 'owed' "
-                "AND m.node = %(node)s AND m.epoch = %(epoch)s AND m.lease_expires_at > now() "
-                "AND (c.owner IS NULL OR c.owner = m.node) AND coalesce(c.owner_epoch, m.epoch) = m.epoch "
-                "RETURNING c.id", {"id": callback_id, "node": self.node, "epoch": self.epoch})
+            cur.execute(_CALLBACK_FENCE, {"id": callback_id, "node": self.node, "epoch": self.epoch})
             started = cur.fetchone() is not None
         if started:
             self._callback_epochs[callback_id] = self.epoch
         return started
+
+    def start_callback(self, callback_id: int, job_id: int,
+                       n: int) -> tuple[dict[str, Any], str | None, int | None] | None:
+        """callback_started and the reads of what the callback is handed (its
+        job's row, its attempt's end) in one statement: None when fenced."""
+        with self._one() as cur:
+            cur.execute(_START_CALLBACK, {"id": callback_id, "node": self.node, "epoch": self.epoch, "job": job_id,
+                                          "n": n})
+            rows = _dicts(cur)
+        if not rows:
+            return None
+        self._callback_epochs[callback_id] = self.epoch
+        row = rows[0]
+        return row, row.pop("attempt_reason"), row.pop("attempt_max_rss_kb")
 
     def callback_done(self, callback_id: int, error: str | None) -> bool:
         """Mark it done, only if it is still this master's from the epoch in
@@ -828,9 +868,23 @@ class PgStore:
             return cur.rowcount == 1
 
     def callbacks_done(self, done: Sequence[tuple[int, str | None]]) -> list[bool | None]:
-        """Each as callback_done, fenced one by one (PostgreSQL groups the
-        commits of its sessions in its WAL writer)."""
-        return [self.callback_done(callback_id, error) for callback_id, error in done]
+        """Each as callback_done, fenced one by one, in one statement."""
+        if not done:
+            return []
+        with self._one() as cur:
+            cur.execute(_CALLBACKS_DONE, self._done_arguments(done))
+            return self._marked(done, cur.fetchall())
+
+    def _done_arguments(self, done: Sequence[tuple[int, str | None]]) -> dict[str, Any]:
+        return {"ids": [callback_id for callback_id, _error in done],
+                "errors": [storable_or_none(error) for _id, error in done],
+                "epochs": [self._callback_epochs.pop(callback_id, self.epoch) for callback_id, _error in done],
+                "node": self.node}
+
+    @staticmethod
+    def _marked(done: Sequence[tuple[int, str | None]], rows: list[tuple[Any, ...]]) -> list[bool | None]:
+        marked = {int(row[0]) for row in rows}
+        return [callback_id in marked for callback_id, _error in done]
 
     def owed_callbacks(self, grace: float | None = None) -> list[tuple[int, int, int, str]]:
         """Callbacks owed by this master, and those owed by a master whose lease
@@ -863,9 +917,14 @@ class PgStore:
         own (autocommit): a final held is independent of the others, none is
         acknowledged before all are written. One final (the usual case) is
         one plain statement: executemany enters and leaves pipeline mode,
-        which cost the master more than the statement itself."""
+        which cost the master more than the statement itself; with the
+        callbacks done meanwhile, still one statement (one commit)."""
         with self._one() as cur:
             rows = [(data, attempt_id) for attempt_id, data in finals]
+            if len(rows) == 1 and callbacks_done:
+                cur.execute(_HOLD_FINAL_WITH_DONE, {"final": rows[0][0], "attempt": rows[0][1],
+                                                    **self._done_arguments(callbacks_done)})
+                return self._marked(callbacks_done, cur.fetchall())
             if len(rows) == 1:
                 cur.execute(_HOLD_FINAL, rows[0])
             else:

@@ -815,6 +815,16 @@ class Journal:
         with self.transaction() as db:
             db.execute("UPDATE callbacks SET runs = runs + 1 WHERE id = ?", (callback_id,))
 
+    def start_callback(self, callback_id: int, job_id: int,
+                       n: int) -> tuple[dict[str, Any], str | None, int | None] | None:
+        """What the callback is handed (its job's row, its attempt's end), and
+        its run counted. One master writes this journal: never fenced."""
+        row = self.job_row(job_id)
+        assert row is not None  # a job owing a callback is never pruned
+        reason, max_rss_kb = self.attempt_end(job_id, n)
+        self.callback_started(callback_id)
+        return row, reason, max_rss_kb
+
     def callback_done(self, callback_id: int, error: str | None) -> None:
         with self.transaction(durable=True) as db:
             db.execute(

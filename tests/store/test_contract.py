@@ -95,13 +95,17 @@ def test_claim_takes_jobs_oldest_first_and_records_the_childs_pid(store: Store) 
 def test_an_outcome_is_recorded_once_with_its_callback_owed(store: Store) -> None:
     job_id, _ = store.submit("m:f", "null", "k")
     job, attempt_id = claim(store)
-    recorded, callback_id = end(store, attempt_id, job_id, result={"x": 1})
+    recorded, callback_id = end(store, attempt_id, job_id, result={"x": 1}, reason="its reason", max_rss_kb=2048)
     assert recorded and callback_id is not None
     assert end(store, attempt_id, job_id) == (False, None)  # the second report of the same end
     row = store.job_row(job_id)
     assert row is not None and row["state"] == "finished" and json.loads(row["result"]) == {"x": 1}
     assert store.owed_callbacks() == [(callback_id, job_id, 1, "on_finished")]
-    store.callback_started(callback_id)
+    # What the callback is handed, read as its run is counted: the job's row and its attempt's end.
+    started = store.start_callback(callback_id, job_id, 1)
+    assert started is not None
+    handed, reason, max_rss_kb = started
+    assert handed == row and (reason, max_rss_kb) == ("its reason", 2048)
     store.callback_done(callback_id, None)
     assert store.owed_callbacks() == []
     assert store.open_attempts() == []

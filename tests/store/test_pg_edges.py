@@ -234,11 +234,15 @@ def test_a_callback_taken_over_from_a_lapsed_lease_is_neither_started_nor_marked
         wait_for(lambda: _expired_for(pg_url, "cut-off") > 0.2, what="the old owner's lease to lapse")
         assert [c[0] for c in other.owed_callbacks(grace=0.1)] == [callback_id]  # taken over
         assert old.callback_started(callback_id) is False  # the old owner must not run it now
+        assert old.start_callback(callback_id, job_id, 1) is None  # (the same fence, with the job's read)
         assert old.callback_done(callback_id, None) is False  # nor mark it done for the new owner
+        assert old.callbacks_done([(callback_id, None)]) == [False]  # (grouped: each fenced the same)
         assert other.callback_started(callback_id) is True
+        started = other.start_callback(callback_id, job_id, 1)
+        assert started is not None and started[0]["key"] == "owed"
         assert other.callback_done(callback_id, None) is True
         with psycopg.connect(pg_url, autocommit=True) as conn:
-            assert conn.execute("SELECT runs, state, owner FROM callbacks").fetchall() == [(1, "done", "other")]
+            assert conn.execute("SELECT runs, state, owner FROM callbacks").fetchall() == [(2, "done", "other")]
 
 
 # -- the schema, under the masters and by `store migrate` -----------------------------------
