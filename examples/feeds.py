@@ -43,3 +43,8 @@ def failed(job, error):
 def initial(app):  # runs at every master start; keys make it idempotent
     for url in FEEDS:
         app.submit(fetch_feed, {"url": url}, key=Path(url).stem)
+
+
+@app.on_batch_complete
+def index(batch):  # a batch of feeds closed and every feed ended: build the index once
+    log.info("batch %s complete: %s", batch.name, batch.counts)  # e.g. {"failed": 1, "finished": 5}

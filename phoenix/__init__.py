@@ -17,7 +17,7 @@ if not _sys.platform.startswith("linux") or _sys.implementation.name != "cpython
     )
 
 if TYPE_CHECKING:
-    from phoenix.app import App, AppError, JobInfo
+    from phoenix.app import App, AppError, BatchInfo, JobInfo
     from phoenix.child.longjobs import Interrupted
     from phoenix.child.run import checkpoint, current_job, heartbeat, progress, stopping
     from phoenix.client import Client
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # app, and so this package, and every module it holds is memory each job
 # child's fork copies page tables for. An app that only makes an App and its
 # jobs never loads the journal, the client or the compatibility layer there.
-_HOMES = {"App": "phoenix.app", "AppError": "phoenix.app", "JobInfo": "phoenix.app",
+_HOMES = {"App": "phoenix.app", "AppError": "phoenix.app", "BatchInfo": "phoenix.app", "JobInfo": "phoenix.app",
           "current_job": "phoenix.child.run", "heartbeat": "phoenix.child.run", "Client": "phoenix.client",
           "HeartbeatChild": "phoenix.compat", "HeartbeatParent": "phoenix.compat",
           "KeyConflict": "phoenix.store.base", "ScheduleError": "phoenix.rules.schedule",
@@ -52,7 +52,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = ["App", "AppError", "Client", "JobInfo", "HeartbeatChild", "HeartbeatParent", "KeyConflict",
+__all__ = ["App", "AppError", "BatchInfo", "Client", "JobInfo", "HeartbeatChild", "HeartbeatParent", "KeyConflict",
            "ScheduleError", "current_job", "heartbeat", "Interrupted", "checkpoint", "progress", "stopping",
            "PhoenixError", "UsageError", "StateError", "Conflict", "Unavailable", "InternalError"]
 __version__ = "0.2.0"

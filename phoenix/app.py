@@ -12,6 +12,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable
 
 from phoenix.config import Config, ConfigError, check_pool_capacity, parse_max_memory
@@ -20,6 +21,7 @@ from phoenix.linux.untrusted import MAX_JSON_DEPTH, MAX_KEY_BYTES, json_too_deep
 from phoenix.rules.schedule import OVERLAP_SKIP, Schedule, ScheduleError, due_time, make_schedule, parse_priority
 
 if TYPE_CHECKING:
+    from phoenix.linux.paths import StatePaths
     from phoenix.store.base import Store
 
 
@@ -96,6 +98,32 @@ def check_pools(app: App, pools: dict[str, int]) -> None:
                            "phoenix.toml")
 
 
+@dataclass(frozen=True)
+class BatchInfo:
+    """What `on_batch_complete` receives: the batch that is complete.
+
+    Attributes:
+        id: the batch's id in the store.
+        name: its name.
+        counts: its jobs by final state, e.g. `{"failed": 2, "finished": 10}`.
+        completion: which completion this is: 1, then 2 and on if a member
+            was retried after the batch completed (`phoenix retry`) and the
+            batch completed again; use (name, completion) to de-duplicate.
+    """
+
+    id: int
+    name: str
+    counts: dict[str, int]
+    completion: int
+    _read_jobs: Callable[[], list[dict[str, Any]]] = dataclasses.field(repr=False, compare=False)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Its jobs in id order, each a dict: id, key, target, state, attempts,
+        outcome, reason (of the last attempt), created_at, updated_at. (The
+        errors' tracebacks are left out: `phoenix show KEY` has them.)"""
+        return self._read_jobs()
+
+
 def target_name(func: Callable[..., Any]) -> str:
     return f"{func.__module__}:{func.__qualname__}"
 
@@ -122,6 +150,7 @@ class App:
         self.failed_callbacks: list[Callable[[JobInfo, str | None], Any]] = []
         self.startup_hooks: list[Callable[["App"], Any]] = []
         self.schedules: dict[str, Schedule] = {}  # target -> its @app.periodic (master/ticker.py fires them)
+        self.batch_callbacks: list[Callable[[BatchInfo], Any]] = []
         # Set by the master while it runs this app, so that app.submit() from a
         # startup hook writes to the master's own journal.
         self.journal: Store | None = None
@@ -197,6 +226,26 @@ class App:
         self.failed_callbacks.append(func)
         return func
 
+    def on_batch_complete(self, func: Callable[[BatchInfo], Any]) -> Callable[[BatchInfo], Any]:
+        """Register `func(batch)`, called once a batch is complete (closed, and
+        each of its jobs finished, failed or cancelled) with its `BatchInfo`.
+        Run as `on_finished` callbacks are: exactly once across replacements
+        and stops, at least once across a master crash."""
+        self.batch_callbacks.append(func)
+        return func
+
+    def batch(self, name: str, state_dir: str | None = None) -> "Batch":
+        """A batch to submit jobs into: `with app.batch("feeds-2026-12-07") as b:
+        b.submit(fetch, {"url": url}, key=url)`; the block's end closes it."""
+        from phoenix.config import load
+        from phoenix.linux.paths import StatePaths
+
+        settings = load(self.settings, None, {"state_dir": state_dir}, validate=False)
+        # In a master (a startup hook), its own journal: a second one opened in
+        # its process would drop the master's locks on the file.
+        journal = self.journal if state_dir is None else None
+        return Batch(name, settings.store, StatePaths(settings.state_dir), journal=journal)
+
     def startup(self, func: Callable[["App"], Any]) -> Callable[["App"], Any]:
         """Run `func(app)` each time a master starts with this app (submissions
         are idempotent by key, so re-running it after a restart adds nothing)."""
@@ -230,6 +279,78 @@ class App:
         with open_store(settings.store, paths.journal, verify=not self._journal_checked) as journal:
             self._journal_checked = True
             return journal.submit(name, params_json, key, run_at=due, priority=rank)[0]
+
+
+class Batch:
+    """Jobs submitted as one batch (`Client.batch`, `App.batch`). Entering
+    opens it (refused if a batch of that name was closed: names are used
+    once); `submit` records each job in it at once, durably; leaving the
+    `with` block closes it, so that it completes when its last job ends.
+    Leaving it by an exception does not close it: the batch stays open, and
+    running the same code again (the same keys: no duplicates) goes on
+    filling it. Not for sharing between threads."""
+
+    def __init__(self, name: str, store: str, paths: "StatePaths", journal: "Store | None" = None) -> None:
+        from phoenix.store.batches import check_name
+
+        check_name(name)
+        self.name, self.store, self.paths, self.journal = name, store, paths, journal
+        self.state: str | None = None  # after the close: closed, or complete
+
+    def __enter__(self) -> "Batch":
+        self._write(lambda journal: journal.submit_to_batch(self.name, []))  # opened, or refused now
+        return self
+
+    def submit(self, target: Callable[..., Any] | str, params: Any = None, key: str | None = None, *,
+               run_in: float | str | None = None, run_at: str | datetime | None = None,
+               priority: int | str = 0) -> tuple[int, bool]:
+        """Record a job in the batch: (job id, created), as `Client.submit`,
+        with its due time and priority (a delayed member keeps the batch
+        from completing until it has run and ended)."""
+        due, rank = due_time(time.time(), run_in, run_at), parse_priority(priority)
+        return self._submit([(target, params, key, due, rank)])[0]
+
+    def submit_many(self, jobs: Any) -> list[tuple[int, bool]]:
+        """Record many (target, params, key) jobs in the batch in one transaction."""
+        return self._submit([(target, params, key, None, 0) for target, params, key in jobs])
+
+    def _submit(self, jobs: list[tuple[Any, Any, str | None, float | None, int]]) -> list[tuple[int, bool]]:
+        from phoenix.linux.untrusted import check_key
+        from phoenix.store.base import default_key
+
+        batch = []
+        for target, params, key, due, rank in jobs:
+            name = target if isinstance(target, str) else target_name(target)
+            check_target_form(name)
+            if key:
+                check_key(key)
+            params_json = encode_params(params)
+            batch.append((name, params_json, key or default_key(name, params_json), due, rank))
+        submitted: list[tuple[int, bool]] = self._write(lambda journal: journal.submit_to_batch(self.name, batch))
+        return submitted
+
+    def close(self) -> str:
+        """Close it; returns its state: closed, or complete if every job has ended."""
+        self.state = self._write(lambda journal: journal.close_batch(self.name), owed=True)
+        return self.state
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+
+    def _write(self, write: Callable[["Store"], Any], owed: bool = False) -> Any:
+        from phoenix.store.open import open_store
+        from phoenix.wire import control
+
+        if self.journal is not None:  # the master's own: it finds the jobs and callbacks on its next look
+            return write(self.journal)
+        if self.store == "sqlite":
+            self.paths.ensure()
+        with open_store(self.store, self.paths.journal) as journal:
+            done = write(journal)
+        if self.store == "sqlite":  # (a shared store's NOTIFY went with the transaction)
+            control.wake(self.paths.control_socket, owed_callbacks=owed)
+        return done
 
 
 _TOO_DEEP = (f"job parameters nest more than {MAX_JSON_DEPTH} levels of arrays and objects, deeper than Phoenix "

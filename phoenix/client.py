@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterable
 
 from phoenix import config as config_module
-from phoenix.app import check_target_form, encode_params, resolve_target
+from phoenix.app import Batch, check_target_form, encode_params, resolve_target
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.untrusted import check_key
 from phoenix.rules.schedule import due_time, parse_priority
@@ -110,6 +110,13 @@ class Client:
             submitted = journal.submit_many(batch)
         self.wake()
         return submitted
+
+    def batch(self, name: str) -> Batch:
+        """Jobs submitted as one batch: `with client.batch("feeds-2026-12-07")
+        as b: b.submit(target, params, key=...)`. The block's end closes it;
+        once each of its jobs has ended, the master calls the app's
+        `on_batch_complete` (see docs/batches.md)."""
+        return Batch(name, self.store, self.paths)
 
     def wake(self) -> None:
         """Ask the running master to look for pending jobs now."""

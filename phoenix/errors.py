@@ -6,7 +6,8 @@ stderr, never a traceback, and this exit code):
     ├── UsageError    exit 2: bad input or configuration; the message says what to change
     │   ├── ConfigError, BadDuration, BadCursor, KeyRefused      (config, linux.untrusted, rules, cli)
     │   ├── AppError, MessageTooLarge, MetricsError              (the app, its jobs, --metrics)
-    │   └── BadRequest                                           (a control request the master refuses)
+    │   ├── BadRequest                                           (a control request the master refuses)
+    │   └── BatchRefused                                         (a batch name closed, unknown or malformed)
     ├── StateError    exit 2: the state directory or the store is damaged or unfit; nothing is written over it
     │   ├── StateDirError, SocketBusy, OutboxUnreadable, NoJournal
     │   └── JournalError

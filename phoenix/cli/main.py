@@ -28,6 +28,7 @@ from phoenix.master import handoff
 from phoenix.rules.durations import parse_duration
 from phoenix.rules.schedule import due_time, parse_priority
 from phoenix.store.base import SQLITE, JobState, RetryRefused, Store, is_url, redact
+from phoenix.store.batches import check_name as check_batch_name
 from phoenix.store.open import open_store
 from phoenix.store.sqlite import journal_present
 from phoenix.wire import control
@@ -291,11 +292,13 @@ def check(app: str, state_dir: str | None, config_file: str | None, force: bool,
 @click.option("--at", "run_at", metavar="ISO8601",
               help="Due at this time, with an offset or Z: 2026-12-07T10:00:00+01:00 (a past time: at once).")
 @click.option("--priority", metavar="N", default="0", help="Higher runs first (default 0).")
+@click.option("--batch", "batch_name", metavar="NAME",
+              help="Submit into this batch (opened by its first job); `phoenix batch close NAME` closes it.")
 @state_dir_option
 @store_option
 @friendly_errors
 def submit(target: str, params: str, key: str | None, run_in: str | None, run_at: str | None, priority: str,
-           state_dir: str | None, store: str | None) -> None:
+           batch_name: str | None, state_dir: str | None, store: str | None) -> None:
     """Record a job durably; a running master starts it when a slot is free.
 
     \b
@@ -328,22 +331,27 @@ def submit(target: str, params: str, key: str | None, run_in: str | None, run_at
 
     if key:
         check_key(key)  # before the state directory is made or touched
+    if batch_name is not None:
+        check_batch_name(batch_name)
     job_params = decode_params(params)
     rank = parse_priority(priority)
     due_time(time.time(), run_in, run_at)  # refused here, before anything is imported or opened
     shared = _settings({"store": store, "state_dir": state_dir}).store
     if shared != "sqlite":
-        job_id, created = Client(store=shared, warn=_warn_once).submit(target, job_params, key, run_in=run_in,
-                                                                       run_at=run_at, priority=rank)
+        client = Client(store=shared, warn=_warn_once)
+    else:
+        spec = resolve_target(target)
+        if spec.app is not None:  # pools a master of its app would refuse (unknown, bad capacity): refused now
+            check_pools(spec.app, _settings({"state_dir": state_dir}, spec.app.settings).pools)
+        paths = _state_paths(state_dir, app_settings=spec.app.settings if spec.app is not None else None)
+        client = Client(state_dir=str(paths.root), warn=_warn_once)
+    if batch_name is None:
+        job_id, created = client.submit(target, job_params, key, run_in=run_in, run_at=run_at, priority=rank)
         click.echo(json.dumps({"id": job_id, "created": created}))
         return
-    spec = resolve_target(target)
-    if spec.app is not None:  # pools a master of its app would refuse (unknown, bad capacity): refused now
-        check_pools(spec.app, _settings({"state_dir": state_dir}, spec.app.settings).pools)
-    paths = _state_paths(state_dir, app_settings=spec.app.settings if spec.app is not None else None)
-    job_id, created = Client(state_dir=str(paths.root), warn=_warn_once).submit(target, job_params, key, run_in=run_in,
-                                                                                run_at=run_at, priority=rank)
-    click.echo(json.dumps({"id": job_id, "created": created}))
+    job_id, created = client.batch(batch_name).submit(target, job_params, key, run_in=run_in, run_at=run_at,
+                                                      priority=rank)
+    click.echo(json.dumps({"id": job_id, "created": created, "batch": batch_name}))
 
 
 @main.command()
@@ -596,13 +604,14 @@ def _seconds(text: str | None) -> float | None:
 @click.option("--state", type=click.Choice([str(state) for state in JobState]), help="Only jobs in this state.")
 @click.option("--target", help="Only jobs of this target (module:function).")
 @click.option("--since", help="Only jobs changed in this last while: 45s, 30m, 1h, 7d.")
+@click.option("--batch", "batch_name", metavar="NAME", help="Only the jobs of this batch (see `phoenix batches`).")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Show at most this many.")
 @click.option("--after", "cursor", help="The page after this one: the next_after the page before printed.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 @store_option
 @friendly_errors
-def jobs(state_dir: str | None, state: str | None, target: str | None, since: str | None, limit: int,
-         cursor: str | None, as_json: bool, store: str | None) -> None:
+def jobs(state_dir: str | None, state: str | None, target: str | None, since: str | None, batch_name: str | None,
+         limit: int, cursor: str | None, as_json: bool, store: str | None) -> None:
     """List jobs, last changed first: key, target, state, attempts, last
     outcome and reason, and the time since the job last changed. A page at a
     time (--limit); --json prints "next_after", the --after of the next page."""
@@ -615,7 +624,13 @@ def jobs(state_dir: str | None, state: str | None, target: str | None, since: st
         fail(str(exc))
     _paths, journal = _existing_journal(state_dir, store)
     with journal:
-        report = jobs_report(journal, state=state, target=target, since=seconds, limit=limit, after=after)
+        if batch_name is not None:
+            from phoenix.cli.batchview import batch_jobs_report
+
+            report = batch_jobs_report(journal, batch_name, state=state, target=target, since=seconds, limit=limit,
+                                       after=after)
+        else:
+            report = jobs_report(journal, state=state, target=target, since=seconds, limit=limit, after=after)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -668,6 +683,51 @@ def schedules(app_spec: str | None, state_dir: str | None, as_json: bool, store:
     else:
         for line in render_schedules(rows):
             click.echo(visible(line))
+
+
+@main.command()
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Show at most this many, newest first.")
+@store_option
+@friendly_errors
+def batches(state_dir: str | None, as_json: bool, limit: int, store: str | None) -> None:
+    """List batches, newest first: open (taking jobs), closed (waiting for
+    its jobs to end) or complete (on_batch_complete owed or run), with their
+    jobs counted by state. A batch's jobs: `phoenix jobs --batch NAME`."""
+    from phoenix.cli.batchview import batches_report, render_batches
+
+    _paths, journal = _existing_journal(state_dir, store)
+    with journal:
+        report = batches_report(journal, limit)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        render_batches(report)
+
+
+@main.group("batch")
+def batch_group() -> None:
+    """Batches of jobs (see `phoenix batches`)."""
+
+
+@batch_group.command("close")
+@click.argument("name")
+@state_dir_option
+@store_option
+@friendly_errors
+def batch_close(name: str, state_dir: str | None, store: str | None) -> None:
+    """Close batch NAME: it takes no more jobs, and is complete (the app's
+    on_batch_complete is called) once each of its jobs has ended. Closing it
+    again changes nothing."""
+    from phoenix.app import Batch
+
+    paths, journal = _existing_journal(state_dir, store, writes=True)
+    setting = _settings({"store": store, "state_dir": state_dir}).store
+    journal.close()
+    state = Batch(name, setting, paths).close()
+    click.echo(json.dumps({"batch": name, "state": state}))
 
 
 @main.command()

@@ -203,7 +203,7 @@ class Master:
         self.intake.watch(self.loop.selector)
         self.callbacks = CallbackRunner(self.config.callback_threads, self.clock)
         self.settler = CallbackSettler(self.app, self.storage.journal, self.callbacks, lambda: self.config,
-                                       self.counters, self.clock, self.storage.guarded)
+                                       self.counters, self.clock, self.storage.guarded, self.callbacks_held)
         if journal.shared:
             assert isinstance(journal, SharedStore)
             self.leases = LeaseKeeper(self, self.hangs.interrupt_all, journal, lambda: self.config, self.specs,

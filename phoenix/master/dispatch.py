@@ -105,6 +105,8 @@ class Dispatcher:
             command = from_request(request)
         except BadRequest as exc:
             return {"ok": False, "error": str(exc)}
+        if request.get("owed") is True and not self.master.callbacks_held():
+            self.run_owed_callbacks()  # a batch closed complete owes its on_batch_complete
         # Only `phoenix reload --force` passes the preflight's check of queued targets.
         # `"running": false` (reload --wait's poll): the master alone, not a line per child (MBs at thousands).
         return self.execute(command, force=request.get("force") is True, keys=request.get("keys"),

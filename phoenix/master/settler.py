@@ -20,12 +20,13 @@ import logging
 from typing import Any, Callable
 
 from phoenix import log
-from phoenix.app import App, JobInfo
+from phoenix.app import App, BatchInfo, JobInfo
 from phoenix.config import Config
 from phoenix.linux.clock import Clock
 from phoenix.linux.untrusted import stored_json
 from phoenix.master.callbacks import CallbackRunner
 from phoenix.master.metrics import Counters
+from phoenix.store import batches
 from phoenix.store.base import Store
 
 # How long the done record of a callback that ended may wait for a durable
@@ -38,11 +39,14 @@ DONE_GROUP_WINDOW = 0.05
 class CallbackSettler:
     def __init__(self, app: App | None, journal: Callable[[], Store], callbacks: CallbackRunner,
                  config: Callable[[], Config], counters: Counters, clock: Clock,
-                 guarded: Callable[[Callable[[], Any], bool], None]) -> None:
+                 guarded: Callable[[Callable[[], Any], bool], None],
+                 callbacks_held: Callable[[], bool] = lambda: False) -> None:
         """`app`: None while no app is loaded (degraded): callbacks stay owed.
         `journal`: the store open now (a replayed write may find another
         than the one open when it was queued). `guarded(write, retry)`: run a
-        journal write that an outage keeps for replay."""
+        journal write that an outage keeps for replay. `callbacks_held()`:
+        True while new callbacks must stay owed (a replacement waits for the
+        running ones to end)."""
         self.app = app
         self.journal = journal
         self.callbacks = callbacks
@@ -50,6 +54,7 @@ class CallbackSettler:
         self.counters = counters
         self.clock = clock
         self.guarded = guarded
+        self.callbacks_held = callbacks_held
         # Callbacks that ran here whose `done` the store has not taken yet (an
         # outage: the write is replayed). Still owed in the store, they are
         # never started again meanwhile: a look for owed callbacks (a lease
@@ -64,6 +69,9 @@ class CallbackSettler:
         if callback_id in self.done_unrecorded:
             return  # it ran; its record is on its way
         app = self.app
+        if kind == batches.KIND:
+            self.start_batch(callback_id, job_id)
+            return
         functions: list[Callable[..., Any]] = list(app.finished_callbacks if kind == "on_finished"
                                                    else app.failed_callbacks)
         if not functions:  # nothing registered: done, in one statement (no need to read the job)
@@ -82,6 +90,29 @@ class CallbackSettler:
         else:
             argument = row["error"]
         self.callbacks.start(callback_id, row["key"], kind, functions, info, argument)
+
+    def start_batch(self, callback_id: int, job_id: int) -> None:
+        """A batch's on_batch_complete, owed on the member job whose end completed it."""
+        assert self.app is not None
+        functions: list[Callable[..., Any]] = list(self.app.batch_callbacks)
+        journal = self.journal()
+        if not functions:
+            journal.callback_done(callback_id, None)
+            return
+        row = journal.job_row(job_id)
+        assert row is not None and row["batch_id"] is not None
+        (batch,) = journal.batches(batch_id=row["batch_id"])
+        counts = {state: n for state, n in batch["counts"].items() if state in batches.FINAL_STATES}
+        # Read here, in the loop's thread: the callback's thread may not use the
+        # master's connection, and a second journal opened in the master's
+        # process would drop its file locks (POSIX locks go with any close of the file).
+        members = journal.batch_jobs(batch["id"])
+        info = BatchInfo(batch["id"], batch["name"], counts, batch["completions"], lambda: list(members))
+        if journal.callback_started(callback_id) is False:
+            log.event(logging.WARNING, "callback_fenced", batch=batch["name"], callback=batches.KIND,
+                      effect="not run here: this master's lease no longer owns it; the master that does runs it")
+            return
+        self.callbacks.start(callback_id, f"batch:{batch['name']}", batches.KIND, functions, info)
 
     def owes(self, kind: str) -> bool:
         """Whether an outcome that calls for callbacks of `kind` owes any: not
@@ -108,6 +139,11 @@ class CallbackSettler:
         records, and commit the group if it waited DONE_GROUP_WINDOW for
         another commit in vain (`flush`: now, as a stop does)."""
         now = self.clock.monotonic()
+        if self.app is not None and not self.callbacks_held():
+            # Batches this master's outcomes completed (a shared store's come by NOTIFY instead).
+            for callback_id, job_id, number, kind in self.journal().take_owed_batch_callbacks():
+                if callback_id not in self.callbacks.running:
+                    self.start(callback_id, job_id, number, kind)
         for running, error in self.callbacks.finished():
             if self.counters.histograms is not None:
                 self.counters.histograms.callback_duration.observe(now - running.started)

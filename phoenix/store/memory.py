@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Self, Sequence
 
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json
 from phoenix.rules.outcomes import CANCELLED_REASON
+from phoenix.store import batches as batch_rules
 from phoenix.store.base import (
     ENDED_BADLY,
     JOB_STATES,
@@ -35,7 +36,7 @@ from phoenix.store.base import (
 # The columns of the SQLite journal's rows that the reads return (job_row, job_by_key).
 _JOB_COLUMNS = ("id", "key", "target", "params", "state", "attempts", "failures", "not_before", "outcome", "result",
                 "error", "created_at", "updated_at", "priority", "due_at", "run_at", "tick", "checkpoint",
-                "checkpoint_at", "checkpoint_attempt", "checkpoint_seq")
+                "checkpoint_at", "checkpoint_attempt", "checkpoint_seq", "batch_id")
 
 
 class MemoryStore:
@@ -52,6 +53,8 @@ class MemoryStore:
         self.pools: dict[str, dict[str, int]] = {}  # name -> {"capacity", "used"}
         self.pool_targets: dict[str, str] = {}  # target -> the pool its jobs take a slot of
         self._ids = itertools.count(1)  # one sequence for every row: ids only need to be unique and rising
+        self.batch_rows: dict[str, dict[str, Any]] = {}  # by name, in id order
+        self._owed_batch_callbacks: list[tuple[int, int, int, str]] = []
 
     def close(self) -> None:
         pass
@@ -105,7 +108,7 @@ class MemoryStore:
                              "outcome": None, "result": None, "error": None, "created_at": now, "updated_at": now,
                              "priority": priority, "due_at": now if run_at is None else run_at, "run_at": run_at,
                              "tick": tick, "checkpoint": None, "checkpoint_at": None, "checkpoint_attempt": None,
-                             "checkpoint_seq": None}
+                             "checkpoint_seq": None, "batch_id": None}
         self.keys[key] = job_id
         return job_id, True
 
@@ -199,9 +202,11 @@ class MemoryStore:
         if attempt["pool"] is not None and self.pools[attempt["pool"]]["used"] > 0:
             self.pools[attempt["pool"]]["used"] -= 1  # its slot, freed by the outcome and only by it
         job = self.jobs[job_id]
+        before = job["state"]
         job.update(state=job_state, outcome=outcome, result=result_json, error=error, updated_at=now,
                    not_before=0.0 if retry_delay is None else now + retry_delay,
                    failures=job["failures"] + int(counts_as_failure))
+        self._count_for_batch(job, before)
         if callback is None:
             return True, None
         return True, self._owe(job_id, attempt_n, callback)
@@ -215,9 +220,12 @@ class MemoryStore:
         return self.callbacks_done(callbacks_done)
 
     def fail_without_attempt(self, job_id: int, error: str) -> int | None:
-        self.jobs[job_id].update(state=JobState.FAILED.value, outcome="error", error=storable(error),
-                                 updated_at=self.now())
-        return self._owe(job_id, 0, "on_failed")
+        job = self.jobs[job_id]
+        before = job["state"]
+        job.update(state=JobState.FAILED.value, outcome="error", error=storable(error), updated_at=self.now())
+        callback_id = self._owe(job_id, 0, "on_failed")
+        self._count_for_batch(job, before)
+        return callback_id
 
     def _owe(self, job_id: int, attempt_n: int, kind: str) -> int | None:
         """A callback owed for the job's end; None if one of that kind is owed or ran already."""
@@ -407,14 +415,20 @@ class MemoryStore:
                    for c in self.callbacks.values()):
                 raise RetryRefused(f"job {job['key']!r} still has a callback owed (it runs when a master runs): "
                                    "retry it once that has run")
+            if job["batch_id"] is not None and any(
+                    c["kind"] == batch_rules.KIND and c["state"] == "owed"
+                    and self.jobs[c["job_id"]]["batch_id"] == job["batch_id"] for c in self.callbacks.values()):
+                raise batch_rules.owed_refusal(job["key"])
         now = self.now()
         for job in jobs:
             # The callbacks that ran for its end go, so that its next end calls them again.
             self.callbacks = {i: c for i, c in self.callbacks.items() if c["job_id"] != job["id"]}
+            before = job["state"]
             state = JobState.SCHEDULED if job["due_at"] > now else JobState.PENDING  # a delayed job waits again
             job.update(state=state.value, failures=0, not_before=0.0, updated_at=now)
             if fresh:
                 job.update(checkpoint=None, checkpoint_at=None)
+            self._count_for_batch(job, before)
         return [job["key"] for job in jobs]
 
     # -- long jobs ------------------------------------------------------------------------
@@ -456,7 +470,108 @@ class MemoryStore:
                        updated_at=self.now())
             last_n = max((a["n"] for a in self.attempts.values() if a["job_id"] == job_id), default=0)
             self._owe(job_id, last_n, "on_failed")
+            self._count_for_batch(job, state)
         return state
+
+    # -- batches (as the SQLite journal's trigger and statements: batches.py) ----------------------
+
+    def submit_to_batch(self, name: str, jobs: Iterable[tuple[Any, ...]]) -> list[tuple[int, bool]]:
+        batch_rules.check_name(name)
+        jobs = batch_rules.members(jobs)
+        batch = self.batch_rows.get(name)
+        if batch is not None and batch["state"] != "open":
+            raise batch_rules.closed_refusal(name, batch["state"])
+        for target, params_json, key, run_at, priority in jobs:  # all refused, or all recorded
+            check_key(key)
+            known = self.keys.get(key)
+            if known is None:
+                continue
+            job = self.jobs[known]
+            conflict = key_conflict(key, known, (job["target"], job["params"]), (target, params_json),
+                                    timing_differences((job["run_at"], job["priority"]), (run_at, priority)))
+            if conflict is not None:
+                raise conflict
+            member_of = self.jobs[known]["batch_id"]
+            if batch is None or member_of != batch["id"]:
+                other = next((b["name"] for b in self.batch_rows.values() if b["id"] == member_of), None)
+                raise batch_rules.not_member_refusal(key, known, name, other)
+        if batch is None:
+            batch = self.batch_rows[name] = {
+                "id": next(self._ids), "name": name, "state": "open", "jobs": 0, "remaining": 0, "completions": 0,
+                "created_at": self.now(), "closed_at": None, "completed_at": None}
+        submitted = []
+        for target, params_json, key, run_at, priority in jobs:
+            job_id, created = self._insert_job(key, target, params_json, run_at=run_at, priority=priority)
+            if created:
+                self.jobs[job_id]["batch_id"] = batch["id"]
+                batch["jobs"] += 1
+                batch["remaining"] += 1
+            submitted.append((job_id, created))
+        return submitted
+
+    def close_batch(self, name: str) -> str:
+        batch = self.batch_rows.get(name)
+        if batch is None:
+            raise batch_rules.unknown_refusal(name)
+        if batch["state"] != "open":
+            return str(batch["state"])
+        now = self.now()
+        if batch["remaining"]:
+            batch.update(state="closed", closed_at=now)
+            return "closed"
+        batch.update(state="complete", closed_at=now, completed_at=now, completions=1)
+        members = [job for job in self.jobs.values() if job["batch_id"] == batch["id"]]
+        if members:
+            last = max(members, key=lambda job: (job["updated_at"], job["id"]))
+            self._owe(last["id"], last["attempts"], batch_rules.KIND)
+        return "complete"
+
+    def batches(self, name: str | None = None, batch_id: int | None = None,
+                limit: int | None = None) -> list[dict[str, Any]]:
+        shown: list[dict[str, Any]] = []
+        for batch in reversed(self.batch_rows.values()):
+            if limit is not None and len(shown) == limit:
+                break
+            if (name is None or batch["name"] == name) and (batch_id is None or batch["id"] == batch_id):
+                counts: dict[str, int] = {}
+                for job in self.jobs.values():
+                    if job["batch_id"] == batch["id"]:
+                        counts[job["state"]] = counts.get(job["state"], 0) + 1
+                shown.append({**batch, "counts": dict(sorted(counts.items()))})
+        return shown
+
+    def batch_jobs(self, batch_id: int) -> list[dict[str, Any]]:
+        return [{"id": job["id"], "key": job["key"], "target": job["target"], "state": job["state"],
+                 "attempts": job["attempts"], "outcome": job["outcome"],
+                 "reason": (self._attempt(job["id"], job["attempts"]) or {}).get("reason"),
+                 "created_at": job["created_at"], "updated_at": job["updated_at"]}
+                for job in self.jobs.values() if job["batch_id"] == batch_id]
+
+    def take_owed_batch_callbacks(self) -> list[tuple[int, int, int, str]]:
+        owed, self._owed_batch_callbacks = self._owed_batch_callbacks, []
+        return owed
+
+    def _count_for_batch(self, job: dict[str, Any], before: str) -> None:
+        """What the journal's triggers do when a member's state moves into or
+        out of the final states: the remaining count, the completion and its
+        callback, or the batch re-opened."""
+        batch = next((b for b in self.batch_rows.values() if b["id"] == job["batch_id"]), None)
+        if batch is None:
+            return
+        ended, was_ended = job["state"] in batch_rules.FINAL_STATES, before in batch_rules.FINAL_STATES
+        if ended and not was_ended:
+            batch["remaining"] -= 1
+            if batch["remaining"] == 0 and batch["state"] == "closed":
+                batch.update(state="complete", completed_at=job["updated_at"], completions=batch["completions"] + 1)
+                callback_id = self._owe(job["id"], job["attempts"], batch_rules.KIND)
+                if callback_id is not None:
+                    self._owed_batch_callbacks.append((callback_id, job["id"], job["attempts"], batch_rules.KIND))
+        elif was_ended and not ended:
+            batch["remaining"] += 1
+            batch.update(state="closed" if batch["state"] == "complete" else batch["state"], completed_at=None)
+            self.callbacks = {i: c for i, c in self.callbacks.items()
+                              if not (c["kind"] == batch_rules.KIND and c["state"] == "done"
+                                      and self.jobs[c["job_id"]]["batch_id"] == batch["id"])}
 
     def prune(self, *, finished_before: float, failed_before: float | None, batch: int = 500) -> dict[str, int]:
         owing = {c["job_id"] for c in self.callbacks.values() if c["state"] == "owed"}
@@ -466,7 +581,9 @@ class MemoryStore:
                 return bool(job["updated_at"] < finished_before)
             return failed_before is not None and job["state"] in ENDED_BADLY and job["updated_at"] < failed_before
 
-        gone = {job_id for job_id, job in self.jobs.items() if ended(job) and job_id not in owing}
+        complete = {b["id"] for b in self.batch_rows.values() if b["state"] == "complete"}
+        gone = {job_id for job_id, job in self.jobs.items() if ended(job) and job_id not in owing
+                and (job["batch_id"] is None or job["batch_id"] in complete)}  # batches.PRUNABLE
         removed = {"jobs": len(gone),
                    "attempts": sum(1 for a in self.attempts.values() if a["job_id"] in gone),
                    "callbacks": sum(1 for c in self.callbacks.values() if c["job_id"] in gone)}

@@ -40,6 +40,7 @@ from phoenix.linux import clock
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
 from phoenix.rules.leases import CALLBACKS_OWED, CANCEL_ASKED
 from phoenix.rules.outcomes import CANCELLED_REASON
+from phoenix.store import batches
 from phoenix.store.base import (
     ENDED_BADLY,
     FULL_POOL_TARGETS,
@@ -71,7 +72,7 @@ except ModuleNotFoundError as exc:  # a store URL given to a Phoenix installed w
     raise JournalError(f"a PostgreSQL store needs psycopg, which is not installed in this Python "
                        f"({sys.executable}): pip install 'phoenix-procmaster[postgres]'") from None
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 CHANNEL = "phoenix_wake"
 MIGRATE_HINT = "phoenix store migrate --store URL"
 STATEMENT_TIMEOUT_MS = 10_000
@@ -97,7 +98,7 @@ CREATE INDEX IF NOT EXISTS jobs_ticks ON jobs (target, tick) WHERE tick IS NOT N
 _V3_POOLS = """
 CREATE TABLE IF NOT EXISTS pools (name text PRIMARY KEY, capacity integer NOT NULL, used integer NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS pool_targets (target text PRIMARY KEY, pool text NOT NULL);
-ALTER TABLE attempts ADD COLUMN IF NOT EXISTS pool text  -- the pool whose slot it holds until its outcome
+ALTER TABLE attempts ADD COLUMN IF NOT EXISTS pool text;  -- the pool whose slot it holds until its outcome
 """
 
 _SCHEMA = f"""
@@ -197,7 +198,7 @@ CREATE TABLE IF NOT EXISTS meta (
     PRIMARY KEY (node, name)
 );
 {_V3_POOLS}
-"""
+""" + batches.PG_SCHEMA
 
 
 # A due pending job, locked for this transaction only if no other master has
@@ -1146,6 +1147,9 @@ class PgStore:
                 if cur.fetchone():
                     raise RetryRefused(f"job {key!r} still has a callback owed (it runs when a master runs): "
                                        "retry it once that has run")
+                cur.execute(batches.PG_REFUSE_REOPEN, (job_id,))
+                if cur.fetchone():
+                    raise batches.owed_refusal(key)
             for job_id, _key in rows:
                 cur.execute("DELETE FROM callbacks WHERE job_id = %s", (job_id,))
                 cur.execute(f"UPDATE jobs SET state = CASE WHEN due_at > {_NOW} THEN 'scheduled' ELSE 'pending' END, "
@@ -1179,6 +1183,92 @@ class PgStore:
     def save_progress(self, reported: list[tuple[int, str]]) -> None:
         with self._tx() as cur:  # one transaction for all: one commit per write, however many jobs report
             cur.executemany("UPDATE attempts SET progress = %s WHERE id = %s", [(text, a) for a, text in reported])
+
+    # -- batches (batches.py) -------------------------------------------------------------
+
+    def submit_to_batch(self, name: str, jobs: Iterable[tuple[Any, ...]]) -> list[tuple[int, bool]]:
+        """As the SQLite journal's; the batch's row is locked for the
+        transaction, so a close waits for the jobs being added."""
+        batches.check_name(name)
+        jobs = batches.members(jobs)
+        for job in jobs:
+            check_key(job.key)
+        with self._tx() as cur:
+            cur.execute(batches.PG_OPEN, (name,))
+            cur.execute(batches.PG_LOCK, (name,))
+            row = cur.fetchone()
+            assert row is not None
+            batch_id, state = int(row[0]), row[1]
+            if state != "open":
+                raise batches.closed_refusal(name, state)
+            submitted, added = [], 0
+            for target, params_json, key, run_at, priority in jobs:
+                job_id, created = self._insert_job(cur, key, target, params_json, run_at=run_at, priority=priority)
+                if created:
+                    cur.execute("UPDATE jobs SET batch_id = %s WHERE id = %s", (batch_id, job_id))
+                    added += 1
+                else:
+                    cur.execute("SELECT j.batch_id, b.name FROM jobs j LEFT JOIN batches b ON b.id = j.batch_id "
+                                "WHERE j.id = %s", (job_id,))
+                    member = cur.fetchone()
+                    if member is None or member[0] != batch_id:
+                        raise batches.not_member_refusal(key, job_id, name, member[1] if member else None)
+                submitted.append((job_id, created))
+            cur.execute("UPDATE batches SET jobs = jobs + %s, remaining = remaining + %s WHERE id = %s",
+                        (added, added, batch_id))
+            cur.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+        return submitted
+
+    def close_batch(self, name: str) -> str:
+        """As the SQLite journal's. A batch complete at its close owes its
+        callback to no master in particular: the first live master to read
+        the NOTIFY takes it (owed_callbacks)."""
+        with self._tx() as cur:
+            cur.execute(batches.PG_LOCK, (name,))
+            row = cur.fetchone()
+            if row is None:
+                raise batches.unknown_refusal(name)
+            batch_id, state, remaining = int(row[0]), row[1], int(row[2])
+            if state != "open":
+                return str(state)
+            if remaining:
+                cur.execute(f"UPDATE batches SET state = 'closed', closed_at = {_NOW} WHERE id = %s", (batch_id,))
+                return "closed"
+            cur.execute(f"UPDATE batches SET state = 'complete', closed_at = {_NOW}, completed_at = {_NOW}, "
+                        f"completions = 1 WHERE id = %s", (batch_id,))
+            cur.execute(f"INSERT INTO callbacks (job_id, attempt, kind, state, created_at) "
+                        f"SELECT id, attempts, %s, 'owed', {_NOW} FROM jobs WHERE batch_id = %s "
+                        f"ORDER BY updated_at DESC, id DESC LIMIT 1 ON CONFLICT (job_id, kind) DO NOTHING",
+                        (batches.KIND, batch_id))
+            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, CALLBACKS_OWED))
+            return "complete"
+
+    def batches(self, name: str | None = None, batch_id: int | None = None,
+                limit: int | None = None) -> list[dict[str, Any]]:
+        """As the SQLite journal's: batches newest first with their jobs counted by state."""
+        with self._tx() as cur:
+            cur.execute(f"SELECT {batches.SUMMARY_COLUMNS} FROM batches b WHERE (%(name)s::text IS NULL OR "
+                        f"b.name = %(name)s) AND (%(id)s::bigint IS NULL OR b.id = %(id)s) ORDER BY b.id DESC "
+                        f"LIMIT %(limit)s", {"name": name, "id": batch_id, "limit": limit})
+            rows = cur.fetchall()
+            cur.execute("SELECT batch_id, state, count(*) FROM jobs WHERE batch_id = ANY(%s) "
+                        "GROUP BY batch_id, state ORDER BY state", ([row[0] for row in rows],))
+            counts: dict[int, dict[str, int]] = {}
+            for member_of, state, n in cur.fetchall():
+                counts.setdefault(int(member_of), {})[state] = int(n)
+        return [batches.summary(row, counts.get(int(row[0]), {})) for row in rows]
+
+    def batch_jobs(self, batch_id: int) -> list[dict[str, Any]]:
+        with self._one() as cur:
+            cur.execute("SELECT j.id, j.key, j.target, j.state, j.attempts, j.outcome, a.reason, "
+                        "j.created_at, j.updated_at FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id "
+                        "AND a.n = j.attempts WHERE j.batch_id = %s ORDER BY j.id", (batch_id,))
+            return _dicts(cur)
+
+    def take_owed_batch_callbacks(self) -> list[tuple[int, int, int, str]]:
+        """None here: the trigger that owes a batch callback NOTIFYs, and the
+        master that owns it takes it up from there (owed_callbacks)."""
+        return []
 
     def request_cancel(self, attempt_id: int) -> None:
         """As the SQLite journal's: a cancel under way, noted on the open attempt."""
@@ -1239,7 +1329,8 @@ class PgStore:
 
     def prune(self, *, finished_before: float, failed_before: float | None, batch: int = 500) -> dict[str, int]:
         """As the SQLite journal's: old ended jobs with their attempts and
-        callbacks, `batch` jobs per transaction; never a job with a callback owed."""
+        callbacks, `batch` jobs per transaction; never a job with a callback owed,
+        nor a member of a batch that is not complete."""
         removed = {"jobs": 0, "attempts": 0, "callbacks": 0, "events": 0}
         ended = "(state = 'finished' AND updated_at < %(finished)s)"
         if failed_before is not None:
@@ -1248,7 +1339,8 @@ class PgStore:
         while True:
             with self._tx() as cur:
                 cur.execute(f"SELECT id FROM jobs WHERE ({ended}) AND NOT EXISTS (SELECT 1 FROM callbacks c WHERE "
-                            f"c.job_id = jobs.id AND c.state = 'owed') AND id > %(after)s ORDER BY id LIMIT %(batch)s "
+                            f"c.job_id = jobs.id AND c.state = 'owed') AND {batches.PRUNABLE} "
+                            f"AND id > %(after)s ORDER BY id LIMIT %(batch)s "
                             f"FOR UPDATE SKIP LOCKED", bounds)
                 ids = [int(r[0]) for r in cur.fetchall()]
                 bounds["after"] = ids[-1] if ids else 0
@@ -1420,6 +1512,7 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS checkpoint text, ADD COLUMN IF NOT EXI
     ADD COLUMN IF NOT EXISTS checkpoint_attempt integer, ADD COLUMN IF NOT EXISTS checkpoint_seq integer;
 ALTER TABLE attempts ADD COLUMN IF NOT EXISTS progress text
 """,
+    4: batches.PG_SCHEMA,  # 4 -> 5: batches, counted by a trigger on jobs
 }
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from phoenix.linux import clock
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
 from phoenix.rules.outcomes import CANCELLED_REASON
+from phoenix.store import batches
 from phoenix.store.base import (
     ENDED_BADLY,
     FULL_POOL_TARGETS,
@@ -44,7 +45,7 @@ from phoenix.store.base import (
 # header) and which schema it holds (PRAGMA user_version): a file of another
 # program, or of a newer Phoenix, is refused rather than written over.
 APPLICATION_ID = int.from_bytes(b"PHNX", "big")
-SCHEMA_VERSION = 4  # 2 is the PostgreSQL store's (leases, fencing): the journal went from 1 to 3
+SCHEMA_VERSION = 5  # 2 is the PostgreSQL store's (leases, fencing): the journal went from 1 to 3
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _TABLES = frozenset({"meta", "jobs", "attempts", "callbacks", "events"})
 
@@ -243,6 +244,7 @@ def _create(path: Path) -> None:
             _add_scale_schema(db)
             for statement in (*_V3_INDEXES, *_V3_TABLES):
                 db.execute(statement)
+            batches.add_to_sqlite(db)
             # Still written so that an older Phoenix (before user_version) can read the journal after a rollback.
             db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -383,9 +385,12 @@ def _upgrade_to_3(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO job_counts VALUES ('scheduled', 0) ON CONFLICT (state) DO NOTHING")
 
 
-# Each journal version's upgrade to the next (version 2 was never a journal's).
-# Each version's upgrade to the next (2 was only PostgreSQL's), applied by Journal._upgrade.
-_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {1: _upgrade_to_3, 3: _upgrade_3_to_4}
+# Each journal version's upgrade to the next (version 2 was only PostgreSQL's), applied by Journal._upgrade.
+_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _upgrade_to_3,  # scheduling: due times, priorities, ticks, pools
+    3: _upgrade_3_to_4,  # long jobs: checkpoints, progress
+    4: batches.add_to_sqlite,  # batches, counted by a trigger on jobs
+}
 
 _INSERT_JOB = ("INSERT INTO jobs (key, target, params, state, created_at, updated_at, priority, due_at, run_at, tick) "
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING")
@@ -441,6 +446,7 @@ class Journal:
         _check_file(self.path)
         self.identity = _identity(self.path)  # the file this journal writes, to notice it replaced
         self._synced_wal: tuple[int, int] | None = None  # the write-ahead log whose name is on disk
+        self._owed_batch_callbacks: list[tuple[int, int, int, str]] = []  # see take_owed_batch_callbacks
         try:
             # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE).
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
@@ -773,14 +779,18 @@ class Journal:
                 (job_state, outcome, result_json, error, not_before, not_before_boot, boot, int(counts_as_failure),
                  now, job_id),
             )
-            if callback is None:
-                return True, None
-            cur = db.execute(
-                "INSERT INTO callbacks (job_id, attempt, kind, state, created_at) VALUES (?, ?, ?, 'owed', ?) "
-                "ON CONFLICT (job_id, kind) DO NOTHING",
-                (job_id, attempt_n, callback, now),
-            )
-            return True, (cur.lastrowid if cur.rowcount else None)
+            batch_callback = self._batch_callback_owed(db, job_id) if job_state in batches.FINAL_STATES else None
+            callback_id = None
+            if callback is not None:
+                cur = db.execute(
+                    "INSERT INTO callbacks (job_id, attempt, kind, state, created_at) VALUES (?, ?, ?, 'owed', ?) "
+                    "ON CONFLICT (job_id, kind) DO NOTHING",
+                    (job_id, attempt_n, callback, now),
+                )
+                callback_id = cur.lastrowid if cur.rowcount else None
+        if batch_callback is not None:  # (committed: a write that failed leaves nothing to start)
+            self._owed_batch_callbacks.append(batch_callback)
+        return True, callback_id
 
     def hold_finals(self, finals: list[tuple[int, str]],
                     callbacks_done: Sequence[tuple[int, str | None]] = ()) -> list[bool | None]:
@@ -809,7 +819,10 @@ class Journal:
                 "VALUES (?, 0, 'on_failed', 'owed', ?) ON CONFLICT (job_id, kind) DO NOTHING",
                 (job_id, now),
             )
-            return cur.lastrowid if cur.rowcount else None
+            batch_callback = self._batch_callback_owed(db, job_id)
+        if batch_callback is not None:
+            self._owed_batch_callbacks.append(batch_callback)
+        return cur.lastrowid if cur.rowcount else None
 
     def callback_started(self, callback_id: int) -> None:
         with self.transaction() as db:
@@ -1096,6 +1109,7 @@ class Journal:
                               f"c.state = 'owed' AND NOT {WITHDRAWN_WITH_ITS_CANCEL}", (job_id,)).fetchone():
                     raise RetryRefused(f"job {key!r} still has a callback owed (it runs when a master runs): "
                                        "retry it once that has run")
+                batches.sqlite_refuse_reopen_owed(db, job_id, key)
             now = time.time()
             for job_id, _key in rows:
                 # The callbacks that ran for its end go, so that its next end calls them again.
@@ -1171,6 +1185,59 @@ class Journal:
         with self.transaction() as db:
             db.executemany("UPDATE attempts SET progress = ? WHERE id = ?", [(text, a) for a, text in reported])
 
+    # -- batches (batches.py) -------------------------------------------------------
+
+    def submit_to_batch(self, name: str, jobs: Iterable[tuple[Any, ...]]) -> list[tuple[int, bool]]:
+        """Record jobs (batches.Member: target, params JSON, key, due time,
+        priority) as members of the open batch `name` (opened now if new), in
+        one transaction; as submit_many, plus BatchRefused for a closed batch
+        or a key that names a job outside it."""
+        jobs = batches.members(jobs)
+        for job in jobs:
+            check_key(job.key)
+        now = time.time()
+        with self.transaction(durable=True) as db:
+            batch_id = batches.sqlite_open(db, name, now)
+            submitted = []
+            for target, params_json, key, run_at, priority in jobs:
+                job_id, created = _insert_job(db, key, target, params_json, now, run_at=run_at, priority=priority)
+                batches.sqlite_join(db, batch_id, name, key, job_id, created)
+                submitted.append((job_id, created))
+            return submitted
+
+    def close_batch(self, name: str) -> str:
+        """Close the batch `name` (BatchRefused if there is none); its state
+        after: closed, or complete (its on_batch_complete owed) if every
+        member has ended."""
+        with self.transaction(durable=True) as db:
+            return batches.sqlite_close(db, name, time.time())
+
+    def batches(self, name: str | None = None, batch_id: int | None = None,
+                limit: int | None = None) -> list[dict[str, Any]]:
+        """Batches newest first (or the one named, or of that id; at most
+        `limit`) with their jobs counted by state."""
+        return batches.sqlite_batches(self.db, name, batch_id, limit)
+
+    def batch_jobs(self, batch_id: int) -> list[dict[str, Any]]:
+        """The batch's jobs in id order, each with its last attempt's reason."""
+        return batches.sqlite_jobs(self.db, batch_id)
+
+    @staticmethod
+    def _batch_callback_owed(db: sqlite3.Connection, job_id: int) -> tuple[int, int, int, str] | None:
+        """After a job's final state: the batch callback its end made owed (the
+        trigger's), if it completed its batch; one lookup through the callbacks' key."""
+        row: tuple[int, int, int, str] | None = db.execute(
+            "SELECT id, job_id, attempt, kind FROM callbacks WHERE job_id = ? AND kind = ? AND state = 'owed'",
+            (job_id, batches.KIND)).fetchone()
+        return row
+
+    def take_owed_batch_callbacks(self) -> list[tuple[int, int, int, str]]:
+        """(callback id, job id, attempt, kind) of the batch callbacks this
+        master's outcomes made owed since the last call: the master starts
+        them (as the job callback end_attempt returns)."""
+        owed, self._owed_batch_callbacks = self._owed_batch_callbacks, []
+        return owed
+
     def request_cancel(self, attempt_id: int) -> None:
         """A running attempt is being cancelled: noted on it (its `reason`,
         until its outcome replaces it), so that a master that takes it over
@@ -1206,7 +1273,8 @@ class Journal:
         failed and cancelled ones before `failed_before`, if given) with their
         attempts and callbacks, and the master events older than
         `finished_before`. Never a pending or running job, nor one with a
-        callback owed. `batch` jobs per transaction, so that a running master
+        callback owed, nor a member of a batch that is not complete (its
+        counts and its on_batch_complete need it). `batch` jobs per transaction, so that a running master
         waits at most one short transaction for the journal."""
         removed = {"jobs": 0, "attempts": 0, "callbacks": 0, "events": 0}
         ended = "(state = 'finished' AND updated_at < :finished)"
@@ -1215,7 +1283,8 @@ class Journal:
         # NOT INDEXED: read on in id order from the last batch; through the state
         # index, each batch would sort every ended job again (quadratic).
         select = (f"SELECT id FROM jobs NOT INDEXED WHERE ({ended}) AND NOT EXISTS (SELECT 1 FROM callbacks c "
-                  "WHERE c.job_id = jobs.id AND c.state = 'owed') AND id > :after ORDER BY id LIMIT :batch")
+                  f"WHERE c.job_id = jobs.id AND c.state = 'owed') AND {batches.PRUNABLE} "
+                  "AND id > :after ORDER BY id LIMIT :batch")
         bounds = {"finished": finished_before, "failed": failed_before, "batch": batch, "after": 0}
         while True:
             with self.transaction() as db:

@@ -547,10 +547,11 @@ def _refused_or(path: Path, reply: dict[str, Any]) -> dict[str, Any]:
 WAKE_TIMEOUT = 1.0  # a master that does not answer in time still finds the jobs on its next poll
 
 
-def wake(path: Path) -> None:
-    """Ask the running master to look for pending jobs now; with none running,
-    the next one starts them."""
+def wake(path: Path, owed_callbacks: bool = False) -> None:
+    """Ask the running master to look for pending jobs now (and, with
+    `owed_callbacks`, for callbacks owed: a batch closed complete); with none
+    running, the next one starts them."""
     try:
-        request(path, {"cmd": "wake"}, timeout=WAKE_TIMEOUT)
+        request(path, {"cmd": "wake", "owed": True} if owed_callbacks else {"cmd": "wake"}, timeout=WAKE_TIMEOUT)
     except ControlError:
         pass

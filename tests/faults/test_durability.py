@@ -31,12 +31,26 @@ class Ext4:
 
     def __init__(self, image: Path, mountpoint: Path) -> None:
         self.image, self.mountpoint = image, mountpoint
+        self.loop: str | None = None
 
     def mount(self) -> None:
+        # A new loop device each time: `mount -o loop` reuses one already on the
+        # image, and after a cut that is the dead file system's, which a copy of
+        # this mount in another test's mount namespace (unshare --mount-proc, run
+        # at the same moment under xdist) keeps alive, read-only: the remount
+        # then gave the cut file system back instead of the image's contents.
+        self.loop = subprocess.run(["losetup", "--find", "--show", str(self.image)], check=True,
+                                   capture_output=True, text=True).stdout.strip()
         # commit=300: ext4's own journal commit (every 5 s by default) would put
         # unsynced writes on the device before the cut, and hide their absence.
-        subprocess.run(["mount", "-o", "loop,errors=remount-ro,commit=300", str(self.image), str(self.mountpoint)],
+        subprocess.run(["mount", "-o", "errors=remount-ro,commit=300", self.loop, str(self.mountpoint)],
                        check=True, capture_output=True, text=True)
+
+    def detach(self) -> None:
+        """Let the loop device go (at once, or when the last mount of it anywhere goes)."""
+        if self.loop is not None:
+            subprocess.run(["losetup", "--detach", self.loop], capture_output=True)
+            self.loop = None
 
     @property
     def device(self) -> str:
@@ -64,6 +78,7 @@ class Ext4:
         """Mount again from what the device holds (the processes using it are gone)."""
         wait_for(lambda: subprocess.run(["umount", str(self.mountpoint)], capture_output=True).returncode == 0,
                  15, f"{self.mountpoint} to be unused, to unmount it")
+        self.detach()
         self.mount()
 
 
@@ -82,13 +97,16 @@ def ext4(tmp_path: Path) -> Iterator[Ext4]:
     try:
         fs.mount()
     except subprocess.CalledProcessError as exc:
+        fs.detach()
         pytest.skip(f"cannot mount a loop device here: {exc.stderr.strip()}")
     if not Path(f"/sys/fs/ext4/{fs.device}/trigger_fs_error").exists():
         subprocess.run(["umount", str(mountpoint)], check=False)
+        fs.detach()
         pytest.skip("this kernel has no /sys/fs/ext4/DEV/trigger_fs_error to shut a file system down")
     yield fs
     if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode != 0:
         subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+    fs.detach()
 
 
 def gone(pid: int) -> bool:

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import pytest
 
 from phoenix.store.base import KeyConflict, RetryRefused, Store
+from phoenix.store.batches import KIND, BatchRefused
 from phoenix.store.memory import MemoryStore
 from phoenix.store.sqlite import Journal
 
@@ -372,3 +373,111 @@ def test_jobs_by_a_key_prefix_are_those_whose_key_starts_with_it_and_no_pattern(
     assert keys("nothing") == ([], 0) and keys("\ud800") == ([], 0)  # a lone surrogate: no job has it
     rows, total = store.list_jobs(state="failed", target=None, since=None, limit=10, key_prefix="feed")
     assert (rows, total) == ([], 0)  # with the other filters
+
+
+# -- batches (store/batches.py): the count moves with each member's final state, in its transaction --
+
+
+def batch_callbacks(store: Store) -> list[tuple[int, int, int, str]]:
+    return [owed for owed in store.owed_callbacks() if owed[3] == KIND]
+
+
+def test_a_batch_completes_in_the_transaction_of_its_last_outcome(store: Store) -> None:
+    jobs = [("m:f", str(n), f"b-{n}") for n in range(3)]
+    ids = [job_id for job_id, created in store.submit_to_batch("b", jobs) if created]
+    assert len(ids) == 3
+    assert store.submit_to_batch("b", jobs[:1]) == [(ids[0], False)]  # the same job again: a no-op
+    with pytest.raises(BatchRefused, match="submitted before in no batch"):
+        store.submit("m:f", "9", "loose")
+        store.submit_to_batch("b", [("m:f", "9", "loose")])
+    assert store.cancel_pending("b-2") == "pending"  # a cancel is a final state too
+    for _ in range(2):
+        job, attempt_id = claim(store)
+        end(store, attempt_id, job.id, callback=None)
+    [batch] = store.batches(name="b")
+    assert (batch["state"], batch["remaining"], batch["counts"]) == ("open", 0, {"cancelled": 1, "finished": 2})
+    assert batch_callbacks(store) == []  # not closed yet: not complete
+    assert store.close_batch("b") == "complete"  # closed with nothing left: complete at once
+    [owed] = batch_callbacks(store)
+    assert store.close_batch("b") == "complete"  # again: nothing changes
+    assert batch_callbacks(store) == [owed]
+    with pytest.raises(BatchRefused, match="batch 'b' is complete"):
+        store.submit_to_batch("b", [("m:f", "10", "late")])
+    with pytest.raises(BatchRefused, match="no batch named 'nope'"):
+        store.close_batch("nope")
+    assert store.job_by_key("late") is None
+
+
+def test_the_last_outcome_owes_the_callback_and_a_retry_reopens_the_count(store: Store) -> None:
+    store.submit_to_batch("b", [("m:f", "1", "ok"), ("m:f", "2", "bad")])
+    assert store.close_batch("b") == "closed"
+    ok, ok_attempt = claim(store)
+    bad, bad_attempt = claim(store)
+    end(store, ok_attempt, ok.id, callback=None)
+    assert store.batches(name="b")[0]["remaining"] == 1 and batch_callbacks(store) == []
+    end(store, bad_attempt, bad.id, outcome="error", job_state="failed", callback=None)
+    [(callback_id, job_id, attempt, kind)] = batch_callbacks(store)
+    assert (job_id, attempt) == (bad.id, 1)  # on the member whose end completed the batch
+    # The master starts it from here; a shared store's master hears of it by NOTIFY instead.
+    assert store.take_owed_batch_callbacks() == ([] if store.shared else [(callback_id, bad.id, 1, KIND)])
+    assert store.take_owed_batch_callbacks() == []
+    [batch] = store.batches(name="b")
+    assert (batch["state"], batch["completions"], batch["counts"]) == ("complete", 1, {"failed": 1, "finished": 1})
+    with pytest.raises(RetryRefused, match="owed"):  # (the batch's callback, on this very job)
+        store.retry(["bad"])
+    assert store.callback_started(callback_id) is not False
+    assert store.callback_done(callback_id, None) is not False
+    assert store.retry(["bad"]) == ["bad"]
+    [batch] = store.batches(name="b")
+    assert (batch["state"], batch["remaining"]) == ("closed", 1)
+    job, attempt_id = claim(store)
+    end(store, attempt_id, job.id, n=2, callback=None)
+    [(_id, job_id, attempt, _kind)] = batch_callbacks(store)
+    assert (job_id, attempt) == (bad.id, 2)
+    [batch] = store.batches(name="b")
+    assert (batch["state"], batch["completions"], batch["counts"]) == ("complete", 2, {"finished": 2})
+    assert [(job["key"], job["state"], job["attempts"]) for job in store.batch_jobs(batch["id"])] == [
+        ("ok", "finished", 1), ("bad", "finished", 2)]
+
+
+def test_prune_keeps_the_jobs_of_a_batch_until_it_is_complete(store: Store) -> None:
+    store.submit_to_batch("b", [("m:f", "1", "early"), ("m:f", "2", "late")])
+    early, early_attempt = claim(store)
+    end(store, early_attempt, early.id, callback=None)
+    later = time.time() + 60
+    assert store.prune(finished_before=later, failed_before=later)["jobs"] == 0  # the batch is open
+    assert store.close_batch("b") == "closed"
+    assert store.prune(finished_before=later, failed_before=later)["jobs"] == 0  # closed, one job to go
+    last, last_attempt = claim(store)
+    end(store, last_attempt, last.id, callback=None)
+    # Its callback hangs on the last member, and its counts come from all of them.
+    [(callback_id, job_id, _attempt, _kind)] = batch_callbacks(store)
+    assert job_id == last.id and store.batches(name="b")[0]["counts"] == {"finished": 2}
+    assert store.prune(finished_before=later, failed_before=later)["jobs"] == 1  # the early one; the last owes
+    store.callback_started(callback_id)
+    store.callback_done(callback_id, None)
+    assert store.prune(finished_before=later, failed_before=later)["jobs"] == 1
+    assert store.batches(name="b")[0]["state"] == "complete"
+
+
+def test_batches_are_listed_newest_first_up_to_a_limit(store: Store) -> None:
+    for name in ("a", "b", "c"):
+        store.submit_to_batch(name, [])
+    assert [b["name"] for b in store.batches(limit=2)] == ["c", "b"]
+    assert [b["name"] for b in store.batches()] == ["c", "b", "a"]
+
+
+def test_a_delayed_or_ranked_member_is_work_the_batch_still_has(store: Store) -> None:
+    later = time.time() + 3600
+    [(delayed_id, created), (ranked_id, _)] = store.submit_to_batch(
+        "b", [("m:f", "1", "delayed", later, 0), ("m:f", "2", "ranked", None, 7)])
+    assert created
+    with pytest.raises(KeyConflict, match="another priority"):
+        store.submit_to_batch("b", [("m:f", "2", "ranked", None, 1)])
+    assert store.close_batch("b") == "closed"
+    job, attempt_id = claim(store)
+    assert job.id == ranked_id  # the delayed one is not due
+    end(store, attempt_id, job.id, callback=None)
+    [batch] = store.batches(name="b")
+    assert (batch["state"], batch["remaining"], batch["counts"]) == ("closed", 1, {"finished": 1, "scheduled": 1})
+    assert batch_callbacks(store) == [] and store.job_row(delayed_id) is not None

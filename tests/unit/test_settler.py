@@ -64,6 +64,9 @@ class Settling:
     def close(self) -> None:
         self.runner.shutdown()
 
+    def take_owed_batch_callbacks(self) -> list[tuple[int, int, int, str]]:
+        return []
+
 
 @pytest.fixture
 def journal(tmp_path: Path) -> Iterator[Journal]:
