@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -214,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-peer", action="store_true", help="Phoenix alone (procrastinate not installed)")
     parser.add_argument("--old", metavar="REV", help="also Phoenix at this git revision, alternated")
     args = parser.parse_args(argv)
+    # A TERM ends the run through its `finally`: the masters, the worker and the server stopped by pid.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-pgstmt-") as scratch:
         work = Path(scratch)
