@@ -255,7 +255,9 @@ class Store(Protocol):
     def end_attempt(self, attempt_id: int, job_id: int, *, outcome: str, reason: str | None, error: str | None,
                     result_json: str | None, max_rss_kb: int | None, job_state: str, counts_as_failure: bool,
                     retry_delay: float | None = None, callback: str | None, attempt_n: int,
-                    durable: bool = False) -> tuple[bool, int | None]: ...
+                    durable: bool = False, start_callback: bool = False) -> tuple[bool, int | None]: ...
+    # `start_callback`: the caller starts the callback owed at once (start_callback): a shared store
+    # counts its run in the outcome's own statement, under the same fence, and sends none for the start.
     # `callbacks_done`: marked done in the same commit, each as callback_done says (group commit).
     def hold_finals(self, finals: list[tuple[int, str]],
                     callbacks_done: Sequence[tuple[int, str | None]] = ()) -> list[bool | None]: ...

@@ -192,7 +192,7 @@ class MemoryStore:
     def end_attempt(self, attempt_id: int, job_id: int, *, outcome: str, reason: str | None, error: str | None,
                     result_json: str | None, max_rss_kb: int | None, job_state: str, counts_as_failure: bool,
                     retry_delay: float | None = None, callback: str | None, attempt_n: int,
-                    durable: bool = False) -> tuple[bool, int | None]:
+                    durable: bool = False, start_callback: bool = False) -> tuple[bool, int | None]:
         attempt = self.attempts.get(attempt_id)
         if attempt is None or attempt["outcome"] is not None:
             return False, None  # already recorded

@@ -232,6 +232,10 @@ RETURNING j.id, j.key, j.target, j.params, j.attempts - 1, j.failures, a.id, j.c
 # moment either sees the outcome recorded or fences it. One statement (one
 # round trip, one commit): the attempt, the job and the callback owed are
 # written only if `fenced` found the attempt; nothing otherwise (late).
+# _END_ATTEMPT_STARTING also counts the owed callback's first run, under
+# callback_started's condition (this master's lease live, in the epoch the
+# locked row holds), and returns the job's row for it: the callback's start
+# then costs no statement of its own (start_callback).
 _END_ATTEMPT = f"""
 WITH fenced AS (
     SELECT a.id FROM attempts a
@@ -247,17 +251,22 @@ WITH fenced AS (
     UPDATE jobs SET state = %(state)s, outcome = %(outcome)s, result = %(result)s, error = %(error)s,
            not_before = CASE WHEN %(delay)s::float8 IS NULL THEN 0 ELSE {_NOW} + %(delay)s::float8 END,
            failures = failures + %(failure)s, updated_at = {_NOW}
-    FROM attempt WHERE jobs.id = attempt.job_id RETURNING jobs.id
+    FROM attempt WHERE jobs.id = attempt.job_id RETURNING jobs.*
 ), callback AS (
-    INSERT INTO callbacks (job_id, attempt, kind, state, owner, owner_epoch, created_at)
-    SELECT id, %(n)s, %(callback)s, 'owed', %(node)s, %(epoch)s, {_NOW} FROM job WHERE %(callback)s::text IS NOT NULL
-    ON CONFLICT (job_id, kind) DO NOTHING RETURNING id
+    INSERT INTO callbacks (job_id, attempt, kind, state, owner, owner_epoch, created_at, runs)
+    SELECT id, %(n)s, %(callback)s, 'owed', %(node)s, %(epoch)s, {_NOW},
+           CASE WHEN %(start)s AND EXISTS (SELECT 1 FROM masters WHERE node = %(node)s AND epoch = %(epoch)s
+                                           AND lease_expires_at > now()) THEN 1 ELSE 0 END
+    FROM job WHERE %(callback)s::text IS NOT NULL
+    ON CONFLICT (job_id, kind) DO NOTHING RETURNING id, runs
 ), freed AS (  -- its pool slot, freed by the outcome and only by it (or by the recovery of its master)
     UPDATE pools SET used = used - 1 WHERE used > 0
       AND name = (SELECT a.pool FROM attempts a WHERE a.id = (SELECT id FROM fenced))
 )
-SELECT EXISTS (SELECT 1 FROM job), (SELECT id FROM callback)
+SELECT EXISTS (SELECT 1 FROM job), (SELECT id FROM callback), (SELECT runs FROM callback)
 """
+_END_ATTEMPT_STARTING = _END_ATTEMPT.replace(
+    "(SELECT runs FROM callback)\n", "(SELECT runs FROM callback), job.* FROM (SELECT) one LEFT JOIN job ON true\n")
 
 # Masters whose lease expired more than `grace` seconds ago, each taken by
 # one recovering master only; their epoch moves on, their open attempts end.
@@ -380,6 +389,8 @@ class PgStore:
         self.last_recovery: tuple[list[str], int] = ([], 0)  # (masters, attempts) the last recover() took
         self.recovery_due = False  # the last renewal saw a master whose lease is gone past the grace
         self._callback_epochs: dict[int, int] = {}  # callback id -> the lease epoch it started in
+        # Callbacks whose run the outcome's statement counted: what start_callback hands them.
+        self._started_callbacks: dict[int, tuple[dict[str, Any], str | None, int | None]] = {}
         self.connect()  # fails early, with one line, if the URL or server is wrong
 
     # -- connections ---------------------------------------------------------------
@@ -792,22 +803,34 @@ class PgStore:
     def end_attempt(self, attempt_id: int, job_id: int, *, outcome: str, reason: str | None, error: str | None,
                     result_json: str | None, max_rss_kb: int | None, job_state: str, counts_as_failure: bool,
                     retry_delay: float | None = None, callback: str | None, attempt_n: int,
-                    durable: bool = False) -> tuple[bool, int | None]:
+                    durable: bool = False, start_callback: bool = False) -> tuple[bool, int | None]:
         """Record an outcome through the fence (see _END_ATTEMPT). A fenced outcome
         is kept on its attempt as `late` and returns (False, None). Every commit
-        here is durable (see check_durability): `durable` asks nothing more."""
+        here is durable (see check_durability): `durable` asks nothing more.
+        `start_callback`: the caller starts the callback owed at once, so its
+        run is counted here, fenced as callback_started, and what it is handed
+        kept for start_callback (one round trip fewer per callback)."""
+        reason = storable_or_none(reason)
         with self._one() as cur:
-            cur.execute(_END_ATTEMPT, {
+            cur.execute(_END_ATTEMPT_STARTING if start_callback and callback else _END_ATTEMPT, {
                 # What the job wrote (its error, its result) is data: kept as a text column can (see `storable`).
-                "attempt": attempt_id, "job": job_id, "outcome": outcome, "reason": storable_or_none(reason),
+                "attempt": attempt_id, "job": job_id, "outcome": outcome, "reason": reason,
                 "error": storable_or_none(error), "rss": max_rss_kb, "result": storable_or_none(result_json),
                 "state": job_state, "delay": retry_delay,
                 "failure": int(counts_as_failure), "callback": callback, "n": attempt_n, "node": self.node,
-                "epoch": self.epoch})
+                "epoch": self.epoch, "start": start_callback})
             row = cur.fetchone()
             assert row is not None
             if row[0]:
-                return True, (int(row[1]) if row[1] is not None else None)
+                callback_id = int(row[1]) if row[1] is not None else None
+                if callback_id is not None and row[2] == 1 and len(row) > 3:  # counted: started under the fence
+                    names = [c.name for c in (cur.description or ())[3:]]
+                    self._callback_epochs[callback_id] = self.epoch
+                    if len(self._started_callbacks) > 64:  # (a start that never came: nothing to keep it for)
+                        self._started_callbacks.clear()
+                    self._started_callbacks[callback_id] = (dict(zip(names, row[3:], strict=True)), reason,
+                                                            max_rss_kb)
+                return True, callback_id
             cur.execute(f"UPDATE attempts SET state = 'late', late_outcome = %s, outcome = coalesce(outcome, "
                         f"'lost'), ended_at = coalesce(ended_at, {_NOW}) WHERE id = %s AND state IN "
                         f"('running', 'lost')", (outcome, attempt_id))
@@ -846,7 +869,11 @@ class PgStore:
     def start_callback(self, callback_id: int, job_id: int,
                        n: int) -> tuple[dict[str, Any], str | None, int | None] | None:
         """callback_started and the reads of what the callback is handed (its
-        job's row, its attempt's end) in one statement: None when fenced."""
+        job's row, its attempt's end) in one statement: None when fenced. No
+        statement when the outcome's counted its run (end_attempt's start_callback)."""
+        counted = self._started_callbacks.pop(callback_id, None)
+        if counted is not None:
+            return counted
         with self._one() as cur:
             cur.execute(_START_CALLBACK, {"id": callback_id, "node": self.node, "epoch": self.epoch, "job": job_id,
                                           "n": n})

@@ -748,13 +748,15 @@ class Journal:
         callback: str | None,
         attempt_n: int,
         durable: bool = False,
+        start_callback: bool = False,
     ) -> tuple[bool, int | None]:
         """Record an attempt's outcome, the job's new state and the callback now
         owed, in one transaction: the outcome is recorded exactly once. Returns
         (False, None) if it was recorded already, else (True, the id of the
         callback now owed or None). `retry_delay`: seconds before the job may
         run again. `durable`: on disk before this returns (the outcome's only
-        other copy, an outbox file, is removed next)."""
+        other copy, an outbox file, is removed next). `start_callback` asks
+        nothing here: start_callback's reads cost no round trip."""
         now = time.time()
         if retry_delay is None:
             not_before, not_before_boot, boot = 0.0, None, None
