@@ -2,10 +2,13 @@
 counts grow with the journal: a journal of N jobs (one attempt each; 1 in
 100 failed, 1,000 pending, 4 running, the rest finished) is written by
 direct SQL, then each command runs in its own process, measured for wall
-time and peak RSS (the child's ru_maxrss).
+time and peak RSS (the child's ru_maxrss), and a master's claim of the next
+job is timed on the open store.
 
     python -m bench.scale [N ...]            (default 100000 1000000)
     python -m bench.scale --store URL [N ...]  the same on a shared PostgreSQL store
+    python -m bench.scale --pg [N ...]       the same on a private PostgreSQL (fsync on), started and stopped here
+    python -m bench.scale --pending 100000 --repeat 5 1000000   (more pending jobs; min/median/max of 5 runs)
 
 The journal's size on disk is printed beside it. Nothing is left running:
 each command is a child process waited for.
@@ -25,17 +28,18 @@ from typing import Any, Iterator
 from phoenix.store.sqlite import Journal
 
 FAILED_EVERY = 100
-PENDING = 1000
+PENDING = 1000  # (--pending)
+CLAIMS = 200  # claims timed, each followed by its outcome (as a master does)
 RUNNING = 4
 TRACEBACK = "Traceback (most recent call last):\n  File \"app/jobs.py\", line 12, in fetch\nValueError: bad feed"
 
 
-def job_rows(count: int, now: float) -> Iterator[tuple[Any, ...]]:
+def job_rows(count: int, now: float, pending: int = PENDING) -> Iterator[tuple[Any, ...]]:
     """(id, key, target, params, state, attempts, outcome, result, error, created_at, updated_at)."""
     for i in range(1, count + 1):
         if i > count - RUNNING:
             state, outcome, result, error = "running", None, None, None
-        elif i > count - RUNNING - PENDING:
+        elif i > count - RUNNING - pending:
             state, outcome, result, error = "pending", None, None, None
         elif i % FAILED_EVERY == 0:
             state, outcome, result, error = "failed", "error", None, TRACEBACK
@@ -47,9 +51,10 @@ def job_rows(count: int, now: float) -> Iterator[tuple[Any, ...]]:
                outcome, result, error, at, at)
 
 
-def attempt_rows(count: int, now: float) -> Iterator[tuple[Any, ...]]:
+def attempt_rows(count: int, now: float, pending: int = PENDING) -> Iterator[tuple[Any, ...]]:
     """One attempt per job that ran: open (no outcome) for the running ones."""
-    for job_id, _key, _target, _params, state, attempts, outcome, _result, error, at, _updated in job_rows(count, now):
+    for job_id, _key, _target, _params, state, attempts, outcome, _result, error, at, _updated in job_rows(
+            count, now, pending):
         if not attempts:
             continue
         open_ = state == "running"
@@ -57,17 +62,18 @@ def attempt_rows(count: int, now: float) -> Iterator[tuple[Any, ...]]:
                None if open_ else ("exit code 1" if state == "failed" else None), error, None if open_ else 20480)
 
 
-def build_sqlite(path: Path, count: int) -> None:
+def build_sqlite(path: Path, count: int, pending: int = PENDING) -> None:
     """A journal of `count` jobs, written as fast as SQLite takes rows (one transaction)."""
     now = time.time()
     with Journal(path) as journal, journal.transaction() as db:
         db.executemany("INSERT INTO jobs (id, key, target, params, state, attempts, outcome, result, error, "
-                       "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", job_rows(count, now))
+                       "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       job_rows(count, now, pending))
         db.executemany("INSERT INTO attempts (job_id, n, generation, pid, started_at, ended_at, outcome, reason, "
-                       "error, max_rss_kb) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", attempt_rows(count, now))
+                       "error, max_rss_kb) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", attempt_rows(count, now, pending))
 
 
-def build_pg(url: str, count: int) -> None:
+def build_pg(url: str, count: int, pending: int = PENDING) -> None:
     """The same jobs in a shared store (its tables emptied first), by COPY."""
     from phoenix.store.postgres import connect, migrate
 
@@ -80,14 +86,15 @@ def build_pg(url: str, count: int) -> None:
             cur.execute("TRUNCATE callbacks, attempts, jobs, events, masters, meta RESTART IDENTITY")
             with cur.copy("COPY jobs (id, key, target, params, state, attempts, outcome, result, error, "
                           "created_at, updated_at) FROM STDIN") as copy:
-                for row in job_rows(count, now):
+                for row in job_rows(count, now, pending):
                     copy.write_row(row)
             with cur.copy("COPY attempts (job_id, n, generation, pid, started_at, ended_at, outcome, reason, "
                           "error, max_rss_kb, master, epoch, state) FROM STDIN") as copy:
-                for row in attempt_rows(count, now):
+                for row in attempt_rows(count, now, pending):
                     copy.write_row((*row, "bench-node", 1, "running" if row[6] is None else "ended"))
             cur.execute("UPDATE jobs j SET current_attempt = a.id FROM attempts a WHERE a.job_id = j.id")
             cur.execute("SELECT setval('jobs_id_seq', %s)", (count,))
+        conn.commit()  # (connect's own check of the session opened the transaction this block was part of)
     finally:
         conn.close()
     conn = connect(url)  # autocommit: VACUUM runs outside a transaction
@@ -139,7 +146,55 @@ def counts_time(store: str, journal: Path, repeats: int = 9) -> float:
     return sorted(times)[repeats // 2]
 
 
-def run(count: int, store: str | None) -> list[tuple[str, float, float, int]]:
+def durable_commit(opened: Any, value: int) -> None:
+    """One trivial durable commit of one row: the floor under a claim's time
+    (a claim is a durable commit too, and this disk's flush is most of it)."""
+    if isinstance(opened, Journal):
+        with opened.transaction(durable=True) as db:
+            db.execute("INSERT INTO meta VALUES ('bench_floor', ?) ON CONFLICT (name) DO UPDATE "
+                       "SET value = excluded.value", (str(value),))
+    else:
+        opened.set_meta(bench_floor=value)  # (every commit on the shared store is durable)
+
+
+def claim_times(store: str, journal: Path, claims: int = CLAIMS) -> tuple[list[float], list[float]]:
+    """Seconds of each of `claims` claims of the next due job on an open store
+    (the master's one statement on PostgreSQL, under its registered lease),
+    each followed by its outcome, untimed, as a master records it; and,
+    alternated with them, as many trivial durable commits (durable_commit)."""
+    from phoenix.store.base import SharedStore
+    from phoenix.store.open import open_store
+
+    with open_store(store, journal, create=False, node="bench-claimer") as opened:
+        if isinstance(opened, SharedStore):
+            opened.register_master(os.getpid(), 1, time.time(), 1, None, instance="bench-scale")
+        times, floor = [], []
+        for index in range(claims):
+            started = time.perf_counter()
+            durable_commit(opened, index)
+            floor.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            claimed = opened.claim(1, None, None)
+            times.append(time.perf_counter() - started)
+            if claimed is None:
+                raise SystemExit("no pending job left to claim: use a larger --pending")
+            job, attempt_id = claimed
+            opened.end_attempt(attempt_id, job.id, outcome="finished", reason=None, error=None, result_json="null",
+                               max_rss_kb=None, job_state="finished", counts_as_failure=False, callback=None,
+                               attempt_n=job.attempts + 1)
+        if isinstance(opened, SharedStore):
+            opened.release_lease("stopped")
+    return times, floor
+
+
+def spread(values: list[float]) -> str:
+    """min / median / max, in ms."""
+    ordered = [value * 1000 for value in sorted(values)]
+    return f"{ordered[0]:.2f} / {ordered[len(ordered) // 2]:.2f} / {ordered[-1]:.2f}"
+
+
+def run(count: int, store: str | None, pending: int = PENDING,
+        repeat: int = 1) -> list[tuple[str, list[float], float, int]]:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         state_dir = Path(scratch) / ".phoenix"
@@ -148,36 +203,62 @@ def run(count: int, store: str | None) -> list[tuple[str, float, float, int]]:
         started = time.monotonic()
         if store:
             env["PHOENIX_STORE"] = store
-            build_pg(store, count)
+            build_pg(store, count, pending)
             where = "PostgreSQL"
         else:
-            build_sqlite(state_dir / "journal.db", count)
+            build_sqlite(state_dir / "journal.db", count, pending)
             where = f"{(state_dir / 'journal.db').stat().st_size / 1e6:.0f} MB journal"
-        print(f"{count} jobs built in {time.monotonic() - started:.1f} s ({where})", flush=True)
+        print(f"{count} jobs ({pending} pending) built in {time.monotonic() - started:.1f} s ({where})", flush=True)
         phoenix = [sys.executable, "-m", "phoenix"]
         for name, args in COMMANDS.items():
             _one([*phoenix, *args], env)  # once to warm the page cache, then measured
-            took, peak, size = _one([*phoenix, *args], env)
+            took = []
+            for _ in range(repeat):
+                seconds, peak, size = _one([*phoenix, *args], env)
+                took.append(seconds)
             rows.append((name, took, peak, size))
         # What the master's metrics collector reads for phoenix_jobs: the store's counts (time per read
         # on an open store; peak RSS of a process that opens the store and reads them once).
         scrape = [sys.executable, "-c", SCRAPE, store or "sqlite", str(state_dir / "journal.db")]
         _one(scrape, env)
         _took, peak, size = _one(scrape, env)
-        rows.append(("metrics job counts", counts_time(store or "sqlite", state_dir / "journal.db"), peak, size))
+        rows.append(("metrics job counts", [counts_time(store or "sqlite", state_dir / "journal.db")], peak, size))
+        claims, floor = claim_times(store or "sqlite", state_dir / "journal.db")
+        rows.append(("claim (one master)", claims, 0.0, 0))
+        rows.append(("a bare durable commit", floor, 0.0, 0))
     for name, took, peak, size in rows:
-        print(f"  {count:>9,} jobs  {name:<22} {took:9.5f} s  peak RSS {peak:7.1f} MB  output {size / 1e3:9.1f} kB",
-              flush=True)
+        print(f"  {count:>9,} jobs  {name:<22} {spread(took)} ms (min / median / max of {len(took)})  "
+              f"peak RSS {peak:7.1f} MB  output {size / 1e3:9.1f} kB", flush=True)
     return rows
+
+
+def private_postgres(scratch: Path) -> Any:
+    """A PostgreSQL server of this run's own (fsync on), on 127.0.0.1: tests/multihost/netlab.py's."""
+    from tests.multihost.netlab import Postgres
+
+    scratch.chmod(0o755)  # as root, the server runs as another user and must reach its data directory
+    server = Postgres(scratch / "pg", "127.0.0.1", fsync=True).init().start()
+    server.sql("CREATE DATABASE bench_scale")
+    return server
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("counts", nargs="*", type=int, default=[100_000, 1_000_000])
     parser.add_argument("--store", help="a postgresql:// URL (its Phoenix tables are emptied)")
+    parser.add_argument("--pg", action="store_true", help="a private PostgreSQL server, started and stopped here")
+    parser.add_argument("--pending", type=int, default=PENDING, help="pending jobs among them (default 1000)")
+    parser.add_argument("--repeat", type=int, default=1, help="measured runs of each command (min/median/max)")
     args = parser.parse_args()
-    for count in args.counts:
-        run(count, args.store)
+    with tempfile.TemporaryDirectory(prefix="bench-scale-pg-") as scratch:
+        server = private_postgres(Path(scratch)) if args.pg else None
+        try:
+            store = server.url("bench_scale") if server is not None else args.store
+            for count in args.counts:
+                run(count, store, args.pending, args.repeat)
+        finally:
+            if server is not None:
+                server.stop()
 
 
 if __name__ == "__main__":

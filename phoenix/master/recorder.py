@@ -155,6 +155,8 @@ class OutcomeRecorder:
                                          backoff_cap=config.backoff_cap)
         retry_delay = after.delay if after.job_state == "pending" and after.counts_as_failure else None
         callback = after.callback if after.callback is not None and self.callbacks.owes(after.callback) else None
+        # Started at once below unless held: a shared store then counts its run in the outcome's statement.
+        start_callback = callback is not None and not self.callbacks_held()
         # An outcome read from an outbox file is durable before that file goes (a power cut between the two).
         from_outbox = outbox and os.path.exists(self.outbox_path(job_id, number))
         checkpoint_file = self.take_checkpoint(job_id, number)  # durable: its file may go with the end's
@@ -163,7 +165,7 @@ class OutcomeRecorder:
                 attempt_id, job_id, outcome=result.outcome, reason=result.reason, error=result.error,
                 result_json=result.result_json, max_rss_kb=max_rss_kb, job_state=after.job_state,
                 counts_as_failure=after.counts_as_failure, retry_delay=retry_delay, callback=callback,
-                attempt_n=number, durable=from_outbox,
+                attempt_n=number, durable=from_outbox, start_callback=start_callback,
             )
         except STORAGE_ERRORS:
             raise  # an outage: the write is replayed as it is once the store is back
@@ -192,7 +194,7 @@ class OutcomeRecorder:
         if result.outcome not in (Outcome.FINISHED, Outcome.ERROR):  # its process did not end its own way
             output.bound_after_end(self.paths.output, job_id, number, config.job_output_max_bytes)
         self._log(pid, key, number, result, after, max_rss_kb)
-        if callback_id is not None and not self.callbacks_held():
+        if callback_id is not None and start_callback:
             # While a replacement waits for callbacks to end, new ones stay owed
             # in the journal and the new image runs them.
             self.callbacks.start(callback_id, job_id, number, callback or "")

@@ -264,28 +264,18 @@ class Scheduler:
         """The attempt is committed: give the child its order, and watch it."""
         config = self.config()
         pid = waiting.pid
-        try:
-            # Where the job resumes (a read per attempt: docs/long-jobs.md says what it costs).
-            saved, unread = self.journal().checkpoint_of(job.id), None
-        except STORAGE_ERRORS as exc:
-            saved, unread = None, exc
-            self.outage.failed(exc, "checkpoint_of")  # no job starts until the store answers again
         # Its memory cgroup, if its job has a limit: entered before any code of the job runs.
-        cgroup = self.place(attempt_id, pid, waiting.start_time, spec) if unread is None else None
-        if unread is None:
-            delivered = waiting.send(child.order(job.id, job.key, number, job.target, job.params,
-                                                 config.heartbeat_interval, config.outcome_delivery_timeout,
-                                                 attempt_id, self.orphan_rule(),
-                                                 (self.output_dir, config.job_output_max_bytes), saved))
-        else:  # no order: the child exits without running the job
-            os.close(waiting.order_fd)
-            delivered = False
+        cgroup = self.place(attempt_id, pid, waiting.start_time, spec)
+        # Where the job resumes: its checkpoint came with the job (claim, pending).
+        delivered = waiting.send(child.order(job.id, job.key, number, job.target, job.params,
+                                             config.heartbeat_interval, config.outcome_delivery_timeout,
+                                             attempt_id, self.orphan_rule(),
+                                             (self.output_dir, config.job_output_max_bytes), job.checkpoint))
         now = self.clock.monotonic()
-        # A child that never saw its job (it died waiting, or got no order): not the job's failure.
+        # A child that never saw its job (it died waiting): not the job's failure.
         attempt = Attempt(attempt_id, job.id, job.key, job.target, number, pid, spec, now, now, now,
                           failures=job.failures, interrupted=not delivered, cgroup=cgroup,
-                          kill_detail=None if delivered else "its child died before it received the job"
-                          if unread is None else f"its checkpoint could not be read ({unread}); it runs again")
+                          kill_detail=None if delivered else "its child died before it received the job")
         self.attempts.add(attempt)
         self.watch(attempt, now)
         self.counters.spawned += 1

@@ -77,19 +77,18 @@ class CallbackSettler:
         if not functions:  # nothing registered: done, in one statement (no need to read the job)
             self.journal().callback_done(callback_id, None)
             return
-        row = self.journal().job_row(job_id)
-        assert row is not None
-        reason, max_rss_kb = self.journal().attempt_end(job_id, number)
+        started = self.journal().start_callback(callback_id, job_id, number)  # its run counted, fenced
+        if started is None:
+            log.event(logging.WARNING, "callback_fenced", job_id=job_id, callback=kind,
+                      effect="not run here: this master's lease no longer owns it; the master that does runs it")
+            return
+        row, reason, max_rss_kb = started
         info = JobInfo(job_id, row["key"], row["target"], stored_json(row["params"]), number, row["outcome"],
                        row["error"], reason, max_rss_kb)
         if kind == "on_finished":
             argument = stored_json(row["result"]) if row["result"] is not None else None
         else:
             argument = row["error"]
-        if self.journal().callback_started(callback_id) is False:
-            log.event(logging.WARNING, "callback_fenced", job=row["key"], callback=kind,
-                      effect="not run here: this master's lease no longer owns it; the master that does runs it")
-            return
         self.callbacks.start(callback_id, row["key"], kind, functions, info, argument)
 
     def start_batch(self, callback_id: int, job_id: int) -> None:

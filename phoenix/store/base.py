@@ -111,6 +111,9 @@ class Job:
     params: str
     attempts: int
     failures: int
+    # Where it resumes: its last checkpoint (JSON), read with the job by `claim`
+    # and `pending` (on a shared store a read of its own was a round trip per job).
+    checkpoint: str | None = None
 
 
 @dataclass(slots=True)
@@ -259,13 +262,19 @@ class Store(Protocol):
     def end_attempt(self, attempt_id: int, job_id: int, *, outcome: str, reason: str | None, error: str | None,
                     result_json: str | None, max_rss_kb: int | None, job_state: str, counts_as_failure: bool,
                     retry_delay: float | None = None, callback: str | None, attempt_n: int,
-                    durable: bool = False) -> tuple[bool, int | None]: ...
+                    durable: bool = False, start_callback: bool = False) -> tuple[bool, int | None]: ...
+    # `start_callback`: the caller starts the callback owed at once (start_callback): a shared store
+    # counts its run in the outcome's own statement, under the same fence, and sends none for the start.
     # `callbacks_done`: marked done in the same commit, each as callback_done says (group commit).
     def hold_finals(self, finals: list[tuple[int, str]],
                     callbacks_done: Sequence[tuple[int, str | None]] = ()) -> list[bool | None]: ...
     def fail_without_attempt(self, job_id: int, error: str) -> int | None: ...
     # False: fenced (a shared store's callback another master owns now); None: no fencing (one master)
     def callback_started(self, callback_id: int) -> bool | None: ...
+    # A callback about to run: its run counted as callback_started does, and what it is handed read
+    # (job_row, and attempt_end of its attempt `n`): one round trip on a shared store. None: fenced.
+    def start_callback(self, callback_id: int, job_id: int,
+                       n: int) -> tuple[dict[str, Any], str | None, int | None] | None: ...
     def callback_done(self, callback_id: int, error: str | None) -> bool | None: ...
     # Many callbacks done [(id, error)], durable in one commit; each as callback_done says.
     def callbacks_done(self, done: Sequence[tuple[int, str | None]]) -> list[bool | None]: ...

@@ -192,7 +192,7 @@ class MemoryStore:
     def end_attempt(self, attempt_id: int, job_id: int, *, outcome: str, reason: str | None, error: str | None,
                     result_json: str | None, max_rss_kb: int | None, job_state: str, counts_as_failure: bool,
                     retry_delay: float | None = None, callback: str | None, attempt_n: int,
-                    durable: bool = False) -> tuple[bool, int | None]:
+                    durable: bool = False, start_callback: bool = False) -> tuple[bool, int | None]:
         attempt = self.attempts.get(attempt_id)
         if attempt is None or attempt["outcome"] is not None:
             return False, None  # already recorded
@@ -239,6 +239,14 @@ class MemoryStore:
 
     def callback_started(self, callback_id: int) -> None:
         self.callbacks[callback_id]["runs"] += 1
+
+    def start_callback(self, callback_id: int, job_id: int,
+                       n: int) -> tuple[dict[str, Any], str | None, int | None] | None:
+        row = self.job_row(job_id)
+        assert row is not None  # a job owing a callback is never pruned
+        reason, max_rss_kb = self.attempt_end(job_id, n)
+        self.callback_started(callback_id)
+        return row, reason, max_rss_kb
 
     def callback_done(self, callback_id: int, error: str | None) -> None:
         self.callbacks[callback_id].update(state="done", error=storable_or_none(error), done_at=self.now())
@@ -605,4 +613,5 @@ class MemoryStore:
 
     @staticmethod
     def _job(row: dict[str, Any]) -> Job:
-        return Job(row["id"], row["key"], row["target"], row["params"], row["attempts"], row["failures"])
+        return Job(row["id"], row["key"], row["target"], row["params"], row["attempts"], row["failures"],
+                   row["checkpoint"])

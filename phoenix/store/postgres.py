@@ -225,7 +225,7 @@ WITH lease AS (  -- FOR SHARE: a recovery of this master waits (skips it) until 
 )
 UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, current_attempt = a.id, updated_at = {_NOW}
 FROM attempt a WHERE j.id = a.job_id
-RETURNING j.id, j.key, j.target, j.params, j.attempts - 1, j.failures, a.id
+RETURNING j.id, j.key, j.target, j.params, j.attempts - 1, j.failures, a.id, j.checkpoint
 """
 
 # The outcome counts only from the job's current attempt, of its master's
@@ -233,6 +233,10 @@ RETURNING j.id, j.key, j.target, j.params, j.attempts - 1, j.failures, a.id
 # moment either sees the outcome recorded or fences it. One statement (one
 # round trip, one commit): the attempt, the job and the callback owed are
 # written only if `fenced` found the attempt; nothing otherwise (late).
+# _END_ATTEMPT_STARTING also counts the owed callback's first run, under
+# callback_started's condition (this master's lease live, in the epoch the
+# locked row holds), and returns the job's row for it: the callback's start
+# then costs no statement of its own (start_callback).
 _END_ATTEMPT = f"""
 WITH fenced AS (
     SELECT a.id FROM attempts a
@@ -248,17 +252,22 @@ WITH fenced AS (
     UPDATE jobs SET state = %(state)s, outcome = %(outcome)s, result = %(result)s, error = %(error)s,
            not_before = CASE WHEN %(delay)s::float8 IS NULL THEN 0 ELSE {_NOW} + %(delay)s::float8 END,
            failures = failures + %(failure)s, updated_at = {_NOW}
-    FROM attempt WHERE jobs.id = attempt.job_id RETURNING jobs.id
+    FROM attempt WHERE jobs.id = attempt.job_id RETURNING jobs.*
 ), callback AS (
-    INSERT INTO callbacks (job_id, attempt, kind, state, owner, owner_epoch, created_at)
-    SELECT id, %(n)s, %(callback)s, 'owed', %(node)s, %(epoch)s, {_NOW} FROM job WHERE %(callback)s::text IS NOT NULL
-    ON CONFLICT (job_id, kind) DO NOTHING RETURNING id
+    INSERT INTO callbacks (job_id, attempt, kind, state, owner, owner_epoch, created_at, runs)
+    SELECT id, %(n)s, %(callback)s, 'owed', %(node)s, %(epoch)s, {_NOW},
+           CASE WHEN %(start)s AND EXISTS (SELECT 1 FROM masters WHERE node = %(node)s AND epoch = %(epoch)s
+                                           AND lease_expires_at > now()) THEN 1 ELSE 0 END
+    FROM job WHERE %(callback)s::text IS NOT NULL
+    ON CONFLICT (job_id, kind) DO NOTHING RETURNING id, runs
 ), freed AS (  -- its pool slot, freed by the outcome and only by it (or by the recovery of its master)
     UPDATE pools SET used = used - 1 WHERE used > 0
       AND name = (SELECT a.pool FROM attempts a WHERE a.id = (SELECT id FROM fenced))
 )
-SELECT EXISTS (SELECT 1 FROM job), (SELECT id FROM callback)
+SELECT EXISTS (SELECT 1 FROM job), (SELECT id FROM callback), (SELECT runs FROM callback)
 """
+_END_ATTEMPT_STARTING = _END_ATTEMPT.replace(
+    "(SELECT runs FROM callback)\n", "(SELECT runs FROM callback), job.* FROM (SELECT) one LEFT JOIN job ON true\n")
 
 # Masters whose lease expired more than `grace` seconds ago, each taken by
 # one recovering master only; their epoch moves on, their open attempts end.
@@ -309,6 +318,36 @@ WHERE p.name = x.pool
 
 _HOLD_FINAL = "UPDATE attempts SET final = %s WHERE id = %s AND outcome IS NULL"
 
+# Callbacks done, each fenced as callback_done (still owed, this master's from
+# the epoch in which it started): the ids marked. The finals held before their
+# acks take them along in the same statement (one commit: group commit).
+_CALLBACKS_DONE = f"""
+UPDATE callbacks c SET state = 'done', error = d.error, done_at = {_NOW}
+FROM unnest(%(ids)s::bigint[], %(errors)s::text[], %(epochs)s::bigint[]) AS d(id, error, epoch)
+WHERE c.id = d.id AND c.state = 'owed' AND (c.owner IS NULL OR c.owner = %(node)s)
+  AND coalesce(c.owner_epoch, d.epoch) = d.epoch
+RETURNING c.id
+"""
+_HOLD_FINAL_WITH_DONE = f"""
+WITH held AS (UPDATE attempts SET final = %(final)s WHERE id = %(attempt)s AND outcome IS NULL),
+done AS ({_CALLBACKS_DONE})
+SELECT id FROM done
+"""
+
+# callback_started's fence, and what the callback is handed, in one round trip.
+_CALLBACK_FENCE = """
+UPDATE callbacks c SET runs = c.runs + 1 FROM masters m WHERE c.id = %(id)s AND c.state = 'owed'
+  AND m.node = %(node)s AND m.epoch = %(epoch)s AND m.lease_expires_at > now()
+  AND (c.owner IS NULL OR c.owner = m.node) AND coalesce(c.owner_epoch, m.epoch) = m.epoch
+RETURNING c.id
+"""
+_START_CALLBACK = f"""
+WITH started AS ({_CALLBACK_FENCE})
+SELECT j.*, a.reason AS attempt_reason, a.max_rss_kb AS attempt_max_rss_kb
+FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.n = %(n)s
+WHERE j.id = %(job)s AND EXISTS (SELECT 1 FROM started)
+"""
+
 RECOVERED_REASON = "its master lost its lease"
 RECOVERED_CANCEL = f"{CANCELLED_REASON}; {RECOVERED_REASON} before it recorded the end"
 
@@ -351,6 +390,8 @@ class PgStore:
         self.last_recovery: tuple[list[str], int] = ([], 0)  # (masters, attempts) the last recover() took
         self.recovery_due = False  # the last renewal saw a master whose lease is gone past the grace
         self._callback_epochs: dict[int, int] = {}  # callback id -> the lease epoch it started in
+        # Callbacks whose run the outcome's statement counted: what start_callback hands them.
+        self._started_callbacks: dict[int, tuple[dict[str, Any], str | None, int | None]] = {}
         self.connect()  # fails early, with one line, if the URL or server is wrong
 
     # -- connections ---------------------------------------------------------------
@@ -667,12 +708,13 @@ class PgStore:
             row = cur.fetchone()
         if row is None:
             return None
-        return Job(int(row[0]), row[1], row[2], row[3], int(row[4]), int(row[5])), int(row[6])
+        return Job(int(row[0]), row[1], row[2], row[3], int(row[4]), int(row[5]), row[7]), int(row[6])
 
     def pending(self, limit: int) -> list[Job]:
         with self._one() as cur:
-            cur.execute(f"SELECT id, key, target, params, attempts, failures FROM jobs WHERE state = 'pending' "
-                        f"AND not_before <= {_DUE_NOW} ORDER BY priority DESC, due_at, id LIMIT %s", (limit,))
+            cur.execute(f"SELECT id, key, target, params, attempts, failures, checkpoint FROM jobs "
+                        f"WHERE state = 'pending' AND not_before <= {_DUE_NOW} ORDER BY priority DESC, due_at, id "
+                        f"LIMIT %s", (limit,))
             return [Job(*row) for row in cur.fetchall()]
 
     def promote_due(self) -> int:
@@ -766,22 +808,34 @@ class PgStore:
     def end_attempt(self, attempt_id: int, job_id: int, *, outcome: str, reason: str | None, error: str | None,
                     result_json: str | None, max_rss_kb: int | None, job_state: str, counts_as_failure: bool,
                     retry_delay: float | None = None, callback: str | None, attempt_n: int,
-                    durable: bool = False) -> tuple[bool, int | None]:
+                    durable: bool = False, start_callback: bool = False) -> tuple[bool, int | None]:
         """Record an outcome through the fence (see _END_ATTEMPT). A fenced outcome
         is kept on its attempt as `late` and returns (False, None). Every commit
-        here is durable (see check_durability): `durable` asks nothing more."""
+        here is durable (see check_durability): `durable` asks nothing more.
+        `start_callback`: the caller starts the callback owed at once, so its
+        run is counted here, fenced as callback_started, and what it is handed
+        kept for start_callback (one round trip fewer per callback)."""
+        reason = storable_or_none(reason)
         with self._one() as cur:
-            cur.execute(_END_ATTEMPT, {
+            cur.execute(_END_ATTEMPT_STARTING if start_callback and callback else _END_ATTEMPT, {
                 # What the job wrote (its error, its result) is data: kept as a text column can (see `storable`).
-                "attempt": attempt_id, "job": job_id, "outcome": outcome, "reason": storable_or_none(reason),
+                "attempt": attempt_id, "job": job_id, "outcome": outcome, "reason": reason,
                 "error": storable_or_none(error), "rss": max_rss_kb, "result": storable_or_none(result_json),
                 "state": job_state, "delay": retry_delay,
                 "failure": int(counts_as_failure), "callback": callback, "n": attempt_n, "node": self.node,
-                "epoch": self.epoch})
+                "epoch": self.epoch, "start": start_callback})
             row = cur.fetchone()
             assert row is not None
             if row[0]:
-                return True, (int(row[1]) if row[1] is not None else None)
+                callback_id = int(row[1]) if row[1] is not None else None
+                if callback_id is not None and row[2] == 1 and len(row) > 3:  # counted: started under the fence
+                    names = [c.name for c in (cur.description or ())[3:]]
+                    self._callback_epochs[callback_id] = self.epoch
+                    if len(self._started_callbacks) > 64:  # (a start that never came: nothing to keep it for)
+                        self._started_callbacks.clear()
+                    self._started_callbacks[callback_id] = (dict(zip(names, row[3:], strict=True)), reason,
+                                                            max_rss_kb)
+                return True, callback_id
             cur.execute(f"UPDATE attempts SET state = 'late', late_outcome = %s, outcome = coalesce(outcome, "
                         f"'lost'), ended_at = coalesce(ended_at, {_NOW}) WHERE id = %s AND state IN "
                         f"('running', 'lost')", (outcome, attempt_id))
@@ -811,15 +865,29 @@ class PgStore:
         callback is fenced like an outcome: a master cut off from the database
         starts none that another master may take over). Counts the run."""
         with self._one() as cur:
-            cur.execute(
-                "UPDATE callbacks c SET runs = c.runs + 1 FROM masters m WHERE c.id = %(id)s AND c.state = 'owed' "
-                "AND m.node = %(node)s AND m.epoch = %(epoch)s AND m.lease_expires_at > now() "
-                "AND (c.owner IS NULL OR c.owner = m.node) AND coalesce(c.owner_epoch, m.epoch) = m.epoch "
-                "RETURNING c.id", {"id": callback_id, "node": self.node, "epoch": self.epoch})
+            cur.execute(_CALLBACK_FENCE, {"id": callback_id, "node": self.node, "epoch": self.epoch})
             started = cur.fetchone() is not None
         if started:
             self._callback_epochs[callback_id] = self.epoch
         return started
+
+    def start_callback(self, callback_id: int, job_id: int,
+                       n: int) -> tuple[dict[str, Any], str | None, int | None] | None:
+        """callback_started and the reads of what the callback is handed (its
+        job's row, its attempt's end) in one statement: None when fenced. No
+        statement when the outcome's counted its run (end_attempt's start_callback)."""
+        counted = self._started_callbacks.pop(callback_id, None)
+        if counted is not None:
+            return counted
+        with self._one() as cur:
+            cur.execute(_START_CALLBACK, {"id": callback_id, "node": self.node, "epoch": self.epoch, "job": job_id,
+                                          "n": n})
+            rows = _dicts(cur)
+        if not rows:
+            return None
+        self._callback_epochs[callback_id] = self.epoch
+        row = rows[0]
+        return row, row.pop("attempt_reason"), row.pop("attempt_max_rss_kb")
 
     def callback_done(self, callback_id: int, error: str | None) -> bool:
         """Mark it done, only if it is still this master's from the epoch in
@@ -834,9 +902,23 @@ class PgStore:
             return cur.rowcount == 1
 
     def callbacks_done(self, done: Sequence[tuple[int, str | None]]) -> list[bool | None]:
-        """Each as callback_done, fenced one by one (PostgreSQL groups the
-        commits of its sessions in its WAL writer)."""
-        return [self.callback_done(callback_id, error) for callback_id, error in done]
+        """Each as callback_done, fenced one by one, in one statement."""
+        if not done:
+            return []
+        with self._one() as cur:
+            cur.execute(_CALLBACKS_DONE, self._done_arguments(done))
+            return self._marked(done, cur.fetchall())
+
+    def _done_arguments(self, done: Sequence[tuple[int, str | None]]) -> dict[str, Any]:
+        return {"ids": [callback_id for callback_id, _error in done],
+                "errors": [storable_or_none(error) for _id, error in done],
+                "epochs": [self._callback_epochs.pop(callback_id, self.epoch) for callback_id, _error in done],
+                "node": self.node}
+
+    @staticmethod
+    def _marked(done: Sequence[tuple[int, str | None]], rows: list[tuple[Any, ...]]) -> list[bool | None]:
+        marked = {int(row[0]) for row in rows}
+        return [callback_id in marked for callback_id, _error in done]
 
     def owed_callbacks(self, grace: float | None = None) -> list[tuple[int, int, int, str]]:
         """Callbacks owed by this master, and those owed by a master whose lease
@@ -869,9 +951,14 @@ class PgStore:
         own (autocommit): a final held is independent of the others, none is
         acknowledged before all are written. One final (the usual case) is
         one plain statement: executemany enters and leaves pipeline mode,
-        which cost the master more than the statement itself."""
+        which cost the master more than the statement itself; with the
+        callbacks done meanwhile, still one statement (one commit)."""
         with self._one() as cur:
             rows = [(data, attempt_id) for attempt_id, data in finals]
+            if len(rows) == 1 and callbacks_done:
+                cur.execute(_HOLD_FINAL_WITH_DONE, {"final": rows[0][0], "attempt": rows[0][1],
+                                                    **self._done_arguments(callbacks_done)})
+                return self._marked(callbacks_done, cur.fetchall())
             if len(rows) == 1:
                 cur.execute(_HOLD_FINAL, rows[0])
             else:

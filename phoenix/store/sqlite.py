@@ -686,7 +686,7 @@ class Journal:
         """Up to `limit` jobs due to run: the highest priority first, then the
         earliest due, then the first submitted."""
         clocks = {**_clocks(), "limit": limit}
-        columns = ("-priority, due_at, id, key, target, params, attempts, failures, "
+        columns = ("-priority, due_at, id, key, target, params, attempts, failures, checkpoint, "
                    "(SELECT pool FROM pool_targets WHERE target = jobs.target)")
         # One statement (one read of the journal per look, which is once per job):
         # the jobs never put back with a backoff (from the top of jobs_ready), and
@@ -700,12 +700,12 @@ class Journal:
         free = dict(self.db.execute("SELECT name, capacity - used FROM pools"))
         jobs = []
         for row in sorted(rows, key=lambda row: row[:3]):
-            pool = row[8]
+            pool = row[9]
             if pool is not None:
                 if free.get(pool, 0) <= 0:
                     continue  # its pool's last free slot went to a job before it in this look
                 free[pool] -= 1
-            jobs.append(Job(*row[2:8]))
+            jobs.append(Job(*row[2:9]))
         return jobs[:limit]
 
     def promote_due(self) -> int:
@@ -790,13 +790,15 @@ class Journal:
         callback: str | None,
         attempt_n: int,
         durable: bool = False,
+        start_callback: bool = False,
     ) -> tuple[bool, int | None]:
         """Record an attempt's outcome, the job's new state and the callback now
         owed, in one transaction: the outcome is recorded exactly once. Returns
         (False, None) if it was recorded already, else (True, the id of the
         callback now owed or None). `retry_delay`: seconds before the job may
         run again. `durable`: on disk before this returns (the outcome's only
-        other copy, an outbox file, is removed next)."""
+        other copy, an outbox file, is removed next). `start_callback` asks
+        nothing here: start_callback's reads cost no round trip."""
         now = time.time()
         if retry_delay is None:
             not_before, not_before_boot, boot = 0.0, None, None
@@ -869,6 +871,16 @@ class Journal:
     def callback_started(self, callback_id: int) -> None:
         with self.transaction() as db:
             db.execute("UPDATE callbacks SET runs = runs + 1 WHERE id = ?", (callback_id,))
+
+    def start_callback(self, callback_id: int, job_id: int,
+                       n: int) -> tuple[dict[str, Any], str | None, int | None] | None:
+        """What the callback is handed (its job's row, its attempt's end), and
+        its run counted. One master writes this journal: never fenced."""
+        row = self.job_row(job_id)
+        assert row is not None  # a job owing a callback is never pruned
+        reason, max_rss_kb = self.attempt_end(job_id, n)
+        self.callback_started(callback_id)
+        return row, reason, max_rss_kb
 
     def callback_done(self, callback_id: int, error: str | None) -> None:
         with self.transaction(durable=True) as db:

@@ -96,13 +96,17 @@ def test_claim_takes_jobs_oldest_first_and_records_the_childs_pid(store: Store) 
 def test_an_outcome_is_recorded_once_with_its_callback_owed(store: Store) -> None:
     job_id, _ = store.submit("m:f", "null", "k")
     job, attempt_id = claim(store)
-    recorded, callback_id = end(store, attempt_id, job_id, result={"x": 1})
+    recorded, callback_id = end(store, attempt_id, job_id, result={"x": 1}, reason="its reason", max_rss_kb=2048)
     assert recorded and callback_id is not None
     assert end(store, attempt_id, job_id) == (False, None)  # the second report of the same end
     row = store.job_row(job_id)
     assert row is not None and row["state"] == "finished" and json.loads(row["result"]) == {"x": 1}
     assert store.owed_callbacks() == [(callback_id, job_id, 1, "on_finished")]
-    store.callback_started(callback_id)
+    # What the callback is handed, read as its run is counted: the job's row and its attempt's end.
+    started = store.start_callback(callback_id, job_id, 1)
+    assert started is not None
+    handed, reason, max_rss_kb = started
+    assert handed == row and (reason, max_rss_kb) == ("its reason", 2048)
     store.callback_done(callback_id, None)
     assert store.owed_callbacks() == []
     assert store.open_attempts() == []
@@ -256,7 +260,9 @@ def test_checkpoints_keep_the_newest_of_the_latest_attempt_and_retry_fresh_clear
     assert store.checkpoint_of(job_id) == '{"at":5}'
     store.save_progress([(first, '[3,10,"x"]')])
     end(store, first, job_id, outcome="signalled", job_state="pending", callback=None)
-    _job, second = claim(store)
+    assert [job.checkpoint for job in store.pending(5)] == ['{"at":5}']  # the next attempt's, with the job
+    job, second = claim(store)
+    assert job.checkpoint == '{"at":5}'  # read by the claim: a shared store's one round trip
     store.save_checkpoints([(job_id, 1, 9, '{"at":"late"}')])  # the first attempt's, after the second began
     assert store.checkpoint_of(job_id) == '{"at":5}'
     store.save_checkpoints([(job_id, 2, 1, '{"at":6}')])
@@ -265,7 +271,8 @@ def test_checkpoints_keep_the_newest_of_the_latest_attempt_and_retry_fresh_clear
     end(store, second, job_id, outcome="error", job_state="failed", callback=None, n=2)
     store.retry(["k"])
     assert store.checkpoint_of(job_id) == '{"at":6}'  # a retry resumes
-    _job, third = claim(store)
+    job, third = claim(store)
+    assert job.checkpoint == '{"at":6}'
     end(store, third, job_id, outcome="error", job_state="failed", callback=None, n=3)
     store.retry(["k"], fresh=True)
     job = store.job_by_key("k")

@@ -234,11 +234,65 @@ def test_a_callback_taken_over_from_a_lapsed_lease_is_neither_started_nor_marked
         wait_for(lambda: _expired_for(pg_url, "cut-off") > 0.2, what="the old owner's lease to lapse")
         assert [c[0] for c in other.owed_callbacks(grace=0.1)] == [callback_id]  # taken over
         assert old.callback_started(callback_id) is False  # the old owner must not run it now
+        assert old.start_callback(callback_id, job_id, 1) is None  # (the same fence, with the job's read)
         assert old.callback_done(callback_id, None) is False  # nor mark it done for the new owner
+        assert old.callbacks_done([(callback_id, None)]) == [False]  # (grouped: each fenced the same)
         assert other.callback_started(callback_id) is True
+        started = other.start_callback(callback_id, job_id, 1)
+        assert started is not None and started[0]["key"] == "owed"
         assert other.callback_done(callback_id, None) is True
         with psycopg.connect(pg_url, autocommit=True) as conn:
-            assert conn.execute("SELECT runs, state, owner FROM callbacks").fetchall() == [(1, "done", "other")]
+            assert conn.execute("SELECT runs, state, owner FROM callbacks").fetchall() == [(2, "done", "other")]
+
+
+def test_an_outcome_counts_its_callbacks_start_under_the_lease_and_the_start_sends_nothing_more(pg_url: str) -> None:
+    """end_attempt(start_callback=True): the callback's run is counted in the
+    outcome's own statement (one round trip fewer per callback), fenced as
+    callback_started: with the lease live, start_callback hands the job's row
+    and counts nothing again; with it lapsed, nothing is counted and the start
+    is refused (the master that takes the callback over runs it)."""
+    from phoenix.store.postgres import PgStore
+
+    def finish(store: PgStore, key: str) -> tuple[int, int]:
+        job_id, _ = store.submit("m:f", '{"p":1}', key)
+        claimed = store.claim(1, 1, 1)
+        assert claimed is not None
+        recorded, callback_id = store.end_attempt(
+            claimed[1], job_id, outcome="finished", reason="its reason", error=None, result_json='{"r":2}',
+            max_rss_kb=4096, job_state="finished", counts_as_failure=False, callback="on_finished", attempt_n=1,
+            start_callback=True)
+        assert recorded and callback_id is not None
+        return job_id, callback_id
+
+    def runs(callback_id: int) -> int:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            row = conn.execute("SELECT runs FROM callbacks WHERE id = %s", (callback_id,)).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    with PgStore(pg_url, node="live", lease_ttl=30) as live:
+        live.register_master(1, 1, time.time(), 1, None, instance="a")
+        job_id, callback_id = finish(live, "live")
+        assert runs(callback_id) == 1  # counted by the outcome
+        started = live.start_callback(callback_id, job_id, 1)
+        assert started is not None
+        row, reason, max_rss_kb = started
+        assert row == live.job_row(job_id) and (reason, max_rss_kb) == ("its reason", 4096)
+        assert runs(callback_id) == 1  # the start sent no statement of its own
+        assert live.callback_done(callback_id, None) is True
+    with PgStore(pg_url, node="lapsed", lease_ttl=1) as lapsed:
+        lapsed.register_master(2, 1, time.time(), 1, None, instance="b")
+        lapsed.submit("m:f", "{}", "lapsed")
+        claimed = lapsed.claim(1, 1, 1)  # while the lease was live; its outcome comes after it lapsed
+        assert claimed is not None
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("UPDATE masters SET lease_expires_at = now() - interval '1 second' WHERE node = 'lapsed'")
+        recorded, callback_id = lapsed.end_attempt(
+            claimed[1], claimed[0].id, outcome="finished", reason=None, error=None, result_json="1", max_rss_kb=None,
+            job_state="finished", counts_as_failure=False, callback="on_finished", attempt_n=1, start_callback=True)
+        assert recorded and callback_id is not None  # the outcome is its epoch's: recorded
+        assert runs(callback_id) == 0  # but the lease is not live: no run counted
+        assert lapsed.start_callback(callback_id, claimed[0].id, 1) is None  # nor started
 
 
 # -- the schema, under the masters and by `store migrate` -----------------------------------
