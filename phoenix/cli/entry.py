@@ -12,10 +12,13 @@ worded as every command words it (click is imported only then).
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from typing import Any, Callable
 
 from phoenix.master import handoff
+from phoenix.rules.commands import HANDLED_SIGNALS
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -93,6 +96,12 @@ def _raise(error: Exception, **_params: Any) -> None:
 
 def main() -> None:
     args = sys.argv[1:]
+    if args[:1] == ["start"] and os.getpid() == 1:
+        # A container's init ignores every signal it has no handler for, so a
+        # TERM (docker stop, a pod's deletion) sent while the app imports was
+        # lost and the master came up and ran on. Blocked from here, it stays
+        # pending until the master's signalfd reads it: a stop, once it is up.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     params = read_start(args[1:]) if args[:1] == ["start"] and handoff.is_replacement() else None
     if params is not None:
         from phoenix.cli.replacement import start_replacement

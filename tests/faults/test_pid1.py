@@ -184,6 +184,22 @@ def test_pid1_reaps_every_orphan_and_zombie_of_its_namespace(pid1, tmp_path: Pat
     assert master.processes()[1][0] == master.init  # still PID 1, still running
 
 
+def test_a_term_sent_while_the_app_imports_stops_pid1_once_it_is_up(state_dir: Path, tmp_path: Path):
+    """An outside check: PID 1 ignores a signal it has no handler for, so a
+    TERM during a slow import was lost and the master ran on (10 minutes)."""
+    master = Pid1Master(state_dir)
+    master.env["PHOENIX_TEST_IMPORT_MARK"] = str(tmp_path / "importing")
+    master.start(wait_ready=False)
+    try:
+        wait_for((tmp_path / "importing").exists, 10.0, "the app's import to begin")
+        assert "ready generation=" not in master.log()  # still importing the app
+        master.signal(signal.SIGTERM)
+        assert master.wait_exit(DOCKER_STOP_TIMEOUT) == 0, master.log()[-2000:]
+        assert "ready generation=1" in master.log() and "stop mode=term" in master.log()
+    finally:
+        master.stop()
+
+
 def test_term_from_outside_the_namespace_stops_pid1_within_docker_stop_timeout(pid1, tmp_path: Path):
     master = pid1()
     _submit(master, "ignores_term", {}, "stubborn")
