@@ -5,11 +5,14 @@ that could not be represented faithfully anywhere downstream."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import stat
 from typing import Any
 
-from phoenix.errors import UsageError
+from phoenix.errors import StateError, UsageError
 
 MAX_KEY_BYTES = 1024
 
@@ -136,3 +139,43 @@ def cut_traceback(text: str, limit: int = MAX_ERROR_CHARS, json_bytes: int | Non
         if json_bytes is None or len(json.dumps(text)) <= json_bytes or limit == 0:
             return text
         limit = min(limit, len(text)) // 2
+
+
+class UnusableFile(StateError, OSError):
+    """A file a job left for the master that the master will not read: the message says why."""
+
+
+def read_left_file(path: str, limit: int) -> bytes | None:
+    """The bytes of a file a job's process left for the master (its outbox),
+    or None if there is none. Jobs write that directory, so the file is
+    looked at before it is read: a FIFO there blocked the master's loop in
+    open() for good, a 3 GB file read whole had the master OOM-killed at
+    every start, and a symbolic link would have the master (root, perhaps)
+    read another file into its quarantine. Each raises UnusableFile naming
+    why; any other error of open or read is raised as it is."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnusableFile(exc.errno, "a symbolic link, not a file the job wrote", path) from None
+        raise
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):
+            raise UnusableFile(errno.EINVAL, "not a regular file (a FIFO, a device or a directory)", path)
+        if found.st_size > limit:
+            raise UnusableFile(errno.EFBIG, f"{found.st_size} bytes, more than any message ({limit})", path)
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:  # it grew while read
+            raise UnusableFile(errno.EFBIG, f"over {limit} bytes, more than any message", path)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

@@ -18,6 +18,7 @@ from phoenix.errors import StateError
 from phoenix.linux import lineage
 from phoenix.linux.clock import Clock
 from phoenix.linux.paths import StatePaths
+from phoenix.linux.untrusted import UnusableFile, read_left_file
 from phoenix.master import longjobs
 from phoenix.master.attempts import Attempt
 from phoenix.master.metrics import Counters
@@ -262,29 +263,38 @@ class OutcomeRecorder:
         journal; True if there was a file (removed with the attempt's end)."""
         path = checkpoint_outbox_path(str(self.paths.outbox), job_id, number)
         try:
-            with open(path, "rb") as file:
-                data = file.read()
-        except FileNotFoundError:
-            return False
+            data = read_left_file(path, protocol.MAX_MESSAGE_BYTES)
+        except UnusableFile as exc:
+            quarantine.keep(self.paths.root, "outbox", b"", f"not taken as a checkpoint: {exc.strerror}",
+                            path=path, job_id=job_id, attempt=number)
+            return True  # (removed with the attempt's end)
         except OSError as exc:
             if exc.errno in SHORTAGE_ERRNOS:  # as for an outcome's file: not "none there", not known yet
                 raise OutboxUnreadable(exc.errno, exc.strerror, path) from exc
             raise
+        if data is None:
+            return False
         longjobs.keep_checkpoint(self.journal(), self.paths, job_id, number, data)
         return True
 
     def read_outbox(self, job_id: int, number: int) -> dict[str, Any] | None:
-        path = self.paths.outbox / f"{job_id}.{number}.json"
+        path = self.outbox_path(job_id, number)
         try:
-            data = path.read_bytes()
+            data = read_left_file(path, protocol.MAX_MESSAGE_BYTES)
+        except UnusableFile as exc:
+            quarantine.keep(self.paths.root, "outbox", b"", f"not taken as an outcome: {exc.strerror}",
+                            path=path, job_id=job_id, attempt=number)
+            return None
         except OSError as exc:
             if exc.errno in SHORTAGE_ERRNOS:  # not "no outcome there": not known yet
-                raise OutboxUnreadable(exc.errno, exc.strerror, str(path)) from exc
+                raise OutboxUnreadable(exc.errno, exc.strerror, path) from exc
+            return None
+        if data is None:
             return None
         body = _final_body(data, job_id, number)
         if body is None:  # put aside before the file is removed with the attempt's end
             quarantine.keep(self.paths.root, "outbox", data, "not a valid outcome message of this attempt",
-                            path=str(path), job_id=job_id, attempt=number)
+                            path=path, job_id=job_id, attempt=number)
         return body
 
     def held_final(self, a: OpenAttempt) -> dict[str, Any] | None:

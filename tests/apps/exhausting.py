@@ -52,3 +52,18 @@ def silent(params):
         runtime.sender.beats_stopped = True
     while True:
         time.sleep(0.05)
+
+
+@app.job(retries=0)
+def plant_in_outbox(params):
+    """Leaves at its own outbox paths what a hostile or broken job could: a
+    FIFO where its outcome would be, a 3 GB sparse file where its checkpoint
+    would be (or the other way round), then dies without a final."""
+    job = phoenix.current_job()
+    outbox = params["outbox"]
+    final, saved = f"{outbox}/{job.job_id}.{job.attempt}.json", f"{outbox}/{job.job_id}.{job.attempt}.checkpoint.json"
+    fifo, big = (final, saved) if params["fifo_at"] == "final" else (saved, final)
+    os.mkfifo(fifo)
+    with open(big, "wb") as f:
+        f.truncate(3 << 30)
+    os._exit(3)

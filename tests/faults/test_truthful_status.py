@@ -8,6 +8,8 @@ import json
 import os
 import signal
 
+import pytest
+
 from phoenix.cli.status import collect
 from tests.conftest import phoenix_cli, wait_for
 
@@ -79,3 +81,23 @@ def test_an_outcome_acked_after_its_child_wrote_the_outbox_leaves_no_outbox_file
     wait_for(lambda: phoenix_cli("show", "acked-late", "--json", state_dir=master.state_dir).stdout.count(
         '"state": "finished"'), 15, "the outcome to be recorded")
     assert list(master.paths.outbox.iterdir()) == []
+
+
+@pytest.mark.parametrize("fifo_at", ["final", "checkpoint"])
+def test_a_fifo_or_a_huge_file_a_job_leaves_in_the_outbox_neither_blocks_nor_feeds_the_master(master_factory,
+                                                                                               fifo_at):
+    """An outside check: a FIFO at a job's outbox path blocked the master in
+    open() for good; a 3 GB file there was read whole (the master OOM-killed
+    at every start). Neither is read now: the end is recorded as the exit
+    status says, each file is put aside in a quarantine note and removed."""
+    master = master_factory(app=APP)
+    master.submit(f"{TARGET}:plant_in_outbox", {"outbox": str(master.paths.outbox), "fifo_at": fifo_at},
+                  key="planted")
+    shown = wait_for(lambda: (r := json.loads(phoenix_cli("show", "planted", "--json",
+                                                            state_dir=master.state_dir).stdout))["state"] == "failed"
+                     and r, 15, "the job's end to be recorded")
+    assert (shown["attempt_list"][0]["outcome"], shown["attempt_list"][0]["reason"]) == ("exited", "exit code 3")
+    assert list(master.paths.outbox.iterdir()) == []
+    notes = phoenix_cli("quarantine", "--json", state_dir=master.state_dir).stdout
+    assert notes.count("not a regular file") == 1 and notes.count("more than any message") == 1, notes
+    assert phoenix_cli("status", state_dir=master.state_dir).returncode == 0
