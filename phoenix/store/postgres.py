@@ -1570,7 +1570,7 @@ def migrate(url: str) -> tuple[int | None, int]:
                 # masters took batch callbacks and ran them as on_failed).
                 live = [node for (node,) in conn.execute(
                     "SELECT node FROM masters WHERE state IN ('running', 'draining', 'degraded') "
-                    "AND lease_expires_at > now() ORDER BY node").fetchall()]
+                    "AND lease_expires_at > now() ORDER BY node FOR UPDATE").fetchall()]
                 if live:
                     shown = ", ".join(repr(node) for node in live[:5]) + (" ..." if len(live) > 5 else "")
                     raise SchemaMismatch(
@@ -1582,6 +1582,14 @@ def migrate(url: str) -> tuple[int | None, int]:
                         f"the PostgreSQL store says schema version {before}, which no Phoenix wrote (the first is 1): "
                         f"phoenix_schema was changed by other means; nothing was changed. Set it back to the "
                         f"version the tables really have, or create the schema in an empty database")
+                # A master whose lease lapsed without a stop may only be frozen (a VM
+                # pause): woken, it would renew and go on under the new schema (an
+                # outside check: it ran a batch's callback as on_failed). Its epoch
+                # moves on here, as a recovery's does: woken, it finds itself fenced
+                # (no claim, outcome or callback of its own counts) and ends its
+                # children; the first master of this release recovers its attempts.
+                conn.execute("UPDATE masters SET epoch = epoch + 1 WHERE state IN ('running', 'draining', "
+                             "'degraded') AND lease_expires_at <= now()")
                 for version in range(before, SCHEMA_VERSION):
                     conn.execute(_UPGRADES[version])
                 conn.execute("UPDATE phoenix_schema SET version = %s", (SCHEMA_VERSION,))

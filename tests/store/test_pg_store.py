@@ -240,6 +240,8 @@ def test_migrate_refuses_while_a_master_of_the_older_schema_runs(postgres_server
     url = postgres_server.database()
     try:
         old = master(url, "old")  # registered while the schema was the one it knows
+        frozen = master(url, "frozen")
+        expire(url, "frozen")  # its lease lapsed unrenewed: a VM paused, say, not stopped
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("UPDATE phoenix_schema SET version = %s", (SCHEMA_VERSION - 1,))
         result = phoenix_cli("store", "migrate", "--store", url)
@@ -251,6 +253,10 @@ def test_migrate_refuses_while_a_master_of_the_older_schema_runs(postgres_server
         old.close()
         result = phoenix_cli("store", "migrate", "--store", url)
         assert result.returncode == 0 and f"upgraded from {SCHEMA_VERSION - 1}" in result.stdout, result.stderr
+        # Woken, it is fenced: its epoch moved on, so its renewal (and any claim or outcome) is refused.
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT epoch FROM masters WHERE node = 'frozen'").fetchone() == (frozen.epoch + 1,)
+        frozen.close()
     finally:
         postgres_server.drop(url)
 
