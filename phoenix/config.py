@@ -43,6 +43,9 @@ _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
 MIN_MAX_MEMORY = 32 * 1024**2
 
 
+MAX_MAX_MEMORY = 1 << 62  # 4 EiB: beyond it, a limit limits nothing (and the kernel's counters end at 2**63)
+
+
 def parse_max_memory(value: object, where: str) -> int | None:
     """Bytes, from "512M", "1.5G", "200MB", "1GiB" or a number of bytes; None:
     no limit. ValueError (one line saying how to write it) for anything else."""
@@ -51,9 +54,13 @@ def parse_max_memory(value: object, where: str) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         size = value
     elif isinstance(value, str) and (match := _SIZE.fullmatch(value)):
-        size = int(float(match[1]) * _UNITS[match[2].upper()])
+        bytes_ = float(match[1]) * _UNITS[match[2].upper()]
+        size = int(bytes_) if bytes_ <= MAX_MAX_MEMORY else MAX_MAX_MEMORY + 1  # (400 nines overflow a float)
     else:
         raise ValueError(f"{where} wants a size such as \"512M\", \"2G\" or a number of bytes, not {value!r:.40}")
+    if size > MAX_MAX_MEMORY:
+        raise ValueError(f"{where} is more than {MAX_MAX_MEMORY // 1024**6} EiB, more memory than any machine has: "
+                         "leave it out for no limit")
     if size < MIN_MAX_MEMORY:
         raise ValueError(f"{where} is {size} bytes, below the {MIN_MAX_MEMORY // 1024**2}M a Python child needs to "
                          "start (every attempt would be killed at once): raise it, or leave it out for no limit")

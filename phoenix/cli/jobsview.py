@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import math
 import time
 from typing import Any, Sequence
 
@@ -27,7 +28,11 @@ def parse_cursor(text: str) -> tuple[float, int]:
     """A page's `next_after`, "UPDATED_AT/ID", back into (updated_at, id)."""
     when, _slash, job_id = text.partition("/")
     try:
-        return float(when), int(job_id)
+        cursor = float(when), int(job_id)
+        # A job id is a 64-bit integer in both stores, a time a finite number: else no page could follow.
+        if not math.isfinite(cursor[0]) or not 0 <= cursor[1] < 2**63:
+            raise ValueError
+        return cursor
     except ValueError:
         raise BadCursor(f"--after wants the next_after of the page before, as `phoenix jobs --json` prints it "
                         f"(e.g. 1765080000.123/42), not {text!r}") from None

@@ -22,7 +22,8 @@ def test_a_limit_is_a_size(text, size):
 @pytest.mark.parametrize(("value", "fix"), [
     ("lots", 'wants a size such as "512M"'), ("-5M", "wants a size"), ("5 MBs", "wants a size"),
     (True, "wants a size"), (1.5e9, "wants a size"), ("16M", "below the 32M a Python child needs to start"),
-    (0, "below the 32M"),
+    (0, "below the 32M"), ("9" * 400 + "G", "more memory than any machine has"),
+    (2**63, "more memory than any machine has"), ("5000000T", "more memory than any machine has"),
 ])
 def test_anything_else_is_refused_in_one_line_naming_the_fix(value, fix):
     with pytest.raises(ValueError) as raised:
