@@ -5,9 +5,9 @@ through `visible`, and into rich as Text, never as markup."""
 from __future__ import annotations
 
 import json
+import math
 import socket
 import sys
-import math
 import time
 from typing import Any, Sequence
 
