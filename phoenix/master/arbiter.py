@@ -322,7 +322,7 @@ class Master:
                 self.hangs.run_due_timers(self.clock.monotonic())
                 self.storage.guarded(self.ticker.run_if_due)
                 self.memory.look_if_due()
-                self.cgroups.remove_due()
+                self.cgroups.tick()
                 self.storage.guarded(self.scheduler.spawn_pending_jobs)
                 self.spawner.replenish()
                 self.settler.settle()

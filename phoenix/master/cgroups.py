@@ -53,6 +53,7 @@ from phoenix.rules.memory import (
 )
 from phoenix.rules.states import KillReason
 
+OOM_CLAIM_WINDOW = 2.0  # s: an OOM kill in the master's own cgroup explains a SIGKILL this long after it, at least
 REMOVE_EVERY = 0.1  # seconds between two tries to remove an attempt's cgroup that still holds processes
 REMOVE_FOR = 10.0  # then it is left, said once, for the next start's clean-up
 
@@ -71,6 +72,12 @@ class JobCgroups:
         # a SIGKILL that ends one of them while this count moves was the OOM killer's.
         self.own_events: str | None = None
         self.own_oom_kills = 0
+        # The count at the last look (every OOM_CLAIM_WINDOW s): a kill counted
+        # then and claimed by no death since is forgotten at the next look, so
+        # that an OOM kill of some other process is not taken, minutes later,
+        # for the reason an operator's `kill -9` ended a job (an outside check).
+        self.own_oom_seen = 0
+        self.next_oom_look: float | None = None
         self.removing: dict[str, float] = {}  # attempt cgroup -> when to stop trying to remove it
         self.next_removal: float | None = None
         self.failed_once: set[str] = set()  # causes of failed placements, logged once each
@@ -178,6 +185,8 @@ class JobCgroups:
         except OSError:
             return False
         self.own_events = path
+        self.own_oom_seen = self.own_oom_kills
+        self.next_oom_look = self.clock() + OOM_CLAIM_WINDOW
         return True
 
     def describe(self) -> str:
@@ -338,9 +347,26 @@ class JobCgroups:
         return True
 
     def next_deadline(self) -> float | None:
-        return self.next_removal
+        due = [t for t in (self.next_removal, self.next_oom_look) if t is not None]
+        return min(due) if due else None
 
-    def remove_due(self) -> None:
+    def tick(self) -> None:
+        """What is due: the look at the master's own OOM count, and the
+        removal of the cgroups that still held processes."""
+        self._forget_unclaimed_oom_kills()
+        self._remove_due()
+
+    def _forget_unclaimed_oom_kills(self) -> None:
+        if self.next_oom_look is None or self.clock() < self.next_oom_look or self.own_events is None:
+            return
+        self.next_oom_look = self.clock() + OOM_CLAIM_WINDOW
+        self.own_oom_kills = max(self.own_oom_kills, self.own_oom_seen)  # a look ago, and still unclaimed
+        try:
+            self.own_oom_seen = cgroups.counters(cgroups.read(self.own_events)).get("oom_kill", 0)
+        except OSError:
+            pass
+
+    def _remove_due(self) -> None:
         """Try again to remove the cgroups that still held processes."""
         if self.next_removal is None or self.clock() < self.next_removal:
             return

@@ -24,7 +24,8 @@ def test_a_cursor_reads_back_exactly_what_was_printed() -> None:
     assert parse_cursor(f"{updated_at!r}/18800") == (updated_at, 18800)
 
 
-@pytest.mark.parametrize("text", ["", "yesterday", "1796612213.5/", "/42", "1.5/4.2", "1.5-42", "1.5/9223372036854775808",
+@pytest.mark.parametrize("text", ["", "yesterday", "1796612213.5/", "/42", "1.5/4.2", "1.5-42",
+                                  "1.5/9223372036854775808",
                                   "nan/1", "inf/1", "1.5/-1"])
 def test_a_malformed_cursor_is_refused_with_what_to_pass(text: str) -> None:
     with pytest.raises(BadCursor, match="next_after"):
