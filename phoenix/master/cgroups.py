@@ -335,11 +335,15 @@ class JobCgroups:
             self.next_removal = self.clock() + REMOVE_EVERY
 
     def _remove_now(self, path: str) -> bool:
+        """Empty and remove an attempt's cgroup, and first any cgroup the job
+        made inside it (rmdir refuses one that has children: an outside check
+        saw each such attempt's cgroup left for good). Never through a link."""
         assert self.files is not None
         try:
-            if cgroups.processes(path):
-                cgroups.kill_all(path, self.files)
-            os.rmdir(path)
+            for inner, _dirs, _files in sorted(os.walk(path, followlinks=False), key=lambda w: -len(w[0])):
+                if cgroups.processes(inner):
+                    cgroups.kill_all(inner, self.files)
+                os.rmdir(inner)
         except FileNotFoundError:
             return True
         except OSError:

@@ -20,6 +20,7 @@ from phoenix.master.cgroups import JobCgroups
 from phoenix.master.metrics import Counters
 from phoenix.rules.memory import attempt_cgroup_name
 from phoenix.testing import FakeClock
+from tests.conftest import wait_for
 from tests.test_cgroups import OWN_CGROUP, WHY_NOT
 
 pytestmark = pytest.mark.skipif(OWN_CGROUP is None, reason=f"no writable memory cgroup here: {WHY_NOT}")
@@ -61,6 +62,32 @@ def test_a_placed_process_runs_under_its_limit_and_its_cgroup_goes_with_its_end(
     part.ended(attempt, signal.SIGKILL)  # a wait status: killed by SIGKILL, which its cgroup did not count
     assert attempt.kill_reason is None  # an outside SIGKILL stays `signalled`
     assert not os.path.exists(path)
+
+
+def test_a_cgroup_the_job_made_inside_its_own_goes_with_it(tmp_path, sleeper):
+    """An outside check: rmdir refuses a cgroup with children, and each such attempt's cgroup was left for good."""
+    clock = FakeClock()
+    part = JobCgroups(str(tmp_path / "state"), Counters(), clock.monotonic)
+    part.open(enabled=True)
+    try:
+        path = part.place(8, sleeper.pid, procfs.start_time(sleeper.pid), 64 * M)
+        inner = os.path.join(path, "the-jobs-own")
+        os.mkdir(inner)
+        cgroups.write(os.path.join(inner, "cgroup.procs"), str(sleeper.pid))
+        attempt = attempt_of(sleeper, 8)
+        attempt.cgroup = path
+        part.ended(attempt, None)  # its process still in there: killed, then both removed
+        assert sleeper.wait(10) == -signal.SIGKILL
+
+        def removed() -> bool:
+            clock.advance(0.2)
+            part.tick()
+            return not os.path.exists(path)
+
+        wait_for(removed, 10, "the attempt's cgroup and the one inside it removed")
+    finally:
+        part.clean_leftovers(running=set())
+        part.close()
 
 
 def test_a_cgroup_another_user_made_with_an_attempts_name_is_neither_used_nor_removed(part, sleeper):
