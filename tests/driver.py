@@ -123,6 +123,7 @@ class Master:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        remove_memory_group(self.state_dir)
 
     # -- the log ----------------------------------------------------------------------
 
@@ -204,3 +205,31 @@ class Master:
             return None
 
         return wait_for(done, timeout, f"jobs {keys or 'all'} to end")
+
+
+def remove_memory_group(state_dir: Path) -> None:
+    """The memory cgroup group of the master of `state_dir`, once no master runs
+    there: a master SIGKILLed by a test (and never started again) leaves it on
+    the host, where its next start would have removed it."""
+    from phoenix.linux import cgroups
+    from phoenix.linux.pidfile import lock_held
+    from phoenix.rules.memory import group_name
+
+    if lock_held(StatePaths(state_dir).lockfile):
+        return  # another master of this state directory runs: the group is its
+    try:
+        own = cgroups.own_paths(cgroups.read("/proc/self/cgroup")).get(cgroups.V1)
+        mounted = cgroups.mounts(cgroups.read("/proc/self/mountinfo")).get(cgroups.V1)
+    except OSError:
+        return
+    parent = cgroups.directory(*mounted, own) if own is not None and mounted is not None else None
+    group = os.path.join(parent, group_name(os.path.realpath(state_dir))) if parent else None
+    if group is None or not os.path.isdir(group):
+        return
+    for inner, _dirs, _files in sorted(os.walk(group), key=lambda walked: -len(walked[0])):
+        if cgroups.processes(inner):
+            return  # still in use: left as it is
+        try:
+            os.rmdir(inner)
+        except OSError:
+            return
