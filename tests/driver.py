@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -233,3 +234,18 @@ def remove_memory_group(state_dir: Path) -> None:
             os.rmdir(inner)
         except OSError:
             return
+
+
+# A process as PID 1 of a new PID namespace, as a container's init is (tests/faults/test_pid1.py,
+# tests/test_kubernetes.py); --kill-child: the namespace dies with the unshare process.
+UNSHARE = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
+
+
+def namespaces_unavailable() -> str | None:
+    """Why a test cannot make PID namespaces here, or None if it can."""
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        return "unshare/nsenter (util-linux) not installed"
+    probe = subprocess.run([*UNSHARE, "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        return f"cannot create a PID namespace here: {probe.stderr.strip() or probe.returncode}"
+    return None

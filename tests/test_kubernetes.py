@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -35,13 +34,13 @@ import yaml
 
 from phoenix.rules import leases
 from phoenix.store.postgres import PgStore
+from tests import driver
 from tests.conftest import PYTHON, REPO, Master, phoenix_cli, wait_for
 from tests.test_readme import page_blocks
 
 MANIFEST = REPO / "deploy" / "kubernetes.yaml"
 GUIDE = REPO / "docs" / "containers.md"
 SCALE = 0.1  # the manifest's seconds, a tenth as long here
-UNSHARE = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
 LEASE_TTL = 2.0  # seconds; the manifest keeps the default (30)
 STOP_EXIT = 2.0  # the stop budget's allowance for the master's exit, in the manifest's seconds
 
@@ -115,16 +114,7 @@ def test_the_guide_shows_the_manifest_that_is_tested():
 
 # -- pods as PID namespaces ---------------------------------------------------------------
 
-def _namespaces_unavailable() -> str | None:
-    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
-        return "unshare/nsenter (util-linux) not installed"
-    probe = subprocess.run([*UNSHARE, "true"], capture_output=True, text=True, timeout=30)
-    if probe.returncode != 0:
-        return f"cannot create a PID namespace here: {probe.stderr.strip() or probe.returncode}"
-    return None
-
-
-needs_namespaces = pytest.mark.skipif((reason := _namespaces_unavailable()) is not None, reason=reason or "")
+needs_namespaces = pytest.mark.skipif((reason := driver.namespaces_unavailable()) is not None, reason=reason or "")
 
 
 class Pod(Master):
@@ -138,7 +128,7 @@ class Pod(Master):
                               "PHOENIX_KILL_GRACE": f"{budget.kill_grace * SCALE:g}",
                               "PHOENIX_CALLBACK_TIMEOUT": f"{budget.callback_timeout * SCALE:g}"}
         super().__init__(tmp_path / name, "tests.apps.pods:app", "--node", name, "--lease-ttl", f"{lease_ttl:g}",
-                         env=self.container_env, log_dir=tmp_path, launcher=(*UNSHARE, PYTHON, "-m", "phoenix"))
+                         env=self.container_env, log_dir=tmp_path, launcher=(*driver.UNSHARE, PYTHON, "-m", "phoenix"))
 
     def start(self, wait_ready: bool = True) -> "Pod":
         super().start(wait_ready)

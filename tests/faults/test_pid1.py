@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -37,20 +36,10 @@ from tests.conftest import PYTHON, REPO, phoenix_cli, wait_for
 
 APP = "tests.apps.pid1"
 KILL_GRACE = 1.0  # tests.apps.pid1's kill_grace
-UNSHARE = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
 DOCKER_STOP_TIMEOUT = 10.0  # docker stop's default grace before SIGKILL
 
 
-def _namespaces_unavailable() -> str | None:
-    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
-        return "unshare/nsenter (util-linux) not installed"
-    probe = subprocess.run([*UNSHARE, "true"], capture_output=True, text=True, timeout=30)
-    if probe.returncode != 0:
-        return f"cannot create a PID namespace here: {probe.stderr.strip() or probe.returncode}"
-    return None
-
-
-pytestmark = pytest.mark.skipif((reason := _namespaces_unavailable()) is not None, reason=reason or "")
+pytestmark = pytest.mark.skipif((reason := driver.namespaces_unavailable()) is not None, reason=reason or "")
 
 
 class Pid1Master(driver.Master):
@@ -59,7 +48,7 @@ class Pid1Master(driver.Master):
     master's pid as seen from here."""
 
     def __init__(self, state_dir: Path, *args: str) -> None:
-        super().__init__(state_dir, f"{APP}:app", *args, launcher=(*UNSHARE, PYTHON, "-m", "phoenix"), cwd=REPO)
+        super().__init__(state_dir, f"{APP}:app", *args, launcher=(*driver.UNSHARE, PYTHON, "-m", "phoenix"), cwd=REPO)
 
     def start(self, wait_ready: bool = True) -> "Pid1Master":
         super().start(wait_ready)
