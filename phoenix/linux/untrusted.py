@@ -141,6 +141,11 @@ def cut_traceback(text: str, limit: int = MAX_ERROR_CHARS, json_bytes: int | Non
         limit = min(limit, len(text)) // 2
 
 
+# What open() says of something else than a readable file put at the path (a
+# socket, a file where the outbox directory was, one the master may not read).
+_PUT_THERE = frozenset({errno.ENXIO, errno.ENOTDIR, errno.EACCES, errno.EPERM})
+
+
 class UnusableFile(StateError, OSError):
     """A file a job left for the master that the master will not read: the message says why."""
 
@@ -160,6 +165,8 @@ def read_left_file(path: str, limit: int) -> bytes | None:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UnusableFile(exc.errno, "a symbolic link, not a file the job wrote", path) from None
+        if exc.errno in _PUT_THERE:
+            raise UnusableFile(exc.errno, f"not a file the master can read ({exc.strerror})", path) from None
         raise
     try:
         found = os.fstat(fd)

@@ -5,9 +5,11 @@ are acknowledged or taken from the outbox with their attempt's end."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Callable
 
+from phoenix import log
 from phoenix.child.run import checkpoint_outbox_path
 from phoenix.linux.paths import StatePaths
 from phoenix.master.attempts import Attempt
@@ -68,7 +70,21 @@ def keep_checkpoint(journal: Store, paths: StatePaths, job_id: int, number: int,
 
 
 def remove_checkpoint_outbox(paths: StatePaths, job_id: int, number: int) -> None:
+    remove_left_file(checkpoint_outbox_path(str(paths.outbox), job_id, number))
+
+
+def remove_left_file(path: str) -> None:
+    """Remove a file the attempt's process left in the outbox, once its
+    content is in the journal. What a job put there that no unlink removes
+    (a directory, a path under a file) is left with one log line, never
+    taken for a journal outage (an outside check: no job started again)."""
     try:
-        os.unlink(checkpoint_outbox_path(str(paths.outbox), job_id, number))
+        os.unlink(path)
     except FileNotFoundError:
         pass
+    except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        try:
+            os.rmdir(path)  # an empty directory: gone too
+        except OSError:
+            log.event(logging.WARNING, "outbox_left", path=path, error=exc.strerror,
+                      effect="left as it is: remove it by hand")

@@ -311,10 +311,7 @@ class OutcomeRecorder:
         return f"{self.paths.outbox}/{job_id}.{number}.json"  # a str: no Path object per job
 
     def remove_outbox(self, job_id: int, number: int) -> None:
-        try:
-            os.unlink(self.outbox_path(job_id, number))
-        except FileNotFoundError:
-            pass
+        longjobs.remove_left_file(self.outbox_path(job_id, number))
 
 
 def _final_body(data: bytes, job_id: int, number: int) -> dict[str, Any] | None:

@@ -67,3 +67,16 @@ def plant_in_outbox(params):
     with open(big, "wb") as f:
         f.truncate(3 << 30)
     os._exit(3)
+
+
+@app.job(retries=0)
+def plant_socket_and_directory(params):
+    """A socket where its checkpoint would be, a directory where its outcome would be, then a death without a final."""
+    import socket
+
+    job = phoenix.current_job()
+    outbox = params["outbox"]
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(f"{outbox}/{job.job_id}.{job.attempt}.checkpoint.json")
+    os.mkdir(f"{outbox}/{job.job_id}.{job.attempt}.json")
+    os._exit(3)

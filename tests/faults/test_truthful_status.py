@@ -101,3 +101,17 @@ def test_a_fifo_or_a_huge_file_a_job_leaves_in_the_outbox_neither_blocks_nor_fee
     notes = phoenix_cli("quarantine", "--json", state_dir=master.state_dir).stdout
     assert notes.count("not a regular file") == 1 and notes.count("more than any message") == 1, notes
     assert phoenix_cli("status", state_dir=master.state_dir).returncode == 0
+
+
+def test_a_socket_or_a_directory_in_the_outbox_is_no_outage_and_no_crash_loop(master_factory):
+    """An outside check: a socket at the checkpoint path raised ENXIO, taken
+    for a journal outage (no job started again, a restart crashed on it each
+    time); a directory at the outcome path failed its unlink, the same."""
+    master = master_factory(app=APP)
+    master.submit(f"{TARGET}:plant_socket_and_directory", {"outbox": str(master.paths.outbox)}, key="planted")
+    wait_for(lambda: json.loads(phoenix_cli("show", "planted", "--json", state_dir=master.state_dir).stdout)
+             ["state"] == "failed", 15, "the job's end to be recorded")
+    master.submit(f"{TARGET}:work", {}, key="after")  # jobs still start
+    master.wait_jobs_done(["after"], timeout=15)
+    assert "journal_unwritable" not in master.log() and "outbox_left" not in master.log()
+    assert list(master.paths.outbox.iterdir()) == []  # the empty directory went too
