@@ -15,10 +15,23 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any, Callable
 
-from phoenix.master import handoff
-from phoenix.rules.commands import HANDLED_SIGNALS
+# The signals a master handles (rules.commands.HANDLED_SIGNALS, which a test
+# compares), spelt out here so that they are held before any other import.
+EARLY_HELD = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
+                        signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD})
+
+if sys.argv[1:2] == ["start"] and os.getpid() == 1:
+    # A container's init ignores every signal it has no handler for, so a TERM
+    # (docker stop, a pod's deletion) sent before the master's signalfd is
+    # read was lost, and the master came up and ran on. Held from here, before
+    # the ~40 ms of imports below, it stays pending until the signalfd reads
+    # it: a stop, once the master is up.
+    signal.pthread_sigmask(signal.SIG_BLOCK, EARLY_HELD)
+
+from typing import Any, Callable  # noqa: E402 - after the signals are held
+
+from phoenix.master import handoff  # noqa: E402
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -96,12 +109,6 @@ def _raise(error: Exception, **_params: Any) -> None:
 
 def main() -> None:
     args = sys.argv[1:]
-    if args[:1] == ["start"] and os.getpid() == 1:
-        # A container's init ignores every signal it has no handler for, so a
-        # TERM (docker stop, a pod's deletion) sent while the app imports was
-        # lost and the master came up and ran on. Blocked from here, it stays
-        # pending until the master's signalfd reads it: a stop, once it is up.
-        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     params = read_start(args[1:]) if args[:1] == ["start"] and handoff.is_replacement() else None
     if params is not None:
         from phoenix.cli.replacement import start_replacement
