@@ -1549,6 +1549,37 @@ ALTER TABLE attempts ADD COLUMN IF NOT EXISTS progress text
 }
 
 
+def _fence_lapsed_masters(conn: psycopg.Connection[Any]) -> None:
+    """In migrate's transaction. A master whose lease lapsed without a stop
+    may only be frozen (a VM pause): woken, it would renew and go on under the
+    new schema (an outside check: it ran a batch's callback as on_failed).
+    Its epoch moves on, and its open attempts end `lost` here, as a recovery
+    ends them (no master of the old release may do it now, and one of the new
+    cannot start until the schema is new): woken, it finds itself fenced and
+    ends its children, whose jobs are pending again. Without the app's retry
+    policy, none counts as a failure; a cancelled one stays cancelled, its
+    on_failed owed to whichever master takes it."""
+    nodes = [node for (node,) in conn.execute(
+        "UPDATE masters SET epoch = epoch + 1 WHERE state IN ('running', 'draining', 'degraded') "
+        "AND lease_expires_at <= now() RETURNING node").fetchall()]
+    if not nodes:
+        return
+    lost = conn.execute(_RECOVER_ATTEMPTS, {"nodes": nodes, "reason": RECOVERED_REASON, "cancelled": CANCELLED_REASON,
+                                            "cancelled_error": RECOVERED_CANCEL}).fetchall()
+    conn.execute(_FREE_SLOTS, ([int(row[0]) for row in lost],))
+    for attempt_id, job_id, number, cancelled in lost:
+        conn.execute(f"UPDATE jobs SET state = %s, outcome = %s, error = %s, not_before = 0, updated_at = {_NOW} "
+                     f"WHERE id = %s AND current_attempt = %s",
+                     ("cancelled" if cancelled else "pending", "cancelled" if cancelled else "lost",
+                      RECOVERED_CANCEL if cancelled else RECOVERED_REASON, job_id, attempt_id))
+        if cancelled:
+            conn.execute(f"INSERT INTO callbacks (job_id, attempt, kind, state, created_at) VALUES "
+                         f"(%s, %s, 'on_failed', 'owed', {_NOW}) ON CONFLICT (job_id, kind) DO NOTHING",
+                         (job_id, number))
+    if lost:
+        conn.execute("SELECT pg_notify(%s, 'recovered')", (CHANNEL,))
+
+
 def migrate(url: str) -> tuple[int | None, int]:
     """Create or upgrade the schema; (version before, version now). Refuses a
     newer one, and a version no Phoenix wrote."""
@@ -1582,14 +1613,7 @@ def migrate(url: str) -> tuple[int | None, int]:
                         f"the PostgreSQL store says schema version {before}, which no Phoenix wrote (the first is 1): "
                         f"phoenix_schema was changed by other means; nothing was changed. Set it back to the "
                         f"version the tables really have, or create the schema in an empty database")
-                # A master whose lease lapsed without a stop may only be frozen (a VM
-                # pause): woken, it would renew and go on under the new schema (an
-                # outside check: it ran a batch's callback as on_failed). Its epoch
-                # moves on here, as a recovery's does: woken, it finds itself fenced
-                # (no claim, outcome or callback of its own counts) and ends its
-                # children; the first master of this release recovers its attempts.
-                conn.execute("UPDATE masters SET epoch = epoch + 1 WHERE state IN ('running', 'draining', "
-                             "'degraded') AND lease_expires_at <= now()")
+                _fence_lapsed_masters(conn)
                 for version in range(before, SCHEMA_VERSION):
                     conn.execute(_UPGRADES[version])
                 conn.execute("UPDATE phoenix_schema SET version = %s", (SCHEMA_VERSION,))

@@ -241,6 +241,8 @@ def test_migrate_refuses_while_a_master_of_the_older_schema_runs(postgres_server
     try:
         old = master(url, "old")  # registered while the schema was the one it knows
         frozen = master(url, "frozen")
+        job_id, _ = frozen.submit("m:f", "null", "running-on-frozen")
+        assert frozen.claim(1, 10, None) is not None
         expire(url, "frozen")  # its lease lapsed unrenewed: a VM paused, say, not stopped
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("UPDATE phoenix_schema SET version = %s", (SCHEMA_VERSION - 1,))
@@ -256,6 +258,11 @@ def test_migrate_refuses_while_a_master_of_the_older_schema_runs(postgres_server
         # Woken, it is fenced: its epoch moved on, so its renewal (and any claim or outcome) is refused.
         with psycopg.connect(url, autocommit=True) as conn:
             assert conn.execute("SELECT epoch FROM masters WHERE node = 'frozen'").fetchone() == (frozen.epoch + 1,)
+            # Its job runs again (no master of the old release may recover it now, and an outside check saw it
+            # stay `running` for good once the frozen master woke and registered again).
+            assert conn.execute("SELECT state, failures FROM jobs WHERE id = %s", (job_id,)).fetchone() == (
+                "pending", 0)
+            assert conn.execute("SELECT outcome FROM attempts WHERE job_id = %s", (job_id,)).fetchone() == ("lost",)
         frozen.close()
     finally:
         postgres_server.drop(url)
