@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Self, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Literal, Protocol, Self, Sequence, runtime_checkable
 from urllib.parse import unquote
 
 from phoenix.errors import Conflict, StateError, Unavailable
@@ -35,6 +35,11 @@ URL_SCHEMES = ("postgresql://", "postgres://")
 # id to the next job, and an outbox file or a log line of the old job would
 # then name the new one. Kept, the ids only grow. (One rule on every store.)
 NOT_NEWEST = "jobs.id < (SELECT max(id) FROM jobs)"
+
+# What an open does with a SQLite journal of an older schema: "always" upgrade
+# it (the master), upgrade it only if no master runs on it ("alone": commands
+# and clients), or "never" (the preflight, which only reads the jobs' targets).
+Upgrade = Literal["always", "alone", "never"]
 
 
 class JobState(StrEnum):

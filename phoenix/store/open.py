@@ -5,14 +5,13 @@ the interface imports no backend; each backend is imported when asked for
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
-from phoenix.store.base import SQLITE, Store, check_setting
+from phoenix.store.base import SQLITE, Store, Upgrade, check_setting
 
 
 def open_store(store: str, journal_path: str | Path | None = None, *, node: str | None = None, create: bool = True,
                verify: bool = False, lease_ttl: float = 30.0, reads_only: bool = False,
-               upgrade: Literal["always", "alone", "never"] = "alone") -> Store:
+               upgrade: Upgrade = "alone") -> Store:
     """The store the `store` setting names: the state directory's SQLite
     journal, or the PostgreSQL database at the URL (as `node`, if a master).
     `reads_only`: for a command that only looks (see PgStore). `upgrade`: an

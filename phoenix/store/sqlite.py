@@ -19,9 +19,10 @@ import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from phoenix.linux import clock
+from phoenix.linux.paths import StatePaths
 from phoenix.linux.pidfile import lock_held
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
 from phoenix.rules.outcomes import CANCELLED_REASON
@@ -38,6 +39,7 @@ from phoenix.store.base import (
     JournalError,
     OpenAttempt,
     RetryRefused,
+    Upgrade,
     default_key,
     key_conflict,
     timing_differences,
@@ -396,12 +398,6 @@ def _upgrade_to_3(db: sqlite3.Connection) -> None:
         db.execute(statement)
     db.execute("INSERT INTO job_counts VALUES ('scheduled', 0) ON CONFLICT (state) DO NOTHING")
 
-
-# What an open does with a journal of an older schema: "always" upgrade it (the
-# master), upgrade it only if no master runs on it ("alone": commands and
-# clients), or "never" (the preflight, which only reads the jobs' targets).
-Upgrade = Literal["always", "alone", "never"]
-
 # Each journal version's upgrade to the next (version 2 was only PostgreSQL's), applied by Journal._upgrade.
 _UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _upgrade_to_3,  # scheduling: due times, priorities, ticks, pools
@@ -547,7 +543,7 @@ class Journal:
         (version,) = self.db.execute("PRAGMA user_version").fetchone()
         if version >= SCHEMA_VERSION or self.upgrade == "never":
             return
-        if self.upgrade == "alone" and lock_held(self.path.parent / "phoenix.lock"):
+        if self.upgrade == "alone" and lock_held(StatePaths(self.path.parent).lockfile):
             raise JournalError(
                 f"the journal {self.path} is of schema version {version}, and the master running on it is of an "
                 f"older Phoenix than this one ({SCHEMA_VERSION}): move that master onto this release first "
