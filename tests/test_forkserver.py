@@ -21,6 +21,17 @@ def server_of(master, other_than: int | None = None) -> int:
                     what="a fork server")
 
 
+def ready_server_of(master) -> int:
+    """The fork server, once it has imported the app and forked the spare.
+    Until then a job's child comes from the master itself (a job does not
+    wait for the app's import), which is slow to happen on a loaded machine."""
+    def ready():
+        m = master.live()["master"]
+        server, spare = m["fork_server_pid"], m["spare_pid"]
+        return server and spare and procfs.parent_pid(spare) == server and server
+    return wait_for(ready, what="a ready fork server with its spare")
+
+
 def running_pids(master, ids: dict[str, int]) -> dict[str, int]:
     """The pid of each job (key -> id), once all of them run."""
     def pids():
@@ -31,7 +42,7 @@ def running_pids(master, ids: dict[str, int]) -> dict[str, int]:
 
 def test_job_children_are_the_fork_servers_not_the_masters(master_factory):
     master = master_factory("--workers", "2")
-    server = server_of(master)
+    server = ready_server_of(master)
     assert procfs.parent_pid(server) == master.pid
     assert master.status()["master"]["fork_server_pid"] == server  # what an operator sees
     pid = running_pids(master, {"one": master.submit("tests.apps.jobs:sleep", {"s": 1.0}, key="one")})["one"]
@@ -72,9 +83,10 @@ def test_an_exit_the_dead_server_never_reaped_reaches_the_master(master_factory)
     # The server is stopped while its child exits (a zombie it cannot reap),
     # then killed: the zombie is reparented to the master and reaped there.
     master = master_factory("--workers", "1")
-    server = server_of(master)
+    server = ready_server_of(master)
     pid = running_pids(master, {"z": master.submit("tests.apps.jobs:sleep", {"s": 2.0}, key="z")})["z"]
     os.kill(server, signal.SIGSTOP)
+    assert procfs.parent_pid(pid) == server, "the job ran in a child the master forked, not the server"
     try:
         wait_for(lambda: procfs.state(pid) == "Z", what="the job's child to exit unreaped")
     finally:
