@@ -127,7 +127,7 @@ def test_a_job_that_signals_its_parent_does_not_take_the_server_down(master_fact
     # A job written for a Phoenix without a fork server may signal its parent
     # to reach its master: the server blocks such signals.
     master = master_factory(app="tests.apps.takeover:app")
-    server = server_of(master)
+    server = ready_server_of(master)
     master.submit("tests.apps.takeover:signal_parent", {"signal": "SIGTERM"}, key="p")
     wait_for(lambda: master.jobs()["p"]["state"] == "finished", what="the job")
     assert master.jobs()["p"]["result"]["parent"] == server
@@ -163,7 +163,7 @@ def test_a_job_child_carries_no_at_fork_hook_its_app_did_not_import(master_facto
     # per child). The master has them all; the server, a fresh interpreter
     # with only the app and the child's code, has none the app did not bring.
     master = master_factory()
-    server_of(master)
+    ready_server_of(master)
     master.submit("tests.apps.jobs:loaded_modules", {"names": ["threading", "logging", "random", "sqlite3"]}, key="m")
     wait_for(lambda: master.jobs()["m"]["state"] == "finished", what="the job")
     assert master.jobs()["m"]["result"] == []
@@ -183,7 +183,7 @@ def test_the_fork_server_runs_with_the_masters_interpreter_flags(master_factory)
     # A fresh interpreter would otherwise drop `python -O` or `-X dev`: job code
     # would run with asserts the master's operator turned off.
     master = master_factory(launcher=(sys.executable, "-O", "-X", "dev", "-m", "phoenix"))
-    server_of(master)
+    ready_server_of(master)
     master.submit("tests.apps.jobs:interpreter_flags", {}, key="flags")
     wait_for(lambda: master.jobs()["flags"]["state"] == "finished", what="the job")
     assert master.jobs()["flags"]["result"] == {"optimize": 1, "dev_mode": True}
@@ -193,6 +193,7 @@ def test_signal_handlers_the_app_installs_at_import_do_not_reach_its_job_childre
     # The server imports the app after resetting its handlers, then resets
     # them again: a job child keeps the server's table.
     master = master_factory(app="tests.apps.handlers_at_import:app")
+    ready_server_of(master)
     master.submit("tests.apps.handlers_at_import:handlers", {}, key="h")
     master.submit("tests.apps.handlers_at_import:exits", {"code": 3}, key="x")
     wait_for(lambda: master.jobs()["h"]["state"] == "finished", what="the handlers job")
