@@ -10,7 +10,6 @@ import importlib.util
 import math
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -248,6 +247,8 @@ def _pools(name: str, raw: Any, source: str) -> dict[str, int]:
 
 
 def _file_settings(path: Path) -> dict[str, Any]:
+    import tomllib  # here: most masters read no file, and every new image would pay ~2 ms for it
+
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)

@@ -12,13 +12,13 @@ import errno
 import fcntl
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
 from phoenix.errors import Conflict, Unavailable
 from phoenix.linux import procfs
 from phoenix.linux.clock import SYSTEM
+from phoenix.linux.paths import exclusive_temporary
 
 log = logging.getLogger("phoenix")
 
@@ -39,9 +39,9 @@ PIDFILE_MODE = 0o644  # whatever the umask: readable (a pid is no secret), writt
 
 
 def write_atomically(path: Path, pid: int) -> None:
-    """Through a temporary file of an unpredictable name made with O_EXCL
-    (mkstemp): no link planted at a name Phoenix would use is followed."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Through a temporary file of an unpredictable name made with O_EXCL:
+    no link planted at a name Phoenix would use is followed."""
+    fd, temporary = exclusive_temporary(path.parent, f".{path.name}.", ".tmp")
     try:
         os.fchmod(fd, PIDFILE_MODE)
         os.write(fd, f"{pid}\n".encode())

@@ -27,11 +27,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 from typing import Callable, Mapping, Protocol
 
 from phoenix import log
 from phoenix.config import Config
+from phoenix.linux.paths import exclusive_temporary
 from phoenix.master.attempts import Attempt
 from phoenix.master.loop import Loop
 from phoenix.master.specs import JobSpecs
@@ -308,7 +308,7 @@ def instance_token(state_dir: str | os.PathLike[str]) -> str:
             return fields[0]
         # Empty (a crash between create and write), made elsewhere (a copy), or an older Phoenix's: made anew.
     token = os.urandom(16).hex()  # not uuid: it imports platform, milliseconds of every new image's blind window
-    fd, temporary = tempfile.mkstemp(prefix=f".{INSTANCE_FILE}.", dir=state_dir)
+    fd, temporary = exclusive_temporary(state_dir, f".{INSTANCE_FILE}.")
     try:
         with os.fdopen(fd, "w") as made:
             made.write(f"{token} {here}\n")

@@ -6,7 +6,6 @@ config.parse_max_memory.) Pure: tests/unit/test_memory_limits.py, test_cgroups.p
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 from phoenix.linux.cgroups import V1, V2, Files
@@ -41,6 +40,8 @@ PEAK_SLACK = 1024**2
 
 def group_name(state_dir: str) -> str:
     """The group of the master of `state_dir` (its real path): two masters in one cgroup never share one."""
+    import hashlib  # here: it loads OpenSSL (~3 ms of a new image's start), needed only where cgroups are
+
     return GROUP_PREFIX + hashlib.sha256(state_dir.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 

@@ -16,13 +16,12 @@ import math
 import os
 import sqlite3
 import struct
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from phoenix.linux import clock
-from phoenix.linux.paths import StatePaths
+from phoenix.linux.paths import StatePaths, exclusive_temporary
 from phoenix.linux.pidfile import lock_held
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
 from phoenix.rules.outcomes import CANCELLED_REASON
@@ -241,9 +240,9 @@ def _create(path: Path) -> None:
         raise damaged(path, f"it is missing, but its write-ahead log {_wal(path)} is still there: the journal "
                             f"was deleted or moved without it, and a new journal would take in its stale pages")
     # Private to this user (SQLite gives -wal and -shm the same mode): job
-    # parameters and results may be sensitive. mkstemp: an unpredictable name
-    # made with O_EXCL, so no link planted at the name is followed.
-    fd, name = tempfile.mkstemp(prefix=f"{path.name}.creating-", dir=path.parent)
+    # parameters and results may be sensitive. An unpredictable name made
+    # with O_EXCL, so no link planted at the name is followed.
+    fd, name = exclusive_temporary(path.parent, f"{path.name}.creating-")
     os.fchmod(fd, 0o600)  # exactly, whatever the umask
     os.close(fd)
     temp = Path(name)
