@@ -26,6 +26,14 @@ robust where jobs/s on a shared machine is not, and the masters' statements
 per job (pg_stat_statements).
 
 PHOENIX_BENCH_STORE_PARTS=e2e,store_path,latency,idle,recovery picks parts.
+
+PHOENIX_BENCH_STORE_PIN=M,S (e.g. 0,1) pins the server apart from the hosts,
+to judge the shared store per host rather than end to end on one box: every
+PostgreSQL process on CPU S, and this driver on CPU M before it starts any
+contender, so every master, fork server, job child and procrastinate worker
+(all started by it, and inheriting its CPU set) shares CPU M with the
+single-host SQLite master. The e2e ratio phoenix-pg / phoenix-sqlite is then
+3 hosts x 2 slots against 1 host x 6 slots on the same one core.
 """
 
 from __future__ import annotations
@@ -106,6 +114,27 @@ def _postgres_cpu(lab: Lab, backends: set[int]) -> dict[str, float]:
     for pid in _children_of(postmaster):
         out["pg backends" if pid in backends else "pg other"] += _times(pid)[0]
     return out
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of pid and of everything below it onto `cpus`
+    (sched_setaffinity acts on one thread; a child inherits its parent's set)."""
+    for process in (pid, *_children_of(pid)):  # (all its descendants)
+        try:
+            for task in os.listdir(f"/proc/{process}/task"):
+                os.sched_setaffinity(int(task), cpus)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it ended meanwhile
+
+
+def pin_apart(lab: Lab, pin: str, say: Any) -> None:
+    """PHOENIX_BENCH_STORE_PIN=M,S: the server on CPU S, this driver (and so all it starts from now) on CPU M."""
+    masters_cpu, server_cpu = (int(cpu) for cpu in pin.split(","))
+    assert lab.pg.proc is not None
+    _pin(lab.pg.proc.pid, {server_cpu})
+    os.sched_setaffinity(0, {masters_cpu})
+    say(f"store: PostgreSQL pinned to CPU {server_cpu}; the hosts, the SQLite master and the peers "
+        f"to CPU {masters_cpu}")
 
 
 def _driver_cpu() -> float:
@@ -505,7 +534,10 @@ def run(work: Path, mode: str, say: Any) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
     lab = Lab(root, hosts=3, fsync=True).up()
-    out: dict[str, Any] = {"params": params, "fsync": True, "failed": {}}
+    pin = os.environ.get("PHOENIX_BENCH_STORE_PIN", "")
+    if pin:
+        pin_apart(lab, pin, say)
+    out: dict[str, Any] = {"params": params, "fsync": True, "failed": {}, "pinned": pin or None}
     parts: dict[str, Callable[[], dict[str, Any]]] = {
         "e2e": lambda: run_e2e(lab, work, params["jobs"], params["reps"], say),
         "store_path": lambda: run_store_path(lab, params["store_jobs"], params["reps"], say),
