@@ -51,6 +51,10 @@ class Attempt:
     final: dict[str, Any] | None = None  # the finished/failed message, once received
     final_held: bool = False  # the final is in the journal (and was acknowledged to the child)
     connection_closed_at: float | None = None  # monotonic: the child closed its connection (EOF) while it ran
+    # A checkpoint of its that the journal did not take (an outage) waits for
+    # the master: the job is blocked in phoenix.checkpoint() on the master's
+    # shortage, so its stall clock does not run until the ack (hangs.py).
+    checkpoint_waits: bool = False
     kill_reason: KillReason | None = None
     kill_detail: str | None = None
     interrupted: bool = False

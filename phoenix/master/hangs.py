@@ -106,8 +106,11 @@ class HangKiller:
         return attempt.limits(self.config().heartbeat_timeout)
 
     def _judge(self, attempt: Attempt, now: float) -> Verdict:
+        # A job blocked in checkpoint() by the master's journal makes no progress
+        # through no fault of its own: never charged an attempt for our shortage.
+        last_progress = now if attempt.checkpoint_waits else attempt.last_progress
         return verdict(self.limits(attempt), last_beat=attempt.last_beat,
-                       last_progress=attempt.last_progress, started=attempt.started, now=now)
+                       last_progress=last_progress, started=attempt.started, now=now)
 
     def kill(self, attempt: Attempt, reason: KillReason, now: float) -> None:
         ages = {KillReason.HEARTBEAT_TIMEOUT: now - attempt.last_beat,

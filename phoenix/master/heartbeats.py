@@ -336,6 +336,7 @@ class HeartbeatIntake:
         if progress > attempt.progress:
             attempt.progress = progress
             attempt.last_progress = now
+            attempt.checkpoint_waits = False  # it moved on (its checkpoint went to the outbox, say)
 
     def _acknowledge(self) -> None:
         """Once the finals (and checkpoints) are in the journal: tell each
@@ -347,9 +348,14 @@ class HeartbeatIntake:
             assert self.hold_checkpoints is not None
             if self.hold_checkpoints([(h.attempt.job_id, h.attempt.number, h.seq, h.checkpoint or "")
                                       for h in saves]):
+                now = self.clock.monotonic()
                 for h in saves:
+                    if h.attempt.checkpoint_waits:  # its wait was ours: its stall clock starts again now
+                        h.attempt.checkpoint_waits, h.attempt.last_progress = False, now
                     self._send_ack(h)
             else:  # as a final's below
+                for h in saves:
+                    h.attempt.checkpoint_waits = True
                 self.unheld.update((h.attempt.attempt_id, h) for h in saves)
             if not held:
                 return
@@ -383,6 +389,10 @@ class HeartbeatIntake:
         refused, on the connections their children still wait on (rather
         than when each offers it again, up to outcome_delivery_timeout later)."""
         waiting = [h for h in self.unheld.values() if h.link.sock.fileno() in self.links]
+        now = self.clock.monotonic()
+        for h in self.unheld.values():
+            if h not in waiting and h.attempt.checkpoint_waits:  # no longer waits on this connection
+                h.attempt.checkpoint_waits, h.attempt.last_progress = False, now
         self.unheld.clear()
         if waiting:
             self.to_ack = waiting + self.to_ack

@@ -88,6 +88,19 @@ def forks_and_checkpoints(params):
     return {"copy_exit": os.waitstatus_to_exitcode(status)}
 
 
+@app.job(retries=0, stall_timeout=1.0)
+def saves_until(params):
+    """Beats and saves a checkpoint every 0.1 s until the file params["done"] exists."""
+    Path(params["started"]).touch()
+    saves = 0
+    while not Path(params["done"]).exists():
+        phoenix.heartbeat()
+        phoenix.checkpoint({"saves": saves})
+        saves += 1
+        time.sleep(0.1)
+    return {"saves": saves}
+
+
 @app.job(max_memory="150M", retries=0)
 def grows(params):
     """Grows by 20 MB every 40 ms (about 500 MB/s) until it is killed (its limit: 150M)."""

@@ -5,6 +5,7 @@ cannot be written never drops the outcomes the master or its children hold
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,30 @@ def test_a_stop_on_a_full_disk_keeps_every_outcome_and_says_so(master_factory, s
     assert master.wait_exit(timeout=20) == 0, master.log()[-3000:]
     assert "Traceback" not in master.log()
     ran_once_each(master_factory, small_filesystem / "state", notes)
+
+
+def test_a_job_blocked_in_checkpoint_by_a_full_disk_is_not_stall_killed(master_factory, small_filesystem, tmp_path):
+    """FAULTS class 4: never charged an attempt for the master's shortage.
+    Before: the job, blocked in checkpoint() while the master could not write
+    its journal, made no progress and was killed (stall_timeout), a retry used."""
+    started, done = tmp_path / "started", tmp_path / "done"
+    master = master_factory(state=small_filesystem / "state", app="tests.apps.longjobs:app")
+    master.submit("tests.apps.longjobs:saves_until", {"started": str(started), "done": str(done)}, key="saves")
+    wait_for(started.exists, 20, "the job to start")
+    filler = fill(small_filesystem)
+    try:
+        master.wait_log("journal_unwritable", timeout=15)
+        # Three times its 1 s stall_timeout blocked on the master's journal (its beats go on): never killed.
+        until = time.monotonic() + 3.0
+        while time.monotonic() < until:
+            assert "reason=stall_timeout" not in master.log(), master.log()[-3000:]
+            time.sleep(0.1)
+    finally:
+        filler.unlink()
+    done.touch()
+    wait_for(lambda: master.jobs()["saves"]["state"] == "finished", 20, "the job to finish once its saves are taken")
+    job = master.jobs()["saves"]
+    assert job["attempt"] == 1 and job["result"]["saves"] > 0, job
 
 
 def test_stop_reports_a_master_that_could_not_record_its_stop(master_factory, small_filesystem):

@@ -128,6 +128,27 @@ def test_max_runtime_kills_a_child_that_beats(child: subprocess.Popen[bytes]) ->
     assert parts.attempt.kill_reason == KillReason.MAX_RUNTIME
 
 
+def test_a_job_blocked_in_checkpoint_by_the_masters_journal_is_not_stall_killed(
+        child: subprocess.Popen[bytes]) -> None:
+    # Its checkpoint waits for a journal that would not take it (a full disk):
+    # the job makes no progress through no fault of its own, beating all along.
+    parts = Parts(child, JobSpec("m:f", print, stall_timeout=4.0))
+    parts.attempt.checkpoint_waits = True
+    for second in range(1, 21):
+        parts.attempt.last_beat = parts.clock.monotonic()
+        parts.at(float(second))
+    assert parts.attempt.kill_reason is None
+    # Acknowledged at last (heartbeats.py starts its stall clock again then): stalled after that, it is killed.
+    parts.attempt.checkpoint_waits, parts.attempt.last_progress = False, parts.clock.monotonic()
+    for second in range(21, 24):
+        parts.attempt.last_beat = parts.clock.monotonic()
+        parts.at(float(second))
+    assert parts.attempt.kill_reason is None
+    parts.attempt.last_beat = parts.clock.monotonic()
+    parts.at(24.0)
+    assert parts.attempt.kill_reason == KillReason.STALL_TIMEOUT
+
+
 def test_silence_while_the_socket_file_was_gone_is_not_the_child_s(child: subprocess.Popen[bytes]) -> None:
     parts = Parts(child)
     parts.socket_was_gone = True  # put back, and every child given grace (statefiles)
