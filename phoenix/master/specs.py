@@ -5,10 +5,12 @@ lease keeper ask here."""
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 from phoenix.app import App, AppError, JobSpec, decode_params, resolve_target
 from phoenix.config import Config
+from phoenix.linux.untrusted import visible
 from phoenix.rules.policy import may_run
 from phoenix.store.base import Job
 
@@ -52,14 +54,40 @@ class JobSpecs:
     def startable(self, job: Job) -> JobSpec | str:
         """May this job start here? Its spec if so, else why it fails without
         an attempt: its target or parameters are bad (bad JSON fails the job
-        here, not in a child), or its failures, recorded by a master that had
-        no app loaded, are past its policy's retries."""
+        here, not in a child), its checkpoint is damaged, or its failures,
+        recorded by a master that had no app loaded, are past its policy's
+        retries. (A record damaged by another tool fails its job with the
+        reason: it never reaches a child, nor stops the master.)"""
+        if not isinstance(job.params, str):
+            return (f"job {visible(job.key)!r}: its parameters in the journal are not text (a "
+                    f"{type(job.params).__name__}): the record is damaged; submit the job again")
         try:
             spec = self.spec_for(job.target)
             decode_params(job.params)
         except AppError as exc:
             return str(exc)
+        problem = None if job.checkpoint is None else checkpoint_problem(job.checkpoint)
+        if problem is not None:
+            return (f"job {visible(job.key)!r}: its checkpoint in the journal {problem} (damaged, or written by "
+                    f"another tool); `phoenix retry {visible(job.key)} --fresh` runs it from the beginning")
         retries = self.retries(spec)
         if not may_run(job.failures, retries):
             return f"job {job.key!r} failed {job.failures} time(s); its policy allows {retries} retries"
         return spec
+
+
+def checkpoint_problem(saved: object) -> str | None:
+    """What makes a checkpoint read back from the journal unusable, or None.
+    phoenix.checkpoint() saves only JSON text; anything else was put there
+    by another tool, and would end the child (or the master) that reads it."""
+    if not isinstance(saved, str):
+        return f"is not text (a {type(saved).__name__})"
+    try:
+        json.loads(saved, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        return f"is not JSON this process can read ({type(exc).__name__})"
+    return None
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: Python reads them, phoenix.checkpoint() refuses them

@@ -154,6 +154,34 @@ def test_a_poison_final_held_by_a_dead_master_is_recorded_at_the_next_start(mast
     assert master.wait_jobs_done(["after"])["after"]["state"] == "finished"
 
 
+@pytest.mark.parametrize("column, value, said", [
+    ("params", b"{}", "its parameters in the journal are not text (a bytes)"),
+    ("checkpoint", b"{}", "its checkpoint in the journal is not text (a bytes)"),
+    ("checkpoint", "{bad", "its checkpoint in the journal is not JSON this process can read"),
+    ("checkpoint", "NaN", "its checkpoint in the journal is not JSON this process can read"),
+    ("checkpoint", "[" * 100_000, "its checkpoint in the journal is not JSON this process can read"),
+])
+def test_a_job_row_damaged_by_another_tool_fails_its_job_with_the_reason(master_factory, state_dir, column, value,
+                                                                         said):
+    """Found from outside: a BLOB written into a job's row crashed the master
+    at every start (the child's order could not be encoded), and a checkpoint
+    that was not JSON ended each attempt with exit 70 and no word."""
+    state_dir.mkdir(parents=True)
+    with Journal(state_dir / "journal.db") as journal:
+        journal.submit(f"{POISON}:echo", "{}", "damaged")
+        journal.submit(f"{POISON}:echo", "{}", "sound")
+    db = sqlite3.connect(state_dir / "journal.db")
+    with db:
+        db.execute(f"UPDATE jobs SET {column} = ? WHERE key = 'damaged'", (value,))
+    db.close()
+    master = master_factory(app=APP)
+    jobs = master.wait_jobs_done(["damaged", "sound"])
+    assert jobs["damaged"]["state"] == "failed" and jobs["damaged"]["attempt"] == 0, jobs["damaged"]
+    assert said in jobs["damaged"]["error"], jobs["damaged"]["error"]
+    assert jobs["sound"]["state"] == "finished"
+    assert alive(master.pid) and "Traceback" not in master.log()
+
+
 def test_a_result_nested_too_deep_is_an_error_with_the_reason(master_factory):
     master = master_factory(app=APP)
     master.submit(f"{POISON}:returns", {"nest": 5000}, "very-deep")  # past what the child's encoder takes
