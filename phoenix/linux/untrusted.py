@@ -156,8 +156,10 @@ def read_left_file(path: str, limit: int) -> bytes | None:
     looked at before it is read: a FIFO there blocked the master's loop in
     open() for good, a 3 GB file read whole had the master OOM-killed at
     every start, and a symbolic link would have the master (root, perhaps)
-    read another file into its quarantine. Each raises UnusableFile naming
-    why; any other error of open or read is raised as it is."""
+    read another file into its quarantine; a file of another user's (the
+    directory opened to others after the master started) is not its job's
+    (whose child runs as the master's user, as its connection must: heartbeats.py).
+    Each raises UnusableFile naming why; any other error of open or read is raised as it is."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -172,6 +174,8 @@ def read_left_file(path: str, limit: int) -> bytes | None:
         found = os.fstat(fd)
         if not stat.S_ISREG(found.st_mode):
             raise UnusableFile(errno.EINVAL, "not a regular file (a FIFO, a device or a directory)", path)
+        if found.st_uid != os.geteuid():
+            raise UnusableFile(errno.EPERM, f"owned by uid {found.st_uid}, not by this user: not its job's", path)
         if found.st_size > limit:
             raise UnusableFile(errno.EFBIG, f"{found.st_size} bytes, more than any message ({limit})", path)
         chunks, size = [], 0

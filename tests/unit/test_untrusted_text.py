@@ -5,14 +5,18 @@ to fit one message."""
 from __future__ import annotations
 
 import json
+import os
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from phoenix.linux.untrusted import (
     MAX_JSON_DEPTH,
+    UnusableFile,
     cut_traceback,
     json_too_deep,
+    read_left_file,
     storable,
     stored_json,
     unstorable,
@@ -60,3 +64,16 @@ def test_stored_json_reads_json_and_gives_back_what_it_cannot_read_as_text() -> 
     assert stored_json('{"a": [1, "\\udcff"]}') == {"a": [1, "\udcff"]}
     for unreadable in ("[" * 100_000 + "]" * 100_000, '{"a": ', "[NaN]", "Infinity"):
         assert stored_json(unreadable) == unreadable
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_a_left_file_of_another_user_is_not_read(tmp_path):
+    # Found from outside: with the outbox opened to others after the master
+    # started, a file planted by `nobody` became the next attempt's checkpoint.
+    planted = tmp_path / "1.2.checkpoint.json"
+    planted.write_text('{"forged": true}')
+    os.chown(planted, 65534, 65534)
+    with pytest.raises(UnusableFile, match="owned by uid 65534, not by this user"):
+        read_left_file(str(planted), 1000)
+    os.chown(planted, os.geteuid(), os.getegid())
+    assert read_left_file(str(planted), 1000) == b'{"forged": true}'
