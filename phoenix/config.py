@@ -35,7 +35,8 @@ def check_pool_capacity(name: str, capacity: Any) -> None:
 
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
+# ASCII digits only: \d would also take "１５０M" or "٣٣M", which nobody reading the setting sees as a size.
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
 # A child is a forked Python process: it holds the app's imports before the
 # job allocates anything (about 15 MB for a small app). A limit below this
 # would kill every attempt at its first look, for no fault of the job.

@@ -24,6 +24,7 @@ def test_a_limit_is_a_size(text, size):
     (True, "wants a size"), (1.5e9, "wants a size"), ("16M", "below the 32M a Python child needs to start"),
     (0, "below the 32M"), ("9" * 400 + "G", "more memory than any machine has"),
     (2**63, "more memory than any machine has"), ("5000000T", "more memory than any machine has"),
+    ("\uff11\uff15\uff10M", "wants a size"), ("\u0663\u0663M", "wants a size"),  # fullwidth, Arabic-Indic digits
 ])
 def test_anything_else_is_refused_in_one_line_naming_the_fix(value, fix):
     with pytest.raises(ValueError) as raised:
