@@ -211,3 +211,18 @@ def test_a_job_past_its_memory_limit_is_killed_before_twice_it_while_its_neighbo
     assert attempt["max_rss_kb"] < 300 * 1024, attempt
     assert wait_for(lambda: show(state_dir, "neighbour")["state"] == "finished", what="the neighbour's end")
     assert master.live()["master"]["memory_limits"] == "watchdog"
+
+
+def test_a_final_and_a_note_each_at_its_limit_finish_the_job(master_factory, state_dir):
+    """Found from outside: a 64 KiB result and a 200-character note of escaped characters, not yet sent,
+    made one 66812-byte final (68012 with emoji), and the job failed with 'the job's result is not JSON'."""
+    master = master_factory(app=APP)
+    master.submit("tests.apps.longjobs:full_final", {"char": "\u00e9"}, key="accents")
+    master.submit("tests.apps.longjobs:full_final", {"char": "\U0001f600"}, key="emoji")
+    for key, char in (("accents", "\u00e9"), ("emoji", "\U0001f600")):
+        report = wait_for(lambda k=key: (r := show(state_dir, k))["state"] in ("finished", "failed") and r,
+                          what="the job's end")
+        assert report["state"] == "finished" and report["failures"] == 0, report["error"]
+        assert report["result"] == "a" * 65534
+        # The note went first in a message of its own: still the attempt's last word on how far it got.
+        assert report["attempt_list"][0]["progress"] == {"done": 1, "total": 2, "note": char * 200}

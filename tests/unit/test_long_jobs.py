@@ -165,3 +165,50 @@ def test_a_version_3_journal_gets_the_long_jobs_columns_at_open(tmp_path):
         job_id, _ = journal.submit("m:f", "{}", key="k")
         assert journal.checkpoint_of(job_id) is None
         assert journal.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION  # and on through later steps
+
+
+# The largest numbers a message carries (ids and counts below 2**63) and the largest progress
+# a job may report: every character of its note escaped to 12 bytes (a character outside the BMP).
+_BIG = 2**63 - 1
+LARGEST_NEWS = progress_value(-(2**62) - 0.5, -1.7976931348623157e308, "\U0001f600" * MAX_NOTE_CHARS)
+
+
+def test_a_final_within_its_limit_fits_one_message_whatever_rides_with_it():
+    """The sizing rule: the envelope's room covers the largest numbers and flags a child adds."""
+    finished = protocol.encode(_BIG, _BIG, "finished", _BIG, _BIG, **{protocol.RESULT: "a" * 65534})
+    largest_error = "\x00" * ((protocol.MAX_MESSAGE_BYTES - 1024) // 6 - 2)  # child/run.py's MAX_ERROR_JSON_BYTES
+    failed = protocol.encode(_BIG, _BIG, "failed", _BIG, _BIG, error=largest_error, **{protocol.INTERRUPTED: True})
+    checkpoint = protocol.encode(_BIG, _BIG, protocol.CHECKPOINT, _BIG, _BIG,
+                                 **{protocol.SAVED: "\u00e9" * ((protocol.MAX_CHECKPOINT_BYTES - 2) // 6)})
+    assert max(map(len, (finished, failed, checkpoint))) <= protocol.MAX_MESSAGE_BYTES
+
+
+@pytest.mark.parametrize("note", ["\u00e9" * MAX_NOTE_CHARS, "\U0001f600" * MAX_NOTE_CHARS])
+def test_progress_too_large_to_ride_on_a_full_final_goes_first_in_its_own_message(note):
+    """Found from outside: a 64 KiB result (its limit) and a 200-character note (its limit) made a 66812-byte
+    final, and the job failed with 'the job's result is not JSON'."""
+    news = progress_value(1, 2, note)
+    ahead, final = protocol.encode_final(3, 1, "finished", 9, 4, news, **{protocol.RESULT: "a" * 65534})
+    assert ahead is not None and len(ahead) <= protocol.MAX_MESSAGE_BYTES >= len(final)
+    first, last = protocol.decode(ahead), protocol.decode(final)
+    assert first is not None and last is not None
+    assert (first.kind, first.seq, first.body[protocol.PROGRESS]) == ("progress", 9, news)  # before the final
+    assert (last.kind, last.seq, last.body[protocol.RESULT]) == ("finished", 10, "a" * 65534)
+    assert protocol.PROGRESS not in last.body
+
+
+def test_progress_rides_on_a_final_it_fits_and_the_largest_progress_fits_a_message_alone():
+    alone, final = protocol.encode_final(3, 1, "finished", 9, 4, LARGEST_NEWS, **{protocol.RESULT: {"n": 1}})
+    message = protocol.decode(final)
+    assert alone is None and message is not None and message.seq == 9
+    assert message.body[protocol.PROGRESS] == LARGEST_NEWS and message.body[protocol.RESULT] == {"n": 1}
+    largest = protocol.encode(_BIG, _BIG, "progress", _BIG, _BIG, **{protocol.PROGRESS: LARGEST_NEWS})
+    assert len(largest) <= protocol.MAX_MESSAGE_BYTES
+    ahead, error = protocol.encode_final(3, 1, "failed", 9, 4, LARGEST_NEWS, error="\x00" * 10900,
+                                         **{protocol.INTERRUPTED: True})
+    assert ahead is not None and len(error) <= protocol.MAX_MESSAGE_BYTES  # a traceback near its limit too
+
+
+def test_a_result_over_its_own_limit_is_still_refused_as_such_whatever_rides_with_it():
+    with pytest.raises(protocol.ResultTooLarge, match="the job's result is 65537 bytes"):
+        protocol.encode_final(3, 1, "finished", 9, 4, LARGEST_NEWS, **{protocol.RESULT: "a" * 65535})
