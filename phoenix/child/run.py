@@ -44,6 +44,8 @@ else:
 # before recording the attempt, or discarded a spare child).
 EXIT_NO_ORDER = 75
 MAX_ERROR_JSON_BYTES = protocol.MAX_MESSAGE_BYTES - 1024  # of a traceback in a message (room for the rest)
+# The first line of the error of a job that raised phoenix.Interrupted with no stop asked of it.
+SELF_INTERRUPTED = "the job raised phoenix.Interrupted itself, with no stop asked of it (no SIGTERM came)"
 
 
 @dataclass
@@ -557,11 +559,15 @@ def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:
         result = spec.func(context.params)
         _runtime.stop.job_over()
     except Interrupted as exc:
+        _runtime.stop.job_over()
+        trace = "".join(traceback.format_exception(exc))
+        if not _runtime.stop.asked:
+            # No TERM came: the job raised it of its own accord, an error like any other (no stop to blame).
+            return 1, _runtime.next_message("failed", error=_fitted(
+                f"{SELF_INTERRUPTED}; raise another exception to fail, or return, or let a stop raise it\n{trace}"))
         # Let through by the job after a polite stop: `interrupted` if its
         # master asked (no retry used); the checkpoint it saved is where the next attempt starts.
-        _runtime.stop.job_over()
-        return 1, _runtime.next_message("failed", error=_fitted("".join(traceback.format_exception(exc))),
-                                        **{protocol.INTERRUPTED: True})
+        return 1, _runtime.next_message("failed", error=_fitted(trace), **{protocol.INTERRUPTED: True})
     except SystemExit as exc:
         if exc.code in (0, None):
             result = None

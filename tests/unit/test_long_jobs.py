@@ -14,7 +14,7 @@ from phoenix.child.longjobs import MAX_NOTE_CHARS, Interrupted, PoliteStop, chec
 from phoenix.linux.untrusted import MAX_JSON_DEPTH
 from phoenix.master.attempts import Attempt
 from phoenix.master.longjobs import PROGRESS_WRITE_EVERY, ProgressWriter
-from phoenix.rules.outcomes import POLITELY_STOPPED, classify
+from phoenix.rules.outcomes import POLITELY_STOPPED, STOPPED_THEN_FAILED, classify
 from phoenix.rules.states import KillReason, Outcome
 from phoenix.wire import heartbeat as protocol
 
@@ -102,6 +102,43 @@ def test_a_job_that_let_interrupted_end_it_is_judged_by_why_it_was_stopped(inter
                       kill_detail=None)
     assert result.outcome == outcome
     assert (result.reason == POLITELY_STOPPED) == (outcome == Outcome.INTERRUPTED)
+
+
+EXITED_ON_TERM = {protocol.KIND: "failed", protocol.ERROR: "the job called sys.exit(143)"}
+FINISHED_FINAL = {protocol.KIND: "finished", protocol.RESULT: None}
+
+
+@pytest.mark.parametrize(("final", "status"), [
+    (EXITED_ON_TERM, 256),  # its own TERM handler: sys.exit(143), an error as it unwinds
+    (None, 143 << 8),  # os._exit(143) from its handler: no final at all
+])
+def test_an_attempt_phoenix_stopped_that_then_fails_is_interrupted_and_not_charged(final, status):
+    """Found from outside: `phoenix stop` of a job whose own TERM handler called sys.exit(143)
+    recorded `error` and used a retry (failed for good with retries=0)."""
+    result = classify(final=final, status=status, interrupted=True, kill_reason=None, kill_detail=None)
+    assert result.outcome == Outcome.INTERRUPTED
+    if final is not None:
+        assert result.reason == STOPPED_THEN_FAILED and result.error is not None
+        assert result.error.endswith("the job then reported:\nthe job called sys.exit(143)")
+    lease = classify(final=final, status=status, interrupted=True, kill_reason=None, kill_detail="lease lapsed")
+    assert lease.outcome == Outcome.INTERRUPTED and (final is None or lease.error.startswith("lease lapsed; "))
+
+
+def test_what_a_stop_does_not_change():
+    # An error the job reported before the TERM was sent is its own: the stop only hurried its exit.
+    before = classify(final=EXITED_ON_TERM, status=256, interrupted=True, kill_reason=None, kill_detail=None,
+                      final_before_stop=True)
+    assert before.outcome == Outcome.ERROR and before.error == "the job called sys.exit(143)"
+    # A job that returns (or calls sys.exit(0)) after the TERM said it was done (docs/long-jobs.md).
+    done = classify(final=FINISHED_FINAL, status=0, interrupted=True, kill_reason=None, kill_detail=None)
+    assert done.outcome == Outcome.FINISHED and done.result_json == "null"
+    # A cancel stays a cancel, whatever the job did on its TERM.
+    cancelled = classify(final=EXITED_ON_TERM, status=256, interrupted=True, kill_reason=KillReason.CANCELLED,
+                         kill_detail=None)
+    assert cancelled.outcome == Outcome.CANCELLED
+    # No stop asked: an error is the job's own, charged as ever.
+    own = classify(final=EXITED_ON_TERM, status=256, interrupted=False, kill_reason=None, kill_detail=None)
+    assert own.outcome == Outcome.ERROR
 
 
 class FakeClock:
