@@ -45,7 +45,8 @@ else:
 EXIT_NO_ORDER = 75
 MAX_ERROR_JSON_BYTES = protocol.MAX_MESSAGE_BYTES - 1024  # of a traceback in a message (room for the rest)
 # The first line of the error of a job that raised phoenix.Interrupted with no stop asked of it.
-SELF_INTERRUPTED = "the job raised phoenix.Interrupted itself, with no stop asked of it (no SIGTERM came)"
+SELF_INTERRUPTED = ("the job raised phoenix.Interrupted itself, with no stop asked of it (no SIGTERM reached "
+                    "Phoenix's handler)")
 
 
 @dataclass
@@ -110,7 +111,8 @@ class _Runtime:
                     self.sender.send_once(ahead)
                 except OSError:
                     pass  # the final's delivery meets the same error, and has its own way out (the outbox)
-            self.reported_sent = news
+            if news is not None:
+                self.reported_sent = news
             self.seq += 1 if ahead is None else 2
             self.final_seq = self.seq
             return self.seq, final
@@ -564,7 +566,7 @@ def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:
         if not _runtime.stop.asked:
             # No TERM came: the job raised it of its own accord, an error like any other (no stop to blame).
             return 1, _runtime.next_message("failed", error=_fitted(
-                f"{SELF_INTERRUPTED}; raise another exception to fail, or return, or let a stop raise it\n{trace}"))
+                f"{SELF_INTERRUPTED}: counted as the job's own error, as any exception is\n{trace}"))
         # Let through by the job after a polite stop: `interrupted` if its
         # master asked (no retry used); the checkpoint it saved is where the next attempt starts.
         return 1, _runtime.next_message("failed", error=_fitted(trace), **{protocol.INTERRUPTED: True})
