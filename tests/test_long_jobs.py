@@ -211,3 +211,50 @@ def test_a_job_past_its_memory_limit_is_killed_before_twice_it_while_its_neighbo
     assert attempt["max_rss_kb"] < 300 * 1024, attempt
     assert wait_for(lambda: show(state_dir, "neighbour")["state"] == "finished", what="the neighbour's end")
     assert master.live()["master"]["memory_limits"] == "watchdog"
+
+
+def test_a_final_and_a_note_each_at_its_limit_finish_the_job(master_factory, state_dir):
+    """Found from outside: a 64 KiB result and a 200-character note of escaped characters, not yet sent,
+    made one 66812-byte final (68012 with emoji), and the job failed with 'the job's result is not JSON'."""
+    master = master_factory(app=APP)
+    master.submit("tests.apps.longjobs:full_final", {"char": "\u00e9"}, key="accents")
+    master.submit("tests.apps.longjobs:full_final", {"char": "\U0001f600"}, key="emoji")
+    for key, char in (("accents", "\u00e9"), ("emoji", "\U0001f600")):
+        report = wait_for(lambda k=key: (r := show(state_dir, k))["state"] in ("finished", "failed") and r,
+                          what="the job's end")
+        assert report["state"] == "finished" and report["failures"] == 0, report["error"]
+        assert report["result"] == "a" * 65534
+        # The note went first in a message of its own: still the attempt's last word on how far it got.
+        assert report["attempt_list"][0]["progress"] == {"done": 1, "total": 2, "note": char * 200}
+
+
+def test_a_stopped_job_whose_own_term_handler_exits_non_zero_is_interrupted_and_resumes(master_factory,
+                                                                                        state_dir, tmp_path):
+    """Found from outside: `phoenix stop` ("TERM children, jobs go back to pending") failed for good a
+    job (retries=0) whose own TERM handler called sys.exit(143): outcome error, a retry used."""
+    ready = tmp_path / "ready"
+    master = master_factory(app=APP)
+    master.submit("tests.apps.longjobs:exits_on_term", {"code": 143, "ready": str(ready)}, key="own-handler")
+    wait_for(ready.exists, what="the job's own TERM handler installed")
+    result = phoenix_cli("stop", state_dir=state_dir)
+    assert result.returncode == 0, result.stderr
+    assert master.wait_exit() == 0
+    stopped = show(state_dir, "own-handler")
+    assert (stopped["state"], stopped["failures"]) == ("pending", 0), stopped
+    [attempt] = stopped["attempt_list"]
+    assert attempt["outcome"] == "interrupted", attempt
+    master_factory(app=APP)
+    finished = wait_for(lambda: (r := show(state_dir, "own-handler"))["state"] == "finished" and r,
+                        what="the job to run again after the restart")
+    assert finished["result"] == {"attempt": 2} and finished["failures"] == 0
+
+
+def test_a_job_that_raises_interrupted_itself_is_an_error_of_its_own_not_an_outside_sigterm(master_factory,
+                                                                                           state_dir):
+    master = master_factory(app=APP)
+    master.submit("tests.apps.longjobs:raises_interrupted", {}, key="self")
+    report = wait_for(lambda: (r := show(state_dir, "self"))["state"] == "failed" and r, what="the job's end")
+    [attempt] = report["attempt_list"]
+    assert attempt["outcome"] == "error", attempt
+    assert report["error"].startswith("the job raised phoenix.Interrupted itself, with no stop asked of it")
+    assert "phoenix.child.longjobs.Interrupted: gave up on its own" in report["error"]

@@ -44,6 +44,9 @@ else:
 # before recording the attempt, or discarded a spare child).
 EXIT_NO_ORDER = 75
 MAX_ERROR_JSON_BYTES = protocol.MAX_MESSAGE_BYTES - 1024  # of a traceback in a message (room for the rest)
+# The first line of the error of a job that raised phoenix.Interrupted with no stop asked of it.
+SELF_INTERRUPTED = ("the job raised phoenix.Interrupted itself, with no stop asked of it (no SIGTERM reached "
+                    "Phoenix's handler)")
 
 
 @dataclass
@@ -93,13 +96,26 @@ class _Runtime:
     def numbered(self, kind: str, **body: Any) -> tuple[int, bytes]:
         """(its sequence number, the message): numbered under the lock the beat thread takes too."""
         with self.lock:
-            self.seq += 1
-            if kind in protocol.FINAL_KINDS:
-                self.final_seq = self.seq
-                if self.reported is not self.reported_sent:  # the last word on how far it got, kept with the attempt
-                    body[protocol.PROGRESS] = self.reported
-            return self.seq, protocol.encode(self.context.job_id, self.context.attempt, kind, self.seq,
-                                             self.progress, **body)
+            job, attempt = self.context.job_id, self.context.attempt
+            if kind not in protocol.FINAL_KINDS:
+                self.seq += 1
+                return self.seq, protocol.encode(job, attempt, kind, self.seq, self.progress, **body)
+            # The last word on how far it got, kept with the attempt: on the final when both fit.
+            news = self.reported if self.reported is not self.reported_sent else None
+            ahead, final = protocol.encode_final(job, attempt, kind, self.seq + 1, self.progress, news, **body)
+            if ahead is not None:
+                # Too large to ride on the final: sent first, on its own (numbered before the final, so
+                # the master keeps it as the latest). Only once, and never in the final's way: if the
+                # connection takes nothing now, the progress the master last heard stays the attempt's.
+                try:
+                    self.sender.send_once(ahead)
+                except OSError:
+                    pass  # the final's delivery meets the same error, and has its own way out (the outbox)
+            if news is not None:
+                self.reported_sent = news
+            self.seq += 1 if ahead is None else 2
+            self.final_seq = self.seq
+            return self.seq, final
 
     def beat_forever(self) -> None:
         # The first beat is due one interval in (the master's first check
@@ -545,11 +561,15 @@ def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:
         result = spec.func(context.params)
         _runtime.stop.job_over()
     except Interrupted as exc:
+        _runtime.stop.job_over()
+        trace = "".join(traceback.format_exception(exc))
+        if not _runtime.stop.asked:
+            # No TERM came: the job raised it of its own accord, an error like any other (no stop to blame).
+            return 1, _runtime.next_message("failed", error=_fitted(
+                f"{SELF_INTERRUPTED}: counted as the job's own error, as any exception is\n{trace}"))
         # Let through by the job after a polite stop: `interrupted` if its
         # master asked (no retry used); the checkpoint it saved is where the next attempt starts.
-        _runtime.stop.job_over()
-        return 1, _runtime.next_message("failed", error=_fitted("".join(traceback.format_exception(exc))),
-                                        **{protocol.INTERRUPTED: True})
+        return 1, _runtime.next_message("failed", error=_fitted(trace), **{protocol.INTERRUPTED: True})
     except SystemExit as exc:
         if exc.code in (0, None):
             result = None
@@ -569,7 +589,7 @@ def _perform(spec: JobSpec, context: ChildContext) -> tuple[int, bytes]:
             error=(f"the job's result nests more than {MAX_JSON_DEPTH} levels of lists and dicts, deeper than "
                    "Phoenix keeps: return a flatter value"),
         )
-    except protocol.ResultTooLarge as exc:
+    except protocol.MessageTooLarge as exc:  # (a ValueError: before the JSON line below, which it is not)
         return 1, _runtime.next_message("failed", error=str(exc))
     except (TypeError, ValueError) as exc:
         return 1, _runtime.next_message(

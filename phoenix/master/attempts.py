@@ -58,6 +58,7 @@ class Attempt:
     kill_reason: KillReason | None = None
     kill_detail: str | None = None
     interrupted: bool = False
+    final_before_stop: bool = False  # its final had come when Phoenix asked it to stop: the final is its outcome
     escaped: dict[int, int] = field(default_factory=dict)  # pid -> pidfd: its processes outside its group
     # The job's failures when this attempt began (only its own end changes
     # them meanwhile); None: adopted, the recorder reads them from the journal.

@@ -38,7 +38,7 @@ CONNECTION_CLOSED_ADVICE = ("the job closed its own connection to the master (it
 
 
 class HangKiller:
-    """The one writer of an attempt's kill_reason, kill_detail and interrupted."""
+    """The one writer of an attempt's kill_reason, kill_detail, interrupted and final_before_stop."""
 
     def __init__(self, attempts: Mapping[int, Attempt], loop: Loop, config: Callable[[], Config],
                  counters: Counters, links: Links, read_heartbeats: Callable[[], None],
@@ -141,6 +141,8 @@ class HangKiller:
     def interrupt(self, attempt: Attempt, now: float, why: str | None = None) -> None:
         """End an attempt for a reason that is not its job's (a stop, a lapsed
         lease): its outcome is `interrupted`, and its job runs again."""
+        if not attempt.interrupted:  # (the first TERM: a final that came after it is the stop's doing)
+            attempt.final_before_stop = attempt.final is not None
         attempt.interrupted = True
         if why is not None:
             attempt.kill_detail = why

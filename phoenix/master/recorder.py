@@ -86,7 +86,8 @@ class OutcomeRecorder:
             self.guarded(functools.partial(self.journal().save_progress,
                                            [(attempt.attempt_id, longjobs.progress_json(attempt.reported))]), False)
         result = classify(final=final, status=status, interrupted=attempt.interrupted,
-                          kill_reason=attempt.kill_reason, kill_detail=attempt.kill_detail)
+                          kill_reason=attempt.kill_reason, kill_detail=attempt.kill_detail,
+                          final_before_stop=attempt.final_before_stop)
         duration = self.clock.monotonic() - attempt.started
         # An acknowledged final does not mean the child wrote no outbox file: a
         # master frozen past outcome_delivery_timeout acks the final its socket

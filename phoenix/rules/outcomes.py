@@ -9,8 +9,9 @@ Outcomes (the `outcome` of an attempt and of its job in `phoenix status`):
     signalled    killed by a signal someone else sent (an outside SIGKILL or SIGTERM)
     exited       left with an exit code and no outcome (os._exit(3), sys.exit in a thread)
     lost         gone while no master watched, with no outcome in the outbox
-    interrupted  stopped by `phoenix stop` / TERM (the job may have ended itself on
-                 phoenix.Interrupted); the job goes back to pending, no retry used
+    interrupted  stopped by Phoenix (`phoenix stop`, a drain's time running out, a lease running
+                 out) before it reported an outcome: whether it then ended on phoenix.Interrupted, an
+                 error or a non-zero exit of its own TERM handler; back to pending, no retry used
     cancelled    ended by `phoenix cancel`; the job is `cancelled`, never re-run
 
 Pure functions: tests/unit/test_outcomes.py checks every row without a process.
@@ -55,6 +56,10 @@ POLITELY_STOPPED = "stopped; it ended on phoenix.Interrupted"
 
 OUTSIDE_TERM = "SIGTERM, not sent by Phoenix; the job ended on phoenix.Interrupted"
 
+# The reason of an attempt Phoenix asked to stop that then ended in an error of its
+# own (a TERM handler of the job's that calls sys.exit(1), an exception on the way out).
+STOPPED_THEN_FAILED = "stopped; it then ended with an error"
+
 # The reason of a cancelled attempt, and the start of the error `on_failed` receives.
 CANCELLED_REASON = "cancelled by the operator (phoenix cancel)"
 
@@ -84,11 +89,14 @@ class Classified:
 
 
 def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: bool,
-             kill_reason: KillReason | None, kill_detail: str | None,
+             kill_reason: KillReason | None, kill_detail: str | None, final_before_stop: bool = False,
              lost_reason: str = "exited while adopted; its exit status went to its former parent") -> Classified:
     """The outcome of an attempt, from what is known of its end, most telling first:
     its own final message (or outbox file), a stop, a kill, its exit status.
     `status` is None when the process was not our child (adopted) or is gone.
+    `interrupted`: Phoenix asked it to stop (its TERM); `final_before_stop`:
+    its final had already come then (the stop only hurried its exit), so
+    that final is its outcome, and not the stop.
     The error text is the traceback or the reason alone (its last line says
     what happened); max RSS is recorded in its own column, not in it."""
     reason: str | None = None
@@ -111,6 +119,12 @@ def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: b
         outcome, reason = Outcome.CANCELLED, CANCELLED_REASON
         if final is not None:
             error = f"{CANCELLED_REASON}; the job then reported:\n{_error_text(final)}"
+    elif final is not None and interrupted and not final_before_stop:
+        # Phoenix's TERM came first: whatever the job then made of it (its own
+        # handler's sys.exit(143), an error while unwinding) is the stop's
+        # doing, not the job's failure. No retry used; it resumes.
+        outcome, reason = Outcome.INTERRUPTED, STOPPED_THEN_FAILED
+        error = f"{kill_detail or STOPPED_THEN_FAILED}; the job then reported:\n{_error_text(final)}"
     elif final is not None:
         outcome, error = Outcome.ERROR, _error_text(final)
     elif interrupted:

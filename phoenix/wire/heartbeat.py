@@ -129,6 +129,27 @@ def encode(job: int, attempt: int, kind: str, seq: int, progress: int, **body: A
     return data
 
 
+def encode_final(job: int, attempt: int, kind: str, seq: int, progress: int, news: list[Any] | None,
+                 **body: Any) -> tuple[bytes | None, bytes]:
+    """A final message (`kind` finished or failed), and the job's latest
+    phoenix.progress() `news` that no message carried yet (None: nothing
+    unsent): (None, the final numbered `seq` carrying it) when both fit one
+    message, else (a progress message numbered `seq`, the final numbered
+    `seq + 1` without it). A final within its documented limit always fits
+    on its own; what rides with it must never push it over (a 200-character
+    note of escaped characters is 2.4 KB), so the news goes first in a
+    message of its own. Raises ResultTooLarge as `encode` does."""
+    if news is not None:
+        try:
+            return None, encode(job, attempt, kind, seq, progress, **body, **{PROGRESS: news})
+        except (ResultTooLarge, CheckpointTooLarge):
+            raise  # the job's own value is over its limit, whatever rides with it
+        except MessageTooLarge:
+            return (encode(job, attempt, "progress", seq, progress, **{PROGRESS: news}),
+                    encode(job, attempt, kind, seq + 1, progress, **body))
+    return None, encode(job, attempt, kind, seq, progress, **body)
+
+
 def _count(value: object) -> TypeGuard[int]:
     """A plain int (not a bool, not 1.0) that is not negative."""
     return type(value) is int and value >= 0

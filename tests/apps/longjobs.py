@@ -147,3 +147,33 @@ def grows_unlimited(params):
     while True:
         held.append(b"x" * (20 * 1024 * 1024))
         time.sleep(0.04)
+
+
+@app.job(retries=0)
+def full_final(params):
+    """A result of exactly 64 KiB of JSON and a 200-character note not yet sent: each at its limit."""
+    phoenix.progress(0, 2, "start")
+    phoenix.progress(1, 2, params.get("char", "\u00e9") * 200)
+    return "a" * 65534
+
+
+@app.job(retries=0)
+def exits_on_term(params):
+    """Its own TERM handler leaves with sys.exit(params["code"]) (Phoenix's polite stop replaced);
+    its second attempt returns at once."""
+    import signal
+    import sys
+
+    job = phoenix.current_job()
+    if job.attempt > 1:
+        return {"attempt": job.attempt}
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(params["code"]))
+    Path(params["ready"]).touch()
+    while True:
+        time.sleep(0.05)
+
+
+@app.job(retries=0)
+def raises_interrupted(params):
+    """Raises phoenix.Interrupted itself: nobody asked it to stop."""
+    raise phoenix.Interrupted("gave up on its own")

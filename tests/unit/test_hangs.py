@@ -192,3 +192,17 @@ def test_kill_follows_term_after_kill_grace() -> None:
         if child_ignoring_term.poll() is None:
             child_ignoring_term.kill()
         child_ignoring_term.wait()
+
+
+@pytest.mark.parametrize("final_first", [False, True])
+def test_a_stop_remembers_whether_the_attempts_final_had_come_at_its_first_term(
+        child: subprocess.Popen[bytes], final_first: bool) -> None:
+    """What rules/outcomes.classify needs to tell the stop's doing from the job's own outcome."""
+    parts = Parts(child)
+    if final_first:
+        parts.attempt.final = {"k": "failed", "error": "its own"}
+    parts.hangs.interrupt(parts.attempt, parts.clock.monotonic())
+    assert child.wait(timeout=5) == -signal.SIGTERM
+    parts.attempt.final = {"k": "failed", "error": "the job called sys.exit(143)"}  # on its way out
+    parts.hangs.interrupt(parts.attempt, parts.clock.monotonic())  # a second stop (a drain, then stop)
+    assert parts.attempt.interrupted and parts.attempt.final_before_stop == final_first

@@ -14,7 +14,7 @@ from phoenix.child.longjobs import MAX_NOTE_CHARS, Interrupted, PoliteStop, chec
 from phoenix.linux.untrusted import MAX_JSON_DEPTH
 from phoenix.master.attempts import Attempt
 from phoenix.master.longjobs import PROGRESS_WRITE_EVERY, ProgressWriter
-from phoenix.rules.outcomes import POLITELY_STOPPED, classify
+from phoenix.rules.outcomes import POLITELY_STOPPED, STOPPED_THEN_FAILED, classify
 from phoenix.rules.states import KillReason, Outcome
 from phoenix.wire import heartbeat as protocol
 
@@ -104,6 +104,43 @@ def test_a_job_that_let_interrupted_end_it_is_judged_by_why_it_was_stopped(inter
     assert (result.reason == POLITELY_STOPPED) == (outcome == Outcome.INTERRUPTED)
 
 
+EXITED_ON_TERM = {protocol.KIND: "failed", protocol.ERROR: "the job called sys.exit(143)"}
+FINISHED_FINAL = {protocol.KIND: "finished", protocol.RESULT: None}
+
+
+@pytest.mark.parametrize(("final", "status"), [
+    (EXITED_ON_TERM, 256),  # its own TERM handler: sys.exit(143), an error as it unwinds
+    (None, 143 << 8),  # os._exit(143) from its handler: no final at all
+])
+def test_an_attempt_phoenix_stopped_that_then_fails_is_interrupted_and_not_charged(final, status):
+    """Found from outside: `phoenix stop` of a job whose own TERM handler called sys.exit(143)
+    recorded `error` and used a retry (failed for good with retries=0)."""
+    result = classify(final=final, status=status, interrupted=True, kill_reason=None, kill_detail=None)
+    assert result.outcome == Outcome.INTERRUPTED
+    if final is not None:
+        assert result.reason == STOPPED_THEN_FAILED and result.error is not None
+        assert result.error.endswith("the job then reported:\nthe job called sys.exit(143)")
+    lease = classify(final=final, status=status, interrupted=True, kill_reason=None, kill_detail="lease lapsed")
+    assert lease.outcome == Outcome.INTERRUPTED and (final is None or lease.error.startswith("lease lapsed; "))
+
+
+def test_what_a_stop_does_not_change():
+    # An error the job reported before the TERM was sent is its own: the stop only hurried its exit.
+    before = classify(final=EXITED_ON_TERM, status=256, interrupted=True, kill_reason=None, kill_detail=None,
+                      final_before_stop=True)
+    assert before.outcome == Outcome.ERROR and before.error == "the job called sys.exit(143)"
+    # A job that returns (or calls sys.exit(0)) after the TERM said it was done (docs/long-jobs.md).
+    done = classify(final=FINISHED_FINAL, status=0, interrupted=True, kill_reason=None, kill_detail=None)
+    assert done.outcome == Outcome.FINISHED and done.result_json == "null"
+    # A cancel stays a cancel, whatever the job did on its TERM.
+    cancelled = classify(final=EXITED_ON_TERM, status=256, interrupted=True, kill_reason=KillReason.CANCELLED,
+                         kill_detail=None)
+    assert cancelled.outcome == Outcome.CANCELLED
+    # No stop asked: an error is the job's own, charged as ever.
+    own = classify(final=EXITED_ON_TERM, status=256, interrupted=False, kill_reason=None, kill_detail=None)
+    assert own.outcome == Outcome.ERROR
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 100.0
@@ -165,3 +202,50 @@ def test_a_version_3_journal_gets_the_long_jobs_columns_at_open(tmp_path):
         job_id, _ = journal.submit("m:f", "{}", key="k")
         assert journal.checkpoint_of(job_id) is None
         assert journal.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION  # and on through later steps
+
+
+# The largest numbers a message carries (ids and counts below 2**63) and the largest progress
+# a job may report: every character of its note escaped to 12 bytes (a character outside the BMP).
+_BIG = 2**63 - 1
+LARGEST_NEWS = progress_value(-(2**62) - 0.5, -1.7976931348623157e308, "\U0001f600" * MAX_NOTE_CHARS)
+
+
+def test_a_final_within_its_limit_fits_one_message_whatever_rides_with_it():
+    """The sizing rule: the envelope's room covers the largest numbers and flags a child adds."""
+    finished = protocol.encode(_BIG, _BIG, "finished", _BIG, _BIG, **{protocol.RESULT: "a" * 65534})
+    largest_error = "\x00" * ((protocol.MAX_MESSAGE_BYTES - 1024) // 6 - 2)  # child/run.py's MAX_ERROR_JSON_BYTES
+    failed = protocol.encode(_BIG, _BIG, "failed", _BIG, _BIG, error=largest_error, **{protocol.INTERRUPTED: True})
+    checkpoint = protocol.encode(_BIG, _BIG, protocol.CHECKPOINT, _BIG, _BIG,
+                                 **{protocol.SAVED: "\u00e9" * ((protocol.MAX_CHECKPOINT_BYTES - 2) // 6)})
+    assert max(map(len, (finished, failed, checkpoint))) <= protocol.MAX_MESSAGE_BYTES
+
+
+@pytest.mark.parametrize("note", ["\u00e9" * MAX_NOTE_CHARS, "\U0001f600" * MAX_NOTE_CHARS])
+def test_progress_too_large_to_ride_on_a_full_final_goes_first_in_its_own_message(note):
+    """Found from outside: a 64 KiB result (its limit) and a 200-character note (its limit) made a 66812-byte
+    final, and the job failed with 'the job's result is not JSON'."""
+    news = progress_value(1, 2, note)
+    ahead, final = protocol.encode_final(3, 1, "finished", 9, 4, news, **{protocol.RESULT: "a" * 65534})
+    assert ahead is not None and len(ahead) <= protocol.MAX_MESSAGE_BYTES >= len(final)
+    first, last = protocol.decode(ahead), protocol.decode(final)
+    assert first is not None and last is not None
+    assert (first.kind, first.seq, first.body[protocol.PROGRESS]) == ("progress", 9, news)  # before the final
+    assert (last.kind, last.seq, last.body[protocol.RESULT]) == ("finished", 10, "a" * 65534)
+    assert protocol.PROGRESS not in last.body
+
+
+def test_progress_rides_on_a_final_it_fits_and_the_largest_progress_fits_a_message_alone():
+    alone, final = protocol.encode_final(3, 1, "finished", 9, 4, LARGEST_NEWS, **{protocol.RESULT: {"n": 1}})
+    message = protocol.decode(final)
+    assert alone is None and message is not None and message.seq == 9
+    assert message.body[protocol.PROGRESS] == LARGEST_NEWS and message.body[protocol.RESULT] == {"n": 1}
+    largest = protocol.encode(_BIG, _BIG, "progress", _BIG, _BIG, **{protocol.PROGRESS: LARGEST_NEWS})
+    assert len(largest) <= protocol.MAX_MESSAGE_BYTES
+    ahead, error = protocol.encode_final(3, 1, "failed", 9, 4, LARGEST_NEWS, error="\x00" * 10900,
+                                         **{protocol.INTERRUPTED: True})
+    assert ahead is not None and len(error) <= protocol.MAX_MESSAGE_BYTES  # a traceback near its limit too
+
+
+def test_a_result_over_its_own_limit_is_still_refused_as_such_whatever_rides_with_it():
+    with pytest.raises(protocol.ResultTooLarge, match="the job's result is 65537 bytes"):
+        protocol.encode_final(3, 1, "finished", 9, 4, LARGEST_NEWS, **{protocol.RESULT: "a" * 65535})
