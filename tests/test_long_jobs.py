@@ -236,7 +236,7 @@ def test_a_drain_with_timeout_0_interrupts_the_running_jobs_at_once(master_facto
     began = time.monotonic()
     result = phoenix_cli("stop", "--drain", "--timeout", "0", state_dir=state_dir)
     assert result.returncode == 0, result.stderr
-    assert "interrupting them" in result.stderr and f"stopped master pid {master.pid}" in result.stdout
+    assert f"stopped master pid {master.pid}" in result.stdout
     assert master.wait_exit() == 0
     assert time.monotonic() - began < 10  # the job alone would have run about 30 s
     assert_interrupted_politely(state_dir)

@@ -515,9 +515,9 @@ def _wait_out_the_drain(paths: StatePaths, sent: control.StopSent, drain_time: f
     during a drain). Returns the stop to wait on next, and why the master
     still runs if no interrupt mends it (outcomes its journal cannot take
     yet), else ""."""
-    still_running = True
-    if drain_time > 0:
-        _ending, still_running = sent.wait_ending(drain_time)
+    if drain_time == 0:  # interrupted at once, as asked (none may have run): nothing to say
+        return (sent if master_holds_it else _stop_now(paths, sent)), ""
+    _ending, still_running = sent.wait_ending(drain_time)
     if not still_running:
         return sent, ""
     why_not = _why_still_running(paths)
@@ -525,10 +525,13 @@ def _wait_out_the_drain(paths: StatePaths, sent: control.StopSent, drain_time: f
         return sent, why_not
     # Each job may save a checkpoint and return within kill_grace, and resumes at the next start.
     click.echo(f"jobs still running after {drain_time:g} s of draining: interrupting them", err=True)
-    if master_holds_it:
-        return sent, ""
-    sent.close()
-    return control.stop(paths.control_socket, "term"), ""
+    return (sent if master_holds_it else _stop_now(paths, sent)), ""
+
+
+def _stop_now(paths: StatePaths, draining: control.StopSent) -> control.StopSent:
+    """A master of an older release holds no drain's deadline: a stop during its drain interrupts its jobs."""
+    draining.close()
+    return control.stop(paths.control_socket, "term")
 
 
 STOP_WAIT = 60.0  # seconds `phoenix stop` waits for the master to exit, unless --timeout says
