@@ -9,13 +9,15 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
 from phoenix.wire import heartbeat as protocol
-from tests.conftest import Master, phoenix_cli, wait_for
+from tests.conftest import REPO, Master, phoenix_cli, wait_for
+from tests.driver import PHOENIX
 
 APP = "tests.apps.longjobs:app"
 
@@ -258,3 +260,82 @@ def test_a_job_that_raises_interrupted_itself_is_an_error_of_its_own_not_an_outs
     assert attempt["outcome"] == "error", attempt
     assert report["error"].startswith("the job raised phoenix.Interrupted itself, with no stop asked of it")
     assert "phoenix.child.longjobs.Interrupted: gave up on its own" in report["error"]
+
+
+def start_polite_job(master: Master, state_dir: Path, log: Path) -> None:
+    """A polite job of about 30 s (far past every wait below), running with some progress made."""
+    master.submit("tests.apps.longjobs:polite", {"n": 600, "log": str(log)}, key="polite")
+    wait_for(lambda: (show(state_dir, "polite")["progress"] or {}).get("done", 0) >= 3, what="some progress")
+
+
+def assert_interrupted_politely(state_dir: Path) -> None:
+    stopped = show(state_dir, "polite")
+    assert stopped["state"] == "pending" and stopped["failures"] == 0, stopped
+    assert stopped["attempt_list"][0]["outcome"] == "interrupted"
+    assert stopped["checkpoint"]["next"] >= 2  # saved on the way out, in its except phoenix.Interrupted
+
+
+def test_a_drain_with_timeout_0_interrupts_the_running_jobs_at_once(master_factory, state_dir, tmp_path):
+    """0 once put the command's socket in non-blocking mode: it said "has not exited after 0.0 s", exit 1,
+    and left the master draining with its job running to the end."""
+    master = master_factory(app=APP)
+    start_polite_job(master, state_dir, tmp_path / "attempts.log")
+    began = time.monotonic()
+    result = phoenix_cli("stop", "--drain", "--timeout", "0", state_dir=state_dir)
+    assert result.returncode == 0, result.stderr
+    assert f"stopped master pid {master.pid}" in result.stdout
+    assert master.wait_exit() == 0
+    assert time.monotonic() - began < 10  # the job alone would have run about 30 s
+    assert_interrupted_politely(state_dir)
+
+
+def test_a_drain_whose_stop_command_dies_is_still_interrupted_at_its_deadline(master_factory, state_dir,
+                                                                                tmp_path):
+    """The master holds the drain's deadline: a `phoenix stop --drain --timeout` that dies (Ctrl-C, an SSH
+    session dropped) leaves no master draining for ever."""
+    master = master_factory(app=APP)
+    start_polite_job(master, state_dir, tmp_path / "attempts.log")
+    command = subprocess.Popen([*PHOENIX, "stop", "--drain", "--timeout", "2", "--state-dir", str(state_dir)],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        master.wait_log("drain", what="the drain to begin")
+        command.send_signal(signal.SIGINT)  # Ctrl-C: the command ends, its deadline with it (before the fix)
+        command.wait(timeout=10)
+    finally:
+        command.kill()
+        command.wait()
+    assert master.status()["master"]["state"] == "draining"
+    assert master.wait_exit(timeout=12) == 0  # 2 s, then kill_grace (3 s) at most
+    assert_interrupted_politely(state_dir)
+    assert "drain_out_of_time" in master.log()
+
+
+REFUSED_WAITS = [
+    ("stop", "--drain", "--timeout", "-1"), ("stop", "--drain", "--timeout", "-inf"),
+    ("stop", "--drain", "--timeout", "nan"), ("stop", "--drain", "--timeout", "inf"),
+    ("stop", "--drain", "--timeout", "1e309"), ("stop", "--timeout", "nan"), ("stop", "--timeout", "-1"),
+    ("reload", "--wait", "--timeout", "nan"), ("reload", "--wait", "--timeout", "0"),
+    ("status", "--watch", "inf"), ("status", "--watch", "0"),
+]
+
+
+def test_a_wait_that_is_not_a_finite_number_of_seconds_is_refused_with_the_fix(master_factory, state_dir):
+    """nan, inf and negative waits reached a socket's timeout or a deadline: a traceback (inf's overflow), a
+    wait with no end (nan), or a false "has not exited" at once (0, -1, -inf). One master for every case."""
+    master = master_factory(app=APP)
+    for args in REFUSED_WAITS:
+        result = phoenix_cli(*args, state_dir=state_dir)
+        assert result.returncode == 2, (args, result.returncode, result.stderr)
+        error = [line for line in result.stderr.splitlines() if "rror" in line]
+        assert len(error) == 1 and "is not a number of seconds from" in error[0], (args, result.stderr)
+        assert "give e.g. 30" in error[0] and "Traceback" not in result.stderr, (args, result.stderr)
+    assert master.live()["master"]["state"] == "running"
+
+
+def test_a_plain_stop_with_timeout_0_is_refused_with_the_fix(master_factory, state_dir):
+    """It said "has not exited after 0.0 s", exit 1, while the master went on to stop."""
+    master = master_factory(app=APP)
+    result = phoenix_cli("stop", "--timeout", "0", state_dir=state_dir)
+    assert result.returncode == 2, result.stderr
+    assert "--timeout 0 leaves no time to see the master exit" in result.stderr
+    assert master.live()["master"]["state"] == "running"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import math
 import os
 import stat
 import sys
@@ -108,6 +109,33 @@ state_dir_option = click.option(
 HOW_MANY = click.IntRange(min=1, max=1_000_000_000)
 JOB_ID = click.IntRange(min=0, max=2**63 - 2)
 ATTEMPT_NUMBER = click.IntRange(min=1, max=2**31 - 1)
+
+
+class Seconds(click.ParamType[float]):
+    """A wait on the command line that becomes a socket's timeout or a
+    deadline: a finite number of seconds, at most a year (past about 30
+    years a socket timeout overflows). nan passes every comparison (and
+    float() takes "nan", "inf", "-inf"), so each is refused by name; 0 only
+    where it means something (`--drain --timeout 0`: interrupt now)."""
+
+    name = "seconds"
+
+    def __init__(self, zero_ok: bool = False) -> None:
+        self.zero_ok = zero_ok
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        lowest = 0.0 if self.zero_ok else 0.001
+        if not lowest <= seconds <= MAX_SECONDS:  # (nan: False)
+            self.fail(f"{value!r} is not a number of seconds from {lowest:g} to {MAX_SECONDS:.0f} (a year): "
+                      f"give e.g. 30", param, ctx)
+        return seconds
+
+
+MAX_SECONDS = 365 * 24 * 3600.0
 
 
 _warned: set[str] = set()
@@ -364,7 +392,7 @@ def submit(target: str, params: str, key: str | None, run_in: str | None, run_at
 @main.command()
 @state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
-@click.option("--watch", "watch_interval", type=float, is_flag=False, flag_value=1.0, default=None,
+@click.option("--watch", "watch_interval", type=Seconds(), is_flag=False, flag_value=1.0, default=None,
               help="Refresh in place every N seconds (default 1) until Ctrl-C.")
 @store_option
 @click.option("--node", help="With a shared store: this master (node) and its jobs only.")
@@ -431,48 +459,83 @@ def status(state_dir: str | None, as_json: bool, watch_interval: float | None, s
 @state_dir_option
 @click.option("--drain", is_flag=True, help="Start nothing new, let running jobs finish (QUIT).")
 @click.option("--leave-running", is_flag=True, help="Exit the master; children keep running for the next one.")
-@click.option("--timeout", type=float, help="Seconds to wait for the master to exit (default 60); with --drain, "
-              "for its jobs to finish, after which the rest are interrupted politely (TERM: phoenix.Interrupted, "
-              "KILL after kill_grace). Without it a drain lets its jobs run however long they take.")
+@click.option("--timeout", type=Seconds(zero_ok=True),
+              help="Seconds to wait for the master to exit (default 60); with --drain, for its jobs to finish, "
+              "after which the master interrupts the rest politely (TERM: phoenix.Interrupted, KILL after "
+              "kill_grace), even if this command is gone (0: at once). Without it a drain lets its jobs run "
+              "however long they take.")
 @friendly_errors
 def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float | None) -> None:
     """Stop the master (TERM children, jobs go back to pending) and wait for it to exit."""
-    interrupt_after = drain and timeout is not None  # the drain's time is the operator's
-    timeout = STOP_WAIT if timeout is None else timeout
+    drain_time = timeout if drain else None  # the drain's time is the operator's; the master holds it
     if drain and leave_running:
         fail("choose one of --drain and --leave-running")
+    if timeout == 0 and not drain:
+        fail("--timeout 0 leaves no time to see the master exit: give seconds above 0 (or --drain --timeout 0 "
+             "to interrupt the running jobs at once)")
     paths = _state_paths(state_dir)
     pid = _running_master(paths)
     if pid is None:
         fail(f"no master is running on {paths.root}{_nothing_here(paths, state_dir)}", EXIT_NOT_RUNNING)
     mode = "drain" if drain else "leave" if leave_running else "term"
-    deadline = time.monotonic() + timeout
-    reply, ending, still_running = control.stop(paths.control_socket, mode, timeout)
-    if still_running and interrupt_after and not _why_still_running(paths):
-        # The drain's time ran out with jobs running (not outcomes the journal cannot take yet, which no
-        # interrupt mends): they are asked to stop (each may save a checkpoint and return within
-        # kill_grace), and resume at the next start.
-        click.echo(f"jobs still running after {timeout:g} s of draining: interrupting them", err=True)
-        deadline = time.monotonic() + INTERRUPTED_EXIT_WAIT
-        reply, ending, still_running = control.stop(paths.control_socket, "term", INTERRUPTED_EXIT_WAIT)
-        timeout += INTERRUPTED_EXIT_WAIT
+    exit_wait = STOP_WAIT if timeout is None or drain_time is not None else timeout
+    sent = control.stop(paths.control_socket, mode, drain_time)
+    try:
+        if drain_time is not None:
+            # The master's own count (a drain under way may have an earlier deadline); an older master holds none.
+            held = sent.reply.get("interrupt_after")
+            drain_time = min(drain_time, held) if isinstance(held, (int, float)) else drain_time
+            sent, why_not = _wait_out_the_drain(paths, sent, drain_time, held is not None)
+            if why_not:  # no interrupt mends it: said at once
+                fail(f"the master (pid {pid}) has not exited after {drain_time:g} s{why_not}", 1)
+        deadline = time.monotonic() + exit_wait
+        ending, still_running = sent.wait_ending(exit_wait)
+    finally:
+        sent.close()
+    waited = exit_wait if drain_time is None else drain_time + exit_wait
     if still_running:
-        fail(f"the master (pid {pid}) has not exited after {timeout} s{_why_still_running(paths)}", 1)
+        fail(f"the master (pid {pid}) has not exited after {waited:g} s{_why_still_running(paths)}", 1)
     while pidfile.live_master_pid(paths.pidfile, paths.lockfile) is not None:
         if time.monotonic() > deadline:
-            fail(f"the master (pid {pid}) has not exited after {timeout} s", 1)
+            fail(f"the master (pid {pid}) has not exited after {waited:g} s", 1)
         time.sleep(0.05)
     if ending is not None and ending.get("error"):
         why = visible(str(ending["error"]))  # a crash's words may be anything
         fail(f"the master (pid {pid}) stopped with exit code {ending.get('exit_code')}: {why}", 1)
-    if ending is None and reply.get("report_exit"):
+    if ending is None and sent.reply.get("report_exit"):
         fail(f"the master (pid {pid}) ended without saying how (killed, or crashed): see its log", 1)
     click.echo(f"stopped master pid {pid}")
 
 
+def _wait_out_the_drain(paths: StatePaths, sent: control.StopSent, drain_time: float,
+                        master_holds_it: bool) -> tuple[control.StopSent, str]:
+    """Wait the drain's time for the master to end; if it still runs then,
+    say that its jobs are interrupted: the master interrupts them itself at
+    its deadline, and a master of an older release is asked to (a stop
+    during a drain). Returns the stop to wait on next, and why the master
+    still runs if no interrupt mends it (outcomes its journal cannot take
+    yet), else ""."""
+    if drain_time == 0:  # interrupted at once, as asked (none may have run): nothing to say
+        return (sent if master_holds_it else _stop_now(paths, sent)), ""
+    _ending, still_running = sent.wait_ending(drain_time)
+    if not still_running:
+        return sent, ""
+    why_not = _why_still_running(paths)
+    if why_not:
+        return sent, why_not
+    # Each job may save a checkpoint and return within kill_grace, and resumes at the next start.
+    click.echo(f"jobs still running after {drain_time:g} s of draining: interrupting them", err=True)
+    return (sent if master_holds_it else _stop_now(paths, sent)), ""
+
+
+def _stop_now(paths: StatePaths, draining: control.StopSent) -> control.StopSent:
+    """A master of an older release holds no drain's deadline: a stop during its drain interrupts its jobs."""
+    draining.close()
+    return control.stop(paths.control_socket, "term")
+
+
 STOP_WAIT = 60.0  # seconds `phoenix stop` waits for the master to exit, unless --timeout says
-# After a drain's time ran out: how long its interrupted jobs (kill_grace each, at most) and the master may take.
-INTERRUPTED_EXIT_WAIT = 60.0
+
 
 
 def _running_master(paths: StatePaths) -> int | None:
@@ -504,7 +567,7 @@ def _why_still_running(paths: StatePaths) -> str:
 @main.command()
 @state_dir_option
 @click.option("--wait/--no-wait", default=False, help="Wait until the new master is ready; exit 1 if it failed.")
-@click.option("--timeout", type=float, default=120.0, show_default=True)
+@click.option("--timeout", type=Seconds(), default=120.0, show_default=True)
 @click.option("--force", is_flag=True,
               help="Replace even if the new code lacks job targets that queued jobs use (those jobs fail).")
 @friendly_errors

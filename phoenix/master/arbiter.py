@@ -328,6 +328,7 @@ class Master:
                 self.settler.settle()
                 self.handoff.continue_when_quiet()
                 self.handoff.enforce_deadline()
+                self.stopping.interrupt_drain_if_due()
                 self.storage.guarded(self.stopping.check_finished)
                 if not self.outage.active:  # only shown: never a wait on a store that is out
                     self.storage.guarded(self.progress.write_if_due)
@@ -361,7 +362,7 @@ class Master:
             deadlines.append(timer)
         for due in (self.callbacks.next_deadline(self.config.callback_timeout), self.intake.next_deadline(),
                     self.settler.next_deadline(), self.progress.next_deadline(), self.memory.next_deadline(),
-                    self.cgroups.next_deadline()):
+                    self.cgroups.next_deadline(), self.stopping.next_deadline()):
             if due is not None:
                 deadlines.append(due)
         return min(deadlines)

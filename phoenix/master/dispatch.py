@@ -15,7 +15,7 @@ from phoenix.linux import pid1
 from phoenix.linux.clock import Clock
 from phoenix.master.attempts import AttemptTable
 from phoenix.master.hangs import HangKiller
-from phoenix.rules.commands import BadRequest, Command, from_request
+from phoenix.rules.commands import BadRequest, Command, from_request, interrupt_after
 from phoenix.rules.states import StopMode
 from phoenix.store.base import WAITING, Store
 
@@ -36,7 +36,8 @@ class Commanded(Protocol):
 class Stops(Protocol):
     """The way out (stopping.Stopping)."""
 
-    def begin_stop(self, mode: StopMode, signum: int | None = None) -> None: ...
+    def begin_stop(self, mode: StopMode, signum: int | None = None,
+                   interrupt_after: float | None = None) -> float | None: ...
 
 
 class Reloads(Protocol):
@@ -68,8 +69,10 @@ class Dispatcher:
         self.clock = clock
 
     def execute(self, command: Command, signum: int | None = None, force: bool = False,
-                keys: list[str] | None = None, with_running: bool = True) -> dict[str, Any]:
-        """Run one command, however it arrived (a signal or the control socket)."""
+                keys: list[str] | None = None, with_running: bool = True,
+                interrupt_after: float | None = None) -> dict[str, Any]:
+        """Run one command, however it arrived (a signal or the control socket).
+        `interrupt_after`: a drain's deadline in seconds (stopping.Stopping holds it)."""
         if command == Command.STATUS:
             return {"ok": True, **self.live(with_running)}
         if command == Command.CANCEL:
@@ -81,8 +84,10 @@ class Dispatcher:
             event(ERROR, "stop_refused", mode="leave-running", reason=pid1.LEAVE_RUNNING_REFUSED)
             return {"ok": False, "error": pid1.LEAVE_RUNNING_REFUSED}
         elif command in (Command.STOP, Command.DRAIN, Command.LEAVE):
-            self.stopping.begin_stop({Command.STOP: StopMode.TERM, Command.DRAIN: StopMode.DRAIN,
-                                      Command.LEAVE: StopMode.LEAVE}[command], signum)
+            left = self.stopping.begin_stop({Command.STOP: StopMode.TERM, Command.DRAIN: StopMode.DRAIN,
+                                             Command.LEAVE: StopMode.LEAVE}[command], signum, interrupt_after)
+            if left is not None:  # the seconds until the drain's deadline, which this master holds
+                return {"ok": True, "interrupt_after": left}
         elif command == Command.RELOAD:
             return self.handoff.request_reload(force=force)
         elif command == Command.RELOAD_CONFIG:
@@ -110,7 +115,8 @@ class Dispatcher:
         # Only `phoenix reload --force` passes the preflight's check of queued targets.
         # `"running": false` (reload --wait's poll): the master alone, not a line per child (MBs at thousands).
         return self.execute(command, force=request.get("force") is True, keys=request.get("keys"),
-                            with_running=request.get("running") is not False)
+                            with_running=request.get("running") is not False,
+                            interrupt_after=interrupt_after(request))
 
     def cancel(self, key: str) -> str:
         """`phoenix cancel`: a pending job is cancelled in the journal; a

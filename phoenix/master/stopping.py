@@ -80,6 +80,9 @@ class Stopping:
         self.crash_error: str | None = None  # what ended the loop, if an error did
         self.exit_code = 0
         self.stop_signal: int | None = None  # what asked this master to stop (see exits.py)
+        # When a drain's time runs out (monotonic, on `clock`): the master holds it, not the
+        # `phoenix stop` that asked, so that it holds if that command dies (Ctrl-C, an SSH drop).
+        self.drain_deadline: float | None = None
 
     def leave_children_running(self) -> None:
         """Fork mode, once the new master is ready: exit without touching the
@@ -142,9 +145,14 @@ class Stopping:
     def batch_counts(self) -> dict[str, int]:
         return self.journal().batch_counts(self.run_started_at)
 
-    def begin_stop(self, mode: StopMode, signum: int | None = None) -> None:
+    def begin_stop(self, mode: StopMode, signum: int | None = None,
+                   interrupt_after: float | None = None) -> float | None:
+        """Move to the stop `mode` asks. A drain with `interrupt_after` (s)
+        interrupts the jobs still running once that much time has passed
+        (interrupt_drain_if_due); returns the seconds left until a drain's
+        deadline, if the drain has one (None otherwise)."""
         if self.master.state == MasterState.STOPPED:
-            return  # stopped already; only waiting to write what the journal would not take (holds_unwritten)
+            return None  # stopped already; only waiting to write what the journal would not take (holds_unwritten)
         self.spawner.discard()
         self.stop_signal = self.stop_signal or signum or exits.STOP_MODE_SIGNALS[mode]
         if self.master.state == MasterState.STOPPING and mode == StopMode.TERM:
@@ -152,18 +160,20 @@ class Stopping:
             for attempt in list(self.attempts.values()):
                 if not attempt.holds_only_copy():  # (see below)
                     signal_attempt(attempt, signal.SIGKILL)
-            return
+            return None
         if mode == StopMode.LEAVE:
             event(INFO, "stop", mode="leave-running", running=len(self.attempts))
             self.stop_mode = StopMode.LEAVE
             self.attempts.clear()  # they keep running; the next master adopts them
             self.master.change_state(MasterState.STOPPED)
-            return
+            return None
         if mode == StopMode.DRAIN:
             if self.master.state in (MasterState.RUNNING, MasterState.DEGRADED):
                 event(INFO, "drain", running=len(self.attempts))
                 self.master.change_state(MasterState.DRAINING)
-            return
+            if self.master.state != MasterState.DRAINING:
+                return None  # stopping already: a drain asked now has nothing left to wait for
+            return self.set_drain_deadline(interrupt_after)
         event(INFO, "stop", mode="term", running=len(self.attempts))
         self.master.change_state(MasterState.STOPPING)
         now = self.clock.monotonic()
@@ -174,6 +184,36 @@ class Stopping:
                 # would end the only copy the journal could not take yet.
                 continue
             self.hangs.interrupt(attempt, now)
+        return None
+
+    def set_drain_deadline(self, seconds: float | None) -> float | None:
+        """A drain's deadline `seconds` from now; of two (a second `phoenix
+        stop --drain --timeout` during a drain), the earlier holds: a stop may
+        bring the interruption nearer, never put it off. Returns the seconds
+        left, or None when the drain has no deadline."""
+        now = self.clock.monotonic()
+        if seconds is not None and (self.drain_deadline is None or now + seconds < self.drain_deadline):
+            self.drain_deadline = now + seconds
+            event(INFO, "drain_deadline", seconds=f"{seconds:g}", running=len(self.attempts))
+        if self.drain_deadline is None:
+            return None
+        left = max(0.0, self.drain_deadline - now)
+        self.interrupt_drain_if_due()  # --timeout 0: now
+        return left
+
+    def next_deadline(self) -> float | None:
+        """When the loop must wake to interrupt a drain out of time."""
+        return self.drain_deadline if self.master.state == MasterState.DRAINING else None
+
+    def interrupt_drain_if_due(self) -> None:
+        """A drain whose time ran out: the jobs still running are interrupted
+        politely, as by `phoenix stop` (TERM: phoenix.Interrupted, KILL after
+        kill_grace; outcome `interrupted`, no retry used)."""
+        due = self.next_deadline()
+        if due is None or self.clock.monotonic() < due:
+            return
+        event(INFO, "drain_out_of_time", running=len(self.attempts))
+        self.begin_stop(StopMode.TERM)
 
     def close(self) -> None:
         self.spawner.discard()

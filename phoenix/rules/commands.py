@@ -55,6 +55,7 @@ def from_request(request: dict[str, Any]) -> Command:
         mode = request.get("mode", "term")
         if not isinstance(mode, str) or mode not in _STOP_MODES:
             raise BadRequest(f"unknown stop mode {mode!r}; known: {', '.join(_STOP_MODES)}")
+        interrupt_after(request)  # refused here, before anything is done
         return _STOP_MODES[mode]
     if name == "cancel":
         keys = request.get("keys")
@@ -63,3 +64,23 @@ def from_request(request: dict[str, Any]) -> Command:
     if isinstance(name, str) and name in _REQUESTS:
         return _REQUESTS[name]
     raise BadRequest(f"unknown command {name!r}; known: status, wake, stop, reload, cancel")
+
+
+# A drain's deadline the master holds (`phoenix stop --drain --timeout S`): at most a year.
+MAX_DRAIN_SECONDS = 365 * 24 * 3600.0
+
+
+def interrupt_after(request: dict[str, Any]) -> float | None:
+    """A drain's `"interrupt_after"`: the seconds after which the master
+    interrupts the jobs still running (None: they run however long they
+    take). Only a drain has one; JSON's NaN and Infinity, a negative number
+    or more than a year are refused."""
+    seconds = request.get("interrupt_after")
+    if seconds is None:
+        return None
+    if request.get("mode") != "drain":
+        raise BadRequest("interrupt_after is a drain's deadline: send it with \"mode\": \"drain\"")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= MAX_DRAIN_SECONDS:
+        # (NaN fails every comparison, so the range check refuses it too.)
+        raise BadRequest(f"interrupt_after must be seconds from 0 to {MAX_DRAIN_SECONDS:g}, not {seconds!r}")
+    return float(seconds)

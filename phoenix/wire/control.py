@@ -519,46 +519,93 @@ def reply_field(reply: dict[str, Any], name: str, kind: type[Any]) -> Any:
     return value
 
 
-def stop(path: Path, mode: str, timeout: float) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
-    """Ask the master to stop and wait up to `timeout` s for it to say how it
-    ended: (its reply, its ending or None, whether it still runs at the
-    timeout). A master that does not report endings (an older release) has no
-    `report_exit` in its reply; then the ending is None and nothing was waited for."""
+class StopSent:
+    """A stop the master took: its reply, and the connection on which it says
+    how it ended (report_exit), read as long as the caller chooses to wait."""
+
+    def __init__(self, path: Path, sock: socket.socket, reply: dict[str, Any], rest: bytes) -> None:
+        self.path, self.sock, self.reply = path, sock, reply
+        self.rest = bytearray(rest)  # what came after the reply's line (an ending sent at once)
+        self.ended = not reply.get("report_exit")  # an older master reports no ending: nothing to wait for
+        self.ending: dict[str, Any] | None = None
+
+    def wait_ending(self, within: float) -> tuple[dict[str, Any] | None, bool]:
+        """Wait up to `within` s (above 0) for the master's ending: (it, or
+        None when the master ended without a word or reports none; whether it
+        still runs after `within`). Once it ended, the same answer at once."""
+        if self.ended:
+            return self.ending, False
+        if not 0 < within < math.inf:  # settimeout(0) would make the socket non-blocking, not a wait
+            raise ValueError(f"a stop's wait must be a finite number of seconds above 0, not {within!r}")
+        self.sock.settimeout(within)
+        try:
+            while b"\n" not in self.rest:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                self.rest += chunk
+        except TimeoutError:
+            return None, True
+        except OSError:  # reset: it ended without a word (killed, crashed)
+            self.rest.clear()
+        self.ended = True
+        line = bytes(self.rest).split(b"\n", 1)[0]
+        self.ending = _parse(self.path, line) if line else None
+        return self.ending, False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def stop(path: Path, mode: str, interrupt_after: float | None = None) -> StopSent:
+    """Ask the master to stop; its reply, and its connection to wait on for
+    its ending (StopSent.wait_ending). With `interrupt_after` (a drain), the
+    master interrupts the jobs still running after that many seconds: it
+    holds that deadline itself, and says so with `interrupt_after` (the
+    seconds left) in its reply. A master that does not report endings (an
+    older release) has no `report_exit` in its reply; then nothing is waited for."""
+    request: dict[str, Any] = {"cmd": "stop", "mode": mode, "report_exit": True}
+    if interrupt_after is not None:
+        request["interrupt_after"] = interrupt_after
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(5.0)
+    try:
+        return StopSent(path, sock, *_send_stop(sock, path, request))
+    except BaseException:
+        sock.close()  # kept open only for a stop that was taken
+        raise
+
+
+def _send_stop(sock: socket.socket, path: Path, request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """The master's reply to a stop, and what it sent after the reply's line."""
+    sock.settimeout(REQUEST_TIMEOUT)
     sent = False
     try:
         with unix_address(path) as address:
             sock.connect(address)
         _check_server(sock, path)  # before anything is sent: a stop must reach no impostor
-        sock.sendall(json.dumps({"cmd": "stop", "mode": mode, "report_exit": True}).encode() + b"\n")
+        sock.sendall(json.dumps(request).encode() + b"\n")
         sent = True
-        reader = sock.makefile("rb")
-        reply = _refused_or(path, _parse(path, reader.readline()))
-        if not reply.get("report_exit"):
-            return reply, None, False
-        sock.settimeout(max(0.0, timeout))
-        try:
-            line = reader.readline()
-        except TimeoutError:
-            return reply, None, True
-        except OSError:  # reset: it ended without a word (killed, crashed)
-            line = b""
-        return reply, (_parse(path, line) if line else None), False
+        data = bytearray()
+        while b"\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
     except (FileNotFoundError, ConnectionRefusedError):
         raise ControlError(f"no master is listening on {path}") from None
     except (ConnectionResetError, BrokenPipeError):
         raise ControlError(f"the master on {path} closed the connection (it may be stopping)") from None
     except TimeoutError:
         if sent:  # in its socket's queue: a master stopped (SIGSTOP, a paused VM) obeys it once it runs again
-            raise NoAnswer(path, 5.0, "the stop") from None
-        raise ControlError(f"the master did not answer on {path} within 5 s (nothing was sent)") from None
+            raise NoAnswer(path, REQUEST_TIMEOUT, "the stop") from None
+        raise ControlError(f"the master did not answer on {path} within {REQUEST_TIMEOUT:g} s "
+                           "(nothing was sent)") from None
     except PermissionError:
         raise
     except OSError as exc:
         raise ControlError(f"cannot reach a master on {path}: {exc.strerror or exc}") from None
-    finally:
-        sock.close()
+    line, _newline, rest = bytes(data).partition(b"\n")
+    return _refused_or(path, _parse(path, line)), rest
 
 
 def _parse(path: Path, data: bytes) -> dict[str, Any]:

@@ -49,8 +49,10 @@ class Parts:
     def __init__(self) -> None:
         self.asked: list[Any] = []
 
-    def begin_stop(self, mode: StopMode, signum: int | None = None) -> None:
-        self.asked.append(("stop", mode, signum))
+    def begin_stop(self, mode: StopMode, signum: int | None = None,
+                   interrupt_after: float | None = None) -> float | None:
+        self.asked.append(("stop", mode, signum, interrupt_after))
+        return interrupt_after  # (the stop part's seconds left: tests/unit/test_stopping.py)
 
     def request_reload(self, force: bool = False) -> dict[str, Any]:
         self.asked.append(("reload", force))
@@ -91,7 +93,7 @@ def test_each_command_asks_the_part_that_owns_it(commanding: Commanding) -> None
     d.execute(Command.SLOT_LESS)
     assert master.slots == 2 and parts.asked == ["wake"]  # fewer slots start nothing
     d.execute(Command.DRAIN, signum=28)
-    assert parts.asked[-1] == ("stop", StopMode.DRAIN, 28)
+    assert parts.asked[-1] == ("stop", StopMode.DRAIN, 28, None)
     assert d.control_request({"cmd": "reload", "force": True}) == {"ok": True, "reload": "started"}
     assert parts.asked[-1] == ("reload", True)
     d.execute(Command.RELOAD_CONFIG)
@@ -111,6 +113,28 @@ def test_a_malformed_request_gets_one_line_and_changes_nothing(commanding: Comma
     answer = commanding.dispatcher.control_request({"cmd": "explode"})
     assert answer["ok"] is False and "\n" not in answer["error"] and answer["error"]
     assert commanding.parts.asked == [] and commanding.master.asked == []
+
+
+def test_a_drains_deadline_reaches_the_stop_part_and_its_reply(commanding: Commanding) -> None:
+    """`phoenix stop --drain --timeout S` hands the master its deadline; the reply says the master holds it."""
+    answer = commanding.dispatcher.control_request({"cmd": "stop", "mode": "drain", "interrupt_after": 0})
+    assert answer == {"ok": True, "interrupt_after": 0.0}
+    assert commanding.parts.asked == [("stop", StopMode.DRAIN, None, 0.0)]
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), float("-inf"), -1, 4e7, True, "30", [30]])
+def test_a_drains_deadline_that_is_not_seconds_is_refused_and_changes_nothing(commanding: Commanding,
+                                                                             seconds: Any) -> None:
+    """JSON's NaN and Infinity parse (json.loads): each is refused by the range check, not waited on."""
+    answer = commanding.dispatcher.control_request({"cmd": "stop", "mode": "drain", "interrupt_after": seconds})
+    assert answer["ok"] is False and "interrupt_after must be seconds from 0 to" in answer["error"], answer
+    assert commanding.parts.asked == []
+
+
+def test_only_a_drain_has_a_deadline(commanding: Commanding) -> None:
+    answer = commanding.dispatcher.control_request({"cmd": "stop", "mode": "term", "interrupt_after": 5})
+    assert answer["ok"] is False and "a drain's deadline" in answer["error"]
+    assert commanding.parts.asked == []
 
 
 def test_a_cancel_ends_a_pending_job_in_the_journal_and_leaves_another_hosts_alone(

@@ -9,6 +9,7 @@ nothing unrecorded stops at once."""
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -142,3 +143,65 @@ def test_a_stopped_master_waits_for_queued_writes_until_the_journal_takes_them(e
     ending.clock.advance(RETRY_EVERY)
     assert ending.outage.retry_if_due(ending.journal.probe_write) and written == ["record"]
     assert ending.may_exit()
+
+
+def running_attempt(ending: Ending) -> Attempt:
+    """A child at work (a pid no process has: the signals find nobody, the decisions are what is tested)."""
+    now = ending.clock.monotonic()
+    attempt = Attempt(2, 2, "long", "m:f", 1, 4_000_001, None, now, now, now)
+    ending.attempts.add(attempt)
+    return attempt
+
+
+def test_a_drain_out_of_time_is_interrupted_by_the_master_itself(ending: Ending) -> None:
+    """The deadline is the master's (on its clock), not the `phoenix stop` process's, which may be gone."""
+    attempt = running_attempt(ending)
+    assert ending.stopping.begin_stop(StopMode.DRAIN, interrupt_after=30.0) == 30.0
+    assert ending.master.state == MasterState.DRAINING
+    assert ending.stopping.next_deadline() == ending.clock.monotonic() + 30.0  # the loop wakes for it
+    ending.clock.advance(29.9)
+    ending.stopping.interrupt_drain_if_due()
+    assert ending.master.state == MasterState.DRAINING and not attempt.interrupted
+    ending.clock.advance(0.1)
+    ending.stopping.interrupt_drain_if_due()
+    assert ending.master.state == MasterState.STOPPING and attempt.interrupted  # TERM: outcome `interrupted`
+    assert ending.stopping.next_deadline() is None
+    assert ending.stopping.stop_signal == signal.SIGQUIT  # a drain, for the exit code (exits.py)
+
+
+def test_a_drain_with_no_time_interrupts_at_once(ending: Ending) -> None:
+    attempt = running_attempt(ending)
+    assert ending.stopping.begin_stop(StopMode.DRAIN, interrupt_after=0.0) == 0.0
+    assert ending.master.state == MasterState.STOPPING and attempt.interrupted
+
+
+def test_a_drain_without_a_deadline_waits_for_its_jobs_however_long(ending: Ending) -> None:
+    attempt = running_attempt(ending)
+    assert ending.stopping.begin_stop(StopMode.DRAIN) is None
+    assert ending.stopping.next_deadline() is None
+    ending.clock.advance(10 * 24 * 3600.0)
+    ending.stopping.interrupt_drain_if_due()
+    assert ending.master.state == MasterState.DRAINING and not attempt.interrupted
+
+
+def test_a_second_stop_during_a_drain_may_bring_its_deadline_nearer_never_put_it_off(ending: Ending) -> None:
+    attempt = running_attempt(ending)
+    ending.stopping.begin_stop(StopMode.DRAIN, interrupt_after=30.0)
+    ending.clock.advance(10.0)
+    assert ending.stopping.begin_stop(StopMode.DRAIN, interrupt_after=60.0) == 20.0  # the first one holds
+    assert ending.stopping.begin_stop(StopMode.DRAIN) == 20.0  # a drain with no --timeout keeps it too
+    assert ending.stopping.begin_stop(StopMode.DRAIN, interrupt_after=5.0) == 5.0
+    ending.clock.advance(5.0)
+    ending.stopping.interrupt_drain_if_due()
+    assert ending.master.state == MasterState.STOPPING and attempt.interrupted
+
+
+def test_a_drain_whose_jobs_end_in_time_stops_with_none_interrupted(ending: Ending) -> None:
+    attempt = running_attempt(ending)
+    ending.stopping.begin_stop(StopMode.DRAIN, interrupt_after=30.0)
+    ending.clock.advance(12.0)
+    ending.attempts.remove(attempt.pid)  # (its outcome recorded, its child reaped)
+    ending.stopping.check_finished()
+    ending.clock.advance(30.0)
+    ending.stopping.interrupt_drain_if_due()
+    assert ending.may_exit() and not attempt.interrupted and ending.stopping.next_deadline() is None
