@@ -251,6 +251,19 @@ def test_a_stopped_job_whose_own_term_handler_exits_non_zero_is_interrupted_and_
     assert finished["result"] == {"attempt": 2} and finished["failures"] == 0
 
 
+def test_a_cancelled_job_whose_own_term_handler_exits_0_stays_cancelled(master_factory, state_dir, tmp_path):
+    """Found from outside: the job's own TERM handler's sys.exit(0) made a `phoenix cancel` end as
+    `finished` (its on_finished called), although the docs promise that the outcome stays `cancelled`."""
+    ready = tmp_path / "ready"
+    master = master_factory(app=APP)
+    master.submit("tests.apps.longjobs:exits_on_term", {"code": 0, "ready": str(ready)}, key="cancelled")
+    wait_for(ready.exists, what="the job's own TERM handler installed")
+    assert phoenix_cli("cancel", "cancelled", state_dir=state_dir).returncode == 0
+    report = wait_for(lambda: (r := show(state_dir, "cancelled"))["state"] in ("cancelled", "finished") and r,
+                      what="the cancel to be recorded")
+    assert report["state"] == "cancelled", report
+
+
 def test_a_job_that_raises_interrupted_itself_is_an_error_of_its_own_not_an_outside_sigterm(master_factory,
                                                                                            state_dir):
     master = master_factory(app=APP)

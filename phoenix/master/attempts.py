@@ -51,10 +51,12 @@ class Attempt:
     final: dict[str, Any] | None = None  # the finished/failed message, once received
     final_held: bool = False  # the final is in the journal (and was acknowledged to the child)
     connection_closed_at: float | None = None  # monotonic: the child closed its connection (EOF) while it ran
-    # A checkpoint of its that the journal did not take (an outage) waits for
-    # the master: the job is blocked in phoenix.checkpoint() on the master's
-    # shortage, so its stall clock does not run until the ack (hangs.py).
-    checkpoint_waits: bool = False
+    # Since when (monotonic) a checkpoint of its that the journal did not take
+    # (an outage) waits for the master: the job is blocked in phoenix.checkpoint()
+    # on the master's shortage, which neither its stall_timeout nor its
+    # max_runtime counts (hangs.py). None: not waiting.
+    checkpoint_waits_since: float | None = None
+    waited_on_master: float = 0.0  # seconds of such waits that have ended
     kill_reason: KillReason | None = None
     kill_detail: str | None = None
     interrupted: bool = False
@@ -83,6 +85,23 @@ class Attempt:
         """Silence until `now` was not this child's doing (an adoption, a master
         that was not running): its heartbeat and stall limits count from now."""
         self.last_beat = self.last_progress = max(self.last_beat, now)
+
+    def wait_on_master(self, now: float) -> None:
+        """Its checkpoint was refused for want of a writable journal: it waits on us from now."""
+        if self.checkpoint_waits_since is None:
+            self.checkpoint_waits_since = now
+
+    def master_answered(self, now: float) -> None:
+        """Its wait on the master is over (the ack, or it moved on): its stall clock starts again now."""
+        if self.checkpoint_waits_since is not None:
+            self.waited_on_master += now - self.checkpoint_waits_since
+            self.checkpoint_waits_since = None
+            self.last_progress = now
+
+    def master_wait(self, now: float) -> float:
+        """Seconds this attempt has spent blocked on the master's journal, the current wait included."""
+        since = self.checkpoint_waits_since
+        return self.waited_on_master + (now - since if since is not None else 0.0)
 
     def excuse(self, away: float, now: float) -> None:
         """The master was not running for `away` seconds: that much of this child's silence is not its own."""

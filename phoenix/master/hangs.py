@@ -107,10 +107,11 @@ class HangKiller:
 
     def _judge(self, attempt: Attempt, now: float) -> Verdict:
         # A job blocked in checkpoint() by the master's journal makes no progress
-        # through no fault of its own: never charged an attempt for our shortage.
-        last_progress = now if attempt.checkpoint_waits else attempt.last_progress
-        return verdict(self.limits(attempt), last_beat=attempt.last_beat,
-                       last_progress=last_progress, started=attempt.started, now=now)
+        # through no fault of its own, and that time is not its runtime either:
+        # never charged an attempt for our shortage.
+        last_progress = now if attempt.checkpoint_waits_since is not None else attempt.last_progress
+        return verdict(self.limits(attempt), last_beat=attempt.last_beat, last_progress=last_progress,
+                       started=attempt.started + attempt.master_wait(now), now=now)
 
     def kill(self, attempt: Attempt, reason: KillReason, now: float) -> None:
         ages = {KillReason.HEARTBEAT_TIMEOUT: now - attempt.last_beat,
@@ -131,7 +132,10 @@ class HangKiller:
         self.stop(attempt, now)
 
     def cancel(self, attempt: Attempt, now: float) -> None:
-        """`phoenix cancel` of a running job: its outcome will be `cancelled`."""
+        """`phoenix cancel` of a running job: its outcome will be `cancelled`
+        (unless it had sent a finished final before: classify)."""
+        if not attempt.interrupted and attempt.kill_reason is None:
+            attempt.final_before_stop = attempt.final is not None
         attempt.kill_reason, attempt.kill_detail = KillReason.CANCELLED, None
         self.counters.count(self.counters.kills, KillReason.CANCELLED)
         log.event(logging.WARNING, "kill", pid=attempt.pid, job=attempt.key, attempt=attempt.number,

@@ -336,7 +336,7 @@ class HeartbeatIntake:
         if progress > attempt.progress:
             attempt.progress = progress
             attempt.last_progress = now
-            attempt.checkpoint_waits = False  # it moved on (its checkpoint went to the outbox, say)
+            attempt.master_answered(now)  # it moved on (its checkpoint went to the outbox, say)
 
     def _acknowledge(self) -> None:
         """Once the finals (and checkpoints) are in the journal: tell each
@@ -350,12 +350,12 @@ class HeartbeatIntake:
                                       for h in saves]):
                 now = self.clock.monotonic()
                 for h in saves:
-                    if h.attempt.checkpoint_waits:  # its wait was ours: its stall clock starts again now
-                        h.attempt.checkpoint_waits, h.attempt.last_progress = False, now
+                    h.attempt.master_answered(now)  # (if it waited on us: its stall clock starts again now)
                     self._send_ack(h)
             else:  # as a final's below
+                now = self.clock.monotonic()
                 for h in saves:
-                    h.attempt.checkpoint_waits = True
+                    h.attempt.wait_on_master(now)
                 self.unheld.update((h.attempt.attempt_id, h) for h in saves)
             if not held:
                 return
@@ -391,8 +391,8 @@ class HeartbeatIntake:
         waiting = [h for h in self.unheld.values() if h.link.sock.fileno() in self.links]
         now = self.clock.monotonic()
         for h in self.unheld.values():
-            if h not in waiting and h.attempt.checkpoint_waits:  # no longer waits on this connection
-                h.attempt.checkpoint_waits, h.attempt.last_progress = False, now
+            if h not in waiting:  # no longer waits on this connection
+                h.attempt.master_answered(now)
         self.unheld.clear()
         if waiting:
             self.to_ack = waiting + self.to_ack

@@ -58,9 +58,12 @@ class JobSpecs:
         recorded by a master that had no app loaded, are past its policy's
         retries. (A record damaged by another tool fails its job with the
         reason: it never reaches a child, nor stops the master.)"""
-        if not isinstance(job.params, str):
-            return (f"job {visible(job.key)!r}: its parameters in the journal are not text (a "
-                    f"{type(job.params).__name__}): the record is damaged; submit the job again")
+        for what, value in (("key stored for it is", job.key), ("target stored for it is", job.target),
+                            ("parameters stored for it are", job.params)):
+            problem = text_problem(value)
+            if problem is not None:
+                return (f"job {shown_key(job.key)}: the {what} {problem} (damaged, or written by "
+                        f"another tool); cancel it (phoenix cancel) and submit it again")
         try:
             spec = self.spec_for(job.target)
             decode_params(job.params)
@@ -68,7 +71,7 @@ class JobSpecs:
             return str(exc)
         problem = None if job.checkpoint is None else checkpoint_problem(job.checkpoint)
         if problem is not None:
-            return (f"job {visible(job.key)!r}: its checkpoint in the journal {problem} (damaged, or written by "
+            return (f"job {shown_key(job.key)}: the checkpoint stored for it is {problem} (damaged, or written by "
                     f"another tool); `phoenix retry {visible(job.key)} --fresh` runs it from the beginning")
         retries = self.retries(spec)
         if not may_run(job.failures, retries):
@@ -76,16 +79,37 @@ class JobSpecs:
         return spec
 
 
+def text_problem(value: object) -> str | None:
+    """What makes a text column read back from the journal unusable, or None:
+    another tool may have stored bytes (a BLOB), or text that is not UTF-8
+    (the journal reads it with surrogateescape: store/sqlite.py), which no
+    child's order could carry."""
+    if not isinstance(value, str):
+        return f"not text (a {type(value).__name__})"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid UTF-8"
+    return None
+
+
+def shown_key(key: object) -> str:
+    """A job's key for a message, whatever another tool stored for it."""
+    return repr(visible(key)) if isinstance(key, str) else repr(key)
+
+
 def checkpoint_problem(saved: object) -> str | None:
     """What makes a checkpoint read back from the journal unusable, or None.
     phoenix.checkpoint() saves only JSON text; anything else was put there
     by another tool, and would end the child (or the master) that reads it."""
-    if not isinstance(saved, str):
-        return f"is not text (a {type(saved).__name__})"
+    problem = text_problem(saved)
+    if problem is not None:
+        return problem
+    assert isinstance(saved, str)
     try:
         json.loads(saved, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
-        return f"is not JSON this process can read ({type(exc).__name__})"
+        return "not JSON this process can read" if isinstance(exc, ValueError) else "JSON nested too deep to read"
     return None
 
 

@@ -95,8 +95,8 @@ def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: b
     its own final message (or outbox file), a stop, a kill, its exit status.
     `status` is None when the process was not our child (adopted) or is gone.
     `interrupted`: Phoenix asked it to stop (its TERM); `final_before_stop`:
-    its final had already come then (the stop only hurried its exit), so
-    that final is its outcome, and not the stop.
+    its final had already come then, or when it was cancelled (the stop
+    only hurried its exit), so that final is its outcome, and not the stop.
     The error text is the traceback or the reason alone (its last line says
     what happened); max RSS is recorded in its own column, not in it."""
     reason: str | None = None
@@ -108,7 +108,10 @@ def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: b
         final = None
         if not interrupted and kill_reason is None:  # a TERM Phoenix did not send: as if it had killed the job
             return Classified(Outcome.SIGNALLED, "SIGTERM", OUTSIDE_TERM, None)
-    if final is not None and final.get(protocol.KIND) == "finished":
+    # A cancel asked before the job's final came wins over that final, even a
+    # finished one (its own TERM handler's sys.exit(0)): a cancelled job stays cancelled.
+    cancelled_first = kill_reason == KillReason.CANCELLED and not final_before_stop
+    if final is not None and final.get(protocol.KIND) == "finished" and not cancelled_first:
         try:
             return Classified(Outcome.FINISHED, None, None, _result_json(final.get(protocol.RESULT)))
         except (ValueError, RecursionError) as exc:  # a child's encoder refuses both: another sender wrote it

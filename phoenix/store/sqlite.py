@@ -231,6 +231,10 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def _text_or_surrogates(data: bytes) -> str:
+    return str(data, "utf-8", "surrogateescape")
+
+
 def _create(path: Path) -> None:
     """Make a new journal atomically: built complete (schema, application_id,
     user_version in one transaction) under a temporary name, then linked into
@@ -468,6 +472,11 @@ class Journal:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
         except sqlite3.Error as exc:
             raise self.error(exc) from None
+        # Text another tool stored that is not UTF-8 is read, not refused: sqlite3's
+        # own decoding raised on the whole read, so one such row stopped every job
+        # (an outage for ever) and every command. Its bytes come back as lone
+        # surrogates, which visible() shows as \udcXX and specs.text_problem names.
+        self.db.text_factory = _text_or_surrogates
         self._counted = False
         try:
             self._check_identity()  # first: a file that is not ours is not even switched to WAL

@@ -155,11 +155,15 @@ def test_a_poison_final_held_by_a_dead_master_is_recorded_at_the_next_start(mast
 
 
 @pytest.mark.parametrize("column, value, said", [
-    ("params", b"{}", "its parameters in the journal are not text (a bytes)"),
-    ("checkpoint", b"{}", "its checkpoint in the journal is not text (a bytes)"),
-    ("checkpoint", "{bad", "its checkpoint in the journal is not JSON this process can read"),
-    ("checkpoint", "NaN", "its checkpoint in the journal is not JSON this process can read"),
-    ("checkpoint", "[" * 100_000, "its checkpoint in the journal is not JSON this process can read"),
+    ("params", b"{}", "the parameters stored for it are not text (a bytes)"),
+    ("params", "cast:" + '{"a": "\x80\xff"}', "the parameters stored for it are not valid UTF-8"),
+    ("target", b"\xff\x00", "the target stored for it is not text (a bytes)"),
+    ("target", "cast:" + "tests.apps.poison:\xff", "the target stored for it is not valid UTF-8"),
+    ("checkpoint", "cast:" + '"\x80\xff"', "the checkpoint stored for it is not valid UTF-8"),
+    ("checkpoint", b"{}", "the checkpoint stored for it is not text (a bytes)"),
+    ("checkpoint", "{bad", "the checkpoint stored for it is not JSON this process can read"),
+    ("checkpoint", "NaN", "the checkpoint stored for it is not JSON this process can read"),
+    ("checkpoint", "[" * 100_000, "the checkpoint stored for it is JSON nested too deep to read"),
 ])
 def test_a_job_row_damaged_by_another_tool_fails_its_job_with_the_reason(master_factory, state_dir, column, value,
                                                                          said):
@@ -172,7 +176,11 @@ def test_a_job_row_damaged_by_another_tool_fails_its_job_with_the_reason(master_
         journal.submit(f"{POISON}:echo", "{}", "sound")
     db = sqlite3.connect(state_dir / "journal.db")
     with db:
-        db.execute(f"UPDATE jobs SET {column} = ? WHERE key = 'damaged'", (value,))
+        if isinstance(value, str) and value.startswith("cast:"):  # text of bytes that are not UTF-8
+            raw = value.removeprefix("cast:").encode("latin-1")
+            db.execute(f"UPDATE jobs SET {column} = CAST(? AS TEXT) WHERE key = 'damaged'", (raw,))
+        else:
+            db.execute(f"UPDATE jobs SET {column} = ? WHERE key = 'damaged'", (value,))
     db.close()
     master = master_factory(app=APP)
     jobs = master.wait_jobs_done(["damaged", "sound"])

@@ -186,7 +186,12 @@ EXIT_3 = 3 << 8
      "cancelled by the operator (phoenix cancel)"),  # a job that raised on its TERM is still not re-run
     (dict(kill_reason=KillReason.CANCELLED, interrupted=True, status=SIGKILLED), Outcome.CANCELLED,
      "cancelled by the operator (phoenix cancel)"),  # a stop during the cancel: cancelled, not back to pending
-    (dict(kill_reason=KillReason.CANCELLED, final={"k": "finished", "result": 1}), Outcome.FINISHED, None),
+    # Finished before the cancel came: finished. Finished after it (its own TERM handler's
+    # sys.exit(0), found from outside): the cancel wins, and no on_finished runs.
+    (dict(kill_reason=KillReason.CANCELLED, final={"k": "finished", "result": 1}, final_before_stop=True),
+     Outcome.FINISHED, None),
+    (dict(kill_reason=KillReason.CANCELLED, final={"k": "finished", "result": None}), Outcome.CANCELLED,
+     "cancelled by the operator (phoenix cancel)"),
     (dict(status=SEGFAULT), Outcome.CRASHED, "SIGSEGV"),
     (dict(status=SIGKILLED), Outcome.SIGNALLED, "SIGKILL"),
     (dict(status=EXIT_3), Outcome.EXITED, "exit code 3"),

@@ -133,13 +133,13 @@ def test_a_job_blocked_in_checkpoint_by_the_masters_journal_is_not_stall_killed(
     # Its checkpoint waits for a journal that would not take it (a full disk):
     # the job makes no progress through no fault of its own, beating all along.
     parts = Parts(child, JobSpec("m:f", print, stall_timeout=4.0))
-    parts.attempt.checkpoint_waits = True
+    parts.attempt.wait_on_master(parts.clock.monotonic())
     for second in range(1, 21):
         parts.attempt.last_beat = parts.clock.monotonic()
         parts.at(float(second))
     assert parts.attempt.kill_reason is None
-    # Acknowledged at last (heartbeats.py starts its stall clock again then): stalled after that, it is killed.
-    parts.attempt.checkpoint_waits, parts.attempt.last_progress = False, parts.clock.monotonic()
+    # Acknowledged at last: its stall clock starts again then, and stalled after that, it is killed.
+    parts.attempt.master_answered(parts.clock.monotonic())
     for second in range(21, 24):
         parts.attempt.last_beat = parts.clock.monotonic()
         parts.at(float(second))
@@ -147,6 +147,27 @@ def test_a_job_blocked_in_checkpoint_by_the_masters_journal_is_not_stall_killed(
     parts.attempt.last_beat = parts.clock.monotonic()
     parts.at(24.0)
     assert parts.attempt.kill_reason == KillReason.STALL_TIMEOUT
+
+
+def test_a_wait_on_the_masters_journal_does_not_count_against_max_runtime(child: subprocess.Popen[bytes]) -> None:
+    # Found from outside: a 6 s job with max_runtime=10 was killed at 10 s, its
+    # checkpoint having waited 12 s on a full disk, and charged a retry.
+    parts = Parts(child, JobSpec("m:f", print, max_runtime=10.0))
+    for second in range(1, 3):
+        parts.attempt.last_beat = parts.attempt.last_progress = parts.clock.monotonic()
+        parts.at(float(second))
+    parts.attempt.wait_on_master(parts.clock.monotonic())  # blocked at 2 s, for 12 s
+    for second in range(3, 15):
+        parts.attempt.last_beat = parts.clock.monotonic()
+        parts.at(float(second))
+    parts.attempt.master_answered(parts.clock.monotonic())
+    for second in range(15, 22):  # 2 s before the wait and 7 after: 9 s of its own
+        parts.attempt.last_beat = parts.attempt.last_progress = parts.clock.monotonic()
+        parts.at(float(second))
+    assert parts.attempt.kill_reason is None
+    parts.attempt.last_beat = parts.clock.monotonic()
+    parts.at(22.0)
+    assert parts.attempt.kill_reason == KillReason.MAX_RUNTIME
 
 
 def test_silence_while_the_socket_file_was_gone_is_not_the_child_s(child: subprocess.Popen[bytes]) -> None:
