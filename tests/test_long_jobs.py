@@ -352,3 +352,91 @@ def test_a_plain_stop_with_timeout_0_is_refused_with_the_fix(master_factory, sta
     assert result.returncode == 2, result.stderr
     assert "--timeout 0 leaves no time to see the master exit" in result.stderr
     assert master.live()["master"]["state"] == "running"
+
+
+def start_slow_saving_job(master: Master, state_dir: Path, tmp_path: Path) -> Path:
+    """A polite job that, asked to stop, takes 1.5 s (of its kill_grace of 3 s) to save its place; the
+    file returned appears when it begins to."""
+    mark = tmp_path / "saving"
+    master.submit("tests.apps.longjobs:polite", {"n": 600, "log": str(tmp_path / "attempts.log"), "saving": 1.5,
+                                                 "saving_mark": str(mark)}, key="polite")
+    wait_for(lambda: (show(state_dir, "polite")["progress"] or {}).get("done", 0) >= 3, what="some progress")
+    return mark
+
+
+def test_a_term_after_a_drain_ran_out_of_time_leaves_each_job_its_kill_grace(master_factory, state_dir, tmp_path):
+    """The Kubernetes recipe: a preStop `phoenix stop --drain --timeout` runs out of time, then the kubelet
+    TERMs PID 1. That TERM once SIGKILLed the job while it saved its place (`stop_now`)."""
+    master = master_factory(app=APP)
+    mark = start_slow_saving_job(master, state_dir, tmp_path)
+    command = subprocess.Popen([*PHOENIX, "stop", "--drain", "--timeout", "0", "--state-dir", str(state_dir)],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(mark.exists, what="the job to begin saving its place")
+        master.signal(signal.SIGTERM)  # the kubelet's
+        master.wait_log("stop_under_way", what="the TERM to be taken as a stop already under way")
+        _out, err = command.communicate(timeout=20)
+        assert command.returncode == 0, err
+    finally:
+        command.kill()
+        command.wait()
+    assert master.wait_exit() == 0
+    assert "stop_now" not in master.log()
+    assert show(state_dir, "polite")["checkpoint"] is not None, "killed before it saved its place"
+    assert_interrupted_politely(state_dir)
+
+
+def test_a_stop_while_stopping_says_so_and_cuts_no_kill_grace_short(master_factory, state_dir, tmp_path):
+    """A second `phoenix stop`, and a `phoenix stop --drain --timeout 0.5`, while a stop is under way: they
+    once said "jobs still running after 0.5 s of draining" (no drain was under way), took the master for
+    an older release, and sent a stop that SIGKILLed the job as it saved its place."""
+    master = master_factory(app=APP)
+    mark = start_slow_saving_job(master, state_dir, tmp_path)
+    commands = [subprocess.Popen([*PHOENIX, "stop", "--state-dir", str(state_dir)], cwd=REPO,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    try:
+        wait_for(mark.exists, what="the job to begin saving its place")
+        for args in (["stop"], ["stop", "--drain", "--timeout", "0.5"]):
+            commands.append(subprocess.Popen([*PHOENIX, *args, "--state-dir", str(state_dir)], cwd=REPO,
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        ends = [command.communicate(timeout=20) for command in commands]
+    finally:
+        for command in commands:
+            command.kill()
+            command.wait()
+    assert [command.returncode for command in commands] == [0, 0, 0], ends
+    for _out, err in ends[1:]:
+        assert f"the master (pid {master.pid}) is stopping already" in err, err
+        assert "draining" not in err, err
+    assert master.wait_exit() == 0
+    assert "stop_now" not in master.log()
+    assert_interrupted_politely(state_dir)
+
+
+def test_during_a_drain_a_reload_says_why_and_a_later_drain_says_whose_deadline(master_factory, state_dir,
+                                                                                  tmp_path):
+    """`phoenix reload` said "a replacement is already in progress" (the log said draining); a second drain
+    said "after 2.93816 s of draining": the seconds left of the first's deadline, not how long it drained."""
+    master = master_factory(app=APP)
+    start_polite_job(master, state_dir, tmp_path / "attempts.log")
+    first = subprocess.Popen([*PHOENIX, "stop", "--drain", "--timeout", "3", "--state-dir", str(state_dir)],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        master.wait_log("drain_deadline", what="the drain to begin")
+        for args in (["reload"], ["reload", "--wait"]):
+            refused = phoenix_cli(*args, state_dir=state_dir)
+            assert refused.returncode == 1, refused.stderr
+            assert "error: the master is draining: it is replaced only while it runs" in refused.stderr
+            assert "already in progress" not in refused.stderr
+        second = phoenix_cli("stop", "--drain", "--timeout", "100", state_dir=state_dir)
+        assert second.returncode == 0, second.stderr
+        said = re.search(r"jobs still running at the deadline of a drain asked earlier \((\d+(?:\.\d\d?)?) s after "
+                         r"this stop\): interrupting them", second.stderr)
+        assert said and 0 < float(said.group(1)) <= 3, second.stderr
+        first.communicate(timeout=20)
+        assert first.returncode == 0
+    finally:
+        first.kill()
+        first.wait()
+    assert master.wait_exit() == 0
+    assert_interrupted_politely(state_dir)

@@ -60,13 +60,19 @@ def test_term_and_int_stop_and_put_interrupted_jobs_back(master_factory, signum)
              what="the interrupted job to run again")
 
 
-def test_second_term_stops_at_once(master_factory, tmp_path):
+def test_a_second_term_keeps_the_kill_grace_a_second_int_stops_at_once(master_factory, tmp_path):
+    """A repeated TERM (a kubelet's, a second `phoenix stop`) once SIGKILLed every job inside its
+    kill_grace; only SIGINT while stopping (a second Ctrl-C) is the fast path (docs/operating.md)."""
     master = master_factory("--config", str(_config(tmp_path, "kill_grace = 60\n")))
     master.submit("tests.apps.jobs:ignores_term", {}, key="stubborn")
-    wait_for(lambda: master.jobs()["stubborn"]["pid"], what="the job to run")
+    pid = wait_for(lambda: master.jobs()["stubborn"]["pid"], what="the job to run")
     master.signal(signal.SIGTERM)
     master.wait_log("stop mode=term")
     master.signal(signal.SIGTERM)
+    master.wait_log("stop_under_way")
+    assert "stop_now" not in master.log() and master.jobs()["stubborn"]["pid"] == pid
+    os.kill(pid, 0)  # alive, inside its kill_grace
+    master.signal(signal.SIGINT)
     master.wait_log("stop_now")
     assert master.wait_exit(timeout=10) == 0
 

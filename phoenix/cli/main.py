@@ -125,7 +125,8 @@ class Seconds(click.ParamType[float]):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         try:
-            seconds = float(value)
+            # ASCII only: float() takes any script's digits ("٥", "１"), which a person does not read as a wait.
+            seconds = float(value) if isinstance(value, (int, float)) or str(value).isascii() else math.nan
         except (TypeError, ValueError):
             seconds = math.nan
         lowest = 0.0 if self.zero_ok else 0.001
@@ -481,23 +482,30 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
     exit_wait = STOP_WAIT if timeout is None or drain_time is not None else timeout
     sent = control.stop(paths.control_socket, mode, drain_time)
     try:
+        if sent.reply.get("already_stopping"):
+            # Its jobs were interrupted already and keep their kill_grace: nothing is drained, nothing cut short.
+            click.echo(f"the master (pid {pid}) is stopping already (its jobs are being interrupted, each within "
+                       "kill_grace): waiting for it to exit", err=True)
+            drain_time = None
         if drain_time is not None:
             # The master's own count (a drain under way may have an earlier deadline); an older master holds none.
             held = sent.reply.get("interrupt_after")
+            earlier = isinstance(held, (int, float)) and not math.isclose(held, drain_time, rel_tol=1e-6,
+                                                                          abs_tol=1e-6)
             drain_time = min(drain_time, held) if isinstance(held, (int, float)) else drain_time
-            sent, why_not = _wait_out_the_drain(paths, sent, drain_time, held is not None)
+            sent, why_not = _wait_out_the_drain(paths, sent, drain_time, held is not None, earlier)
             if why_not:  # no interrupt mends it: said at once
-                fail(f"the master (pid {pid}) has not exited after {drain_time:g} s{why_not}", 1)
+                fail(f"the master (pid {pid}) has not exited after {_duration(drain_time)}{why_not}", 1)
         deadline = time.monotonic() + exit_wait
         ending, still_running = sent.wait_ending(exit_wait)
     finally:
         sent.close()
     waited = exit_wait if drain_time is None else drain_time + exit_wait
     if still_running:
-        fail(f"the master (pid {pid}) has not exited after {waited:g} s{_why_still_running(paths)}", 1)
+        fail(f"the master (pid {pid}) has not exited after {_duration(waited)}{_why_still_running(paths)}", 1)
     while pidfile.live_master_pid(paths.pidfile, paths.lockfile) is not None:
         if time.monotonic() > deadline:
-            fail(f"the master (pid {pid}) has not exited after {waited:g} s", 1)
+            fail(f"the master (pid {pid}) has not exited after {_duration(waited)}", 1)
         time.sleep(0.05)
     if ending is not None and ending.get("error"):
         why = visible(str(ending["error"]))  # a crash's words may be anything
@@ -508,13 +516,14 @@ def stop(state_dir: str | None, drain: bool, leave_running: bool, timeout: float
 
 
 def _wait_out_the_drain(paths: StatePaths, sent: control.StopSent, drain_time: float,
-                        master_holds_it: bool) -> tuple[control.StopSent, str]:
+                        master_holds_it: bool, earlier: bool) -> tuple[control.StopSent, str]:
     """Wait the drain's time for the master to end; if it still runs then,
     say that its jobs are interrupted: the master interrupts them itself at
     its deadline, and a master of an older release is asked to (a stop
-    during a drain). Returns the stop to wait on next, and why the master
-    still runs if no interrupt mends it (outcomes its journal cannot take
-    yet), else ""."""
+    during a drain). `earlier`: the deadline is an earlier stop's, sooner
+    than this one asked (drain_time is then what was left of it). Returns
+    the stop to wait on next, and why the master still runs if no interrupt
+    mends it (outcomes its journal cannot take yet), else ""."""
     if drain_time == 0:  # interrupted at once, as asked (none may have run): nothing to say
         return (sent if master_holds_it else _stop_now(paths, sent)), ""
     _ending, still_running = sent.wait_ending(drain_time)
@@ -524,8 +533,15 @@ def _wait_out_the_drain(paths: StatePaths, sent: control.StopSent, drain_time: f
     if why_not:
         return sent, why_not
     # Each job may save a checkpoint and return within kill_grace, and resumes at the next start.
-    click.echo(f"jobs still running after {drain_time:g} s of draining: interrupting them", err=True)
+    when = (f"at the deadline of a drain asked earlier ({_duration(drain_time)} after this stop)" if earlier
+            else f"after {_duration(drain_time)} of draining")
+    click.echo(f"jobs still running {when}: interrupting them", err=True)
     return (sent if master_holds_it else _stop_now(paths, sent)), ""
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as a person reads them: to a hundredth (3.81 s, 100 s), never 9.96806e-10 s."""
+    return "less than 0.01 s" if seconds < 0.005 else f"{round(seconds, 2):g} s"
 
 
 def _stop_now(paths: StatePaths, draining: control.StopSent) -> control.StopSent:

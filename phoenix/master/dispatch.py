@@ -16,7 +16,7 @@ from phoenix.linux.clock import Clock
 from phoenix.master.attempts import AttemptTable
 from phoenix.master.hangs import HangKiller
 from phoenix.rules.commands import BadRequest, Command, from_request, interrupt_after
-from phoenix.rules.states import StopMode
+from phoenix.rules.states import MasterState, StopMode
 from phoenix.store.base import WAITING, Store
 
 INFO, ERROR = logging.INFO, logging.ERROR
@@ -27,6 +27,7 @@ class Commanded(Protocol):
     """What only the master decides (arbiter.Master)."""
 
     slots: int
+    state: MasterState
 
     def set_slots(self, wanted: int) -> None: ...  # the one writer of slots
     def reload_configuration(self) -> None: ...  # the one writer of the settings
@@ -84,10 +85,16 @@ class Dispatcher:
             event(ERROR, "stop_refused", mode="leave-running", reason=pid1.LEAVE_RUNNING_REFUSED)
             return {"ok": False, "error": pid1.LEAVE_RUNNING_REFUSED}
         elif command in (Command.STOP, Command.DRAIN, Command.LEAVE):
+            # Said, so that `phoenix stop` does not take a stop under way for a drain it asked (or an older release).
+            already_stopping = self.master.state == MasterState.STOPPING
             left = self.stopping.begin_stop({Command.STOP: StopMode.TERM, Command.DRAIN: StopMode.DRAIN,
                                              Command.LEAVE: StopMode.LEAVE}[command], signum, interrupt_after)
+            reply: dict[str, Any] = {"ok": True}
+            if already_stopping:
+                reply["already_stopping"] = True
             if left is not None:  # the seconds until the drain's deadline, which this master holds
-                return {"ok": True, "interrupt_after": left}
+                reply["interrupt_after"] = left
+            return reply
         elif command == Command.RELOAD:
             return self.handoff.request_reload(force=force)
         elif command == Command.RELOAD_CONFIG:

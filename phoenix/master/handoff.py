@@ -309,10 +309,14 @@ class Handoff:
                       phase=self.phase)
             return False
         if m.app_spec is None:
-            log.event(logging.WARNING, "reload_refused", reason="this master runs an app object, not an app path")
+            self.refusal = "this master runs an app object, not an app path"
+            log.event(logging.WARNING, "reload_refused", reason=self.refusal)
             return False
         if m.state not in (MasterState.RUNNING, MasterState.DEGRADED):
-            log.event(logging.WARNING, "reload_refused", reason=f"the master is {m.state}")
+            # (Not "a replacement is already in progress": the command says the true reason.)
+            self.refusal = (f"the master is {m.state}: it is replaced only while it runs "
+                            "(after a stop, start the new code)")
+            log.event(logging.WARNING, "reload_refused", reason=self.refusal)
             return False
         if self.outage.active:
             # The new image would start without what this one holds in memory

@@ -156,10 +156,7 @@ class Stopping:
         self.spawner.discard()
         self.stop_signal = self.stop_signal or signum or exits.STOP_MODE_SIGNALS[mode]
         if self.master.state == MasterState.STOPPING and mode == StopMode.TERM:
-            event(WARNING, "stop_now", running=len(self.attempts))
-            for attempt in list(self.attempts.values()):
-                if not attempt.holds_only_copy():  # (see below)
-                    signal_attempt(attempt, signal.SIGKILL)
+            self.stop_again(signum)
             return None
         if mode == StopMode.LEAVE:
             event(INFO, "stop", mode="leave-running", running=len(self.attempts))
@@ -185,6 +182,21 @@ class Stopping:
                 continue
             self.hangs.interrupt(attempt, now)
         return None
+
+    def stop_again(self, signum: int | None) -> None:
+        """A stop while stopping. A repeated TERM or `phoenix stop` (a
+        kubelet's TERM after a preStop drain, two operators) never cuts a
+        job's kill_grace short: the jobs were asked already, and keep their
+        time to save their place. Only SIGINT (a second Ctrl-C in a terminal)
+        is the deliberate fast path: SIGKILL now."""
+        if signum != signal.SIGINT:
+            event(INFO, "stop_under_way", running=len(self.attempts),
+                  effect="each job keeps its kill_grace to end; SIGINT (Ctrl-C) kills them at once")
+            return
+        event(WARNING, "stop_now", running=len(self.attempts))
+        for attempt in list(self.attempts.values()):
+            if not attempt.holds_only_copy():  # (see below)
+                signal_attempt(attempt, signal.SIGKILL)
 
     def set_drain_deadline(self, seconds: float | None) -> float | None:
         """A drain's deadline `seconds` from now; of two (a second `phoenix

@@ -562,7 +562,8 @@ def stop(path: Path, mode: str, interrupt_after: float | None = None) -> StopSen
     its ending (StopSent.wait_ending). With `interrupt_after` (a drain), the
     master interrupts the jobs still running after that many seconds: it
     holds that deadline itself, and says so with `interrupt_after` (the
-    seconds left) in its reply. A master that does not report endings (an
+    seconds left) in its reply; `already_stopping` says a stop was under way
+    (its jobs interrupted already). A master that does not report endings (an
     older release) has no `report_exit` in its reply; then nothing is waited for."""
     request: dict[str, Any] = {"cmd": "stop", "mode": mode, "report_exit": True}
     if interrupt_after is not None:

@@ -39,7 +39,8 @@ def crawl(params):
 
 @app.job
 def polite(params):
-    """Saves its place only when asked to stop, then lets Interrupted end it."""
+    """Saves its place only when asked to stop, then lets Interrupted end it. Asked to, it takes
+    params["saving"] seconds to save (within kill_grace), after touching the file params["saving_mark"]."""
     start = _begin(params)
     item = start
     try:
@@ -48,6 +49,9 @@ def polite(params):
             phoenix.progress(item + 1, params["n"])
     except phoenix.Interrupted:
         assert phoenix.stopping()
+        if "saving_mark" in params:
+            Path(params["saving_mark"]).touch()
+        time.sleep(params.get("saving", 0))
         phoenix.checkpoint({"next": item})
         raise
     return {"started_at": start}

@@ -21,7 +21,7 @@ from phoenix.master.heartbeats import HeartbeatIntake
 from phoenix.master.loop import Loop
 from phoenix.master.metrics import Counters
 from phoenix.rules.commands import Command
-from phoenix.rules.states import StopMode
+from phoenix.rules.states import MasterState, StopMode
 from phoenix.store.sqlite import Journal
 from phoenix.testing import FakeClock
 
@@ -31,6 +31,7 @@ class Master:
 
     def __init__(self) -> None:
         self.slots = 2
+        self.state = MasterState.RUNNING
         self.asked: list[str] = []
 
     def set_slots(self, wanted: int) -> None:

@@ -117,6 +117,14 @@ def test_no_replacement_of_a_master_that_is_stopping(parts: Replacing, state: Ma
     parts.master.state = state
     assert not parts.handoff.begin()
     assert parts.phase() == HandoffPhase.IDLE
+    answer = parts.handoff.request_reload()  # `phoenix reload`: the true reason, not "already in progress"
+    assert answer["ok"] is False and answer["error"].startswith(f"the master is {state}: it is replaced only")
+
+
+def test_no_replacement_of_an_app_object_says_why(parts: Replacing) -> None:
+    parts.master.app_spec = None
+    answer = parts.handoff.request_reload()
+    assert answer["ok"] is False and answer["error"] == "this master runs an app object, not an app path"
 
 
 def test_one_replacement_at_a_time(parts: Replacing) -> None:

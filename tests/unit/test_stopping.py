@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -125,7 +126,7 @@ def test_a_stop_with_an_unrecorded_outcome_waits_for_its_child(ending: Ending) -
         assert ending.master.state == MasterState.STOPPING and not ending.may_exit()
     assert ending.stopping.unrecorded_outcomes() == 1
     assert ending.stopping.exit_wait_noted  # said once why
-    ending.stopping.begin_stop(StopMode.TERM)  # a second stop: stop now, still not this child
+    ending.stopping.begin_stop(StopMode.TERM, signal.SIGINT)  # a second Ctrl-C: stop now, still not this child
     assert attempt.kill_reason is None
     attempt.final_held = True  # the journal took it; the child acknowledged exits
     ending.attempts.remove(attempt.pid)
@@ -205,3 +206,31 @@ def test_a_drain_whose_jobs_end_in_time_stops_with_none_interrupted(ending: Endi
     ending.clock.advance(30.0)
     ending.stopping.interrupt_drain_if_due()
     assert ending.may_exit() and not attempt.interrupted and ending.stopping.next_deadline() is None
+
+
+@pytest.fixture
+def ignores_term() -> Iterator[subprocess.Popen[bytes]]:
+    """A real process in its own group that ignores TERM (from before its exec: no race), as a slow
+    job saving its place does: only a KILL ends it."""
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
+    yield child
+    child.kill()
+    child.wait()
+
+
+def test_a_stop_while_stopping_never_cuts_the_kill_grace_short_only_sigint_does(
+        ending: Ending, ignores_term: subprocess.Popen[bytes]) -> None:
+    """A kubelet's TERM after a preStop drain ran out of time, a second `phoenix stop`: each job keeps
+    its kill_grace to save its place (they SIGKILLed it at once before). A second Ctrl-C is the fast path."""
+    now = ending.clock.monotonic()
+    attempt = Attempt(3, 3, "slow", "m:f", 1, ignores_term.pid, None, now, now, now)
+    ending.attempts.add(attempt)
+    ending.stopping.begin_stop(StopMode.DRAIN, interrupt_after=0.0)  # out of time at once: TERM
+    assert ending.master.state == MasterState.STOPPING and attempt.interrupted
+    for again in (signal.SIGTERM, None, signal.SIGQUIT):  # a TERM, a `phoenix stop`, a drain asked now
+        ending.stopping.begin_stop(StopMode.DRAIN if again == signal.SIGQUIT else StopMode.TERM, again)
+        with pytest.raises(subprocess.TimeoutExpired):
+            ignores_term.wait(timeout=0.2)  # still alive: no KILL before its kill_grace
+    ending.stopping.begin_stop(StopMode.TERM, signal.SIGINT)
+    assert ignores_term.wait(timeout=10) == -signal.SIGKILL
