@@ -64,6 +64,14 @@ class Parts:
         self.clock.advance(self.attempt.started + seconds - self.clock.monotonic())
         self.hangs.run_due_timers(self.clock.monotonic())
 
+    def beating(self, first: int, end: int, progress: bool = False) -> None:
+        """A beat (and with `progress`, progress) each second from `first` to `end` (not included)."""
+        for second in range(first, end):
+            self.attempt.last_beat = self.clock.monotonic()
+            if progress:
+                self.attempt.last_progress = self.attempt.last_beat
+            self.at(float(second))
+
 
 @pytest.fixture
 def child() -> Iterator[subprocess.Popen[bytes]]:
@@ -119,9 +127,7 @@ def test_a_job_s_own_heartbeat_timeout_wins_over_the_app_s(child: subprocess.Pop
 
 def test_max_runtime_kills_a_child_that_beats(child: subprocess.Popen[bytes]) -> None:
     parts = Parts(child, JobSpec("m:f", print, max_runtime=12.0))
-    for second in range(1, 12):
-        parts.attempt.last_beat = parts.attempt.last_progress = parts.clock.monotonic()
-        parts.at(float(second))
+    parts.beating(1, 12, progress=True)
     assert parts.attempt.kill_reason is None
     parts.attempt.last_beat = parts.clock.monotonic()
     parts.at(12.0)
@@ -134,15 +140,11 @@ def test_a_job_blocked_in_checkpoint_by_the_masters_journal_is_not_stall_killed(
     # the job makes no progress through no fault of its own, beating all along.
     parts = Parts(child, JobSpec("m:f", print, stall_timeout=4.0))
     parts.attempt.wait_on_master(parts.clock.monotonic())
-    for second in range(1, 21):
-        parts.attempt.last_beat = parts.clock.monotonic()
-        parts.at(float(second))
+    parts.beating(1, 21)
     assert parts.attempt.kill_reason is None
     # Acknowledged at last: its stall clock starts again then, and stalled after that, it is killed.
     parts.attempt.master_answered(parts.clock.monotonic())
-    for second in range(21, 24):
-        parts.attempt.last_beat = parts.clock.monotonic()
-        parts.at(float(second))
+    parts.beating(21, 24)
     assert parts.attempt.kill_reason is None
     parts.attempt.last_beat = parts.clock.monotonic()
     parts.at(24.0)
@@ -153,17 +155,11 @@ def test_a_wait_on_the_masters_journal_does_not_count_against_max_runtime(child:
     # Found from outside: a 6 s job with max_runtime=10 was killed at 10 s, its
     # checkpoint having waited 12 s on a full disk, and charged a retry.
     parts = Parts(child, JobSpec("m:f", print, max_runtime=10.0))
-    for second in range(1, 3):
-        parts.attempt.last_beat = parts.attempt.last_progress = parts.clock.monotonic()
-        parts.at(float(second))
+    parts.beating(1, 3, progress=True)
     parts.attempt.wait_on_master(parts.clock.monotonic())  # blocked at 2 s, for 12 s
-    for second in range(3, 15):
-        parts.attempt.last_beat = parts.clock.monotonic()
-        parts.at(float(second))
+    parts.beating(3, 15)
     parts.attempt.master_answered(parts.clock.monotonic())
-    for second in range(15, 22):  # 2 s before the wait and 7 after: 9 s of its own
-        parts.attempt.last_beat = parts.attempt.last_progress = parts.clock.monotonic()
-        parts.at(float(second))
+    parts.beating(15, 22, progress=True)  # 2 s before the wait and 7 after: 9 s of its own
     assert parts.attempt.kill_reason is None
     parts.attempt.last_beat = parts.clock.monotonic()
     parts.at(22.0)
