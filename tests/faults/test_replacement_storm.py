@@ -17,7 +17,7 @@ APP = "tests.apps.replace:app"
 
 
 def test_usr2_storm_with_200_children(master_factory, state_dir, tmp_path, long_mode, machine_to_itself):
-    signals, window = (50, 30.0) if long_mode else (25, 15.0)
+    signals, window = (50, 30.0) if long_mode else (16, 10.0)
     children = 200
     done = tmp_path / "done"
     state_dir.mkdir(mode=0o700)
