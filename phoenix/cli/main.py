@@ -26,6 +26,7 @@ from phoenix.linux import pidfile
 from phoenix.linux.paths import StatePaths, check_parents
 from phoenix.linux.untrusted import check_key, visible
 from phoenix.master import handoff
+from phoenix.rules.commands import MAX_WAIT_SECONDS
 from phoenix.rules.durations import parse_duration
 from phoenix.rules.schedule import due_time, parse_priority
 from phoenix.store.base import SQLITE, JobState, RetryRefused, Store, is_url, redact
@@ -113,10 +114,10 @@ ATTEMPT_NUMBER = click.IntRange(min=1, max=2**31 - 1)
 
 class Seconds(click.ParamType[float]):
     """A wait on the command line that becomes a socket's timeout or a
-    deadline: a finite number of seconds, at most a year (past about 30
-    years a socket timeout overflows). nan passes every comparison (and
-    float() takes "nan", "inf", "-inf"), so each is refused by name; 0 only
-    where it means something (`--drain --timeout 0`: interrupt now)."""
+    deadline: a finite number of seconds, at most a year (MAX_WAIT_SECONDS).
+    float() takes "nan", "inf" and "-inf": the range check refuses all three
+    (nan fails every comparison); 0 only where it means something
+    (`--drain --timeout 0`: interrupt now)."""
 
     name = "seconds"
 
@@ -130,13 +131,11 @@ class Seconds(click.ParamType[float]):
         except (TypeError, ValueError):
             seconds = math.nan
         lowest = 0.0 if self.zero_ok else 0.001
-        if not lowest <= seconds <= MAX_SECONDS:  # (nan: False)
-            self.fail(f"{value!r} is not a number of seconds from {lowest:g} to {MAX_SECONDS:.0f} (a year): "
+        if not lowest <= seconds <= MAX_WAIT_SECONDS:  # (nan: False)
+            self.fail(f"{value!r} is not a number of seconds from {lowest:g} to {MAX_WAIT_SECONDS:.0f} (a year): "
                       f"give e.g. 30", param, ctx)
         return seconds
 
-
-MAX_SECONDS = 365 * 24 * 3600.0
 
 
 _warned: set[str] = set()

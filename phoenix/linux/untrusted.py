@@ -118,6 +118,26 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # NaN, Infinity: Python's json reads them, other readers refuse them
 
 
+def text_problem(value: object) -> str | None:
+    """What makes a text read back from a store unusable, or None: another
+    tool may have stored bytes (a BLOB), or text that is not UTF-8 (SQLite's
+    journal reads it with surrogateescape), which no child's order could carry."""
+    if not isinstance(value, str):
+        return f"not text (a {type(value).__name__})"
+    return "not valid UTF-8" if _has_surrogates(value) else None
+
+
+def json_problem(text: str) -> str | None:
+    """What keeps JSON text read back from a store from being read here, or None."""
+    try:
+        json.loads(text, parse_constant=_not_json)
+    except RecursionError:
+        return "JSON nested too deep to read"
+    except ValueError:
+        return "not JSON this process can read"
+    return None
+
+
 def unstorable(key: str) -> bool:
     """A key no store holds (a lone surrogate, a NUL: `check_key` refuses
     both): a lookup by it finds no job, and is not sent to a store that would

@@ -5,12 +5,11 @@ lease keeper ask here."""
 
 from __future__ import annotations
 
-import json
 from typing import Callable
 
 from phoenix.app import App, AppError, JobSpec, decode_params, resolve_target
 from phoenix.config import Config
-from phoenix.linux.untrusted import visible
+from phoenix.linux.untrusted import json_problem, text_problem, visible
 from phoenix.rules.policy import may_run
 from phoenix.store.base import Job
 
@@ -79,20 +78,6 @@ class JobSpecs:
         return spec
 
 
-def text_problem(value: object) -> str | None:
-    """What makes a text column read back from the journal unusable, or None:
-    another tool may have stored bytes (a BLOB), or text that is not UTF-8
-    (the journal reads it with surrogateescape: store/sqlite.py), which no
-    child's order could carry."""
-    if not isinstance(value, str):
-        return f"not text (a {type(value).__name__})"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "not valid UTF-8"
-    return None
-
-
 def shown_key(key: object) -> str:
     """A job's key for a message, whatever another tool stored for it."""
     return repr(visible(key)) if isinstance(key, str) else repr(key)
@@ -103,15 +88,6 @@ def checkpoint_problem(saved: object) -> str | None:
     phoenix.checkpoint() saves only JSON text; anything else was put there
     by another tool, and would end the child (or the master) that reads it."""
     problem = text_problem(saved)
-    if problem is not None:
-        return problem
-    assert isinstance(saved, str)
-    try:
-        json.loads(saved, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as exc:
-        return "not JSON this process can read" if isinstance(exc, ValueError) else "JSON nested too deep to read"
-    return None
-
-
-def _no_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: Python reads them, phoenix.checkpoint() refuses them
+    if problem is None and isinstance(saved, str):
+        problem = json_problem(saved)
+    return problem

@@ -66,8 +66,9 @@ def from_request(request: dict[str, Any]) -> Command:
     raise BadRequest(f"unknown command {name!r}; known: status, wake, stop, reload, cancel")
 
 
-# A drain's deadline the master holds (`phoenix stop --drain --timeout S`): at most a year.
-MAX_DRAIN_SECONDS = 365 * 24 * 3600.0
+# The longest wait a command asks (a drain's deadline, `--timeout`, `--watch`): a year.
+# Past about 30 years a socket's timeout overflows.
+MAX_WAIT_SECONDS = 365 * 24 * 3600.0
 
 
 def interrupt_after(request: dict[str, Any]) -> float | None:
@@ -80,7 +81,7 @@ def interrupt_after(request: dict[str, Any]) -> float | None:
         return None
     if request.get("mode") != "drain":
         raise BadRequest("interrupt_after is a drain's deadline: send it with \"mode\": \"drain\"")
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= MAX_DRAIN_SECONDS:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= MAX_WAIT_SECONDS:
         # (NaN fails every comparison, so the range check refuses it too.)
-        raise BadRequest(f"interrupt_after must be seconds from 0 to {MAX_DRAIN_SECONDS:g}, not {seconds!r}")
+        raise BadRequest(f"interrupt_after must be seconds from 0 to {MAX_WAIT_SECONDS:g}, not {seconds!r}")
     return float(seconds)

@@ -539,11 +539,7 @@ class StopSent:
             raise ValueError(f"a stop's wait must be a finite number of seconds above 0, not {within!r}")
         self.sock.settimeout(within)
         try:
-            while b"\n" not in self.rest:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    break
-                self.rest += chunk
+            _read_line(self.sock, self.rest)
         except TimeoutError:
             return None, True
         except OSError:  # reset: it ended without a word (killed, crashed)
@@ -587,11 +583,7 @@ def _send_stop(sock: socket.socket, path: Path, request: dict[str, Any]) -> tupl
         sock.sendall(json.dumps(request).encode() + b"\n")
         sent = True
         data = bytearray()
-        while b"\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        _read_line(sock, data)
     except (FileNotFoundError, ConnectionRefusedError):
         raise ControlError(f"no master is listening on {path}") from None
     except (ConnectionResetError, BrokenPipeError):
@@ -607,6 +599,17 @@ def _send_stop(sock: socket.socket, path: Path, request: dict[str, Any]) -> tupl
         raise ControlError(f"cannot reach a master on {path}: {exc.strerror or exc}") from None
     line, _newline, rest = bytes(data).partition(b"\n")
     return _refused_or(path, _parse(path, line)), rest
+
+
+def _read_line(sock: socket.socket, data: bytearray) -> None:
+    """Receive into `data` until it holds a whole line, or the master closes
+    the connection; what follows the line stays in `data` too (a stop's ending
+    may come in the same segment as its reply)."""
+    while b"\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return
+        data += chunk
 
 
 def _parse(path: Path, data: bytes) -> dict[str, Any]:
