@@ -188,10 +188,22 @@ def exclusive_sleep(params):
 @app.job(retries=3)
 def records_term(params):
     """Forks a grandchild into its process group; each appends "TERM <pid>" to
-    params["file"] when it gets SIGTERM. Writes params["ready"] once both listen."""
+    params["file"] when it gets SIGTERM. Writes params["ready"] once both listen.
+    The job waits (up to 10 s) for the grandchild's line before it exits: the
+    master SIGKILLs the group as soon as the job ends, which under load can come
+    before the grandchild's handler has run, hiding that it got the TERM."""
+    job_pid = os.getpid()
+
     def on_term(_signum, _frame):
         with open(params["file"], "a") as f:
             f.write(f"TERM {os.getpid()}\n")
+        if os.getpid() == job_pid:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with open(params["file"]) as f:
+                    if len(set(f.read().split("\n")) - {""}) >= 2:
+                        break
+                time.sleep(0.01)
         os._exit(0)
 
     signal.signal(signal.SIGTERM, on_term)
