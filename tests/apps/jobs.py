@@ -53,8 +53,10 @@ def noop(params):
 
 @app.job
 def sleep(params):
+    """Sleeps params["s"] seconds, or less once the file params["until"] (if given) exists."""
     deadline = time.monotonic() + params["s"]
-    while time.monotonic() < deadline:
+    release = params.get("until")
+    while time.monotonic() < deadline and not (release and os.path.exists(release)):
         time.sleep(0.05)
         phoenix.heartbeat()
     return {"slept": params["s"], "pid": os.getpid(), "attempt_id": phoenix.current_job().attempt_id}

@@ -1,4 +1,5 @@
-"""The multi-host suite's jobs. `tick` runs for params["s"] seconds and, every
+"""The multi-host suite's jobs. `tick` runs for params["s"] seconds (a later
+attempt for params["rerun_s"], if given) and, every
 50 ms, appends the CLOCK_MONOTONIC time to its own file
 $PHOENIX_MH_TICKS/<key>.<attempt>.<pid> (one clock for every namespace of the
 machine): the first and last tick bound when the attempt really ran, whatever
@@ -42,7 +43,8 @@ def tick(params):
     job = phoenix.current_job()
     path = os.path.join(os.environ["PHOENIX_MH_TICKS"], f"{job.key}.{job.attempt}.{os.getpid()}")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + params.get("s", 0)
+    seconds = params["rerun_s"] if job.attempt > 1 and "rerun_s" in params else params.get("s", 0)
+    deadline = time.monotonic() + seconds
     try:
         while True:
             os.write(fd, f"{time.monotonic():.3f}\n".encode())

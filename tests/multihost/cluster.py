@@ -64,12 +64,15 @@ class Cluster:
 
     # -- jobs ---------------------------------------------------------------------------
 
-    def submit(self, keys: Sequence[str], seconds: float, target: str = TICK) -> None:
-        """Jobs in one transaction (one NOTIFY), from the root namespace."""
+    def submit(self, keys: Sequence[str], seconds: float, target: str = TICK, rerun: float | None = None) -> None:
+        """Jobs in one transaction (one NOTIFY), from the root namespace. Each
+        attempt after the first runs `rerun` seconds instead, where given: a
+        scenario needs its first attempts long, not the re-runs."""
         from phoenix.store.postgres import PgStore
 
+        params = json.dumps({"s": seconds} if rerun is None else {"s": seconds, "rerun_s": rerun})
         with PgStore(self.url) as store:
-            store.submit_many((target, json.dumps({"s": seconds}), key) for key in keys)
+            store.submit_many((target, params, key) for key in keys)
 
     def sql(self, query: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         return self.lab.pg.sql(query, params, database=self.url.rsplit("/", 1)[1])

@@ -85,10 +85,11 @@ def test_a_killed_masters_jobs_run_again_on_the_other_within_ttl_plus_grace(tmp_
         from phoenix import Client
 
         client = Client(store=pg_url)
+        release = tmp_path / "release"
         for i in range(4):
-            # Long enough to be running still when the host is lost, on a loaded machine too (at 3 s a job
-            # had ended before the kill, and its process group was gone).
-            client.submit("tests.apps.jobs:sleep", {"s": 8}, key=f"long-{i}")
+            # Running still when the host is lost, however loaded the machine (at a fixed 3 s a job had
+            # ended before the kill, and its process group was gone): each ends once `release` exists.
+            client.submit("tests.apps.jobs:sleep", {"s": 60, "until": str(release)}, key=f"long-{i}")
         running = wait_for(lambda: (lambda js: js if all(j["state"] == "running" for j in js.values()) else None)(
             jobs_by_key(pg_url)), what="4 jobs running, 2 on each master")
         victims = {key: job["pid"] for key, job in running.items() if job["node"] == "a"}
@@ -97,7 +98,8 @@ def test_a_killed_masters_jobs_run_again_on_the_other_within_ttl_plus_grace(tmp_
         a.wait_exit()
         for pid in victims.values():
             os.killpg(pid, signal.SIGKILL)
-        # ttl 2 s + grace 1.4 s + a recovery period, then a slot on b and 8 s of sleep: well within 40 s
+        release.touch()  # b's own two end; a's two run again on b, and end at once
+        # ttl 2 s + grace 1.4 s + a recovery period, then a slot on b: well within 40 s
         done = wait_for(lambda: (lambda js: js if all(j["state"] == "finished" for j in js.values()) else None)(
             jobs_by_key(pg_url)), timeout=40, what="every job to finish on b")
         assert {key: (job["attempt"], job["node"]) for key, job in done.items()} == {
