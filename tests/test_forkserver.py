@@ -33,21 +33,27 @@ def ready_server_of(master) -> int:
 
 
 def running_pids(master, ids: dict[str, int]) -> dict[str, int]:
-    """The pid of each job (key -> id), once all of them run."""
+    """The pid of each job (key -> id), once all of them run. Their jobs must
+    run until the test releases them (`until`): a job of a fixed few seconds
+    can end, on a loaded machine, before the last one starts, and then all
+    of them never run at once."""
     def pids():
         running = master.live()["running"]
         return all(str(i) in running for i in ids.values()) and {k: running[str(i)]["pid"] for k, i in ids.items()}
     return wait_for(pids, what=f"jobs {sorted(ids)} to run")
 
 
-def test_job_children_are_the_fork_servers_not_the_masters(master_factory):
+def test_job_children_are_the_fork_servers_not_the_masters(master_factory, tmp_path):
     master = master_factory("--workers", "2")
+    release = tmp_path / "release"
     server = ready_server_of(master)
     assert procfs.parent_pid(server) == master.pid
     assert master.status()["master"]["fork_server_pid"] == server  # what an operator sees
-    pid = running_pids(master, {"one": master.submit("tests.apps.jobs:sleep", {"s": 1.0}, key="one")})["one"]
+    pid = running_pids(master, {"one": master.submit("tests.apps.jobs:sleep", {"s": 60, "until": str(release)},
+                                                     key="one")})["one"]
     assert procfs.parent_pid(pid) == server, "the job's child was not forked by the fork server"
     assert procfs.process_group(pid) == pid
+    release.touch()
     wait_for(lambda: master.jobs()["one"]["state"] == "finished", what="the job to finish")
     assert master.jobs()["one"]["result"]["pid"] == pid
     assert not zombies_of(server)
@@ -59,8 +65,10 @@ def test_a_killed_fork_server_loses_no_job_and_runs_none_twice(master_factory, t
     lockdir = tmp_path / "locks"
     lockdir.mkdir()
     keys = [f"k{i}" for i in range(3)]
+    release = tmp_path / "release"
     pids = running_pids(master, {key: master.submit("tests.apps.jobs:exclusive_sleep",
-                                                    {"s": 1.5, "lockdir": str(lockdir)}, key=key) for key in keys})
+                                                    {"s": 60, "until": str(release), "lockdir": str(lockdir)}, key=key)
+                                 for key in keys})
     os.kill(server, signal.SIGKILL)  # the fork server this test's master started, by pid
     master.wait_log(f"fork_server_died pid={server} how=SIGKILL", what="the master to notice")
     # Its children were reparented to the master, which now reaps them itself.
@@ -68,6 +76,7 @@ def test_a_killed_fork_server_loses_no_job_and_runs_none_twice(master_factory, t
         assert procfs.parent_pid(pid) in (master.pid, None)
     new = server_of(master, other_than=server)
     assert procfs.parent_pid(new) == master.pid
+    release.touch()
     wait_for(lambda: all(master.jobs()[k]["state"] == "finished" for k in keys), what="the jobs to finish")
     for key in keys:
         assert master.jobs()[key]["attempt"] == 1, f"{key} ran again"
@@ -79,14 +88,17 @@ def test_a_killed_fork_server_loses_no_job_and_runs_none_twice(master_factory, t
     wait_for(lambda: not zombies_of(master.pid), what="every exit to be reaped")
 
 
-def test_an_exit_the_dead_server_never_reaped_reaches_the_master(master_factory):
+def test_an_exit_the_dead_server_never_reaped_reaches_the_master(master_factory, tmp_path):
     # The server is stopped while its child exits (a zombie it cannot reap),
     # then killed: the zombie is reparented to the master and reaped there.
     master = master_factory("--workers", "1")
     server = ready_server_of(master)
-    pid = running_pids(master, {"z": master.submit("tests.apps.jobs:sleep", {"s": 2.0}, key="z")})["z"]
+    release = tmp_path / "release"
+    pid = running_pids(master, {"z": master.submit("tests.apps.jobs:sleep", {"s": 60, "until": str(release)},
+                                                   key="z")})["z"]
     os.kill(server, signal.SIGSTOP)
     assert procfs.parent_pid(pid) == server, "the job ran in a child the master forked, not the server"
+    release.touch()
     try:
         wait_for(lambda: procfs.state(pid) == "Z", what="the job's child to exit unreaped")
     finally:
@@ -95,10 +107,12 @@ def test_an_exit_the_dead_server_never_reaped_reaches_the_master(master_factory)
     assert master.jobs()["z"]["attempt"] == 1
 
 
-def test_usr2_usr1_and_stop_replace_and_end_the_fork_server(master_factory):
+def test_usr2_usr1_and_stop_replace_and_end_the_fork_server(master_factory, tmp_path):
     master = master_factory("--workers", "2")
     first = server_of(master)
-    running_pids(master, {"across": master.submit("tests.apps.jobs:sleep", {"s": 2.0}, key="across")})
+    release = tmp_path / "release"
+    running_pids(master, {"across": master.submit("tests.apps.jobs:sleep", {"s": 60, "until": str(release)},
+                                                  key="across")})
     master.signal(signal.SIGUSR2)
     master.wait_log("ready generation=2", what="the new image")
     wait_for(lambda: not procfs.is_same_process(first, None), what="the old image's fork server to exit")
@@ -107,6 +121,7 @@ def test_usr2_usr1_and_stop_replace_and_end_the_fork_server(master_factory):
     master.wait_log("logs_reopened", what="the logs to be reopened")
     third = server_of(master, other_than=second)
     assert not procfs.is_same_process(second, None)
+    release.touch()
     wait_for(lambda: master.jobs()["across"]["state"] == "finished", what="the job across USR2 and USR1")
     assert master.jobs()["across"]["attempt"] == 1
     master.stop()

@@ -171,7 +171,7 @@ def ignores_term(params):
 
 @app.job(retries=5)
 def exclusive_sleep(params):
-    """Sleeps; records a violation if another attempt of the same job is running at the same time."""
+    """Sleeps (as `sleep`); records a violation if another attempt of the same job is running at the same time."""
     import fcntl
 
     lock = open(os.path.join(params["lockdir"], phoenix.current_job().key), "a")
@@ -181,7 +181,8 @@ def exclusive_sleep(params):
         with open(os.path.join(params["lockdir"], "VIOLATIONS"), "a") as f:
             f.write(f"{phoenix.current_job().key} attempt {phoenix.current_job().attempt}\n")
     deadline = time.monotonic() + params["s"]
-    while time.monotonic() < deadline:
+    release = params.get("until")  # as in `sleep`: ends early once this file exists
+    while time.monotonic() < deadline and not (release and os.path.exists(release)):
         time.sleep(0.02)
         phoenix.heartbeat()
     return {"attempt": phoenix.current_job().attempt}

@@ -233,10 +233,11 @@ def test_a_file_that_is_not_this_phoenix_journal_is_refused(state_dir, kind):
 
 
 @pytest.mark.parametrize("how", ["truncated", "replaced", "replaced-by-sqlite", "replaced-by-new-journal"])
-def test_running_master_survives_its_journal_being_damaged(master_factory, state_dir, how):
+def test_running_master_survives_its_journal_being_damaged(master_factory, state_dir, tmp_path, how):
     master = master_factory()
-    for i in range(2):  # 3 s: both must be running at once, even when a loaded machine starts them apart
-        master.submit("tests.apps.jobs:sleep", {"s": 3, "i": i}, key=f"job-{i}")
+    release = tmp_path / "release"
+    for i in range(2):  # both must be running at once: they end when the test releases them, not after a time
+        master.submit("tests.apps.jobs:sleep", {"s": 60, "i": i, "until": str(release)}, key=f"job-{i}")
     wait_for(lambda: all(j["state"] == "running" for j in master.jobs().values()) and len(master.jobs()) == 2,
              what="both jobs to run")
     path = state_dir / "journal.db"
@@ -250,6 +251,7 @@ def test_running_master_survives_its_journal_being_damaged(master_factory, state
         else:  # e.g. `phoenix submit` into a state directory re-created under the master
             Journal(state_dir / "other").close()
         os.rename(state_dir / "other", path)
+    release.touch()  # their ends are written to the damaged file (a truncated one is noticed only then)
     master.wait_log("journal_unwritable", timeout=15)
     if how != "replaced-by-new-journal":  # (that one is a sound journal: status shows it)
         refused(phoenix_cli("status", state_dir=state_dir), str(path))
