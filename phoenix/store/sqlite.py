@@ -235,6 +235,20 @@ def _text_or_surrogates(data: bytes) -> str:
     return str(data, "utf-8", "surrogateescape")
 
 
+def _readable(names: Sequence[str], row: Iterable[Any]) -> dict[str, Any]:
+    """A row read for a reader (`phoenix jobs`, `show`, the dashboard, a
+    callback) as a dict. Phoenix stores no BLOB; one another tool put in a
+    text column (sqlite3 hands it back as bytes) is read as the text its bytes
+    spell, as text_factory reads text that is not UTF-8, so every reader shows
+    it escaped rather than failing on bytes. (A master refuses to start such a
+    job: claims read rows as they are, and specs.startable names the column.)"""
+    return {name: _as_text(value) for name, value in zip(names, row, strict=True)}
+
+
+def _as_text(value: Any) -> Any:
+    return _text_or_surrogates(value) if isinstance(value, bytes) else value
+
+
 def _create(path: Path) -> None:
     """Make a new journal atomically: built complete (schema, application_id,
     user_version in one transaction) under a temporary name, then linked into
@@ -934,7 +948,7 @@ class Journal:
         row = cur.fetchone()
         if row is None:
             return None
-        return dict(zip([c[0] for c in cur.description], row, strict=True))
+        return _readable([c[0] for c in cur.description], row)
 
     def counts(self) -> dict[str, int]:
         """Jobs in each state, from the counts the triggers keep: five rows,
@@ -1000,7 +1014,7 @@ class Journal:
             "FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.n = j.attempts "
             "WHERE j.state = 'failed' ORDER BY j.updated_at DESC, j.id DESC LIMIT ?", (limit,))
         names = [c[0] for c in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur]
+        return [_readable(names, row) for row in cur]
 
     def master_times(self) -> tuple[float | None, float | None]:
         """(when the master that runs, or ran last, first started; when it was
@@ -1026,8 +1040,9 @@ class Journal:
             f"LEFT JOIN attempts l ON l.job_id = j.id AND l.n = j.attempts WHERE {where} ORDER BY j.id LIMIT :limit",
             {"state": state, "after": after, "limit": -1 if limit is None else limit},
         )
-        for (job_id, key, target, params, state, attempts, outcome, result, error, pid, reason, max_rss_kb,
-             progress) in cur:
+        for row in cur:
+            (job_id, key, target, params, state, attempts, outcome, result, error, pid, reason, max_rss_kb,
+             progress) = map(_as_text, row)
             yield {
                 "id": job_id,
                 "key": key,
@@ -1053,13 +1068,13 @@ class Journal:
             "SELECT id AS job_id, key, target, state, attempts, error, updated_at FROM jobs "
             "WHERE attempts > 0 OR state = 'failed' ORDER BY updated_at DESC, id DESC LIMIT ?", (limit,))
         names = [c[0] for c in cur.description]
-        jobs = sorted((dict(zip(names, row, strict=True)) for row in cur), key=lambda job: job["job_id"])
+        jobs = sorted((_readable(names, row) for row in cur), key=lambda job: job["job_id"])
         cur = self.db.execute(
             "SELECT a.job_id, j.key, a.n, a.pid, a.started_at, a.ended_at, a.outcome, a.reason, a.error, a.progress "
             "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.job_id IN (SELECT value FROM json_each(?)) "
             "ORDER BY a.job_id, a.n", (json.dumps([job["job_id"] for job in jobs]),))
         names = [c[0] for c in cur.description]
-        attempts = [dict(zip(names, row, strict=True)) for row in cur]
+        attempts = [_readable(names, row) for row in cur]
         (unstarted,) = self.db.execute("SELECT count(*) FROM jobs WHERE state = 'pending' AND attempts = 0"
                                        ).fetchone()
         return jobs, attempts, unstarted
@@ -1067,7 +1082,7 @@ class Journal:
     def timeline_events(self) -> list[dict[str, Any]]:
         cur = self.db.execute("SELECT at, kind, generation, pid, detail FROM events ORDER BY at")
         names = [c[0] for c in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur]
+        return [_readable(names, row) for row in cur]
 
     # -- the operator's reads and writes (phoenix jobs, show, retry, cancel, prune) -----------
 
@@ -1112,21 +1127,21 @@ class Journal:
             f"FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.n = j.attempts {where} "
             "ORDER BY j.updated_at DESC, j.id DESC LIMIT ?", [*args, limit])
         names = [c[0] for c in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur], total
+        return [_readable(names, row) for row in cur], total
 
     def job_by_key(self, key: str) -> dict[str, Any] | None:
         if unstorable(key):
             return None
         cur = self.db.execute("SELECT * FROM jobs WHERE key = ?", (key,))
         row = cur.fetchone()
-        return None if row is None else dict(zip([c[0] for c in cur.description], row, strict=True))
+        return None if row is None else _readable([c[0] for c in cur.description], row)
 
     def attempts_of(self, job_id: int) -> list[dict[str, Any]]:
         cur = self.db.execute(
             "SELECT n, generation, pid, started_at, ended_at, outcome, reason, error, max_rss_kb, progress "
             "FROM attempts WHERE job_id = ? ORDER BY n", (job_id,))
         names = [c[0] for c in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur]
+        return [_readable(names, row) for row in cur]
 
     def retry(self, keys: list[str] | None, target: str | None = None, fresh: bool = False) -> list[str]:
         """Failed and cancelled jobs back to pending with a fresh retry budget
@@ -1265,11 +1280,12 @@ class Journal:
                 limit: int | None = None) -> list[dict[str, Any]]:
         """Batches newest first (or the one named, or of that id; at most
         `limit`) with their jobs counted by state."""
-        return batches.sqlite_batches(self.db, name, batch_id, limit)
+        found = batches.sqlite_batches(self.db, name, batch_id, limit)
+        return [_readable(list(batch), batch.values()) for batch in found]
 
     def batch_jobs(self, batch_id: int) -> list[dict[str, Any]]:
         """The batch's jobs in id order, each with its last attempt's reason."""
-        return batches.sqlite_jobs(self.db, batch_id)
+        return [_readable(list(job), job.values()) for job in batches.sqlite_jobs(self.db, batch_id)]
 
     @staticmethod
     def _batch_callback_owed(db: sqlite3.Connection, job_id: int) -> tuple[int, int, int, str] | None:

@@ -523,3 +523,33 @@ def test_a_due_time_no_date_can_show_is_shown_as_it_is(any_store: Store, run_at:
     with pytest.raises(KeyConflict) as conflict:  # a resubmission that differs names the recorded time
         any_store.submit("m:f", "{}", key)
     assert repr(run_at) in str(conflict.value)
+
+
+def test_an_operators_reads_show_a_job_row_another_tool_damaged_with_bytes(state_dir, tmp_path):
+    """Found from outside: a BLOB in a job's key or target (sqlite3 reads it
+    back as bytes) made `phoenix jobs` print a traceback. Every read shows
+    the row, its bytes escaped, as it shows text that is not UTF-8."""
+    state_dir.mkdir(parents=True)
+    with Journal(state_dir / "journal.db") as journal:
+        journal.submit(f"{POISON}:echo", "{}", "damaged")
+        journal.submit_to_batch("nightly", [(f"{POISON}:echo", "{}", "sound")])
+    db = sqlite3.connect(state_dir / "journal.db")
+    with db:
+        db.execute("UPDATE jobs SET key = ?, target = ?, params = ?, error = ? WHERE key = 'damaged'",
+                   (b"damaged\xff", b"tests.apps.poison:\xfe", b"{}", b"\x1b[2J"))
+        db.execute("UPDATE batches SET name = ?", (b"nightly\xff",))
+    db.close()
+    reads = {"jobs": ["jobs"], "jobs --json": ["jobs", "--json"], "status": ["status"],
+             "status --json": ["status", "--json"], "show --json": ["show", "sound", "--json"],
+             "report": ["report", "--html", str(tmp_path / "timeline.html")], "batches": ["batches"],
+             "batches --json": ["batches", "--json"]}
+    for what, arguments in reads.items():
+        result = phoenix_cli(*arguments, state_dir=state_dir)
+        assert result.returncode in (0, 3) and "Traceback" not in result.stderr, (what, result.stderr[-2000:])
+        shown_safely(result.stdout, lines=True)
+    listed = phoenix_cli("jobs", "--json", state_dir=state_dir)
+    keys = {job["key"]: job["target"] for job in json.loads(listed.stdout)["jobs"]}
+    assert keys == {"damaged\udcff": "tests.apps.poison:\udcfe", "sound": f"{POISON}:echo"}, keys
+    assert "damaged\\udcff" in phoenix_cli("jobs", state_dir=state_dir).stdout
+    batches = json.loads(phoenix_cli("batches", "--json", state_dir=state_dir).stdout)["batches"]
+    assert [batch["name"] for batch in batches] == ["nightly\udcff"]
