@@ -36,9 +36,14 @@ def test_stall_and_max_runtime_are_killed_with_their_own_reasons(master_factory)
     master = master_factory()
     master.submit("tests.apps.jobs:stall", {}, key="stall")
     master.submit("tests.apps.jobs:cpu_loop", {}, key="cpu")
-    jobs = master.wait_jobs_done(["stall", "cpu"])
+    master.submit("tests.apps.jobs:stall_then_raise_on_term", {}, key="raises-on-term")
+    jobs = master.wait_jobs_done(["stall", "cpu", "raises-on-term"])
     assert jobs["stall"]["outcome"] == "killed" and "stall_timeout" in jobs["stall"]["error"]
     assert jobs["cpu"]["outcome"] == "killed" and "max_runtime" in jobs["cpu"]["error"]
+    # Its error on the kill's TERM does not hide the kill (it was recorded `error`, no reason).
+    raised = jobs["raises-on-term"]
+    assert (raised["outcome"], raised["reason"]) == ("killed", "stall_timeout"), raised
+    assert "RuntimeError: cleanup failed on TERM" in raised["error"], raised["error"]
     log = master.log()
     assert "reason=stall_timeout" in log and "reason=max_runtime" in log
 

@@ -114,6 +114,8 @@ class HangKiller:
                        started=attempt.started + attempt.master_wait(now), now=now)
 
     def kill(self, attempt: Attempt, reason: KillReason, now: float) -> None:
+        if not attempt.interrupted and attempt.kill_reason is None:  # (as a stop: see interrupt)
+            attempt.final_before_stop = attempt.final is not None
         ages = {KillReason.HEARTBEAT_TIMEOUT: now - attempt.last_beat,
                 KillReason.STALL_TIMEOUT: now - attempt.last_progress,
                 KillReason.MAX_RUNTIME: now - attempt.started, KillReason.OPERATOR: 0.0,

@@ -128,6 +128,12 @@ def classify(*, final: dict[str, Any] | None, status: int | None, interrupted: b
         # doing, not the job's failure. No retry used; it resumes.
         outcome, reason = Outcome.INTERRUPTED, STOPPED_THEN_FAILED
         error = f"{kill_detail or STOPPED_THEN_FAILED}; the job then reported:\n{_error_text(final)}"
+    elif final is not None and kill_reason is not None and not final_before_stop:
+        # Killed (a hang, max_runtime, an operator's kill): an error the job
+        # reported on that TERM is the kill's doing, and the kill's reason stays
+        # what an operator sees and what the metrics count.
+        outcome, reason = Outcome.KILLED, str(kill_reason)
+        error = f"{kill_detail or kill_reason}; the job then reported:\n{_error_text(final)}"
     elif final is not None:
         outcome, error = Outcome.ERROR, _error_text(final)
     elif interrupted:

@@ -113,6 +113,16 @@ def stall(params):
     time.sleep(3600)  # beats continue from the heartbeat thread; progress does not
 
 
+@app.job(retries=0, stall_timeout=1.0)
+def stall_then_raise_on_term(params):
+    """Stalls, and its own TERM handler fails (a cleanup that raises)."""
+    def on_term(_signum, _frame):
+        raise RuntimeError("cleanup failed on TERM")
+
+    signal.signal(signal.SIGTERM, on_term)
+    time.sleep(3600)
+
+
 @app.job(retries=0, max_runtime=1.0)
 def cpu_loop(params):
     while True:

@@ -141,6 +141,21 @@ def test_what_a_stop_does_not_change():
     assert own.outcome == Outcome.ERROR
 
 
+@pytest.mark.parametrize("reason", [KillReason.HEARTBEAT_TIMEOUT, KillReason.STALL_TIMEOUT, KillReason.MAX_RUNTIME,
+                                    KillReason.OPERATOR])
+def test_a_killed_job_that_errors_on_the_kills_term_is_still_killed_for_that_reason(reason):
+    """Found from outside: a hung job whose TERM handler raised was recorded
+    `error` with no reason, hiding the hang from status and the kill metrics."""
+    detail = f"{reason}: 3.00 s"
+    killed = classify(final=EXITED_ON_TERM, status=256, interrupted=False, kill_reason=reason, kill_detail=detail)
+    assert (killed.outcome, killed.reason) == (Outcome.KILLED, str(reason))
+    assert killed.error == f"{detail}; the job then reported:\nthe job called sys.exit(143)"
+    # Its own error, reported before the kill's TERM: its own, as for a stop.
+    before = classify(final=EXITED_ON_TERM, status=256, interrupted=False, kill_reason=reason, kill_detail=detail,
+                      final_before_stop=True)
+    assert before.outcome == Outcome.ERROR
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 100.0
