@@ -55,7 +55,7 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
 
 
 def test_two_starts_at_the_same_instant_exactly_one_wins(tmp_path, long_mode):
-    rounds = 20 if long_mode else 6
+    rounds = 20 if long_mode else 4
     winners = []
     dead = subprocess.run([PYTHON, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     dead_pid = int(dead.stdout)
