@@ -113,6 +113,7 @@ class Storage:
             waiting.wake()
             self.guarded(waiting.reconcile_claims)  # a claim that failed may have committed
             self.guarded(self.owed().run_owed)  # any that could not be started meanwhile
+            self.outage.settled()
         if now < self.next_state_dir_check:
             return
         self.next_state_dir_check = now + STATE_DIR_CHECK

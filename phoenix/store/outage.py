@@ -38,6 +38,9 @@ class JournalOutage:
         self.unwritten: collections.deque[tuple[str, Callable[[], None]]] = collections.deque()
         self.next_retry = float("inf")
         self.damaged = False  # the last failure says the journal is damaged: no wait mends it (is_damage)
+        # journal_unwritable was logged and journal_recovered not yet: a write that fails
+        # again while what waited is retried (settled) continues the outage it announced.
+        self.announced = False
 
     @property
     def active(self) -> bool:
@@ -45,9 +48,10 @@ class JournalOutage:
 
     def failed(self, exc: BaseException, doing: str, retry: Callable[[], None] | None = None) -> None:
         """Note a failed journal operation; `retry` redoes it later, in order."""
-        if self.error is None:
+        if not self.announced:
             log.event(logging.ERROR, "journal_unwritable", path=self.journal_path, doing=doing, error=str(exc),
                       effect="no new jobs start; running children are watched and kept; retrying every 1 s")
+            self.announced = True
         self.error = str(exc)
         if isinstance(exc, STORAGE_ERRORS):  # (not the stand-in a write queued behind the outage gets)
             self.damaged = is_damage(exc)
@@ -56,7 +60,12 @@ class JournalOutage:
         self.next_retry = self.clock.monotonic() + RETRY_EVERY
 
     def retry_if_due(self, probe: Callable[[], None]) -> bool:
-        """Replay what failed; True once the journal is writable and all is written."""
+        """Replay what failed; True once the journal is writable and all is
+        written. Then the caller retries what waited on the journal, and says
+        `settled()`: a disk with room for the probe and the replay but not
+        for a large held write (a checkpoint) fails again meanwhile, and the
+        outage goes on without a journal_recovered and a journal_unwritable
+        logged every second."""
         if self.error is None or self.clock.monotonic() < self.next_retry:
             return False
         try:
@@ -70,11 +79,17 @@ class JournalOutage:
             self.damaged = is_damage(exc)
             self.next_retry = self.clock.monotonic() + RETRY_EVERY
             return False
-        log.event(logging.WARNING, "journal_recovered", path=self.journal_path)
         self.error = None
         self.damaged = False
         self.next_retry = float("inf")
         return True
+
+    def settled(self) -> None:
+        """What waited on the journal was retried after retry_if_due: the
+        recovery is logged if it held."""
+        if self.error is None and self.announced:
+            log.event(logging.WARNING, "journal_recovered", path=self.journal_path)
+            self.announced = False
 
 
 def is_damage(exc: BaseException) -> bool:

@@ -149,3 +149,31 @@ def test_the_state_directory_is_checked_once_a_second(storing: Storing) -> None:
     assert storing.parts.asked == ["check", "check"]
     storing.storage.check_state_dir_now()  # before a heartbeat_timeout kill: at once
     assert storing.parts.asked == ["check", "check", "check"]
+
+
+def test_a_disk_with_room_for_small_writes_only_is_one_outage_in_the_log(storing: Storing,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Found from outside: with room for the probe but not for a held
+    checkpoint, the master logged journal_recovered, then journal_unwritable,
+    every second. Retried and failing again, it is one outage: one line when
+    it begins, one when what waited on the journal is written at last."""
+    big_write_fits = False
+
+    def hold_the_checkpoint() -> None:  # what retry_unheld writes: more than the probe
+        if not big_write_fits:
+            raise DISK_FULL
+
+    storing.storage.retry_unheld = lambda: storing.storage.guarded(hold_the_checkpoint)
+    caplog.set_level("INFO", logger="phoenix")
+    storing.storage.guarded(hold_the_checkpoint)
+    for _second in range(5):
+        storing.clock.advance(RETRY_EVERY)
+        storing.storage.watch_storage()  # the probe passes, the held write fails again
+        assert storing.outage.active
+    big_write_fits = True
+    storing.clock.advance(RETRY_EVERY)
+    storing.storage.watch_storage()
+    assert not storing.outage.active
+    said = [record.getMessage() for record in caplog.records
+            if record.getMessage() in ("journal_unwritable", "journal_recovered")]
+    assert said == ["journal_unwritable", "journal_recovered"]
