@@ -146,7 +146,11 @@ class HangKiller:
 
     def interrupt(self, attempt: Attempt, now: float, why: str | None = None) -> None:
         """End an attempt for a reason that is not its job's (a stop, a lapsed
-        lease): its outcome is `interrupted`, and its job runs again."""
+        lease): its outcome is `interrupted`, and its job runs again. One
+        being killed already (a hang, max_runtime: TERM sent, KILL due after
+        kill_grace) stays a kill: a stop then does not excuse the hang."""
+        if attempt.kill_reason is not None and attempt.kill_reason != KillReason.CANCELLED:
+            return
         if not attempt.interrupted:  # (the first TERM: a final that came after it is the stop's doing)
             attempt.final_before_stop = attempt.final is not None
         attempt.interrupted = True

@@ -31,11 +31,13 @@ from phoenix.master.settler import CallbackSettler
 from phoenix.master.spawner import Spawner
 from phoenix.master.specs import JobSpecs
 from phoenix.master.stopping import Stopping
-from phoenix.rules.states import MASTER_TRANSITIONS, MasterState, StopMode, check_move
+from phoenix.rules.outcomes import classify
+from phoenix.rules.states import MASTER_TRANSITIONS, KillReason, MasterState, Outcome, StopMode, check_move
 from phoenix.store.outage import RETRY_EVERY, JournalOutage
 from phoenix.store.sqlite import Journal
 from phoenix.testing import FakeClock
 from phoenix.wire import control
+from phoenix.wire import heartbeat as protocol
 
 
 class Master:
@@ -68,8 +70,8 @@ class Ending:
                                   self.clock, self.guarded)
         spawner = Spawner(None, lambda: self.config, self.paths, JobSpecs(App("t"), lambda: self.config), self.loop,
                           lambda: 2, lambda: False)
-        hangs = HangKiller(self.attempts, self.loop, lambda: self.config, counters, intake, lambda: None,
-                           lambda: False)
+        hangs = self.hangs = HangKiller(self.attempts, self.loop, lambda: self.config, counters, intake,
+                                        lambda: None, lambda: False)
         self.control = control.ControlServer(control.bind(self.paths.control_socket), self.loop.selector,
                                              lambda request: {"ok": True}, lambda why: None, clock=self.clock)
         self.master = Master()
@@ -206,6 +208,20 @@ def test_a_drain_whose_jobs_end_in_time_stops_with_none_interrupted(ending: Endi
     ending.clock.advance(30.0)
     ending.stopping.interrupt_drain_if_due()
     assert ending.may_exit() and not attempt.interrupted and ending.stopping.next_deadline() is None
+
+
+def test_a_stop_during_a_hang_kills_grace_leaves_it_a_kill(ending: Ending) -> None:
+    """Found from outside: `phoenix stop` while a hung job's TERM handler ran
+    turned the kill into `interrupted`: the hang was excused, no retry used."""
+    attempt = running_attempt(ending)
+    ending.hangs.kill(attempt, KillReason.STALL_TIMEOUT, ending.clock.monotonic())
+    ending.stopping.begin_stop(StopMode.TERM)
+    assert not attempt.interrupted and attempt.kill_reason == KillReason.STALL_TIMEOUT
+    failed_on_term = {protocol.KIND: "failed", protocol.ERROR: "RuntimeError: cleanup failed"}
+    result = classify(final=failed_on_term, status=256, interrupted=attempt.interrupted,
+                      kill_reason=attempt.kill_reason, kill_detail=attempt.kill_detail,
+                      final_before_stop=attempt.final_before_stop)
+    assert (result.outcome, result.reason) == (Outcome.KILLED, "stall_timeout")
 
 
 @pytest.fixture
