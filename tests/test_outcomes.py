@@ -3,6 +3,8 @@
 import os
 import signal
 
+import pytest
+
 from tests.conftest import wait_for
 
 
@@ -115,3 +117,26 @@ def test_an_outcome_owes_no_callback_when_the_app_registered_none_of_its_kind(ma
     finally:
         db.close()
     assert rows == [("ok", "on_finished")]
+
+
+@pytest.mark.parametrize("how", ["usr2", "sigkill"])
+def test_a_kill_under_way_when_the_master_is_replaced_keeps_its_reason(master_factory, tmp_path, how):
+    """Found from outside: a stall kill whose job was still in its TERM
+    handler when its master was replaced (USR2) or killed and restarted was
+    recorded `error` with no reason: the next master did not know a kill was
+    under way. The kill's reason is noted on the attempt in the journal."""
+    master = master_factory()
+    term = tmp_path / "term"
+    master.submit("tests.apps.jobs:stall_then_slowly_raise_on_term", {"s": 3.0, "term": str(term)}, key="slow")
+    wait_for(term.exists, 20, "the stall kill's TERM")
+    if how == "usr2":
+        master.signal(signal.SIGUSR2)
+        master.wait_log("ready generation=2", what="the new image")
+    else:
+        master.signal(signal.SIGKILL)
+        assert master.wait_exit() == -signal.SIGKILL
+        master = master_factory()  # adopts the job, still in its handler
+    job = master.wait_jobs_done(["slow"])["slow"]
+    assert (job["state"], job["outcome"], job["reason"]) == ("failed", "killed", "stall_timeout"), job
+    # (The old image may have ended it itself, its kill_grace over before it exec'd: the same outcome.)
+    assert job["error"].startswith("stall_timeout"), job["error"]

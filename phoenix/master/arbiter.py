@@ -46,7 +46,7 @@ from phoenix.linux.pidfile import PidFile
 from phoenix.linux.signals import SignalFD, set_child_subreaper
 from phoenix.linux.sockets import bind_heartbeat
 from phoenix.master import exits, handoff, metrics
-from phoenix.master.attempts import AttemptTable
+from phoenix.master.attempts import Attempt, AttemptTable
 from phoenix.master.callbacks import CallbackRunner
 from phoenix.master.cgroups import JobCgroups
 from phoenix.master.dispatch import Dispatcher
@@ -123,7 +123,8 @@ class Master:
                                       lambda: self.reaper.child_may_have_exited(), clock,
                                       self.hold_checkpoints)
         self.hangs = HangKiller(self.children, self.loop, lambda: self.config, self.counters, self.intake,
-                                self.read_heartbeats, lambda: self.state_files.heartbeat_restored())
+                                self.read_heartbeats, lambda: self.state_files.heartbeat_restored(),
+                                self.note_kill)
         self.progress = ProgressWriter(lambda: self.storage.journal(), self.intake.reported, self.clock.monotonic)
         self.memory = MemoryWatchdog(self.children, self.counters, self.clock.monotonic,
                                      lambda: parse_max_memory(self.config.max_memory, "max_memory"),
@@ -444,6 +445,9 @@ class Master:
 
         self.storage.guarded(write)
         return held
+
+    def note_kill(self, attempt: Attempt, reason: KillReason) -> None:
+        self.storage.guarded(functools.partial(self.storage.journal().note_kill, attempt.attempt_id, reason))
 
     def cancel_attempts(self, attempt_ids: set[int]) -> None:
         """Cancels asked in the shared store (any host's `phoenix cancel`):

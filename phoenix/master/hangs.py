@@ -42,10 +42,14 @@ class HangKiller:
 
     def __init__(self, attempts: Mapping[int, Attempt], loop: Loop, config: Callable[[], Config],
                  counters: Counters, links: Links, read_heartbeats: Callable[[], None],
-                 heartbeat_socket_restored: Callable[[], bool]) -> None:
+                 heartbeat_socket_restored: Callable[[], bool],
+                 note_kill: Callable[[Attempt, KillReason], None] = lambda attempt, reason: None) -> None:
         """`read_heartbeats`: read every beat waiting before anyone is found
         silent; `heartbeat_socket_restored`: True if the socket file was gone,
-        is back, and every child has been given grace."""
+        is back, and every child has been given grace; `note_kill`: keep a
+        kill's reason with the attempt in the journal, so that a master that
+        takes the attempt over mid-kill (a replacement, a restart) ends it for
+        that reason too."""
         self.attempts = attempts
         self.timers = loop.timers
         self.clock = loop.clock
@@ -54,6 +58,7 @@ class HangKiller:
         self.links = links
         self.read_heartbeats = read_heartbeats
         self.heartbeat_socket_restored = heartbeat_socket_restored
+        self.note_kill = note_kill
 
     def run_due_timers(self, now: float) -> None:
         """A kill after kill_grace, or a liveness check, which re-arms itself
@@ -131,6 +136,16 @@ class HangKiller:
             histograms.detection_latency.observe(max(0.0, late))
         log.event(logging.WARNING, "kill", pid=attempt.pid, job=attempt.key, attempt=attempt.number, reason=reason,
                   after=f"{ages[reason]:.2f}s")
+        self.note_kill(attempt, reason)
+        self.stop(attempt, now)
+
+    def resume_kill(self, attempt: Attempt, reason: KillReason, now: float) -> None:
+        """An adopted attempt its former master had begun to kill (OpenAttempt.ending):
+        TERM again, KILL after kill_grace, and the outcome that kill's."""
+        attempt.kill_reason = reason
+        attempt.kill_detail = f"{reason} (the kill its former master began)"
+        log.event(logging.WARNING, "kill", pid=attempt.pid, job=attempt.key, attempt=attempt.number, reason=reason,
+                  how="resumed")
         self.stop(attempt, now)
 
     def cancel(self, attempt: Attempt, now: float) -> None:

@@ -30,6 +30,7 @@ class Watcher(Protocol):
     def watch(self, attempt: Attempt, now: float) -> None: ...
     def watch_adopted(self, attempt: Attempt, now: float) -> None: ...
     def cancel(self, attempt: Attempt, now: float) -> None: ...
+    def resume_kill(self, attempt: Attempt, reason: KillReason, now: float) -> None: ...
 
 
 class MemoryWatchdog:
@@ -112,6 +113,9 @@ class Watchers:
 
     def cancel(self, attempt: Attempt, now: float) -> None:
         self.hangs.cancel(attempt, now)
+
+    def resume_kill(self, attempt: Attempt, reason: KillReason, now: float) -> None:
+        self.hangs.resume_kill(attempt, reason, now)
 
     def ended(self, attempt: Attempt, status: int | None) -> None:
         """Its process ended: a kill by the kernel's OOM killer named, its cgroup removed."""

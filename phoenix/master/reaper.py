@@ -46,6 +46,7 @@ class Watcher(Protocol):
 
     def watch_adopted(self, attempt: Attempt, now: float) -> None: ...
     def cancel(self, attempt: Attempt, now: float) -> None: ...
+    def resume_kill(self, attempt: Attempt, reason: KillReason, now: float) -> None: ...
     def ended(self, attempt: Attempt, status: int | None) -> None: ...
 
 
@@ -110,9 +111,9 @@ class Reaper:
         final = self.recorder.held_final(a)
         attempt = Attempt(a.attempt_id, a.job_id, a.key, a.target, a.n, a.pid, self.specs.known_spec(a.target),
                           started, now, now, own_child=own, last_seq=-1, final=final, final_held=final is not None,
-                          # Exiting already after a cancel its former master began: an error it reported is the
-                          # cancel's.
-                          kill_reason=KillReason.CANCELLED if a.cancel_requested and final is not None else None)
+                          # Exiting already after a kill or cancel its former master began: an error it
+                          # reported is that kill's or cancel's.
+                          kill_reason=a.ending if final is not None else None)
         if not own and a.pid not in self.unwatched:
             try:
                 self._watch(attempt, os.pidfd_open(a.pid))
@@ -126,6 +127,8 @@ class Reaper:
         log.event(logging.INFO, "adopt", pid=a.pid, job=a.key, attempt=a.n, how="child" if own else "pidfd")
         if a.cancel_requested and attempt.final is None:  # the cancel its former master began
             self.hangs.cancel(attempt, now)  # TERM again, KILL after kill_grace
+        elif a.ending is not None and attempt.final is None:  # the kill its former master began
+            self.hangs.resume_kill(attempt, a.ending, now)
 
     def _watch(self, attempt: Attempt, pidfd: int) -> None:
         attempt.pidfd = pidfd

@@ -26,7 +26,7 @@ from phoenix.master.specs import JobSpecs
 from phoenix.rules.outcomes import CANCELLED_REASON, Classified, classify
 from phoenix.rules.policy import Next, RestartBudget, after_attempt
 from phoenix.rules.shortage import SHORTAGE_ERRNOS
-from phoenix.rules.states import KillReason, Outcome
+from phoenix.rules.states import Outcome
 from phoenix.store import quarantine
 from phoenix.store.base import OpenAttempt, SharedStore, Store, default_node
 from phoenix.store.outage import STORAGE_ERRORS
@@ -109,7 +109,7 @@ class OutcomeRecorder:
     def _record_without_process(self, a: OpenAttempt, reason: str) -> None:
         final = self.held_final(a) or self.read_outbox(a.job_id, a.n)
         result = classify(final=final, status=None, interrupted=False,
-                          kill_reason=KillReason.CANCELLED if a.cancel_requested else None, kill_detail=None,
+                          kill_reason=a.ending, kill_detail=None,
                           lost_reason=reason)
         self.record(a.job_id, a.key, a.target, a.attempt_id, a.n, result, None, a.pid)
 

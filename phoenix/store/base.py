@@ -25,6 +25,7 @@ from urllib.parse import unquote
 
 from phoenix.errors import Conflict, StateError, Unavailable
 from phoenix.linux.untrusted import storable, stored_json
+from phoenix.rules.states import KillReason
 
 SQLITE = "sqlite"
 URL_SCHEMES = ("postgresql://", "postgres://")
@@ -134,9 +135,26 @@ class OpenAttempt:
     started_at: float  # wall clock
     started_boot: float | None  # CLOCK_BOOTTIME; None in a journal written before it was recorded
     final: str | None  # the final message the master acknowledged (JSON), if one came
-    # `phoenix cancel` was under way when its master stopped watching (a
-    # replacement, a crash): the next one ends it as cancelled too.
-    cancel_requested: bool = False
+    # A kill (a hang, max_runtime: noted with note_kill) or `phoenix cancel` was
+    # under way when its master stopped watching (a replacement, a crash): the
+    # next one ends it for that reason too, never as a job's own error or as lost.
+    ending: KillReason | None = None
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.ending == KillReason.CANCELLED
+
+
+def noted_ending(reason: str | None) -> KillReason | None:
+    """What an open attempt's `reason` says was under way: a cancel
+    (request_cancel) or a kill (note_kill); None for anything else."""
+    return KillReason(reason) if reason in _NOTED_ENDINGS else None
+
+
+# The reasons an open attempt's row is given while its end is under way. (A
+# memory kill is a SIGKILL at once: nothing for a next master to finish.)
+_NOTED_ENDINGS = frozenset({KillReason.CANCELLED, KillReason.HEARTBEAT_TIMEOUT, KillReason.CONNECTION_CLOSED,
+                            KillReason.STALL_TIMEOUT, KillReason.MAX_RUNTIME, KillReason.OPERATOR})
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +330,7 @@ class Store(Protocol):
     def retry(self, keys: list[str] | None, target: str | None = None, fresh: bool = False) -> list[str]: ...
     def cancel_pending(self, key: str) -> str | None: ...
     def request_cancel(self, attempt_id: int) -> None: ...
+    def note_kill(self, attempt_id: int, reason: KillReason) -> None: ...
     # long jobs: checkpoints (durable: acknowledged to the child) and progress (shown only)
     def save_checkpoints(self, saves: list[tuple[int, int, int, str]]) -> None: ...
     def checkpoint_of(self, job_id: int) -> str | None: ...

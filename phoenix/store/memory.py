@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Self, Sequence
 
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json
 from phoenix.rules.outcomes import CANCELLED_REASON
+from phoenix.rules.states import KillReason
 from phoenix.store import batches as batch_rules
 from phoenix.store.base import (
     ENDED_BADLY,
@@ -30,6 +31,7 @@ from phoenix.store.base import (
     checkpoint_replaces,
     default_key,
     key_conflict,
+    noted_ending,
     timing_differences,
 )
 
@@ -263,7 +265,7 @@ class MemoryStore:
     def open_attempts(self) -> list[OpenAttempt]:
         return [OpenAttempt(a["id"], a["job_id"], self.jobs[a["job_id"]]["key"], self.jobs[a["job_id"]]["target"],
                             a["n"], a["pid"], a["start_time"], a["generation"], a["started_at"], a["started_boot"],
-                            a["final"], cancel_requested=a["reason"] == "cancelled")
+                            a["final"], ending=noted_ending(a["reason"]))
                 for a in self.attempts.values() if a["outcome"] is None]
 
     def targets_in_use(self) -> list[tuple[str, int, int]]:
@@ -456,9 +458,12 @@ class MemoryStore:
         return bool(job["state"] == JobState.CANCELLED and callback["kind"] == "on_failed" and callback["runs"] == 0)
 
     def request_cancel(self, attempt_id: int) -> None:
+        self.note_kill(attempt_id, KillReason.CANCELLED)
+
+    def note_kill(self, attempt_id: int, reason: KillReason) -> None:
         attempt = self.attempts.get(attempt_id)
         if attempt is not None and attempt["outcome"] is None:
-            attempt["reason"] = "cancelled"
+            attempt["reason"] = str(reason)
 
     def cancel_pending(self, key: str) -> str | None:
         job_id = self.keys.get(key)

@@ -40,6 +40,7 @@ from phoenix.linux import clock
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
 from phoenix.rules.leases import CALLBACKS_OWED, CANCEL_ASKED
 from phoenix.rules.outcomes import CANCELLED_REASON
+from phoenix.rules.states import KillReason
 from phoenix.store import batches
 from phoenix.store.base import (
     ENDED_BADLY,
@@ -61,6 +62,7 @@ from phoenix.store.base import (
     WeakDurability,
     default_key,
     key_conflict,
+    noted_ending,
     scrub,
     timing_differences,
 )
@@ -939,10 +941,10 @@ class PgStore:
         with self._one() as cur:
             cur.execute(
                 "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation, a.started_at, "
-                "a.started_boot, a.final, a.reason IS NOT DISTINCT FROM 'cancelled' FROM attempts a "
+                "a.started_boot, a.final, a.reason FROM attempts a "
                 "JOIN jobs j ON j.id = a.job_id WHERE a.outcome IS NULL AND a.master = %s ORDER BY a.id", (self.node,))
             return [OpenAttempt(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
-                                cancel_requested=bool(r[11])) for r in cur.fetchall()]
+                                ending=noted_ending(r[11])) for r in cur.fetchall()]
 
     def hold_finals(self, finals: list[tuple[int, str]],
                     callbacks_done: Sequence[tuple[int, str | None]] = ()) -> list[bool | None]:
@@ -1305,8 +1307,12 @@ class PgStore:
 
     def request_cancel(self, attempt_id: int) -> None:
         """As the SQLite journal's: a cancel under way, noted on the open attempt."""
+        self.note_kill(attempt_id, KillReason.CANCELLED)
+
+    def note_kill(self, attempt_id: int, reason: KillReason) -> None:
+        """As the SQLite journal's: a kill under way, noted on the open attempt."""
         with self._one() as cur:
-            cur.execute("UPDATE attempts SET reason = 'cancelled' WHERE id = %s AND outcome IS NULL", (attempt_id,))
+            cur.execute("UPDATE attempts SET reason = %s WHERE id = %s AND outcome IS NULL", (str(reason), attempt_id))
 
     def cancel_pending(self, key: str) -> str | None:
         """As the SQLite journal's: a pending job cancelled with its

@@ -25,6 +25,7 @@ from phoenix.linux.paths import StatePaths, exclusive_temporary
 from phoenix.linux.pidfile import lock_held
 from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
 from phoenix.rules.outcomes import CANCELLED_REASON
+from phoenix.rules.states import KillReason
 from phoenix.store import batches
 from phoenix.store.base import (
     ENDED_BADLY,
@@ -41,6 +42,7 @@ from phoenix.store.base import (
     Upgrade,
     default_key,
     key_conflict,
+    noted_ending,
     timing_differences,
 )
 
@@ -930,11 +932,11 @@ class Journal:
     def open_attempts(self) -> list[OpenAttempt]:
         rows = self.db.execute(
             "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation, a.started_at, "
-            "a.started_boot, a.final, a.reason IS 'cancelled' "
+            "a.started_boot, a.final, a.reason "
             "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.outcome IS NULL ORDER BY a.id"
         ).fetchall()
         return [OpenAttempt(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
-                            cancel_requested=bool(row[11])) for row in rows]
+                            ending=noted_ending(row[11])) for row in rows]
 
     def targets_in_use(self) -> list[tuple[str, int, int]]:
         """(target, pending jobs, running jobs) of every target that jobs not yet ended use."""
@@ -1308,8 +1310,15 @@ class Journal:
         until its outcome replaces it), so that a master that takes it over
         mid-cancel (an in-place replacement, a restart after a crash) ends it
         as cancelled too, rather than re-running a job the operator cancelled."""
+        self.note_kill(attempt_id, KillReason.CANCELLED)
+
+    def note_kill(self, attempt_id: int, reason: KillReason) -> None:
+        """A running attempt is being killed (TERM sent, KILL after kill_grace):
+        the reason noted on it (its `reason`, until its outcome replaces it), so
+        that a master that takes it over mid-kill ends it for that reason too
+        (OpenAttempt.ending), rather than as the job's error or as lost."""
         with self.transaction(durable=True) as db:
-            db.execute("UPDATE attempts SET reason = 'cancelled' WHERE id = ? AND outcome IS NULL", (attempt_id,))
+            db.execute("UPDATE attempts SET reason = ? WHERE id = ? AND outcome IS NULL", (str(reason), attempt_id))
 
     def cancel_pending(self, key: str) -> str | None:
         """Cancel the job if it is pending, and owe its `on_failed` in the same

@@ -114,6 +114,22 @@ def stall(params):
 
 
 @app.job(retries=0, stall_timeout=1.0)
+def stall_then_slowly_raise_on_term(params):
+    """Stalls; its own TERM handler takes params["s"] seconds, then raises
+    (a cleanup that fails, slowly: time for its master to be replaced meanwhile).
+    Writes params["term"] when the TERM came."""
+    def on_term(_signum, _frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM (a next master's) does not start it again
+        with open(params["term"], "w") as f:
+            f.write("TERM")
+        time.sleep(params["s"])
+        raise RuntimeError("cleanup failed on TERM")
+
+    signal.signal(signal.SIGTERM, on_term)
+    time.sleep(3600)
+
+
+@app.job(retries=0, stall_timeout=1.0)
 def stall_then_raise_on_term(params):
     """Stalls, and its own TERM handler fails (a cleanup that raises)."""
     def on_term(_signum, _frame):
