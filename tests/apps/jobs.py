@@ -218,9 +218,10 @@ def exclusive_sleep(params):
 def records_term(params):
     """Forks a grandchild into its process group; each appends "TERM <pid>" to
     params["file"] when it gets SIGTERM. Writes params["ready"] once both listen.
-    The job waits (up to 10 s) for the grandchild's line before it exits: the
-    master SIGKILLs the group as soon as the job ends, which under load can come
-    before the grandchild's handler has run, hiding that it got the TERM."""
+    The job waits (up to 10 s) for the grandchild's line before it exits, as
+    docs/long-jobs.md asks of a job whose subprocesses clean up on TERM: the
+    master SIGKILLs what a job leaves as soon as the job ends (by design), which
+    under load came before the grandchild's handler had run."""
     job_pid = os.getpid()
 
     def on_term(_signum, _frame):
