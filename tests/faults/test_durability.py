@@ -202,10 +202,12 @@ def test_an_outcome_in_the_outbox_survives_a_power_cut(master_factory, ext4):
     and exits. That file (its data and its name) must be on disk by then."""
     state = ext4.mountpoint / "state"
     master = master_factory("--workers", "0", state=state, env={"PHOENIX_OUTCOME_DELIVERY_TIMEOUT": "0.3"})
-    master.submit("tests.apps.jobs:sleep", {"s": 1.0}, key="orphaned")
+    release = ext4.mountpoint / "release"  # (it must end once its master is gone, however loaded the machine)
+    master.submit("tests.apps.jobs:sleep", {"s": 60, "until": str(release)}, key="orphaned")
     submitted_and_synced(master)  # this test is about the outbox
     child = wait_for(lambda: (j := master.jobs().get("orphaned")) and j["pid"], 15, "the job to run")
     kill_master(master)
+    release.touch()
     wait_for(lambda: gone(child), 15, "the child to finish and write its outbox file")
     assert [p.name for p in (state / "outbox").iterdir()] != [], "the child wrote no outbox file"
     ext4.power_cut()

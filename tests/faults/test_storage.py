@@ -29,10 +29,12 @@ def fill(mountpoint):
 def test_unwritable_journal_keeps_children_and_recovers(master_factory, small_filesystem):
     state = small_filesystem / "state"
     master = master_factory(state=state)
-    for i in range(3):
-        master.submit("tests.apps.jobs:sleep", {"s": 3.0, "i": i}, key=f"job-{i}")
+    release = small_filesystem.parent / f"{small_filesystem.name}-release"  # (beside it: the disk fills)
+    for i in range(3):  # all three end once the disk is full, however loaded the machine
+        master.submit("tests.apps.jobs:sleep", {"s": 60, "i": i, "until": str(release)}, key=f"job-{i}")
     wait_for(lambda: master.jobs().get("job-2", {}).get("state") == "running", what="the last job to start")
     filler = fill(small_filesystem)
+    release.touch()
     try:
         master.wait_log("journal_unwritable", timeout=15)
         # The jobs finish while nothing can be written; the master has their outcomes (and each child

@@ -61,7 +61,7 @@ def test_a_job_that_closed_its_connection_is_told_apart_from_a_silent_one(master
     wait_for(lambda: not master.live()["running"], 10.0, "both attempts to end")
 
 
-def test_an_outcome_acked_after_its_child_wrote_the_outbox_leaves_no_outbox_file(master_factory):
+def test_an_outcome_acked_after_its_child_wrote_the_outbox_leaves_no_outbox_file(master_factory, tmp_path):
     """The master frozen past outcome_delivery_timeout: the child writes its
     outcome to the outbox and exits; the master, continued, reads the same
     final from its socket. The file must go with the outcome's record, or a
@@ -69,9 +69,11 @@ def test_an_outcome_acked_after_its_child_wrote_the_outbox_leaves_no_outbox_file
     outside check: a SIGKILLed job was recorded finished, with a pruned
     job's result)."""
     master = master_factory("--workers", "1", env={"PHOENIX_OUTCOME_DELIVERY_TIMEOUT": "0.3"})
-    master.submit("tests.apps.jobs:sleep", {"s": 0.5}, key="acked-late")
+    release = tmp_path / "release"  # (it must end while the master is stopped, however loaded the machine)
+    master.submit("tests.apps.jobs:sleep", {"s": 60, "until": str(release)}, key="acked-late")
     child = wait_for(lambda: (j := master.jobs().get("acked-late")) and j["pid"], 15, "the job to run")
     master.signal(signal.SIGSTOP)
+    release.touch()
     try:
         wait_for(lambda: list(master.paths.outbox.iterdir()), 15, "the child to write its outbox file")
         wait_for(lambda: not os.path.exists(f"/proc/{child}/cmdline") or

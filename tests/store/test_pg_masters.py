@@ -127,9 +127,11 @@ def test_a_frozen_masters_late_outcome_is_fenced(tmp_path: Path, pg_url: str) ->
     a = shared_master(tmp_path, "a", pg_url, "--workers", "1").start()
     b = shared_master(tmp_path, "b", pg_url, "--workers", "1")  # started once a is frozen
     try:
-        submit(pg_url, "tests.apps.jobs:sleep", {"s": 1.5}, "job")
+        release = tmp_path / "release"  # (running still when a is frozen, however loaded the machine)
+        submit(pg_url, "tests.apps.jobs:sleep", {"s": 60, "until": str(release)}, "job")
         wait_for(lambda: jobs_by_key(pg_url)["job"]["state"] == "running", what="a to start the job")
         a.signal(signal.SIGSTOP)  # a host frozen past its lease; its child finishes meanwhile, unacknowledged
+        release.touch()
         b.start()
         wait_for(lambda: [x["state"] for x in attempts(pg_url, "job")] == ["lost", "ended"], timeout=15,
                  what="b to recover a's attempt and run the job again")

@@ -34,9 +34,11 @@ def test_an_outcome_reached_while_the_database_is_down_is_recorded_once_it_is_ba
     try:
         from phoenix import Client
 
-        Client(store=url).submit("tests.apps.jobs:sleep", {"s": 1.5}, key="through")
+        release = tmp_path / "release"  # (it must end while the server is down, however loaded the machine)
+        Client(store=url).submit("tests.apps.jobs:sleep", {"s": 60, "until": str(release)}, key="through")
         wait_for(lambda: jobs_by_key(url)["through"]["state"] == "running", what="the job to start")
         own_server.pause()
+        release.touch()
         a.wait_log("journal_unwritable")  # the job ended and its outcome could not be written
         own_server.resume()
         a.wait_log("journal_recovered", timeout=20)
