@@ -50,11 +50,16 @@ def test_a_batch_stopped_by_a_signal_exits_128_plus_the_signal(master_factory, s
     assert f"exit pid={master.pid} code={128 + signum}" in master.log()
 
 
-def test_a_drained_batch_with_work_left_exits_128_plus_sigquit(master_factory, state_dir):
-    # One slot: "left" waits, and the drain leaves it.
-    master = batch(master_factory, (SLEEP, {"s": 0.5}, "running"), (NOOP, {}, "left"), workers=1)
+def test_a_drained_batch_with_work_left_exits_128_plus_sigquit(master_factory, state_dir, tmp_path):
+    # One slot: "left" waits, and the drain leaves it. "running" ends once the drain began, however
+    # loaded the machine (ended before, it would let "left" run: no work left).
+    release = tmp_path / "release"
+    master = batch(master_factory, (SLEEP, {"s": 60, "until": str(release)}, "running"), (NOOP, {}, "left"),
+                   workers=1)
     wait_for(lambda: master.jobs()["running"]["pid"], what="the job to run")
     master.signal(signal.SIGQUIT)
+    master.wait_log("drain", what="the drain to begin")
+    release.touch()
     assert master.wait_exit() == 128 + signal.SIGQUIT
     jobs = master.jobs()
     assert jobs["running"]["state"] == "finished" and jobs["left"]["state"] == "pending"
@@ -67,12 +72,15 @@ def test_phoenix_stop_of_a_batch_counts_as_term(master_factory, state_dir):
     assert master.wait_exit() == 128 + signal.SIGTERM
 
 
-def test_a_batch_that_ended_before_the_stop_still_exits_0(master_factory, state_dir):
+def test_a_batch_that_ended_before_the_stop_still_exits_0(master_factory, state_dir, tmp_path):
     """The exit code answers "did the batch finish?": a drain that lets the
     last job finish leaves nothing undone."""
-    master = batch(master_factory, (SLEEP, {"s": 0.5}, "last"))
+    release = tmp_path / "release"  # (it ends once the drain began: else the batch exits 0 before the signal)
+    master = batch(master_factory, (SLEEP, {"s": 60, "until": str(release)}, "last"))
     wait_for(lambda: master.jobs()["last"]["pid"], what="the job to run")
     master.signal(signal.SIGQUIT)
+    master.wait_log("drain", what="the drain to begin")
+    release.touch()
     assert master.wait_exit() == 0
     assert master.jobs()["last"]["state"] == "finished"
 
