@@ -1,12 +1,20 @@
-"""How a memory limit is written and refused (config.parse_max_memory), and
-when the watchdog looks at a job again (rules/memory.py)."""
+"""How a memory limit is written and refused (config.parse_max_memory),
+when the watchdog looks at a job again (rules/memory.py), and how long an
+OOM kill in the master's own cgroup may name a job's end (master/cgroups.py)."""
 
 from __future__ import annotations
+
+import signal
 
 import pytest
 
 from phoenix.config import MIN_MAX_MEMORY, parse_max_memory
+from phoenix.master.attempts import Attempt
+from phoenix.master.cgroups import OOM_CLAIM_WINDOW, JobCgroups
+from phoenix.master.metrics import Counters
 from phoenix.rules.memory import FIRST_LOOK, LONGEST_GAP, PLANNED_GROWTH, next_look
+from phoenix.rules.states import KillReason
+from phoenix.testing import FakeClock
 
 M = 1024**2
 
@@ -39,3 +47,33 @@ def test_the_watchdog_looks_again_before_a_job_growing_twice_the_planned_rate_re
         assert FIRST_LOOK <= gap <= LONGEST_GAP
         assert rss + 2 * PLANNED_GROWTH * gap <= 2 * limit or gap == FIRST_LOOK
     assert next_look(0, 100 * 1024**3) == LONGEST_GAP  # far below a large limit: a look a second
+
+
+def test_an_oom_kill_no_job_claims_is_forgotten_after_the_window(tmp_path):
+    """The master's own cgroup counts an OOM kill (here: its memory.events, a
+    file the test writes). A job that dies of SIGKILL within OOM_CLAIM_WINDOW
+    is named `oom`; once two looks have passed unclaimed, an operator's later
+    `kill -9` of a job is not (an outside check saw one named oom 30 s later).
+    On the fake clock: tests/test_cgroups.py has the real OOM killer."""
+    events = tmp_path / "memory.events"
+    events.write_text("oom 0\noom_kill 0\n")
+    clock = FakeClock()
+    part = JobCgroups(str(tmp_path / "state"), Counters(), clock.monotonic)
+    assert part._count_oom_kills_in(str(events))
+    sigkill = signal.SIGKILL  # a wait status: killed by SIGKILL
+
+    def ended_by_sigkill(attempt_id: int) -> Attempt:
+        attempt = Attempt(attempt_id, attempt_id, f"k{attempt_id}", "m:f", 1, 4_000_000 + attempt_id, None,
+                          0.0, 0.0, 0.0)
+        part.ended(attempt, sigkill)
+        return attempt
+
+    events.write_text("oom 1\noom_kill 1\n")  # the kernel kills a job: it dies within the window
+    clock.advance(OOM_CLAIM_WINDOW / 2)
+    part.tick()
+    assert ended_by_sigkill(1).kill_reason == KillReason.OOM
+    events.write_text("oom 2\noom_kill 2\n")  # the kernel kills a process that is no job
+    for _look in range(2):
+        clock.advance(OOM_CLAIM_WINDOW)
+        part.tick()
+    assert ended_by_sigkill(2).kill_reason is None  # an operator's kill -9, later: not the OOM killer's
