@@ -1184,7 +1184,7 @@ class Journal:
                            "not_before_boot_id = NULL, updated_at = ? WHERE id = ?", (now, now, job_id))
                 if fresh:
                     db.execute("UPDATE jobs SET checkpoint = NULL, checkpoint_at = NULL WHERE id = ?", (job_id,))
-        return [key for _id, key in rows]
+        return [_as_text(key) for _id, key in rows]  # (a key another tool stored as bytes: its text)
 
     def last_tick(self, target: str, before: float | None = None) -> tuple[float, str] | None:
         """(tick, state) of the periodic schedule of `target`'s latest tick
@@ -1281,6 +1281,11 @@ class Journal:
         """Batches newest first (or the one named, or of that id; at most
         `limit`) with their jobs counted by state."""
         found = batches.sqlite_batches(self.db, name, batch_id, limit)
+        for batch in found:  # a member's state another tool stored as bytes counts under its text
+            counts: dict[str, int] = {}
+            for state, n in batch["counts"].items():
+                counts[_as_text(state)] = counts.get(_as_text(state), 0) + n
+            batch["counts"] = counts
         return [_readable(list(batch), batch.values()) for batch in found]
 
     def batch_jobs(self, batch_id: int) -> list[dict[str, Any]]:
@@ -1330,7 +1335,7 @@ class Journal:
                 db.execute("INSERT INTO callbacks (job_id, attempt, kind, state, created_at) "
                            "SELECT ?, COALESCE(MAX(n), 0), 'on_failed', 'owed', ? FROM attempts WHERE job_id = ? "
                            "ON CONFLICT (job_id, kind) DO NOTHING", (job_id, now, job_id))
-            return str(state)
+            return str(_as_text(state))
 
     def prune(self, *, finished_before: float, failed_before: float | None, batch: int = 500,
               ) -> dict[str, int]:

@@ -25,8 +25,14 @@ function visible(text, multiline) {
 // As server.shown: the same text for the same value, first drawn there, redrawn here.
 function format(value, kind) {
   if (value === null || value === undefined) return "-";
-  if (kind === "time") return new Date(value * 1000).toISOString().slice(0, 19).replace("T", " ");
-  if (kind === "seconds") return Number(value).toFixed(2);
+  // A time or a number another tool damaged (text in the column) is shown as it is, as the server does.
+  const number = typeof value === "number" && Number.isFinite(value);
+  if (kind === "time" && number) {
+    const when = new Date(value * 1000);
+    if (!Number.isNaN(when.getTime())) return when.toISOString().slice(0, 19).replace("T", " ");
+  }
+  if (kind === "seconds" && number) return value.toFixed(2);
+  if (kind === "time" || kind === "seconds") return visible(String(value), false).slice(0, 40);
   if (kind === "json") return visible(JSON.stringify(value), false);
   return visible(String(value), kind === "pre");
 }
