@@ -649,8 +649,10 @@ def test_every_dashboard_page_shows_what_another_tool_damaged_escaped(tmp_path: 
 
     damaged_journal(tmp_path / "journal.db").close()
     db = sqlite3.connect(tmp_path / "journal.db")
-    with db:  # a batch member's key, and a key that is text but not UTF-8
+    # A batch member's key, a key that is text but not UTF-8, and one a page can name (its times damaged).
+    with db:
         db.execute("UPDATE jobs SET key = ? WHERE key = 'member'", (b"member\xff",))
+        db.execute("UPDATE jobs SET key = 'ran' WHERE key = ?", (b"ran\xff",))
         db.execute("UPDATE jobs SET key = CAST(x'6b31ff' AS TEXT) WHERE key = ?", (b"d-key\xff",))
     db.close()
 
@@ -660,12 +662,15 @@ def test_every_dashboard_page_shows_what_another_tool_damaged_escaped(tmp_path: 
     dashboard = server.Dashboard(StatePaths(tmp_path), None, lambda: Journal(tmp_path / "journal.db", create=False),
                                  refused, refused, None)
     app = server.create_app(dashboard, None)
-    for path in ("/jobs", "/jobs?state=failed", "/job?key=ran%5Cudcff", "/failures", "/timeline", "/api/jobs",
+    pages = {}
+    for path in ("/jobs", "/jobs?state=failed", "/job?key=ran", "/failures", "/timeline", "/api/jobs", "/api/jobs/ran",
                  "/api/timeline", "/api/failures"):
-        status, body = page(app, path)
-        assert status in (200, 404), (path, status, body[-2000:])
-        shown_safely(body)
-        if path == "/jobs":
-            for escaped in ("ran\\udcff", "k1\\udcff", "member\\udcff", "finished\\x1b[31mRED", "soon\\x1b[1m"):
-                assert escaped in body, escaped
-    assert "\\x1b]0;pwned\\x07" in page(app, "/timeline")[1] and "yesterday\\x1b[2J" in page(app, "/timeline")[1]
+        status, pages[path] = page(app, path)
+        assert status == 200, (path, status, pages[path][-2000:])
+        shown_safely(pages[path])
+    for path, escaped in (("/jobs", "k1\\udcff"), ("/jobs", "member\\udcff"), ("/jobs", "finished\\x1b[31mRED"),
+                          ("/jobs", "soon\\x1b[1m"), ("/jobs", 'href="/job?key=k1%5Cudcff"'),
+                          ("/job?key=ran", "yesterday\\x1b[2J"), ("/job?key=ran", "\\x1b]0;pwned\\x07"),
+                          ("/job?key=ran", "lots\\x1b[5m"), ("/timeline", "when\\x1b[4m"),
+                          ("/timeline", "yesterday\\x1b[2J"), ("/failures", "soon\\x1b[1m")):
+        assert escaped in pages[path], (path, escaped)
