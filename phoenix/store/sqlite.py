@@ -249,6 +249,21 @@ def _as_text(value: Any) -> Any:
     return _text_or_surrogates(value) if isinstance(value, bytes) else value
 
 
+def _where_key(key: str) -> tuple[str, tuple[Any, ...]] | None:
+    """The condition (on jobs.key) and its arguments that find the job named
+    `key`; None if no job can have it. A key with lone surrogates, bytes that
+    were not UTF-8 as a shell hands them over (and as `visible` shows them),
+    names the job whose key another tool stored as those bytes, a BLOB or
+    text that is not UTF-8: the operator can show, cancel and retry it."""
+    if not unstorable(key):
+        return "key = ?", (key,)
+    try:
+        spelled = key.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no byte stands for: no job has it
+        return None
+    return "key IN (?, CAST(? AS TEXT))", (spelled, spelled)
+
+
 def _create(path: Path) -> None:
     """Make a new journal atomically: built complete (schema, application_id,
     user_version in one transaction) under a temporary name, then linked into
@@ -1130,9 +1145,10 @@ class Journal:
         return [_readable(names, row) for row in cur], total
 
     def job_by_key(self, key: str) -> dict[str, Any] | None:
-        if unstorable(key):
+        where = _where_key(key)
+        if where is None:
             return None
-        cur = self.db.execute("SELECT * FROM jobs WHERE key = ?", (key,))
+        cur = self.db.execute(f"SELECT * FROM jobs WHERE {where[0]}", where[1])
         row = cur.fetchone()
         return None if row is None else _readable([c[0] for c in cur.description], row)
 
@@ -1160,9 +1176,10 @@ class Journal:
             else:
                 rows = []
                 for key in dict.fromkeys(keys):
-                    if unstorable(key):
+                    where = _where_key(key)
+                    if where is None:
                         raise RetryRefused(f"no job with key {key!r}")
-                    row = db.execute("SELECT id, key, state FROM jobs WHERE key = ?", (key,)).fetchone()
+                    row = db.execute(f"SELECT id, key, state FROM jobs WHERE {where[0]}", where[1]).fetchone()
                     if row is None:
                         raise RetryRefused(f"no job with key {key!r}")
                     if row[2] not in ENDED_BADLY:
@@ -1321,10 +1338,11 @@ class Journal:
         transaction (as for a cancelled running job: every cancelled job gets
         one; its attempt is the last that ran, 0 if none did). Returns its
         state before (None: no such job)."""
-        if unstorable(key):
+        where = _where_key(key)
+        if where is None:
             return None
         with self.transaction(durable=True) as db:
-            row = db.execute("SELECT id, state FROM jobs WHERE key = ?", (key,)).fetchone()
+            row = db.execute(f"SELECT id, state FROM jobs WHERE {where[0]}", where[1]).fetchone()
             if row is None:
                 return None
             job_id, state = row

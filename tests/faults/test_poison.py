@@ -560,6 +560,14 @@ def test_an_operators_reads_show_a_job_row_another_tool_damaged_with_bytes(state
     retried = phoenix_cli("retry", "--failed", state_dir=state_dir)  # it said it failed once it had retried
     assert retried.returncode == 0, retried.stderr[-2000:]
     assert json.loads(retried.stdout) == {"retried": ["damaged\udcff"]}
+    # Named by its bytes (as the shell hands them over; `phoenix jobs` shows them as damaged\udcff), it is found.
+    shown = phoenix_cli("show", "damaged\udcff", "--json", state_dir=state_dir)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["key"] == "damaged\udcff", shown.stderr[-2000:]
+    cancelled = phoenix_cli("cancel", "damaged\udcff", state_dir=state_dir)
+    assert cancelled.returncode == 0, cancelled.stderr[-2000:]
+    assert job_row(state_dir, "damaged\udcff")["state"] == "cancelled"
+    assert json.loads(phoenix_cli("retry", "damaged\udcff", state_dir=state_dir).stdout) == {
+        "retried": ["damaged\udcff"]}
 
 
 # What an attacker wrote into a journal with sqlite3 (UPDATE ...): terminal
@@ -616,6 +624,11 @@ def test_every_reader_shows_states_and_numbers_another_tool_damaged_escaped(tmp_
             assert escaped in everything, escaped
         retried = journal.retry(None)
         assert retried == ["ran\udcff", "d-key\udcff"] and json.dumps({"retried": retried})
+        # Named as a shell hands over its bytes, a key stored as bytes, or as text that is not UTF-8, is found.
+        journal.db.execute("UPDATE jobs SET key = CAST(key AS TEXT) WHERE key = ?", (b"d-key\xff",))
+        assert journal.cancel_pending("d-key\udcff") == "pending"
+        assert (journal.job_by_key("d-key\udcff") or {}).get("state") == "cancelled"
+        assert journal.retry(["d-key\udcff"]) == ["d-key\udcff"]
 
 
 def page(app: Any, path: str) -> tuple[int, str]:
