@@ -116,8 +116,9 @@ def render_show(report: dict[str, Any]) -> None:
         print(f"  result: {visible(json.dumps(report['result']))}")
     if report["progress"] is not None:
         shown = report["progress"]
-        print(f"  progress: {shown['done']}" + (f" of {shown['total']}" if shown["total"] is not None else "")
-              + (f"  {visible(shown['note'])}" if shown["note"] else ""))
+        print(f"  progress: {visible(str(shown['done']))}"
+              + (f" of {visible(str(shown['total']))}" if shown["total"] is not None else "")
+              + (f"  {visible(str(shown['note']))}" if shown["note"] else ""))
     if report["checkpoint"] is not None:
         saved = visible(json.dumps(report["checkpoint"]))[:200]
         print(f"  checkpoint: {saved}  (saved {_clock(report['checkpoint_at'])})")

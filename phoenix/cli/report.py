@@ -59,7 +59,7 @@ def _progress_line(stored: str | None) -> str:
     if shown is None:
         return ""
     total = f" of {shown['total']}" if shown["total"] is not None else ""
-    return f"\nprogress {shown['done']}{total}" + (f": {_cut(shown['note'], 80)}" if shown["note"] else "")
+    return f"\nprogress {shown['done']}{total}" + (f": {_cut(str(shown['note']), 80)}" if shown["note"] else "")
 
 
 def _count(n: int, noun: str) -> str:

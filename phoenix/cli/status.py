@@ -273,8 +273,9 @@ def progress_cell(job: dict[str, Any]) -> str:
     shown = job.get("progress")
     if not shown:
         return str(job.get("heartbeats", "-"))
-    done = f"{shown['done']:g}" + (f"/{shown['total']:g}" if shown["total"] is not None else "")
-    return done + (f" {visible(shown['note'])}" if shown["note"] else "")
+    done = formatted(shown["done"], lambda n: f"{n:g}") + (
+        f"/{formatted(shown['total'], lambda n: f'{n:g}')}" if shown["total"] is not None else "")
+    return done + (f" {visible(str(shown['note']))}" if shown["note"] else "")
 
 
 def failure_line(failure: dict[str, Any]) -> str:

@@ -573,6 +573,7 @@ def test_an_operators_reads_show_a_job_row_another_tool_damaged_with_bytes(state
 # What an attacker wrote into a journal with sqlite3 (UPDATE ...): terminal
 # controls in bytes (a BLOB) and text where Phoenix keeps text or numbers.
 RED, TITLE, CLEAR = b"finished\x1b[31mRED", b"\x1b]0;pwned\x07", b"\x1b[2J"
+DAMAGED_PROGRESS = json.dumps(["\x1b[6n", {"of": 1}, 5])  # phoenix.progress() writes numbers and a text note
 
 
 def damaged_journal(path: Path) -> Journal:
@@ -592,8 +593,8 @@ def damaged_journal(path: Path) -> Journal:
     db.execute("UPDATE jobs SET key = ?, attempts = ?, updated_at = ?, created_at = ? WHERE key = 'ran'",
                (b"ran\xff", CLEAR, "soon\x1b[1m", b"\xfe"))
     db.execute("UPDATE jobs SET state = ? WHERE key = 'member'", (RED,))
-    db.execute("UPDATE attempts SET outcome = ?, started_at = ?, ended_at = ?, max_rss_kb = ?, pid = ?",
-               (TITLE, "yesterday\x1b[2J", b"\xff", "lots\x1b[5m", "\x1b[7mpid"))
+    db.execute("UPDATE attempts SET outcome = ?, started_at = ?, ended_at = ?, max_rss_kb = ?, pid = ?, progress = ?",
+               (TITLE, "yesterday\x1b[2J", b"\xff", "lots\x1b[5m", "\x1b[7mpid", DAMAGED_PROGRESS))
     db.execute("UPDATE batches SET state = ?, created_at = ?, jobs = ?", (CLEAR + b"open", "then\x1b[3m", CLEAR))
     db.execute("UPDATE events SET at = ?", ("when\x1b[4m",))
     return journal
@@ -613,13 +614,14 @@ def test_every_reader_shows_states_and_numbers_another_tool_damaged_escaped(tmp_
             batchview.render_batches(batchview.batches_report(journal, 10))
         outputs.append(shown_show.getvalue())
         outputs.append(json.dumps(jobsview.show_report(journal, journal.job_row(1) or {})))
+        outputs.append(status.progress_cell({"progress": protocol.progress_view(DAMAGED_PROGRESS)}))
         outputs.append(json.dumps(batchview.batches_report(journal, 10)))  # (member states count by their text)
         outputs.append(json.dumps(batchview.batch_jobs_report(journal, "nightly", state=None, target=None,
                                                               since=None, limit=10)))
         for text in outputs:
             shown_safely(text)
         everything = "".join(outputs)
-        for escaped in ("finished\\x1b[31mRED", "\\x1b]0;pwned\\x07", "\\x1b[2Jopen", "yesterday\\x1b[2J",
+        for escaped in ("\\x1b[6n", "finished\\x1b[31mRED", "\\x1b]0;pwned\\x07", "\\x1b[2Jopen", "yesterday\\x1b[2J",
                         "lots\\x1b[5m", "\\x1b[7mpid", "then\\x1b[3m", "soon\\x1b[1m"):
             assert escaped in everything, escaped
         retried = journal.retry(None)
