@@ -9,8 +9,9 @@
 const TOKEN_KEY = "phoenix-dashboard-token"; // kept for this tab only (sessionStorage)
 
 // As phoenix.linux.untrusted.visible: controls and bidi overrides written out, so
-// a key cannot hide or reorder what the page shows.
-const INVISIBLE = /[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+// a key cannot hide or reorder what the page shows; and a lone surrogate (bytes
+// that were not UTF-8, as JSON carries them) as \udcXX, as the server writes it.
+const INVISIBLE = /[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
 const ESCAPES = { "\t": "\\t", "\n": "\\n", "\r": "\\r" };
 
 function visible(text, multiline) {
@@ -43,7 +44,8 @@ function lookup(data, path) {
 
 function jobLink(key) {
   const link = document.createElement("a");
-  link.href = "/job?" + new URLSearchParams({ key: key }).toString();
+  // (as server.job_link: a key that is not UTF-8 cannot be put in an address, its escaped text is)
+  link.href = "/job?" + new URLSearchParams({ key: format(key, "text") }).toString();
   link.textContent = format(key, "text");
   return link;
 }
@@ -56,7 +58,7 @@ function actionButtons(job) {
   button.type = "button";
   button.className = "action";
   button.dataset.action = action;
-  button.dataset.key = job.key;
+  button.dataset.key = format(job.key, "text"); // (as the server draws it)
   button.disabled = document.body.dataset.actions !== "on";
   button.textContent = action;
   return [button];
