@@ -1171,8 +1171,9 @@ class Journal:
         with self.transaction(durable=True) as db:
             if keys is None:
                 extra, args = ("AND target = ?", [target]) if target is not None else ("", [])
-                rows = db.execute(f"SELECT id, key FROM jobs WHERE state = 'failed' {extra} ORDER BY id",
-                                  args).fetchall()
+                # (a key another tool stored as bytes: its text, in what this says and returns)
+                rows = [(job_id, _as_text(key)) for job_id, key in db.execute(
+                    f"SELECT id, key FROM jobs WHERE state = 'failed' {extra} ORDER BY id", args)]
             else:
                 rows = []
                 for key in dict.fromkeys(keys):
@@ -1183,8 +1184,9 @@ class Journal:
                     if row is None:
                         raise RetryRefused(f"no job with key {key!r}")
                     if row[2] not in ENDED_BADLY:
-                        raise RetryRefused(f"job {key!r} is {row[2]}: only failed or cancelled jobs can be retried")
-                    rows.append(row[:2])
+                        raise RetryRefused(f"job {key!r} is {_as_text(row[2])}: only failed or cancelled jobs can "
+                                           "be retried")
+                    rows.append((row[0], _as_text(row[1])))
             for job_id, key in rows:
                 if db.execute(f"SELECT 1 FROM callbacks c JOIN jobs j ON j.id = c.job_id WHERE c.job_id = ? AND "
                               f"c.state = 'owed' AND NOT {WITHDRAWN_WITH_ITS_CANCEL}", (job_id,)).fetchone():
@@ -1201,7 +1203,7 @@ class Journal:
                            "not_before_boot_id = NULL, updated_at = ? WHERE id = ?", (now, now, job_id))
                 if fresh:
                     db.execute("UPDATE jobs SET checkpoint = NULL, checkpoint_at = NULL WHERE id = ?", (job_id,))
-        return [_as_text(key) for _id, key in rows]  # (a key another tool stored as bytes: its text)
+        return [key for _id, key in rows]
 
     def last_tick(self, target: str, before: float | None = None) -> tuple[float, str] | None:
         """(tick, state) of the periodic schedule of `target`'s latest tick
