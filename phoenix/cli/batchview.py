@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from phoenix.cli.jobsview import _table, jobs_report
-from phoenix.cli.status import duration
+from phoenix.cli.status import since
 from phoenix.linux.untrusted import visible
 from phoenix.store.base import Store
 from phoenix.store.batches import unknown_refusal
@@ -24,9 +24,9 @@ def batches_report(journal: Store, limit: int) -> dict[str, Any]:
 
 def render_batches(report: dict[str, Any]) -> None:
     now = time.time()
-    rows = [(visible(b["name"]), b["state"], str(b["jobs"]), str(b["remaining"]),
-             " ".join(f"{state}={n}" for state, n in sorted(b["counts"].items())) or "-",
-             duration(now - b["created_at"])) for b in report["batches"]]
+    rows = [(visible(b["name"]), visible(str(b["state"])), visible(str(b["jobs"])), visible(str(b["remaining"])),
+             visible(" ".join(f"{state}={n}" for state, n in sorted(b["counts"].items()))) or "-",
+             since(now, b["created_at"])) for b in report["batches"]]
     if not rows:
         print("no batches (submit into one with `phoenix submit ... --batch NAME` or Client(...).batch(NAME))")
         return

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-from phoenix.cli.status import duration
+from phoenix.cli.status import as_is, kib, number, since
 from phoenix.errors import UsageError
 from phoenix.linux.untrusted import stored_json, visible
 from phoenix.store.base import Store
@@ -61,8 +61,8 @@ def _last_outcome(job: dict[str, Any]) -> str:
 
 def render_jobs(report: dict[str, Any]) -> None:
     now = time.time()
-    rows = [(visible(job["key"]), visible(job["target"]), job["state"], str(job["attempts"]),
-             visible(_last_outcome(job)), duration(now - job["updated_at"])) for job in report["jobs"]]
+    rows = [(visible(job["key"]), visible(job["target"]), visible(str(job["state"])), visible(str(job["attempts"])),
+             visible(_last_outcome(job)), since(now, job["updated_at"])) for job in report["jobs"]]
     _table(JOBS_COLUMNS, rows)
     if report["more"]:
         print(f"... {report['more']} more (of {report['total']}): narrow with --state, --target, --since, "
@@ -74,9 +74,10 @@ def show_report(journal: Store, job: dict[str, Any]) -> dict[str, Any]:
     node = socket.gethostname()  # the SQLite journal's attempts all ran here; a shared store names each's master
     attempts = []
     for attempt in journal.attempts_of(job["id"]):
-        ended = attempt["ended_at"]
+        started, ended = number(attempt["started_at"]), number(attempt["ended_at"])
         attempts.append({**attempt, "node": attempt.pop("master", node),
-                         "duration": None if ended is None else round(ended - attempt["started_at"], 3),
+                         # None: running, or a time another tool damaged (shown as it is)
+                         "duration": None if started is None or ended is None else round(ended - started, 3),
                          "progress": progress_view(attempt.get("progress"))})
     result = job["result"]
     return {"id": job["id"], "key": job["key"], "target": job["target"], "params": stored_json(job["params"]),
@@ -109,20 +110,22 @@ def render_show(report: dict[str, Any]) -> None:
     print(f"  created: {_clock(report['created_at'])}  last change: {_clock(report['updated_at'])}")
     if report["run_at"] is not None or report["priority"]:
         due = f"due: {_clock(report['run_at'])}  " if report["run_at"] is not None else ""
-        print(f"  {due}priority: {report['priority']}" + ("  (a periodic tick)" if report["tick"] is not None else ""))
+        print(f"  {due}priority: {visible(str(report['priority']))}"
+              + ("  (a periodic tick)" if report["tick"] is not None else ""))
     if report["result"] is not None:
         print(f"  result: {visible(json.dumps(report['result']))}")
     if report["progress"] is not None:
         shown = report["progress"]
-        print(f"  progress: {shown['done']}" + (f" of {shown['total']}" if shown["total"] is not None else "")
-              + (f"  {visible(shown['note'])}" if shown["note"] else ""))
+        print(f"  progress: {visible(str(shown['done']))}"
+              + (f" of {visible(str(shown['total']))}" if shown["total"] is not None else "")
+              + (f"  {visible(str(shown['note']))}" if shown["note"] else ""))
     if report["checkpoint"] is not None:
         saved = visible(json.dumps(report["checkpoint"]))[:200]
         print(f"  checkpoint: {saved}  (saved {_clock(report['checkpoint_at'])})")
     columns = ("attempt", "pid", "node", "start", "duration", "outcome", "reason", "max rss")
-    rows = [(str(a["n"]), str(a["pid"] or "-"), visible(a["node"]), _clock(a["started_at"]),
-             "running" if a["duration"] is None else f"{a['duration']:.2f}s", a["outcome"] or "-",
-             visible(a["reason"] or "-"), "-" if a["max_rss_kb"] is None else f"{a['max_rss_kb'] / 1024:.1f}M")
+    rows = [(visible(str(a["n"])), visible(str(a["pid"] or "-")), visible(a["node"]), _clock(a["started_at"]),
+             _attempt_duration(a), visible(str(a["outcome"] or "-")), visible(str(a["reason"] or "-")),
+             kib(a["max_rss_kb"]))
             for a in report["attempt_list"]]
     print()
     if rows:
@@ -131,9 +134,15 @@ def render_show(report: dict[str, Any]) -> None:
         print("no attempt yet")
     for attempt in report["attempt_list"]:
         if attempt["error"]:
-            print(f"\nattempt {attempt['n']} error:\n{visible(attempt['error'].rstrip(), multiline=True)}")
+            print(f"\nattempt {attempt['n']} error:\n{visible(str(attempt['error']).rstrip(), multiline=True)}")
     if report["error"] and not report["attempt_list"]:
-        print(f"\nerror:\n{visible(report['error'].rstrip(), multiline=True)}")
+        print(f"\nerror:\n{visible(str(report['error']).rstrip(), multiline=True)}")
+
+
+def _attempt_duration(attempt: dict[str, Any]) -> str:
+    if attempt["duration"] is not None:
+        return f"{attempt['duration']:.2f}s"
+    return "running" if attempt["ended_at"] is None else f"? (ended {as_is(attempt['ended_at'])})"
 
 
 def _table(columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from phoenix.cli.status import formatted, number
 from phoenix.linux.untrusted import visible
 from phoenix.store.base import JobState, Store
 from phoenix.wire.heartbeat import progress_view
@@ -58,7 +59,7 @@ def _progress_line(stored: str | None) -> str:
     if shown is None:
         return ""
     total = f" of {shown['total']}" if shown["total"] is not None else ""
-    return f"\nprogress {shown['done']}{total}" + (f": {_cut(shown['note'], 80)}" if shown["note"] else "")
+    return f"\nprogress {shown['done']}{total}" + (f": {_cut(str(shown['note']), 80)}" if shown["note"] else "")
 
 
 def _count(n: int, noun: str) -> str:
@@ -97,14 +98,21 @@ def build(journal: Store, title: str, limit: int = DEFAULT_JOBS) -> str:
     jobs = [j for j in jobs if j["job_id"] in started or (j["state"] == "failed" and j["attempts"] == 0)]
     never_started = [j for j in jobs if j["job_id"] not in started]
     now = time.time()
-    starts = [a["started_at"] for a in attempts] + [e["at"] for e in events] + [j["updated_at"] for j in never_started]
-    ends = [a["ended_at"] or now for a in attempts] + [e["at"] for e in events] + [
-        j["updated_at"] for j in never_started]
-    t0 = min(starts, default=now)
-    span = max(max(ends, default=now) - t0, 1e-3)
+    # A time another tool damaged (text, bytes in the column) places nothing: its bar or marker is drawn at
+    # the axis' start, and its hover text shows the value as it is.
+    starts = [number(a["started_at"]) for a in attempts] + [number(e["at"]) for e in events] + [
+        number(j["updated_at"]) for j in never_started]
+    ends = [number(a["ended_at"] or now) for a in attempts] + [number(e["at"]) for e in events] + [
+        number(j["updated_at"]) for j in never_started]
+    t0 = min((t for t in starts if t is not None), default=now)
+    span = max(max((t for t in ends if t is not None), default=now) - t0, 1e-3)
 
-    def x(t: float) -> float:
-        return (t - t0) / span * PLOT_WIDTH
+    def x(t: Any) -> float:
+        placed = number(t)
+        return 0.0 if placed is None else (placed - t0) / span * PLOT_WIDTH
+
+    def hms(t: Any) -> str:
+        return formatted(t, lambda when: time.strftime("%H:%M:%S", time.localtime(when)))
 
     step, tick_times = ticks(t0, span)
     axis = [f'<line x1="{LABEL_WIDTH}" x2="{LABEL_WIDTH + PLOT_WIDTH}" y1="{AXIS_HEIGHT - 1}" '
@@ -123,21 +131,22 @@ def build(journal: Store, title: str, limit: int = DEFAULT_JOBS) -> str:
         end = a["ended_at"] or now
         left = min(x(a["started_at"]), PLOT_WIDTH - 2)
         width = min(max(x(end) - x(a["started_at"]), 2.0), PLOT_WIDTH - left)
+        began, ended = number(a["started_at"]), number(end)
+        took = "?" if began is None or ended is None else f"{ended - began:.2f}"
         hover = (f"{a['key']} attempt {a['n']}: {outcome}" + (f" ({a['reason']})" if a["reason"] else "")
-                 + f"\nstarted {time.strftime('%H:%M:%S', time.localtime(a['started_at']))}, "
-                 f"pid {a['pid']}, {end - a['started_at']:.2f} s"
+                 + f"\nstarted {hms(a['started_at'])}, pid {a['pid']}, {took} s"
                  + _progress_line(a.get("progress"))
                  + (f"\n{_cut(a['error'], HOVER_ERROR_CHARS)}" if a["error"] else ""))
         bars[a["job_id"]].append(
-            f'<rect class="attempt outcome-{_esc(outcome)}" data-job="{_esc(a["key"])}" data-attempt="{a["n"]}" '
-            f'data-outcome="{_esc(outcome)}" data-pid="{a["pid"]}" x="{left:.1f}" y="3" '
+            f'<rect class="attempt outcome-{_esc(outcome)}" data-job="{_esc(a["key"])}" data-attempt="{_esc(a["n"])}" '
+            f'data-outcome="{_esc(outcome)}" data-pid="{_esc(a["pid"])}" x="{left:.1f}" y="3" '
             f'width="{width:.1f}" height="{ROW_HEIGHT - 6}" fill="{COLOURS.get(outcome, "#999")}">'
             f"<title>{_esc(hover)}</title></rect>"
         )
     for j in never_started:
         centre = min(max(x(j["updated_at"]), 8.0), PLOT_WIDTH - 8)
         hover = (f"{j['key']}: failed before any attempt, "
-                 f"{time.strftime('%H:%M:%S', time.localtime(j['updated_at']))}\ntarget {j['target']}\n"
+                 f"{hms(j['updated_at'])}\ntarget {j['target']}\n"
                  f"{_cut(j['error'] or 'no error recorded', HOVER_ERROR_CHARS)}")
         bars[j["job_id"]].append(
             f'<g class="no-attempt" data-job="{_esc(j["key"])}" transform="translate({centre:.1f} {ROW_HEIGHT / 2})">'
@@ -156,10 +165,10 @@ def build(journal: Store, title: str, limit: int = DEFAULT_JOBS) -> str:
     markers = []
     for e in events:
         colour, label = MARKERS[e["kind"]]
-        hover = (f"{label} at {time.strftime('%H:%M:%S', time.localtime(e['at']))}: generation {e['generation']}, "
+        hover = (f"{label} at {hms(e['at'])}: generation {e['generation']}, "
                  f"pid {e['pid']}" + (f"\n{e['detail']}" if e["detail"] else ""))
         markers.append(
-            f'<line class="marker marker-{e["kind"]}" data-generation="{e["generation"]}" x1="{x(e["at"]):.1f}" '
+            f'<line class="marker marker-{e["kind"]}" data-generation="{_esc(e["generation"])}" x1="{x(e["at"]):.1f}" '
             f'x2="{x(e["at"]):.1f}" y1="0" y2="100%" stroke="{colour}" stroke-width="2" stroke-dasharray="4 3">'
             f"<title>{_esc(hover)}</title></line>"
         )

@@ -3,9 +3,10 @@ view of the running master (pids, beat ages, progress, memory) when there is one
 
 from __future__ import annotations
 
+import math
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from phoenix.errors import StateError
 from phoenix.linux import pidfile, procfs
@@ -170,9 +171,42 @@ def _running(live: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     return {job: _checked(child, _CHILD_KINDS, "running child") for job, child in running.items()}
 
 
+def number(value: Any) -> float | None:
+    """A number read from a store, or None if it is none: NULL, or text or
+    bytes another tool put in a numeric column (SQLite keeps what it is given)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def as_is(value: Any) -> str:
+    """A stored value shown as it is, escaped and cut short: what a reader
+    shows of one it cannot format (a number column holding text or bytes)."""
+    return visible(str(value))[:40]
+
+
+def formatted(value: Any, form: Callable[[float], str]) -> str:
+    """A number from a store through `form` (a duration, a clock time, a size),
+    "-" for NULL, and anything else as it is: a reader never fails on a damaged row."""
+    if value is None:
+        return "-"
+    found = number(value)
+    try:
+        return as_is(value) if found is None else form(found)
+    except (OverflowError, ValueError, OSError):  # a number no date or size can show (1e300 seconds)
+        return as_is(value)
+
+
+def since(now: float, at: Any) -> str:
+    """How long ago `at` (a stored time) was, or the value as it is."""
+    return formatted(at, lambda then: duration(now - then))
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if number(seconds) is None:
+        return as_is(seconds)
     seconds = int(seconds)
     if seconds < 60:
         return f"{seconds}s"
@@ -182,7 +216,12 @@ def duration(seconds: float | None) -> str:
 
 
 def _size(value: int | None) -> str:
-    return "-" if value is None else f"{value / 1048576:.1f}M"
+    return formatted(value, lambda size: f"{size / 1048576:.1f}M")
+
+
+def kib(value: Any) -> str:
+    """A size in KiB from a store (max_rss_kb), in MiB."""
+    return formatted(value, lambda size: f"{size / 1024:.1f}M")
 
 
 def summary(report: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...]]]:
@@ -221,7 +260,7 @@ def summary(report: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...
             head += "\n  " + failure_line(failure)
     columns = ["key", "pid", "attempt", "age", "last beat", "progress", "rss"]
     rows: list[tuple[str, ...]] = [
-        (visible(job["key"]), str(job["pid"] or "-"), str(job["attempt"]), duration(job.get("age")),
+        (visible(job["key"]), visible(str(job["pid"] or "-")), visible(str(job["attempt"])), duration(job.get("age")),
          f"{job['last_beat_age']:.1f}s" if job["last_beat_age"] is not None else "-",
          progress_cell(job), _size(job.get("rss")))
         for job in report["jobs"] if job["state"] == JobState.RUNNING
@@ -234,18 +273,19 @@ def progress_cell(job: dict[str, Any]) -> str:
     shown = job.get("progress")
     if not shown:
         return str(job.get("heartbeats", "-"))
-    done = f"{shown['done']:g}" + (f"/{shown['total']:g}" if shown["total"] is not None else "")
-    return done + (f" {visible(shown['note'])}" if shown["note"] else "")
+    done = formatted(shown["done"], lambda n: f"{n:g}") + (
+        f"/{formatted(shown['total'], lambda n: f'{n:g}')}" if shown["total"] is not None else "")
+    return done + (f" {visible(str(shown['note']))}" if shown["note"] else "")
 
 
 def failure_line(failure: dict[str, Any]) -> str:
     """One line per failed job: when, key, outcome and why (the error's last
     line: a traceback's exception), peak memory. All of it escaped: it comes from jobs."""
-    when = time.strftime("%m-%d %H:%M:%S", time.localtime(failure["failed_at"]))
-    error = (failure["error"] or "").rstrip().rpartition("\n")[2].strip()
-    reason = failure["reason"] or ""
+    when = formatted(failure["failed_at"], lambda at: time.strftime("%m-%d %H:%M:%S", time.localtime(at)))
+    error = str(failure["error"] or "").rstrip().rpartition("\n")[2].strip()
+    reason = str(failure["reason"] or "")
     why = f"{reason}: {error}" if reason and error and reason not in error else error or reason
-    memory = f"  max RSS {failure['max_rss_kb'] / 1024:.1f}M" if failure["max_rss_kb"] else ""
+    memory = f"  max RSS {kib(failure['max_rss_kb'])}" if failure["max_rss_kb"] else ""
     return visible(f"{when}  {failure['key']}  {failure['outcome']}: {why or '-'}{memory}")[:300]
 
 

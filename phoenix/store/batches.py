@@ -203,9 +203,15 @@ SUMMARY_COLUMNS = ("b.id, b.name, b.state, b.jobs, b.remaining, b.completions, b
 
 def summary(row: tuple[Any, ...], counts: dict[str, int]) -> dict[str, Any]:
     batch_id, name, state, jobs, remaining, completions, created_at, closed_at, completed_at = row
-    return {"id": int(batch_id), "name": name, "state": state, "jobs": int(jobs), "remaining": int(remaining),
-            "completions": int(completions), "counts": counts, "created_at": created_at, "closed_at": closed_at,
+    return {"id": int(batch_id), "name": name, "state": state, "jobs": _whole(jobs), "remaining": _whole(remaining),
+            "completions": _whole(completions), "counts": counts, "created_at": created_at, "closed_at": closed_at,
             "completed_at": completed_at}
+
+
+def _whole(value: Any) -> Any:
+    """A count as an int; a value another tool put in the column (text,
+    bytes) as it is, for a reader to show rather than fail on."""
+    return int(value) if isinstance(value, (int, float)) else value
 
 
 def sqlite_batches(db: sqlite3.Connection, name: str | None = None, batch_id: int | None = None,

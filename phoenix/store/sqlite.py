@@ -251,6 +251,21 @@ def _as_text(value: Any) -> Any:
     return _text_or_surrogates(value) if isinstance(value, bytes) else value
 
 
+def _where_key(key: str) -> tuple[str, tuple[Any, ...]] | None:
+    """The condition (on jobs.key) and its arguments that find the job named
+    `key`; None if no job can have it. A key with lone surrogates, bytes that
+    were not UTF-8 as a shell hands them over (and as `visible` shows them),
+    names the job whose key another tool stored as those bytes, a BLOB or
+    text that is not UTF-8: the operator can show, cancel and retry it."""
+    if not unstorable(key):
+        return "key = ?", (key,)
+    try:
+        spelled = key.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no byte stands for: no job has it
+        return None
+    return "key IN (?, CAST(? AS TEXT))", (spelled, spelled)
+
+
 def _create(path: Path) -> None:
     """Make a new journal atomically: built complete (schema, application_id,
     user_version in one transaction) under a temporary name, then linked into
@@ -1132,9 +1147,10 @@ class Journal:
         return [_readable(names, row) for row in cur], total
 
     def job_by_key(self, key: str) -> dict[str, Any] | None:
-        if unstorable(key):
+        where = _where_key(key)
+        if where is None:
             return None
-        cur = self.db.execute("SELECT * FROM jobs WHERE key = ?", (key,))
+        cur = self.db.execute(f"SELECT * FROM jobs WHERE {where[0]}", where[1])
         row = cur.fetchone()
         return None if row is None else _readable([c[0] for c in cur.description], row)
 
@@ -1157,19 +1173,22 @@ class Journal:
         with self.transaction(durable=True) as db:
             if keys is None:
                 extra, args = ("AND target = ?", [target]) if target is not None else ("", [])
-                rows = db.execute(f"SELECT id, key FROM jobs WHERE state = 'failed' {extra} ORDER BY id",
-                                  args).fetchall()
+                # (a key another tool stored as bytes: its text, in what this says and returns)
+                rows = [(job_id, _as_text(key)) for job_id, key in db.execute(
+                    f"SELECT id, key FROM jobs WHERE state = 'failed' {extra} ORDER BY id", args)]
             else:
                 rows = []
                 for key in dict.fromkeys(keys):
-                    if unstorable(key):
+                    where = _where_key(key)
+                    if where is None:
                         raise RetryRefused(f"no job with key {key!r}")
-                    row = db.execute("SELECT id, key, state FROM jobs WHERE key = ?", (key,)).fetchone()
+                    row = db.execute(f"SELECT id, key, state FROM jobs WHERE {where[0]}", where[1]).fetchone()
                     if row is None:
                         raise RetryRefused(f"no job with key {key!r}")
                     if row[2] not in ENDED_BADLY:
-                        raise RetryRefused(f"job {key!r} is {row[2]}: only failed or cancelled jobs can be retried")
-                    rows.append(row[:2])
+                        raise RetryRefused(f"job {key!r} is {_as_text(row[2])}: only failed or cancelled jobs can "
+                                           "be retried")
+                    rows.append((row[0], _as_text(row[1])))
             for job_id, key in rows:
                 if db.execute(f"SELECT 1 FROM callbacks c JOIN jobs j ON j.id = c.job_id WHERE c.job_id = ? AND "
                               f"c.state = 'owed' AND NOT {WITHDRAWN_WITH_ITS_CANCEL}", (job_id,)).fetchone():
@@ -1283,6 +1302,11 @@ class Journal:
         """Batches newest first (or the one named, or of that id; at most
         `limit`) with their jobs counted by state."""
         found = batches.sqlite_batches(self.db, name, batch_id, limit)
+        for batch in found:  # a member's state another tool stored as bytes counts under its text
+            counts: dict[str, int] = {}
+            for state, n in batch["counts"].items():
+                counts[_as_text(state)] = counts.get(_as_text(state), 0) + n
+            batch["counts"] = counts
         return [_readable(list(batch), batch.values()) for batch in found]
 
     def batch_jobs(self, batch_id: int) -> list[dict[str, Any]]:
@@ -1325,10 +1349,11 @@ class Journal:
         transaction (as for a cancelled running job: every cancelled job gets
         one; its attempt is the last that ran, 0 if none did). Returns its
         state before (None: no such job)."""
-        if unstorable(key):
+        where = _where_key(key)
+        if where is None:
             return None
         with self.transaction(durable=True) as db:
-            row = db.execute("SELECT id, state FROM jobs WHERE key = ?", (key,)).fetchone()
+            row = db.execute(f"SELECT id, state FROM jobs WHERE {where[0]}", where[1]).fetchone()
             if row is None:
                 return None
             job_id, state = row
@@ -1339,7 +1364,7 @@ class Journal:
                 db.execute("INSERT INTO callbacks (job_id, attempt, kind, state, created_at) "
                            "SELECT ?, COALESCE(MAX(n), 0), 'on_failed', 'owed', ? FROM attempts WHERE job_id = ? "
                            "ON CONFLICT (job_id, kind) DO NOTHING", (job_id, now, job_id))
-            return str(state)
+            return str(_as_text(state))
 
     def prune(self, *, finished_before: float, failed_before: float | None, batch: int = 500,
               ) -> dict[str, int]:

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
+from urllib.parse import urlencode
 
 import jinja2
 import uvicorn
@@ -40,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from phoenix.cli.jobsview import BadCursor, parse_cursor
+from phoenix.cli.status import formatted
 from phoenix.errors import Conflict, Unavailable
 from phoenix.linux.paths import StatePaths
 from phoenix.linux.untrusted import visible
@@ -110,21 +112,29 @@ TIMELINE_COLUMNS = (Column("started_at", "started", "time"), Column("ended_at", 
 def shown(value: Any, kind: str = "text") -> str:
     """A value as the page shows it (static/dashboard.js's `format` does the same):
     controls and bidi overrides written out, never markup (autoescape does that)."""
+    if kind == "time":  # (a time or a number another tool damaged, text or bytes: shown as it is)
+        return formatted(value, lambda at: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)))
+    if kind == "seconds":
+        return formatted(value, lambda seconds: f"{seconds:.2f}")
     if value is None:
         return "-"
-    if kind == "time":
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value))
-    if kind == "seconds":
-        return f"{value:.2f}"
     if kind == "json":  # as the script's JSON.stringify writes it
         return visible(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
     return visible(str(value), multiline=kind == "pre")
+
+
+def job_link(key: Any) -> str:
+    """The address of a job's page. A key that is not UTF-8 (bytes another
+    tool stored) cannot be put in a URL as it is: its escaped text is, as the
+    page shows it (and as the script's link says it)."""
+    return "/job?" + urlencode({"key": shown(key)})
 
 
 def _environment() -> jinja2.Environment:
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                      undefined=jinja2.StrictUndefined)  # a typo in a template fails its test
     environment.filters["shown"] = shown
+    environment.filters["job_link"] = job_link
     environment.globals.update(job_states=JOB_STATES, refresh_ms=int(REFRESH_SECONDS * 1000))
     return environment
 

@@ -9,11 +9,12 @@ into pages; the tests read them in-process too."""
 
 from __future__ import annotations
 
+import math
 import socket
 from typing import Any
 
 from phoenix.cli.jobsview import jobs_report, show_report
-from phoenix.cli.status import FROZEN_STATES, NOT_RESPONDING, collect_shared
+from phoenix.cli.status import FROZEN_STATES, NOT_RESPONDING, collect_shared, number
 from phoenix.errors import UsageError
 from phoenix.linux import pidfile, procfs
 from phoenix.linux.paths import StatePaths
@@ -75,8 +76,14 @@ def timeline(store: Store) -> dict[str, Any]:
     jobs_shown, attempts, unstarted = store.timeline_recent(TIMELINE_JOBS)
     del jobs_shown  # their attempts carry what the page shows
     events = store.timeline_events()[-TIMELINE_EVENTS:]
-    attempts.sort(key=lambda attempt: attempt["started_at"], reverse=True)
+    attempts.sort(key=_started, reverse=True)
     return {"attempts": attempts, "events": events[::-1], "unstarted": unstarted}
+
+
+def _started(attempt: dict[str, Any]) -> float:
+    """When the attempt started; a time another tool damaged (text or bytes in the column) sorts last."""
+    started = number(attempt["started_at"])
+    return -math.inf if started is None else started
 
 
 def shared_masters(store_url: str) -> dict[str, Any]:

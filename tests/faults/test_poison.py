@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from phoenix import log
 from phoenix.app import AppError, check_target_form, encode_params
-from phoenix.cli import jobsview, report, status
+from phoenix.cli import batchview, jobsview, report, status
 from phoenix.linux.untrusted import MAX_JSON_DEPTH, KeyRefused, check_key, storable, stored_json
 from phoenix.rules.outcomes import classify
 from phoenix.store.base import KeyConflict, Store
@@ -553,3 +553,139 @@ def test_an_operators_reads_show_a_job_row_another_tool_damaged_with_bytes(state
     assert "damaged\\udcff" in phoenix_cli("jobs", state_dir=state_dir).stdout
     batches = json.loads(phoenix_cli("batches", "--json", state_dir=state_dir).stdout)["batches"]
     assert [batch["name"] for batch in batches] == ["nightly\udcff"]
+    db = sqlite3.connect(state_dir / "journal.db")
+    with db:
+        db.execute("UPDATE jobs SET state = 'failed' WHERE target = ?", (b"tests.apps.poison:\xfe",))
+    db.close()
+    retried = phoenix_cli("retry", "--failed", state_dir=state_dir)  # it said it failed once it had retried
+    assert retried.returncode == 0, retried.stderr[-2000:]
+    assert json.loads(retried.stdout) == {"retried": ["damaged\udcff"]}
+    # Named by its bytes (as the shell hands them over; `phoenix jobs` shows them as damaged\udcff), it is found.
+    shown = phoenix_cli("show", "damaged\udcff", "--json", state_dir=state_dir)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["key"] == "damaged\udcff", shown.stderr[-2000:]
+    cancelled = phoenix_cli("cancel", "damaged\udcff", state_dir=state_dir)
+    assert cancelled.returncode == 0, cancelled.stderr[-2000:]
+    assert job_row(state_dir, "damaged\udcff")["state"] == "cancelled"
+    assert json.loads(phoenix_cli("retry", "damaged\udcff", state_dir=state_dir).stdout) == {
+        "retried": ["damaged\udcff"]}
+
+
+# What an attacker wrote into a journal with sqlite3 (UPDATE ...): terminal
+# controls in bytes (a BLOB) and text where Phoenix keeps text or numbers.
+RED, TITLE, CLEAR = b"finished\x1b[31mRED", b"\x1b]0;pwned\x07", b"\x1b[2J"
+DAMAGED_PROGRESS = json.dumps(["\x1b[6n", {"of": 1}, 5])  # phoenix.progress() writes numbers and a text note
+
+
+def damaged_journal(path: Path) -> Journal:
+    """A journal with a job that ran and failed, a batch, a master event and a
+    failed job whose key is bytes, then damaged in every column a reader shows."""
+    journal = Journal(path)
+    job_id, _ = journal.submit(f"{POISON}:echo", "{}", "ran")
+    journal.submit_to_batch("nightly", [(f"{POISON}:echo", "{}", "member")])
+    claimed = journal.claim(1, 4242, None)
+    assert claimed is not None and claimed[0].id == job_id
+    journal.end_attempt(claimed[1], job_id, outcome="error", reason="r", error="e", result_json=None,
+                        max_rss_kb=2048, job_state="failed", counts_as_failure=True, callback=None, attempt_n=1)
+    journal.record_event("master_start", 1, os.getpid(), "started")
+    db = journal.db
+    db.execute("INSERT INTO jobs (key, target, params, state, created_at, updated_at) VALUES "
+               "(?, 'm:f', '{}', 'failed', 1, 1)", (b"d-key\xff",))
+    db.execute("UPDATE jobs SET key = ?, attempts = ?, updated_at = ?, created_at = ? WHERE key = 'ran'",
+               (b"ran\xff", CLEAR, "soon\x1b[1m", b"\xfe"))
+    db.execute("UPDATE jobs SET state = ? WHERE key = 'member'", (RED,))
+    db.execute("UPDATE attempts SET outcome = ?, started_at = ?, ended_at = ?, max_rss_kb = ?, pid = ?, progress = ?",
+               (TITLE, "yesterday\x1b[2J", b"\xff", "lots\x1b[5m", "\x1b[7mpid", DAMAGED_PROGRESS))
+    db.execute("UPDATE batches SET state = ?, created_at = ?, jobs = ?", (CLEAR + b"open", "then\x1b[3m", CLEAR))
+    db.execute("UPDATE events SET at = ?", ("when\x1b[4m",))
+    return journal
+
+
+def test_every_reader_shows_states_and_numbers_another_tool_damaged_escaped(tmp_path: Path) -> None:
+    """Found from outside: BLOBs of terminal controls in jobs.state,
+    attempts.outcome, batches.state reached the operator's terminal raw, and
+    text or bytes in a numeric column (times, sizes, pids, counts) was a
+    traceback in jobs, show, status, batches and report. Each is shown as it
+    is, escaped; retry says which keys it retried, as text."""
+    with damaged_journal(tmp_path / "journal.db") as journal:
+        outputs = rendered(journal, "member")  # show, jobs, status, report
+        shown_show = io.StringIO()
+        with contextlib.redirect_stdout(shown_show):
+            jobsview.render_show(jobsview.show_report(journal, journal.job_row(1) or {}))
+            batchview.render_batches(batchview.batches_report(journal, 10))
+        outputs.append(shown_show.getvalue())
+        outputs.append(json.dumps(jobsview.show_report(journal, journal.job_row(1) or {})))
+        outputs.append(status.progress_cell({"progress": protocol.progress_view(DAMAGED_PROGRESS)}))
+        outputs.append(json.dumps(batchview.batches_report(journal, 10)))  # (member states count by their text)
+        outputs.append(json.dumps(batchview.batch_jobs_report(journal, "nightly", state=None, target=None,
+                                                              since=None, limit=10)))
+        for text in outputs:
+            shown_safely(text)
+        everything = "".join(outputs)
+        for escaped in ("\\x1b[6n", "finished\\x1b[31mRED", "\\x1b]0;pwned\\x07", "\\x1b[2Jopen", "yesterday\\x1b[2J",
+                        "lots\\x1b[5m", "\\x1b[7mpid", "then\\x1b[3m", "soon\\x1b[1m"):
+            assert escaped in everything, escaped
+        retried = journal.retry(None)
+        assert retried == ["ran\udcff", "d-key\udcff"] and json.dumps({"retried": retried})
+        # Named as a shell hands over its bytes, a key stored as bytes, or as text that is not UTF-8, is found.
+        journal.db.execute("UPDATE jobs SET key = CAST(key AS TEXT) WHERE key = ?", (b"d-key\xff",))
+        assert journal.cancel_pending("d-key\udcff") == "pending"
+        assert (journal.job_by_key("d-key\udcff") or {}).get("state") == "cancelled"
+        assert journal.retry(["d-key\udcff"]) == ["d-key\udcff"]
+
+
+def page(app: Any, path: str) -> tuple[int, str]:
+    """(status, body) of a GET of the dashboard's ASGI app, in this process."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    address = urlsplit(path)
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": address.path, "raw_path": address.path.encode(), "query_string": address.query.encode(),
+             "root_path": "", "headers": [(b"host", b"localhost")], "client": ("127.0.0.1", 1),
+             "server": ("localhost", 80)}
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]).decode("utf-8")
+
+
+def test_every_dashboard_page_shows_what_another_tool_damaged_escaped(tmp_path: Path) -> None:
+    """Found from outside: a job key or a batch member's key that is not
+    UTF-8, a BLOB in jobs.state, text in a time column: /jobs, /job,
+    /timeline and /failures answered 500. Every page shows them escaped."""
+    server = pytest.importorskip("phoenix.web.server", reason="the dashboard needs the web extra")
+    from phoenix.linux.paths import StatePaths
+
+    damaged_journal(tmp_path / "journal.db").close()
+    db = sqlite3.connect(tmp_path / "journal.db")
+    # A batch member's key, a key that is text but not UTF-8, and one a page can name (its times damaged).
+    with db:
+        db.execute("UPDATE jobs SET key = ? WHERE key = 'member'", (b"member\xff",))
+        db.execute("UPDATE jobs SET key = 'ran' WHERE key = ?", (b"ran\xff",))
+        db.execute("UPDATE jobs SET key = CAST(x'6b31ff' AS TEXT) WHERE key = ?", (b"d-key\xff",))
+    db.close()
+
+    def refused(key: str) -> dict[str, Any]:
+        raise AssertionError("no action is asked here")
+
+    dashboard = server.Dashboard(StatePaths(tmp_path), None, lambda: Journal(tmp_path / "journal.db", create=False),
+                                 refused, refused, None)
+    app = server.create_app(dashboard, None)
+    pages = {}
+    for path in ("/jobs", "/jobs?state=failed", "/job?key=ran", "/failures", "/timeline", "/api/jobs", "/api/jobs/ran",
+                 "/api/timeline", "/api/failures"):
+        status, pages[path] = page(app, path)
+        assert status == 200, (path, status, pages[path][-2000:])
+        shown_safely(pages[path])
+    for path, escaped in (("/jobs", "k1\\udcff"), ("/jobs", "member\\udcff"), ("/jobs", "finished\\x1b[31mRED"),
+                          ("/jobs", "soon\\x1b[1m"), ("/jobs", 'href="/job?key=k1%5Cudcff"'),
+                          ("/job?key=ran", "yesterday\\x1b[2J"), ("/job?key=ran", "\\x1b]0;pwned\\x07"),
+                          ("/job?key=ran", "lots\\x1b[5m"), ("/timeline", "when\\x1b[4m"),
+                          ("/timeline", "yesterday\\x1b[2J"), ("/failures", "soon\\x1b[1m")):
+        assert escaped in pages[path], (path, escaped)

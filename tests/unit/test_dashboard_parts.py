@@ -39,6 +39,11 @@ def test_a_value_is_shown_as_text_with_its_controls_written_out() -> None:
     assert server.shown(0, "time") == "1970-01-01 00:00:00"
     assert server.shown(1.234, "seconds") == "1.23"
     assert server.shown({"a": [1, "<b>é"]}, "json") == '{"a":[1,"<b>é"]}'  # markup is left to autoescape
+    # A time or a number another tool damaged (text, bytes read as text): shown as it is, escaped.
+    assert server.shown("soon\x1b[1m", "time") == "soon\\x1b[1m"
+    assert server.shown("x\udcff", "seconds") == "x\\udcff"
+    assert server.shown(1e300, "time") == "1e+300"
+    assert server.job_link("k1\udcff") == "/job?key=k1%5Cudcff"  # a key that is not UTF-8: its escaped text
 
 
 def test_what_json_cannot_hold_is_sent_as_text() -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -274,6 +275,39 @@ def test_pages_in_a_browser_filter_retry_and_an_injected_key(busy_master: Any, s
             browser.go(board.url + "jobs")
             browser.screenshot(Path(os.environ["PHOENIX_DASHBOARD_SCREENSHOT"]))
         assert browser.console_errors() == []  # no CSP violation, no script error
+
+
+@needs_chromium
+def test_the_pages_script_draws_a_row_another_tool_damaged_escaped(state_dir: Path, tmp_path: Path,
+                                                                  dashboards: Any) -> None:
+    """Found from outside: a key that is not UTF-8 and a BLOB of terminal
+    controls in jobs.state made /jobs answer 500, and text in a time column
+    stopped the page's script ("could not refresh": an invalid Date). The
+    script draws them escaped, as the server did."""
+    state_dir.mkdir(mode=0o700)
+    with Journal(state_dir / "journal.db") as journal:
+        journal.submit("tests.apps.jobs:noop", "{}", "k1")
+        journal.submit("tests.apps.jobs:noop", "{}", "sound")
+    db = sqlite3.connect(state_dir / "journal.db")
+    with db:
+        db.execute("UPDATE jobs SET key = x'6b31ff', state = ?, updated_at = ? WHERE key = 'k1'",
+                   (b"pending\x1b[31mRED", "soon\x1b[1m"))
+    db.close()
+    board = dashboards("--state-dir", str(state_dir))
+    rows = "Array.from(document.querySelectorAll('table.live tbody tr'))"
+    cells = f"{rows}.map(r => Array.from(r.cells).slice(0, 8).map(c => c.textContent))"
+    with Browser(tmp_path / "profile") as browser:
+        browser.go(board.url + "jobs")
+        drawn_by_server = browser.js(cells)
+        browser.js("document.getElementById('updated').textContent = ''")
+        browser.wait("document.getElementById('updated').textContent !== ''", "a refresh of the jobs page")
+        assert browser.js("document.getElementById('message').textContent") == ""
+        drawn = browser.js(cells)
+        assert drawn == drawn_by_server, (drawn, drawn_by_server)
+        [damaged] = [row for row in drawn if row[0] == "k1\\udcff"]
+        assert damaged[1] == "pending\\x1b[31mRED" and damaged[7] == "soon\\x1b[1m", damaged
+        assert browser.js("document.querySelector('td a').getAttribute('href')").startswith("/job?key=")
+        assert browser.console_errors() == []
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@
 const TOKEN_KEY = "phoenix-dashboard-token"; // kept for this tab only (sessionStorage)
 
 // As phoenix.linux.untrusted.visible: controls and bidi overrides written out, so
-// a key cannot hide or reorder what the page shows.
-const INVISIBLE = /[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+// a key cannot hide or reorder what the page shows; and a lone surrogate (bytes
+// that were not UTF-8, as JSON carries them) as \udcXX, as the server writes it.
+const INVISIBLE = /[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
 const ESCAPES = { "\t": "\\t", "\n": "\\n", "\r": "\\r" };
 
 function visible(text, multiline) {
@@ -25,8 +26,14 @@ function visible(text, multiline) {
 // As server.shown: the same text for the same value, first drawn there, redrawn here.
 function format(value, kind) {
   if (value === null || value === undefined) return "-";
-  if (kind === "time") return new Date(value * 1000).toISOString().slice(0, 19).replace("T", " ");
-  if (kind === "seconds") return Number(value).toFixed(2);
+  // A time or a number another tool damaged (text in the column) is shown as it is, as the server does.
+  const number = typeof value === "number" && Number.isFinite(value);
+  if (kind === "time" && number) {
+    const when = new Date(value * 1000);
+    if (!Number.isNaN(when.getTime())) return when.toISOString().slice(0, 19).replace("T", " ");
+  }
+  if (kind === "seconds" && number) return value.toFixed(2);
+  if (kind === "time" || kind === "seconds") return visible(String(value), false).slice(0, 40);
   if (kind === "json") return visible(JSON.stringify(value), false);
   return visible(String(value), kind === "pre");
 }
@@ -37,7 +44,8 @@ function lookup(data, path) {
 
 function jobLink(key) {
   const link = document.createElement("a");
-  link.href = "/job?" + new URLSearchParams({ key: key }).toString();
+  // (as server.job_link: a key that is not UTF-8 cannot be put in an address, its escaped text is)
+  link.href = "/job?" + new URLSearchParams({ key: format(key, "text") }).toString();
   link.textContent = format(key, "text");
   return link;
 }
@@ -50,7 +58,7 @@ function actionButtons(job) {
   button.type = "button";
   button.className = "action";
   button.dataset.action = action;
-  button.dataset.key = job.key;
+  button.dataset.key = format(job.key, "text"); // (as the server draws it)
   button.disabled = document.body.dataset.actions !== "on";
   button.textContent = action;
   return [button];
