@@ -553,3 +553,32 @@ def test_an_operators_reads_show_a_job_row_another_tool_damaged_with_bytes(state
     assert "damaged\\udcff" in phoenix_cli("jobs", state_dir=state_dir).stdout
     batches = json.loads(phoenix_cli("batches", "--json", state_dir=state_dir).stdout)["batches"]
     assert [batch["name"] for batch in batches] == ["nightly\udcff"]
+
+
+def test_a_held_final_damaged_with_bytes_is_quarantined_and_the_child_adopted(master_factory, state_dir, tmp_path):
+    """Found from outside: a BLOB in a running attempt's held final crashed
+    every new master in adopt_running_attempts (the child left orphaned).
+    The final is put aside with one line; the child is adopted and its own
+    final recorded."""
+    from tests.apps.replace_tools import APP as REPLACE_APP, SLOW, UNTIL
+
+    release = tmp_path / "release"
+    first = master_factory(app=REPLACE_APP)
+    first.submit(UNTIL, {"path": str(release)}, key="held")
+    pid = wait_for(lambda: (j := first.jobs().get("held")) and j["pid"], SLOW, "the job to run")
+    db = sqlite3.connect(state_dir / "journal.db")
+    with db:
+        assert db.execute("UPDATE attempts SET final = x'7b7dff' WHERE outcome IS NULL").rowcount == 1
+    db.close()
+    assert phoenix_cli("stop", "--leave-running", state_dir=state_dir).returncode == 0
+    assert first.wait_exit(SLOW) == 0 and alive(pid)
+
+    second = master_factory(app=REPLACE_APP, start=False).start(wait_ready=False)
+    log = second.wait_log("ready generation=2", timeout=SLOW)
+    assert f"adopt pid={pid} job=held attempt=1" in log, log[-3000:]
+    [quarantined] = [line for line in log.splitlines() if "quarantined" in line]
+    assert "what=final" in quarantined and "job=held" in quarantined and "not text (a bytes)" in quarantined
+    release.touch()
+    jobs = second.wait_jobs_done(["held"], timeout=SLOW)
+    assert jobs["held"]["state"] == "finished" and jobs["held"]["attempt"] == 1, jobs["held"]
+    assert alive(second.pid) and "Traceback" not in second.log()
