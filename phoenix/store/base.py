@@ -119,6 +119,10 @@ class Job:
     # Where it resumes: its last checkpoint (JSON), read with the job by `claim`
     # and `pending` (on a shared store a read of its own was a round trip per job).
     checkpoint: str | None = None
+    # SQLite only (a typed store cannot hold it): a number of its row that another
+    # tool replaced with bytes or text ("attempts column of its row holds a blob value"); the job fails before
+    # any attempt, as it does for a damaged text (specs.startable).
+    damaged: str | None = None
 
 
 @dataclass(slots=True)

@@ -325,6 +325,15 @@ _BACKOFF_INDEX = ("CREATE INDEX IF NOT EXISTS jobs_backoff ON jobs (not_before_b
 _NO_BACKOFF = "state = 'pending' AND not_before_boot_id IS NULL"
 _IN_BACKOFF = "state = 'pending' AND not_before_boot_id IS NOT NULL"
 _BACKOFF_WAIT = "(CASE WHEN not_before_boot_id = :boot THEN not_before_boot - :since_boot ELSE 0 END)"
+# A number of a job's row that another tool replaced with bytes or text (an
+# UPDATE through Python's sqlite3 stores what it is given): arithmetic or a
+# sort over it would stop the master at every start. `pending` names the
+# column, and the job fails before any attempt (specs.startable).
+_NOT_A_NUMBER = "typeof({}) NOT IN ('integer', 'real')"
+_DAMAGED_NUMBER = ("CASE " + " ".join(
+    f"WHEN typeof({column}) NOT IN ({kinds}) THEN '{column} column of its row holds a ' || typeof({column}) || ' value'"
+    for column, kinds in (("attempts", "'integer'"), ("failures", "'integer'"), ("priority", "'integer'"),
+                          ("due_at", "'integer', 'real'"), ("not_before", "'integer', 'real'"))) + " END")
 
 # What keeps the operator's reads bounded as the journal grows (status, jobs,
 # metrics): the jobs of each state by last change (the last failures, `jobs
@@ -705,25 +714,27 @@ class Journal:
         earliest due, then the first submitted."""
         clocks = {**_clocks(), "limit": limit}
         columns = ("-priority, due_at, id, key, target, params, attempts, failures, checkpoint, "
-                   "(SELECT pool FROM pool_targets WHERE target = jobs.target)")
+                   f"(SELECT pool FROM pool_targets WHERE target = jobs.target), {_DAMAGED_NUMBER}")
         # One statement (one read of the journal per look, which is once per job):
         # the jobs never put back with a backoff (from the top of jobs_ready), and
         # those whose backoff is over; neither of a full pool (the rest are not held back).
         not_full = f"target NOT IN ({FULL_POOL_TARGETS})"
         rows = self.db.execute(
             f"SELECT * FROM (SELECT {columns} FROM jobs INDEXED BY jobs_ready WHERE {_NO_BACKOFF} "
-            f"AND not_before <= :wall AND {not_full} ORDER BY priority DESC, due_at, id LIMIT :limit) UNION ALL "
+            f"AND (not_before <= :wall OR {_NOT_A_NUMBER.format('not_before')}) AND {not_full} "
+            f"ORDER BY priority DESC, due_at, id LIMIT :limit) UNION ALL "
             f"SELECT * FROM (SELECT {columns} FROM jobs INDEXED BY jobs_backoff WHERE {_IN_BACKOFF} "
             f"AND {_BACKOFF_WAIT} <= 0 AND {not_full} LIMIT :limit)", clocks).fetchall()
         free = dict(self.db.execute("SELECT name, capacity - used FROM pools"))
         jobs = []
-        for row in sorted(rows, key=lambda row: row[:3]):
+        # A damaged row first (its due time may be bytes, which no float sorts with): it fails at once.
+        for row in sorted(rows, key=lambda row: row[:3] if row[10] is None else (row[0], -math.inf, row[2])):
             pool = row[9]
             if pool is not None:
                 if free.get(pool, 0) <= 0:
                     continue  # its pool's last free slot went to a job before it in this look
                 free[pool] -= 1
-            jobs.append(Job(*row[2:9]))
+            jobs.append(Job(*row[2:9], damaged=row[10]))
         return jobs[:limit]
 
     def promote_due(self) -> int:
@@ -752,8 +763,8 @@ class Journal:
         None if nothing is pending."""
         clocks = _clocks()
         waits = []
-        row = self.db.execute(f"SELECT not_before FROM jobs WHERE {_NO_BACKOFF} ORDER BY not_before LIMIT 1",
-                              clocks).fetchone()
+        row = self.db.execute(f"SELECT not_before FROM jobs WHERE {_NO_BACKOFF} AND NOT "
+                              f"{_NOT_A_NUMBER.format('not_before')} ORDER BY not_before LIMIT 1", clocks).fetchone()
         if row is not None:
             waits.append(row[0] - clocks["wall"])
         row = self.db.execute(f"SELECT min({_BACKOFF_WAIT}) FROM jobs INDEXED BY jobs_backoff WHERE {_IN_BACKOFF}",
