@@ -108,6 +108,24 @@ class KeyConflict(Conflict, ValueError):
 # -- rows ---------------------------------------------------------------------------------------
 
 
+def meta_problem(raw: object, counter: bool) -> tuple[Any, str | None]:
+    """A meta row's value read back (JSON text), and what makes it unusable,
+    or None: another tool may have stored bytes or text that is not JSON, and
+    a `counter` (the generation, which each master start increments) must be
+    a whole number, never read as a default over the damage."""
+    if not isinstance(raw, str):
+        return None, f"is not text (a {type(raw).__name__})"
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None, "is text that is not JSON"
+    if counter and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        return None, "is JSON that is not a whole number"
+    return value, None
+
+
+
+
 @dataclass(slots=True)
 class Job:
     id: int
@@ -297,7 +315,7 @@ class Store(Protocol):
     def record_event(self, kind: str, generation: int | None, pid: int | None, detail: str | None = None) -> None: ...
     def count_events(self, kind: str) -> int: ...
     def set_meta(self, **values: Any) -> None: ...
-    def meta(self, name: str, default: Any = None) -> Any: ...
+    def meta(self, name: str, default: Any = None, *, counter: bool = False) -> Any: ...
     def probe_write(self) -> None: ...
 
     # reads for status, report and the operator's commands

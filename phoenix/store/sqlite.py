@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from phoenix import log
 from phoenix.linux import clock
 from phoenix.linux.paths import StatePaths, exclusive_temporary
 from phoenix.linux.pidfile import lock_held
-from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
+from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable, visible
 from phoenix.rules.outcomes import CANCELLED_REASON
 from phoenix.store import batches
 from phoenix.store.base import (
@@ -41,6 +42,7 @@ from phoenix.store.base import (
     Upgrade,
     default_key,
     key_conflict,
+    meta_problem,
     timing_differences,
 )
 
@@ -734,7 +736,7 @@ class Journal:
                 if free.get(pool, 0) <= 0:
                     continue  # its pool's last free slot went to a job before it in this look
                 free[pool] -= 1
-            jobs.append(Job(*row[2:9], damaged=row[10]))
+            jobs.append(Job(row[2], row[3], row[4], row[5], row[6], row[7], row[8], damaged=row[10]))
         return jobs[:limit]
 
     def promote_due(self) -> int:
@@ -1006,9 +1008,32 @@ class Journal:
                     (name, json.dumps(value)),
                 )
 
-    def meta(self, name: str, default: Any = None) -> Any:
+    def meta(self, name: str, default: Any = None, *, counter: bool = False) -> Any:
+        """A value the master recorded (JSON); `default` if none was. A row
+        another tool damaged is read as absent, with a warning: the master
+        writes it afresh once ready. Except a `counter` (the generation):
+        JournalError, naming the row and the fix, never a default over it."""
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        return json.loads(row[0]) if row else default
+        if row is None:
+            return default
+        value, problem = meta_problem(row[0], counter)
+        if problem is None:
+            return value
+        shown = visible(row[0] if isinstance(row[0], str) else repr(row[0]))[:200]
+        if counter:
+            highest = self.db.execute(
+                "SELECT max(generation) FROM (SELECT generation FROM events UNION ALL SELECT generation FROM attempts) "
+                "WHERE typeof(generation) = 'integer'").fetchone()[0] or 0
+            raise JournalError(
+                f"the journal {self.path} has a meta row {name!r} whose value {problem} ({shown}): damaged, or "
+                f"written by another tool, and Phoenix will not guess it. The highest {name} its events and attempts "
+                f"record is {highest}; set it, then start again: sqlite3 {self.path} \"UPDATE meta SET value = "
+                f"'{highest}' WHERE name = '{name}'\"")
+        # A sentence, not an event: the operator's commands have no log set up, and print it as it is.
+        log.log.warning("the journal %s has a meta row %r whose value %s (%s): damaged, or written by another "
+                        "tool; read as not recorded (a master writes it afresh when ready)", self.path, name, problem,
+                        shown)
+        return default
 
     # -- reads for status ---------------------------------------------------
 

@@ -591,3 +591,69 @@ def test_a_held_final_damaged_with_bytes_is_quarantined_and_the_child_adopted(ma
     jobs = second.wait_jobs_done(["held"], timeout=replace_tools.SLOW)
     assert jobs["held"]["state"] == "finished" and jobs["held"]["attempt"] == 1, jobs["held"]
     assert alive(second.pid) and "Traceback" not in second.log()
+
+
+def damage_meta(state_dir: Path, names: tuple[str, ...], value: str) -> None:
+    """Another tool's UPDATE of the journal's meta rows (`value`: an SQL literal, x'..' a BLOB)."""
+    db = sqlite3.connect(state_dir / "journal.db")
+    with db:
+        db.execute(f"UPDATE meta SET value = {value} WHERE name IN ({', '.join('?' * len(names))})", names)
+    db.close()
+
+
+def journal_of_one_run(master_factory) -> Master:
+    """A journal a master ran a job from (generation 1 recorded), the master stopped."""
+    master = master_factory(app=APP)
+    master.submit(f"{POISON}:echo", {}, "before")
+    master.wait_jobs_done(["before"])
+    master.stop()
+    return master
+
+
+@pytest.mark.parametrize("value, said", [("x'78ff'", "is not text (a bytes)"),
+                                         ("'\"abc\"'", "is JSON that is not a whole number")])
+def test_a_damaged_generation_refuses_the_start_in_one_line_with_the_fix(master_factory, state_dir, value, said):
+    """Found from outside: a generation another tool damaged made every start
+    print a traceback (exit 1). The master counts on it, so it does not guess:
+    one line names the row and the value to set, from the journal's events."""
+    journal_of_one_run(master_factory)
+    damage_meta(state_dir, ("generation",), value)
+    line = refused_start(phoenix_cli("start", APP, state_dir=state_dir, timeout=30))
+    assert "meta row 'generation'" in line and said in line, line
+    assert "UPDATE meta SET value = '1' WHERE name = 'generation'" in line, line
+    for args in (("status",), ("status", "--json")):  # an operator's reads still answer
+        shown = phoenix_cli(*args, state_dir=state_dir)
+        assert shown.returncode == 3 and "Traceback" not in shown.stderr, (args, shown.stderr)  # 3: stopped
+    damage_meta(state_dir, ("generation",), "'1'")  # the fix the line gave
+    master = master_factory(app=APP)
+    assert "ready generation=2" in master.log()
+
+
+def refused_start(result: Any) -> str:
+    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("phoenix: error: "), line
+    return line
+
+
+@pytest.mark.parametrize("value", ["x'78ff'", "'{bad'"])
+def test_meta_rows_the_master_only_reports_are_read_as_absent_when_damaged(master_factory, state_dir, value):
+    """Found from outside: a damaged started_at, app, state or master_pid made
+    `phoenix status` and `phoenix schedules` print tracebacks and every start
+    fail. They are read as not recorded, with a warning; the master writes
+    them afresh when ready."""
+    journal_of_one_run(master_factory)
+    damage_meta(state_dir, ("started_at", "app", "state", "master_pid", "degraded_reason", "run_started_at"), value)
+    for args in (("status",), ("status", "--json"), ("schedules",), ("schedules", "--json")):
+        shown = phoenix_cli(*args, state_dir=state_dir)
+        assert "Traceback" not in shown.stderr, (args, shown.stderr)
+        # status: 3, the master is stopped; schedules: 2, name the app (none is recorded now)
+        assert shown.returncode == (3 if args[0] == "status" else 2), (args, shown.returncode, shown.stderr)
+        assert "meta row 'started_at'" in shown.stderr or "meta row 'app'" in shown.stderr, shown.stderr
+    master = master_factory(app=APP)
+    master.submit(f"{POISON}:echo", {}, "after")
+    assert master.wait_jobs_done(["after"])["after"]["state"] == "finished"
+    status = json.loads(phoenix_cli("status", "--json", state_dir=state_dir).stdout)["master"]
+    assert status["generation"] == 2 and isinstance(status["started_at"], float), status
+    assert "Traceback" not in master.log()
