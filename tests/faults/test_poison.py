@@ -566,18 +566,21 @@ def test_an_operators_reads_show_a_job_row_another_tool_damaged_with_bytes(state
     assert [batch["name"] for batch in batches] == ["nightly\udcff"]
 
 
-def test_a_held_final_damaged_with_bytes_is_quarantined_and_the_child_adopted(master_factory, state_dir, tmp_path):
-    """Found from outside: a BLOB in a running attempt's held final crashed
-    every new master in adopt_running_attempts (the child left orphaned).
-    The final is put aside with one line; the child is adopted and its own
-    final recorded."""
+@pytest.mark.parametrize("column, said", [("final", "quarantined what=final"),
+                                          ("started_boot", "attempt_damaged job=held attempt=1 column=started_boot")])
+def test_a_running_attempt_damaged_with_bytes_is_adopted_and_said_once(master_factory, state_dir, tmp_path, column,
+                                                                        said):
+    """Found from outside: a BLOB in a running attempt's held final (or its
+    boot-clock start) crashed every new master in adopt_running_attempts
+    (the child left orphaned). The final is put aside, the start not counted
+    from, with one line; the child is adopted and its own final recorded."""
     release = tmp_path / "release"
     first = master_factory(app=replace_tools.APP)
     first.submit(replace_tools.UNTIL, {"path": str(release)}, key="held")
     pid = wait_for(lambda: (j := first.jobs().get("held")) and j["pid"], replace_tools.SLOW, "the job to run")
     db = sqlite3.connect(state_dir / "journal.db")
     with db:
-        assert db.execute("UPDATE attempts SET final = x'7b7dff' WHERE outcome IS NULL").rowcount == 1
+        assert db.execute(f"UPDATE attempts SET {column} = x'7b7dff' WHERE outcome IS NULL").rowcount == 1
     db.close()
     assert phoenix_cli("stop", "--leave-running", state_dir=state_dir).returncode == 0
     assert first.wait_exit(replace_tools.SLOW) == 0 and alive(pid)
@@ -585,8 +588,8 @@ def test_a_held_final_damaged_with_bytes_is_quarantined_and_the_child_adopted(ma
     second = master_factory(app=replace_tools.APP, start=False).start(wait_ready=False)
     log = second.wait_log("ready generation=2", timeout=replace_tools.SLOW)
     assert f"adopt pid={pid} job=held attempt=1" in log, log[-3000:]
-    [quarantined] = [line for line in log.splitlines() if "quarantined" in line]
-    assert "what=final" in quarantined and "job=held" in quarantined and "not text (a bytes)" in quarantined
+    [line] = [line for line in log.splitlines() if said in line]
+    assert column == "started_boot" or ("not text (a bytes)" in line and "job=held attempt=1" in line), line
     release.touch()
     jobs = second.wait_jobs_done(["held"], timeout=replace_tools.SLOW)
     assert jobs["held"]["state"] == "finished" and jobs["held"]["attempt"] == 1, jobs["held"]
