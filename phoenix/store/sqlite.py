@@ -12,6 +12,7 @@ It implements the store interface (base.Store), as the PostgreSQL store
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -943,11 +944,11 @@ class Journal:
     def open_attempts(self) -> list[OpenAttempt]:
         rows = self.db.execute(
             "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation, a.started_at, "
-            "a.started_boot, a.final, a.reason IS 'cancelled' "
+            "a.started_boot, a.final, a.reason IS 'cancelled', j.attempts "
             "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.outcome IS NULL ORDER BY a.id"
         ).fetchall()
-        return [OpenAttempt(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
-                            cancel_requested=bool(row[11])) for row in rows]
+        return [OpenAttempt(row[0], row[1], row[2], row[3], _attempt_number(row), row[5], row[6], row[7], row[8],
+                            row[9], row[10], cancel_requested=bool(row[11])) for row in rows]
 
     def targets_in_use(self) -> list[tuple[str, int, int]]:
         """(target, pending jobs, running jobs) of every target that jobs not yet ended use."""
@@ -1431,6 +1432,20 @@ class Journal:
             self.db.backup(restored)
         finally:
             restored.close()
+
+
+def _attempt_number(row: Sequence[Any]) -> Any:
+    """An open attempt's number: as stored or, if another tool replaced it
+    with bytes or text, its job's count of attempts, which begin_attempt set
+    to the same number in the same commit (an open attempt is its job's
+    last), said in one line. Without it the attempt's child was never
+    recognised, and the job ran for ever."""
+    number, job_attempts = row[4], row[12]
+    if isinstance(number, int) or not isinstance(job_attempts, int):
+        return number
+    log.event(logging.WARNING, "attempt_damaged", job=row[2], attempt=job_attempts, column="n",
+              value=repr(number)[:100], effect="its number taken from its job's count of attempts")
+    return job_attempts
 
 
 def _needs_columns(db: sqlite3.Connection) -> bool:
