@@ -180,10 +180,15 @@ class Master:
                                lambda: self.scheduler, lambda: self.settler, lambda: self.leases)
         journal = self.storage.journal()
         # Recorded in the journal only once ready: a start that fails records no generation.
-        self.generation = int(journal.meta("generation", 0)) + 1
+        self.generation = int(journal.meta("generation", 0, counter=True)) + 1
         if not inherited:  # a run starts here; replacement images carry it on (see exits.py)
             journal.set_meta(run_started_at=self.started_at)
-        self.run_started_at = float(journal.meta("run_started_at", self.started_at))
+        run_started_at = journal.meta("run_started_at", self.started_at)
+        if isinstance(run_started_at, bool) or not isinstance(run_started_at, (int, float)):  # another tool's
+            event(WARNING, "run_start_unreadable", value=repr(run_started_at)[:200],
+                  effect="this run's jobs are counted from this image's start")
+            run_started_at = self.started_at
+        self.run_started_at = float(run_started_at)
         if self.app is not None:
             self.app.journal = journal
         self.slots = self.slot_limit.fit(self.slots, replacement=bool(inherited))

@@ -105,7 +105,7 @@ class Reaper:
             return
         # max_runtime counts from the attempt's real start, not from its adoption,
         # on a clock that a wall-clock step does not move.
-        started = now - age(a.started_boot, a.start_time, self.clock.since_boot())
+        started = now - age(*self._start_times(a), self.clock.since_boot())
         # Its numbering started under another master (last_seq -1): do not count that as lost beats. A
         # final acknowledged by an earlier master (or image) is held: the child may still be exiting.
         final = self.recorder.held_final(a)
@@ -129,6 +129,22 @@ class Reaper:
             self.hangs.cancel(attempt, now)  # TERM again, KILL after kill_grace
         elif a.ending is not None and attempt.final is None:  # the kill its former master began
             self.hangs.resume_kill(attempt, a.ending, now)
+
+    @staticmethod
+    def _start_times(a: OpenAttempt) -> tuple[float | None, int | None]:
+        """The attempt's stored start (boot clock) and its process's start
+        ticks, for its age; one another tool damaged (bytes, text: SQLite
+        keeps what it is given) is not counted from, said in one line: the
+        attempt is then aged from what is left, as in an older journal."""
+        kept: list[Any] = []
+        for column, value in (("started_boot", a.started_boot), ("start_time", a.start_time)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                log.event(logging.WARNING, "attempt_damaged", job=a.key, attempt=a.n, column=column,
+                          value=repr(value)[:100], effect="not counted from: its max_runtime counts from its "
+                                                          "adoption or its process's start")
+                value = None
+            kept.append(value)
+        return kept[0], kept[1]
 
     def _watch(self, attempt: Attempt, pidfd: int) -> None:
         attempt.pidfd = pidfd

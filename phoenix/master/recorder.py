@@ -302,6 +302,12 @@ class OutcomeRecorder:
         """The final message an earlier master acknowledged and kept in the journal."""
         if a.final is None:
             return None
+        if not isinstance(a.final, str):  # a BLOB (or a number) another tool put there: not what a master holds
+            record = a.final if isinstance(a.final, bytes) else repr(a.final)
+            quarantine.keep(self.paths.root, "final", record, f"the final held in the store is not text (a "
+                            f"{type(a.final).__name__}): the attempt ends as its process says", job=a.key,
+                            attempt=a.n)
+            return None
         body = _final_body(a.final.encode("utf-8", "surrogateescape"), a.job_id, a.n)
         if body is None:
             quarantine.keep(self.paths.root, "final", a.final, "the final held in the store is not a valid "

@@ -63,6 +63,9 @@ class JobSpecs:
             if problem is not None:
                 return (f"job {shown_key(job.key)}: the {what} {problem} (damaged, or written by "
                         f"another tool); cancel it (phoenix cancel) and submit it again")
+        if job.damaged is not None:  # a number of its row (SQLite's Journal.pending names it): before any arithmetic
+            return (f"job {shown_key(job.key)}: the {job.damaged}, not a number (damaged, or written by another "
+                    f"tool); cancel it (phoenix cancel) and submit it again")
         try:
             spec = self.spec_for(job.target)
             decode_params(job.params)

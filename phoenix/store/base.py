@@ -109,6 +109,24 @@ class KeyConflict(Conflict, ValueError):
 # -- rows ---------------------------------------------------------------------------------------
 
 
+def meta_problem(raw: object, counter: bool) -> tuple[Any, str | None]:
+    """A meta row's value read back (JSON text), and what makes it unusable,
+    or None: another tool may have stored bytes or text that is not JSON, and
+    a `counter` (the generation, which each master start increments) must be
+    a whole number, never read as a default over the damage."""
+    if not isinstance(raw, str):
+        return None, f"is not text (a {type(raw).__name__})"
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None, "is text that is not JSON"
+    if counter and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        return None, "is JSON that is not a whole number"
+    return value, None
+
+
+
+
 @dataclass(slots=True)
 class Job:
     id: int
@@ -120,6 +138,10 @@ class Job:
     # Where it resumes: its last checkpoint (JSON), read with the job by `claim`
     # and `pending` (on a shared store a read of its own was a round trip per job).
     checkpoint: str | None = None
+    # SQLite only (a typed store cannot hold it): a number of its row that another
+    # tool replaced with bytes or text ("attempts column of its row holds a blob value"); the job fails before
+    # any attempt, as it does for a damaged text (specs.startable).
+    damaged: str | None = None
 
 
 @dataclass(slots=True)
@@ -311,7 +333,7 @@ class Store(Protocol):
     def record_event(self, kind: str, generation: int | None, pid: int | None, detail: str | None = None) -> None: ...
     def count_events(self, kind: str) -> int: ...
     def set_meta(self, **values: Any) -> None: ...
-    def meta(self, name: str, default: Any = None) -> Any: ...
+    def meta(self, name: str, default: Any = None, *, counter: bool = False) -> Any: ...
     def probe_write(self) -> None: ...
 
     # reads for status, report and the operator's commands

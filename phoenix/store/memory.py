@@ -306,8 +306,8 @@ class MemoryStore:
     def set_meta(self, **values: Any) -> None:
         self._meta.update((name, json.dumps(value)) for name, value in values.items())
 
-    def meta(self, name: str, default: Any = None) -> Any:
-        value = self._meta.get(name)
+    def meta(self, name: str, default: Any = None, *, counter: bool = False) -> Any:
+        value = self._meta.get(name)  # (only set_meta writes it: never damaged)
         return default if value is None else json.loads(value)
 
     def probe_write(self) -> None:

@@ -1022,7 +1022,7 @@ class PgStore:
                         "ON CONFLICT (node, name) DO UPDATE SET value = excluded.value",
                         (self.node, list(values), [json.dumps(v) for v in values.values()]))
 
-    def meta(self, name: str, default: Any = None) -> Any:
+    def meta(self, name: str, default: Any = None, *, counter: bool = False) -> Any:
         with self._one() as cur:
             cur.execute("SELECT value FROM meta WHERE node = %s AND name = %s", (self.node, name))
             row = cur.fetchone()

@@ -12,6 +12,7 @@ It implements the store interface (base.Store), as the PostgreSQL store
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -20,10 +21,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from phoenix import log
 from phoenix.linux import clock
 from phoenix.linux.paths import StatePaths, exclusive_temporary
 from phoenix.linux.pidfile import lock_held
-from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable
+from phoenix.linux.untrusted import check_key, storable, storable_or_none, stored_json, unstorable, visible
 from phoenix.rules.outcomes import CANCELLED_REASON
 from phoenix.rules.states import KillReason
 from phoenix.store import batches
@@ -42,6 +44,7 @@ from phoenix.store.base import (
     Upgrade,
     default_key,
     key_conflict,
+    meta_problem,
     noted_ending,
     timing_differences,
 )
@@ -342,6 +345,15 @@ _BACKOFF_INDEX = ("CREATE INDEX IF NOT EXISTS jobs_backoff ON jobs (not_before_b
 _NO_BACKOFF = "state = 'pending' AND not_before_boot_id IS NULL"
 _IN_BACKOFF = "state = 'pending' AND not_before_boot_id IS NOT NULL"
 _BACKOFF_WAIT = "(CASE WHEN not_before_boot_id = :boot THEN not_before_boot - :since_boot ELSE 0 END)"
+# A number of a job's row that another tool replaced with bytes or text (an
+# UPDATE through Python's sqlite3 stores what it is given): arithmetic or a
+# sort over it would stop the master at every start. `pending` names the
+# column, and the job fails before any attempt (specs.startable).
+_NOT_A_NUMBER = "typeof({}) NOT IN ('integer', 'real')"
+_DAMAGED_NUMBER = ("CASE " + " ".join(
+    f"WHEN typeof({column}) NOT IN ({kinds}) THEN '{column} column of its row holds a ' || typeof({column}) || ' value'"
+    for column, kinds in (("attempts", "'integer'"), ("failures", "'integer'"), ("priority", "'integer'"),
+                          ("due_at", "'integer', 'real'"), ("not_before", "'integer', 'real'"))) + " END")
 
 # What keeps the operator's reads bounded as the journal grows (status, jobs,
 # metrics): the jobs of each state by last change (the last failures, `jobs
@@ -722,25 +734,27 @@ class Journal:
         earliest due, then the first submitted."""
         clocks = {**_clocks(), "limit": limit}
         columns = ("-priority, due_at, id, key, target, params, attempts, failures, checkpoint, "
-                   "(SELECT pool FROM pool_targets WHERE target = jobs.target)")
+                   f"(SELECT pool FROM pool_targets WHERE target = jobs.target), {_DAMAGED_NUMBER}")
         # One statement (one read of the journal per look, which is once per job):
         # the jobs never put back with a backoff (from the top of jobs_ready), and
         # those whose backoff is over; neither of a full pool (the rest are not held back).
         not_full = f"target NOT IN ({FULL_POOL_TARGETS})"
         rows = self.db.execute(
             f"SELECT * FROM (SELECT {columns} FROM jobs INDEXED BY jobs_ready WHERE {_NO_BACKOFF} "
-            f"AND not_before <= :wall AND {not_full} ORDER BY priority DESC, due_at, id LIMIT :limit) UNION ALL "
+            f"AND (not_before <= :wall OR {_NOT_A_NUMBER.format('not_before')}) AND {not_full} "
+            f"ORDER BY priority DESC, due_at, id LIMIT :limit) UNION ALL "
             f"SELECT * FROM (SELECT {columns} FROM jobs INDEXED BY jobs_backoff WHERE {_IN_BACKOFF} "
             f"AND {_BACKOFF_WAIT} <= 0 AND {not_full} LIMIT :limit)", clocks).fetchall()
         free = dict(self.db.execute("SELECT name, capacity - used FROM pools"))
         jobs = []
-        for row in sorted(rows, key=lambda row: row[:3]):
+        # A damaged row first (its due time may be bytes, which no float sorts with): it fails at once.
+        for row in sorted(rows, key=lambda row: row[:3] if row[10] is None else (row[0], -math.inf, row[2])):
             pool = row[9]
             if pool is not None:
                 if free.get(pool, 0) <= 0:
                     continue  # its pool's last free slot went to a job before it in this look
                 free[pool] -= 1
-            jobs.append(Job(*row[2:9]))
+            jobs.append(Job(row[2], row[3], row[4], row[5], row[6], row[7], row[8], damaged=row[10]))
         return jobs[:limit]
 
     def promote_due(self) -> int:
@@ -769,8 +783,8 @@ class Journal:
         None if nothing is pending."""
         clocks = _clocks()
         waits = []
-        row = self.db.execute(f"SELECT not_before FROM jobs WHERE {_NO_BACKOFF} ORDER BY not_before LIMIT 1",
-                              clocks).fetchone()
+        row = self.db.execute(f"SELECT not_before FROM jobs WHERE {_NO_BACKOFF} AND NOT "
+                              f"{_NOT_A_NUMBER.format('not_before')} ORDER BY not_before LIMIT 1", clocks).fetchone()
         if row is not None:
             waits.append(row[0] - clocks["wall"])
         row = self.db.execute(f"SELECT min({_BACKOFF_WAIT}) FROM jobs INDEXED BY jobs_backoff WHERE {_IN_BACKOFF}",
@@ -947,11 +961,11 @@ class Journal:
     def open_attempts(self) -> list[OpenAttempt]:
         rows = self.db.execute(
             "SELECT a.id, a.job_id, j.key, j.target, a.n, a.pid, a.start_time, a.generation, a.started_at, "
-            "a.started_boot, a.final, a.reason "
+            "a.started_boot, a.final, a.reason, j.attempts "
             "FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.outcome IS NULL ORDER BY a.id"
         ).fetchall()
-        return [OpenAttempt(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
-                            ending=noted_ending(row[11])) for row in rows]
+        return [OpenAttempt(row[0], row[1], row[2], row[3], _attempt_number(row), row[5], row[6], row[7], row[8],
+                            row[9], row[10], ending=noted_ending(row[11])) for row in rows]
 
     def targets_in_use(self) -> list[tuple[str, int, int]]:
         """(target, pending jobs, running jobs) of every target that jobs not yet ended use."""
@@ -1012,9 +1026,32 @@ class Journal:
                     (name, json.dumps(value)),
                 )
 
-    def meta(self, name: str, default: Any = None) -> Any:
+    def meta(self, name: str, default: Any = None, *, counter: bool = False) -> Any:
+        """A value the master recorded (JSON); `default` if none was. A row
+        another tool damaged is read as absent, with a warning: the master
+        writes it afresh once ready. Except a `counter` (the generation):
+        JournalError, naming the row and the fix, never a default over it."""
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        return json.loads(row[0]) if row else default
+        if row is None:
+            return default
+        value, problem = meta_problem(row[0], counter)
+        if problem is None:
+            return value
+        shown = visible(row[0] if isinstance(row[0], str) else repr(row[0]))[:200]
+        if counter:
+            highest = self.db.execute(
+                "SELECT max(generation) FROM (SELECT generation FROM events UNION ALL SELECT generation FROM attempts) "
+                "WHERE typeof(generation) = 'integer'").fetchone()[0] or 0
+            raise JournalError(
+                f"the journal {self.path} has a meta row {name!r} whose value {problem} ({shown}): damaged, or "
+                f"written by another tool, and Phoenix will not guess it. The highest {name} its events and attempts "
+                f"record is {highest}; set it, then start again: sqlite3 {self.path} \"UPDATE meta SET value = "
+                f"'{highest}' WHERE name = '{name}'\"")
+        # A sentence, not an event: the operator's commands have no log set up, and print it as it is.
+        log.log.warning("the journal %s has a meta row %r whose value %s (%s): damaged, or written by another "
+                        "tool; read as not recorded (a master writes it afresh when ready)", self.path, name, problem,
+                        shown)
+        return default
 
     # -- reads for status ---------------------------------------------------
 
@@ -1429,6 +1466,20 @@ class Journal:
             self.db.backup(restored)
         finally:
             restored.close()
+
+
+def _attempt_number(row: Sequence[Any]) -> Any:
+    """An open attempt's number: as stored or, if another tool replaced it
+    with bytes or text, its job's count of attempts, which begin_attempt set
+    to the same number in the same commit (an open attempt is its job's
+    last), said in one line. Without it the attempt's child was never
+    recognised, and the job ran for ever."""
+    number, job_attempts = row[4], row[12]
+    if isinstance(number, int) or not isinstance(job_attempts, int):
+        return number
+    log.event(logging.WARNING, "attempt_damaged", job=row[2], attempt=job_attempts, column="n",
+              value=repr(number)[:100], effect="its number taken from its job's count of attempts")
+    return job_attempts
 
 
 def _needs_columns(db: sqlite3.Connection) -> bool:

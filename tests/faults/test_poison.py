@@ -35,6 +35,7 @@ from phoenix.rules.outcomes import classify
 from phoenix.store.base import KeyConflict, Store
 from phoenix.store.sqlite import Journal
 from phoenix.wire import heartbeat as protocol
+from tests.apps import replace_tools
 from tests.conftest import Master, phoenix_cli, wait_for
 from tests.faults.conftest import log_lines
 from tests.faults.conftest import report as report_figures
@@ -164,6 +165,13 @@ def test_a_poison_final_held_by_a_dead_master_is_recorded_at_the_next_start(mast
     ("checkpoint", "{bad", "the checkpoint stored for it is not JSON this process can read"),
     ("checkpoint", "NaN", "the checkpoint stored for it is not JSON this process can read"),
     ("checkpoint", "[" * 100_000, "the checkpoint stored for it is JSON nested too deep to read"),
+    # Numbers: arithmetic or a sort over them stopped every start (SQLite only: PostgreSQL's columns are typed).
+    ("attempts", b"\x01\xff", "the attempts column of its row holds a blob value, not a number"),
+    ("failures", b"\x01\xff", "the failures column of its row holds a blob value, not a number"),
+    ("attempts", "two", "the attempts column of its row holds a text value, not a number"),
+    ("priority", b"\x01", "the priority column of its row holds a blob value, not a number"),
+    ("due_at", b"\x01", "the due_at column of its row holds a blob value, not a number"),
+    ("not_before", "soon", "the not_before column of its row holds a text value, not a number"),
 ])
 def test_a_job_row_damaged_by_another_tool_fails_its_job_with_the_reason(master_factory, state_dir, column, value,
                                                                          said):
@@ -184,8 +192,11 @@ def test_a_job_row_damaged_by_another_tool_fails_its_job_with_the_reason(master_
     db.close()
     master = master_factory(app=APP)
     jobs = master.wait_jobs_done(["damaged", "sound"])
-    assert jobs["damaged"]["state"] == "failed" and jobs["damaged"]["attempt"] == 0, jobs["damaged"]
+    assert jobs["damaged"]["state"] == "failed", jobs["damaged"]
+    assert column == "attempts" or jobs["damaged"]["attempt"] == 0, jobs["damaged"]  # (a damaged count is shown)
     assert said in jobs["damaged"]["error"], jobs["damaged"]["error"]
+    with Journal(state_dir / "journal.db", create=False) as journal:
+        assert journal.attempts_of(jobs["damaged"]["id"]) == []  # failed before any attempt
     assert jobs["sound"]["state"] == "finished"
     assert alive(master.pid) and "Traceback" not in master.log()
 
@@ -689,3 +700,102 @@ def test_every_dashboard_page_shows_what_another_tool_damaged_escaped(tmp_path: 
                           ("/job?key=ran", "lots\\x1b[5m"), ("/timeline", "when\\x1b[4m"),
                           ("/timeline", "yesterday\\x1b[2J"), ("/failures", "soon\\x1b[1m")):
         assert escaped in pages[path], (path, escaped)
+
+
+@pytest.mark.parametrize("column, said", [("final", "quarantined what=final"),
+                                          ("started_boot", "attempt_damaged job=held attempt=1 column=started_boot"),
+                                          ("n", "attempt_damaged job=held attempt=1 column=n")])
+def test_a_running_attempt_damaged_with_bytes_is_adopted_and_said_once(master_factory, state_dir, tmp_path, column,
+                                                                        said):
+    """Found from outside: a BLOB in a running attempt's held final (or its
+    boot-clock start) crashed every new master in adopt_running_attempts
+    (the child left orphaned), and in its number left the job running for
+    ever. The final is put aside, the start not counted from, the number
+    taken from the job's count, with one line; the child is adopted and its
+    own final recorded."""
+    release = tmp_path / "release"
+    first = master_factory(app=replace_tools.APP)
+    first.submit(replace_tools.UNTIL, {"path": str(release)}, key="held")
+    pid = wait_for(lambda: (j := first.jobs().get("held")) and j["pid"], replace_tools.SLOW, "the job to run")
+    db = sqlite3.connect(state_dir / "journal.db")
+    with db:
+        assert db.execute(f"UPDATE attempts SET {column} = x'7b7dff' WHERE outcome IS NULL").rowcount == 1
+    db.close()
+    assert phoenix_cli("stop", "--leave-running", state_dir=state_dir).returncode == 0
+    assert first.wait_exit(replace_tools.SLOW) == 0 and alive(pid)
+
+    second = master_factory(app=replace_tools.APP, start=False).start(wait_ready=False)
+    log = second.wait_log("ready generation=2", timeout=replace_tools.SLOW)
+    assert f"adopt pid={pid} job=held attempt=1" in log, log[-3000:]
+    [line] = [line for line in log.splitlines() if said in line]
+    assert column != "final" or ("not text (a bytes)" in line and "job=held attempt=1" in line), line
+    release.touch()
+    jobs = second.wait_jobs_done(["held"], timeout=replace_tools.SLOW)
+    assert jobs["held"]["state"] == "finished" and jobs["held"]["attempt"] == 1, jobs["held"]
+    assert alive(second.pid) and "Traceback" not in second.log()
+
+
+def damage_meta(state_dir: Path, names: tuple[str, ...], value: str) -> None:
+    """Another tool's UPDATE of the journal's meta rows (`value`: an SQL literal, x'..' a BLOB)."""
+    db = sqlite3.connect(state_dir / "journal.db")
+    with db:
+        db.execute(f"UPDATE meta SET value = {value} WHERE name IN ({', '.join('?' * len(names))})", names)
+    db.close()
+
+
+def journal_of_one_run(master_factory) -> Master:
+    """A journal a master ran a job from (generation 1 recorded), the master stopped."""
+    master = master_factory(app=APP)
+    master.submit(f"{POISON}:echo", {}, "before")
+    master.wait_jobs_done(["before"])
+    master.stop()
+    return master
+
+
+@pytest.mark.parametrize("value, said", [("x'78ff'", "is not text (a bytes)"),
+                                         ("'\"abc\"'", "is JSON that is not a whole number")])
+def test_a_damaged_generation_refuses_the_start_in_one_line_with_the_fix(master_factory, state_dir, value, said):
+    """Found from outside: a generation another tool damaged made every start
+    print a traceback (exit 1). The master counts on it, so it does not guess:
+    one line names the row and the value to set, from the journal's events."""
+    journal_of_one_run(master_factory)
+    damage_meta(state_dir, ("generation",), value)
+    line = refused_start(phoenix_cli("start", APP, state_dir=state_dir, timeout=30))
+    assert "meta row 'generation'" in line and said in line, line
+    assert "UPDATE meta SET value = '1' WHERE name = 'generation'" in line, line
+    for args in (("status",), ("status", "--json")):  # an operator's reads still answer
+        shown = phoenix_cli(*args, state_dir=state_dir)
+        assert shown.returncode == 3 and "Traceback" not in shown.stderr, (args, shown.stderr)  # 3: stopped
+    damage_meta(state_dir, ("generation",), "'1'")  # the fix the line gave
+    master = master_factory(app=APP)
+    assert "ready generation=2" in master.log()
+
+
+def refused_start(result: Any) -> str:
+    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("phoenix: error: "), line
+    return line
+
+
+@pytest.mark.parametrize("value", ["x'78ff'", "'{bad'"])
+def test_meta_rows_the_master_only_reports_are_read_as_absent_when_damaged(master_factory, state_dir, value):
+    """Found from outside: a damaged started_at, app, state or master_pid made
+    `phoenix status` and `phoenix schedules` print tracebacks and every start
+    fail. They are read as not recorded, with a warning; the master writes
+    them afresh when ready."""
+    journal_of_one_run(master_factory)
+    damage_meta(state_dir, ("started_at", "app", "state", "master_pid", "degraded_reason", "run_started_at"), value)
+    for args in (("status",), ("status", "--json"), ("schedules",), ("schedules", "--json")):
+        shown = phoenix_cli(*args, state_dir=state_dir)
+        assert "Traceback" not in shown.stderr, (args, shown.stderr)
+        # status: 3, the master is stopped; schedules: 2, name the app (none is recorded now)
+        assert shown.returncode == (3 if args[0] == "status" else 2), (args, shown.returncode, shown.stderr)
+        assert "meta row 'started_at'" in shown.stderr or "meta row 'app'" in shown.stderr, shown.stderr
+    master = master_factory(app=APP)
+    master.submit(f"{POISON}:echo", {}, "after")
+    assert master.wait_jobs_done(["after"])["after"]["state"] == "finished"
+    status = json.loads(phoenix_cli("status", "--json", state_dir=state_dir).stdout)["master"]
+    assert status["generation"] == 2 and isinstance(status["started_at"], float), status
+    assert "Traceback" not in master.log()
