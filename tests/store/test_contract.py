@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from phoenix.rules.states import KillReason
 from phoenix.store.base import KeyConflict, RetryRefused, Store
 from phoenix.store.batches import KIND, BatchRefused
 from phoenix.store.memory import MemoryStore
@@ -331,6 +332,15 @@ def test_a_cancel_under_way_is_noted_on_the_open_attempt(store: Store) -> None:
     store.request_cancel(attempt_id)
     [open_attempt] = store.open_attempts()
     assert open_attempt.cancel_requested
+
+
+def test_a_kill_under_way_is_noted_on_the_open_attempt(store: Store) -> None:
+    """For a master that adopts the attempt mid-kill (a replacement, a restart): it ends it for that reason."""
+    store.submit("m:f", "null", "k")
+    _job, attempt_id = claim(store)
+    store.note_kill(attempt_id, KillReason.STALL_TIMEOUT)
+    [open_attempt] = store.open_attempts()
+    assert open_attempt.ending == KillReason.STALL_TIMEOUT and not open_attempt.cancel_requested
 
 
 def test_probe_write_passes_on_a_store_that_takes_writes_and_changes_no_job(store: Store) -> None:
