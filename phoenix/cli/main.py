@@ -742,7 +742,7 @@ def pools(state_dir: str | None, as_json: bool, store: str | None) -> None:
         click.echo("no pools: no master has started with App(pools=...) or [pools] here")
     else:
         for row in rows:
-            click.echo(f"{visible(row['pool'])}  {row['used']}/{row['capacity']}")
+            click.echo(visible(f"{row['pool']}  {row['used']}/{row['capacity']}"))
 
 
 @main.command()

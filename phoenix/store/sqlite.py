@@ -1280,8 +1280,8 @@ class Journal:
 
     def pools_status(self) -> list[dict[str, Any]]:
         """Each pool's name, capacity and slots in use."""
-        cur = self.db.execute("SELECT name, capacity, used FROM pools ORDER BY name")
-        return [{"pool": name, "capacity": capacity, "used": used} for name, capacity, used in cur]
+        cur = self.db.execute("SELECT name AS pool, capacity, used FROM pools ORDER BY name")
+        return [_readable(["pool", "capacity", "used"], row) for row in cur]
 
     # -- long jobs (docs/long-jobs.md) -------------------------------------------
 
@@ -1289,7 +1289,12 @@ class Journal:
         """(job id, attempt number, seq, JSON) checkpoints, durable when this
         returns (each is acknowledged to its child next), in one transaction."""
         now = time.time()
-        where = SAVE_CHECKPOINT_WHERE.format(n=":n", seq=":seq")
+        # SQLite keeps what another tool writes: a count or mark that is not a
+        # number (never Phoenix's) compares as no number does, and would have
+        # matched no row, so an acknowledged checkpoint was silently not kept.
+        damaged = ("typeof(attempts) <> 'integer' OR typeof(checkpoint_attempt) NOT IN ('integer', 'null') "
+                   "OR typeof(checkpoint_seq) NOT IN ('integer', 'null')")
+        where = f"({SAVE_CHECKPOINT_WHERE.format(n=':n', seq=':seq')} OR {damaged})"
         with self.transaction(durable=True) as db:
             db.executemany(f"UPDATE jobs SET checkpoint = :cp, checkpoint_at = :at, checkpoint_attempt = :n, "
                            f"checkpoint_seq = :seq WHERE id = :job AND {where}",

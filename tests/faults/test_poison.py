@@ -799,3 +799,38 @@ def test_meta_rows_the_master_only_reports_are_read_as_absent_when_damaged(maste
     status = json.loads(phoenix_cli("status", "--json", state_dir=state_dir).stdout)["master"]
     assert status["generation"] == 2 and isinstance(status["started_at"], float), status
     assert "Traceback" not in master.log()
+
+
+@pytest.mark.parametrize(("column", "value"), [("checkpoint_attempt", b"\x01"), ("checkpoint_seq", "x"),
+                                                ("attempts", b"\x01")])
+def test_a_checkpoint_is_kept_over_a_mark_another_tool_damaged(state_dir, column, value):
+    """Found from outside: with a job's checkpoint mark made a BLOB or text
+    while it ran, every later checkpoint was acknowledged to the job and never
+    stored (the save's comparison matched no row), with no word."""
+    state_dir.mkdir(parents=True)
+    with Journal(state_dir / "journal.db") as journal:
+        job_id, _ = journal.submit(f"{POISON}:echo", "{}", "saving")
+        claimed = journal.claim(1, None, None)
+        assert claimed is not None
+        journal.save_checkpoints([(job_id, 1, 1, '{"i": 1}')])
+        db = sqlite3.connect(state_dir / "journal.db")
+        with db:
+            db.execute(f"UPDATE jobs SET {column} = ? WHERE id = ?", (value, job_id))
+        db.close()
+        journal.save_checkpoints([(job_id, 1, 2, '{"i": 2}')])
+        assert journal.checkpoint_of(job_id) == '{"i": 2}'
+
+
+def test_pools_shows_a_pool_row_another_tool_damaged(state_dir):
+    """Found from outside: a BLOB pool name made `phoenix pools` print a traceback."""
+    state_dir.mkdir(parents=True)
+    Journal(state_dir / "journal.db").close()
+    db = sqlite3.connect(state_dir / "journal.db")
+    with db:
+        db.execute("INSERT INTO pools (name, capacity, used) VALUES (?, ?, ?)", (b"A\xff\x1b[2J", 2, b"\xff"))
+    db.close()
+    for arguments in (["pools"], ["pools", "--json"]):
+        result = phoenix_cli(*arguments, state_dir=state_dir)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        shown_safely(result.stdout)
+    assert "A\\udcff\\x1b[2J  \\udcff/2" in phoenix_cli("pools", state_dir=state_dir).stdout
