@@ -704,15 +704,19 @@ def test_every_dashboard_page_shows_what_another_tool_damaged_escaped(tmp_path: 
 
 @pytest.mark.parametrize("column, said", [("final", "quarantined what=final"),
                                           ("started_boot", "attempt_damaged job=held attempt=1 column=started_boot"),
-                                          ("n", "attempt_damaged job=held attempt=1 column=n")])
+                                          ("n", "attempt_damaged job=held attempt=1 column=n"),
+                                          ("pid", "attempt_damaged job=held attempt=1 column=pid"),
+                                          ("start_time", "attempt_damaged job=held attempt=1 column=start_time")])
 def test_a_running_attempt_damaged_with_bytes_is_adopted_and_said_once(master_factory, state_dir, tmp_path, column,
                                                                         said):
     """Found from outside: a BLOB in a running attempt's held final (or its
     boot-clock start) crashed every new master in adopt_running_attempts
     (the child left orphaned), and in its number left the job running for
-    ever. The final is put aside, the start not counted from, the number
-    taken from the job's count, with one line; the child is adopted and its
-    own final recorded."""
+    ever; in its pid or process start time, the child was taken for dead
+    and the job ran twice at once. The final is put aside, the start not
+    counted from, the number taken from the job's count, the process found
+    by its title and process group, with one line; the child is adopted and
+    its own final recorded."""
     release = tmp_path / "release"
     first = master_factory(app=replace_tools.APP)
     first.submit(replace_tools.UNTIL, {"path": str(release)}, key="held")
