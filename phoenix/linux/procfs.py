@@ -84,7 +84,8 @@ def titled_group_leaders(title: str) -> list[tuple[int, int]]:
         pid = int(name)
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                shown = f.read(4096).rstrip(b"\0").split(b"\0", 1)[0]
+                # argv[0] as setproctitle wrote it, padded with NULs or spaces up to argv's old length
+                shown = f.read(4096).split(b"\0", 1)[0].rstrip(b" ")
         except OSError:  # ended meanwhile, or not ours to read
             continue
         if shown != wanted and not shown.startswith(wanted + b":"):
