@@ -70,6 +70,32 @@ def process_group(pid: int) -> int | None:
     return int(fields[2]) if fields else None
 
 
+def titled_group_leaders(title: str) -> list[tuple[int, int]]:
+    """(pid, start time) of every live process that leads its own process
+    group and whose title (its /proc/PID/cmdline, as setproctitle wrote it)
+    is `title` or `title` followed by ": ..." (a job child holding its
+    outcome says so after its title). One scan of /proc: for an attempt
+    whose recorded pid another tool damaged."""
+    found: list[tuple[int, int]] = []
+    wanted = title.encode("utf-8", "surrogateescape")
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                # argv[0] as setproctitle wrote it, padded with NULs or spaces up to argv's old length
+                shown = f.read(4096).split(b"\0", 1)[0].rstrip(b" ")
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+        if shown != wanted and not shown.startswith(wanted + b":"):
+            continue
+        fields = stat_fields(pid)
+        if fields is not None and fields[0] not in ("Z", "X") and int(fields[2]) == pid:
+            found.append((pid, int(fields[19])))
+    return found
+
+
 def children(pid: int) -> list[int]:
     """The live and zombie children of `pid`: the union of its threads'
     /proc/PID/task/TID/children (a child belongs to the thread that forked it;

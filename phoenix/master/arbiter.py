@@ -73,6 +73,7 @@ from phoenix.rules.liveness import master_was_away
 from phoenix.rules.policy import RestartBudget, may_start_jobs
 from phoenix.rules.states import MASTER_TRANSITIONS, HandoffPhase, KillReason, MasterState, StopMode, check_move
 from phoenix.store.base import (
+    JournalError,
     SharedStore,
     default_node,
     is_url,
@@ -180,7 +181,17 @@ class Master:
                                lambda: self.scheduler, lambda: self.settler, lambda: self.leases)
         journal = self.storage.journal()
         # Recorded in the journal only once ready: a start that fails records no generation.
-        self.generation = int(journal.meta("generation", 0, counter=True)) + 1
+        try:
+            self.generation = int(journal.meta("generation", 0, counter=True)) + 1
+        except JournalError as exc:
+            handed = handoff.handed_generation() if inherited else None
+            if handed is None:  # a first start: refused, in one line naming the row and the fix
+                raise
+            # A replacement: its predecessor knew it; refusing would leave every running child unwatched.
+            event(WARNING, "generation_damaged", row="meta generation", generation=handed, error=str(exc)[:300],
+                  effect="a replacement: this image takes the generation its predecessor handed over, and writes "
+                         "it back once ready")
+            self.generation = handed
         if not inherited:  # a run starts here; replacement images carry it on (see exits.py)
             journal.set_meta(run_started_at=self.started_at)
         run_started_at = journal.meta("run_started_at", self.started_at)

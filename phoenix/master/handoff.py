@@ -126,6 +126,14 @@ def report_failure_to_old_master(reason: str) -> None:
 
 
 _fork_successor = False  # set by inherited_fds(): this image is a fork-mode successor (new pid)
+_handed_generation: int | None = None  # set by inherited_fds(): the generation the previous image gave this one
+
+
+def handed_generation() -> int | None:
+    """The generation the previous image handed this one (its own plus one),
+    or None in a first start: what this image is when the journal's row for
+    it is damaged, so a replacement never leaves running children unwatched."""
+    return _handed_generation
 
 
 FD_LIST_PREFIX = "memfd:"
@@ -190,9 +198,10 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def inherited_fds() -> dict[str, int]:
     """The fds handed over by the previous image: {"heartbeat": 3, "link.PID.N": 9, ...}."""
-    global _fork_successor
+    global _fork_successor, _handed_generation
     raw = read_fd_list(os.environ.pop(FDS_VARIABLE, ""))
-    os.environ.pop(GENERATION_VARIABLE, None)
+    handed = os.environ.pop(GENERATION_VARIABLE, "")
+    _handed_generation = int(handed) if raw and handed.isdigit() else None
     fds = {}
     for item in filter(None, raw.split(",")):
         name, _, number = item.partition("=")

@@ -7,6 +7,7 @@ reparented to us when it ended), and by pidfd for adopted ones."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, Callable, Protocol
@@ -14,6 +15,7 @@ from typing import Any, Callable, Protocol
 from phoenix import log
 from phoenix.linux import procfs
 from phoenix.linux.clock import age
+from phoenix.linux.untrusted import visible
 from phoenix.master.attempts import Attempt, AttemptTable
 from phoenix.master.loop import Loop
 from phoenix.master.recorder import LOST_UNWATCHED
@@ -90,6 +92,11 @@ class Reaper:
         self.read_heartbeats()  # beats and outcomes queued while no master read them
 
     def _adopt(self, a: OpenAttempt, now: float) -> None:
+        if a.pid is not None and not (_is_int(a.pid) and (a.start_time is None or _is_int(a.start_time))):
+            identified = self._identify_damaged(a)
+            if identified is None:
+                return
+            a = identified
         if a.pid is None:
             # A fork that failed, and the master died before recording so.
             self.recorder.conclude_without_process(a, "the master stopped before the attempt started")
@@ -129,6 +136,35 @@ class Reaper:
             self.hangs.cancel(attempt, now)  # TERM again, KILL after kill_grace
         elif a.ending is not None and attempt.final is None:  # the kill its former master began
             self.hangs.resume_kill(attempt, a.ending, now)
+
+    def _identify_damaged(self, a: OpenAttempt) -> OpenAttempt | None:
+        """An open attempt whose pid or process start time another tool
+        damaged (bytes, text): taken as dead, its job ran twice at once. Its
+        process is the one live process that leads its own group and carries
+        the attempt's title and whichever of the two is intact; adopted, said
+        in one line. None found: concluded lost. Several, or one that does
+        not match: left running, not run again, said in one line."""
+        damaged = "pid" if not _is_int(a.pid) else "start_time"
+        value = a.pid if damaged == "pid" else a.start_time
+        title = f"phoenix: job {visible(a.key)} attempt {a.n}"
+        titled = procfs.titled_group_leaders(title)
+        matches = [(pid, start) for pid, start in titled
+                   if (not _is_int(a.pid) or pid == a.pid) and (not _is_int(a.start_time) or start == a.start_time)]
+        if len(matches) == 1:
+            pid, start = matches[0]
+            log.event(logging.WARNING, "attempt_damaged", job=a.key, attempt=a.n, column=damaged,
+                      value=repr(value)[:100], effect=f"its process found by its title and process group: pid={pid}")
+            return dataclasses.replace(a, pid=pid, start_time=start)
+        if not titled:  # no process runs it: it ended while no master watched it
+            log.event(logging.WARNING, "attempt_damaged", job=a.key, attempt=a.n, column=damaged,
+                      value=repr(value)[:100], effect="no process carries its title: recorded lost")
+            self.recorder.conclude_without_process(a, LOST_UNWATCHED)
+            return None
+        log.event(logging.ERROR, "attempt_damaged", job=a.key, attempt=a.n, column=damaged, value=repr(value)[:100],
+                  pids=",".join(str(pid) for pid, _ in titled),
+                  effect=f"not adopted and not run again while a process titled {title!r} may run it: end it "
+                         "(kill PID), then restart the master, which records the attempt lost")
+        return None
 
     @staticmethod
     def _start_times(a: OpenAttempt) -> tuple[float | None, int | None]:
@@ -273,3 +309,7 @@ class Reaper:
             os.close(attempt.pidfd)
         self.hangs.ended(attempt, status)  # a kill by the kernel's OOM killer named; its cgroup removed
         self.recorder.conclude(attempt, status, max_rss_kb)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -704,15 +704,19 @@ def test_every_dashboard_page_shows_what_another_tool_damaged_escaped(tmp_path: 
 
 @pytest.mark.parametrize("column, said", [("final", "quarantined what=final"),
                                           ("started_boot", "attempt_damaged job=held attempt=1 column=started_boot"),
-                                          ("n", "attempt_damaged job=held attempt=1 column=n")])
+                                          ("n", "attempt_damaged job=held attempt=1 column=n"),
+                                          ("pid", "attempt_damaged job=held attempt=1 column=pid"),
+                                          ("start_time", "attempt_damaged job=held attempt=1 column=start_time")])
 def test_a_running_attempt_damaged_with_bytes_is_adopted_and_said_once(master_factory, state_dir, tmp_path, column,
                                                                         said):
     """Found from outside: a BLOB in a running attempt's held final (or its
     boot-clock start) crashed every new master in adopt_running_attempts
     (the child left orphaned), and in its number left the job running for
-    ever. The final is put aside, the start not counted from, the number
-    taken from the job's count, with one line; the child is adopted and its
-    own final recorded."""
+    ever; in its pid or process start time, the child was taken for dead
+    and the job ran twice at once. The final is put aside, the start not
+    counted from, the number taken from the job's count, the process found
+    by its title and process group, with one line; the child is adopted and
+    its own final recorded."""
     release = tmp_path / "release"
     first = master_factory(app=replace_tools.APP)
     first.submit(replace_tools.UNTIL, {"path": str(release)}, key="held")
@@ -769,6 +773,32 @@ def test_a_damaged_generation_refuses_the_start_in_one_line_with_the_fix(master_
     damage_meta(state_dir, ("generation",), "'1'")  # the fix the line gave
     master = master_factory(app=APP)
     assert "ready generation=2" in master.log()
+
+
+def test_a_generation_damaged_while_a_master_runs_does_not_stop_its_replacement(master_factory, state_dir, tmp_path):
+    """Found from outside: a BLOB in the generation row while a master ran,
+    then `phoenix reload`: the preflight passed, the exec'd image refused to
+    start and exited, leaving the running child with no master. The image
+    takes the generation its predecessor handed over, says so in one line,
+    adopts the child and writes the row back."""
+    release = tmp_path / "release"
+    master = master_factory(app=replace_tools.APP)
+    master.submit(replace_tools.UNTIL, {"path": str(release)}, key="held")
+    pid = wait_for(lambda: (j := master.jobs().get("held")) and j["pid"], replace_tools.SLOW, "the job to run")
+    damage_meta(state_dir, ("generation",), "x'ff'")
+    result = phoenix_cli("reload", "--wait", state_dir=state_dir, timeout=replace_tools.SLOW)
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-2000:])
+    log = master.wait_log("ready generation=2", timeout=replace_tools.SLOW)
+    assert alive(master.pid) and f"adopt pid={pid} job=held attempt=1" in log, log[-3000:]
+    [line] = [line for line in log.splitlines() if " generation_damaged row=" in line]
+    assert "generation=2" in line and "meta row 'generation'" in line, line
+    release.touch()
+    jobs = master.wait_jobs_done(["held"], timeout=replace_tools.SLOW)
+    assert jobs["held"]["state"] == "finished" and jobs["held"]["attempt"] == 1, jobs["held"]
+    db = sqlite3.connect(state_dir / "journal.db")
+    assert db.execute("SELECT value FROM meta WHERE name = 'generation'").fetchone() == ("2",)
+    db.close()
+    assert "Traceback" not in master.log()
 
 
 def refused_start(result: Any) -> str:

@@ -201,3 +201,40 @@ def test_an_adopted_child_that_is_not_ours_is_concluded_when_its_pidfd_fires(jou
         except ProcessLookupError:
             pass
         os.close(pidfd)
+
+
+def titled(children: list[subprocess.Popen[bytes]], title: str, own_group: bool = True) -> subprocess.Popen[bytes]:
+    """A process whose title (argv[0], as setproctitle leaves it) is `title`."""
+    process = subprocess.Popen([title, "60"], executable="/usr/bin/sleep", start_new_session=own_group)
+    children.append(process)
+    wait_until(lambda: procfs.titled_group_leaders(title) != [] or not own_group)  # exec'd
+    return process
+
+
+@pytest.mark.parametrize("processes, recorded_start", [(1, "its own"), (0, "its own"), (1, "another's"), (2, None)])
+def test_an_attempt_whose_pid_another_tool_damaged_is_found_by_title_or_never_run_again(
+        journal: Journal, children: list[subprocess.Popen[bytes]], processes: int, recorded_start: str | None) -> None:
+    """A BLOB in an open attempt's pid was taken for a dead process: the job
+    ran twice at once. Its process is the one that leads its own group with
+    the attempt's title and its recorded start time; none titled: lost; one
+    that does not match, or two: neither adopted nor lost."""
+    parts = Reaping(journal, SYSTEM)
+    title = "phoenix: job damaged attempt 1"
+    titled(children, title, own_group=False)  # a process the job forked: not its leader
+    running = [titled(children, title) for _ in range(processes)]
+    holder = start(children)
+    parts.running(holder.pid, "damaged")
+    journal.db.execute("UPDATE attempts SET pid = x'ff' WHERE outcome IS NULL")
+    if recorded_start is None:  # a journal written before start times were recorded
+        journal.db.execute("UPDATE attempts SET start_time = NULL WHERE outcome IS NULL")
+    elif running:
+        recorded = procfs.start_time(running[0].pid) or 0
+        journal.db.execute("UPDATE attempts SET start_time = ? WHERE outcome IS NULL",
+                           (recorded if recorded_start == "its own" else recorded + 1,))
+    parts.reaper.adopt_running_attempts()
+    if processes == 1 and recorded_start == "its own":
+        assert list(parts.attempts) == [running[0].pid] and parts.recorder.lost == []
+    elif processes == 0:
+        assert not parts.attempts and parts.recorder.lost == [(b"\xff", LOST_UNWATCHED)]
+    else:
+        assert not parts.attempts and parts.recorder.lost == []
