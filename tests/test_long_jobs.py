@@ -317,7 +317,9 @@ def test_a_drain_whose_stop_command_dies_is_still_interrupted_at_its_deadline(ma
     finally:
         command.kill()
         command.wait()
-    assert master.status()["master"]["state"] == "draining"
+    # From the control socket: a `phoenix status` (an interpreter start, 1.8 s seen under load) could
+    # come after the 2 s deadline, when the master has rightly stopped draining.
+    assert master.live()["master"]["state"] == "draining"
     assert master.wait_exit(timeout=12) == 0  # 2 s, then kill_grace (3 s) at most
     assert_interrupted_politely(state_dir)
     assert "drain_out_of_time" in master.log()
@@ -416,27 +418,40 @@ def test_a_stop_while_stopping_says_so_and_cuts_no_kill_grace_short(master_facto
 def test_during_a_drain_a_reload_says_why_and_a_later_drain_says_whose_deadline(master_factory, state_dir,
                                                                                   tmp_path):
     """`phoenix reload` said "a replacement is already in progress" (the log said draining); a second drain
-    said "after 2.93816 s of draining": the seconds left of the first's deadline, not how long it drained."""
+    said "after 2.93816 s of draining": the seconds left of the first's deadline, not how long it drained.
+
+    The reloads are refused during a drain with no deadline, so they take the time they take; only the
+    last `phoenix stop` must start within the deadline it reports on (an interpreter start took 1.8 s
+    under load: three of them once ran past a 3 s drain, and the master had exited)."""
     master = master_factory(app=APP)
     start_polite_job(master, state_dir, tmp_path / "attempts.log")
-    first = subprocess.Popen([*PHOENIX, "stop", "--drain", "--timeout", "3", "--state-dir", str(state_dir)],
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    drains: list[subprocess.Popen[str]] = []
+
+    def drain(*timeout: str) -> None:
+        drains.append(subprocess.Popen([*PHOENIX, "stop", "--drain", *timeout, "--state-dir", str(state_dir)],
+                                       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+
     try:
-        master.wait_log("drain_deadline", what="the drain to begin")
+        drain()
+        master.wait_log("drain running=", what="the drain to begin")
         for args in (["reload"], ["reload", "--wait"]):
             refused = phoenix_cli(*args, state_dir=state_dir)
             assert refused.returncode == 1, refused.stderr
             assert "error: the master is draining: it is replaced only while it runs" in refused.stderr
             assert "already in progress" not in refused.stderr
-        second = phoenix_cli("stop", "--drain", "--timeout", "100", state_dir=state_dir)
-        assert second.returncode == 0, second.stderr
+        drain("--timeout", "5")
+        master.wait_log("drain_deadline", what="the drain's deadline")
+        later = phoenix_cli("stop", "--drain", "--timeout", "100", state_dir=state_dir)
+        assert later.returncode == 0, later.stderr
         said = re.search(r"jobs still running at the deadline of a drain asked earlier \((\d+(?:\.\d\d?)?) s after "
-                         r"this stop\): interrupting them", second.stderr)
-        assert said and 0 < float(said.group(1)) <= 3, second.stderr
-        first.communicate(timeout=20)
-        assert first.returncode == 0
+                         r"this stop\): interrupting them", later.stderr)
+        assert said and 0 < float(said.group(1)) <= 5, later.stderr
+        for command in drains:
+            command.communicate(timeout=20)
+            assert command.returncode == 0
     finally:
-        first.kill()
-        first.wait()
+        for command in drains:
+            command.kill()
+            command.wait()
     assert master.wait_exit() == 0
     assert_interrupted_politely(state_dir)
