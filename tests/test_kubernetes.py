@@ -169,7 +169,7 @@ def _children(pid: int) -> list[int]:
 class Kubelet:
     """What the kubelet does to end a pod (deletion, a rolling update's
     step), in its order: the preStop hook, waited for up to the grace period
-    (from the hook's start); then the stop signal to PID 1, with what is
+    (from the hook's start; here its drain's: see end); then the stop signal to PID 1, with what is
     left of the grace period, but at least 2 s (the kubelet's one-off
     extension: not scaled, it is the kubelet's, not the manifest's); then
     SIGKILL. The manifest's seconds are scaled."""
@@ -187,8 +187,12 @@ class Kubelet:
     def end(self, pod: Pod, drain: float | None = None) -> None:
         """`drain`: the hook's --timeout (default: the manifest's), in the manifest's seconds."""
         grace = self.budget.grace * SCALE
-        began = time.monotonic()
         hook = pod.exec(PYTHON, "-m", *self.budget.hook[:4], f"{(drain or self.budget.drain) * SCALE:g}")
+        # The grace period counts from the hook's start; here from the drain's, once the hook's interpreter
+        # is up. That start is not scaled: 1-2 s on a loaded machine, a second of the manifest's 60 (nothing
+        # there) but a third of its 6 s here, and the hook outlived the scaled grace period.
+        pod.wait_log("drain running=", own=True, what="the preStop hook's drain to begin")
+        began = time.monotonic()
         try:
             hook.wait(grace)
         except subprocess.TimeoutExpired:
