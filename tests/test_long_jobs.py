@@ -110,16 +110,22 @@ def test_a_checkpoint_no_master_answers_is_kept_in_the_outbox_and_resumed_from(m
 
 def test_checkpoints_made_while_the_master_replaces_itself_are_acknowledged_by_the_new_image(master_factory,
                                                                                           state_dir, tmp_path):
-    log = tmp_path / "attempts.log"
+    log, until = tmp_path / "attempts.log", tmp_path / "until"
     master = master_factory(app=APP)
-    master.submit("tests.apps.longjobs:crawl", {"n": 150, "step": 0.01, "log": str(log)}, key="crawl")
+    # It checkpoints until the replacement is over (150 items once ended before a loaded machine's reload did).
+    master.submit("tests.apps.longjobs:crawl", {"n": 100_000, "step": 0.01, "log": str(log), "until": str(until)},
+                  key="crawl")
     wait_for(lambda: (show(state_dir, "crawl")["checkpoint"] or {}).get("next", 0) >= 5, what="some checkpoints")
     reload = phoenix_cli("reload", "--wait", state_dir=state_dir)
     assert reload.returncode == 0, reload.stderr
     reloaded_at = time.time()
+    saved_at_reload = show(state_dir, "crawl")["checkpoint"]["next"]
+    wait_for(lambda: show(state_dir, "crawl")["checkpoint"]["next"] > saved_at_reload,
+             what="a checkpoint taken by the new image")
+    until.touch()
     report = wait_for(lambda: (r := show(state_dir, "crawl"))["state"] == "finished" and r, what="the job's end")
-    assert report["updated_at"] > reloaded_at  # it ran (and checkpointed) across the replacement
-    assert report["attempts"] == 1 and report["checkpoint"] == {"next": 150}
+    assert report["updated_at"] > reloaded_at
+    assert report["attempts"] == 1 and report["checkpoint"] == {"next": report["result"]["ended_at"]}
     # None waited out outcome_delivery_timeout (2 s) for the outbox: the new image took each one.
     assert report["result"]["slowest"] < 2.0, report["result"]
     assert not list(master.paths.outbox.iterdir())
@@ -356,27 +362,34 @@ def test_a_plain_stop_with_timeout_0_is_refused_with_the_fix(master_factory, sta
     assert master.live()["master"]["state"] == "running"
 
 
-def start_slow_saving_job(master: Master, state_dir: Path, tmp_path: Path) -> Path:
-    """A polite job that, asked to stop, takes 1.5 s (of its kill_grace of 3 s) to save its place; the
-    file returned appears when it begins to."""
-    mark = tmp_path / "saving"
-    master.submit("tests.apps.longjobs:polite", {"n": 600, "log": str(tmp_path / "attempts.log"), "saving": 1.5,
-                                                 "saving_mark": str(mark)}, key="polite")
+# The kill_grace of the slow-saving tests: far past any wait below, so that only a stop cut short ends the save.
+LONG_KILL_GRACE = {"PHOENIX_KILL_GRACE": "60"}
+
+
+def start_slow_saving_job(master: Master, state_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A polite job that, asked to stop, saves its place until the test lets it: (the file that appears
+    when it begins to save, the file that lets it finish). Held, not timed: a 1.5 s save was once over
+    before a loaded machine had started the commands that were to come while it ran."""
+    mark, saved_when = tmp_path / "saving", tmp_path / "saved-when"
+    master.submit("tests.apps.longjobs:polite", {"n": 600, "log": str(tmp_path / "attempts.log"),
+                                                 "saving_mark": str(mark), "saved_when": str(saved_when)},
+                  key="polite")
     wait_for(lambda: (show(state_dir, "polite")["progress"] or {}).get("done", 0) >= 3, what="some progress")
-    return mark
+    return mark, saved_when
 
 
 def test_a_term_after_a_drain_ran_out_of_time_leaves_each_job_its_kill_grace(master_factory, state_dir, tmp_path):
     """The Kubernetes recipe: a preStop `phoenix stop --drain --timeout` runs out of time, then the kubelet
     TERMs PID 1. That TERM once SIGKILLed the job while it saved its place (`stop_now`)."""
-    master = master_factory(app=APP)
-    mark = start_slow_saving_job(master, state_dir, tmp_path)
+    master = master_factory(app=APP, env=LONG_KILL_GRACE)
+    mark, saved_when = start_slow_saving_job(master, state_dir, tmp_path)
     command = subprocess.Popen([*PHOENIX, "stop", "--drain", "--timeout", "0", "--state-dir", str(state_dir)],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(mark.exists, what="the job to begin saving its place")
         master.signal(signal.SIGTERM)  # the kubelet's
         master.wait_log("stop_under_way", what="the TERM to be taken as a stop already under way")
+        saved_when.touch()
         _out, err = command.communicate(timeout=20)
         assert command.returncode == 0, err
     finally:
@@ -392,8 +405,8 @@ def test_a_stop_while_stopping_says_so_and_cuts_no_kill_grace_short(master_facto
     """A second `phoenix stop`, and a `phoenix stop --drain --timeout 0.5`, while a stop is under way: they
     once said "jobs still running after 0.5 s of draining" (no drain was under way), took the master for
     an older release, and sent a stop that SIGKILLed the job as it saved its place."""
-    master = master_factory(app=APP)
-    mark = start_slow_saving_job(master, state_dir, tmp_path)
+    master = master_factory(app=APP, env=LONG_KILL_GRACE)
+    mark, saved_when = start_slow_saving_job(master, state_dir, tmp_path)
     commands = [subprocess.Popen([*PHOENIX, "stop", "--state-dir", str(state_dir)], cwd=REPO,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
     try:
@@ -401,15 +414,18 @@ def test_a_stop_while_stopping_says_so_and_cuts_no_kill_grace_short(master_facto
         for args in (["stop"], ["stop", "--drain", "--timeout", "0.5"]):
             commands.append(subprocess.Popen([*PHOENIX, *args, "--state-dir", str(state_dir)], cwd=REPO,
                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        # Each later command's first line (its answer) before the job may finish saving.
+        answers = [command.stderr.readline() for command in commands[1:]]  # type: ignore[union-attr]
+        saved_when.touch()
         ends = [command.communicate(timeout=20) for command in commands]
     finally:
         for command in commands:
             command.kill()
             command.wait()
-    assert [command.returncode for command in commands] == [0, 0, 0], ends
-    for _out, err in ends[1:]:
-        assert f"the master (pid {master.pid}) is stopping already" in err, err
-        assert "draining" not in err, err
+    assert [command.returncode for command in commands] == [0, 0, 0], (answers, ends)
+    for answer, (_out, err) in zip(answers, ends[1:]):
+        assert f"the master (pid {master.pid}) is stopping already" in answer, answer
+        assert "draining" not in answer + err, answer + err
     assert master.wait_exit() == 0
     assert "stop_now" not in master.log()
     assert_interrupted_politely(state_dir)

@@ -23,10 +23,13 @@ def _begin(params: dict) -> int:
 
 @app.job
 def crawl(params):
-    """Checkpoints after every item; waits at params["hold_at"] until the file params["gate"] exists."""
+    """Checkpoints after every item; waits at params["hold_at"] until the file params["gate"] exists;
+    with params["until"], ends (at the item it reached) once that file exists."""
     start = _begin(params)
     slowest = 0.0
     for item in range(start, params["n"]):
+        if "until" in params and Path(params["until"]).exists():
+            return {"started_at": start, "slowest": slowest, "ended_at": item}
         while item == params.get("hold_at") and not Path(params["gate"]).exists():
             time.sleep(0.02)
         time.sleep(params.get("step", 0.01))
@@ -40,7 +43,8 @@ def crawl(params):
 @app.job
 def polite(params):
     """Saves its place only when asked to stop, then lets Interrupted end it. Asked to, it takes
-    params["saving"] seconds to save (within kill_grace), after touching the file params["saving_mark"]."""
+    params["saving"] seconds to save (within kill_grace), or until the file params["saved_when"] exists,
+    after touching the file params["saving_mark"]."""
     start = _begin(params)
     item = start
     try:
@@ -52,6 +56,9 @@ def polite(params):
         if "saving_mark" in params:
             Path(params["saving_mark"]).touch()
         time.sleep(params.get("saving", 0))
+        while "saved_when" in params and not Path(params["saved_when"]).exists():
+            time.sleep(0.02)
+            phoenix.heartbeat()
         phoenix.checkpoint({"next": item})
         raise
     return {"started_at": start}
