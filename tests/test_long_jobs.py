@@ -423,7 +423,7 @@ def test_a_stop_while_stopping_says_so_and_cuts_no_kill_grace_short(master_facto
             command.kill()
             command.wait()
     assert [command.returncode for command in commands] == [0, 0, 0], (answers, ends)
-    for answer, (_out, err) in zip(answers, ends[1:]):
+    for answer, (_out, err) in zip(answers, ends[1:], strict=True):
         assert f"the master (pid {master.pid}) is stopping already" in answer, answer
         assert "draining" not in answer + err, answer + err
     assert master.wait_exit() == 0
