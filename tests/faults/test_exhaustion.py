@@ -201,10 +201,13 @@ def test_an_outcome_in_the_outbox_the_master_cannot_read_yet_is_kept_not_lost(ma
     assert len(log_lines(master.log(), "outbox_readable", recorded=1)) == 1
 
 
-def test_children_adopted_without_a_descriptor_for_their_pidfd_are_watched_once_there_is_one(master_factory):
+def test_children_adopted_without_a_descriptor_for_their_pidfd_are_watched_once_there_is_one(master_factory,
+                                                                                             tmp_path):
     first = master_factory("--workers", "40", app=APP)
-    keys = [f"job-{n}" for n in range(40)]
-    first.submit_many((f"{TARGET}:work", {"s": 10}, key) for key in keys)
+    keys, go = [f"job-{n}" for n in range(40)], tmp_path / "go"
+    # They run until the next master has adopted them (10 s jobs had ended, on a loaded machine, before the
+    # next master started: it found their outcomes and adopted none).
+    first.submit_many((f"{TARGET}:until", {"path": str(go)}, key) for key in keys)
     wait_for(lambda: sum(state == "running" for state, _ in _attempts(first).values()) == 40, 30.0, "40 jobs to run")
     assert phoenix_cli("stop", "--leave-running", state_dir=first.state_dir).returncode == 0
     assert first.wait_exit(20.0) == 0
@@ -212,6 +215,7 @@ def test_children_adopted_without_a_descriptor_for_their_pidfd_are_watched_once_
     second = master_factory(app=APP, start=False, launcher=_under_fd_limit(50)).start(wait_ready=False)
     second.wait_log("adopt_unwatched", timeout=30.0)
     second.wait_log("ready generation=2", timeout=30.0)
+    go.touch()
     second.wait_jobs_done(keys, timeout=90.0)
     jobs = _attempts(second)
     assert all(jobs[key] == ("finished", 1) for key in keys), jobs  # each ran once, none lost
