@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 from phoenix.errors import StateError
 from phoenix.linux import pidfile, procfs
 from phoenix.linux.paths import StatePaths
-from phoenix.linux.untrusted import visible
+from phoenix.linux.untrusted import is_number, visible
 from phoenix.store import quarantine
 from phoenix.store.base import SQLITE, JobState, SharedStore
 from phoenix.store.open import open_store
@@ -174,7 +174,7 @@ def _running(live: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
 def number(value: Any) -> float | None:
     """A number read from a store, or None if it is none: NULL, or text or
     bytes another tool put in a numeric column (SQLite keeps what it is given)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         return None
     return float(value)
 

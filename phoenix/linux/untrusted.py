@@ -118,6 +118,14 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # NaN, Infinity: Python's json reads them, other readers refuse them
 
 
+def is_number(value: object, *, whole: bool = False) -> bool:
+    """Whether a value read back from a store is the number Phoenix wrote
+    there (`whole`: an integer): SQLite keeps whatever another tool puts in a
+    column (text, bytes), and a bool is no number here."""
+    kinds = int if whole else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
 def text_problem(value: object) -> str | None:
     """What makes a text read back from a store unusable, or None: another
     tool may have stored bytes (a BLOB), or text that is not UTF-8 (SQLite's

@@ -45,6 +45,7 @@ from phoenix.linux.paths import StatePaths
 from phoenix.linux.pidfile import PidFile
 from phoenix.linux.signals import SignalFD, set_child_subreaper
 from phoenix.linux.sockets import bind_heartbeat
+from phoenix.linux.untrusted import is_number
 from phoenix.master import exits, handoff, metrics
 from phoenix.master.attempts import Attempt, AttemptTable
 from phoenix.master.callbacks import CallbackRunner
@@ -195,7 +196,7 @@ class Master:
         if not inherited:  # a run starts here; replacement images carry it on (see exits.py)
             journal.set_meta(run_started_at=self.started_at)
         run_started_at = journal.meta("run_started_at", self.started_at)
-        if isinstance(run_started_at, bool) or not isinstance(run_started_at, (int, float)):  # another tool's
+        if not is_number(run_started_at):  # another tool's
             event(WARNING, "run_start_unreadable", value=repr(run_started_at)[:200],
                   effect="this run's jobs are counted from this image's start")
             run_started_at = self.started_at

@@ -15,7 +15,7 @@ from typing import Any, Callable, Protocol
 from phoenix import log
 from phoenix.linux import procfs
 from phoenix.linux.clock import age
-from phoenix.linux.untrusted import visible
+from phoenix.linux.untrusted import is_number, visible
 from phoenix.master.attempts import Attempt, AttemptTable
 from phoenix.master.loop import Loop
 from phoenix.master.recorder import LOST_UNWATCHED
@@ -92,7 +92,8 @@ class Reaper:
         self.read_heartbeats()  # beats and outcomes queued while no master read them
 
     def _adopt(self, a: OpenAttempt, now: float) -> None:
-        if a.pid is not None and not (_is_int(a.pid) and (a.start_time is None or _is_int(a.start_time))):
+        pid_damaged = a.pid is not None and not is_number(a.pid, whole=True)
+        if pid_damaged or (a.start_time is not None and not is_number(a.start_time, whole=True)):
             identified = self._identify_damaged(a)
             if identified is None:
                 return
@@ -144,12 +145,13 @@ class Reaper:
         the attempt's title and whichever of the two is intact; adopted, said
         in one line. None found: concluded lost. Several, or one that does
         not match: left running, not run again, said in one line."""
-        damaged = "pid" if not _is_int(a.pid) else "start_time"
+        pid_kept, start_kept = is_number(a.pid, whole=True), is_number(a.start_time, whole=True)
+        damaged = "start_time" if pid_kept else "pid"
         value = a.pid if damaged == "pid" else a.start_time
         title = f"phoenix: job {visible(a.key)} attempt {a.n}"
         titled = procfs.titled_group_leaders(title)
         matches = [(pid, start) for pid, start in titled
-                   if (not _is_int(a.pid) or pid == a.pid) and (not _is_int(a.start_time) or start == a.start_time)]
+                   if (not pid_kept or pid == a.pid) and (not start_kept or start == a.start_time)]
         if len(matches) == 1:
             pid, start = matches[0]
             log.event(logging.WARNING, "attempt_damaged", job=a.key, attempt=a.n, column=damaged,
@@ -174,7 +176,7 @@ class Reaper:
         attempt is then aged from what is left, as in an older journal."""
         kept: list[Any] = []
         for column, value in (("started_boot", a.started_boot), ("start_time", a.start_time)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            if value is not None and not is_number(value):
                 log.event(logging.WARNING, "attempt_damaged", job=a.key, attempt=a.n, column=column,
                           value=repr(value)[:100], effect="not counted from: its max_runtime counts from its "
                                                           "adoption or its process's start")
@@ -309,7 +311,3 @@ class Reaper:
             os.close(attempt.pidfd)
         self.hangs.ended(attempt, status)  # a kill by the kernel's OOM killer named; its cgroup removed
         self.recorder.conclude(attempt, status, max_rss_kb)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

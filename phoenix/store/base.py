@@ -109,24 +109,6 @@ class KeyConflict(Conflict, ValueError):
 # -- rows ---------------------------------------------------------------------------------------
 
 
-def meta_problem(raw: object, counter: bool) -> tuple[Any, str | None]:
-    """A meta row's value read back (JSON text), and what makes it unusable,
-    or None: another tool may have stored bytes or text that is not JSON, and
-    a `counter` (the generation, which each master start increments) must be
-    a whole number, never read as a default over the damage."""
-    if not isinstance(raw, str):
-        return None, f"is not text (a {type(raw).__name__})"
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None, "is text that is not JSON"
-    if counter and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-        return None, "is JSON that is not a whole number"
-    return value, None
-
-
-
-
 @dataclass(slots=True)
 class Job:
     id: int

@@ -23,7 +23,7 @@ import sqlite3
 from typing import Any, Iterable, NamedTuple
 
 from phoenix.errors import UsageError
-from phoenix.linux.untrusted import visible
+from phoenix.linux.untrusted import is_number, visible
 from phoenix.rules.leases import CALLBACKS_OWED
 from phoenix.store.base import RetryRefused
 
@@ -211,7 +211,7 @@ def summary(row: tuple[Any, ...], counts: dict[str, int]) -> dict[str, Any]:
 def _whole(value: Any) -> Any:
     """A count as an int; a value another tool put in the column (text,
     bytes) as it is, for a reader to show rather than fail on."""
-    return int(value) if isinstance(value, (int, float)) else value
+    return int(value) if is_number(value) else value
 
 
 def sqlite_batches(db: sqlite3.Connection, name: str | None = None, batch_id: int | None = None,

@@ -44,7 +44,6 @@ from phoenix.store.base import (
     Upgrade,
     default_key,
     key_conflict,
-    meta_problem,
     noted_ending,
     timing_differences,
 )
@@ -1034,7 +1033,7 @@ class Journal:
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         if row is None:
             return default
-        value, problem = meta_problem(row[0], counter)
+        value, problem = _meta_problem(row[0], counter)
         if problem is None:
             return value
         shown = visible(row[0] if isinstance(row[0], str) else repr(row[0]))[:200]
@@ -1281,7 +1280,8 @@ class Journal:
     def pools_status(self) -> list[dict[str, Any]]:
         """Each pool's name, capacity and slots in use."""
         cur = self.db.execute("SELECT name AS pool, capacity, used FROM pools ORDER BY name")
-        return [_readable(["pool", "capacity", "used"], row) for row in cur]
+        names = [c[0] for c in cur.description]
+        return [_readable(names, row) for row in cur]
 
     # -- long jobs (docs/long-jobs.md) -------------------------------------------
 
@@ -1471,6 +1471,22 @@ class Journal:
             self.db.backup(restored)
         finally:
             restored.close()
+
+
+def _meta_problem(raw: object, counter: bool) -> tuple[Any, str | None]:
+    """A meta row's value read back (JSON text), and what makes it unusable,
+    or None: another tool may have stored bytes or text that is not JSON, and
+    a `counter` (the generation, which each master start increments) must be
+    a whole number, never read as a default over the damage."""
+    if not isinstance(raw, str):
+        return None, f"is not text (a {type(raw).__name__})"
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None, "is text that is not JSON"
+    if counter and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        return None, "is JSON that is not a whole number"
+    return value, None
 
 
 def _attempt_number(row: Sequence[Any]) -> Any:
